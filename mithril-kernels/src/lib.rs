@@ -1,0 +1,6 @@
+//! # mithril-kernels
+//!
+//! Pure compute on slices: no allocation policy, no devices. The runtime owns memory and calls
+//! these functions.
+
+pub mod scalar;

@@ -1,0 +1,77 @@
+//! The one error type of the runtime. Every user-facing failure is a value of [`Error`]; no
+//! public function panics on user input.
+
+use std::fmt;
+
+/// Result alias used throughout mithril.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong at run time.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An input or param does not satisfy the model's shape contract.
+    Shape {
+        /// The model (physical model name).
+        model: String,
+        /// The terminal: `input x`, `param fc1.weight`, ...
+        terminal: String,
+        /// The expected symbolic shape, e.g. `f32[B, 784]`.
+        expected: String,
+        /// The shape given, e.g. `[8, 100]`.
+        given: String,
+        /// What exactly disagrees (dim index, symbol binding).
+        detail: String,
+    },
+    /// An operation failed on run-time values (dynamic dims that do not broadcast,
+    /// an index out of range, a reshape that does not fit, ...).
+    Op {
+        /// The operation (`add`, `matmul`, `gather`, ...).
+        op: String,
+        /// What went wrong, with the shapes involved.
+        msg: String,
+    },
+    /// Loading or saving params: missing tensor, wrong dtype or shape, bad file.
+    Params(String),
+    /// A device (CUDA) is not available or failed.
+    Device(String),
+    /// An I/O error while reading or writing a file.
+    Io(std::io::Error),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Op`].
+    pub fn op(op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Op { op: op.into(), msg: msg.into() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Shape { model, terminal, expected, given, detail } => write!(
+                f,
+                "model `{model}`: {terminal} expects shape {expected}, but was given {given} ({detail})"
+            ),
+            Error::Op { op, msg } => write!(f, "`{op}` failed: {msg}"),
+            Error::Params(m) => write!(f, "params: {m}"),
+            Error::Device(m) => write!(f, "device: {m}"),
+            Error::Io(e) => write!(f, "i/o: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
