@@ -1,0 +1,266 @@
+//! Matrix multiplication with NumPy `matmul` semantics.
+//!
+//! * `f32`/`f64`: blocked, packed GEMM (`ndarray::linalg::general_mat_mul`, backed by the
+//!   `matrixmultiply` crate), which reads transposed and strided views in place;
+//! * `f16`/`bf16`: operands widened to `f32`, multiplied with the `f32` path, rounded back once;
+//! * integers: a plain `i-k-j` loop with wrapping arithmetic.
+
+use std::any::TypeId;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis, Dimension, Ix2, IxDyn};
+
+use super::{broadcast_shapes, checked_size, fmt_shape};
+use crate::scalar::Num;
+use crate::{DType, Elem, Error, Result};
+
+/// Matrix product of `a` and `b` with NumPy `matmul` semantics.
+///
+/// * `trans_a` / `trans_b` first swap the last two axes of that operand (ignored for a 1-D
+///   operand);
+/// * a 1-D `a` of length `k` acts as a `[1, k]` row and a 1-D `b` as a `[k, 1]` column; the
+///   added axis is removed from the result (1-D @ 1-D is a 0-D dot product);
+/// * leading (batch) axes broadcast against each other with NumPy rules:
+///   `[2, 1, m, k] @ [3, k, n] -> [2, 3, m, n]`.
+///
+/// Fails when an operand is 0-D, when the inner dimensions differ or when the batch axes do
+/// not broadcast; the error names both shapes.
+pub fn matmul<T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<ArrayD<T>>
+where
+    T::Acc: Num,
+{
+    const OP: &str = "matmul";
+    let flags = match (trans_a, trans_b) {
+        (false, false) => "",
+        (true, false) => " (with trans_a)",
+        (false, true) => " (with trans_b)",
+        (true, true) => " (with trans_a, trans_b)",
+    };
+    if a.ndim() == 0 || b.ndim() == 0 {
+        return Err(Error::op(
+            OP,
+            format!(
+                "operands must have rank >= 1, got shapes {} and {}",
+                fmt_shape(a.shape()),
+                fmt_shape(b.shape())
+            ),
+        ));
+    }
+    if matches!(T::DTYPE, DType::F16 | DType::BF16) {
+        // Widen once (exact), multiply in f32, round each result once.
+        let a32 = a.mapv(|x| x.to_f64() as f32);
+        let b32 = b.mapv(|x| x.to_f64() as f32);
+        let c32 = matmul::<f32>(&a32.view(), &b32.view(), trans_a, trans_b)?;
+        return Ok(c32.mapv(|v| T::from_f64(v as f64)));
+    }
+
+    let mut av = a.view();
+    let mut bv = b.view();
+    let (nda, ndb) = (av.ndim(), bv.ndim());
+    if trans_a && nda >= 2 {
+        av.swap_axes(nda - 2, nda - 1);
+    }
+    if trans_b && ndb >= 2 {
+        bv.swap_axes(ndb - 2, ndb - 1);
+    }
+    let a_vec = nda == 1;
+    let b_vec = ndb == 1;
+    if a_vec {
+        av = av.insert_axis(Axis(0));
+    }
+    if b_vec {
+        bv = bv.insert_axis(Axis(1));
+    }
+    let (nda, ndb) = (av.ndim(), bv.ndim());
+    let (m, k) = (av.shape()[nda - 2], av.shape()[nda - 1]);
+    let (k2, n) = (bv.shape()[ndb - 2], bv.shape()[ndb - 1]);
+    if k != k2 {
+        return Err(Error::op(
+            OP,
+            format!(
+                "inner dimensions differ: {} @ {}{flags} ({k} vs {k2})",
+                fmt_shape(a.shape()),
+                fmt_shape(b.shape())
+            ),
+        ));
+    }
+    let batch =
+        broadcast_shapes(OP, &[&av.shape()[..nda - 2], &bv.shape()[..ndb - 2]]).map_err(|_| {
+            Error::op(
+                OP,
+                format!(
+                    "batch dimensions of {} and {}{flags} do not broadcast",
+                    fmt_shape(a.shape()),
+                    fmt_shape(b.shape())
+                ),
+            )
+        })?;
+    let mut final_shape = batch.clone();
+    if !a_vec {
+        final_shape.push(m);
+    }
+    if !b_vec {
+        final_shape.push(n);
+    }
+    let nb: usize = batch.iter().product();
+    checked_size(OP, &[nb, m, n])?;
+    let mut out = ArrayD::from_elem(IxDyn(&[nb, m, n]), T::default());
+    let reshape_err = |_| Error::op(OP, "internal reshape failed");
+
+    if nb > 0 && m > 0 && n > 0 && k > 0 {
+        let mut out3 = out
+            .view_mut()
+            .into_dimensionality::<ndarray::Ix3>()
+            .map_err(reshape_err)?;
+        if batch.is_empty() {
+            // Plain 2-D @ 2-D.
+            let a2 = av
+                .view()
+                .into_dimensionality::<Ix2>()
+                .map_err(reshape_err)?;
+            let b2 = bv
+                .view()
+                .into_dimensionality::<Ix2>()
+                .map_err(reshape_err)?;
+            gemm2(&a2, &b2, out3.index_axis_mut(Axis(0), 0));
+        } else if ndb == 2 && av.is_standard_layout() {
+            // A batch of `a` against one shared `b` (a linear layer): one GEMM with the batch
+            // folded into the rows.
+            let a2 = av
+                .view()
+                .into_shape_with_order((nb * m, k))
+                .map_err(reshape_err)?;
+            let b2 = bv
+                .view()
+                .into_dimensionality::<Ix2>()
+                .map_err(reshape_err)?;
+            let c2 = out3
+                .view_mut()
+                .into_shape_with_order((nb * m, n))
+                .map_err(reshape_err)?;
+            gemm2(&a2, &b2, c2);
+        } else {
+            let mut ashape = batch.clone();
+            ashape.extend([m, k]);
+            let mut bshape = batch.clone();
+            bshape.extend([k, n]);
+            let ab = av.broadcast(IxDyn(&ashape)).ok_or_else(|| {
+                Error::op(
+                    OP,
+                    format!(
+                        "cannot broadcast {} to {}",
+                        fmt_shape(av.shape()),
+                        fmt_shape(&ashape)
+                    ),
+                )
+            })?;
+            let bb = bv.broadcast(IxDyn(&bshape)).ok_or_else(|| {
+                Error::op(
+                    OP,
+                    format!(
+                        "cannot broadcast {} to {}",
+                        fmt_shape(bv.shape()),
+                        fmt_shape(&bshape)
+                    ),
+                )
+            })?;
+            for (bi, idx) in ndarray::indices(IxDyn(&batch)).into_iter().enumerate() {
+                let mut sa = ab.view();
+                let mut sb = bb.view();
+                for &i in idx.slice() {
+                    sa = sa.index_axis_move(Axis(0), i);
+                    sb = sb.index_axis_move(Axis(0), i);
+                }
+                let sa = sa.into_dimensionality::<Ix2>().map_err(reshape_err)?;
+                let sb = sb.into_dimensionality::<Ix2>().map_err(reshape_err)?;
+                gemm2(&sa, &sb, out3.index_axis_mut(Axis(0), bi));
+            }
+        }
+    }
+    out.into_shape_with_order(IxDyn(&final_shape))
+        .map_err(reshape_err)
+}
+
+/// `&ArrayView2<T>` as `&ArrayView2<U>` when `T` and `U` are the same type.
+fn same_view<'b, 'a, T: 'static, U: 'static>(
+    v: &'b ArrayView2<'a, T>,
+) -> Option<&'b ArrayView2<'a, U>> {
+    if TypeId::of::<T>() == TypeId::of::<U>() {
+        // SAFETY: `T` and `U` are the same type (equal `TypeId`s of `'static` types), so
+        // `ArrayView2<'a, T>` and `ArrayView2<'a, U>` are the same type as well.
+        Some(unsafe { &*(v as *const ArrayView2<'a, T>).cast::<ArrayView2<'a, U>>() })
+    } else {
+        None
+    }
+}
+
+/// `&mut ArrayViewMut2<T>` as `&mut ArrayViewMut2<U>` when `T` and `U` are the same type.
+fn same_view_mut<'b, 'a, T: 'static, U: 'static>(
+    v: &'b mut ArrayViewMut2<'a, T>,
+) -> Option<&'b mut ArrayViewMut2<'a, U>> {
+    if TypeId::of::<T>() == TypeId::of::<U>() {
+        // SAFETY: as in `same_view`: the two types are identical.
+        Some(unsafe { &mut *(v as *mut ArrayViewMut2<'a, T>).cast::<ArrayViewMut2<'a, U>>() })
+    } else {
+        None
+    }
+}
+
+/// `c = a @ b` for 2-D views (`c` starts zeroed; shapes already checked).
+fn gemm2<T: Elem>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>, mut c: ArrayViewMut2<'_, T>)
+where
+    T::Acc: Num,
+{
+    if let (Some(a), Some(b), Some(c)) = (
+        same_view::<T, f32>(a),
+        same_view::<T, f32>(b),
+        same_view_mut::<T, f32>(&mut c),
+    ) {
+        general_mat_mul(1.0, a, b, 0.0, c);
+        return;
+    }
+    if let (Some(a), Some(b), Some(c)) = (
+        same_view::<T, f64>(a),
+        same_view::<T, f64>(b),
+        same_view_mut::<T, f64>(&mut c),
+    ) {
+        general_mat_mul(1.0, a, b, 0.0, c);
+        return;
+    }
+    naive_gemm(a, b, c);
+}
+
+/// `c = a @ b` by an `i-k-j` loop in `T::Acc` (wrapping for integers).
+fn naive_gemm<T: Elem>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>, mut c: ArrayViewMut2<'_, T>)
+where
+    T::Acc: Num,
+{
+    let n = b.ncols();
+    let mut acc = vec![<T::Acc as Num>::ZERO; n];
+    for (arow, mut crow) in a.outer_iter().zip(c.outer_iter_mut()) {
+        acc.fill(<T::Acc as Num>::ZERO);
+        for (&aip, brow) in arow.iter().zip(b.outer_iter()) {
+            let aip = aip.to_acc();
+            match brow.to_slice() {
+                Some(s) => {
+                    for (o, &x) in acc.iter_mut().zip(s) {
+                        *o = o.add(aip.mul(x.to_acc()));
+                    }
+                }
+                None => {
+                    for (o, &x) in acc.iter_mut().zip(brow.iter()) {
+                        *o = o.add(aip.mul(x.to_acc()));
+                    }
+                }
+            }
+        }
+        for (o, &v) in crow.iter_mut().zip(&acc) {
+            *o = T::from_acc(v);
+        }
+    }
+}

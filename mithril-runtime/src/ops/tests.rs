@@ -1,0 +1,1106 @@
+//! Tests of the ops against independent references (hand values and plain loops).
+
+use std::collections::BTreeMap;
+
+use half::{bf16, f16};
+use ndarray::{s, ArrayD, ArrayViewD, Axis, Dimension, IxDyn};
+
+use super::*;
+use crate::{Elem, Error};
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn arr<T: Clone>(shape: &[usize], f: impl Fn(usize) -> T) -> ArrayD<T> {
+    let n: usize = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(f).collect()).unwrap()
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn rnd(seed: u64) -> impl Fn(usize) -> f64 {
+    move |i| {
+        let mut x = (i as u64).wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^= x >> 33;
+        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+}
+
+fn close(a: &ArrayD<f64>, b: &ArrayD<f64>, tol: f64) {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+        let ok = (x.is_nan() && y.is_nan()) || x == y || (x - y).abs() <= tol * (1.0 + y.abs());
+        assert!(ok, "element {i}: {x} vs {y} (tol {tol})\n{a:?}\nvs\n{b:?}");
+    }
+}
+
+fn f64s<T: Elem>(a: &ArrayD<T>) -> ArrayD<f64> {
+    a.mapv(|x| x.to_f64())
+}
+
+/// Index of `idx` (an output index) into an input of `shape` under broadcasting.
+fn bidx(idx: &[usize], shape: &[usize]) -> Vec<usize> {
+    let off = idx.len() - shape.len();
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if d == 1 { 0 } else { idx[off + i] })
+        .collect()
+}
+
+fn op_msg(e: Error) -> String {
+    match e {
+        Error::Op { msg, .. } => msg,
+        other => panic!("expected Error::Op, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// elementwise
+
+#[test]
+fn broadcast_shape_rules() {
+    assert_eq!(broadcast_shapes("t", &[&[3, 4], &[4]]).unwrap(), vec![3, 4]);
+    assert_eq!(
+        broadcast_shapes("t", &[&[3, 1], &[1, 4]]).unwrap(),
+        vec![3, 4]
+    );
+    assert_eq!(
+        broadcast_shapes("t", &[&[2, 1, 3], &[4, 1]]).unwrap(),
+        vec![2, 4, 3]
+    );
+    assert_eq!(broadcast_shapes("t", &[&[], &[2]]).unwrap(), vec![2]);
+    assert_eq!(broadcast_shapes("t", &[&[0], &[1]]).unwrap(), vec![0]);
+    assert_eq!(broadcast_shapes("t", &[]).unwrap(), Vec::<usize>::new());
+    let e = broadcast_shapes("add", &[&[3, 4], &[5]]).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("`add`") && text.contains("[3, 4]") && text.contains("[5]"),
+        "{text}"
+    );
+    assert!(broadcast_shapes("t", &[&[2], &[3], &[1]]).is_err());
+    assert!(broadcast_shapes("t", &[&[usize::MAX, 1], &[1, 3]]).is_err());
+}
+
+/// Checks `map2(a, b, a * 10 + b)` against a loop with explicit broadcasting.
+fn check_map2(a: &ArrayViewD<'_, f64>, b: &ArrayViewD<'_, f64>) {
+    let out = map2("t", a, b, |x, y| x * 10.0 + y).unwrap();
+    let shape = broadcast_shapes("t", &[a.shape(), b.shape()]).unwrap();
+    assert_eq!(out.shape(), &shape[..]);
+    assert!(out.is_standard_layout());
+    for idx in ndarray::indices(IxDyn(&shape)) {
+        let i = idx.slice();
+        let want = a[IxDyn(&bidx(i, a.shape()))] * 10.0 + b[IxDyn(&bidx(i, b.shape()))];
+        assert_eq!(
+            out[IxDyn(i)],
+            want,
+            "at {i:?} for {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        );
+    }
+}
+
+#[test]
+fn map2_broadcasting() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[3, 4], &[3, 4]),
+        (&[3, 4], &[]),
+        (&[], &[3, 4]),
+        (&[3, 4], &[1]),
+        (&[3, 4], &[4]),
+        (&[3, 4], &[3, 1]),
+        (&[2, 1, 4], &[3, 1]),
+        (&[5, 40], &[40]),
+        (&[5, 40], &[5, 1]),
+        (&[1, 40], &[6, 1]),
+        (&[2, 3, 20], &[3, 20]),
+        (&[], &[]),
+        (&[3000], &[1]),
+        (&[2, 2000], &[2000]),
+    ];
+    for (sa, sb) in cases {
+        let a = arr(sa, rnd(1));
+        let b = arr(sb, rnd(2));
+        check_map2(&a.view(), &b.view());
+    }
+    let a = arr(&[3, 4], rnd(1));
+    let b = arr(&[5], rnd(2));
+    let msg = op_msg(map2("mul", &a.view(), &b.view(), |x, y| x * y).unwrap_err());
+    assert!(msg.contains("[3, 4]") && msg.contains("[5]"), "{msg}");
+}
+
+#[test]
+fn map2_non_contiguous() {
+    // transposed (Fortran-order) inputs, small and large inner dims
+    for &(r, c) in &[(3usize, 4usize), (20, 33)] {
+        let a = arr(&[c, r], rnd(3));
+        let at = a.t().into_dyn();
+        let b = arr(&[r, c], rnd(4));
+        check_map2(&at, &b.view());
+        check_map2(&b.view(), &at);
+        check_map2(&at, &at);
+        // stepped and reversed slices
+        let big = arr(&[2 * r, 3 * c], rnd(5));
+        let stepped = big.slice(s![..;2, ..;3]).into_dyn();
+        check_map2(&stepped, &b.view());
+        let rev = big.slice(s![..r;-1, ..c]).into_dyn();
+        check_map2(&rev, &b.view());
+        // a strided row broadcast over rows
+        let row = big.slice(s![0, ..;3]).into_dyn();
+        check_map2(&b.view(), &row);
+        // a broadcast view as input
+        let col = arr(&[r, 1], rnd(6));
+        let colb = col.broadcast(IxDyn(&[r, c])).unwrap();
+        check_map2(&colb, &b.view());
+    }
+}
+
+#[test]
+fn map_arities_and_types() {
+    let a = arr(&[2, 3, 17], rnd(1));
+    let b = arr(&[3, 1], rnd(2));
+    let c = arr(&[17], rnd(3));
+    let d = arr(&[2, 1, 1], |i| i as i32);
+    let e = arr(&[2, 3, 17], |i| i % 3 == 0);
+    let at = arr(&[17, 3, 2], rnd(4));
+    let at = at.view().reversed_axes();
+    let o3 = map3("t", &a.view(), &b.view(), &c.view(), |x, y, z| {
+        x + 2.0 * y + 3.0 * z
+    })
+    .unwrap();
+    let o4 = map4(
+        "t",
+        &a.view(),
+        &b.view(),
+        &c.view(),
+        &d.view(),
+        |x, y, z, w| x - y * z + w as f64,
+    )
+    .unwrap();
+    let o5 = map5(
+        "t",
+        &a.view(),
+        &b.view(),
+        &c.view(),
+        &e.view(),
+        &at,
+        |x, y, z, q, t| {
+            if q {
+                x + y + z
+            } else {
+                t
+            }
+        },
+    )
+    .unwrap();
+    for idx in ndarray::indices(IxDyn(&[2, 3, 17])) {
+        let i = idx.slice();
+        let (x, y, z) = (a[i], b[[i[1], 0]], c[[i[2]]]);
+        assert_eq!(o3[i], x + 2.0 * y + 3.0 * z);
+        assert_eq!(o4[i], x - y * z + d[[i[0], 0, 0]] as f64);
+        let want = if e[i] { x + y + z } else { at[i] };
+        assert_eq!(o5[i], want);
+    }
+    assert!(map3(
+        "t",
+        &a.view(),
+        &b.view(),
+        &arr(&[4], rnd(0)).view(),
+        |x, _, _| x
+    )
+    .is_err());
+    // a comparison producing bool, then `where` on mixed types
+    let m = map2("gt", &a.view(), &c.view(), |x, y| x > y).unwrap();
+    let w = map3("where", &m.view(), &a.view(), &d.view(), |q, x, y| {
+        if q {
+            x
+        } else {
+            y as f64
+        }
+    })
+    .unwrap();
+    for idx in ndarray::indices(IxDyn(&[2, 3, 17])) {
+        let i = idx.slice();
+        assert_eq!(m[i], a[i] > c[[i[2]]]);
+        assert_eq!(w[i], if m[i] { a[i] } else { d[[i[0], 0, 0]] as f64 });
+    }
+}
+
+#[test]
+fn map1_layouts_and_empty() {
+    let a = arr(&[3, 5], |i| i as f32);
+    let t = map1(&a.t().into_dyn(), |x| x * 2.0);
+    assert!(t.is_standard_layout());
+    assert_eq!(t.shape(), &[5, 3]);
+    assert_eq!(t[[4, 2]], a[[2, 4]] * 2.0);
+    let e = arr::<f32>(&[0, 3], |_| 0.0);
+    assert_eq!(map1(&e.view(), |x| x + 1.0).shape(), &[0, 3]);
+    let o = map2("t", &e.view(), &arr(&[3], |i| i as f32).view(), |x, y| {
+        x + y
+    })
+    .unwrap();
+    assert_eq!(o.shape(), &[0, 3]);
+    assert!(map2("t", &e.view(), &arr(&[2], |_| 0f32).view(), |x, y| x + y).is_err());
+    // integer arithmetic through the wrapping Num methods
+    let i = arr(&[2], |k| if k == 0 { i32::MAX } else { 7 });
+    let w = map2("t", &i.view(), &arr(&[2], |k| k as i32).view(), |x, y| {
+        crate::scalar::Num::add(x, crate::scalar::Num::div(1, y))
+    })
+    .unwrap();
+    assert_eq!(w.as_slice().unwrap(), &[i32::MAX, 8]);
+    // f16 computed in f32
+    let h = arr(&[3], |k| f16::from_f32(k as f32 + 0.5));
+    let hh = map1(&h.view(), |x| f16::from_acc(x.to_acc() * 3.0));
+    assert_eq!(hh.mapv(f16::to_f32).as_slice().unwrap(), &[1.5, 4.5, 7.5]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+/// Plain triple loop on 2-D f64 arrays.
+fn naive_mm(a: &ArrayD<f64>, b: &ArrayD<f64>) -> ArrayD<f64> {
+    let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+    assert_eq!(b.shape()[0], k);
+    let mut c = ArrayD::zeros(IxDyn(&[m, n]));
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0;
+            for p in 0..k {
+                s += a[[i, p]] * b[[p, j]];
+            }
+            c[[i, j]] = s;
+        }
+    }
+    c
+}
+
+#[test]
+fn matmul_2d_hand_values() {
+    let a = arr(&[2, 2], |i| (i + 1) as f32);
+    let b = arr(&[2, 2], |i| (i + 5) as f32);
+    let c = matmul(&a.view(), &b.view(), false, false).unwrap();
+    assert_eq!(c.as_slice().unwrap(), &[19.0, 22.0, 43.0, 50.0]);
+    let c = matmul(&a.view(), &b.view(), true, false).unwrap(); // [[1,3],[2,4]] @ b
+    assert_eq!(c.as_slice().unwrap(), &[26.0, 30.0, 38.0, 44.0]);
+    let c = matmul(&a.view(), &b.view(), false, true).unwrap(); // a @ [[5,7],[6,8]]
+    assert_eq!(c.as_slice().unwrap(), &[17.0, 23.0, 39.0, 53.0]);
+    let c = matmul(&a.view(), &b.view(), true, true).unwrap();
+    assert_eq!(c.as_slice().unwrap(), &[23.0, 31.0, 34.0, 46.0]);
+}
+
+#[test]
+fn matmul_vectors() {
+    let v = arr(&[3], |i| (i + 1) as f64); // [1,2,3]
+    let m = arr(&[3, 2], |i| i as f64); // [[0,1],[2,3],[4,5]]
+    let vm = matmul(&v.view(), &m.view(), false, false).unwrap();
+    assert_eq!(vm.shape(), &[2]);
+    assert_eq!(vm.as_slice().unwrap(), &[16.0, 22.0]);
+    let mt = arr(&[2, 3], |i| i as f64); // [[0,1,2],[3,4,5]]
+    let mv = matmul(&mt.view(), &v.view(), false, false).unwrap();
+    assert_eq!(mv.shape(), &[2]);
+    assert_eq!(mv.as_slice().unwrap(), &[8.0, 26.0]);
+    // trans_b is ignored for a 1-D operand; trans_a applies to the matrix
+    let mv2 = matmul(&m.view(), &v.view(), true, true).unwrap();
+    assert_eq!(mv2.as_slice().unwrap(), &[16.0, 22.0]);
+    let dot = matmul(&v.view(), &v.view(), false, false).unwrap();
+    assert_eq!(dot.ndim(), 0);
+    assert_eq!(dot[IxDyn(&[])], 14.0);
+    // batched matrix @ vector
+    let bm = arr(&[4, 2, 3], |i| i as f64);
+    let bmv = matmul(&bm.view(), &v.view(), false, false).unwrap();
+    assert_eq!(bmv.shape(), &[4, 2]);
+    for b in 0..4 {
+        for i in 0..2 {
+            let want: f64 = (0..3).map(|p| bm[[b, i, p]] * v[[p]]).sum();
+            assert_eq!(bmv[[b, i]], want);
+        }
+    }
+    // vector @ batched matrix
+    let vbm = matmul(
+        &arr(&[2], |i| i as f64 + 1.0).view(),
+        &bm.view(),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(vbm.shape(), &[4, 3]);
+    assert_eq!(vbm[[1, 2]], bm[[1, 0, 2]] + 2.0 * bm[[1, 1, 2]]);
+}
+
+#[test]
+fn matmul_f64_odd_sizes_against_loops() {
+    let a = arr(&[37, 53], rnd(1));
+    let b = arr(&[53, 29], rnd(2));
+    let want = naive_mm(&a, &b);
+    close(
+        &matmul(&a.view(), &b.view(), false, false).unwrap(),
+        &want,
+        1e-12,
+    );
+    // the same product through transposed storage and the trans flags
+    let at = a.t().as_standard_layout().into_owned(); // [53, 37]
+    let bt = b.t().as_standard_layout().into_owned(); // [29, 53]
+    close(
+        &matmul(&at.view(), &b.view(), true, false).unwrap(),
+        &want,
+        1e-12,
+    );
+    close(
+        &matmul(&a.view(), &bt.view(), false, true).unwrap(),
+        &want,
+        1e-12,
+    );
+    close(
+        &matmul(&at.view(), &bt.view(), true, true).unwrap(),
+        &want,
+        1e-12,
+    );
+    // non-contiguous views (transposed, stepped)
+    close(
+        &matmul(&at.t().into_dyn(), &bt.t().into_dyn(), false, false).unwrap(),
+        &want,
+        1e-12,
+    );
+    let big = arr(&[74, 106], rnd(3));
+    let sa = big.slice(s![..;2, ..;2]).into_dyn(); // [37, 53]
+    let sb = big.slice(s![..53;-1, ..29]).into_dyn();
+    let want2 = naive_mm(&sa.to_owned(), &sb.to_owned());
+    close(&matmul(&sa, &sb, false, false).unwrap(), &want2, 1e-12);
+    // f32 against the f64 reference
+    let a32 = a.mapv(|x| x as f32);
+    let b32 = b.mapv(|x| x as f32);
+    let c32 = matmul(&a32.view(), &b32.view(), false, false).unwrap();
+    close(&f64s(&c32), &want, 1e-5);
+}
+
+#[test]
+fn matmul_batched_broadcast() {
+    let a = arr(&[2, 1, 3, 4], rnd(1));
+    let b = arr(&[3, 4, 5], rnd(2));
+    let c = matmul(&a.view(), &b.view(), false, false).unwrap();
+    assert_eq!(c.shape(), &[2, 3, 3, 5]);
+    for i in 0..2 {
+        for j in 0..3 {
+            let ai = a.slice(s![i, 0, .., ..]).to_owned().into_dyn();
+            let bj = b.slice(s![j, .., ..]).to_owned().into_dyn();
+            let want = naive_mm(&ai, &bj);
+            close(
+                &c.slice(s![i, j, .., ..]).to_owned().into_dyn(),
+                &want,
+                1e-12,
+            );
+        }
+    }
+    // batch of a against a shared 2-D b (folded into one GEMM), with and without trans_b
+    let x = arr(&[2, 3, 4], rnd(3));
+    let w = arr(&[5, 4], rnd(4));
+    let y = matmul(&x.view(), &w.view(), false, true).unwrap();
+    assert_eq!(y.shape(), &[2, 3, 5]);
+    let wt = w.t().as_standard_layout().into_owned().into_dyn();
+    for i in 0..2 {
+        let want = naive_mm(&x.slice(s![i, .., ..]).to_owned().into_dyn(), &wt);
+        close(&y.slice(s![i, .., ..]).to_owned().into_dyn(), &want, 1e-12);
+    }
+    // trans_a on a batched operand
+    let xt = arr(&[2, 4, 3], rnd(5));
+    let y = matmul(&xt.view(), &wt.view(), true, false).unwrap();
+    for i in 0..2 {
+        let xi = xt.slice(s![i, .., ..]).t().to_owned().into_dyn();
+        close(
+            &y.slice(s![i, .., ..]).to_owned().into_dyn(),
+            &naive_mm(&xi, &wt),
+            1e-12,
+        );
+    }
+    // 2-D a against a batched b
+    let y = matmul(&w.view(), &arr(&[3, 4, 2], rnd(6)).view(), false, false).unwrap();
+    assert_eq!(y.shape(), &[3, 5, 2]);
+    // mismatches
+    let e = matmul(&a.view(), &arr(&[3, 5, 5], rnd(0)).view(), false, false).unwrap_err();
+    let msg = op_msg(e);
+    assert!(
+        msg.contains("[2, 1, 3, 4]") && msg.contains("[3, 5, 5]"),
+        "{msg}"
+    );
+    assert!(matmul(
+        &arr(&[2, 3, 4], rnd(0)).view(),
+        &arr(&[4, 4, 5], rnd(0)).view(),
+        false,
+        false
+    )
+    .is_err());
+    assert!(matmul(&arr(&[], rnd(0)).view(), &b.view(), false, false).is_err());
+    assert!(matmul(
+        &arr(&[3], rnd(0)).view(),
+        &arr(&[4], rnd(0)).view(),
+        false,
+        false
+    )
+    .is_err());
+}
+
+#[test]
+fn matmul_half_and_int() {
+    let a = arr(&[7, 9], rnd(1));
+    let b = arr(&[9, 5], rnd(2));
+    let want = naive_mm(&a, &b);
+    let ah = a.mapv(f16::from_f64);
+    let bh = b.mapv(f16::from_f64);
+    let want_h = naive_mm(&f64s(&ah), &f64s(&bh));
+    close(
+        &f64s(&matmul(&ah.view(), &bh.view(), false, false).unwrap()),
+        &want_h,
+        2e-3,
+    );
+    let ab = a.mapv(bf16::from_f64);
+    let bb = b.mapv(bf16::from_f64);
+    let want_b = naive_mm(&f64s(&ab), &f64s(&bb));
+    close(
+        &f64s(&matmul(&ab.view(), &bb.view(), false, false).unwrap()),
+        &want_b,
+        1e-2,
+    );
+    close(
+        &f64s(&matmul(&ab.view(), &bb.view(), false, false).unwrap()),
+        &want,
+        5e-2,
+    );
+
+    let ai = arr(&[13, 11], |i| (i as i32 % 17) - 8);
+    let bi = arr(&[11, 6], |i| (i as i32 % 5) - 2);
+    let ci = matmul(&ai.view(), &bi.view(), false, false).unwrap();
+    let want = naive_mm(&f64s(&ai), &f64s(&bi));
+    assert_eq!(f64s(&ci), want);
+    // trans on ints (strided rows of b)
+    let bit = bi.t().as_standard_layout().into_owned();
+    assert_eq!(matmul(&ai.view(), &bit.view(), false, true).unwrap(), ci);
+    // wrapping overflow
+    let big = arr(&[1, 2], |_| i32::MAX);
+    let two = arr(&[2, 1], |_| 2i32);
+    let w = matmul(&big.view(), &two.view(), false, false).unwrap();
+    assert_eq!(w[[0, 0]], i32::MAX.wrapping_mul(2).wrapping_mul(2));
+    let l = matmul(
+        &arr(&[2, 3], |i| i as i64).view(),
+        &arr(&[3], |i| i as i64).view(),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(l.as_slice().unwrap(), &[5, 14]);
+}
+
+#[test]
+fn matmul_empty() {
+    let c = matmul(
+        &arr::<f32>(&[0, 3], |_| 0.0).view(),
+        &arr(&[3, 4], |_| 1.0f32).view(),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(c.shape(), &[0, 4]);
+    let c = matmul(
+        &arr::<f64>(&[2, 0], |_| 0.0).view(),
+        &arr::<f64>(&[0, 3], |_| 0.0).view(),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(c.shape(), &[2, 3]);
+    assert!(c.iter().all(|&x| x == 0.0));
+    let c = matmul(
+        &arr::<i32>(&[0, 2, 0], |_| 0).view(),
+        &arr::<i32>(&[0, 5], |_| 0).view(),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_eq!(c.shape(), &[0, 2, 5]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// reductions
+
+/// Reference reduction on f64 data by grouping indices.
+fn ref_reduce(
+    a: &ArrayD<f64>,
+    axes: &[usize],
+    keepdim: bool,
+    f: impl Fn(&[f64]) -> f64,
+) -> ArrayD<f64> {
+    let nd = a.ndim();
+    let red: Vec<bool> = (0..nd)
+        .map(|i| axes.is_empty() || axes.contains(&i))
+        .collect();
+    let mut groups: BTreeMap<Vec<usize>, Vec<f64>> = BTreeMap::new();
+    for idx in ndarray::indices(a.raw_dim()) {
+        let key: Vec<usize> = idx
+            .slice()
+            .iter()
+            .zip(&red)
+            .filter(|(_, &r)| !r)
+            .map(|(&i, _)| i)
+            .collect();
+        groups.entry(key).or_default().push(a[idx.slice()]);
+    }
+    let kept: Vec<usize> = (0..nd).filter(|&i| !red[i]).map(|i| a.shape()[i]).collect();
+    let mut out = ArrayD::zeros(IxDyn(&kept));
+    for (k, v) in groups {
+        out[IxDyn(&k)] = f(&v);
+    }
+    if keepdim {
+        let mut shape = a.shape().to_vec();
+        for (i, r) in red.iter().enumerate() {
+            if *r {
+                shape[i] = 1;
+            }
+        }
+        out = out.into_shape_with_order(IxDyn(&shape)).unwrap();
+    }
+    out
+}
+
+fn var_ref(v: &[f64], corr: f64) -> f64 {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() as f64 - corr)
+}
+
+#[test]
+fn reductions_against_reference() {
+    let a = arr(&[3, 4, 5], rnd(7));
+    let base = a.view();
+    let transposed = a
+        .view()
+        .permuted_axes(vec![2, 0, 1])
+        .as_standard_layout()
+        .into_owned(); // [5, 3, 4]
+    let tview = transposed.view().permuted_axes(vec![1, 2, 0]); // non-contiguous, logically == a
+    let stepped_src = arr(&[6, 4, 10], rnd(7));
+    let stepped = stepped_src.slice(s![..;2, .., ..;2]).into_dyn();
+    let stepped_owned = stepped.to_owned();
+    let axis_sets: &[(&[isize], &[usize])] = &[
+        (&[0], &[0]),
+        (&[1], &[1]),
+        (&[2], &[2]),
+        (&[-1], &[2]),
+        (&[0, 1], &[0, 1]),
+        (&[-1, 0], &[0, 2]),
+        (&[1, 2], &[1, 2]),
+        (&[], &[]),
+        (&[0, 1, 2], &[0, 1, 2]),
+    ];
+    for (data, owned) in [
+        (base, &a),
+        (tview.view(), &a),
+        (stepped.view(), &stepped_owned),
+    ] {
+        for &(axes, uaxes) in axis_sets {
+            for keepdim in [false, true] {
+                let r = |f: &dyn Fn(&[f64]) -> f64| ref_reduce(owned, uaxes, keepdim, f);
+                close(
+                    &sum(&data, axes, keepdim).unwrap(),
+                    &r(&|v| v.iter().sum()),
+                    1e-12,
+                );
+                close(
+                    &mean(&data, axes, keepdim).unwrap(),
+                    &r(&|v| v.iter().sum::<f64>() / v.len() as f64),
+                    1e-12,
+                );
+                close(
+                    &prod(&data, axes, keepdim).unwrap(),
+                    &r(&|v| v.iter().product()),
+                    1e-12,
+                );
+                close(
+                    &max(&data, axes, keepdim).unwrap(),
+                    &r(&|v| v.iter().cloned().fold(f64::MIN, f64::max)),
+                    0.0,
+                );
+                close(
+                    &min(&data, axes, keepdim).unwrap(),
+                    &r(&|v| v.iter().cloned().fold(f64::MAX, f64::min)),
+                    0.0,
+                );
+                for corr in [0.0, 1.0] {
+                    close(
+                        &variance(&data, axes, keepdim, corr).unwrap(),
+                        &r(&|v| var_ref(v, corr)),
+                        1e-12,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reduction_errors_and_edges() {
+    let a = arr(&[2, 3], |i| i as f32);
+    assert!(sum(&a.view(), &[2], false).is_err());
+    assert!(sum(&a.view(), &[-3], false).is_err());
+    assert!(sum(&a.view(), &[1, -1], false).is_err());
+    assert!(mean(&a.view(), &[0, 0], true).is_err());
+    let e = arr::<f32>(&[0, 3], |_| 0.0);
+    assert!(max(&e.view(), &[0], false).is_err());
+    assert!(min(&e.view(), &[], false).is_err());
+    assert_eq!(max(&e.view(), &[1], false).unwrap().shape(), &[0]);
+    let s0 = sum(&e.view(), &[0], false).unwrap();
+    assert_eq!(s0.as_slice().unwrap(), &[0.0, 0.0, 0.0]);
+    assert_eq!(
+        prod(&e.view(), &[0], true).unwrap().as_slice().unwrap(),
+        &[1.0, 1.0, 1.0]
+    );
+    assert!(mean(&e.view(), &[0], false)
+        .unwrap()
+        .iter()
+        .all(|x| x.is_nan()));
+    // 0-d input: reducing "all axes" is the identity
+    let z = arr(&[], |_| 5.0f64);
+    assert_eq!(sum(&z.view(), &[], false).unwrap()[IxDyn(&[])], 5.0);
+    assert!(sum(&z.view(), &[0], false).is_err());
+    // all axes without keepdim -> 0-d; with keepdim -> [1, 1]
+    assert_eq!(sum(&a.view(), &[], false).unwrap().ndim(), 0);
+    assert_eq!(sum(&a.view(), &[], true).unwrap().shape(), &[1, 1]);
+    // NaN propagates through max/min
+    let n = arr(&[4], |i| if i == 2 { f32::NAN } else { i as f32 });
+    assert!(max(&n.view(), &[], false).unwrap()[IxDyn(&[])].is_nan());
+    assert!(min(&n.view(), &[0], false).unwrap()[IxDyn(&[])].is_nan());
+    // integers wrap
+    let i = arr(&[2], |k| if k == 0 { i32::MAX } else { 1 });
+    assert_eq!(sum(&i.view(), &[], false).unwrap()[IxDyn(&[])], i32::MIN);
+    assert_eq!(max(&i.view(), &[0], false).unwrap()[IxDyn(&[])], i32::MAX);
+    let l = arr(&[3, 2], |k| k as i64 + 1);
+    assert_eq!(
+        prod(&l.view(), &[0], false).unwrap().as_slice().unwrap(),
+        &[15, 48]
+    );
+}
+
+#[test]
+fn long_sums_stay_accurate() {
+    // 2^20 values of 0.1: a naive f32 running sum is off by ~1e-2 relative.
+    let n = 1 << 20;
+    let a = arr(&[n], |_| 0.1f32);
+    let s = sum(&a.view(), &[], false).unwrap()[IxDyn(&[])] as f64;
+    let want = n as f64 * 0.1f32 as f64;
+    assert!((s - want).abs() / want < 1e-5, "{s} vs {want}");
+    // the leading-axis (row block) path
+    let r = arr(&[n / 2, 2], |_| 0.1f32);
+    let s = sum(&r.view(), &[0], false).unwrap();
+    for &x in s.iter() {
+        assert!((x as f64 - want / 2.0).abs() / want < 1e-5, "{x}");
+    }
+    // the mean of half values accumulates in f32
+    let h = arr(&[4096], |i| {
+        f16::from_f32(if i % 2 == 0 { 1.0 } else { 2.0 })
+    });
+    assert_eq!(
+        mean(&h.view(), &[], false).unwrap()[IxDyn(&[])],
+        f16::from_f32(1.5)
+    );
+    assert_eq!(
+        sum(&h.view(), &[], false).unwrap()[IxDyn(&[])],
+        f16::from_f32(6144.0)
+    );
+    let v = variance(&h.view(), &[0], false, 0.0).unwrap();
+    assert_eq!(v[IxDyn(&[])], f16::from_f32(0.25));
+}
+
+#[test]
+fn argmax_argmin() {
+    // ties resolve to the first index
+    let a = ArrayD::from_shape_vec(
+        IxDyn(&[2, 4]),
+        vec![1.0f32, 3.0, 3.0, -1.0, 0.0, -2.0, 5.0, -2.0],
+    )
+    .unwrap();
+    assert_eq!(
+        argmax(&a.view(), 1, false).unwrap().as_slice().unwrap(),
+        &[1, 2]
+    );
+    assert_eq!(
+        argmin(&a.view(), -1, false).unwrap().as_slice().unwrap(),
+        &[3, 1]
+    );
+    assert_eq!(
+        argmax(&a.view(), 0, false).unwrap().as_slice().unwrap(),
+        &[0, 0, 1, 0]
+    );
+    assert_eq!(argmin(&a.view(), 0, true).unwrap().shape(), &[1, 4]);
+    assert_eq!(argmax(&a.view(), 1, true).unwrap().shape(), &[2, 1]);
+    // transposed input
+    let at = a.t().into_dyn();
+    assert_eq!(argmax(&at, 0, false).unwrap().as_slice().unwrap(), &[1, 2]);
+    // NaN wins, first occurrence
+    let n = arr(&[5], |i| if i == 1 || i == 3 { f64::NAN } else { i as f64 });
+    assert_eq!(argmax(&n.view(), 0, false).unwrap()[IxDyn(&[])], 1);
+    assert_eq!(argmin(&n.view(), 0, false).unwrap()[IxDyn(&[])], 1);
+    let i = arr(&[3, 3], |k| ((k * 7) % 5) as i32);
+    assert_eq!(
+        argmax(&i.view(), 1, false).unwrap().as_slice().unwrap(),
+        &[2, 1, 1]
+    );
+    assert!(argmax(&arr::<f32>(&[3, 0], |_| 0.0).view(), 1, false).is_err());
+    assert_eq!(
+        argmax(&arr::<f32>(&[0, 3], |_| 0.0).view(), 1, false)
+            .unwrap()
+            .shape(),
+        &[0]
+    );
+    assert!(argmax(&a.view(), 2, false).is_err());
+    let h = arr(&[3], |k| bf16::from_f32(k as f32));
+    assert_eq!(argmax(&h.view(), 0, false).unwrap()[IxDyn(&[])], 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax
+
+#[test]
+fn softmax_rows() {
+    let a = arr(&[3, 5], rnd(9)).mapv(|x| x * 4.0);
+    for axis in [0isize, 1, -1] {
+        let s = softmax(&a.view(), axis).unwrap();
+        let ls = log_softmax(&a.view(), axis).unwrap();
+        let ax = if axis < 0 { 1 } else { axis as usize };
+        for lane in s.lanes(Axis(ax)) {
+            assert!((lane.sum() - 1.0).abs() < 1e-12);
+        }
+        close(&ls, &s.mapv(f64::ln), 1e-12);
+        // reference
+        let want = ArrayD::from_shape_fn(a.raw_dim(), |idx| {
+            let lane = a.index_axis(Axis(1 - ax), if ax == 0 { idx[1] } else { idx[0] });
+            let denom: f64 = lane.iter().map(|x| x.exp()).sum();
+            a[&idx].exp() / denom
+        });
+        close(&s, &want, 1e-12);
+    }
+    // large magnitudes stay finite
+    let big = ArrayD::from_shape_vec(
+        IxDyn(&[2, 3]),
+        vec![1000.0f32, 1001.0, 1002.0, -1000.0, -5000.0, -1001.0],
+    )
+    .unwrap();
+    let s = softmax(&big.view(), 1).unwrap();
+    assert!(s.iter().all(|x| x.is_finite()));
+    assert!((s[[0, 2]] - 0.665_240_9).abs() < 1e-6);
+    assert!((s[[1, 0]] - 0.731_058_6).abs() < 1e-6);
+    assert_eq!(s[[1, 1]], 0.0);
+    let ls = log_softmax(&big.view(), 1).unwrap();
+    assert!(ls.iter().all(|x| x.is_finite()));
+    assert!((ls[[1, 1]] - -4_000.313_3).abs() < 1e-2);
+    // -inf entries get probability 0
+    let m = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.0f64, f64::NEG_INFINITY]).unwrap();
+    assert_eq!(
+        softmax(&m.view(), 0).unwrap().as_slice().unwrap(),
+        &[1.0, 0.0]
+    );
+    // half precision, non-contiguous, empty, errors
+    let h = a.mapv(f16::from_f64);
+    let ht = h.t().into_dyn();
+    let sh = softmax(&ht, 0).unwrap();
+    let sf = softmax(&a.t().into_dyn(), 0).unwrap();
+    close(&f64s(&sh), &sf, 3e-3);
+    assert_eq!(
+        softmax(&arr::<f32>(&[0, 4], |_| 0.0).view(), 1)
+            .unwrap()
+            .shape(),
+        &[0, 4]
+    );
+    assert!(softmax(&a.view(), 2).is_err());
+    assert!(log_softmax(&a.view(), -3).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// shape ops
+
+#[test]
+fn transpose_and_reshape() {
+    let a = arr(&[2, 3, 4], |i| i as i32);
+    let t = transpose(&a.view(), &[2, 0, 1]).unwrap();
+    assert_eq!(t.shape(), &[4, 2, 3]);
+    assert!(t.is_standard_layout());
+    for idx in ndarray::indices(IxDyn(&[4, 2, 3])) {
+        let i = idx.slice();
+        assert_eq!(t[i], a[[i[1], i[2], i[0]]]);
+    }
+    assert!(transpose(&a.view(), &[0, 1]).is_err());
+    assert!(transpose(&a.view(), &[0, 1, 1]).is_err());
+    assert!(transpose(&a.view(), &[0, 1, 3]).is_err());
+
+    let r = reshape(&a.view(), &[4, -1]).unwrap();
+    assert_eq!(r.shape(), &[4, 6]);
+    assert_eq!(r.as_slice().unwrap(), a.as_slice().unwrap());
+    assert_eq!(reshape(&a.view(), &[-1]).unwrap().shape(), &[24]);
+    // reshape reads the logical (row-major) order of a transposed view
+    let at = a.view().permuted_axes(vec![2, 1, 0]);
+    let rt = reshape(&at, &[-1]).unwrap();
+    let want: Vec<i32> = at.iter().copied().collect();
+    assert_eq!(rt.as_slice().unwrap(), &want[..]);
+    let msg = op_msg(reshape(&a.view(), &[5, -1]).unwrap_err());
+    assert!(
+        msg.contains("[2, 3, 4]") && msg.contains("[5, -1]"),
+        "{msg}"
+    );
+    assert!(reshape(&a.view(), &[-1, -1]).is_err());
+    assert!(reshape(&a.view(), &[4, 5]).is_err());
+    assert!(reshape(&a.view(), &[-2, 12]).is_err());
+    let e = arr::<f32>(&[0, 3], |_| 0.0);
+    assert_eq!(reshape(&e.view(), &[3, 0]).unwrap().shape(), &[3, 0]);
+    assert!(reshape(&e.view(), &[0, -1]).is_err());
+    assert_eq!(
+        reshape(&arr(&[1], |_| 1.0f32).view(), &[]).unwrap().ndim(),
+        0
+    );
+}
+
+#[test]
+fn concat_parts() {
+    let a = arr(&[2, 3], |i| i as f32);
+    let b = arr(&[1, 3], |i| 10.0 + i as f32);
+    let c = concat(&[a.view(), b.view()], 0).unwrap();
+    assert_eq!(c.shape(), &[3, 3]);
+    assert_eq!(
+        c.as_slice().unwrap(),
+        &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 11.0, 12.0]
+    );
+    let d = arr(&[3, 2], |i| 20.0 + i as f32);
+    let dt = d.t().into_dyn(); // [2, 3], non-contiguous
+    let c = concat(
+        &[a.view(), dt.clone(), arr::<f32>(&[2, 0], |_| 0.0).view()],
+        -1,
+    )
+    .unwrap();
+    assert_eq!(c.shape(), &[2, 6]);
+    for i in 0..2 {
+        for j in 0..6 {
+            let want = if j < 3 { a[[i, j]] } else { dt[[i, j - 3]] };
+            assert_eq!(c[[i, j]], want);
+        }
+    }
+    let msg = op_msg(concat(&[a.view(), b.view()], 1).unwrap_err());
+    assert!(msg.contains("[2, 3]") && msg.contains("[1, 3]"), "{msg}");
+    assert!(concat::<f32>(&[], 0).is_err());
+    assert!(concat(&[a.view(), arr(&[3], |_| 0.0f32).view()], 0).is_err());
+    assert!(concat(&[arr(&[], |_| 0.0f32).view()], 0).is_err());
+    assert!(concat(&[a.view()], 2).is_err());
+}
+
+fn sl1(a: &ArrayD<i32>, start: Option<isize>, end: Option<isize>, step: isize) -> Vec<i32> {
+    slice(&a.view(), &[SliceArg::Range { start, end, step }])
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+#[test]
+fn slicing_python_semantics() {
+    let a = arr(&[10], |i| i as i32);
+    assert_eq!(sl1(&a, None, None, -1), vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+    assert_eq!(sl1(&a, Some(8), Some(2), -2), vec![8, 6, 4]);
+    assert_eq!(sl1(&a, Some(-3), None, 1), vec![7, 8, 9]);
+    assert_eq!(sl1(&a, None, Some(-100), 1), Vec::<i32>::new());
+    assert_eq!(sl1(&a, Some(100), None, 1), Vec::<i32>::new());
+    assert_eq!(sl1(&a, None, None, -3), vec![9, 6, 3, 0]);
+    assert_eq!(
+        sl1(&a, Some(-1), Some(-11), -1),
+        vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    );
+    assert_eq!(sl1(&a, Some(100), Some(-100), -4), vec![9, 5, 1]);
+    assert_eq!(sl1(&a, Some(2), Some(9), 3), vec![2, 5, 8]);
+    assert_eq!(sl1(&a, Some(5), Some(2), 1), Vec::<i32>::new());
+    assert_eq!(sl1(&a, Some(3), Some(4), isize::MIN), Vec::<i32>::new());
+    assert_eq!(sl1(&a, Some(3), None, isize::MIN), vec![3]);
+    assert_eq!(sl1(&a, None, None, isize::MAX), vec![0]);
+
+    let m = arr(&[3, 4], |i| i as i32);
+    let r = slice(
+        &m.view(),
+        &[
+            SliceArg::Index(1),
+            SliceArg::Range {
+                start: None,
+                end: None,
+                step: -2,
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.shape(), &[2]);
+    assert_eq!(r.as_slice().unwrap(), &[7, 5]);
+    let r = slice(
+        &m.view(),
+        &[SliceArg::NewAxis, SliceArg::FULL, SliceArg::Index(-1)],
+    )
+    .unwrap();
+    assert_eq!(r.shape(), &[1, 3]);
+    assert_eq!(r.as_slice().unwrap(), &[3, 7, 11]);
+    let r = slice(
+        &m.view(),
+        &[SliceArg::Range {
+            start: Some(-2),
+            end: None,
+            step: 1,
+        }],
+    )
+    .unwrap();
+    assert_eq!(r.shape(), &[2, 4]);
+    assert_eq!(r.as_slice().unwrap(), &[4, 5, 6, 7, 8, 9, 10, 11]);
+    let r = slice(
+        &m.view(),
+        &[SliceArg::FULL, SliceArg::FULL, SliceArg::NewAxis],
+    )
+    .unwrap();
+    assert_eq!(r.shape(), &[3, 4, 1]);
+    assert_eq!(slice(&m.view(), &[]).unwrap(), m);
+    // on a transposed view
+    let mt = m.t().into_dyn(); // [4, 3]
+    let r = slice(
+        &mt,
+        &[
+            SliceArg::Range {
+                start: Some(1),
+                end: None,
+                step: 2,
+            },
+            SliceArg::Index(0),
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.as_slice().unwrap(), &[1, 3]);
+
+    let msg = op_msg(slice(&m.view(), &[SliceArg::FULL, SliceArg::Index(4)]).unwrap_err());
+    assert!(msg.contains("index 4") && msg.contains("size 4"), "{msg}");
+    assert!(slice(&m.view(), &[SliceArg::Index(-4)]).is_err());
+    assert!(slice(
+        &m.view(),
+        &[SliceArg::Range {
+            start: None,
+            end: None,
+            step: 0
+        }]
+    )
+    .is_err());
+    assert!(slice(
+        &m.view(),
+        &[SliceArg::Index(0), SliceArg::Index(0), SliceArg::Index(0)]
+    )
+    .is_err());
+    let e = arr::<i32>(&[0, 2], |_| 0);
+    assert_eq!(
+        slice(
+            &e.view(),
+            &[SliceArg::Range {
+                start: None,
+                end: None,
+                step: -1
+            }]
+        )
+        .unwrap()
+        .shape(),
+        &[0, 2]
+    );
+    assert!(slice(&e.view(), &[SliceArg::Index(0)]).is_err());
+}
+
+#[test]
+fn gather_take() {
+    let t = arr(&[4, 3], |i| i as f32);
+    let idx = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0i64, -1, 2, 2]).unwrap();
+    let g = gather(&t.view(), &idx.view(), 0).unwrap();
+    assert_eq!(g.shape(), &[2, 2, 3]);
+    for a in 0..2 {
+        for b in 0..2 {
+            let row = idx[[a, b]].rem_euclid(4) as usize;
+            for c in 0..3 {
+                assert_eq!(g[[a, b, c]], t[[row, c]]);
+            }
+        }
+    }
+    let g1 = gather(&t.view(), &idx.view(), -1).unwrap();
+    assert_eq!(g1.shape(), &[4, 2, 2]);
+    for r in 0..4 {
+        for a in 0..2 {
+            for b in 0..2 {
+                assert_eq!(g1[[r, a, b]], t[[r, idx[[a, b]].rem_euclid(3) as usize]]);
+            }
+        }
+    }
+    // scalar index removes the axis; i32 and float indices; non-contiguous table
+    let s0 = gather(&t.view(), &arr(&[], |_| 2i32).view(), 0).unwrap();
+    assert_eq!(s0.as_slice().unwrap(), &[6.0, 7.0, 8.0]);
+    let tt = t.t().into_dyn(); // [3, 4]
+    let gf = gather(&tt, &arr(&[2], |i| i as f32 * 1.9).view(), 0).unwrap(); // indices 0, 1
+    assert_eq!(
+        gf.as_slice().unwrap(),
+        &[0.0, 3.0, 6.0, 9.0, 1.0, 4.0, 7.0, 10.0]
+    );
+    let msg = op_msg(gather(&t.view(), &arr(&[2], |i| (i * 4) as i64).view(), 0).unwrap_err());
+    assert!(msg.contains("index 4") && msg.contains("size 4"), "{msg}");
+    assert!(gather(&t.view(), &arr(&[1], |_| -5i64).view(), 0).is_err());
+    assert!(gather(&t.view(), &idx.view(), 2).is_err());
+    assert_eq!(
+        gather(&t.view(), &arr::<i64>(&[0], |_| 0).view(), 0)
+            .unwrap()
+            .shape(),
+        &[0, 3]
+    );
+    assert!(gather(
+        &arr::<f32>(&[0, 3], |_| 0.0).view(),
+        &arr(&[1], |_| 0i64).view(),
+        0
+    )
+    .is_err());
+}
+
+#[test]
+fn casts() {
+    let f = ArrayD::from_shape_vec(IxDyn(&[5]), vec![1.9f32, -1.9, 3e10, f32::NAN, -3e10]).unwrap();
+    let i: ArrayD<i32> = cast(&f.view());
+    assert_eq!(i.as_slice().unwrap(), &[1, -1, i32::MAX, 0, i32::MIN]);
+    let big = ArrayD::from_shape_vec(IxDyn(&[4]), vec![(1i64 << 53) + 1, i64::MAX, i64::MIN, -7])
+        .unwrap();
+    let same: ArrayD<i64> = cast(&big.view());
+    assert_eq!(same, big);
+    let n: ArrayD<i32> = cast(&big.view());
+    assert_eq!(n.as_slice().unwrap(), &[i32::MAX, i32::MAX, i32::MIN, -7]);
+    let w: ArrayD<i64> = cast(&arr(&[2], |k| if k == 0 { i32::MIN } else { i32::MAX }).view());
+    assert_eq!(w.as_slice().unwrap(), &[i32::MIN as i64, i32::MAX as i64]);
+    let f32s: ArrayD<f32> = cast(&big.view());
+    assert_eq!(f32s[[0]], ((1i64 << 53) + 1) as f32);
+    let f64s_: ArrayD<f64> = cast(&big.view());
+    assert_eq!(f64s_[[3]], -7.0);
+    let h: ArrayD<f16> = cast(&arr(&[2], |k| k as f32 + 0.1).view());
+    assert_eq!(
+        h.as_slice().unwrap(),
+        &[f16::from_f32(0.1), f16::from_f32(1.1)]
+    );
+    let back: ArrayD<f32> = cast(&h.view());
+    assert_eq!(back[[0]], f16::from_f32(0.1).to_f32());
+    let bf: ArrayD<bf16> = cast(&h.view());
+    assert_eq!(bf[[1]], bf16::from_f32(f16::from_f32(1.1).to_f32()));
+    let b: ArrayD<bool> = cast(
+        &ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.0f64, -0.5, f64::NAN])
+            .unwrap()
+            .view(),
+    );
+    assert_eq!(b.as_slice().unwrap(), &[false, true, true]);
+    let bi: ArrayD<i64> = cast(&b.view());
+    assert_eq!(bi.as_slice().unwrap(), &[0, 1, 1]);
+    let ib: ArrayD<bool> = cast(&big.view());
+    assert!(ib.iter().all(|&x| x));
+    // same type from a transposed view: a standard-layout copy
+    let m = arr(&[2, 3], |k| k as f32);
+    let mt: ArrayD<f32> = cast(&m.t().into_dyn());
+    assert!(mt.is_standard_layout());
+    assert_eq!(mt.as_slice().unwrap(), &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    let it: ArrayD<i64> = cast(&arr(&[2, 3], |k| k as i32).t().into_dyn());
+    assert_eq!(it.as_slice().unwrap(), &[0, 3, 1, 4, 2, 5]);
+    let e: ArrayD<f64> = cast(&arr::<i32>(&[0, 2], |_| 0).view());
+    assert_eq!(e.shape(), &[0, 2]);
+}
