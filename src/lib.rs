@@ -1,1 +1,56 @@
-//! placeholder
+//! # mithril
+//!
+//! A machine-learning compiler that lives inside `rustc`. Models are written in the [`mithril!`]
+//! macro; at build time the macro flattens nested models, resolves their connections, infers
+//! shapes and dtypes, optimizes the graph and expands to Rust that calls specialized kernels. A
+//! shape mistake is a compile error under the tokens that caused it.
+//!
+//! ```
+//! use mithril::prelude::*;
+//!
+//! mithril! {
+//!     /// Two-layer perceptron for 28x28 digits.
+//!     pub model Mlp {
+//!         input x: f32[B, 784];            // B: a symbolic dim, fixed per call
+//!         let fc1 = Linear(256);           // a model instance (weights live under `fc1`)
+//!         let h = relu(fc1(x));
+//!         let h = relu(Linear(dimension = 128)(h));   // an anonymous instance
+//!         output logits = Linear(10)(h);
+//!     }
+//!
+//!     /// The same logical model, compiled again with other options.
+//!     pub compile MlpB32 = Mlp {
+//!         shapes: { x: [32, 784] },
+//!         static_shapes: true,
+//!         optimizations: { operator_fusion: true },
+//!     };
+//! }
+//!
+//! fn main() -> mithril::Result<()> {
+//!     let model = Mlp::new()?;
+//!     let params = model.randomize_params(42);      // typed: params.fc1.weight, ...
+//!     let x = ndarray::Array2::<f32>::zeros((8, 784));
+//!     let out = model.evaluate(&params, MlpInputs { x: x.view() })?;
+//!     assert_eq!(out.logits.shape(), &[8, 10]);
+//!     assert_eq!(params.fc1.weight.shape(), &[256, 784]);
+//!     Ok(())
+//! }
+//! ```
+#![doc = include_str!("../docs/language.md")]
+
+pub use mithril_macros::mithril;
+/// The runtime: errors, element types, tensor ops, param trees, initialisers.
+pub use mithril_runtime as rt;
+pub use mithril_runtime::{Error, ParamTree, Result};
+
+pub use half;
+pub use ndarray;
+
+/// `use mithril::prelude::*;` brings the macro, the error types, the param-tree trait and
+/// `ndarray` into scope.
+pub mod prelude {
+    pub use crate::rt::{DType, Elem, TensorView, TensorViewMut};
+    pub use crate::{mithril, Error, ParamTree, Result};
+    pub use half::{bf16, f16};
+    pub use ndarray;
+}

@@ -289,9 +289,8 @@ num_float!(f64, libm::erf, libm::pow);
 /// max(x, 0)
 #[inline(always)]
 pub fn relu<T: Num>(x: T) -> T {
-    if x > T::ZERO {
-        x
-    } else if x.partial_cmp(&T::ZERO).is_none() {
+    // NaN (unordered) passes through
+    if x > T::ZERO || x.partial_cmp(&T::ZERO).is_none() {
         x
     } else {
         T::ZERO
@@ -382,4 +381,35 @@ mod tests {
         assert!(Num::max(f32::NAN, 1.0).is_nan());
         assert_eq!(relu(-2i64), 0);
     }
+}
+
+/// Integer power by squaring (wrapping); a negative exponent gives 0 except for bases ±1.
+#[inline]
+pub fn int_pow<T: Num>(base: T, exp: T) -> T {
+    let e = exp.to_f64();
+    if e < 0.0 {
+        let b = base.to_f64();
+        return if b == 1.0 {
+            T::ONE
+        } else if b == -1.0 {
+            if (e as i64) % 2 == 0 {
+                T::ONE
+            } else {
+                T::ONE.neg()
+            }
+        } else {
+            T::ZERO
+        };
+    }
+    let mut e = e as u64;
+    let mut b = base;
+    let mut acc = T::ONE;
+    while e > 0 {
+        if e & 1 == 1 {
+            acc = acc.mul(b);
+        }
+        b = b.mul(b);
+        e >>= 1;
+    }
+    acc
 }

@@ -1,1 +1,333 @@
-//! placeholder
+//! # mithril-macros
+//!
+//! The mithril compiler, run by rustc as a procedural macro. Use it through the `mithril`
+//! facade crate (`mithril::mithril!`), which documents the DSL.
+//!
+//! Pipeline (one module per step; the IR in [`ir`] is the only thing they share):
+//! [`syntax`] parse -> [`flatten`] flattening (with [`resolve`] terminal resolution) ->
+//! [`dtypes`] dtype inference -> [`shapes`] shape inference -> [`passes`] optimization ->
+//! [`codegen`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
+//! across invocations, modules and crates).
+
+mod carrier;
+mod codegen;
+mod dtypes;
+mod files;
+mod flatten;
+mod hyper;
+mod ir;
+mod library;
+mod options;
+mod passes;
+mod prims;
+mod report;
+mod resolve;
+mod shapes;
+mod syntax;
+
+use flatten::{DefEntry, FlattenOpts, Flattener, Origin, Scope};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use std::rc::Rc;
+use syntax::{Item, ModelKind};
+
+/// Defines mithril models and physical models. See the `mithril` crate for the language.
+#[proc_macro]
+pub fn mithril(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    expand(input.into()).into()
+}
+
+fn expand(input: TokenStream) -> TokenStream {
+    let (carried, carried_raw, rest) = match carrier::split_resume(input) {
+        Ok(x) => x,
+        Err(e) => return e.to_compile_error(),
+    };
+    let file: syntax::File = match carrier::parse_file(rest) {
+        Ok(f) => f,
+        Err(e) => return e.to_compile_error(),
+    };
+    let krate = std::env::var("CARGO_CRATE_NAME").unwrap_or_default();
+    let library = library::scope();
+
+    // the invocation's own definitions (visible to each other in any order) and carried ones
+    let mut shared = Scope::default();
+    for (key, entry) in carried.iter() {
+        shared.defs.insert(key.clone(), entry.clone());
+    }
+    let empty = Rc::new(Scope::default());
+    for item in &file.items {
+        if let Item::Model(m) = item {
+            shared.defs.insert(
+                m.name.to_string(),
+                Rc::new(DefEntry {
+                    def: m.clone(),
+                    origin: Origin::Local,
+                    scope: empty.clone(),
+                }),
+            );
+        }
+    }
+    let shared = Rc::new(shared);
+
+    let mut out = TokenStream::new();
+    let mut errors: Vec<syn::Error> = Vec::new();
+    let mut missing: Vec<syn::Path> = Vec::new();
+
+    for item in &file.items {
+        match item {
+            Item::Model(m) => {
+                out.extend(carrier::emit_carrier(m, &shared, &krate));
+                if m.kind == ModelKind::Train {
+                    errors.push(syn::Error::new(
+                        m.name.span(),
+                        format!("`train {}`: train models need reverse-mode differentiation, which this version of mithril does not have yet", m.name),
+                    ));
+                    continue;
+                }
+                if m.hypers.iter().any(|h| h.default.is_none()) {
+                    // a model with required hyperparameters has no default physical model
+                    continue;
+                }
+                let entry = shared.defs.get(&m.name.to_string()).cloned();
+                let Some(entry) = entry else { continue };
+                let logical = m.name.to_string();
+                match compile_one(
+                    &entry,
+                    &m.name,
+                    &m.vis,
+                    &m.attrs,
+                    &options::Options::default(),
+                    &library,
+                    &shared,
+                    &logical,
+                ) {
+                    Ok((ts, miss)) => {
+                        out.extend(ts);
+                        missing.extend(miss);
+                    }
+                    Err((es, miss)) => {
+                        errors.extend(es);
+                        missing.extend(miss);
+                    }
+                }
+            }
+            Item::Compile(c) => {
+                let key = c
+                    .model
+                    .segments
+                    .iter()
+                    .map(|s| s.ident.to_string())
+                    .collect::<Vec<_>>()
+                    .join("::");
+                let entry = shared
+                    .defs
+                    .get(&key)
+                    .cloned()
+                    .or_else(|| library.defs.get(&key).cloned());
+                let Some(entry) = entry else {
+                    if c.model.segments.len() > 1 || !shared.defs.contains_key(&key) {
+                        missing.push(c.model.clone());
+                    }
+                    continue;
+                };
+                let opts = match options::parse(&c.options) {
+                    Ok(o) => o,
+                    Err(es) => {
+                        errors.extend(es);
+                        out.extend(stub(&c.name, &c.vis));
+                        continue;
+                    }
+                };
+                if !entry.def.hypers.iter().all(|h| h.default.is_some()) {
+                    errors.push(syn::Error::new(
+                        c.model.segments.last().map(|s| s.ident.span()).unwrap_or(Span::call_site()),
+                        format!("`{key}` has hyperparameters without defaults; wrap it in a model that fixes them"),
+                    ));
+                    continue;
+                }
+                match compile_one(
+                    &entry, &c.name, &c.vis, &c.attrs, &opts, &library, &shared, &key,
+                ) {
+                    Ok((ts, miss)) => {
+                        out.extend(ts);
+                        missing.extend(miss);
+                    }
+                    Err((es, miss)) => {
+                        errors.extend(es);
+                        missing.extend(miss);
+                        out.extend(stub(&c.name, &c.vis));
+                    }
+                }
+            }
+        }
+    }
+
+    if !missing.is_empty() {
+        // fetch every unresolved model through its carrier, then re-enter once
+        let mut seen = Vec::new();
+        missing.retain(|p| {
+            let k = quote!(#p).to_string();
+            let fresh = !seen.contains(&k);
+            seen.push(k);
+            fresh
+        });
+        return carrier::fetch_chain(&missing, &carried_raw, &file.tokens, &carried);
+    }
+    for e in errors {
+        out.extend(e.to_compile_error());
+    }
+    out
+}
+
+type CompileResult = Result<(TokenStream, Vec<syn::Path>), (Vec<syn::Error>, Vec<syn::Path>)>;
+
+fn compile_one(
+    entry: &Rc<DefEntry>,
+    name: &syn::Ident,
+    vis: &syn::Visibility,
+    attrs: &[syn::Attribute],
+    opts: &options::Options,
+    library: &Scope,
+    locals: &Scope,
+    logical: &str,
+) -> CompileResult {
+    let fopts = FlattenOpts {
+        default_dtype: opts.dtype,
+        shapes: opts.shapes.clone(),
+        types: opts.types.clone(),
+    };
+    let mut fl = Flattener::new(&fopts, library, locals);
+    fl.flatten_top(entry.clone());
+    let missing = std::mem::take(&mut fl.missing);
+    if !missing.is_empty() {
+        return Ok((TokenStream::new(), missing));
+    }
+    let mut errors = std::mem::take(&mut fl.errors);
+    let mut g = fl.g;
+    if errors.is_empty() {
+        errors.extend(dtypes::infer(&mut g, opts.dtype));
+        errors.extend(shapes::infer(&mut g));
+    }
+    if !errors.is_empty() {
+        return Err((errors, vec![]));
+    }
+    dtypes::finish(&mut g, opts.dtype);
+    if opts.static_shapes {
+        for i in &g.inputs {
+            if let Some(d) = g.rdims(i.node) {
+                if d.iter().any(|x| !matches!(x, ir::RDim::Known(_))) {
+                    errors.push(syn::Error::new(
+                        i.span,
+                        format!(
+                            "`static_shapes: true` needs every input dim fixed, but `{}` is {}; give it with `shapes: {{ {}: [...] }}`",
+                            i.name,
+                            g.describe(i.node),
+                            i.name
+                        ),
+                    ));
+                }
+            } else {
+                errors.push(syn::Error::new(
+                    i.span,
+                    format!("`static_shapes: true` needs a fixed rank for `{}`", i.name),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err((errors, vec![]));
+        }
+    }
+    // warnings: unused inputs
+    let uses = g.use_counts();
+    let mut warnings = TokenStream::new();
+    for i in &g.inputs {
+        if uses[i.node] == 0 {
+            let note = format!(
+                "mithril: input `{}` of model `{}` is never used",
+                i.name, name
+            );
+            let ident = format_ident!("__mithril_unused_{}_{}", name, i.name);
+            let use_site = quote_spanned!(i.span=> #ident);
+            warnings.extend(quote! {
+                const _: () = {
+                    #[deprecated(note = #note)]
+                    #[allow(non_upper_case_globals)]
+                    const #ident: () = ();
+                    #use_site
+                };
+            });
+        }
+    }
+
+    // optimization passes
+    let mut pass_log: Vec<(&str, usize)> = vec![("flattened ops", report::op_count(&g))];
+    passes::elide::run(&mut g);
+    if opts.constant_folding {
+        pass_log.push(("constant_folding", passes::fold::run(&mut g)));
+    }
+    if opts.common_subexpression {
+        pass_log.push(("common_subexpression", passes::cse::run(&mut g)));
+    }
+    if opts.dead_code_elimination {
+        pass_log.push(("dead_code_elimination", passes::dce::run(&mut g, &[])));
+    }
+    if opts.operator_fusion {
+        pass_log.push(("operator_fusion", passes::fuse::run(&mut g)));
+        if opts.dead_code_elimination {
+            passes::dce::run(&mut g, &[]);
+        }
+    }
+    let model = name.to_string();
+    let summary = report::summary(&g, &model, &pass_log);
+    let text = report::text(&g);
+    let dot = report::dot(&g, &model);
+    let json = report::json(&g, &model);
+    let inp = codegen::CodegenInput {
+        name,
+        vis,
+        docs: attrs,
+        static_shapes: opts.static_shapes,
+        summary,
+        graph_text: text.clone(),
+        graph_dot: dot.clone(),
+        graph_json: json.clone(),
+        logical: logical.to_string(),
+    };
+    let code = codegen::Gen::new(&g, &inp)
+        .generate()
+        .map_err(|e| (e, vec![]))?;
+    let mut file_errors = Vec::new();
+    if let Some((path, fmt)) = &opts.dump_graph {
+        let content = match fmt {
+            options::DumpFormat::Dot => &dot,
+            options::DumpFormat::Json => &json,
+            options::DumpFormat::Text => &text,
+        };
+        if let Err(e) = files::write_if_changed(path, content) {
+            file_errors.push(syn::Error::new(
+                name.span(),
+                format!("dump_graph: cannot write `{path}`: {e}"),
+            ));
+        }
+    }
+    if let Some(path) = &opts.file_path {
+        let src = files::pretty(&code);
+        if let Err(e) = files::write_if_changed(path, &src) {
+            file_errors.push(syn::Error::new(
+                name.span(),
+                format!("file_path: cannot write `{path}`: {e}"),
+            ));
+        }
+    }
+    if !file_errors.is_empty() {
+        return Err((file_errors, vec![]));
+    }
+    Ok((quote!(#code #warnings), vec![]))
+}
+
+/// Placeholder items emitted when a physical model fails to compile, so that user code naming
+/// them does not add a cascade of "cannot find type" errors.
+fn stub(name: &syn::Ident, vis: &syn::Visibility) -> TokenStream {
+    let _ = (name, vis);
+    TokenStream::new()
+}

@@ -42,7 +42,10 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::Op`].
     pub fn op(op: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Op { op: op.into(), msg: msg.into() }
+        Error::Op {
+            op: op.into(),
+            msg: msg.into(),
+        }
     }
 }
 

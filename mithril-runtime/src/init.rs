@@ -294,3 +294,15 @@ mod tests {
         assert!(prev_f64(-1.0) < -1.0);
     }
 }
+
+/// Copy `src` (in logical order) into a new array of the static dimensionality `D` with `shape`.
+/// Used by generated `randomize_params`; elements beyond `src` stay at `T::default()`, so this
+/// never fails or panics even if the two shapes disagree.
+pub fn shaped<T: Elem, D: ndarray::Dimension, Sh: ndarray::ShapeBuilder<Dim = D>>(
+    src: &ArrayD<T>,
+    shape: Sh,
+) -> ndarray::Array<T, D> {
+    let mut out = ndarray::Array::from_elem(shape, T::default());
+    out.iter_mut().zip(src.iter()).for_each(|(d, s)| *d = *s);
+    out
+}

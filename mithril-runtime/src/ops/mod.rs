@@ -19,6 +19,7 @@ pub mod matmul;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
+pub mod take;
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ pub use matmul::*;
 pub use reduce::*;
 pub use shape::*;
 pub use softmax::*;
+pub use take::*;
 
 use crate::{Error, Result};
 

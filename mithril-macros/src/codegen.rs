@@ -1,0 +1,703 @@
+//! Step 6: code generation. Turns an optimized [`Graph`] into the typed Rust API of a physical
+//! model: `M`, `MInputs<'a>`, `MOutputs`, `MParams` (a tree mirroring the model's instances),
+//! `new`, `randomize_params`, `evaluate`, and the introspection consts.
+//!
+//! Every value is a local `vN` (one name source, so hygiene never bites). Elementwise groups
+//! become one `mithril::rt::ops::mapK` loop with the fused scalar expression inlined; other
+//! primitives call `mithril::rt::ops`.
+
+use crate::ir::{rdim, DType, Dim, FExpr, Graph, Init, NodeId, Op, RDim, Scalar};
+use crate::prims::{acc_dtype, convert, literal, storage_type, Prim};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote};
+use std::collections::BTreeMap;
+use syn::Ident;
+
+/// What codegen needs besides the graph.
+pub struct CodegenInput<'a> {
+    pub name: &'a Ident,
+    pub vis: &'a syn::Visibility,
+    pub docs: &'a [syn::Attribute],
+    pub static_shapes: bool,
+    pub summary: String,
+    pub graph_text: String,
+    pub graph_dot: String,
+    pub graph_json: String,
+    pub logical: String,
+}
+
+fn v(id: NodeId) -> Ident {
+    format_ident!("v{}", id)
+}
+
+fn camel(s: &str) -> String {
+    s.split('_')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+fn ix(rank: Option<usize>) -> TokenStream {
+    match rank {
+        Some(0) => quote!(::mithril::ndarray::Ix0),
+        Some(1) => quote!(::mithril::ndarray::Ix1),
+        Some(2) => quote!(::mithril::ndarray::Ix2),
+        Some(3) => quote!(::mithril::ndarray::Ix3),
+        Some(4) => quote!(::mithril::ndarray::Ix4),
+        Some(5) => quote!(::mithril::ndarray::Ix5),
+        Some(6) => quote!(::mithril::ndarray::Ix6),
+        _ => quote!(::mithril::ndarray::IxDyn),
+    }
+}
+
+/// A param tree node: leaves and sub-trees, in first-seen order.
+#[derive(Default)]
+struct Tree {
+    order: Vec<String>,
+    leaves: BTreeMap<String, usize>,
+    subs: BTreeMap<String, Tree>,
+}
+
+impl Tree {
+    fn insert(&mut self, path: &[String], idx: usize) {
+        let head = &path[0];
+        if !self.order.contains(head) {
+            self.order.push(head.clone());
+        }
+        if path.len() == 1 {
+            self.leaves.insert(head.clone(), idx);
+        } else {
+            self.subs
+                .entry(head.clone())
+                .or_default()
+                .insert(&path[1..], idx);
+        }
+    }
+}
+
+pub struct Gen<'a> {
+    g: &'a Graph,
+    inp: &'a CodegenInput<'a>,
+    errors: Vec<syn::Error>,
+    /// Runtime expressions for dynamic dims (dim variable id -> `inputs.x.shape()[k]`).
+    dim_src: BTreeMap<u32, TokenStream>,
+}
+
+impl<'a> Gen<'a> {
+    pub fn new(g: &'a Graph, inp: &'a CodegenInput<'a>) -> Self {
+        let mut dim_src = BTreeMap::new();
+        for i in &g.inputs {
+            if let Some(s) = g.shape_of(i.node) {
+                let name = format_ident!("{}", i.name);
+                let n = s.dims.len();
+                for (k, d) in s.dims.iter().enumerate() {
+                    if let Dim::Var(var) = g.env.dim(d) {
+                        let e = if s.rest.is_some() {
+                            let back = n - k;
+                            quote!({ let __s = inputs.#name.shape(); __s[__s.len() - #back] })
+                        } else {
+                            quote!(inputs.#name.shape()[#k])
+                        };
+                        dim_src.entry(var).or_insert(e);
+                    }
+                }
+            }
+        }
+        Gen {
+            g,
+            inp,
+            errors: Vec::new(),
+            dim_src,
+        }
+    }
+
+    fn dtype(&self, id: NodeId) -> DType {
+        self.g.dtype_of(id).unwrap_or(DType::F32)
+    }
+
+    fn sym_slot(&self, name: &str) -> usize {
+        self.g.syms.iter().position(|s| s == name).unwrap_or(0)
+    }
+
+    /// A runtime `usize` expression for a dim, or `None` when it cannot be computed.
+    fn dim_expr(&self, d: &Dim) -> Option<TokenStream> {
+        match self.g.env.dim(d) {
+            Dim::Known(n) => {
+                let n = n as usize;
+                Some(quote!(#n))
+            }
+            Dim::Sym(s) => {
+                let slot = self.sym_slot(&s);
+                Some(quote!(__env.value(#slot)?))
+            }
+            Dim::Var(v) => self.dim_src.get(&v).cloned(),
+            Dim::Prod(c, atoms) => {
+                let c = c as usize;
+                let parts: Option<Vec<TokenStream>> =
+                    atoms.iter().map(|a| self.dim_expr(a)).collect();
+                let parts = parts?;
+                Some(quote!((#c #(* #parts)*)))
+            }
+        }
+    }
+
+    fn rank(&self, id: NodeId) -> Option<usize> {
+        let s = self.g.shape_of(id)?;
+        s.rest.is_none().then_some(s.dims.len())
+    }
+
+    fn elem_ty(&self, id: NodeId) -> TokenStream {
+        storage_type(self.dtype(id))
+    }
+
+    fn array_ty(&self, id: NodeId) -> TokenStream {
+        let t = self.elem_ty(id);
+        let d = ix(self.rank(id));
+        quote!(::mithril::ndarray::Array<#t, #d>)
+    }
+
+    fn expected_str(&self, id: NodeId) -> String {
+        self.g.describe(id)
+    }
+
+    fn check(&self, id: NodeId, terminal: &str, access: TokenStream) -> TokenStream {
+        let Some(s) = self.g.shape_of(id) else {
+            return quote!();
+        };
+        let specs = s.dims.iter().map(|d| match rdim(&self.g.env.dim(d)) {
+            RDim::Known(n) => {
+                let n = n as usize;
+                quote!(::mithril::rt::DimSpec::Fixed(#n))
+            }
+            RDim::Sym(1, names) if names.len() == 1 => {
+                let slot = self.sym_slot(&names[0]);
+                quote!(::mithril::rt::DimSpec::Sym(#slot))
+            }
+            _ => quote!(::mithril::rt::DimSpec::Any),
+        });
+        let ell = s.rest.is_some();
+        let expected = self.expected_str(id);
+        let model = self.inp.name.to_string();
+        quote! {
+            ::mithril::rt::check::check_shape(&mut __env, #model, #terminal, #expected, #access, &[#(#specs),*], #ell)?;
+        }
+    }
+
+    /// Lower a fused expression; returns the tokens and the dtype whose compute domain they are in.
+    fn lower_fexpr(&self, e: &FExpr, arg_dts: &[DType]) -> (TokenStream, DType) {
+        match e {
+            FExpr::Arg(i) => {
+                let a = format_ident!("a{}", i);
+                (quote!(::mithril::rt::Elem::to_acc(#a)), arg_dts[*i])
+            }
+            FExpr::Lit(s, t) => (literal(*s, *t), *t),
+            FExpr::Op(p, args, out, compute) => {
+                let lowered: Vec<(TokenStream, DType)> =
+                    args.iter().map(|a| self.lower_fexpr(a, arg_dts)).collect();
+                let conv: Vec<TokenStream> = lowered
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (t, d))| convert(t.clone(), *d, p.operand_dtype(i, *compute, *d)))
+                    .collect();
+                let body = p.scalar(&conv, *compute);
+                match p {
+                    Prim::Cast(_) => (convert(body, lowered[0].1, *out), *out),
+                    _ => (body, *out),
+                }
+            }
+        }
+    }
+
+    fn elementwise(&mut self, id: NodeId, expr: &FExpr, args: &[NodeId]) -> TokenStream {
+        let out_dt = self.dtype(id);
+        let arg_dts: Vec<DType> = args.iter().map(|&a| self.dtype(a)).collect();
+        let (body, body_dt) = self.lower_fexpr(expr, &arg_dts);
+        let body = convert(body, body_dt, out_dt);
+        let out_ty = storage_type(out_dt);
+        let vid = v(id);
+        let label = self.g.nodes[id]
+            .label
+            .clone()
+            .unwrap_or_else(|| match expr {
+                FExpr::Op(p, ..) => p.name().to_string(),
+                _ => "elementwise".into(),
+            });
+        let params: Vec<TokenStream> = args
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let n = format_ident!("a{}", i);
+                let t = self.elem_ty(a);
+                quote!(#n: #t)
+            })
+            .collect();
+        let views: Vec<TokenStream> = args
+            .iter()
+            .map(|&a| {
+                let va = v(a);
+                quote!(&#va.view())
+            })
+            .collect();
+        let ops = quote!(::mithril::rt::ops);
+        match args.len() {
+            0 => quote! {
+                let #vid = ::mithril::ndarray::arr0(<#out_ty as ::mithril::rt::Elem>::from_acc(#body)).into_dyn();
+            },
+            1 => quote! {
+                let #vid = #ops::map1(#(#views),*, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) });
+            },
+            k @ 2..=5 => {
+                let f = format_ident!("map{}", k);
+                quote! {
+                    let #vid = #ops::#f(#label, #(#views),*, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
+                }
+            }
+            _ => {
+                self.errors.push(syn::Error::new(
+                    self.g.nodes[id].span,
+                    "internal: fused group with more than 5 inputs",
+                ));
+                quote!()
+            }
+        }
+    }
+
+    fn node_code(&mut self, id: NodeId) -> TokenStream {
+        let n = &self.g.nodes[id];
+        let vid = v(id);
+        match &n.op {
+            Op::Input(i) => {
+                let name = format_ident!("{}", self.g.inputs[*i].name);
+                quote!(let #vid = inputs.#name.view().into_dyn();)
+            }
+            Op::Param(i) => {
+                let fields = self.g.params[*i]
+                    .path
+                    .iter()
+                    .map(|p| format_ident!("{}", p));
+                quote!(let #vid = params.#(#fields).*.view().into_dyn();)
+            }
+            Op::Const(s) => {
+                let t = self.dtype(id);
+                let ty = storage_type(t);
+                let lit = literal(*s, t);
+                quote!(let #vid = ::mithril::ndarray::arr0(<#ty as ::mithril::rt::Elem>::from_acc(#lit)).into_dyn();)
+            }
+            Op::Fused(e) => {
+                let (e, args) = (e.clone(), n.args.clone());
+                self.elementwise(id, &e, &args)
+            }
+            Op::Prim(p) if p.is_elementwise() => {
+                let args = n.args.clone();
+                let arg_dts: Vec<DType> = args.iter().map(|&a| self.dtype(a)).collect();
+                let out = self.dtype(id);
+                let compute = p.compute_dtype(&arg_dts, out);
+                let e = FExpr::Op(
+                    p.clone(),
+                    (0..args.len()).map(FExpr::Arg).collect(),
+                    out,
+                    compute,
+                );
+                self.elementwise(id, &e, &args)
+            }
+            Op::Prim(Prim::Reshape(_)) => {
+                let a = v(n.args[0]);
+                let Some(s) = self.g.shape_of(id) else {
+                    return quote!();
+                };
+                let mut dims = Vec::new();
+                for d in &s.dims {
+                    match self.dim_expr(d) {
+                        Some(e) => dims.push(quote!((#e) as isize)),
+                        None => dims.push(quote!(-1isize)),
+                    }
+                }
+                if dims
+                    .iter()
+                    .filter(|d| d.to_string().contains("- 1isize"))
+                    .count()
+                    > 1
+                {
+                    self.errors.push(syn::Error::new(n.span, "reshape: more than one target dim is only known at run time; name them with symbols"));
+                }
+                quote!(let #vid = ::mithril::rt::ops::reshape(&#a.view(), &[#(#dims),*])?;)
+            }
+            Op::Prim(p) => {
+                let args: Vec<TokenStream> = n
+                    .args
+                    .iter()
+                    .map(|&a| {
+                        let va = v(a);
+                        quote!(#va.view())
+                    })
+                    .collect();
+                let dts: Vec<DType> = n.args.iter().map(|&a| self.dtype(a)).collect();
+                let out = self.elem_ty(id);
+                let call = p.call(&args, &dts, &out);
+                quote!(let #vid = #call?;)
+            }
+            Op::Boundary(_) => {
+                let a = v(n.args[0]);
+                quote!(let #vid = #a.view();)
+            }
+        }
+    }
+
+    fn param_struct_name(&self, path: &[String]) -> Ident {
+        let mut s = format!("{}Params", self.inp.name);
+        for p in path {
+            s.push_str(&camel(p));
+        }
+        format_ident!("{}", s)
+    }
+
+    fn param_structs(&self, tree: &Tree, path: &mut Vec<String>, out: &mut Vec<TokenStream>) {
+        let name = self.param_struct_name(path);
+        let vis = self.inp.vis;
+        let mut fields = Vec::new();
+        for key in &tree.order {
+            let f = format_ident!("{}", key);
+            if let Some(&i) = tree.leaves.get(key) {
+                let node = self.g.params[i].node;
+                let ty = self.array_ty(node);
+                let doc = format!(
+                    "`{}`: `{}`",
+                    self.g.params[i].dotted(),
+                    self.g.describe(node)
+                );
+                fields.push(quote!(#[doc = #doc] pub #f: #ty));
+            } else if let Some(sub) = tree.subs.get(key) {
+                path.push(key.clone());
+                let sn = self.param_struct_name(path);
+                self.param_structs(sub, path, out);
+                path.pop();
+                let doc = format!(
+                    "Params of `{}`.",
+                    if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{}.{}", path.join("."), key)
+                    }
+                );
+                fields.push(quote!(#[doc = #doc] pub #f: #sn));
+            }
+        }
+        let doc = if path.is_empty() {
+            format!("Params of `{}` (fields mirror the model tree; dotted names like `fc1.weight` for generic code).", self.inp.name)
+        } else {
+            format!("Params of `{}` inside `{}`.", path.join("."), self.inp.name)
+        };
+        out.push(quote! {
+            #[doc = #doc]
+            #[derive(Clone, Debug)]
+            #vis struct #name { #(#fields,)* }
+        });
+    }
+
+    fn randomize_expr(&mut self, tree: &Tree, path: &mut Vec<String>) -> TokenStream {
+        let name = self.param_struct_name(path);
+        let mut fields = Vec::new();
+        for key in &tree.order {
+            let f = format_ident!("{}", key);
+            if let Some(&i) = tree.leaves.get(key) {
+                let p = &self.g.params[i];
+                let node = p.node;
+                let t = self.elem_ty(node);
+                let dotted = p.dotted();
+                let Some(dims) = self.g.rdims(node) else {
+                    continue;
+                };
+                let mut known = Vec::new();
+                for d in &dims {
+                    match d {
+                        RDim::Known(n) => known.push(*n as usize),
+                        _ => {
+                            self.errors.push(syn::Error::new(p.span, format!(
+                                "param `{dotted}` has shape {}, which is not static; params need dims known at compile time (fix the input dims it depends on)",
+                                self.g.describe(node)
+                            )));
+                            known.push(0);
+                        }
+                    }
+                }
+                let rng = quote!(&mut ::mithril::rt::init::Rng::for_param(seed, #dotted));
+                let shape = quote!(&[#(#known),*]);
+                let init = match &p.init {
+                    Init::Zeros => quote!(::mithril::rt::init::zeros::<#t>(#shape)),
+                    Init::Ones => quote!(::mithril::rt::init::ones::<#t>(#shape)),
+                    Init::Full(x) => quote!(::mithril::rt::init::full::<#t>(#shape, #x)),
+                    Init::Normal(m, s) => {
+                        quote!(::mithril::rt::init::normal::<#t>(#rng, #shape, #m, #s))
+                    }
+                    Init::Uniform(lo, hi) => {
+                        quote!(::mithril::rt::init::uniform::<#t>(#rng, #shape, #lo, #hi))
+                    }
+                    Init::FanIn(d) => {
+                        let fan = match d {
+                            Some(d) => match self.g.env.dim(d) {
+                                Dim::Known(n) => n as usize,
+                                _ => {
+                                    self.errors.push(syn::Error::new(
+                                        p.span,
+                                        format!("the fan-in of param `{dotted}` is not static"),
+                                    ));
+                                    1
+                                }
+                            },
+                            None if known.len() >= 2 => known[1..].iter().product(),
+                            None => known.first().copied().unwrap_or(1),
+                        };
+                        quote!(::mithril::rt::init::fan_in_uniform::<#t>(#rng, #shape, #fan))
+                    }
+                };
+                let tuple = if known.is_empty() {
+                    quote!(())
+                } else {
+                    quote!((#(#known,)*))
+                };
+                fields.push(quote!(#f: ::mithril::rt::init::shaped(&#init, #tuple)));
+            } else if let Some(sub) = tree.subs.get(key) {
+                path.push(key.clone());
+                let e = self.randomize_expr(sub, path);
+                path.pop();
+                fields.push(quote!(#f: #e));
+            }
+        }
+        quote!(#name { #(#fields,)* })
+    }
+
+    /// Generate all items.
+    pub fn generate(mut self) -> Result<TokenStream, Vec<syn::Error>> {
+        let g = self.g;
+        let name = self.inp.name;
+        let vis = self.inp.vis;
+        let inputs_name = format_ident!("{}Inputs", name);
+        let outputs_name = format_ident!("{}Outputs", name);
+        let params_name = format_ident!("{}Params", name);
+        let model = name.to_string();
+
+        // ---- structs
+        let input_fields: Vec<TokenStream> = g
+            .inputs
+            .iter()
+            .map(|i| {
+                let f = format_ident!("{}", i.name);
+                let t = self.elem_ty(i.node);
+                let d = ix(self.rank(i.node));
+                let doc = format!("input `{}`: `{}`", i.name, g.describe(i.node));
+                quote!(#[doc = #doc] pub #f: ::mithril::ndarray::ArrayView<'a, #t, #d>)
+            })
+            .collect();
+        let phantom = if g.inputs.is_empty() {
+            quote!(#[doc = "(this model has no inputs)"] pub _marker: ::std::marker::PhantomData<&'a ()>,)
+        } else {
+            quote!()
+        };
+        let output_fields: Vec<TokenStream> = g
+            .outputs
+            .iter()
+            .map(|o| {
+                let f = format_ident!("{}", o.name);
+                let ty = self.array_ty(o.node);
+                let doc = format!("output `{}`: `{}`", o.name, g.describe(o.node));
+                quote!(#[doc = #doc] pub #f: #ty)
+            })
+            .collect();
+        let mut tree = Tree::default();
+        for (i, p) in g.params.iter().enumerate() {
+            tree.insert(&p.path, i);
+        }
+        let mut param_structs = Vec::new();
+        self.param_structs(&tree, &mut vec![], &mut param_structs);
+        let randomize = self.randomize_expr(&tree, &mut vec![]);
+
+        // ParamTree impl
+        let visits: Vec<TokenStream> = g.params.iter().map(|p| {
+            let fields = p.path.iter().map(|s| format_ident!("{}", s));
+            let dotted = p.dotted();
+            quote!(f(#dotted, ::mithril::rt::TensorView::from(self.#(#fields).*.view().into_dyn()));)
+        }).collect();
+        let visits_mut: Vec<TokenStream> = g.params.iter().map(|p| {
+            let fields = p.path.iter().map(|s| format_ident!("{}", s));
+            let dotted = p.dotted();
+            quote!(f(#dotted, ::mithril::rt::TensorViewMut::from(self.#(#fields).*.view_mut().into_dyn()))?;)
+        }).collect();
+
+        // ---- evaluate body
+        let syms: Vec<&str> = g.syms.iter().map(|s| s.as_str()).collect();
+        let mut checks = Vec::new();
+        for i in &g.inputs {
+            let f = format_ident!("{}", i.name);
+            checks.push(self.check(
+                i.node,
+                &format!("input `{}`", i.name),
+                quote!(inputs.#f.shape()),
+            ));
+        }
+        for p in &g.params {
+            let fields = p.path.iter().map(|s| format_ident!("{}", s));
+            checks.push(self.check(
+                p.node,
+                &format!("param `{}`", p.dotted()),
+                quote!(params.#(#fields).*.shape()),
+            ));
+        }
+        let mut body = Vec::new();
+        for id in 0..g.nodes.len() {
+            body.push(self.node_code(id));
+        }
+        let mut seen = Vec::new();
+        let outs: Vec<TokenStream> = g.outputs.iter().map(|o| {
+            let f = format_ident!("{}", o.name);
+            let vid = v(o.node);
+            let d = ix(self.rank(o.node));
+            let is_view = matches!(g.nodes[o.node].op, Op::Input(_) | Op::Param(_) | Op::Boundary(_));
+            let later = g.outputs.iter().skip_while(|x| x.name != o.name).skip(1).any(|x| x.node == o.node);
+            let val = if is_view { quote!(#vid.to_owned()) } else if later || seen.contains(&o.node) { quote!(#vid.clone()) } else { quote!(#vid) };
+            seen.push(o.node);
+            let oname = o.name.clone();
+            quote!(#f: #val.into_dimensionality::<#d>().map_err(|e| ::mithril::rt::Error::op(#oname, e.to_string()))?)
+        }).collect();
+        let used_inputs: Vec<TokenStream> = Vec::new();
+        let _ = used_inputs;
+
+        // ---- docs
+        let mut doc = String::new();
+        for a in self.inp.docs {
+            if a.path().is_ident("doc") {
+                if let syn::Meta::NameValue(nv) = &a.meta {
+                    if let syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) = &nv.value
+                    {
+                        doc.push_str(s.value().trim_start_matches(' '));
+                        doc.push('\n');
+                    }
+                }
+            }
+        }
+        if !doc.is_empty() {
+            doc.push('\n');
+        }
+        doc.push_str(&format!(
+            "Physical model `{}` generated by `mithril!` from `{}`.\n\n",
+            name, self.inp.logical
+        ));
+        if self.inp.static_shapes {
+            doc.push_str("Compiled with `static_shapes: true`: every dim is a constant.\n\n");
+        }
+        doc.push_str("| terminal | kind | type |\n|---|---|---|\n");
+        for i in &g.inputs {
+            doc.push_str(&format!(
+                "| `{}` | input | `{}` |\n",
+                i.name,
+                g.describe(i.node)
+            ));
+        }
+        for p in &g.params {
+            doc.push_str(&format!(
+                "| `{}` | param | `{}` |\n",
+                p.dotted(),
+                g.describe(p.node)
+            ));
+        }
+        for o in &g.outputs {
+            doc.push_str(&format!(
+                "| `{}` | output | `{}` |\n",
+                o.name,
+                g.describe(o.node)
+            ));
+        }
+        let summary = &self.inp.summary;
+        let text = &self.inp.graph_text;
+        let dot = &self.inp.graph_dot;
+        let json = &self.inp.graph_json;
+        let n_ops = g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Prim(_) | Op::Fused(_)))
+            .count();
+        let inputs_doc = format!("Inputs of [`{name}`]: one `ndarray` view per input terminal.");
+        let outputs_doc = format!("Outputs of [`{name}`].");
+
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        let _ = (Span::call_site(), Scalar::Int(0), acc_dtype(DType::F32));
+        Ok(quote! {
+            #[doc = #doc]
+            #[derive(Clone, Copy, Debug, Default)]
+            #vis struct #name { _private: () }
+
+            #[doc = #inputs_doc]
+            #[derive(Clone, Copy, Debug)]
+            #vis struct #inputs_name<'a> { #(#input_fields,)* #phantom }
+
+            #[doc = #outputs_doc]
+            #[derive(Clone, Debug)]
+            #vis struct #outputs_name { #(#output_fields,)* }
+
+            #(#param_structs)*
+
+            impl ::mithril::rt::ParamTree for #params_name {
+                fn visit(&self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorView<'_>)) {
+                    #(#visits)*
+                }
+                fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorViewMut<'_>) -> ::mithril::rt::Result<()>) -> ::mithril::rt::Result<()> {
+                    #(#visits_mut)*
+                    Ok(())
+                }
+            }
+
+            impl #name {
+                /// The summary table: every op of the flattened, optimized graph with its shapes and dtypes.
+                pub const SUMMARY: &'static str = #summary;
+                /// The optimized graph as text.
+                pub const GRAPH_TEXT: &'static str = #text;
+                /// The optimized graph in Graphviz DOT.
+                pub const GRAPH_DOT: &'static str = #dot;
+                /// The optimized graph as JSON.
+                pub const GRAPH_JSON: &'static str = #json;
+                /// Number of ops (primitives and fused groups) after optimization.
+                pub const NUM_OPS: usize = #n_ops;
+                /// Names of the symbolic dims, in binding order.
+                pub const SYMBOLS: &'static [&'static str] = &[#(#syms),*];
+
+                /// Create the physical model (CPU).
+                pub fn new() -> ::mithril::rt::Result<Self> {
+                    Ok(#name { _private: () })
+                }
+
+                /// The summary table (same as [`Self::SUMMARY`]).
+                pub fn summary(&self) -> &'static str {
+                    Self::SUMMARY
+                }
+
+                /// Fresh params, deterministic per `seed` (fan-in scaled uniform like PyTorch's
+                /// defaults unless the model says otherwise).
+                pub fn randomize_params(&self, seed: u64) -> #params_name {
+                    let _ = seed;
+                    #randomize
+                }
+
+                /// Run the model.
+                #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow)]
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
+                    #(#checks)*
+                    let _ = &__env;
+                    #(#body)*
+                    let _ = #model;
+                    Ok(#outputs_name { #(#outs,)* })
+                }
+            }
+        })
+    }
+}

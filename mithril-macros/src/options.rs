@@ -1,0 +1,238 @@
+//! Compile options (`compile Name = Model { option: value, ... }`): parsed and validated here,
+//! every unknown, mistyped or conflicting option a spanned error.
+
+use crate::ir::DType;
+use crate::syntax::OptValue;
+use proc_macro2::Span;
+use std::collections::BTreeMap;
+use syn::Ident;
+
+/// Graph dump formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpFormat {
+    Dot,
+    Json,
+    Text,
+}
+
+/// The options of one physical model.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub backend_cuda: bool,
+    pub shapes: BTreeMap<String, (Vec<Option<u64>>, Span)>,
+    pub static_shapes: bool,
+    pub types: BTreeMap<String, (DType, Span)>,
+    pub dtype: DType,
+    pub constant_folding: bool,
+    pub operator_fusion: bool,
+    pub dead_code_elimination: bool,
+    pub common_subexpression: bool,
+    pub dump_graph: Option<(String, DumpFormat)>,
+    pub file_path: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend_cuda: false,
+            shapes: BTreeMap::new(),
+            static_shapes: false,
+            types: BTreeMap::new(),
+            dtype: DType::F32,
+            constant_folding: true,
+            operator_fusion: true,
+            dead_code_elimination: true,
+            common_subexpression: true,
+            dump_graph: None,
+            file_path: None,
+        }
+    }
+}
+
+/// Every option name (for the "unknown option" message).
+pub const NAMES: &[&str] = &[
+    "backend",
+    "shapes",
+    "static_shapes",
+    "types",
+    "dtype",
+    "optimizations",
+    "dump_graph",
+    "file_path",
+];
+
+fn e(span: Span, msg: impl std::fmt::Display) -> syn::Error {
+    syn::Error::new(span, msg.to_string())
+}
+
+fn as_bool(v: &OptValue, what: &str) -> Result<bool, syn::Error> {
+    match v {
+        OptValue::Lit(syn::Lit::Bool(b)) => Ok(b.value),
+        other => Err(e(other.span(), format!("`{what}` takes `true` or `false`"))),
+    }
+}
+
+fn as_str(v: &OptValue, what: &str) -> Result<String, syn::Error> {
+    match v {
+        OptValue::Lit(syn::Lit::Str(s)) => Ok(s.value()),
+        other => Err(e(other.span(), format!("`{what}` takes a string literal"))),
+    }
+}
+
+fn as_dtype(v: &OptValue, what: &str) -> Result<DType, syn::Error> {
+    match v {
+        OptValue::Ident(i) => DType::parse(&i.to_string()).ok_or_else(|| {
+            e(i.span(), format!("`{what}`: unknown dtype `{i}`; expected one of f32, f64, f16, bf16, i32, i64, bool"))
+        }),
+        other => Err(e(other.span(), format!("`{what}` takes a dtype such as `f32`"))),
+    }
+}
+
+/// Parse compile options; all independent errors are returned together.
+pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
+    let mut o = Options::default();
+    let mut errors = Vec::new();
+    let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+    for (k, v) in items {
+        let key = k.to_string();
+        if seen.insert(key.clone(), k.span()).is_some() {
+            errors.push(e(k.span(), format!("option `{key}` is given twice")));
+            continue;
+        }
+        let r: Result<(), syn::Error> = (|| {
+            match key.as_str() {
+                "backend" => match v {
+                    OptValue::Ident(i) if i == "cpu" => o.backend_cuda = false,
+                    OptValue::Ident(i) if i == "cuda" => {
+                        return Err(e(i.span(), "`backend: cuda` is not available yet in this version of mithril; use `backend: cpu`"));
+                    }
+                    other => return Err(e(other.span(), "`backend` is `cpu` or `cuda`")),
+                },
+                "static_shapes" => o.static_shapes = as_bool(v, "static_shapes")?,
+                "dtype" => {
+                    let t = as_dtype(v, "dtype")?;
+                    if !t.is_float() {
+                        return Err(e(
+                            v.span(),
+                            format!(
+                                "`dtype` sets the default float type; `{t}` is not a float type"
+                            ),
+                        ));
+                    }
+                    o.dtype = t;
+                }
+                "file_path" => o.file_path = Some(as_str(v, "file_path")?),
+                "shapes" => {
+                    let OptValue::Map(entries, _) = v else {
+                        return Err(e(v.span(), "`shapes` takes `{ input: [dims], ... }`"));
+                    };
+                    for (name, dims) in entries {
+                        let OptValue::List(ds, sp) = dims else {
+                            return Err(e(
+                                dims.span(),
+                                "a shape is a list of dims: `[32, 784]` (`_` keeps a dim dynamic)",
+                            ));
+                        };
+                        let mut out = Vec::new();
+                        for d in ds {
+                            match d {
+                                OptValue::Lit(syn::Lit::Int(i)) => {
+                                    out.push(Some(i.base10_parse::<u64>()?))
+                                }
+                                OptValue::Underscore(_) => out.push(None),
+                                OptValue::Ident(i) if i == "None" => out.push(None),
+                                other => {
+                                    return Err(e(
+                                        other.span(),
+                                        "a dim in `shapes` is a non-negative integer or `_`",
+                                    ))
+                                }
+                            }
+                        }
+                        o.shapes.insert(name.to_string(), (out, *sp));
+                    }
+                }
+                "types" => {
+                    let OptValue::Map(entries, _) = v else {
+                        return Err(e(v.span(), "`types` takes `{ input: dtype, ... }`"));
+                    };
+                    for (name, t) in entries {
+                        o.types
+                            .insert(name.to_string(), (as_dtype(t, "types")?, name.span()));
+                    }
+                }
+                "optimizations" => {
+                    let OptValue::Map(entries, _) = v else {
+                        return Err(e(
+                            v.span(),
+                            "`optimizations` takes `{ constant_folding: bool, ... }`",
+                        ));
+                    };
+                    for (name, b) in entries {
+                        let b2 = as_bool(b, &name.to_string())?;
+                        match name.to_string().as_str() {
+                            "constant_folding" => o.constant_folding = b2,
+                            "operator_fusion" => o.operator_fusion = b2,
+                            "dead_code_elimination" => o.dead_code_elimination = b2,
+                            "common_subexpression" => o.common_subexpression = b2,
+                            other => {
+                                return Err(e(name.span(), format!(
+                                    "unknown optimization `{other}`; expected constant_folding, operator_fusion, dead_code_elimination or common_subexpression"
+                                )))
+                            }
+                        }
+                    }
+                }
+                "dump_graph" => {
+                    let OptValue::Map(entries, sp) = v else {
+                        return Err(e(
+                            v.span(),
+                            "`dump_graph` takes `{ path: \"...\", format: dot | json | text }`",
+                        ));
+                    };
+                    let mut path = None;
+                    let mut format = DumpFormat::Dot;
+                    for (name, val) in entries {
+                        match name.to_string().as_str() {
+                            "path" => path = Some(as_str(val, "path")?),
+                            "format" => {
+                                format = match val {
+                                    OptValue::Ident(i) if i == "dot" => DumpFormat::Dot,
+                                    OptValue::Ident(i) if i == "json" => DumpFormat::Json,
+                                    OptValue::Ident(i) if i == "text" => DumpFormat::Text,
+                                    other => return Err(e(other.span(), "`format` is `dot`, `json` or `text`")),
+                                }
+                            }
+                            other => return Err(e(name.span(), format!("unknown `dump_graph` field `{other}`; expected `path` and `format`"))),
+                        }
+                    }
+                    let Some(path) = path else {
+                        return Err(e(*sp, "`dump_graph` needs `path: \"...\"`"));
+                    };
+                    o.dump_graph = Some((path, format));
+                }
+                other => {
+                    let near = crate::flatten::closest(other, NAMES.iter().copied());
+                    return Err(e(
+                        k.span(),
+                        format!(
+                            "unknown compile option `{other}`{}; the options are: {}",
+                            near.map(|n| format!(" (did you mean `{n}`?)"))
+                                .unwrap_or_default(),
+                            NAMES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(err) = r {
+            errors.push(err);
+        }
+    }
+    if errors.is_empty() {
+        Ok(o)
+    } else {
+        Err(errors)
+    }
+}

@@ -1,0 +1,41 @@
+//! Common subexpression elimination: two nodes with the same op and the same args (commutative
+//! args in either order) become one.
+
+use crate::ir::{Graph, Op};
+use std::collections::HashMap;
+
+pub fn run(g: &mut Graph) -> usize {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut keep = vec![true; g.nodes.len()];
+    let mut n = 0;
+    for id in 0..g.nodes.len() {
+        let node = &g.nodes[id];
+        if matches!(node.op, Op::Input(_) | Op::Param(_) | Op::Boundary(_)) {
+            continue;
+        }
+        let mut args = node.args.clone();
+        if let Op::Prim(p) = &node.op {
+            if p.is_commutative() {
+                args.sort();
+            }
+        }
+        let key = format!(
+            "{:?}|{:?}|{:?}",
+            node.op,
+            args,
+            node.dtype.map(|t| g.env.dt(t))
+        );
+        match seen.get(&key) {
+            Some(&prev) => {
+                g.replace_uses(id, prev);
+                keep[id] = false;
+                n += 1;
+            }
+            None => {
+                seen.insert(key, id);
+            }
+        }
+    }
+    g.compact(&keep);
+    n
+}

@@ -1,0 +1,31 @@
+//! Dead code elimination: nodes no output depends on are removed, so outputs not asked for
+//! (and work feeding only them) cost nothing. Inputs and params stay: they are the interface.
+
+use crate::ir::{Graph, Op};
+
+pub fn run(g: &mut Graph, extra_roots: &[usize]) -> usize {
+    let mut live = vec![false; g.nodes.len()];
+    for o in &g.outputs {
+        live[o.node] = true;
+    }
+    for &r in extra_roots {
+        live[r] = true;
+    }
+    for id in (0..g.nodes.len()).rev() {
+        if live[id] {
+            for &a in &g.nodes[id].args {
+                live[a] = true;
+            }
+        }
+    }
+    let mut removed = 0;
+    for (id, n) in g.nodes.iter().enumerate() {
+        if matches!(n.op, Op::Input(_) | Op::Param(_)) {
+            live[id] = true;
+        } else if !live[id] {
+            removed += 1;
+        }
+    }
+    g.compact(&live);
+    removed
+}

@@ -1,0 +1,139 @@
+//! Operator fusion.
+//!
+//! - Elementwise chains: an elementwise node absorbs an elementwise operand that has no other
+//!   user and the same shape, so a chain becomes one `Fused` node: one loop, no intermediate
+//!   buffers. Scalar constants become literals. A group reads at most [`MAX_ARGS`] tensors.
+//! - A `transpose` of the last two axes feeding `matmul` becomes the matmul's transpose flag
+//!   (no copy of Linear's `[out, in]` weight).
+
+use crate::ir::{FExpr, Graph, NodeId, Op};
+use crate::prims::{acc_dtype, Prim};
+
+/// Most tensors one fused loop reads.
+pub const MAX_ARGS: usize = 5;
+
+pub fn run(g: &mut Graph) -> usize {
+    let mut changes = 0;
+    let mut keep = vec![true; g.nodes.len()];
+    let uses = g.use_counts();
+
+    // matmul absorbs transposes of its operands' last two axes
+    for id in 0..g.nodes.len() {
+        let Op::Prim(Prim::Matmul { ta, tb }) = g.nodes[id].op.clone() else {
+            continue;
+        };
+        let mut flags = [ta, tb];
+        for k in 0..2 {
+            let a = g.nodes[id].args[k];
+            if let Op::Prim(Prim::Transpose(perm)) = &g.nodes[a].op {
+                let r = g
+                    .shape_of(a)
+                    .map(|s| if s.rest.is_some() { 0 } else { s.dims.len() })
+                    .unwrap_or(0);
+                let swaps_last_two = r >= 2 && {
+                    let p: Vec<usize> = if perm.is_empty() {
+                        (0..r).rev().collect()
+                    } else {
+                        perm.clone()
+                    };
+                    let mut want: Vec<usize> = (0..r).collect();
+                    want.swap(r - 1, r - 2);
+                    p == want
+                };
+                if swaps_last_two && uses[a] == 1 {
+                    let src = g.nodes[a].args[0];
+                    g.nodes[id].args[k] = src;
+                    flags[k] = !flags[k];
+                    keep[a] = false;
+                    changes += 1;
+                }
+            }
+        }
+        g.nodes[id].op = Op::Prim(Prim::Matmul {
+            ta: flags[0],
+            tb: flags[1],
+        });
+    }
+
+    // elementwise chains
+    for id in 0..g.nodes.len() {
+        let Op::Prim(p) = g.nodes[id].op.clone() else {
+            continue;
+        };
+        if !p.is_elementwise() {
+            continue;
+        }
+        let out = g.dtype_of(id).unwrap_or(crate::ir::DType::F32);
+        let arg_dts: Vec<_> = g.nodes[id]
+            .args
+            .iter()
+            .map(|&a| g.dtype_of(a).unwrap_or(out))
+            .collect();
+        let compute = p.compute_dtype(&arg_dts, out);
+        let my_shape = g.shape_of(id);
+        let mut new_args: Vec<NodeId> = Vec::new();
+        let mut children = Vec::new();
+        let args = g.nodes[id].args.clone();
+        for &a in &args {
+            let child = match &g.nodes[a].op {
+                Op::Const(s) => FExpr::Lit(*s, acc_dtype(g.dtype_of(a).unwrap_or(out))),
+                Op::Fused(e) if uses[a] == 1 && g.shape_of(a) == my_shape && keep[a] => {
+                    let sub_args = g.nodes[a].args.clone();
+                    let mut trial = new_args.clone();
+                    for s in &sub_args {
+                        if !trial.contains(s) {
+                            trial.push(*s);
+                        }
+                    }
+                    if trial.len() + remaining_args(&args, a, &new_args, &trial) > MAX_ARGS {
+                        FExpr::Arg(slot(&mut new_args, a))
+                    } else {
+                        let remap: Vec<usize> =
+                            sub_args.iter().map(|s| slot(&mut new_args, *s)).collect();
+                        keep[a] = false;
+                        changes += 1;
+                        remap_expr(e, &remap)
+                    }
+                }
+                _ => FExpr::Arg(slot(&mut new_args, a)),
+            };
+            children.push(child);
+        }
+        g.nodes[id].op = Op::Fused(FExpr::Op(p, children, out, compute));
+        g.nodes[id].args = new_args;
+    }
+    g.compact(&keep);
+    changes
+}
+
+fn slot(args: &mut Vec<NodeId>, a: NodeId) -> usize {
+    match args.iter().position(|x| *x == a) {
+        Some(i) => i,
+        None => {
+            args.push(a);
+            args.len() - 1
+        }
+    }
+}
+
+/// Args of the node not yet placed (rough upper bound, to respect MAX_ARGS).
+fn remaining_args(all: &[NodeId], current: NodeId, placed: &[NodeId], trial: &[NodeId]) -> usize {
+    let pos = all.iter().position(|x| *x == current).unwrap_or(all.len());
+    all[pos + 1..]
+        .iter()
+        .filter(|x| !placed.contains(x) && !trial.contains(x))
+        .count()
+}
+
+fn remap_expr(e: &FExpr, map: &[usize]) -> FExpr {
+    match e {
+        FExpr::Arg(i) => FExpr::Arg(map[*i]),
+        FExpr::Lit(s, t) => FExpr::Lit(*s, *t),
+        FExpr::Op(p, xs, o, c) => FExpr::Op(
+            p.clone(),
+            xs.iter().map(|x| remap_expr(x, map)).collect(),
+            *o,
+            *c,
+        ),
+    }
+}

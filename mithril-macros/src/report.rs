@@ -1,0 +1,229 @@
+//! Introspection: the summary table and the graph as text, DOT and JSON, all made from the
+//! optimized IR at compile time.
+
+use crate::ir::{FExpr, Graph, NodeId, Op};
+
+/// A short op name for a node.
+pub fn op_name(g: &Graph, id: NodeId) -> String {
+    match &g.nodes[id].op {
+        Op::Input(_) => "input".into(),
+        Op::Param(_) => "param".into(),
+        Op::Const(s) => format!(
+            "const {}",
+            match s {
+                crate::ir::Scalar::Float(f) => format!("{f}"),
+                crate::ir::Scalar::Int(i) => format!("{i}"),
+                crate::ir::Scalar::Bool(b) => format!("{b}"),
+            }
+        ),
+        Op::Prim(crate::prims::Prim::Matmul { ta, tb }) => match (ta, tb) {
+            (false, false) => "matmul".into(),
+            (false, true) => "matmul(b^T)".into(),
+            (true, false) => "matmul(a^T)".into(),
+            (true, true) => "matmul(a^T, b^T)".into(),
+        },
+        Op::Prim(p) => p.name().into(),
+        Op::Boundary(_) => "boundary".into(),
+        Op::Fused(e) => format!("fused[{}]", fexpr(e)),
+    }
+}
+
+fn fexpr(e: &FExpr) -> String {
+    match e {
+        FExpr::Arg(i) => format!("#{i}"),
+        FExpr::Lit(s, _) => format!("{}", s.as_f64()),
+        FExpr::Op(p, xs, ..) => format!(
+            "{}({})",
+            p.name(),
+            xs.iter().map(fexpr).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn name(g: &Graph, id: NodeId) -> String {
+    let n = &g.nodes[id];
+    match &n.label {
+        Some(l) => l.clone(),
+        None => format!("%{id}"),
+    }
+}
+
+/// Counts of each kind of op (for tests and the summary footer).
+pub fn op_count(g: &Graph) -> usize {
+    g.nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Prim(_) | Op::Fused(_)))
+        .count()
+}
+
+/// The summary table: every node with its op, inputs, shape and dtype.
+pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
+    let mut rows: Vec<[String; 5]> = vec![[
+        "#".into(),
+        "name".into(),
+        "op".into(),
+        "inputs".into(),
+        "type".into(),
+    ]];
+    for id in 0..g.nodes.len() {
+        let ins = g.nodes[id]
+            .args
+            .iter()
+            .map(|&a| format!("%{a}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push([
+            format!("%{id}"),
+            name(g, id),
+            op_name(g, id),
+            ins,
+            g.describe(id),
+        ]);
+    }
+    let mut w = [0usize; 5];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count()).min(60);
+        }
+    }
+    let mut out = format!(
+        "Model `{model}`: {} ops, {} params ({} elements)\n",
+        op_count(g),
+        g.params.len(),
+        param_elems(g)
+    );
+    for (ri, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:<width$}", c, width = w[i]))
+            .collect();
+        out.push_str(line.join(" | ").trim_end());
+        out.push('\n');
+        if ri == 0 {
+            out.push_str(
+                &w.iter()
+                    .map(|&n| "-".repeat(n))
+                    .collect::<Vec<_>>()
+                    .join("-+-"),
+            );
+            out.push('\n');
+        }
+    }
+    let outs: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|o| format!("{} = %{}", o.name, o.node))
+        .collect();
+    out.push_str(&format!("outputs: {}\n", outs.join(", ")));
+    if !passes.is_empty() {
+        let p: Vec<String> = passes.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+        out.push_str(&format!("passes: {}\n", p.join(", ")));
+    }
+    out
+}
+
+fn param_elems(g: &Graph) -> u64 {
+    g.params
+        .iter()
+        .map(|p| match g.rdims(p.node) {
+            Some(d) => d
+                .iter()
+                .map(|x| match x {
+                    crate::ir::RDim::Known(n) => *n,
+                    _ => 0,
+                })
+                .product(),
+            None => 0,
+        })
+        .sum()
+}
+
+/// Plain text: one line per node.
+pub fn text(g: &Graph) -> String {
+    let mut out = String::new();
+    for id in 0..g.nodes.len() {
+        let ins = g.nodes[id]
+            .args
+            .iter()
+            .map(|&a| format!("%{a}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "%{id} = {}({ins}) : {}  # {}\n",
+            op_name(g, id),
+            g.describe(id),
+            name(g, id)
+        ));
+    }
+    for o in &g.outputs {
+        out.push_str(&format!("output {} = %{}\n", o.name, o.node));
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Graphviz DOT.
+pub fn dot(g: &Graph, model: &str) -> String {
+    let mut out =
+        format!("digraph {model} {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
+    for id in 0..g.nodes.len() {
+        let shape = match g.nodes[id].op {
+            Op::Input(_) => "invhouse",
+            Op::Param(_) => "cylinder",
+            Op::Const(_) => "ellipse",
+            _ => "box",
+        };
+        out.push_str(&format!(
+            "  n{id} [shape={shape}, label=\"{}\\n{}\\n{}\"];\n",
+            esc(&name(g, id)),
+            esc(&op_name(g, id)),
+            esc(&g.describe(id))
+        ));
+        for &a in &g.nodes[id].args {
+            out.push_str(&format!("  n{a} -> n{id};\n"));
+        }
+    }
+    for (i, o) in g.outputs.iter().enumerate() {
+        out.push_str(&format!(
+            "  out{i} [shape=house, label=\"{}\"];\n  n{} -> out{i};\n",
+            esc(&o.name),
+            o.node
+        ));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// JSON: `{"model": .., "nodes": [{"id", "name", "op", "inputs", "type"}], "outputs": {..}}`.
+pub fn json(g: &Graph, model: &str) -> String {
+    let mut nodes = Vec::new();
+    for id in 0..g.nodes.len() {
+        let ins = g.nodes[id]
+            .args
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        nodes.push(format!(
+            "    {{\"id\": {id}, \"name\": \"{}\", \"scope\": \"{}\", \"op\": \"{}\", \"inputs\": [{ins}], \"type\": \"{}\"}}",
+            esc(&name(g, id)),
+            esc(&g.nodes[id].scope),
+            esc(&op_name(g, id)),
+            esc(&g.describe(id))
+        ));
+    }
+    let outs: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|o| format!("\"{}\": {}", esc(&o.name), o.node))
+        .collect();
+    format!(
+        "{{\n  \"model\": \"{model}\",\n  \"nodes\": [\n{}\n  ],\n  \"outputs\": {{{}}}\n}}\n",
+        nodes.join(",\n"),
+        outs.join(", ")
+    )
+}

@@ -1,0 +1,59 @@
+//! `take_along`: per-position picks along the last axis (cross entropy's `logp[n, target[n]]`).
+
+use super::fmt_shape;
+use crate::{Elem, Error, Result};
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+
+/// `out[p] = input[p, indices[p]]` for every position `p` of `indices`, whose shape must be
+/// `input`'s shape without its last axis. Negative indices count from the end; an index out of
+/// range is an error naming it.
+pub fn take_along<T: Elem, I: Elem>(
+    input: &ArrayViewD<'_, T>,
+    indices: &ArrayViewD<'_, I>,
+) -> Result<ArrayD<T>> {
+    const OP: &str = "take_along";
+    let shape = input.shape();
+    if shape.is_empty() || &shape[..shape.len() - 1] != indices.shape() {
+        return Err(Error::op(
+            OP,
+            format!(
+                "indices of shape {} must have the input's shape {} without its last axis",
+                fmt_shape(indices.shape()),
+                fmt_shape(shape)
+            ),
+        ));
+    }
+    let c = shape[shape.len() - 1] as i64;
+    let lanes = input.lanes(Axis(input.ndim() - 1));
+    let mut out = Vec::with_capacity(indices.len());
+    for (lane, &i) in lanes.into_iter().zip(indices.iter()) {
+        let v = i.to_f64() as i64;
+        let w = if v < 0 { v + c } else { v };
+        if w < 0 || w >= c {
+            return Err(Error::op(
+                OP,
+                format!("index {v} is out of range for an axis of size {c}"),
+            ));
+        }
+        out.push(lane[w as usize]);
+    }
+    ArrayD::from_shape_vec(IxDyn(indices.shape()), out).map_err(|e| Error::op(OP, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn picks_per_row() {
+        let x = array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]].into_dyn();
+        let t = array![2i64, -3].into_dyn();
+        let y = take_along(&x.view(), &t.view()).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[3.0, 4.0]);
+        let bad = array![3i64, 0].into_dyn();
+        assert!(take_along(&x.view(), &bad.view()).is_err());
+        let wrong = array![0i64].into_dyn();
+        assert!(take_along(&x.view(), &wrong.view()).is_err());
+    }
+}
