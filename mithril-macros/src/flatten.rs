@@ -17,6 +17,9 @@ use std::rc::Rc;
 use syn::spanned::Spanned;
 use syn::{Expr, Ident};
 
+/// Most items a compile-time range or `for` loop may have.
+pub const MAX_UNROLL: usize = 10_000;
+
 /// Where a model definition comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Origin {
@@ -648,6 +651,10 @@ impl<'a> Flattener<'a> {
                 None => {}
             },
             Stmt::For { var, iter, body } => match self.eval_hyper(iter, f) {
+                Some(HVal::List(items)) if items.len() > MAX_UNROLL => self.error(
+                    iter.span(),
+                    format!("`for` would unroll {} iterations; at most {MAX_UNROLL} are allowed", items.len()),
+                ),
                 Some(HVal::List(items)) => {
                     for it in items {
                         f.vars.insert(var.to_string(), Value::Hyper(it));
@@ -1258,7 +1265,7 @@ impl<'a> Flattener<'a> {
             .or_else(|| f.hyper.get(&n).cloned().map(Value::Hyper))
         {
             Some(Value::Inst(i)) if recv.is_none() => return self.apply_args(i, args, span, f),
-            Some(Value::Hyper(HVal::Func(fname))) => {
+            Some(Value::Hyper(HVal::Func(fname))) if fname != n => {
                 let fid = Ident::new(&fname, id.span());
                 return self.eval_named_call(&fid, recv, args, span, f, hint);
             }
