@@ -83,6 +83,8 @@ impl Tree {
 
 pub struct Gen<'a> {
     g: &'a Graph,
+    /// The forward+backward graph, when gradients are generated.
+    pub train: Option<&'a Graph>,
     inp: &'a CodegenInput<'a>,
     errors: Vec<syn::Error>,
     /// Runtime expressions for dynamic dims (dim variable id -> `inputs.x.shape()[k]`).
@@ -111,6 +113,7 @@ impl<'a> Gen<'a> {
         }
         Gen {
             g,
+            train: None,
             inp,
             errors: Vec::new(),
             dim_src,
@@ -346,11 +349,19 @@ impl<'a> Gen<'a> {
                 let a = v(n.args[0]);
                 quote!(let #vid = #a.view();)
             }
+            Op::Seed(i) => {
+                let name = format_ident!("{}", self.g.outputs[*i].name);
+                quote!(let #vid = output_grads.#name.view().into_dyn();)
+            }
         }
     }
 
     fn param_struct_name(&self, path: &[String]) -> Ident {
-        let mut s = format!("{}Params", self.inp.name);
+        self.struct_name(path, "Params")
+    }
+
+    fn struct_name(&self, path: &[String], kind: &str) -> Ident {
+        let mut s = format!("{}{kind}", self.inp.name);
         for p in path {
             s.push_str(&camel(p));
         }
@@ -358,8 +369,24 @@ impl<'a> Gen<'a> {
     }
 
     fn param_structs(&self, tree: &Tree, path: &mut Vec<String>, out: &mut Vec<TokenStream>) {
-        let name = self.param_struct_name(path);
+        self.param_structs_named(tree, path, out, "Params")
+    }
+
+    /// The `Params` (or `Grads`) struct tree.
+    fn param_structs_named(
+        &self,
+        tree: &Tree,
+        path: &mut Vec<String>,
+        out: &mut Vec<TokenStream>,
+        kind: &str,
+    ) {
+        let name = self.struct_name(path, kind);
         let vis = self.inp.vis;
+        let what = if kind == "Params" {
+            "Params"
+        } else {
+            "Gradients"
+        };
         let mut fields = Vec::new();
         for key in &tree.order {
             let f = format_ident!("{}", key);
@@ -374,24 +401,22 @@ impl<'a> Gen<'a> {
                 fields.push(quote!(#[doc = #doc] pub #f: #ty));
             } else if let Some(sub) = tree.subs.get(key) {
                 path.push(key.clone());
-                let sn = self.param_struct_name(path);
-                self.param_structs(sub, path, out);
+                let sn = self.struct_name(path, kind);
+                self.param_structs_named(sub, path, out, kind);
                 path.pop();
-                let doc = format!(
-                    "Params of `{}`.",
-                    if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{}.{}", path.join("."), key)
-                    }
-                );
+                let full = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{}", path.join("."), key)
+                };
+                let doc = format!("{what} of `{full}`.");
                 fields.push(quote!(#[doc = #doc] pub #f: #sn));
             }
         }
         let doc = if path.is_empty() {
-            format!("Params of `{}` (fields mirror the model tree; dotted names like `fc1.weight` for generic code).", self.inp.name)
+            format!("{what} of `{}` (fields mirror the model tree; dotted names like `fc1.weight` for generic code).", self.inp.name)
         } else {
-            format!("Params of `{}` inside `{}`.", path.join("."), self.inp.name)
+            format!("{what} of `{}` inside `{}`.", path.join("."), self.inp.name)
         };
         out.push(quote! {
             #[doc = #doc]
@@ -472,6 +497,155 @@ impl<'a> Gen<'a> {
         quote!(#name { #(#fields,)* })
     }
 
+    /// Shape checks, node code and output values of the graph's evaluate function.
+    fn body_parts(
+        &mut self,
+    ) -> (
+        Vec<TokenStream>,
+        Vec<TokenStream>,
+        Vec<(String, TokenStream)>,
+    ) {
+        let g = self.g;
+        let mut checks = Vec::new();
+        for i in &g.inputs {
+            let f = format_ident!("{}", i.name);
+            checks.push(self.check(
+                i.node,
+                &format!("input `{}`", i.name),
+                quote!(inputs.#f.shape()),
+            ));
+        }
+        for p in &g.params {
+            let fields = p.path.iter().map(|s| format_ident!("{}", s));
+            checks.push(self.check(
+                p.node,
+                &format!("param `{}`", p.dotted()),
+                quote!(params.#(#fields).*.shape()),
+            ));
+        }
+        for n in &g.nodes {
+            if let Op::Seed(i) = n.op {
+                let _ = i;
+            }
+        }
+        for (id, n) in g.nodes.iter().enumerate() {
+            if let Op::Seed(i) = n.op {
+                let f = format_ident!("{}", g.outputs[i].name);
+                checks.push(self.check(
+                    id,
+                    &format!("output gradient `{}`", g.outputs[i].name),
+                    quote!(output_grads.#f.shape()),
+                ));
+            }
+        }
+        let mut body = Vec::new();
+        for id in 0..g.nodes.len() {
+            body.push(self.node_code(id));
+        }
+        let mut seen = Vec::new();
+        let mut outs = Vec::new();
+        for (k, o) in g.outputs.iter().enumerate() {
+            let vid = v(o.node);
+            let d = ix(self.rank(o.node));
+            let is_view = matches!(
+                g.nodes[o.node].op,
+                Op::Input(_) | Op::Param(_) | Op::Boundary(_) | Op::Seed(_)
+            );
+            let later = g.outputs[k + 1..].iter().any(|x| x.node == o.node);
+            let val = if is_view {
+                quote!(#vid.to_owned())
+            } else if later || seen.contains(&o.node) {
+                quote!(#vid.clone())
+            } else {
+                quote!(#vid)
+            };
+            seen.push(o.node);
+            let oname = o.name.clone();
+            outs.push((
+                o.name.clone(),
+                quote!(#val.into_dimensionality::<#d>().map_err(|e| ::mithril::rt::Error::op(#oname, e.to_string()))?),
+            ));
+        }
+        (checks, body, outs)
+    }
+
+    /// `evaluate_gradients` from the forward+backward graph.
+    fn gradients_fn(
+        &mut self,
+        params_name: &Ident,
+        inputs_name: &Ident,
+        outputs_name: &Ident,
+    ) -> TokenStream {
+        let g = self.g;
+        let syms: Vec<&str> = g.syms.iter().map(|s| s.as_str()).collect();
+        let (checks, body, outs) = self.body_parts();
+        let mut fwd = Vec::new();
+        let mut grad_vals: BTreeMap<usize, TokenStream> = BTreeMap::new();
+        for (n, val) in outs {
+            match n
+                .strip_prefix(crate::autodiff::GRAD_PREFIX)
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                Some(i) => {
+                    grad_vals.insert(i, val);
+                }
+                None => {
+                    let f = format_ident!("{}", n);
+                    fwd.push(quote!(#f: #val));
+                }
+            }
+        }
+        let mut tree = Tree::default();
+        for (i, p) in g.params.iter().enumerate() {
+            tree.insert(&p.path, i);
+        }
+        let grads = self.grads_expr(&tree, &mut vec![], &grad_vals);
+        let grads_name = format_ident!("{}Grads", self.inp.name);
+        quote! {
+            /// Run the model and differentiate it: returns the outputs and the gradient of
+            /// `sum(output * output_grads)` with respect to every param (reverse mode, compiled).
+            #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow)]
+            pub fn evaluate_gradients(
+                &self,
+                params: &#params_name,
+                inputs: #inputs_name<'_>,
+                output_grads: &#outputs_name,
+            ) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
+                #(#checks)*
+                let _ = &__env;
+                #(#body)*
+                Ok((#outputs_name { #(#fwd,)* }, #grads))
+            }
+        }
+    }
+
+    fn grads_expr(
+        &self,
+        tree: &Tree,
+        path: &mut Vec<String>,
+        vals: &BTreeMap<usize, TokenStream>,
+    ) -> TokenStream {
+        let name = self.struct_name(path, "Grads");
+        let mut fields = Vec::new();
+        for key in &tree.order {
+            let f = format_ident!("{}", key);
+            if let Some(&i) = tree.leaves.get(key) {
+                let val = vals
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| quote!(compile_error!("internal: missing gradient")));
+                fields.push(quote!(#f: #val));
+            } else if let Some(sub) = tree.subs.get(key) {
+                path.push(key.clone());
+                let e = self.grads_expr(sub, path, vals);
+                path.pop();
+                fields.push(quote!(#f: #e));
+            }
+        }
+        quote!(#name { #(#fields,)* })
+    }
+
     /// Generate all items.
     pub fn generate(mut self) -> Result<TokenStream, Vec<syn::Error>> {
         let g = self.g;
@@ -531,41 +705,43 @@ impl<'a> Gen<'a> {
 
         // ---- evaluate body
         let syms: Vec<&str> = g.syms.iter().map(|s| s.as_str()).collect();
-        let mut checks = Vec::new();
-        for i in &g.inputs {
-            let f = format_ident!("{}", i.name);
-            checks.push(self.check(
-                i.node,
-                &format!("input `{}`", i.name),
-                quote!(inputs.#f.shape()),
-            ));
+        let (checks, body, out_vals) = self.body_parts();
+        let outs: Vec<TokenStream> = out_vals
+            .into_iter()
+            .map(|(n, val)| {
+                let f = format_ident!("{}", n);
+                quote!(#f: #val)
+            })
+            .collect();
+        let gradients = match self.train {
+            Some(t) => {
+                let mut tg = Gen::new(t, self.inp);
+                let r = tg.gradients_fn(&params_name, &inputs_name, &outputs_name);
+                self.errors.extend(tg.errors);
+                r
+            }
+            None => quote!(),
+        };
+        let mut grads_structs = Vec::new();
+        if self.train.is_some() {
+            self.param_structs_named(&tree, &mut vec![], &mut grads_structs, "Grads");
         }
-        for p in &g.params {
-            let fields = p.path.iter().map(|s| format_ident!("{}", s));
-            checks.push(self.check(
-                p.node,
-                &format!("param `{}`", p.dotted()),
-                quote!(params.#(#fields).*.shape()),
-            ));
-        }
-        let mut body = Vec::new();
-        for id in 0..g.nodes.len() {
-            body.push(self.node_code(id));
-        }
-        let mut seen = Vec::new();
-        let outs: Vec<TokenStream> = g.outputs.iter().map(|o| {
-            let f = format_ident!("{}", o.name);
-            let vid = v(o.node);
-            let d = ix(self.rank(o.node));
-            let is_view = matches!(g.nodes[o.node].op, Op::Input(_) | Op::Param(_) | Op::Boundary(_));
-            let later = g.outputs.iter().skip_while(|x| x.name != o.name).skip(1).any(|x| x.node == o.node);
-            let val = if is_view { quote!(#vid.to_owned()) } else if later || seen.contains(&o.node) { quote!(#vid.clone()) } else { quote!(#vid) };
-            seen.push(o.node);
-            let oname = o.name.clone();
-            quote!(#f: #val.into_dimensionality::<#d>().map_err(|e| ::mithril::rt::Error::op(#oname, e.to_string()))?)
-        }).collect();
-        let used_inputs: Vec<TokenStream> = Vec::new();
-        let _ = used_inputs;
+        let grads_name = format_ident!("{}Grads", name);
+        let grads_tree_impl = if self.train.is_some() {
+            quote! {
+                impl ::mithril::rt::ParamTree for #grads_name {
+                    fn visit(&self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorView<'_>)) {
+                        #(#visits)*
+                    }
+                    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorViewMut<'_>) -> ::mithril::rt::Result<()>) -> ::mithril::rt::Result<()> {
+                        #(#visits_mut)*
+                        Ok(())
+                    }
+                }
+            }
+        } else {
+            quote!()
+        };
 
         // ---- docs
         let mut doc = String::new();
@@ -625,6 +801,16 @@ impl<'a> Gen<'a> {
             .filter(|n| matches!(n.op, Op::Prim(_) | Op::Fused(_)))
             .count();
         let inputs_doc = format!("Inputs of [`{name}`]: one `ndarray` view per input terminal.");
+        // views with a dynamic rank (`IxDyn`, for `...` inputs) are not `Copy`
+        let inputs_derive = if g
+            .inputs
+            .iter()
+            .all(|i| self.rank(i.node).is_some_and(|r| r <= 6))
+        {
+            quote!(#[derive(Clone, Copy, Debug)])
+        } else {
+            quote!(#[derive(Clone, Debug)])
+        };
         let outputs_doc = format!("Outputs of [`{name}`].");
 
         if !self.errors.is_empty() {
@@ -637,7 +823,7 @@ impl<'a> Gen<'a> {
             #vis struct #name { _private: () }
 
             #[doc = #inputs_doc]
-            #[derive(Clone, Copy, Debug)]
+            #inputs_derive
             #vis struct #inputs_name<'a> { #(#input_fields,)* #phantom }
 
             #[doc = #outputs_doc]
@@ -697,7 +883,12 @@ impl<'a> Gen<'a> {
                     let _ = #model;
                     Ok(#outputs_name { #(#outs,)* })
                 }
+
+                #gradients
             }
+
+            #(#grads_structs)*
+            #grads_tree_impl
         })
     }
 }

@@ -80,7 +80,7 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                     }
                 }
             }
-            Op::Fused(_) => {}
+            Op::Fused(_) | Op::Seed(_) => {}
         }
     }
     errors

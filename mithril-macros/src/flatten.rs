@@ -105,7 +105,14 @@ pub struct Flattener<'a> {
     used_paths: HashMap<Vec<String>, usize>,
     /// Loss terms of a `train` model.
     pub losses: Vec<(NodeId, Span)>,
+    /// Statements and loop iterations executed so far (bounded by [`MAX_STEPS`]).
+    steps: usize,
+    /// The "too large" error was reported.
+    over_budget: bool,
 }
+
+/// Most statements and loop iterations one flattening may execute (nested loops).
+pub const MAX_STEPS: usize = 200_000;
 
 fn err(span: Span, msg: impl std::fmt::Display) -> syn::Error {
     syn::Error::new(span, msg.to_string())
@@ -156,6 +163,8 @@ impl<'a> Flattener<'a> {
             anchor: None,
             used_paths: HashMap::new(),
             losses: Vec::new(),
+            steps: 0,
+            over_budget: false,
         }
     }
 
@@ -284,8 +293,33 @@ impl<'a> Flattener<'a> {
 
     fn exec(&mut self, stmts: &[Stmt], f: &mut Frame) {
         for s in stmts {
+            if !self.step(s) {
+                return;
+            }
             self.stmt(s, f);
         }
+    }
+
+    /// Count one statement or loop iteration; `false` once the flattening budget is spent.
+    fn step(&mut self, s: &Stmt) -> bool {
+        self.steps += 1;
+        if self.steps <= MAX_STEPS {
+            return true;
+        }
+        if !self.over_budget {
+            self.over_budget = true;
+            let sp = match s {
+                Stmt::For { iter, .. } => iter.span(),
+                Stmt::Let { expr, .. } => expr.span(),
+                Stmt::Input { span, .. } | Stmt::Param { span, .. } => *span,
+                _ => Span::call_site(),
+            };
+            self.error(
+                sp,
+                format!("this model is too large to flatten: more than {MAX_STEPS} statements and loop iterations (nested `for` loops?)"),
+            );
+        }
+        false
     }
 
     fn shape_from_decl(
@@ -334,10 +368,11 @@ impl<'a> Flattener<'a> {
                         Some(d) => d.clone(),
                         None => {
                             let d = if f.sub.is_none() {
-                                if !self.g.syms.contains(&s) {
-                                    self.g.syms.push(s.clone());
-                                }
-                                Dim::Sym(s.clone())
+                                // a named unification variable: it may meet a constant or
+                                // another symbol; what stays open becomes `Dim::Sym` at the end
+                                let v = self.g.env.new_dim_var(s.clone());
+                                self.g.sym_vars.push((s.clone(), v.clone()));
+                                v
                             } else {
                                 self.g.env.new_dim_var(format!("{s} of {}", f.model))
                             };
@@ -653,10 +688,16 @@ impl<'a> Flattener<'a> {
             Stmt::For { var, iter, body } => match self.eval_hyper(iter, f) {
                 Some(HVal::List(items)) if items.len() > MAX_UNROLL => self.error(
                     iter.span(),
-                    format!("`for` would unroll {} iterations; at most {MAX_UNROLL} are allowed", items.len()),
+                    format!(
+                        "`for` would unroll {} iterations; at most {MAX_UNROLL} are allowed",
+                        items.len()
+                    ),
                 ),
                 Some(HVal::List(items)) => {
                     for it in items {
+                        if !self.step(s) {
+                            break;
+                        }
                         f.vars.insert(var.to_string(), Value::Hyper(it));
                         self.exec(body, f);
                     }
@@ -845,12 +886,18 @@ impl<'a> Flattener<'a> {
                 };
                 match (lo, hi) {
                     (Some(HVal::Int(a)), Some(HVal::Int(b))) => {
-                        let b = if matches!(r.limits, syn::RangeLimits::Closed(_)) {
-                            b + 1
-                        } else {
-                            b
-                        };
-                        Value::Hyper(HVal::List((a..b).map(HVal::Int).collect()))
+                        let closed = matches!(r.limits, syn::RangeLimits::Closed(_));
+                        let len = (b as i128 + closed as i128 - a as i128).max(0);
+                        if len > MAX_UNROLL as i128 {
+                            self.error(
+                                e.span(),
+                                format!("this range has {len} items; a compile-time range has at most {MAX_UNROLL}"),
+                            );
+                            return Value::Poison;
+                        }
+                        Value::Hyper(HVal::List(
+                            (0..len as i64).map(|i| HVal::Int(a + i)).collect(),
+                        ))
                     }
                     _ => {
                         self.error(e.span(), "a range here needs integer bounds (`0..n`); use ranges without bounds only in `slice`");
@@ -1149,7 +1196,7 @@ impl<'a> Flattener<'a> {
                 let lo = int(self, &r.start, f)?;
                 let hi = int(self, &r.end, f)?;
                 let hi = match (hi, &r.limits) {
-                    (Some(h), syn::RangeLimits::Closed(_)) => Some(h + 1),
+                    (Some(h), syn::RangeLimits::Closed(_)) => Some(h.saturating_add(1)),
                     (h, _) => h,
                 };
                 Some(SliceArg::Range(lo, hi, 1))

@@ -311,6 +311,8 @@ pub enum Op {
     Boundary(Shape),
     /// A group of elementwise primitives fused into one loop (made by `passes::fuse`).
     Fused(FExpr),
+    /// The seed gradient of the i-th output (an argument of `evaluate_gradients`).
+    Seed(usize),
 }
 
 /// One node of the graph.
@@ -382,8 +384,11 @@ pub struct Graph {
     pub params: Vec<ParamInfo>,
     pub outputs: Vec<OutputInfo>,
     pub env: Env,
-    /// Named symbolic dims of the physical model, in first-seen order.
+    /// Named symbolic dims of the physical model that stay symbolic (runtime slots), in
+    /// first-seen order; filled by `shapes::finish`.
     pub syms: Vec<String>,
+    /// The top-level symbols as declared, with their unification variables.
+    pub sym_vars: Vec<(String, Dim)>,
 }
 
 impl Graph {

@@ -9,11 +9,14 @@
 //! [`codegen`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
 //! across invocations, modules and crates).
 
+mod autodiff;
 mod carrier;
 mod codegen;
 mod dtypes;
 mod files;
 mod flatten;
+#[cfg(test)]
+mod fuzz;
 mod hyper;
 mod ir;
 mod library;
@@ -100,6 +103,7 @@ fn expand(input: TokenStream) -> TokenStream {
                     &library,
                     &shared,
                     &logical,
+                    true,
                 ) {
                     Ok((ts, miss)) => {
                         out.extend(ts);
@@ -146,7 +150,7 @@ fn expand(input: TokenStream) -> TokenStream {
                     continue;
                 }
                 match compile_one(
-                    &entry, &c.name, &c.vis, &c.attrs, &opts, &library, &shared, &key,
+                    &entry, &c.name, &c.vis, &c.attrs, &opts, &library, &shared, &key, false,
                 ) {
                     Ok((ts, miss)) => {
                         out.extend(ts);
@@ -190,6 +194,7 @@ fn compile_one(
     library: &Scope,
     locals: &Scope,
     logical: &str,
+    implicit: bool,
 ) -> CompileResult {
     let fopts = FlattenOpts {
         default_dtype: opts.dtype,
@@ -212,6 +217,18 @@ fn compile_one(
         return Err((errors, vec![]));
     }
     dtypes::finish(&mut g, opts.dtype);
+    shapes::finish(&mut g);
+    // A model whose params depend on dims it leaves open (a generic building block such as
+    // `param scale: [D]` with `input x: [N, D]`) has no default physical model: it is used as
+    // a submodel, or compiled with `compile X = M { shapes: .. }`.
+    if implicit
+        && g.params.iter().any(|p| {
+            g.rdims(p.node)
+                .is_none_or(|d| d.iter().any(|x| !matches!(x, ir::RDim::Known(_))))
+        })
+    {
+        return Ok((TokenStream::new(), vec![]));
+    }
     if opts.static_shapes {
         for i in &g.inputs {
             if let Some(d) = g.rdims(i.node) {
@@ -259,6 +276,20 @@ fn compile_one(
         }
     }
 
+    // the forward+backward graph, when the model has params
+    let mut train = if g.params.is_empty() {
+        None
+    } else {
+        let mut t = g.clone();
+        passes::elide::run(&mut t);
+        let errs = autodiff::run(&mut t, opts.dtype);
+        // a model whose gradient is not supported still evaluates; it gets no evaluate_gradients
+        errs.is_empty().then_some(t)
+    };
+    if let Some(t) = &mut train {
+        run_passes(t, opts);
+    }
+
     // optimization passes
     let mut pass_log: Vec<(&str, usize)> = vec![("flattened ops", report::op_count(&g))];
     passes::elide::run(&mut g);
@@ -293,9 +324,9 @@ fn compile_one(
         graph_json: json.clone(),
         logical: logical.to_string(),
     };
-    let code = codegen::Gen::new(&g, &inp)
-        .generate()
-        .map_err(|e| (e, vec![]))?;
+    let mut gen = codegen::Gen::new(&g, &inp);
+    gen.train = train.as_ref();
+    let code = gen.generate().map_err(|e| (e, vec![]))?;
     let mut file_errors = Vec::new();
     if let Some((path, fmt)) = &opts.dump_graph {
         let content = match fmt {
@@ -330,4 +361,23 @@ fn compile_one(
 fn stub(name: &syn::Ident, vis: &syn::Visibility) -> TokenStream {
     let _ = (name, vis);
     TokenStream::new()
+}
+
+/// The optimization passes a backward graph goes through (the same as the forward's).
+fn run_passes(g: &mut ir::Graph, opts: &options::Options) {
+    if opts.constant_folding {
+        passes::fold::run(g);
+    }
+    if opts.common_subexpression {
+        passes::cse::run(g);
+    }
+    if opts.dead_code_elimination {
+        passes::dce::run(g, &[]);
+    }
+    if opts.operator_fusion {
+        passes::fuse::run(g);
+        if opts.dead_code_elimination {
+            passes::dce::run(g, &[]);
+        }
+    }
 }

@@ -100,6 +100,15 @@ pub enum Prim {
     },
     Softmax(i64),
     LogSoftmax(i64),
+    // ---- made by autodiff (no DSL name)
+    /// Insert size-1 axes at these (sorted) output positions.
+    Unsqueeze(Vec<usize>),
+    /// Broadcast the first arg to the shape of the second.
+    BroadcastLike,
+    /// Reshape the first arg to the shape of the second.
+    ReshapeLike,
+    /// A scalar: element count of the first arg over that of the second (the `N` of a mean).
+    SizeRatio,
 }
 
 /// A value given for an attribute.
@@ -478,6 +487,10 @@ impl Prim {
             Prim::ArgReduce { .. } => "argmin",
             Prim::Softmax(_) => "softmax",
             Prim::LogSoftmax(_) => "log_softmax",
+            Prim::Unsqueeze(_) => "unsqueeze",
+            Prim::BroadcastLike => "broadcast_like",
+            Prim::ReshapeLike => "reshape_like",
+            Prim::SizeRatio => "size_ratio",
         }
     }
 
@@ -930,6 +943,24 @@ impl Prim {
                 }
                 Ok(s.clone())
             }
+            Prim::Unsqueeze(axes) => {
+                let s = &ins[0];
+                fixed(s, "unsqueeze")?;
+                let mut dims = s.dims.clone();
+                for &a in axes {
+                    if a > dims.len() {
+                        return Err("internal: unsqueeze axis out of range".into());
+                    }
+                    dims.insert(a, Dim::Known(1));
+                }
+                Ok(Shape::fixed(dims))
+            }
+            Prim::BroadcastLike => {
+                broadcast(env, &[ins[0].clone(), ins[1].clone()])?;
+                Ok(ins[1].clone())
+            }
+            Prim::ReshapeLike => Ok(ins[1].clone()),
+            Prim::SizeRatio => Ok(Shape::scalar()),
             _ => Err("internal: no shape rule".into()),
         }
     }
@@ -1220,6 +1251,7 @@ impl Prim {
                 _ => Ok(ins[0].dt),
             },
             Prim::ArgReduce { .. } => Ok(DT::Known(DType::I64)),
+            Prim::SizeRatio => Ok(ins[0].dt),
             _ => Ok(ins[0].dt),
         }
     }
@@ -1520,14 +1552,15 @@ impl Prim {
             Prim::Flatten(s, e) => {
                 let (s, e) = (*s as isize, *e as isize);
                 quote!({
-                    let __s = #x.shape();
+                    let __x = #x;
+                    let __s = __x.shape();
                     let __r = __s.len().max(1) as isize;
                     let __a = (if #s < 0 { #s + __r } else { #s }) as usize;
                     let __b = (if #e < 0 { #e + __r } else { #e }) as usize;
                     let mut __t: ::std::vec::Vec<isize> = __s[..__a.min(__s.len())].iter().map(|&d| d as isize).collect();
                     __t.push(__s[__a.min(__s.len())..(__b + 1).min(__s.len())].iter().product::<usize>() as isize);
                     __t.extend(__s[(__b + 1).min(__s.len())..].iter().map(|&d| d as isize));
-                    #ops::reshape(&#x, &__t)
+                    #ops::reshape(&__x, &__t)
                 })
             }
             Prim::Concat(axis) => {
@@ -1568,11 +1601,25 @@ impl Prim {
                     ReduceKind::Min => quote!(min),
                     ReduceKind::Prod => quote!(prod),
                 };
-                quote!(#ops::#f(&#x, #ax, #keep))
+                // `mean` of integers and `sum`/`prod` of bools change the dtype: convert first
+                let widen = match (kind, in_dt.first()) {
+                    (ReduceKind::Mean, Some(t)) => !t.is_float(),
+                    (ReduceKind::Sum | ReduceKind::Prod, Some(t)) => *t == DType::Bool,
+                    _ => false,
+                };
+                if widen {
+                    quote!(#ops::#f(&#ops::cast::<_, #out_rust>(&#x).view(), #ax, #keep))
+                } else {
+                    quote!(#ops::#f(&#x, #ax, #keep))
+                }
             }
             Prim::Variance(ax, keep, corr) => {
                 let ax = axes(ax);
-                quote!(#ops::variance(&#x, #ax, #keep, #corr))
+                if in_dt.first().is_some_and(|t| !t.is_float()) {
+                    quote!(#ops::variance(&#ops::cast::<_, #out_rust>(&#x).view(), #ax, #keep, #corr))
+                } else {
+                    quote!(#ops::variance(&#x, #ax, #keep, #corr))
+                }
             }
             Prim::ArgReduce { max, axis, keepdim } => {
                 let axis = *axis as isize;
@@ -1589,6 +1636,38 @@ impl Prim {
             Prim::LogSoftmax(axis) => {
                 let axis = *axis as isize;
                 quote!(#ops::log_softmax(&#x, #axis))
+            }
+            Prim::Unsqueeze(axes) => {
+                let axes = axes.clone();
+                quote!({
+                    let mut __s: ::std::vec::Vec<isize> = #x.shape().iter().map(|&d| d as isize).collect();
+                    for &__a in &[#(#axes),*] { __s.insert(__a.min(__s.len()), 1); }
+                    #ops::reshape(&#x, &__s)
+                })
+            }
+            Prim::BroadcastLike => {
+                let y = &a[1];
+                quote!(match #x.broadcast(#y.shape()) {
+                    ::std::option::Option::Some(__b) => ::std::result::Result::Ok(__b.to_owned()),
+                    ::std::option::Option::None => ::std::result::Result::Err(::mithril::rt::Error::op(
+                        "broadcast_like",
+                        format!("{:?} does not broadcast to {:?}", #x.shape(), #y.shape()),
+                    )),
+                })
+            }
+            Prim::ReshapeLike => {
+                let y = &a[1];
+                quote!({
+                    let __s: ::std::vec::Vec<isize> = #y.shape().iter().map(|&d| d as isize).collect();
+                    #ops::reshape(&#x, &__s)
+                })
+            }
+            Prim::SizeRatio => {
+                let y = &a[1];
+                quote!({
+                    let __n = #x.len() as f64 / (#y.len().max(1)) as f64;
+                    ::std::result::Result::<_, ::mithril::rt::Error>::Ok(::mithril::ndarray::arr0(<#out_rust as ::mithril::rt::Elem>::from_f64(__n)).into_dyn())
+                })
             }
             Prim::Reshape(_) => {
                 // the target dims are computed by codegen (they may be symbolic)

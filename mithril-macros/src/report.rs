@@ -24,6 +24,7 @@ pub fn op_name(g: &Graph, id: NodeId) -> String {
         },
         Op::Prim(p) => p.name().into(),
         Op::Boundary(_) => "boundary".into(),
+        Op::Seed(_) => "seed".into(),
         Op::Fused(e) => format!("fused[{}]", fexpr(e)),
     }
 }

@@ -45,7 +45,7 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
                     format!("shape mismatch in `{}`: {operands}; {why}", p.name())
                 })
             }),
-            Op::Fused(_) => None,
+            Op::Fused(_) | Op::Seed(_) => None,
         };
         match result {
             Some(Ok(s)) => g.nodes[id].shape = Some(s),
@@ -105,4 +105,25 @@ pub fn unify_pattern(env: &mut Env, pattern: &Shape, actual: &Shape) -> Result<(
 
 fn show(env: &Env, d: &Dim) -> String {
     env.fmt_dim(d)
+}
+
+/// Turn the physical model's named symbols that stayed open into `Dim::Sym` (runtime slots).
+/// A symbol unified with a constant becomes that constant; two symbols unified with each other
+/// become one (the first declared).
+pub fn finish(g: &mut Graph) {
+    g.syms.clear();
+    for (name, v) in g.sym_vars.clone() {
+        match g.env.dim(&v) {
+            Dim::Var(_) => {
+                let _ = g.env.unify_dim(&v, &Dim::Sym(name.clone()));
+                g.syms.push(name);
+            }
+            Dim::Sym(s) => {
+                if !g.syms.contains(&s) {
+                    g.syms.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
 }

@@ -10,7 +10,10 @@ pub fn run(g: &mut Graph) -> usize {
     let mut n = 0;
     for id in 0..g.nodes.len() {
         let node = &g.nodes[id];
-        if matches!(node.op, Op::Input(_) | Op::Param(_) | Op::Boundary(_)) {
+        if matches!(
+            node.op,
+            Op::Input(_) | Op::Param(_) | Op::Boundary(_) | Op::Seed(_)
+        ) {
             continue;
         }
         let mut args = node.args.clone();

@@ -20,7 +20,7 @@ pub fn run(g: &mut Graph, extra_roots: &[usize]) -> usize {
     }
     let mut removed = 0;
     for (id, n) in g.nodes.iter().enumerate() {
-        if matches!(n.op, Op::Input(_) | Op::Param(_)) {
+        if matches!(n.op, Op::Input(_) | Op::Param(_) | Op::Seed(_)) {
             live[id] = true;
         } else if !live[id] {
             removed += 1;

@@ -1,0 +1,541 @@
+//! Reverse-mode differentiation at compile time.
+//!
+//! Runs on the inferred graph (before optimization) and appends the backward graph to it: one
+//! `Seed` node per output (the seed gradient the caller passes to `evaluate_gradients`), then, in
+//! reverse graph order, each primitive's vector-Jacobian product as ordinary primitive nodes
+//! (rules in [`vjp`], next to nothing else: they only build primitives, whose shape and dtype
+//! rules are the ones in `prims`). Gradients reaching an operand that was broadcast are summed
+//! back to the operand's shape. The gradient of each param becomes an extra output named
+//! `__grad_<i>`; the combined graph then goes through the same passes and codegen as the forward.
+//!
+//! Not differentiable (documented; they pass no gradient): comparisons, logical ops, `sign`,
+//! `floor_divide`, `remainder`, `argmax`/`argmin`, integer and bool values, and the indices of
+//! `gather`/`take_along`.
+
+use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, Scalar, Shape, DT};
+use crate::prims::{norm_axis, ArgDt, Prim, ReduceKind};
+use proc_macro2::Span;
+
+/// Prefix of the outputs that carry param gradients.
+pub const GRAD_PREFIX: &str = "__grad_";
+
+struct B<'g> {
+    g: &'g mut Graph,
+    span: Span,
+    default: DType,
+    errors: Vec<syn::Error>,
+}
+
+impl B<'_> {
+    fn push(&mut self, op: Op, args: Vec<NodeId>, shape: Shape, dt: DType) -> NodeId {
+        self.g.push(Node {
+            op,
+            args,
+            span: self.span,
+            label: None,
+            scope: String::new(),
+            shape: Some(shape),
+            dtype: Some(DT::Known(dt)),
+        })
+    }
+
+    /// A primitive node; shape and dtype come from the primitive's own rules.
+    fn op(&mut self, p: Prim, args: &[NodeId]) -> NodeId {
+        let shapes: Vec<Shape> = args
+            .iter()
+            .map(|&a| self.g.shape_of(a).unwrap_or_else(Shape::scalar))
+            .collect();
+        let dts: Vec<ArgDt> = args
+            .iter()
+            .map(|&a| ArgDt {
+                dt: DT::Known(self.g.dtype_of(a).unwrap_or(self.default)),
+                weak: match self.g.nodes[a].op {
+                    Op::Const(s) if self.g.nodes[a].label.as_deref() == Some("#weak") => Some(s),
+                    _ => None,
+                },
+            })
+            .collect();
+        let shape = match p.infer_shape(&mut self.g.env, &shapes) {
+            Ok(s) => s,
+            Err(m) => {
+                self.errors.push(syn::Error::new(
+                    self.span,
+                    format!("internal error while differentiating (`{}`): {m}", p.name()),
+                ));
+                Shape::scalar()
+            }
+        };
+        let dt = match p.infer_dtype(&mut self.g.env, &dts, self.default) {
+            Ok(t) => match self.g.env.dt(t) {
+                DT::Known(k) => k,
+                DT::Var(_) => self.default,
+            },
+            Err(m) => {
+                self.errors.push(syn::Error::new(
+                    self.span,
+                    format!("internal error while differentiating (`{}`): {m}", p.name()),
+                ));
+                self.default
+            }
+        };
+        self.push(Op::Prim(p), args.to_vec(), shape, dt)
+    }
+
+    /// A literal, weakly typed (it takes its partner's dtype).
+    fn lit(&mut self, v: f64) -> NodeId {
+        let id = self.push(
+            Op::Const(Scalar::Float(v)),
+            vec![],
+            Shape::scalar(),
+            self.default,
+        );
+        self.g.nodes[id].label = Some("#weak".into());
+        id
+    }
+
+    fn bin(&mut self, p: Prim, a: NodeId, b: NodeId) -> NodeId {
+        self.op(p, &[a, b])
+    }
+    fn mul(&mut self, a: NodeId, b: NodeId) -> NodeId {
+        self.bin(Prim::Mul, a, b)
+    }
+    fn mul_lit(&mut self, a: NodeId, v: f64) -> NodeId {
+        let l = self.lit(v);
+        self.bin(Prim::Mul, a, l)
+    }
+    fn neg(&mut self, a: NodeId) -> NodeId {
+        self.op(Prim::Neg, &[a])
+    }
+    fn mask(&mut self, cond: NodeId, g: NodeId) -> NodeId {
+        let z = self.lit(0.0);
+        self.op(Prim::Where, &[cond, g, z])
+    }
+
+    fn rank(&self, id: NodeId) -> Option<usize> {
+        let s = self.g.shape_of(id)?;
+        s.rest.is_none().then_some(s.dims.len())
+    }
+
+    /// Sum `g` (shaped like a broadcast result) back to the shape of `x`.
+    fn unbroadcast(&mut self, g: NodeId, x: NodeId) -> NodeId {
+        let (Some(gs), Some(xs)) = (self.g.shape_of(g), self.g.shape_of(x)) else {
+            return g;
+        };
+        if gs == xs {
+            return g;
+        }
+        if gs.rest.is_some() || xs.rest.is_some() {
+            if gs.dims.len() == xs.dims.len() && gs.rest == xs.rest {
+                // same leading `...`: only trailing dims can differ
+                let n = gs.dims.len() as i64;
+                let axes: Vec<i64> = (0..gs.dims.len())
+                    .filter(|&i| {
+                        self.g.env.dim(&xs.dims[i]) == Dim::Known(1)
+                            && self.g.env.dim(&gs.dims[i]) != Dim::Known(1)
+                    })
+                    .map(|i| i as i64 - n)
+                    .collect();
+                if axes.is_empty() {
+                    return g;
+                }
+                let s = self.op(Prim::Reduce(ReduceKind::Sum, axes, true), &[g]);
+                return self.op(Prim::ReshapeLike, &[s, x]);
+            }
+            self.errors.push(syn::Error::new(
+                self.span,
+                "differentiating a broadcast between tensors of open rank (`...`) is not supported; give the ranks",
+            ));
+            return g;
+        }
+        let (gr, xr) = (gs.dims.len(), xs.dims.len());
+        let lead = gr.saturating_sub(xr);
+        let mut axes: Vec<i64> = (0..lead as i64).collect();
+        for i in 0..xr {
+            let (xd, gd) = (
+                self.g.env.dim(&xs.dims[i]),
+                self.g.env.dim(&gs.dims[lead + i]),
+            );
+            if xd == Dim::Known(1) && gd != Dim::Known(1) {
+                axes.push((lead + i) as i64);
+            }
+        }
+        if axes.is_empty() {
+            return self.op(Prim::ReshapeLike, &[g, x]);
+        }
+        let s = self.op(Prim::Reduce(ReduceKind::Sum, axes, true), &[g]);
+        self.op(Prim::ReshapeLike, &[s, x])
+    }
+
+    /// Broadcast a reduced gradient back over the reduced axes of `x`.
+    fn expand(&mut self, g: NodeId, x: NodeId, axes: &[i64], keepdim: bool) -> NodeId {
+        let Some(r) = self.rank(x) else {
+            // all-axes reduction of an open-rank tensor: the gradient is a scalar
+            return self.op(Prim::BroadcastLike, &[g, x]);
+        };
+        let g2 = if keepdim || r == 0 {
+            g
+        } else {
+            let mut ax: Vec<usize> = if axes.is_empty() {
+                (0..r).collect()
+            } else {
+                axes.iter().filter_map(|&a| norm_axis(a, r)).collect()
+            };
+            ax.sort_unstable();
+            self.op(Prim::Unsqueeze(ax), &[g])
+        };
+        self.op(Prim::BroadcastLike, &[g2, x])
+    }
+}
+
+fn is_float(g: &Graph, id: NodeId) -> bool {
+    g.dtype_of(id).is_some_and(|t| t.is_float())
+}
+
+/// Differentiate `g` with respect to every param. Returns errors for unsupported cases.
+pub fn run(g: &mut Graph, default: DType) -> Vec<syn::Error> {
+    let n_fwd = g.nodes.len();
+    let outputs = g.outputs.clone();
+    let mut adj: Vec<Option<NodeId>> = vec![None; n_fwd];
+    let mut b = B {
+        g,
+        span: Span::call_site(),
+        default,
+        errors: Vec::new(),
+    };
+    // seeds
+    for (i, o) in outputs.iter().enumerate() {
+        if !is_float(b.g, o.node) {
+            continue;
+        }
+        let shape = b.g.shape_of(o.node).unwrap_or_else(Shape::scalar);
+        let dt = b.g.dtype_of(o.node).unwrap_or(default);
+        b.span = b.g.nodes[o.node].span;
+        let s = b.push(Op::Seed(i), vec![], shape, dt);
+        b.g.nodes[s].label = Some(format!("d{}", o.name));
+        adj[o.node] = Some(match adj[o.node] {
+            None => s,
+            Some(prev) => b.bin(Prim::Add, prev, s),
+        });
+    }
+    // which nodes lead to a param (only those need gradients)
+    let mut needs = vec![false; n_fwd];
+    for id in 0..n_fwd {
+        needs[id] = matches!(b.g.nodes[id].op, Op::Param(_))
+            || b.g.nodes[id].args.iter().any(|&a| needs[a]);
+    }
+    for id in (0..n_fwd).rev() {
+        let Some(gy) = adj[id] else { continue };
+        let node = b.g.nodes[id].clone();
+        let Op::Prim(p) = &node.op else { continue };
+        if !needs[id] {
+            continue;
+        }
+        b.span = node.span;
+        let grads = vjp(&mut b, p, &node.args, id, gy);
+        for (k, gx) in grads.into_iter().enumerate() {
+            let x = node.args[k];
+            let Some(gx) = gx else { continue };
+            if !needs[x] || !is_float(b.g, x) {
+                continue;
+            }
+            let gx = if p.is_elementwise() {
+                b.unbroadcast(gx, x)
+            } else {
+                gx
+            };
+            // gradients keep the dtype of the value they belong to
+            let xdt = b.g.dtype_of(x).unwrap_or(default);
+            let gx = if b.g.dtype_of(gx) != Some(xdt) {
+                b.op(Prim::Cast(xdt), &[gx])
+            } else {
+                gx
+            };
+            adj[x] = Some(match adj[x] {
+                None => gx,
+                Some(prev) => b.bin(Prim::Add, prev, gx),
+            });
+        }
+    }
+    // param gradients become outputs (zeros for params no output depends on)
+    let params = b.g.params.clone();
+    for (i, p) in params.iter().enumerate() {
+        let gnode = match adj[p.node] {
+            Some(gn) => gn,
+            None => {
+                let z = b.lit(0.0);
+                b.op(Prim::BroadcastLike, &[z, p.node])
+            }
+        };
+        b.g.outputs.push(crate::ir::OutputInfo {
+            name: format!("{GRAD_PREFIX}{i}"),
+            node: gnode,
+        });
+    }
+    // weak literals made here are typed by their users; drop the marker
+    for n in b.g.nodes.iter_mut().skip(n_fwd) {
+        if n.label.as_deref() == Some("#weak") {
+            n.label = None;
+        }
+    }
+    b.errors
+}
+
+/// The vector-Jacobian product of one primitive: the gradient of each operand given the
+/// gradient `gy` of the result `y` (`None`: no gradient flows to that operand).
+fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<NodeId>> {
+    use Prim::*;
+    let unsupported = |b: &mut B, what: &str| {
+        b.errors.push(syn::Error::new(
+            b.span,
+            format!("the gradient of `{what}` is not supported yet"),
+        ));
+        vec![None; x.len()]
+    };
+    match p {
+        Add => vec![Some(gy), Some(gy)],
+        Sub => {
+            let n = b.neg(gy);
+            vec![Some(gy), Some(n)]
+        }
+        Mul => {
+            let ga = b.mul(gy, x[1]);
+            let gb = b.mul(gy, x[0]);
+            vec![Some(ga), Some(gb)]
+        }
+        Div => {
+            let ga = b.bin(Div, gy, x[1]);
+            // -gy * y / b
+            let t = b.mul(ga, y);
+            let gb = b.neg(t);
+            vec![Some(ga), Some(gb)]
+        }
+        Pow => {
+            // d/da = b * a^(b-1) = b * y / a ; d/db = ln(a) * y
+            let by = b.mul(x[1], y);
+            let t = b.bin(Div, by, x[0]);
+            let ga = b.mul(gy, t);
+            let la = b.op(Log, &[x[0]]);
+            let t2 = b.mul(la, y);
+            let gb = b.mul(gy, t2);
+            vec![Some(ga), Some(gb)]
+        }
+        Minimum | Maximum => {
+            // the gradient goes to the operand that was chosen (the first one on ties)
+            let cmp = if *p == Minimum { Le } else { Ge };
+            let c = b.bin(cmp, x[0], x[1]);
+            let ga = b.mask(c, gy);
+            let nc = b.op(Not, &[c]);
+            let gb = b.mask(nc, gy);
+            vec![Some(ga), Some(gb)]
+        }
+        Neg => vec![Some(b.neg(gy))],
+        Abs => {
+            let s = b.op(Sign, &[x[0]]);
+            vec![Some(b.mul(gy, s))]
+        }
+        Exp => vec![Some(b.mul(gy, y))],
+        Log => vec![Some(b.bin(Div, gy, x[0]))],
+        Sqrt => {
+            let t = b.bin(Div, gy, y);
+            vec![Some(b.mul_lit(t, 0.5))]
+        }
+        Sin => {
+            let c = b.op(Cos, &[x[0]]);
+            vec![Some(b.mul(gy, c))]
+        }
+        Cos => {
+            let s = b.op(Sin, &[x[0]]);
+            let t = b.mul(gy, s);
+            vec![Some(b.neg(t))]
+        }
+        Tanh => {
+            // 1 - y^2
+            let y2 = b.op(Square, &[y]);
+            let one = b.lit(1.0);
+            let d = b.bin(Sub, one, y2);
+            vec![Some(b.mul(gy, d))]
+        }
+        Erf => {
+            // 2/sqrt(pi) * exp(-x^2)
+            let x2 = b.op(Square, &[x[0]]);
+            let nx2 = b.neg(x2);
+            let e = b.op(Exp, &[nx2]);
+            let d = b.mul_lit(e, std::f64::consts::FRAC_2_SQRT_PI);
+            vec![Some(b.mul(gy, d))]
+        }
+        Square => {
+            let t = b.mul(gy, x[0]);
+            vec![Some(b.mul_lit(t, 2.0))]
+        }
+        Relu => {
+            let z = b.lit(0.0);
+            let c = b.bin(Gt, x[0], z);
+            vec![Some(b.mask(c, gy))]
+        }
+        LeakyRelu(slope) => {
+            let z = b.lit(0.0);
+            let c = b.bin(Gt, x[0], z);
+            let s = b.mul_lit(gy, *slope);
+            vec![Some(b.op(Where, &[c, gy, s]))]
+        }
+        Clamp(lo, hi) => {
+            let l = b.lit(*lo);
+            let h = b.lit(*hi);
+            let c1 = b.bin(Ge, x[0], l);
+            let c2 = b.bin(Le, x[0], h);
+            let c = b.bin(And, c1, c2);
+            vec![Some(b.mask(c, gy))]
+        }
+        Sigmoid => {
+            let one = b.lit(1.0);
+            let om = b.bin(Sub, one, y);
+            let d = b.mul(y, om);
+            vec![Some(b.mul(gy, d))]
+        }
+        Softplus => {
+            let s = b.op(Sigmoid, &[x[0]]);
+            vec![Some(b.mul(gy, s))]
+        }
+        Gelu => {
+            // Φ(x) + x φ(x), φ(x) = exp(-x²/2)/√(2π)
+            let xs = b.mul_lit(x[0], std::f64::consts::FRAC_1_SQRT_2);
+            let e = b.op(Erf, &[xs]);
+            let one = b.lit(1.0);
+            let e1 = b.bin(Add, one, e);
+            let cdf = b.mul_lit(e1, 0.5);
+            let x2 = b.op(Square, &[x[0]]);
+            let h = b.mul_lit(x2, -0.5);
+            let ex = b.op(Exp, &[h]);
+            let pdf = b.mul_lit(ex, 1.0 / (2.0 * std::f64::consts::PI).sqrt());
+            let xp = b.mul(x[0], pdf);
+            let d = b.bin(Add, cdf, xp);
+            vec![Some(b.mul(gy, d))]
+        }
+        GeluTanh => {
+            // y = 0.5 x (1 + t), t = tanh(k (x + c x³)); dy = 0.5 (1 + t) + 0.5 x (1 - t²) k (1 + 3c x²)
+            let k = 0.797_884_560_802_865_4;
+            let c = 0.044715;
+            let x2 = b.op(Square, &[x[0]]);
+            let x3 = b.mul(x2, x[0]);
+            let cx3 = b.mul_lit(x3, c);
+            let inner0 = b.bin(Add, x[0], cx3);
+            let inner = b.mul_lit(inner0, k);
+            let t = b.op(Tanh, &[inner]);
+            let one = b.lit(1.0);
+            let opt = b.bin(Add, one, t);
+            let left = b.mul_lit(opt, 0.5);
+            let t2 = b.op(Square, &[t]);
+            let one2 = b.lit(1.0);
+            let omt2 = b.bin(Sub, one2, t2);
+            let c3x2 = b.mul_lit(x2, 3.0 * c);
+            let one3 = b.lit(1.0);
+            let poly = b.bin(Add, one3, c3x2);
+            let kp = b.mul_lit(poly, k);
+            let r0 = b.mul(omt2, kp);
+            let r1 = b.mul(x[0], r0);
+            let right = b.mul_lit(r1, 0.5);
+            let d = b.bin(Add, left, right);
+            vec![Some(b.mul(gy, d))]
+        }
+        Cast(_) => vec![Some(gy)],
+        Where => {
+            let ga = b.mask(x[0], gy);
+            let nc = b.op(Not, &[x[0]]);
+            let gb = b.mask(nc, gy);
+            vec![None, Some(ga), Some(gb)]
+        }
+        Eq | Ne | Lt | Le | Gt | Ge | And | Or | Xor | Not | Sign | FloorDiv | Rem => {
+            vec![None; x.len()]
+        }
+        Matmul { ta, tb } => {
+            let (ta, tb) = (*ta, *tb);
+            if b.rank(x[0]).is_none_or(|r| r < 2) || b.rank(x[1]).is_none_or(|r| r < 2) {
+                return unsupported(b, "matmul with a 1-D or open-rank operand");
+            }
+            let ga = if !ta {
+                b.op(Matmul { ta: false, tb: !tb }, &[gy, x[1]])
+            } else {
+                b.op(Matmul { ta: tb, tb: true }, &[x[1], gy])
+            };
+            let gb = if !tb {
+                b.op(Matmul { ta: !ta, tb: false }, &[x[0], gy])
+            } else {
+                b.op(Matmul { ta: true, tb: ta }, &[gy, x[0]])
+            };
+            let ga = b.unbroadcast(ga, x[0]);
+            let gb = b.unbroadcast(gb, x[1]);
+            vec![Some(ga), Some(gb)]
+        }
+        Transpose(perm) => {
+            let Some(r) = b.rank(x[0]) else {
+                return unsupported(b, "transpose of an open-rank tensor");
+            };
+            let perm: Vec<usize> = if perm.is_empty() {
+                (0..r).rev().collect()
+            } else {
+                perm.clone()
+            };
+            let mut inv = vec![0; r];
+            for (i, &p) in perm.iter().enumerate() {
+                inv[p] = i;
+            }
+            vec![Some(b.op(Transpose(inv), &[gy]))]
+        }
+        Reshape(_) | Flatten(..) => vec![Some(b.op(ReshapeLike, &[gy, x[0]]))],
+        Reduce(kind, axes, keepdim) => {
+            let e = b.expand(gy, x[0], axes, *keepdim);
+            match kind {
+                ReduceKind::Sum => vec![Some(e)],
+                ReduceKind::Mean => {
+                    let n = b.op(SizeRatio, &[x[0], y]);
+                    vec![Some(b.bin(Div, e, n))]
+                }
+                ReduceKind::Max | ReduceKind::Min => {
+                    let ye = b.expand(y, x[0], axes, *keepdim);
+                    let c = b.bin(Eq, x[0], ye);
+                    vec![Some(b.mask(c, e))]
+                }
+                ReduceKind::Prod => {
+                    let ye = b.expand(y, x[0], axes, *keepdim);
+                    let t = b.bin(Div, ye, x[0]);
+                    vec![Some(b.mul(e, t))]
+                }
+            }
+        }
+        Variance(axes, keepdim, corr) => {
+            // d var / dx = 2 (x - mean) / (N - correction)
+            let mean = b.op(Reduce(ReduceKind::Mean, axes.clone(), true), &[x[0]]);
+            let c = b.bin(Sub, x[0], mean);
+            let n = b.op(SizeRatio, &[x[0], y]);
+            let corr_l = b.lit(*corr);
+            let den = b.bin(Sub, n, corr_l);
+            let e = b.expand(gy, x[0], axes, *keepdim);
+            let t = b.mul(e, c);
+            let t2 = b.mul_lit(t, 2.0);
+            vec![Some(b.bin(Div, t2, den))]
+        }
+        Softmax(axis) => {
+            // y * (g - sum(g * y))
+            let gyy = b.mul(gy, y);
+            let s = b.op(Reduce(ReduceKind::Sum, vec![*axis], true), &[gyy]);
+            let d = b.bin(Sub, gy, s);
+            vec![Some(b.mul(y, d))]
+        }
+        LogSoftmax(axis) => {
+            // g - softmax(x) * sum(g)
+            let s = b.op(Reduce(ReduceKind::Sum, vec![*axis], true), &[gy]);
+            let sm = b.op(Exp, &[y]);
+            let t = b.mul(sm, s);
+            vec![Some(b.bin(Sub, gy, t))]
+        }
+        ArgReduce { .. } => vec![None],
+        Unsqueeze(_) => vec![Some(b.op(ReshapeLike, &[gy, x[0]]))],
+        ReshapeLike => vec![Some(b.op(ReshapeLike, &[gy, x[0]])), None],
+        BroadcastLike => vec![Some(b.unbroadcast(gy, x[0])), None],
+        SizeRatio => vec![None, None],
+        Concat(_) => unsupported(b, "concat"),
+        Slice(_) => unsupported(b, "slice"),
+        Gather(_) => unsupported(b, "gather"),
+        TakeAlong => unsupported(b, "take_along"),
+    }
+}

@@ -1,0 +1,118 @@
+//! Gradients from `evaluate_gradients` against central finite differences in f64.
+
+use mithril::prelude::*;
+use mithril::rt::{TensorView, TensorViewMut};
+use ndarray::{Array1, Array2};
+
+mithril! {
+    model Net {
+        input x: f64[B, 5];
+        let h = tanh(Linear(7)(x));
+        let h = gelu(Linear(6)(h)) * sigmoid(h.sum(axis = 1, keepdim = true));
+        let z = Linear(4)(h);
+        output y = log_softmax(z, axis = -1) + softplus(z).mean(axis = 0) - exp(z * 0.1).max(axis = 1, keepdim = true);
+    }
+
+    model Elementwise {
+        input x: f64[3, 4];
+        param a: f64[4];
+        param b: f64[3, 1];
+        let u = x * a + b / (a * a + 1.0);
+        let v = sqrt(square(u) + 1.0) - abs(u - 0.3) + sin(u) * cos(a);
+        let w = maximum(u, v) + minimum(u, 0.5 * v) + clamp(u, min = -0.5, max = 0.5) + leaky_relu(v, slope = 0.1);
+        let s = softmax(w, axis = 0) * variance(w, axis = 1, keepdim = true, correction = 1.0);
+        output y = s + relu(w) + power(a * a + 1.0, 1.5) + erf(w) + gelu(w, approximate = "tanh") + where_(w > 0.0, w, 2.0 * w);
+        output t = transpose(reshape(w, [4, 3]), [1, 0]).prod(axis = 0) + w.min(axis = 0) + w.mean();
+    }
+}
+
+fn values<P: ParamTree>(p: &P) -> Vec<(String, Vec<f64>)> {
+    let mut out = Vec::new();
+    p.visit(&mut |n, t| {
+        if let TensorView::F64(a) = t {
+            out.push((n.to_string(), a.iter().copied().collect()));
+        }
+    });
+    out
+}
+
+fn perturb<P: ParamTree>(p: &mut P, name: &str, i: usize, d: f64) {
+    p.visit_mut(&mut |n, t| {
+        if n == name {
+            if let TensorViewMut::F64(mut a) = t {
+                if let Some(v) = a.iter_mut().nth(i) {
+                    *v += d;
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+fn check<P: ParamTree + Clone, G: ParamTree>(p: &P, grads: &G, loss: &dyn Fn(&P) -> f64) {
+    let analytic = values(grads);
+    let names = values(p);
+    assert_eq!(analytic.len(), names.len());
+    let h = 1e-6;
+    for ((name, vals), (gname, gvals)) in names.iter().zip(&analytic) {
+        assert_eq!(name, gname);
+        for i in 0..vals.len() {
+            let mut plus = p.clone();
+            perturb(&mut plus, name, i, h);
+            let mut minus = p.clone();
+            perturb(&mut minus, name, i, -h);
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
+            let an = gvals[i];
+            let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
+            assert!(
+                err < 1e-6,
+                "{name}[{i}]: finite difference {fd} vs gradient {an} (rel err {err:e})"
+            );
+        }
+    }
+}
+
+#[test]
+fn mlp_gradients_match_finite_differences() {
+    let m = Net::new().unwrap();
+    let params = m.randomize_params(3);
+    let x = Array2::from_shape_fn((3, 5), |(i, j)| ((i * 5 + j) as f64 * 0.37).sin());
+    let seed = Array2::from_shape_fn((3, 4), |(i, j)| 0.5 + ((i + 2 * j) as f64 * 0.71).cos());
+    let loss = |p: &NetParams| -> f64 {
+        let o = m.evaluate(p, NetInputs { x: x.view() }).unwrap();
+        (&o.y * &seed).sum()
+    };
+    let (out, grads) = m
+        .evaluate_gradients(
+            &params,
+            NetInputs { x: x.view() },
+            &NetOutputs { y: seed.clone() },
+        )
+        .unwrap();
+    let plain = m.evaluate(&params, NetInputs { x: x.view() }).unwrap();
+    assert_eq!(out.y, plain.y);
+    check(&params, &grads, &loss);
+}
+
+#[test]
+fn elementwise_and_reduction_gradients_match_finite_differences() {
+    let m = Elementwise::new().unwrap();
+    let mut params = m.randomize_params(11);
+    params.a = Array1::from(vec![0.3, -0.7, 1.1, 0.45]);
+    let x = Array2::from_shape_fn((3, 4), |(i, j)| ((i * 4 + j) as f64 * 0.53).cos() * 1.3);
+    let sy = Array2::from_shape_fn((3, 4), |(i, j)| 1.0 + 0.1 * (i as f64) - 0.2 * (j as f64));
+    let st = Array1::from(vec![0.7, -1.2, 0.4, 0.9]);
+    let loss = |p: &ElementwiseParams| -> f64 {
+        let o = m.evaluate(p, ElementwiseInputs { x: x.view() }).unwrap();
+        (&o.y * &sy).sum() + (&o.t * &st).sum()
+    };
+    let seeds = ElementwiseOutputs {
+        y: sy.clone(),
+        t: st.clone(),
+    };
+    let (_, grads) = m
+        .evaluate_gradients(&params, ElementwiseInputs { x: x.view() }, &seeds)
+        .unwrap();
+    check(&params, &grads, &loss);
+}
