@@ -533,9 +533,18 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
         ReshapeLike => vec![Some(b.op(ReshapeLike, &[gy, x[0]])), None],
         BroadcastLike => vec![Some(b.unbroadcast(gy, x[0])), None],
         SizeRatio => vec![None, None],
-        Concat(_) => unsupported(b, "concat"),
-        Slice(_) => unsupported(b, "slice"),
-        Gather(_) => unsupported(b, "gather"),
-        TakeAlong => unsupported(b, "take_along"),
+        Concat(axis) => (0..x.len())
+            .map(|k| {
+                let mut args = vec![gy];
+                args.extend_from_slice(x);
+                Some(b.op(ConcatPart(*axis, k), &args))
+            })
+            .collect(),
+        Slice(args) => vec![Some(b.op(SliceGrad(args.clone()), &[gy, x[0]]))],
+        Gather(axis) => vec![Some(b.op(GatherGrad(*axis), &[gy, x[1], x[0]])), None],
+        TakeAlong => vec![Some(b.op(TakeAlongGrad, &[gy, x[1], x[0]])), None],
+        TakeAlongGrad | GatherGrad(_) | SliceGrad(_) | ConcatPart(..) => {
+            unsupported(b, "a gradient (second derivatives)")
+        }
     }
 }

@@ -609,7 +609,7 @@ impl<'a> Gen<'a> {
                 &self,
                 params: &#params_name,
                 inputs: #inputs_name<'_>,
-                output_grads: &#outputs_name,
+                output_grads: #outputs_name,
             ) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                 let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
                 #(#checks)*

@@ -109,6 +109,14 @@ pub enum Prim {
     ReshapeLike,
     /// A scalar: element count of the first arg over that of the second (the `N` of a mean).
     SizeRatio,
+    /// Gradient of `take_along`: (g, indices, like input).
+    TakeAlongGrad,
+    /// Gradient of `gather`: (g, indices, like table).
+    GatherGrad(i64),
+    /// Gradient of `slice`: (g, like input).
+    SliceGrad(Vec<SliceArg>),
+    /// Gradient of the k-th operand of `concat`: (g, parts...).
+    ConcatPart(i64, usize),
 }
 
 /// A value given for an attribute.
@@ -491,6 +499,10 @@ impl Prim {
             Prim::BroadcastLike => "broadcast_like",
             Prim::ReshapeLike => "reshape_like",
             Prim::SizeRatio => "size_ratio",
+            Prim::TakeAlongGrad => "take_along_grad",
+            Prim::GatherGrad(_) => "gather_grad",
+            Prim::SliceGrad(_) => "slice_grad",
+            Prim::ConcatPart(..) => "concat_part",
         }
     }
 
@@ -961,6 +973,12 @@ impl Prim {
             }
             Prim::ReshapeLike => Ok(ins[1].clone()),
             Prim::SizeRatio => Ok(Shape::scalar()),
+            Prim::TakeAlongGrad | Prim::GatherGrad(_) => Ok(ins[2].clone()),
+            Prim::SliceGrad(_) => Ok(ins[1].clone()),
+            Prim::ConcatPart(_, k) => ins
+                .get(k + 1)
+                .cloned()
+                .ok_or_else(|| "internal: concat part".to_string()),
             _ => Err("internal: no shape rule".into()),
         }
     }
@@ -1568,19 +1586,7 @@ impl Prim {
                 quote!(#ops::concat(&[#(#a.clone()),*], #axis))
             }
             Prim::Slice(args) => {
-                let args = args.iter().map(|s| match s {
-                    SliceArg::NewAxis => quote!(#ops::SliceArg::NewAxis),
-                    SliceArg::Index(i) => {
-                        let i = *i as isize;
-                        quote!(#ops::SliceArg::Index(#i))
-                    }
-                    SliceArg::Range(lo, hi, st) => {
-                        let lo = opt(lo);
-                        let hi = opt(hi);
-                        let st = *st as isize;
-                        quote!(#ops::SliceArg::Range { start: #lo, end: #hi, step: #st })
-                    }
-                });
+                let args = args.iter().map(slice_arg_tokens);
                 quote!(#ops::slice(&#x, &[#(#args),*]))
             }
             Prim::Gather(axis) => {
@@ -1669,6 +1675,25 @@ impl Prim {
                     ::std::result::Result::<_, ::mithril::rt::Error>::Ok(::mithril::ndarray::arr0(<#out_rust as ::mithril::rt::Elem>::from_f64(__n)).into_dyn())
                 })
             }
+            Prim::TakeAlongGrad => {
+                let (y, z) = (&a[1], &a[2]);
+                quote!(#ops::take_along_backward(&#x, &#y, &#z))
+            }
+            Prim::GatherGrad(axis) => {
+                let (y, z) = (&a[1], &a[2]);
+                let axis = *axis as isize;
+                quote!(#ops::gather_backward(&#x, &#y, &#z, #axis))
+            }
+            Prim::SliceGrad(args) => {
+                let y = &a[1];
+                let args = args.iter().map(slice_arg_tokens);
+                quote!(#ops::slice_backward(&#x, &#y, &[#(#args),*]))
+            }
+            Prim::ConcatPart(axis, k) => {
+                let parts = &a[1..];
+                let axis = *axis as isize;
+                quote!(#ops::concat_part(&#x, &[#(#parts.shape()),*], #axis, #k))
+            }
             Prim::Reshape(_) => {
                 // the target dims are computed by codegen (they may be symbolic)
                 let _ = out_rust;
@@ -1715,5 +1740,22 @@ fn opt(v: &Option<i64>) -> TokenStream {
             quote!(::std::option::Option::Some(#i))
         }
         None => quote!(::std::option::Option::None),
+    }
+}
+
+fn slice_arg_tokens(s: &SliceArg) -> TokenStream {
+    let ops = quote!(::mithril::rt::ops);
+    match s {
+        SliceArg::NewAxis => quote!(#ops::SliceArg::NewAxis),
+        SliceArg::Index(i) => {
+            let i = *i as isize;
+            quote!(#ops::SliceArg::Index(#i))
+        }
+        SliceArg::Range(lo, hi, st) => {
+            let lo = opt(lo);
+            let hi = opt(hi);
+            let st = *st as isize;
+            quote!(#ops::SliceArg::Range { start: #lo, end: #hi, step: #st })
+        }
     }
 }

@@ -15,6 +15,7 @@
 //! [`Elem::to_acc`]: crate::Elem::to_acc
 
 pub mod elementwise;
+pub mod grad;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;
@@ -25,6 +26,7 @@ pub mod take;
 mod tests;
 
 pub use elementwise::*;
+pub use grad::*;
 pub use matmul::*;
 pub use reduce::*;
 pub use shape::*;
