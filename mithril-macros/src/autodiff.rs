@@ -192,7 +192,9 @@ fn is_float(g: &Graph, id: NodeId) -> bool {
 }
 
 /// Differentiate `g` with respect to every param. Returns errors for unsupported cases.
-pub fn run(g: &mut Graph, default: DType) -> Vec<syn::Error> {
+/// With `seed_loss`, output 0 (a train model's scalar `loss`) is seeded with 1 and the other
+/// outputs get no seed.
+pub fn run(g: &mut Graph, default: DType, seed_loss: bool) -> Vec<syn::Error> {
     let n_fwd = g.nodes.len();
     let outputs = g.outputs.clone();
     let mut adj: Vec<Option<NodeId>> = vec![None; n_fwd];
@@ -204,7 +206,15 @@ pub fn run(g: &mut Graph, default: DType) -> Vec<syn::Error> {
     };
     // seeds
     for (i, o) in outputs.iter().enumerate() {
-        if !is_float(b.g, o.node) {
+        if !is_float(b.g, o.node) || (seed_loss && i > 0) {
+            continue;
+        }
+        if seed_loss {
+            b.span = b.g.nodes[o.node].span;
+            let one = b.lit(1.0);
+            let dt = b.g.dtype_of(o.node).unwrap_or(default);
+            let s = b.op(Prim::Cast(dt), &[one]);
+            adj[o.node] = Some(s);
             continue;
         }
         let shape = b.g.shape_of(o.node).unwrap_or_else(Shape::scalar);

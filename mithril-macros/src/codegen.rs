@@ -24,6 +24,8 @@ pub struct CodegenInput<'a> {
     pub graph_dot: String,
     pub graph_json: String,
     pub logical: String,
+    /// A `train` model: `evaluate_gradients` takes no seed (the loss is seeded with 1).
+    pub train_model: bool,
 }
 
 fn v(id: NodeId) -> Ident {
@@ -601,16 +603,20 @@ impl<'a> Gen<'a> {
         }
         let grads = self.grads_expr(&tree, &mut vec![], &grad_vals);
         let grads_name = format_ident!("{}Grads", self.inp.name);
+        let seed_arg = if self.inp.train_model {
+            quote!()
+        } else {
+            quote!(output_grads: #outputs_name,)
+        };
+        let grad_doc = if self.inp.train_model {
+            "Run the train model and differentiate its `loss` (seeded with 1): returns the outputs and the gradient of the loss with respect to every param (reverse mode, compiled)."
+        } else {
+            "Run the model and differentiate it: returns the outputs and the gradient of `sum(output * output_grads)` over all outputs with respect to every param (reverse mode, compiled)."
+        };
         quote! {
-            /// Run the model and differentiate it: returns the outputs and the gradient of
-            /// `sum(output * output_grads)` with respect to every param (reverse mode, compiled).
+            #[doc = #grad_doc]
             #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow)]
-            pub fn evaluate_gradients(
-                &self,
-                params: &#params_name,
-                inputs: #inputs_name<'_>,
-                output_grads: #outputs_name,
-            ) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+            pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                 let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
                 #(#checks)*
                 let _ = &__env;

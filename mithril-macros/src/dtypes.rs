@@ -69,7 +69,33 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                     .collect();
                 let Some(ins) = ins else { continue };
                 match p.infer_dtype(&mut g.env, &ins, default) {
-                    Ok(t) => g.nodes[id].dtype = Some(t),
+                    Ok(t) => {
+                        g.nodes[id].dtype = Some(t);
+                        // a weak literal takes the dtype it is computed in (its first user's
+                        // strong operand, else the result), so `x_f64 * 0.1` multiplies by the
+                        // f64 value 0.1, not by 0.1 rounded to f32
+                        if p.is_elementwise() {
+                            let strong = args
+                                .iter()
+                                .skip(if p == crate::prims::Prim::Where { 1 } else { 0 })
+                                .find(|&&a| weak[a].is_none())
+                                .and_then(|&a| g.nodes[a].dtype);
+                            let target = strong.or(Some(t)).map(|d| g.env.dt(d));
+                            for &a in &args {
+                                if let (
+                                    Some(Scalar::Float(_) | Scalar::Int(_)),
+                                    Some(DT::Known(k)),
+                                ) = (weak[a], target)
+                                {
+                                    if k != DType::Bool
+                                        && (k.is_float() || matches!(weak[a], Some(Scalar::Int(_))))
+                                    {
+                                        g.nodes[a].dtype = Some(DT::Known(k));
+                                    }
+                                }
+                            }
+                        }
+                    }
                     Err(m) => {
                         let m = if m.starts_with("dtype") {
                             m

@@ -87,6 +87,8 @@ struct Frame {
     declared: HashMap<String, Span>,
     /// Defined in this invocation: sees the invocation's other models.
     local: bool,
+    /// The body of a `train` model (loss and regularize statements allowed).
+    train: bool,
 }
 
 /// The flattener.
@@ -105,6 +107,8 @@ pub struct Flattener<'a> {
     used_paths: HashMap<Vec<String>, usize>,
     /// Loss terms of a `train` model.
     pub losses: Vec<(NodeId, Span)>,
+    /// `regularize` statements of a `train` model: (kind, coefficient, glob, spans).
+    regs: Vec<(syn::Ident, f64, syn::LitStr)>,
     /// Statements and loop iterations executed so far (bounded by [`MAX_STEPS`]).
     steps: usize,
     /// The "too large" error was reported.
@@ -163,6 +167,7 @@ impl<'a> Flattener<'a> {
             anchor: None,
             used_paths: HashMap::new(),
             losses: Vec::new(),
+            regs: Vec::new(),
             steps: 0,
             over_budget: false,
         }
@@ -222,6 +227,9 @@ impl<'a> Flattener<'a> {
         let body = def.body.clone();
         self.exec(&body, &mut f);
         self.stack.pop();
+        if def.kind == ModelKind::Train {
+            self.finish_train(def, &f);
+        }
         if def.kind == ModelKind::Model && self.g.outputs.is_empty() && self.errors.is_empty() {
             self.error(
                 def.name.span(),
@@ -252,6 +260,87 @@ impl<'a> Flattener<'a> {
         }
     }
 
+    /// A `train` model: the `loss` output is the sum of the loss statements plus the
+    /// regularization terms.
+    fn finish_train(&mut self, def: &ModelDef, f: &Frame) {
+        if self.losses.is_empty() && self.errors.is_empty() {
+            self.error(
+                def.name.span(),
+                format!("train model `{}` has no `loss` statement", def.name),
+            );
+            return;
+        }
+        if self.g.params.is_empty() && self.errors.is_empty() {
+            self.error(
+                def.name.span(),
+                format!("train model `{}` has no param to train", def.name),
+            );
+            return;
+        }
+        if self.g.outputs.iter().any(|o| o.name == "loss") {
+            self.error(def.name.span(), "a train model's `loss` output is made from its `loss` statements; name the declared output otherwise");
+            return;
+        }
+        let mut total: Option<NodeId> = None;
+        for (id, sp) in self.losses.clone() {
+            total = Some(match total {
+                None => id,
+                Some(t) => self.node(Op::Prim(prims::Prim::Add), vec![t, id], sp, f),
+            });
+        }
+        for (kind, coef, glob) in self.regs.clone() {
+            let pat = glob.value();
+            let matched: Vec<NodeId> = self
+                .g
+                .params
+                .iter()
+                .filter(|p| glob_match(&pat, &p.dotted()))
+                .map(|p| p.node)
+                .collect();
+            if matched.is_empty() {
+                let names: Vec<String> = self.g.params.iter().map(|p| p.dotted()).collect();
+                self.error(
+                    glob.span(),
+                    format!(
+                        "`{pat}` matches no param; the params are: {}",
+                        names.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let sp = glob.span();
+            for p in matched {
+                let t = if kind == "l2" {
+                    self.node(Op::Prim(prims::Prim::Square), vec![p], sp, f)
+                } else {
+                    self.node(Op::Prim(prims::Prim::Abs), vec![p], sp, f)
+                };
+                let s = self.node(
+                    Op::Prim(prims::Prim::Reduce(prims::ReduceKind::Sum, vec![], false)),
+                    vec![t],
+                    sp,
+                    f,
+                );
+                let c = self.node(Op::Const(Scalar::Float(coef)), vec![], sp, f);
+                let term = self.node(Op::Prim(prims::Prim::Mul), vec![s, c], sp, f);
+                total = Some(match total {
+                    None => term,
+                    Some(t) => self.node(Op::Prim(prims::Prim::Add), vec![t, term], sp, f),
+                });
+            }
+        }
+        if let Some(t) = total {
+            self.g.nodes[t].label.get_or_insert_with(|| "loss".into());
+            self.g.outputs.insert(
+                0,
+                OutputInfo {
+                    name: "loss".into(),
+                    node: t,
+                },
+            );
+        }
+    }
+
     fn frame(
         &self,
         entry: &Rc<DefEntry>,
@@ -272,6 +361,7 @@ impl<'a> Flattener<'a> {
             outputs: Vec::new(),
             declared: HashMap::new(),
             local: entry.origin == Origin::Local,
+            train: entry.def.kind == ModelKind::Train,
         }
     }
 
@@ -712,16 +802,50 @@ impl<'a> Flattener<'a> {
                 None => {}
             },
             Stmt::Loss { expr, span } => {
+                if f.sub.is_some() || !f.train {
+                    self.error(
+                        *span,
+                        "`loss` statements belong in the body of a `train` model",
+                    );
+                    return;
+                }
                 let v = self.eval(expr, f, None);
                 if let Some(id) = self.to_tensor(v, *span, f) {
                     self.losses.push((id, *span));
                 }
             }
-            Stmt::Regularize { span, .. } => {
-                self.error(
-                    *span,
-                    "`regularize` statements need gradient support, which is not available yet",
-                );
+            Stmt::Regularize {
+                kind,
+                coef,
+                glob,
+                span,
+            } => {
+                if f.sub.is_some() || !f.train {
+                    self.error(
+                        *span,
+                        "`regularize` statements belong in the body of a `train` model",
+                    );
+                    return;
+                }
+                if kind != "l1" && kind != "l2" {
+                    self.error(
+                        kind.span(),
+                        format!("unknown regularizer `{kind}`; expected `l1` or `l2`"),
+                    );
+                    return;
+                }
+                match self.eval_hyper(coef, f) {
+                    Some(HVal::Float(c)) => self.regs.push((kind.clone(), c, glob.clone())),
+                    Some(HVal::Int(c)) => self.regs.push((kind.clone(), c as f64, glob.clone())),
+                    Some(v) => self.error(
+                        coef.span(),
+                        format!(
+                            "a regularization coefficient is a number, found {}",
+                            v.kind()
+                        ),
+                    ),
+                    None => {}
+                }
             }
         }
     }
@@ -1155,6 +1279,19 @@ impl<'a> Flattener<'a> {
         Value::Poison
     }
 
+    /// A model name unknown inside a model defined elsewhere (carried, or from the library):
+    /// its bundle holds every model its own text calls, so this is a model passed in by name
+    /// from the caller's side, which cannot be resolved there.
+    fn unknown_in_carried(&mut self, name: &str, span: Span, f: &Frame) {
+        self.error(
+            span,
+            format!(
+                "`{name}` is not a model known where `{}` is defined; a model defined elsewhere can only call the models its own definition names",
+                f.model
+            ),
+        );
+    }
+
     fn find_def(&self, name: &str, f: &Frame) -> Option<Rc<DefEntry>> {
         let own = f.scope.defs.get(name).cloned();
         let local = if f.local {
@@ -1262,10 +1399,14 @@ impl<'a> Flattener<'a> {
                 let key = path_key(&p.path);
                 match self.find_def(&key, f) {
                     Some(entry) => self.model_call(entry, p.span(), args, span, f, hint),
-                    None => {
+                    None if f.local => {
                         if !self.missing.iter().any(|m| path_key(m) == key) {
                             self.missing.push(p.path.clone());
                         }
+                        Value::Poison
+                    }
+                    None => {
+                        self.unknown_in_carried(&key, p.span(), f);
                         Value::Poison
                     }
                 }
@@ -1343,6 +1484,10 @@ impl<'a> Flattener<'a> {
             return self.model_call(entry, id.span(), all, span, f, hint);
         }
         if n.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && recv.is_none() {
+            if !f.local {
+                self.unknown_in_carried(&n, id.span(), f);
+                return Value::Poison;
+            }
             // maybe a model from another module (imported with `use`): fetched through its carrier
             let path: syn::Path = id.clone().into();
             if !self.missing.iter().any(|m| path_key(m) == n) {
@@ -1837,4 +1982,30 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Glob over dotted names: `*` matches any run of characters (dots included), `?` one.
+pub fn glob_match(pat: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pat.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
 }

@@ -80,12 +80,13 @@ fn expand(input: TokenStream) -> TokenStream {
         match item {
             Item::Model(m) => {
                 out.extend(carrier::emit_carrier(m, &shared, &krate));
-                if m.kind == ModelKind::Train {
-                    errors.push(syn::Error::new(
-                        m.name.span(),
-                        format!("`train {}`: train models need reverse-mode differentiation, which this version of mithril does not have yet", m.name),
-                    ));
-                    continue;
+                // every model the definition calls travels in its carrier's bundle, also those
+                // flattening does not reach (required hyperparameters, branches not taken)
+                for p in carrier::model_refs(m) {
+                    let k = carrier::path_key(&p);
+                    if !shared.defs.contains_key(&k) && !library.defs.contains_key(&k) {
+                        missing.push(p);
+                    }
                 }
                 if m.hypers.iter().any(|h| h.default.is_none()) {
                     // a model with required hyperparameters has no default physical model
@@ -208,10 +209,36 @@ fn compile_one(
         return Ok((TokenStream::new(), missing));
     }
     let mut errors = std::mem::take(&mut fl.errors);
+    let losses = std::mem::take(&mut fl.losses);
     let mut g = fl.g;
+    let is_train = entry.def.kind == ModelKind::Train;
     if errors.is_empty() {
         errors.extend(dtypes::infer(&mut g, opts.dtype));
         errors.extend(shapes::infer(&mut g));
+    }
+    if errors.is_empty() {
+        for (id, sp) in &losses {
+            match g.shape_of(*id) {
+                Some(s) if s.rest.is_none() && s.dims.is_empty() => {}
+                Some(_) => errors.push(syn::Error::new(
+                    *sp,
+                    format!(
+                        "a loss must be a scalar after its reductions, but this is {}; reduce it, e.g. `.mean()`",
+                        g.describe(*id)
+                    ),
+                )),
+                None => {}
+            }
+            if !g.dtype_of(*id).is_some_and(|t| t.is_float()) {
+                errors.push(syn::Error::new(
+                    *sp,
+                    format!(
+                        "a loss must be a float scalar, but this is {}",
+                        g.describe(*id)
+                    ),
+                ));
+            }
+        }
     }
     if !errors.is_empty() {
         return Err((errors, vec![]));
@@ -282,7 +309,10 @@ fn compile_one(
     } else {
         let mut t = g.clone();
         passes::elide::run(&mut t);
-        let errs = autodiff::run(&mut t, opts.dtype);
+        let errs = autodiff::run(&mut t, opts.dtype, is_train);
+        if is_train && !errs.is_empty() {
+            return Err((errs, vec![]));
+        }
         // a model whose gradient is not supported still evaluates; it gets no evaluate_gradients
         errs.is_empty().then_some(t)
     };
@@ -323,6 +353,7 @@ fn compile_one(
         graph_dot: dot.clone(),
         graph_json: json.clone(),
         logical: logical.to_string(),
+        train_model: is_train,
     };
     let mut gen = codegen::Gen::new(&g, &inp);
     gen.train = train.as_ref();
