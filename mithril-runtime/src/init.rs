@@ -160,6 +160,18 @@ pub fn fan_in_uniform<T: Elem>(rng: &mut Rng, shape: &[usize], fan_in: usize) ->
     uniform(rng, shape, -bound, bound)
 }
 
+/// Copy `src` (in logical order) into a new array of the static dimensionality `D` with `shape`.
+/// Used by generated `randomize_params`; elements beyond `src` stay at `T::default()`, so this
+/// never fails or panics even if the two shapes disagree.
+pub fn shaped<T: Elem, D: ndarray::Dimension, Sh: ndarray::ShapeBuilder<Dim = D>>(
+    src: &ArrayD<T>,
+    shape: Sh,
+) -> ndarray::Array<T, D> {
+    let mut out = ndarray::Array::from_elem(shape, T::default());
+    out.iter_mut().zip(src.iter()).for_each(|(d, s)| *d = *s);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,16 +305,4 @@ mod tests {
         assert!(prev_f64(0.0) < 0.0);
         assert!(prev_f64(-1.0) < -1.0);
     }
-}
-
-/// Copy `src` (in logical order) into a new array of the static dimensionality `D` with `shape`.
-/// Used by generated `randomize_params`; elements beyond `src` stay at `T::default()`, so this
-/// never fails or panics even if the two shapes disagree.
-pub fn shaped<T: Elem, D: ndarray::Dimension, Sh: ndarray::ShapeBuilder<Dim = D>>(
-    src: &ArrayD<T>,
-    shape: Sh,
-) -> ndarray::Array<T, D> {
-    let mut out = ndarray::Array::from_elem(shape, T::default());
-    out.iter_mut().zip(src.iter()).for_each(|(d, s)| *d = *s);
-    out
 }
