@@ -102,7 +102,9 @@ pub struct Flattener<'a> {
     locals: &'a Scope,
     insts: Vec<Inst>,
     stack: Vec<String>,
-    anchor: Option<(Span, String)>,
+    /// While inlining a library model or a model of another crate: the local call that errors
+    /// point at, the context for messages, and whether to add the foreign location.
+    anchor: Option<(Span, String, bool)>,
     /// Names of top-level instances already used (param tree roots).
     used_paths: HashMap<Vec<String>, usize>,
     /// Loss terms of a `train` model.
@@ -175,7 +177,8 @@ impl<'a> Flattener<'a> {
 
     fn error(&mut self, span: Span, msg: impl std::fmt::Display) {
         let e = match &self.anchor {
-            Some((a, ctx)) => err(*a, format!("{msg}\n({ctx})")),
+            Some((a, ctx, false)) => err(*a, format!("{msg}\n({ctx})")),
+            Some((a, ctx, true)) => err(*a, format!("{msg}\n({ctx}, at {})", location(span))),
             None => err(span, msg),
         };
         self.errors.push(e);
@@ -183,13 +186,20 @@ impl<'a> Flattener<'a> {
 
     fn span(&self, s: Span) -> Span {
         match &self.anchor {
-            Some((a, _)) => *a,
+            Some((a, _, _)) => *a,
             None => s,
         }
     }
 
     fn node(&mut self, op: Op, args: Vec<NodeId>, span: Span, f: &Frame) -> NodeId {
+        let note = match &self.anchor {
+            Some((_, ctx, true)) => Some(format!("{ctx}, at {}", location(span))),
+            _ => None,
+        };
         let span = self.span(span);
+        if let Some(note) = note {
+            self.g.notes.insert(self.g.nodes.len(), note);
+        }
         self.g.push(Node {
             op,
             args,
@@ -695,7 +705,7 @@ impl<'a> Flattener<'a> {
                     Pat::Ident(i) => {
                         if let Value::Tensor(id) = v {
                             if self.g.nodes[id].label.is_none() {
-                                self.g.nodes[id].label = Some(i.to_string());
+                                self.g.nodes[id].label = Some(scoped(&f.path, &i.to_string()));
                             }
                         }
                         f.vars.insert(i.to_string(), v);
@@ -754,7 +764,7 @@ impl<'a> Flattener<'a> {
                     return;
                 };
                 if self.g.nodes[id].label.is_none() {
-                    self.g.nodes[id].label = Some(n.clone());
+                    self.g.nodes[id].label = Some(scoped(&f.path, &n));
                 }
                 f.vars.insert(n.clone(), Value::Tensor(id));
                 if f.sub.is_some() {
@@ -1033,7 +1043,13 @@ impl<'a> Flattener<'a> {
                 let v = self.eval(&u.expr, f, None);
                 match (&u.op, v) {
                     (_, Value::Poison) => Value::Poison,
-                    (syn::UnOp::Neg(_), Value::Hyper(HVal::Int(i))) => Value::Hyper(HVal::Int(-i)),
+                    (syn::UnOp::Neg(_), Value::Hyper(HVal::Int(i))) => match i.checked_neg() {
+                        Some(n) => Value::Hyper(HVal::Int(n)),
+                        None => {
+                            self.error(e.span(), "integer overflow in a compile-time value");
+                            Value::Poison
+                        }
+                    },
                     (syn::UnOp::Neg(_), Value::Hyper(HVal::Float(x))) => {
                         Value::Hyper(HVal::Float(-x))
                     }
@@ -1918,7 +1934,7 @@ impl<'a> Flattener<'a> {
         let saved = self.anchor.clone();
         match &entry.origin {
             Origin::Library if self.anchor.is_none() => {
-                self.anchor = Some((span, format!("inside library model `{def_name}`")));
+                self.anchor = Some((span, format!("inside library model `{def_name}`"), false));
             }
             Origin::Carried {
                 krate,
@@ -1927,18 +1943,21 @@ impl<'a> Flattener<'a> {
                 self.anchor = Some((
                     span,
                     format!("inside model `{def_name}` of crate `{krate}`"),
+                    true,
                 ));
             }
             _ => {}
         }
         self.stack.push(def_name.clone());
         let body = entry.def.body.clone();
+        let errors_before = self.errors.len();
         self.exec(&body, &mut fr);
         self.stack.pop();
         self.anchor = saved;
         match fr.outputs.len() {
             0 => {
-                if entry.def.kind == ModelKind::Model {
+                // (an output lost to an error inside the body is no second error)
+                if entry.def.kind == ModelKind::Model && self.errors.len() == errors_before {
                     self.error(span, format!("model `{def_name}` has no output"));
                 }
                 Value::Poison
@@ -1955,6 +1974,13 @@ fn path_key(p: &syn::Path) -> String {
         .map(|s| s.ident.to_string())
         .collect::<Vec<_>>()
         .join("::")
+}
+
+/// `file:line:column` of a span (1-based line and column), for messages about tokens rustc
+/// cannot show (they come from another crate).
+fn location(span: Span) -> String {
+    let start = span.start();
+    format!("{}:{}:{}", span.file(), start.line, start.column + 1)
 }
 
 /// The closest name by edit distance (for "did you mean").
@@ -2008,4 +2034,13 @@ pub fn glob_match(pat: &str, name: &str) -> bool {
         pi += 1;
     }
     pi == p.len()
+}
+
+/// `fc1.output` for a name inside instance `fc1`; plain at top level.
+fn scoped(path: &[String], name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{}.{name}", path.join("."))
+    }
 }
