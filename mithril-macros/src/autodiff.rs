@@ -9,8 +9,9 @@
 //! `__grad_<i>`; the combined graph then goes through the same passes and codegen as the forward.
 //!
 //! Not differentiable (documented; they pass no gradient): comparisons, logical ops, `sign`,
-//! `floor_divide`, `remainder`, `argmax`/`argmin`, integer and bool values, and the indices of
-//! `gather`/`take_along`.
+//! `floor_divide`, `argmax`/`argmin`, integer and bool values, and the indices of
+//! `gather`/`take_along`. (`remainder` is piecewise `a - b * floor(a / b)`: gradients 1 and
+//! `-floor(a / b)` away from its jumps.)
 
 use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, Scalar, Shape, DT};
 use crate::prims::{norm_axis, ArgDt, Prim, ReduceKind};
@@ -78,6 +79,25 @@ impl B<'_> {
                 self.default
             }
         };
+        // a weak literal takes the dtype it is computed in (as in `dtypes::infer`), so an f64
+        // gradient multiplies by the f64 value of a constant such as 2/√π, not by it rounded to
+        // the default float type
+        if p.is_elementwise() {
+            let target = args
+                .iter()
+                .zip(&dts)
+                .skip(if p == Prim::Where { 1 } else { 0 })
+                .find(|(_, d)| d.weak.is_none())
+                .map(|(&a, _)| self.g.dtype_of(a).unwrap_or(self.default))
+                .unwrap_or(dt);
+            if target.is_float() {
+                for (&a, d) in args.iter().zip(&dts) {
+                    if matches!(d.weak, Some(Scalar::Float(_) | Scalar::Int(_))) {
+                        self.g.nodes[a].dtype = Some(DT::Known(target));
+                    }
+                }
+            }
+        }
         self.push(Op::Prim(p), args.to_vec(), shape, dt)
     }
 
@@ -194,7 +214,9 @@ fn is_float(g: &Graph, id: NodeId) -> bool {
 /// Differentiate `g` with respect to every param. Returns errors for unsupported cases.
 /// With `seed_loss`, output 0 (a train model's scalar `loss`) is seeded with 1 and the other
 /// outputs get no seed.
-pub fn run(g: &mut Graph, default: DType, seed_loss: bool) -> Vec<syn::Error> {
+/// Only params with `wrt[i]` get gradients (the others get zeros, at no cost in the backward
+/// graph).
+pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<syn::Error> {
     let n_fwd = g.nodes.len();
     let outputs = g.outputs.clone();
     let mut adj: Vec<Option<NodeId>> = vec![None; n_fwd];
@@ -230,7 +252,7 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool) -> Vec<syn::Error> {
     // which nodes lead to a param (only those need gradients)
     let mut needs = vec![false; n_fwd];
     for id in 0..n_fwd {
-        needs[id] = matches!(b.g.nodes[id].op, Op::Param(_))
+        needs[id] = matches!(b.g.nodes[id].op, Op::Param(i) if wrt.get(i).copied().unwrap_or(true))
             || b.g.nodes[id].args.iter().any(|&a| needs[a]);
     }
     for id in (0..n_fwd).rev() {
@@ -270,9 +292,16 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool) -> Vec<syn::Error> {
     let params = b.g.params.clone();
     for (i, p) in params.iter().enumerate() {
         let gnode = match adj[p.node] {
-            Some(gn) => gn,
-            None => {
+            Some(gn) if wrt.get(i).copied().unwrap_or(true) => gn,
+            _ => {
+                // zeros of the param's own dtype (an unused `f64` param in an `f32` model)
+                let pdt = b.g.dtype_of(p.node).unwrap_or(default);
                 let z = b.lit(0.0);
+                let z = if b.g.dtype_of(z) != Some(pdt) {
+                    b.op(Prim::Cast(pdt), &[z])
+                } else {
+                    z
+                };
                 b.op(Prim::BroadcastLike, &[z, p.node])
             }
         };
@@ -320,13 +349,19 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
             vec![Some(ga), Some(gb)]
         }
         Pow => {
-            // d/da = b * a^(b-1) = b * y / a ; d/db = ln(a) * y
-            let by = b.mul(x[1], y);
-            let t = b.bin(Div, by, x[0]);
+            // d/da = b * a^(b-1) (not b * y / a, which is 0/0 at a = 0);
+            // d/db = ln(a) * y, taken as 0 where a = 0 (as PyTorch)
+            let one = b.lit(1.0);
+            let bm1 = b.bin(Sub, x[1], one);
+            let pw = b.bin(Pow, x[0], bm1);
+            let t = b.mul(x[1], pw);
             let ga = b.mul(gy, t);
             let la = b.op(Log, &[x[0]]);
             let t2 = b.mul(la, y);
-            let gb = b.mul(gy, t2);
+            let z = b.lit(0.0);
+            let nz = b.bin(Ne, x[0], z);
+            let t3 = b.mask(nz, t2);
+            let gb = b.mul(gy, t3);
             vec![Some(ga), Some(gb)]
         }
         Minimum | Maximum => {
@@ -454,7 +489,14 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
             let gb = b.mask(nc, gy);
             vec![None, Some(ga), Some(gb)]
         }
-        Eq | Ne | Lt | Le | Gt | Ge | And | Or | Xor | Not | Sign | FloorDiv | Rem => {
+        Rem => {
+            // a % b = a - b * floor(a / b) (Python's sign convention): 1 and -floor(a / b)
+            let q = b.bin(FloorDiv, x[0], x[1]);
+            let t = b.mul(gy, q);
+            let gb = b.neg(t);
+            vec![Some(gy), Some(gb)]
+        }
+        Eq | Ne | Lt | Le | Gt | Ge | And | Or | Xor | Not | Sign | FloorDiv => {
             vec![None; x.len()]
         }
         Matmul { ta, tb } => {
@@ -501,14 +543,35 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
                     vec![Some(b.bin(Div, e, n))]
                 }
                 ReduceKind::Max | ReduceKind::Min => {
+                    // tied extremes share the gradient equally (as PyTorch's amax/amin)
                     let ye = b.expand(y, x[0], axes, *keepdim);
                     let c = b.bin(Eq, x[0], ye);
-                    vec![Some(b.mask(c, e))]
+                    let xdt = b.g.dtype_of(x[0]).unwrap_or(b.default);
+                    let cf = b.op(Cast(xdt), &[c]);
+                    let cnt = b.op(Reduce(ReduceKind::Sum, axes.clone(), true), &[cf]);
+                    let share = b.bin(Div, e, cnt);
+                    vec![Some(b.mask(c, share))]
                 }
                 ReduceKind::Prod => {
-                    let ye = b.expand(y, x[0], axes, *keepdim);
-                    let t = b.bin(Div, ye, x[0]);
-                    vec![Some(b.mul(e, t))]
+                    // ∏_{j≠i} x_j without dividing by zero: from the product of the non-zero
+                    // elements and how many are zero (one zero: only it gets a gradient)
+                    let xdt = b.g.dtype_of(x[0]).unwrap_or(b.default);
+                    let l0 = b.lit(0.0);
+                    let z = b.bin(Eq, x[0], l0);
+                    let l1 = b.lit(1.0);
+                    let x1 = b.op(Where, &[z, l1, x[0]]);
+                    let p1 = b.op(Reduce(ReduceKind::Prod, axes.clone(), true), &[x1]);
+                    let zf = b.op(Cast(xdt), &[z]);
+                    let nz = b.op(Reduce(ReduceKind::Sum, axes.clone(), true), &[zf]);
+                    let l0 = b.lit(0.0);
+                    let no_zero = b.bin(Eq, nz, l0);
+                    let l1 = b.lit(1.0);
+                    let one_zero = b.bin(Eq, nz, l1);
+                    let q = b.bin(Div, p1, x1);
+                    let at_nonzero = b.mask(no_zero, q);
+                    let at_zero = b.mask(one_zero, p1);
+                    let d = b.op(Where, &[z, at_zero, at_nonzero]);
+                    vec![Some(b.mul(e, d))]
                 }
             }
         }

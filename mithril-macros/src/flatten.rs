@@ -52,6 +52,8 @@ pub struct FlattenOpts {
     pub shapes: BTreeMap<String, (Vec<Option<u64>>, Span)>,
     /// `types:` overrides per input.
     pub types: BTreeMap<String, (DType, Span)>,
+    /// `constants:`: scalar inputs baked in.
+    pub constants: BTreeMap<String, (Scalar, Span)>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +91,9 @@ struct Frame {
     local: bool,
     /// The body of a `train` model (loss and regularize statements allowed).
     train: bool,
+    /// Sub mode: the call-site tokens of the argument bound to each input (boundary errors
+    /// point there).
+    arg_spans: HashMap<String, Span>,
 }
 
 /// The flattener.
@@ -246,8 +251,9 @@ impl<'a> Flattener<'a> {
                 format!("model `{}` has no `output`", def.name),
             );
         }
+        let declared = input_names(def);
         for (name, (_, sp)) in &self.opts.shapes {
-            if !self.g.inputs.iter().any(|i| &i.name == name) {
+            if !declared.contains(name) && !self.g.inputs.iter().any(|i| &i.name == name) {
                 self.errors.push(err(
                     *sp,
                     format!(
@@ -257,8 +263,23 @@ impl<'a> Flattener<'a> {
                 ));
             }
         }
+        for (name, (_, sp)) in &self.opts.constants {
+            if !def
+                .body
+                .iter()
+                .any(|s| matches!(s, Stmt::Input { name: n, .. } if n == name))
+            {
+                self.errors.push(err(
+                    *sp,
+                    format!(
+                        "`constants:` names `{name}`, which is no input of `{}`",
+                        def.name
+                    ),
+                ));
+            }
+        }
         for (name, (_, sp)) in &self.opts.types {
-            if !self.g.inputs.iter().any(|i| &i.name == name) {
+            if !declared.contains(name) && !self.g.inputs.iter().any(|i| &i.name == name) {
                 self.errors.push(err(
                     *sp,
                     format!(
@@ -372,6 +393,7 @@ impl<'a> Flattener<'a> {
             declared: HashMap::new(),
             local: entry.origin == Origin::Local,
             train: entry.def.kind == ModelKind::Train,
+            arg_spans: HashMap::new(),
         }
     }
 
@@ -482,11 +504,30 @@ impl<'a> Flattener<'a> {
                     };
                     shape.dims.push(d);
                 }
+                DimDecl::Expr(syn::Expr::Path(p))
+                    if p.path.get_ident().is_some_and(|id| {
+                        let n = id.to_string();
+                        !f.vars.contains_key(&n) && !f.hyper.contains_key(&n)
+                    }) =>
+                {
+                    let id = &p.path.segments[0].ident;
+                    let upper = id.to_string().to_ascii_uppercase();
+                    self.error(
+                        id.span(),
+                        format!("unknown dim `{id}`: a dim is an integer, an UPPER-CASE symbol (`{upper}`), `_`, `...` or an expression over the model's hyperparameters, and `{}` has no hyperparameter `{id}`", f.model),
+                    );
+                    return None;
+                }
                 DimDecl::Expr(e) => match self.eval_hyper(e, f) {
                     Some(HVal::Int(n)) if n >= 0 => shape.dims.push(Dim::Known(n as u64)),
                     Some(HVal::Dim(d)) => shape.dims.push(d),
                     Some(v) => {
-                        self.error(e.span(), format!("a dim must be a non-negative integer, an UPPER-CASE symbol, `_` or `...`; this is {}", v.kind()));
+                        let shown = match &v {
+                            HVal::Int(i) => format!("the int {i}"),
+                            HVal::Float(x) => format!("the float {x}"),
+                            other => format!("a {}", other.kind()),
+                        };
+                        self.error(e.span(), format!("a dim must be a non-negative integer, an UPPER-CASE symbol, `_` or `...`; this is {shown}"));
                         return None;
                     }
                     None => return None,
@@ -515,6 +556,8 @@ impl<'a> Flattener<'a> {
                 if !self.declare(f, name, "input") {
                     return;
                 }
+                // until the input is made: uses of a failed declaration stay silent
+                f.vars.insert(name.to_string(), Value::Poison);
                 // each input's `...` is its own: inputs of different ranks may meet by broadcasting
                 f.rest = None;
                 let Some(dt) = self.dtype_decl(ty) else {
@@ -528,11 +571,35 @@ impl<'a> Flattener<'a> {
                         f.vars.insert(n, Value::Poison);
                         return;
                     };
-                    let id = self.node(Op::Boundary(pattern), vec![arg], *span, f);
+                    let at = f.arg_spans.get(&n).copied().unwrap_or(*span);
+                    let id = self.node(Op::Boundary(pattern), vec![arg], at, f);
                     self.g.nodes[id].label = Some(format!("`{}` input `{n}`", f.model));
                     self.g.nodes[id].dtype = dt.map(DT::Known);
                     f.vars.insert(n, Value::Tensor(id));
                 } else {
+                    if let Some((value, csp)) = self.opts.constants.get(&n) {
+                        if ty.shape.as_ref().is_some_and(|d| !d.dims.is_empty()) {
+                            self.errors.push(err(
+                                *csp,
+                                format!(
+                                    "`constants:` bakes in scalars; input `{n}` is not a scalar"
+                                ),
+                            ));
+                            return;
+                        }
+                        let dtype = self
+                            .opts
+                            .types
+                            .get(&n)
+                            .map(|t| t.0)
+                            .or(dt)
+                            .unwrap_or(self.opts.default_dtype);
+                        let id = self.node(Op::Const(*value), vec![], *span, f);
+                        self.g.nodes[id].label = Some(n.clone());
+                        self.g.nodes[id].dtype = Some(DT::Known(dtype));
+                        f.vars.insert(n, Value::Tensor(id));
+                        return;
+                    }
                     // top level: apply `shapes:` / `types:` overrides
                     let mut decl = ty.shape.clone();
                     if let Some((over, osp)) = self.opts.shapes.get(&n) {
@@ -619,6 +686,7 @@ impl<'a> Flattener<'a> {
                 if !self.declare(f, name, "param") {
                     return;
                 }
+                f.vars.insert(name.to_string(), Value::Poison);
                 let Some(dt) = self.dtype_decl(ty) else {
                     return;
                 };
@@ -1134,7 +1202,8 @@ impl<'a> Flattener<'a> {
                 ) else {
                     return Value::Poison;
                 };
-                Value::Tensor(self.node(Op::Prim(prim), vec![a, c], e.span(), f))
+                // spanned on the operator: `a + b` fails at `+` (rustc shows one token of a span)
+                Value::Tensor(self.node(Op::Prim(prim), vec![a, c], b.op.span(), f))
             }
             Expr::Cast(c) => {
                 let v = self.eval(&c.expr, f, None);
@@ -1243,7 +1312,15 @@ impl<'a> Flattener<'a> {
                 }
                 let recv = &*m.receiver;
                 let id = m.method.clone();
-                self.eval_named_call(&id, Some(recv), m.args.iter().collect(), e.span(), f, hint)
+                // spanned on the method: `x.sum(axis = 2)` fails at `sum`
+                self.eval_named_call(
+                    &id,
+                    Some(recv),
+                    m.args.iter().collect(),
+                    m.method.span(),
+                    f,
+                    hint,
+                )
             }
             Expr::Tuple(t) => {
                 self.error(
@@ -1816,7 +1893,10 @@ impl<'a> Flattener<'a> {
                     }
                 }
                 None => {
-                    self.error(span, format!("`{}` needs hyperparameter `{k}`", def.name));
+                    // after a misnamed or mistyped argument, that argument is the likely fix
+                    if ok {
+                        self.error(span, format!("`{}` needs hyperparameter `{k}`", def.name));
+                    }
                     ok = false;
                 }
             }
@@ -1902,8 +1982,10 @@ impl<'a> Flattener<'a> {
     fn apply(&mut self, inst: usize, args: Vec<Arg<NodeId>>, span: Span, caller: &Frame) -> Value {
         let entry = self.insts[inst].entry.clone();
         let def_name = entry.def.name.to_string();
-        if self.stack.contains(&def_name) {
-            let mut chain = self.stack.clone();
+        if let Some(start) = self.stack.iter().position(|m| *m == def_name) {
+            // the cycle only (not the physical model that reached it): compiling each model of
+            // the cycle then reports the same error, which the caller shows once
+            let mut chain = self.stack[start..].to_vec();
             chain.push(def_name.clone());
             self.error(
                 span,
@@ -1926,9 +2008,23 @@ impl<'a> Flattener<'a> {
             }
         };
         let argmap: HashMap<String, NodeId> = terminals.iter().cloned().zip(bound).collect();
+        let span_args: Vec<Arg<Span>> = args
+            .iter()
+            .map(|a| Arg {
+                name: a.name.clone(),
+                value: a.span,
+                span: a.span,
+            })
+            .collect();
+        let arg_spans: HashMap<String, Span> =
+            match bind_terminals(&def_name, &terminals, &span_args, span) {
+                Ok(sps) => terminals.iter().cloned().zip(sps).collect(),
+                Err(_) => HashMap::new(),
+            };
         let hyper = self.insts[inst].hyper.clone();
         let path = self.insts[inst].path.clone();
         let mut fr = self.frame(&entry, hyper, path, Some((argmap, inst)));
+        fr.arg_spans = arg_spans;
         let _ = caller;
         self.insts[inst].applied = true;
         let saved = self.anchor.clone();

@@ -23,6 +23,8 @@ mod library;
 mod options;
 mod passes;
 mod prims;
+#[cfg(test)]
+mod proptests;
 mod report;
 mod resolve;
 mod shapes;
@@ -113,6 +115,7 @@ fn expand(input: TokenStream) -> TokenStream {
                     Err((es, miss)) => {
                         errors.extend(es);
                         missing.extend(miss);
+                        out.extend(stub(&m.name, &m.vis, m));
                     }
                 }
             }
@@ -139,7 +142,7 @@ fn expand(input: TokenStream) -> TokenStream {
                     Ok(o) => o,
                     Err(es) => {
                         errors.extend(es);
-                        out.extend(stub(&c.name, &c.vis));
+                        out.extend(stub(&c.name, &c.vis, &entry.def));
                         continue;
                     }
                 };
@@ -148,6 +151,7 @@ fn expand(input: TokenStream) -> TokenStream {
                         c.model.segments.last().map(|s| s.ident.span()).unwrap_or(Span::call_site()),
                         format!("`{key}` has hyperparameters without defaults; wrap it in a model that fixes them"),
                     ));
+                    out.extend(stub(&c.name, &c.vis, &entry.def));
                     continue;
                 }
                 match compile_one(
@@ -160,7 +164,7 @@ fn expand(input: TokenStream) -> TokenStream {
                     Err((es, miss)) => {
                         errors.extend(es);
                         missing.extend(miss);
-                        out.extend(stub(&c.name, &c.vis));
+                        out.extend(stub(&c.name, &c.vis, &entry.def));
                     }
                 }
             }
@@ -178,7 +182,15 @@ fn expand(input: TokenStream) -> TokenStream {
         });
         return carrier::fetch_chain(&missing, &carried_raw, &file.tokens, &carried);
     }
+    // the same mistake met by several physical models (a model and the models using it) is
+    // reported once
+    let mut shown: Vec<(String, String)> = Vec::new();
     for e in errors {
+        let key = (e.to_string(), format!("{:?}", e.span()));
+        if shown.contains(&key) {
+            continue;
+        }
+        shown.push(key);
         out.extend(e.to_compile_error());
     }
     out
@@ -201,6 +213,7 @@ fn compile_one(
         default_dtype: opts.dtype,
         shapes: opts.shapes.clone(),
         types: opts.types.clone(),
+        constants: opts.constants.clone(),
     };
     let mut fl = Flattener::new(&fopts, library, locals);
     fl.flatten_top(entry.clone());
@@ -212,10 +225,10 @@ fn compile_one(
     let losses = std::mem::take(&mut fl.losses);
     let mut g = fl.g;
     let is_train = entry.def.kind == ModelKind::Train;
-    if errors.is_empty() {
-        errors.extend(dtypes::infer(&mut g, opts.dtype));
-        errors.extend(shapes::infer(&mut g));
-    }
+    // inference runs also after flattening errors: a failed statement builds no nodes (its
+    // uses are poisoned), so what remains is consistent and its own mistakes are independent
+    errors.extend(dtypes::infer(&mut g, opts.dtype));
+    errors.extend(shapes::infer(&mut g));
     if errors.is_empty() {
         for (id, sp) in &losses {
             match g.shape_of(*id) {
@@ -245,6 +258,10 @@ fn compile_one(
     }
     dtypes::finish(&mut g, opts.dtype);
     shapes::finish(&mut g);
+    let wrt = match roles(&mut g, opts) {
+        Ok(w) => w,
+        Err(es) => return Err((es, vec![])),
+    };
     // A model whose params depend on dims it leaves open (a generic building block such as
     // `param scale: [D]` with `input x: [N, D]`) has no default physical model: it is used as
     // a submodel, or compiled with `compile X = M { shapes: .. }`.
@@ -263,7 +280,7 @@ fn compile_one(
                     errors.push(syn::Error::new(
                         i.span,
                         format!(
-                            "`static_shapes: true` needs every input dim fixed, but `{}` is {}; give it with `shapes: {{ {}: [...] }}`",
+                            "`{name}` has `static_shapes: true`, which needs every input dim fixed, but `{}` is {}; give it with `shapes: {{ {}: [...] }}`",
                             i.name,
                             g.describe(i.node),
                             i.name
@@ -273,7 +290,10 @@ fn compile_one(
             } else {
                 errors.push(syn::Error::new(
                     i.span,
-                    format!("`static_shapes: true` needs a fixed rank for `{}`", i.name),
+                    format!(
+                        "`{name}` has `static_shapes: true`, which needs a fixed rank for `{}`",
+                        i.name
+                    ),
                 ));
             }
         }
@@ -290,7 +310,13 @@ fn compile_one(
                 "mithril: input `{}` of model `{}` is never used",
                 i.name, name
             );
-            let ident = format_ident!("__mithril_unused_{}_{}", name, i.name);
+            // spanned on the input's name: the warning points at the declaration
+            let ident = format_ident!(
+                "__mithril_unused_{}_{}",
+                name,
+                i.name.trim_start_matches("r#"),
+                span = i.span
+            );
             let use_site = quote_spanned!(i.span=> #ident);
             warnings.extend(quote! {
                 const _: () = {
@@ -304,12 +330,12 @@ fn compile_one(
     }
 
     // the forward+backward graph, when the model has params
-    let mut train = if g.params.is_empty() {
+    let mut train = if g.params.is_empty() || opts.inference {
         None
     } else {
         let mut t = g.clone();
         passes::elide::run(&mut t);
-        let errs = autodiff::run(&mut t, opts.dtype, is_train);
+        let errs = autodiff::run(&mut t, opts.dtype, is_train, &wrt);
         if is_train && !errs.is_empty() {
             return Err((errs, vec![]));
         }
@@ -389,9 +415,63 @@ fn compile_one(
 
 /// Placeholder items emitted when a physical model fails to compile, so that user code naming
 /// them does not add a cascade of "cannot find type" errors.
-fn stub(name: &syn::Ident, vis: &syn::Visibility) -> TokenStream {
-    let _ = (name, vis);
-    TokenStream::new()
+/// They mirror the real API loosely: `M::new`, `randomize_params`, `evaluate` (taking any
+/// inputs value), `MInputs` with one field per declared input (of any type), `MOutputs` with one
+/// `ArrayD<f32>` per declared output and an opaque `MParams`.
+fn stub(name: &syn::Ident, vis: &syn::Visibility, def: &syntax::ModelDef) -> TokenStream {
+    let inputs_name = format_ident!("{}Inputs", name);
+    let outputs_name = format_ident!("{}Outputs", name);
+    let params_name = format_ident!("{}Params", name);
+    let mut ins: Vec<String> = Vec::new();
+    let mut outs: Vec<String> = Vec::new();
+    for s in &def.body {
+        match s {
+            syntax::Stmt::Input { name, .. } if !ins.contains(&name.to_string()) => {
+                ins.push(name.to_string())
+            }
+            syntax::Stmt::Output { name, .. } if !outs.contains(&name.to_string()) => {
+                outs.push(name.to_string())
+            }
+            _ => {}
+        }
+    }
+    let in_fields: Vec<syn::Ident> = ins.iter().map(|n| format_ident!("{}", n)).collect();
+    let in_tys: Vec<syn::Ident> = (0..ins.len()).map(|i| format_ident!("__I{}", i)).collect();
+    let out_fields: Vec<syn::Ident> = outs.iter().map(|n| format_ident!("{}", n)).collect();
+    let model = name.to_string();
+    let doc =
+        format!("Placeholder: physical model `{model}` did not compile (see the error above).");
+    quote! {
+        #[doc = #doc]
+        #[allow(dead_code)]
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #name { _private: () }
+        #[doc = #doc]
+        #[allow(dead_code)]
+        #vis struct #inputs_name<#(#in_tys = ()),*> { #(pub #in_fields: #in_tys,)* }
+        #[doc = #doc]
+        #[allow(dead_code)]
+        #[derive(Clone, Debug)]
+        #vis struct #outputs_name { #(pub #out_fields: ::mithril::ndarray::ArrayD<f32>,)* }
+        #[doc = #doc]
+        #[allow(dead_code)]
+        #[derive(Clone, Debug)]
+        #vis struct #params_name { _private: () }
+        #[allow(dead_code)]
+        impl #name {
+            pub fn new() -> ::mithril::rt::Result<Self> {
+                Ok(#name { _private: () })
+            }
+            pub fn randomize_params(&self, seed: u64) -> #params_name {
+                let _ = seed;
+                #params_name { _private: () }
+            }
+            pub fn evaluate<I>(&self, params: &#params_name, inputs: I) -> ::mithril::rt::Result<#outputs_name> {
+                let _ = (params, inputs);
+                Err(::mithril::rt::Error::op(#model, "this model did not compile"))
+            }
+        }
+    }
 }
 
 /// The optimization passes a backward graph goes through (the same as the forward's).
@@ -410,5 +490,77 @@ fn run_passes(g: &mut ir::Graph, opts: &options::Options) {
         if opts.dead_code_elimination {
             passes::dce::run(g, &[]);
         }
+    }
+}
+
+/// Mithril's key roles (`trainable`, `data`, `discard`): validates the names, drops discarded
+/// outputs, and says which params get gradients.
+fn roles(g: &mut ir::Graph, opts: &options::Options) -> Result<Vec<bool>, Vec<syn::Error>> {
+    let mut errors = Vec::new();
+    for (name, sp) in &opts.discard {
+        if name == "loss" {
+            errors.push(syn::Error::new(
+                *sp,
+                "a train model's `loss` cannot be discarded",
+            ));
+        } else if !g.outputs.iter().any(|o| &o.name == name) {
+            let outs: Vec<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+            errors.push(syn::Error::new(
+                *sp,
+                format!(
+                    "`discard:` names `{name}`, which is no output; the outputs are: {}",
+                    outs.join(", ")
+                ),
+            ));
+        }
+    }
+    g.outputs
+        .retain(|o| !opts.discard.iter().any(|(n, _)| n == &o.name));
+    for (name, sp) in &opts.data {
+        if !g.inputs.iter().any(|i| &i.name == name) {
+            errors.push(syn::Error::new(
+                *sp,
+                format!("`data:` names `{name}`, which is no input"),
+            ));
+        }
+    }
+    let mut wrt = vec![opts.trainable.is_none(); g.params.len()];
+    if let Some(list) = &opts.trainable {
+        for (pat, sp) in list {
+            if let Some(i) = g.inputs.iter().find(|i| &i.name == pat) {
+                let what = match g.dtype_of(i.node) {
+                    Some(t) if !t.is_float() => {
+                        format!("`{pat}` is an integer input ({t}) and cannot be trainable")
+                    }
+                    _ => format!(
+                        "`{pat}` is an input; only params are trainable (declare it with `param`)"
+                    ),
+                };
+                errors.push(syn::Error::new(*sp, what));
+                continue;
+            }
+            let mut hit = false;
+            for (k, p) in g.params.iter().enumerate() {
+                if flatten::glob_match(pat, &p.dotted()) {
+                    wrt[k] = true;
+                    hit = true;
+                }
+            }
+            if !hit {
+                let names: Vec<String> = g.params.iter().map(|p| p.dotted()).collect();
+                errors.push(syn::Error::new(
+                    *sp,
+                    format!(
+                        "`trainable:` `{pat}` matches no param; the params are: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(wrt)
+    } else {
+        Err(errors)
     }
 }

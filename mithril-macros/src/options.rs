@@ -29,6 +29,16 @@ pub struct Options {
     pub common_subexpression: bool,
     pub dump_graph: Option<(String, DumpFormat)>,
     pub file_path: Option<String>,
+    /// Mithril's key roles: params that get gradients (dotted names or globs; all when absent).
+    pub trainable: Option<Vec<(String, Span)>>,
+    /// Inputs baked in as constants (scalar inputs only), folded into the graph.
+    pub constants: BTreeMap<String, (crate::ir::Scalar, Span)>,
+    /// Inputs that are plain data (never differentiated); validated names.
+    pub data: Vec<(String, Span)>,
+    /// Outputs dropped (their work is removed).
+    pub discard: Vec<(String, Span)>,
+    /// No gradient code at all.
+    pub inference: bool,
 }
 
 impl Default for Options {
@@ -45,6 +55,11 @@ impl Default for Options {
             common_subexpression: true,
             dump_graph: None,
             file_path: None,
+            trainable: None,
+            constants: BTreeMap::new(),
+            data: Vec::new(),
+            discard: Vec::new(),
+            inference: false,
         }
     }
 }
@@ -59,7 +74,32 @@ pub const NAMES: &[&str] = &[
     "optimizations",
     "dump_graph",
     "file_path",
+    "trainable",
+    "constants",
+    "data",
+    "discard",
+    "inference",
 ];
+
+fn name_list(v: &OptValue, what: &str) -> Result<Vec<(String, Span)>, syn::Error> {
+    let OptValue::List(items, _) = v else {
+        return Err(e(
+            v.span(),
+            format!("`{what}` takes a list of names: `[a, b]` or `[\"fc1.*\"]`"),
+        ));
+    };
+    items
+        .iter()
+        .map(|it| match it {
+            OptValue::Ident(i) => Ok((i.to_string(), i.span())),
+            OptValue::Lit(syn::Lit::Str(s)) => Ok((s.value(), s.span())),
+            other => Err(e(
+                other.span(),
+                format!("`{what}` takes names or quoted dotted names/globs"),
+            )),
+        })
+        .collect()
+}
 
 fn e(span: Span, msg: impl std::fmt::Display) -> syn::Error {
     syn::Error::new(span, msg.to_string())
@@ -122,6 +162,33 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
                     o.dtype = t;
                 }
                 "file_path" => o.file_path = Some(as_str(v, "file_path")?),
+                "trainable" => o.trainable = Some(name_list(v, "trainable")?),
+                "data" => o.data = name_list(v, "data")?,
+                "discard" => o.discard = name_list(v, "discard")?,
+                "inference" => o.inference = as_bool(v, "inference")?,
+                "constants" => {
+                    let OptValue::Map(entries, _) = v else {
+                        return Err(e(v.span(), "`constants` takes `{ input: value, ... }`"));
+                    };
+                    for (name, val) in entries {
+                        let s = match val {
+                            OptValue::Lit(syn::Lit::Float(f)) => {
+                                crate::ir::Scalar::Float(f.base10_parse()?)
+                            }
+                            OptValue::Lit(syn::Lit::Int(i)) => {
+                                crate::ir::Scalar::Int(i.base10_parse()?)
+                            }
+                            OptValue::Lit(syn::Lit::Bool(b)) => crate::ir::Scalar::Bool(b.value),
+                            other => {
+                                return Err(e(
+                                    other.span(),
+                                    "a constant is a number or bool literal",
+                                ))
+                            }
+                        };
+                        o.constants.insert(name.to_string(), (s, name.span()));
+                    }
+                }
                 "shapes" => {
                     let OptValue::Map(entries, _) = v else {
                         return Err(e(v.span(), "`shapes` takes `{ input: [dims], ... }`"));
