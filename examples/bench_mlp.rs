@@ -1,0 +1,99 @@
+//! MLP 784-256-128-10 (f32): inference and one training step (forward, mean softmax cross
+//! entropy on integer labels, backward, SGD update with lr 0.01) at batch 1, 32, 256, 1024 —
+//! the workloads of `../shared/anchors/bench_mlp.py`. Prints one anchor-format JSON line per
+//! measurement (median of repeated timings) so `summarize.py` puts mithril in the same tables.
+//!
+//! `taskset -c 0 cargo run --release --example bench_mlp`
+
+use mithril::prelude::*;
+use mithril::rt::optim::{Optimizer, Sgd};
+use ndarray::{Array1, Array2};
+use std::time::Instant;
+
+mithril! {
+    /// The anchors' MLP.
+    pub model Mlp {
+        input x: f32[B, 784];
+        let h = relu(Linear(256)(x));
+        let h = relu(Linear(128)(h));
+        output logits = Linear(10)(h);
+    }
+
+    /// One training step's loss.
+    pub train MlpTrain {
+        input x: f32[B, 784];
+        input y: i64[B];
+        let h = relu(Linear(256)(x));
+        let h = relu(Linear(128)(h));
+        loss cross_entropy(Linear(10)(h), y).mean();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Time `f` repeatedly for about `budget` seconds (after warm-up); median seconds per call.
+fn bench(mut f: impl FnMut(), budget: f64) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < budget || times.len() < 5 {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+        if times.len() >= 2000 {
+            break;
+        }
+    }
+    median(times)
+}
+
+fn fwd_flops(b: usize) -> f64 {
+    2.0 * b as f64 * (784.0 * 256.0 + 256.0 * 128.0 + 128.0 * 10.0)
+}
+
+/// As the anchors count it: forward, weight gradients of all layers, input gradients of
+/// layers 2 and 3.
+fn train_flops(b: usize) -> f64 {
+    2.0 * fwd_flops(b) + 2.0 * b as f64 * (256.0 * 128.0 + 128.0 * 10.0)
+}
+
+pub fn main() -> mithril::Result<()> {
+    let budget: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let infer = Mlp::new()?;
+    let train = MlpTrain::new()?;
+    let p = infer.randomize_params(0);
+    let mut tp = train.randomize_params(0);
+    for b in [1usize, 32, 256, 1024] {
+        let x = Array2::from_shape_fn((b, 784), |(i, j)| (((i * 784 + j) * 2654435761usize % 1000) as f32 / 500.0) - 1.0);
+        let y = Array1::from_iter((0..b).map(|i| (i % 10) as i64));
+        let t = bench(
+            || {
+                let _ = infer.evaluate(&p, MlpInputs { x: x.view() });
+            },
+            budget,
+        );
+        println!(
+            "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs\", \"threads\": 1, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+            fwd_flops(b) / t / 1e9
+        );
+        let mut opt = Sgd::new(0.01);
+        let t = bench(
+            || {
+                if let Ok((_, g)) = train.evaluate_gradients(&tp, MlpTrainInputs { x: x.view(), y: y.view() }) {
+                    let _ = opt.step(&mut tp, &g);
+                }
+            },
+            budget,
+        );
+        println!(
+            "JSON {{\"bench\": \"mlp_train\", \"impl\": \"mithril-rs\", \"threads\": 1, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+            train_flops(b) / t / 1e9
+        );
+    }
+    Ok(())
+}
