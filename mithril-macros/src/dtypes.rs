@@ -50,8 +50,8 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                                 DT::Known(k) => k.name().to_string(),
                                 DT::Var(_) => "float".into(),
                             };
-                            errors.push(syn::Error::new(
-                                g.nodes[id].span,
+                            errors.push(g.error_at(
+                                id,
                                 format!(
                                     "dtype mismatch: {} is declared {w}, but this argument is {got}",
                                     g.nodes[id].label.clone().unwrap_or_default()
@@ -102,7 +102,7 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                         } else {
                             format!("dtype error in `{}`: {m}", p.name())
                         };
-                        errors.push(syn::Error::new(g.nodes[id].span, m));
+                        errors.push(g.error_at(id, m));
                     }
                 }
             }

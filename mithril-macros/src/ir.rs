@@ -389,9 +389,20 @@ pub struct Graph {
     pub syms: Vec<String>,
     /// The top-level symbols as declared, with their unification variables.
     pub sym_vars: Vec<(String, Dim)>,
+    /// Nodes inlined from a model of another crate: their span is the local call (rustc cannot
+    /// show another crate's tokens), and this note says where inside that crate they come from.
+    pub notes: std::collections::BTreeMap<NodeId, String>,
 }
 
 impl Graph {
+    /// An error about node `id`, spanned on its tokens (with its note, if it has one).
+    pub fn error_at(&self, id: NodeId, msg: impl fmt::Display) -> syn::Error {
+        match self.notes.get(&id) {
+            Some(note) => syn::Error::new(self.nodes[id].span, format!("{msg}\n({note})")),
+            None => syn::Error::new(self.nodes[id].span, msg.to_string()),
+        }
+    }
+
     pub fn push(&mut self, node: Node) -> NodeId {
         self.nodes.push(node);
         self.nodes.len() - 1

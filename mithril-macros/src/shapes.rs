@@ -49,7 +49,7 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
         };
         match result {
             Some(Ok(s)) => g.nodes[id].shape = Some(s),
-            Some(Err(msg)) => errors.push(syn::Error::new(g.nodes[id].span, msg)),
+            Some(Err(msg)) => errors.push(g.error_at(id, msg)),
             None => {}
         }
     }
