@@ -501,8 +501,11 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
         }
         Matmul { ta, tb } => {
             let (ta, tb) = (*ta, *tb);
-            if b.rank(x[0]).is_none_or(|r| r < 2) || b.rank(x[1]).is_none_or(|r| r < 2) {
-                return unsupported(b, "matmul with a 1-D or open-rank operand");
+            let (Some(ra), Some(rb)) = (b.rank(x[0]), b.rank(x[1])) else {
+                return unsupported(b, "matmul with an open-rank operand");
+            };
+            if ra == 1 || rb == 1 {
+                return matmul_vector_vjp(b, x, (ra, rb), (ta, tb), gy);
             }
             let ga = if !ta {
                 b.op(Matmul { ta: false, tb: !tb }, &[gy, x[1]])
@@ -618,6 +621,53 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
         TakeAlong => vec![Some(b.op(TakeAlongGrad, &[gy, x[1], x[0]])), None],
         TakeAlongGrad | GatherGrad(_) | SliceGrad(_) | ConcatPart(..) => {
             unsupported(b, "a gradient (second derivatives)")
+        }
+    }
+}
+
+/// The gradients of a matmul with a 1-D operand (a vector on the left is a row, on the right a
+/// column; a vector's transposed flag means nothing), as broadcast products and sums.
+fn matmul_vector_vjp(
+    b: &mut B,
+    x: &[NodeId],
+    (ra, rb): (usize, usize),
+    (ta, tb): (bool, bool),
+    gy: NodeId,
+) -> Vec<Option<NodeId>> {
+    use Prim::*;
+    let sum_but = |b: &mut B, t: NodeId, r: usize, keep: usize| {
+        let axes: Vec<i64> = (0..r).filter(|&i| i != keep).map(|i| i as i64).collect();
+        b.op(Reduce(ReduceKind::Sum, axes, false), &[t])
+    };
+    match (ra, rb) {
+        (1, 1) => vec![Some(b.mul(gy, x[1])), Some(b.mul(gy, x[0]))],
+        (_, 1) => {
+            // y[.., m] = Σ_k a[.., m, k] v[k] (`a` laid out [.., k, m] when transposed)
+            let k = if ta { ra - 2 } else { ra - 1 };
+            let g = b.op(Unsqueeze(vec![k]), &[gy]);
+            let v = if ta {
+                b.op(Unsqueeze(vec![1]), &[x[1]])
+            } else {
+                x[1]
+            };
+            let ga = b.mul(g, v);
+            let t = b.mul(g, x[0]);
+            let gv = sum_but(b, t, ra, k);
+            vec![Some(ga), Some(gv)]
+        }
+        _ => {
+            // y[.., n] = Σ_k v[k] m[.., k, n] (`m` laid out [.., n, k] when transposed)
+            let k = if tb { rb - 1 } else { rb - 2 };
+            let g = b.op(Unsqueeze(vec![k]), &[gy]);
+            let v = if tb {
+                x[0]
+            } else {
+                b.op(Unsqueeze(vec![1]), &[x[0]])
+            };
+            let gm = b.mul(g, v);
+            let t = b.mul(g, x[1]);
+            let gv = sum_but(b, t, rb, k);
+            vec![Some(gv), Some(gm)]
         }
     }
 }
