@@ -36,6 +36,10 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! The rest of this page is the language reference: every form of the DSL with an example that
+//! is compiled and run as a test. `cargo run --release --example mlp` runs a complete model;
+//! `ARCHITECTURE.md` describes the compiler.
 #![doc = include_str!("../docs/language.md")]
 
 pub use mithril_macros::mithril;

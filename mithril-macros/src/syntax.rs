@@ -231,7 +231,7 @@ impl Parse for Item {
             while !content.is_empty() {
                 let name: Ident = content.parse()?;
                 content.parse::<Token![:]>()?;
-                let ty: Ident = content.parse()?;
+                let ty: Ident = content.call(Ident::parse_any)?;
                 let default = if content.peek(Token![=]) {
                     content.parse::<Token![=]>()?;
                     Some(content.parse::<Expr>()?)
