@@ -768,3 +768,57 @@ mod diamond {
         close(&out.y, &expect);
     }
 }
+
+// ------------------------------------------------------------------ models passed by name
+
+mod passed_by_name {
+    use super::*;
+
+    mod acts {
+        use mithril::prelude::*;
+        mithril! {
+            /// `x * sigmoid(x)`, passed by name and never called in the user's text.
+            model Swish {
+                input x: [N, D];
+                output y = x * sigmoid(x);
+            }
+        }
+    }
+    use acts::Swish;
+
+    mithril! {
+        model Cube {
+            input x: [N, D];
+            output y = x * x * x;
+        }
+
+        /// Models passed as `fn` values into the library's `MLP` and another crate's `Twice`.
+        pub model Passing {
+            input x: f32[B, 3];
+            let mlp = MLP(dimensions = [4, 2], activations = [Swish, Cube]);
+            let tw = mithril_testlib::layers::Twice(f = Cube);
+            let sw = mithril_testlib::layers::Twice(f = Swish);
+            output a = mlp(x);
+            output b = tw(x);
+            output c = sw(x);
+        }
+    }
+
+    #[test]
+    fn models_as_fn_hyperparameters_across_boundaries() {
+        let m = Passing::new().unwrap();
+        let p = m.randomize_params(22);
+        let x = x_of(3, 3);
+        let out = m.evaluate(&p, PassingInputs { x: x.view() }).unwrap();
+        let swish = |a: Array2<f32>| a.mapv(|v| v / (1.0 + (-v).exp()));
+        let cube = |a: Array2<f32>| a.mapv(|v| v * v * v);
+        let names = p.names();
+        assert_eq!(names.len(), 4, "{names:?}");
+        let h = swish(add_row(&x.dot(&p.mlp.h.weight.t()), &p.mlp.h.bias));
+        // (`h_1` is the activation's instance, which has no params)
+        let h = cube(add_row(&h.dot(&p.mlp.h_2.weight.t()), &p.mlp.h_2.bias));
+        close(&out.a, &h);
+        close(&out.b, &cube(cube(x.clone())));
+        close(&out.c, &swish(swish(x.clone())));
+    }
+}

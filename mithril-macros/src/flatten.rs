@@ -112,6 +112,9 @@ pub struct Flattener<'a> {
     anchor: Option<(Span, String, bool)>,
     /// Names of top-level instances already used (param tree roots).
     used_paths: HashMap<Vec<String>, usize>,
+    /// Models passed by name as `fn` values (`MLP(activations = [Swish])`): callable inside the
+    /// model they are passed to, even where that model's own definition cannot name them.
+    passed: HashMap<String, Rc<DefEntry>>,
     /// Loss terms of a `train` model.
     pub losses: Vec<(NodeId, Span)>,
     /// `regularize` statements of a `train` model: (kind, coefficient, glob, spans).
@@ -173,6 +176,7 @@ impl<'a> Flattener<'a> {
             stack: Vec::new(),
             anchor: None,
             used_paths: HashMap::new(),
+            passed: HashMap::new(),
             losses: Vec::new(),
             regs: Vec::new(),
             steps: 0,
@@ -1355,8 +1359,19 @@ impl<'a> Flattener<'a> {
                 return Value::Hyper(HVal::Dim(d.clone()));
             }
         }
-        if prims::lookup(&n).is_some() || self.find_def(&n, f).is_some() {
+        if prims::lookup(&n).is_some() {
             return Value::Hyper(HVal::Func(n));
+        }
+        if let Some(entry) = self.find_def(&n, f) {
+            self.passed.insert(n.clone(), entry);
+            return Value::Hyper(HVal::Func(n));
+        }
+        if f.local && n.starts_with(|c: char| c.is_ascii_uppercase()) && !is_symbol(&n) {
+            // a model of another module passed by name: fetched through its carrier
+            if !self.missing.iter().any(|m| path_key(m) == n) {
+                self.missing.push(id.clone().into());
+            }
+            return Value::Poison;
         }
         let mut names: Vec<&String> = f.vars.keys().chain(f.hyper.keys()).collect();
         names.sort();
@@ -1570,7 +1585,10 @@ impl<'a> Flattener<'a> {
         if let Some(sig) = prims::lookup(&n) {
             return self.prim_call(&n, sig, id.span(), recv, args, span, f);
         }
-        if let Some(entry) = self.find_def(&n, f) {
+        if let Some(entry) = self
+            .find_def(&n, f)
+            .or_else(|| self.passed.get(&n).cloned())
+        {
             let mut all: Vec<&Expr> = Vec::new();
             all.extend(recv);
             all.extend(args);
