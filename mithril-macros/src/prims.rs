@@ -707,6 +707,23 @@ impl Prim {
                 if a.dims.is_empty() || b.dims.is_empty() {
                     return Err("matmul needs operands of rank >= 1".into());
                 }
+                if a.rest.is_some() && a.dims.len() == 1 && b.rest.is_none() && b.dims.len() <= 2 {
+                    // `[..., K] @ [K, N]` (Linear on a rank-polymorphic input): whether `...`
+                    // is empty (a vector) or holds batch dims and a row dim, the result is
+                    // `[..., N]` (`[...]` for a vector `b`)
+                    let (k_a, k_b) = (a.dims[0].clone(), b.dims[0].clone());
+                    env.unify_dim(&k_a, &k_b).map_err(|_| {
+                        format!(
+                            "inner dimensions differ: {} != {}",
+                            show(env, &k_a),
+                            show(env, &k_b)
+                        )
+                    })?;
+                    return Ok(Shape {
+                        rest: a.rest,
+                        dims: b.dims[1..].to_vec(),
+                    });
+                }
                 let k_a = a.dims[a.dims.len() - 1].clone();
                 let k_b = if b1 {
                     b.dims[0].clone()
@@ -785,8 +802,17 @@ impl Prim {
                 let has_infer = known.len() < target.len();
                 let inferred = if has_infer {
                     match &tot {
-                        Some(t) => divide(env, t, &total(env, &known))
-                            .unwrap_or_else(|| env.new_dim_var("_")),
+                        Some(t) => {
+                            let want = total(env, &known);
+                            if let (Dim::Known(a), Dim::Known(b)) = (env.dim(t), env.dim(&want)) {
+                                if b == 0 || a % b != 0 {
+                                    return Err(format!(
+                                        "cannot reshape {a} elements into a shape with -1 and {b} other elements"
+                                    ));
+                                }
+                            }
+                            divide(env, t, &want).unwrap_or_else(|| env.new_dim_var("_"))
+                        }
                         None => env.new_dim_var("_"),
                     }
                 } else {
