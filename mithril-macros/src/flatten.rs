@@ -1799,7 +1799,17 @@ impl<'a> Flattener<'a> {
         let Some(hyper) = self.bind_hypers(&entry, hargs, span, f) else {
             return Value::Poison;
         };
+        let has_inputs = entry
+            .def
+            .body
+            .iter()
+            .any(|s| matches!(s, Stmt::Input { .. }));
         let i = self.new_inst(entry, hyper, hint, f, name_span);
+        if camel && targs.is_empty() && has_inputs {
+            // `let block = Block();` of a model without hyperparameters: an instance, applied
+            // later (`block(x)`), like `Linear(256)`
+            return Value::Inst(i);
+        }
         self.apply_args(i, targs, span, f)
     }
 
