@@ -120,6 +120,16 @@ mithril! {
         output y_cat0 = concat(u, t[1], axis = 0);
         output y_cat1 = concat(u, u * u, t[0], axis = 1);
         output y_cat_sym = concat(h, x * s, axis = 0);
+        output y_over_b = h.mean(axis = 0) * variance(h, axis = 0, correction = 1.0) + h.max(axis = 0);
+    }
+
+    model OpenRank {
+        input x: f64[..., 3, 4];
+        param a: f64[4];
+        param c: f64[3, 1];
+        param w: f64[2, 4];
+        output y = matmul(x * a, w.T) * c + a.sum();
+        output z = Linear(2)(x * c);
     }
 
     model Broadcasts {
@@ -716,6 +726,7 @@ fn shape_ops_with_symbolic_and_scalar_dims() {
             y_cat0: pat(Ix2(6, 4), 0.6),
             y_cat1: pat(Ix2(3, 12), 0.7),
             y_cat_sym: pat(Ix2(2 * b, 4), 0.8),
+            y_over_b: pat(Ix1(4), 0.9),
         };
         let loss = |p: &ShapesParams| {
             let o = m.evaluate(p, ShapesInputs { x: x.view() }).unwrap();
@@ -729,6 +740,7 @@ fn shape_ops_with_symbolic_and_scalar_dims() {
                 + dot(&o.y_cat0, &s.y_cat0)
                 + dot(&o.y_cat1, &s.y_cat1)
                 + dot(&o.y_cat_sym, &s.y_cat_sym)
+                + dot(&o.y_over_b, &s.y_over_b)
         };
         let (_, g) = m
             .evaluate_gradients(&p, ShapesInputs { x: x.view() }, seeds())
@@ -1292,5 +1304,36 @@ fn ties_and_zeros() {
             (a * a).ln() * a.abs().powi(3)
         };
         assert!((gb[k] - w).abs() < 1e-12, "b[{k}]: {} vs {w}", gb[k]);
+    }
+}
+
+#[test]
+fn open_rank_broadcasts() {
+    // params broadcast against an input of open rank: the summed axes are known at run time
+    let m = OpenRank::new().unwrap();
+    let mut p = m.randomize_params(14);
+    set(&mut p, "a", |i| wave(i, 0.2));
+    set(&mut p, "c", |i| wave(i, 1.2));
+    set(&mut p, "w", |i| wave(i, 2.2));
+    for shape in [vec![3, 4], vec![2, 3, 4], vec![2, 1, 3, 4]] {
+        let lead: Vec<usize> = shape[..shape.len() - 1].to_vec();
+        let out_shape = |n: usize| [lead.clone(), vec![n]].concat();
+        let x = pat(ndarray::IxDyn(&shape), 0.4);
+        let seeds = || OpenRankOutputs {
+            y: pat(ndarray::IxDyn(&out_shape(2)), 0.6),
+            z: pat(ndarray::IxDyn(&out_shape(2)), 0.8),
+        };
+        let loss = |p: &OpenRankParams| {
+            let o = m.evaluate(p, OpenRankInputs { x: x.view() }).unwrap();
+            let s = seeds();
+            dot(&o.y, &s.y) + dot(&o.z, &s.z)
+        };
+        let (_, g) = m
+            .evaluate_gradients(&p, OpenRankInputs { x: x.view() }, seeds())
+            .unwrap();
+        assert_eq!(
+            gradcheck(&format!("open rank {shape:?}"), &p, &g, loss),
+            4 + 3 + 8 + 8 + 2
+        );
     }
 }

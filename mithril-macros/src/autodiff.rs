@@ -161,11 +161,8 @@ impl B<'_> {
                 let s = self.op(Prim::Reduce(ReduceKind::Sum, axes, true), &[g]);
                 return self.op(Prim::ReshapeLike, &[s, x]);
             }
-            self.errors.push(syn::Error::new(
-                self.span,
-                "differentiating a broadcast between tensors of open rank (`...`) is not supported; give the ranks",
-            ));
-            return g;
+            // the summed axes depend on the run-time rank
+            return self.op(Prim::SumLike, &[g, x]);
         }
         let (gr, xr) = (gs.dims.len(), xs.dims.len());
         let lead = gr.saturating_sub(xr);
@@ -501,10 +498,12 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
         }
         Matmul { ta, tb } => {
             let (ta, tb) = (*ta, *tb);
-            let (Some(ra), Some(rb)) = (b.rank(x[0]), b.rank(x[1])) else {
-                return unsupported(b, "matmul with an open-rank operand");
-            };
-            if ra == 1 || rb == 1 {
+            // (an operand of open rank has at least two named dims: the general rule applies)
+            let (ra, rb) = (b.rank(x[0]), b.rank(x[1]));
+            if ra == Some(1) || rb == Some(1) {
+                let (Some(ra), Some(rb)) = (ra, rb) else {
+                    return unsupported(b, "matmul of a vector with an open-rank operand");
+                };
                 return matmul_vector_vjp(b, x, (ra, rb), (ta, tb), gy);
             }
             let ga = if !ta {
@@ -607,6 +606,7 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
         ArgReduce { .. } => vec![None],
         Unsqueeze(_) => vec![Some(b.op(ReshapeLike, &[gy, x[0]]))],
         ReshapeLike => vec![Some(b.op(ReshapeLike, &[gy, x[0]])), None],
+        SumLike => vec![Some(b.op(BroadcastLike, &[gy, x[0]])), None],
         BroadcastLike => vec![Some(b.unbroadcast(gy, x[0])), None],
         SizeRatio => vec![None, None],
         Concat(axis) => (0..x.len())

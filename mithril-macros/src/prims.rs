@@ -107,6 +107,9 @@ pub enum Prim {
     BroadcastLike,
     /// Reshape the first arg to the shape of the second.
     ReshapeLike,
+    /// Sum the first arg (a broadcast result) down to the shape of the second, which it
+    /// broadcasts from (for operands of open rank, where the summed axes are known at run time).
+    SumLike,
     /// A scalar: element count of the first arg over that of the second (the `N` of a mean).
     SizeRatio,
     /// Gradient of `take_along`: (g, indices, like input).
@@ -498,6 +501,7 @@ impl Prim {
             Prim::Unsqueeze(_) => "unsqueeze",
             Prim::BroadcastLike => "broadcast_like",
             Prim::ReshapeLike => "reshape_like",
+            Prim::SumLike => "sum_like",
             Prim::SizeRatio => "size_ratio",
             Prim::TakeAlongGrad => "take_along_grad",
             Prim::GatherGrad(_) => "gather_grad",
@@ -997,7 +1001,7 @@ impl Prim {
                 broadcast(env, &[ins[0].clone(), ins[1].clone()])?;
                 Ok(ins[1].clone())
             }
-            Prim::ReshapeLike => Ok(ins[1].clone()),
+            Prim::ReshapeLike | Prim::SumLike => Ok(ins[1].clone()),
             Prim::SizeRatio => Ok(Shape::scalar()),
             Prim::TakeAlongGrad | Prim::GatherGrad(_) => Ok(ins[2].clone()),
             Prim::SliceGrad(_) => Ok(ins[1].clone()),
@@ -1692,6 +1696,24 @@ impl Prim {
                 quote!({
                     let __s: ::std::vec::Vec<isize> = #y.shape().iter().map(|&d| d as isize).collect();
                     #ops::reshape(&#x, &__s)
+                })
+            }
+            Prim::SumLike => {
+                let y = &a[1];
+                quote!({
+                    let __g = &#x;
+                    let __t: ::std::vec::Vec<usize> = #y.shape().to_vec();
+                    let __lead = __g.ndim().saturating_sub(__t.len());
+                    let __axes: ::std::vec::Vec<isize> = (0..__g.ndim())
+                        .filter(|&__i| __i < __lead || (__t[__i - __lead] == 1 && __g.shape()[__i] != 1))
+                        .map(|__i| __i as isize)
+                        .collect();
+                    let __s: ::std::vec::Vec<isize> = __t.iter().map(|&__d| __d as isize).collect();
+                    if __axes.is_empty() {
+                        #ops::reshape(__g, &__s)
+                    } else {
+                        #ops::sum(__g, &__axes, true).and_then(|__r| #ops::reshape(&__r.view(), &__s))
+                    }
                 })
             }
             Prim::SizeRatio => {
