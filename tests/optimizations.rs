@@ -391,3 +391,51 @@ fn all_passes_together_match_no_passes() {
         }
     }
 }
+
+mithril! {
+    // ---- folding integer constants must wrap exactly like the run-time arithmetic
+    model FoldInt {
+        input i: i32[N];
+        const big: i32 = 2147483647;
+        const small: i32 = -2147483648;
+        output wrapped = i + (big + 1);
+        output negated = i + -small;
+        output product = i * (big * 2);
+        output widened = i + (big + 1) / 2;
+    }
+    compile FoldIntOff = FoldInt { optimizations: { constant_folding: false } };
+}
+
+#[test]
+fn folded_integer_constants_wrap_like_run_time_code() {
+    assert!(
+        FoldInt::NUM_OPS < FoldIntOff::NUM_OPS,
+        "{}",
+        FoldInt::SUMMARY
+    );
+    let i = arr1(&[0i32, 1, -1]);
+    let a = FoldInt::new().unwrap();
+    let b = FoldIntOff::new().unwrap();
+    let oa = a
+        .evaluate(&a.randomize_params(0), FoldIntInputs { i: i.view() })
+        .unwrap();
+    let ob = b
+        .evaluate(&b.randomize_params(0), FoldIntOffInputs { i: i.view() })
+        .unwrap();
+    // i32 arithmetic wraps: MAX + 1 == MIN, -MIN == MIN, MAX * 2 == -2
+    let want: Vec<i32> = i.iter().map(|v| v.wrapping_add(i32::MIN)).collect();
+    assert_eq!(ob.wrapped.to_vec(), want, "run time");
+    assert_eq!(oa.wrapped.to_vec(), want, "folded");
+    assert_eq!(ob.negated.to_vec(), want, "run time");
+    assert_eq!(oa.negated.to_vec(), want, "folded");
+    let want: Vec<i32> = i.iter().map(|v| v.wrapping_mul(-2)).collect();
+    assert_eq!(ob.product.to_vec(), want, "run time");
+    assert_eq!(oa.product.to_vec(), want, "folded");
+    // int / int is a float: (MIN) / 2 as f32, plus i
+    let want: Vec<f32> = i
+        .iter()
+        .map(|&v| v as f32 + (i32::MIN as f32) / 2.0)
+        .collect();
+    assert_eq!(ob.widened.to_vec(), want, "run time");
+    assert_eq!(oa.widened.to_vec(), want, "folded");
+}

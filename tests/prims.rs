@@ -1602,3 +1602,388 @@ fn softmax_and_log_softmax_along_axes() {
     assert_close(&o.lsm_last, &sm(2, true), 1e-6, "log_softmax axis -1");
     assert!(o.lsm.iter().all(|v| v.is_finite()));
 }
+
+// ------------------------------------------------------------------------------------------
+// edge cases: layouts, empty arrays, integer corner cases, symbolic slicing, bigger matmuls
+// ------------------------------------------------------------------------------------------
+
+mithril! {
+    model Edge {
+        input a: f32[B, N];
+        input r: f32[N];
+        output y = a * 2.0 + r;
+        output s = a.sum(axis = 0);
+        output m = a.max(axis = 1, keepdim = true);
+        output t = a.T;
+    }
+
+    model IntCorners {
+        input i: i32[N];
+        input j: i32[N];
+        output fdiv = floor_divide(i, j);
+        output rem = i % j;
+        output neg = -i;
+        output sum = i.sum();
+    }
+
+    model SymSlices {
+        input v: f32[N];
+        input x: f32[B, M];
+        output evens = v.slice((..).step_by(2));
+        output tail = v[1..];
+        output rev = v.slice((..).step_by(-1));
+        output last_col = x.slice(.., -1);
+        output joined = concat(x, x.slice(.., (..).step_by(-1)), axis = 1);
+        output head_rows = x.slice(0..2);
+    }
+
+    model Big {
+        input a: f32[M, K];
+        input b: f32[K, N];
+        output c = matmul(a, b);
+        output ct = matmul(a.T, a);
+    }
+
+    model Big64 {
+        input a: f64[M, K];
+        input b: f64[K, N];
+        output c = matmul(a, b);
+    }
+
+    model HalfMatmul {
+        input a: f16[M, K];
+        input b: f16[K, N];
+        output c = matmul(a, b);
+    }
+
+    model Take3 {
+        input x: f32[B, T, C];
+        input idx: i64[B, T];
+        output picked = take_along(x, idx);
+        output neg_idx = gather(x, idx, axis = 0);
+    }
+
+    model Passthrough {
+        input x: f32[N];
+        output same = x;
+        output doubled = x * 2.0;
+        output again = doubled;
+        output twice = doubled + 0.0;
+    }
+}
+
+#[test]
+fn non_contiguous_and_broadcast_input_views() {
+    // a transposed view, a reversed view and a broadcast (stride 0) view
+    let base = Array2::from_shape_vec((4, 3), (0..12).map(|v| v as f32).collect()).unwrap();
+    let a_t = base.t(); // [3, 4], column-major
+    let r_full = Array1::from_iter((0..8).map(|v| v as f32 * 0.5));
+    let r_rev = r_full.slice(mithril::ndarray::s![..;-2]); // [3.5, 2.5, 1.5, 0.5]
+    let m = Edge::new().unwrap();
+    let p = m.randomize_params(0);
+    let o = m.evaluate(&p, EdgeInputs { a: a_t, r: r_rev }).unwrap();
+    let mut want = vec![];
+    for i in 0..3 {
+        for j in 0..4 {
+            want.push(base[[j, i]] * 2.0 + r_rev[j]);
+        }
+    }
+    assert_eq_arr(&o.y, &[3, 4], &want, "transposed + reversed views");
+    let s: Vec<f32> = (0..4).map(|j| (0..3).map(|i| base[[j, i]]).sum()).collect();
+    assert_eq_arr(&o.s, &[4], &s, "sum of a transposed view");
+    let mx: Vec<f32> = (0..3)
+        .map(|i| (0..4).map(|j| base[[j, i]]).fold(f32::MIN, f32::max))
+        .collect();
+    assert_eq_arr(&o.m, &[3, 1], &mx, "max of a transposed view");
+    assert_eq_arr(
+        &o.t,
+        &[4, 3],
+        &base.iter().copied().collect::<Vec<_>>(),
+        ".T of a transposed view",
+    );
+    // a broadcast view as input
+    let row = Array1::from(vec![1.0f32, 2.0, 3.0, 4.0]);
+    let a_b = row.broadcast((2, 4)).unwrap();
+    let r = Array1::<f32>::zeros(4);
+    let o = m
+        .evaluate(
+            &p,
+            EdgeInputs {
+                a: a_b,
+                r: r.view(),
+            },
+        )
+        .unwrap();
+    assert_eq_arr(
+        &o.y,
+        &[2, 4],
+        &[2.0, 4.0, 6.0, 8.0, 2.0, 4.0, 6.0, 8.0],
+        "broadcast view",
+    );
+    assert_eq_arr(&o.s, &[4], &[2.0, 4.0, 6.0, 8.0], "sum of a broadcast view");
+}
+
+#[test]
+fn empty_batch() {
+    let m = Edge::new().unwrap();
+    let a = Array2::<f32>::zeros((0, 4));
+    let r = Array1::<f32>::ones(4);
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            EdgeInputs {
+                a: a.view(),
+                r: r.view(),
+            },
+        )
+        .unwrap();
+    assert_eq!(o.y.shape(), &[0, 4]);
+    assert_eq_arr(&o.s, &[4], &[0.0; 4], "sum over an empty axis");
+    assert_eq!(o.m.shape(), &[0, 1]);
+    assert_eq!(o.t.shape(), &[4, 0]);
+    // max over an empty axis has no value: an error, not a panic
+    let a = Array2::<f32>::zeros((2, 0));
+    let r = Array1::<f32>::ones(0);
+    let res = m.evaluate(
+        &m.randomize_params(0),
+        EdgeInputs {
+            a: a.view(),
+            r: r.view(),
+        },
+    );
+    assert!(res.is_err(), "max over an empty axis");
+}
+
+#[test]
+fn integer_corner_cases_do_not_panic() {
+    let i = arr1(&[i32::MIN, 7, -7, i32::MAX, 5]);
+    let j = arr1(&[-1i32, 0, 0, -1, 3]);
+    let m = IntCorners::new().unwrap();
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            IntCornersInputs {
+                i: i.view(),
+                j: j.view(),
+            },
+        )
+        .unwrap();
+    // integer arithmetic wraps (i32::MIN // -1 and -i32::MIN wrap to i32::MIN)
+    assert_eq!(o.fdiv[0], i32::MIN);
+    assert_eq!(o.neg[0], i32::MIN);
+    assert_eq!(o.fdiv[3], -i32::MAX);
+    assert_eq!(o.rem[0], 0);
+    assert_eq!(o.fdiv[4], 1);
+    assert_eq!(o.rem[4], 2);
+    let want = i.iter().fold(0i32, |a, &b| a.wrapping_add(b));
+    assert_eq!(o.sum[()], want);
+}
+
+#[test]
+fn slicing_symbolic_dims() {
+    let n = 7;
+    let v = Array1::from_iter((0..n).map(|i| i as f32));
+    let x = Array2::from_shape_vec((3, 4), (0..12).map(|v| v as f32).collect()).unwrap();
+    let m = SymSlices::new().unwrap();
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            SymSlicesInputs {
+                v: v.view(),
+                x: x.view(),
+            },
+        )
+        .unwrap();
+    let ev = py_slice(n as i64, None, None, 2);
+    assert_eq_arr(
+        &o.evens,
+        &[ev.len()],
+        &ev.iter().map(|&i| v[i]).collect::<Vec<_>>(),
+        "v[::2]",
+    );
+    assert_eq_arr(
+        &o.tail,
+        &[n - 1],
+        &(1..n).map(|i| v[i]).collect::<Vec<_>>(),
+        "v[1:]",
+    );
+    assert_eq_arr(
+        &o.rev,
+        &[n],
+        &(0..n).rev().map(|i| v[i]).collect::<Vec<_>>(),
+        "v[::-1]",
+    );
+    assert_eq_arr(&o.last_col, &[3], &[3.0, 7.0, 11.0], "x[:, -1]");
+    let mut want = vec![];
+    for r in 0..3 {
+        for c in 0..4 {
+            want.push(x[[r, c]]);
+        }
+        for c in (0..4).rev() {
+            want.push(x[[r, c]]);
+        }
+    }
+    assert_eq_arr(&o.joined, &[3, 8], &want, "concat with a reversed copy");
+    assert_eq_arr(
+        &o.head_rows,
+        &[2, 4],
+        &(0..8).map(|v| v as f32).collect::<Vec<_>>(),
+        "x[0:2]",
+    );
+    // fewer rows than the slice asks for: Python clamps
+    let x1 = Array2::from_shape_vec((1, 2), vec![5.0f32, 6.0]).unwrap();
+    let v1 = Array1::from(vec![9.0f32]);
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            SymSlicesInputs {
+                v: v1.view(),
+                x: x1.view(),
+            },
+        )
+        .unwrap();
+    assert_eq_arr(&o.head_rows, &[1, 2], &[5.0, 6.0], "x[0:2] of one row");
+    assert_eq_arr(&o.tail, &[0], &[], "v[1:] of one element");
+    assert_eq_arr(&o.evens, &[1], &[9.0], "v[::2] of one element");
+}
+
+#[test]
+fn larger_matmuls_against_a_triple_loop() {
+    let (mm, k, n) = (37, 129, 23);
+    let a = Array2::from_shape_vec((mm, k), values(mm * k, 50)).unwrap();
+    let b = Array2::from_shape_vec((k, n), values(k * n, 51)).unwrap();
+    let m = Big::new().unwrap();
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            BigInputs {
+                a: a.view(),
+                b: b.view(),
+            },
+        )
+        .unwrap();
+    let fa: Vec<f32> = a.iter().copied().collect();
+    let fb: Vec<f32> = b.iter().copied().collect();
+    let want = ArrayD::from_shape_vec(IxDyn(&[mm, n]), mm_ref(&fa, &fb, mm, k, n)).unwrap();
+    assert_close(&o.c, &want, 1e-4, "37x129 @ 129x23");
+    let mut at = vec![0.0f32; k * mm];
+    for i in 0..mm {
+        for j in 0..k {
+            at[j * mm + i] = a[[i, j]];
+        }
+    }
+    let want = ArrayD::from_shape_vec(IxDyn(&[k, k]), mm_ref(&at, &fa, k, mm, k)).unwrap();
+    assert_close(&o.ct, &want, 1e-4, "a.T @ a");
+
+    let a64 = a.mapv(|v| v as f64);
+    let b64 = b.mapv(|v| v as f64);
+    let m = Big64::new().unwrap();
+    let c = m
+        .evaluate(
+            &m.randomize_params(0),
+            Big64Inputs {
+                a: a64.view(),
+                b: b64.view(),
+            },
+        )
+        .unwrap()
+        .c;
+    let want = mm_ref(&fa, &fb, mm, k, n);
+    for (g, w) in c.iter().zip(&want) {
+        assert!(
+            (g - w).abs() < 1e-10 * (1.0 + w.abs()),
+            "f64 matmul: {g} vs {w}"
+        );
+    }
+
+    // f16: widened to f32, rounded once per result
+    let (mm, k, n) = (5, 8, 3);
+    let ah = Array2::from_shape_vec((mm, k), values(mm * k, 52))
+        .unwrap()
+        .mapv(f16::from_f32);
+    let bh = Array2::from_shape_vec((k, n), values(k * n, 53))
+        .unwrap()
+        .mapv(f16::from_f32);
+    let m = HalfMatmul::new().unwrap();
+    let c = m
+        .evaluate(
+            &m.randomize_params(0),
+            HalfMatmulInputs {
+                a: ah.view(),
+                b: bh.view(),
+            },
+        )
+        .unwrap()
+        .c;
+    let fa: Vec<f32> = ah.iter().map(|v| v.to_f32()).collect();
+    let fb: Vec<f32> = bh.iter().map(|v| v.to_f32()).collect();
+    let want = mm_ref(&fa, &fb, mm, k, n);
+    for (g, w) in c.iter().zip(&want) {
+        let w16 = f16::from_f64(*w);
+        assert!(
+            (g.to_f64() - w16.to_f64()).abs() <= 1e-3 * (1.0 + w.abs()),
+            "f16 matmul: {g} vs {w16}"
+        );
+    }
+}
+
+#[test]
+fn take_along_and_gather_on_rank_3() {
+    let (b, t, c) = (2, 3, 4);
+    let x = Array3::from_shape_vec((b, t, c), values(b * t * c, 60)).unwrap();
+    // negative indices count from the end (Python)
+    // (also valid rows for the gather along axis 0 below: in [-2, 2))
+    let idx = Array2::from_shape_vec((b, t), vec![0i64, 1, -1, -2, 1, 0]).unwrap();
+    let m = Take3::new().unwrap();
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            Take3Inputs {
+                x: x.view(),
+                idx: idx.view(),
+            },
+        )
+        .unwrap();
+    let mut want = vec![];
+    for i in 0..b {
+        for j in 0..t {
+            let k = idx[[i, j]];
+            let k = if k < 0 { k + c as i64 } else { k } as usize;
+            want.push(x[[i, j, k]]);
+        }
+    }
+    assert_eq_arr(&o.picked, &[b, t], &want, "take_along rank 3");
+    // gather along axis 0 with indices in [-2, 2)
+    let idx0 = idx;
+    let mut want = vec![];
+    for i in 0..b {
+        for j in 0..t {
+            let r = idx0[[i, j]];
+            let r = if r < 0 { r + b as i64 } else { r } as usize;
+            for tt in 0..t {
+                for cc in 0..c {
+                    want.push(x[[r, tt, cc]]);
+                }
+            }
+        }
+    }
+    assert_eq_arr(
+        &o.neg_idx,
+        &[b, t, t, c],
+        &want,
+        "gather axis 0 with negative indices",
+    );
+}
+
+#[test]
+fn outputs_that_alias_inputs_or_each_other() {
+    let x = arr1(&[1.0f32, -2.0, 3.5]);
+    let m = Passthrough::new().unwrap();
+    let o = m
+        .evaluate(&m.randomize_params(0), PassthroughInputs { x: x.view() })
+        .unwrap();
+    assert_eq_arr(&o.same, &[3], &[1.0, -2.0, 3.5], "output = input");
+    assert_eq_arr(&o.doubled, &[3], &[2.0, -4.0, 7.0], "doubled");
+    assert_eq_arr(&o.again, &[3], &[2.0, -4.0, 7.0], "output named twice");
+    assert_eq_arr(&o.twice, &[3], &[2.0, -4.0, 7.0], "x * 2 + 0");
+}

@@ -104,7 +104,8 @@ macro_rules! num_int {
                     return 0;
                 }
                 let q = self.wrapping_div(o);
-                if (self % o != 0) && ((self < 0) != (o < 0)) {
+                // `wrapping_rem`: `MIN % -1` overflows (and panics) with `%`
+                if (self.wrapping_rem(o) != 0) && ((self < 0) != (o < 0)) {
                     q.wrapping_sub(1)
                 } else {
                     q

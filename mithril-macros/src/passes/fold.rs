@@ -38,7 +38,11 @@ pub fn run(g: &mut Graph) -> usize {
 fn round(s: Scalar, t: DType) -> Scalar {
     match t {
         DType::Bool => Scalar::Bool(s.as_f64() != 0.0),
-        DType::I32 => Scalar::Int(s.as_f64() as i32 as i64),
+        // integers wrap like the run-time arithmetic; floats saturate like `as`
+        DType::I32 => match s {
+            Scalar::Int(i) => Scalar::Int(i as i32 as i64),
+            o => Scalar::Int(o.as_f64() as i32 as i64),
+        },
         DType::I64 => match s {
             Scalar::Int(i) => Scalar::Int(i),
             o => Scalar::Int(o.as_f64() as i64),
