@@ -679,3 +679,163 @@ fn nested_user_models_flatten_with_dotted_params() {
     assert_close(&y, &[3, 2], &want, 1e-5, "net");
     let _ = ArrayD::<f32>::zeros(IxDyn(&[0]));
 }
+
+// ------------------------------------------------------------------------------------------
+// initialisation
+// ------------------------------------------------------------------------------------------
+
+mithril! {
+    model Inits {
+        param z: [4] = zeros;
+        param o: [2, 3] = ones;
+        param f: [5] = full(0.25);
+        param u: [1000] = uniform(-3.0, 2.0);
+        param n: [4000] = normal(1.0, 0.5);
+        param k: [8, 50] = fan_in(50);
+        param d: [100, 400];
+        output total = z.sum() + o.sum() + f.sum() + u.sum() + n.sum() + k.sum() + d.sum();
+    }
+}
+
+#[test]
+fn randomize_params_follows_the_declared_initialisers() {
+    let m = Inits::new().unwrap();
+    let p = m.randomize_params(1234);
+    assert!(p.z.iter().all(|&v| v == 0.0));
+    assert!(p.o.iter().all(|&v| v == 1.0));
+    assert!(p.f.iter().all(|&v| v == 0.25));
+    assert!(
+        p.u.iter().all(|&v| (-3.0..2.0).contains(&v)),
+        "uniform bounds"
+    );
+    let mean = |a: &[f32]| a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
+    let std = |a: &[f32]| {
+        let m = mean(a);
+        (a.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / a.len() as f64).sqrt()
+    };
+    let u = p.u.as_slice().unwrap();
+    assert!((mean(u) + 0.5).abs() < 0.15, "uniform mean {}", mean(u));
+    // U(a, b) has std (b - a) / sqrt(12)
+    assert!(
+        (std(u) - 5.0 / 12f64.sqrt()).abs() < 0.1,
+        "uniform std {}",
+        std(u)
+    );
+    let n = p.n.as_slice().unwrap();
+    assert!((mean(n) - 1.0).abs() < 0.05, "normal mean {}", mean(n));
+    assert!((std(n) - 0.5).abs() < 0.05, "normal std {}", std(n));
+    // fan-in: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the default uses the product of all dims but
+    // the first (PyTorch's rule for Linear weights)
+    let bound = 1.0 / 50f32.sqrt();
+    assert!(p.k.iter().all(|&v| v.abs() <= bound));
+    assert!(
+        p.k.iter().any(|&v| v.abs() > bound * 0.8),
+        "uses the whole range"
+    );
+    let bound = 1.0 / 400f32.sqrt();
+    assert!(
+        p.d.iter().all(|&v| v.abs() <= bound),
+        "default init of a [100, 400] param"
+    );
+    assert!(p.d.iter().any(|&v| v.abs() > bound * 0.9));
+    // deterministic per seed, different across seeds, different across params
+    let q = m.randomize_params(1234);
+    assert_eq!(p.u, q.u);
+    assert_eq!(p.d, q.d);
+    let r = m.randomize_params(1235);
+    assert_ne!(p.u, r.u);
+    assert_ne!(p.k.as_slice().unwrap()[..8], p.d.as_slice().unwrap()[..8]);
+    // the model still runs
+    let o = m
+        .evaluate(
+            &p,
+            InitsInputs {
+                _marker: std::marker::PhantomData,
+            },
+        )
+        .unwrap();
+    let want: f64 = [
+        p.z.sum(),
+        p.o.sum(),
+        p.f.sum(),
+        p.u.sum(),
+        p.n.sum(),
+        p.k.sum(),
+        p.d.sum(),
+    ]
+    .iter()
+    .map(|&v| v as f64)
+    .sum();
+    assert!((o.total[()] as f64 - want).abs() < 1e-2);
+}
+
+#[test]
+fn linear_init_is_fan_in_scaled() {
+    let m = Lin::new().unwrap();
+    let p = m.randomize_params(99);
+    let bound = 1.0 / 5f32.sqrt();
+    assert!(p.fc.weight.iter().all(|&v| v.abs() <= bound));
+    assert!(p.fc.bias.iter().all(|&v| v.abs() <= bound));
+    assert!(p.fc.bias.iter().any(|&v| v != 0.0));
+}
+
+// ------------------------------------------------------------------------------------------
+// library models on higher-rank inputs
+// ------------------------------------------------------------------------------------------
+
+mithril! {
+    model Tokens {
+        input ids: i32[B, T];
+        input target: i64[B, T];
+        let emb = Embedding(num_embeddings = 6, dim = 4);
+        let h = LayerNorm(use_bias = false)(emb(ids));
+        output logits = Linear(5)(h);
+        output loss = cross_entropy(logits, target);
+        output mean_loss = cross_entropy(logits, target).mean();
+    }
+}
+
+#[test]
+fn per_token_pipeline_on_rank_3() {
+    let m = Tokens::new().unwrap();
+    let p = m.randomize_params(77);
+    let ids = Array2::from_shape_vec((2, 3), vec![0i32, 5, 2, 3, 3, 1]).unwrap();
+    let target = Array2::from_shape_vec((2, 3), vec![4i64, 0, 1, 2, 3, 0]).unwrap();
+    let o = m
+        .evaluate(
+            &p,
+            TokensInputs {
+                ids: ids.view(),
+                target: target.view(),
+            },
+        )
+        .unwrap();
+    assert_eq!(o.logits.shape(), &[2, 3, 5]);
+    assert_eq!(o.loss.shape(), &[2, 3]);
+    let names = p.names();
+    assert_eq!(
+        names,
+        vec!["emb.weight", "h.weight", "linear_0.weight", "linear_0.bias"],
+        "instances named after their `let`, anonymous ones by type"
+    );
+    let f = |a: &Array1<f32>| a.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let mut total = 0.0;
+    for i in 0..2 {
+        for j in 0..3 {
+            let row: Vec<f64> = (0..4)
+                .map(|k| p.emb.weight[[ids[[i, j]] as usize, k]] as f64)
+                .collect();
+            let h = layer_norm_ref(&row, 4, 1e-5, Some(&f(&p.h.weight)), None);
+            let z = linear_ref(&h, 1, &w64(&p.linear_0.weight), Some(&f(&p.linear_0.bias)));
+            for (c, zc) in z.iter().enumerate() {
+                assert!((o.logits[[i, j, c]] as f64 - zc).abs() < 1e-5);
+            }
+            let mx = z.iter().copied().fold(f64::MIN, f64::max);
+            let lse = mx + z.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+            let l = lse - z[target[[i, j]] as usize];
+            assert!((o.loss[[i, j]] as f64 - l).abs() < 1e-5, "loss[{i},{j}]");
+            total += l;
+        }
+    }
+    assert!((o.mean_loss[()] as f64 - total / 6.0).abs() < 1e-5);
+}

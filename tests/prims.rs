@@ -1987,3 +1987,124 @@ fn outputs_that_alias_inputs_or_each_other() {
     assert_eq_arr(&o.again, &[3], &[2.0, -4.0, 7.0], "output named twice");
     assert_eq_arr(&o.twice, &[3], &[2.0, -4.0, 7.0], "x * 2 + 0");
 }
+
+// ------------------------------------------------------------------------------------------
+// narrow floats: reductions accumulate in f32, mixed comparisons, softmax
+// ------------------------------------------------------------------------------------------
+
+mithril! {
+    model Narrow {
+        input h: f16[N];
+        input b: bf16[N];
+        input x: f32[N];
+        output h_sum = h.sum();
+        output h_mean = h.mean();
+        output b_sum = b.sum();
+        output h_var = variance(h);
+        output h_max = h.max();
+        output h_arg = h.argmax();
+        output h_gt_x = h > x;
+        output mixed_where = where_(h > x, h, x);
+        output h_where_lit = where_(h > 0.0, h, 0.0);
+        output hb = h + b;
+        output h_soft = softmax(h);
+        output b_cat = concat(b, b);
+    }
+}
+
+#[test]
+fn narrow_float_reductions_accumulate_wide() {
+    let n = 4096;
+    // 0.1 in f16 is 0.0999755859375; a sum kept in f16 stalls near 256
+    let h = Array1::from_elem(n, f16::from_f32(0.1));
+    let b = Array1::from_elem(n, bf16::from_f32(0.1));
+    let x = Array1::from_iter((0..n).map(|i| if i % 2 == 0 { 0.0f32 } else { 1.0 }));
+    let m = Narrow::new().unwrap();
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            NarrowInputs {
+                h: h.view(),
+                b: b.view(),
+                x: x.view(),
+            },
+        )
+        .unwrap();
+    let hv = f16::from_f32(0.1).to_f64();
+    let bv = bf16::from_f32(0.1).to_f64();
+    let want = f16::from_f64(hv * n as f64);
+    let got: f16 = o.h_sum[()];
+    assert!(
+        (got.to_f64() - want.to_f64()).abs() <= 0.5,
+        "f16 sum: got {got}, want {want}"
+    );
+    let gb: bf16 = o.b_sum[()];
+    let wb = bf16::from_f64(bv * n as f64);
+    assert!(
+        (gb.to_f64() - wb.to_f64()).abs() <= 2.0,
+        "bf16 sum: got {gb}, want {wb}"
+    );
+    let gm: f16 = o.h_mean[()];
+    assert_eq!(gm, f16::from_f64(hv), "f16 mean");
+    let gv: f16 = o.h_var[()];
+    assert_eq!(gv.to_f32(), 0.0, "variance of a constant");
+    assert_eq!(o.h_max[()], f16::from_f32(0.1));
+    assert_eq!(o.h_arg[()], 0i64);
+}
+
+#[test]
+fn narrow_floats_mixed_with_f32() {
+    let hs = [0.5f32, -1.0, 2.0, 0.1, 65504.0, -0.0];
+    let xs = [0.25f32, -1.0, 3.0, 0.1, 1.0e6, 0.0];
+    let h = Array1::from_iter(hs.iter().map(|&v| f16::from_f32(v)));
+    let b = Array1::from_iter(hs.iter().map(|&v| bf16::from_f32(v * 0.5)));
+    let x = Array1::from(xs.to_vec());
+    let m = Narrow::new().unwrap();
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            NarrowInputs {
+                h: h.view(),
+                b: b.view(),
+                x: x.view(),
+            },
+        )
+        .unwrap();
+    let n = hs.len();
+    // comparisons of f16 with f32 happen in f32 (0.1 as f16 is below 0.1 as f32)
+    let gt: Vec<bool> = (0..n).map(|i| h[i].to_f32() > xs[i]).collect();
+    assert_eq!(gt[3], false);
+    assert_eq_arr(&o.h_gt_x, &[n], &gt, "f16 > f32");
+    // where_ of f16 and f32 branches promotes to f32
+    let mw: Vec<f32> = (0..n)
+        .map(|i| if gt[i] { h[i].to_f32() } else { xs[i] })
+        .collect();
+    let _: &Array1<f32> = &o.mixed_where;
+    assert_eq_arr(&o.mixed_where, &[n], &mw, "where_(f16, f32)");
+    // a literal branch stays f16
+    let wl: Vec<f16> = (0..n)
+        .map(|i| {
+            if h[i].to_f32() > 0.0 {
+                h[i]
+            } else {
+                f16::from_f32(0.0)
+            }
+        })
+        .collect();
+    let _: &Array1<f16> = &o.h_where_lit;
+    assert_eq_arr(&o.h_where_lit, &[n], &wl, "where_(f16, literal)");
+    // f16 + bf16 -> f32
+    let _: &Array1<f32> = &o.hb;
+    let hb: Vec<f32> = (0..n).map(|i| h[i].to_f32() + b[i].to_f32()).collect();
+    assert_eq_arr(&o.hb, &[n], &hb, "f16 + bf16");
+    let cat: Vec<bf16> = b.iter().chain(b.iter()).copied().collect();
+    assert_eq_arr(&o.b_cat, &[2 * n], &cat, "concat bf16");
+    // softmax of f16 in f32, rounded once: 65504 dominates
+    let hf: Vec<f64> = h.iter().map(|v| v.to_f64()).collect();
+    let mx = hf.iter().copied().fold(f64::MIN, f64::max);
+    let z: f64 = hf.iter().map(|v| (v - mx).exp()).sum();
+    for i in 0..n {
+        let want = f16::from_f64((hf[i] - mx).exp() / z);
+        assert_eq!(o.h_soft[i], want, "f16 softmax[{i}]");
+    }
+}

@@ -318,3 +318,62 @@ fn safetensors_missing_or_wrong_tensor_is_an_error() {
     assert!(p.load_safetensors(&path).is_err());
     std::fs::remove_file(&path).ok();
 }
+
+mithril! {
+    model Ell {
+        input x: f32[..., D];
+        input y: f32[D];
+        output z = x * y;
+    }
+}
+
+#[test]
+fn symbol_bound_after_an_ellipsis() {
+    let m = Ell::new().unwrap();
+    let p = m.randomize_params(0);
+    let x = mithril::ndarray::ArrayD::<f32>::ones(mithril::ndarray::IxDyn(&[2, 3, 4]));
+    let y = Array1::from(vec![1.0f32, 2.0, 3.0, 4.0]);
+    let z = m
+        .evaluate(
+            &p,
+            EllInputs {
+                x: x.view(),
+                y: y.view(),
+            },
+        )
+        .unwrap()
+        .z;
+    assert_eq!(z.shape(), &[2, 3, 4]);
+    assert_eq!(z.as_slice().unwrap()[..4], [1.0, 2.0, 3.0, 4.0]);
+    let y5 = Array1::<f32>::ones(5);
+    let e = m
+        .evaluate(
+            &p,
+            EllInputs {
+                x: x.view(),
+                y: y5.view(),
+            },
+        )
+        .unwrap_err();
+    let (terminal, expected, given, detail) = shape_err(&e);
+    assert_eq!(terminal, "input `y`");
+    assert_eq!(expected, "f32[D]");
+    assert_eq!(given, "[5]");
+    assert!(
+        detail.contains("D = 4") && detail.contains("input `x`"),
+        "{detail}"
+    );
+    // a rank-0 x has no last dim
+    let x0 = mithril::ndarray::ArrayD::<f32>::ones(mithril::ndarray::IxDyn(&[]));
+    let e = m
+        .evaluate(
+            &p,
+            EllInputs {
+                x: x0.view(),
+                y: y.view(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(shape_err(&e).0, "input `x`");
+    assert_eq!(shape_err(&e).1, "f32[..., D]");
+}
