@@ -165,6 +165,11 @@ impl B<'_> {
             return self.op(Prim::SumLike, &[g, x]);
         }
         let (gr, xr) = (gs.dims.len(), xs.dims.len());
+        if gr < xr {
+            // not a broadcast of `x` as far as the compile-time shapes tell (open dims met
+            // later): leave the reduction to the run-time shapes
+            return self.op(Prim::SumLike, &[g, x]);
+        }
         let lead = gr.saturating_sub(xr);
         let mut axes: Vec<i64> = (0..lead as i64).collect();
         for i in 0..xr {

@@ -33,7 +33,8 @@ fn v(id: NodeId) -> Ident {
 }
 
 fn camel(s: &str) -> String {
-    s.split('_')
+    s.trim_start_matches("r#")
+        .split('_')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let mut c = p.chars();
@@ -453,6 +454,16 @@ impl<'a> Gen<'a> {
                         }
                     }
                 }
+                let elems = known.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+                if elems.is_none_or(|n| n > isize::MAX as usize) {
+                    self.errors.push(syn::Error::new(
+                        p.span,
+                        format!(
+                            "param `{dotted}` has shape {}: too many elements to allocate",
+                            self.g.describe(node)
+                        ),
+                    ));
+                }
                 let rng = quote!(&mut ::mithril::rt::init::Rng::for_param(seed, #dotted));
                 let shape = quote!(&[#(#known),*]);
                 let init = match &p.init {
@@ -477,7 +488,9 @@ impl<'a> Gen<'a> {
                                     1
                                 }
                             },
-                            None if known.len() >= 2 => known[1..].iter().product(),
+                            None if known.len() >= 2 => {
+                                known[1..].iter().fold(1usize, |a, &b| a.saturating_mul(b))
+                            }
                             None => known.first().copied().unwrap_or(1),
                         };
                         quote!(::mithril::rt::init::fan_in_uniform::<#t>(#rng, #shape, #fan))

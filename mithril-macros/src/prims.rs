@@ -609,7 +609,7 @@ impl Prim {
 
 /// Normalise an axis against a rank; `None` when out of range.
 pub fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
-    let r = rank as i64;
+    let r = i64::try_from(rank).ok()?;
     let a = if axis < 0 { axis + r } else { axis };
     (0..r).contains(&a).then_some(a as usize)
 }
@@ -663,8 +663,14 @@ pub fn broadcast(env: &mut Env, shapes: &[Shape]) -> Result<Shape, String> {
                     } else if a == Dim::Known(1) {
                         d
                     } else {
-                        env.unify_dim(&a, &d)
-                            .map_err(|_| "dims do not broadcast".to_string())?
+                        env.unify_dim(&a, &d).map_err(|_| {
+                            format!(
+                                "dims {} and {} at axis {} do not broadcast (neither is 1)",
+                                show(env, &a),
+                                show(env, &d),
+                                i as isize - rank as isize
+                            )
+                        })?
                     }
                 }
             });
@@ -727,6 +733,12 @@ impl Prim {
                         rest: a.rest,
                         dims: b.dims[1..].to_vec(),
                     });
+                }
+                if (!a1 && a.dims.len() < 2) || (!b1 && b.dims.len() < 2) {
+                    return Err(
+                        "an operand of matmul with open rank (`...`) needs at least 2 named dims"
+                            .into(),
+                    );
                 }
                 let k_a = a.dims[a.dims.len() - 1].clone();
                 let k_b = if b1 {
@@ -883,7 +895,10 @@ impl Prim {
                         }
                     }
                     sum = match (sum, env.dim(&s.dims[ax])) {
-                        (Some(acc), Dim::Known(n)) => Some(acc + n),
+                        (Some(acc), Dim::Known(n)) => match acc.checked_add(n) {
+                            Some(t) => Some(t),
+                            None => return Err("the concatenated dim overflows".into()),
+                        },
                         _ => None,
                     };
                 }
@@ -925,7 +940,12 @@ impl Prim {
                                 return Err("slice step cannot be 0".into());
                             }
                             out.push(match env.dim(d) {
-                                Dim::Known(n) => Dim::Known(slice_len(n as i64, *lo, *hi, *step)),
+                                Dim::Known(n) => Dim::Known(slice_len(
+                                    i64::try_from(n).unwrap_or(i64::MAX),
+                                    *lo,
+                                    *hi,
+                                    *step,
+                                )),
                                 other if lo.is_none() && hi.is_none() && *step == 1 => other,
                                 _ => env.new_dim_var("_"),
                             });
@@ -1025,7 +1045,7 @@ fn reduce_shape(s: &Shape, axes: &[i64], keepdim: bool) -> Result<Shape, String>
         }
         if axes
             .iter()
-            .any(|a| *a >= 0 || (-*a) as usize > s.dims.len())
+            .any(|a| *a >= 0 || a.unsigned_abs() > s.dims.len() as u64)
         {
             return Err(
                 "after `...` only negative axes within the named dims can be reduced".into(),
@@ -1058,41 +1078,35 @@ fn reduce_shape(s: &Shape, axes: &[i64], keepdim: bool) -> Result<Shape, String>
     })
 }
 
-/// Python slice length.
+/// Python slice length (computed in `i128`: no bound, step or size overflows).
 pub fn slice_len(n: i64, lo: Option<i64>, hi: Option<i64>, step: i64) -> u64 {
-    let clampi = |v: i64, lo_b: i64, hi_b: i64| v.max(lo_b).min(hi_b);
+    let n = n.max(0) as i128;
+    let step = step as i128;
+    let wrap = |v: i64| {
+        let v = v as i128;
+        if v < 0 {
+            v + n
+        } else {
+            v
+        }
+    };
     let (start, stop) = if step > 0 {
-        let s = lo
-            .map(|v| if v < 0 { v + n } else { v })
-            .map(|v| clampi(v, 0, n))
-            .unwrap_or(0);
-        let e = hi
-            .map(|v| if v < 0 { v + n } else { v })
-            .map(|v| clampi(v, 0, n))
-            .unwrap_or(n);
+        let s = lo.map(|v| wrap(v).clamp(0, n)).unwrap_or(0);
+        let e = hi.map(|v| wrap(v).clamp(0, n)).unwrap_or(n);
         (s, e)
     } else {
-        let s = lo
-            .map(|v| if v < 0 { v + n } else { v })
-            .map(|v| clampi(v, -1, n - 1))
-            .unwrap_or(n - 1);
-        let e = hi
-            .map(|v| if v < 0 { v + n } else { v })
-            .map(|v| clampi(v, -1, n - 1))
-            .unwrap_or(-1);
+        let s = lo.map(|v| wrap(v).clamp(-1, n - 1)).unwrap_or(n - 1);
+        let e = hi.map(|v| wrap(v).clamp(-1, n - 1)).unwrap_or(-1);
         (s, e)
     };
-    if step > 0 {
-        if stop > start {
-            ((stop - start + step - 1) / step) as u64
-        } else {
-            0
-        }
-    } else if start > stop {
-        ((start - stop + (-step) - 1) / (-step)) as u64
+    let len = if step > 0 && stop > start {
+        (stop - start + step - 1) / step
+    } else if step < 0 && start > stop {
+        (start - stop - step - 1) / -step
     } else {
         0
-    }
+    };
+    len as u64
 }
 
 fn divide(env: &Env, num: &Dim, den: &Dim) -> Option<Dim> {

@@ -134,10 +134,10 @@ fn param_elems(g: &Graph) -> u64 {
                     crate::ir::RDim::Known(n) => *n,
                     _ => 0,
                 })
-                .product(),
+                .fold(1u64, |a, b| a.saturating_mul(b)),
             None => 0,
         })
-        .sum()
+        .fold(0u64, |a, b| a.saturating_add(b))
 }
 
 /// Plain text: one line per node.

@@ -1,0 +1,11 @@
+#![deny(deprecated)]
+
+mithril::mithril! {
+    model Net {
+        input x: f32[B, 4];
+        input extra: f32[B, 4];
+        output y = relu(x);
+    }
+}
+
+fn main() {}
