@@ -63,13 +63,18 @@ fn train_flops(b: usize) -> f64 {
 }
 
 pub fn main() -> mithril::Result<()> {
-    let budget: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let budget: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     let infer = Mlp::new()?;
     let train = MlpTrain::new()?;
     let p = infer.randomize_params(0);
     let mut tp = train.randomize_params(0);
     for b in [1usize, 32, 256, 1024] {
-        let x = Array2::from_shape_fn((b, 784), |(i, j)| (((i * 784 + j) * 2654435761usize % 1000) as f32 / 500.0) - 1.0);
+        let x = Array2::from_shape_fn((b, 784), |(i, j)| {
+            (((i * 784 + j) * 2654435761usize % 1000) as f32 / 500.0) - 1.0
+        });
         let y = Array1::from_iter((0..b).map(|i| (i % 10) as i64));
         let t = bench(
             || {
@@ -84,7 +89,13 @@ pub fn main() -> mithril::Result<()> {
         let mut opt = Sgd::new(0.01);
         let t = bench(
             || {
-                if let Ok((_, g)) = train.evaluate_gradients(&tp, MlpTrainInputs { x: x.view(), y: y.view() }) {
+                if let Ok((_, g)) = train.evaluate_gradients(
+                    &tp,
+                    MlpTrainInputs {
+                        x: x.view(),
+                        y: y.view(),
+                    },
+                ) {
                     let _ = opt.step(&mut tp, &g);
                 }
             },

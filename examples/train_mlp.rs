@@ -44,8 +44,19 @@ fn spirals(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
     (x, y)
 }
 
-fn accuracy(m: &SpiralNet, p: &SpiralNetParams, x: &Array2<f32>, y: &Array1<i64>) -> mithril::Result<f64> {
-    let out = m.evaluate(p, SpiralNetInputs { x: x.view(), label: y.view() })?;
+fn accuracy(
+    m: &SpiralNet,
+    p: &SpiralNetParams,
+    x: &Array2<f32>,
+    y: &Array1<i64>,
+) -> mithril::Result<f64> {
+    let out = m.evaluate(
+        p,
+        SpiralNetInputs {
+            x: x.view(),
+            label: y.view(),
+        },
+    )?;
     let correct = out
         .logits
         .rows()
@@ -66,7 +77,10 @@ pub fn main() -> mithril::Result<()> {
     let epochs = 60;
     let batch = 100;
     let bar = ProgressBar::new(epochs);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} epochs {msg}").unwrap_or(ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} epochs {msg}")
+            .unwrap_or(ProgressStyle::default_bar()),
+    );
     for epoch in 0..epochs {
         let mut total = 0.0;
         let n = x_train.nrows();
@@ -76,7 +90,13 @@ pub fn main() -> mithril::Result<()> {
         for chunk in order.chunks(batch) {
             let xb = Array2::from_shape_fn((chunk.len(), 2), |(i, j)| x_train[[chunk[i], j]]);
             let yb = Array1::from_iter(chunk.iter().map(|&i| y_train[i]));
-            let (out, grads) = model.evaluate_gradients(&params, SpiralNetInputs { x: xb.view(), label: yb.view() })?;
+            let (out, grads) = model.evaluate_gradients(
+                &params,
+                SpiralNetInputs {
+                    x: xb.view(),
+                    label: yb.view(),
+                },
+            )?;
             total += out.loss.into_scalar() as f64;
             opt.step(&mut params, &grads)?;
         }
@@ -99,7 +119,10 @@ pub fn main() -> mithril::Result<()> {
     );
     let _ = x_test.slice(s![0..1, ..]);
     if test_acc < 0.95 {
-        return Err(mithril::Error::op("train_mlp", format!("held-out accuracy {test_acc:.3} is below 0.95")));
+        return Err(mithril::Error::op(
+            "train_mlp",
+            format!("held-out accuracy {test_acc:.3} is below 0.95"),
+        ));
     }
     Ok(())
 }

@@ -21,6 +21,13 @@
 //! `floor_divide`, `sign`, `argmax`, and bool/integer values pass none; `remainder` passes 1
 //! and `-floor(a / b)`; tied maxima/minima share the gradient equally; an integer output's seed
 //! is ignored.
+// Reference computations are written index by index on purpose, mirroring the math.
+#![allow(
+    clippy::needless_range_loop,
+    clippy::type_complexity,
+    clippy::identity_op,
+    clippy::neg_multiply
+)]
 
 use mithril::half;
 use mithril::prelude::*;

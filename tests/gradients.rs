@@ -69,13 +69,12 @@ fn check<P: ParamTree + Clone, G: ParamTree>(p: &P, grads: &G, loss: &dyn Fn(&P)
     let h = 1e-6;
     for ((name, vals), (gname, gvals)) in names.iter().zip(&analytic) {
         assert_eq!(name, gname);
-        for i in 0..vals.len() {
+        for (i, &an) in gvals.iter().enumerate().take(vals.len()) {
             let mut plus = p.clone();
             perturb(&mut plus, name, i, h);
             let mut minus = p.clone();
             perturb(&mut minus, name, i, -h);
             let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let an = gvals[i];
             let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
             assert!(
                 err < 1e-6,

@@ -1,5 +1,12 @@
 //! Dtype and shape inference as seen from the generated API: the Rust types of inputs, outputs
 //! and params, symbolic dims, compile options, multi-output submodels, compile-time control flow.
+// Reference computations are written index by index on purpose, mirroring the math.
+#![allow(
+    clippy::needless_range_loop,
+    clippy::type_complexity,
+    clippy::identity_op,
+    clippy::neg_multiply
+)]
 
 use mithril::half::f16;
 use mithril::ndarray::{

@@ -2073,7 +2073,7 @@ fn narrow_floats_mixed_with_f32() {
     let n = hs.len();
     // comparisons of f16 with f32 happen in f32 (0.1 as f16 is below 0.1 as f32)
     let gt: Vec<bool> = (0..n).map(|i| h[i].to_f32() > xs[i]).collect();
-    assert_eq!(gt[3], false);
+    assert!(!gt[3]);
     assert_eq_arr(&o.h_gt_x, &[n], &gt, "f16 > f32");
     // where_ of f16 and f32 branches promotes to f32
     let mw: Vec<f32> = (0..n)
@@ -2103,8 +2103,8 @@ fn narrow_floats_mixed_with_f32() {
     let hf: Vec<f64> = h.iter().map(|v| v.to_f64()).collect();
     let mx = hf.iter().copied().fold(f64::MIN, f64::max);
     let z: f64 = hf.iter().map(|v| (v - mx).exp()).sum();
-    for i in 0..n {
-        let want = f16::from_f64((hf[i] - mx).exp() / z);
+    for (i, v) in hf.iter().enumerate() {
+        let want = f16::from_f64((v - mx).exp() / z);
         assert_eq!(o.h_soft[i], want, "f16 softmax[{i}]");
     }
 }

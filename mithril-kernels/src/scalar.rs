@@ -356,34 +356,6 @@ pub fn clamp<T: Num>(x: T, lo: T, hi: T) -> T {
     x.max(lo).min(hi)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn integer_ops_never_panic() {
-        assert_eq!(Num::div(7i32, 0), 0);
-        assert_eq!(Num::floor_div(-7i32, 2), -4);
-        assert_eq!(Num::rem(-7i32, 3), 2);
-        assert_eq!(Num::add(i32::MAX, 1), i32::MIN);
-        assert_eq!(Num::abs(i64::MIN), i64::MIN);
-    }
-
-    #[test]
-    fn float_functions() {
-        assert!((sigmoid(0.0f64) - 0.5).abs() < 1e-15);
-        assert!((sigmoid(-800.0f64)).abs() < 1e-300);
-        assert!((softplus(1000.0f64) - 1000.0).abs() < 1e-9);
-        assert!((softplus(0.0f64) - std::f64::consts::LN_2).abs() < 1e-15);
-        // gelu(1) = 0.5 * (1 + erf(1/sqrt 2)) = 0.8413447460685429
-        assert!((gelu_erf(1.0f64) - 0.841_344_746_068_542_9).abs() < 1e-12);
-        assert!((gelu_tanh(1.0f64) - 0.841_191_990_607_735_6).abs() < 1e-12);
-        assert_eq!(Num::floor_div(-7.0f64, 2.0), -4.0);
-        assert!(Num::max(f32::NAN, 1.0).is_nan());
-        assert_eq!(relu(-2i64), 0);
-    }
-}
-
 /// Integer power by squaring (wrapping); a negative exponent gives 0 except for bases ±1.
 #[inline]
 pub fn int_pow<T: Num>(base: T, exp: T) -> T {
@@ -413,4 +385,32 @@ pub fn int_pow<T: Num>(base: T, exp: T) -> T {
         e >>= 1;
     }
     acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_ops_never_panic() {
+        assert_eq!(Num::div(7i32, 0), 0);
+        assert_eq!(Num::floor_div(-7i32, 2), -4);
+        assert_eq!(Num::rem(-7i32, 3), 2);
+        assert_eq!(Num::add(i32::MAX, 1), i32::MIN);
+        assert_eq!(Num::abs(i64::MIN), i64::MIN);
+    }
+
+    #[test]
+    fn float_functions() {
+        assert!((sigmoid(0.0f64) - 0.5).abs() < 1e-15);
+        assert!((sigmoid(-800.0f64)).abs() < 1e-300);
+        assert!((softplus(1000.0f64) - 1000.0).abs() < 1e-9);
+        assert!((softplus(0.0f64) - std::f64::consts::LN_2).abs() < 1e-15);
+        // gelu(1) = 0.5 * (1 + erf(1/sqrt 2)) = 0.8413447460685429
+        assert!((gelu_erf(1.0f64) - 0.841_344_746_068_542_9).abs() < 1e-12);
+        assert!((gelu_tanh(1.0f64) - 0.841_191_990_607_735_6).abs() < 1e-12);
+        assert_eq!(Num::floor_div(-7.0f64, 2.0), -4.0);
+        assert!(Num::max(f32::NAN, 1.0).is_nan());
+        assert_eq!(relu(-2i64), 0);
+    }
 }

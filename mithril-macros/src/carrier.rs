@@ -354,14 +354,14 @@ pub fn fetch_chain(
     for p in missing {
         // `Self`, `self`, `super`, `crate` name no model (and no macro can be fetched by them)
         let keyword = p.segments.last().is_some_and(|s| {
-            matches!(s.ident.to_string().as_str(), "Self" | "self" | "super" | "crate")
+            matches!(
+                s.ident.to_string().as_str(),
+                "Self" | "self" | "super" | "crate"
+            )
         }) || p.segments.first().is_some_and(|s| s.ident == "Self");
         if keyword {
-            return syn::Error::new_spanned(
-                p,
-                format!("`{}` is not a model name", path_key(p)),
-            )
-            .to_compile_error();
+            return syn::Error::new_spanned(p, format!("`{}` is not a model name", path_key(p)))
+                .to_compile_error();
         }
         if carried.contains_key(&path_key(p)) {
             return syn::Error::new_spanned(

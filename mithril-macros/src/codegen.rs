@@ -628,7 +628,7 @@ impl<'a> Gen<'a> {
         };
         quote! {
             #[doc = #grad_doc]
-            #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow)]
+            #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
             pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                 let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
                 #(#checks)*
@@ -893,7 +893,7 @@ impl<'a> Gen<'a> {
                 }
 
                 /// Run the model.
-                #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow)]
+                #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
                 pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
                     let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
                     #(#checks)*

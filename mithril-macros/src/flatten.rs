@@ -508,12 +508,15 @@ impl<'a> Flattener<'a> {
                     };
                     shape.dims.push(d);
                 }
-                DimDecl::Expr(syn::Expr::Path(p))
-                    if p.path.get_ident().is_some_and(|id| {
+                DimDecl::Expr(e)
+                    if matches!(&**e, syn::Expr::Path(p) if p.path.get_ident().is_some_and(|id| {
                         let n = id.to_string();
                         !f.vars.contains_key(&n) && !f.hyper.contains_key(&n)
-                    }) =>
+                    })) =>
                 {
+                    let syn::Expr::Path(p) = &**e else {
+                        return None;
+                    };
                     let id = &p.path.segments[0].ident;
                     let upper = id.to_string().to_ascii_uppercase();
                     self.error(
@@ -832,7 +835,7 @@ impl<'a> Flattener<'a> {
                     },
                 };
                 let sp = expr.as_ref().map(|e| e.span()).unwrap_or(name.span());
-                let Some(id) = self.to_tensor(v, sp, f) else {
+                let Some(id) = self.tensor_of(v, sp, f) else {
                     return;
                 };
                 if self.g.nodes[id].label.is_none() {
@@ -892,7 +895,7 @@ impl<'a> Flattener<'a> {
                     return;
                 }
                 let v = self.eval(expr, f, None);
-                if let Some(id) = self.to_tensor(v, *span, f) {
+                if let Some(id) = self.tensor_of(v, *span, f) {
                     self.losses.push((id, *span));
                 }
             }
@@ -982,7 +985,7 @@ impl<'a> Flattener<'a> {
 
     // ---------------------------------------------------------------- expressions
 
-    fn to_tensor(&mut self, v: Value, span: Span, f: &Frame) -> Option<NodeId> {
+    fn tensor_of(&mut self, v: Value, span: Span, f: &Frame) -> Option<NodeId> {
         match v {
             Value::Tensor(id) => Some(id),
             Value::Hyper(h) => self.const_node(h, None, span, f),
@@ -1137,7 +1140,7 @@ impl<'a> Flattener<'a> {
                                 return Value::Poison;
                             }
                         };
-                        let Some(a) = self.to_tensor(v, u.expr.span(), f) else {
+                        let Some(a) = self.tensor_of(v, u.expr.span(), f) else {
                             return Value::Poison;
                         };
                         Value::Tensor(self.node(Op::Prim(prim), vec![a], e.span(), f))
@@ -1201,8 +1204,8 @@ impl<'a> Flattener<'a> {
                     }
                 };
                 let (Some(a), Some(c)) = (
-                    self.to_tensor(l, b.left.span(), f),
-                    self.to_tensor(r, b.right.span(), f),
+                    self.tensor_of(l, b.left.span(), f),
+                    self.tensor_of(r, b.right.span(), f),
                 ) else {
                     return Value::Poison;
                 };
@@ -1217,7 +1220,7 @@ impl<'a> Flattener<'a> {
                     self.error(c.ty.span(), format!("unknown dtype `{name}`"));
                     return Value::Poison;
                 };
-                let Some(a) = self.to_tensor(v, c.expr.span(), f) else {
+                let Some(a) = self.tensor_of(v, c.expr.span(), f) else {
                     return Value::Poison;
                 };
                 Value::Tensor(self.node(Op::Prim(prims::Prim::Cast(t)), vec![a], e.span(), f))
@@ -1290,7 +1293,7 @@ impl<'a> Flattener<'a> {
                         None => Value::Poison,
                     };
                 }
-                let Some(b) = self.to_tensor(base, ix.expr.span(), f) else {
+                let Some(b) = self.tensor_of(base, ix.expr.span(), f) else {
                     return Value::Poison;
                 };
                 let items: Vec<&Expr> = match &*ix.index {
@@ -1666,7 +1669,7 @@ impl<'a> Flattener<'a> {
                     }
                     if sig.variadic && name == "concat" {
                         let v = self.eval(a, f, None);
-                        match self.to_tensor(v, a.span(), f) {
+                        match self.tensor_of(v, a.span(), f) {
                             Some(id) => extra_inputs.push(id),
                             None => poisoned = true,
                         }
@@ -1674,7 +1677,7 @@ impl<'a> Flattener<'a> {
                     }
                     if pos < sig.inputs.len() {
                         let v = self.eval(a, f, None);
-                        match self.to_tensor(v, a.span(), f) {
+                        match self.tensor_of(v, a.span(), f) {
                             Some(id) => inputs[pos] = Some(id),
                             None => poisoned = true,
                         }
@@ -1694,7 +1697,7 @@ impl<'a> Flattener<'a> {
                     let ks = k.to_string();
                     if let Some(i) = sig.inputs.iter().position(|x| *x == ks) {
                         let v = self.eval(a, f, None);
-                        match self.to_tensor(v, a.span(), f) {
+                        match self.tensor_of(v, a.span(), f) {
                             Some(id) => inputs[i] = Some(id),
                             None => poisoned = true,
                         }
@@ -1992,7 +1995,7 @@ impl<'a> Flattener<'a> {
                 other => (None, other),
             };
             let v = self.eval(val, f, None);
-            match self.to_tensor(v, val.span(), f) {
+            match self.tensor_of(v, val.span(), f) {
                 Some(id) => targs.push(Arg {
                     name,
                     value: id,

@@ -198,6 +198,7 @@ fn expand(input: TokenStream) -> TokenStream {
 
 type CompileResult = Result<(TokenStream, Vec<syn::Path>), (Vec<syn::Error>, Vec<syn::Path>)>;
 
+#[allow(clippy::too_many_arguments)] // one physical model's whole context
 fn compile_one(
     entry: &Rc<DefEntry>,
     name: &syn::Ident,

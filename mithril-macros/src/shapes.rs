@@ -118,11 +118,7 @@ pub fn finish(g: &mut Graph) {
                 let _ = g.env.unify_dim(&v, &Dim::Sym(name.clone()));
                 g.syms.push(name);
             }
-            Dim::Sym(s) => {
-                if !g.syms.contains(&s) {
-                    g.syms.push(s);
-                }
-            }
+            Dim::Sym(s) if !g.syms.contains(&s) => g.syms.push(s),
             _ => {}
         }
     }

@@ -72,7 +72,7 @@ pub enum DimDecl {
     /// `...`: any number of leading dims
     Ellipsis(Span),
     /// an expression over hyperparameters (`dimension`, `hidden * 4`)
-    Expr(Expr),
+    Expr(Box<Expr>),
 }
 
 #[derive(Clone)]
@@ -324,7 +324,7 @@ pub fn classify_dim(e: Expr) -> DimDecl {
             ..
         }) => match i.base10_parse::<u64>() {
             Ok(n) => DimDecl::Lit(n),
-            Err(_) => DimDecl::Expr(e),
+            Err(_) => DimDecl::Expr(Box::new(e)),
         },
         Expr::Path(p) if p.path.segments.len() == 1 && p.qself.is_none() => {
             let id = &p.path.segments[0].ident;
@@ -332,11 +332,11 @@ pub fn classify_dim(e: Expr) -> DimDecl {
             if is_symbol(&s) {
                 DimDecl::Sym(id.clone())
             } else {
-                DimDecl::Expr(e)
+                DimDecl::Expr(Box::new(e))
             }
         }
         Expr::Infer(_) => DimDecl::Any,
-        _ => DimDecl::Expr(e),
+        _ => DimDecl::Expr(Box::new(e)),
     }
 }
 

@@ -8,7 +8,7 @@ pub fn run(g: &mut Graph) -> usize {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut keep = vec![true; g.nodes.len()];
     let mut n = 0;
-    for id in 0..g.nodes.len() {
+    for (id, k) in keep.iter_mut().enumerate() {
         let node = &g.nodes[id];
         if matches!(
             node.op,
@@ -31,7 +31,7 @@ pub fn run(g: &mut Graph) -> usize {
         match seen.get(&key) {
             Some(&prev) => {
                 g.replace_uses(id, prev);
-                keep[id] = false;
+                *k = false;
                 n += 1;
             }
             None => {

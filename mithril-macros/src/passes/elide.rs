@@ -6,14 +6,14 @@ use crate::ir::{Graph, Op};
 pub fn run(g: &mut Graph) -> usize {
     let mut keep = vec![true; g.nodes.len()];
     let mut n = 0;
-    for id in 0..g.nodes.len() {
+    for (id, k) in keep.iter_mut().enumerate() {
         if let Op::Boundary(_) = g.nodes[id].op {
             let mut src = g.nodes[id].args[0];
             while let Op::Boundary(_) = g.nodes[src].op {
                 src = g.nodes[src].args[0];
             }
             g.replace_uses(id, src);
-            keep[id] = false;
+            *k = false;
             n += 1;
         }
     }

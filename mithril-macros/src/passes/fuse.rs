@@ -23,7 +23,7 @@ pub fn run(g: &mut Graph) -> usize {
             continue;
         };
         let mut flags = [ta, tb];
-        for k in 0..2 {
+        for (k, flag) in flags.iter_mut().enumerate() {
             let a = g.nodes[id].args[k];
             if let Op::Prim(Prim::Transpose(perm)) = &g.nodes[a].op {
                 let r = g
@@ -43,7 +43,7 @@ pub fn run(g: &mut Graph) -> usize {
                 if swaps_last_two && uses[a] == 1 {
                     let src = g.nodes[a].args[0];
                     g.nodes[id].args[k] = src;
-                    flags[k] = !flags[k];
+                    *flag = !*flag;
                     keep[a] = false;
                     changes += 1;
                 }
