@@ -542,17 +542,3 @@ fn ref_slice_spot_checks() {
     assert_eq!(ref_slice(10, Some(-20), Some(3), 1), vec![0, 1, 2]);
     assert_eq!(ref_slice(0, None, None, -1), Vec::<i64>::new());
 }
-
-#[test]
-fn zz_tmp_poly_expand() {
-    let src = r#"
-    model Poly {
-        input x: f32[..., 4];
-        let fc = Linear(2);
-        output y = fc(x);
-        output s = x.sum(axis = -1);
-    }
-    "#;
-    let ts: proc_macro2::TokenStream = src.parse().unwrap();
-    let _ = crate::expand(ts);
-}
