@@ -435,3 +435,93 @@ fn folded_integer_constants_wrap_like_run_time_code() {
     assert_eq!(ob.widened.to_vec(), want, "run time");
     assert_eq!(oa.widened.to_vec(), want, "folded");
 }
+
+mithril! {
+    // ---- fusion limits: more tensors than one loop reads, shared intermediates, broadcasting
+    model Wide {
+        input a: f32[B, N];
+        input b: f32[B, N];
+        input c: f32[N];
+        input d: f32[B, 1];
+        input e: f32[];
+        input f: f32[B, N];
+        input g: f32[B, N];
+        let shared = exp(a * 0.5);
+        output y = ((a + b) * c - d) / (e + 2.0) + f * g + shared;
+        output z = relu(shared - 1.0) * sigmoid(g);
+        output w = (((((a + b) + c) + d) + e) + f) + g;
+    }
+    compile WideOff = Wide { optimizations: { operator_fusion: false } };
+}
+
+#[test]
+fn fusion_respects_its_limits_and_sharing() {
+    let on = Wide::NUM_OPS;
+    let off = WideOff::NUM_OPS;
+    assert!(on < off, "{}\n{}", Wide::SUMMARY, WideOff::SUMMARY);
+    // the shared exp stays its own loop (two users)
+    assert!(
+        Wide::SUMMARY.contains("fused[exp(multiply(#0, 0.5))]"),
+        "{}",
+        Wide::SUMMARY
+    );
+    let (bb, n) = (3, 4);
+    let mk = |r: usize, c: usize, s: f32| {
+        Array2::from_shape_fn((r, c), |(i, j)| ((i * c + j) as f32 * 0.37 + s).sin())
+    };
+    let a = mk(bb, n, 0.1);
+    let b = mk(bb, n, 0.2);
+    let c = Array1::from_shape_fn(n, |j| 0.5 + j as f32 * 0.1);
+    let d = mk(bb, 1, 0.4);
+    let e = mithril::ndarray::arr0(1.5f32);
+    let f = mk(bb, n, 0.6);
+    let g = mk(bb, n, 0.7);
+    let m1 = Wide::new().unwrap();
+    let m2 = WideOff::new().unwrap();
+    let o1 = m1
+        .evaluate(
+            &m1.randomize_params(0),
+            WideInputs {
+                a: a.view(),
+                b: b.view(),
+                c: c.view(),
+                d: d.view(),
+                e: e.view(),
+                f: f.view(),
+                g: g.view(),
+            },
+        )
+        .unwrap();
+    let o2 = m2
+        .evaluate(
+            &m2.randomize_params(0),
+            WideOffInputs {
+                a: a.view(),
+                b: b.view(),
+                c: c.view(),
+                d: d.view(),
+                e: e.view(),
+                f: f.view(),
+                g: g.view(),
+            },
+        )
+        .unwrap();
+    // the same f32 operations in the same order: bitwise equal
+    assert_eq!(bits(&o1.y), bits(&o2.y));
+    assert_eq!(bits(&o1.z), bits(&o2.z));
+    assert_eq!(bits(&o1.w), bits(&o2.w));
+    for i in 0..bb {
+        for j in 0..n {
+            let sh = (a[[i, j]] * 0.5).exp();
+            let y = ((a[[i, j]] + b[[i, j]]) * c[j] - d[[i, 0]]) / (1.5 + 2.0)
+                + f[[i, j]] * g[[i, j]]
+                + sh;
+            assert_eq!(o1.y[[i, j]].to_bits(), y.to_bits(), "y[{i},{j}]");
+            let w = a[[i, j]] + b[[i, j]] + c[j] + d[[i, 0]] + 1.5 + f[[i, j]] + g[[i, j]];
+            assert_eq!(o1.w[[i, j]].to_bits(), w.to_bits(), "w[{i},{j}]");
+            let sg = 1.0 / (1.0 + (-(g[[i, j]] as f64)).exp());
+            let z = ((sh as f64) - 1.0).max(0.0) * sg;
+            assert!((o1.z[[i, j]] as f64 - z).abs() < 1e-6, "z[{i},{j}]");
+        }
+    }
+}
