@@ -17,6 +17,34 @@ pub fn run(g: &mut Graph) -> usize {
     let mut keep = vec![true; g.nodes.len()];
     let uses = g.use_counts();
 
+    // a transpose of a matmul's result is the swapped product: (A B)^T = B^T A^T (the
+    // backward graph of `x @ w.T` produces these for weight gradients)
+    for id in 0..g.nodes.len() {
+        let Op::Prim(Prim::Transpose(perm)) = &g.nodes[id].op else {
+            continue;
+        };
+        let src = g.nodes[id].args[0];
+        let Op::Prim(Prim::Matmul { ta, tb }) = g.nodes[src].op.clone() else {
+            continue;
+        };
+        let r = g
+            .shape_of(src)
+            .map(|s| if s.rest.is_some() { 0 } else { s.dims.len() })
+            .unwrap_or(0);
+        let ranks_ok = g.nodes[src].args.iter().all(|&a| {
+            g.shape_of(a)
+                .is_some_and(|s| s.rest.is_none() && s.dims.len() == r)
+        });
+        if r < 2 || !ranks_ok || uses[src] != 1 || !keep[src] || !swaps_last_two(perm, r) {
+            continue;
+        }
+        let (a, b) = (g.nodes[src].args[0], g.nodes[src].args[1]);
+        g.nodes[id].op = Op::Prim(Prim::Matmul { ta: !tb, tb: !ta });
+        g.nodes[id].args = vec![b, a];
+        keep[src] = false;
+        changes += 1;
+    }
+
     // matmul absorbs transposes of its operands' last two axes
     for id in 0..g.nodes.len() {
         let Op::Prim(Prim::Matmul { ta, tb }) = g.nodes[id].op.clone() else {
@@ -40,11 +68,15 @@ pub fn run(g: &mut Graph) -> usize {
                     want.swap(r - 1, r - 2);
                     p == want
                 };
-                if swaps_last_two && uses[a] == 1 {
+                // free even when the transpose has other users: the flag costs nothing, and
+                // dead-code elimination drops the transpose once no user is left
+                if swaps_last_two {
                     let src = g.nodes[a].args[0];
                     g.nodes[id].args[k] = src;
                     *flag = !*flag;
-                    keep[a] = false;
+                    if uses[a] == 1 {
+                        keep[a] = false;
+                    }
                     changes += 1;
                 }
             }
@@ -136,4 +168,19 @@ fn remap_expr(e: &FExpr, map: &[usize]) -> FExpr {
             *c,
         ),
     }
+}
+
+/// Does `perm` (empty: reverse all) swap exactly the last two of `r` axes?
+fn swaps_last_two(perm: &[usize], r: usize) -> bool {
+    if r < 2 {
+        return false;
+    }
+    let p: Vec<usize> = if perm.is_empty() {
+        (0..r).rev().collect()
+    } else {
+        perm.to_vec()
+    };
+    let mut want: Vec<usize> = (0..r).collect();
+    want.swap(r - 1, r - 2);
+    p == want
 }

@@ -221,7 +221,9 @@ where
         same_view::<T, f32>(b),
         same_view_mut::<T, f32>(&mut c),
     ) {
-        general_mat_mul(1.0, a, b, 0.0, c);
+        if !thin_gemm(a, b, c) {
+            general_mat_mul(1.0, a, b, 0.0, c);
+        }
         return;
     }
     if let (Some(a), Some(b), Some(c)) = (
@@ -229,7 +231,9 @@ where
         same_view::<T, f64>(b),
         same_view_mut::<T, f64>(&mut c),
     ) {
-        general_mat_mul(1.0, a, b, 0.0, c);
+        if !thin_gemm(a, b, c) {
+            general_mat_mul(1.0, a, b, 0.0, c);
+        }
         return;
     }
     naive_gemm(a, b, c);
@@ -263,4 +267,45 @@ where
             *o = T::from_acc(v);
         }
     }
+}
+
+/// Products with very few rows (batch-1 layers: a GEMV) or an inner dimension of 1 (outer
+/// products, the weight gradient at batch 1): packing a whole operand for the blocked GEMM
+/// costs more than the product itself, so these run as dot products / row updates directly.
+/// Returns `false` (and does nothing) for other shapes. `c` starts zeroed.
+fn thin_gemm<F: ndarray::LinalgScalar>(
+    a: &ArrayView2<'_, F>,
+    b: &ArrayView2<'_, F>,
+    c: &mut ArrayViewMut2<'_, F>,
+) -> bool {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    if k == 1 {
+        // outer product: c[i, :] = a[i, 0] * b[0, :]
+        let brow = b.row(0);
+        for i in 0..m {
+            c.row_mut(i).scaled_add(a[[i, 0]], &brow);
+        }
+        return true;
+    }
+    if m > 4 || n == 0 {
+        return false;
+    }
+    let col_contiguous = b.strides()[0] == 1 || k == 1;
+    for i in 0..m {
+        let arow = a.row(i);
+        if col_contiguous {
+            // b's columns are contiguous (b = Wᵀ of a row-major W): one dot product per output
+            for j in 0..n {
+                c[[i, j]] = arow.dot(&b.column(j));
+            }
+        } else {
+            // b's rows are contiguous: accumulate scaled rows
+            let mut crow = c.row_mut(i);
+            for kk in 0..k {
+                crow.scaled_add(arow[kk], &b.row(kk));
+            }
+        }
+    }
+    true
 }
