@@ -58,19 +58,9 @@ pub fn run(g: &mut Graph) -> usize {
                     .shape_of(a)
                     .map(|s| if s.rest.is_some() { 0 } else { s.dims.len() })
                     .unwrap_or(0);
-                let swaps_last_two = r >= 2 && {
-                    let p: Vec<usize> = if perm.is_empty() {
-                        (0..r).rev().collect()
-                    } else {
-                        perm.clone()
-                    };
-                    let mut want: Vec<usize> = (0..r).collect();
-                    want.swap(r - 1, r - 2);
-                    p == want
-                };
                 // free even when the transpose has other users: the flag costs nothing, and
                 // dead-code elimination drops the transpose once no user is left
-                if swaps_last_two {
+                if swaps_last_two(perm, r) {
                     let src = g.nodes[a].args[0];
                     g.nodes[id].args[k] = src;
                     *flag = !*flag;
