@@ -1,22 +1,10 @@
 //! Backward operations the compiler's autodiff emits for structural primitives: scatters of a
 //! gradient back into zeros shaped like the forward operand.
 
-use super::{fmt_shape, norm_axis, SliceArg};
+use super::{fmt_shape, index_of, norm_axis, SliceArg};
 use crate::scalar::Num;
 use crate::{Elem, Error, Result};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
-
-fn index_of<I: Elem>(v: I, n: usize, op: &str) -> Result<usize> {
-    let i = v.to_f64() as i64;
-    let w = if i < 0 { i + n as i64 } else { i };
-    if w < 0 || w >= n as i64 {
-        return Err(Error::op(
-            op,
-            format!("index {i} is out of range for an axis of size {n}"),
-        ));
-    }
-    Ok(w as usize)
-}
 
 /// Gradient of `take_along(input, indices)`: zeros shaped like `input` with `g[p]` added at
 /// `[p, indices[p]]`.
@@ -107,68 +95,8 @@ where
         .map_err(|e| Error::op(OP, e.to_string()))
 }
 
-/// For each axis of the input of `slice`, the selected indices (or `None` for an index arg).
-fn selections(shape: &[usize], args: &[SliceArg], op: &str) -> Result<Vec<(Vec<usize>, bool)>> {
-    let mut out = Vec::new();
-    let mut ax = 0;
-    for a in args {
-        match a {
-            SliceArg::NewAxis => {}
-            SliceArg::Index(i) => {
-                let n = *shape
-                    .get(ax)
-                    .ok_or_else(|| Error::op(op, "too many indices"))?;
-                let w = if *i < 0 { i + n as isize } else { *i };
-                if w < 0 || w >= n as isize {
-                    return Err(Error::op(
-                        op,
-                        format!("index {i} is out of range for an axis of size {n}"),
-                    ));
-                }
-                out.push((vec![w as usize], false));
-                ax += 1;
-            }
-            SliceArg::Range { start, end, step } => {
-                let n = *shape
-                    .get(ax)
-                    .ok_or_else(|| Error::op(op, "too many indices"))?
-                    as isize;
-                let st = *step;
-                if st == 0 {
-                    return Err(Error::op(op, "slice step cannot be 0"));
-                }
-                let norm = |v: isize| if v < 0 { v + n } else { v };
-                let mut idx = Vec::new();
-                if st > 0 {
-                    let s = start.map(norm).unwrap_or(0).clamp(0, n);
-                    let e = end.map(norm).unwrap_or(n).clamp(0, n);
-                    let mut i = s;
-                    while i < e {
-                        idx.push(i as usize);
-                        i += st;
-                    }
-                } else {
-                    let s = start.map(norm).unwrap_or(n - 1).clamp(-1, n - 1);
-                    let e = end.map(norm).unwrap_or(-1).clamp(-1, n - 1);
-                    let mut i = s;
-                    while i > e {
-                        idx.push(i as usize);
-                        i += st;
-                    }
-                }
-                out.push((idx, true));
-                ax += 1;
-            }
-        }
-    }
-    for &n in &shape[ax.min(shape.len())..] {
-        out.push(((0..n).collect(), true));
-    }
-    Ok(out)
-}
-
 /// Gradient of `slice(input, args)`: zeros shaped like `input` with `g` added at the selected
-/// positions.
+/// positions (the same view the forward slice reads, taken mutably).
 pub fn slice_backward<T: Elem>(
     g: &ArrayViewD<'_, T>,
     like: &ArrayViewD<'_, T>,
@@ -178,14 +106,9 @@ where
     T::Acc: Num,
 {
     const OP: &str = "slice (gradient)";
-    let sel = selections(like.shape(), args, OP)?;
-    let kept: Vec<usize> = sel
-        .iter()
-        .filter(|(_, k)| *k)
-        .map(|(v, _)| v.len())
-        .collect();
-    let gsq: Vec<T> = g.iter().copied().collect();
-    if gsq.len() != kept.iter().product::<usize>() {
+    let mut out = ArrayD::<T>::from_elem(IxDyn(like.shape()), T::from_acc(<T::Acc as Num>::ZERO));
+    let mut view = super::shape::slice_view(out.view_mut(), args, OP)?;
+    if view.shape() != g.shape() {
         return Err(Error::op(
             OP,
             format!(
@@ -195,23 +118,9 @@ where
             ),
         ));
     }
-    let mut out = ArrayD::<T>::from_elem(IxDyn(like.shape()), T::from_acc(<T::Acc as Num>::ZERO));
-    let r = sel.len();
-    let mut pos = vec![0usize; r];
-    for gv in gsq {
-        let idx: Vec<usize> = (0..r).map(|a| sel[a].0[pos[a]]).collect();
-        if let Some(o) = out.get_mut(IxDyn(&idx)) {
-            *o = T::from_acc(o.to_acc().add(gv.to_acc()));
-        }
-        // advance the odometer over the selected positions
-        for a in (0..r).rev() {
-            pos[a] += 1;
-            if pos[a] < sel[a].0.len() {
-                break;
-            }
-            pos[a] = 0;
-        }
-    }
+    ndarray::Zip::from(&mut view)
+        .and(g)
+        .for_each(|o, &gv| *o = T::from_acc(o.to_acc().add(gv.to_acc())));
     Ok(out)
 }
 

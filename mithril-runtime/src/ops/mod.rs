@@ -74,3 +74,17 @@ pub(crate) fn checked_size(op: &str, shape: &[usize]) -> Result<usize> {
 pub(crate) fn to_standard<T: Clone>(a: &ndarray::ArrayViewD<'_, T>) -> ndarray::ArrayD<T> {
     a.as_standard_layout().into_owned()
 }
+
+/// A possibly negative index value (read through `to_f64`) resolved against an axis of size
+/// `n`; out of range is an error naming the index.
+pub(crate) fn index_of<I: crate::Elem>(v: I, n: usize, op: &str) -> Result<usize> {
+    let i = v.to_f64() as i64;
+    let w = if i < 0 { i + n as i64 } else { i };
+    if w < 0 || w >= n as i64 {
+        return Err(Error::op(
+            op,
+            format!("index {i} is out of range for an axis of size {n}"),
+        ));
+    }
+    Ok(w as usize)
+}

@@ -206,22 +206,32 @@ fn py_slice(start: Option<isize>, end: Option<isize>, step: isize, len: usize) -
 /// Axes not covered by `args` are kept whole. Errors: a zero step, an out-of-range
 /// [`SliceArg::Index`], more indexing entries than axes. The result is a copy in standard layout.
 pub fn slice<T: Elem>(a: &ArrayViewD<'_, T>, args: &[SliceArg]) -> Result<ArrayD<T>> {
-    const OP: &str = "slice";
+    Ok(to_standard(&slice_view(a.view(), args, "slice")?))
+}
+
+/// The view `a[args...]` (shared by [`slice`] and the gradient of slice, which takes it of a
+/// mutable array). `op` names the operation in errors.
+pub(crate) fn slice_view<S: ndarray::RawData>(
+    a: ndarray::ArrayBase<S, ndarray::IxDyn>,
+    args: &[SliceArg],
+    op: &str,
+) -> Result<ndarray::ArrayBase<S, ndarray::IxDyn>> {
+    let shape = a.shape().to_vec();
     let consumed = args
         .iter()
         .filter(|s| !matches!(s, SliceArg::NewAxis))
         .count();
-    if consumed > a.ndim() {
+    if consumed > shape.len() {
         return Err(Error::op(
-            OP,
+            op,
             format!(
                 "{consumed} indices given for an array of rank {} (shape {})",
-                a.ndim(),
-                fmt_shape(a.shape())
+                shape.len(),
+                fmt_shape(&shape)
             ),
         ));
     }
-    let mut v = a.view();
+    let mut v = a;
     let mut cur = 0usize; // the axis of `v` the next arg applies to
     let mut src_axis = 0usize; // the input axis the next arg applies to (for messages)
     for arg in args {
@@ -229,7 +239,7 @@ pub fn slice<T: Elem>(a: &ArrayViewD<'_, T>, args: &[SliceArg]) -> Result<ArrayD
             SliceArg::Range { start, end, step } => {
                 if step == 0 {
                     return Err(Error::op(
-                        OP,
+                        op,
                         format!("slice step cannot be zero (axis {src_axis})"),
                     ));
                 }
@@ -260,10 +270,10 @@ pub fn slice<T: Elem>(a: &ArrayViewD<'_, T>, args: &[SliceArg]) -> Result<ArrayD
                 };
                 if j < 0 || j >= len as i128 {
                     return Err(Error::op(
-                        OP,
+                        op,
                         format!(
                             "index {i} is out of range for axis {src_axis} of size {len} (shape {})",
-                            fmt_shape(a.shape())
+                            fmt_shape(&shape)
                         ),
                     ));
                 }
@@ -276,7 +286,7 @@ pub fn slice<T: Elem>(a: &ArrayViewD<'_, T>, args: &[SliceArg]) -> Result<ArrayD
             }
         }
     }
-    Ok(to_standard(&v))
+    Ok(v)
 }
 
 /// Picks entries of `table` along `axis` (NumPy `take`).

@@ -1,6 +1,6 @@
 //! `take_along`: per-position picks along the last axis (cross entropy's `logp[n, target[n]]`).
 
-use super::fmt_shape;
+use super::{fmt_shape, index_of};
 use crate::{Elem, Error, Result};
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
@@ -23,19 +23,11 @@ pub fn take_along<T: Elem, I: Elem>(
             ),
         ));
     }
-    let c = shape[shape.len() - 1] as i64;
+    let c = shape[shape.len() - 1];
     let lanes = input.lanes(Axis(input.ndim() - 1));
     let mut out = Vec::with_capacity(indices.len());
     for (lane, &i) in lanes.into_iter().zip(indices.iter()) {
-        let v = i.to_f64() as i64;
-        let w = if v < 0 { v + c } else { v };
-        if w < 0 || w >= c {
-            return Err(Error::op(
-                OP,
-                format!("index {v} is out of range for an axis of size {c}"),
-            ));
-        }
-        out.push(lane[w as usize]);
+        out.push(lane[index_of(i, c, OP)?]);
     }
     ArrayD::from_shape_vec(IxDyn(indices.shape()), out).map_err(|e| Error::op(OP, e.to_string()))
 }
