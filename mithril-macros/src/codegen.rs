@@ -6,9 +6,9 @@
 //! become one `mithril::rt::ops::mapK` loop with the fused scalar expression inlined; other
 //! primitives call `mithril::rt::ops`.
 
-use crate::ir::{rdim, DType, Dim, FExpr, Graph, Init, NodeId, Op, RDim, Scalar};
-use crate::prims::{acc_dtype, convert, literal, storage_type, Prim};
-use proc_macro2::{Span, TokenStream};
+use crate::ir::{rdim, DType, Dim, FExpr, Graph, Init, NodeId, Op, RDim};
+use crate::prims::{convert, literal, storage_type, Prim};
+use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use std::collections::BTreeMap;
 use syn::Ident;
@@ -538,11 +538,6 @@ impl<'a> Gen<'a> {
                 quote!(params.#(#fields).*.shape()),
             ));
         }
-        for n in &g.nodes {
-            if let Op::Seed(i) = n.op {
-                let _ = i;
-            }
-        }
         for (id, n) in g.nodes.iter().enumerate() {
             if let Op::Seed(i) = n.op {
                 let f = format_ident!("{}", g.outputs[i].name);
@@ -835,7 +830,6 @@ impl<'a> Gen<'a> {
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
-        let _ = (Span::call_site(), Scalar::Int(0), acc_dtype(DType::F32));
         Ok(quote! {
             #[doc = #doc]
             #[derive(Clone, Copy, Debug, Default)]

@@ -403,8 +403,7 @@ impl<'a> Flattener<'a> {
 
     fn declare(&mut self, f: &mut Frame, name: &Ident, what: &str) -> bool {
         let n = name.to_string();
-        if let Some(prev) = f.declared.get(&n) {
-            let _ = prev;
+        if f.declared.contains_key(&n) {
             self.error(
                 name.span(),
                 format!("duplicate {what} name `{n}` in model `{}`", f.model),

@@ -344,27 +344,13 @@ fn compile_one(
         errs.is_empty().then_some(t)
     };
     if let Some(t) = &mut train {
-        run_passes(t, opts);
+        let _ = run_passes(t, opts);
     }
 
     // optimization passes
     let mut pass_log: Vec<(&str, usize)> = vec![("flattened ops", report::op_count(&g))];
     passes::elide::run(&mut g);
-    if opts.constant_folding {
-        pass_log.push(("constant_folding", passes::fold::run(&mut g)));
-    }
-    if opts.common_subexpression {
-        pass_log.push(("common_subexpression", passes::cse::run(&mut g)));
-    }
-    if opts.dead_code_elimination {
-        pass_log.push(("dead_code_elimination", passes::dce::run(&mut g, &[])));
-    }
-    if opts.operator_fusion {
-        pass_log.push(("operator_fusion", passes::fuse::run(&mut g)));
-        if opts.dead_code_elimination {
-            passes::dce::run(&mut g, &[]);
-        }
-    }
+    pass_log.extend(run_passes(&mut g, opts));
     let model = name.to_string();
     let summary = report::summary(&g, &model, &pass_log);
     let text = report::text(&g);
@@ -475,23 +461,26 @@ fn stub(name: &syn::Ident, vis: &syn::Visibility, def: &syntax::ModelDef) -> Tok
     }
 }
 
-/// The optimization passes a backward graph goes through (the same as the forward's).
-fn run_passes(g: &mut ir::Graph, opts: &options::Options) {
+/// The optimization passes, as the compile options switch them (the forward graph and the
+/// forward+backward graph both go through these); returns each pass's change count.
+fn run_passes(g: &mut ir::Graph, opts: &options::Options) -> Vec<(&'static str, usize)> {
+    let mut log = Vec::new();
     if opts.constant_folding {
-        passes::fold::run(g);
+        log.push(("constant_folding", passes::fold::run(g)));
     }
     if opts.common_subexpression {
-        passes::cse::run(g);
+        log.push(("common_subexpression", passes::cse::run(g)));
     }
     if opts.dead_code_elimination {
-        passes::dce::run(g, &[]);
+        log.push(("dead_code_elimination", passes::dce::run(g, &[])));
     }
     if opts.operator_fusion {
-        passes::fuse::run(g);
+        log.push(("operator_fusion", passes::fuse::run(g)));
         if opts.dead_code_elimination {
             passes::dce::run(g, &[]);
         }
     }
+    log
 }
 
 /// Mithril's key roles (`trainable`, `data`, `discard`): validates the names, drops discarded

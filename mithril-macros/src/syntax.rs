@@ -212,7 +212,6 @@ impl Parse for Item {
                 options,
             }));
         }
-        let fork = input.fork();
         let kind = if input.peek(kw::model) {
             input.parse::<kw::model>()?;
             ModelKind::Model
@@ -222,7 +221,6 @@ impl Parse for Item {
         } else {
             return Err(input.error("expected `model`, `train` or `compile`"));
         };
-        let _ = fork;
         let name: Ident = input.parse()?;
         let mut hypers = Vec::new();
         if input.peek(token::Paren) {
@@ -245,9 +243,8 @@ impl Parse for Item {
             }
         }
         let content;
-        let brace = braced!(content in input);
+        braced!(content in input);
         let body = parse_stmts(&content)?;
-        let _ = brace;
         Ok(Item::Model(ModelDef {
             attrs,
             vis,
