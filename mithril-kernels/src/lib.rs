@@ -3,4 +3,5 @@
 //! Pure compute on slices: no allocation policy, no devices. The runtime owns memory and calls
 //! these functions.
 
+pub mod memplan;
 pub mod scalar;
