@@ -7,6 +7,7 @@
 //! primitives call `mithril::rt::ops`.
 
 use crate::ir::{rdim, DType, Dim, FExpr, Graph, Init, NodeId, Op, RDim};
+use crate::memplan::{self, Home};
 use crate::prims::{convert, literal, storage_type, Prim};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -26,6 +27,10 @@ pub struct CodegenInput<'a> {
     pub logical: String,
     /// A `train` model: `evaluate_gradients` takes no seed (the loss is seeded with 1).
     pub train_model: bool,
+    /// `memory_planning: greedy` (true) or `none`.
+    pub planning: bool,
+    /// `max_memory_gb`, checked at run time when some dim is dynamic.
+    pub max_memory_gb: Option<f64>,
 }
 
 fn v(id: NodeId) -> Ident {
@@ -92,6 +97,8 @@ pub struct Gen<'a> {
     errors: Vec<syn::Error>,
     /// Runtime expressions for dynamic dims (dim variable id -> `inputs.x.shape()[k]`).
     dim_src: BTreeMap<u32, TokenStream>,
+    /// Where every node's value lives.
+    pub plan: memplan::Plan,
 }
 
 impl<'a> Gen<'a> {
@@ -120,6 +127,18 @@ impl<'a> Gen<'a> {
             inp,
             errors: Vec::new(),
             dim_src,
+            plan: memplan::plan(g, inp.planning),
+        }
+    }
+
+    /// The destination tokens of a computed node.
+    fn dest(&self, id: NodeId) -> TokenStream {
+        match self.plan.home[id] {
+            Home::Slot { slot, .. } => quote!(::mithril::rt::Dest::Slot(__w, #slot)),
+            _ => {
+                let o = format_ident!("o{}", id);
+                quote!(::mithril::rt::Dest::Owned(&mut #o))
+            }
         }
     }
 
@@ -251,17 +270,51 @@ impl<'a> Gen<'a> {
             })
             .collect();
         let ops = quote!(::mithril::rt::ops);
+        let dest = self.dest(id);
+        if let Home::Slot {
+            inplace: Some(pos), ..
+        } = self.plan.home[id]
+        {
+            // write over the dead argument `pos`: it goes first, the closure takes it first
+            let target = v(args[pos]);
+            let mut order = vec![pos];
+            order.extend((0..args.len()).filter(|&i| i != pos));
+            let ps: Vec<&TokenStream> = order.iter().map(|&i| &params[i]).collect();
+            let others: Vec<&TokenStream> = order[1..].iter().map(|&i| &views[i]).collect();
+            return match args.len() {
+                1 => quote! {
+                    let #vid = #ops::map1_inplace(#target, |#(#ps),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) });
+                },
+                k @ 2..=5 => {
+                    let f = format_ident!("map{}_inplace", k);
+                    quote! {
+                        let #vid = #ops::#f(#label, #target, #(#others),*, |#(#ps),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
+                    }
+                }
+                _ => {
+                    self.errors.push(syn::Error::new(
+                        self.g.nodes[id].span,
+                        "internal: fused group with more than 5 inputs",
+                    ));
+                    quote!()
+                }
+            };
+        }
         match args.len() {
             0 => quote! {
-                let #vid = ::mithril::ndarray::arr0(<#out_ty as ::mithril::rt::Elem>::from_acc(#body)).into_dyn();
+                let #vid = {
+                    let mut __v = #dest.get("const", &[])?;
+                    __v.fill(<#out_ty as ::mithril::rt::Elem>::from_acc(#body));
+                    __v
+                };
             },
             1 => quote! {
-                let #vid = #ops::map1(#(#views),*, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) });
+                let #vid = #ops::map1_to(#(#views),*, #dest, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
             },
             k @ 2..=5 => {
-                let f = format_ident!("map{}", k);
+                let f = format_ident!("map{}_to", k);
                 quote! {
-                    let #vid = #ops::#f(#label, #(#views),*, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
+                    let #vid = #ops::#f(#label, #(#views),*, #dest, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
                 }
             }
             _ => {
@@ -293,7 +346,14 @@ impl<'a> Gen<'a> {
                 let t = self.dtype(id);
                 let ty = storage_type(t);
                 let lit = literal(*s, t);
-                quote!(let #vid = ::mithril::ndarray::arr0(<#ty as ::mithril::rt::Elem>::from_acc(#lit)).into_dyn();)
+                let dest = self.dest(id);
+                quote! {
+                    let #vid = {
+                        let mut __v = #dest.get("const", &[])?;
+                        __v.fill(<#ty as ::mithril::rt::Elem>::from_acc(#lit));
+                        __v
+                    };
+                }
             }
             Op::Fused(e) => {
                 let (e, args) = (e.clone(), n.args.clone());
@@ -332,7 +392,8 @@ impl<'a> Gen<'a> {
                 {
                     self.errors.push(syn::Error::new(n.span, "reshape: more than one target dim is only known at run time; name them with symbols"));
                 }
-                quote!(let #vid = ::mithril::rt::ops::reshape(&#a.view(), &[#(#dims),*])?;)
+                let dest = self.dest(id);
+                quote!(let #vid = ::mithril::rt::ops::reshape_to(&#a.view(), &[#(#dims),*], #dest)?;)
             }
             Op::Prim(p) => {
                 let args: Vec<TokenStream> = n
@@ -345,7 +406,8 @@ impl<'a> Gen<'a> {
                     .collect();
                 let dts: Vec<DType> = n.args.iter().map(|&a| self.dtype(a)).collect();
                 let out = self.elem_ty(id);
-                let call = p.call(&args, &dts, &out);
+                let dest = self.dest(id);
+                let call = p.call(&args, &dts, &out, &dest);
                 quote!(let #vid = #call?;)
             }
             Op::Boundary(_) => {
@@ -549,34 +611,111 @@ impl<'a> Gen<'a> {
             }
         }
         let mut body = Vec::new();
+        // owned results of the output nodes (the arena never holds what is returned)
+        for (id, h) in self.plan.home.iter().enumerate() {
+            if *h == Home::Output {
+                let o = format_ident!("o{}", id);
+                let t = self.elem_ty(id);
+                body.push(quote!(let mut #o: ::std::option::Option<::mithril::ndarray::ArrayD<#t>> = ::std::option::Option::None;));
+            }
+        }
         for id in 0..g.nodes.len() {
             body.push(self.node_code(id));
         }
-        let mut seen = Vec::new();
         let mut outs = Vec::new();
         for (k, o) in g.outputs.iter().enumerate() {
             let vid = v(o.node);
             let d = ix(self.rank(o.node));
-            let is_view = matches!(
-                g.nodes[o.node].op,
-                Op::Input(_) | Op::Param(_) | Op::Boundary(_) | Op::Seed(_)
-            );
             let later = g.outputs[k + 1..].iter().any(|x| x.node == o.node);
-            let val = if is_view {
-                quote!(#vid.to_owned())
-            } else if later || seen.contains(&o.node) {
-                quote!(#vid.clone())
-            } else {
-                quote!(#vid)
-            };
-            seen.push(o.node);
             let oname = o.name.clone();
+            let val = if self.plan.home[o.node] == Home::Output {
+                let on = format_ident!("o{}", o.node);
+                let get = if later {
+                    quote!(#on.clone())
+                } else {
+                    quote!(#on.take())
+                };
+                quote!(#get.ok_or_else(|| ::mithril::rt::Error::op(#oname, "internal: output not computed"))?)
+            } else {
+                quote!(#vid.to_owned())
+            };
             outs.push((
                 o.name.clone(),
                 quote!(#val.into_dimensionality::<#d>().map_err(|e| ::mithril::rt::Error::op(#oname, e.to_string()))?),
             ));
         }
         (checks, body, outs)
+    }
+
+    /// The shapes that key the memory plan: every input, param and output-gradient seed.
+    fn plan_keys(&self) -> Vec<TokenStream> {
+        let g = self.g;
+        let mut keys = Vec::new();
+        for i in &g.inputs {
+            let f = format_ident!("{}", i.name);
+            keys.push(quote!(inputs.#f.shape()));
+        }
+        for p in &g.params {
+            let fields = p.path.iter().map(|s| format_ident!("{}", s));
+            keys.push(quote!(params.#(#fields).*.shape()));
+        }
+        for n in &g.nodes {
+            if let Op::Seed(i) = n.op {
+                let f = format_ident!("{}", g.outputs[i].name);
+                keys.push(quote!(output_grads.#f.shape()));
+            }
+        }
+        keys
+    }
+
+    /// The slot lifetimes as a constant expression.
+    fn life_tokens(&self) -> TokenStream {
+        let life = self.plan.life.iter().map(|(a, b)| quote!((#a, #b)));
+        quote!(&[#(#life),*])
+    }
+
+    /// A function body: checks, the workspace of `ws_field` (slot lifetimes in `life_const`),
+    /// the node code, then `result` (built from the outputs) is returned after the workspace
+    /// is finished.
+    fn function_body(
+        &self,
+        checks: &[TokenStream],
+        body: &[TokenStream],
+        ws_field: &Ident,
+        life_const: &Ident,
+        result: TokenStream,
+    ) -> TokenStream {
+        let syms: Vec<&str> = self.g.syms.iter().map(|s| s.as_str()).collect();
+        let keys = self.plan_keys();
+        let model = self.inp.name.to_string();
+        let max = match self.inp.max_memory_gb {
+            Some(x) => quote!(::std::option::Option::Some(#x)),
+            None => quote!(::std::option::Option::None),
+        };
+        quote! {
+            let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
+            #(#checks)*
+            let _ = &__env;
+            // the planned arena; a concurrent call on the same model gets an unplanned one
+            let mut __guard;
+            let mut __tmp;
+            let __ws: &mut ::mithril::rt::Workspace = match self.#ws_field.try_lock() {
+                ::std::result::Result::Ok(g) => {
+                    __guard = g;
+                    &mut *__guard
+                }
+                ::std::result::Result::Err(_) => {
+                    __tmp = ::mithril::rt::Workspace::new(Self::#life_const, false, #max);
+                    &mut __tmp
+                }
+            };
+            __ws.begin(&[#(#keys),*]);
+            let __w: &::mithril::rt::Workspace = &*__ws;
+            #(#body)*
+            let __result = #result;
+            __ws.finish(#model)?;
+            Ok(__result)
+        }
     }
 
     /// `evaluate_gradients` from the forward+backward graph.
@@ -587,7 +726,6 @@ impl<'a> Gen<'a> {
         outputs_name: &Ident,
     ) -> TokenStream {
         let g = self.g;
-        let syms: Vec<&str> = g.syms.iter().map(|s| s.as_str()).collect();
         let (checks, body, outs) = self.body_parts();
         let mut fwd = Vec::new();
         let mut grad_vals: BTreeMap<usize, TokenStream> = BTreeMap::new();
@@ -621,15 +759,27 @@ impl<'a> Gen<'a> {
         } else {
             "Run the model and differentiate it: returns the outputs and the gradient of `sum(output * output_grads)` over all outputs with respect to every param (reverse mode, compiled)."
         };
+        let life = self.life_tokens();
+        let fn_body = self.function_body(
+            &checks,
+            &body,
+            &format_ident!("__ws_grad"),
+            &format_ident!("__MITHRIL_LIFE_GRAD"),
+            quote!((#outputs_name { #(#fwd,)* }, #grads)),
+        );
         quote! {
+            #[doc(hidden)]
+            pub const __MITHRIL_LIFE_GRAD: &'static [(u32, u32)] = #life;
+
+            /// Memory numbers of `evaluate_gradients`' last plan (`None` before its first call).
+            pub fn memory_report_gradients(&self) -> ::std::option::Option<::mithril::rt::MemoryReport> {
+                self.__ws_grad.lock().ok().and_then(|w| w.report())
+            }
+
             #[doc = #grad_doc]
-            #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
+            #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
             pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
-                let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
-                #(#checks)*
-                let _ = &__env;
-                #(#body)*
-                Ok((#outputs_name { #(#fwd,)* }, #grads))
+                #fn_body
             }
         }
     }
@@ -720,6 +870,7 @@ impl<'a> Gen<'a> {
         // ---- evaluate body
         let syms: Vec<&str> = g.syms.iter().map(|s| s.as_str()).collect();
         let (checks, body, out_vals) = self.body_parts();
+        let life = self.life_tokens();
         let outs: Vec<TokenStream> = out_vals
             .into_iter()
             .map(|(n, val)| {
@@ -727,6 +878,14 @@ impl<'a> Gen<'a> {
                 quote!(#f: #val)
             })
             .collect();
+        let eval_body = self.function_body(
+            &checks,
+            &body,
+            &format_ident!("__ws"),
+            &format_ident!("__MITHRIL_LIFE_EVAL"),
+            quote!(#outputs_name { #(#outs,)* }),
+        );
+        let has_grad = self.train.is_some();
         let gradients = match self.train {
             Some(t) => {
                 let mut tg = Gen::new(t, self.inp);
@@ -830,10 +989,44 @@ impl<'a> Gen<'a> {
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
+        let max = match self.inp.max_memory_gb {
+            Some(x) => quote!(::std::option::Option::Some(#x)),
+            None => quote!(::std::option::Option::None),
+        };
+        let planning = self.inp.planning;
+        let grad_life = if has_grad {
+            quote!(Self::__MITHRIL_LIFE_GRAD)
+        } else {
+            quote!(&[])
+        };
         Ok(quote! {
             #[doc = #doc]
-            #[derive(Clone, Copy, Debug, Default)]
-            #vis struct #name { _private: () }
+            #vis struct #name {
+                __ws: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                __ws_grad: ::std::sync::Mutex<::mithril::rt::Workspace>,
+            }
+
+            impl ::std::default::Default for #name {
+                fn default() -> Self {
+                    #name {
+                        __ws: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(Self::__MITHRIL_LIFE_EVAL, #planning, #max)),
+                        __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max)),
+                    }
+                }
+            }
+
+            impl ::std::clone::Clone for #name {
+                /// A model with the same code and fresh (empty) planned memory.
+                fn clone(&self) -> Self {
+                    ::std::default::Default::default()
+                }
+            }
+
+            impl ::std::fmt::Debug for #name {
+                fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                    f.debug_struct(#model).finish_non_exhaustive()
+                }
+            }
 
             #[doc = #inputs_doc]
             #inputs_derive
@@ -869,9 +1062,19 @@ impl<'a> Gen<'a> {
                 /// Names of the symbolic dims, in binding order.
                 pub const SYMBOLS: &'static [&'static str] = &[#(#syms),*];
 
-                /// Create the physical model (CPU).
+                #[doc(hidden)]
+                pub const __MITHRIL_LIFE_EVAL: &'static [(u32, u32)] = #life;
+
+                /// Create the physical model (CPU). Its planned memory is allocated at the first
+                /// call for each input shape.
                 pub fn new() -> ::mithril::rt::Result<Self> {
-                    Ok(#name { _private: () })
+                    Ok(::std::default::Default::default())
+                }
+
+                /// Memory numbers of `evaluate`'s last plan: the planned peak of the arena next
+                /// to the naive sum of all intermediate buffers (`None` before the first call).
+                pub fn memory_report(&self) -> ::std::option::Option<::mithril::rt::MemoryReport> {
+                    self.__ws.lock().ok().and_then(|w| w.report())
                 }
 
                 /// The summary table (same as [`Self::SUMMARY`]).
@@ -887,14 +1090,9 @@ impl<'a> Gen<'a> {
                 }
 
                 /// Run the model.
-                #[allow(unused_variables, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
+                #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
                 pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
-                    #(#checks)*
-                    let _ = &__env;
-                    #(#body)*
-                    let _ = #model;
-                    Ok(#outputs_name { #(#outs,)* })
+                    #eval_body
                 }
 
                 #gradients

@@ -20,6 +20,7 @@ mod fuzz;
 mod hyper;
 mod ir;
 mod library;
+mod memplan;
 mod options;
 mod passes;
 mod prims;
@@ -345,6 +346,9 @@ fn compile_one(
     };
     if let Some(t) = &mut train {
         let _ = run_passes(t, opts);
+        if let Some(n) = opts.checkpoint_segments {
+            passes::checkpoint::run(t, n);
+        }
     }
 
     // optimization passes
@@ -352,7 +356,38 @@ fn compile_one(
     passes::elide::run(&mut g);
     pass_log.extend(run_passes(&mut g, opts));
     let model = name.to_string();
-    let summary = report::summary(&g, &model, &pass_log);
+    let mut summary = report::summary(&g, &model, &pass_log);
+    // memory: the plan line(s), and `max_memory_gb` against a static plan
+    let mut mem_errors = Vec::new();
+    for (what, graph) in [
+        ("evaluate", Some(&g)),
+        ("evaluate_gradients", train.as_ref()),
+    ] {
+        let Some(graph) = graph else { continue };
+        let plan = memplan::plan(graph, opts.memory_planning);
+        summary.push_str(&format!(
+            "{what} {}\n",
+            memplan::summary_line(&plan, opts.memory_planning)
+        ));
+        if let (Some((limit, span)), Some((peak, naive))) =
+            (opts.max_memory_gb, plan.static_numbers())
+        {
+            let used = if opts.memory_planning { peak } else { naive };
+            if used as f64 > limit * (1u64 << 30) as f64 {
+                mem_errors.push(syn::Error::new(
+                    span,
+                    format!(
+                        "`{name}`: `{what}` needs {} of intermediate memory ({}), above `max_memory_gb: {limit}`",
+                        memplan::human(used),
+                        if opts.memory_planning { "planned peak" } else { "no planning" }
+                    ),
+                ));
+            }
+        }
+    }
+    if !mem_errors.is_empty() {
+        return Err((mem_errors, vec![]));
+    }
     let text = report::text(&g);
     let dot = report::dot(&g, &model);
     let json = report::json(&g, &model);
@@ -367,6 +402,8 @@ fn compile_one(
         graph_json: json.clone(),
         logical: logical.to_string(),
         train_model: is_train,
+        planning: opts.memory_planning,
+        max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
     };
     let mut gen = codegen::Gen::new(&g, &inp);
     gen.train = train.as_ref();

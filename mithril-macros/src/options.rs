@@ -39,6 +39,12 @@ pub struct Options {
     pub discard: Vec<(String, Span)>,
     /// No gradient code at all.
     pub inference: bool,
+    /// `memory_planning: greedy` (default) or `none`.
+    pub memory_planning: bool,
+    /// `max_memory_gb: x` and where it was written.
+    pub max_memory_gb: Option<(f64, Span)>,
+    /// `gradient_checkpointing: { segments: N }`.
+    pub checkpoint_segments: Option<usize>,
 }
 
 impl Default for Options {
@@ -60,6 +66,9 @@ impl Default for Options {
             data: Vec::new(),
             discard: Vec::new(),
             inference: false,
+            memory_planning: true,
+            max_memory_gb: None,
+            checkpoint_segments: None,
         }
     }
 }
@@ -79,6 +88,10 @@ pub const NAMES: &[&str] = &[
     "data",
     "discard",
     "inference",
+    "memory_planning",
+    "max_memory_gb",
+    "gradient_checkpointing",
+    "checkpoint_segments",
 ];
 
 fn name_list(v: &OptValue, what: &str) -> Result<Vec<(String, Span)>, syn::Error> {
@@ -166,6 +179,61 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
                 "data" => o.data = name_list(v, "data")?,
                 "discard" => o.discard = name_list(v, "discard")?,
                 "inference" => o.inference = as_bool(v, "inference")?,
+                "memory_planning" => match v {
+                    OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,
+                    OptValue::Ident(i) if i == "none" => o.memory_planning = false,
+                    other => {
+                        return Err(e(
+                            other.span(),
+                            "`memory_planning` is `greedy` (one planned arena, the default) or `none` (every buffer allocated per call)",
+                        ))
+                    }
+                },
+                "gradient_checkpointing" => {
+                    let usage = "`gradient_checkpointing` takes `{ segments: N }` with N >= 2, or `true` (4 segments, or `checkpoint_segments: N`)";
+                    if let OptValue::Lit(syn::Lit::Bool(b)) = v {
+                        if b.value {
+                            o.checkpoint_segments.get_or_insert(4);
+                        }
+                        return Ok(());
+                    }
+                    let OptValue::Map(entries, _) = v else {
+                        return Err(e(v.span(), usage));
+                    };
+                    for (k, val) in entries {
+                        if k != "segments" {
+                            return Err(e(k.span(), format!("unknown `gradient_checkpointing` setting `{k}`; {usage}")));
+                        }
+                        match val {
+                            OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<usize>().is_ok_and(|n| n >= 2) => {
+                                o.checkpoint_segments = Some(i.base10_parse()?);
+                            }
+                            other => return Err(e(other.span(), usage)),
+                        }
+                    }
+                    if o.checkpoint_segments.is_none() {
+                        return Err(e(v.span(), usage));
+                    }
+                }
+                "checkpoint_segments" => match v {
+                    OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<usize>().is_ok_and(|n| n >= 2) => {
+                        o.checkpoint_segments = Some(i.base10_parse()?);
+                    }
+                    other => return Err(e(other.span(), "`checkpoint_segments` takes an integer N >= 2 (and turns checkpointing on)")),
+                },
+                "max_memory_gb" => {
+                    let x = match v {
+                        OptValue::Lit(syn::Lit::Float(f)) => f.base10_parse::<f64>()?,
+                        OptValue::Lit(syn::Lit::Int(i)) => i.base10_parse::<f64>()?,
+                        other => {
+                            return Err(e(other.span(), "`max_memory_gb` takes a positive number of GiB, e.g. `0.5`"))
+                        }
+                    };
+                    if !(x > 0.0 && x.is_finite()) {
+                        return Err(e(v.span(), "`max_memory_gb` must be a positive number of GiB"));
+                    }
+                    o.max_memory_gb = Some((x, v.span()));
+                }
                 "constants" => {
                     let OptValue::Map(entries, _) = v else {
                         return Err(e(v.span(), "`constants` takes `{ input: value, ... }`"));

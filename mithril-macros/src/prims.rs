@@ -1590,66 +1590,59 @@ impl Prim {
 
     /// A call of `mithril::rt::ops` for a non-elementwise primitive. `a` are expressions of
     /// `ArrayViewD` values.
-    pub fn call(&self, a: &[TokenStream], in_dt: &[DType], out_rust: &TokenStream) -> TokenStream {
+    /// The runtime call computing this primitive from argument views `a` into destination `d`
+    /// (a `mithril::rt::Dest`); it evaluates to `Result<ArrayViewMutD>`.
+    pub fn call(
+        &self,
+        a: &[TokenStream],
+        in_dt: &[DType],
+        out_rust: &TokenStream,
+        d: &TokenStream,
+    ) -> TokenStream {
         let ops = quote!(::mithril::rt::ops);
         let x = &a[0];
         let axes = |v: &Vec<i64>| {
             let v: Vec<isize> = v.iter().map(|&i| i as isize).collect();
             quote!(&[#(#v),*])
         };
-        let _ = in_dt;
         match self {
             Prim::Matmul { ta, tb } => {
                 let y = &a[1];
-                quote!(#ops::matmul(&#x, &#y, #ta, #tb))
+                quote!(#ops::matmul_to(&#x, &#y, #ta, #tb, #d))
             }
             Prim::Transpose(perm) => {
                 let perm = perm.clone();
-                if perm.is_empty() {
-                    quote!({ let __p: ::std::vec::Vec<usize> = (0..#x.ndim()).rev().collect(); #ops::transpose(&#x, &__p) })
-                } else {
-                    quote!(#ops::transpose(&#x, &[#(#perm),*]))
-                }
+                quote!(#ops::transpose_to(&#x, &[#(#perm),*], #d))
             }
             Prim::Flatten(s, e) => {
                 let (s, e) = (*s as isize, *e as isize);
-                quote!({
-                    let __x = #x;
-                    let __s = __x.shape();
-                    let __r = __s.len().max(1) as isize;
-                    let __a = (if #s < 0 { #s + __r } else { #s }) as usize;
-                    let __b = (if #e < 0 { #e + __r } else { #e }) as usize;
-                    let mut __t: ::std::vec::Vec<isize> = __s[..__a.min(__s.len())].iter().map(|&d| d as isize).collect();
-                    __t.push(__s[__a.min(__s.len())..(__b + 1).min(__s.len())].iter().product::<usize>() as isize);
-                    __t.extend(__s[(__b + 1).min(__s.len())..].iter().map(|&d| d as isize));
-                    #ops::reshape(&__x, &__t)
-                })
+                quote!(#ops::flatten_to(&#x, #s, #e, #d))
             }
             Prim::Concat(axis) => {
                 let axis = *axis as isize;
-                quote!(#ops::concat(&[#(#a.clone()),*], #axis))
+                quote!(#ops::concat_to(&[#(#a.clone()),*], #axis, #d))
             }
             Prim::Slice(args) => {
                 let args = args.iter().map(slice_arg_tokens);
-                quote!(#ops::slice(&#x, &[#(#args),*]))
+                quote!(#ops::slice_to(&#x, &[#(#args),*], #d))
             }
             Prim::Gather(axis) => {
                 let y = &a[1];
                 let axis = *axis as isize;
-                quote!(#ops::gather(&#x, &#y, #axis))
+                quote!(#ops::gather_to(&#x, &#y, #axis, #d))
             }
             Prim::TakeAlong => {
                 let y = &a[1];
-                quote!(#ops::take_along(&#x, &#y))
+                quote!(#ops::take_along_to(&#x, &#y, #d))
             }
             Prim::Reduce(kind, ax, keep) => {
                 let ax = axes(ax);
                 let f = match kind {
-                    ReduceKind::Sum => quote!(sum),
-                    ReduceKind::Mean => quote!(mean),
-                    ReduceKind::Max => quote!(max),
-                    ReduceKind::Min => quote!(min),
-                    ReduceKind::Prod => quote!(prod),
+                    ReduceKind::Sum => quote!(sum_to),
+                    ReduceKind::Mean => quote!(mean_to),
+                    ReduceKind::Max => quote!(max_to),
+                    ReduceKind::Min => quote!(min_to),
+                    ReduceKind::Prod => quote!(prod_to),
                 };
                 // `mean` of integers and `sum`/`prod` of bools change the dtype: convert first
                 let widen = match (kind, in_dt.first()) {
@@ -1658,107 +1651,76 @@ impl Prim {
                     _ => false,
                 };
                 if widen {
-                    quote!(#ops::#f(&#ops::cast::<_, #out_rust>(&#x).view(), #ax, #keep))
+                    quote!(#ops::#f(&#ops::cast::<_, #out_rust>(&#x).view(), #ax, #keep, #d))
                 } else {
-                    quote!(#ops::#f(&#x, #ax, #keep))
+                    quote!(#ops::#f(&#x, #ax, #keep, #d))
                 }
             }
             Prim::Variance(ax, keep, corr) => {
                 let ax = axes(ax);
                 if in_dt.first().is_some_and(|t| !t.is_float()) {
-                    quote!(#ops::variance(&#ops::cast::<_, #out_rust>(&#x).view(), #ax, #keep, #corr))
+                    quote!(#ops::variance_to(&#ops::cast::<_, #out_rust>(&#x).view(), #ax, #keep, #corr, #d))
                 } else {
-                    quote!(#ops::variance(&#x, #ax, #keep, #corr))
+                    quote!(#ops::variance_to(&#x, #ax, #keep, #corr, #d))
                 }
             }
             Prim::ArgReduce { max, axis, keepdim } => {
                 let axis = *axis as isize;
                 if *max {
-                    quote!(#ops::argmax(&#x, #axis, #keepdim))
+                    quote!(#ops::argmax_to(&#x, #axis, #keepdim, #d))
                 } else {
-                    quote!(#ops::argmin(&#x, #axis, #keepdim))
+                    quote!(#ops::argmin_to(&#x, #axis, #keepdim, #d))
                 }
             }
             Prim::Softmax(axis) => {
                 let axis = *axis as isize;
-                quote!(#ops::softmax(&#x, #axis))
+                quote!(#ops::softmax_to(&#x, #axis, #d))
             }
             Prim::LogSoftmax(axis) => {
                 let axis = *axis as isize;
-                quote!(#ops::log_softmax(&#x, #axis))
+                quote!(#ops::log_softmax_to(&#x, #axis, #d))
             }
             Prim::Unsqueeze(axes) => {
                 let axes = axes.clone();
-                quote!({
-                    let mut __s: ::std::vec::Vec<isize> = #x.shape().iter().map(|&d| d as isize).collect();
-                    for &__a in &[#(#axes),*] { __s.insert(__a.min(__s.len()), 1); }
-                    #ops::reshape(&#x, &__s)
-                })
+                quote!(#ops::unsqueeze_to(&#x, &[#(#axes),*], #d))
             }
             Prim::BroadcastLike => {
                 let y = &a[1];
-                quote!(match #x.broadcast(#y.shape()) {
-                    ::std::option::Option::Some(__b) => ::std::result::Result::Ok(__b.to_owned()),
-                    ::std::option::Option::None => ::std::result::Result::Err(::mithril::rt::Error::op(
-                        "broadcast_like",
-                        format!("{:?} does not broadcast to {:?}", #x.shape(), #y.shape()),
-                    )),
-                })
+                quote!(#ops::broadcast_like_to(&#x, &#y, #d))
             }
             Prim::ReshapeLike => {
                 let y = &a[1];
-                quote!({
-                    let __s: ::std::vec::Vec<isize> = #y.shape().iter().map(|&d| d as isize).collect();
-                    #ops::reshape(&#x, &__s)
-                })
+                quote!(#ops::reshape_like_to(&#x, &#y, #d))
             }
             Prim::SumLike => {
                 let y = &a[1];
-                quote!({
-                    let __g = &#x;
-                    let __t: ::std::vec::Vec<usize> = #y.shape().to_vec();
-                    let __lead = __g.ndim().saturating_sub(__t.len());
-                    let __axes: ::std::vec::Vec<isize> = (0..__g.ndim())
-                        .filter(|&__i| __i < __lead || (__t[__i - __lead] == 1 && __g.shape()[__i] != 1))
-                        .map(|__i| __i as isize)
-                        .collect();
-                    let __s: ::std::vec::Vec<isize> = __t.iter().map(|&__d| __d as isize).collect();
-                    if __axes.is_empty() {
-                        #ops::reshape(__g, &__s)
-                    } else {
-                        #ops::sum(__g, &__axes, true).and_then(|__r| #ops::reshape(&__r.view(), &__s))
-                    }
-                })
+                quote!(#ops::sum_like_to(&#x, &#y, #d))
             }
             Prim::SizeRatio => {
                 let y = &a[1];
-                quote!({
-                    let __n = #x.len() as f64 / (#y.len().max(1)) as f64;
-                    ::std::result::Result::<_, ::mithril::rt::Error>::Ok(::mithril::ndarray::arr0(<#out_rust as ::mithril::rt::Elem>::from_f64(__n)).into_dyn())
-                })
+                quote!(#ops::size_ratio_to::<#out_rust, _, _>(&#x, &#y, #d))
             }
             Prim::TakeAlongGrad => {
                 let (y, z) = (&a[1], &a[2]);
-                quote!(#ops::take_along_backward(&#x, &#y, &#z))
+                quote!(#ops::take_along_backward_to(&#x, &#y, &#z, #d))
             }
             Prim::GatherGrad(axis) => {
                 let (y, z) = (&a[1], &a[2]);
                 let axis = *axis as isize;
-                quote!(#ops::gather_backward(&#x, &#y, &#z, #axis))
+                quote!(#ops::gather_backward_to(&#x, &#y, &#z, #axis, #d))
             }
             Prim::SliceGrad(args) => {
                 let y = &a[1];
                 let args = args.iter().map(slice_arg_tokens);
-                quote!(#ops::slice_backward(&#x, &#y, &[#(#args),*]))
+                quote!(#ops::slice_backward_to(&#x, &#y, &[#(#args),*], #d))
             }
             Prim::ConcatPart(axis, k) => {
                 let parts = &a[1..];
                 let axis = *axis as isize;
-                quote!(#ops::concat_part(&#x, &[#(#parts.shape()),*], #axis, #k))
+                quote!(#ops::concat_part_to(&#x, &[#(#parts.shape()),*], #axis, #k, #d))
             }
             Prim::Reshape(_) => {
                 // the target dims are computed by codegen (they may be symbolic)
-                let _ = out_rust;
                 quote!(compile_error!("internal: reshape lowers in codegen"))
             }
             _ => quote!(compile_error!("internal: no call lowering")),

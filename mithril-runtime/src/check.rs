@@ -22,16 +22,42 @@ pub enum DimSpec {
 #[derive(Clone, Debug)]
 pub struct SymEnv {
     names: &'static [&'static str],
-    /// Per slot: the bound value and the terminal that bound it.
-    values: Vec<Option<(usize, String)>>,
+    /// Per slot: the bound value and the terminal that bound it (inline for the first
+    /// [`INLINE_SYMS`] symbols, so that a check allocates nothing).
+    inline: [Option<(usize, &'static str)>; INLINE_SYMS],
+    spill: Vec<Option<(usize, &'static str)>>,
 }
+
+/// Symbols kept without a heap allocation.
+const INLINE_SYMS: usize = 16;
 
 impl SymEnv {
     /// An environment with every symbol of `names` (indexed by slot) unbound.
     pub fn new(names: &'static [&'static str]) -> Self {
         SymEnv {
             names,
-            values: vec![None; names.len()],
+            inline: [None; INLINE_SYMS],
+            spill: vec![None; names.len().saturating_sub(INLINE_SYMS)],
+        }
+    }
+
+    fn slot(&self, slot: usize) -> Option<&Option<(usize, &'static str)>> {
+        if slot >= self.names.len() {
+            None
+        } else if slot < INLINE_SYMS {
+            self.inline.get(slot)
+        } else {
+            self.spill.get(slot - INLINE_SYMS)
+        }
+    }
+
+    fn slot_mut(&mut self, slot: usize) -> Option<&mut Option<(usize, &'static str)>> {
+        if slot >= self.names.len() {
+            None
+        } else if slot < INLINE_SYMS {
+            self.inline.get_mut(slot)
+        } else {
+            self.spill.get_mut(slot - INLINE_SYMS)
         }
     }
 
@@ -47,22 +73,18 @@ impl SymEnv {
 
     /// Value of the symbol in `slot`, if bound (`None` also for a slot out of range).
     pub fn get(&self, slot: usize) -> Option<usize> {
-        self.values
-            .get(slot)
-            .and_then(|v| v.as_ref().map(|(n, _)| *n))
+        self.slot(slot).and_then(|v| v.as_ref().map(|(n, _)| *n))
     }
 
     /// The terminal (`input `x``, ...) that bound the symbol in `slot`, if bound.
     pub fn bound_by(&self, slot: usize) -> Option<&str> {
-        self.values
-            .get(slot)
-            .and_then(|v| v.as_ref().map(|(_, t)| t.as_str()))
+        self.slot(slot).and_then(|v| v.as_ref().map(|(_, t)| *t))
     }
 
     /// Value of a symbol; [`Error::Op`] naming the symbol if it was never bound (cannot happen
     /// for well-formed generated code, but never panics).
     pub fn value(&self, slot: usize) -> Result<usize> {
-        match self.values.get(slot) {
+        match self.slot(slot) {
             Some(Some((n, _))) => Ok(*n),
             Some(None) => Err(Error::op(
                 "shape",
@@ -88,18 +110,18 @@ impl SymEnv {
         &mut self,
         slot: usize,
         value: usize,
-        by: &str,
-    ) -> std::result::Result<(), (usize, String)> {
-        match self.values.get_mut(slot) {
+        by: &'static str,
+    ) -> std::result::Result<(), (usize, &'static str)> {
+        match self.slot_mut(slot) {
             Some(Some((n, t))) => {
                 if *n == value {
                     Ok(())
                 } else {
-                    Err((*n, t.clone()))
+                    Err((*n, *t))
                 }
             }
             Some(v @ None) => {
-                *v = Some((value, by.to_string()));
+                *v = Some((value, by));
                 Ok(())
             }
             // Unreachable for checked slots; callers test the range first.
@@ -133,7 +155,7 @@ pub fn format_shape(shape: &[usize]) -> String {
 pub fn check_shape(
     env: &mut SymEnv,
     model: &str,
-    terminal: &str,
+    terminal: &'static str,
     expected: &str,
     given: &[usize],
     spec: &[DimSpec],
@@ -170,12 +192,12 @@ pub fn check_shape(
                 }
             }
             DimSpec::Sym(slot) => {
-                if slot >= env.values.len() {
+                if slot >= env.names.len() {
                     return Err(Error::op(
                         "shape",
                         format!(
                             "checking {terminal} of model `{model}`: symbol slot {slot} is out of range (the model has {} symbols)",
-                            env.values.len()
+                            env.names.len()
                         ),
                     ));
                 }

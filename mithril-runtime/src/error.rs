@@ -31,6 +31,15 @@ pub enum Error {
         /// What went wrong, with the shapes involved.
         msg: String,
     },
+    /// A model's planned memory exceeds its `max_memory_gb` compile option.
+    Memory {
+        /// The physical model.
+        model: String,
+        /// Bytes the plan needs for intermediate buffers.
+        needed: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// Loading or saving params: missing tensor, wrong dtype or shape, bad file.
     Params(String),
     /// A device (CUDA) is not available or failed.
@@ -57,6 +66,11 @@ impl fmt::Display for Error {
                 "model `{model}`: {terminal} expects shape {expected}, but was given {given} ({detail})"
             ),
             Error::Op { op, msg } => write!(f, "`{op}` failed: {msg}"),
+            Error::Memory { model, needed, limit } => write!(
+                f,
+                "model `{model}`: the planned memory of {needed} bytes ({:.3} GB) exceeds max_memory_gb ({limit} bytes)",
+                *needed as f64 / (1u64 << 30) as f64
+            ),
             Error::Params(m) => write!(f, "params: {m}"),
             Error::Device(m) => write!(f, "device: {m}"),
             Error::Io(e) => write!(f, "i/o: {e}"),

@@ -14,11 +14,13 @@ pub mod init;
 pub mod ops;
 pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an outer doc breaks its links).
 pub mod params;
+pub mod workspace;
 
 pub use check::{DimSpec, SymEnv};
 pub use elem::{DType, Elem};
 pub use error::{Error, Result};
 pub use params::{ParamTree, TensorView, TensorViewMut};
+pub use workspace::{owned, Dest, MemoryReport, Workspace};
 
 /// Scalar math used inside fused elementwise loops (re-exported from `mithril-kernels`).
 pub use mithril_kernels::scalar;

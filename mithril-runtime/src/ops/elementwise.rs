@@ -10,15 +10,17 @@
 //!    a buffer when strided) — this covers bias-style row and column broadcasts;
 //! 3. otherwise an `ndarray::Zip` over the broadcast views.
 //!
-//! The output is always a fresh array in standard (C) layout.
+//! The output is a fresh array in standard (C) layout (`mapK`), a planned destination
+//! (`mapK_to`), or the first input itself (`mapK_inplace`). Nothing here allocates on the heap
+//! apart from the owned results of `mapK`.
 
-use ndarray::{ArrayD, ArrayView1, ArrayViewD, IxDyn, Zip};
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, ArrayViewMutD, Dimension, IxDyn, Zip};
 
 use super::{checked_size, fmt_shape};
-use crate::{Elem, Error, Result};
+use crate::{Dest, Elem, Error, Result};
 
 /// Elements per inner loop chunk (bounds the size of the splat buffers).
-const CHUNK: usize = 1024;
+const CHUNK: usize = 256;
 /// Innermost lengths below this use the plain `Zip` path instead of the row path.
 const MIN_ROW: usize = 16;
 
@@ -28,9 +30,14 @@ const MIN_ROW: usize = 16;
 /// error names `op` and lists every shape, e.g. "`add` failed: shapes [3, 4] and [5] cannot be
 /// broadcast together (dim -1: 4 vs 5)".
 pub fn broadcast_shapes(op: &str, shapes: &[&[usize]]) -> Result<Vec<usize>> {
+    Ok(broadcast_dims(op, shapes)?.as_array_view().to_vec())
+}
+
+/// [`broadcast_shapes`] as an `IxDyn` (no heap allocation up to rank 4).
+pub fn broadcast_dims(op: &str, shapes: &[&[usize]]) -> Result<IxDyn> {
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut out = vec![1usize; rank];
-    for (i, o) in out.iter_mut().enumerate() {
+    let mut out = IxDyn::zeros(rank);
+    for i in 0..rank {
         // `from_right` counts axes from the right: 0 is the last axis.
         let from_right = rank - 1 - i;
         let mut r = 1usize;
@@ -54,9 +61,9 @@ pub fn broadcast_shapes(op: &str, shapes: &[&[usize]]) -> Result<Vec<usize>> {
                 r = d;
             }
         }
-        *o = r;
+        out[i] = r;
     }
-    checked_size(op, &out)?;
+    checked_size(op, out.slice())?;
     Ok(out)
 }
 
@@ -99,29 +106,30 @@ impl<'a, T: Copy> Lane<'a, T> {
         Lane::Strided(v)
     }
 
-    /// Fills `buf` so that [`Lane::chunk`] can serve a run of `n` elements.
+    /// Fills `buf` once per run so that [`Lane::chunk`] can serve it (splatted single values).
     #[inline]
-    fn prepare(&self, buf: &mut Vec<T>, n: usize) {
-        match self {
-            Lane::Slice(_) => {}
-            Lane::Scalar(x) => {
-                buf.clear();
-                buf.resize(n.min(CHUNK), *x);
-            }
-            Lane::Strided(v) => {
-                buf.clear();
-                buf.extend(v.iter().copied());
-            }
+    fn prepare(&self, buf: &mut [T; CHUNK]) {
+        if let Lane::Scalar(x) = self {
+            buf.fill(*x);
         }
     }
 
-    /// Elements `off .. off + len` of the run (`len <= CHUNK`).
+    /// Elements `off .. off + len` of the run (`len <= CHUNK`); strided elements are gathered
+    /// into `buf`.
     #[inline(always)]
-    fn chunk<'s>(&'s self, buf: &'s [T], off: usize, len: usize) -> &'s [T] {
+    fn chunk<'s>(&'s self, buf: &'s mut [T; CHUNK], off: usize, len: usize) -> &'s [T] {
         match self {
             Lane::Slice(s) => &s[off..off + len],
             Lane::Scalar(_) => &buf[..len],
-            Lane::Strided(_) => &buf[off..off + len],
+            Lane::Strided(v) => {
+                for (b, x) in buf
+                    .iter_mut()
+                    .zip(v.slice(ndarray::s![off..off + len]).iter())
+                {
+                    *b = *x;
+                }
+                &buf[..len]
+            }
         }
     }
 }
@@ -151,60 +159,148 @@ pub fn map1<A: Elem, R: Elem>(a: &ArrayViewD<'_, A>, f: impl Fn(A) -> R + Sync) 
     out
 }
 
-macro_rules! define_map {
-    ($(#[$doc:meta])* $name:ident; $($x:ident: $X:ident / $buf:ident),+) => {
-        $(#[$doc])*
-        #[inline]
-        pub fn $name<$($X: Elem,)+ R: Elem>(
-            op: &str,
-            $($x: &ArrayViewD<'_, $X>,)+
-            f: impl Fn($($X),+) -> R + Sync,
-        ) -> Result<ArrayD<R>> {
-            let shape = broadcast_shapes(op, &[$($x.shape()),+])?;
-            let n = checked_size(op, &shape)?;
-            let mut out = ArrayD::from_elem(IxDyn(&shape), R::default());
-            if n == 0 {
-                return Ok(out);
+/// [`map1`] into a destination.
+#[inline]
+pub fn map1_to<'w, A: Elem, R: Elem>(
+    a: &ArrayViewD<'_, A>,
+    dest: Dest<'w, R>,
+    f: impl Fn(A) -> R + Sync,
+) -> Result<ArrayViewMutD<'w, R>> {
+    let mut out = dest.get("map", a.shape())?;
+    match (out.as_slice_mut(), a.as_slice()) {
+        (Some(o), Some(x)) => {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = f(x);
             }
-            $(let mut $buf: Vec<$X> = Vec::new();)+
+        }
+        _ => Zip::from(&mut out).and(a).for_each(|o, &x| *o = f(x)),
+    }
+    Ok(out)
+}
+
+/// Applies `f` to every element of `a` in place (the memory planner's in-place reuse of a dead
+/// input) and returns the same view.
+#[inline]
+pub fn map1_inplace<'w, A: Elem>(
+    mut a: ArrayViewMutD<'w, A>,
+    f: impl Fn(A) -> A + Sync,
+) -> ArrayViewMutD<'w, A> {
+    match a.as_slice_mut() {
+        Some(s) => s.iter_mut().for_each(|x| *x = f(*x)),
+        None => a.map_inplace(|x| *x = f(*x)),
+    }
+    a
+}
+
+/// The loop every `mapK`, `mapK_to` and `mapK_inplace` runs: `out = f(inputs)` with inputs
+/// already broadcast-compatible with `out` (whose shape is `shape`).
+macro_rules! map_body {
+    ($op:expr, $out:ident, $f:ident, $shape:expr, $n:expr; $($x:ident: $X:ident / $buf:ident),+) => {{
+        let n = $n;
+        if n > 0 {
+            $(let mut $buf: [$X; CHUNK] = [$X::default(); CHUNK];)+
             // Runs `f` over one run of output elements, chunk by chunk, on plain slices.
-            let mut run = |o: &mut [R], $($x: Lane<'_, $X>),+| {
+            let mut run = |o: &mut [_], $($x: Lane<'_, $X>),+| {
                 let len_all = o.len();
-                $($x.prepare(&mut $buf, len_all);)+
+                $($x.prepare(&mut $buf);)+
                 let mut off = 0;
                 while off < len_all {
                     let len = CHUNK.min(len_all - off);
                     let oc = &mut o[off..off + len];
-                    $(let $x = &$x.chunk(&$buf, off, len)[..len];)+
+                    $(let $x = &$x.chunk(&mut $buf, off, len)[..len];)+
                     for (i, o) in oc.iter_mut().enumerate() {
-                        *o = f($($x[i]),+);
+                        *o = $f($($x[i]),+);
                     }
                     off += len;
                 }
             };
-            // 1. whole contiguous inputs and single values: one flat run.
-            if let ($(Some($x),)+) = ($(Lane::whole($x, n),)+) {
-                if let Some(o) = out.as_slice_mut() {
+            let whole = ($(Lane::whole($x, n),)+);
+            let mut done = false;
+            if let ($(Some($x),)+) = whole {
+                if let Some(o) = $out.as_slice_mut() {
                     run(o, $($x),+);
-                    return Ok(out);
+                    done = true;
                 }
             }
-            $(let $x = bcast(op, $x, &shape)?;)+
-            let inner = shape.last().copied().unwrap_or(1);
-            if inner >= MIN_ROW {
-                // 2. row by row.
-                Zip::from(out.rows_mut())$(.and($x.rows()))+.for_each(|mut o, $($x),+| {
-                    match o.as_slice_mut() {
-                        Some(s) => run(s, $(Lane::row($x)),+),
-                        // Rows of a fresh standard-layout array are contiguous; kept for safety.
-                        None => Zip::from(&mut o)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = f($($x),+)),
-                    }
-                });
-            } else {
-                // 3. element by element.
-                Zip::from(&mut out)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = f($($x),+));
+            if !done {
+                $(let $x = bcast($op, $x, $shape)?;)+
+                let inner = $shape.last().copied().unwrap_or(1);
+                if inner >= MIN_ROW {
+                    // 2. row by row.
+                    Zip::from($out.rows_mut())$(.and($x.rows()))+.for_each(|mut o, $($x),+| {
+                        match o.as_slice_mut() {
+                            Some(s) => run(s, $(Lane::row($x)),+),
+                            None => Zip::from(&mut o)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = $f($($x),+)),
+                        }
+                    });
+                } else {
+                    // 3. element by element.
+                    Zip::from(&mut $out)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = $f($($x),+));
+                }
             }
+        }
+    }};
+}
+
+macro_rules! define_map {
+    ($(#[$doc:meta])* $name:ident, $name_to:ident, $name_in:ident; $x0:ident: $X0:ident; $($x:ident: $X:ident / $buf:ident),+) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name<$X0: Elem, $($X: Elem,)+ R: Elem>(
+            op: &str,
+            $x0: &ArrayViewD<'_, $X0>,
+            $($x: &ArrayViewD<'_, $X>,)+
+            f: impl Fn($X0, $($X),+) -> R + Sync,
+        ) -> Result<ArrayD<R>> {
+            crate::owned(|d| $name_to(op, $x0, $($x,)+ d, f).map(|_| ()))
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] into a destination.")]
+        #[inline]
+        pub fn $name_to<'w, $X0: Elem, $($X: Elem,)+ R: Elem>(
+            op: &str,
+            $x0: &ArrayViewD<'_, $X0>,
+            $($x: &ArrayViewD<'_, $X>,)+
+            dest: Dest<'w, R>,
+            f: impl Fn($X0, $($X),+) -> R + Sync,
+        ) -> Result<ArrayViewMutD<'w, R>> {
+            let shape = broadcast_dims(op, &[$x0.shape(), $($x.shape()),+])?;
+            let n = checked_size(op, shape.slice())?;
+            let mut out = dest.get(op, shape.slice())?;
+            let shape = shape.slice();
+            map_body!(op, out, f, shape, n; $x0: $X0 / buf0, $($x: $X / $buf),+);
             Ok(out)
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] writing over its first input (whose shape must be the broadcast shape): the memory planner's in-place reuse of a dead input.")]
+        #[inline]
+        pub fn $name_in<'w, $X0: Elem, $($X: Elem,)+>(
+            op: &str,
+            mut $x0: ArrayViewMutD<'w, $X0>,
+            $($x: &ArrayViewD<'_, $X>,)+
+            f: impl Fn($X0, $($X),+) -> $X0 + Sync,
+        ) -> Result<ArrayViewMutD<'w, $X0>> {
+            let shape = broadcast_dims(op, &[$x0.shape(), $($x.shape()),+])?;
+            if shape.slice() != $x0.shape() {
+                return Err(Error::op(op, format!("internal: in-place result shape {} differs from its input {}", fmt_shape(shape.slice()), fmt_shape($x0.shape()))));
+            }
+            let shape = shape.slice();
+            let n = $x0.len();
+            if n > 0 {
+                $(let $x = bcast(op, $x, shape)?;)+
+                match $x0.as_slice_mut() {
+                    Some(o) if true $(&& $x.as_slice().is_some())+ => {
+                        $(let $x = $x.as_slice().unwrap_or(&[]);)+
+                        for (i, o) in o.iter_mut().enumerate() {
+                            *o = f(*o, $($x[i]),+);
+                        }
+                    }
+                    _ => {
+                        Zip::from(&mut $x0)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = f(*o, $($x),+));
+                    }
+                }
+            }
+            Ok($x0)
         }
     };
 }
@@ -213,23 +309,23 @@ define_map!(
     /// Applies `f` elementwise to `a` and `b` broadcast together (NumPy rules).
     ///
     /// Fails when the shapes do not broadcast; the error names `op` and both shapes.
-    map2; a: A / buf_a, b: B / buf_b
+    map2, map2_to, map2_inplace; a: A; b: B / buf_b
 );
 define_map!(
     /// Applies `f` elementwise to three inputs broadcast together (NumPy rules).
     ///
     /// Fails when the shapes do not broadcast; the error names `op` and every shape.
-    map3; a: A / buf_a, b: B / buf_b, c: C / buf_c
+    map3, map3_to, map3_inplace; a: A; b: B / buf_b, c: C / buf_c
 );
 define_map!(
     /// Applies `f` elementwise to four inputs broadcast together (NumPy rules).
     ///
     /// Fails when the shapes do not broadcast; the error names `op` and every shape.
-    map4; a: A / buf_a, b: B / buf_b, c: C / buf_c, d: D / buf_d
+    map4, map4_to, map4_inplace; a: A; b: B / buf_b, c: C / buf_c, d: D / buf_d
 );
 define_map!(
     /// Applies `f` elementwise to five inputs broadcast together (NumPy rules).
     ///
     /// Fails when the shapes do not broadcast; the error names `op` and every shape.
-    map5; a: A / buf_a, b: B / buf_b, c: C / buf_c, d: D / buf_d, e: E / buf_e
+    map5, map5_to, map5_inplace; a: A; b: B / buf_b, c: C / buf_c, d: D / buf_d, e: E / buf_e
 );

@@ -3,8 +3,8 @@
 
 use super::{fmt_shape, index_of, norm_axis, SliceArg};
 use crate::scalar::Num;
-use crate::{Elem, Error, Result};
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use crate::{Dest, Elem, Error, Result};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, IxDyn};
 
 /// Gradient of `take_along(input, indices)`: zeros shaped like `input` with `g[p]` added at
 /// `[p, indices[p]]`.
@@ -16,8 +16,21 @@ pub fn take_along_backward<T: Elem, I: Elem>(
 where
     T::Acc: Num,
 {
+    crate::owned(|d| take_along_backward_to(g, indices, like, d).map(|_| ()))
+}
+
+/// [`take_along_backward`] into a destination.
+pub fn take_along_backward_to<'w, T: Elem, I: Elem>(
+    g: &ArrayViewD<'_, T>,
+    indices: &ArrayViewD<'_, I>,
+    like: &ArrayViewD<'_, T>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Num,
+{
     const OP: &str = "take_along (gradient)";
-    let shape = like.shape().to_vec();
+    let shape = like.shape();
     if shape.is_empty()
         || shape[..shape.len() - 1] != *indices.shape()
         || g.shape() != indices.shape()
@@ -28,12 +41,13 @@ where
                 "shapes {} / {} / {} do not fit",
                 fmt_shape(g.shape()),
                 fmt_shape(indices.shape()),
-                fmt_shape(&shape)
+                fmt_shape(shape)
             ),
         ));
     }
     let c = shape[shape.len() - 1];
-    let mut out = ArrayD::<T>::from_elem(IxDyn(&shape), T::from_acc(<T::Acc as Num>::ZERO));
+    let mut out = dest.get(OP, shape)?;
+    out.fill(T::from_acc(<T::Acc as Num>::ZERO));
     let last = Axis(shape.len() - 1);
     for ((mut lane, &i), &gv) in out
         .lanes_mut(last)
@@ -44,6 +58,124 @@ where
         let k = index_of(i, c, OP)?;
         lane[k] = T::from_acc(lane[k].to_acc().add(gv.to_acc()));
     }
+    Ok(out)
+}
+
+/// [`gather_backward`] into a destination (narrow floats accumulate in a temporary `f32`
+/// buffer; the others accumulate in place).
+pub fn gather_backward_to<'w, T: Elem, I: Elem>(
+    g: &ArrayViewD<'_, T>,
+    indices: &ArrayViewD<'_, I>,
+    like: &ArrayViewD<'_, T>,
+    axis: isize,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Num,
+{
+    const OP: &str = "gather (gradient)";
+    if matches!(T::DTYPE, crate::DType::F16 | crate::DType::BF16) {
+        let r = gather_backward(g, indices, like, axis)?;
+        let mut out = dest.get(OP, r.shape())?;
+        out.assign(&r);
+        return Ok(out);
+    }
+    let ax = norm_axis(OP, axis, like.ndim(), like.shape())?;
+    let ts = like.shape();
+    let pre: usize = ts[..ax].iter().product();
+    let d = ts[ax];
+    let post: usize = ts[ax + 1..].iter().product();
+    let n = indices.len();
+    if g.len() != pre * n * post {
+        return Err(Error::op(
+            OP,
+            format!(
+                "gradient {} does not fit table {} and {} indices",
+                fmt_shape(g.shape()),
+                fmt_shape(ts),
+                n
+            ),
+        ));
+    }
+    for &i in indices.iter() {
+        index_of(i, d, OP)?;
+    }
+    let gs = g.as_standard_layout();
+    let gs = gs
+        .as_slice()
+        .ok_or_else(|| Error::op(OP, "internal: gradient is not contiguous"))?;
+    let mut out = dest.get(OP, ts)?;
+    let acc = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::op(OP, "internal: destination is not contiguous"))?;
+    acc.fill(T::from_acc(<T::Acc as Num>::ZERO));
+    for a in 0..pre {
+        for (j, &i) in indices.iter().enumerate() {
+            let r = index_of(i, d, OP)?;
+            let src = (a * n + j) * post;
+            let dst = (a * d + r) * post;
+            for k in 0..post {
+                acc[dst + k] = T::from_acc(acc[dst + k].to_acc().add(gs[src + k].to_acc()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`slice_backward`] into a destination.
+pub fn slice_backward_to<'w, T: Elem>(
+    g: &ArrayViewD<'_, T>,
+    like: &ArrayViewD<'_, T>,
+    args: &[SliceArg],
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Num,
+{
+    const OP: &str = "slice (gradient)";
+    let mut out = dest.get(OP, like.shape())?;
+    out.fill(T::from_acc(<T::Acc as Num>::ZERO));
+    let mut view = super::shape::slice_view(out.view_mut(), args, OP)?;
+    if view.shape() != g.shape() {
+        return Err(Error::op(
+            OP,
+            format!(
+                "gradient {} does not fit the slice of {}",
+                fmt_shape(g.shape()),
+                fmt_shape(like.shape())
+            ),
+        ));
+    }
+    view.assign(g);
+    Ok(out)
+}
+
+/// [`concat_part`] into a destination.
+pub fn concat_part_to<'w, T: Elem>(
+    g: &ArrayViewD<'_, T>,
+    part_shapes: &[&[usize]],
+    axis: isize,
+    k: usize,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    const OP: &str = "concat (gradient)";
+    let ax = norm_axis(OP, axis, g.ndim(), g.shape())?;
+    let offset: usize = part_shapes
+        .iter()
+        .take(k)
+        .map(|s| s.get(ax).copied().unwrap_or(0))
+        .sum();
+    let len = part_shapes
+        .get(k)
+        .and_then(|s| s.get(ax))
+        .copied()
+        .ok_or_else(|| Error::op(OP, "no such part"))?;
+    if offset + len > g.shape()[ax] {
+        return Err(Error::op(OP, "parts do not fit the gradient"));
+    }
+    let v = g.slice_axis(Axis(ax), ndarray::Slice::from(offset..offset + len));
+    let mut out = dest.get(OP, v.shape())?;
+    out.assign(&v);
     Ok(out)
 }
 

@@ -8,11 +8,13 @@
 use std::any::TypeId;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, Axis, Dimension, Ix2, IxDyn};
+use ndarray::{
+    ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, ArrayViewMutD, Axis, Dimension, Ix2, IxDyn, Zip,
+};
 
-use super::{broadcast_shapes, checked_size, fmt_shape};
+use super::{broadcast_dims, checked_size, fmt_shape};
 use crate::scalar::Num;
-use crate::{DType, Elem, Error, Result};
+use crate::{DType, Dest, Elem, Error, Result};
 
 /// Matrix product of `a` and `b` with NumPy `matmul` semantics.
 ///
@@ -31,6 +33,20 @@ pub fn matmul<T: Elem>(
     trans_a: bool,
     trans_b: bool,
 ) -> Result<ArrayD<T>>
+where
+    T::Acc: Num,
+{
+    crate::owned(|d| matmul_to(a, b, trans_a, trans_b, d).map(|_| ()))
+}
+
+/// [`matmul`] into a destination.
+pub fn matmul_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    trans_a: bool,
+    trans_b: bool,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
 where
     T::Acc: Num,
 {
@@ -56,7 +72,11 @@ where
         let a32 = a.mapv(|x| x.to_f64() as f32);
         let b32 = b.mapv(|x| x.to_f64() as f32);
         let c32 = matmul::<f32>(&a32.view(), &b32.view(), trans_a, trans_b)?;
-        return Ok(c32.mapv(|v| T::from_f64(v as f64)));
+        let mut out = dest.get(OP, c32.shape())?;
+        Zip::from(&mut out)
+            .and(&c32)
+            .for_each(|o, &v| *o = T::from_f64(v as f64));
+        return Ok(out);
     }
 
     let mut av = a.view();
@@ -90,7 +110,7 @@ where
         ));
     }
     let batch =
-        broadcast_shapes(OP, &[&av.shape()[..nda - 2], &bv.shape()[..ndb - 2]]).map_err(|_| {
+        broadcast_dims(OP, &[&av.shape()[..nda - 2], &bv.shape()[..ndb - 2]]).map_err(|_| {
             Error::op(
                 OP,
                 format!(
@@ -100,24 +120,29 @@ where
                 ),
             )
         })?;
-    let mut final_shape = batch.clone();
+    let nbd = batch.ndim();
+    let mut final_shape = IxDyn::zeros(nbd + usize::from(!a_vec) + usize::from(!b_vec));
+    final_shape.slice_mut()[..nbd].copy_from_slice(batch.slice());
+    let mut fi = nbd;
     if !a_vec {
-        final_shape.push(m);
+        final_shape[fi] = m;
+        fi += 1;
     }
     if !b_vec {
-        final_shape.push(n);
+        final_shape[fi] = n;
     }
-    let nb: usize = batch.iter().product();
+    let nb: usize = batch.slice().iter().product();
     checked_size(OP, &[nb, m, n])?;
-    let mut out = ArrayD::from_elem(IxDyn(&[nb, m, n]), T::default());
+    let mut out = dest.get(OP, final_shape.slice())?;
+    out.fill(T::default());
     let reshape_err = |_| Error::op(OP, "internal reshape failed");
 
     if nb > 0 && m > 0 && n > 0 && k > 0 {
         let mut out3 = out
             .view_mut()
-            .into_dimensionality::<ndarray::Ix3>()
+            .into_shape_with_order((nb, m, n))
             .map_err(reshape_err)?;
-        if batch.is_empty() {
+        if nbd == 0 {
             // Plain 2-D @ 2-D.
             let a2 = av
                 .view()
@@ -145,31 +170,34 @@ where
                 .map_err(reshape_err)?;
             gemm2(&a2, &b2, c2);
         } else {
-            let mut ashape = batch.clone();
-            ashape.extend([m, k]);
-            let mut bshape = batch.clone();
-            bshape.extend([k, n]);
-            let ab = av.broadcast(IxDyn(&ashape)).ok_or_else(|| {
+            let mut ashape = IxDyn::zeros(nbd + 2);
+            ashape.slice_mut()[..nbd].copy_from_slice(batch.slice());
+            ashape[nbd] = m;
+            ashape[nbd + 1] = k;
+            let mut bshape = ashape.clone();
+            bshape[nbd] = k;
+            bshape[nbd + 1] = n;
+            let ab = av.broadcast(ashape.clone()).ok_or_else(|| {
                 Error::op(
                     OP,
                     format!(
                         "cannot broadcast {} to {}",
                         fmt_shape(av.shape()),
-                        fmt_shape(&ashape)
+                        fmt_shape(ashape.slice())
                     ),
                 )
             })?;
-            let bb = bv.broadcast(IxDyn(&bshape)).ok_or_else(|| {
+            let bb = bv.broadcast(bshape.clone()).ok_or_else(|| {
                 Error::op(
                     OP,
                     format!(
                         "cannot broadcast {} to {}",
                         fmt_shape(bv.shape()),
-                        fmt_shape(&bshape)
+                        fmt_shape(bshape.slice())
                     ),
                 )
             })?;
-            for (bi, idx) in ndarray::indices(IxDyn(&batch)).into_iter().enumerate() {
+            for (bi, idx) in ndarray::indices(batch.clone()).into_iter().enumerate() {
                 let mut sa = ab.view();
                 let mut sb = bb.view();
                 for &i in idx.slice() {
@@ -182,8 +210,7 @@ where
             }
         }
     }
-    out.into_shape_with_order(IxDyn(&final_shape))
-        .map_err(reshape_err)
+    Ok(out)
 }
 
 /// `&ArrayView2<T>` as `&ArrayView2<U>` when `T` and `U` are the same type.
@@ -244,27 +271,29 @@ fn naive_gemm<T: Elem>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>, mut c: Arra
 where
     T::Acc: Num,
 {
+    // Columns in blocks of 64 accumulated on the stack (no allocation).
+    const NB: usize = 64;
     let n = b.ncols();
-    let mut acc = vec![<T::Acc as Num>::ZERO; n];
     for (arow, mut crow) in a.outer_iter().zip(c.outer_iter_mut()) {
-        acc.fill(<T::Acc as Num>::ZERO);
-        for (&aip, brow) in arow.iter().zip(b.outer_iter()) {
-            let aip = aip.to_acc();
-            match brow.to_slice() {
-                Some(s) => {
-                    for (o, &x) in acc.iter_mut().zip(s) {
-                        *o = o.add(aip.mul(x.to_acc()));
-                    }
-                }
-                None => {
-                    for (o, &x) in acc.iter_mut().zip(brow.iter()) {
-                        *o = o.add(aip.mul(x.to_acc()));
-                    }
+        for j0 in (0..n).step_by(NB) {
+            let w = NB.min(n - j0);
+            let mut acc = [<T::Acc as Num>::ZERO; NB];
+            for (&aip, brow) in arow.iter().zip(b.outer_iter()) {
+                let aip = aip.to_acc();
+                for (o, &x) in acc[..w]
+                    .iter_mut()
+                    .zip(brow.slice(ndarray::s![j0..j0 + w]).iter())
+                {
+                    *o = o.add(aip.mul(x.to_acc()));
                 }
             }
-        }
-        for (o, &v) in crow.iter_mut().zip(&acc) {
-            *o = T::from_acc(v);
+            for (o, &v) in crow
+                .slice_mut(ndarray::s![j0..j0 + w])
+                .iter_mut()
+                .zip(&acc[..w])
+            {
+                *o = T::from_acc(v);
+            }
         }
     }
 }

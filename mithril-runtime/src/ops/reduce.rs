@@ -11,11 +11,11 @@
 
 use std::borrow::Cow;
 
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, Dimension, IxDyn, RemoveAxis, Zip};
 
 use super::{fmt_shape, norm_axis};
 use crate::scalar::{Num, Real};
-use crate::{Elem, Error, Result};
+use crate::{Dest, Elem, Error, Result};
 
 /// Runs of at most this many elements are reduced with flat interleaved accumulation.
 const LEAF: usize = 128;
@@ -24,23 +24,35 @@ const ROW_BLOCK: usize = 64;
 
 /// Which axes are reduced and what the result looks like.
 struct Plan {
-    /// `true` for each reduced axis.
-    reduced: Vec<bool>,
+    /// Bit `i` set for each reduced axis.
+    reduced: u64,
     /// Output shape, `keepdim` applied.
-    out_shape: Vec<usize>,
+    out_shape: IxDyn,
     /// Number of outputs.
     k: usize,
     /// Number of elements reduced into each output.
     r: usize,
 }
 
+impl Plan {
+    fn is_reduced(&self, i: usize) -> bool {
+        self.reduced >> i & 1 == 1
+    }
+}
+
 fn plan(op: &str, shape: &[usize], axes: &[isize], keepdim: bool) -> Result<Plan> {
     let nd = shape.len();
-    let mut reduced = vec![axes.is_empty(); nd];
-    let mut seen = vec![false; nd];
+    if nd > 64 {
+        return Err(Error::op(
+            op,
+            format!("rank {nd} is above the supported 64"),
+        ));
+    }
+    let all = if nd == 64 { u64::MAX } else { (1u64 << nd) - 1 };
+    let mut reduced = if axes.is_empty() { all } else { 0 };
     for &ax in axes {
         let i = norm_axis(op, ax, nd, shape)?;
-        if seen[i] {
+        if reduced >> i & 1 == 1 {
             return Err(Error::op(
                 op,
                 format!(
@@ -49,20 +61,26 @@ fn plan(op: &str, shape: &[usize], axes: &[isize], keepdim: bool) -> Result<Plan
                 ),
             ));
         }
-        seen[i] = true;
-        reduced[i] = true;
+        reduced |= 1 << i;
     }
-    let mut out_shape = Vec::with_capacity(nd);
-    let (mut k, mut r) = (1usize, 1usize);
-    for (&d, &red) in shape.iter().zip(&reduced) {
-        if red {
+    let out_rank = if keepdim {
+        nd
+    } else {
+        nd - reduced.count_ones() as usize
+    };
+    let mut out_shape = IxDyn::zeros(out_rank);
+    let (mut k, mut r, mut o) = (1usize, 1usize, 0usize);
+    for (i, &d) in shape.iter().enumerate() {
+        if reduced >> i & 1 == 1 {
             r *= d;
             if keepdim {
-                out_shape.push(1);
+                out_shape[o] = 1;
+                o += 1;
             }
         } else {
             k *= d;
-            out_shape.push(d);
+            out_shape[o] = d;
+            o += 1;
         }
     }
     Ok(Plan {
@@ -88,18 +106,28 @@ fn groups<'a, T: Elem>(a: &ArrayViewD<'a, T>, p: &Plan) -> Groups<'a, T> {
             return Groups::Contig(Cow::Borrowed(s));
         }
     }
-    let mut perm: Vec<usize> = (0..a.ndim()).filter(|&i| !p.reduced[i]).collect();
-    perm.extend((0..a.ndim()).filter(|&i| p.reduced[i]));
+    let nd = a.ndim();
+    let mut perm = IxDyn::zeros(nd);
+    let mut j = 0;
+    for i in (0..nd).filter(|&i| !p.is_reduced(i)) {
+        perm[j] = i;
+        j += 1;
+    }
+    for i in (0..nd).filter(|&i| p.is_reduced(i)) {
+        perm[j] = i;
+        j += 1;
+    }
     let pv = a.clone().permuted_axes(perm);
     if let Some(s) = pv.to_slice() {
         return Groups::Contig(Cow::Borrowed(s));
     }
-    let n_lead = p.reduced.iter().take_while(|&&r| r).count();
-    if p.reduced[n_lead..].iter().all(|&r| !r) {
+    let n_lead = (0..nd).take_while(|&i| p.is_reduced(i)).count();
+    if (n_lead..nd).all(|i| !p.is_reduced(i)) {
         if let Some(s) = a.to_slice() {
             return Groups::Rows(s);
         }
     }
+    // Strided layouts: one gathered copy (the only allocation of a reduction).
     Groups::Contig(Cow::Owned(pv.iter().copied().collect()))
 }
 
@@ -132,53 +160,76 @@ fn reduce_run<T: Copy, A: Copy>(
     }
 }
 
-/// One value per output: the reduction of `map(x, output index)` under `comb` from `id`.
+/// Columns handled together in the leading-axes case (partials live on the stack).
+const COLS: usize = 64;
+/// Levels of the binary counter of partial sums: enough for 2^40 row blocks.
+const LEVELS: usize = 40;
+
+/// Calls `emit(output index, value)` once per output with the reduction of `map(x, output
+/// index)` under `comb` from `id`. Allocates nothing (apart from `groups`' strided copy).
 fn fold<T: Elem, A: Copy>(
     g: &Groups<'_, T>,
     p: &Plan,
     id: A,
     map: impl Fn(T, usize) -> A,
     comb: impl Fn(A, A) -> A,
-) -> Vec<A> {
+    mut emit: impl FnMut(usize, A),
+) {
     let (k, r) = (p.k, p.r);
     if k == 0 {
-        return Vec::new();
+        return;
     }
     match g {
         Groups::Contig(s) => {
             if r == 0 {
-                return vec![id; k];
+                (0..k).for_each(|gi| emit(gi, id));
+                return;
             }
-            s.chunks_exact(r)
-                .enumerate()
-                .map(|(gi, run)| reduce_run(run, id, &|x| map(x, gi), &comb))
-                .collect()
+            for (gi, run) in s.chunks_exact(r).enumerate() {
+                emit(gi, reduce_run(run, id, &|x| map(x, gi), &comb));
+            }
         }
         Groups::Rows(s) => {
-            // Blocks of rows are accumulated flat; block partials are merged pairwise (a binary
-            // counter of partial sums), so the error grows with log(rows), not rows.
-            let mut stack: Vec<(u32, Vec<A>)> = Vec::new();
-            for block in s.chunks(k * ROW_BLOCK) {
-                let mut part = vec![id; k];
-                for row in block.chunks_exact(k) {
-                    for (j, (acc, &x)) in part.iter_mut().zip(row).enumerate() {
-                        *acc = comb(*acc, map(x, j));
+            // Per block of columns: blocks of rows are accumulated flat; block partials are
+            // merged pairwise (a binary counter of partial sums), so the error grows with
+            // log(rows), not rows.
+            for j0 in (0..k).step_by(COLS) {
+                let w = COLS.min(k - j0);
+                let mut stack = [[id; COLS]; LEVELS];
+                let mut levels = [u32::MAX; LEVELS];
+                let mut depth = 0usize;
+                for block in s.chunks(k * ROW_BLOCK) {
+                    let mut part = [id; COLS];
+                    for row in block.chunks_exact(k) {
+                        for (j, (acc, &x)) in part[..w].iter_mut().zip(&row[j0..j0 + w]).enumerate()
+                        {
+                            *acc = comb(*acc, map(x, j0 + j));
+                        }
                     }
-                }
-                let mut level = 0;
-                while stack.last().is_some_and(|(l, _)| *l == level) {
-                    if let Some((_, prev)) = stack.pop() {
-                        merge_into(&mut part, &prev, &comb);
+                    let mut level = 0;
+                    while depth > 0 && levels[depth - 1] == level {
+                        depth -= 1;
+                        merge_into(&mut part[..w], &stack[depth][..w], &comb);
+                        level += 1;
                     }
-                    level += 1;
+                    if depth == LEVELS {
+                        // Unreachable below 2^40 blocks; fold into the top instead of failing.
+                        merge_into(&mut part[..w], &stack[depth - 1][..w], &comb);
+                        depth -= 1;
+                    }
+                    stack[depth] = part;
+                    levels[depth] = level;
+                    depth += 1;
                 }
-                stack.push((level, part));
+                let mut total = [id; COLS];
+                while depth > 0 {
+                    depth -= 1;
+                    merge_into(&mut total[..w], &stack[depth][..w], &comb);
+                }
+                for (j, &v) in total[..w].iter().enumerate() {
+                    emit(j0 + j, v);
+                }
             }
-            let mut total = vec![id; k];
-            while let Some((_, prev)) = stack.pop() {
-                merge_into(&mut total, &prev, &comb);
-            }
-            total
         }
     }
 }
@@ -190,22 +241,14 @@ fn merge_into<A: Copy>(dst: &mut [A], earlier: &[A], comb: &impl Fn(A, A) -> A) 
     }
 }
 
-fn finish<T: Elem, A: Copy>(
-    op: &str,
-    p: &Plan,
-    vals: Vec<A>,
-    f: impl Fn(A) -> T,
-) -> Result<ArrayD<T>> {
-    let data: Vec<T> = vals.into_iter().map(f).collect();
-    ArrayD::from_shape_vec(IxDyn(&p.out_shape), data).map_err(|e| {
-        Error::op(
-            op,
-            format!("internal: result shape {}: {e}", fmt_shape(&p.out_shape)),
-        )
-    })
+/// The destination of a reduction, as one flat slice in output order.
+fn out_slice<'w, 'o, T: Elem>(op: &str, out: &'o mut ArrayViewMutD<'w, T>) -> Result<&'o mut [T]> {
+    out.as_slice_mut()
+        .ok_or_else(|| Error::op(op, "internal: reduction destination is not contiguous"))
 }
 
-fn reduce_plain<T: Elem>(
+#[allow(clippy::too_many_arguments)]
+fn reduce_plain<'w, T: Elem>(
     op: &str,
     a: &ArrayViewD<'_, T>,
     axes: &[isize],
@@ -213,7 +256,8 @@ fn reduce_plain<T: Elem>(
     needs_elements: bool,
     id: T::Acc,
     comb: impl Fn(T::Acc, T::Acc) -> T::Acc,
-) -> Result<ArrayD<T>> {
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     let p = plan(op, a.shape(), axes, keepdim)?;
     if needs_elements && p.r == 0 && p.k > 0 {
         return Err(Error::op(
@@ -225,56 +269,48 @@ fn reduce_plain<T: Elem>(
         ));
     }
     let g = groups(a, &p);
-    let vals = fold(&g, &p, id, |x, _| x.to_acc(), comb);
-    finish(op, &p, vals, T::from_acc)
+    let mut out = dest.get(op, p.out_shape.slice())?;
+    let o = out_slice(op, &mut out)?;
+    fold(
+        &g,
+        &p,
+        id,
+        |x, _| x.to_acc(),
+        comb,
+        |i, v| o[i] = T::from_acc(v),
+    );
+    Ok(out)
 }
 
-/// Sum over `axes` (all axes when empty). Integers wrap.
-pub fn sum<T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool) -> Result<ArrayD<T>>
-where
-    T::Acc: Num,
-{
-    reduce_plain("sum", a, axes, keepdim, false, Num::ZERO, Num::add)
+macro_rules! reductions {
+    ($($(#[$doc:meta])* $name:ident, $name_to:ident, $bound:ident, $needs:expr, $id:expr, $comb:expr;)+) => {$(
+        $(#[$doc])*
+        pub fn $name<T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool) -> Result<ArrayD<T>>
+        where
+            T::Acc: $bound,
+        {
+            crate::owned(|d| $name_to(a, axes, keepdim, d).map(|_| ()))
+        }
+
+        #[doc = concat!("[`", stringify!($name), "`] into a destination.")]
+        pub fn $name_to<'w, T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool, dest: Dest<'w, T>) -> Result<ArrayViewMutD<'w, T>>
+        where
+            T::Acc: $bound,
+        {
+            reduce_plain(stringify!($name), a, axes, keepdim, $needs, $id, $comb, dest)
+        }
+    )+};
 }
 
-/// Product over `axes` (all axes when empty). Integers wrap.
-pub fn prod<T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool) -> Result<ArrayD<T>>
-where
-    T::Acc: Num,
-{
-    reduce_plain("prod", a, axes, keepdim, false, Num::ONE, Num::mul)
-}
-
-/// Maximum over `axes` (all axes when empty). NaN propagates; an empty reduction is an error.
-pub fn max<T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool) -> Result<ArrayD<T>>
-where
-    T::Acc: Num,
-{
-    reduce_plain("max", a, axes, keepdim, true, Num::LOWEST, Num::max)
-}
-
-/// Minimum over `axes` (all axes when empty). NaN propagates; an empty reduction is an error.
-pub fn min<T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool) -> Result<ArrayD<T>>
-where
-    T::Acc: Num,
-{
-    reduce_plain("min", a, axes, keepdim, true, Num::HIGHEST, Num::min)
-}
-
-/// Per-output sums and the plan, shared by `mean` and `variance`.
-fn sums<'a, T: Elem>(
-    op: &str,
-    a: &ArrayViewD<'a, T>,
-    axes: &[isize],
-    keepdim: bool,
-) -> Result<(Plan, Groups<'a, T>, Vec<T::Acc>)>
-where
-    T::Acc: Num,
-{
-    let p = plan(op, a.shape(), axes, keepdim)?;
-    let g = groups(a, &p);
-    let s = fold(&g, &p, <T::Acc as Num>::ZERO, |x, _| x.to_acc(), Num::add);
-    Ok((p, g, s))
+reductions! {
+    /// Sum over `axes` (all axes when empty). Integers wrap.
+    sum, sum_to, Num, false, Num::ZERO, Num::add;
+    /// Product over `axes` (all axes when empty). Integers wrap.
+    prod, prod_to, Num, false, Num::ONE, Num::mul;
+    /// Maximum over `axes` (all axes when empty). NaN propagates; an empty reduction is an error.
+    max, max_to, Num, true, Num::LOWEST, Num::max;
+    /// Minimum over `axes` (all axes when empty). NaN propagates; an empty reduction is an error.
+    min, min_to, Num, true, Num::HIGHEST, Num::min;
 }
 
 /// Arithmetic mean over `axes` (all axes when empty); NaN for an empty reduction.
@@ -282,9 +318,33 @@ pub fn mean<T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool) -> Re
 where
     T::Acc: Real,
 {
-    let (p, _, s) = sums("mean", a, axes, keepdim)?;
+    crate::owned(|d| mean_to(a, axes, keepdim, d).map(|_| ()))
+}
+
+/// [`mean`] into a destination.
+pub fn mean_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    axes: &[isize],
+    keepdim: bool,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Real,
+{
+    let p = plan("mean", a.shape(), axes, keepdim)?;
+    let g = groups(a, &p);
     let n = <T::Acc as Num>::from_f64(p.r as f64);
-    finish("mean", &p, s, |v| T::from_acc(v.div(n)))
+    let mut out = dest.get("mean", p.out_shape.slice())?;
+    let o = out_slice("mean", &mut out)?;
+    fold(
+        &g,
+        &p,
+        <T::Acc as Num>::ZERO,
+        |x, _| x.to_acc(),
+        Num::add,
+        |i, v| o[i] = T::from_acc(v.div(n)),
+    );
+    Ok(out)
 }
 
 /// Variance over `axes` (all axes when empty): `sum((x - mean)^2) / max(N - correction, 0)`.
@@ -300,30 +360,79 @@ pub fn variance<T: Elem>(
 where
     T::Acc: Real,
 {
-    let (p, g, s) = sums("variance", a, axes, keepdim)?;
-    let n = <T::Acc as Num>::from_f64(p.r as f64);
-    let means: Vec<T::Acc> = s.into_iter().map(|v| v.div(n)).collect();
-    let sq = fold(
-        &g,
-        &p,
-        <T::Acc as Num>::ZERO,
-        |x, gi| {
-            let d = x.to_acc().sub(means[gi]);
-            d.mul(d)
-        },
-        Num::add,
-    );
-    let denom = <T::Acc as Num>::from_f64((p.r as f64 - correction).max(0.0));
-    finish("variance", &p, sq, |v| T::from_acc(v.div(denom)))
+    crate::owned(|d| variance_to(a, axes, keepdim, correction, d).map(|_| ()))
 }
 
-fn arg_reduce<T: Elem>(
+/// [`variance`] into a destination. (The leading-axes layout keeps the means in one temporary
+/// vector; the others allocate nothing.)
+pub fn variance_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    axes: &[isize],
+    keepdim: bool,
+    correction: f64,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Real,
+{
+    const OP: &str = "variance";
+    let p = plan(OP, a.shape(), axes, keepdim)?;
+    let g = groups(a, &p);
+    let n = <T::Acc as Num>::from_f64(p.r as f64);
+    let denom = <T::Acc as Num>::from_f64((p.r as f64 - correction).max(0.0));
+    let zero = <T::Acc as Num>::ZERO;
+    let mut out = dest.get(OP, p.out_shape.slice())?;
+    let o = out_slice(OP, &mut out)?;
+    match &g {
+        Groups::Contig(s) if p.r > 0 => {
+            for (gi, run) in s.chunks_exact(p.r).enumerate().take(p.k) {
+                let mean = reduce_run(run, zero, &|x: T| x.to_acc(), &Num::add).div(n);
+                let sq = reduce_run(
+                    run,
+                    zero,
+                    &|x: T| {
+                        let d = x.to_acc().sub(mean);
+                        d.mul(d)
+                    },
+                    &Num::add,
+                );
+                o[gi] = T::from_acc(sq.div(denom));
+            }
+        }
+        _ => {
+            let mut means = vec![zero; p.k];
+            fold(
+                &g,
+                &p,
+                zero,
+                |x, _| x.to_acc(),
+                Num::add,
+                |i, v| means[i] = v.div(n),
+            );
+            fold(
+                &g,
+                &p,
+                zero,
+                |x, gi| {
+                    let d = x.to_acc().sub(means[gi]);
+                    d.mul(d)
+                },
+                Num::add,
+                |i, v| o[i] = T::from_acc(v.div(denom)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn arg_reduce<'w, T: Elem>(
     op: &str,
     a: &ArrayViewD<'_, T>,
     axis: isize,
     keepdim: bool,
     better: impl Fn(T::Acc, T::Acc) -> bool,
-) -> Result<ArrayD<i64>> {
+    dest: Dest<'w, i64>,
+) -> Result<ArrayViewMutD<'w, i64>> {
     let ax = norm_axis(op, axis, a.ndim(), a.shape())?;
     if a.shape()[ax] == 0 {
         return Err(Error::op(
@@ -331,16 +440,18 @@ fn arg_reduce<T: Elem>(
             format!("axis {axis} of shape {} is empty", fmt_shape(a.shape())),
         ));
     }
-    let out_shape: Vec<usize> = a
-        .shape()
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != ax)
-        .map(|(_, &d)| d)
-        .collect();
-    let mut out = ArrayD::<i64>::zeros(IxDyn(&out_shape));
+    let mut shape = a.raw_dim();
+    shape[ax] = 1;
+    if !keepdim {
+        shape = shape.remove_axis(Axis(ax));
+    }
+    let mut out = dest.get(op, shape.slice())?;
     let is_nan = |x: T::Acc| x.partial_cmp(&x).is_none();
-    Zip::from(&mut out)
+    let mut o = out.view_mut();
+    if keepdim {
+        o = o.index_axis_move(Axis(ax), 0);
+    }
+    Zip::from(&mut o)
         .and(a.lanes(Axis(ax)))
         .for_each(|o, lane| {
             let mut it = lane.iter().enumerate();
@@ -364,9 +475,6 @@ fn arg_reduce<T: Elem>(
             }
             *o = bi as i64;
         });
-    if keepdim {
-        out = out.insert_axis(Axis(ax));
-    }
     Ok(out)
 }
 
@@ -377,7 +485,20 @@ pub fn argmax<T: Elem>(a: &ArrayViewD<'_, T>, axis: isize, keepdim: bool) -> Res
 where
     T::Acc: Num,
 {
-    arg_reduce("argmax", a, axis, keepdim, |x, best| x > best)
+    crate::owned(|d| argmax_to(a, axis, keepdim, d).map(|_| ()))
+}
+
+/// [`argmax`] into a destination.
+pub fn argmax_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    axis: isize,
+    keepdim: bool,
+    dest: Dest<'w, i64>,
+) -> Result<ArrayViewMutD<'w, i64>>
+where
+    T::Acc: Num,
+{
+    arg_reduce("argmax", a, axis, keepdim, |x, best| x > best, dest)
 }
 
 /// Index of the first minimum along `axis` (NaN counts as the minimum, as in NumPy).
@@ -387,5 +508,18 @@ pub fn argmin<T: Elem>(a: &ArrayViewD<'_, T>, axis: isize, keepdim: bool) -> Res
 where
     T::Acc: Num,
 {
-    arg_reduce("argmin", a, axis, keepdim, |x, best| x < best)
+    crate::owned(|d| argmin_to(a, axis, keepdim, d).map(|_| ()))
+}
+
+/// [`argmin`] into a destination.
+pub fn argmin_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    axis: isize,
+    keepdim: bool,
+    dest: Dest<'w, i64>,
+) -> Result<ArrayViewMutD<'w, i64>>
+where
+    T::Acc: Num,
+{
+    arg_reduce("argmin", a, axis, keepdim, |x, best| x < best, dest)
 }

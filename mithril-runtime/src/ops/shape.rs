@@ -2,22 +2,40 @@
 
 use std::any::{Any, TypeId};
 
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, Dimension, IxDyn, Slice};
 
 use super::{checked_size, fmt_shape, map1, norm_axis, to_standard};
-use crate::{Elem, Error, Result};
+use crate::{Dest, Elem, Error, Result};
 
 /// Permutes the axes: output axis `i` is input axis `perm[i]` (NumPy `transpose`).
 ///
 /// `perm` must be a permutation of `0..ndim`. The result is in standard layout.
 pub fn transpose<T: Elem>(a: &ArrayViewD<'_, T>, perm: &[usize]) -> Result<ArrayD<T>> {
+    crate::owned(|d| transpose_to(a, perm, d).map(|_| ()))
+}
+
+/// [`transpose`] into a destination. An empty `perm` reverses the axes.
+pub fn transpose_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    perm: &[usize],
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     let nd = a.ndim();
-    let mut seen = vec![false; nd];
-    let valid = perm.len() == nd
-        && perm.iter().all(|&p| {
-            let fresh = p < nd && !seen[p];
+    let mut p = IxDyn::zeros(nd);
+    if perm.is_empty() {
+        for i in 0..nd {
+            p[i] = nd - 1 - i;
+        }
+    } else if perm.len() == nd {
+        p.slice_mut().copy_from_slice(perm);
+    }
+    let mut seen = 0u128;
+    let valid = nd <= 128
+        && (perm.is_empty() || perm.len() == nd)
+        && p.slice().iter().all(|&q| {
+            let fresh = q < nd && seen >> q & 1 == 0;
             if fresh {
-                seen[p] = true;
+                seen |= 1 << q;
             }
             fresh
         });
@@ -30,7 +48,10 @@ pub fn transpose<T: Elem>(a: &ArrayViewD<'_, T>, perm: &[usize]) -> Result<Array
             ),
         ));
     }
-    Ok(to_standard(&a.view().permuted_axes(perm.to_vec())))
+    let v = a.view().permuted_axes(p);
+    let mut out = dest.get("transpose", v.shape())?;
+    out.assign(&v);
+    Ok(out)
 }
 
 /// Reshapes to `shape` in row-major order (NumPy `reshape`, always a copy).
@@ -38,6 +59,15 @@ pub fn transpose<T: Elem>(a: &ArrayViewD<'_, T>, perm: &[usize]) -> Result<Array
 /// At most one entry may be `-1`; it is inferred from the element count. Other negative
 /// entries, or an element count that does not match, are errors.
 pub fn reshape<T: Elem>(a: &ArrayViewD<'_, T>, shape: &[isize]) -> Result<ArrayD<T>> {
+    crate::owned(|d| reshape_to(a, shape, d).map(|_| ()))
+}
+
+/// [`reshape`] into a destination.
+pub fn reshape_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    shape: &[isize],
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     const OP: &str = "reshape";
     let err = |why: &str| {
         Error::op(
@@ -50,21 +80,22 @@ pub fn reshape<T: Elem>(a: &ArrayViewD<'_, T>, shape: &[isize]) -> Result<ArrayD
         )
     };
     let mut infer = None;
-    let mut dims = Vec::with_capacity(shape.len());
+    let mut dims = IxDyn::zeros(shape.len());
     for (i, &d) in shape.iter().enumerate() {
         if d == -1 {
             if infer.is_some() {
                 return Err(err("more than one -1"));
             }
             infer = Some(i);
-            dims.push(1);
+            dims[i] = 1;
         } else if d < 0 {
             return Err(err("negative dimension"));
         } else {
-            dims.push(d as usize);
+            dims[i] = d as usize;
         }
     }
     let known = dims
+        .slice()
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| err("too many elements"))?;
@@ -77,11 +108,167 @@ pub fn reshape<T: Elem>(a: &ArrayViewD<'_, T>, shape: &[isize]) -> Result<ArrayD
     } else if known != total {
         return Err(err("element counts differ"));
     }
-    let data: Vec<T> = match a.to_slice() {
-        Some(s) => s.to_vec(),
-        None => a.iter().copied().collect(),
-    };
-    ArrayD::from_shape_vec(IxDyn(&dims), data).map_err(|e| err(&e.to_string()))
+    let mut out = dest.get(OP, dims.slice())?;
+    copy_logical(a, &mut out, OP)?;
+    Ok(out)
+}
+
+/// Copies the elements of `a` in logical (row-major) order into the standard-layout `out` of
+/// the same size.
+pub(crate) fn copy_logical<T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    out: &mut ArrayViewMutD<'_, T>,
+    op: &str,
+) -> Result<()> {
+    let o = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::op(op, "internal: destination is not contiguous"))?;
+    match a.as_slice() {
+        Some(s) => o.copy_from_slice(s),
+        None => o.iter_mut().zip(a.iter()).for_each(|(o, &x)| *o = x),
+    }
+    Ok(())
+}
+
+/// Merges axes `start..=end` into one (PyTorch `flatten`; negative axes count from the end).
+pub fn flatten_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    start: isize,
+    end: isize,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let s = a.shape();
+    let r = s.len().max(1) as isize;
+    let lo = ((if start < 0 { start + r } else { start }).max(0) as usize).min(s.len());
+    let hi = ((if end < 0 { end + r } else { end }).max(0) as usize + 1).min(s.len());
+    let hi = hi.max(lo);
+    let mut t = IxDyn::zeros(s.len() - (hi - lo) + 1);
+    let mut k = 0;
+    for &d in &s[..lo] {
+        t[k] = d;
+        k += 1;
+    }
+    t[k] = s[lo..hi].iter().product();
+    k += 1;
+    for &d in &s[hi..] {
+        t[k] = d;
+        k += 1;
+    }
+    let mut out = dest.get("flatten", t.slice())?;
+    copy_logical(a, &mut out, "flatten")?;
+    Ok(out)
+}
+
+/// Inserts length-1 axes at `axes` (applied in order, each clipped to the current rank).
+pub fn unsqueeze_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    axes: &[usize],
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let mut v = a.view();
+    for &ax in axes {
+        let at = ax.min(v.ndim());
+        v = v.insert_axis(Axis(at));
+    }
+    let mut out = dest.get("unsqueeze", v.shape())?;
+    copy_logical(a, &mut out, "unsqueeze")?;
+    Ok(out)
+}
+
+/// `a`'s elements with `like`'s shape (autodiff's reshape back to an operand's shape).
+pub fn reshape_like_to<'w, T: Elem, U>(
+    a: &ArrayViewD<'_, T>,
+    like: &ArrayViewD<'_, U>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    if a.len() != like.len() {
+        return Err(Error::op(
+            "reshape",
+            format!(
+                "cannot reshape {} into {}",
+                fmt_shape(a.shape()),
+                fmt_shape(like.shape())
+            ),
+        ));
+    }
+    let mut out = dest.get("reshape", like.shape())?;
+    copy_logical(a, &mut out, "reshape")?;
+    Ok(out)
+}
+
+/// `a` broadcast to `like`'s shape, materialized.
+pub fn broadcast_like_to<'w, T: Elem, U>(
+    a: &ArrayViewD<'_, T>,
+    like: &ArrayViewD<'_, U>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let b = a.broadcast(like.raw_dim()).ok_or_else(|| {
+        Error::op(
+            "broadcast_like",
+            format!(
+                "{} does not broadcast to {}",
+                fmt_shape(a.shape()),
+                fmt_shape(like.shape())
+            ),
+        )
+    })?;
+    let mut out = dest.get("broadcast_like", like.shape())?;
+    out.assign(&b);
+    Ok(out)
+}
+
+/// `g` summed over the axes along which `like` was broadcast to `g`'s shape, with `like`'s shape
+/// (the gradient of an implicit broadcast).
+pub fn sum_like_to<'w, T: Elem, U>(
+    g: &ArrayViewD<'_, T>,
+    like: &ArrayViewD<'_, U>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: crate::scalar::Num,
+{
+    let t = like.shape();
+    let nd = g.ndim();
+    let lead = nd.saturating_sub(t.len());
+    let mut axes = [0isize; 64];
+    let mut na = 0;
+    for i in 0..nd.min(64) {
+        if i < lead || (t[i - lead] == 1 && g.shape()[i] != 1) {
+            axes[na] = i as isize;
+            na += 1;
+        }
+    }
+    if na == 0 {
+        return reshape_like_to(g, like, dest);
+    }
+    if g.len() == 0 && like.len() > 0 {
+        let mut out = dest.get("sum", t)?;
+        out.fill(T::default());
+        return Ok(out);
+    }
+    // Sum with keepdim into the destination seen with the keepdim shape (same element order as
+    // `like`'s shape).
+    let mut kd = g.raw_dim();
+    for &a in &axes[..na] {
+        kd[a as usize] = 1;
+    }
+    let mut out = dest.get("sum", t)?;
+    if out.len() != kd.size() {
+        return Err(Error::op("sum", "internal: sum_like size mismatch"));
+    }
+    super::sum_to(g, &axes[..na], true, Dest::View(out.view_mut()))?;
+    Ok(out)
+}
+
+/// The scalar `len(a) / max(len(b), 1)` (autodiff's mean-gradient scale).
+pub fn size_ratio_to<'w, T: Elem, A, B>(
+    a: &ArrayViewD<'_, A>,
+    b: &ArrayViewD<'_, B>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let mut out = dest.get("size_ratio", &[])?;
+    out.fill(T::from_f64(a.len() as f64 / b.len().max(1) as f64));
+    Ok(out)
 }
 
 /// Concatenates `parts` along `axis` (NumPy `concatenate`).
@@ -89,6 +276,15 @@ pub fn reshape<T: Elem>(a: &ArrayViewD<'_, T>, shape: &[isize]) -> Result<ArrayD
 /// Every part must have the same rank (at least 1) and the same shape outside `axis`; at least
 /// one part is required.
 pub fn concat<T: Elem>(parts: &[ArrayViewD<'_, T>], axis: isize) -> Result<ArrayD<T>> {
+    crate::owned(|d| concat_to(parts, axis, d).map(|_| ()))
+}
+
+/// [`concat`] into a destination.
+pub fn concat_to<'w, T: Elem>(
+    parts: &[ArrayViewD<'_, T>],
+    axis: isize,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     const OP: &str = "concat";
     let Some(first) = parts.first() else {
         return Err(Error::op(OP, "nothing to concatenate (no parts)"));
@@ -98,7 +294,7 @@ pub fn concat<T: Elem>(parts: &[ArrayViewD<'_, T>], axis: isize) -> Result<Array
         return Err(Error::op(OP, "cannot concatenate 0-D arrays"));
     }
     let ax = norm_axis(OP, axis, nd, first.shape())?;
-    let mut shape = first.shape().to_vec();
+    let mut shape = first.raw_dim();
     shape[ax] = 0;
     for p in parts {
         let same = p.ndim() == nd
@@ -121,23 +317,16 @@ pub fn concat<T: Elem>(parts: &[ArrayViewD<'_, T>], axis: isize) -> Result<Array
             .checked_add(p.shape()[ax])
             .ok_or_else(|| Error::op(OP, "result is too large"))?;
     }
-    let total = checked_size(OP, &shape)?;
-    let outer: usize = shape[..ax].iter().product();
-    let inner: usize = shape[ax + 1..].iter().product();
-    let std_parts: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
-    let mut data = Vec::with_capacity(total);
-    for o in 0..outer {
-        for (sp, p) in std_parts.iter().zip(parts) {
-            let chunk = p.shape()[ax] * inner;
-            if chunk == 0 {
-                continue;
-            }
-            if let Some(s) = sp.as_slice() {
-                data.extend_from_slice(&s[o * chunk..(o + 1) * chunk]);
-            }
-        }
+    checked_size(OP, shape.slice())?;
+    let mut out = dest.get(OP, shape.slice())?;
+    let mut at = 0;
+    for p in parts {
+        let len = p.shape()[ax];
+        out.slice_axis_mut(Axis(ax), Slice::from(at..at + len))
+            .assign(p);
+        at += len;
     }
-    ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::op(OP, format!("internal: {e}")))
+    Ok(out)
 }
 
 /// One entry of a [`slice`] index, with Python semantics.
@@ -209,6 +398,18 @@ pub fn slice<T: Elem>(a: &ArrayViewD<'_, T>, args: &[SliceArg]) -> Result<ArrayD
     Ok(to_standard(&slice_view(a.view(), args, "slice")?))
 }
 
+/// [`slice`] into a destination.
+pub fn slice_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    args: &[SliceArg],
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let v = slice_view(a.view(), args, "slice")?;
+    let mut out = dest.get("slice", v.shape())?;
+    out.assign(&v);
+    Ok(out)
+}
+
 /// The view `a[args...]` (shared by [`slice`] and the gradient of slice, which takes it of a
 /// mutable array). `op` names the operation in errors.
 pub(crate) fn slice_view<S: ndarray::RawData>(
@@ -216,7 +417,8 @@ pub(crate) fn slice_view<S: ndarray::RawData>(
     args: &[SliceArg],
     op: &str,
 ) -> Result<ndarray::ArrayBase<S, ndarray::IxDyn>> {
-    let shape = a.shape().to_vec();
+    let shape = a.raw_dim();
+    let shape = shape.slice();
     let consumed = args
         .iter()
         .filter(|s| !matches!(s, SliceArg::NewAxis))
@@ -227,7 +429,7 @@ pub(crate) fn slice_view<S: ndarray::RawData>(
             format!(
                 "{consumed} indices given for an array of rank {} (shape {})",
                 shape.len(),
-                fmt_shape(&shape)
+                fmt_shape(shape)
             ),
         ));
     }
@@ -273,7 +475,7 @@ pub(crate) fn slice_view<S: ndarray::RawData>(
                         op,
                         format!(
                             "index {i} is out of range for axis {src_axis} of size {len} (shape {})",
-                            fmt_shape(&shape)
+                            fmt_shape(shape)
                         ),
                     ));
                 }
@@ -299,51 +501,68 @@ pub fn gather<T: Elem, I: Elem>(
     indices: &ArrayViewD<'_, I>,
     axis: isize,
 ) -> Result<ArrayD<T>> {
+    crate::owned(|d| gather_to(table, indices, axis, d).map(|_| ()))
+}
+
+/// [`gather`] into a destination.
+pub fn gather_to<'w, T: Elem, I: Elem>(
+    table: &ArrayViewD<'_, T>,
+    indices: &ArrayViewD<'_, I>,
+    axis: isize,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     const OP: &str = "gather";
     let ax = norm_axis(OP, axis, table.ndim(), table.shape())?;
     let tshape = table.shape();
     let d = tshape[ax];
-    let idx: Vec<usize> = indices
-        .iter()
-        .map(|&i| {
-            let v = i.to_f64() as i64;
-            let w = if v < 0 {
-                v as i128 + d as i128
-            } else {
-                v as i128
-            };
-            if w < 0 || w >= d as i128 {
-                Err(Error::op(
-                    OP,
-                    format!(
-                        "index {v} is out of range for axis {ax} of size {d} (table shape {})",
-                        fmt_shape(tshape)
-                    ),
-                ))
-            } else {
-                Ok(w as usize)
-            }
-        })
-        .collect::<Result<_>>()?;
-    let mut shape: Vec<usize> = tshape[..ax].to_vec();
-    shape.extend_from_slice(indices.shape());
-    shape.extend_from_slice(&tshape[ax + 1..]);
-    let total = checked_size(OP, &shape)?;
+    let idx = |i: I| {
+        let v = i.to_f64() as i64;
+        let w = if v < 0 {
+            v as i128 + d as i128
+        } else {
+            v as i128
+        };
+        if w < 0 || w >= d as i128 {
+            Err(Error::op(
+                OP,
+                format!(
+                    "index {v} is out of range for axis {ax} of size {d} (table shape {})",
+                    fmt_shape(tshape)
+                ),
+            ))
+        } else {
+            Ok(w as usize)
+        }
+    };
+    let nd = ax + indices.ndim() + tshape.len() - ax - 1;
+    let mut shape = IxDyn::zeros(nd);
+    shape.slice_mut()[..ax].copy_from_slice(&tshape[..ax]);
+    shape.slice_mut()[ax..ax + indices.ndim()].copy_from_slice(indices.shape());
+    shape.slice_mut()[ax + indices.ndim()..].copy_from_slice(&tshape[ax + 1..]);
+    let total = checked_size(OP, shape.slice())?;
     let outer: usize = tshape[..ax].iter().product();
     let inner: usize = tshape[ax + 1..].iter().product();
-    let mut data = Vec::with_capacity(total);
+    let mut out = dest.get(OP, shape.slice())?;
+    for &i in indices.iter() {
+        idx(i)?;
+    }
     if total > 0 {
         let t = table.as_standard_layout();
+        let o = out
+            .as_slice_mut()
+            .ok_or_else(|| Error::op(OP, "internal: destination is not contiguous"))?;
         if let Some(s) = t.as_slice() {
-            for o in 0..outer {
-                for &i in &idx {
-                    let start = (o * d + i) * inner;
-                    data.extend_from_slice(&s[start..start + inner]);
+            let mut at = 0;
+            for oi in 0..outer {
+                for &i in indices.iter() {
+                    let start = (oi * d + idx(i)?) * inner;
+                    o[at..at + inner].copy_from_slice(&s[start..start + inner]);
+                    at += inner;
                 }
             }
         }
     }
-    ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| Error::op(OP, format!("internal: {e}")))
+    Ok(out)
 }
 
 /// `x` as `ArrayD<Y>` when `X` and `Y` are the same type; `Err(x)` otherwise.
@@ -358,7 +577,7 @@ fn is<X: 'static, Y: 'static>() -> bool {
     TypeId::of::<X>() == TypeId::of::<Y>()
 }
 
-/// Converts every element to `B` (NumPy `astype`); the result is in standard layout.
+/// Converts every element to `B` (NumPy `astype`) into a destination.
 ///
 /// * same type: a plain copy;
 /// * `i32`/`i64` to `i32`/`i64`/`f32`: exact integer conversion (no detour through `f64`);
@@ -366,6 +585,27 @@ fn is<X: 'static, Y: 'static>() -> bool {
 /// * float to integer: truncation toward zero, saturating, NaN to 0 (Rust `as`);
 /// * to `bool`: `x != 0` (NaN is `true`); from `bool`: 0 or 1;
 /// * between floats: round to nearest even.
+pub fn cast_to<'w, A: Elem, B: Elem>(
+    a: &ArrayViewD<'_, A>,
+    dest: Dest<'w, B>,
+) -> Result<ArrayViewMutD<'w, B>> {
+    let float = |t: crate::DType| {
+        matches!(
+            t,
+            crate::DType::F32 | crate::DType::F64 | crate::DType::F16 | crate::DType::BF16
+        )
+    };
+    if float(A::DTYPE) && float(B::DTYPE) {
+        // Float to float: every f16/bf16/f32 value is exact in f64, so one rounding.
+        return super::map1_to(a, dest, |x| B::from_f64(x.to_f64()));
+    }
+    let c = cast::<A, B>(a);
+    let mut out = dest.get("cast", c.shape())?;
+    out.assign(&c);
+    Ok(out)
+}
+
+/// Converts every element to `B` (see [`cast_to`] for the rules).
 pub fn cast<A: Elem, B: Elem>(a: &ArrayViewD<'_, A>) -> ArrayD<B> {
     if is::<A, B>() {
         if let Ok(b) = identity_cast::<A, B>(to_standard(a)) {

@@ -1,48 +1,46 @@
 //! Softmax and log-softmax along one axis, numerically stable (the maximum is subtracted
 //! before exponentiating), computed in `T::Acc` (`f32` for `f16`/`bf16`).
+//!
+//! Each lane is read three times (max, sum of exponentials, output) instead of being widened into
+//! a buffer, so nothing is allocated; softmax recomputes `exp` in the last pass.
 
-use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, Zip};
 
 use super::norm_axis;
 use crate::scalar::{Num, Real};
-use crate::{Elem, Result};
+use crate::{Dest, Elem, Result};
 
-/// Applies `row(inputs, outputs)` to every lane along `axis`, with the lane widened to `T::Acc`
-/// in a reused buffer.
-fn along_axis<T: Elem>(
+/// Applies `row(input lane, output lane)` to every lane along `axis`.
+fn along_axis<'w, T: Elem>(
     op: &str,
     a: &ArrayViewD<'_, T>,
     axis: isize,
-    row: impl Fn(&[T::Acc], &mut [T::Acc]),
-) -> Result<ArrayD<T>>
-where
-    T::Acc: Num,
-{
+    dest: Dest<'w, T>,
+    row: impl Fn(ndarray::ArrayView1<'_, T>, ndarray::ArrayViewMut1<'_, T>),
+) -> Result<ArrayViewMutD<'w, T>> {
     let ax = norm_axis(op, axis, a.ndim(), a.shape())?;
-    let mut out = ArrayD::from_elem(a.raw_dim(), T::default());
+    let mut out = dest.get(op, a.shape())?;
     if a.is_empty() {
         return Ok(out);
     }
-    let len = a.shape()[ax];
-    let mut xs = vec![<T::Acc as Num>::ZERO; len];
-    let mut ys = vec![<T::Acc as Num>::ZERO; len];
     Zip::from(out.lanes_mut(Axis(ax)))
         .and(a.lanes(Axis(ax)))
-        .for_each(|mut o, x| {
-            for (b, &v) in xs.iter_mut().zip(x.iter()) {
-                *b = v.to_acc();
-            }
-            row(&xs, &mut ys);
-            for (o, &y) in o.iter_mut().zip(&ys) {
-                *o = T::from_acc(y);
-            }
-        });
+        .for_each(|o, x| row(x, o));
     Ok(out)
 }
 
-/// Maximum of a non-empty lane (NaN propagates).
-fn lane_max<A: Num>(xs: &[A]) -> A {
-    xs.iter().fold(A::LOWEST, |m, &x| m.max(x))
+/// Maximum and `sum(exp(x - max))` of a non-empty lane (NaN propagates).
+fn max_and_sum<T: Elem>(x: &ndarray::ArrayView1<'_, T>) -> (T::Acc, T::Acc)
+where
+    T::Acc: Real,
+{
+    let m = x
+        .iter()
+        .fold(<T::Acc as Num>::LOWEST, |m, &v| m.max(v.to_acc()));
+    let s = x.iter().fold(<T::Acc as Num>::ZERO, |s, &v| {
+        s.add(v.to_acc().sub(m).exp())
+    });
+    (m, s)
 }
 
 /// `exp(x - max(x)) / sum(exp(x - max(x)))` along `axis`.
@@ -53,16 +51,24 @@ pub fn softmax<T: Elem>(a: &ArrayViewD<'_, T>, axis: isize) -> Result<ArrayD<T>>
 where
     T::Acc: Real,
 {
-    along_axis("softmax", a, axis, |xs, ys| {
-        let m = lane_max(xs);
-        let mut s = <T::Acc as Num>::ZERO;
-        for (y, &x) in ys.iter_mut().zip(xs) {
-            *y = x.sub(m).exp();
-            s = s.add(*y);
-        }
-        for y in ys.iter_mut() {
-            *y = y.div(s);
-        }
+    crate::owned(|d| softmax_to(a, axis, d).map(|_| ()))
+}
+
+/// [`softmax`] into a destination.
+pub fn softmax_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    axis: isize,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Real,
+{
+    along_axis("softmax", a, axis, dest, |x, mut o| {
+        let (m, s) = max_and_sum(&x);
+        let inv = <T::Acc as Num>::ONE.div(s);
+        Zip::from(&mut o)
+            .and(&x)
+            .for_each(|o, &v| *o = T::from_acc(v.to_acc().sub(m).exp().mul(inv)));
     })
 }
 
@@ -72,15 +78,23 @@ pub fn log_softmax<T: Elem>(a: &ArrayViewD<'_, T>, axis: isize) -> Result<ArrayD
 where
     T::Acc: Real,
 {
-    along_axis("log_softmax", a, axis, |xs, ys| {
-        let m = lane_max(xs);
-        let mut s = <T::Acc as Num>::ZERO;
-        for &x in xs {
-            s = s.add(x.sub(m).exp());
-        }
+    crate::owned(|d| log_softmax_to(a, axis, d).map(|_| ()))
+}
+
+/// [`log_softmax`] into a destination.
+pub fn log_softmax_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    axis: isize,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Real,
+{
+    along_axis("log_softmax", a, axis, dest, |x, mut o| {
+        let (m, s) = max_and_sum(&x);
         let lse = s.ln();
-        for (y, &x) in ys.iter_mut().zip(xs) {
-            *y = x.sub(m).sub(lse);
-        }
+        Zip::from(&mut o)
+            .and(&x)
+            .for_each(|o, &v| *o = T::from_acc(v.to_acc().sub(m).sub(lse)));
     })
 }

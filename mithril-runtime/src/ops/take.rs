@@ -1,8 +1,8 @@
 //! `take_along`: per-position picks along the last axis (cross entropy's `logp[n, target[n]]`).
 
 use super::{fmt_shape, index_of};
-use crate::{Elem, Error, Result};
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use crate::{Dest, Elem, Error, Result};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis};
 
 /// `out[p] = input[p, indices[p]]` for every position `p` of `indices`, whose shape must be
 /// `input`'s shape without its last axis. Negative indices count from the end; an index out of
@@ -11,6 +11,15 @@ pub fn take_along<T: Elem, I: Elem>(
     input: &ArrayViewD<'_, T>,
     indices: &ArrayViewD<'_, I>,
 ) -> Result<ArrayD<T>> {
+    crate::owned(|d| take_along_to(input, indices, d).map(|_| ()))
+}
+
+/// [`take_along`] into a destination.
+pub fn take_along_to<'w, T: Elem, I: Elem>(
+    input: &ArrayViewD<'_, T>,
+    indices: &ArrayViewD<'_, I>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     const OP: &str = "take_along";
     let shape = input.shape();
     if shape.is_empty() || &shape[..shape.len() - 1] != indices.shape() {
@@ -25,11 +34,11 @@ pub fn take_along<T: Elem, I: Elem>(
     }
     let c = shape[shape.len() - 1];
     let lanes = input.lanes(Axis(input.ndim() - 1));
-    let mut out = Vec::with_capacity(indices.len());
-    for (lane, &i) in lanes.into_iter().zip(indices.iter()) {
-        out.push(lane[index_of(i, c, OP)?]);
+    let mut out = dest.get(OP, indices.shape())?;
+    for ((lane, &i), o) in lanes.into_iter().zip(indices.iter()).zip(out.iter_mut()) {
+        *o = lane[index_of(i, c, OP)?];
     }
-    ArrayD::from_shape_vec(IxDyn(indices.shape()), out).map_err(|e| Error::op(OP, e.to_string()))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,0 +1,241 @@
+//! Step 5b: memory planning. Lifetime analysis over the scheduled graph (the schedule is node
+//! order), in-place reuse decisions, and — when every dim is known at compile time — the static
+//! greedy plan (the same planner the runtime uses, `mithril_kernels::memplan`).
+//!
+//! Every node that computes a value gets a *slot* (an arena buffer), except:
+//! * inputs, params, output-gradient seeds: user memory, read in place;
+//! * boundaries: views of their argument (they extend the argument's lifetime);
+//! * outputs: returned to the caller, so they are owned arrays outside the arena;
+//! * elementwise ops that may overwrite a dead argument of the same dtype and shape: they write
+//!   in place and share that argument's slot (extending its lifetime).
+//!
+//! A slot lives from the step of the node that first writes it to the last step that reads it
+//! or any alias of it.
+
+use crate::ir::{rdim, DType, Graph, NodeId, Op, RDim};
+use mithril_kernels::memplan::{self, Buffer};
+
+/// Where each node's value lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Home {
+    /// User memory (input, param, seed) or a view of another node (boundary).
+    View,
+    /// A slot of the arena; `inplace` is the argument position overwritten, when in place.
+    Slot { slot: usize, inplace: Option<usize> },
+    /// A returned output: an owned array.
+    Output,
+}
+
+/// The memory plan of one graph.
+pub struct Plan {
+    pub home: Vec<Home>,
+    /// Per slot: first and last schedule step (inclusive).
+    pub life: Vec<(u32, u32)>,
+    /// Per slot: its size in bytes when every dim is known at compile time.
+    pub static_bytes: Option<Vec<usize>>,
+}
+
+impl Plan {
+    /// `(planned peak, naive sum)` in bytes, when every dim is known at compile time.
+    pub fn static_numbers(&self) -> Option<(usize, usize)> {
+        let bytes = self.static_bytes.as_ref()?;
+        let bufs: Vec<Buffer> = self
+            .life
+            .iter()
+            .zip(bytes)
+            .map(|(&(first, last), &bytes)| Buffer { bytes, first, last })
+            .collect();
+        let mut off = vec![0; bufs.len()];
+        let mut ord = vec![0; bufs.len()];
+        let peak = memplan::greedy(&bufs, &mut off, &mut ord);
+        Some((peak, memplan::naive(&bufs)))
+    }
+}
+
+fn dtype_size(t: DType) -> usize {
+    match t {
+        DType::F64 | DType::I64 => 8,
+        DType::F32 | DType::I32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        DType::Bool => 1,
+    }
+}
+
+fn is_elementwise(g: &Graph, id: NodeId) -> bool {
+    match &g.nodes[id].op {
+        Op::Fused(_) => true,
+        Op::Prim(p) => p.is_elementwise(),
+        _ => false,
+    }
+}
+
+/// Same dtype and the same shape, dim by dim, after unification.
+fn same_layout(g: &Graph, a: NodeId, b: NodeId) -> bool {
+    if g.dtype_of(a) != g.dtype_of(b) {
+        return false;
+    }
+    match (g.shape_of(a), g.shape_of(b)) {
+        (Some(x), Some(y)) => {
+            x.rest.is_none()
+                && y.rest.is_none()
+                && x.dims.len() == y.dims.len()
+                && x.dims
+                    .iter()
+                    .zip(&y.dims)
+                    .all(|(p, q)| g.env.dim(p) == g.env.dim(q))
+        }
+        _ => false,
+    }
+}
+
+/// Static size in bytes of a node's value.
+fn static_size(g: &Graph, id: NodeId) -> Option<usize> {
+    let s = g.shape_of(id)?;
+    if s.rest.is_some() {
+        return None;
+    }
+    let mut n = 1usize;
+    for d in &s.dims {
+        match rdim(&g.env.dim(d)) {
+            RDim::Known(k) => n = n.checked_mul(k as usize)?,
+            _ => return None,
+        }
+    }
+    n.checked_mul(dtype_size(g.dtype_of(id)?))
+}
+
+/// Plans `g`. `inplace: false` disables in-place reuse (every computed node gets its own slot).
+pub fn plan(g: &Graph, inplace: bool) -> Plan {
+    let n = g.nodes.len();
+    let end = n as u32; // the step at which outputs are collected
+    let mut is_output = vec![false; n];
+    for o in &g.outputs {
+        is_output[o.node] = true;
+    }
+    // last step reading each node (outputs: the end)
+    let mut last_use: Vec<u32> = (0..n as u32).collect();
+    for (id, node) in g.nodes.iter().enumerate() {
+        for &a in &node.args {
+            last_use[a] = last_use[a].max(id as u32);
+        }
+    }
+    for o in &g.outputs {
+        last_use[o.node] = end;
+    }
+    let mut home = vec![Home::View; n];
+    // root slot of each node (its own, its in-place target's, or its view source's)
+    let mut root: Vec<Option<usize>> = vec![None; n];
+    let mut life: Vec<(u32, u32)> = Vec::new();
+    let mut slot_node: Vec<NodeId> = Vec::new();
+    for id in 0..n {
+        let node = &g.nodes[id];
+        match &node.op {
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) => continue,
+            Op::Boundary(_) => {
+                let r = root[node.args[0]];
+                root[id] = r;
+                if let Some(s) = r {
+                    life[s].1 = life[s].1.max(last_use[id]);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if is_output[id] {
+            home[id] = Home::Output;
+            continue;
+        }
+        // in place: an argument whose slot dies here, same dtype and shape, used once here
+        let mut chosen = None;
+        if inplace && is_elementwise(g, id) {
+            for (pos, &a) in node.args.iter().enumerate() {
+                let Some(s) = root[a] else { continue };
+                let once = node.args.iter().filter(|&&x| x == a).count() == 1;
+                let own = matches!(home[a], Home::Slot { .. });
+                if once && own && life[s].1 <= id as u32 && same_layout(g, a, id) {
+                    chosen = Some((pos, s));
+                    break;
+                }
+            }
+        }
+        match chosen {
+            Some((pos, s)) => {
+                root[id] = Some(s);
+                life[s].1 = life[s].1.max(last_use[id]);
+                home[id] = Home::Slot {
+                    slot: s,
+                    inplace: Some(pos),
+                };
+            }
+            None => {
+                let s = life.len();
+                life.push((id as u32, last_use[id]));
+                slot_node.push(id);
+                root[id] = Some(s);
+                home[id] = Home::Slot {
+                    slot: s,
+                    inplace: None,
+                };
+            }
+        }
+    }
+    let static_bytes = slot_node.iter().map(|&id| static_size(g, id)).collect();
+    Plan {
+        home,
+        life,
+        static_bytes,
+    }
+}
+
+/// The summary line for a plan.
+pub fn summary_line(p: &Plan, planning: bool) -> String {
+    let inplace = p
+        .home
+        .iter()
+        .filter(|h| {
+            matches!(
+                h,
+                Home::Slot {
+                    inplace: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    match p.static_numbers() {
+        Some((peak, naive)) if planning => format!(
+            "memory: planned peak {} in one arena vs {} naive ({} buffers, {} in place)",
+            human(peak),
+            human(naive),
+            p.life.len(),
+            inplace
+        ),
+        Some((_, naive)) => format!(
+            "memory: planning off (`memory_planning: none`): {} per call in {} buffers",
+            human(naive),
+            p.life.len()
+        ),
+        None if planning => format!(
+            "memory: planned per input shape at the first call ({} buffers, {} in place); see `memory_report()`",
+            p.life.len(),
+            inplace
+        ),
+        None => format!(
+            "memory: planning off (`memory_planning: none`): {} buffers allocated per call",
+            p.life.len()
+        ),
+    }
+}
+
+/// Bytes for people: `1.50 MiB`.
+pub fn human(b: usize) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / (1 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}

@@ -1,0 +1,323 @@
+//! Planned memory for generated `evaluate` / `evaluate_gradients`: one arena per model function,
+//! laid out by the greedy offset plan of [`mithril_kernels::memplan`].
+//!
+//! How it works:
+//!
+//! * the macro numbers every intermediate buffer of the scheduled graph (a *slot*) and emits
+//!   each slot's lifetime (first and last schedule step) as a constant; elementwise ops that may
+//!   overwrite a dead input do so in place and share its slot, views (reshape, boundaries) extend
+//!   their source's lifetime instead of taking a slot;
+//! * the first call for a given set of input shapes runs in *recording* mode: every slot gets its
+//!   own fresh buffer and its size is recorded; at the end ([`Workspace::finish`]) the sizes and
+//!   lifetimes are planned into one arena (greedy by size), which is allocated once;
+//! * later calls with the same shapes hand out views at the planned offsets: no heap allocation
+//!   happens except for the returned outputs (which are owned by the caller and never planned);
+//! * a new shape re-plans (the arena only grows);
+//! * `memory_planning: none` keeps recording mode forever (every buffer allocated per call: the
+//!   naive baseline), and `max_memory_gb` makes [`Workspace::finish`] return [`Error::Memory`]
+//!   when a plan exceeds it.
+//!
+//! Soundness rests on the plan: two slots share bytes only when their lifetimes are disjoint, and
+//! a slot is written before it is read. Ops write every element of their destination.
+
+use std::cell::UnsafeCell;
+
+use mithril_kernels::memplan::{self, Buffer};
+use ndarray::{ArrayD, ArrayViewMutD, IxDyn};
+
+use crate::{DType, Elem, Error, Result};
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([u8; 64]);
+
+const ZERO_BLOCK: Block = Block([0; 64]);
+
+fn blocks(bytes: usize) -> usize {
+    bytes.div_ceil(64)
+}
+
+/// The memory numbers of the last plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Arena size: the planned peak of intermediate buffers, in bytes.
+    pub planned_bytes: usize,
+    /// Sum of all intermediate buffers, each in its own allocation (no reuse), in bytes.
+    pub naive_bytes: usize,
+    /// Number of intermediate buffers (slots).
+    pub slots: usize,
+}
+
+struct Inner {
+    planning: bool,
+    max_bytes: Option<u64>,
+    life: &'static [(u32, u32)],
+    /// Input shapes the current plan is for (flattened, with each rank first).
+    key: Vec<usize>,
+    planned: bool,
+    /// Per slot: bytes requested in this call (recording) or planned.
+    bytes: Vec<usize>,
+    /// Recording mode: one buffer per slot.
+    bufs: Vec<Vec<Block>>,
+    /// Planned mode: the arena and each slot's offset in bytes.
+    arena: Vec<Block>,
+    offsets: Vec<usize>,
+    report: Option<MemoryReport>,
+}
+
+/// The memory of one generated model function (see the module docs). Generated code owns one
+/// per function inside a `Mutex`; users reach its numbers through the model's `memory_report`.
+pub struct Workspace {
+    inner: UnsafeCell<Inner>,
+}
+
+// SAFETY: the raw interior is only reached through `&mut self` methods or, for the views handed
+// out by `&self` methods, by the single thread that holds the `&Workspace` (it is not `Sync`).
+unsafe impl Send for Workspace {}
+
+impl Workspace {
+    /// A workspace for a function whose slots have the lifetimes `life` (schedule steps, both
+    /// inclusive). `planning: false` allocates every buffer on every call (no plan).
+    pub fn new(life: &'static [(u32, u32)], planning: bool, max_memory_gb: Option<f64>) -> Self {
+        Workspace {
+            inner: UnsafeCell::new(Inner {
+                planning,
+                max_bytes: max_memory_gb.map(|g| (g * (1u64 << 30) as f64) as u64),
+                life,
+                key: Vec::new(),
+                planned: false,
+                bytes: vec![0; life.len()],
+                bufs: Vec::new(),
+                arena: Vec::new(),
+                offsets: vec![0; life.len()],
+                report: None,
+            }),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        self.inner.get_mut()
+    }
+
+    /// Starts a call whose inputs (and params, and seeds) have `shapes`: keeps the plan when they
+    /// equal the last planned ones, otherwise switches to recording mode.
+    pub fn begin(&mut self, shapes: &[&[usize]]) {
+        let w = self.inner_mut();
+        let same = w.planned && {
+            let mut it = w.key.iter();
+            shapes
+                .iter()
+                .all(|s| it.next() == Some(&s.len()) && s.iter().all(|d| it.next() == Some(d)))
+                && it.next().is_none()
+        };
+        if same {
+            return;
+        }
+        w.planned = false;
+        w.key.clear();
+        for s in shapes {
+            w.key.push(s.len());
+            w.key.extend_from_slice(s);
+        }
+        w.bufs.clear();
+        w.bufs.resize_with(w.life.len(), Vec::new);
+        w.bytes.iter_mut().for_each(|b| *b = 0);
+    }
+
+    /// Ends a call: after a recording call, plans the arena for the recorded sizes. Fails with
+    /// [`Error::Memory`] when the plan exceeds `max_memory_gb`.
+    pub fn finish(&mut self, model: &str) -> Result<()> {
+        let w = self.inner_mut();
+        if w.planned {
+            return Ok(());
+        }
+        let bufs: Vec<Buffer> = w
+            .life
+            .iter()
+            .zip(&w.bytes)
+            .map(|(&(first, last), &bytes)| Buffer { bytes, first, last })
+            .collect();
+        let mut order = vec![0u32; bufs.len()];
+        let peak = memplan::greedy(&bufs, &mut w.offsets, &mut order);
+        let naive = memplan::naive(&bufs);
+        let report = MemoryReport {
+            planned_bytes: if w.planning { peak } else { naive },
+            naive_bytes: naive,
+            slots: bufs.len(),
+        };
+        w.report = Some(report);
+        w.bufs.clear();
+        if let Some(max) = w.max_bytes {
+            let used = if w.planning { peak } else { report.naive_bytes } as u64;
+            if used > max {
+                return Err(Error::Memory {
+                    model: model.to_string(),
+                    needed: used,
+                    limit: max,
+                });
+            }
+        }
+        if w.planning {
+            if w.arena.len() < blocks(peak) {
+                w.arena = vec![ZERO_BLOCK; blocks(peak)];
+            }
+            w.planned = true;
+        }
+        Ok(())
+    }
+
+    /// The numbers of the last plan (`None` before the first call).
+    pub fn report(&self) -> Option<MemoryReport> {
+        // SAFETY: reads a `Copy` field; no view aliases it.
+        unsafe { (*self.inner.get()).report }
+    }
+
+    /// A view of `shape` over slot `slot` (contents unspecified: the op writes every element).
+    fn slot<'w, T: Elem>(
+        &'w self,
+        op: &str,
+        slot: usize,
+        shape: &[usize],
+    ) -> Result<ArrayViewMutD<'w, T>> {
+        let n: usize = shape.iter().product();
+        let bytes = n * std::mem::size_of::<T>();
+        // SAFETY: the bookkeeping fields touched here are not aliased by any view handed out
+        // (views point into `bufs[k]`'s heap blocks or into `arena`'s heap blocks, which are
+        // never reallocated while views exist: `arena` only changes in `finish`, `bufs[k]` only
+        // when slot `k` is requested, which the generated code does once per call).
+        let w = unsafe { &mut *self.inner.get() };
+        if slot >= w.life.len() {
+            return Err(Error::op(
+                op,
+                format!("internal: memory slot {slot} out of range"),
+            ));
+        }
+        let ptr: *mut T = if w.planned {
+            if bytes != w.bytes[slot] {
+                return Err(Error::op(
+                    op,
+                    format!(
+                        "internal: memory slot {slot} was planned for {} bytes, asked for {bytes}",
+                        w.bytes[slot]
+                    ),
+                ));
+            }
+            // SAFETY: offset + bytes <= planned peak <= arena length (the plan places every slot
+            // inside the peak), offsets are 64-aligned.
+            unsafe { (w.arena.as_mut_ptr() as *mut u8).add(w.offsets[slot]) as *mut T }
+        } else {
+            w.bytes[slot] = bytes;
+            w.bufs[slot] = vec![ZERO_BLOCK; blocks(bytes).max(1)];
+            w.bufs[slot].as_mut_ptr() as *mut T
+        };
+        if T::DTYPE == DType::Bool && w.planned {
+            // Another slot's bytes may not be valid `bool`s.
+            // SAFETY: the region is inside the arena (see above).
+            unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, bytes) };
+        }
+        // SAFETY: `ptr` is aligned to 64 and valid for `n` elements of `T` (every `Elem` is a
+        // plain number type valid for any bit pattern, bools zeroed above); no other live view
+        // overlaps it (the plan only shares bytes between slots with disjoint lifetimes).
+        let data = unsafe { std::slice::from_raw_parts_mut(ptr, n) };
+        ArrayViewMutD::from_shape(IxDyn(shape), data)
+            .map_err(|e| Error::op(op, format!("internal: slot view: {e}")))
+    }
+}
+
+/// Where an op writes its result: a caller-owned array (returned outputs, and every op called
+/// outside generated code) or a planned slot of a [`Workspace`].
+pub enum Dest<'w, T> {
+    /// A fresh owned array, stored into the option.
+    Owned(&'w mut Option<ArrayD<T>>),
+    /// Slot `.1` of a workspace.
+    Slot(&'w Workspace, usize),
+    /// A given standard-layout view (reshaped to the op's result shape, same element count).
+    View(ArrayViewMutD<'w, T>),
+}
+
+impl<'w, T: Elem> Dest<'w, T> {
+    /// The destination as a standard-layout view of `shape`. `Owned` starts zeroed; a `Slot`'s
+    /// contents are unspecified — the op must write every element.
+    pub fn get(self, op: &str, shape: &[usize]) -> Result<ArrayViewMutD<'w, T>> {
+        match self {
+            Dest::Owned(o) => {
+                let a = o.insert(ArrayD::from_elem(IxDyn(shape), T::default()));
+                Ok(a.view_mut())
+            }
+            Dest::Slot(w, k) => w.slot(op, k, shape),
+            Dest::View(v) => {
+                let n: usize = shape.iter().product();
+                if v.len() != n {
+                    return Err(Error::op(
+                        op,
+                        format!(
+                            "internal: destination has {} elements, the result {n}",
+                            v.len()
+                        ),
+                    ));
+                }
+                v.into_shape_with_order(IxDyn(shape))
+                    .map_err(|e| Error::op(op, format!("internal: destination view: {e}")))
+            }
+        }
+    }
+}
+
+/// Runs an op that writes into a [`Dest`] and returns its result as an owned array.
+pub fn owned<T: Elem>(f: impl FnOnce(Dest<'_, T>) -> Result<()>) -> Result<ArrayD<T>> {
+    let mut o = None;
+    f(Dest::Owned(&mut o))?;
+    o.ok_or_else(|| Error::op("op", "internal: the op produced no result"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static LIFE: [(u32, u32); 3] = [(0, 1), (1, 2), (2, 3)];
+
+    #[test]
+    fn records_then_plans_then_reuses() {
+        let mut ws = Workspace::new(&LIFE, true, None);
+        for call in 0..3 {
+            ws.begin(&[&[4, 8]]);
+            {
+                let w = &ws;
+                let mut a = Dest::<f32>::Slot(w, 0).get("t", &[4, 8]).unwrap();
+                a.fill(1.0);
+                let mut b = Dest::<f32>::Slot(w, 1).get("t", &[4, 8]).unwrap();
+                b.assign(&a);
+                b += 1.0;
+                let mut c = Dest::<f32>::Slot(w, 2).get("t", &[4, 8]).unwrap();
+                c.assign(&b);
+                c *= 2.0;
+                assert!(c.iter().all(|&x| x == 4.0), "call {call}");
+            }
+            ws.finish("m").unwrap();
+        }
+        let r = ws.report().unwrap();
+        assert_eq!(r.naive_bytes, 3 * 128);
+        assert_eq!(r.planned_bytes, 2 * 128);
+    }
+
+    #[test]
+    fn over_the_limit_is_an_error() {
+        let mut ws = Workspace::new(&LIFE, true, Some(1e-9));
+        ws.begin(&[&[1000]]);
+        Dest::<f64>::Slot(&ws, 0).get("t", &[1000]).unwrap();
+        let e = ws.finish("m").unwrap_err().to_string();
+        assert!(e.contains("model `m`") && e.contains("8000"), "{e}");
+    }
+
+    #[test]
+    fn owned_dest() {
+        let a = owned::<i64>(|d| {
+            let mut v = d.get("t", &[2, 3])?;
+            v.fill(7);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(a.shape(), &[2, 3]);
+        assert!(a.iter().all(|&x| x == 7));
+    }
+}

@@ -1,0 +1,225 @@
+//! Memory planning: one planned arena per model function, in-place reuse, no heap allocation
+//! after the first call for a given shape (proven with a counting global allocator), the
+//! planned peak against the naive sum, and `max_memory_gb`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mithril::prelude::*;
+use ndarray::{Array1, Array2};
+
+/// Counts the allocations made by the current thread while counting is on.
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static ON: Cell<bool> = const { Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if ON.with(|c| c.get()) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        if ON.with(|c| c.get()) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if ON.with(|c| c.get()) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(p, l, n) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by this thread while running `f`.
+fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    ON.with(|c| c.set(true));
+    let r = f();
+    ON.with(|c| c.set(false));
+    (ALLOCS.load(Ordering::Relaxed) - before, r)
+}
+
+mithril! {
+    model Mlp {
+        input x: f32[B, 784];
+        let h = relu(Linear(256)(x));
+        let h = relu(Linear(128)(h));
+        output logits = Linear(10)(h);
+    }
+
+    train Clf {
+        input x: f32[B, 784];
+        input y: i64[B];
+        let h = relu(Linear(256)(x));
+        let h = relu(Linear(128)(h));
+        output logits = Linear(10)(h);
+        loss cross_entropy(logits, y).mean();
+    }
+
+    compile StaticMlp = Mlp { shapes: { x: [32, 784] }, static_shapes: true };
+    compile NoPlan = Mlp { memory_planning: none };
+    compile Tiny = Mlp { max_memory_gb: 0.0001 };
+}
+
+fn data(b: usize) -> (Array2<f32>, Array1<i64>) {
+    let x = Array2::from_shape_fn((b, 784), |(i, j)| ((i * 784 + j) as f32 * 0.013).sin());
+    let y = Array1::from_shape_fn(b, |i| (i % 10) as i64);
+    (x, y)
+}
+
+#[test]
+fn evaluate_allocates_only_its_outputs_after_the_first_call() {
+    let m = Mlp::new().unwrap();
+    let p = m.randomize_params(1);
+    for b in [1usize, 32, 256] {
+        let (x, _) = data(b);
+        let run = || m.evaluate(&p, MlpInputs { x: x.view() }).unwrap();
+        let (first, r1) = allocations(run);
+        let (second, r2) = allocations(run);
+        let (third, r3) = allocations(run);
+        assert_eq!(r1.logits, r2.logits);
+        assert_eq!(r1.logits, r3.logits);
+        // one allocation: the returned `logits`
+        assert_eq!(
+            second, 1,
+            "batch {b}: the second call allocated {second} times (first: {first})"
+        );
+        assert_eq!(
+            third, 1,
+            "batch {b}: the third call allocated {third} times"
+        );
+    }
+}
+
+#[test]
+fn training_step_allocates_only_its_outputs_after_the_first_call() {
+    let m = Clf::new().unwrap();
+    let p = m.randomize_params(2);
+    for b in [1usize, 32] {
+        let (x, y) = data(b);
+        let run = || {
+            m.evaluate_gradients(
+                &p,
+                ClfInputs {
+                    x: x.view(),
+                    y: y.view(),
+                },
+            )
+            .unwrap()
+        };
+        let (_, (o1, g1)) = allocations(run);
+        let (second, (o2, g2)) = allocations(run);
+        assert_eq!(o1.loss, o2.loss);
+        assert_eq!(g1.linear_0.weight, g2.linear_0.weight);
+        // returned: logits, loss and six gradients
+        assert_eq!(
+            second, 8,
+            "batch {b}: the second training step allocated {second} times"
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_planning_or_shape_history() {
+    let m = Mlp::new().unwrap();
+    let naive = NoPlan::new().unwrap();
+    let p = m.randomize_params(3);
+    let pn: NoPlanParams = {
+        let mut q = naive.randomize_params(0);
+        q.linear_0.weight.assign(&p.linear_0.weight);
+        q.linear_0.bias.assign(&p.linear_0.bias);
+        q.linear_1.weight.assign(&p.linear_1.weight);
+        q.linear_1.bias.assign(&p.linear_1.bias);
+        q.linear_2.weight.assign(&p.linear_2.weight);
+        q.linear_2.bias.assign(&p.linear_2.bias);
+        q
+    };
+    // new shapes re-plan; going back to an earlier shape re-plans again
+    for b in [3usize, 5, 3, 64, 5] {
+        let (x, _) = data(b);
+        let a = m.evaluate(&p, MlpInputs { x: x.view() }).unwrap().logits;
+        let c = naive
+            .evaluate(&pn, NoPlanInputs { x: x.view() })
+            .unwrap()
+            .logits;
+        assert_eq!(a, c, "batch {b}");
+    }
+    let r = m.memory_report().unwrap();
+    assert!(r.planned_bytes < r.naive_bytes, "{r:?}");
+    let rn = naive.memory_report().unwrap();
+    assert_eq!(
+        rn.planned_bytes, rn.naive_bytes,
+        "planning off is the naive sum"
+    );
+}
+
+#[test]
+fn the_static_plan_is_in_the_summary_and_matches_the_run() {
+    let s = StaticMlp::SUMMARY;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("evaluate memory: planned peak"))
+        .unwrap_or_else(|| panic!("no memory line in\n{s}"));
+    let m = StaticMlp::new().unwrap();
+    let p = m.randomize_params(4);
+    let (x, _) = data(32);
+    m.evaluate(&p, StaticMlpInputs { x: x.view() }).unwrap();
+    let r = m.memory_report().unwrap();
+    // hidden activations: [32, 256] and [32, 128] f32, relu in place -> 32 KiB + 16 KiB planned
+    // against the naive sum of the matmul and relu buffers
+    assert_eq!(r.planned_bytes, 32 * 256 * 4 + 32 * 128 * 4, "{r:?}\n{s}");
+    assert!(line.contains("48.0 KiB"), "{line}");
+    assert!(r.naive_bytes >= r.planned_bytes);
+}
+
+#[test]
+fn training_plan_is_smaller_than_the_naive_sum() {
+    let m = Clf::new().unwrap();
+    let p = m.randomize_params(5);
+    let (x, y) = data(64);
+    m.evaluate_gradients(
+        &p,
+        ClfInputs {
+            x: x.view(),
+            y: y.view(),
+        },
+    )
+    .unwrap();
+    let r = m.memory_report_gradients().unwrap();
+    println!(
+        "train step b=64: planned {} B, naive {} B, {} slots",
+        r.planned_bytes, r.naive_bytes, r.slots
+    );
+    assert!(r.planned_bytes < r.naive_bytes, "{r:?}");
+}
+
+#[test]
+fn over_max_memory_is_an_error_at_run_time_for_dynamic_shapes() {
+    let m = Tiny::new().unwrap();
+    let p = m.randomize_params(6);
+    let (x, _) = data(2);
+    // [2, 256] + [2, 128] f32 is far below 0.0001 GiB (~107 KB)
+    m.evaluate(&p, TinyInputs { x: x.view() }).unwrap();
+    let (x, _) = data(512);
+    let e = m.evaluate(&p, TinyInputs { x: x.view() }).unwrap_err();
+    assert!(matches!(e, mithril::rt::Error::Memory { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("model `Tiny`") && msg.contains("max_memory_gb"),
+        "{msg}"
+    );
+}
