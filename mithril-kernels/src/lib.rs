@@ -3,6 +3,7 @@
 //! Pure compute on slices: no allocation policy, no devices. The runtime owns memory and calls
 //! these functions.
 
+pub mod cuda;
 pub mod gemm;
 pub mod isa;
 pub mod memplan;
