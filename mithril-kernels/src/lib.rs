@@ -4,8 +4,11 @@
 //! these functions.
 
 pub mod cuda;
+pub mod cvt;
+pub mod ew;
 pub mod gemm;
 pub mod isa;
 pub mod memplan;
+pub mod rows;
 pub mod scalar;
 pub mod vmath;

@@ -8,7 +8,11 @@ use mithril_kernels::vmath::{self, f64x, VFloat};
 /// subnormal is 2⁻¹⁴⁹). NaN must match NaN, infinities must match exactly.
 fn ulps(y: f32, r: f64) -> f64 {
     if r.is_nan() || y.is_nan() {
-        return if r.is_nan() && y.is_nan() { 0.0 } else { f64::INFINITY };
+        return if r.is_nan() && y.is_nan() {
+            0.0
+        } else {
+            f64::INFINITY
+        };
     }
     let rf = r as f32;
     if rf.is_infinite() || y.is_infinite() {
@@ -23,7 +27,16 @@ fn sweep() -> impl Iterator<Item = f32> {
     const STEP: u32 = 509;
     (0..=u32::MAX / STEP)
         .map(|i| f32::from_bits(i.wrapping_mul(STEP)))
-        .chain([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE, 1.0, -1.0])
+        .chain([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            1.0,
+            -1.0,
+        ])
 }
 
 struct Case {
@@ -60,30 +73,126 @@ fn check(c: &Case) {
         c.name
     );
     assert!(wu <= c.ulp, "{}: {wu} ulp at {at_u:e} > {}", c.name, c.ulp);
-    assert!(wa <= c.abs, "{}: abs {wa:e} at {at_a:e} > {}", c.name, c.abs);
+    assert!(
+        wa <= c.abs,
+        "{}: abs {wa:e} at {at_a:e} > {}",
+        c.name,
+        c.abs
+    );
 }
 
 #[test]
 fn vmath_error_bounds() {
     let all: fn(f32) -> bool = |_| true;
     let cases = [
-        Case { name: "exp", f: vmath::exp, r: f64::exp, rel: all, ulp: 1.5, abs: 0.0 },
-        Case { name: "ln", f: vmath::ln, r: f64::ln, rel: all, ulp: 1.0, abs: 0.0 },
-        Case { name: "tanh", f: vmath::tanh, r: f64::tanh, rel: all, ulp: 2.0, abs: 0.0 },
-        Case { name: "sigmoid", f: vmath::sigmoid, r: f64x::sigmoid, rel: all, ulp: 3.0, abs: 0.0 },
-        Case { name: "softplus", f: vmath::softplus, r: f64x::softplus, rel: all, ulp: 2.5, abs: 0.0 },
-        Case { name: "erf", f: vmath::erf, r: libm::erf, rel: all, ulp: 3.0, abs: 0.0 },
+        Case {
+            name: "exp",
+            f: vmath::exp,
+            r: f64::exp,
+            rel: all,
+            ulp: 1.5,
+            abs: 0.0,
+        },
+        Case {
+            name: "ln",
+            f: vmath::ln,
+            r: f64::ln,
+            rel: all,
+            ulp: 1.0,
+            abs: 0.0,
+        },
+        Case {
+            name: "tanh",
+            f: vmath::tanh,
+            r: f64::tanh,
+            rel: all,
+            ulp: 2.0,
+            abs: 0.0,
+        },
+        Case {
+            name: "sigmoid",
+            f: vmath::sigmoid,
+            r: f64x::sigmoid,
+            rel: all,
+            ulp: 3.0,
+            abs: 0.0,
+        },
+        Case {
+            name: "softplus",
+            f: vmath::softplus,
+            r: f64x::softplus,
+            rel: all,
+            ulp: 2.5,
+            abs: 0.0,
+        },
+        Case {
+            name: "erf",
+            f: vmath::erf,
+            r: libm::erf,
+            rel: all,
+            ulp: 3.0,
+            abs: 0.0,
+        },
         // below -87 sigmoid(x) is subnormal and x·sigmoid(x) keeps only its few bits
-        Case { name: "silu", f: vmath::silu, r: f64x::silu, rel: |x| x >= -87.0, ulp: 4.0, abs: 1e-37 },
+        Case {
+            name: "silu",
+            f: vmath::silu,
+            r: f64x::silu,
+            rel: |x| x >= -87.0,
+            ulp: 4.0,
+            abs: 1e-37,
+        },
         // In the negative tails the functions' own conditioning dominates: the relative error of
         // x·Φ(x) grows like x² ulp (of x·sigmoid(u(x)) like |u(x)| ulp), since the rounding of x
         // itself is amplified. erfc is cut to 0 below -5.657 (there Φ < 7.7e-9).
-        Case { name: "gelu_erf", f: vmath::gelu_erf, r: f64x::gelu_erf, rel: |x| x >= -2.0, ulp: 8.0, abs: 5e-8 },
-        Case { name: "gelu_erf", f: vmath::gelu_erf, r: f64x::gelu_erf, rel: |x| x >= -5.6, ulp: 40.0, abs: 5e-8 },
-        Case { name: "gelu_tanh", f: vmath::gelu_tanh, r: f64x::gelu_tanh, rel: |x| x >= -2.0, ulp: 8.0, abs: 5e-8 },
-        Case { name: "gelu_tanh", f: vmath::gelu_tanh, r: f64x::gelu_tanh, rel: |x| x >= -10.0, ulp: 300.0, abs: 1e-30 },
-        Case { name: "sin", f: vmath::sin, r: f64::sin, rel: |_| false, ulp: 0.0, abs: 1.2e-7 },
-        Case { name: "cos", f: vmath::cos, r: f64::cos, rel: |_| false, ulp: 0.0, abs: 1.2e-7 },
+        Case {
+            name: "gelu_erf",
+            f: vmath::gelu_erf,
+            r: f64x::gelu_erf,
+            rel: |x| x >= -2.0,
+            ulp: 8.0,
+            abs: 5e-8,
+        },
+        Case {
+            name: "gelu_erf",
+            f: vmath::gelu_erf,
+            r: f64x::gelu_erf,
+            rel: |x| x >= -5.6,
+            ulp: 40.0,
+            abs: 5e-8,
+        },
+        Case {
+            name: "gelu_tanh",
+            f: vmath::gelu_tanh,
+            r: f64x::gelu_tanh,
+            rel: |x| x >= -2.0,
+            ulp: 8.0,
+            abs: 5e-8,
+        },
+        Case {
+            name: "gelu_tanh",
+            f: vmath::gelu_tanh,
+            r: f64x::gelu_tanh,
+            rel: |x| x >= -10.0,
+            ulp: 300.0,
+            abs: 1e-30,
+        },
+        Case {
+            name: "sin",
+            f: vmath::sin,
+            r: f64::sin,
+            rel: |_| false,
+            ulp: 0.0,
+            abs: 1.2e-7,
+        },
+        Case {
+            name: "cos",
+            f: vmath::cos,
+            r: f64::cos,
+            rel: |_| false,
+            ulp: 0.0,
+            abs: 1.2e-7,
+        },
     ];
     for c in &cases {
         if c.name == "sin" || c.name == "cos" {
@@ -131,7 +240,9 @@ fn special_values() {
     assert_eq!(gelu_tanh(f32::INFINITY), f32::INFINITY);
     assert_eq!(gelu_tanh(f32::NEG_INFINITY), 0.0);
     assert_eq!(silu(f32::NEG_INFINITY), 0.0);
-    for f in [tanh, sigmoid, softplus, erf, gelu_erf, gelu_tanh, silu, sin, cos] {
+    for f in [
+        tanh, sigmoid, softplus, erf, gelu_erf, gelu_tanh, silu, sin, cos,
+    ] {
         assert!(f(f32::NAN).is_nan());
     }
 }
