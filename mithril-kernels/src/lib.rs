@@ -3,5 +3,12 @@
 //! Pure compute on slices: no allocation policy, no devices. The runtime owns memory and calls
 //! these functions.
 
+pub mod cuda;
+pub mod cvt;
+pub mod ew;
+pub mod gemm;
+pub mod isa;
 pub mod memplan;
+pub mod rows;
 pub mod scalar;
+pub mod vmath;

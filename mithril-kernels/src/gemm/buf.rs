@@ -1,0 +1,47 @@
+//! Thread-local scratch: packing buffers allocated once per thread and grown, never per call.
+
+use std::cell::Cell;
+
+/// One cache line; buffers are vectors of these so every buffer is 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// The three scratch buffers of one thread (packed A, packed B, partial sums / vectors).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    bufs: [Vec<Line>; 3],
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = const { Cell::new(Scratch { bufs: [Vec::new(), Vec::new(), Vec::new()] }) };
+}
+
+impl Scratch {
+    /// Buffer `which` (0, 1, 2) with room for at least `len` elements of `T`, 64-byte aligned.
+    /// The contents are unspecified (previous calls' data or zeros).
+    pub(crate) fn get<T: Copy>(&mut self, which: usize, len: usize) -> *mut T {
+        let bytes = len * std::mem::size_of::<T>();
+        let lines = bytes.div_ceil(64) + 1;
+        let v = &mut self.bufs[which];
+        if v.len() < lines {
+            // Grow geometrically so a slowly growing size does not reallocate every call.
+            let want = lines.max(v.len() * 3 / 2);
+            v.resize(want, Line([0; 64]));
+        }
+        v.as_mut_ptr().cast()
+    }
+}
+
+/// Runs `f` with this thread's scratch (taken out for the duration, so a nested GEMM from an
+/// epilogue gets fresh buffers instead of aliasing these).
+#[inline]
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut s = SCRATCH.with(|c| c.take());
+    let r = f(&mut s);
+    SCRATCH.with(|c| {
+        let old = c.replace(s);
+        drop(old);
+    });
+    r
+}

@@ -1,0 +1,629 @@
+//! General matrix multiply: `C = epilogue(alpha * A·B + (accumulate ? C : 0))`.
+//!
+//! A BLIS-style packed, cache-blocked GEMM with register-tiled microkernels:
+//!
+//! | element | AVX-512 | AVX2 + FMA | scalar |
+//! | --- | --- | --- | --- |
+//! | `f32` | 12×32 zmm FMA | 6×16 ymm FMA | 4×8 |
+//! | `f64` | 12×16 zmm FMA | 6×8 ymm FMA | 4×8 |
+//! | `bf16` | 12×32 `vdpbf16ps` on k-pairs (AVX512_BF16), else f32 packs | f32 packs | f32 packs |
+//! | `f16` | f32 packs (`vcvtph2ps`), f32 kernel | f32 packs (F16C) | f32 packs |
+//!
+//! `f16`/`bf16` are stored narrow and accumulate in `f32` (partial sums over K blocks stay in
+//! `f32`, in a scratch buffer); `f32`/`f64` accumulate in their own type.
+//!
+//! Paths, chosen per call: GEMV (`m <= 4` or `n == 1`: no packing, streams the matrix once;
+//! both the "dot" layout — batch-1 `x · Wᵀ` with `W` row-major — and the "axpy" layout are
+//! vectorized), a small-matrix path (`f32`, B rows contiguous, small volume: the microkernel
+//! reads A and B in place), and the packed path. The ISA is detected once ([`detected_isa`]) and
+//! can be forced per call ([`gemm_with`]) for tests and benchmarks.
+//!
+//! Threads: large problems are split over [`num_threads`] threads of a small persistent pool of
+//! our own (no allocation per call); below a size threshold everything runs on the calling
+//! thread. Packing buffers are thread-local, allocated once and grown.
+//!
+//! Batched GEMM: the caller loops over the batch and calls [`gemm`] per matrix (each call is
+//! allocation-free in steady state; large matrices are threaded inside each call).
+
+mod buf;
+mod driver;
+mod gemv;
+mod pool;
+mod scalar;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use half::{bf16, f16};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Instruction set a kernel path is compiled for. Ordered: a later variant needs every feature
+/// of the earlier ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable code (any CPU, any architecture).
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/VL/BW/DQ (+ FMA, F16C).
+    Avx512,
+    /// [`Isa::Avx512`] plus AVX512_BF16 (`vdpbf16ps` for `bf16` GEMM).
+    Avx512Bf16,
+}
+
+impl Isa {
+    /// Every variant, scalar first.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+}
+
+/// The best ISA this CPU supports (detected once, then cached).
+pub fn detected_isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(detect)
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+        let avx512 =
+            avx2 && has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq");
+        if avx512 && has!("avx512bf16") {
+            return Isa::Avx512Bf16;
+        }
+        if avx512 {
+            return Isa::Avx512;
+        }
+        if avx2 {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+/// Which algorithm a call uses; [`Path::Auto`] picks by shape. Forcing is for tests and
+/// benchmarks: every path is correct for every shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Path {
+    /// Pick by shape (GEMV for `m <= 4` or `n == 1`, small path for small `f32`, else packed).
+    #[default]
+    Auto,
+    /// Packed, cache-blocked GEMM.
+    Packed,
+    /// Matrix-vector kernels (one output row — or column when `n == 1` — at a time in blocks).
+    Gemv,
+    /// No packing: the microkernel reads A and B in place (`f32` with `csb == 1`; otherwise
+    /// falls back to [`Path::Packed`]).
+    Small,
+}
+
+/// Per-call overrides of the automatic choices ([`gemm_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmConfig {
+    /// Force an ISA (clamped to what the CPU supports); `None`: [`detected_isa`].
+    pub isa: Option<Isa>,
+    /// Force a thread count (1 = calling thread only; split only above the size threshold
+    /// unless `force_split`); `None`: [`num_threads`].
+    pub threads: Option<usize>,
+    /// Split over `threads` even below the size threshold (tests).
+    pub force_split: bool,
+    /// Force an algorithm.
+    pub path: Path,
+}
+
+static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the number of threads large GEMMs use (`0` restores the default: the available
+/// parallelism).
+pub fn set_num_threads(n: usize) {
+    NUM_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// The number of threads large GEMMs use (default: `std::thread::available_parallelism`).
+pub fn num_threads() -> usize {
+    match NUM_THREADS.load(Ordering::Relaxed) {
+        0 => {
+            static AVAIL: OnceLock<usize> = OnceLock::new();
+            *AVAIL.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }
+        n => n,
+    }
+}
+
+/// Accumulator arithmetic (`f32`, `f64`).
+pub trait AccElem:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialEq
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+    + 'static
+{
+    /// 0
+    const ZERO: Self;
+    /// 1
+    const ONE: Self;
+    /// Widening to f64 (tests, diagnostics).
+    fn to_f64(self) -> f64;
+    /// Narrowing from f64.
+    fn from_f64(v: f64) -> Self;
+    /// `self * b + c`, fused (one rounding; a single instruction where compiled with FMA).
+    fn fused(self, b: Self, c: Self) -> Self;
+}
+
+impl AccElem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn fused(self, b: Self, c: Self) -> Self {
+        self.mul_add(b, c)
+    }
+}
+
+impl AccElem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn fused(self, b: Self, c: Self) -> Self {
+        self.mul_add(b, c)
+    }
+}
+
+pub(crate) mod sealed {
+    use super::{Args, Isa};
+    /// The per-type kernel dispatch (not nameable outside the crate).
+    pub trait Sealed: Sized + Copy + Send + Sync + 'static {
+        /// Accumulator type.
+        type A: super::AccElem;
+        /// Stored narrow, accumulated wider (partial sums need a scratch buffer).
+        const NARROW: bool;
+        fn to_acc(self) -> Self::A;
+        fn from_acc(v: Self::A) -> Self;
+        /// Single-threaded packed GEMM on `args`.
+        ///
+        /// # Safety
+        /// `args` describes valid, in-bounds, non-overlapping memory.
+        unsafe fn packed<E: Fn(usize, usize, &mut [Self::A]) + Sync>(
+            isa: Isa,
+            args: &Args<Self>,
+            epi: &E,
+        );
+        /// Single-threaded GEMV (`args.m <= 4` or `args.n == 1` is where it pays; correct for
+        /// any shape).
+        ///
+        /// # Safety
+        /// As [`Sealed::packed`].
+        unsafe fn gemv<E: Fn(usize, usize, &mut [Self::A]) + Sync>(
+            isa: Isa,
+            args: &Args<Self>,
+            epi: &E,
+        );
+        /// Small path (no packing); returns false when this type/layout has none.
+        ///
+        /// # Safety
+        /// As [`Sealed::packed`].
+        unsafe fn small<E: Fn(usize, usize, &mut [Self::A]) + Sync>(
+            isa: Isa,
+            args: &Args<Self>,
+            epi: &E,
+        ) -> bool;
+        /// Register tile (rows, cols) of the packed kernel for `isa` (thread split alignment).
+        fn tile(isa: Isa) -> (usize, usize);
+    }
+}
+
+/// An element type [`gemm`] supports: `f32`, `f64` (accumulate in the same type), `half::f16`
+/// and `half::bf16` (stored narrow, accumulate in `f32`).
+pub trait GemmElem: sealed::Sealed<A = <Self as GemmElem>::Acc> {
+    /// The type sums are accumulated in, and the epilogue sees.
+    type Acc: AccElem;
+}
+
+impl GemmElem for f32 {
+    type Acc = f32;
+}
+impl GemmElem for f64 {
+    type Acc = f64;
+}
+impl GemmElem for f16 {
+    type Acc = f32;
+}
+impl GemmElem for bf16 {
+    type Acc = f32;
+}
+
+/// One GEMM problem in raw form (strides in elements; `i_off`/`j_off`: what to add to local row
+/// and column indices before calling the epilogue, for sub-problems of a thread split).
+#[derive(Debug)]
+pub struct Args<T: sealed::Sealed> {
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) alpha: T::A,
+    pub(crate) a: *const T,
+    pub(crate) rsa: usize,
+    pub(crate) csa: usize,
+    pub(crate) b: *const T,
+    pub(crate) rsb: usize,
+    pub(crate) csb: usize,
+    pub(crate) accumulate: bool,
+    pub(crate) c: *mut T,
+    pub(crate) ldc: usize,
+    pub(crate) i_off: usize,
+    pub(crate) j_off: usize,
+}
+
+impl<T: sealed::Sealed> Clone for Args<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: sealed::Sealed> Copy for Args<T> {}
+// SAFETY: the pointers describe disjoint regions handed to one thread each.
+unsafe impl<T: sealed::Sealed> Send for Args<T> {}
+unsafe impl<T: sealed::Sealed> Sync for Args<T> {}
+
+/// `C = epilogue(alpha · A·B + (accumulate ? C : 0))`, row-major `m × n` C with row stride `ldc`.
+///
+/// `A(i, p) = a[i*rsa + p*csa]` (`m × k`), `B(p, j) = b[p*rsb + j*csb]` (`k × n`): arbitrary
+/// strides, so transposed operands need no copy (e.g. a `Linear` weight `W[n, k]` used as `B = Wᵀ`
+/// is `rsb = 1, csb = k`).
+///
+/// `epilogue(i, j, v)` is called exactly once for every finished contiguous row segment
+/// `C(i, j..j + v.len())`, with the final accumulator values (after all of K, alpha and the
+/// accumulated C) before they are converted and stored; it may rewrite them (bias, activation,
+/// residual, scaling). It runs inside the microkernel's store path (inlined; write it as a plain
+/// loop over `v` so it vectorizes) and, above the threading threshold, on several threads at
+/// once (hence `Sync`; segments never overlap).
+///
+/// `k == 0` gives `C = epilogue(accumulate ? C : 0)`; `m == 0` or `n == 0` is a no-op.
+///
+/// # Panics
+/// When a slice is too short for its dimensions and strides, or `ldc < n` (with `m > 1`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm<T: GemmElem, E>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T::Acc,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    accumulate: bool,
+    c: &mut [T],
+    ldc: usize,
+    epilogue: E,
+) where
+    E: Fn(usize, usize, &mut [T::Acc]) + Sync,
+{
+    gemm_with(
+        GemmConfig::default(),
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        rsa,
+        csa,
+        b,
+        rsb,
+        csb,
+        accumulate,
+        c,
+        ldc,
+        epilogue,
+    )
+}
+
+/// [`gemm`] without an epilogue.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn gemm_plain<T: GemmElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T::Acc,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    accumulate: bool,
+    c: &mut [T],
+    ldc: usize,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        rsa,
+        csa,
+        b,
+        rsb,
+        csb,
+        accumulate,
+        c,
+        ldc,
+        |_, _, _: &mut [T::Acc]| {},
+    )
+}
+
+/// Batched [`gemm`]: `batch` independent problems, matrix `t` of A/B/C starting at element
+/// `t * stride_a` / `t * stride_b` / `t * stride_c`; the epilogue gets the batch index first.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_batched<T: GemmElem, E>(
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T::Acc,
+    a: &[T],
+    stride_a: usize,
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    stride_b: usize,
+    rsb: usize,
+    csb: usize,
+    accumulate: bool,
+    c: &mut [T],
+    stride_c: usize,
+    ldc: usize,
+    epilogue: E,
+) where
+    E: Fn(usize, usize, usize, &mut [T::Acc]) + Sync,
+{
+    for t in 0..batch {
+        let (oa, ob, oc) = (t * stride_a, t * stride_b, t * stride_c);
+        gemm(
+            m,
+            n,
+            k,
+            alpha,
+            a.get(oa..).unwrap_or(&[]),
+            rsa,
+            csa,
+            b.get(ob..).unwrap_or(&[]),
+            rsb,
+            csb,
+            accumulate,
+            c.get_mut(oc..).unwrap_or(&mut []),
+            ldc,
+            |i, j, v: &mut [T::Acc]| epilogue(t, i, j, v),
+        );
+    }
+}
+
+/// Flops below which a GEMM stays on the calling thread (`2·m·n·k`).
+pub const THREAD_MIN_FLOPS: usize = 2 * 160 * 160 * 160;
+/// Volume (`m·n·k`) up to which `f32` with contiguous B rows skips packing.
+pub const SMALL_MAX_VOLUME: usize = 96 * 96 * 96;
+
+/// [`gemm`] with per-call overrides (forced ISA, thread count, algorithm).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with<T: GemmElem, E>(
+    cfg: GemmConfig,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T::Acc,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    accumulate: bool,
+    c: &mut [T],
+    ldc: usize,
+    epilogue: E,
+) where
+    E: Fn(usize, usize, &mut [T::Acc]) + Sync,
+{
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Bounds: the largest index each operand touches.
+    if k > 0 {
+        let amax = (m - 1) * rsa + (k - 1) * csa;
+        let bmax = (k - 1) * rsb + (n - 1) * csb;
+        assert!(amax < a.len(), "gemm: A too short ({} <= {amax})", a.len());
+        assert!(bmax < b.len(), "gemm: B too short ({} <= {bmax})", b.len());
+    }
+    assert!(m == 1 || ldc >= n, "gemm: ldc ({ldc}) < n ({n})");
+    let cmax = (m - 1) * ldc + n - 1;
+    assert!(cmax < c.len(), "gemm: C too short ({} <= {cmax})", c.len());
+
+    let best = detected_isa();
+    let isa = cfg.isa.map_or(best, |i| i.min(best));
+    let args = Args::<T> {
+        m,
+        n,
+        k,
+        alpha,
+        a: a.as_ptr(),
+        rsa,
+        csa,
+        b: b.as_ptr(),
+        rsb,
+        csb,
+        accumulate,
+        c: c.as_mut_ptr(),
+        ldc,
+        i_off: 0,
+        j_off: 0,
+    };
+    // SAFETY: bounds checked above; C is exclusively borrowed.
+    unsafe {
+        if k == 0 {
+            driver::no_k(&args, &epilogue);
+            return;
+        }
+        let path = match cfg.path {
+            Path::Auto if m <= 4 || n == 1 => Path::Gemv,
+            Path::Auto if m * n * k <= SMALL_MAX_VOLUME => Path::Small,
+            Path::Auto => Path::Packed,
+            p => p,
+        };
+        match path {
+            Path::Gemv => T::gemv(isa, &args, &epilogue),
+            Path::Small if T::small(isa, &args, &epilogue) => {}
+            _ => {
+                let threads = cfg.threads.unwrap_or_else(num_threads).max(1);
+                let big = 2 * m * n * k >= THREAD_MIN_FLOPS;
+                if threads > 1 && (big || cfg.force_split) {
+                    split(isa, threads, &args, &epilogue);
+                } else {
+                    T::packed(isa, &args, &epilogue);
+                }
+            }
+        }
+    }
+}
+
+/// Splits a packed GEMM into `threads` row (or column) blocks, one per pool thread.
+unsafe fn split<T: GemmElem, E>(isa: Isa, threads: usize, args: &Args<T>, epi: &E)
+where
+    E: Fn(usize, usize, &mut [T::Acc]) + Sync,
+{
+    let (mr, nr) = T::tile(isa);
+    let by_rows = args.m.div_ceil(mr) >= threads && args.m >= args.n / 2;
+    let (len, unit) = if by_rows { (args.m, mr) } else { (args.n, nr) };
+    let units = len.div_ceil(unit);
+    let parts = threads.min(units).max(1);
+    if parts == 1 {
+        T::packed(isa, args, epi);
+        return;
+    }
+    let job = |t: usize| {
+        let u0 = units * t / parts;
+        let u1 = units * (t + 1) / parts;
+        let (s, e) = ((u0 * unit).min(len), (u1 * unit).min(len));
+        if s >= e {
+            return;
+        }
+        let mut sub = *args;
+        if by_rows {
+            sub.m = e - s;
+            sub.a = sub.a.wrapping_add(s * args.rsa);
+            sub.c = sub.c.wrapping_add(s * args.ldc);
+            sub.i_off = s;
+        } else {
+            sub.n = e - s;
+            sub.b = sub.b.wrapping_add(s * args.csb);
+            sub.c = sub.c.wrapping_add(s);
+            sub.j_off = s;
+        }
+        // SAFETY: each part writes its own rows/columns of C.
+        unsafe { T::packed(isa, &sub, epi) }
+    };
+    pool::run(parts, &job);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-type dispatch.
+
+macro_rules! dispatch {
+    ($t:ty, $acc:ty, $narrow:expr, $to:expr, $from:expr, $tile:expr) => {
+        impl sealed::Sealed for $t {
+            type A = $acc;
+            const NARROW: bool = $narrow;
+            #[inline(always)]
+            fn to_acc(self) -> $acc {
+                ($to)(self)
+            }
+            #[inline(always)]
+            fn from_acc(v: $acc) -> Self {
+                ($from)(v)
+            }
+            unsafe fn packed<E: Fn(usize, usize, &mut [$acc]) + Sync>(
+                isa: Isa,
+                args: &Args<Self>,
+                epi: &E,
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                if isa >= Isa::Avx2 {
+                    <$t as x86::X86>::packed(isa, args, epi);
+                    return;
+                }
+                let _ = isa;
+                scalar::packed(args, epi);
+            }
+            unsafe fn gemv<E: Fn(usize, usize, &mut [$acc]) + Sync>(
+                isa: Isa,
+                args: &Args<Self>,
+                epi: &E,
+            ) {
+                #[cfg(target_arch = "x86_64")]
+                if isa >= Isa::Avx2 {
+                    <$t as x86::X86>::gemv(isa, args, epi);
+                    return;
+                }
+                let _ = isa;
+                gemv::gemv_scalar(args, epi);
+            }
+            unsafe fn small<E: Fn(usize, usize, &mut [$acc]) + Sync>(
+                isa: Isa,
+                args: &Args<Self>,
+                epi: &E,
+            ) -> bool {
+                #[cfg(target_arch = "x86_64")]
+                if isa >= Isa::Avx2 {
+                    return <$t as x86::X86>::small(isa, args, epi);
+                }
+                let _ = (isa, args, epi);
+                false
+            }
+            fn tile(isa: Isa) -> (usize, usize) {
+                ($tile)(isa)
+            }
+        }
+    };
+}
+
+fn tile32(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Scalar => (scalar::MR, scalar::NR),
+        Isa::Avx2 => (6, 16),
+        _ => (12, 32),
+    }
+}
+fn tile64(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Scalar => (scalar::MR, scalar::NR),
+        Isa::Avx2 => (6, 8),
+        _ => (12, 16),
+    }
+}
+
+dispatch!(f32, f32, false, |x| x, |x| x, tile32);
+dispatch!(f64, f64, false, |x| x, |x| x, tile64);
+dispatch!(f16, f32, true, f16::to_f32, f16::from_f32, tile32);
+dispatch!(bf16, f32, true, bf16::to_f32, bf16::from_f32, tile32);

@@ -1,0 +1,410 @@
+//! Every ISA × path against a naive f64 triple loop: odd sizes, all four transpose
+//! combinations, slices offset by one element, accumulate, alpha, k = 0, the epilogue (called
+//! exactly once per element, with the right indices), narrow types, threads.
+//!
+//! Tolerances (the reference uses the exact, already-rounded inputs, so only the summation and
+//! the final store round): `|got - ref| <= out_eps·|ref| + acc_eps·(k + 2)·Σ|a·b|` with
+//! `acc_eps` = 2⁻²³ (f32 accumulation: f32, f16, bf16) or 2⁻⁵² (f64) and `out_eps` the storage
+//! type's unit roundoff (0 for f32/f64, 2⁻¹¹ for f16, 2⁻⁸ for bf16), plus 2⁻²⁵ absolute for
+//! f16 (its subnormal spacing).
+
+use super::*;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const SIZES: [usize; 8] = [1, 3, 17, 31, 33, 65, 100, 257];
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+    }
+}
+
+trait TestElem: GemmElem {
+    const OUT_EPS: f64;
+    const ACC_EPS: f64;
+    /// Absolute rounding of the storage type near zero (f16 subnormals: half of 2⁻²⁴).
+    const OUT_ABS: f64 = 0.0;
+    fn of(v: f64) -> Self {
+        Self::from_acc(<Self as GemmElem>::Acc::from_f64(v))
+    }
+    fn f(self) -> f64 {
+        self.to_acc().to_f64()
+    }
+}
+impl TestElem for f32 {
+    const OUT_EPS: f64 = 0.0;
+    const ACC_EPS: f64 = 1.2e-7;
+}
+impl TestElem for f64 {
+    const OUT_EPS: f64 = 0.0;
+    const ACC_EPS: f64 = 2.3e-16;
+}
+impl TestElem for f16 {
+    const OUT_EPS: f64 = 4.9e-4;
+    const OUT_ABS: f64 = 3.0e-8;
+    const ACC_EPS: f64 = 1.2e-7;
+}
+impl TestElem for bf16 {
+    const OUT_EPS: f64 = 3.9e-3;
+    const ACC_EPS: f64 = 1.2e-7;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    accumulate: bool,
+    alpha: f64,
+    epilogue: bool,
+}
+
+/// Runs one case with `cfg` and checks it; returns C (for equality tests).
+fn run_case<T: TestElem>(cfg: GemmConfig, cs: Case, seed: u64) -> Vec<T> {
+    let Case {
+        m, n, k, ta, tb, ..
+    } = cs;
+    let mut g = Lcg(seed);
+    // A: m×k, stored row-major (rsa = k+1) or transposed (rsa = 1, csa = m+2); offset 1.
+    let (rsa, csa, alen) = if ta {
+        (1, m + 2, (k.max(1)) * (m + 2))
+    } else {
+        (k + 1, 1, m * (k + 1))
+    };
+    let (rsb, csb, blen) = if tb {
+        (1, k + 1, n * (k + 1))
+    } else {
+        (n + 3, 1, k.max(1) * (n + 3))
+    };
+    let ldc = n + 1;
+    let a: Vec<T> = (0..alen + 1).map(|_| T::of(g.next())).collect();
+    let b: Vec<T> = (0..blen + 1).map(|_| T::of(g.next())).collect();
+    let c0: Vec<T> = (0..m * ldc + 1).map(|_| T::of(g.next())).collect();
+    let mut c = c0.clone();
+    let counts: Vec<AtomicU32> = (0..m * n).map(|_| AtomicU32::new(0)).collect();
+    let epi_f = |i: usize, j: usize, x: f64| x * 0.5 + i as f64 * 0.25 - j as f64 * 0.125;
+    let alpha = <T as GemmElem>::Acc::from_f64(cs.alpha);
+    if cs.epilogue {
+        gemm_with(
+            cfg,
+            m,
+            n,
+            k,
+            alpha,
+            &a[1..],
+            rsa,
+            csa,
+            &b[1..],
+            rsb,
+            csb,
+            cs.accumulate,
+            &mut c[1..],
+            ldc,
+            |i, j, v: &mut [<T as GemmElem>::Acc]| {
+                for (t, x) in v.iter_mut().enumerate() {
+                    counts[i * n + j + t].fetch_add(1, Ordering::Relaxed);
+                    *x = <T as GemmElem>::Acc::from_f64(epi_f(i, j + t, x.to_f64()));
+                }
+            },
+        );
+    } else {
+        gemm_with(
+            cfg,
+            m,
+            n,
+            k,
+            alpha,
+            &a[1..],
+            rsa,
+            csa,
+            &b[1..],
+            rsb,
+            csb,
+            cs.accumulate,
+            &mut c[1..],
+            ldc,
+            |_, _, _: &mut [<T as GemmElem>::Acc]| {},
+        );
+    }
+    let (a, b) = (&a[1..], &b[1..]);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut sa) = (0f64, 0f64);
+            for p in 0..k {
+                let x = a[i * rsa + p * csa].f() * b[p * rsb + j * csb].f();
+                s += x;
+                sa += x.abs();
+            }
+            let prev = c0[1 + i * ldc + j].f();
+            let mut r = cs.alpha * s + if cs.accumulate { prev } else { 0.0 };
+            let mut scale = cs.alpha.abs() * sa + prev.abs();
+            if cs.epilogue {
+                r = epi_f(i, j, r);
+                scale += 1.0 + (i + j) as f64;
+                assert_eq!(
+                    counts[i * n + j].load(Ordering::Relaxed),
+                    1,
+                    "epilogue calls at ({i},{j}) {cs:?} {cfg:?}"
+                );
+            }
+            let got = c[1 + i * ldc + j].f();
+            let tol =
+                T::OUT_EPS * r.abs() + T::ACC_EPS * (k as f64 + 2.0) * scale + T::OUT_ABS + 1e-30;
+            assert!(
+                (got - r).abs() <= tol,
+                "({i},{j}): got {got} want {r} (tol {tol}) {cs:?} {cfg:?}"
+            );
+        }
+        // Padding columns untouched.
+        if n < ldc && i + 1 < m {
+            assert_eq!(c[1 + i * ldc + n].f(), c0[1 + i * ldc + n].f());
+        }
+    }
+    assert_eq!(c[0].f(), c0[0].f(), "wrote before C");
+    c
+}
+
+fn isas() -> Vec<Isa> {
+    Isa::ALL
+        .iter()
+        .copied()
+        .filter(|&i| i <= detected_isa())
+        .collect()
+}
+
+const PATHS: [Path; 4] = [Path::Auto, Path::Packed, Path::Gemv, Path::Small];
+
+fn sweep<T: TestElem>(sizes: &[usize], big: &[(usize, usize, usize)]) {
+    let mut seed = 1;
+    for isa in isas() {
+        for path in PATHS {
+            let cfg = GemmConfig {
+                isa: Some(isa),
+                threads: Some(1),
+                force_split: false,
+                path,
+            };
+            let mut shapes = vec![];
+            for &m in sizes {
+                for &n in sizes {
+                    for &k in sizes {
+                        shapes.push((m, n, k));
+                    }
+                }
+            }
+            shapes.extend_from_slice(big);
+            for (idx, &(m, n, k)) in shapes.iter().enumerate() {
+                for t in 0..4 {
+                    seed += 1;
+                    let variant = (idx + t) % 3;
+                    let cs = Case {
+                        m,
+                        n,
+                        k,
+                        ta: t & 1 != 0,
+                        tb: t & 2 != 0,
+                        accumulate: variant == 1,
+                        alpha: if variant == 2 { -1.5 } else { 1.0 },
+                        epilogue: variant != 0,
+                    };
+                    run_case::<T>(cfg, cs, seed);
+                }
+            }
+        }
+    }
+}
+
+const BIG: [(usize, usize, usize); 6] = [
+    (65, 100, 257),
+    (257, 33, 100),
+    (100, 257, 31),
+    (300, 70, 600),
+    (13, 2100, 5),
+    (5, 37, 1100),
+];
+
+#[test]
+fn f32_all_isas_paths() {
+    sweep::<f32>(&[1, 3, 17, 33], &BIG);
+    sweep::<f32>(&SIZES, &[]);
+}
+
+#[test]
+fn f64_all_isas_paths() {
+    sweep::<f64>(&[1, 3, 17, 33], &BIG);
+}
+
+#[test]
+fn f16_all_isas_paths() {
+    sweep::<f16>(&[1, 3, 17, 33], &BIG);
+}
+
+#[test]
+fn bf16_all_isas_paths() {
+    sweep::<bf16>(&[1, 2, 3, 17, 33], &BIG);
+}
+
+#[test]
+fn k_zero_and_empty() {
+    for isa in isas() {
+        for acc in [false, true] {
+            let cfg = GemmConfig {
+                isa: Some(isa),
+                ..Default::default()
+            };
+            let cs = Case {
+                m: 5,
+                n: 7,
+                k: 0,
+                ta: false,
+                tb: false,
+                accumulate: acc,
+                alpha: 2.0,
+                epilogue: true,
+            };
+            run_case::<f32>(cfg, cs, 9);
+            run_case::<bf16>(cfg, cs, 9);
+        }
+    }
+    // m or n == 0: no-op even with empty slices.
+    let mut c: Vec<f32> = vec![];
+    gemm_plain::<f32>(0, 5, 3, 1.0, &[], 3, 1, &[0.0; 15], 5, 1, false, &mut c, 5);
+    gemm_plain::<f32>(4, 0, 3, 1.0, &[0.0; 12], 3, 1, &[], 0, 1, false, &mut c, 0);
+}
+
+#[test]
+fn threaded_equals_single() {
+    for isa in isas() {
+        for (m, n, k) in [(257, 65, 300), (40, 301, 70), (3, 500, 20), (700, 700, 40)] {
+            for t in 0..4 {
+                let cs = Case {
+                    m,
+                    n,
+                    k,
+                    ta: t & 1 != 0,
+                    tb: t & 2 != 0,
+                    accumulate: t == 1,
+                    alpha: 1.0,
+                    epilogue: true,
+                };
+                let one = GemmConfig {
+                    isa: Some(isa),
+                    threads: Some(1),
+                    force_split: false,
+                    path: Path::Packed,
+                };
+                let c1 = run_case::<f32>(one, cs, 77);
+                for threads in [2, 3] {
+                    let many = GemmConfig {
+                        threads: Some(threads),
+                        force_split: true,
+                        ..one
+                    };
+                    let c2 = run_case::<f32>(many, cs, 77);
+                    assert!(c1 == c2, "threads {threads} differ {cs:?} {isa:?}");
+                }
+                let b1 = run_case::<bf16>(one, cs, 78);
+                let b2 = run_case::<bf16>(
+                    GemmConfig {
+                        threads: Some(2),
+                        force_split: true,
+                        ..one
+                    },
+                    cs,
+                    78,
+                );
+                assert!(b1 == b2);
+            }
+        }
+    }
+}
+
+#[test]
+fn batched_loops() {
+    let (m, n, k, batch) = (3, 4, 5, 3);
+    let a: Vec<f32> = (0..batch * m * k).map(|x| x as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..batch * k * n).map(|x| 1.0 - x as f32 * 0.05).collect();
+    let mut c = vec![0f32; batch * m * n];
+    gemm_batched(
+        batch,
+        m,
+        n,
+        k,
+        1.0,
+        &a,
+        m * k,
+        k,
+        1,
+        &b,
+        k * n,
+        n,
+        1,
+        false,
+        &mut c,
+        m * n,
+        n,
+        |t, _, _, v: &mut [f32]| v.iter_mut().for_each(|x| *x += t as f32),
+    );
+    for t in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k)
+                    .map(|p| a[t * m * k + i * k + p] * b[t * k * n + p * n + j])
+                    .sum::<f32>()
+                    + t as f32;
+                assert!((c[t * m * n + i * n + j] - s).abs() < 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch1_linear_layout() {
+    // [1,784]·W[256,784]ᵀ: the batch-1 MLP layer (rsb = 1, csb = 784) plus bias + relu.
+    let (k, n) = (784, 256);
+    let mut g = Lcg(5);
+    let x: Vec<f32> = (0..k).map(|_| g.next() as f32).collect();
+    let w: Vec<f32> = (0..n * k).map(|_| g.next() as f32).collect();
+    let bias: Vec<f32> = (0..n).map(|_| g.next() as f32).collect();
+    for isa in isas() {
+        let mut y = vec![0f32; n];
+        gemm_with(
+            GemmConfig {
+                isa: Some(isa),
+                ..Default::default()
+            },
+            1,
+            n,
+            k,
+            1.0,
+            &x,
+            k,
+            1,
+            &w,
+            1,
+            k,
+            false,
+            &mut y,
+            n,
+            |_, j, v: &mut [f32]| {
+                for (o, bb) in v.iter_mut().zip(&bias[j..]) {
+                    *o = (*o + *bb).max(0.0)
+                }
+            },
+        );
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|p| x[p] as f64 * w[j * k + p] as f64)
+                .sum::<f64>()
+                + bias[j] as f64;
+            assert!((y[j] as f64 - s.max(0.0)).abs() < 1e-3, "{isa:?} {j}");
+        }
+    }
+}

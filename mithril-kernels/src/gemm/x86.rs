@@ -1,0 +1,712 @@
+//! x86-64 kernels: AVX-512 and AVX2+FMA microkernels (f32, f64, bf16 via `vdpbf16ps`), their
+//! packing routines, the no-packing small-matrix kernels and the GEMV instantiations.
+//!
+//! Every entry point is a `#[target_feature]` function; the generic driver, store path and
+//! epilogue are inlined into it and compiled for that ISA.
+
+use super::driver::{self, store_tile, Kernel, Partial, MAX_TILE};
+use super::gemv;
+use super::sealed::Sealed;
+use super::{Args, Isa};
+use half::{bf16, f16};
+use std::arch::x86_64::*;
+use std::marker::PhantomData;
+
+// Feature sets (kept in one place; the `#[target_feature]` attributes below repeat them
+// literally because attributes cannot take constants).
+// AVX-512: "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c"
+// AVX-512 + BF16: "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16"
+// AVX2: "avx2,fma,f16c"
+
+/// Element types whose packs are `f32` (`f32` itself, and `f16`/`bf16` converted while packing).
+pub(crate) trait Src32: Sealed<A = f32> {
+    /// `dst[0..n] = src[0..n]` converted to f32 (contiguous).
+    unsafe fn cvt(src: *const Self, n: usize, dst: *mut f32);
+}
+
+impl Src32 for f32 {
+    #[inline(always)]
+    unsafe fn cvt(src: *const f32, n: usize, dst: *mut f32) {
+        std::ptr::copy_nonoverlapping(src, dst, n);
+    }
+}
+
+impl Src32 for bf16 {
+    #[inline(always)]
+    unsafe fn cvt(src: *const bf16, n: usize, dst: *mut f32) {
+        let s = src as *const u16;
+        for t in 0..n {
+            *dst.add(t) = f32::from_bits((*s.add(t) as u32) << 16);
+        }
+    }
+}
+
+impl Src32 for f16 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn cvt(src: *const f16, n: usize, dst: *mut f32) {
+        let mut t = 0;
+        while t + 8 <= n {
+            let h = _mm_loadu_si128(src.add(t) as *const __m128i);
+            _mm256_storeu_ps(dst.add(t), _mm256_cvtph_ps(h));
+            t += 8;
+        }
+        while t < n {
+            *dst.add(t) = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                *(src.add(t) as *const u16) as i32,
+            )));
+            t += 1;
+        }
+    }
+}
+
+/// Packs `w <= W` lanes (rows of A / columns of B) × `kc` k indices of `src(lane, q) =
+/// src[lane*rs + q*cs]` as `dst[q*W + lane]` in f32, zero padded.
+#[inline(always)]
+unsafe fn pack32<T: Src32>(
+    src: *const T,
+    rs: usize,
+    cs: usize,
+    w: usize,
+    kc: usize,
+    width: usize,
+    dst: *mut f32,
+) {
+    if rs == 1 {
+        for q in 0..kc {
+            let d = dst.add(q * width);
+            T::cvt(src.add(q * cs), w, d);
+            for l in w..width {
+                *d.add(l) = 0.0;
+            }
+        }
+    } else if cs == 1 {
+        if w < width {
+            for q in 0..kc {
+                for l in w..width {
+                    *dst.add(q * width + l) = 0.0;
+                }
+            }
+        }
+        let mut tmp = [0f32; 128];
+        for l in 0..w {
+            let s = src.add(l * rs);
+            let mut q0 = 0;
+            while q0 < kc {
+                let len = 128.min(kc - q0);
+                T::cvt(s.add(q0), len, tmp.as_mut_ptr());
+                for (t, v) in tmp[..len].iter().enumerate() {
+                    *dst.add((q0 + t) * width + l) = *v;
+                }
+                q0 += len;
+            }
+        }
+    } else {
+        for q in 0..kc {
+            let d = dst.add(q * width);
+            for l in 0..w {
+                *d.add(l) = (*src.add(l * rs + q * cs)).to_acc();
+            }
+            for l in w..width {
+                *d.add(l) = 0.0;
+            }
+        }
+    }
+}
+
+/// f64 packing (no conversion).
+#[inline(always)]
+unsafe fn pack64(
+    src: *const f64,
+    rs: usize,
+    cs: usize,
+    w: usize,
+    kc: usize,
+    width: usize,
+    dst: *mut f64,
+) {
+    for q in 0..kc {
+        let d = dst.add(q * width);
+        if rs == 1 {
+            std::ptr::copy_nonoverlapping(src.add(q * cs), d, w);
+        } else {
+            for l in 0..w {
+                *d.add(l) = *src.add(l * rs + q * cs);
+            }
+        }
+        for l in w..width {
+            *d.add(l) = 0.0;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 f32 12×32.
+
+pub(crate) struct K512<T>(PhantomData<T>);
+
+impl<T: Src32> Kernel<T> for K512<T> {
+    type P = f32;
+    const MR: usize = 12;
+    const NR: usize = 32;
+    const KP: usize = 1;
+    const MC: usize = 144;
+    const KC: usize = 256;
+    const NC: usize = 2048;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+    unsafe fn pack_a(a: *const T, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut f32) {
+        pack32(a, rs, cs, mr, kc, 12, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+    unsafe fn pack_b(b: *const T, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut f32) {
+        pack32(b, cs, rs, nr, kc, 32, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+    unsafe fn kernel(steps: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+        let mut c = [[_mm512_setzero_ps(); 2]; 12];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..steps {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r));
+                cr[0] = _mm512_fmadd_ps(av, b0, cr[0]);
+                cr[1] = _mm512_fmadd_ps(av, b1, cr[1]);
+            }
+            a = a.add(12);
+            b = b.add(32);
+        }
+        for (r, cr) in c.iter().enumerate() {
+            _mm512_storeu_ps(tile.add(r * 32), cr[0]);
+            _mm512_storeu_ps(tile.add(r * 32 + 16), cr[1]);
+        }
+    }
+}
+
+// AVX2 f32 6×16.
+
+pub(crate) struct K256<T>(PhantomData<T>);
+
+impl<T: Src32> Kernel<T> for K256<T> {
+    type P = f32;
+    const MR: usize = 6;
+    const NR: usize = 16;
+    const KP: usize = 1;
+    const MC: usize = 96;
+    const KC: usize = 256;
+    const NC: usize = 2048;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack_a(a: *const T, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut f32) {
+        pack32(a, rs, cs, mr, kc, 6, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack_b(b: *const T, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut f32) {
+        pack32(b, cs, rs, nr, kc, 16, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn kernel(steps: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+        let mut c = [[_mm256_setzero_ps(); 2]; 6];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..steps {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
+                cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+            }
+            a = a.add(6);
+            b = b.add(16);
+        }
+        for (r, cr) in c.iter().enumerate() {
+            _mm256_storeu_ps(tile.add(r * 16), cr[0]);
+            _mm256_storeu_ps(tile.add(r * 16 + 8), cr[1]);
+        }
+    }
+}
+
+// AVX-512 f64 12×16.
+
+pub(crate) struct K512d;
+
+impl Kernel<f64> for K512d {
+    type P = f64;
+    const MR: usize = 12;
+    const NR: usize = 16;
+    const KP: usize = 1;
+    const MC: usize = 96;
+    const KC: usize = 256;
+    const NC: usize = 2048;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+    unsafe fn pack_a(a: *const f64, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut f64) {
+        pack64(a, rs, cs, mr, kc, 12, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+    unsafe fn pack_b(b: *const f64, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut f64) {
+        pack64(b, cs, rs, nr, kc, 16, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+    unsafe fn kernel(steps: usize, a: *const f64, b: *const f64, tile: *mut f64) {
+        let mut c = [[_mm512_setzero_pd(); 2]; 12];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..steps {
+            let b0 = _mm512_loadu_pd(b);
+            let b1 = _mm512_loadu_pd(b.add(8));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm512_set1_pd(*a.add(r));
+                cr[0] = _mm512_fmadd_pd(av, b0, cr[0]);
+                cr[1] = _mm512_fmadd_pd(av, b1, cr[1]);
+            }
+            a = a.add(12);
+            b = b.add(16);
+        }
+        for (r, cr) in c.iter().enumerate() {
+            _mm512_storeu_pd(tile.add(r * 16), cr[0]);
+            _mm512_storeu_pd(tile.add(r * 16 + 8), cr[1]);
+        }
+    }
+}
+
+// AVX2 f64 6×8.
+
+pub(crate) struct K256d;
+
+impl Kernel<f64> for K256d {
+    type P = f64;
+    const MR: usize = 6;
+    const NR: usize = 8;
+    const KP: usize = 1;
+    const MC: usize = 96;
+    const KC: usize = 256;
+    const NC: usize = 2048;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack_a(a: *const f64, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut f64) {
+        pack64(a, rs, cs, mr, kc, 6, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn pack_b(b: *const f64, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut f64) {
+        pack64(b, cs, rs, nr, kc, 8, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn kernel(steps: usize, a: *const f64, b: *const f64, tile: *mut f64) {
+        let mut c = [[_mm256_setzero_pd(); 2]; 6];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..steps {
+            let b0 = _mm256_loadu_pd(b);
+            let b1 = _mm256_loadu_pd(b.add(4));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_sd(&*a.add(r));
+                cr[0] = _mm256_fmadd_pd(av, b0, cr[0]);
+                cr[1] = _mm256_fmadd_pd(av, b1, cr[1]);
+            }
+            a = a.add(6);
+            b = b.add(8);
+        }
+        for (r, cr) in c.iter().enumerate() {
+            _mm256_storeu_pd(tile.add(r * 8), cr[0]);
+            _mm256_storeu_pd(tile.add(r * 8 + 4), cr[1]);
+        }
+    }
+}
+
+// AVX512_BF16 12×32 on k-pairs.
+
+pub(crate) struct KBf16;
+
+#[inline(always)]
+unsafe fn bits(p: *const bf16) -> u32 {
+    *(p as *const u16) as u32
+}
+
+impl Kernel<bf16> for KBf16 {
+    /// A pair `(x[2q], x[2q+1])` of bf16 bits, low half first.
+    type P = u32;
+    const MR: usize = 12;
+    const NR: usize = 32;
+    const KP: usize = 2;
+    const MC: usize = 144;
+    const KC: usize = 512;
+    const NC: usize = 2048;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+    unsafe fn pack_a(a: *const bf16, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut u32) {
+        pack_pairs(a, rs, cs, mr, kc, 12, dst)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+    unsafe fn pack_b(b: *const bf16, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut u32) {
+        if cs == 1 && nr == 32 {
+            // Rows contiguous: interleave rows 2q and 2q+1 with two permutes.
+            let lo_idx = _mm512_set_epi16(
+                47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5,
+                36, 4, 35, 3, 34, 2, 33, 1, 32, 0,
+            );
+            let hi_idx = _mm512_set_epi16(
+                63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54, 22, 53,
+                21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16,
+            );
+            let mut q = 0;
+            while 2 * q < kc {
+                let r0 = _mm512_loadu_si512(b.add(2 * q * rs) as *const _);
+                let r1 = if 2 * q + 1 < kc {
+                    _mm512_loadu_si512(b.add((2 * q + 1) * rs) as *const _)
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let d = dst.add(q * 32);
+                _mm512_storeu_si512(d as *mut _, _mm512_permutex2var_epi16(r0, lo_idx, r1));
+                _mm512_storeu_si512(
+                    d.add(16) as *mut _,
+                    _mm512_permutex2var_epi16(r0, hi_idx, r1),
+                );
+                q += 1;
+            }
+        } else {
+            pack_pairs(b, cs, rs, nr, kc, 32, dst)
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+    unsafe fn kernel(steps: usize, a: *const u32, b: *const u32, tile: *mut f32) {
+        let mut c = [[_mm512_setzero_ps(); 2]; 12];
+        let (mut a, mut b) = (a, b);
+        for _ in 0..steps {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const _));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
+                cr[0] = _mm512_dpbf16_ps(cr[0], av, b0);
+                cr[1] = _mm512_dpbf16_ps(cr[1], av, b1);
+            }
+            a = a.add(12);
+            b = b.add(32);
+        }
+        for (r, cr) in c.iter().enumerate() {
+            _mm512_storeu_ps(tile.add(r * 32), cr[0]);
+            _mm512_storeu_ps(tile.add(r * 32 + 16), cr[1]);
+        }
+    }
+}
+
+/// `dst[q*W + l] = bits(src(l, 2q)) | bits(src(l, 2q+1)) << 16`, zero padded (lanes past `w`,
+/// the odd k index past `kc`).
+#[inline(always)]
+unsafe fn pack_pairs(
+    src: *const bf16,
+    rs: usize,
+    cs: usize,
+    w: usize,
+    kc: usize,
+    width: usize,
+    dst: *mut u32,
+) {
+    let steps = kc.div_ceil(2);
+    let full = kc / 2;
+    if cs == 1 {
+        for l in 0..w {
+            let s = src.add(l * rs);
+            for q in 0..full {
+                *dst.add(q * width + l) = (s.add(2 * q) as *const u32).read_unaligned();
+            }
+            if full < steps {
+                *dst.add(full * width + l) = bits(s.add(2 * full));
+            }
+        }
+    } else {
+        for q in 0..steps {
+            for l in 0..w {
+                let s = src.add(l * rs + 2 * q * cs);
+                let hi = if 2 * q + 1 < kc { bits(s.add(cs)) } else { 0 };
+                *dst.add(q * width + l) = bits(s) | hi << 16;
+            }
+        }
+    }
+    if w < width {
+        for q in 0..steps {
+            for l in w..width {
+                *dst.add(q * width + l) = 0;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points per ISA (the driver inlined into a function compiled with that ISA).
+
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn packed_512<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>(
+    args: &Args<T>,
+    epi: &E,
+) {
+    driver::packed::<T, K, E>(args, epi)
+}
+
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+unsafe fn packed_512bf16<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>(
+    args: &Args<T>,
+    epi: &E,
+) {
+    driver::packed::<T, K, E>(args, epi)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn packed_256<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>(
+    args: &Args<T>,
+    epi: &E,
+) {
+    driver::packed::<T, K, E>(args, epi)
+}
+
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn gemv_512<T: Sealed, E: Fn(usize, usize, &mut [T::A]), const L: usize>(
+    args: &Args<T>,
+    epi: &E,
+) {
+    gemv::gemv_impl::<T, E, true, L>(args, epi)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_256<T: Sealed, E: Fn(usize, usize, &mut [T::A]), const L: usize>(
+    args: &Args<T>,
+    epi: &E,
+) {
+    gemv::gemv_impl::<T, E, true, L>(args, epi)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small path (f32, B rows contiguous): the microkernel reads A and B in place.
+
+/// 12×32 tile of `A(rows, 0..k)·B(0..k, 0..nr)` with masked B loads at the right edge; rows
+/// past the edge repeat row 0 (their results are discarded).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn small_kernel_512(
+    k: usize,
+    rows: &[*const f32; 12],
+    csa: usize,
+    b: *const f32,
+    rsb: usize,
+    nr: usize,
+    tile: *mut f32,
+) {
+    let m0: __mmask16 = if nr >= 16 {
+        0xffff
+    } else {
+        (1u32 << nr) as u16 - 1
+    };
+    let m1: __mmask16 = if nr >= 32 {
+        0xffff
+    } else if nr > 16 {
+        (1u32 << (nr - 16)) as u16 - 1
+    } else {
+        0
+    };
+    let mut c = [[_mm512_setzero_ps(); 2]; 12];
+    for p in 0..k {
+        let bp = b.add(p * rsb);
+        let b0 = _mm512_maskz_loadu_ps(m0, bp);
+        let b1 = _mm512_maskz_loadu_ps(m1, bp.add(16));
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*rows[r].add(p * csa));
+            cr[0] = _mm512_fmadd_ps(av, b0, cr[0]);
+            cr[1] = _mm512_fmadd_ps(av, b1, cr[1]);
+        }
+    }
+    for (r, cr) in c.iter().enumerate() {
+        _mm512_storeu_ps(tile.add(r * 32), cr[0]);
+        _mm512_storeu_ps(tile.add(r * 32 + 16), cr[1]);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn small_kernel_256(
+    k: usize,
+    rows: &[*const f32; 6],
+    csa: usize,
+    b: *const f32,
+    rsb: usize,
+    nr: usize,
+    tile: *mut f32,
+) {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32), lanes);
+    let m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr as i32 - 8), lanes);
+    let mut c = [[_mm256_setzero_ps(); 2]; 6];
+    for p in 0..k {
+        let bp = b.add(p * rsb);
+        let b0 = _mm256_maskload_ps(bp, m0);
+        let b1 = _mm256_maskload_ps(bp.add(8), m1);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*rows[r].add(p * csa));
+            cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
+            cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+        }
+    }
+    for (r, cr) in c.iter().enumerate() {
+        _mm256_storeu_ps(tile.add(r * 16), cr[0]);
+        _mm256_storeu_ps(tile.add(r * 16 + 8), cr[1]);
+    }
+}
+
+macro_rules! small_driver {
+    ($name:ident, $feat:literal, $kern:ident, $mr:literal, $nr:literal) => {
+        #[target_feature(enable = $feat)]
+        unsafe fn $name<E: Fn(usize, usize, &mut [f32])>(args: &Args<f32>, epi: &E) {
+            let mut tile = [0f32; MAX_TILE];
+            let tile = tile.as_mut_ptr();
+            let mut j = 0;
+            while j < args.n {
+                let nr = $nr.min(args.n - j);
+                let b = args.b.add(j);
+                let mut i = 0;
+                while i < args.m {
+                    let mr = $mr.min(args.m - i);
+                    let mut rows = [args.a.add(i * args.rsa); $mr];
+                    for (r, row) in rows.iter_mut().enumerate().take(mr) {
+                        *row = args.a.add((i + r) * args.rsa);
+                    }
+                    $kern(args.k, &rows, args.csa, b, args.rsb, nr, tile);
+                    let part = Partial {
+                        ptr: args.c.add(i * args.ldc + j),
+                        ld: args.ldc,
+                    };
+                    store_tile(args, tile, $nr, mr, nr, i, j, true, true, part, epi);
+                    i += $mr;
+                }
+                j += $nr;
+            }
+        }
+    };
+}
+
+small_driver!(
+    small_512,
+    "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c",
+    small_kernel_512,
+    12,
+    32
+);
+small_driver!(small_256, "avx2,fma,f16c", small_kernel_256, 6, 16);
+
+// ---------------------------------------------------------------------------------------------
+// Per-type dispatch.
+
+/// x86 entry points of one element type.
+pub(crate) trait X86: Sealed {
+    /// Packed GEMM (single thread).
+    unsafe fn packed<E: Fn(usize, usize, &mut [Self::A])>(isa: Isa, args: &Args<Self>, epi: &E);
+    /// GEMV.
+    unsafe fn gemv<E: Fn(usize, usize, &mut [Self::A])>(isa: Isa, args: &Args<Self>, epi: &E);
+    /// Small path; false when there is none for this type/layout.
+    unsafe fn small<E: Fn(usize, usize, &mut [Self::A])>(
+        isa: Isa,
+        args: &Args<Self>,
+        epi: &E,
+    ) -> bool;
+}
+
+macro_rules! x86_f32like {
+    ($t:ty, $bf16:expr) => {
+        impl X86 for $t {
+            unsafe fn packed<E: Fn(usize, usize, &mut [f32])>(
+                isa: Isa,
+                args: &Args<Self>,
+                epi: &E,
+            ) {
+                match isa {
+                    Isa::Scalar | Isa::Avx2 => packed_256::<$t, K256<$t>, E>(args, epi),
+                    Isa::Avx512Bf16 if $bf16 => bf16_dp(args, epi),
+                    _ => packed_512::<$t, K512<$t>, E>(args, epi),
+                }
+            }
+            unsafe fn gemv<E: Fn(usize, usize, &mut [f32])>(isa: Isa, args: &Args<Self>, epi: &E) {
+                match isa {
+                    Isa::Scalar | Isa::Avx2 => gemv_256::<$t, E, 8>(args, epi),
+                    _ => gemv_512::<$t, E, 16>(args, epi),
+                }
+            }
+            unsafe fn small<E: Fn(usize, usize, &mut [f32])>(
+                isa: Isa,
+                args: &Args<Self>,
+                epi: &E,
+            ) -> bool {
+                small_f32(isa, args, epi)
+            }
+        }
+    };
+}
+
+x86_f32like!(f32, false);
+x86_f32like!(f16, false);
+x86_f32like!(bf16, true);
+
+/// Small path: only for `f32` with contiguous B rows.
+#[inline(always)]
+unsafe fn small_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(
+    isa: Isa,
+    args: &Args<T>,
+    epi: &E,
+) -> bool {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() || args.csb != 1 {
+        return false;
+    }
+    // SAFETY: T is f32 (checked above), so Args<T> is Args<f32>.
+    let args = &*(args as *const Args<T> as *const Args<f32>);
+    match isa {
+        Isa::Scalar | Isa::Avx2 => small_256(args, epi),
+        _ => small_512(args, epi),
+    }
+    true
+}
+
+/// bf16 with `vdpbf16ps` (only reached for `T = bf16`).
+#[inline(always)]
+unsafe fn bf16_dp<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E)
+where
+    T: Sealed<A = f32>,
+{
+    debug_assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>());
+    // SAFETY: only instantiated for T = bf16 (the macro's `$bf16` flag).
+    let args = &*(args as *const Args<T> as *const Args<bf16>);
+    packed_512bf16::<bf16, KBf16, E>(args, epi)
+}
+
+impl X86 for f64 {
+    unsafe fn packed<E: Fn(usize, usize, &mut [f64])>(isa: Isa, args: &Args<Self>, epi: &E) {
+        match isa {
+            Isa::Scalar | Isa::Avx2 => packed_256::<f64, K256d, E>(args, epi),
+            _ => packed_512::<f64, K512d, E>(args, epi),
+        }
+    }
+    unsafe fn gemv<E: Fn(usize, usize, &mut [f64])>(isa: Isa, args: &Args<Self>, epi: &E) {
+        match isa {
+            Isa::Scalar | Isa::Avx2 => gemv_256::<f64, E, 4>(args, epi),
+            _ => gemv_512::<f64, E, 8>(args, epi),
+        }
+    }
+    unsafe fn small<E: Fn(usize, usize, &mut [f64])>(
+        _isa: Isa,
+        _args: &Args<Self>,
+        _epi: &E,
+    ) -> bool {
+        false
+    }
+}

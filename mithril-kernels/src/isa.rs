@@ -1,0 +1,142 @@
+//! Run-time instruction-set selection shared by every multiversioned kernel.
+//!
+//! Each kernel is compiled three times — an AVX-512 copy, an AVX2+FMA copy and a baseline
+//! ("scalar", i.e. plain x86-64 / any other architecture) copy — and picks one per call with
+//! [`active`]. The CPU is probed once ([`detected`], cached in an atomic); tests force a path with
+//! [`with_isa`], which is thread-local and never selects an ISA the CPU lacks.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction-set level a kernel can be compiled for. Ordered: `Scalar < Avx2 < Avx512`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Baseline code: no target features beyond the compile target's defaults. Always available.
+    Scalar,
+    /// x86-64 with `avx2,fma,f16c`.
+    Avx2,
+    /// x86-64 with `avx512f,avx512bw,avx512vl,avx512dq` plus the AVX2 set.
+    Avx512,
+}
+
+impl Isa {
+    /// Every level, lowest first.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    /// True when this CPU can run code compiled for `self`.
+    pub fn supported(self) -> bool {
+        self <= detected()
+    }
+
+    /// The levels this CPU supports, lowest first (always starts with [`Isa::Scalar`]).
+    pub fn available() -> impl Iterator<Item = Isa> {
+        Isa::ALL.into_iter().filter(|i| i.supported())
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Isa::Scalar => 1,
+            Isa::Avx2 => 2,
+            Isa::Avx512 => 3,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Isa> {
+        match v {
+            1 => Some(Isa::Scalar),
+            2 => Some(Isa::Avx2),
+            3 => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+}
+
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    static FORCED: Cell<u8> = const { Cell::new(0) };
+}
+
+#[cfg(target_arch = "x86_64")]
+fn probe() -> Isa {
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        Isa::Avx512
+    } else if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn probe() -> Isa {
+    Isa::Scalar
+}
+
+/// The best level this CPU supports (probed once, then cached).
+#[inline]
+pub fn detected() -> Isa {
+    match Isa::from_u8(DETECTED.load(Ordering::Relaxed)) {
+        Some(i) => i,
+        None => {
+            let i = probe();
+            DETECTED.store(i.to_u8(), Ordering::Relaxed);
+            i
+        }
+    }
+}
+
+/// The level kernels called on this thread use now: the one forced by an enclosing [`with_isa`],
+/// else [`detected`].
+#[inline]
+pub fn active() -> Isa {
+    match Isa::from_u8(FORCED.with(|f| f.get())) {
+        Some(i) => i,
+        None => detected(),
+    }
+}
+
+/// Runs `f` with kernels on this thread forced to `isa`, clamped to what the CPU supports (asking
+/// for AVX-512 on an AVX2 machine runs AVX2), and returns its result. Nests; the previous choice
+/// is restored afterwards, also when `f` panics. Meant for tests and benchmarks.
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let v = self.0;
+            FORCED.with(|c| c.set(v));
+        }
+    }
+    let eff = isa.min(detected());
+    let _restore = Restore(FORCED.with(|c| c.replace(eff.to_u8())));
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forcing_is_scoped_and_clamped() {
+        let d = detected();
+        assert_eq!(active(), d);
+        with_isa(Isa::Scalar, || {
+            assert_eq!(active(), Isa::Scalar);
+            with_isa(Isa::Avx512, || assert_eq!(active(), d));
+            assert_eq!(active(), Isa::Scalar);
+        });
+        assert_eq!(active(), d);
+        assert!(Isa::Scalar.supported());
+        assert_eq!(Isa::available().next(), Some(Isa::Scalar));
+    }
+}

@@ -1,0 +1,692 @@
+//! Row kernels over contiguous `[rows, cols]` data: per-row sum / mean / max / min, column sums
+//! (sum over rows, e.g. for bias gradients), softmax, log-softmax, layer norm and RMS norm.
+//!
+//! Every kernel is multiversioned (AVX-512 / AVX2+FMA / baseline, chosen per call by
+//! [`crate::isa::active`]) and generic over the element type ([`RowElem`]: `f32`, `f64`, `f16`,
+//! `bf16`). Elements are computed in `f32` (`f64` for `f64`) and *accumulated* in a wider or equal
+//! type: `f32` data accumulates in `f64`, `f64` in `f64`, `f16`/`bf16` in `f32`. Summation order is
+//! fixed by the source (16 lane accumulators, then a fixed tree), so every ISA path gives the
+//! same bits.
+//!
+//! # Error bounds
+//!
+//! With `u` the unit roundoff of the accumulation type (2⁻⁵³ for `f32`/`f64` data, 2⁻²⁴ for
+//! `f16`/`bf16`), a row sum `ŝ` of `n` terms satisfies
+//! `|ŝ - s| ≤ (⌈n/16⌉ min 128 + 4 + ⌈log₂⌈n/2048⌉⌉ + 1) · u · Σ|xᵢ|` before the final rounding to
+//! the element type (½ ulp): blocks of 2048 are summed in 16 lanes, then combined pairwise. For
+//! `f32` data that is the final rounding plus ~2⁻⁴⁵·Σ|xᵢ| — below an ulp of the result unless the
+//! sum cancels massively. Column sums add rows sequentially in blocks of 256 rows and combine the
+//! blocks pairwise: `(256 + ⌈log₂⌈rows/256⌉⌉ + 1) · u · Σ|xᵢ|`. `mean` is the sum divided by `n`
+//! in the accumulation type; `max`/`min` are exact (NaN propagates).
+//!
+//! Softmax / log-softmax / layer norm / RMS norm: statistics are accumulated as above; the
+//! elementwise part runs in the compute type with [`crate::vmath`] functions. Measured maxima
+//! (tests/rows.rs, random rows against an f64 reference): see the `ROWS_*` constants' docs.
+//!
+//! # Preconditions (debug-asserted)
+//!
+//! `rows` is given by the output (`out.len()` for per-row results, `out.len() / cols` for
+//! row-shaped results); `x.len() >= rows * cols`; `gamma`/`beta` have at least `cols` elements.
+//! `cols == 0` is allowed: sums are 0, means NaN, max −∞, min +∞.
+
+use crate::isa::{self, Isa};
+use crate::vmath::VFloat;
+use half::{bf16, f16};
+use std::ops::{Add, Div, Mul, Sub};
+
+/// Measured max relative error (over elements ≥ 1e-30) of [`softmax`] on `f32`: 4 ulp.
+pub const ROWS_SOFTMAX_F32_ULP: f64 = 4.0;
+
+/// A float type the row kernels compute or accumulate in (`f32`, `f64`).
+pub trait Calc:
+    Copy
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + VFloat
+    + Send
+    + Sync
+    + 'static
+{
+    /// 0
+    const ZERO: Self;
+    /// 1
+    const ONE: Self;
+    /// −∞
+    const NEG_INF: Self;
+    /// +∞
+    const INF: Self;
+    /// from f64 (rounding)
+    fn of(v: f64) -> Self;
+    /// square root
+    fn sqrt(self) -> Self;
+    /// true for NaN
+    fn nan(self) -> bool;
+}
+
+impl Calc for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    const INF: Self = f32::INFINITY;
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    #[inline(always)]
+    fn nan(self) -> bool {
+        self.is_nan()
+    }
+}
+
+impl Calc for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    const INF: Self = f64::INFINITY;
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    #[inline(always)]
+    fn nan(self) -> bool {
+        self.is_nan()
+    }
+}
+
+/// An element type of row data: how it is loaded into the compute type `C`, stored back, and
+/// which type `A` accumulates its sums.
+pub trait RowElem: Copy + Send + Sync + 'static {
+    /// compute type
+    type C: Calc;
+    /// accumulation type
+    type A: Calc;
+    /// `true` when storing a `C` value loses precision (softmax then recomputes instead of
+    /// re-reading its stored exponentials)
+    const NARROW: bool;
+    /// widen to the compute type (exact)
+    fn load(self) -> Self::C;
+    /// round from the compute type
+    fn store(c: Self::C) -> Self;
+    /// compute → accumulation type (exact)
+    fn up(c: Self::C) -> Self::A;
+    /// accumulation → compute type (rounding)
+    fn down(a: Self::A) -> Self::C;
+}
+
+impl RowElem for f32 {
+    type C = f32;
+    type A = f64;
+    const NARROW: bool = false;
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn store(c: f32) -> Self {
+        c
+    }
+    #[inline(always)]
+    fn up(c: f32) -> f64 {
+        c as f64
+    }
+    #[inline(always)]
+    fn down(a: f64) -> f32 {
+        a as f32
+    }
+}
+
+impl RowElem for f64 {
+    type C = f64;
+    type A = f64;
+    const NARROW: bool = false;
+    #[inline(always)]
+    fn load(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn store(c: f64) -> Self {
+        c
+    }
+    #[inline(always)]
+    fn up(c: f64) -> f64 {
+        c
+    }
+    #[inline(always)]
+    fn down(a: f64) -> f64 {
+        a
+    }
+}
+
+impl RowElem for f16 {
+    type C = f32;
+    type A = f32;
+    const NARROW: bool = true;
+    #[inline(always)]
+    fn load(self) -> f32 {
+        crate::cvt::f16_to_f32(self.to_bits())
+    }
+    #[inline(always)]
+    fn store(c: f32) -> Self {
+        f16::from_bits(crate::cvt::f32_to_f16(c))
+    }
+    #[inline(always)]
+    fn up(c: f32) -> f32 {
+        c
+    }
+    #[inline(always)]
+    fn down(a: f32) -> f32 {
+        a
+    }
+}
+
+impl RowElem for bf16 {
+    type C = f32;
+    type A = f32;
+    const NARROW: bool = true;
+    #[inline(always)]
+    fn load(self) -> f32 {
+        crate::cvt::bf16_to_f32(self.to_bits())
+    }
+    #[inline(always)]
+    fn store(c: f32) -> Self {
+        bf16::from_bits(crate::cvt::f32_to_bf16(c))
+    }
+    #[inline(always)]
+    fn up(c: f32) -> f32 {
+        c
+    }
+    #[inline(always)]
+    fn down(a: f32) -> f32 {
+        a
+    }
+}
+
+/// Lane accumulators.
+const L: usize = 16;
+/// Elements summed in lanes before pairwise combination.
+const BLK: usize = 2048;
+/// Column tile width of `col_sum`.
+const TC: usize = 64;
+/// Rows summed sequentially per block in `col_sum`.
+const RB: usize = 256;
+
+#[inline(always)]
+fn tree<A: Calc>(mut acc: [A; L]) -> A {
+    let mut w = L / 2;
+    while w > 0 {
+        for j in 0..w {
+            acc[j] = acc[j] + acc[j + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// Pairwise combination of block sums (a binary counter of partial sums: at most 64 levels).
+struct Pairwise<A> {
+    stack: [A; 64],
+    size: [u64; 64],
+    top: usize,
+}
+
+impl<A: Calc> Pairwise<A> {
+    #[inline(always)]
+    fn new() -> Self {
+        Pairwise {
+            stack: [A::ZERO; 64],
+            size: [0; 64],
+            top: 0,
+        }
+    }
+    #[inline(always)]
+    fn push(&mut self, mut s: A) {
+        let mut sz = 1u64;
+        while self.top > 0 && self.size[self.top - 1] == sz {
+            self.top -= 1;
+            s = self.stack[self.top] + s;
+            sz *= 2;
+        }
+        self.stack[self.top] = s;
+        self.size[self.top] = sz;
+        self.top += 1;
+    }
+    #[inline(always)]
+    fn total(&self) -> A {
+        let mut t = A::ZERO;
+        for i in (0..self.top).rev() {
+            t = self.stack[i] + t;
+        }
+        t
+    }
+}
+
+/// Σ f(xᵢ), 16 lanes per block of `BLK`, blocks pairwise.
+#[inline(always)]
+fn psum<T: Copy, A: Calc>(x: &[T], f: impl Fn(T) -> A) -> A {
+    let mut pw = Pairwise::<A>::new();
+    for blk in x.chunks(BLK) {
+        let mut acc = [A::ZERO; L];
+        let mut it = blk.chunks_exact(L);
+        for c in &mut it {
+            for j in 0..L {
+                acc[j] = acc[j] + f(c[j]);
+            }
+        }
+        for (j, &v) in it.remainder().iter().enumerate() {
+            acc[j] = acc[j] + f(v);
+        }
+        pw.push(tree(acc));
+    }
+    pw.total()
+}
+
+/// `out[i] = g(xᵢ)` and Σ `out`-values (as returned by `g`), same summation structure as `psum`.
+#[inline(always)]
+fn psum_store<T: Copy, O: Copy, A: Calc>(x: &[T], out: &mut [O], g: impl Fn(T) -> (O, A)) -> A {
+    let mut pw = Pairwise::<A>::new();
+    for (blk, oblk) in x.chunks(BLK).zip(out.chunks_mut(BLK)) {
+        let mut acc = [A::ZERO; L];
+        let mut it = blk.chunks_exact(L);
+        let mut ot = oblk.chunks_exact_mut(L);
+        for (c, o) in (&mut it).zip(&mut ot) {
+            for j in 0..L {
+                let (v, a) = g(c[j]);
+                o[j] = v;
+                acc[j] = acc[j] + a;
+            }
+        }
+        for (j, (&v, o)) in it.remainder().iter().zip(ot.into_remainder()).enumerate() {
+            let (w, a) = g(v);
+            *o = w;
+            acc[j] = acc[j] + a;
+        }
+        pw.push(tree(acc));
+    }
+    pw.total()
+}
+
+/// NaN-propagating max in lanes (`less` = false) or min (`less` = true), exact.
+#[inline(always)]
+fn extreme<T: RowElem>(x: &[T], less: bool) -> T::C {
+    let init = if less { T::C::INF } else { T::C::NEG_INF };
+    let mut acc = [init; L];
+    #[inline(always)]
+    fn step<C: Calc>(m: C, v: C, less: bool) -> C {
+        // take v when it is beyond m or NaN, unless m is already NaN
+        let beyond = if less { !(v >= m) } else { !(v <= m) };
+        if beyond && !m.nan() {
+            v
+        } else {
+            m
+        }
+    }
+    let mut it = x.chunks_exact(L);
+    for c in &mut it {
+        for j in 0..L {
+            acc[j] = step(acc[j], c[j].load(), less);
+        }
+    }
+    for (j, &v) in it.remainder().iter().enumerate() {
+        acc[j] = step(acc[j], v.load(), less);
+    }
+    let mut m = acc[0];
+    for &a in &acc[1..] {
+        m = step(m, a, less);
+    }
+    m
+}
+
+macro_rules! multiversion {
+    (
+        $(#[$m:meta])*
+        pub fn $name:ident<T: RowElem>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
+    ) => {
+        $(#[$m])*
+        pub fn $name<T: RowElem>($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+            unsafe fn avx512<T: RowElem>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2<T: RowElem>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            match isa::active() {
+                // SAFETY: `active` only returns levels the CPU supports.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
+                _ => $imp::<T>($($a),*),
+            }
+        }
+    };
+}
+
+#[inline(always)]
+fn row<T>(x: &[T], r: usize, cols: usize) -> &[T] {
+    &x[r * cols..(r + 1) * cols]
+}
+
+#[inline(always)]
+fn sum_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+    debug_assert!(x.len() >= out.len() * cols);
+    for (r, o) in out.iter_mut().enumerate() {
+        let s = psum(row(x, r, cols), |v: T| T::up(v.load()));
+        *o = T::store(T::down(s));
+    }
+}
+
+#[inline(always)]
+fn mean_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+    debug_assert!(x.len() >= out.len() * cols);
+    let n = T::A::of(cols as f64);
+    for (r, o) in out.iter_mut().enumerate() {
+        let s = psum(row(x, r, cols), |v: T| T::up(v.load()));
+        *o = T::store(T::down(s / n));
+    }
+}
+
+#[inline(always)]
+fn max_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+    debug_assert!(x.len() >= out.len() * cols);
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = T::store(extreme(row(x, r, cols), false));
+    }
+}
+
+#[inline(always)]
+fn min_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+    debug_assert!(x.len() >= out.len() * cols);
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = T::store(extreme(row(x, r, cols), true));
+    }
+}
+
+#[inline(always)]
+fn col_sum_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+    debug_assert!(out.len() >= cols);
+    let out = &mut out[..cols];
+    if cols == 0 {
+        return;
+    }
+    let rows = x.len() / cols;
+    // per-level partial sums of a column tile (binary counter over row blocks; 2³² rows at most)
+    let mut stack = [[T::A::ZERO; TC]; 25];
+    let mut size = [0u64; 25];
+    let mut c0 = 0;
+    while c0 < cols {
+        let w = TC.min(cols - c0);
+        let mut top = 0;
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + RB).min(rows);
+            let mut acc = [T::A::ZERO; TC];
+            if w == TC {
+                for r in r0..r1 {
+                    let xr = &x[r * cols + c0..r * cols + c0 + TC];
+                    for j in 0..TC {
+                        acc[j] = acc[j] + T::up(xr[j].load());
+                    }
+                }
+            } else {
+                for r in r0..r1 {
+                    let xr = &x[r * cols + c0..r * cols + c0 + w];
+                    for (a, v) in acc.iter_mut().zip(xr) {
+                        *a = *a + T::up(v.load());
+                    }
+                }
+            }
+            let mut sz = 1u64;
+            while top > 0 && size[top - 1] == sz {
+                top -= 1;
+                for j in 0..TC {
+                    acc[j] = stack[top][j] + acc[j];
+                }
+                sz *= 2;
+            }
+            stack[top] = acc;
+            size[top] = sz;
+            top += 1;
+            r0 = r1;
+        }
+        let mut tot = [T::A::ZERO; TC];
+        for i in (0..top).rev() {
+            for j in 0..TC {
+                tot[j] = stack[i][j] + tot[j];
+            }
+        }
+        for (o, t) in out[c0..c0 + w].iter_mut().zip(tot) {
+            *o = T::store(T::down(t));
+        }
+        c0 += w;
+    }
+}
+
+#[inline(always)]
+fn softmax_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+    if cols == 0 {
+        return;
+    }
+    let rows = out.len() / cols;
+    debug_assert!(x.len() >= rows * cols);
+    for r in 0..rows {
+        let xr = row(x, r, cols);
+        let or = &mut out[r * cols..(r + 1) * cols];
+        let m = extreme(xr, false);
+        let s = psum_store(xr, or, |v: T| {
+            let e = (v.load() - m).vexp();
+            (T::store(e), T::up(e))
+        });
+        let inv = T::C::ONE / T::down(s);
+        if T::NARROW {
+            for (o, &v) in or.iter_mut().zip(xr) {
+                *o = T::store((v.load() - m).vexp() * inv);
+            }
+        } else {
+            for o in or.iter_mut() {
+                *o = T::store(o.load() * inv);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn log_softmax_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+    if cols == 0 {
+        return;
+    }
+    let rows = out.len() / cols;
+    debug_assert!(x.len() >= rows * cols);
+    for r in 0..rows {
+        let xr = row(x, r, cols);
+        let or = &mut out[r * cols..(r + 1) * cols];
+        let m = extreme(xr, false);
+        let s = psum(xr, |v: T| T::up((v.load() - m).vexp()));
+        let lse = T::down(s).vln();
+        for (o, &v) in or.iter_mut().zip(xr) {
+            *o = T::store(v.load() - m - lse);
+        }
+    }
+}
+
+/// Per-row statistics written by [`layer_norm`]: the mean and `1/√(var + eps)` of every row.
+pub struct NormStats<'a, T> {
+    /// row means, `rows` elements
+    pub mean: &'a mut [T],
+    /// row reciprocal standard deviations, `rows` elements
+    pub rstd: &'a mut [T],
+}
+
+#[inline(always)]
+fn layer_norm_impl<T: RowElem>(
+    x: &[T],
+    cols: usize,
+    gamma: Option<&[T]>,
+    beta: Option<&[T]>,
+    eps: f64,
+    out: &mut [T],
+    mut stats: Option<NormStats<'_, T>>,
+) {
+    if cols == 0 {
+        return;
+    }
+    let rows = out.len() / cols;
+    debug_assert!(x.len() >= rows * cols);
+    let n = T::A::of(cols as f64);
+    let eps = T::A::of(eps);
+    let gamma = gamma.map(|g| &g[..cols]);
+    let beta = beta.map(|b| &b[..cols]);
+    for r in 0..rows {
+        let xr = row(x, r, cols);
+        let or = &mut out[r * cols..(r + 1) * cols];
+        let mean = psum(xr, |v: T| T::up(v.load())) / n;
+        let var = psum(xr, |v: T| {
+            let d = T::up(v.load()) - mean;
+            d * d
+        }) / n;
+        let rstd = T::A::ONE / (var + eps).sqrt();
+        if let Some(st) = stats.as_mut() {
+            st.mean[r] = T::store(T::down(mean));
+            st.rstd[r] = T::store(T::down(rstd));
+        }
+        let (mc, rc) = (T::down(mean), T::down(rstd));
+        match (gamma, beta) {
+            (Some(g), Some(b)) => {
+                for (((o, &v), &g), &b) in or.iter_mut().zip(xr).zip(g).zip(b) {
+                    *o = T::store((v.load() - mc) * rc * g.load() + b.load());
+                }
+            }
+            (Some(g), None) => {
+                for ((o, &v), &g) in or.iter_mut().zip(xr).zip(g) {
+                    *o = T::store((v.load() - mc) * rc * g.load());
+                }
+            }
+            (None, Some(b)) => {
+                for ((o, &v), &b) in or.iter_mut().zip(xr).zip(b) {
+                    *o = T::store((v.load() - mc) * rc + b.load());
+                }
+            }
+            (None, None) => {
+                for (o, &v) in or.iter_mut().zip(xr) {
+                    *o = T::store((v.load() - mc) * rc);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn rms_norm_impl<T: RowElem>(
+    x: &[T],
+    cols: usize,
+    gamma: Option<&[T]>,
+    eps: f64,
+    out: &mut [T],
+    rstd_out: Option<&mut [T]>,
+) {
+    if cols == 0 {
+        return;
+    }
+    let rows = out.len() / cols;
+    debug_assert!(x.len() >= rows * cols);
+    let n = T::A::of(cols as f64);
+    let eps = T::A::of(eps);
+    let gamma = gamma.map(|g| &g[..cols]);
+    let mut rstd_out = rstd_out;
+    for r in 0..rows {
+        let xr = row(x, r, cols);
+        let or = &mut out[r * cols..(r + 1) * cols];
+        let ms = psum(xr, |v: T| {
+            let a = T::up(v.load());
+            a * a
+        }) / n;
+        let rstd = T::A::ONE / (ms + eps).sqrt();
+        if let Some(ro) = rstd_out.as_deref_mut() {
+            ro[r] = T::store(T::down(rstd));
+        }
+        let rc = T::down(rstd);
+        match gamma {
+            Some(g) => {
+                for ((o, &v), &g) in or.iter_mut().zip(xr).zip(g) {
+                    *o = T::store(v.load() * rc * g.load());
+                }
+            }
+            None => {
+                for (o, &v) in or.iter_mut().zip(xr) {
+                    *o = T::store(v.load() * rc);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `out[r] = Σ_c x[r, c]` for `r < out.len()` (see the module docs for the error bound).
+    pub fn sum<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => sum_impl;
+}
+multiversion! {
+    /// `out[r] = mean_c x[r, c]` for `r < out.len()` (NaN when `cols == 0`).
+    pub fn mean<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => mean_impl;
+}
+multiversion! {
+    /// `out[r] = max_c x[r, c]` (NaN if the row has one; −∞ when `cols == 0`).
+    pub fn max<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => max_impl;
+}
+multiversion! {
+    /// `out[r] = min_c x[r, c]` (NaN if the row has one; +∞ when `cols == 0`).
+    pub fn min<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => min_impl;
+}
+multiversion! {
+    /// Column sums: `out[c] = Σ_r x[r, c]` for `c < cols`, `rows = x.len() / cols` (the bias
+    /// gradient of `[rows, cols] + bias[cols]`). Precondition: `out.len() >= cols`.
+    pub fn col_sum<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => col_sum_impl;
+}
+multiversion! {
+    /// Row softmax: `out[r, c] = exp(x[r, c] - m_r) / Σ_c exp(x[r, c] - m_r)`, `m_r` the row
+    /// max; `rows = out.len() / cols`. A row holding +∞ or NaN gives NaN.
+    pub fn softmax<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => softmax_impl;
+}
+multiversion! {
+    /// Row log-softmax: `out[r, c] = x[r, c] - m_r - ln Σ_c exp(x[r, c] - m_r)`.
+    pub fn log_softmax<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => log_softmax_impl;
+}
+multiversion! {
+    /// Layer norm over each row: `out = (x - mean) / √(var + eps) · gamma + beta` (biased
+    /// variance, two-pass, accumulated as the module docs say); `gamma`/`beta` default to 1/0.
+    /// `stats`, when given, receives each row's mean and `1/√(var + eps)` (for the backward).
+    pub fn layer_norm<T: RowElem>(
+        x: &[T],
+        cols: usize,
+        gamma: Option<&[T]>,
+        beta: Option<&[T]>,
+        eps: f64,
+        out: &mut [T],
+        stats: Option<NormStats<'_, T>>,
+    ) => layer_norm_impl;
+}
+multiversion! {
+    /// RMS norm over each row: `out = x / √(mean(x²) + eps) · gamma`; `rstd`, when given,
+    /// receives each row's `1/√(mean(x²) + eps)`.
+    pub fn rms_norm<T: RowElem>(
+        x: &[T],
+        cols: usize,
+        gamma: Option<&[T]>,
+        eps: f64,
+        out: &mut [T],
+        rstd: Option<&mut [T]>,
+    ) => rms_norm_impl;
+}
