@@ -44,6 +44,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counting tests run one at a time: the GEMM thread pool is process-wide, and a caller
+/// that finds it busy (another test's GEMM) runs every part itself, which can grow its
+/// thread-local packing buffers once. That is a first-time growth, not a per-call allocation, but
+/// it would land inside whichever call is being counted.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Allocations made by this thread while running `f`.
 fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
     let before = ALLOCS.load(Ordering::Relaxed);
@@ -83,6 +89,7 @@ fn data(b: usize) -> (Array2<f32>, Array1<i64>) {
 
 #[test]
 fn evaluate_allocates_only_its_outputs_after_the_first_call() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let m = Mlp::new().unwrap();
     let p = m.randomize_params(1);
     for b in [1usize, 32, 256] {
@@ -107,6 +114,7 @@ fn evaluate_allocates_only_its_outputs_after_the_first_call() {
 
 #[test]
 fn training_step_allocates_only_its_outputs_after_the_first_call() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let m = Clf::new().unwrap();
     let p = m.randomize_params(2);
     for b in [1usize, 32] {
@@ -135,6 +143,7 @@ fn training_step_allocates_only_its_outputs_after_the_first_call() {
 
 #[test]
 fn results_do_not_depend_on_planning_or_shape_history() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let m = Mlp::new().unwrap();
     let naive = NoPlan::new().unwrap();
     let p = m.randomize_params(3);
@@ -169,6 +178,7 @@ fn results_do_not_depend_on_planning_or_shape_history() {
 
 #[test]
 fn the_static_plan_is_in_the_summary_and_matches_the_run() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = StaticMlp::SUMMARY;
     let line = s
         .lines()
@@ -188,6 +198,7 @@ fn the_static_plan_is_in_the_summary_and_matches_the_run() {
 
 #[test]
 fn training_plan_is_smaller_than_the_naive_sum() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let m = Clf::new().unwrap();
     let p = m.randomize_params(5);
     let (x, y) = data(64);
@@ -209,6 +220,7 @@ fn training_plan_is_smaller_than_the_naive_sum() {
 
 #[test]
 fn over_max_memory_is_an_error_at_run_time_for_dynamic_shapes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let m = Tiny::new().unwrap();
     let p = m.randomize_params(6);
     let (x, _) = data(2);

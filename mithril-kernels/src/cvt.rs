@@ -130,7 +130,9 @@ pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
 
 /// `dst[i] = src[i]` rounded to `bf16` (nearest even). Precondition: `src.len() >= dst.len()`.
 pub fn f32_to_bf16_slice(src: &[f32], dst: &mut [bf16]) {
-    map1(Src::Full(src), dst, |x: f32| bf16::from_bits(f32_to_bf16(x)));
+    map1(Src::Full(src), dst, |x: f32| {
+        bf16::from_bits(f32_to_bf16(x))
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -1,15 +1,17 @@
 //! Matrix multiplication with NumPy `matmul` semantics.
 //!
-//! * `f32`/`f64`: blocked, packed GEMM (`ndarray::linalg::general_mat_mul`, backed by the
-//!   `matrixmultiply` crate), which reads transposed and strided views in place;
-//! * `f16`/`bf16`: operands widened to `f32`, multiplied with the `f32` path, rounded back once;
+//! * `f32`/`f64`/`f16`/`bf16`: the packed, cache-blocked kernel GEMM of `mithril-kernels`
+//!   (AVX-512 / AVX2 / scalar chosen at run time, GEMV and small-matrix paths, threads above a
+//!   size threshold), which reads transposed and strided views in place; `f16`/`bf16` stay
+//!   narrow in memory and accumulate in `f32` (`vdpbf16ps` where the CPU has AVX512_BF16);
 //! * integers: a plain `i-k-j` loop with wrapping arithmetic.
+//!
+//! Nothing here allocates (the kernel's packing buffers are thread-local and reused).
 
 use std::any::TypeId;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{
-    ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, ArrayViewMutD, Axis, Dimension, Ix2, IxDyn, Zip,
+    ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, ArrayViewMutD, Axis, Dimension, Ix2, IxDyn,
 };
 
 use super::{broadcast_dims, checked_size, fmt_shape};
@@ -67,18 +69,6 @@ where
             ),
         ));
     }
-    if matches!(T::DTYPE, DType::F16 | DType::BF16) {
-        // Widen once (exact), multiply in f32, round each result once.
-        let a32 = a.mapv(|x| x.to_f64() as f32);
-        let b32 = b.mapv(|x| x.to_f64() as f32);
-        let c32 = matmul::<f32>(&a32.view(), &b32.view(), trans_a, trans_b)?;
-        let mut out = dest.get(OP, c32.shape())?;
-        Zip::from(&mut out)
-            .and(&c32)
-            .for_each(|o, &v| *o = T::from_f64(v as f64));
-        return Ok(out);
-    }
-
     let mut av = a.view();
     let mut bv = b.view();
     let (nda, ndb) = (av.ndim(), bv.ndim());
@@ -134,7 +124,10 @@ where
     let nb: usize = batch.slice().iter().product();
     checked_size(OP, &[nb, m, n])?;
     let mut out = dest.get(OP, final_shape.slice())?;
-    out.fill(T::default());
+    if k == 0 || !is_gemm_type::<T>() {
+        // the fallback loops accumulate into zeros; the kernel GEMM overwrites
+        out.fill(T::default());
+    }
     let reshape_err = |_| Error::op(OP, "internal reshape failed");
 
     if nb > 0 && m > 0 && n > 0 && k > 0 {
@@ -238,31 +231,97 @@ fn same_view_mut<'b, 'a, T: 'static, U: 'static>(
     }
 }
 
-/// `c = a @ b` for 2-D views (`c` starts zeroed; shapes already checked).
+/// Whether `T` has a kernel GEMM (`f32`, `f64`, `f16`, `bf16`).
+fn is_gemm_type<T: Elem>() -> bool {
+    matches!(T::DTYPE, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+}
+
+/// The elements a 2-D view with non-negative strides spans, as one slice starting at its first
+/// element (`None` for negative strides).
+fn span<'s, T>(v: &'s ArrayView2<'_, T>) -> Option<(&'s [T], usize, usize)> {
+    let (r, c) = v.dim();
+    let (rs, cs) = (v.strides()[0], v.strides()[1]);
+    if rs < 0 || cs < 0 {
+        return None;
+    }
+    let len = if r == 0 || c == 0 {
+        0
+    } else {
+        (r - 1) * rs as usize + (c - 1) * cs as usize + 1
+    };
+    // SAFETY: every element of the view lies in `ptr .. ptr + len` (non-negative strides) and
+    // the view's array owns or borrows all of that range.
+    Some((
+        unsafe { std::slice::from_raw_parts(v.as_ptr(), len) },
+        rs as usize,
+        cs as usize,
+    ))
+}
+
+/// `c = a @ b` with the packed kernel GEMM of `mithril-kernels` (runtime-dispatched AVX-512 /
+/// AVX2 / scalar; f16/bf16 stored narrow with f32 accumulation). `false` when the layout does
+/// not fit it (negative strides, a non-row-major `c`).
+fn kernel_gemm<G: mithril_kernels::gemm::GemmElem>(
+    a: &ArrayView2<'_, G>,
+    b: &ArrayView2<'_, G>,
+    c: &mut ArrayViewMut2<'_, G>,
+) -> bool {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    let (Some((sa, rsa, csa)), Some((sb, rsb, csb))) = (span(a), span(b)) else {
+        return false;
+    };
+    let ldc = c.strides()[0];
+    if c.strides()[1] != 1 && n > 1 || ldc < 0 {
+        return false;
+    }
+    let Some(cs) = c.as_slice_memory_order_mut() else {
+        return false;
+    };
+    mithril_kernels::gemm::gemm_plain(
+        m,
+        n,
+        k,
+        <G::Acc as mithril_kernels::gemm::AccElem>::ONE,
+        sa,
+        rsa,
+        csa,
+        sb,
+        rsb,
+        csb,
+        false,
+        cs,
+        (ldc as usize).max(n),
+    );
+    true
+}
+
+/// `c = a @ b` for 2-D views (shapes already checked; `c` starts zeroed unless the type has a
+/// kernel GEMM, which overwrites it).
 fn gemm2<T: Elem>(a: &ArrayView2<'_, T>, b: &ArrayView2<'_, T>, mut c: ArrayViewMut2<'_, T>)
 where
     T::Acc: Num,
 {
-    if let (Some(a), Some(b), Some(c)) = (
-        same_view::<T, f32>(a),
-        same_view::<T, f32>(b),
-        same_view_mut::<T, f32>(&mut c),
-    ) {
-        if !thin_gemm(a, b, c) {
-            general_mat_mul(1.0, a, b, 0.0, c);
-        }
-        return;
+    macro_rules! kernel {
+        ($t:ty) => {
+            if let (Some(a), Some(b), Some(c)) = (
+                same_view::<T, $t>(a),
+                same_view::<T, $t>(b),
+                same_view_mut::<T, $t>(&mut c),
+            ) {
+                if kernel_gemm(a, b, c) {
+                    return;
+                }
+                c.fill(<$t>::default());
+                naive_gemm(a, b, c.view_mut());
+                return;
+            }
+        };
     }
-    if let (Some(a), Some(b), Some(c)) = (
-        same_view::<T, f64>(a),
-        same_view::<T, f64>(b),
-        same_view_mut::<T, f64>(&mut c),
-    ) {
-        if !thin_gemm(a, b, c) {
-            general_mat_mul(1.0, a, b, 0.0, c);
-        }
-        return;
-    }
+    kernel!(f32);
+    kernel!(f64);
+    kernel!(half::f16);
+    kernel!(half::bf16);
     naive_gemm(a, b, c);
 }
 
@@ -296,45 +355,4 @@ where
             }
         }
     }
-}
-
-/// Products with very few rows (batch-1 layers: a GEMV) or an inner dimension of 1 (outer
-/// products, the weight gradient at batch 1): packing a whole operand for the blocked GEMM
-/// costs more than the product itself, so these run as dot products / row updates directly.
-/// Returns `false` (and does nothing) for other shapes. `c` starts zeroed.
-fn thin_gemm<F: ndarray::LinalgScalar>(
-    a: &ArrayView2<'_, F>,
-    b: &ArrayView2<'_, F>,
-    c: &mut ArrayViewMut2<'_, F>,
-) -> bool {
-    let (m, k) = a.dim();
-    let n = b.dim().1;
-    if k == 1 {
-        // outer product: c[i, :] = a[i, 0] * b[0, :]
-        let brow = b.row(0);
-        for i in 0..m {
-            c.row_mut(i).scaled_add(a[[i, 0]], &brow);
-        }
-        return true;
-    }
-    if m > 4 || n == 0 {
-        return false;
-    }
-    let col_contiguous = b.strides()[0] == 1 || k == 1;
-    for i in 0..m {
-        let arow = a.row(i);
-        if col_contiguous {
-            // b's columns are contiguous (b = Wᵀ of a row-major W): one dot product per output
-            for j in 0..n {
-                c[[i, j]] = arow.dot(&b.column(j));
-            }
-        } else {
-            // b's rows are contiguous: accumulate scaled rows
-            let mut crow = c.row_mut(i);
-            for kk in 0..k {
-                crow.scaled_add(arow[kk], &b.row(kk));
-            }
-        }
-    }
-    true
 }
