@@ -100,9 +100,9 @@ fn static_shapes_show_in_the_summary() {
 
 #[test]
 fn fusion_shows_in_the_summary_and_op_count() {
-    // fused: the bias add and the relu are one loop
+    // fused: the bias add and the relu are the epilogue of the matmul (one pass over its tiles)
     assert!(
-        Intro::SUMMARY.contains("fused[relu(add(#0, #1))]"),
+        Intro::SUMMARY.contains("matmul(b^T)+epilogue[relu(add(#0, #1))]"),
         "{}",
         Intro::SUMMARY
     );

@@ -327,6 +327,47 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// A matmul with its elementwise epilogue: `expr`'s `Arg(0)` is the product, `Arg(i)` is
+    /// `args[i + 1]`.
+    fn fused_matmul(
+        &mut self,
+        id: NodeId,
+        ta: bool,
+        tb: bool,
+        expr: &FExpr,
+        args: &[NodeId],
+    ) -> TokenStream {
+        let t = self.dtype(id);
+        let out_ty = storage_type(t);
+        let mut arg_dts = vec![t];
+        arg_dts.extend(args[2..].iter().map(|&a| self.dtype(a)));
+        let (body, body_dt) = self.lower_fexpr(expr, &arg_dts);
+        let body = convert(body, body_dt, t);
+        let vid = v(id);
+        let (a, b) = (v(args[0]), v(args[1]));
+        let others: Vec<TokenStream> = args[2..]
+            .iter()
+            .map(|&x| {
+                let vx = v(x);
+                quote!(&#vx.view())
+            })
+            .collect();
+        let names: Vec<Ident> = (1..=others.len())
+            .map(|i| format_ident!("a{}", i))
+            .collect();
+        let k = others.len();
+        let dest = self.dest(id);
+        quote! {
+            let #vid = ::mithril::rt::ops::matmul_epi_to(
+                &#a.view(), &#b.view(), #ta, #tb, [#(#others),*], #dest,
+                |a0: #out_ty, __o: [#out_ty; #k]| -> #out_ty {
+                    let [#(#names),*] = __o;
+                    <#out_ty as ::mithril::rt::Elem>::from_acc(#body)
+                },
+            )?;
+        }
+    }
+
     fn node_code(&mut self, id: NodeId) -> TokenStream {
         let n = &self.g.nodes[id];
         let vid = v(id);
@@ -358,6 +399,10 @@ impl<'a> Gen<'a> {
             Op::Fused(e) => {
                 let (e, args) = (e.clone(), n.args.clone());
                 self.elementwise(id, &e, &args)
+            }
+            Op::FusedMatmul { ta, tb, expr } => {
+                let (ta, tb, expr, args) = (*ta, *tb, expr.clone(), n.args.clone());
+                self.fused_matmul(id, ta, tb, &expr, &args)
             }
             Op::Prim(p) if p.is_elementwise() => {
                 let args = n.args.clone();
@@ -971,7 +1016,7 @@ impl<'a> Gen<'a> {
         let n_ops = g
             .nodes
             .iter()
-            .filter(|n| matches!(n.op, Op::Prim(_) | Op::Fused(_)))
+            .filter(|n| matches!(n.op, Op::Prim(_) | Op::Fused(_) | Op::FusedMatmul { .. }))
             .count();
         let inputs_doc = format!("Inputs of [`{name}`]: one `ndarray` view per input terminal.");
         // views with a dynamic rank (`IxDyn`, for `...` inputs) are not `Copy`

@@ -313,6 +313,10 @@ pub enum Op {
     Fused(FExpr),
     /// The seed gradient of the i-th output (an argument of `evaluate_gradients`).
     Seed(usize),
+    /// A 2-D matmul of `args[0]`, `args[1]` (transpose flags as in `Prim::Matmul`) with an
+    /// elementwise epilogue applied to each result tile while it is hot: `expr`'s `Arg(0)` is
+    /// the product, `Arg(i)` for `i >= 1` is `args[i + 1]` (made by `passes::epilogue`).
+    FusedMatmul { ta: bool, tb: bool, expr: FExpr },
 }
 
 /// One node of the graph.

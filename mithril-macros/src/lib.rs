@@ -516,6 +516,7 @@ fn run_passes(g: &mut ir::Graph, opts: &options::Options) -> Vec<(&'static str, 
         if opts.dead_code_elimination {
             passes::dce::run(g, &[]);
         }
+        log.push(("epilogue_fusion", passes::epilogue::run(g)));
     }
     log
 }

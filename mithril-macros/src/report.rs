@@ -26,6 +26,16 @@ pub fn op_name(g: &Graph, id: NodeId) -> String {
         Op::Boundary(_) => "boundary".into(),
         Op::Seed(_) => "seed".into(),
         Op::Fused(e) => format!("fused[{}]", fexpr(e)),
+        Op::FusedMatmul { ta, tb, expr } => format!(
+            "matmul{}+epilogue[{}]",
+            match (ta, tb) {
+                (false, false) => "",
+                (false, true) => "(b^T)",
+                (true, false) => "(a^T)",
+                (true, true) => "(a^T, b^T)",
+            },
+            fexpr(expr)
+        ),
     }
 }
 
@@ -53,7 +63,7 @@ fn name(g: &Graph, id: NodeId) -> String {
 pub fn op_count(g: &Graph) -> usize {
     g.nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::Prim(_) | Op::Fused(_)))
+        .filter(|n| matches!(n.op, Op::Prim(_) | Op::Fused(_) | Op::FusedMatmul { .. }))
         .count()
 }
 

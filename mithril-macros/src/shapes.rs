@@ -45,7 +45,7 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
                     format!("shape mismatch in `{}`: {operands}; {why}", p.name())
                 })
             }),
-            Op::Fused(_) | Op::Seed(_) => None,
+            Op::Fused(_) | Op::FusedMatmul { .. } | Op::Seed(_) => None,
         };
         match result {
             Some(Ok(s)) => g.nodes[id].shape = Some(s),

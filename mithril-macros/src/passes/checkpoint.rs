@@ -32,7 +32,12 @@ pub fn run(g: &mut Graph, segments: usize) -> usize {
             stack.extend(g.nodes[id].args.iter().copied());
         }
     }
-    let computes = |id: NodeId| matches!(g.nodes[id].op, Op::Prim(_) | Op::Fused(_));
+    let computes = |id: NodeId| {
+        matches!(
+            g.nodes[id].op,
+            Op::Prim(_) | Op::Fused(_) | Op::FusedMatmul { .. }
+        )
+    };
     let fwd_ops: Vec<NodeId> = (0..n).filter(|&i| fwd[i] && computes(i)).collect();
     if fwd_ops.len() < segments {
         return 0;

@@ -5,5 +5,6 @@ pub mod checkpoint;
 pub mod cse;
 pub mod dce;
 pub mod elide;
+pub mod epilogue;
 pub mod fold;
 pub mod fuse;

@@ -356,3 +356,230 @@ where
         }
     }
 }
+
+/// A raw pointer with its 2-D strides, readable from the GEMM's epilogue threads.
+#[derive(Clone, Copy)]
+struct Strided<T> {
+    ptr: *const T,
+    rs: usize,
+    cs: usize,
+}
+
+// SAFETY: only read, while the borrowed views it comes from are alive (inside one call).
+unsafe impl<T> Sync for Strided<T> {}
+unsafe impl<T> Send for Strided<T> {}
+
+/// `out = f(a @ b, others...)` for 2-D operands: the product with an elementwise epilogue
+/// (`others` broadcast to the product's shape), applied by the kernel GEMM to each tile while it
+/// is hot — a `Linear` + bias + activation is one pass over the output. Other ranks and
+/// element types run the product first and the epilogue over the result.
+///
+/// `f` receives the product rounded to `T` (as the unfused graph would store it) and the other
+/// operands' values at the same position.
+pub fn matmul_epi_to<'w, T: Elem, const K: usize>(
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    trans_a: bool,
+    trans_b: bool,
+    others: [&ArrayViewD<'_, T>; K],
+    dest: Dest<'w, T>,
+    f: impl Fn(T, [T; K]) -> T + Sync,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Num,
+{
+    const OP: &str = "matmul";
+    let fallback = |dest: Dest<'w, T>| -> Result<ArrayViewMutD<'w, T>> {
+        let mut out = matmul_to(a, b, trans_a, trans_b, dest)?;
+        let shape = out.raw_dim();
+        let mut bs: [Option<ArrayViewD<'_, T>>; K] = [const { None }; K];
+        for (q, o) in others.iter().enumerate() {
+            bs[q] = Some(o.broadcast(shape.clone()).ok_or_else(|| {
+                Error::op(
+                    OP,
+                    format!(
+                        "epilogue operand {} does not broadcast to {}",
+                        fmt_shape(o.shape()),
+                        fmt_shape(shape.slice())
+                    ),
+                )
+            })?);
+        }
+        for (idx, x) in out.indexed_iter_mut() {
+            let mut vals = [T::default(); K];
+            for (v, bq) in vals.iter_mut().zip(bs.iter()) {
+                if let Some(bq) = bq {
+                    *v = bq[&idx];
+                }
+            }
+            *x = f(*x, vals);
+        }
+        Ok(out)
+    };
+    if a.ndim() != 2 || b.ndim() != 2 || !is_gemm_type::<T>() {
+        return fallback(dest);
+    }
+    let mut av = a
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| Error::op(OP, e.to_string()))?;
+    let mut bv = b
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| Error::op(OP, e.to_string()))?;
+    if trans_a {
+        av.swap_axes(0, 1);
+    }
+    if trans_b {
+        bv.swap_axes(0, 1);
+    }
+    let ((m, k), (k2, n)) = (av.dim(), bv.dim());
+    if k != k2 {
+        return Err(Error::op(
+            OP,
+            format!(
+                "inner dimensions differ: {} @ {} ({k} vs {k2})",
+                fmt_shape(a.shape()),
+                fmt_shape(b.shape())
+            ),
+        ));
+    }
+    let mut ptrs = [Strided {
+        ptr: std::ptr::null::<T>(),
+        rs: 0,
+        cs: 0,
+    }; K];
+    for (p, o) in ptrs.iter_mut().zip(others.iter()) {
+        let bq = o.broadcast((m, n)).ok_or_else(|| {
+            Error::op(
+                OP,
+                format!(
+                    "epilogue operand {} does not broadcast to [{m}, {n}]",
+                    fmt_shape(o.shape())
+                ),
+            )
+        })?;
+        let (rs, cs) = (bq.strides()[0], bq.strides()[1]);
+        if rs < 0 || cs < 0 {
+            return fallback(dest);
+        }
+        *p = Strided {
+            ptr: bq.as_ptr(),
+            rs: rs as usize,
+            cs: cs as usize,
+        };
+    }
+    let mut out = dest.get(OP, &[m, n])?;
+    if m == 0 || n == 0 {
+        return Ok(out);
+    }
+    let mut o2 = out
+        .view_mut()
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| Error::op(OP, e.to_string()))?;
+    macro_rules! kernel {
+        ($t:ty) => {
+            if let (Some(a2), Some(b2), Some(c2)) = (
+                same_view::<T, $t>(&av),
+                same_view::<T, $t>(&bv),
+                same_view_mut::<T, $t>(&mut o2),
+            ) {
+                if epi_gemm::<T, $t, K>(a2, b2, c2, &ptrs, &f) {
+                    return Ok(out);
+                }
+            }
+        };
+    }
+    kernel!(f32);
+    kernel!(f64);
+    kernel!(half::f16);
+    kernel!(half::bf16);
+    drop(o2);
+    // layouts the kernel does not take: product, then the epilogue
+    let prod = crate::owned(|d| matmul_to(a, b, trans_a, trans_b, d).map(|_| ()))?;
+    fallback_into(&mut out, &prod, &ptrs, &f);
+    Ok(out)
+}
+
+/// `out[i, j] = f(prod[i, j], others at (i, j))`.
+fn fallback_into<T: Elem, const K: usize>(
+    out: &mut ArrayViewMutD<'_, T>,
+    prod: &ArrayD<T>,
+    ptrs: &[Strided<T>; K],
+    f: &(impl Fn(T, [T; K]) -> T + Sync),
+) {
+    let n = out.shape().get(1).copied().unwrap_or(1);
+    for (e, (o, &p)) in out.iter_mut().zip(prod.iter()).enumerate() {
+        let (i, j) = (e / n.max(1), e % n.max(1));
+        let mut vals = [T::default(); K];
+        for (v, s) in vals.iter_mut().zip(ptrs) {
+            // SAFETY: (i, j) is inside the broadcast view the pointer and strides describe.
+            *v = unsafe { *s.ptr.add(i * s.rs + j * s.cs) };
+        }
+        *o = f(p, vals);
+    }
+}
+
+/// The kernel GEMM with `f` as its epilogue. `G` is `T` (checked by the caller through
+/// `same_view`), named concretely so its accumulator type is known.
+fn epi_gemm<T: Elem, G, const K: usize>(
+    a: &ArrayView2<'_, G>,
+    b: &ArrayView2<'_, G>,
+    c: &mut ArrayViewMut2<'_, G>,
+    ptrs: &[Strided<T>; K],
+    f: &(impl Fn(T, [T; K]) -> T + Sync),
+) -> bool
+where
+    G: mithril_kernels::gemm::GemmElem + Elem<Acc = <G as mithril_kernels::gemm::GemmElem>::Acc>,
+{
+    debug_assert_eq!(TypeId::of::<T>(), TypeId::of::<G>());
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    let (Some((sa, rsa, csa)), Some((sb, rsb, csb))) = (span(a), span(b)) else {
+        return false;
+    };
+    let ldc = c.strides()[0];
+    if c.strides()[1] != 1 && n > 1 || ldc < 0 {
+        return false;
+    }
+    let Some(cs) = c.as_slice_memory_order_mut() else {
+        return false;
+    };
+    let epi = |i: usize, j0: usize, v: &mut [<G as mithril_kernels::gemm::GemmElem>::Acc]| {
+        for (jj, x) in v.iter_mut().enumerate() {
+            let j = j0 + jj;
+            let mut vals = [T::default(); K];
+            for (val, s) in vals.iter_mut().zip(ptrs) {
+                // SAFETY: (i, j) is inside the broadcast [m, n] view the pointer describes.
+                *val = unsafe { *s.ptr.add(i * s.rs + j * s.cs) };
+            }
+            let prod: G = <G as Elem>::from_acc(*x);
+            // SAFETY: `T` and `G` are the same type (checked by the caller).
+            let r: T = f(unsafe { std::mem::transmute_copy::<G, T>(&prod) }, vals);
+            *x = <G as Elem>::to_acc(unsafe { std::mem::transmute_copy::<T, G>(&r) });
+        }
+    };
+    // One GEMM instantiation per element type for every epilogue of every model: the epilogue
+    // is called once per finished row segment of a tile (<= 32 values), so the indirect call
+    // costs a few percent at most, while a generic epilogue would compile the whole GEMM (every
+    // ISA and path) again for each fused matmul of each model.
+    let epi: &(dyn Fn(usize, usize, &mut [<G as mithril_kernels::gemm::GemmElem>::Acc]) + Sync) =
+        &epi;
+    mithril_kernels::gemm::gemm(
+        m,
+        n,
+        k,
+        <<G as mithril_kernels::gemm::GemmElem>::Acc as mithril_kernels::gemm::AccElem>::ONE,
+        sa,
+        rsa,
+        csa,
+        sb,
+        rsb,
+        csb,
+        false,
+        cs,
+        (ldc as usize).max(n),
+        epi,
+    );
+    true
+}
