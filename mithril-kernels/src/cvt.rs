@@ -35,7 +35,7 @@ pub fn f16_to_f32(h: u16) -> f32 {
     // normal numbers: rebias the exponent by 127 - 15
     let normal = o + ((127 - 15) << 23);
     // inf / NaN: exponent all ones; NaN gets the quiet bit
-    let special = o + ((255 - 31) << 23) | sel(em > 0x7c00, 0x0040_0000, 0);
+    let special = (o + ((255 - 31) << 23)) | sel(em > 0x7c00, 0x0040_0000, 0);
     // zero / subnormal: let the FPU normalize (m · 2⁻²⁴ = (2⁻¹⁴ + m·2⁻²⁴) - 2⁻¹⁴)
     let sub = (f32::from_bits(o + (113 << 23)) - f32::from_bits(113 << 23)).to_bits();
     let r = sel(exp == 0x0f80_0000, special, sel(exp == 0, sub, normal));
@@ -130,7 +130,9 @@ pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
 
 /// `dst[i] = src[i]` rounded to `bf16` (nearest even). Precondition: `src.len() >= dst.len()`.
 pub fn f32_to_bf16_slice(src: &[f32], dst: &mut [bf16]) {
-    map1(Src::Full(src), dst, |x: f32| bf16::from_bits(f32_to_bf16(x)));
+    map1(Src::Full(src), dst, |x: f32| {
+        bf16::from_bits(f32_to_bf16(x))
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

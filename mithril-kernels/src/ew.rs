@@ -88,7 +88,10 @@ impl<'a, T: Copy> Feed<'a, T> {
     fn new(src: Src<'a, T>, n: usize) -> Self {
         let tile = |data: &'a [T], inner: usize, rep: usize| -> Pat<'a, T> {
             debug_assert!(!data.is_empty() && inner >= 1 && rep >= 1);
-            debug_assert!(data.len() % inner == 0, "Tile data length must be a multiple of inner");
+            debug_assert!(
+                data.len().is_multiple_of(inner),
+                "Tile data length must be a multiple of inner"
+            );
             let inner = inner.max(1);
             let rep = rep.max(1);
             if data.len() == 1 {
@@ -151,7 +154,9 @@ impl<'a, T: Copy> Feed<'a, T> {
 
     fn period(&self) -> usize {
         match self.pat {
-            Pat::Tile { inner, rep, blocks, .. } => inner.saturating_mul(rep).saturating_mul(blocks),
+            Pat::Tile {
+                inner, rep, blocks, ..
+            } => inner.saturating_mul(rep).saturating_mul(blocks),
             _ => usize::MAX,
         }
     }
