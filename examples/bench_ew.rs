@@ -6,7 +6,7 @@
 //! `std` math gets). Also the row kernels (`mithril_kernels::rows`) and the f16 converters.
 
 use half::f16;
-use mithril_kernels::ew::{map1, map1_inplace, map2, Src};
+use mithril_kernels::ew::{map1, map1_inplace, map2, map3, Src};
 use mithril_kernels::isa::{with_isa, Isa};
 use mithril_kernels::{cvt, rows, scalar, vmath};
 use std::hint::black_box;
@@ -100,6 +100,21 @@ fn main() {
             scalar::relu(x + b)
         })
     });
+    let scale: Vec<f32> = (0..B).map(|i| 1.0 + (i % 5) as f32 * 0.1).collect();
+    let t = time(|| {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = black_box(&x)[i] * scale[i / N] + bias[i % N];
+        }
+    });
+    report("x * scale[B,1] + bias[N]", rw, t, || {
+        map3(
+            Src::Full(&x),
+            Src::Col(&scale, N),
+            Src::Row(&bias),
+            &mut out,
+            |x, s, b| x.mul_add(s, b),
+        )
+    });
     let t = time(|| base_silu(black_box(&x), &mut out));
     report("x * sigmoid(x)", rw, t, || {
         map1(Src::Full(&x), &mut out, |x: f32| x * vmath::sigmoid(x))
@@ -147,6 +162,19 @@ fn main() {
     });
     report("f32 -> f16 slice", B * N * 6, t, || {
         cvt::f32_to_f16_slice(&x, &mut hout)
+    });
+
+    let t = time(|| {
+        for (o, v) in hout.iter_mut().zip(black_box(&h)) {
+            let x = v.to_f32();
+            *o = f16::from_f32(x * scalar::sigmoid(x));
+        }
+    });
+    report("f16 silu (f16 in/out, f32 math)", B * N * 4, t, || {
+        map1(Src::Full(&h), &mut hout, |v: f16| {
+            let x = cvt::f16_to_f32(v.to_bits());
+            f16::from_bits(cvt::f32_to_f16(vmath::silu(x)))
+        })
     });
 
     // rows

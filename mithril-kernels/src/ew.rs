@@ -98,8 +98,8 @@ impl<'a, T: Copy> Feed<'a, T> {
                 Pat::Const(data[0])
             } else if rep == 1 && data.len() >= n {
                 Pat::Full(data)
-            } else if inner >= data.len() && inner * rep >= n {
-                // one run, never repeated within the output
+            } else if inner >= n {
+                // the output lies inside the first run
                 Pat::Full(data)
             } else {
                 Pat::Tile {
