@@ -587,7 +587,7 @@ fn log_softmax_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
         let xr = row(x, r, cols);
         let or = &mut out[r * cols..(r + 1) * cols];
         let m = extreme(xr, false);
-        let s = psum(xr, |v: T| T::up((v.load() - m).vexp()));
+        let s = psum_c(xr, |v: T| (v.load() - m).vexp());
         let lse = T::down(s).vln();
         for (o, &v) in or.iter_mut().zip(xr) {
             *o = T::store(v.load() - m - lse);
