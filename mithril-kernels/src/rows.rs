@@ -527,6 +527,18 @@ fn col_sum_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
     }
 }
 
+/// exp(x - m) with the rounding error of `x - m` restored (2Sum): without it the relative error
+/// of a small probability grows like |x - m| ulp.
+#[inline(always)]
+fn exp_shift<C: Calc>(x: C, m: C) -> C {
+    let d = x - m;
+    let bp = d - x;
+    let err = (x - (d - bp)) + (C::ZERO - m - bp);
+    let err = if err.nan() { C::ZERO } else { err };
+    let e = d.vexp();
+    e + e * err
+}
+
 #[inline(always)]
 fn softmax_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
     if cols == 0 {
@@ -549,15 +561,7 @@ fn softmax_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
             let mut pw = Pairwise::<T::A>::new();
             for (blk, oblk) in xr.chunks(BLK).zip(or.chunks_mut(BLK)) {
                 for (o, &v) in oblk.iter_mut().zip(blk) {
-                    // exp(x - m) with the rounding error of x - m restored (2Sum): without it
-                    // the error of a small probability grows like |x - m| ulp
-                    let xv = v.load();
-                    let d = xv - m;
-                    let bp = d - xv;
-                    let err = (xv - (d - bp)) + (T::C::ZERO - m - bp);
-                    let err = if err.nan() { T::C::ZERO } else { err };
-                    let e = d.vexp();
-                    *o = T::store(e + e * err);
+                    *o = T::store(exp_shift(v.load(), m));
                 }
                 pw.push(block_sum(oblk, &|v: T| T::up(v.load())));
             }
@@ -572,6 +576,50 @@ fn softmax_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
             for o in or.iter_mut() {
                 *o = T::store(o.load() * inv);
             }
+        }
+    }
+}
+
+#[inline(always)]
+fn softmax_inplace_impl<T: RowElem>(x: &mut [T], cols: usize) {
+    if cols == 0 {
+        return;
+    }
+    for xr in x.chunks_exact_mut(cols) {
+        let m = extreme(xr, false);
+        if T::NARROW {
+            let s = psum_c(xr, |v: T| (v.load() - m).vexp());
+            let inv = T::C::ONE / T::down(s);
+            for v in xr.iter_mut() {
+                *v = T::store((v.load() - m).vexp() * inv);
+            }
+        } else {
+            let mut pw = Pairwise::<T::A>::new();
+            for blk in xr.chunks_mut(BLK) {
+                for v in blk.iter_mut() {
+                    *v = T::store(exp_shift(v.load(), m));
+                }
+                pw.push(block_sum(blk, &|v: T| T::up(v.load())));
+            }
+            let inv = T::C::ONE / T::down(pw.total());
+            for v in xr.iter_mut() {
+                *v = T::store(v.load() * inv);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn log_softmax_inplace_impl<T: RowElem>(x: &mut [T], cols: usize) {
+    if cols == 0 {
+        return;
+    }
+    for xr in x.chunks_exact_mut(cols) {
+        let m = extreme(xr, false);
+        let s = psum_c(xr, |v: T| (v.load() - m).vexp());
+        let lse = T::down(s).vln();
+        for v in xr.iter_mut() {
+            *v = T::store(v.load() - m - lse);
         }
     }
 }
@@ -764,4 +812,13 @@ multiversion! {
         out: &mut [T],
         rstd: Option<&mut [T]>,
     ) => rms_norm_impl;
+}
+multiversion! {
+    /// [`softmax`] in place: `x[r, c]` becomes the softmax of row `r` (`rows = x.len() / cols`);
+    /// the same bits as the out-of-place kernel.
+    pub fn softmax_inplace<T: RowElem>(x: &mut [T], cols: usize) => softmax_inplace_impl;
+}
+multiversion! {
+    /// [`log_softmax`] in place (the same bits as the out-of-place kernel).
+    pub fn log_softmax_inplace<T: RowElem>(x: &mut [T], cols: usize) => log_softmax_inplace_impl;
 }

@@ -81,9 +81,22 @@ fn run_all<T: Elem>(x: &[T], rows_n: usize, cols: usize, off: usize, isa: Isa) -
         rows::col_sum(x, cols, &mut c[off..]);
         outs.push(c[off..].to_vec());
         let mut o = vec![T::of(0.0); rows_n * cols + off];
-        for k in [rows::softmax::<T>, rows::log_softmax::<T>] {
+        for (k, kin) in [
+            (
+                rows::softmax::<T> as fn(&[T], usize, &mut [T]),
+                rows::softmax_inplace::<T> as fn(&mut [T], usize),
+            ),
+            (rows::log_softmax::<T>, rows::log_softmax_inplace::<T>),
+        ] {
             k(x, cols, &mut o[off..]);
             outs.push(o[off..].to_vec());
+            // in place must give the same bits
+            let mut io = vec![T::of(0.0); rows_n * cols + off];
+            io[off..].copy_from_slice(x);
+            kin(&mut io[off..], cols);
+            let a: Vec<u64> = io[off..].iter().map(|v| v.bits()).collect();
+            let b: Vec<u64> = o[off..].iter().map(|v| v.bits()).collect();
+            assert_eq!(a, b, "in-place softmax/log_softmax");
         }
         let (mut m, mut s) = (vec![T::of(0.0); rows_n], vec![T::of(0.0); rows_n]);
         rows::layer_norm(
