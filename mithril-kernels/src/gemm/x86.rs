@@ -75,7 +75,14 @@ unsafe fn pack32<T: Src32>(
     if rs == 1 {
         for q in 0..kc {
             let d = dst.add(q * width);
-            T::cvt(src.add(q * cs), w, d);
+            // Constant widths: inlined copies instead of memcpy calls.
+            match w {
+                32 => T::cvt(src.add(q * cs), 32, d),
+                16 => T::cvt(src.add(q * cs), 16, d),
+                12 => T::cvt(src.add(q * cs), 12, d),
+                6 => T::cvt(src.add(q * cs), 6, d),
+                _ => T::cvt(src.add(q * cs), w, d),
+            }
             for l in w..width {
                 *d.add(l) = 0.0;
             }
@@ -110,6 +117,55 @@ unsafe fn pack32<T: Src32>(
             for l in w..width {
                 *d.add(l) = 0.0;
             }
+        }
+    }
+}
+
+/// Packs 12 rows of A with contiguous k (`src(r, q) = src[r*rs + q]`) as `dst[q*12 + r]`:
+/// blocks of 16 k are transposed in registers (4×4 transposes in each 128-bit lane); `f16`/`bf16`
+/// rows are converted into a small f32 buffer first.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn pack_a_rows_12<T: Src32>(src: *const T, rs: usize, kc: usize, dst: *mut f32) {
+    let direct = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+    let mut tmp = [0f32; 12 * 16];
+    let mut q0 = 0;
+    while q0 + 16 <= kc {
+        let (base, stride) = if direct {
+            (src.add(q0) as *const f32, rs)
+        } else {
+            for r in 0..12 {
+                T::cvt(src.add(r * rs + q0), 16, tmp.as_mut_ptr().add(r * 16));
+            }
+            (tmp.as_ptr(), 16)
+        };
+        for g in 0..3 {
+            let row = |r: usize| _mm512_loadu_ps(base.add((4 * g + r) * stride));
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
+            let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
+            let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
+            let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
+            // c_t holds, in 128-bit lane L, rows 4g..4g+4 at k = q0 + 4L + t.
+            let cols = [
+                _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
+                _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
+            ];
+            for (t, c) in cols.iter().enumerate() {
+                let d = dst.add((q0 + t) * 12 + 4 * g);
+                _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
+                _mm_storeu_ps(d.add(4 * 12), _mm512_extractf32x4_ps::<1>(*c));
+                _mm_storeu_ps(d.add(8 * 12), _mm512_extractf32x4_ps::<2>(*c));
+                _mm_storeu_ps(d.add(12 * 12), _mm512_extractf32x4_ps::<3>(*c));
+            }
+        }
+        q0 += 16;
+    }
+    for q in q0..kc {
+        for r in 0..12 {
+            *dst.add(q * 12 + r) = (*src.add(r * rs + q)).to_acc();
         }
     }
 }
@@ -150,14 +206,18 @@ impl<T: Src32> Kernel<T> for K512<T> {
     const MR: usize = 12;
     const NR: usize = 32;
     const KP: usize = 1;
-    const MC: usize = 144;
-    const KC: usize = 256;
+    const MC: usize = 36;
+    const KC: usize = 1024;
     const NC: usize = 2048;
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
     unsafe fn pack_a(a: *const T, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut f32) {
-        pack32(a, rs, cs, mr, kc, 12, dst)
+        if cs == 1 && mr == 12 {
+            pack_a_rows_12(a, rs, kc, dst)
+        } else {
+            pack32(a, rs, cs, mr, kc, 12, dst)
+        }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
@@ -196,8 +256,8 @@ impl<T: Src32> Kernel<T> for K256<T> {
     const MR: usize = 6;
     const NR: usize = 16;
     const KP: usize = 1;
-    const MC: usize = 96;
-    const KC: usize = 256;
+    const MC: usize = 48;
+    const KC: usize = 512;
     const NC: usize = 2048;
 
     #[inline]
@@ -242,8 +302,8 @@ impl Kernel<f64> for K512d {
     const MR: usize = 12;
     const NR: usize = 16;
     const KP: usize = 1;
-    const MC: usize = 96;
-    const KC: usize = 256;
+    const MC: usize = 36;
+    const KC: usize = 512;
     const NC: usize = 2048;
 
     #[inline]
@@ -288,8 +348,8 @@ impl Kernel<f64> for K256d {
     const MR: usize = 6;
     const NR: usize = 8;
     const KP: usize = 1;
-    const MC: usize = 96;
-    const KC: usize = 256;
+    const MC: usize = 48;
+    const KC: usize = 512;
     const NC: usize = 2048;
 
     #[inline]
@@ -340,8 +400,8 @@ impl Kernel<bf16> for KBf16 {
     const MR: usize = 12;
     const NR: usize = 32;
     const KP: usize = 2;
-    const MC: usize = 144;
-    const KC: usize = 512;
+    const MC: usize = 36;
+    const KC: usize = 2048;
     const NC: usize = 2048;
 
     #[inline]
