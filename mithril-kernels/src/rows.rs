@@ -15,8 +15,9 @@
 //! `|ŝ - s| ≤ (⌈n/16⌉ min 128 + 4 + ⌈log₂⌈n/2048⌉⌉ + 1) · u · Σ|xᵢ|` before the final rounding to
 //! the element type (½ ulp): blocks of 2048 are summed in 16 lanes, then combined pairwise. For
 //! `f32` data that is the final rounding plus ~2⁻⁴⁵·Σ|xᵢ| — below an ulp of the result unless the
-//! sum cancels massively. Column sums add rows sequentially in blocks of 256 rows and combine the
-//! blocks pairwise: `(256 + ⌈log₂⌈rows/256⌉⌉ + 1) · u · Σ|xᵢ|`. `mean` is the sum divided by `n`
+//! sum cancels massively. Column sums stream the rows in order into an `f64` accumulator row
+//! (one thread-local buffer, grown once): `rows · 2⁻⁵³ · Σ|xᵢ|` before the final rounding, for
+//! every element type. `mean` is the sum divided by `n`
 //! in the accumulation type; `max`/`min` are exact (NaN propagates).
 //!
 //! Softmax / log-softmax / layer norm / RMS norm: statistics are accumulated as above; the
@@ -66,8 +67,8 @@ pub trait Calc:
     fn sqrt(self) -> Self;
     /// true for NaN
     fn nan(self) -> bool;
-    /// `self * b + c`, rounded once
-    fn fma(self, b: Self, c: Self) -> Self;
+    /// to f64 (exact)
+    fn f64(self) -> f64;
 }
 
 impl Calc for f32 {
@@ -88,8 +89,8 @@ impl Calc for f32 {
         self.is_nan()
     }
     #[inline(always)]
-    fn fma(self, b: Self, c: Self) -> Self {
-        self.mul_add(b, c)
+    fn f64(self) -> f64 {
+        self as f64
     }
 }
 
@@ -111,8 +112,8 @@ impl Calc for f64 {
         self.is_nan()
     }
     #[inline(always)]
-    fn fma(self, b: Self, c: Self) -> Self {
-        self.mul_add(b, c)
+    fn f64(self) -> f64 {
+        self
     }
 }
 
@@ -228,10 +229,6 @@ impl RowElem for bf16 {
 const L: usize = 16;
 /// Elements summed in lanes before pairwise combination.
 const BLK: usize = 2048;
-/// Column tile width of `col_sum`.
-const TC: usize = 64;
-/// Rows summed sequentially per block in `col_sum`.
-const RB: usize = 256;
 
 #[inline(always)]
 fn tree<A: Calc>(mut acc: [A; L]) -> A {
@@ -401,10 +398,10 @@ fn extreme<T: RowElem>(x: &[T], less: bool) -> T::C {
 macro_rules! multiversion {
     (
         $(#[$m:meta])*
-        pub fn $name:ident<T: RowElem>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
+        $vis:vis fn $name:ident<T: RowElem>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
     ) => {
         $(#[$m])*
-        pub fn $name<T: RowElem>($($a: $t),*) {
+        $vis fn $name<T: RowElem>($($a: $t),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
             unsafe fn avx512<T: RowElem>($($a: $t),*) {
@@ -467,64 +464,56 @@ fn min_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
     }
 }
 
+thread_local! {
+    /// `col_sum`'s f64 accumulator row: grown to the widest `cols` seen on this thread, never
+    /// shrunk (one allocation per thread in steady state).
+    static COL_ACC: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 #[inline(always)]
-fn col_sum_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+fn col_sum_impl<T: RowElem>(x: &[T], cols: usize, out: &mut [T], acc: &mut [f64]) {
+    let rows = x.len() / cols;
+    if cols == 1 {
+        out[0] = T::store(T::down(psum(&x[..rows], |v: T| T::up(v.load()))));
+        return;
+    }
+    // Stream the rows in order, adding each into an f64 accumulator row (L1/L2-resident): the
+    // input is read once, sequentially, whatever its shape.
+    let acc = &mut acc[..cols];
+    acc.fill(0.0);
+    for xr in x[..rows * cols].chunks_exact(cols) {
+        for (a, v) in acc.iter_mut().zip(xr) {
+            *a += v.load().f64();
+        }
+    }
+    for (o, &a) in out[..cols].iter_mut().zip(acc.iter()) {
+        *o = T::store(T::C::of(a));
+    }
+}
+
+multiversion! {
+    fn col_sum_acc<T: RowElem>(x: &[T], cols: usize, out: &mut [T], acc: &mut [f64]) => col_sum_impl;
+}
+
+/// Column sums: `out[c] = Σ_r x[r, c]` for `c < cols`, `rows = x.len() / cols` (the bias gradient
+/// of `[rows, cols] + bias[cols]`). Precondition: `out.len() >= cols`. The rows are streamed in
+/// order into an `f64` accumulator row kept in a thread-local buffer (grown to the widest `cols`
+/// seen, then reused: no allocation in steady state).
+pub fn col_sum<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
     debug_assert!(out.len() >= cols);
-    let out = &mut out[..cols];
     if cols == 0 {
         return;
     }
-    let rows = x.len() / cols;
-    // per-level partial sums of a column tile (binary counter over row blocks; 2³² rows at most)
-    let mut stack = [[T::A::ZERO; TC]; 25];
-    let mut size = [0u64; 25];
-    let mut c0 = 0;
-    while c0 < cols {
-        let w = TC.min(cols - c0);
-        let mut top = 0;
-        let mut r0 = 0;
-        while r0 < rows {
-            let r1 = (r0 + RB).min(rows);
-            let mut acc = [T::A::ZERO; TC];
-            if w == TC {
-                for r in r0..r1 {
-                    let xr = &x[r * cols + c0..r * cols + c0 + TC];
-                    for j in 0..TC {
-                        acc[j] = acc[j] + T::up(xr[j].load());
-                    }
-                }
-            } else {
-                for r in r0..r1 {
-                    let xr = &x[r * cols + c0..r * cols + c0 + w];
-                    for (a, v) in acc.iter_mut().zip(xr) {
-                        *a = *a + T::up(v.load());
-                    }
-                }
-            }
-            let mut sz = 1u64;
-            while top > 0 && size[top - 1] == sz {
-                top -= 1;
-                for j in 0..TC {
-                    acc[j] = stack[top][j] + acc[j];
-                }
-                sz *= 2;
-            }
-            stack[top] = acc;
-            size[top] = sz;
-            top += 1;
-            r0 = r1;
-        }
-        let mut tot = [T::A::ZERO; TC];
-        for i in (0..top).rev() {
-            for j in 0..TC {
-                tot[j] = stack[i][j] + tot[j];
-            }
-        }
-        for (o, t) in out[c0..c0 + w].iter_mut().zip(tot) {
-            *o = T::store(T::down(t));
-        }
-        c0 += w;
+    if cols == 1 {
+        return col_sum_acc(x, cols, out, &mut []);
     }
+    COL_ACC.with(|acc| {
+        let mut acc = acc.borrow_mut();
+        if acc.len() < cols {
+            acc.resize(cols, 0.0);
+        }
+        col_sum_acc(x, cols, out, &mut acc[..cols]);
+    });
 }
 
 /// exp(x - m) with the rounding error of `x - m` restored (2Sum): without it the relative error
@@ -772,11 +761,6 @@ multiversion! {
 multiversion! {
     /// `out[r] = min_c x[r, c]` (NaN if the row has one; +∞ when `cols == 0`).
     pub fn min<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => min_impl;
-}
-multiversion! {
-    /// Column sums: `out[c] = Σ_r x[r, c]` for `c < cols`, `rows = x.len() / cols` (the bias
-    /// gradient of `[rows, cols] + bias[cols]`). Precondition: `out.len() >= cols`.
-    pub fn col_sum<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => col_sum_impl;
 }
 multiversion! {
     /// Row softmax: `out[r, c] = exp(x[r, c] - m_r) / Σ_c exp(x[r, c] - m_r)`, `m_r` the row
