@@ -9,6 +9,10 @@
 //! only the batch-1 GEMV/MLP lines.
 //! Prints human lines and anchor-format `JSON {...}` lines (medians over repeated timings).
 
+// AVX-512 intrinsics are stable since Rust 1.89 (as in mithril-kernels, which needs 1.89 too);
+// the workspace's declared rust-version is older.
+#![allow(clippy::incompatible_msrv)]
+
 use half::{bf16, f16};
 use mithril_kernels::gemm::{self as mg, AccElem, GemmElem};
 use ndarray::Array2;
@@ -62,6 +66,17 @@ fn thread_cpu() -> f64 {
     };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// CPU time of the whole process (all threads).
+fn process_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
@@ -119,6 +134,32 @@ unsafe fn peak_run(iters: usize) -> f32 {
         s = _mm512_add_ps(s, a);
     }
     _mm512_reduce_add_ps(s)
+}
+
+/// Sum of `w` with 8 independent AVX-512 accumulators (a read-bandwidth probe).
+fn read_sum(w: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn go(w: &[f32]) -> f32 {
+            use std::arch::x86_64::*;
+            let mut acc = [_mm512_setzero_ps(); 8];
+            let chunks = w.chunks_exact(128);
+            for ch in chunks {
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_add_ps(*a, _mm512_loadu_ps(ch.as_ptr().add(16 * i)));
+                }
+            }
+            let mut s = _mm512_setzero_ps();
+            for a in acc {
+                s = _mm512_add_ps(s, a);
+            }
+            _mm512_reduce_add_ps(s)
+        }
+        // SAFETY: AVX-512F checked above.
+        return unsafe { go(w) };
+    }
+    w.iter().sum()
 }
 
 /// Single-core AVX-512 f32 FMA peak in GFLOP/s (wall-clock median).
@@ -222,6 +263,48 @@ fn main() {
             t32 / t16,
             fl / th / 1e9
         );
+        return;
+    }
+    // `scale N`: our f32 GEMM at size N with 1 and 2 threads (wall-clock medians).
+    if arg1.as_deref() == Some("scale") {
+        let n: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2048);
+        let mut g = Lcg(1);
+        let (a, b) = (g.vec(n * n), g.vec(n * n));
+        let mut c = vec![0f32; n * n];
+        let fl = 2.0 * (n * n * n) as f64;
+        for round in 0..2 {
+            let mut ts = vec![];
+            let mut cpu = vec![];
+            for threads in [1, 2] {
+                mg::set_num_threads(threads);
+                let p0 = process_cpu();
+                let w0 = Instant::now();
+                let mut calls = 0;
+                ts.push(bench(
+                    || {
+                        calls += 1;
+                        ours(n, &a, &b, &mut c)
+                    },
+                    4.0,
+                ));
+                let (pc, wall) = (process_cpu() - p0, w0.elapsed().as_secs_f64());
+                cpu.push(pc / calls as f64);
+                println!(
+                    "  threads {threads}: process CPU {:.2} ms per call, CPU/wall {:.2}",
+                    1e3 * pc / calls as f64,
+                    pc / wall
+                );
+            }
+            println!(
+                "round {round} n={n}: 1 thread {:.1}, 2 threads {:.1} GFLOP/s: {:.2}x",
+                fl / ts[0] / 1e9,
+                fl / ts[1] / 1e9,
+                ts[0] / ts[1]
+            );
+        }
         return;
     }
     if arg1.as_deref() == Some("ours") {
@@ -427,6 +510,7 @@ fn main() {
     };
     mg::set_num_threads(1);
     let t1 = bench(|| layer(0, &x, &mut h1, true), 1.0);
+    let c1 = bench_cpu(|| layer(0, &x, &mut h1, true), 200, 200);
     let bytes = (784 * 256 * 4) as f64;
     println!(
         "gemv [1,784]x[784,256] (W row-major [256,784]): {:.3} us, {:.1} GB/s of weights, {:.1} GFLOP/s",
@@ -443,10 +527,33 @@ fn main() {
         },
         1.0,
     );
+    let cm = bench_cpu(
+        || {
+            layer(0, &x, &mut h1, true);
+            layer(1, &h1, &mut h2, true);
+            layer(2, &h2, &mut out, false);
+        },
+        200,
+        200,
+    );
     black_box(&out);
     println!(
-        "MLP 784-256-128-10 batch 1 (3 fused GEMVs): {:.3} us",
-        t * 1e6
+        "MLP 784-256-128-10 batch 1 (3 fused GEMVs): {:.3} us (thread CPU time {:.3} us)",
+        t * 1e6,
+        cm * 1e6
+    );
+    println!("  first layer alone: thread CPU time {:.3} us", c1 * 1e6);
+    // Bandwidth ceiling: just reading the first layer's weights (8 independent sums).
+    let w0 = &ws[0];
+    let read = || {
+        black_box(read_sum(w0));
+    };
+    let cr = bench_cpu(read, 200, 200);
+    println!(
+        "  reading W1 alone (bandwidth ceiling): thread CPU time {:.3} us ({:.1} GB/s); the GEMV is at {:.0}% of it",
+        cr * 1e6,
+        bytes / cr / 1e9,
+        100.0 * cr / c1
     );
     json(
         "mlp-gemv",

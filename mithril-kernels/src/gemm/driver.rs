@@ -5,6 +5,9 @@
 //! `#[target_feature]` functions of each ISA module, so the store path and the epilogue are
 //! compiled (and vectorized) with that ISA.
 
+// Index loops over fixed-size lane arrays are the vectorization idiom here.
+#![allow(clippy::needless_range_loop)]
+
 use super::buf;
 use super::sealed::Sealed;
 use super::{AccElem, Args};

@@ -10,6 +10,9 @@
 //!
 //! The vector operand(s) are first converted into a contiguous accumulator-typed scratch.
 
+// Index loops over fixed-size lane arrays are the vectorization idiom here.
+#![allow(clippy::needless_range_loop)]
+
 use super::buf;
 use super::driver::{add_scaled_c, narrow_into};
 use super::sealed::Sealed;

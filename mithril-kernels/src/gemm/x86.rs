@@ -667,6 +667,107 @@ small_driver!(
 small_driver!(small_256, "avx2,fma,f16c", small_kernel_256, 6, 16);
 
 // ---------------------------------------------------------------------------------------------
+// Batch-1 f32 GEMV, dot layout: `y(j) = x · W(j, :)` with every `W(j, :)` contiguous.
+
+/// `out[j] = sum_p x[p]·w[j*so + p]` for `j < rows`: blocks of `J` rows, each with two
+/// accumulators (`2·J` independent FMA chains), masked tail.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn dot_rows_512(
+    k: usize,
+    x: *const f32,
+    w: *const f32,
+    so: usize,
+    rows: usize,
+    out: *mut f32,
+) {
+    let mut j = 0;
+    while j + 8 <= rows {
+        dot_block_512::<8>(k, x, w.add(j * so), so, out.add(j));
+        j += 8;
+    }
+    while j + 4 <= rows {
+        dot_block_512::<4>(k, x, w.add(j * so), so, out.add(j));
+        j += 4;
+    }
+    while j < rows {
+        dot_block_512::<1>(k, x, w.add(j * so), so, out.add(j));
+        j += 1;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn dot_block_512<const J: usize>(
+    k: usize,
+    x: *const f32,
+    w: *const f32,
+    so: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; J];
+    let mut p = 0;
+    while p + 32 <= k {
+        let x0 = _mm512_loadu_ps(x.add(p));
+        let x1 = _mm512_loadu_ps(x.add(p + 16));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let wr = w.add(jj * so + p);
+            a[0] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(wr), a[0]);
+            a[1] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(wr.add(16)), a[1]);
+        }
+        p += 32;
+    }
+    while p < k {
+        let len = (k - p).min(16);
+        let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+        let x0 = _mm512_maskz_loadu_ps(mask, x.add(p));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            a[0] = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(mask, w.add(jj * so + p)), a[0]);
+        }
+        p += len;
+    }
+    for (jj, a) in acc.iter().enumerate() {
+        *out.add(jj) = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    }
+}
+
+/// `m == 1`, B in the dot layout (`rsb == 1`, e.g. `x · Wᵀ` with a row-major `Linear` weight),
+/// A's row contiguous: the batch-1 inference case. False when the shape is not that.
+#[inline(always)]
+unsafe fn gemv1_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) -> bool {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>()
+        || args.m != 1
+        || args.rsb != 1
+        || args.csa != 1
+    {
+        return false;
+    }
+    // SAFETY: T is f32 (checked above).
+    let args = &*(args as *const Args<T> as *const Args<f32>);
+    gemv1_dot_512(args, epi);
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn gemv1_dot_512<E: Fn(usize, usize, &mut [f32])>(args: &Args<f32>, epi: &E) {
+    let mut y = [0f32; 64];
+    let mut j = 0;
+    while j < args.n {
+        let len = 64.min(args.n - j);
+        dot_rows_512(
+            args.k,
+            args.a,
+            args.b.add(j * args.csb),
+            args.csb,
+            len,
+            y.as_mut_ptr(),
+        );
+        gemv::finish_row(args, 0, j, &mut y[..len], epi);
+        j += len;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Per-type dispatch.
 
 /// x86 entry points of one element type.
@@ -700,6 +801,7 @@ macro_rules! x86_f32like {
             unsafe fn gemv<E: Fn(usize, usize, &mut [f32])>(isa: Isa, args: &Args<Self>, epi: &E) {
                 match isa {
                     Isa::Scalar | Isa::Avx2 => gemv_256::<$t, E, 8>(args, epi),
+                    _ if gemv1_f32(args, epi) => {}
                     _ => gemv_512::<$t, E, 16>(args, epi),
                 }
             }
@@ -739,10 +841,7 @@ unsafe fn small_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(
 
 /// bf16 with `vdpbf16ps` (only reached for `T = bf16`).
 #[inline(always)]
-unsafe fn bf16_dp<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E)
-where
-    T: Sealed<A = f32>,
-{
+unsafe fn bf16_dp<T: Sealed<A = f32>, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) {
     debug_assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>());
     // SAFETY: only instantiated for T = bf16 (the macro's `$bf16` flag).
     let args = &*(args as *const Args<T> as *const Args<bf16>);
