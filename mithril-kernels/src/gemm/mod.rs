@@ -105,7 +105,9 @@ pub enum Path {
     Small,
 }
 
-/// Per-call overrides of the automatic choices ([`gemm_with`]).
+/// Per-call overrides of the automatic choices ([`gemm_with`]). Without `isa`, the ISA is
+/// [`crate::isa::active`] (so [`crate::isa::with_isa`] forces GEMM too), plus AVX512_BF16 when
+/// the CPU has it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GemmConfig {
     /// Force an ISA (clamped to what the CPU supports); `None`: [`detected_isa`].
@@ -467,7 +469,13 @@ pub fn gemm_with<T: GemmElem, E>(
     assert!(cmax < c.len(), "gemm: C too short ({} <= {cmax})", c.len());
 
     let best = detected_isa();
-    let isa = cfg.isa.map_or(best, |i| i.min(best));
+    // Default: the crate-wide choice (so `crate::isa::with_isa` forcing applies here too).
+    let shared = match crate::isa::active() {
+        crate::isa::Isa::Scalar => Isa::Scalar,
+        crate::isa::Isa::Avx2 => Isa::Avx2,
+        crate::isa::Isa::Avx512 => Isa::Avx512Bf16,
+    };
+    let isa = cfg.isa.unwrap_or(shared).min(best);
     let args = Args::<T> {
         m,
         n,
