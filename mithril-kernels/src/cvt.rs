@@ -31,15 +31,12 @@ pub fn f16_to_f32(h: u16) -> f32 {
     let sign = (h & 0x8000) << 16;
     let em = h & 0x7fff;
     let o = em << 13;
-    let exp = o & 0x0f80_0000;
-    // normal numbers: rebias the exponent by 127 - 15
-    let normal = o + ((127 - 15) << 23);
+    // finite values (normal and subnormal alike): the bits read as an f32 are the value times
+    // 2⁻¹¹²; one exact multiply rebiases (f32 subnormal inputs are exact: no DAZ in Rust code)
+    let finite = (f32::from_bits(o) * f32::from_bits((127 + 112) << 23)).to_bits();
     // inf / NaN: exponent all ones; NaN gets the quiet bit
-    let special = o + ((255 - 31) << 23) | sel(em > 0x7c00, 0x0040_0000, 0);
-    // zero / subnormal: let the FPU normalize (m · 2⁻²⁴ = (2⁻¹⁴ + m·2⁻²⁴) - 2⁻¹⁴)
-    let sub = (f32::from_bits(o + (113 << 23)) - f32::from_bits(113 << 23)).to_bits();
-    let r = sel(exp == 0x0f80_0000, special, sel(exp == 0, sub, normal));
-    f32::from_bits(r | sign)
+    let special = o | 0x7f80_0000 | sel(em > 0x7c00, 0x0040_0000, 0);
+    f32::from_bits(sel(em >= 0x7c00, special, finite) | sign)
 }
 
 /// `f32` → IEEE binary16 bits, round to nearest even; overflow gives ±∞; NaN stays NaN (quiet

@@ -89,7 +89,7 @@ impl<'a, T: Copy> Feed<'a, T> {
         let tile = |data: &'a [T], inner: usize, rep: usize| -> Pat<'a, T> {
             debug_assert!(!data.is_empty() && inner >= 1 && rep >= 1);
             debug_assert!(
-                data.len() % inner == 0,
+                data.len().is_multiple_of(inner),
                 "Tile data length must be a multiple of inner"
             );
             let inner = inner.max(1);
@@ -98,8 +98,8 @@ impl<'a, T: Copy> Feed<'a, T> {
                 Pat::Const(data[0])
             } else if rep == 1 && data.len() >= n {
                 Pat::Full(data)
-            } else if inner >= data.len() && inner * rep >= n {
-                // one run, never repeated within the output
+            } else if inner >= n {
+                // the output lies inside the first run
                 Pat::Full(data)
             } else {
                 Pat::Tile {

@@ -91,7 +91,15 @@ fn sources<T: Copy>(pool: &[T], n: usize, off: usize) -> Vec<(String, Src<'_, T>
     ] {
         v.push((format!("col{len}x{inner}"), Src::Col(&p[..len], inner)));
     }
-    for (inner, rep, blocks) in [(3, 5, 2), (70, 4, 3), (1, 9, 4), (300, 2, 2)] {
+    for (inner, rep, blocks) in [
+        (3, 5, 2),
+        (70, 4, 3),
+        (1, 9, 4),
+        (300, 2, 2),
+        (7, 3, 1),
+        (1200, 3, 1),
+        (5, 1, 3),
+    ] {
         v.push((
             format!("tile{inner}x{rep}x{blocks}"),
             Src::Tile {

@@ -56,13 +56,13 @@ fn check(c: &Case) {
         let r = (c.r)(x as f64);
         if (c.rel)(x) || x.is_nan() || x.is_infinite() {
             let u = ulps(y, r);
-            if !(u <= wu) {
+            if u > wu || u.is_nan() {
                 wu = u;
                 at_u = x;
             }
         } else {
             let a = (y as f64 - r).abs();
-            if !(a <= wa) {
+            if a > wa || a.is_nan() {
                 wa = a;
                 at_a = x;
             }

@@ -33,15 +33,16 @@ impl Scratch {
     }
 }
 
-/// Runs `f` with this thread's scratch (taken out for the duration, so a nested GEMM from an
-/// epilogue gets fresh buffers instead of aliasing these).
+/// Takes this thread's scratch out (a nested GEMM from an epilogue then gets fresh buffers
+/// instead of aliasing these); hand it back with [`put`]. Not a closure-taking helper on
+/// purpose: closures do not inherit `#[target_feature]`, and the hot loops must.
 #[inline]
-pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    let mut s = SCRATCH.with(|c| c.take());
-    let r = f(&mut s);
-    SCRATCH.with(|c| {
-        let old = c.replace(s);
-        drop(old);
-    });
-    r
+pub(crate) fn take() -> Scratch {
+    SCRATCH.with(|c| c.take())
+}
+
+/// Returns scratch taken with [`take`] to this thread.
+#[inline]
+pub(crate) fn put(s: Scratch) {
+    SCRATCH.with(|c| drop(c.replace(s)));
 }

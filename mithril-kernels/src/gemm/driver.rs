@@ -5,7 +5,10 @@
 //! `#[target_feature]` functions of each ISA module, so the store path and the epilogue are
 //! compiled (and vectorized) with that ISA.
 
-use super::buf::with_scratch;
+// Index loops over fixed-size lane arrays are the vectorization idiom here.
+#![allow(clippy::needless_range_loop)]
+
+use super::buf;
 use super::sealed::Sealed;
 use super::{AccElem, Args};
 
@@ -67,35 +70,170 @@ pub(crate) unsafe fn store_tile<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(
     partial: Partial<T::A>,
     epi: &E,
 ) {
+    // Constant widths let the compiler inline the row loops and copies (no memcpy calls).
+    match nr {
+        32 => store_rows(args, tile, tnr, mr, 32, i, j, first, last, partial, epi),
+        16 => store_rows(args, tile, tnr, mr, 16, i, j, first, last, partial, epi),
+        8 => store_rows(args, tile, tnr, mr, 8, i, j, first, last, partial, epi),
+        _ => store_rows(args, tile, tnr, mr, nr, i, j, first, last, partial, epi),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn store_rows<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(
+    args: &Args<T>,
+    tile: *mut T::A,
+    tnr: usize,
+    mr: usize,
+    nr: usize,
+    i: usize,
+    j: usize,
+    first: bool,
+    last: bool,
+    partial: Partial<T::A>,
+    epi: &E,
+) {
     let alpha = args.alpha;
     for r in 0..mr {
         let row = std::slice::from_raw_parts_mut(tile.add(r * tnr), nr);
         let crow = args.c.add((i + r) * args.ldc + j);
         let prow = partial.ptr.wrapping_add(r * partial.ld);
+        // The row operations are separate functions taking slices, so the compiler knows the
+        // tile, C and the partial sums do not overlap and vectorizes them.
+        if !last {
+            // Intermediate K block: the partial sums get v directly.
+            let out = std::slice::from_raw_parts_mut(prow, nr);
+            if !first {
+                axpby(out, row, alpha);
+            } else if args.accumulate {
+                scale_add_c(
+                    out,
+                    row,
+                    std::slice::from_raw_parts(crow as *const T, nr),
+                    alpha,
+                );
+            } else {
+                scale_into(out, row, alpha);
+            }
+            continue;
+        }
         if !first {
-            let prev = std::slice::from_raw_parts(prow as *const T::A, nr);
-            for (x, p) in row.iter_mut().zip(prev) {
-                *x = alpha * *x + *p;
-            }
+            add_scaled(
+                row,
+                std::slice::from_raw_parts(prow as *const T::A, nr),
+                alpha,
+            );
         } else if args.accumulate {
-            let prev = std::slice::from_raw_parts(crow as *const T, nr);
-            for (x, p) in row.iter_mut().zip(prev) {
-                *x = alpha * *x + p.to_acc();
-            }
+            add_scaled_c(row, std::slice::from_raw_parts(crow as *const T, nr), alpha);
         } else if alpha != T::A::ONE {
             for x in row.iter_mut() {
                 *x = alpha * *x;
             }
         }
-        if last {
-            epi(args.i_off + i + r, args.j_off + j, row);
-            let out = std::slice::from_raw_parts_mut(crow, nr);
-            for (o, x) in out.iter_mut().zip(row.iter()) {
-                *o = T::from_acc(*x);
+        epi(args.i_off + i + r, args.j_off + j, row);
+        narrow_into(std::slice::from_raw_parts_mut(crow, nr), row);
+    }
+}
+
+/// Lanes per chunk of the row operations below: each chunk is loaded into local arrays,
+/// computed and stored, so the compiler vectorizes it even though it cannot prove that the
+/// tile, C and the partial sums do not overlap.
+const LANES: usize = 16;
+
+/// `out[i] = f(x[i], y[i])` in chunks of [`LANES`] (`y` converted with `to_acc`).
+#[inline(always)]
+fn zip_map<A: AccElem, Y: Copy>(
+    out: *mut A,
+    x: *const A,
+    y: *const Y,
+    n: usize,
+    f: impl Fn(A, Y) -> A,
+) {
+    let mut i = 0;
+    // SAFETY (callers): out, x, y are valid for n elements.
+    unsafe {
+        while i + LANES <= n {
+            let xv = *(x.add(i) as *const [A; LANES]);
+            let yv = *(y.add(i) as *const [Y; LANES]);
+            let mut o = [A::ZERO; LANES];
+            for l in 0..LANES {
+                o[l] = f(xv[l], yv[l]);
             }
-        } else {
-            let out = std::slice::from_raw_parts_mut(prow, nr);
-            out.copy_from_slice(row);
+            *(out.add(i) as *mut [A; LANES]) = o;
+            i += LANES;
+        }
+        while i < n {
+            *out.add(i) = f(*x.add(i), *y.add(i));
+            i += 1;
+        }
+    }
+}
+
+/// `out = alpha·x + out`
+#[inline(always)]
+fn axpby<A: AccElem>(out: &mut [A], x: &[A], alpha: A) {
+    let n = out.len().min(x.len());
+    let o = out.as_mut_ptr();
+    zip_map(o, x.as_ptr(), o as *const A, n, |x, o| alpha * x + o);
+}
+
+/// `out = alpha·x + c`
+#[inline(always)]
+fn scale_add_c<T: Sealed>(out: &mut [T::A], x: &[T::A], c: &[T], alpha: T::A) {
+    let n = out.len().min(x.len()).min(c.len());
+    zip_map(out.as_mut_ptr(), x.as_ptr(), c.as_ptr(), n, |x, c| {
+        alpha * x + c.to_acc()
+    });
+}
+
+/// `out = alpha·x`
+#[inline(always)]
+fn scale_into<A: AccElem>(out: &mut [A], x: &[A], alpha: A) {
+    let n = out.len().min(x.len());
+    zip_map(out.as_mut_ptr(), x.as_ptr(), x.as_ptr(), n, |x, _| {
+        alpha * x
+    });
+}
+
+/// `x = alpha·x + p`
+#[inline(always)]
+fn add_scaled<A: AccElem>(x: &mut [A], p: &[A], alpha: A) {
+    let n = x.len().min(p.len());
+    let xp = x.as_mut_ptr();
+    zip_map(xp, xp as *const A, p.as_ptr(), n, |x, p| alpha * x + p);
+}
+
+/// `x = alpha·x + c`
+#[inline(always)]
+pub(crate) fn add_scaled_c<T: Sealed>(x: &mut [T::A], c: &[T], alpha: T::A) {
+    let n = x.len().min(c.len());
+    let xp = x.as_mut_ptr();
+    zip_map(xp, xp as *const T::A, c.as_ptr(), n, |x, c| {
+        alpha * x + c.to_acc()
+    });
+}
+
+/// `c = x` converted to the storage type.
+#[inline(always)]
+pub(crate) fn narrow_into<T: Sealed>(c: &mut [T], x: &[T::A]) {
+    let n = c.len().min(x.len());
+    let (cp, xp) = (c.as_mut_ptr(), x.as_ptr());
+    let mut i = 0;
+    // SAFETY: both valid for n elements.
+    unsafe {
+        while i + LANES <= n {
+            let xv = *(xp.add(i) as *const [T::A; LANES]);
+            let mut o = [T::from_acc(T::A::ZERO); LANES];
+            for l in 0..LANES {
+                o[l] = T::from_acc(xv[l]);
+            }
+            *(cp.add(i) as *mut [T; LANES]) = o;
+            i += LANES;
+        }
+        while i < n {
+            *cp.add(i) = T::from_acc(*xp.add(i));
+            i += 1;
         }
     }
 }
@@ -138,7 +276,9 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
     let mc_max = K::MC.min(m.div_ceil(mr) * mr);
     let nc_max = K::NC.min(n.div_ceil(nr) * nr);
     let steps_max = kc_max / kp;
-    with_scratch(|s| {
+    let mut scratch = buf::take();
+    let s = &mut scratch;
+    {
         let apack: *mut K::P = s.get(0, mc_max * steps_max);
         let bpack: *mut K::P = s.get(1, nc_max * steps_max);
         // Partial sums: C itself when it is the accumulator type, else an f32 scratch.
@@ -233,5 +373,6 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
             }
             jc += nc;
         }
-    });
+    }
+    buf::put(scratch);
 }

@@ -10,7 +10,11 @@
 //!
 //! The vector operand(s) are first converted into a contiguous accumulator-typed scratch.
 
-use super::buf::with_scratch;
+// Index loops over fixed-size lane arrays are the vectorization idiom here.
+#![allow(clippy::needless_range_loop)]
+
+use super::buf;
+use super::driver::{add_scaled_c, narrow_into};
 use super::sealed::Sealed;
 use super::{AccElem, Args};
 
@@ -38,20 +42,18 @@ pub(crate) unsafe fn finish_row<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(
     let alpha = args.alpha;
     let crow = args.c.add(i * args.ldc + j);
     if args.accumulate {
-        let prev = std::slice::from_raw_parts(crow as *const T, v.len());
-        for (x, p) in v.iter_mut().zip(prev) {
-            *x = alpha * *x + p.to_acc();
-        }
+        add_scaled_c(
+            v,
+            std::slice::from_raw_parts(crow as *const T, v.len()),
+            alpha,
+        );
     } else if alpha != T::A::ONE {
         for x in v.iter_mut() {
             *x = alpha * *x;
         }
     }
     epi(args.i_off + i, args.j_off + j, v);
-    let out = std::slice::from_raw_parts_mut(crow, v.len());
-    for (o, x) in out.iter_mut().zip(v.iter()) {
-        *o = T::from_acc(*x);
-    }
+    narrow_into(std::slice::from_raw_parts_mut(crow, v.len()), v);
 }
 
 /// The GEMV path, generic over fused multiply-add (`F`) and the accumulator lane count `L`.
@@ -61,7 +63,9 @@ where
     E: Fn(usize, usize, &mut [T::A]),
 {
     let (m, n, k) = (args.m, args.n, args.k);
-    with_scratch(|s| {
+    let mut scratch = buf::take();
+    let s = &mut scratch;
+    {
         if n == 1 && m > 4 {
             // y(i) = sum_p A(i, p)·B(p, 0): the matrix is A, outputs are rows.
             let x: *mut T::A = s.get(2, k);
@@ -103,7 +107,8 @@ where
                 i0 += rows;
             }
         }
-    })
+    }
+    buf::put(scratch);
 }
 
 /// `y[r][o] = sum_p xs[r][p]·W(o, p)` with `W(o, p) = w[o*so + p*sp]`, for `r < rows` and all

@@ -1,6 +1,9 @@
 //! Portable fallback: a 4×8 register tile in plain Rust (the compiler may still vectorize it with
 //! the baseline ISA), packing into the accumulator type.
 
+// Index loops over fixed-size lane arrays are the vectorization idiom here.
+#![allow(clippy::needless_range_loop)]
+
 use super::driver::{self, Kernel};
 use super::sealed::Sealed;
 use super::{AccElem, Args};

@@ -221,13 +221,14 @@ fn sweep<T: TestElem>(sizes: &[usize], big: &[(usize, usize, usize)]) {
     }
 }
 
-const BIG: [(usize, usize, usize); 6] = [
+const BIG: [(usize, usize, usize); 7] = [
     (65, 100, 257),
     (257, 33, 100),
     (100, 257, 31),
     (300, 70, 600),
     (13, 2100, 5),
     (5, 37, 1100),
+    (7, 40, 2100),
 ];
 
 #[test]

@@ -75,7 +75,14 @@ unsafe fn pack32<T: Src32>(
     if rs == 1 {
         for q in 0..kc {
             let d = dst.add(q * width);
-            T::cvt(src.add(q * cs), w, d);
+            // Constant widths: inlined copies instead of memcpy calls.
+            match w {
+                32 => T::cvt(src.add(q * cs), 32, d),
+                16 => T::cvt(src.add(q * cs), 16, d),
+                12 => T::cvt(src.add(q * cs), 12, d),
+                6 => T::cvt(src.add(q * cs), 6, d),
+                _ => T::cvt(src.add(q * cs), w, d),
+            }
             for l in w..width {
                 *d.add(l) = 0.0;
             }
@@ -110,6 +117,55 @@ unsafe fn pack32<T: Src32>(
             for l in w..width {
                 *d.add(l) = 0.0;
             }
+        }
+    }
+}
+
+/// Packs 12 rows of A with contiguous k (`src(r, q) = src[r*rs + q]`) as `dst[q*12 + r]`:
+/// blocks of 16 k are transposed in registers (4×4 transposes in each 128-bit lane); `f16`/`bf16`
+/// rows are converted into a small f32 buffer first.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn pack_a_rows_12<T: Src32>(src: *const T, rs: usize, kc: usize, dst: *mut f32) {
+    let direct = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+    let mut tmp = [0f32; 12 * 16];
+    let mut q0 = 0;
+    while q0 + 16 <= kc {
+        let (base, stride) = if direct {
+            (src.add(q0) as *const f32, rs)
+        } else {
+            for r in 0..12 {
+                T::cvt(src.add(r * rs + q0), 16, tmp.as_mut_ptr().add(r * 16));
+            }
+            (tmp.as_ptr(), 16)
+        };
+        for g in 0..3 {
+            let row = |r: usize| _mm512_loadu_ps(base.add((4 * g + r) * stride));
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
+            let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
+            let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
+            let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
+            // c_t holds, in 128-bit lane L, rows 4g..4g+4 at k = q0 + 4L + t.
+            let cols = [
+                _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
+                _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
+            ];
+            for (t, c) in cols.iter().enumerate() {
+                let d = dst.add((q0 + t) * 12 + 4 * g);
+                _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
+                _mm_storeu_ps(d.add(4 * 12), _mm512_extractf32x4_ps::<1>(*c));
+                _mm_storeu_ps(d.add(8 * 12), _mm512_extractf32x4_ps::<2>(*c));
+                _mm_storeu_ps(d.add(12 * 12), _mm512_extractf32x4_ps::<3>(*c));
+            }
+        }
+        q0 += 16;
+    }
+    for q in q0..kc {
+        for r in 0..12 {
+            *dst.add(q * 12 + r) = (*src.add(r * rs + q)).to_acc();
         }
     }
 }
@@ -150,14 +206,18 @@ impl<T: Src32> Kernel<T> for K512<T> {
     const MR: usize = 12;
     const NR: usize = 32;
     const KP: usize = 1;
-    const MC: usize = 144;
-    const KC: usize = 256;
+    const MC: usize = 36;
+    const KC: usize = 1024;
     const NC: usize = 2048;
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
     unsafe fn pack_a(a: *const T, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut f32) {
-        pack32(a, rs, cs, mr, kc, 12, dst)
+        if cs == 1 && mr == 12 {
+            pack_a_rows_12(a, rs, kc, dst)
+        } else {
+            pack32(a, rs, cs, mr, kc, 12, dst)
+        }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
@@ -196,8 +256,8 @@ impl<T: Src32> Kernel<T> for K256<T> {
     const MR: usize = 6;
     const NR: usize = 16;
     const KP: usize = 1;
-    const MC: usize = 96;
-    const KC: usize = 256;
+    const MC: usize = 48;
+    const KC: usize = 512;
     const NC: usize = 2048;
 
     #[inline]
@@ -242,8 +302,8 @@ impl Kernel<f64> for K512d {
     const MR: usize = 12;
     const NR: usize = 16;
     const KP: usize = 1;
-    const MC: usize = 96;
-    const KC: usize = 256;
+    const MC: usize = 36;
+    const KC: usize = 512;
     const NC: usize = 2048;
 
     #[inline]
@@ -288,8 +348,8 @@ impl Kernel<f64> for K256d {
     const MR: usize = 6;
     const NR: usize = 8;
     const KP: usize = 1;
-    const MC: usize = 96;
-    const KC: usize = 256;
+    const MC: usize = 48;
+    const KC: usize = 512;
     const NC: usize = 2048;
 
     #[inline]
@@ -340,8 +400,8 @@ impl Kernel<bf16> for KBf16 {
     const MR: usize = 12;
     const NR: usize = 32;
     const KP: usize = 2;
-    const MC: usize = 144;
-    const KC: usize = 512;
+    const MC: usize = 36;
+    const KC: usize = 2048;
     const NC: usize = 2048;
 
     #[inline]
@@ -607,6 +667,107 @@ small_driver!(
 small_driver!(small_256, "avx2,fma,f16c", small_kernel_256, 6, 16);
 
 // ---------------------------------------------------------------------------------------------
+// Batch-1 f32 GEMV, dot layout: `y(j) = x · W(j, :)` with every `W(j, :)` contiguous.
+
+/// `out[j] = sum_p x[p]·w[j*so + p]` for `j < rows`: blocks of `J` rows, each with two
+/// accumulators (`2·J` independent FMA chains), masked tail.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn dot_rows_512(
+    k: usize,
+    x: *const f32,
+    w: *const f32,
+    so: usize,
+    rows: usize,
+    out: *mut f32,
+) {
+    let mut j = 0;
+    while j + 8 <= rows {
+        dot_block_512::<8>(k, x, w.add(j * so), so, out.add(j));
+        j += 8;
+    }
+    while j + 4 <= rows {
+        dot_block_512::<4>(k, x, w.add(j * so), so, out.add(j));
+        j += 4;
+    }
+    while j < rows {
+        dot_block_512::<1>(k, x, w.add(j * so), so, out.add(j));
+        j += 1;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn dot_block_512<const J: usize>(
+    k: usize,
+    x: *const f32,
+    w: *const f32,
+    so: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; J];
+    let mut p = 0;
+    while p + 32 <= k {
+        let x0 = _mm512_loadu_ps(x.add(p));
+        let x1 = _mm512_loadu_ps(x.add(p + 16));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let wr = w.add(jj * so + p);
+            a[0] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(wr), a[0]);
+            a[1] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(wr.add(16)), a[1]);
+        }
+        p += 32;
+    }
+    while p < k {
+        let len = (k - p).min(16);
+        let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+        let x0 = _mm512_maskz_loadu_ps(mask, x.add(p));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            a[0] = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(mask, w.add(jj * so + p)), a[0]);
+        }
+        p += len;
+    }
+    for (jj, a) in acc.iter().enumerate() {
+        *out.add(jj) = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    }
+}
+
+/// `m == 1`, B in the dot layout (`rsb == 1`, e.g. `x · Wᵀ` with a row-major `Linear` weight),
+/// A's row contiguous: the batch-1 inference case. False when the shape is not that.
+#[inline(always)]
+unsafe fn gemv1_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) -> bool {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>()
+        || args.m != 1
+        || args.rsb != 1
+        || args.csa != 1
+    {
+        return false;
+    }
+    // SAFETY: T is f32 (checked above).
+    let args = &*(args as *const Args<T> as *const Args<f32>);
+    gemv1_dot_512(args, epi);
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn gemv1_dot_512<E: Fn(usize, usize, &mut [f32])>(args: &Args<f32>, epi: &E) {
+    let mut y = [0f32; 64];
+    let mut j = 0;
+    while j < args.n {
+        let len = 64.min(args.n - j);
+        dot_rows_512(
+            args.k,
+            args.a,
+            args.b.add(j * args.csb),
+            args.csb,
+            len,
+            y.as_mut_ptr(),
+        );
+        gemv::finish_row(args, 0, j, &mut y[..len], epi);
+        j += len;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Per-type dispatch.
 
 /// x86 entry points of one element type.
@@ -640,6 +801,7 @@ macro_rules! x86_f32like {
             unsafe fn gemv<E: Fn(usize, usize, &mut [f32])>(isa: Isa, args: &Args<Self>, epi: &E) {
                 match isa {
                     Isa::Scalar | Isa::Avx2 => gemv_256::<$t, E, 8>(args, epi),
+                    _ if gemv1_f32(args, epi) => {}
                     _ => gemv_512::<$t, E, 16>(args, epi),
                 }
             }
@@ -679,10 +841,7 @@ unsafe fn small_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(
 
 /// bf16 with `vdpbf16ps` (only reached for `T = bf16`).
 #[inline(always)]
-unsafe fn bf16_dp<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E)
-where
-    T: Sealed<A = f32>,
-{
+unsafe fn bf16_dp<T: Sealed<A = f32>, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) {
     debug_assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>());
     // SAFETY: only instantiated for T = bf16 (the macro's `$bf16` flag).
     let args = &*(args as *const Args<T> as *const Args<bf16>);

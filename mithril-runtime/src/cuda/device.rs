@@ -39,6 +39,8 @@ pub struct CudaDevice {
     output: Output,
     cache: KernelCache,
     modules: Mutex<HashMap<(String, u128), Arc<CudaModule>>>,
+    // hand-written kernels by entry name: a launch does not rehash the source
+    kernels: Mutex<HashMap<String, CudaFunction>>,
     driver_version: i32,
 }
 
@@ -143,6 +145,7 @@ impl CudaDevice {
             output,
             cache: KernelCache::new(&options.cache),
             modules: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(HashMap::new()),
             driver_version,
         })
     }
@@ -273,6 +276,13 @@ impl CudaDevice {
                 "CUDA kernel `{op}` has no {suffix} version"
             )));
         }
-        self.function(file, source, &k::entry_name(op, suffix))
+        let entry = k::entry_name(op, suffix);
+        let lock = || self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = lock().get(&entry) {
+            return Ok(f.clone());
+        }
+        let f = self.function(file, source, &entry)?;
+        lock().insert(entry, f.clone());
+        Ok(f)
     }
 }

@@ -70,7 +70,7 @@ mod tests {
         assert_eq!(row_config(usize::MAX, 8).grid_dim.0, GRID_MAX);
         for cols in [0, 1, 31, 32, 33, 511, 512, 513, 4096] {
             let b = row_config(1, cols).block_dim.0;
-            assert!(b % 32 == 0 && (32..=ROW_BLOCK_MAX).contains(&b));
+            assert!(b.is_multiple_of(32) && (32..=ROW_BLOCK_MAX).contains(&b));
         }
     }
 }

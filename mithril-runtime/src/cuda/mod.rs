@@ -6,7 +6,7 @@
 //! or to run code that does not touch a GPU. The driver (`libcuda`), NVRTC, cuBLAS and cuBLASLt
 //! are `dlopen`ed at first use. cudarc panics when a library it calls cannot be loaded, so every
 //! entry point of this module first checks the library with [`library_present`] and returns
-//! [`Error::Device`](crate::Error::Device) instead — no function here panics because CUDA is
+//! [`crate::Error::Device`] instead — no function here panics because CUDA is
 //! missing.
 //!
 //! What needs what:
