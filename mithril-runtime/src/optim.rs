@@ -866,7 +866,7 @@ enum Slots {
 
 /// A grad leaf copied out of the grad tree, converted to its param's compute type, in logical
 /// element order.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Grad {
     Skip,
     F32(Vec<f32>),
@@ -881,6 +881,8 @@ struct State {
     slots: Vec<Slots>,
     nslots: usize,
     steps: u64,
+    /// The last step's gradient copies, reused as buffers by the next step.
+    grad_bufs: Vec<Grad>,
 }
 
 fn describe(t: &dyn ParamTree) -> Vec<LeafInfo> {
@@ -895,16 +897,27 @@ fn describe(t: &dyn ParamTree) -> Vec<LeafInfo> {
     out
 }
 
-fn widen<T: Elem, A: Real>(a: &ArrayViewD<'_, T>) -> Vec<A> {
+/// `a` widened into `out` (cleared first; its capacity is reused from step to step, so a
+/// steady training loop does not allocate here).
+fn widen<T: Elem, A: Real>(a: &ArrayViewD<'_, T>, mut out: Vec<A>) -> Vec<A> {
+    out.clear();
     // contiguous leaves (the usual case) convert as a flat slice, which vectorizes
     match a.as_slice() {
-        Some(xs) => xs.iter().map(|x| A::of(x.to_f64())).collect(),
-        None => a.iter().map(|x| A::of(x.to_f64())).collect(),
+        Some(xs) => out.extend(xs.iter().map(|x| A::of(x.to_f64()))),
+        None => out.extend(a.iter().map(|x| A::of(x.to_f64()))),
     }
+    out
 }
 
-/// Copies the grad leaves out of `grads`, checking them against the params' leaves.
-fn collect_grads(who: &str, params: &[LeafInfo], grads: &dyn ParamTree) -> Result<Vec<Grad>> {
+/// Copies the grad leaves out of `grads` (into the buffers of `reuse`, the previous step's
+/// copies), checking them against the params' leaves.
+fn collect_grads(
+    who: &str,
+    params: &[LeafInfo],
+    grads: &dyn ParamTree,
+    reuse: Vec<Grad>,
+) -> Result<Vec<Grad>> {
+    let mut old = reuse.into_iter();
     let mut out = Vec::with_capacity(params.len());
     let mut problem: Option<String> = None;
     let mut count = 0usize;
@@ -938,15 +951,20 @@ fn collect_grads(who: &str, params: &[LeafInfo], grads: &dyn ParamTree) -> Resul
             ));
             return;
         }
+        let (b32, b64) = match old.next() {
+            Some(Grad::F32(v)) => (v, Vec::new()),
+            Some(Grad::F64(v)) => (Vec::new(), v),
+            _ => (Vec::new(), Vec::new()),
+        };
         let g = match (&v, class) {
-            (TensorView::F32(a), Class::F32) => Grad::F32(widen(a)),
-            (TensorView::F64(a), Class::F32) => Grad::F32(widen(a)),
-            (TensorView::F16(a), Class::F32) => Grad::F32(widen(a)),
-            (TensorView::BF16(a), Class::F32) => Grad::F32(widen(a)),
-            (TensorView::F32(a), _) => Grad::F64(widen(a)),
-            (TensorView::F64(a), _) => Grad::F64(widen(a)),
-            (TensorView::F16(a), _) => Grad::F64(widen(a)),
-            (TensorView::BF16(a), _) => Grad::F64(widen(a)),
+            (TensorView::F32(a), Class::F32) => Grad::F32(widen(a, b32)),
+            (TensorView::F64(a), Class::F32) => Grad::F32(widen(a, b32)),
+            (TensorView::F16(a), Class::F32) => Grad::F32(widen(a, b32)),
+            (TensorView::BF16(a), Class::F32) => Grad::F32(widen(a, b32)),
+            (TensorView::F32(a), _) => Grad::F64(widen(a, b64)),
+            (TensorView::F64(a), _) => Grad::F64(widen(a, b64)),
+            (TensorView::F16(a), _) => Grad::F64(widen(a, b64)),
+            (TensorView::BF16(a), _) => Grad::F64(widen(a, b64)),
             (TensorView::I32(_) | TensorView::I64(_) | TensorView::Bool(_), _) => {
                 problem = Some(format!(
                     "grad `{name}` is {} but its param is {}; a float grad is needed",
@@ -990,7 +1008,7 @@ impl State {
                 )));
             }
         }
-        let g = collect_grads(who, &info, grads)?;
+        let g = collect_grads(who, &info, grads, std::mem::take(&mut self.grad_bufs))?;
         let fresh = self.layout.is_none() || self.nslots != nslots;
         if fresh {
             self.slots = info
@@ -1036,6 +1054,7 @@ impl State {
             }
         })?;
         self.steps += 1;
+        self.grad_bufs = grads;
         Ok(())
     }
 }
