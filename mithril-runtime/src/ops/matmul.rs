@@ -357,6 +357,9 @@ where
     }
 }
 
+/// The type-erased epilogue handed to the kernel GEMM.
+type Epilogue<'a, A> = dyn Fn(usize, usize, &mut [A]) + Sync + 'a;
+
 /// A raw pointer with its 2-D strides, readable from the GEMM's epilogue threads.
 #[derive(Clone, Copy)]
 struct Strided<T> {
@@ -494,7 +497,6 @@ where
     kernel!(f64);
     kernel!(half::f16);
     kernel!(half::bf16);
-    drop(o2);
     // layouts the kernel does not take: product, then the epilogue
     let prod = crate::owned(|d| matmul_to(a, b, trans_a, trans_b, d).map(|_| ()))?;
     fallback_into(&mut out, &prod, &ptrs, &f);
@@ -563,8 +565,7 @@ where
     // is called once per finished row segment of a tile (<= 32 values), so the indirect call
     // costs a few percent at most, while a generic epilogue would compile the whole GEMM (every
     // ISA and path) again for each fused matmul of each model.
-    let epi: &(dyn Fn(usize, usize, &mut [<G as mithril_kernels::gemm::GemmElem>::Acc]) + Sync) =
-        &epi;
+    let epi: &Epilogue<'_, <G as mithril_kernels::gemm::GemmElem>::Acc> = &epi;
     mithril_kernels::gemm::gemm(
         m,
         n,

@@ -241,7 +241,7 @@ where
     if na == 0 {
         return reshape_like_to(g, like, dest);
     }
-    if g.len() == 0 && like.len() > 0 {
+    if g.is_empty() && !like.is_empty() {
         let mut out = dest.get("sum", t)?;
         out.fill(T::default());
         return Ok(out);
