@@ -3,7 +3,7 @@
 //! the workloads of `../shared/anchors/bench_mlp.py`. Prints one anchor-format JSON line per
 //! measurement (median of repeated timings) so `summarize.py` puts mithril in the same tables.
 //!
-//! `taskset -c 0 cargo run --release --example bench_mlp`
+//! `MITHRIL_THREADS=1 taskset -c 0 cargo run --release --example bench_mlp`
 
 use mithril::prelude::*;
 use mithril::rt::optim::{Optimizer, Sgd};
@@ -27,6 +27,9 @@ mithril! {
         let h = relu(Linear(128)(h));
         loss cross_entropy(Linear(10)(h), y).mean();
     }
+
+    /// The same MLP with bf16 weights and activations (f32 accumulation in the GEMM).
+    pub compile MlpBf16 = Mlp { dtype: bf16, types: { x: bf16 } };
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -68,8 +71,15 @@ pub fn main() -> mithril::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     let infer = Mlp::new()?;
+    let infer16 = MlpBf16::new()?;
+    let p16 = infer16.randomize_params(0);
+    // `MITHRIL_THREADS=1` for single-thread numbers (the default uses every core for big GEMMs)
+    if let Some(n) = std::env::var("MITHRIL_THREADS").ok().and_then(|s| s.parse().ok()) {
+        mithril_kernels::gemm::set_num_threads(n);
+    }
     let train = MlpTrain::new()?;
     let p = infer.randomize_params(0);
+    let threads = mithril_kernels::gemm::num_threads();
     let mut tp = train.randomize_params(0);
     for b in [1usize, 32, 256, 1024] {
         let x = Array2::from_shape_fn((b, 784), |(i, j)| {
@@ -83,7 +93,18 @@ pub fn main() -> mithril::Result<()> {
             budget,
         );
         println!(
-            "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs\", \"threads\": 1, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+            "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+            fwd_flops(b) / t / 1e9
+        );
+        let x16 = x.mapv(mithril::half::bf16::from_f32);
+        let t = bench(
+            || {
+                let _ = infer16.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
+            },
+            budget,
+        );
+        println!(
+            "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-bf16\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
             fwd_flops(b) / t / 1e9
         );
         let mut opt = Sgd::new(0.01);
@@ -102,7 +123,7 @@ pub fn main() -> mithril::Result<()> {
             budget,
         );
         println!(
-            "JSON {{\"bench\": \"mlp_train\", \"impl\": \"mithril-rs\", \"threads\": 1, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+            "JSON {{\"bench\": \"mlp_train\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
             train_flops(b) / t / 1e9
         );
     }
