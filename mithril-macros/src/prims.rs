@@ -1436,6 +1436,8 @@ impl Prim {
         let num = quote!(::mithril::rt::scalar::Num);
         let real = quote!(::mithril::rt::scalar::Real);
         let s = quote!(::mithril::rt::scalar);
+        let vmath = quote!(::mithril::rt::vmath);
+        let vm = acc_dtype(t) == DType::F32;
         let x = &a[0];
         match self {
             Prim::Add => {
@@ -1525,6 +1527,19 @@ impl Prim {
             Prim::Not => quote!((!#x)),
             Prim::Neg => quote!(#num::neg(#x)),
             Prim::Abs => quote!(#num::abs(#x)),
+            // f32 compute (also f16/bf16): the branch-free `vmath` functions, which vectorize
+            // inside the multiversioned elementwise drivers (errors of a few ulp, documented in
+            // `mithril_kernels::vmath`); f64 keeps libm.
+            Prim::Exp if vm => quote!(#vmath::exp(#x)),
+            Prim::Log if vm => quote!(#vmath::ln(#x)),
+            Prim::Sin if vm => quote!(#vmath::sin(#x)),
+            Prim::Cos if vm => quote!(#vmath::cos(#x)),
+            Prim::Tanh if vm => quote!(#vmath::tanh(#x)),
+            Prim::Erf if vm => quote!(#vmath::erf(#x)),
+            Prim::Sigmoid if vm => quote!(#vmath::sigmoid(#x)),
+            Prim::Softplus if vm => quote!(#vmath::softplus(#x)),
+            Prim::Gelu if vm => quote!(#vmath::gelu_erf(#x)),
+            Prim::GeluTanh if vm => quote!(#vmath::gelu_tanh(#x)),
             Prim::Exp => quote!(#real::exp(#x)),
             Prim::Log => quote!(#real::ln(#x)),
             Prim::Sqrt => quote!(#real::sqrt(#x)),

@@ -25,3 +25,5 @@ pub use workspace::{owned, Dest, MemoryReport, Workspace};
 
 /// Scalar math used inside fused elementwise loops (re-exported from `mithril-kernels`).
 pub use mithril_kernels::scalar;
+/// Vectorizable `f32` math used by fused loops, and run-time ISA selection (re-exported from `mithril-kernels`).
+pub use mithril_kernels::{isa, vmath};

@@ -2,18 +2,26 @@
 //!
 //! Strategy (the same for every arity):
 //!
-//! 1. every input is either the whole output in standard layout or a single value: one flat loop
-//!    over plain slices, in chunks (single values are splatted into a small buffer), which the
-//!    compiler vectorizes;
+//! 0. the output is contiguous and every input is a contiguous tensor broadcast along at most one
+//!    group of axes (same shape, a single value, a bias row `[N]`, a per-row column `[B, 1]`, a
+//!    `[B, 1, W]` tile, with any leading broadcast axes): the fused closure runs in a
+//!    [`mithril_kernels::ew`] driver, whose AVX-512 / AVX2+FMA / baseline copies are chosen at run
+//!    time ([`mithril_kernels::isa`]) — the closure is inlined into each copy and vectorized with
+//!    its instructions; broadcasts are read in place, never materialized;
+//! 1. (fallback, for strided inputs or outputs) every input is either the whole output in
+//!    standard layout or a single value: the driver over chunks of plain slices (single values
+//!    are splatted into a small buffer);
 //! 2. otherwise, when the innermost output axis is long enough, a loop over output rows, each row
 //!    handled like case 1 (an input row is a slice, a single broadcast value, or is gathered into
-//!    a buffer when strided) — this covers bias-style row and column broadcasts;
-//! 3. otherwise an `ndarray::Zip` over the broadcast views.
+//!    a buffer when strided);
+//! 3. otherwise an `ndarray::Zip` over the broadcast views (baseline code: the `vmath` functions
+//!    the compiler emits for `f32` are slow there, so only short strided rows end up here).
 //!
 //! The output is a fresh array in standard (C) layout (`mapK`), a planned destination
 //! (`mapK_to`), or the first input itself (`mapK_inplace`). Nothing here allocates on the heap
 //! apart from the owned results of `mapK`.
 
+use mithril_kernels::ew::{self, Src};
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, ArrayViewMutD, Dimension, IxDyn, Zip};
 
 use super::{checked_size, fmt_shape};
@@ -134,6 +142,59 @@ impl<'a, T: Copy> Lane<'a, T> {
     }
 }
 
+/// How input `x` reads at each flat index of a contiguous output of shape `out` (which `x`
+/// broadcasts to), when that is one [`Src`]: `x` is a single value, or `x` is contiguous and its
+/// non-trivial axes, after any leading broadcast axes, are one group of matching axes, then at
+/// most one group of broadcast axes, then at most one more group of matching axes. `None` sends
+/// the op to the fallback loops.
+#[inline]
+fn src_of<'a, T: Copy>(x: &ArrayViewD<'a, T>, out: &[usize], n: usize) -> Option<Src<'a, T>> {
+    if x.len() == 1 {
+        return x.first().map(|&v| Src::Scalar(v));
+    }
+    let data = x.to_slice()?;
+    if data.len() == n {
+        return Some(Src::Full(data));
+    }
+    let xs = x.shape();
+    if xs.len() > out.len() || data.is_empty() {
+        return None;
+    }
+    let pad = out.len() - xs.len();
+    // Walk the axes left to right through the states: 0 leading broadcast, 1 first matching
+    // group, 2 broadcast group, 3 second matching group.
+    let (mut state, mut rep, mut inner) = (0u8, 1usize, 1usize);
+    for (i, &d) in out.iter().enumerate() {
+        if d == 1 {
+            continue;
+        }
+        let xd = if i < pad { 1 } else { xs[i - pad] };
+        let bcast = xd == 1;
+        if !bcast && xd != d {
+            return None;
+        }
+        state = match (state, bcast) {
+            (0, true) => 0,
+            (0 | 1, false) => 1,
+            (1 | 2, true) => {
+                rep *= d;
+                2
+            }
+            (2 | 3, false) => {
+                inner *= d;
+                3
+            }
+            _ => return None,
+        };
+    }
+    Some(match state {
+        // all leading broadcast (single value: handled above) or one matching group repeated
+        0 | 1 => Src::Row(data),
+        2 => Src::Col(data, rep),
+        _ => Src::Tile { data, inner, rep },
+    })
+}
+
 /// Broadcasts `x` to `shape` (which `broadcast_shapes` produced from it).
 fn bcast<'v, T>(op: &str, x: &'v ArrayViewD<'_, T>, shape: &[usize]) -> Result<ArrayViewD<'v, T>> {
     x.broadcast(IxDyn(shape)).ok_or_else(|| {
@@ -167,13 +228,29 @@ pub fn map1_to<'w, A: Elem, R: Elem>(
     f: impl Fn(A) -> R + Sync,
 ) -> Result<ArrayViewMutD<'w, R>> {
     let mut out = dest.get("map", a.shape())?;
-    match (out.as_slice_mut(), a.as_slice()) {
-        (Some(o), Some(x)) => {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = f(x);
-            }
-        }
-        _ => Zip::from(&mut out).and(a).for_each(|o, &x| *o = f(x)),
+    if let (Some(o), Some(x)) = (out.as_slice_mut(), a.as_slice()) {
+        ew::map1(Src::Full(x), o, &f);
+    } else if a.shape().last().copied().unwrap_or(1) >= MIN_ROW {
+        // strided: row by row through the driver, strided rows gathered chunk by chunk
+        let mut buf = [A::default(); CHUNK];
+        Zip::from(out.rows_mut())
+            .and(a.rows())
+            .for_each(|mut o, x| match o.as_slice_mut() {
+                Some(o) => {
+                    let x = Lane::row(x);
+                    x.prepare(&mut buf);
+                    let mut off = 0;
+                    while off < o.len() {
+                        let len = CHUNK.min(o.len() - off);
+                        let x = &x.chunk(&mut buf, off, len)[..len];
+                        ew::map1(Src::Full(x), &mut o[off..off + len], &f);
+                        off += len;
+                    }
+                }
+                None => Zip::from(&mut o).and(&x).for_each(|o, &x| *o = f(x)),
+            });
+    } else {
+        Zip::from(&mut out).and(a).for_each(|o, &x| *o = f(x));
     }
     Ok(out)
 }
@@ -186,7 +263,7 @@ pub fn map1_inplace<'w, A: Elem>(
     f: impl Fn(A) -> A + Sync,
 ) -> ArrayViewMutD<'w, A> {
     match a.as_slice_mut() {
-        Some(s) => s.iter_mut().for_each(|x| *x = f(*x)),
+        Some(s) => ew::map1_inplace(s, &f),
         None => a.map_inplace(|x| *x = f(*x)),
     }
     a
@@ -195,7 +272,7 @@ pub fn map1_inplace<'w, A: Elem>(
 /// The loop every `mapK`, `mapK_to` and `mapK_inplace` runs: `out = f(inputs)` with inputs
 /// already broadcast-compatible with `out` (whose shape is `shape`).
 macro_rules! map_body {
-    ($op:expr, $out:ident, $f:ident, $shape:expr, $n:expr; $($x:ident: $X:ident / $buf:ident),+) => {{
+    ($op:expr, $out:ident, $f:ident, $ew:path, $shape:expr, $n:expr; $($x:ident: $X:ident / $buf:ident),+) => {{
         let n = $n;
         if n > 0 {
             $(let mut $buf: [$X; CHUNK] = [$X::default(); CHUNK];)+
@@ -208,9 +285,8 @@ macro_rules! map_body {
                     let len = CHUNK.min(len_all - off);
                     let oc = &mut o[off..off + len];
                     $(let $x = &$x.chunk(&mut $buf, off, len)[..len];)+
-                    for (i, o) in oc.iter_mut().enumerate() {
-                        *o = $f($($x[i]),+);
-                    }
+                    // the multiversioned driver, so the closure runs vectorized here too
+                    $ew($(Src::Full($x),)+ oc, &$f);
                     off += len;
                 }
             };
@@ -257,6 +333,7 @@ macro_rules! define_map {
 
         #[doc = concat!("[`", stringify!($name), "`] into a destination.")]
         #[inline]
+        #[allow(clippy::too_many_arguments)]
         pub fn $name_to<'w, $X0: Elem, $($X: Elem,)+ R: Elem>(
             op: &str,
             $x0: &ArrayViewD<'_, $X0>,
@@ -268,7 +345,15 @@ macro_rules! define_map {
             let n = checked_size(op, shape.slice())?;
             let mut out = dest.get(op, shape.slice())?;
             let shape = shape.slice();
-            map_body!(op, out, f, shape, n; $x0: $X0 / buf0, $($x: $X / $buf),+);
+            if n > 0 {
+                if let Some(o) = out.as_slice_mut() {
+                    if let (Some(s0), $(Some($x),)+) = (src_of($x0, shape, n), $(src_of($x, shape, n),)+) {
+                        ew::$name(s0, $($x,)+ o, &f);
+                        return Ok(out);
+                    }
+                }
+            }
+            map_body!(op, out, f, ew::$name, shape, n; $x0: $X0 / buf0, $($x: $X / $buf),+);
             Ok(out)
         }
 
@@ -287,17 +372,34 @@ macro_rules! define_map {
             let shape = shape.slice();
             let n = $x0.len();
             if n > 0 {
+                if let Some(o) = $x0.as_slice_mut() {
+                    if let ($(Some($x),)+) = ($(src_of($x, shape, n),)+) {
+                        ew::$name_in(o, $($x,)+ &f);
+                        return Ok($x0);
+                    }
+                }
+                // Fallback for strided inputs: row by row through the driver (strided rows
+                // gathered chunk by chunk), or element by element for short rows.
                 $(let $x = bcast(op, $x, shape)?;)+
-                match $x0.as_slice_mut() {
-                    Some(o) if true $(&& $x.as_slice().is_some())+ => {
-                        $(let $x = $x.as_slice().unwrap_or(&[]);)+
-                        for (i, o) in o.iter_mut().enumerate() {
-                            *o = f(*o, $($x[i]),+);
+                if shape.last().copied().unwrap_or(1) >= MIN_ROW {
+                    $(let mut $buf: [$X; CHUNK] = [$X::default(); CHUNK];)+
+                    Zip::from($x0.rows_mut())$(.and($x.rows()))+.for_each(|mut o, $($x),+| {
+                        match o.as_slice_mut() {
+                            Some(o) => {
+                                $(let $x = Lane::row($x); $x.prepare(&mut $buf);)+
+                                let mut off = 0;
+                                while off < o.len() {
+                                    let len = CHUNK.min(o.len() - off);
+                                    $(let $x = &$x.chunk(&mut $buf, off, len)[..len];)+
+                                    ew::$name_in(&mut o[off..off + len], $(Src::Full($x),)+ &f);
+                                    off += len;
+                                }
+                            }
+                            None => Zip::from(&mut o)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = f(*o, $($x),+)),
                         }
-                    }
-                    _ => {
-                        Zip::from(&mut $x0)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = f(*o, $($x),+));
-                    }
+                    });
+                } else {
+                    Zip::from(&mut $x0)$(.and(&$x))+.for_each(|o, $(&$x),+| *o = f(*o, $($x),+));
                 }
             }
             Ok($x0)
@@ -329,3 +431,41 @@ define_map!(
     /// Fails when the shapes do not broadcast; the error names `op` and every shape.
     map5, map5_to, map5_inplace; a: A; b: B / buf_b, c: C / buf_c, d: D / buf_d, e: E / buf_e
 );
+
+#[cfg(test)]
+mod src_tests {
+    use super::*;
+
+    fn kind(x_shape: &[usize], out: &[usize]) -> String {
+        let n: usize = out.iter().product();
+        let x = ArrayD::from_elem(IxDyn(x_shape), 1.0f32);
+        match src_of(&x.view(), out, n) {
+            None => "none".into(),
+            Some(Src::Full(_)) => "full".into(),
+            Some(Src::Scalar(_)) => "scalar".into(),
+            Some(Src::Row(r)) => format!("row{}", r.len()),
+            Some(Src::Col(c, inner)) => format!("col{}x{inner}", c.len()),
+            Some(Src::Tile { data, inner, rep }) => format!("tile{}:{inner}x{rep}", data.len()),
+        }
+    }
+
+    #[test]
+    fn broadcasts_map_to_sources() {
+        let o = [4, 5, 6];
+        assert_eq!(kind(&[4, 5, 6], &o), "full");
+        assert_eq!(kind(&[], &o), "scalar");
+        assert_eq!(kind(&[1, 1, 1], &o), "scalar");
+        assert_eq!(kind(&[6], &o), "row6");
+        assert_eq!(kind(&[5, 6], &o), "row30");
+        assert_eq!(kind(&[4, 1, 1], &o), "col4x30");
+        assert_eq!(kind(&[4, 5, 1], &o), "col20x6");
+        assert_eq!(kind(&[5, 1], &o), "col5x6");
+        assert_eq!(kind(&[4, 1, 6], &o), "tile24:6x5");
+        assert_eq!(kind(&[1, 5, 1], &o), "col5x6");
+        assert_eq!(kind(&[4, 5, 1, 1], &[4, 5, 3, 2]), "col20x6");
+        assert_eq!(kind(&[4, 1, 3, 1], &[4, 5, 3, 2]), "none");
+        // strided input: fallback
+        let x = ArrayD::from_elem(IxDyn(&[6, 5]), 1.0f32);
+        assert!(src_of(&x.t().into_dyn(), &[5, 6], 30).is_none());
+    }
+}

@@ -4,12 +4,23 @@
 //! `keepdim` keeps each reduced axis as length 1 (NumPy `keepdims`, PyTorch `keepdim`).
 //! Duplicate or out-of-range axes are errors.
 //!
-//! Floats accumulate in `T::Acc` (`f32` for `f16`/`bf16`) with eight interleaved accumulators and
-//! pairwise splitting of long runs, which keeps the rounding error of long sums small; when the
-//! reduced axes are the leading axes of a contiguous array, blocks of rows are accumulated
-//! (vectorized across the row) and the block results are merged pairwise.
+//! `f32`, `f64`, `f16` and `bf16` sums, means, maxima and minima whose reduced elements are
+//! contiguous runs (the last axes of a contiguous array, or every axis), and sums over the leading
+//! axes of a contiguous array (column sums), run the multiversioned row kernels of
+//! [`mithril_kernels::rows`]: AVX-512 / AVX2 / baseline chosen at run time, `f32` accumulated in
+//! `f64` (`f16`/`bf16` in `f32`), the same bits on every path; see that module for the error
+//! bounds.
+//!
+//! Everything else (integers, products, variances, other layouts) accumulates in `T::Acc` (`f32`
+//! for `f16`/`bf16`) with eight interleaved accumulators and pairwise splitting of long runs,
+//! which keeps the rounding error of long sums small; when the reduced axes are the leading axes
+//! of a contiguous array, blocks of rows are accumulated (vectorized across the row) and the block
+//! results are merged pairwise.
 
+use std::any::TypeId;
 use std::borrow::Cow;
+
+use mithril_kernels::rows::{self, RowElem};
 
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, Dimension, IxDyn, RemoveAxis, Zip};
 
@@ -241,6 +252,60 @@ fn merge_into<A: Copy>(dst: &mut [A], earlier: &[A], comb: &impl Fn(A, A) -> A) 
     }
 }
 
+/// A kernel of [`mithril_kernels::rows`] over contiguous `[rows, cols]` data.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowOp {
+    /// per-row sum (`out.len()` rows)
+    Sum,
+    /// per-row mean
+    Mean,
+    /// per-row maximum
+    Max,
+    /// per-row minimum
+    Min,
+    /// column sums (`x.len() / cols` rows, `out.len() == cols`)
+    ColSum,
+    /// row softmax (`out` has `x`'s shape)
+    Softmax,
+    /// row log-softmax
+    LogSoftmax,
+}
+
+/// Runs `op` on `x` as rows of `cols` elements into `out` when `T` is a row-kernel element type
+/// (`f32`, `f64`, `f16`, `bf16`) and returns `true`; returns `false` without touching `out`
+/// otherwise. Preconditions as in [`mithril_kernels::rows`] (`cols > 0`, `x` holds every row).
+pub(crate) fn row_kernel<T: Elem>(op: RowOp, x: &[T], cols: usize, out: &mut [T]) -> bool {
+    fn go<U: RowElem>(op: RowOp, x: &[U], cols: usize, out: &mut [U]) {
+        match op {
+            RowOp::Sum => rows::sum(x, cols, out),
+            RowOp::Mean => rows::mean(x, cols, out),
+            RowOp::Max => rows::max(x, cols, out),
+            RowOp::Min => rows::min(x, cols, out),
+            RowOp::ColSum => rows::col_sum(x, cols, out),
+            RowOp::Softmax => rows::softmax(x, cols, out),
+            RowOp::LogSoftmax => rows::log_softmax(x, cols, out),
+        }
+    }
+    macro_rules! try_types {
+        ($($u:ty),*) => {$(
+            if TypeId::of::<T>() == TypeId::of::<$u>() {
+                // SAFETY: `T` is `$u` (same `TypeId`), so the slices are reinterpreted as
+                // themselves.
+                let (x, out) = unsafe {
+                    (
+                        std::slice::from_raw_parts(x.as_ptr() as *const $u, x.len()),
+                        std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut $u, out.len()),
+                    )
+                };
+                go(op, x, cols, out);
+                return true;
+            }
+        )*};
+    }
+    try_types!(f32, f64, half::f16, half::bf16);
+    false
+}
+
 /// The destination of a reduction, as one flat slice in output order.
 fn out_slice<'w, 'o, T: Elem>(op: &str, out: &'o mut ArrayViewMutD<'w, T>) -> Result<&'o mut [T]> {
     out.as_slice_mut()
@@ -256,6 +321,7 @@ fn reduce_plain<'w, T: Elem>(
     needs_elements: bool,
     id: T::Acc,
     comb: impl Fn(T::Acc, T::Acc) -> T::Acc,
+    kernels: (Option<RowOp>, Option<RowOp>),
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
     let p = plan(op, a.shape(), axes, keepdim)?;
@@ -271,6 +337,9 @@ fn reduce_plain<'w, T: Elem>(
     let g = groups(a, &p);
     let mut out = dest.get(op, p.out_shape.slice())?;
     let o = out_slice(op, &mut out)?;
+    if fast_rows(&g, &p, kernels, o) {
+        return Ok(out);
+    }
     fold(
         &g,
         &p,
@@ -282,8 +351,26 @@ fn reduce_plain<'w, T: Elem>(
     Ok(out)
 }
 
+/// Runs the row kernel `row` (runs of reduced elements) or `col` (leading axes reduced) when the
+/// layout and the element type allow; `true` when `o` was written.
+fn fast_rows<T: Elem>(
+    g: &Groups<'_, T>,
+    p: &Plan,
+    (row, col): (Option<RowOp>, Option<RowOp>),
+    o: &mut [T],
+) -> bool {
+    if p.r == 0 || p.k == 0 {
+        return false;
+    }
+    match (g, row, col) {
+        (Groups::Contig(s), Some(k), _) => row_kernel(k, &s[..p.k * p.r], p.r, &mut o[..p.k]),
+        (Groups::Rows(s), _, Some(k)) => row_kernel(k, &s[..p.k * p.r], p.k, &mut o[..p.k]),
+        _ => false,
+    }
+}
+
 macro_rules! reductions {
-    ($($(#[$doc:meta])* $name:ident, $name_to:ident, $bound:ident, $needs:expr, $id:expr, $comb:expr;)+) => {$(
+    ($($(#[$doc:meta])* $name:ident, $name_to:ident, $bound:ident, $needs:expr, $id:expr, $comb:expr, $kernels:expr;)+) => {$(
         $(#[$doc])*
         pub fn $name<T: Elem>(a: &ArrayViewD<'_, T>, axes: &[isize], keepdim: bool) -> Result<ArrayD<T>>
         where
@@ -297,20 +384,20 @@ macro_rules! reductions {
         where
             T::Acc: $bound,
         {
-            reduce_plain(stringify!($name), a, axes, keepdim, $needs, $id, $comb, dest)
+            reduce_plain(stringify!($name), a, axes, keepdim, $needs, $id, $comb, $kernels, dest)
         }
     )+};
 }
 
 reductions! {
     /// Sum over `axes` (all axes when empty). Integers wrap.
-    sum, sum_to, Num, false, Num::ZERO, Num::add;
+    sum, sum_to, Num, false, Num::ZERO, Num::add, (Some(RowOp::Sum), Some(RowOp::ColSum));
     /// Product over `axes` (all axes when empty). Integers wrap.
-    prod, prod_to, Num, false, Num::ONE, Num::mul;
+    prod, prod_to, Num, false, Num::ONE, Num::mul, (None, None);
     /// Maximum over `axes` (all axes when empty). NaN propagates; an empty reduction is an error.
-    max, max_to, Num, true, Num::LOWEST, Num::max;
+    max, max_to, Num, true, Num::LOWEST, Num::max, (Some(RowOp::Max), None);
     /// Minimum over `axes` (all axes when empty). NaN propagates; an empty reduction is an error.
-    min, min_to, Num, true, Num::HIGHEST, Num::min;
+    min, min_to, Num, true, Num::HIGHEST, Num::min, (Some(RowOp::Min), None);
 }
 
 /// Arithmetic mean over `axes` (all axes when empty); NaN for an empty reduction.
@@ -336,6 +423,9 @@ where
     let n = <T::Acc as Num>::from_f64(p.r as f64);
     let mut out = dest.get("mean", p.out_shape.slice())?;
     let o = out_slice("mean", &mut out)?;
+    if fast_rows(&g, &p, (Some(RowOp::Mean), None), o) {
+        return Ok(out);
+    }
     fold(
         &g,
         &p,
