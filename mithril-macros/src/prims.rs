@@ -1532,8 +1532,7 @@ impl Prim {
             // `mithril_kernels::vmath`); f64 keeps libm.
             Prim::Exp if vm => quote!(#vmath::exp(#x)),
             Prim::Log if vm => quote!(#vmath::ln(#x)),
-            Prim::Sin if vm => quote!(#vmath::sin(#x)),
-            Prim::Cos if vm => quote!(#vmath::cos(#x)),
+            // sin/cos stay on libm: vmath's are accurate only for |x| <= 8192
             Prim::Tanh if vm => quote!(#vmath::tanh(#x)),
             Prim::Erf if vm => quote!(#vmath::erf(#x)),
             Prim::Sigmoid if vm => quote!(#vmath::sigmoid(#x)),
