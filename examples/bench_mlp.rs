@@ -74,7 +74,10 @@ pub fn main() -> mithril::Result<()> {
     let infer16 = MlpBf16::new()?;
     let p16 = infer16.randomize_params(0);
     // `MITHRIL_THREADS=1` for single-thread numbers (the default uses every core for big GEMMs)
-    if let Some(n) = std::env::var("MITHRIL_THREADS").ok().and_then(|s| s.parse().ok()) {
+    if let Some(n) = std::env::var("MITHRIL_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         mithril_kernels::gemm::set_num_threads(n);
     }
     let train = MlpTrain::new()?;
