@@ -75,7 +75,7 @@ where
 {
     const OP: &str = "gather (gradient)";
     if matches!(T::DTYPE, crate::DType::F16 | crate::DType::BF16) {
-        let r = gather_backward(g, indices, like, axis)?;
+        let r = gather_backward_acc(g, indices, like, axis)?;
         let mut out = dest.get(OP, r.shape())?;
         out.assign(&r);
         return Ok(out);
@@ -190,6 +190,20 @@ pub fn gather_backward<T: Elem, I: Elem>(
 where
     T::Acc: Num,
 {
+    crate::owned(|d| gather_backward_to(g, indices, like, axis, d).map(|_| ()))
+}
+
+/// [`gather_backward`] accumulating in `T::Acc` in a temporary buffer (the f16/bf16 path: repeated
+/// indices are summed in f32 and rounded once).
+fn gather_backward_acc<T: Elem, I: Elem>(
+    g: &ArrayViewD<'_, T>,
+    indices: &ArrayViewD<'_, I>,
+    like: &ArrayViewD<'_, T>,
+    axis: isize,
+) -> Result<ArrayD<T>>
+where
+    T::Acc: Num,
+{
     const OP: &str = "gather (gradient)";
     let ax = norm_axis(OP, axis, like.ndim(), like.shape())?;
     let ts = like.shape();
@@ -237,23 +251,7 @@ pub fn slice_backward<T: Elem>(
 where
     T::Acc: Num,
 {
-    const OP: &str = "slice (gradient)";
-    let mut out = ArrayD::<T>::from_elem(IxDyn(like.shape()), T::from_acc(<T::Acc as Num>::ZERO));
-    let mut view = super::shape::slice_view(out.view_mut(), args, OP)?;
-    if view.shape() != g.shape() {
-        return Err(Error::op(
-            OP,
-            format!(
-                "gradient {} does not fit the slice of {}",
-                fmt_shape(g.shape()),
-                fmt_shape(like.shape())
-            ),
-        ));
-    }
-    ndarray::Zip::from(&mut view)
-        .and(g)
-        .for_each(|o, &gv| *o = T::from_acc(o.to_acc().add(gv.to_acc())));
-    Ok(out)
+    crate::owned(|d| slice_backward_to(g, like, args, d).map(|_| ()))
 }
 
 /// Gradient of the `k`-th operand of `concat(parts, axis)`: its section of `g`.
@@ -263,25 +261,7 @@ pub fn concat_part<T: Elem>(
     axis: isize,
     k: usize,
 ) -> Result<ArrayD<T>> {
-    const OP: &str = "concat (gradient)";
-    let ax = norm_axis(OP, axis, g.ndim(), g.shape())?;
-    let offset: usize = part_shapes
-        .iter()
-        .take(k)
-        .map(|s| s.get(ax).copied().unwrap_or(0))
-        .sum();
-    let len = part_shapes
-        .get(k)
-        .and_then(|s| s.get(ax))
-        .copied()
-        .ok_or_else(|| Error::op(OP, "no such part"))?;
-    if offset + len > g.shape()[ax] {
-        return Err(Error::op(OP, "parts do not fit the gradient"));
-    }
-    Ok(
-        g.slice_axis(Axis(ax), ndarray::Slice::from(offset..offset + len))
-            .to_owned(),
-    )
+    crate::owned(|d| concat_part_to(g, part_shapes, axis, k, d).map(|_| ()))
 }
 
 #[cfg(test)]

@@ -266,34 +266,71 @@ fn kernel_gemm<G: mithril_kernels::gemm::GemmElem>(
     b: &ArrayView2<'_, G>,
     c: &mut ArrayViewMut2<'_, G>,
 ) -> bool {
-    let (m, k) = a.dim();
-    let n = b.dim().1;
-    let (Some((sa, rsa, csa)), Some((sb, rsb, csb))) = (span(a), span(b)) else {
-        return false;
-    };
-    let ldc = c.strides()[0];
-    if c.strides()[1] != 1 && n > 1 || ldc < 0 {
-        return false;
-    }
-    let Some(cs) = c.as_slice_memory_order_mut() else {
+    let Some(o) = operands(a, b, c) else {
         return false;
     };
     mithril_kernels::gemm::gemm_plain(
+        o.m,
+        o.n,
+        o.k,
+        <G::Acc as mithril_kernels::gemm::AccElem>::ONE,
+        o.a,
+        o.rsa,
+        o.csa,
+        o.b,
+        o.rsb,
+        o.csb,
+        false,
+        o.c,
+        o.ldc,
+    );
+    true
+}
+
+/// The kernel GEMM's view of `c = a @ b`: dims, operand spans with their strides, and `c` as
+/// a row-major slice.
+struct Operands<'s, G> {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &'s [G],
+    rsa: usize,
+    csa: usize,
+    b: &'s [G],
+    rsb: usize,
+    csb: usize,
+    c: &'s mut [G],
+    ldc: usize,
+}
+
+/// [`Operands`] of 2-D views, or `None` when the layout does not fit the kernel (negative
+/// strides, a `c` whose rows are not contiguous).
+fn operands<'s, G>(
+    a: &'s ArrayView2<'_, G>,
+    b: &'s ArrayView2<'_, G>,
+    c: &'s mut ArrayViewMut2<'_, G>,
+) -> Option<Operands<'s, G>> {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    let ((sa, rsa, csa), (sb, rsb, csb)) = (span(a)?, span(b)?);
+    let ldc = c.strides()[0];
+    if c.strides()[1] != 1 && n > 1 || ldc < 0 {
+        return None;
+    }
+    let cs = c.as_slice_memory_order_mut()?;
+    Some(Operands {
         m,
         n,
         k,
-        <G::Acc as mithril_kernels::gemm::AccElem>::ONE,
-        sa,
+        a: sa,
         rsa,
         csa,
-        sb,
+        b: sb,
         rsb,
         csb,
-        false,
-        cs,
-        (ldc as usize).max(n),
-    );
-    true
+        c: cs,
+        ldc: (ldc as usize).max(n),
+    })
 }
 
 /// `c = a @ b` for 2-D views (shapes already checked; `c` starts zeroed unless the type has a
@@ -535,16 +572,7 @@ where
     G: mithril_kernels::gemm::GemmElem + Elem<Acc = <G as mithril_kernels::gemm::GemmElem>::Acc>,
 {
     debug_assert_eq!(TypeId::of::<T>(), TypeId::of::<G>());
-    let (m, k) = a.dim();
-    let n = b.dim().1;
-    let (Some((sa, rsa, csa)), Some((sb, rsb, csb))) = (span(a), span(b)) else {
-        return false;
-    };
-    let ldc = c.strides()[0];
-    if c.strides()[1] != 1 && n > 1 || ldc < 0 {
-        return false;
-    }
-    let Some(cs) = c.as_slice_memory_order_mut() else {
+    let Some(o) = operands(a, b, c) else {
         return false;
     };
     let epi = |i: usize, j0: usize, v: &mut [<G as mithril_kernels::gemm::GemmElem>::Acc]| {
@@ -567,19 +595,19 @@ where
     // ISA and path) again for each fused matmul of each model.
     let epi: &Epilogue<'_, <G as mithril_kernels::gemm::GemmElem>::Acc> = &epi;
     mithril_kernels::gemm::gemm(
-        m,
-        n,
-        k,
+        o.m,
+        o.n,
+        o.k,
         <<G as mithril_kernels::gemm::GemmElem>::Acc as mithril_kernels::gemm::AccElem>::ONE,
-        sa,
-        rsa,
-        csa,
-        sb,
-        rsb,
-        csb,
+        o.a,
+        o.rsa,
+        o.csa,
+        o.b,
+        o.rsb,
+        o.csb,
         false,
-        cs,
-        (ldc as usize).max(n),
+        o.c,
+        o.ldc,
         epi,
     );
     true
