@@ -265,6 +265,45 @@ fn main() {
         );
         return;
     }
+    // `linear M`: Linear's forward product `[M, 784] × Wᵀ` (W `[256, 784]` row-major, so B's
+    // k is contiguous) next to the same product with a row-major `[784, 256]` B, one thread.
+    if arg1.as_deref() == Some("linear") {
+        let m: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(32);
+        let (k, n) = (784, 256);
+        mg::set_num_threads(1);
+        let mut g = Lcg(1);
+        let (x, w) = (g.vec(m * k), g.vec(n * k));
+        let mut c = vec![0f32; m * n];
+        let fl = 2.0 * (m * n * k) as f64;
+        let t_wt = bench(
+            || mg::gemm_plain(m, n, k, 1.0, &x, k, 1, &w, 1, k, false, &mut c, n),
+            2.0,
+        );
+        let t_rm = bench(
+            || mg::gemm_plain(m, n, k, 1.0, &x, k, 1, &w, n, 1, false, &mut c, n),
+            2.0,
+        );
+        // The weight gradient `dYᵀ · x` (`[256, m] × [m, 784]`, k = m; dY `[m, 256]` row-major).
+        let dy = g.vec(m * n);
+        let mut dw = vec![0f32; n * k];
+        let t_dw = bench(
+            || mg::gemm_plain(n, k, m, 1.0, &dy, 1, n, &x, k, 1, false, &mut dw, k),
+            2.0,
+        );
+        println!(
+            "linear m={m}: x·Wᵀ {:.1} us ({:.1} GFLOP/s), row-major B {:.1} us ({:.1} GFLOP/s), dYᵀ·x {:.1} us ({:.1} GFLOP/s)",
+            t_wt * 1e6,
+            fl / t_wt / 1e9,
+            t_rm * 1e6,
+            fl / t_rm / 1e9,
+            t_dw * 1e6,
+            fl / t_dw / 1e9
+        );
+        return;
+    }
     // `scale N`: our f32 GEMM at size N with 1 and 2 threads (wall-clock medians).
     if arg1.as_deref() == Some("scale") {
         let n: usize = std::env::args()

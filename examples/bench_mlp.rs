@@ -84,32 +84,48 @@ pub fn main() -> mithril::Result<()> {
     let p = infer.randomize_params(0);
     let threads = mithril_kernels::gemm::num_threads();
     let mut tp = train.randomize_params(0);
-    for b in [1usize, 32, 256, 1024] {
+    // `BENCH_BATCH=32` measures one batch size only (profiling).
+    let batches: Vec<usize> = match std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(b) => vec![b],
+        None => vec![1, 32, 256, 1024],
+    };
+    // `BENCH_KIND=train` (or `infer`) measures one kind only.
+    let kind = std::env::var("BENCH_KIND").unwrap_or_default();
+    let (do_infer, do_train) = (kind != "train", kind != "infer");
+    for b in batches {
         let x = Array2::from_shape_fn((b, 784), |(i, j)| {
             (((i * 784 + j) * 2654435761usize % 1000) as f32 / 500.0) - 1.0
         });
         let y = Array1::from_iter((0..b).map(|i| (i % 10) as i64));
-        let t = bench(
-            || {
-                let _ = infer.evaluate(&p, MlpInputs { x: x.view() });
-            },
-            budget,
-        );
-        println!(
+        if do_infer {
+            let t = bench(
+                || {
+                    let _ = infer.evaluate(&p, MlpInputs { x: x.view() });
+                },
+                budget,
+            );
+            println!(
             "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
             fwd_flops(b) / t / 1e9
         );
-        let x16 = x.mapv(mithril::half::bf16::from_f32);
-        let t = bench(
-            || {
-                let _ = infer16.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
-            },
-            budget,
-        );
-        println!(
+            let x16 = x.mapv(mithril::half::bf16::from_f32);
+            let t = bench(
+                || {
+                    let _ = infer16.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
+                },
+                budget,
+            );
+            println!(
             "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-bf16\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
             fwd_flops(b) / t / 1e9
         );
+        }
+        if !do_train {
+            continue;
+        }
         let mut opt = Sgd::new(0.01);
         let t = bench(
             || {

@@ -121,32 +121,43 @@ unsafe fn pack32<T: Src32>(
     }
 }
 
-/// Packs 12 rows of A with contiguous k (`src(r, q) = src[r*rs + q]`) as `dst[q*12 + r]`:
-/// blocks of 16 k are transposed in registers (4×4 transposes in each 128-bit lane); `f16`/`bf16`
-/// rows are converted into a small f32 buffer first.
+/// Packs `4*G` lanes (rows of A, or columns of a transposed B) with contiguous k (`src(l, q) =
+/// src[l*rs + q]`) as `dst[q*4G + l]`: blocks of 16 k are transposed in registers (4×4
+/// transposes in each 128-bit lane); `f16`/`bf16` lanes are converted into a small f32 buffer
+/// first.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-unsafe fn pack_a_rows_12<T: Src32>(src: *const T, rs: usize, kc: usize, dst: *mut f32) {
+unsafe fn pack_lanes_512<T: Src32, const G: usize>(
+    src: *const T,
+    rs: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    let width = 4 * G;
     let direct = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
-    let mut tmp = [0f32; 12 * 16];
+    let mut tmp = [0f32; 4 * 16];
     let mut q0 = 0;
     while q0 + 16 <= kc {
-        let (base, stride) = if direct {
-            (src.add(q0) as *const f32, rs)
-        } else {
-            for r in 0..12 {
-                T::cvt(src.add(r * rs + q0), 16, tmp.as_mut_ptr().add(r * 16));
-            }
-            (tmp.as_ptr(), 16)
-        };
-        for g in 0..3 {
-            let row = |r: usize| _mm512_loadu_ps(base.add((4 * g + r) * stride));
+        for g in 0..G {
+            let (base, stride) = if direct {
+                (src.add(4 * g * rs + q0) as *const f32, rs)
+            } else {
+                for r in 0..4 {
+                    T::cvt(
+                        src.add((4 * g + r) * rs + q0),
+                        16,
+                        tmp.as_mut_ptr().add(r * 16),
+                    );
+                }
+                (tmp.as_ptr(), 16)
+            };
+            let row = |r: usize| _mm512_loadu_ps(base.add(r * stride));
             let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
             let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
             let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
             let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
             let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
-            // c_t holds, in 128-bit lane L, rows 4g..4g+4 at k = q0 + 4L + t.
+            // c_t holds, in 128-bit lane L, lanes 4g..4g+4 at k = q0 + 4L + t.
             let cols = [
                 _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
                 _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
@@ -154,18 +165,72 @@ unsafe fn pack_a_rows_12<T: Src32>(src: *const T, rs: usize, kc: usize, dst: *mu
                 _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
             ];
             for (t, c) in cols.iter().enumerate() {
-                let d = dst.add((q0 + t) * 12 + 4 * g);
+                let d = dst.add((q0 + t) * width + 4 * g);
                 _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
-                _mm_storeu_ps(d.add(4 * 12), _mm512_extractf32x4_ps::<1>(*c));
-                _mm_storeu_ps(d.add(8 * 12), _mm512_extractf32x4_ps::<2>(*c));
-                _mm_storeu_ps(d.add(12 * 12), _mm512_extractf32x4_ps::<3>(*c));
+                _mm_storeu_ps(d.add(4 * width), _mm512_extractf32x4_ps::<1>(*c));
+                _mm_storeu_ps(d.add(8 * width), _mm512_extractf32x4_ps::<2>(*c));
+                _mm_storeu_ps(d.add(12 * width), _mm512_extractf32x4_ps::<3>(*c));
             }
         }
         q0 += 16;
     }
     for q in q0..kc {
-        for r in 0..12 {
-            *dst.add(q * 12 + r) = (*src.add(r * rs + q)).to_acc();
+        for l in 0..width {
+            *dst.add(q * width + l) = (*src.add(l * rs + q)).to_acc();
+        }
+    }
+}
+
+/// The AVX2 form of [`pack_lanes_512`]: blocks of 8 k, 4×4 transposes in each 128-bit lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_lanes_256<T: Src32, const G: usize>(
+    src: *const T,
+    rs: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
+    let width = 4 * G;
+    let direct = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+    let mut tmp = [0f32; 4 * 8];
+    let mut q0 = 0;
+    while q0 + 8 <= kc {
+        for g in 0..G {
+            let (base, stride) = if direct {
+                (src.add(4 * g * rs + q0) as *const f32, rs)
+            } else {
+                for r in 0..4 {
+                    T::cvt(
+                        src.add((4 * g + r) * rs + q0),
+                        8,
+                        tmp.as_mut_ptr().add(r * 8),
+                    );
+                }
+                (tmp.as_ptr(), 8)
+            };
+            let row = |r: usize| _mm256_loadu_ps(base.add(r * stride));
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let t0 = _mm256_castps_pd(_mm256_unpacklo_ps(r0, r1));
+            let t1 = _mm256_castps_pd(_mm256_unpackhi_ps(r0, r1));
+            let t2 = _mm256_castps_pd(_mm256_unpacklo_ps(r2, r3));
+            let t3 = _mm256_castps_pd(_mm256_unpackhi_ps(r2, r3));
+            let cols = [
+                _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2)),
+                _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2)),
+                _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3)),
+                _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3)),
+            ];
+            for (t, c) in cols.iter().enumerate() {
+                let d = dst.add((q0 + t) * width + 4 * g);
+                _mm_storeu_ps(d, _mm256_castps256_ps128(*c));
+                _mm_storeu_ps(d.add(4 * width), _mm256_extractf128_ps::<1>(*c));
+            }
+        }
+        q0 += 8;
+    }
+    for q in q0..kc {
+        for l in 0..width {
+            *dst.add(q * width + l) = (*src.add(l * rs + q)).to_acc();
         }
     }
 }
@@ -214,7 +279,7 @@ impl<T: Src32> Kernel<T> for K512<T> {
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
     unsafe fn pack_a(a: *const T, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut f32) {
         if cs == 1 && mr == 12 {
-            pack_a_rows_12(a, rs, kc, dst)
+            pack_lanes_512::<T, 3>(a, rs, kc, dst)
         } else {
             pack32(a, rs, cs, mr, kc, 12, dst)
         }
@@ -222,7 +287,12 @@ impl<T: Src32> Kernel<T> for K512<T> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
     unsafe fn pack_b(b: *const T, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut f32) {
-        pack32(b, cs, rs, nr, kc, 32, dst)
+        if rs == 1 && cs != 1 && nr == 32 {
+            // A transposed B (Linear's `Wᵀ`): k is contiguous within each column.
+            pack_lanes_512::<T, 8>(b, cs, kc, dst)
+        } else {
+            pack32(b, cs, rs, nr, kc, 32, dst)
+        }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
@@ -268,7 +338,11 @@ impl<T: Src32> Kernel<T> for K256<T> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pack_b(b: *const T, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut f32) {
-        pack32(b, cs, rs, nr, kc, 16, dst)
+        if rs == 1 && cs != 1 && nr == 16 {
+            pack_lanes_256::<T, 4>(b, cs, kc, dst)
+        } else {
+            pack32(b, cs, rs, nr, kc, 16, dst)
+        }
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
