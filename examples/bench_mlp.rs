@@ -30,6 +30,20 @@ mithril! {
 
     /// The same MLP with bf16 weights and activations (f32 accumulation in the GEMM).
     pub compile MlpBf16 = Mlp { dtype: bf16, types: { x: bf16 } };
+
+    /// The MLP specialized for batch 1 and 32 (`static_shapes`: constant dims, slices, direct
+    /// kernel calls).
+    pub compile MlpS1 = Mlp { shapes: { x: [1, 784] }, static_shapes: true };
+    pub compile MlpS32 = Mlp { shapes: { x: [32, 784] }, static_shapes: true };
+
+    /// A tiny MLP, where the per-call overhead is most of the time.
+    pub model Tiny {
+        input x: f32[B, 8];
+        let h = relu(Linear(8)(x));
+        let h = relu(Linear(8)(h));
+        output y = Linear(4)(h);
+    }
+    pub compile TinyS1 = Tiny { shapes: { x: [1, 8] }, static_shapes: true };
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -80,6 +94,32 @@ pub fn main() -> mithril::Result<()> {
     {
         mithril_kernels::gemm::set_num_threads(n);
     }
+    // `BENCH_KIND=train` (or `infer`) measures one kind only.
+    let kind = std::env::var("BENCH_KIND").unwrap_or_default();
+    if kind != "train" {
+        // per-call overhead: the 8-8-8-4 MLP at batch 1, generic and static
+        let (m, s) = (Tiny::new()?, TinyS1::new()?);
+        let (p, ps) = (m.randomize_params(0), s.randomize_params(0));
+        let x = Array2::<f32>::ones((1, 8));
+        let td = bench(
+            || {
+                let _ = m.evaluate(&p, TinyInputs { x: x.view() });
+            },
+            budget,
+        );
+        let ts = bench(
+            || {
+                let _ = s.evaluate(&ps, TinyS1Inputs { x: x.view() });
+            },
+            budget,
+        );
+        println!(
+            "tiny 8-8-8-4 MLP, batch 1: generic {:.0} ns, static_shapes {:.0} ns ({:.1}x)",
+            td * 1e9,
+            ts * 1e9,
+            td / ts
+        );
+    }
     let train = MlpTrain::new()?;
     let p = infer.randomize_params(0);
     let threads = mithril_kernels::gemm::num_threads();
@@ -92,8 +132,6 @@ pub fn main() -> mithril::Result<()> {
         Some(b) => vec![b],
         None => vec![1, 32, 256, 1024],
     };
-    // `BENCH_KIND=train` (or `infer`) measures one kind only.
-    let kind = std::env::var("BENCH_KIND").unwrap_or_default();
     let (do_infer, do_train) = (kind != "train", kind != "infer");
     for b in batches {
         let x = Array2::from_shape_fn((b, 784), |(i, j)| {
@@ -118,6 +156,33 @@ pub fn main() -> mithril::Result<()> {
                 },
                 budget,
             );
+            let ts = match b {
+                1 => {
+                    let (m, p) = (MlpS1::new()?, MlpS1::new()?.randomize_params(0));
+                    Some(bench(
+                        || {
+                            let _ = m.evaluate(&p, MlpS1Inputs { x: x.view() });
+                        },
+                        budget,
+                    ))
+                }
+                32 => {
+                    let (m, p) = (MlpS32::new()?, MlpS32::new()?.randomize_params(0));
+                    Some(bench(
+                        || {
+                            let _ = m.evaluate(&p, MlpS32Inputs { x: x.view() });
+                        },
+                        budget,
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(ts) = ts {
+                println!(
+                "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-static\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {ts:.4e}, \"gflops\": {:.1}}}",
+                fwd_flops(b) / ts / 1e9
+            );
+            }
             println!(
             "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-bf16\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
             fwd_flops(b) / t / 1e9

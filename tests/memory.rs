@@ -113,6 +113,25 @@ fn evaluate_allocates_only_its_outputs_after_the_first_call() {
 }
 
 #[test]
+fn static_evaluate_allocates_only_its_output_after_the_first_call() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        StaticMlp::SUMMARY.contains("static_shapes: evaluate specialized"),
+        "{}",
+        StaticMlp::SUMMARY
+    );
+    let m = StaticMlp::new().unwrap();
+    let p = m.randomize_params(1);
+    let (x, _) = data(32);
+    let run = || m.evaluate(&p, StaticMlpInputs { x: x.view() }).unwrap();
+    let (_, r1) = allocations(run);
+    let (second, r2) = allocations(run);
+    assert_eq!(r1.logits, r2.logits);
+    // one allocation: the returned `logits`
+    assert_eq!(second, 1, "the second call allocated {second} times");
+}
+
+#[test]
 fn training_step_allocates_only_its_outputs_after_the_first_call() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let m = Clf::new().unwrap();

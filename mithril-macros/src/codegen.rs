@@ -142,7 +142,17 @@ impl<'a> Gen<'a> {
         }
     }
 
-    fn dtype(&self, id: NodeId) -> DType {
+    /// The graph being generated.
+    pub(crate) fn graph(&self) -> &'a Graph {
+        self.g
+    }
+
+    /// The physical model's name, as a string.
+    pub(crate) fn model_name(&self) -> String {
+        self.inp.name.to_string()
+    }
+
+    pub(crate) fn dtype(&self, id: NodeId) -> DType {
         self.g.dtype_of(id).unwrap_or(DType::F32)
     }
 
@@ -215,7 +225,7 @@ impl<'a> Gen<'a> {
     }
 
     /// Lower a fused expression; returns the tokens and the dtype whose compute domain they are in.
-    fn lower_fexpr(&self, e: &FExpr, arg_dts: &[DType]) -> (TokenStream, DType) {
+    pub(crate) fn lower_fexpr(&self, e: &FExpr, arg_dts: &[DType]) -> (TokenStream, DType) {
         match e {
             FExpr::Arg(i) => {
                 let a = format_ident!("a{}", i);
@@ -923,13 +933,33 @@ impl<'a> Gen<'a> {
                 quote!(#f: #val)
             })
             .collect();
-        let eval_body = self.function_body(
-            &checks,
-            &body,
-            &format_ident!("__ws"),
-            &format_ident!("__MITHRIL_LIFE_EVAL"),
-            quote!(#outputs_name { #(#outs,)* }),
-        );
+        let generic_body = || {
+            self.function_body(
+                &checks,
+                &body,
+                &format_ident!("__ws"),
+                &format_ident!("__MITHRIL_LIFE_EVAL"),
+                quote!(#outputs_name { #(#outs,)* }),
+            )
+        };
+        // `static_shapes: true`: the slice-and-constant evaluate when the graph allows it
+        let mut summary = self.inp.summary.clone();
+        let eval_body = if self.inp.static_shapes {
+            match crate::codegen_static::evaluate_body(&self, &outputs_name) {
+                Ok(b) => {
+                    summary.push_str("static_shapes: evaluate specialized (constant dims, contiguous slices, direct kernel calls)\n");
+                    b
+                }
+                Err(why) => {
+                    summary.push_str(&format!(
+                        "static_shapes: evaluate keeps the generic path (not specialized: {why})\n"
+                    ));
+                    generic_body()
+                }
+            }
+        } else {
+            generic_body()
+        };
         let has_grad = self.train.is_some();
         let gradients = match self.train {
             Some(t) => {
@@ -1009,7 +1039,7 @@ impl<'a> Gen<'a> {
                 g.describe(o.node)
             ));
         }
-        let summary = &self.inp.summary;
+        let summary = &summary;
         let text = &self.inp.graph_text;
         let dot = &self.inp.graph_dot;
         let json = &self.inp.graph_json;

@@ -12,6 +12,7 @@
 mod autodiff;
 mod carrier;
 mod codegen;
+mod codegen_static;
 mod cuda_gen;
 mod dtypes;
 mod files;

@@ -11,6 +11,7 @@ pub mod check;
 pub mod cuda; // CUDA backend: devices, NVRTC kernel cache, cuBLAS; documented inside.
 pub mod elem;
 pub mod error;
+pub mod fixed;
 pub mod init;
 pub mod ops;
 pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an outer doc breaks its links).

@@ -180,6 +180,16 @@ impl Workspace {
         shape: &[usize],
     ) -> Result<ArrayViewMutD<'w, T>> {
         let n: usize = shape.iter().product();
+        let data = self.slice::<T>(op, slot, n)?;
+        ArrayViewMutD::from_shape(IxDyn(shape), data)
+            .map_err(|e| Error::op(op, format!("internal: slot view: {e}")))
+    }
+
+    /// Slot `slot` as a slice of `n` elements (what `static_shapes` models use; [`Dest::Slot`]
+    /// is the same memory as an array view). The generated code asks for each slot only while
+    /// the plan says no other live value uses its memory.
+    #[allow(clippy::mut_from_ref)]
+    pub fn slice<'w, T: Elem>(&'w self, op: &str, slot: usize, n: usize) -> Result<&'w mut [T]> {
         let bytes = n * std::mem::size_of::<T>();
         // SAFETY: the bookkeeping fields touched here are not aliased by any view handed out
         // (views point into `bufs[k]`'s heap blocks or into `arena`'s heap blocks, which are
@@ -218,9 +228,7 @@ impl Workspace {
         // SAFETY: `ptr` is aligned to 64 and valid for `n` elements of `T` (every `Elem` is a
         // plain number type valid for any bit pattern, bools zeroed above); no other live view
         // overlaps it (the plan only shares bytes between slots with disjoint lifetimes).
-        let data = unsafe { std::slice::from_raw_parts_mut(ptr, n) };
-        ArrayViewMutD::from_shape(IxDyn(shape), data)
-            .map_err(|e| Error::op(op, format!("internal: slot view: {e}")))
+        Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
     }
 }
 
