@@ -51,7 +51,16 @@ mithril! {
         output z = gelu(Linear(16)(y), approximate = true);
     }
 
+    /// An embedding (lowered forward; its gradient, a scatter-add, is not lowered on cuda yet,
+    /// so `evaluate_gradients*` of this plain model return an `Err` instead of failing the build).
+    pub model Embed {
+        input tokens: i32[B, T];
+        let e = Embedding(num_embeddings = 100, dim = 16)(tokens);
+        output y = e.mean(axis = -1);
+    }
+
     pub compile MlpGpu = Mlp { backend: cuda };
+    pub compile EmbedGpu = Embed { backend: cuda };
     pub compile MlpTrainGpu = MlpTrain { backend: cuda };
     pub compile BlockGpu = Block { backend: cuda, cuda: { device: 0, arch: "sm_90" }, cache: false };
     pub compile HalfGpu = Half { target_hardware: "nvidia_h100" };
@@ -102,6 +111,7 @@ const MODELS: &[(&str, &str, &[&str])] = &[
     ("HalfGpu", HalfGpu::CUDA_SOURCE, HalfGpu::CUDA_KERNELS),
     ("MlpTf32", MlpTf32::CUDA_SOURCE, MlpTf32::CUDA_KERNELS),
     ("MlpAmp", MlpAmp::CUDA_SOURCE, MlpAmp::CUDA_KERNELS),
+    ("EmbedGpu", EmbedGpu::CUDA_SOURCE, EmbedGpu::CUDA_KERNELS),
 ];
 
 #[test]
@@ -131,6 +141,15 @@ fn every_generated_module_compiles_with_nvrtc_for_sm80_and_sm90() {
         "NVRTC compiled {} generated cuda modules ({total} kernels) for sm_80 and sm_90",
         MODELS.len()
     ));
+}
+
+#[test]
+fn cuda_models_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<MlpGpu>();
+    check::<MlpTrainGpu>();
+    check::<MlpGpuDeviceParams>();
+    check::<MlpGpuDeviceOutputs>();
 }
 
 #[test]
@@ -172,6 +191,10 @@ fn generated_kernels_follow_the_graph() {
         "{}",
         BlockGpu::CUDA_SOURCE
     );
+    // i32 token ids are cast to i64 for the embedding kernel; no gradient kernels (not lowered)
+    assert_eq!(EmbedGpu::CUDA_KERNELS, &["f2_idx"]);
+    assert!(EmbedGpu::CUDA_SOURCE
+        .contains("f2_idx(const int* __restrict__ a0, long long* __restrict__ out"));
     // options
     assert_eq!(HalfGpu::CUDA_ARCH, Some("sm_90"));
     assert_eq!(BlockGpu::CUDA_ARCH, Some("sm_90"));

@@ -170,7 +170,7 @@ pub fn launch_fused<T: DeviceElem>(
                 let q = numel(&out_shape[out_shape.len() - tail..]);
                 if len == 0
                     || q == 0
-                    || n % (q * len) != 0
+                    || q.checked_mul(len).is_none_or(|p| n % p != 0)
                     || inner.is_some_and(|b| b != q)
                     || blen.is_some_and(|b| b != len)
                 {
@@ -597,10 +597,13 @@ where
         }
     }
     let mut y = DeviceTensor::<T>::zeros(dev, &[m, n])?;
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 {
+        return Ok(y);
+    }
+    if k == 0 {
         return Err(Error::op(
             "matmul",
-            format!("the epilogue path needs non-empty operands, got [{m}, {k}] · [{k}, {n}]"),
+            format!("the epilogue path needs a non-empty inner dim, got [{m}, 0] · [0, {n}]"),
         ));
     }
     let (transa, transb, lda, ldb) = swap_params(m, n, k, ta, tb);
