@@ -219,10 +219,7 @@ fn lt_epilogue(
             let act = act_of(p)?;
             Some((bias(&a[0])?, act))
         }
-        e => match bias(e)? {
-            Some(i) => Some((Some(i), none)),
-            None => None,
-        },
+        e => bias(e)?.map(|i| (Some(i), none)),
     }
 }
 

@@ -152,7 +152,7 @@ pub fn launch_fused<T: DeviceElem>(
             FusedIndex::Full if len != n => return bad("the same shape".into()),
             FusedIndex::Scalar if len != 1 => return bad("a scalar".into()),
             FusedIndex::Period(baked) => {
-                if len == 0 || n % len != 0 || baked.is_some_and(|b| b != len) {
+                if len == 0 || !n.is_multiple_of(len) || baked.is_some_and(|b| b != len) {
                     return bad(format!("a period of {len}"));
                 }
                 if baked.is_none() {
@@ -170,7 +170,7 @@ pub fn launch_fused<T: DeviceElem>(
                 let q = numel(&out_shape[out_shape.len() - tail..]);
                 if len == 0
                     || q == 0
-                    || q.checked_mul(len).is_none_or(|p| n % p != 0)
+                    || q.checked_mul(len).is_none_or(|p| !n.is_multiple_of(p))
                     || inner.is_some_and(|b| b != q)
                     || blen.is_some_and(|b| b != len)
                 {
@@ -228,7 +228,7 @@ fn resolve_dims(op: &str, from: &[usize], dims: &[isize]) -> Result<Vec<usize>> 
     };
     let fill = match free {
         0 if known == len => 0,
-        1 if known > 0 && len % known == 0 => len / known,
+        1 if known > 0 && len.is_multiple_of(known) => len / known,
         1 if known == 0 && len == 0 => 0,
         _ => return Err(fail()),
     };
