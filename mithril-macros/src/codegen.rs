@@ -33,7 +33,7 @@ pub struct CodegenInput<'a> {
     pub max_memory_gb: Option<f64>,
 }
 
-fn v(id: NodeId) -> Ident {
+pub(crate) fn v(id: NodeId) -> Ident {
     format_ident!("v{}", id)
 }
 
@@ -51,7 +51,7 @@ fn camel(s: &str) -> String {
         .collect()
 }
 
-fn ix(rank: Option<usize>) -> TokenStream {
+pub(crate) fn ix(rank: Option<usize>) -> TokenStream {
     match rank {
         Some(0) => quote!(::mithril::ndarray::Ix0),
         Some(1) => quote!(::mithril::ndarray::Ix1),
@@ -66,14 +66,14 @@ fn ix(rank: Option<usize>) -> TokenStream {
 
 /// A param tree node: leaves and sub-trees, in first-seen order.
 #[derive(Default)]
-struct Tree {
-    order: Vec<String>,
-    leaves: BTreeMap<String, usize>,
-    subs: BTreeMap<String, Tree>,
+pub(crate) struct Tree {
+    pub(crate) order: Vec<String>,
+    pub(crate) leaves: BTreeMap<String, usize>,
+    pub(crate) subs: BTreeMap<String, Tree>,
 }
 
 impl Tree {
-    fn insert(&mut self, path: &[String], idx: usize) {
+    pub(crate) fn insert(&mut self, path: &[String], idx: usize) {
         let head = &path[0];
         if !self.order.contains(head) {
             self.order.push(head.clone());
@@ -94,7 +94,7 @@ pub struct Gen<'a> {
     /// The forward+backward graph, when gradients are generated.
     pub train: Option<&'a Graph>,
     inp: &'a CodegenInput<'a>,
-    errors: Vec<syn::Error>,
+    pub(crate) errors: Vec<syn::Error>,
     /// Runtime expressions for dynamic dims (dim variable id -> `inputs.x.shape()[k]`).
     dim_src: BTreeMap<u32, TokenStream>,
     /// Where every node's value lives.
@@ -161,7 +161,7 @@ impl<'a> Gen<'a> {
     }
 
     /// A runtime `usize` expression for a dim, or `None` when it cannot be computed.
-    fn dim_expr(&self, d: &Dim) -> Option<TokenStream> {
+    pub(crate) fn dim_expr(&self, d: &Dim) -> Option<TokenStream> {
         match self.g.env.dim(d) {
             Dim::Known(n) => {
                 let n = n as usize;
@@ -182,16 +182,16 @@ impl<'a> Gen<'a> {
         }
     }
 
-    fn rank(&self, id: NodeId) -> Option<usize> {
+    pub(crate) fn rank(&self, id: NodeId) -> Option<usize> {
         let s = self.g.shape_of(id)?;
         s.rest.is_none().then_some(s.dims.len())
     }
 
-    fn elem_ty(&self, id: NodeId) -> TokenStream {
+    pub(crate) fn elem_ty(&self, id: NodeId) -> TokenStream {
         storage_type(self.dtype(id))
     }
 
-    fn array_ty(&self, id: NodeId) -> TokenStream {
+    pub(crate) fn array_ty(&self, id: NodeId) -> TokenStream {
         let t = self.elem_ty(id);
         let d = ix(self.rank(id));
         quote!(::mithril::ndarray::Array<#t, #d>)
@@ -201,7 +201,7 @@ impl<'a> Gen<'a> {
         self.g.describe(id)
     }
 
-    fn check(&self, id: NodeId, terminal: &str, access: TokenStream) -> TokenStream {
+    pub(crate) fn check(&self, id: NodeId, terminal: &str, access: TokenStream) -> TokenStream {
         let Some(s) = self.g.shape_of(id) else {
             return quote!();
         };
@@ -480,7 +480,7 @@ impl<'a> Gen<'a> {
         self.struct_name(path, "Params")
     }
 
-    fn struct_name(&self, path: &[String], kind: &str) -> Ident {
+    pub(crate) fn struct_name(&self, path: &[String], kind: &str) -> Ident {
         let mut s = format!("{}{kind}", self.inp.name);
         for p in path {
             s.push_str(&camel(p));
@@ -488,12 +488,17 @@ impl<'a> Gen<'a> {
         format_ident!("{}", s)
     }
 
-    fn param_structs(&self, tree: &Tree, path: &mut Vec<String>, out: &mut Vec<TokenStream>) {
+    pub(crate) fn param_structs(
+        &self,
+        tree: &Tree,
+        path: &mut Vec<String>,
+        out: &mut Vec<TokenStream>,
+    ) {
         self.param_structs_named(tree, path, out, "Params")
     }
 
     /// The `Params` (or `Grads`) struct tree.
-    fn param_structs_named(
+    pub(crate) fn param_structs_named(
         &self,
         tree: &Tree,
         path: &mut Vec<String>,
@@ -545,7 +550,7 @@ impl<'a> Gen<'a> {
         });
     }
 
-    fn randomize_expr(&mut self, tree: &Tree, path: &mut Vec<String>) -> TokenStream {
+    pub(crate) fn randomize_expr(&mut self, tree: &Tree, path: &mut Vec<String>) -> TokenStream {
         let name = self.param_struct_name(path);
         let mut fields = Vec::new();
         for key in &tree.order {

@@ -12,6 +12,7 @@
 mod autodiff;
 mod carrier;
 mod codegen;
+mod codegen_cuda;
 mod codegen_static;
 mod cuda_gen;
 mod dtypes;
@@ -407,9 +408,14 @@ fn compile_one(
         planning: opts.memory_planning,
         max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
     };
-    let mut gen = codegen::Gen::new(&g, &inp);
-    gen.train = train.as_ref();
-    let code = gen.generate().map_err(|e| (e, vec![]))?;
+    let code = if opts.backend_cuda {
+        codegen_cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda).generate()
+    } else {
+        let mut gen = codegen::Gen::new(&g, &inp);
+        gen.train = train.as_ref();
+        gen.generate()
+    }
+    .map_err(|e| (e, vec![]))?;
     let mut file_errors = Vec::new();
     if let Some((path, fmt)) = &opts.dump_graph {
         let content = match fmt {

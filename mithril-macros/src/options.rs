@@ -15,10 +15,34 @@ pub enum DumpFormat {
     Text,
 }
 
+/// `cuda: { device, arch, tf32, amp }` and the CUDA-only options.
+#[derive(Clone, Debug, Default)]
+pub struct CudaOptions {
+    /// The device ordinal `new()` opens (`device: N`, default 0).
+    pub device: usize,
+    /// The architecture kernels are compiled for (`arch: "sm_90"`, or from `target_hardware`);
+    /// `None`: the device's own.
+    pub arch: Option<String>,
+    /// f32 matrix products on TF32 tensor cores (`tf32: true`); strict f32 otherwise.
+    pub tf32: bool,
+    /// Automatic mixed precision (`amp: true`): f32 matrix products computed in bf16 on tensor
+    /// cores (f32 accumulation, f32 results); everything else stays f32.
+    pub amp: bool,
+    /// The on-disk kernel cache (`cache: false` keeps compiled kernels in memory only).
+    pub cache: bool,
+    /// `cache_dir: "..."`, resolved against the invoking crate's `CARGO_MANIFEST_DIR`; `None`:
+    /// the per-user default.
+    pub cache_dir: Option<String>,
+}
+
 /// The options of one physical model.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub backend_cuda: bool,
+    /// The CUDA settings (used when `backend_cuda`).
+    pub cuda: CudaOptions,
+    /// `target_hardware: "..."` as written (validated; see [`TARGETS`]).
+    pub target_hardware: Option<String>,
     pub shapes: BTreeMap<String, (Vec<Option<u64>>, Span)>,
     pub static_shapes: bool,
     pub types: BTreeMap<String, (DType, Span)>,
@@ -51,6 +75,11 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             backend_cuda: false,
+            cuda: CudaOptions {
+                cache: true,
+                ..CudaOptions::default()
+            },
+            target_hardware: None,
             shapes: BTreeMap::new(),
             static_shapes: false,
             types: BTreeMap::new(),
@@ -92,7 +121,60 @@ pub const NAMES: &[&str] = &[
     "max_memory_gb",
     "gradient_checkpointing",
     "checkpoint_segments",
+    "cuda",
+    "cache",
+    "cache_dir",
+    "target_hardware",
 ];
+
+/// What a `target_hardware` name selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// An NVIDIA GPU: `backend: cuda` with kernels compiled for this `sm_XX`.
+    Cuda(&'static str),
+    /// A CPU: `backend: cpu`. Validation only — the CPU kernels choose their instruction set at
+    /// run time (AVX-512 / AVX2 / scalar), so the name changes no generated code.
+    Cpu,
+}
+
+/// Every supported `target_hardware` name.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("nvidia_h100", Target::Cuda("sm_90")),
+    ("nvidia_h200", Target::Cuda("sm_90")),
+    ("nvidia_gh200", Target::Cuda("sm_90")),
+    ("nvidia_a100", Target::Cuda("sm_80")),
+    ("nvidia_a10", Target::Cuda("sm_86")),
+    ("nvidia_a10g", Target::Cuda("sm_86")),
+    ("nvidia_rtx3090", Target::Cuda("sm_86")),
+    ("nvidia_l4", Target::Cuda("sm_89")),
+    ("nvidia_l40s", Target::Cuda("sm_89")),
+    ("nvidia_rtx4090", Target::Cuda("sm_89")),
+    ("nvidia_t4", Target::Cuda("sm_75")),
+    ("nvidia_b200", Target::Cuda("sm_100")),
+    ("nvidia_gb200", Target::Cuda("sm_100")),
+    ("nvidia_rtx5090", Target::Cuda("sm_120")),
+    ("x86_64", Target::Cpu),
+    ("x86_64_v2", Target::Cpu),
+    ("x86_64_v3", Target::Cpu),
+    ("x86_64_v4", Target::Cpu),
+    ("zen4", Target::Cpu),
+    ("zen5", Target::Cpu),
+    ("sapphire_rapids", Target::Cpu),
+];
+
+/// The architectures NVRTC 13 compiles for (`sm_75` and newer).
+pub const ARCHS: &[&str] = &[
+    "sm_75", "sm_80", "sm_86", "sm_87", "sm_88", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_100a",
+    "sm_103", "sm_110", "sm_120", "sm_121",
+];
+
+fn target_list() -> String {
+    TARGETS
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn name_list(v: &OptValue, what: &str) -> Result<Vec<(String, Span)>, syn::Error> {
     let OptValue::List(items, _) = v else {
@@ -156,12 +238,57 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
             match key.as_str() {
                 "backend" => match v {
                     OptValue::Ident(i) if i == "cpu" => o.backend_cuda = false,
-                    OptValue::Ident(i) if i == "cuda" => {
-                        return Err(e(i.span(), "`backend: cuda` is not available yet in this version of mithril; use `backend: cpu`"));
-                    }
+                    OptValue::Ident(i) if i == "cuda" => o.backend_cuda = true,
                     other => return Err(e(other.span(), "`backend` is `cpu` or `cuda`")),
                 },
                 "static_shapes" => o.static_shapes = as_bool(v, "static_shapes")?,
+                "cache" => o.cuda.cache = as_bool(v, "cache")?,
+                "cache_dir" => {
+                    let d = as_str(v, "cache_dir")?;
+                    if d.is_empty() {
+                        return Err(e(v.span(), "`cache_dir` is a directory path; it is empty"));
+                    }
+                    o.cuda.cache_dir = Some(resolve_dir(&d));
+                }
+                "target_hardware" => {
+                    let OptValue::Lit(syn::Lit::Str(s)) = v else {
+                        return Err(e(v.span(), format!("`target_hardware` takes a string such as \"nvidia_h100\"; supported: {}", target_list())));
+                    };
+                    let name = s.value();
+                    if !TARGETS.iter().any(|(n, _)| *n == name) {
+                        return Err(e(s.span(), format!("unsupported `target_hardware` \"{name}\"; supported targets: {}", target_list())));
+                    }
+                    o.target_hardware = Some(name);
+                }
+                "cuda" => {
+                    let usage = "`cuda` takes `{ device: N, arch: \"sm_90\", tf32: bool, amp: bool }`";
+                    let OptValue::Map(entries, _) = v else {
+                        return Err(e(v.span(), usage));
+                    };
+                    for (k, val) in entries {
+                        match k.to_string().as_str() {
+                            "device" => match val {
+                                OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<u32>().is_ok() => {
+                                    o.cuda.device = i.base10_parse::<u32>()? as usize;
+                                }
+                                other => return Err(e(other.span(), "`device` is a device ordinal: a non-negative integer")),
+                            },
+                            "arch" => {
+                                let OptValue::Lit(syn::Lit::Str(s)) = val else {
+                                    return Err(e(val.span(), format!("`arch` takes a string such as \"sm_90\"; one of {}", ARCHS.join(", "))));
+                                };
+                                let a = s.value();
+                                if !ARCHS.contains(&a.as_str()) {
+                                    return Err(e(s.span(), format!("unsupported CUDA architecture \"{a}\"; NVRTC 13 compiles for {}", ARCHS.join(", "))));
+                                }
+                                o.cuda.arch = Some(a);
+                            }
+                            "tf32" => o.cuda.tf32 = as_bool(val, "tf32")?,
+                            "amp" => o.cuda.amp = as_bool(val, "amp")?,
+                            other => return Err(e(k.span(), format!("unknown `cuda` setting `{other}`; {usage}"))),
+                        }
+                    }
+                }
                 "dtype" => {
                     let t = as_dtype(v, "dtype")?;
                     if !t.is_float() {
@@ -366,8 +493,69 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
         }
     }
     if errors.is_empty() {
+        cross_check(items, &mut o, &mut errors);
+    }
+    if errors.is_empty() {
         Ok(o)
     } else {
         Err(errors)
+    }
+}
+
+/// A relative `cache_dir` is taken from the invoking crate's `CARGO_MANIFEST_DIR`.
+fn resolve_dir(d: &str) -> String {
+    let p = std::path::PathBuf::from(d);
+    if p.is_absolute() {
+        return d.to_string();
+    }
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(m) => std::path::PathBuf::from(m)
+            .join(p)
+            .to_string_lossy()
+            .into_owned(),
+        None => d.to_string(),
+    }
+}
+
+/// Options that depend on each other: `target_hardware` against `backend` and `cuda.arch`, the
+/// CUDA-only options on a CPU model.
+fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<syn::Error>) {
+    let find = |name: &str| items.iter().find(|(k, _)| k == name);
+    let backend_given = find("backend");
+    if let (Some(t), Some((k, v))) = (&o.target_hardware, find("target_hardware")) {
+        let target = TARGETS.iter().find(|(n, _)| n == t).map(|(_, x)| *x);
+        match target {
+            Some(Target::Cuda(arch)) => {
+                if backend_given.is_some() && !o.backend_cuda {
+                    errors.push(e(v.span(), format!("`target_hardware: \"{t}\"` is a GPU, but this model has `backend: cpu`; use `backend: cuda` (or leave `backend` out)")));
+                    return;
+                }
+                o.backend_cuda = true;
+                match &o.cuda.arch {
+                    Some(a) if a != arch => {
+                        errors.push(e(k.span(), format!("`target_hardware: \"{t}\"` means `arch: \"{arch}\"`, but `cuda: {{ arch: \"{a}\" }}` is given; give one of them")));
+                        return;
+                    }
+                    _ => o.cuda.arch = Some(arch.to_string()),
+                }
+            }
+            Some(Target::Cpu) if o.backend_cuda => {
+                errors.push(e(v.span(), format!("`target_hardware: \"{t}\"` is a CPU, but this model has `backend: cuda`; use an NVIDIA target (\"nvidia_h100\", ...) or `backend: cpu`")));
+                return;
+            }
+            _ => {}
+        }
+    }
+    if !o.backend_cuda {
+        for name in ["cuda", "cache", "cache_dir"] {
+            if let Some((k, _)) = find(name) {
+                errors.push(e(k.span(), format!("`{name}` configures the CUDA backend; this model is compiled for the CPU (add `backend: cuda`)")));
+            }
+        }
+    }
+    if o.cuda.tf32 && o.cuda.amp {
+        if let Some((k, _)) = find("cuda") {
+            errors.push(e(k.span(), "`tf32: true` and `amp: true` both choose how f32 matrix products compute; give one of them"));
+        }
     }
 }

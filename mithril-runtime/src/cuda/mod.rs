@@ -24,6 +24,7 @@ mod blas;
 mod cache;
 mod compile;
 mod device;
+pub mod exec;
 pub mod launch;
 mod libs;
 mod ops;

@@ -6,7 +6,7 @@ use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::{bf16, f16};
 use ndarray::{ArrayD, ArrayView, Dimension, IxDyn};
 
-/// An element type that can live in device memory: `f32 f64 f16 bf16 i32 i64`.
+/// An element type that can live in device memory: `f32 f64 f16 bf16 i32 i64 bool`.
 pub trait DeviceElem: Elem + DeviceRepr + ValidAsZeroBits {}
 impl DeviceElem for f32 {}
 impl DeviceElem for f64 {}
@@ -14,6 +14,7 @@ impl DeviceElem for f16 {}
 impl DeviceElem for bf16 {}
 impl DeviceElem for i32 {}
 impl DeviceElem for i64 {}
+impl DeviceElem for bool {}
 
 /// A dense, row-major (C-order) tensor in the memory of one device, bound to that device's
 /// stream. Copies are explicit: [`to_device`](Self::to_device) and [`to_host`](Self::to_host).

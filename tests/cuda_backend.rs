@@ -1,0 +1,371 @@
+//! `backend: cuda` models without a GPU (and with one when present): they build, `new()` is an
+//! `Err` that names what is missing, and every model's generated module (`M::CUDA_SOURCE`)
+//! compiles with the real NVRTC for sm_80 and sm_90. With a GPU, `evaluate` (and
+//! `evaluate_gradients`) are compared with the same model on the CPU.
+//!
+//! Lines starting with `SKIPPED` (on the real stderr, so `cargo test` shows them) say what did
+//! not run and why.
+
+use mithril::prelude::*;
+use mithril::rt::cuda;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn say(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+mithril! {
+    /// The MNIST perceptron.
+    pub model Mlp {
+        input x: f32[B, 784];
+        let h = relu(Linear(256)(x));
+        let h = relu(Linear(128)(h));
+        output logits = Linear(10)(h);
+    }
+
+    /// Its training loss.
+    pub train MlpTrain {
+        input x: f32[B, 784];
+        input target: i64[B];
+        loss cross_entropy(Mlp(x), target).mean();
+    }
+
+    /// LayerNorm, GELU, softmax and log_softmax.
+    pub model Block {
+        input x: f32[B, 64];
+        let h = LayerNorm()(x);
+        let h = gelu(Linear(64)(h));
+        output probs = softmax(h, axis = -1);
+        output logp = log_softmax(h * 0.5, axis = -1);
+        output total = h.sum(axis = 0);
+    }
+
+    /// A bf16 MLP block (cuBLASLt with the bias + ReLU epilogue) and an f16 tanh-GELU layer.
+    pub model Half {
+        input x: bf16[B, 32];
+        input y: f16[B, 16];
+        let h = relu(Linear(64)(x));
+        output out = Linear(8)(h);
+        output z = gelu(Linear(16)(y), approximate = true);
+    }
+
+    /// An embedding (lowered forward; its gradient, a scatter-add, is not lowered on cuda yet,
+    /// so `evaluate_gradients*` of this plain model return an `Err` instead of failing the build).
+    pub model Embed {
+        input tokens: i32[B, T];
+        let e = Embedding(num_embeddings = 100, dim = 16)(tokens);
+        output y = e.mean(axis = -1);
+    }
+
+    pub compile MlpGpu = Mlp { backend: cuda };
+    pub compile EmbedGpu = Embed { backend: cuda };
+    pub compile MlpTrainGpu = MlpTrain { backend: cuda };
+    pub compile BlockGpu = Block { backend: cuda, cuda: { device: 0, arch: "sm_90" }, cache: false };
+    pub compile HalfGpu = Half { target_hardware: "nvidia_h100" };
+    pub compile MlpTf32 = Mlp { backend: cuda, cuda: { tf32: true }, cache_dir: "target/mithril-cuda-cache" };
+    pub compile MlpAmp = Mlp { backend: cuda, cuda: { amp: true } };
+    /// A CPU target name only validates (CPU kernels pick their ISA at run time).
+    pub compile MlpZen5 = Mlp { target_hardware: "zen5" };
+}
+
+/// Make NVRTC loadable if the CI install is there; `Err(reason)` when it is not found.
+fn nvrtc() -> Result<(), String> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            if !cuda::nvrtc_available() {
+                let dir =
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/nvrtc/nvidia/cu13/lib");
+                if dir.is_dir() {
+                    cuda::preload_nvrtc(&dir).map_err(|e| e.to_string())?;
+                }
+            }
+            cuda::require_nvrtc().map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
+macro_rules! require_nvrtc {
+    () => {
+        if let Err(why) = nvrtc() {
+            say(&format!(
+                "SKIPPED: NVRTC not found (run .ci/run or set {} / LD_LIBRARY_PATH): {why}",
+                cuda::NVRTC_DIR_ENV
+            ));
+            return;
+        }
+    };
+}
+
+/// Every cuda model of this file: name, module source, kernel entries.
+const MODELS: &[(&str, &str, &[&str])] = &[
+    ("MlpGpu", MlpGpu::CUDA_SOURCE, MlpGpu::CUDA_KERNELS),
+    (
+        "MlpTrainGpu",
+        MlpTrainGpu::CUDA_SOURCE,
+        MlpTrainGpu::CUDA_KERNELS,
+    ),
+    ("BlockGpu", BlockGpu::CUDA_SOURCE, BlockGpu::CUDA_KERNELS),
+    ("HalfGpu", HalfGpu::CUDA_SOURCE, HalfGpu::CUDA_KERNELS),
+    ("MlpTf32", MlpTf32::CUDA_SOURCE, MlpTf32::CUDA_KERNELS),
+    ("MlpAmp", MlpAmp::CUDA_SOURCE, MlpAmp::CUDA_KERNELS),
+    ("EmbedGpu", EmbedGpu::CUDA_SOURCE, EmbedGpu::CUDA_KERNELS),
+];
+
+#[test]
+fn every_generated_module_compiles_with_nvrtc_for_sm80_and_sm90() {
+    require_nvrtc!();
+    let mut total = 0;
+    for (name, src, entries) in MODELS {
+        for arch in ["sm_80", "sm_90"] {
+            let ptx = cuda::compile_ptx(src, &format!("{name}.cu"), arch)
+                .unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
+            assert!(ptx.contains(&format!(".target {arch}")), "{name} {arch}");
+            assert_eq!(
+                ptx.matches(".entry ").count(),
+                entries.len(),
+                "{name} {arch}"
+            );
+            for e in *entries {
+                assert!(
+                    ptx.contains(&format!(".entry {e}(")),
+                    "{name} {arch}: no {e}"
+                );
+            }
+        }
+        total += entries.len();
+    }
+    say(&format!(
+        "NVRTC compiled {} generated cuda modules ({total} kernels) for sm_80 and sm_90",
+        MODELS.len()
+    ));
+}
+
+#[test]
+fn cuda_models_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<MlpGpu>();
+    check::<MlpTrainGpu>();
+    check::<MlpGpuDeviceParams>();
+    check::<MlpGpuDeviceOutputs>();
+}
+
+#[test]
+fn generated_kernels_follow_the_graph() {
+    // forward: one epilogue kernel per Linear (bias read with period 256 / 128 / 10; ReLU on
+    // the first two); backward: the relu masks, the log_softmax gradient reading a per-row
+    // [B, 1] sum as blocks of 10
+    let src = MlpTrainGpu::CUDA_SOURCE;
+    assert!(src.contains("a1[i % 256L]"), "{src}");
+    assert!(src.contains("a1[i % 128L]"), "{src}");
+    assert!(src.contains("a1[i % 10L]"), "{src}");
+    // the forward kernels of the inference part (f4, f7); in the train graph the pre-activation
+    // is kept for the backward pass, so the ReLU is its own kernel there (g5, g9)
+    assert_eq!(src.matches("mt_relu(mt_add(x0, x1))").count(), 2, "{src}");
+    assert_eq!(src.matches("out[i] = mt_relu(x0);").count(), 2, "{src}");
+    assert!(src.contains("((x1 > 0.0f) ? x0 : 0.0f)"), "{src}");
+    assert!(src.contains("[(i / 10L) % p2]"), "{src}");
+    // evaluate of the inference model launches only its three epilogues (the `g*` kernels are
+    // its evaluate_gradients)
+    let fwd: Vec<&str> = MlpGpu::CUDA_KERNELS
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with('f'))
+        .collect();
+    assert_eq!(fwd, ["f3", "f6", "f9"]);
+    // bf16 / f16 Linear layers whose epilogue is bias (+ ReLU / tanh-GELU) run on cuBLASLt
+    // with the epilogue fused: no forward kernel at all
+    assert!(
+        HalfGpu::CUDA_KERNELS.iter().all(|k| !k.starts_with('f')),
+        "{:?}",
+        HalfGpu::CUDA_KERNELS
+    );
+    // amp: every f32 product casts its operands to bf16 first
+    assert!(MlpAmp::CUDA_KERNELS.contains(&"f3_amp_a"));
+    assert!(MlpAmp::CUDA_SOURCE.contains("mt_f2b(x0)"));
+    // LayerNorm: (x - mu) reads mu [B, 1] as blocks of 64 rows with B known at run time
+    assert!(
+        BlockGpu::CUDA_SOURCE.contains("[(i / 64L) % p1]"),
+        "{}",
+        BlockGpu::CUDA_SOURCE
+    );
+    // i32 token ids are cast to i64 for the embedding kernel; no gradient kernels (not lowered)
+    assert_eq!(EmbedGpu::CUDA_KERNELS, &["f2_idx"]);
+    assert!(EmbedGpu::CUDA_SOURCE
+        .contains("f2_idx(const int* __restrict__ a0, long long* __restrict__ out"));
+    // options
+    assert_eq!(HalfGpu::CUDA_ARCH, Some("sm_90"));
+    assert_eq!(BlockGpu::CUDA_ARCH, Some("sm_90"));
+    assert_eq!(MlpGpu::CUDA_ARCH, None);
+    assert_eq!(MlpGpu::CUDA_DEVICE, 0);
+}
+
+/// A GPU is present: (`true`) or the reason printed as SKIPPED.
+fn gpu(test: &str) -> bool {
+    let _ = nvrtc();
+    match cuda::gpu_status() {
+        Ok(_) => true,
+        Err(why) => {
+            say(&format!("SKIPPED {test} on a GPU: no CUDA device ({why})"));
+            false
+        }
+    }
+}
+
+#[test]
+fn new_is_an_err_naming_what_is_missing_without_a_gpu() {
+    if cuda::gpu_status().is_ok() {
+        say("(a GPU is present: new() is expected to succeed; see the gpu_* tests)");
+        assert!(MlpGpu::new().is_ok());
+        return;
+    }
+    for (name, r) in [
+        ("MlpGpu", MlpGpu::new().map(|_| ())),
+        ("MlpTrainGpu", MlpTrainGpu::new().map(|_| ())),
+        ("BlockGpu", BlockGpu::new().map(|_| ())),
+        ("HalfGpu", HalfGpu::new().map(|_| ())),
+        ("MlpAmp", MlpAmp::on_device(3).map(|_| ())),
+    ] {
+        let e = r.expect_err(name).to_string();
+        assert!(
+            e.contains(&format!("`{name}` (backend: cuda) cannot open CUDA device")),
+            "{e}"
+        );
+        // what is missing: the libraries (this machine), or the driver / a device
+        assert!(
+            e.contains("CUDA libraries not loadable")
+                || e.contains("driver")
+                || e.contains("no CUDA device"),
+            "{e}"
+        );
+        if e.contains("not loadable") {
+            assert!(e.contains("libcuda"), "{e}");
+        }
+    }
+    say(&format!(
+        "new() without a GPU: {}",
+        MlpGpu::new().expect_err("no gpu")
+    ));
+}
+
+fn max_rel_diff<D: ndarray::Dimension>(
+    a: &ndarray::Array<f32, D>,
+    b: &ndarray::Array<f32, D>,
+) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+        .fold(0.0, f32::max)
+}
+
+fn batch(b: usize, d: usize, seed: u64) -> ndarray::Array2<f32> {
+    let mut s = seed;
+    ndarray::Array2::from_shape_fn((b, d), |_| {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    })
+}
+
+/// Tolerance for f32 on the GPU against the CPU: strict SGEMM and CUDA's libm differ from the
+/// CPU's by rounding only.
+const F32_TOL: f32 = 1e-4;
+
+#[test]
+fn gpu_mlp_evaluate_and_gradients_match_the_cpu() {
+    if !gpu("gpu_mlp_evaluate_and_gradients_match_the_cpu") {
+        return;
+    }
+    let cpu = Mlp::new().unwrap();
+    let gpu = MlpGpu::new().unwrap();
+    // the same seed gives the same values on every physical model of `Mlp`
+    let (params, gparams) = (cpu.randomize_params(7), gpu.randomize_params(7));
+    let x = batch(33, 784, 1);
+    let want = cpu.evaluate(&params, MlpInputs { x: x.view() }).unwrap();
+    let got = gpu
+        .evaluate(&gparams, MlpGpuInputs { x: x.view() })
+        .unwrap();
+    let d = max_rel_diff(&got.logits, &want.logits);
+    say(&format!("MlpGpu vs CPU: max rel diff {d:e}"));
+    assert!(d < F32_TOL, "{d}");
+
+    let cpu_t = MlpTrain::new().unwrap();
+    let gpu_t = MlpTrainGpu::new().unwrap();
+    let (tp, gtp) = (cpu_t.randomize_params(3), gpu_t.randomize_params(3));
+    let target = ndarray::Array1::from_shape_fn(33, |i| (i * 7 % 10) as i64);
+    let (lo, g) = cpu_t
+        .evaluate_gradients(
+            &tp,
+            MlpTrainInputs {
+                x: x.view(),
+                target: target.view(),
+            },
+        )
+        .unwrap();
+    let (lo2, g2) = gpu_t
+        .evaluate_gradients(
+            &gtp,
+            MlpTrainGpuInputs {
+                x: x.view(),
+                target: target.view(),
+            },
+        )
+        .unwrap();
+    assert!(max_rel_diff(&lo2.loss, &lo.loss) < F32_TOL);
+    let d = max_rel_diff(&g2.mlp_0.linear_0.weight, &g.mlp_0.linear_0.weight).max(max_rel_diff(
+        &g2.mlp_0.linear_2.bias,
+        &g.mlp_0.linear_2.bias,
+    ));
+    say(&format!("MlpTrainGpu gradients vs CPU: max rel diff {d:e}"));
+    assert!(d < F32_TOL, "{d}");
+}
+
+#[test]
+fn gpu_block_and_half_match_the_cpu() {
+    if !gpu("gpu_block_and_half_match_the_cpu") {
+        return;
+    }
+    let (cpu, gpu) = (Block::new().unwrap(), BlockGpu::new().unwrap());
+    let (params, gparams) = (cpu.randomize_params(5), gpu.randomize_params(5));
+    let x = batch(17, 64, 2);
+    let want = cpu.evaluate(&params, BlockInputs { x: x.view() }).unwrap();
+    let got = gpu
+        .evaluate(&gparams, BlockGpuInputs { x: x.view() })
+        .unwrap();
+    for (a, b) in [(&got.probs, &want.probs), (&got.logp, &want.logp)] {
+        assert!(max_rel_diff(a, b) < F32_TOL);
+    }
+    assert!(max_rel_diff(&got.total, &want.total) < 1e-3);
+
+    // bf16 / f16: results rounded to 8 / 11 bits; cuBLASLt's GELU is its own approximation
+    let (cpu, gpu) = (Half::new().unwrap(), HalfGpu::new().unwrap());
+    let (params, gparams) = (cpu.randomize_params(9), gpu.randomize_params(9));
+    let xb = batch(16, 32, 3).mapv(half::bf16::from_f32);
+    let yh = batch(16, 16, 4).mapv(half::f16::from_f32);
+    let want = cpu
+        .evaluate(
+            &params,
+            HalfInputs {
+                x: xb.view(),
+                y: yh.view(),
+            },
+        )
+        .unwrap();
+    let got = gpu
+        .evaluate(
+            &gparams,
+            HalfGpuInputs {
+                x: xb.view(),
+                y: yh.view(),
+            },
+        )
+        .unwrap();
+    let d1 = max_rel_diff(&got.out.mapv(f32::from), &want.out.mapv(f32::from));
+    let d2 = max_rel_diff(&got.z.mapv(f32::from), &want.z.mapv(f32::from));
+    say(&format!("HalfGpu vs CPU: bf16 {d1:e}, f16 {d2:e}"));
+    assert!(d1 < 3e-2 && d2 < 1e-2, "{d1} {d2}");
+}
