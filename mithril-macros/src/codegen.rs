@@ -337,6 +337,40 @@ impl<'a> Gen<'a> {
         }
     }
 
+    /// The row-segment epilogue closure of a fused matmul of dtype `t` (`expr`'s `Arg(0)` is
+    /// the product, `Arg(i)` the `i`-th other operand, of dtypes `others`): one call of the
+    /// multiversioned in-place `ew` driver over the accumulators of a finished row segment.
+    pub(crate) fn epilogue_seg(&self, t: DType, expr: &FExpr, others: &[DType]) -> TokenStream {
+        let out_ty = storage_type(t);
+        let mut arg_dts = vec![t];
+        arg_dts.extend_from_slice(others);
+        let (body, body_dt) = self.lower_fexpr(expr, &arg_dts);
+        let body = convert(body, body_dt, t);
+        let k = others.len();
+        let srcs: Vec<Ident> = (1..=k).map(|i| format_ident!("__s{}", i)).collect();
+        let params: Vec<TokenStream> = others
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                let a = format_ident!("a{}", i + 1);
+                let ty = storage_type(d);
+                quote!(#a: #ty)
+            })
+            .collect();
+        let drv = format_ident!("map{}_inplace", k + 1);
+        let acc = quote!(<#out_ty as ::mithril::rt::Elem>::Acc);
+        quote! {
+            |__v: &mut [#acc], __s: [::mithril::rt::fixed::Src<'_, #out_ty>; #k]| {
+                let [#(#srcs),*] = __s;
+                ::mithril::rt::fixed::ew::#drv(__v, #(#srcs,)* |__p: #acc, #(#params),*| -> #acc {
+                    // the product rounded to the storage type, as the unfused graph stores it
+                    let a0: #out_ty = <#out_ty as ::mithril::rt::Elem>::from_acc(__p);
+                    <#out_ty as ::mithril::rt::Elem>::to_acc(<#out_ty as ::mithril::rt::Elem>::from_acc(#body))
+                });
+            }
+        }
+    }
+
     /// A matmul with its elementwise epilogue: `expr`'s `Arg(0)` is the product, `Arg(i)` is
     /// `args[i + 1]`.
     fn fused_matmul(
@@ -348,11 +382,8 @@ impl<'a> Gen<'a> {
         args: &[NodeId],
     ) -> TokenStream {
         let t = self.dtype(id);
-        let out_ty = storage_type(t);
-        let mut arg_dts = vec![t];
-        arg_dts.extend(args[2..].iter().map(|&a| self.dtype(a)));
-        let (body, body_dt) = self.lower_fexpr(expr, &arg_dts);
-        let body = convert(body, body_dt, t);
+        let other_dts: Vec<DType> = args[2..].iter().map(|&a| self.dtype(a)).collect();
+        let seg = self.epilogue_seg(t, expr, &other_dts);
         let vid = v(id);
         let (a, b) = (v(args[0]), v(args[1]));
         let others: Vec<TokenStream> = args[2..]
@@ -362,18 +393,10 @@ impl<'a> Gen<'a> {
                 quote!(&#vx.view())
             })
             .collect();
-        let names: Vec<Ident> = (1..=others.len())
-            .map(|i| format_ident!("a{}", i))
-            .collect();
-        let k = others.len();
         let dest = self.dest(id);
         quote! {
             let #vid = ::mithril::rt::ops::matmul_epi_to(
-                &#a.view(), &#b.view(), #ta, #tb, [#(#others),*], #dest,
-                |a0: #out_ty, __o: [#out_ty; #k]| -> #out_ty {
-                    let [#(#names),*] = __o;
-                    <#out_ty as ::mithril::rt::Elem>::from_acc(#body)
-                },
+                &#a.view(), &#b.view(), #ta, #tb, [#(#others),*], #dest, #seg,
             )?;
         }
     }

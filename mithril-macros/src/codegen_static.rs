@@ -268,10 +268,8 @@ pub fn evaluate_body(
                 let d = dest("matmul");
                 match &n.op {
                     Op::FusedMatmul { expr, .. } => {
-                        let mut arg_dts = vec![dt];
-                        arg_dts.extend(n.args[2..].iter().map(|&x| gen.dtype(x)));
-                        let (fbody, body_dt) = gen.lower_fexpr(expr, &arg_dts);
-                        let fbody = convert(fbody, body_dt, dt);
+                        let other_dts: Vec<DType> = n.args[2..].iter().map(|&x| gen.dtype(x)).collect();
+                        let seg = gen.epilogue_seg(dt, expr, &other_dts);
                         let mut others = Vec::new();
                         for &x in &n.args[2..] {
                             let (rs, cs) = bcast_2d(&dims(x)?, m, nn).ok_or_else(|| {
@@ -280,15 +278,9 @@ pub fn evaluate_body(
                             let vx = v(x);
                             others.push(quote!(::mithril::rt::fixed::Bcast { data: &#vx[..], rs: #rs, cs: #cs }));
                         }
-                        let names: Vec<_> = (1..=others.len()).map(|i| format_ident!("a{}", i)).collect();
-                        let kk = others.len();
                         body.push(quote! {
                             let #vid: &mut [#t] = #d;
-                            ::mithril::rt::fixed::matmul(#label, #m, #nn, #k, &#a[..], #ta, &#b[..], #tb, [#(#others),*], &mut #vid[..],
-                                |a0: #t, __o: [#t; #kk]| -> #t {
-                                    let [#(#names),*] = __o;
-                                    <#t as ::mithril::rt::Elem>::from_acc(#fbody)
-                                })?;
+                            ::mithril::rt::fixed::matmul(#label, #m, #nn, #k, &#a[..], #ta, &#b[..], #tb, [#(#others),*], &mut #vid[..], #seg)?;
                         });
                     }
                     _ => body.push(quote! {

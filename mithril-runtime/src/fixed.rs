@@ -147,8 +147,10 @@ pub fn matmul_plain<T: GemmElem>(
 /// element type for every model; see `ops::matmul`).
 type Epilogue<'a, A> = dyn Fn(usize, usize, &mut [A]) + Sync + 'a;
 
-/// `out[i, j] = f(Σ A·B [i, j], [others at (i, j)])` for constant dims (layouts as in
+/// `out[i, j] = epilogue(Σ A·B [i, j], others at (i, j))` for constant dims (layouts as in
 /// [`matmul_plain`]): bias, activation and residual applied to each finished GEMM tile.
+/// `seg(v, srcs)` rewrites one finished row segment's accumulators `v` in place, with `srcs[q]`
+/// reading operand `q` at the same positions (as in `ops::matmul_epi_to`).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn matmul<T, const K: usize>(
@@ -162,7 +164,7 @@ pub fn matmul<T, const K: usize>(
     tb: bool,
     others: [Bcast<'_, T>; K],
     out: &mut [T],
-    f: impl Fn(T, [T; K]) -> T + Sync,
+    seg: impl Fn(&mut [<T as GemmElem>::Acc], [Src<'_, T>; K]) + Sync,
 ) -> Result<()>
 where
     T: GemmElem + Elem<Acc = <T as GemmElem>::Acc>,
@@ -172,7 +174,7 @@ where
         return Ok(());
     }
     for o in &others {
-        if o.data.is_empty() || (m - 1) * o.rs + (n - 1) * o.cs >= o.data.len() {
+        if o.cs > 1 || o.data.is_empty() || (m - 1) * o.rs + (n - 1) * o.cs >= o.data.len() {
             return Err(Error::op(
                 op,
                 format!(
@@ -187,17 +189,19 @@ where
     let (rsa, csa) = strides(if ta { k } else { m }, if ta { m } else { k }, ta);
     let (rsb, csb) = strides(if tb { n } else { k }, if tb { k } else { n }, tb);
     let epi = |i: usize, j0: usize, v: &mut [<T as GemmElem>::Acc]| {
-        for (jj, x) in v.iter_mut().enumerate() {
-            let j = j0 + jj;
-            let mut vals = [<T as Default>::default(); K];
-            for (val, o) in vals.iter_mut().zip(&others) {
-                // in range: checked above for the whole [m, n] grid
-                *val = o.data[i * o.rs + j * o.cs];
+        // every operand is contiguous along the row or constant along it (checked above)
+        let srcs: [Src<'_, T>; K] = std::array::from_fn(|q| {
+            let o = &others[q];
+            let base = i * o.rs + j0 * o.cs;
+            if o.cs == 0 {
+                Src::Scalar(o.data[base])
+            } else {
+                Src::Full(&o.data[base..base + v.len()])
             }
-            *x = <T as Elem>::to_acc(f(<T as Elem>::from_acc(*x), vals));
-        }
+        });
+        seg(v, srcs);
     };
-    let epi: &Epilogue<'_, <T as Elem>::Acc> = &epi;
+    let epi: &Epilogue<'_, <T as GemmElem>::Acc> = &epi;
     gemm::gemm(
         m,
         n,
@@ -287,7 +291,9 @@ mod tests {
                     },
                 ],
                 &mut out,
-                |p, [b, r]| (p + b).max(0.0) + r,
+                |v: &mut [f64], [b, r]: [Src<'_, f64>; 2]| {
+                    ew::map3_inplace(v, b, r, |p, b, r| (p + b).max(0.0) + r)
+                },
             )
             .unwrap();
             let mut plain = vec![0.0; m * n];

@@ -68,7 +68,7 @@ pub(crate) unsafe fn store_tile<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(
     first: bool,
     last: bool,
     partial: Partial<T::A>,
-    epi: &E,
+    epi: Option<&E>,
 ) {
     // Constant widths let the compiler inline the row loops and copies (no memcpy calls).
     match nr {
@@ -92,7 +92,7 @@ unsafe fn store_rows<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(
     first: bool,
     last: bool,
     partial: Partial<T::A>,
-    epi: &E,
+    epi: Option<&E>,
 ) {
     let alpha = args.alpha;
     for r in 0..mr {
@@ -131,7 +131,9 @@ unsafe fn store_rows<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(
                 *x = alpha * *x;
             }
         }
-        epi(args.i_off + i + r, args.j_off + j, row);
+        if let Some(epi) = epi {
+            epi(args.i_off + i + r, args.j_off + j, row);
+        }
         narrow_into(std::slice::from_raw_parts_mut(crow, nr), row);
     }
 }
@@ -276,6 +278,9 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
     let mc_max = K::MC.min(m.div_ceil(mr) * mr);
     let nc_max = K::NC.min(n.div_ceil(nr) * nr);
     let steps_max = kc_max / kp;
+    // C is its own accumulator type (f32, f64): the epilogue runs over whole rows of each
+    // finished MC×NC block. Narrow C (f16, bf16) gets it per microtile row, before rounding.
+    let late = !T::NARROW;
     let mut scratch = buf::take();
     let s = &mut scratch;
     {
@@ -361,11 +366,24 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                                     ptr: pbase,
                                     ld: partial.ld,
                                 },
-                                epi,
+                                if late { None } else { Some(epi) },
                             );
                             ir += mr;
                         }
                         jr += nr;
+                    }
+                    if last && late {
+                        // The MC×NC block of C is final (and still in cache): one epilogue
+                        // call per row of it instead of one per microtile row, so the
+                        // epilogue's own loop runs over `nc` values at a time.
+                        for r in 0..mc {
+                            let crow = (args.c as *mut T::A).add((ic + r) * args.ldc + jc);
+                            epi(
+                                args.i_off + ic + r,
+                                args.j_off + jc,
+                                std::slice::from_raw_parts_mut(crow, nc),
+                            );
+                        }
                     }
                     ic += mc;
                 }

@@ -722,7 +722,7 @@ macro_rules! small_driver {
                         ptr: args.c.add(i * args.ldc + j),
                         ld: args.ldc,
                     };
-                    store_tile(args, tile, $nr, mr, nr, i, j, true, true, part, epi);
+                    store_tile(args, tile, $nr, mr, nr, i, j, true, true, part, Some(epi));
                     i += $mr;
                 }
                 j += $nr;

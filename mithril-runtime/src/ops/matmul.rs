@@ -17,6 +17,7 @@ use ndarray::{
 use super::{broadcast_dims, checked_size, fmt_shape};
 use crate::scalar::Num;
 use crate::{DType, Dest, Elem, Error, Result};
+use mithril_kernels::ew::Src;
 
 /// Matrix product of `a` and `b` with NumPy `matmul` semantics.
 ///
@@ -414,8 +415,12 @@ unsafe impl<T> Send for Strided<T> {}
 /// is hot — a `Linear` + bias + activation is one pass over the output. Other ranks and
 /// element types run the product first and the epilogue over the result.
 ///
-/// `f` receives the product rounded to `T` (as the unfused graph would store it) and the other
-/// operands' values at the same position.
+/// `seg(v, srcs)` applies the epilogue to one finished row segment: `v` holds the accumulator
+/// values of `C(i, j0..j0 + v.len())` and is rewritten in place; `srcs[q]` reads operand `q` at
+/// the same positions (`Full` over the segment, `Scalar` when the operand is constant along the
+/// row). The compiler emits `seg` as one call of a multiversioned `ew` in-place driver, so the
+/// epilogue is vectorized with the CPU's widest instructions. It must round the product to `T`
+/// first (as the unfused graph would store it) and return the result widened again.
 pub fn matmul_epi_to<'w, T: Elem, const K: usize>(
     a: &ArrayViewD<'_, T>,
     b: &ArrayViewD<'_, T>,
@@ -423,7 +428,7 @@ pub fn matmul_epi_to<'w, T: Elem, const K: usize>(
     trans_b: bool,
     others: [&ArrayViewD<'_, T>; K],
     dest: Dest<'w, T>,
-    f: impl Fn(T, [T; K]) -> T + Sync,
+    seg: impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync,
 ) -> Result<ArrayViewMutD<'w, T>>
 where
     T::Acc: Num,
@@ -431,6 +436,15 @@ where
     const OP: &str = "matmul";
     let fallback = |dest: Dest<'w, T>| -> Result<ArrayViewMutD<'w, T>> {
         let mut out = matmul_to(a, b, trans_a, trans_b, dest)?;
+        if out.ndim() == 2 {
+            let (m, n) = (out.shape()[0], out.shape()[1]);
+            if let Some(ptrs) = epilogue_operands(&others, m, n)? {
+                let prod = out.to_owned();
+                fallback_into(&mut out, &prod, &ptrs, &seg);
+                return Ok(out);
+            }
+        }
+        // other ranks: element by element through one-element segments
         let shape = out.raw_dim();
         let mut bs: [Option<ArrayViewD<'_, T>>; K] = [const { None }; K];
         for (q, o) in others.iter().enumerate() {
@@ -446,13 +460,13 @@ where
             })?);
         }
         for (idx, x) in out.indexed_iter_mut() {
-            let mut vals = [T::default(); K];
-            for (v, bq) in vals.iter_mut().zip(bs.iter()) {
-                if let Some(bq) = bq {
-                    *v = bq[&idx];
-                }
-            }
-            *x = f(*x, vals);
+            let srcs: [Src<'_, T>; K] = std::array::from_fn(|q| match &bs[q] {
+                Some(bq) => Src::Scalar(bq[&idx]),
+                None => Src::Scalar(T::default()),
+            });
+            let mut v = [x.to_acc()];
+            seg(&mut v, srcs);
+            *x = T::from_acc(v[0]);
         }
         Ok(out)
     };
@@ -484,31 +498,9 @@ where
             ),
         ));
     }
-    let mut ptrs = [Strided {
-        ptr: std::ptr::null::<T>(),
-        rs: 0,
-        cs: 0,
-    }; K];
-    for (p, o) in ptrs.iter_mut().zip(others.iter()) {
-        let bq = o.broadcast((m, n)).ok_or_else(|| {
-            Error::op(
-                OP,
-                format!(
-                    "epilogue operand {} does not broadcast to [{m}, {n}]",
-                    fmt_shape(o.shape())
-                ),
-            )
-        })?;
-        let (rs, cs) = (bq.strides()[0], bq.strides()[1]);
-        if rs < 0 || cs < 0 {
-            return fallback(dest);
-        }
-        *p = Strided {
-            ptr: bq.as_ptr(),
-            rs: rs as usize,
-            cs: cs as usize,
-        };
-    }
+    let Some(ptrs) = epilogue_operands(&others, m, n)? else {
+        return fallback(dest);
+    };
     let mut out = dest.get(OP, &[m, n])?;
     if m == 0 || n == 0 {
         return Ok(out);
@@ -524,7 +516,7 @@ where
                 same_view::<T, $t>(&bv),
                 same_view_mut::<T, $t>(&mut o2),
             ) {
-                if epi_gemm::<T, $t, K>(a2, b2, c2, &ptrs, &f) {
+                if epi_gemm::<T, $t, K>(a2, b2, c2, &ptrs, &seg) {
                     return Ok(out);
                 }
             }
@@ -536,37 +528,125 @@ where
     kernel!(half::bf16);
     // layouts the kernel does not take: product, then the epilogue
     let prod = crate::owned(|d| matmul_to(a, b, trans_a, trans_b, d).map(|_| ()))?;
-    fallback_into(&mut out, &prod, &ptrs, &f);
+    fallback_into(&mut out, &prod, &ptrs, &seg);
     Ok(out)
 }
 
-/// `out[i, j] = f(prod[i, j], others at (i, j))`.
+/// The epilogue operands broadcast to `[m, n]` as pointers with element strides; `None` when
+/// one has a negative stride (the caller then takes the slow path).
+fn epilogue_operands<T: Elem, const K: usize>(
+    others: &[&ArrayViewD<'_, T>; K],
+    m: usize,
+    n: usize,
+) -> Result<Option<[Strided<T>; K]>> {
+    let mut ptrs = [Strided {
+        ptr: std::ptr::null::<T>(),
+        rs: 0,
+        cs: 0,
+    }; K];
+    for (p, o) in ptrs.iter_mut().zip(others.iter()) {
+        let bq = o.broadcast((m, n)).ok_or_else(|| {
+            Error::op(
+                "matmul",
+                format!(
+                    "epilogue operand {} does not broadcast to [{m}, {n}]",
+                    fmt_shape(o.shape())
+                ),
+            )
+        })?;
+        let (rs, cs) = (bq.strides()[0], bq.strides()[1]);
+        if rs < 0 || cs < 0 {
+            return Ok(None);
+        }
+        *p = Strided {
+            ptr: bq.as_ptr(),
+            rs: rs as usize,
+            cs: cs as usize,
+        };
+    }
+    Ok(Some(ptrs))
+}
+
+/// Longest segment gathered on the stack when an operand is strided along the row.
+const SEG: usize = 64;
+
+/// Applies `seg` to `v` = `C(i, j0..j0 + v.len())`, building each operand's source: a slice of
+/// it when it is contiguous along the row, its value when it is constant along the row, else
+/// gathered chunk by chunk into a stack buffer.
+///
+/// # Safety
+/// Every `ptrs[q]` must be readable at `(i, j)` for `j` in `j0..j0 + v.len()`.
+#[inline]
+unsafe fn apply_segment<T: Elem, const K: usize>(
+    i: usize,
+    j0: usize,
+    v: &mut [T::Acc],
+    ptrs: &[Strided<T>; K],
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+) {
+    if ptrs.iter().all(|p| p.cs <= 1) {
+        let srcs: [Src<'_, T>; K] = std::array::from_fn(|q| {
+            let p = ptrs[q];
+            let base = p.ptr.add(i * p.rs + j0 * p.cs);
+            if p.cs == 0 {
+                Src::Scalar(*base)
+            } else {
+                Src::Full(std::slice::from_raw_parts(base, v.len()))
+            }
+        });
+        seg(v, srcs);
+        return;
+    }
+    let mut bufs = [[T::default(); SEG]; K];
+    let mut t0 = 0;
+    while t0 < v.len() {
+        let len = SEG.min(v.len() - t0);
+        for (buf, p) in bufs.iter_mut().zip(ptrs) {
+            for (t, x) in buf[..len].iter_mut().enumerate() {
+                *x = *p.ptr.add(i * p.rs + (j0 + t0 + t) * p.cs);
+            }
+        }
+        let srcs: [Src<'_, T>; K] = std::array::from_fn(|q| Src::Full(&bufs[q][..len]));
+        seg(&mut v[t0..t0 + len], srcs);
+        t0 += len;
+    }
+}
+
+/// `out[i, j] = epilogue(prod[i, j], others at (i, j))` for 2-D `out` and `prod`, row by row
+/// through `seg` in chunks of [`SEG`].
 fn fallback_into<T: Elem, const K: usize>(
     out: &mut ArrayViewMutD<'_, T>,
     prod: &ArrayD<T>,
     ptrs: &[Strided<T>; K],
-    f: &(impl Fn(T, [T; K]) -> T + Sync),
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
 ) {
     let n = out.shape().get(1).copied().unwrap_or(1);
-    for (e, (o, &p)) in out.iter_mut().zip(prod.iter()).enumerate() {
-        let (i, j) = (e / n.max(1), e % n.max(1));
-        let mut vals = [T::default(); K];
-        for (v, s) in vals.iter_mut().zip(ptrs) {
-            // SAFETY: (i, j) is inside the broadcast view the pointer and strides describe.
-            *v = unsafe { *s.ptr.add(i * s.rs + j * s.cs) };
+    let mut acc = [T::default().to_acc(); SEG];
+    for (i, (mut orow, prow)) in out.rows_mut().into_iter().zip(prod.rows()).enumerate() {
+        let mut j0 = 0;
+        while j0 < n {
+            let len = SEG.min(n - j0);
+            for t in 0..len {
+                acc[t] = prow[j0 + t].to_acc();
+            }
+            // SAFETY: the pointers describe [m, n] broadcast views (epilogue_operands).
+            unsafe { apply_segment(i, j0, &mut acc[..len], ptrs, seg) };
+            for t in 0..len {
+                orow[j0 + t] = T::from_acc(acc[t]);
+            }
+            j0 += len;
         }
-        *o = f(p, vals);
     }
 }
 
-/// The kernel GEMM with `f` as its epilogue. `G` is `T` (checked by the caller through
+/// The kernel GEMM with `seg` as its epilogue. `G` is `T` (checked by the caller through
 /// `same_view`), named concretely so its accumulator type is known.
 fn epi_gemm<T: Elem, G, const K: usize>(
     a: &ArrayView2<'_, G>,
     b: &ArrayView2<'_, G>,
     c: &mut ArrayViewMut2<'_, G>,
     ptrs: &[Strided<T>; K],
-    f: &(impl Fn(T, [T; K]) -> T + Sync),
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
 ) -> bool
 where
     G: mithril_kernels::gemm::GemmElem + Elem<Acc = <G as mithril_kernels::gemm::GemmElem>::Acc>,
@@ -576,23 +656,18 @@ where
         return false;
     };
     let epi = |i: usize, j0: usize, v: &mut [<G as mithril_kernels::gemm::GemmElem>::Acc]| {
-        for (jj, x) in v.iter_mut().enumerate() {
-            let j = j0 + jj;
-            let mut vals = [T::default(); K];
-            for (val, s) in vals.iter_mut().zip(ptrs) {
-                // SAFETY: (i, j) is inside the broadcast [m, n] view the pointer describes.
-                *val = unsafe { *s.ptr.add(i * s.rs + j * s.cs) };
-            }
-            let prod: G = <G as Elem>::from_acc(*x);
-            // SAFETY: `T` and `G` are the same type (checked by the caller).
-            let r: T = f(unsafe { std::mem::transmute_copy::<G, T>(&prod) }, vals);
-            *x = <G as Elem>::to_acc(unsafe { std::mem::transmute_copy::<T, G>(&r) });
+        // SAFETY: `T` and `G` are the same type (checked by the caller), so are their
+        // accumulators; the pointers describe [m, n] views and (i, j0..) is inside C.
+        unsafe {
+            let v: &mut [T::Acc] =
+                std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T::Acc, v.len());
+            apply_segment(i, j0, v, ptrs, seg);
         }
     };
     // One GEMM instantiation per element type for every epilogue of every model: the epilogue
-    // is called once per finished row segment of a tile (<= 32 values), so the indirect call
-    // costs a few percent at most, while a generic epilogue would compile the whole GEMM (every
-    // ISA and path) again for each fused matmul of each model.
+    // is called once per finished row segment of a tile, so the indirect call costs a few
+    // percent at most, while a generic epilogue would compile the whole GEMM (every ISA and
+    // path) again for each fused matmul of each model.
     let epi: &Epilogue<'_, <G as mithril_kernels::gemm::GemmElem>::Acc> = &epi;
     mithril_kernels::gemm::gemm(
         o.m,

@@ -1104,3 +1104,92 @@ fn casts() {
     let e: ArrayD<f64> = cast(&arr::<i32>(&[0, 2], |_| 0).view());
     assert_eq!(e.shape(), &[0, 2]);
 }
+
+/// The fused-epilogue matmul against product-then-map, for every way an operand can be read
+/// along a row segment: contiguous (residual), constant (a `[m, 1]` column), strided (a
+/// transposed residual: gathered), reversed (negative strides: the slow path), and the
+/// non-GEMM fallback (i64).
+#[test]
+fn matmul_epilogue_operand_layouts() {
+    let (m, n, k) = (7usize, 70usize, 5usize);
+    let a = ArrayD::from_shape_fn(IxDyn(&[m, k]), |i| (i[0] * k + i[1]) as f64 * 0.25 - 2.0);
+    let b = ArrayD::from_shape_fn(IxDyn(&[k, n]), |i| 1.0 - (i[0] * n + i[1]) as f64 * 0.125);
+    let res = ArrayD::from_shape_fn(IxDyn(&[m, n]), |i| (i[0] * n + i[1]) as f64 * 0.01);
+    let res_t_store = ArrayD::from_shape_fn(IxDyn(&[n, m]), |i| (i[1] * n + i[0]) as f64 * 0.01);
+    let res_t = res_t_store.t().into_dyn();
+    let col = ArrayD::from_shape_fn(IxDyn(&[m, 1]), |i| i[0] as f64 - 3.0);
+    let mut res_rev = res.clone();
+    res_rev.invert_axis(Axis(1));
+    let prod = a
+        .view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap()
+        .dot(&b.view().into_dimensionality::<ndarray::Ix2>().unwrap());
+    let seg = |v: &mut [f64], [r, c]: [mithril_kernels::ew::Src<'_, f64>; 2]| {
+        mithril_kernels::ew::map3_inplace(v, r, c, |p, r, c| (p * c).max(0.0) + r)
+    };
+    for (name, r) in [("contiguous", res.view()), ("transposed", res_t.view())] {
+        let got = crate::owned(|d| {
+            matmul_epi_to(
+                &a.view(),
+                &b.view(),
+                false,
+                false,
+                [&r, &col.view()],
+                d,
+                seg,
+            )
+            .map(|_| ())
+        })
+        .unwrap();
+        for ((idx, &g), &p) in got.indexed_iter().zip(prod.iter()) {
+            let want = (p * col[[idx[0], 0]]).max(0.0) + res[[idx[0], idx[1]]];
+            assert_eq!(g, want, "{name} at {idx:?}");
+        }
+    }
+    // reversed along the row: same values as `res` read backwards
+    let got = crate::owned(|d| {
+        matmul_epi_to(
+            &a.view(),
+            &b.view(),
+            false,
+            false,
+            [&res_rev.view(), &col.view()],
+            d,
+            seg,
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    for ((idx, &g), &p) in got.indexed_iter().zip(prod.iter()) {
+        let want = (p * col[[idx[0], 0]]).max(0.0) + res[[idx[0], n - 1 - idx[1]]];
+        assert_eq!(g, want, "reversed at {idx:?}");
+    }
+    // integers take the product-then-epilogue path
+    let ai = a.mapv(|x| (x * 4.0) as i64);
+    let bi = b.mapv(|x| (x * 8.0) as i64);
+    let bias = ArrayD::from_shape_fn(IxDyn(&[n]), |i| i[0] as i64);
+    let got = crate::owned(|d| {
+        matmul_epi_to(
+            &ai.view(),
+            &bi.view(),
+            false,
+            false,
+            [&bias.view()],
+            d,
+            |v: &mut [i64], [s]: [mithril_kernels::ew::Src<'_, i64>; 1]| {
+                mithril_kernels::ew::map2_inplace(v, s, |p, b| p + b)
+            },
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    let pi = ai
+        .view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .unwrap()
+        .dot(&bi.view().into_dimensionality::<ndarray::Ix2>().unwrap());
+    for ((idx, &g), &p) in got.indexed_iter().zip(pi.iter()) {
+        assert_eq!(g, p + idx[1] as i64, "i64 at {idx:?}");
+    }
+}
