@@ -786,8 +786,10 @@ impl Real for f32 {
         }
     }
     fn grad(g: &Grad) -> Option<&[Self]> {
-        match g {
-            Grad::F32(v) => Some(v),
+        match *g {
+            Grad::F32(ref v) => Some(v),
+            // SAFETY: see `Grad::F32Ref` (valid while the step's grads are borrowed).
+            Grad::F32Ref(p, n) => Some(unsafe { std::slice::from_raw_parts(p, n) }),
             _ => None,
         }
     }
@@ -810,8 +812,10 @@ impl Real for f64 {
         }
     }
     fn grad(g: &Grad) -> Option<&[Self]> {
-        match g {
-            Grad::F64(v) => Some(v),
+        match *g {
+            Grad::F64(ref v) => Some(v),
+            // SAFETY: see `Grad::F32Ref` (valid while the step's grads are borrowed).
+            Grad::F64Ref(p, n) => Some(unsafe { std::slice::from_raw_parts(p, n) }),
             _ => None,
         }
     }
@@ -871,7 +875,17 @@ enum Grad {
     Skip,
     F32(Vec<f32>),
     F64(Vec<f64>),
+    /// A contiguous grad leaf of the param's own accumulator type, read in place (no copy):
+    /// valid only inside the `step` call whose `grads` tree it points into.
+    F32Ref(*const f32, usize),
+    /// As `F32Ref`, for f64.
+    F64Ref(*const f64, usize),
 }
+
+// SAFETY: the `*Ref` variants only live inside one `step` call, which holds the borrow of the
+// grads tree they point into; they are replaced by `Skip` before the state is kept.
+unsafe impl Send for Grad {}
+unsafe impl Sync for Grad {}
 
 /// What every optimizer keeps: the layout of the tree it was first given, the per-leaf state
 /// slots, and the step count.
@@ -957,6 +971,13 @@ fn collect_grads(
             _ => (Vec::new(), Vec::new()),
         };
         let g = match (&v, class) {
+            // the grad's own type and contiguous: read in place during the step
+            (TensorView::F32(a), Class::F32) if a.as_slice().is_some() => {
+                Grad::F32Ref(a.as_ptr(), a.len())
+            }
+            (TensorView::F64(a), Class::F64) if a.as_slice().is_some() => {
+                Grad::F64Ref(a.as_ptr(), a.len())
+            }
             (TensorView::F32(a), Class::F32) => Grad::F32(widen(a, b32)),
             (TensorView::F64(a), Class::F32) => Grad::F32(widen(a, b32)),
             (TensorView::F16(a), Class::F32) => Grad::F32(widen(a, b32)),
@@ -1054,6 +1075,12 @@ impl State {
             }
         })?;
         self.steps += 1;
+        let mut grads = grads;
+        for g in grads.iter_mut() {
+            if matches!(g, Grad::F32Ref(..) | Grad::F64Ref(..)) {
+                *g = Grad::Skip;
+            }
+        }
         self.grad_bufs = grads;
         Ok(())
     }
@@ -1114,6 +1141,19 @@ where
     if g.len() != p.len() {
         return Err(inconsistent(name));
     }
+    // A grad read in place that is the param's own memory (the same tree passed twice): copy
+    // it first, so the update never reads what it is writing.
+    let own;
+    let g = {
+        let (gp, pp) = (g.as_ptr() as usize, p.as_ptr() as usize);
+        let (gb, pb) = (std::mem::size_of_val(g), p.len() * std::mem::size_of::<T>());
+        if gp < pp + pb && pp < gp + gb {
+            own = g.to_vec();
+            &own[..]
+        } else {
+            g
+        }
+    };
     if nslots == 0 {
         // `iter_mut` walks in logical order, as the grads were copied; a contiguous leaf is
         // walked as a flat slice (same order, much faster than the n-d iterator).
