@@ -230,6 +230,15 @@ fn mixed_models_are_send_and_sync_and_keep_the_host_api() {
         p.names(),
         ["enc.fc.weight", "enc.fc.bias", "head.weight", "head.bias"]
     );
+    // prepared params: the signatures (what runs needs a GPU)
+    type Prep = fn(&NetEncGpu, &NetEncGpuParams) -> mithril::Result<NetEncGpuPrepared>;
+    type EvalPrep = fn(
+        &NetEncGpu,
+        &NetEncGpuPrepared,
+        NetEncGpuInputs<'_>,
+    ) -> mithril::Result<NetEncGpuOutputs>;
+    let _: (Prep, EvalPrep) = (NetEncGpu::prepare, NetEncGpu::evaluate_prepared);
+    check::<NetEncGpuPrepared>();
     assert_eq!(NetEncGpu::OPTIMIZE_FOR, "latency");
     assert_eq!(NetEncGpu::CUDA_DEVICE, 0);
     assert_eq!(NetEncGpu::CUDA_ARCH, None);
@@ -356,6 +365,14 @@ fn gpu_mixed_models_match_the_all_cpu_model() {
         .evaluate(&m.randomize_params(4), NetEncGpuInputs { x: x.view() })
         .unwrap();
     let d = max_rel_diff(&got.y, &want.y);
+    // prepared params give the same results, and keep their own copy of the host params
+    let mut mp = m.randomize_params(4);
+    let prepared = m.prepare(&mp).unwrap();
+    mp.head.bias.fill(100.0);
+    let got_p = m
+        .evaluate_prepared(&prepared, NetEncGpuInputs { x: x.view() })
+        .unwrap();
+    assert_eq!(got_p.y, got.y);
     let m2 = NetHeadCpu::new().unwrap();
     let got2 = m2
         .evaluate(&m2.randomize_params(4), NetHeadCpuInputs { x: x.view() })

@@ -1102,7 +1102,7 @@ impl<'a> Gen<'a> {
                 "A mixed model (`backend_map`): {cu} ops run on a CUDA device, {cp} on the CPU \
                  (the `backend` column of [`Self::SUMMARY`]). `evaluate` takes and returns host \
                  data; the values that cross, and the inputs and params that device ops read, are \
-                 copied at every call.\n\n"
+                 copied at every call (the params once with `prepare` and `evaluate_prepared`).\n\n"
             ));
         }
         doc.push_str("| terminal | kind | type |\n|---|---|---|\n");
@@ -1168,6 +1168,93 @@ impl<'a> Gen<'a> {
             __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max)),
         };
         let optimize_for = self.inp.optimize_for.name();
+        let lints = quote!(#[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]);
+        let mut prepared_items = quote!();
+        let eval_fn = match &self.mixed {
+            None => quote! {
+                /// Run the model.
+                #lints
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    #threads
+                    #eval_body
+                }
+            },
+            Some(m) => {
+                // the params the cuda ops read, copied once by `prepare`
+                let prep_name = format_ident!("{}Prepared", name);
+                let mut fields = Vec::new();
+                let mut uploads = Vec::new();
+                for &i in &m.prepared {
+                    let p = &g.params[i];
+                    let f = format_ident!("p{}", i);
+                    let t = self.elem_ty(p.node);
+                    let doc = format!("`{}` on the device", p.dotted());
+                    fields.push(quote!(#[doc = #doc] #f: ::mithril::rt::cuda::DeviceTensor<#t>));
+                    let path = p.path.iter().map(|x| format_ident!("{}", x));
+                    uploads.push(quote!(#f: ::mithril::rt::cuda::DeviceTensor::to_device(&self.__dev, &params.#(#path).*.view())?));
+                }
+                let prep_doc = format!(
+                    "Params of [`{name}`] prepared for [`{name}::evaluate_prepared`]: a copy of the host params and, in device memory, the {} param(s) its cuda ops read.",
+                    fields.len()
+                );
+                prepared_items = quote! {
+                    #[doc = #prep_doc]
+                    #[derive(Debug)]
+                    #vis struct #prep_name {
+                        host: #params_name,
+                        ordinal: usize,
+                        #(#fields,)*
+                    }
+
+                    impl #prep_name {
+                        /// The host params it was made from.
+                        pub fn params(&self) -> &#params_name {
+                            &self.host
+                        }
+                    }
+                };
+                quote! {
+                    #lints
+                    fn __evaluate(&self, params: &#params_name, __prep: ::std::option::Option<&#prep_name>, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        #threads
+                        #eval_body
+                    }
+
+                    /// Run the model on host data: the ops placed on cuda run on the device,
+                    /// with the inputs and params they read uploaded and their results read by
+                    /// CPU ops (or returned) downloaded, at every call. For repeated calls with
+                    /// the same params, [`Self::prepare`] them once.
+                    pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        self.__evaluate(params, ::std::option::Option::None, inputs)
+                    }
+
+                    /// Copy the params once for [`Self::evaluate_prepared`]: the params the cuda
+                    /// ops read go to the device, and the whole tree is kept (cloned) on the host,
+                    /// so later changes to `params` do not affect it — prepare again after an
+                    /// update.
+                    pub fn prepare(&self, params: &#params_name) -> ::mithril::rt::Result<#prep_name> {
+                        Ok(#prep_name {
+                            host: ::std::clone::Clone::clone(params),
+                            ordinal: self.__dev.ordinal(),
+                            #(#uploads,)*
+                        })
+                    }
+
+                    /// [`Self::evaluate`] with prepared params: no param is uploaded (the inputs and
+                    /// the values that cross still are). `Err` when `prepared` was made on another
+                    /// device.
+                    pub fn evaluate_prepared(&self, prepared: &#prep_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        if prepared.ordinal != self.__dev.ordinal() {
+                            return Err(::mithril::rt::Error::Device(::std::format!(
+                                "`{}`: params prepared on CUDA device {} used on device {}",
+                                #model, prepared.ordinal, self.__dev.ordinal()
+                            )));
+                        }
+                        self.__evaluate(&prepared.host, ::std::option::Option::Some(prepared), inputs)
+                    }
+                }
+            }
+        };
         let mut cuda_module = None;
         let (struct_items, ctor_items) = match &self.mixed {
             None => (
@@ -1357,18 +1444,14 @@ impl<'a> Gen<'a> {
                     #randomize
                 }
 
-                /// Run the model.
-                #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    #threads
-                    #eval_body
-                }
+                #eval_fn
 
                 #gradients
             }
 
             #(#grads_structs)*
             #grads_tree_impl
+            #prepared_items
         };
         Ok((tokens, cuda_module))
     }

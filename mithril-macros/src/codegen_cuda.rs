@@ -1537,6 +1537,9 @@ pub(crate) struct Mixed<'a> {
     /// The forward graph (`evaluate`): a node placed on cuda without a lowering is a compile
     /// error. In the forward+backward graph such a (gradient) node runs on the CPU instead.
     forward: bool,
+    /// Forward graph: the params its device ops read (indices into `Graph::params`), which
+    /// `M::prepare` uploads once; `evaluate` uploads them per call.
+    pub prepared: Vec<usize>,
 }
 
 impl<'a> Mixed<'a> {
@@ -1569,6 +1572,7 @@ impl<'a> Mixed<'a> {
             cx,
             placed,
             forward,
+            prepared: Vec::new(),
         }
     }
 
@@ -1611,6 +1615,30 @@ impl<'a> Mixed<'a> {
     /// device scalar when it is a constant a device op reads.
     pub fn after_host(&mut self, id: NodeId) -> TokenStream {
         let d = self.cx.name(id);
+        if let (true, true, Op::Param(i)) = (
+            self.forward,
+            self.placed.upload(id),
+            &self.cx.g.nodes[id].op,
+        ) {
+            // `evaluate_prepared` reads the copy `prepare` made; `evaluate` uploads it
+            let i = *i;
+            if !self.prepared.contains(&i) {
+                self.prepared.push(i);
+            }
+            let field = format_ident!("p{}", i);
+            let tmp = format_ident!("__up{}", id);
+            let vid = v(id);
+            return quote! {
+                let #tmp;
+                let #d = match __prep {
+                    ::std::option::Option::Some(p) => &p.#field,
+                    ::std::option::Option::None => {
+                        #tmp = ::mithril::rt::cuda::DeviceTensor::to_device(__dev, &#vid.view())?;
+                        &#tmp
+                    }
+                };
+            };
+        }
         if self.placed.upload(id) {
             self.cx.owned[id] = true;
             let vid = v(id);

@@ -172,3 +172,45 @@ impl Placed {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::Placement;
+
+    fn p(default_cuda: bool, map: &[(&str, bool)]) -> Placement {
+        Placement {
+            default_cuda,
+            map: map.iter().map(|(k, c)| (k.to_string(), *c)).collect(),
+        }
+    }
+
+    #[test]
+    fn an_instance_path_covers_the_instances_inside_it_and_the_longest_key_wins() {
+        let m = p(false, &[("enc", true), ("enc.head", false)]);
+        assert!(m.is_mixed());
+        assert!(m.scope_on_cuda("enc"));
+        assert!(m.scope_on_cuda("enc.fc"));
+        assert!(m.scope_on_cuda("enc.fc.inner"));
+        assert!(!m.scope_on_cuda("enc.head"));
+        assert!(!m.scope_on_cuda("enc.head.fc"));
+        // a prefix of the name is not an instance inside it
+        assert!(!m.scope_on_cuda("encoder"));
+        assert!(!m.scope_on_cuda(""));
+        assert!(!m.scope_on_cuda("head"));
+    }
+
+    #[test]
+    fn globs_match_what_they_match_and_the_default_is_the_models_backend() {
+        let m = p(true, &[("block_*", false)]);
+        assert!(m.scope_on_cuda(""));
+        assert!(m.scope_on_cuda("enc"));
+        assert!(!m.scope_on_cuda("block_0"));
+        assert!(!m.scope_on_cuda("block_1.attn"));
+        let g = p(false, &[("enc.*", true)]);
+        assert!(g.scope_on_cuda("enc.fc"));
+        assert!(!g.scope_on_cuda("enc"));
+        // entries equal to the default make no mixed model
+        assert!(!p(true, &[("enc", true)]).is_mixed());
+        assert!(!p(false, &[]).is_mixed());
+    }
+}
