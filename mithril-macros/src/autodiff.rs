@@ -23,6 +23,9 @@ pub const GRAD_PREFIX: &str = "__grad_";
 struct B<'g> {
     g: &'g mut Graph,
     span: Span,
+    /// The instance the nodes being built belong to: the forward node's (so a `backend_map`
+    /// places a gradient op with the op it differentiates).
+    scope: String,
     default: DType,
     errors: Vec<syn::Error>,
 }
@@ -34,7 +37,7 @@ impl B<'_> {
             args,
             span: self.span,
             label: None,
-            scope: String::new(),
+            scope: self.scope.clone(),
             shape: Some(shape),
             dtype: Some(DT::Known(dt)),
         })
@@ -225,6 +228,7 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<
     let mut b = B {
         g,
         span: Span::call_site(),
+        scope: String::new(),
         default,
         errors: Vec::new(),
     };
@@ -265,6 +269,7 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<
             continue;
         }
         b.span = node.span;
+        b.scope = node.scope.clone();
         let grads = vjp(&mut b, p, &node.args, id, gy);
         for (k, gx) in grads.into_iter().enumerate() {
             let x = node.args[k];
@@ -290,6 +295,7 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<
             });
         }
     }
+    b.scope = String::new();
     // param gradients become outputs (zeros for params no output depends on)
     let params = b.g.params.clone();
     for (i, p) in params.iter().enumerate() {

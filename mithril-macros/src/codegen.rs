@@ -31,6 +31,10 @@ pub struct CodegenInput<'a> {
     pub planning: bool,
     /// `max_memory_gb`, checked at run time when some dim is dynamic.
     pub max_memory_gb: Option<f64>,
+    /// `optimize_for`: `throughput` caps each call's GEMMs at the calling thread.
+    pub optimize_for: crate::options::OptimizeFor,
+    /// A mixed model (`backend_map` with ops on cuda): its CUDA settings.
+    pub cuda: Option<&'a crate::options::CudaOptions>,
 }
 
 pub(crate) fn v(id: NodeId) -> Ident {
@@ -99,6 +103,8 @@ pub struct Gen<'a> {
     dim_src: BTreeMap<u32, TokenStream>,
     /// Where every node's value lives.
     pub plan: memplan::Plan,
+    /// A mixed model (`backend_map`): the device side of this graph (see [`Gen::place`]).
+    pub(crate) mixed: Option<Box<crate::codegen_cuda::Mixed<'a>>>,
 }
 
 impl<'a> Gen<'a> {
@@ -128,6 +134,51 @@ impl<'a> Gen<'a> {
             errors: Vec::new(),
             dim_src,
             plan: memplan::plan(g, inp.planning),
+            mixed: None,
+        }
+    }
+
+    /// Mixed models (`backend_map` with ops on cuda): place this graph's nodes on their
+    /// backends (`forward`: the graph of `evaluate`), plan the host memory of what lives on the
+    /// host, and lower the device nodes with `codegen_cuda`. A no-op for other models.
+    pub fn place(&mut self, forward: bool) {
+        let Some(opts) = self.inp.cuda else { return };
+        if !self.g.placement.is_mixed() {
+            return;
+        }
+        let m = crate::codegen_cuda::Mixed::new(self.g, self.inp, opts, forward);
+        self.plan = memplan::plan_placed(self.g, self.inp.planning, Some(&m.placed));
+        self.mixed = Some(Box::new(m));
+    }
+
+    /// The code of node `id` on its backend, with the transfer it needs (mixed models), or
+    /// [`Gen::node_code`].
+    fn placed_code(&mut self, id: NodeId) -> TokenStream {
+        let Some(mut m) = self.mixed.take() else {
+            return self.node_code(id);
+        };
+        let code = if m.placed.on_cuda[id] {
+            let dest = m.placed.download(id).then(|| self.dest(id));
+            m.device_node(id, dest)
+        } else if matches!(self.g.nodes[id].op, Op::Const(_)) && !m.placed.host_const(id) {
+            // a constant only device ops read: made there
+            m.after_host(id)
+        } else {
+            let mut c = self.node_code(id);
+            c.extend(m.after_host(id));
+            c
+        };
+        self.mixed = Some(m);
+        code
+    }
+
+    /// The guard that caps a call's GEMM threads (`optimize_for: throughput`).
+    fn threads_guard(&self) -> TokenStream {
+        match self.inp.optimize_for {
+            crate::options::OptimizeFor::Throughput => {
+                quote!(let __mithril_threads = ::mithril::rt::threads::limit_call_threads(1);)
+            }
+            crate::options::OptimizeFor::Latency => quote!(),
         }
     }
 
@@ -703,7 +754,7 @@ impl<'a> Gen<'a> {
             }
         }
         for id in 0..g.nodes.len() {
-            body.push(self.node_code(id));
+            body.push(self.placed_code(id));
         }
         let mut outs = Vec::new();
         for (k, o) in g.outputs.iter().enumerate() {
@@ -775,7 +826,13 @@ impl<'a> Gen<'a> {
             Some(x) => quote!(::std::option::Option::Some(#x)),
             None => quote!(::std::option::Option::None),
         };
+        let dev = if self.mixed.is_some() {
+            quote!(let __dev: &::mithril::rt::cuda::CudaDevice = &self.__dev;)
+        } else {
+            quote!()
+        };
         quote! {
+            #dev
             let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
             #(#checks)*
             let _ = &__env;
@@ -850,6 +907,7 @@ impl<'a> Gen<'a> {
             &format_ident!("__MITHRIL_LIFE_GRAD"),
             quote!((#outputs_name { #(#fwd,)* }, #grads)),
         );
+        let threads = self.threads_guard();
         quote! {
             #[doc(hidden)]
             pub const __MITHRIL_LIFE_GRAD: &'static [(u32, u32)] = #life;
@@ -862,6 +920,7 @@ impl<'a> Gen<'a> {
             #[doc = #grad_doc]
             #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
             pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                #threads
                 #fn_body
             }
         }
@@ -894,7 +953,8 @@ impl<'a> Gen<'a> {
     }
 
     /// Generate all items.
-    pub fn generate(mut self) -> Result<TokenStream, Vec<syn::Error>> {
+    /// Also returns the CUDA C module of a mixed model (for `file_path`).
+    pub fn generate(mut self) -> Result<(TokenStream, Option<String>), Vec<syn::Error>> {
         let g = self.g;
         let name = self.inp.name;
         let vis = self.inp.vis;
@@ -972,7 +1032,10 @@ impl<'a> Gen<'a> {
         };
         // `static_shapes: true`: the slice-and-constant evaluate when the graph allows it
         let mut summary = self.inp.summary.clone();
-        let eval_body = if self.inp.static_shapes {
+        let eval_body = if self.inp.static_shapes && self.mixed.is_some() {
+            summary.push_str("static_shapes: evaluate keeps the generic path (not specialized: ops placed by `backend_map`)\n");
+            generic_body()
+        } else if self.inp.static_shapes {
             match crate::codegen_static::evaluate_body(&self, &outputs_name) {
                 Ok(b) => {
                     summary.push_str("static_shapes: evaluate specialized (constant dims, contiguous slices, direct kernel calls)\n");
@@ -992,12 +1055,23 @@ impl<'a> Gen<'a> {
         let gradients = match self.train {
             Some(t) => {
                 let mut tg = Gen::new(t, self.inp);
+                if self.mixed.is_some() {
+                    tg.place(false);
+                }
                 let r = tg.gradients_fn(&params_name, &inputs_name, &outputs_name);
                 self.errors.extend(tg.errors);
+                if let (Some(m), Some(tm)) = (self.mixed.as_mut(), tg.mixed.take()) {
+                    summary.push_str(&tm.placed.line(t, "evaluate_gradients"));
+                    m.absorb(*tm);
+                }
                 r
             }
             None => quote!(),
         };
+        if let Some(m) = self.mixed.as_mut() {
+            let mut es = m.take_errors();
+            self.errors.append(&mut es);
+        }
         let mut grads_structs = Vec::new();
         if self.train.is_some() {
             self.param_structs_named(&tree, &mut vec![], &mut grads_structs, "Grads");
@@ -1044,6 +1118,15 @@ impl<'a> Gen<'a> {
         ));
         if self.inp.static_shapes {
             doc.push_str("Compiled with `static_shapes: true`: every dim is a constant.\n\n");
+        }
+        if let Some(m) = &self.mixed {
+            let (cu, cp) = m.placed.op_counts(g);
+            doc.push_str(&format!(
+                "A mixed model (`backend_map`): {cu} ops run on a CUDA device, {cp} on the CPU \
+                 (the `backend` column of [`Self::SUMMARY`]). `evaluate` takes and returns host \
+                 data; the values that cross, and the inputs and params that device ops read, are \
+                 copied at every call (the params once with `prepare` and `evaluate_prepared`).\n\n"
+            ));
         }
         doc.push_str("| terminal | kind | type |\n|---|---|---|\n");
         for i in &g.inputs {
@@ -1102,34 +1185,230 @@ impl<'a> Gen<'a> {
         } else {
             quote!(&[])
         };
-        Ok(quote! {
-            #[doc = #doc]
-            #vis struct #name {
-                __ws: ::std::sync::Mutex<::mithril::rt::Workspace>,
-                __ws_grad: ::std::sync::Mutex<::mithril::rt::Workspace>,
-            }
+        let threads = self.threads_guard();
+        let ws_init = quote! {
+            __ws: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(Self::__MITHRIL_LIFE_EVAL, #planning, #max)),
+            __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max)),
+        };
+        let optimize_for = self.inp.optimize_for.name();
+        let lints = quote!(#[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]);
+        let mut prepared_items = quote!();
+        let eval_fn = match &self.mixed {
+            None => quote! {
+                /// Run the model.
+                #lints
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    #threads
+                    #eval_body
+                }
+            },
+            Some(m) => {
+                // the params the cuda ops read, copied once by `prepare`
+                let prep_name = format_ident!("{}Prepared", name);
+                let mut fields = Vec::new();
+                let mut uploads = Vec::new();
+                for &i in &m.prepared {
+                    let p = &g.params[i];
+                    let f = format_ident!("p{}", i);
+                    let t = self.elem_ty(p.node);
+                    let doc = format!("`{}` on the device", p.dotted());
+                    fields.push(quote!(#[doc = #doc] #f: ::mithril::rt::cuda::DeviceTensor<#t>));
+                    let path = p.path.iter().map(|x| format_ident!("{}", x));
+                    uploads.push(quote!(#f: ::mithril::rt::cuda::DeviceTensor::to_device(&self.__dev, &params.#(#path).*.view())?));
+                }
+                let prep_doc = format!(
+                    "Params of [`{name}`] prepared for [`{name}::evaluate_prepared`]: a copy of the host params and, in device memory, the {} param(s) its cuda ops read.",
+                    fields.len()
+                );
+                prepared_items = quote! {
+                    #[doc = #prep_doc]
+                    #[derive(Debug)]
+                    #vis struct #prep_name {
+                        host: #params_name,
+                        ordinal: usize,
+                        #(#fields,)*
+                    }
 
-            impl ::std::default::Default for #name {
-                fn default() -> Self {
-                    #name {
-                        __ws: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(Self::__MITHRIL_LIFE_EVAL, #planning, #max)),
-                        __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max)),
+                    impl #prep_name {
+                        /// The host params it was made from.
+                        pub fn params(&self) -> &#params_name {
+                            &self.host
+                        }
+                    }
+                };
+                quote! {
+                    #lints
+                    fn __evaluate(&self, params: &#params_name, __prep: ::std::option::Option<&#prep_name>, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        #threads
+                        #eval_body
+                    }
+
+                    /// Run the model on host data: the ops placed on cuda run on the device,
+                    /// with the inputs and params they read uploaded and their results read by
+                    /// CPU ops (or returned) downloaded, at every call. For repeated calls with
+                    /// the same params, [`Self::prepare`] them once.
+                    pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        self.__evaluate(params, ::std::option::Option::None, inputs)
+                    }
+
+                    /// Copy the params once for [`Self::evaluate_prepared`]: the params the cuda
+                    /// ops read go to the device, and the whole tree is kept (cloned) on the host,
+                    /// so later changes to `params` do not affect it — prepare again after an
+                    /// update.
+                    pub fn prepare(&self, params: &#params_name) -> ::mithril::rt::Result<#prep_name> {
+                        Ok(#prep_name {
+                            host: ::std::clone::Clone::clone(params),
+                            ordinal: self.__dev.ordinal(),
+                            #(#uploads,)*
+                        })
+                    }
+
+                    /// [`Self::evaluate`] with prepared params: no param is uploaded (the inputs and
+                    /// the values that cross still are). `Err` when `prepared` was made on another
+                    /// device.
+                    pub fn evaluate_prepared(&self, prepared: &#prep_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        if prepared.ordinal != self.__dev.ordinal() {
+                            return Err(::mithril::rt::Error::Device(::std::format!(
+                                "`{}`: params prepared on CUDA device {} used on device {}",
+                                #model, prepared.ordinal, self.__dev.ordinal()
+                            )));
+                        }
+                        self.__evaluate(&prepared.host, ::std::option::Option::Some(prepared), inputs)
                     }
                 }
             }
+        };
+        let mut cuda_module = None;
+        let (struct_items, ctor_items) = match &self.mixed {
+            None => (
+                quote! {
+                    #[doc = #doc]
+                    #vis struct #name {
+                        __ws: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                        __ws_grad: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                    }
 
-            impl ::std::clone::Clone for #name {
-                /// A model with the same code and fresh (empty) planned memory.
-                fn clone(&self) -> Self {
-                    ::std::default::Default::default()
-                }
-            }
+                    impl ::std::default::Default for #name {
+                        fn default() -> Self {
+                            #name { #ws_init }
+                        }
+                    }
 
-            impl ::std::fmt::Debug for #name {
-                fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                    f.debug_struct(#model).finish_non_exhaustive()
-                }
+                    impl ::std::clone::Clone for #name {
+                        /// A model with the same code and fresh (empty) planned memory.
+                        fn clone(&self) -> Self {
+                            ::std::default::Default::default()
+                        }
+                    }
+
+                    impl ::std::fmt::Debug for #name {
+                        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                            f.debug_struct(#model).finish_non_exhaustive()
+                        }
+                    }
+                },
+                quote! {
+                    /// `optimize_for` as compiled: `"latency"` (a call's matrix products may use
+                    /// every core) or `"throughput"` (each call runs on its calling thread).
+                    pub const OPTIMIZE_FOR: &'static str = #optimize_for;
+
+                    /// Create the physical model (CPU). Its planned memory is allocated at the first
+                    /// call for each input shape.
+                    pub fn new() -> ::mithril::rt::Result<Self> {
+                        Ok(::std::default::Default::default())
+                    }
+                },
+            ),
+            Some(m) => {
+                let opts = self.inp.cuda.cloned().unwrap_or_default();
+                let (source, entries) = m.module();
+                let (up, down) = m.placed.transfers(g);
+                let (n_up, n_down) = (up.len(), down.len());
+                let file = format!("{model}.cu");
+                let device = opts.device;
+                let arch = match &opts.arch {
+                    Some(a) => quote!(::std::option::Option::Some(#a)),
+                    None => quote!(::std::option::Option::None),
+                };
+                let options = crate::codegen_cuda::device_options(&opts);
+                // what runs on cuda, for the error of `new()`
+                let other = |cuda: bool| -> String {
+                    g.placement
+                        .map
+                        .iter()
+                        .filter(|(_, c)| *c == cuda)
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let what = if g.placement.default_cuda {
+                    format!("backend: cuda, backend_map: {} on cpu", other(false))
+                } else {
+                    format!("backend_map: {} on cuda", other(true))
+                };
+                let items = quote! {
+                    #[doc = #doc]
+                    #vis struct #name {
+                        __ws: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                        __ws_grad: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                        __dev: ::mithril::rt::cuda::CudaDevice,
+                        __k: ::mithril::rt::cuda::exec::ModelKernels,
+                    }
+
+                    impl ::std::fmt::Debug for #name {
+                        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                            f.debug_struct(#model).field("device", &self.__dev).finish_non_exhaustive()
+                        }
+                    }
+                };
+                let ctor = quote! {
+                    /// `optimize_for` as compiled: `"latency"` or `"throughput"` (the CPU part's
+                    /// matrix products run on the calling thread; the cuda part is unchanged).
+                    pub const OPTIMIZE_FOR: &'static str = #optimize_for;
+                    /// The CUDA C module of the ops placed on cuda (all generated kernels of
+                    /// `evaluate` (`f<node>`) and `evaluate_gradients` (`g<node>`)), compiled by
+                    /// NVRTC at the first launch.
+                    pub const CUDA_SOURCE: &'static str = #source;
+                    /// The kernel entry names of [`Self::CUDA_SOURCE`].
+                    pub const CUDA_KERNELS: &'static [&'static str] = &[#(#entries),*];
+                    /// The architecture kernels are compiled for (`cuda: { arch }`); `None`: the
+                    /// device's own.
+                    pub const CUDA_ARCH: ::std::option::Option<&'static str> = #arch;
+                    /// The device [`Self::new`] opens (`cuda: { device }`).
+                    pub const CUDA_DEVICE: usize = #device;
+                    /// Host <-> device copies made by one `evaluate`: `(uploads, downloads)`
+                    /// (inputs and params that device ops read, and values crossing between
+                    /// the backends; listed in [`Self::SUMMARY`]).
+                    pub const TRANSFERS: (usize, usize) = (#n_up, #n_down);
+
+                    /// Open the model: the CUDA device its `backend_map` ops run on
+                    /// (`cuda: { device }`, default 0). `Err` — never a panic — naming what is
+                    /// missing when the CUDA libraries, the driver or the device are not there.
+                    pub fn new() -> ::mithril::rt::Result<Self> {
+                        Self::on_device(Self::CUDA_DEVICE)
+                    }
+
+                    /// Open the model with its cuda ops on device `ordinal`.
+                    pub fn on_device(ordinal: usize) -> ::mithril::rt::Result<Self> {
+                        let dev = ::mithril::rt::cuda::exec::open_model(#model, #what, ordinal, #options)?;
+                        Ok(#name {
+                            #ws_init
+                            __dev: dev,
+                            __k: ::mithril::rt::cuda::exec::ModelKernels::new(#file, Self::CUDA_SOURCE),
+                        })
+                    }
+
+                    /// The device the cuda ops run on.
+                    pub fn device(&self) -> &::mithril::rt::cuda::CudaDevice {
+                        &self.__dev
+                    }
+                };
+                cuda_module = Some(source);
+                (items, ctor)
             }
+        };
+        let tokens = quote! {
+            #struct_items
 
             #[doc = #inputs_doc]
             #inputs_derive
@@ -1168,11 +1447,7 @@ impl<'a> Gen<'a> {
                 #[doc(hidden)]
                 pub const __MITHRIL_LIFE_EVAL: &'static [(u32, u32)] = #life;
 
-                /// Create the physical model (CPU). Its planned memory is allocated at the first
-                /// call for each input shape.
-                pub fn new() -> ::mithril::rt::Result<Self> {
-                    Ok(::std::default::Default::default())
-                }
+                #ctor_items
 
                 /// Memory numbers of `evaluate`'s last plan: the planned peak of the arena next
                 /// to the naive sum of all intermediate buffers (`None` before the first call).
@@ -1192,17 +1467,15 @@ impl<'a> Gen<'a> {
                     #randomize
                 }
 
-                /// Run the model.
-                #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    #eval_body
-                }
+                #eval_fn
 
                 #gradients
             }
 
             #(#grads_structs)*
             #grads_tree_impl
-        })
+            #prepared_items
+        };
+        Ok((tokens, cuda_module))
     }
 }

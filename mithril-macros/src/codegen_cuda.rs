@@ -20,6 +20,7 @@ use crate::codegen::{ix, v, CodegenInput, Gen, Tree};
 use crate::cuda_gen::{self, Extent, IndexMode, KernelArg};
 use crate::ir::{DType, Dim, FExpr, Graph, NodeId, Op};
 use crate::options::CudaOptions;
+use crate::placement::Placed;
 use crate::prims::{literal, storage_type, Prim, ReduceKind};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -63,12 +64,22 @@ struct Ctx<'a> {
     is_output: Vec<bool>,
     /// Nodes held as owned `DeviceTensor`s (the others are `&DeviceTensor`s).
     owned: Vec<bool>,
+    /// Device values are named `dN` (mixed models, where `vN` is the host value).
+    dev_names: bool,
 }
 
 impl<'a> Ctx<'a> {
+    /// The local holding a node's device value.
+    fn name(&self, id: NodeId) -> Ident {
+        if self.dev_names {
+            format_ident!("d{}", id)
+        } else {
+            v(id)
+        }
+    }
     /// The expression of a node's value as `&DeviceTensor<T>`.
     fn r(&self, id: NodeId) -> TokenStream {
-        let vid = v(id);
+        let vid = self.name(id);
         if self.owned[id] {
             quote!((&#vid))
         } else {
@@ -254,6 +265,7 @@ impl<'a> CudaGen<'a> {
             uses: g.use_counts(),
             is_output,
             owned: vec![false; g.nodes.len()],
+            dev_names: false,
         }
     }
 
@@ -487,7 +499,7 @@ impl<'a> CudaGen<'a> {
     fn reshape_to(&self, cx: &Ctx, a: NodeId, dims: TokenStream) -> TokenStream {
         let c = rt();
         if cx.owned[a] && cx.uses[a] == 1 && !cx.is_output[a] {
-            let va = v(a);
+            let va = cx.name(a);
             quote!({ let __d: ::std::vec::Vec<isize> = #dims; #c::exec::reshape_owned(#va, &__d)? })
         } else {
             let ra = cx.r(a);
@@ -886,8 +898,8 @@ impl<'a> CudaGen<'a> {
         quote!(#name { #(#fields,)* })
     }
 
-    /// Generate all items.
-    pub fn generate(mut self) -> Result<TokenStream, Vec<syn::Error>> {
+    /// Generate all items; also returns the CUDA C module (for `file_path`).
+    pub fn generate(mut self) -> Result<(TokenStream, String), Vec<syn::Error>> {
         let g = self.g;
         let name = self.inp.name;
         let vis = self.inp.vis;
@@ -1040,11 +1052,8 @@ impl<'a> CudaGen<'a> {
             Some(a) => quote!(::std::option::Option::Some(#a)),
             None => quote!(::std::option::Option::None),
         };
-        let cache = match (&self.opts.cache, &self.opts.cache_dir) {
-            (false, _) => quote!(#c::CacheConfig::memory_only()),
-            (true, Some(d)) => quote!(#c::CacheConfig::in_dir(#d)),
-            (true, None) => quote!(::std::default::Default::default()),
-        };
+        let options = device_options(self.opts);
+        let optimize_for = self.inp.optimize_for.name();
         let precision = if self.opts.amp {
             "bf16 with f32 accumulation (`amp: true`)"
         } else if self.opts.tf32 {
@@ -1128,7 +1137,8 @@ impl<'a> CudaGen<'a> {
         }
         let grads_items = grads.items;
         let grads_methods = grads.methods;
-        Ok(quote! {
+        let module = source.clone();
+        let tokens = quote! {
             #[doc = #doc]
             #vis struct #name {
                 __dev: ::mithril::rt::cuda::CudaDevice,
@@ -1194,6 +1204,10 @@ impl<'a> CudaGen<'a> {
                 pub const CUDA_ARCH: ::std::option::Option<&'static str> = #arch;
                 /// The device [`Self::new`] opens (`cuda: { device }`).
                 pub const CUDA_DEVICE: usize = #device;
+                /// `optimize_for` as compiled (`"latency"` or `"throughput"`). Recorded only: on
+                /// cuda it changes no generated code yet (one stream, cuBLAS's default
+                /// heuristics either way).
+                pub const OPTIMIZE_FOR: &'static str = #optimize_for;
 
                 /// Open the model on its CUDA device (`cuda: { device }`, default 0). `Err` —
                 /// never a panic — naming what is missing when the CUDA libraries, the driver
@@ -1204,20 +1218,7 @@ impl<'a> CudaGen<'a> {
 
                 /// Open the model on CUDA device `ordinal`.
                 pub fn on_device(ordinal: usize) -> ::mithril::rt::Result<Self> {
-                    let options = #c::DeviceOptions {
-                        arch: Self::CUDA_ARCH.map(::std::string::String::from),
-                        cache: #cache,
-                        ptx: false,
-                    };
-                    let dev = #c::CudaDevice::open_with(ordinal, options).map_err(|e| {
-                        let why = match e {
-                            ::mithril::rt::Error::Device(m) => m,
-                            other => other.to_string(),
-                        };
-                        ::mithril::rt::Error::Device(::std::format!(
-                            "`{}` (backend: cuda) cannot open CUDA device {}: {}", #model, ordinal, why
-                        ))
-                    })?;
+                    let dev = #c::exec::open_model(#model, "backend: cuda", ordinal, #options)?;
                     Ok(#name { __dev: dev, __k: #c::exec::ModelKernels::new(#file, Self::CUDA_SOURCE) })
                 }
 
@@ -1276,7 +1277,8 @@ impl<'a> CudaGen<'a> {
 
                 #grads_methods
             }
-        })
+        };
+        Ok((tokens, module))
     }
 }
 
@@ -1504,5 +1506,170 @@ fn p_name(op: &Op) -> &'static str {
         Op::FusedMatmul { .. } => "matmul",
         Op::Const(_) => "constant",
         _ => "value",
+    }
+}
+
+/// The `DeviceOptions` a model opens its device with (`cuda: { arch }`, `cache`, `cache_dir`).
+pub(crate) fn device_options(opts: &CudaOptions) -> TokenStream {
+    let c = rt();
+    let cache = match (&opts.cache, &opts.cache_dir) {
+        (false, _) => quote!(#c::CacheConfig::memory_only()),
+        (true, Some(d)) => quote!(#c::CacheConfig::in_dir(#d)),
+        (true, None) => quote!(::std::default::Default::default()),
+    };
+    quote!(#c::DeviceOptions {
+        arch: Self::CUDA_ARCH.map(::std::string::String::from),
+        cache: #cache,
+        ptx: false,
+    })
+}
+
+/// The device side of one graph of a mixed model (`backend_map`): [`codegen::Gen`] generates
+/// the host code and asks this for every node placed on cuda (the lowering of [`CudaGen`],
+/// unchanged), for the uploads of host values that a device op reads and for the downloads of
+/// device values that a host op reads or that are returned. Host values are `vN`, device values
+/// `dN`.
+pub(crate) struct Mixed<'a> {
+    cg: CudaGen<'a>,
+    cx: Ctx<'a>,
+    /// Where each node is computed and where its value exists.
+    pub placed: Placed,
+    /// The forward graph (`evaluate`): a node placed on cuda without a lowering is a compile
+    /// error. In the forward+backward graph such a (gradient) node runs on the CPU instead.
+    forward: bool,
+    /// Forward graph: the params its device ops read (indices into `Graph::params`), which
+    /// `M::prepare` uploads once; `evaluate` uploads them per call.
+    pub prepared: Vec<usize>,
+}
+
+impl<'a> Mixed<'a> {
+    /// The device side of `g`; `forward`: the graph of `evaluate` (kernels `f<id>`), else of
+    /// `evaluate_gradients` (kernels `g<id>`).
+    pub fn new(
+        g: &'a Graph,
+        inp: &'a CodegenInput<'a>,
+        opts: &'a CudaOptions,
+        forward: bool,
+    ) -> Self {
+        let prefix = if forward { "f" } else { "g" };
+        let mut forced = vec![false; g.nodes.len()];
+        if !forward {
+            // a gradient op without a CUDA lowering runs on the CPU
+            let mut scratch = CudaGen::new(g, None, inp, opts);
+            let cx = scratch.ctx(g, prefix);
+            for (id, f) in forced.iter_mut().enumerate() {
+                if g.on_cuda(id) && !matches!(g.nodes[id].op, Op::Const(_)) {
+                    *f = scratch.node(&cx, id).is_err();
+                }
+            }
+        }
+        let placed = Placed::new(g, &forced);
+        let cg = CudaGen::new(g, None, inp, opts);
+        let mut cx = cg.ctx(g, prefix);
+        cx.dev_names = true;
+        Mixed {
+            cg,
+            cx,
+            placed,
+            forward,
+            prepared: Vec::new(),
+        }
+    }
+
+    /// The code of node `id`, computed on the device; `dest` is the host destination of its
+    /// download, when the host reads it.
+    pub fn device_node(&mut self, id: NodeId, dest: Option<TokenStream>) -> TokenStream {
+        let g = self.cx.g;
+        match self.cg.node(&self.cx, id) {
+            Ok(Some(val)) => {
+                self.cx.owned[id] = true;
+                let d = self.cx.name(id);
+                let ty = self.cx.ty(id);
+                let mut code = quote!(let #d: ::mithril::rt::cuda::DeviceTensor<#ty> = #val;);
+                if let Some(dest) = dest {
+                    let vid = v(id);
+                    let label = self.cx.label(id);
+                    code.extend(quote! {
+                        let #vid = ::mithril::rt::cuda::exec::download(&#d, #dest, #label)?;
+                    });
+                }
+                code
+            }
+            Ok(None) => quote!(),
+            Err(why) => {
+                let what = p_name(&g.nodes[id].op);
+                let model = self.cg.inp.name.to_string();
+                let scope = &g.nodes[id].scope;
+                let msg = if self.forward {
+                    format!("`{model}` places this `{what}` (instance `{scope}`) on cuda with `backend_map`, which cannot lower it yet: {why}\nlowered on cuda: {SUPPORTED}")
+                } else {
+                    format!("internal: gradient op `{what}` kept on cuda without a lowering: {why}")
+                };
+                self.cg.errors.push(g.error_at(id, msg));
+                quote!()
+            }
+        }
+    }
+
+    /// What follows the host code of node `id`: its upload when a device op reads it, or its
+    /// device scalar when it is a constant a device op reads.
+    pub fn after_host(&mut self, id: NodeId) -> TokenStream {
+        let d = self.cx.name(id);
+        if let (true, true, Op::Param(i)) = (
+            self.forward,
+            self.placed.upload(id),
+            &self.cx.g.nodes[id].op,
+        ) {
+            // `evaluate_prepared` reads the copy `prepare` made; `evaluate` uploads it
+            let i = *i;
+            if !self.prepared.contains(&i) {
+                self.prepared.push(i);
+            }
+            let field = format_ident!("p{}", i);
+            let tmp = format_ident!("__up{}", id);
+            let vid = v(id);
+            return quote! {
+                let #tmp;
+                let #d = match __prep {
+                    ::std::option::Option::Some(p) => &p.#field,
+                    ::std::option::Option::None => {
+                        #tmp = ::mithril::rt::cuda::DeviceTensor::to_device(__dev, &#vid.view())?;
+                        &#tmp
+                    }
+                };
+            };
+        }
+        if self.placed.upload(id) {
+            self.cx.owned[id] = true;
+            let vid = v(id);
+            return quote! {
+                let #d = ::mithril::rt::cuda::DeviceTensor::to_device(__dev, &#vid.view())?;
+            };
+        }
+        if self.placed.device_const(id) {
+            if let Ok(Some(val)) = self.cg.node(&self.cx, id) {
+                self.cx.owned[id] = true;
+                let ty = self.cx.ty(id);
+                return quote!(let #d: ::mithril::rt::cuda::DeviceTensor<#ty> = #val;);
+            }
+        }
+        quote!()
+    }
+
+    /// Errors met so far (taken).
+    pub fn take_errors(&mut self) -> Vec<syn::Error> {
+        std::mem::take(&mut self.cg.errors)
+    }
+
+    /// Kernels of another graph of the same model (its `evaluate_gradients`) join this module.
+    pub fn absorb(&mut self, other: Mixed<'a>) {
+        self.cg.kernels.extend(other.cg.kernels);
+        self.cg.entries.extend(other.cg.entries);
+        self.cg.errors.extend(other.cg.errors);
+    }
+
+    /// The module source and its entry names.
+    pub fn module(&self) -> (String, &[String]) {
+        (cuda_gen::fused_module(&self.cg.kernels), &self.cg.entries)
     }
 }

@@ -1,6 +1,7 @@
-//! Files written at expansion time (`dump_graph`, `file_path`): paths relative to the invoking
-//! crate's `CARGO_MANIFEST_DIR`, written only when the content changes, atomically (a temporary
-//! file renamed over the target), since rustc, clippy, rustdoc and IDEs may all expand the macro.
+//! Files written at expansion time (`dump_graph`, `file_path` and, for cuda models, the CUDA C
+//! module next to it): paths relative to the invoking crate's `CARGO_MANIFEST_DIR`, written
+//! only when the content changes, atomically (a temporary file renamed over the target), since
+//! rustc, clippy, rustdoc and IDEs may all expand the macro.
 
 use proc_macro2::TokenStream;
 use std::path::PathBuf;
@@ -38,5 +39,25 @@ pub fn pretty(ts: &TokenStream) -> String {
     match syn::parse2::<syn::File>(ts.clone()) {
         Ok(f) => format!("{header}{}", prettyplease::unparse(&f)),
         Err(_) => format!("{header}{ts}\n"),
+    }
+}
+
+/// Where `file_path` puts the CUDA C module of a cuda (or mixed) model: next to the Rust,
+/// `net.rs` -> `net.cu` (a path not ending in `.rs` gets `.cu` appended).
+pub fn cuda_path(rust_path: &str) -> String {
+    match rust_path.strip_suffix(".rs") {
+        Some(stem) if !stem.is_empty() && !stem.ends_with('/') => format!("{stem}.cu"),
+        _ => format!("{rust_path}.cu"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cuda_path_sits_next_to_the_rust() {
+        assert_eq!(super::cuda_path("target/x/net.rs"), "target/x/net.cu");
+        assert_eq!(super::cuda_path("target/x/net"), "target/x/net.cu");
+        assert_eq!(super::cuda_path("target/x/.rs"), "target/x/.rs.cu");
+        assert_eq!(super::cuda_path("net.txt"), "net.txt.cu");
     }
 }

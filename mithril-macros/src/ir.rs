@@ -396,6 +396,41 @@ pub struct Graph {
     /// Nodes inlined from a model of another crate: their span is the local call (rustc cannot
     /// show another crate's tokens), and this note says where inside that crate they come from.
     pub notes: std::collections::BTreeMap<NodeId, String>,
+    /// `backend_map`: the backend of each submodel instance's ops (empty: all on `backend`).
+    pub placement: Placement,
+}
+
+/// `backend_map`: which backend computes the ops of each submodel instance (by [`Node::scope`]).
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// The model's own `backend` is cuda.
+    pub default_cuda: bool,
+    /// `(instance path or glob, on cuda)`, as written.
+    pub map: Vec<(String, bool)>,
+}
+
+impl Placement {
+    /// Whether the ops of instance `scope` run on cuda: the most specific entry that covers it
+    /// (a path covers that instance and everything inside it; a glob covers what it matches;
+    /// the longer pattern wins), else the model's backend.
+    pub fn scope_on_cuda(&self, scope: &str) -> bool {
+        let mut best: Option<(usize, bool)> = None;
+        for (p, cuda) in &self.map {
+            let inside = scope
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
+            let glob = p.contains(['*', '?']) && crate::flatten::glob_match(p, scope);
+            if (inside || glob) && best.is_none_or(|(len, _)| p.len() >= len) {
+                best = Some((p.len(), *cuda));
+            }
+        }
+        best.map_or(self.default_cuda, |(_, c)| c)
+    }
+
+    /// Some ops run on another backend than the model's.
+    pub fn is_mixed(&self) -> bool {
+        self.map.iter().any(|(_, c)| *c != self.default_cuda)
+    }
 }
 
 impl Graph {
@@ -425,6 +460,21 @@ impl Graph {
             Some(DT::Var(_)) => Some(DType::F32),
             None => None,
         }
+    }
+
+    /// Whether node `id` is computed on cuda under [`Graph::placement`]. Inputs, params and
+    /// seeds are host memory (uploaded where a device op reads them).
+    pub fn on_cuda(&self, id: NodeId) -> bool {
+        match self.nodes[id].op {
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Boundary(_) => false,
+            _ => self.placement.scope_on_cuda(&self.nodes[id].scope),
+        }
+    }
+
+    /// Nodes `a` and `b` run on the same backend (always, unless the model is mixed). Fusion
+    /// and CSE only merge such nodes, so a `backend_map` boundary stays where it was written.
+    pub fn same_place(&self, a: NodeId, b: NodeId) -> bool {
+        !self.placement.is_mixed() || self.on_cuda(a) == self.on_cuda(b)
     }
 
     /// Number of uses of each node (args + outputs).

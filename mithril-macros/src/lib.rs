@@ -26,6 +26,7 @@ mod library;
 mod memplan;
 mod options;
 mod passes;
+mod placement;
 mod prims;
 #[cfg(test)]
 mod proptests;
@@ -229,6 +230,17 @@ fn compile_one(
     let mut errors = std::mem::take(&mut fl.errors);
     let losses = std::mem::take(&mut fl.losses);
     let mut g = fl.g;
+    if !opts.backend_map.is_empty() {
+        errors.extend(check_backend_map(&g, opts));
+        g.placement = ir::Placement {
+            default_cuda: opts.backend_cuda,
+            map: opts
+                .backend_map
+                .iter()
+                .map(|b| (b.pattern.clone(), b.cuda))
+                .collect(),
+        };
+    }
     let is_train = entry.def.kind == ModelKind::Train;
     // inference runs also after flattening errors: a failed statement builds no nodes (its
     // uses are poisoned), so what remains is consistent and its own mistakes are independent
@@ -367,7 +379,12 @@ fn compile_one(
         ("evaluate_gradients", train.as_ref()),
     ] {
         let Some(graph) = graph else { continue };
-        let plan = memplan::plan(graph, opts.memory_planning);
+        let plan = if graph.placement.is_mixed() {
+            let placed = placement::Placed::new(graph, &[]);
+            memplan::plan_placed(graph, opts.memory_planning, Some(&placed))
+        } else {
+            memplan::plan(graph, opts.memory_planning)
+        };
         summary.push_str(&format!(
             "{what} {}\n",
             memplan::summary_line(&plan, opts.memory_planning)
@@ -407,12 +424,19 @@ fn compile_one(
         train_model: is_train,
         planning: opts.memory_planning,
         max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
+        optimize_for: opts.optimize_for,
+        cuda: opts.mixed().then_some(&opts.cuda),
     };
-    let code = if opts.backend_cuda {
-        codegen_cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda).generate()
+    // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
+    // lowering of `codegen_cuda` for the ops placed on cuda
+    let (code, cuda_source) = if opts.backend_cuda && !opts.mixed() {
+        codegen_cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda)
+            .generate()
+            .map(|(ts, src)| (ts, Some(src)))
     } else {
         let mut gen = codegen::Gen::new(&g, &inp);
         gen.train = train.as_ref();
+        gen.place(true);
         gen.generate()
     }
     .map_err(|e| (e, vec![]))?;
@@ -438,11 +462,74 @@ fn compile_one(
                 format!("file_path: cannot write `{path}`: {e}"),
             ));
         }
+        // the CUDA C module next to it (cuda and mixed models)
+        if let Some(cu) = &cuda_source {
+            let cu_path = files::cuda_path(path);
+            if let Err(e) = files::write_if_changed(&cu_path, cu) {
+                file_errors.push(syn::Error::new(
+                    name.span(),
+                    format!("file_path: cannot write `{cu_path}`: {e}"),
+                ));
+            }
+        }
     }
     if !file_errors.is_empty() {
         return Err((file_errors, vec![]));
     }
     Ok((quote!(#code #warnings), vec![]))
+}
+
+/// `backend_map` keys against the submodel instances of the flattened model: a path names an
+/// instance (as in the params' dotted names, `enc` or `enc.attn`); a glob matches at least one.
+fn check_backend_map(g: &ir::Graph, opts: &options::Options) -> Vec<syn::Error> {
+    let mut instances: Vec<String> = Vec::new();
+    let mut add = |path: &str| {
+        let mut cur = String::new();
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            if !cur.is_empty() {
+                cur.push('.');
+            }
+            cur.push_str(part);
+            if !instances.contains(&cur) {
+                instances.push(cur.clone());
+            }
+        }
+    };
+    for n in &g.nodes {
+        add(&n.scope);
+    }
+    for p in &g.params {
+        // a param's own name is not an instance
+        add(&p.path[..p.path.len().saturating_sub(1)].join("."));
+    }
+    instances.sort();
+    let mut errors = Vec::new();
+    for b in &opts.backend_map {
+        let glob = b.pattern.contains(['*', '?']);
+        let hit = instances
+            .iter()
+            .any(|i| *i == b.pattern || (glob && flatten::glob_match(&b.pattern, i)));
+        if !hit {
+            let list = if instances.is_empty() {
+                "this model has no submodel instances".to_string()
+            } else {
+                format!("the instances are: {}", instances.join(", "))
+            };
+            let near = (!glob)
+                .then(|| flatten::closest(&b.pattern, instances.iter().map(|s| s.as_str())))
+                .flatten()
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            errors.push(syn::Error::new(
+                b.span,
+                format!(
+                    "`backend_map`: no submodel instance `{}`{near}; {list}",
+                    b.pattern
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 /// Placeholder items emitted when a physical model fails to compile, so that user code naming

@@ -106,6 +106,13 @@ fn static_size(g: &Graph, id: NodeId) -> Option<usize> {
 
 /// Plans `g`. `inplace: false` disables in-place reuse (every computed node gets its own slot).
 pub fn plan(g: &Graph, inplace: bool) -> Plan {
+    plan_placed(g, inplace, None)
+}
+
+/// [`plan`] for the host side of a mixed model (`backend_map`): a value that never exists on
+/// the host gets no slot; a value computed on the device and downloaded gets a slot of its own
+/// (the download writes all of it), never shared in place.
+pub fn plan_placed(g: &Graph, inplace: bool, placed: Option<&crate::placement::Placed>) -> Plan {
     let n = g.nodes.len();
     let end = n as u32; // the step at which outputs are collected
     let mut is_output = vec![false; n];
@@ -141,13 +148,17 @@ pub fn plan(g: &Graph, inplace: bool) -> Plan {
             }
             _ => {}
         }
+        if placed.is_some_and(|p| !p.host[id]) {
+            continue;
+        }
         if is_output[id] {
             home[id] = Home::Output;
             continue;
         }
         // in place: an argument whose slot dies here, same dtype and shape, used once here
         let mut chosen = None;
-        if inplace && is_elementwise(g, id) {
+        let on_host = placed.is_none_or(|p| !p.on_cuda[id]);
+        if inplace && on_host && is_elementwise(g, id) {
             for (pos, &a) in node.args.iter().enumerate() {
                 let Some(s) = root[a] else { continue };
                 let once = node.args.iter().filter(|&&x| x == a).count() == 1;

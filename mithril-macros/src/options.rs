@@ -35,6 +35,37 @@ pub struct CudaOptions {
     pub cache_dir: Option<String>,
 }
 
+/// `optimize_for: latency | throughput`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OptimizeFor {
+    /// One call at a time as fast as possible: a call's GEMMs may use every core (the default).
+    #[default]
+    Latency,
+    /// Many concurrent calls: each call's GEMMs run on the calling thread only, so calls on N
+    /// threads scale over N cores without contending for the GEMM thread pool.
+    Throughput,
+}
+
+impl OptimizeFor {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizeFor::Latency => "latency",
+            OptimizeFor::Throughput => "throughput",
+        }
+    }
+}
+
+/// One entry of `backend_map: { "enc": cuda, ... }`.
+#[derive(Clone, Debug)]
+pub struct BackendEntry {
+    /// The instance path (`enc`, `enc.attn`, `linear_0`) or a glob (`enc.*`) as written.
+    pub pattern: String,
+    /// `cuda` (true) or `cpu`.
+    pub cuda: bool,
+    /// The key's tokens (for the "no such instance" error).
+    pub span: Span,
+}
+
 /// The options of one physical model.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -43,6 +74,10 @@ pub struct Options {
     pub cuda: CudaOptions,
     /// `target_hardware: "..."` as written (validated; see [`TARGETS`]).
     pub target_hardware: Option<String>,
+    /// `optimize_for: latency | throughput`.
+    pub optimize_for: OptimizeFor,
+    /// `backend_map`: submodel instances placed on another backend than `backend`.
+    pub backend_map: Vec<BackendEntry>,
     pub shapes: BTreeMap<String, (Vec<Option<u64>>, Span)>,
     pub static_shapes: bool,
     pub types: BTreeMap<String, (DType, Span)>,
@@ -71,6 +106,13 @@ pub struct Options {
     pub checkpoint_segments: Option<usize>,
 }
 
+impl Options {
+    /// Some `backend_map` entry places ops on another backend than `backend`: a mixed model.
+    pub fn mixed(&self) -> bool {
+        self.backend_map.iter().any(|b| b.cuda != self.backend_cuda)
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -80,6 +122,8 @@ impl Default for Options {
                 ..CudaOptions::default()
             },
             target_hardware: None,
+            optimize_for: OptimizeFor::Latency,
+            backend_map: Vec::new(),
             shapes: BTreeMap::new(),
             static_shapes: false,
             types: BTreeMap::new(),
@@ -125,6 +169,8 @@ pub const NAMES: &[&str] = &[
     "cache",
     "cache_dir",
     "target_hardware",
+    "optimize_for",
+    "backend_map",
 ];
 
 /// What a `target_hardware` name selects.
@@ -241,6 +287,35 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
                     OptValue::Ident(i) if i == "cuda" => o.backend_cuda = true,
                     other => return Err(e(other.span(), "`backend` is `cpu` or `cuda`")),
                 },
+                "optimize_for" => match v {
+                    OptValue::Ident(i) if i == "latency" => o.optimize_for = OptimizeFor::Latency,
+                    OptValue::Ident(i) if i == "throughput" => o.optimize_for = OptimizeFor::Throughput,
+                    other => return Err(e(other.span(), "`optimize_for` is `latency` (one call uses every core for its matrix products, the default) or `throughput` (each call runs on its calling thread; for many concurrent calls)")),
+                },
+                "backend_map" => {
+                    let usage = "`backend_map` takes `{ \"instance.path\": cuda | cpu, ... }`: submodel instances (as in the params' dotted names, globs allowed) and the backend their ops run on";
+                    let OptValue::Map(entries, _) = v else {
+                        return Err(e(v.span(), usage));
+                    };
+                    if entries.is_empty() {
+                        return Err(e(v.span(), format!("`backend_map` is empty; {usage}")));
+                    }
+                    for (k, val) in entries {
+                        let cuda = match val {
+                            OptValue::Ident(i) if i == "cuda" => true,
+                            OptValue::Ident(i) if i == "cpu" => false,
+                            OptValue::Ident(i) => return Err(e(i.span(), format!("unknown backend `{i}` in `backend_map`; the backends are `cpu` and `cuda`"))),
+                            other => return Err(e(other.span(), format!("a `backend_map` value is a backend: `cpu` or `cuda`; {usage}"))),
+                        };
+                        if k.name.is_empty() {
+                            return Err(e(k.span(), "an empty instance path in `backend_map`; the whole model's backend is `backend:`"));
+                        }
+                        if o.backend_map.iter().any(|x| x.pattern == k.name) {
+                            return Err(e(k.span(), format!("`{}` is given twice in `backend_map`", k.name)));
+                        }
+                        o.backend_map.push(BackendEntry { pattern: k.name.clone(), cuda, span: k.span() });
+                    }
+                }
                 "static_shapes" => o.static_shapes = as_bool(v, "static_shapes")?,
                 "cache" => o.cuda.cache = as_bool(v, "cache")?,
                 "cache_dir" => {
@@ -546,7 +621,7 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
             _ => {}
         }
     }
-    if !o.backend_cuda {
+    if !o.backend_cuda && !o.backend_map.iter().any(|b| b.cuda) {
         for name in ["cuda", "cache", "cache_dir"] {
             if let Some((k, _)) = find(name) {
                 errors.push(e(k.span(), format!("`{name}` configures the CUDA backend; this model is compiled for the CPU (add `backend: cuda`)")));

@@ -68,14 +68,24 @@ pub fn op_count(g: &Graph) -> usize {
 }
 
 /// The summary table: every node with its op, inputs, shape and dtype.
+/// A mixed model (`backend_map`) gets a `backend` column (`cuda`, `cpu`, `host` for inputs and
+/// params, `a -> b` where the value is copied) and a line with the transfers of one call.
 pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
-    let mut rows: Vec<[String; 5]> = vec![[
+    let placed = g
+        .placement
+        .is_mixed()
+        .then(|| crate::placement::Placed::new(g, &[]));
+    let mut head: Vec<String> = vec![
         "#".into(),
         "name".into(),
         "op".into(),
         "inputs".into(),
         "type".into(),
-    ]];
+    ];
+    if placed.is_some() {
+        head.push("backend".into());
+    }
+    let mut rows: Vec<Vec<String>> = vec![head];
     for id in 0..g.nodes.len() {
         let ins = g.nodes[id]
             .args
@@ -83,15 +93,19 @@ pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
             .map(|&a| format!("%{a}"))
             .collect::<Vec<_>>()
             .join(", ");
-        rows.push([
+        let mut row = vec![
             format!("%{id}"),
             name(g, id),
             op_name(g, id),
             ins,
             g.describe(id),
-        ]);
+        ];
+        if let Some(p) = &placed {
+            row.push(p.column(g, id).to_string());
+        }
+        rows.push(row);
     }
-    let mut w = [0usize; 5];
+    let mut w = vec![0usize; rows[0].len()];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count()).min(60);
@@ -127,6 +141,9 @@ pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
         .map(|o| format!("{} = %{}", o.name, o.node))
         .collect();
     out.push_str(&format!("outputs: {}\n", outs.join(", ")));
+    if let Some(p) = &placed {
+        out.push_str(&p.line(g, "evaluate"));
+    }
     if !passes.is_empty() {
         let p: Vec<String> = passes.iter().map(|(n, c)| format!("{n}: {c}")).collect();
         out.push_str(&format!("passes: {}\n", p.join(", ")));

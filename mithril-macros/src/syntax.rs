@@ -160,7 +160,35 @@ pub enum OptValue {
     Ident(Ident),
     Underscore(Span),
     List(Vec<OptValue>, Span),
-    Map(Vec<(Ident, OptValue)>, Span),
+    Map(Vec<(OptKey, OptValue)>, Span),
+}
+
+/// A key of an option map: a name (`x`, `device`) or a string literal (`"enc.attn"`, for keys
+/// that are not identifiers, such as the instance paths of `backend_map`).
+#[derive(Clone)]
+pub struct OptKey {
+    pub name: String,
+    pub span: Span,
+    /// The key as written when it is a name (`None`: a string literal).
+    pub ident: Option<Ident>,
+}
+
+impl OptKey {
+    pub fn span(&self) -> Span {
+        self.span
+    }
+}
+
+impl std::fmt::Display for OptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl<T: AsRef<str> + ?Sized> PartialEq<T> for OptKey {
+    fn eq(&self, other: &T) -> bool {
+        self.name == other.as_ref()
+    }
 }
 
 impl OptValue {
@@ -202,7 +230,20 @@ impl Parse for Item {
             let model: syn::Path = input.parse()?;
             let content;
             braced!(content in input);
-            let options = parse_opt_map(&content)?;
+            // option names are identifiers (quoted keys are for values such as `backend_map`)
+            let options = parse_opt_map(&content)?
+                .into_iter()
+                .map(|(k, v)| match k.ident {
+                    Some(i) => Ok((i, v)),
+                    None => Err(syn::Error::new(
+                        k.span,
+                        format!(
+                            "an option name is an identifier: `{}`, not a string",
+                            k.name
+                        ),
+                    )),
+                })
+                .collect::<syn::Result<Vec<_>>>()?;
             input.parse::<Token![;]>()?;
             return Ok(Item::Compile(CompileDef {
                 attrs,
@@ -484,10 +525,24 @@ fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
     ))
 }
 
-fn parse_opt_map(input: ParseStream) -> syn::Result<Vec<(Ident, OptValue)>> {
+fn parse_opt_map(input: ParseStream) -> syn::Result<Vec<(OptKey, OptValue)>> {
     let mut out = Vec::new();
     while !input.is_empty() {
-        let key: Ident = input.call(syn::ext::IdentExt::parse_any)?;
+        let key = if input.peek(LitStr) {
+            let s: LitStr = input.parse()?;
+            OptKey {
+                name: s.value(),
+                span: s.span(),
+                ident: None,
+            }
+        } else {
+            let i: Ident = input.call(syn::ext::IdentExt::parse_any)?;
+            OptKey {
+                name: i.to_string(),
+                span: i.span(),
+                ident: Some(i),
+            }
+        };
         input.parse::<Token![:]>()?;
         let v = parse_opt_value(input)?;
         out.push((key, v));

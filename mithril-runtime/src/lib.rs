@@ -18,6 +18,17 @@ pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an oute
 pub mod params;
 pub mod workspace;
 
+/// Per-call CPU thread budgets (`optimize_for`): generated code of an
+/// `optimize_for: throughput` model holds [`threads::limit_call_threads`]`(1)` during each call,
+/// so every GEMM of the call runs on the calling thread; [`threads::last_call_threads`] shows
+/// the budget the last GEMM of this thread got. Re-exported from `mithril_kernels::gemm`.
+pub mod threads {
+    pub use mithril_kernels::gemm::{
+        last_call_threads, limit_call_threads, num_threads, num_threads_for_call, set_num_threads,
+        CallThreads,
+    };
+}
+
 pub use check::{DimSpec, SymEnv};
 pub use elem::{DType, Elem};
 pub use error::{Error, Result};

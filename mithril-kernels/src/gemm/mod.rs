@@ -25,7 +25,9 @@
 //!
 //! Threads: large problems are split over [`num_threads`] threads of a small persistent pool of
 //! our own (no allocation per call); below a size threshold everything runs on the calling
-//! thread. Packing buffers are thread-local, allocated once and grown.
+//! thread. [`limit_call_threads`] caps the count for the calls of one thread (what
+//! `optimize_for: throughput` models do around each call). Packing buffers are thread-local,
+//! allocated once and grown.
 //!
 //! Batched GEMM: the caller loops over the batch and calls [`gemm`] per matrix (each call is
 //! allocation-free in steady state; large matrices are threaded inside each call).
@@ -41,6 +43,7 @@ mod tests;
 mod x86;
 
 use half::{bf16, f16};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -113,7 +116,7 @@ pub struct GemmConfig {
     /// Force an ISA (clamped to what the CPU supports); `None`: [`detected_isa`].
     pub isa: Option<Isa>,
     /// Force a thread count (1 = calling thread only; split only above the size threshold
-    /// unless `force_split`); `None`: [`num_threads`].
+    /// unless `force_split`); `None`: [`num_threads_for_call`].
     pub threads: Option<usize>,
     /// Split over `threads` even below the size threshold (tests).
     pub force_split: bool,
@@ -137,6 +140,57 @@ pub fn num_threads() -> usize {
             *AVAIL.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         }
         n => n,
+    }
+}
+
+thread_local! {
+    /// The calling thread's cap on GEMM threads (0: none), set by [`limit_call_threads`].
+    static CALL_LIMIT: Cell<usize> = const { Cell::new(0) };
+    /// The thread budget the calling thread's last GEMM was given (0: none yet).
+    static LAST_THREADS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The number of threads a GEMM called now, on this thread, may use: [`num_threads`], capped
+/// by the innermost live [`limit_call_threads`] guard of this thread.
+pub fn num_threads_for_call() -> usize {
+    let all = num_threads();
+    match CALL_LIMIT.with(Cell::get) {
+        0 => all,
+        n => n.min(all),
+    }
+}
+
+/// The thread budget of this thread's last GEMM call (after [`GemmConfig::threads`] and
+/// [`limit_call_threads`]; `0` before the first). For tests and diagnostics: it shows what a
+/// per-call setting such as `optimize_for: throughput` reached the kernel with.
+pub fn last_call_threads() -> usize {
+    LAST_THREADS.with(Cell::get)
+}
+
+/// Caps the GEMM threads of calls made on this thread while the returned guard lives (`n >= 1`;
+/// `0` is treated as 1). Guards nest; dropping one restores the previous cap. Allocation-free:
+/// a thread-local integer. Generated code of an `optimize_for: throughput` model holds
+/// `limit_call_threads(1)` for the duration of each call, so concurrent calls on many threads
+/// each use one core instead of contending for the pool.
+pub fn limit_call_threads(n: usize) -> CallThreads {
+    let prev = CALL_LIMIT.with(|c| c.replace(n.max(1)));
+    CallThreads {
+        prev,
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// The guard of [`limit_call_threads`]: restores the previous cap when dropped. Not `Send`
+/// (the cap belongs to the thread that set it).
+#[derive(Debug)]
+pub struct CallThreads {
+    prev: usize,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for CallThreads {
+    fn drop(&mut self) {
+        CALL_LIMIT.with(|c| c.set(self.prev));
     }
 }
 
@@ -468,6 +522,8 @@ pub fn gemm_with<T: GemmElem, E>(
     let cmax = (m - 1) * ldc + n - 1;
     assert!(cmax < c.len(), "gemm: C too short ({} <= {cmax})", c.len());
 
+    let budget = cfg.threads.unwrap_or_else(num_threads_for_call).max(1);
+    LAST_THREADS.with(|c| c.set(budget));
     let best = detected_isa();
     // Default: the crate-wide choice (so `crate::isa::with_isa` forcing applies here too).
     let shared = match crate::isa::active() {
@@ -509,7 +565,7 @@ pub fn gemm_with<T: GemmElem, E>(
             Path::Gemv => T::gemv(isa, &args, &epilogue),
             Path::Small if T::small(isa, &args, &epilogue) => {}
             _ => {
-                let threads = cfg.threads.unwrap_or_else(num_threads).max(1);
+                let threads = budget;
                 let big = 2 * m * n * k >= THREAD_MIN_FLOPS;
                 if threads > 1 && (big || cfg.force_split) {
                     split(isa, threads, &args, &epilogue);

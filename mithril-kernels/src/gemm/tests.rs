@@ -409,3 +409,56 @@ fn batch1_linear_layout() {
         }
     }
 }
+
+#[test]
+fn call_thread_limit_reaches_the_kernel_and_nests() {
+    let (m, n, k) = (8, 8, 8);
+    let a = vec![1.0f32; m * k];
+    let b = vec![1.0f32; k * n];
+    let mut c = vec![0.0f32; m * n];
+    let run = |c: &mut [f32]| gemm_plain(m, n, k, 1.0, &a, k, 1, &b, n, 1, false, c, n);
+    run(&mut c);
+    assert_eq!(last_call_threads(), num_threads());
+    assert_eq!(num_threads_for_call(), num_threads());
+    {
+        let _one = limit_call_threads(1);
+        assert_eq!(num_threads_for_call(), 1);
+        run(&mut c);
+        assert_eq!(last_call_threads(), 1);
+        {
+            // a larger inner cap never exceeds the pool size
+            let _big = limit_call_threads(usize::MAX);
+            assert_eq!(num_threads_for_call(), num_threads());
+        }
+        assert_eq!(num_threads_for_call(), 1);
+        // another thread is not affected
+        let other = std::thread::spawn(num_threads_for_call).join().unwrap();
+        assert_eq!(other, num_threads());
+    }
+    run(&mut c);
+    assert_eq!(last_call_threads(), num_threads());
+    // an explicit GemmConfig::threads wins over the cap
+    let _one = limit_call_threads(1);
+    gemm_with(
+        GemmConfig {
+            threads: Some(3),
+            ..Default::default()
+        },
+        m,
+        n,
+        k,
+        1.0,
+        &a,
+        k,
+        1,
+        &b,
+        n,
+        1,
+        false,
+        &mut c,
+        n,
+        |_, _, _: &mut [f32]| {},
+    );
+    assert_eq!(last_call_threads(), 3);
+    assert!(c.iter().all(|&x| x == 8.0));
+}

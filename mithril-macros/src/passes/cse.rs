@@ -22,11 +22,13 @@ pub fn run(g: &mut Graph) -> usize {
                 args.sort();
             }
         }
+        // in a mixed model (`backend_map`) each backend keeps its own copy
         let key = format!(
-            "{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{}",
             node.op,
             args,
-            node.dtype.map(|t| g.env.dt(t))
+            node.dtype.map(|t| g.env.dt(t)),
+            g.placement.is_mixed() && g.on_cuda(id)
         );
         match seen.get(&key) {
             Some(&prev) => {

@@ -64,6 +64,7 @@ pub fn run(g: &mut Graph) -> usize {
                 && uses[m] == 1
                 && !is_output[m]
                 && keep[m]
+                && g.same_place(m, id)
                 && args.iter().filter(|&&x| x == m).count() == 1
                 && g.dtype_of(m) == Some(dt)
                 && rank2(g, m)

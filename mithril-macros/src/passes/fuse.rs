@@ -5,6 +5,8 @@
 //!   buffers. Scalar constants become literals. A group reads at most [`MAX_ARGS`] tensors.
 //! - A `transpose` of the last two axes feeding `matmul` becomes the matmul's transpose flag
 //!   (no copy of Linear's `[out, in]` weight).
+//!
+//! In a mixed model (`backend_map`) a group never spans two backends.
 
 use crate::ir::{FExpr, Graph, NodeId, Op};
 use crate::prims::{acc_dtype, Prim};
@@ -99,7 +101,12 @@ pub fn run(g: &mut Graph) -> usize {
         for &a in &args {
             let child = match &g.nodes[a].op {
                 Op::Const(s) => FExpr::Lit(*s, acc_dtype(g.dtype_of(a).unwrap_or(out))),
-                Op::Fused(e) if uses[a] == 1 && g.shape_of(a) == my_shape && keep[a] => {
+                Op::Fused(e)
+                    if uses[a] == 1
+                        && g.shape_of(a) == my_shape
+                        && keep[a]
+                        && g.same_place(a, id) =>
+                {
                     let sub_args = g.nodes[a].args.clone();
                     let mut trial = new_args.clone();
                     for s in &sub_args {

@@ -206,6 +206,50 @@ pub fn launch_fused<T: DeviceElem>(
     Ok(out)
 }
 
+/// Opens the device of a generated model: `Err(Error::Device)` — never a panic — that names the
+/// model, what runs on cuda (`what`: `backend: cuda`, or the `backend_map` entries), the
+/// ordinal and what is missing (the CUDA libraries, the driver, the device).
+pub fn open_model(
+    model: &str,
+    what: &str,
+    ordinal: usize,
+    options: super::DeviceOptions,
+) -> Result<CudaDevice> {
+    CudaDevice::open_with(ordinal, options).map_err(|e| {
+        let why = match e {
+            Error::Device(m) => m,
+            other => other.to_string(),
+        };
+        Error::Device(format!(
+            "`{model}` ({what}) cannot open CUDA device {ordinal}: {why}"
+        ))
+    })
+}
+
+/// Copies a device value into a host destination (mixed models, `backend_map`: a value
+/// crossing from the device to the host, or a returned one); waits for the stream's pending
+/// work, so the host result is complete when this returns.
+pub fn download<'w, T: DeviceElem>(
+    x: &DeviceTensor<T>,
+    dest: crate::Dest<'w, T>,
+    op: &str,
+) -> Result<ndarray::ArrayViewMutD<'w, T>> {
+    let mut v = dest.get(op, x.shape())?;
+    let n = x.len();
+    if n == 0 {
+        return Ok(v);
+    }
+    let host = v
+        .as_slice_mut()
+        .filter(|h| h.len() == n)
+        .ok_or_else(|| Error::op(op, "internal: the host destination of a download is not a contiguous buffer of the tensor's size"))?;
+    x.slice()
+        .stream()
+        .memcpy_dtoh(&x.slice().slice(0..n), host)
+        .map_err(|e| dev_err("copy to host", e))?;
+    Ok(v)
+}
+
 /// A 0-d tensor holding `v`.
 pub fn scalar<T: DeviceElem>(dev: &CudaDevice, v: T) -> Result<DeviceTensor<T>> {
     DeviceTensor::to_device(dev, &ndarray::arr0(v).view())
