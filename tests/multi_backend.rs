@@ -58,6 +58,14 @@ mithril! {
         backend_map: { "enc": cuda },
         file_path: "target/mithril-test/net_enc_gpu.rs",
     };
+    /// `static_shapes` keeps the generic evaluate for a mixed model; `optimize_for` applies to
+    /// its CPU part.
+    pub compile NetEncGpuStatic = Net {
+        backend_map: { "enc": cuda },
+        shapes: { x: [4, 16] },
+        static_shapes: true,
+        optimize_for: throughput,
+    };
     /// ... and on a cuda model.
     pub compile EncGpuFile = Enc { backend: cuda, file_path: "target/mithril-test/enc_gpu.rs" };
 }
@@ -158,6 +166,13 @@ fn the_summary_shows_each_ops_backend_and_the_transfers() {
     // training: the backward ops of the encoder run on cuda too
     let s = NetTrainEncGpu::SUMMARY;
     assert!(s.contains("backends (evaluate_gradients): "), "{s}");
+    let s = NetEncGpuStatic::SUMMARY;
+    assert!(
+        s.contains("static_shapes: evaluate keeps the generic path (not specialized: ops placed by `backend_map`)"),
+        "{s}"
+    );
+    assert_eq!(NetEncGpuStatic::OPTIMIZE_FOR, "throughput");
+    assert_eq!(NetEncGpuStatic::TRANSFERS, (3, 1));
     // a backend_map that agrees with `backend` leaves a plain model: no column, no line
     assert!(!NetAllCpu::SUMMARY.contains("backends ("));
     assert!(!NetAllCpu::SUMMARY.contains("host -> cuda"));
