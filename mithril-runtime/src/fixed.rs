@@ -73,10 +73,10 @@ pub struct Bcast<'a, T> {
     pub cs: usize,
 }
 
-/// Row-major strides of a product operand stored `[rows, cols]`, read transposed when `t`.
+/// Element strides `(rs, cs)` of a product operand stored row-major with `cols_stored`
+/// columns, read transposed when `t`.
 #[inline]
-fn strides(rows_stored: usize, cols_stored: usize, t: bool) -> (usize, usize) {
-    let _ = rows_stored;
+fn strides(cols_stored: usize, t: bool) -> (usize, usize) {
     if t {
         (1, cols_stored)
     } else {
@@ -123,8 +123,8 @@ pub fn matmul_plain<T: GemmElem>(
     out: &mut [T],
 ) -> Result<()> {
     operands_ok(op, m, n, k, a, b, out)?;
-    let (rsa, csa) = strides(if ta { k } else { m }, if ta { m } else { k }, ta);
-    let (rsb, csb) = strides(if tb { n } else { k }, if tb { k } else { n }, tb);
+    let (rsa, csa) = strides(if ta { m } else { k }, ta);
+    let (rsb, csb) = strides(if tb { k } else { n }, tb);
     gemm::gemm_plain(
         m,
         n,
@@ -186,8 +186,8 @@ where
             ));
         }
     }
-    let (rsa, csa) = strides(if ta { k } else { m }, if ta { m } else { k }, ta);
-    let (rsb, csb) = strides(if tb { n } else { k }, if tb { k } else { n }, tb);
+    let (rsa, csa) = strides(if ta { m } else { k }, ta);
+    let (rsb, csb) = strides(if tb { k } else { n }, tb);
     let epi = |i: usize, j0: usize, v: &mut [<T as GemmElem>::Acc]| {
         // every operand is contiguous along the row or constant along it (checked above)
         let srcs: [Src<'_, T>; K] = std::array::from_fn(|q| {
