@@ -278,16 +278,20 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
     let mc_max = K::MC.min(m.div_ceil(mr) * mr);
     let nc_max = K::NC.min(n.div_ceil(nr) * nr);
     let steps_max = kc_max / kp;
-    // C is its own accumulator type (f32, f64): the epilogue runs over whole rows of each
-    // finished MC×NC block. Narrow C (f16, bf16) gets it per microtile row, before rounding.
+    // The epilogue runs over whole rows of each finished MC×NC block, so its own loop runs
+    // over `nc` values at a time. C of the accumulator type (f32, f64) holds the final values
+    // itself (`late`); a narrow C (f16, bf16) with an epilogue gets them in the f32 scratch
+    // (`late_narrow`), and the epilogue's rows are narrowed into C after it.
     let late = !T::NARROW;
+    let late_narrow = T::NARROW && args.epi;
+    let use_scratch = T::NARROW && (k > kc_max || late_narrow);
     let mut scratch = buf::take();
     let s = &mut scratch;
     {
         let apack: *mut K::P = s.get(0, mc_max * steps_max);
         let bpack: *mut K::P = s.get(1, nc_max * steps_max);
         // Partial sums: C itself when it is the accumulator type, else an f32 scratch.
-        let partial = if T::NARROW && k > kc_max {
+        let partial = if use_scratch {
             Partial {
                 ptr: s.get::<T::A>(2, m * nc_max),
                 ld: nc_max,
@@ -347,7 +351,7 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                             let mrr = mr.min(mc - ir);
                             K::kernel(steps, apack.add(ir / mr * steps * mr), bp, tile);
                             // Partial sums: the scratch is indexed by (row, column within jc).
-                            let pbase = if T::NARROW && k > kc_max {
+                            let pbase = if use_scratch {
                                 partial.ptr.add((ic + ir) * partial.ld + jr)
                             } else {
                                 partial.ptr.add((ic + ir) * partial.ld + jc + jr)
@@ -361,12 +365,13 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                                 ic + ir,
                                 jc + jr,
                                 first,
-                                last,
+                                // late_narrow: the final values go to the scratch too
+                                last && !late_narrow,
                                 Partial {
                                     ptr: pbase,
                                     ld: partial.ld,
                                 },
-                                if late { None } else { Some(epi) },
+                                if late || late_narrow { None } else { Some(epi) },
                             );
                             ir += mr;
                         }
@@ -382,6 +387,22 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                                 args.i_off + ic + r,
                                 args.j_off + jc,
                                 std::slice::from_raw_parts_mut(crow, nc),
+                            );
+                        }
+                    }
+                    if last && late_narrow {
+                        for r in 0..mc {
+                            let row = std::slice::from_raw_parts_mut(
+                                partial.ptr.add((ic + r) * partial.ld),
+                                nc,
+                            );
+                            epi(args.i_off + ic + r, args.j_off + jc, row);
+                            narrow_into(
+                                std::slice::from_raw_parts_mut(
+                                    args.c.add((ic + r) * args.ldc + jc),
+                                    nc,
+                                ),
+                                row,
                             );
                         }
                     }

@@ -332,6 +332,9 @@ pub struct Args<T: sealed::Sealed> {
     pub(crate) ldc: usize,
     pub(crate) i_off: usize,
     pub(crate) j_off: usize,
+    /// Whether the epilogue does anything (false for [`gemm_plain`]): a narrow C (f16/bf16)
+    /// then goes through an f32 block buffer so the epilogue runs over whole block rows.
+    pub(crate) epi: bool,
 }
 
 impl<T: sealed::Sealed> Clone for Args<T> {
@@ -353,8 +356,10 @@ unsafe impl<T: sealed::Sealed> Sync for Args<T> {}
 /// `epilogue(i, j, v)` is called exactly once for every finished contiguous row segment
 /// `C(i, j..j + v.len())`, with the final accumulator values (after all of K, alpha and the
 /// accumulated C) before they are converted and stored; it may rewrite them (bias, activation,
-/// residual, scaling). It runs inside the microkernel's store path (inlined; write it as a plain
-/// loop over `v` so it vectorizes) and, above the threading threshold, on several threads at
+/// residual, scaling). On the packed path it runs once per row of each finished cache block
+/// (up to 2048 values, still in cache; the values of a narrow C are kept in an f32 block buffer
+/// until then), on the small and GEMV paths once per row or microtile row; write it as a plain
+/// loop over `v` so it vectorizes. Above the threading threshold it runs on several threads at
 /// once (hence `Sync`; segments never overlap).
 ///
 /// `k == 0` gives `C = epilogue(accumulate ? C : 0)`; `m == 0` or `n == 0` is a no-op.
@@ -418,21 +423,18 @@ pub fn gemm_plain<T: GemmElem>(
     c: &mut [T],
     ldc: usize,
 ) {
-    gemm(
+    gemm_impl(
+        GemmConfig::default(),
         m,
         n,
         k,
         alpha,
-        a,
-        rsa,
-        csa,
-        b,
-        rsb,
-        csb,
+        (a, rsa, csa),
+        (b, rsb, csb),
         accumulate,
-        c,
-        ldc,
+        (c, ldc),
         |_, _, _: &mut [T::Acc]| {},
+        false,
     )
 }
 
@@ -508,6 +510,38 @@ pub fn gemm_with<T: GemmElem, E>(
 ) where
     E: Fn(usize, usize, &mut [T::Acc]) + Sync,
 {
+    gemm_impl(
+        cfg,
+        m,
+        n,
+        k,
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        accumulate,
+        (c, ldc),
+        epilogue,
+        true,
+    )
+}
+
+/// [`gemm_with`], told whether the epilogue does anything (`has_epi`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl<T: GemmElem, E>(
+    cfg: GemmConfig,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T::Acc,
+    (a, rsa, csa): (&[T], usize, usize),
+    (b, rsb, csb): (&[T], usize, usize),
+    accumulate: bool,
+    (c, ldc): (&mut [T], usize),
+    epilogue: E,
+    has_epi: bool,
+) where
+    E: Fn(usize, usize, &mut [T::Acc]) + Sync,
+{
     if m == 0 || n == 0 {
         return;
     }
@@ -548,6 +582,7 @@ pub fn gemm_with<T: GemmElem, E>(
         ldc,
         i_off: 0,
         j_off: 0,
+        epi: has_epi,
     };
     // SAFETY: bounds checked above; C is exclusively borrowed.
     unsafe {

@@ -121,6 +121,33 @@ unsafe fn pack32<T: Src32>(
     }
 }
 
+/// Stores four rows of 16 32-bit lanes (`rows[r]` holds lane `r`'s k indices `0..16`)
+/// transposed: `dst[k*width + r] = rows[r][k]`, with 4×4 transposes in each 128-bit lane. Only
+/// bits are moved, so it serves f32 and bf16 pairs alike.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
+    let [r0, r1, r2, r3] = rows;
+    let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
+    let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
+    let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
+    let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
+    // c_t holds, in 128-bit lane L, the four lanes at k = 4L + t.
+    let cols = [
+        _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
+        _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
+    ];
+    for (t, c) in cols.iter().enumerate() {
+        let d = dst.add(t * width);
+        _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
+        _mm_storeu_ps(d.add(4 * width), _mm512_extractf32x4_ps::<1>(*c));
+        _mm_storeu_ps(d.add(8 * width), _mm512_extractf32x4_ps::<2>(*c));
+        _mm_storeu_ps(d.add(12 * width), _mm512_extractf32x4_ps::<3>(*c));
+    }
+}
+
 /// Packs `4*G` lanes (rows of A, or columns of a transposed B) with contiguous k (`src(l, q) =
 /// src[l*rs + q]`) as `dst[q*4G + l]`: blocks of 16 k are transposed in registers (4×4
 /// transposes in each 128-bit lane); `f16`/`bf16` lanes are converted into a small f32 buffer
@@ -152,25 +179,11 @@ unsafe fn pack_lanes_512<T: Src32, const G: usize>(
                 (tmp.as_ptr(), 16)
             };
             let row = |r: usize| _mm512_loadu_ps(base.add(r * stride));
-            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
-            let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
-            let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
-            let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
-            // c_t holds, in 128-bit lane L, lanes 4g..4g+4 at k = q0 + 4L + t.
-            let cols = [
-                _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
-                _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
-                _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)),
-                _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
-            ];
-            for (t, c) in cols.iter().enumerate() {
-                let d = dst.add((q0 + t) * width + 4 * g);
-                _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
-                _mm_storeu_ps(d.add(4 * width), _mm512_extractf32x4_ps::<1>(*c));
-                _mm_storeu_ps(d.add(8 * width), _mm512_extractf32x4_ps::<2>(*c));
-                _mm_storeu_ps(d.add(12 * width), _mm512_extractf32x4_ps::<3>(*c));
-            }
+            transpose_4x16(
+                [row(0), row(1), row(2), row(3)],
+                dst.add(q0 * width + 4 * g),
+                width,
+            );
         }
         q0 += 16;
     }
@@ -481,7 +494,11 @@ impl Kernel<bf16> for KBf16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
     unsafe fn pack_a(a: *const bf16, rs: usize, cs: usize, mr: usize, kc: usize, dst: *mut u32) {
-        pack_pairs(a, rs, cs, mr, kc, 12, dst)
+        if cs == 1 && mr == 12 {
+            pack_pair_lanes::<3>(a, rs, kc, dst)
+        } else {
+            pack_pairs(a, rs, cs, mr, kc, 12, dst)
+        }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
@@ -512,6 +529,9 @@ impl Kernel<bf16> for KBf16 {
                 );
                 q += 1;
             }
+        } else if rs == 1 && nr == 32 {
+            // A transposed B (Linear's `Wᵀ`): k is contiguous within each column.
+            pack_pair_lanes::<8>(b, cs, kc, dst)
         } else {
             pack_pairs(b, cs, rs, nr, kc, 32, dst)
         }
@@ -539,6 +559,39 @@ impl Kernel<bf16> for KBf16 {
     }
 }
 
+/// Packs `4*G` full lanes with contiguous k (`src(l, q) = src[l*rs + q]`) as k-pairs,
+/// `dst[q*4G + l] = bits(src(l, 2q)) | bits(src(l, 2q+1)) << 16`: a pair is one 32-bit lane, so
+/// blocks of 16 pairs go through [`transpose_4x16`] (no scatter stores), the rest lane by lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+unsafe fn pack_pair_lanes<const G: usize>(src: *const bf16, rs: usize, kc: usize, dst: *mut u32) {
+    let width = 4 * G;
+    let full = kc / 2;
+    let mut q0 = 0;
+    while q0 + 16 <= full {
+        for g in 0..G {
+            let row = |r: usize| _mm512_loadu_ps(src.add((4 * g + r) * rs + 2 * q0) as *const f32);
+            transpose_4x16(
+                [row(0), row(1), row(2), row(3)],
+                dst.add(q0 * width + 4 * g) as *mut f32,
+                width,
+            );
+        }
+        q0 += 16;
+    }
+    for q in q0..kc.div_ceil(2) {
+        let d = dst.add(q * width);
+        for l in 0..width {
+            let s = src.add(l * rs + 2 * q);
+            *d.add(l) = if 2 * q + 1 < kc {
+                (s as *const u32).read_unaligned()
+            } else {
+                bits(s)
+            };
+        }
+    }
+}
+
 /// `dst[q*W + l] = bits(src(l, 2q)) | bits(src(l, 2q+1)) << 16`, zero padded (lanes past `w`,
 /// the odd k index past `kc`).
 #[inline(always)]
@@ -554,13 +607,15 @@ unsafe fn pack_pairs(
     let steps = kc.div_ceil(2);
     let full = kc / 2;
     if cs == 1 {
-        for l in 0..w {
-            let s = src.add(l * rs);
-            for q in 0..full {
-                *dst.add(q * width + l) = (s.add(2 * q) as *const u32).read_unaligned();
+        // k outer: contiguous stores (lane outer compiled to scatter stores, slow on Zen 5).
+        for q in 0..full {
+            for l in 0..w {
+                *dst.add(q * width + l) = (src.add(l * rs + 2 * q) as *const u32).read_unaligned();
             }
-            if full < steps {
-                *dst.add(full * width + l) = bits(s.add(2 * full));
+        }
+        if full < steps {
+            for l in 0..w {
+                *dst.add(full * width + l) = bits(src.add(l * rs + 2 * full));
             }
         }
     } else {
