@@ -304,6 +304,45 @@ fn main() {
         );
         return;
     }
+    // `train M`: the eight products of the MLP 784-256-128-10 training step at batch M (the
+    // layouts the generated code passes: weights `[out, in]` row-major), one thread.
+    if arg1.as_deref() == Some("train") {
+        let bm: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(32);
+        mg::set_num_threads(1);
+        let mut g = Lcg(2);
+        // (name, m, n, k, rsa, csa, rsb, csb)
+        let shapes: [(&str, usize, usize, usize, usize, usize, usize, usize); 8] = [
+            ("x·W1ᵀ", bm, 256, 784, 784, 1, 1, 784),
+            ("h1·W2ᵀ", bm, 128, 256, 256, 1, 1, 256),
+            ("h2·W3ᵀ", bm, 10, 128, 128, 1, 1, 128),
+            ("dYᵀ·h2", 10, 128, bm, 1, 10, 128, 1),
+            ("dY·W3", bm, 128, 10, 10, 1, 128, 1),
+            ("dh2ᵀ·h1", 128, 256, bm, 1, 128, 256, 1),
+            ("dh2·W2", bm, 256, 128, 128, 1, 256, 1),
+            ("dh1ᵀ·x", 256, 784, bm, 1, 256, 784, 1),
+        ];
+        let mut total = 0.0;
+        for (name, m, n, k, rsa, csa, rsb, csb) in shapes {
+            let a = g.vec(m * k);
+            let b = g.vec(k * n);
+            let mut c = vec![0f32; m * n];
+            let t = bench(
+                || mg::gemm_plain(m, n, k, 1.0, &a, rsa, csa, &b, rsb, csb, false, &mut c, n),
+                1.0,
+            );
+            total += t;
+            println!(
+                "train b={bm} {name:8} m={m:5} n={n:4} k={k:5}: {:8.1} us {:6.1} GFLOP/s",
+                t * 1e6,
+                2.0 * (m * n * k) as f64 / t / 1e9
+            );
+        }
+        println!("train b={bm} products total {:.1} us", total * 1e6);
+        return;
+    }
     // `scale N`: our f32 GEMM at size N with 1 and 2 threads (wall-clock medians).
     if arg1.as_deref() == Some("scale") {
         let n: usize = std::env::args()

@@ -388,8 +388,11 @@ fn extreme<T: RowElem>(x: &[T], less: bool) -> T::C {
     for (j, &v) in it.remainder().iter().enumerate() {
         acc[j] = step(acc[j], v.load(), less);
     }
+    // Lanes past the row's length still hold `init`, which `step` never takes: a short row
+    // (a 10-class softmax) reduces only its own lanes.
+    let used = x.len().clamp(1, LM);
     let mut m = acc[0];
-    for &a in &acc[1..] {
+    for &a in &acc[1..used] {
         m = step(m, a, less);
     }
     m

@@ -39,6 +39,20 @@ pub(crate) trait Kernel<T: Sealed> {
     unsafe fn pack_b(b: *const T, rs: usize, cs: usize, nr: usize, kc: usize, dst: *mut Self::P);
     /// `tile[r*NR + j] = sum_q A(r, q)·B(q, j)` over `steps` packed steps.
     unsafe fn kernel(steps: usize, a: *const Self::P, b: *const Self::P, tile: *mut T::A);
+    /// [`Kernel::kernel`] for an edge tile, of which only rows `0..mr` and columns `0..nr` are
+    /// read afterwards; kernels with narrower register tiles compute only those.
+    #[inline(always)]
+    unsafe fn kernel_edge(
+        mr: usize,
+        nr: usize,
+        steps: usize,
+        a: *const Self::P,
+        b: *const Self::P,
+        tile: *mut T::A,
+    ) {
+        let _ = (mr, nr);
+        Self::kernel(steps, a, b, tile)
+    }
 }
 
 /// Largest register tile of any kernel (elements).
@@ -349,7 +363,12 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                         let mut ir = 0;
                         while ir < mc {
                             let mrr = mr.min(mc - ir);
-                            K::kernel(steps, apack.add(ir / mr * steps * mr), bp, tile);
+                            let ap = apack.add(ir / mr * steps * mr);
+                            if mrr == mr && nrr == nr {
+                                K::kernel(steps, ap, bp, tile);
+                            } else {
+                                K::kernel_edge(mrr, nrr, steps, ap, bp, tile);
+                            }
                             // Partial sums: the scratch is indexed by (row, column within jc).
                             let pbase = if use_scratch {
                                 partial.ptr.add((ic + ir) * partial.ld + jr)

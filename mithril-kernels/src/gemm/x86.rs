@@ -310,22 +310,73 @@ impl<T: Src32> Kernel<T> for K512<T> {
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
     unsafe fn kernel(steps: usize, a: *const f32, b: *const f32, tile: *mut f32) {
-        let mut c = [[_mm512_setzero_ps(); 2]; 12];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..steps {
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
-            for (r, cr) in c.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r));
-                cr[0] = _mm512_fmadd_ps(av, b0, cr[0]);
-                cr[1] = _mm512_fmadd_ps(av, b1, cr[1]);
-            }
-            a = a.add(12);
-            b = b.add(32);
+        tile_512::<12, 2>(steps, a, b, tile)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+    unsafe fn kernel_edge(
+        mr: usize,
+        nr: usize,
+        steps: usize,
+        a: *const f32,
+        b: *const f32,
+        tile: *mut f32,
+    ) {
+        edge_tiles!(tile_512, mr, nr, steps, a, b, tile)
+    }
+}
+
+/// Calls `$f::<R, V>` for the smallest even `R >= mr` rows and `V` = 1 or 2 vectors of 16
+/// columns covering `nr`: an edge tile computes only what it stores.
+macro_rules! edge_tiles {
+    ($f:ident, $mr:expr, $nr:expr, $($arg:expr),*) => {
+        match ($mr.div_ceil(2), $nr <= 16) {
+            (0 | 1, true) => $f::<2, 1>($($arg),*),
+            (2, true) => $f::<4, 1>($($arg),*),
+            (3, true) => $f::<6, 1>($($arg),*),
+            (4, true) => $f::<8, 1>($($arg),*),
+            (5, true) => $f::<10, 1>($($arg),*),
+            (_, true) => $f::<12, 1>($($arg),*),
+            (0 | 1, false) => $f::<2, 2>($($arg),*),
+            (2, false) => $f::<4, 2>($($arg),*),
+            (3, false) => $f::<6, 2>($($arg),*),
+            (4, false) => $f::<8, 2>($($arg),*),
+            (5, false) => $f::<10, 2>($($arg),*),
+            (_, false) => $f::<12, 2>($($arg),*),
         }
-        for (r, cr) in c.iter().enumerate() {
-            _mm512_storeu_ps(tile.add(r * 32), cr[0]);
-            _mm512_storeu_ps(tile.add(r * 32 + 16), cr[1]);
+    };
+}
+use edge_tiles;
+
+/// The AVX-512 f32 register tile: `R` rows (of the 12-wide packed A) × `16V` columns (of the
+/// 32-wide packed B); writes rows `0..R`, vectors `0..V` of the 12×32 `tile`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn tile_512<const R: usize, const V: usize>(
+    steps: usize,
+    a: *const f32,
+    b: *const f32,
+    tile: *mut f32,
+) {
+    let mut c = [[_mm512_setzero_ps(); V]; R];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..steps {
+        let mut bv = [_mm512_setzero_ps(); V];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(b.add(16 * v));
+        }
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r));
+            for v in 0..V {
+                cr[v] = _mm512_fmadd_ps(av, bv[v], cr[v]);
+            }
+        }
+        a = a.add(12);
+        b = b.add(32);
+    }
+    for (r, cr) in c.iter().enumerate() {
+        for (v, x) in cr.iter().enumerate() {
+            _mm512_storeu_ps(tile.add(r * 32 + 16 * v), *x);
         }
     }
 }
@@ -539,22 +590,52 @@ impl Kernel<bf16> for KBf16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
     unsafe fn kernel(steps: usize, a: *const u32, b: *const u32, tile: *mut f32) {
-        let mut c = [[_mm512_setzero_ps(); 2]; 12];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..steps {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const _));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const _));
-            for (r, cr) in c.iter_mut().enumerate() {
-                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
-                cr[0] = _mm512_dpbf16_ps(cr[0], av, b0);
-                cr[1] = _mm512_dpbf16_ps(cr[1], av, b1);
-            }
-            a = a.add(12);
-            b = b.add(32);
+        tile_bf16::<12, 2>(steps, a, b, tile)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+    unsafe fn kernel_edge(
+        mr: usize,
+        nr: usize,
+        steps: usize,
+        a: *const u32,
+        b: *const u32,
+        tile: *mut f32,
+    ) {
+        edge_tiles!(tile_bf16, mr, nr, steps, a, b, tile)
+    }
+}
+
+/// The `vdpbf16ps` register tile: `R` rows × `16V` columns of k-pairs (see [`tile_512`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+unsafe fn tile_bf16<const R: usize, const V: usize>(
+    steps: usize,
+    a: *const u32,
+    b: *const u32,
+    tile: *mut f32,
+) {
+    let mut c = [[_mm512_setzero_ps(); V]; R];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..steps {
+        let mut bv: [__m512bh; V] = std::mem::zeroed();
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                b.add(16 * v) as *const _
+            ));
         }
-        for (r, cr) in c.iter().enumerate() {
-            _mm512_storeu_ps(tile.add(r * 32), cr[0]);
-            _mm512_storeu_ps(tile.add(r * 32 + 16), cr[1]);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r) as i32));
+            for v in 0..V {
+                cr[v] = _mm512_dpbf16_ps(cr[v], av, bv[v]);
+            }
+        }
+        a = a.add(12);
+        b = b.add(32);
+    }
+    for (r, cr) in c.iter().enumerate() {
+        for (v, x) in cr.iter().enumerate() {
+            _mm512_storeu_ps(tile.add(r * 32 + 16 * v), *x);
         }
     }
 }
