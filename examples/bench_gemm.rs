@@ -314,7 +314,17 @@ fn main() {
         mg::set_num_threads(1);
         let mut g = Lcg(2);
         // (name, m, n, k, rsa, csa, rsb, csb)
-        let shapes: [(&str, usize, usize, usize, usize, usize, usize, usize); 8] = [
+        type Shape = (
+            &'static str,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+        );
+        let shapes: [Shape; 8] = [
             ("x·W1ᵀ", bm, 256, 784, 784, 1, 1, 784),
             ("h1·W2ᵀ", bm, 128, 256, 256, 1, 1, 256),
             ("h2·W3ᵀ", bm, 10, 128, 128, 1, 1, 128),
