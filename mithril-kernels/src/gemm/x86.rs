@@ -411,22 +411,58 @@ impl<T: Src32> Kernel<T> for K256<T> {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn kernel(steps: usize, a: *const f32, b: *const f32, tile: *mut f32) {
-        let mut c = [[_mm256_setzero_ps(); 2]; 6];
-        let (mut a, mut b) = (a, b);
-        for _ in 0..steps {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (r, cr) in c.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r));
-                cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
-                cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
-            }
-            a = a.add(6);
-            b = b.add(16);
+        tile_256::<6, 2>(steps, a, b, tile)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn kernel_edge(
+        mr: usize,
+        nr: usize,
+        steps: usize,
+        a: *const f32,
+        b: *const f32,
+        tile: *mut f32,
+    ) {
+        match (mr.div_ceil(2), nr <= 8) {
+            (0 | 1, true) => tile_256::<2, 1>(steps, a, b, tile),
+            (2, true) => tile_256::<4, 1>(steps, a, b, tile),
+            (_, true) => tile_256::<6, 1>(steps, a, b, tile),
+            (0 | 1, false) => tile_256::<2, 2>(steps, a, b, tile),
+            (2, false) => tile_256::<4, 2>(steps, a, b, tile),
+            (_, false) => tile_256::<6, 2>(steps, a, b, tile),
         }
-        for (r, cr) in c.iter().enumerate() {
-            _mm256_storeu_ps(tile.add(r * 16), cr[0]);
-            _mm256_storeu_ps(tile.add(r * 16 + 8), cr[1]);
+    }
+}
+
+/// The AVX2 f32 register tile: `R` rows (of the 6-wide packed A) × `8V` columns (of the 16-wide
+/// packed B); writes rows `0..R`, vectors `0..V` of the 6×16 `tile`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_256<const R: usize, const V: usize>(
+    steps: usize,
+    a: *const f32,
+    b: *const f32,
+    tile: *mut f32,
+) {
+    let mut c = [[_mm256_setzero_ps(); V]; R];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..steps {
+        let mut bv = [_mm256_setzero_ps(); V];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(b.add(8 * v));
+        }
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(r));
+            for v in 0..V {
+                cr[v] = _mm256_fmadd_ps(av, bv[v], cr[v]);
+            }
+        }
+        a = a.add(6);
+        b = b.add(16);
+    }
+    for (r, cr) in c.iter().enumerate() {
+        for (v, x) in cr.iter().enumerate() {
+            _mm256_storeu_ps(tile.add(r * 16 + 8 * v), *x);
         }
     }
 }
