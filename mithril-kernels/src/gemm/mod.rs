@@ -12,6 +12,12 @@
 //! `f16`/`bf16` are stored narrow and accumulate in `f32` (partial sums over K blocks stay in
 //! `f32`, in a scratch buffer); `f32`/`f64` accumulate in their own type.
 //!
+//! Edge tiles (the last rows or columns of C) run a register tile of their own size (AVX-512
+//! `f32`/`bf16`: 2..12 rows × 16 or 32 columns; AVX2 `f32`: 2..6 × 8 or 16), so an `n = 10`
+//! output layer computes 16 columns, not 32. Operands whose k is contiguous per lane (row-major
+//! A, a transposed B such as `Linear`'s `Wᵀ`) are packed with in-register 4×16 transposes, for
+//! `f32` lanes and `bf16` k-pairs alike.
+//!
 //! Paths, chosen per call: GEMV (`m <= 4` or `n == 1`: no packing, streams the matrix once;
 //! both the "dot" layout — batch-1 `x · Wᵀ` with `W` row-major — and the "axpy" layout are
 //! vectorized; the `f32` batch-1 dot case has a hand-written AVX-512 kernel that runs at about
