@@ -299,6 +299,10 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
     let late = !T::NARROW;
     let late_narrow = T::NARROW && args.epi;
     let use_scratch = T::NARROW && (k > kc_max || late_narrow);
+    // Partial sums over K blocks must hold every row of the jc panel (the loop order is
+    // jc → pc → ic); with one K block the scratch only holds the current MC×NC block.
+    let blockwise = use_scratch && k <= kc_max;
+    let srows = if blockwise { mc_max } else { m };
     let mut scratch = buf::take();
     let s = &mut scratch;
     {
@@ -307,7 +311,7 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
         // Partial sums: C itself when it is the accumulator type, else an f32 scratch.
         let partial = if use_scratch {
             Partial {
-                ptr: s.get::<T::A>(2, m * nc_max),
+                ptr: s.get::<T::A>(2, srows * nc_max),
                 ld: nc_max,
             }
         } else {
@@ -343,6 +347,7 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                 let mut ic = 0;
                 while ic < m {
                     let mc = mc_max.min(m - ic);
+                    let srow0 = if blockwise { 0 } else { ic };
                     let mut ir = 0;
                     while ir < mc {
                         let mrr = mr.min(mc - ir);
@@ -369,9 +374,10 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                             } else {
                                 K::kernel_edge(mrr, nrr, steps, ap, bp, tile);
                             }
-                            // Partial sums: the scratch is indexed by (row, column within jc).
+                            // Partial sums: the scratch is indexed by (row, column within jc),
+                            // the row within the block when `blockwise`.
                             let pbase = if use_scratch {
-                                partial.ptr.add((ic + ir) * partial.ld + jr)
+                                partial.ptr.add((srow0 + ir) * partial.ld + jr)
                             } else {
                                 partial.ptr.add((ic + ir) * partial.ld + jc + jr)
                             };
@@ -412,7 +418,7 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
                     if last && late_narrow {
                         for r in 0..mc {
                             let row = std::slice::from_raw_parts_mut(
-                                partial.ptr.add((ic + r) * partial.ld),
+                                partial.ptr.add((srow0 + r) * partial.ld),
                                 nc,
                             );
                             epi(args.i_off + ic + r, args.j_off + jc, row);

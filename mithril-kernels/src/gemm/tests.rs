@@ -221,7 +221,9 @@ fn sweep<T: TestElem>(sizes: &[usize], big: &[(usize, usize, usize)]) {
     }
 }
 
-const BIG: [(usize, usize, usize); 7] = [
+const BIG: [(usize, usize, usize); 8] = [
+    // m > MC with k > KC (f32: 1024, bf16 pairs: 2048): partial sums over several row blocks
+    (40, 33, 2100),
     (65, 100, 257),
     (257, 33, 100),
     (100, 257, 31),
