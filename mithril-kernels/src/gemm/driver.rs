@@ -279,9 +279,42 @@ pub(crate) unsafe fn no_k<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(args: &Ar
     }
 }
 
-/// The blocked loop nest (BLIS order: jc → pc → pack B → ic → pack A → jr → ir → kernel).
+/// Rows per pass of the loop nest for a narrow C with more than one K block: its f32 partial
+/// sums cover every row of a pass (at most `NARROW_ROWS × NC` values, 8 MB), and B is packed
+/// again for each pass. Small in tests, so the sweeps cross pass boundaries.
+#[cfg(not(test))]
+const NARROW_ROWS: usize = 1008;
+#[cfg(test)]
+const NARROW_ROWS: usize = 36;
+
+/// The packed GEMM: [`packed_pass`] over all rows at once, or over passes of [`NARROW_ROWS`]
+/// rows when a narrow C needs partial sums over several K blocks.
 #[inline(always)]
 pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>(
+    args: &Args<T>,
+    epi: &E,
+) {
+    let kc_max = K::KC.min(args.k.div_ceil(K::KP) * K::KP);
+    if !(T::NARROW && args.k > kc_max && args.m > NARROW_ROWS) {
+        packed_pass::<T, K, E>(args, epi);
+        return;
+    }
+    let mut i = 0;
+    while i < args.m {
+        let rows = NARROW_ROWS.min(args.m - i);
+        let mut sub = *args;
+        sub.m = rows;
+        sub.a = args.a.wrapping_add(i * args.rsa);
+        sub.c = args.c.wrapping_add(i * args.ldc);
+        sub.i_off = args.i_off + i;
+        packed_pass::<T, K, E>(&sub, epi);
+        i += rows;
+    }
+}
+
+/// The blocked loop nest (BLIS order: jc → pc → pack B → ic → pack A → jr → ir → kernel).
+#[inline(always)]
+unsafe fn packed_pass<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>(
     args: &Args<T>,
     epi: &E,
 ) {
@@ -300,7 +333,8 @@ pub(crate) unsafe fn packed<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T
     let late_narrow = T::NARROW && args.epi;
     let use_scratch = T::NARROW && (k > kc_max || late_narrow);
     // Partial sums over K blocks must hold every row of the jc panel (the loop order is
-    // jc → pc → ic); with one K block the scratch only holds the current MC×NC block.
+    // jc → pc → ic; [`packed`] bounds the rows of a pass); with one K block the scratch only
+    // holds the current MC×NC block.
     let blockwise = use_scratch && k <= kc_max;
     let srows = if blockwise { mc_max } else { m };
     let mut scratch = buf::take();
