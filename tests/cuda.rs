@@ -8,56 +8,10 @@
 //! `SKIPPED: NVRTC not found ...` and pass.
 
 use mithril::rt::cuda::{self, kernels, CacheConfig, KernelCache, ModuleImage, Origin, Output};
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 
-/// A line on the real stderr (libtest does not capture it), so skips show in `cargo test`.
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-/// Make NVRTC loadable if the CI install is there; `Err(reason)` when it is not found.
-fn nvrtc() -> Result<(), String> {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    READY
-        .get_or_init(|| {
-            if !cuda::nvrtc_available() {
-                let dir =
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/nvrtc/nvidia/cu13/lib");
-                if dir.is_dir() {
-                    cuda::preload_nvrtc(&dir).map_err(|e| e.to_string())?;
-                }
-            }
-            cuda::require_nvrtc().map_err(|e| e.to_string())?;
-            let (a, b) = cuda::nvrtc_version().map_err(|e| e.to_string())?;
-            say(&format!("NVRTC {a}.{b} loaded"));
-            Ok(())
-        })
-        .clone()
-}
-
-macro_rules! require_nvrtc {
-    () => {
-        if let Err(why) = nvrtc() {
-            say(&format!(
-                "SKIPPED: NVRTC not found (run .ci/run or set {} / LD_LIBRARY_PATH): {why}",
-                cuda::NVRTC_DIR_ENV
-            ));
-            return;
-        }
-    };
-}
-
-macro_rules! require_gpu {
-    () => {
-        let _ = nvrtc(); // preload NVRTC from target/nvrtc when it is there
-        if let Err(why) = cuda::gpu_status() {
-            say(&format!("SKIPPED: no CUDA device ({why})"));
-            return;
-        }
-    };
-}
+#[macro_use]
+mod common;
+use common::say;
 
 const ARCHS: &[&str] = &["sm_80", "sm_90"];
 

@@ -8,13 +8,10 @@
 
 use mithril::prelude::*;
 use mithril::rt::cuda;
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
+#[macro_use]
+mod common;
+use common::{gpu, say};
 
 mithril! {
     /// The MNIST perceptron.
@@ -70,35 +67,6 @@ mithril! {
     pub compile MlpZen5 = Mlp { target_hardware: "zen5" };
 }
 
-/// Make NVRTC loadable if the CI install is there; `Err(reason)` when it is not found.
-fn nvrtc() -> Result<(), String> {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    READY
-        .get_or_init(|| {
-            if !cuda::nvrtc_available() {
-                let dir =
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/nvrtc/nvidia/cu13/lib");
-                if dir.is_dir() {
-                    cuda::preload_nvrtc(&dir).map_err(|e| e.to_string())?;
-                }
-            }
-            cuda::require_nvrtc().map_err(|e| e.to_string())
-        })
-        .clone()
-}
-
-macro_rules! require_nvrtc {
-    () => {
-        if let Err(why) = nvrtc() {
-            say(&format!(
-                "SKIPPED: NVRTC not found (run .ci/run or set {} / LD_LIBRARY_PATH): {why}",
-                cuda::NVRTC_DIR_ENV
-            ));
-            return;
-        }
-    };
-}
-
 /// Every cuda model of this file: name, module source, kernel entries.
 const MODELS: &[(&str, &str, &[&str])] = &[
     ("MlpGpu", MlpGpu::CUDA_SOURCE, MlpGpu::CUDA_KERNELS),
@@ -117,30 +85,7 @@ const MODELS: &[(&str, &str, &[&str])] = &[
 #[test]
 fn every_generated_module_compiles_with_nvrtc_for_sm80_and_sm90() {
     require_nvrtc!();
-    let mut total = 0;
-    for (name, src, entries) in MODELS {
-        for arch in ["sm_80", "sm_90"] {
-            let ptx = cuda::compile_ptx(src, &format!("{name}.cu"), arch)
-                .unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
-            assert!(ptx.contains(&format!(".target {arch}")), "{name} {arch}");
-            assert_eq!(
-                ptx.matches(".entry ").count(),
-                entries.len(),
-                "{name} {arch}"
-            );
-            for e in *entries {
-                assert!(
-                    ptx.contains(&format!(".entry {e}(")),
-                    "{name} {arch}: no {e}"
-                );
-            }
-        }
-        total += entries.len();
-    }
-    say(&format!(
-        "NVRTC compiled {} generated cuda modules ({total} kernels) for sm_80 and sm_90",
-        MODELS.len()
-    ));
+    common::compile_modules(MODELS, "generated cuda modules");
 }
 
 #[test]
@@ -200,18 +145,6 @@ fn generated_kernels_follow_the_graph() {
     assert_eq!(BlockGpu::CUDA_ARCH, Some("sm_90"));
     assert_eq!(MlpGpu::CUDA_ARCH, None);
     assert_eq!(MlpGpu::CUDA_DEVICE, 0);
-}
-
-/// A GPU is present: (`true`) or the reason printed as SKIPPED.
-fn gpu(test: &str) -> bool {
-    let _ = nvrtc();
-    match cuda::gpu_status() {
-        Ok(_) => true,
-        Err(why) => {
-            say(&format!("SKIPPED {test} on a GPU: no CUDA device ({why})"));
-            false
-        }
-    }
 }
 
 #[test]

@@ -9,13 +9,11 @@
 
 use mithril::prelude::*;
 use mithril::rt::cuda;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
+#[macro_use]
+mod common;
+use common::{gpu, say};
 
 mithril! {
     /// An encoder block.
@@ -68,35 +66,6 @@ mithril! {
     };
     /// ... and on a cuda model.
     pub compile EncGpuFile = Enc { backend: cuda, file_path: "target/mithril-test/enc_gpu.rs" };
-}
-
-/// Make NVRTC loadable if the CI install is there; `Err(reason)` when it is not found.
-fn nvrtc() -> Result<(), String> {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    READY
-        .get_or_init(|| {
-            if !cuda::nvrtc_available() {
-                let dir =
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/nvrtc/nvidia/cu13/lib");
-                if dir.is_dir() {
-                    cuda::preload_nvrtc(&dir).map_err(|e| e.to_string())?;
-                }
-            }
-            cuda::require_nvrtc().map_err(|e| e.to_string())
-        })
-        .clone()
-}
-
-/// A GPU is present (`true`), or the reason is printed as SKIPPED.
-fn gpu(test: &str) -> bool {
-    let _ = nvrtc();
-    match cuda::gpu_status() {
-        Ok(_) => true,
-        Err(why) => {
-            say(&format!("SKIPPED {test} on a GPU: no CUDA device ({why})"));
-            false
-        }
-    }
 }
 
 /// The summary row of the first op whose op column starts with `op`.
@@ -293,37 +262,8 @@ fn the_cuda_part_compiles_with_nvrtc_for_sm80_and_sm90() {
     assert!(NetTrainEncGpu::CUDA_KERNELS
         .iter()
         .any(|k| k.starts_with('g')));
-    if let Err(why) = nvrtc() {
-        say(&format!(
-            "SKIPPED: NVRTC not found (run .ci/run or set {} / LD_LIBRARY_PATH): {why}",
-            cuda::NVRTC_DIR_ENV
-        ));
-        return;
-    }
-    let mut total = 0;
-    for (name, src, entries) in MODELS {
-        for arch in ["sm_80", "sm_90"] {
-            let ptx = cuda::compile_ptx(src, &format!("{name}.cu"), arch)
-                .unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
-            assert!(ptx.contains(&format!(".target {arch}")), "{name} {arch}");
-            assert_eq!(
-                ptx.matches(".entry ").count(),
-                entries.len(),
-                "{name} {arch}"
-            );
-            for e in *entries {
-                assert!(
-                    ptx.contains(&format!(".entry {e}(")),
-                    "{name} {arch}: no {e}"
-                );
-            }
-        }
-        total += entries.len();
-    }
-    say(&format!(
-        "NVRTC compiled {} mixed-model modules ({total} kernels) for sm_80 and sm_90",
-        MODELS.len()
-    ));
+    require_nvrtc!();
+    common::compile_modules(MODELS, "mixed-model modules");
 }
 
 #[test]
