@@ -35,10 +35,24 @@ pub enum Error {
     Memory {
         /// The physical model.
         model: String,
-        /// Bytes the plan needs for intermediate buffers.
+        /// Bytes the plan needs for intermediate buffers: the planned peak, or, when the call
+        /// was refused before its buffers were allocated, the buffers live at one step (a
+        /// lower bound of the peak).
         needed: u64,
         /// The limit, in bytes.
         limit: u64,
+    },
+    /// A buffer for a run-time shape cannot be allocated: its size overflows, exceeds
+    /// [`crate::alloc::max_alloc_bytes`] (by default the machine's memory), or the allocator
+    /// refused it. Nothing was allocated for it.
+    Alloc {
+        /// The operation that needed the buffer (`matmul`, `gather`, ...), with the model and
+        /// value when it comes from a generated model function.
+        op: String,
+        /// The bytes asked for (saturating at `u128::MAX`).
+        bytes: u128,
+        /// Why it was refused.
+        detail: String,
     },
     /// Loading or saving params: missing tensor, wrong dtype or shape, bad file.
     Params(String),
@@ -58,6 +72,26 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Adds where an op ran to an [`Error::Op`] or [`Error::Alloc`] (other errors are returned
+    /// unchanged): generated model functions call it on every op's error with the model name
+    /// and the value being computed, e.g. `` `gather` of input `table` by input `ids` ``.
+    pub fn at(self, model: &str, what: &str) -> Self {
+        match self {
+            Error::Op { op, msg } => Error::Op {
+                op,
+                msg: format!("{msg} (in model `{model}`, computing {what})"),
+            },
+            Error::Alloc { op, bytes, detail } => Error::Alloc {
+                op,
+                bytes,
+                detail: format!("{detail} (in model `{model}`, computing {what})"),
+            },
+            e => e,
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -68,8 +102,13 @@ impl fmt::Display for Error {
             Error::Op { op, msg } => write!(f, "`{op}` failed: {msg}"),
             Error::Memory { model, needed, limit } => write!(
                 f,
-                "model `{model}`: the planned memory of {needed} bytes ({:.3} GB) exceeds max_memory_gb ({limit} bytes)",
+                "model `{model}`: the planned memory of at least {needed} bytes ({:.3} GB) exceeds max_memory_gb ({limit} bytes)",
                 *needed as f64 / (1u64 << 30) as f64
+            ),
+            Error::Alloc { op, bytes, detail } => write!(
+                f,
+                "`{op}` failed: cannot allocate {bytes} bytes ({:.1} GiB): {detail}",
+                *bytes as f64 / (1u64 << 30) as f64
             ),
             Error::Params(m) => write!(f, "params: {m}"),
             Error::Device(m) => write!(f, "device: {m}"),

@@ -7,6 +7,7 @@
 //!
 //! Users normally reach this crate through the facade: `mithril::rt`.
 
+pub mod alloc;
 pub mod check;
 pub mod cuda; // CUDA backend: devices, NVRTC kernel cache, cuBLAS; documented inside.
 pub mod elem;

@@ -15,7 +15,13 @@
 //! * a new shape re-plans (the arena only grows);
 //! * `memory_planning: none` keeps recording mode forever (every buffer allocated per call: the
 //!   naive baseline), and `max_memory_gb` makes [`Workspace::finish`] return [`Error::Memory`]
-//!   when a plan exceeds it.
+//!   when a plan exceeds it;
+//! * `max_memory_gb` is also enforced *before* allocating: a recording call refuses a slot
+//!   (with [`Error::Memory`], nothing allocated for it) as soon as the slots live at its first
+//!   step — which the plan must keep apart, so their sum is a lower bound of the planned peak —
+//!   exceed the limit (without planning: as soon as the sum of all slots does);
+//! * every buffer (slot, arena, owned output) is allocated fallibly through [`crate::alloc`]:
+//!   an impossible size is an [`Error::Alloc`] naming the op and the bytes.
 //!
 //! Soundness rests on the plan: two slots share bytes only when their lifetimes are disjoint, and
 //! a slot is written before it is read. Ops write every element of their destination.
@@ -30,8 +36,6 @@ use crate::{DType, Elem, Error, Result};
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Block([u8; 64]);
-
-const ZERO_BLOCK: Block = Block([0; 64]);
 
 fn blocks(bytes: usize) -> usize {
     bytes.div_ceil(64)
@@ -49,6 +53,8 @@ pub struct MemoryReport {
 }
 
 struct Inner {
+    /// The model, for errors ([`Workspace::named`]).
+    model: &'static str,
     planning: bool,
     max_bytes: Option<u64>,
     life: &'static [(u32, u32)],
@@ -81,6 +87,7 @@ impl Workspace {
     pub fn new(life: &'static [(u32, u32)], planning: bool, max_memory_gb: Option<f64>) -> Self {
         Workspace {
             inner: UnsafeCell::new(Inner {
+                model: "",
                 planning,
                 max_bytes: max_memory_gb.map(|g| (g * (1u64 << 30) as f64) as u64),
                 life,
@@ -93,6 +100,13 @@ impl Workspace {
                 report: None,
             }),
         }
+    }
+
+    /// Names the model the workspace belongs to (used in [`Error::Memory`] raised before a
+    /// slot is allocated).
+    pub fn named(mut self, model: &'static str) -> Self {
+        self.inner_mut().model = model;
+        self
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -159,7 +173,9 @@ impl Workspace {
         }
         if w.planning {
             if w.arena.len() < blocks(peak) {
-                w.arena = vec![ZERO_BLOCK; blocks(peak)];
+                w.arena = Vec::new();
+                w.arena = crate::alloc::zeroed_blocks::<Block>("memory plan (arena)", blocks(peak))
+                    .map_err(|e| e.at(model, "the arena of the memory plan"))?;
             }
             w.planned = true;
         }
@@ -179,7 +195,7 @@ impl Workspace {
         slot: usize,
         shape: &[usize],
     ) -> Result<ArrayViewMutD<'w, T>> {
-        let n: usize = shape.iter().product();
+        let n = crate::alloc::check_shape(op, shape, std::mem::size_of::<T>())?;
         let data = self.slice::<T>(op, slot, n)?;
         ArrayViewMutD::from_shape(IxDyn(shape), data)
             .map_err(|e| Error::op(op, format!("internal: slot view: {e}")))
@@ -190,7 +206,7 @@ impl Workspace {
     /// the plan says no other live value uses its memory.
     #[allow(clippy::mut_from_ref)]
     pub fn slice<'w, T: Elem>(&'w self, op: &str, slot: usize, n: usize) -> Result<&'w mut [T]> {
-        let bytes = n * std::mem::size_of::<T>();
+        let bytes = crate::alloc::check(op, n, std::mem::size_of::<T>())?;
         // SAFETY: the bookkeeping fields touched here are not aliased by any view handed out
         // (views point into `bufs[k]`'s heap blocks or into `arena`'s heap blocks, which are
         // never reallocated while views exist: `arena` only changes in `finish`, `bufs[k]` only
@@ -216,8 +232,19 @@ impl Workspace {
             // inside the peak), offsets are 64-aligned.
             unsafe { (w.arena.as_mut_ptr() as *mut u8).add(w.offsets[slot]) as *mut T }
         } else {
+            if let Some(max) = w.max_bytes {
+                let needed = w.needed_with(slot, bytes);
+                if needed > max {
+                    return Err(Error::Memory {
+                        model: w.model.to_string(),
+                        needed,
+                        limit: max,
+                    });
+                }
+            }
+            w.bufs[slot] = Vec::new();
+            w.bufs[slot] = crate::alloc::zeroed_blocks::<Block>(op, blocks(bytes).max(1))?;
             w.bytes[slot] = bytes;
-            w.bufs[slot] = vec![ZERO_BLOCK; blocks(bytes).max(1)];
             w.bufs[slot].as_mut_ptr() as *mut T
         };
         if T::DTYPE == DType::Bool && w.planned {
@@ -229,6 +256,27 @@ impl Workspace {
         // plain number type valid for any bit pattern, bools zeroed above); no other live view
         // overlaps it (the plan only shares bytes between slots with disjoint lifetimes).
         Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+    }
+}
+
+impl Inner {
+    /// Recording mode: a lower bound of the memory the plan will need once slot `slot` holds
+    /// `bytes` — with planning, the sum of the slots recorded so far that are live at `slot`'s
+    /// first step (their lifetimes overlap there, so the plan keeps them apart); without, the
+    /// sum of every slot.
+    fn needed_with(&self, slot: usize, bytes: usize) -> u64 {
+        let at = self.life[slot].0;
+        let others: u64 = self
+            .bytes
+            .iter()
+            .zip(self.life)
+            .enumerate()
+            .filter(|&(j, (_, &(first, last)))| {
+                j != slot && (!self.planning || (first <= at && at <= last))
+            })
+            .map(|(_, (&b, _))| b as u64)
+            .sum();
+        others + bytes as u64
     }
 }
 
@@ -249,7 +297,7 @@ impl<'w, T: Elem> Dest<'w, T> {
     pub fn get(self, op: &str, shape: &[usize]) -> Result<ArrayViewMutD<'w, T>> {
         match self {
             Dest::Owned(o) => {
-                let a = o.insert(ArrayD::from_elem(IxDyn(shape), T::default()));
+                let a = o.insert(crate::alloc::zeros(op, shape)?);
                 Ok(a.view_mut())
             }
             Dest::Slot(w, k) => w.slot(op, k, shape),
@@ -312,9 +360,73 @@ mod tests {
     fn over_the_limit_is_an_error() {
         let mut ws = Workspace::new(&LIFE, true, Some(1e-9));
         ws.begin(&[&[1000]]);
-        Dest::<f64>::Slot(&ws, 0).get("t", &[1000]).unwrap();
+        let e = Dest::<f64>::Slot(&ws, 0).get("t", &[1000]).unwrap_err();
+        assert!(matches!(e, Error::Memory { needed: 8000, .. }), "{e:?}");
+        // each slot alone fits, the plan (slots 0 and 1 live together at step 1) does not:
+        // refused when the call finishes
+        let mut ws = Workspace::new(&LIFE, true, Some(5000.0 / (1u64 << 30) as f64));
+        ws.begin(&[&[1000]]);
+        Dest::<f32>::Slot(&ws, 1).get("t", &[750]).unwrap();
+        Dest::<f32>::Slot(&ws, 0).get("t", &[750]).unwrap();
         let e = ws.finish("m").unwrap_err().to_string();
-        assert!(e.contains("model `m`") && e.contains("8000"), "{e}");
+        assert!(e.contains("model `m`") && e.contains("6016"), "{e}");
+    }
+
+    #[test]
+    fn over_the_limit_is_refused_before_allocating() {
+        // limit: 1000 bytes; slots 0 and 1 are live together at step 1, slot 2 only with 1
+        let mut ws = Workspace::new(&LIFE, true, Some(1000.0 / (1u64 << 30) as f64)).named("m");
+        ws.begin(&[&[100]]);
+        {
+            let w = &ws;
+            Dest::<f32>::Slot(w, 0).get("t", &[100]).unwrap(); // 400 bytes
+            let e = Dest::<f32>::Slot(w, 1)
+                .get("t", &[200]) // 800 more, live with slot 0: refused
+                .unwrap_err();
+            match e {
+                Error::Memory {
+                    model,
+                    needed,
+                    limit,
+                } => {
+                    assert_eq!((model.as_str(), needed, limit), ("m", 1200, 1000));
+                }
+                other => panic!("{other:?}"),
+            }
+            // nothing was allocated or recorded for the refused slot
+            let inner = unsafe { &*w.inner.get() };
+            assert!(inner.bufs[1].is_empty() && inner.bytes[1] == 0);
+        }
+        // without planning every slot counts
+        let mut ws = Workspace::new(&LIFE, false, Some(1000.0 / (1u64 << 30) as f64));
+        ws.begin(&[&[100]]);
+        Dest::<f32>::Slot(&ws, 0).get("t", &[100]).unwrap();
+        Dest::<f32>::Slot(&ws, 2).get("t", &[100]).unwrap(); // 800 in all
+        assert!(matches!(
+            Dest::<f32>::Slot(&ws, 1).get("t", &[100]),
+            Err(Error::Memory { needed: 1200, .. })
+        ));
+    }
+
+    #[test]
+    fn impossible_slot_and_owned_sizes_are_alloc_errors() {
+        let mut ws = Workspace::new(&LIFE, true, None);
+        ws.begin(&[&[1]]);
+        // 2^40 x 2^10 f32 = 4 PiB; never handed to the allocator
+        let e = Dest::<f32>::Slot(&ws, 0)
+            .get("relu", &[1 << 40, 1 << 10])
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Alloc { op, bytes, .. } if op == "relu" && *bytes == 1u128 << 52),
+            "{e:?}"
+        );
+        let e = owned::<f64>(|d| d.get("add", &[1 << 20, 1 << 20]).map(|_| ())).unwrap_err();
+        assert!(
+            matches!(&e, Error::Alloc { op, bytes, .. } if op == "add" && *bytes == 8u128 << 40),
+            "{e:?}"
+        );
+        let e = owned::<f64>(|d| d.get("add", &[1 << 40, 1 << 40]).map(|_| ())).unwrap_err();
+        assert!(matches!(&e, Error::Alloc { .. }), "{e:?}");
     }
 
     #[test]
