@@ -49,13 +49,15 @@ where
     let mut out = dest.get(OP, shape)?;
     out.fill(T::from_acc(<T::Acc as Num>::ZERO));
     let last = Axis(shape.len() - 1);
-    for ((mut lane, &i), &gv) in out
+    let ishape = indices.shape();
+    for (p, ((mut lane, &i), &gv)) in out
         .lanes_mut(last)
         .into_iter()
         .zip(indices.iter())
         .zip(g.iter())
+        .enumerate()
     {
-        let k = index_of(i, c, OP)?;
+        let k = index_of(i, c, OP, ishape, p)?;
         lane[k] = T::from_acc(lane[k].to_acc().add(gv.to_acc()));
     }
     Ok(out)
@@ -97,8 +99,12 @@ where
             ),
         ));
     }
-    for &i in indices.iter() {
-        index_of(i, d, OP)?;
+    let ishape = indices.shape();
+    for (p, &i) in indices.iter().enumerate() {
+        index_of(i, d, OP, ishape, p)?;
+    }
+    if !g.is_standard_layout() {
+        crate::alloc::check(OP, g.len(), std::mem::size_of::<T>())?;
     }
     let gs = g.as_standard_layout();
     let gs = gs
@@ -111,7 +117,7 @@ where
     acc.fill(T::from_acc(<T::Acc as Num>::ZERO));
     for a in 0..pre {
         for (j, &i) in indices.iter().enumerate() {
-            let r = index_of(i, d, OP)?;
+            let r = index_of(i, d, OP, ishape, j)?;
             let src = (a * n + j) * post;
             let dst = (a * d + r) * post;
             for k in 0..post {
@@ -222,9 +228,18 @@ where
             ),
         ));
     }
+    crate::alloc::check(OP, n, std::mem::size_of::<usize>())?;
+    crate::alloc::check(OP, g.len(), std::mem::size_of::<T>())?;
+    crate::alloc::check_shape(
+        OP,
+        ts,
+        std::mem::size_of::<T::Acc>() + std::mem::size_of::<T>(),
+    )?;
+    let ishape = indices.shape();
     let idx: Vec<usize> = indices
         .iter()
-        .map(|&i| index_of(i, d, OP))
+        .enumerate()
+        .map(|(p, &i)| index_of(i, d, OP, ishape, p))
         .collect::<Result<_>>()?;
     let gs: Vec<T> = g.iter().copied().collect();
     let mut acc = vec![<T::Acc as Num>::ZERO; pre * d * post];

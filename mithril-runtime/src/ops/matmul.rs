@@ -6,12 +6,17 @@
 //!   narrow in memory and accumulate in `f32` (`vdpbf16ps` where the CPU has AVX512_BF16);
 //! * integers: a plain `i-k-j` loop with wrapping arithmetic.
 //!
-//! Nothing here allocates (the kernel's packing buffers are thread-local and reused).
+//! Nothing here allocates (the kernel's packing buffers are thread-local and reused), except a
+//! standard-layout copy of an operand with a negative stride (a reversed view): the kernel reads
+//! non-negative strides in place, and packing a reversed operand into a copy first makes the
+//! result bitwise the same as for the same values stored contiguously (which is what a
+//! `static_shapes` model computes).
 
 use std::any::TypeId;
 
 use ndarray::{
-    ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, ArrayViewMutD, Axis, Dimension, Ix2, IxDyn,
+    ArrayD, ArrayView2, ArrayViewD, ArrayViewMut2, ArrayViewMutD, Axis, CowArray, Dimension, Ix2,
+    IxDyn,
 };
 
 use super::{broadcast_dims, checked_size, fmt_shape};
@@ -54,6 +59,9 @@ where
     T::Acc: Num,
 {
     const OP: &str = "matmul";
+    let (a_c, b_c) = (no_negative_strides(OP, a)?, no_negative_strides(OP, b)?);
+    let (a_v, b_v) = (a_c.view(), b_c.view());
+    let (a, b) = (&a_v, &b_v);
     let flags = match (trans_a, trans_b) {
         (false, false) => "",
         (true, false) => " (with trans_a)",
@@ -205,6 +213,25 @@ where
         }
     }
     Ok(out)
+}
+
+/// `a` itself, or a standard-layout copy of it (fallibly allocated) when one of its strides is
+/// negative: the kernel GEMM reads only non-negative strides in place, and a copy keeps the
+/// result independent of the layout (see the module docs).
+fn no_negative_strides<'a, T: Elem>(
+    op: &str,
+    a: &'a ArrayViewD<'_, T>,
+) -> Result<CowArray<'a, T, IxDyn>> {
+    if a.strides().iter().all(|&s| s >= 0) {
+        return Ok(CowArray::from(a.view()));
+    }
+    let mut v = crate::alloc::zeroed_vec::<T>(op, a.len())?;
+    for (o, &x) in v.iter_mut().zip(a.iter()) {
+        *o = x;
+    }
+    ArrayD::from_shape_vec(a.raw_dim(), v)
+        .map(CowArray::from)
+        .map_err(|e| Error::op(op, format!("internal: operand copy: {e}")))
 }
 
 /// `&ArrayView2<T>` as `&ArrayView2<U>` when `T` and `U` are the same type.
@@ -434,11 +461,15 @@ where
     T::Acc: Num,
 {
     const OP: &str = "matmul";
+    let (a_c, b_c) = (no_negative_strides(OP, a)?, no_negative_strides(OP, b)?);
+    let (a_v, b_v) = (a_c.view(), b_c.view());
+    let (a, b) = (&a_v, &b_v);
     let fallback = |dest: Dest<'w, T>| -> Result<ArrayViewMutD<'w, T>> {
         let mut out = matmul_to(a, b, trans_a, trans_b, dest)?;
         if out.ndim() == 2 {
             let (m, n) = (out.shape()[0], out.shape()[1]);
             if let Some(ptrs) = epilogue_operands(&others, m, n)? {
+                crate::alloc::check(OP, out.len(), std::mem::size_of::<T>())?;
                 let prod = out.to_owned();
                 fallback_into(&mut out, &prod, &ptrs, &seg);
                 return Ok(out);

@@ -75,16 +75,43 @@ pub(crate) fn to_standard<T: Clone>(a: &ndarray::ArrayViewD<'_, T>) -> ndarray::
     a.as_standard_layout().into_owned()
 }
 
-/// A possibly negative index value (read through `to_f64`) resolved against an axis of size
-/// `n`; out of range is an error naming the index.
-pub(crate) fn index_of<I: crate::Elem>(v: I, n: usize, op: &str) -> Result<usize> {
+/// An index value (read through `to_f64`) checked against an axis of size `n`: class targets
+/// and ids must lie in `0..n` (as in PyTorch; a negative one is not read from the end). `pos`
+/// is the value's flat position in `indices` (row-major), reported as a multi-index.
+pub(crate) fn index_of<I: crate::Elem>(
+    v: I,
+    n: usize,
+    op: &str,
+    indices: &[usize],
+    pos: usize,
+) -> Result<usize> {
     let i = v.to_f64() as i64;
-    let w = if i < 0 { i + n as i64 } else { i };
-    if w < 0 || w >= n as i64 {
+    if i < 0 || i >= n as i64 {
+        let why = if i < 0 {
+            "is negative (indices must lie in 0..".to_string() + &n.to_string() + ")"
+        } else {
+            format!("is out of range for an axis of size {n}")
+        };
         return Err(Error::op(
             op,
-            format!("index {i} is out of range for an axis of size {n}"),
+            format!(
+                "index {i} at position {} of the indices (shape {}) {why}",
+                fmt_shape(&unravel(pos, indices)),
+                fmt_shape(indices)
+            ),
         ));
     }
-    Ok(w as usize)
+    Ok(i as usize)
+}
+
+/// The multi-index of flat (row-major) position `pos` in an array of `shape`.
+pub(crate) fn unravel(mut pos: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[i] = pos % d;
+            pos /= d;
+        }
+    }
+    idx
 }

@@ -490,6 +490,7 @@ where
             }
         }
         _ => {
+            crate::alloc::check(OP, p.k, std::mem::size_of_val(&zero))?;
             let mut means = vec![zero; p.k];
             fold(
                 &g,

@@ -395,7 +395,9 @@ fn py_slice(start: Option<isize>, end: Option<isize>, step: isize, len: usize) -
 /// Axes not covered by `args` are kept whole. Errors: a zero step, an out-of-range
 /// [`SliceArg::Index`], more indexing entries than axes. The result is a copy in standard layout.
 pub fn slice<T: Elem>(a: &ArrayViewD<'_, T>, args: &[SliceArg]) -> Result<ArrayD<T>> {
-    Ok(to_standard(&slice_view(a.view(), args, "slice")?))
+    let v = slice_view(a.view(), args, "slice")?;
+    crate::alloc::check("slice", v.len(), std::mem::size_of::<T>())?;
+    Ok(to_standard(&v))
 }
 
 /// [`slice`] into a destination.
@@ -515,23 +517,26 @@ pub fn gather_to<'w, T: Elem, I: Elem>(
     let ax = norm_axis(OP, axis, table.ndim(), table.shape())?;
     let tshape = table.shape();
     let d = tshape[ax];
-    let idx = |i: I| {
+    let ishape = indices.shape();
+    let idx = |i: I, p: usize| {
         let v = i.to_f64() as i64;
-        let w = if v < 0 {
-            v as i128 + d as i128
-        } else {
-            v as i128
-        };
-        if w < 0 || w >= d as i128 {
+        if v < 0 || v >= d as i64 {
+            let why = if v < 0 {
+                format!("is negative (ids must lie in 0..{d})")
+            } else {
+                format!("is out of range for axis {ax} of size {d}")
+            };
             Err(Error::op(
                 OP,
                 format!(
-                    "index {v} is out of range for axis {ax} of size {d} (table shape {})",
+                    "index {v} at position {} of the indices (shape {}) {why} (table shape {})",
+                    fmt_shape(&super::unravel(p, ishape)),
+                    fmt_shape(ishape),
                     fmt_shape(tshape)
                 ),
             ))
         } else {
-            Ok(w as usize)
+            Ok(v as usize)
         }
     };
     let nd = ax + indices.ndim() + tshape.len() - ax - 1;
@@ -543,10 +548,13 @@ pub fn gather_to<'w, T: Elem, I: Elem>(
     let outer: usize = tshape[..ax].iter().product();
     let inner: usize = tshape[ax + 1..].iter().product();
     let mut out = dest.get(OP, shape.slice())?;
-    for &i in indices.iter() {
-        idx(i)?;
+    for (p, &i) in indices.iter().enumerate() {
+        idx(i, p)?;
     }
     if total > 0 {
+        if !table.is_standard_layout() {
+            crate::alloc::check(OP, table.len(), std::mem::size_of::<T>())?;
+        }
         let t = table.as_standard_layout();
         let o = out
             .as_slice_mut()
@@ -554,8 +562,8 @@ pub fn gather_to<'w, T: Elem, I: Elem>(
         if let Some(s) = t.as_slice() {
             let mut at = 0;
             for oi in 0..outer {
-                for &i in indices.iter() {
-                    let start = (oi * d + idx(i)?) * inner;
+                for (p, &i) in indices.iter().enumerate() {
+                    let start = (oi * d + idx(i, p)?) * inner;
                     o[at..at + inner].copy_from_slice(&s[start..start + inner]);
                     at += inner;
                 }
@@ -599,6 +607,12 @@ pub fn cast_to<'w, A: Elem, B: Elem>(
         // Float to float: every f16/bf16/f32 value is exact in f64, so one rounding.
         return super::map1_to(a, dest, |x| B::from_f64(x.to_f64()));
     }
+    // `cast` builds its result (and possibly an i64 copy of `a`) before it is copied out
+    crate::alloc::check(
+        "cast",
+        a.len(),
+        8 + std::mem::size_of::<A>() + std::mem::size_of::<B>(),
+    )?;
     let c = cast::<A, B>(a);
     let mut out = dest.get("cast", c.shape())?;
     out.assign(&c);

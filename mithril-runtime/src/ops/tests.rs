@@ -1011,12 +1011,12 @@ fn slicing_python_semantics() {
 #[test]
 fn gather_take() {
     let t = arr(&[4, 3], |i| i as f32);
-    let idx = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0i64, -1, 2, 2]).unwrap();
+    let idx = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0i64, 1, 2, 2]).unwrap();
     let g = gather(&t.view(), &idx.view(), 0).unwrap();
     assert_eq!(g.shape(), &[2, 2, 3]);
     for a in 0..2 {
         for b in 0..2 {
-            let row = idx[[a, b]].rem_euclid(4) as usize;
+            let row = idx[[a, b]] as usize;
             for c in 0..3 {
                 assert_eq!(g[[a, b, c]], t[[row, c]]);
             }
@@ -1027,7 +1027,7 @@ fn gather_take() {
     for r in 0..4 {
         for a in 0..2 {
             for b in 0..2 {
-                assert_eq!(g1[[r, a, b]], t[[r, idx[[a, b]].rem_euclid(3) as usize]]);
+                assert_eq!(g1[[r, a, b]], t[[r, idx[[a, b]] as usize]]);
             }
         }
     }
@@ -1043,6 +1043,26 @@ fn gather_take() {
     let msg = op_msg(gather(&t.view(), &arr(&[2], |i| (i * 4) as i64).view(), 0).unwrap_err());
     assert!(msg.contains("index 4") && msg.contains("size 4"), "{msg}");
     assert!(gather(&t.view(), &arr(&[1], |_| -5i64).view(), 0).is_err());
+    // a negative id is an error naming it and its position, not the last row (PyTorch raises)
+    let neg = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0i64, 1, -1, 2]).unwrap();
+    let msg = op_msg(gather(&t.view(), &neg.view(), 0).unwrap_err());
+    assert!(
+        msg.contains("index -1 at position [1, 0]") && msg.contains("negative"),
+        "{msg}"
+    );
+    // and so in the gradient scatters (which would otherwise write the last row)
+    let g = arr(&[2, 2, 3], |_| 1.0f64);
+    let like = arr(&[4, 3], |_| 0.0f64);
+    let msg = op_msg(gather_backward(&g.view(), &neg.view(), &like.view(), 0).unwrap_err());
+    assert!(msg.contains("index -1 at position [1, 0]"), "{msg}");
+    let gh = arr(&[2, 2, 3], |_| bf16::ONE);
+    let likeh = arr(&[4, 3], |_| bf16::ZERO);
+    let msg = op_msg(gather_backward(&gh.view(), &neg.view(), &likeh.view(), 0).unwrap_err());
+    assert!(msg.contains("index -1 at position [1, 0]"), "{msg}");
+    let scores = arr(&[2, 2, 4], |_| 0.0f64);
+    let gt = arr(&[2, 2], |_| 1.0f64);
+    let msg = op_msg(take_along_backward(&gt.view(), &neg.view(), &scores.view()).unwrap_err());
+    assert!(msg.contains("index -1 at position [1, 0]"), "{msg}");
     assert!(gather(&t.view(), &idx.view(), 2).is_err());
     assert_eq!(
         gather(&t.view(), &arr::<i64>(&[0], |_| 0).view(), 0)
@@ -1180,4 +1200,61 @@ fn matmul_epilogue_operand_layouts() {
     for ((idx, &g), &p) in got.indexed_iter().zip(pi.iter()) {
         assert_eq!(g, p + idx[1] as i64, "i64 at {idx:?}");
     }
+}
+
+/// A reversed (negative-stride) operand gives bitwise the product of the same values stored
+/// contiguously, for every GEMM type and with an epilogue too (the kernel GEMM and a naive loop
+/// sum in different orders, so a layout-dependent path shows up in the last bits).
+#[test]
+fn matmul_reversed_operands_match_contiguous_bitwise() {
+    fn check<T: Elem>(from: impl Fn(f64) -> T)
+    where
+        T::Acc: crate::scalar::Num,
+    {
+        let (m, k, n) = (9usize, 300usize, 13usize);
+        let r = rnd(7);
+        let a = arr(&[m, k], |i| from(r(i)));
+        let b = arr(&[k, n], |i| from(r(i + 5000)));
+        // the same values as `a`, stored reversed along both axes, read through a view that
+        // reverses them back (strides negative)
+        let mut a_store = a.clone();
+        a_store.invert_axis(Axis(0));
+        a_store.invert_axis(Axis(1));
+        let a_store = a_store.as_standard_layout().into_owned();
+        let mut a_rev = a_store.view();
+        a_rev.invert_axis(Axis(0));
+        a_rev.invert_axis(Axis(1));
+        assert!(a_rev.strides().iter().all(|&s| s < 0));
+        assert_eq!(a_rev, a.view());
+        let mut b_store = b.clone();
+        b_store.invert_axis(Axis(0));
+        let b_store = b_store.as_standard_layout().into_owned();
+        let mut b_rev = b_store.view();
+        b_rev.invert_axis(Axis(0));
+        assert_eq!(b_rev, b.view());
+        let want = matmul(&a.view(), &b.view(), false, false).unwrap();
+        let got = matmul(&a_rev, &b_rev, false, false).unwrap();
+        let bits = |x: &ArrayD<T>| x.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{:?}", T::DTYPE);
+        let bias = arr(&[n], |i| from(i as f64 * 0.5));
+        let seg = |v: &mut [T::Acc], [s]: [mithril_kernels::ew::Src<'_, T>; 1]| {
+            mithril_kernels::ew::map2_inplace(v, s, |p: T::Acc, b: T| {
+                crate::scalar::Num::add(T::from_acc(p).to_acc(), b.to_acc())
+            })
+        };
+        let epi = |a: &ArrayViewD<'_, T>, b: &ArrayViewD<'_, T>| {
+            crate::owned(|d| matmul_epi_to(a, b, false, false, [&bias.view()], d, seg).map(|_| ()))
+                .unwrap()
+        };
+        assert_eq!(
+            bits(&epi(&a_rev, &b_rev)),
+            bits(&epi(&a.view(), &b.view())),
+            "epilogue {:?}",
+            T::DTYPE
+        );
+    }
+    check::<f32>(|x| x as f32);
+    check::<f64>(|x| x);
+    check::<bf16>(bf16::from_f64);
+    check::<f16>(f16::from_f64);
 }
