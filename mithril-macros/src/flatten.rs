@@ -72,6 +72,9 @@ struct Inst {
     path: Vec<String>,
     params: BTreeMap<String, NodeId>,
     applied: bool,
+    /// The instances its body creates, in creation order: created at the first call and reused
+    /// by every later call (a model's sub-blocks exist once per instance of the model).
+    subs: Vec<usize>,
 }
 
 struct Frame {
@@ -94,6 +97,9 @@ struct Frame {
     /// Sub mode: the call-site tokens of the argument bound to each input (boundary errors
     /// point there).
     arg_spans: HashMap<String, Span>,
+    /// Sub mode: how many instances this call of the body has created so far (the index into
+    /// the instance's `subs`).
+    created: usize,
 }
 
 /// The flattener.
@@ -398,6 +404,7 @@ impl<'a> Flattener<'a> {
             local: entry.origin == Origin::Local,
             train: entry.def.kind == ModelKind::Train,
             arg_spans: HashMap::new(),
+            created: 0,
         }
     }
 
@@ -1942,6 +1949,19 @@ impl<'a> Flattener<'a> {
         f: &mut Frame,
         _span: Span,
     ) -> usize {
+        // inside an instance's body: the k-th instance this call creates is the k-th instance of
+        // the first call (the body's control flow depends only on the instance's hyperparameters,
+        // so it creates the same instances in the same order every call)
+        let owner = f.sub.as_ref().map(|(_, owner)| *owner);
+        if let Some(owner) = owner {
+            let k = f.created;
+            f.created += 1;
+            if let Some(&i) = self.insts[owner].subs.get(k) {
+                if Rc::ptr_eq(&self.insts[i].entry, &entry) && self.insts[i].hyper == hyper {
+                    return i;
+                }
+            }
+        }
         let base = match hint {
             Some(h) => h.to_string(),
             None => {
@@ -1967,8 +1987,16 @@ impl<'a> Flattener<'a> {
             path,
             params: BTreeMap::new(),
             applied: false,
+            subs: Vec::new(),
         });
-        self.insts.len() - 1
+        let i = self.insts.len() - 1;
+        if let Some(owner) = owner {
+            let k = f.created - 1;
+            if self.insts[owner].subs.len() == k {
+                self.insts[owner].subs.push(i);
+            }
+        }
+        i
     }
 
     fn apply_args(&mut self, inst: usize, args: Vec<&Expr>, span: Span, f: &mut Frame) -> Value {

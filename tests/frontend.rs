@@ -1,0 +1,167 @@
+//! Front-end behaviour: an instance's own sub-blocks are created once per instance and shared by
+//! every call of it; params of rank 7 and more (`IxDyn`); compile-time arithmetic mixing ints,
+//! floats and symbolic dims; `compile` items that set a model's hyperparameters. Expected values
+//! are computed here with plain loops; gradients against f64 central differences.
+#![allow(clippy::needless_range_loop)]
+
+use mithril::ndarray::{Array2, ArrayD, IxDyn};
+use mithril::prelude::*;
+
+mithril! {
+    /// A cell with a named sub-block and an anonymous one written inline.
+    model Inner {
+        input x: [B, 4];
+        let fc = Linear(4);
+        output y = tanh(fc(x)) + Linear(4, use_bias = false)(x);
+    }
+
+    /// The same instance applied twice: one set of weights.
+    model Twice {
+        input x: f64[B, 4];
+        let cell = Inner();
+        output y = cell(cell(x));
+    }
+}
+
+fn mat(r: usize, c: usize, seed: usize) -> Array2<f64> {
+    Array2::from_shape_fn((r, c), |(i, j)| ((i * c + j + seed) as f64 * 0.37).sin())
+}
+
+/// `x @ w.T (+ b)` with plain loops.
+fn linear(x: &Array2<f64>, w: &Array2<f64>, b: Option<&[f64]>) -> Array2<f64> {
+    let (n, k) = x.dim();
+    let m = w.nrows();
+    Array2::from_shape_fn((n, m), |(i, o)| {
+        let mut s = b.map_or(0.0, |b| b[o]);
+        for j in 0..k {
+            s += x[[i, j]] * w[[o, j]];
+        }
+        s
+    })
+}
+
+/// Central differences of `loss` against the analytic gradients, leaf by leaf.
+fn check_fd<P: ParamTree + Clone, G: ParamTree>(p: &P, grads: &G, loss: &dyn Fn(&P) -> f64) {
+    let mut analytic: Vec<(String, Vec<f64>)> = vec![];
+    grads.visit(&mut |n, t| {
+        let v = match t {
+            mithril::rt::TensorView::F64(a) => a.iter().copied().collect(),
+            _ => panic!("f64 grads expected"),
+        };
+        analytic.push((n.to_string(), v));
+    });
+    let mut count = 0;
+    p.visit(&mut |_, _| count += 1);
+    assert_eq!(analytic.len(), count, "one gradient per param");
+    let h = 1e-6;
+    for (name, an) in &analytic {
+        for (i, &an) in an.iter().enumerate() {
+            let shift = |d: f64| {
+                let mut q = p.clone();
+                q.visit_mut(&mut |n, t| {
+                    if n == name {
+                        if let mithril::rt::TensorViewMut::F64(mut a) = t {
+                            a.as_slice_memory_order_mut().unwrap()[i] += d;
+                        }
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                loss(&q)
+            };
+            let fd = (shift(h) - shift(-h)) / (2.0 * h);
+            let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
+            assert!(
+                err < 1e-6,
+                "{name}[{i}]: finite difference {fd} vs gradient {an}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sub_blocks_of_an_instance_are_shared_across_its_calls() {
+    let m = Twice::new().unwrap();
+    let p = m.randomize_params(4);
+    assert_eq!(
+        p.names(),
+        vec!["cell.fc.weight", "cell.fc.bias", "cell.linear_0.weight"],
+        "one `fc` and one inline Linear for both calls"
+    );
+    let x = mat(3, 4, 1);
+    let y = m.evaluate(&p, TwiceInputs { x: x.view() }).unwrap().y;
+    let cell = |x: &Array2<f64>| {
+        let h = linear(x, &p.cell.fc.weight, p.cell.fc.bias.as_slice());
+        h.mapv(f64::tanh) + linear(x, &p.cell.linear_0.weight, None)
+    };
+    let want = cell(&cell(&x));
+    for (g, w) in y.iter().zip(want.iter()) {
+        assert!((g - w).abs() < 1e-12, "cell(cell(x)): {g} vs {w}");
+    }
+    // gradients accumulate from both applications
+    let seed = mat(3, 4, 7);
+    let (_, grads) = m
+        .evaluate_gradients(
+            &p,
+            TwiceInputs { x: x.view() },
+            TwiceOutputs { y: seed.clone() },
+        )
+        .unwrap();
+    let loss =
+        |q: &TwiceParams| (&m.evaluate(q, TwiceInputs { x: x.view() }).unwrap().y * &seed).sum();
+    check_fd(&p, &grads, &loss);
+}
+
+mithril! {
+    model HighRank {
+        input x: f64[1, 1, 1, 1, 1, 1, 2];
+        param w: f64[1, 1, 1, 1, 1, 1, 2];
+        param v: f64[2, 1, 1, 1, 1, 1, 1, 2];
+        output y = x * w;
+        output z = v * w;
+    }
+}
+
+#[test]
+fn params_of_rank_seven_and_eight() {
+    let m = HighRank::new().unwrap();
+    let p = m.randomize_params(3);
+    let w: &ArrayD<f64> = &p.w;
+    assert_eq!(p.w.shape(), &[1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(p.v.shape(), &[2, 1, 1, 1, 1, 1, 1, 2]);
+    let x = ArrayD::from_shape_vec(IxDyn(&[1, 1, 1, 1, 1, 1, 2]), vec![0.5, -2.0]).unwrap();
+    let o = m.evaluate(&p, HighRankInputs { x: x.view() }).unwrap();
+    let (w0, w1) = (w.as_slice().unwrap()[0], w.as_slice().unwrap()[1]);
+    let v = p.v.as_slice().unwrap().to_vec();
+    assert_eq!(o.y.shape(), &[1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(o.y.as_slice().unwrap(), &[0.5 * w0, -2.0 * w1]);
+    assert_eq!(o.z.shape(), &[2, 1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(
+        o.z.as_slice().unwrap(),
+        &[v[0] * w0, v[1] * w1, v[2] * w0, v[3] * w1]
+    );
+    // gradients: dy/dw = x * sy + sum over the leading axis of v * sz; dz/dv = w * sz
+    let sy = ArrayD::from_shape_vec(IxDyn(&[1, 1, 1, 1, 1, 1, 2]), vec![1.5, 0.25]).unwrap();
+    let sz =
+        ArrayD::from_shape_vec(IxDyn(&[2, 1, 1, 1, 1, 1, 1, 2]), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            HighRankInputs { x: x.view() },
+            HighRankOutputs { y: sy, z: sz },
+        )
+        .unwrap();
+    assert_eq!(g.w.shape(), &[1, 1, 1, 1, 1, 1, 2]);
+    let gw = g.w.as_slice().unwrap();
+    assert!((gw[0] - (0.5 * 1.5 + v[0] * 1.0 + v[2] * 3.0)).abs() < 1e-12);
+    assert!((gw[1] - (-2.0 * 0.25 + v[1] * 2.0 + v[3] * 4.0)).abs() < 1e-12);
+    assert_eq!(g.v.shape(), &[2, 1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(g.v.as_slice().unwrap(), &[w0, w1 * 2.0, w0 * 3.0, w1 * 4.0]);
+    // safetensors round trip
+    let bytes = p.to_safetensors_bytes().unwrap();
+    let mut q = m.randomize_params(99);
+    assert_ne!(q.v, p.v);
+    q.load_safetensors_bytes(&bytes).unwrap();
+    assert_eq!(q.w, p.w);
+    assert_eq!(q.v, p.v);
+}
