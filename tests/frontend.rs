@@ -165,3 +165,73 @@ fn params_of_rank_seven_and_eight() {
     assert_eq!(q.w, p.w);
     assert_eq!(q.v, p.v);
 }
+
+mithril! {
+    model Proj(units: int, scale: float = 1.0) {
+        input x: f64[B, 3];
+        param w: f64[units, 3];
+        output y = matmul(x, w.T) * scale;
+    }
+
+    /// A compile item that sets the model's hyperparameters: params keep the model's names.
+    compile Proj2 = Proj(2, scale = 0.5) {};
+    compile Lin4 = Linear(4) { shapes: { input: [_, 3] }, types: { input: f64 } };
+    compile Lin4NoBias = Linear(dimension = 4, use_bias = false) {
+        shapes: { input: [_, 3] },
+        types: { input: f64 },
+    };
+
+    /// `sqrt` of integer hyperparameters is a float constant (64 / 8 = 8, integer division).
+    model ScaledScores(d_model: int = 64, n_heads: int = 8) {
+        input q: f64[B, 4];
+        output y = q / sqrt(d_model / n_heads) + exp(1) - log(n_heads);
+    }
+}
+
+#[test]
+fn compile_items_set_hyperparameters() {
+    let m = Proj2::new().unwrap();
+    let p = m.randomize_params(1);
+    assert_eq!(p.names(), vec!["w"]);
+    assert_eq!(p.w.shape(), &[2, 3]);
+    let x = mat(4, 3, 2);
+    let y = m.evaluate(&p, Proj2Inputs { x: x.view() }).unwrap().y;
+    let want = linear(&x, &p.w, None).mapv(|v| v * 0.5);
+    for (g, w) in y.iter().zip(want.iter()) {
+        assert!((g - w).abs() < 1e-12, "Proj(2, scale = 0.5): {g} vs {w}");
+    }
+
+    let m = Lin4::new().unwrap();
+    let p = m.randomize_params(2);
+    assert_eq!(
+        p.names(),
+        vec!["weight", "bias"],
+        "the library model's own names"
+    );
+    assert_eq!(p.weight.shape(), &[4, 3]);
+    let y = m
+        .evaluate(&p, Lin4Inputs { input: x.view() })
+        .unwrap()
+        .output;
+    let want = linear(&x, &p.weight, p.bias.as_slice());
+    for (g, w) in y.iter().zip(want.iter()) {
+        assert!((g - w).abs() < 1e-12, "Linear(4): {g} vs {w}");
+    }
+    let m = Lin4NoBias::new().unwrap();
+    assert_eq!(m.randomize_params(2).names(), vec!["weight"]);
+}
+
+#[test]
+fn math_of_integer_hyperparameters_is_a_float_constant() {
+    let m = ScaledScores::new().unwrap();
+    let q = mat(2, 4, 3);
+    let y = m
+        .evaluate(&m.randomize_params(0), ScaledScoresInputs { q: q.view() })
+        .unwrap()
+        .y;
+    let c = 1f64.exp() - 8f64.ln();
+    for (g, x) in y.iter().zip(q.iter()) {
+        let want = x / 8f64.sqrt() + c;
+        assert!((g - want).abs() < 1e-12, "{g} vs {want}");
+    }
+}

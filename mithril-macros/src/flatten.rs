@@ -116,6 +116,12 @@ pub struct Flattener<'a> {
     /// While inlining a library model or a model of another crate: the local call that errors
     /// point at, the context for messages, and whether to add the foreign location.
     anchor: Option<(Span, String, bool)>,
+    /// The submodel calls being flattened, innermost last: the call's tokens and
+    /// "`Block(width = 16)` called as `b2`" (calls inside a library model or a model of another
+    /// crate are not added: their errors already point at the local call).
+    chain: Vec<(Span, String)>,
+    /// `chain` innermost first, shared by the nodes built under it (rebuilt when it changes).
+    chain_rc: Option<Rc<Vec<(Span, String)>>>,
     /// Names of top-level instances already used (param tree roots).
     used_paths: HashMap<Vec<String>, usize>,
     /// Models passed by name as `fn` values (`MLP(activations = [Swish])`): callable inside the
@@ -181,6 +187,8 @@ impl<'a> Flattener<'a> {
             insts: Vec::new(),
             stack: Vec::new(),
             anchor: None,
+            chain: Vec::new(),
+            chain_rc: None,
             used_paths: HashMap::new(),
             passed: HashMap::new(),
             losses: Vec::new(),
@@ -191,12 +199,26 @@ impl<'a> Flattener<'a> {
     }
 
     fn error(&mut self, span: Span, msg: impl std::fmt::Display) {
-        let e = match &self.anchor {
+        let mut e = match &self.anchor {
             Some((a, ctx, false)) => err(*a, format!("{msg}\n({ctx})")),
             Some((a, ctx, true)) => err(*a, format!("{msg}\n({ctx}, at {})", location(span))),
             None => err(span, msg),
         };
+        if let Some(chain) = self.call_chain() {
+            crate::ir::with_call_notes(&mut e, &chain);
+        }
         self.errors.push(e);
+    }
+
+    /// The current chain of submodel calls, innermost first (`None` at top level).
+    fn call_chain(&mut self) -> Option<Rc<Vec<(Span, String)>>> {
+        if self.chain.is_empty() {
+            return None;
+        }
+        if self.chain_rc.is_none() {
+            self.chain_rc = Some(Rc::new(self.chain.iter().rev().cloned().collect()));
+        }
+        self.chain_rc.clone()
     }
 
     fn span(&self, s: Span) -> Span {
@@ -215,6 +237,9 @@ impl<'a> Flattener<'a> {
         if let Some(note) = note {
             self.g.notes.insert(self.g.nodes.len(), note);
         }
+        if let Some(chain) = self.call_chain() {
+            self.g.calls.insert(self.g.nodes.len(), chain);
+        }
         self.g.push(Node {
             op,
             args,
@@ -226,11 +251,19 @@ impl<'a> Flattener<'a> {
         })
     }
 
-    /// Flatten `entry` as the physical model.
-    pub fn flatten_top(&mut self, entry: Rc<DefEntry>) {
+    /// Flatten `entry` as the physical model; `hyper_args` are the hyperparameters a `compile`
+    /// item sets (`compile Lin64 = Linear(64) { .. }`), with the span of the call.
+    pub fn flatten_top(&mut self, entry: Rc<DefEntry>, hyper_args: Option<(&[Expr], Span)>) {
         let def = &entry.def;
         let mut hyper = HEnv::new();
-        for h in &def.hypers {
+        if let Some((args, span)) = hyper_args {
+            let mut caller = self.frame(&entry, HEnv::new(), vec![], None);
+            match self.bind_hypers(&entry, args.iter().collect(), span, &mut caller) {
+                Some(h) => hyper = h,
+                None => return,
+            }
+        }
+        for h in def.hypers.iter().filter(|_| hyper_args.is_none()) {
             match &h.default {
                 Some(d) => {
                     let mut f = self.frame(&entry, HEnv::new(), vec![], None);
@@ -1591,6 +1624,39 @@ impl<'a> Flattener<'a> {
                 None => Value::Poison,
             };
         }
+        if let Some(fold) = const_math(&n) {
+            // `sqrt(d_model / n_heads)`: a math function of one compile-time number is a float
+            // constant (on a tensor it is the primitive)
+            let one: Vec<&Expr> = recv.into_iter().chain(args.iter().copied()).collect();
+            if let [arg] = one[..] {
+                if !matches!(arg, Expr::Assign(_)) {
+                    let v = self.eval(arg, f, None);
+                    if let Value::Hyper(h @ (HVal::Int(_) | HVal::Float(_))) = &v {
+                        let x = match h {
+                            HVal::Int(i) => *i as f64,
+                            HVal::Float(x) => *x,
+                            _ => unreachable!(),
+                        };
+                        let y = fold(x);
+                        if !y.is_finite() {
+                            self.error(span, format!("`{n}({x})` is not a finite number"));
+                            return Value::Poison;
+                        }
+                        return Value::Hyper(HVal::Float(y));
+                    }
+                    let Some(a) = self.tensor_of(v, arg.span(), f) else {
+                        return Value::Poison;
+                    };
+                    return match prims::build(&n, &[], 1) {
+                        Ok(p) => Value::Tensor(self.node(Op::Prim(p), vec![a], span, f)),
+                        Err(m) => {
+                            self.error(span, m);
+                            Value::Poison
+                        }
+                    };
+                }
+            }
+        }
         if let Some(sig) = prims::lookup(&n) {
             return self.prim_call(&n, sig, id.span(), recv, args, span, f);
         }
@@ -2037,6 +2103,26 @@ impl<'a> Flattener<'a> {
         self.apply(inst, targs, span, f)
     }
 
+    /// "`Block(width = 16)` called as `b2`": an instance's model, hyperparameters and path.
+    fn describe_call(&self, inst: usize) -> String {
+        let i = &self.insts[inst];
+        let def = &i.entry.def;
+        let hypers: Vec<String> = def
+            .hypers
+            .iter()
+            .filter_map(|h| {
+                let k = h.name.to_string();
+                i.hyper.get(&k).map(|v| format!("{k} = {}", hval_text(v)))
+            })
+            .collect();
+        let args = if hypers.is_empty() {
+            String::new()
+        } else {
+            format!("({})", hypers.join(", "))
+        };
+        format!("`{}{args}` called as `{}`", def.name, i.path.join("."))
+    }
+
     fn apply(&mut self, inst: usize, args: Vec<Arg<NodeId>>, span: Span, caller: &Frame) -> Value {
         let entry = self.insts[inst].entry.clone();
         let def_name = entry.def.name.to_string();
@@ -2086,6 +2172,12 @@ impl<'a> Flattener<'a> {
         let _ = caller;
         self.insts[inst].applied = true;
         let saved = self.anchor.clone();
+        let noted = self.anchor.is_none();
+        if noted {
+            let what = self.describe_call(inst);
+            self.chain.push((span, what));
+            self.chain_rc = None;
+        }
         match &entry.origin {
             Origin::Library if self.anchor.is_none() => {
                 self.anchor = Some((span, format!("inside library model `{def_name}`"), false));
@@ -2108,6 +2200,10 @@ impl<'a> Flattener<'a> {
         self.exec(&body, &mut fr);
         self.stack.pop();
         self.anchor = saved;
+        if noted {
+            self.chain.pop();
+            self.chain_rc = None;
+        }
         match fr.outputs.len() {
             0 => {
                 // (an output lost to an error inside the body is no second error)
@@ -2120,6 +2216,38 @@ impl<'a> Flattener<'a> {
             _ => Value::Multi(fr.outputs),
         }
     }
+}
+
+/// A compile-time value as DSL source text (for messages).
+fn hval_text(v: &HVal) -> String {
+    match v {
+        HVal::Int(i) => i.to_string(),
+        HVal::Float(x) => format!("{x:?}"),
+        HVal::Bool(b) => b.to_string(),
+        HVal::Str(s) => format!("{s:?}"),
+        HVal::List(xs) => format!(
+            "[{}]",
+            xs.iter().map(hval_text).collect::<Vec<_>>().join(", ")
+        ),
+        HVal::Func(f) => f.clone(),
+        HVal::DType(t) => t.to_string(),
+        HVal::Dim(d) => format!("{d:?}"),
+        HVal::None => "None".into(),
+    }
+}
+
+/// Math functions that fold on a compile-time number (`sqrt(d_model / n_heads)` is a float
+/// constant).
+fn const_math(name: &str) -> Option<fn(f64) -> f64> {
+    Some(match name {
+        "sqrt" => f64::sqrt,
+        "exp" => f64::exp,
+        "log" => f64::ln,
+        "sin" => f64::sin,
+        "cos" => f64::cos,
+        "tanh" => f64::tanh,
+        _ => return None,
+    })
 }
 
 fn path_key(p: &syn::Path) -> String {
