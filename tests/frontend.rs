@@ -235,3 +235,50 @@ fn math_of_integer_hyperparameters_is_a_float_constant() {
         assert!((g - want).abs() < 1e-12, "{g} vs {want}");
     }
 }
+
+mithril! {
+    /// A "valid" 1-D convolution written with slices whose bounds are dim arithmetic over the
+    /// symbolic `H`: `y[b, t] = sum_i w[i] * x[b, t + i]`, `t < H - kernel_size + 1`.
+    model Conv1d(kernel_size: int = 3) {
+        input x: f64[B, H];
+        param w: f64[kernel_size];
+        let acc = x[(.., 0..(H - kernel_size + 1))] * w[0];
+        for i in 1..kernel_size {
+            let acc = acc + x[(.., i..(H - kernel_size + 1 + i))] * w[i];
+        }
+        output y = acc;
+        // the last two columns, and a closed range ending at `H - 2`
+        output tail = x.slice(.., (H - 2)..);
+        output head = x[(.., 0..=(H - 2))];
+    }
+}
+
+#[test]
+fn slice_bounds_over_symbolic_dims() {
+    let m = Conv1d::new().unwrap();
+    let mut p = m.randomize_params(1);
+    p.w = mithril::ndarray::arr1(&[0.5, -1.0, 2.0]);
+    for h in [3usize, 5, 8] {
+        let x = mat(2, h, h);
+        let o = m.evaluate(&p, Conv1dInputs { x: x.view() }).unwrap();
+        let want = Array2::from_shape_fn((2, h - 2), |(b, t)| {
+            (0..3).map(|i| p.w[i] * x[[b, t + i]]).sum::<f64>()
+        });
+        assert_eq!(o.y.shape(), &[2, h - 2]);
+        for (g, w) in o.y.iter().zip(want.iter()) {
+            assert!((g - w).abs() < 1e-12, "H = {h}: {g} vs {w}");
+        }
+        assert_eq!(o.tail, x.slice(mithril::ndarray::s![.., h - 2..]).to_owned());
+        assert_eq!(o.head, x.slice(mithril::ndarray::s![.., ..h - 1]).to_owned());
+    }
+    // gradients through the relative slices
+    let x = mat(2, 6, 5);
+    let (sy, st, sh) = (mat(2, 4, 1), mat(2, 2, 2), mat(2, 5, 3));
+    let seeds = Conv1dOutputs { y: sy.clone(), tail: st.clone(), head: sh.clone() };
+    let (_, g) = m.evaluate_gradients(&p, Conv1dInputs { x: x.view() }, seeds).unwrap();
+    let loss = |q: &Conv1dParams| {
+        let o = m.evaluate(q, Conv1dInputs { x: x.view() }).unwrap();
+        (&o.y * &sy).sum() + (&o.tail * &st).sum() + (&o.head * &sh).sum()
+    };
+    check_fd(&p, &g, &loss);
+}

@@ -120,6 +120,10 @@ pub struct Flattener<'a> {
     /// "`Block(width = 16)` called as `b2`" (calls inside a library model or a model of another
     /// crate are not added: their errors already point at the local call).
     chain: Vec<(Span, String)>,
+    /// The position of the slice argument being evaluated and the symbolic bounds met so far
+    /// (moved to [`Graph::slice_bounds`] with the slice node).
+    slice_pos: usize,
+    pending_bounds: Vec<crate::ir::SymBound>,
     /// `chain` innermost first, shared by the nodes built under it (rebuilt when it changes).
     chain_rc: Option<Rc<Vec<(Span, String)>>>,
     /// Names of top-level instances already used (param tree roots).
@@ -189,6 +193,8 @@ impl<'a> Flattener<'a> {
             anchor: None,
             chain: Vec::new(),
             chain_rc: None,
+            slice_pos: 0,
+            pending_bounds: Vec::new(),
             used_paths: HashMap::new(),
             passed: HashMap::new(),
             losses: Vec::new(),
@@ -239,6 +245,10 @@ impl<'a> Flattener<'a> {
         }
         if let Some(chain) = self.call_chain() {
             self.g.calls.insert(self.g.nodes.len(), chain);
+        }
+        if matches!(op, Op::Prim(prims::Prim::Slice(_))) && !self.pending_bounds.is_empty() {
+            let b = std::mem::take(&mut self.pending_bounds);
+            self.g.slice_bounds.insert(self.g.nodes.len(), b);
         }
         self.g.push(Node {
             op,
@@ -1455,19 +1465,45 @@ impl<'a> Flattener<'a> {
 
     fn slice_args(&mut self, items: &[&Expr], f: &mut Frame) -> Option<Vec<SliceArg>> {
         let mut out = Vec::new();
-        for it in items {
+        self.pending_bounds.clear();
+        for (k, it) in items.iter().enumerate() {
+            self.slice_pos = k;
             out.push(self.slice_arg(it, f)?);
         }
         Some(out)
     }
 
     fn slice_arg(&mut self, e: &Expr, f: &mut Frame) -> Option<SliceArg> {
-        let int = |s: &mut Self, x: &Option<Box<Expr>>, f: &mut Frame| -> Option<Option<i64>> {
+        // a bound over a symbolic dim (`H - k + 1`) is recorded and stands as `None` until
+        // shape inference resolves it against the sliced axis
+        let int = |s: &mut Self,
+                   x: &Option<Box<Expr>>,
+                   hi: bool,
+                   f: &mut Frame|
+         -> Option<Option<i64>> {
             match x {
                 None => Some(None),
                 Some(x) => match s.eval_hyper(x, f)? {
                     HVal::Int(i) => Some(Some(i)),
                     HVal::None => Some(None),
+                    HVal::Dim(d) => {
+                        s.pending_bounds.push(crate::ir::SymBound {
+                            pos: s.slice_pos,
+                            hi,
+                            dim: d,
+                            offset: 0,
+                        });
+                        Some(None)
+                    }
+                    HVal::DimPlus(d, c) => {
+                        s.pending_bounds.push(crate::ir::SymBound {
+                            pos: s.slice_pos,
+                            hi,
+                            dim: d,
+                            offset: c,
+                        });
+                        Some(None)
+                    }
                     v => {
                         s.error(
                             x.span(),
@@ -1480,8 +1516,15 @@ impl<'a> Flattener<'a> {
         };
         match e {
             Expr::Range(r) => {
-                let lo = int(self, &r.start, f)?;
-                let hi = int(self, &r.end, f)?;
+                let lo = int(self, &r.start, false, f)?;
+                let pending = self.pending_bounds.len();
+                let hi = int(self, &r.end, true, f)?;
+                let closed = matches!(r.limits, syn::RangeLimits::Closed(_));
+                if closed && self.pending_bounds.len() > pending {
+                    if let Some(b) = self.pending_bounds.last_mut() {
+                        b.offset = b.offset.saturating_add(1);
+                    }
+                }
                 let hi = match (hi, &r.limits) {
                     (Some(h), syn::RangeLimits::Closed(_)) => Some(h.saturating_add(1)),
                     (h, _) => h,
@@ -1708,6 +1751,9 @@ impl<'a> Flattener<'a> {
         let mut inputs: Vec<Option<NodeId>> = vec![None; sig.inputs.len()];
         let mut extra_inputs: Vec<NodeId> = Vec::new();
         let mut attrs: Vec<(&str, AttrVal)> = Vec::new();
+        if name == "slice" {
+            self.pending_bounds.clear();
+        }
         let mut pos = 0usize;
         let mut attr_pos = 0usize;
         let mut poisoned = false;
@@ -1733,6 +1779,7 @@ impl<'a> Flattener<'a> {
             match an {
                 None => {
                     if name == "slice" && pos >= 1 {
+                        self.slice_pos = attrs.iter().filter(|(k, _)| *k == "#slice").count();
                         match self.slice_arg(a, f) {
                             Some(s) => attrs.push(("#slice", AttrVal::Slice(s))),
                             None => poisoned = true,
@@ -2232,6 +2279,7 @@ fn hval_text(v: &HVal) -> String {
         HVal::Func(f) => f.clone(),
         HVal::DType(t) => t.to_string(),
         HVal::Dim(d) => format!("{d:?}"),
+        HVal::DimPlus(d, c) => format!("{d:?} + {c}"),
         HVal::None => "None".into(),
     }
 }

@@ -402,6 +402,20 @@ pub struct Graph {
     pub calls: std::collections::BTreeMap<NodeId, std::rc::Rc<Vec<(proc_macro2::Span, String)>>>,
     /// `backend_map`: the backend of each submodel instance's ops (empty: all on `backend`).
     pub placement: Placement,
+    /// Slice nodes with bounds over a symbolic dim (`x[(.., i..(H - k + 1 + i))]`), resolved
+    /// by shape inference once the sliced tensor's shape is known.
+    pub slice_bounds: std::collections::BTreeMap<NodeId, Vec<SymBound>>,
+}
+
+/// A slice bound `dim + offset` over a symbolic dim (see [`Graph::slice_bounds`]).
+#[derive(Clone, Debug)]
+pub struct SymBound {
+    /// Which slice argument (position in the slice list).
+    pub pos: usize,
+    /// The end (else the start) of the range.
+    pub hi: bool,
+    pub dim: Dim,
+    pub offset: i64,
 }
 
 /// `backend_map`: which backend computes the ops of each submodel instance (by [`Node::scope`]).
