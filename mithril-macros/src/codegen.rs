@@ -694,6 +694,9 @@ impl<'a> Gen<'a> {
                 };
                 let tuple = if known.is_empty() {
                     quote!(())
+                } else if known.len() > 6 {
+                    // ndarray has fixed dim types up to rank 6; a rank-7+ param is `IxDyn`
+                    quote!(::mithril::ndarray::IxDyn(&[#(#known),*]))
                 } else {
                     quote!((#(#known,)*))
                 };

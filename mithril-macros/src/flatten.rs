@@ -72,6 +72,9 @@ struct Inst {
     path: Vec<String>,
     params: BTreeMap<String, NodeId>,
     applied: bool,
+    /// The instances its body creates, in creation order: created at the first call and reused
+    /// by every later call (a model's sub-blocks exist once per instance of the model).
+    subs: Vec<usize>,
 }
 
 struct Frame {
@@ -94,6 +97,9 @@ struct Frame {
     /// Sub mode: the call-site tokens of the argument bound to each input (boundary errors
     /// point there).
     arg_spans: HashMap<String, Span>,
+    /// Sub mode: how many instances this call of the body has created so far (the index into
+    /// the instance's `subs`).
+    created: usize,
 }
 
 /// The flattener.
@@ -110,6 +116,16 @@ pub struct Flattener<'a> {
     /// While inlining a library model or a model of another crate: the local call that errors
     /// point at, the context for messages, and whether to add the foreign location.
     anchor: Option<(Span, String, bool)>,
+    /// The submodel calls being flattened, innermost last: the call's tokens and
+    /// "`Block(width = 16)` called as `b2`" (calls inside a library model or a model of another
+    /// crate are not added: their errors already point at the local call).
+    chain: Vec<(Span, String)>,
+    /// The position of the slice argument being evaluated and the symbolic bounds met so far
+    /// (moved to [`Graph::slice_bounds`] with the slice node).
+    slice_pos: usize,
+    pending_bounds: Vec<crate::ir::SymBound>,
+    /// `chain` innermost first, shared by the nodes built under it (rebuilt when it changes).
+    chain_rc: Option<Rc<Vec<(Span, String)>>>,
     /// Names of top-level instances already used (param tree roots).
     used_paths: HashMap<Vec<String>, usize>,
     /// Models passed by name as `fn` values (`MLP(activations = [Swish])`): callable inside the
@@ -175,6 +191,10 @@ impl<'a> Flattener<'a> {
             insts: Vec::new(),
             stack: Vec::new(),
             anchor: None,
+            chain: Vec::new(),
+            chain_rc: None,
+            slice_pos: 0,
+            pending_bounds: Vec::new(),
             used_paths: HashMap::new(),
             passed: HashMap::new(),
             losses: Vec::new(),
@@ -185,12 +205,26 @@ impl<'a> Flattener<'a> {
     }
 
     fn error(&mut self, span: Span, msg: impl std::fmt::Display) {
-        let e = match &self.anchor {
+        let mut e = match &self.anchor {
             Some((a, ctx, false)) => err(*a, format!("{msg}\n({ctx})")),
             Some((a, ctx, true)) => err(*a, format!("{msg}\n({ctx}, at {})", location(span))),
             None => err(span, msg),
         };
+        if let Some(chain) = self.call_chain() {
+            crate::ir::with_call_notes(&mut e, &chain);
+        }
         self.errors.push(e);
+    }
+
+    /// The current chain of submodel calls, innermost first (`None` at top level).
+    fn call_chain(&mut self) -> Option<Rc<Vec<(Span, String)>>> {
+        if self.chain.is_empty() {
+            return None;
+        }
+        if self.chain_rc.is_none() {
+            self.chain_rc = Some(Rc::new(self.chain.iter().rev().cloned().collect()));
+        }
+        self.chain_rc.clone()
     }
 
     fn span(&self, s: Span) -> Span {
@@ -209,6 +243,13 @@ impl<'a> Flattener<'a> {
         if let Some(note) = note {
             self.g.notes.insert(self.g.nodes.len(), note);
         }
+        if let Some(chain) = self.call_chain() {
+            self.g.calls.insert(self.g.nodes.len(), chain);
+        }
+        if matches!(op, Op::Prim(prims::Prim::Slice(_))) && !self.pending_bounds.is_empty() {
+            let b = std::mem::take(&mut self.pending_bounds);
+            self.g.slice_bounds.insert(self.g.nodes.len(), b);
+        }
         self.g.push(Node {
             op,
             args,
@@ -220,11 +261,19 @@ impl<'a> Flattener<'a> {
         })
     }
 
-    /// Flatten `entry` as the physical model.
-    pub fn flatten_top(&mut self, entry: Rc<DefEntry>) {
+    /// Flatten `entry` as the physical model; `hyper_args` are the hyperparameters a `compile`
+    /// item sets (`compile Lin64 = Linear(64) { .. }`), with the span of the call.
+    pub fn flatten_top(&mut self, entry: Rc<DefEntry>, hyper_args: Option<(&[Expr], Span)>) {
         let def = &entry.def;
         let mut hyper = HEnv::new();
-        for h in &def.hypers {
+        if let Some((args, span)) = hyper_args {
+            let mut caller = self.frame(&entry, HEnv::new(), vec![], None);
+            match self.bind_hypers(&entry, args.iter().collect(), span, &mut caller) {
+                Some(h) => hyper = h,
+                None => return,
+            }
+        }
+        for h in def.hypers.iter().filter(|_| hyper_args.is_none()) {
             match &h.default {
                 Some(d) => {
                     let mut f = self.frame(&entry, HEnv::new(), vec![], None);
@@ -398,6 +447,7 @@ impl<'a> Flattener<'a> {
             local: entry.origin == Origin::Local,
             train: entry.def.kind == ModelKind::Train,
             arg_spans: HashMap::new(),
+            created: 0,
         }
     }
 
@@ -1415,19 +1465,45 @@ impl<'a> Flattener<'a> {
 
     fn slice_args(&mut self, items: &[&Expr], f: &mut Frame) -> Option<Vec<SliceArg>> {
         let mut out = Vec::new();
-        for it in items {
+        self.pending_bounds.clear();
+        for (k, it) in items.iter().enumerate() {
+            self.slice_pos = k;
             out.push(self.slice_arg(it, f)?);
         }
         Some(out)
     }
 
     fn slice_arg(&mut self, e: &Expr, f: &mut Frame) -> Option<SliceArg> {
-        let int = |s: &mut Self, x: &Option<Box<Expr>>, f: &mut Frame| -> Option<Option<i64>> {
+        // a bound over a symbolic dim (`H - k + 1`) is recorded and stands as `None` until
+        // shape inference resolves it against the sliced axis
+        let int = |s: &mut Self,
+                   x: &Option<Box<Expr>>,
+                   hi: bool,
+                   f: &mut Frame|
+         -> Option<Option<i64>> {
             match x {
                 None => Some(None),
                 Some(x) => match s.eval_hyper(x, f)? {
                     HVal::Int(i) => Some(Some(i)),
                     HVal::None => Some(None),
+                    HVal::Dim(d) => {
+                        s.pending_bounds.push(crate::ir::SymBound {
+                            pos: s.slice_pos,
+                            hi,
+                            dim: d,
+                            offset: 0,
+                        });
+                        Some(None)
+                    }
+                    HVal::DimPlus(d, c) => {
+                        s.pending_bounds.push(crate::ir::SymBound {
+                            pos: s.slice_pos,
+                            hi,
+                            dim: d,
+                            offset: c,
+                        });
+                        Some(None)
+                    }
                     v => {
                         s.error(
                             x.span(),
@@ -1440,8 +1516,15 @@ impl<'a> Flattener<'a> {
         };
         match e {
             Expr::Range(r) => {
-                let lo = int(self, &r.start, f)?;
-                let hi = int(self, &r.end, f)?;
+                let lo = int(self, &r.start, false, f)?;
+                let pending = self.pending_bounds.len();
+                let hi = int(self, &r.end, true, f)?;
+                let closed = matches!(r.limits, syn::RangeLimits::Closed(_));
+                if closed && self.pending_bounds.len() > pending {
+                    if let Some(b) = self.pending_bounds.last_mut() {
+                        b.offset = b.offset.saturating_add(1);
+                    }
+                }
                 let hi = match (hi, &r.limits) {
                     (Some(h), syn::RangeLimits::Closed(_)) => Some(h.saturating_add(1)),
                     (h, _) => h,
@@ -1584,6 +1667,39 @@ impl<'a> Flattener<'a> {
                 None => Value::Poison,
             };
         }
+        if let Some(fold) = const_math(&n) {
+            // `sqrt(d_model / n_heads)`: a math function of one compile-time number is a float
+            // constant (on a tensor it is the primitive)
+            let one: Vec<&Expr> = recv.into_iter().chain(args.iter().copied()).collect();
+            if let [arg] = one[..] {
+                if !matches!(arg, Expr::Assign(_)) {
+                    let v = self.eval(arg, f, None);
+                    if let Value::Hyper(h @ (HVal::Int(_) | HVal::Float(_))) = &v {
+                        let x = match h {
+                            HVal::Int(i) => *i as f64,
+                            HVal::Float(x) => *x,
+                            _ => unreachable!(),
+                        };
+                        let y = fold(x);
+                        if !y.is_finite() {
+                            self.error(span, format!("`{n}({x})` is not a finite number"));
+                            return Value::Poison;
+                        }
+                        return Value::Hyper(HVal::Float(y));
+                    }
+                    let Some(a) = self.tensor_of(v, arg.span(), f) else {
+                        return Value::Poison;
+                    };
+                    return match prims::build(&n, &[], 1) {
+                        Ok(p) => Value::Tensor(self.node(Op::Prim(p), vec![a], span, f)),
+                        Err(m) => {
+                            self.error(span, m);
+                            Value::Poison
+                        }
+                    };
+                }
+            }
+        }
         if let Some(sig) = prims::lookup(&n) {
             return self.prim_call(&n, sig, id.span(), recv, args, span, f);
         }
@@ -1635,6 +1751,9 @@ impl<'a> Flattener<'a> {
         let mut inputs: Vec<Option<NodeId>> = vec![None; sig.inputs.len()];
         let mut extra_inputs: Vec<NodeId> = Vec::new();
         let mut attrs: Vec<(&str, AttrVal)> = Vec::new();
+        if name == "slice" {
+            self.pending_bounds.clear();
+        }
         let mut pos = 0usize;
         let mut attr_pos = 0usize;
         let mut poisoned = false;
@@ -1660,6 +1779,7 @@ impl<'a> Flattener<'a> {
             match an {
                 None => {
                     if name == "slice" && pos >= 1 {
+                        self.slice_pos = attrs.iter().filter(|(k, _)| *k == "#slice").count();
                         match self.slice_arg(a, f) {
                             Some(s) => attrs.push(("#slice", AttrVal::Slice(s))),
                             None => poisoned = true,
@@ -1942,6 +2062,19 @@ impl<'a> Flattener<'a> {
         f: &mut Frame,
         _span: Span,
     ) -> usize {
+        // inside an instance's body: the k-th instance this call creates is the k-th instance of
+        // the first call (the body's control flow depends only on the instance's hyperparameters,
+        // so it creates the same instances in the same order every call)
+        let owner = f.sub.as_ref().map(|(_, owner)| *owner);
+        if let Some(owner) = owner {
+            let k = f.created;
+            f.created += 1;
+            if let Some(&i) = self.insts[owner].subs.get(k) {
+                if Rc::ptr_eq(&self.insts[i].entry, &entry) && self.insts[i].hyper == hyper {
+                    return i;
+                }
+            }
+        }
         let base = match hint {
             Some(h) => h.to_string(),
             None => {
@@ -1967,8 +2100,16 @@ impl<'a> Flattener<'a> {
             path,
             params: BTreeMap::new(),
             applied: false,
+            subs: Vec::new(),
         });
-        self.insts.len() - 1
+        let i = self.insts.len() - 1;
+        if let Some(owner) = owner {
+            let k = f.created - 1;
+            if self.insts[owner].subs.len() == k {
+                self.insts[owner].subs.push(i);
+            }
+        }
+        i
     }
 
     fn apply_args(&mut self, inst: usize, args: Vec<&Expr>, span: Span, f: &mut Frame) -> Value {
@@ -2007,6 +2148,26 @@ impl<'a> Flattener<'a> {
             return Value::Poison;
         }
         self.apply(inst, targs, span, f)
+    }
+
+    /// "`Block(width = 16)` called as `b2`": an instance's model, hyperparameters and path.
+    fn describe_call(&self, inst: usize) -> String {
+        let i = &self.insts[inst];
+        let def = &i.entry.def;
+        let hypers: Vec<String> = def
+            .hypers
+            .iter()
+            .filter_map(|h| {
+                let k = h.name.to_string();
+                i.hyper.get(&k).map(|v| format!("{k} = {}", hval_text(v)))
+            })
+            .collect();
+        let args = if hypers.is_empty() {
+            String::new()
+        } else {
+            format!("({})", hypers.join(", "))
+        };
+        format!("`{}{args}` called as `{}`", def.name, i.path.join("."))
     }
 
     fn apply(&mut self, inst: usize, args: Vec<Arg<NodeId>>, span: Span, caller: &Frame) -> Value {
@@ -2058,6 +2219,12 @@ impl<'a> Flattener<'a> {
         let _ = caller;
         self.insts[inst].applied = true;
         let saved = self.anchor.clone();
+        let noted = self.anchor.is_none();
+        if noted {
+            let what = self.describe_call(inst);
+            self.chain.push((span, what));
+            self.chain_rc = None;
+        }
         match &entry.origin {
             Origin::Library if self.anchor.is_none() => {
                 self.anchor = Some((span, format!("inside library model `{def_name}`"), false));
@@ -2080,6 +2247,10 @@ impl<'a> Flattener<'a> {
         self.exec(&body, &mut fr);
         self.stack.pop();
         self.anchor = saved;
+        if noted {
+            self.chain.pop();
+            self.chain_rc = None;
+        }
         match fr.outputs.len() {
             0 => {
                 // (an output lost to an error inside the body is no second error)
@@ -2092,6 +2263,39 @@ impl<'a> Flattener<'a> {
             _ => Value::Multi(fr.outputs),
         }
     }
+}
+
+/// A compile-time value as DSL source text (for messages).
+fn hval_text(v: &HVal) -> String {
+    match v {
+        HVal::Int(i) => i.to_string(),
+        HVal::Float(x) => format!("{x:?}"),
+        HVal::Bool(b) => b.to_string(),
+        HVal::Str(s) => format!("{s:?}"),
+        HVal::List(xs) => format!(
+            "[{}]",
+            xs.iter().map(hval_text).collect::<Vec<_>>().join(", ")
+        ),
+        HVal::Func(f) => f.clone(),
+        HVal::DType(t) => t.to_string(),
+        HVal::Dim(d) => format!("{d:?}"),
+        HVal::DimPlus(d, c) => format!("{d:?} + {c}"),
+        HVal::None => "None".into(),
+    }
+}
+
+/// Math functions that fold on a compile-time number (`sqrt(d_model / n_heads)` is a float
+/// constant).
+fn const_math(name: &str) -> Option<fn(f64) -> f64> {
+    Some(match name {
+        "sqrt" => f64::sqrt,
+        "exp" => f64::exp,
+        "log" => f64::ln,
+        "sin" => f64::sin,
+        "cos" => f64::cos,
+        "tanh" => f64::tanh,
+        _ => return None,
+    })
 }
 
 fn path_key(p: &syn::Path) -> String {

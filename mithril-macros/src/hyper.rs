@@ -18,6 +18,9 @@ pub enum HVal {
     DType(DType),
     /// A symbolic dim used as a value (inside `reshape` targets).
     Dim(Dim),
+    /// A symbolic dim plus an integer (`H - kernel_size + 1`): a slice bound relative to the
+    /// sliced axis's dim.
+    DimPlus(Dim, i64),
     None,
 }
 
@@ -31,7 +34,7 @@ impl HVal {
             HVal::List(_) => "list",
             HVal::Func(_) => "fn",
             HVal::DType(_) => "dtype",
-            HVal::Dim(_) => "dim",
+            HVal::Dim(_) | HVal::DimPlus(..) => "dim",
             HVal::None => "none",
         }
     }
@@ -63,6 +66,7 @@ impl HVal {
             HVal::Func(f) => AttrVal::Str(f.clone()),
             HVal::DType(d) => AttrVal::DType(*d),
             HVal::Dim(d) => AttrVal::Dim(d.clone()),
+            HVal::DimPlus(..) => AttrVal::None,
             HVal::None => AttrVal::None,
         }
     }
@@ -72,6 +76,23 @@ impl HVal {
 pub fn binop(op: &syn::BinOp, a: &HVal, b: &HVal) -> Option<HVal> {
     use syn::BinOp as B;
     use HVal::*;
+    // dim arithmetic: a symbolic dim plus or minus integers
+    let plus = |d: &crate::ir::Dim, c: i64| {
+        if c == 0 {
+            Dim(d.clone())
+        } else {
+            DimPlus(d.clone(), c)
+        }
+    };
+    match (op, a, b) {
+        (B::Add(_), Dim(d), Int(c)) | (B::Add(_), Int(c), Dim(d)) => return Some(plus(d, *c)),
+        (B::Sub(_), Dim(d), Int(c)) => return Some(plus(d, c.checked_neg()?)),
+        (B::Add(_), DimPlus(d, x), Int(c)) | (B::Add(_), Int(c), DimPlus(d, x)) => {
+            return Some(plus(d, x.checked_add(*c)?))
+        }
+        (B::Sub(_), DimPlus(d, x), Int(c)) => return Some(plus(d, x.checked_sub(*c)?)),
+        _ => {}
+    }
     Some(match (op, a, b) {
         (B::Add(_), Int(x), Int(y)) => Int(x.checked_add(*y)?),
         (B::Sub(_), Int(x), Int(y)) => Int(x.checked_sub(*y)?),

@@ -396,8 +396,26 @@ pub struct Graph {
     /// Nodes inlined from a model of another crate: their span is the local call (rustc cannot
     /// show another crate's tokens), and this note says where inside that crate they come from.
     pub notes: std::collections::BTreeMap<NodeId, String>,
+    /// Nodes built inside submodel calls: the chain of calls that reached them, innermost
+    /// first (the call's tokens and "`Block(width = 16)` called as `b2`"); errors about such a
+    /// node add one note per call, so a mistake caused by one call's hyperparameters says which.
+    pub calls: std::collections::BTreeMap<NodeId, std::rc::Rc<Vec<(proc_macro2::Span, String)>>>,
     /// `backend_map`: the backend of each submodel instance's ops (empty: all on `backend`).
     pub placement: Placement,
+    /// Slice nodes with bounds over a symbolic dim (`x[(.., i..(H - k + 1 + i))]`), resolved
+    /// by shape inference once the sliced tensor's shape is known.
+    pub slice_bounds: std::collections::BTreeMap<NodeId, Vec<SymBound>>,
+}
+
+/// A slice bound `dim + offset` over a symbolic dim (see [`Graph::slice_bounds`]).
+#[derive(Clone, Debug)]
+pub struct SymBound {
+    /// Which slice argument (position in the slice list).
+    pub pos: usize,
+    /// The end (else the start) of the range.
+    pub hi: bool,
+    pub dim: Dim,
+    pub offset: i64,
 }
 
 /// `backend_map`: which backend computes the ops of each submodel instance (by [`Node::scope`]).
@@ -436,10 +454,14 @@ impl Placement {
 impl Graph {
     /// An error about node `id`, spanned on its tokens (with its note, if it has one).
     pub fn error_at(&self, id: NodeId, msg: impl fmt::Display) -> syn::Error {
-        match self.notes.get(&id) {
+        let mut e = match self.notes.get(&id) {
             Some(note) => syn::Error::new(self.nodes[id].span, format!("{msg}\n({note})")),
             None => syn::Error::new(self.nodes[id].span, msg.to_string()),
+        };
+        if let Some(chain) = self.calls.get(&id) {
+            with_call_notes(&mut e, chain);
         }
+        e
     }
 
     pub fn push(&mut self, node: Node) -> NodeId {
@@ -555,6 +577,14 @@ pub fn rdim(d: &Dim) -> RDim {
             }
             RDim::Sym(*c, names)
         }
+    }
+}
+
+/// Appends one "note: in `M(..)` called as `m`" error per call of `chain` (innermost first),
+/// each spanned on the call's tokens.
+pub fn with_call_notes(e: &mut syn::Error, chain: &[(proc_macro2::Span, String)]) {
+    for (span, what) in chain {
+        e.combine(syn::Error::new(*span, format!("note: in {what}")));
     }
 }
 

@@ -112,15 +112,16 @@ fn expand(input: TokenStream) -> TokenStream {
                     &shared,
                     &logical,
                     true,
+                    None,
                 ) {
                     Ok((ts, miss)) => {
                         out.extend(ts);
                         missing.extend(miss);
                     }
-                    Err((es, miss)) => {
+                    Err((es, miss, api)) => {
                         errors.extend(es);
                         missing.extend(miss);
-                        out.extend(stub(&m.name, &m.vis, m));
+                        out.extend(stub(&m.name, &m.vis, m, api.as_ref()));
                     }
                 }
             }
@@ -147,29 +148,38 @@ fn expand(input: TokenStream) -> TokenStream {
                     Ok(o) => o,
                     Err(es) => {
                         errors.extend(es);
-                        out.extend(stub(&c.name, &c.vis, &entry.def));
+                        out.extend(stub(&c.name, &c.vis, &entry.def, None));
                         continue;
                     }
                 };
-                if !entry.def.hypers.iter().all(|h| h.default.is_some()) {
+                if c.hyper_args.is_none() && !entry.def.hypers.iter().all(|h| h.default.is_some()) {
                     errors.push(syn::Error::new(
                         c.model.segments.last().map(|s| s.ident.span()).unwrap_or(Span::call_site()),
-                        format!("`{key}` has hyperparameters without defaults; wrap it in a model that fixes them"),
+                        format!("`{key}` has hyperparameters without defaults; set them in the compile item: `compile {} = {key}(..) {{ .. }}`", c.name),
                     ));
-                    out.extend(stub(&c.name, &c.vis, &entry.def));
+                    out.extend(stub(&c.name, &c.vis, &entry.def, None));
                     continue;
                 }
                 match compile_one(
-                    &entry, &c.name, &c.vis, &c.attrs, &opts, &library, &shared, &key, false,
+                    &entry,
+                    &c.name,
+                    &c.vis,
+                    &c.attrs,
+                    &opts,
+                    &library,
+                    &shared,
+                    &key,
+                    false,
+                    c.hyper_args.as_ref().map(|(a, sp)| (a.as_slice(), *sp)),
                 ) {
                     Ok((ts, miss)) => {
                         out.extend(ts);
                         missing.extend(miss);
                     }
-                    Err((es, miss)) => {
+                    Err((es, miss, api)) => {
                         errors.extend(es);
                         missing.extend(miss);
-                        out.extend(stub(&c.name, &c.vis, &entry.def));
+                        out.extend(stub(&c.name, &c.vis, &entry.def, api.as_ref()));
                     }
                 }
             }
@@ -201,7 +211,8 @@ fn expand(input: TokenStream) -> TokenStream {
     out
 }
 
-type CompileResult = Result<(TokenStream, Vec<syn::Path>), (Vec<syn::Error>, Vec<syn::Path>)>;
+type CompileResult =
+    Result<(TokenStream, Vec<syn::Path>), (Vec<syn::Error>, Vec<syn::Path>, Option<StubApi>)>;
 
 #[allow(clippy::too_many_arguments)] // one physical model's whole context
 fn compile_one(
@@ -214,6 +225,7 @@ fn compile_one(
     locals: &Scope,
     logical: &str,
     implicit: bool,
+    hyper_args: Option<(&[syn::Expr], Span)>,
 ) -> CompileResult {
     let fopts = FlattenOpts {
         default_dtype: opts.dtype,
@@ -222,7 +234,7 @@ fn compile_one(
         constants: opts.constants.clone(),
     };
     let mut fl = Flattener::new(&fopts, library, locals);
-    fl.flatten_top(entry.clone());
+    fl.flatten_top(entry.clone(), hyper_args);
     let missing = std::mem::take(&mut fl.missing);
     if !missing.is_empty() {
         return Ok((TokenStream::new(), missing));
@@ -271,13 +283,14 @@ fn compile_one(
         }
     }
     if !errors.is_empty() {
-        return Err((errors, vec![]));
+        let api = StubApi::of(&g);
+        return Err((errors, vec![], Some(api)));
     }
     dtypes::finish(&mut g, opts.dtype);
     shapes::finish(&mut g);
     let wrt = match roles(&mut g, opts) {
         Ok(w) => w,
-        Err(es) => return Err((es, vec![])),
+        Err(es) => return Err((es, vec![], Some(StubApi::of(&g)))),
     };
     // A model whose params depend on dims it leaves open (a generic building block such as
     // `param scale: [D]` with `input x: [N, D]`) has no default physical model: it is used as
@@ -315,7 +328,7 @@ fn compile_one(
             }
         }
         if !errors.is_empty() {
-            return Err((errors, vec![]));
+            return Err((errors, vec![], Some(StubApi::of(&g))));
         }
     }
     // warnings: unused inputs
@@ -354,7 +367,7 @@ fn compile_one(
         passes::elide::run(&mut t);
         let errs = autodiff::run(&mut t, opts.dtype, is_train, &wrt);
         if is_train && !errs.is_empty() {
-            return Err((errs, vec![]));
+            return Err((errs, vec![], Some(StubApi::of(&g))));
         }
         // a model whose gradient is not supported still evaluates; it gets no evaluate_gradients
         errs.is_empty().then_some(t)
@@ -406,7 +419,7 @@ fn compile_one(
         }
     }
     if !mem_errors.is_empty() {
-        return Err((mem_errors, vec![]));
+        return Err((mem_errors, vec![], Some(StubApi::of(&g))));
     }
     let text = report::text(&g);
     let dot = report::dot(&g, &model);
@@ -439,7 +452,7 @@ fn compile_one(
         gen.place(true);
         gen.generate()
     }
-    .map_err(|e| (e, vec![]))?;
+    .map_err(|e| (e, vec![], Some(StubApi::of(&g))))?;
     let mut file_errors = Vec::new();
     if let Some((path, fmt)) = &opts.dump_graph {
         let content = match fmt {
@@ -474,7 +487,7 @@ fn compile_one(
         }
     }
     if !file_errors.is_empty() {
-        return Err((file_errors, vec![]));
+        return Err((file_errors, vec![], Some(StubApi::of(&g))));
     }
     Ok((quote!(#code #warnings), vec![]))
 }
@@ -532,38 +545,161 @@ fn check_backend_map(g: &ir::Graph, opts: &options::Options) -> Vec<syn::Error> 
     errors
 }
 
+/// What a failed physical model's graph still tells about its API: the param tree and the
+/// output fields with the types inference found (f32 / `IxDyn` where it did not).
+struct StubApi {
+    params: Vec<(Vec<String>, TokenStream)>,
+    outputs: Vec<(String, TokenStream)>,
+}
+
+impl StubApi {
+    fn of(g: &ir::Graph) -> StubApi {
+        let ty = |id: ir::NodeId| {
+            let t = prims::storage_type(g.dtype_of(id).unwrap_or(ir::DType::F32));
+            let rank = g
+                .shape_of(id)
+                .and_then(|s| s.rest.is_none().then_some(s.dims.len()));
+            let d = codegen::ix(rank);
+            quote!(::mithril::ndarray::Array<#t, #d>)
+        };
+        StubApi {
+            params: g
+                .params
+                .iter()
+                .map(|p| (p.path.clone(), ty(p.node)))
+                .collect(),
+            outputs: g
+                .outputs
+                .iter()
+                .map(|o| (o.name.clone(), ty(o.node)))
+                .collect(),
+        }
+    }
+}
+
+/// The param (or gradient) struct tree of a stub: `Name{kind}{Path}` structs as the real
+/// API names them, each with `Clone`, `Debug` and `ParamTree` (empty: visits nothing).
+fn stub_tree(
+    name: &str,
+    vis: &syn::Visibility,
+    kind: &str,
+    leaves: &[(Vec<String>, TokenStream)],
+    out: &mut Vec<TokenStream>,
+) -> syn::Ident {
+    let sname = format_ident!("{}", name);
+    let mut order: Vec<String> = Vec::new();
+    for (path, _) in leaves {
+        if !order.contains(&path[0]) {
+            order.push(path[0].clone());
+        }
+    }
+    let mut fields = Vec::new();
+    let mut inits = Vec::new();
+    for key in &order {
+        let f = format_ident!("{}", key);
+        if let Some((_, t)) = leaves.iter().find(|(p, _)| p.len() == 1 && p[0] == *key) {
+            fields.push(quote!(pub #f: #t));
+        } else {
+            let sub: Vec<(Vec<String>, TokenStream)> = leaves
+                .iter()
+                .filter(|(p, _)| p.len() > 1 && p[0] == *key)
+                .map(|(p, t)| (p[1..].to_vec(), t.clone()))
+                .collect();
+            let camel: String = key
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let sn = stub_tree(&format!("{name}{camel}"), vis, kind, &sub, out);
+            fields.push(quote!(pub #f: #sn));
+        }
+        inits.push(quote!(#f: ::std::default::Default::default()));
+    }
+    let _ = kind;
+    out.push(quote! {
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        #[derive(Clone, Debug, Default)]
+        #vis struct #sname { #(#fields,)* }
+        impl ::mithril::rt::ParamTree for #sname {
+            fn visit(&self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorView<'_>)) {
+                let _ = f;
+            }
+            fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorViewMut<'_>) -> ::mithril::rt::Result<()>) -> ::mithril::rt::Result<()> {
+                let _ = f;
+                Ok(())
+            }
+        }
+    });
+    sname
+}
+
 /// Placeholder items emitted when a physical model fails to compile, so that user code naming
-/// them does not add a cascade of "cannot find type" errors.
-/// They mirror the real API loosely: `M::new`, `randomize_params`, `evaluate` (taking any
-/// inputs value), `MInputs` with one field per declared input (of any type), `MOutputs` with one
-/// `ArrayD<f32>` per declared output and an opaque `MParams`.
-fn stub(name: &syn::Ident, vis: &syn::Visibility, def: &syntax::ModelDef) -> TokenStream {
+/// them adds no cascade of errors after the real one ("no associated item named `SUMMARY`",
+/// "no method named `evaluate_gradients`", ...). They carry the whole CPU API: the struct
+/// (`Clone`, `Debug`, `Default`), every const (`SUMMARY`, `GRAPH_*`, `NUM_OPS`, `SYMBOLS`,
+/// `OPTIMIZE_FOR`), `new`, `summary`, `memory_report(_gradients)`, `randomize_params`,
+/// `evaluate` and `evaluate_gradients` (taking any inputs and seeds value); `MInputs` with one
+/// field per declared input (of any type); `MOutputs`, `MParams` and `MGrads` with the fields
+/// and types the failed graph still knows (`api`: params and outputs after inference), else the
+/// declared outputs as `ArrayD<f32>` and the top-level `param`s.
+fn stub(
+    name: &syn::Ident,
+    vis: &syn::Visibility,
+    def: &syntax::ModelDef,
+    api: Option<&StubApi>,
+) -> TokenStream {
     let inputs_name = format_ident!("{}Inputs", name);
     let outputs_name = format_ident!("{}Outputs", name);
-    let params_name = format_ident!("{}Params", name);
     let mut ins: Vec<String> = Vec::new();
-    let mut outs: Vec<String> = Vec::new();
+    let mut outs: Vec<(String, TokenStream)> = Vec::new();
+    let mut params: Vec<(Vec<String>, TokenStream)> = Vec::new();
     for s in &def.body {
         match s {
             syntax::Stmt::Input { name, .. } if !ins.contains(&name.to_string()) => {
                 ins.push(name.to_string())
             }
-            syntax::Stmt::Output { name, .. } if !outs.contains(&name.to_string()) => {
-                outs.push(name.to_string())
+            syntax::Stmt::Output { name, .. } if !outs.iter().any(|o| o.0 == name.to_string()) => {
+                outs.push((name.to_string(), quote!(::mithril::ndarray::ArrayD<f32>)))
             }
+            syntax::Stmt::Param { name, .. } => params.push((
+                vec![name.to_string()],
+                quote!(::mithril::ndarray::ArrayD<f32>),
+            )),
             _ => {}
+        }
+    }
+    if let Some(api) = api {
+        if !api.outputs.is_empty() {
+            outs = api.outputs.clone();
+        }
+        if !api.params.is_empty() {
+            params = api.params.clone();
         }
     }
     let in_fields: Vec<syn::Ident> = ins.iter().map(|n| format_ident!("{}", n)).collect();
     let in_tys: Vec<syn::Ident> = (0..ins.len()).map(|i| format_ident!("__I{}", i)).collect();
-    let out_fields: Vec<syn::Ident> = outs.iter().map(|n| format_ident!("{}", n)).collect();
+    let out_fields: Vec<syn::Ident> = outs.iter().map(|(n, _)| format_ident!("{}", n)).collect();
+    let out_tys: Vec<&TokenStream> = outs.iter().map(|(_, t)| t).collect();
+    let mut trees = Vec::new();
+    let params_name = stub_tree(&format!("{name}Params"), vis, "Params", &params, &mut trees);
+    let grads_name = stub_tree(&format!("{name}Grads"), vis, "Grads", &params, &mut trees);
     let model = name.to_string();
     let doc =
         format!("Placeholder: physical model `{model}` did not compile (see the error above).");
+    let (seed_ty, seed_arg) = if def.kind == ModelKind::Train {
+        (quote!(), quote!())
+    } else {
+        (quote!(, __S), quote!(, output_grads: __S))
+    };
     quote! {
         #[doc = #doc]
         #[allow(dead_code)]
-        #[derive(Clone, Copy, Debug, Default)]
+        #[derive(Clone, Debug, Default)]
         #vis struct #name { _private: () }
         #[doc = #doc]
         #[allow(dead_code)]
@@ -571,22 +707,36 @@ fn stub(name: &syn::Ident, vis: &syn::Visibility, def: &syntax::ModelDef) -> Tok
         #[doc = #doc]
         #[allow(dead_code)]
         #[derive(Clone, Debug)]
-        #vis struct #outputs_name { #(pub #out_fields: ::mithril::ndarray::ArrayD<f32>,)* }
-        #[doc = #doc]
-        #[allow(dead_code)]
-        #[derive(Clone, Debug)]
-        #vis struct #params_name { _private: () }
-        #[allow(dead_code)]
+        #vis struct #outputs_name { #(pub #out_fields: #out_tys,)* }
+        #(#trees)*
+        #[allow(dead_code, unused_variables)]
         impl #name {
+            pub const SUMMARY: &'static str = "";
+            pub const GRAPH_TEXT: &'static str = "";
+            pub const GRAPH_DOT: &'static str = "";
+            pub const GRAPH_JSON: &'static str = "";
+            pub const NUM_OPS: usize = 0;
+            pub const SYMBOLS: &'static [&'static str] = &[];
+            pub const OPTIMIZE_FOR: &'static str = "";
             pub fn new() -> ::mithril::rt::Result<Self> {
                 Ok(#name { _private: () })
             }
-            pub fn randomize_params(&self, seed: u64) -> #params_name {
-                let _ = seed;
-                #params_name { _private: () }
+            pub fn summary(&self) -> &'static str {
+                Self::SUMMARY
             }
-            pub fn evaluate<I>(&self, params: &#params_name, inputs: I) -> ::mithril::rt::Result<#outputs_name> {
-                let _ = (params, inputs);
+            pub fn memory_report(&self) -> ::std::option::Option<::mithril::rt::MemoryReport> {
+                None
+            }
+            pub fn memory_report_gradients(&self) -> ::std::option::Option<::mithril::rt::MemoryReport> {
+                None
+            }
+            pub fn randomize_params(&self, seed: u64) -> #params_name {
+                ::std::default::Default::default()
+            }
+            pub fn evaluate<__I>(&self, params: &#params_name, inputs: __I) -> ::mithril::rt::Result<#outputs_name> {
+                Err(::mithril::rt::Error::op(#model, "this model did not compile"))
+            }
+            pub fn evaluate_gradients<__I #seed_ty>(&self, params: &#params_name, inputs: __I #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                 Err(::mithril::rt::Error::op(#model, "this model did not compile"))
             }
         }

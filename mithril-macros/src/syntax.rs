@@ -150,6 +150,9 @@ pub struct CompileDef {
     pub vis: Visibility,
     pub name: Ident,
     pub model: syn::Path,
+    /// `compile Lin64 = Linear(64) { .. }`: the hyperparameter arguments (positional or
+    /// `name = value`) and the span of their parentheses; `None` without parentheses.
+    pub hyper_args: Option<(Vec<Expr>, Span)>,
     pub options: Vec<(Ident, OptValue)>,
 }
 
@@ -228,6 +231,14 @@ impl Parse for Item {
             let name: Ident = input.parse()?;
             input.parse::<Token![=]>()?;
             let model: syn::Path = input.parse()?;
+            let hyper_args = if input.peek(token::Paren) {
+                let args;
+                let paren = parenthesized!(args in input);
+                let list = args.parse_terminated(Expr::parse, Token![,])?;
+                Some((list.into_iter().collect(), paren.span.join()))
+            } else {
+                None
+            };
             let content;
             braced!(content in input);
             // option names are identifiers (quoted keys are for values such as `backend_map`)
@@ -250,6 +261,7 @@ impl Parse for Item {
                 vis,
                 name,
                 model,
+                hyper_args,
                 options,
             }));
         }
