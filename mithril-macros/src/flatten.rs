@@ -1476,44 +1476,41 @@ impl<'a> Flattener<'a> {
     fn slice_arg(&mut self, e: &Expr, f: &mut Frame) -> Option<SliceArg> {
         // a bound over a symbolic dim (`H - k + 1`) is recorded and stands as `None` until
         // shape inference resolves it against the sliced axis
-        let int = |s: &mut Self,
-                   x: &Option<Box<Expr>>,
-                   hi: bool,
-                   f: &mut Frame|
-         -> Option<Option<i64>> {
-            match x {
-                None => Some(None),
-                Some(x) => match s.eval_hyper(x, f)? {
-                    HVal::Int(i) => Some(Some(i)),
-                    HVal::None => Some(None),
-                    HVal::Dim(d) => {
-                        s.pending_bounds.push(crate::ir::SymBound {
-                            pos: s.slice_pos,
-                            hi,
-                            dim: d,
-                            offset: 0,
-                        });
-                        Some(None)
-                    }
-                    HVal::DimPlus(d, c) => {
-                        s.pending_bounds.push(crate::ir::SymBound {
-                            pos: s.slice_pos,
-                            hi,
-                            dim: d,
-                            offset: c,
-                        });
-                        Some(None)
-                    }
-                    v => {
-                        s.error(
-                            x.span(),
-                            format!("slice bounds must be integers, found {}", v.kind()),
-                        );
-                        None
-                    }
-                },
-            }
-        };
+        let int =
+            |s: &mut Self, x: &Option<Box<Expr>>, hi: bool, f: &mut Frame| -> Option<Option<i64>> {
+                match x {
+                    None => Some(None),
+                    Some(x) => match s.eval_hyper(x, f)? {
+                        HVal::Int(i) => Some(Some(i)),
+                        HVal::None => Some(None),
+                        HVal::Dim(d) => {
+                            s.pending_bounds.push(crate::ir::SymBound {
+                                pos: s.slice_pos,
+                                hi,
+                                dim: d,
+                                offset: 0,
+                            });
+                            Some(None)
+                        }
+                        HVal::DimPlus(d, c) => {
+                            s.pending_bounds.push(crate::ir::SymBound {
+                                pos: s.slice_pos,
+                                hi,
+                                dim: d,
+                                offset: c,
+                            });
+                            Some(None)
+                        }
+                        v => {
+                            s.error(
+                                x.span(),
+                                format!("slice bounds must be integers, found {}", v.kind()),
+                            );
+                            None
+                        }
+                    },
+                }
+            };
         match e {
             Expr::Range(r) => {
                 let lo = int(self, &r.start, false, f)?;
@@ -1786,7 +1783,7 @@ impl<'a> Flattener<'a> {
                         }
                         continue;
                     }
-                    if sig.variadic && name == "concat" {
+                    if sig.variadic && (name == "concat" || name == "stack") {
                         let v = self.eval(a, f, None);
                         match self.tensor_of(v, a.span(), f) {
                             Some(id) => extra_inputs.push(id),
