@@ -356,6 +356,62 @@ pub fn clamp<T: Num>(x: T, lo: T, hi: T) -> T {
     x.max(lo).min(hi)
 }
 
+/// Mithril's `robust_sqrt`: `sqrt(|x|)`, and the line `|x| / sqrt(c)` below the threshold
+/// `|x| < c` (finite slope `1 / sqrt(c)` at 0 instead of an infinite one).
+#[inline(always)]
+pub fn robust_sqrt<T: Real>(x: T, c: T) -> T {
+    let a = x.abs();
+    if a < c {
+        a.div(c.sqrt())
+    } else {
+        a.sqrt()
+    }
+}
+
+/// Mithril's `robust_log`: `ln |x|`, and the tangent line `ln c + |x| / c - 1` below the
+/// threshold `|x| < c` (finite at 0: `ln c - 1`).
+#[inline(always)]
+pub fn robust_log<T: Real>(x: T, c: T) -> T {
+    let a = x.abs();
+    if a < c {
+        c.ln().add(a.div(c)).sub(T::ONE)
+    } else {
+        a.ln()
+    }
+}
+
+/// Mithril's `stable_reciprocal`: `1 / x`, and below the threshold `|x| < c` the line
+/// `(sign(x) + (1 - sign(|x|))) * 2 / c - x / c²` (`2 / c` at 0, continuous at `±c`).
+#[inline(always)]
+pub fn stable_reciprocal<T: Real>(x: T, c: T) -> T {
+    let a = x.abs();
+    if a < c {
+        let s = x.sign().add(T::ONE.sub(a.sign()));
+        s.mul(T::from_f64(2.0).div(c)).sub(x.div(c.mul(c)))
+    } else {
+        T::ONE.div(x)
+    }
+}
+
+/// Mithril's `robust_power`: `|b|^e`, and `|b| / c` where `|b| < c` and
+/// `e < 1 - ln c / ln |b|` (where `|b|^e` would exceed `|b| / c`: the region of a steep or
+/// infinite slope at 0).
+#[inline(always)]
+pub fn robust_power<T: Real>(b: T, e: T, c: T) -> T {
+    let a = b.abs();
+    if robust_power_below(a, e, c) {
+        a.div(c)
+    } else {
+        a.powf(e)
+    }
+}
+
+/// The condition of [`robust_power`]'s linear branch, for `a = |b|`.
+#[inline(always)]
+pub fn robust_power_below<T: Real>(a: T, e: T, c: T) -> bool {
+    a < c && e < T::ONE.sub(c.ln().div(a.ln()))
+}
+
 /// Integer power by squaring (wrapping); a negative exponent gives 0 except for bases ±1.
 #[inline]
 pub fn int_pow<T: Num>(base: T, exp: T) -> T {

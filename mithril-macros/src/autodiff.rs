@@ -14,7 +14,7 @@
 //! `-floor(a / b)` away from its jumps.)
 
 use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, Scalar, Shape, DT};
-use crate::prims::{norm_axis, ArgDt, Prim, ReduceKind};
+use crate::prims::{norm_axis, robust_threshold, ArgDt, Prim, ReduceKind};
 use proc_macro2::Span;
 
 /// Prefix of the outputs that carry param gradients.
@@ -132,6 +132,11 @@ impl B<'_> {
     fn mask(&mut self, cond: NodeId, g: NodeId) -> NodeId {
         let z = self.lit(0.0);
         self.op(Prim::Where, &[cond, g, z])
+    }
+
+    /// The dtype of a node (the default float type when unknown).
+    fn dt_of(&self, id: NodeId) -> DType {
+        self.g.dtype_of(id).unwrap_or(self.default)
     }
 
     fn rank(&self, id: NodeId) -> Option<usize> {
@@ -373,12 +378,16 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
             vec![Some(ga), Some(gb)]
         }
         Minimum | Maximum => {
-            // the gradient goes to the operand that was chosen (the first one on ties)
-            let cmp = if *p == Minimum { Le } else { Ge };
-            let c = b.bin(cmp, x[0], x[1]);
-            let ga = b.mask(c, gy);
-            let nc = b.op(Not, &[c]);
-            let gb = b.mask(nc, gy);
+            // the gradient goes to the operand that was chosen; a tie splits it evenly (as
+            // PyTorch and Mithril)
+            let (wins_a, wins_b) = if *p == Minimum { (Lt, Gt) } else { (Gt, Lt) };
+            let ca = b.bin(wins_a, x[0], x[1]);
+            let cb = b.bin(wins_b, x[0], x[1]);
+            let tie = b.bin(Eq, x[0], x[1]);
+            let half = b.mul_lit(gy, 0.5);
+            let shared = b.mask(tie, half);
+            let ga = b.op(Where, &[ca, gy, shared]);
+            let gb = b.op(Where, &[cb, gy, shared]);
             vec![Some(ga), Some(gb)]
         }
         Neg => vec![Some(b.neg(gy))],
@@ -491,6 +500,84 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
             vec![Some(b.mul(gy, d))]
         }
         Cast(_) => vec![Some(gy)],
+        StopGradient => vec![None],
+        RobustSqrt(_) => {
+            // sign(x) / sqrt(c) below the threshold, sign(x) / (2 sqrt|x|) above (Mithril's)
+            let c = robust_threshold(p, b.dt_of(y));
+            let ax = b.op(Abs, &[x[0]]);
+            let cl = b.lit(c);
+            let small = b.bin(Lt, ax, cl);
+            let half = b.lit(0.5);
+            let above = b.bin(Div, half, y);
+            let below = b.lit(1.0 / c.sqrt());
+            let d = b.op(Where, &[small, below, above]);
+            let s = b.op(Sign, &[x[0]]);
+            let ds = b.mul(d, s);
+            vec![Some(b.mul(gy, ds))]
+        }
+        RobustLog(_) => {
+            // 1 / c below the threshold, 1 / |x| above, negated for x < 0 (+1/c at x = 0,
+            // Mithril's)
+            let c = robust_threshold(p, b.dt_of(y));
+            let ax = b.op(Abs, &[x[0]]);
+            let cl = b.lit(c);
+            let small = b.bin(Lt, ax, cl);
+            let one = b.lit(1.0);
+            let above = b.bin(Div, one, ax);
+            let below = b.lit(1.0 / c);
+            let d = b.op(Where, &[small, below, above]);
+            let t = b.mul(gy, d);
+            let z = b.lit(0.0);
+            let neg = b.bin(Lt, x[0], z);
+            let nt = b.neg(t);
+            vec![Some(b.op(Where, &[neg, nt, t]))]
+        }
+        StableReciprocal(_) => {
+            // -1 / c² below the threshold, -1 / x² above (Mithril's)
+            let c = robust_threshold(p, b.dt_of(y));
+            let ax = b.op(Abs, &[x[0]]);
+            let cl = b.lit(c);
+            let small = b.bin(Lt, ax, cl);
+            let x2 = b.op(Square, &[x[0]]);
+            let m1 = b.lit(-1.0);
+            let above = b.bin(Div, m1, x2);
+            let below = b.lit(-1.0 / (c * c));
+            let d = b.op(Where, &[small, below, above]);
+            vec![Some(b.mul(gy, d))]
+        }
+        RobustPower(_) => {
+            // y = |a|^e, or |a| / c in the region `|a| < c && e < 1 - ln c / ln|a|` (Mithril's):
+            // d/da = sign(a) * (1 / c there, e |a|^(e-1) elsewhere);
+            // d/de = 0 there and at a = 0, |a|^e ln|a| elsewhere
+            let c = robust_threshold(p, b.dt_of(y));
+            let ax = b.op(Abs, &[x[0]]);
+            let la = b.op(Log, &[ax]);
+            let lc = b.lit(c.ln());
+            let q = b.bin(Div, lc, la);
+            let one = b.lit(1.0);
+            let r = b.bin(Sub, one, q);
+            let e_low = b.bin(Lt, x[1], r);
+            let cl = b.lit(c);
+            let small = b.bin(Lt, ax, cl);
+            let below = b.bin(And, small, e_low);
+            let one = b.lit(1.0);
+            let em1 = b.bin(Sub, x[1], one);
+            let pw = b.bin(Pow, ax, em1);
+            let above = b.mul(x[1], pw);
+            let inv_c = b.lit(1.0 / c);
+            let d = b.op(Where, &[below, inv_c, above]);
+            let s = b.op(Sign, &[x[0]]);
+            let ds = b.mul(d, s);
+            let ga = b.mul(gy, ds);
+            let z = b.lit(0.0);
+            let nz = b.bin(Ne, ax, z);
+            let above_e = b.op(Not, &[below]);
+            let ok = b.bin(And, above_e, nz);
+            let yl = b.mul(y, la);
+            let t = b.mul(gy, yl);
+            let ge = b.mask(ok, t);
+            vec![Some(ga), Some(ge)]
+        }
         Where => {
             let ga = b.mask(x[0], gy);
             let nc = b.op(Not, &[x[0]]);

@@ -32,7 +32,7 @@
 //! compile it with the real NVRTC when it is available.
 
 use crate::ir::{DType, FExpr, Scalar};
-use crate::prims::{acc_dtype, Prim};
+use crate::prims::{acc_dtype, robust_threshold, Prim};
 use std::fmt::Write;
 
 /// A size known when the kernel is generated, or passed at launch as a `long` parameter.
@@ -160,6 +160,22 @@ __device__ __forceinline__ T mt_gelu_erf(T a) {                                 
 __device__ __forceinline__ T mt_gelu_tanh(T a) {                                             \
     T inner = (T)0.7978845608028654 * (a + (((T)0.044715 * a) * a) * a);               \
     return ((T)0.5 * a) * ((T)1 + TANH(inner));                                              \
+}                                                                                            \
+__device__ __forceinline__ T mt_robust_sqrt(T x, T c) {                                      \
+    T a = FABS(x); return a < c ? a / SQRT(c) : SQRT(a);                                     \
+}                                                                                            \
+__device__ __forceinline__ T mt_robust_log(T x, T c) {                                       \
+    T a = FABS(x); return a < c ? (LOG(c) + a / c) - (T)1 : LOG(a);                          \
+}                                                                                            \
+__device__ __forceinline__ T mt_stable_reciprocal(T x, T c) {                                \
+    T a = FABS(x);                                                                           \
+    if (a < c) return (mt_sign(x) + ((T)1 - mt_sign(a))) * ((T)2 / c) - x / (c * c);         \
+    return (T)1 / x;                                                                         \
+}                                                                                            \
+__device__ __forceinline__ T mt_robust_power(T b, T e, T c) {                                \
+    T a = FABS(b);                                                                           \
+    if (a < c && e < (T)1 - LOG(c) / LOG(a)) return a / c;                                   \
+    return POW(a, e);                                                                        \
 }
 MT_FLOAT_OPS(float, expf, logf, sqrtf, sinf, cosf, tanhf, erff, powf, floorf, fmodf, log1pf, fabsf)
 MT_FLOAT_OPS(double, exp, log, sqrt, sin, cos, tanh, erf, pow, floor, fmod, log1p, fabs)
@@ -345,7 +361,20 @@ fn scalar_c(p: &Prim, a: &[String], t: DType) -> Result<String, String> {
             };
             format!("mt_clamp({}, {l}, {h})", x())
         }
-        Prim::Cast(_) => x(),
+        Prim::Cast(_) | Prim::StopGradient => x(),
+        Prim::RobustSqrt(_) | Prim::RobustLog(_) | Prim::StableReciprocal(_) => {
+            let f = match p {
+                Prim::RobustSqrt(_) => "mt_robust_sqrt",
+                Prim::RobustLog(_) => "mt_robust_log",
+                _ => "mt_stable_reciprocal",
+            };
+            let c = literal(Scalar::Float(robust_threshold(p, t)), t);
+            format!("{f}({}, {c})", x())
+        }
+        Prim::RobustPower(_) => {
+            let c = literal(Scalar::Float(robust_threshold(p, t)), t);
+            format!("mt_robust_power({}, {}, {c})", a[0], a[1])
+        }
         Prim::Where => format!("({} ? {} : {})", a[0], a[1], a[2]),
         other => return Err(format!("`{}` is not elementwise", other.name())),
     })
@@ -737,6 +766,10 @@ mod tests {
             Prim::GeluTanh,
             Prim::LeakyRelu(0.01),
             Prim::Clamp(-1.0, 1.0),
+            Prim::StopGradient,
+            Prim::RobustSqrt(None),
+            Prim::RobustLog(Some(1e-3)),
+            Prim::StableReciprocal(None),
         ];
         let binary = [
             Prim::Add,
@@ -778,6 +811,17 @@ mod tests {
             kernels.push(
                 fused_kernel(&format!("c{ti}"), &cmp, &[full(t), full(t)], DType::Bool).unwrap(),
             );
+        }
+        for (ti, t) in [DType::F32, DType::F64, DType::F16, DType::BF16]
+            .into_iter()
+            .enumerate()
+        {
+            let e = op(
+                Prim::RobustPower(None),
+                vec![FExpr::Arg(0), FExpr::Arg(1)],
+                t,
+            );
+            kernels.push(fused_kernel(&format!("rp{ti}"), &e, &[full(t), full(t)], t).unwrap());
         }
         for (i, p) in [Prim::And, Prim::Or, Prim::Xor].into_iter().enumerate() {
             for (j, t) in [DType::Bool, DType::I32].into_iter().enumerate() {

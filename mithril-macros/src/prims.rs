@@ -76,6 +76,17 @@ pub enum Prim {
     LeakyRelu(f64),
     Clamp(f64, f64),
     Cast(DType),
+    /// Identity forward; no gradient flows through it.
+    StopGradient,
+    /// Mithril's `robust_sqrt` with its threshold (`None`: the dtype's default, see
+    /// [`robust_threshold`]).
+    RobustSqrt(Option<f64>),
+    /// Mithril's `robust_log` with its threshold.
+    RobustLog(Option<f64>),
+    /// Mithril's `stable_reciprocal` with its threshold.
+    StableReciprocal(Option<f64>),
+    /// Mithril's `robust_power` (binary: base, exponent) with its threshold.
+    RobustPower(Option<f64>),
     // ---- elementwise, ternary
     Where,
     // ---- structural
@@ -158,6 +169,9 @@ pub fn lookup(name: &str) -> Option<Sig> {
         "add" | "subtract" | "multiply" | "divide" | "floor_divide" | "remainder" | "power"
         | "minimum" | "maximum" | "equal" | "not_equal" | "less" | "less_equal" | "greater"
         | "greater_equal" | "logical_and" | "logical_or" | "logical_xor" => s(BIN, &[]),
+        "stop_gradient" => s(UN, &[]),
+        "robust_sqrt" | "robust_log" | "stable_reciprocal" => s(UN, &["threshold"]),
+        "robust_power" => s(&["base", "exponent"], &["threshold"]),
         "negate" | "abs" | "exp" | "log" | "sqrt" | "sin" | "cos" | "tanh" | "erf" | "square"
         | "sign" | "relu" | "sigmoid" | "softplus" | "logical_not" => s(UN, &[]),
         "gelu" => s(UN, &["approximate"]),
@@ -228,6 +242,11 @@ pub const NAMES: &[&str] = &[
     "leaky_relu",
     "clamp",
     "cast",
+    "stop_gradient",
+    "robust_sqrt",
+    "robust_log",
+    "stable_reciprocal",
+    "robust_power",
     "where_",
     "matmul",
     "transpose",
@@ -289,6 +308,51 @@ fn float_attr(v: Option<&AttrVal>, name: &str, default: f64) -> Result<f64, Stri
     }
 }
 
+/// The `threshold` of a robust form: absent means the dtype's default; given, a positive
+/// number.
+fn threshold_attr(v: Option<&AttrVal>) -> Result<Option<f64>, String> {
+    match v {
+        None | Some(AttrVal::None) => Ok(None),
+        Some(_) => {
+            let t = float_attr(v, "threshold", 0.0)?;
+            if t > 0.0 && t.is_finite() {
+                Ok(Some(t))
+            } else {
+                Err(format!(
+                    "`threshold` must be a positive finite number, found {t}"
+                ))
+            }
+        }
+    }
+}
+
+/// Mithril's default threshold of a robust form for a compute dtype (Mithril's `epsilon_table`
+/// by bit width): `robust_sqrt`, `robust_log` and `robust_power` use the smallest positive
+/// normal number (f64 `2.2250738585072014e-308`, f32 `1.1754944e-38`, 16-bit `6.104e-05`),
+/// `stable_reciprocal` its own (f64 `1.4916681462400413e-153`, f32 `1.0842021951e-19`,
+/// 16-bit `0.007812809993849843`). `f16` and `bf16` both take the 16-bit values, as Mithril.
+pub fn robust_threshold(p: &Prim, t: DType) -> f64 {
+    let given = match p {
+        Prim::RobustSqrt(c)
+        | Prim::RobustLog(c)
+        | Prim::StableReciprocal(c)
+        | Prim::RobustPower(c) => *c,
+        _ => None,
+    };
+    if let Some(c) = given {
+        return c;
+    }
+    let reciprocal = matches!(p, Prim::StableReciprocal(_));
+    match (t, reciprocal) {
+        (DType::F64, false) => 2.225_073_858_507_201_4e-308,
+        (DType::F64, true) => 1.491_668_146_240_041_3e-153,
+        (DType::F16 | DType::BF16, false) => 6.104e-05,
+        (DType::F16 | DType::BF16, true) => 0.007_812_809_993_849_843,
+        (_, false) => 1.175_494_4e-38,
+        (_, true) => 1.084_202_195_1e-19,
+    }
+}
+
 /// Build a primitive from its DSL name and attribute values (already checked against [`lookup`]).
 pub fn build(name: &str, attrs: &[(&str, AttrVal)], n_inputs: usize) -> Result<Prim, String> {
     let get = |k: &str| attrs.iter().find(|(n, _)| *n == k).map(|(_, v)| v);
@@ -343,6 +407,11 @@ pub fn build(name: &str, attrs: &[(&str, AttrVal)], n_inputs: usize) -> Result<P
             _ => return Err("`cast` needs `dtype = f32` (or another dtype)".into()),
         },
         "where_" => Prim::Where,
+        "stop_gradient" => Prim::StopGradient,
+        "robust_sqrt" => Prim::RobustSqrt(threshold_attr(get("threshold"))?),
+        "robust_log" => Prim::RobustLog(threshold_attr(get("threshold"))?),
+        "stable_reciprocal" => Prim::StableReciprocal(threshold_attr(get("threshold"))?),
+        "robust_power" => Prim::RobustPower(threshold_attr(get("threshold"))?),
         "matmul" => Prim::Matmul {
             ta: false,
             tb: false,
@@ -477,6 +546,11 @@ impl Prim {
             Prim::LeakyRelu(_) => "leaky_relu",
             Prim::Clamp(..) => "clamp",
             Prim::Cast(_) => "cast",
+            Prim::StopGradient => "stop_gradient",
+            Prim::RobustSqrt(_) => "robust_sqrt",
+            Prim::RobustLog(_) => "robust_log",
+            Prim::StableReciprocal(_) => "stable_reciprocal",
+            Prim::RobustPower(_) => "robust_power",
             Prim::Where => "where_",
             Prim::Matmul { .. } => "matmul",
             Prim::Transpose(_) => "transpose",
@@ -552,6 +626,11 @@ impl Prim {
                 | Prim::LeakyRelu(_)
                 | Prim::Clamp(..)
                 | Prim::Cast(_)
+                | Prim::StopGradient
+                | Prim::RobustSqrt(_)
+                | Prim::RobustLog(_)
+                | Prim::StableReciprocal(_)
+                | Prim::RobustPower(_)
                 | Prim::Where
         )
     }
@@ -597,6 +676,10 @@ impl Prim {
                 | Prim::Softplus
                 | Prim::Gelu
                 | Prim::GeluTanh
+                | Prim::RobustSqrt(_)
+                | Prim::RobustLog(_)
+                | Prim::StableReciprocal(_)
+                | Prim::RobustPower(_)
                 | Prim::Softmax(_)
                 | Prim::LogSoftmax(_)
         )
@@ -1221,6 +1304,7 @@ impl Prim {
             .collect();
         match self {
             Prim::Cast(t) => Ok(DT::Known(*t)),
+            Prim::StopGradient => Ok(ins[0].dt),
             Prim::Where => {
                 if let Some(t) = k(env, &ins[0]) {
                     if t != DType::Bool {
@@ -1569,7 +1653,21 @@ impl Prim {
                     quote!(#s::clamp(#x, #l, #h))
                 }
             }
-            Prim::Cast(_) => x.clone(),
+            Prim::Cast(_) | Prim::StopGradient => x.clone(),
+            Prim::RobustSqrt(_) | Prim::RobustLog(_) | Prim::StableReciprocal(_) => {
+                let c = literal(Scalar::Float(robust_threshold(self, t)), t);
+                let f = match self {
+                    Prim::RobustSqrt(_) => quote!(robust_sqrt),
+                    Prim::RobustLog(_) => quote!(robust_log),
+                    _ => quote!(stable_reciprocal),
+                };
+                quote!(#s::#f(#x, #c))
+            }
+            Prim::RobustPower(_) => {
+                let y = &a[1];
+                let c = literal(Scalar::Float(robust_threshold(self, t)), t);
+                quote!(#s::robust_power(#x, #y, #c))
+            }
             Prim::Where => {
                 let (y, z) = (&a[1], &a[2]);
                 quote!((if #x { #y } else { #z }))
