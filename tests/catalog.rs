@@ -1,0 +1,613 @@
+//! Mithril's catalog of models written in the DSL library (`models.mth`): distances, kernels,
+//! polynomial features and regression, logistic regression, SVMs, the quadratic-form regularizer,
+//! MDS, t-SNE and Gaussian-process regression. Each is checked against an independent naive
+//! f64 computation here (Mithril's formulas from `models.py` / `ops.py`, written index by index)
+//! and its gradients against f64 central differences.
+//!
+//! Gradient tolerance: step `h = 1e-6`, error `|fd - grad| / (1 + max(|fd|, |grad|))` below
+//! `1e-6` (as tests/gradcheck.rs). Points are chosen away from kinks (`abs` at 0, the folds of
+//! `norm_modifier`, the robust thresholds).
+#![allow(clippy::needless_range_loop)]
+
+use mithril::prelude::*;
+use mithril::rt::{TensorView, TensorViewMut};
+use ndarray::{Array, Array2, ArrayBase, Data, Dimension};
+use std::marker::PhantomData;
+
+mithril! {
+    model DistM {
+        param left: f64[3, 2];
+        param right: f64[4, 2];
+        param norm: f64[];
+        output y = distance_matrix(left, right, norm);
+    }
+
+    model NormMod {
+        param x: f64[6];
+        output y = norm_modifier(x);
+    }
+
+    model PolyFeat2 {
+        param x: f64[3, 3];
+        output y = polynomial_features(x, degree = 2, input_dim = 3);
+    }
+
+    model PolyFeat3 {
+        param x: f64[2, 2];
+        output y = polynomial_features(x, degree = 3, input_dim = 2);
+    }
+
+    model QuadForm {
+        param v: f64[1, 3];
+        param kernel: f64[3, 3];
+        output y = quadratic_form_regularizer(v, kernel);
+    }
+
+    model Rbf {
+        param a: f64[3, 2];
+        param b: f64[4, 2];
+        let k = RBFKernel(a, b);
+        output y = k;
+    }
+
+    model PolyKernelPlain {
+        param a: f64[3, 2];
+        param b: f64[4, 2];
+        let y = PolynomialKernel(robust = false)(a, b);
+        output y = y;
+    }
+
+    model Logistic {
+        input x: f64[B, 3];
+        let (logits, probs) = LogisticRegression(x);
+        output logits = logits;
+        output probs = probs;
+    }
+
+    model Svm {
+        input x: f64[B, 3];
+        let svm = LinearSVM();
+        output out = svm(x).output;
+        output decision = svm(x).decision_output;
+    }
+
+    model KSvm {
+        input x1: f64[5, 2];
+        input x2: f64[4, 2];
+        let svm = KernelizedSVM()(x1, x2);
+        output out = svm.output;
+        output kernel = svm.kernel;
+    }
+
+    model EdmPlain {
+        param a: f64[3, 2];
+        param b: f64[4, 2];
+        param norm: f64[];
+        output final_dist = encoder_distance_matrix(a, b, norm, robust = false);
+        output powered = encoder_distance_matrix(a, b, norm, get_final_distance = false);
+    }
+
+    model MdsCorePlain {
+        param d: f64[3, 3];
+        param pred: f64[3, 3];
+        param norm: f64[];
+        output exact = mds_core(d, pred, norm, robust = false);
+        output powered = mds_core(d, pred, norm, exact_distances = false, robust = false);
+    }
+
+    model PolyReg {
+        input x: f64[B, 2];
+        let reg = PolynomialRegression(degree = 2, input_dim = 2, dimension = 2);
+        output y = reg(x);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the finite-difference harness (the pattern of tests/gradcheck.rs)
+
+/// Every float leaf of a tree, in visiting order, as f64.
+fn leaves<P: ParamTree>(p: &P) -> Vec<(String, Vec<f64>)> {
+    let mut out = Vec::new();
+    p.visit(&mut |n, t| {
+        let vals: Vec<f64> = match t {
+            TensorView::F64(a) => a.iter().copied().collect(),
+            TensorView::F32(a) => a.iter().map(|&v| v as f64).collect(),
+            other => panic!("{n}: not an f32/f64 leaf {other:?}"),
+        };
+        out.push((n.to_string(), vals));
+    });
+    out
+}
+
+/// Sets element `i` (row-major) of leaf `name` to `f(old)`.
+fn update<P: ParamTree>(p: &mut P, name: &str, i: usize, f: &dyn Fn(f64) -> f64) {
+    let mut hit = false;
+    p.visit_mut(&mut |n, t| {
+        if n == name {
+            hit = true;
+            match t {
+                TensorViewMut::F64(mut a) => {
+                    let v = a.iter_mut().nth(i).unwrap();
+                    *v = f(*v);
+                }
+                _ => panic!("{name}: not an f64 leaf"),
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(hit, "no leaf {name}");
+}
+
+/// Sets every element of leaf `name` to `vals[i]`.
+fn set<P: ParamTree>(p: &mut P, name: &str, vals: &[f64]) {
+    let n = leaves(p).into_iter().find(|l| l.0 == name).expect(name).1.len();
+    assert_eq!(n, vals.len(), "{name}: {n} elements");
+    for (i, &v) in vals.iter().enumerate() {
+        update(p, name, i, &|_| v);
+    }
+}
+
+/// The value of leaf `name`, row-major.
+fn get<P: ParamTree>(p: &P, name: &str) -> Vec<f64> {
+    leaves(p).into_iter().find(|l| l.0 == name).expect(name).1
+}
+
+/// A deterministic irregular pattern in about [-1, 1].
+fn wave(i: usize, salt: f64) -> f64 {
+    ((i as f64) * 1.618 + salt).sin() * 0.9 + 0.05 * (i as f64 * 0.37 + salt).cos()
+}
+
+fn pat<D: Dimension>(dim: D, salt: f64) -> Array<f64, D> {
+    let n = dim.size();
+    Array::from_shape_vec(dim, (0..n).map(|i| wave(i, salt)).collect()).unwrap()
+}
+
+fn dot<S1: Data<Elem = f64>, S2: Data<Elem = f64>, D: Dimension>(
+    a: &ArrayBase<S1, D>,
+    b: &ArrayBase<S2, D>,
+) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "output and seed shapes differ");
+    a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
+}
+
+/// Checks `grads` against central differences of `loss` at `p`, every element of every leaf;
+/// returns the number of elements checked.
+fn gradcheck<P: ParamTree + Clone, G: ParamTree>(
+    what: &str,
+    p: &P,
+    grads: &G,
+    loss: impl Fn(&P) -> f64,
+) -> usize {
+    let pl = leaves(p);
+    let gl = leaves(grads);
+    assert_eq!(
+        pl.iter().map(|l| &l.0).collect::<Vec<_>>(),
+        gl.iter().map(|l| &l.0).collect::<Vec<_>>()
+    );
+    let h = 1e-6;
+    let mut checked = 0;
+    for ((name, vals), (_, g)) in pl.iter().zip(gl.iter()) {
+        for i in 0..vals.len() {
+            let mut plus = p.clone();
+            update(&mut plus, name, i, &|v| v + h);
+            let mut minus = p.clone();
+            update(&mut minus, name, i, &|v| v - h);
+            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
+            let an = g[i];
+            assert!(an.is_finite(), "{what}: {name}[{i}] gradient {an}");
+            let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
+            assert!(
+                err < 1e-6,
+                "{what}: {name}[{i}]: finite difference {fd} vs gradient {an} (error {err:e})"
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+fn close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+fn rows(a: &[f64], r: usize, c: usize) -> Array2<f64> {
+    Array2::from_shape_vec((r, c), a.to_vec()).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// independent references
+
+fn ref_distance_matrix(l: &Array2<f64>, r: &Array2<f64>, norm: f64) -> Array2<f64> {
+    let mut out = Array2::zeros((l.nrows(), r.nrows()));
+    for i in 0..l.nrows() {
+        for j in 0..r.nrows() {
+            let mut s = 0.0;
+            for k in 0..l.ncols() {
+                s += (l[[i, k]] - r[[j, k]]).abs().powf(norm);
+            }
+            out[[i, j]] = s;
+        }
+    }
+    out
+}
+
+fn ref_norm_modifier(n: f64) -> f64 {
+    let inner = (n - 1.0).rem_euclid(8.0) / 8.0 - 0.5;
+    4.0 * (1.0 - 2.0 * inner.abs()) + 1.0
+}
+
+/// Sorted index tuples of length `degree` over `0..=dims` in lexicographic order (Python's
+/// `combinations_with_replacement`), without the all-zero one.
+fn poly_terms(dims: usize, degree: usize) -> Vec<Vec<usize>> {
+    fn rec(start: usize, dims: usize, left: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if left == 0 {
+            out.push(cur.clone());
+            return;
+        }
+        for i in start..=dims {
+            cur.push(i);
+            rec(i, dims, left - 1, cur, out);
+            cur.pop();
+        }
+    }
+    let mut out = Vec::new();
+    rec(0, dims, degree, &mut Vec::new(), &mut out);
+    out.remove(0);
+    out
+}
+
+fn ref_poly_features(x: &Array2<f64>, degree: usize) -> Array2<f64> {
+    let terms = poly_terms(x.ncols(), degree);
+    let mut out = Array2::zeros((x.nrows(), terms.len()));
+    for n in 0..x.nrows() {
+        for (c, t) in terms.iter().enumerate() {
+            let mut v = 1.0;
+            for &i in t {
+                if i > 0 {
+                    v *= x[[n, i - 1]];
+                }
+            }
+            out[[n, c]] = v;
+        }
+    }
+    out
+}
+
+fn ref_rbf(a: &Array2<f64>, b: &Array2<f64>, l: f64, sigma: f64) -> Array2<f64> {
+    let d2 = ref_distance_matrix(a, b, 2.0);
+    d2.mapv(|d| l * l * (-0.5 * d / (sigma * sigma)).exp())
+}
+
+fn ref_matmul_t(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+    let mut out = Array2::zeros((a.nrows(), b.nrows()));
+    for i in 0..a.nrows() {
+        for j in 0..b.nrows() {
+            out[[i, j]] = (0..a.ncols()).map(|k| a[[i, k]] * b[[j, k]]).sum();
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// distances and kernels
+
+#[test]
+fn distance_matrix_values_and_gradients() -> mithril::Result<()> {
+    let m = DistM::new()?;
+    for norm in [3.0, 1.5, 2.0] {
+        let mut p = m.randomize_params(0);
+        set(&mut p, "left", pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap());
+        set(&mut p, "right", pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap());
+        set(&mut p, "norm", &[norm]);
+        let out = m.evaluate(&p, DistMInputs { _marker: PhantomData })?;
+        let want = ref_distance_matrix(
+            &rows(&get(&p, "left"), 3, 2),
+            &rows(&get(&p, "right"), 4, 2),
+            norm,
+        );
+        close("distance_matrix", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-12);
+        let seed = pat(ndarray::Ix2(3, 4), 2.9);
+        let (_, g) = m.evaluate_gradients(&p, DistMInputs { _marker: PhantomData }, DistMOutputs { y: seed.clone() })?;
+        let n = gradcheck("distance_matrix", &p, &g, |q| {
+            dot(&m.evaluate(q, DistMInputs { _marker: PhantomData }).unwrap().y, &seed)
+        });
+        assert_eq!(n, 6 + 8 + 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn norm_modifier_folds_into_one_to_five() -> mithril::Result<()> {
+    let m = NormMod::new()?;
+    let mut p = m.randomize_params(0);
+    let xs = [1.5, 2.0, 4.7, 6.3, 11.2, -0.6];
+    set(&mut p, "x", &xs);
+    let out = m.evaluate(&p, NormModInputs { _marker: PhantomData })?;
+    let want: Vec<f64> = xs.iter().map(|&v| ref_norm_modifier(v)).collect();
+    // by hand: identity on [1, 5], 10 - x on [5, 9], period 8
+    close("norm_modifier", out.y.as_slice().unwrap(), &[1.5, 2.0, 4.7, 3.7, 3.2, 2.6], 1e-12);
+    close("norm_modifier", out.y.as_slice().unwrap(), &want, 1e-12);
+    let seed = pat(ndarray::Ix1(6), 0.4);
+    let (_, g) = m.evaluate_gradients(&p, NormModInputs { _marker: PhantomData }, NormModOutputs { y: seed.clone() })?;
+    gradcheck("norm_modifier", &p, &g, |q| dot(&m.evaluate(q, NormModInputs { _marker: PhantomData }).unwrap().y, &seed));
+    Ok(())
+}
+
+#[test]
+fn polynomial_features_values_and_gradients() -> mithril::Result<()> {
+    // degree 2 over 3 columns: x1 x2 x3 x1² x1x2 x1x3 x2² x2x3 x3²
+    let m = PolyFeat2::new()?;
+    let mut p = m.randomize_params(0);
+    set(&mut p, "x", pat(ndarray::Ix2(3, 3), 0.9).as_slice().unwrap());
+    let x = rows(&get(&p, "x"), 3, 3);
+    let out = m.evaluate(&p, PolyFeat2Inputs { _marker: PhantomData })?;
+    assert_eq!(out.y.shape(), &[3, 9]);
+    let (a, b, c) = (x[[1, 0]], x[[1, 1]], x[[1, 2]]);
+    close(
+        "row 1 by hand",
+        out.y.row(1).to_vec().as_slice(),
+        &[a, b, c, a * a, a * b, a * c, b * b, b * c, c * c],
+        1e-14,
+    );
+    let want = ref_poly_features(&x, 2);
+    close("polynomial_features(2)", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-14);
+    let seed = pat(ndarray::Ix2(3, 9), 0.2);
+    let (_, g) = m.evaluate_gradients(&p, PolyFeat2Inputs { _marker: PhantomData }, PolyFeat2Outputs { y: seed.clone() })?;
+    gradcheck("polynomial_features(2)", &p, &g, |q| {
+        dot(&m.evaluate(q, PolyFeat2Inputs { _marker: PhantomData }).unwrap().y, &seed)
+    });
+
+    let m = PolyFeat3::new()?;
+    let mut p = m.randomize_params(0);
+    set(&mut p, "x", pat(ndarray::Ix2(2, 2), 1.3).as_slice().unwrap());
+    let x = rows(&get(&p, "x"), 2, 2);
+    let out = m.evaluate(&p, PolyFeat3Inputs { _marker: PhantomData })?;
+    assert_eq!(out.y.shape(), &[2, 9]); // C(2 + 3, 3) - 1
+    let want = ref_poly_features(&x, 3);
+    close("polynomial_features(3)", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-14);
+    let seed = pat(ndarray::Ix2(2, 9), 0.5);
+    let (_, g) = m.evaluate_gradients(&p, PolyFeat3Inputs { _marker: PhantomData }, PolyFeat3Outputs { y: seed.clone() })?;
+    gradcheck("polynomial_features(3)", &p, &g, |q| {
+        dot(&m.evaluate(q, PolyFeat3Inputs { _marker: PhantomData }).unwrap().y, &seed)
+    });
+    Ok(())
+}
+
+#[test]
+fn quadratic_form_regularizer_values_and_gradients() -> mithril::Result<()> {
+    let m = QuadForm::new()?;
+    let mut p = m.randomize_params(0);
+    set(&mut p, "v", &[0.5, -1.0, 2.0]);
+    set(&mut p, "kernel", &[2.0, 0.1, 0.0, 0.3, 1.0, -0.2, 0.0, 0.4, 3.0]);
+    let out = m.evaluate(&p, QuadFormInputs { _marker: PhantomData })?;
+    assert_eq!(out.y.shape(), &[1, 1]);
+    let (v, k) = (get(&p, "v"), get(&p, "kernel"));
+    let mut want = 0.0;
+    for i in 0..3 {
+        for j in 0..3 {
+            want += v[i] * k[3 * i + j] * v[j];
+        }
+    }
+    close("quadratic form", out.y.as_slice().unwrap(), &[0.5 * want], 1e-14);
+    let seed = ndarray::array![[1.3]];
+    let (_, g) = m.evaluate_gradients(&p, QuadFormInputs { _marker: PhantomData }, QuadFormOutputs { y: seed.clone() })?;
+    gradcheck("quadratic form", &p, &g, |q| dot(&m.evaluate(q, QuadFormInputs { _marker: PhantomData }).unwrap().y, &seed));
+    Ok(())
+}
+
+#[test]
+fn rbf_kernel_values_and_gradients() -> mithril::Result<()> {
+    let m = Rbf::new()?;
+    let mut p = m.randomize_params(0);
+    assert_eq!(p.names(), ["a", "b", "k.l_scale", "k.sigma"]);
+    assert_eq!((get(&p, "k.l_scale"), get(&p, "k.sigma")), (vec![1.0], vec![1.0]));
+    set(&mut p, "a", pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap());
+    set(&mut p, "b", pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap());
+    set(&mut p, "k.l_scale", &[1.3]);
+    set(&mut p, "k.sigma", &[0.7]);
+    let out = m.evaluate(&p, RbfInputs { _marker: PhantomData })?;
+    let want = ref_rbf(&rows(&get(&p, "a"), 3, 2), &rows(&get(&p, "b"), 4, 2), 1.3, 0.7);
+    close("rbf", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-13);
+    let seed = pat(ndarray::Ix2(3, 4), 0.6);
+    let (_, g) = m.evaluate_gradients(&p, RbfInputs { _marker: PhantomData }, RbfOutputs { y: seed.clone() })?;
+    gradcheck("rbf", &p, &g, |q| dot(&m.evaluate(q, RbfInputs { _marker: PhantomData }).unwrap().y, &seed));
+    Ok(())
+}
+
+#[test]
+fn polynomial_kernel_plain_values_and_gradients() -> mithril::Result<()> {
+    let m = PolyKernelPlain::new()?;
+    let mut p = m.randomize_params(0);
+    let names = p.names();
+    assert_eq!(names[2..], ["y.poly_coef", "y.degree"]);
+    assert_eq!((get(&p, "y.poly_coef"), get(&p, "y.degree")), (vec![1.0], vec![2.0]));
+    set(&mut p, "a", pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap());
+    set(&mut p, "b", pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap());
+    set(&mut p, "y.poly_coef", &[1.5]);
+    set(&mut p, "y.degree", &[3.0]);
+    let out = m.evaluate(&p, PolyKernelPlainInputs { _marker: PhantomData })?;
+    let dots = ref_matmul_t(&rows(&get(&p, "a"), 3, 2), &rows(&get(&p, "b"), 4, 2));
+    let want = dots.mapv(|d| (d + 1.5).powi(3));
+    close("polynomial kernel", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-13);
+    assert!(dots.iter().all(|d| d + 1.5 > 0.1), "bases positive: the degree has a gradient");
+    let seed = pat(ndarray::Ix2(3, 4), 0.6);
+    let (_, g) =
+        m.evaluate_gradients(&p, PolyKernelPlainInputs { _marker: PhantomData }, PolyKernelPlainOutputs { y: seed.clone() })?;
+    gradcheck("polynomial kernel", &p, &g, |q| {
+        dot(&m.evaluate(q, PolyKernelPlainInputs { _marker: PhantomData }).unwrap().y, &seed)
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// regressions and SVMs
+
+#[test]
+fn logistic_regression_and_linear_svm() -> mithril::Result<()> {
+    let x = ndarray::array![[0.5, -1.0, 2.0], [1.5, 0.25, -0.75], [-2.0, 1.0, 0.1], [0.0, 0.3, 0.2]];
+    let m = Logistic::new()?;
+    let mut p = m.randomize_params(3);
+    assert_eq!(p.names(), ["logistic_regression_0.weight", "logistic_regression_0.bias"]);
+    set(&mut p, "logistic_regression_0.weight", &[0.4, -0.3, 0.8]);
+    set(&mut p, "logistic_regression_0.bias", &[-0.1]);
+    let out = m.evaluate(&p, LogisticInputs { x: x.view() })?;
+    assert_eq!(out.logits.shape(), &[4, 1]);
+    for i in 0..4 {
+        let z = 0.4 * x[[i, 0]] - 0.3 * x[[i, 1]] + 0.8 * x[[i, 2]] - 0.1;
+        assert!((out.logits[[i, 0]] - z).abs() < 1e-14);
+        assert!((out.probs[[i, 0]] - 1.0 / (1.0 + (-z).exp())).abs() < 1e-14);
+    }
+    let (s1, s2) = (pat(ndarray::Ix2(4, 1), 0.3), pat(ndarray::Ix2(4, 1), 1.1));
+    let seeds = LogisticOutputs { logits: s1.clone(), probs: s2.clone() };
+    let (_, g) = m.evaluate_gradients(&p, LogisticInputs { x: x.view() }, seeds)?;
+    gradcheck("logistic regression", &p, &g, |q| {
+        let o = m.evaluate(q, LogisticInputs { x: x.view() }).unwrap();
+        dot(&o.logits, &s1) + dot(&o.probs, &s2)
+    });
+
+    let m = Svm::new()?;
+    let mut p = m.randomize_params(3);
+    assert_eq!(p.names(), ["svm.weight", "svm.bias"]);
+    set(&mut p, "svm.weight", &[0.4, -0.3, 0.8]);
+    set(&mut p, "svm.bias", &[-0.1]);
+    let out = m.evaluate(&p, SvmInputs { x: x.view() })?;
+    for i in 0..4 {
+        let z = 0.4 * x[[i, 0]] - 0.3 * x[[i, 1]] + 0.8 * x[[i, 2]] - 0.1;
+        assert!((out.out[[i, 0]] - z).abs() < 1e-14);
+        assert_eq!(out.decision[[i, 0]], z.signum());
+    }
+    let s1 = pat(ndarray::Ix2(4, 1), 0.3);
+    let seeds = SvmOutputs { out: s1.clone(), decision: s1.clone() };
+    let (_, g) = m.evaluate_gradients(&p, SvmInputs { x: x.view() }, seeds)?;
+    // sign passes no gradient: only `output` contributes
+    gradcheck("linear svm", &p, &g, |q| dot(&m.evaluate(q, SvmInputs { x: x.view() }).unwrap().out, &s1));
+    Ok(())
+}
+
+#[test]
+fn kernelized_svm_with_the_rbf_kernel() -> mithril::Result<()> {
+    let m = KSvm::new()?;
+    let mut p = m.randomize_params(5);
+    assert_eq!(
+        p.names(),
+        ["svm.kernel_model.l_scale", "svm.kernel_model.sigma", "svm.weight", "svm.bias"]
+    );
+    assert_eq!(p.svm.weight.shape(), &[1, 4]);
+    set(&mut p, "svm.kernel_model.l_scale", &[0.9]);
+    set(&mut p, "svm.kernel_model.sigma", &[1.2]);
+    let x1 = pat(ndarray::Ix2(5, 2), 0.7);
+    let x2 = pat(ndarray::Ix2(4, 2), 3.1);
+    let inputs = KSvmInputs { x1: x1.view(), x2: x2.view() };
+    let out = m.evaluate(&p, inputs)?;
+    let k = ref_rbf(&x1, &x2, 0.9, 1.2);
+    close("kernel", out.kernel.as_slice().unwrap(), k.as_slice().unwrap(), 1e-13);
+    let (w, b) = (get(&p, "svm.weight"), get(&p, "svm.bias"));
+    for i in 0..5 {
+        let want: f64 = (0..4).map(|j| k[[i, j]] * w[j]).sum::<f64>() + b[0];
+        assert!((out.out[[i, 0]] - want).abs() < 1e-13);
+    }
+    let (s1, s2) = (pat(ndarray::Ix2(5, 1), 0.3), pat(ndarray::Ix2(5, 4), 0.8));
+    let seeds = KSvmOutputs { out: s1.clone(), kernel: s2.clone() };
+    let (_, g) = m.evaluate_gradients(&p, inputs, seeds)?;
+    gradcheck("kernelized svm", &p, &g, |q| {
+        let o = m.evaluate(q, inputs).unwrap();
+        dot(&o.out, &s1) + dot(&o.kernel, &s2)
+    });
+    Ok(())
+}
+
+#[test]
+fn polynomial_regression_values_and_gradients() -> mithril::Result<()> {
+    let m = PolyReg::new()?;
+    let p = m.randomize_params(9);
+    assert_eq!(p.names(), ["reg.weight", "reg.bias"]);
+    assert_eq!(p.reg.weight.shape(), &[2, 5]);
+    let x = ndarray::array![[0.5, -1.0], [1.5, 0.25], [-2.0, 0.7]];
+    let out = m.evaluate(&p, PolyRegInputs { x: x.view() })?;
+    let feats = ref_poly_features(&x, 2);
+    let (w, b) = (get(&p, "reg.weight"), get(&p, "reg.bias"));
+    for i in 0..3 {
+        for o in 0..2 {
+            let want: f64 = (0..5).map(|c| feats[[i, c]] * w[5 * o + c]).sum::<f64>() + b[o];
+            assert!((out.y[[i, o]] - want).abs() < 1e-13);
+        }
+    }
+    let seed = pat(ndarray::Ix2(3, 2), 0.3);
+    let (_, g) = m.evaluate_gradients(&p, PolyRegInputs { x: x.view() }, PolyRegOutputs { y: seed.clone() })?;
+    gradcheck("polynomial regression", &p, &g, |q| {
+        dot(&m.evaluate(q, PolyRegInputs { x: x.view() }).unwrap().y, &seed)
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// distance encoders
+
+/// Mithril's `MDSCore` formula (plain powers; `stable_reciprocal` is `1/x` away from 0).
+fn ref_mds_core(d: &[f64], pred: &[f64], norm: f64, exact: bool) -> f64 {
+    let m = ref_norm_modifier(norm);
+    let r = 1.0 / m;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for (&dv, &pv) in d.iter().zip(pred) {
+        if exact {
+            s1 += (dv - pv.powf(r)).abs().powf(m);
+            s2 += dv.powf(m);
+        } else {
+            s1 += (dv.powf(r) - pv.powf(r)).abs().powf(m);
+            s2 += dv;
+        }
+    }
+    (s1 / s2).powf(r)
+}
+
+#[test]
+fn encoder_distance_matrix_plain_values_and_gradients() -> mithril::Result<()> {
+    let m = EdmPlain::new()?;
+    let mut p = m.randomize_params(0);
+    set(&mut p, "a", pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap());
+    set(&mut p, "b", pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap());
+    // the period is 8: norm_modifier(10.5) = 2.5
+    set(&mut p, "norm", &[10.5]);
+    assert!((ref_norm_modifier(10.5) - 2.5).abs() < 1e-12);
+    let out = m.evaluate(&p, EdmPlainInputs { _marker: PhantomData })?;
+    let powered = ref_distance_matrix(&rows(&get(&p, "a"), 3, 2), &rows(&get(&p, "b"), 4, 2), 2.5);
+    close("powered", out.powered.as_slice().unwrap(), powered.as_slice().unwrap(), 1e-12);
+    let fin = powered.mapv(|v| v.powf(1.0 / 2.5));
+    close("final", out.final_dist.as_slice().unwrap(), fin.as_slice().unwrap(), 1e-12);
+    let (s1, s2) = (pat(ndarray::Ix2(3, 4), 0.2), pat(ndarray::Ix2(3, 4), 2.5));
+    let seeds = EdmPlainOutputs { final_dist: s1.clone(), powered: s2.clone() };
+    let (_, g) = m.evaluate_gradients(&p, EdmPlainInputs { _marker: PhantomData }, seeds)?;
+    gradcheck("encoder_distance_matrix", &p, &g, |q| {
+        let o = m.evaluate(q, EdmPlainInputs { _marker: PhantomData }).unwrap();
+        dot(&o.final_dist, &s1) + dot(&o.powered, &s2)
+    });
+    Ok(())
+}
+
+#[test]
+fn mds_core_plain_values_and_gradients() -> mithril::Result<()> {
+    let m = MdsCorePlain::new()?;
+    let mut p = m.randomize_params(0);
+    let d: Vec<f64> = (0..9).map(|i| 1.0 + 0.5 * wave(i, 0.1)).collect();
+    let pred: Vec<f64> = (0..9).map(|i| 1.2 + 0.6 * wave(i, 2.3)).collect();
+    set(&mut p, "d", &d);
+    set(&mut p, "pred", &pred);
+    set(&mut p, "norm", &[2.5]);
+    let out = m.evaluate(&p, MdsCorePlainInputs { _marker: PhantomData })?;
+    close("exact", &[out.exact.into_scalar()], &[ref_mds_core(&d, &pred, 2.5, true)], 1e-12);
+    close("powered", &[out.powered.into_scalar()], &[ref_mds_core(&d, &pred, 2.5, false)], 1e-12);
+    let seeds = MdsCorePlainOutputs { exact: ndarray::arr0(1.0), powered: ndarray::arr0(-0.7) };
+    let (_, g) = m.evaluate_gradients(&p, MdsCorePlainInputs { _marker: PhantomData }, seeds)?;
+    gradcheck("mds_core", &p, &g, |q| {
+        let o = m.evaluate(q, MdsCorePlainInputs { _marker: PhantomData }).unwrap();
+        o.exact.into_scalar() - 0.7 * o.powered.into_scalar()
+    });
+    Ok(())
+}
