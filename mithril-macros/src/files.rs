@@ -28,9 +28,37 @@ pub fn write_if_changed(path: &str, content: &str) -> std::io::Result<()> {
     if let Some(dir) = p.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, &p)
+    // a temporary unique to this write (process id, a per-process counter, created exclusively):
+    // rustc, clippy and rust-analyzer may expand the same macro at once, in one process or many
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let (tmp, mut f) = loop {
+        let mut name = p.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = p.with_file_name(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let r = f.write_all(content.as_bytes()).and_then(|()| {
+        drop(f);
+        std::fs::rename(&tmp, &p)
+    });
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 /// Pretty-print generated items.
