@@ -184,9 +184,8 @@ impl<'a> Gen<'a> {
 
     /// The destination tokens of a computed node.
     /// How a run-time error of node `id` names where it happened: the op, its operands (inputs
-    /// and params by name) and the value it computes, for [`Error::at`] in the generated code.
-    ///
-    /// [`Error::at`]: ../../mithril_runtime/error/enum.Error.html#method.at
+    /// and params by name) and the value it computes, for `mithril::rt::Error::at` in the
+    /// generated code.
     fn what(&self, id: NodeId) -> String {
         let n = &self.g.nodes[id];
         let name = match &n.op {
