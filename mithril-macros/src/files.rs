@@ -81,6 +81,41 @@ pub fn cuda_path(rust_path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Threads writing different contents to one path at once: every write succeeds, the file
+    /// holds one of them whole, and no temporary is left (they used to share one temporary).
+    #[test]
+    fn concurrent_writes_to_one_path() {
+        let dir = std::env::temp_dir().join(format!("mithril-files-race-{}", std::process::id()));
+        let path = dir.join("g.txt");
+        let p = path.to_str().unwrap();
+        let contents: Vec<String> = (0..4).map(|i| format!("{i}").repeat(100_000)).collect();
+        for round in 0..50 {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = contents
+                    .iter()
+                    .map(|c| s.spawn(move || super::write_if_changed(p, c)))
+                    .collect();
+                for h in hs {
+                    h.join()
+                        .unwrap()
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                }
+            });
+            let got = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                contents.contains(&got),
+                "round {round}: a mixed or partial file"
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "a temporary was left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn cuda_path_sits_next_to_the_rust() {
         assert_eq!(super::cuda_path("target/x/net.rs"), "target/x/net.cu");
