@@ -87,13 +87,8 @@ pub fn main() -> mithril::Result<()> {
     let infer = Mlp::new()?;
     let infer16 = MlpBf16::new()?;
     let p16 = infer16.randomize_params(0);
-    // `MITHRIL_THREADS=1` for single-thread numbers (the default uses every core for big GEMMs)
-    if let Some(n) = std::env::var("MITHRIL_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        mithril_kernels::gemm::set_num_threads(n);
-    }
+    // `MITHRIL_THREADS=1` for single-thread numbers (the library reads it; the default uses
+    // every core for big GEMMs)
     // `BENCH_KIND=train` (or `infer`) measures one kind only.
     let kind = std::env::var("BENCH_KIND").unwrap_or_default();
     if kind != "train" {

@@ -211,7 +211,7 @@ fn gpu_gathers_and_cross_entropy() {
     let dev = cuda::CudaDevice::open(0).unwrap();
     let table = ndarray::Array::from_shape_fn((10, 4), |(i, j)| (i * 4 + j) as f32).into_dyn();
     let dt = cuda::DeviceTensor::to_device(&dev, &table.view()).unwrap();
-    let idx = ndarray::arr1(&[2i64, -1, 0]).into_dyn();
+    let idx = ndarray::arr1(&[2i64, 9, 0]).into_dyn();
     let di = cuda::DeviceTensor::to_device(&dev, &idx.view()).unwrap();
     let e = cuda::embedding(&dev, &dt, &di).unwrap().to_host().unwrap();
     assert_eq!(e.shape(), &[3, 4]);
@@ -219,8 +219,13 @@ fn gpu_gathers_and_cross_entropy() {
     let bad =
         cuda::DeviceTensor::to_device(&dev, &ndarray::arr1(&[10i64]).into_dyn().view()).unwrap();
     assert!(cuda::embedding(&dev, &dt, &bad).is_err());
+    // a negative id or target is an error, not the last row / class (as on the CPU)
+    let neg = cuda::DeviceTensor::to_device(&dev, &ndarray::arr1(&[0i64, -1, 0]).into_dyn().view())
+        .unwrap();
+    assert!(cuda::embedding(&dev, &dt, &neg).is_err());
     let logits = ndarray::Array::from_shape_fn((3, 10), |(i, j)| (i + j) as f32 * 0.1).into_dyn();
     let dl = cuda::DeviceTensor::to_device(&dev, &logits.view()).unwrap();
+    assert!(cuda::softmax_cross_entropy(&dev, &dl, &neg).is_err());
     let (loss, lse) = cuda::softmax_cross_entropy(&dev, &dl, &di).unwrap();
     let loss = loss.to_host().unwrap();
     for (r, &t) in [2usize, 9, 0].iter().enumerate() {

@@ -15,25 +15,29 @@ struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static ON: Cell<bool> = const { Cell::new(false) };
+    /// The largest size this thread asked the allocator for while counting was on.
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts one allocation of `size` bytes when counting is on.
+fn count(size: usize) {
+    if ON.with(|c| c.get()) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        LARGEST.with(|c| c.set(c.get().max(size)));
+    }
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if ON.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count(l.size());
         unsafe { System.alloc(l) }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        if ON.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count(l.size());
         unsafe { System.alloc_zeroed(l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if ON.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
+        count(n);
         unsafe { System.realloc(p, l, n) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
@@ -59,6 +63,13 @@ fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
     (ALLOCS.load(Ordering::Relaxed) - before, r)
 }
 
+/// The largest single allocation this thread asked for while running `f`.
+fn largest_allocation<R>(f: impl FnOnce() -> R) -> (usize, R) {
+    LARGEST.with(|c| c.set(0));
+    let (_, r) = allocations(f);
+    (LARGEST.with(|c| c.get()), r)
+}
+
 mithril! {
     model Mlp {
         input x: f32[B, 784];
@@ -79,6 +90,28 @@ mithril! {
     compile StaticMlp = Mlp { shapes: { x: [32, 784] }, static_shapes: true };
     compile NoPlan = Mlp { memory_planning: none };
     compile Tiny = Mlp { max_memory_gb: 0.0001 };
+
+    model Small {
+        input x: f32[B, 4];
+        output y = MLP(dimensions = [8, 3], activations = [relu])(x);
+    }
+
+    model Outer {
+        input a: f32[N, 1];
+        input b: f32[1, M];
+        output c = a * b;
+    }
+
+    model Product {
+        input a: f32[M, K];
+        input b: f32[K, N];
+        output c = matmul(a, b);
+    }
+
+    model Lookup {
+        input ids: i64[N];
+        output e = Embedding(10, 4)(ids);
+    }
 }
 
 fn data(b: usize) -> (Array2<f32>, Array1<i64>) {
@@ -258,4 +291,84 @@ fn over_max_memory_is_an_error_at_run_time_for_dynamic_shapes() {
         msg.contains("model `Tiny`") && msg.contains("max_memory_gb"),
         "{msg}"
     );
+}
+
+/// Asserts `r` is an `Error::Alloc` of exactly `bytes` whose message names the op `op`
+/// (elementwise groups report the value they compute as `Error::Alloc::op`, and the op in
+/// the context the model adds).
+fn assert_alloc_err<T: std::fmt::Debug>(r: Result<T, mithril::rt::Error>, op: &str, bytes: u128) {
+    let e = r.expect_err("an impossible size must be an Err");
+    match &e {
+        mithril::rt::Error::Alloc { bytes: b, .. } => assert!(*b == bytes, "{e:?}"),
+        other => panic!("expected Error::Alloc, got {other:?}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("`{op}`")) && msg.contains(&bytes.to_string()),
+        "{msg}"
+    );
+}
+
+/// Inputs whose results cannot fit in any machine's memory (terabytes, from broadcast views of
+/// a few bytes) are `Err`s naming the op and the bytes; the process never asks the allocator
+/// for them (the largest allocation of each call stays small).
+#[test]
+fn impossible_sizes_are_errors_not_aborts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const SMALL: usize = 1 << 20;
+    // 2^40 rows through a small MLP: its first layer's [2^40, 8] f32 result is 32 TiB
+    let m = Small::new().unwrap();
+    let p = m.randomize_params(0);
+    let row = Array2::<f32>::ones((1, 4));
+    let x = row.broadcast((1usize << 40, 4)).unwrap();
+    let (big, r) = largest_allocation(|| m.evaluate(&p, SmallInputs { x }));
+    assert_alloc_err(r, "matmul", (1u128 << 40) * 8 * 4);
+    assert!(big < SMALL, "allocated {big} bytes");
+    // outer product [2^20, 1] * [1, 2^20]: 2^40 f32, 4 TiB
+    let m = Outer::new().unwrap();
+    let col = Array2::<f32>::ones((1, 1));
+    let a = col.broadcast((1usize << 20, 1)).unwrap();
+    let b = col.broadcast((1, 1usize << 20)).unwrap();
+    let (big, r) = largest_allocation(|| m.evaluate(&m.randomize_params(0), OuterInputs { a, b }));
+    assert_alloc_err(r, "multiply", 4u128 << 40);
+    assert!(big < SMALL, "allocated {big} bytes");
+    // a matmul with a 4 TiB result: [2^20, 1] @ [1, 2^20]
+    let m = Product::new().unwrap();
+    let (big, r) =
+        largest_allocation(|| m.evaluate(&m.randomize_params(0), ProductInputs { a, b }));
+    assert_alloc_err(r, "matmul", 4u128 << 40);
+    assert!(big < SMALL, "allocated {big} bytes");
+    // 2^40 embedding ids (a broadcast view of one id): a [2^40, 4] f32 result, 16 TiB
+    let m = Lookup::new().unwrap();
+    let p = m.randomize_params(0);
+    let one = Array1::<i64>::from_elem(1, 3);
+    let ids = one.broadcast(1usize << 40).unwrap();
+    let (big, r) = largest_allocation(|| m.evaluate(&p, LookupInputs { ids }));
+    assert_alloc_err(r, "gather", (1u128 << 40) * 4 * 4);
+    assert!(big < SMALL, "allocated {big} bytes");
+    // the messages say where
+    let e = m
+        .evaluate(&p, LookupInputs { ids })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model `Lookup`") && e.contains("input `ids`"),
+        "{e}"
+    );
+}
+
+/// `max_memory_gb` refuses a call before its intermediate buffers are allocated: the first
+/// layer's [512, 256] f32 result (512 KiB) alone exceeds the limit (0.0001 GiB, ~105 KiB), and
+/// no allocation of that size happens.
+#[test]
+fn max_memory_is_enforced_before_allocating() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Tiny::new().unwrap();
+    let p = m.randomize_params(6);
+    let (x, _) = data(512);
+    let (big, r) = largest_allocation(|| m.evaluate(&p, TinyInputs { x: x.view() }));
+    let e = r.unwrap_err();
+    assert!(matches!(e, mithril::rt::Error::Memory { .. }), "{e:?}");
+    assert!(e.to_string().contains("model `Tiny`"), "{e}");
+    assert!(big < 100 * 1024, "allocated {big} bytes before refusing");
 }

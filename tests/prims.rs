@@ -1931,9 +1931,8 @@ fn larger_matmuls_against_a_triple_loop() {
 fn take_along_and_gather_on_rank_3() {
     let (b, t, c) = (2, 3, 4);
     let x = Array3::from_shape_vec((b, t, c), values(b * t * c, 60)).unwrap();
-    // negative indices count from the end (Python)
-    // (also valid rows for the gather along axis 0 below: in [-2, 2))
-    let idx = Array2::from_shape_vec((b, t), vec![0i64, 1, -1, -2, 1, 0]).unwrap();
+    // indices in [0, 2): valid classes for take_along and rows for the gather along axis 0
+    let idx = Array2::from_shape_vec((b, t), vec![0i64, 1, 1, 0, 1, 0]).unwrap();
     let m = Take3::new().unwrap();
     let o = m
         .evaluate(
@@ -1947,19 +1946,16 @@ fn take_along_and_gather_on_rank_3() {
     let mut want = vec![];
     for i in 0..b {
         for j in 0..t {
-            let k = idx[[i, j]];
-            let k = if k < 0 { k + c as i64 } else { k } as usize;
-            want.push(x[[i, j, k]]);
+            want.push(x[[i, j, idx[[i, j]] as usize]]);
         }
     }
     assert_eq_arr(&o.picked, &[b, t], &want, "take_along rank 3");
-    // gather along axis 0 with indices in [-2, 2)
-    let idx0 = idx;
+    // gather along axis 0 with indices in [0, 2)
+    let idx0 = idx.clone();
     let mut want = vec![];
     for i in 0..b {
         for j in 0..t {
-            let r = idx0[[i, j]];
-            let r = if r < 0 { r + b as i64 } else { r } as usize;
+            let r = idx0[[i, j]] as usize;
             for tt in 0..t {
                 for cc in 0..c {
                     want.push(x[[r, tt, cc]]);
@@ -1967,12 +1963,22 @@ fn take_along_and_gather_on_rank_3() {
             }
         }
     }
-    assert_eq_arr(
-        &o.neg_idx,
-        &[b, t, t, c],
-        &want,
-        "gather axis 0 with negative indices",
-    );
+    assert_eq_arr(&o.neg_idx, &[b, t, t, c], &want, "gather axis 0");
+    // negative indices are errors (not counted from the end, as in PyTorch), naming the
+    // position
+    let mut neg = idx;
+    neg[[1, 2]] = -1;
+    let e = m
+        .evaluate(
+            &m.randomize_params(0),
+            Take3Inputs {
+                x: x.view(),
+                idx: neg.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("index -1 at position [1, 2]"), "{e}");
 }
 
 #[test]

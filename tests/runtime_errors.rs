@@ -66,6 +66,20 @@ mithril! {
         let fc = Linear(3);
         output y = fc(x);
     }
+
+    model Classify {
+        input scores: f32[N, 3];
+        input labels: i64[N];
+        output loss = cross_entropy(scores, labels);
+    }
+
+    train Embed {
+        input ids: i64[N];
+        input y: f32[N, 2];
+        let e = Embedding(4, 2)(ids);
+        output e = e;
+        loss ((e - y) * (e - y)).mean();
+    }
 }
 
 fn shape_err(e: &Error) -> (&str, &str, &str, &str) {
@@ -376,4 +390,139 @@ fn symbol_bound_after_an_ellipsis() {
         .unwrap_err();
     assert_eq!(shape_err(&e).0, "input `x`");
     assert_eq!(shape_err(&e).1, "f32[..., D]");
+}
+
+/// A negative class target is an error naming the model, the input and the position (PyTorch
+/// raises too); before, `-1` silently gave the loss of the last class.
+#[test]
+fn negative_class_target_is_an_error() {
+    let m = Classify::new().unwrap();
+    let p = m.randomize_params(0);
+    let scores = Array2::from_shape_fn((3, 3), |(i, j)| (i * 3 + j) as f32 * 0.5);
+    let good = arr1(&[0i64, 2, 1]);
+    let l = m
+        .evaluate(
+            &p,
+            ClassifyInputs {
+                scores: scores.view(),
+                labels: good.view(),
+            },
+        )
+        .unwrap()
+        .loss;
+    // -log_softmax(row)[target]: each row is (a, a + 0.5, a + 1), so the loss is
+    // ln(e^-1 + e^-0.5 + 1) + 1 - (offset of the target)
+    let ln_s = ((-1.0f64).exp() + (-0.5f64).exp() + 1.0).ln();
+    for (i, want) in [ln_s + 1.0, ln_s, ln_s + 0.5].into_iter().enumerate() {
+        assert!((l[i] as f64 - want).abs() < 1e-5, "{i}: {} vs {want}", l[i]);
+    }
+    let bad = arr1(&[0i64, 2, -1]);
+    let e = m
+        .evaluate(
+            &p,
+            ClassifyInputs {
+                scores: scores.view(),
+                labels: bad.view(),
+            },
+        )
+        .expect_err("a negative target must be an Err");
+    assert!(matches!(e, Error::Op { .. }), "{e:?}");
+    let msg = e.to_string();
+    for part in [
+        "take_along",
+        "index -1 at position [2]",
+        "negative",
+        "model `Classify`",
+        "input `labels`",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing: {msg}");
+    }
+    // out of range names the model and input as well
+    let big = arr1(&[3i64, 0, 0]);
+    let msg = m
+        .evaluate(
+            &p,
+            ClassifyInputs {
+                scores: scores.view(),
+                labels: big.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "index 3 at position [0]",
+        "model `Classify`",
+        "input `labels`",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing: {msg}");
+    }
+}
+
+/// A negative `Embedding` id is an error (it read, and in the gradient wrote, the last row).
+#[test]
+fn negative_embedding_id_is_an_error_forward_and_backward() {
+    let m = Embed::new().unwrap();
+    let p = m.randomize_params(1);
+    let y = Array2::<f32>::zeros((3, 2));
+    let ids = arr1(&[1i64, 3, 0]);
+    let (o, g) = m
+        .evaluate_gradients(
+            &p,
+            EmbedInputs {
+                ids: ids.view(),
+                y: y.view(),
+            },
+        )
+        .unwrap();
+    for (r, &i) in ids.iter().enumerate() {
+        assert_eq!(o.e.row(r), p.e.weight.row(i as usize));
+    }
+    // d/dW of mean((e - 0)^2) over 6 elements: row i gets 2 * W[i] / 6 per use
+    for i in 0..4 {
+        let uses = ids.iter().filter(|&&v| v == i as i64).count() as f32;
+        for j in 0..2 {
+            let want = uses * 2.0 * p.e.weight[[i, j]] / 6.0;
+            assert!((g.e.weight[[i, j]] - want).abs() < 1e-6, "[{i}, {j}]");
+        }
+    }
+    let bad = arr1(&[1i64, -1, 0]);
+    let e = m
+        .evaluate(
+            &p,
+            EmbedInputs {
+                ids: bad.view(),
+                y: y.view(),
+            },
+        )
+        .expect_err("negative id");
+    let msg = e.to_string();
+    for part in [
+        "gather",
+        "index -1 at position [1]",
+        "negative",
+        "model `Embed`",
+        "input `ids`",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing: {msg}");
+    }
+    let e = m
+        .evaluate_gradients(
+            &p,
+            EmbedInputs {
+                ids: bad.view(),
+                y: y.view(),
+            },
+        )
+        .expect_err("negative id in the gradient");
+    assert!(e.to_string().contains("index -1 at position [1]"), "{e}");
+}
+
+#[test]
+fn a_missing_weights_file_names_the_path() {
+    let path = temp_path("does-not-exist");
+    let mut p = Mnist::new().unwrap().randomize_params(0);
+    let e = p.load_safetensors(&path).unwrap_err();
+    assert!(matches!(&e, Error::Io(_)), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
 }

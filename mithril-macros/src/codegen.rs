@@ -183,6 +183,59 @@ impl<'a> Gen<'a> {
     }
 
     /// The destination tokens of a computed node.
+    /// How a run-time error of node `id` names where it happened: the op, its operands (inputs
+    /// and params by name) and the value it computes, for `mithril::rt::Error::at` in the
+    /// generated code.
+    fn what(&self, id: NodeId) -> String {
+        let n = &self.g.nodes[id];
+        let name = match &n.op {
+            Op::Prim(p) | Op::Fused(FExpr::Op(p, ..)) => p.name(),
+            Op::FusedMatmul { .. } => "matmul",
+            Op::Const(_) => "const",
+            _ => "elementwise",
+        };
+        let args: Vec<String> = n.args.iter().map(|&a| self.value_desc(a)).collect();
+        let mut s = if args.is_empty() {
+            format!("`{name}`")
+        } else {
+            format!("`{name}` of {}", args.join(", "))
+        };
+        if let Some(l) = n.label.as_deref().filter(|l| !l.starts_with('#')) {
+            if l.contains('`') {
+                s += &format!(" for {l}");
+            } else {
+                s += &format!(" for `{l}`");
+            }
+        }
+        if !n.scope.is_empty() {
+            s += &format!(" in `{}`", n.scope);
+        }
+        s
+    }
+
+    /// An operand as a user would name it: `input ids`, `param fc1.weight`, a named value.
+    fn value_desc(&self, id: NodeId) -> String {
+        let n = &self.g.nodes[id];
+        match &n.op {
+            Op::Input(i) => format!("input `{}`", self.g.inputs[*i].name),
+            Op::Param(i) => format!("param `{}`", self.g.params[*i].path.join(".")),
+            Op::Seed(i) => format!("the gradient of output `{}`", self.g.outputs[*i].name),
+            Op::Boundary(_) => self.value_desc(n.args[0]),
+            _ => match n.label.as_deref().filter(|l| !l.starts_with('#')) {
+                Some(l) if l.contains('`') => l.to_string(),
+                Some(l) => format!("`{l}`"),
+                None => "an intermediate value".to_string(),
+            },
+        }
+    }
+
+    /// `.map_err(..)` adding the model and [`Gen::what`] of node `id` to an op's error.
+    fn ctx(&self, id: NodeId) -> TokenStream {
+        let model = self.inp.name.to_string();
+        let what = self.what(id);
+        quote!(.map_err(|__e| __e.at(#model, #what)))
+    }
+
     fn dest(&self, id: NodeId) -> TokenStream {
         match self.plan.home[id] {
             Home::Slot { slot, .. } => quote!(::mithril::rt::Dest::Slot(__w, #slot)),
@@ -307,6 +360,7 @@ impl<'a> Gen<'a> {
         let body = convert(body, body_dt, out_dt);
         let out_ty = storage_type(out_dt);
         let vid = v(id);
+        let ctx = self.ctx(id);
         let label = self.g.nodes[id]
             .label
             .clone()
@@ -349,7 +403,7 @@ impl<'a> Gen<'a> {
                 k @ 2..=5 => {
                     let f = format_ident!("map{}_inplace", k);
                     quote! {
-                        let #vid = #ops::#f(#label, #target, #(#others),*, |#(#ps),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
+                        let #vid = #ops::#f(#label, #target, #(#others),*, |#(#ps),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) }) #ctx ?;
                     }
                 }
                 _ => {
@@ -364,18 +418,18 @@ impl<'a> Gen<'a> {
         match args.len() {
             0 => quote! {
                 let #vid = {
-                    let mut __v = #dest.get("const", &[])?;
+                    let mut __v = #dest.get("const", &[]) #ctx ?;
                     __v.fill(<#out_ty as ::mithril::rt::Elem>::from_acc(#body));
                     __v
                 };
             },
             1 => quote! {
-                let #vid = #ops::map1_to(#(#views),*, #dest, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
+                let #vid = #ops::map1_to(#(#views),*, #dest, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) }) #ctx ?;
             },
             k @ 2..=5 => {
                 let f = format_ident!("map{}_to", k);
                 quote! {
-                    let #vid = #ops::#f(#label, #(#views),*, #dest, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) })?;
+                    let #vid = #ops::#f(#label, #(#views),*, #dest, |#(#params),*| -> #out_ty { <#out_ty as ::mithril::rt::Elem>::from_acc(#body) }) #ctx ?;
                 }
             }
             _ => {
@@ -445,10 +499,11 @@ impl<'a> Gen<'a> {
             })
             .collect();
         let dest = self.dest(id);
+        let ctx = self.ctx(id);
         quote! {
             let #vid = ::mithril::rt::ops::matmul_epi_to(
                 &#a.view(), &#b.view(), #ta, #tb, [#(#others),*], #dest, #seg,
-            )?;
+            ) #ctx ?;
         }
     }
 
@@ -472,9 +527,10 @@ impl<'a> Gen<'a> {
                 let ty = storage_type(t);
                 let lit = literal(*s, t);
                 let dest = self.dest(id);
+                let ctx = self.ctx(id);
                 quote! {
                     let #vid = {
-                        let mut __v = #dest.get("const", &[])?;
+                        let mut __v = #dest.get("const", &[]) #ctx ?;
                         __v.fill(<#ty as ::mithril::rt::Elem>::from_acc(#lit));
                         __v
                     };
@@ -537,7 +593,8 @@ impl<'a> Gen<'a> {
                     self.errors.push(syn::Error::new(n.span, "reshape: more than one target dim is only known at run time; name them with symbols"));
                 }
                 let dest = self.dest(id);
-                quote!(let #vid = ::mithril::rt::ops::reshape_to(&#a.view(), &[#(#dims),*], #dest)?;)
+                let ctx = self.ctx(id);
+                quote!(let #vid = ::mithril::rt::ops::reshape_to(&#a.view(), &[#(#dims),*], #dest) #ctx ?;)
             }
             Op::Prim(p) => {
                 let args: Vec<TokenStream> = n
@@ -552,7 +609,8 @@ impl<'a> Gen<'a> {
                 let out = self.elem_ty(id);
                 let dest = self.dest(id);
                 let call = p.call(&args, &dts, &out, &dest);
-                quote!(let #vid = #call?;)
+                let ctx = self.ctx(id);
+                quote!(let #vid = (#call) #ctx ?;)
             }
             Op::Boundary(_) => {
                 let a = v(n.args[0]);
@@ -863,7 +921,7 @@ impl<'a> Gen<'a> {
                     &mut *__guard
                 }
                 ::std::result::Result::Err(_) => {
-                    __tmp = ::mithril::rt::Workspace::new(Self::#life_const, false, #max);
+                    __tmp = ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model);
                     &mut __tmp
                 }
             };
@@ -1204,9 +1262,10 @@ impl<'a> Gen<'a> {
             quote!(&[])
         };
         let threads = self.threads_guard();
+        let model_name = self.inp.name.to_string();
         let ws_init = quote! {
-            __ws: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(Self::__MITHRIL_LIFE_EVAL, #planning, #max)),
-            __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max)),
+            __ws: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(Self::__MITHRIL_LIFE_EVAL, #planning, #max).named(#model_name)),
+            __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max).named(#model_name)),
         };
         let optimize_for = self.inp.optimize_for.name();
         let lints = quote!(#[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]);

@@ -28,9 +28,37 @@ pub fn write_if_changed(path: &str, content: &str) -> std::io::Result<()> {
     if let Some(dir) = p.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, &p)
+    // a temporary unique to this write (process id, a per-process counter, created exclusively):
+    // rustc, clippy and rust-analyzer may expand the same macro at once, in one process or many
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let (tmp, mut f) = loop {
+        let mut name = p.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = p.with_file_name(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let r = f.write_all(content.as_bytes()).and_then(|()| {
+        drop(f);
+        std::fs::rename(&tmp, &p)
+    });
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 /// Pretty-print generated items.
@@ -53,6 +81,41 @@ pub fn cuda_path(rust_path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Threads writing different contents to one path at once: every write succeeds, the file
+    /// holds one of them whole, and no temporary is left (they used to share one temporary).
+    #[test]
+    fn concurrent_writes_to_one_path() {
+        let dir = std::env::temp_dir().join(format!("mithril-files-race-{}", std::process::id()));
+        let path = dir.join("g.txt");
+        let p = path.to_str().unwrap();
+        let contents: Vec<String> = (0..4).map(|i| format!("{i}").repeat(100_000)).collect();
+        for round in 0..50 {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = contents
+                    .iter()
+                    .map(|c| s.spawn(move || super::write_if_changed(p, c)))
+                    .collect();
+                for h in hs {
+                    h.join()
+                        .unwrap()
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                }
+            });
+            let got = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                contents.contains(&got),
+                "round {round}: a mixed or partial file"
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "a temporary was left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn cuda_path_sits_next_to_the_rust() {
         assert_eq!(super::cuda_path("target/x/net.rs"), "target/x/net.cu");

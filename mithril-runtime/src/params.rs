@@ -209,8 +209,12 @@ pub trait ParamTree {
             .map_err(|e| Error::Params(format!("cannot serialize to safetensors: {e}")))
     }
 
-    /// Saves the tree to a safetensors file: written to a temporary file in the same directory,
-    /// then renamed over `path`, so a crash never leaves a half-written file at `path`.
+    /// Saves the tree to a safetensors file: written to a temporary file in the same directory
+    /// (a name unique to this save: process id plus a process-wide counter, created
+    /// exclusively), synced, then renamed over `path`. A crash never leaves a half-written file
+    /// at `path`, a reader always sees some complete save, and of concurrent saves to one path
+    /// (threads or processes) each that returns `Ok` was the whole file at some moment. An I/O
+    /// error names the path.
     fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()>
     where
         Self: Sized,
@@ -248,7 +252,8 @@ pub trait ParamTree {
     where
         Self: Sized,
     {
-        let bytes = std::fs::read(path.as_ref())?;
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| io_at("cannot read", path, e))?;
         self.load_safetensors_bytes(&bytes)
     }
 }
@@ -597,8 +602,21 @@ fn decode_into(name: &str, dst: TensorViewMut<'_>, file: Dtype, data: &[u8]) -> 
     }
 }
 
-/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.
+/// An I/O error with the path it concerns (same kind, message `{what} `path`: {e}`).
+fn io_at(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Io(std::io::Error::new(
+        e.kind(),
+        format!("{what} `{}`: {e}", path.display()),
+    ))
+}
+
+/// Writes `bytes` to a temporary file next to `path`, then renames it over `path`. The
+/// temporary's name is unique to this call (process id and a process-wide counter) and it is
+/// created exclusively (`create_new`), so concurrent saves never write into the same
+/// temporary: each complete save is renamed over `path` atomically.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SAVES: AtomicU64 = AtomicU64::new(0);
     let Some(file_name) = path.file_name() else {
         return Err(Error::Params(format!(
             "cannot save to `{}`: not a file path",
@@ -609,12 +627,27 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    let (tmp, mut f) = loop {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            SAVES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            // a stale temporary of an earlier process with the same id: take the next name
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_at("cannot save to", path, e)),
+        }
+    };
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -622,7 +655,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Io(e));
+        return Err(io_at("cannot save to", path, e));
     }
     Ok(())
 }
@@ -837,6 +870,76 @@ mod tests {
             m.save_safetensors(dir.join("no/such/dir/m.safetensors")),
             Err(Error::Io(_))
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn io_errors_name_the_path() {
+        let mut z = Mlp::zeroed();
+        let missing = std::env::temp_dir().join("mithril-no-such-dir/weights.safetensors");
+        let e = z.load_safetensors(&missing).unwrap_err();
+        assert!(
+            matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains(&missing.display().to_string()),
+            "{e}"
+        );
+        let e = Mlp::new(&[3, 2]).save_safetensors(&missing).unwrap_err();
+        assert!(
+            e.to_string().contains(&missing.display().to_string()),
+            "{e}"
+        );
+    }
+
+    /// Two threads save different trees to one path while a third reads it, many rounds: every
+    /// read sees a whole file, and the file left is the data of a save that returned `Ok`.
+    #[test]
+    fn concurrent_saves_to_one_path() {
+        let dir = std::env::temp_dir().join(format!("mithril-params-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let mut trees = [Mlp::new(&[3, 2]), Mlp::new(&[3, 2])];
+        trees[1].w.mapv_inplace(|x| x + 100.0);
+        trees[0].save_safetensors(&path).unwrap();
+        for round in 0..200 {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let (oks, reads) = std::thread::scope(|s| {
+                let savers: Vec<_> = trees
+                    .iter()
+                    .map(|t| s.spawn(|| t.save_safetensors(&path).is_ok()))
+                    .collect();
+                let reader = s.spawn(|| {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let mut z = Mlp::zeroed();
+                        z.load_safetensors(&path)
+                            .unwrap_or_else(|e| panic!("round {round}: a reader saw {e}"));
+                        assert!(z == trees[0] || z == trees[1], "round {round}");
+                        n += 1;
+                    }
+                    n
+                });
+                let oks: Vec<bool> = savers.into_iter().map(|h| h.join().unwrap()).collect();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                (oks, reader.join().unwrap())
+            });
+            assert!(
+                oks.iter().all(|&ok| ok),
+                "round {round}: a save failed: {oks:?}"
+            );
+            let mut z = Mlp::zeroed();
+            z.load_safetensors(&path).unwrap();
+            assert!(z == trees[0] || z == trees[1], "round {round}");
+            let _ = reads;
+        }
+        // no temporary is left behind
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, vec![std::ffi::OsString::from("m.safetensors")]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

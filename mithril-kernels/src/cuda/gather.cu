@@ -1,5 +1,5 @@
-// Gathers with i64 indices (negative indices count from the end, as on the CPU). An index out of
-// range writes 0 and sets *bad = 1 (`bad` may be null); the host checks the flag and reports
+// Gathers with i64 indices in 0..n (as on the CPU). An index out of range (negative ones
+// included) writes 0 and sets *bad = 1 (`bad` may be null); the host checks the flag and reports
 // the error, since a kernel cannot return one.
 //
 // embedding:  out[i, :] = table[idx[i], :]              idx [n_idx], table [vocab, dim]
@@ -13,7 +13,7 @@ __device__ __forceinline__ void mt_embedding(const long long* __restrict__ idx,
                                              long n_idx, long vocab, long dim, int* bad) {
     MT_GRID_STRIDE(e, n_idx * dim) {
         const long i = e / dim, j = e - i * dim;
-        const long k = mt_wrap_index(idx[i], vocab);
+        const long k = mt_check_index(idx[i], vocab);
         if (k < 0) {
             out[e] = mt_store<T>(0.0f);
             if (bad) *bad = 1;
@@ -30,7 +30,7 @@ __device__ __forceinline__ void mt_embedding_backward(const long long* __restric
                                                       long vocab, long dim, int* bad) {
     MT_GRID_STRIDE(e, n_idx * dim) {
         const long i = e / dim, j = e - i * dim;
-        const long k = mt_wrap_index(idx[i], vocab);
+        const long k = mt_check_index(idx[i], vocab);
         if (k < 0) {
             if (bad) *bad = 1;
         } else {
@@ -44,7 +44,7 @@ __device__ __forceinline__ void mt_take_along(const T* __restrict__ x,
                                               const long long* __restrict__ idx,
                                               T* __restrict__ out, long n, long c, int* bad) {
     MT_GRID_STRIDE(p, n) {
-        const long k = mt_wrap_index(idx[p], c);
+        const long k = mt_check_index(idx[p], c);
         if (k < 0) {
             out[p] = mt_store<T>(0.0f);
             if (bad) *bad = 1;
@@ -60,7 +60,7 @@ __device__ __forceinline__ void mt_take_along_backward(const long long* __restri
                                                        T* __restrict__ dx, long n, long c) {
     MT_GRID_STRIDE(e, n * c) {
         const long p = e / c, j = e - p * c;
-        dx[e] = (mt_wrap_index(idx[p], c) == j) ? dout[p] : mt_store<T>(0.0f);
+        dx[e] = (mt_check_index(idx[p], c) == j) ? dout[p] : mt_store<T>(0.0f);
     }
 }
 

@@ -94,8 +94,8 @@ MT_BLOCK_REDUCE(mt_block_min, mt_warp_min, MT_INF)
 // Instantiate X(suffix, storage type) for the three float storage types.
 #define MT_FOR_FLOATS(X) X(f32, float) X(f16, mt_half) X(bf16, mt_bfloat)
 
-// An index that may be negative (counts from the end); -1 when out of range.
-__device__ __forceinline__ long mt_wrap_index(long long i, long n) {
-    long long j = i < 0 ? i + n : i;
-    return (j < 0 || j >= n) ? -1 : (long)j;
+// An index checked against 0..n; -1 when outside (negative ones too: class targets and ids
+// are not counted from the end, as in PyTorch).
+__device__ __forceinline__ long mt_check_index(long long i, long n) {
+    return (i < 0 || i >= n) ? -1 : (long)i;
 }

@@ -2,7 +2,7 @@
 // `-take_along(log_softmax(x), target)`): one block per row, f32 accumulation.
 //   forward:  loss[r] = lse_r - x[r, t_r],  lse_r = max_r + log(sum_c exp(x[r, c] - max_r))
 //   backward: dx[r, c] = dloss[r] * (exp(x[r, c] - lse_r) - (c == t_r))
-// Targets are i64; negative targets count from the end; out of range sets *bad = 1 (may be null)
+// Targets are i64 in 0..cols; out of range (negative included) sets *bad = 1 (may be null)
 // and gives a NaN loss / zero gradient row. `lse` (f32 per row) is written by the forward pass
 // when non-null; the backward pass recomputes it when given null.
 
@@ -25,7 +25,7 @@ __device__ __forceinline__ void mt_xent_rows(const T* __restrict__ x,
         const T* xr = x + r * cols;
         const float lse = mt_row_lse(xr, cols);
         if (threadIdx.x == 0) {
-            const long t = mt_wrap_index(target[r], cols);
+            const long t = mt_check_index(target[r], cols);
             if (t < 0 && bad) *bad = 1;
             loss[r] = mt_store<T>(t < 0 ? MT_NAN : lse - mt_load(xr[t]));
             if (lse_out) lse_out[r] = lse;
@@ -44,7 +44,7 @@ __device__ __forceinline__ void mt_xent_backward_rows(const T* __restrict__ x,
         const T* xr = x + r * cols;
         T* dxr = dx + r * cols;
         const float lse = lse_in ? lse_in[r] : mt_row_lse(xr, cols);
-        const long t = mt_wrap_index(target[r], cols);
+        const long t = mt_check_index(target[r], cols);
         if (t < 0 && bad && threadIdx.x == 0) *bad = 1;
         const float g = mt_load(dloss[r]);
         MT_COLS(c, cols) {

@@ -132,20 +132,37 @@ pub struct GemmConfig {
 
 static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
 
-/// Sets the number of threads large GEMMs use (`0` restores the default: the available
-/// parallelism).
+/// Sets the number of threads large GEMMs use (`0` restores the default: the environment
+/// variable `MITHRIL_THREADS`, else the available parallelism; see [`num_threads`]).
 pub fn set_num_threads(n: usize) {
     NUM_THREADS.store(n, Ordering::Relaxed);
 }
 
-/// The number of threads large GEMMs use (default: `std::thread::available_parallelism`).
+/// The number of threads large GEMMs use: the value of [`set_num_threads`]; by default the
+/// environment variable `MITHRIL_THREADS` (a positive integer, read once, at the first GEMM
+/// that asks), else `std::thread::available_parallelism`. A `MITHRIL_THREADS` that is not a
+/// positive integer is ignored.
 pub fn num_threads() -> usize {
     match NUM_THREADS.load(Ordering::Relaxed) {
         0 => {
-            static AVAIL: OnceLock<usize> = OnceLock::new();
-            *AVAIL.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            static DEFAULT: OnceLock<usize> = OnceLock::new();
+            *DEFAULT.get_or_init(|| {
+                default_threads(
+                    std::env::var("MITHRIL_THREADS").ok().as_deref(),
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )
+            })
         }
         n => n,
+    }
+}
+
+/// The default thread count: `env` (the value of `MITHRIL_THREADS`) when it is a positive
+/// integer, else `available`.
+fn default_threads(env: Option<&str>, available: usize) -> usize {
+    match env.map(|s| s.trim().parse::<usize>()) {
+        Some(Ok(n)) if n > 0 => n,
+        _ => available,
     }
 }
 

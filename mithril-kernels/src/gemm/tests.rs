@@ -464,3 +464,45 @@ fn call_thread_limit_reaches_the_kernel_and_nests() {
     assert_eq!(last_call_threads(), 3);
     assert!(c.iter().all(|&x| x == 8.0));
 }
+
+#[test]
+fn mithril_threads_sets_the_default() {
+    assert_eq!(default_threads(Some("3"), 16), 3);
+    assert_eq!(default_threads(Some(" 1 "), 16), 1);
+    for bad in ["0", "-2", "two", ""] {
+        assert_eq!(default_threads(Some(bad), 16), 16, "{bad:?}");
+    }
+    assert_eq!(default_threads(None, 16), 16);
+}
+
+/// Run by [`mithril_threads_reaches_num_threads`] in a child process with the variable set.
+#[test]
+fn mithril_threads_child() {
+    if std::env::var_os("MITHRIL_THREADS_TEST_CHILD").is_some() {
+        assert_eq!(num_threads(), 3);
+        set_num_threads(2);
+        assert_eq!(num_threads(), 2);
+        set_num_threads(0);
+        assert_eq!(num_threads(), 3);
+    }
+}
+
+#[test]
+fn mithril_threads_reaches_num_threads() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "gemm::tests::mithril_threads_child",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("MITHRIL_THREADS", "3")
+        .env("MITHRIL_THREADS_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

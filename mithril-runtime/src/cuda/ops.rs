@@ -245,13 +245,16 @@ fn check_flag(dev: &CudaDevice, op: &str, flag: &cudarc::driver::CudaSlice<i32>)
         .clone_dtoh(flag)
         .map_err(|e| dev_err("copy to host", e))?;
     if v.first().copied().unwrap_or(0) != 0 {
-        return Err(Error::op(op, "an index is out of range"));
+        return Err(Error::op(
+            op,
+            "an index is out of range (indices must lie in 0..n; negative ones are errors)",
+        ));
     }
     Ok(())
 }
 
-/// `out[..., :] = table[idx[...], :]` for a `[vocab, dim]` table (negative indices count from
-/// the end; one out of range is an error). The result has shape `idx.shape() + [dim]`.
+/// `out[..., :] = table[idx[...], :]` for a `[vocab, dim]` table (an index outside
+/// `0..vocab`, negative ones included, is an error). The result has shape `idx.shape() + [dim]`.
 pub fn embedding<T: FloatElem>(
     dev: &CudaDevice,
     table: &DeviceTensor<T>,

@@ -130,7 +130,8 @@ where
     if !b_vec {
         final_shape[fi] = n;
     }
-    let nb: usize = batch.slice().iter().product();
+    // the batch dims come from two operands: their product may overflow
+    let nb = checked_size(OP, batch.slice())?;
     checked_size(OP, &[nb, m, n])?;
     let mut out = dest.get(OP, final_shape.slice())?;
     if k == 0 || !is_gemm_type::<T>() {
