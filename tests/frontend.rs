@@ -268,14 +268,26 @@ fn slice_bounds_over_symbolic_dims() {
         for (g, w) in o.y.iter().zip(want.iter()) {
             assert!((g - w).abs() < 1e-12, "H = {h}: {g} vs {w}");
         }
-        assert_eq!(o.tail, x.slice(mithril::ndarray::s![.., h - 2..]).to_owned());
-        assert_eq!(o.head, x.slice(mithril::ndarray::s![.., ..h - 1]).to_owned());
+        assert_eq!(
+            o.tail,
+            x.slice(mithril::ndarray::s![.., h - 2..]).to_owned()
+        );
+        assert_eq!(
+            o.head,
+            x.slice(mithril::ndarray::s![.., ..h - 1]).to_owned()
+        );
     }
     // gradients through the relative slices
     let x = mat(2, 6, 5);
     let (sy, st, sh) = (mat(2, 4, 1), mat(2, 2, 2), mat(2, 5, 3));
-    let seeds = Conv1dOutputs { y: sy.clone(), tail: st.clone(), head: sh.clone() };
-    let (_, g) = m.evaluate_gradients(&p, Conv1dInputs { x: x.view() }, seeds).unwrap();
+    let seeds = Conv1dOutputs {
+        y: sy.clone(),
+        tail: st.clone(),
+        head: sh.clone(),
+    };
+    let (_, g) = m
+        .evaluate_gradients(&p, Conv1dInputs { x: x.view() }, seeds)
+        .unwrap();
     let loss = |q: &Conv1dParams| {
         let o = m.evaluate(q, Conv1dInputs { x: x.view() }).unwrap();
         (&o.y * &sy).sum() + (&o.tail * &st).sum() + (&o.head * &sh).sum()

@@ -1476,44 +1476,41 @@ impl<'a> Flattener<'a> {
     fn slice_arg(&mut self, e: &Expr, f: &mut Frame) -> Option<SliceArg> {
         // a bound over a symbolic dim (`H - k + 1`) is recorded and stands as `None` until
         // shape inference resolves it against the sliced axis
-        let int = |s: &mut Self,
-                   x: &Option<Box<Expr>>,
-                   hi: bool,
-                   f: &mut Frame|
-         -> Option<Option<i64>> {
-            match x {
-                None => Some(None),
-                Some(x) => match s.eval_hyper(x, f)? {
-                    HVal::Int(i) => Some(Some(i)),
-                    HVal::None => Some(None),
-                    HVal::Dim(d) => {
-                        s.pending_bounds.push(crate::ir::SymBound {
-                            pos: s.slice_pos,
-                            hi,
-                            dim: d,
-                            offset: 0,
-                        });
-                        Some(None)
-                    }
-                    HVal::DimPlus(d, c) => {
-                        s.pending_bounds.push(crate::ir::SymBound {
-                            pos: s.slice_pos,
-                            hi,
-                            dim: d,
-                            offset: c,
-                        });
-                        Some(None)
-                    }
-                    v => {
-                        s.error(
-                            x.span(),
-                            format!("slice bounds must be integers, found {}", v.kind()),
-                        );
-                        None
-                    }
-                },
-            }
-        };
+        let int =
+            |s: &mut Self, x: &Option<Box<Expr>>, hi: bool, f: &mut Frame| -> Option<Option<i64>> {
+                match x {
+                    None => Some(None),
+                    Some(x) => match s.eval_hyper(x, f)? {
+                        HVal::Int(i) => Some(Some(i)),
+                        HVal::None => Some(None),
+                        HVal::Dim(d) => {
+                            s.pending_bounds.push(crate::ir::SymBound {
+                                pos: s.slice_pos,
+                                hi,
+                                dim: d,
+                                offset: 0,
+                            });
+                            Some(None)
+                        }
+                        HVal::DimPlus(d, c) => {
+                            s.pending_bounds.push(crate::ir::SymBound {
+                                pos: s.slice_pos,
+                                hi,
+                                dim: d,
+                                offset: c,
+                            });
+                            Some(None)
+                        }
+                        v => {
+                            s.error(
+                                x.span(),
+                                format!("slice bounds must be integers, found {}", v.kind()),
+                            );
+                            None
+                        }
+                    },
+                }
+            };
         match e {
             Expr::Range(r) => {
                 let lo = int(self, &r.start, false, f)?;
@@ -1674,12 +1671,12 @@ impl<'a> Flattener<'a> {
             if let [arg] = one[..] {
                 if !matches!(arg, Expr::Assign(_)) {
                     let v = self.eval(arg, f, None);
-                    if let Value::Hyper(h @ (HVal::Int(_) | HVal::Float(_))) = &v {
-                        let x = match h {
-                            HVal::Int(i) => *i as f64,
-                            HVal::Float(x) => *x,
-                            _ => unreachable!(),
-                        };
+                    let num = match &v {
+                        Value::Hyper(HVal::Int(i)) => Some(*i as f64),
+                        Value::Hyper(HVal::Float(x)) => Some(*x),
+                        _ => None,
+                    };
+                    if let Some(x) = num {
                         let y = fold(x);
                         if !y.is_finite() {
                             self.error(span, format!("`{n}({x})` is not a finite number"));
@@ -2178,6 +2175,9 @@ impl<'a> Flattener<'a> {
             // the cycle then reports the same error, which the caller shows once
             let mut chain = self.stack[start..].to_vec();
             chain.push(def_name.clone());
+            // the message names the cycle: no call notes
+            let calls = std::mem::take(&mut self.chain);
+            self.chain_rc = None;
             self.error(
                 span,
                 format!(
@@ -2185,6 +2185,8 @@ impl<'a> Flattener<'a> {
                     chain.join(" -> ")
                 ),
             );
+            self.chain = calls;
+            self.chain_rc = None;
             return Value::Poison;
         }
         let terminals = input_names(&entry.def);
