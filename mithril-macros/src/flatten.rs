@@ -1443,10 +1443,20 @@ impl<'a> Flattener<'a> {
     /// its bundle holds every model its own text calls, so this is a model passed in by name
     /// from the caller's side, which cannot be resolved there.
     fn unknown_in_carried(&mut self, name: &str, span: Span, f: &Frame) {
+        let known: Vec<&str> = f
+            .scope
+            .defs
+            .keys()
+            .chain(self.library.defs.keys())
+            .map(|s| s.as_str())
+            .collect();
+        let near = closest(name, known.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
         self.error(
             span,
             format!(
-                "`{name}` is not a model known where `{}` is defined; a model defined elsewhere can only call the models its own definition names",
+                "`{name}` is not a model known where `{}` is defined{near}; a model defined elsewhere can only call the models its own definition names",
                 f.model
             ),
         );
@@ -2061,13 +2071,15 @@ impl<'a> Flattener<'a> {
     ) -> usize {
         // inside an instance's body: the k-th instance this call creates is the k-th instance of
         // the first call (the body's control flow depends only on the instance's hyperparameters,
-        // so it creates the same instances in the same order every call)
+        // so it creates the same instances in the same order every call). Its hyperparameters
+        // are the first call's: they can differ only in symbolic dims (fresh unification
+        // variables per call), which the shared instance's dims then unify with.
         let owner = f.sub.as_ref().map(|(_, owner)| *owner);
         if let Some(owner) = owner {
             let k = f.created;
             f.created += 1;
             if let Some(&i) = self.insts[owner].subs.get(k) {
-                if Rc::ptr_eq(&self.insts[i].entry, &entry) && self.insts[i].hyper == hyper {
+                if Rc::ptr_eq(&self.insts[i].entry, &entry) {
                     return i;
                 }
             }
