@@ -50,9 +50,81 @@ pub use mithril_runtime::{Error, ParamTree, Result};
 pub use half;
 pub use ndarray;
 
+/// Macros named after the CamelCase library models, glob-imported by the prelude. A model name
+/// that is neither local, imported nor in the library becomes a carrier call (`Nope! {..}`),
+/// which rustc reports as "cannot find macro `Nope`"; with these in scope its message adds
+/// "a macro with a similar name exists: `Linear`" for a misspelled library model. They are
+/// never expanded by the carrier protocol (library names resolve inside the compiler first);
+/// written by hand they say what they are.
+#[doc(hidden)]
+pub mod library_names {
+    #[doc(hidden)]
+    pub use crate::__mithril_library_Embedding as Embedding;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_LayerNorm as LayerNorm;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_Linear as Linear;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_MLP as MLP;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_RMSNorm as RMSNorm;
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_Linear {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`Linear` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_MLP {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`MLP` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_LayerNorm {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`LayerNorm` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_RMSNorm {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`RMSNorm` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_Embedding {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`Embedding` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
 /// `use mithril::prelude::*;` brings the macro, the error types, the param-tree trait and
 /// `ndarray` into scope.
 pub mod prelude {
+    #[doc(hidden)]
+    pub use crate::library_names::*;
     pub use crate::rt::{DType, Elem, TensorView, TensorViewMut};
     pub use crate::{mithril, Error, ParamTree, Result};
     pub use half::{bf16, f16};

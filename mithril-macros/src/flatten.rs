@@ -1443,10 +1443,20 @@ impl<'a> Flattener<'a> {
     /// its bundle holds every model its own text calls, so this is a model passed in by name
     /// from the caller's side, which cannot be resolved there.
     fn unknown_in_carried(&mut self, name: &str, span: Span, f: &Frame) {
+        let known: Vec<&str> = f
+            .scope
+            .defs
+            .keys()
+            .chain(self.library.defs.keys())
+            .map(|s| s.as_str())
+            .collect();
+        let near = closest(name, known.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
         self.error(
             span,
             format!(
-                "`{name}` is not a model known where `{}` is defined; a model defined elsewhere can only call the models its own definition names",
+                "`{name}` is not a model known where `{}` is defined{near}; a model defined elsewhere can only call the models its own definition names",
                 f.model
             ),
         );
@@ -1671,12 +1681,12 @@ impl<'a> Flattener<'a> {
             if let [arg] = one[..] {
                 if !matches!(arg, Expr::Assign(_)) {
                     let v = self.eval(arg, f, None);
-                    if let Value::Hyper(h @ (HVal::Int(_) | HVal::Float(_))) = &v {
-                        let x = match h {
-                            HVal::Int(i) => *i as f64,
-                            HVal::Float(x) => *x,
-                            _ => unreachable!(),
-                        };
+                    let num = match &v {
+                        Value::Hyper(HVal::Int(i)) => Some(*i as f64),
+                        Value::Hyper(HVal::Float(x)) => Some(*x),
+                        _ => None,
+                    };
+                    if let Some(x) = num {
                         let y = fold(x);
                         if !y.is_finite() {
                             self.error(span, format!("`{n}({x})` is not a finite number"));
@@ -2061,13 +2071,15 @@ impl<'a> Flattener<'a> {
     ) -> usize {
         // inside an instance's body: the k-th instance this call creates is the k-th instance of
         // the first call (the body's control flow depends only on the instance's hyperparameters,
-        // so it creates the same instances in the same order every call)
+        // so it creates the same instances in the same order every call). Its hyperparameters
+        // are the first call's: they can differ only in symbolic dims (fresh unification
+        // variables per call), which the shared instance's dims then unify with.
         let owner = f.sub.as_ref().map(|(_, owner)| *owner);
         if let Some(owner) = owner {
             let k = f.created;
             f.created += 1;
             if let Some(&i) = self.insts[owner].subs.get(k) {
-                if Rc::ptr_eq(&self.insts[i].entry, &entry) && self.insts[i].hyper == hyper {
+                if Rc::ptr_eq(&self.insts[i].entry, &entry) {
                     return i;
                 }
             }
@@ -2175,6 +2187,9 @@ impl<'a> Flattener<'a> {
             // the cycle then reports the same error, which the caller shows once
             let mut chain = self.stack[start..].to_vec();
             chain.push(def_name.clone());
+            // the message names the cycle: no call notes
+            let calls = std::mem::take(&mut self.chain);
+            self.chain_rc = None;
             self.error(
                 span,
                 format!(
@@ -2182,6 +2197,8 @@ impl<'a> Flattener<'a> {
                     chain.join(" -> ")
                 ),
             );
+            self.chain = calls;
+            self.chain_rc = None;
             return Value::Poison;
         }
         let terminals = input_names(&entry.def);

@@ -459,7 +459,10 @@ impl Graph {
             None => syn::Error::new(self.nodes[id].span, msg.to_string()),
         };
         if let Some(chain) = self.calls.get(&id) {
-            with_call_notes(&mut e, chain);
+            // a submodel input mismatch is spanned at the call's argument: its own call needs
+            // no note
+            let skip = usize::from(matches!(self.nodes[id].op, Op::Boundary(_)));
+            with_call_notes(&mut e, chain.get(skip..).unwrap_or(&[]));
         }
         e
     }
@@ -581,10 +584,15 @@ pub fn rdim(d: &Dim) -> RDim {
 }
 
 /// Appends one "note: in `M(..)` called as `m`" error per call of `chain` (innermost first),
-/// each spanned on the call's tokens.
+/// each spanned on the call's tokens; a call the error itself already points at (an error
+/// anchored at the call of a library model, a submodel input mismatch at the argument's call)
+/// gets no note.
 pub fn with_call_notes(e: &mut syn::Error, chain: &[(proc_macro2::Span, String)]) {
+    let at = format!("{:?}", e.span());
     for (span, what) in chain {
-        e.combine(syn::Error::new(*span, format!("note: in {what}")));
+        if format!("{span:?}") != at {
+            e.combine(syn::Error::new(*span, format!("note: in {what}")));
+        }
     }
 }
 

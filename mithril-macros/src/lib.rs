@@ -663,7 +663,7 @@ fn stub(
             syntax::Stmt::Input { name, .. } if !ins.contains(&name.to_string()) => {
                 ins.push(name.to_string())
             }
-            syntax::Stmt::Output { name, .. } if !outs.iter().any(|o| o.0 == name.to_string()) => {
+            syntax::Stmt::Output { name, .. } if !outs.iter().any(|o| *name == o.0) => {
                 outs.push((name.to_string(), quote!(::mithril::ndarray::ArrayD<f32>)))
             }
             syntax::Stmt::Param { name, .. } => params.push((
