@@ -541,6 +541,37 @@ mod tests {
     }
 
     #[test]
+    fn robust_forms_carry_the_dtype_thresholds() {
+        let x = ["x0".to_string(), "x1".to_string()];
+        let c = |p: Prim, t: DType| scalar_c(&p, &x, t).unwrap();
+        assert_eq!(
+            c(Prim::RobustLog(None), DType::F32),
+            "mt_robust_log(x0, 1.1754944e-38f)"
+        );
+        assert_eq!(
+            c(Prim::RobustSqrt(None), DType::F64),
+            "mt_robust_sqrt(x0, 2.2250738585072014e-308)"
+        );
+        assert_eq!(
+            c(Prim::StableReciprocal(None), DType::F16),
+            "mt_stable_reciprocal(x0, 0.00781281f)"
+        );
+        assert_eq!(
+            c(Prim::RobustPower(Some(0.5)), DType::F64),
+            "mt_robust_power(x0, x1, 0.5)"
+        );
+        assert_eq!(c(Prim::StopGradient, DType::BF16), "x0");
+        for f in [
+            "mt_robust_sqrt",
+            "mt_robust_log",
+            "mt_stable_reciprocal",
+            "mt_robust_power",
+        ] {
+            assert_eq!(FUSED_PRELUDE.matches(&format!("T {f}(")).count(), 1, "{f}");
+        }
+    }
+
+    #[test]
     fn f32_group_with_row_broadcast() {
         let (e, args) = linear_relu();
         let k = fused_kernel("fused_linear_relu", &e, &args, DType::F32).unwrap();
