@@ -7,7 +7,8 @@
 //! Symmetric inputs are built inside the models (`w wᵀ + c I`, `s + sᵀ`), so a finite
 //! difference on a param moves the matrix along a symmetric direction, where the symmetric
 //! gradients of `cholesky` / `eigvalsh` (PyTorch's convention) are the derivative.
-#![allow(clippy::needless_range_loop)]
+// Masks are written as `j - i` against the `diagonal` attribute on purpose (`j >= i + 1`).
+#![allow(clippy::needless_range_loop, clippy::int_plus_one)]
 
 use mithril::prelude::*;
 use mithril::rt::{TensorView, TensorViewMut};
@@ -782,7 +783,7 @@ fn gp_alpha_solves_the_kernel_system() {
     let k = Array::from_shape_fn((n, n), |(i, j)| {
         (-(xs[i] - xs[j]) * (xs[i] - xs[j]) / 2.0f64).exp() + if i == j { 0.1 } else { 0.0 }
     });
-    let y = Array::from_shape_fn((n, 1), |(i, _)| (xs[i] as f64).sin());
+    let y = Array::from_shape_fn((n, 1), |(i, _)| xs[i].sin());
     let out = m
         .evaluate(
             &m.randomize_params(0),
