@@ -185,8 +185,8 @@ pub fn eigh(
     // `a` (symmetric, so equal to its transpose) becomes the transformation V stored
     // column-major: row i of `a` is column i of V, so the QL rotations below and the inner loops
     // of the reduction run over contiguous memory
-    tridiagonalize(&mut a[..n * n], n, d, &mut e);
     let want_v = v.is_some();
+    tridiagonalize(&mut a[..n * n], n, d, &mut e, want_v);
     tql(&mut a[..n * n], n, d, &mut e, want_v)?;
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
@@ -206,7 +206,8 @@ pub fn eigh(
 /// Householder tridiagonalization of the symmetric `v` (`n × n`), overwritten with the
 /// orthogonal transformation: diagonal into `d`, subdiagonal into `e[1..]`. `v` is indexed
 /// column-major (`v[i][j]` at `j * n + i`), so the column sweeps of the algorithm are contiguous.
-fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) {
+/// Without `accumulate` only `d` and `e` are produced (the transformation is not formed).
+fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], accumulate: bool) {
     let at = |i: usize, j: usize| j * n + i;
     for j in 0..n {
         d[j] = v[at(n - 1, j)];
@@ -266,6 +267,14 @@ fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) {
             }
         }
         d[i] = h;
+    }
+    if !accumulate {
+        // the diagonal the accumulation below would move into the last row first
+        for j in 0..n {
+            d[j] = v[at(j, j)];
+        }
+        e[0] = 0.0;
+        return;
     }
     // accumulate the transformations
     for i in 0..n - 1 {
