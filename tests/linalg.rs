@@ -7,7 +7,8 @@
 //! Symmetric inputs are built inside the models (`w wᵀ + c I`, `s + sᵀ`), so a finite
 //! difference on a param moves the matrix along a symmetric direction, where the symmetric
 //! gradients of `cholesky` / `eigvalsh` (PyTorch's convention) are the derivative.
-#![allow(clippy::needless_range_loop)]
+// Masks are written as `j - i` against the `diagonal` attribute on purpose (`j >= i + 1`).
+#![allow(clippy::needless_range_loop, clippy::int_plus_one)]
 
 use mithril::prelude::*;
 use mithril::rt::{TensorView, TensorViewMut};
@@ -29,6 +30,8 @@ mithril! {
         param sb: f64[2, 3, 3];
         output ev = eigvalsh(s + s.T);
         output evb = eigvalsh(sb + transpose(sb, [0, 2, 1]));
+        param s8: f64[8, 8];
+        output ev8 = eigvalsh(s8 + s8.T);
     }
 
     model Solve {
@@ -98,6 +101,7 @@ mithril! {
         // a causal mask from positions
         output causal = reshape(arange(T), [T, 1]) >= reshape(arange(T), [1, T]);
         output shifted = x + reshape(cast(arange(T), dtype = f32), [T, 1]);
+        output eye = cast(reshape(arange(T), [T, 1]) == reshape(arange(T), [1, T]), dtype = f32);
     }
 
     // Gaussian-process style: alpha = A⁻¹ y via the Cholesky factor, log-determinant.
@@ -337,6 +341,15 @@ fn eigvalsh_values_and_gradients() {
     let mut p = m.randomize_params(2);
     set(&mut p, "s", |i| wave(i, 0.7));
     set(&mut p, "sb", |i| wave(i, 1.9));
+    // the wave pattern alone is nearly low-rank (clustered eigenvalues): spread the diagonal
+    set(&mut p, "s8", |i| {
+        wave(i, 2.3)
+            + if i % 9 == 0 {
+                (i / 9) as f64 * 0.7
+            } else {
+                0.0
+            }
+    });
     let out = m
         .evaluate(
             &p,
@@ -361,13 +374,23 @@ fn eigvalsh_values_and_gradients() {
             (ev.iter().map(|x| x * x).sum::<f64>() - fro).abs() < 1e-11,
             "{what}: norm"
         );
-        // each is a root of the characteristic polynomial
-        for &l in ev {
+        // each is a root of the characteristic polynomial: det(A - l I) = Π (l_j - l), so an
+        // error δ in l leaves |det| ≈ |δ| Π_{j≠i} |l_j - l|
+        let scale = 1.0 + ev.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (i, &l) in ev.iter().enumerate() {
             let mut shifted = a.clone();
-            for i in 0..n {
-                shifted[i * n + i] -= l;
+            for k in 0..n {
+                shifted[k * n + k] -= l;
             }
-            assert!(det(&shifted, n).abs() < 1e-10, "{what}: det(A - {l} I)");
+            let others: f64 = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| (ev[j] - l).abs())
+                .product();
+            let delta = det(&shifted, n).abs() / others;
+            assert!(
+                delta < 1e-13 * scale,
+                "{what}: det(A - {l} I) gives an error of {delta:e}"
+            );
         }
     };
     let s = leaves(&p)[0].1.clone();
@@ -382,9 +405,12 @@ fn eigvalsh_values_and_gradients() {
             .collect();
         check("evb", &sb[k * 9..(k + 1) * 9], 3, &ev);
     }
+    let s8 = leaves(&p)[2].1.clone();
+    check("ev8", &s8, 8, &flat(&out.ev8));
     let seeds = || EigOutputs {
         ev: pat(ndarray::Ix1(4), 4.0),
         evb: pat(Ix2(2, 3), 5.0),
+        ev8: pat(ndarray::Ix1(8), 6.0),
     };
     let loss = |p: &EigParams| {
         let o = m
@@ -396,7 +422,7 @@ fn eigvalsh_values_and_gradients() {
             )
             .unwrap();
         let s = seeds();
-        dot(&o.ev, &s.ev) + dot(&o.evb, &s.evb)
+        dot(&o.ev, &s.ev) + dot(&o.evb, &s.evb) + dot(&o.ev8, &s.ev8)
     };
     let (_, g) = m
         .evaluate_gradients(
@@ -407,7 +433,7 @@ fn eigvalsh_values_and_gradients() {
             seeds(),
         )
         .unwrap();
-    assert_eq!(gradcheck("eigvalsh", &p, &g, loss), 16 + 18);
+    assert_eq!(gradcheck("eigvalsh", &p, &g, loss), 16 + 18 + 64);
 }
 
 #[test]
@@ -757,7 +783,7 @@ fn gp_alpha_solves_the_kernel_system() {
     let k = Array::from_shape_fn((n, n), |(i, j)| {
         (-(xs[i] - xs[j]) * (xs[i] - xs[j]) / 2.0f64).exp() + if i == j { 0.1 } else { 0.0 }
     });
-    let y = Array::from_shape_fn((n, 1), |(i, _)| (xs[i] as f64).sin());
+    let y = Array::from_shape_fn((n, 1), |(i, _)| xs[i].sin());
     let out = m
         .evaluate(
             &m.randomize_params(0),
@@ -800,6 +826,7 @@ fn arange_static_and_symbolic() {
             assert_eq!(out.shifted[[i, j]], i as f32);
         }
     }
+    assert_eq!(out.eye, ndarray::Array2::<f32>::eye(4));
     // another T at run time
     let x = ndarray::Array2::<f32>::ones((2, 3));
     let out = m

@@ -16,6 +16,8 @@ pub enum LinalgError {
     ZeroPivot(usize),
     /// The input holds a NaN or an infinity.
     NonFinite,
+    /// An iteration did not converge (a guard; not observed on finite input).
+    NoConvergence,
 }
 
 /// Cholesky factorization in place: reads the lower triangle of the symmetric matrix `a`
@@ -144,13 +146,19 @@ fn solve_left(a: &[f64], n: usize, b: &mut [f64], k: usize, upper: bool, trans: 
     }
 }
 
-/// Symmetric eigendecomposition by cyclic Jacobi rotations: reads the lower triangle of `a`
-/// (`n × n`, row-major; the strict upper triangle is ignored), writes the eigenvalues in
-/// ascending order to `w` (length `n`) and, when `v` is given, the matching orthonormal
-/// eigenvectors as the columns of `v` (`n × n`, row-major). `a` is used as scratch.
+/// Symmetric eigendecomposition: reads the lower triangle of `a` (`n × n`, row-major; the
+/// strict upper triangle is ignored), writes the eigenvalues in ascending order to `w` (length
+/// `n`) and, when `v` is given, the matching orthonormal eigenvectors as the columns of `v`
+/// (`n × n`, row-major). `a` is used as scratch.
+///
+/// Householder reduction to tridiagonal form, then the implicit QL algorithm with Wilkinson-like
+/// shifts (the EISPACK `tred2` / `tql2` pair, in the formulation of the public-domain JAMA
+/// library), O(n³).
 ///
 /// # Errors
-/// [`LinalgError::NonFinite`] when the lower triangle holds a NaN or an infinity.
+/// [`LinalgError::NonFinite`] when the lower triangle holds a NaN or an infinity;
+/// [`LinalgError::NoConvergence`] (a guard, not observed) when the QL iteration does not
+/// converge in `30 n` steps.
 ///
 /// # Panics
 /// If a buffer is shorter than its matrix (a caller bug).
@@ -169,70 +177,215 @@ pub fn eigh(
             a[j * n + i] = a[i * n + j];
         }
     }
-    let mut vs = vec![0.0; n * n];
-    for i in 0..n {
-        vs[i * n + i] = 1.0;
+    if n == 0 {
+        return Ok(());
     }
-    let frob2: f64 = a[..n * n].iter().map(|x| x * x).sum();
-    let tol = (f64::EPSILON * f64::EPSILON) * frob2;
-    for _sweep in 0..100 {
-        let mut off = 0.0;
-        for p in 0..n {
-            for q in p + 1..n {
-                off += a[p * n + q] * a[p * n + q];
-            }
-        }
-        if off <= tol || off == 0.0 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let (app, aqq) = (a[p * n + p], a[q * n + q]);
-                let theta = (aqq - app) / (2.0 * apq);
-                let t = if theta.abs() > 1e150 {
-                    0.5 / theta
-                } else {
-                    theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt())
-                };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                // A <- A P (columns p, q), then A <- Pᵀ A (rows p, q), V <- V P
-                for r in 0..n {
-                    let (x, y) = (a[r * n + p], a[r * n + q]);
-                    a[r * n + p] = c * x - s * y;
-                    a[r * n + q] = s * x + c * y;
-                }
-                for col in 0..n {
-                    let (x, y) = (a[p * n + col], a[q * n + col]);
-                    a[p * n + col] = c * x - s * y;
-                    a[q * n + col] = s * x + c * y;
-                }
-                a[p * n + q] = 0.0;
-                a[q * n + p] = 0.0;
-                for r in 0..n {
-                    let (x, y) = (vs[r * n + p], vs[r * n + q]);
-                    vs[r * n + p] = c * x - s * y;
-                    vs[r * n + q] = s * x + c * y;
-                }
-            }
-        }
-    }
+    let d = &mut w[..n];
+    let mut e = vec![0.0; n];
+    // `a` (symmetric, so equal to its transpose) becomes the transformation V stored
+    // column-major: row i of `a` is column i of V, so the QL rotations below and the inner loops
+    // of the reduction run over contiguous memory
+    let want_v = v.is_some();
+    tridiagonalize(&mut a[..n * n], n, d, &mut e, want_v);
+    tql(&mut a[..n * n], n, d, &mut e, want_v)?;
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&i, &j| a[i * n + i].total_cmp(&a[j * n + j]));
-    for (o, &i) in w.iter_mut().zip(&order) {
-        *o = a[i * n + i];
-    }
+    order.sort_by(|&i, &j| d[i].total_cmp(&d[j]));
+    let sorted: Vec<f64> = order.iter().map(|&i| d[i]).collect();
+    d.copy_from_slice(&sorted);
     if let Some(v) = v {
         assert!(v.len() >= n * n, "eigh: buffer too small");
         for r in 0..n {
             for (c, &i) in order.iter().enumerate() {
-                v[r * n + c] = vs[r * n + i];
+                v[r * n + c] = a[i * n + r];
             }
         }
+    }
+    Ok(())
+}
+
+/// Householder tridiagonalization of the symmetric `v` (`n × n`), overwritten with the
+/// orthogonal transformation: diagonal into `d`, subdiagonal into `e[1..]`. `v` is indexed
+/// column-major (`v[i][j]` at `j * n + i`), so the column sweeps of the algorithm are contiguous.
+/// Without `accumulate` only `d` and `e` are produced (the transformation is not formed).
+fn tridiagonalize(v: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], accumulate: bool) {
+    let at = |i: usize, j: usize| j * n + i;
+    for j in 0..n {
+        d[j] = v[at(n - 1, j)];
+    }
+    for i in (1..n).rev() {
+        let scale: f64 = d[..i].iter().map(|x| x.abs()).sum();
+        let mut h = 0.0;
+        if scale == 0.0 {
+            e[i] = d[i - 1];
+            for j in 0..i {
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+                v[at(j, i)] = 0.0;
+            }
+        } else {
+            for x in &mut d[..i] {
+                *x /= scale;
+                h += *x * *x;
+            }
+            let f = d[i - 1];
+            let mut g = h.sqrt();
+            if f > 0.0 {
+                g = -g;
+            }
+            e[i] = scale * g;
+            h -= f * g;
+            d[i - 1] = f - g;
+            for x in &mut e[..i] {
+                *x = 0.0;
+            }
+            for j in 0..i {
+                let f = d[j];
+                v[at(j, i)] = f;
+                let mut g = e[j] + v[at(j, j)] * f;
+                for k in j + 1..i {
+                    g += v[at(k, j)] * d[k];
+                    e[k] += v[at(k, j)] * f;
+                }
+                e[j] = g;
+            }
+            let mut f = 0.0;
+            for j in 0..i {
+                e[j] /= h;
+                f += e[j] * d[j];
+            }
+            let hh = f / (h + h);
+            for j in 0..i {
+                e[j] -= hh * d[j];
+            }
+            for j in 0..i {
+                let (f, g) = (d[j], e[j]);
+                for k in j..i {
+                    v[at(k, j)] -= f * e[k] + g * d[k];
+                }
+                d[j] = v[at(i - 1, j)];
+                v[at(i, j)] = 0.0;
+            }
+        }
+        d[i] = h;
+    }
+    if !accumulate {
+        // the diagonal the accumulation below would move into the last row first
+        for j in 0..n {
+            d[j] = v[at(j, j)];
+        }
+        e[0] = 0.0;
+        return;
+    }
+    // accumulate the transformations
+    for i in 0..n - 1 {
+        v[at(n - 1, i)] = v[at(i, i)];
+        v[at(i, i)] = 1.0;
+        let h = d[i + 1];
+        if h != 0.0 {
+            for k in 0..=i {
+                d[k] = v[at(k, i + 1)] / h;
+            }
+            for j in 0..=i {
+                let mut g = 0.0;
+                for k in 0..=i {
+                    g += v[at(k, i + 1)] * v[at(k, j)];
+                }
+                for k in 0..=i {
+                    v[at(k, j)] -= g * d[k];
+                }
+            }
+        }
+        for k in 0..=i {
+            v[at(k, i + 1)] = 0.0;
+        }
+    }
+    for j in 0..n {
+        d[j] = v[at(n - 1, j)];
+        v[at(n - 1, j)] = 0.0;
+    }
+    v[at(n - 1, n - 1)] = 1.0;
+    e[0] = 0.0;
+}
+
+/// Implicit QL on the tridiagonal (`d`, `e[1..]`), rotating the rows of `vt` (the transposed
+/// transformation) when `vectors`; eigenvalues into `d` (unsorted).
+fn tql(
+    vt: &mut [f64],
+    n: usize,
+    d: &mut [f64],
+    e: &mut [f64],
+    vectors: bool,
+) -> Result<(), LinalgError> {
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let mut f = 0.0;
+    let mut tst1: f64 = 0.0;
+    let eps = f64::EPSILON;
+    let mut budget = 30 * n + 30;
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n - 1 && e[m].abs() > eps * tst1 {
+            m += 1;
+        }
+        if m > l {
+            loop {
+                if budget == 0 {
+                    return Err(LinalgError::NoConvergence);
+                }
+                budget -= 1;
+                let g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let h = g - d[l];
+                for x in &mut d[l + 2..n] {
+                    *x -= h;
+                }
+                f += h;
+                p = d[m];
+                let (mut c, mut c2, mut c3) = (1.0, 1.0, 1.0);
+                let el1 = e[l + 1];
+                let (mut s, mut s2) = (0.0, 0.0);
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    let g = c * e[i];
+                    let h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    if vectors {
+                        let (lo, hi) = vt.split_at_mut((i + 1) * n);
+                        let (vi, vi1) = (&mut lo[i * n..], &mut hi[..n]);
+                        for (x, y) in vi.iter_mut().zip(vi1.iter_mut()) {
+                            let h = *y;
+                            *y = s * *x + c * h;
+                            *x = c * *x - s * h;
+                        }
+                    }
+                }
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if e[l].abs() <= eps * tst1 {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
     }
     Ok(())
 }
@@ -385,7 +538,7 @@ mod tests {
 
     #[test]
     fn eigh_diagonalizes() {
-        for n in [1, 2, 3, 8, 20] {
+        for n in [1, 2, 3, 8, 20, 64] {
             let a = rnd(n, n, 100 + n as u64);
             let s: Vec<f64> = (0..n * n)
                 .map(|ij| {
@@ -397,6 +550,11 @@ mod tests {
             let (mut w, mut v) = (vec![0.0; n], vec![0.0; n * n]);
             eigh(&mut scratch, n, &mut w, Some(&mut v)).unwrap();
             assert!(w.windows(2).all(|p| p[0] <= p[1]));
+            // the eigenvalues alone are the same bits
+            let mut scratch = s.clone();
+            let mut w_only = vec![0.0; n];
+            eigh(&mut scratch, n, &mut w_only, None).unwrap();
+            assert_eq!(w_only, w);
             // V diag(w) Vᵀ = S and Vᵀ V = I
             let mut vd = v.clone();
             for r in 0..n {
@@ -419,6 +577,37 @@ mod tests {
         let mut w = vec![0.0; 2];
         eigh(&mut a, 2, &mut w, None).unwrap();
         close(&w, &[1.0, 3.0], 1e-15);
+        // repeated and zero eigenvalues, diagonal and already tridiagonal input, n = 0
+        for (n, m, want) in [
+            (3, vec![0.0; 9], vec![0.0, 0.0, 0.0]),
+            (
+                3,
+                vec![2.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0],
+                vec![2.0, 2.0, 2.0],
+            ),
+            (
+                3,
+                vec![3.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 2.0],
+                vec![-1.0, 2.0, 3.0],
+            ),
+            // [[2, 1, 0], [1, 2, 1], [0, 1, 2]]: 2 - √2, 2, 2 + √2
+            (
+                3,
+                vec![2.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 1.0, 2.0],
+                vec![2.0 - 2f64.sqrt(), 2.0, 2.0 + 2f64.sqrt()],
+            ),
+        ] {
+            let mut a = m.clone();
+            let (mut w, mut v) = (vec![0.0; n], vec![0.0; n * n]);
+            eigh(&mut a, n, &mut w, Some(&mut v)).unwrap();
+            close(&w, &want, 1e-15);
+            let mut eye = vec![0.0; n * n];
+            for i in 0..n {
+                eye[i * n + i] = 1.0;
+            }
+            close(&matmul(&tr(&v, n, n), &v, n, n, n), &eye, 1e-15);
+        }
+        eigh(&mut [], 0, &mut [], Some(&mut [])).unwrap();
         let mut bad = vec![1.0, 0.0, f64::NAN, 1.0];
         assert_eq!(eigh(&mut bad, 2, &mut w, None), Err(LinalgError::NonFinite));
     }

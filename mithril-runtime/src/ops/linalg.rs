@@ -196,11 +196,15 @@ fn eigh_common<'w, T: Elem>(
         } else {
             kernels::eigh(m, n, &mut res[b * n..(b + 1) * n], None)
         };
-        if got.is_err() {
+        if let Err(e) = got {
+            let what = match e {
+                LinalgError::NoConvergence => "the eigenvalue iteration did not converge",
+                _ => "the matrix holds a NaN or an infinity in its lower triangle",
+            };
             return Err(Error::op(
                 op,
                 format!(
-                    "the matrix holds a NaN or an infinity in its lower triangle{} (shape {})",
+                    "{what}{} (shape {})",
                     at(&shape[..r - 2], b),
                     fmt_shape(shape)
                 ),
