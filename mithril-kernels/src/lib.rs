@@ -8,6 +8,7 @@ pub mod cvt;
 pub mod ew;
 pub mod gemm;
 pub mod isa;
+pub mod linalg;
 pub mod memplan;
 pub mod rows;
 pub mod scalar;

@@ -717,10 +717,130 @@ fn vjp(b: &mut B, p: &Prim, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<N
         Slice(args) => vec![Some(b.op(SliceGrad(args.clone()), &[gy, x[0]]))],
         Gather(axis) => vec![Some(b.op(GatherGrad(*axis), &[gy, x[1], x[0]])), None],
         TakeAlong => vec![Some(b.op(TakeAlongGrad, &[gy, x[1], x[0]])), None],
-        TakeAlongGrad | GatherGrad(_) | SliceGrad(_) | ConcatPart(..) => {
+        TakeAlongGrad | GatherGrad(_) | SliceGrad(_) | ConcatPart(..) | EighVectors => {
             unsupported(b, "a gradient (second derivatives)")
         }
+        Tril(k) => vec![Some(b.op(Tril(*k), &[gy]))],
+        Triu(k) => vec![Some(b.op(Triu(*k), &[gy]))],
+        FullLike(_) => vec![None],
+        Arange { .. } => vec![],
+        Stack(axis) => {
+            // the gradient of operand k is the slice k of the new axis
+            let Some(r) = b.rank(y) else {
+                return unsupported(b, "stack of open-rank tensors");
+            };
+            let Some(ax) = norm_axis(*axis, r) else {
+                return unsupported(b, "stack with an out-of-range axis");
+            };
+            (0..x.len())
+                .map(|k| {
+                    let mut args = vec![crate::prims::SliceArg::Range(None, None, 1); ax];
+                    args.push(crate::prims::SliceArg::Index(k as i64));
+                    Some(b.op(Slice(args), &[gy]))
+                })
+                .collect()
+        }
+        Cholesky => {
+            // A = L Lᵀ: Ā = L⁻ᵀ Φ L⁻¹ with Φ = ½ (P + tril(P, -1)ᵀ), P = tril(Lᵀ L̄) (the
+            // symmetric gradient, as PyTorch's; Murray 2016)
+            let Some(r) = b.rank(y) else {
+                return unsupported(b, "cholesky of an open-rank tensor");
+            };
+            let p0 = b.op(
+                Matmul {
+                    ta: true,
+                    tb: false,
+                },
+                &[y, gy],
+            );
+            let p = b.op(Tril(0), &[p0]);
+            let low = b.op(Tril(-1), &[p]);
+            let low_t = b.op(Transpose(swap_last2(r)), &[low]);
+            let sum = b.bin(Add, p, low_t);
+            let phi = b.mul_lit(sum, 0.5);
+            let lt = SolveTriangular {
+                upper: false,
+                left: true,
+                trans: true,
+            };
+            let s1 = b.op(lt, &[y, phi]);
+            let rt = SolveTriangular {
+                upper: false,
+                left: false,
+                trans: false,
+            };
+            vec![Some(b.op(rt, &[y, s1]))]
+        }
+        Eigvalsh => {
+            // Ā = V diag(ḡ) Vᵀ (V: the eigenvectors)
+            let Some(r) = b.rank(x[0]) else {
+                return unsupported(b, "eigvalsh of an open-rank tensor");
+            };
+            let v = b.op(EighVectors, &[x[0]]);
+            let g = b.op(Unsqueeze(vec![r - 2]), &[gy]);
+            let vg = b.mul(v, g);
+            vec![Some(b.op(
+                Matmul {
+                    ta: false,
+                    tb: true,
+                },
+                &[vg, v],
+            ))]
+        }
+        SolveTriangular { upper, left, trans } => {
+            // op(A) X = B: B̄ = op(A)⁻ᵀ X̄, op(A)‾ = -B̄ Xᵀ; X op(A) = B: B̄ = X̄ op(A)⁻ᵀ,
+            // op(A)‾ = -Xᵀ B̄; Ā is op(A)‾ (transposed back when `trans`) on A's triangle
+            let (upper, left, trans) = (*upper, *left, *trans);
+            let gb = b.op(
+                SolveTriangular {
+                    upper,
+                    left,
+                    trans: !trans,
+                },
+                &[x[0], gy],
+            );
+            let prod = match (left, trans) {
+                (true, false) => b.op(
+                    Matmul {
+                        ta: false,
+                        tb: true,
+                    },
+                    &[gb, y],
+                ),
+                (true, true) => b.op(
+                    Matmul {
+                        ta: false,
+                        tb: true,
+                    },
+                    &[y, gb],
+                ),
+                (false, false) => b.op(
+                    Matmul {
+                        ta: true,
+                        tb: false,
+                    },
+                    &[y, gb],
+                ),
+                (false, true) => b.op(
+                    Matmul {
+                        ta: true,
+                        tb: false,
+                    },
+                    &[gb, y],
+                ),
+            };
+            let neg = b.neg(prod);
+            let ga = b.op(if upper { Triu(0) } else { Tril(0) }, &[neg]);
+            vec![Some(ga), Some(gb)]
+        }
     }
+}
+
+/// The permutation of `0..r` that swaps the last two axes.
+fn swap_last2(r: usize) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..r).collect();
+    p.swap(r - 2, r - 1);
+    p
 }
 
 /// The gradients of a matmul with a 1-D operand (a vector on the left is a row, on the right a

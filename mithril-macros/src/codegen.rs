@@ -501,6 +501,21 @@ impl<'a> Gen<'a> {
                 );
                 self.elementwise(id, &e, &args)
             }
+            Op::Prim(Prim::Arange { start, step, .. }) => {
+                let (start, step) = (*start, *step);
+                let Some(s) = self.g.shape_of(id) else {
+                    return quote!();
+                };
+                let Some(len) = s.dims.first().and_then(|d| self.dim_expr(d)) else {
+                    self.errors.push(syn::Error::new(
+                        n.span,
+                        "arange: its length is not known at run time (use a symbol of an input's shape)",
+                    ));
+                    return quote!();
+                };
+                let dest = self.dest(id);
+                quote!(let #vid = ::mithril::rt::ops::arange_to(#start, #step, (#len) as usize, #dest)?;)
+            }
             Op::Prim(Prim::Reshape(_)) => {
                 let a = v(n.args[0]);
                 let Some(s) = self.g.shape_of(id) else {

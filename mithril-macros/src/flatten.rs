@@ -1666,7 +1666,7 @@ impl<'a> Flattener<'a> {
                         }
                         continue;
                     }
-                    if sig.variadic && name == "concat" {
+                    if sig.variadic && (name == "concat" || name == "stack") {
                         let v = self.eval(a, f, None);
                         match self.tensor_of(v, a.span(), f) {
                             Some(id) => extra_inputs.push(id),

@@ -111,7 +111,39 @@ pub enum Prim {
     },
     Softmax(i64),
     LogSoftmax(i64),
+    // ---- triangles, constructors
+    /// `tril(x, diagonal)`: keep entries `[i, j]` of the last two axes with `j - i <= diagonal`.
+    Tril(i64),
+    /// `triu(x, diagonal)`: keep entries with `j - i >= diagonal`.
+    Triu(i64),
+    /// `zeros_like` (0) / `ones_like` (1): the input's shape and dtype, filled.
+    FullLike(f64),
+    /// Stack equally shaped operands along a new axis.
+    Stack(i64),
+    /// `arange(start, end, step)`: `len` values `start + i * step` (no tensor inputs). `int`:
+    /// every bound given was an integer (`i64` unless `dtype`).
+    Arange {
+        start: f64,
+        step: f64,
+        len: Dim,
+        int: bool,
+        dtype: Option<DType>,
+    },
+    // ---- linear algebra over the last two axes
+    /// Lower Cholesky factor of symmetric positive-definite matrices.
+    Cholesky,
+    /// Eigenvalues (ascending) of symmetric matrices.
+    Eigvalsh,
+    /// `op(A) X = B` (`left`) or `X op(A) = B`, `A` triangular (`upper` or lower triangle read),
+    /// `op(A) = Aᵀ` when `trans` (`trans` is set by autodiff only).
+    SolveTriangular {
+        upper: bool,
+        left: bool,
+        trans: bool,
+    },
     // ---- made by autodiff (no DSL name)
+    /// The eigenvectors (columns, ascending eigenvalue order) of symmetric matrices.
+    EighVectors,
     /// Insert size-1 axes at these (sorted) output positions.
     Unsqueeze(Vec<usize>),
     /// Broadcast the first arg to the shape of the second.
@@ -199,6 +231,16 @@ pub fn lookup(name: &str) -> Option<Sig> {
         "variance" => s(UN, &["axis", "keepdim", "correction"]),
         "argmax" | "argmin" => s(UN, &["axis", "keepdim"]),
         "softmax" | "log_softmax" => s(UN, &["axis"]),
+        "tril" | "triu" => s(UN, &["diagonal"]),
+        "zeros_like" | "ones_like" => s(UN, &[]),
+        "arange" => s(&[], &["start", "end", "step", "dtype"]),
+        "stack" => Sig {
+            inputs: &[],
+            variadic: true,
+            attrs: &["axis"],
+        },
+        "cholesky" | "eigvalsh" => s(UN, &[]),
+        "solve_triangular" => s(&["a", "b"], &["upper", "left"]),
         _ => return None,
     })
 }
@@ -266,6 +308,15 @@ pub const NAMES: &[&str] = &[
     "argmin",
     "softmax",
     "log_softmax",
+    "tril",
+    "triu",
+    "zeros_like",
+    "ones_like",
+    "stack",
+    "arange",
+    "cholesky",
+    "eigvalsh",
+    "solve_triangular",
 ];
 
 fn axes_attr(v: Option<&AttrVal>) -> Result<Vec<i64>, String> {
@@ -322,6 +373,69 @@ fn threshold_attr(v: Option<&AttrVal>) -> Result<Option<f64>, String> {
                     "`threshold` must be a positive finite number, found {t}"
                 ))
             }
+        }
+    }
+}
+
+/// `arange(end)`, `arange(start, end)`, `arange(start, end, step)` (torch's semantics): numbers
+/// known at compile time, or `arange(T)` with `T` a symbolic dim (`[T]` values `0..T`).
+fn arange(
+    start: Option<&AttrVal>,
+    end: Option<&AttrVal>,
+    step: Option<&AttrVal>,
+    dtype: Option<&AttrVal>,
+) -> Result<Prim, String> {
+    let (start, end) = match (start, end) {
+        (Some(s), None) => (None, Some(s)),
+        (s, e) => (s, e),
+    };
+    let dtype = match dtype {
+        None | Some(AttrVal::None) => None,
+        Some(AttrVal::DType(t)) if *t != DType::Bool => Some(*t),
+        _ => return Err("`dtype` of `arange` must be a numeric dtype (`f32`, `i64`, ...)".into()),
+    };
+    let num = |v: Option<&AttrVal>, what: &str, default: i64| -> Result<(f64, bool), String> {
+        match v {
+            None => Ok((default as f64, true)),
+            Some(AttrVal::Int(i)) => Ok((*i as f64, true)),
+            Some(AttrVal::Float(f)) if f.is_finite() => Ok((*f, false)),
+            _ => Err(format!(
+                "`{what}` of `arange` must be a number known at compile time"
+            )),
+        }
+    };
+    let (s0, si) = num(start, "start", 0)?;
+    let (st, ti) = num(step, "step", 1)?;
+    if st == 0.0 {
+        return Err("the `step` of `arange` cannot be 0".into());
+    }
+    match end {
+        None => Err("`arange` needs an end: `arange(end)`, `arange(start, end)` or `arange(start, end, step)`".into()),
+        Some(AttrVal::Dim(d)) => {
+            if s0 != 0.0 || st != 1.0 {
+                return Err("`arange` with a symbolic end (`arange(T)`) counts 0, 1, ..., T - 1: it takes no `start` or `step`".into());
+            }
+            Ok(Prim::Arange {
+                start: 0.0,
+                step: 1.0,
+                len: d.clone(),
+                int: true,
+                dtype,
+            })
+        }
+        e => {
+            let (e0, ei) = num(e, "end", 0)?;
+            let n = ((e0 - s0) / st).ceil();
+            if n > (1u64 << 40) as f64 {
+                return Err(format!("`arange` of {n} elements is too large"));
+            }
+            Ok(Prim::Arange {
+                start: s0,
+                step: st,
+                len: Dim::Known(if n > 0.0 { n as u64 } else { 0 }),
+                int: si && ei && ti,
+                dtype,
+            })
         }
     }
 }
@@ -500,6 +614,24 @@ pub fn build(name: &str, attrs: &[(&str, AttrVal)], n_inputs: usize) -> Result<P
         },
         "softmax" => Prim::Softmax(int_attr(get("axis"), "axis", -1)?),
         "log_softmax" => Prim::LogSoftmax(int_attr(get("axis"), "axis", -1)?),
+        "tril" => Prim::Tril(int_attr(get("diagonal"), "diagonal", 0)?),
+        "triu" => Prim::Triu(int_attr(get("diagonal"), "diagonal", 0)?),
+        "zeros_like" => Prim::FullLike(0.0),
+        "ones_like" => Prim::FullLike(1.0),
+        "stack" => {
+            if n_inputs == 0 {
+                return Err("`stack` needs at least one tensor".into());
+            }
+            Prim::Stack(int_attr(get("axis"), "axis", 0)?)
+        }
+        "arange" => arange(get("start"), get("end"), get("step"), get("dtype"))?,
+        "cholesky" => Prim::Cholesky,
+        "eigvalsh" => Prim::Eigvalsh,
+        "solve_triangular" => Prim::SolveTriangular {
+            upper: bool_attr(get("upper"), "upper", false)?,
+            left: bool_attr(get("left"), "left", true)?,
+            trans: false,
+        },
         _ => return Err(format!("unknown primitive `{name}`")),
     })
 }
@@ -572,6 +704,16 @@ impl Prim {
             Prim::ArgReduce { .. } => "argmin",
             Prim::Softmax(_) => "softmax",
             Prim::LogSoftmax(_) => "log_softmax",
+            Prim::Tril(_) => "tril",
+            Prim::Triu(_) => "triu",
+            Prim::FullLike(v) if *v == 0.0 => "zeros_like",
+            Prim::FullLike(_) => "ones_like",
+            Prim::Stack(_) => "stack",
+            Prim::Arange { .. } => "arange",
+            Prim::Cholesky => "cholesky",
+            Prim::Eigvalsh => "eigvalsh",
+            Prim::SolveTriangular { .. } => "solve_triangular",
+            Prim::EighVectors => "eigh_vectors",
             Prim::Unsqueeze(_) => "unsqueeze",
             Prim::BroadcastLike => "broadcast_like",
             Prim::ReshapeLike => "reshape_like",
@@ -682,6 +824,9 @@ impl Prim {
                 | Prim::RobustPower(_)
                 | Prim::Softmax(_)
                 | Prim::LogSoftmax(_)
+                | Prim::Cholesky
+                | Prim::Eigvalsh
+                | Prim::EighVectors
         )
     }
 }
@@ -1112,9 +1257,107 @@ impl Prim {
                 .get(k + 1)
                 .cloned()
                 .ok_or_else(|| "internal: concat part".to_string()),
+            Prim::Tril(_) | Prim::Triu(_) => {
+                if ins[0].dims.len() < 2 {
+                    return Err(format!(
+                        "`{}` needs a matrix or a batch of matrices (rank >= 2 named dims)",
+                        self.name()
+                    ));
+                }
+                Ok(ins[0].clone())
+            }
+            Prim::FullLike(_) => Ok(ins[0].clone()),
+            Prim::Arange { len, .. } => Ok(Shape::fixed(vec![len.clone()])),
+            Prim::Stack(axis) => {
+                for s in &ins {
+                    fixed(s, "stack")?;
+                }
+                let r = ins[0].dims.len();
+                if ins.iter().any(|s| s.dims.len() != r) {
+                    return Err("all operands of stack need the same shape".into());
+                }
+                let ax = norm_axis(*axis, r + 1)
+                    .ok_or_else(|| format!("axis {axis} out of range for rank {}", r + 1))?;
+                let mut out = ins[0].dims.clone();
+                for s in &ins[1..] {
+                    for (i, d) in s.dims.iter().enumerate() {
+                        out[i] = env.unify_dim(&out[i], d).map_err(|_| {
+                            format!(
+                                "all operands of stack need the same shape; dim {i} differs: {} vs {}",
+                                show(env, &out[i]),
+                                show(env, d)
+                            )
+                        })?;
+                    }
+                }
+                out.insert(ax, Dim::Known(ins.len() as u64));
+                Ok(Shape::fixed(out))
+            }
+            Prim::Cholesky | Prim::EighVectors => {
+                square_shape(env, &ins[0], self.name())?;
+                Ok(ins[0].clone())
+            }
+            Prim::Eigvalsh => {
+                square_shape(env, &ins[0], self.name())?;
+                let mut s = ins[0].clone();
+                s.dims.pop();
+                Ok(s)
+            }
+            Prim::SolveTriangular { left, .. } => {
+                let (a, b) = (&ins[0], &ins[1]);
+                let n = square_shape(env, a, "solve_triangular")?;
+                let (na, nb) = (a.dims.len(), b.dims.len());
+                if nb < 2 {
+                    return Err("the right-hand side `b` needs rank >= 2 ([..., n, k]; a vector `v` is `reshape(v, [n, 1])`)".into());
+                }
+                if a.rest != b.rest || na != nb {
+                    return Err("`a` and `b` need the same batch dims".into());
+                }
+                for i in 0..na - 2 {
+                    env.unify_dim(&a.dims[i], &b.dims[i]).map_err(|_| {
+                        format!(
+                            "`a` and `b` need the same batch dims; dim {i} differs: {} vs {}",
+                            show(env, &a.dims[i]),
+                            show(env, &b.dims[i])
+                        )
+                    })?;
+                }
+                let inner = if *left {
+                    &b.dims[nb - 2]
+                } else {
+                    &b.dims[nb - 1]
+                };
+                env.unify_dim(&n, inner).map_err(|_| {
+                    format!(
+                        "`a` is {n} x {n}, so `b` needs {} dim {} (left = {left}), found {}",
+                        if *left { "row" } else { "column" },
+                        show(env, &n),
+                        show(env, inner),
+                        n = show(env, &n),
+                    )
+                })?;
+                Ok(b.clone())
+            }
             _ => Err("internal: no shape rule".into()),
         }
     }
+}
+
+/// Checks a tensor of square matrices (`[..., n, n]`) and returns `n`.
+fn square_shape(env: &mut Env, s: &Shape, op: &str) -> Result<Dim, String> {
+    let r = s.dims.len();
+    if r < 2 {
+        return Err(format!(
+            "`{op}` needs square matrices [..., n, n] (rank >= 2 named dims)"
+        ));
+    }
+    env.unify_dim(&s.dims[r - 2], &s.dims[r - 1]).map_err(|_| {
+        format!(
+            "`{op}` needs square matrices, but the last two dims are {} and {}",
+            show(env, &s.dims[r - 2]),
+            show(env, &s.dims[r - 1])
+        )
+    })
 }
 
 fn reduce_shape(s: &Shape, axes: &[i64], keepdim: bool) -> Result<Shape, String> {
@@ -1361,14 +1604,28 @@ impl Prim {
                 }
                 Ok(t)
             }
-            Prim::Concat(_) => {
+            Prim::Concat(_) | Prim::Stack(_) => {
                 let mut t = ins[0].dt;
                 for (a, n) in ins.iter().zip(&names).skip(1) {
-                    t = env
-                        .unify_dt(t, a.dt)
-                        .map_err(|_| format!("dtype mismatch in `concat`: {} vs {n}", names[0]))?;
+                    t = env.unify_dt(t, a.dt).map_err(|_| {
+                        format!("dtype mismatch in `{}`: {} vs {n}", self.name(), names[0])
+                    })?;
                 }
                 Ok(t)
+            }
+            Prim::SolveTriangular { .. } => {
+                let t = env.unify_dt(ins[0].dt, ins[1].dt).map_err(|_| {
+                    format!(
+                        "dtype mismatch in `solve_triangular`: {} vs {}",
+                        names[0], names[1]
+                    )
+                })?;
+                match env.dt(t) {
+                    DT::Known(x) if !x.is_float() => Err(format!(
+                        "`solve_triangular` needs float tensors, found {x}; use `cast(x, dtype = f32)` first"
+                    )),
+                    other => Ok(other),
+                }
             }
             Prim::Gather(_) | Prim::TakeAlong => {
                 match k(env, &ins[1]) {
@@ -1397,6 +1654,11 @@ impl Prim {
                 _ => Ok(ins[0].dt),
             },
             Prim::ArgReduce { .. } => Ok(DT::Known(DType::I64)),
+            Prim::Arange { int, dtype, .. } => Ok(DT::Known(dtype.unwrap_or(if *int {
+                DType::I64
+            } else {
+                default
+            }))),
             Prim::SizeRatio => Ok(ins[0].dt),
             _ => Ok(ins[0].dt),
         }
@@ -1712,7 +1974,8 @@ impl Prim {
         d: &TokenStream,
     ) -> TokenStream {
         let ops = quote!(::mithril::rt::ops);
-        let x = &a[0];
+        let x0 = a.first().cloned().unwrap_or_default();
+        let x = &x0;
         let axes = |v: &Vec<i64>| {
             let v: Vec<isize> = v.iter().map(|&i| i as isize).collect();
             quote!(&[#(#v),*])
@@ -1830,6 +2093,27 @@ impl Prim {
                 let parts = &a[1..];
                 let axis = *axis as isize;
                 quote!(#ops::concat_part_to(&#x, &[#(#parts.shape()),*], #axis, #k, #d))
+            }
+            Prim::Tril(k) => quote!(#ops::tril_to(&#x, #k, #d)),
+            Prim::Triu(k) => quote!(#ops::triu_to(&#x, #k, #d)),
+            Prim::FullLike(v) => {
+                let v = *v;
+                quote!(#ops::full_like_to(&#x, #v, #d))
+            }
+            Prim::Stack(axis) => {
+                let axis = *axis as isize;
+                quote!(#ops::stack_to(&[#(#a.clone()),*], #axis, #d))
+            }
+            Prim::Cholesky => quote!(#ops::cholesky_to(&#x, #d)),
+            Prim::Eigvalsh => quote!(#ops::eigvalsh_to(&#x, #d)),
+            Prim::EighVectors => quote!(#ops::eigh_vectors_to(&#x, #d)),
+            Prim::SolveTriangular { upper, left, trans } => {
+                let y = &a[1];
+                quote!(#ops::solve_triangular_to(&#x, &#y, #upper, #left, #trans, #d))
+            }
+            Prim::Arange { .. } => {
+                // the length is computed by codegen (it may be symbolic)
+                quote!(compile_error!("internal: arange lowers in codegen"))
             }
             Prim::Reshape(_) => {
                 // the target dims are computed by codegen (they may be symbolic)

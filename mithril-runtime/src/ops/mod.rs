@@ -14,8 +14,10 @@
 //! [`Error::Op`]: crate::Error::Op
 //! [`Elem::to_acc`]: crate::Elem::to_acc
 
+pub mod construct;
 pub mod elementwise;
 pub mod grad;
+pub mod linalg;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;
@@ -25,8 +27,10 @@ pub mod take;
 #[cfg(test)]
 mod tests;
 
+pub use construct::*;
 pub use elementwise::*;
 pub use grad::*;
+pub use linalg::*;
 pub use matmul::*;
 pub use reduce::*;
 pub use shape::*;
