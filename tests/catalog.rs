@@ -124,6 +124,34 @@ mithril! {
         output stress = mds(d, norm).output;
     }
 
+    model TsneCore {
+        input p_joint: f64[5, 5];
+        param pred: f64[5, 5];
+        output y = tsne_core(pred, pred, p_joint);
+    }
+
+    model Tsne {
+        input x: f64[5, 3];
+        input norm: f64[];
+        input p_joint: f64[5, 5];
+        let tsne = TSNE(prediction_dim = 2, input_type = "points");
+        output y = tsne(x, norm, p_joint).output;
+    }
+
+    model Gpr {
+        param pts: f64[4, 2];
+        param test_pts: f64[4, 2];
+        param s: f64[1];
+        param mu: f64[4, 1];
+        param label: f64[4, 1];
+        let k = exp(distance_matrix(pts, pts, 2.0) * -0.5);
+        let k_star = exp(distance_matrix(pts, test_pts, 2.0) * -0.5) * 2.0;
+        let (loss, prediction, confidence) = gauss_process_regression_core(label, s, k, k_star, mu);
+        output loss = loss;
+        output prediction = prediction;
+        output confidence = confidence;
+    }
+
     model PolyReg {
         input x: f64[B, 2];
         let reg = PolynomialRegression(degree = 2, input_dim = 2, dimension = 2);
@@ -1174,6 +1202,181 @@ fn mds_from_points_and_from_distances() -> mithril::Result<()> {
     )?;
     gradcheck("MDS distances", &p, &g, |q| {
         m.evaluate(q, inputs).unwrap().stress.into_scalar()
+    });
+    Ok(())
+}
+
+/// Mithril's `TSNECore` with a given `p_joint`: `sum p (rlog(p) - rlog(q))` with `q` the
+/// normalized Student-t affinities, 0 on the diagonal (where `p` is 0 too, so those terms vanish).
+fn ref_tsne(pred: &Array2<f64>, p: &Array2<f64>) -> f64 {
+    let n = pred.nrows();
+    let mut q = Array2::zeros((n, n));
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                q[[i, j]] = 1.0 / (1.0 + pred[[i, j]]);
+            }
+        }
+    }
+    let total = q.sum();
+    let mut kl = 0.0;
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                kl += p[[i, j]] * (p[[i, j]].ln() - (q[[i, j]] / total).ln());
+            }
+        }
+    }
+    kl
+}
+
+/// A symmetric joint distribution with a zero diagonal (the shape of t-SNE's `p_joint`).
+fn p_joint(n: usize) -> Array2<f64> {
+    let mut p = Array2::zeros((n, n));
+    for i in 0..n {
+        for j in 0..i {
+            let v = 1.0 + 0.5 * wave(i * n + j, 0.7);
+            p[[i, j]] = v;
+            p[[j, i]] = v;
+        }
+    }
+    let t = p.sum();
+    p / t
+}
+
+#[test]
+fn tsne_core_values_and_gradients() -> mithril::Result<()> {
+    let m = TsneCore::new()?;
+    let mut p = m.randomize_params(0);
+    // non-negative squared distances; the diagonal does not matter (masked)
+    let pred: Vec<f64> = (0..25).map(|i| 0.5 + 0.4 * wave(i, 1.1)).collect();
+    set(&mut p, "pred", &pred);
+    let pj = p_joint(5);
+    let inputs = TsneCoreInputs { p_joint: pj.view() };
+    let out = m.evaluate(&p, inputs)?;
+    let want = ref_tsne(&rows(&pred, 5, 5), &pj);
+    close("tsne_core", &[out.y.into_scalar()], &[want], 1e-12);
+    let (_, g) = m.evaluate_gradients(&p, inputs, TsneCoreOutputs { y: ndarray::arr0(1.0) })?;
+    let gp = get(&g, "pred");
+    for i in 0..5 {
+        assert_eq!(gp[6 * i], 0.0, "the masked diagonal gets no gradient");
+    }
+    gradcheck("tsne_core", &p, &g, |q| m.evaluate(q, inputs).unwrap().y.into_scalar());
+    Ok(())
+}
+
+#[test]
+fn tsne_from_points() -> mithril::Result<()> {
+    let m = Tsne::new()?;
+    let mut p = m.randomize_params(2);
+    assert_eq!(p.names(), ["tsne.coords"]);
+    set(&mut p, "tsne.coords", pat(ndarray::Ix2(5, 2), 0.6).as_slice().unwrap());
+    let x = pat(ndarray::Ix2(5, 3), 0.25);
+    let norm = ndarray::arr0(2.0);
+    let pj = p_joint(5);
+    let inputs = TsneInputs { x: x.view(), norm: norm.view(), p_joint: pj.view() };
+    let out = m.evaluate(&p, inputs)?;
+    let c = rows(&get(&p, "tsne.coords"), 5, 2);
+    let want = ref_tsne(&ref_distance_matrix(&c, &c, 2.0), &pj);
+    close("TSNE", &[out.y.into_scalar()], &[want], 1e-12);
+    let (_, g) = m.evaluate_gradients(&p, inputs, TsneOutputs { y: ndarray::arr0(1.0) })?;
+    gradcheck("TSNE", &p, &g, |q| m.evaluate(q, inputs).unwrap().y.into_scalar());
+    Ok(())
+}
+
+/// Lower Cholesky factor, row by row.
+fn ref_cholesky(a: &Array2<f64>) -> Array2<f64> {
+    let n = a.nrows();
+    let mut l = Array2::<f64>::zeros((n, n));
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[[i, k]] * l[[j, k]]).sum();
+            if i == j {
+                l[[i, i]] = (a[[i, i]] - s).sqrt();
+            } else {
+                l[[i, j]] = (a[[i, j]] - s) / l[[j, j]];
+            }
+        }
+    }
+    l
+}
+
+/// Solves `L X = B` (forward) for lower-triangular `L`.
+fn forward(l: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+    let mut x = b.clone();
+    for c in 0..b.ncols() {
+        for i in 0..l.nrows() {
+            let s: f64 = (0..i).map(|k| l[[i, k]] * x[[k, c]]).sum();
+            x[[i, c]] = (b[[i, c]] - s) / l[[i, i]];
+        }
+    }
+    x
+}
+
+/// Solves `L^T X = B` (backward) for lower-triangular `L`.
+fn backward_t(l: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+    let n = l.nrows();
+    let mut x = b.clone();
+    for c in 0..b.ncols() {
+        for i in (0..n).rev() {
+            let s: f64 = (i + 1..n).map(|k| l[[k, i]] * x[[k, c]]).sum();
+            x[[i, c]] = (b[[i, c]] - s) / l[[i, i]];
+        }
+    }
+    x
+}
+
+#[test]
+fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
+    let m = Gpr::new()?;
+    let mut p = m.randomize_params(0);
+    set(&mut p, "pts", &[0.0, 0.1, 0.9, -0.4, -0.7, 0.8, 1.5, 1.2]);
+    set(&mut p, "test_pts", &[0.2, 0.0, 1.0, -0.5, -0.5, 1.0, 1.4, 1.0]);
+    set(&mut p, "s", &[0.1]);
+    set(&mut p, "mu", &[0.1, -0.2, 0.05, 0.3]);
+    set(&mut p, "label", &[1.0, -0.5, 0.7, 2.0]);
+    let out = m.evaluate(&p, GprInputs { _marker: PhantomData })?;
+
+    let pts = rows(&get(&p, "pts"), 4, 2);
+    let tpts = rows(&get(&p, "test_pts"), 4, 2);
+    let k = ref_distance_matrix(&pts, &pts, 2.0).mapv(|d| (-0.5 * d).exp());
+    let k_star = ref_distance_matrix(&pts, &tpts, 2.0).mapv(|d| 2.0 * (-0.5 * d).exp());
+    let mut k_term = k.clone();
+    for i in 0..4 {
+        k_term[[i, i]] += 0.1;
+    }
+    let l = ref_cholesky(&k_term);
+    let mu = rows(&get(&p, "mu"), 4, 1);
+    let diff = rows(&get(&p, "label"), 4, 1) - &mu;
+    let alpha = backward_t(&l, &forward(&l, &diff));
+    let quad: f64 = (0..4).map(|i| diff[[i, 0]] * alpha[[i, 0]]).sum();
+    let logdet: f64 = (0..4).map(|i| l[[i, i]].ln()).sum();
+    let loss = 0.5 * quad + logdet + 4.0 * (2.0 * std::f64::consts::PI).ln() / 2.0;
+    assert_eq!(out.loss.shape(), &[1]);
+    close("loss", out.loss.as_slice().unwrap(), &[loss], 1e-12);
+    let pred: Vec<f64> =
+        (0..4).map(|j| mu[[j, 0]] + (0..4).map(|i| k[[i, j]] * alpha[[i, 0]]).sum::<f64>()).collect();
+    close("prediction", out.prediction.as_slice().unwrap(), &pred, 1e-12);
+    let v = forward(&l, &k);
+    let conf: Vec<f64> = (0..4)
+        .map(|j| {
+            let vv: f64 = (0..4).map(|i| v[[i, j]] * v[[i, j]]).sum();
+            let d = k_star[[j, j]] - vv;
+            assert!(d.abs() > 0.05, "away from the kink of |.|");
+            0.1 + d.abs()
+        })
+        .collect();
+    close("confidence", out.confidence.as_slice().unwrap(), &conf, 1e-12);
+
+    let seeds = GprOutputs {
+        loss: ndarray::array![1.0],
+        prediction: pat(ndarray::Ix2(4, 1), 0.3),
+        confidence: pat(ndarray::Ix2(4, 1), 1.9),
+    };
+    let (_, g) = m.evaluate_gradients(&p, GprInputs { _marker: PhantomData }, seeds.clone())?;
+    gradcheck("gauss_process_regression_core", &p, &g, |q| {
+        let o = m.evaluate(q, GprInputs { _marker: PhantomData }).unwrap();
+        dot(&o.loss, &seeds.loss) + dot(&o.prediction, &seeds.prediction) + dot(&o.confidence, &seeds.confidence)
     });
     Ok(())
 }
