@@ -93,6 +93,63 @@ mithril! {
         param norm: f64[];
         output exact = mds_core(d, pred, norm, robust = false);
         output powered = mds_core(d, pred, norm, exact_distances = false, robust = false);
+        output robust = mds_core(d, pred, norm);
+    }
+
+    model PolyKernelRobust {
+        param a: f64[3, 2];
+        param b: f64[4, 2];
+        let y = PolynomialKernel()(a, b);
+        output y = y;
+    }
+
+    model EdmSelf {
+        param a: f64[4, 2];
+        output y = encoder_distance_matrix(a, a, 2.0);
+    }
+
+    model MdsPoints {
+        input x: f64[5, 3];
+        input norm: f64[];
+        let mds = MDS(prediction_dim = 2, input_type = "points");
+        let (stress, coords) = mds(x, norm);
+        output stress = stress;
+        output coords = coords;
+    }
+
+    model MdsDistances {
+        input d: f64[5, 5];
+        input norm: f64[];
+        let mds = MDS(2);
+        output stress = mds(d, norm).output;
+    }
+
+    model TsneCore {
+        input p_joint: f64[5, 5];
+        param pred: f64[5, 5];
+        output y = tsne_core(pred, pred, p_joint);
+    }
+
+    model Tsne {
+        input x: f64[5, 3];
+        input norm: f64[];
+        input p_joint: f64[5, 5];
+        let tsne = TSNE(prediction_dim = 2, input_type = "points");
+        output y = tsne(x, norm, p_joint).output;
+    }
+
+    model Gpr {
+        param pts: f64[4, 2];
+        param test_pts: f64[4, 2];
+        param s: f64[1];
+        param mu: f64[4, 1];
+        param label: f64[4, 1];
+        let k = exp(distance_matrix(pts, pts, 2.0) * -0.5);
+        let k_star = exp(distance_matrix(pts, test_pts, 2.0) * -0.5) * 2.0;
+        let (loss, prediction, confidence) = gauss_process_regression_core(label, s, k, k_star, mu);
+        output loss = loss;
+        output prediction = prediction;
+        output confidence = confidence;
     }
 
     model PolyReg {
@@ -141,7 +198,12 @@ fn update<P: ParamTree>(p: &mut P, name: &str, i: usize, f: &dyn Fn(f64) -> f64)
 
 /// Sets every element of leaf `name` to `vals[i]`.
 fn set<P: ParamTree>(p: &mut P, name: &str, vals: &[f64]) {
-    let n = leaves(p).into_iter().find(|l| l.0 == name).expect(name).1.len();
+    let n = leaves(p)
+        .into_iter()
+        .find(|l| l.0 == name)
+        .expect(name)
+        .1
+        .len();
     assert_eq!(n, vals.len(), "{name}: {n} elements");
     for (i, &v) in vals.iter().enumerate() {
         update(p, name, i, &|_| v);
@@ -246,7 +308,13 @@ fn ref_norm_modifier(n: f64) -> f64 {
 /// Sorted index tuples of length `degree` over `0..=dims` in lexicographic order (Python's
 /// `combinations_with_replacement`), without the all-zero one.
 fn poly_terms(dims: usize, degree: usize) -> Vec<Vec<usize>> {
-    fn rec(start: usize, dims: usize, left: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+    fn rec(
+        start: usize,
+        dims: usize,
+        left: usize,
+        cur: &mut Vec<usize>,
+        out: &mut Vec<Vec<usize>>,
+    ) {
         if left == 0 {
             out.push(cur.clone());
             return;
@@ -303,20 +371,54 @@ fn distance_matrix_values_and_gradients() -> mithril::Result<()> {
     let m = DistM::new()?;
     for norm in [3.0, 1.5, 2.0] {
         let mut p = m.randomize_params(0);
-        set(&mut p, "left", pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap());
-        set(&mut p, "right", pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap());
+        set(
+            &mut p,
+            "left",
+            pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap(),
+        );
+        set(
+            &mut p,
+            "right",
+            pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap(),
+        );
         set(&mut p, "norm", &[norm]);
-        let out = m.evaluate(&p, DistMInputs { _marker: PhantomData })?;
+        let out = m.evaluate(
+            &p,
+            DistMInputs {
+                _marker: PhantomData,
+            },
+        )?;
         let want = ref_distance_matrix(
             &rows(&get(&p, "left"), 3, 2),
             &rows(&get(&p, "right"), 4, 2),
             norm,
         );
-        close("distance_matrix", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-12);
+        close(
+            "distance_matrix",
+            out.y.as_slice().unwrap(),
+            want.as_slice().unwrap(),
+            1e-12,
+        );
         let seed = pat(ndarray::Ix2(3, 4), 2.9);
-        let (_, g) = m.evaluate_gradients(&p, DistMInputs { _marker: PhantomData }, DistMOutputs { y: seed.clone() })?;
+        let (_, g) = m.evaluate_gradients(
+            &p,
+            DistMInputs {
+                _marker: PhantomData,
+            },
+            DistMOutputs { y: seed.clone() },
+        )?;
         let n = gradcheck("distance_matrix", &p, &g, |q| {
-            dot(&m.evaluate(q, DistMInputs { _marker: PhantomData }).unwrap().y, &seed)
+            dot(
+                &m.evaluate(
+                    q,
+                    DistMInputs {
+                        _marker: PhantomData,
+                    },
+                )
+                .unwrap()
+                .y,
+                &seed,
+            )
         });
         assert_eq!(n, 6 + 8 + 1);
     }
@@ -329,14 +431,42 @@ fn norm_modifier_folds_into_one_to_five() -> mithril::Result<()> {
     let mut p = m.randomize_params(0);
     let xs = [1.5, 2.0, 4.7, 6.3, 11.2, -0.6];
     set(&mut p, "x", &xs);
-    let out = m.evaluate(&p, NormModInputs { _marker: PhantomData })?;
+    let out = m.evaluate(
+        &p,
+        NormModInputs {
+            _marker: PhantomData,
+        },
+    )?;
     let want: Vec<f64> = xs.iter().map(|&v| ref_norm_modifier(v)).collect();
     // by hand: identity on [1, 5], 10 - x on [5, 9], period 8
-    close("norm_modifier", out.y.as_slice().unwrap(), &[1.5, 2.0, 4.7, 3.7, 3.2, 2.6], 1e-12);
+    close(
+        "norm_modifier",
+        out.y.as_slice().unwrap(),
+        &[1.5, 2.0, 4.7, 3.7, 3.2, 2.6],
+        1e-12,
+    );
     close("norm_modifier", out.y.as_slice().unwrap(), &want, 1e-12);
     let seed = pat(ndarray::Ix1(6), 0.4);
-    let (_, g) = m.evaluate_gradients(&p, NormModInputs { _marker: PhantomData }, NormModOutputs { y: seed.clone() })?;
-    gradcheck("norm_modifier", &p, &g, |q| dot(&m.evaluate(q, NormModInputs { _marker: PhantomData }).unwrap().y, &seed));
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        NormModInputs {
+            _marker: PhantomData,
+        },
+        NormModOutputs { y: seed.clone() },
+    )?;
+    gradcheck("norm_modifier", &p, &g, |q| {
+        dot(
+            &m.evaluate(
+                q,
+                NormModInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
+    });
     Ok(())
 }
 
@@ -345,9 +475,18 @@ fn polynomial_features_values_and_gradients() -> mithril::Result<()> {
     // degree 2 over 3 columns: x1 x2 x3 x1² x1x2 x1x3 x2² x2x3 x3²
     let m = PolyFeat2::new()?;
     let mut p = m.randomize_params(0);
-    set(&mut p, "x", pat(ndarray::Ix2(3, 3), 0.9).as_slice().unwrap());
+    set(
+        &mut p,
+        "x",
+        pat(ndarray::Ix2(3, 3), 0.9).as_slice().unwrap(),
+    );
     let x = rows(&get(&p, "x"), 3, 3);
-    let out = m.evaluate(&p, PolyFeat2Inputs { _marker: PhantomData })?;
+    let out = m.evaluate(
+        &p,
+        PolyFeat2Inputs {
+            _marker: PhantomData,
+        },
+    )?;
     assert_eq!(out.y.shape(), &[3, 9]);
     let (a, b, c) = (x[[1, 0]], x[[1, 1]], x[[1, 2]]);
     close(
@@ -357,25 +496,76 @@ fn polynomial_features_values_and_gradients() -> mithril::Result<()> {
         1e-14,
     );
     let want = ref_poly_features(&x, 2);
-    close("polynomial_features(2)", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-14);
+    close(
+        "polynomial_features(2)",
+        out.y.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-14,
+    );
     let seed = pat(ndarray::Ix2(3, 9), 0.2);
-    let (_, g) = m.evaluate_gradients(&p, PolyFeat2Inputs { _marker: PhantomData }, PolyFeat2Outputs { y: seed.clone() })?;
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        PolyFeat2Inputs {
+            _marker: PhantomData,
+        },
+        PolyFeat2Outputs { y: seed.clone() },
+    )?;
     gradcheck("polynomial_features(2)", &p, &g, |q| {
-        dot(&m.evaluate(q, PolyFeat2Inputs { _marker: PhantomData }).unwrap().y, &seed)
+        dot(
+            &m.evaluate(
+                q,
+                PolyFeat2Inputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
     });
 
     let m = PolyFeat3::new()?;
     let mut p = m.randomize_params(0);
-    set(&mut p, "x", pat(ndarray::Ix2(2, 2), 1.3).as_slice().unwrap());
+    set(
+        &mut p,
+        "x",
+        pat(ndarray::Ix2(2, 2), 1.3).as_slice().unwrap(),
+    );
     let x = rows(&get(&p, "x"), 2, 2);
-    let out = m.evaluate(&p, PolyFeat3Inputs { _marker: PhantomData })?;
+    let out = m.evaluate(
+        &p,
+        PolyFeat3Inputs {
+            _marker: PhantomData,
+        },
+    )?;
     assert_eq!(out.y.shape(), &[2, 9]); // C(2 + 3, 3) - 1
     let want = ref_poly_features(&x, 3);
-    close("polynomial_features(3)", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-14);
+    close(
+        "polynomial_features(3)",
+        out.y.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-14,
+    );
     let seed = pat(ndarray::Ix2(2, 9), 0.5);
-    let (_, g) = m.evaluate_gradients(&p, PolyFeat3Inputs { _marker: PhantomData }, PolyFeat3Outputs { y: seed.clone() })?;
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        PolyFeat3Inputs {
+            _marker: PhantomData,
+        },
+        PolyFeat3Outputs { y: seed.clone() },
+    )?;
     gradcheck("polynomial_features(3)", &p, &g, |q| {
-        dot(&m.evaluate(q, PolyFeat3Inputs { _marker: PhantomData }).unwrap().y, &seed)
+        dot(
+            &m.evaluate(
+                q,
+                PolyFeat3Inputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
     });
     Ok(())
 }
@@ -385,8 +575,17 @@ fn quadratic_form_regularizer_values_and_gradients() -> mithril::Result<()> {
     let m = QuadForm::new()?;
     let mut p = m.randomize_params(0);
     set(&mut p, "v", &[0.5, -1.0, 2.0]);
-    set(&mut p, "kernel", &[2.0, 0.1, 0.0, 0.3, 1.0, -0.2, 0.0, 0.4, 3.0]);
-    let out = m.evaluate(&p, QuadFormInputs { _marker: PhantomData })?;
+    set(
+        &mut p,
+        "kernel",
+        &[2.0, 0.1, 0.0, 0.3, 1.0, -0.2, 0.0, 0.4, 3.0],
+    );
+    let out = m.evaluate(
+        &p,
+        QuadFormInputs {
+            _marker: PhantomData,
+        },
+    )?;
     assert_eq!(out.y.shape(), &[1, 1]);
     let (v, k) = (get(&p, "v"), get(&p, "kernel"));
     let mut want = 0.0;
@@ -395,10 +594,33 @@ fn quadratic_form_regularizer_values_and_gradients() -> mithril::Result<()> {
             want += v[i] * k[3 * i + j] * v[j];
         }
     }
-    close("quadratic form", out.y.as_slice().unwrap(), &[0.5 * want], 1e-14);
+    close(
+        "quadratic form",
+        out.y.as_slice().unwrap(),
+        &[0.5 * want],
+        1e-14,
+    );
     let seed = ndarray::array![[1.3]];
-    let (_, g) = m.evaluate_gradients(&p, QuadFormInputs { _marker: PhantomData }, QuadFormOutputs { y: seed.clone() })?;
-    gradcheck("quadratic form", &p, &g, |q| dot(&m.evaluate(q, QuadFormInputs { _marker: PhantomData }).unwrap().y, &seed));
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        QuadFormInputs {
+            _marker: PhantomData,
+        },
+        QuadFormOutputs { y: seed.clone() },
+    )?;
+    gradcheck("quadratic form", &p, &g, |q| {
+        dot(
+            &m.evaluate(
+                q,
+                QuadFormInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
+    });
     Ok(())
 }
 
@@ -407,17 +629,61 @@ fn rbf_kernel_values_and_gradients() -> mithril::Result<()> {
     let m = Rbf::new()?;
     let mut p = m.randomize_params(0);
     assert_eq!(p.names(), ["a", "b", "k.l_scale", "k.sigma"]);
-    assert_eq!((get(&p, "k.l_scale"), get(&p, "k.sigma")), (vec![1.0], vec![1.0]));
-    set(&mut p, "a", pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap());
-    set(&mut p, "b", pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap());
+    assert_eq!(
+        (get(&p, "k.l_scale"), get(&p, "k.sigma")),
+        (vec![1.0], vec![1.0])
+    );
+    set(
+        &mut p,
+        "a",
+        pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap(),
+    );
+    set(
+        &mut p,
+        "b",
+        pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap(),
+    );
     set(&mut p, "k.l_scale", &[1.3]);
     set(&mut p, "k.sigma", &[0.7]);
-    let out = m.evaluate(&p, RbfInputs { _marker: PhantomData })?;
-    let want = ref_rbf(&rows(&get(&p, "a"), 3, 2), &rows(&get(&p, "b"), 4, 2), 1.3, 0.7);
-    close("rbf", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-13);
+    let out = m.evaluate(
+        &p,
+        RbfInputs {
+            _marker: PhantomData,
+        },
+    )?;
+    let want = ref_rbf(
+        &rows(&get(&p, "a"), 3, 2),
+        &rows(&get(&p, "b"), 4, 2),
+        1.3,
+        0.7,
+    );
+    close(
+        "rbf",
+        out.y.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-13,
+    );
     let seed = pat(ndarray::Ix2(3, 4), 0.6);
-    let (_, g) = m.evaluate_gradients(&p, RbfInputs { _marker: PhantomData }, RbfOutputs { y: seed.clone() })?;
-    gradcheck("rbf", &p, &g, |q| dot(&m.evaluate(q, RbfInputs { _marker: PhantomData }).unwrap().y, &seed));
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        RbfInputs {
+            _marker: PhantomData,
+        },
+        RbfOutputs { y: seed.clone() },
+    )?;
+    gradcheck("rbf", &p, &g, |q| {
+        dot(
+            &m.evaluate(
+                q,
+                RbfInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
+    });
     Ok(())
 }
 
@@ -427,21 +693,60 @@ fn polynomial_kernel_plain_values_and_gradients() -> mithril::Result<()> {
     let mut p = m.randomize_params(0);
     let names = p.names();
     assert_eq!(names[2..], ["y.poly_coef", "y.degree"]);
-    assert_eq!((get(&p, "y.poly_coef"), get(&p, "y.degree")), (vec![1.0], vec![2.0]));
-    set(&mut p, "a", pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap());
-    set(&mut p, "b", pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap());
+    assert_eq!(
+        (get(&p, "y.poly_coef"), get(&p, "y.degree")),
+        (vec![1.0], vec![2.0])
+    );
+    set(
+        &mut p,
+        "a",
+        pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap(),
+    );
+    set(
+        &mut p,
+        "b",
+        pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap(),
+    );
     set(&mut p, "y.poly_coef", &[1.5]);
     set(&mut p, "y.degree", &[3.0]);
-    let out = m.evaluate(&p, PolyKernelPlainInputs { _marker: PhantomData })?;
+    let out = m.evaluate(
+        &p,
+        PolyKernelPlainInputs {
+            _marker: PhantomData,
+        },
+    )?;
     let dots = ref_matmul_t(&rows(&get(&p, "a"), 3, 2), &rows(&get(&p, "b"), 4, 2));
     let want = dots.mapv(|d| (d + 1.5).powi(3));
-    close("polynomial kernel", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-13);
-    assert!(dots.iter().all(|d| d + 1.5 > 0.1), "bases positive: the degree has a gradient");
+    close(
+        "polynomial kernel",
+        out.y.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-13,
+    );
+    assert!(
+        dots.iter().all(|d| d + 1.5 > 0.1),
+        "bases positive: the degree has a gradient"
+    );
     let seed = pat(ndarray::Ix2(3, 4), 0.6);
-    let (_, g) =
-        m.evaluate_gradients(&p, PolyKernelPlainInputs { _marker: PhantomData }, PolyKernelPlainOutputs { y: seed.clone() })?;
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        PolyKernelPlainInputs {
+            _marker: PhantomData,
+        },
+        PolyKernelPlainOutputs { y: seed.clone() },
+    )?;
     gradcheck("polynomial kernel", &p, &g, |q| {
-        dot(&m.evaluate(q, PolyKernelPlainInputs { _marker: PhantomData }).unwrap().y, &seed)
+        dot(
+            &m.evaluate(
+                q,
+                PolyKernelPlainInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
     });
     Ok(())
 }
@@ -451,10 +756,18 @@ fn polynomial_kernel_plain_values_and_gradients() -> mithril::Result<()> {
 
 #[test]
 fn logistic_regression_and_linear_svm() -> mithril::Result<()> {
-    let x = ndarray::array![[0.5, -1.0, 2.0], [1.5, 0.25, -0.75], [-2.0, 1.0, 0.1], [0.0, 0.3, 0.2]];
+    let x = ndarray::array![
+        [0.5, -1.0, 2.0],
+        [1.5, 0.25, -0.75],
+        [-2.0, 1.0, 0.1],
+        [0.0, 0.3, 0.2]
+    ];
     let m = Logistic::new()?;
     let mut p = m.randomize_params(3);
-    assert_eq!(p.names(), ["logistic_regression_0.weight", "logistic_regression_0.bias"]);
+    assert_eq!(
+        p.names(),
+        ["logistic_regression_0.weight", "logistic_regression_0.bias"]
+    );
     set(&mut p, "logistic_regression_0.weight", &[0.4, -0.3, 0.8]);
     set(&mut p, "logistic_regression_0.bias", &[-0.1]);
     let out = m.evaluate(&p, LogisticInputs { x: x.view() })?;
@@ -465,7 +778,10 @@ fn logistic_regression_and_linear_svm() -> mithril::Result<()> {
         assert!((out.probs[[i, 0]] - 1.0 / (1.0 + (-z).exp())).abs() < 1e-14);
     }
     let (s1, s2) = (pat(ndarray::Ix2(4, 1), 0.3), pat(ndarray::Ix2(4, 1), 1.1));
-    let seeds = LogisticOutputs { logits: s1.clone(), probs: s2.clone() };
+    let seeds = LogisticOutputs {
+        logits: s1.clone(),
+        probs: s2.clone(),
+    };
     let (_, g) = m.evaluate_gradients(&p, LogisticInputs { x: x.view() }, seeds)?;
     gradcheck("logistic regression", &p, &g, |q| {
         let o = m.evaluate(q, LogisticInputs { x: x.view() }).unwrap();
@@ -484,10 +800,15 @@ fn logistic_regression_and_linear_svm() -> mithril::Result<()> {
         assert_eq!(out.decision[[i, 0]], z.signum());
     }
     let s1 = pat(ndarray::Ix2(4, 1), 0.3);
-    let seeds = SvmOutputs { out: s1.clone(), decision: s1.clone() };
+    let seeds = SvmOutputs {
+        out: s1.clone(),
+        decision: s1.clone(),
+    };
     let (_, g) = m.evaluate_gradients(&p, SvmInputs { x: x.view() }, seeds)?;
     // sign passes no gradient: only `output` contributes
-    gradcheck("linear svm", &p, &g, |q| dot(&m.evaluate(q, SvmInputs { x: x.view() }).unwrap().out, &s1));
+    gradcheck("linear svm", &p, &g, |q| {
+        dot(&m.evaluate(q, SvmInputs { x: x.view() }).unwrap().out, &s1)
+    });
     Ok(())
 }
 
@@ -497,24 +818,40 @@ fn kernelized_svm_with_the_rbf_kernel() -> mithril::Result<()> {
     let mut p = m.randomize_params(5);
     assert_eq!(
         p.names(),
-        ["svm.kernel_model.l_scale", "svm.kernel_model.sigma", "svm.weight", "svm.bias"]
+        [
+            "svm.kernel_model.l_scale",
+            "svm.kernel_model.sigma",
+            "svm.weight",
+            "svm.bias"
+        ]
     );
     assert_eq!(p.svm.weight.shape(), &[1, 4]);
     set(&mut p, "svm.kernel_model.l_scale", &[0.9]);
     set(&mut p, "svm.kernel_model.sigma", &[1.2]);
     let x1 = pat(ndarray::Ix2(5, 2), 0.7);
     let x2 = pat(ndarray::Ix2(4, 2), 3.1);
-    let inputs = KSvmInputs { x1: x1.view(), x2: x2.view() };
+    let inputs = KSvmInputs {
+        x1: x1.view(),
+        x2: x2.view(),
+    };
     let out = m.evaluate(&p, inputs)?;
     let k = ref_rbf(&x1, &x2, 0.9, 1.2);
-    close("kernel", out.kernel.as_slice().unwrap(), k.as_slice().unwrap(), 1e-13);
+    close(
+        "kernel",
+        out.kernel.as_slice().unwrap(),
+        k.as_slice().unwrap(),
+        1e-13,
+    );
     let (w, b) = (get(&p, "svm.weight"), get(&p, "svm.bias"));
     for i in 0..5 {
         let want: f64 = (0..4).map(|j| k[[i, j]] * w[j]).sum::<f64>() + b[0];
         assert!((out.out[[i, 0]] - want).abs() < 1e-13);
     }
     let (s1, s2) = (pat(ndarray::Ix2(5, 1), 0.3), pat(ndarray::Ix2(5, 4), 0.8));
-    let seeds = KSvmOutputs { out: s1.clone(), kernel: s2.clone() };
+    let seeds = KSvmOutputs {
+        out: s1.clone(),
+        kernel: s2.clone(),
+    };
     let (_, g) = m.evaluate_gradients(&p, inputs, seeds)?;
     gradcheck("kernelized svm", &p, &g, |q| {
         let o = m.evaluate(q, inputs).unwrap();
@@ -540,9 +877,16 @@ fn polynomial_regression_values_and_gradients() -> mithril::Result<()> {
         }
     }
     let seed = pat(ndarray::Ix2(3, 2), 0.3);
-    let (_, g) = m.evaluate_gradients(&p, PolyRegInputs { x: x.view() }, PolyRegOutputs { y: seed.clone() })?;
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        PolyRegInputs { x: x.view() },
+        PolyRegOutputs { y: seed.clone() },
+    )?;
     gradcheck("polynomial regression", &p, &g, |q| {
-        dot(&m.evaluate(q, PolyRegInputs { x: x.view() }).unwrap().y, &seed)
+        dot(
+            &m.evaluate(q, PolyRegInputs { x: x.view() }).unwrap().y,
+            &seed,
+        )
     });
     Ok(())
 }
@@ -571,21 +915,60 @@ fn ref_mds_core(d: &[f64], pred: &[f64], norm: f64, exact: bool) -> f64 {
 fn encoder_distance_matrix_plain_values_and_gradients() -> mithril::Result<()> {
     let m = EdmPlain::new()?;
     let mut p = m.randomize_params(0);
-    set(&mut p, "a", pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap());
-    set(&mut p, "b", pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap());
+    set(
+        &mut p,
+        "a",
+        pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap(),
+    );
+    set(
+        &mut p,
+        "b",
+        pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap(),
+    );
     // the period is 8: norm_modifier(10.5) = 2.5
     set(&mut p, "norm", &[10.5]);
     assert!((ref_norm_modifier(10.5) - 2.5).abs() < 1e-12);
-    let out = m.evaluate(&p, EdmPlainInputs { _marker: PhantomData })?;
+    let out = m.evaluate(
+        &p,
+        EdmPlainInputs {
+            _marker: PhantomData,
+        },
+    )?;
     let powered = ref_distance_matrix(&rows(&get(&p, "a"), 3, 2), &rows(&get(&p, "b"), 4, 2), 2.5);
-    close("powered", out.powered.as_slice().unwrap(), powered.as_slice().unwrap(), 1e-12);
+    close(
+        "powered",
+        out.powered.as_slice().unwrap(),
+        powered.as_slice().unwrap(),
+        1e-12,
+    );
     let fin = powered.mapv(|v| v.powf(1.0 / 2.5));
-    close("final", out.final_dist.as_slice().unwrap(), fin.as_slice().unwrap(), 1e-12);
+    close(
+        "final",
+        out.final_dist.as_slice().unwrap(),
+        fin.as_slice().unwrap(),
+        1e-12,
+    );
     let (s1, s2) = (pat(ndarray::Ix2(3, 4), 0.2), pat(ndarray::Ix2(3, 4), 2.5));
-    let seeds = EdmPlainOutputs { final_dist: s1.clone(), powered: s2.clone() };
-    let (_, g) = m.evaluate_gradients(&p, EdmPlainInputs { _marker: PhantomData }, seeds)?;
+    let seeds = EdmPlainOutputs {
+        final_dist: s1.clone(),
+        powered: s2.clone(),
+    };
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        EdmPlainInputs {
+            _marker: PhantomData,
+        },
+        seeds,
+    )?;
     gradcheck("encoder_distance_matrix", &p, &g, |q| {
-        let o = m.evaluate(q, EdmPlainInputs { _marker: PhantomData }).unwrap();
+        let o = m
+            .evaluate(
+                q,
+                EdmPlainInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap();
         dot(&o.final_dist, &s1) + dot(&o.powered, &s2)
     });
     Ok(())
@@ -600,14 +983,400 @@ fn mds_core_plain_values_and_gradients() -> mithril::Result<()> {
     set(&mut p, "d", &d);
     set(&mut p, "pred", &pred);
     set(&mut p, "norm", &[2.5]);
-    let out = m.evaluate(&p, MdsCorePlainInputs { _marker: PhantomData })?;
-    close("exact", &[out.exact.into_scalar()], &[ref_mds_core(&d, &pred, 2.5, true)], 1e-12);
-    close("powered", &[out.powered.into_scalar()], &[ref_mds_core(&d, &pred, 2.5, false)], 1e-12);
-    let seeds = MdsCorePlainOutputs { exact: ndarray::arr0(1.0), powered: ndarray::arr0(-0.7) };
-    let (_, g) = m.evaluate_gradients(&p, MdsCorePlainInputs { _marker: PhantomData }, seeds)?;
+    let out = m.evaluate(
+        &p,
+        MdsCorePlainInputs {
+            _marker: PhantomData,
+        },
+    )?;
+    close(
+        "exact",
+        &[out.exact.into_scalar()],
+        &[ref_mds_core(&d, &pred, 2.5, true)],
+        1e-12,
+    );
+    close(
+        "powered",
+        &[out.powered.into_scalar()],
+        &[ref_mds_core(&d, &pred, 2.5, false)],
+        1e-12,
+    );
+    // robust powers equal the plain ones away from 0
+    close(
+        "robust",
+        &[out.robust.into_scalar()],
+        &[ref_mds_core(&d, &pred, 2.5, true)],
+        1e-12,
+    );
+    let seeds = MdsCorePlainOutputs {
+        exact: ndarray::arr0(1.0),
+        powered: ndarray::arr0(-0.7),
+        robust: ndarray::arr0(0.4),
+    };
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        MdsCorePlainInputs {
+            _marker: PhantomData,
+        },
+        seeds,
+    )?;
     gradcheck("mds_core", &p, &g, |q| {
-        let o = m.evaluate(q, MdsCorePlainInputs { _marker: PhantomData }).unwrap();
-        o.exact.into_scalar() - 0.7 * o.powered.into_scalar()
+        let o = m
+            .evaluate(
+                q,
+                MdsCorePlainInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap();
+        o.exact.into_scalar() - 0.7 * o.powered.into_scalar() + 0.4 * o.robust.into_scalar()
+    });
+    Ok(())
+}
+
+#[test]
+fn polynomial_kernel_robust_takes_the_absolute_base() -> mithril::Result<()> {
+    let m = PolyKernelRobust::new()?;
+    let mut p = m.randomize_params(0);
+    set(
+        &mut p,
+        "a",
+        pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap(),
+    );
+    set(
+        &mut p,
+        "b",
+        pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap(),
+    );
+    set(&mut p, "y.poly_coef", &[-0.1]);
+    set(&mut p, "y.degree", &[3.0]);
+    let out = m.evaluate(
+        &p,
+        PolyKernelRobustInputs {
+            _marker: PhantomData,
+        },
+    )?;
+    let bases =
+        ref_matmul_t(&rows(&get(&p, "a"), 3, 2), &rows(&get(&p, "b"), 4, 2)).mapv(|d| d - 0.1);
+    assert!(
+        bases.iter().any(|&b| b < -0.05),
+        "a negative base shows the |base|"
+    );
+    assert!(
+        bases.iter().all(|&b| b.abs() > 0.05),
+        "away from the kink at 0"
+    );
+    let want = bases.mapv(|b| b.abs().powi(3));
+    close(
+        "robust polynomial kernel",
+        out.y.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-13,
+    );
+    let seed = pat(ndarray::Ix2(3, 4), 0.6);
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        PolyKernelRobustInputs {
+            _marker: PhantomData,
+        },
+        PolyKernelRobustOutputs { y: seed.clone() },
+    )?;
+    gradcheck("robust polynomial kernel", &p, &g, |q| {
+        dot(
+            &m.evaluate(
+                q,
+                PolyKernelRobustInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
+    });
+    Ok(())
+}
+
+#[test]
+fn encoder_distance_matrix_robust_self_distances() -> mithril::Result<()> {
+    // the diagonal is 0: `power(0, 1/m)` has an infinite slope, `robust_power` a finite one
+    let m = EdmSelf::new()?;
+    let mut p = m.randomize_params(0);
+    set(
+        &mut p,
+        "a",
+        pat(ndarray::Ix2(4, 2), 0.8).as_slice().unwrap(),
+    );
+    let a = rows(&get(&p, "a"), 4, 2);
+    let out = m.evaluate(
+        &p,
+        EdmSelfInputs {
+            _marker: PhantomData,
+        },
+    )?;
+    let want = ref_distance_matrix(&a, &a, 2.0).mapv(f64::sqrt);
+    close(
+        "euclidean",
+        out.y.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-13,
+    );
+    let seed = pat(ndarray::Ix2(4, 4), 1.4);
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        EdmSelfInputs {
+            _marker: PhantomData,
+        },
+        EdmSelfOutputs { y: seed.clone() },
+    )?;
+    gradcheck("encoder_distance_matrix(a, a)", &p, &g, |q| {
+        dot(
+            &m.evaluate(
+                q,
+                EdmSelfInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed,
+        )
+    });
+    Ok(())
+}
+
+#[test]
+fn mds_from_points_and_from_distances() -> mithril::Result<()> {
+    let x = pat(ndarray::Ix2(5, 3), 0.25);
+    let norm = ndarray::arr0(2.0);
+    let m = MdsPoints::new()?;
+    let mut p = m.randomize_params(1);
+    assert_eq!(p.names(), ["mds.coords"]);
+    set(
+        &mut p,
+        "mds.coords",
+        pat(ndarray::Ix2(5, 2), 1.9).as_slice().unwrap(),
+    );
+    let inputs = MdsPointsInputs {
+        x: x.view(),
+        norm: norm.view(),
+    };
+    let out = m.evaluate(&p, inputs)?;
+    let c = rows(&get(&p, "mds.coords"), 5, 2);
+    assert_eq!(out.coords, c);
+    let dx = ref_distance_matrix(&x, &x, 2.0);
+    let dc = ref_distance_matrix(&c, &c, 2.0);
+    let want = ref_mds_core(dx.as_slice().unwrap(), dc.as_slice().unwrap(), 2.0, false);
+    close("MDS points", &[out.stress.into_scalar()], &[want], 1e-12);
+    let seeds = MdsPointsOutputs {
+        stress: ndarray::arr0(1.0),
+        coords: pat(ndarray::Ix2(5, 2), 0.1),
+    };
+    let (_, g) = m.evaluate_gradients(&p, inputs, seeds.clone())?;
+    gradcheck("MDS points", &p, &g, |q| {
+        let o = m.evaluate(q, inputs).unwrap();
+        o.stress.into_scalar() + dot(&o.coords, &seeds.coords)
+    });
+
+    let d = dx.mapv(f64::sqrt);
+    let m = MdsDistances::new()?;
+    let mut p = m.randomize_params(1);
+    set(
+        &mut p,
+        "mds.coords",
+        pat(ndarray::Ix2(5, 2), 1.9).as_slice().unwrap(),
+    );
+    let inputs = MdsDistancesInputs {
+        d: d.view(),
+        norm: norm.view(),
+    };
+    let out = m.evaluate(&p, inputs)?;
+    let want = ref_mds_core(d.as_slice().unwrap(), dc.as_slice().unwrap(), 2.0, true);
+    close("MDS distances", &[out.stress.into_scalar()], &[want], 1e-12);
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        inputs,
+        MdsDistancesOutputs {
+            stress: ndarray::arr0(1.0),
+        },
+    )?;
+    gradcheck("MDS distances", &p, &g, |q| {
+        m.evaluate(q, inputs).unwrap().stress.into_scalar()
+    });
+    Ok(())
+}
+
+/// Mithril's `TSNECore` with a given `p_joint`: `sum p (rlog(p) - rlog(q))` with `q` the
+/// normalized Student-t affinities, 0 on the diagonal (where `p` is 0 too, so those terms vanish).
+fn ref_tsne(pred: &Array2<f64>, p: &Array2<f64>) -> f64 {
+    let n = pred.nrows();
+    let mut q = Array2::zeros((n, n));
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                q[[i, j]] = 1.0 / (1.0 + pred[[i, j]]);
+            }
+        }
+    }
+    let total = q.sum();
+    let mut kl = 0.0;
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                kl += p[[i, j]] * (p[[i, j]].ln() - (q[[i, j]] / total).ln());
+            }
+        }
+    }
+    kl
+}
+
+/// A symmetric joint distribution with a zero diagonal (the shape of t-SNE's `p_joint`).
+fn p_joint(n: usize) -> Array2<f64> {
+    let mut p = Array2::zeros((n, n));
+    for i in 0..n {
+        for j in 0..i {
+            let v = 1.0 + 0.5 * wave(i * n + j, 0.7);
+            p[[i, j]] = v;
+            p[[j, i]] = v;
+        }
+    }
+    let t = p.sum();
+    p / t
+}
+
+#[test]
+fn tsne_core_values_and_gradients() -> mithril::Result<()> {
+    let m = TsneCore::new()?;
+    let mut p = m.randomize_params(0);
+    // non-negative squared distances; the diagonal does not matter (masked)
+    let pred: Vec<f64> = (0..25).map(|i| 0.5 + 0.4 * wave(i, 1.1)).collect();
+    set(&mut p, "pred", &pred);
+    let pj = p_joint(5);
+    let inputs = TsneCoreInputs { p_joint: pj.view() };
+    let out = m.evaluate(&p, inputs)?;
+    let want = ref_tsne(&rows(&pred, 5, 5), &pj);
+    close("tsne_core", &[out.y.into_scalar()], &[want], 1e-12);
+    let (_, g) = m.evaluate_gradients(&p, inputs, TsneCoreOutputs { y: ndarray::arr0(1.0) })?;
+    let gp = get(&g, "pred");
+    for i in 0..5 {
+        assert_eq!(gp[6 * i], 0.0, "the masked diagonal gets no gradient");
+    }
+    gradcheck("tsne_core", &p, &g, |q| m.evaluate(q, inputs).unwrap().y.into_scalar());
+    Ok(())
+}
+
+#[test]
+fn tsne_from_points() -> mithril::Result<()> {
+    let m = Tsne::new()?;
+    let mut p = m.randomize_params(2);
+    assert_eq!(p.names(), ["tsne.coords"]);
+    set(&mut p, "tsne.coords", pat(ndarray::Ix2(5, 2), 0.6).as_slice().unwrap());
+    let x = pat(ndarray::Ix2(5, 3), 0.25);
+    let norm = ndarray::arr0(2.0);
+    let pj = p_joint(5);
+    let inputs = TsneInputs { x: x.view(), norm: norm.view(), p_joint: pj.view() };
+    let out = m.evaluate(&p, inputs)?;
+    let c = rows(&get(&p, "tsne.coords"), 5, 2);
+    let want = ref_tsne(&ref_distance_matrix(&c, &c, 2.0), &pj);
+    close("TSNE", &[out.y.into_scalar()], &[want], 1e-12);
+    let (_, g) = m.evaluate_gradients(&p, inputs, TsneOutputs { y: ndarray::arr0(1.0) })?;
+    gradcheck("TSNE", &p, &g, |q| m.evaluate(q, inputs).unwrap().y.into_scalar());
+    Ok(())
+}
+
+/// Lower Cholesky factor, row by row.
+fn ref_cholesky(a: &Array2<f64>) -> Array2<f64> {
+    let n = a.nrows();
+    let mut l = Array2::<f64>::zeros((n, n));
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[[i, k]] * l[[j, k]]).sum();
+            if i == j {
+                l[[i, i]] = (a[[i, i]] - s).sqrt();
+            } else {
+                l[[i, j]] = (a[[i, j]] - s) / l[[j, j]];
+            }
+        }
+    }
+    l
+}
+
+/// Solves `L X = B` (forward) for lower-triangular `L`.
+fn forward(l: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+    let mut x = b.clone();
+    for c in 0..b.ncols() {
+        for i in 0..l.nrows() {
+            let s: f64 = (0..i).map(|k| l[[i, k]] * x[[k, c]]).sum();
+            x[[i, c]] = (b[[i, c]] - s) / l[[i, i]];
+        }
+    }
+    x
+}
+
+/// Solves `L^T X = B` (backward) for lower-triangular `L`.
+fn backward_t(l: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+    let n = l.nrows();
+    let mut x = b.clone();
+    for c in 0..b.ncols() {
+        for i in (0..n).rev() {
+            let s: f64 = (i + 1..n).map(|k| l[[k, i]] * x[[k, c]]).sum();
+            x[[i, c]] = (b[[i, c]] - s) / l[[i, i]];
+        }
+    }
+    x
+}
+
+#[test]
+fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
+    let m = Gpr::new()?;
+    let mut p = m.randomize_params(0);
+    set(&mut p, "pts", &[0.0, 0.1, 0.9, -0.4, -0.7, 0.8, 1.5, 1.2]);
+    set(&mut p, "test_pts", &[0.2, 0.0, 1.0, -0.5, -0.5, 1.0, 1.4, 1.0]);
+    set(&mut p, "s", &[0.1]);
+    set(&mut p, "mu", &[0.1, -0.2, 0.05, 0.3]);
+    set(&mut p, "label", &[1.0, -0.5, 0.7, 2.0]);
+    let out = m.evaluate(&p, GprInputs { _marker: PhantomData })?;
+
+    let pts = rows(&get(&p, "pts"), 4, 2);
+    let tpts = rows(&get(&p, "test_pts"), 4, 2);
+    let k = ref_distance_matrix(&pts, &pts, 2.0).mapv(|d| (-0.5 * d).exp());
+    let k_star = ref_distance_matrix(&pts, &tpts, 2.0).mapv(|d| 2.0 * (-0.5 * d).exp());
+    let mut k_term = k.clone();
+    for i in 0..4 {
+        k_term[[i, i]] += 0.1;
+    }
+    let l = ref_cholesky(&k_term);
+    let mu = rows(&get(&p, "mu"), 4, 1);
+    let diff = rows(&get(&p, "label"), 4, 1) - &mu;
+    let alpha = backward_t(&l, &forward(&l, &diff));
+    let quad: f64 = (0..4).map(|i| diff[[i, 0]] * alpha[[i, 0]]).sum();
+    let logdet: f64 = (0..4).map(|i| l[[i, i]].ln()).sum();
+    let loss = 0.5 * quad + logdet + 4.0 * (2.0 * std::f64::consts::PI).ln() / 2.0;
+    assert_eq!(out.loss.shape(), &[1]);
+    close("loss", out.loss.as_slice().unwrap(), &[loss], 1e-12);
+    let pred: Vec<f64> =
+        (0..4).map(|j| mu[[j, 0]] + (0..4).map(|i| k[[i, j]] * alpha[[i, 0]]).sum::<f64>()).collect();
+    close("prediction", out.prediction.as_slice().unwrap(), &pred, 1e-12);
+    let v = forward(&l, &k);
+    let conf: Vec<f64> = (0..4)
+        .map(|j| {
+            let vv: f64 = (0..4).map(|i| v[[i, j]] * v[[i, j]]).sum();
+            let d = k_star[[j, j]] - vv;
+            assert!(d.abs() > 0.05, "away from the kink of |.|");
+            0.1 + d.abs()
+        })
+        .collect();
+    close("confidence", out.confidence.as_slice().unwrap(), &conf, 1e-12);
+
+    let seeds = GprOutputs {
+        loss: ndarray::array![1.0],
+        prediction: pat(ndarray::Ix2(4, 1), 0.3),
+        confidence: pat(ndarray::Ix2(4, 1), 1.9),
+    };
+    let (_, g) = m.evaluate_gradients(&p, GprInputs { _marker: PhantomData }, seeds.clone())?;
+    gradcheck("gauss_process_regression_core", &p, &g, |q| {
+        let o = m.evaluate(q, GprInputs { _marker: PhantomData }).unwrap();
+        dot(&o.loss, &seeds.loss) + dot(&o.prediction, &seeds.prediction) + dot(&o.confidence, &seeds.confidence)
     });
     Ok(())
 }
