@@ -152,6 +152,11 @@ mithril! {
         output confidence = confidence;
     }
 
+    model PJoint {
+        param x: f64[6, 3];
+        output y = tsne_p_joint(distance_matrix(x, x, 2.0), target_perplexity = 3.0);
+    }
+
     model PolyReg {
         input x: f64[B, 2];
         let reg = PolynomialRegression(degree = 2, input_dim = 2, dimension = 2);
@@ -1378,5 +1383,58 @@ fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
         let o = m.evaluate(q, GprInputs { _marker: PhantomData }).unwrap();
         dot(&o.loss, &seeds.loss) + dot(&o.prediction, &seeds.prediction) + dot(&o.confidence, &seeds.confidence)
     });
+    Ok(())
+}
+
+/// t-SNE's conditional probabilities of row `i` for width `sigma` (0 at `j = i`).
+fn ref_row_probs(sq: &Array2<f64>, i: usize, sigma: f64) -> Vec<f64> {
+    let n = sq.ncols();
+    let logits: Vec<f64> = (0..n).map(|j| -sq[[i, j]] / (2.0 * sigma * sigma)).collect();
+    let mx = (0..n).filter(|&j| j != i).map(|j| logits[j]).fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = (0..n).map(|j| if j == i { 0.0 } else { (logits[j] - mx).exp() }).collect();
+    let t: f64 = e.iter().sum();
+    e.iter().map(|v| v / t).collect()
+}
+
+fn ref_perplexity(p: &[f64]) -> f64 {
+    (-p.iter().filter(|&&v| v > 0.0).map(|v| v * v.ln()).sum::<f64>()).exp()
+}
+
+#[test]
+fn tsne_p_joint_reaches_the_target_perplexity() -> mithril::Result<()> {
+    let m = PJoint::new()?;
+    let mut p = m.randomize_params(0);
+    set(&mut p, "x", pat(ndarray::Ix2(6, 3), 0.45).as_slice().unwrap());
+    let x = rows(&get(&p, "x"), 6, 3);
+    let sq = ref_distance_matrix(&x, &x, 2.0);
+    let out = m.evaluate(&p, PJointInputs { _marker: PhantomData })?;
+    // the reference: a bisection on [0, 1001] per row, as Mithril's `binary_search`
+    let mut cond = Array2::<f64>::zeros((6, 6));
+    for i in 0..6 {
+        let (mut lo, mut hi) = (0.0f64, 1001.0f64);
+        for _ in 0..200 {
+            let mid = 0.5 * (lo + hi);
+            if mid == lo || mid == hi {
+                break;
+            }
+            if ref_perplexity(&ref_row_probs(&sq, i, mid)) > 3.0 {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        let row = ref_row_probs(&sq, i, 0.5 * (lo + hi));
+        // each row reaches the target perplexity
+        assert!((ref_perplexity(&row) - 3.0).abs() < 1e-9, "row {i}");
+        for j in 0..6 {
+            cond[[i, j]] = row[j];
+        }
+    }
+    let want = (&cond + &cond.t()) / 12.0;
+    close("tsne_p_joint", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-9);
+    assert!((out.y.sum() - 1.0).abs() < 1e-12 && (0..6).all(|i| out.y[[i, i]] == 0.0));
+    // no gradient, as Mithril's
+    let (_, g) = m.evaluate_gradients(&p, PJointInputs { _marker: PhantomData }, PJointOutputs { y: want })?;
+    assert!(get(&g, "x").iter().all(|&v| v == 0.0));
     Ok(())
 }
