@@ -61,13 +61,29 @@ pub mod library_names {
     #[doc(hidden)]
     pub use crate::__mithril_library_Embedding as Embedding;
     #[doc(hidden)]
+    pub use crate::__mithril_library_KernelizedSVM as KernelizedSVM;
+    #[doc(hidden)]
     pub use crate::__mithril_library_LayerNorm as LayerNorm;
     #[doc(hidden)]
     pub use crate::__mithril_library_Linear as Linear;
     #[doc(hidden)]
+    pub use crate::__mithril_library_LinearSVM as LinearSVM;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_LogisticRegression as LogisticRegression;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_MDS as MDS;
+    #[doc(hidden)]
     pub use crate::__mithril_library_MLP as MLP;
     #[doc(hidden)]
+    pub use crate::__mithril_library_PolynomialKernel as PolynomialKernel;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_PolynomialRegression as PolynomialRegression;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_RBFKernel as RBFKernel;
+    #[doc(hidden)]
     pub use crate::__mithril_library_RMSNorm as RMSNorm;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_TSNE as TSNE;
 }
 
 #[doc(hidden)]
@@ -120,6 +136,86 @@ macro_rules! __mithril_library_Embedding {
     };
 }
 
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_RBFKernel {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`RBFKernel` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_PolynomialKernel {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`PolynomialKernel` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_LogisticRegression {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`LogisticRegression` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_LinearSVM {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`LinearSVM` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_KernelizedSVM {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`KernelizedSVM` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_PolynomialRegression {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`PolynomialRegression` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_MDS {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`MDS` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_TSNE {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`TSNE` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
 /// `use mithril::prelude::*;` brings the macro, the error types, the param-tree trait and
 /// `ndarray` into scope.
 pub mod prelude {
@@ -129,4 +225,31 @@ pub mod prelude {
     pub use crate::{mithril, Error, ParamTree, Result};
     pub use half::{bf16, f16};
     pub use ndarray;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every CamelCase model of the DSL library has its name macro in `library_names`, so a
+    /// misspelled one gets rustc's similar-name suggestion.
+    #[test]
+    fn library_names_cover_the_library() {
+        let lib = include_str!("../mithril-macros/src/library/models.mth");
+        let src = include_str!("lib.rs");
+        for line in lib.lines() {
+            let Some(rest) = line.strip_prefix("model ") else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                let want = format!("pub use crate::__mithril_library_{name} as {name};");
+                assert!(
+                    src.contains(&want),
+                    "library model `{name}` has no name macro in library_names"
+                );
+            }
+        }
+    }
 }
