@@ -1261,12 +1261,20 @@ fn tsne_core_values_and_gradients() -> mithril::Result<()> {
     let out = m.evaluate(&p, inputs)?;
     let want = ref_tsne(&rows(&pred, 5, 5), &pj);
     close("tsne_core", &[out.y.into_scalar()], &[want], 1e-12);
-    let (_, g) = m.evaluate_gradients(&p, inputs, TsneCoreOutputs { y: ndarray::arr0(1.0) })?;
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        inputs,
+        TsneCoreOutputs {
+            y: ndarray::arr0(1.0),
+        },
+    )?;
     let gp = get(&g, "pred");
     for i in 0..5 {
         assert_eq!(gp[6 * i], 0.0, "the masked diagonal gets no gradient");
     }
-    gradcheck("tsne_core", &p, &g, |q| m.evaluate(q, inputs).unwrap().y.into_scalar());
+    gradcheck("tsne_core", &p, &g, |q| {
+        m.evaluate(q, inputs).unwrap().y.into_scalar()
+    });
     Ok(())
 }
 
@@ -1275,17 +1283,33 @@ fn tsne_from_points() -> mithril::Result<()> {
     let m = Tsne::new()?;
     let mut p = m.randomize_params(2);
     assert_eq!(p.names(), ["tsne.coords"]);
-    set(&mut p, "tsne.coords", pat(ndarray::Ix2(5, 2), 0.6).as_slice().unwrap());
+    set(
+        &mut p,
+        "tsne.coords",
+        pat(ndarray::Ix2(5, 2), 0.6).as_slice().unwrap(),
+    );
     let x = pat(ndarray::Ix2(5, 3), 0.25);
     let norm = ndarray::arr0(2.0);
     let pj = p_joint(5);
-    let inputs = TsneInputs { x: x.view(), norm: norm.view(), p_joint: pj.view() };
+    let inputs = TsneInputs {
+        x: x.view(),
+        norm: norm.view(),
+        p_joint: pj.view(),
+    };
     let out = m.evaluate(&p, inputs)?;
     let c = rows(&get(&p, "tsne.coords"), 5, 2);
     let want = ref_tsne(&ref_distance_matrix(&c, &c, 2.0), &pj);
     close("TSNE", &[out.y.into_scalar()], &[want], 1e-12);
-    let (_, g) = m.evaluate_gradients(&p, inputs, TsneOutputs { y: ndarray::arr0(1.0) })?;
-    gradcheck("TSNE", &p, &g, |q| m.evaluate(q, inputs).unwrap().y.into_scalar());
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        inputs,
+        TsneOutputs {
+            y: ndarray::arr0(1.0),
+        },
+    )?;
+    gradcheck("TSNE", &p, &g, |q| {
+        m.evaluate(q, inputs).unwrap().y.into_scalar()
+    });
     Ok(())
 }
 
@@ -1336,11 +1360,20 @@ fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
     let m = Gpr::new()?;
     let mut p = m.randomize_params(0);
     set(&mut p, "pts", &[0.0, 0.1, 0.9, -0.4, -0.7, 0.8, 1.5, 1.2]);
-    set(&mut p, "test_pts", &[0.2, 0.0, 1.0, -0.5, -0.5, 1.0, 1.4, 1.0]);
+    set(
+        &mut p,
+        "test_pts",
+        &[0.2, 0.0, 1.0, -0.5, -0.5, 1.0, 1.4, 1.0],
+    );
     set(&mut p, "s", &[0.1]);
     set(&mut p, "mu", &[0.1, -0.2, 0.05, 0.3]);
     set(&mut p, "label", &[1.0, -0.5, 0.7, 2.0]);
-    let out = m.evaluate(&p, GprInputs { _marker: PhantomData })?;
+    let out = m.evaluate(
+        &p,
+        GprInputs {
+            _marker: PhantomData,
+        },
+    )?;
 
     let pts = rows(&get(&p, "pts"), 4, 2);
     let tpts = rows(&get(&p, "test_pts"), 4, 2);
@@ -1359,9 +1392,15 @@ fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
     let loss = 0.5 * quad + logdet + 4.0 * (2.0 * std::f64::consts::PI).ln() / 2.0;
     assert_eq!(out.loss.shape(), &[1]);
     close("loss", out.loss.as_slice().unwrap(), &[loss], 1e-12);
-    let pred: Vec<f64> =
-        (0..4).map(|j| mu[[j, 0]] + (0..4).map(|i| k[[i, j]] * alpha[[i, 0]]).sum::<f64>()).collect();
-    close("prediction", out.prediction.as_slice().unwrap(), &pred, 1e-12);
+    let pred: Vec<f64> = (0..4)
+        .map(|j| mu[[j, 0]] + (0..4).map(|i| k[[i, j]] * alpha[[i, 0]]).sum::<f64>())
+        .collect();
+    close(
+        "prediction",
+        out.prediction.as_slice().unwrap(),
+        &pred,
+        1e-12,
+    );
     let v = forward(&l, &k);
     let conf: Vec<f64> = (0..4)
         .map(|j| {
@@ -1371,17 +1410,37 @@ fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
             0.1 + d.abs()
         })
         .collect();
-    close("confidence", out.confidence.as_slice().unwrap(), &conf, 1e-12);
+    close(
+        "confidence",
+        out.confidence.as_slice().unwrap(),
+        &conf,
+        1e-12,
+    );
 
     let seeds = GprOutputs {
         loss: ndarray::array![1.0],
         prediction: pat(ndarray::Ix2(4, 1), 0.3),
         confidence: pat(ndarray::Ix2(4, 1), 1.9),
     };
-    let (_, g) = m.evaluate_gradients(&p, GprInputs { _marker: PhantomData }, seeds.clone())?;
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        GprInputs {
+            _marker: PhantomData,
+        },
+        seeds.clone(),
+    )?;
     gradcheck("gauss_process_regression_core", &p, &g, |q| {
-        let o = m.evaluate(q, GprInputs { _marker: PhantomData }).unwrap();
-        dot(&o.loss, &seeds.loss) + dot(&o.prediction, &seeds.prediction) + dot(&o.confidence, &seeds.confidence)
+        let o = m
+            .evaluate(
+                q,
+                GprInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap();
+        dot(&o.loss, &seeds.loss)
+            + dot(&o.prediction, &seeds.prediction)
+            + dot(&o.confidence, &seeds.confidence)
     });
     Ok(())
 }
@@ -1389,25 +1448,45 @@ fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
 /// t-SNE's conditional probabilities of row `i` for width `sigma` (0 at `j = i`).
 fn ref_row_probs(sq: &Array2<f64>, i: usize, sigma: f64) -> Vec<f64> {
     let n = sq.ncols();
-    let logits: Vec<f64> = (0..n).map(|j| -sq[[i, j]] / (2.0 * sigma * sigma)).collect();
-    let mx = (0..n).filter(|&j| j != i).map(|j| logits[j]).fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = (0..n).map(|j| if j == i { 0.0 } else { (logits[j] - mx).exp() }).collect();
+    let logits: Vec<f64> = (0..n)
+        .map(|j| -sq[[i, j]] / (2.0 * sigma * sigma))
+        .collect();
+    let mx = (0..n)
+        .filter(|&j| j != i)
+        .map(|j| logits[j])
+        .fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = (0..n)
+        .map(|j| if j == i { 0.0 } else { (logits[j] - mx).exp() })
+        .collect();
     let t: f64 = e.iter().sum();
     e.iter().map(|v| v / t).collect()
 }
 
 fn ref_perplexity(p: &[f64]) -> f64 {
-    (-p.iter().filter(|&&v| v > 0.0).map(|v| v * v.ln()).sum::<f64>()).exp()
+    (-p.iter()
+        .filter(|&&v| v > 0.0)
+        .map(|v| v * v.ln())
+        .sum::<f64>())
+    .exp()
 }
 
 #[test]
 fn tsne_p_joint_reaches_the_target_perplexity() -> mithril::Result<()> {
     let m = PJoint::new()?;
     let mut p = m.randomize_params(0);
-    set(&mut p, "x", pat(ndarray::Ix2(6, 3), 0.45).as_slice().unwrap());
+    set(
+        &mut p,
+        "x",
+        pat(ndarray::Ix2(6, 3), 0.45).as_slice().unwrap(),
+    );
     let x = rows(&get(&p, "x"), 6, 3);
     let sq = ref_distance_matrix(&x, &x, 2.0);
-    let out = m.evaluate(&p, PJointInputs { _marker: PhantomData })?;
+    let out = m.evaluate(
+        &p,
+        PJointInputs {
+            _marker: PhantomData,
+        },
+    )?;
     // the reference: a bisection on [0, 1001] per row, as Mithril's `binary_search`
     let mut cond = Array2::<f64>::zeros((6, 6));
     for i in 0..6 {
@@ -1431,10 +1510,21 @@ fn tsne_p_joint_reaches_the_target_perplexity() -> mithril::Result<()> {
         }
     }
     let want = (&cond + &cond.t()) / 12.0;
-    close("tsne_p_joint", out.y.as_slice().unwrap(), want.as_slice().unwrap(), 1e-9);
+    close(
+        "tsne_p_joint",
+        out.y.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-9,
+    );
     assert!((out.y.sum() - 1.0).abs() < 1e-12 && (0..6).all(|i| out.y[[i, i]] == 0.0));
     // no gradient, as Mithril's
-    let (_, g) = m.evaluate_gradients(&p, PJointInputs { _marker: PhantomData }, PJointOutputs { y: want })?;
+    let (_, g) = m.evaluate_gradients(
+        &p,
+        PJointInputs {
+            _marker: PhantomData,
+        },
+        PJointOutputs { y: want },
+    )?;
     assert!(get(&g, "x").iter().all(|&v| v == 0.0));
     Ok(())
 }
