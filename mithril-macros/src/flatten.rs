@@ -1675,15 +1675,15 @@ impl<'a> Flattener<'a> {
             };
         }
         if let Some(fold) = const_math(&n) {
-            // `sqrt(d_model / n_heads)`: a math function of one compile-time number is a float
-            // constant (on a tensor it is the primitive)
+            // `sqrt(d_model / n_heads)`: a math function of a compile-time int is a float
+            // constant (an int tensor has no such primitive); of a float it stays the primitive
+            // over a constant, which `constant_folding` evaluates or not
             let one: Vec<&Expr> = recv.into_iter().chain(args.iter().copied()).collect();
             if let [arg] = one[..] {
                 if !matches!(arg, Expr::Assign(_)) {
                     let v = self.eval(arg, f, None);
                     let num = match &v {
                         Value::Hyper(HVal::Int(i)) => Some(*i as f64),
-                        Value::Hyper(HVal::Float(x)) => Some(*x),
                         _ => None,
                     };
                     if let Some(x) = num {
