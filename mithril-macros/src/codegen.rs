@@ -221,12 +221,46 @@ impl<'a> Gen<'a> {
             Op::Param(i) => format!("param `{}`", self.g.params[*i].path.join(".")),
             Op::Seed(i) => format!("the gradient of output `{}`", self.g.outputs[*i].name),
             Op::Boundary(_) => self.value_desc(n.args[0]),
-            _ => match n.label.as_deref().filter(|l| !l.starts_with('#')) {
-                Some(l) if l.contains('`') => l.to_string(),
-                Some(l) => format!("`{l}`"),
-                None => "an intermediate value".to_string(),
-            },
+            _ => {
+                let own = match n.label.as_deref().filter(|l| !l.starts_with('#')) {
+                    Some(l) if l.contains('`') => l.to_string(),
+                    Some(l) => format!("`{l}`"),
+                    None => "an intermediate value".to_string(),
+                };
+                let from = self.inputs_behind(id);
+                if from.is_empty() {
+                    own
+                } else {
+                    format!("{own} (from input {})", from.join(", "))
+                }
+            }
         }
+    }
+
+    /// The model inputs a computed value derives from (`ids` behind `where_(ids == -100, 0,
+    /// ids)`), so an error in an op over it names the input the user passed. Looks at most 64
+    /// nodes back.
+    fn inputs_behind(&self, id: NodeId) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack = vec![id];
+        let mut names = Vec::new();
+        while let Some(k) = stack.pop() {
+            if !seen.insert(k) || seen.len() > 64 {
+                continue;
+            }
+            let n = &self.g.nodes[k];
+            match &n.op {
+                Op::Input(i) => {
+                    let name = format!("`{}`", self.g.inputs[*i].name);
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                Op::Param(_) | Op::Seed(_) | Op::Const(_) => {}
+                _ => stack.extend(n.args.iter().copied()),
+            }
+        }
+        names
     }
 
     /// `.map_err(..)` adding the model and [`Gen::what`] of node `id` to an op's error.
