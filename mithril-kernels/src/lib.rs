@@ -10,6 +10,7 @@ pub mod gemm;
 pub mod isa;
 pub mod linalg;
 pub mod memplan;
+pub mod prog;
 pub mod rows;
 pub mod scalar;
 pub mod vmath;

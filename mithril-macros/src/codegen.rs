@@ -14,6 +14,9 @@ use quote::{format_ident, quote};
 use std::collections::BTreeMap;
 use syn::Ident;
 
+#[path = "plan_gen.rs"]
+mod plan_gen;
+
 /// What codegen needs besides the graph.
 pub struct CodegenInput<'a> {
     pub name: &'a Ident,
@@ -101,6 +104,8 @@ pub struct Gen<'a> {
     pub(crate) errors: Vec<syn::Error>,
     /// Runtime expressions for dynamic dims (dim variable id -> `inputs.x.shape()[k]`).
     dim_src: BTreeMap<u32, TokenStream>,
+    /// The same in plan text (`in<view>:<axis>`, `ib<view>:<from the end>`).
+    plan_dim_src: BTreeMap<u32, String>,
     /// Where every node's value lives.
     pub plan: memplan::Plan,
     /// A mixed model (`backend_map`): the device side of this graph (see [`Gen::place`]).
@@ -110,12 +115,19 @@ pub struct Gen<'a> {
 impl<'a> Gen<'a> {
     pub fn new(g: &'a Graph, inp: &'a CodegenInput<'a>) -> Self {
         let mut dim_src = BTreeMap::new();
-        for i in &g.inputs {
+        let mut plan_dim_src = BTreeMap::new();
+        for (view, i) in g.inputs.iter().enumerate() {
             if let Some(s) = g.shape_of(i.node) {
                 let name = format_ident!("{}", i.name);
                 let n = s.dims.len();
                 for (k, d) in s.dims.iter().enumerate() {
                     if let Dim::Var(var) = g.env.dim(d) {
+                        let pe = if s.rest.is_some() {
+                            format!("ib{view}:{}", n - k)
+                        } else {
+                            format!("in{view}:{k}")
+                        };
+                        plan_dim_src.entry(var).or_insert(pe);
                         let e = if s.rest.is_some() {
                             let back = n - k;
                             quote!({ let __s = inputs.#name.shape(); __s[__s.len() - #back] })
@@ -133,6 +145,7 @@ impl<'a> Gen<'a> {
             inp,
             errors: Vec::new(),
             dim_src,
+            plan_dim_src,
             plan: memplan::plan(g, inp.planning),
             mixed: None,
         }
@@ -739,7 +752,6 @@ impl<'a> Gen<'a> {
             if let Some(&i) = tree.leaves.get(key) {
                 let p = &self.g.params[i];
                 let node = p.node;
-                let t = self.elem_ty(node);
                 let dotted = p.dotted();
                 let Some(dims) = self.g.rdims(node) else {
                     continue;
@@ -767,18 +779,13 @@ impl<'a> Gen<'a> {
                         ),
                     ));
                 }
-                let rng = quote!(&mut ::mithril::rt::init::Rng::for_param(seed, #dotted));
-                let shape = quote!(&[#(#known),*]);
+                let spec = quote!(::mithril::rt::init::Spec);
                 let init = match &p.init {
-                    Init::Zeros => quote!(::mithril::rt::init::zeros::<#t>(#shape)),
-                    Init::Ones => quote!(::mithril::rt::init::ones::<#t>(#shape)),
-                    Init::Full(x) => quote!(::mithril::rt::init::full::<#t>(#shape, #x)),
-                    Init::Normal(m, s) => {
-                        quote!(::mithril::rt::init::normal::<#t>(#rng, #shape, #m, #s))
-                    }
-                    Init::Uniform(lo, hi) => {
-                        quote!(::mithril::rt::init::uniform::<#t>(#rng, #shape, #lo, #hi))
-                    }
+                    Init::Zeros => quote!(#spec::Zeros),
+                    Init::Ones => quote!(#spec::Ones),
+                    Init::Full(x) => quote!(#spec::Full(#x)),
+                    Init::Normal(m, s) => quote!(#spec::Normal(#m, #s)),
+                    Init::Uniform(lo, hi) => quote!(#spec::Uniform(#lo, #hi)),
                     Init::FanIn(d) => {
                         let fan = match d {
                             Some(d) => match self.g.env.dim(d) {
@@ -796,18 +803,12 @@ impl<'a> Gen<'a> {
                             }
                             None => known.first().copied().unwrap_or(1),
                         };
-                        quote!(::mithril::rt::init::fan_in_uniform::<#t>(#rng, #shape, #fan))
+                        quote!(#spec::FanIn(#fan))
                     }
                 };
-                let tuple = if known.is_empty() {
-                    quote!(())
-                } else if known.len() > 6 {
-                    // ndarray has fixed dim types up to rank 6; a rank-7+ param is `IxDyn`
-                    quote!(::mithril::ndarray::IxDyn(&[#(#known),*]))
-                } else {
-                    quote!((#(#known,)*))
-                };
-                fields.push(quote!(#f: ::mithril::rt::init::shaped(&#init, #tuple)));
+                fields.push(
+                    quote!(#f: ::mithril::rt::init::param(seed, #dotted, &[#(#known),*], #init)),
+                );
             } else if let Some(sub) = tree.subs.get(key) {
                 path.push(key.clone());
                 let e = self.randomize_expr(sub, path);
@@ -976,7 +977,16 @@ impl<'a> Gen<'a> {
         outputs_name: &Ident,
     ) -> TokenStream {
         let g = self.g;
-        let (checks, body, outs) = self.body_parts();
+        let planned = self.mixed.is_none();
+        let (pre, (checks, body, outs)) = if planned {
+            let (pre, outs) = self.plan_body(
+                &format_ident!("__ws_grad"),
+                &format_ident!("__MITHRIL_LIFE_GRAD"),
+            );
+            (pre, (Vec::new(), Vec::new(), outs))
+        } else {
+            (quote!(), self.body_parts())
+        };
         let mut fwd = Vec::new();
         let mut grad_vals: BTreeMap<usize, TokenStream> = BTreeMap::new();
         for (n, val) in outs {
@@ -1010,13 +1020,20 @@ impl<'a> Gen<'a> {
             "Run the model and differentiate it: returns the outputs and the gradient of `sum(output * output_grads)` over all outputs with respect to every param (reverse mode, compiled)."
         };
         let life = self.life_tokens();
-        let fn_body = self.function_body(
-            &checks,
-            &body,
-            &format_ident!("__ws_grad"),
-            &format_ident!("__MITHRIL_LIFE_GRAD"),
-            quote!((#outputs_name { #(#fwd,)* }, #grads)),
-        );
+        let fn_body = if planned {
+            quote! {
+                #pre
+                Ok((#outputs_name { #(#fwd,)* }, #grads))
+            }
+        } else {
+            self.function_body(
+                &checks,
+                &body,
+                &format_ident!("__ws_grad"),
+                &format_ident!("__MITHRIL_LIFE_GRAD"),
+                quote!((#outputs_name { #(#fwd,)* }, #grads)),
+            )
+        };
         let threads = self.threads_guard();
         quote! {
             #[doc(hidden)]
@@ -1109,20 +1126,37 @@ impl<'a> Gen<'a> {
         let randomize = self.randomize_expr(&tree, &mut vec![]);
 
         // ParamTree impl
-        let visits: Vec<TokenStream> = g.params.iter().map(|p| {
-            let fields = p.path.iter().map(|s| format_ident!("{}", s));
-            let dotted = p.dotted();
-            quote!(f(#dotted, ::mithril::rt::TensorView::from(self.#(#fields).*.view().into_dyn()));)
-        }).collect();
-        let visits_mut: Vec<TokenStream> = g.params.iter().map(|p| {
-            let fields = p.path.iter().map(|s| format_ident!("{}", s));
-            let dotted = p.dotted();
-            quote!(f(#dotted, ::mithril::rt::TensorViewMut::from(self.#(#fields).*.view_mut().into_dyn()))?;)
-        }).collect();
+        let visits: Vec<TokenStream> = g
+            .params
+            .iter()
+            .map(|p| {
+                let fields = p.path.iter().map(|s| format_ident!("{}", s));
+                let dotted = p.dotted();
+                quote!(f(#dotted, self.#(#fields).*.view().into_dyn().into());)
+            })
+            .collect();
+        let visits_mut: Vec<TokenStream> = g
+            .params
+            .iter()
+            .map(|p| {
+                let fields = p.path.iter().map(|s| format_ident!("{}", s));
+                let dotted = p.dotted();
+                quote!(f(#dotted, self.#(#fields).*.view_mut().into_dyn().into())?;)
+            })
+            .collect();
 
         // ---- evaluate body
         let syms: Vec<&str> = g.syms.iter().map(|s| s.as_str()).collect();
-        let (checks, body, out_vals) = self.body_parts();
+        let planned = self.mixed.is_none();
+        let (pre, (checks, body, out_vals)) = if planned {
+            let (pre, outs) = self.plan_body(
+                &format_ident!("__ws"),
+                &format_ident!("__MITHRIL_LIFE_EVAL"),
+            );
+            (pre, (Vec::new(), Vec::new(), outs))
+        } else {
+            (quote!(), self.body_parts())
+        };
         let life = self.life_tokens();
         let outs: Vec<TokenStream> = out_vals
             .into_iter()
@@ -1132,6 +1166,12 @@ impl<'a> Gen<'a> {
             })
             .collect();
         let generic_body = || {
+            if planned {
+                return quote! {
+                    #pre
+                    Ok(#outputs_name { #(#outs,)* })
+                };
+            }
             self.function_body(
                 &checks,
                 &body,

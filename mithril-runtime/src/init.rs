@@ -160,6 +160,44 @@ pub fn fan_in_uniform<T: Elem>(rng: &mut Rng, shape: &[usize], fan_in: usize) ->
     uniform(rng, shape, -bound, bound)
 }
 
+/// How a param is initialized (the DSL's `init`), for [`param`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Spec {
+    /// all zeros
+    Zeros,
+    /// all ones
+    Ones,
+    /// one value
+    Full(f64),
+    /// normal with mean and standard deviation
+    Normal(f64, f64),
+    /// uniform in `[lo, hi)`
+    Uniform(f64, f64),
+    /// PyTorch's default: uniform in `±1/sqrt(fan_in)`
+    FanIn(usize),
+}
+
+/// A fresh param named `name` of `shape`, deterministic per `seed` (what generated
+/// `randomize_params` calls, one line per param). The result's dimensionality `D` comes from
+/// the params struct field; a rank mismatch (never produced by the compiler) gives an empty
+/// array rather than a panic.
+pub fn param<T: Elem, D: ndarray::Dimension>(
+    seed: u64,
+    name: &str,
+    shape: &[usize],
+    spec: Spec,
+) -> ndarray::Array<T, D> {
+    let a: ArrayD<T> = match spec {
+        Spec::Zeros => zeros(shape),
+        Spec::Ones => ones(shape),
+        Spec::Full(v) => full(shape, v),
+        Spec::Normal(m, sd) => normal(&mut Rng::for_param(seed, name), shape, m, sd),
+        Spec::Uniform(lo, hi) => uniform(&mut Rng::for_param(seed, name), shape, lo, hi),
+        Spec::FanIn(f) => fan_in_uniform(&mut Rng::for_param(seed, name), shape, f),
+    };
+    a.into_dimensionality::<D>().unwrap_or_default()
+}
+
 /// Copy `src` (in logical order) into a new array of the static dimensionality `D` with `shape`.
 /// Used by generated `randomize_params`; elements beyond `src` stay at `T::default()`, so this
 /// never fails or panics even if the two shapes disagree.

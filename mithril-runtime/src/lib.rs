@@ -17,6 +17,7 @@ pub mod init;
 pub mod ops;
 pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an outer doc breaks its links).
 pub mod params;
+pub mod plan;
 pub mod workspace;
 
 /// Per-call CPU thread budgets (`optimize_for`): generated code of an

@@ -75,6 +75,7 @@ struct Inner {
 /// per function inside a `Mutex`; users reach its numbers through the model's `memory_report`.
 pub struct Workspace {
     inner: UnsafeCell<Inner>,
+    scratch: Option<Box<dyn std::any::Any>>,
 }
 
 // SAFETY: the raw interior is only reached through `&mut self` methods or, for the views handed
@@ -99,7 +100,14 @@ impl Workspace {
                 offsets: vec![0; life.len()],
                 report: None,
             }),
+            scratch: None,
         }
+    }
+
+    /// Per-call scratch of the plan interpreter (`crate::plan`), kept between calls so that a
+    /// planned call allocates nothing but its outputs.
+    pub(crate) fn scratch_mut(&mut self) -> &mut Option<Box<dyn std::any::Any>> {
+        &mut self.scratch
     }
 
     /// Names the model the workspace belongs to (used in [`Error::Memory`] raised before a
@@ -116,11 +124,17 @@ impl Workspace {
     /// Starts a call whose inputs (and params, and seeds) have `shapes`: keeps the plan when they
     /// equal the last planned ones, otherwise switches to recording mode.
     pub fn begin(&mut self, shapes: &[&[usize]]) {
+        self.begin_with(shapes.iter().copied());
+    }
+
+    /// [`Workspace::begin`] with the shapes from an iterator (no allocation when the plan is
+    /// kept).
+    pub fn begin_with<'s>(&mut self, shapes: impl Iterator<Item = &'s [usize]> + Clone) {
         let w = self.inner_mut();
         let same = w.planned && {
             let mut it = w.key.iter();
             shapes
-                .iter()
+                .clone()
                 .all(|s| it.next() == Some(&s.len()) && s.iter().all(|d| it.next() == Some(d)))
                 && it.next().is_none()
         };

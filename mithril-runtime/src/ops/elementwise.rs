@@ -148,7 +148,8 @@ impl<'a, T: Copy> Lane<'a, T> {
 /// most one group of broadcast axes, then at most one more group of matching axes. `None` sends
 /// the op to the fallback loops.
 #[inline]
-fn src_of<'a, T: Copy>(x: &ArrayViewD<'a, T>, out: &[usize], n: usize) -> Option<Src<'a, T>> {
+#[doc(hidden)]
+pub fn src_of<'a, T: Copy>(x: &ArrayViewD<'a, T>, out: &[usize], n: usize) -> Option<Src<'a, T>> {
     if x.len() == 1 {
         return x.first().map(|&v| Src::Scalar(v));
     }

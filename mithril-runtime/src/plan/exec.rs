@@ -1,0 +1,890 @@
+//! Running a [`Plan`]: shape checks, the workspace, then every node in schedule order.
+
+use super::{AnyArray, AnyView, AnyViewMut, DimE, Home, POp, Plan, PlanElem, RKind, Step};
+use crate::check::{check_shape, SymEnv};
+use crate::elem::DType;
+use crate::ops;
+use crate::workspace::{Dest, Workspace};
+use crate::{Elem, Error, Result};
+use half::{bf16, f16};
+use mithril_kernels::ew::Src;
+use mithril_kernels::prog::{self, Arg, Mode, Out, Prog, St};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Dimension, IxDyn};
+use smallvec::SmallVec;
+use std::cell::RefCell;
+
+/// Operand views of one op (inline up to 6).
+type Ops<'v> = SmallVec<[AnyView<'v>; 6]>;
+use std::sync::Mutex;
+
+/// A node's value during a run.
+enum Val<'w> {
+    Empty,
+    /// user memory, or an owned output (read-only)
+    Ro(AnyView<'w>),
+    /// a workspace slot (writable by an in-place successor)
+    Rw(AnyViewMut<'w>),
+    /// the value of another node
+    Alias(usize),
+}
+
+/// Run `plan` over `views` (inputs, then params, then output-gradient seeds, as the plan's
+/// checks number them) with the planned workspace `ws` (or, when another call holds it, a
+/// fresh unplanned one from `fallback`), writing output `k` into `outs[k]`.
+///
+/// After a call that kept the memory plan, nothing is allocated but the returned outputs: the
+/// per-node value table is kept in the workspace and per-op operand lists are inline.
+pub fn run(
+    plan: &'static Plan,
+    ws: &Mutex<Workspace>,
+    fallback: impl FnOnce() -> Workspace,
+    views: &[AnyView<'_>],
+    outs: &mut [Option<AnyArray>],
+) -> Result<()> {
+    let mut env = SymEnv::new(plan.syms);
+    for c in &plan.checks {
+        let v = views
+            .get(c.view)
+            .ok_or_else(|| Error::op(plan.model, "internal: plan checks a missing view"))?;
+        check_shape(
+            &mut env,
+            plan.model,
+            c.terminal,
+            c.expected,
+            v.shape(),
+            &c.spec,
+            c.ell,
+        )?;
+    }
+    if outs.len() != plan.outputs.len() {
+        return Err(Error::op(plan.model, "internal: output count"));
+    }
+    let mut guard;
+    let mut tmp;
+    let ws: &mut Workspace = match ws.try_lock() {
+        Ok(g) => {
+            guard = g;
+            &mut guard
+        }
+        Err(_) => {
+            tmp = fallback();
+            &mut tmp
+        }
+    };
+    ws.begin_with(views.iter().map(|v| v.shape()));
+    // the value table, reused across calls (empty between calls)
+    let mut table: Vec<Val<'static>> = ws
+        .scratch_mut()
+        .as_mut()
+        .and_then(|b| b.downcast_mut::<Vec<Val<'static>>>())
+        .map(std::mem::take)
+        .unwrap_or_default();
+    table.clear();
+    let r = {
+        // SAFETY: the table is empty; a `Vec` of values of a shorter lifetime has the same layout.
+        let vals: Vec<Val<'_>> =
+            unsafe { std::mem::transmute::<Vec<Val<'static>>, Vec<Val<'_>>>(table) };
+        let cx = Cx {
+            plan,
+            ws: &*ws,
+            env: &env,
+            views,
+            outs: RefCell::new(outs),
+        };
+        let (r, mut vals) = cx.run_nodes(vals);
+        vals.clear();
+        // SAFETY: empty again (see above).
+        table = unsafe { std::mem::transmute::<Vec<Val<'_>>, Vec<Val<'static>>>(vals) };
+        r
+    };
+    match ws
+        .scratch_mut()
+        .as_mut()
+        .and_then(|b| b.downcast_mut::<Vec<Val<'static>>>())
+    {
+        Some(slot) => *slot = table,
+        None => *ws.scratch_mut() = Some(Box::new(table)),
+    }
+    r?;
+    ws.finish(plan.model)?;
+    Ok(())
+}
+
+struct Cx<'p, 'a, 'w> {
+    plan: &'static Plan,
+    ws: &'w Workspace,
+    env: &'p SymEnv,
+    views: &'p [AnyView<'a>],
+    /// the returned outputs; an owned result goes straight into its first output
+    outs: RefCell<&'p mut [Option<AnyArray>]>,
+}
+
+/// `$T` bound to the storage type of `$dt` in `$e`.
+macro_rules! any_t {
+    ($dt:expr, $T:ident => $e:expr) => {
+        match $dt {
+            DType::F32 => {
+                type $T = f32;
+                $e
+            }
+            DType::F64 => {
+                type $T = f64;
+                $e
+            }
+            DType::F16 => {
+                type $T = f16;
+                $e
+            }
+            DType::BF16 => {
+                type $T = bf16;
+                $e
+            }
+            DType::I32 => {
+                type $T = i32;
+                $e
+            }
+            DType::I64 => {
+                type $T = i64;
+                $e
+            }
+            DType::Bool => {
+                type $T = bool;
+                $e
+            }
+        }
+    };
+}
+
+/// [`any_t`] over the numeric types (not `bool`).
+macro_rules! num_t {
+    ($dt:expr, $what:expr, $T:ident => $e:expr) => {
+        match $dt {
+            DType::F32 => {
+                type $T = f32;
+                $e
+            }
+            DType::F64 => {
+                type $T = f64;
+                $e
+            }
+            DType::F16 => {
+                type $T = f16;
+                $e
+            }
+            DType::BF16 => {
+                type $T = bf16;
+                $e
+            }
+            DType::I32 => {
+                type $T = i32;
+                $e
+            }
+            DType::I64 => {
+                type $T = i64;
+                $e
+            }
+            DType::Bool => Err(internal($what, "bool operand")),
+        }
+    };
+}
+
+/// [`any_t`] over the float types.
+macro_rules! real_t {
+    ($dt:expr, $what:expr, $T:ident => $e:expr) => {
+        match $dt {
+            DType::F32 => {
+                type $T = f32;
+                $e
+            }
+            DType::F64 => {
+                type $T = f64;
+                $e
+            }
+            DType::F16 => {
+                type $T = f16;
+                $e
+            }
+            DType::BF16 => {
+                type $T = bf16;
+                $e
+            }
+            _ => Err(internal($what, "non-float operand")),
+        }
+    };
+}
+
+fn internal(what: &str, msg: &str) -> Error {
+    Error::op("plan", format!("internal: {msg} (computing {what})"))
+}
+
+/// A view with its lifetime extended to the run.
+///
+/// SAFETY (callers): the data outlives `'w` — it is workspace memory (borrowed for `'w`) or the
+/// heap buffer of an array kept in `Cx::outs` until the run ends — and the memory plan gives no
+/// other live value write access to it.
+unsafe fn extend<'w, T>(v: ArrayViewMutD<'_, T>) -> ArrayViewMutD<'w, T> {
+    let mut v = v;
+    v.raw_view_mut().deref_into_view_mut()
+}
+
+impl<'w> AnyViewMut<'w> {
+    fn view(&self) -> AnyView<'_> {
+        match self {
+            AnyViewMut::F32(v) => AnyView::F32(v.view()),
+            AnyViewMut::F64(v) => AnyView::F64(v.view()),
+            AnyViewMut::F16(v) => AnyView::F16(v.view()),
+            AnyViewMut::BF16(v) => AnyView::BF16(v.view()),
+            AnyViewMut::I32(v) => AnyView::I32(v.view()),
+            AnyViewMut::I64(v) => AnyView::I64(v.view()),
+            AnyViewMut::Bool(v) => AnyView::Bool(v.view()),
+        }
+    }
+}
+
+impl AnyArray {
+    fn view(&self) -> AnyView<'_> {
+        match self {
+            AnyArray::F32(v) => AnyView::F32(v.view()),
+            AnyArray::F64(v) => AnyView::F64(v.view()),
+            AnyArray::F16(v) => AnyView::F16(v.view()),
+            AnyArray::BF16(v) => AnyView::BF16(v.view()),
+            AnyArray::I32(v) => AnyView::I32(v.view()),
+            AnyArray::I64(v) => AnyView::I64(v.view()),
+            AnyArray::Bool(v) => AnyView::Bool(v.view()),
+        }
+    }
+    fn cloned(&self) -> AnyArray {
+        self.view().to_owned()
+    }
+}
+
+impl<'a> AnyView<'a> {
+    /// The same view with a shorter lifetime.
+    pub fn reborrow<'b>(self) -> AnyView<'b>
+    where
+        'a: 'b,
+    {
+        match self {
+            AnyView::F32(v) => AnyView::F32(v.reborrow()),
+            AnyView::F64(v) => AnyView::F64(v.reborrow()),
+            AnyView::F16(v) => AnyView::F16(v.reborrow()),
+            AnyView::BF16(v) => AnyView::BF16(v.reborrow()),
+            AnyView::I32(v) => AnyView::I32(v.reborrow()),
+            AnyView::I64(v) => AnyView::I64(v.reborrow()),
+            AnyView::Bool(v) => AnyView::Bool(v.reborrow()),
+        }
+    }
+    fn to_owned(&self) -> AnyArray {
+        match self {
+            AnyView::F32(v) => AnyArray::F32(v.to_owned()),
+            AnyView::F64(v) => AnyArray::F64(v.to_owned()),
+            AnyView::F16(v) => AnyArray::F16(v.to_owned()),
+            AnyView::BF16(v) => AnyArray::BF16(v.to_owned()),
+            AnyView::I32(v) => AnyArray::I32(v.to_owned()),
+            AnyView::I64(v) => AnyArray::I64(v.to_owned()),
+            AnyView::Bool(v) => AnyArray::Bool(v.to_owned()),
+        }
+    }
+}
+
+/// The storage types a fused program reads and writes.
+trait ProgElem: PlanElem {
+    const ST: St;
+    fn arg(s: Src<'_, Self>) -> Arg<'_>;
+    fn out(s: &mut [Self]) -> Out<'_>;
+    fn acc_out(s: &mut [Self::Acc]) -> Out<'_>;
+}
+
+macro_rules! prog_elem {
+    ($t:ty, $v:ident, $acc:ident) => {
+        impl ProgElem for $t {
+            const ST: St = St::$v;
+            fn arg(s: Src<'_, Self>) -> Arg<'_> {
+                Arg::$v(s)
+            }
+            fn out(s: &mut [Self]) -> Out<'_> {
+                Out::$v(s)
+            }
+            fn acc_out(s: &mut [Self::Acc]) -> Out<'_> {
+                Out::$acc(s)
+            }
+        }
+    };
+}
+prog_elem!(f32, F32, F32);
+prog_elem!(f64, F64, F64);
+prog_elem!(f16, F16, F32);
+prog_elem!(bf16, BF16, F32);
+prog_elem!(i32, I32, I32);
+prog_elem!(i64, I64, I64);
+prog_elem!(bool, Bool, Bool);
+
+impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
+    fn run_nodes(&self, mut vals: Vec<Val<'w>>) -> (Result<()>, Vec<Val<'w>>) {
+        let r = self.nodes(&mut vals);
+        (r, vals)
+    }
+
+    fn nodes(&self, vals: &mut Vec<Val<'w>>) -> Result<()> {
+        for (id, step) in self.plan.nodes.iter().enumerate() {
+            let v = match step.home {
+                Home::InPlace(pos) => {
+                    let target = step.args.get(pos).copied().unwrap_or(usize::MAX);
+                    let t = match vals
+                        .get_mut(target)
+                        .map(|v| std::mem::replace(v, Val::Empty))
+                    {
+                        Some(Val::Rw(t)) => t,
+                        _ => return Err(internal(step.what, "in-place target is not a slot")),
+                    };
+                    self.in_place(step, pos, vals, t)?
+                }
+                _ => self
+                    .node(id, step, vals)
+                    .map_err(|e| e.at(self.plan.model, step.what))?,
+            };
+            vals.push(v);
+        }
+        let mut outs = self.outs.borrow_mut();
+        for (k, &o) in self.plan.outputs.iter().enumerate() {
+            if outs[k].is_some() {
+                continue;
+            }
+            let first = self.plan.outputs[..k].iter().position(|&x| x == o);
+            outs[k] = Some(match first.and_then(|j| outs[j].as_ref()) {
+                Some(a) => a.cloned(),
+                None => arg(vals, o)?.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of a node computed by `f` into its planned destination.
+    fn put<T: PlanElem>(
+        &self,
+        id: usize,
+        home: Home,
+        f: impl FnOnce(Dest<'_, T>) -> Result<ArrayViewMutD<'_, T>>,
+    ) -> Result<Val<'w>> {
+        match home {
+            Home::Slot(k) => {
+                let v = f(Dest::Slot(self.ws, k))?;
+                // SAFETY: workspace memory, borrowed for 'w (see `extend`).
+                Ok(Val::Rw(T::any_mut(unsafe { extend(v) })))
+            }
+            _ => {
+                let mut o: Option<ArrayD<T>> = None;
+                f(Dest::Owned(&mut o)).map(|_| ())?;
+                let a = o.ok_or_else(|| Error::op("plan", "internal: no result"))?;
+                // SAFETY: the array's heap buffer stays in `self.outs` until the run ends
+                // (moving the array does not move its buffer).
+                let v: ArrayViewD<'w, T> = unsafe { a.view().raw_view().deref_into_view() };
+                let k = self
+                    .plan
+                    .outputs
+                    .iter()
+                    .position(|&o| o == id)
+                    .ok_or_else(|| Error::op("plan", "internal: owned value that is no output"))?;
+                self.outs.borrow_mut()[k] = Some(T::any_array(a));
+                Ok(Val::Ro(T::any(v)))
+            }
+        }
+    }
+
+    fn dim(&self, d: &DimE) -> Result<usize> {
+        Ok(match d {
+            DimE::K(n) => *n,
+            DimE::Sym(s) => self.env.value(*s)?,
+            DimE::In { view, axis, back } => {
+                let s = self
+                    .views
+                    .get(*view)
+                    .map(|v| v.shape())
+                    .ok_or_else(|| Error::op("plan", "internal: dim of a missing view"))?;
+                let k = if *back {
+                    s.len().checked_sub(*axis)
+                } else {
+                    Some(*axis)
+                };
+                k.and_then(|k| s.get(k).copied())
+                    .ok_or_else(|| Error::op("plan", "internal: dim out of range"))?
+            }
+            DimE::Prod(c, ds) => {
+                let mut p = *c;
+                for d in ds {
+                    p = p.saturating_mul(self.dim(d)?);
+                }
+                p
+            }
+        })
+    }
+
+    fn node(&self, id: usize, step: &Step, vals: &[Val<'w>]) -> Result<Val<'w>> {
+        let (h, dt, args) = (step.home, step.dt, &step.args);
+        let a = |k: usize| -> Result<AnyView<'_>> {
+            args.get(k)
+                .ok_or_else(|| internal(step.what, "missing operand"))
+                .and_then(|&i| arg(vals, i))
+        };
+        match &step.op {
+            POp::View(k) => {
+                let v = self
+                    .views
+                    .get(*k)
+                    .ok_or_else(|| internal(step.what, "missing view"))?;
+                Ok(Val::Ro(v.clone().reborrow()))
+            }
+            POp::Alias => Ok(Val::Alias(args[0])),
+            POp::Const(l) => any_t!(dt, T => self.put::<T>(id, h, |d| {
+                let mut v = d.get("const", &[])?;
+                v.fill(lit_value::<T>(*l));
+                Ok(v)
+            })),
+            POp::Fused(label, p) => {
+                let xs: Ops<'_> = (0..args.len()).map(a).collect::<Result<_>>()?;
+                any_t!(dt, T => self.put::<T>(id, h, |d| fused::<T>(p, &xs, d, label)))
+            }
+            POp::FusedMatmul { ta, tb, prog } => {
+                let xs: Ops<'_> = (0..args.len()).map(a).collect::<Result<_>>()?;
+                num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d)))
+            }
+            POp::Arange {
+                start,
+                step: st,
+                len,
+            } => {
+                let n = self.dim(len)?;
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::arange_to(*start, *st, n, d)))
+            }
+            POp::Reshape(dims) => {
+                let mut ds = Vec::with_capacity(dims.len());
+                for d in dims {
+                    ds.push(match d {
+                        Some(d) => self.dim(d)? as isize,
+                        None => -1,
+                    });
+                }
+                let x = a(0)?;
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::reshape_to(typed::<T>(&x)?, &ds, d)))
+            }
+            op => self.prim(id, step, op, &a),
+        }
+    }
+
+    fn prim<'v>(
+        &self,
+        id: usize,
+        step: &Step,
+        op: &POp,
+        a: &dyn Fn(usize) -> Result<AnyView<'v>>,
+    ) -> Result<Val<'w>> {
+        let (h, dt, w) = (step.home, step.dt, step.what);
+        let x = a(0)?;
+        let xt = x.dtype();
+        match op {
+            POp::Matmul { ta, tb } => {
+                let y = a(1)?;
+                num_t!(dt, w, T => self.put::<T>(id, h, |d| ops::matmul_to(typed::<T>(&x)?, typed::<T>(&y)?, *ta, *tb, d)))
+            }
+            POp::Transpose(p) => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::transpose_to(typed::<T>(&x)?, p, d)))
+            }
+            POp::Flatten(s, e) => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::flatten_to(typed::<T>(&x)?, *s, *e, d)))
+            }
+            POp::Concat(ax) | POp::Stack(ax) => {
+                let n = step.args.len();
+                let parts: Ops<'_> = (0..n).map(a).collect::<Result<_>>()?;
+                let stack = matches!(op, POp::Stack(_));
+                any_t!(dt, T => {
+                    let ps: SmallVec<[ArrayViewD<'_, T>; 6]> = parts.iter().map(|p| typed::<T>(p).cloned()).collect::<Result<_>>()?;
+                    if stack {
+                        self.put::<T>(id, h, |d| ops::stack_to(&ps, *ax, d))
+                    } else {
+                        self.put::<T>(id, h, |d| ops::concat_to(&ps, *ax, d))
+                    }
+                })
+            }
+            POp::Slice(s) => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::slice_to(typed::<T>(&x)?, s, d)))
+            }
+            POp::Gather(ax) => {
+                let i = a(1)?;
+                any_t!(dt, T => num_t!(i.dtype(), w, I => self.put::<T>(id, h, |d| ops::gather_to(typed::<T>(&x)?, typed::<I>(&i)?, *ax, d))))
+            }
+            POp::TakeAlong => {
+                let i = a(1)?;
+                any_t!(dt, T => num_t!(i.dtype(), w, I => self.put::<T>(id, h, |d| ops::take_along_to(typed::<T>(&x)?, typed::<I>(&i)?, d))))
+            }
+            POp::Reduce(kind, axes, keep) => self.reduce(id, step, *kind, axes, *keep, &x),
+            POp::Variance(axes, keep, corr) => real_t!(dt, w, T => {
+                let c;
+                let xv = if xt == dt { typed::<T>(&x)?.view() } else { c = cast_to::<T>(&x); c.view() };
+                self.put::<T>(id, h, |d| ops::variance_to(&xv, axes, *keep, *corr, d))
+            }),
+            POp::ArgReduce { max, axis, keep } => num_t!(xt, w, T => self.put::<i64>(id, h, |d| {
+                if *max { ops::argmax_to(typed::<T>(&x)?, *axis, *keep, d) } else { ops::argmin_to(typed::<T>(&x)?, *axis, *keep, d) }
+            })),
+            POp::Softmax(ax) => {
+                real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::softmax_to(typed::<T>(&x)?, *ax, d)))
+            }
+            POp::LogSoftmax(ax) => {
+                real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::log_softmax_to(typed::<T>(&x)?, *ax, d)))
+            }
+            POp::Unsqueeze(axes) => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::unsqueeze_to(typed::<T>(&x)?, axes, d)))
+            }
+            POp::BroadcastLike
+            | POp::ReshapeLike
+            | POp::SumLike
+            | POp::SizeRatio
+            | POp::FullLike(_) => self.like(id, step, op, &x, a),
+            POp::TakeAlongGrad => {
+                let (i, l) = (a(1)?, a(2)?);
+                num_t!(dt, w, T => num_t!(i.dtype(), w, I => self.put::<T>(id, h, |d| ops::take_along_backward_to(typed::<T>(&x)?, typed::<I>(&i)?, typed::<T>(&l)?, d))))
+            }
+            POp::GatherGrad(ax) => {
+                let (i, l) = (a(1)?, a(2)?);
+                num_t!(dt, w, T => num_t!(i.dtype(), w, I => self.put::<T>(id, h, |d| ops::gather_backward_to(typed::<T>(&x)?, typed::<I>(&i)?, typed::<T>(&l)?, *ax, d))))
+            }
+            POp::SliceGrad(s) => {
+                let l = a(1)?;
+                num_t!(dt, w, T => self.put::<T>(id, h, |d| ops::slice_backward_to(typed::<T>(&x)?, typed::<T>(&l)?, s, d)))
+            }
+            POp::ConcatPart(ax, k) => {
+                let n = step.args.len();
+                let parts: Ops<'_> = (1..n).map(a).collect::<Result<_>>()?;
+                let shapes: SmallVec<[&[usize]; 6]> = parts.iter().map(|p| p.shape()).collect();
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::concat_part_to(typed::<T>(&x)?, &shapes, *ax, *k, d)))
+            }
+            POp::Tril(k) => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::tril_to(typed::<T>(&x)?, *k, d)))
+            }
+            POp::Triu(k) => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::triu_to(typed::<T>(&x)?, *k, d)))
+            }
+            POp::Cholesky => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::cholesky_to(typed::<T>(&x)?, d)))
+            }
+            POp::Eigvalsh => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::eigvalsh_to(typed::<T>(&x)?, d)))
+            }
+            POp::EighVectors => {
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::eigh_vectors_to(typed::<T>(&x)?, d)))
+            }
+            POp::SolveTriangular { upper, left, trans } => {
+                let y = a(1)?;
+                any_t!(dt, T => self.put::<T>(id, h, |d| ops::solve_triangular_to(typed::<T>(&x)?, typed::<T>(&y)?, *upper, *left, *trans, d)))
+            }
+            _ => Err(internal(w, "op not handled")),
+        }
+    }
+
+    fn like<'v>(
+        &self,
+        id: usize,
+        step: &Step,
+        op: &POp,
+        x: &AnyView<'_>,
+        a: &dyn Fn(usize) -> Result<AnyView<'v>>,
+    ) -> Result<Val<'w>> {
+        let (h, dt, w) = (step.home, step.dt, step.what);
+        match op {
+            POp::FullLike(v) => {
+                any_t!(dt, T => any_t!(x.dtype(), U => self.put::<T>(id, h, |d| ops::full_like_to(typed::<U>(x)?, *v, d))))
+            }
+            POp::SizeRatio => {
+                let y = a(1)?;
+                any_t!(dt, T => any_t!(x.dtype(), U => any_t!(y.dtype(), V => self.put::<T>(id, h, |d| ops::size_ratio_to::<T, U, V>(typed::<U>(x)?, typed::<V>(&y)?, d)))))
+            }
+            POp::BroadcastLike => {
+                let y = a(1)?;
+                any_t!(dt, T => any_t!(y.dtype(), U => self.put::<T>(id, h, |d| ops::broadcast_like_to(typed::<T>(x)?, typed::<U>(&y)?, d))))
+            }
+            POp::ReshapeLike => {
+                let y = a(1)?;
+                any_t!(dt, T => any_t!(y.dtype(), U => self.put::<T>(id, h, |d| ops::reshape_like_to(typed::<T>(x)?, typed::<U>(&y)?, d))))
+            }
+            POp::SumLike => {
+                let y = a(1)?;
+                num_t!(dt, w, T => any_t!(y.dtype(), U => self.put::<T>(id, h, |d| ops::sum_like_to(typed::<T>(x)?, typed::<U>(&y)?, d))))
+            }
+            _ => Err(internal(w, "op not handled")),
+        }
+    }
+
+    fn reduce(
+        &self,
+        id: usize,
+        step: &Step,
+        kind: RKind,
+        axes: &[isize],
+        keep: bool,
+        x: &AnyView<'_>,
+    ) -> Result<Val<'w>> {
+        let (h, dt, w) = (step.home, step.dt, step.what);
+        // `mean` of integers and `sum`/`prod` of bools change the dtype: convert first
+        let conv = x.dtype() != dt;
+        macro_rules! red {
+            ($T:ident, $f:path) => {{
+                let c;
+                let xv = if conv {
+                    c = cast_to::<$T>(x);
+                    c.view()
+                } else {
+                    typed::<$T>(x)?.view()
+                };
+                self.put::<$T>(id, h, |d| $f(&xv, axes, keep, d))
+            }};
+        }
+        match kind {
+            RKind::Mean => real_t!(dt, w, T => red!(T, ops::mean_to)),
+            RKind::Sum => num_t!(dt, w, T => red!(T, ops::sum_to)),
+            RKind::Prod => num_t!(dt, w, T => red!(T, ops::prod_to)),
+            RKind::Max => num_t!(dt, w, T => red!(T, ops::max_to)),
+            RKind::Min => num_t!(dt, w, T => red!(T, ops::min_to)),
+        }
+    }
+
+    /// An elementwise group writing over its dead operand `pos`.
+    fn in_place(
+        &self,
+        step: &Step,
+        pos: usize,
+        vals: &[Val<'w>],
+        t: AnyViewMut<'w>,
+    ) -> Result<Val<'w>> {
+        let POp::Fused(label, p) = &step.op else {
+            return Err(internal(step.what, "in place on a non-elementwise op"));
+        };
+        let xs: Ops<'_> = step
+            .args
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                if k == pos {
+                    Ok(placeholder().reborrow())
+                } else {
+                    arg(vals, i)
+                }
+            })
+            .collect::<Result<_>>()?;
+        let r = any_t!(step.dt, T => {
+            let tv = T::pick_mut(t).ok_or_else(|| internal(step.what, "in-place target of another dtype"))?;
+            fused_in_place::<T>(p, &xs, pos, tv, label).map(|v| Val::Rw(T::any_mut(v)))
+        });
+        r.map_err(|e| e.at(self.plan.model, step.what))
+    }
+}
+
+fn placeholder() -> AnyView<'static> {
+    AnyView::Bool(ArrayViewD::from_shape(IxDyn(&[0]), &[]).expect("empty view"))
+}
+
+fn arg<'v, 'w>(vals: &'v [Val<'w>], mut i: usize) -> Result<AnyView<'v>> {
+    for _ in 0..vals.len() + 1 {
+        match vals.get(i) {
+            Some(Val::Ro(v)) => return Ok(v.clone().reborrow()),
+            Some(Val::Rw(v)) => return Ok(v.view()),
+            Some(Val::Alias(j)) => i = *j,
+            _ => break,
+        }
+    }
+    Err(Error::op(
+        "plan",
+        format!("internal: value {i} read before it is computed"),
+    ))
+}
+
+fn typed<'a, 'v, T: PlanElem>(v: &'a AnyView<'v>) -> Result<&'a ArrayViewD<'v, T>> {
+    T::pick(v).ok_or_else(|| {
+        Error::op(
+            "plan",
+            format!("internal: operand is {}, expected {}", v.dtype(), T::DTYPE),
+        )
+    })
+}
+
+fn cast_to<T: PlanElem>(x: &AnyView<'_>) -> ArrayD<T> {
+    any_t!(x.dtype(), U => match U::pick(x) {
+        Some(v) => ops::cast::<U, T>(v),
+        None => ArrayD::from_elem(IxDyn(&[0]), T::default()),
+    })
+}
+
+/// A literal of `T`'s compute domain narrowed to `T` (as `Elem::from_acc`); integers exactly.
+fn lit_value<T: Elem>(l: prog::Lit) -> T {
+    use prog::Lit;
+    let mut out = match l {
+        Lit::F32(v) => T::from_f64(v as f64),
+        Lit::F64(v) => T::from_f64(v),
+        Lit::I32(v) => T::from_f64(v as f64),
+        Lit::I64(v) => T::from_f64(v as f64),
+        Lit::Bool(v) => T::from_f64(if v { 1.0 } else { 0.0 }),
+    };
+    // integers beyond f64's 53 bits: exactly
+    let o: &mut dyn std::any::Any = &mut out;
+    if let (Lit::I64(v), Some(x)) = (l, o.downcast_mut::<i64>()) {
+        *x = v;
+    }
+    out
+}
+
+/// The `prog` operands of `xs` over an output of `shape`: broadcast sources read in place, or
+/// (strided or irregular broadcasts) a standard-layout copy kept in `keep`.
+fn sources<'a>(
+    xs: &'a [AnyView<'_>],
+    shape: &[usize],
+    keep: &'a mut Vec<AnyArray>,
+    skip: Option<usize>,
+) -> SmallVec<[Arg<'a>; 6]> {
+    let n: usize = shape.iter().product();
+    // first materialize what cannot be read in place
+    let mut copied: SmallVec<[Option<usize>; 6]> = smallvec::smallvec![None; xs.len()];
+    for (k, x) in xs.iter().enumerate() {
+        if Some(k) == skip {
+            continue;
+        }
+        let direct = any_t!(x.dtype(), T => T::pick(x).map(|v| ops::src_of(v, shape, n).is_some()).unwrap_or(false));
+        if !direct {
+            let c = any_t!(x.dtype(), T => T::pick(x).and_then(|v| v.broadcast(IxDyn(shape))).map(|b| T::any_array(b.as_standard_layout().into_owned())));
+            if let Some(c) = c {
+                copied[k] = Some(keep.len());
+                keep.push(c);
+            }
+        }
+    }
+    let keep: &'a Vec<AnyArray> = keep;
+    xs.iter()
+        .enumerate()
+        .map(|(k, x)| {
+            if Some(k) == skip {
+                return Arg::Bool(Src::Scalar(false));
+            }
+            macro_rules! src {
+                ($v:ident, $T:ty) => {{
+                    match copied[k] {
+                        Some(c) => match &keep[c] {
+                            AnyArray::$v(a) => Arg::$v(Src::Full(a.as_slice().unwrap_or(&[]))),
+                            _ => Arg::$v(Src::Full(&[])),
+                        },
+                        None => match x {
+                            AnyView::$v(v) => {
+                                Arg::$v(ops::src_of(v, shape, n).unwrap_or(Src::Full(&[])))
+                            }
+                            _ => Arg::$v(Src::Full(&[])),
+                        },
+                    }
+                }};
+            }
+            match x.dtype() {
+                DType::F32 => src!(F32, f32),
+                DType::F64 => src!(F64, f64),
+                DType::F16 => src!(F16, f16),
+                DType::BF16 => src!(BF16, bf16),
+                DType::I32 => src!(I32, i32),
+                DType::I64 => src!(I64, i64),
+                DType::Bool => src!(Bool, bool),
+            }
+        })
+        .collect()
+}
+
+fn prog_err(what: &str, e: prog::ProgError) -> Error {
+    internal(what, &format!("fused program: {}", e.0))
+}
+
+fn fused<'d, T: PlanElem + ProgElem>(
+    p: &Prog,
+    xs: &[AnyView<'_>],
+    d: Dest<'d, T>,
+    what: &str,
+) -> Result<ArrayViewMutD<'d, T>> {
+    let shapes: SmallVec<[&[usize]; 6]> = xs.iter().map(|x| x.shape()).collect();
+    let shape = ops::broadcast_dims(what, &shapes)?;
+    let mut out = d.get(what, shape.slice())?;
+    let mut keep = Vec::new();
+    let args = sources(xs, shape.slice(), &mut keep, None);
+    let o = out
+        .as_slice_mut()
+        .ok_or_else(|| internal(what, "destination not contiguous"))?;
+    prog::run(p, &args, T::out(o), Mode::Plain).map_err(|e| prog_err(what, e))?;
+    Ok(out)
+}
+
+fn fused_in_place<'w, T: PlanElem + ProgElem>(
+    p: &Prog,
+    xs: &[AnyView<'_>],
+    pos: usize,
+    mut t: ArrayViewMutD<'w, T>,
+    what: &str,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let ts: IxDyn = t.raw_dim();
+    let mut shapes: SmallVec<[&[usize]; 6]> = xs.iter().map(|x| x.shape()).collect();
+    shapes[pos] = ts.slice();
+    let shape = ops::broadcast_dims(what, &shapes)?;
+    if shape.slice() != ts.slice() {
+        return Err(internal(what, "in-place target is not the result's shape"));
+    }
+    let mut keep = Vec::new();
+    let args = sources(xs, ts.slice(), &mut keep, Some(pos));
+    let o = t
+        .as_slice_mut()
+        .ok_or_else(|| internal(what, "in-place target not contiguous"))?;
+    prog::run(p, &args, T::out(o), Mode::InPlace(pos)).map_err(|e| prog_err(what, e))?;
+    Ok(t)
+}
+
+fn fused_mm<'d, T: PlanElem + ProgElem>(
+    ta: bool,
+    tb: bool,
+    p: &Prog,
+    xs: &[AnyView<'_>],
+    d: Dest<'d, T>,
+) -> Result<ArrayViewMutD<'d, T>>
+where
+    T::Acc: mithril_kernels::scalar::Num,
+{
+    let (a, b) = (typed::<T>(&xs[0])?, typed::<T>(&xs[1])?);
+    let others: SmallVec<[&ArrayViewD<'_, T>; 4]> =
+        xs[2..].iter().map(typed::<T>).collect::<Result<_>>()?;
+    let err: Mutex<Option<prog::ProgError>> = Mutex::new(None);
+    macro_rules! go {
+        ($k:literal) => {{
+            let o: [&ArrayViewD<'_, T>; $k] = others[..]
+                .try_into()
+                .map_err(|_| internal("matmul", "epilogue operands"))?;
+            let r = ops::matmul_epi_to(
+                a,
+                b,
+                ta,
+                tb,
+                o,
+                d,
+                |acc: &mut [T::Acc], srcs: [Src<'_, T>; $k]| {
+                    let mut args: SmallVec<[Arg<'_>; 6]> = SmallVec::new();
+                    args.push(Arg::Bool(Src::Scalar(false)));
+                    args.extend(srcs.into_iter().map(T::arg));
+                    if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
+                        if let Ok(mut g) = err.lock() {
+                            *g = Some(e);
+                        }
+                    }
+                },
+            )?;
+            r
+        }};
+    }
+    let r = match others.len() {
+        0 => go!(0),
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        _ => return Err(internal("matmul", "more than 4 epilogue operands")),
+    };
+    if let Some(e) = err.lock().ok().and_then(|mut g| g.take()) {
+        return Err(prog_err("matmul", e));
+    }
+    Ok(r)
+}

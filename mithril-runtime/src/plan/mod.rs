@@ -1,0 +1,345 @@
+//! Compiled plans: what a generated CPU model runs.
+//!
+//! `mithril!` does not expand a model into Rust code per op. It emits the model's optimized
+//! graph as a compact text ([`Plan::parse`] reads it once per process) and thin typed wrappers
+//! around [`run`]: the shape checks, every op (with its attributes, dtype, memory slot and error
+//! context), the fused elementwise groups as register programs ([`mithril_kernels::prog`]) and
+//! the outputs. Everything that computes lives here and in `mithril-kernels`, compiled once at
+//! the dependency's optimization level — so a model compiles in time proportional to its size
+//! and a debug build of a user's crate runs the same optimized loops as a release build.
+//!
+//! The text is produced and read only by mithril (format: `text.rs`); a plan that does not
+//! parse or does not match its operands is an internal error, never a panic.
+
+mod exec;
+mod text;
+
+pub use exec::run;
+
+use crate::check::DimSpec;
+use crate::elem::DType;
+use crate::ops::SliceArg;
+use crate::{Elem, Error, Result};
+use half::{bf16, f16};
+use mithril_kernels::prog::{Lit, Prog};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Dimension};
+use std::sync::OnceLock;
+
+/// A parsed plan.
+#[derive(Debug)]
+pub struct Plan {
+    /// The physical model's name.
+    pub model: &'static str,
+    /// Symbolic dim names, by slot.
+    pub syms: &'static [&'static str],
+    /// Shape checks of the views passed to [`run`], in order.
+    pub checks: Vec<Check>,
+    /// The ops in schedule order (node ids are indices).
+    pub nodes: Vec<Step>,
+    /// Output node ids, in output order.
+    pub outputs: Vec<usize>,
+}
+
+/// The shape check of one input, param or output-gradient view.
+#[derive(Debug)]
+pub struct Check {
+    /// index of the view in `run`'s `views`
+    pub view: usize,
+    /// how errors name it (``input `x` ``)
+    pub terminal: &'static str,
+    /// the declared type (`f32[B, 784]`)
+    pub expected: &'static str,
+    /// declared dims
+    pub spec: Vec<DimSpec>,
+    /// declared with a leading `...`
+    pub ell: bool,
+}
+
+/// One node of the plan.
+#[derive(Debug)]
+pub struct Step {
+    /// result dtype
+    pub dt: DType,
+    /// where the result lives
+    pub home: Home,
+    /// what it computes
+    pub op: POp,
+    /// operand node ids
+    pub args: Vec<usize>,
+    /// how errors name it (`` `matmul` of input `x`, param `fc.weight` for `h` ``)
+    pub what: &'static str,
+}
+
+/// Where a node's value lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Home {
+    /// user memory (a view) or another node's value
+    View,
+    /// a planned workspace slot
+    Slot(usize),
+    /// the memory of its dead operand `pos` (an elementwise op in place)
+    InPlace(usize),
+    /// an owned array (a returned output)
+    Owned,
+}
+
+/// A run-time dim.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DimE {
+    /// a constant
+    K(usize),
+    /// a symbol's bound value
+    Sym(usize),
+    /// dim `axis` of view `view` (`back`: counted from the end, 1 = last)
+    In {
+        /// the view
+        view: usize,
+        /// the axis
+        axis: usize,
+        /// counted from the end
+        back: bool,
+    },
+    /// `c * d0 * d1 * ...`
+    Prod(usize, Vec<DimE>),
+}
+
+/// Reductions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum RKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Prod,
+}
+
+/// The op of a node.
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub enum POp {
+    /// view `k` of `run`'s `views`
+    View(usize),
+    /// the value of `args[0]`
+    Alias,
+    /// a scalar constant (in the compute domain of `dt`)
+    Const(Lit),
+    /// a fused elementwise group over `args` (with the op name its errors use)
+    Fused(&'static str, Prog),
+    /// a matmul of `args[0..2]` with an epilogue over the product (operand 0) and `args[2..]`
+    FusedMatmul {
+        ta: bool,
+        tb: bool,
+        prog: Prog,
+    },
+    Matmul {
+        ta: bool,
+        tb: bool,
+    },
+    Transpose(Vec<usize>),
+    /// target dims (`None`: inferred, `-1`)
+    Reshape(Vec<Option<DimE>>),
+    Flatten(isize, isize),
+    Concat(isize),
+    Slice(Vec<SliceArg>),
+    Gather(isize),
+    TakeAlong,
+    Reduce(RKind, Vec<isize>, bool),
+    Variance(Vec<isize>, bool, f64),
+    ArgReduce {
+        max: bool,
+        axis: isize,
+        keep: bool,
+    },
+    Softmax(isize),
+    LogSoftmax(isize),
+    Unsqueeze(Vec<usize>),
+    BroadcastLike,
+    ReshapeLike,
+    SumLike,
+    SizeRatio,
+    TakeAlongGrad,
+    GatherGrad(isize),
+    SliceGrad(Vec<SliceArg>),
+    ConcatPart(isize, usize),
+    Tril(i64),
+    Triu(i64),
+    FullLike(f64),
+    Stack(isize),
+    Cholesky,
+    Eigvalsh,
+    EighVectors,
+    SolveTriangular {
+        upper: bool,
+        left: bool,
+        trans: bool,
+    },
+    Arange {
+        start: f64,
+        step: f64,
+        len: DimE,
+    },
+}
+
+impl Plan {
+    /// Parse a plan text (see the module docs). Strings are borrowed from `src` where they
+    /// need no unescaping; the others (and the symbol table) are leaked once — a plan is
+    /// parsed once per model and process and lives as long as the program.
+    pub fn parse(src: &'static str) -> Result<Plan> {
+        text::parse(src).map_err(|e| Error::op("plan", format!("internal: bad plan: {e}")))
+    }
+
+    /// The plan in `cell`, parsed from `src` at the first call.
+    pub fn cached(
+        cell: &'static OnceLock<std::result::Result<Plan, String>>,
+        src: &'static str,
+    ) -> Result<&'static Plan> {
+        match cell.get_or_init(|| Plan::parse(src).map_err(|e| e.to_string())) {
+            Ok(p) => Ok(p),
+            Err(e) => Err(Error::op("plan", e.clone())),
+        }
+    }
+}
+
+/// A view of any element type.
+#[derive(Clone, Debug)]
+#[allow(missing_docs)]
+pub enum AnyView<'a> {
+    F32(ArrayViewD<'a, f32>),
+    F64(ArrayViewD<'a, f64>),
+    F16(ArrayViewD<'a, f16>),
+    BF16(ArrayViewD<'a, bf16>),
+    I32(ArrayViewD<'a, i32>),
+    I64(ArrayViewD<'a, i64>),
+    Bool(ArrayViewD<'a, bool>),
+}
+
+/// A writable view of any element type.
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub enum AnyViewMut<'a> {
+    F32(ArrayViewMutD<'a, f32>),
+    F64(ArrayViewMutD<'a, f64>),
+    F16(ArrayViewMutD<'a, f16>),
+    BF16(ArrayViewMutD<'a, bf16>),
+    I32(ArrayViewMutD<'a, i32>),
+    I64(ArrayViewMutD<'a, i64>),
+    Bool(ArrayViewMutD<'a, bool>),
+}
+
+/// An owned array of any element type.
+#[derive(Debug)]
+#[allow(missing_docs)]
+pub enum AnyArray {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+    F16(ArrayD<f16>),
+    BF16(ArrayD<bf16>),
+    I32(ArrayD<i32>),
+    I64(ArrayD<i64>),
+    Bool(ArrayD<bool>),
+}
+
+/// The element types a plan moves between typed and untyped arrays.
+pub trait PlanElem: Elem {
+    /// wrap a view
+    fn any<'a>(v: ArrayViewD<'a, Self>) -> AnyView<'a>;
+    /// wrap a writable view
+    fn any_mut(v: ArrayViewMutD<'_, Self>) -> AnyViewMut<'_>;
+    /// wrap an array
+    fn any_array(a: ArrayD<Self>) -> AnyArray;
+    /// this type's view, if `v` holds it
+    fn pick<'v, 'a>(v: &'v AnyView<'a>) -> Option<&'v ArrayViewD<'a, Self>>;
+    /// this type's writable view, if `v` holds it
+    fn pick_mut<'a>(v: AnyViewMut<'a>) -> Option<ArrayViewMutD<'a, Self>>;
+    /// this type's array, if `a` holds it
+    fn pick_array(a: AnyArray) -> Option<ArrayD<Self>>;
+}
+
+macro_rules! plan_elem {
+    ($t:ty, $v:ident) => {
+        impl PlanElem for $t {
+            fn any<'a>(v: ArrayViewD<'a, Self>) -> AnyView<'a> {
+                AnyView::$v(v)
+            }
+            fn any_mut(v: ArrayViewMutD<'_, Self>) -> AnyViewMut<'_> {
+                AnyViewMut::$v(v)
+            }
+            fn any_array(a: ArrayD<Self>) -> AnyArray {
+                AnyArray::$v(a)
+            }
+            fn pick<'v, 'a>(v: &'v AnyView<'a>) -> Option<&'v ArrayViewD<'a, Self>> {
+                match v {
+                    AnyView::$v(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn pick_mut<'a>(v: AnyViewMut<'a>) -> Option<ArrayViewMutD<'a, Self>> {
+                match v {
+                    AnyViewMut::$v(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn pick_array(a: AnyArray) -> Option<ArrayD<Self>> {
+                match a {
+                    AnyArray::$v(x) => Some(x),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+plan_elem!(f32, F32);
+plan_elem!(f64, F64);
+plan_elem!(f16, F16);
+plan_elem!(bf16, BF16);
+plan_elem!(i32, I32);
+plan_elem!(i64, I64);
+plan_elem!(bool, Bool);
+
+impl<'a> AnyView<'a> {
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            AnyView::F32(v) => v.shape(),
+            AnyView::F64(v) => v.shape(),
+            AnyView::F16(v) => v.shape(),
+            AnyView::BF16(v) => v.shape(),
+            AnyView::I32(v) => v.shape(),
+            AnyView::I64(v) => v.shape(),
+            AnyView::Bool(v) => v.shape(),
+        }
+    }
+    /// The dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            AnyView::F32(_) => DType::F32,
+            AnyView::F64(_) => DType::F64,
+            AnyView::F16(_) => DType::F16,
+            AnyView::BF16(_) => DType::BF16,
+            AnyView::I32(_) => DType::I32,
+            AnyView::I64(_) => DType::I64,
+            AnyView::Bool(_) => DType::Bool,
+        }
+    }
+}
+
+/// Wrap a typed view for [`run`].
+pub fn view<'a, T: PlanElem, D: Dimension>(v: ndarray::ArrayView<'a, T, D>) -> AnyView<'a> {
+    T::any(v.into_dyn())
+}
+
+/// Output `k` of [`run`]'s result as a typed array of rank `D`; `name` names it in errors.
+pub fn take<T: PlanElem, D: Dimension>(
+    outs: &mut [Option<AnyArray>],
+    k: usize,
+    name: &str,
+) -> Result<ndarray::Array<T, D>> {
+    let a = outs
+        .get_mut(k)
+        .and_then(|o| o.take())
+        .ok_or_else(|| Error::op(name, "internal: output not computed"))?;
+    let a = T::pick_array(a).ok_or_else(|| Error::op(name, "internal: output of another dtype"))?;
+    a.into_dimensionality::<D>()
+        .map_err(|e| Error::op(name, e.to_string()))
+}

@@ -1,0 +1,487 @@
+//! The plan text: whitespace-separated tokens; strings are `"..."` with `\"`, `\\` and `\n`
+//! escapes. Written by `mithril-macros` (`backend/plan.rs`), read here.
+//!
+//! ```text
+//! M "<model>" <nsyms> "<sym>"...
+//! C <view> "<terminal>" "<expected>" <ell 0|1> <ndims> <spec>...   spec: f<n> | s<slot> | a
+//! N <dtype> <home> <op...> <nargs> <arg>... "<what>"                home: v | s<slot> | i<pos> | o
+//! O <n> <node>...
+//! ```
+//!
+//! Literals: `f:<f32 bits, hex>`, `d:<f64 bits, hex>`, `i:<i32>`, `l:<i64>`, `b:<0|1>`. Dims:
+//! `k<n>`, `y<slot>`, `in<view>:<axis>`, `ib<view>:<from the end>`, `p<c>:<n>` then `n` dims.
+//! Programs: `<n>` instructions then the result's instruction index; an instruction is
+//! `L <arg> <st>`, `K <lit>`, `V <ins> <dom>` or `P <op> <dom> <n> <ins>... <lit> <lit>`.
+
+use super::{Check, DimE, Home, POp, Plan, RKind, Step};
+use crate::check::DimSpec;
+use crate::elem::DType;
+use crate::ops::SliceArg;
+use mithril_kernels::prog::{Builder, Dom, EwOp, Lit, Prog, Reg, St};
+
+type R<T> = std::result::Result<T, String>;
+
+struct Toks {
+    src: &'static str,
+    pos: usize,
+}
+
+impl Toks {
+    fn skip_ws(&mut self) {
+        let b = self.src.as_bytes();
+        while self.pos < b.len() && b[self.pos].is_ascii_whitespace() {
+            self.pos += 1;
+        }
+    }
+    fn done(&mut self) -> bool {
+        self.skip_ws();
+        self.pos >= self.src.len()
+    }
+    fn word(&mut self) -> R<&'static str> {
+        self.skip_ws();
+        let b = self.src.as_bytes();
+        let start = self.pos;
+        if start >= b.len() {
+            return Err("unexpected end".into());
+        }
+        if b[start] == b'"' {
+            return Err(format!("string where a word was expected at {start}"));
+        }
+        while self.pos < b.len() && !b[self.pos].is_ascii_whitespace() {
+            self.pos += 1;
+        }
+        Ok(&self.src[start..self.pos])
+    }
+    fn string(&mut self) -> R<&'static str> {
+        self.skip_ws();
+        let b = self.src.as_bytes();
+        if self.pos >= b.len() || b[self.pos] != b'"' {
+            return Err(format!("string expected at {}", self.pos));
+        }
+        self.pos += 1;
+        let start = self.pos;
+        let mut escaped = false;
+        while self.pos < b.len() && b[self.pos] != b'"' {
+            if b[self.pos] == b'\\' {
+                escaped = true;
+                self.pos += 1;
+            }
+            self.pos += 1;
+        }
+        if self.pos >= b.len() {
+            return Err("unterminated string".into());
+        }
+        let raw = &self.src[start..self.pos];
+        self.pos += 1;
+        if !escaped {
+            return Ok(raw);
+        }
+        let mut s = String::with_capacity(raw.len());
+        let mut it = raw.chars();
+        while let Some(c) = it.next() {
+            if c == '\\' {
+                match it.next() {
+                    Some('n') => s.push('\n'),
+                    Some(c) => s.push(c),
+                    None => {}
+                }
+            } else {
+                s.push(c);
+            }
+        }
+        Ok(Box::leak(s.into_boxed_str()))
+    }
+    fn num<T: std::str::FromStr>(&mut self) -> R<T> {
+        let w = self.word()?;
+        w.parse()
+            .map_err(|_| format!("number expected, found `{w}`"))
+    }
+    fn flag(&mut self) -> R<bool> {
+        Ok(self.num::<u8>()? != 0)
+    }
+    fn list<T: std::str::FromStr>(&mut self) -> R<Vec<T>> {
+        let n: usize = self.num()?;
+        (0..n).map(|_| self.num()).collect()
+    }
+}
+
+pub(super) fn parse(src: &'static str) -> R<Plan> {
+    let mut t = Toks { src, pos: 0 };
+    if t.word()? != "M" {
+        return Err("plan must start with M".into());
+    }
+    let model = t.string()?;
+    let nsyms: usize = t.num()?;
+    let syms: Vec<&'static str> = (0..nsyms).map(|_| t.string()).collect::<R<_>>()?;
+    let syms: &'static [&'static str] = Box::leak(syms.into_boxed_slice());
+    let mut plan = Plan {
+        model,
+        syms,
+        checks: Vec::new(),
+        nodes: Vec::new(),
+        outputs: Vec::new(),
+    };
+    while !t.done() {
+        match t.word()? {
+            "C" => plan.checks.push(check(&mut t)?),
+            "N" => {
+                let s = step(&mut t).map_err(|e| format!("node {}: {e}", plan.nodes.len()))?;
+                if s.args.iter().any(|&a| a >= plan.nodes.len()) {
+                    return Err(format!("node {}: operand after it", plan.nodes.len()));
+                }
+                plan.nodes.push(s);
+            }
+            "O" => plan.outputs = t.list()?,
+            w => return Err(format!("unknown record `{w}`")),
+        }
+    }
+    if plan.outputs.iter().any(|&o| o >= plan.nodes.len()) {
+        return Err("output out of range".into());
+    }
+    Ok(plan)
+}
+
+fn check(t: &mut Toks) -> R<Check> {
+    let view = t.num()?;
+    let terminal = t.string()?;
+    let expected = t.string()?;
+    let ell = t.flag()?;
+    let n: usize = t.num()?;
+    let mut spec = Vec::with_capacity(n);
+    for _ in 0..n {
+        let w = t.word()?;
+        spec.push(match (w.as_bytes()[0], &w[1..]) {
+            (b'f', n) => DimSpec::Fixed(n.parse().map_err(|_| format!("bad dim `{w}`"))?),
+            (b's', n) => DimSpec::Sym(n.parse().map_err(|_| format!("bad dim `{w}`"))?),
+            (b'a', _) => DimSpec::Any,
+            _ => return Err(format!("bad dim spec `{w}`")),
+        });
+    }
+    Ok(Check {
+        view,
+        terminal,
+        expected,
+        spec,
+        ell,
+    })
+}
+
+fn dtype(w: &str) -> R<DType> {
+    Ok(match w {
+        "f32" => DType::F32,
+        "f64" => DType::F64,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        "i32" => DType::I32,
+        "i64" => DType::I64,
+        "bool" => DType::Bool,
+        _ => return Err(format!("unknown dtype `{w}`")),
+    })
+}
+
+fn st(w: &str) -> R<St> {
+    Ok(match dtype(w)? {
+        DType::F32 => St::F32,
+        DType::F64 => St::F64,
+        DType::F16 => St::F16,
+        DType::BF16 => St::BF16,
+        DType::I32 => St::I32,
+        DType::I64 => St::I64,
+        DType::Bool => St::Bool,
+    })
+}
+
+fn dom(w: &str) -> R<Dom> {
+    Ok(match w {
+        "f32" => Dom::F32,
+        "f64" => Dom::F64,
+        "i32" => Dom::I32,
+        "i64" => Dom::I64,
+        "bool" => Dom::Bool,
+        _ => return Err(format!("unknown domain `{w}`")),
+    })
+}
+
+fn lit(w: &str) -> R<Lit> {
+    let bad = || format!("bad literal `{w}`");
+    let (k, v) = w.split_once(':').ok_or_else(bad)?;
+    Ok(match k {
+        "f" => Lit::F32(f32::from_bits(
+            u32::from_str_radix(v, 16).map_err(|_| bad())?,
+        )),
+        "d" => Lit::F64(f64::from_bits(
+            u64::from_str_radix(v, 16).map_err(|_| bad())?,
+        )),
+        "i" => Lit::I32(v.parse().map_err(|_| bad())?),
+        "l" => Lit::I64(v.parse().map_err(|_| bad())?),
+        "b" => Lit::Bool(v == "1"),
+        _ => return Err(bad()),
+    })
+}
+
+fn f64_lit(t: &mut Toks) -> R<f64> {
+    match lit(t.word()?)? {
+        Lit::F64(v) => Ok(v),
+        _ => Err("f64 literal expected".into()),
+    }
+}
+
+fn dim(t: &mut Toks) -> R<DimE> {
+    let w = t.word()?;
+    let bad = || format!("bad dim `{w}`");
+    let num = |s: &str| s.parse::<usize>().map_err(|_| bad());
+    if let Some(v) = w.strip_prefix("in") {
+        let (a, b) = v.split_once(':').ok_or_else(bad)?;
+        return Ok(DimE::In {
+            view: num(a)?,
+            axis: num(b)?,
+            back: false,
+        });
+    }
+    if let Some(v) = w.strip_prefix("ib") {
+        let (a, b) = v.split_once(':').ok_or_else(bad)?;
+        return Ok(DimE::In {
+            view: num(a)?,
+            axis: num(b)?,
+            back: true,
+        });
+    }
+    if let Some(v) = w.strip_prefix('k') {
+        return Ok(DimE::K(num(v)?));
+    }
+    if let Some(v) = w.strip_prefix('y') {
+        return Ok(DimE::Sym(num(v)?));
+    }
+    if let Some(v) = w.strip_prefix('p') {
+        let (c, n) = v.split_once(':').ok_or_else(bad)?;
+        let (c, n) = (num(c)?, num(n)?);
+        let ds = (0..n).map(|_| dim(t)).collect::<R<_>>()?;
+        return Ok(DimE::Prod(c, ds));
+    }
+    Err(bad())
+}
+
+fn slice_args(t: &mut Toks) -> R<Vec<SliceArg>> {
+    let n: usize = t.num()?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let w = t.word()?;
+        let bad = || format!("bad slice `{w}`");
+        let opt = |s: &str| -> R<Option<isize>> {
+            if s == "_" {
+                Ok(None)
+            } else {
+                s.parse().map(Some).map_err(|_| bad())
+            }
+        };
+        v.push(match w.as_bytes()[0] {
+            b'N' => SliceArg::NewAxis,
+            b'I' => SliceArg::Index(w[1..].parse().map_err(|_| bad())?),
+            b'R' => {
+                let mut p = w[1..].split(':');
+                let (a, b, c) = (p.next(), p.next(), p.next());
+                let (Some(a), Some(b), Some(c)) = (a, b, c) else {
+                    return Err(bad());
+                };
+                SliceArg::Range {
+                    start: opt(a)?,
+                    end: opt(b)?,
+                    step: c.parse().map_err(|_| bad())?,
+                }
+            }
+            _ => return Err(bad()),
+        });
+    }
+    Ok(v)
+}
+
+fn ew_op(w: &str) -> R<EwOp> {
+    use EwOp::*;
+    Ok(match w {
+        "add" => Add,
+        "sub" => Sub,
+        "mul" => Mul,
+        "div" => Div,
+        "floor_div" => FloorDiv,
+        "rem" => Rem,
+        "pow" => Pow,
+        "minimum" => Minimum,
+        "maximum" => Maximum,
+        "eq" => Eq,
+        "ne" => Ne,
+        "lt" => Lt,
+        "le" => Le,
+        "gt" => Gt,
+        "ge" => Ge,
+        "and" => And,
+        "or" => Or,
+        "xor" => Xor,
+        "not" => Not,
+        "neg" => Neg,
+        "abs" => Abs,
+        "exp" => Exp,
+        "log" => Log,
+        "sqrt" => Sqrt,
+        "sin" => Sin,
+        "cos" => Cos,
+        "tanh" => Tanh,
+        "erf" => Erf,
+        "square" => Square,
+        "sign" => Sign,
+        "relu" => Relu,
+        "sigmoid" => Sigmoid,
+        "softplus" => Softplus,
+        "gelu" => Gelu,
+        "gelu_tanh" => GeluTanh,
+        "leaky_relu" => LeakyRelu,
+        "clamp" => Clamp,
+        "robust_sqrt" => RobustSqrt,
+        "robust_log" => RobustLog,
+        "stable_reciprocal" => StableReciprocal,
+        "robust_power" => RobustPower,
+        "where" => Where,
+        _ => return Err(format!("unknown elementwise op `{w}`")),
+    })
+}
+
+fn prog(t: &mut Toks) -> R<Prog> {
+    let n: usize = t.num()?;
+    let mut b = Builder::default();
+    let mut regs: Vec<Reg> = Vec::with_capacity(n);
+    let get = |regs: &Vec<Reg>, k: usize| regs.get(k).copied().ok_or("register used before set");
+    for _ in 0..n {
+        let r = match t.word()? {
+            "L" => {
+                let arg = t.num()?;
+                b.load(arg, st(t.word()?)?)
+            }
+            "K" => b.lit(lit(t.word()?)?),
+            "V" => {
+                let src = get(&regs, t.num()?)?;
+                b.conv(src, dom(t.word()?)?)
+            }
+            "P" => {
+                let op = ew_op(t.word()?)?;
+                let d = dom(t.word()?)?;
+                let k: usize = t.num()?;
+                let args = (0..k)
+                    .map(|_| {
+                        t.num::<usize>()
+                            .and_then(|i| get(&regs, i).map_err(String::from))
+                    })
+                    .collect::<R<Vec<Reg>>>()?;
+                let imm = [lit(t.word()?)?, lit(t.word()?)?];
+                b.op(op, d, &args, imm)
+            }
+            w => return Err(format!("unknown instruction `{w}`")),
+        };
+        regs.push(r);
+    }
+    let out = get(&regs, t.num()?)?;
+    Ok(b.finish(out))
+}
+
+fn step(t: &mut Toks) -> R<Step> {
+    let dt = dtype(t.word()?)?;
+    let h = t.word()?;
+    let home = match (h.as_bytes()[0], &h[1..]) {
+        (b'v', _) => Home::View,
+        (b'o', _) => Home::Owned,
+        (b's', k) => Home::Slot(k.parse().map_err(|_| format!("bad home `{h}`"))?),
+        (b'i', k) => Home::InPlace(k.parse().map_err(|_| format!("bad home `{h}`"))?),
+        _ => return Err(format!("bad home `{h}`")),
+    };
+    let op = match t.word()? {
+        "view" => POp::View(t.num()?),
+        "alias" => POp::Alias,
+        "const" => POp::Const(lit(t.word()?)?),
+        "fused" => POp::Fused(t.string()?, prog(t)?),
+        "fmm" => {
+            let (ta, tb) = (t.flag()?, t.flag()?);
+            POp::FusedMatmul {
+                ta,
+                tb,
+                prog: prog(t)?,
+            }
+        }
+        "mm" => POp::Matmul {
+            ta: t.flag()?,
+            tb: t.flag()?,
+        },
+        "transpose" => POp::Transpose(t.list()?),
+        "reshape" => {
+            let n: usize = t.num()?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                t.skip_ws();
+                if t.src[t.pos..].starts_with('?') {
+                    t.word()?;
+                    v.push(None);
+                } else {
+                    v.push(Some(dim(t)?));
+                }
+            }
+            POp::Reshape(v)
+        }
+        "flatten" => POp::Flatten(t.num()?, t.num()?),
+        "concat" => POp::Concat(t.num()?),
+        "slice" => POp::Slice(slice_args(t)?),
+        "gather" => POp::Gather(t.num()?),
+        "take_along" => POp::TakeAlong,
+        "reduce" => {
+            let kind = match t.word()? {
+                "sum" => RKind::Sum,
+                "mean" => RKind::Mean,
+                "max" => RKind::Max,
+                "min" => RKind::Min,
+                "prod" => RKind::Prod,
+                w => return Err(format!("unknown reduction `{w}`")),
+            };
+            POp::Reduce(kind, t.list()?, t.flag()?)
+        }
+        "variance" => POp::Variance(t.list()?, t.flag()?, f64_lit(t)?),
+        "argreduce" => POp::ArgReduce {
+            max: t.flag()?,
+            axis: t.num()?,
+            keep: t.flag()?,
+        },
+        "softmax" => POp::Softmax(t.num()?),
+        "log_softmax" => POp::LogSoftmax(t.num()?),
+        "unsqueeze" => POp::Unsqueeze(t.list()?),
+        "broadcast_like" => POp::BroadcastLike,
+        "reshape_like" => POp::ReshapeLike,
+        "sum_like" => POp::SumLike,
+        "size_ratio" => POp::SizeRatio,
+        "take_along_grad" => POp::TakeAlongGrad,
+        "gather_grad" => POp::GatherGrad(t.num()?),
+        "slice_grad" => POp::SliceGrad(slice_args(t)?),
+        "concat_part" => POp::ConcatPart(t.num()?, t.num()?),
+        "tril" => POp::Tril(t.num()?),
+        "triu" => POp::Triu(t.num()?),
+        "full_like" => POp::FullLike(f64_lit(t)?),
+        "stack" => POp::Stack(t.num()?),
+        "cholesky" => POp::Cholesky,
+        "eigvalsh" => POp::Eigvalsh,
+        "eigh_vectors" => POp::EighVectors,
+        "solve_tri" => POp::SolveTriangular {
+            upper: t.flag()?,
+            left: t.flag()?,
+            trans: t.flag()?,
+        },
+        "arange" => POp::Arange {
+            start: f64_lit(t)?,
+            step: f64_lit(t)?,
+            len: dim(t)?,
+        },
+        w => return Err(format!("unknown op `{w}`")),
+    };
+    let args = t.list()?;
+    let what = t.string()?;
+    Ok(Step {
+        dt,
+        home,
+        op,
+        args,
+        what,
+    })
+}
