@@ -75,7 +75,7 @@ enum Pat<'a, T> {
     },
 }
 
-pub(crate) struct Feed<'a, T> {
+struct Feed<'a, T> {
     pat: Pat<'a, T>,
     buf: [MaybeUninit<T>; CH],
     /// `buf[..cached_len]` holds what `cached_key` describes (see `get`)
@@ -85,7 +85,7 @@ pub(crate) struct Feed<'a, T> {
 
 impl<'a, T: Copy> Feed<'a, T> {
     #[inline(always)]
-    pub(crate) fn new(src: Src<'a, T>, n: usize) -> Self {
+    fn new(src: Src<'a, T>, n: usize) -> Self {
         let tile = |data: &'a [T], inner: usize, rep: usize| -> Pat<'a, T> {
             debug_assert!(!data.is_empty() && inner >= 1 && rep >= 1);
             debug_assert!(
@@ -140,19 +140,19 @@ impl<'a, T: Copy> Feed<'a, T> {
         }
     }
 
-    pub(crate) fn is_full(&self) -> bool {
+    fn is_full(&self) -> bool {
         matches!(self.pat, Pat::Full(_))
     }
 
     /// Length of the runs this source is made of, if it is a tile pattern (for chunk alignment).
-    pub(crate) fn run_len(&self) -> Option<usize> {
+    fn run_len(&self) -> Option<usize> {
         match self.pat {
             Pat::Tile { inner, rep, .. } => Some(if inner == 1 { rep } else { inner }),
             _ => None,
         }
     }
 
-    pub(crate) fn period(&self) -> usize {
+    fn period(&self) -> usize {
         match self.pat {
             Pat::Tile {
                 inner, rep, blocks, ..
@@ -164,7 +164,7 @@ impl<'a, T: Copy> Feed<'a, T> {
     /// The source's elements for flat indices `start .. start + len` (`len <= CH` unless the
     /// source is full).
     #[inline(always)]
-    pub(crate) fn get(&mut self, start: usize, len: usize) -> &[T] {
+    fn get(&mut self, start: usize, len: usize) -> &[T] {
         match self.pat {
             Pat::Full(x) => &x[start..start + len],
             Pat::Const(v) => {
@@ -248,14 +248,14 @@ impl<'a, T: Copy> Feed<'a, T> {
 /// Chunking: full-range when every source is full; else chunks of at most `CH`, cut at multiples
 /// of the shortest run length when that is long enough to matter, or of a multiple of a short row
 /// period (so a short row's tiled buffer is reused by every chunk).
-pub(crate) struct Plan {
+struct Plan {
     all_full: bool,
     align: usize,
     chunk: usize,
 }
 
 impl Plan {
-    pub(crate) fn new(runs: &[Option<usize>], periods: &[usize], all_full: bool) -> Plan {
+    fn new(runs: &[Option<usize>], periods: &[usize], all_full: bool) -> Plan {
         let min_run = runs.iter().flatten().copied().min();
         let min_period = periods.iter().copied().min().unwrap_or(usize::MAX);
         match min_run {
@@ -278,7 +278,7 @@ impl Plan {
     }
 
     #[inline(always)]
-    pub(crate) fn next_len(&self, start: usize, n: usize) -> usize {
+    fn next_len(&self, start: usize, n: usize) -> usize {
         if self.all_full {
             return n - start;
         }

@@ -14,12 +14,11 @@
 //! only when stored, `f32` uses the `vmath` functions, `f64` `libm`'s; results are bitwise those
 //! of the same expression written as one closure.
 
-use crate::ew::{Feed, Plan, Src, CH};
+use crate::ew::{Src, CH};
 use crate::isa::{self, Isa};
 use crate::scalar::{self as s, Num, Real};
 use crate::vmath;
 use half::{bf16, f16};
-use smallvec::SmallVec;
 use std::cell::RefCell;
 
 /// A compute domain: the type values of a program are held in.
@@ -376,33 +375,6 @@ impl Mode {
     }
 }
 
-enum Feeds<'a> {
-    F32(Feed<'a, f32>),
-    F64(Feed<'a, f64>),
-    F16(Feed<'a, f16>),
-    BF16(Feed<'a, bf16>),
-    I32(Feed<'a, i32>),
-    I64(Feed<'a, i64>),
-    Bool(Feed<'a, bool>),
-    /// operand 0 of an in-place or epilogue program: read from the output
-    Out,
-}
-
-macro_rules! each_feed {
-    ($f:expr, $x:ident => $e:expr, $out:expr) => {
-        match $f {
-            Feeds::F32($x) => $e,
-            Feeds::F64($x) => $e,
-            Feeds::F16($x) => $e,
-            Feeds::BF16($x) => $e,
-            Feeds::I32($x) => $e,
-            Feeds::I64($x) => $e,
-            Feeds::Bool($x) => $e,
-            Feeds::Out => $out,
-        }
-    };
-}
-
 /// Register banks (thread-local scratch, grown on demand).
 #[derive(Default)]
 struct Banks {
@@ -630,40 +602,10 @@ unsafe fn run_avx2(prog: &Prog, args: &[Arg<'_>], out: Out<'_>, mode: Mode, b: &
 #[inline(always)]
 fn run_generic(prog: &Prog, args: &[Arg<'_>], mut out: Out<'_>, mode: Mode, b: &mut Banks) {
     let n = out.len();
-    if n == 0 {
-        return;
-    }
-    let mut feeds: SmallVec<[Feeds<'_>; 6]> = args
-        .iter()
-        .enumerate()
-        .map(|(k, a)| {
-            if Some(k) == mode.out_operand() {
-                return Feeds::Out;
-            }
-            match *a {
-                Arg::F32(s) => Feeds::F32(Feed::new(s, n)),
-                Arg::F64(s) => Feeds::F64(Feed::new(s, n)),
-                Arg::F16(s) => Feeds::F16(Feed::new(s, n)),
-                Arg::BF16(s) => Feeds::BF16(Feed::new(s, n)),
-                Arg::I32(s) => Feeds::I32(Feed::new(s, n)),
-                Arg::I64(s) => Feeds::I64(Feed::new(s, n)),
-                Arg::Bool(s) => Feeds::Bool(Feed::new(s, n)),
-            }
-        })
-        .collect();
-    let runs: SmallVec<[Option<usize>; 6]> = feeds
-        .iter()
-        .map(|f| each_feed!(f, x => x.run_len(), None))
-        .collect();
-    let periods: SmallVec<[usize; 6]> = feeds
-        .iter()
-        .map(|f| each_feed!(f, x => x.period(), usize::MAX))
-        .collect();
-    let plan = Plan::new(&runs, &periods, false);
     let mut start = 0;
     while start < n {
-        let len = plan.next_len(start, n).min(CH);
-        chunk(prog, &mut feeds, &mut out, mode, b, start, len);
+        let len = CH.min(n - start);
+        chunk(prog, args, &mut out, mode, b, start, len);
         start += len;
     }
 }
@@ -707,7 +649,7 @@ macro_rules! wr {
 #[inline(always)]
 fn chunk(
     prog: &Prog,
-    feeds: &mut [Feeds<'_>],
+    args: &[Arg<'_>],
     out: &mut Out<'_>,
     mode: Mode,
     b: &mut Banks,
@@ -716,7 +658,13 @@ fn chunk(
 ) {
     for i in &prog.ins {
         match i {
-            Ins::Load { arg, dst } => load(&mut feeds[*arg], out, mode, b, *dst, start, n),
+            Ins::Load { arg, dst } => {
+                if Some(*arg) == mode.out_operand() {
+                    load_out(out, mode, b, *dst, start, n)
+                } else {
+                    load(&args[*arg], b, *dst, start, n)
+                }
+            }
             Ins::Lit { lit, dst } => match *lit {
                 Lit::F32(v) => wr!(b, dst, n, f32).fill(v),
                 Lit::F64(v) => wr!(b, dst, n, f64).fill(v),
@@ -744,42 +692,85 @@ fn widen<T: Copy, U: Copy>(src: &[T], dst: &mut [U], f: impl Fn(T) -> U) {
     }
 }
 
+/// `dst[k] = f(element start + k of src)` for `k < n`, straight from the broadcast pattern.
 #[inline(always)]
-fn load(
-    feed: &mut Feeds<'_>,
-    out: &Out<'_>,
-    mode: Mode,
-    b: &mut Banks,
-    dst: Reg,
+fn fill<T: Copy, U: Copy>(
+    src: &Src<'_, T>,
     start: usize,
     n: usize,
+    dst: &mut [U],
+    f: impl Fn(T) -> U,
 ) {
-    match feed {
-        Feeds::F32(f) => wr!(b, dst, n, f32).copy_from_slice(f.get(start, n)),
-        Feeds::F64(f) => wr!(b, dst, n, f64).copy_from_slice(f.get(start, n)),
-        Feeds::F16(f) => widen(f.get(start, n), wr!(b, dst, n, f32), |x| x.to_f32()),
-        Feeds::BF16(f) => widen(f.get(start, n), wr!(b, dst, n, f32), |x| x.to_f32()),
-        Feeds::I32(f) => wr!(b, dst, n, i32).copy_from_slice(f.get(start, n)),
-        Feeds::I64(f) => wr!(b, dst, n, i64).copy_from_slice(f.get(start, n)),
-        Feeds::Bool(f) => wr!(b, dst, n, bool).copy_from_slice(f.get(start, n)),
-        Feeds::Out => {
-            let r = start..start + n;
-            match (out, mode) {
-                (Out::F32(o), Mode::Epilogue(St::F16)) => {
-                    widen(&o[r], wr!(b, dst, n, f32), |x| f16::from_f32(x).to_f32())
-                }
-                (Out::F32(o), Mode::Epilogue(St::BF16)) => {
-                    widen(&o[r], wr!(b, dst, n, f32), |x| bf16::from_f32(x).to_f32())
-                }
-                (Out::F32(o), _) => wr!(b, dst, n, f32).copy_from_slice(&o[r]),
-                (Out::F64(o), _) => wr!(b, dst, n, f64).copy_from_slice(&o[r]),
-                (Out::F16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x| x.to_f32()),
-                (Out::BF16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x| x.to_f32()),
-                (Out::I32(o), _) => wr!(b, dst, n, i32).copy_from_slice(&o[r]),
-                (Out::I64(o), _) => wr!(b, dst, n, i64).copy_from_slice(&o[r]),
-                (Out::Bool(o), _) => wr!(b, dst, n, bool).copy_from_slice(&o[r]),
+    let dst = &mut dst[..n];
+    let (data, inner, rep) = match *src {
+        Src::Full(x) => {
+            for (d, s) in dst.iter_mut().zip(&x[start..start + n]) {
+                *d = f(*s);
+            }
+            return;
+        }
+        Src::Scalar(v) => {
+            dst.fill(f(v));
+            return;
+        }
+        Src::Row(r) => (r, r.len(), 1),
+        Src::Col(c, inner) => (c, 1, inner),
+        Src::Tile { data, inner, rep } => (data, inner, rep),
+    };
+    let (inner, rep) = (inner.max(1), rep.max(1));
+    let blocks = (data.len() / inner).max(1);
+    let (mut i, mut k) = (start, 0);
+    while k < n {
+        let q = i / inner;
+        let off = i - q * inner;
+        let blk = (q / rep) % blocks;
+        let run;
+        if inner == 1 {
+            run = (rep - q % rep).min(n - k);
+            dst[k..k + run].fill(f(data[blk]));
+        } else {
+            run = (inner - off).min(n - k);
+            let s = &data[blk * inner + off..blk * inner + off + run];
+            for (d, s) in dst[k..k + run].iter_mut().zip(s) {
+                *d = f(*s);
             }
         }
+        k += run;
+        i += run;
+    }
+}
+
+#[inline(always)]
+fn load(arg: &Arg<'_>, b: &mut Banks, dst: Reg, start: usize, n: usize) {
+    match arg {
+        Arg::F32(s) => fill(s, start, n, wr!(b, dst, n, f32), |x| x),
+        Arg::F64(s) => fill(s, start, n, wr!(b, dst, n, f64), |x| x),
+        Arg::F16(s) => fill(s, start, n, wr!(b, dst, n, f32), |x| x.to_f32()),
+        Arg::BF16(s) => fill(s, start, n, wr!(b, dst, n, f32), |x| x.to_f32()),
+        Arg::I32(s) => fill(s, start, n, wr!(b, dst, n, i32), |x| x),
+        Arg::I64(s) => fill(s, start, n, wr!(b, dst, n, i64), |x| x),
+        Arg::Bool(s) => fill(s, start, n, wr!(b, dst, n, bool), |x| x),
+    }
+}
+
+/// Operand `k` of an in-place or epilogue program: the output buffer's current contents.
+#[inline(always)]
+fn load_out(out: &Out<'_>, mode: Mode, b: &mut Banks, dst: Reg, start: usize, n: usize) {
+    let r = start..start + n;
+    match (out, mode) {
+        (Out::F32(o), Mode::Epilogue(St::F16)) => {
+            widen(&o[r], wr!(b, dst, n, f32), |x| f16::from_f32(x).to_f32())
+        }
+        (Out::F32(o), Mode::Epilogue(St::BF16)) => {
+            widen(&o[r], wr!(b, dst, n, f32), |x| bf16::from_f32(x).to_f32())
+        }
+        (Out::F32(o), _) => wr!(b, dst, n, f32).copy_from_slice(&o[r]),
+        (Out::F64(o), _) => wr!(b, dst, n, f64).copy_from_slice(&o[r]),
+        (Out::F16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x| x.to_f32()),
+        (Out::BF16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x| x.to_f32()),
+        (Out::I32(o), _) => wr!(b, dst, n, i32).copy_from_slice(&o[r]),
+        (Out::I64(o), _) => wr!(b, dst, n, i64).copy_from_slice(&o[r]),
+        (Out::Bool(o), _) => wr!(b, dst, n, bool).copy_from_slice(&o[r]),
     }
 }
 
@@ -1165,6 +1156,39 @@ mod tests {
         .unwrap();
         let r = |v: f32| bf16::from_f32(v).to_f32();
         assert_eq!(acc, vec![r(r(1.0039) + 0.5), r(2.5), r(3.5)]);
+    }
+
+    #[test]
+    fn broadcast_patterns_read_like_their_definition() {
+        // out[i] = a[i] + c[i]: a a `Tile`, c a `Col`, over 1000 elements (several chunks)
+        let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let col: Vec<f32> = (0..7).map(|i| 100.0 * i as f32).collect();
+        let (inner, rep) = (3usize, 5usize);
+        let mut b = Builder::default();
+        let x = b.load(0, St::F32);
+        let y = b.load(1, St::F32);
+        let s = b.op(EwOp::Add, Dom::F32, &[x, y], [Lit::F32(0.0); 2]);
+        let prog = b.finish(s);
+        let mut out = vec![0f32; 1000];
+        run(
+            &prog,
+            &[
+                Arg::F32(Src::Tile {
+                    data: &data,
+                    inner,
+                    rep,
+                }),
+                Arg::F32(Src::Col(&col, 9)),
+            ],
+            Out::F32(&mut out),
+            Mode::Plain,
+        )
+        .unwrap();
+        for (i, o) in out.iter().enumerate() {
+            let t = data[((i / (inner * rep)) * inner + i % inner) % data.len()];
+            let c = col[(i / 9) % col.len()];
+            assert_eq!(*o, t + c, "element {i}");
+        }
     }
 
     #[test]
