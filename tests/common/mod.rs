@@ -1,9 +1,12 @@
-//! Helpers shared by the CUDA test files (`tests/cuda.rs`, `tests/cuda_backend.rs`,
-//! `tests/multi_backend.rs`), each of which includes this module with `#[macro_use] mod common;`.
+//! Helpers shared by the modules of the test suite (`tests/suite/main.rs` includes this module
+//! once, with `#[macro_use]`): NVRTC and GPU detection for the CUDA tests (`cuda`,
+//! `cuda_backend`, `multi_backend`) and, in [`fd`], the central-difference gradient harness.
 //! Lines starting with `SKIPPED` go to the real stderr, so `cargo test` shows what did not run.
 
-// Each test crate uses a different subset.
+// Not every helper is used by every build of the suite.
 #![allow(dead_code, unused_macros)]
+
+pub mod fd;
 
 use mithril::rt::cuda;
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! The examples run as part of the test suite, and their models are checked against an
 //! independent `ndarray` computation.
 
-#[path = "../examples/mlp.rs"]
+#[path = "../../examples/mlp.rs"]
 mod mlp_example;
 
 use mithril::prelude::*;

@@ -5,13 +5,13 @@
 //! and its gradients against f64 central differences.
 //!
 //! Gradient tolerance: step `h = 1e-6`, error `|fd - grad| / (1 + max(|fd|, |grad|))` below
-//! `1e-6` (as tests/gradcheck.rs). Points are chosen away from kinks (`abs` at 0, the folds of
-//! `norm_modifier`, the robust thresholds).
+//! `1e-6` (the harness of `tests/common/fd.rs`, as in `gradcheck`). Points are chosen away from
+//! kinks (`abs` at 0, the folds of `norm_modifier`, the robust thresholds).
 #![allow(clippy::needless_range_loop)]
 
+use crate::common::fd::{dot, get, gradcheck, pat, set_vals, wave};
 use mithril::prelude::*;
-use mithril::rt::{TensorView, TensorViewMut};
-use ndarray::{Array, Array2, ArrayBase, Data, Dimension};
+use ndarray::Array2;
 use std::marker::PhantomData;
 
 mithril! {
@@ -165,114 +165,7 @@ mithril! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// the finite-difference harness (the pattern of tests/gradcheck.rs)
-
-/// Every float leaf of a tree, in visiting order, as f64.
-fn leaves<P: ParamTree>(p: &P) -> Vec<(String, Vec<f64>)> {
-    let mut out = Vec::new();
-    p.visit(&mut |n, t| {
-        let vals: Vec<f64> = match t {
-            TensorView::F64(a) => a.iter().copied().collect(),
-            TensorView::F32(a) => a.iter().map(|&v| v as f64).collect(),
-            other => panic!("{n}: not an f32/f64 leaf {other:?}"),
-        };
-        out.push((n.to_string(), vals));
-    });
-    out
-}
-
-/// Sets element `i` (row-major) of leaf `name` to `f(old)`.
-fn update<P: ParamTree>(p: &mut P, name: &str, i: usize, f: &dyn Fn(f64) -> f64) {
-    let mut hit = false;
-    p.visit_mut(&mut |n, t| {
-        if n == name {
-            hit = true;
-            match t {
-                TensorViewMut::F64(mut a) => {
-                    let v = a.iter_mut().nth(i).unwrap();
-                    *v = f(*v);
-                }
-                _ => panic!("{name}: not an f64 leaf"),
-            }
-        }
-        Ok(())
-    })
-    .unwrap();
-    assert!(hit, "no leaf {name}");
-}
-
-/// Sets every element of leaf `name` to `vals[i]`.
-fn set<P: ParamTree>(p: &mut P, name: &str, vals: &[f64]) {
-    let n = leaves(p)
-        .into_iter()
-        .find(|l| l.0 == name)
-        .expect(name)
-        .1
-        .len();
-    assert_eq!(n, vals.len(), "{name}: {n} elements");
-    for (i, &v) in vals.iter().enumerate() {
-        update(p, name, i, &|_| v);
-    }
-}
-
-/// The value of leaf `name`, row-major.
-fn get<P: ParamTree>(p: &P, name: &str) -> Vec<f64> {
-    leaves(p).into_iter().find(|l| l.0 == name).expect(name).1
-}
-
-/// A deterministic irregular pattern in about [-1, 1].
-fn wave(i: usize, salt: f64) -> f64 {
-    ((i as f64) * 1.618 + salt).sin() * 0.9 + 0.05 * (i as f64 * 0.37 + salt).cos()
-}
-
-fn pat<D: Dimension>(dim: D, salt: f64) -> Array<f64, D> {
-    let n = dim.size();
-    Array::from_shape_vec(dim, (0..n).map(|i| wave(i, salt)).collect()).unwrap()
-}
-
-fn dot<S1: Data<Elem = f64>, S2: Data<Elem = f64>, D: Dimension>(
-    a: &ArrayBase<S1, D>,
-    b: &ArrayBase<S2, D>,
-) -> f64 {
-    assert_eq!(a.shape(), b.shape(), "output and seed shapes differ");
-    a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
-}
-
-/// Checks `grads` against central differences of `loss` at `p`, every element of every leaf;
-/// returns the number of elements checked.
-fn gradcheck<P: ParamTree + Clone, G: ParamTree>(
-    what: &str,
-    p: &P,
-    grads: &G,
-    loss: impl Fn(&P) -> f64,
-) -> usize {
-    let pl = leaves(p);
-    let gl = leaves(grads);
-    assert_eq!(
-        pl.iter().map(|l| &l.0).collect::<Vec<_>>(),
-        gl.iter().map(|l| &l.0).collect::<Vec<_>>()
-    );
-    let h = 1e-6;
-    let mut checked = 0;
-    for ((name, vals), (_, g)) in pl.iter().zip(gl.iter()) {
-        for i in 0..vals.len() {
-            let mut plus = p.clone();
-            update(&mut plus, name, i, &|v| v + h);
-            let mut minus = p.clone();
-            update(&mut minus, name, i, &|v| v - h);
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let an = g[i];
-            assert!(an.is_finite(), "{what}: {name}[{i}] gradient {an}");
-            let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
-            assert!(
-                err < 1e-6,
-                "{what}: {name}[{i}]: finite difference {fd} vs gradient {an} (error {err:e})"
-            );
-            checked += 1;
-        }
-    }
-    checked
-}
+// helpers (the finite-difference harness is `crate::common::fd`)
 
 fn close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
@@ -376,17 +269,17 @@ fn distance_matrix_values_and_gradients() -> mithril::Result<()> {
     let m = DistM::new()?;
     for norm in [3.0, 1.5, 2.0] {
         let mut p = m.randomize_params(0);
-        set(
+        set_vals(
             &mut p,
             "left",
             pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap(),
         );
-        set(
+        set_vals(
             &mut p,
             "right",
             pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap(),
         );
-        set(&mut p, "norm", &[norm]);
+        set_vals(&mut p, "norm", &[norm]);
         let out = m.evaluate(
             &p,
             DistMInputs {
@@ -435,7 +328,7 @@ fn norm_modifier_folds_into_one_to_five() -> mithril::Result<()> {
     let m = NormMod::new()?;
     let mut p = m.randomize_params(0);
     let xs = [1.5, 2.0, 4.7, 6.3, 11.2, -0.6];
-    set(&mut p, "x", &xs);
+    set_vals(&mut p, "x", &xs);
     let out = m.evaluate(
         &p,
         NormModInputs {
@@ -480,7 +373,7 @@ fn polynomial_features_values_and_gradients() -> mithril::Result<()> {
     // degree 2 over 3 columns: x1 x2 x3 x1² x1x2 x1x3 x2² x2x3 x3²
     let m = PolyFeat2::new()?;
     let mut p = m.randomize_params(0);
-    set(
+    set_vals(
         &mut p,
         "x",
         pat(ndarray::Ix2(3, 3), 0.9).as_slice().unwrap(),
@@ -531,7 +424,7 @@ fn polynomial_features_values_and_gradients() -> mithril::Result<()> {
 
     let m = PolyFeat3::new()?;
     let mut p = m.randomize_params(0);
-    set(
+    set_vals(
         &mut p,
         "x",
         pat(ndarray::Ix2(2, 2), 1.3).as_slice().unwrap(),
@@ -579,8 +472,8 @@ fn polynomial_features_values_and_gradients() -> mithril::Result<()> {
 fn quadratic_form_regularizer_values_and_gradients() -> mithril::Result<()> {
     let m = QuadForm::new()?;
     let mut p = m.randomize_params(0);
-    set(&mut p, "v", &[0.5, -1.0, 2.0]);
-    set(
+    set_vals(&mut p, "v", &[0.5, -1.0, 2.0]);
+    set_vals(
         &mut p,
         "kernel",
         &[2.0, 0.1, 0.0, 0.3, 1.0, -0.2, 0.0, 0.4, 3.0],
@@ -638,18 +531,18 @@ fn rbf_kernel_values_and_gradients() -> mithril::Result<()> {
         (get(&p, "k.l_scale"), get(&p, "k.sigma")),
         (vec![1.0], vec![1.0])
     );
-    set(
+    set_vals(
         &mut p,
         "a",
         pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap(),
     );
-    set(
+    set_vals(
         &mut p,
         "b",
         pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap(),
     );
-    set(&mut p, "k.l_scale", &[1.3]);
-    set(&mut p, "k.sigma", &[0.7]);
+    set_vals(&mut p, "k.l_scale", &[1.3]);
+    set_vals(&mut p, "k.sigma", &[0.7]);
     let out = m.evaluate(
         &p,
         RbfInputs {
@@ -702,18 +595,18 @@ fn polynomial_kernel_plain_values_and_gradients() -> mithril::Result<()> {
         (get(&p, "y.poly_coef"), get(&p, "y.degree")),
         (vec![1.0], vec![2.0])
     );
-    set(
+    set_vals(
         &mut p,
         "a",
         pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap(),
     );
-    set(
+    set_vals(
         &mut p,
         "b",
         pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap(),
     );
-    set(&mut p, "y.poly_coef", &[1.5]);
-    set(&mut p, "y.degree", &[3.0]);
+    set_vals(&mut p, "y.poly_coef", &[1.5]);
+    set_vals(&mut p, "y.degree", &[3.0]);
     let out = m.evaluate(
         &p,
         PolyKernelPlainInputs {
@@ -773,8 +666,8 @@ fn logistic_regression_and_linear_svm() -> mithril::Result<()> {
         p.names(),
         ["logistic_regression_0.weight", "logistic_regression_0.bias"]
     );
-    set(&mut p, "logistic_regression_0.weight", &[0.4, -0.3, 0.8]);
-    set(&mut p, "logistic_regression_0.bias", &[-0.1]);
+    set_vals(&mut p, "logistic_regression_0.weight", &[0.4, -0.3, 0.8]);
+    set_vals(&mut p, "logistic_regression_0.bias", &[-0.1]);
     let out = m.evaluate(&p, LogisticInputs { x: x.view() })?;
     assert_eq!(out.logits.shape(), &[4, 1]);
     for i in 0..4 {
@@ -796,8 +689,8 @@ fn logistic_regression_and_linear_svm() -> mithril::Result<()> {
     let m = Svm::new()?;
     let mut p = m.randomize_params(3);
     assert_eq!(p.names(), ["svm.weight", "svm.bias"]);
-    set(&mut p, "svm.weight", &[0.4, -0.3, 0.8]);
-    set(&mut p, "svm.bias", &[-0.1]);
+    set_vals(&mut p, "svm.weight", &[0.4, -0.3, 0.8]);
+    set_vals(&mut p, "svm.bias", &[-0.1]);
     let out = m.evaluate(&p, SvmInputs { x: x.view() })?;
     for i in 0..4 {
         let z = 0.4 * x[[i, 0]] - 0.3 * x[[i, 1]] + 0.8 * x[[i, 2]] - 0.1;
@@ -831,8 +724,8 @@ fn kernelized_svm_with_the_rbf_kernel() -> mithril::Result<()> {
         ]
     );
     assert_eq!(p.svm.weight.shape(), &[1, 4]);
-    set(&mut p, "svm.kernel_model.l_scale", &[0.9]);
-    set(&mut p, "svm.kernel_model.sigma", &[1.2]);
+    set_vals(&mut p, "svm.kernel_model.l_scale", &[0.9]);
+    set_vals(&mut p, "svm.kernel_model.sigma", &[1.2]);
     let x1 = pat(ndarray::Ix2(5, 2), 0.7);
     let x2 = pat(ndarray::Ix2(4, 2), 3.1);
     let inputs = KSvmInputs {
@@ -920,18 +813,18 @@ fn ref_mds_core(d: &[f64], pred: &[f64], norm: f64, exact: bool) -> f64 {
 fn encoder_distance_matrix_plain_values_and_gradients() -> mithril::Result<()> {
     let m = EdmPlain::new()?;
     let mut p = m.randomize_params(0);
-    set(
+    set_vals(
         &mut p,
         "a",
         pat(ndarray::Ix2(3, 2), 0.3).as_slice().unwrap(),
     );
-    set(
+    set_vals(
         &mut p,
         "b",
         pat(ndarray::Ix2(4, 2), 1.7).as_slice().unwrap(),
     );
     // the period is 8: norm_modifier(10.5) = 2.5
-    set(&mut p, "norm", &[10.5]);
+    set_vals(&mut p, "norm", &[10.5]);
     assert!((ref_norm_modifier(10.5) - 2.5).abs() < 1e-12);
     let out = m.evaluate(
         &p,
@@ -985,9 +878,9 @@ fn mds_core_plain_values_and_gradients() -> mithril::Result<()> {
     let mut p = m.randomize_params(0);
     let d: Vec<f64> = (0..9).map(|i| 1.0 + 0.5 * wave(i, 0.1)).collect();
     let pred: Vec<f64> = (0..9).map(|i| 1.2 + 0.6 * wave(i, 2.3)).collect();
-    set(&mut p, "d", &d);
-    set(&mut p, "pred", &pred);
-    set(&mut p, "norm", &[2.5]);
+    set_vals(&mut p, "d", &d);
+    set_vals(&mut p, "pred", &pred);
+    set_vals(&mut p, "norm", &[2.5]);
     let out = m.evaluate(
         &p,
         MdsCorePlainInputs {
@@ -1043,18 +936,18 @@ fn mds_core_plain_values_and_gradients() -> mithril::Result<()> {
 fn polynomial_kernel_robust_takes_the_absolute_base() -> mithril::Result<()> {
     let m = PolyKernelRobust::new()?;
     let mut p = m.randomize_params(0);
-    set(
+    set_vals(
         &mut p,
         "a",
         pat(ndarray::Ix2(3, 2), 0.1).as_slice().unwrap(),
     );
-    set(
+    set_vals(
         &mut p,
         "b",
         pat(ndarray::Ix2(4, 2), 2.2).as_slice().unwrap(),
     );
-    set(&mut p, "y.poly_coef", &[-0.1]);
-    set(&mut p, "y.degree", &[3.0]);
+    set_vals(&mut p, "y.poly_coef", &[-0.1]);
+    set_vals(&mut p, "y.degree", &[3.0]);
     let out = m.evaluate(
         &p,
         PolyKernelRobustInputs {
@@ -1107,7 +1000,7 @@ fn encoder_distance_matrix_robust_self_distances() -> mithril::Result<()> {
     // the diagonal is 0: `power(0, 1/m)` has an infinite slope, `robust_power` a finite one
     let m = EdmSelf::new()?;
     let mut p = m.randomize_params(0);
-    set(
+    set_vals(
         &mut p,
         "a",
         pat(ndarray::Ix2(4, 2), 0.8).as_slice().unwrap(),
@@ -1157,7 +1050,7 @@ fn mds_from_points_and_from_distances() -> mithril::Result<()> {
     let m = MdsPoints::new()?;
     let mut p = m.randomize_params(1);
     assert_eq!(p.names(), ["mds.coords"]);
-    set(
+    set_vals(
         &mut p,
         "mds.coords",
         pat(ndarray::Ix2(5, 2), 1.9).as_slice().unwrap(),
@@ -1186,7 +1079,7 @@ fn mds_from_points_and_from_distances() -> mithril::Result<()> {
     let d = dx.mapv(f64::sqrt);
     let m = MdsDistances::new()?;
     let mut p = m.randomize_params(1);
-    set(
+    set_vals(
         &mut p,
         "mds.coords",
         pat(ndarray::Ix2(5, 2), 1.9).as_slice().unwrap(),
@@ -1255,7 +1148,7 @@ fn tsne_core_values_and_gradients() -> mithril::Result<()> {
     let mut p = m.randomize_params(0);
     // non-negative squared distances; the diagonal does not matter (masked)
     let pred: Vec<f64> = (0..25).map(|i| 0.5 + 0.4 * wave(i, 1.1)).collect();
-    set(&mut p, "pred", &pred);
+    set_vals(&mut p, "pred", &pred);
     let pj = p_joint(5);
     let inputs = TsneCoreInputs { p_joint: pj.view() };
     let out = m.evaluate(&p, inputs)?;
@@ -1283,7 +1176,7 @@ fn tsne_from_points() -> mithril::Result<()> {
     let m = Tsne::new()?;
     let mut p = m.randomize_params(2);
     assert_eq!(p.names(), ["tsne.coords"]);
-    set(
+    set_vals(
         &mut p,
         "tsne.coords",
         pat(ndarray::Ix2(5, 2), 0.6).as_slice().unwrap(),
@@ -1359,15 +1252,15 @@ fn backward_t(l: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
 fn gauss_process_regression_core_values_and_gradients() -> mithril::Result<()> {
     let m = Gpr::new()?;
     let mut p = m.randomize_params(0);
-    set(&mut p, "pts", &[0.0, 0.1, 0.9, -0.4, -0.7, 0.8, 1.5, 1.2]);
-    set(
+    set_vals(&mut p, "pts", &[0.0, 0.1, 0.9, -0.4, -0.7, 0.8, 1.5, 1.2]);
+    set_vals(
         &mut p,
         "test_pts",
         &[0.2, 0.0, 1.0, -0.5, -0.5, 1.0, 1.4, 1.0],
     );
-    set(&mut p, "s", &[0.1]);
-    set(&mut p, "mu", &[0.1, -0.2, 0.05, 0.3]);
-    set(&mut p, "label", &[1.0, -0.5, 0.7, 2.0]);
+    set_vals(&mut p, "s", &[0.1]);
+    set_vals(&mut p, "mu", &[0.1, -0.2, 0.05, 0.3]);
+    set_vals(&mut p, "label", &[1.0, -0.5, 0.7, 2.0]);
     let out = m.evaluate(
         &p,
         GprInputs {
@@ -1474,7 +1367,7 @@ fn ref_perplexity(p: &[f64]) -> f64 {
 fn tsne_p_joint_reaches_the_target_perplexity() -> mithril::Result<()> {
     let m = PJoint::new()?;
     let mut p = m.randomize_params(0);
-    set(
+    set_vals(
         &mut p,
         "x",
         pat(ndarray::Ix2(6, 3), 0.45).as_slice().unwrap(),

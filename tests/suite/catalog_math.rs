@@ -4,7 +4,7 @@
 //! targets); ties of `maximum` / `minimum`.
 //!
 //! Gradients: f64 central differences (step 1e-6, error `|fd - g| / (1 + max(|fd|, |g|))` below
-//! 1e-6, as tests/gradcheck.rs) away from thresholds and kinks; hand-computed values at and
+//! 1e-6, as in `gradcheck`) away from thresholds and kinks; hand-computed values at and
 //! below the thresholds, at kinks and at the domain edges, where a finite difference says
 //! nothing (or straddles the special point).
 #![allow(clippy::needless_range_loop)]

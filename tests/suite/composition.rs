@@ -141,7 +141,7 @@ mod blocks {
 
 mod module_users {
     use super::*;
-    use crate::blocks::Block;
+    use crate::composition::blocks::Block;
 
     mithril! {
         pub model ViaUse {
@@ -152,8 +152,8 @@ mod module_users {
 
         pub model ViaPath {
             input x: f32[B, 3];
-            let blk = crate::blocks::Block(x);
-            let s = crate::blocks::PubScale(blk);
+            let blk = crate::composition::blocks::Block(x);
+            let s = crate::composition::blocks::PubScale(blk);
             output y = s;
         }
     }
@@ -210,7 +210,7 @@ mod far_users {
     mithril! {
         pub model UsesFar {
             input x: f32[B, 3];
-            let p = crate::far::FarProj(x);
+            let p = crate::composition::far::FarProj(x);
             output y = p - 1.0;
         }
     }
@@ -227,15 +227,18 @@ mod far_users {
 
     #[test]
     fn other_file_uses_this_file() {
-        let m = crate::far::back::FarUsesMain::new().unwrap();
+        let m = crate::composition::far::back::FarUsesMain::new().unwrap();
         let p = m.randomize_params(8);
         let x = x_of(2, 3);
         let out = m
-            .evaluate(&p, crate::far::back::FarUsesMainInputs { x: x.view() })
+            .evaluate(
+                &p,
+                crate::composition::far::back::FarUsesMainInputs { x: x.view() },
+            )
             .unwrap();
         let names = p.names();
         assert_eq!(names.len(), 1, "{names:?}");
-        let leaf = crate::chain::leaf::leaf_ref(&x, &p.leaf_0.w);
+        let leaf = crate::composition::chain::leaf::leaf_ref(&x, &p.leaf_0.w);
         close(&out.y, &(leaf * 3.0));
     }
 }
@@ -576,7 +579,8 @@ mod carried_hyper {
 // ------------------------------------------------------------------ more scoping forms
 
 mithril! {
-    /// A public model at the crate root, used as `crate::RootHalf(..)`.
+    /// A public model at the root of this module, used by its absolute path
+    /// `crate::composition::RootHalf(..)`.
     pub model RootHalf {
         input x: [N, D];
         output y = x * 0.5;
@@ -621,23 +625,23 @@ mod multi {
 
 mod scoping {
     use super::*;
-    use crate::blocks::Block as Blk;
-    use crate::multi::*;
+    use crate::composition::blocks::Block as Blk;
+    use crate::composition::multi::*;
 
     mithril! {
         pub model Forms {
             input x: f32[B, 3];
             input z: f32[B, 3];
             // the root model and both twins, by path
-            let r = crate::RootHalf(x);
-            let t = crate::twins_a::Twin(r) + super::twins_b::Twin(r);
+            let r = crate::composition::RootHalf(x);
+            let t = crate::composition::twins_a::Twin(r) + super::twins_b::Twin(r);
             // a glob import; a field of a multi-output model and named terminals
             let s = Split(b = z, a = t).diff;
             let (u, v) = Split(t, z);
             // the same model by an alias and by its path; one (foreign) instance called twice
             // shares its weights
             let blk = Blk(x);
-            let blk2 = crate::blocks::Block(z);
+            let blk2 = crate::composition::blocks::Block(z);
             let shared = mithril_testlib::layers::Project(units = 3);
             let s1 = shared(u);
             let s2 = shared(v);
@@ -649,7 +653,7 @@ mod scoping {
         /// A second model of the invocation fetching the same keys again.
         pub model Again {
             input x: f32[B, 3];
-            output y = Blk(crate::RootHalf(x));
+            output y = Blk(crate::composition::RootHalf(x));
         }
     }
 
@@ -731,12 +735,12 @@ mod diamond {
         mithril! {
             model Left {
                 input x: [N, D];
-                output y = crate::chain::leaf::Leaf(x) * 2.0;
+                output y = crate::composition::chain::leaf::Leaf(x) * 2.0;
             }
         }
     }
     mod right {
-        use crate::chain::leaf::Leaf;
+        use crate::composition::chain::leaf::Leaf;
         use mithril::prelude::*;
         mithril! {
             model Right {
@@ -758,7 +762,7 @@ mod diamond {
 
     #[test]
     fn diamond_dependency() {
-        use crate::chain::leaf::leaf_ref;
+        use crate::composition::chain::leaf::leaf_ref;
         let m = Diamond::new().unwrap();
         let p = m.randomize_params(21);
         assert_eq!(p.names(), ["l.leaf_0.w", "r.leaf_0.w"]);

@@ -9,9 +9,7 @@
 
 use mithril::rt::cuda::{self, kernels, CacheConfig, KernelCache, ModuleImage, Origin, Output};
 
-#[macro_use]
-mod common;
-use common::say;
+use crate::common::say;
 
 const ARCHS: &[&str] = &["sm_80", "sm_90"];
 

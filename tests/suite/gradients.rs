@@ -1,5 +1,7 @@
-//! Gradients from `evaluate_gradients` against central finite differences in f64.
+//! Gradients from `evaluate_gradients` against central finite differences in f64 (the harness
+//! of `tests/common/fd.rs`).
 
+use crate::common::fd::gradcheck;
 use mithril::prelude::*;
 use mithril::rt::{TensorView, TensorViewMut};
 use ndarray::{Array1, Array2};
@@ -38,52 +40,6 @@ mithril! {
     }
 }
 
-fn values<P: ParamTree>(p: &P) -> Vec<(String, Vec<f64>)> {
-    let mut out = Vec::new();
-    p.visit(&mut |n, t| {
-        if let TensorView::F64(a) = t {
-            out.push((n.to_string(), a.iter().copied().collect()));
-        }
-    });
-    out
-}
-
-fn perturb<P: ParamTree>(p: &mut P, name: &str, i: usize, d: f64) {
-    p.visit_mut(&mut |n, t| {
-        if n == name {
-            if let TensorViewMut::F64(mut a) = t {
-                if let Some(v) = a.iter_mut().nth(i) {
-                    *v += d;
-                }
-            }
-        }
-        Ok(())
-    })
-    .unwrap();
-}
-
-fn check<P: ParamTree + Clone, G: ParamTree>(p: &P, grads: &G, loss: &dyn Fn(&P) -> f64) {
-    let analytic = values(grads);
-    let names = values(p);
-    assert_eq!(analytic.len(), names.len());
-    let h = 1e-6;
-    for ((name, vals), (gname, gvals)) in names.iter().zip(&analytic) {
-        assert_eq!(name, gname);
-        for (i, &an) in gvals.iter().enumerate().take(vals.len()) {
-            let mut plus = p.clone();
-            perturb(&mut plus, name, i, h);
-            let mut minus = p.clone();
-            perturb(&mut minus, name, i, -h);
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
-            assert!(
-                err < 1e-6,
-                "{name}[{i}]: finite difference {fd} vs gradient {an} (rel err {err:e})"
-            );
-        }
-    }
-}
-
 #[test]
 fn mlp_gradients_match_finite_differences() {
     let m = Net::new().unwrap();
@@ -103,7 +59,7 @@ fn mlp_gradients_match_finite_differences() {
         .unwrap();
     let plain = m.evaluate(&params, NetInputs { x: x.view() }).unwrap();
     assert_eq!(out.y, plain.y);
-    check(&params, &grads, &loss);
+    gradcheck("Net", &params, &grads, &loss);
 }
 
 #[test]
@@ -125,7 +81,7 @@ fn elementwise_and_reduction_gradients_match_finite_differences() {
     let (_, grads) = m
         .evaluate_gradients(&params, ElementwiseInputs { x: x.view() }, seeds)
         .unwrap();
-    check(&params, &grads, &loss);
+    gradcheck("Elementwise", &params, &grads, &loss);
 }
 
 #[test]
@@ -223,5 +179,5 @@ fn embedding_cross_entropy_slice_concat_gradients_f64() {
             },
         )
         .unwrap();
-    check(&params, &grads, &loss);
+    gradcheck("ClassifierF64", &params, &grads, &loss);
 }

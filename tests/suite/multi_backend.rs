@@ -11,9 +11,7 @@ use mithril::prelude::*;
 use mithril::rt::cuda;
 use std::path::PathBuf;
 
-#[macro_use]
-mod common;
-use common::{gpu, say};
+use crate::common::{self, gpu, say};
 
 mithril! {
     /// An encoder block.

@@ -1,11 +1,11 @@
 //! The training examples run in the test suite (they return `Err` when they miss their
 //! targets: 95% held-out accuracy on the spirals, max error 0.05 on the sine).
 
-#[path = "../examples/train_mlp.rs"]
+#[path = "../../examples/train_mlp.rs"]
 #[allow(dead_code)]
 mod train_mlp;
 
-#[path = "../examples/sine_regression.rs"]
+#[path = "../../examples/sine_regression.rs"]
 #[allow(dead_code)]
 mod sine_regression;
 

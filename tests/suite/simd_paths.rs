@@ -470,7 +470,7 @@ fn runtime_maps_cover_every_broadcast_pattern() {
 }
 
 /// Timing of `x * sigmoid(x)` on [1024, 1024] f32 per path (release:
-/// `cargo test --release --test simd_paths -- --ignored --nocapture`).
+/// `cargo test --release --test suite simd_paths::time_silu -- --ignored --nocapture`).
 #[test]
 #[ignore]
 fn time_silu() {

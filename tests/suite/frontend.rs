@@ -4,6 +4,7 @@
 //! are computed here with plain loops; gradients against f64 central differences.
 #![allow(clippy::needless_range_loop)]
 
+use crate::common::fd::gradcheck;
 use mithril::ndarray::{Array2, ArrayD, IxDyn};
 use mithril::prelude::*;
 
@@ -40,45 +41,6 @@ fn linear(x: &Array2<f64>, w: &Array2<f64>, b: Option<&[f64]>) -> Array2<f64> {
     })
 }
 
-/// Central differences of `loss` against the analytic gradients, leaf by leaf.
-fn check_fd<P: ParamTree + Clone, G: ParamTree>(p: &P, grads: &G, loss: &dyn Fn(&P) -> f64) {
-    let mut analytic: Vec<(String, Vec<f64>)> = vec![];
-    grads.visit(&mut |n, t| {
-        let v = match t {
-            mithril::rt::TensorView::F64(a) => a.iter().copied().collect(),
-            _ => panic!("f64 grads expected"),
-        };
-        analytic.push((n.to_string(), v));
-    });
-    let mut count = 0;
-    p.visit(&mut |_, _| count += 1);
-    assert_eq!(analytic.len(), count, "one gradient per param");
-    let h = 1e-6;
-    for (name, an) in &analytic {
-        for (i, &an) in an.iter().enumerate() {
-            let shift = |d: f64| {
-                let mut q = p.clone();
-                q.visit_mut(&mut |n, t| {
-                    if n == name {
-                        if let mithril::rt::TensorViewMut::F64(mut a) = t {
-                            a.as_slice_memory_order_mut().unwrap()[i] += d;
-                        }
-                    }
-                    Ok(())
-                })
-                .unwrap();
-                loss(&q)
-            };
-            let fd = (shift(h) - shift(-h)) / (2.0 * h);
-            let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
-            assert!(
-                err < 1e-6,
-                "{name}[{i}]: finite difference {fd} vs gradient {an}"
-            );
-        }
-    }
-}
-
 #[test]
 fn sub_blocks_of_an_instance_are_shared_across_its_calls() {
     let m = Twice::new().unwrap();
@@ -109,7 +71,7 @@ fn sub_blocks_of_an_instance_are_shared_across_its_calls() {
         .unwrap();
     let loss =
         |q: &TwiceParams| (&m.evaluate(q, TwiceInputs { x: x.view() }).unwrap().y * &seed).sum();
-    check_fd(&p, &grads, &loss);
+    gradcheck("Twice", &p, &grads, &loss);
 }
 
 mithril! {
@@ -292,5 +254,5 @@ fn slice_bounds_over_symbolic_dims() {
         let o = m.evaluate(q, Conv1dInputs { x: x.view() }).unwrap();
         (&o.y * &sy).sum() + (&o.tail * &st).sum() + (&o.head * &sh).sum()
     };
-    check_fd(&p, &g, &loss);
+    gradcheck("Conv1d", &p, &g, &loss);
 }

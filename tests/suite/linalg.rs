@@ -1,8 +1,8 @@
 //! Linear algebra (`cholesky`, `eigvalsh`, `solve_triangular`), triangle masks (`tril`,
 //! `triu`), `stack` and `zeros_like` / `ones_like`: forward values against independent naive
 //! implementations written here, gradients against f64 central differences (step 1e-6, error
-//! `|fd - grad| / (1 + max(|fd|, |grad|))` below 1e-6, as in tests/gradcheck.rs), run-time
-//! errors on bad values.
+//! `|fd - grad| / (1 + max(|fd|, |grad|))` below 1e-6: the harness of `tests/common/fd.rs`),
+//! run-time errors on bad values.
 //!
 //! Symmetric inputs are built inside the models (`w wᵀ + c I`, `s + sᵀ`), so a finite
 //! difference on a param moves the matrix along a symmetric direction, where the symmetric
@@ -10,8 +10,8 @@
 // Masks are written as `j - i` against the `diagonal` attribute on purpose (`j >= i + 1`).
 #![allow(clippy::needless_range_loop, clippy::int_plus_one)]
 
+use crate::common::fd::{dot, gradcheck, leaves, pat, set, wave};
 use mithril::prelude::*;
-use mithril::rt::{TensorView, TensorViewMut};
 use ndarray::{Array, ArrayD, Dimension, Ix2, Ix3, IxDyn};
 use std::marker::PhantomData;
 
@@ -116,93 +116,6 @@ mithril! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// the finite-difference harness (as in tests/gradcheck.rs)
-
-fn leaves<P: ParamTree>(p: &P) -> Vec<(String, Vec<f64>)> {
-    let mut out = Vec::new();
-    p.visit(&mut |n, t| {
-        let vals: Vec<f64> = match t {
-            TensorView::F64(a) => a.iter().copied().collect(),
-            other => panic!("{n}: not an f64 leaf {other:?}"),
-        };
-        out.push((n.to_string(), vals));
-    });
-    out
-}
-
-fn update<P: ParamTree>(p: &mut P, name: &str, i: usize, f: &dyn Fn(f64) -> f64) {
-    let mut hit = false;
-    p.visit_mut(&mut |n, t| {
-        if n != name {
-            return Ok(());
-        }
-        hit = true;
-        match t {
-            TensorViewMut::F64(mut a) => {
-                let v = a.iter_mut().nth(i).unwrap();
-                *v = f(*v);
-            }
-            _ => panic!("{name}: not an f64 leaf"),
-        }
-        Ok(())
-    })
-    .unwrap();
-    assert!(hit, "no leaf {name}");
-}
-
-fn set<P: ParamTree>(p: &mut P, name: &str, f: impl Fn(usize) -> f64) {
-    let n = leaves(p).into_iter().find(|l| l.0 == name).unwrap().1.len();
-    for i in 0..n {
-        let v = f(i);
-        update(p, name, i, &|_| v);
-    }
-}
-
-fn wave(i: usize, salt: f64) -> f64 {
-    ((i as f64) * 1.618 + salt).sin() * 0.9 + 0.05 * (i as f64 * 0.37 + salt).cos()
-}
-
-fn pat<D: Dimension>(dim: D, salt: f64) -> Array<f64, D> {
-    let n = dim.size();
-    Array::from_shape_vec(dim, (0..n).map(|i| wave(i, salt)).collect()).unwrap()
-}
-
-fn dot<D: Dimension, E: Dimension>(a: &Array<f64, D>, b: &Array<f64, E>) -> f64 {
-    assert_eq!(a.shape(), b.shape(), "output and seed shapes differ");
-    a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
-}
-
-fn gradcheck<P, G>(what: &str, p: &P, grads: &G, loss: impl Fn(&P) -> f64) -> usize
-where
-    P: ParamTree + Clone,
-    G: ParamTree,
-{
-    let pl = leaves(p);
-    let gl = leaves(grads);
-    assert_eq!(pl.len(), gl.len());
-    let h = 1e-6;
-    let mut checked = 0;
-    for ((name, vals), (_, g)) in pl.iter().zip(&gl) {
-        assert_eq!(vals.len(), g.len());
-        for i in 0..vals.len() {
-            let mut plus = p.clone();
-            update(&mut plus, name, i, &|v| v + h);
-            let mut minus = p.clone();
-            update(&mut minus, name, i, &|v| v - h);
-            let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let an = g[i];
-            let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
-            assert!(
-                err < 1e-6,
-                "{what}: {name}[{i}]: finite difference {fd} vs gradient {an} (error {err:e})"
-            );
-            checked += 1;
-        }
-    }
-    checked
-}
-
-// ---------------------------------------------------------------------------------------------
 // independent references (row-major n × n matrices as Vec<f64>)
 
 fn eye(n: usize) -> Array<f64, Ix2> {
@@ -301,13 +214,13 @@ fn cholesky_values_and_gradients() {
     };
     let out = m.evaluate(&p, inputs()).unwrap();
     // forward: the naive factor of w wᵀ + I/2
-    let w = leaves(&p)[0].1.clone();
+    let w = leaves(&p)[0].2.clone();
     let mut a = mm(&w, &transpose(&w, 4, 4), 4, 4, 4);
     for i in 0..4 {
         a[i * 4 + i] += 0.5;
     }
     close("l", &flat(&out.l), &naive_cholesky(&a, 4), 1e-12);
-    let wb = leaves(&p)[1].1.clone();
+    let wb = leaves(&p)[1].2.clone();
     for k in 0..2 {
         let wk = &wb[k * 9..(k + 1) * 9];
         let mut ak = mm(wk, &transpose(wk, 3, 3), 3, 3, 3);
@@ -393,9 +306,9 @@ fn eigvalsh_values_and_gradients() {
             );
         }
     };
-    let s = leaves(&p)[0].1.clone();
+    let s = leaves(&p)[0].2.clone();
     check("ev", &s, 4, &flat(&out.ev));
-    let sb = leaves(&p)[1].1.clone();
+    let sb = leaves(&p)[1].2.clone();
     for k in 0..2 {
         let ev: Vec<f64> = out
             .evb
@@ -405,7 +318,7 @@ fn eigvalsh_values_and_gradients() {
             .collect();
         check("evb", &sb[k * 9..(k + 1) * 9], 3, &ev);
     }
-    let s8 = leaves(&p)[2].1.clone();
+    let s8 = leaves(&p)[2].2.clone();
     check("ev8", &s8, 8, &flat(&out.ev8));
     let seeds = || EigOutputs {
         ev: pat(ndarray::Ix1(4), 4.0),
@@ -463,7 +376,7 @@ fn solve_triangular_values_and_gradients() {
             .collect()
     };
     let l = leaves(&p);
-    let (a, b, bt) = (&l[0].1, &l[1].1, &l[2].1);
+    let (a, b, bt) = (&l[0].2, &l[1].2, &l[2].2);
     close(
         "x_ll",
         &mm(&tri(a, false), &flat(&out.x_ll), 3, 3, 2),
@@ -488,7 +401,7 @@ fn solve_triangular_values_and_gradients() {
         bt,
         1e-13,
     );
-    let (ab, bb) = (&l[3].1, &l[4].1);
+    let (ab, bb) = (&l[3].2, &l[4].2);
     let xb = flat(&out.x_batch);
     for k in 0..2 {
         close(
@@ -542,7 +455,7 @@ fn masks_values_and_gradients() {
         )
         .unwrap();
     let l = leaves(&p);
-    let (t, tb) = (&l[0].1, &l[1].1);
+    let (t, tb) = (&l[0].2, &l[1].2);
     for i in 0..3 {
         for j in 0..4 {
             let v = t[i * 4 + j];
@@ -611,7 +524,7 @@ fn stack_and_fill_values_and_gradients() {
         )
         .unwrap();
     let l = leaves(&p);
-    let (a, b) = (&l[0].1, &l[1].1);
+    let (a, b) = (&l[0].2, &l[1].2);
     assert_eq!(out.s0.shape(), &[2, 2, 3]);
     assert_eq!(out.s1.shape(), &[2, 3, 3]);
     assert_eq!(out.s2.shape(), &[2, 3, 2]);
@@ -658,7 +571,7 @@ fn stack_and_fill_values_and_gradients() {
     assert_eq!(gradcheck("stack/ones_like", &p, &g, loss), 12);
     // b reaches `like` only through ones_like: no gradient from it
     let s = seeds();
-    let gb = &leaves(&g)[1].1;
+    let gb = &leaves(&g)[1].2;
     for i in 0..2 {
         for j in 0..3 {
             let want = s.s0[[1, i, j]] + s.s1[[i, 1, j]] + s.s2[[i, j, 1]];

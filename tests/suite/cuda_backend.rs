@@ -9,9 +9,7 @@
 use mithril::prelude::*;
 use mithril::rt::cuda;
 
-#[macro_use]
-mod common;
-use common::{gpu, say};
+use crate::common::{self, gpu, say};
 
 mithril! {
     /// The MNIST perceptron.

@@ -11,13 +11,13 @@ mithril! {
     }
 }
 
-/// A user in this file of a model defined in the main test file (`crate::leafs::Leaf`).
+/// A user in this file of a model defined in the main test file (`crate::composition::chain::leaf::Leaf`).
 pub mod back {
     use mithril::prelude::*;
     mithril! {
         pub model FarUsesMain {
             input x: f32[B, 3];
-            output y = crate::chain::leaf::Leaf(x) * 3.0;
+            output y = crate::composition::chain::leaf::Leaf(x) * 3.0;
         }
     }
 }
