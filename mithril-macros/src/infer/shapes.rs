@@ -4,7 +4,7 @@
 //! the failing op and print the operands' shapes with their symbolic names; a failed node poisons
 //! its users so one mistake gives one error.
 
-use crate::ir::{Dim, Env, Graph, Op, Shape};
+use crate::ir::{Dim, Graph, Op, Shape};
 
 /// Run shape inference; returns the errors.
 pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
@@ -30,7 +30,7 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
                 let actual = s[0].clone();
                 let before = g.describe(args[0]);
                 let shown = g.fmt_shape(pattern);
-                match unify_pattern(&mut g.env, pattern, &actual) {
+                match g.env.unify_pattern(pattern, &actual) {
                     Ok(()) => Ok(pattern.clone()),
                     Err(why) => Err(format!(
                         "shape mismatch: {} expects {} but this argument is {} ({why})",
@@ -138,57 +138,6 @@ fn show_bound(g: &Graph, b: &crate::ir::SymBound) -> String {
         c if c < 0 => format!("{d} - {}", -(c as i128)),
         c => format!("{d} + {c}"),
     }
-}
-
-/// Match an actual shape against a declared pattern (binding `...` and instance symbols).
-pub fn unify_pattern(env: &mut Env, pattern: &Shape, actual: &Shape) -> Result<(), String> {
-    let p = env.shape(pattern);
-    let a = env.shape(actual);
-    let np = p.dims.len();
-    let na = a.dims.len();
-    match p.rest {
-        None => {
-            if a.rest.is_some() {
-                return Err(format!(
-                    "rank {np} is needed, but the argument's rank is open (`...`)"
-                ));
-            }
-            if na != np {
-                return Err(format!("rank {na} != {np}"));
-            }
-        }
-        Some(r) => {
-            if na < np {
-                if a.rest.is_none() {
-                    return Err(format!("rank {na} < {np}"));
-                }
-                return Err("the argument's rank is open (`...`) and too short to match".into());
-            }
-            let lead = Shape {
-                rest: a.rest,
-                dims: a.dims[..na - np].to_vec(),
-            };
-            if a.rest != Some(r) {
-                env.bind_rest(r, lead);
-            }
-        }
-    }
-    for i in 0..np {
-        let (pd, ad) = (&p.dims[i], &a.dims[na - np + i]);
-        if env.unify_dim(pd, ad).is_err() {
-            return Err(format!(
-                "dim {}: {} != {}",
-                i as isize - np as isize,
-                show(env, ad),
-                show(env, pd)
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn show(env: &Env, d: &Dim) -> String {
-    env.fmt_dim(d)
 }
 
 /// Turn the physical model's named symbols that stayed open into `Dim::Sym` (runtime slots).

@@ -4,13 +4,16 @@
 //! submodel input crossing becomes a `Boundary` node carrying the submodel's declared shape, which
 //! shape inference checks.
 
-use crate::hyper::{binop, HEnv, HVal};
+use crate::frontend::hyper::{binop, HEnv, HVal};
+use crate::frontend::resolve::{bind_terminals, Arg};
+use crate::frontend::syntax::{
+    is_symbol, DimDecl, ModelDef, ModelKind, Pat, ShapeDecl, Stmt, TypeDecl,
+};
+pub use crate::ir::glob_match;
 use crate::ir::{
     DType, Dim, Graph, Init, InputInfo, Node, NodeId, Op, OutputInfo, ParamInfo, Scalar, Shape, DT,
 };
 use crate::prims::{self, AttrVal, SliceArg};
-use crate::resolve::{bind_terminals, Arg};
-use crate::syntax::{is_symbol, DimDecl, ModelDef, ModelKind, Pat, ShapeDecl, Stmt, TypeDecl};
 use proc_macro2::Span;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -2352,32 +2355,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
-}
-
-/// Glob over dotted names: `*` matches any run of characters (dots included), `?` one.
-pub fn glob_match(pat: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pat.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 /// `fc1.output` for a name inside instance `fc1`; plain at top level.

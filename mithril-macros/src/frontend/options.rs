@@ -1,8 +1,8 @@
 //! Compile options (`compile Name = Model { option: value, ... }`): parsed and validated here,
 //! every unknown, mistyped or conflicting option a spanned error.
 
+use crate::frontend::syntax::OptValue;
 use crate::ir::DType;
-use crate::syntax::OptValue;
 use proc_macro2::Span;
 use std::collections::BTreeMap;
 use syn::Ident;
@@ -549,7 +549,7 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
                     o.dump_graph = Some((path, format));
                 }
                 other => {
-                    let near = crate::flatten::closest(other, NAMES.iter().copied());
+                    let near = crate::frontend::flatten::closest(other, NAMES.iter().copied());
                     return Err(e(
                         k.span(),
                         format!(

@@ -1211,7 +1211,7 @@ impl Prim {
                     rest: t.rest,
                     dims: t.dims[..t.dims.len() - 1].to_vec(),
                 };
-                crate::shapes::unify_pattern(env, &lead, idx).map_err(|e| {
+                env.unify_pattern(&lead, idx).map_err(|e| {
                     format!("the indices must have the input's shape without its last axis ({e})")
                 })?;
                 Ok(lead)
