@@ -1735,7 +1735,7 @@ impl<'a> Flattener<'a> {
             return Value::Poison;
         }
         let lib: Vec<&str> = self.library.defs.keys().map(|s| s.as_str()).collect();
-        let near = closest(&n, prims::NAMES.iter().copied().chain(lib));
+        let near = closest(&n, prims::names().map(|s| s).chain(lib));
         self.error(
             id.span(),
             format!(

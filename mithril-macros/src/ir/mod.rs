@@ -5,7 +5,9 @@
 //! of dimension variables (instance-local symbols and `_`), rank variables (`...`) and dtype
 //! variables (params and library-model inputs whose dtype comes from what they meet).
 
-use crate::prims::Prim;
+pub mod prim;
+
+use prim::Prim;
 use proc_macro2::Span;
 use std::fmt;
 
