@@ -280,290 +280,7 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
             errors.push(e(k.span(), format!("option `{key}` is given twice")));
             continue;
         }
-        let r: Result<(), syn::Error> = (|| {
-            match key.as_str() {
-                "backend" => match v {
-                    OptValue::Ident(i) if i == "cpu" => o.backend_cuda = false,
-                    OptValue::Ident(i) if i == "cuda" => o.backend_cuda = true,
-                    other => return Err(e(other.span(), "`backend` is `cpu` or `cuda`")),
-                },
-                "optimize_for" => match v {
-                    OptValue::Ident(i) if i == "latency" => o.optimize_for = OptimizeFor::Latency,
-                    OptValue::Ident(i) if i == "throughput" => o.optimize_for = OptimizeFor::Throughput,
-                    other => return Err(e(other.span(), "`optimize_for` is `latency` (one call uses every core for its matrix products, the default) or `throughput` (each call runs on its calling thread; for many concurrent calls)")),
-                },
-                "backend_map" => {
-                    let usage = "`backend_map` takes `{ \"instance.path\": cuda | cpu, ... }`: submodel instances (as in the params' dotted names, globs allowed) and the backend their ops run on";
-                    let OptValue::Map(entries, _) = v else {
-                        return Err(e(v.span(), usage));
-                    };
-                    if entries.is_empty() {
-                        return Err(e(v.span(), format!("`backend_map` is empty; {usage}")));
-                    }
-                    for (k, val) in entries {
-                        let cuda = match val {
-                            OptValue::Ident(i) if i == "cuda" => true,
-                            OptValue::Ident(i) if i == "cpu" => false,
-                            OptValue::Ident(i) => return Err(e(i.span(), format!("unknown backend `{i}` in `backend_map`; the backends are `cpu` and `cuda`"))),
-                            other => return Err(e(other.span(), format!("a `backend_map` value is a backend: `cpu` or `cuda`; {usage}"))),
-                        };
-                        if k.name.is_empty() {
-                            return Err(e(k.span(), "an empty instance path in `backend_map`; the whole model's backend is `backend:`"));
-                        }
-                        if o.backend_map.iter().any(|x| x.pattern == k.name) {
-                            return Err(e(k.span(), format!("`{}` is given twice in `backend_map`", k.name)));
-                        }
-                        o.backend_map.push(BackendEntry { pattern: k.name.clone(), cuda, span: k.span() });
-                    }
-                }
-                "static_shapes" => o.static_shapes = as_bool(v, "static_shapes")?,
-                "cache" => o.cuda.cache = as_bool(v, "cache")?,
-                "cache_dir" => {
-                    let d = as_str(v, "cache_dir")?;
-                    if d.is_empty() {
-                        return Err(e(v.span(), "`cache_dir` is a directory path; it is empty"));
-                    }
-                    o.cuda.cache_dir = Some(resolve_dir(&d));
-                }
-                "target_hardware" => {
-                    let OptValue::Lit(syn::Lit::Str(s)) = v else {
-                        return Err(e(v.span(), format!("`target_hardware` takes a string such as \"nvidia_h100\"; supported: {}", target_list())));
-                    };
-                    let name = s.value();
-                    if !TARGETS.iter().any(|(n, _)| *n == name) {
-                        return Err(e(s.span(), format!("unsupported `target_hardware` \"{name}\"; supported targets: {}", target_list())));
-                    }
-                    o.target_hardware = Some(name);
-                }
-                "cuda" => {
-                    let usage = "`cuda` takes `{ device: N, arch: \"sm_90\", tf32: bool, amp: bool }`";
-                    let OptValue::Map(entries, _) = v else {
-                        return Err(e(v.span(), usage));
-                    };
-                    for (k, val) in entries {
-                        match k.to_string().as_str() {
-                            "device" => match val {
-                                OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<u32>().is_ok() => {
-                                    o.cuda.device = i.base10_parse::<u32>()? as usize;
-                                }
-                                other => return Err(e(other.span(), "`device` is a device ordinal: a non-negative integer")),
-                            },
-                            "arch" => {
-                                let OptValue::Lit(syn::Lit::Str(s)) = val else {
-                                    return Err(e(val.span(), format!("`arch` takes a string such as \"sm_90\"; one of {}", ARCHS.join(", "))));
-                                };
-                                let a = s.value();
-                                if !ARCHS.contains(&a.as_str()) {
-                                    return Err(e(s.span(), format!("unsupported CUDA architecture \"{a}\"; NVRTC 13 compiles for {}", ARCHS.join(", "))));
-                                }
-                                o.cuda.arch = Some(a);
-                            }
-                            "tf32" => o.cuda.tf32 = as_bool(val, "tf32")?,
-                            "amp" => o.cuda.amp = as_bool(val, "amp")?,
-                            other => return Err(e(k.span(), format!("unknown `cuda` setting `{other}`; {usage}"))),
-                        }
-                    }
-                }
-                "dtype" => {
-                    let t = as_dtype(v, "dtype")?;
-                    if !t.is_float() {
-                        return Err(e(
-                            v.span(),
-                            format!(
-                                "`dtype` sets the default float type; `{t}` is not a float type"
-                            ),
-                        ));
-                    }
-                    o.dtype = t;
-                }
-                "file_path" => o.file_path = Some(as_str(v, "file_path")?),
-                "trainable" => o.trainable = Some(name_list(v, "trainable")?),
-                "data" => o.data = name_list(v, "data")?,
-                "discard" => o.discard = name_list(v, "discard")?,
-                "inference" => o.inference = as_bool(v, "inference")?,
-                "memory_planning" => match v {
-                    OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,
-                    OptValue::Ident(i) if i == "none" => o.memory_planning = false,
-                    other => {
-                        return Err(e(
-                            other.span(),
-                            "`memory_planning` is `greedy` (one planned arena, the default) or `none` (every buffer allocated per call)",
-                        ))
-                    }
-                },
-                "gradient_checkpointing" => {
-                    let usage = "`gradient_checkpointing` takes `{ segments: N }` with N >= 2, or `true` (4 segments, or `checkpoint_segments: N`)";
-                    if let OptValue::Lit(syn::Lit::Bool(b)) = v {
-                        if b.value {
-                            o.checkpoint_segments.get_or_insert(4);
-                        }
-                        return Ok(());
-                    }
-                    let OptValue::Map(entries, _) = v else {
-                        return Err(e(v.span(), usage));
-                    };
-                    for (k, val) in entries {
-                        if k != "segments" {
-                            return Err(e(k.span(), format!("unknown `gradient_checkpointing` setting `{k}`; {usage}")));
-                        }
-                        match val {
-                            OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<usize>().is_ok_and(|n| n >= 2) => {
-                                o.checkpoint_segments = Some(i.base10_parse()?);
-                            }
-                            other => return Err(e(other.span(), usage)),
-                        }
-                    }
-                    if o.checkpoint_segments.is_none() {
-                        return Err(e(v.span(), usage));
-                    }
-                }
-                "checkpoint_segments" => match v {
-                    OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<usize>().is_ok_and(|n| n >= 2) => {
-                        o.checkpoint_segments = Some(i.base10_parse()?);
-                    }
-                    other => return Err(e(other.span(), "`checkpoint_segments` takes an integer N >= 2 (and turns checkpointing on)")),
-                },
-                "max_memory_gb" => {
-                    let x = match v {
-                        OptValue::Lit(syn::Lit::Float(f)) => f.base10_parse::<f64>()?,
-                        OptValue::Lit(syn::Lit::Int(i)) => i.base10_parse::<f64>()?,
-                        other => {
-                            return Err(e(other.span(), "`max_memory_gb` takes a positive number of GiB, e.g. `0.5`"))
-                        }
-                    };
-                    if !(x > 0.0 && x.is_finite()) {
-                        return Err(e(v.span(), "`max_memory_gb` must be a positive number of GiB"));
-                    }
-                    o.max_memory_gb = Some((x, v.span()));
-                }
-                "constants" => {
-                    let OptValue::Map(entries, _) = v else {
-                        return Err(e(v.span(), "`constants` takes `{ input: value, ... }`"));
-                    };
-                    for (name, val) in entries {
-                        let s = match val {
-                            OptValue::Lit(syn::Lit::Float(f)) => {
-                                crate::ir::Scalar::Float(f.base10_parse()?)
-                            }
-                            OptValue::Lit(syn::Lit::Int(i)) => {
-                                crate::ir::Scalar::Int(i.base10_parse()?)
-                            }
-                            OptValue::Lit(syn::Lit::Bool(b)) => crate::ir::Scalar::Bool(b.value),
-                            other => {
-                                return Err(e(
-                                    other.span(),
-                                    "a constant is a number or bool literal",
-                                ))
-                            }
-                        };
-                        o.constants.insert(name.to_string(), (s, name.span()));
-                    }
-                }
-                "shapes" => {
-                    let OptValue::Map(entries, _) = v else {
-                        return Err(e(v.span(), "`shapes` takes `{ input: [dims], ... }`"));
-                    };
-                    for (name, dims) in entries {
-                        let OptValue::List(ds, sp) = dims else {
-                            return Err(e(
-                                dims.span(),
-                                "a shape is a list of dims: `[32, 784]` (`_` keeps a dim dynamic)",
-                            ));
-                        };
-                        let mut out = Vec::new();
-                        for d in ds {
-                            match d {
-                                OptValue::Lit(syn::Lit::Int(i)) => {
-                                    out.push(Some(i.base10_parse::<u64>()?))
-                                }
-                                OptValue::Underscore(_) => out.push(None),
-                                OptValue::Ident(i) if i == "None" => out.push(None),
-                                other => {
-                                    return Err(e(
-                                        other.span(),
-                                        "a dim in `shapes` is a non-negative integer or `_`",
-                                    ))
-                                }
-                            }
-                        }
-                        o.shapes.insert(name.to_string(), (out, *sp));
-                    }
-                }
-                "types" => {
-                    let OptValue::Map(entries, _) = v else {
-                        return Err(e(v.span(), "`types` takes `{ input: dtype, ... }`"));
-                    };
-                    for (name, t) in entries {
-                        o.types
-                            .insert(name.to_string(), (as_dtype(t, "types")?, name.span()));
-                    }
-                }
-                "optimizations" => {
-                    let OptValue::Map(entries, _) = v else {
-                        return Err(e(
-                            v.span(),
-                            "`optimizations` takes `{ constant_folding: bool, ... }`",
-                        ));
-                    };
-                    for (name, b) in entries {
-                        let b2 = as_bool(b, &name.to_string())?;
-                        match name.to_string().as_str() {
-                            "constant_folding" => o.constant_folding = b2,
-                            "operator_fusion" => o.operator_fusion = b2,
-                            "dead_code_elimination" => o.dead_code_elimination = b2,
-                            "common_subexpression" => o.common_subexpression = b2,
-                            other => {
-                                return Err(e(name.span(), format!(
-                                    "unknown optimization `{other}`; expected constant_folding, operator_fusion, dead_code_elimination or common_subexpression"
-                                )))
-                            }
-                        }
-                    }
-                }
-                "dump_graph" => {
-                    let OptValue::Map(entries, sp) = v else {
-                        return Err(e(
-                            v.span(),
-                            "`dump_graph` takes `{ path: \"...\", format: dot | json | text }`",
-                        ));
-                    };
-                    let mut path = None;
-                    let mut format = DumpFormat::Dot;
-                    for (name, val) in entries {
-                        match name.to_string().as_str() {
-                            "path" => path = Some(as_str(val, "path")?),
-                            "format" => {
-                                format = match val {
-                                    OptValue::Ident(i) if i == "dot" => DumpFormat::Dot,
-                                    OptValue::Ident(i) if i == "json" => DumpFormat::Json,
-                                    OptValue::Ident(i) if i == "text" => DumpFormat::Text,
-                                    other => return Err(e(other.span(), "`format` is `dot`, `json` or `text`")),
-                                }
-                            }
-                            other => return Err(e(name.span(), format!("unknown `dump_graph` field `{other}`; expected `path` and `format`"))),
-                        }
-                    }
-                    let Some(path) = path else {
-                        return Err(e(*sp, "`dump_graph` needs `path: \"...\"`"));
-                    };
-                    o.dump_graph = Some((path, format));
-                }
-                other => {
-                    let near = crate::frontend::flatten::closest(other, NAMES.iter().copied());
-                    return Err(e(
-                        k.span(),
-                        format!(
-                            "unknown compile option `{other}`{}; the options are: {}",
-                            near.map(|n| format!(" (did you mean `{n}`?)"))
-                                .unwrap_or_default(),
-                            NAMES.join(", ")
-                        ),
-                    ));
-                }
-            }
-            Ok(())
-        })();
-        if let Err(err) = r {
+        if let Err(err) = option(&mut o, k, &key, v) {
             errors.push(err);
         }
     }
@@ -575,6 +292,393 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
     } else {
         Err(errors)
     }
+}
+
+/// Reads one option `key` (spelled `k`) into `o`.
+fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn::Error> {
+    match key {
+        "backend" => match v {
+            OptValue::Ident(i) if i == "cpu" => o.backend_cuda = false,
+            OptValue::Ident(i) if i == "cuda" => o.backend_cuda = true,
+            other => return Err(e(other.span(), "`backend` is `cpu` or `cuda`")),
+        },
+        "optimize_for" => match v {
+            OptValue::Ident(i) if i == "latency" => o.optimize_for = OptimizeFor::Latency,
+            OptValue::Ident(i) if i == "throughput" => o.optimize_for = OptimizeFor::Throughput,
+            other => return Err(e(other.span(), "`optimize_for` is `latency` (one call uses every core for its matrix products, the default) or `throughput` (each call runs on its calling thread; for many concurrent calls)")),
+        },
+        "backend_map" => opt_backend_map(o, v)?,
+        "static_shapes" => o.static_shapes = as_bool(v, "static_shapes")?,
+        "cache" => o.cuda.cache = as_bool(v, "cache")?,
+        "cache_dir" => {
+            let d = as_str(v, "cache_dir")?;
+            if d.is_empty() {
+                return Err(e(v.span(), "`cache_dir` is a directory path; it is empty"));
+            }
+            o.cuda.cache_dir = Some(resolve_dir(&d));
+        }
+        "target_hardware" => opt_target_hardware(o, v)?,
+        "cuda" => opt_cuda(o, v)?,
+        "dtype" => {
+            let t = as_dtype(v, "dtype")?;
+            if !t.is_float() {
+                return Err(e(
+                    v.span(),
+                    format!(
+                        "`dtype` sets the default float type; `{t}` is not a float type"
+                    ),
+                ));
+            }
+            o.dtype = t;
+        }
+        "file_path" => o.file_path = Some(as_str(v, "file_path")?),
+        "trainable" => o.trainable = Some(name_list(v, "trainable")?),
+        "data" => o.data = name_list(v, "data")?,
+        "discard" => o.discard = name_list(v, "discard")?,
+        "inference" => o.inference = as_bool(v, "inference")?,
+        "memory_planning" => match v {
+            OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,
+            OptValue::Ident(i) if i == "none" => o.memory_planning = false,
+            other => {
+                return Err(e(
+                    other.span(),
+                    "`memory_planning` is `greedy` (one planned arena, the default) or `none` (every buffer allocated per call)",
+                ))
+            }
+        },
+        "gradient_checkpointing" => opt_gradient_checkpointing(o, v)?,
+        "checkpoint_segments" => match v {
+            OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<usize>().is_ok_and(|n| n >= 2) => {
+                o.checkpoint_segments = Some(i.base10_parse()?);
+            }
+            other => return Err(e(other.span(), "`checkpoint_segments` takes an integer N >= 2 (and turns checkpointing on)")),
+        },
+        "max_memory_gb" => opt_max_memory_gb(o, v)?,
+        "constants" => opt_constants(o, v)?,
+        "shapes" => opt_shapes(o, v)?,
+        "types" => opt_types(o, v)?,
+        "optimizations" => opt_optimizations(o, v)?,
+        "dump_graph" => opt_dump_graph(o, v)?,
+        other => return Err(unknown_option(k, other)),
+    }
+    Ok(())
+}
+
+/// Reads the `backend_map` option: instance paths (globs allowed) and their backend.
+fn opt_backend_map(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let usage = "`backend_map` takes `{ \"instance.path\": cuda | cpu, ... }`: submodel instances (as in the params' dotted names, globs allowed) and the backend their ops run on";
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(v.span(), usage));
+    };
+    if entries.is_empty() {
+        return Err(e(v.span(), format!("`backend_map` is empty; {usage}")));
+    }
+    for (k, val) in entries {
+        let cuda = match val {
+            OptValue::Ident(i) if i == "cuda" => true,
+            OptValue::Ident(i) if i == "cpu" => false,
+            OptValue::Ident(i) => {
+                return Err(e(
+                    i.span(),
+                    format!(
+                        "unknown backend `{i}` in `backend_map`; the backends are `cpu` and `cuda`"
+                    ),
+                ))
+            }
+            other => {
+                return Err(e(
+                    other.span(),
+                    format!("a `backend_map` value is a backend: `cpu` or `cuda`; {usage}"),
+                ))
+            }
+        };
+        if k.name.is_empty() {
+            return Err(e(
+                k.span(),
+                "an empty instance path in `backend_map`; the whole model's backend is `backend:`",
+            ));
+        }
+        if o.backend_map.iter().any(|x| x.pattern == k.name) {
+            return Err(e(
+                k.span(),
+                format!("`{}` is given twice in `backend_map`", k.name),
+            ));
+        }
+        o.backend_map.push(BackendEntry {
+            pattern: k.name.clone(),
+            cuda,
+            span: k.span(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the `target_hardware` option.
+fn opt_target_hardware(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let OptValue::Lit(syn::Lit::Str(s)) = v else {
+        return Err(e(
+            v.span(),
+            format!(
+                "`target_hardware` takes a string such as \"nvidia_h100\"; supported: {}",
+                target_list()
+            ),
+        ));
+    };
+    let name = s.value();
+    if !TARGETS.iter().any(|(n, _)| *n == name) {
+        return Err(e(
+            s.span(),
+            format!(
+                "unsupported `target_hardware` \"{name}\"; supported targets: {}",
+                target_list()
+            ),
+        ));
+    }
+    o.target_hardware = Some(name);
+    Ok(())
+}
+
+/// Reads the `cuda` option: device, arch, tf32, amp.
+fn opt_cuda(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let usage = "`cuda` takes `{ device: N, arch: \"sm_90\", tf32: bool, amp: bool }`";
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(v.span(), usage));
+    };
+    for (k, val) in entries {
+        match k.to_string().as_str() {
+            "device" => match val {
+                OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<u32>().is_ok() => {
+                    o.cuda.device = i.base10_parse::<u32>()? as usize;
+                }
+                other => {
+                    return Err(e(
+                        other.span(),
+                        "`device` is a device ordinal: a non-negative integer",
+                    ))
+                }
+            },
+            "arch" => {
+                let OptValue::Lit(syn::Lit::Str(s)) = val else {
+                    return Err(e(
+                        val.span(),
+                        format!(
+                            "`arch` takes a string such as \"sm_90\"; one of {}",
+                            ARCHS.join(", ")
+                        ),
+                    ));
+                };
+                let a = s.value();
+                if !ARCHS.contains(&a.as_str()) {
+                    return Err(e(
+                        s.span(),
+                        format!(
+                            "unsupported CUDA architecture \"{a}\"; NVRTC 13 compiles for {}",
+                            ARCHS.join(", ")
+                        ),
+                    ));
+                }
+                o.cuda.arch = Some(a);
+            }
+            "tf32" => o.cuda.tf32 = as_bool(val, "tf32")?,
+            "amp" => o.cuda.amp = as_bool(val, "amp")?,
+            other => {
+                return Err(e(
+                    k.span(),
+                    format!("unknown `cuda` setting `{other}`; {usage}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the `gradient_checkpointing` option: `true` or `{ segments: N }`.
+fn opt_gradient_checkpointing(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let usage = "`gradient_checkpointing` takes `{ segments: N }` with N >= 2, or `true` (4 segments, or `checkpoint_segments: N`)";
+    if let OptValue::Lit(syn::Lit::Bool(b)) = v {
+        if b.value {
+            o.checkpoint_segments.get_or_insert(4);
+        }
+        return Ok(());
+    }
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(v.span(), usage));
+    };
+    for (k, val) in entries {
+        if k != "segments" {
+            return Err(e(
+                k.span(),
+                format!("unknown `gradient_checkpointing` setting `{k}`; {usage}"),
+            ));
+        }
+        match val {
+            OptValue::Lit(syn::Lit::Int(i)) if i.base10_parse::<usize>().is_ok_and(|n| n >= 2) => {
+                o.checkpoint_segments = Some(i.base10_parse()?);
+            }
+            other => return Err(e(other.span(), usage)),
+        }
+    }
+    if o.checkpoint_segments.is_none() {
+        return Err(e(v.span(), usage));
+    }
+    Ok(())
+}
+
+/// Reads the `max_memory_gb` option.
+fn opt_max_memory_gb(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let x = match v {
+        OptValue::Lit(syn::Lit::Float(f)) => f.base10_parse::<f64>()?,
+        OptValue::Lit(syn::Lit::Int(i)) => i.base10_parse::<f64>()?,
+        other => {
+            return Err(e(
+                other.span(),
+                "`max_memory_gb` takes a positive number of GiB, e.g. `0.5`",
+            ))
+        }
+    };
+    if !(x > 0.0 && x.is_finite()) {
+        return Err(e(
+            v.span(),
+            "`max_memory_gb` must be a positive number of GiB",
+        ));
+    }
+    o.max_memory_gb = Some((x, v.span()));
+    Ok(())
+}
+
+/// Reads the `constants` option: scalar inputs baked in.
+fn opt_constants(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(v.span(), "`constants` takes `{ input: value, ... }`"));
+    };
+    for (name, val) in entries {
+        let s = match val {
+            OptValue::Lit(syn::Lit::Float(f)) => crate::ir::Scalar::Float(f.base10_parse()?),
+            OptValue::Lit(syn::Lit::Int(i)) => crate::ir::Scalar::Int(i.base10_parse()?),
+            OptValue::Lit(syn::Lit::Bool(b)) => crate::ir::Scalar::Bool(b.value),
+            other => return Err(e(other.span(), "a constant is a number or bool literal")),
+        };
+        o.constants.insert(name.to_string(), (s, name.span()));
+    }
+    Ok(())
+}
+
+/// Reads the `shapes` option: input dims fixed at compile time.
+fn opt_shapes(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(v.span(), "`shapes` takes `{ input: [dims], ... }`"));
+    };
+    for (name, dims) in entries {
+        let OptValue::List(ds, sp) = dims else {
+            return Err(e(
+                dims.span(),
+                "a shape is a list of dims: `[32, 784]` (`_` keeps a dim dynamic)",
+            ));
+        };
+        let mut out = Vec::new();
+        for d in ds {
+            match d {
+                OptValue::Lit(syn::Lit::Int(i)) => out.push(Some(i.base10_parse::<u64>()?)),
+                OptValue::Underscore(_) => out.push(None),
+                OptValue::Ident(i) if i == "None" => out.push(None),
+                other => {
+                    return Err(e(
+                        other.span(),
+                        "a dim in `shapes` is a non-negative integer or `_`",
+                    ))
+                }
+            }
+        }
+        o.shapes.insert(name.to_string(), (out, *sp));
+    }
+    Ok(())
+}
+
+/// Reads the `types` option: input dtypes.
+fn opt_types(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(v.span(), "`types` takes `{ input: dtype, ... }`"));
+    };
+    for (name, t) in entries {
+        o.types
+            .insert(name.to_string(), (as_dtype(t, "types")?, name.span()));
+    }
+    Ok(())
+}
+
+/// Reads the `optimizations` option: pass toggles.
+fn opt_optimizations(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(
+            v.span(),
+            "`optimizations` takes `{ constant_folding: bool, ... }`",
+        ));
+    };
+    for (name, b) in entries {
+        let b2 = as_bool(b, &name.to_string())?;
+        match name.to_string().as_str() {
+                "constant_folding" => o.constant_folding = b2,
+                "operator_fusion" => o.operator_fusion = b2,
+                "dead_code_elimination" => o.dead_code_elimination = b2,
+                "common_subexpression" => o.common_subexpression = b2,
+                other => {
+                    return Err(e(name.span(), format!(
+                        "unknown optimization `{other}`; expected constant_folding, operator_fusion, dead_code_elimination or common_subexpression"
+                    )))
+                }
+            }
+    }
+    Ok(())
+}
+
+/// Reads the `dump_graph` option.
+fn opt_dump_graph(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let OptValue::Map(entries, sp) = v else {
+        return Err(e(
+            v.span(),
+            "`dump_graph` takes `{ path: \"...\", format: dot | json | text }`",
+        ));
+    };
+    let mut path = None;
+    let mut format = DumpFormat::Dot;
+    for (name, val) in entries {
+        match name.to_string().as_str() {
+            "path" => path = Some(as_str(val, "path")?),
+            "format" => {
+                format = match val {
+                    OptValue::Ident(i) if i == "dot" => DumpFormat::Dot,
+                    OptValue::Ident(i) if i == "json" => DumpFormat::Json,
+                    OptValue::Ident(i) if i == "text" => DumpFormat::Text,
+                    other => return Err(e(other.span(), "`format` is `dot`, `json` or `text`")),
+                }
+            }
+            other => {
+                return Err(e(
+                    name.span(),
+                    format!("unknown `dump_graph` field `{other}`; expected `path` and `format`"),
+                ))
+            }
+        }
+    }
+    let Some(path) = path else {
+        return Err(e(*sp, "`dump_graph` needs `path: \"...\"`"));
+    };
+    o.dump_graph = Some((path, format));
+    Ok(())
+}
+
+/// The error for an unknown option `other` (with the closest option name).
+fn unknown_option(k: &Ident, other: &str) -> syn::Error {
+    let near = crate::frontend::flatten::closest(other, NAMES.iter().copied());
+    e(
+        k.span(),
+        format!(
+            "unknown compile option `{other}`{}; the options are: {}",
+            near.map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default(),
+            NAMES.join(", ")
+        ),
+    )
 }
 
 /// A relative `cache_dir` is taken from the invoking crate's `CARGO_MANIFEST_DIR`.
