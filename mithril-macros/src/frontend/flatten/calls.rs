@@ -159,8 +159,13 @@ impl Flattener<'_> {
             }
             return Value::Poison;
         }
-        let lib: Vec<&str> = self.library.defs.keys().map(|s| s.as_str()).collect();
-        let near = closest(&n, prims::names().map(|s| s).chain(lib));
+        // the primitives' names first, then the library's
+        let mut known: Vec<&str> = Vec::new();
+        for name in prims::names() {
+            known.push(name);
+        }
+        known.extend(self.library.defs.keys().map(|s| s.as_str()));
+        let near = closest(&n, known.into_iter());
         self.error(
             id.span(),
             format!(
