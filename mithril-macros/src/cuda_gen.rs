@@ -1,5 +1,6 @@
 //! CUDA C for fused elementwise groups: the GPU counterpart of `codegen.rs`'s `lower_fexpr` /
-//! `prims.rs`'s `Prim::scalar`, as a pure function from the IR to source text.
+//! `Prim::scalar` (both defined with the primitive in `prims::elementwise`: `scalar` and
+//! `scalar_c`), as a pure function from the IR to source text.
 //!
 //! [`fused_kernel`] turns one `Op::Fused(FExpr)` node into
 //!

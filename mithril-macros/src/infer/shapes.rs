@@ -14,7 +14,7 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
         let arg_shapes: Option<Vec<Shape>> =
             args.iter().map(|&a| g.nodes[a].shape.clone()).collect();
         if let (Some(bounds), Some(s)) = (g.slice_bounds.get(&id).cloned(), &arg_shapes) {
-            match resolve_slice_bounds(g, id, &bounds, &s[0]) {
+            match crate::prims::shape::resolve_slice_bounds(g, id, &bounds, &s[0]) {
                 Ok(()) => {}
                 Err(msg) => {
                     errors.push(g.error_at(id, msg));
@@ -63,81 +63,6 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
         }
     }
     errors
-}
-
-/// Resolves the symbolic bounds of slice node `id` (`x[(.., i..(H - k + 1 + i))]`) against the
-/// sliced tensor's shape `input`: a bound over a dim known at compile time becomes that number;
-/// a bound `D + c` over the sliced axis's own symbolic dim `D` becomes the index `c` counted
-/// from the end (Python's negative index) when `c < 0`, else the end of the axis (bounds clamp).
-fn resolve_slice_bounds(
-    g: &mut Graph,
-    id: usize,
-    bounds: &[crate::ir::SymBound],
-    input: &Shape,
-) -> Result<(), String> {
-    use crate::prims::{Prim, SliceArg};
-    let Op::Prim(Prim::Slice(mut args)) = g.nodes[id].op.clone() else {
-        return Ok(());
-    };
-    let input = g.env.shape(input);
-    for b in bounds {
-        // the axis the argument slices: one per index or range before it (new axes take none)
-        let axis = args[..b.pos.min(args.len())]
-            .iter()
-            .filter(|a| !matches!(a, SliceArg::NewAxis))
-            .count();
-        let bound = g.env.dim(&b.dim);
-        let value = match bound {
-            Dim::Known(n) => i64::try_from(n)
-                .ok()
-                .and_then(|n| n.checked_add(b.offset))
-                .ok_or("slice bound out of range")?,
-            _ => {
-                let axis_dim = match (&input.rest, input.dims.get(axis)) {
-                    (None, Some(d)) => g.env.dim(d),
-                    _ => {
-                        return Err(format!(
-                            "the slice bound `{}` is symbolic, which needs the sliced axis {axis} to be a declared dim of {}",
-                            show_bound(g, b),
-                            g.describe(g.nodes[id].args[0])
-                        ))
-                    }
-                };
-                if axis_dim != bound {
-                    return Err(format!(
-                        "the slice bound `{}` is over `{}`, but axis {axis} of {} is `{}`; a symbolic bound must be relative to the dim of the axis it slices",
-                        show_bound(g, b),
-                        g.fmt_dim(&b.dim),
-                        g.describe(g.nodes[id].args[0]),
-                        g.fmt_dim(&axis_dim),
-                    ));
-                }
-                if b.offset < 0 {
-                    b.offset
-                } else {
-                    i64::MAX
-                }
-            }
-        };
-        if let Some(SliceArg::Range(lo, hi, _)) = args.get_mut(b.pos) {
-            if b.hi {
-                *hi = Some(value);
-            } else {
-                *lo = Some(value);
-            }
-        }
-    }
-    g.nodes[id].op = Op::Prim(Prim::Slice(args));
-    Ok(())
-}
-
-fn show_bound(g: &Graph, b: &crate::ir::SymBound) -> String {
-    let d = g.fmt_dim(&b.dim);
-    match b.offset {
-        0 => d,
-        c if c < 0 => format!("{d} - {}", -(c as i128)),
-        c => format!("{d} + {c}"),
-    }
 }
 
 /// Turn the physical model's named symbols that stayed open into `Dim::Sym` (runtime slots).

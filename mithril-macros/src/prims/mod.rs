@@ -3,7 +3,8 @@
 //! dtype rule, gradient rule (a vector-Jacobian product built from other primitives with
 //! [`grad::Builder`]), CPU lowering (`scalar`, the element expression inlined into fused loops,
 //! for elementwise primitives; `call`, a call of `mithril::rt::ops`, for the others) and CUDA
-//! lowering of elementwise primitives (`scalar_c`, the CUDA C expression of a fused kernel).
+//! lowering of elementwise primitives (`scalar_c`, the CUDA C expression of a fused kernel), and
+//! compile-time evaluation on constants (`fold`).
 //!
 //! The [`Prim`] enum itself is IR data (`crate::ir::prim`); [`Prim::family`] maps each variant to
 //! its family, and the methods below dispatch to it. The drivers (dtype and shape inference,
@@ -31,7 +32,7 @@ pub use attrs::{AttrVal, Sig};
 pub use lower::{acc_dtype, convert, literal, storage_type};
 pub use rules::{norm_axis, ArgDt};
 
-use crate::ir::{DType, Env, NodeId, Shape, DT};
+use crate::ir::{DType, Env, NodeId, Scalar, Shape, DT};
 use grad::Builder;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -92,6 +93,11 @@ pub trait Family: Sync {
     /// compute type `t` (the device functions of `cuda_gen::FUSED_PRELUDE`).
     fn scalar_c(&self, p: &Prim, _a: &[String], _t: DType) -> Result<String, String> {
         Err(format!("`{}` is not elementwise", p.name()))
+    }
+    /// Constant folding: the value on constant operands `a` (in f64 / i64 / bool, rounded to
+    /// `out` by the caller); `None` when the primitive does not fold.
+    fn fold(&self, _p: &Prim, _a: &[Scalar], _out: DType) -> Option<Scalar> {
+        None
     }
 }
 
@@ -198,6 +204,11 @@ impl Prim {
     /// compute type `t`.
     pub fn scalar_c(&self, a: &[String], t: DType) -> Result<String, String> {
         self.family().scalar_c(self, a, t)
+    }
+
+    /// The value on constant operands `a` (constant folding), `None` when it does not fold.
+    pub fn fold(&self, a: &[Scalar], out: DType) -> Option<Scalar> {
+        self.family().fold(self, a, out)
     }
 
     /// The dtype the operands of an elementwise op are computed in, given the op's inputs and
