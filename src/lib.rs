@@ -233,7 +233,7 @@ mod tests {
     /// misspelled one gets rustc's similar-name suggestion.
     #[test]
     fn library_names_cover_the_library() {
-        let lib = include_str!("../mithril-macros/src/library/models.mth");
+        let lib = include_str!("../mithril-macros/src/frontend/library/models.mth");
         let src = include_str!("lib.rs");
         for line in lib.lines() {
             let Some(rest) = line.strip_prefix("model ") else {

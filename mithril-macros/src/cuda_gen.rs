@@ -1,5 +1,6 @@
 //! CUDA C for fused elementwise groups: the GPU counterpart of `codegen.rs`'s `lower_fexpr` /
-//! `prims.rs`'s `Prim::scalar`, as a pure function from the IR to source text.
+//! `Prim::scalar` (both defined with the primitive in `prims::elementwise`: `scalar` and
+//! `scalar_c`), as a pure function from the IR to source text.
 //!
 //! [`fused_kernel`] turns one `Op::Fused(FExpr)` node into
 //!
@@ -15,7 +16,8 @@
 //! `[N, 1]` against `[N, C]`) and widened to its compute type exactly as on the CPU: `f16` /
 //! `bf16` to `float`, `f32` float, `f64` double, `i32` int, `i64` long long, `bool` bool. The
 //! expression is the CPU's, operation by operation: the same operand conversions
-//! (`Prim::operand_dtype`), and every primitive calls an overloaded `mt_*` device function of
+//! (`Prim::operand_dtype`), and every primitive (its `scalar_c` lowering, defined with the
+//! primitive in `prims::elementwise`) calls an overloaded `mt_*` device function of
 //! [`FUSED_PRELUDE`] with the semantics of `mithril_kernels::scalar` (wrapping integer
 //! arithmetic, 0 for integer division by zero, NumPy `floor_divide` / `remainder` signs,
 //! NaN-propagating `minimum`/`maximum`/`clamp`, the overflow-safe `sigmoid` / `softplus`, erf
@@ -31,8 +33,9 @@
 //! module per `backend: cuda` model (`M::CUDA_SOURCE`); the unit tests below check the text and
 //! compile it with the real NVRTC when it is available.
 
-use crate::ir::{DType, FExpr, Scalar};
-use crate::prims::{acc_dtype, robust_threshold, Prim};
+use crate::ir::{DType, FExpr};
+use crate::prims::lower::c_literal as literal;
+use crate::prims::{acc_dtype, Prim};
 use std::fmt::Write;
 
 /// A size known when the kernel is generated, or passed at launch as a `long` parameter.
@@ -231,155 +234,6 @@ fn convert(v: String, from: DType, to: DType) -> String {
     }
 }
 
-/// `prims::literal` in C: `s` as a literal of compute type `t`.
-fn literal(s: Scalar, t: DType) -> String {
-    let float = |v: f64, f32_: bool| -> String {
-        let suffix = if f32_ { "f" } else { "" };
-        let cast = if f32_ { "(float)" } else { "" };
-        if v.is_nan() {
-            format!("({cast}__longlong_as_double(0x7ff8000000000000LL))")
-        } else if v.is_infinite() {
-            let sign = if v < 0.0 { "-" } else { "" };
-            format!("({sign}{cast}__longlong_as_double(0x7ff0000000000000LL))")
-        } else {
-            let text = if f32_ {
-                format!("{:?}", v as f32)
-            } else {
-                format!("{v:?}")
-            };
-            // `{:?}` is the shortest round-tripping form and always has a `.` or an exponent
-            format!("{text}{suffix}")
-        }
-    };
-    match acc_dtype(t) {
-        DType::Bool => (s.as_f64() != 0.0).to_string(),
-        DType::F32 => float(s.as_f64(), true),
-        DType::F64 => float(s.as_f64(), false),
-        DType::I32 => {
-            let v = s.as_f64() as i32;
-            if v == i32::MIN {
-                "(-2147483647 - 1)".into()
-            } else {
-                format!("{v}")
-            }
-        }
-        _ => {
-            let v = match s {
-                Scalar::Int(i) => i,
-                other => other.as_f64() as i64,
-            };
-            if v == i64::MIN {
-                "(-9223372036854775807LL - 1)".into()
-            } else {
-                format!("{v}LL")
-            }
-        }
-    }
-}
-
-/// `prims::clamp_int`: an f64 bound as an integer literal of compute type `t`.
-fn int_bound(v: f64, t: DType) -> String {
-    let v = if v.is_infinite() {
-        if v > 0.0 {
-            f64::MAX
-        } else {
-            f64::MIN
-        }
-    } else {
-        v
-    };
-    match acc_dtype(t) {
-        DType::I32 => literal(Scalar::Int(v as i32 as i64), DType::I32),
-        _ => literal(Scalar::Int(v as i64), DType::I64),
-    }
-}
-
-/// `Prim::scalar` in C: the operation applied to operand expressions already in compute type `t`.
-fn scalar_c(p: &Prim, a: &[String], t: DType) -> Result<String, String> {
-    let x = || a[0].clone();
-    let bin = |f: &str| format!("{f}({}, {})", a[0], a[1]);
-    let un = |f: &str| format!("{f}({})", a[0]);
-    let is_bool = t == DType::Bool;
-    Ok(match p {
-        Prim::Add => bin("mt_add"),
-        Prim::Sub => bin("mt_sub"),
-        Prim::Mul => bin("mt_mul"),
-        Prim::Div => bin("mt_div"),
-        Prim::FloorDiv => bin("mt_floordiv"),
-        Prim::Rem => bin("mt_rem"),
-        Prim::Pow if acc_dtype(t).is_float() => bin("mt_pow"),
-        Prim::Pow => bin("mt_ipow"),
-        Prim::Minimum if is_bool => format!("({} && {})", a[0], a[1]),
-        Prim::Maximum if is_bool => format!("({} || {})", a[0], a[1]),
-        Prim::Minimum => bin("mt_min"),
-        Prim::Maximum => bin("mt_max"),
-        Prim::Eq => format!("({} == {})", a[0], a[1]),
-        Prim::Ne => format!("({} != {})", a[0], a[1]),
-        Prim::Lt => format!("({} < {})", a[0], a[1]),
-        Prim::Le => format!("({} <= {})", a[0], a[1]),
-        Prim::Gt => format!("({} > {})", a[0], a[1]),
-        Prim::Ge => format!("({} >= {})", a[0], a[1]),
-        Prim::And if is_bool => format!("({} && {})", a[0], a[1]),
-        Prim::Or if is_bool => format!("({} || {})", a[0], a[1]),
-        Prim::Xor if is_bool => format!("({} != {})", a[0], a[1]),
-        Prim::And => format!("({} & {})", a[0], a[1]),
-        Prim::Or => format!("({} | {})", a[0], a[1]),
-        Prim::Xor => format!("({} ^ {})", a[0], a[1]),
-        Prim::Not if is_bool => format!("(!{})", x()),
-        Prim::Not => format!("(~{})", x()),
-        Prim::Neg => un("mt_neg"),
-        Prim::Abs => un("mt_abs"),
-        Prim::Exp => un("mt_exp"),
-        Prim::Log => un("mt_log"),
-        Prim::Sqrt => un("mt_sqrt"),
-        Prim::Sin => un("mt_sin"),
-        Prim::Cos => un("mt_cos"),
-        Prim::Tanh => un("mt_tanh"),
-        Prim::Erf => un("mt_erf"),
-        Prim::Square => un("mt_square"),
-        Prim::Sign => un("mt_sign"),
-        Prim::Relu => un("mt_relu"),
-        Prim::Sigmoid => un("mt_sigmoid"),
-        Prim::Softplus => un("mt_softplus"),
-        Prim::Gelu => un("mt_gelu_erf"),
-        Prim::GeluTanh => un("mt_gelu_tanh"),
-        Prim::LeakyRelu(slope) => {
-            format!(
-                "mt_leaky_relu({}, {})",
-                x(),
-                literal(Scalar::Float(*slope), t)
-            )
-        }
-        Prim::Clamp(lo, hi) => {
-            let (l, h) = if acc_dtype(t).is_float() {
-                (
-                    literal(Scalar::Float(*lo), t),
-                    literal(Scalar::Float(*hi), t),
-                )
-            } else {
-                (int_bound(*lo, t), int_bound(*hi, t))
-            };
-            format!("mt_clamp({}, {l}, {h})", x())
-        }
-        Prim::Cast(_) | Prim::StopGradient => x(),
-        Prim::RobustSqrt(_) | Prim::RobustLog(_) | Prim::StableReciprocal(_) => {
-            let f = match p {
-                Prim::RobustSqrt(_) => "mt_robust_sqrt",
-                Prim::RobustLog(_) => "mt_robust_log",
-                _ => "mt_stable_reciprocal",
-            };
-            let c = literal(Scalar::Float(robust_threshold(p, t)), t);
-            format!("{f}({}, {c})", x())
-        }
-        Prim::RobustPower(_) => {
-            let c = literal(Scalar::Float(robust_threshold(p, t)), t);
-            format!("mt_robust_power({}, {}, {c})", a[0], a[1])
-        }
-        Prim::Where => format!("({} ? {} : {})", a[0], a[1], a[2]),
-        other => return Err(format!("`{}` is not elementwise", other.name())),
-    })
-}
-
 /// `codegen`'s `lower_fexpr` in C. `loaded[i]` is the local holding arg `i` in its compute type.
 fn lower(e: &FExpr, arg_dts: &[DType]) -> Result<(String, DType), String> {
     match e {
@@ -401,7 +255,7 @@ fn lower(e: &FExpr, arg_dts: &[DType]) -> Result<(String, DType), String> {
                 .enumerate()
                 .map(|(i, (v, d))| convert(v.clone(), *d, p.operand_dtype(i, *compute, *d)))
                 .collect();
-            let body = scalar_c(p, &conv, *compute)?;
+            let body = p.scalar_c(&conv, *compute)?;
             Ok(match p {
                 Prim::Cast(_) => (convert(body, lowered[0].1, *out), *out),
                 _ => (body, *out),
@@ -504,6 +358,7 @@ pub fn fused_module(kernels: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Scalar;
 
     fn op(p: Prim, args: Vec<FExpr>, t: DType) -> FExpr {
         FExpr::Op(p, args, t, t)
@@ -543,7 +398,7 @@ mod tests {
     #[test]
     fn robust_forms_carry_the_dtype_thresholds() {
         let x = ["x0".to_string(), "x1".to_string()];
-        let c = |p: Prim, t: DType| scalar_c(&p, &x, t).unwrap();
+        let c = |p: Prim, t: DType| p.scalar_c(&x, t).unwrap();
         assert_eq!(
             c(Prim::RobustLog(None), DType::F32),
             "mt_robust_log(x0, 1.1754944e-38f)"

@@ -9,35 +9,29 @@
 //! [`codegen`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
 //! across invocations, modules and crates).
 
-mod autodiff;
-mod carrier;
 mod codegen;
 mod codegen_cuda;
 mod codegen_static;
 mod cuda_gen;
-mod dtypes;
-mod files;
-mod flatten;
+mod frontend;
 #[cfg(test)]
 mod fuzz;
-mod hyper;
+mod infer;
 mod ir;
-mod library;
-mod memplan;
-mod options;
 mod passes;
-mod placement;
 mod prims;
 #[cfg(test)]
 mod proptests;
 mod report;
-mod resolve;
-mod shapes;
-mod syntax;
 
+// the pipeline's modules by their short names (lib.rs and the code generators use them so)
 use flatten::{DefEntry, FlattenOpts, Flattener, Origin, Scope};
+use frontend::{carrier, flatten, library, options, syntax};
+use infer::{dtypes, shapes};
+use passes::{autodiff, memplan, placement};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
+use report::files;
 use std::rc::Rc;
 use syntax::{Item, ModelKind};
 

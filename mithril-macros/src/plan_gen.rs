@@ -8,141 +8,16 @@
 //! The format is documented in `mithril-runtime/src/plan/text.rs`.
 
 use super::Gen;
-use crate::ir::{rdim, DType, Dim, FExpr, NodeId, Op, RDim, Scalar};
-use crate::memplan::Home;
-use crate::prims::{acc_dtype, robust_threshold, Prim, ReduceKind, SliceArg};
+use crate::ir::{rdim, DType, Dim, FExpr, NodeId, Op, RDim};
+use crate::passes::memplan::Home;
+use crate::prims::plan::{flag, list, lit, q, PlanCx};
+use crate::prims::{acc_dtype, Prim};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use std::fmt::Write;
 
-/// A string token of the plan text.
-fn q(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// A literal in the compute domain of `t` (as `prims::literal`).
-fn lit(s: Scalar, t: DType) -> String {
-    match acc_dtype(t) {
-        DType::Bool => format!("b:{}", (s.as_f64() != 0.0) as u8),
-        DType::F32 => format!("f:{:x}", (s.as_f64() as f32).to_bits()),
-        DType::F64 => format!("d:{:x}", s.as_f64().to_bits()),
-        DType::I32 => format!("i:{}", s.as_f64() as i32),
-        _ => {
-            let v = match s {
-                Scalar::Int(i) => i,
-                other => other.as_f64() as i64,
-            };
-            format!("l:{v}")
-        }
-    }
-}
-
-/// An integer bound of `clamp` in an integer domain (as `prims::clamp_int`).
-fn clamp_int(v: f64, t: DType) -> String {
-    match acc_dtype(t) {
-        DType::I32 => {
-            let v = if v.is_infinite() {
-                if v > 0.0 {
-                    i32::MAX
-                } else {
-                    i32::MIN
-                }
-            } else {
-                v as i32
-            };
-            format!("i:{v}")
-        }
-        _ => {
-            let v = if v.is_infinite() {
-                if v > 0.0 {
-                    i64::MAX
-                } else {
-                    i64::MIN
-                }
-            } else {
-                v as i64
-            };
-            format!("l:{v}")
-        }
-    }
-}
-
-fn f64_lit(v: f64) -> String {
-    format!("d:{:x}", v.to_bits())
-}
-
 fn dom(t: DType) -> &'static str {
     acc_dtype(t).name()
-}
-
-/// The elementwise op name of the plan text and its immediates.
-fn ew(p: &Prim, t: DType) -> Option<(&'static str, [String; 2])> {
-    let z = || lit(Scalar::Float(0.0), t);
-    let th = || lit(Scalar::Float(robust_threshold(p, t)), t);
-    let name = match p {
-        Prim::Add => "add",
-        Prim::Sub => "sub",
-        Prim::Mul => "mul",
-        Prim::Div => "div",
-        Prim::FloorDiv => "floor_div",
-        Prim::Rem => "rem",
-        Prim::Pow => "pow",
-        Prim::Minimum => "minimum",
-        Prim::Maximum => "maximum",
-        Prim::Eq => "eq",
-        Prim::Ne => "ne",
-        Prim::Lt => "lt",
-        Prim::Le => "le",
-        Prim::Gt => "gt",
-        Prim::Ge => "ge",
-        Prim::And => "and",
-        Prim::Or => "or",
-        Prim::Xor => "xor",
-        Prim::Not => "not",
-        Prim::Neg => "neg",
-        Prim::Abs => "abs",
-        Prim::Exp => "exp",
-        Prim::Log => "log",
-        Prim::Sqrt => "sqrt",
-        Prim::Sin => "sin",
-        Prim::Cos => "cos",
-        Prim::Tanh => "tanh",
-        Prim::Erf => "erf",
-        Prim::Square => "square",
-        Prim::Sign => "sign",
-        Prim::Relu => "relu",
-        Prim::Sigmoid => "sigmoid",
-        Prim::Softplus => "softplus",
-        Prim::Gelu => "gelu",
-        Prim::GeluTanh => "gelu_tanh",
-        Prim::Where => "where",
-        Prim::LeakyRelu(s) => return Some(("leaky_relu", [lit(Scalar::Float(*s), t), z()])),
-        Prim::Clamp(lo, hi) => {
-            let imm = if acc_dtype(t).is_float() {
-                [lit(Scalar::Float(*lo), t), lit(Scalar::Float(*hi), t)]
-            } else {
-                [clamp_int(*lo, t), clamp_int(*hi, t)]
-            };
-            return Some(("clamp", imm));
-        }
-        Prim::RobustSqrt(_) => return Some(("robust_sqrt", [th(), z()])),
-        Prim::RobustLog(_) => return Some(("robust_log", [th(), z()])),
-        Prim::StableReciprocal(_) => return Some(("stable_reciprocal", [th(), z()])),
-        Prim::RobustPower(_) => return Some(("robust_power", [th(), z()])),
-        _ => return None,
-    };
-    Some((name, [z(), z()]))
 }
 
 /// A fused expression as program instructions (mirrors `Gen::lower_fexpr`: operands converted to
@@ -184,16 +59,19 @@ impl ProgText {
                     }
                     Prim::StopGradient => Ok((regs[0], *out)),
                     _ => {
-                        let (name, imm) = ew(p, *compute)
-                            .ok_or_else(|| format!("`{}` is not elementwise", p.name()))?;
+                        let no_shape = |_: &Dim| None;
+                        let cx = PlanCx {
+                            out: *compute,
+                            shape: None,
+                            dim: &no_shape,
+                        };
+                        let op = p.plan(&cx)?;
                         let rs: Vec<String> = regs.iter().map(|r| r.to_string()).collect();
                         let r = self.push(format!(
-                            "P {name} {} {} {} {} {}",
+                            "P {op} {} {} {}",
                             dom(*compute),
                             rs.len(),
-                            rs.join(" "),
-                            imm[0],
-                            imm[1]
+                            rs.join(" ")
                         ));
                         Ok((r, *out))
                     }
@@ -219,28 +97,6 @@ impl ProgText {
         let r = p.conv(r, d, out);
         Ok(format!("{} {} {r}", p.ins.len(), p.ins.join(" ")))
     }
-}
-
-fn slice_args(args: &[SliceArg]) -> String {
-    let o = |v: &Option<i64>| v.map_or("_".to_string(), |i| i.to_string());
-    let parts: Vec<String> = args
-        .iter()
-        .map(|a| match a {
-            SliceArg::NewAxis => "N".to_string(),
-            SliceArg::Index(i) => format!("I{i}"),
-            SliceArg::Range(lo, hi, st) => format!("R{}:{}:{st}", o(lo), o(hi)),
-        })
-        .collect();
-    format!("{} {}", parts.len(), parts.join(" "))
-}
-
-fn list<T: ToString>(v: &[T]) -> String {
-    let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-    format!("{} {}", parts.len(), parts.join(" "))
-}
-
-fn flag(b: bool) -> u8 {
-    b as u8
 }
 
 impl Gen<'_> {
@@ -404,83 +260,16 @@ impl Gen<'_> {
                     ProgText::program(&e, &arg_dts, t)?
                 )
             }
-            Op::Prim(p) => self.plan_prim(id, p)?,
-        })
-    }
-
-    fn plan_prim(&self, id: NodeId, p: &Prim) -> Result<String, String> {
-        let g = self.g;
-        let axes = |v: &[i64]| list(v);
-        Ok(match p {
-            Prim::Arange { start, step, .. } => {
-                let s = g.shape_of(id).ok_or("arange: no shape")?;
-                let len = s.dims.first().and_then(|d| self.plan_dim(d)).ok_or(
-                    "arange: its length is not known at run time (use a symbol of an input's shape)",
-                )?;
-                format!("arange {} {} {len}", f64_lit(*start), f64_lit(*step))
-            }
-            Prim::Reshape(_) => {
-                let s = g.shape_of(id).ok_or("reshape: no shape")?;
-                let dims: Vec<String> = s
-                    .dims
-                    .iter()
-                    .map(|d| self.plan_dim(d).unwrap_or_else(|| "?".into()))
-                    .collect();
-                if dims.iter().filter(|d| *d == "?").count() > 1 {
-                    return Err("reshape: more than one target dim is only known at run time; name them with symbols".into());
-                }
-                format!("reshape {} {}", dims.len(), dims.join(" "))
-            }
-            Prim::Matmul { ta, tb } => format!("mm {} {}", flag(*ta), flag(*tb)),
-            Prim::Transpose(perm) => format!("transpose {}", list(perm)),
-            Prim::Flatten(s, e) => format!("flatten {s} {e}"),
-            Prim::Concat(a) => format!("concat {a}"),
-            Prim::Slice(args) => format!("slice {}", slice_args(args)),
-            Prim::Gather(a) => format!("gather {a}"),
-            Prim::TakeAlong => "take_along".into(),
-            Prim::Reduce(kind, ax, keep) => {
-                let k = match kind {
-                    ReduceKind::Sum => "sum",
-                    ReduceKind::Mean => "mean",
-                    ReduceKind::Max => "max",
-                    ReduceKind::Min => "min",
-                    ReduceKind::Prod => "prod",
+            Op::Prim(p) => {
+                let dim = |d: &Dim| self.plan_dim(d);
+                let shape = g.shape_of(id);
+                let cx = PlanCx {
+                    out: t,
+                    shape: shape.as_ref(),
+                    dim: &dim,
                 };
-                format!("reduce {k} {} {}", axes(ax), flag(*keep))
+                p.plan(&cx)?
             }
-            Prim::Variance(ax, keep, corr) => {
-                format!("variance {} {} {}", axes(ax), flag(*keep), f64_lit(*corr))
-            }
-            Prim::ArgReduce { max, axis, keepdim } => {
-                format!("argreduce {} {axis} {}", flag(*max), flag(*keepdim))
-            }
-            Prim::Softmax(a) => format!("softmax {a}"),
-            Prim::LogSoftmax(a) => format!("log_softmax {a}"),
-            Prim::Unsqueeze(ax) => format!("unsqueeze {}", list(ax)),
-            Prim::BroadcastLike => "broadcast_like".into(),
-            Prim::ReshapeLike => "reshape_like".into(),
-            Prim::SumLike => "sum_like".into(),
-            Prim::SizeRatio => "size_ratio".into(),
-            Prim::TakeAlongGrad => "take_along_grad".into(),
-            Prim::GatherGrad(a) => format!("gather_grad {a}"),
-            Prim::SliceGrad(args) => format!("slice_grad {}", slice_args(args)),
-            Prim::ConcatPart(a, k) => format!("concat_part {a} {k}"),
-            Prim::Tril(k) => format!("tril {k}"),
-            Prim::Triu(k) => format!("triu {k}"),
-            Prim::FullLike(v) => format!("full_like {}", f64_lit(*v)),
-            Prim::Stack(a) => format!("stack {a}"),
-            Prim::Cholesky => "cholesky".into(),
-            Prim::Eigvalsh => "eigvalsh".into(),
-            Prim::EighVectors => "eigh_vectors".into(),
-            Prim::SolveTriangular { upper, left, trans } => {
-                format!(
-                    "solve_tri {} {} {}",
-                    flag(*upper),
-                    flag(*left),
-                    flag(*trans)
-                )
-            }
-            other => return Err(format!("internal: `{}` has no plan lowering", other.name())),
         })
     }
 

@@ -3,7 +3,9 @@
 //! slicing by explicit iteration) and the laws of symbolic unification.
 
 use crate::ir::{Dim, Env, Shape};
-use crate::prims::{broadcast, slice_len, Prim, ReduceKind, ReshapeDim};
+use crate::prims::rules::broadcast;
+use crate::prims::shape::slice_len;
+use crate::prims::{Prim, ReduceKind, ReshapeDim};
 use proptest::prelude::*;
 
 /// A dim for the references: a size or a named symbol.

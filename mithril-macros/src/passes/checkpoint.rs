@@ -9,8 +9,8 @@
 //! stay alive until their segment's backward. Recomputation runs the same kernels on the same
 //! values, so gradients are bitwise the same.
 
-use crate::autodiff::GRAD_PREFIX;
 use crate::ir::{Graph, NodeId, Op};
+use crate::passes::autodiff::GRAD_PREFIX;
 
 /// Applies checkpointing; returns the number of nodes recomputed.
 pub fn run(g: &mut Graph, segments: usize) -> usize {

@@ -1,9 +1,8 @@
 //! Constant folding: an elementwise primitive whose operands are all constants is evaluated at
-//! compile time (in f64 / i64 / bool, then rounded to the node's dtype) and replaced by a
-//! constant.
+//! compile time (by its family's `fold`, in f64 / i64 / bool, then rounded to the node's dtype)
+//! and replaced by a constant.
 
 use crate::ir::{DType, Graph, Op, Scalar, DT};
-use crate::prims::Prim;
 
 pub fn run(g: &mut Graph) -> usize {
     let mut n = 0;
@@ -26,7 +25,7 @@ pub fn run(g: &mut Graph) -> usize {
         let Some(DT::Known(out)) = g.nodes[id].dtype.map(|t| g.env.dt(t)) else {
             continue;
         };
-        if let Some(s) = eval(p, &vals, out) {
+        if let Some(s) = p.fold(&vals, out) {
             g.nodes[id].op = Op::Const(round(s, out));
             g.nodes[id].args.clear();
             n += 1;
@@ -75,62 +74,4 @@ fn half_round(x: f64, bf: bool) -> f64 {
             v as f64
         }
     }
-}
-
-fn eval(p: &Prim, a: &[Scalar], out: DType) -> Option<Scalar> {
-    use Scalar::*;
-    let f = |i: usize| a[i].as_f64();
-    let ints = a.iter().all(|s| matches!(s, Int(_) | Bool(_))) && !out.is_float();
-    let int = |i: usize| match a[i] {
-        Int(v) => v,
-        Bool(b) => b as i64,
-        Float(x) => x as i64,
-    };
-    let b = |i: usize| f(i) != 0.0;
-    Some(match p {
-        Prim::Add if ints => Int(int(0).wrapping_add(int(1))),
-        Prim::Sub if ints => Int(int(0).wrapping_sub(int(1))),
-        Prim::Mul if ints => Int(int(0).wrapping_mul(int(1))),
-        Prim::Add => Float(f(0) + f(1)),
-        Prim::Sub => Float(f(0) - f(1)),
-        Prim::Mul => Float(f(0) * f(1)),
-        Prim::Div => Float(f(0) / f(1)),
-        Prim::Pow if !ints => Float(f(0).powf(f(1))),
-        Prim::Minimum => Float(f(0).min(f(1))),
-        Prim::Maximum => Float(f(0).max(f(1))),
-        Prim::Eq => Bool(f(0) == f(1)),
-        Prim::Ne => Bool(f(0) != f(1)),
-        Prim::Lt => Bool(f(0) < f(1)),
-        Prim::Le => Bool(f(0) <= f(1)),
-        Prim::Gt => Bool(f(0) > f(1)),
-        Prim::Ge => Bool(f(0) >= f(1)),
-        Prim::And => Bool(b(0) && b(1)),
-        Prim::Or => Bool(b(0) || b(1)),
-        Prim::Xor => Bool(b(0) ^ b(1)),
-        Prim::Not => Bool(!b(0)),
-        Prim::Neg if ints => Int(int(0).wrapping_neg()),
-        Prim::Neg => Float(-f(0)),
-        Prim::Abs if ints => Int(int(0).wrapping_abs()),
-        Prim::Abs => Float(f(0).abs()),
-        Prim::Exp => Float(f(0).exp()),
-        Prim::Log => Float(f(0).ln()),
-        Prim::Sqrt => Float(f(0).sqrt()),
-        Prim::Sin => Float(f(0).sin()),
-        Prim::Cos => Float(f(0).cos()),
-        Prim::Tanh => Float(f(0).tanh()),
-        Prim::Square if ints => Int(int(0).wrapping_mul(int(0))),
-        Prim::Square => Float(f(0) * f(0)),
-        Prim::Relu if ints => Int(int(0).max(0)),
-        Prim::Relu => Float(if f(0) > 0.0 { f(0) } else { 0.0 }),
-        Prim::Sigmoid => Float(1.0 / (1.0 + (-f(0)).exp())),
-        Prim::Cast(_) => a[0],
-        Prim::Where => {
-            if b(0) {
-                a[1]
-            } else {
-                a[2]
-            }
-        }
-        _ => return None,
-    })
 }

@@ -1,6 +1,9 @@
-//! Step 5: graph optimization. One pass per module; each reads and rewrites only the IR and
-//! returns how many changes it made (the summary reports them).
+//! The passes over the inferred graph: [`autodiff`] (the backward graph), the optimizations
+//! (step 5: one pass per module; each reads and rewrites only the IR and returns how many
+//! changes it made, which the summary reports), [`checkpoint`], [`placement`] (mixed backends)
+//! and [`memplan`] (slot lifetimes).
 
+pub mod autodiff;
 pub mod checkpoint;
 pub mod cse;
 pub mod dce;
@@ -8,3 +11,5 @@ pub mod elide;
 pub mod epilogue;
 pub mod fold;
 pub mod fuse;
+pub mod memplan;
+pub mod placement;

@@ -1,5 +1,6 @@
 //! The plan text: whitespace-separated tokens; strings are `"..."` with `\"`, `\\` and `\n`
-//! escapes. Written by `mithril-macros` (`backend/plan.rs`), read here.
+//! escapes. Written by `mithril-macros` (`plan_gen.rs`, each primitive's part by its family's
+//! `Family::plan` in `prims/`), read here.
 //!
 //! ```text
 //! M "<model>" <nsyms> "<sym>"...
@@ -11,7 +12,7 @@
 //! Literals: `f:<f32 bits, hex>`, `d:<f64 bits, hex>`, `i:<i32>`, `l:<i64>`, `b:<0|1>`. Dims:
 //! `k<n>`, `y<slot>`, `in<view>:<axis>`, `ib<view>:<from the end>`, `p<c>:<n>` then `n` dims.
 //! Programs: `<n>` instructions then the result's instruction index; an instruction is
-//! `L <arg> <st>`, `K <lit>`, `V <ins> <dom>` or `P <op> <dom> <n> <ins>... <lit> <lit>`.
+//! `L <arg> <st>`, `K <lit>`, `V <ins> <dom>` or `P <op> <lit> <lit> <dom> <n> <ins>...`.
 
 use super::{Check, DimE, Home, POp, Plan, RKind, Step};
 use crate::check::DimSpec;
@@ -362,6 +363,7 @@ fn prog(t: &mut Toks) -> R<Prog> {
             }
             "P" => {
                 let op = ew_op(t.word()?)?;
+                let imm = [lit(t.word()?)?, lit(t.word()?)?];
                 let d = dom(t.word()?)?;
                 let k: usize = t.num()?;
                 let args = (0..k)
@@ -370,7 +372,6 @@ fn prog(t: &mut Toks) -> R<Prog> {
                             .and_then(|i| get(&regs, i).map_err(String::from))
                     })
                     .collect::<R<Vec<Reg>>>()?;
-                let imm = [lit(t.word()?)?, lit(t.word()?)?];
                 b.op(op, d, &args, imm)
             }
             w => return Err(format!("unknown instruction `{w}`")),

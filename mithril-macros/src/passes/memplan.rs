@@ -112,7 +112,11 @@ pub fn plan(g: &Graph, inplace: bool) -> Plan {
 /// [`plan`] for the host side of a mixed model (`backend_map`): a value that never exists on
 /// the host gets no slot; a value computed on the device and downloaded gets a slot of its own
 /// (the download writes all of it), never shared in place.
-pub fn plan_placed(g: &Graph, inplace: bool, placed: Option<&crate::placement::Placed>) -> Plan {
+pub fn plan_placed(
+    g: &Graph,
+    inplace: bool,
+    placed: Option<&crate::passes::placement::Placed>,
+) -> Plan {
     let n = g.nodes.len();
     let end = n as u32; // the step at which outputs are collected
     let mut is_output = vec![false; n];

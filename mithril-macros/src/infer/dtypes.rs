@@ -77,7 +77,7 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                         if p.is_elementwise() {
                             let strong = args
                                 .iter()
-                                .skip(if p == crate::prims::Prim::Where { 1 } else { 0 })
+                                .skip(p.first_data_operand())
                                 .find(|&&a| weak[a].is_none())
                                 .and_then(|&a| g.nodes[a].dtype);
                             let target = strong.or(Some(t)).map(|d| g.env.dt(d));

@@ -1,8 +1,8 @@
 //! mithril's model library, written in the DSL itself (`library/*.mth`) and compiled into the
 //! macro. Every model here is an ordinary DSL model: the compiler has no special cases for them.
 
-use crate::flatten::{DefEntry, Origin, Scope};
-use crate::syntax::{File, Item};
+use crate::frontend::flatten::{DefEntry, Origin, Scope};
+use crate::frontend::syntax::{File, Item};
 use std::rc::Rc;
 
 /// The library's source.
@@ -35,7 +35,8 @@ pub fn scope() -> Scope {
 mod tests {
     #[test]
     fn library_parses() {
-        let f: crate::syntax::File = syn::parse_str(super::SOURCE).expect("library parses");
+        let f: crate::frontend::syntax::File =
+            syn::parse_str(super::SOURCE).expect("library parses");
         assert!(f.items.len() >= 12);
     }
 }

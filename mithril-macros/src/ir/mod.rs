@@ -5,7 +5,9 @@
 //! of dimension variables (instance-local symbols and `_`), rank variables (`...`) and dtype
 //! variables (params and library-model inputs whose dtype comes from what they meet).
 
-use crate::prims::Prim;
+pub mod prim;
+
+use prim::Prim;
 use proc_macro2::Span;
 use std::fmt;
 
@@ -239,6 +241,54 @@ impl Env {
     }
 
     /// Unify two dtypes. `Err(())` on a conflict of known types.
+    /// Match an actual shape against a declared pattern (binding `...` and instance symbols).
+    pub fn unify_pattern(&mut self, pattern: &Shape, actual: &Shape) -> Result<(), String> {
+        let env = self;
+        let p = env.shape(pattern);
+        let a = env.shape(actual);
+        let np = p.dims.len();
+        let na = a.dims.len();
+        match p.rest {
+            None => {
+                if a.rest.is_some() {
+                    return Err(format!(
+                        "rank {np} is needed, but the argument's rank is open (`...`)"
+                    ));
+                }
+                if na != np {
+                    return Err(format!("rank {na} != {np}"));
+                }
+            }
+            Some(r) => {
+                if na < np {
+                    if a.rest.is_none() {
+                        return Err(format!("rank {na} < {np}"));
+                    }
+                    return Err("the argument's rank is open (`...`) and too short to match".into());
+                }
+                let lead = Shape {
+                    rest: a.rest,
+                    dims: a.dims[..na - np].to_vec(),
+                };
+                if a.rest != Some(r) {
+                    env.bind_rest(r, lead);
+                }
+            }
+        }
+        for i in 0..np {
+            let (pd, ad) = (&p.dims[i], &a.dims[na - np + i]);
+            if env.unify_dim(pd, ad).is_err() {
+                return Err(format!(
+                    "dim {}: {} != {}",
+                    i as isize - np as isize,
+                    env.fmt_dim(ad),
+                    env.fmt_dim(pd)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn unify_dt(&mut self, a: DT, b: DT) -> Result<DT, ()> {
         match (self.dt(a), self.dt(b)) {
             (DT::Known(x), DT::Known(y)) if x == y => Ok(DT::Known(x)),
@@ -437,7 +487,7 @@ impl Placement {
             let inside = scope
                 .strip_prefix(p.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
-            let glob = p.contains(['*', '?']) && crate::flatten::glob_match(p, scope);
+            let glob = p.contains(['*', '?']) && glob_match(p, scope);
             if (inside || glob) && best.is_none_or(|(len, _)| p.len() >= len) {
                 best = Some((p.len(), *cuda));
             }
@@ -646,4 +696,30 @@ impl Graph {
             }
         }
     }
+}
+
+/// Glob over dotted names: `*` matches any run of characters (dots included), `?` one.
+pub fn glob_match(pat: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pat.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
 }

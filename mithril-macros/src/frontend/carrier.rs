@@ -31,8 +31,8 @@
 //! expanded at its own site and carries its dependencies inside its bundle, so only the direct,
 //! distinct paths of one invocation count.
 
-use crate::flatten::{DefEntry, Origin, Scope};
-use crate::syntax::{File, Item, ModelDef};
+use crate::frontend::flatten::{DefEntry, Origin, Scope};
+use crate::frontend::syntax::{File, Item, ModelDef};
 use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,12 +97,12 @@ fn parse_bundle(input: ParseStream) -> syn::Result<Bundle> {
     braced!(content in input);
     let start = content.cursor();
     let item: Item = content.parse()?;
-    let tokens = crate::syntax::tokens_between(start, content.cursor());
+    let tokens = crate::frontend::syntax::tokens_between(start, content.cursor());
     let Item::Model(mut def) = item else {
         return Err(content.error("a carried bundle holds a model"));
     };
     def.tokens = tokens;
-    input.parse::<crate::syntax::kw::deps>()?;
+    input.parse::<crate::frontend::syntax::kw::deps>()?;
     let deps_content;
     bracketed!(deps_content in input);
     let deps = parse_defs(&deps_content)?;

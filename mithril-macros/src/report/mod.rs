@@ -1,6 +1,8 @@
 //! Introspection: the summary table and the graph as text, DOT and JSON, all made from the
 //! optimized IR at compile time.
 
+pub mod files;
+
 use crate::ir::{FExpr, Graph, NodeId, Op};
 
 /// A short op name for a node.
@@ -74,7 +76,7 @@ pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
     let placed = g
         .placement
         .is_mixed()
-        .then(|| crate::placement::Placed::new(g, &[]));
+        .then(|| crate::passes::placement::Placed::new(g, &[]));
     let mut head: Vec<String> = vec![
         "#".into(),
         "name".into(),

@@ -1,0 +1,463 @@
+//! Statements: `input`, `param`, `const`, `let`, `output`, compile-time `if` / `for`, and a
+//! `train` model's `loss` / `regularize`.
+
+use super::*;
+
+impl Flattener<'_> {
+    pub(super) fn stmt(&mut self, s: &Stmt, f: &mut Frame) {
+        match s {
+            Stmt::Input { name, ty, span } => self.input_stmt(name, ty, *span, f),
+            Stmt::Param {
+                name,
+                ty,
+                init,
+                span,
+            } => self.param_stmt(name, ty, init.as_ref(), *span, f),
+            Stmt::Const {
+                name,
+                dtype,
+                value,
+                span,
+            } => self.const_stmt(name, dtype.as_ref(), value, *span, f),
+            Stmt::Let { pat, expr } => self.let_stmt(pat, expr, f),
+            Stmt::Output { name, expr } => self.output_stmt(name, expr.as_ref(), f),
+            Stmt::If { cond, then, els } => match self.eval_hyper(cond, f) {
+                Some(HVal::Bool(true)) => self.exec(then, f),
+                Some(HVal::Bool(false)) => self.exec(els, f),
+                Some(v) => self.error(
+                    cond.span(),
+                    format!(
+                        "an `if` condition must be a compile-time bool, found {}",
+                        v.kind()
+                    ),
+                ),
+                None => {}
+            },
+            Stmt::For { var, iter, body } => match self.eval_hyper(iter, f) {
+                Some(HVal::List(items)) if items.len() > MAX_UNROLL => self.error(
+                    iter.span(),
+                    format!(
+                        "`for` would unroll {} iterations; at most {MAX_UNROLL} are allowed",
+                        items.len()
+                    ),
+                ),
+                Some(HVal::List(items)) => {
+                    for it in items {
+                        if !self.step(s) {
+                            break;
+                        }
+                        f.vars.insert(var.to_string(), Value::Hyper(it));
+                        self.exec(body, f);
+                    }
+                }
+                Some(v) => self.error(
+                    iter.span(),
+                    format!(
+                        "`for` iterates over a compile-time list or range, found {}",
+                        v.kind()
+                    ),
+                ),
+                None => {}
+            },
+            Stmt::Loss { expr, span } => self.loss_stmt(expr, *span, f),
+            Stmt::Regularize {
+                kind,
+                coef,
+                glob,
+                span,
+            } => self.regularize_stmt(kind, coef, glob, *span, f),
+        }
+    }
+
+    /// `input x: T[dims];`: a model input at top level (with the `shapes:` / `types:` /
+    /// `constants:` overrides of the compile options), a `Boundary` over the bound argument
+    /// in a submodel.
+    fn input_stmt(&mut self, name: &Ident, ty: &TypeDecl, span: Span, f: &mut Frame) {
+        if !self.declare(f, name, "input") {
+            return;
+        }
+        // until the input is made: uses of a failed declaration stay silent
+        f.vars.insert(name.to_string(), Value::Poison);
+        // each input's `...` is its own: inputs of different ranks may meet by broadcasting
+        f.rest = None;
+        let Some(dt) = self.dtype_decl(ty) else {
+            return;
+        };
+        let n = name.to_string();
+        if let Some((args, _)) = &f.sub {
+            let Some(&arg) = args.get(&n) else { return };
+            let Some(pattern) = self.shape_from_decl(ty.shape.as_ref(), f, false, &n) else {
+                f.vars.insert(n, Value::Poison);
+                return;
+            };
+            let at = f.arg_spans.get(&n).copied().unwrap_or(span);
+            let id = self.node(Op::Boundary(pattern), vec![arg], at, f);
+            self.g.nodes[id].label = Some(format!("`{}` input `{n}`", f.model));
+            self.g.nodes[id].dtype = dt.map(DT::Known);
+            f.vars.insert(n, Value::Tensor(id));
+        } else {
+            self.top_input(name, ty, dt, span, f);
+        }
+    }
+
+    /// A top-level `input`: a baked-in constant, or an `Input` node with the overrides applied.
+    fn top_input(
+        &mut self,
+        name: &Ident,
+        ty: &TypeDecl,
+        dt: Option<DType>,
+        span: Span,
+        f: &mut Frame,
+    ) {
+        let n = name.to_string();
+        if let Some((value, csp)) = self.opts.constants.get(&n) {
+            if ty.shape.as_ref().is_some_and(|d| !d.dims.is_empty()) {
+                self.errors.push(err(
+                    *csp,
+                    format!("`constants:` bakes in scalars; input `{n}` is not a scalar"),
+                ));
+                return;
+            }
+            let dtype = self
+                .opts
+                .types
+                .get(&n)
+                .map(|t| t.0)
+                .or(dt)
+                .unwrap_or(self.opts.default_dtype);
+            let id = self.node(Op::Const(*value), vec![], span, f);
+            self.g.nodes[id].label = Some(n.clone());
+            self.g.nodes[id].dtype = Some(DT::Known(dtype));
+            f.vars.insert(n, Value::Tensor(id));
+            return;
+        }
+        // top level: apply `shapes:` / `types:` overrides
+        let mut decl = ty.shape.clone();
+        if !self.shape_override(&n, &mut decl, f) {
+            return;
+        }
+        let dt = match self.opts.types.get(&n) {
+            Some((t, _)) => Some(*t),
+            None => dt,
+        };
+        let Some(shape) = self.shape_from_decl(decl.as_ref(), f, true, &n) else {
+            return;
+        };
+        let idx = self.g.inputs.len();
+        let id = self.node(Op::Input(idx), vec![], span, f);
+        self.g.nodes[id].label = Some(n.clone());
+        self.g.nodes[id].shape = Some(shape);
+        self.g.nodes[id].dtype = Some(DT::Known(dt.unwrap_or(self.opts.default_dtype)));
+        self.g.inputs.push(InputInfo {
+            name: n.clone(),
+            node: id,
+            span: name.span(),
+        });
+        f.vars.insert(n, Value::Tensor(id));
+    }
+
+    /// Applies the `shapes:` override of input `n` (if any) to its declared shape; `false`
+    /// after an error.
+    fn shape_override(&mut self, n: &str, decl: &mut Option<ShapeDecl>, f: &mut Frame) -> bool {
+        if let Some((over, osp)) = self.opts.shapes.get(n) {
+            match decl {
+                Some(d) if d.dims.iter().any(|x| matches!(x, DimDecl::Ellipsis(_))) => {
+                    // `...` takes the override's leading dims
+                    let tail = d.dims.len() - 1;
+                    if over.len() < tail {
+                        self.errors.push(err(*osp, format!("`shapes:` gives `{n}` rank {}, but it is declared with at least {tail} dims", over.len())));
+                        return false;
+                    }
+                    let lead = over.len() - tail;
+                    let mut dims: Vec<DimDecl> = over[..lead]
+                        .iter()
+                        .map(|o| match o {
+                            Some(k) => DimDecl::Lit(*k),
+                            None => DimDecl::Any,
+                        })
+                        .collect();
+                    dims.extend(d.dims[1..].iter().cloned());
+                    d.dims = dims;
+                }
+                Some(d) if d.dims.len() == over.len() => {}
+                Some(d) => {
+                    self.errors.push(err(
+                        *osp,
+                        format!(
+                            "`shapes:` gives `{n}` rank {}, but it is declared with rank {}",
+                            over.len(),
+                            d.dims.len()
+                        ),
+                    ));
+                    return false;
+                }
+                None => {
+                    self.errors.push(err(
+                        *osp,
+                        format!("`shapes:` gives `{n}` a shape, but it is declared as a scalar"),
+                    ));
+                    return false;
+                }
+            }
+            if let Some(d) = decl {
+                for (i, o) in over.iter().enumerate() {
+                    let Some(k) = o else { continue };
+                    match &d.dims[i] {
+                        DimDecl::Lit(m) if m != k => {
+                            self.errors.push(err(*osp, format!("`shapes:` sets dim {i} of `{n}` to {k}, but it is declared as {m}")));
+                            return false;
+                        }
+                        DimDecl::Sym(id) => {
+                            let s = id.to_string();
+                            match f.syms.get(&s) {
+                                Some(Dim::Known(prev)) if prev != k => {
+                                    self.errors.push(err(*osp, format!("`shapes:` sets {s} = {k} here, but {s} = {prev} elsewhere")));
+                                    return false;
+                                }
+                                _ => {
+                                    f.syms.insert(s, Dim::Known(*k));
+                                }
+                            }
+                        }
+                        _ => d.dims[i] = DimDecl::Lit(*k),
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// `param w: T[dims] = init;`: created once per instance (a second call reuses it).
+    fn param_stmt(
+        &mut self,
+        name: &Ident,
+        ty: &TypeDecl,
+        init: Option<&Expr>,
+        span: Span,
+        f: &mut Frame,
+    ) {
+        if !self.declare(f, name, "param") {
+            return;
+        }
+        f.vars.insert(name.to_string(), Value::Poison);
+        let Some(dt) = self.dtype_decl(ty) else {
+            return;
+        };
+        let n = name.to_string();
+        let Some(shape) = self.shape_from_decl(ty.shape.as_ref(), f, false, &n) else {
+            f.vars.insert(n, Value::Poison);
+            return;
+        };
+        let inst = f.sub.as_ref().map(|(_, i)| *i);
+        if let Some(i) = inst {
+            if let Some(&existing) = self.insts[i].params.get(&n) {
+                let id = self.node(Op::Boundary(shape), vec![existing], span, f);
+                self.g.nodes[id].dtype = dt.map(DT::Known);
+                f.vars.insert(n, Value::Tensor(id));
+                return;
+            }
+        }
+        let init = match init {
+            None => Init::FanIn(None),
+            Some(e) => match self.parse_init(e, f) {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let mut path = f.path.clone();
+        path.push(n.clone());
+        let idx = self.g.params.len();
+        let id = self.node(Op::Param(idx), vec![], span, f);
+        self.g.nodes[id].label = Some(path.join("."));
+        self.g.nodes[id].shape = Some(shape);
+        let dtv = match dt {
+            Some(t) => DT::Known(t),
+            None => self.g.env.new_dt_var(),
+        };
+        self.g.nodes[id].dtype = Some(dtv);
+        self.g.params.push(ParamInfo {
+            path,
+            node: id,
+            init,
+            span: name.span(),
+        });
+        if let Some(i) = inst {
+            self.insts[i].params.insert(n.clone(), id);
+        }
+        f.vars.insert(n, Value::Tensor(id));
+    }
+
+    /// `const c: T = value;`: a compile-time number or bool.
+    fn const_stmt(
+        &mut self,
+        name: &Ident,
+        dtype: Option<&Ident>,
+        value: &Expr,
+        span: Span,
+        f: &mut Frame,
+    ) {
+        let dt = match dtype {
+            None => None,
+            Some(id) => match DType::parse(&id.to_string()) {
+                Some(t) => Some(t),
+                None => {
+                    self.error(id.span(), format!("unknown dtype `{id}`"));
+                    return;
+                }
+            },
+        };
+        let _ = span;
+        match self.eval_hyper(value, f) {
+            Some(v @ (HVal::Int(_) | HVal::Float(_) | HVal::Bool(_))) => {
+                f.vars.insert(name.to_string(), Value::Const(v, dt));
+            }
+            Some(v) => self.error(
+                value.span(),
+                format!("a `const` must be a number or bool, found {}", v.kind()),
+            ),
+            None => {
+                f.vars.insert(name.to_string(), Value::Poison);
+            }
+        }
+    }
+
+    /// `let x = expr;` and `let (a, b) = Model(..)(x);`.
+    fn let_stmt(&mut self, pat: &Pat, expr: &Expr, f: &mut Frame) {
+        let hint = match pat {
+            Pat::Ident(i) => Some(i.clone()),
+            _ => None,
+        };
+        let v = self.eval(expr, f, hint.as_ref());
+        match pat {
+            Pat::Ident(i) => {
+                if let Value::Tensor(id) = v {
+                    if self.g.nodes[id].label.is_none() {
+                        self.g.nodes[id].label = Some(scoped(&f.path, &i.to_string()));
+                    }
+                }
+                f.vars.insert(i.to_string(), v);
+            }
+            Pat::Tuple(ids, sp) => {
+                match v {
+                    Value::Multi(outs) => {
+                        if outs.len() != ids.len() {
+                            self.error(
+                                *sp,
+                                format!(
+                            "this pattern binds {} names, but the model has {} outputs ({})",
+                            ids.len(),
+                            outs.len(),
+                            outs.iter().map(|o| o.0.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                            );
+                            for i in ids {
+                                f.vars.insert(i.to_string(), Value::Poison);
+                            }
+                        } else {
+                            for (i, (_, id)) in ids.iter().zip(outs) {
+                                f.vars.insert(i.to_string(), Value::Tensor(id));
+                            }
+                        }
+                    }
+                    Value::Poison => {
+                        for i in ids {
+                            f.vars.insert(i.to_string(), Value::Poison);
+                        }
+                    }
+                    _ => {
+                        self.error(
+                            *sp,
+                            "only a call of a model with several outputs can be destructured",
+                        );
+                        for i in ids {
+                            f.vars.insert(i.to_string(), Value::Poison);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `output y = expr;` / `output y;`.
+    fn output_stmt(&mut self, name: &Ident, expr: Option<&Expr>, f: &mut Frame) {
+        if !self.declare(f, name, "output") {
+            return;
+        }
+        let n = name.to_string();
+        let v = match expr {
+            Some(e) => self.eval(e, f, None),
+            None => match f.vars.get(&n) {
+                Some(v) => v.clone(),
+                None => {
+                    self.error(name.span(), format!("`output {n};` names no binding; write `output {n} = <expr>;` or bind `{n}` first"));
+                    Value::Poison
+                }
+            },
+        };
+        let sp = expr.as_ref().map(|e| e.span()).unwrap_or(name.span());
+        let Some(id) = self.tensor_of(v, sp, f) else {
+            return;
+        };
+        if self.g.nodes[id].label.is_none() {
+            self.g.nodes[id].label = Some(scoped(&f.path, &n));
+        }
+        f.vars.insert(n.clone(), Value::Tensor(id));
+        if f.sub.is_some() {
+            f.outputs.push((n, id));
+        } else {
+            self.g.outputs.push(OutputInfo { name: n, node: id });
+        }
+    }
+
+    /// `loss expr;` in a `train` model.
+    fn loss_stmt(&mut self, expr: &Expr, span: Span, f: &mut Frame) {
+        if f.sub.is_some() || !f.train {
+            self.error(
+                span,
+                "`loss` statements belong in the body of a `train` model",
+            );
+            return;
+        }
+        let v = self.eval(expr, f, None);
+        if let Some(id) = self.tensor_of(v, span, f) {
+            self.losses.push((id, span));
+        }
+    }
+
+    /// `regularize l1|l2(coef, "glob");` in a `train` model.
+    fn regularize_stmt(
+        &mut self,
+        kind: &Ident,
+        coef: &Expr,
+        glob: &syn::LitStr,
+        span: Span,
+        f: &mut Frame,
+    ) {
+        if f.sub.is_some() || !f.train {
+            self.error(
+                span,
+                "`regularize` statements belong in the body of a `train` model",
+            );
+            return;
+        }
+        if kind != "l1" && kind != "l2" {
+            self.error(
+                kind.span(),
+                format!("unknown regularizer `{kind}`; expected `l1` or `l2`"),
+            );
+            return;
+        }
+        match self.eval_hyper(coef, f) {
+            Some(HVal::Float(c)) => self.regs.push((kind.clone(), c, glob.clone())),
+            Some(HVal::Int(c)) => self.regs.push((kind.clone(), c as f64, glob.clone())),
+            Some(v) => self.error(
+                coef.span(),
+                format!(
+                    "a regularization coefficient is a number, found {}",
+                    v.kind()
+                ),
+            ),
+            None => {}
+        }
+    }
+}

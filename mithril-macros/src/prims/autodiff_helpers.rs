@@ -1,0 +1,159 @@
+//! Primitives only autodiff makes (no DSL name): broadcasting, reshaping and summing to another
+//! value's shape (for operands whose shapes are known only at run time), the element-count ratio
+//! of a mean, the scatter gradients of `take_along` / `gather` / `slice` / `concat`, and the
+//! eigenvectors `eigvalsh`'s gradient needs. CPU: the `*_to` ops of `mithril::rt::ops` (scatter
+//! ops in `ops/grad.rs`).
+
+use super::plan::{self as pt, PlanCx};
+use super::attrs::{AttrVal, Sig};
+use super::grad::Builder;
+use super::linalg::square_shape;
+use super::rules::{broadcast, float_only, ArgDt};
+use super::shape::slice_arg_tokens;
+use super::Family;
+use crate::ir::{DType, Env, NodeId, Shape, DT};
+use crate::prims::Prim;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// The autodiff-only family.
+pub struct Rules;
+
+impl Family for Rules {
+    fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
+        Ok(match p {
+            Prim::BroadcastLike => "broadcast_like".into(),
+            Prim::ReshapeLike => "reshape_like".into(),
+            Prim::SumLike => "sum_like".into(),
+            Prim::SizeRatio => "size_ratio".into(),
+            Prim::TakeAlongGrad => "take_along_grad".into(),
+            Prim::GatherGrad(a) => format!("gather_grad {a}"),
+            Prim::SliceGrad(args) => format!("slice_grad {}", pt::slice_args(args)),
+            Prim::ConcatPart(a, k) => format!("concat_part {a} {k}"),
+            _ => return Err("internal: not an autodiff helper".into()),
+        })
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn lookup(&self, _: &str) -> Option<Sig> {
+        None
+    }
+
+    fn build(&self, name: &str, _: &[(&str, AttrVal)], _: usize) -> Result<Prim, String> {
+        Err(format!("unknown primitive `{name}`"))
+    }
+
+    fn name(&self, p: &Prim) -> &'static str {
+        match p {
+            Prim::EighVectors => "eigh_vectors",
+            Prim::BroadcastLike => "broadcast_like",
+            Prim::ReshapeLike => "reshape_like",
+            Prim::SumLike => "sum_like",
+            Prim::SizeRatio => "size_ratio",
+            Prim::TakeAlongGrad => "take_along_grad",
+            Prim::GatherGrad(_) => "gather_grad",
+            Prim::SliceGrad(_) => "slice_grad",
+            _ => "concat_part",
+        }
+    }
+
+    fn shape(&self, p: &Prim, env: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
+        match p {
+            Prim::EighVectors => {
+                square_shape(env, &ins[0], p.name())?;
+                Ok(ins[0].clone())
+            }
+            Prim::BroadcastLike => {
+                broadcast(env, &[ins[0].clone(), ins[1].clone()])?;
+                Ok(ins[1].clone())
+            }
+            Prim::ReshapeLike | Prim::SumLike => Ok(ins[1].clone()),
+            Prim::SizeRatio => Ok(Shape::scalar()),
+            Prim::TakeAlongGrad | Prim::GatherGrad(_) => Ok(ins[2].clone()),
+            Prim::SliceGrad(_) => Ok(ins[1].clone()),
+            Prim::ConcatPart(_, k) => ins
+                .get(k + 1)
+                .cloned()
+                .ok_or_else(|| "internal: concat part".to_string()),
+            _ => Err("internal: no shape rule".into()),
+        }
+    }
+
+    fn dtype(&self, p: &Prim, env: &mut Env, ins: &[ArgDt], default: DType) -> Result<DT, String> {
+        match p {
+            Prim::EighVectors => float_only(p.name(), env, ins, default),
+            _ => Ok(ins[0].dt),
+        }
+    }
+
+    fn vjp(
+        &self,
+        b: &mut Builder,
+        p: &Prim,
+        x: &[NodeId],
+        _: NodeId,
+        gy: NodeId,
+    ) -> Vec<Option<NodeId>> {
+        match p {
+            Prim::ReshapeLike => vec![Some(b.op(Prim::ReshapeLike, &[gy, x[0]])), None],
+            Prim::SumLike => vec![Some(b.op(Prim::BroadcastLike, &[gy, x[0]])), None],
+            Prim::BroadcastLike => vec![Some(b.unbroadcast(gy, x[0])), None],
+            Prim::SizeRatio => vec![None, None],
+            _ => b.unsupported("a gradient (second derivatives)", x.len()),
+        }
+    }
+
+    fn call(
+        &self,
+        p: &Prim,
+        a: &[TokenStream],
+        _: &[DType],
+        out_rust: &TokenStream,
+        d: &TokenStream,
+    ) -> TokenStream {
+        let ops = quote!(::mithril::rt::ops);
+        let x = &a[0];
+        match p {
+            Prim::EighVectors => quote!(#ops::eigh_vectors_to(&#x, #d)),
+            Prim::BroadcastLike => {
+                let y = &a[1];
+                quote!(#ops::broadcast_like_to(&#x, &#y, #d))
+            }
+            Prim::ReshapeLike => {
+                let y = &a[1];
+                quote!(#ops::reshape_like_to(&#x, &#y, #d))
+            }
+            Prim::SumLike => {
+                let y = &a[1];
+                quote!(#ops::sum_like_to(&#x, &#y, #d))
+            }
+            Prim::SizeRatio => {
+                let y = &a[1];
+                quote!(#ops::size_ratio_to::<#out_rust, _, _>(&#x, &#y, #d))
+            }
+            Prim::TakeAlongGrad => {
+                let (y, z) = (&a[1], &a[2]);
+                quote!(#ops::take_along_backward_to(&#x, &#y, &#z, #d))
+            }
+            Prim::GatherGrad(axis) => {
+                let (y, z) = (&a[1], &a[2]);
+                let axis = *axis as isize;
+                quote!(#ops::gather_backward_to(&#x, &#y, &#z, #axis, #d))
+            }
+            Prim::SliceGrad(args) => {
+                let y = &a[1];
+                let args = args.iter().map(slice_arg_tokens);
+                quote!(#ops::slice_backward_to(&#x, &#y, &[#(#args),*], #d))
+            }
+            Prim::ConcatPart(axis, k) => {
+                let parts = &a[1..];
+                let axis = *axis as isize;
+                quote!(#ops::concat_part_to(&#x, &[#(#parts.shape()),*], #axis, #k, #d))
+            }
+            _ => quote!(compile_error!("internal: no call lowering")),
+        }
+    }
+}

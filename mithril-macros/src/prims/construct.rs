@@ -1,0 +1,182 @@
+//! Constructors: `arange` (no tensor inputs; its length may be a symbolic dim) and
+//! `zeros_like` / `ones_like`. CPU: `mithril::rt::ops::full_like_to`; `arange` lowers in codegen
+//! (its length may be known only at run time).
+
+use super::plan::{self as pt, PlanCx};
+use super::attrs::{get, sig, AttrVal, Sig, UN};
+use super::grad::Builder;
+use super::rules::ArgDt;
+use super::Family;
+use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};
+use crate::prims::Prim;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// The constructor family.
+pub struct Rules;
+
+impl Family for Rules {
+    fn plan(&self, p: &Prim, cx: &PlanCx<'_>) -> Result<String, String> {
+        match p {
+            Prim::Arange { start, step, .. } => {
+                let s = cx.shape.ok_or("arange: no shape")?;
+                let len = s.dims.first().and_then(|d| (cx.dim)(d)).ok_or(
+                    "arange: its length is not known at run time (use a symbol of an input's shape)",
+                )?;
+                Ok(format!(
+                    "arange {} {} {len}",
+                    pt::f64_lit(*start),
+                    pt::f64_lit(*step)
+                ))
+            }
+            Prim::FullLike(v) => Ok(format!("full_like {}", pt::f64_lit(*v))),
+            _ => Err("internal: not a constructor".into()),
+        }
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        &["zeros_like", "ones_like", "arange"]
+    }
+
+    fn lookup(&self, name: &str) -> Option<Sig> {
+        Some(match name {
+            "zeros_like" | "ones_like" => sig(UN, &[]),
+            "arange" => sig(&[], &["start", "end", "step", "dtype"]),
+            _ => return None,
+        })
+    }
+
+    fn build(&self, name: &str, attrs: &[(&str, AttrVal)], _: usize) -> Result<Prim, String> {
+        let get = |k: &str| get(attrs, k);
+        Ok(match name {
+            "zeros_like" => Prim::FullLike(0.0),
+            "ones_like" => Prim::FullLike(1.0),
+            _ => arange(get("start"), get("end"), get("step"), get("dtype"))?,
+        })
+    }
+
+    fn name(&self, p: &Prim) -> &'static str {
+        match p {
+            Prim::FullLike(v) if *v == 0.0 => "zeros_like",
+            Prim::FullLike(_) => "ones_like",
+            _ => "arange",
+        }
+    }
+
+    fn shape(&self, p: &Prim, _: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
+        match p {
+            Prim::Arange { len, .. } => Ok(Shape::fixed(vec![len.clone()])),
+            _ => Ok(ins[0].clone()),
+        }
+    }
+
+    fn dtype(&self, p: &Prim, _: &mut Env, ins: &[ArgDt], default: DType) -> Result<DT, String> {
+        match p {
+            Prim::Arange { int, dtype, .. } => Ok(DT::Known(dtype.unwrap_or(if *int {
+                DType::I64
+            } else {
+                default
+            }))),
+            _ => Ok(ins[0].dt),
+        }
+    }
+
+    fn vjp(
+        &self,
+        _: &mut Builder,
+        p: &Prim,
+        _: &[NodeId],
+        _: NodeId,
+        _: NodeId,
+    ) -> Vec<Option<NodeId>> {
+        match p {
+            Prim::FullLike(_) => vec![None],
+            _ => vec![],
+        }
+    }
+
+    fn call(
+        &self,
+        p: &Prim,
+        a: &[TokenStream],
+        _: &[DType],
+        _: &TokenStream,
+        d: &TokenStream,
+    ) -> TokenStream {
+        let ops = quote!(::mithril::rt::ops);
+        let x = a.first().cloned().unwrap_or_default();
+        match p {
+            Prim::FullLike(v) => {
+                let v = *v;
+                quote!(#ops::full_like_to(&#x, #v, #d))
+            }
+            _ => {
+                // the length is computed by codegen (it may be symbolic)
+                quote!(compile_error!("internal: arange lowers in codegen"))
+            }
+        }
+    }
+}
+
+/// `arange(end)`, `arange(start, end)`, `arange(start, end, step)` (torch's semantics): numbers
+/// known at compile time, or `arange(T)` with `T` a symbolic dim (`[T]` values `0..T`).
+fn arange(
+    start: Option<&AttrVal>,
+    end: Option<&AttrVal>,
+    step: Option<&AttrVal>,
+    dtype: Option<&AttrVal>,
+) -> Result<Prim, String> {
+    let (start, end) = match (start, end) {
+        (Some(s), None) => (None, Some(s)),
+        (s, e) => (s, e),
+    };
+    let dtype = match dtype {
+        None | Some(AttrVal::None) => None,
+        Some(AttrVal::DType(t)) if *t != DType::Bool => Some(*t),
+        _ => return Err("`dtype` of `arange` must be a numeric dtype (`f32`, `i64`, ...)".into()),
+    };
+    let num = |v: Option<&AttrVal>, what: &str, default: i64| -> Result<(f64, bool), String> {
+        match v {
+            None => Ok((default as f64, true)),
+            Some(AttrVal::Int(i)) => Ok((*i as f64, true)),
+            Some(AttrVal::Float(f)) if f.is_finite() => Ok((*f, false)),
+            _ => Err(format!(
+                "`{what}` of `arange` must be a number known at compile time"
+            )),
+        }
+    };
+    let (s0, si) = num(start, "start", 0)?;
+    let (st, ti) = num(step, "step", 1)?;
+    if st == 0.0 {
+        return Err("the `step` of `arange` cannot be 0".into());
+    }
+    match end {
+        None => Err("`arange` needs an end: `arange(end)`, `arange(start, end)` or `arange(start, end, step)`".into()),
+        Some(AttrVal::Dim(d)) => {
+            if s0 != 0.0 || st != 1.0 {
+                return Err("`arange` with a symbolic end (`arange(T)`) counts 0, 1, ..., T - 1: it takes no `start` or `step`".into());
+            }
+            Ok(Prim::Arange {
+                start: 0.0,
+                step: 1.0,
+                len: d.clone(),
+                int: true,
+                dtype,
+            })
+        }
+        e => {
+            let (e0, ei) = num(e, "end", 0)?;
+            let n = ((e0 - s0) / st).ceil();
+            if n > (1u64 << 40) as f64 {
+                return Err(format!("`arange` of {n} elements is too large"));
+            }
+            Ok(Prim::Arange {
+                start: s0,
+                step: st,
+                len: Dim::Known(if n > 0.0 { n as u64 } else { 0 }),
+                int: si && ei && ti,
+                dtype,
+            })
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Indexing by tensors: `gather` (rows of a table along an axis) and `take_along` (one pick
+//! per sample along the last axis). CPU: `mithril::rt::ops::gather_to` / `take_along_to`; their
+//! gradients are the scatter ops of `autodiff_helpers`.
+
+use super::plan::PlanCx;
+use super::attrs::{get, int_attr, AttrVal, Sig};
+use super::grad::Builder;
+use super::rules::{dt_names, fixed, known, norm_axis, ArgDt};
+use super::Family;
+use crate::ir::{DType, Env, NodeId, Shape, DT};
+use crate::prims::Prim;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// The indexing family.
+pub struct Rules;
+
+impl Family for Rules {
+    fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
+        match p {
+            Prim::Gather(a) => Ok(format!("gather {a}")),
+            Prim::TakeAlong => Ok("take_along".into()),
+            _ => Err("internal: not an index op".into()),
+        }
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        &["gather", "take_along"]
+    }
+
+    fn lookup(&self, name: &str) -> Option<Sig> {
+        let attrs: &'static [&'static str] = match name {
+            "gather" => &["axis"],
+            "take_along" => &[],
+            _ => return None,
+        };
+        Some(super::attrs::sig(&["input", "indices"], attrs))
+    }
+
+    fn build(&self, name: &str, attrs: &[(&str, AttrVal)], _: usize) -> Result<Prim, String> {
+        Ok(if name == "gather" {
+            Prim::Gather(int_attr(get(attrs, "axis"), "axis", 0)?)
+        } else {
+            Prim::TakeAlong
+        })
+    }
+
+    fn name(&self, p: &Prim) -> &'static str {
+        match p {
+            Prim::Gather(_) => "gather",
+            _ => "take_along",
+        }
+    }
+
+    fn shape(&self, p: &Prim, env: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
+        match p {
+            Prim::Gather(axis) => {
+                let (t, idx) = (&ins[0], &ins[1]);
+                fixed(t, "gather")?;
+                let r = t.dims.len();
+                let ax = norm_axis(*axis, r)
+                    .ok_or_else(|| format!("axis {axis} out of range for rank {r}"))?;
+                let mut out = Shape {
+                    rest: idx.rest,
+                    dims: vec![],
+                };
+                if idx.rest.is_some() && ax > 0 {
+                    return Err("gather with `...` indices needs axis 0".into());
+                }
+                out.dims.extend_from_slice(&t.dims[..ax]);
+                out.dims.extend_from_slice(&idx.dims);
+                out.dims.extend_from_slice(&t.dims[ax + 1..]);
+                Ok(out)
+            }
+            Prim::TakeAlong => {
+                let (t, idx) = (&ins[0], &ins[1]);
+                if t.dims.is_empty() {
+                    return Err("take_along needs an input of rank >= 1".into());
+                }
+                let lead = Shape {
+                    rest: t.rest,
+                    dims: t.dims[..t.dims.len() - 1].to_vec(),
+                };
+                env.unify_pattern(&lead, idx).map_err(|e| {
+                    format!("the indices must have the input's shape without its last axis ({e})")
+                })?;
+                Ok(lead)
+            }
+            _ => Err("internal: no shape rule".into()),
+        }
+    }
+
+    fn dtype(&self, _: &Prim, env: &mut Env, ins: &[ArgDt], _: DType) -> Result<DT, String> {
+        match known(env, &ins[1]) {
+            Some(DType::I32 | DType::I64) => {}
+            _ => {
+                let names = dt_names(env, ins);
+                return Err(format!(
+                    "`gather` needs integer indices, found {}",
+                    names[1]
+                ));
+            }
+        }
+        Ok(ins[0].dt)
+    }
+
+    fn vjp(
+        &self,
+        b: &mut Builder,
+        p: &Prim,
+        x: &[NodeId],
+        _: NodeId,
+        gy: NodeId,
+    ) -> Vec<Option<NodeId>> {
+        match p {
+            Prim::Gather(axis) => {
+                vec![Some(b.op(Prim::GatherGrad(*axis), &[gy, x[1], x[0]])), None]
+            }
+            _ => vec![Some(b.op(Prim::TakeAlongGrad, &[gy, x[1], x[0]])), None],
+        }
+    }
+
+    fn call(
+        &self,
+        p: &Prim,
+        a: &[TokenStream],
+        _: &[DType],
+        _: &TokenStream,
+        d: &TokenStream,
+    ) -> TokenStream {
+        let ops = quote!(::mithril::rt::ops);
+        let (x, y) = (&a[0], &a[1]);
+        match p {
+            Prim::Gather(axis) => {
+                let axis = *axis as isize;
+                quote!(#ops::gather_to(&#x, &#y, #axis, #d))
+            }
+            _ => quote!(#ops::take_along_to(&#x, &#y, #d)),
+        }
+    }
+}

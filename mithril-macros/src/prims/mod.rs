@@ -1,0 +1,251 @@
+//! The primitives: one module per family, each holding everything the compiler knows about its
+//! primitives — DSL names and attributes ([`Family::lookup`] / [`Family::build`]), shape rule,
+//! dtype rule, gradient rule (a vector-Jacobian product built from other primitives with
+//! [`grad::Builder`]), CPU lowering (`scalar`, the element expression inlined into fused loops,
+//! for elementwise primitives; `call`, a call of `mithril::rt::ops`, for the others) and CUDA
+//! lowering of elementwise primitives (`scalar_c`, the CUDA C expression of a fused kernel), and
+//! compile-time evaluation on constants (`fold`).
+//!
+//! The [`Prim`] enum itself is IR data (`crate::ir::prim`); [`Prim::family`] maps each variant to
+//! its family, and the methods below dispatch to it. The drivers (dtype and shape inference,
+//! autodiff, the code generators) call these methods and hold no per-primitive knowledge.
+//!
+//! A new primitive: its variant in `crate::ir::prim`, its arm in [`Prim::family`], and its rules
+//! in the family's module (or a new module implementing [`Family`], listed in [`FAMILIES`]).
+
+pub mod attrs;
+pub mod autodiff_helpers;
+pub mod construct;
+pub mod elementwise;
+pub mod grad;
+pub mod index;
+pub mod linalg;
+pub mod lower;
+pub mod matmul;
+pub mod plan;
+pub mod reduce;
+pub mod rules;
+pub mod shape;
+pub mod softmax;
+
+pub use crate::ir::prim::{Prim, ReduceKind, ReshapeDim, SliceArg};
+pub use attrs::{AttrVal, Sig};
+pub use lower::{acc_dtype, convert, literal, storage_type};
+pub use rules::{norm_axis, ArgDt};
+
+use crate::ir::{DType, Env, NodeId, Scalar, Shape, DT};
+use grad::Builder;
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// What the compiler knows about one family of primitives. Each method gets the primitive it is
+/// asked about (always one of the family's own variants); the defaults are the answers for a
+/// family that is not elementwise.
+pub trait Family: Sync {
+    /// The family's DSL function names (for "did you mean" lists).
+    fn names(&self) -> &'static [&'static str];
+    /// The DSL signature of `name`, or `None` when `name` is not one of the family's.
+    fn lookup(&self, name: &str) -> Option<Sig>;
+    /// The primitive for DSL function `name` (one of [`Family::names`]) with attribute values
+    /// `attrs` (already checked against [`Family::lookup`]) and `n_inputs` tensor inputs.
+    fn build(&self, name: &str, attrs: &[(&str, AttrVal)], n_inputs: usize)
+        -> Result<Prim, String>;
+    /// The DSL name (for summaries and errors).
+    fn name(&self, p: &Prim) -> &'static str;
+    /// The shape rule: the output shape from the input shapes (already resolved in `env`).
+    /// `Err` carries the message; the caller adds the op name, the operand shapes and the span.
+    fn shape(&self, p: &Prim, env: &mut Env, ins: &[Shape]) -> Result<Shape, String>;
+    /// The dtype rule: the output dtype from the input dtypes (`default`: the model's default
+    /// float type).
+    fn dtype(&self, p: &Prim, env: &mut Env, ins: &[ArgDt], default: DType) -> Result<DT, String>;
+    /// The gradient rule: the gradient of each operand `x[k]` given the gradient `gy` of the
+    /// result `y` (`None`: no gradient flows to that operand).
+    fn vjp(
+        &self,
+        b: &mut Builder,
+        p: &Prim,
+        x: &[NodeId],
+        y: NodeId,
+        gy: NodeId,
+    ) -> Vec<Option<NodeId>>;
+    /// Whether the family's primitives broadcast their inputs and fuse into one loop.
+    fn is_elementwise(&self) -> bool {
+        false
+    }
+    /// CPU lowering of a non-elementwise primitive: the runtime call computing it from argument
+    /// views `a` into destination `d` (a `mithril::rt::Dest`); it evaluates to
+    /// `Result<ArrayViewMutD>`.
+    fn call(
+        &self,
+        _p: &Prim,
+        _a: &[TokenStream],
+        _in_dt: &[DType],
+        _out_rust: &TokenStream,
+        _d: &TokenStream,
+    ) -> TokenStream {
+        quote!(compile_error!("internal: no call lowering"))
+    }
+    /// CPU lowering of an elementwise primitive: its scalar expression on operands already
+    /// converted to compute type `t`.
+    fn scalar(&self, _p: &Prim, _a: &[TokenStream], _t: DType) -> TokenStream {
+        quote!(compile_error!("internal: not elementwise"))
+    }
+    /// CUDA lowering of an elementwise primitive: its C expression on operands already in
+    /// compute type `t` (the device functions of `cuda_gen::FUSED_PRELUDE`).
+    fn scalar_c(&self, p: &Prim, _a: &[String], _t: DType) -> Result<String, String> {
+        Err(format!("`{}` is not elementwise", p.name()))
+    }
+    /// Constant folding: the value on constant operands `a` (in f64 / i64 / bool, rounded to
+    /// `out` by the caller); `None` when the primitive does not fold.
+    fn fold(&self, _p: &Prim, _a: &[Scalar], _out: DType) -> Option<Scalar> {
+        None
+    }
+    /// CPU plan lowering: the op with its attributes in plan text (`plan.rs`). For an
+    /// elementwise primitive, `cx.out` is its compute dtype and the text is the program
+    /// instruction's op and two immediates. `Err`: a spanned compile error (a run-time dim the
+    /// op needs is unknown).
+    fn plan(&self, p: &Prim, _cx: &plan::PlanCx<'_>) -> Result<String, String> {
+        Err(format!("internal: `{}` has no plan lowering", p.name()))
+    }
+}
+
+/// Every family, in the order their names are offered by "did you mean".
+pub const FAMILIES: &[&dyn Family] = &[
+    &elementwise::Rules,
+    &matmul::Rules,
+    &shape::Rules,
+    &index::Rules,
+    &reduce::Rules,
+    &softmax::Rules,
+    &linalg::Rules,
+    &construct::Rules,
+    &autodiff_helpers::Rules,
+];
+
+/// The DSL signature of a primitive function name, or `None` when the name is no primitive.
+pub fn lookup(name: &str) -> Option<Sig> {
+    FAMILIES.iter().find_map(|f| f.lookup(name))
+}
+
+/// Build a primitive from its DSL name and attribute values (already checked against [`lookup`]).
+pub fn build(name: &str, attrs: &[(&str, AttrVal)], n_inputs: usize) -> Result<Prim, String> {
+    match FAMILIES.iter().find(|f| f.names().contains(&name)) {
+        Some(f) => f.build(name, attrs, n_inputs),
+        None => Err(format!("unknown primitive `{name}`")),
+    }
+}
+
+/// Every primitive function name (for "did you mean" lists).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().flat_map(|f| f.names().iter().copied())
+}
+
+impl Prim {
+    /// The family that defines this primitive.
+    pub fn family(&self) -> &'static dyn Family {
+        use Prim::*;
+        match self {
+            Add | Sub | Mul | Div | FloorDiv | Rem | Pow | Minimum | Maximum | Eq | Ne | Lt
+            | Le | Gt | Ge | And | Or | Xor | Neg | Abs | Exp | Log | Sqrt | Sin | Cos | Tanh
+            | Erf | Square | Sign | Relu | Sigmoid | Softplus | Gelu | GeluTanh | Not
+            | LeakyRelu(_) | Clamp(..) | Cast(_) | StopGradient | RobustSqrt(_) | RobustLog(_)
+            | StableReciprocal(_) | RobustPower(_) | Where => &elementwise::Rules,
+            Matmul { .. } => &matmul::Rules,
+            Transpose(_) | Reshape(_) | Flatten(..) | Concat(_) | Slice(_) | Unsqueeze(_)
+            | Stack(_) => &shape::Rules,
+            Gather(_) | TakeAlong => &index::Rules,
+            Reduce(..) | Variance(..) | ArgReduce { .. } => &reduce::Rules,
+            Softmax(_) | LogSoftmax(_) => &softmax::Rules,
+            Cholesky | Eigvalsh | SolveTriangular { .. } | Tril(_) | Triu(_) => &linalg::Rules,
+            Arange { .. } | FullLike(_) => &construct::Rules,
+            EighVectors | BroadcastLike | ReshapeLike | SumLike | SizeRatio | TakeAlongGrad
+            | GatherGrad(_) | SliceGrad(_) | ConcatPart(..) => &autodiff_helpers::Rules,
+        }
+    }
+
+    /// The DSL name (for summaries and errors).
+    pub fn name(&self) -> &'static str {
+        self.family().name(self)
+    }
+
+    /// Elementwise primitives broadcast their inputs and can be fused into one loop.
+    pub fn is_elementwise(&self) -> bool {
+        self.family().is_elementwise()
+    }
+
+    /// Commutative binary ops (CSE canonicalises their args).
+    pub fn is_commutative(&self) -> bool {
+        elementwise::is_commutative(self)
+    }
+
+    /// The output shape from the input shapes. `Err` carries the message (the caller adds the
+    /// op name, the operand shapes and the span).
+    pub fn infer_shape(&self, env: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
+        let ins: Vec<Shape> = ins.iter().map(|s| env.shape(s)).collect();
+        self.family().shape(self, env, &ins)
+    }
+
+    /// The output dtype from the input dtypes (`default` is the model's default float type).
+    pub fn infer_dtype(&self, env: &mut Env, ins: &[ArgDt], default: DType) -> Result<DT, String> {
+        self.family().dtype(self, env, ins, default)
+    }
+
+    /// The first operand whose dtype decides the compute type of an elementwise op (`where_`'s
+    /// condition does not): weak literals among the operands take that operand's dtype.
+    pub fn first_data_operand(&self) -> usize {
+        elementwise::first_data_operand(self)
+    }
+
+    /// The vector-Jacobian product: the gradient of each operand `x[k]` given the gradient
+    /// `gy` of the result `y` (`None`: no gradient flows to that operand).
+    pub fn vjp(&self, b: &mut Builder, x: &[NodeId], y: NodeId, gy: NodeId) -> Vec<Option<NodeId>> {
+        self.family().vjp(b, self, x, y, gy)
+    }
+
+    /// The scalar expression of an elementwise primitive on already-converted operands `a`
+    /// (all in compute type `t`). The result is in compute type of the op's output dtype.
+    pub fn scalar(&self, a: &[TokenStream], t: DType) -> TokenStream {
+        self.family().scalar(self, a, t)
+    }
+
+    /// The CUDA C expression of an elementwise primitive on operand expressions already in
+    /// compute type `t`.
+    pub fn scalar_c(&self, a: &[String], t: DType) -> Result<String, String> {
+        self.family().scalar_c(self, a, t)
+    }
+
+    /// The value on constant operands `a` (constant folding), `None` when it does not fold.
+    pub fn fold(&self, a: &[Scalar], out: DType) -> Option<Scalar> {
+        self.family().fold(self, a, out)
+    }
+
+    /// The dtype the operands of an elementwise op are computed in, given the op's inputs and
+    /// output dtypes.
+    pub fn compute_dtype(&self, ins: &[DType], out: DType) -> DType {
+        elementwise::compute_dtype(self, ins, out)
+    }
+
+    /// For `where_` the first operand keeps its own (bool) type.
+    pub fn operand_dtype(&self, i: usize, compute: DType, own: DType) -> DType {
+        elementwise::operand_dtype(self, i, compute, own)
+    }
+
+    /// A call of `mithril::rt::ops` for a non-elementwise primitive. `a` are expressions of
+    /// `ArrayViewD` values.
+    /// The runtime call computing this primitive from argument views `a` into destination `d`
+    /// (a `mithril::rt::Dest`); it evaluates to `Result<ArrayViewMutD>`.
+    /// The CPU plan text of this primitive (see [`Family::plan`]).
+    pub fn plan(&self, cx: &plan::PlanCx<'_>) -> Result<String, String> {
+        self.family().plan(self, cx)
+    }
+
+    pub fn call(
+        &self,
+        a: &[TokenStream],
+        in_dt: &[DType],
+        out_rust: &TokenStream,
+        d: &TokenStream,
+    ) -> TokenStream {
+        self.family().call(self, a, in_dt, out_rust, d)
+    }
+}
