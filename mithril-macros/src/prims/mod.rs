@@ -135,10 +135,91 @@ pub fn build(name: &str, attrs: &[(&str, AttrVal)], n_inputs: usize) -> Result<P
     }
 }
 
-/// Every primitive function name (for "did you mean" lists).
+/// Every primitive function name (for "did you mean" lists, where a tie goes to the earlier
+/// name): the names of [`SUGGESTION_ORDER`], then any other family's names in family order.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    FAMILIES.iter().flat_map(|f| f.names().iter().copied())
+    let rest = FAMILIES
+        .iter()
+        .flat_map(|f| f.names().iter().copied())
+        .filter(|n| !SUGGESTION_ORDER.contains(n));
+    SUGGESTION_ORDER.iter().copied().chain(rest)
 }
+
+/// The order "did you mean" offers the primitive names in: that of the single primitive list
+/// the families replaced, so that a misspelling equally close to two names (`stax`: `max` or
+/// `stack`) keeps its suggestion. A new primitive need not be listed (it follows these).
+const SUGGESTION_ORDER: &[&str] = &[
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "floor_divide",
+    "remainder",
+    "power",
+    "minimum",
+    "maximum",
+    "equal",
+    "not_equal",
+    "less",
+    "less_equal",
+    "greater",
+    "greater_equal",
+    "logical_and",
+    "logical_or",
+    "logical_xor",
+    "logical_not",
+    "negate",
+    "abs",
+    "exp",
+    "log",
+    "sqrt",
+    "sin",
+    "cos",
+    "tanh",
+    "erf",
+    "square",
+    "sign",
+    "relu",
+    "sigmoid",
+    "softplus",
+    "gelu",
+    "leaky_relu",
+    "clamp",
+    "cast",
+    "stop_gradient",
+    "robust_sqrt",
+    "robust_log",
+    "stable_reciprocal",
+    "robust_power",
+    "where_",
+    "matmul",
+    "transpose",
+    "reshape",
+    "flatten",
+    "concat",
+    "slice",
+    "gather",
+    "take_along",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "prod",
+    "variance",
+    "argmax",
+    "argmin",
+    "softmax",
+    "log_softmax",
+    "tril",
+    "triu",
+    "zeros_like",
+    "ones_like",
+    "stack",
+    "arange",
+    "cholesky",
+    "eigvalsh",
+    "solve_triangular",
+];
 
 impl Prim {
     /// The family that defines this primitive.
@@ -247,5 +328,26 @@ impl Prim {
         d: &TokenStream,
     ) -> TokenStream {
         self.family().call(self, a, in_dt, out_rust, d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name "did you mean" offers is a primitive, each once, and every primitive's name is
+    /// offered.
+    #[test]
+    fn suggestion_order_lists_each_primitive_name_once() {
+        let offered: Vec<&str> = names().collect();
+        for n in &offered {
+            assert!(lookup(n).is_some(), "`{n}` is no primitive");
+            assert_eq!(offered.iter().filter(|m| *m == n).count(), 1, "`{n}` twice");
+        }
+        for f in FAMILIES {
+            for n in f.names() {
+                assert!(offered.contains(n), "`{n}` is not offered");
+            }
+        }
     }
 }
