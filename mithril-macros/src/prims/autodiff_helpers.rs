@@ -4,10 +4,10 @@
 //! eigenvectors `eigvalsh`'s gradient needs. CPU: the `*_to` ops of `mithril::rt::ops` (scatter
 //! ops in `ops/grad.rs`).
 
-use super::plan::{self as pt, PlanCx};
 use super::attrs::{AttrVal, Sig};
 use super::grad::Builder;
 use super::linalg::square_shape;
+use super::plan::{self as pt, PlanCx};
 use super::rules::{broadcast, float_only, ArgDt};
 use super::shape::slice_arg_tokens;
 use super::Family;
@@ -22,6 +22,7 @@ pub struct Rules;
 impl Family for Rules {
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
         Ok(match p {
+            Prim::EighVectors => "eigh_vectors".into(),
             Prim::BroadcastLike => "broadcast_like".into(),
             Prim::ReshapeLike => "reshape_like".into(),
             Prim::SumLike => "sum_like".into(),

@@ -2,9 +2,9 @@
 //! `zeros_like` / `ones_like`. CPU: `mithril::rt::ops::full_like_to`; `arange` lowers in codegen
 //! (its length may be known only at run time).
 
-use super::plan::{self as pt, PlanCx};
 use super::attrs::{get, sig, AttrVal, Sig, UN};
 use super::grad::Builder;
+use super::plan::{self as pt, PlanCx};
 use super::rules::ArgDt;
 use super::Family;
 use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};

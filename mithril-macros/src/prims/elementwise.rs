@@ -3,10 +3,10 @@
 //! scalar expression: Rust (`scalar`, `mithril::rt::scalar` / `vmath`) on the CPU, C (`scalar_c`,
 //! the `mt_*` device functions of `cuda_gen::FUSED_PRELUDE`) on CUDA.
 
-use super::plan::{self as pt, PlanCx};
 use super::attrs::{float_attr, get, sig, AttrVal, Sig, BIN, UN};
 use super::grad::Builder;
 use super::lower::{acc_dtype, c_literal, literal};
+use super::plan::{self as pt, PlanCx};
 use super::rules::{broadcast, common, dt_names, float_only, known, promote, ArgDt};
 use super::Family;
 use crate::ir::{DType, Env, NodeId, Scalar, Shape, DT};
@@ -108,7 +108,10 @@ impl Family for Rules {
             Prim::LeakyRelu(s) => ("leaky_relu", [pt::lit(Scalar::Float(*s), t), z()]),
             Prim::Clamp(lo, hi) if acc_dtype(t).is_float() => (
                 "clamp",
-                [pt::lit(Scalar::Float(*lo), t), pt::lit(Scalar::Float(*hi), t)],
+                [
+                    pt::lit(Scalar::Float(*lo), t),
+                    pt::lit(Scalar::Float(*hi), t),
+                ],
             ),
             Prim::Clamp(lo, hi) => ("clamp", [pt::clamp_int(*lo, t), pt::clamp_int(*hi, t)]),
             Prim::RobustSqrt(_) => ("robust_sqrt", [th(), z()]),

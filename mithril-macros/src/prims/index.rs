@@ -2,9 +2,9 @@
 //! per sample along the last axis). CPU: `mithril::rt::ops::gather_to` / `take_along_to`; their
 //! gradients are the scatter ops of `autodiff_helpers`.
 
-use super::plan::PlanCx;
 use super::attrs::{get, int_attr, AttrVal, Sig};
 use super::grad::Builder;
+use super::plan::PlanCx;
 use super::rules::{dt_names, fixed, known, norm_axis, ArgDt};
 use super::Family;
 use crate::ir::{DType, Env, NodeId, Shape, DT};

@@ -2,9 +2,9 @@
 //! triangles `tril` / `triu`. CPU: `mithril::rt::ops::*_to` over `mithril_kernels::linalg` (one
 //! matrix at a time, in f64).
 
-use super::plan::{self as pt, PlanCx};
 use super::attrs::{bool_attr, get, int_attr, sig, AttrVal, Sig, UN};
 use super::grad::Builder;
+use super::plan::{self as pt, PlanCx};
 use super::rules::{dt_names, float_only, show, ArgDt};
 use super::Family;
 use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};
@@ -22,7 +22,6 @@ impl Family for Rules {
             Prim::Triu(k) => format!("triu {k}"),
             Prim::Cholesky => "cholesky".into(),
             Prim::Eigvalsh => "eigvalsh".into(),
-            Prim::EighVectors => "eigh_vectors".into(),
             Prim::SolveTriangular { upper, left, trans } => format!(
                 "solve_tri {} {} {}",
                 pt::flag(*upper),

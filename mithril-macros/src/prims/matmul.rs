@@ -2,9 +2,9 @@
 //! transpose flags autodiff and the epilogue pass use. CPU: `mithril::rt::ops::matmul_to` (the
 //! packed GEMM of `mithril_kernels::gemm`).
 
-use super::plan::{self as pt, PlanCx};
 use super::attrs::{sig, AttrVal, Sig, BIN};
 use super::grad::Builder;
+use super::plan::{self as pt, PlanCx};
 use super::rules::{broadcast, dt_names, show, ArgDt};
 use super::Family;
 use crate::ir::{DType, Env, NodeId, Shape, DT};

@@ -2,8 +2,8 @@
 //! text.rs`): the token helpers the families' [`super::Family::plan`] lowerings write with.
 
 use super::lower::acc_dtype;
-use crate::ir::{DType, Dim, Scalar, Shape};
 use crate::ir::prim::SliceArg;
+use crate::ir::{DType, Dim, Scalar, Shape};
 
 /// What a family's plan lowering may ask about the node it lowers.
 pub struct PlanCx<'a> {

@@ -2,9 +2,9 @@
 //! `argmin`. CPU: the `*_to` reductions of `mithril::rt::ops` (row reductions of
 //! `mithril_kernels::rows`).
 
-use super::plan::{self as pt, PlanCx};
 use super::attrs::{axes_attr, bool_attr, get, int_attr, sig, AttrVal, Sig, UN};
 use super::grad::Builder;
+use super::plan::{self as pt, PlanCx};
 use super::rules::{known, norm_axis, ArgDt};
 use super::Family;
 use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};

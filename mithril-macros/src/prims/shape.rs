@@ -2,9 +2,9 @@
 //! `unsqueeze` (made by autodiff). CPU: the `*_to` ops of `mithril::rt::ops` (views where the
 //! layout allows; `reshape` lowers in codegen, its target dims may be symbolic).
 
-use super::plan::{self as pt, PlanCx};
 use super::attrs::{axes_attr, get, int_attr, sig, AttrVal, Sig, UN};
 use super::grad::Builder;
+use super::plan::{self as pt, PlanCx};
 use super::rules::{dt_names, fixed, norm_axis, show, total, ArgDt};
 use super::Family;
 use crate::ir::{DType, Dim, Env, Graph, NodeId, Op, Shape, SymBound, DT};

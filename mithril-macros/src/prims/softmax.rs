@@ -1,9 +1,9 @@
 //! `softmax` and `log_softmax` along one axis. CPU: `mithril::rt::ops::softmax_to` /
 //! `log_softmax_to` (the row kernels of `mithril_kernels::rows`).
 
-use super::plan::PlanCx;
 use super::attrs::{get, int_attr, sig, AttrVal, Sig, UN};
 use super::grad::Builder;
+use super::plan::PlanCx;
 use super::rules::{float_only, norm_axis, ArgDt};
 use super::Family;
 use crate::ir::{DType, Env, NodeId, Shape, DT};
