@@ -4,9 +4,10 @@
 //! 784-256-128-10 (bias + relu fused as epilogues), and the single-core AVX-512 FMA peak
 //! (a register-only FMA loop) that our GEMM is reported against.
 //!
-//! `taskset -c 0 cargo run --release --example bench_gemm -- 1` (one-thread numbers);
-//! `cargo run --release --example bench_gemm -- 2` (two threads). No argument: both; `gemv`:
-//! only the batch-1 GEMV/MLP lines.
+//! `taskset -c 0 cargo run --release --features bench-peers --example bench_gemm -- 1` (one-thread
+//! numbers); `cargo run --release --features bench-peers --example bench_gemm -- 2` (two threads).
+//! No argument: both; `gemv`: only the batch-1 GEMV/MLP lines. The `bench-peers` feature brings
+//! in the `gemm` crate, so plain `cargo test` does not build it.
 //! Prints human lines and anchor-format `JSON {...}` lines (medians over repeated timings).
 
 // AVX-512 intrinsics are stable since Rust 1.89 (as in mithril-kernels, which needs 1.89 too);
