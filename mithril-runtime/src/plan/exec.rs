@@ -434,7 +434,10 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     .ok_or_else(|| internal(step.what, "missing view"))?;
                 Ok(Val::Ro(v.clone().reborrow()))
             }
-            POp::Alias => Ok(Val::Alias(args[0])),
+            POp::Alias => args
+                .first()
+                .map(|&a| Val::Alias(a))
+                .ok_or_else(|| internal(step.what, "alias of nothing")),
             POp::Const(l) => any_t!(dt, T => self.put::<T>(id, h, |d| {
                 let mut v = d.get("const", &[])?;
                 v.fill(lit_value::<T>(*l));
@@ -821,7 +824,10 @@ fn fused_in_place<'w, T: PlanElem + ProgElem>(
 ) -> Result<ArrayViewMutD<'w, T>> {
     let ts: IxDyn = t.raw_dim();
     let mut shapes: SmallVec<[&[usize]; 6]> = xs.iter().map(|x| x.shape()).collect();
-    shapes[pos] = ts.slice();
+    match shapes.get_mut(pos) {
+        Some(s) => *s = ts.slice(),
+        None => return Err(internal(what, "in-place operand out of range")),
+    }
     let shape = ops::broadcast_dims(what, &shapes)?;
     if shape.slice() != ts.slice() {
         return Err(internal(what, "in-place target is not the result's shape"));
@@ -845,6 +851,9 @@ fn fused_mm<'d, T: PlanElem + ProgElem>(
 where
     T::Acc: mithril_kernels::scalar::Num,
 {
+    if xs.len() < 2 {
+        return Err(internal("matmul", "fewer than two operands"));
+    }
     let (a, b) = (typed::<T>(&xs[0])?, typed::<T>(&xs[1])?);
     let others: SmallVec<[&ArrayViewD<'_, T>; 4]> =
         xs[2..].iter().map(typed::<T>).collect::<Result<_>>()?;

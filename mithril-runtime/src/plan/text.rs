@@ -51,7 +51,12 @@ impl Toks {
         while self.pos < b.len() && !b[self.pos].is_ascii_whitespace() {
             self.pos += 1;
         }
-        Ok(&self.src[start..self.pos])
+        let w = self.src.get(start..self.pos).unwrap_or("");
+        // words are ASCII (strings are quoted), so byte indexing below never splits a char
+        if !w.is_ascii() {
+            return Err(format!("non-ASCII word at {start}"));
+        }
+        Ok(w)
     }
     fn string(&mut self) -> R<&'static str> {
         self.skip_ws();
@@ -485,4 +490,45 @@ fn step(t: &mut Toks) -> R<Step> {
         args,
         what,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_plan_parses() {
+        let src = "M \"Net\" 1 \"B\"\n\
+                   C 0 \"input `x`\" \"f32[B, 4]\" 0 2 s0 f4\n\
+                   N f32 v view 0 0 \"\"\n\
+                   N f32 o fused \"relu\" 2 L 0 f32 P relu f:0 f:0 f32 1 0 1 1 0 \"`relu` of input `x`\"\n\
+                   O 1 1\n";
+        let p = parse(src).unwrap();
+        assert_eq!(p.model, "Net");
+        assert_eq!(p.syms, &["B"]);
+        assert_eq!(p.checks.len(), 1);
+        assert_eq!(p.checks[0].spec, vec![DimSpec::Sym(0), DimSpec::Fixed(4)]);
+        assert_eq!(p.nodes.len(), 2);
+        assert_eq!(p.nodes[1].home, Home::Owned);
+        assert_eq!(p.nodes[1].args, vec![0]);
+        assert_eq!(p.outputs, vec![1]);
+        assert!(matches!(&p.nodes[1].op, POp::Fused("relu", prog) if prog.ins.len() == 2));
+    }
+
+    #[test]
+    fn malformed_plans_are_errors_not_panics() {
+        for bad in [
+            "",
+            "X",
+            "M \"Net\" 0\nN f32 v view",
+            "M \"Net\" 0\nN f32 v alias 1 5 \"\"",
+            "M \"Net\" 0\nN f99 v view 0 0 \"\"",
+            "M \"Net\" 0\nN f32 é view 0 0 \"\"",
+            "M \"Net\" 0\nN f32 o fused \"x\" 1 P relu f:0 f:0 f32 1 7 0 0 0 \"\"",
+            "M \"Net\" 0\nO 1 3",
+            "M \"unterminated",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }
