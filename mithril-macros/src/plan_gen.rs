@@ -47,18 +47,23 @@ impl ProgText {
             }
             FExpr::Lit(s, t) => Ok((self.push(format!("K {}", lit(*s, *t))), *t)),
             FExpr::Op(p, args, out, compute) => {
+                // each operand converted to the dtype the op computes it in
                 let mut regs = Vec::with_capacity(args.len());
+                let mut dts = Vec::with_capacity(args.len());
                 for (i, a) in args.iter().enumerate() {
                     let (r, d) = self.lower(a, arg_dts)?;
-                    regs.push(self.conv(r, d, p.operand_dtype(i, *compute, d)));
+                    let want = p.operand_dtype(i, *compute, d);
+                    regs.push(self.conv(r, d, want));
+                    dts.push(want);
                 }
-                match p {
-                    Prim::Cast(_) => {
-                        let (_, d0) = self.lower_dt(&args[0], arg_dts);
-                        Ok((self.conv(regs[0], d0, *out), *out))
+                let first = regs.first().copied().zip(dts.first().copied());
+                match (p, first) {
+                    (Prim::Cast(_), Some((r, d))) => Ok((self.conv(r, d, *out), *out)),
+                    (Prim::StopGradient, Some((r, _))) => Ok((r, *out)),
+                    (Prim::Cast(_) | Prim::StopGradient, None) => {
+                        Err(format!("internal: `{}` without an operand", p.name()))
                     }
-                    Prim::StopGradient => Ok((regs[0], *out)),
-                    _ => {
+                    (_, _) => {
                         let no_shape = |_: &Dim| None;
                         let cx = PlanCx {
                             out: *compute,
@@ -78,16 +83,6 @@ impl ProgText {
                 }
             }
         }
-    }
-
-    /// The dtype of a lowered expression without emitting it.
-    fn lower_dt(&self, e: &FExpr, arg_dts: &[DType]) -> ((), DType) {
-        let d = match e {
-            FExpr::Arg(i) => arg_dts.get(*i).copied().unwrap_or(DType::F32),
-            FExpr::Lit(_, t) => *t,
-            FExpr::Op(_, _, out, _) => *out,
-        };
-        ((), d)
     }
 
     /// The program text of `e` whose result is stored as `out`.

@@ -1,9 +1,10 @@
 //! Running a [`Plan`]: shape checks, the workspace, then every node in schedule order.
 
-use super::{AnyArray, AnyView, AnyViewMut, DimE, Home, POp, Plan, PlanElem, RKind, Step};
+use super::{AnyArray, DimE, Home, POp, Plan, PlanElem, RKind, Step};
 use crate::check::{check_shape, SymEnv};
 use crate::elem::DType;
 use crate::ops;
+use crate::params::{TensorView, TensorViewMut};
 use crate::workspace::{Dest, Workspace};
 use crate::{Elem, Error, Result};
 use half::{bf16, f16};
@@ -14,16 +15,16 @@ use smallvec::SmallVec;
 use std::cell::RefCell;
 
 /// Operand views of one op (inline up to 6).
-type Ops<'v> = SmallVec<[AnyView<'v>; 6]>;
+type Ops<'v> = SmallVec<[TensorView<'v>; 6]>;
 use std::sync::Mutex;
 
 /// A node's value during a run.
 enum Val<'w> {
     Empty,
     /// user memory, or an owned output (read-only)
-    Ro(AnyView<'w>),
+    Ro(TensorView<'w>),
     /// a workspace slot (writable by an in-place successor)
-    Rw(AnyViewMut<'w>),
+    Rw(TensorViewMut<'w>),
     /// the value of another node
     Alias(usize),
 }
@@ -38,7 +39,7 @@ pub fn run(
     plan: &'static Plan,
     ws: &Mutex<Workspace>,
     fallback: impl FnOnce() -> Workspace,
-    views: &[AnyView<'_>],
+    views: &[TensorView<'_>],
     outs: &mut [Option<AnyArray>],
 ) -> Result<()> {
     let mut env = SymEnv::new(plan.syms);
@@ -114,102 +115,48 @@ struct Cx<'p, 'a, 'w> {
     plan: &'static Plan,
     ws: &'w Workspace,
     env: &'p SymEnv,
-    views: &'p [AnyView<'a>],
+    views: &'p [TensorView<'a>],
     /// the returned outputs; an owned result goes straight into its first output
     outs: RefCell<&'p mut [Option<AnyArray>]>,
+}
+
+/// A `match` on a dtype binding `$T` to the storage type of each listed variant in `$e`, then
+/// the `$rest` arms.
+macro_rules! dispatch {
+    ($dt:expr, $T:ident => $e:expr; $($v:ident = $t:ty),*; $($rest:tt)*) => {
+        match $dt {
+            $(DType::$v => {
+                type $T = $t;
+                $e
+            })*
+            $($rest)*
+        }
+    };
 }
 
 /// `$T` bound to the storage type of `$dt` in `$e`.
 macro_rules! any_t {
     ($dt:expr, $T:ident => $e:expr) => {
-        match $dt {
-            DType::F32 => {
-                type $T = f32;
-                $e
-            }
-            DType::F64 => {
-                type $T = f64;
-                $e
-            }
-            DType::F16 => {
-                type $T = f16;
-                $e
-            }
-            DType::BF16 => {
-                type $T = bf16;
-                $e
-            }
-            DType::I32 => {
-                type $T = i32;
-                $e
-            }
-            DType::I64 => {
-                type $T = i64;
-                $e
-            }
-            DType::Bool => {
-                type $T = bool;
-                $e
-            }
-        }
+        dispatch!($dt, $T => $e;
+            F32 = f32, F64 = f64, F16 = f16, BF16 = bf16, I32 = i32, I64 = i64, Bool = bool;)
     };
 }
 
-/// [`any_t`] over the numeric types (not `bool`).
+/// [`any_t`] over the numeric types (`bool` is an internal error naming `$what`).
 macro_rules! num_t {
     ($dt:expr, $what:expr, $T:ident => $e:expr) => {
-        match $dt {
-            DType::F32 => {
-                type $T = f32;
-                $e
-            }
-            DType::F64 => {
-                type $T = f64;
-                $e
-            }
-            DType::F16 => {
-                type $T = f16;
-                $e
-            }
-            DType::BF16 => {
-                type $T = bf16;
-                $e
-            }
-            DType::I32 => {
-                type $T = i32;
-                $e
-            }
-            DType::I64 => {
-                type $T = i64;
-                $e
-            }
-            DType::Bool => Err(internal($what, "bool operand")),
-        }
+        dispatch!($dt, $T => $e;
+            F32 = f32, F64 = f64, F16 = f16, BF16 = bf16, I32 = i32, I64 = i64;
+            DType::Bool => Err(internal($what, "bool operand")),)
     };
 }
 
 /// [`any_t`] over the float types.
 macro_rules! real_t {
     ($dt:expr, $what:expr, $T:ident => $e:expr) => {
-        match $dt {
-            DType::F32 => {
-                type $T = f32;
-                $e
-            }
-            DType::F64 => {
-                type $T = f64;
-                $e
-            }
-            DType::F16 => {
-                type $T = f16;
-                $e
-            }
-            DType::BF16 => {
-                type $T = bf16;
-                $e
-            }
-            _ => Err(internal($what, "non-float operand")),
-        }
+        dispatch!($dt, $T => $e;
+            F32 = f32, F64 = f64, F16 = f16, BF16 = bf16;
+            _ => Err(internal($what, "non-float operand")),)
     };
 }
 
@@ -227,30 +174,33 @@ unsafe fn extend<'w, T>(v: ArrayViewMutD<'_, T>) -> ArrayViewMutD<'w, T> {
     v.raw_view_mut().deref_into_view_mut()
 }
 
-impl<'w> AnyViewMut<'w> {
-    fn view(&self) -> AnyView<'_> {
+impl<'w> TensorViewMut<'w> {
+    fn view(&self) -> TensorView<'_> {
         match self {
-            AnyViewMut::F32(v) => AnyView::F32(v.view()),
-            AnyViewMut::F64(v) => AnyView::F64(v.view()),
-            AnyViewMut::F16(v) => AnyView::F16(v.view()),
-            AnyViewMut::BF16(v) => AnyView::BF16(v.view()),
-            AnyViewMut::I32(v) => AnyView::I32(v.view()),
-            AnyViewMut::I64(v) => AnyView::I64(v.view()),
-            AnyViewMut::Bool(v) => AnyView::Bool(v.view()),
+            TensorViewMut::F32(v) => TensorView::F32(v.view()),
+            TensorViewMut::F64(v) => TensorView::F64(v.view()),
+            TensorViewMut::F16(v) => TensorView::F16(v.view()),
+            TensorViewMut::BF16(v) => TensorView::BF16(v.view()),
+            TensorViewMut::I32(v) => TensorView::I32(v.view()),
+            TensorViewMut::I64(v) => TensorView::I64(v.view()),
+            TensorViewMut::Bool(v) => TensorView::Bool(v.view()),
         }
     }
 }
 
 impl AnyArray {
-    fn view(&self) -> AnyView<'_> {
+    fn dtype(&self) -> DType {
+        self.view().dtype()
+    }
+    fn view(&self) -> TensorView<'_> {
         match self {
-            AnyArray::F32(v) => AnyView::F32(v.view()),
-            AnyArray::F64(v) => AnyView::F64(v.view()),
-            AnyArray::F16(v) => AnyView::F16(v.view()),
-            AnyArray::BF16(v) => AnyView::BF16(v.view()),
-            AnyArray::I32(v) => AnyView::I32(v.view()),
-            AnyArray::I64(v) => AnyView::I64(v.view()),
-            AnyArray::Bool(v) => AnyView::Bool(v.view()),
+            AnyArray::F32(v) => TensorView::F32(v.view()),
+            AnyArray::F64(v) => TensorView::F64(v.view()),
+            AnyArray::F16(v) => TensorView::F16(v.view()),
+            AnyArray::BF16(v) => TensorView::BF16(v.view()),
+            AnyArray::I32(v) => TensorView::I32(v.view()),
+            AnyArray::I64(v) => TensorView::I64(v.view()),
+            AnyArray::Bool(v) => TensorView::Bool(v.view()),
         }
     }
     fn cloned(&self) -> AnyArray {
@@ -258,31 +208,31 @@ impl AnyArray {
     }
 }
 
-impl<'a> AnyView<'a> {
+impl<'a> TensorView<'a> {
     /// The same view with a shorter lifetime.
-    pub fn reborrow<'b>(self) -> AnyView<'b>
+    pub fn reborrow<'b>(self) -> TensorView<'b>
     where
         'a: 'b,
     {
         match self {
-            AnyView::F32(v) => AnyView::F32(v.reborrow()),
-            AnyView::F64(v) => AnyView::F64(v.reborrow()),
-            AnyView::F16(v) => AnyView::F16(v.reborrow()),
-            AnyView::BF16(v) => AnyView::BF16(v.reborrow()),
-            AnyView::I32(v) => AnyView::I32(v.reborrow()),
-            AnyView::I64(v) => AnyView::I64(v.reborrow()),
-            AnyView::Bool(v) => AnyView::Bool(v.reborrow()),
+            TensorView::F32(v) => TensorView::F32(v.reborrow()),
+            TensorView::F64(v) => TensorView::F64(v.reborrow()),
+            TensorView::F16(v) => TensorView::F16(v.reborrow()),
+            TensorView::BF16(v) => TensorView::BF16(v.reborrow()),
+            TensorView::I32(v) => TensorView::I32(v.reborrow()),
+            TensorView::I64(v) => TensorView::I64(v.reborrow()),
+            TensorView::Bool(v) => TensorView::Bool(v.reborrow()),
         }
     }
     fn to_owned(&self) -> AnyArray {
         match self {
-            AnyView::F32(v) => AnyArray::F32(v.to_owned()),
-            AnyView::F64(v) => AnyArray::F64(v.to_owned()),
-            AnyView::F16(v) => AnyArray::F16(v.to_owned()),
-            AnyView::BF16(v) => AnyArray::BF16(v.to_owned()),
-            AnyView::I32(v) => AnyArray::I32(v.to_owned()),
-            AnyView::I64(v) => AnyArray::I64(v.to_owned()),
-            AnyView::Bool(v) => AnyArray::Bool(v.to_owned()),
+            TensorView::F32(v) => AnyArray::F32(v.to_owned()),
+            TensorView::F64(v) => AnyArray::F64(v.to_owned()),
+            TensorView::F16(v) => AnyArray::F16(v.to_owned()),
+            TensorView::BF16(v) => AnyArray::BF16(v.to_owned()),
+            TensorView::I32(v) => AnyArray::I32(v.to_owned()),
+            TensorView::I64(v) => AnyArray::I64(v.to_owned()),
+            TensorView::Bool(v) => AnyArray::Bool(v.to_owned()),
         }
     }
 }
@@ -421,7 +371,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
 
     fn node(&self, id: usize, step: &Step, vals: &[Val<'w>]) -> Result<Val<'w>> {
         let (h, dt, args) = (step.home, step.dt, &step.args);
-        let a = |k: usize| -> Result<AnyView<'_>> {
+        let a = |k: usize| -> Result<TensorView<'_>> {
             args.get(k)
                 .ok_or_else(|| internal(step.what, "missing operand"))
                 .and_then(|&i| arg(vals, i))
@@ -479,7 +429,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         id: usize,
         step: &Step,
         op: &POp,
-        a: &dyn Fn(usize) -> Result<AnyView<'v>>,
+        a: &dyn Fn(usize) -> Result<TensorView<'v>>,
     ) -> Result<Val<'w>> {
         let (h, dt, w) = (step.home, step.dt, step.what);
         let x = a(0)?;
@@ -588,8 +538,8 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         id: usize,
         step: &Step,
         op: &POp,
-        x: &AnyView<'_>,
-        a: &dyn Fn(usize) -> Result<AnyView<'v>>,
+        x: &TensorView<'_>,
+        a: &dyn Fn(usize) -> Result<TensorView<'v>>,
     ) -> Result<Val<'w>> {
         let (h, dt, w) = (step.home, step.dt, step.what);
         match op {
@@ -623,7 +573,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         kind: RKind,
         axes: &[isize],
         keep: bool,
-        x: &AnyView<'_>,
+        x: &TensorView<'_>,
     ) -> Result<Val<'w>> {
         let (h, dt, w) = (step.home, step.dt, step.what);
         // `mean` of integers and `sum`/`prod` of bools change the dtype: convert first
@@ -655,7 +605,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         step: &Step,
         pos: usize,
         vals: &[Val<'w>],
-        t: AnyViewMut<'w>,
+        t: TensorViewMut<'w>,
     ) -> Result<Val<'w>> {
         let POp::Fused(label, p) = &step.op else {
             return Err(internal(step.what, "in place on a non-elementwise op"));
@@ -680,11 +630,11 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
     }
 }
 
-fn placeholder() -> AnyView<'static> {
-    AnyView::Bool(ArrayViewD::from_shape(IxDyn(&[0]), &[]).expect("empty view"))
+fn placeholder() -> TensorView<'static> {
+    TensorView::Bool(ArrayViewD::from_shape(IxDyn(&[0]), &[]).expect("empty view"))
 }
 
-fn arg<'v, 'w>(vals: &'v [Val<'w>], mut i: usize) -> Result<AnyView<'v>> {
+fn arg<'v, 'w>(vals: &'v [Val<'w>], mut i: usize) -> Result<TensorView<'v>> {
     for _ in 0..vals.len() + 1 {
         match vals.get(i) {
             Some(Val::Ro(v)) => return Ok(v.clone().reborrow()),
@@ -699,7 +649,7 @@ fn arg<'v, 'w>(vals: &'v [Val<'w>], mut i: usize) -> Result<AnyView<'v>> {
     ))
 }
 
-fn typed<'a, 'v, T: PlanElem>(v: &'a AnyView<'v>) -> Result<&'a ArrayViewD<'v, T>> {
+fn typed<'a, 'v, T: PlanElem>(v: &'a TensorView<'v>) -> Result<&'a ArrayViewD<'v, T>> {
     T::pick(v).ok_or_else(|| {
         Error::op(
             "plan",
@@ -708,7 +658,7 @@ fn typed<'a, 'v, T: PlanElem>(v: &'a AnyView<'v>) -> Result<&'a ArrayViewD<'v, T
     })
 }
 
-fn cast_to<T: PlanElem>(x: &AnyView<'_>) -> ArrayD<T> {
+fn cast_to<T: PlanElem>(x: &TensorView<'_>) -> ArrayD<T> {
     any_t!(x.dtype(), U => match U::pick(x) {
         Some(v) => ops::cast::<U, T>(v),
         None => ArrayD::from_elem(IxDyn(&[0]), T::default()),
@@ -734,62 +684,46 @@ fn lit_value<T: Elem>(l: prog::Lit) -> T {
 }
 
 /// The `prog` operands of `xs` over an output of `shape`: broadcast sources read in place, or
-/// (strided or irregular broadcasts) a standard-layout copy kept in `keep`.
+/// (strided or irregular broadcasts) a standard-layout copy kept in `keep`. Operand `skip` (the
+/// output itself, for in-place programs) is a placeholder.
 fn sources<'a>(
-    xs: &'a [AnyView<'_>],
+    xs: &'a [TensorView<'_>],
     shape: &[usize],
     keep: &'a mut Vec<AnyArray>,
     skip: Option<usize>,
 ) -> SmallVec<[Arg<'a>; 6]> {
     let n: usize = shape.iter().product();
-    // first materialize what cannot be read in place
-    let mut copied: SmallVec<[Option<usize>; 6]> = smallvec::smallvec![None; xs.len()];
+    let placeholder = Arg::Bool(Src::Scalar(false));
+    // read in place where a pattern describes the operand; `None` where it is copied
+    let mut args: SmallVec<[Option<Arg<'a>>; 6]> = SmallVec::new();
     for (k, x) in xs.iter().enumerate() {
         if Some(k) == skip {
+            args.push(Some(placeholder));
             continue;
         }
-        let direct = any_t!(x.dtype(), T => T::pick(x).map(|v| ops::src_of(v, shape, n).is_some()).unwrap_or(false));
-        if !direct {
-            let c = any_t!(x.dtype(), T => T::pick(x).and_then(|v| v.broadcast(IxDyn(shape))).map(|b| T::any_array(b.as_standard_layout().into_owned())));
-            if let Some(c) = c {
-                copied[k] = Some(keep.len());
-                keep.push(c);
-            }
-        }
+        args.push(any_t!(x.dtype(), T => match T::pick(x) {
+            None => Some(placeholder),
+            Some(v) => match ops::src_of(v, shape, n) {
+                Some(src) => Some(T::arg(src)),
+                None => match v.broadcast(IxDyn(shape)) {
+                    Some(b) => {
+                        keep.push(T::any_array(b.as_standard_layout().into_owned()));
+                        None
+                    }
+                    // never: `shape` is the operands' broadcast; an empty operand fails validation
+                    None => Some(T::arg(Src::Full(&[]))),
+                },
+            },
+        }));
     }
     let keep: &'a Vec<AnyArray> = keep;
-    xs.iter()
-        .enumerate()
-        .map(|(k, x)| {
-            if Some(k) == skip {
-                return Arg::Bool(Src::Scalar(false));
-            }
-            macro_rules! src {
-                ($v:ident, $T:ty) => {{
-                    match copied[k] {
-                        Some(c) => match &keep[c] {
-                            AnyArray::$v(a) => Arg::$v(Src::Full(a.as_slice().unwrap_or(&[]))),
-                            _ => Arg::$v(Src::Full(&[])),
-                        },
-                        None => match x {
-                            AnyView::$v(v) => {
-                                Arg::$v(ops::src_of(v, shape, n).unwrap_or(Src::Full(&[])))
-                            }
-                            _ => Arg::$v(Src::Full(&[])),
-                        },
-                    }
-                }};
-            }
-            match x.dtype() {
-                DType::F32 => src!(F32, f32),
-                DType::F64 => src!(F64, f64),
-                DType::F16 => src!(F16, f16),
-                DType::BF16 => src!(BF16, bf16),
-                DType::I32 => src!(I32, i32),
-                DType::I64 => src!(I64, i64),
-                DType::Bool => src!(Bool, bool),
-            }
-        })
+    let mut copies = keep.iter().map(|c| {
+        any_t!(c.dtype(), T => T::arg(Src::Full(
+            T::pick_array_ref(c).and_then(|a| a.as_slice()).unwrap_or(&[])
+        )))
+    });
+    args.into_iter()
+        .map(|a| a.or_else(|| copies.next()).unwrap_or(placeholder))
         .collect()
 }
 
@@ -799,7 +733,7 @@ fn prog_err(what: &str, e: prog::ProgError) -> Error {
 
 fn fused<'d, T: PlanElem + ProgElem>(
     p: &Prog,
-    xs: &[AnyView<'_>],
+    xs: &[TensorView<'_>],
     d: Dest<'d, T>,
     what: &str,
 ) -> Result<ArrayViewMutD<'d, T>> {
@@ -817,7 +751,7 @@ fn fused<'d, T: PlanElem + ProgElem>(
 
 fn fused_in_place<'w, T: PlanElem + ProgElem>(
     p: &Prog,
-    xs: &[AnyView<'_>],
+    xs: &[TensorView<'_>],
     pos: usize,
     mut t: ArrayViewMutD<'w, T>,
     what: &str,
@@ -845,7 +779,7 @@ fn fused_mm<'d, T: PlanElem + ProgElem>(
     ta: bool,
     tb: bool,
     p: &Prog,
-    xs: &[AnyView<'_>],
+    xs: &[TensorView<'_>],
     d: Dest<'d, T>,
 ) -> Result<ArrayViewMutD<'d, T>>
 where

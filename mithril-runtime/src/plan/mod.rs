@@ -19,6 +19,7 @@ pub use exec::run;
 use crate::check::DimSpec;
 use crate::elem::DType;
 use crate::ops::SliceArg;
+use crate::params::{TensorView, TensorViewMut};
 use crate::{Elem, Error, Result};
 use half::{bf16, f16};
 use mithril_kernels::prog::{Lit, Prog};
@@ -201,32 +202,6 @@ impl Plan {
     }
 }
 
-/// A view of any element type.
-#[derive(Clone, Debug)]
-#[allow(missing_docs)]
-pub enum AnyView<'a> {
-    F32(ArrayViewD<'a, f32>),
-    F64(ArrayViewD<'a, f64>),
-    F16(ArrayViewD<'a, f16>),
-    BF16(ArrayViewD<'a, bf16>),
-    I32(ArrayViewD<'a, i32>),
-    I64(ArrayViewD<'a, i64>),
-    Bool(ArrayViewD<'a, bool>),
-}
-
-/// A writable view of any element type.
-#[derive(Debug)]
-#[allow(missing_docs)]
-pub enum AnyViewMut<'a> {
-    F32(ArrayViewMutD<'a, f32>),
-    F64(ArrayViewMutD<'a, f64>),
-    F16(ArrayViewMutD<'a, f16>),
-    BF16(ArrayViewMutD<'a, bf16>),
-    I32(ArrayViewMutD<'a, i32>),
-    I64(ArrayViewMutD<'a, i64>),
-    Bool(ArrayViewMutD<'a, bool>),
-}
-
 /// An owned array of any element type.
 #[derive(Debug)]
 #[allow(missing_docs)]
@@ -243,40 +218,48 @@ pub enum AnyArray {
 /// The element types a plan moves between typed and untyped arrays.
 pub trait PlanElem: Elem {
     /// wrap a view
-    fn any<'a>(v: ArrayViewD<'a, Self>) -> AnyView<'a>;
+    fn any<'a>(v: ArrayViewD<'a, Self>) -> TensorView<'a>;
     /// wrap a writable view
-    fn any_mut(v: ArrayViewMutD<'_, Self>) -> AnyViewMut<'_>;
+    fn any_mut(v: ArrayViewMutD<'_, Self>) -> TensorViewMut<'_>;
     /// wrap an array
     fn any_array(a: ArrayD<Self>) -> AnyArray;
     /// this type's view, if `v` holds it
-    fn pick<'v, 'a>(v: &'v AnyView<'a>) -> Option<&'v ArrayViewD<'a, Self>>;
+    fn pick<'v, 'a>(v: &'v TensorView<'a>) -> Option<&'v ArrayViewD<'a, Self>>;
     /// this type's writable view, if `v` holds it
-    fn pick_mut<'a>(v: AnyViewMut<'a>) -> Option<ArrayViewMutD<'a, Self>>;
+    fn pick_mut<'a>(v: TensorViewMut<'a>) -> Option<ArrayViewMutD<'a, Self>>;
     /// this type's array, if `a` holds it
     fn pick_array(a: AnyArray) -> Option<ArrayD<Self>>;
+    /// this type's array, borrowed, if `a` holds it
+    fn pick_array_ref(a: &AnyArray) -> Option<&ArrayD<Self>>;
 }
 
 macro_rules! plan_elem {
     ($t:ty, $v:ident) => {
         impl PlanElem for $t {
-            fn any<'a>(v: ArrayViewD<'a, Self>) -> AnyView<'a> {
-                AnyView::$v(v)
+            fn any<'a>(v: ArrayViewD<'a, Self>) -> TensorView<'a> {
+                TensorView::$v(v)
             }
-            fn any_mut(v: ArrayViewMutD<'_, Self>) -> AnyViewMut<'_> {
-                AnyViewMut::$v(v)
+            fn any_mut(v: ArrayViewMutD<'_, Self>) -> TensorViewMut<'_> {
+                TensorViewMut::$v(v)
             }
             fn any_array(a: ArrayD<Self>) -> AnyArray {
                 AnyArray::$v(a)
             }
-            fn pick<'v, 'a>(v: &'v AnyView<'a>) -> Option<&'v ArrayViewD<'a, Self>> {
+            fn pick<'v, 'a>(v: &'v TensorView<'a>) -> Option<&'v ArrayViewD<'a, Self>> {
                 match v {
-                    AnyView::$v(x) => Some(x),
+                    TensorView::$v(x) => Some(x),
                     _ => None,
                 }
             }
-            fn pick_mut<'a>(v: AnyViewMut<'a>) -> Option<ArrayViewMutD<'a, Self>> {
+            fn pick_mut<'a>(v: TensorViewMut<'a>) -> Option<ArrayViewMutD<'a, Self>> {
                 match v {
-                    AnyViewMut::$v(x) => Some(x),
+                    TensorViewMut::$v(x) => Some(x),
+                    _ => None,
+                }
+            }
+            fn pick_array_ref(a: &AnyArray) -> Option<&ArrayD<Self>> {
+                match a {
+                    AnyArray::$v(x) => Some(x),
                     _ => None,
                 }
             }
@@ -297,35 +280,8 @@ plan_elem!(i32, I32);
 plan_elem!(i64, I64);
 plan_elem!(bool, Bool);
 
-impl<'a> AnyView<'a> {
-    /// The shape.
-    pub fn shape(&self) -> &[usize] {
-        match self {
-            AnyView::F32(v) => v.shape(),
-            AnyView::F64(v) => v.shape(),
-            AnyView::F16(v) => v.shape(),
-            AnyView::BF16(v) => v.shape(),
-            AnyView::I32(v) => v.shape(),
-            AnyView::I64(v) => v.shape(),
-            AnyView::Bool(v) => v.shape(),
-        }
-    }
-    /// The dtype.
-    pub fn dtype(&self) -> DType {
-        match self {
-            AnyView::F32(_) => DType::F32,
-            AnyView::F64(_) => DType::F64,
-            AnyView::F16(_) => DType::F16,
-            AnyView::BF16(_) => DType::BF16,
-            AnyView::I32(_) => DType::I32,
-            AnyView::I64(_) => DType::I64,
-            AnyView::Bool(_) => DType::Bool,
-        }
-    }
-}
-
 /// Wrap a typed view for [`run`].
-pub fn view<'a, T: PlanElem, D: Dimension>(v: ndarray::ArrayView<'a, T, D>) -> AnyView<'a> {
+pub fn view<'a, T: PlanElem, D: Dimension>(v: ndarray::ArrayView<'a, T, D>) -> TensorView<'a> {
     T::any(v.into_dyn())
 }
 
