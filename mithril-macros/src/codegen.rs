@@ -6,7 +6,7 @@
 //! become one `mithril::rt::ops::mapK` loop with the fused scalar expression inlined; other
 //! primitives call `mithril::rt::ops`.
 
-use crate::ir::{rdim, DType, Dim, FExpr, Graph, Init, NodeId, Op, RDim};
+use crate::ir::{rdim, DType, Dim, FExpr, Graph, NodeId, Op, RDim};
 use crate::memplan::{self, Home};
 use crate::prims::{convert, literal, storage_type, Prim};
 use proc_macro2::TokenStream;
@@ -16,6 +16,8 @@ use syn::Ident;
 
 #[path = "plan_gen.rs"]
 mod plan_gen;
+#[path = "typed_api.rs"]
+mod typed_api;
 
 /// What codegen needs besides the graph.
 pub struct CodegenInput<'a> {
@@ -110,6 +112,20 @@ pub struct Gen<'a> {
     pub plan: memplan::Plan,
     /// A mixed model (`backend_map`): the device side of this graph (see [`Gen::place`]).
     pub(crate) mixed: Option<Box<crate::codegen_cuda::Mixed<'a>>>,
+    /// Nested struct layouts already emitted (layout -> struct name), for sharing.
+    layouts: std::cell::RefCell<BTreeMap<String, Ident>>,
+    /// Struct aliases emitted (alias -> the struct it names).
+    alias_of: std::cell::RefCell<BTreeMap<String, String>>,
+    /// Whether the top-level `Grads` struct may be an alias of `Params` (the CPU generator's
+    /// typed API; set by `generate`).
+    top_alias: std::cell::Cell<bool>,
+    /// Whether it is.
+    grads_aliased: std::cell::Cell<bool>,
+    /// The `M` line and input/param shape checks of the first plan generated for this model
+    /// (`evaluate`'s), emitted once as `__MITHRIL_TERMINALS` and shared by the other plan.
+    pub(crate) shared_terms: Option<(String, String)>,
+    /// Per param, its position in the structs' visit order (the plan's view order).
+    leaf_pos: Vec<usize>,
 }
 
 impl<'a> Gen<'a> {
@@ -148,6 +164,22 @@ impl<'a> Gen<'a> {
             plan_dim_src,
             plan: memplan::plan(g, inp.planning),
             mixed: None,
+            layouts: Default::default(),
+            alias_of: Default::default(),
+            top_alias: Default::default(),
+            shared_terms: None,
+            grads_aliased: Default::default(),
+            leaf_pos: {
+                let mut tree = Tree::default();
+                for (i, p) in g.params.iter().enumerate() {
+                    tree.insert(&p.path, i);
+                }
+                let mut pos = vec![0; g.params.len()];
+                for (k, i) in Self::leaf_order(&tree).into_iter().enumerate() {
+                    pos[i] = k;
+                }
+                pos
+            },
         }
     }
 
@@ -670,153 +702,12 @@ impl<'a> Gen<'a> {
         }
     }
 
-    fn param_struct_name(&self, path: &[String]) -> Ident {
-        self.struct_name(path, "Params")
-    }
-
     pub(crate) fn struct_name(&self, path: &[String], kind: &str) -> Ident {
         let mut s = format!("{}{kind}", self.inp.name);
         for p in path {
             s.push_str(&camel(p));
         }
         format_ident!("{}", s)
-    }
-
-    pub(crate) fn param_structs(
-        &self,
-        tree: &Tree,
-        path: &mut Vec<String>,
-        out: &mut Vec<TokenStream>,
-    ) {
-        self.param_structs_named(tree, path, out, "Params")
-    }
-
-    /// The `Params` (or `Grads`) struct tree.
-    pub(crate) fn param_structs_named(
-        &self,
-        tree: &Tree,
-        path: &mut Vec<String>,
-        out: &mut Vec<TokenStream>,
-        kind: &str,
-    ) {
-        let name = self.struct_name(path, kind);
-        let vis = self.inp.vis;
-        let what = if kind == "Params" {
-            "Params"
-        } else {
-            "Gradients"
-        };
-        let mut fields = Vec::new();
-        for key in &tree.order {
-            let f = format_ident!("{}", key);
-            if let Some(&i) = tree.leaves.get(key) {
-                let node = self.g.params[i].node;
-                let ty = self.array_ty(node);
-                let doc = format!(
-                    "`{}`: `{}`",
-                    self.g.params[i].dotted(),
-                    self.g.describe(node)
-                );
-                fields.push(quote!(#[doc = #doc] pub #f: #ty));
-            } else if let Some(sub) = tree.subs.get(key) {
-                path.push(key.clone());
-                let sn = self.struct_name(path, kind);
-                self.param_structs_named(sub, path, out, kind);
-                path.pop();
-                let full = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{}.{}", path.join("."), key)
-                };
-                let doc = format!("{what} of `{full}`.");
-                fields.push(quote!(#[doc = #doc] pub #f: #sn));
-            }
-        }
-        let doc = if path.is_empty() {
-            format!("{what} of `{}` (fields mirror the model tree; dotted names like `fc1.weight` for generic code).", self.inp.name)
-        } else {
-            format!("{what} of `{}` inside `{}`.", path.join("."), self.inp.name)
-        };
-        out.push(quote! {
-            #[doc = #doc]
-            #[derive(Clone, Debug)]
-            #vis struct #name { #(#fields,)* }
-        });
-    }
-
-    pub(crate) fn randomize_expr(&mut self, tree: &Tree, path: &mut Vec<String>) -> TokenStream {
-        let name = self.param_struct_name(path);
-        let mut fields = Vec::new();
-        for key in &tree.order {
-            let f = format_ident!("{}", key);
-            if let Some(&i) = tree.leaves.get(key) {
-                let p = &self.g.params[i];
-                let node = p.node;
-                let dotted = p.dotted();
-                let Some(dims) = self.g.rdims(node) else {
-                    continue;
-                };
-                let mut known = Vec::new();
-                for d in &dims {
-                    match d {
-                        RDim::Known(n) => known.push(*n as usize),
-                        _ => {
-                            self.errors.push(syn::Error::new(p.span, format!(
-                                "param `{dotted}` has shape {}, which is not static; params need dims known at compile time (fix the input dims it depends on)",
-                                self.g.describe(node)
-                            )));
-                            known.push(0);
-                        }
-                    }
-                }
-                let elems = known.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
-                if elems.is_none_or(|n| n > isize::MAX as usize) {
-                    self.errors.push(syn::Error::new(
-                        p.span,
-                        format!(
-                            "param `{dotted}` has shape {}: too many elements to allocate",
-                            self.g.describe(node)
-                        ),
-                    ));
-                }
-                let spec = quote!(::mithril::rt::init::Spec);
-                let init = match &p.init {
-                    Init::Zeros => quote!(#spec::Zeros),
-                    Init::Ones => quote!(#spec::Ones),
-                    Init::Full(x) => quote!(#spec::Full(#x)),
-                    Init::Normal(m, s) => quote!(#spec::Normal(#m, #s)),
-                    Init::Uniform(lo, hi) => quote!(#spec::Uniform(#lo, #hi)),
-                    Init::FanIn(d) => {
-                        let fan = match d {
-                            Some(d) => match self.g.env.dim(d) {
-                                Dim::Known(n) => n as usize,
-                                _ => {
-                                    self.errors.push(syn::Error::new(
-                                        p.span,
-                                        format!("the fan-in of param `{dotted}` is not static"),
-                                    ));
-                                    1
-                                }
-                            },
-                            None if known.len() >= 2 => {
-                                known[1..].iter().fold(1usize, |a, &b| a.saturating_mul(b))
-                            }
-                            None => known.first().copied().unwrap_or(1),
-                        };
-                        quote!(#spec::FanIn(#fan))
-                    }
-                };
-                fields.push(
-                    quote!(#f: ::mithril::rt::init::param(seed, #dotted, &[#(#known),*], #init)),
-                );
-            } else if let Some(sub) = tree.subs.get(key) {
-                path.push(key.clone());
-                let e = self.randomize_expr(sub, path);
-                path.pop();
-                fields.push(quote!(#f: #e));
-            }
-        }
-        quote!(#name { #(#fields,)* })
     }
 
     /// Shape checks, node code and output values of the graph's evaluate function.
@@ -915,7 +806,13 @@ impl<'a> Gen<'a> {
 
     /// The slot lifetimes as a constant expression.
     fn life_tokens(&self) -> TokenStream {
-        let life = self.plan.life.iter().map(|(a, b)| quote!((#a, #b)));
+        let life = self.plan.life.iter().map(|&(a, b)| {
+            let (a, b) = (
+                proc_macro2::Literal::u32_unsuffixed(a),
+                proc_macro2::Literal::u32_unsuffixed(b),
+            );
+            quote!((#a, #b))
+        });
         quote!(&[#(#life),*])
     }
 
@@ -978,11 +875,13 @@ impl<'a> Gen<'a> {
     ) -> TokenStream {
         let g = self.g;
         let planned = self.mixed.is_none();
+        let mut first_grad = 0;
         let (pre, (checks, body, outs)) = if planned {
-            let (pre, outs) = self.plan_body(
+            let (pre, outs, first) = self.plan_body(
                 &format_ident!("__ws_grad"),
                 &format_ident!("__MITHRIL_LIFE_GRAD"),
             );
+            first_grad = first;
             (pre, (Vec::new(), Vec::new(), outs))
         } else {
             (quote!(), self.body_parts())
@@ -1007,8 +906,12 @@ impl<'a> Gen<'a> {
         for (i, p) in g.params.iter().enumerate() {
             tree.insert(&p.path, i);
         }
-        let grads = self.grads_expr(&tree, &mut vec![], &grad_vals);
         let grads_name = format_ident!("{}Grads", self.inp.name);
+        let grads = if planned {
+            quote!(#grads_name::__build(&mut ::mithril::rt::tree::Build::outs(&mut __outs, #first_grad))?)
+        } else {
+            self.grads_expr(&tree, &mut vec![], &grad_vals)
+        };
         let seed_arg = if self.inp.train_model {
             quote!()
         } else {
@@ -1122,34 +1025,15 @@ impl<'a> Gen<'a> {
             tree.insert(&p.path, i);
         }
         let mut param_structs = Vec::new();
+        self.top_alias.set(self.mixed.is_none());
         self.param_structs(&tree, &mut vec![], &mut param_structs);
         let randomize = self.randomize_expr(&tree, &mut vec![]);
-
-        // ParamTree impl
-        let visits: Vec<TokenStream> = g
-            .params
-            .iter()
-            .map(|p| {
-                let fields = p.path.iter().map(|s| format_ident!("{}", s));
-                let dotted = p.dotted();
-                quote!(f(#dotted, self.#(#fields).*.view().into_dyn().into());)
-            })
-            .collect();
-        let visits_mut: Vec<TokenStream> = g
-            .params
-            .iter()
-            .map(|p| {
-                let fields = p.path.iter().map(|s| format_ident!("{}", s));
-                let dotted = p.dotted();
-                quote!(f(#dotted, self.#(#fields).*.view_mut().into_dyn().into())?;)
-            })
-            .collect();
 
         // ---- evaluate body
         let syms: Vec<&str> = g.syms.iter().map(|s| s.as_str()).collect();
         let planned = self.mixed.is_none();
         let (pre, (checks, body, out_vals)) = if planned {
-            let (pre, outs) = self.plan_body(
+            let (pre, outs, _) = self.plan_body(
                 &format_ident!("__ws"),
                 &format_ident!("__MITHRIL_LIFE_EVAL"),
             );
@@ -1205,10 +1089,14 @@ impl<'a> Gen<'a> {
         let gradients = match self.train {
             Some(t) => {
                 let mut tg = Gen::new(t, self.inp);
+                tg.shared_terms = self.shared_terms.clone();
                 if self.mixed.is_some() {
                     tg.place(false);
                 }
                 let r = tg.gradients_fn(&params_name, &inputs_name, &outputs_name);
+                if self.shared_terms.is_none() {
+                    self.shared_terms = tg.shared_terms.take();
+                }
                 self.errors.extend(tg.errors);
                 if let (Some(m), Some(tm)) = (self.mixed.as_mut(), tg.mixed.take()) {
                     summary.push_str(&tm.placed.line(t, "evaluate_gradients"));
@@ -1227,18 +1115,16 @@ impl<'a> Gen<'a> {
             self.param_structs_named(&tree, &mut vec![], &mut grads_structs, "Grads");
         }
         let grads_name = format_ident!("{}Grads", name);
-        let grads_tree_impl = if self.train.is_some() {
-            quote! {
-                impl ::mithril::rt::ParamTree for #grads_name {
-                    fn visit(&self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorView<'_>)) {
-                        #(#visits)*
-                    }
-                    fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorViewMut<'_>) -> ::mithril::rt::Result<()>) -> ::mithril::rt::Result<()> {
-                        #(#visits_mut)*
-                        Ok(())
-                    }
-                }
-            }
+        let params_tree_impl = typed_api::param_tree_impl(&params_name);
+        let terminals_const = match &self.shared_terms {
+            Some((_, terms)) => quote! {
+                #[doc(hidden)]
+                pub const __MITHRIL_TERMINALS: &'static str = #terms;
+            },
+            None => quote!(),
+        };
+        let grads_tree_impl = if self.train.is_some() && !self.grads_aliased.get() {
+            typed_api::param_tree_impl(&grads_name)
         } else {
             quote!()
         };
@@ -1571,15 +1457,7 @@ impl<'a> Gen<'a> {
 
             #(#param_structs)*
 
-            impl ::mithril::rt::ParamTree for #params_name {
-                fn visit(&self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorView<'_>)) {
-                    #(#visits)*
-                }
-                fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorViewMut<'_>) -> ::mithril::rt::Result<()>) -> ::mithril::rt::Result<()> {
-                    #(#visits_mut)*
-                    Ok(())
-                }
-            }
+            #params_tree_impl
 
             impl #name {
                 /// The summary table: every op of the flattened, optimized graph with its shapes and dtypes.
@@ -1597,6 +1475,7 @@ impl<'a> Gen<'a> {
 
                 #[doc(hidden)]
                 pub const __MITHRIL_LIFE_EVAL: &'static [(u32, u32)] = #life;
+                #terminals_const
 
                 #ctor_items
 

@@ -94,13 +94,32 @@ impl ProgText {
     }
 }
 
+/// The programs of a plan, each written once (`R` records) and referred to as `@<k>`.
+#[derive(Default)]
+struct Progs {
+    ids: std::collections::HashMap<String, usize>,
+    /// records to write before the node that first uses them
+    new: Vec<String>,
+}
+
+impl Progs {
+    fn intern(&mut self, text: String) -> String {
+        let n = self.ids.len();
+        let k = *self.ids.entry(text.clone()).or_insert_with(|| {
+            self.new.push(text);
+            n
+        });
+        format!("@{k}")
+    }
+}
+
 impl Gen<'_> {
     /// Index of the view of node `id` (an input, param or seed) in the plan's `views`.
     fn view_index(&self, id: NodeId) -> Option<usize> {
         let g = self.g;
         match g.nodes[id].op {
             Op::Input(i) => Some(i),
-            Op::Param(i) => Some(g.inputs.len() + i),
+            Op::Param(i) => Some(g.inputs.len() + self.leaf_pos[i]),
             Op::Seed(_) => {
                 let k = g.nodes[..id]
                     .iter()
@@ -154,31 +173,41 @@ impl Gen<'_> {
     }
 
     /// The plan text of this graph.
-    pub(crate) fn plan_text(&mut self) -> String {
+    /// Returned in three parts: the `M` line, the shape checks of inputs and params (which
+    /// `evaluate` and `evaluate_gradients` share) and the rest.
+    pub(crate) fn plan_text(&mut self) -> (String, String, String) {
         let g = self.g;
-        let mut out = String::new();
+        let mut head = String::new();
         let syms: Vec<String> = g.syms.iter().map(|s| q(s)).collect();
         let _ = writeln!(
-            out,
+            head,
             "M {} {} {}",
             q(&self.inp.name.to_string()),
             syms.len(),
             syms.join(" ")
         );
+        let mut terms = String::new();
+        let out = &mut terms;
         for i in &g.inputs {
-            self.plan_check(&mut out, i.node, &format!("input `{}`", i.name));
+            self.plan_check(out, i.node, &format!("input `{}`", i.name));
         }
-        for p in &g.params {
-            self.plan_check(&mut out, p.node, &format!("param `{}`", p.dotted()));
+        let mut by_view: Vec<usize> = (0..g.params.len()).collect();
+        by_view.sort_by_key(|&i| self.leaf_pos[i]);
+        for i in by_view {
+            let p = &g.params[i];
+            self.plan_check(out, p.node, &format!("param `{}`", p.dotted()));
         }
+        let mut rest = String::new();
+        let out = &mut rest;
         for (id, n) in g.nodes.iter().enumerate() {
             if let Op::Seed(i) = n.op {
                 let name = format!("output gradient `{}`", g.outputs[i].name);
-                self.plan_check(&mut out, id, &name);
+                self.plan_check(out, id, &name);
             }
         }
+        let mut progs = Progs::default();
         for id in 0..g.nodes.len() {
-            let op = match self.plan_op(id) {
+            let op = match self.plan_op(id, &mut progs) {
                 Ok(op) => op,
                 Err(e) => {
                     self.errors.push(syn::Error::new(g.nodes[id].span, e));
@@ -194,25 +223,43 @@ impl Gen<'_> {
                 Home::Slot { slot, .. } => format!("s{slot}"),
             };
             let args: Vec<usize> = g.nodes[id].args.clone();
-            let what = match &g.nodes[id].op {
-                Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Boundary(_) => String::new(),
-                _ => self.what(id),
-            };
+            let ctx = self.plan_ctx(id);
+            for r in progs.new.drain(..) {
+                let _ = writeln!(out, "R {r}");
+            }
             let _ = writeln!(
                 out,
-                "N {} {home} {op} {} {}",
+                "N {} {home} {op} {} {ctx}",
                 self.dtype(id).name(),
                 list(&args),
-                q(&what)
             );
         }
-        let outs: Vec<usize> = g.outputs.iter().map(|o| o.node).collect();
+        let outs: Vec<usize> = self
+            .plan_out_order()
+            .into_iter()
+            .map(|k| g.outputs[k].node)
+            .collect();
         let _ = writeln!(out, "O {}", list(&outs));
-        out
+        (head, terms, rest)
     }
 
-    /// The op of node `id` in plan text.
-    fn plan_op(&self, id: NodeId) -> Result<String, String> {
+    /// How the runtime names node `id` in errors (see `Gen::what`, whose text the runtime
+    /// composes from this): `-` for views and aliases, else the op, the label and the scope.
+    fn plan_ctx(&self, id: NodeId) -> String {
+        let n = &self.g.nodes[id];
+        let op = match &n.op {
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Boundary(_) => return "-".into(),
+            Op::Prim(p) | Op::Fused(FExpr::Op(p, ..)) => p.name(),
+            Op::FusedMatmul { .. } => "matmul",
+            Op::Const(_) => "const",
+            _ => "elementwise",
+        };
+        let label = n.label.as_deref().filter(|l| !l.starts_with('#'));
+        format!("{} {} {}", q(op), q(label.unwrap_or("")), q(&n.scope))
+    }
+
+    /// The op of node `id` in plan text (its program, if any, interned in `progs`).
+    fn plan_op(&self, id: NodeId, progs: &mut Progs) -> Result<String, String> {
         let g = self.g;
         let n = &g.nodes[id];
         let t = self.dtype(id);
@@ -228,7 +275,11 @@ impl Gen<'_> {
                     FExpr::Op(p, ..) => p.name().to_string(),
                     _ => "elementwise".into(),
                 });
-                format!("fused {} {}", q(&label), ProgText::program(e, &arg_dts, t)?)
+                format!(
+                    "fused {} {}",
+                    q(&label),
+                    progs.intern(ProgText::program(e, &arg_dts, t)?)
+                )
             }
             Op::FusedMatmul { ta, tb, expr } => {
                 let mut dts = vec![t];
@@ -237,7 +288,7 @@ impl Gen<'_> {
                     "fmm {} {} {}",
                     flag(*ta),
                     flag(*tb),
-                    ProgText::program(expr, &dts, t)?
+                    progs.intern(ProgText::program(expr, &dts, t)?)
                 )
             }
             Op::Prim(p) if p.is_elementwise() => {
@@ -252,7 +303,7 @@ impl Gen<'_> {
                 format!(
                     "fused {} {}",
                     q(&label),
-                    ProgText::program(&e, &arg_dts, t)?
+                    progs.intern(ProgText::program(&e, &arg_dts, t)?)
                 )
             }
             Op::Prim(p) => {
@@ -268,48 +319,102 @@ impl Gen<'_> {
         })
     }
 
-    /// The views `run` gets: inputs, params, then output-gradient seeds.
-    fn plan_views(&self) -> Vec<TokenStream> {
+    /// The outputs in the plan's order: the model's outputs, then the gradients (outputs named
+    /// `__grad_<param>`) in the structs' visit order.
+    fn plan_out_order(&self) -> Vec<usize> {
         let g = self.g;
-        let mut views = Vec::new();
+        let grad_of = |k: usize| {
+            g.outputs[k]
+                .name
+                .strip_prefix(crate::autodiff::GRAD_PREFIX)
+                .and_then(|i| i.parse::<usize>().ok())
+        };
+        let mut order: Vec<usize> = (0..g.outputs.len())
+            .filter(|&k| grad_of(k).is_none())
+            .collect();
+        let mut grads: Vec<(usize, usize)> = (0..g.outputs.len())
+            .filter_map(|k| grad_of(k).map(|i| (self.leaf_pos.get(i).copied().unwrap_or(i), k)))
+            .collect();
+        grads.sort();
+        order.extend(grads.into_iter().map(|(_, k)| k));
+        order
+    }
+
+    /// Statements gathering the views `run` gets into `__views`: inputs, params (in the
+    /// structs' visit order), then output-gradient seeds.
+    fn plan_views(&self) -> TokenStream {
+        let g = self.g;
+        let mut pre = Vec::new();
         for i in &g.inputs {
             let f = format_ident!("{}", i.name);
-            views.push(quote!(::mithril::rt::plan::view(inputs.#f.view())));
+            pre.push(quote!(__views.push(::mithril::rt::plan::view(inputs.#f.view()));));
         }
-        for p in &g.params {
-            let fields = p.path.iter().map(|s| format_ident!("{}", s));
-            views.push(quote!(::mithril::rt::plan::view(params.#(#fields).*.view())));
-        }
+        let params = if g.params.is_empty() {
+            quote!()
+        } else {
+            quote!(params.__visit(&mut ::mithril::rt::tree::Path::new(), "", &mut |_, v| __views.push(v));)
+        };
+        let mut post = Vec::new();
         for n in &g.nodes {
             if let Op::Seed(i) = n.op {
                 let f = format_ident!("{}", g.outputs[i].name);
-                views.push(quote!(::mithril::rt::plan::view(output_grads.#f.view())));
+                post.push(quote!(__views.push(::mithril::rt::plan::view(output_grads.#f.view()));));
             }
         }
-        views
+        let n = g.inputs.len()
+            + g.params.len()
+            + g.nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::Seed(_)))
+                .count();
+        quote! {
+            let mut __views = ::mithril::rt::plan::Views::<'_, #n>::new();
+            #(#pre)*
+            #params
+            #(#post)*
+        }
     }
 
-    /// The body of a plan-run function: runs the plan with the workspace in `ws_field` and
-    /// returns `result` built from the outputs (`outs`: per output, its name and the
-    /// expression taking it from `__outs`).
+    /// The body of a plan-run function: runs the plan with the workspace in `ws_field`.
+    /// Returns the statements, the model outputs (name and the expression taking it from
+    /// `__outs`) and the index in `__outs` where the gradients (if any) begin.
     pub(crate) fn plan_body(
         &mut self,
         ws_field: &syn::Ident,
         life_const: &syn::Ident,
-    ) -> (TokenStream, Vec<(String, TokenStream)>) {
-        let text = self.plan_text();
+    ) -> (TokenStream, Vec<(String, TokenStream)>, usize) {
+        let (head, terms, rest) = self.plan_text();
+        // the shape checks of inputs and params are the model's `__MITHRIL_TERMINALS` when
+        // they are the ones `evaluate` wrote (its own plan sets them)
+        let shared = (head.clone(), terms.clone());
+        let plan = match &self.shared_terms {
+            Some(s) if *s != shared => {
+                let text = format!("{head}{terms}{rest}");
+                quote!(::mithril::rt::plan::Plan::cached(&__PLAN, #text)?)
+            }
+            _ => {
+                self.shared_terms = Some(shared);
+                let text = format!("{head}{rest}");
+                quote!(::mithril::rt::plan::Plan::cached_with(&__PLAN, Self::__MITHRIL_TERMINALS, #text)?)
+            }
+        };
         let views = self.plan_views();
         let model = self.inp.name.to_string();
         let max = match self.inp.max_memory_gb {
             Some(x) => quote!(::std::option::Option::Some(#x)),
             None => quote!(::std::option::Option::None),
         };
-        let outs = self
-            .g
-            .outputs
+        let order = self.plan_out_order();
+        let outs: Vec<(String, TokenStream)> = order
             .iter()
             .enumerate()
-            .map(|(k, o)| {
+            .filter(|(_, &o)| {
+                !self.g.outputs[o]
+                    .name
+                    .starts_with(crate::autodiff::GRAD_PREFIX)
+            })
+            .map(|(k, &o)| {
+                let o = &self.g.outputs[o];
                 let t = self.elem_ty(o.node);
                 let d = super::ix(self.rank(o.node));
                 let name = o.name.clone();
@@ -319,21 +424,22 @@ impl Gen<'_> {
                 )
             })
             .collect();
+        let first_grad = outs.len();
         let n_outs = self.g.outputs.len();
         let body = quote! {
             static __PLAN: ::std::sync::OnceLock<::std::result::Result<::mithril::rt::plan::Plan, ::std::string::String>> = ::std::sync::OnceLock::new();
-            let __plan = ::mithril::rt::plan::Plan::cached(&__PLAN, #text)?;
-            let __views = [#(#views),*];
+            let __plan = #plan;
+            #views
             let mut __outs: [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_outs] =
                 ::std::array::from_fn(|_| ::std::option::Option::None);
             ::mithril::rt::plan::run(
                 __plan,
                 &self.#ws_field,
                 || ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model),
-                &__views,
+                __views.get(#model)?,
                 &mut __outs,
             )?;
         };
-        (body, outs)
+        (body, outs, first_grad)
     }
 }

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an outer doc breaks its links).
 pub mod params;
 pub mod plan;
+pub mod tree;
 pub mod workspace;
 
 /// Per-call CPU thread budgets (`optimize_for`): generated code of an

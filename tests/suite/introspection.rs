@@ -518,7 +518,9 @@ fn file_path_writes_the_generated_rust() {
         "pub const SUMMARY",
         "pub const GRAPH_DOT",
         "impl ::mithril::rt::ParamTree for IntroTextParams",
-        "\"fc1.weight\"",
+        // the dotted names: the init table's rows and the struct visits' keys
+        "fc1.weight ",
+        ".__visit(p, \"fc1\", f)",
     ] {
         assert!(src.contains(needle), "generated source lacks `{needle}`");
     }
@@ -550,5 +552,68 @@ fn dumped_models_evaluate_like_the_default_one() {
     // probabilities sum to one per row
     for r in a.probs.rows() {
         assert!((r.sum() - 1.0).abs() < 1e-5);
+    }
+}
+
+mithril! {
+    /// Three identical layers and a different head: the layers share one params struct.
+    model Stack3 {
+        input x: f32[B, 4];
+        let h = x;
+        for i in 0..3 {
+            let h = tanh(Linear(4)(h));
+        }
+        output y = Linear(2)(h);
+    }
+}
+
+#[test]
+fn identical_instances_share_one_struct_and_keep_their_names() {
+    let m = Stack3::new().unwrap();
+    let p = m.randomize_params(5);
+    // the per-instance names are still types: a struct literal through an alias builds one
+    let l1: Stack3ParamsLinear1 = Stack3ParamsLinear1 {
+        weight: p.linear_1.weight.clone(),
+        bias: p.linear_1.bias.clone(),
+    };
+    // the same type as the first instance's struct
+    let same: Stack3ParamsLinear0 = l1;
+    assert_eq!(same.weight, p.linear_1.weight);
+    // the visit order and dotted names are the declaration order
+    assert_eq!(
+        p.names(),
+        [
+            "linear_0.weight",
+            "linear_0.bias",
+            "linear_1.weight",
+            "linear_1.bias",
+            "linear_2.weight",
+            "linear_2.bias",
+            "linear_3.weight",
+            "linear_3.bias"
+        ]
+    );
+    // the init table gives each param its own stream (as `init::param` by name)
+    let w0: ndarray::Array2<f32> = mithril::rt::init::param(
+        5,
+        "linear_2.weight",
+        &[4, 4],
+        mithril::rt::init::Spec::FanIn(4),
+    );
+    assert_eq!(p.linear_2.weight, w0);
+    assert_ne!(p.linear_0.weight, p.linear_1.weight);
+    // gradients have the params' type, field for field
+    let x = ndarray::Array2::<f32>::ones((2, 4));
+    let y = m.evaluate(&p, Stack3Inputs { x: x.view() }).unwrap();
+    let (_, g) = m
+        .evaluate_gradients(&p, Stack3Inputs { x: x.view() }, y.clone())
+        .unwrap();
+    let g: Stack3Params = g;
+    assert_eq!(g.names(), p.names());
+    assert_eq!(g.linear_3.weight.shape(), &[2, 4]);
+    // seeded with y: d sum(y * seed) / d bias of the head = the seed summed over the batch
+    let want = y.y.sum_axis(ndarray::Axis(0));
+    for (a, b) in g.linear_3.bias.iter().zip(want.iter()) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
     }
 }

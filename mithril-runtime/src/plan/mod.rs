@@ -195,7 +195,28 @@ impl Plan {
         cell: &'static OnceLock<std::result::Result<Plan, String>>,
         src: &'static str,
     ) -> Result<&'static Plan> {
-        match cell.get_or_init(|| Plan::parse(src).map_err(|e| e.to_string())) {
+        Self::cached_with(cell, "", src)
+    }
+
+    /// [`Plan::cached`] for a plan whose shape checks of inputs and params (`C` records) are
+    /// the model's `terminals`, shared by its `evaluate` and `evaluate_gradients` plans: they
+    /// go right after the first line of `src`.
+    pub fn cached_with(
+        cell: &'static OnceLock<std::result::Result<Plan, String>>,
+        terminals: &'static str,
+        src: &'static str,
+    ) -> Result<&'static Plan> {
+        let init = || {
+            let src = if terminals.is_empty() {
+                src
+            } else {
+                let cut = src.find('\n').map_or(src.len(), |i| i + 1);
+                let whole = format!("{}{terminals}{}", &src[..cut], &src[cut..]);
+                &*Box::leak(whole.into_boxed_str())
+            };
+            Plan::parse(src).map_err(|e| e.to_string())
+        };
+        match cell.get_or_init(init) {
             Ok(p) => Ok(p),
             Err(e) => Err(Error::op("plan", e.clone())),
         }
@@ -279,6 +300,50 @@ plan_elem!(bf16, BF16);
 plan_elem!(i32, I32);
 plan_elem!(i64, I64);
 plan_elem!(bool, Bool);
+
+/// The views a generated function passes to [`run`] (inputs, params, output-gradient seeds, in
+/// the plan's order), gathered on the stack: `N` is their count.
+pub struct Views<'a, const N: usize> {
+    views: [TensorView<'a>; N],
+    len: usize,
+}
+
+impl<'a, const N: usize> Default for Views<'a, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a, const N: usize> Views<'a, N> {
+    /// No views yet.
+    pub fn new() -> Self {
+        Views {
+            views: std::array::from_fn(|_| {
+                TensorView::Bool(ndarray::ArrayView1::from(&[]).into_dyn())
+            }),
+            len: 0,
+        }
+    }
+
+    /// Appends `v` (beyond `N` views, the count check of [`Views::get`] fails).
+    pub fn push(&mut self, v: TensorView<'a>) {
+        if let Some(slot) = self.views.get_mut(self.len) {
+            *slot = v;
+        }
+        self.len += 1;
+    }
+
+    /// All `N` views, or an error naming `model` if a different number was pushed.
+    pub fn get(&self, model: &str) -> Result<&[TensorView<'a>]> {
+        if self.len != N {
+            return Err(Error::op(
+                model,
+                format!("internal: {} views for a plan of {N}", self.len),
+            ));
+        }
+        Ok(&self.views)
+    }
+}
 
 /// Wrap a typed view for [`run`].
 pub fn view<'a, T: PlanElem, D: Dimension>(v: ndarray::ArrayView<'a, T, D>) -> TensorView<'a> {

@@ -5,14 +5,18 @@
 //! ```text
 //! M "<model>" <nsyms> "<sym>"...
 //! C <view> "<terminal>" "<expected>" <ell 0|1> <ndims> <spec>...   spec: f<n> | s<slot> | a
-//! N <dtype> <home> <op...> <nargs> <arg>... "<what>"                home: v | s<slot> | i<pos> | o
+//! R <program>                                                      (programs @0, @1, ... in order)
+//! N <dtype> <home> <op...> <nargs> <arg>... <ctx>                   home: v | s<slot> | i<pos> | o
 //! O <n> <node>...
 //! ```
 //!
 //! Literals: `f:<f32 bits, hex>`, `d:<f64 bits, hex>`, `i:<i32>`, `l:<i64>`, `b:<0|1>`. Dims:
 //! `k<n>`, `y<slot>`, `in<view>:<axis>`, `ib<view>:<from the end>`, `p<c>:<n>` then `n` dims.
 //! Programs: `<n>` instructions then the result's instruction index; an instruction is
-//! `L <arg> <st>`, `K <lit>`, `V <ins> <dom>` or `P <op> <lit> <lit> <dom> <n> <ins>...`.
+//! `L <arg> <st>`, `K <lit>`, `V <ins> <dom>` or `P <op> <lit> <lit> <dom> <n> <ins>...`;
+//! `@<k>` instead refers to the `k`-th `R` record. A node's `<ctx>` is `-` (views and aliases of
+//! another node's value) or `"<op>" "<label>" "<scope>"`, from which the parser composes how
+//! errors name the node (`` `matmul` of input `x`, param `fc.weight` for `h` in `fc` ``).
 
 use super::{Check, DimE, Home, POp, Plan, RKind, Step};
 use crate::check::DimSpec;
@@ -25,6 +29,8 @@ type R<T> = std::result::Result<T, String>;
 struct Toks {
     src: &'static str,
     pos: usize,
+    /// the programs defined by `R` records, referred to as `@<k>`
+    progs: Vec<Prog>,
 }
 
 impl Toks {
@@ -112,7 +118,11 @@ impl Toks {
 }
 
 pub(super) fn parse(src: &'static str) -> R<Plan> {
-    let mut t = Toks { src, pos: 0 };
+    let mut t = Toks {
+        src,
+        pos: 0,
+        progs: Vec::new(),
+    };
     if t.word()? != "M" {
         return Err("plan must start with M".into());
     }
@@ -127,15 +137,21 @@ pub(super) fn parse(src: &'static str) -> R<Plan> {
         nodes: Vec::new(),
         outputs: Vec::new(),
     };
+    let mut ctx = Vec::new();
     while !t.done() {
         match t.word()? {
             "C" => plan.checks.push(check(&mut t)?),
+            "R" => {
+                let p = prog(&mut t).map_err(|e| format!("program {}: {e}", t.progs.len()))?;
+                t.progs.push(p);
+            }
             "N" => {
-                let s = step(&mut t).map_err(|e| format!("node {}: {e}", plan.nodes.len()))?;
+                let (s, c) = step(&mut t).map_err(|e| format!("node {}: {e}", plan.nodes.len()))?;
                 if s.args.iter().any(|&a| a >= plan.nodes.len()) {
                     return Err(format!("node {}: operand after it", plan.nodes.len()));
                 }
                 plan.nodes.push(s);
+                ctx.push(c);
             }
             "O" => plan.outputs = t.list()?,
             w => return Err(format!("unknown record `{w}`")),
@@ -144,7 +160,133 @@ pub(super) fn parse(src: &'static str) -> R<Plan> {
     if plan.outputs.iter().any(|&o| o >= plan.nodes.len()) {
         return Err("output out of range".into());
     }
+    let mut terms = Vec::new();
+    for c in &plan.checks {
+        if terms.len() <= c.view {
+            terms.resize(c.view + 1, None);
+        }
+        terms[c.view] = Some(c.terminal);
+    }
+    let names = Names {
+        plan: &plan,
+        ctx: &ctx,
+        terms,
+    };
+    let whats: Vec<Option<String>> = (0..plan.nodes.len())
+        .map(|id| ctx[id].as_ref().map(|c| names.what(id, c)))
+        .collect();
+    for (step, w) in plan.nodes.iter_mut().zip(whats) {
+        if let Some(w) = w {
+            step.what = Box::leak(w.into_boxed_str());
+        }
+    }
     Ok(plan)
+}
+
+/// How errors name a computed node: its op (`op`), its operands as the user names them, the
+/// value it computes (`label`) and the instance it belongs to (`scope`) — composed here, once
+/// per plan, from the plan's own records rather than written out per node by the compiler.
+struct Ctx {
+    op: &'static str,
+    label: &'static str,
+    scope: &'static str,
+}
+
+/// What composes the error names: the plan, each node's context, each view's terminal.
+struct Names<'p> {
+    plan: &'p Plan,
+    ctx: &'p [Option<Ctx>],
+    terms: Vec<Option<&'static str>>,
+}
+
+impl Names<'_> {
+    fn what(&self, id: usize, c: &Ctx) -> String {
+        let args: Vec<String> = self.plan.nodes[id]
+            .args
+            .iter()
+            .map(|&a| self.value_desc(a))
+            .collect();
+        let mut s = if args.is_empty() {
+            format!("`{}`", c.op)
+        } else {
+            format!("`{}` of {}", c.op, args.join(", "))
+        };
+        if !c.label.is_empty() && !c.label.starts_with('#') {
+            if c.label.contains('`') {
+                s += &format!(" for {}", c.label);
+            } else {
+                s += &format!(" for `{}`", c.label);
+            }
+        }
+        if !c.scope.is_empty() {
+            s += &format!(" in `{}`", c.scope);
+        }
+        s
+    }
+
+    /// The terminal behind view `k` (``input `x` ``, ``param `fc.weight` ``,
+    /// ``output gradient `y` ``).
+    fn terminal(&self, k: usize) -> Option<&'static str> {
+        self.terms.get(k).copied().flatten()
+    }
+
+    /// An operand as a user would name it: ``input `ids` ``, ``param `fc1.weight` ``, a named
+    /// value and the inputs it derives from.
+    fn value_desc(&self, id: usize) -> String {
+        let n = &self.plan.nodes[id];
+        match (&self.ctx[id], &n.op) {
+            (None, POp::View(k)) => match self.terminal(*k) {
+                Some(t) => match t.strip_prefix("output gradient ") {
+                    Some(out) => format!("the gradient of output {out}"),
+                    None => t.to_string(),
+                },
+                None => "an intermediate value".to_string(),
+            },
+            (None, _) => match n.args.first() {
+                Some(&a) => self.value_desc(a),
+                None => "an intermediate value".to_string(),
+            },
+            (Some(c), _) => {
+                let own = match c.label {
+                    l if l.is_empty() || l.starts_with('#') => "an intermediate value".to_string(),
+                    l if l.contains('`') => l.to_string(),
+                    l => format!("`{l}`"),
+                };
+                let from = self.inputs_behind(id);
+                if from.is_empty() {
+                    own
+                } else {
+                    format!("{own} (from input {})", from.join(", "))
+                }
+            }
+        }
+    }
+
+    /// The model inputs a computed value derives from (`ids` behind `where_(ids == -100, 0,
+    /// ids)`), looking at most 64 nodes back.
+    fn inputs_behind(&self, id: usize) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut stack = vec![id];
+        let mut names = Vec::new();
+        while let Some(k) = stack.pop() {
+            if !seen.insert(k) || seen.len() > 64 {
+                continue;
+            }
+            let n = &self.plan.nodes[k];
+            match &n.op {
+                POp::View(v) => {
+                    if let Some(t) = self.terminal(*v).and_then(|t| t.strip_prefix("input ")) {
+                        let name = t.to_string();
+                        if !names.contains(&name) {
+                            names.push(name);
+                        }
+                    }
+                }
+                _ => stack.extend(n.args.iter().copied()),
+            }
+        }
+        names
+    }
 }
 
 fn check(t: &mut Toks) -> R<Check> {
@@ -351,7 +493,20 @@ fn ew_op(w: &str) -> R<EwOp> {
 }
 
 fn prog(t: &mut Toks) -> R<Prog> {
-    let n: usize = t.num()?;
+    let w = t.word()?;
+    if let Some(k) = w.strip_prefix('@') {
+        let k: usize = k
+            .parse()
+            .map_err(|_| format!("bad program reference `{w}`"))?;
+        return t
+            .progs
+            .get(k)
+            .cloned()
+            .ok_or_else(|| format!("program {k} not defined"));
+    }
+    let n: usize = w
+        .parse()
+        .map_err(|_| format!("number expected, found `{w}`"))?;
     let mut b = Builder::default();
     let mut regs: Vec<Reg> = Vec::with_capacity(n);
     let get = |regs: &Vec<Reg>, k: usize| regs.get(k).copied().ok_or("register used before set");
@@ -387,7 +542,7 @@ fn prog(t: &mut Toks) -> R<Prog> {
     Ok(b.finish(out))
 }
 
-fn step(t: &mut Toks) -> R<Step> {
+fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
     let dt = dtype(t.word()?)?;
     let h = t.word()?;
     let home = match (h.as_bytes()[0], &h[1..]) {
@@ -482,14 +637,25 @@ fn step(t: &mut Toks) -> R<Step> {
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;
-    let what = t.string()?;
-    Ok(Step {
+    t.skip_ws();
+    let ctx = if t.src.as_bytes().get(t.pos) == Some(&b'-') {
+        t.word()?;
+        None
+    } else {
+        Some(Ctx {
+            op: t.string()?,
+            label: t.string()?,
+            scope: t.string()?,
+        })
+    };
+    let step = Step {
         dt,
         home,
         op,
         args,
-        what,
-    })
+        what: "",
+    };
+    Ok((step, ctx))
 }
 
 #[cfg(test)]
@@ -500,19 +666,26 @@ mod tests {
     fn a_small_plan_parses() {
         let src = "M \"Net\" 1 \"B\"\n\
                    C 0 \"input `x`\" \"f32[B, 4]\" 0 2 s0 f4\n\
-                   N f32 v view 0 0 \"\"\n\
-                   N f32 o fused \"relu\" 2 L 0 f32 P relu f:0 f:0 f32 1 0 1 1 0 \"`relu` of input `x`\"\n\
-                   O 1 1\n";
+                   N f32 v view 0 0 -\n\
+                   R 2 L 0 f32 P relu f:0 f:0 f32 1 0 1\n\
+                   N f32 s0 fused \"relu\" @0 1 0 \"relu\" \"h\" \"\"\n\
+                   N f32 o fused \"relu\" 2 L 0 f32 P relu f:0 f:0 f32 1 0 1 1 1 \"relu\" \"#3\" \"fc\"\n\
+                   O 1 2\n";
         let p = parse(src).unwrap();
         assert_eq!(p.model, "Net");
         assert_eq!(p.syms, &["B"]);
         assert_eq!(p.checks.len(), 1);
         assert_eq!(p.checks[0].spec, vec![DimSpec::Sym(0), DimSpec::Fixed(4)]);
-        assert_eq!(p.nodes.len(), 2);
-        assert_eq!(p.nodes[1].home, Home::Owned);
-        assert_eq!(p.nodes[1].args, vec![0]);
-        assert_eq!(p.outputs, vec![1]);
+        assert_eq!(p.nodes.len(), 3);
+        assert_eq!(p.nodes[2].home, Home::Owned);
+        assert_eq!(p.nodes[2].args, vec![1]);
+        assert_eq!(p.outputs, vec![2]);
         assert!(matches!(&p.nodes[1].op, POp::Fused("relu", prog) if prog.ins.len() == 2));
+        assert!(matches!(&p.nodes[2].op, POp::Fused("relu", prog) if prog.ins.len() == 2));
+        // error names composed from the records
+        assert_eq!(p.nodes[0].what, "");
+        assert_eq!(p.nodes[1].what, "`relu` of input `x` for `h`");
+        assert_eq!(p.nodes[2].what, "`relu` of `h` (from input `x`) in `fc`");
     }
 
     #[test]
@@ -527,6 +700,8 @@ mod tests {
             "M \"Net\" 0\nN f32 o fused \"x\" 1 P relu f:0 f:0 f32 1 7 0 0 0 \"\"",
             "M \"Net\" 0\nO 1 3",
             "M \"unterminated",
+            "M \"Net\" 0\nN f32 v view 0 0 -\nN f32 o fused \"x\" @0 1 0 \"x\" \"\" \"\"",
+            "M \"Net\" 0\nN f32 v view 0 0 \"x\"",
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
