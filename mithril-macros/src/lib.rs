@@ -9,10 +9,8 @@
 //! [`codegen`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
 //! across invocations, modules and crates).
 
+mod backends;
 mod codegen;
-mod codegen_cuda;
-mod codegen_static;
-mod cuda_gen;
 mod frontend;
 #[cfg(test)]
 mod fuzz;
@@ -418,7 +416,7 @@ fn compile_one(
     let text = report::text(&g);
     let dot = report::dot(&g, &model);
     let json = report::json(&g, &model);
-    let inp = codegen::CodegenInput {
+    let inp = backends::common::CodegenInput {
         name,
         vis,
         docs: attrs,
@@ -435,9 +433,9 @@ fn compile_one(
         cuda: opts.mixed().then_some(&opts.cuda),
     };
     // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
-    // lowering of `codegen_cuda` for the ops placed on cuda
+    // lowering of `backends::cuda` for the ops placed on cuda
     let (code, cuda_source) = if opts.backend_cuda && !opts.mixed() {
-        codegen_cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda)
+        backends::cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda)
             .generate()
             .map(|(ts, src)| (ts, Some(src)))
     } else {
@@ -553,7 +551,7 @@ impl StubApi {
             let rank = g
                 .shape_of(id)
                 .and_then(|s| s.rest.is_none().then_some(s.dims.len()));
-            let d = codegen::ix(rank);
+            let d = backends::common::ix(rank);
             quote!(::mithril::ndarray::Array<#t, #d>)
         };
         StubApi {

@@ -8,7 +8,7 @@
 //! `evaluate_device` / `evaluate_gradients_device`, which never copy through the host.
 //!
 //! Lowering, node by node: every fused elementwise group (and `FusedMatmul` epilogue) becomes one
-//! CUDA C kernel through [`cuda_gen`]; all kernels of the model form one module, `M::CUDA_SOURCE`,
+//! CUDA C kernel through [`kernel_text`]; all kernels of the model form one module, `M::CUDA_SOURCE`,
 //! compiled by NVRTC at the first launch (cached on disk). Matrix products go to cuBLAS
 //! (`cublasGemmEx`: strict f32 unless `tf32: true`, bf16 with f32 results under `amp: true`) or
 //! to cuBLASLt with the bias / ReLU / GELU epilogue for f16 / bf16 when the epilogue matches;
@@ -16,12 +16,15 @@
 //! `mithril::rt::cuda`. A node without a lowering is a compile error spanned on the tokens that
 //! made it, naming the primitive and listing what is supported.
 
-use crate::codegen::{ix, v, CodegenInput, Gen, Tree};
-use crate::cuda_gen::{self, Extent, IndexMode, KernelArg};
+pub(crate) mod kernel_text;
+
+use crate::backends::common::{ix, v, CodegenInput, Tree};
+use crate::codegen::Gen;
 use crate::ir::{DType, Dim, FExpr, Graph, NodeId, Op};
 use crate::options::CudaOptions;
 use crate::placement::Placed;
 use crate::prims::{literal, storage_type, Prim, ReduceKind};
+use kernel_text::{Extent, IndexMode, KernelArg};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use std::collections::BTreeMap;
@@ -281,7 +284,7 @@ impl<'a> CudaGen<'a> {
     ) -> Result<String, String> {
         let name = format!("{}{id}{suffix}", cx.prefix);
         let mut k = format!("// {} = {}\n", name, cx.label(id));
-        k.push_str(&cuda_gen::fused_kernel(&name, expr, args, out)?);
+        k.push_str(&kernel_text::fused_kernel(&name, expr, args, out)?);
         self.kernels.push(k);
         self.entries.push(name.clone());
         Ok(name)
@@ -1043,7 +1046,7 @@ impl<'a> CudaGen<'a> {
         let grads = self.gradients(&tree, &gen);
 
         // ---- the module
-        let source = cuda_gen::fused_module(&self.kernels);
+        let source = kernel_text::fused_module(&self.kernels);
         let entries = &self.entries;
         let n_kernels = entries.len();
         let file = format!("{model}.cu");
@@ -1670,6 +1673,9 @@ impl<'a> Mixed<'a> {
 
     /// The module source and its entry names.
     pub fn module(&self) -> (String, &[String]) {
-        (cuda_gen::fused_module(&self.cg.kernels), &self.cg.entries)
+        (
+            kernel_text::fused_module(&self.cg.kernels),
+            &self.cg.entries,
+        )
     }
 }
