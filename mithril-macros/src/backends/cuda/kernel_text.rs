@@ -29,9 +29,9 @@
 //! `--fmad=false` for closer agreement). Results are close, not bitwise equal.
 //!
 //! A module is [`fused_module`]: the prelude once, then any number of kernels. The runtime
-//! compiles it with NVRTC (`mithril_runtime::cuda::KernelCache`). `codegen_cuda.rs` emits one
-//! module per `backend: cuda` model (`M::CUDA_SOURCE`); the unit tests below check the text and
-//! compile it with the real NVRTC when it is available.
+//! compiles it with NVRTC (`mithril_runtime::cuda::KernelCache`). The CUDA backend ([`super`])
+//! emits one module per `backend: cuda` model (`M::CUDA_SOURCE`); the unit tests below check the
+//! text and compile it with the real NVRTC when it is available.
 
 use crate::ir::{DType, FExpr};
 use crate::prims::lower::c_literal as literal;
