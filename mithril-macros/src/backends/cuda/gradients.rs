@@ -2,7 +2,8 @@
 //! (the forward+backward graph on the device), `grads_to_host`, and `evaluate_gradients` on
 //! host data.
 
-use super::api::{device_input_init, param_tree_impl, upload_inputs};
+use super::api::{device_input_init, upload_inputs};
+use super::params::param_tree_impl;
 use super::{rt, CudaGen};
 use crate::backends::common::Tree;
 use crate::codegen::Gen;

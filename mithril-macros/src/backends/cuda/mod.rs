@@ -20,9 +20,10 @@
 //! function of the IR); `read` how a broadcast operand is read and which matmul epilogues
 //! cuBLASLt runs; `launch` kernel launches and library calls (elementwise, casts, matmuls,
 //! reshapes); `nodes` one node's lowering and a whole graph's body; `api` the model's types and
-//! `impl` (host and device structs, transfers, `new`, `evaluate*`, consts); `gradients` the
-//! gradient API; [`Mixed`] (in `mixed`) the device side of a mixed (`backend_map`) model, driven
-//! by the CPU generator.
+//! `impl` (input / output structs, transfers, `new`, `evaluate*`, consts); `params` the param
+//! trees (host and device structs, conversions, `ParamTree`); `gradients` the gradient API;
+//! [`Mixed`] (in `mixed`) the device side of a mixed (`backend_map`) model, driven by the CPU
+//! generator.
 //!
 //! Imports: [`super::common`], and from the CPU generator only [`Gen`] (its typed-API helpers:
 //! run-time dims, shape checks, struct names, the host param structs). That and `Gen`'s
@@ -34,6 +35,7 @@ pub(crate) mod kernel_text;
 mod launch;
 mod mixed;
 mod nodes;
+mod params;
 mod read;
 
 pub(crate) use mixed::Mixed;
