@@ -6,6 +6,7 @@
 //! become one `mithril::rt::ops::mapK` loop with the fused scalar expression inlined; other
 //! primitives call `mithril::rt::ops`.
 
+use crate::backends::common::{camel, ix, v, CodegenInput, Tree};
 use crate::ir::{rdim, DType, Dim, FExpr, Graph, NodeId, Op, RDim};
 use crate::memplan::{self, Home};
 use crate::prims::{convert, literal, storage_type, Prim};
@@ -18,85 +19,6 @@ use syn::Ident;
 mod plan_gen;
 #[path = "typed_api.rs"]
 mod typed_api;
-
-/// What codegen needs besides the graph.
-pub struct CodegenInput<'a> {
-    pub name: &'a Ident,
-    pub vis: &'a syn::Visibility,
-    pub docs: &'a [syn::Attribute],
-    pub static_shapes: bool,
-    pub summary: String,
-    pub graph_text: String,
-    pub graph_dot: String,
-    pub graph_json: String,
-    pub logical: String,
-    /// A `train` model: `evaluate_gradients` takes no seed (the loss is seeded with 1).
-    pub train_model: bool,
-    /// `memory_planning: greedy` (true) or `none`.
-    pub planning: bool,
-    /// `max_memory_gb`, checked at run time when some dim is dynamic.
-    pub max_memory_gb: Option<f64>,
-    /// `optimize_for`: `throughput` caps each call's GEMMs at the calling thread.
-    pub optimize_for: crate::options::OptimizeFor,
-    /// A mixed model (`backend_map` with ops on cuda): its CUDA settings.
-    pub cuda: Option<&'a crate::options::CudaOptions>,
-}
-
-pub(crate) fn v(id: NodeId) -> Ident {
-    format_ident!("v{}", id)
-}
-
-fn camel(s: &str) -> String {
-    s.trim_start_matches("r#")
-        .split('_')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            match c.next() {
-                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
-                None => String::new(),
-            }
-        })
-        .collect()
-}
-
-pub(crate) fn ix(rank: Option<usize>) -> TokenStream {
-    match rank {
-        Some(0) => quote!(::mithril::ndarray::Ix0),
-        Some(1) => quote!(::mithril::ndarray::Ix1),
-        Some(2) => quote!(::mithril::ndarray::Ix2),
-        Some(3) => quote!(::mithril::ndarray::Ix3),
-        Some(4) => quote!(::mithril::ndarray::Ix4),
-        Some(5) => quote!(::mithril::ndarray::Ix5),
-        Some(6) => quote!(::mithril::ndarray::Ix6),
-        _ => quote!(::mithril::ndarray::IxDyn),
-    }
-}
-
-/// A param tree node: leaves and sub-trees, in first-seen order.
-#[derive(Default)]
-pub(crate) struct Tree {
-    pub(crate) order: Vec<String>,
-    pub(crate) leaves: BTreeMap<String, usize>,
-    pub(crate) subs: BTreeMap<String, Tree>,
-}
-
-impl Tree {
-    pub(crate) fn insert(&mut self, path: &[String], idx: usize) {
-        let head = &path[0];
-        if !self.order.contains(head) {
-            self.order.push(head.clone());
-        }
-        if path.len() == 1 {
-            self.leaves.insert(head.clone(), idx);
-        } else {
-            self.subs
-                .entry(head.clone())
-                .or_default()
-                .insert(&path[1..], idx);
-        }
-    }
-}
 
 pub struct Gen<'a> {
     g: &'a Graph,
@@ -111,7 +33,7 @@ pub struct Gen<'a> {
     /// Where every node's value lives.
     pub plan: memplan::Plan,
     /// A mixed model (`backend_map`): the device side of this graph (see [`Gen::place`]).
-    pub(crate) mixed: Option<Box<crate::codegen_cuda::Mixed<'a>>>,
+    pub(crate) mixed: Option<Box<crate::backends::cuda::Mixed<'a>>>,
     /// Nested struct layouts already emitted (layout -> struct name), for sharing.
     layouts: std::cell::RefCell<BTreeMap<String, Ident>>,
     /// Struct aliases emitted (alias -> the struct it names).
@@ -191,7 +113,7 @@ impl<'a> Gen<'a> {
         if !self.g.placement.is_mixed() {
             return;
         }
-        let m = crate::codegen_cuda::Mixed::new(self.g, self.inp, opts, forward);
+        let m = crate::backends::cuda::Mixed::new(self.g, self.inp, opts, forward);
         self.plan = memplan::plan_placed(self.g, self.inp.planning, Some(&m.placed));
         self.mixed = Some(Box::new(m));
     }
@@ -1070,7 +992,7 @@ impl<'a> Gen<'a> {
             summary.push_str("static_shapes: evaluate keeps the generic path (not specialized: ops placed by `backend_map`)\n");
             generic_body()
         } else if self.inp.static_shapes {
-            match crate::codegen_static::evaluate_body(&self, &outputs_name) {
+            match crate::backends::cpu_static::evaluate_body(&self, &outputs_name) {
                 Ok(b) => {
                     summary.push_str("static_shapes: evaluate specialized (constant dims, contiguous slices, direct kernel calls)\n");
                     b
@@ -1367,7 +1289,7 @@ impl<'a> Gen<'a> {
                     Some(a) => quote!(::std::option::Option::Some(#a)),
                     None => quote!(::std::option::Option::None),
                 };
-                let options = crate::codegen_cuda::device_options(&opts);
+                let options = crate::backends::cuda::device_options(&opts);
                 // what runs on cuda, for the error of `new()`
                 let other = |cuda: bool| -> String {
                     g.placement

@@ -251,6 +251,7 @@ struct ModelSig {
     outputs: Vec<String>,
 }
 
+/// The pieces of programs: numbers, dims, shapes, dtypes, literals, expressions.
 impl ProgGen {
     fn int(&mut self) -> String {
         if self.rng.chance(85) {
@@ -363,168 +364,186 @@ impl ProgGen {
                 self.expr(vars, models, d),
                 self.expr(vars, models, d)
             ),
-            14 => {
-                let f = self.rng.pick(REDUCE);
-                let mut args = Vec::new();
-                if self.rng.chance(70) {
-                    args.push(format!("axis = {}", self.attr_val()));
-                }
-                if self.rng.chance(40) {
-                    args.push(format!(
-                        "keepdim = {}",
-                        ["true", "false", "1"][self.rng.below(3)]
-                    ));
-                }
-                if self.rng.chance(10) {
-                    args.push(format!(
-                        "{} = 1",
-                        ["correction", "axes", "bogus"][self.rng.below(3)]
-                    ));
-                }
-                if self.rng.chance(50) {
-                    format!("{}.{f}({})", self.expr(vars, models, d), args.join(", "))
-                } else {
-                    args.insert(0, self.expr(vars, models, d));
-                    format!("{f}({})", args.join(", "))
-                }
-            }
+            14 => self.reduce_expr(vars, models, d),
             15 => format!("{}.T", self.expr(vars, models, d)),
-            16 => {
-                let x = self.expr(vars, models, d);
-                match self.rng.below(9) {
-                    0 => format!("reshape({x}, [{}, -1])", self.dim(&[])),
-                    1 => format!(
-                        "reshape({x}, shape = [{}, {}])",
-                        self.dim(&[]),
-                        self.dim(&[])
-                    ),
-                    2 => format!("transpose({x}, axes = {})", self.attr_val()),
-                    3 => format!(
-                        "concat({x}, {}, axis = {})",
-                        self.expr(vars, models, d),
-                        self.attr_val()
-                    ),
-                    4 => format!(
-                        "gather({x}, {}, axis = {})",
-                        self.expr(vars, models, d),
-                        self.attr_val()
-                    ),
-                    5 => format!(
-                        "where_({x}, {}, {})",
-                        self.expr(vars, models, d),
-                        self.expr(vars, models, d)
-                    ),
-                    6 => format!(
-                        "flatten({x}, start_dim = {}, end_dim = {})",
-                        self.attr_val(),
-                        self.attr_val()
-                    ),
-                    7 => format!(
-                        "clamp({x}, min = {}, max = {})",
-                        self.attr_val(),
-                        self.attr_val()
-                    ),
-                    _ => format!("take_along({x}, {})", self.expr(vars, models, d)),
-                }
-            }
-            17 => {
-                let x = self.expr(vars, models, d);
-                match self.rng.below(7) {
-                    0 => format!("{x}[{}]", self.int()),
-                    1 => format!("{x}[{}..{}]", self.int(), self.int()),
-                    2 => format!("{x}[(.., None)]"),
-                    3 => format!("{x}[(..=-{}, ..)]", self.int()),
-                    4 => format!(
-                        "{x}.slice(.., {}, ({}..{}).step_by({}), None)",
-                        self.int(),
-                        self.int(),
-                        self.int(),
-                        ["2", "-1", "0", "9223372036854775807"][self.rng.below(4)]
-                    ),
-                    5 => format!("slice({x}, ..{})", self.int()),
-                    _ => format!("{x}[(0, 1)]"),
-                }
-            }
+            16 => self.shape_expr(vars, models, d),
+            17 => self.index_expr(vars, models, d),
             18 => format!("({} as {})", self.expr(vars, models, d), self.dtype()),
-            19..=21 => {
-                // a library model
-                let x = self.expr(vars, models, d);
-                match self.rng.below(10) {
-                    0 => format!("Linear({})({x})", self.int()),
-                    1 => format!("Linear(dimension = {}, use_bias = false)({x})", self.int()),
-                    2 => format!("MLP([{}, {}], [relu])({x})", self.int(), self.int()),
-                    3 => format!("LayerNorm()({x})"),
-                    4 => format!("RMSNorm(eps = 1e-3)({x})"),
-                    5 => format!("Embedding({}, {})({x})", self.int(), self.int()),
-                    6 => format!("cross_entropy({x}, {})", self.expr(vars, models, d)),
-                    7 => format!("squared_error({x}, target = {})", self.var(vars)),
-                    8 if self.noisy => format!("Linear(dim = 3)({x})"),
-                    8 => format!("Linear(3)({x})"),
-                    _ => format!("kl_divergence({x}, {}, log_target = true)", self.var(vars)),
-                }
-            }
-            22..=24 if !models.is_empty() => {
-                let m = models[self.rng.below(models.len())].clone();
-                let mut hs: Vec<String> = Vec::new();
-                for (n, ty) in &m.hypers {
-                    if !self.rng.chance(60) {
-                        continue;
-                    }
-                    let v = match ty.as_str() {
-                        "int" => self.int(),
-                        "bool" => "false".into(),
-                        "fn" => self.rng.pick(UNARY).to_string(),
-                        "float" => "0.5".into(),
-                        "list" => "[1, 2]".into(),
-                        _ => self.lit(),
-                    };
-                    hs.push(if self.rng.chance(50) {
-                        format!("{n} = {v}")
-                    } else {
-                        v
-                    });
-                }
-                let n_args = if self.rng.chance(85) {
-                    m.inputs.len()
-                } else {
-                    self.rng.below(4)
-                };
-                let args: Vec<String> = (0..n_args)
-                    .map(|i| {
-                        let e = self.expr(vars, models, d);
-                        match (m.inputs.get(i), self.rng.chance(30)) {
-                            (Some(n), true) => format!("{n} = {e}"),
-                            (None, true) => format!("zz = {e}"),
-                            _ => e,
-                        }
-                    })
-                    .collect();
-                let call = if m.hypers.is_empty() {
-                    format!("{}({})", m.name, args.join(", "))
-                } else if m.name.starts_with(char::is_uppercase) {
-                    // a constructor, then an application
-                    format!("{}({})({})", m.name, hs.join(", "), args.join(", "))
-                } else {
-                    // snake_case: terminals and named hyperparameters in one call
-                    let mut all = args;
-                    all.extend(hs.into_iter().filter(|h| h.contains('=')));
-                    format!("{}({})", m.name, all.join(", "))
-                };
-                if m.outputs.len() > 1 || self.rng.chance(10) {
-                    let pick = if self.rng.chance(85) && !m.outputs.is_empty() {
-                        m.outputs[self.rng.below(m.outputs.len())].clone()
-                    } else {
-                        "nope".into()
-                    };
-                    format!("{call}.{pick}")
-                } else {
-                    call
-                }
-            }
+            19..=21 => self.library_call(vars, models, d),
+            22..=24 if !models.is_empty() => self.model_call(vars, models, d),
             _ => format!("{}.{}()", self.expr(vars, models, d), self.rng.pick(UNARY)),
         }
     }
 
+    /// A reduction, as a method or a function, with random attributes.
+    fn reduce_expr(&mut self, vars: &[String], models: &[ModelSig], d: u32) -> String {
+        let f = self.rng.pick(REDUCE);
+        let mut args = Vec::new();
+        if self.rng.chance(70) {
+            args.push(format!("axis = {}", self.attr_val()));
+        }
+        if self.rng.chance(40) {
+            args.push(format!(
+                "keepdim = {}",
+                ["true", "false", "1"][self.rng.below(3)]
+            ));
+        }
+        if self.rng.chance(10) {
+            args.push(format!(
+                "{} = 1",
+                ["correction", "axes", "bogus"][self.rng.below(3)]
+            ));
+        }
+        if self.rng.chance(50) {
+            format!("{}.{f}({})", self.expr(vars, models, d), args.join(", "))
+        } else {
+            args.insert(0, self.expr(vars, models, d));
+            format!("{f}({})", args.join(", "))
+        }
+    }
+
+    /// A shape or index primitive (`reshape`, `transpose`, `concat`, `gather`, ...).
+    fn shape_expr(&mut self, vars: &[String], models: &[ModelSig], d: u32) -> String {
+        let x = self.expr(vars, models, d);
+        match self.rng.below(9) {
+            0 => format!("reshape({x}, [{}, -1])", self.dim(&[])),
+            1 => format!(
+                "reshape({x}, shape = [{}, {}])",
+                self.dim(&[]),
+                self.dim(&[])
+            ),
+            2 => format!("transpose({x}, axes = {})", self.attr_val()),
+            3 => format!(
+                "concat({x}, {}, axis = {})",
+                self.expr(vars, models, d),
+                self.attr_val()
+            ),
+            4 => format!(
+                "gather({x}, {}, axis = {})",
+                self.expr(vars, models, d),
+                self.attr_val()
+            ),
+            5 => format!(
+                "where_({x}, {}, {})",
+                self.expr(vars, models, d),
+                self.expr(vars, models, d)
+            ),
+            6 => format!(
+                "flatten({x}, start_dim = {}, end_dim = {})",
+                self.attr_val(),
+                self.attr_val()
+            ),
+            7 => format!(
+                "clamp({x}, min = {}, max = {})",
+                self.attr_val(),
+                self.attr_val()
+            ),
+            _ => format!("take_along({x}, {})", self.expr(vars, models, d)),
+        }
+    }
+
+    /// Indexing and slicing forms.
+    fn index_expr(&mut self, vars: &[String], models: &[ModelSig], d: u32) -> String {
+        let x = self.expr(vars, models, d);
+        match self.rng.below(7) {
+            0 => format!("{x}[{}]", self.int()),
+            1 => format!("{x}[{}..{}]", self.int(), self.int()),
+            2 => format!("{x}[(.., None)]"),
+            3 => format!("{x}[(..=-{}, ..)]", self.int()),
+            4 => format!(
+                "{x}.slice(.., {}, ({}..{}).step_by({}), None)",
+                self.int(),
+                self.int(),
+                self.int(),
+                ["2", "-1", "0", "9223372036854775807"][self.rng.below(4)]
+            ),
+            5 => format!("slice({x}, ..{})", self.int()),
+            _ => format!("{x}[(0, 1)]"),
+        }
+    }
+
+    /// A call of a library model.
+    fn library_call(&mut self, vars: &[String], models: &[ModelSig], d: u32) -> String {
+        let x = self.expr(vars, models, d);
+        match self.rng.below(10) {
+            0 => format!("Linear({})({x})", self.int()),
+            1 => format!("Linear(dimension = {}, use_bias = false)({x})", self.int()),
+            2 => format!("MLP([{}, {}], [relu])({x})", self.int(), self.int()),
+            3 => format!("LayerNorm()({x})"),
+            4 => format!("RMSNorm(eps = 1e-3)({x})"),
+            5 => format!("Embedding({}, {})({x})", self.int(), self.int()),
+            6 => format!("cross_entropy({x}, {})", self.expr(vars, models, d)),
+            7 => format!("squared_error({x}, target = {})", self.var(vars)),
+            8 if self.noisy => format!("Linear(dim = 3)({x})"),
+            8 => format!("Linear(3)({x})"),
+            _ => format!("kl_divergence({x}, {}, log_target = true)", self.var(vars)),
+        }
+    }
+
+    /// A call of one of the program's own models (`models` is not empty): hyperparameters,
+    /// positional or named terminals, an output picked by name.
+    fn model_call(&mut self, vars: &[String], models: &[ModelSig], d: u32) -> String {
+        let m = models[self.rng.below(models.len())].clone();
+        let mut hs: Vec<String> = Vec::new();
+        for (n, ty) in &m.hypers {
+            if !self.rng.chance(60) {
+                continue;
+            }
+            let v = match ty.as_str() {
+                "int" => self.int(),
+                "bool" => "false".into(),
+                "fn" => self.rng.pick(UNARY).to_string(),
+                "float" => "0.5".into(),
+                "list" => "[1, 2]".into(),
+                _ => self.lit(),
+            };
+            hs.push(if self.rng.chance(50) {
+                format!("{n} = {v}")
+            } else {
+                v
+            });
+        }
+        let n_args = if self.rng.chance(85) {
+            m.inputs.len()
+        } else {
+            self.rng.below(4)
+        };
+        let args: Vec<String> = (0..n_args)
+            .map(|i| {
+                let e = self.expr(vars, models, d);
+                match (m.inputs.get(i), self.rng.chance(30)) {
+                    (Some(n), true) => format!("{n} = {e}"),
+                    (None, true) => format!("zz = {e}"),
+                    _ => e,
+                }
+            })
+            .collect();
+        let call = if m.hypers.is_empty() {
+            format!("{}({})", m.name, args.join(", "))
+        } else if m.name.starts_with(char::is_uppercase) {
+            // a constructor, then an application
+            format!("{}({})({})", m.name, hs.join(", "), args.join(", "))
+        } else {
+            // snake_case: terminals and named hyperparameters in one call
+            let mut all = args;
+            all.extend(hs.into_iter().filter(|h| h.contains('=')));
+            format!("{}({})", m.name, all.join(", "))
+        };
+        if m.outputs.len() > 1 || self.rng.chance(10) {
+            let pick = if self.rng.chance(85) && !m.outputs.is_empty() {
+                m.outputs[self.rng.below(m.outputs.len())].clone()
+            } else {
+                "nope".into()
+            };
+            format!("{call}.{pick}")
+        } else {
+            call
+        }
+    }
+}
+
+/// Statements, models and whole programs.
+impl ProgGen {
     #[allow(clippy::too_many_arguments)]
     fn stmts(
         &mut self,

@@ -9,10 +9,8 @@
 //! [`codegen`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
 //! across invocations, modules and crates).
 
+mod backends;
 mod codegen;
-mod codegen_cuda;
-mod codegen_static;
-mod cuda_gen;
 mod frontend;
 #[cfg(test)]
 mod fuzz;
@@ -73,112 +71,18 @@ fn expand(input: TokenStream) -> TokenStream {
     }
     let shared = Rc::new(shared);
 
-    let mut out = TokenStream::new();
-    let mut errors: Vec<syn::Error> = Vec::new();
-    let mut missing: Vec<syn::Path> = Vec::new();
-
+    let mut acc = Expansion::default();
     for item in &file.items {
         match item {
-            Item::Model(m) => {
-                out.extend(carrier::emit_carrier(m, &shared, &krate));
-                // every model the definition calls travels in its carrier's bundle, also those
-                // flattening does not reach (required hyperparameters, branches not taken)
-                for p in carrier::model_refs(m) {
-                    let k = carrier::path_key(&p);
-                    if !shared.defs.contains_key(&k) && !library.defs.contains_key(&k) {
-                        missing.push(p);
-                    }
-                }
-                if m.hypers.iter().any(|h| h.default.is_none()) {
-                    // a model with required hyperparameters has no default physical model
-                    continue;
-                }
-                let entry = shared.defs.get(&m.name.to_string()).cloned();
-                let Some(entry) = entry else { continue };
-                let logical = m.name.to_string();
-                match compile_one(
-                    &entry,
-                    &m.name,
-                    &m.vis,
-                    &m.attrs,
-                    &options::Options::default(),
-                    &library,
-                    &shared,
-                    &logical,
-                    true,
-                    None,
-                ) {
-                    Ok((ts, miss)) => {
-                        out.extend(ts);
-                        missing.extend(miss);
-                    }
-                    Err((es, miss, api)) => {
-                        errors.extend(es);
-                        missing.extend(miss);
-                        out.extend(stub(&m.name, &m.vis, m, api.as_ref()));
-                    }
-                }
-            }
-            Item::Compile(c) => {
-                let key = c
-                    .model
-                    .segments
-                    .iter()
-                    .map(|s| s.ident.to_string())
-                    .collect::<Vec<_>>()
-                    .join("::");
-                let entry = shared
-                    .defs
-                    .get(&key)
-                    .cloned()
-                    .or_else(|| library.defs.get(&key).cloned());
-                let Some(entry) = entry else {
-                    if c.model.segments.len() > 1 || !shared.defs.contains_key(&key) {
-                        missing.push(c.model.clone());
-                    }
-                    continue;
-                };
-                let opts = match options::parse(&c.options) {
-                    Ok(o) => o,
-                    Err(es) => {
-                        errors.extend(es);
-                        out.extend(stub(&c.name, &c.vis, &entry.def, None));
-                        continue;
-                    }
-                };
-                if c.hyper_args.is_none() && !entry.def.hypers.iter().all(|h| h.default.is_some()) {
-                    errors.push(syn::Error::new(
-                        c.model.segments.last().map(|s| s.ident.span()).unwrap_or(Span::call_site()),
-                        format!("`{key}` has hyperparameters without defaults; set them in the compile item: `compile {} = {key}(..) {{ .. }}`", c.name),
-                    ));
-                    out.extend(stub(&c.name, &c.vis, &entry.def, None));
-                    continue;
-                }
-                match compile_one(
-                    &entry,
-                    &c.name,
-                    &c.vis,
-                    &c.attrs,
-                    &opts,
-                    &library,
-                    &shared,
-                    &key,
-                    false,
-                    c.hyper_args.as_ref().map(|(a, sp)| (a.as_slice(), *sp)),
-                ) {
-                    Ok((ts, miss)) => {
-                        out.extend(ts);
-                        missing.extend(miss);
-                    }
-                    Err((es, miss, api)) => {
-                        errors.extend(es);
-                        missing.extend(miss);
-                        out.extend(stub(&c.name, &c.vis, &entry.def, api.as_ref()));
-                    }
-                }
-            }
+            Item::Model(m) => expand_model(m, &shared, &library, &krate, &mut acc),
+            Item::Compile(c) => expand_compile(c, &shared, &library, &mut acc),
         }
     }
+    let Expansion {
+        mut out,
+        errors,
+        mut missing,
+    } = acc;
 
     if !missing.is_empty() {
         // fetch every unresolved model through its carrier, then re-enter once
@@ -203,6 +107,134 @@ fn expand(input: TokenStream) -> TokenStream {
         out.extend(e.to_compile_error());
     }
     out
+}
+
+/// What the items of one invocation expand to so far.
+#[derive(Default)]
+struct Expansion {
+    out: TokenStream,
+    errors: Vec<syn::Error>,
+    /// Models referenced but not defined here (fetched through their carriers).
+    missing: Vec<syn::Path>,
+}
+
+impl Expansion {
+    /// One physical model's result: its code, or its errors and a stub with its API.
+    fn take(
+        &mut self,
+        result: CompileResult,
+        name: &syn::Ident,
+        vis: &syn::Visibility,
+        def: &syntax::ModelDef,
+    ) {
+        match result {
+            Ok((ts, miss)) => {
+                self.out.extend(ts);
+                self.missing.extend(miss);
+            }
+            Err((es, miss, api)) => {
+                self.errors.extend(es);
+                self.missing.extend(miss);
+                self.out.extend(stub(name, vis, def, api.as_ref()));
+            }
+        }
+    }
+}
+
+/// A `model` item: its carrier, and its default physical model when every hyperparameter has
+/// a default.
+fn expand_model(
+    m: &syntax::ModelDef,
+    shared: &Rc<Scope>,
+    library: &Scope,
+    krate: &str,
+    acc: &mut Expansion,
+) {
+    acc.out.extend(carrier::emit_carrier(m, shared, krate));
+    // every model the definition calls travels in its carrier's bundle, also those
+    // flattening does not reach (required hyperparameters, branches not taken)
+    for p in carrier::model_refs(m) {
+        let k = carrier::path_key(&p);
+        if !shared.defs.contains_key(&k) && !library.defs.contains_key(&k) {
+            acc.missing.push(p);
+        }
+    }
+    if m.hypers.iter().any(|h| h.default.is_none()) {
+        // a model with required hyperparameters has no default physical model
+        return;
+    }
+    let entry = shared.defs.get(&m.name.to_string()).cloned();
+    let Some(entry) = entry else { return };
+    let logical = m.name.to_string();
+    let result = compile_one(
+        &entry,
+        &m.name,
+        &m.vis,
+        &m.attrs,
+        &options::Options::default(),
+        library,
+        shared,
+        &logical,
+        true,
+        None,
+    );
+    acc.take(result, &m.name, &m.vis, m);
+}
+
+/// A `compile` item: the physical model of a local, carried or library model.
+fn expand_compile(
+    c: &syntax::CompileDef,
+    shared: &Rc<Scope>,
+    library: &Scope,
+    acc: &mut Expansion,
+) {
+    let key = c
+        .model
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::");
+    let entry = shared
+        .defs
+        .get(&key)
+        .cloned()
+        .or_else(|| library.defs.get(&key).cloned());
+    let Some(entry) = entry else {
+        if c.model.segments.len() > 1 || !shared.defs.contains_key(&key) {
+            acc.missing.push(c.model.clone());
+        }
+        return;
+    };
+    let opts = match options::parse(&c.options) {
+        Ok(o) => o,
+        Err(es) => {
+            acc.errors.extend(es);
+            acc.out.extend(stub(&c.name, &c.vis, &entry.def, None));
+            return;
+        }
+    };
+    if c.hyper_args.is_none() && !entry.def.hypers.iter().all(|h| h.default.is_some()) {
+        acc.errors.push(syn::Error::new(
+            c.model.segments.last().map(|s| s.ident.span()).unwrap_or(Span::call_site()),
+            format!("`{key}` has hyperparameters without defaults; set them in the compile item: `compile {} = {key}(..) {{ .. }}`", c.name),
+        ));
+        acc.out.extend(stub(&c.name, &c.vis, &entry.def, None));
+        return;
+    }
+    let result = compile_one(
+        &entry,
+        &c.name,
+        &c.vis,
+        &c.attrs,
+        &opts,
+        library,
+        shared,
+        &key,
+        false,
+        c.hyper_args.as_ref().map(|(a, sp)| (a.as_slice(), *sp)),
+    );
+    acc.take(result, &c.name, &c.vis, &entry.def);
 }
 
 type CompileResult =
@@ -253,28 +285,7 @@ fn compile_one(
     errors.extend(dtypes::infer(&mut g, opts.dtype));
     errors.extend(shapes::infer(&mut g));
     if errors.is_empty() {
-        for (id, sp) in &losses {
-            match g.shape_of(*id) {
-                Some(s) if s.rest.is_none() && s.dims.is_empty() => {}
-                Some(_) => errors.push(syn::Error::new(
-                    *sp,
-                    format!(
-                        "a loss must be a scalar after its reductions, but this is {}; reduce it, e.g. `.mean()`",
-                        g.describe(*id)
-                    ),
-                )),
-                None => {}
-            }
-            if !g.dtype_of(*id).is_some_and(|t| t.is_float()) {
-                errors.push(syn::Error::new(
-                    *sp,
-                    format!(
-                        "a loss must be a float scalar, but this is {}",
-                        g.describe(*id)
-                    ),
-                ));
-            }
-        }
+        errors.extend(check_losses(&g, &losses));
     }
     if !errors.is_empty() {
         let api = StubApi::of(&g);
@@ -298,34 +309,131 @@ fn compile_one(
         return Ok((TokenStream::new(), vec![]));
     }
     if opts.static_shapes {
-        for i in &g.inputs {
-            if let Some(d) = g.rdims(i.node) {
-                if d.iter().any(|x| !matches!(x, ir::RDim::Known(_))) {
-                    errors.push(syn::Error::new(
-                        i.span,
-                        format!(
-                            "`{name}` has `static_shapes: true`, which needs every input dim fixed, but `{}` is {}; give it with `shapes: {{ {}: [...] }}`",
-                            i.name,
-                            g.describe(i.node),
-                            i.name
-                        ),
-                    ));
-                }
-            } else {
-                errors.push(syn::Error::new(
-                    i.span,
-                    format!(
-                        "`{name}` has `static_shapes: true`, which needs a fixed rank for `{}`",
-                        i.name
-                    ),
-                ));
-            }
-        }
+        let errors = check_static_inputs(&g, name);
         if !errors.is_empty() {
             return Err((errors, vec![], Some(StubApi::of(&g))));
         }
     }
-    // warnings: unused inputs
+    let warnings = unused_input_warnings(&g, name);
+
+    // the forward+backward graph, when the model has params
+    let train = train_graph(&g, opts, is_train, &wrt)
+        .map_err(|errs| (errs, vec![], Some(StubApi::of(&g))))?;
+
+    // optimization passes
+    let mut pass_log: Vec<(&str, usize)> = vec![("flattened ops", report::op_count(&g))];
+    passes::elide::run(&mut g);
+    pass_log.extend(run_passes(&mut g, opts));
+    let model = name.to_string();
+    let mut summary = report::summary(&g, &model, &pass_log);
+    // memory: the plan line(s), and `max_memory_gb` against a static plan
+    if let Err(mem_errors) = memory_summary(&g, train.as_ref(), opts, name, &mut summary) {
+        return Err((mem_errors, vec![], Some(StubApi::of(&g))));
+    }
+    let text = report::text(&g);
+    let dot = report::dot(&g, &model);
+    let json = report::json(&g, &model);
+    let inp = backends::common::CodegenInput {
+        name,
+        vis,
+        docs: attrs,
+        static_shapes: opts.static_shapes,
+        summary,
+        graph_text: text.clone(),
+        graph_dot: dot.clone(),
+        graph_json: json.clone(),
+        logical: logical.to_string(),
+        train_model: is_train,
+        planning: opts.memory_planning,
+        max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
+        optimize_for: opts.optimize_for,
+        cuda: opts.mixed().then_some(&opts.cuda),
+    };
+    // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
+    // lowering of `backends::cuda` for the ops placed on cuda
+    let (code, cuda_source) = if opts.backend_cuda && !opts.mixed() {
+        backends::cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda)
+            .generate()
+            .map(|(ts, src)| (ts, Some(src)))
+    } else {
+        let mut gen = codegen::Gen::new(&g, &inp);
+        gen.train = train.as_ref();
+        gen.place(true);
+        gen.generate()
+    }
+    .map_err(|e| (e, vec![], Some(StubApi::of(&g))))?;
+    let file_errors = write_files(
+        opts,
+        name,
+        &code,
+        cuda_source.as_deref(),
+        [&text, &dot, &json],
+    );
+    if !file_errors.is_empty() {
+        return Err((file_errors, vec![], Some(StubApi::of(&g))));
+    }
+    Ok((quote!(#code #warnings), vec![]))
+}
+
+/// Every `loss` must be a float scalar (after its reductions).
+fn check_losses(g: &ir::Graph, losses: &[(ir::NodeId, Span)]) -> Vec<syn::Error> {
+    let mut errors = Vec::new();
+    for (id, sp) in losses {
+        match g.shape_of(*id) {
+            Some(s) if s.rest.is_none() && s.dims.is_empty() => {}
+            Some(_) => errors.push(syn::Error::new(
+                *sp,
+                format!(
+                    "a loss must be a scalar after its reductions, but this is {}; reduce it, e.g. `.mean()`",
+                    g.describe(*id)
+                ),
+            )),
+            None => {}
+        }
+        if !g.dtype_of(*id).is_some_and(|t| t.is_float()) {
+            errors.push(syn::Error::new(
+                *sp,
+                format!(
+                    "a loss must be a float scalar, but this is {}",
+                    g.describe(*id)
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+/// `static_shapes: true` needs every input dim fixed.
+fn check_static_inputs(g: &ir::Graph, name: &syn::Ident) -> Vec<syn::Error> {
+    let mut errors = Vec::new();
+    for i in &g.inputs {
+        if let Some(d) = g.rdims(i.node) {
+            if d.iter().any(|x| !matches!(x, ir::RDim::Known(_))) {
+                errors.push(syn::Error::new(
+                    i.span,
+                    format!(
+                        "`{name}` has `static_shapes: true`, which needs every input dim fixed, but `{}` is {}; give it with `shapes: {{ {}: [...] }}`",
+                        i.name,
+                        g.describe(i.node),
+                        i.name
+                    ),
+                ));
+            }
+        } else {
+            errors.push(syn::Error::new(
+                i.span,
+                format!(
+                    "`{name}` has `static_shapes: true`, which needs a fixed rank for `{}`",
+                    i.name
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+/// A warning (a deprecated const, the stable way) for every input the model never uses.
+fn unused_input_warnings(g: &ir::Graph, name: &syn::Ident) -> TokenStream {
     let uses = g.use_counts();
     let mut warnings = TokenStream::new();
     for i in &g.inputs {
@@ -352,16 +460,26 @@ fn compile_one(
             });
         }
     }
+    warnings
+}
 
-    // the forward+backward graph, when the model has params
+/// The forward+backward graph (autodiff, then the passes and checkpointing), when the model
+/// has params and is not `inference: true`. A model whose gradient is not supported still
+/// evaluates (`None`: no `evaluate_gradients`); a `train` model fails.
+fn train_graph(
+    g: &ir::Graph,
+    opts: &options::Options,
+    is_train: bool,
+    wrt: &[bool],
+) -> Result<Option<ir::Graph>, Vec<syn::Error>> {
     let mut train = if g.params.is_empty() || opts.inference {
         None
     } else {
         let mut t = g.clone();
         passes::elide::run(&mut t);
-        let errs = autodiff::run(&mut t, opts.dtype, is_train, &wrt);
+        let errs = autodiff::run(&mut t, opts.dtype, is_train, wrt);
         if is_train && !errs.is_empty() {
-            return Err((errs, vec![], Some(StubApi::of(&g))));
+            return Err(errs);
         }
         // a model whose gradient is not supported still evaluates; it gets no evaluate_gradients
         errs.is_empty().then_some(t)
@@ -372,19 +490,20 @@ fn compile_one(
             passes::checkpoint::run(t, n);
         }
     }
+    Ok(train)
+}
 
-    // optimization passes
-    let mut pass_log: Vec<(&str, usize)> = vec![("flattened ops", report::op_count(&g))];
-    passes::elide::run(&mut g);
-    pass_log.extend(run_passes(&mut g, opts));
-    let model = name.to_string();
-    let mut summary = report::summary(&g, &model, &pass_log);
-    // memory: the plan line(s), and `max_memory_gb` against a static plan
+/// The memory plan line of each generated function into `summary`, and `max_memory_gb`
+/// against a static plan.
+fn memory_summary(
+    g: &ir::Graph,
+    train: Option<&ir::Graph>,
+    opts: &options::Options,
+    name: &syn::Ident,
+    summary: &mut String,
+) -> Result<(), Vec<syn::Error>> {
     let mut mem_errors = Vec::new();
-    for (what, graph) in [
-        ("evaluate", Some(&g)),
-        ("evaluate_gradients", train.as_ref()),
-    ] {
+    for (what, graph) in [("evaluate", Some(g)), ("evaluate_gradients", train)] {
         let Some(graph) = graph else { continue };
         let plan = if graph.placement.is_mixed() {
             let placed = placement::Placed::new(graph, &[]);
@@ -412,47 +531,28 @@ fn compile_one(
             }
         }
     }
-    if !mem_errors.is_empty() {
-        return Err((mem_errors, vec![], Some(StubApi::of(&g))));
-    }
-    let text = report::text(&g);
-    let dot = report::dot(&g, &model);
-    let json = report::json(&g, &model);
-    let inp = codegen::CodegenInput {
-        name,
-        vis,
-        docs: attrs,
-        static_shapes: opts.static_shapes,
-        summary,
-        graph_text: text.clone(),
-        graph_dot: dot.clone(),
-        graph_json: json.clone(),
-        logical: logical.to_string(),
-        train_model: is_train,
-        planning: opts.memory_planning,
-        max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
-        optimize_for: opts.optimize_for,
-        cuda: opts.mixed().then_some(&opts.cuda),
-    };
-    // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
-    // lowering of `codegen_cuda` for the ops placed on cuda
-    let (code, cuda_source) = if opts.backend_cuda && !opts.mixed() {
-        codegen_cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda)
-            .generate()
-            .map(|(ts, src)| (ts, Some(src)))
+    if mem_errors.is_empty() {
+        Ok(())
     } else {
-        let mut gen = codegen::Gen::new(&g, &inp);
-        gen.train = train.as_ref();
-        gen.place(true);
-        gen.generate()
+        Err(mem_errors)
     }
-    .map_err(|e| (e, vec![], Some(StubApi::of(&g))))?;
+}
+
+/// `dump_graph` and `file_path` (with a cuda model's CUDA C module next to the Rust); the
+/// graph dumps are `[text, dot, json]`.
+fn write_files(
+    opts: &options::Options,
+    name: &syn::Ident,
+    code: &TokenStream,
+    cuda_source: Option<&str>,
+    [text, dot, json]: [&String; 3],
+) -> Vec<syn::Error> {
     let mut file_errors = Vec::new();
     if let Some((path, fmt)) = &opts.dump_graph {
         let content = match fmt {
-            options::DumpFormat::Dot => &dot,
-            options::DumpFormat::Json => &json,
-            options::DumpFormat::Text => &text,
+            options::DumpFormat::Dot => dot,
+            options::DumpFormat::Json => json,
+            options::DumpFormat::Text => text,
         };
         if let Err(e) = files::write_if_changed(path, content) {
             file_errors.push(syn::Error::new(
@@ -462,7 +562,7 @@ fn compile_one(
         }
     }
     if let Some(path) = &opts.file_path {
-        let src = files::pretty(&code);
+        let src = files::pretty(code);
         if let Err(e) = files::write_if_changed(path, &src) {
             file_errors.push(syn::Error::new(
                 name.span(),
@@ -470,7 +570,7 @@ fn compile_one(
             ));
         }
         // the CUDA C module next to it (cuda and mixed models)
-        if let Some(cu) = &cuda_source {
+        if let Some(cu) = cuda_source {
             let cu_path = files::cuda_path(path);
             if let Err(e) = files::write_if_changed(&cu_path, cu) {
                 file_errors.push(syn::Error::new(
@@ -480,10 +580,7 @@ fn compile_one(
             }
         }
     }
-    if !file_errors.is_empty() {
-        return Err((file_errors, vec![], Some(StubApi::of(&g))));
-    }
-    Ok((quote!(#code #warnings), vec![]))
+    file_errors
 }
 
 /// `backend_map` keys against the submodel instances of the flattened model: a path names an
@@ -553,7 +650,7 @@ impl StubApi {
             let rank = g
                 .shape_of(id)
                 .and_then(|s| s.rest.is_none().then_some(s.dims.len()));
-            let d = codegen::ix(rank);
+            let d = backends::common::ix(rank);
             quote!(::mithril::ndarray::Array<#t, #d>)
         };
         StubApi {

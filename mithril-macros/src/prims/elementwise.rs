@@ -1,7 +1,7 @@
 //! Elementwise primitives: unary, binary and ternary (`where_`), the robust forms and `cast`.
 //! They broadcast their inputs (NumPy rules), fuse into one loop (`passes::fuse`) and lower to a
 //! scalar expression: Rust (`scalar`, `mithril::rt::scalar` / `vmath`) on the CPU, C (`scalar_c`,
-//! the `mt_*` device functions of `cuda_gen::FUSED_PRELUDE`) on CUDA.
+//! the `mt_*` device functions of `backends::cuda::kernel_text::FUSED_PRELUDE`) on CUDA.
 
 use super::attrs::{float_attr, get, sig, AttrVal, Sig, BIN, UN};
 use super::grad::Builder;

@@ -91,7 +91,7 @@ pub trait Family: Sync {
         quote!(compile_error!("internal: not elementwise"))
     }
     /// CUDA lowering of an elementwise primitive: its C expression on operands already in
-    /// compute type `t` (the device functions of `cuda_gen::FUSED_PRELUDE`).
+    /// compute type `t` (the device functions of `backends::cuda::kernel_text::FUSED_PRELUDE`).
     fn scalar_c(&self, p: &Prim, _a: &[String], _t: DType) -> Result<String, String> {
         Err(format!("`{}` is not elementwise", p.name()))
     }

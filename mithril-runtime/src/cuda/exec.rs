@@ -72,9 +72,10 @@ impl<T: DeviceElem> Operand for DeviceTensor<T> {
     }
 }
 
-/// How a generated fused kernel reads one argument (the run-time side of
-/// `cuda_gen::IndexMode`): extents written `Some(v)` are baked into the kernel source as `v`
-/// (checked here against the argument), `None` ones are passed as `long` parameters.
+/// How a generated fused kernel reads one argument (the run-time side of the macro's
+/// `backends::cuda::kernel_text::IndexMode`): extents written `Some(v)` are baked into the
+/// kernel source as `v` (checked here against the argument), `None` ones are passed as `long`
+/// parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusedIndex {
     /// Same shape as the output: element `i`.
@@ -126,7 +127,7 @@ pub fn broadcast_shapes(op: &str, shapes: &[&[usize]]) -> Result<Vec<usize>> {
 /// Launch the generated fused kernel `f` (`name` in errors) writing a new tensor of
 /// `out_shape` from `args` read as `modes` say. The kernel's parameters are the arguments, the
 /// output, the element count, then the run-time extents in argument order (see
-/// `mithril-macros/src/cuda_gen.rs`).
+/// `mithril-macros/src/backends/cuda/kernel_text.rs`).
 pub fn launch_fused<T: DeviceElem>(
     dev: &CudaDevice,
     f: &CudaFunction,

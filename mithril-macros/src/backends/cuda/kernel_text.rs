@@ -29,9 +29,9 @@
 //! `--fmad=false` for closer agreement). Results are close, not bitwise equal.
 //!
 //! A module is [`fused_module`]: the prelude once, then any number of kernels. The runtime
-//! compiles it with NVRTC (`mithril_runtime::cuda::KernelCache`). `codegen_cuda.rs` emits one
-//! module per `backend: cuda` model (`M::CUDA_SOURCE`); the unit tests below check the text and
-//! compile it with the real NVRTC when it is available.
+//! compiles it with NVRTC (`mithril_runtime::cuda::KernelCache`). The CUDA backend ([`super`])
+//! emits one module per `backend: cuda` model (`M::CUDA_SOURCE`); the unit tests below check the
+//! text and compile it with the real NVRTC when it is available.
 
 use crate::ir::{DType, FExpr};
 use crate::prims::lower::c_literal as literal;
@@ -79,7 +79,7 @@ pub struct KernelArg {
 /// Device functions every fused kernel uses, with the semantics of `mithril_kernels::scalar`.
 /// Header-free: `f16_t`/`bf16_t` are `unsigned short` converted with PTX `cvt` / bit
 /// operations, so NVRTC needs no include path.
-pub const FUSED_PRELUDE: &str = r#"// mithril fused-kernel prelude (mithril-macros/src/cuda_gen.rs)
+pub const FUSED_PRELUDE: &str = r#"// mithril fused-kernel prelude (mithril-macros/src/backends/cuda/kernel_text.rs)
 typedef unsigned short f16_t;
 typedef unsigned short bf16_t;
 __device__ __forceinline__ float mt_h2f(f16_t h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }

@@ -1,0 +1,189 @@
+//! Step 6 for `backend: cuda`: the typed API of a physical model whose work runs on a CUDA
+//! device.
+//!
+//! The host-side types are the CPU backend's (`MInputs<'a>` of ndarray views, `MOutputs`,
+//! `MParams`, `MGrads`, built by [`Gen`]'s helpers), so initialisation, safetensors and
+//! optimizers work unchanged. Next to them: `MDeviceParams` / `MDeviceGrads` (the same tree with
+//! `DeviceTensor` leaves), `MDeviceInputs<'a>` (borrowed device tensors), `MDeviceOutputs`, and
+//! `evaluate_device` / `evaluate_gradients_device`, which never copy through the host.
+//!
+//! Lowering, node by node: every fused elementwise group (and `FusedMatmul` epilogue) becomes one
+//! CUDA C kernel through [`kernel_text`]; all kernels of the model form one module, `M::CUDA_SOURCE`,
+//! compiled by NVRTC at the first launch (cached on disk). Matrix products go to cuBLAS
+//! (`cublasGemmEx`: strict f32 unless `tf32: true`, bf16 with f32 results under `amp: true`) or
+//! to cuBLASLt with the bias / ReLU / GELU epilogue for f16 / bf16 when the epilogue matches;
+//! reductions, softmax, log_softmax, take_along, gather (embedding) and their gradients call
+//! `mithril::rt::cuda`. A node without a lowering is a compile error spanned on the tokens that
+//! made it, naming the primitive and listing what is supported.
+//!
+//! The modules, by what they generate: [`kernel_text`] the CUDA C text of fused kernels (a pure
+//! function of the IR); `read` how a broadcast operand is read and which matmul epilogues
+//! cuBLASLt runs; `launch` kernel launches and library calls (elementwise, casts, matmuls,
+//! reshapes); `nodes` one node's lowering and a whole graph's body; `api` the model's types and
+//! `impl` (input / output structs, transfers, `new`, `evaluate*`, consts); `params` the param
+//! trees (host and device structs, conversions, `ParamTree`); `gradients` the gradient API;
+//! [`Mixed`] (in `mixed`) the device side of a mixed (`backend_map`) model, driven by the CPU
+//! generator.
+//!
+//! Imports: [`super::common`], and from the CPU generator only [`Gen`] (its typed-API helpers:
+//! run-time dims, shape checks, struct names, the host param structs). That and `Gen`'s
+//! [`Mixed`] field are the circle left until the CPU generator moves into `backends/`.
+
+mod api;
+mod gradients;
+pub(crate) mod kernel_text;
+mod launch;
+mod mixed;
+mod nodes;
+mod params;
+mod read;
+
+pub(crate) use mixed::Mixed;
+
+use crate::backends::common::{v, CodegenInput};
+use crate::codegen::Gen;
+use crate::ir::{DType, Dim, Graph, NodeId, Op};
+use crate::options::CudaOptions;
+use crate::prims::storage_type;
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::Ident;
+
+/// What `backend: cuda` lowers (listed in the error for a node it does not).
+pub const SUPPORTED: &str = "elementwise groups (every elementwise primitive; operands of the output's shape, scalars, trailing broadcasts like a bias `[C]`, leading ones like `[N, 1]`), \
+2-D matmul (either operand transposed; with its fused epilogue), sum / mean / max / min over trailing axes and sum over leading axes (f32, f16, bf16), \
+softmax / log_softmax over the last axis (f32, f16, bf16), take_along and its gradient, gather with axis = 0 on a 2-D table (embedding), \
+reshape / flatten, and the gradient helpers (broadcast, size ratio)";
+
+fn rt() -> TokenStream {
+    quote!(::mithril::rt::cuda)
+}
+
+/// Code generator of one cuda physical model.
+pub struct CudaGen<'a> {
+    g: &'a Graph,
+    train: Option<&'a Graph>,
+    inp: &'a CodegenInput<'a>,
+    opts: &'a CudaOptions,
+    /// CUDA C kernels of the module, in order, and their entry names.
+    kernels: Vec<String>,
+    entries: Vec<String>,
+    errors: Vec<syn::Error>,
+}
+
+/// The graph being lowered: forward (`f`) or forward+backward (`g`) kernels.
+struct Ctx<'a> {
+    g: &'a Graph,
+    gen: Gen<'a>,
+    prefix: &'static str,
+    uses: Vec<usize>,
+    is_output: Vec<bool>,
+    /// Nodes held as owned `DeviceTensor`s (the others are `&DeviceTensor`s).
+    owned: Vec<bool>,
+    /// Device values are named `dN` (mixed models, where `vN` is the host value).
+    dev_names: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// The local holding a node's device value.
+    fn name(&self, id: NodeId) -> Ident {
+        if self.dev_names {
+            format_ident!("d{}", id)
+        } else {
+            v(id)
+        }
+    }
+    /// The expression of a node's value as `&DeviceTensor<T>`.
+    fn r(&self, id: NodeId) -> TokenStream {
+        let vid = self.name(id);
+        if self.owned[id] {
+            quote!((&#vid))
+        } else {
+            quote!(#vid)
+        }
+    }
+    fn dt(&self, id: NodeId) -> DType {
+        self.g.dtype_of(id).unwrap_or(DType::F32)
+    }
+    fn ty(&self, id: NodeId) -> TokenStream {
+        storage_type(self.dt(id))
+    }
+    fn label(&self, id: NodeId) -> String {
+        self.g.nodes[id]
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("%{id}"))
+    }
+    /// Resolved dims, or `Err` for an open rank.
+    fn dims(&self, id: NodeId) -> Result<Vec<Dim>, String> {
+        match self.g.shape_of(id) {
+            Some(s) if s.rest.is_none() => Ok(s.dims.iter().map(|d| self.g.env.dim(d)).collect()),
+            _ => Err(format!(
+                "its operand {} has an open rank (`...`)",
+                self.g.describe(id)
+            )),
+        }
+    }
+}
+
+impl<'a> CudaGen<'a> {
+    /// A generator for the forward graph `g` (and the forward+backward graph `train`).
+    pub fn new(
+        g: &'a Graph,
+        train: Option<&'a Graph>,
+        inp: &'a CodegenInput<'a>,
+        opts: &'a CudaOptions,
+    ) -> Self {
+        CudaGen {
+            g,
+            train,
+            inp,
+            opts,
+            kernels: Vec::new(),
+            entries: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn ctx(&self, g: &'a Graph, prefix: &'static str) -> Ctx<'a> {
+        let mut is_output = vec![false; g.nodes.len()];
+        for o in &g.outputs {
+            is_output[o.node] = true;
+        }
+        Ctx {
+            g,
+            gen: Gen::new(g, self.inp),
+            prefix,
+            uses: g.use_counts(),
+            is_output,
+            owned: vec![false; g.nodes.len()],
+            dev_names: false,
+        }
+    }
+}
+
+/// The DSL name of what a node computes.
+fn p_name(op: &Op) -> &'static str {
+    match op {
+        Op::Prim(p) => p.name(),
+        Op::Fused(_) => "fused elementwise group",
+        Op::FusedMatmul { .. } => "matmul",
+        Op::Const(_) => "constant",
+        _ => "value",
+    }
+}
+
+/// The `DeviceOptions` a model opens its device with (`cuda: { arch }`, `cache`, `cache_dir`).
+pub(crate) fn device_options(opts: &CudaOptions) -> TokenStream {
+    let c = rt();
+    let cache = match (&opts.cache, &opts.cache_dir) {
+        (false, _) => quote!(#c::CacheConfig::memory_only()),
+        (true, Some(d)) => quote!(#c::CacheConfig::in_dir(#d)),
+        (true, None) => quote!(::std::default::Default::default()),
+    };
+    quote!(#c::DeviceOptions {
+        arch: Self::CUDA_ARCH.map(::std::string::String::from),
+        cache: #cache,
+        ptx: false,
+    })
+}
