@@ -23,6 +23,8 @@ use smallvec::SmallVec;
 #[derive(Default)]
 pub struct Path {
     buf: SmallVec<[u8; 128]>,
+    /// names not wanted (the plan's views): every leaf is named `""`
+    silent: bool,
 }
 
 impl Path {
@@ -31,9 +33,20 @@ impl Path {
         Self::default()
     }
 
+    /// A path that builds no names, for visits that only want the views.
+    pub fn silent() -> Self {
+        Path {
+            buf: SmallVec::new(),
+            silent: true,
+        }
+    }
+
     /// Appends `key` (after a `.` unless at the root); returns what [`Path::leave`] restores.
     pub fn enter(&mut self, key: &str) -> usize {
         let n = self.buf.len();
+        if self.silent {
+            return n;
+        }
         if n > 0 {
             self.buf.push(b'.');
         }
@@ -178,6 +191,9 @@ mod tests {
         assert_eq!(p.as_str(), "block");
         p.leave(a);
         assert_eq!(p.as_str(), "");
+        let mut q = Path::silent();
+        q.enter("block");
+        assert_eq!(q.as_str(), "");
     }
 
     #[test]
