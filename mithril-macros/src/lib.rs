@@ -6,11 +6,10 @@
 //! Pipeline (one module per step; the IR in [`ir`] is the only thing they share):
 //! [`syntax`] parse -> [`flatten`] flattening (with [`resolve`] terminal resolution) ->
 //! [`dtypes`] dtype inference -> [`shapes`] shape inference -> [`passes`] optimization ->
-//! [`codegen`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
+//! [`backends`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
 //! across invocations, modules and crates).
 
 mod backends;
-mod codegen;
 mod frontend;
 #[cfg(test)]
 mod fuzz;
@@ -356,7 +355,7 @@ fn compile_one(
             .generate()
             .map(|(ts, src)| (ts, Some(src)))
     } else {
-        let mut gen = codegen::Gen::new(&g, &inp);
+        let mut gen = backends::cpu::Gen::new(&g, &inp);
         gen.train = train.as_ref();
         gen.place(true);
         gen.generate()

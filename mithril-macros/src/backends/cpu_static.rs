@@ -10,7 +10,7 @@
 //! keeps the generic path; [`evaluate_body`] says which op stopped it, for the summary.
 
 use crate::backends::common::v;
-use crate::codegen::Gen;
+use crate::backends::cpu::Gen;
 use crate::ir::{DType, FExpr, Graph, NodeId, Op, RDim};
 use crate::memplan::Home;
 use crate::prims::{convert, literal, storage_type, Prim};

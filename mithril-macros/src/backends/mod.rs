@@ -15,5 +15,6 @@
 //! [`cpu_static::evaluate_body`].
 
 pub(crate) mod common;
+pub(crate) mod cpu;
 pub(crate) mod cpu_static;
 pub(crate) mod cuda;

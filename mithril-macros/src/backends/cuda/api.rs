@@ -6,7 +6,7 @@ use super::gradients::GradParts;
 use super::params::{param_tree_impl, ParamParts};
 use super::{device_options, kernel_text, rt, CudaGen};
 use crate::backends::common::{ix, Tree};
-use crate::codegen::Gen;
+use crate::backends::cpu::Gen;
 use crate::ir::{Graph, Op};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};

@@ -6,7 +6,7 @@ use super::api::{device_input_init, upload_inputs};
 use super::params::param_tree_impl;
 use super::{rt, CudaGen};
 use crate::backends::common::Tree;
-use crate::codegen::Gen;
+use crate::backends::cpu::Gen;
 use crate::ir::Graph;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};

@@ -1,4 +1,4 @@
-//! The device side of a mixed model (`backend_map`): the CPU generator (`crate::codegen::Gen`)
+//! The device side of a mixed model (`backend_map`): the CPU generator (`crate::backends::cpu::Gen`)
 //! holds one [`Mixed`] per graph and asks it for the nodes placed on cuda and the transfers.
 
 use super::{kernel_text, p_name, Ctx, CudaGen, SUPPORTED};
@@ -9,7 +9,7 @@ use crate::placement::Placed;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
-/// The device side of one graph of a mixed model (`backend_map`): [`crate::codegen::Gen`] generates
+/// The device side of one graph of a mixed model (`backend_map`): [`crate::backends::cpu::Gen`] generates
 /// the host code and asks this for every node placed on cuda (the lowering of [`CudaGen`],
 /// unchanged), for the uploads of host values that a device op reads and for the downloads of
 /// device values that a host op reads or that are returned. Host values are `vN`, device values

@@ -41,7 +41,7 @@ mod read;
 pub(crate) use mixed::Mixed;
 
 use crate::backends::common::{v, CodegenInput};
-use crate::codegen::Gen;
+use crate::backends::cpu::Gen;
 use crate::ir::{DType, Dim, Graph, NodeId, Op};
 use crate::options::CudaOptions;
 use crate::prims::storage_type;

@@ -4,7 +4,7 @@
 
 use super::CudaGen;
 use crate::backends::common::{ix, Tree};
-use crate::codegen::Gen;
+use crate::backends::cpu::Gen;
 use crate::ir::Graph;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};

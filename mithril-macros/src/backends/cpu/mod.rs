@@ -15,9 +15,7 @@ use quote::{format_ident, quote};
 use std::collections::BTreeMap;
 use syn::Ident;
 
-#[path = "plan_gen.rs"]
-mod plan_gen;
-#[path = "typed_api.rs"]
+mod plan;
 mod typed_api;
 
 pub struct Gen<'a> {
