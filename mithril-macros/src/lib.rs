@@ -6,11 +6,10 @@
 //! Pipeline (one module per step; the IR in [`ir`] is the only thing they share):
 //! [`syntax`] parse -> [`flatten`] flattening (with [`resolve`] terminal resolution) ->
 //! [`dtypes`] dtype inference -> [`shapes`] shape inference -> [`passes`] optimization ->
-//! [`codegen`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
+//! [`backends`] code generation, plus [`report`] (summary, dumps) and [`carrier`] (composition
 //! across invocations, modules and crates).
 
 mod backends;
-mod codegen;
 mod frontend;
 #[cfg(test)]
 mod fuzz;
@@ -351,17 +350,9 @@ fn compile_one(
     };
     // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
     // lowering of `backends::cuda` for the ops placed on cuda
-    let (code, cuda_source) = if opts.backend_cuda && !opts.mixed() {
-        backends::cuda::CudaGen::new(&g, train.as_ref(), &inp, &opts.cuda)
-            .generate()
-            .map(|(ts, src)| (ts, Some(src)))
-    } else {
-        let mut gen = codegen::Gen::new(&g, &inp);
-        gen.train = train.as_ref();
-        gen.place(true);
-        gen.generate()
-    }
-    .map_err(|e| (e, vec![], Some(StubApi::of(&g))))?;
+    let cuda = (opts.backend_cuda && !opts.mixed()).then_some(&opts.cuda);
+    let (code, cuda_source) = backends::generate(&g, train.as_ref(), &inp, cuda)
+        .map_err(|e| (e, vec![], Some(StubApi::of(&g))))?;
     let file_errors = write_files(
         opts,
         name,

@@ -1,9 +1,12 @@
 //! What every backend shares: the input of code generation besides the graph
-//! ([`CodegenInput`]), the param tree ([`Tree`]) the typed API structs mirror, and the small
+//! ([`CodegenInput`]), the param tree ([`Tree`]) the typed API structs mirror, the small
 //! token helpers (a node's local [`v`], an array's dimension type [`ix`], [`camel`] case for
-//! struct names). It imports nothing from the backends, so each of them can use it.
+//! struct names), and the seam of a mixed model ([`DeviceSide`], made by a [`MakeDevice`];
+//! [`device_options`]). It imports nothing from the backends, so each of them can use it.
 
-use crate::ir::NodeId;
+use crate::ir::{Graph, NodeId};
+use crate::options::CudaOptions;
+use crate::placement::Placed;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use std::collections::BTreeMap;
@@ -91,4 +94,66 @@ impl Tree {
                 .insert(&path[1..], idx);
         }
     }
+}
+
+/// The device side of one graph of a mixed model (`backend_map`): the CPU generator writes the
+/// host code and asks this for every node placed on cuda, for the uploads of host values that a
+/// device op reads and for the downloads of device values that a host op reads or that are
+/// returned. Implemented by the CUDA backend (`cuda::Mixed`); the driver
+/// ([`crate::backends::generate`]) hands the CPU generator a [`MakeDevice`] for it, so neither
+/// backend imports the other.
+pub(crate) trait DeviceSide<'a> {
+    /// Where each node is computed and where its value exists.
+    fn placed(&self) -> &Placed;
+    /// Forward graph: the params its device ops read (indices into `Graph::params`), which
+    /// `M::prepare` uploads once; `evaluate` uploads them per call.
+    fn prepared(&self) -> &[usize];
+    /// The code of node `id`, computed on the device; `dest` is the host destination of its
+    /// download, when the host reads it.
+    fn device_node(&mut self, id: NodeId, dest: Option<TokenStream>) -> TokenStream;
+    /// What follows the host code of node `id`: its upload when a device op reads it, or its
+    /// device scalar when it is a constant a device op reads.
+    fn after_host(&mut self, id: NodeId) -> TokenStream;
+    /// Errors met so far (taken).
+    fn take_errors(&mut self) -> Vec<syn::Error>;
+    /// Kernels of another graph of the same model (its `evaluate_gradients`) join this module.
+    fn absorb(&mut self, other: Box<dyn DeviceSide<'a> + 'a>);
+    /// This side's kernels, their entry names and its errors (for [`DeviceSide::absorb`]).
+    fn into_parts(self: Box<Self>) -> ModuleParts;
+    /// The module source and its entry names.
+    fn module(&self) -> (String, &[String]);
+}
+
+/// What a [`DeviceSide`] hands to the one that absorbs it.
+pub(crate) struct ModuleParts {
+    /// CUDA C kernels, in order.
+    pub(crate) kernels: Vec<String>,
+    /// Their entry names.
+    pub(crate) entries: Vec<String>,
+    /// Errors met.
+    pub(crate) errors: Vec<syn::Error>,
+}
+
+/// Makes the device side of graph `g` of a mixed model (`forward`: the graph of `evaluate`,
+/// else of `evaluate_gradients`).
+pub(crate) type MakeDevice = for<'a> fn(
+    g: &'a Graph,
+    inp: &'a CodegenInput<'a>,
+    opts: &'a CudaOptions,
+    forward: bool,
+) -> Box<dyn DeviceSide<'a> + 'a>;
+
+/// The `DeviceOptions` a model opens its device with (`cuda: { arch }`, `cache`, `cache_dir`).
+pub(crate) fn device_options(opts: &CudaOptions) -> TokenStream {
+    let c = quote!(::mithril::rt::cuda);
+    let cache = match (&opts.cache, &opts.cache_dir) {
+        (false, _) => quote!(#c::CacheConfig::memory_only()),
+        (true, Some(d)) => quote!(#c::CacheConfig::in_dir(#d)),
+        (true, None) => quote!(::std::default::Default::default()),
+    };
+    quote!(#c::DeviceOptions {
+        arch: Self::CUDA_ARCH.map(::std::string::String::from),
+        cache: #cache,
+        ptx: false,
+    })
 }

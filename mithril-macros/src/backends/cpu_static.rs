@@ -9,10 +9,11 @@
 //! calls the packed GEMM with constant `m`, `n`, `k` and strides. A graph with any other op
 //! keeps the generic path; [`evaluate_body`] says which op stopped it, for the summary.
 
+use crate::backends::api::TypedApi;
 use crate::backends::common::v;
-use crate::codegen::Gen;
+use crate::backends::cpu_elem::{epilogue_seg, lower_fexpr};
 use crate::ir::{DType, FExpr, Graph, NodeId, Op, RDim};
-use crate::memplan::Home;
+use crate::memplan::{self, Home};
 use crate::prims::{convert, literal, storage_type, Prim};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -112,13 +113,15 @@ fn static_dims(g: &Graph, id: NodeId) -> Result<Vec<usize>, String> {
 
 /// The body of a static `evaluate`, or the reason the graph keeps the generic path.
 pub fn evaluate_body(
-    gen: &Gen<'_>,
+    api: &TypedApi<'_>,
+    plan: &memplan::Plan,
     outputs_name: &proc_macro2::Ident,
 ) -> Result<TokenStream, String> {
     let mut lo = Lowering {
-        gen,
-        g: gen.graph(),
-        model: gen.model_name(),
+        api,
+        plan,
+        g: api.graph(),
+        model: api.model_name(),
         checks: Vec::new(),
         pre: Vec::new(),
         body: Vec::new(),
@@ -165,7 +168,9 @@ pub fn evaluate_body(
 /// The static lowering of one forward graph: its shape checks, the declarations before the
 /// arena is borrowed (`pre`), and the node code.
 struct Lowering<'g, 'a> {
-    gen: &'g Gen<'a>,
+    api: &'g TypedApi<'a>,
+    /// Where every node's value lives (the generic path's plan).
+    plan: &'g memplan::Plan,
     g: &'a Graph,
     model: String,
     checks: Vec<TokenStream>,
@@ -176,7 +181,7 @@ struct Lowering<'g, 'a> {
 impl Lowering<'_, '_> {
     /// Where node `id`'s computed value is written: a `&mut [T]` expression.
     fn dest(&self, id: NodeId, t: &TokenStream, len: usize, label: &str) -> TokenStream {
-        match self.gen.plan.home[id] {
+        match self.plan.home[id] {
             Home::Slot { slot, .. } => quote!(__w.slice::<#t>(#label, #slot, #len)?),
             _ => {
                 let o = format_ident!("o{}", id);
@@ -187,10 +192,10 @@ impl Lowering<'_, '_> {
 
     /// The code of node `id`, or the reason the graph keeps the generic path.
     fn node(&mut self, id: NodeId) -> Result<(), String> {
-        let (g, gen) = (self.g, self.gen);
+        let (g, api) = (self.g, self.api);
         let n = &g.nodes[id];
         let vid = v(id);
-        let t = storage_type(gen.dtype(id));
+        let t = storage_type(api.dtype(id));
         let shape = static_dims(g, id)?;
         let len: usize = shape.iter().product();
         let label = n.label.clone().unwrap_or_else(|| match &n.op {
@@ -198,7 +203,7 @@ impl Lowering<'_, '_> {
             Op::Fused(FExpr::Op(p, ..)) => p.name().to_string(),
             _ => "value".into(),
         });
-        if gen.plan.home[id] == Home::Output {
+        if self.plan.home[id] == Home::Output {
             let o = format_ident!("o{}", id);
             self.pre.push(quote!(let mut #o: ::std::vec::Vec<#t>;));
         }
@@ -231,7 +236,7 @@ impl Lowering<'_, '_> {
                 self.body.push(quote!(let #vid: &[#t] = ::mithril::rt::fixed::contiguous(&params.#(#fields).*, &mut #b);));
             }
             Op::Const(s) => {
-                let lit = literal(*s, gen.dtype(id));
+                let lit = literal(*s, api.dtype(id));
                 let d = self.dest(id, &t, len, "const");
                 self.body.push(quote! {
                     let #vid: &mut [#t] = #d;
@@ -264,15 +269,15 @@ impl Lowering<'_, '_> {
         shape: &[usize],
         label: &str,
     ) -> Result<(), String> {
-        let (g, gen) = (self.g, self.gen);
+        let (g, api) = (self.g, self.api);
         let n = &g.nodes[id];
         let vid = v(id);
         let len: usize = shape.iter().product();
         let (expr, args) = match &n.op {
             Op::Fused(e) => (e.clone(), n.args.clone()),
             Op::Prim(p) => {
-                let arg_dts: Vec<DType> = n.args.iter().map(|&a| gen.dtype(a)).collect();
-                let out = gen.dtype(id);
+                let arg_dts: Vec<DType> = n.args.iter().map(|&a| api.dtype(a)).collect();
+                let out = api.dtype(id);
                 let compute = p.compute_dtype(&arg_dts, out);
                 let e = FExpr::Op(
                     p.clone(),
@@ -287,16 +292,16 @@ impl Lowering<'_, '_> {
         if args.is_empty() || args.len() > 5 {
             return Err(format!("an elementwise group with {} inputs", args.len()));
         }
-        let out_dt = gen.dtype(id);
-        let arg_dts: Vec<DType> = args.iter().map(|&a| gen.dtype(a)).collect();
-        let (fbody, body_dt) = gen.lower_fexpr(&expr, &arg_dts);
+        let out_dt = api.dtype(id);
+        let arg_dts: Vec<DType> = args.iter().map(|&a| api.dtype(a)).collect();
+        let (fbody, body_dt) = lower_fexpr(&expr, &arg_dts);
         let fbody = convert(fbody, body_dt, out_dt);
         let params: Vec<TokenStream> = args
             .iter()
             .enumerate()
             .map(|(i, &a)| {
                 let p = format_ident!("a{}", i);
-                let ty = storage_type(gen.dtype(a));
+                let ty = storage_type(api.dtype(a));
                 quote!(#p: #ty)
             })
             .collect();
@@ -310,7 +315,7 @@ impl Lowering<'_, '_> {
         let f = quote!(|#(#params),*| -> #t { <#t as ::mithril::rt::Elem>::from_acc(#fbody) });
         if let Home::Slot {
             inplace: Some(pos), ..
-        } = gen.plan.home[id]
+        } = self.plan.home[id]
         {
             // the dead argument `pos` is overwritten: it goes first
             let target = v(args[pos]);
@@ -345,11 +350,11 @@ impl Lowering<'_, '_> {
         shape: &[usize],
         label: &str,
     ) -> Result<(), String> {
-        let (g, gen) = (self.g, self.gen);
+        let (g, api) = (self.g, self.api);
         let n = &g.nodes[id];
         let vid = v(id);
         let len: usize = shape.iter().product();
-        let dt = gen.dtype(id);
+        let dt = api.dtype(id);
         if !matches!(dt, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
             return Err(format!("a {dt:?} matmul"));
         }
@@ -367,8 +372,8 @@ impl Lowering<'_, '_> {
         let d = self.dest(id, t, len, "matmul");
         match &n.op {
             Op::FusedMatmul { expr, .. } => {
-                let other_dts: Vec<DType> = n.args[2..].iter().map(|&x| gen.dtype(x)).collect();
-                let seg = gen.epilogue_seg(dt, expr, &other_dts);
+                let other_dts: Vec<DType> = n.args[2..].iter().map(|&x| api.dtype(x)).collect();
+                let seg = epilogue_seg(dt, expr, &other_dts);
                 let mut others = Vec::new();
                 for &x in &n.args[2..] {
                     let (rs, cs) = bcast_2d(&static_dims(g, x)?, m, nn)
@@ -401,7 +406,7 @@ impl Lowering<'_, '_> {
                 return Err(format!("output `{}` of rank {}", o.name, shape.len()));
             }
             let later = g.outputs[k + 1..].iter().any(|x| x.node == o.node);
-            let data = if self.gen.plan.home[o.node] == Home::Output {
+            let data = if self.plan.home[o.node] == Home::Output {
                 let on = format_ident!("o{}", o.node);
                 if later {
                     quote!(#on.clone())

@@ -3,17 +3,75 @@
 //!
 //! | backend | module | generates |
 //! |---|---|---|
-//! | CPU (default) | `crate::codegen` (+ its `plan_gen`) | the typed API; `evaluate` / `evaluate_gradients` run a plan (data read by `mithril::rt::plan`) |
+//! | CPU (default) | [`cpu`] (+ its `plan`) | the typed API; `evaluate` / `evaluate_gradients` run a plan (data read by `mithril::rt::plan`) |
 //! | CPU, `static_shapes: true` | [`cpu_static`] | `evaluate` over slices with constant dims (called by the CPU generator) |
 //! | CUDA (`backend: cuda`) | [`cuda`] | the device-resident API and one CUDA C module ([`cuda::kernel_text`]) |
-//! | mixed (`backend_map`) | `crate::codegen` + [`cuda::Mixed`] | the CPU host API; the nodes placed on cuda and the transfers lowered by the CUDA backend |
+//! | mixed (`backend_map`) | [`cpu`] + [`cuda::Mixed`] | the CPU host API; the nodes placed on cuda and the transfers lowered by the CUDA backend |
 //!
-//! Layering: [`common`] (what every backend shares: `CodegenInput`, the param `Tree`, token
-//! helpers) imports no backend. Still circular, until the CPU generator moves here: the CUDA
-//! backend and [`cpu_static`] use the CPU generator's `Gen` (its typed-API helpers: dims,
-//! shape checks, struct names, param structs), and `Gen` holds a [`cuda::Mixed`] and calls
-//! [`cpu_static::evaluate_body`].
+//! Below the backends: [`api`] (`TypedApi`, the backend-neutral half of the typed API: run-time
+//! dims, shape checks, types, struct names, the param / gradient structs, `randomize_params`),
+//! [`cpu_elem`] (the element lowering both CPU generators share) and [`common`] (what every
+//! backend shares: `CodegenInput`, the param `Tree`, token helpers, and the mixed model's seam,
+//! the `DeviceSide` trait). [`generate`], the driver, picks the backend and, for a mixed model,
+//! gives the CPU generator the CUDA backend's `Mixed` as its `DeviceSide`.
+//!
+//! Imports (an arrow: "uses"; no circle):
+//!
+//! ```text
+//! backends (generate) -> cpu, cuda
+//! cpu        -> cpu_static, cpu_elem, api, common
+//! cpu_static -> cpu_elem, api, common
+//! cuda       -> api, common
+//! api        -> common
+//! cpu_elem   -> (ir, prims only)
+//! common     -> (ir, options, placement only)
+//! ```
+//!
+//! `cpu` and `cuda` do not import each other: a mixed model's CPU generator reaches the CUDA
+//! backend only through the `DeviceSide` that [`generate`] makes for it.
 
+pub(crate) mod api;
 pub(crate) mod common;
+pub(crate) mod cpu;
+pub(crate) mod cpu_elem;
 pub(crate) mod cpu_static;
 pub(crate) mod cuda;
+
+use crate::ir::Graph;
+use crate::options::CudaOptions;
+use common::{CodegenInput, DeviceSide};
+use proc_macro2::TokenStream;
+
+/// Generate physical model `g` (with gradients from `train`) on its backend: `backend: cuda`
+/// (`cuda`: its options) on [`cuda`], else on the CPU generator ([`cpu`]), which a mixed model
+/// (`backend_map`, `inp.cuda`) gives [`cuda::Mixed`] for its device side. Also returns the CUDA C
+/// module, if any (for `file_path`).
+pub(crate) fn generate<'a>(
+    g: &'a Graph,
+    train: Option<&'a Graph>,
+    inp: &'a CodegenInput<'a>,
+    cuda: Option<&'a CudaOptions>,
+) -> Result<(TokenStream, Option<String>), Vec<syn::Error>> {
+    match cuda {
+        Some(opts) => cuda::CudaGen::new(g, train, inp, opts)
+            .generate()
+            .map(|(ts, src)| (ts, Some(src))),
+        None => {
+            let mut gen = cpu::Gen::new(g, inp);
+            gen.train = train;
+            gen.make_device = Some(mixed_device);
+            gen.place(true);
+            gen.generate()
+        }
+    }
+}
+
+/// The device side of a mixed model's graph: the CUDA backend's [`cuda::Mixed`].
+fn mixed_device<'a>(
+    g: &'a Graph,
+    inp: &'a CodegenInput<'a>,
+    opts: &'a CudaOptions,
+    forward: bool,
+) -> Box<dyn DeviceSide<'a> + 'a> {
+    Box::new(cuda::Mixed::new(g, inp, opts, forward))
+}

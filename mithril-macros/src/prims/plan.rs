@@ -1,4 +1,4 @@
-//! The plan text of the CPU backend (`crate::plan_gen`; read by `mithril-runtime/src/plan/
+//! The plan text of the CPU backend (`crate::backends::cpu`'s `plan`; read by `mithril-runtime/src/plan/
 //! text.rs`): the token helpers the families' [`super::Family::plan`] lowerings write with.
 
 use super::lower::acc_dtype;

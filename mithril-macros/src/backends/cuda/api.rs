@@ -4,9 +4,10 @@
 
 use super::gradients::GradParts;
 use super::params::{param_tree_impl, ParamParts};
-use super::{device_options, kernel_text, rt, CudaGen};
+use super::{kernel_text, rt, CudaGen};
+use crate::backends::api::TypedApi;
+use crate::backends::common::device_options;
 use crate::backends::common::{ix, Tree};
-use crate::codegen::Gen;
 use crate::ir::{Graph, Op};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -26,7 +27,7 @@ impl<'a> CudaGen<'a> {
                 quote!(#f: #val)
             })
             .collect();
-        let mut gen = Gen::new(g, self.inp);
+        let mut gen = TypedApi::new(g, self.inp);
 
         // ---- host-side types (as on the CPU), their device counterparts, the transfers
         let terminals = self.terminal_fields(&gen);
@@ -60,7 +61,7 @@ impl<'a> CudaGen<'a> {
     }
 
     /// The fields of the host and device input / output structs.
-    fn terminal_fields(&self, gen: &Gen) -> Terminals {
+    fn terminal_fields(&self, gen: &TypedApi) -> Terminals {
         let g = self.g;
         let input_fields: Vec<TokenStream> = g
             .inputs
@@ -126,7 +127,7 @@ impl<'a> CudaGen<'a> {
     }
 
     /// Host inputs uploaded for `evaluate` and device outputs downloaded.
-    fn transfers(&self, gen: &Gen) -> Transfers {
+    fn transfers(&self, gen: &TypedApi) -> Transfers {
         let g = self.g;
         let outputs_to_host: Vec<TokenStream> = g
             .outputs

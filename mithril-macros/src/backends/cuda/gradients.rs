@@ -5,8 +5,8 @@
 use super::api::{device_input_init, upload_inputs};
 use super::params::param_tree_impl;
 use super::{rt, CudaGen};
+use crate::backends::api::TypedApi;
 use crate::backends::common::Tree;
-use crate::codegen::Gen;
 use crate::ir::Graph;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -20,7 +20,7 @@ pub(super) struct GradParts {
 
 impl<'a> CudaGen<'a> {
     /// The gradient API, when the model has a forward+backward graph (empty otherwise).
-    pub(super) fn gradients(&mut self, tree: &Tree, gen: &Gen) -> GradParts {
+    pub(super) fn gradients(&mut self, tree: &Tree, gen: &TypedApi) -> GradParts {
         let Some(t) = self.train else {
             return GradParts {
                 items: quote!(),
@@ -46,7 +46,7 @@ impl<'a> CudaGen<'a> {
     /// The body of `evaluate_gradients_device`: the forward+backward graph `t` on the device,
     /// or, when a node of it has no lowering, an `Err` naming why (a compile error for a
     /// `train` model, which exists for its gradient).
-    fn gradients_device_body(&mut self, t: &'a Graph, tree: &Tree, gen: &Gen) -> TokenStream {
+    fn gradients_device_body(&mut self, t: &'a Graph, tree: &Tree, gen: &TypedApi) -> TokenStream {
         let name = self.inp.name;
         let doutputs_name = format_ident!("{}DeviceOutputs", name);
         // the forward+backward graph; a node without a lowering makes the whole model fail
@@ -187,7 +187,7 @@ impl<'a> CudaGen<'a> {
 
 /// The `MDeviceGrads` value of the gradient outputs `vals` (by param index).
 fn grads_expr(
-    gen: &Gen,
+    gen: &TypedApi,
     tree: &Tree,
     path: &mut Vec<String>,
     vals: &BTreeMap<usize, TokenStream>,

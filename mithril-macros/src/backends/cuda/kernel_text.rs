@@ -1,4 +1,4 @@
-//! CUDA C for fused elementwise groups: the GPU counterpart of `codegen.rs`'s `lower_fexpr` /
+//! CUDA C for fused elementwise groups: the GPU counterpart of `backends::cpu_elem`'s `lower_fexpr` /
 //! `Prim::scalar` (both defined with the primitive in `prims::elementwise`: `scalar` and
 //! `scalar_c`), as a pure function from the IR to source text.
 //!
@@ -220,7 +220,7 @@ fn store(t: DType, v: &str) -> String {
     }
 }
 
-/// `codegen`'s `convert` in C: a value of compute type `from` as compute type `to`.
+/// `prims`' `convert` in C: a value of compute type `from` as compute type `to`.
 fn convert(v: String, from: DType, to: DType) -> String {
     let (from, to) = (acc_dtype(from), acc_dtype(to));
     if from == to {
@@ -234,7 +234,7 @@ fn convert(v: String, from: DType, to: DType) -> String {
     }
 }
 
-/// `codegen`'s `lower_fexpr` in C. `loaded[i]` is the local holding arg `i` in its compute type.
+/// `cpu_elem::lower_fexpr` in C. `loaded[i]` is the local holding arg `i` in its compute type.
 fn lower(e: &FExpr, arg_dts: &[DType]) -> Result<(String, DType), String> {
     match e {
         FExpr::Arg(i) => match arg_dts.get(*i) {

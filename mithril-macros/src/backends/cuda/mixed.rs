@@ -1,15 +1,16 @@
-//! The device side of a mixed model (`backend_map`): the CPU generator (`crate::codegen::Gen`)
-//! holds one [`Mixed`] per graph and asks it for the nodes placed on cuda and the transfers.
+//! The device side of a mixed model (`backend_map`): the CPU generator (`crate::backends::cpu`)
+//! holds one [`Mixed`] per graph, as a [`DeviceSide`] made by the driver, and asks it for the
+//! nodes placed on cuda and the transfers.
 
 use super::{kernel_text, p_name, Ctx, CudaGen, SUPPORTED};
-use crate::backends::common::{v, CodegenInput};
+use crate::backends::common::{v, CodegenInput, DeviceSide, ModuleParts};
 use crate::ir::{Graph, NodeId, Op};
 use crate::options::CudaOptions;
 use crate::placement::Placed;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
-/// The device side of one graph of a mixed model (`backend_map`): [`crate::codegen::Gen`] generates
+/// The device side of one graph of a mixed model (`backend_map`): the CPU generator generates
 /// the host code and asks this for every node placed on cuda (the lowering of [`CudaGen`],
 /// unchanged), for the uploads of host values that a device op reads and for the downloads of
 /// device values that a host op reads or that are returned. Host values are `vN`, device values
@@ -18,13 +19,13 @@ pub(crate) struct Mixed<'a> {
     cg: CudaGen<'a>,
     cx: Ctx<'a>,
     /// Where each node is computed and where its value exists.
-    pub placed: Placed,
+    placed: Placed,
     /// The forward graph (`evaluate`): a node placed on cuda without a lowering is a compile
     /// error. In the forward+backward graph such a (gradient) node runs on the CPU instead.
     forward: bool,
     /// Forward graph: the params its device ops read (indices into `Graph::params`), which
     /// `M::prepare` uploads once; `evaluate` uploads them per call.
-    pub prepared: Vec<usize>,
+    prepared: Vec<usize>,
 }
 
 impl<'a> Mixed<'a> {
@@ -60,10 +61,18 @@ impl<'a> Mixed<'a> {
             prepared: Vec::new(),
         }
     }
+}
 
-    /// The code of node `id`, computed on the device; `dest` is the host destination of its
-    /// download, when the host reads it.
-    pub fn device_node(&mut self, id: NodeId, dest: Option<TokenStream>) -> TokenStream {
+impl<'a> DeviceSide<'a> for Mixed<'a> {
+    fn placed(&self) -> &Placed {
+        &self.placed
+    }
+
+    fn prepared(&self) -> &[usize] {
+        &self.prepared
+    }
+
+    fn device_node(&mut self, id: NodeId, dest: Option<TokenStream>) -> TokenStream {
         let g = self.cx.g;
         match self.cg.node(&self.cx, id) {
             Ok(Some(val)) => {
@@ -96,9 +105,7 @@ impl<'a> Mixed<'a> {
         }
     }
 
-    /// What follows the host code of node `id`: its upload when a device op reads it, or its
-    /// device scalar when it is a constant a device op reads.
-    pub fn after_host(&mut self, id: NodeId) -> TokenStream {
+    fn after_host(&mut self, id: NodeId) -> TokenStream {
         let d = self.cx.name(id);
         if let (true, true, Op::Param(i)) = (
             self.forward,
@@ -141,20 +148,26 @@ impl<'a> Mixed<'a> {
         quote!()
     }
 
-    /// Errors met so far (taken).
-    pub fn take_errors(&mut self) -> Vec<syn::Error> {
+    fn take_errors(&mut self) -> Vec<syn::Error> {
         std::mem::take(&mut self.cg.errors)
     }
 
-    /// Kernels of another graph of the same model (its `evaluate_gradients`) join this module.
-    pub fn absorb(&mut self, other: Mixed<'a>) {
-        self.cg.kernels.extend(other.cg.kernels);
-        self.cg.entries.extend(other.cg.entries);
-        self.cg.errors.extend(other.cg.errors);
+    fn absorb(&mut self, other: Box<dyn DeviceSide<'a> + 'a>) {
+        let other = other.into_parts();
+        self.cg.kernels.extend(other.kernels);
+        self.cg.entries.extend(other.entries);
+        self.cg.errors.extend(other.errors);
     }
 
-    /// The module source and its entry names.
-    pub fn module(&self) -> (String, &[String]) {
+    fn into_parts(self: Box<Self>) -> ModuleParts {
+        ModuleParts {
+            kernels: self.cg.kernels,
+            entries: self.cg.entries,
+            errors: self.cg.errors,
+        }
+    }
+
+    fn module(&self) -> (String, &[String]) {
         (
             kernel_text::fused_module(&self.cg.kernels),
             &self.cg.entries,

@@ -2,7 +2,7 @@
 //! device.
 //!
 //! The host-side types are the CPU backend's (`MInputs<'a>` of ndarray views, `MOutputs`,
-//! `MParams`, `MGrads`, built by [`Gen`]'s helpers), so initialisation, safetensors and
+//! `MParams`, `MGrads`, built by [`TypedApi`], as the CPU backend's), so initialisation, safetensors and
 //! optimizers work unchanged. Next to them: `MDeviceParams` / `MDeviceGrads` (the same tree with
 //! `DeviceTensor` leaves), `MDeviceInputs<'a>` (borrowed device tensors), `MDeviceOutputs`, and
 //! `evaluate_device` / `evaluate_gradients_device`, which never copy through the host.
@@ -23,11 +23,11 @@
 //! `impl` (input / output structs, transfers, `new`, `evaluate*`, consts); `params` the param
 //! trees (host and device structs, conversions, `ParamTree`); `gradients` the gradient API;
 //! [`Mixed`] (in `mixed`) the device side of a mixed (`backend_map`) model, driven by the CPU
-//! generator.
+//! generator through `common::DeviceSide`.
 //!
-//! Imports: [`super::common`], and from the CPU generator only [`Gen`] (its typed-API helpers:
-//! run-time dims, shape checks, struct names, the host param structs). That and `Gen`'s
-//! [`Mixed`] field are the circle left until the CPU generator moves into `backends/`.
+//! Imports: [`super::common`] and [`super::api`] ([`TypedApi`]: run-time dims, shape checks,
+//! struct names, the host param structs); nothing from the CPU generator, which reaches
+//! [`Mixed`] only as a `DeviceSide` made by the driver ([`super::generate`]).
 
 mod api;
 mod gradients;
@@ -40,8 +40,8 @@ mod read;
 
 pub(crate) use mixed::Mixed;
 
+use crate::backends::api::TypedApi;
 use crate::backends::common::{v, CodegenInput};
-use crate::codegen::Gen;
 use crate::ir::{DType, Dim, Graph, NodeId, Op};
 use crate::options::CudaOptions;
 use crate::prims::storage_type;
@@ -74,7 +74,7 @@ pub struct CudaGen<'a> {
 /// The graph being lowered: forward (`f`) or forward+backward (`g`) kernels.
 struct Ctx<'a> {
     g: &'a Graph,
-    gen: Gen<'a>,
+    gen: TypedApi<'a>,
     prefix: &'static str,
     uses: Vec<usize>,
     is_output: Vec<bool>,
@@ -152,7 +152,7 @@ impl<'a> CudaGen<'a> {
         }
         Ctx {
             g,
-            gen: Gen::new(g, self.inp),
+            gen: TypedApi::new(g, self.inp),
             prefix,
             uses: g.use_counts(),
             is_output,
@@ -171,19 +171,4 @@ fn p_name(op: &Op) -> &'static str {
         Op::Const(_) => "constant",
         _ => "value",
     }
-}
-
-/// The `DeviceOptions` a model opens its device with (`cuda: { arch }`, `cache`, `cache_dir`).
-pub(crate) fn device_options(opts: &CudaOptions) -> TokenStream {
-    let c = rt();
-    let cache = match (&opts.cache, &opts.cache_dir) {
-        (false, _) => quote!(#c::CacheConfig::memory_only()),
-        (true, Some(d)) => quote!(#c::CacheConfig::in_dir(#d)),
-        (true, None) => quote!(::std::default::Default::default()),
-    };
-    quote!(#c::DeviceOptions {
-        arch: Self::CUDA_ARCH.map(::std::string::String::from),
-        cache: #cache,
-        ptx: false,
-    })
 }

@@ -3,8 +3,8 @@
 //! `ParamTree` impls.
 
 use super::CudaGen;
+use crate::backends::api::TypedApi;
 use crate::backends::common::{ix, Tree};
-use crate::codegen::Gen;
 use crate::ir::Graph;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -15,7 +15,7 @@ impl<'a> CudaGen<'a> {
     /// sub-trees, into `out`.
     pub(super) fn device_struct_tree(
         &self,
-        gen: &Gen,
+        gen: &TypedApi,
         tree: &Tree,
         path: &mut Vec<String>,
         kind: &str,
@@ -71,7 +71,7 @@ impl<'a> CudaGen<'a> {
     /// `host -> device` (`to_device`) or `device -> host` conversion of a param-shaped tree.
     pub(super) fn convert_tree(
         &self,
-        gen: &Gen,
+        gen: &TypedApi,
         tree: &Tree,
         path: &mut Vec<String>,
         kind: &str,
@@ -104,7 +104,7 @@ impl<'a> CudaGen<'a> {
     }
 
     /// The param structs (host and device), `randomize_params`, the conversions between them.
-    pub(super) fn param_parts(&mut self, gen: &mut Gen, tree: &Tree) -> ParamParts {
+    pub(super) fn param_parts(&mut self, gen: &mut TypedApi, tree: &Tree) -> ParamParts {
         let mut structs = Vec::new();
         gen.param_structs(tree, &mut vec![], &mut structs);
         self.device_struct_tree(gen, tree, &mut vec![], "DeviceParams", &mut structs);

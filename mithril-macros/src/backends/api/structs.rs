@@ -8,7 +8,8 @@
 //! `__visit_mut`, `__build`), one line per field; `ParamTree`, the plan's views,
 //! `randomize_params` and the gradients of `evaluate_gradients` all go through them.
 
-use super::{Gen, Tree};
+use super::TypedApi;
+use crate::backends::common::Tree;
 use crate::ir::{Dim, Init, RDim};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
@@ -28,7 +29,7 @@ enum Field {
     },
 }
 
-impl Gen<'_> {
+impl TypedApi<'_> {
     /// Params in the order the structs visit them (the tree's declaration order).
     pub(crate) fn leaf_order(tree: &Tree) -> Vec<usize> {
         let mut out = Vec::new();

@@ -20,7 +20,7 @@ fn dom(t: DType) -> &'static str {
     acc_dtype(t).name()
 }
 
-/// A fused expression as program instructions (mirrors `Gen::lower_fexpr`: operands converted to
+/// A fused expression as program instructions (mirrors `cpu_elem::lower_fexpr`: operands converted to
 /// each op's operand dtype, values kept in compute domains).
 struct ProgText {
     ins: Vec<String>,
@@ -135,7 +135,7 @@ impl Gen<'_> {
     fn plan_dim(&self, d: &Dim) -> Option<String> {
         match self.g.env.dim(d) {
             Dim::Known(n) => Some(format!("k{n}")),
-            Dim::Sym(s) => Some(format!("y{}", self.sym_slot(&s))),
+            Dim::Sym(s) => Some(format!("y{}", self.api.sym_slot(&s))),
             Dim::Var(v) => self.plan_dim_src.get(&v).cloned(),
             Dim::Prod(c, atoms) => {
                 let parts: Option<Vec<String>> = atoms.iter().map(|a| self.plan_dim(a)).collect();
@@ -157,7 +157,9 @@ impl Gen<'_> {
             .iter()
             .map(|d| match rdim(&self.g.env.dim(d)) {
                 RDim::Known(n) => format!("f{n}"),
-                RDim::Sym(1, names) if names.len() == 1 => format!("s{}", self.sym_slot(&names[0])),
+                RDim::Sym(1, names) if names.len() == 1 => {
+                    format!("s{}", self.api.sym_slot(&names[0]))
+                }
                 _ => "a".to_string(),
             })
             .collect();
@@ -165,7 +167,7 @@ impl Gen<'_> {
             out,
             "C {view} {} {} {} {} {}",
             q(terminal),
-            q(&self.expected_str(id)),
+            q(&self.api.expected_str(id)),
             flag(s.rest.is_some()),
             specs.len(),
             specs.join(" ")
@@ -210,7 +212,7 @@ impl Gen<'_> {
             let op = match self.plan_op(id, &mut progs) {
                 Ok(op) => op,
                 Err(e) => {
-                    self.errors.push(syn::Error::new(g.nodes[id].span, e));
+                    self.api.errors.push(syn::Error::new(g.nodes[id].span, e));
                     "alias".to_string()
                 }
             };
@@ -230,7 +232,7 @@ impl Gen<'_> {
             let _ = writeln!(
                 out,
                 "N {} {home} {op} {} {ctx}",
-                self.dtype(id).name(),
+                self.api.dtype(id).name(),
                 list(&args),
             );
         }
@@ -262,8 +264,8 @@ impl Gen<'_> {
     fn plan_op(&self, id: NodeId, progs: &mut Progs) -> Result<String, String> {
         let g = self.g;
         let n = &g.nodes[id];
-        let t = self.dtype(id);
-        let arg_dts: Vec<DType> = n.args.iter().map(|&a| self.dtype(a)).collect();
+        let t = self.api.dtype(id);
+        let arg_dts: Vec<DType> = n.args.iter().map(|&a| self.api.dtype(a)).collect();
         Ok(match &n.op {
             Op::Input(_) | Op::Param(_) | Op::Seed(_) => {
                 format!("view {}", self.view_index(id).unwrap_or(0))
@@ -415,8 +417,8 @@ impl Gen<'_> {
             })
             .map(|(k, &o)| {
                 let o = &self.g.outputs[o];
-                let t = self.elem_ty(o.node);
-                let d = super::ix(self.rank(o.node));
+                let t = self.api.elem_ty(o.node);
+                let d = crate::backends::common::ix(self.api.rank(o.node));
                 let name = o.name.clone();
                 (
                     o.name.clone(),

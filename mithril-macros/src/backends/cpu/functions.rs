@@ -1,0 +1,305 @@
+//! The bodies of `evaluate` and `evaluate_gradients`: a plan run ([`super::plan`]), the
+//! per-op code of a mixed model inside its workspace, or (`static_shapes: true`)
+//! [`cpu_static`]'s slices; and the items of `evaluate_gradients`.
+
+use super::items::Names;
+use super::Gen;
+use crate::backends::common::Tree;
+use crate::backends::cpu_static;
+use crate::ir::Op;
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use std::collections::BTreeMap;
+use syn::Ident;
+
+impl<'a> Gen<'a> {
+    /// `evaluate`'s body (specialized when `static_shapes: true` allows it; the summary says
+    /// which), and its slot lifetimes.
+    pub(super) fn evaluate_body(
+        &mut self,
+        names: &Names,
+        summary: &mut String,
+    ) -> (TokenStream, TokenStream) {
+        let outputs_name = &names.outputs;
+        let planned = self.mixed.is_none();
+        let (pre, (checks, body, out_vals)) = if planned {
+            let (pre, outs, _) = self.plan_body(
+                &format_ident!("__ws"),
+                &format_ident!("__MITHRIL_LIFE_EVAL"),
+            );
+            (pre, (Vec::new(), Vec::new(), outs))
+        } else {
+            (quote!(), self.body_parts())
+        };
+        let life = self.life_tokens();
+        let outs: Vec<TokenStream> = out_vals
+            .into_iter()
+            .map(|(n, val)| {
+                let f = format_ident!("{}", n);
+                quote!(#f: #val)
+            })
+            .collect();
+        let generic_body = || {
+            if planned {
+                return quote! {
+                    #pre
+                    Ok(#outputs_name { #(#outs,)* })
+                };
+            }
+            self.function_body(
+                &checks,
+                &body,
+                &format_ident!("__ws"),
+                &format_ident!("__MITHRIL_LIFE_EVAL"),
+                quote!(#outputs_name { #(#outs,)* }),
+            )
+        };
+        // `static_shapes: true`: the slice-and-constant evaluate when the graph allows it
+        let eval_body = if self.inp.static_shapes && self.mixed.is_some() {
+            summary.push_str("static_shapes: evaluate keeps the generic path (not specialized: ops placed by `backend_map`)\n");
+            generic_body()
+        } else if self.inp.static_shapes {
+            match cpu_static::evaluate_body(&self.api, &self.plan, outputs_name) {
+                Ok(b) => {
+                    summary.push_str("static_shapes: evaluate specialized (constant dims, contiguous slices, direct kernel calls)\n");
+                    b
+                }
+                Err(why) => {
+                    summary.push_str(&format!(
+                        "static_shapes: evaluate keeps the generic path (not specialized: {why})\n"
+                    ));
+                    generic_body()
+                }
+            }
+        } else {
+            generic_body()
+        };
+        (eval_body, life)
+    }
+
+    /// The items of `evaluate_gradients` (none without gradients), from the forward+backward
+    /// graph; a mixed model's device kernels of it join this graph's module.
+    pub(super) fn gradients_items(&mut self, names: &Names, summary: &mut String) -> TokenStream {
+        let gradients = match self.train {
+            Some(t) => {
+                let mut tg = Gen::new(t, self.inp);
+                tg.shared_terms = self.shared_terms.clone();
+                tg.make_device = self.make_device;
+                if self.mixed.is_some() {
+                    tg.place(false);
+                }
+                let r = tg.gradients_fn(&names.params, &names.inputs, &names.outputs);
+                if self.shared_terms.is_none() {
+                    self.shared_terms = tg.shared_terms.take();
+                }
+                self.api.errors.extend(tg.api.errors);
+                if let (Some(m), Some(tm)) = (self.mixed.as_mut(), tg.mixed.take()) {
+                    summary.push_str(&tm.placed().line(t, "evaluate_gradients"));
+                    m.absorb(tm);
+                }
+                r
+            }
+            None => quote!(),
+        };
+        if let Some(m) = self.mixed.as_mut() {
+            let mut es = m.take_errors();
+            self.api.errors.append(&mut es);
+        }
+        gradients
+    }
+
+    /// The shapes that key the memory plan: every input, param and output-gradient seed.
+    fn plan_keys(&self) -> Vec<TokenStream> {
+        let g = self.g;
+        let mut keys = Vec::new();
+        for i in &g.inputs {
+            let f = format_ident!("{}", i.name);
+            keys.push(quote!(inputs.#f.shape()));
+        }
+        for p in &g.params {
+            let fields = p.path.iter().map(|s| format_ident!("{}", s));
+            keys.push(quote!(params.#(#fields).*.shape()));
+        }
+        for n in &g.nodes {
+            if let Op::Seed(i) = n.op {
+                let f = format_ident!("{}", g.outputs[i].name);
+                keys.push(quote!(output_grads.#f.shape()));
+            }
+        }
+        keys
+    }
+
+    /// The slot lifetimes as a constant expression.
+    fn life_tokens(&self) -> TokenStream {
+        let life = self.plan.life.iter().map(|&(a, b)| {
+            let (a, b) = (
+                proc_macro2::Literal::u32_unsuffixed(a),
+                proc_macro2::Literal::u32_unsuffixed(b),
+            );
+            quote!((#a, #b))
+        });
+        quote!(&[#(#life),*])
+    }
+
+    /// A function body: checks, the workspace of `ws_field` (slot lifetimes in `life_const`),
+    /// the node code, then `result` (built from the outputs) is returned after the workspace
+    /// is finished.
+    fn function_body(
+        &self,
+        checks: &[TokenStream],
+        body: &[TokenStream],
+        ws_field: &Ident,
+        life_const: &Ident,
+        result: TokenStream,
+    ) -> TokenStream {
+        let syms: Vec<&str> = self.g.syms.iter().map(|s| s.as_str()).collect();
+        let keys = self.plan_keys();
+        let model = self.inp.name.to_string();
+        let max = match self.inp.max_memory_gb {
+            Some(x) => quote!(::std::option::Option::Some(#x)),
+            None => quote!(::std::option::Option::None),
+        };
+        let dev = if self.mixed.is_some() {
+            quote!(let __dev: &::mithril::rt::cuda::CudaDevice = &self.__dev;)
+        } else {
+            quote!()
+        };
+        quote! {
+            #dev
+            let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
+            #(#checks)*
+            let _ = &__env;
+            // the planned arena; a concurrent call on the same model gets an unplanned one
+            let mut __guard;
+            let mut __tmp;
+            let __ws: &mut ::mithril::rt::Workspace = match self.#ws_field.try_lock() {
+                ::std::result::Result::Ok(g) => {
+                    __guard = g;
+                    &mut *__guard
+                }
+                ::std::result::Result::Err(_) => {
+                    __tmp = ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model);
+                    &mut __tmp
+                }
+            };
+            __ws.begin(&[#(#keys),*]);
+            let __w: &::mithril::rt::Workspace = &*__ws;
+            #(#body)*
+            let __result = #result;
+            __ws.finish(#model)?;
+            Ok(__result)
+        }
+    }
+
+    /// `evaluate_gradients` from the forward+backward graph.
+    fn gradients_fn(
+        &mut self,
+        params_name: &Ident,
+        inputs_name: &Ident,
+        outputs_name: &Ident,
+    ) -> TokenStream {
+        let planned = self.mixed.is_none();
+        let mut first_grad = 0;
+        let (pre, (checks, body, outs)) = if planned {
+            let (pre, outs, first) = self.plan_body(
+                &format_ident!("__ws_grad"),
+                &format_ident!("__MITHRIL_LIFE_GRAD"),
+            );
+            first_grad = first;
+            (pre, (Vec::new(), Vec::new(), outs))
+        } else {
+            (quote!(), self.body_parts())
+        };
+        let mut fwd = Vec::new();
+        let mut grad_vals: BTreeMap<usize, TokenStream> = BTreeMap::new();
+        for (n, val) in outs {
+            match n
+                .strip_prefix(crate::autodiff::GRAD_PREFIX)
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                Some(i) => {
+                    grad_vals.insert(i, val);
+                }
+                None => {
+                    let f = format_ident!("{}", n);
+                    fwd.push(quote!(#f: #val));
+                }
+            }
+        }
+        let tree = self.api.param_tree();
+        let grads_name = format_ident!("{}Grads", self.inp.name);
+        let grads = if planned {
+            quote!(#grads_name::__build(&mut ::mithril::rt::tree::Build::outs(&mut __outs, #first_grad))?)
+        } else {
+            self.grads_expr(&tree, &mut vec![], &grad_vals)
+        };
+        let seed_arg = if self.inp.train_model {
+            quote!()
+        } else {
+            quote!(output_grads: #outputs_name,)
+        };
+        let grad_doc = if self.inp.train_model {
+            "Run the train model and differentiate its `loss` (seeded with 1): returns the outputs and the gradient of the loss with respect to every param (reverse mode, compiled)."
+        } else {
+            "Run the model and differentiate it: returns the outputs and the gradient of `sum(output * output_grads)` over all outputs with respect to every param (reverse mode, compiled)."
+        };
+        let life = self.life_tokens();
+        let fn_body = if planned {
+            quote! {
+                #pre
+                Ok((#outputs_name { #(#fwd,)* }, #grads))
+            }
+        } else {
+            self.function_body(
+                &checks,
+                &body,
+                &format_ident!("__ws_grad"),
+                &format_ident!("__MITHRIL_LIFE_GRAD"),
+                quote!((#outputs_name { #(#fwd,)* }, #grads)),
+            )
+        };
+        let threads = self.threads_guard();
+        quote! {
+            #[doc(hidden)]
+            pub const __MITHRIL_LIFE_GRAD: &'static [(u32, u32)] = #life;
+
+            /// Memory numbers of `evaluate_gradients`' last plan (`None` before its first call).
+            pub fn memory_report_gradients(&self) -> ::std::option::Option<::mithril::rt::MemoryReport> {
+                self.__ws_grad.lock().ok().and_then(|w| w.report())
+            }
+
+            #[doc = #grad_doc]
+            #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
+            pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                #threads
+                #fn_body
+            }
+        }
+    }
+
+    fn grads_expr(
+        &self,
+        tree: &Tree,
+        path: &mut Vec<String>,
+        vals: &BTreeMap<usize, TokenStream>,
+    ) -> TokenStream {
+        let name = self.api.struct_name(path, "Grads");
+        let mut fields = Vec::new();
+        for key in &tree.order {
+            let f = format_ident!("{}", key);
+            if let Some(&i) = tree.leaves.get(key) {
+                let val = vals
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| quote!(compile_error!("internal: missing gradient")));
+                fields.push(quote!(#f: #val));
+            } else if let Some(sub) = tree.subs.get(key) {
+                path.push(key.clone());
+                let e = self.grads_expr(sub, path, vals);
+                path.pop();
+                fields.push(quote!(#f: #e));
+            }
+        }
+        quote!(#name { #(#fields,)* })
+    }
+}

@@ -1,0 +1,310 @@
+//! The model struct and its functions around the bodies: the struct (its workspaces; a mixed
+//! model's device and kernels), `new`, `OPTIMIZE_FOR` (and a mixed model's CUDA consts), and
+//! `evaluate` (a mixed model's also `prepare` / `evaluate_prepared` with its prepared params).
+
+use super::items::Names;
+use super::Gen;
+use crate::backends::common::{device_options, DeviceSide};
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+/// The lints the generated functions allow.
+fn lints() -> TokenStream {
+    quote!(#[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)])
+}
+
+impl Gen<'_> {
+    /// `evaluate` (of a mixed model, with `prepare` and `evaluate_prepared`), and the items
+    /// it needs outside `impl M` (a mixed model's prepared params).
+    pub(super) fn evaluate_fns(
+        &self,
+        names: &Names,
+        eval_body: &TokenStream,
+    ) -> (TokenStream, TokenStream) {
+        let (params_name, inputs_name, outputs_name) =
+            (&names.params, &names.inputs, &names.outputs);
+        let threads = self.threads_guard();
+        let lints = lints();
+        match &self.mixed {
+            None => (
+                quote! {
+                    /// Run the model.
+                    #lints
+                    pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        #threads
+                        #eval_body
+                    }
+                },
+                quote!(),
+            ),
+            Some(m) => self.mixed_evaluate_fns(&**m, names, eval_body),
+        }
+    }
+
+    /// A mixed model's `evaluate`, `prepare`, `evaluate_prepared` and its prepared params.
+    fn mixed_evaluate_fns(
+        &self,
+        m: &dyn DeviceSide<'_>,
+        names: &Names,
+        eval_body: &TokenStream,
+    ) -> (TokenStream, TokenStream) {
+        let (g, vis, name) = (self.g, self.inp.vis, &names.name);
+        let (params_name, inputs_name, outputs_name) =
+            (&names.params, &names.inputs, &names.outputs);
+        let model = name.to_string();
+        let threads = self.threads_guard();
+        let lints = lints();
+        // the params the cuda ops read, copied once by `prepare`
+        let prep_name = format_ident!("{}Prepared", name);
+        let mut fields = Vec::new();
+        let mut uploads = Vec::new();
+        for &i in m.prepared() {
+            let p = &g.params[i];
+            let f = format_ident!("p{}", i);
+            let t = self.api.elem_ty(p.node);
+            let doc = format!("`{}` on the device", p.dotted());
+            fields.push(quote!(#[doc = #doc] #f: ::mithril::rt::cuda::DeviceTensor<#t>));
+            let path = p.path.iter().map(|x| format_ident!("{}", x));
+            uploads.push(quote!(#f: ::mithril::rt::cuda::DeviceTensor::to_device(&self.__dev, &params.#(#path).*.view())?));
+        }
+        let prep_doc = format!(
+            "Params of [`{name}`] prepared for [`{name}::evaluate_prepared`]: a copy of the host params and, in device memory, the {} param(s) its cuda ops read.",
+            fields.len()
+        );
+        let prepared_items = quote! {
+            #[doc = #prep_doc]
+            #[derive(Debug)]
+            #vis struct #prep_name {
+                host: #params_name,
+                ordinal: usize,
+                #(#fields,)*
+            }
+
+            impl #prep_name {
+                /// The host params it was made from.
+                pub fn params(&self) -> &#params_name {
+                    &self.host
+                }
+            }
+        };
+        let eval_fn = quote! {
+            #lints
+            fn __evaluate(&self, params: &#params_name, __prep: ::std::option::Option<&#prep_name>, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                #threads
+                #eval_body
+            }
+
+            /// Run the model on host data: the ops placed on cuda run on the device,
+            /// with the inputs and params they read uploaded and their results read by
+            /// CPU ops (or returned) downloaded, at every call. For repeated calls with
+            /// the same params, [`Self::prepare`] them once.
+            pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                self.__evaluate(params, ::std::option::Option::None, inputs)
+            }
+
+            /// Copy the params once for [`Self::evaluate_prepared`]: the params the cuda
+            /// ops read go to the device, and the whole tree is kept (cloned) on the host,
+            /// so later changes to `params` do not affect it — prepare again after an
+            /// update.
+            pub fn prepare(&self, params: &#params_name) -> ::mithril::rt::Result<#prep_name> {
+                Ok(#prep_name {
+                    host: ::std::clone::Clone::clone(params),
+                    ordinal: self.__dev.ordinal(),
+                    #(#uploads,)*
+                })
+            }
+
+            /// [`Self::evaluate`] with prepared params: no param is uploaded (the inputs and
+            /// the values that cross still are). `Err` when `prepared` was made on another
+            /// device.
+            pub fn evaluate_prepared(&self, prepared: &#prep_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                if prepared.ordinal != self.__dev.ordinal() {
+                    return Err(::mithril::rt::Error::Device(::std::format!(
+                        "`{}`: params prepared on CUDA device {} used on device {}",
+                        #model, prepared.ordinal, self.__dev.ordinal()
+                    )));
+                }
+                self.__evaluate(&prepared.host, ::std::option::Option::Some(prepared), inputs)
+            }
+        };
+        (eval_fn, prepared_items)
+    }
+
+    /// The initializers of the model's two workspaces.
+    fn ws_init(&self) -> TokenStream {
+        let has_grad = self.train.is_some();
+        let max = match self.inp.max_memory_gb {
+            Some(x) => quote!(::std::option::Option::Some(#x)),
+            None => quote!(::std::option::Option::None),
+        };
+        let planning = self.inp.planning;
+        let grad_life = if has_grad {
+            quote!(Self::__MITHRIL_LIFE_GRAD)
+        } else {
+            quote!(&[])
+        };
+        let model_name = self.inp.name.to_string();
+        quote! {
+            __ws: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(Self::__MITHRIL_LIFE_EVAL, #planning, #max).named(#model_name)),
+            __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max).named(#model_name)),
+        }
+    }
+
+    /// The model struct and the start of its `impl` (`OPTIMIZE_FOR`, `new`, ...), CPU or
+    /// mixed; and the CUDA C module of a mixed model.
+    pub(super) fn model_struct(
+        &self,
+        names: &Names,
+        doc: &str,
+    ) -> (TokenStream, TokenStream, Option<String>) {
+        match &self.mixed {
+            None => self.cpu_struct(names, doc),
+            Some(m) => self.mixed_struct(&**m, names, doc),
+        }
+    }
+
+    /// A CPU model's struct, `OPTIMIZE_FOR` and `new`.
+    fn cpu_struct(&self, names: &Names, doc: &str) -> (TokenStream, TokenStream, Option<String>) {
+        let (vis, name) = (self.inp.vis, &names.name);
+        let model = name.to_string();
+        let ws_init = self.ws_init();
+        let optimize_for = self.inp.optimize_for.name();
+        (
+            quote! {
+                #[doc = #doc]
+                #vis struct #name {
+                    __ws: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                    __ws_grad: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                }
+
+                impl ::std::default::Default for #name {
+                    fn default() -> Self {
+                        #name { #ws_init }
+                    }
+                }
+
+                impl ::std::clone::Clone for #name {
+                    /// A model with the same code and fresh (empty) planned memory.
+                    fn clone(&self) -> Self {
+                        ::std::default::Default::default()
+                    }
+                }
+
+                impl ::std::fmt::Debug for #name {
+                    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                        f.debug_struct(#model).finish_non_exhaustive()
+                    }
+                }
+            },
+            quote! {
+                /// `optimize_for` as compiled: `"latency"` (a call's matrix products may use
+                /// every core) or `"throughput"` (each call runs on its calling thread).
+                pub const OPTIMIZE_FOR: &'static str = #optimize_for;
+
+                /// Create the physical model (CPU). Its planned memory is allocated at the first
+                /// call for each input shape.
+                pub fn new() -> ::mithril::rt::Result<Self> {
+                    Ok(::std::default::Default::default())
+                }
+            },
+            None,
+        )
+    }
+
+    /// A mixed model's struct (with its device and kernels), consts, `new` and `on_device`.
+    fn mixed_struct(
+        &self,
+        m: &dyn DeviceSide<'_>,
+        names: &Names,
+        doc: &str,
+    ) -> (TokenStream, TokenStream, Option<String>) {
+        let (g, vis, name) = (self.g, self.inp.vis, &names.name);
+        let model = name.to_string();
+        let ws_init = self.ws_init();
+        let optimize_for = self.inp.optimize_for.name();
+        let opts = self.inp.cuda.cloned().unwrap_or_default();
+        let (source, entries) = m.module();
+        let (up, down) = m.placed().transfers(g);
+        let (n_up, n_down) = (up.len(), down.len());
+        let file = format!("{model}.cu");
+        let device = opts.device;
+        let arch = match &opts.arch {
+            Some(a) => quote!(::std::option::Option::Some(#a)),
+            None => quote!(::std::option::Option::None),
+        };
+        let options = device_options(&opts);
+        // what runs on cuda, for the error of `new()`
+        let other = |cuda: bool| -> String {
+            g.placement
+                .map
+                .iter()
+                .filter(|(_, c)| *c == cuda)
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let what = if g.placement.default_cuda {
+            format!("backend: cuda, backend_map: {} on cpu", other(false))
+        } else {
+            format!("backend_map: {} on cuda", other(true))
+        };
+        let items = quote! {
+            #[doc = #doc]
+            #vis struct #name {
+                __ws: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                __ws_grad: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                __dev: ::mithril::rt::cuda::CudaDevice,
+                __k: ::mithril::rt::cuda::exec::ModelKernels,
+            }
+
+            impl ::std::fmt::Debug for #name {
+                fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                    f.debug_struct(#model).field("device", &self.__dev).finish_non_exhaustive()
+                }
+            }
+        };
+        let ctor = quote! {
+            /// `optimize_for` as compiled: `"latency"` or `"throughput"` (the CPU part's
+            /// matrix products run on the calling thread; the cuda part is unchanged).
+            pub const OPTIMIZE_FOR: &'static str = #optimize_for;
+            /// The CUDA C module of the ops placed on cuda (all generated kernels of
+            /// `evaluate` (`f<node>`) and `evaluate_gradients` (`g<node>`)), compiled by
+            /// NVRTC at the first launch.
+            pub const CUDA_SOURCE: &'static str = #source;
+            /// The kernel entry names of [`Self::CUDA_SOURCE`].
+            pub const CUDA_KERNELS: &'static [&'static str] = &[#(#entries),*];
+            /// The architecture kernels are compiled for (`cuda: { arch }`); `None`: the
+            /// device's own.
+            pub const CUDA_ARCH: ::std::option::Option<&'static str> = #arch;
+            /// The device [`Self::new`] opens (`cuda: { device }`).
+            pub const CUDA_DEVICE: usize = #device;
+            /// Host <-> device copies made by one `evaluate`: `(uploads, downloads)`
+            /// (inputs and params that device ops read, and values crossing between
+            /// the backends; listed in [`Self::SUMMARY`]).
+            pub const TRANSFERS: (usize, usize) = (#n_up, #n_down);
+
+            /// Open the model: the CUDA device its `backend_map` ops run on
+            /// (`cuda: { device }`, default 0). `Err` — never a panic — naming what is
+            /// missing when the CUDA libraries, the driver or the device are not there.
+            pub fn new() -> ::mithril::rt::Result<Self> {
+                Self::on_device(Self::CUDA_DEVICE)
+            }
+
+            /// Open the model with its cuda ops on device `ordinal`.
+            pub fn on_device(ordinal: usize) -> ::mithril::rt::Result<Self> {
+                let dev = ::mithril::rt::cuda::exec::open_model(#model, #what, ordinal, #options)?;
+                Ok(#name {
+                    #ws_init
+                    __dev: dev,
+                    __k: ::mithril::rt::cuda::exec::ModelKernels::new(#file, Self::CUDA_SOURCE),
+                })
+            }
+
+            /// The device the cuda ops run on.
+            pub fn device(&self) -> &::mithril::rt::cuda::CudaDevice {
+                &self.__dev
+            }
+        };
+        (items, ctor, Some(source))
+    }
+}
