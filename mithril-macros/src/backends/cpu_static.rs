@@ -287,7 +287,7 @@ impl Lowering<'_, '_> {
                 );
                 (e, n.args.clone())
             }
-            _ => unreachable!("guarded by is_elementwise"),
+            _ => return Err("internal: an elementwise step over a non-elementwise node".into()),
         };
         if args.is_empty() || args.len() > 5 {
             return Err(format!("an elementwise group with {} inputs", args.len()));
