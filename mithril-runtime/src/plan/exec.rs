@@ -842,25 +842,21 @@ where
             let o: [&ArrayViewD<'_, T>; $k] = others[..]
                 .try_into()
                 .map_err(|_| internal("matmul", "epilogue operands"))?;
-            let r = ops::matmul_epi_to(
-                a,
-                b,
-                ta,
-                tb,
-                o,
-                d,
-                |acc: &mut [T::Acc], srcs: [Src<'_, T>; $k]| {
-                    let mut args: SmallVec<[Arg<'_>; 6]> = SmallVec::new();
-                    args.push(Arg::Bool(Src::Scalar(false)));
-                    args.extend(srcs.into_iter().map(T::arg));
-                    if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
-                        if let Ok(mut g) = err.lock() {
-                            *g = Some(e);
-                        }
+            let seg = |acc: &mut [T::Acc], srcs: [Src<'_, T>; $k]| {
+                let mut args: SmallVec<[Arg<'_>; 6]> = SmallVec::new();
+                args.push(Arg::Bool(Src::Scalar(false)));
+                args.extend(srcs.into_iter().map(T::arg));
+                if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
+                    if let Ok(mut g) = err.lock() {
+                        *g = Some(e);
                     }
-                },
-            )?;
-            r
+                }
+            };
+            // the common case without the general layout handling (the same result)
+            match ops::matmul_epi_2d_to(a, b, ta, tb, o, d, &seg) {
+                Ok(r) => r?,
+                Err(d) => ops::matmul_epi_to(a, b, ta, tb, o, d, seg)?,
+            }
         }};
     }
     let r = match others.len() {
