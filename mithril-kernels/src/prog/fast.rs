@@ -267,6 +267,15 @@ pub(super) fn run<'o>(f: Fast, args: &[Arg<'_>], out: Out<'o>, mode: Mode) -> Re
             a => Kind::Gather(a),
         };
     }
+    // no scratch registers needed: skip the thread-local
+    if kinds
+        .iter()
+        .all(|k| matches!(k, Kind::Out | Kind::Direct(_) | Kind::Unused))
+    {
+        let mut none = NoRegs;
+        dispatch(f, &kinds, &consts, p, round, o, &mut none);
+        return Ok(());
+    }
     REGS.with(|r| {
         let mut fresh;
         let mut guard = r.try_borrow_mut();
@@ -277,42 +286,91 @@ pub(super) fn run<'o>(f: Fast, args: &[Arg<'_>], out: Out<'o>, mode: Mode) -> Re
                 &mut *fresh
             }
         };
-        match isa::active() {
-            // SAFETY: `active` only returns levels the CPU supports.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { drive_avx512(f, &kinds, &consts, p, round, o, regs) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { drive_avx2(f, &kinds, &consts, p, round, o, regs) },
-            _ => drive(f, &kinds, &consts, p, round, o, regs),
-        }
+        dispatch(f, &kinds, &consts, p, round, o, regs)
     });
     Ok(())
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-unsafe fn drive_avx512(
+/// [`drive`] on the active ISA.
+fn dispatch<R: Scratch>(
     f: Fast,
     kinds: &[Kind<'_>; 4],
     consts: &[f32; 4],
     p: usize,
     round: Round,
     o: &mut [f32],
-    regs: &mut Regs,
+    regs: &mut R,
+) {
+    match isa::active() {
+        // SAFETY: `active` only returns levels the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { drive_avx512(f, kinds, consts, p, round, o, regs) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { drive_avx2(f, kinds, consts, p, round, o, regs) },
+        _ => drive(f, kinds, consts, p, round, o, regs),
+    }
+}
+
+/// What a slot reads when it needs no register (never read: [`pass`] only slices it).
+static UNUSED: [f32; CH] = [0.0; CH];
+
+/// Scratch registers of the slots: [`Regs`], or none when every slot reads in place.
+trait Scratch {
+    /// register `q`, writable (`None` for [`NoRegs`])
+    fn reg(&mut self, q: usize) -> Option<&mut [f32; CH]>;
+    /// register `q` ([`UNUSED`] for [`NoRegs`])
+    fn get(&self, q: usize) -> &[f32; CH];
+}
+
+impl Scratch for Regs {
+    #[inline(always)]
+    fn reg(&mut self, q: usize) -> Option<&mut [f32; CH]> {
+        Some(&mut self.0[q])
+    }
+    #[inline(always)]
+    fn get(&self, q: usize) -> &[f32; CH] {
+        &self.0[q]
+    }
+}
+
+/// No registers (every slot reads in place or is unused).
+struct NoRegs;
+
+impl Scratch for NoRegs {
+    #[inline(always)]
+    fn reg(&mut self, _: usize) -> Option<&mut [f32; CH]> {
+        None
+    }
+    #[inline(always)]
+    fn get(&self, _: usize) -> &[f32; CH] {
+        &UNUSED
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn drive_avx512<R: Scratch>(
+    f: Fast,
+    kinds: &[Kind<'_>; 4],
+    consts: &[f32; 4],
+    p: usize,
+    round: Round,
+    o: &mut [f32],
+    regs: &mut R,
 ) {
     drive(f, kinds, consts, p, round, o, regs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn drive_avx2(
+unsafe fn drive_avx2<R: Scratch>(
     f: Fast,
     kinds: &[Kind<'_>; 4],
     consts: &[f32; 4],
     p: usize,
     round: Round,
     o: &mut [f32],
-    regs: &mut Regs,
+    regs: &mut R,
 ) {
     drive(f, kinds, consts, p, round, o, regs)
 }
@@ -327,37 +385,39 @@ fn round_in_place(o: &mut [f32], round: Round) {
 }
 
 #[inline(always)]
-fn drive(
+fn drive<R: Scratch>(
     f: Fast,
     kinds: &[Kind<'_>; 4],
     consts: &[f32; 4],
     p: usize,
     round: Round,
     o: &mut [f32],
-    regs: &mut Regs,
+    regs: &mut R,
 ) {
     let total = o.len();
     for q in 0..4 {
-        if let Kind::Const = kinds[q] {
-            regs.0[q][..CH.min(total)].fill(consts[q]);
+        if let (Kind::Const, Some(r)) = (kinds[q], regs.reg(q)) {
+            r[..CH.min(total)].fill(consts[q]);
         }
     }
+    // (the rounding of a narrow epilogue stays in passes of its own: inside the pass it costs
+    // more, measured on bf16 `bench_mlp`)
     let mut start = 0;
     while start < total {
         let n = CH.min(total - start);
         let d = &mut o[start..start + n];
         round_in_place(d, round);
         for q in 0..4 {
-            match kinds[q] {
-                Kind::Gather(a) => super::load_f32(&a, &mut regs.0[q], start, n),
-                Kind::OutCopy => regs.0[q][..n].copy_from_slice(d),
+            match (kinds[q], regs.reg(q)) {
+                (Kind::Gather(a), Some(r)) => super::load_f32(&a, r, start, n),
+                (Kind::OutCopy, Some(r)) => r[..n].copy_from_slice(d),
                 _ => {}
             }
         }
         let src = |q: usize| -> &[f32] {
             match kinds[q] {
                 Kind::Direct(x) => &x[start..start + n],
-                _ => &regs.0[q][..n],
+                _ => &regs.get(q)[..n],
             }
         };
         let s = [src(0), src(1), src(2), src(3)];
