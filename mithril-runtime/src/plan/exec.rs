@@ -843,9 +843,11 @@ where
                 .try_into()
                 .map_err(|_| internal("matmul", "epilogue operands"))?;
             let seg = |acc: &mut [T::Acc], srcs: [Src<'_, T>; $k]| {
-                let mut args: SmallVec<[Arg<'_>; 6]> = SmallVec::new();
-                args.push(Arg::Bool(Src::Scalar(false)));
-                args.extend(srcs.into_iter().map(T::arg));
+                // operand 0 (the product) is the output itself
+                let mut args = [Arg::Bool(Src::Scalar(false)); $k + 1];
+                for (a, s) in args[1..].iter_mut().zip(srcs) {
+                    *a = T::arg(s);
+                }
                 if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
                     if let Ok(mut g) = err.lock() {
                         *g = Some(e);
