@@ -183,6 +183,11 @@ enum Kind<'a> {
     OutCopy,
     /// a slot the program does not read
     Unused,
+    /// a `bf16` slice read in place and widened in the pass (the second slot of a `Map` over
+    /// the output: a narrow epilogue's bias)
+    Bf16(&'a [bf16]),
+    /// as `Bf16`, for `f16`
+    F16(&'a [f16]),
 }
 
 /// Slot registers (thread-local scratch).
@@ -264,14 +269,18 @@ pub(super) fn run<'o>(f: Fast, args: &[Arg<'_>], out: Out<'o>, mode: Mode) -> Re
                 consts[q] = v.to_f32();
                 Kind::Const
             }
+            Arg::BF16(Src::Full(y)) if q == 1 && p == 0 && used == 2 => Kind::Bf16(y),
+            Arg::F16(Src::Full(y)) if q == 1 && p == 0 && used == 2 => Kind::F16(y),
             a => Kind::Gather(a),
         };
     }
     // no scratch registers needed: skip the thread-local
-    if kinds
-        .iter()
-        .all(|k| matches!(k, Kind::Out | Kind::Direct(_) | Kind::Unused))
-    {
+    if kinds.iter().all(|k| {
+        matches!(
+            k,
+            Kind::Out | Kind::Direct(_) | Kind::Unused | Kind::Bf16(_) | Kind::F16(_)
+        )
+    }) {
         let mut none = NoRegs;
         dispatch(f, &kinds, &consts, p, round, o, &mut none);
         return Ok(());
@@ -421,7 +430,11 @@ fn drive<R: Scratch>(
             }
         };
         let s = [src(0), src(1), src(2), src(3)];
-        kernel(f, p, d, s);
+        match kinds[1] {
+            Kind::Bf16(y) => kernel_narrow(f, d, &y[start..start + n], |v: bf16| v.to_f32()),
+            Kind::F16(y) => kernel_narrow(f, d, &y[start..start + n], |v: f16| v.to_f32()),
+            _ => kernel(f, p, d, s),
+        }
         round_in_place(d, round);
         start += n;
     }
@@ -461,6 +474,46 @@ fn pass4(p: usize, d: &mut [f32], s: [&[f32]; 4], f: impl Fn(f32, f32, f32, f32)
         2 => pass::<2>(d, s, f),
         3 => pass::<3>(d, s, f),
         _ => pass::<4>(d, s, f),
+    }
+}
+
+/// `d[i] = f(d[i], w(y[i]))`.
+#[inline(always)]
+fn pass_narrow<Y: Copy>(d: &mut [f32], y: &[Y], w: impl Fn(Y) -> f32, f: impl Fn(f32, f32) -> f32) {
+    let n = d.len();
+    let y = &y[..n];
+    for i in 0..n {
+        d[i] = f(d[i], w(y[i]));
+    }
+}
+
+/// One chunk of a `Map` over the output (slot 0) and a narrow operand `y` (slot 1) widened by
+/// `w` (the element functions of [`kernel`]).
+#[inline(always)]
+fn kernel_narrow<Y: Copy>(f: Fast, d: &mut [f32], y: &[Y], w: impl Fn(Y) -> f32) {
+    use EwOp::*;
+    let Fast::Map { op, post, .. } = f else {
+        return;
+    };
+    macro_rules! post {
+        ($g:expr) => {
+            match op {
+                None => pass_narrow(d, y, w, |x, _| $g(x)),
+                Some(Add) => pass_narrow(d, y, w, |x, y| $g(Num::add(x, y))),
+                Some(Sub) => pass_narrow(d, y, w, |x, y| $g(Num::sub(x, y))),
+                Some(Mul) => pass_narrow(d, y, w, |x, y| $g(Num::mul(x, y))),
+                _ => {}
+            }
+        };
+    }
+    match post {
+        None => post!(|v: f32| v),
+        Some(Relu) => post!(|v: f32| s::relu(v)),
+        Some(Gelu) => post!(vmath::gelu_erf),
+        Some(GeluTanh) => post!(vmath::gelu_tanh),
+        Some(Tanh) => post!(vmath::tanh),
+        Some(Sigmoid) => post!(vmath::sigmoid),
+        _ => {}
     }
 }
 
@@ -631,6 +684,23 @@ mod tests {
                 _ => Arg::F32(Src::Full(&bias)),
             };
             same(&relu_add, &[dummy, b], Mode::Epilogue(st), &acc);
+            // every map over the product and a (narrow) operand read in place
+            for op in [Some(EwOp::Add), Some(EwOp::Sub), Some(EwOp::Mul)] {
+                for post in [
+                    None,
+                    Some(EwOp::Gelu),
+                    Some(EwOp::Tanh),
+                    Some(EwOp::Sigmoid),
+                ] {
+                    same(&map(op, post, None), &[dummy, b], Mode::Epilogue(st), &acc);
+                }
+            }
+            // the product is operand 0; a narrow operand in slot 0 is gathered
+            let mut bld = Builder::default();
+            let y = bld.load(1, st);
+            let x = bld.load(0, st);
+            let r = bld.op(EwOp::Sub, Dom::F32, &[y, x], Z);
+            same(&bld.finish(r), &[dummy, b], Mode::Epilogue(st), &acc);
             // the relu gradient: where(x > 0, product, -0.5), and the product as both operands
             same(&sel(EwOp::Gt, 1, 0), &[dummy, b], Mode::Epilogue(st), &acc);
             same(&sel(EwOp::Le, 0, 0), &[dummy, b], Mode::Epilogue(st), &acc);
