@@ -292,7 +292,7 @@ pub(super) fn run<'o>(f: Fast, args: &[Arg<'_>], out: Out<'o>, mode: Mode) -> Re
             Ok(g) => g,
             Err(_) => {
                 fresh = Box::new(Regs([[0.0; CH]; 4]));
-                &mut *fresh
+                &mut fresh
             }
         };
         dispatch(f, &kinds, &consts, p, round, o, regs)
@@ -416,8 +416,8 @@ fn drive<R: Scratch>(
         let n = CH.min(total - start);
         let d = &mut o[start..start + n];
         round_in_place(d, round);
-        for q in 0..4 {
-            match (kinds[q], regs.reg(q)) {
+        for (q, k) in kinds.iter().enumerate() {
+            match (*k, regs.reg(q)) {
                 (Kind::Gather(a), Some(r)) => super::load_f32(&a, r, start, n),
                 (Kind::OutCopy, Some(r)) => r[..n].copy_from_slice(d),
                 _ => {}
