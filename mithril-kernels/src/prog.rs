@@ -21,6 +21,9 @@ use crate::vmath;
 use half::{bf16, f16};
 use std::cell::RefCell;
 
+mod fast;
+use fast::Fast;
+
 /// A compute domain: the type values of a program are held in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dom {
@@ -230,6 +233,8 @@ pub struct Prog {
     pub out: Reg,
     /// registers per domain: `[f32, f64, i32, i64, bool]`
     pub regs: [u16; 5],
+    /// the one-pass form of the program, when it has one (found by [`Builder::finish`])
+    fast: Fast,
 }
 
 fn dom_ix(d: Dom) -> usize {
@@ -304,10 +309,12 @@ impl Builder {
     }
     /// The finished program with result `out`.
     pub fn finish(self, out: Reg) -> Prog {
+        let fast = fast::recognize(&self.ins, out);
         Prog {
             ins: self.ins,
             out,
             regs: self.regs,
+            fast,
         }
     }
 }
@@ -417,6 +424,14 @@ pub struct ProgError(pub String);
 
 /// Run `prog` over `out` (see [`Mode`]); operand `i` is `args[i]`.
 pub fn run(prog: &Prog, args: &[Arg<'_>], out: Out<'_>, mode: Mode) -> Result<(), ProgError> {
+    match fast::run(prog.fast, args, out, mode) {
+        Ok(()) => Ok(()),
+        Err(out) => run_general(prog, args, out, mode),
+    }
+}
+
+/// [`run`] without the one-pass forms: the interpreter proper.
+fn run_general(prog: &Prog, args: &[Arg<'_>], out: Out<'_>, mode: Mode) -> Result<(), ProgError> {
     validate(prog, args, &out, mode)?;
     BANKS.with(|b| {
         // a program inside a program never happens, but stay safe if it did
@@ -750,6 +765,18 @@ fn load(arg: &Arg<'_>, b: &mut Banks, dst: Reg, start: usize, n: usize) {
         Arg::I32(s) => fill(s, start, n, wr!(b, dst, n, i32), |x| x),
         Arg::I64(s) => fill(s, start, n, wr!(b, dst, n, i64), |x| x),
         Arg::Bool(s) => fill(s, start, n, wr!(b, dst, n, bool), |x| x),
+    }
+}
+
+/// `dst[..n]` = elements `start..start + n` of an operand of the `f32` domain, widened (other
+/// domains leave `dst` as it is).
+#[inline(always)]
+fn load_f32(arg: &Arg<'_>, dst: &mut [f32], start: usize, n: usize) {
+    match arg {
+        Arg::F32(s) => fill(s, start, n, dst, |x| x),
+        Arg::F16(s) => fill(s, start, n, dst, |x| x.to_f32()),
+        Arg::BF16(s) => fill(s, start, n, dst, |x| x.to_f32()),
+        _ => {}
     }
 }
 

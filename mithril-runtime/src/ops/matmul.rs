@@ -564,6 +564,156 @@ where
     Ok(out)
 }
 
+/// [`matmul_epi_to`] for its common case, without the general layout handling (what a fused
+/// matmul of a compiled plan calls first): 2-D operands of a kernel GEMM type with non-negative
+/// strides, epilogue operands of rank at most 2 that broadcast to the product. Gives `dest` back
+/// untouched (`Err`) for any other case, which [`matmul_epi_to`] then takes — including every
+/// error. The result is bitwise that of [`matmul_epi_to`]: the same GEMM call and the same
+/// epilogue over the same values.
+#[allow(clippy::type_complexity)]
+pub fn matmul_epi_2d_to<'w, T: Elem, const K: usize>(
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    trans_a: bool,
+    trans_b: bool,
+    others: [&ArrayViewD<'_, T>; K],
+    dest: Dest<'w, T>,
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+) -> std::result::Result<Result<ArrayViewMutD<'w, T>>, Dest<'w, T>>
+where
+    T::Acc: Num,
+{
+    const OP: &str = "matmul";
+    if a.ndim() != 2 || b.ndim() != 2 || !is_gemm_type::<T>() {
+        return Err(dest);
+    }
+    // (rows, cols, row stride, col stride) as the product reads it
+    let dims = |v: &ArrayViewD<'_, T>, t: bool| -> Option<(usize, usize, usize, usize)> {
+        let (sh, st) = (v.shape(), v.strides());
+        let (r, c, rs, cs) = if t {
+            (sh[1], sh[0], st[1], st[0])
+        } else {
+            (sh[0], sh[1], st[0], st[1])
+        };
+        (rs >= 0 && cs >= 0).then_some((r, c, rs as usize, cs as usize))
+    };
+    let (Some((m, k, rsa, csa)), Some((k2, n, rsb, csb))) = (dims(a, trans_a), dims(b, trans_b))
+    else {
+        return Err(dest);
+    };
+    if k != k2 {
+        return Err(dest);
+    }
+    let mut ptrs = [Strided {
+        ptr: std::ptr::null::<T>(),
+        rs: 0,
+        cs: 0,
+    }; K];
+    for (p, o) in ptrs.iter_mut().zip(others.iter()) {
+        let (sh, st) = (o.shape(), o.strides());
+        if st.iter().any(|&s| s < 0) {
+            return Err(dest);
+        }
+        // the stride of a dim of extent `d` broadcast to `want`
+        let axis = |d: usize, s: isize, want: usize| -> Option<usize> {
+            if d == want {
+                Some(s as usize)
+            } else if d == 1 {
+                Some(0)
+            } else {
+                None
+            }
+        };
+        let (rs, cs) = match sh.len() {
+            0 => (Some(0), Some(0)),
+            1 => (Some(0), axis(sh[0], st[0], n)),
+            2 => (axis(sh[0], st[0], m), axis(sh[1], st[1], n)),
+            _ => (None, None),
+        };
+        let (Some(rs), Some(cs)) = (rs, cs) else {
+            return Err(dest);
+        };
+        *p = Strided {
+            ptr: o.as_ptr(),
+            rs,
+            cs,
+        };
+    }
+    let span = |p: *const T, r: usize, c: usize, rs: usize, cs: usize| -> &[T] {
+        let len = if r == 0 || c == 0 {
+            0
+        } else {
+            (r - 1) * rs + (c - 1) * cs + 1
+        };
+        // SAFETY: every element of the view lies in `p .. p + len` (non-negative strides) and
+        // the view borrows all of that range.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    };
+    let (sa, sb) = (
+        span(a.as_ptr(), m, k, rsa, csa),
+        span(b.as_ptr(), k, n, rsb, csb),
+    );
+    Ok((|| {
+        let mut out = dest.get(OP, &[m, n])?;
+        if m == 0 || n == 0 {
+            return Ok(out);
+        }
+        let sc = out
+            .as_slice_mut()
+            .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
+        macro_rules! kernel {
+            ($t:ty) => {
+                if TypeId::of::<T>() == TypeId::of::<$t>() {
+                    type Acc = <$t as mithril_kernels::gemm::GemmElem>::Acc;
+                    // SAFETY: `T` is `$t` (equal `TypeId`s), and so are their accumulators.
+                    let (sa, sb, sc) = unsafe {
+                        (
+                            std::slice::from_raw_parts(sa.as_ptr() as *const $t, sa.len()),
+                            std::slice::from_raw_parts(sb.as_ptr() as *const $t, sb.len()),
+                            std::slice::from_raw_parts_mut(sc.as_mut_ptr() as *mut $t, sc.len()),
+                        )
+                    };
+                    let epi = |i: usize, j0: usize, v: &mut [Acc]| {
+                        // SAFETY: as above; the pointers describe [m, n] broadcast views and
+                        // (i, j0..) is inside C.
+                        unsafe {
+                            let v: &mut [T::Acc] = std::slice::from_raw_parts_mut(
+                                v.as_mut_ptr() as *mut T::Acc,
+                                v.len(),
+                            );
+                            apply_segment(i, j0, v, &ptrs, seg);
+                        }
+                    };
+                    // the same instantiation as `epi_gemm`'s
+                    let epi: &Epilogue<'_, Acc> = &epi;
+                    mithril_kernels::gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        <Acc as mithril_kernels::gemm::AccElem>::ONE,
+                        sa,
+                        rsa,
+                        csa,
+                        sb,
+                        rsb,
+                        csb,
+                        false,
+                        sc,
+                        n,
+                        epi,
+                    );
+                    return Ok(out);
+                }
+            };
+        }
+        kernel!(f32);
+        kernel!(f64);
+        kernel!(half::f16);
+        kernel!(half::bf16);
+        Err(Error::op(OP, "internal: no kernel GEMM for the type"))
+    })())
+}
+
 /// The epilogue operands broadcast to `[m, n]` as pointers with element strides; `None` when
 /// one has a negative stride (the caller then takes the slow path).
 fn epilogue_operands<T: Elem, const K: usize>(

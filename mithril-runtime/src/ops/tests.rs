@@ -1258,3 +1258,114 @@ fn matmul_reversed_operands_match_contiguous_bitwise() {
     check::<bf16>(bf16::from_f64);
     check::<f16>(f16::from_f64);
 }
+
+/// `matmul_epi_2d_to` (the plan's fast case) takes every 2-D layout it accepts with the result
+/// of `matmul_epi_to` bit for bit, and of a plain loop within rounding; it hands back what it
+/// does not take (3-D, negative strides, mismatched inner dims), which `matmul_epi_to` handles.
+#[test]
+fn matmul_epi_2d_matches_the_general_path() {
+    use crate::scalar::Num;
+    use crate::Dest;
+    use mithril_kernels::ew::{map3_inplace, Src};
+    fn check<T: Elem + std::fmt::Debug>(to: impl Fn(f64) -> T)
+    where
+        T::Acc: crate::scalar::Num + std::fmt::Debug,
+    {
+        let seg = |v: &mut [T::Acc], [r, c]: [Src<'_, T>; 2]| {
+            map3_inplace(v, r, c, |p: T::Acc, r: T, c: T| {
+                let q = Num::to_f64(p) * c.to_f64() + r.to_f64();
+                T::from_f64(q.max(0.0)).to_acc()
+            })
+        };
+        for (m, k, n) in [(1, 7, 5), (5, 7, 1), (70, 9, 33), (3, 0, 4)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = if ta {
+                    arr(&[k, m], rnd(1))
+                } else {
+                    arr(&[m, k], rnd(1))
+                }
+                .mapv(&to);
+                let b = if tb {
+                    arr(&[n, k], rnd(2))
+                } else {
+                    arr(&[k, n], rnd(2))
+                }
+                .mapv(&to);
+                let full = arr(&[m, n], rnd(3)).mapv(&to);
+                let full_t = arr(&[n, m], rnd(4)).mapv(&to);
+                let row = arr(&[n], rnd(5)).mapv(&to);
+                let row2 = arr(&[1, n], rnd(6)).mapv(&to);
+                let col = arr(&[m, 1], rnd(7)).mapv(&to);
+                let one = arr(&[], |_| 0.5).mapv(&to);
+                let ft = full_t.t();
+                let prod = arr(&[m, n], |i| {
+                    let (r, c) = (i / n, i % n);
+                    (0..k)
+                        .map(|p| {
+                            let x = if ta { a[[p, r]] } else { a[[r, p]] };
+                            let y = if tb { b[[c, p]] } else { b[[p, c]] };
+                            x.to_f64() * y.to_f64()
+                        })
+                        .sum::<f64>()
+                });
+                for (name, r, c) in [
+                    ("full, row", full.view(), row.view()),
+                    ("transposed (strided), [1, n]", ft.view(), row2.view()),
+                    ("col, scalar", col.view(), one.view()),
+                ] {
+                    let what = format!("{name} m={m} k={k} n={n} ta={ta} tb={tb}");
+                    let fast = crate::owned(|d| {
+                        match matmul_epi_2d_to(&a.view(), &b.view(), ta, tb, [&r, &c], d, &seg) {
+                            Ok(r) => r.map(|_| ()),
+                            Err(_) => panic!("not taken: {what}"),
+                        }
+                    })
+                    .unwrap();
+                    let general = crate::owned(|d| {
+                        matmul_epi_to(&a.view(), &b.view(), ta, tb, [&r, &c], d, seg).map(|_| ())
+                    })
+                    .unwrap();
+                    assert_eq!(fast, general, "{what}");
+                    let rb = r.broadcast(IxDyn(&[m, n])).unwrap();
+                    let cb = c.broadcast(IxDyn(&[m, n])).unwrap();
+                    for ((idx, g), p) in fast.indexed_iter().zip(prod.iter()) {
+                        let want = (p * cb[&idx].to_f64() + rb[&idx].to_f64()).max(0.0);
+                        let g = g.to_f64();
+                        assert!(
+                            (g - want).abs() <= 2e-2 * (1.0 + want.abs()),
+                            "{what} {idx:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // not taken: a 3-D operand, a reversed one, mismatched inner dims
+        let a = arr(&[4, 3], rnd(8)).mapv(&to);
+        let b = arr(&[3, 5], rnd(9)).mapv(&to);
+        let row = arr(&[5], rnd(10)).mapv(&to);
+        let mut rev = row.clone();
+        rev.invert_axis(Axis(0));
+        let a3 = arr(&[1, 4, 3], rnd(8)).mapv(&to);
+        let bad = arr(&[4, 5], rnd(9)).mapv(&to);
+        let mut o = None;
+        let cases: [(&ArrayD<T>, &ArrayD<T>, &ArrayD<T>); 3] =
+            [(&a3, &b, &row), (&a, &b, &rev), (&a, &bad, &row)];
+        for (x, y, z) in cases {
+            let r = matmul_epi_2d_to(
+                &x.view(),
+                &y.view(),
+                false,
+                false,
+                [&z.view(), &z.view()],
+                Dest::Owned(&mut o),
+                &seg,
+            );
+            assert!(r.is_err());
+        }
+        assert!(o.is_none());
+    }
+    check::<f32>(|x| x as f32);
+    check::<f64>(|x| x);
+    check::<bf16>(bf16::from_f64);
+    check::<f16>(f16::from_f64);
+}

@@ -4,7 +4,7 @@ use super::{AnyArray, DimE, Home, POp, Plan, PlanElem, RKind, Step};
 use crate::check::{check_shape, SymEnv};
 use crate::elem::DType;
 use crate::ops;
-use crate::params::{TensorView, TensorViewMut};
+use crate::params::TensorView;
 use crate::workspace::{Dest, Workspace};
 use crate::{Elem, Error, Result};
 use half::{bf16, f16};
@@ -16,6 +16,8 @@ use std::cell::RefCell;
 
 /// Operand views of one op (inline up to 6).
 type Ops<'v> = SmallVec<[TensorView<'v>; 6]>;
+/// Borrowed operand views of one op.
+type Refs<'v, 'w> = SmallVec<[&'v TensorView<'w>; 6]>;
 use std::sync::Mutex;
 
 /// A node's value during a run.
@@ -23,10 +25,34 @@ enum Val<'w> {
     Empty,
     /// user memory, or an owned output (read-only)
     Ro(TensorView<'w>),
-    /// a workspace slot (writable by an in-place successor)
-    Rw(TensorViewMut<'w>),
+    /// a workspace slot, writable by an in-place successor (made by [`rw`]; an entry as small
+    /// as `Ro`, so that moving values costs no more)
+    Rw(TensorView<'w>),
     /// the value of another node
     Alias(usize),
+    /// view `k` of `run`'s `views`
+    View(usize),
+}
+
+/// A writable workspace value, kept as a view whose pointer came from the writable one.
+fn rw<T: PlanElem>(v: ArrayViewMutD<'_, T>) -> Val<'_> {
+    // SAFETY: the same memory for the same lifetime (the writable view is consumed); it is
+    // written again only through [`writable`], by an in-place successor that takes the entry
+    // out of the table first.
+    let r: ArrayViewD<'_, T> = unsafe { v.raw_view().deref_into_view() };
+    Val::Rw(T::any(r))
+}
+
+/// The writable view of a value made by [`rw`] (`None` if it is not standard-layout, which a
+/// workspace slot always is).
+///
+/// SAFETY (callers): `v` comes from a `Val::Rw` taken out of the table, so that nothing else
+/// reads or writes its memory while the result lives.
+unsafe fn writable<'w, T>(v: &ArrayViewD<'w, T>) -> Option<ArrayViewMutD<'w, T>> {
+    if !v.is_standard_layout() {
+        return None;
+    }
+    ArrayViewMutD::from_shape_ptr(v.raw_dim(), v.as_ptr() as *mut T).into()
 }
 
 /// Run `plan` over `views` (inputs, then params, then output-gradient seeds, as the plan's
@@ -174,20 +200,6 @@ unsafe fn extend<'w, T>(v: ArrayViewMutD<'_, T>) -> ArrayViewMutD<'w, T> {
     v.raw_view_mut().deref_into_view_mut()
 }
 
-impl<'w> TensorViewMut<'w> {
-    fn view(&self) -> TensorView<'_> {
-        match self {
-            TensorViewMut::F32(v) => TensorView::F32(v.view()),
-            TensorViewMut::F64(v) => TensorView::F64(v.view()),
-            TensorViewMut::F16(v) => TensorView::F16(v.view()),
-            TensorViewMut::BF16(v) => TensorView::BF16(v.view()),
-            TensorViewMut::I32(v) => TensorView::I32(v.view()),
-            TensorViewMut::I64(v) => TensorView::I64(v.view()),
-            TensorViewMut::Bool(v) => TensorView::Bool(v.view()),
-        }
-    }
-}
-
 impl AnyArray {
     fn dtype(&self) -> DType {
         self.view().dtype()
@@ -303,7 +315,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             let first = self.plan.outputs[..k].iter().position(|&x| x == o);
             outs[k] = Some(match first.and_then(|j| outs[j].as_ref()) {
                 Some(a) => a.cloned(),
-                None => arg(vals, o)?.to_owned(),
+                None => arg_ref(vals, self.views(), o)?.to_owned(),
             });
         }
         Ok(())
@@ -320,7 +332,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             Home::Slot(k) => {
                 let v = f(Dest::Slot(self.ws, k))?;
                 // SAFETY: workspace memory, borrowed for 'w (see `extend`).
-                Ok(Val::Rw(T::any_mut(unsafe { extend(v) })))
+                Ok(rw(unsafe { extend(v) }))
             }
             _ => {
                 let mut o: Option<ArrayD<T>> = None;
@@ -369,20 +381,33 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         })
     }
 
+    /// `run`'s views, with the run's lifetime.
+    fn views(&self) -> &[TensorView<'w>] {
+        // SAFETY: `'a: 'w`: the views live at least as long as the run, and are only read.
+        unsafe { std::mem::transmute::<&[TensorView<'a>], &[TensorView<'w>]>(self.views) }
+    }
+
+    /// The operands of `step`, borrowed.
+    fn refs<'v>(&'v self, step: &Step, vals: &'v [Val<'w>]) -> Result<Refs<'v, 'w>> {
+        step.args
+            .iter()
+            .map(|&i| arg_ref(vals, self.views(), i))
+            .collect()
+    }
+
     fn node(&self, id: usize, step: &Step, vals: &[Val<'w>]) -> Result<Val<'w>> {
         let (h, dt, args) = (step.home, step.dt, &step.args);
         let a = |k: usize| -> Result<TensorView<'_>> {
             args.get(k)
                 .ok_or_else(|| internal(step.what, "missing operand"))
-                .and_then(|&i| arg(vals, i))
+                .and_then(|&i| arg(vals, self.views(), i))
         };
         match &step.op {
             POp::View(k) => {
-                let v = self
-                    .views
-                    .get(*k)
-                    .ok_or_else(|| internal(step.what, "missing view"))?;
-                Ok(Val::Ro(v.clone().reborrow()))
+                if *k >= self.views.len() {
+                    return Err(internal(step.what, "missing view"));
+                }
+                Ok(Val::View(*k))
             }
             POp::Alias => args
                 .first()
@@ -394,11 +419,11 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 Ok(v)
             })),
             POp::Fused(label, p) => {
-                let xs: Ops<'_> = (0..args.len()).map(a).collect::<Result<_>>()?;
+                let xs = self.refs(step, vals)?;
                 any_t!(dt, T => self.put::<T>(id, h, |d| fused::<T>(p, &xs, d, label)))
             }
             POp::FusedMatmul { ta, tb, prog } => {
-                let xs: Ops<'_> = (0..args.len()).map(a).collect::<Result<_>>()?;
+                let xs = self.refs(step, vals)?;
                 num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d)))
             }
             POp::Arange {
@@ -605,40 +630,58 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         step: &Step,
         pos: usize,
         vals: &[Val<'w>],
-        t: TensorViewMut<'w>,
+        t: TensorView<'w>,
     ) -> Result<Val<'w>> {
         let POp::Fused(label, p) = &step.op else {
             return Err(internal(step.what, "in place on a non-elementwise op"));
         };
-        let xs: Ops<'_> = step
+        let ph: TensorView<'w> = placeholder();
+        let xs: Refs<'_, '_> = step
             .args
             .iter()
             .enumerate()
             .map(|(k, &i)| {
                 if k == pos {
-                    Ok(placeholder().reborrow())
+                    Ok(&ph)
                 } else {
-                    arg(vals, i)
+                    arg_ref(vals, self.views(), i)
                 }
             })
             .collect::<Result<_>>()?;
         let r = any_t!(step.dt, T => {
-            let tv = T::pick_mut(t).ok_or_else(|| internal(step.what, "in-place target of another dtype"))?;
-            fused_in_place::<T>(p, &xs, pos, tv, label).map(|v| Val::Rw(T::any_mut(v)))
+            // SAFETY: `t` was taken out of the table (see `writable`).
+            let tv = T::pick(&t).and_then(|v| unsafe { writable(v) }).ok_or_else(|| internal(step.what, "in-place target of another dtype"))?;
+            fused_in_place::<T>(p, &xs, pos, tv, label).map(rw)
         });
         r.map_err(|e| e.at(self.plan.model, step.what))
     }
 }
 
-fn placeholder() -> TensorView<'static> {
+fn placeholder<'x>() -> TensorView<'x> {
     TensorView::Bool(ArrayViewD::from_shape(IxDyn(&[0]), &[]).expect("empty view"))
 }
 
-fn arg<'v, 'w>(vals: &'v [Val<'w>], mut i: usize) -> Result<TensorView<'v>> {
+fn arg<'v, 'w>(
+    vals: &'v [Val<'w>],
+    views: &'v [TensorView<'w>],
+    i: usize,
+) -> Result<TensorView<'v>> {
+    arg_ref(vals, views, i).map(|v| v.clone().reborrow())
+}
+
+/// The value of node `i`, borrowed from the table (or the views).
+fn arg_ref<'v, 'w>(
+    vals: &'v [Val<'w>],
+    views: &'v [TensorView<'w>],
+    mut i: usize,
+) -> Result<&'v TensorView<'w>> {
     for _ in 0..vals.len() + 1 {
         match vals.get(i) {
-            Some(Val::Ro(v)) => return Ok(v.clone().reborrow()),
-            Some(Val::Rw(v)) => return Ok(v.view()),
+            Some(Val::Ro(v)) | Some(Val::Rw(v)) => return Ok(v),
+            Some(Val::View(k)) => match views.get(*k) {
+                Some(v) => return Ok(v),
+                None => break,
+            },
             Some(Val::Alias(j)) => i = *j,
             _ => break,
         }
@@ -687,7 +730,7 @@ fn lit_value<T: Elem>(l: prog::Lit) -> T {
 /// (strided or irregular broadcasts) a standard-layout copy kept in `keep`. Operand `skip` (the
 /// output itself, for in-place programs) is a placeholder.
 fn sources<'a>(
-    xs: &'a [TensorView<'_>],
+    xs: &'a [&TensorView<'_>],
     shape: &[usize],
     keep: &'a mut Vec<AnyArray>,
     skip: Option<usize>,
@@ -733,7 +776,7 @@ fn prog_err(what: &str, e: prog::ProgError) -> Error {
 
 fn fused<'d, T: PlanElem + ProgElem>(
     p: &Prog,
-    xs: &[TensorView<'_>],
+    xs: &[&TensorView<'_>],
     d: Dest<'d, T>,
     what: &str,
 ) -> Result<ArrayViewMutD<'d, T>> {
@@ -751,7 +794,7 @@ fn fused<'d, T: PlanElem + ProgElem>(
 
 fn fused_in_place<'w, T: PlanElem + ProgElem>(
     p: &Prog,
-    xs: &[TensorView<'_>],
+    xs: &[&TensorView<'_>],
     pos: usize,
     mut t: ArrayViewMutD<'w, T>,
     what: &str,
@@ -779,7 +822,7 @@ fn fused_mm<'d, T: PlanElem + ProgElem>(
     ta: bool,
     tb: bool,
     p: &Prog,
-    xs: &[TensorView<'_>],
+    xs: &[&TensorView<'_>],
     d: Dest<'d, T>,
 ) -> Result<ArrayViewMutD<'d, T>>
 where
@@ -788,34 +831,34 @@ where
     if xs.len() < 2 {
         return Err(internal("matmul", "fewer than two operands"));
     }
-    let (a, b) = (typed::<T>(&xs[0])?, typed::<T>(&xs[1])?);
-    let others: SmallVec<[&ArrayViewD<'_, T>; 4]> =
-        xs[2..].iter().map(typed::<T>).collect::<Result<_>>()?;
+    let (a, b) = (typed::<T>(xs[0])?, typed::<T>(xs[1])?);
+    let others: SmallVec<[&ArrayViewD<'_, T>; 4]> = xs[2..]
+        .iter()
+        .map(|x| typed::<T>(x))
+        .collect::<Result<_>>()?;
     let err: Mutex<Option<prog::ProgError>> = Mutex::new(None);
     macro_rules! go {
         ($k:literal) => {{
             let o: [&ArrayViewD<'_, T>; $k] = others[..]
                 .try_into()
                 .map_err(|_| internal("matmul", "epilogue operands"))?;
-            let r = ops::matmul_epi_to(
-                a,
-                b,
-                ta,
-                tb,
-                o,
-                d,
-                |acc: &mut [T::Acc], srcs: [Src<'_, T>; $k]| {
-                    let mut args: SmallVec<[Arg<'_>; 6]> = SmallVec::new();
-                    args.push(Arg::Bool(Src::Scalar(false)));
-                    args.extend(srcs.into_iter().map(T::arg));
-                    if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
-                        if let Ok(mut g) = err.lock() {
-                            *g = Some(e);
-                        }
+            let seg = |acc: &mut [T::Acc], srcs: [Src<'_, T>; $k]| {
+                // operand 0 (the product) is the output itself
+                let mut args = [Arg::Bool(Src::Scalar(false)); $k + 1];
+                for (a, s) in args[1..].iter_mut().zip(srcs) {
+                    *a = T::arg(s);
+                }
+                if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
+                    if let Ok(mut g) = err.lock() {
+                        *g = Some(e);
                     }
-                },
-            )?;
-            r
+                }
+            };
+            // the common case without the general layout handling (the same result)
+            match ops::matmul_epi_2d_to(a, b, ta, tb, o, d, &seg) {
+                Ok(r) => r?,
+                Err(d) => ops::matmul_epi_to(a, b, ta, tb, o, d, seg)?,
+            }
         }};
     }
     let r = match others.len() {

@@ -1,0 +1,783 @@
+//! One-pass forms of the most common programs (a bias add with an activation, an activation,
+//! a binary op, the `relu` gradient's `where(x > 0, g, 0)`): [`recognize`] finds them once when
+//! a program is built, [`run`] executes them as one loop per chunk that reads its operands where
+//! they lie and writes the output in place — where the general interpreter makes one pass per
+//! instruction (loads and the store included). The element functions are the interpreter's
+//! (`f32` domain only), so results are bitwise the same.
+
+use super::{src_len, Arg, Dom, EwOp, Ins, Mode, Out, Reg, St};
+use crate::ew::{Src, CH};
+use crate::isa::{self, Isa};
+use crate::scalar::{self as s, Num};
+use crate::vmath;
+use half::{bf16, f16};
+use std::cell::RefCell;
+
+/// An operand of a one-pass program.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Opnd {
+    /// operand `k` of the call (widened to `f32`)
+    Arg(usize),
+    /// an `f32` literal
+    Lit(f32),
+}
+
+/// The one-pass form of a program (all in the `f32` domain).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Fast {
+    /// none: the general interpreter runs it
+    No,
+    /// `post(op(x, y))`; `op: None` is `post(x)`; `post: None` is `op(x, y)`
+    Map {
+        op: Option<EwOp>,
+        post: Option<EwOp>,
+        x: Opnd,
+        y: Opnd,
+    },
+    /// `cmp(x, k) ? y : z`
+    Sel {
+        cmp: EwOp,
+        x: Opnd,
+        k: Opnd,
+        y: Opnd,
+        z: Opnd,
+    },
+}
+
+fn is_bin(op: EwOp) -> bool {
+    matches!(op, EwOp::Add | EwOp::Sub | EwOp::Mul)
+}
+
+fn is_post(op: EwOp) -> bool {
+    matches!(
+        op,
+        EwOp::Relu | EwOp::Gelu | EwOp::GeluTanh | EwOp::Tanh | EwOp::Sigmoid
+    )
+}
+
+fn is_cmp(op: EwOp) -> bool {
+    matches!(op, EwOp::Gt | EwOp::Ge | EwOp::Lt | EwOp::Le)
+}
+
+fn dst(i: &Ins) -> Reg {
+    match i {
+        Ins::Load { dst, .. } | Ins::Lit { dst, .. } | Ins::Conv { dst, .. } => *dst,
+        Ins::Op { dst, .. } => *dst,
+    }
+}
+
+/// The one-pass form of the program `ins` with result `out`, if it is one of the shapes above
+/// and has no other instruction.
+pub(super) fn recognize(ins: &[Ins], out: Reg) -> Fast {
+    let mut used = vec![false; ins.len()];
+    // the instruction defining `r` before instruction `before` (SSA: the only one)
+    let def = |r: Reg, before: usize| ins[..before].iter().rposition(|i| dst(i) == r);
+    let f = (|| -> Option<Fast> {
+        if out.dom != Dom::F32 {
+            return None;
+        }
+        let opnd = |r: Reg, before: usize, used: &mut Vec<bool>| -> Option<Opnd> {
+            if r.dom != Dom::F32 {
+                return None;
+            }
+            let k = def(r, before)?;
+            let o = match ins[k] {
+                Ins::Load { arg, .. } => Opnd::Arg(arg),
+                Ins::Lit {
+                    lit: super::Lit::F32(v),
+                    ..
+                } => Opnd::Lit(v),
+                _ => return None,
+            };
+            used[k] = true;
+            Some(o)
+        };
+        let op_at = |r: Reg, before: usize| -> Option<(usize, EwOp, Dom, [Reg; 3])> {
+            let k = def(r, before)?;
+            match ins[k] {
+                Ins::Op { op, dom, args, .. } => Some((k, op, dom, args)),
+                _ => None,
+            }
+        };
+        let (k0, op0, dom0, a0) = op_at(out, ins.len())?;
+        if dom0 != Dom::F32 {
+            return None;
+        }
+        used[k0] = true;
+        if is_post(op0) {
+            if let Some(x) = opnd(a0[0], k0, &mut used) {
+                return Some(Fast::Map {
+                    op: None,
+                    post: Some(op0),
+                    x,
+                    y: x,
+                });
+            }
+            let (k1, op1, dom1, a1) = op_at(a0[0], k0)?;
+            if dom1 != Dom::F32 || !is_bin(op1) {
+                return None;
+            }
+            used[k1] = true;
+            let x = opnd(a1[0], k1, &mut used)?;
+            let y = opnd(a1[1], k1, &mut used)?;
+            Some(Fast::Map {
+                op: Some(op1),
+                post: Some(op0),
+                x,
+                y,
+            })
+        } else if is_bin(op0) {
+            let x = opnd(a0[0], k0, &mut used)?;
+            let y = opnd(a0[1], k0, &mut used)?;
+            Some(Fast::Map {
+                op: Some(op0),
+                post: None,
+                x,
+                y,
+            })
+        } else if op0 == EwOp::Where {
+            if a0[0].dom != Dom::Bool {
+                return None;
+            }
+            let (k1, cmp, dom1, a1) = op_at(a0[0], k0)?;
+            if dom1 != Dom::F32 || !is_cmp(cmp) {
+                return None;
+            }
+            used[k1] = true;
+            let x = opnd(a1[0], k1, &mut used)?;
+            let k = opnd(a1[1], k1, &mut used)?;
+            let y = opnd(a0[1], k0, &mut used)?;
+            let z = opnd(a0[2], k0, &mut used)?;
+            Some(Fast::Sel { cmp, x, k, y, z })
+        } else {
+            None
+        }
+    })();
+    match f {
+        Some(f) if used.iter().all(|&u| u) => f,
+        _ => Fast::No,
+    }
+}
+
+/// How the output buffer's values are rounded when read and written (a matmul epilogue of a
+/// narrow type holds `f32` accumulators).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Round {
+    No,
+    Bf16,
+    F16,
+}
+
+/// Where the operand of a slot comes from.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    /// the output buffer itself (read before it is written, element by element)
+    Out,
+    /// an `f32` slice read in place
+    Direct(&'a [f32]),
+    /// a constant, filled into the slot's register once
+    Const,
+    /// gathered (broadcast pattern, widening) into the slot's register per chunk
+    Gather(Arg<'a>),
+    /// the output buffer copied into the slot's register per chunk (a second use of it)
+    OutCopy,
+    /// a slot the program does not read
+    Unused,
+    /// a `bf16` slice read in place and widened in the pass (the second slot of a `Map` over
+    /// the output: a narrow epilogue's bias)
+    Bf16(&'a [bf16]),
+    /// as `Bf16`, for `f16`
+    F16(&'a [f16]),
+}
+
+/// Slot registers (thread-local scratch).
+struct Regs([[f32; CH]; 4]);
+
+thread_local! {
+    static REGS: RefCell<Regs> = const { RefCell::new(Regs([[0.0; CH]; 4])) };
+}
+
+/// Runs `f` over `out` when it is a one-pass program and the operands suit it (`f32` output,
+/// operands of the `f32` domain of the right lengths); otherwise gives `out` back for the
+/// general interpreter (which also reports every malformed case).
+pub(super) fn run<'o>(f: Fast, args: &[Arg<'_>], out: Out<'o>, mode: Mode) -> Result<(), Out<'o>> {
+    let slots: [Opnd; 4] = match f {
+        Fast::No => return Err(out),
+        Fast::Map { x, y, .. } => [x, y, Opnd::Lit(0.0), Opnd::Lit(0.0)],
+        Fast::Sel { x, k, y, z, .. } => [x, k, y, z],
+    };
+    let o = match out {
+        Out::F32(o) => o,
+        out => return Err(out),
+    };
+    let round = match mode {
+        Mode::Plain | Mode::InPlace(_) | Mode::Epilogue(St::F32) => Round::No,
+        Mode::Epilogue(St::BF16) => Round::Bf16,
+        Mode::Epilogue(St::F16) => Round::F16,
+        Mode::Epilogue(_) => return Err(Out::F32(o)),
+    };
+    let n = o.len();
+    let out_k = mode.out_operand();
+    let mut kinds = [Kind::Const; 4];
+    let mut consts = [0f32; 4];
+    let mut p = 4;
+    let used = if matches!(f, Fast::Map { .. }) { 2 } else { 4 };
+    for (q, s) in slots.iter().enumerate() {
+        if q >= used {
+            kinds[q] = Kind::Unused;
+            continue;
+        }
+        let k = match *s {
+            Opnd::Lit(v) => {
+                consts[q] = v;
+                continue;
+            }
+            Opnd::Arg(k) => k,
+        };
+        if Some(k) == out_k {
+            if p == 4 {
+                p = q;
+                kinds[q] = Kind::Out;
+            } else {
+                kinds[q] = Kind::OutCopy;
+            }
+            continue;
+        }
+        let Some(a) = args.get(k) else {
+            return Err(Out::F32(o));
+        };
+        let (len, full) = match a {
+            Arg::F32(s) => src_len(s),
+            Arg::F16(s) => src_len(s),
+            Arg::BF16(s) => src_len(s),
+            _ => return Err(Out::F32(o)),
+        };
+        if n > 0 && ((full && len < n) || (!full && len == 0)) {
+            return Err(Out::F32(o));
+        }
+        kinds[q] = match *a {
+            Arg::F32(Src::Full(x)) => Kind::Direct(x),
+            Arg::F32(Src::Scalar(v)) => {
+                consts[q] = v;
+                Kind::Const
+            }
+            Arg::F16(Src::Scalar(v)) => {
+                consts[q] = v.to_f32();
+                Kind::Const
+            }
+            Arg::BF16(Src::Scalar(v)) => {
+                consts[q] = v.to_f32();
+                Kind::Const
+            }
+            Arg::BF16(Src::Full(y)) if q == 1 && p == 0 && used == 2 => Kind::Bf16(y),
+            Arg::F16(Src::Full(y)) if q == 1 && p == 0 && used == 2 => Kind::F16(y),
+            a => Kind::Gather(a),
+        };
+    }
+    // no scratch registers needed: skip the thread-local
+    if kinds.iter().all(|k| {
+        matches!(
+            k,
+            Kind::Out | Kind::Direct(_) | Kind::Unused | Kind::Bf16(_) | Kind::F16(_)
+        )
+    }) {
+        let mut none = NoRegs;
+        dispatch(f, &kinds, &consts, p, round, o, &mut none);
+        return Ok(());
+    }
+    REGS.with(|r| {
+        let mut fresh;
+        let mut guard = r.try_borrow_mut();
+        let regs: &mut Regs = match guard.as_mut() {
+            Ok(g) => g,
+            Err(_) => {
+                fresh = Box::new(Regs([[0.0; CH]; 4]));
+                &mut fresh
+            }
+        };
+        dispatch(f, &kinds, &consts, p, round, o, regs)
+    });
+    Ok(())
+}
+
+/// [`drive`] on the active ISA.
+fn dispatch<R: Scratch>(
+    f: Fast,
+    kinds: &[Kind<'_>; 4],
+    consts: &[f32; 4],
+    p: usize,
+    round: Round,
+    o: &mut [f32],
+    regs: &mut R,
+) {
+    match isa::active() {
+        // SAFETY: `active` only returns levels the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { drive_avx512(f, kinds, consts, p, round, o, regs) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { drive_avx2(f, kinds, consts, p, round, o, regs) },
+        _ => drive(f, kinds, consts, p, round, o, regs),
+    }
+}
+
+/// What a slot reads when it needs no register (never read: [`pass`] only slices it).
+static UNUSED: [f32; CH] = [0.0; CH];
+
+/// Scratch registers of the slots: [`Regs`], or none when every slot reads in place.
+trait Scratch {
+    /// register `q`, writable (`None` for [`NoRegs`])
+    fn reg(&mut self, q: usize) -> Option<&mut [f32; CH]>;
+    /// register `q` ([`UNUSED`] for [`NoRegs`])
+    fn get(&self, q: usize) -> &[f32; CH];
+}
+
+impl Scratch for Regs {
+    #[inline(always)]
+    fn reg(&mut self, q: usize) -> Option<&mut [f32; CH]> {
+        Some(&mut self.0[q])
+    }
+    #[inline(always)]
+    fn get(&self, q: usize) -> &[f32; CH] {
+        &self.0[q]
+    }
+}
+
+/// No registers (every slot reads in place or is unused).
+struct NoRegs;
+
+impl Scratch for NoRegs {
+    #[inline(always)]
+    fn reg(&mut self, _: usize) -> Option<&mut [f32; CH]> {
+        None
+    }
+    #[inline(always)]
+    fn get(&self, _: usize) -> &[f32; CH] {
+        &UNUSED
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn drive_avx512<R: Scratch>(
+    f: Fast,
+    kinds: &[Kind<'_>; 4],
+    consts: &[f32; 4],
+    p: usize,
+    round: Round,
+    o: &mut [f32],
+    regs: &mut R,
+) {
+    drive(f, kinds, consts, p, round, o, regs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn drive_avx2<R: Scratch>(
+    f: Fast,
+    kinds: &[Kind<'_>; 4],
+    consts: &[f32; 4],
+    p: usize,
+    round: Round,
+    o: &mut [f32],
+    regs: &mut R,
+) {
+    drive(f, kinds, consts, p, round, o, regs)
+}
+
+#[inline(always)]
+fn round_in_place(o: &mut [f32], round: Round) {
+    match round {
+        Round::No => {}
+        Round::Bf16 => o.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32()),
+        Round::F16 => o.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32()),
+    }
+}
+
+#[inline(always)]
+fn drive<R: Scratch>(
+    f: Fast,
+    kinds: &[Kind<'_>; 4],
+    consts: &[f32; 4],
+    p: usize,
+    round: Round,
+    o: &mut [f32],
+    regs: &mut R,
+) {
+    let total = o.len();
+    for q in 0..4 {
+        if let (Kind::Const, Some(r)) = (kinds[q], regs.reg(q)) {
+            r[..CH.min(total)].fill(consts[q]);
+        }
+    }
+    // (the rounding of a narrow epilogue stays in passes of its own: inside the pass it costs
+    // more, measured on bf16 `bench_mlp`)
+    let mut start = 0;
+    while start < total {
+        let n = CH.min(total - start);
+        let d = &mut o[start..start + n];
+        round_in_place(d, round);
+        for (q, k) in kinds.iter().enumerate() {
+            match (*k, regs.reg(q)) {
+                (Kind::Gather(a), Some(r)) => super::load_f32(&a, r, start, n),
+                (Kind::OutCopy, Some(r)) => r[..n].copy_from_slice(d),
+                _ => {}
+            }
+        }
+        let src = |q: usize| -> &[f32] {
+            match kinds[q] {
+                Kind::Direct(x) => &x[start..start + n],
+                _ => &regs.get(q)[..n],
+            }
+        };
+        let s = [src(0), src(1), src(2), src(3)];
+        match kinds[1] {
+            Kind::Bf16(y) => kernel_narrow(f, d, &y[start..start + n], |v: bf16| v.to_f32()),
+            Kind::F16(y) => kernel_narrow(f, d, &y[start..start + n], |v: f16| v.to_f32()),
+            _ => kernel(f, p, d, s),
+        }
+        round_in_place(d, round);
+        start += n;
+    }
+}
+
+/// `d[i] = f(slot values at i)`, slot `P` (`< 4`) being `d` itself.
+#[inline(always)]
+fn pass<const P: usize>(d: &mut [f32], s: [&[f32]; 4], f: impl Fn(f32, f32, f32, f32) -> f32) {
+    let n = d.len();
+    let (a, b, c, e) = (&s[0][..n], &s[1][..n], &s[2][..n], &s[3][..n]);
+    for i in 0..n {
+        let o = d[i];
+        let v0 = if P == 0 { o } else { a[i] };
+        let v1 = if P == 1 { o } else { b[i] };
+        let v2 = if P == 2 { o } else { c[i] };
+        let v3 = if P == 3 { o } else { e[i] };
+        d[i] = f(v0, v1, v2, v3);
+    }
+}
+
+/// [`pass`] for programs of two slots.
+#[inline(always)]
+fn pass2(p: usize, d: &mut [f32], s: [&[f32]; 4], f: impl Fn(f32, f32, f32, f32) -> f32) {
+    match p {
+        0 => pass::<0>(d, s, f),
+        1 => pass::<1>(d, s, f),
+        _ => pass::<4>(d, s, f),
+    }
+}
+
+/// [`pass`] for programs of four slots.
+#[inline(always)]
+fn pass4(p: usize, d: &mut [f32], s: [&[f32]; 4], f: impl Fn(f32, f32, f32, f32) -> f32) {
+    match p {
+        0 => pass::<0>(d, s, f),
+        1 => pass::<1>(d, s, f),
+        2 => pass::<2>(d, s, f),
+        3 => pass::<3>(d, s, f),
+        _ => pass::<4>(d, s, f),
+    }
+}
+
+/// `d[i] = f(d[i], w(y[i]))`.
+#[inline(always)]
+fn pass_narrow<Y: Copy>(d: &mut [f32], y: &[Y], w: impl Fn(Y) -> f32, f: impl Fn(f32, f32) -> f32) {
+    let n = d.len();
+    let y = &y[..n];
+    for i in 0..n {
+        d[i] = f(d[i], w(y[i]));
+    }
+}
+
+/// One chunk of a `Map` over the output (slot 0) and a narrow operand `y` (slot 1) widened by
+/// `w` (the element functions of [`kernel`]).
+#[inline(always)]
+fn kernel_narrow<Y: Copy>(f: Fast, d: &mut [f32], y: &[Y], w: impl Fn(Y) -> f32) {
+    use EwOp::*;
+    let Fast::Map { op, post, .. } = f else {
+        return;
+    };
+    macro_rules! post {
+        ($g:expr) => {
+            match op {
+                None => pass_narrow(d, y, w, |x, _| $g(x)),
+                Some(Add) => pass_narrow(d, y, w, |x, y| $g(Num::add(x, y))),
+                Some(Sub) => pass_narrow(d, y, w, |x, y| $g(Num::sub(x, y))),
+                Some(Mul) => pass_narrow(d, y, w, |x, y| $g(Num::mul(x, y))),
+                _ => {}
+            }
+        };
+    }
+    match post {
+        None => post!(|v: f32| v),
+        Some(Relu) => post!(|v: f32| s::relu(v)),
+        Some(Gelu) => post!(vmath::gelu_erf),
+        Some(GeluTanh) => post!(vmath::gelu_tanh),
+        Some(Tanh) => post!(vmath::tanh),
+        Some(Sigmoid) => post!(vmath::sigmoid),
+        _ => {}
+    }
+}
+
+/// One chunk of `f` (the element functions of the interpreter's `f32` domain).
+#[inline(always)]
+fn kernel(f: Fast, p: usize, d: &mut [f32], s: [&[f32]; 4]) {
+    use EwOp::*;
+    match f {
+        Fast::No => {}
+        Fast::Map { op, post, .. } => {
+            macro_rules! post {
+                ($g:expr) => {
+                    match op {
+                        None => pass2(p, d, s, |x, _, _, _| $g(x)),
+                        Some(Add) => pass2(p, d, s, |x, y, _, _| $g(Num::add(x, y))),
+                        Some(Sub) => pass2(p, d, s, |x, y, _, _| $g(Num::sub(x, y))),
+                        Some(Mul) => pass2(p, d, s, |x, y, _, _| $g(Num::mul(x, y))),
+                        _ => {}
+                    }
+                };
+            }
+            match post {
+                None => post!(|v: f32| v),
+                Some(Relu) => post!(|v: f32| s::relu(v)),
+                Some(Gelu) => post!(vmath::gelu_erf),
+                Some(GeluTanh) => post!(vmath::gelu_tanh),
+                Some(Tanh) => post!(vmath::tanh),
+                Some(Sigmoid) => post!(vmath::sigmoid),
+                _ => {}
+            }
+        }
+        Fast::Sel { cmp, .. } => match cmp {
+            Gt => pass4(p, d, s, |x, k, y, z| if x > k { y } else { z }),
+            Ge => pass4(p, d, s, |x, k, y, z| if x >= k { y } else { z }),
+            Lt => pass4(p, d, s, |x, k, y, z| if x < k { y } else { z }),
+            Le => pass4(p, d, s, |x, k, y, z| if x <= k { y } else { z }),
+            _ => {}
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{run, run_general, Builder, Lit, Prog};
+    use super::*;
+
+    const Z: [Lit; 2] = [Lit::F32(0.0); 2];
+
+    fn data(n: usize, seed: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.731 + seed).sin() * 3.0)
+            .map(|v| if v.abs() < 0.2 { 0.0 } else { v })
+            .collect()
+    }
+
+    /// Runs `prog` through its one-pass form and through the interpreter on every ISA, from the
+    /// same initial output `init`; asserts the one-pass form was taken and the bits agree.
+    fn same(prog: &Prog, args: &[Arg<'_>], mode: Mode, init: &[f32]) -> Vec<f32> {
+        assert_ne!(prog.fast, Fast::No, "{:?}", prog.ins);
+        let mut first: Option<Vec<f32>> = None;
+        for isa in Isa::available() {
+            let (mut a, mut b) = (init.to_vec(), init.to_vec());
+            isa::with_isa(isa, || {
+                assert!(super::run(prog.fast, args, Out::F32(&mut a), mode).is_ok());
+                run_general(prog, args, Out::F32(&mut b), mode).unwrap();
+            });
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{isa:?} {:?} {mode:?}", prog.fast);
+            if let Some(f) = first.as_deref() {
+                assert_eq!(bits(f), bits(&a), "{isa:?} differs from the first ISA");
+            }
+            first = Some(a);
+        }
+        first.unwrap_or_default()
+    }
+
+    fn map(op: Option<EwOp>, post: Option<EwOp>, lit_y: Option<f32>) -> Prog {
+        let mut b = Builder::default();
+        let x = b.load(0, St::F32);
+        let mut r = x;
+        if let Some(op) = op {
+            let y = match lit_y {
+                Some(v) => b.lit(Lit::F32(v)),
+                None => b.load(1, St::F32),
+            };
+            r = b.op(op, Dom::F32, &[x, y], Z);
+        }
+        if let Some(p) = post {
+            r = b.op(p, Dom::F32, &[r], Z);
+        }
+        b.finish(r)
+    }
+
+    /// `where(cmp(load a, 0), load c, literal)`
+    fn sel(cmp: EwOp, a: usize, c: usize) -> Prog {
+        let mut b = Builder::default();
+        let x = b.load(a, St::F32);
+        let k = b.lit(Lit::F32(0.0));
+        let m = b.op(cmp, Dom::F32, &[x, k], Z);
+        let y = if c == a { x } else { b.load(c, St::F32) };
+        let z = b.lit(Lit::F32(-0.5));
+        let w = b.op(EwOp::Where, Dom::F32, &[m, y, z], Z);
+        b.finish(w)
+    }
+
+    #[test]
+    fn bias_and_activation_maps_match_the_interpreter() {
+        use EwOp::*;
+        let n = 1000;
+        let (x, y) = (data(n, 0.3), data(n, 1.7));
+        let row = data(13, 2.1);
+        let zero = vec![0f32; n];
+        for op in [None, Some(Add), Some(Sub), Some(Mul)] {
+            for post in [
+                None,
+                Some(Relu),
+                Some(Gelu),
+                Some(GeluTanh),
+                Some(Tanh),
+                Some(Sigmoid),
+            ] {
+                if op.is_none() && post.is_none() {
+                    continue;
+                }
+                let p = map(op, post, None);
+                let full = [Arg::F32(Src::Full(&x)), Arg::F32(Src::Full(&y))];
+                same(&p, &full, Mode::Plain, &zero);
+                let bcast = [Arg::F32(Src::Row(&row)), Arg::F32(Src::Col(&row, 7))];
+                same(&p, &bcast, Mode::Plain, &zero);
+                let scalar = [Arg::F32(Src::Full(&x)), Arg::F32(Src::Scalar(0.25))];
+                same(&p, &scalar, Mode::Plain, &zero[..7]);
+                // the output as either operand
+                same(&p, &full, Mode::InPlace(0), &y);
+                same(&p, &full, Mode::InPlace(1), &y);
+                if op.is_some() {
+                    same(&map(op, post, Some(-0.75)), &full, Mode::Plain, &zero);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn relu_of_a_bias_add_by_hand() {
+        let x = [1.0f32, -2.0, 0.5, -0.25];
+        let bias = [0.5f32, 1.0];
+        let got = same(
+            &map(Some(EwOp::Add), Some(EwOp::Relu), None),
+            &[Arg::F32(Src::Full(&x)), Arg::F32(Src::Row(&bias))],
+            Mode::Plain,
+            &[0.0; 4],
+        );
+        assert_eq!(got, vec![1.5, 0.0, 1.0, 0.75]);
+    }
+
+    #[test]
+    fn epilogues_round_like_the_interpreter() {
+        let n = 700;
+        let acc = data(n, 0.9);
+        let bias = data(n, 4.2);
+        let half_bias: Vec<bf16> = bias.iter().map(|&v| bf16::from_f32(v)).collect();
+        let f16_bias: Vec<f16> = bias.iter().map(|&v| f16::from_f32(v)).collect();
+        let relu_add = map(Some(EwOp::Add), Some(EwOp::Relu), None);
+        let dummy = Arg::F32(Src::Scalar(0.0));
+        for st in [St::F32, St::BF16, St::F16] {
+            let b = match st {
+                St::BF16 => Arg::BF16(Src::Full(&half_bias)),
+                St::F16 => Arg::F16(Src::Full(&f16_bias)),
+                _ => Arg::F32(Src::Full(&bias)),
+            };
+            same(&relu_add, &[dummy, b], Mode::Epilogue(st), &acc);
+            // every map over the product and a (narrow) operand read in place
+            for op in [Some(EwOp::Add), Some(EwOp::Sub), Some(EwOp::Mul)] {
+                for post in [
+                    None,
+                    Some(EwOp::Gelu),
+                    Some(EwOp::Tanh),
+                    Some(EwOp::Sigmoid),
+                ] {
+                    same(&map(op, post, None), &[dummy, b], Mode::Epilogue(st), &acc);
+                }
+            }
+            // the product is operand 0; a narrow operand in slot 0 is gathered
+            let mut bld = Builder::default();
+            let y = bld.load(1, st);
+            let x = bld.load(0, st);
+            let r = bld.op(EwOp::Sub, Dom::F32, &[y, x], Z);
+            same(&bld.finish(r), &[dummy, b], Mode::Epilogue(st), &acc);
+            // the relu gradient: where(x > 0, product, -0.5), and the product as both operands
+            same(&sel(EwOp::Gt, 1, 0), &[dummy, b], Mode::Epilogue(st), &acc);
+            same(&sel(EwOp::Le, 0, 0), &[dummy, b], Mode::Epilogue(st), &acc);
+        }
+        // by hand: bf16 rounding of the accumulator before and after
+        let r = |v: f32| bf16::from_f32(v).to_f32();
+        let mut a = vec![1.0039f32, -2.0];
+        let b = [bf16::from_f32(0.5)];
+        run(
+            &relu_add,
+            &[dummy, Arg::BF16(Src::Scalar(b[0]))],
+            Out::F32(&mut a),
+            Mode::Epilogue(St::BF16),
+        )
+        .unwrap();
+        assert_eq!(a, vec![r(r(1.0039) + 0.5), 0.0]);
+    }
+
+    #[test]
+    fn selects_match_the_interpreter() {
+        let n = 1000;
+        let (x, y) = (data(n, 0.1), data(n, 2.2));
+        let col = data(9, 0.4);
+        let zero = vec![0f32; n];
+        for cmp in [EwOp::Gt, EwOp::Ge, EwOp::Lt, EwOp::Le] {
+            let p = sel(cmp, 0, 1);
+            let full = [Arg::F32(Src::Full(&x)), Arg::F32(Src::Full(&y))];
+            same(&p, &full, Mode::Plain, &zero);
+            same(&p, &full, Mode::InPlace(0), &y);
+            same(&p, &full, Mode::InPlace(1), &x);
+            let b = [Arg::F32(Src::Col(&col, 11)), Arg::F32(Src::Full(&y))];
+            same(&p, &b, Mode::Plain, &zero);
+        }
+        // by hand
+        let got = same(
+            &sel(EwOp::Gt, 0, 1),
+            &[
+                Arg::F32(Src::Full(&[1.0, -1.0, 0.0])),
+                Arg::F32(Src::Full(&[5.0, 6.0, 7.0])),
+            ],
+            Mode::Plain,
+            &[0.0; 3],
+        );
+        assert_eq!(got, vec![5.0, -0.5, -0.5]);
+    }
+
+    #[test]
+    fn other_shapes_are_left_to_the_interpreter() {
+        let mut b = Builder::default();
+        let x = b.load(0, St::F32);
+        let y = b.load(1, St::F32);
+        let s = b.op(EwOp::Add, Dom::F32, &[x, y], Z);
+        let r = b.op(EwOp::Relu, Dom::F32, &[s], Z);
+        let m = b.op(EwOp::Mul, Dom::F32, &[r, y], Z);
+        assert_eq!(b.finish(m).fast, Fast::No);
+        // an unused instruction
+        let mut b = Builder::default();
+        let x = b.load(0, St::F32);
+        let _ = b.load(1, St::F32);
+        let r = b.op(EwOp::Relu, Dom::F32, &[x], Z);
+        assert_eq!(b.finish(r).fast, Fast::No);
+        // f64
+        let mut b = Builder::default();
+        let x = b.load(0, St::F64);
+        let r = b.op(EwOp::Relu, Dom::F64, &[x], Z);
+        assert_eq!(b.finish(r).fast, Fast::No);
+        // an f16 output runs in the interpreter, with the same result
+        let p = map(None, Some(EwOp::Relu), None);
+        let x = [1.5f32, -1.0];
+        let mut o = [f16::ZERO; 2];
+        run(
+            &p,
+            &[Arg::F32(Src::Full(&x))],
+            Out::F16(&mut o),
+            Mode::Plain,
+        )
+        .unwrap();
+        assert_eq!(o, [f16::from_f32(1.5), f16::ZERO]);
+    }
+}
