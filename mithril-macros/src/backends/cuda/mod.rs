@@ -30,6 +30,7 @@
 //! [`Mixed`] only as a `DeviceSide` made by the driver ([`super::generate`]).
 
 mod api;
+mod cx;
 mod gradients;
 pub(crate) mod kernel_text;
 mod launch;
