@@ -1,5 +1,6 @@
 //! One node's lowering (an owned `DeviceTensor` expression: a generated kernel's launch or a
-//! `mithril::rt::cuda` call) and a whole graph's body: shape checks, node code, outputs.
+//! `mithril::rt::cuda` call; a primitive's by its family, `Prim::cuda`) and a whole graph's body:
+//! shape checks, node code, outputs.
 
 use super::cx::NodeCx;
 use super::{p_name, rt, Ctx, CudaGen, SUPPORTED};
