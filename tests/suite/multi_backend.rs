@@ -64,6 +64,18 @@ mithril! {
     };
     /// ... and on a cuda model.
     pub compile EncGpuFile = Enc { backend: cuda, file_path: "target/mithril-test/enc_gpu.rs" };
+
+    /// The encoder, then a `reshape` to a symbolic batch dim and an `arange` whose length is
+    /// the input's batch size: with `enc` on cuda, both are per-op Rust on the host (their
+    /// families' `call`, with the run-time dims).
+    pub model Frames {
+        input x: f32[B, 16];
+        let enc = Enc(x);
+        output y = reshape(enc, [B, 4, 8]).sum(axis = 2);
+        output r = arange(B);
+    }
+    /// `enc` on cuda; the reshape, the sum and the arange on the CPU.
+    pub compile FramesEncGpu = Frames { backend_map: { "enc": cuda } };
 }
 
 /// The summary row of the first op whose op column starts with `op`.
@@ -143,6 +155,30 @@ fn the_summary_shows_each_ops_backend_and_the_transfers() {
     // a backend_map that agrees with `backend` leaves a plain model: no column, no line
     assert!(!NetAllCpu::SUMMARY.contains("backends ("));
     assert!(!NetAllCpu::SUMMARY.contains("host -> cuda"));
+}
+
+#[test]
+fn a_host_reshape_and_arange_of_run_time_dims_stay_on_the_cpu() {
+    let s = FramesEncGpu::SUMMARY;
+    say(s);
+    assert_eq!(
+        backend(row(s, "matmul(b^T)+epilogue[relu(")),
+        "cuda -> cpu",
+        "{s}"
+    );
+    assert_eq!(backend(row(s, "reshape")), "cpu", "{s}");
+    assert_eq!(backend(row(s, "arange")), "cpu", "{s}");
+    if cuda::gpu_status().is_ok() {
+        return; // evaluated in gpu_mixed_models_match_the_all_cpu_model
+    }
+    let e = FramesEncGpu::new()
+        .map(|_| ())
+        .expect_err("no gpu")
+        .to_string();
+    assert!(
+        e.contains("`FramesEncGpu` (backend_map: enc on cuda) cannot open CUDA device"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -362,4 +398,18 @@ fn gpu_mixed_models_match_the_all_cpu_model() {
         "NetTrainEncGpu gradients vs CPU: max rel diff {d:e}"
     ));
     assert!(d < F32_TOL, "{d}");
+
+    // a host reshape to [B, 4, 8] and arange(B) after the encoder on cuda
+    let cpu_f = Frames::new().unwrap();
+    let want = cpu_f
+        .evaluate(&cpu_f.randomize_params(5), FramesInputs { x: x.view() })
+        .unwrap();
+    let m = FramesEncGpu::new().unwrap();
+    let got = m
+        .evaluate(&m.randomize_params(5), FramesEncGpuInputs { x: x.view() })
+        .unwrap();
+    assert_eq!(got.y.shape(), &[9, 4]);
+    let d = max_rel_diff(&got.y, &want.y);
+    assert!(d < F32_TOL, "{d}");
+    assert_eq!(got.r.to_vec(), (0..9).collect::<Vec<i64>>());
 }

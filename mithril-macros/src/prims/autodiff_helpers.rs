@@ -5,14 +5,15 @@
 //! ops in `ops/grad.rs`).
 
 use super::attrs::{AttrVal, Sig};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::linalg::square_shape;
 use super::plan::{self as pt, PlanCx};
 use super::rules::{broadcast, float_only, ArgDt};
 use super::shape::slice_arg_tokens;
-use super::Family;
-use crate::ir::{DType, Env, NodeId, Shape, DT};
-use crate::prims::Prim;
+use super::{CallCx, Family};
+use crate::ir::{DType, Env, FExpr, NodeId, Shape, DT};
+use crate::prims::{storage_type, Prim};
 use proc_macro2::TokenStream;
 use quote::quote;
 
@@ -20,6 +21,43 @@ use quote::quote;
 pub struct Rules;
 
 impl Family for Rules {
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        let c = cuda::rt();
+        Ok(match p {
+            Prim::ReshapeLike => {
+                // a reshape to the second operand's shape
+                let rl = cx.r(1);
+                cx.reshape_to(0, quote!(#rl.shape().iter().map(|&d| d as isize).collect()))
+            }
+            Prim::TakeAlongGrad => {
+                cuda::float3(cx.dt(0), "take_along's gradient")?;
+                let idx = cx.index_i64(1)?;
+                let (rg, rl) = (cx.r(0), cx.r(2));
+                quote!(#c::exec::take_along_backward(__dev, #rg, #idx, #rl.shape())?)
+            }
+            Prim::SizeRatio => {
+                let ty = storage_type(cx.out_dt());
+                let (ra, rb) = (cx.r(0), cx.r(1));
+                quote!(#c::exec::size_ratio::<#ty>(__dev, #ra, #rb)?)
+            }
+            Prim::BroadcastLike => {
+                // a generated kernel reading the operand broadcast to the second one's shape
+                let out_dims = cx.out_dims()?;
+                let op = cx.operand(0)?;
+                let rl = cx.r(1);
+                let t = cx.out_dt();
+                cx.fused_launch(
+                    &FExpr::Arg(0),
+                    &[op],
+                    &out_dims,
+                    t,
+                    quote!(#rl.shape().to_vec()),
+                )?
+            }
+            _ => return Err("there is no CUDA kernel for it yet".into()),
+        })
+    }
+
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
         Ok(match p {
             Prim::EighVectors => "eigh_vectors".into(),
@@ -107,17 +145,11 @@ impl Family for Rules {
         }
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        _: &[DType],
-        out_rust: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        let (a, out_rust, d) = (cx.a, cx.out_rust, cx.d);
         let ops = quote!(::mithril::rt::ops);
         let x = &a[0];
-        match p {
+        Ok(cx.checked(match p {
             Prim::EighVectors => quote!(#ops::eigh_vectors_to(&#x, #d)),
             Prim::BroadcastLike => {
                 let y = &a[1];
@@ -154,7 +186,7 @@ impl Family for Rules {
                 let axis = *axis as isize;
                 quote!(#ops::concat_part_to(&#x, &[#(#parts.shape()),*], #axis, #k, #d))
             }
-            _ => quote!(compile_error!("internal: no call lowering")),
-        }
+            _ => return Err("internal: no call lowering".into()),
+        }))
     }
 }

@@ -1,12 +1,12 @@
 //! Constructors: `arange` (no tensor inputs; its length may be a symbolic dim) and
-//! `zeros_like` / `ones_like`. CPU: `mithril::rt::ops::full_like_to`; `arange` lowers in codegen
-//! (its length may be known only at run time).
+//! `zeros_like` / `ones_like`. CPU: `mithril::rt::ops::full_like_to` / `arange_to` (`arange`'s
+//! length may be known only at run time: the generator's run-time dims, through the contexts).
 
 use super::attrs::{get, sig, AttrVal, Sig, UN};
 use super::grad::Builder;
 use super::plan::{self as pt, PlanCx};
 use super::rules::ArgDt;
-use super::Family;
+use super::{CallCx, Family};
 use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};
 use crate::prims::Prim;
 use proc_macro2::TokenStream;
@@ -95,25 +95,25 @@ impl Family for Rules {
         }
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        _: &[DType],
-        _: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
         let ops = quote!(::mithril::rt::ops);
-        let x = a.first().cloned().unwrap_or_default();
+        let d = cx.d;
         match p {
             Prim::FullLike(v) => {
+                let x = cx.a.first().cloned().unwrap_or_default();
                 let v = *v;
-                quote!(#ops::full_like_to(&#x, #v, #d))
+                Ok(cx.checked(quote!(#ops::full_like_to(&#x, #v, #d))))
             }
-            _ => {
-                // the length is computed by codegen (it may be symbolic)
-                quote!(compile_error!("internal: arange lowers in codegen"))
+            Prim::Arange { start, step, .. } => {
+                // the length may be symbolic: its run-time value
+                let (start, step) = (*start, *step);
+                let s = cx.shape.ok_or("arange: no shape")?;
+                let len = s.dims.first().and_then(|d| (cx.dim)(d)).ok_or(
+                    "arange: its length is not known at run time (use a symbol of an input's shape)",
+                )?;
+                Ok(quote!(#ops::arange_to(#start, #step, (#len) as usize, #d)?))
             }
+            _ => Err("internal: no call lowering".into()),
         }
     }
 }

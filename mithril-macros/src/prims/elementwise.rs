@@ -4,12 +4,13 @@
 //! the `mt_*` device functions of `backends::cuda::kernel_text::FUSED_PRELUDE`) on CUDA.
 
 use super::attrs::{float_attr, get, sig, AttrVal, Sig, BIN, UN};
+use super::cuda::CudaCx;
 use super::grad::Builder;
 use super::lower::{acc_dtype, c_literal, literal};
 use super::plan::{self as pt, PlanCx};
 use super::rules::{broadcast, common, dt_names, float_only, known, promote, ArgDt};
 use super::Family;
-use crate::ir::{DType, Env, NodeId, Scalar, Shape, DT};
+use crate::ir::{DType, Env, FExpr, NodeId, Scalar, Shape, DT};
 use crate::prims::Prim;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -64,6 +65,23 @@ const NAMES: &[&str] = &[
 ];
 
 impl Family for Rules {
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        // one generated kernel: the op's C expression (`scalar_c`) over its broadcast operands
+        let n = cx.n_args();
+        let arg_dts: Vec<DType> = (0..n).map(|k| cx.dt(k)).collect();
+        let out = cx.out_dt();
+        let e = FExpr::Op(
+            p.clone(),
+            (0..n).map(FExpr::Arg).collect(),
+            out,
+            p.compute_dtype(&arg_dts, out),
+        );
+        let ops = (0..n)
+            .map(|k| cx.operand(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        cx.elementwise(&e, &ops)
+    }
+
     fn plan(&self, p: &Prim, cx: &PlanCx<'_>) -> Result<String, String> {
         let t = cx.out;
         let z = || pt::lit(Scalar::Float(0.0), t);

@@ -3,10 +3,11 @@
 //! gradients are the scatter ops of `autodiff_helpers`.
 
 use super::attrs::{get, int_attr, AttrVal, Sig};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::PlanCx;
 use super::rules::{dt_names, fixed, known, norm_axis, ArgDt};
-use super::Family;
+use super::{CallCx, Family};
 use crate::ir::{DType, Env, NodeId, Shape, DT};
 use crate::prims::Prim;
 use proc_macro2::TokenStream;
@@ -16,6 +17,32 @@ use quote::quote;
 pub struct Rules;
 
 impl Family for Rules {
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        // `take_along`, and `gather` on axis 0 of a 2-D table (an embedding)
+        let c = cuda::rt();
+        Ok(match p {
+            Prim::TakeAlong => {
+                cuda::float3(cx.dt(0), "take_along")?;
+                let idx = cx.index_i64(1)?;
+                let ra = cx.r(0);
+                quote!(#c::take_along(__dev, #ra, #idx)?)
+            }
+            Prim::Gather(axis) => {
+                cuda::float3(cx.dt(0), "gather")?;
+                if *axis != 0 || cx.dims(0)?.len() != 2 {
+                    return Err(format!(
+                        "gather with axis = {axis} on {} (lowered: axis = 0 on a 2-D table, an embedding)",
+                        cx.describe(0)
+                    ));
+                }
+                let idx = cx.index_i64(1)?;
+                let ra = cx.r(0);
+                quote!(#c::embedding(__dev, #ra, #idx)?)
+            }
+            _ => return Err("there is no CUDA kernel for it yet".into()),
+        })
+    }
+
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
         match p {
             Prim::Gather(a) => Ok(format!("gather {a}")),
@@ -120,22 +147,16 @@ impl Family for Rules {
         }
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        _: &[DType],
-        _: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        let (a, d) = (cx.a, cx.d);
         let ops = quote!(::mithril::rt::ops);
         let (x, y) = (&a[0], &a[1]);
-        match p {
+        Ok(cx.checked(match p {
             Prim::Gather(axis) => {
                 let axis = *axis as isize;
                 quote!(#ops::gather_to(&#x, &#y, #axis, #d))
             }
             _ => quote!(#ops::take_along_to(&#x, &#y, #d)),
-        }
+        }))
     }
 }

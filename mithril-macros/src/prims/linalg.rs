@@ -6,7 +6,7 @@ use super::attrs::{bool_attr, get, int_attr, sig, AttrVal, Sig, UN};
 use super::grad::Builder;
 use super::plan::{self as pt, PlanCx};
 use super::rules::{dt_names, float_only, show, ArgDt};
-use super::Family;
+use super::{CallCx, Family};
 use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};
 use crate::prims::Prim;
 use proc_macro2::TokenStream;
@@ -154,17 +154,11 @@ impl Family for Rules {
         }
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        _: &[DType],
-        _: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        let (a, d) = (cx.a, cx.d);
         let ops = quote!(::mithril::rt::ops);
         let x = &a[0];
-        match p {
+        Ok(cx.checked(match p {
             Prim::Tril(k) => quote!(#ops::tril_to(&#x, #k, #d)),
             Prim::Triu(k) => quote!(#ops::triu_to(&#x, #k, #d)),
             Prim::Cholesky => quote!(#ops::cholesky_to(&#x, #d)),
@@ -173,8 +167,8 @@ impl Family for Rules {
                 let y = &a[1];
                 quote!(#ops::solve_triangular_to(&#x, &#y, #upper, #left, #trans, #d))
             }
-            _ => quote!(compile_error!("internal: no call lowering")),
-        }
+            _ => return Err("internal: no call lowering".into()),
+        }))
     }
 }
 

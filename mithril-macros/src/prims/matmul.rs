@@ -1,12 +1,19 @@
 //! `matmul`: NumPy's matrix product (vectors as rows / columns, broadcast batch dims), with the
 //! transpose flags autodiff and the epilogue pass use. CPU: `mithril::rt::ops::matmul_to` (the
-//! packed GEMM of `mithril_kernels::gemm`).
+//! packed GEMM of `mithril_kernels::gemm`); CUDA: cuBLAS through the generator's matmul helper
+//! (2-D operands; `tf32` / `amp`), which `FusedMatmul` shares.
+//!
+//! Backend fast path outside this module: `static_shapes: true` (`backends/cpu_static.rs`)
+//! lowers a 2-D matmul itself, with the `FusedMatmul` the epilogue pass makes of it, as one
+//! GEMM call over slices with constant dims (`mithril::rt::fixed::matmul*`); any other matmul
+//! makes that backend fall back to the generic body.
 
 use super::attrs::{sig, AttrVal, Sig, BIN};
+use super::cuda::CudaCx;
 use super::grad::Builder;
 use super::plan::{self as pt, PlanCx};
 use super::rules::{broadcast, dt_names, show, ArgDt};
-use super::Family;
+use super::{CallCx, Family};
 use crate::ir::{DType, Env, NodeId, Shape, DT};
 use crate::prims::{Prim, ReduceKind};
 use proc_macro2::TokenStream;
@@ -16,6 +23,18 @@ use quote::quote;
 pub struct Rules;
 
 impl Family for Rules {
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        // cuBLAS (the generator's matmul: 2-D operands, the precision options)
+        let Prim::Matmul { ta, tb } = p else {
+            return Err("there is no CUDA kernel for it yet".into());
+        };
+        let (prod, pdt) = cx.matmul(*ta, *tb)?;
+        if pdt != cx.out_dt() {
+            return Err("internal: matmul product type".into());
+        }
+        Ok(prod)
+    }
+
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
         match p {
             Prim::Matmul { ta, tb } => Ok(format!("mm {} {}", pt::flag(*ta), pt::flag(*tb))),
@@ -97,20 +116,13 @@ impl Family for Rules {
         vec![Some(ga), Some(gb)]
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        _: &[DType],
-        _: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
         let ops = quote!(::mithril::rt::ops);
         let Prim::Matmul { ta, tb } = p else {
-            return quote!(compile_error!("internal: no call lowering"));
+            return Err("internal: no call lowering".into());
         };
-        let (x, y) = (&a[0], &a[1]);
-        quote!(#ops::matmul_to(&#x, &#y, #ta, #tb, #d))
+        let (x, y, d) = (&cx.a[0], &cx.a[1], cx.d);
+        Ok(cx.checked(quote!(#ops::matmul_to(&#x, &#y, #ta, #tb, #d))))
     }
 }
 

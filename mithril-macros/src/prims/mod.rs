@@ -2,8 +2,9 @@
 //! primitives — DSL names and attributes ([`Family::lookup`] / [`Family::build`]), shape rule,
 //! dtype rule, gradient rule (a vector-Jacobian product built from other primitives with
 //! [`grad::Builder`]), CPU lowering (`scalar`, the element expression inlined into fused loops,
-//! for elementwise primitives; `call`, a call of `mithril::rt::ops`, for the others) and CUDA
-//! lowering of elementwise primitives (`scalar_c`, the CUDA C expression of a fused kernel), and
+//! for elementwise primitives; `call`, a call of `mithril::rt::ops`, for the others; `plan`, the
+//! CPU plan text), CUDA lowering (`scalar_c`, the CUDA C expression of an elementwise primitive in
+//! a fused kernel; `cuda`, a node's device value through the generator's [`cuda::CudaCx`]), and
 //! compile-time evaluation on constants (`fold`).
 //!
 //! The [`Prim`] enum itself is IR data (`crate::ir::prim`); [`Prim::family`] maps each variant to
@@ -16,6 +17,7 @@
 pub mod attrs;
 pub mod autodiff_helpers;
 pub mod construct;
+pub mod cuda;
 pub mod elementwise;
 pub mod grad;
 pub mod index;
@@ -33,7 +35,7 @@ pub use attrs::{AttrVal, Sig};
 pub use lower::{acc_dtype, convert, literal, storage_type};
 pub use rules::{norm_axis, ArgDt};
 
-use crate::ir::{DType, Env, NodeId, Scalar, Shape, DT};
+use crate::ir::{DType, Dim, Env, NodeId, Scalar, Shape, DT};
 use grad::Builder;
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -72,18 +74,11 @@ pub trait Family: Sync {
     fn is_elementwise(&self) -> bool {
         false
     }
-    /// CPU lowering of a non-elementwise primitive: the runtime call computing it from argument
-    /// views `a` into destination `d` (a `mithril::rt::Dest`); it evaluates to
-    /// `Result<ArrayViewMutD>`.
-    fn call(
-        &self,
-        _p: &Prim,
-        _a: &[TokenStream],
-        _in_dt: &[DType],
-        _out_rust: &TokenStream,
-        _d: &TokenStream,
-    ) -> TokenStream {
-        quote!(compile_error!("internal: no call lowering"))
+    /// CPU lowering of a non-elementwise primitive as Rust (the per-op path of mixed models):
+    /// the value of the node, an `ArrayViewMutD` expression computing it from `cx.a` into
+    /// `cx.d` with the run-time error (`Result`) propagated. `Err`: a spanned compile error.
+    fn call(&self, _p: &Prim, _cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        Err("internal: no call lowering".into())
     }
     /// CPU lowering of an elementwise primitive: its scalar expression on operands already
     /// converted to compute type `t`.
@@ -106,6 +101,40 @@ pub trait Family: Sync {
     /// op needs is unknown).
     fn plan(&self, p: &Prim, _cx: &plan::PlanCx<'_>) -> Result<String, String> {
         Err(format!("internal: `{}` has no plan lowering", p.name()))
+    }
+    /// CUDA lowering: the node's value, an owned `DeviceTensor` expression, built with the
+    /// plumbing of `cx` (`cuda.rs`). `Err`: why it cannot be lowered (a spanned compile error
+    /// for `backend: cuda`; a gradient op of a mixed model runs on the CPU instead).
+    fn cuda(&self, _p: &Prim, _cx: &mut dyn cuda::CudaCx) -> Result<TokenStream, String> {
+        Err("there is no CUDA kernel for it yet".into())
+    }
+}
+
+/// What a family's per-op Rust lowering ([`Family::call`], mixed models' host ops) may ask about
+/// the node it lowers.
+pub struct CallCx<'a> {
+    /// the operands as `ArrayViewD` expressions
+    pub a: &'a [TokenStream],
+    /// the operands' dtypes
+    pub in_dt: &'a [DType],
+    /// the Rust element type of the node
+    pub out_rust: &'a TokenStream,
+    /// the destination (a `mithril::rt::Dest` expression)
+    pub d: &'a TokenStream,
+    /// `.map_err(..)` adding the model and the op to a run-time error
+    pub at: &'a TokenStream,
+    /// the node's shape, when inferred
+    pub shape: Option<&'a Shape>,
+    /// a dim as a Rust `usize` expression, `None` when unknown at run time
+    pub dim: &'a dyn Fn(&Dim) -> Option<TokenStream>,
+}
+
+impl CallCx<'_> {
+    /// The value of a runtime call (a `Result<ArrayViewMutD>` expression) with its error
+    /// context added and propagated.
+    pub fn checked(&self, call: TokenStream) -> TokenStream {
+        let at = self.at;
+        quote!((#call) #at ?)
     }
 }
 
@@ -311,23 +340,19 @@ impl Prim {
         elementwise::operand_dtype(self, i, compute, own)
     }
 
-    /// A call of `mithril::rt::ops` for a non-elementwise primitive. `a` are expressions of
-    /// `ArrayViewD` values.
-    /// The runtime call computing this primitive from argument views `a` into destination `d`
-    /// (a `mithril::rt::Dest`); it evaluates to `Result<ArrayViewMutD>`.
     /// The CPU plan text of this primitive (see [`Family::plan`]).
     pub fn plan(&self, cx: &plan::PlanCx<'_>) -> Result<String, String> {
         self.family().plan(self, cx)
     }
 
-    pub fn call(
-        &self,
-        a: &[TokenStream],
-        in_dt: &[DType],
-        out_rust: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
-        self.family().call(self, a, in_dt, out_rust, d)
+    /// The per-op Rust of this primitive (see [`Family::call`]).
+    pub fn call(&self, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        self.family().call(self, cx)
+    }
+
+    /// The CUDA lowering of this primitive (see [`Family::cuda`]).
+    pub fn cuda(&self, cx: &mut dyn cuda::CudaCx) -> Result<TokenStream, String> {
+        self.family().cuda(self, cx)
     }
 }
 

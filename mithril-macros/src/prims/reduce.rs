@@ -3,10 +3,11 @@
 //! `mithril_kernels::rows`).
 
 use super::attrs::{axes_attr, bool_attr, get, int_attr, sig, AttrVal, Sig, UN};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::{self as pt, PlanCx};
 use super::rules::{known, norm_axis, ArgDt};
-use super::Family;
+use super::{CallCx, Family};
 use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};
 use crate::prims::{Prim, ReduceKind};
 use proc_macro2::TokenStream;
@@ -16,6 +17,58 @@ use quote::quote;
 pub struct Rules;
 
 impl Family for Rules {
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        // over trailing axes (sum / mean / max / min) or leading ones (sum)
+        let Prim::Reduce(kind, axes, keep) = p else {
+            return Err("there is no CUDA kernel for it yet".into());
+        };
+        let (kind, keep) = (*kind, *keep);
+        let c = cuda::rt();
+        cuda::float3(cx.dt(0), "a reduction")?;
+        let r = cx.dims(0)?.len();
+        let mut ax: Vec<usize> = if axes.is_empty() {
+            (0..r).collect()
+        } else {
+            axes.iter()
+                .map(|&a| {
+                    if a < 0 {
+                        (a + r as i64) as usize
+                    } else {
+                        a as usize
+                    }
+                })
+                .collect()
+        };
+        ax.sort_unstable();
+        ax.dedup();
+        let ra = cx.r(0);
+        let trailing = ax.iter().enumerate().all(|(i, &a)| a == r - ax.len() + i);
+        let leading = ax.iter().enumerate().all(|(i, &a)| a == i);
+        let rk = match kind {
+            ReduceKind::Sum => Some(quote!(#c::RowReduce::Sum)),
+            ReduceKind::Mean => Some(quote!(#c::RowReduce::Mean)),
+            ReduceKind::Max => Some(quote!(#c::RowReduce::Max)),
+            ReduceKind::Min => Some(quote!(#c::RowReduce::Min)),
+            ReduceKind::Prod => None,
+        };
+        Ok(match rk {
+            Some(rk) if trailing => {
+                let split = r - ax.len();
+                quote!(#c::exec::reduce_trailing(__dev, #ra, #rk, #split, #keep)?)
+            }
+            Some(_) if leading && kind == ReduceKind::Sum => {
+                let split = ax.len();
+                quote!(#c::exec::sum_leading(__dev, #ra, #split, #keep)?)
+            }
+            _ => {
+                return Err(format!(
+                    "{} over axes {ax:?} of a rank-{r} tensor (lowered: sum / mean / max / min over trailing axes, sum over leading axes)",
+                    p.name()
+                ))
+            }
+        })
+    }
+
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
         Ok(match p {
             Prim::Reduce(kind, ax, keep) => {
@@ -159,21 +212,15 @@ impl Family for Rules {
         }
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        in_dt: &[DType],
-        out_rust: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        let (a, in_dt, out_rust, d) = (cx.a, cx.in_dt, cx.out_rust, cx.d);
         let ops = quote!(::mithril::rt::ops);
         let x = &a[0];
         let axes = |v: &Vec<i64>| {
             let v: Vec<isize> = v.iter().map(|&i| i as isize).collect();
             quote!(&[#(#v),*])
         };
-        match p {
+        Ok(cx.checked(match p {
             Prim::Reduce(kind, ax, keep) => {
                 let ax = axes(ax);
                 let f = match kind {
@@ -211,8 +258,8 @@ impl Family for Rules {
                     quote!(#ops::argmin_to(&#x, #axis, #keepdim, #d))
                 }
             }
-            _ => quote!(compile_error!("internal: no call lowering")),
-        }
+            _ => return Err("internal: no call lowering".into()),
+        }))
     }
 }
 

@@ -1,12 +1,14 @@
 //! Shape ops: `transpose`, `reshape`, `flatten`, `concat`, `slice` (indexing), `stack`, and
 //! `unsqueeze` (made by autodiff). CPU: the `*_to` ops of `mithril::rt::ops` (views where the
-//! layout allows; `reshape` lowers in codegen, its target dims may be symbolic).
+//! layout allows; `reshape`'s target dims may be symbolic: the generator's run-time dims, through
+//! the contexts).
 
 use super::attrs::{axes_attr, get, int_attr, sig, AttrVal, Sig, UN};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::{self as pt, PlanCx};
 use super::rules::{dt_names, fixed, norm_axis, show, total, ArgDt};
-use super::Family;
+use super::{CallCx, Family};
 use crate::ir::{DType, Dim, Env, Graph, NodeId, Op, Shape, SymBound, DT};
 use crate::prims::{Prim, ReshapeDim, SliceArg};
 use proc_macro2::TokenStream;
@@ -16,6 +18,33 @@ use quote::quote;
 pub struct Rules;
 
 impl Family for Rules {
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        // `reshape`, `flatten` and `unsqueeze`: a reshape of the operand (moved when it is dead)
+        let c = cuda::rt();
+        Ok(match p {
+            Prim::Reshape(_) => {
+                let dims = cx.reshape_dims()?;
+                cx.reshape_to(0, dims)
+            }
+            Prim::Flatten(s, e) => {
+                let (ra, label) = (cx.r(0), cx.label());
+                cx.reshape_to(
+                    0,
+                    quote!(#c::exec::flatten_dims(#label, #ra.shape(), #s, #e)?),
+                )
+            }
+            Prim::Unsqueeze(axes) => {
+                let ra = cx.r(0);
+                let axes = axes.clone();
+                cx.reshape_to(
+                    0,
+                    quote!(#c::exec::unsqueeze_dims(#ra.shape(), &[#(#axes),*])),
+                )
+            }
+            _ => return Err("there is no CUDA kernel for it yet".into()),
+        })
+    }
+
     fn plan(&self, p: &Prim, cx: &PlanCx<'_>) -> Result<String, String> {
         Ok(match p {
             Prim::Reshape(_) => {
@@ -220,17 +249,11 @@ impl Family for Rules {
         }
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        _: &[DType],
-        _: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        let (a, d) = (cx.a, cx.d);
         let ops = quote!(::mithril::rt::ops);
         let x = &a[0];
-        match p {
+        Ok(cx.checked(match p {
             Prim::Transpose(perm) => {
                 let perm = perm.clone();
                 quote!(#ops::transpose_to(&#x, &[#(#perm),*], #d))
@@ -256,11 +279,23 @@ impl Family for Rules {
                 quote!(#ops::stack_to(&[#(#a.clone()),*], #axis, #d))
             }
             Prim::Reshape(_) => {
-                // the target dims are computed by codegen (they may be symbolic)
-                quote!(compile_error!("internal: reshape lowers in codegen"))
+                // the target dims may be symbolic: their run-time values, `-1` for one unknown
+                let s = cx.shape.ok_or("reshape: no shape")?;
+                let mut dims = Vec::new();
+                for d in &s.dims {
+                    match (cx.dim)(d) {
+                        Some(e) => dims.push(quote!((#e) as isize)),
+                        None => dims.push(quote!(-1isize)),
+                    }
+                }
+                if s.dims.iter().filter(|d| (cx.dim)(d).is_none()).count() > 1 {
+                    return Err("reshape: more than one target dim is only known at run time; name them with symbols".into());
+                }
+                let at = cx.at;
+                return Ok(quote!(#ops::reshape_to(&#x, &[#(#dims),*], #d) #at ?));
             }
-            _ => quote!(compile_error!("internal: no call lowering")),
-        }
+            _ => return Err("internal: no call lowering".into()),
+        }))
     }
 }
 

@@ -2,19 +2,39 @@
 //! `log_softmax_to` (the row kernels of `mithril_kernels::rows`).
 
 use super::attrs::{get, int_attr, sig, AttrVal, Sig, UN};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::PlanCx;
 use super::rules::{float_only, norm_axis, ArgDt};
-use super::Family;
+use super::{CallCx, Family};
 use crate::ir::{DType, Env, NodeId, Shape, DT};
 use crate::prims::{Prim, ReduceKind};
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{format_ident, quote};
 
 /// The softmax family.
 pub struct Rules;
 
 impl Family for Rules {
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        // over the last axis
+        let (Prim::Softmax(axis) | Prim::LogSoftmax(axis)) = p else {
+            return Err("there is no CUDA kernel for it yet".into());
+        };
+        let c = cuda::rt();
+        cuda::float3(cx.dt(0), p.name())?;
+        let r = cx.dims(0)?.len() as i64;
+        if r == 0 || (*axis != -1 && *axis != r - 1) {
+            return Err(format!(
+                "{} over axis {axis} (lowered: the last axis)",
+                p.name()
+            ));
+        }
+        let ra = cx.r(0);
+        let f = format_ident!("{}", p.name());
+        Ok(quote!(#c::#f(__dev, #ra)?))
+    }
+
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
         match p {
             Prim::Softmax(a) => Ok(format!("softmax {a}")),
@@ -96,17 +116,11 @@ impl Family for Rules {
         }
     }
 
-    fn call(
-        &self,
-        p: &Prim,
-        a: &[TokenStream],
-        _: &[DType],
-        _: &TokenStream,
-        d: &TokenStream,
-    ) -> TokenStream {
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        let (a, d) = (cx.a, cx.d);
         let ops = quote!(::mithril::rt::ops);
         let x = &a[0];
-        match p {
+        Ok(cx.checked(match p {
             Prim::Softmax(axis) => {
                 let axis = *axis as isize;
                 quote!(#ops::softmax_to(&#x, #axis, #d))
@@ -115,7 +129,7 @@ impl Family for Rules {
                 let axis = *axis as isize;
                 quote!(#ops::log_softmax_to(&#x, #axis, #d))
             }
-            _ => quote!(compile_error!("internal: no call lowering")),
-        }
+            _ => return Err("internal: no call lowering".into()),
+        }))
     }
 }

@@ -9,7 +9,7 @@ use crate::backends::common::{ix, v};
 use crate::backends::cpu_elem::{epilogue_seg, lower_fexpr};
 use crate::ir::{DType, FExpr, NodeId, Op};
 use crate::memplan::Home;
-use crate::prims::{convert, literal, storage_type, Prim};
+use crate::prims::{convert, literal, storage_type, CallCx};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
@@ -303,45 +303,6 @@ impl Gen<'_> {
                 );
                 self.elementwise(id, &e, &args)
             }
-            Op::Prim(Prim::Arange { start, step, .. }) => {
-                let (start, step) = (*start, *step);
-                let Some(s) = self.g.shape_of(id) else {
-                    return quote!();
-                };
-                let Some(len) = s.dims.first().and_then(|d| self.api.dim_expr(d)) else {
-                    self.api.errors.push(syn::Error::new(
-                        n.span,
-                        "arange: its length is not known at run time (use a symbol of an input's shape)",
-                    ));
-                    return quote!();
-                };
-                let dest = self.dest(id);
-                quote!(let #vid = ::mithril::rt::ops::arange_to(#start, #step, (#len) as usize, #dest)?;)
-            }
-            Op::Prim(Prim::Reshape(_)) => {
-                let a = v(n.args[0]);
-                let Some(s) = self.g.shape_of(id) else {
-                    return quote!();
-                };
-                let mut dims = Vec::new();
-                for d in &s.dims {
-                    match self.api.dim_expr(d) {
-                        Some(e) => dims.push(quote!((#e) as isize)),
-                        None => dims.push(quote!(-1isize)),
-                    }
-                }
-                if dims
-                    .iter()
-                    .filter(|d| d.to_string().contains("- 1isize"))
-                    .count()
-                    > 1
-                {
-                    self.api.errors.push(syn::Error::new(n.span, "reshape: more than one target dim is only known at run time; name them with symbols"));
-                }
-                let dest = self.dest(id);
-                let ctx = self.ctx(id);
-                quote!(let #vid = ::mithril::rt::ops::reshape_to(&#a.view(), &[#(#dims),*], #dest) #ctx ?;)
-            }
             Op::Prim(p) => {
                 let args: Vec<TokenStream> = n
                     .args
@@ -354,9 +315,26 @@ impl Gen<'_> {
                 let dts: Vec<DType> = n.args.iter().map(|&a| self.api.dtype(a)).collect();
                 let out = self.api.elem_ty(id);
                 let dest = self.dest(id);
-                let call = p.call(&args, &dts, &out, &dest);
-                let ctx = self.ctx(id);
-                quote!(let #vid = (#call) #ctx ?;)
+                let at = self.ctx(id);
+                let api = &self.api;
+                let dim = |d: &crate::ir::Dim| api.dim_expr(d);
+                let shape = self.g.shape_of(id);
+                let cx = CallCx {
+                    a: &args,
+                    in_dt: &dts,
+                    out_rust: &out,
+                    d: &dest,
+                    at: &at,
+                    shape: shape.as_ref(),
+                    dim: &dim,
+                };
+                match p.call(&cx) {
+                    Ok(val) => quote!(let #vid = #val;),
+                    Err(e) => {
+                        self.api.errors.push(syn::Error::new(n.span, e));
+                        quote!()
+                    }
+                }
             }
             Op::Boundary(_) => {
                 let a = v(n.args[0]);

@@ -252,15 +252,6 @@ impl<'a> CudaGen<'a> {
         }
     }
 
-    pub(super) fn float3(cx: &Ctx, a: NodeId, what: &str) -> Result<(), String> {
-        match cx.dt(a) {
-            DType::F32 | DType::F16 | DType::BF16 => Ok(()),
-            t => Err(format!(
-                "{what} on cuda takes f32, f16 or bf16, this operand is {t}"
-            )),
-        }
-    }
-
     /// Indices as `i64` (a cast kernel for other integer types).
     pub(super) fn index_i64(
         &mut self,

@@ -19,7 +19,9 @@
 //! The modules, by what they generate: [`kernel_text`] the CUDA C text of fused kernels (a pure
 //! function of the IR); `read` how a broadcast operand is read and which matmul epilogues
 //! cuBLASLt runs; `launch` kernel launches and library calls (elementwise, casts, matmuls,
-//! reshapes); `nodes` one node's lowering and a whole graph's body; `api` the model's types and
+//! reshapes); `nodes` a whole graph's body and the lowering of the nodes that are no primitive
+//! (constants, fused groups, `FusedMatmul`), each primitive's being its family's
+//! (`prims::Family::cuda`) through `cx`, the generator's `prims::cuda::CudaCx`; `api` the model's types and
 //! `impl` (input / output structs, transfers, `new`, `evaluate*`, consts); `params` the param
 //! trees (host and device structs, conversions, `ParamTree`); `gradients` the gradient API;
 //! [`Mixed`] (in `mixed`) the device side of a mixed (`backend_map`) model, driven by the CPU
@@ -30,6 +32,7 @@
 //! [`Mixed`] only as a `DeviceSide` made by the driver ([`super::generate`]).
 
 mod api;
+mod cx;
 mod gradients;
 pub(crate) mod kernel_text;
 mod launch;

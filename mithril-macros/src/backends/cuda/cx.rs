@@ -1,0 +1,78 @@
+//! [`CudaCx`] for the families' CUDA lowerings (`prims::Family::cuda`): the node being lowered
+//! and the generator's plumbing (operand references, dims, labels, dtypes, the launch helpers of
+//! `launch`).
+
+use super::{Ctx, CudaGen};
+use crate::ir::{DType, Dim, FExpr, NodeId};
+use crate::prims::cuda::{CudaCx, Operand};
+use proc_macro2::TokenStream;
+
+/// Node `id` of the graph of `cx`, lowered by `gen`.
+pub(super) struct NodeCx<'x, 'a> {
+    pub gen: &'x mut CudaGen<'a>,
+    pub cx: &'x Ctx<'a>,
+    pub id: NodeId,
+}
+
+impl NodeCx<'_, '_> {
+    fn arg(&self, k: usize) -> NodeId {
+        self.cx.g.nodes[self.id].args[k]
+    }
+}
+
+impl CudaCx for NodeCx<'_, '_> {
+    fn n_args(&self) -> usize {
+        self.cx.g.nodes[self.id].args.len()
+    }
+    fn r(&self, k: usize) -> TokenStream {
+        self.cx.r(self.arg(k))
+    }
+    fn dt(&self, k: usize) -> DType {
+        self.cx.dt(self.arg(k))
+    }
+    fn out_dt(&self) -> DType {
+        self.cx.dt(self.id)
+    }
+    fn dims(&self, k: usize) -> Result<Vec<Dim>, String> {
+        self.cx.dims(self.arg(k))
+    }
+    fn out_dims(&self) -> Result<Vec<Dim>, String> {
+        self.cx.dims(self.id)
+    }
+    fn label(&self) -> String {
+        self.cx.label(self.id)
+    }
+    fn describe(&self, k: usize) -> String {
+        self.cx.g.describe(self.arg(k))
+    }
+    fn operand(&self, k: usize) -> Result<Operand, String> {
+        self.gen.operand(self.cx, self.arg(k))
+    }
+    fn elementwise(&mut self, expr: &FExpr, ops: &[Operand]) -> Result<TokenStream, String> {
+        self.gen.elementwise(self.cx, self.id, "", expr, ops)
+    }
+    fn fused_launch(
+        &mut self,
+        expr: &FExpr,
+        ops: &[Operand],
+        out_dims: &[Dim],
+        out_dt: DType,
+        out_shape: TokenStream,
+    ) -> Result<TokenStream, String> {
+        self.gen
+            .fused_launch(self.cx, self.id, "", expr, ops, out_dims, out_dt, out_shape)
+    }
+    fn matmul(&mut self, ta: bool, tb: bool) -> Result<(TokenStream, DType), String> {
+        self.gen.matmul(self.cx, self.id, ta, tb)
+    }
+    fn reshape_dims(&self) -> Result<TokenStream, String> {
+        self.gen.reshape_dims(self.cx, self.id)
+    }
+    fn reshape_to(&self, k: usize, dims: TokenStream) -> TokenStream {
+        self.gen.reshape_to(self.cx, self.arg(k), dims)
+    }
+    fn index_i64(&mut self, k: usize) -> Result<TokenStream, String> {
+        let a = self.arg(k);
+        self.gen.index_i64(self.cx, self.id, a)
+    }
+}

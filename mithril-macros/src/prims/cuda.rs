@@ -1,0 +1,74 @@
+//! The CUDA lowering's interface (`backend: cuda` and the device side of mixed models): what a
+//! family's [`super::Family::cuda`] may ask about the node it lowers and the launch helpers it
+//! lowers with. [`CudaCx`] is implemented by the CUDA generator (`crate::backends::cuda`); the
+//! families decide which runtime call a primitive becomes, with which attributes, and which
+//! operands they reject (with the error text).
+
+use crate::ir::{DType, Dim, FExpr};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// An operand of a generated kernel: its value (a `&DeviceTensor` expression), dtype and dims.
+pub type Operand = (TokenStream, DType, Vec<Dim>);
+
+/// The node a family's CUDA lowering lowers, and the plumbing to lower it with. Operands are
+/// numbered as the node's arguments (`0..n_args()`). The generated value is an owned
+/// `DeviceTensor` expression; `__dev` is the device in scope.
+pub trait CudaCx {
+    /// The number of operands.
+    fn n_args(&self) -> usize;
+    /// Operand `k` as a `&DeviceTensor<T>` expression.
+    fn r(&self, k: usize) -> TokenStream;
+    /// Operand `k`'s dtype.
+    fn dt(&self, k: usize) -> DType;
+    /// The node's dtype.
+    fn out_dt(&self) -> DType;
+    /// Operand `k`'s resolved dims (`Err`: an open rank, with the message).
+    fn dims(&self, k: usize) -> Result<Vec<Dim>, String>;
+    /// The node's resolved dims (`Err`: an open rank).
+    fn out_dims(&self) -> Result<Vec<Dim>, String>;
+    /// The node's label (for run-time errors).
+    fn label(&self) -> String;
+    /// Operand `k` as the compiler describes it in errors.
+    fn describe(&self, k: usize) -> String;
+    /// Operand `k` as an operand of a generated kernel.
+    fn operand(&self, k: usize) -> Result<Operand, String>;
+    /// A generated elementwise kernel computing `expr` over `ops`, into the broadcast of their
+    /// shapes.
+    fn elementwise(&mut self, expr: &FExpr, ops: &[Operand]) -> Result<TokenStream, String>;
+    /// A generated elementwise kernel computing `expr` over `ops` into a tensor of `out_dims`,
+    /// dtype `out_dt` and run-time shape `out_shape` (a `Vec<usize>` expression).
+    fn fused_launch(
+        &mut self,
+        expr: &FExpr,
+        ops: &[Operand],
+        out_dims: &[Dim],
+        out_dt: DType,
+        out_shape: TokenStream,
+    ) -> Result<TokenStream, String>;
+    /// The matrix product of operands 0 and 1 (either transposed): `(value, its dtype)`.
+    fn matmul(&mut self, ta: bool, tb: bool) -> Result<(TokenStream, DType), String>;
+    /// The node's dims as a `Vec<isize>` expression (`-1` for the one known only at run time).
+    fn reshape_dims(&self) -> Result<TokenStream, String>;
+    /// Operand `k` reshaped to `dims` (a `Vec<isize>` expression): moved when it is dead,
+    /// copied otherwise.
+    fn reshape_to(&self, k: usize, dims: TokenStream) -> TokenStream;
+    /// Operand `k` as `i64` indices (a cast kernel for other integer types).
+    fn index_i64(&mut self, k: usize) -> Result<TokenStream, String>;
+}
+
+/// The runtime's CUDA module, `::mithril::rt::cuda`.
+pub fn rt() -> TokenStream {
+    quote!(::mithril::rt::cuda)
+}
+
+/// `Err` unless `t` is one of the float types the hand-written kernels take (`what` names the
+/// op in the message).
+pub fn float3(t: DType, what: &str) -> Result<(), String> {
+    match t {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        t => Err(format!(
+            "{what} on cuda takes f32, f16 or bf16, this operand is {t}"
+        )),
+    }
+}
