@@ -154,17 +154,17 @@ pub fn format_shape(shape: &[usize]) -> String {
 /// `dim 1 is 100, expected 784`, or ``dim 0 is 5, but B = 8 from input `x` ``.
 pub fn check_shape(
     env: &mut SymEnv,
-    model: &str,
+    model: &'static str,
     terminal: &'static str,
-    expected: &str,
+    expected: &'static str,
     given: &[usize],
     spec: &[DimSpec],
     leading_ellipsis: bool,
 ) -> Result<()> {
     let fail = |detail: String| Error::Shape {
-        model: model.to_string(),
-        terminal: terminal.to_string(),
-        expected: expected.to_string(),
+        model,
+        terminal,
+        expected,
         given: format_shape(given),
         detail,
     };

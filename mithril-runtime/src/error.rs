@@ -13,11 +13,11 @@ pub enum Error {
     /// An input or param does not satisfy the model's shape contract.
     Shape {
         /// The model (physical model name).
-        model: String,
+        model: &'static str,
         /// The terminal: `input x`, `param fc1.weight`, ...
-        terminal: String,
+        terminal: &'static str,
         /// The expected symbolic shape, e.g. `f32[B, 784]`.
-        expected: String,
+        expected: &'static str,
         /// The shape given, e.g. `[8, 100]`.
         given: String,
         /// What exactly disagrees (dim index, symbol binding).
@@ -129,5 +129,15 @@ impl std::error::Error for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// `mithril::Result` is what user functions return: an `Error` of 128 bytes or more makes
+    /// clippy's `result_large_err` fire in every such function of a user's crate.
+    #[test]
+    fn error_stays_small() {
+        assert!(std::mem::size_of::<super::Error>() < 128);
     }
 }

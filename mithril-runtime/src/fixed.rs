@@ -23,9 +23,9 @@ pub use mithril_kernels::ew::{self, Src};
 /// (naming the model, the terminal, the expected and the given shape).
 #[inline]
 pub fn check(
-    model: &str,
+    model: &'static str,
     terminal: &'static str,
-    expected: &str,
+    expected: &'static str,
     given: &[usize],
     want: &[usize],
 ) -> Result<()> {

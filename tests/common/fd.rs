@@ -129,13 +129,12 @@ where
     for ((name, _, vals), ((_, _, g), is32)) in pl.iter().zip(gl.iter().zip(dtypes)) {
         assert_eq!(vals.len(), g.len(), "{what}: {name}");
         let h = if is32 { 1.0 / 4096.0 } else { 1e-6 };
-        for i in 0..vals.len() {
+        for (i, &an) in g.iter().enumerate() {
             let mut plus = p.clone();
             update(&mut plus, name, i, &|v| v + h);
             let mut minus = p.clone();
             update(&mut minus, name, i, &|v| v - h);
             let fd = (loss(&plus) - loss(&minus)) / (2.0 * h);
-            let an = g[i];
             assert!(an.is_finite(), "{what}: {name}[{i}] gradient {an}");
             let err = (fd - an).abs() / (1.0 + fd.abs().max(an.abs()));
             assert!(

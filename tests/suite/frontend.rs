@@ -71,7 +71,7 @@ fn sub_blocks_of_an_instance_are_shared_across_its_calls() {
         .unwrap();
     let loss =
         |q: &TwiceParams| (&m.evaluate(q, TwiceInputs { x: x.view() }).unwrap().y * &seed).sum();
-    gradcheck("Twice", &p, &grads, &loss);
+    gradcheck("Twice", &p, &grads, loss);
 }
 
 mithril! {
@@ -254,5 +254,5 @@ fn slice_bounds_over_symbolic_dims() {
         let o = m.evaluate(q, Conv1dInputs { x: x.view() }).unwrap();
         (&o.y * &sy).sum() + (&o.tail * &st).sum() + (&o.head * &sh).sum()
     };
-    gradcheck("Conv1d", &p, &g, &loss);
+    gradcheck("Conv1d", &p, &g, loss);
 }

@@ -59,7 +59,7 @@ fn mlp_gradients_match_finite_differences() {
         .unwrap();
     let plain = m.evaluate(&params, NetInputs { x: x.view() }).unwrap();
     assert_eq!(out.y, plain.y);
-    gradcheck("Net", &params, &grads, &loss);
+    gradcheck("Net", &params, &grads, loss);
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn elementwise_and_reduction_gradients_match_finite_differences() {
     let (_, grads) = m
         .evaluate_gradients(&params, ElementwiseInputs { x: x.view() }, seeds)
         .unwrap();
-    gradcheck("Elementwise", &params, &grads, &loss);
+    gradcheck("Elementwise", &params, &grads, loss);
 }
 
 #[test]
@@ -179,5 +179,5 @@ fn embedding_cross_entropy_slice_concat_gradients_f64() {
             },
         )
         .unwrap();
-    gradcheck("ClassifierF64", &params, &grads, &loss);
+    gradcheck("ClassifierF64", &params, &grads, loss);
 }

@@ -304,8 +304,7 @@ plan_elem!(bool, Bool);
 /// The views a generated function passes to [`run`] (inputs, params, output-gradient seeds, in
 /// the plan's order), gathered on the stack: `N` is their count.
 pub struct Views<'a, const N: usize> {
-    views: [TensorView<'a>; N],
-    len: usize,
+    views: smallvec::SmallVec<[TensorView<'a>; N]>,
 }
 
 impl<'a, const N: usize> Default for Views<'a, N> {
@@ -318,27 +317,21 @@ impl<'a, const N: usize> Views<'a, N> {
     /// No views yet.
     pub fn new() -> Self {
         Views {
-            views: std::array::from_fn(|_| {
-                TensorView::Bool(ndarray::ArrayView1::from(&[]).into_dyn())
-            }),
-            len: 0,
+            views: smallvec::SmallVec::new(),
         }
     }
 
-    /// Appends `v` (beyond `N` views, the count check of [`Views::get`] fails).
+    /// Appends `v`.
     pub fn push(&mut self, v: TensorView<'a>) {
-        if let Some(slot) = self.views.get_mut(self.len) {
-            *slot = v;
-        }
-        self.len += 1;
+        self.views.push(v);
     }
 
     /// All `N` views, or an error naming `model` if a different number was pushed.
     pub fn get(&self, model: &str) -> Result<&[TensorView<'a>]> {
-        if self.len != N {
+        if self.views.len() != N {
             return Err(Error::op(
                 model,
-                format!("internal: {} views for a plan of {N}", self.len),
+                format!("internal: {} views for a plan of {N}", self.views.len()),
             ));
         }
         Ok(&self.views)

@@ -252,6 +252,7 @@ fn struct_items(
     let tree = quote!(::mithril::rt::tree);
     let mut decls = Vec::new();
     let mut visits = Vec::new();
+    let mut views = Vec::new();
     let mut visits_mut = Vec::new();
     let mut builds = Vec::new();
     for f in fields {
@@ -260,6 +261,7 @@ fn struct_items(
                 let id = format_ident!("{}", key);
                 decls.push(quote!(#[doc = #doc] pub #id: #ty));
                 visits.push(quote!(p.leaf(#key, self.#id.view(), f);));
+                views.push(quote!(v.push(::mithril::rt::plan::view(self.#id.view()));));
                 visits_mut.push(quote!(p.leaf_mut(#key, self.#id.view_mut(), f)?;));
                 builds.push(quote!(#id: b.leaf()?));
             }
@@ -267,6 +269,7 @@ fn struct_items(
                 let id = format_ident!("{}", key);
                 decls.push(quote!(#[doc = #doc] pub #id: #ty));
                 visits.push(quote!(self.#id.__visit(p, #key, f);));
+                views.push(quote!(self.#id.__views(v);));
                 visits_mut.push(quote!(self.#id.__visit_mut(p, #key, f)?;));
                 builds.push(quote!(#id: #ty::__build(b)?));
             }
@@ -277,6 +280,10 @@ fn struct_items(
         #[derive(Clone, Debug)]
         #vis struct #name { #(#decls,)* }
         impl #name {
+            #[doc(hidden)]
+            pub fn __views<'a, const N: usize>(&'a self, v: &mut ::mithril::rt::plan::Views<'a, N>) {
+                #(#views)*
+            }
             #[doc(hidden)]
             pub fn __visit<'a>(&'a self, p: &mut #tree::Path, key: &str, f: &mut dyn FnMut(&str, ::mithril::rt::TensorView<'a>)) {
                 let n = p.enter(key);

@@ -354,7 +354,7 @@ impl Gen<'_> {
         let params = if g.params.is_empty() {
             quote!()
         } else {
-            quote!(params.__visit(&mut ::mithril::rt::tree::Path::silent(), "", &mut |_, v| __views.push(v));)
+            quote!(params.__views(&mut __views);)
         };
         let mut post = Vec::new();
         for n in &g.nodes {
