@@ -2,7 +2,8 @@
 //! struct needs, so the macro emits one short line per field.
 //!
 //! Each struct the macro generates (`MParams`, `MGrads` and one struct per distinct submodel
-//! instance layout) gets three hidden methods written with these helpers:
+//! instance layout) gets hidden methods written with these helpers (and `__views`, which
+//! pushes the plan's views into [`crate::plan::Views`]):
 //! - `__visit` / `__visit_mut`: every leaf with its dotted name ([`Path`] builds the names on
 //!   the stack) — what [`ParamTree`](crate::ParamTree) and the plan's input views use;
 //! - `__build`: the struct filled leaf by leaf from a [`Build`] source: fresh params from the

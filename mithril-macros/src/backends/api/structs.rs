@@ -4,9 +4,10 @@
 //! Volume stays proportional to the distinct layouts, not to the instances: nested instances
 //! with the same fields (names, element types, ranks and shapes) share one struct, and the
 //! other instance names (`MParamsLinear5`, `MGradsLinear5`, ...) are type aliases of it. Each
-//! struct gets three short methods written against `mithril::rt::tree` (`__visit`,
-//! `__visit_mut`, `__build`), one line per field; `ParamTree`, the plan's views,
-//! `randomize_params` and the gradients of `evaluate_gradients` all go through them.
+//! struct gets four short methods, one line per field: `__views` (the plan's input views, into
+//! `mithril::rt::plan::Views`), and, written against `mithril::rt::tree`, `__visit`,
+//! `__visit_mut` (what `ParamTree` goes through) and `__build` (`randomize_params` from the
+//! init table, the gradients of `evaluate_gradients` from a plan run's outputs).
 
 use super::TypedApi;
 use crate::backends::common::Tree;
