@@ -35,8 +35,8 @@ const MIN_ROW: usize = 16;
 /// The broadcast shape of `shapes` under NumPy rules (right-aligned; each dim equal or 1).
 ///
 /// Fails when two dims of an axis differ and neither is 1, or when the result is too large; the
-/// error names `op` and lists every shape, e.g. "`add` failed: shapes [3, 4] and [5] cannot be
-/// broadcast together (dim -1: 4 vs 5)".
+/// error names `op` and lists every shape, e.g. ``"`add` failed: shapes [3, 4] and [5] cannot be
+/// broadcast together (dim -1: 4 vs 5)"``.
 pub fn broadcast_shapes(op: &str, shapes: &[&[usize]]) -> Result<Vec<usize>> {
     Ok(broadcast_dims(op, shapes)?.as_array_view().to_vec())
 }

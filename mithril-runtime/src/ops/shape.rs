@@ -279,7 +279,7 @@ pub fn concat<T: Elem>(parts: &[ArrayViewD<'_, T>], axis: isize) -> Result<Array
     crate::owned(|d| concat_to(parts, axis, d).map(|_| ()))
 }
 
-/// [`concat`] into a destination.
+/// [`concat()`] into a destination.
 pub fn concat_to<'w, T: Elem>(
     parts: &[ArrayViewD<'_, T>],
     axis: isize,
@@ -329,7 +329,7 @@ pub fn concat_to<'w, T: Elem>(
     Ok(out)
 }
 
-/// One entry of a [`slice`] index, with Python semantics.
+/// One entry of a [`slice()`] index, with Python semantics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SliceArg {
     /// `start:end:step` on the next axis. Negative `start`/`end` count from the end; both are
@@ -400,7 +400,7 @@ pub fn slice<T: Elem>(a: &ArrayViewD<'_, T>, args: &[SliceArg]) -> Result<ArrayD
     Ok(to_standard(&v))
 }
 
-/// [`slice`] into a destination.
+/// [`slice()`] into a destination.
 pub fn slice_to<'w, T: Elem>(
     a: &ArrayViewD<'_, T>,
     args: &[SliceArg],
