@@ -22,6 +22,11 @@ use proc_macro2::Span;
 /// Prefix of the outputs that carry param gradients.
 pub const GRAD_PREFIX: &str = "__grad_";
 
+/// The param whose gradient an output named `name` carries (`__grad_3` -> 3), if it is one.
+pub fn grad_param(name: &str) -> Option<usize> {
+    name.strip_prefix(GRAD_PREFIX)?.parse().ok()
+}
+
 fn is_float(g: &Graph, id: NodeId) -> bool {
     g.dtype_of(id).is_some_and(|t| t.is_float())
 }

@@ -178,3 +178,43 @@ impl<'a> TypedApi<'a> {
         tree
     }
 }
+
+/// The doc table of a model's terminals (every input, param and output with its inferred type)
+/// that the generated struct's doc comment ends with.
+pub(crate) fn terminal_table(g: &Graph) -> String {
+    let mut doc = String::from("| terminal | kind | type |\n|---|---|---|\n");
+    let rows = g
+        .inputs
+        .iter()
+        .map(|i| (i.name.clone(), "input", i.node))
+        .chain(g.params.iter().map(|p| (p.dotted(), "param", p.node)))
+        .chain(g.outputs.iter().map(|o| (o.name.clone(), "output", o.node)));
+    for (name, kind, node) in rows {
+        doc.push_str(&format!("| `{name}` | {kind} | `{}` |\n", g.describe(node)));
+    }
+    doc
+}
+
+/// A gradient function's outputs split into the model outputs (as `name: value` struct fields)
+/// and the param gradients (by param index).
+pub(crate) fn split_grad_outputs(
+    outs: Vec<(String, proc_macro2::TokenStream)>,
+) -> (
+    Vec<proc_macro2::TokenStream>,
+    std::collections::BTreeMap<usize, proc_macro2::TokenStream>,
+) {
+    let mut fwd = Vec::new();
+    let mut grads = std::collections::BTreeMap::new();
+    for (n, val) in outs {
+        match crate::autodiff::grad_param(&n) {
+            Some(i) => {
+                grads.insert(i, val);
+            }
+            None => {
+                let f = quote::format_ident!("{}", n);
+                fwd.push(quote::quote!(#f: #val));
+            }
+        }
+    }
+    (fwd, grads)
+}

@@ -210,22 +210,7 @@ impl<'a> Gen<'a> {
         } else {
             (quote!(), self.body_parts())
         };
-        let mut fwd = Vec::new();
-        let mut grad_vals: BTreeMap<usize, TokenStream> = BTreeMap::new();
-        for (n, val) in outs {
-            match n
-                .strip_prefix(crate::autodiff::GRAD_PREFIX)
-                .and_then(|i| i.parse::<usize>().ok())
-            {
-                Some(i) => {
-                    grad_vals.insert(i, val);
-                }
-                None => {
-                    let f = format_ident!("{}", n);
-                    fwd.push(quote!(#f: #val));
-                }
-            }
-        }
+        let (fwd, grad_vals) = crate::backends::api::split_grad_outputs(outs);
         let tree = self.api.param_tree();
         let grads_name = format_ident!("{}Grads", self.inp.name);
         let grads = if planned {

@@ -162,28 +162,7 @@ impl<'a> Gen<'a> {
                  copied at every call (the params once with `prepare` and `evaluate_prepared`).\n\n"
             ));
         }
-        doc.push_str("| terminal | kind | type |\n|---|---|---|\n");
-        for i in &g.inputs {
-            doc.push_str(&format!(
-                "| `{}` | input | `{}` |\n",
-                i.name,
-                g.describe(i.node)
-            ));
-        }
-        for p in &g.params {
-            doc.push_str(&format!(
-                "| `{}` | param | `{}` |\n",
-                p.dotted(),
-                g.describe(p.node)
-            ));
-        }
-        for o in &g.outputs {
-            doc.push_str(&format!(
-                "| `{}` | output | `{}` |\n",
-                o.name,
-                g.describe(o.node)
-            ));
-        }
+        doc.push_str(&crate::backends::api::terminal_table(g));
         doc
     }
 

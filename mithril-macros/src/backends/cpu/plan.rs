@@ -325,12 +325,7 @@ impl Gen<'_> {
     /// `__grad_<param>`) in the structs' visit order.
     fn plan_out_order(&self) -> Vec<usize> {
         let g = self.g;
-        let grad_of = |k: usize| {
-            g.outputs[k]
-                .name
-                .strip_prefix(crate::autodiff::GRAD_PREFIX)
-                .and_then(|i| i.parse::<usize>().ok())
-        };
+        let grad_of = |k: usize| crate::autodiff::grad_param(&g.outputs[k].name);
         let mut order: Vec<usize> = (0..g.outputs.len())
             .filter(|&k| grad_of(k).is_none())
             .collect();
@@ -410,11 +405,7 @@ impl Gen<'_> {
         let outs: Vec<(String, TokenStream)> = order
             .iter()
             .enumerate()
-            .filter(|(_, &o)| {
-                !self.g.outputs[o]
-                    .name
-                    .starts_with(crate::autodiff::GRAD_PREFIX)
-            })
+            .filter(|(_, &o)| crate::autodiff::grad_param(&self.g.outputs[o].name).is_none())
             .map(|(k, &o)| {
                 let o = &self.g.outputs[o];
                 let t = self.api.elem_ty(o.node);

@@ -174,28 +174,7 @@ impl<'a> CudaGen<'a> {
              (device {device}; {n_kernels} generated kernels in [`Self::CUDA_SOURCE`]; f32 matrix products: {precision}).\n\n",
             self.inp.logical
         ));
-        doc.push_str("| terminal | kind | type |\n|---|---|---|\n");
-        for i in &g.inputs {
-            doc.push_str(&format!(
-                "| `{}` | input | `{}` |\n",
-                i.name,
-                g.describe(i.node)
-            ));
-        }
-        for p in &g.params {
-            doc.push_str(&format!(
-                "| `{}` | param | `{}` |\n",
-                p.dotted(),
-                g.describe(p.node)
-            ));
-        }
-        for o in &g.outputs {
-            doc.push_str(&format!(
-                "| `{}` | output | `{}` |\n",
-                o.name,
-                g.describe(o.node)
-            ));
-        }
+        doc.push_str(&crate::backends::api::terminal_table(g));
         doc
     }
 

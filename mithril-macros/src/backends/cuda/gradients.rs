@@ -63,22 +63,7 @@ impl<'a> CudaGen<'a> {
             // a train model exists for its gradient: that is a compile error
             self.errors.extend(errs.iter().cloned());
         }
-        let mut fwd = Vec::new();
-        let mut grad_vals: BTreeMap<usize, TokenStream> = BTreeMap::new();
-        for (n, val) in outs {
-            match n
-                .strip_prefix(crate::autodiff::GRAD_PREFIX)
-                .and_then(|i| i.parse::<usize>().ok())
-            {
-                Some(i) => {
-                    grad_vals.insert(i, val);
-                }
-                None => {
-                    let f = format_ident!("{}", n);
-                    fwd.push(quote!(#f: #val));
-                }
-            }
-        }
+        let (fwd, grad_vals) = crate::backends::api::split_grad_outputs(outs);
         let dgrads = grads_expr(gen, tree, &mut vec![], &grad_vals);
         let syms: Vec<&str> = t.syms.iter().map(|s| s.as_str()).collect();
         if errs.is_empty() {
