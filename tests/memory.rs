@@ -112,6 +112,22 @@ mithril! {
         input ids: i64[N];
         output e = Embedding(10, 4)(ids);
     }
+
+    // a run-time `if` (and the mode) with buffers in both branches
+    model Branch {
+        input x: f32[B, 64];
+        input wide: bool[];
+        let h = relu(Linear(64)(x));
+        if wide {
+            let h = tanh(Linear(64)(h)) * h;
+        } else {
+            let h = sigmoid(h) + h;
+        }
+        if is_training {
+            let h = h * 0.5;
+        }
+        output y = Linear(8)(h);
+    }
 }
 
 fn data(b: usize) -> (Array2<f32>, Array1<i64>) {
@@ -190,6 +206,50 @@ fn training_step_allocates_only_its_outputs_after_the_first_call() {
             second, 8,
             "batch {b}: the second training step allocated {second} times"
         );
+    }
+}
+
+#[test]
+fn runtime_if_allocates_only_its_outputs_once_both_branches_ran() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Branch::new().unwrap();
+    let p = m.randomize_params(3);
+    let x = Array2::from_shape_fn((16, 64), |(i, j)| ((i * 64 + j) as f32 * 0.021).cos());
+    let (t, f) = (ndarray::arr0(true), ndarray::arr0(false));
+    let eval = |c: &ndarray::Array0<bool>| {
+        m.evaluate(
+            &p,
+            BranchInputs {
+                x: x.view(),
+                wide: c.view(),
+            },
+        )
+        .unwrap()
+    };
+    let ones = Array2::ones((16, 8));
+    let step = |c: &ndarray::Array0<bool>, seed: BranchOutputs| {
+        m.evaluate_gradients(
+            &p,
+            BranchInputs {
+                x: x.view(),
+                wide: c.view(),
+            },
+            seed,
+        )
+        .unwrap()
+    };
+    // (each seed is made outside the counted region)
+    let seed = || BranchOutputs { y: ones.clone() };
+    let (s1, s2) = (seed(), seed());
+    let _ = allocations(|| step(&t, s1));
+    let _ = allocations(|| step(&f, s2));
+    for c in [&f, &t, &t, &f] {
+        let s = seed();
+        let (n, (o, g)) = allocations(|| step(c, s));
+        assert_eq!(g.names().len(), 6);
+        assert!(o.y.iter().all(|v| v.is_finite()));
+        // returned: y and six gradients (three linears)
+        assert_eq!(n, 7, "a training step allocated {n} times");
     }
 }
 

@@ -257,6 +257,7 @@ fn compile_one(
         shapes: opts.shapes.clone(),
         types: opts.types.clone(),
         constants: opts.constants.clone(),
+        dynamic_control_flow: opts.dynamic_control_flow,
     };
     let mut fl = Flattener::new(&fopts, library, locals);
     fl.flatten_top(entry.clone(), hyper_args);

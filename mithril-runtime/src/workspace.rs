@@ -69,6 +69,9 @@ struct Inner {
     arena: Vec<Block>,
     offsets: Vec<usize>,
     report: Option<MemoryReport>,
+    /// A planned call asked for a slot the plan had never seen used (a run-time `if`'s branch
+    /// that had not run before): it got a buffer of its own, and `finish` plans again.
+    replan: bool,
 }
 
 /// The memory of one generated model function (see the module docs). Generated code owns one
@@ -99,6 +102,7 @@ impl Workspace {
                 arena: Vec::new(),
                 offsets: vec![0; life.len()],
                 report: None,
+                replan: false,
             }),
             scratch: None,
         }
@@ -156,9 +160,10 @@ impl Workspace {
     /// [`Error::Memory`] when the plan exceeds `max_memory_gb`.
     pub fn finish(&mut self, model: &str) -> Result<()> {
         let w = self.inner_mut();
-        if w.planned {
+        if w.planned && !w.replan {
             return Ok(());
         }
+        w.replan = false;
         let bufs: Vec<Buffer> = w
             .life
             .iter()
@@ -232,7 +237,17 @@ impl Workspace {
                 format!("internal: memory slot {slot} out of range"),
             ));
         }
-        let ptr: *mut T = if w.planned {
+        let ptr: *mut T = if w.planned && w.bytes[slot] == 0 && bytes > 0 {
+            // a slot no call for these shapes has used yet (a run-time `if`'s other branch):
+            // its own buffer for this call; `finish` plans the arena again with it
+            if w.bufs.len() < w.life.len() {
+                w.bufs.resize_with(w.life.len(), Vec::new);
+            }
+            w.bufs[slot] = crate::alloc::zeroed_blocks::<Block>(op, blocks(bytes))?;
+            w.bytes[slot] = bytes;
+            w.replan = true;
+            w.bufs[slot].as_mut_ptr() as *mut T
+        } else if w.planned {
             if bytes != w.bytes[slot] {
                 return Err(Error::op(
                     op,

@@ -21,6 +21,7 @@ mod catalog;
 mod catalog_math;
 mod checkpointing;
 mod composition;
+mod control_flow;
 mod cuda;
 mod cuda_backend;
 mod examples;

@@ -126,6 +126,9 @@ pub fn evaluate_body(
         pre: Vec::new(),
         body: Vec::new(),
     };
+    if lo.g.has_guards() {
+        return Err("it has a run-time `if`".into());
+    }
     for id in 0..lo.g.nodes.len() {
         lo.node(id)?;
     }
@@ -256,6 +259,7 @@ impl Lowering<'_, '_> {
             Op::Prim(p) => return Err(format!("`{}`", p.name())),
             Op::Fused(_) => return Err("an elementwise group".into()),
             Op::Seed(_) => return Err("an output gradient".into()),
+            Op::Mode => return Err("it reads `is_training`".into()),
         }
         Ok(())
     }

@@ -52,6 +52,29 @@ pub(crate) fn generate<'a>(
     inp: &'a CodegenInput<'a>,
     cuda: Option<&'a CudaOptions>,
 ) -> Result<(TokenStream, Option<String>), Vec<syn::Error>> {
+    // run-time control flow and modes run on the CPU plan only (for now)
+    if cuda.is_some() || g.placement.is_mixed() {
+        if let Some(id) = g
+            .nodes
+            .iter()
+            .position(|n| matches!(n.op, crate::ir::Op::Mode))
+        {
+            return Err(vec![g.error_at(
+                id,
+                "`is_training` (the call's mode) is not lowered for `backend: cuda` or `backend_map` yet: compile this model for the CPU",
+            )]);
+        }
+        if let Some(id) = g.nodes.iter().position(|n| n.guard.is_some()) {
+            let truth = g.nodes[..id]
+                .iter()
+                .rposition(|n| matches!(n.op, crate::ir::Op::Prim(crate::prims::Prim::Truth)))
+                .unwrap_or(id);
+            return Err(vec![g.error_at(
+                truth,
+                "a run-time `if` (a tensor condition) is not lowered for `backend: cuda` or `backend_map` yet: compile this model for the CPU, or make the condition compile-time (a hyperparameter, or an input baked in with `constants:`)",
+            )]);
+        }
+    }
     match cuda {
         Some(opts) => cuda::CudaGen::new(g, train, inp, opts)
             .generate()

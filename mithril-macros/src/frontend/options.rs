@@ -98,6 +98,8 @@ pub struct Options {
     pub discard: Vec<(String, Span)>,
     /// No gradient code at all.
     pub inference: bool,
+    /// `dynamic_control_flow: false` makes a run-time `if` a compile error (default `true`).
+    pub dynamic_control_flow: bool,
     /// `memory_planning: greedy` (default) or `none`.
     pub memory_planning: bool,
     /// `max_memory_gb: x` and where it was written.
@@ -139,6 +141,7 @@ impl Default for Options {
             data: Vec::new(),
             discard: Vec::new(),
             inference: false,
+            dynamic_control_flow: true,
             memory_planning: true,
             max_memory_gb: None,
             checkpoint_segments: None,
@@ -161,6 +164,7 @@ pub const NAMES: &[&str] = &[
     "data",
     "discard",
     "inference",
+    "dynamic_control_flow",
     "memory_planning",
     "max_memory_gb",
     "gradient_checkpointing",
@@ -336,6 +340,7 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
         "data" => o.data = name_list(v, "data")?,
         "discard" => o.discard = name_list(v, "discard")?,
         "inference" => o.inference = as_bool(v, "inference")?,
+        "dynamic_control_flow" => o.dynamic_control_flow = as_bool(v, "dynamic_control_flow")?,
         "memory_planning" => match v {
             OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,
             OptValue::Ident(i) if i == "none" => o.memory_planning = false,

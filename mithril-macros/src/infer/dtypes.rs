@@ -106,7 +106,7 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                     }
                 }
             }
-            Op::Fused(_) | Op::FusedMatmul { .. } | Op::Seed(_) => {}
+            Op::Fused(_) | Op::FusedMatmul { .. } | Op::Seed(_) | Op::Mode => {}
         }
     }
     errors

@@ -46,6 +46,13 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
             Op::Prim(p) => arg_shapes.map(|s| {
                 let before: Vec<String> = args.iter().map(|&a| g.describe(a)).collect();
                 p.infer_shape(&mut g.env, &s).map_err(|why| {
+                    // a rule that words its whole message itself (a run-time `if`'s)
+                    if let Some(m) = why.strip_prefix("shape: ") {
+                        return m.to_string();
+                    }
+                    if why.starts_with("shapes ") {
+                        return why;
+                    }
                     let operands = if p.is_elementwise() && before.len() == 2 {
                         format!("{} does not broadcast with {}", before[0], before[1])
                     } else {
@@ -54,7 +61,7 @@ pub fn infer(g: &mut Graph) -> Vec<syn::Error> {
                     format!("shape mismatch in `{}`: {operands}; {why}", p.name())
                 })
             }),
-            Op::Fused(_) | Op::FusedMatmul { .. } | Op::Seed(_) => None,
+            Op::Fused(_) | Op::FusedMatmul { .. } | Op::Seed(_) | Op::Mode => None,
         };
         match result {
             Some(Ok(s)) => g.nodes[id].shape = Some(s),

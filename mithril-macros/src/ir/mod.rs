@@ -363,6 +363,9 @@ pub enum Op {
     Fused(FExpr),
     /// The seed gradient of the i-th output (an argument of `evaluate_gradients`).
     Seed(usize),
+    /// The call's mode, `is_training` in the DSL: a scalar `bool`, true in a training call
+    /// (`evaluate_gradients`, or a `*_mode` call with `Mode::Train`).
+    Mode,
     /// A 2-D matmul of `args[0]`, `args[1]` (transpose flags as in `Prim::Matmul`) with an
     /// elementwise epilogue applied to each result tile while it is hot: `expr`'s `Arg(0)` is
     /// the product, `Arg(i)` for `i >= 1` is `args[i + 1]` (made by `passes::epilogue`).
@@ -384,6 +387,11 @@ pub struct Node {
     pub shape: Option<Shape>,
     /// Filled by dtype inference.
     pub dtype: Option<DT>,
+    /// Run-time control flow: the node runs only when this node's value (a scalar `bool`,
+    /// itself unguarded, always computed) is true — the nodes of a run-time `if`'s branches.
+    /// A skipped node leaves its value unset: only nodes under the same guard, and the
+    /// branch's `phi`, read it. `None`: the node always runs.
+    pub guard: Option<NodeId>,
 }
 
 /// How a param is initialised by `randomize_params`.
@@ -541,22 +549,35 @@ impl Graph {
     /// seeds are host memory (uploaded where a device op reads them).
     pub fn on_cuda(&self, id: NodeId) -> bool {
         match self.nodes[id].op {
-            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Boundary(_) => false,
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Mode | Op::Boundary(_) => false,
             _ => self.placement.scope_on_cuda(&self.nodes[id].scope),
         }
     }
 
     /// Nodes `a` and `b` run on the same backend (always, unless the model is mixed). Fusion
     /// and CSE only merge such nodes, so a `backend_map` boundary stays where it was written.
+    /// They also run under the same run-time guard ([`Node::guard`]), so fusion never merges
+    /// a branch's op with one outside the branch.
     pub fn same_place(&self, a: NodeId, b: NodeId) -> bool {
-        !self.placement.is_mixed() || self.on_cuda(a) == self.on_cuda(b)
+        self.nodes[a].guard == self.nodes[b].guard
+            && (!self.placement.is_mixed() || self.on_cuda(a) == self.on_cuda(b))
+    }
+
+    /// The graph reads the call's mode (`is_training`).
+    pub fn uses_mode(&self) -> bool {
+        self.nodes.iter().any(|n| matches!(n.op, Op::Mode))
+    }
+
+    /// Some node runs under a run-time guard (the model has a run-time `if`).
+    pub fn has_guards(&self) -> bool {
+        self.nodes.iter().any(|n| n.guard.is_some())
     }
 
     /// Number of uses of each node (args + outputs).
     pub fn use_counts(&self) -> Vec<usize> {
         let mut uses = vec![0; self.nodes.len()];
         for n in &self.nodes {
-            for &a in &n.args {
+            for &a in n.args.iter().chain(&n.guard) {
                 uses[a] += 1;
             }
         }
@@ -665,7 +686,7 @@ impl Graph {
             }
         }
         for n in &mut nodes {
-            for a in &mut n.args {
+            for a in n.args.iter_mut().chain(&mut n.guard) {
                 *a = map[*a];
             }
         }
@@ -684,7 +705,7 @@ impl Graph {
     /// Point every use of `old` at `new`.
     pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
         for n in &mut self.nodes {
-            for a in &mut n.args {
+            for a in n.args.iter_mut().chain(&mut n.guard) {
                 if *a == old {
                     *a = new;
                 }

@@ -160,4 +160,10 @@ pub enum Prim {
     SliceGrad(Vec<SliceArg>),
     /// Gradient of the k-th operand of `concat`: (g, parts...).
     ConcatPart(i64, usize),
+    // ---- run-time control flow (made by a run-time `if`; no DSL name)
+    /// The condition of a run-time `if`: its operand, checked to be a scalar `bool`.
+    Truth,
+    /// The value of a name after a run-time `if`: `(then guard, else guard, then value, else
+    /// value)`, the then value when the then guard holds, else the else value (no copy).
+    Phi,
 }

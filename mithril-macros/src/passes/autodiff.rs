@@ -46,6 +46,7 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<
         scope: String::new(),
         default,
         errors: Vec::new(),
+        guard: None,
     };
     // seeds
     for (i, o) in outputs.iter().enumerate() {
@@ -85,6 +86,8 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<
         }
         b.span = node.span;
         b.scope = node.scope.clone();
+        // a branch's op: its gradient runs only when the branch ran
+        b.guard = node.guard;
         let grads = p.vjp(&mut b, &node.args, id, gy);
         for (k, gx) in grads.into_iter().enumerate() {
             let x = node.args[k];
@@ -104,12 +107,25 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<
             } else {
                 gx
             };
+            // Run-time `if`: the gradient of `x` is summed where `x` exists (under its own
+            // guard); the contribution of an op under another guard (an op inside a branch
+            // reading a value from outside it) counts only when that op ran, so it is added
+            // as `phi(guard, contribution, 0)` (even when the node carrying it is unguarded:
+            // an identity's contribution is its unguarded output gradient).
+            let xguard = b.g.nodes[x].guard;
+            b.guard = xguard;
+            let gx = match node.guard {
+                Some(gg) if node.guard != xguard => b.select(gg, gx, x),
+                _ => gx,
+            };
             adj[x] = Some(match adj[x] {
                 None => gx,
                 Some(prev) => b.bin(Prim::Add, prev, gx),
             });
+            b.guard = node.guard;
         }
     }
+    b.guard = None;
     b.scope = String::new();
     // param gradients become outputs (zeros for params no output depends on)
     let params = b.g.params.clone();

@@ -15,7 +15,8 @@ use crate::passes::autodiff::GRAD_PREFIX;
 /// Applies checkpointing; returns the number of nodes recomputed.
 pub fn run(g: &mut Graph, segments: usize) -> usize {
     let n = g.nodes.len();
-    if segments < 2 {
+    // (a model with a run-time `if` keeps its activations: the summary says so)
+    if segments < 2 || g.has_guards() {
         return 0;
     }
     // forward: ancestors of the forward (non-gradient) outputs

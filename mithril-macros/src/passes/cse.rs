@@ -12,7 +12,7 @@ pub fn run(g: &mut Graph) -> usize {
         let node = &g.nodes[id];
         if matches!(
             node.op,
-            Op::Input(_) | Op::Param(_) | Op::Boundary(_) | Op::Seed(_)
+            Op::Input(_) | Op::Param(_) | Op::Boundary(_) | Op::Seed(_) | Op::Mode
         ) {
             continue;
         }
@@ -23,12 +23,14 @@ pub fn run(g: &mut Graph) -> usize {
             }
         }
         // in a mixed model (`backend_map`) each backend keeps its own copy
+        // and each run-time branch its own (a branch's node may not run)
         let key = format!(
-            "{:?}|{:?}|{:?}|{}",
+            "{:?}|{:?}|{:?}|{}|{:?}",
             node.op,
             args,
             node.dtype.map(|t| g.env.dt(t)),
-            g.placement.is_mixed() && g.on_cuda(id)
+            g.placement.is_mixed() && g.on_cuda(id),
+            node.guard
         );
         match seen.get(&key) {
             Some(&prev) => {

@@ -13,7 +13,8 @@ pub fn run(g: &mut Graph, extra_roots: &[usize]) -> usize {
     }
     for id in (0..g.nodes.len()).rev() {
         if live[id] {
-            for &a in &g.nodes[id].args {
+            let n = &g.nodes[id];
+            for &a in n.args.iter().chain(&n.guard) {
                 live[a] = true;
             }
         }

@@ -1,16 +1,32 @@
-//! Constant folding: an elementwise primitive whose operands are all constants is evaluated at
-//! compile time (by its family's `fold`, in f64 / i64 / bool, then rounded to the node's dtype)
-//! and replaced by a constant.
+//! Constant folding: a primitive whose operands are all constants is evaluated at compile time
+//! (by its family's `fold`, in f64 / i64 / bool, then rounded to the node's dtype) and replaced
+//! by a constant. A run-time `if` whose condition folds is resolved: its phis become the taken
+//! branch's values and that branch's ops run unguarded (DCE then removes the other branch).
 
 use crate::ir::{DType, Graph, Op, Scalar, DT};
+use crate::prims::Prim;
 
 pub fn run(g: &mut Graph) -> usize {
     let mut n = 0;
     for id in 0..g.nodes.len() {
+        let konst = |g: &Graph, a: usize| match g.nodes[a].op {
+            Op::Const(Scalar::Bool(b)) => Some(b),
+            _ => None,
+        };
+        if let Some(w) = g.nodes[id].guard {
+            if konst(g, w) == Some(true) {
+                g.nodes[id].guard = None;
+            }
+        }
         let Op::Prim(p) = &g.nodes[id].op else {
             continue;
         };
-        if !p.is_elementwise() {
+        if *p == Prim::Phi {
+            if let Some(b) = konst(g, g.nodes[id].args[0]) {
+                let taken = g.nodes[id].args[if b { 2 } else { 3 }];
+                g.replace_uses(id, taken);
+                n += 1;
+            }
             continue;
         }
         let vals: Option<Vec<Scalar>> = g.nodes[id]

@@ -13,6 +13,7 @@
 //! or any alias of it.
 
 use crate::ir::{rdim, DType, Graph, NodeId, Op, RDim};
+use crate::prims::Prim;
 use mithril_kernels::memplan::{self, Buffer};
 
 /// Where each node's value lives.
@@ -126,7 +127,7 @@ pub fn plan_placed(
     // last step reading each node (outputs: the end)
     let mut last_use: Vec<u32> = (0..n as u32).collect();
     for (id, node) in g.nodes.iter().enumerate() {
-        for &a in &node.args {
+        for &a in node.args.iter().chain(&node.guard) {
             last_use[a] = last_use[a].max(id as u32);
         }
     }
@@ -136,18 +137,37 @@ pub fn plan_placed(
     let mut home = vec![Home::View; n];
     // root slot of each node (its own, its in-place target's, or its view source's)
     let mut root: Vec<Option<usize>> = vec![None; n];
+    // the slots a run-time `if`'s phi may alias (those of both branches' values)
+    let mut phi_roots: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut life: Vec<(u32, u32)> = Vec::new();
     let mut slot_node: Vec<NodeId> = Vec::new();
     for id in 0..n {
         let node = &g.nodes[id];
         match &node.op {
-            Op::Input(_) | Op::Param(_) | Op::Seed(_) => continue,
-            Op::Boundary(_) => {
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Mode => continue,
+            Op::Boundary(_) | Op::Prim(Prim::Truth) => {
                 let r = root[node.args[0]];
                 root[id] = r;
-                if let Some(s) = r {
+                phi_roots[id] = phi_roots[node.args[0]].clone();
+                for s in r.iter().chain(&phi_roots[id]) {
+                    life[*s].1 = life[*s].1.max(last_use[id]);
+                }
+                continue;
+            }
+            // a view of the value of the branch that ran (never written in place: its home is
+            // a view): every slot it may be keeps living while it is read
+            Op::Prim(Prim::Phi) => {
+                let mut rs = Vec::new();
+                for &a in &node.args[2..] {
+                    rs.extend(root[a]);
+                    rs.extend(phi_roots[a].iter().copied());
+                }
+                rs.sort_unstable();
+                rs.dedup();
+                for &s in &rs {
                     life[s].1 = life[s].1.max(last_use[id]);
                 }
+                phi_roots[id] = rs;
                 continue;
             }
             _ => {}

@@ -20,6 +20,9 @@ pub struct Builder<'g> {
     pub default: DType,
     /// Errors met while differentiating.
     pub errors: Vec<syn::Error>,
+    /// The run-time guard of the nodes being built ([`crate::ir::Node::guard`]): the forward
+    /// node's, so the gradient of a branch's op runs only when the branch ran.
+    pub guard: Option<NodeId>,
 }
 
 impl Builder<'_> {
@@ -33,7 +36,16 @@ impl Builder<'_> {
             scope: self.scope.clone(),
             shape: Some(shape),
             dtype: Some(DT::Known(dt)),
+            guard: self.guard,
         })
+    }
+
+    /// `v` when run-time guard `guard` holds, else zeros shaped and typed like `like` (which
+    /// must exist whenever the nodes being built run): a gradient computed in a branch, as
+    /// seen from outside it.
+    pub fn select(&mut self, guard: NodeId, v: NodeId, like: NodeId) -> NodeId {
+        let z = self.op(Prim::FullLike(0.0), &[like]);
+        self.op(Prim::Phi, &[guard, guard, v, z])
     }
 
     /// A primitive node; shape and dtype come from the primitive's own rules.

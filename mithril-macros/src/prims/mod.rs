@@ -17,6 +17,7 @@
 pub mod attrs;
 pub mod autodiff_helpers;
 pub mod construct;
+pub mod control;
 pub mod cuda;
 pub mod elementwise;
 pub mod grad;
@@ -149,6 +150,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &linalg::Rules,
     &construct::Rules,
     &autodiff_helpers::Rules,
+    &control::Rules,
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -270,6 +272,7 @@ impl Prim {
             Arange { .. } | FullLike(_) => &construct::Rules,
             EighVectors | BroadcastLike | ReshapeLike | SumLike | SizeRatio | TakeAlongGrad
             | GatherGrad(_) | SliceGrad(_) | ConcatPart(..) => &autodiff_helpers::Rules,
+            Truth | Phi => &control::Rules,
         }
     }
 

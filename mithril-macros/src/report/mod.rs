@@ -27,6 +27,7 @@ pub fn op_name(g: &Graph, id: NodeId) -> String {
         Op::Prim(p) => p.name().into(),
         Op::Boundary(_) => "boundary".into(),
         Op::Seed(_) => "seed".into(),
+        Op::Mode => "is_training".into(),
         Op::Fused(e) => format!("fused[{}]", fexpr(e)),
         Op::FusedMatmul { ta, tb, expr } => format!(
             "matmul{}+epilogue[{}]",
@@ -87,6 +88,10 @@ pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
     if placed.is_some() {
         head.push("backend".into());
     }
+    let guarded = g.has_guards();
+    if guarded {
+        head.push("runs if".into());
+    }
     let mut rows: Vec<Vec<String>> = vec![head];
     for id in 0..g.nodes.len() {
         let ins = g.nodes[id]
@@ -104,6 +109,14 @@ pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
         ];
         if let Some(p) = &placed {
             row.push(p.column(g, id).to_string());
+        }
+        if guarded {
+            row.push(
+                g.nodes[id]
+                    .guard
+                    .map(|w| format!("%{w}"))
+                    .unwrap_or_default(),
+            );
         }
         rows.push(row);
     }
@@ -179,8 +192,12 @@ pub fn text(g: &Graph) -> String {
             .map(|&a| format!("%{a}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let when = match g.nodes[id].guard {
+            Some(w) => format!(" if %{w}"),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "%{id} = {}({ins}) : {}  # {}\n",
+            "%{id} = {}({ins}) : {}{when}  # {}\n",
             op_name(g, id),
             g.describe(id),
             name(g, id)
@@ -200,21 +217,25 @@ fn esc(s: &str) -> String {
 pub fn dot(g: &Graph, model: &str) -> String {
     let mut out =
         format!("digraph {model} {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
-    for id in 0..g.nodes.len() {
-        let shape = match g.nodes[id].op {
-            Op::Input(_) => "invhouse",
-            Op::Param(_) => "cylinder",
-            Op::Const(_) => "ellipse",
-            _ => "box",
-        };
-        out.push_str(&format!(
-            "  n{id} [shape={shape}, label=\"{}\\n{}\\n{}\"];\n",
-            esc(&name(g, id)),
-            esc(&op_name(g, id)),
-            esc(&g.describe(id))
-        ));
+    let edges = |id: NodeId, out: &mut String| {
         for &a in &g.nodes[id].args {
             out.push_str(&format!("  n{a} -> n{id};\n"));
+        }
+    };
+    for id in 0..g.nodes.len() {
+        if g.nodes[id].guard.is_none() {
+            dot_node(g, id, "  ", &mut out);
+            edges(id, &mut out);
+        }
+    }
+    // a run-time `if`'s branches: one cluster per guard, nested as the `if`s are
+    let guards = branch_guards(g);
+    for &w in guards.iter().filter(|&&w| guard_parent(g, w).is_none()) {
+        dot_cluster(g, w, &guards, 1, &mut out);
+    }
+    for id in 0..g.nodes.len() {
+        if g.nodes[id].guard.is_some() {
+            edges(id, &mut out);
         }
     }
     for (i, o) in g.outputs.iter().enumerate() {
@@ -228,7 +249,65 @@ pub fn dot(g: &Graph, model: &str) -> String {
     out
 }
 
-/// JSON: `{"model": .., "nodes": [{"id", "name", "op", "inputs", "type"}], "outputs": {..}}`.
+fn dot_node(g: &Graph, id: NodeId, ind: &str, out: &mut String) {
+    let shape = match g.nodes[id].op {
+        Op::Input(_) => "invhouse",
+        Op::Param(_) => "cylinder",
+        Op::Const(_) => "ellipse",
+        _ => "box",
+    };
+    out.push_str(&format!(
+        "{ind}n{id} [shape={shape}, label=\"{}\\n{}\\n{}\"];\n",
+        esc(&name(g, id)),
+        esc(&op_name(g, id)),
+        esc(&g.describe(id))
+    ));
+}
+
+/// The guards of a run-time `if`'s branches, in graph order.
+fn branch_guards(g: &Graph) -> Vec<NodeId> {
+    let mut gs: Vec<NodeId> = g.nodes.iter().filter_map(|n| n.guard).collect();
+    // a nested branch's guard is `phi(outer, outer, cond, false)`: its outer one too
+    let mut i = 0;
+    while i < gs.len() {
+        if let Some(p) = guard_parent(g, gs[i]) {
+            gs.push(p);
+        }
+        i += 1;
+    }
+    gs.sort_unstable();
+    gs.dedup();
+    gs
+}
+
+/// The guard of the enclosing `if`'s branch of a nested `if`'s guard.
+fn guard_parent(g: &Graph, w: NodeId) -> Option<NodeId> {
+    let n = &g.nodes[w];
+    match (&n.op, &n.args[..]) {
+        (Op::Prim(crate::prims::Prim::Phi), [a, b, ..]) if a == b => Some(*a),
+        _ => None,
+    }
+}
+
+fn dot_cluster(g: &Graph, w: NodeId, guards: &[NodeId], depth: usize, out: &mut String) {
+    let ind = "  ".repeat(depth);
+    out.push_str(&format!(
+        "{ind}subgraph cluster_if{w} {{\n{ind}  label=\"runs if %{w}\";\n{ind}  style=dashed;\n"
+    ));
+    let inner = format!("{ind}  ");
+    for id in 0..g.nodes.len() {
+        if g.nodes[id].guard == Some(w) {
+            dot_node(g, id, &inner, out);
+        }
+    }
+    for &c in guards.iter().filter(|&&c| guard_parent(g, c) == Some(w)) {
+        dot_cluster(g, c, guards, depth + 1, out);
+    }
+    out.push_str(&format!("{ind}}}\n"));
+}
+
+/// JSON: `{"model": .., "nodes": [{"id", "name", "op", "inputs", "type"}], "outputs": {..}}`
+/// (a node of a run-time `if`'s branch also has `"guard"`: the node whose value it runs under).
 pub fn json(g: &Graph, model: &str) -> String {
     let mut nodes = Vec::new();
     for id in 0..g.nodes.len() {
@@ -238,8 +317,12 @@ pub fn json(g: &Graph, model: &str) -> String {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let guard = match g.nodes[id].guard {
+            Some(w) => format!(", \"guard\": {w}"),
+            None => String::new(),
+        };
         nodes.push(format!(
-            "    {{\"id\": {id}, \"name\": \"{}\", \"scope\": \"{}\", \"op\": \"{}\", \"inputs\": [{ins}], \"type\": \"{}\"}}",
+            "    {{\"id\": {id}, \"name\": \"{}\", \"scope\": \"{}\", \"op\": \"{}\", \"inputs\": [{ins}], \"type\": \"{}\"{guard}}}",
             esc(&name(g, id)),
             esc(&g.nodes[id].scope),
             esc(&op_name(g, id)),

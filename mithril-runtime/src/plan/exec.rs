@@ -289,6 +289,12 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
 
     fn nodes(&self, vals: &mut Vec<Val<'w>>) -> Result<()> {
         for (id, step) in self.plan.nodes.iter().enumerate() {
+            if let Some(g) = step.guard {
+                if !truth(vals, self.views(), g)? {
+                    vals.push(Val::Empty);
+                    continue;
+                }
+            }
             let v = match step.home {
                 Home::InPlace(pos) => {
                     let target = step.args.get(pos).copied().unwrap_or(usize::MAX);
@@ -413,6 +419,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 .first()
                 .map(|&a| Val::Alias(a))
                 .ok_or_else(|| internal(step.what, "alias of nothing")),
+            POp::Phi => match args[..] {
+                [g, _, t, e] => Ok(Val::Alias(if truth(vals, self.views(), g)? {
+                    t
+                } else {
+                    e
+                })),
+                _ => Err(internal(step.what, "phi without its four operands")),
+            },
             POp::Const(l) => any_t!(dt, T => self.put::<T>(id, h, |d| {
                 let mut v = d.get("const", &[])?;
                 v.fill(lit_value::<T>(*l));
@@ -667,6 +681,18 @@ fn arg<'v, 'w>(
     i: usize,
 ) -> Result<TensorView<'v>> {
     arg_ref(vals, views, i).map(|v| v.clone().reborrow())
+}
+
+/// The value of a run-time `if`'s guard or condition: node `i`, a scalar `bool`.
+fn truth<'w>(vals: &[Val<'w>], views: &[TensorView<'w>], i: usize) -> Result<bool> {
+    match arg_ref(vals, views, i)? {
+        TensorView::Bool(v) => v
+            .iter()
+            .next()
+            .copied()
+            .ok_or_else(|| internal("a run-time `if`", "empty condition")),
+        _ => Err(internal("a run-time `if`", "condition is not bool")),
+    }
 }
 
 /// The value of node `i`, borrowed from the table (or the views).

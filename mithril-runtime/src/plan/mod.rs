@@ -69,6 +69,9 @@ pub struct Step {
     pub args: Vec<usize>,
     /// how errors name it (`` `matmul` of input `x`, param `fc.weight` for `h` ``)
     pub what: &'static str,
+    /// a run-time `if`'s branch: the node runs only when this node's value (a scalar `bool`)
+    /// is true; otherwise its value stays unset (only the branch and its phi read it)
+    pub guard: Option<usize>,
 }
 
 /// Where a node's value lives.
@@ -123,6 +126,8 @@ pub enum POp {
     View(usize),
     /// the value of `args[0]`
     Alias,
+    /// after a run-time `if`: the value of `args[2]` when `args[0]` is true, else of `args[3]`
+    Phi,
     /// a scalar constant (in the compute domain of `dt`)
     Const(Lit),
     /// a fused elementwise group over `args` (with the op name its errors use)

@@ -6,6 +6,7 @@
 //! M "<model>" <nsyms> "<sym>"...
 //! C <view> "<terminal>" "<expected>" <ell 0|1> <ndims> <spec>...   spec: f<n> | s<slot> | a
 //! R <program>                                                      (programs @0, @1, ... in order)
+//! W <node>                                                         (the next N runs only when <node> is true)
 //! N <dtype> <home> <op...> <nargs> <arg>... <ctx>                   home: v | s<slot> | i<pos> | o
 //! O <n> <node>...
 //! ```
@@ -138,8 +139,17 @@ pub(super) fn parse(src: &'static str) -> R<Plan> {
         outputs: Vec::new(),
     };
     let mut ctx = Vec::new();
+    // `W <node>`: the next node runs only when that node's value is true
+    let mut guard = None;
     while !t.done() {
         match t.word()? {
+            "W" => {
+                let w: usize = t.num()?;
+                if w >= plan.nodes.len() {
+                    return Err(format!("node {}: guard after it", plan.nodes.len()));
+                }
+                guard = Some(w);
+            }
             "C" => plan.checks.push(check(&mut t)?),
             "R" => {
                 let p = prog(&mut t).map_err(|e| format!("program {}: {e}", t.progs.len()))?;
@@ -150,6 +160,8 @@ pub(super) fn parse(src: &'static str) -> R<Plan> {
                 if s.args.iter().any(|&a| a >= plan.nodes.len()) {
                     return Err(format!("node {}: operand after it", plan.nodes.len()));
                 }
+                let mut s = s;
+                s.guard = guard.take();
                 plan.nodes.push(s);
                 ctx.push(c);
             }
@@ -555,6 +567,7 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
     let op = match t.word()? {
         "view" => POp::View(t.num()?),
         "alias" => POp::Alias,
+        "phi" => POp::Phi,
         "const" => POp::Const(lit(t.word()?)?),
         "fused" => POp::Fused(t.string()?, prog(t)?),
         "fmm" => {
@@ -654,6 +667,7 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
         op,
         args,
         what: "",
+        guard: None,
     };
     Ok((step, ctx))
 }

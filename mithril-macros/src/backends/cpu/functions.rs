@@ -244,6 +244,40 @@ impl<'a> Gen<'a> {
             )
         };
         let threads = self.threads_guard();
+        let seed_pass = if self.inp.train_model {
+            quote!()
+        } else {
+            quote!(output_grads,)
+        };
+        // a model that reads `is_training`: `evaluate_gradients` is the train-mode call of
+        // `evaluate_gradients_mode`
+        let grad_fns = if self.g.uses_mode() {
+            quote! {
+                #[doc = #grad_doc]
+                ///
+                /// In training mode (`is_training` is true): [`Self::evaluate_gradients_mode`]
+                /// with `mithril::rt::Mode::Train`.
+                pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                    self.evaluate_gradients_mode(params, inputs, #seed_pass ::mithril::rt::Mode::Train)
+                }
+
+                /// [`Self::evaluate_gradients`] in `mode` (what `is_training` reads).
+                #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
+                pub fn evaluate_gradients_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                    #threads
+                    #fn_body
+                }
+            }
+        } else {
+            quote! {
+                #[doc = #grad_doc]
+                #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
+                pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                    #threads
+                    #fn_body
+                }
+            }
+        };
         quote! {
             #[doc(hidden)]
             pub const __MITHRIL_LIFE_GRAD: &'static [(u32, u32)] = #life;
@@ -253,12 +287,7 @@ impl<'a> Gen<'a> {
                 self.__ws_grad.lock().ok().and_then(|w| w.report())
             }
 
-            #[doc = #grad_doc]
-            #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
-            pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
-                #threads
-                #fn_body
-            }
+            #grad_fns
         }
     }
 

@@ -26,6 +26,25 @@ impl Gen<'_> {
         let threads = self.threads_guard();
         let lints = lints();
         match &self.mixed {
+            // a model that reads `is_training`: `evaluate` is the eval-mode call of
+            // `evaluate_mode`
+            None if self.g.uses_mode() => (
+                quote! {
+                    /// Run the model in evaluation mode (`is_training` is false):
+                    /// [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
+                    pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                        self.evaluate_mode(params, inputs, ::mithril::rt::Mode::Eval)
+                    }
+
+                    /// Run the model in `mode` (what `is_training` reads).
+                    #lints
+                    pub fn evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                        #threads
+                        #eval_body
+                    }
+                },
+                quote!(),
+            ),
             None => (
                 quote! {
                     /// Run the model.

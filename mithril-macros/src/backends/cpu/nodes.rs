@@ -261,6 +261,8 @@ impl Gen<'_> {
                 let name = format_ident!("{}", self.g.inputs[*i].name);
                 quote!(let #vid = inputs.#name.view().into_dyn();)
             }
+            // (rejected for mixed models by `backends::generate`)
+            Op::Mode => quote!(compile_error!("internal: `is_training` in a mixed model");),
             Op::Param(i) => {
                 let fields = self.g.params[*i]
                     .path

@@ -120,6 +120,14 @@ impl Gen<'_> {
         match g.nodes[id].op {
             Op::Input(i) => Some(i),
             Op::Param(i) => Some(g.inputs.len() + self.leaf_pos[i]),
+            Op::Mode => {
+                let seeds = g
+                    .nodes
+                    .iter()
+                    .filter(|n| matches!(n.op, Op::Seed(_)))
+                    .count();
+                Some(g.inputs.len() + g.params.len() + seeds)
+            }
             Op::Seed(_) => {
                 let k = g.nodes[..id]
                     .iter()
@@ -229,6 +237,10 @@ impl Gen<'_> {
             for r in progs.new.drain(..) {
                 let _ = writeln!(out, "R {r}");
             }
+            // a run-time `if`'s branch: the node runs when the guard's value is true
+            if let Some(w) = g.nodes[id].guard {
+                let _ = writeln!(out, "W {w}");
+            }
             let _ = writeln!(
                 out,
                 "N {} {home} {op} {} {ctx}",
@@ -250,7 +262,9 @@ impl Gen<'_> {
     fn plan_ctx(&self, id: NodeId) -> String {
         let n = &self.g.nodes[id];
         let op = match &n.op {
-            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Boundary(_) => return "-".into(),
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Mode | Op::Boundary(_) => {
+                return "-".into()
+            }
             Op::Prim(p) | Op::Fused(FExpr::Op(p, ..)) => p.name(),
             Op::FusedMatmul { .. } => "matmul",
             Op::Const(_) => "const",
@@ -267,7 +281,7 @@ impl Gen<'_> {
         let t = self.api.dtype(id);
         let arg_dts: Vec<DType> = n.args.iter().map(|&a| self.api.dtype(a)).collect();
         Ok(match &n.op {
-            Op::Input(_) | Op::Param(_) | Op::Seed(_) => {
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Mode => {
                 format!("view {}", self.view_index(id).unwrap_or(0))
             }
             Op::Boundary(_) => "alias".into(),
@@ -358,12 +372,17 @@ impl Gen<'_> {
                 post.push(quote!(__views.push(::mithril::rt::plan::view(output_grads.#f.view()));));
             }
         }
+        // `is_training`: the call's mode, after the seeds
+        if g.uses_mode() {
+            post.push(quote!(__views.push(::mithril::rt::plan::view(mode.view()));));
+        }
         let n = g.inputs.len()
             + g.params.len()
             + g.nodes
                 .iter()
                 .filter(|n| matches!(n.op, Op::Seed(_)))
-                .count();
+                .count()
+            + usize::from(g.uses_mode());
         quote! {
             let mut __views = ::mithril::rt::plan::Views::<'_, #n>::new();
             #(#pre)*

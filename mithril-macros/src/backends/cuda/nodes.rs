@@ -20,6 +20,11 @@ impl<'a> CudaGen<'a> {
         let ty = cx.ty(id);
         Ok(Some(match &n.op {
             Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Boundary(_) => return Ok(None),
+            Op::Mode => {
+                return Err(
+                    "`is_training` is not lowered for `backend: cuda` or `backend_map` yet".into(),
+                )
+            }
             Op::Const(s) => {
                 let lit = literal(*s, cx.dt(id));
                 quote!(#c::exec::scalar::<#ty>(__dev, <#ty as ::mithril::rt::Elem>::from_acc(#lit))?)

@@ -410,6 +410,9 @@ impl Flattener<'_> {
         if n == "None" {
             return Value::Hyper(HVal::None);
         }
+        if n == "is_training" {
+            return Value::Tensor(self.mode_node(id.span(), f));
+        }
         if is_symbol(&n) {
             if let Some(d) = f.syms.get(&n) {
                 return Value::Hyper(HVal::Dim(d.clone()));

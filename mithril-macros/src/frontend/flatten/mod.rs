@@ -10,6 +10,7 @@
 //! (model instances and their application).
 
 mod calls;
+mod control;
 mod decls;
 mod exprs;
 mod instances;
@@ -68,6 +69,8 @@ pub struct FlattenOpts {
     pub types: BTreeMap<String, (DType, Span)>,
     /// `constants:`: scalar inputs baked in.
     pub constants: BTreeMap<String, (Scalar, Span)>,
+    /// `dynamic_control_flow:` (default `true`): `false` makes a run-time `if` a compile error.
+    pub dynamic_control_flow: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +117,9 @@ struct Frame {
     /// Sub mode: how many instances this call of the body has created so far (the index into
     /// the instance's `subs`).
     created: usize,
+    /// The run-time guard when the frame was entered: an `output` under another one is inside
+    /// a run-time `if` of this body.
+    guard: Option<NodeId>,
 }
 
 /// The flattener.
@@ -153,6 +159,9 @@ pub struct Flattener<'a> {
     steps: usize,
     /// The "too large" error was reported.
     over_budget: bool,
+    /// Inside the branch of a run-time `if`: the guard of the nodes being built
+    /// ([`crate::ir::Node::guard`]).
+    guard: Option<NodeId>,
 }
 
 /// Most statements and loop iterations one flattening may execute (nested loops).
@@ -215,6 +224,7 @@ impl<'a> Flattener<'a> {
             regs: Vec::new(),
             steps: 0,
             over_budget: false,
+            guard: None,
         }
     }
 
@@ -264,6 +274,11 @@ impl<'a> Flattener<'a> {
             let b = std::mem::take(&mut self.pending_bounds);
             self.g.slice_bounds.insert(self.g.nodes.len(), b);
         }
+        // terminals and constants exist whatever branch runs
+        let guard = match op {
+            Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Seed(_) | Op::Mode => None,
+            _ => self.guard,
+        };
         self.g.push(Node {
             op,
             args,
@@ -272,6 +287,7 @@ impl<'a> Flattener<'a> {
             scope: f.path.join("."),
             shape: None,
             dtype: None,
+            guard,
         })
     }
 
@@ -462,6 +478,7 @@ impl<'a> Flattener<'a> {
             train: entry.def.kind == ModelKind::Train,
             arg_spans: HashMap::new(),
             created: 0,
+            guard: self.guard,
         }
     }
 

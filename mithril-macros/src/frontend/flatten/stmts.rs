@@ -21,17 +21,31 @@ impl Flattener<'_> {
             } => self.const_stmt(name, dtype.as_ref(), value, *span, f),
             Stmt::Let { pat, expr } => self.let_stmt(pat, expr, f),
             Stmt::Output { name, expr } => self.output_stmt(name, expr.as_ref(), f),
-            Stmt::If { cond, then, els } => match self.eval_hyper(cond, f) {
-                Some(HVal::Bool(true)) => self.exec(then, f),
-                Some(HVal::Bool(false)) => self.exec(els, f),
-                Some(v) => self.error(
+            Stmt::If { cond, then, els } => match self.eval(cond, f, None) {
+                Value::Hyper(HVal::Bool(true)) | Value::Const(HVal::Bool(true), _) => {
+                    self.exec(then, f)
+                }
+                Value::Hyper(HVal::Bool(false)) | Value::Const(HVal::Bool(false), _) => {
+                    self.exec(els, f)
+                }
+                Value::Hyper(v) | Value::Const(v, _) => self.error(
                     cond.span(),
                     format!(
-                        "an `if` condition must be a compile-time bool, found {}",
+                        "an `if` condition must be a compile-time bool or a scalar `bool` tensor, found {}",
                         v.kind()
                     ),
                 ),
-                None => {}
+                // an input baked in with `constants:`: known at compile time
+                Value::Tensor(c) => match self.g.nodes[c].op {
+                    Op::Const(Scalar::Bool(true)) => self.exec(then, f),
+                    Op::Const(Scalar::Bool(false)) => self.exec(els, f),
+                    _ => self.runtime_if(c, cond, then, els, f),
+                },
+                Value::Poison => {}
+                Value::Inst(_) | Value::Multi(_) => self.error(
+                    cond.span(),
+                    "an `if` condition must be a compile-time bool or a scalar `bool` tensor, found a model",
+                ),
             },
             Stmt::For { var, iter, body } => match self.eval_hyper(iter, f) {
                 Some(HVal::List(items)) if items.len() > MAX_UNROLL => self.error(
@@ -380,6 +394,13 @@ impl Flattener<'_> {
 
     /// `output y = expr;` / `output y;`.
     fn output_stmt(&mut self, name: &Ident, expr: Option<&Expr>, f: &mut Frame) {
+        if self.guard != f.guard {
+            self.error(
+                name.span(),
+                format!("`output {name}` inside a run-time `if`: an output exists whatever branch runs; bind `{name}` in both branches (`let {name} = ...;`) and write `output {name} = {name};` after the `if`"),
+            );
+            return;
+        }
         if !self.declare(f, name, "output") {
             return;
         }
