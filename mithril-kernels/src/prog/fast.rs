@@ -562,7 +562,7 @@ fn kernel(f: Fast, p: usize, d: &mut [f32], s: [&[f32]; 4]) {
 ///
 /// Two forms, those of the common epilogues: `post(op(out, y))` (a bias add with an activation;
 /// `op: None` is `post(out)`) and `cmp(x, k) ? out : z` with literal `k`, `z` (the `relu`
-/// gradient). The element functions are [`kernel`]'s, so results are bitwise the same.
+/// gradient). The element functions are those of the one-pass runner, so results are bitwise the same.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rows {
     f: Fast,
