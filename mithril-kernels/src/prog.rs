@@ -23,6 +23,7 @@ use std::cell::RefCell;
 
 mod fast;
 use fast::Fast;
+pub use fast::Rows;
 
 /// A compute domain: the type values of a program are held in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -421,6 +422,19 @@ thread_local! {
 /// bug, never the user's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgError(pub String);
+
+impl Prog {
+    /// The one-pass form of this program prepared for repeated calls over `f32` output rows
+    /// in `mode` (an `f32` matmul epilogue or an in-place `f32` program), when it has one of
+    /// [`Rows`]' forms. [`Rows::run`] then gives the same bits as [`run`].
+    pub fn rows_f32(&self, mode: Mode) -> Option<Rows> {
+        match mode {
+            Mode::Epilogue(St::F32) => Rows::new(self.fast, 0),
+            Mode::InPlace(k) => Rows::new(self.fast, k),
+            _ => None,
+        }
+    }
+}
 
 /// Run `prog` over `out` (see [`Mode`]); operand `i` is `args[i]`.
 pub fn run(prog: &Prog, args: &[Arg<'_>], out: Out<'_>, mode: Mode) -> Result<(), ProgError> {

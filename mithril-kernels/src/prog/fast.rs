@@ -555,6 +555,155 @@ fn kernel(f: Fast, p: usize, d: &mut [f32], s: [&[f32]; 4]) {
     }
 }
 
+/// A one-pass program prepared for many calls over `f32` rows whose layout does not change
+/// between calls (a matmul epilogue, called once per row of each block of the product): which
+/// operand feeds which slot is decided once, so a call only slices its operands and runs the
+/// loop — no slot analysis, no scratch registers, no literal fills per call.
+///
+/// Two forms, those of the common epilogues: `post(op(out, y))` (a bias add with an activation;
+/// `op: None` is `post(out)`) and `cmp(x, k) ? out : z` with literal `k`, `z` (the `relu`
+/// gradient). The element functions are those of the one-pass runner, so results are bitwise the same.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rows {
+    f: Fast,
+    /// the call operand read in place (`y` of a map, `x` of a select; `usize::MAX`: none)
+    arg: usize,
+    /// the literals `k`, `z` of a select
+    k: f32,
+    z: f32,
+}
+
+impl Rows {
+    /// The prepared form of `f` over an output that stands for operand `out_k` (`None` when the
+    /// program has another shape; the general [`run`] then handles it).
+    pub(super) fn new(f: Fast, out_k: usize) -> Option<Rows> {
+        match f {
+            Fast::Map {
+                op,
+                x: Opnd::Arg(x),
+                y,
+                ..
+            } if x == out_k => {
+                let arg = match (op, y) {
+                    (None, _) => usize::MAX,
+                    (Some(_), Opnd::Arg(k)) if k != out_k => k,
+                    _ => return None,
+                };
+                Some(Rows {
+                    f,
+                    arg,
+                    k: 0.0,
+                    z: 0.0,
+                })
+            }
+            Fast::Sel {
+                x: Opnd::Arg(x),
+                k: Opnd::Lit(k),
+                y: Opnd::Arg(y),
+                z: Opnd::Lit(z),
+                ..
+            } if y == out_k && x != out_k => Some(Rows { f, arg: x, k, z }),
+            _ => None,
+        }
+    }
+
+    /// Runs the program over `out` with operands `args` (the output's own operand is not
+    /// read); `false`, with `out` untouched, when the operand it reads in place is not an
+    /// `f32` slice covering `out` (the caller then runs the general [`super::run`]).
+    #[inline]
+    pub fn run(&self, args: &[Arg<'_>], out: &mut [f32]) -> bool {
+        let n = out.len();
+        let x: &[f32] = if self.arg == usize::MAX {
+            &[]
+        } else {
+            match args.get(self.arg) {
+                Some(Arg::F32(Src::Full(x))) if x.len() >= n => &x[..n],
+                _ => return false,
+            }
+        };
+        match isa::active() {
+            // SAFETY: `active` only returns levels the CPU supports.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { rows_avx512(self, out, x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { rows_avx2(self, out, x) },
+            _ => rows_kernel(self, out, x),
+        }
+        true
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn rows_avx512(r: &Rows, d: &mut [f32], x: &[f32]) {
+    rows_kernel(r, d, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2(r: &Rows, d: &mut [f32], x: &[f32]) {
+    rows_kernel(r, d, x)
+}
+
+/// `d[i] = f(d[i], y[i])` (`y` covers `d`: checked by [`Rows::run`]).
+#[inline(always)]
+fn map_rows(d: &mut [f32], y: &[f32], f: impl Fn(f32, f32) -> f32) {
+    let y = &y[..d.len()];
+    for (v, &w) in d.iter_mut().zip(y) {
+        *v = f(*v, w);
+    }
+}
+
+/// `d[i] = if c(x[i], k) { d[i] } else { z }`.
+#[inline(always)]
+fn sel_rows(d: &mut [f32], x: &[f32], k: f32, z: f32, c: impl Fn(f32, f32) -> bool) {
+    let x = &x[..d.len()];
+    for (v, &a) in d.iter_mut().zip(x) {
+        *v = if c(a, k) { *v } else { z };
+    }
+}
+
+/// One call of a [`Rows`] program (the element functions of [`kernel`]).
+#[inline(always)]
+fn rows_kernel(r: &Rows, d: &mut [f32], x: &[f32]) {
+    use EwOp::*;
+    match r.f {
+        Fast::No => {}
+        Fast::Map { op, post, .. } => {
+            macro_rules! post {
+                ($g:expr) => {
+                    match op {
+                        None => d.iter_mut().for_each(|v| *v = $g(*v)),
+                        Some(Add) => map_rows(d, x, |a, b| $g(Num::add(a, b))),
+                        Some(Sub) => map_rows(d, x, |a, b| $g(Num::sub(a, b))),
+                        Some(Mul) => map_rows(d, x, |a, b| $g(Num::mul(a, b))),
+                        _ => {}
+                    }
+                };
+            }
+            match post {
+                None => post!(|v: f32| v),
+                Some(Relu) => post!(|v: f32| s::relu(v)),
+                Some(Gelu) => post!(vmath::gelu_erf),
+                Some(GeluTanh) => post!(vmath::gelu_tanh),
+                Some(Tanh) => post!(vmath::tanh),
+                Some(Sigmoid) => post!(vmath::sigmoid),
+                _ => {}
+            }
+        }
+        Fast::Sel { cmp, .. } => {
+            let (k, z) = (r.k, r.z);
+            match cmp {
+                Gt => sel_rows(d, x, k, z, |a, k| a > k),
+                Ge => sel_rows(d, x, k, z, |a, k| a >= k),
+                Lt => sel_rows(d, x, k, z, |a, k| a < k),
+                Le => sel_rows(d, x, k, z, |a, k| a <= k),
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{run, run_general, Builder, Lit, Prog};
@@ -745,6 +894,113 @@ mod tests {
             &[0.0; 3],
         );
         assert_eq!(got, vec![5.0, -0.5, -0.5]);
+    }
+
+    /// `prog` prepared as [`Rows`] for `mode` on every ISA against the interpreter, from the
+    /// output `init`: bitwise the same.
+    fn same_rows(prog: &Prog, args: &[Arg<'_>], mode: Mode, init: &[f32]) -> Vec<f32> {
+        let r = prog.rows_f32(mode).expect("a Rows form");
+        let mut first: Option<Vec<f32>> = None;
+        for isa in Isa::available() {
+            let (mut a, mut b) = (init.to_vec(), init.to_vec());
+            isa::with_isa(isa, || {
+                assert!(r.run(args, &mut a));
+                run_general(prog, args, Out::F32(&mut b), mode).unwrap();
+            });
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{isa:?} {r:?} {mode:?}");
+            if let Some(f) = first.as_deref() {
+                assert_eq!(bits(f), bits(&a), "{isa:?} differs from the first ISA");
+            }
+            first = Some(a);
+        }
+        first.unwrap_or_default()
+    }
+
+    #[test]
+    fn prepared_rows_match_the_interpreter() {
+        use EwOp::*;
+        let dummy = Arg::F32(Src::Scalar(0.0));
+        for n in [1, 7, 16, 255, 256, 300, 1000] {
+            let (acc, y) = (data(n, 0.9), data(n, 4.2));
+            // the maps over the product (operand 0) and a row operand, and a lone activation
+            for op in [None, Some(Add), Some(Sub), Some(Mul)] {
+                for post in [
+                    None,
+                    Some(Relu),
+                    Some(Gelu),
+                    Some(GeluTanh),
+                    Some(Tanh),
+                    Some(Sigmoid),
+                ] {
+                    if op.is_none() && post.is_none() {
+                        continue;
+                    }
+                    let p = map(op, post, None);
+                    let args = [dummy, Arg::F32(Src::Full(&y))];
+                    same_rows(&p, &args, Mode::Epilogue(St::F32), &acc);
+                    // in place over operand 0
+                    same_rows(&p, &args, Mode::InPlace(0), &acc);
+                }
+            }
+            // the relu gradient where(x cmp 0, product, -0.5), x read in place
+            for cmp in [Gt, Ge, Lt, Le] {
+                let p = sel(cmp, 1, 0);
+                let args = [dummy, Arg::F32(Src::Full(&y))];
+                same_rows(&p, &args, Mode::Epilogue(St::F32), &acc);
+                same_rows(&p, &args, Mode::InPlace(0), &acc);
+            }
+        }
+        // by hand: relu(acc + y) and where(x > 0, acc, -0.5)
+        let args = [dummy, Arg::F32(Src::Full(&[0.5, 1.0, -3.0]))];
+        let got = same_rows(
+            &map(Some(Add), Some(Relu), None),
+            &args,
+            Mode::Epilogue(St::F32),
+            &[1.0, -2.0, 2.5],
+        );
+        assert_eq!(got, vec![1.5, 0.0, 0.0]);
+        let got = same_rows(
+            &sel(Gt, 1, 0),
+            &args,
+            Mode::Epilogue(St::F32),
+            &[1.0, -2.0, 2.5],
+        );
+        assert_eq!(got, vec![1.0, -2.0, -0.5]);
+    }
+
+    #[test]
+    fn prepared_rows_decline_what_they_do_not_cover() {
+        use EwOp::*;
+        let dummy = Arg::F32(Src::Scalar(0.0));
+        let y = data(8, 1.0);
+        // no Rows form: a literal operand, the product as the second operand, a plain output,
+        // a select reading the product as its condition, narrow epilogues
+        assert_eq!(
+            map(Some(Add), None, Some(0.5)).rows_f32(Mode::Epilogue(St::F32)),
+            None
+        );
+        assert_eq!(map(Some(Sub), None, None).rows_f32(Mode::InPlace(1)), None);
+        assert_eq!(map(Some(Add), None, None).rows_f32(Mode::Plain), None);
+        assert_eq!(sel(Gt, 0, 1).rows_f32(Mode::Epilogue(St::F32)), None);
+        assert_eq!(
+            map(Some(Add), None, None).rows_f32(Mode::Epilogue(St::BF16)),
+            None
+        );
+        // operands it cannot read in place: the caller runs the interpreter, `out` untouched
+        let r = map(Some(Add), Some(Relu), None)
+            .rows_f32(Mode::Epilogue(St::F32))
+            .unwrap();
+        let mut out = vec![1.0f32; 8];
+        for a in [
+            Arg::F32(Src::Scalar(2.0)),
+            Arg::F32(Src::Full(&y[..4])),
+            Arg::BF16(Src::Full(&[bf16::ONE; 8])),
+        ] {
+            assert!(!r.run(&[dummy, a], &mut out));
+            assert!(!r.run(&[dummy], &mut out));
+        }
+        assert_eq!(out, vec![1.0; 8]);
     }
 
     #[test]

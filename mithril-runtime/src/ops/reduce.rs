@@ -363,6 +363,11 @@ fn fast_rows<T: Elem>(
         return false;
     }
     match (g, row, col) {
+        // one element per output (the bias gradient at batch 1): one column-sum pass over the
+        // row instead of `k` one-element row sums (the same bits: both are `0 + x`)
+        (Groups::Contig(s), Some(RowOp::Sum), Some(k)) if p.r == 1 => {
+            row_kernel(k, &s[..p.k], p.k, &mut o[..p.k])
+        }
         (Groups::Contig(s), Some(k), _) => row_kernel(k, &s[..p.k * p.r], p.r, &mut o[..p.k]),
         (Groups::Rows(s), _, Some(k)) => row_kernel(k, &s[..p.k * p.r], p.k, &mut o[..p.k]),
         _ => false,

@@ -569,6 +569,56 @@ fn var_ref(v: &[f64], corr: f64) -> f64 {
     v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() as f64 - corr)
 }
 
+/// Sums where every output reduces one element (axes of extent 1: the bias gradient at batch
+/// 1) give `0 + x` bit for bit, as a sum of one element does: `-0.0` becomes `+0.0`, NaN stays.
+#[test]
+fn sums_of_one_element_are_zero_plus_x() {
+    let vals = [
+        1.5f32,
+        -0.0,
+        0.0,
+        -2.25,
+        f32::NAN,
+        f32::INFINITY,
+        1e-40,
+        -3.0e38,
+    ];
+    let expect = |x: f32| (0.0f32 + x).to_bits();
+    let n = vals.len();
+    let a = ArrayD::from_shape_vec(IxDyn(&[1, n]), vals.to_vec()).unwrap();
+    for keep in [false, true] {
+        let got = sum(&a.view(), &[0], keep).unwrap();
+        let want: &[usize] = if keep { &[1, n] } else { &[n] };
+        assert_eq!(got.shape(), want);
+        let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits, vals.iter().map(|&x| expect(x)).collect::<Vec<_>>());
+    }
+    // [n, 1, 1] over the unit axes, and bf16 / f64
+    let c = a.clone().into_shape_with_order(IxDyn(&[n, 1, 1])).unwrap();
+    let got = sum(&c.view(), &[1, 2], false).unwrap();
+    let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(bits, vals.iter().map(|&x| expect(x)).collect::<Vec<_>>());
+    let h = a.mapv(bf16::from_f32);
+    let got = sum(&h.view(), &[0], false).unwrap();
+    for (g, x) in got.iter().zip(h.iter()) {
+        assert_eq!(g.to_bits(), bf16::from_f32(0.0 + x.to_f32()).to_bits());
+    }
+    let d = a.mapv(f64::from);
+    let got = sum(&d.view(), &[0], false).unwrap();
+    for (g, x) in got.iter().zip(d.iter()) {
+        assert_eq!(g.to_bits(), (0.0f64 + x).to_bits());
+    }
+    // integers wrap as ever
+    let i = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![i64::MAX, -1, 0]).unwrap();
+    assert_eq!(
+        sum(&i.view(), &[0], false)
+            .unwrap()
+            .into_raw_vec_and_offset()
+            .0,
+        vec![i64::MAX, -1, 0]
+    );
+}
+
 #[test]
 fn reductions_against_reference() {
     let a = arr(&[3, 4, 5], rnd(7));

@@ -863,6 +863,10 @@ where
         .map(|x| typed::<T>(x))
         .collect::<Result<_>>()?;
     let err: Mutex<Option<prog::ProgError>> = Mutex::new(None);
+    // an f32 epilogue of a common form runs prepared, without the per-call analysis
+    let rows = (T::ST == St::F32)
+        .then(|| p.rows_f32(Mode::Epilogue(St::F32)))
+        .flatten();
     macro_rules! go {
         ($k:literal) => {{
             let o: [&ArrayViewD<'_, T>; $k] = others[..]
@@ -873,6 +877,11 @@ where
                 let mut args = [Arg::Bool(Src::Scalar(false)); $k + 1];
                 for (a, s) in args[1..].iter_mut().zip(srcs) {
                     *a = T::arg(s);
+                }
+                if let (Some(r), Out::F32(o)) = (&rows, T::acc_out(&mut *acc)) {
+                    if r.run(&args, o) {
+                        return;
+                    }
                 }
                 if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
                     if let Ok(mut g) = err.lock() {
