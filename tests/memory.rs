@@ -238,6 +238,16 @@ fn runtime_if_allocates_only_its_outputs_once_both_branches_ran() {
         )
         .unwrap()
     };
+    // the first call of each branch may plan; after that, whichever branch runs, a call
+    // allocates its outputs only
+    let (_, a) = allocations(|| eval(&t));
+    let (_, b) = allocations(|| eval(&f));
+    assert_ne!(a.y, b.y);
+    for c in [&t, &f, &f, &t] {
+        let (n, o) = allocations(|| eval(c));
+        assert_eq!(o.y, if c[()] { a.y.clone() } else { b.y.clone() });
+        assert_eq!(n, 1, "evaluate allocated {n} times");
+    }
     // (each seed is made outside the counted region)
     let seed = || BranchOutputs { y: ones.clone() };
     let (s1, s2) = (seed(), seed());
