@@ -36,6 +36,7 @@ pub(crate) mod cpu;
 pub(crate) mod cpu_elem;
 pub(crate) mod cpu_static;
 pub(crate) mod cuda;
+pub(crate) mod pack;
 
 use crate::ir::Graph;
 use crate::options::CudaOptions;

@@ -172,6 +172,7 @@ impl TypedApi<'_> {
                 table.push('\n');
             }
         }
+        let table = crate::backends::pack::str_const(&table);
         quote!(::mithril::rt::tree::built(#name::__build(&mut ::mithril::rt::tree::Build::init(#table, seed))))
     }
 

@@ -386,12 +386,12 @@ impl Gen<'_> {
         let shared = (head.clone(), terms.clone());
         let plan = match &self.shared_terms {
             Some(s) if *s != shared => {
-                let text = format!("{head}{terms}{rest}");
+                let text = crate::backends::pack::str_const(&format!("{head}{terms}{rest}"));
                 quote!(::mithril::rt::plan::Plan::cached(&__PLAN, #text)?)
             }
             _ => {
                 self.shared_terms = Some(shared);
-                let text = format!("{head}{rest}");
+                let text = crate::backends::pack::str_const(&format!("{head}{rest}"));
                 quote!(::mithril::rt::plan::Plan::cached_with(&__PLAN, Self::__MITHRIL_TERMINALS, #text)?)
             }
         };
