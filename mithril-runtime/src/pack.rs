@@ -1,11 +1,16 @@
-//! Unpacking the big string constants of generated code.
+//! Unpacking the long texts of generated code.
 //!
-//! `mithril!` writes the long texts of a model (its `SUMMARY`, `GRAPH_TEXT`, `GRAPH_DOT`,
-//! `GRAPH_JSON`, the plan texts, the shape checks, the init table) packed: a deep model's texts
-//! repeat themselves layer after layer, and packed they are about a tenth of the Rust source.
-//! The packer is `mithril-macros/src/backends/pack.rs`; this module is the unpacker:
-//! [`unpack`], a `const fn`, so that a packed text is still a true `&'static str` constant,
-//! and [`unpack_string`], the same at run time.
+//! `mithril!` writes the long texts of a model packed: a deep model's texts repeat themselves
+//! layer after layer, and packed they are a fraction of the Rust source. The packer is
+//! `mithril-macros/src/backends/pack.rs`; this module is the unpacker, in two forms:
+//!
+//! - [`unpack`], a `const fn`, for the texts that are documented `&'static str` constants
+//!   (`SUMMARY`, `GRAPH_TEXT`, `GRAPH_DOT`, `GRAPH_JSON`): the compiler unpacks them when a
+//!   program uses them, and they stay true constants
+//!   (`const B: Unpacked<N> = unpack::<N>(b"…"); Unpacked::as_str(&B)`);
+//! - [`Packed`], for the texts the runtime reads once (the plans, the shape checks of inputs
+//!   and params, the init table of `randomize_params`): unpacked at the first use into a
+//!   `OnceLock`, so they cost the compiler nothing.
 //!
 //! # Format
 //!
@@ -15,17 +20,25 @@
 //! `x` (see below):
 //!
 //! - `x = 0`: a literal `~`;
-//! - `x = 1`: one more number, the value of one byte (any byte the text has that is not
-//!   printable ASCII, `\n` or `\t`: the bytes of non-ASCII UTF-8, `\r`, control characters);
-//! - `x >= 2`: a back reference: one more number `d`; the next `x - 2 + MIN_MATCH` bytes are a
-//!   copy of the bytes `d + 1` back (the copy may overlap what it writes, as in LZ77, so a run
-//!   is one reference).
+//! - `x = 1`: one more number, a Unicode scalar value: one character that is not printable
+//!   ASCII, `\n` or `\t` (non-ASCII characters, `\r`, control characters), in UTF-8;
+//! - `x >= 2`: a back reference: one more number `d`; the next `x - 2 + MIN_MATCH` bytes are
+//!   a copy of the bytes `d + 1` back (the copy may overlap what it writes, as in LZ77, so a
+//!   run is one reference).
 //!
-//! A number is written in digits `0x21..=0x7e` (values `0..94`), least significant first: a
-//! digit below [`TERMINAL`] ends the number, a digit `t >= TERMINAL` adds `t` times the place
-//! value and multiplies the place value by `94 - TERMINAL` for the next digit.
+//! A number is written in at most [`MAX_DIGITS`] digits `0x21..=0x7e` (values `0..94`), least
+//! significant first: a digit `t` below [`TERMINAL`] ends the number, a digit `t >= TERMINAL`
+//! adds `t` times the place value and multiplies the place value by `94 - TERMINAL` for the
+//! next digit.
+//!
+//! The unpacker checks that what it writes is UTF-8 as it goes (literal bytes are ASCII, an
+//! escaped character is a scalar value, a back reference starts on a character boundary and
+//! ends on one), so an unpacked text is a `str` without a second pass over its bytes (which
+//! would cost the compiler more than the unpacking: constant evaluation is slow per byte).
 
-/// The marker byte that starts a back reference or an escaped byte.
+use std::sync::OnceLock;
+
+/// The marker byte that starts a back reference or an escaped character.
 pub const MARK: u8 = b'~';
 /// The shortest back reference.
 pub const MIN_MATCH: usize = 3;
@@ -35,113 +48,126 @@ pub const TERMINAL: usize = 52;
 pub const DIGIT0: u8 = 0x21;
 /// The number of digit values.
 pub const DIGITS: usize = 94;
+/// The most digits a number has (so that no number overflows a `usize`, even of 32 bits).
+pub const MAX_DIGITS: usize = 5;
 
-/// Reads one number at `i`: the value and the index after it, or `None` when the text ends
-/// inside it or holds a byte that is not a digit.
-const fn number(p: &[u8], mut i: usize) -> Option<(usize, usize)> {
-    let mut acc: usize = 0;
-    let mut place: usize = 1;
-    loop {
-        if i >= p.len() {
-            return None;
+/// Reads one number at index `$i` of `$p` into `$v`, advancing `$i`; on a malformed number
+/// returns `Err($at)` from the enclosing function. A macro, not a function: a call costs
+/// constant evaluation more than the loop.
+macro_rules! number {
+    ($p:ident, $i:ident, $v:ident, $at:expr) => {
+        let mut $v: usize = 0;
+        let mut place: usize = 1;
+        let mut k = 0;
+        loop {
+            if $i >= $p.len() || k == MAX_DIGITS {
+                return Err($at);
+            }
+            let b = $p[$i];
+            $i += 1;
+            k += 1;
+            if b < DIGIT0 || (b - DIGIT0) as usize >= DIGITS {
+                return Err($at);
+            }
+            let d = (b - DIGIT0) as usize;
+            $v += place * d;
+            if d < TERMINAL {
+                break;
+            }
+            place *= DIGITS - TERMINAL;
         }
-        let b = p[i];
-        i += 1;
-        if b < DIGIT0 || (b - DIGIT0) as usize >= DIGITS {
-            return None;
-        }
-        let d = (b - DIGIT0) as usize;
-        let add = match place.checked_mul(d) {
-            Some(a) => a,
-            None => return None,
-        };
-        acc = match acc.checked_add(add) {
-            Some(a) => a,
-            None => return None,
-        };
-        if d < TERMINAL {
-            return Some((acc, i));
-        }
-        place = match place.checked_mul(DIGITS - TERMINAL) {
-            Some(p) => p,
-            None => return None,
-        };
-    }
+    };
+}
+
+/// Whether `b` is a UTF-8 continuation byte (not the start of a character).
+const fn continuation(b: u8) -> bool {
+    b & 0xc0 == 0x80
 }
 
 /// Unpacks `packed` into `out`: the number of bytes written, or where the packed text is
 /// malformed (a byte index into `packed`) as `Err`. Writes nothing past `out`'s end: a text
-/// that unpacks to more than `out.len()` bytes is an error.
+/// that unpacks to more than `out.len()` bytes is an error. On success `out[..n]` is UTF-8.
 pub const fn unpack_into(packed: &[u8], out: &mut [u8]) -> Result<usize, usize> {
     let mut i = 0;
     let mut o = 0;
     while i < packed.len() {
-        // a run of literal bytes, copied as one slice
+        // a run of literal bytes (ASCII)
         let mut j = i;
         while j < packed.len() && packed[j] != MARK {
+            if packed[j] >= 0x80 {
+                return Err(j);
+            }
             j += 1;
         }
         if j > i {
             let n = j - i;
-            if o + n > out.len() {
+            if n > out.len() - o {
                 return Err(i);
             }
-            let (_, src) = packed.split_at(i);
-            let (src, _) = src.split_at(n);
-            let (_, dst) = out.split_at_mut(o);
-            let (dst, _) = dst.split_at_mut(n);
-            dst.copy_from_slice(src);
+            // SAFETY: `i + n <= packed.len()` and `o + n <= out.len()` (checked above); two
+            // distinct borrows do not overlap
+            unsafe {
+                core::ptr::copy_nonoverlapping(packed.as_ptr().add(i), out.as_mut_ptr().add(o), n);
+            }
             o += n;
             i = j;
             continue;
         }
         let at = i;
-        let (x, next) = match number(packed, i + 1) {
-            Some(v) => v,
-            None => return Err(at),
-        };
-        i = next;
-        if x < 2 {
-            let byte = if x == 0 {
-                MARK
-            } else {
-                match number(packed, i) {
-                    Some((b, next)) if b < 256 => {
-                        i = next;
-                        b as u8
-                    }
-                    _ => return Err(at),
-                }
-            };
+        i += 1;
+        number!(packed, i, x, at);
+        if x == 0 {
             if o >= out.len() {
                 return Err(at);
             }
-            out[o] = byte;
+            out[o] = MARK;
             o += 1;
             continue;
         }
-        let len = x - 2 + MIN_MATCH;
-        let dist = match number(packed, i) {
-            Some((d, next)) => {
-                i = next;
-                d + 1
+        if x == 1 {
+            number!(packed, i, c, at);
+            let ch = match char::from_u32(c as u32) {
+                Some(ch) if c <= 0x10ffff => ch,
+                _ => return Err(at),
+            };
+            let n = ch.len_utf8();
+            if n > out.len() - o {
+                return Err(at);
             }
-            None => return Err(at),
-        };
+            let (_, rest) = out.split_at_mut(o);
+            let (dst, _) = rest.split_at_mut(n);
+            ch.encode_utf8(dst);
+            o += n;
+            continue;
+        }
+        let len = x - 2 + MIN_MATCH;
+        number!(packed, i, d, at);
+        let dist = d + 1;
         if dist > o || len > out.len() - o {
             return Err(at);
         }
+        let src = o - dist;
+        // UTF-8: the copy starts on a character boundary and ends on one (for an overlapping
+        // copy, the repeated `out[src..o]` is cut `len % dist` bytes into its last repeat)
+        let end = if dist >= len {
+            src + len
+        } else {
+            src + len % dist
+        };
+        if continuation(out[src]) || (end < o && continuation(out[end])) {
+            return Err(at);
+        }
         if dist >= len {
-            // no overlap: one slice copy
-            let (before, after) = out.split_at_mut(o);
-            let (_, src) = before.split_at(o - dist);
-            let (src, _) = src.split_at(len);
-            let (dst, _) = after.split_at_mut(len);
-            dst.copy_from_slice(src);
+            // SAFETY: `src + len <= o` and `o + len <= out.len()` (checked above): both
+            // ranges are inside `out` and do not overlap
+            unsafe {
+                let p = out.as_mut_ptr();
+                core::ptr::copy_nonoverlapping(p.add(src), p.add(o), len);
+            }
         } else {
             let mut k = 0;
             while k < len {
-                out[o + k] = out[o + k - dist];
+                out[o + k] = out[src + k];
                 k += 1;
             }
         }
@@ -150,29 +176,9 @@ pub const fn unpack_into(packed: &[u8], out: &mut [u8]) -> Result<usize, usize> 
     Ok(o)
 }
 
-/// Unpacks `packed`, which must unpack to exactly `N` bytes; for constants, evaluated by the
-/// compiler:
-///
-/// ```
-/// const B: [u8; 12] = mithril_runtime::pack::unpack::<12>(b"abcabc~%#~\"");
-/// assert_eq!(&B, b"abcabcabcabc");
-/// ```
-///
-/// # Panics
-///
-/// When `packed` is malformed or does not unpack to `N` bytes — in a constant, a compile
-/// error. Generated code passes only what the packer wrote for exactly `N` bytes.
-pub const fn unpack<const N: usize>(packed: &[u8]) -> [u8; N] {
-    let mut out = [0u8; N];
-    match unpack_into(packed, &mut out) {
-        Ok(n) if n == N => out,
-        Ok(_) => panic!("mithril: a packed text does not have its stated length"),
-        Err(_) => panic!("mithril: a packed text is malformed"),
-    }
-}
-
-/// The number of bytes `packed` unpacks to, or where it is malformed (a byte index) as `Err`.
-pub const fn unpacked_len(packed: &[u8]) -> Result<usize, usize> {
+/// The number of bytes `packed` unpacks to, or where it is malformed (a byte index) as `Err`
+/// (only the form is checked here; [`unpack_into`] checks the rest).
+pub fn unpacked_len(packed: &[u8]) -> Result<usize, usize> {
     let mut i = 0;
     let mut o: usize = 0;
     while i < packed.len() {
@@ -182,55 +188,124 @@ pub const fn unpacked_len(packed: &[u8]) -> Result<usize, usize> {
             continue;
         }
         let at = i;
-        let (x, next) = match number(packed, i + 1) {
-            Some(v) => v,
-            None => return Err(at),
-        };
-        i = next;
-        if x < 2 {
-            if x == 1 {
-                match number(packed, i) {
-                    Some((b, next)) if b < 256 => i = next,
-                    _ => return Err(at),
-                }
+        i += 1;
+        number!(packed, i, x, at);
+        let n = if x == 0 {
+            1
+        } else if x == 1 {
+            number!(packed, i, c, at);
+            match char::from_u32(c as u32) {
+                Some(ch) => ch.len_utf8(),
+                None => return Err(at),
             }
-            o += 1;
-            continue;
-        }
-        let dist = match number(packed, i) {
-            Some((d, next)) => {
-                i = next;
-                d + 1
+        } else {
+            number!(packed, i, d, at);
+            if d >= o {
+                return Err(at);
             }
-            None => return Err(at),
+            x - 2 + MIN_MATCH
         };
-        if dist > o {
-            return Err(at);
-        }
-        o = match o.checked_add(x - 2 + MIN_MATCH) {
-            Some(o) => o,
-            None => return Err(at),
-        };
+        o = o.checked_add(n).ok_or(at)?;
     }
     Ok(o)
 }
 
-/// Unpacks `packed` at run time into a string: an error naming where it is malformed, or
-/// when the bytes are not UTF-8.
+/// An unpacked text of `N` bytes, UTF-8 by construction ([`unpack`] is the only way to make
+/// one). [`Unpacked::as_str`] gives the `&'static str` of a constant:
+///
+/// ```
+/// use mithril_runtime::pack::{unpack, Unpacked};
+/// const B: Unpacked<27> = unpack::<27>(b"abc~)# ~! ~,/");
+/// const S: &str = Unpacked::as_str(&B);
+/// let s: &'static str = S;
+/// assert_eq!(s, "abcabcabcabc ~ abcabcabcabc");
+/// ```
+pub struct Unpacked<const N: usize>([u8; N]);
+
+impl<const N: usize> Unpacked<N> {
+    /// The text.
+    pub const fn as_str(&self) -> &str {
+        // SAFETY: `unpack`, the only constructor, returns only what `unpack_into` wrote in
+        // full and accepted, which is UTF-8 (see its checks)
+        unsafe { core::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+/// Unpacks `packed`, which must unpack to exactly `N` bytes; for constants, evaluated by the
+/// compiler (see [`Unpacked`]).
+///
+/// # Panics
+///
+/// When `packed` is malformed or does not unpack to `N` bytes — in a constant, a compile
+/// error. Generated code passes only what the packer wrote for exactly `N` bytes.
+pub const fn unpack<const N: usize>(packed: &[u8]) -> Unpacked<N> {
+    let mut out = [0u8; N];
+    match unpack_into(packed, &mut out) {
+        Ok(n) if n == N => Unpacked(out),
+        Ok(_) => panic!("mithril: a packed text does not have its stated length"),
+        Err(_) => panic!("mithril: a packed text is malformed"),
+    }
+}
+
+/// Unpacks `packed` at run time into a string, or an error naming where it is malformed.
 pub fn unpack_string(packed: &[u8]) -> crate::Result<String> {
     let bad = |at: usize| {
         crate::Error::op(
             "unpack",
-            format!("a packed text is malformed at byte {at} of {}", packed.len()),
+            format!(
+                "a packed text is malformed at byte {at} of {}",
+                packed.len()
+            ),
         )
     };
     let n = unpacked_len(packed).map_err(bad)?;
     let mut out = Vec::new();
     out.try_reserve_exact(n).map_err(|_| {
-        crate::Error::op("unpack", format!("cannot allocate {n} bytes for a packed text"))
+        crate::Error::op(
+            "unpack",
+            format!("cannot allocate {n} bytes for a packed text"),
+        )
     })?;
     out.resize(n, 0);
-    unpack_into(packed, &mut out).map_err(bad)?;
+    match unpack_into(packed, &mut out) {
+        Ok(k) if k == n => {}
+        Ok(_) => return Err(bad(packed.len())),
+        Err(at) => return Err(bad(at)),
+    }
     String::from_utf8(out)
         .map_err(|e| crate::Error::op("unpack", format!("a packed text is not UTF-8: {e}")))
+}
+
+/// A packed text the runtime reads: unpacked at the first [`Packed::get`], kept for the
+/// process. Generated code holds one in a `static`:
+///
+/// ```
+/// use mithril_runtime::pack::Packed;
+/// static PLAN: Packed = Packed::new(b"abc~)# ~! ~,/");
+/// assert_eq!(PLAN.get().unwrap(), "abcabcabcabc ~ abcabcabcabc");
+/// ```
+pub struct Packed {
+    packed: &'static [u8],
+    text: OnceLock<std::result::Result<String, String>>,
+}
+
+impl Packed {
+    /// The packed text `packed`, not unpacked yet.
+    pub const fn new(packed: &'static [u8]) -> Self {
+        Packed {
+            packed,
+            text: OnceLock::new(),
+        }
+    }
+
+    /// The text, unpacked at the first call; an error when the packed text is malformed.
+    pub fn get(&'static self) -> crate::Result<&'static str> {
+        match self
+            .text
+            .get_or_init(|| unpack_string(self.packed).map_err(|e| e.to_string()))
+        {
+            Ok(s) => Ok(s),
+            Err(e) => Err(crate::Error::op("unpack", e.clone())),
+        }
+    }
 }

@@ -9,9 +9,11 @@
 //! long as the packed text.
 //!
 //! Texts shorter than [`PACK_MIN`] stay plain literals (small models' expansions stay
-//! readable). [`str_const`] makes the expression of a `&'static str` constant: the packed
-//! text unpacked by the compiler (`mithril::rt::pack::unpack`, a `const fn`); [`bytes`] the
-//! packed literal that the runtime unpacks once (`Plan::cached_packed`).
+//! readable). [`str_const`] makes the expression of a `&'static str` constant (the four
+//! documented introspection texts): the packed text unpacked by the compiler
+//! (`mithril::rt::pack::unpack`, a `const fn`) when a program uses it; [`runtime_text`] the
+//! expression of a text the runtime reads (plans, shape checks, the init table): a `static`
+//! `mithril::rt::pack::Packed`, unpacked at the first call.
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -28,6 +30,8 @@ const DIGITS: usize = 94;
 
 /// How far back the hash chains look (positions tried per token).
 const CHAIN: usize = 48;
+/// The longest back reference written (a longer repeat is several).
+const MAX_LEN: usize = 1 << 20;
 /// A match this long is taken without trying further candidates.
 const NICE: usize = 256;
 
@@ -55,27 +59,36 @@ fn plain(b: u8) -> bool {
     b != MARK && ((0x20..=0x7e).contains(&b) || b == b'\n' || b == b'\t')
 }
 
-/// The packed length of literal byte `b`.
-fn literal_cost(b: u8) -> usize {
+/// The packed length of the character that starts at byte `i` of `s`, and its length in
+/// bytes.
+fn literal(s: &str, i: usize) -> (usize, usize) {
+    let b = s.as_bytes()[i];
     if plain(b) {
-        1
+        (1, 1)
     } else if b == MARK {
-        2
+        (2, 1)
     } else {
-        2 + digits(b as usize)
+        let c = s[i..].chars().next().unwrap_or('\0');
+        (2 + digits(c as usize), c.len_utf8())
     }
 }
 
-fn put_literal(out: &mut Vec<u8>, b: u8) {
+/// Writes the character that starts at byte `i` of `s`; its length in bytes.
+fn put_literal(out: &mut Vec<u8>, s: &str, i: usize) -> usize {
+    let b = s.as_bytes()[i];
     if plain(b) {
         out.push(b);
+        1
     } else if b == MARK {
         out.push(MARK);
         put_number(out, 0);
+        1
     } else {
+        let c = s[i..].chars().next().unwrap_or('\0');
         out.push(MARK);
         put_number(out, 1);
-        put_number(out, b as usize);
+        put_number(out, c as usize);
+        c.len_utf8()
     }
 }
 
@@ -125,11 +138,17 @@ impl Chains {
         let mut tries = 0;
         while cand != NONE && tries < CHAIN {
             tries += 1;
-            let len = s[cand..]
+            let mut len = s[cand..]
                 .iter()
                 .zip(&s[i..])
                 .take_while(|(a, b)| a == b)
-                .count();
+                .count()
+                .min(MAX_LEN);
+            // at most `MAX_LEN` (its number fits the format's digits), ending on a character
+            // boundary (the start is one: `i` is, and `s[cand] == s[i]`)
+            while i + len < s.len() && s[i + len] & 0xc0 == 0x80 {
+                len -= 1;
+            }
             if len >= MIN_MATCH {
                 let dist = i - cand;
                 // what the covered bytes would cost as literals (prefix sums of `lit`)
@@ -156,11 +175,15 @@ impl Chains {
 pub(crate) fn pack(text: &str) -> Vec<u8> {
     let s = text.as_bytes();
     let n = s.len();
-    // prefix sums of the literal costs
-    let mut lit = Vec::with_capacity(n + 1);
-    lit.push(0usize);
-    for &b in s {
-        lit.push(lit.last().copied().unwrap_or(0) + literal_cost(b));
+    // prefix sums of the literal costs (a character's cost at its first byte)
+    let mut lit = vec![0usize; n + 1];
+    let mut k = 0;
+    while k < n {
+        let (cost, len) = literal(text, k);
+        for j in k..k + len {
+            lit[j + 1] = lit[j] + if j == k { cost } else { 0 };
+        }
+        k += len;
     }
     let mut out = Vec::with_capacity(n / 4 + 16);
     let mut ch = Chains::new(n);
@@ -174,8 +197,8 @@ pub(crate) fn pack(text: &str) -> Vec<u8> {
             Some((len, dist, saved)) => {
                 let next = ch.best(s, i + 1, &lit);
                 if let Some((_, _, saved_next)) = next {
-                    if saved_next > saved + literal_cost(s[i]) {
-                        put_literal(&mut out, s[i]);
+                    if plain(s[i]) && saved_next > saved + 1 {
+                        out.push(s[i]);
                         i += 1;
                         pending = Some(next);
                         continue;
@@ -190,8 +213,11 @@ pub(crate) fn pack(text: &str) -> Vec<u8> {
                 i += len;
             }
             None => {
-                put_literal(&mut out, s[i]);
-                i += 1;
+                let len = put_literal(&mut out, text, i);
+                for k in i + 1..i + len {
+                    ch.insert(s, k);
+                }
+                i += len;
             }
         }
     }
@@ -220,21 +246,26 @@ pub(crate) fn str_const(text: &str) -> TokenStream {
     if text.len() < PACK_MIN {
         return quote!(#text);
     }
-    let n = text.len();
+    let n = proc_macro2::Literal::usize_unsuffixed(text.len());
     let lit = raw_literal(&pack(text));
     quote!({
-        const __B: [u8; #n] = ::mithril::rt::pack::unpack::<#n>(#lit);
-        match ::core::str::from_utf8(&__B) {
-            ::core::result::Result::Ok(s) => s,
-            ::core::result::Result::Err(_) => ::core::panic!("mithril: a packed text is not UTF-8"),
-        }
+        const __B: ::mithril::rt::pack::Unpacked<#n> = ::mithril::rt::pack::unpack::<#n>(#lit);
+        ::mithril::rt::pack::Unpacked::as_str(&__B)
     })
 }
 
-/// `text` for the runtime to unpack: `None` below [`PACK_MIN`] bytes (use the plain
-/// literal), else the packed text's byte string literal.
-pub(crate) fn bytes(text: &str) -> Option<TokenStream> {
-    (text.len() >= PACK_MIN).then(|| raw_literal(&pack(text)))
+/// The expression of a `Result<&'static str>` holding `text`, for the runtime to read: a
+/// plain literal below [`PACK_MIN`] bytes, else the packed text in a `static`
+/// `mithril::rt::pack::Packed`, unpacked at the first call.
+pub(crate) fn runtime_text(text: &str) -> TokenStream {
+    if text.len() < PACK_MIN {
+        return quote!(::mithril::rt::Result::<&'static str>::Ok(#text));
+    }
+    let lit = raw_literal(&pack(text));
+    quote!({
+        static __T: ::mithril::rt::pack::Packed = ::mithril::rt::pack::Packed::new(#lit);
+        __T.get()
+    })
 }
 
 #[cfg(test)]
@@ -244,7 +275,10 @@ mod tests {
 
     fn round_trip(text: &str) -> Vec<u8> {
         let p = pack(text);
-        assert!(p.iter().all(|&b| plain(b) || b == MARK), "packed bytes not printable");
+        assert!(
+            p.iter().all(|&b| plain(b) || b == MARK),
+            "packed bytes not printable"
+        );
         let back = mithril_runtime::pack::unpack_string(&p).expect("unpacks");
         assert_eq!(back, text);
         let mut out = vec![0u8; text.len()];
@@ -261,7 +295,13 @@ mod tests {
         use mithril_runtime::pack as rt;
         assert_eq!(
             (MARK, MIN_MATCH, TERMINAL, DIGIT0, DIGITS),
-            (rt::MARK, rt::MIN_MATCH, rt::TERMINAL, rt::DIGIT0, rt::DIGITS)
+            (
+                rt::MARK,
+                rt::MIN_MATCH,
+                rt::TERMINAL,
+                rt::DIGIT0,
+                rt::DIGITS
+            )
         );
     }
 
@@ -320,11 +360,52 @@ mod tests {
 
     #[test]
     fn unpack_is_a_const_fn() {
+        use mithril_runtime::pack::{unpack, Unpacked};
         const TEXT: &str = "abcabcabcabc ~ abcabcabcabc";
         // the packed form of TEXT, checked against the packer below
-        const B: [u8; TEXT.len()] = mithril_runtime::pack::unpack::<{ TEXT.len() }>(b"abc~)# ~! ~,/");
+        const B: Unpacked<{ TEXT.len() }> = unpack::<{ TEXT.len() }>(b"abc~)# ~! ~,/");
+        const S: &str = Unpacked::as_str(&B);
+        let s: &'static str = S;
         assert_eq!(pack(TEXT), b"abc~)# ~! ~,/");
-        assert_eq!(&B, TEXT.as_bytes());
+        assert_eq!(s, TEXT);
+    }
+
+    /// Packed bytes: `~` then the numbers, after the literal `head`.
+    fn packed(head: &str, refs: &[&[usize]]) -> Vec<u8> {
+        let mut p = head.as_bytes().to_vec();
+        for r in refs {
+            p.push(MARK);
+            for &n in r.iter() {
+                put_number(&mut p, n);
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn what_would_not_be_utf8_is_malformed() {
+        use mithril_runtime::pack::unpack_string;
+        let e_acute = 0xe9; // é: bytes c3 a9
+                            // the well-formed forms unpack
+        assert_eq!(unpack_string(&packed("", &[&[1, e_acute]])).unwrap(), "é");
+        assert_eq!(
+            unpack_string(&packed("a", &[&[1, e_acute], &[2, 2]])).unwrap(),
+            "aéaé"
+        );
+        // a back reference starting inside a character
+        assert!(unpack_string(&packed("", &[&[1, e_acute], &[2, 0]])).is_err());
+        // ... ending inside one (`aaé` then 3 bytes 4 back: `aa` and the first byte of `é`)
+        assert!(unpack_string(&packed("aa", &[&[1, e_acute], &[2, 3]])).is_err());
+        // ... overlapping, cut inside one (`é` repeated for 3 bytes)
+        assert!(unpack_string(&packed("", &[&[1, e_acute], &[2, 1]])).is_err());
+        // a surrogate, a value past the last scalar value, a non-ASCII literal byte
+        assert!(unpack_string(&packed("", &[&[1, 0xd800]])).is_err());
+        assert!(unpack_string(&packed("", &[&[1, 0x11_0000]])).is_err());
+        assert!(unpack_string(&[b'a', 0xc3, 0xa9]).is_err());
+        // a reference before the start, a number cut short, too many digits
+        assert!(unpack_string(&packed("ab", &[&[2, 2]])).is_err());
+        assert!(unpack_string(b"abc~").is_err());
+        assert!(unpack_string(b"abc~\x7e\x7e\x7e\x7e\x7e!").is_err());
     }
 
     #[test]
@@ -334,7 +415,12 @@ mod tests {
         let ts = str_const(&long).to_string();
         assert!(ts.contains("unpack"), "{ts}");
         assert!(ts.len() < long.len() / 4, "{}", ts.len());
-        assert!(bytes("short").is_none());
+        assert_eq!(
+            runtime_text("short").to_string(),
+            quote!(::mithril::rt::Result::<&'static str>::Ok("short")).to_string()
+        );
+        let ts = runtime_text(&long).to_string();
+        assert!(ts.contains("Packed :: new"), "{ts}");
     }
 
     proptest! {

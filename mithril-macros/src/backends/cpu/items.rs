@@ -179,11 +179,13 @@ impl<'a> Gen<'a> {
         let params_tree_impl = param_tree_impl(params_name);
         let terminals_const = match &self.shared_terms {
             Some((_, terms)) => {
-                let terms = crate::backends::pack::str_const(terms);
+                let terms = crate::backends::pack::runtime_text(terms);
                 quote! {
-                #[doc(hidden)]
-                pub const __MITHRIL_TERMINALS: &'static str = #terms;
-            }
+                    #[doc(hidden)]
+                    pub fn __mithril_terminals() -> ::mithril::rt::Result<&'static str> {
+                        #terms
+                    }
+                }
             }
             None => quote!(),
         };
