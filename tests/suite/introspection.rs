@@ -735,9 +735,9 @@ fn packed_plans_and_init_table_run() {
                 .map(|o| (b[o] + (0..4).map(|k| w[o * 4 + k] * r[k]).sum::<f64>()).tanh());
         }
     }
-    for i in 0..3 {
-        for j in 0..4 {
-            let (a, e) = (out.y[[i, j]], h[i][j]);
+    for (i, row) in h.iter().enumerate() {
+        for (j, &e) in row.iter().enumerate() {
+            let a = out.y[[i, j]];
             assert!(
                 (a - e).abs() <= 1e-12 * (1.0 + e.abs()),
                 "y[{i},{j}] = {a}, naive {e}"
