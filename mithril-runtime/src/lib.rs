@@ -17,6 +17,7 @@ pub mod init;
 pub mod mode;
 pub mod ops;
 pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an outer doc breaks its links).
+pub mod pack;
 pub mod params;
 pub mod plan;
 pub mod tree;

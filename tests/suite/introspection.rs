@@ -617,3 +617,154 @@ fn identical_instances_share_one_struct_and_keep_their_names() {
         assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
     }
 }
+
+// ------------------------------------------------------------------ packed texts
+
+mithril! {
+    /// Deep enough for every long text of its generated code (the four introspection
+    /// constants, both plans, the shape checks, the init table) to be packed.
+    pub model Packed40 {
+        input x: f64[B, 4];
+        let h = x;
+        for i in 0..40 {
+            let h = tanh(Linear(4)(h));
+        }
+        output y = h;
+    }
+
+    pub compile Packed40Json = Packed40 {
+        dump_graph: { path: "target/mithril-test/packed40.json", format: json },
+    };
+    pub compile Packed40Dot = Packed40 {
+        dump_graph: { path: "target/mithril-test/packed40.dot", format: dot },
+    };
+    pub compile Packed40Text = Packed40 {
+        dump_graph: { path: "target/mithril-test/packed40.txt", format: text },
+        file_path: "target/mithril-test/packed40.rs",
+    };
+}
+
+// the four constants are still constants: usable in const items and as `&'static str`
+const PACKED_JSON: &str = Packed40Json::GRAPH_JSON;
+const PACKED_SUMMARY_LEN: usize = Packed40::SUMMARY.len();
+
+#[test]
+fn long_texts_are_packed_and_stay_static_str_consts() {
+    let texts: [&'static str; 4] = [
+        Packed40::SUMMARY,
+        Packed40::GRAPH_TEXT,
+        Packed40::GRAPH_DOT,
+        Packed40::GRAPH_JSON,
+    ];
+    for t in texts {
+        assert!(t.len() >= 2048, "{} bytes: too short to be packed", t.len());
+    }
+    assert_eq!(PACKED_SUMMARY_LEN, Packed40::SUMMARY.len());
+    // the unpacked constants are the texts the macro wrote to the dumps, byte for byte
+    assert_eq!(read("target/mithril-test/packed40.json"), PACKED_JSON);
+    assert_eq!(
+        read("target/mithril-test/packed40.dot"),
+        Packed40Dot::GRAPH_DOT
+    );
+    assert_eq!(
+        read("target/mithril-test/packed40.txt"),
+        Packed40Text::GRAPH_TEXT
+    );
+    assert_eq!(Packed40Text::GRAPH_TEXT, Packed40::GRAPH_TEXT);
+    let v = Parser::parse(PACKED_JSON).unwrap();
+    assert_eq!(v["model"].as_str(), "Packed40Json");
+    // the summary: a row per param, the last layer's too
+    for i in [0, 17, 39] {
+        for p in ["weight", "bias"] {
+            let name = format!("linear_{i}.{p}");
+            assert!(
+                Packed40::SUMMARY.contains(&name),
+                "no `{name}` in the summary"
+            );
+        }
+    }
+    // in the generated source the texts are packed: not one summary row is there as it is
+    let src = read("target/mithril-test/packed40.rs");
+    assert!(
+        src.contains("::mithril::rt::pack::unpack::<"),
+        "constants not packed"
+    );
+    assert!(
+        src.contains("::mithril::rt::pack::Packed::new("),
+        "plans not packed"
+    );
+    for row in Packed40::SUMMARY.lines().filter(|l| l.contains("linear_")) {
+        assert!(
+            !src.contains(row),
+            "a plain summary row in the source: {row}"
+        );
+    }
+}
+
+#[test]
+fn packed_plans_and_init_table_run() {
+    use crate::common::fd::{gradcheck, leaves};
+    let m = Packed40::new().unwrap();
+    let params = m.randomize_params(7);
+    // the init table (packed) gave every layer its fan-in uniform params
+    let ls = leaves(&params);
+    assert_eq!(ls.len(), 80);
+    for (name, shape, vals) in &ls {
+        let expect: &[usize] = if name.ends_with("weight") {
+            &[4, 4]
+        } else {
+            &[4]
+        };
+        assert_eq!(shape.as_slice(), expect, "{name}");
+        assert!(vals.iter().all(|v| v.abs() <= 0.5), "{name}: {vals:?}");
+        assert!(vals.iter().any(|&v| v != 0.0), "{name}: {vals:?}");
+    }
+    // `evaluate` (its plan and the shared shape checks packed) against a naive forward pass
+    let x = ndarray::Array2::from_shape_fn((3, 4), |(i, j)| ((i * 4 + j) as f64 * 0.7).sin());
+    let out = m.evaluate(&params, Packed40Inputs { x: x.view() }).unwrap();
+    let get = |n: &str| &ls.iter().find(|l| l.0 == n).unwrap().2;
+    let mut h: Vec<[f64; 4]> = (0..3).map(|i| [0, 1, 2, 3].map(|j| x[[i, j]])).collect();
+    for l in 0..40 {
+        let (w, b) = (
+            get(&format!("linear_{l}.weight")),
+            get(&format!("linear_{l}.bias")),
+        );
+        for row in h.iter_mut() {
+            let r = *row;
+            *row = [0, 1, 2, 3]
+                .map(|o| (b[o] + (0..4).map(|k| w[o * 4 + k] * r[k]).sum::<f64>()).tanh());
+        }
+    }
+    for (i, row) in h.iter().enumerate() {
+        for (j, &e) in row.iter().enumerate() {
+            let a = out.y[[i, j]];
+            assert!(
+                (a - e).abs() <= 1e-12 * (1.0 + e.abs()),
+                "y[{i},{j}] = {a}, naive {e}"
+            );
+        }
+    }
+    // a wrong input shape is still reported through the packed shape checks
+    let bad = ndarray::Array2::<f64>::zeros((3, 5));
+    let e = m
+        .evaluate(&params, Packed40Inputs { x: bad.view() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains('x') && e.contains('4') && e.contains('5'), "{e}");
+    // `evaluate_gradients` (its own packed plan) against central differences
+    let seed =
+        ndarray::Array2::from_shape_fn((3, 4), |(i, j)| 0.5 + ((i + 2 * j) as f64 * 0.3).cos());
+    let loss = |p: &Packed40Params| -> f64 {
+        let o = m.evaluate(p, Packed40Inputs { x: x.view() }).unwrap();
+        (&o.y * &seed).sum()
+    };
+    let (o2, grads) = m
+        .evaluate_gradients(
+            &params,
+            Packed40Inputs { x: x.view() },
+            Packed40Outputs { y: seed.clone() },
+        )
+        .unwrap();
+    assert_eq!(o2.y, out.y);
+    gradcheck("Packed40", &params, &grads, loss);
+}

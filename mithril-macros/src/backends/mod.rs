@@ -10,19 +10,21 @@
 //!
 //! Below the backends: [`api`] (`TypedApi`, the backend-neutral half of the typed API: run-time
 //! dims, shape checks, types, struct names, the param / gradient structs, `randomize_params`),
-//! [`cpu_elem`] (the element lowering both CPU generators share) and [`common`] (what every
+//! [`cpu_elem`] (the element lowering both CPU generators share), [`common`] (what every
 //! backend shares: `CodegenInput`, the param `Tree`, token helpers, and the mixed model's seam,
-//! the `DeviceSide` trait). [`generate`], the driver, picks the backend and, for a mixed model,
+//! the `DeviceSide` trait) and [`pack`] (the packer of long texts: the documented string
+//! constants, plans, shape checks, init tables). [`generate`], the driver, picks the backend and, for a mixed model,
 //! gives the CPU generator the CUDA backend's `Mixed` as its `DeviceSide`.
 //!
 //! Imports (an arrow: "uses"; no circle):
 //!
 //! ```text
 //! backends (generate) -> cpu, cuda
-//! cpu        -> cpu_static, cpu_elem, api, common
+//! cpu        -> cpu_static, cpu_elem, api, common, pack
 //! cpu_static -> cpu_elem, api, common
-//! cuda       -> api, common
-//! api        -> common
+//! cuda       -> api, common, pack
+//! api        -> common, pack
+//! pack       -> (nothing)
 //! cpu_elem   -> (ir, prims only)
 //! common     -> (ir, options, placement only)
 //! ```
@@ -36,6 +38,7 @@ pub(crate) mod cpu;
 pub(crate) mod cpu_elem;
 pub(crate) mod cpu_static;
 pub(crate) mod cuda;
+pub(crate) mod pack;
 
 use crate::ir::Graph;
 use crate::options::CudaOptions;

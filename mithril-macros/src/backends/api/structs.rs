@@ -172,7 +172,8 @@ impl TypedApi<'_> {
                 table.push('\n');
             }
         }
-        quote!(::mithril::rt::tree::built(#name::__build(&mut ::mithril::rt::tree::Build::init(#table, seed))))
+        let table = crate::backends::pack::runtime_text(&table);
+        quote!(::mithril::rt::tree::built(#table.and_then(|__t| #name::__build(&mut ::mithril::rt::tree::Build::init(__t, seed)))))
     }
 
     /// The init-table row of param `i` (`name dims spec`), or `None` after a spanned error.

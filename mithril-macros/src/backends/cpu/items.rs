@@ -178,10 +178,15 @@ impl<'a> Gen<'a> {
         let params_name = &names.params;
         let params_tree_impl = param_tree_impl(params_name);
         let terminals_const = match &self.shared_terms {
-            Some((_, terms)) => quote! {
-                #[doc(hidden)]
-                pub const __MITHRIL_TERMINALS: &'static str = #terms;
-            },
+            Some((_, terms)) => {
+                let terms = crate::backends::pack::runtime_text(terms);
+                quote! {
+                    #[doc(hidden)]
+                    pub fn __mithril_terminals() -> ::mithril::rt::Result<&'static str> {
+                        #terms
+                    }
+                }
+            }
             None => quote!(),
         };
         let grads_tree_impl = if self.train.is_some() && !self.api.grads_aliased.get() {
@@ -190,10 +195,14 @@ impl<'a> Gen<'a> {
             quote!()
         };
         let doc = self.model_doc();
-        let summary = &parts.summary;
-        let text = &self.inp.graph_text;
-        let dot = &self.inp.graph_dot;
-        let json = &self.inp.graph_json;
+        // the four texts packed when long (`backends/pack.rs`), still `&'static str` consts
+        let [summary, text, dot, json] = [
+            &parts.summary,
+            &self.inp.graph_text,
+            &self.inp.graph_dot,
+            &self.inp.graph_json,
+        ]
+        .map(|t| crate::backends::pack::str_const(t));
         let n_ops = g
             .nodes
             .iter()

@@ -46,7 +46,8 @@ pub struct Gen<'a> {
     /// A mixed model (`backend_map`): the device side of this graph (see [`Gen::place`]).
     mixed: Option<Box<dyn DeviceSide<'a> + 'a>>,
     /// The `M` line and input/param shape checks of the first plan generated for this model
-    /// (`evaluate`'s), emitted once as `__MITHRIL_TERMINALS` and shared by the other plan.
+    /// (`evaluate`'s), emitted once as `__mithril_terminals()` (packed when long) and shared by
+    /// the other plan.
     pub(crate) shared_terms: Option<(String, String)>,
     /// Per param, its position in the structs' visit order (the plan's view order).
     leaf_pos: Vec<usize>,

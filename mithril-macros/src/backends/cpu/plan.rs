@@ -400,18 +400,18 @@ impl Gen<'_> {
         life_const: &syn::Ident,
     ) -> (TokenStream, Vec<(String, TokenStream)>, usize) {
         let (head, terms, rest) = self.plan_text();
-        // the shape checks of inputs and params are the model's `__MITHRIL_TERMINALS` when
+        // the shape checks of inputs and params are the model's `__mithril_terminals()` when
         // they are the ones `evaluate` wrote (its own plan sets them)
         let shared = (head.clone(), terms.clone());
         let plan = match &self.shared_terms {
             Some(s) if *s != shared => {
-                let text = format!("{head}{terms}{rest}");
-                quote!(::mithril::rt::plan::Plan::cached(&__PLAN, #text)?)
+                let text = crate::backends::pack::runtime_text(&format!("{head}{terms}{rest}"));
+                quote!(::mithril::rt::plan::Plan::cached(&__PLAN, #text?)?)
             }
             _ => {
                 self.shared_terms = Some(shared);
-                let text = format!("{head}{rest}");
-                quote!(::mithril::rt::plan::Plan::cached_with(&__PLAN, Self::__MITHRIL_TERMINALS, #text)?)
+                let text = crate::backends::pack::runtime_text(&format!("{head}{rest}"));
+                quote!(::mithril::rt::plan::Plan::cached_with(&__PLAN, Self::__mithril_terminals()?, #text?)?)
             }
         };
         let views = self.plan_views();

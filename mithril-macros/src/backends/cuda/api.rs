@@ -288,10 +288,14 @@ impl<'a> CudaGen<'a> {
             None => quote!(::std::option::Option::None),
         };
         let optimize_for = self.inp.optimize_for.name();
-        let summary = &self.inp.summary;
-        let text = &self.inp.graph_text;
-        let dot = &self.inp.graph_dot;
-        let json = &self.inp.graph_json;
+        // the four texts packed when long (`backends/pack.rs`), still `&'static str` consts
+        let [summary, text, dot, json] = [
+            &self.inp.summary,
+            &self.inp.graph_text,
+            &self.inp.graph_dot,
+            &self.inp.graph_json,
+        ]
+        .map(|t| crate::backends::pack::str_const(t));
         let n_ops = g
             .nodes
             .iter()
