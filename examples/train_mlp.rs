@@ -1,12 +1,12 @@
-//! Train a classifier on two interleaved spirals generated here, with a progress bar and the
+//! Train a classifier on two interleaved spirals generated here, with a progress line and the
 //! loss per epoch; reports held-out accuracy.
 //!
 //! `cargo run --release --example train_mlp`
 
-use indicatif::{ProgressBar, ProgressStyle};
 use mithril::prelude::*;
 use mithril::rt::optim::{Adam, Optimizer};
 use ndarray::{s, Array1, Array2};
+use std::io::IsTerminal as _;
 
 mithril! {
     /// A 2-64-64-2 perceptron trained with mean cross entropy and a little weight decay.
@@ -62,7 +62,7 @@ fn accuracy(
         .rows()
         .into_iter()
         .zip(y.iter())
-        .filter(|(r, &t)| (if r[1] > r[0] { 1 } else { 0 }) == t)
+        .filter(|(r, t)| (if r[1] > r[0] { 1 } else { 0 }) == **t)
         .count();
     Ok(correct as f64 / y.len() as f64)
 }
@@ -76,11 +76,8 @@ pub fn main() -> mithril::Result<()> {
     let mut opt = Adam::new(0.01);
     let epochs = 60;
     let batch = 100;
-    let bar = ProgressBar::new(epochs);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} epochs {msg}")
-            .unwrap_or(ProgressStyle::default_bar()),
-    );
+    // a one-line progress display on a terminal (`\r` rewrites it); plain epoch lines otherwise
+    let tty = std::io::stderr().is_terminal();
     for epoch in 0..epochs {
         let mut total = 0.0;
         let n = x_train.nrows();
@@ -101,13 +98,16 @@ pub fn main() -> mithril::Result<()> {
             opt.step(&mut params, &grads)?;
         }
         let mean_loss = total / (n / batch) as f64;
-        bar.set_message(format!("loss {mean_loss:.4}"));
-        bar.inc(1);
+        if tty {
+            eprint!("\r{:3}/{epochs} epochs, loss {mean_loss:.4}", epoch + 1);
+        }
         if epoch % 10 == 9 || epoch + 1 == epochs {
-            bar.println(format!("epoch {:3}: loss {mean_loss:.4}", epoch + 1));
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            println!("epoch {:3}: loss {mean_loss:.4}", epoch + 1);
         }
     }
-    bar.finish();
     let train_acc = accuracy(&model, &params, &x_train, &y_train)?;
     let test_acc = accuracy(&model, &params, &x_test, &y_test)?;
     println!(
