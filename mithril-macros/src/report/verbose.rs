@@ -111,9 +111,9 @@ pub fn groups(g: &Graph, epilogues: bool, max: usize) -> (usize, String) {
             Op::FusedMatmul { .. } => epilogues,
             _ => false,
         })
-        .map(|id| {
-            let label = g.nodes[id].label.clone().unwrap_or_default();
-            format!("%{id} {label}: {}", super::op_name(g, id))
+        .map(|id| match &g.nodes[id].label {
+            Some(l) => format!("%{id} {l}: {}", super::op_name(g, id)),
+            None => format!("%{id}: {}", super::op_name(g, id)),
         })
         .collect();
     let n = found.len();
