@@ -307,11 +307,14 @@ fn compile_one(
     }
     dtypes::finish(&mut g, opts.dtype);
     shapes::finish(&mut g);
+    if let Some(l) = &mut log {
+        l.step("finish", "");
+    }
+    // (rendered off the clock: `detail` restarts it)
     let shape_trace = trace
         .as_ref()
         .map(|t| verbose::shape_trace(t, &g, &name.to_string()));
     if let Some(l) = &mut log {
-        l.step("finish", "");
         l.detail("dtypes", dtype_counts(&g, opts.dtype));
         l.detail("shapes", sym_line(&g));
         l.detail(
