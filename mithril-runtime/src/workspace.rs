@@ -409,6 +409,26 @@ mod tests {
     }
 
     #[test]
+    fn last_shapes_are_those_of_the_last_call() {
+        let mut ws = Workspace::new(&LIFE, true, None);
+        assert_eq!(ws.last_shapes(), None);
+        // a scalar view (rank 0) between two others
+        ws.begin(&[&[2, 3], &[], &[5]]);
+        assert_eq!(ws.last_shapes(), Some(vec![vec![2, 3], vec![], vec![5]]));
+        ws.finish("m").unwrap();
+        // the same shapes again (the plan is kept), then others
+        ws.begin(&[&[2, 3], &[], &[5]]);
+        assert_eq!(ws.last_shapes(), Some(vec![vec![2, 3], vec![], vec![5]]));
+        ws.finish("m").unwrap();
+        ws.begin(&[&[7, 3], &[], &[1]]);
+        assert_eq!(ws.last_shapes(), Some(vec![vec![7, 3], vec![], vec![1]]));
+        // a model without views still has had a call
+        let mut ws = Workspace::new(&LIFE, false, None);
+        ws.begin(&[]);
+        assert_eq!(ws.last_shapes(), Some(vec![]));
+    }
+
+    #[test]
     fn over_the_limit_is_an_error() {
         let mut ws = Workspace::new(&LIFE, true, Some(1e-9));
         ws.begin(&[&[1000]]);
