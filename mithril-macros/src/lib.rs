@@ -747,7 +747,7 @@ fn train_graph(
         let _ = run_passes(t, opts, log.as_deref_mut(), "backward: ");
         if let Some(n) = opts.checkpoint_segments {
             passes::checkpoint::run(t, n);
-            if let Some(l) = log.as_deref_mut() {
+            if let Some(l) = log {
                 l.step("backward: checkpoint", "");
                 l.detail(
                     "backward: checkpoint",
@@ -1164,7 +1164,7 @@ fn run_passes(
         note(g, "operator_fusion", c, steps.as_deref_mut());
         log.push(("operator_fusion", c));
         let c = passes::epilogue::run(g);
-        note(g, "epilogue_fusion", c, steps.as_deref_mut());
+        note(g, "epilogue_fusion", c, steps);
         log.push(("epilogue_fusion", c));
     }
     log

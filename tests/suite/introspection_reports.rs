@@ -20,6 +20,48 @@ mithril! {
     pub compile TracedBoth = Traced { verbose: true, trace_shapes: true };
     pub compile TracedVerbose = Traced { verbose: true };
     pub compile TracedShapes = Traced { trace_shapes: true };
+    pub compile TracedCheckpoint = Traced { verbose: true, gradient_checkpointing: { segments: 2 } };
+    pub compile TracedStatic = Traced {
+        shapes: { x: [2, 4], y: [2, 3], z: [5] },
+        static_shapes: true,
+        verbose: true,
+        inference: true,
+    };
+}
+
+#[test]
+fn compile_report_names_checkpointing_and_the_static_path() {
+    let r = TracedCheckpoint::COMPILE_REPORT;
+    assert!(
+        r.lines().any(
+            |l| l.starts_with("  backward: checkpoint ") && l.contains("2 segments recomputed")
+        ),
+        "{r}"
+    );
+    // `static_shapes`: the CPU generator's choice, as the summary words it
+    let r = TracedStatic::COMPILE_REPORT;
+    let line = r
+        .lines()
+        .find(|l| l.starts_with("  codegen "))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        line.ends_with("backend cpu, static_shapes: evaluate specialized (constant dims, contiguous slices, direct kernel calls)")
+            || line.contains("backend cpu, static_shapes: evaluate keeps the generic path (not specialized: "),
+        "{r}"
+    );
+    assert!(
+        TracedStatic::SUMMARY.contains(line.split("backend cpu, ").nth(1).unwrap()),
+        "{r}"
+    );
+    assert!(
+        r.contains("autodiff") && r.contains("none: `inference: true`"),
+        "{r}"
+    );
+    // `shapes:` replaces the symbols while flattening: none is left to infer
+    assert!(
+        r.contains("run-time symbols: []; fixed at compile time: []"),
+        "{r}"
+    );
 }
 
 #[test]
