@@ -29,6 +29,7 @@ use passes::{autodiff, memplan, placement};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use report::files;
+use report::verbose::{self, Log};
 use std::rc::Rc;
 use syntax::{Item, ModelKind};
 
@@ -259,6 +260,9 @@ fn compile_one(
         constants: opts.constants.clone(),
         dynamic_control_flow: opts.dynamic_control_flow,
     };
+    // `verbose: true`: each step's time and what it did; `trace_shapes: true`: inference's trace
+    let mut log = opts.verbose.then(|| Log::new(&name.to_string(), logical));
+    let mut trace = opts.trace_shapes.then(shapes::Trace::default);
     let mut fl = Flattener::new(&fopts, library, locals);
     fl.flatten_top(entry.clone(), hyper_args);
     let missing = std::mem::take(&mut fl.missing);
@@ -268,6 +272,10 @@ fn compile_one(
     let mut errors = std::mem::take(&mut fl.errors);
     let losses = std::mem::take(&mut fl.losses);
     let mut g = fl.g;
+    if let Some(l) = &mut log {
+        l.step("flatten", "");
+        l.detail("flatten", verbose::counts(&g));
+    }
     if !opts.backend_map.is_empty() {
         errors.extend(check_backend_map(&g, opts));
         g.placement = ir::Placement {
@@ -283,7 +291,13 @@ fn compile_one(
     // inference runs also after flattening errors: a failed statement builds no nodes (its
     // uses are poisoned), so what remains is consistent and its own mistakes are independent
     errors.extend(dtypes::infer(&mut g, opts.dtype));
-    errors.extend(shapes::infer(&mut g));
+    if let Some(l) = &mut log {
+        l.step("dtypes", "");
+    }
+    errors.extend(shapes::infer_traced(&mut g, trace.as_mut()));
+    if let Some(l) = &mut log {
+        l.step("shapes", "");
+    }
     if errors.is_empty() {
         errors.extend(check_losses(&g, &losses));
     }
@@ -293,10 +307,29 @@ fn compile_one(
     }
     dtypes::finish(&mut g, opts.dtype);
     shapes::finish(&mut g);
+    if let Some(l) = &mut log {
+        l.step("finish", "");
+    }
+    // (rendered off the clock: `detail` restarts it)
+    let shape_trace = trace
+        .as_ref()
+        .map(|t| verbose::shape_trace(t, &g, &name.to_string()));
+    if let Some(l) = &mut log {
+        l.detail("dtypes", dtype_counts(&g, opts.dtype));
+        l.detail("shapes", sym_line(&g));
+        l.detail(
+            "finish",
+            "open dtype variables -> the default float, open symbols -> run-time slots",
+        );
+    }
     let wrt = match roles(&mut g, opts) {
         Ok(w) => w,
         Err(es) => return Err((es, vec![], Some(StubApi::of(&g)))),
     };
+    if let Some(l) = &mut log {
+        l.step("roles", "");
+        l.detail("roles", roles_line(&g, opts, &wrt));
+    }
     // A model whose params depend on dims it leaves open (a generic building block such as
     // `param scale: [D]` with `input x: [N, D]`) has no default physical model: it is used as
     // a submodel, or compiled with `compile X = M { shapes: .. }`.
@@ -315,24 +348,53 @@ fn compile_one(
         }
     }
     let warnings = unused_input_warnings(&g, name);
+    if let Some(l) = &mut log {
+        l.step("checks", "");
+        l.detail(
+            "checks",
+            "unused inputs, `static_shapes` inputs, `max_memory_gb` (with the memory plan)",
+        );
+    }
 
     // the forward+backward graph, when the model has params
-    let train = train_graph(&g, opts, is_train, &wrt)
+    let train = train_graph(&g, opts, is_train, &wrt, log.as_mut())
         .map_err(|errs| (errs, vec![], Some(StubApi::of(&g))))?;
 
     // optimization passes
     let mut pass_log: Vec<(&str, usize)> = vec![("flattened ops", report::op_count(&g))];
+    let ops_before = report::op_count(&g);
     passes::elide::run(&mut g);
-    pass_log.extend(run_passes(&mut g, opts));
+    if let Some(l) = &mut log {
+        l.step("elide", "");
+        l.detail(
+            "elide",
+            format!(
+                "forward graph: submodel boundaries removed; {ops_before} -> {} ops",
+                report::op_count(&g)
+            ),
+        );
+    }
+    pass_log.extend(run_passes(&mut g, opts, log.as_mut(), ""));
     let model = name.to_string();
     let mut summary = report::summary(&g, &model, &pass_log);
     // memory: the plan line(s), and `max_memory_gb` against a static plan
+    let before_mem = summary.len();
     if let Err(mem_errors) = memory_summary(&g, train.as_ref(), opts, name, &mut summary) {
         return Err((mem_errors, vec![], Some(StubApi::of(&g))));
     }
     let text = report::text(&g);
     let dot = report::dot(&g, &model);
     let json = report::json(&g, &model);
+    if let Some(l) = &mut log {
+        l.step("memory + introspection", "");
+        l.detail(
+            "memory + introspection",
+            format!(
+                "{}SUMMARY, GRAPH_TEXT, GRAPH_DOT, GRAPH_JSON",
+                summary.get(before_mem..).unwrap_or("")
+            ),
+        );
+    }
     let inp = backends::common::CodegenInput {
         name,
         vis,
@@ -354,6 +416,13 @@ fn compile_one(
     let cuda = (opts.backend_cuda && !opts.mixed()).then_some(&opts.cuda);
     let (code, cuda_source) = backends::generate(&g, train.as_ref(), &inp, cuda)
         .map_err(|e| (e, vec![], Some(StubApi::of(&g))))?;
+    if let Some(l) = &mut log {
+        l.step("codegen", "");
+        l.detail(
+            "codegen",
+            codegen_line(opts, &code, cuda_source.as_deref(), train.is_some()),
+        );
+    }
     let file_errors = write_files(
         opts,
         name,
@@ -364,7 +433,180 @@ fn compile_one(
     if !file_errors.is_empty() {
         return Err((file_errors, vec![], Some(StubApi::of(&g))));
     }
-    Ok((quote!(#code #warnings), vec![]))
+    if opts.dump_graph.is_some() || opts.file_path.is_some() {
+        if let Some(l) = &mut log {
+            l.step("files", "");
+            l.detail("files", "`dump_graph` / `file_path` written (when changed)");
+        }
+    }
+    let introspection = introspection_items(
+        name,
+        opts,
+        log.as_ref(),
+        shape_trace.as_deref(),
+        train.is_some(),
+    );
+    Ok((quote!(#code #warnings #introspection), vec![]))
+}
+
+/// The items of `verbose: true` (`COMPILE_REPORT`; the report with durations printed to the
+/// build's stderr) and `trace_shapes: true` (`SHAPE_TRACE`, `last_symbols`); nothing for a
+/// model compiled without them.
+fn introspection_items(
+    name: &syn::Ident,
+    opts: &options::Options,
+    log: Option<&Log>,
+    shape_trace: Option<&str>,
+    has_grad: bool,
+) -> TokenStream {
+    let mut items = TokenStream::new();
+    if let Some(l) = log {
+        let mut kept = l.render(false);
+        let mut printed = l.render(true);
+        if let Some(t) = shape_trace {
+            kept.push_str(t);
+            printed.push_str(t);
+        }
+        // the stable way to show text in `cargo build`: cargo prints what rustc (and so the
+        // proc macro) writes to stderr, for the crates whose output it shows
+        eprintln!("{}", printed.trim_end());
+        items.extend(quote! {
+            /// The compile report (`verbose: true`): each pipeline step and what it did, as
+            /// printed at build time but without the durations (which differ per build).
+            pub const COMPILE_REPORT: &'static str = #kept;
+        });
+    }
+    if let Some(t) = shape_trace {
+        items.extend(quote! {
+            /// The shape-inference trace (`trace_shapes: true`): every op's input and output
+            /// shapes as inferred, and for each symbol where it was bound and unified.
+            pub const SHAPE_TRACE: &'static str = #t;
+        });
+        // the run-time part: CPU models whose `evaluate` runs a plan
+        if !opts.backend_cuda && !opts.mixed() && !opts.static_shapes {
+            items.extend(quote! {
+                /// The symbolic dims bound by the last `evaluate` call (checked before it
+                /// ran), in [`Self::SYMBOLS`] order; `None` before the first call.
+                pub fn last_symbols(&self) -> ::std::option::Option<::std::vec::Vec<(&'static str, usize)>> {
+                    ::mithril::rt::plan::last_symbols(&self.__ws, Self::SYMBOLS, Self::__MITHRIL_TERMINALS)
+                }
+            });
+            if has_grad {
+                items.extend(quote! {
+                    /// [`Self::last_symbols`] of the last `evaluate_gradients` call.
+                    pub fn last_symbols_gradients(&self) -> ::std::option::Option<::std::vec::Vec<(&'static str, usize)>> {
+                        ::mithril::rt::plan::last_symbols(&self.__ws_grad, Self::SYMBOLS, Self::__MITHRIL_TERMINALS)
+                    }
+                });
+            }
+        }
+    }
+    if items.is_empty() {
+        return items;
+    }
+    quote! {
+        #[allow(dead_code)]
+        impl #name {
+            #items
+        }
+    }
+}
+
+/// `f32: 7 nodes, i64: 1 node` (the dtypes inferred).
+fn dtype_counts(g: &ir::Graph, default: ir::DType) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for id in 0..g.nodes.len() {
+        let t = g
+            .dtype_of(id)
+            .map(|t| t.name().to_string())
+            .unwrap_or_else(|| "?".into());
+        match counts.iter_mut().find(|c| c.0 == t) {
+            Some(c) => c.1 += 1,
+            None => counts.push((t, 1)),
+        }
+    }
+    let list: Vec<String> = counts
+        .iter()
+        .map(|(t, n)| format!("{t}: {n} node{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+    format!("{}; default float {}", list.join(", "), default.name())
+}
+
+/// The symbols after inference: those left to run time and those fixed.
+fn sym_line(g: &ir::Graph) -> String {
+    let fixed: Vec<String> = g
+        .sym_vars
+        .iter()
+        .filter(|(n, _)| !g.syms.contains(n))
+        .map(|(n, v)| format!("{n} = {}", g.fmt_dim(v)))
+        .collect();
+    format!(
+        "run-time symbols: [{}]; fixed at compile time: [{}]",
+        g.syms.join(", "),
+        fixed.join(", ")
+    )
+}
+
+/// What the key roles chose.
+fn roles_line(g: &ir::Graph, opts: &options::Options, wrt: &[bool]) -> String {
+    let names = |v: &[(String, Span)]| {
+        v.iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "trainable: {} of {} params; discard: [{}]; data: [{}]; inference: {}",
+        wrt.iter().filter(|&&w| w).count(),
+        g.params.len(),
+        names(&opts.discard),
+        names(&opts.data),
+        opts.inference
+    )
+}
+
+/// Which code generator ran, what it chose, and how much Rust it wrote.
+fn codegen_line(
+    opts: &options::Options,
+    code: &TokenStream,
+    cuda_source: Option<&str>,
+    has_grad: bool,
+) -> String {
+    let text = code.to_string();
+    let path = if opts.backend_cuda && !opts.mixed() {
+        format!(
+            "backend cuda: device-resident API, one NVRTC module ({} bytes of CUDA C)",
+            cuda_source.map_or(0, str::len)
+        )
+    } else if opts.mixed() {
+        format!(
+            "mixed (`backend_map`): CPU host code, the cuda-placed ops through the CUDA backend ({} bytes of CUDA C)",
+            cuda_source.map_or(0, str::len)
+        )
+    } else if opts.static_shapes {
+        // the CPU generator said in the summary whether `evaluate` was specialized
+        let said = [
+            "static_shapes: evaluate specialized",
+            "static_shapes: evaluate keeps",
+        ]
+        .iter()
+        .find_map(|k| {
+            let at = text.find(k)?;
+            let rest = &text[at..];
+            Some(rest[..rest.find("\\n").unwrap_or(rest.len())].replace("\\\"", "\""))
+        });
+        format!(
+            "backend cpu, {}",
+            said.unwrap_or_else(|| "static_shapes".into())
+        )
+    } else {
+        "backend cpu: `evaluate` runs a plan (`mithril::rt::plan::run`)".to_string()
+    };
+    format!(
+        "{path}\nevaluate_gradients: {}\ngenerated Rust: {} bytes",
+        if has_grad { "yes" } else { "no" },
+        text.len()
+    )
 }
 
 /// Every `loss` must be a float scalar (after its reductions).
@@ -463,8 +705,20 @@ fn train_graph(
     opts: &options::Options,
     is_train: bool,
     wrt: &[bool],
+    mut log: Option<&mut Log>,
 ) -> Result<Option<ir::Graph>, Vec<syn::Error>> {
     let mut train = if g.params.is_empty() || opts.inference {
+        if let Some(l) = log.as_deref_mut() {
+            l.step("autodiff", "");
+            l.detail(
+                "autodiff",
+                if opts.inference {
+                    "none: `inference: true`"
+                } else {
+                    "none: the model has no params"
+                },
+            );
+        }
         None
     } else {
         let mut t = g.clone();
@@ -473,13 +727,33 @@ fn train_graph(
         if is_train && !errs.is_empty() {
             return Err(errs);
         }
+        if let Some(l) = log.as_deref_mut() {
+            l.step("autodiff", "");
+            let what = if errs.is_empty() {
+                format!(
+                    "forward+backward graph: {}; {} ops before its passes",
+                    verbose::counts(&t),
+                    report::op_count(&t)
+                )
+            } else {
+                "a primitive has no gradient rule: no `evaluate_gradients`".to_string()
+            };
+            l.detail("autodiff", what);
+        }
         // a model whose gradient is not supported still evaluates; it gets no evaluate_gradients
         errs.is_empty().then_some(t)
     };
     if let Some(t) = &mut train {
-        let _ = run_passes(t, opts);
+        let _ = run_passes(t, opts, log.as_deref_mut(), "backward: ");
         if let Some(n) = opts.checkpoint_segments {
             passes::checkpoint::run(t, n);
+            if let Some(l) = log {
+                l.step("backward: checkpoint", "");
+                l.detail(
+                    "backward: checkpoint",
+                    format!("{n} segments recomputed; {} ops", report::op_count(t)),
+                );
+            }
         }
     }
     Ok(train)
@@ -828,23 +1102,70 @@ fn stub(
 
 /// The optimization passes, as the compile options switch them (the forward graph and the
 /// forward+backward graph both go through these); returns each pass's change count.
-fn run_passes(g: &mut ir::Graph, opts: &options::Options) -> Vec<(&'static str, usize)> {
+/// With `verbose` (`steps`: the compile report), each pass is a step named `prefix` + its name,
+/// with the ops before and after it and, for the fusion passes, the groups formed.
+fn run_passes(
+    g: &mut ir::Graph,
+    opts: &options::Options,
+    mut steps: Option<&mut Log>,
+    prefix: &str,
+) -> Vec<(&'static str, usize)> {
     let mut log = Vec::new();
+    let mut ops = report::op_count(g);
+    if let Some(l) = steps.as_deref_mut() {
+        l.resume();
+    }
+    let mut note = |g: &ir::Graph, name: &'static str, changes: usize, steps: Option<&mut Log>| {
+        if let Some(l) = steps {
+            let step = format!("{prefix}{name}");
+            l.step(&step, "");
+            let after = report::op_count(g);
+            let mut what = format!("{changes} changes; {ops} -> {after} ops");
+            let groups = match name {
+                "operator_fusion" => Some(verbose::groups(g, false, 8)),
+                "epilogue_fusion" => Some(verbose::groups(g, true, 8)),
+                _ => None,
+            };
+            if let Some((n, list)) = groups {
+                let kind = if name == "operator_fusion" {
+                    "fusion groups"
+                } else {
+                    "matmul epilogues"
+                };
+                what.push_str(&format!("; {n} {kind}"));
+                if n > 0 {
+                    what.push_str(&format!(":\n{list}"));
+                }
+            }
+            l.detail(&step, what);
+            ops = after;
+        }
+    };
     if opts.constant_folding {
-        log.push(("constant_folding", passes::fold::run(g)));
+        let c = passes::fold::run(g);
+        note(g, "constant_folding", c, steps.as_deref_mut());
+        log.push(("constant_folding", c));
     }
     if opts.common_subexpression {
-        log.push(("common_subexpression", passes::cse::run(g)));
+        let c = passes::cse::run(g);
+        note(g, "common_subexpression", c, steps.as_deref_mut());
+        log.push(("common_subexpression", c));
     }
     if opts.dead_code_elimination {
-        log.push(("dead_code_elimination", passes::dce::run(g, &[])));
+        let c = passes::dce::run(g, &[]);
+        note(g, "dead_code_elimination", c, steps.as_deref_mut());
+        log.push(("dead_code_elimination", c));
     }
     if opts.operator_fusion {
-        log.push(("operator_fusion", passes::fuse::run(g)));
+        let c = passes::fuse::run(g);
         if opts.dead_code_elimination {
             passes::dce::run(g, &[]);
         }
-        log.push(("epilogue_fusion", passes::epilogue::run(g)));
+        note(g, "operator_fusion", c, steps.as_deref_mut());
+        log.push(("operator_fusion", c));
+        let c = passes::epilogue::run(g);
+        note(g, "epilogue_fusion", c, steps);
+        log.push(("epilogue_fusion", c));
     }
     log
 }

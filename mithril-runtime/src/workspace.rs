@@ -72,6 +72,8 @@ struct Inner {
     /// A planned call asked for a slot the plan had never seen used (a run-time `if`'s branch
     /// that had not run before): it got a buffer of its own, and `finish` plans again.
     replan: bool,
+    /// A call has begun (`key` holds its shapes).
+    begun: bool,
 }
 
 /// The memory of one generated model function (see the module docs). Generated code owns one
@@ -103,6 +105,7 @@ impl Workspace {
                 offsets: vec![0; life.len()],
                 report: None,
                 replan: false,
+                begun: false,
             }),
             scratch: None,
         }
@@ -146,6 +149,7 @@ impl Workspace {
             return;
         }
         w.planned = false;
+        w.begun = true;
         w.key.clear();
         for s in shapes {
             w.key.push(s.len());
@@ -199,6 +203,25 @@ impl Workspace {
             w.planned = true;
         }
         Ok(())
+    }
+
+    /// The shapes of the views (inputs, params, ...) of the last call that ran with this
+    /// workspace, in the order the call gave them (`None` before the first call). What
+    /// `plan::last_symbols` binds the model's symbols from: the workspace keeps them anyway
+    /// (its plan is for them), so keeping them costs a call nothing.
+    pub fn last_shapes(&mut self) -> Option<Vec<Vec<usize>>> {
+        let w = self.inner_mut();
+        if !w.begun {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < w.key.len() {
+            let rank = w.key[i];
+            out.push(w.key.get(i + 1..i + 1 + rank)?.to_vec());
+            i += 1 + rank;
+        }
+        Some(out)
     }
 
     /// The numbers of the last plan (`None` before the first call).
@@ -383,6 +406,26 @@ mod tests {
         let r = ws.report().unwrap();
         assert_eq!(r.naive_bytes, 3 * 128);
         assert_eq!(r.planned_bytes, 2 * 128);
+    }
+
+    #[test]
+    fn last_shapes_are_those_of_the_last_call() {
+        let mut ws = Workspace::new(&LIFE, true, None);
+        assert_eq!(ws.last_shapes(), None);
+        // a scalar view (rank 0) between two others
+        ws.begin(&[&[2, 3], &[], &[5]]);
+        assert_eq!(ws.last_shapes(), Some(vec![vec![2, 3], vec![], vec![5]]));
+        ws.finish("m").unwrap();
+        // the same shapes again (the plan is kept), then others
+        ws.begin(&[&[2, 3], &[], &[5]]);
+        assert_eq!(ws.last_shapes(), Some(vec![vec![2, 3], vec![], vec![5]]));
+        ws.finish("m").unwrap();
+        ws.begin(&[&[7, 3], &[], &[1]]);
+        assert_eq!(ws.last_shapes(), Some(vec![vec![7, 3], vec![], vec![1]]));
+        // a model without views still has had a call
+        let mut ws = Workspace::new(&LIFE, false, None);
+        ws.begin(&[]);
+        assert_eq!(ws.last_shapes(), Some(vec![]));
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod gradcheck;
 mod gradients;
 mod inference;
 mod introspection;
+mod introspection_reports;
 mod library;
 mod linalg;
 mod multi_backend;

@@ -106,6 +106,12 @@ pub struct Options {
     pub max_memory_gb: Option<(f64, Span)>,
     /// `gradient_checkpointing: { segments: N }`.
     pub checkpoint_segments: Option<usize>,
+    /// `verbose: true`: a report of each pipeline step (printed at build time and kept as
+    /// `M::COMPILE_REPORT`).
+    pub verbose: bool,
+    /// `trace_shapes: true`: the shape-inference trace (`M::SHAPE_TRACE`) and the symbols bound
+    /// by the last call (`last_symbols`).
+    pub trace_shapes: bool,
 }
 
 impl Options {
@@ -145,6 +151,8 @@ impl Default for Options {
             memory_planning: true,
             max_memory_gb: None,
             checkpoint_segments: None,
+            verbose: false,
+            trace_shapes: false,
         }
     }
 }
@@ -175,6 +183,8 @@ pub const NAMES: &[&str] = &[
     "target_hardware",
     "optimize_for",
     "backend_map",
+    "verbose",
+    "trace_shapes",
 ];
 
 /// What a `target_hardware` name selects.
@@ -340,6 +350,8 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
         "data" => o.data = name_list(v, "data")?,
         "discard" => o.discard = name_list(v, "discard")?,
         "inference" => o.inference = as_bool(v, "inference")?,
+        "verbose" => o.verbose = as_bool(v, "verbose")?,
+        "trace_shapes" => o.trace_shapes = as_bool(v, "trace_shapes")?,
         "dynamic_control_flow" => o.dynamic_control_flow = as_bool(v, "dynamic_control_flow")?,
         "memory_planning" => match v {
             OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,

@@ -192,6 +192,18 @@ impl Env {
         }
     }
 
+    /// The dim variables bound to nothing yet (what the shape trace watches).
+    pub fn unbound_dim_vars(&self) -> Vec<u32> {
+        (0..self.dim_vars.len() as u32)
+            .filter(|&v| self.dim_vars[v as usize].is_none())
+            .collect()
+    }
+
+    /// Whether dim variable `v` is bound (to a dim or another variable).
+    pub fn is_bound(&self, v: u32) -> bool {
+        self.dim_vars.get(v as usize).is_some_and(|b| b.is_some())
+    }
+
     /// Unify two dims. `Err(())` when they provably differ.
     pub fn unify_dim(&mut self, a: &Dim, b: &Dim) -> Result<Dim, ()> {
         let (a, b) = (self.dim(a), self.dim(b));

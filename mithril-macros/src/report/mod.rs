@@ -2,6 +2,7 @@
 //! optimized IR at compile time.
 
 pub mod files;
+pub mod verbose;
 
 use crate::ir::{FExpr, Graph, NodeId, Op};
 

@@ -16,6 +16,36 @@ mod text;
 
 pub use exec::run;
 
+/// The symbolic dims bound by the last call that ran with workspace `ws` (what
+/// `trace_shapes: true` models' `last_symbols` returns): the model's shape checks
+/// (`terminals`: its `C` records, `__MITHRIL_TERMINALS`) replayed over the shapes the workspace
+/// kept, each symbol of `syms` with its value, in slot order. `None` before the first call (and
+/// if the checks do not parse or fit the shapes, which a generated model never has).
+///
+/// Nothing is recorded per call: the workspace keeps the last call's shapes for its memory
+/// plan anyway. A call made while another one held the workspace runs on a temporary one and
+/// is not seen here.
+pub fn last_symbols(
+    ws: &std::sync::Mutex<crate::Workspace>,
+    syms: &'static [&'static str],
+    terminals: &'static str,
+) -> Option<Vec<(&'static str, usize)>> {
+    let shapes = ws.lock().ok()?.last_shapes()?;
+    let checks = text::parse_checks(terminals).ok()?;
+    let mut env = crate::check::SymEnv::new(syms);
+    for c in &checks {
+        let given = shapes.get(c.view)?;
+        crate::check::check_shape(&mut env, "", c.terminal, c.expected, given, &c.spec, c.ell)
+            .ok()?;
+    }
+    Some(
+        syms.iter()
+            .enumerate()
+            .filter_map(|(k, n)| env.get(k).map(|v| (*n, v)))
+            .collect(),
+    )
+}
+
 use crate::check::DimSpec;
 use crate::elem::DType;
 use crate::ops::SliceArg;

@@ -301,6 +301,23 @@ impl Names<'_> {
     }
 }
 
+/// The `C` records of `src` alone (a model's `__MITHRIL_TERMINALS`).
+pub(super) fn parse_checks(src: &'static str) -> R<Vec<Check>> {
+    let mut t = Toks {
+        src,
+        pos: 0,
+        progs: Vec::new(),
+    };
+    let mut checks = Vec::new();
+    while !t.done() {
+        match t.word()? {
+            "C" => checks.push(check(&mut t)?),
+            w => return Err(format!("`C` record expected, found `{w}`")),
+        }
+    }
+    Ok(checks)
+}
+
 fn check(t: &mut Toks) -> R<Check> {
     let view = t.num()?;
     let terminal = t.string()?;
