@@ -488,14 +488,14 @@ fn introspection_items(
                 /// The symbolic dims bound by the last `evaluate` call (checked before it
                 /// ran), in [`Self::SYMBOLS`] order; `None` before the first call.
                 pub fn last_symbols(&self) -> ::std::option::Option<::std::vec::Vec<(&'static str, usize)>> {
-                    ::mithril::rt::plan::last_symbols(&self.__ws, Self::SYMBOLS, Self::__MITHRIL_TERMINALS)
+                    ::mithril::rt::plan::last_symbols(&self.__ws, Self::SYMBOLS, Self::__mithril_terminals().ok()?)
                 }
             });
             if has_grad {
                 items.extend(quote! {
                     /// [`Self::last_symbols`] of the last `evaluate_gradients` call.
                     pub fn last_symbols_gradients(&self) -> ::std::option::Option<::std::vec::Vec<(&'static str, usize)>> {
-                        ::mithril::rt::plan::last_symbols(&self.__ws_grad, Self::SYMBOLS, Self::__MITHRIL_TERMINALS)
+                        ::mithril::rt::plan::last_symbols(&self.__ws_grad, Self::SYMBOLS, Self::__mithril_terminals().ok()?)
                     }
                 });
             }

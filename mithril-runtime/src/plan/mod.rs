@@ -18,7 +18,7 @@ pub use exec::run;
 
 /// The symbolic dims bound by the last call that ran with workspace `ws` (what
 /// `trace_shapes: true` models' `last_symbols` returns): the model's shape checks
-/// (`terminals`: its `C` records, `__MITHRIL_TERMINALS`) replayed over the shapes the workspace
+/// (`terminals`: its `C` records, `__mithril_terminals()`) replayed over the shapes the workspace
 /// kept, each symbol of `syms` with its value, in slot order. `None` before the first call (and
 /// if the checks do not parse or fit the shapes, which a generated model never has).
 ///

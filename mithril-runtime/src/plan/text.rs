@@ -301,7 +301,7 @@ impl Names<'_> {
     }
 }
 
-/// The `C` records of `src` alone (a model's `__MITHRIL_TERMINALS`).
+/// The `C` records of `src` alone (a model's `__mithril_terminals()`).
 pub(super) fn parse_checks(src: &'static str) -> R<Vec<Check>> {
     let mut t = Toks {
         src,
