@@ -248,6 +248,17 @@ impl Env {
         }
     }
 
+    /// `[B, 784]`, `[..., D]`: a shape resolved and formatted.
+    pub fn fmt_shape(&self, s: &Shape) -> String {
+        let s = self.shape(s);
+        let mut parts = Vec::new();
+        if s.rest.is_some() {
+            parts.push("...".to_string());
+        }
+        parts.extend(s.dims.iter().map(|d| self.fmt_dim(d)));
+        format!("[{}]", parts.join(", "))
+    }
+
     pub fn bind_rest(&mut self, r: u32, s: Shape) {
         self.rest_vars[r as usize] = Some(s);
     }
@@ -618,13 +629,7 @@ impl Graph {
     }
 
     pub fn fmt_shape(&self, s: &Shape) -> String {
-        let s = self.env.shape(s);
-        let mut parts = Vec::new();
-        if s.rest.is_some() {
-            parts.push("...".to_string());
-        }
-        parts.extend(s.dims.iter().map(|d| self.fmt_dim(d)));
-        format!("[{}]", parts.join(", "))
+        self.env.fmt_shape(s)
     }
 }
 

@@ -52,7 +52,7 @@ impl Family for Rules {
                 if s.rest.is_some() || !s.dims.is_empty() {
                     return Err(format!(
                         "shape: the condition of a run-time `if` must be a scalar `bool` (rank 0), found {}; reduce it first (`c.any()`-style: `max(cast(c, dtype = i32)) > 0`), or use `where_(c, a, b)` to choose element by element",
-                        fmt_shape(env, s)
+                        env.fmt_shape(s)
                     ));
                 }
                 Ok(Shape::scalar())
@@ -61,8 +61,8 @@ impl Family for Rules {
                 let (t, e) = (&ins[2], &ins[3]);
                 let msg = format!(
                     "shapes differ between the branches of a run-time `if`: {} (then) and {} (else); a name rebound in a branch must have the same shape after either branch",
-                    fmt_shape(env, t),
-                    fmt_shape(env, e)
+                    env.fmt_shape(t),
+                    env.fmt_shape(e)
                 );
                 let differ = || msg.clone();
                 if t.rest != e.rest || t.dims.len() != e.dims.len() {
@@ -150,14 +150,4 @@ impl Family for Rules {
             _ => "phi".into(),
         })
     }
-}
-
-fn fmt_shape(env: &Env, s: &Shape) -> String {
-    let s = env.shape(s);
-    let mut parts = Vec::new();
-    if s.rest.is_some() {
-        parts.push("...".to_string());
-    }
-    parts.extend(s.dims.iter().map(|d| env.fmt_dim(d)));
-    format!("[{}]", parts.join(", "))
 }
