@@ -252,7 +252,9 @@ impl Workspace {
         // SAFETY: the bookkeeping fields touched here are not aliased by any view handed out
         // (views point into `bufs[k]`'s heap blocks or into `arena`'s heap blocks, which are
         // never reallocated while views exist: `arena` only changes in `finish`, `bufs[k]` only
-        // when slot `k` is requested, which the generated code does once per call).
+        // when slot `k` is requested, which the generated code does once per call, or once per
+        // iteration of a run-time loop whose body holds it, when the previous iteration's
+        // value in it is dead).
         let w = unsafe { &mut *self.inner.get() };
         if slot >= w.life.len() {
             return Err(Error::op(
@@ -269,6 +271,16 @@ impl Workspace {
             w.bufs[slot] = crate::alloc::zeroed_blocks::<Block>(op, blocks(bytes))?;
             w.bytes[slot] = bytes;
             w.replan = true;
+            w.bufs[slot].as_mut_ptr() as *mut T
+        } else if w.planned && w.replan && w.bufs.get(slot).is_some_and(|b| !b.is_empty()) {
+            // a slot first used in this call, asked for again (a loop's next iteration): the
+            // buffer it got then
+            if blocks(bytes) > w.bufs[slot].len() {
+                return Err(Error::op(
+                    op,
+                    format!("internal: memory slot {slot} grew within a call to {bytes} bytes"),
+                ));
+            }
             w.bufs[slot].as_mut_ptr() as *mut T
         } else if w.planned {
             if bytes != w.bytes[slot] {
@@ -294,8 +306,12 @@ impl Workspace {
                     });
                 }
             }
-            w.bufs[slot] = Vec::new();
-            w.bufs[slot] = crate::alloc::zeroed_blocks::<Block>(op, blocks(bytes).max(1))?;
+            // a run-time loop asks for its body's slots once per iteration: the buffer of the
+            // previous iteration (whose values are dead) is reused
+            if w.bufs[slot].len() != blocks(bytes).max(1) {
+                w.bufs[slot] = Vec::new();
+                w.bufs[slot] = crate::alloc::zeroed_blocks::<Block>(op, blocks(bytes).max(1))?;
+            }
             w.bytes[slot] = bytes;
             w.bufs[slot].as_mut_ptr() as *mut T
         };

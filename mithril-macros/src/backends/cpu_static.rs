@@ -129,6 +129,9 @@ pub fn evaluate_body(
     if lo.g.has_guards() {
         return Err("it has a run-time `if`".into());
     }
+    if lo.g.has_loops() {
+        return Err("it has a run-time loop".into());
+    }
     for id in 0..lo.g.nodes.len() {
         lo.node(id)?;
     }

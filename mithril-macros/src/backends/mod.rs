@@ -77,6 +77,16 @@ pub(crate) fn generate<'a>(
                 "a run-time `if` (a tensor condition) is not lowered for `backend: cuda` or `backend_map` yet: compile this model for the CPU, or make the condition compile-time (a hyperparameter, or an input baked in with `constants:`)",
             )]);
         }
+        if let Some(id) = g
+            .nodes
+            .iter()
+            .position(|n| matches!(n.op, crate::ir::Op::Prim(crate::prims::Prim::LoopHead)))
+        {
+            return Err(vec![g.error_at(
+                id,
+                "a run-time loop (`while`, or `for` over a symbolic dim) is not lowered for `backend: cuda` or `backend_map` yet: compile this model for the CPU",
+            )]);
+        }
     }
     match cuda {
         Some(opts) => cuda::CudaGen::new(g, train, inp, opts)

@@ -20,6 +20,8 @@ pub mod kw {
     syn::custom_keyword!(regularize);
     syn::custom_keyword!(on);
     syn::custom_keyword!(deps);
+    syn::custom_keyword!(stack);
+    syn::custom_keyword!(max_steps);
 }
 
 /// A whole invocation.
@@ -129,6 +131,20 @@ pub enum Stmt {
         var: Ident,
         iter: Expr,
         body: Vec<Stmt>,
+    },
+    /// `while cond { .. }` / `while cond, max_steps = N { .. }`
+    While {
+        cond: Expr,
+        max_steps: Option<Expr>,
+        body: Vec<Stmt>,
+        span: Span,
+    },
+    /// `stack ys[(.., t)] = y;` inside a run-time `for t in 0..T`: `ys` is the per-step values
+    /// stacked along the axis where `t` stands.
+    Stack {
+        name: Ident,
+        index: Expr,
+        expr: Expr,
     },
     Loss {
         expr: Expr,
@@ -522,6 +538,38 @@ fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
         };
         return Ok(Stmt::If { cond, then, els });
     }
+    if input.peek(Token![while]) {
+        let span = input.parse::<Token![while]>()?.span;
+        let cond = Expr::parse_without_eager_brace(input)?;
+        let max_steps = if input.peek(Token![,]) {
+            input.parse::<Token![,]>()?;
+            input.parse::<kw::max_steps>()?;
+            input.parse::<Token![=]>()?;
+            Some(Expr::parse_without_eager_brace(input)?)
+        } else {
+            None
+        };
+        let content;
+        braced!(content in input);
+        let body = parse_stmts(&content)?;
+        return Ok(Stmt::While {
+            cond,
+            max_steps,
+            body,
+            span,
+        });
+    }
+    if input.peek(kw::stack) && input.peek2(Ident) {
+        input.parse::<kw::stack>()?;
+        let name: Ident = input.parse()?;
+        let content;
+        syn::bracketed!(content in input);
+        let index: Expr = content.parse()?;
+        input.parse::<Token![=]>()?;
+        let expr: Expr = input.parse()?;
+        input.parse::<Token![;]>()?;
+        return Ok(Stmt::Stack { name, index, expr });
+    }
     if input.peek(Token![for]) {
         input.parse::<Token![for]>()?;
         let var: Ident = input.parse()?;
@@ -533,7 +581,7 @@ fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
         return Ok(Stmt::For { var, iter, body });
     }
     Err(input.error(
-        "expected a statement: `input`, `param`, `const`, `let`, `output`, `loss`, `regularize`, `if` or `for`",
+        "expected a statement: `input`, `param`, `const`, `let`, `output`, `loss`, `regularize`, `if`, `for`, `while` or `stack`",
     ))
 }
 

@@ -97,7 +97,10 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                         }
                     }
                     Err(m) => {
-                        let m = if m.starts_with("dtype") {
+                        let m = if matches!(p, crate::prims::Prim::LoopNext) {
+                            let name = g.nodes[id].label.clone().unwrap_or_default();
+                            format!("loop variable `{name}`: {m}")
+                        } else if m.starts_with("dtype") {
                             m
                         } else {
                             format!("dtype error in `{}`: {m}", p.name())

@@ -208,6 +208,11 @@ fn infer_node(g: &mut Graph, id: NodeId, errors: &mut Vec<syn::Error>) {
                 if why.starts_with("shapes ") {
                     return why;
                 }
+                // a loop variable: named by its label
+                if matches!(p, crate::prims::Prim::LoopNext) {
+                    let name = g.nodes[id].label.clone().unwrap_or_default();
+                    return format!("loop variable `{name}`: {why}");
+                }
                 let operands = if p.is_elementwise() && before.len() == 2 {
                     format!("{} does not broadcast with {}", before[0], before[1])
                 } else {

@@ -415,6 +415,11 @@ pub struct Node {
     /// A skipped node leaves its value unset: only nodes under the same guard, and the
     /// branch's `phi`, read it. `None`: the node always runs.
     pub guard: Option<NodeId>,
+    /// Run-time loops: the `loop_head` node of the innermost loop whose body holds this node
+    /// (the node runs once per iteration); `None` outside every loop. A loop's body is the
+    /// consecutive nodes between its head and its `loop_end` (see `prims::control`); the
+    /// carries, the head and the end belong to the enclosing level.
+    pub region: Option<NodeId>,
 }
 
 /// How a param is initialised by `randomize_params`.
@@ -583,6 +588,7 @@ impl Graph {
     /// a branch's op with one outside the branch.
     pub fn same_place(&self, a: NodeId, b: NodeId) -> bool {
         self.nodes[a].guard == self.nodes[b].guard
+            && self.nodes[a].region == self.nodes[b].region
             && (!self.placement.is_mixed() || self.on_cuda(a) == self.on_cuda(b))
     }
 
@@ -594,6 +600,13 @@ impl Graph {
     /// Some node runs under a run-time guard (the model has a run-time `if`).
     pub fn has_guards(&self) -> bool {
         self.nodes.iter().any(|n| n.guard.is_some())
+    }
+
+    /// The graph has a run-time loop.
+    pub fn has_loops(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::Prim(Prim::LoopHead)))
     }
 
     /// Number of uses of each node (args + outputs).
@@ -703,7 +716,7 @@ impl Graph {
             }
         }
         for n in &mut nodes {
-            for a in n.args.iter_mut().chain(&mut n.guard) {
+            for a in n.args.iter_mut().chain(&mut n.guard).chain(&mut n.region) {
                 *a = map[*a];
             }
         }

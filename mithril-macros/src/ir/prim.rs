@@ -166,4 +166,36 @@ pub enum Prim {
     /// The value of a name after a run-time `if`: `(then guard, else guard, then value, else
     /// value)`, the then value when the then guard holds, else the else value (no copy).
     Phi,
+    // ---- run-time loops (made by `while` and run-time `for`; no DSL name)
+    /// A loop-carried value: its initial value, copied into its own memory at loop entry
+    /// (without an argument: a scan's stacked output, zeros).
+    Carry,
+    /// The start of a loop's body (args: the carries); the back edge returns after it.
+    LoopHead,
+    /// Leaves the loop when its condition (arg 1; arg 0 the head) is false. `max_steps` caps
+    /// the trip count (an `Err` beyond); bit `j` of `tape` saves carry `j` at the start of each
+    /// iteration for the backward pass.
+    LoopTest {
+        max_steps: Option<u64>,
+        tape: u64,
+    },
+    /// The value carried to the next iteration (args: the carry, its update).
+    LoopNext,
+    /// The end of a loop's body (args: head, test, the `LoopNext`s): jumps back.
+    LoopEnd,
+    /// A carry's value after the loop (args: the end, the carry).
+    LoopExit,
+    /// Carry `j`'s value at the start of iteration `i` of a finished loop (args: the test,
+    /// `i`), from its tape.
+    TapeRead(usize),
+    /// A symbolic dim's run-time value, as an `i64` scalar (the bound of a run-time `for`).
+    DimValue(Dim),
+    /// `acc` with its slice `i` along `axis` replaced by (or, `add`, increased by) `v` (args:
+    /// acc, v, i): a scan's stacked output (`len`: the scanned dim, which a stacked output
+    /// first written here gets), and the gradient of `gather` at a scalar index.
+    SetAt {
+        axis: i64,
+        add: bool,
+        len: Option<Dim>,
+    },
 }

@@ -16,7 +16,7 @@ use crate::passes::autodiff::GRAD_PREFIX;
 pub fn run(g: &mut Graph, segments: usize) -> usize {
     let n = g.nodes.len();
     // (a model with a run-time `if` keeps its activations: the summary says so)
-    if segments < 2 || g.has_guards() {
+    if segments < 2 || g.has_guards() || g.has_loops() {
         return 0;
     }
     // forward: ancestors of the forward (non-gradient) outputs

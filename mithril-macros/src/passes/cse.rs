@@ -13,7 +13,8 @@ pub fn run(g: &mut Graph) -> usize {
         if matches!(
             node.op,
             Op::Input(_) | Op::Param(_) | Op::Boundary(_) | Op::Seed(_) | Op::Mode
-        ) {
+        ) || node_is_loop_structure(&node.op)
+        {
             continue;
         }
         let mut args = node.args.clone();
@@ -23,14 +24,16 @@ pub fn run(g: &mut Graph) -> usize {
             }
         }
         // in a mixed model (`backend_map`) each backend keeps its own copy
-        // and each run-time branch its own (a branch's node may not run)
+        // and each run-time branch its own (a branch's node may not run), and each loop body
+        // its own (a body's node has not run when the loop ran no iteration)
         let key = format!(
-            "{:?}|{:?}|{:?}|{}|{:?}",
+            "{:?}|{:?}|{:?}|{}|{:?}|{:?}",
             node.op,
             args,
             node.dtype.map(|t| g.env.dt(t)),
             g.placement.is_mixed() && g.on_cuda(id),
-            node.guard
+            node.guard,
+            node.region
         );
         match seen.get(&key) {
             Some(&prev) => {
@@ -45,4 +48,14 @@ pub fn run(g: &mut Graph) -> usize {
     }
     g.compact(&keep);
     n
+}
+
+/// The nodes of a loop's structure (each is its own: two carries with the same initial value
+/// are two variables).
+fn node_is_loop_structure(op: &Op) -> bool {
+    use crate::prims::Prim::*;
+    matches!(
+        op,
+        Op::Prim(Carry | LoopHead | LoopTest { .. } | LoopNext | LoopEnd | LoopExit | TapeRead(_))
+    )
 }

@@ -14,7 +14,7 @@ pub fn run(g: &mut Graph, extra_roots: &[usize]) -> usize {
     for id in (0..g.nodes.len()).rev() {
         if live[id] {
             let n = &g.nodes[id];
-            for &a in n.args.iter().chain(&n.guard) {
+            for &a in n.args.iter().chain(&n.guard).chain(&n.region) {
                 live[a] = true;
             }
         }
@@ -28,5 +28,24 @@ pub fn run(g: &mut Graph, extra_roots: &[usize]) -> usize {
         }
     }
     g.compact(&live);
+    retape(g);
     removed
+}
+
+/// A loop saves (tapes) only the carries the backward pass still reads: after DCE removed the
+/// reads a gradient did not need, each `loop_test`'s tape mask is recomputed from the
+/// `tape_read`s left.
+fn retape(g: &mut Graph) {
+    use crate::prims::Prim;
+    let mut masks: std::collections::HashMap<usize, u64> = Default::default();
+    for n in &g.nodes {
+        if let Op::Prim(Prim::TapeRead(j)) = n.op {
+            *masks.entry(n.args[0]).or_default() |= 1u64 << j;
+        }
+    }
+    for (id, n) in g.nodes.iter_mut().enumerate() {
+        if let Op::Prim(Prim::LoopTest { tape, .. }) = &mut n.op {
+            *tape = masks.get(&id).copied().unwrap_or(0);
+        }
+    }
 }

@@ -124,11 +124,38 @@ pub fn plan_placed(
     for o in &g.outputs {
         is_output[o.node] = true;
     }
-    // last step reading each node (outputs: the end)
+    // last step reading each node (outputs: the end). A value read in a run-time loop's body
+    // and made before the loop is read again by every iteration: it lives to the loop's end.
+    let end_of = loop_ends(g);
     let mut last_use: Vec<u32> = (0..n as u32).collect();
+    // the same, without the reads of the loop structure (`loop_next`, `loop_exit`): a carry
+    // whose last other read is its own update may be overwritten by it in place
+    let mut last_read: Vec<u32> = (0..n as u32).collect();
     for (id, node) in g.nodes.iter().enumerate() {
+        let structural = matches!(node.op, Op::Prim(Prim::LoopNext | Prim::LoopExit));
         for &a in node.args.iter().chain(&node.guard) {
-            last_use[a] = last_use[a].max(id as u32);
+            let mut at = id as u32;
+            let mut r = node.region;
+            while let Some(h) = r {
+                // (a carry of this loop is read within one iteration: its own memory holds the
+                // next iteration's value)
+                if inside(g, a, h) || g.nodes[h].args.contains(&a) {
+                    break;
+                }
+                at = at.max(end_of.get(&h).copied().unwrap_or(id) as u32);
+                r = g.nodes[h].region;
+            }
+            last_use[a] = last_use[a].max(at);
+            if !structural {
+                last_read[a] = last_read[a].max(at);
+            }
+        }
+    }
+    // the update of each carry (`loop_next(carry, update)`)
+    let mut update_of: Vec<Option<NodeId>> = vec![None; n];
+    for node in &g.nodes {
+        if let (Op::Prim(Prim::LoopNext), [c, u]) = (&node.op, &node.args[..]) {
+            update_of[*c] = Some(*u);
         }
     }
     for o in &g.outputs {
@@ -145,6 +172,20 @@ pub fn plan_placed(
         let node = &g.nodes[id];
         match &node.op {
             Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Mode => continue,
+            // the loop's structure has no value; a tape read is the tape's memory
+            Op::Prim(
+                Prim::LoopHead | Prim::LoopTest { .. } | Prim::LoopEnd | Prim::TapeRead(_),
+            ) => continue,
+            // views of the update carried on, and of the carry after the loop
+            Op::Prim(Prim::LoopNext | Prim::LoopExit) => {
+                let r = root[node.args[1]];
+                root[id] = r;
+                phi_roots[id] = phi_roots[node.args[1]].clone();
+                for s in r.iter().chain(&phi_roots[id]) {
+                    life[*s].1 = life[*s].1.max(last_use[id]);
+                }
+                continue;
+            }
             Op::Boundary(_) | Op::Prim(Prim::Truth) => {
                 let r = root[node.args[0]];
                 root[id] = r;
@@ -182,12 +223,23 @@ pub fn plan_placed(
         // in place: an argument whose slot dies here, same dtype and shape, used once here
         let mut chosen = None;
         let on_host = placed.is_none_or(|p| !p.on_cuda[id]);
-        if inplace && on_host && is_elementwise(g, id) {
+        let set_at = matches!(node.op, Op::Prim(Prim::SetAt { .. }));
+        if inplace && on_host && (is_elementwise(g, id) || set_at) {
             for (pos, &a) in node.args.iter().enumerate() {
+                if set_at && pos > 0 {
+                    break;
+                }
                 let Some(s) = root[a] else { continue };
                 let once = node.args.iter().filter(|&&x| x == a).count() == 1;
                 let own = matches!(home[a], Home::Slot { .. });
-                if once && own && life[s].1 <= id as u32 && same_layout(g, a, id) {
+                // a loop variable's update may take over the carry's memory when nothing
+                // else reads the carry after it (the loop end then copies nothing)
+                let dead = life[s].1 <= id as u32
+                    || (update_of[a] == Some(id)
+                        && root[a] == Some(s)
+                        && matches!(node.op, Op::Prim(_) | Op::Fused(_))
+                        && last_read[a] <= id as u32);
+                if once && own && dead && same_layout(g, a, id) {
                     chosen = Some((pos, s));
                     break;
                 }
@@ -220,6 +272,28 @@ pub fn plan_placed(
         life,
         static_bytes,
     }
+}
+
+/// The `loop_end` of each loop, by its head.
+pub fn loop_ends(g: &Graph) -> std::collections::HashMap<NodeId, NodeId> {
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op, Op::Prim(Prim::LoopEnd)))
+        .map(|(id, n)| (n.args[0], id))
+        .collect()
+}
+
+/// Node `a` is inside the body of the loop headed by `h` (directly or in a nested loop).
+pub fn inside(g: &Graph, a: NodeId, h: NodeId) -> bool {
+    let mut r = g.nodes[a].region;
+    while let Some(x) = r {
+        if x == h {
+            return true;
+        }
+        r = g.nodes[x].region;
+    }
+    false
 }
 
 /// The summary line for a plan.

@@ -23,6 +23,8 @@ pub struct Builder<'g> {
     /// The run-time guard of the nodes being built ([`crate::ir::Node::guard`]): the forward
     /// node's, so the gradient of a branch's op runs only when the branch ran.
     pub guard: Option<NodeId>,
+    /// The run-time loop body the nodes being built belong to ([`crate::ir::Node::region`]).
+    pub region: Option<NodeId>,
 }
 
 impl Builder<'_> {
@@ -37,6 +39,7 @@ impl Builder<'_> {
             shape: Some(shape),
             dtype: Some(DT::Known(dt)),
             guard: self.guard,
+            region: self.region,
         })
     }
 

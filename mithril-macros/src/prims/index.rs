@@ -140,6 +140,26 @@ impl Family for Rules {
         gy: NodeId,
     ) -> Vec<Option<NodeId>> {
         match p {
+            // at a scalar index (a scan's step, `x[(.., t)]`): one slice added, which a loop's
+            // gradient accumulates in place
+            Prim::Gather(axis)
+                if b.g
+                    .shape_of(x[1])
+                    .is_some_and(|s| s.rest.is_none() && s.dims.is_empty()) =>
+            {
+                let z = b.op(Prim::FullLike(0.0), &[x[0]]);
+                vec![
+                    Some(b.op(
+                        Prim::SetAt {
+                            axis: *axis,
+                            add: true,
+                            len: None,
+                        },
+                        &[z, gy, x[1]],
+                    )),
+                    None,
+                ]
+            }
             Prim::Gather(axis) => {
                 vec![Some(b.op(Prim::GatherGrad(*axis), &[gy, x[1], x[0]])), None]
             }

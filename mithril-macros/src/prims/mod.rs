@@ -272,7 +272,17 @@ impl Prim {
             Arange { .. } | FullLike(_) => &construct::Rules,
             EighVectors | BroadcastLike | ReshapeLike | SumLike | SizeRatio | TakeAlongGrad
             | GatherGrad(_) | SliceGrad(_) | ConcatPart(..) => &autodiff_helpers::Rules,
-            Truth | Phi => &control::Rules,
+            Truth
+            | Phi
+            | Carry
+            | LoopHead
+            | LoopTest { .. }
+            | LoopNext
+            | LoopEnd
+            | LoopExit
+            | TapeRead(_)
+            | DimValue(_)
+            | SetAt { .. } => &control::Rules,
         }
     }
 

@@ -13,6 +13,8 @@ pub struct PlanCx<'a> {
     pub shape: Option<&'a Shape>,
     /// a dim as a run-time dim token (`k64`, `y0`, `in0:1`, ...), `None` when unknown at run time
     pub dim: &'a dyn Fn(&Dim) -> Option<String>,
+    /// the node's number of operands
+    pub arity: usize,
 }
 
 /// A string token.

@@ -656,3 +656,51 @@ pub fn cast<A: Elem, B: Elem>(a: &ArrayViewD<'_, A>) -> ArrayD<B> {
     }
     map1(a, |x| B::from_f64(x.to_f64()))
 }
+
+/// `acc[.., i, ..] = v` (or `+= v` with `add`) along `axis` of `acc`, in place: a scan's
+/// stacked output written at step `i`, or a gradient accumulated at a scalar gather index.
+/// `v` has `acc`'s shape without `axis`; `i` outside `0..acc.shape()[axis]` is an error.
+pub fn set_at_in<T: Elem>(
+    acc: &mut ArrayViewMutD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    axis: isize,
+    i: i64,
+    add: bool,
+) -> Result<()> {
+    const OP: &str = "set_at";
+    let r = acc.ndim();
+    let ax = if axis < 0 { axis + r as isize } else { axis };
+    if ax < 0 || ax as usize >= r {
+        return Err(Error::op(
+            OP,
+            format!("axis {axis} out of range for rank {r}"),
+        ));
+    }
+    let ax = ax as usize;
+    let n = acc.shape()[ax];
+    if i < 0 || i as usize >= n {
+        return Err(Error::op(
+            OP,
+            format!("step index {i} is outside 0..{n} (the stacked axis)"),
+        ));
+    }
+    let mut dst = acc.index_axis_mut(ndarray::Axis(ax), i as usize);
+    if dst.shape() != v.shape() {
+        return Err(Error::op(
+            OP,
+            format!(
+                "a step value of shape {:?} does not fit a slice of shape {:?}",
+                v.shape(),
+                dst.shape()
+            ),
+        ));
+    }
+    if add {
+        ndarray::Zip::from(&mut dst)
+            .and(v)
+            .for_each(|d, &s| *d = T::from_f64(d.to_f64() + s.to_f64()));
+    } else {
+        dst.assign(v);
+    }
+    Ok(())
+}

@@ -32,6 +32,8 @@ enum Val<'w> {
     Alias(usize),
     /// view `k` of `run`'s `views`
     View(usize),
+    /// a run-time loop's head: the iterations begun so far
+    Count(u64),
 }
 
 /// A writable workspace value, kept as a view whose pointer came from the writable one.
@@ -99,14 +101,16 @@ pub fn run(
         }
     };
     ws.begin_with(views.iter().map(|v| v.shape()));
-    // the value table, reused across calls (empty between calls)
-    let mut table: Vec<Val<'static>> = ws
+    // the value table and the loops' tapes, reused across calls (the table is empty between
+    // calls; the tapes keep their memory)
+    let Scratch { mut table, tapes } = ws
         .scratch_mut()
         .as_mut()
-        .and_then(|b| b.downcast_mut::<Vec<Val<'static>>>())
+        .and_then(|b| b.downcast_mut::<Scratch>())
         .map(std::mem::take)
         .unwrap_or_default();
     table.clear();
+    let tapes = RefCell::new(tapes);
     let r = {
         // SAFETY: the table is empty; a `Vec` of values of a shorter lifetime has the same layout.
         let vals: Vec<Val<'_>> =
@@ -117,6 +121,7 @@ pub fn run(
             env: &env,
             views,
             outs: RefCell::new(outs),
+            tapes: &tapes,
         };
         let (r, mut vals) = cx.run_nodes(vals);
         vals.clear();
@@ -124,20 +129,48 @@ pub fn run(
         table = unsafe { std::mem::transmute::<Vec<Val<'_>>, Vec<Val<'static>>>(vals) };
         r
     };
+    let back = Scratch {
+        table,
+        tapes: tapes.into_inner(),
+    };
     match ws
         .scratch_mut()
         .as_mut()
-        .and_then(|b| b.downcast_mut::<Vec<Val<'static>>>())
+        .and_then(|b| b.downcast_mut::<Scratch>())
     {
-        Some(slot) => *slot = table,
-        None => *ws.scratch_mut() = Some(Box::new(table)),
+        Some(slot) => *slot = back,
+        None => *ws.scratch_mut() = Some(Box::new(back)),
     }
     r?;
     ws.finish(plan.model)?;
     Ok(())
 }
 
+/// What a run keeps in its workspace between calls.
+#[derive(Default)]
+struct Scratch {
+    table: Vec<Val<'static>>,
+    tapes: Vec<Tape>,
+}
+
+/// The saved values of one carry of a run-time loop, one entry per iteration (what the
+/// backward pass reads in reverse). Its memory is kept between calls: a loop that runs as
+/// many iterations as before allocates nothing.
+struct Tape {
+    /// the loop's test node and the carry's position among the head's operands
+    test: usize,
+    j: usize,
+    dt: DType,
+    shape: Vec<usize>,
+    /// bytes per entry
+    bytes: usize,
+    entries: usize,
+    /// 8-byte aligned storage (every element type is at most 8 bytes)
+    data: Vec<u64>,
+}
+
 struct Cx<'p, 'a, 'w> {
+    tapes: &'p RefCell<Vec<Tape>>,
     plan: &'static Plan,
     ws: &'w Workspace,
     env: &'p SymEnv,
@@ -288,12 +321,77 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
     }
 
     fn nodes(&self, vals: &mut Vec<Val<'w>>) -> Result<()> {
-        for (id, step) in self.plan.nodes.iter().enumerate() {
+        let steps = &self.plan.nodes;
+        // the program counter: run-time loops jump back (see `POp::LoopEnd`)
+        let mut pc = 0;
+        while pc < steps.len() {
+            let (id, step) = (pc, &steps[pc]);
+            pc += 1;
+            if vals.len() != id {
+                return Err(internal(step.what, "value table out of step"));
+            }
             if let Some(g) = step.guard {
                 if !truth(vals, self.views(), g)? {
                     vals.push(Val::Empty);
                     continue;
                 }
+            }
+            match &step.op {
+                POp::LoopHead => {
+                    vals.push(Val::Count(0));
+                    continue;
+                }
+                POp::LoopTest { max, tape, end } => {
+                    let (head, c) = match step.args[..] {
+                        [h, c] => (h, c),
+                        _ => return Err(internal(step.what, "loop test operands")),
+                    };
+                    if !truth(vals, self.views(), c)? {
+                        // leave the loop: the body's values are not computed (terminals a
+                        // body first used are views, which stay readable after the loop)
+                        for k in id..=*end {
+                            vals.push(match steps.get(k).map(|s| &s.op) {
+                                Some(POp::View(v)) => Val::View(*v),
+                                _ => Val::Empty,
+                            });
+                        }
+                        pc = end + 1;
+                        continue;
+                    }
+                    let n = match vals.get(head) {
+                        Some(Val::Count(n)) => *n,
+                        _ => return Err(internal(step.what, "loop test without its head")),
+                    };
+                    if let Some(m) = max {
+                        if n >= *m {
+                            return Err(Error::op(
+                                self.plan.model,
+                                format!("a run-time loop did not end within its `max_steps = {m}` iterations (its condition still held at the start of iteration {})", n + 1),
+                            ));
+                        }
+                    }
+                    vals[head] = Val::Count(n + 1);
+                    if *tape != 0 {
+                        self.tape_push(id, head, *tape, n, vals)
+                            .map_err(|e| e.at(self.plan.model, step.what))?;
+                    }
+                    vals.push(Val::Empty);
+                    continue;
+                }
+                POp::LoopEnd => {
+                    let head = step.args[0];
+                    for &nx in &step.args[2..] {
+                        let (c, u) = match steps.get(nx).map(|s| &s.args[..]) {
+                            Some([c, u]) => (*c, *u),
+                            _ => return Err(internal(step.what, "loop end operands")),
+                        };
+                        self.carry_over(step, c, u, vals)?;
+                    }
+                    vals.truncate(head + 1);
+                    pc = head + 1;
+                    continue;
+                }
+                _ => {}
             }
             let v = match step.home {
                 Home::InPlace(pos) => {
@@ -419,6 +517,52 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 .first()
                 .map(|&a| Val::Alias(a))
                 .ok_or_else(|| internal(step.what, "alias of nothing")),
+            POp::LoopNext | POp::LoopExit => args
+                .get(1)
+                .map(|&a| Val::Alias(a))
+                .ok_or_else(|| internal(step.what, "loop value without its operand")),
+            POp::Carry(dims) => match args.first() {
+                Some(_) => {
+                    let x = a(0)?;
+                    any_t!(dt, T => self.put::<T>(id, h, |d| {
+                        let x = typed::<T>(&x)?;
+                        let mut v = d.get("carry", x.shape())?;
+                        v.assign(x);
+                        Ok(v)
+                    }))
+                }
+                None => {
+                    let mut shape = Vec::with_capacity(dims.len());
+                    for d in dims {
+                        shape.push(self.dim(d)?);
+                    }
+                    any_t!(dt, T => self.put::<T>(id, h, |d| {
+                        let mut v = d.get("carry", &shape)?;
+                        v.fill(T::default());
+                        Ok(v)
+                    }))
+                }
+            },
+            POp::DimValue(d) => {
+                let n = self.dim(d)? as i64;
+                self.put::<i64>(id, h, |d| {
+                    let mut v = d.get("dim_value", &[])?;
+                    v.fill(n);
+                    Ok(v)
+                })
+            }
+            POp::TapeRead(j) => self.tape_read(step, *j, vals),
+            POp::SetAt { axis, add } => {
+                let (acc, v) = (a(0)?, a(1)?);
+                let i = index_value(&a(2)?, step.what)?;
+                any_t!(dt, T => self.put::<T>(id, h, |d| {
+                    let acc = typed::<T>(&acc)?;
+                    let mut out = d.get("set_at", acc.shape())?;
+                    out.assign(acc);
+                    ops::shape::set_at_in(&mut out, typed::<T>(&v)?, *axis as isize, i, *add)?;
+                    Ok(out)
+                }))
+            }
             POp::Phi => match args[..] {
                 [g, _, t, e] => Ok(Val::Alias(if truth(vals, self.views(), g)? {
                     t
@@ -638,6 +782,157 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         }
     }
 
+    /// At a loop's end: update `u` becomes the value of carry `c` for the next iteration —
+    /// nothing to do when `u` was computed in place over `c`'s memory (the carry's entry was
+    /// taken by it), else a copy into `c`'s memory.
+    fn carry_over(&self, step: &Step, c: usize, u: usize, vals: &mut [Val<'w>]) -> Result<()> {
+        let mut src = u;
+        while let Some(Val::Alias(j)) = vals.get(src) {
+            src = *j;
+        }
+        if src == c {
+            return Ok(());
+        }
+        match vals.get(c) {
+            Some(Val::Empty) => {
+                // taken in place by its update: the update's entry is the carry's memory
+                match vals.get_mut(src).map(|v| std::mem::replace(v, Val::Empty)) {
+                    Some(v @ Val::Rw(_)) => {
+                        vals[c] = v;
+                        Ok(())
+                    }
+                    _ => Err(internal(step.what, "a loop variable lost its memory")),
+                }
+            }
+            Some(Val::Rw(_)) => {
+                let Some(Val::Rw(t)) = vals.get_mut(c).map(|v| std::mem::replace(v, Val::Empty))
+                else {
+                    return Err(internal(step.what, "loop variable"));
+                };
+                let r = (|| {
+                    let from = arg_ref(vals, self.views(), src)?;
+                    if from.shape() != t.shape() {
+                        return Err(Error::op(
+                            self.plan.model,
+                            format!(
+                                "internal: a loop variable of shape {:?} was given a value of shape {:?}",
+                                t.shape(),
+                                from.shape()
+                            ),
+                        ));
+                    }
+                    any_t!(t.dtype(), T => {
+                        // SAFETY: `t` was taken out of the table (see `writable`).
+                        let mut d = T::pick(&t).and_then(|v| unsafe { writable(v) }).ok_or_else(|| internal(step.what, "loop variable memory"))?;
+                        d.assign(typed::<T>(from)?);
+                        Ok(())
+                    })
+                })();
+                vals[c] = Val::Rw(t);
+                r
+            }
+            _ => Err(internal(step.what, "a loop variable without its memory")),
+        }
+    }
+
+    /// At the start of iteration `n` of the loop of test `test`: the carries of `mask` saved.
+    fn tape_push(
+        &self,
+        test: usize,
+        head: usize,
+        mask: u64,
+        n: u64,
+        vals: &[Val<'w>],
+    ) -> Result<()> {
+        let carries = &self.plan.nodes[head].args;
+        let mut tapes = self.tapes.borrow_mut();
+        for (j, &c) in carries.iter().enumerate() {
+            if j >= 64 || mask & (1 << j) == 0 {
+                continue;
+            }
+            let v = arg_ref(vals, self.views(), c)?;
+            let k = match tapes.iter().position(|t| t.test == test && t.j == j) {
+                Some(k) => k,
+                None => {
+                    tapes.push(Tape {
+                        test,
+                        j,
+                        dt: v.dtype(),
+                        shape: Vec::new(),
+                        bytes: 0,
+                        entries: 0,
+                        data: Vec::new(),
+                    });
+                    tapes.len() - 1
+                }
+            };
+            let tape = &mut tapes[k];
+            if n == 0 {
+                tape.entries = 0;
+                tape.dt = v.dtype();
+                tape.shape.clear();
+                tape.shape.extend_from_slice(v.shape());
+                tape.bytes = v.shape().iter().product::<usize>() * v.dtype().size();
+            } else if tape.shape.as_slice() != v.shape() || tape.dt != v.dtype() {
+                return Err(Error::op(
+                    "loop",
+                    "internal: a taped value changed its shape",
+                ));
+            }
+            let words = tape.bytes.div_ceil(8);
+            let need = (tape.entries + 1) * words;
+            if tape.data.len() < need {
+                crate::alloc::check("loop tape", need, 8)?;
+                tape.data.resize(need, 0);
+            }
+            let at = tape.entries * words;
+            any_t!(v.dtype(), T => {
+                let src = typed::<T>(v)?;
+                // SAFETY: the entry holds `bytes` bytes, 8-aligned, of a plain element type.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        tape.data[at..].as_mut_ptr() as *mut T,
+                        tape.bytes / std::mem::size_of::<T>(),
+                    )
+                };
+                match src.as_slice() {
+                    Some(s) => dst.copy_from_slice(s),
+                    None => dst.iter_mut().zip(src.iter()).for_each(|(d, s)| *d = *s),
+                }
+                Ok::<(), Error>(())
+            })?;
+            tape.entries += 1;
+        }
+        Ok(())
+    }
+
+    /// A taped carry's value at iteration `args[1]` (a view of the tape).
+    fn tape_read(&self, step: &Step, j: usize, vals: &[Val<'w>]) -> Result<Val<'w>> {
+        let (test, i) = match step.args[..] {
+            [t, i] => (t, i),
+            _ => return Err(internal(step.what, "tape read operands")),
+        };
+        let i = index_value(&arg(vals, self.views(), i)?, step.what)?;
+        let tapes = self.tapes.borrow();
+        let tape = tapes
+            .iter()
+            .find(|t| t.test == test && t.j == j)
+            .ok_or_else(|| internal(step.what, "no tape"))?;
+        if i < 0 || i as usize >= tape.entries {
+            return Err(internal(step.what, "tape read out of range"));
+        }
+        let words = tape.bytes.div_ceil(8);
+        let ptr = tape.data[i as usize * words..].as_ptr();
+        let shape = IxDyn(&tape.shape);
+        // SAFETY: the tape's memory stays put until the run ends: it only grows while its loop
+        // runs forward, and the backward loop that reads it runs after that loop ended.
+        let v = any_t!(tape.dt, T => {
+            let a: ArrayViewD<'w, T> = unsafe { ArrayViewD::from_shape_ptr(shape, ptr as *const T) };
+            Ok::<TensorView<'w>, Error>(T::any(a))
+        })?;
+        Ok(Val::Ro(v))
+    }
+
     /// An elementwise group writing over its dead operand `pos`.
     fn in_place(
         &self,
@@ -646,6 +941,19 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         vals: &[Val<'w>],
         t: TensorView<'w>,
     ) -> Result<Val<'w>> {
+        if let POp::SetAt { axis, add } = &step.op {
+            if pos != 0 {
+                return Err(internal(step.what, "set_at in place over its value"));
+            }
+            let v = arg(vals, self.views(), step.args[1])?;
+            let i = index_value(&arg(vals, self.views(), step.args[2])?, step.what)?;
+            let r = any_t!(step.dt, T => {
+                // SAFETY: `t` was taken out of the table (see `writable`).
+                let mut tv = T::pick(&t).and_then(|v| unsafe { writable(v) }).ok_or_else(|| internal(step.what, "in-place target of another dtype"))?;
+                ops::shape::set_at_in(&mut tv, typed::<T>(&v)?, *axis as isize, i, *add).map(|()| rw(tv))
+            });
+            return r.map_err(|e| e.at(self.plan.model, step.what));
+        }
         let POp::Fused(label, p) = &step.op else {
             return Err(internal(step.what, "in place on a non-elementwise op"));
         };
@@ -669,6 +977,16 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         });
         r.map_err(|e| e.at(self.plan.model, step.what))
     }
+}
+
+/// A scalar integer operand (a loop step) as `i64`.
+fn index_value(v: &TensorView<'_>, what: &str) -> Result<i64> {
+    match v {
+        TensorView::I64(a) => a.iter().next().copied(),
+        TensorView::I32(a) => a.iter().next().map(|&x| x as i64),
+        _ => None,
+    }
+    .ok_or_else(|| internal(what, "step index is not an integer scalar"))
 }
 
 fn placeholder<'x>() -> TensorView<'x> {

@@ -215,6 +215,35 @@ pub enum POp {
         step: f64,
         len: DimE,
     },
+    // ---- run-time loops (see `mithril-macros/src/prims/control.rs` for the node pattern)
+    /// a loop variable's memory: `args[0]` copied in at loop entry (no operand: zeros of `dims`,
+    /// a scan's stacked output)
+    Carry(Vec<DimE>),
+    /// the start of a loop's body: the back edge returns after it
+    LoopHead,
+    /// leaves the loop (to the node after `end`) when `args[1]` is false; `Err` when the loop
+    /// would run more than `max` iterations; saves the carries of `tape` (a bit mask over the
+    /// head's operands) for the backward pass
+    LoopTest {
+        max: Option<u64>,
+        tape: u64,
+        end: usize,
+    },
+    /// the update `args[1]` of carry `args[0]` (a view of the update)
+    LoopNext,
+    /// the end of a loop's body: each `loop_next`'s update copied into its carry, then back
+    LoopEnd,
+    /// carry `args[1]` after the loop
+    LoopExit,
+    /// carry `j` of the loop of test `args[0]` at the start of iteration `args[1]`
+    TapeRead(usize),
+    /// a run-time dim as an `i64` scalar
+    DimValue(DimE),
+    /// `args[0]` with slice `args[2]` along `axis` replaced by (`add`: increased by) `args[1]`
+    SetAt {
+        axis: i64,
+        add: bool,
+    },
 }
 
 impl Plan {

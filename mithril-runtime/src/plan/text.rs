@@ -172,6 +172,23 @@ pub(super) fn parse(src: &'static str) -> R<Plan> {
     if plan.outputs.iter().any(|&o| o >= plan.nodes.len()) {
         return Err("output out of range".into());
     }
+    // each loop test jumps past its loop's end
+    let ends: Vec<(usize, usize)> = plan
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.op, POp::LoopEnd))
+        .filter_map(|(i, s)| Some((*s.args.get(1)?, i)))
+        .collect();
+    for (i, s) in plan.nodes.iter_mut().enumerate() {
+        if let POp::LoopTest { end, .. } = &mut s.op {
+            *end = ends
+                .iter()
+                .find(|(t, _)| *t == i)
+                .map(|(_, e)| *e)
+                .ok_or_else(|| format!("node {i}: a loop test without its end"))?;
+        }
+    }
     let mut terms = Vec::new();
     for c in &plan.checks {
         if terms.len() <= c.view {
@@ -663,6 +680,28 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
             start: f64_lit(t)?,
             step: f64_lit(t)?,
             len: dim(t)?,
+        },
+        "carry" => {
+            let n: usize = t.num()?;
+            POp::Carry((0..n).map(|_| dim(t)).collect::<R<_>>()?)
+        }
+        "loop_head" => POp::LoopHead,
+        "loop_test" => POp::LoopTest {
+            max: match t.word()? {
+                "-" => None,
+                w => Some(w.parse().map_err(|_| format!("bad max_steps `{w}`"))?),
+            },
+            tape: t.num()?,
+            end: usize::MAX,
+        },
+        "loop_next" => POp::LoopNext,
+        "loop_end" => POp::LoopEnd,
+        "loop_exit" => POp::LoopExit,
+        "tape_read" => POp::TapeRead(t.num()?),
+        "dim_value" => POp::DimValue(dim(t)?),
+        "set_at" => POp::SetAt {
+            axis: t.num()?,
+            add: t.flag()?,
         },
         w => return Err(format!("unknown op `{w}`")),
     };

@@ -69,6 +69,7 @@ impl ProgText {
                             out: *compute,
                             shape: None,
                             dim: &no_shape,
+                            arity: regs.len(),
                         };
                         let op = p.plan(&cx)?;
                         let rs: Vec<String> = regs.iter().map(|r| r.to_string()).collect();
@@ -329,6 +330,7 @@ impl Gen<'_> {
                     out: t,
                     shape: shape.as_ref(),
                     dim: &dim,
+                    arity: n.args.len(),
                 };
                 p.plan(&cx)?
             }

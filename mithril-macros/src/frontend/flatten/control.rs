@@ -128,13 +128,14 @@ fn same(a: &Value, b: &Value) -> bool {
 }
 
 /// The span of the last `let name` in `stmts` (where a phi's errors point).
-fn binding_span(stmts: &[Stmt], name: &str) -> Option<Span> {
+pub(super) fn binding_span(stmts: &[Stmt], name: &str) -> Option<Span> {
     stmts.iter().rev().find_map(|s| match s {
         Stmt::Let {
             pat: crate::frontend::syntax::Pat::Ident(i),
             ..
         } if i == name => Some(i.span()),
         Stmt::If { then, els, .. } => binding_span(then, name).or_else(|| binding_span(els, name)),
+        Stmt::For { body, .. } | Stmt::While { body, .. } => binding_span(body, name),
         _ => None,
     })
 }

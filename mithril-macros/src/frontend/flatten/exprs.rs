@@ -362,6 +362,42 @@ impl Flattener<'_> {
             Expr::Tuple(t) => t.elems.iter().collect(),
             other => vec![other],
         };
+        // `x[(.., t)]` with `t` a scalar integer tensor (a run-time `for`'s step): a gather
+        let tensor_at = items.iter().position(|it| {
+            matches!(it, Expr::Path(p) if p.path.get_ident().is_some_and(|id| {
+                matches!(f.vars.get(&id.to_string()), Some(Value::Tensor(_)))
+            }))
+        });
+        if let Some(k) = tensor_at {
+            let full =
+                |it: &&Expr| matches!(it, Expr::Range(r) if r.start.is_none() && r.end.is_none());
+            if items.iter().enumerate().all(|(j, it)| j == k || full(it)) {
+                let Some(t) = (match items[k] {
+                    Expr::Path(p) => {
+                        p.path
+                            .get_ident()
+                            .and_then(|id| match f.vars.get(&id.to_string()) {
+                                Some(Value::Tensor(t)) => Some(*t),
+                                _ => None,
+                            })
+                    }
+                    _ => None,
+                }) else {
+                    return Value::Poison;
+                };
+                return Value::Tensor(self.node(
+                    Op::Prim(prims::Prim::Gather(k as i64)),
+                    vec![b, t],
+                    e.span(),
+                    f,
+                ));
+            }
+            self.error(
+                ix.index.span(),
+                "a tensor index picks along one axis, with `..` before it: `x[(.., t)]`",
+            );
+            return Value::Poison;
+        }
         let Some(args) = self.slice_args(&items, f) else {
             return Value::Poison;
         };
@@ -430,6 +466,13 @@ impl Flattener<'_> {
             if !self.missing.iter().any(|m| path_key(m) == n) {
                 self.missing.push(id.clone().into());
             }
+            return Value::Poison;
+        }
+        if self.unset_loop_vars.contains(&n) {
+            self.error(
+                id.span(),
+                format!("loop variable `{n}` is read before it is set: the loop's body binds it, but it has no value before the loop; bind it before the loop (`let {n} = ...;`) so that the first iteration can read it"),
+            );
             return Value::Poison;
         }
         let mut names: Vec<&String> = f.vars.keys().chain(f.hyper.keys()).collect();

@@ -14,6 +14,7 @@ mod control;
 mod decls;
 mod exprs;
 mod instances;
+mod loops;
 mod stmts;
 
 use crate::frontend::hyper::{binop, HEnv, HVal};
@@ -120,6 +121,9 @@ struct Frame {
     /// The run-time guard when the frame was entered: an `output` under another one is inside
     /// a run-time `if` of this body.
     guard: Option<NodeId>,
+    /// The run-time loop whose body the frame was entered in (an `output` inside a loop's
+    /// body is an error).
+    region: Option<NodeId>,
 }
 
 /// The flattener.
@@ -162,6 +166,13 @@ pub struct Flattener<'a> {
     /// Inside the branch of a run-time `if`: the guard of the nodes being built
     /// ([`crate::ir::Node::guard`]).
     guard: Option<NodeId>,
+    /// Inside the body of a run-time loop: its head ([`crate::ir::Node::region`]).
+    region: Option<NodeId>,
+    /// Names the innermost run-time loop's body binds that do not exist before it (read
+    /// before they are set: an error that says so).
+    unset_loop_vars: Vec<String>,
+    /// The run-time loops being flattened, innermost last.
+    loops: Vec<loops::LoopCx>,
 }
 
 /// Most statements and loop iterations one flattening may execute (nested loops).
@@ -225,6 +236,9 @@ impl<'a> Flattener<'a> {
             steps: 0,
             over_budget: false,
             guard: None,
+            region: None,
+            unset_loop_vars: Vec::new(),
+            loops: Vec::new(),
         }
     }
 
@@ -275,9 +289,11 @@ impl<'a> Flattener<'a> {
             self.g.slice_bounds.insert(self.g.nodes.len(), b);
         }
         // terminals and constants exist whatever branch runs
-        let guard = match op {
-            Op::Input(_) | Op::Param(_) | Op::Const(_) | Op::Seed(_) | Op::Mode => None,
-            _ => self.guard,
+        let (guard, region) = match op {
+            Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Mode => (None, None),
+            // a constant exists whatever branch runs, but in a loop only once it ran
+            Op::Const(_) => (None, self.region),
+            _ => (self.guard, self.region),
         };
         self.g.push(Node {
             op,
@@ -288,6 +304,7 @@ impl<'a> Flattener<'a> {
             shape: None,
             dtype: None,
             guard,
+            region,
         })
     }
 
@@ -479,6 +496,7 @@ impl<'a> Flattener<'a> {
             arg_spans: HashMap::new(),
             created: 0,
             guard: self.guard,
+            region: self.region,
         }
     }
 
@@ -516,6 +534,7 @@ impl<'a> Flattener<'a> {
             self.over_budget = true;
             let sp = match s {
                 Stmt::For { iter, .. } => iter.span(),
+                Stmt::While { span, .. } => *span,
                 Stmt::Let { expr, .. } => expr.span(),
                 Stmt::Input { span, .. } | Stmt::Param { span, .. } => *span,
                 _ => Span::call_site(),

@@ -4,6 +4,30 @@
 use super::*;
 
 impl Flattener<'_> {
+    /// `0..T` with `T` a symbolic dim of the model: a run-time `for` (a scan).
+    fn scan_bound(&mut self, iter: &Expr, f: &Frame) -> Option<Dim> {
+        let Expr::Range(r) = iter else { return None };
+        let zero = match r.start.as_deref() {
+            Some(Expr::Lit(l)) => matches!(&l.lit, syn::Lit::Int(i) if i.base10_digits() == "0"),
+            _ => false,
+        };
+        let Some(Expr::Path(p)) = r.end.as_deref() else {
+            return None;
+        };
+        let id = p.path.get_ident()?.to_string();
+        if !zero
+            || matches!(r.limits, syn::RangeLimits::Closed(_))
+            || f.vars.contains_key(&id)
+            || f.hyper.contains_key(&id)
+        {
+            return None;
+        }
+        match f.syms.get(&id).map(|d| self.g.env.dim(d)) {
+            Some(Dim::Known(_)) | None => None,
+            Some(d) => Some(d),
+        }
+    }
+
     pub(super) fn stmt(&mut self, s: &Stmt, f: &mut Frame) {
         match s {
             Stmt::Input { name, ty, span } => self.input_stmt(name, ty, *span, f),
@@ -47,6 +71,53 @@ impl Flattener<'_> {
                     "an `if` condition must be a compile-time bool or a scalar `bool` tensor, found a model",
                 ),
             },
+            Stmt::For { var, iter, body } if self.scan_bound(iter, f).is_some() => {
+                let Some(d) = self.scan_bound(iter, f) else {
+                    return;
+                };
+                if !self.opts.dynamic_control_flow {
+                    self.error(
+                        iter.span(),
+                        "this `for` runs over a symbolic dim, a run-time trip count, and the model is compiled with `dynamic_control_flow: false`; loop over a compile-time range, or allow run-time loops with `dynamic_control_flow: true`",
+                    );
+                    return;
+                }
+                self.runtime_loop(
+                    iter.span(),
+                    Some(var),
+                    loops::Bound::Upto(d),
+                    None,
+                    body,
+                    f,
+                );
+            }
+            Stmt::While {
+                cond,
+                max_steps,
+                body,
+                span,
+            } => {
+                let max = match max_steps {
+                    None => None,
+                    Some(e) => match self.eval_hyper(e, f) {
+                        Some(HVal::Int(n)) if n >= 0 => Some(n as u64),
+                        Some(v) => {
+                            self.error(
+                                e.span(),
+                                format!("`max_steps` is a non-negative integer, found {}", hval_text(&v)),
+                            );
+                            return;
+                        }
+                        None => return,
+                    },
+                };
+                if self.opts.dynamic_control_flow {
+                    self.runtime_loop(*span, None, loops::Bound::While(cond), max, body, f);
+                } else {
+                    self.unrolled_while(cond, max, body, *span, f);
+                }
+            }
+            Stmt::Stack { name, index, expr } => self.stack_stmt(name, index, expr, f),
             Stmt::For { var, iter, body } => match self.eval_hyper(iter, f) {
                 Some(HVal::List(items)) if items.len() > MAX_UNROLL => self.error(
                     iter.span(),
@@ -398,6 +469,13 @@ impl Flattener<'_> {
             self.error(
                 name.span(),
                 format!("`output {name}` inside a run-time `if`: an output exists whatever branch runs; bind `{name}` in both branches (`let {name} = ...;`) and write `output {name} = {name};` after the `if`"),
+            );
+            return;
+        }
+        if self.region != f.region {
+            self.error(
+                name.span(),
+                format!("`output {name}` inside a run-time loop: an output is one value per call; carry `{name}` through the loop (bind it before the loop and rebind it in the body) and write `output {name} = {name};` after the loop"),
             );
             return;
         }
