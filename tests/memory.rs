@@ -71,6 +71,19 @@ fn largest_allocation<R>(f: impl FnOnce() -> R) -> (usize, R) {
 }
 
 mithril! {
+    // a scan: a recurrent cell over the sequence axis, per-step outputs stacked
+    model Rnn {
+        input xs: f32[B, T, 16];
+        let cell = Linear(16);
+        let mix = Linear(16);
+        let h = xs[(.., 0)] * 0.0;
+        for t in 0..T {
+            let h = tanh(cell(h) + mix(xs[(.., t)]));
+            stack hs[(.., t)] = h;
+        }
+        output hs = hs;
+    }
+
     model Mlp {
         input x: f32[B, 784];
         let h = relu(Linear(256)(x));
@@ -441,4 +454,36 @@ fn max_memory_is_enforced_before_allocating() {
     assert!(matches!(e, mithril::rt::Error::Memory { .. }), "{e:?}");
     assert!(e.to_string().contains("model `Tiny`"), "{e}");
     assert!(big < 100 * 1024, "allocated {big} bytes before refusing");
+}
+
+#[test]
+fn a_steady_training_loop_through_a_scan_allocates_only_its_outputs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Rnn::new().unwrap();
+    let p = m.randomize_params(5);
+    let xs = ndarray::Array3::from_shape_fn((4, 12, 16), |(b, t, j)| {
+        ((b * 192 + t * 16 + j) as f32 * 0.013).sin()
+    });
+    let seed = || RnnOutputs {
+        hs: ndarray::Array3::ones((4, 12, 16)),
+    };
+    let step = |s: RnnOutputs| {
+        m.evaluate_gradients(&p, RnnInputs { xs: xs.view() }, s)
+            .unwrap()
+    };
+    // the first call records and plans (and grows the tapes of the 12 iterations)
+    let (_, (first, g0)) = allocations(|| step(seed()));
+    for _ in 0..3 {
+        let s = seed();
+        let (n, (o, g)) = allocations(|| step(s));
+        assert_eq!(o.hs, first.hs);
+        assert_eq!(g.cell.weight, g0.cell.weight);
+        // returned: hs and four gradients (two linears)
+        assert_eq!(n, 5, "a training step through the scan allocated {n} times");
+    }
+    // inference at the same shapes: the output only
+    let _ = allocations(|| m.evaluate(&p, RnnInputs { xs: xs.view() }).unwrap());
+    let (n, o) = allocations(|| m.evaluate(&p, RnnInputs { xs: xs.view() }).unwrap());
+    assert_eq!(o.hs, first.hs);
+    assert_eq!(n, 1, "evaluate allocated {n} times");
 }

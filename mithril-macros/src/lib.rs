@@ -769,6 +769,14 @@ fn memory_summary(
     summary: &mut String,
 ) -> Result<(), Vec<syn::Error>> {
     let mut mem_errors = Vec::new();
+    if let (Some(n), Some(t)) = (opts.checkpoint_segments, train) {
+        if n >= 2 && (t.has_guards() || t.has_loops()) {
+            summary.push_str(&format!(
+                "gradient checkpointing ({n} segments): not applied, the model has a run-time {}; its activations are kept\n",
+                if t.has_loops() { "loop" } else { "`if`" }
+            ));
+        }
+    }
     for (what, graph) in [("evaluate", Some(g)), ("evaluate_gradients", train)] {
         let Some(graph) = graph else { continue };
         let plan = if graph.placement.is_mixed() {

@@ -33,6 +33,7 @@ mod introspection;
 mod introspection_reports;
 mod library;
 mod linalg;
+mod loops;
 mod multi_backend;
 mod optimizations;
 mod optimize_for;

@@ -93,6 +93,10 @@ pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
     if guarded {
         head.push("runs if".into());
     }
+    let looped = g.has_loops();
+    if looped {
+        head.push("in loop".into());
+    }
     let mut rows: Vec<Vec<String>> = vec![head];
     for id in 0..g.nodes.len() {
         let ins = g.nodes[id]
@@ -116,6 +120,14 @@ pub fn summary(g: &Graph, model: &str, passes: &[(&str, usize)]) -> String {
                 g.nodes[id]
                     .guard
                     .map(|w| format!("%{w}"))
+                    .unwrap_or_default(),
+            );
+        }
+        if looped {
+            row.push(
+                g.nodes[id]
+                    .region
+                    .map(|h| format!("%{h}"))
                     .unwrap_or_default(),
             );
         }
@@ -193,10 +205,13 @@ pub fn text(g: &Graph) -> String {
             .map(|&a| format!("%{a}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let when = match g.nodes[id].guard {
+        let mut when = match g.nodes[id].guard {
             Some(w) => format!(" if %{w}"),
             None => String::new(),
         };
+        if let Some(h) = g.nodes[id].region {
+            when.push_str(&format!(" in loop %{h}"));
+        }
         out.push_str(&format!(
             "%{id} = {}({ins}) : {}{when}  # {}\n",
             op_name(g, id),
@@ -224,9 +239,19 @@ pub fn dot(g: &Graph, model: &str) -> String {
         }
     };
     for id in 0..g.nodes.len() {
-        if g.nodes[id].guard.is_none() {
+        if g.nodes[id].guard.is_none() && g.nodes[id].region.is_none() {
             dot_node(g, id, "  ", &mut out);
+        }
+        if g.nodes[id].guard.is_none() {
             edges(id, &mut out);
+        }
+    }
+    // a run-time loop's body: one cluster per loop, nested as the loops are
+    for h in 0..g.nodes.len() {
+        if matches!(g.nodes[h].op, Op::Prim(crate::prims::Prim::LoopHead))
+            && g.nodes[h].region.is_none()
+        {
+            dot_loop(g, h, 1, &mut out);
         }
     }
     // a run-time `if`'s branches: one cluster per guard, nested as the `if`s are
@@ -290,6 +315,27 @@ fn guard_parent(g: &Graph, w: NodeId) -> Option<NodeId> {
     }
 }
 
+fn dot_loop(g: &Graph, h: NodeId, depth: usize, out: &mut String) {
+    let ind = "  ".repeat(depth);
+    out.push_str(&format!(
+        "{ind}subgraph cluster_loop_{h} {{\n{ind}  label=\"loop %{h} (once per iteration)\";\n{ind}  style=rounded;\n"
+    ));
+    let inner = format!("{ind}  ");
+    for id in 0..g.nodes.len() {
+        if g.nodes[id].region == Some(h) && g.nodes[id].guard.is_none() {
+            dot_node(g, id, &inner, out);
+        }
+    }
+    for k in 0..g.nodes.len() {
+        if matches!(g.nodes[k].op, Op::Prim(crate::prims::Prim::LoopHead))
+            && g.nodes[k].region == Some(h)
+        {
+            dot_loop(g, k, depth + 1, out);
+        }
+    }
+    out.push_str(&format!("{ind}}}\n"));
+}
+
 fn dot_cluster(g: &Graph, w: NodeId, guards: &[NodeId], depth: usize, out: &mut String) {
     let ind = "  ".repeat(depth);
     out.push_str(&format!(
@@ -308,7 +354,8 @@ fn dot_cluster(g: &Graph, w: NodeId, guards: &[NodeId], depth: usize, out: &mut 
 }
 
 /// JSON: `{"model": .., "nodes": [{"id", "name", "op", "inputs", "type"}], "outputs": {..}}`
-/// (a node of a run-time `if`'s branch also has `"guard"`: the node whose value it runs under).
+/// (a node of a run-time `if`'s branch also has `"guard"`: the node whose value it runs under;
+/// a node of a run-time loop's body `"loop"`: the loop's head).
 pub fn json(g: &Graph, model: &str) -> String {
     let mut nodes = Vec::new();
     for id in 0..g.nodes.len() {
@@ -318,10 +365,13 @@ pub fn json(g: &Graph, model: &str) -> String {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let guard = match g.nodes[id].guard {
+        let mut guard = match g.nodes[id].guard {
             Some(w) => format!(", \"guard\": {w}"),
             None => String::new(),
         };
+        if let Some(h) = g.nodes[id].region {
+            guard.push_str(&format!(", \"loop\": {h}"));
+        }
         nodes.push(format!(
             "    {{\"id\": {id}, \"name\": \"{}\", \"scope\": \"{}\", \"op\": \"{}\", \"inputs\": [{ins}], \"type\": \"{}\"{guard}}}",
             esc(&name(g, id)),

@@ -532,7 +532,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     }))
                 }
                 None => {
-                    let mut shape = Vec::with_capacity(dims.len());
+                    let mut shape: SmallVec<[usize; 6]> = SmallVec::new();
                     for d in dims {
                         shape.push(self.dim(d)?);
                     }

@@ -188,10 +188,14 @@ impl Flattener<'_> {
             f.vars = before;
             return;
         };
+        let at = match &bound {
+            Bound::While(e) => e.span(),
+            Bound::Upto(_) => span,
+        };
         let test = self.node(
             Op::Prim(Prim::LoopTest { max_steps, tape: 0 }),
             vec![head, cond],
-            span,
+            at,
             f,
         );
         // the body

@@ -1,0 +1,311 @@
+//! Run-time loops: `while` with loop variables and `max_steps`, `for t in 0..T` over a symbolic
+//! dim with stacked outputs. Forward values against hand-written recurrences; gradients (reverse
+//! mode through the loop) against f64 central differences (`common::fd`) for 0, 1 and many
+//! iterations and a data-dependent trip count; the trip-count bound; introspection.
+#![allow(clippy::needless_range_loop)]
+
+use crate::common::fd::{dot, gradcheck, pat, set};
+use mithril::prelude::*;
+use ndarray::{arr0, Array2, Array3, Axis, Ix2, Ix3};
+
+mithril! {
+    // the seed's recurrent `While`: a block applied while `step < n`
+    pub model Recur {
+        input x: f64[B, 3];
+        input n: i64[];
+        let h = x;
+        let step = 0;
+        while step < n, max_steps = 50 {
+            let h = tanh(Linear(3)(h)) + x;
+            let step = step + 1;
+        }
+        output y = h;
+        output steps = step;
+    }
+
+    // a data-dependent trip count: grow `h` until its energy passes 4
+    pub model Grow {
+        input x: f64[B, 2];
+        param w: f64[2, 2];
+        param s: f64[2];
+        let h = x;
+        while sum(h * h) < 4.0, max_steps = 100 {
+            let h = h * s + tanh(matmul(h, w));
+        }
+        output y = h;
+    }
+
+    // a scan over the sequence axis: reads `u[(.., t)]` (made from a param, so its gradient is
+    // summed slice by slice), carries `h`, stacks the per-step outputs
+    pub model Rnn {
+        input xs: f64[B, T, 3];
+        param w: f64[3, 3];
+        param u: f64[3, 3];
+        param v: f64[3];
+        let xu = matmul(xs, u);
+        let h = xs[(.., 0)] * 0.0;
+        for t in 0..T {
+            let h = tanh(matmul(h, w) + xu[(.., t)]);
+            stack hs[(.., t)] = h * v;
+        }
+        output hs = hs;
+        output last = h;
+    }
+
+    pub compile RnnCkpt = Rnn { gradient_checkpointing: { segments: 2 } };
+}
+
+fn linear(x: &Array2<f64>, w: &Array2<f64>, b: &ndarray::Array1<f64>) -> Array2<f64> {
+    x.dot(&w.t()) + b
+}
+
+fn recur_params(m: &Recur) -> RecurParams {
+    let mut p = m.randomize_params(4);
+    set(&mut p, "linear_0.weight", |i| {
+        ((i as f64) * 0.7).sin() * 0.6
+    });
+    set(&mut p, "linear_0.bias", |i| 0.1 * i as f64 - 0.1);
+    p
+}
+
+#[test]
+fn while_loop_runs_the_recurrence_as_many_times_as_its_condition_holds() {
+    let m = Recur::new().unwrap();
+    let p = recur_params(&m);
+    let x = pat(Ix2(2, 3), 0.3);
+    for k in [0i64, 1, 2, 7] {
+        let n = arr0(k);
+        let o = m
+            .evaluate(
+                &p,
+                RecurInputs {
+                    x: x.view(),
+                    n: n.view(),
+                },
+            )
+            .unwrap();
+        let mut h = x.clone();
+        for _ in 0..k {
+            h = linear(&h, &p.linear_0.weight, &p.linear_0.bias).mapv(f64::tanh) + &x;
+        }
+        assert_eq!(o.steps.into_scalar(), k);
+        let err = (&o.y - &h).iter().fold(0f64, |a, b| a.max(b.abs()));
+        assert!(err < 1e-12, "{k} steps: {err}");
+    }
+}
+
+#[test]
+fn while_beyond_max_steps_is_an_err_not_a_hang() {
+    let m = Recur::new().unwrap();
+    let p = recur_params(&m);
+    let x = pat(Ix2(1, 3), 0.3);
+    let n = arr0(1_000_000_i64);
+    let e = m
+        .evaluate(
+            &p,
+            RecurInputs {
+                x: x.view(),
+                n: n.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_steps = 50"), "{e}");
+    assert!(e.contains("Recur"), "{e}");
+    // the model still works afterwards, at 50 exactly
+    let n = arr0(50_i64);
+    let o = m
+        .evaluate(
+            &p,
+            RecurInputs {
+                x: x.view(),
+                n: n.view(),
+            },
+        )
+        .unwrap();
+    assert_eq!(o.steps.into_scalar(), 50);
+}
+
+#[test]
+fn while_gradients_for_zero_one_and_many_iterations() {
+    let m = Recur::new().unwrap();
+    let p = recur_params(&m);
+    let x = pat(Ix2(2, 3), 0.3);
+    let sy = pat(Ix2(2, 3), 1.7);
+    // the trip count changes between calls of the same model (the tapes are reused)
+    for k in [3i64, 0, 1, 6, 3] {
+        let n = arr0(k);
+        let inputs = || RecurInputs {
+            x: x.view(),
+            n: n.view(),
+        };
+        let loss = |p: &RecurParams| dot(&m.evaluate(p, inputs()).unwrap().y, &sy);
+        let (o, g) = m
+            .evaluate_gradients(
+                &p,
+                inputs(),
+                RecurOutputs {
+                    y: sy.clone(),
+                    steps: arr0(0),
+                },
+            )
+            .unwrap();
+        assert_eq!(o.steps.into_scalar(), k);
+        if k == 0 {
+            // no iteration: the params are not used
+            assert!(g.linear_0.weight.iter().all(|&v| v == 0.0));
+        } else {
+            assert!(g.linear_0.weight.iter().any(|&v| v != 0.0));
+        }
+        assert_eq!(gradcheck(&format!("while {k}"), &p, &g, loss), 12);
+    }
+}
+
+#[test]
+fn data_dependent_trip_count_and_its_gradients() {
+    let m = Grow::new().unwrap();
+    let mut p = m.randomize_params(0);
+    set(&mut p, "w", |i| [0.4, -0.3, 0.2, 0.5][i]);
+    set(&mut p, "s", |i| [1.3, 1.1][i]);
+    let sy = pat(Ix2(2, 2), 0.9);
+    for scale in [0.05, 0.4, 3.0] {
+        let x = pat(Ix2(2, 2), 0.2) * scale;
+        let loss = |p: &GrowParams| dot(&m.evaluate(p, GrowInputs { x: x.view() }).unwrap().y, &sy);
+        // the reference, and its trip count
+        let (mut h, mut trips) = (x.clone(), 0);
+        while h.iter().map(|v| v * v).sum::<f64>() < 4.0 {
+            h = &h * &p.s + h.dot(&p.w).mapv(f64::tanh);
+            trips += 1;
+        }
+        let o = m.evaluate(&p, GrowInputs { x: x.view() }).unwrap();
+        let err = (&o.y - &h).iter().fold(0f64, |a, b| a.max(b.abs()));
+        assert!(err < 1e-12, "scale {scale}: {err}");
+        let (_, g) = m
+            .evaluate_gradients(
+                &p,
+                GrowInputs { x: x.view() },
+                GrowOutputs { y: sy.clone() },
+            )
+            .unwrap();
+        assert_eq!(
+            gradcheck(&format!("grow x{scale} ({trips} trips)"), &p, &g, loss),
+            6
+        );
+        if scale == 3.0 {
+            assert_eq!(trips, 0);
+        } else {
+            assert!(trips >= 2, "{trips}");
+        }
+    }
+}
+
+fn rnn_params(m: &Rnn) -> RnnParams {
+    let mut p = m.randomize_params(0);
+    set(&mut p, "w", |i| ((i as f64) * 1.3).cos() * 0.5);
+    set(&mut p, "u", |i| ((i as f64) * 0.9).sin() * 0.7);
+    set(&mut p, "v", |i| 1.0 + 0.5 * i as f64);
+    p
+}
+
+#[test]
+fn scan_stacks_each_step_and_differentiates_through_the_sequence() {
+    let m = Rnn::new().unwrap();
+    let p = rnn_params(&m);
+    for t_len in [1usize, 5] {
+        let xs = pat(Ix3(2, t_len, 3), 0.4);
+        let o = m.evaluate(&p, RnnInputs { xs: xs.view() }).unwrap();
+        assert_eq!(o.hs.shape(), &[2, t_len, 3]);
+        let mut h = Array2::<f64>::zeros((2, 3));
+        for t in 0..t_len {
+            let xt = xs.index_axis(Axis(1), t).dot(&p.u);
+            h = (h.dot(&p.w) + xt).mapv(f64::tanh);
+            let want = &h * &p.v;
+            let err = (&o.hs.index_axis(Axis(1), t) - &want)
+                .iter()
+                .fold(0f64, |a, b| a.max(b.abs()));
+            assert!(err < 1e-12, "T={t_len} t={t}: {err}");
+        }
+        assert!((&o.last - &h).iter().all(|d| d.abs() < 1e-12));
+        let (shs, sl) = (pat(Ix3(2, t_len, 3), 1.1), pat(Ix2(2, 3), 2.3));
+        let loss = |p: &RnnParams| {
+            let o = m.evaluate(p, RnnInputs { xs: xs.view() }).unwrap();
+            dot(&o.hs, &shs) + dot(&o.last, &sl)
+        };
+        let (_, g) = m
+            .evaluate_gradients(
+                &p,
+                RnnInputs { xs: xs.view() },
+                RnnOutputs {
+                    hs: shs.clone(),
+                    last: sl.clone(),
+                },
+            )
+            .unwrap();
+        assert_eq!(gradcheck(&format!("rnn T={t_len}"), &p, &g, loss), 21);
+    }
+}
+
+#[test]
+fn an_empty_sequence_runs_no_step() {
+    let m = Rnn::new().unwrap();
+    let p = rnn_params(&m);
+    let xs = Array3::<f64>::zeros((2, 0, 3));
+    // `xs[(.., 0)]` before the loop reads step 0 of an empty sequence: an Err, not a panic
+    assert!(m.evaluate(&p, RnnInputs { xs: xs.view() }).is_err());
+}
+
+#[test]
+fn loops_show_in_the_summary_and_dumps() {
+    assert!(Rnn::SUMMARY.contains("loop_head"), "{}", Rnn::SUMMARY);
+    assert!(Rnn::SUMMARY.contains("set_at"), "{}", Rnn::SUMMARY);
+    assert!(
+        Rnn::GRAPH_TEXT.contains(" in loop %"),
+        "{}",
+        Rnn::GRAPH_TEXT
+    );
+    assert!(
+        Rnn::GRAPH_DOT.contains("subgraph cluster_loop_"),
+        "{}",
+        Rnn::GRAPH_DOT
+    );
+    assert!(Rnn::GRAPH_JSON.contains("\"loop\":"), "{}", Rnn::GRAPH_JSON);
+    assert!(Recur::SUMMARY.contains("loop_test"), "{}", Recur::SUMMARY);
+}
+
+#[test]
+fn checkpointing_a_loop_is_skipped_and_said() {
+    assert!(
+        RnnCkpt::SUMMARY.contains(
+            "gradient checkpointing (2 segments): not applied, the model has a run-time loop"
+        ),
+        "{}",
+        RnnCkpt::SUMMARY
+    );
+    assert!(!Rnn::SUMMARY.contains("gradient checkpointing"));
+    let (m, c) = (Rnn::new().unwrap(), RnnCkpt::new().unwrap());
+    let p = rnn_params(&m);
+    let mut q = c.randomize_params(0);
+    q.w = p.w.clone();
+    q.u = p.u.clone();
+    q.v = p.v.clone();
+    let xs = pat(Ix3(2, 3, 3), 0.4);
+    let seeds = || (pat(Ix3(2, 3, 3), 1.1), pat(Ix2(2, 3), 2.3));
+    let (a, b) = seeds();
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            RnnInputs { xs: xs.view() },
+            RnnOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    let (a, b) = seeds();
+    let (_, h) = c
+        .evaluate_gradients(
+            &q,
+            RnnCkptInputs { xs: xs.view() },
+            RnnCkptOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    assert_eq!(g.w, h.w);
+    assert_eq!(g.u, h.u);
+}
