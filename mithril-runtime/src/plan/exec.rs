@@ -379,8 +379,10 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     continue;
                 }
                 POp::LoopEnd => {
-                    let head = step.args[0];
-                    for &nx in &step.args[2..] {
+                    let (Some(&head), Some(nexts)) = (step.args.first(), step.args.get(2..)) else {
+                        return Err(internal(step.what, "loop end operands"));
+                    };
+                    for &nx in nexts {
                         let (c, u) = match steps.get(nx).map(|s| &s.args[..]) {
                             Some([c, u]) => (*c, *u),
                             _ => return Err(internal(step.what, "loop end operands")),

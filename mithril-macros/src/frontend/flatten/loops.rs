@@ -319,14 +319,14 @@ impl Flattener<'_> {
         let Some(v) = self.tensor_of(v, expr.span(), f) else {
             return;
         };
-        let (cur, carry) = {
-            let s = &self.loops.last().map(|c| c.stacks[k].clone());
-            match s {
-                Some((_, c, cur)) => (cur.unwrap_or(*c), *c),
-                None => return,
-            }
+        // the stacked output so far: the carry, or the last `stack` of this iteration
+        let Some(cur) = self
+            .loops
+            .last()
+            .map(|c| c.stacks[k].2.unwrap_or(c.stacks[k].1))
+        else {
+            return;
         };
-        let _ = carry;
         let w = self.node(
             Op::Prim(Prim::SetAt {
                 axis: axis as i64,
@@ -352,6 +352,7 @@ impl Flattener<'_> {
         max_steps: Option<u64>,
         body: &[Stmt],
         span: Span,
+        stmt: &Stmt,
         f: &mut Frame,
     ) {
         let limit = max_steps.unwrap_or(MAX_UNROLL as u64);
@@ -377,10 +378,7 @@ impl Flattener<'_> {
                 return;
             }
             n += 1;
-            if !self.step(&Stmt::Output {
-                name: Ident::new("while", span),
-                expr: None,
-            }) {
+            if !self.step(stmt) {
                 return;
             }
             self.exec(body, f);

@@ -114,7 +114,7 @@ impl Flattener<'_> {
                 if self.opts.dynamic_control_flow {
                     self.runtime_loop(*span, None, loops::Bound::While(cond), max, body, f);
                 } else {
-                    self.unrolled_while(cond, max, body, *span, f);
+                    self.unrolled_while(cond, max, body, *span, s, f);
                 }
             }
             Stmt::Stack { name, index, expr } => self.stack_stmt(name, index, expr, f),
