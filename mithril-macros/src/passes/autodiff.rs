@@ -249,19 +249,22 @@ fn diff_loop(b: &mut Builder, end: NodeId, adj: &mut Vec<Option<NodeId>>, needs:
     let n_nodes = b.g.nodes.len();
     let mut exit: Vec<Option<NodeId>> = vec![None; carries.len()];
     let mut ge: Vec<Option<NodeId>> = vec![None; carries.len()];
-    for id in end + 1..n_nodes {
-        if let (Op::Prim(Prim::LoopExit), [e, c]) = (&b.g.nodes[id].op, &b.g.nodes[id].args[..]) {
-            if *e == end {
-                if let Some(j) = carries.iter().position(|x| x == c) {
-                    exit[j].get_or_insert(id);
-                    if let Some(g) = adj[id] {
-                        ge[j] = Some(match ge[j] {
-                            None => g,
-                            Some(p) => b.bin(Prim::Add, p, g),
-                        });
-                    }
-                }
-            }
+    let exits: Vec<(NodeId, NodeId)> = (end + 1..n_nodes)
+        .filter_map(|id| match (&b.g.nodes[id].op, &b.g.nodes[id].args[..]) {
+            (Op::Prim(Prim::LoopExit), [e, c]) if *e == end => Some((id, *c)),
+            _ => None,
+        })
+        .collect();
+    for (id, c) in exits {
+        let Some(j) = carries.iter().position(|&x| x == c) else {
+            continue;
+        };
+        exit[j].get_or_insert(id);
+        if let Some(g) = adj[id] {
+            ge[j] = Some(match ge[j] {
+                None => g,
+                Some(p) => b.bin(Prim::Add, p, g),
+            });
         }
     }
     if ge.iter().all(|g| g.is_none()) {
