@@ -806,3 +806,47 @@ impl ParamTree for Intermediates {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{array, ArrayD, IxDyn};
+
+    #[test]
+    fn first_non_finite_finds_the_first_in_logical_order() {
+        let a = array![[1.0f32, 2.0], [f32::INFINITY, f32::NAN]];
+        // a transposed view: logical order is column-major of the storage
+        let t = a.t();
+        let v = TensorView::F32(t.into_dyn());
+        assert_eq!(first_non_finite(&v), Some((1, f64::INFINITY)));
+        let h = ArrayD::from_elem(IxDyn(&[3]), half::bf16::from_f32(1.0));
+        assert_eq!(first_non_finite(&TensorView::BF16(h.view())), None);
+        let i = ArrayD::from_elem(IxDyn(&[2]), 7i64);
+        assert_eq!(first_non_finite(&TensorView::I64(i.view())), None);
+        assert_eq!(unravel(5, &[2, 3]), vec![1, 2]);
+        assert_eq!(unravel(0, &[]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn call_timing_keeps_min_max_total() {
+        let mut t = CallTiming::default();
+        assert_eq!(t.mean(), Duration::ZERO);
+        for ms in [3, 1, 2] {
+            t.record(Duration::from_millis(ms));
+        }
+        assert_eq!(t.calls, 3);
+        assert_eq!(t.last, Duration::from_millis(2));
+        assert_eq!(t.min, Duration::from_millis(1));
+        assert_eq!(t.max, Duration::from_millis(3));
+        assert_eq!(t.total, Duration::from_millis(6));
+        assert_eq!(t.mean(), Duration::from_millis(2));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(
+            json_escape("`a` \"b\"\\\n\t\u{1}"),
+            "`a` \\\"b\\\"\\\\\\n\\t\\u0001"
+        );
+    }
+}
