@@ -299,7 +299,7 @@ impl Profile {
             k.1.bytes += r.stats.bytes;
             k.1.flops += r.stats.flops;
         }
-        kinds.sort_by(|a, b| b.1.nanos.cmp(&a.1.nanos));
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1.nanos));
         let _ = writeln!(s, "by kind:");
         for (k, st) in kinds {
             let _ = writeln!(
