@@ -44,6 +44,10 @@ mithril! {
         output y = Linear(4)(h);
     }
     pub compile TinyS1 = Tiny { shapes: { x: [1, 8] }, static_shapes: true };
+    /// `Tiny` instrumented: what `code_transformers` and `profile` cost when they are on.
+    pub compile TinyTimed = Tiny { code_transformers: [timing] };
+    pub compile TinyHook = Tiny { code_transformers: [hook] };
+    pub compile TinyProf = Tiny { profile: true };
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -114,6 +118,50 @@ pub fn main() -> mithril::Result<()> {
             ts * 1e9,
             td / ts
         );
+        // instrumented (`BENCH_INSTRUMENTED=0` skips): `timing`, `hook` given no hook (the
+        // plain `evaluate`), `hook` with a no-op hook, `profile`
+        if std::env::var("BENCH_INSTRUMENTED").as_deref() != Ok("0") {
+            struct Nop;
+            impl mithril::rt::OpHook for Nop {}
+            let (mt, mh, mp) = (TinyTimed::new()?, TinyHook::new()?, TinyProf::new()?);
+            let (pt, ph, pp) = (
+                mt.randomize_params(0),
+                mh.randomize_params(0),
+                mp.randomize_params(0),
+            );
+            let tt = bench(
+                || {
+                    let _ = mt.evaluate(&pt, TinyTimedInputs { x: x.view() });
+                },
+                budget,
+            );
+            let th = bench(
+                || {
+                    let _ = mh.evaluate(&ph, TinyHookInputs { x: x.view() });
+                },
+                budget,
+            );
+            let mut nop = Nop;
+            let tn = bench(
+                || {
+                    let _ = mh.evaluate_with_hook(&mut nop, &ph, TinyHookInputs { x: x.view() });
+                },
+                budget,
+            );
+            let tp = bench(
+                || {
+                    let _ = mp.evaluate(&pp, TinyProfInputs { x: x.view() });
+                },
+                budget,
+            );
+            println!(
+                "tiny instrumented, batch 1: timing {:.0} ns, hook unused {:.0} ns, no-op hook {:.0} ns, profile {:.0} ns",
+                tt * 1e9,
+                th * 1e9,
+                tn * 1e9,
+                tp * 1e9
+            );
+        }
     }
     let train = MlpTrain::new()?;
     let p = infer.randomize_params(0);

@@ -261,7 +261,9 @@ fn compile_one(
         dynamic_control_flow: opts.dynamic_control_flow,
     };
     // `verbose: true`: each step's time and what it did; `trace_shapes: true`: inference's trace
-    let mut log = opts.verbose.then(|| Log::new(&name.to_string(), logical));
+    // (`profile: true` keeps the same log for its compile-time step timings)
+    let mut log =
+        (opts.verbose || opts.inspect.profile).then(|| Log::new(&name.to_string(), logical));
     let mut trace = opts.trace_shapes.then(shapes::Trace::default);
     let mut fl = Flattener::new(&fopts, library, locals);
     fl.flatten_top(entry.clone(), hyper_args);
@@ -360,6 +362,11 @@ fn compile_one(
     let train = train_graph(&g, opts, is_train, &wrt, log.as_mut())
         .map_err(|errs| (errs, vec![], Some(StubApi::of(&g))))?;
 
+    // `save_intermediates: true`: the graph of `evaluate_with_intermediates`
+    let int_graph = opts
+        .inspect
+        .save_intermediates
+        .then(|| intermediates_graph(&g, opts));
     // optimization passes
     let mut pass_log: Vec<(&str, usize)> = vec![("flattened ops", report::op_count(&g))];
     let ops_before = report::op_count(&g);
@@ -410,6 +417,8 @@ fn compile_one(
         max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
         optimize_for: opts.optimize_for,
         cuda: opts.mixed().then_some(&opts.cuda),
+        inspect: &opts.inspect,
+        intermediates: int_graph.as_ref().map(|(g, names)| (g, names.as_slice())),
     };
     // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
     // lowering of `backends::cuda` for the ops placed on cuda
@@ -460,7 +469,15 @@ fn introspection_items(
     has_grad: bool,
 ) -> TokenStream {
     let mut items = TokenStream::new();
-    if let Some(l) = log {
+    if let (Some(l), true) = (log, opts.inspect.profile) {
+        let timings = l.render(true);
+        items.extend(quote! {
+            /// The compile-time step timings of this build (`profile: true`): the `verbose`
+            /// report with durations (also in the profile's Chrome trace, `otherData.compile`).
+            pub const COMPILE_TIMINGS: &'static str = #timings;
+        });
+    }
+    if let (Some(l), true) = (log, opts.verbose) {
         let mut kept = l.render(false);
         let mut printed = l.render(true);
         if let Some(t) = shape_trace {
@@ -510,6 +527,47 @@ fn introspection_items(
             #items
         }
     }
+}
+
+/// The graph of `evaluate_with_intermediates` (`save_intermediates: true`): the forward graph
+/// with every named computed value (a `let` or `output` of the model or of a submodel, named
+/// by instance path) appended as an extra output `__int<k>` before the passes, so that fusion,
+/// dead-code elimination and in-place reuse keep it; optimized by the same passes. Returns the
+/// graph and the values' names (`fc1.h`; a name bound again, as in an unrolled loop, gets
+/// `#2`, `#3`, ...), in output order after the model's own outputs. `evaluate` is compiled from
+/// the unchanged graph, so it does not pay for this.
+fn intermediates_graph(g: &ir::Graph, opts: &options::Options) -> (ir::Graph, Vec<String>) {
+    let mut gi = g.clone();
+    let mut names: Vec<String> = Vec::new();
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    for (id, n) in g.nodes.iter().enumerate() {
+        // (a value of a run-time `if`'s branch or of a loop's body exists only sometimes, or
+        // once per iteration: its value after the `if` or loop is the one kept)
+        let computed = matches!(
+            n.op,
+            ir::Op::Prim(_) | ir::Op::Fused(_) | ir::Op::FusedMatmul { .. }
+        ) && n.guard.is_none()
+            && n.region.is_none()
+            && !matches!(n.op, ir::Op::Prim(prims::Prim::Carry));
+        let Some(label) = n.label.as_ref().filter(|_| computed) else {
+            continue;
+        };
+        let k = seen.entry(label.clone()).or_insert(0);
+        *k += 1;
+        let name = if *k == 1 {
+            label.clone()
+        } else {
+            format!("{label}#{k}")
+        };
+        gi.outputs.push(ir::OutputInfo {
+            name: format!("__int{}", names.len()),
+            node: id,
+        });
+        names.push(name);
+    }
+    passes::elide::run(&mut gi);
+    run_passes(&mut gi, opts, None, "");
+    (gi, names)
 }
 
 /// `f32: 7 nodes, i64: 1 node` (the dtypes inferred).

@@ -14,6 +14,7 @@ pub mod elem;
 pub mod error;
 pub mod fixed;
 pub mod init;
+pub mod inspect;
 pub mod mode;
 pub mod ops;
 pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an outer doc breaks its links).
@@ -37,8 +38,10 @@ pub mod threads {
 pub use check::{DimSpec, SymEnv};
 pub use elem::{DType, Elem};
 pub use error::{Error, Result};
+pub use inspect::Intermediates;
 pub use mode::Mode;
 pub use params::{ParamTree, TensorView, TensorViewMut};
+pub use plan::{OpHook, OpInfo};
 pub use workspace::{owned, Dest, MemoryReport, Workspace};
 
 /// Scalar math used inside fused elementwise loops (re-exported from `mithril-kernels`).

@@ -9,6 +9,8 @@
 //! `optimize_for` (`threads::limit_call_threads`, read through `threads::last_call_threads`)
 //! are per thread, no test sets an environment variable or changes the working directory, and
 //! the files tests write have per-test names (plus the process id where two runs could meet).
+//! One exception, harmless to the others: `inspect` installs a `log` logger (once per process)
+//! that keeps only the records of the threads that ask for them.
 //!
 //! Shared helpers (NVRTC/GPU detection, the central-difference gradient check) are in
 //! `tests/common`, included once here.
@@ -29,6 +31,7 @@ mod frontend;
 mod gradcheck;
 mod gradients;
 mod inference;
+mod inspect;
 mod introspection;
 mod introspection_reports;
 mod library;

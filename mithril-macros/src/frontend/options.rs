@@ -112,6 +112,37 @@ pub struct Options {
     /// `trace_shapes: true`: the shape-inference trace (`M::SHAPE_TRACE`) and the symbols bound
     /// by the last call (`last_symbols`).
     pub trace_shapes: bool,
+    /// `save_intermediates`, `intermediate_dir`, `profile`, `profile_output`,
+    /// `code_transformers`: run-time instrumentation (see [`Inspect`]).
+    pub inspect: Inspect,
+}
+
+/// Run-time instrumentation options (CPU plan models only).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inspect {
+    /// `save_intermediates: true`: `evaluate_with_intermediates`.
+    pub save_intermediates: bool,
+    /// `intermediate_dir: "path"` (resolved against the crate's manifest dir).
+    pub intermediate_dir: Option<String>,
+    /// `profile: true`: the per-op profile and the compile-time step timings.
+    pub profile: bool,
+    /// `profile_output: "path.json"` (resolved like `intermediate_dir`).
+    pub profile_output: Option<String>,
+    /// `code_transformers: [timing]`
+    pub timing: bool,
+    /// `code_transformers: [trace]`
+    pub trace: bool,
+    /// `code_transformers: [nan_check]`
+    pub nan_check: bool,
+    /// `code_transformers: [hook]`: `evaluate_with_hook`.
+    pub hook: bool,
+}
+
+impl Inspect {
+    /// Some option needs the model's instrumentation state (`rt::inspect::State`).
+    pub fn stateful(&self) -> bool {
+        self.profile || self.timing || self.trace || self.nan_check || self.hook
+    }
 }
 
 impl Options {
@@ -153,6 +184,7 @@ impl Default for Options {
             checkpoint_segments: None,
             verbose: false,
             trace_shapes: false,
+            inspect: Inspect::default(),
         }
     }
 }
@@ -185,6 +217,11 @@ pub const NAMES: &[&str] = &[
     "backend_map",
     "verbose",
     "trace_shapes",
+    "save_intermediates",
+    "intermediate_dir",
+    "profile",
+    "profile_output",
+    "code_transformers",
 ];
 
 /// What a `target_hardware` name selects.
@@ -302,6 +339,9 @@ pub fn parse(items: &[(Ident, OptValue)]) -> Result<Options, Vec<syn::Error>> {
         cross_check(items, &mut o, &mut errors);
     }
     if errors.is_empty() {
+        inspect_check(items, &o, &mut errors);
+    }
+    if errors.is_empty() {
         Ok(o)
     } else {
         Err(errors)
@@ -352,6 +392,8 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
         "inference" => o.inference = as_bool(v, "inference")?,
         "verbose" => o.verbose = as_bool(v, "verbose")?,
         "trace_shapes" => o.trace_shapes = as_bool(v, "trace_shapes")?,
+        "save_intermediates" | "intermediate_dir" | "profile" | "profile_output"
+        | "code_transformers" => opt_inspect(&mut o.inspect, key, v)?,
         "dynamic_control_flow" => o.dynamic_control_flow = as_bool(v, "dynamic_control_flow")?,
         "memory_planning" => match v {
             OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,
@@ -752,6 +794,88 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
     if o.cuda.tf32 && o.cuda.amp {
         if let Some((k, _)) = find("cuda") {
             errors.push(e(k.span(), "`tf32: true` and `amp: true` both choose how f32 matrix products compute; give one of them"));
+        }
+    }
+}
+
+/// The instrumentation options (`Inspect`).
+fn opt_inspect(o: &mut Inspect, key: &str, v: &OptValue) -> Result<(), syn::Error> {
+    let path = |v: &OptValue, what: &str| -> Result<String, syn::Error> {
+        let p = as_str(v, what)?;
+        if p.is_empty() {
+            return Err(e(v.span(), format!("`{what}` is a path; it is empty")));
+        }
+        Ok(resolve_dir(&p))
+    };
+    match key {
+        "save_intermediates" => o.save_intermediates = as_bool(v, key)?,
+        "intermediate_dir" => o.intermediate_dir = Some(path(v, key)?),
+        "profile" => o.profile = as_bool(v, key)?,
+        "profile_output" => o.profile_output = Some(path(v, key)?),
+        _ => {
+            let OptValue::List(items, _) = v else {
+                return Err(e(
+                    v.span(),
+                    "`code_transformers` takes a list of `timing`, `trace`, `nan_check`, `hook`",
+                ));
+            };
+            for it in items {
+                let flag = match it {
+                    OptValue::Ident(i) if i == "timing" => &mut o.timing,
+                    OptValue::Ident(i) if i == "trace" => &mut o.trace,
+                    OptValue::Ident(i) if i == "nan_check" => &mut o.nan_check,
+                    OptValue::Ident(i) if i == "hook" => &mut o.hook,
+                    other => {
+                        return Err(e(
+                            other.span(),
+                            "unknown code transformer; the built-in ones are `timing` (per-call wall time), `trace` (op-by-op `log` records), `nan_check` (an `Err` naming the first op that produced a NaN/Inf) and `hook` (`evaluate_with_hook` with a user `OpHook`)",
+                        ))
+                    }
+                };
+                if std::mem::replace(flag, true) {
+                    return Err(e(it.span(), "this code transformer is listed twice"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The instrumentation options against each other and against the backend: they instrument
+/// the CPU plan executor, so `backend: cuda`, `backend_map` and `static_shapes` models refuse
+/// them.
+fn inspect_check(items: &[(Ident, OptValue)], o: &Options, errors: &mut Vec<syn::Error>) {
+    let find = |name: &str| items.iter().find(|(k, _)| k == name);
+    let i = &o.inspect;
+    for (dep, on, main) in [
+        (
+            "intermediate_dir",
+            i.save_intermediates,
+            "save_intermediates",
+        ),
+        ("profile_output", i.profile, "profile"),
+    ] {
+        if let (Some((k, _)), false) = (find(dep), on) {
+            errors.push(e(k.span(), format!("`{dep}` needs `{main}: true`")));
+        }
+    }
+    let why = if o.backend_cuda || !o.backend_map.is_empty() {
+        Some("`backend: cuda` and `backend_map` models (CPU models only)")
+    } else if o.static_shapes {
+        Some("`static_shapes: true` models (their `evaluate` runs no plan)")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        for name in ["save_intermediates", "profile", "code_transformers"] {
+            if let Some((k, v)) = find(name) {
+                if !matches!(v, OptValue::Lit(syn::Lit::Bool(b)) if !b.value) {
+                    errors.push(e(
+                        k.span(),
+                        format!("`{name}` instruments the CPU plan executor; it is not available for {why}"),
+                    ));
+                }
+            }
         }
     }
 }

@@ -70,6 +70,109 @@ pub fn run(
     views: &[TensorView<'_>],
     outs: &mut [Option<AnyArray>],
 ) -> Result<()> {
+    run_probed(plan, ws, fallback, views, outs, &mut Off)
+}
+
+/// [`run`] with `hook` called before and after every op (see [`OpHook`]): the instrumented
+/// path of models compiled with `profile`, `code_transformers` or a user hook. An `Err` from
+/// the hook stops the run and is returned (with the model and the op's label added).
+///
+/// [`run`] itself is this loop with a probe whose calls compile to nothing: the per-op
+/// instrumentation costs models compiled without it no check at run time.
+pub fn run_hooked(
+    plan: &'static Plan,
+    ws: &Mutex<Workspace>,
+    fallback: impl FnOnce() -> Workspace,
+    views: &[TensorView<'_>],
+    outs: &mut [Option<AnyArray>],
+    hook: &mut dyn OpHook,
+) -> Result<()> {
+    run_probed(plan, ws, fallback, views, outs, &mut On(hook))
+}
+
+/// What an [`OpHook`] is told about an op.
+#[derive(Clone, Copy, Debug)]
+pub struct OpInfo<'p> {
+    /// the physical model
+    pub model: &'static str,
+    /// the node's index in the plan (stable across calls: a key for per-op statistics)
+    pub index: usize,
+    /// the plan node (its op, attributes, dtype, operands)
+    pub step: &'p Step,
+}
+
+impl OpInfo<'_> {
+    /// The op's kind: `matmul`, `fused`, `fused_matmul`, `sum`, `softmax`, `reshape`, ...
+    pub fn kind(&self) -> &'static str {
+        self.step.op.kind()
+    }
+
+    /// How errors name the node (`` `matmul` of input `x`, param `fc.weight` for `h` in `fc` ``).
+    pub fn label(&self) -> &'static str {
+        self.step.what
+    }
+}
+
+/// Called by [`run_hooked`] at op boundaries: `before` with the op's operands, `after` with
+/// its result. Ops only: the views of inputs and params, aliases and the `phi` of a run-time
+/// `if` are no ops, and a node skipped by a run-time `if` calls neither. `after` is not given
+/// the operands, because an op computed in place has overwritten one of them by then.
+///
+/// An `Err` stops the run: [`run_hooked`] returns it with the model and the op's label added.
+pub trait OpHook {
+    /// Before the op runs.
+    fn before(&mut self, op: &OpInfo<'_>, inputs: &[&TensorView<'_>]) -> Result<()> {
+        let _ = (op, inputs);
+        Ok(())
+    }
+    /// After the op ran; `output` is its result.
+    fn after(&mut self, op: &OpInfo<'_>, output: &TensorView<'_>) -> Result<()> {
+        let _ = (op, output);
+        Ok(())
+    }
+}
+
+/// The executor's view of instrumentation: [`Off`] (the plain [`run`]) compiles to nothing.
+trait Probe {
+    const ON: bool;
+    fn before(&mut self, op: &OpInfo<'_>, inputs: &[&TensorView<'_>]) -> Result<()>;
+    fn after(&mut self, op: &OpInfo<'_>, output: &TensorView<'_>) -> Result<()>;
+}
+
+struct Off;
+
+impl Probe for Off {
+    const ON: bool = false;
+    #[inline(always)]
+    fn before(&mut self, _: &OpInfo<'_>, _: &[&TensorView<'_>]) -> Result<()> {
+        Ok(())
+    }
+    #[inline(always)]
+    fn after(&mut self, _: &OpInfo<'_>, _: &TensorView<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct On<'h>(&'h mut dyn OpHook);
+
+impl Probe for On<'_> {
+    const ON: bool = true;
+    fn before(&mut self, op: &OpInfo<'_>, inputs: &[&TensorView<'_>]) -> Result<()> {
+        self.0.before(op, inputs)
+    }
+    fn after(&mut self, op: &OpInfo<'_>, output: &TensorView<'_>) -> Result<()> {
+        self.0.after(op, output)
+    }
+}
+
+fn run_probed<P: Probe>(
+    plan: &'static Plan,
+    ws: &Mutex<Workspace>,
+    fallback: impl FnOnce() -> Workspace,
+    views: &[TensorView<'_>],
+    outs: &mut [Option<AnyArray>],
+    probe: &mut P,
+) -> Result<()> {
     let mut env = SymEnv::new(plan.syms);
     for c in &plan.checks {
         let v = views
@@ -123,7 +226,7 @@ pub fn run(
             outs: RefCell::new(outs),
             tapes: &tapes,
         };
-        let (r, mut vals) = cx.run_nodes(vals);
+        let (r, mut vals) = cx.run_nodes(vals, probe);
         vals.clear();
         // SAFETY: empty again (see above).
         table = unsafe { std::mem::transmute::<Vec<Val<'_>>, Vec<Val<'static>>>(vals) };
@@ -234,10 +337,37 @@ unsafe fn extend<'w, T>(v: ArrayViewMutD<'_, T>) -> ArrayViewMutD<'w, T> {
 }
 
 impl AnyArray {
-    fn dtype(&self) -> DType {
+    /// The element type.
+    pub fn dtype(&self) -> DType {
         self.view().dtype()
     }
-    fn view(&self) -> TensorView<'_> {
+    /// The array's shape.
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            AnyArray::F32(v) => v.shape(),
+            AnyArray::F64(v) => v.shape(),
+            AnyArray::F16(v) => v.shape(),
+            AnyArray::BF16(v) => v.shape(),
+            AnyArray::I32(v) => v.shape(),
+            AnyArray::I64(v) => v.shape(),
+            AnyArray::Bool(v) => v.shape(),
+        }
+    }
+    /// A writable view of the array.
+    pub fn view_mut(&mut self) -> crate::params::TensorViewMut<'_> {
+        use crate::params::TensorViewMut as M;
+        match self {
+            AnyArray::F32(v) => M::F32(v.view_mut()),
+            AnyArray::F64(v) => M::F64(v.view_mut()),
+            AnyArray::F16(v) => M::F16(v.view_mut()),
+            AnyArray::BF16(v) => M::BF16(v.view_mut()),
+            AnyArray::I32(v) => M::I32(v.view_mut()),
+            AnyArray::I64(v) => M::I64(v.view_mut()),
+            AnyArray::Bool(v) => M::Bool(v.view_mut()),
+        }
+    }
+    /// A view of the array.
+    pub fn view(&self) -> TensorView<'_> {
         match self {
             AnyArray::F32(v) => TensorView::F32(v.view()),
             AnyArray::F64(v) => TensorView::F64(v.view()),
@@ -315,12 +445,16 @@ prog_elem!(i64, I64, I64);
 prog_elem!(bool, Bool, Bool);
 
 impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
-    fn run_nodes(&self, mut vals: Vec<Val<'w>>) -> (Result<()>, Vec<Val<'w>>) {
-        let r = self.nodes(&mut vals);
+    fn run_nodes<P: Probe>(
+        &self,
+        mut vals: Vec<Val<'w>>,
+        probe: &mut P,
+    ) -> (Result<()>, Vec<Val<'w>>) {
+        let r = self.nodes(&mut vals, probe);
         (r, vals)
     }
 
-    fn nodes(&self, vals: &mut Vec<Val<'w>>) -> Result<()> {
+    fn nodes<P: Probe>(&self, vals: &mut Vec<Val<'w>>, probe: &mut P) -> Result<()> {
         let steps = &self.plan.nodes;
         // the program counter: run-time loops jump back (see `POp::LoopEnd`)
         let mut pc = 0;
@@ -395,6 +529,28 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 }
                 _ => {}
             }
+            // instrumented runs only (`P::ON` is a constant: the plain `run` has no check here)
+            let watched = P::ON
+                && !matches!(
+                    step.op,
+                    POp::View(_)
+                        | POp::Alias
+                        | POp::Phi
+                        | POp::Const(_)
+                        | POp::LoopNext
+                        | POp::LoopExit
+                );
+            let info = OpInfo {
+                model: self.plan.model,
+                index: id,
+                step,
+            };
+            if watched {
+                let ins = self.refs(step, vals)?;
+                probe
+                    .before(&info, &ins)
+                    .map_err(|e| e.at(self.plan.model, step.what))?;
+            }
             let v = match step.home {
                 Home::InPlace(pos) => {
                     let target = step.args.get(pos).copied().unwrap_or(usize::MAX);
@@ -412,6 +568,12 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     .map_err(|e| e.at(self.plan.model, step.what))?,
             };
             vals.push(v);
+            if watched {
+                let out = arg_ref(vals, self.views(), id)?;
+                probe
+                    .after(&info, out)
+                    .map_err(|e| e.at(self.plan.model, step.what))?;
+            }
         }
         let mut outs = self.outs.borrow_mut();
         for (k, &o) in self.plan.outputs.iter().enumerate() {

@@ -14,7 +14,7 @@
 mod exec;
 mod text;
 
-pub use exec::run;
+pub use exec::{run, run_hooked, OpHook, OpInfo};
 
 /// The symbolic dims bound by the last call that ran with workspace `ws` (what
 /// `trace_shapes: true` models' `last_symbols` returns): the model's shape checks
@@ -244,6 +244,67 @@ pub enum POp {
         axis: i64,
         add: bool,
     },
+}
+
+impl POp {
+    /// The op's name in profiles and hook calls (`matmul`, `fused`, `fused_matmul`, `sum`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            POp::View(_) => "view",
+            POp::Alias => "alias",
+            POp::Phi => "phi",
+            POp::Const(_) => "const",
+            POp::Fused(..) => "fused",
+            POp::FusedMatmul { .. } => "fused_matmul",
+            POp::Matmul { .. } => "matmul",
+            POp::Transpose(_) => "transpose",
+            POp::Reshape(_) => "reshape",
+            POp::Flatten(..) => "flatten",
+            POp::Concat(_) => "concat",
+            POp::Slice(_) => "slice",
+            POp::Gather(_) => "gather",
+            POp::TakeAlong => "take_along",
+            POp::Reduce(k, ..) => match k {
+                RKind::Sum => "sum",
+                RKind::Mean => "mean",
+                RKind::Max => "max",
+                RKind::Min => "min",
+                RKind::Prod => "prod",
+            },
+            POp::Variance(..) => "variance",
+            POp::ArgReduce { max: true, .. } => "argmax",
+            POp::ArgReduce { max: false, .. } => "argmin",
+            POp::Softmax(_) => "softmax",
+            POp::LogSoftmax(_) => "log_softmax",
+            POp::Unsqueeze(_) => "unsqueeze",
+            POp::BroadcastLike => "broadcast_like",
+            POp::ReshapeLike => "reshape_like",
+            POp::SumLike => "sum_like",
+            POp::SizeRatio => "size_ratio",
+            POp::TakeAlongGrad => "take_along_grad",
+            POp::GatherGrad(_) => "gather_grad",
+            POp::SliceGrad(_) => "slice_grad",
+            POp::ConcatPart(..) => "concat_part",
+            POp::Tril(_) => "tril",
+            POp::Triu(_) => "triu",
+            POp::FullLike(_) => "full_like",
+            POp::Stack(_) => "stack",
+            POp::Cholesky => "cholesky",
+            POp::Eigvalsh => "eigvalsh",
+            POp::EighVectors => "eigh_vectors",
+            POp::SolveTriangular { .. } => "solve_triangular",
+            POp::Arange { .. } => "arange",
+            POp::Carry(_) => "loop_carry",
+            POp::LoopHead => "loop_head",
+            POp::LoopTest { .. } => "loop_test",
+            POp::LoopNext => "loop_next",
+            POp::LoopEnd => "loop_end",
+            POp::LoopExit => "loop_exit",
+            POp::TapeRead(_) => "tape_read",
+            POp::DimValue(_) => "dim_value",
+            POp::SetAt { .. } => "set_at",
+        }
+    }
 }
 
 impl Plan {

@@ -129,6 +129,11 @@ impl<'a> Gen<'a> {
         keys
     }
 
+    /// [`Self::life_tokens`], for the other modules of the backend.
+    pub(super) fn life_tokens_pub(&self) -> TokenStream {
+        self.life_tokens()
+    }
+
     /// The slot lifetimes as a constant expression.
     fn life_tokens(&self) -> TokenStream {
         let life = self.plan.life.iter().map(|&(a, b)| {

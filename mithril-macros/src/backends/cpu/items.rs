@@ -28,6 +28,8 @@ struct Parts {
     gradients: TokenStream,
     grads_structs: Vec<TokenStream>,
     summary: String,
+    /// `profile`, `code_transformers`, `save_intermediates`: their functions (`inspect.rs`)
+    inspect: TokenStream,
 }
 
 impl<'a> Gen<'a> {
@@ -51,6 +53,14 @@ impl<'a> Gen<'a> {
         let randomize = self.api.randomize_expr(&tree, &mut vec![]);
         let mut summary = self.inp.summary.clone();
         let (eval_body, life) = self.evaluate_body(&names, &mut summary);
+        // `code_transformers: [hook]`: `evaluate_with_hook` runs `evaluate`'s body with the
+        // user's hook as `__hook`; `evaluate` with none
+        let inspect = self.inspect_items(&names, &eval_body);
+        let eval_body = if self.inp.inspect.hook {
+            quote!(let __hook: ::std::option::Option<&mut dyn ::mithril::rt::OpHook> = ::std::option::Option::None; #eval_body)
+        } else {
+            eval_body
+        };
         let gradients = self.gradients_items(&names, &mut summary);
         let mut grads_structs = Vec::new();
         if self.train.is_some() {
@@ -65,6 +75,7 @@ impl<'a> Gen<'a> {
             gradients,
             grads_structs,
             summary,
+            inspect,
         };
         if !self.api.errors.is_empty() {
             return Err(self.api.errors);
@@ -217,6 +228,7 @@ impl<'a> Gen<'a> {
             life,
             gradients,
             grads_structs,
+            inspect,
             ..
         } = parts;
         let tokens = quote! {
@@ -269,6 +281,8 @@ impl<'a> Gen<'a> {
                 #eval_fn
 
                 #gradients
+
+                #inspect
             }
 
             #(#grads_structs)*

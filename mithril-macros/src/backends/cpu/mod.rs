@@ -16,6 +16,7 @@
 //! consts). The typed API's dims, checks and structs are [`TypedApi`]'s.
 
 mod functions;
+mod inspect;
 mod items;
 mod model;
 mod nodes;

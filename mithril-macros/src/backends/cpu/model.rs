@@ -163,9 +163,12 @@ impl Gen<'_> {
             quote!(&[])
         };
         let model_name = self.inp.name.to_string();
+        // (`profile`, `code_transformers`, `save_intermediates`: CPU models only)
+        let (_, inspect) = self.inspect_fields();
         quote! {
             __ws: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(Self::__MITHRIL_LIFE_EVAL, #planning, #max).named(#model_name)),
             __ws_grad: ::std::sync::Mutex::new(::mithril::rt::Workspace::new(#grad_life, #planning, #max).named(#model_name)),
+            #inspect
         }
     }
 
@@ -188,12 +191,14 @@ impl Gen<'_> {
         let model = name.to_string();
         let ws_init = self.ws_init();
         let optimize_for = self.inp.optimize_for.name();
+        let (inspect_fields, _) = self.inspect_fields();
         (
             quote! {
                 #[doc = #doc]
                 #vis struct #name {
                     __ws: ::std::sync::Mutex<::mithril::rt::Workspace>,
                     __ws_grad: ::std::sync::Mutex<::mithril::rt::Workspace>,
+                    #inspect_fields
                 }
 
                 impl ::std::default::Default for #name {

@@ -440,19 +440,16 @@ impl Gen<'_> {
             .collect();
         let first_grad = outs.len();
         let n_outs = self.g.outputs.len();
+        let fallback =
+            quote!(|| ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model));
+        let run = self.run_call(ws_field, fallback);
         let body = quote! {
             static __PLAN: ::std::sync::OnceLock<::std::result::Result<::mithril::rt::plan::Plan, ::std::string::String>> = ::std::sync::OnceLock::new();
             let __plan = #plan;
             #views
             let mut __outs: [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_outs] =
                 ::std::array::from_fn(|_| ::std::option::Option::None);
-            ::mithril::rt::plan::run(
-                __plan,
-                &self.#ws_field,
-                || ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model),
-                __views.get(#model)?,
-                &mut __outs,
-            )?;
+            #run
         };
         (body, outs, first_grad)
     }
