@@ -53,6 +53,49 @@ mithril! {
     }
 
     pub compile RnnCkpt = Rnn { gradient_checkpointing: { segments: 2 } };
+
+    // loops nest, and a run-time `if` may sit in a loop's body
+    pub model Nest {
+        input xs: f64[B, T, 2];
+        param w: f64[2, 2];
+        param v: f64[2];
+        let h = xs[(.., 0)] * 0.0;
+        for t in 0..T {
+            let k = 0;
+            let g = xs[(.., t)];
+            while k < 2 {
+                let g = tanh(matmul(g, w)) + h;
+                let k = k + 1;
+            }
+            if sum(g) > 0.0 {
+                let h = h * v + g;
+            } else {
+                let h = h - g * v;
+            }
+        }
+        output y = h;
+    }
+
+    // a loop inside a submodel
+    model Cell {
+        input x: f64[B, 2];
+        input n: i64[];
+        param w: f64[2, 2];
+        let step = 0;
+        let h = x;
+        while step < n {
+            let h = sin(matmul(h, w));
+            let step = step + 1;
+        }
+        output y = h;
+    }
+
+    pub model Outer {
+        input x: f64[B, 2];
+        input n: i64[];
+        let c = Cell();
+        output y = c(x, n) * 2.0;
+    }
 }
 
 fn linear(x: &Array2<f64>, w: &Array2<f64>, b: &ndarray::Array1<f64>) -> Array2<f64> {
@@ -308,4 +351,66 @@ fn checkpointing_a_loop_is_skipped_and_said() {
         .unwrap();
     assert_eq!(g.w, h.w);
     assert_eq!(g.u, h.u);
+}
+
+#[test]
+fn nested_loops_an_if_in_a_body_and_a_loop_in_a_submodel() {
+    let m = Nest::new().unwrap();
+    let mut p = m.randomize_params(2);
+    set(&mut p, "w", |i| [0.6, -0.4, 0.3, 0.8][i]);
+    set(&mut p, "v", |i| [0.7, -1.2][i]);
+    let xs = pat(Ix3(2, 4, 2), 0.61);
+    let o = m.evaluate(&p, NestInputs { xs: xs.view() }).unwrap();
+    // the reference, as written (the condition sums over the whole batch)
+    let mut h = Array2::<f64>::zeros((2, 2));
+    for t in 0..4 {
+        let mut g = xs.index_axis(Axis(1), t).to_owned();
+        for _ in 0..2 {
+            g = g.dot(&p.w).mapv(f64::tanh) + &h;
+        }
+        h = if g.sum() > 0.0 {
+            &h * &p.v + &g
+        } else {
+            &h - &(&g * &p.v)
+        };
+    }
+    assert!(
+        (&o.y - &h).iter().all(|d| d.abs() < 1e-12),
+        "{} vs {h}",
+        o.y
+    );
+    let sy = pat(Ix2(2, 2), 1.3);
+    let loss = |p: &NestParams| dot(&m.evaluate(p, NestInputs { xs: xs.view() }).unwrap().y, &sy);
+    let (g_out, g) = m
+        .evaluate_gradients(
+            &p,
+            NestInputs { xs: xs.view() },
+            NestOutputs { y: sy.clone() },
+        )
+        .unwrap();
+    assert_eq!(g_out.y, o.y);
+    assert_eq!(gradcheck("nested loops", &p, &g, loss), 6);
+
+    let m = Outer::new().unwrap();
+    let mut p = m.randomize_params(1);
+    set(&mut p, "c.w", |i| [0.3, 0.8, -0.5, 0.2][i]);
+    let x = pat(Ix2(1, 2), 0.4);
+    let sy = pat(Ix2(1, 2), 2.0);
+    for k in [0i64, 3] {
+        let n = arr0(k);
+        let inputs = || OuterInputs {
+            x: x.view(),
+            n: n.view(),
+        };
+        let loss = |p: &OuterParams| dot(&m.evaluate(p, inputs()).unwrap().y, &sy);
+        let (o, g) = m
+            .evaluate_gradients(&p, inputs(), OuterOutputs { y: sy.clone() })
+            .unwrap();
+        let mut h = x.clone();
+        for _ in 0..k {
+            h = h.dot(&p.c.w).mapv(f64::sin);
+        }
+        assert!((&o.y - &(h * 2.0)).iter().all(|d| d.abs() < 1e-12));
+        assert_eq!(gradcheck(&format!("submodel loop {k}"), &p, &g, loss), 4);
+    }
 }
