@@ -32,11 +32,10 @@ impl Isa {
 
     /// True when this CPU can run code compiled for `self`.
     pub fn supported(self) -> bool {
-        let arch_ok = match self {
-            Isa::Scalar => true,
-            Isa::Neon => cfg!(target_arch = "aarch64"),
-            Isa::Avx2 | Isa::Avx512 => cfg!(target_arch = "x86_64"),
-        };
+        let neon = self == Isa::Neon;
+        let x86 = !neon && self != Isa::Scalar;
+        let arch_ok =
+            (!neon || cfg!(target_arch = "aarch64")) && (!x86 || cfg!(target_arch = "x86_64"));
         arch_ok && self <= detected()
     }
 
@@ -141,9 +140,10 @@ pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
             FORCED.with(|c| c.set(v));
         }
     }
-    let eff = Isa::available()
-        .filter(|&i| i <= isa)
-        .last()
+    let eff = Isa::ALL
+        .into_iter()
+        .rev()
+        .find(|&i| i <= isa && i.supported())
         .unwrap_or(Isa::Scalar);
     let _restore = Restore(FORCED.with(|c| c.replace(eff.to_u8())));
     f()

@@ -89,11 +89,10 @@ impl Isa {
     /// True when this CPU can run `self` (the architecture matches and [`detected_isa`] is at
     /// least `self`).
     pub fn supported(self) -> bool {
-        let arch_ok = match self {
-            Isa::Scalar => true,
-            Isa::Neon => cfg!(target_arch = "aarch64"),
-            _ => cfg!(target_arch = "x86_64"),
-        };
+        let neon = self == Isa::Neon;
+        let x86 = !neon && self != Isa::Scalar;
+        let arch_ok =
+            (!neon || cfg!(target_arch = "aarch64")) && (!x86 || cfg!(target_arch = "x86_64"));
         arch_ok && self <= detected_isa()
     }
 
@@ -101,8 +100,8 @@ impl Isa {
     fn clamp(self) -> Isa {
         Isa::ALL
             .into_iter()
-            .filter(|&i| i <= self && i.supported())
-            .last()
+            .rev()
+            .find(|&i| i <= self && i.supported())
             .unwrap_or(Isa::Scalar)
     }
 }

@@ -862,7 +862,7 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
                 let m = o.mobile.get_or_insert_with(MobileOptions::default);
                 if m.optimize_size && o.static_shapes {
                     let (k2, _) = find("static_shapes").expect("static_shapes was given");
-                    errors.push(e(k2.span(), format!("`optimize_size: true` generates the model's plan form only, but `static_shapes: true` asks for per-op Rust (larger code); give one of them. {MOBILE_SUPPORTED}")));
+                    errors.push(e(k2.span(), format!("`optimize_size: true` generates the model's plan form only, but `static_shapes: true` asks for per-op Rust (larger code); give one of them; {MOBILE_SUPPORTED}")));
                     return;
                 }
             }
