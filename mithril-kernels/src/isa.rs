@@ -1,11 +1,13 @@
 //! Run-time instruction-set selection shared by every multiversioned kernel.
 //!
 //! On x86-64 each kernel is compiled three times — an AVX-512 copy, an AVX2+FMA copy and a
-//! baseline ("scalar", i.e. plain x86-64) copy — and on aarch64 twice — a NEON copy and the
-//! baseline copy — and picks one per call with [`active`]. (Advanced SIMD is part of the aarch64
-//! baseline, so there the compiler may vectorize the baseline copy with NEON too; the hand-written
-//! NEON kernels — the GEMM microkernel, the narrow-float conversions — run only on [`Isa::Neon`],
-//! and the baseline copy is the portable fallback tests force.) The CPU is probed once ([`detected`], cached in an atomic); tests force a path with
+//! baseline ("scalar", i.e. plain x86-64) copy — and picks one per call with [`active`]. On
+//! aarch64 the levels are [`Isa::Neon`] and the baseline: the hand-written NEON kernels (the GEMM
+//! microkernel and GEMV, the narrow-float conversions) run on `Neon`, their portable versions on
+//! the baseline; the auto-vectorized drivers (`ew`, `prog`, `rows`) have one copy there, the
+//! baseline one, which rustc already compiles with NEON (Advanced SIMD is part of the aarch64
+//! baseline, so a second `target_feature` copy would be the same code). The CPU is probed once
+//! ([`detected`], cached in an atomic); tests force a path with
 //! [`with_isa`], which is thread-local and never selects an ISA the CPU lacks.
 
 use std::cell::Cell;
