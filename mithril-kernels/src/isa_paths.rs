@@ -1,8 +1,10 @@
 //! Every dispatched path against the baseline ("scalar") path, bit for bit, at odd sizes: the
 //! narrow-float slice converters, the elementwise drivers, the row kernels and the GEMM. On
 //! x86-64 this compares AVX2 / AVX-512 with the baseline; on aarch64 (the CI runs this crate's
-//! tests under qemu) NEON with the baseline. Each test forces the paths with
-//! [`crate::isa::with_isa`] and also checks which level actually ran.
+//! tests under qemu) NEON with the baseline — where the conversions and the GEMM run hand-written
+//! NEON code, while the drivers and row kernels have one (baseline, NEON-vectorized) copy, so
+//! there those two tests check only that forcing a level keeps them working. Each test forces the
+//! paths with [`crate::isa::with_isa`] and also checks which level actually ran.
 
 use crate::cvt;
 use crate::ew::{self, Src};
