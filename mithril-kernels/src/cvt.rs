@@ -9,7 +9,11 @@
 //!
 //! The `f16` slice converters use F16C (`vcvtph2ps`/`vcvtps2ph`, 8 lanes) on the AVX2 path and the
 //! AVX-512 forms (16 lanes) on the AVX-512 path; the `bf16` ones are the element functions in an
-//! auto-vectorized loop (shifts and adds). Every path gives identical bits.
+//! auto-vectorized loop (shifts and adds). On aarch64 the NEON path converts 8 lanes at a time:
+//! `f16` with `fcvtl`/`fcvtl2` and `fcvtn`/`fcvtn2` (base ARMv8-A floating point, written as
+//! inline assembly because the `f16` vector intrinsics are not stable Rust), `bf16` with
+//! widening shifts and the same round-to-nearest-even integer arithmetic as
+//! [`f32_to_bf16`]. Every path gives identical bits.
 
 use crate::ew::{map1, Src};
 use crate::isa::{self, Isa};
@@ -93,6 +97,10 @@ pub fn f16_to_f32_slice(src: &[f16], dst: &mut [f32]) {
         Isa::Avx512 => unsafe { x86::f16_to_f32_avx512(src, dst) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::f16_to_f32_avx2(src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe {
+            neon::f16_to_f32(src.as_ptr() as *const u16, dst.len(), dst.as_mut_ptr())
+        },
         _ => {
             for (d, s) in dst.iter_mut().zip(src) {
                 *d = f16_to_f32(s.to_bits());
@@ -112,6 +120,10 @@ pub fn f32_to_f16_slice(src: &[f32], dst: &mut [f16]) {
         Isa::Avx512 => unsafe { x86::f32_to_f16_avx512(src, dst) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::f32_to_f16_avx2(src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe {
+            neon::f32_to_f16(src.as_ptr(), dst.len(), dst.as_mut_ptr() as *mut u16)
+        },
         _ => {
             for (d, s) in dst.iter_mut().zip(src) {
                 *d = f16::from_bits(f32_to_f16(*s));
@@ -122,14 +134,156 @@ pub fn f32_to_f16_slice(src: &[f32], dst: &mut [f16]) {
 
 /// `dst[i] = src[i]` as `f32`. Precondition: `src.len() >= dst.len()`.
 pub fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
+    #[cfg(target_arch = "aarch64")]
+    if isa::active() == Isa::Neon {
+        let n = dst.len();
+        assert!(src.len() >= n, "bf16_to_f32_slice: src shorter than dst");
+        // SAFETY: `active` only returns levels the CPU supports; both ranges hold n elements.
+        unsafe { neon::bf16_to_f32(src.as_ptr() as *const u16, n, dst.as_mut_ptr()) };
+        return;
+    }
     map1(Src::Full(src), dst, |x: bf16| bf16_to_f32(x.to_bits()));
 }
 
 /// `dst[i] = src[i]` rounded to `bf16` (nearest even). Precondition: `src.len() >= dst.len()`.
 pub fn f32_to_bf16_slice(src: &[f32], dst: &mut [bf16]) {
+    #[cfg(target_arch = "aarch64")]
+    if isa::active() == Isa::Neon {
+        let n = dst.len();
+        assert!(src.len() >= n, "f32_to_bf16_slice: src shorter than dst");
+        // SAFETY: `active` only returns levels the CPU supports; both ranges hold n elements.
+        unsafe { neon::f32_to_bf16(src.as_ptr(), n, dst.as_mut_ptr() as *mut u16) };
+        return;
+    }
     map1(Src::Full(src), dst, |x: f32| {
         bf16::from_bits(f32_to_bf16(x))
     });
+}
+
+/// NEON converters over raw ranges (also what the aarch64 GEMM packs with). Each converts `n`
+/// elements, 8 lanes at a time, the tail with the element functions above (same bits).
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    /// `dst[i] = f16 bits src[i]` as f32, `i < n`.
+    ///
+    /// # Safety
+    /// NEON available; `src` readable and `dst` writable for `n` elements.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn f16_to_f32(src: *const u16, n: usize, dst: *mut f32) {
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = vld1q_u16(src.add(i));
+            let lo: float32x4_t;
+            let hi: float32x4_t;
+            asm!(
+                "fcvtl {lo:v}.4s, {h:v}.4h",
+                "fcvtl2 {hi:v}.4s, {h:v}.8h",
+                h = in(vreg) h,
+                lo = out(vreg) lo,
+                hi = out(vreg) hi,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            vst1q_f32(dst.add(i), lo);
+            vst1q_f32(dst.add(i + 4), hi);
+            i += 8;
+        }
+        while i < n {
+            *dst.add(i) = super::f16_to_f32(*src.add(i));
+            i += 1;
+        }
+    }
+
+    /// `dst[i] = src[i]` rounded to f16 bits (nearest even: the FPCR default), `i < n`.
+    ///
+    /// # Safety
+    /// NEON available; `src` readable and `dst` writable for `n` elements.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn f32_to_f16(src: *const f32, n: usize, dst: *mut u16) {
+        let mut i = 0;
+        while i + 8 <= n {
+            let lo = vld1q_f32(src.add(i));
+            let hi = vld1q_f32(src.add(i + 4));
+            let mut h: uint16x8_t = vdupq_n_u16(0);
+            asm!(
+                "fcvtn {h:v}.4h, {lo:v}.4s",
+                "fcvtn2 {h:v}.8h, {hi:v}.4s",
+                h = inout(vreg) h,
+                lo = in(vreg) lo,
+                hi = in(vreg) hi,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            vst1q_u16(dst.add(i), h);
+            i += 8;
+        }
+        while i < n {
+            *dst.add(i) = super::f32_to_f16(*src.add(i));
+            i += 1;
+        }
+    }
+
+    /// `dst[i] = bf16 bits src[i]` as f32 (NaNs get the quiet bit), `i < n`.
+    ///
+    /// # Safety
+    /// NEON available; `src` readable and `dst` writable for `n` elements.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn bf16_to_f32(src: *const u16, n: usize, dst: *mut f32) {
+        let abs = vdupq_n_u32(0x7fff_0000);
+        let inf = vdupq_n_u32(0x7f80_0000);
+        let quiet = vdupq_n_u32(0x0040_0000);
+        let widen = |w: uint32x4_t| {
+            let nan = vcgtq_u32(vandq_u32(w, abs), inf);
+            vreinterpretq_f32_u32(vorrq_u32(w, vandq_u32(nan, quiet)))
+        };
+        let mut i = 0;
+        while i + 8 <= n {
+            let h = vld1q_u16(src.add(i));
+            vst1q_f32(dst.add(i), widen(vshll_n_u16::<16>(vget_low_u16(h))));
+            vst1q_f32(dst.add(i + 4), widen(vshll_high_n_u16::<16>(h)));
+            i += 8;
+        }
+        while i < n {
+            *dst.add(i) = super::bf16_to_f32(*src.add(i));
+            i += 1;
+        }
+    }
+
+    /// `dst[i] = src[i]` rounded to bf16 bits (nearest even; NaN stays NaN, quiet), `i < n`.
+    ///
+    /// # Safety
+    /// NEON available; `src` readable and `dst` writable for `n` elements.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn f32_to_bf16(src: *const f32, n: usize, dst: *mut u16) {
+        let abs = vdupq_n_u32(0x7fff_ffff);
+        let inf = vdupq_n_u32(0x7f80_0000);
+        let half = vdupq_n_u32(0x7fff);
+        let one = vdupq_n_u32(1);
+        let quiet = vdupq_n_u32(0x40);
+        let narrow = |x: uint32x4_t| {
+            let nan = vcgtq_u32(vandq_u32(x, abs), inf);
+            let odd = vandq_u32(vshrq_n_u32::<16>(x), one);
+            let rounded = vshrq_n_u32::<16>(vaddq_u32(vaddq_u32(x, half), odd));
+            let quieted = vorrq_u32(vshrq_n_u32::<16>(x), quiet);
+            vmovn_u32(vbslq_u32(nan, quieted, rounded))
+        };
+        let mut i = 0;
+        while i + 8 <= n {
+            let lo = narrow(vreinterpretq_u32_f32(vld1q_f32(src.add(i))));
+            let hi = narrow(vreinterpretq_u32_f32(vld1q_f32(src.add(i + 4))));
+            vst1q_u16(dst.add(i), vcombine_u16(lo, hi));
+            i += 8;
+        }
+        while i < n {
+            *dst.add(i) = super::f32_to_bf16(*src.add(i));
+            i += 1;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -1,18 +1,27 @@
 //! Run-time instruction-set selection shared by every multiversioned kernel.
 //!
-//! Each kernel is compiled three times — an AVX-512 copy, an AVX2+FMA copy and a baseline
-//! ("scalar", i.e. plain x86-64 / any other architecture) copy — and picks one per call with
-//! [`active`]. The CPU is probed once ([`detected`], cached in an atomic); tests force a path with
+//! On x86-64 each kernel is compiled three times — an AVX-512 copy, an AVX2+FMA copy and a
+//! baseline ("scalar", i.e. plain x86-64) copy — and picks one per call with [`active`]. On
+//! aarch64 the levels are [`Isa::Neon`] and the baseline: the hand-written NEON kernels (the GEMM
+//! microkernel and GEMV, the narrow-float conversions) run on `Neon`, their portable versions on
+//! the baseline; the auto-vectorized drivers (`ew`, `prog`, `rows`) have one copy there, the
+//! baseline one, which rustc already compiles with NEON (Advanced SIMD is part of the aarch64
+//! baseline, so a second `target_feature` copy would be the same code). The CPU is probed once
+//! ([`detected`], cached in an atomic); tests force a path with
 //! [`with_isa`], which is thread-local and never selects an ISA the CPU lacks.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// An instruction-set level a kernel can be compiled for. Ordered: `Scalar < Avx2 < Avx512`.
+/// An instruction-set level a kernel can be compiled for. Ordered: `Scalar < Neon < Avx2 <
+/// Avx512`; [`Isa::Neon`] exists on aarch64 only, the AVX levels on x86-64 only (each is simply
+/// never [`Isa::supported`] on the other architecture).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// Baseline code: no target features beyond the compile target's defaults. Always available.
     Scalar,
+    /// aarch64 with `neon` (Advanced SIMD: 128-bit vectors, FMA, f16 conversions).
+    Neon,
     /// x86-64 with `avx2,fma,f16c`.
     Avx2,
     /// x86-64 with `avx512f,avx512bw,avx512vl,avx512dq` plus the AVX2 set.
@@ -21,11 +30,15 @@ pub enum Isa {
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512];
 
     /// True when this CPU can run code compiled for `self`.
     pub fn supported(self) -> bool {
-        self <= detected()
+        let neon = self == Isa::Neon;
+        let x86 = !neon && self != Isa::Scalar;
+        let arch_ok =
+            (!neon || cfg!(target_arch = "aarch64")) && (!x86 || cfg!(target_arch = "x86_64"));
+        arch_ok && self <= detected()
     }
 
     /// The levels this CPU supports, lowest first (always starts with [`Isa::Scalar`]).
@@ -38,6 +51,7 @@ impl Isa {
             Isa::Scalar => 1,
             Isa::Avx2 => 2,
             Isa::Avx512 => 3,
+            Isa::Neon => 4,
         }
     }
 
@@ -46,6 +60,7 @@ impl Isa {
             1 => Some(Isa::Scalar),
             2 => Some(Isa::Avx2),
             3 => Some(Isa::Avx512),
+            4 => Some(Isa::Neon),
             _ => None,
         }
     }
@@ -78,7 +93,16 @@ fn probe() -> Isa {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn probe() -> Isa {
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        Isa::Neon
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn probe() -> Isa {
     Isa::Scalar
 }
@@ -107,7 +131,8 @@ pub fn active() -> Isa {
 }
 
 /// Runs `f` with kernels on this thread forced to `isa`, clamped to what the CPU supports (asking
-/// for AVX-512 on an AVX2 machine runs AVX2), and returns its result. Nests; the previous choice
+/// for AVX-512 on an AVX2 machine runs AVX2, on an aarch64 machine NEON; asking for NEON on
+/// x86-64 runs the baseline copy), and returns its result. Nests; the previous choice
 /// is restored afterwards, also when `f` panics. Meant for tests and benchmarks.
 pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     struct Restore(u8);
@@ -117,7 +142,11 @@ pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
             FORCED.with(|c| c.set(v));
         }
     }
-    let eff = isa.min(detected());
+    let eff = Isa::ALL
+        .into_iter()
+        .rev()
+        .find(|&i| i <= isa && i.supported())
+        .unwrap_or(Isa::Scalar);
     let _restore = Restore(FORCED.with(|c| c.replace(eff.to_u8())));
     f()
 }
@@ -138,5 +167,17 @@ mod tests {
         assert_eq!(active(), d);
         assert!(Isa::Scalar.supported());
         assert_eq!(Isa::available().next(), Some(Isa::Scalar));
+        // the other architecture's levels are never available, and forcing one clamps
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(!Isa::Neon.supported());
+            with_isa(Isa::Neon, || assert_eq!(active(), Isa::Scalar));
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert_eq!(d, Isa::Neon);
+            assert!(!Isa::Avx2.supported() && !Isa::Avx512.supported());
+            with_isa(Isa::Avx2, || assert_eq!(active(), Isa::Neon));
+        }
     }
 }

@@ -8,6 +8,8 @@ pub mod cvt;
 pub mod ew;
 pub mod gemm;
 pub mod isa;
+#[cfg(test)]
+mod isa_paths;
 pub mod linalg;
 pub mod memplan;
 pub mod prog;

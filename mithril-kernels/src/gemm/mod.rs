@@ -9,6 +9,10 @@
 //! | `bf16` | 12×32 `vdpbf16ps` on k-pairs (AVX512_BF16), else f32 packs | f32 packs | f32 packs |
 //! | `f16` | f32 packs (`vcvtph2ps`), f32 kernel | f32 packs (F16C) | f32 packs |
 //!
+//! On aarch64 ([`Isa::Neon`]): `f32` an 8×12 NEON `fmla`-by-lane kernel, `f16`/`bf16` f32 packs
+//! (`fcvtl` / widening shifts) and the same kernel, `f64` the portable 4×8 kernel; GEMV with
+//! fused multiply-adds; no small-matrix path (small products take the packed one).
+//!
 //! `f16`/`bf16` are stored narrow and accumulate in `f32` (partial sums over K blocks stay in
 //! `f32`, in a scratch buffer); `f32`/`f64` accumulate in their own type.
 //!
@@ -41,6 +45,8 @@
 mod buf;
 mod driver;
 mod gemv;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod pool;
 mod scalar;
 #[cfg(test)]
@@ -59,6 +65,9 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable code (any CPU, any architecture).
     Scalar,
+    /// aarch64 NEON (Advanced SIMD). Never chosen on x86-64 (forcing it there runs
+    /// [`Isa::Scalar`]); the x86 variants are never chosen on aarch64.
+    Neon,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
     /// x86-64 AVX-512 F/VL/BW/DQ (+ FMA, F16C).
@@ -69,7 +78,32 @@ pub enum Isa {
 
 impl Isa {
     /// Every variant, scalar first.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Neon,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Bf16,
+    ];
+
+    /// True when this CPU can run `self` (the architecture matches and [`detected_isa`] is at
+    /// least `self`).
+    pub fn supported(self) -> bool {
+        let neon = self == Isa::Neon;
+        let x86 = !neon && self != Isa::Scalar;
+        let arch_ok =
+            (!neon || cfg!(target_arch = "aarch64")) && (!x86 || cfg!(target_arch = "x86_64"));
+        arch_ok && self <= detected_isa()
+    }
+
+    /// The best supported ISA at most `self` (what forcing `self` runs).
+    fn clamp(self) -> Isa {
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|&i| i <= self && i.supported())
+            .unwrap_or(Isa::Scalar)
+    }
 }
 
 /// The best ISA this CPU supports (detected once, then cached).
@@ -94,6 +128,10 @@ fn detect() -> Isa {
         if avx2 {
             return Isa::Avx2;
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return Isa::Neon;
     }
     Isa::Scalar
 }
@@ -581,14 +619,14 @@ fn gemm_impl<T: GemmElem, E>(
 
     let budget = cfg.threads.unwrap_or_else(num_threads_for_call).max(1);
     LAST_THREADS.with(|c| c.set(budget));
-    let best = detected_isa();
     // Default: the crate-wide choice (so `crate::isa::with_isa` forcing applies here too).
     let shared = match crate::isa::active() {
         crate::isa::Isa::Scalar => Isa::Scalar,
+        crate::isa::Isa::Neon => Isa::Neon,
         crate::isa::Isa::Avx2 => Isa::Avx2,
         crate::isa::Isa::Avx512 => Isa::Avx512Bf16,
     };
-    let isa = cfg.isa.unwrap_or(shared).min(best);
+    let isa = cfg.isa.unwrap_or(shared).clamp();
     let args = Args::<T> {
         m,
         n,
@@ -700,6 +738,11 @@ macro_rules! dispatch {
                     <$t as x86::X86>::packed(isa, args, epi);
                     return;
                 }
+                #[cfg(target_arch = "aarch64")]
+                if isa == Isa::Neon {
+                    <$t as neon::Neon>::packed(args, epi);
+                    return;
+                }
                 let _ = isa;
                 scalar::packed(args, epi);
             }
@@ -711,6 +754,11 @@ macro_rules! dispatch {
                 #[cfg(target_arch = "x86_64")]
                 if isa >= Isa::Avx2 {
                     <$t as x86::X86>::gemv(isa, args, epi);
+                    return;
+                }
+                #[cfg(target_arch = "aarch64")]
+                if isa == Isa::Neon {
+                    <$t as neon::Neon>::gemv(args, epi);
                     return;
                 }
                 let _ = isa;
@@ -738,13 +786,17 @@ macro_rules! dispatch {
 fn tile32(isa: Isa) -> (usize, usize) {
     match isa {
         Isa::Scalar => (scalar::MR, scalar::NR),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => (neon::MR, neon::NR),
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Neon => (scalar::MR, scalar::NR),
         Isa::Avx2 => (6, 16),
         _ => (12, 32),
     }
 }
 fn tile64(isa: Isa) -> (usize, usize) {
     match isa {
-        Isa::Scalar => (scalar::MR, scalar::NR),
+        Isa::Scalar | Isa::Neon => (scalar::MR, scalar::NR),
         Isa::Avx2 => (6, 8),
         _ => (12, 16),
     }

@@ -175,7 +175,7 @@ fn isas() -> Vec<Isa> {
     Isa::ALL
         .iter()
         .copied()
-        .filter(|&i| i <= detected_isa())
+        .filter(|&i| i.supported())
         .collect()
 }
 

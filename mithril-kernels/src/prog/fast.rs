@@ -7,6 +7,8 @@
 
 use super::{src_len, Arg, Dom, EwOp, Ins, Mode, Out, Reg, St};
 use crate::ew::{Src, CH};
+// `Isa` names only the x86 arms: on aarch64 the baseline copy is the NEON one (see `isa`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::isa::{self, Isa};
 use crate::scalar::{self as s, Num};
 use crate::vmath;

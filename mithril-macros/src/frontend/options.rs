@@ -35,6 +35,44 @@ pub struct CudaOptions {
     pub cache_dir: Option<String>,
 }
 
+/// `mobile: { platform, arch, quantization, optimize_size }` (with `target_hardware: "mobile"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MobileOptions {
+    /// `platform: android` (`aarch64-linux-android`, the default) or `linux`
+    /// (`aarch64-unknown-linux-gnu`).
+    pub android: bool,
+    /// `optimize_size: true`: only the plan form of the model (no per-op Rust: `static_shapes`
+    /// is rejected).
+    pub optimize_size: bool,
+}
+
+impl Default for MobileOptions {
+    fn default() -> Self {
+        MobileOptions {
+            android: true,
+            optimize_size: false,
+        }
+    }
+}
+
+impl MobileOptions {
+    /// What the generated `M::MOBILE` says: platform, ABI and Rust target, settings.
+    pub fn describe(&self) -> String {
+        let (platform, triple) = if self.android {
+            ("android", "aarch64-linux-android")
+        } else {
+            ("linux", "aarch64-unknown-linux-gnu")
+        };
+        format!(
+            "{platform} arm64-v8a ({triple}), quantization none, optimize_size {}",
+            self.optimize_size
+        )
+    }
+}
+
+/// Every supported `mobile` combination, for the errors.
+const MOBILE_SUPPORTED: &str = "the supported combinations are `platform: android | linux`, `arch: \"arm64-v8a\"`, `quantization: none`, `optimize_size: true | false`, on `backend: cpu`";
+
 /// `optimize_for: latency | throughput`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OptimizeFor {
@@ -76,6 +114,8 @@ pub struct Options {
     pub target_hardware: Option<String>,
     /// `optimize_for: latency | throughput`.
     pub optimize_for: OptimizeFor,
+    /// `target_hardware: "mobile"` and its `mobile: { ... }` settings.
+    pub mobile: Option<MobileOptions>,
     /// `backend_map`: submodel instances placed on another backend than `backend`.
     pub backend_map: Vec<BackendEntry>,
     pub shapes: BTreeMap<String, (Vec<Option<u64>>, Span)>,
@@ -162,6 +202,7 @@ impl Default for Options {
             },
             target_hardware: None,
             optimize_for: OptimizeFor::Latency,
+            mobile: None,
             backend_map: Vec::new(),
             shapes: BTreeMap::new(),
             static_shapes: false,
@@ -214,6 +255,7 @@ pub const NAMES: &[&str] = &[
     "cache_dir",
     "target_hardware",
     "optimize_for",
+    "mobile",
     "backend_map",
     "verbose",
     "trace_shapes",
@@ -232,6 +274,9 @@ pub enum Target {
     /// A CPU: `backend: cpu`. Validation only — the CPU kernels choose their instruction set at
     /// run time (AVX-512 / AVX2 / scalar), so the name changes no generated code.
     Cpu,
+    /// `"mobile"`: an arm64-v8a (aarch64) phone or board, `backend: cpu`, settings in
+    /// `mobile: { ... }`.
+    Mobile,
 }
 
 /// Every supported `target_hardware` name.
@@ -257,6 +302,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("zen4", Target::Cpu),
     ("zen5", Target::Cpu),
     ("sapphire_rapids", Target::Cpu),
+    ("mobile", Target::Mobile),
 ];
 
 /// The architectures NVRTC 13 compiles for (`sm_75` and newer).
@@ -372,6 +418,7 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
             o.cuda.cache_dir = Some(resolve_dir(&d));
         }
         "target_hardware" => opt_target_hardware(o, v)?,
+        "mobile" => opt_mobile(o, v)?,
         "cuda" => opt_cuda(o, v)?,
         "dtype" => {
             let t = as_dtype(v, "dtype")?;
@@ -494,6 +541,78 @@ fn opt_target_hardware(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> 
         ));
     }
     o.target_hardware = Some(name);
+    Ok(())
+}
+
+/// An option value as the user wrote it, for messages.
+fn opt_text(v: &OptValue) -> String {
+    match v {
+        OptValue::Ident(i) => i.to_string(),
+        OptValue::Lit(syn::Lit::Str(s)) => s.value(),
+        OptValue::Lit(l) => quote::ToTokens::to_token_stream(l).to_string(),
+        OptValue::Underscore(_) => "_".to_string(),
+        OptValue::List(..) => "a list".to_string(),
+        OptValue::Map(..) => "a map".to_string(),
+    }
+}
+
+/// Reads the `mobile` option: platform, arch, quantization, optimize_size (checked against
+/// `target_hardware` in [`cross_check`]).
+fn opt_mobile(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
+    let usage = "`mobile` takes `{ platform: android | linux, arch: \"arm64-v8a\", quantization: none, optimize_size: bool }`";
+    let OptValue::Map(entries, _) = v else {
+        return Err(e(v.span(), usage));
+    };
+    let mut m = MobileOptions::default();
+    for (k, val) in entries {
+        match k.to_string().as_str() {
+            "platform" => match val {
+                OptValue::Ident(i) if i == "android" => m.android = true,
+                OptValue::Ident(i) if i == "linux" => m.android = false,
+                other => {
+                    return Err(e(
+                        other.span(),
+                        format!("unsupported mobile `platform` `{}`; {MOBILE_SUPPORTED}", opt_text(other)),
+                    ))
+                }
+            },
+            "arch" => {
+                let a = match val {
+                    OptValue::Lit(syn::Lit::Str(s)) => s.value(),
+                    other => opt_text(other),
+                };
+                if a != "arm64-v8a" {
+                    return Err(e(
+                        val.span(),
+                        format!("unsupported mobile `arch` \"{a}\" (only the 64-bit ARM ABI, aarch64, has kernels); {MOBILE_SUPPORTED}"),
+                    ));
+                }
+            }
+            "quantization" => match val {
+                OptValue::Ident(i) if i == "none" => {}
+                OptValue::Ident(i) if i == "int8" => {
+                    return Err(e(
+                        i.span(),
+                        format!("`quantization: int8` is not supported on the mobile target yet (the int8 kernels are x86 only so far); {MOBILE_SUPPORTED}"),
+                    ))
+                }
+                other => {
+                    return Err(e(
+                        other.span(),
+                        format!("unsupported mobile `quantization` `{}`; {MOBILE_SUPPORTED}", opt_text(other)),
+                    ))
+                }
+            },
+            "optimize_size" => m.optimize_size = as_bool(val, "optimize_size")?,
+            other => {
+                return Err(e(
+                    k.span(),
+                    format!("unknown `mobile` setting `{other}`; {usage}"),
+                ))
+            }
+        }
+    }
+    o.mobile = Some(m);
     Ok(())
 }
 
@@ -777,11 +896,32 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
                     _ => o.cuda.arch = Some(arch.to_string()),
                 }
             }
+            Some(Target::Mobile) => {
+                if o.backend_cuda || o.backend_map.iter().any(|b| b.cuda) {
+                    errors.push(e(v.span(), format!("`target_hardware: \"mobile\"` runs on the phone's CPU, but this model puts ops on `cuda`; {MOBILE_SUPPORTED}")));
+                    return;
+                }
+                let m = o.mobile.get_or_insert_with(MobileOptions::default);
+                if m.optimize_size && o.static_shapes {
+                    let (k2, _) = find("static_shapes").expect("static_shapes was given");
+                    errors.push(e(k2.span(), format!("`optimize_size: true` generates the model's plan form only, but `static_shapes: true` asks for per-op Rust (larger code); give one of them; {MOBILE_SUPPORTED}")));
+                    return;
+                }
+            }
             Some(Target::Cpu) if o.backend_cuda => {
                 errors.push(e(v.span(), format!("`target_hardware: \"{t}\"` is a CPU, but this model has `backend: cuda`; use an NVIDIA target (\"nvidia_h100\", ...) or `backend: cpu`")));
                 return;
             }
             _ => {}
+        }
+    }
+    if o.target_hardware.as_deref() != Some("mobile") {
+        if let Some((k, _)) = find("mobile") {
+            errors.push(e(
+                k.span(),
+                "`mobile` configures the mobile target; add `target_hardware: \"mobile\"`",
+            ));
+            return;
         }
     }
     if !o.backend_cuda && !o.backend_map.iter().any(|b| b.cuda) {

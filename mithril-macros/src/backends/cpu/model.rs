@@ -191,7 +191,14 @@ impl Gen<'_> {
         let model = name.to_string();
         let ws_init = self.ws_init();
         let optimize_for = self.inp.optimize_for.name();
+<<<<<<< HEAD
         let (inspect_fields, _) = self.inspect_fields();
+=======
+        let mobile = match &self.inp.mobile {
+            Some(m) => quote!(::std::option::Option::Some(#m)),
+            None => quote!(::std::option::Option::None),
+        };
+>>>>>>> neon
         (
             quote! {
                 #[doc = #doc]
@@ -224,6 +231,10 @@ impl Gen<'_> {
                 /// `optimize_for` as compiled: `"latency"` (a call's matrix products may use
                 /// every core) or `"throughput"` (each call runs on its calling thread).
                 pub const OPTIMIZE_FOR: &'static str = #optimize_for;
+
+                /// `target_hardware: "mobile"` as compiled: platform, ABI (Rust target) and
+                /// settings; `None` for other targets.
+                pub const MOBILE: ::std::option::Option<&'static str> = #mobile;
 
                 /// Create the physical model (CPU). Its planned memory is allocated at the first
                 /// call for each input shape.
