@@ -417,12 +417,9 @@ fn compile_one(
         max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
         optimize_for: opts.optimize_for,
         cuda: opts.mixed().then_some(&opts.cuda),
-<<<<<<< HEAD
         inspect: &opts.inspect,
         intermediates: int_graph.as_ref().map(|(g, names)| (g, names.as_slice())),
-=======
         mobile: opts.mobile.as_ref().map(|m| m.describe()),
->>>>>>> neon
     };
     // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
     // lowering of `backends::cuda` for the ops placed on cuda

@@ -33,16 +33,13 @@ pub struct CodegenInput<'a> {
     pub optimize_for: crate::options::OptimizeFor,
     /// A mixed model (`backend_map` with ops on cuda): its CUDA settings.
     pub cuda: Option<&'a crate::options::CudaOptions>,
-<<<<<<< HEAD
     /// Run-time instrumentation (`profile`, `code_transformers`, `save_intermediates`).
     pub inspect: &'a crate::options::Inspect,
     /// `save_intermediates: true`: the graph of `evaluate_with_intermediates` (the forward
     /// graph with the named values as extra outputs) and those values' names.
     pub intermediates: Option<(&'a crate::ir::Graph, &'a [String])>,
-=======
     /// `target_hardware: "mobile"`: its description (`M::MOBILE`).
     pub mobile: Option<String>,
->>>>>>> neon
 }
 
 /// The local holding node `id`'s value: `vN` (one name source, so hygiene never bites).

@@ -191,14 +191,11 @@ impl Gen<'_> {
         let model = name.to_string();
         let ws_init = self.ws_init();
         let optimize_for = self.inp.optimize_for.name();
-<<<<<<< HEAD
         let (inspect_fields, _) = self.inspect_fields();
-=======
         let mobile = match &self.inp.mobile {
             Some(m) => quote!(::std::option::Option::Some(#m)),
             None => quote!(::std::option::Option::None),
         };
->>>>>>> neon
         (
             quote! {
                 #[doc = #doc]
