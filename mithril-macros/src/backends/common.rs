@@ -33,6 +33,8 @@ pub struct CodegenInput<'a> {
     pub optimize_for: crate::options::OptimizeFor,
     /// A mixed model (`backend_map` with ops on cuda): its CUDA settings.
     pub cuda: Option<&'a crate::options::CudaOptions>,
+    /// `cpu: { threads, simd, deterministic }` and `donate` (CPU models).
+    pub render: &'a crate::options::render::RenderOptions,
 }
 
 /// The local holding node `id`'s value: `vN` (one name source, so hygiene never bites).

@@ -7,6 +7,8 @@ use proc_macro2::Span;
 use std::collections::BTreeMap;
 use syn::Ident;
 
+pub mod render;
+
 /// Graph dump formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DumpFormat {
@@ -112,6 +114,8 @@ pub struct Options {
     /// `trace_shapes: true`: the shape-inference trace (`M::SHAPE_TRACE`) and the symbols bound
     /// by the last call (`last_symbols`).
     pub trace_shapes: bool,
+    /// `visualize`, `viz_options`, `template_path`, `cpu`, `donate` (see [`render`]).
+    pub render: render::RenderOptions,
 }
 
 impl Options {
@@ -153,6 +157,7 @@ impl Default for Options {
             checkpoint_segments: None,
             verbose: false,
             trace_shapes: false,
+            render: render::RenderOptions::default(),
         }
     }
 }
@@ -185,6 +190,11 @@ pub const NAMES: &[&str] = &[
     "backend_map",
     "verbose",
     "trace_shapes",
+    "visualize",
+    "viz_options",
+    "template_path",
+    "cpu",
+    "donate",
 ];
 
 /// What a `target_hardware` name selects.
@@ -352,6 +362,7 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
         "inference" => o.inference = as_bool(v, "inference")?,
         "verbose" => o.verbose = as_bool(v, "verbose")?,
         "trace_shapes" => o.trace_shapes = as_bool(v, "trace_shapes")?,
+        k if render::NAMES.contains(&k) => render::option(&mut o.render, k, v)?,
         "dynamic_control_flow" => o.dynamic_control_flow = as_bool(v, "dynamic_control_flow")?,
         "memory_planning" => match v {
             OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,
@@ -749,6 +760,7 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
             }
         }
     }
+    render::cross_check(o, &|n| find(n).map(|(k, _)| k.span()), errors);
     if o.cuda.tf32 && o.cuda.amp {
         if let Some((k, _)) = find("cuda") {
             errors.push(e(k.span(), "`tf32: true` and `amp: true` both choose how f32 matrix products compute; give one of them"));
