@@ -4,7 +4,7 @@
 //! is an `Err`, results are bitwise the same for every thread count, and a donated input's
 //! buffer becomes an output's (same data pointer) when nothing reads the input afterwards.
 
-use mithril::ndarray::{Array1, Array2};
+use mithril::ndarray::{self as ndarray, Array1, Array2};
 use mithril::prelude::*;
 use mithril::rt::isa::{self, Isa};
 use mithril::rt::threads::{self, GemmIsa};
@@ -53,38 +53,34 @@ fn x(rows: usize) -> Array2<f32> {
     })
 }
 
-/// The same params for every compilation of `Wide` (they share the layout).
-fn params() -> WideParams {
-    Wide::new().unwrap().randomize_params(7)
-}
-
-/// `relu(x W1^T + b1) W2^T + b2` in f64, naively.
-fn reference(p: &WideParams, x: &Array2<f32>) -> Array2<f64> {
-    let lin = |a: &Array2<f64>, w: &Array2<f32>, b: &Array1<f32>| {
-        Array2::from_shape_fn((a.nrows(), w.nrows()), |(i, o)| {
+/// `relu(x W1^T + b1) W2^T + b2` in f64, naively (`w`: the two layers' weights and biases).
+fn reference(w: [&ndarray::ArrayD<f32>; 4], x: &Array2<f32>) -> Array2<f64> {
+    let lin = |a: &Array2<f64>, w: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>| {
+        Array2::from_shape_fn((a.nrows(), w.shape()[0]), |(i, o)| {
             (0..a.ncols())
                 .map(|k| a[[i, k]] * w[[o, k]] as f64)
                 .sum::<f64>()
-                + b[o] as f64
+                + b[[o]] as f64
         })
     };
-    let h = lin(&x.mapv(|v| v as f64), &p.linear_0.weight, &p.linear_0.bias).mapv(|v| v.max(0.0));
-    lin(&h, &p.linear_1.weight, &p.linear_1.bias)
+    let h = lin(&x.mapv(|v| v as f64), w[0], w[1]).mapv(|v| v.max(0.0));
+    lin(&h, w[2], w[3])
 }
 
 #[test]
 fn threads_caps_each_call_and_results_do_not_depend_on_it() {
-    let p = params();
     // 192 rows: both GEMMs are above the size at which the kernels split over threads
     let x = x(192);
     let one = WideOne::new().unwrap();
+    let p = one.randomize_params(7);
     let a = one.evaluate(&p, WideOneInputs { x: x.view() }).unwrap();
     assert_eq!(threads::last_call_threads(), 1);
     // the cap ends with the call
     assert_eq!(threads::num_threads_for_call(), threads::num_threads());
 
     let two = WideTwo::new().unwrap();
-    let b = two.evaluate(&p, WideTwoInputs { x: x.view() }).unwrap();
+    let p2 = two.randomize_params(7);
+    let b = two.evaluate(&p2, WideTwoInputs { x: x.view() }).unwrap();
     assert_eq!(threads::last_call_threads(), 2.min(threads::num_threads()));
     assert_eq!(WideOne::CPU_THREADS, Some(1));
     assert_eq!(WideTwo::CPU_THREADS, Some(2));
@@ -92,14 +88,22 @@ fn threads_caps_each_call_and_results_do_not_depend_on_it() {
 
     // the default (every core) as well
     let all = Wide::new().unwrap();
-    let c = all.evaluate(&p, WideInputs { x: x.view() }).unwrap();
+    let c = all
+        .evaluate(&all.randomize_params(7), WideInputs { x: x.view() })
+        .unwrap();
     assert_eq!(threads::last_call_threads(), threads::num_threads());
 
     // bitwise the same for every thread count (the kernels split rows or columns, never k)
     assert_eq!(a.y, b.y);
     assert_eq!(a.y, c.y);
     // and right
-    let want = reference(&p, &x);
+    let d = |a: &Array2<f32>| a.clone().into_dyn();
+    let b1 = p.linear_0.bias.clone().into_dyn();
+    let b2 = p.linear_1.bias.clone().into_dyn();
+    let want = reference(
+        [&d(&p.linear_0.weight), &b1, &d(&p.linear_1.weight), &b2],
+        &x,
+    );
     for (g, w) in a.y.iter().zip(want.iter()) {
         assert!(
             (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
@@ -117,7 +121,11 @@ fn threads_caps_each_call_and_results_do_not_depend_on_it() {
     assert_eq!(threads::last_call_threads(), 1);
     let s = seeds();
     let (_, g2) = two
-        .evaluate_gradients(&p, WideTwoInputs { x: x.view() }, WideTwoOutputs { y: s.y })
+        .evaluate_gradients(
+            &p2,
+            WideTwoInputs { x: x.view() },
+            WideTwoOutputs { y: s.y },
+        )
         .unwrap();
     assert_eq!(g1.linear_0.weight, g2.linear_0.weight);
     assert_eq!(g1.linear_1.bias, g2.linear_1.bias);
@@ -125,15 +133,16 @@ fn threads_caps_each_call_and_results_do_not_depend_on_it() {
 
 #[test]
 fn simd_forces_the_kernels_instruction_set_for_the_call() {
-    let p = params();
     let x = x(64);
-    let want = Wide::new()
-        .unwrap()
-        .evaluate(&p, WideInputs { x: x.view() })
+    let w = Wide::new().unwrap();
+    let want = w
+        .evaluate(&w.randomize_params(7), WideInputs { x: x.view() })
         .unwrap();
 
     let m = WideScalar::new().unwrap();
-    let got = m.evaluate(&p, WideScalarInputs { x: x.view() }).unwrap();
+    let got = m
+        .evaluate(&m.randomize_params(7), WideScalarInputs { x: x.view() })
+        .unwrap();
     assert_eq!(threads::last_call_isa(), Some(GemmIsa::Scalar));
     // the choice ends with the call
     assert_eq!(isa::active(), isa::detected());
@@ -145,26 +154,27 @@ fn simd_forces_the_kernels_instruction_set_for_the_call() {
 
     if Isa::Avx2.supported() {
         let m = WideAvx2::new().unwrap();
-        m.evaluate(&p, WideAvx2Inputs { x: x.view() }).unwrap();
+        m.evaluate(&m.randomize_params(7), WideAvx2Inputs { x: x.view() })
+            .unwrap();
         assert_eq!(threads::last_call_isa(), Some(GemmIsa::Avx2));
     }
     if Isa::Avx512.supported() {
         let m = WideAvx512::new().unwrap();
-        m.evaluate(&p, WideAvx512Inputs { x: x.view() }).unwrap();
+        m.evaluate(&m.randomize_params(7), WideAvx512Inputs { x: x.view() })
+            .unwrap();
         assert!(threads::last_call_isa() >= Some(GemmIsa::Avx512));
     }
 }
 
 #[test]
 fn simd_the_thread_may_not_run_is_an_error_not_a_crash() {
-    let p = params();
     let x = x(8);
     // `with_isa` stands in for a CPU without AVX2 (on a real one, `new` and the call are the
     // same code: the level is checked at each call)
     isa::with_isa(Isa::Scalar, || {
         let m = WideAvx2::new().unwrap();
         let e = m
-            .evaluate(&p, WideAvx2Inputs { x: x.view() })
+            .evaluate(&m.randomize_params(7), WideAvx2Inputs { x: x.view() })
             .unwrap_err()
             .to_string();
         assert!(
@@ -172,15 +182,14 @@ fn simd_the_thread_may_not_run_is_an_error_not_a_crash() {
             "{e}"
         );
         // the scalar model still runs there
-        WideScalar::new()
-            .unwrap()
-            .evaluate(&p, WideScalarInputs { x: x.view() })
+        let s = WideScalar::new().unwrap();
+        s.evaluate(&s.randomize_params(7), WideScalarInputs { x: x.view() })
             .unwrap();
     });
     if !Isa::Avx512.supported() {
-        let e = WideAvx512::new()
-            .unwrap()
-            .evaluate(&p, WideAvx512Inputs { x: x.view() })
+        let m = WideAvx512::new().unwrap();
+        let e = m
+            .evaluate(&m.randomize_params(7), WideAvx512Inputs { x: x.view() })
             .unwrap_err()
             .to_string();
         assert!(e.contains("simd: avx512"), "{e}");

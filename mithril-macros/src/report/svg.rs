@@ -299,10 +299,12 @@ pub fn svg(g: &Graph, model: &str, v: &VizOptions, planning: bool) -> String {
         }
     }
     // outputs
+    let mut all = out_of.clone();
     for o in &g.outputs {
         let text = format!("output {}", o.name);
         let h = vg.add_node(element(&text, ShapeKind::new_box(&text), "mistyrose", 13));
         vg.add_edge(Arrow::simple(""), out_of[o.node], h);
+        all.push(h);
     }
     // run-time `if` branches: nested dashed clusters
     let guards = super::branch_guards(g);
@@ -375,7 +377,6 @@ pub fn svg(g: &Graph, model: &str, v: &VizOptions, planning: bool) -> String {
     // clusters, outermost (largest margin) first
     let mut order: Vec<usize> = (0..clusters.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(clusters[i].depth));
-    let mut top = f64::MAX;
     for &i in &order {
         let c = &clusters[i];
         if c.members.is_empty() {
@@ -394,7 +395,6 @@ pub fn svg(g: &Graph, model: &str, v: &VizOptions, planning: bool) -> String {
             Point::new(x0 - m, y0 - m - 16.0),
             Point::new(x1 - x0 + 2.0 * m, y1 - y0 + 2.0 * m + 16.0),
         );
-        top = top.min(xy.y);
         let fill = if c.fill == "none" {
             None
         } else {
@@ -405,25 +405,23 @@ pub fn svg(g: &Graph, model: &str, v: &VizOptions, planning: bool) -> String {
         w.draw_rect(xy, size, &look, props, None);
         let tlook = StyleAttr::new(Color::fast("dimgray"), 1, None, 0, 12);
         w.draw_text(
-            Point::new(xy.x + size.x / 2.0, xy.y + 10.0),
+            // (`draw_text` centers its lines around y, one line below)
+            Point::new(xy.x + size.x / 2.0, xy.y + 14.0),
             &c.title,
             &tlook,
         );
     }
     replay(rec.calls, &mut w);
-    let ty = if top == f64::MAX {
-        10.0
-    } else {
-        (top - 14.0).max(10.0)
-    };
-    let (mut x0, mut x1) = (f64::MAX, f64::MIN);
-    for id in 0..g.nodes.len() {
-        let p = vg.pos(out_of[id]);
+    // the title, under the graph
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
+    for &h in &all {
+        let p = vg.pos(h);
         x0 = x0.min(p.left(false));
         x1 = x1.max(p.right(false));
+        y1 = y1.max(p.bottom(false));
     }
     let cx = if x0 <= x1 { (x0 + x1) / 2.0 } else { 100.0 };
-    w.draw_text(Point::new(cx, ty), &title, &tl);
+    w.draw_text(Point::new(cx, y1 + 40.0), &title, &tl);
     w.finalize()
 }
 

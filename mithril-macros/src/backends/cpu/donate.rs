@@ -164,16 +164,16 @@ impl Gen<'_> {
         let don_doc = format!(
             "Inputs of [`{name}::evaluate_donating`]: the donated inputs (`donate: [..]`) as owned arrays, the others as views."
         );
-        // (a lifetime the fields do not use when every input is donated)
-        let phantom = if pairs.len() == g.inputs.len() {
-            quote!(#[doc = "(every input is donated)"] pub _marker: ::std::marker::PhantomData<&'a ()>,)
+        // no lifetime when every input is donated (no views)
+        let (lt, lt_use) = if pairs.len() == g.inputs.len() {
+            (quote!(), quote!())
         } else {
-            quote!()
+            (quote!(<'a>), quote!(<'_>))
         };
         let outside = quote! {
             #[doc = #don_doc]
             #[derive(Debug)]
-            #vis struct #don_name<'a> { #(#fields,)* #phantom }
+            #vis struct #don_name #lt { #(#fields,)* }
         };
         let fns = quote! {
             #[doc(hidden)]
@@ -197,7 +197,7 @@ impl Gen<'_> {
             /// and shape, and nothing computed after it reads the input), so that output is
             /// not allocated; otherwise the output is allocated as by [`Self::evaluate`]. The
             /// results are those of [`Self::evaluate`] either way.
-            pub fn evaluate_donating(&self, params: &#params_name, inputs: #don_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+            pub fn evaluate_donating(&self, params: &#params_name, inputs: #don_name #lt_use) -> ::mithril::rt::Result<#outputs_name> {
                 let __in = inputs;
                 #(#owns)*
                 let mut __outs: [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_outs] =
