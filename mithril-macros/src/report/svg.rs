@@ -391,9 +391,11 @@ pub fn svg(g: &Graph, model: &str, v: &VizOptions, planning: bool) -> String {
             y1 = y1.max(p.bottom(false));
         }
         let m = 4.0 * c.depth as f64;
+        // a title band of 18 px above the members, and twice the margin on top so that a
+        // cluster's title clears the clusters nested in it
         let (xy, size) = (
-            Point::new(x0 - m, y0 - m - 16.0),
-            Point::new(x1 - x0 + 2.0 * m, y1 - y0 + 2.0 * m + 16.0),
+            Point::new(x0 - m, y0 - 2.0 * m - 18.0),
+            Point::new(x1 - x0 + 2.0 * m, y1 - y0 + 3.0 * m + 18.0),
         );
         let fill = if c.fill == "none" {
             None

@@ -187,15 +187,23 @@ pub fn apply(
         err(format!("template_path: `{path}`{at}: {}{detail}", e.kind()))
     })?;
     let parsed: syn::File = syn::parse_str(&out).map_err(|e| {
-        let line = e.span().start().line;
-        let text = out.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
-        let at = if line > 0 {
-            format!(
-                " at line {line} of the rendered output (`{}`)",
-                short(text, 80)
-            )
-        } else {
-            String::new()
+        // where: spans of re-lexed text carry no usable line, so find the first line after
+        // the longest prefix of whole lines that still parses (only on error; quadratic in the
+        // number of lines, which is small: one line per generated item)
+        let lines: Vec<&str> = out.lines().collect();
+        let mut ok = 0;
+        for k in 1..=lines.len() {
+            if syn::parse_str::<syn::File>(&lines[..k].join("\n")).is_ok() {
+                ok = k;
+            }
+        }
+        let at = match lines.get(ok) {
+            Some(text) => format!(
+                " in the item that starts at line {} of the rendered output (`{}`)",
+                ok + 1,
+                short(text.trim(), 60)
+            ),
+            None => String::new(),
         };
         err(format!(
             "template_path: `{path}` renders code that does not parse{at}: {e}"
