@@ -169,13 +169,17 @@ mod tests {
         });
         assert_eq!(active(), d);
         {
-            let _g = force(Isa::Scalar).unwrap();
-            assert_eq!(active(), Isa::Scalar);
+            let _g = force(d).unwrap();
+            assert_eq!(active(), d);
             {
-                let _h = force(d).unwrap();
-                assert_eq!(active(), d);
+                // a nested guard may go lower, not higher than the one it is in
+                let _h = force(Isa::Scalar).unwrap();
+                assert_eq!(active(), Isa::Scalar);
+                if d > Isa::Scalar {
+                    assert_eq!(force(d).unwrap_err(), Isa::Scalar);
+                }
             }
-            assert_eq!(active(), Isa::Scalar);
+            assert_eq!(active(), d);
         }
         assert_eq!(active(), d);
         // inside `with_isa`, its level is the ceiling (a stand-in for a lesser CPU)
