@@ -220,6 +220,8 @@ fn element(text: &str, shape: ShapeKind, fill: &str, font: usize) -> Element {
 }
 
 /// The SVG of `g` (an optimized graph) for model `model`.
+// (node ids index several tables at once)
+#[allow(clippy::needless_range_loop)]
 pub fn svg(g: &Graph, model: &str, v: &VizOptions, planning: bool) -> String {
     let plan = memplan::plan(g, planning);
     let mut vg = VisualGraph::new(Orientation::TopToBottom);
