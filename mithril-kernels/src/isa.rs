@@ -151,6 +151,38 @@ pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Forces kernels on this thread to `isa` while the returned guard lives (the scoped form of
+/// [`with_isa`], for a model's calls: `cpu: { simd: .. }`). Unlike [`with_isa`] it does not
+/// clamp: when `isa` is above what this thread may run — the CPU's best level, or a lower one
+/// an enclosing [`with_isa`] or guard set (so a test can stand in for a lesser CPU) — it
+/// returns `Err` with that level. Guards nest; dropping one restores the previous choice. Not
+/// `Send` (the choice belongs to this thread; the GEMM thread pool runs a call's parts under
+/// the calling thread's choice).
+pub fn force(isa: Isa) -> Result<IsaGuard, Isa> {
+    let ceiling = active();
+    if isa > ceiling {
+        return Err(ceiling);
+    }
+    Ok(IsaGuard {
+        prev: FORCED.with(|c| c.replace(isa.to_u8())),
+        _not_send: std::marker::PhantomData,
+    })
+}
+
+/// The guard of [`force`]: restores the previous choice when dropped.
+#[derive(Debug)]
+pub struct IsaGuard {
+    prev: u8,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for IsaGuard {
+    fn drop(&mut self) {
+        let v = self.prev;
+        FORCED.with(|c| c.set(v));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +197,32 @@ mod tests {
             assert_eq!(active(), Isa::Scalar);
         });
         assert_eq!(active(), d);
+        {
+            let _g = force(d).unwrap();
+            assert_eq!(active(), d);
+            {
+                // a nested guard may go lower, not higher than the one it is in
+                let _h = force(Isa::Scalar).unwrap();
+                assert_eq!(active(), Isa::Scalar);
+                if d > Isa::Scalar {
+                    assert_eq!(force(d).unwrap_err(), Isa::Scalar);
+                }
+            }
+            assert_eq!(active(), d);
+        }
+        assert_eq!(active(), d);
+        // inside `with_isa`, its level is the ceiling (a stand-in for a lesser CPU)
+        with_isa(Isa::Scalar, || {
+            if d > Isa::Scalar {
+                assert_eq!(force(Isa::Avx2).unwrap_err(), Isa::Scalar);
+            }
+            assert!(force(Isa::Scalar).is_ok());
+        });
+        // a level above the CPU's is refused (not clamped), naming what the CPU has
+        if d < Isa::Avx512 {
+            assert_eq!(force(Isa::Avx512).unwrap_err(), d);
+            assert_eq!(active(), d);
+        }
         assert!(Isa::Scalar.supported());
         assert_eq!(Isa::available().next(), Some(Isa::Scalar));
         // the other architecture's levels are never available, and forcing one clamps

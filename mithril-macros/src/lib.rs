@@ -392,6 +392,12 @@ fn compile_one(
     let text = report::text(&g);
     let dot = report::dot(&g, &model);
     let json = report::json(&g, &model);
+    // `visualize: true`: the optimized graph as SVG (`M::GRAPH_SVG`, and `output_path`)
+    let graph_svg = opts
+        .render
+        .visualize
+        .as_ref()
+        .map(|v| report::svg::svg(&g, &model, v, opts.memory_planning));
     if let Some(l) = &mut log {
         l.step("memory + introspection", "");
         l.detail(
@@ -420,6 +426,7 @@ fn compile_one(
         inspect: &opts.inspect,
         intermediates: int_graph.as_ref().map(|(g, names)| (g, names.as_slice())),
         mobile: opts.mobile.as_ref().map(|m| m.describe()),
+        render: &opts.render,
     };
     // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
     // lowering of `backends::cuda` for the ops placed on cuda
@@ -433,6 +440,21 @@ fn compile_one(
             codegen_line(opts, &code, cuda_source.as_deref(), train.is_some()),
         );
     }
+    // `template_path`: the generated items through the user's template
+    let code = match &opts.render.template {
+        Some((path, span)) => {
+            let cx = report::template::Context {
+                g: &g,
+                model: &model,
+                logical,
+                cuda: opts.backend_cuda,
+                summary: &inp.summary,
+            };
+            report::template::apply(path, *span, &cx, &code)
+                .map_err(|e| (vec![e], vec![], Some(StubApi::of(&g))))?
+        }
+        None => code,
+    };
     let file_errors = write_files(
         opts,
         name,
@@ -443,19 +465,47 @@ fn compile_one(
     if !file_errors.is_empty() {
         return Err((file_errors, vec![], Some(StubApi::of(&g))));
     }
+    if let (Some(svg), Some(path)) = (
+        &graph_svg,
+        opts.render
+            .visualize
+            .as_ref()
+            .and_then(|v| v.output_path.as_ref()),
+    ) {
+        if let Err(e) = files::write_if_changed(path, svg) {
+            return Err((
+                vec![syn::Error::new(
+                    name.span(),
+                    format!("viz_options: cannot write `{path}`: {e}"),
+                )],
+                vec![],
+                Some(StubApi::of(&g)),
+            ));
+        }
+    }
     if opts.dump_graph.is_some() || opts.file_path.is_some() {
         if let Some(l) = &mut log {
             l.step("files", "");
             l.detail("files", "`dump_graph` / `file_path` written (when changed)");
         }
     }
-    let introspection = introspection_items(
+    let mut introspection = introspection_items(
         name,
         opts,
         log.as_ref(),
         shape_trace.as_deref(),
         train.is_some(),
     );
+    if let Some(svg) = &graph_svg {
+        let c = backends::pack::str_const(svg);
+        introspection.extend(quote! {
+            impl #name {
+                /// The optimized graph as an SVG picture (`visualize: true`): every node with its
+                /// op, shape, dtype and planned bytes, fused groups and `if` branches as boxes.
+                pub const GRAPH_SVG: &'static str = #c;
+            }
+        });
+    }
     Ok((quote!(#code #warnings #introspection), vec![]))
 }
 
@@ -518,6 +568,30 @@ fn introspection_items(
                 });
             }
         }
+    }
+    if opts.render.cpu_span.is_some() {
+        let cpu = &opts.render.cpu;
+        let threads = match cpu.threads {
+            Some(n) => quote!(::std::option::Option::Some(#n)),
+            None => quote!(::std::option::Option::None),
+        };
+        let simd = match cpu.simd {
+            Some(s) => {
+                let s = s.name();
+                quote!(::std::option::Option::Some(#s))
+            }
+            None => quote!(::std::option::Option::None),
+        };
+        let det = cpu.deterministic;
+        items.extend(quote! {
+            /// `cpu: { threads }` as compiled: the most threads a call's matrix products use.
+            pub const CPU_THREADS: ::std::option::Option<usize> = #threads;
+            /// `cpu: { simd }` as compiled: the instruction set every call forces.
+            pub const SIMD: ::std::option::Option<&'static str> = #simd;
+            /// `cpu: { deterministic }` as compiled: results bitwise the same for every thread
+            /// count (what every CPU kernel of mithril gives; see the language reference).
+            pub const DETERMINISTIC: bool = #det;
+        });
     }
     if items.is_empty() {
         return items;

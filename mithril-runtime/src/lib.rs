@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod check;
+pub mod cpu;
 pub mod cuda; // CUDA backend: devices, NVRTC kernel cache, cuBLAS; documented inside.
 pub mod elem;
 pub mod error;
@@ -30,8 +31,8 @@ pub mod workspace;
 /// the budget the last GEMM of this thread got. Re-exported from `mithril_kernels::gemm`.
 pub mod threads {
     pub use mithril_kernels::gemm::{
-        last_call_threads, limit_call_threads, num_threads, num_threads_for_call, set_num_threads,
-        CallThreads,
+        last_call_isa, last_call_threads, limit_call_threads, num_threads, num_threads_for_call,
+        set_num_threads, CallThreads, Isa as GemmIsa,
     };
 }
 

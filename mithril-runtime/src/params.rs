@@ -99,6 +99,11 @@ impl TensorView<'_> {
         with_view!(TensorView, self, a => a.len())
     }
 
+    /// Whether the view is contiguous in row-major order.
+    pub fn is_standard_layout(&self) -> bool {
+        with_view!(TensorView, self, a => a.is_standard_layout())
+    }
+
     /// The elements in row-major order as little-endian bytes (what safetensors stores).
     pub fn to_le_bytes(&self) -> Vec<u8> {
         with_view!(TensorView, self, a => encode(a))

@@ -209,6 +209,15 @@ thread_local! {
     static CALL_LIMIT: Cell<usize> = const { Cell::new(0) };
     /// The thread budget the calling thread's last GEMM was given (0: none yet).
     static LAST_THREADS: Cell<usize> = const { Cell::new(0) };
+    /// The instruction set of the calling thread's last GEMM (None: none yet).
+    static LAST_ISA: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The instruction set this thread's last GEMM call ran (`None` before the first). For tests and
+/// diagnostics, like [`last_call_threads`]: it shows what a per-call setting such as
+/// `cpu: { simd: scalar }` reached the kernel with.
+pub fn last_call_isa() -> Option<Isa> {
+    LAST_ISA.with(Cell::get)
 }
 
 /// The number of threads a GEMM called now, on this thread, may use: [`num_threads`], capped
@@ -627,6 +636,7 @@ fn gemm_impl<T: GemmElem, E>(
         crate::isa::Isa::Avx512 => Isa::Avx512Bf16,
     };
     let isa = cfg.isa.unwrap_or(shared).clamp();
+    LAST_ISA.with(|c| c.set(Some(isa)));
     let args = Args::<T> {
         m,
         n,
@@ -683,6 +693,7 @@ where
     let (len, unit) = if by_rows { (args.m, mr) } else { (args.n, nr) };
     let units = len.div_ceil(unit);
     let parts = threads.min(units).max(1);
+    let caller = crate::isa::active();
     if parts == 1 {
         T::packed(isa, args, epi);
         return;
@@ -706,8 +717,10 @@ where
             sub.c = sub.c.wrapping_add(s);
             sub.j_off = s;
         }
-        // SAFETY: each part writes its own rows/columns of C.
-        unsafe { T::packed(isa, &sub, epi) }
+        // SAFETY: each part writes its own rows/columns of C. A pool thread runs its part (the
+        // epilogue too) under the calling thread's ISA choice, so a forced ISA (`isa::force`,
+        // `isa::with_isa`) covers the whole call.
+        crate::isa::with_isa(caller, || unsafe { T::packed(isa, &sub, epi) })
     };
     pool::run(parts, &job);
 }

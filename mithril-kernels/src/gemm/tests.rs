@@ -506,3 +506,55 @@ fn mithril_threads_reaches_num_threads() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A split GEMM runs every part — its epilogue included — under the calling thread's ISA
+/// choice, also on the pool threads (`cpu: { simd: .. }` forces a whole call).
+#[test]
+fn pool_threads_run_under_the_callers_isa_choice() {
+    let (m, n, k) = (64, 64, 32);
+    let a = vec![1.0f32; m * k];
+    let b = vec![1.0f32; k * n];
+    let mut c = vec![0.0f32; m * n];
+    let seen = std::sync::Mutex::new(Vec::new());
+    crate::isa::with_isa(crate::isa::Isa::Scalar, || {
+        gemm_with(
+            GemmConfig {
+                threads: Some(2),
+                force_split: true,
+                ..Default::default()
+            },
+            m,
+            n,
+            k,
+            1.0,
+            &a,
+            k,
+            1,
+            &b,
+            n,
+            1,
+            false,
+            &mut c,
+            n,
+            |_, _, _: &mut [f32]| {
+                seen.lock()
+                    .unwrap()
+                    .push((std::thread::current().id(), crate::isa::active()));
+            },
+        );
+    });
+    let seen = seen.into_inner().unwrap();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|&(_, i)| i == crate::isa::Isa::Scalar),
+        "{seen:?}"
+    );
+    if num_threads() > 1 {
+        let me = std::thread::current().id();
+        assert!(
+            seen.iter().any(|&(t, _)| t != me),
+            "no part ran on a pool thread"
+        );
+    }
+    assert!(c.iter().all(|&x| x == k as f32));
+}

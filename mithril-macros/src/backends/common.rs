@@ -40,6 +40,8 @@ pub struct CodegenInput<'a> {
     pub intermediates: Option<(&'a crate::ir::Graph, &'a [String])>,
     /// `target_hardware: "mobile"`: its description (`M::MOBILE`).
     pub mobile: Option<String>,
+    /// `cpu: { threads, simd, deterministic }` and `donate` (CPU models).
+    pub render: &'a crate::options::render::RenderOptions,
 }
 
 /// The local holding node `id`'s value: `vN` (one name source, so hygiene never bites).

@@ -7,6 +7,8 @@ use proc_macro2::Span;
 use std::collections::BTreeMap;
 use syn::Ident;
 
+pub mod render;
+
 /// Graph dump formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DumpFormat {
@@ -155,6 +157,8 @@ pub struct Options {
     /// `save_intermediates`, `intermediate_dir`, `profile`, `profile_output`,
     /// `code_transformers`: run-time instrumentation (see [`Inspect`]).
     pub inspect: Inspect,
+    /// `visualize`, `viz_options`, `template_path`, `cpu`, `donate` (see [`render`]).
+    pub render: render::RenderOptions,
 }
 
 /// Run-time instrumentation options (CPU plan models only).
@@ -226,6 +230,7 @@ impl Default for Options {
             verbose: false,
             trace_shapes: false,
             inspect: Inspect::default(),
+            render: render::RenderOptions::default(),
         }
     }
 }
@@ -264,6 +269,11 @@ pub const NAMES: &[&str] = &[
     "profile",
     "profile_output",
     "code_transformers",
+    "visualize",
+    "viz_options",
+    "template_path",
+    "cpu",
+    "donate",
 ];
 
 /// What a `target_hardware` name selects.
@@ -441,6 +451,7 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
         "trace_shapes" => o.trace_shapes = as_bool(v, "trace_shapes")?,
         "save_intermediates" | "intermediate_dir" | "profile" | "profile_output"
         | "code_transformers" => opt_inspect(&mut o.inspect, key, v)?,
+        k if render::NAMES.contains(&k) => render::option(&mut o.render, k, v)?,
         "dynamic_control_flow" => o.dynamic_control_flow = as_bool(v, "dynamic_control_flow")?,
         "memory_planning" => match v {
             OptValue::Ident(i) if i == "greedy" => o.memory_planning = true,
@@ -931,6 +942,7 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
             }
         }
     }
+    render::cross_check(o, &|n| find(n).map(|(k, _)| k.span()), errors);
     if o.cuda.tf32 && o.cuda.amp {
         if let Some((k, _)) = find("cuda") {
             errors.push(e(k.span(), "`tf32: true` and `amp: true` both choose how f32 matrix products compute; give one of them"));

@@ -2,6 +2,8 @@
 //! optimized IR at compile time.
 
 pub mod files;
+pub mod svg;
+pub mod template;
 pub mod verbose;
 
 use crate::ir::{FExpr, Graph, NodeId, Op};

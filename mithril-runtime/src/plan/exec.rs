@@ -70,7 +70,28 @@ pub fn run(
     views: &[TensorView<'_>],
     outs: &mut [Option<AnyArray>],
 ) -> Result<()> {
-    run_probed(plan, ws, fallback, views, outs, &mut Off)
+    run_probed(plan, ws, fallback, views, outs, &[], &mut [], &mut Off)
+}
+
+/// [`run`] with donated inputs (`donate: [x]`, `evaluate_donating`): each pair `(k, v)` of
+/// `donate` offers the memory of view `v` (an input the caller owns and gives up, passed
+/// through [`super::donor_view`]) for output `k`. The output is computed straight into that
+/// memory when it is safe: the output's node is a returned, unguarded value of the input's
+/// dtype and shape, no later node (nor any output) reads the input or a view of it, and the
+/// node either does not read the input or is an elementwise group reading it element for
+/// element (then it runs in place over it). `donated[i]` tells whether pair `i` was used;
+/// output `k` of a used pair is left `None` in `outs` (the caller's array now holds it).
+/// Otherwise the output is allocated as in [`run`]: donation never changes a result.
+pub fn run_donating(
+    plan: &'static Plan,
+    ws: &Mutex<Workspace>,
+    fallback: impl FnOnce() -> Workspace,
+    views: &[TensorView<'_>],
+    outs: &mut [Option<AnyArray>],
+    donate: &[(usize, usize)],
+    donated: &mut [bool],
+) -> Result<()> {
+    run_probed(plan, ws, fallback, views, outs, donate, donated, &mut Off)
 }
 
 /// [`run`] with `hook` called before and after every op (see [`OpHook`]): the instrumented
@@ -87,7 +108,7 @@ pub fn run_hooked(
     outs: &mut [Option<AnyArray>],
     hook: &mut dyn OpHook,
 ) -> Result<()> {
-    run_probed(plan, ws, fallback, views, outs, &mut On(hook))
+    run_probed(plan, ws, fallback, views, outs, &[], &mut [], &mut On(hook))
 }
 
 /// What an [`OpHook`] is told about an op.
@@ -171,8 +192,12 @@ fn run_probed<P: Probe>(
     fallback: impl FnOnce() -> Workspace,
     views: &[TensorView<'_>],
     outs: &mut [Option<AnyArray>],
+    donate: &[(usize, usize)],
+    donated: &mut [bool],
     probe: &mut P,
 ) -> Result<()> {
+    donated.iter_mut().for_each(|d| *d = false);
+    let donors = donors(plan, views, donate);
     let mut env = SymEnv::new(plan.syms);
     for c in &plan.checks {
         let v = views
@@ -225,6 +250,8 @@ fn run_probed<P: Probe>(
             views,
             outs: RefCell::new(outs),
             tapes: &tapes,
+            donors: &donors,
+            donated: RefCell::new(donated),
         };
         let (r, mut vals) = cx.run_nodes(vals, probe);
         vals.clear();
@@ -280,6 +307,87 @@ struct Cx<'p, 'a, 'w> {
     views: &'p [TensorView<'a>],
     /// the returned outputs; an owned result goes straight into its first output
     outs: RefCell<&'p mut [Option<AnyArray>]>,
+    /// the outputs computed into a donated input's memory ([`run_donating`])
+    donors: &'p [Donor],
+    /// which donation pairs were used
+    donated: RefCell<&'p mut [bool]>,
+}
+
+/// An output computed into a donated input's memory.
+#[derive(Clone, Copy, Debug)]
+struct Donor {
+    /// the output's node
+    node: usize,
+    /// the index of the pair in `donate` (and `donated`)
+    pair: usize,
+    /// the donated input's view
+    view: usize,
+    /// `Some(p)`: the node is an elementwise group that reads the input as its operand `p`
+    /// and runs in place over it; `None`: it does not read it
+    pos: Option<usize>,
+}
+
+/// The donation pairs that are safe for `plan` (see [`run_donating`]).
+fn donors(
+    plan: &Plan,
+    views: &[TensorView<'_>],
+    donate: &[(usize, usize)],
+) -> SmallVec<[Donor; 2]> {
+    let mut found: SmallVec<[Donor; 2]> = SmallVec::new();
+    for (pair, &(k, view)) in donate.iter().enumerate() {
+        let Some(&o) = plan.outputs.get(k) else {
+            continue;
+        };
+        let Some(step) = plan.nodes.get(o) else {
+            continue;
+        };
+        if plan.outputs.iter().filter(|&&x| x == o).count() != 1
+            || step.home != Home::Owned
+            || step.guard.is_some()
+            || views
+                .get(view)
+                .is_none_or(|v| v.dtype() != step.dt || !v.is_standard_layout())
+            || found.iter().any(|d| d.view == view || d.node == o)
+        {
+            continue;
+        }
+        let Some(d) = plan
+            .nodes
+            .iter()
+            .position(|s| matches!(s.op, POp::View(v) if v == view))
+        else {
+            continue;
+        };
+        // the input's memory: its node and every view of it
+        let mut alias = vec![false; plan.nodes.len()];
+        alias[d] = true;
+        for (i, s) in plan.nodes.iter().enumerate() {
+            if s.home == Home::View && s.args.iter().any(|&a| alias.get(a) == Some(&true)) {
+                alias[i] = true;
+            }
+        }
+        let reads = |s: &Step| s.args.iter().any(|&a| alias.get(a) == Some(&true));
+        if plan.nodes[o + 1..].iter().any(reads)
+            || plan.outputs.iter().any(|&x| alias.get(x) == Some(&true))
+        {
+            continue;
+        }
+        let at: SmallVec<[usize; 2]> = (0..step.args.len())
+            .filter(|&p| alias.get(step.args[p]) == Some(&true))
+            .collect();
+        let pos = match at[..] {
+            [] => None,
+            [p] if step.args[p] == d && matches!(step.op, POp::Fused(..)) => Some(p),
+            _ => continue,
+        };
+        found.push(Donor {
+            node: o,
+            pair,
+            view,
+            pos,
+        });
+    }
+    found
 }
 
 /// A `match` on a dtype binding `$T` to the storage type of each listed variant in `$e`, then
@@ -551,7 +659,11 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     .before(&info, &ins)
                     .map_err(|e| e.at(self.plan.model, step.what))?;
             }
+            let donor = self.donors.iter().find(|d| d.node == id).copied();
             let v = match step.home {
+                _ if donor.is_some_and(|d| d.pos.is_some()) => self
+                    .donated_in_place(step, donor, vals)
+                    .map_err(|e| e.at(self.plan.model, step.what))?,
                 Home::InPlace(pos) => {
                     let target = step.args.get(pos).copied().unwrap_or(usize::MAX);
                     let t = match vals
@@ -576,8 +688,13 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             }
         }
         let mut outs = self.outs.borrow_mut();
+        let donated = self.donated.borrow();
         for (k, &o) in self.plan.outputs.iter().enumerate() {
-            if outs[k].is_some() {
+            let given = self
+                .donors
+                .iter()
+                .any(|d| d.node == o && donated.get(d.pair) == Some(&true));
+            if outs[k].is_some() || given {
                 continue;
             }
             let first = self.plan.outputs[..k].iter().position(|&x| x == o);
@@ -601,6 +718,33 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 let v = f(Dest::Slot(self.ws, k))?;
                 // SAFETY: workspace memory, borrowed for 'w (see `extend`).
                 Ok(rw(unsafe { extend(v) }))
+            }
+            _ if self.donors.iter().any(|d| d.node == id) => {
+                // into the donated input's memory (a donor that does not read it)
+                let d = self.donors.iter().find(|d| d.node == id).copied();
+                let (pair, view) = d.map(|d| (d.pair, d.view)).unwrap_or_default();
+                let tv = self
+                    .views()
+                    .get(view)
+                    .and_then(T::pick)
+                    // SAFETY: the caller gave this memory up (`donor_view` of an array it owns,
+                    // writable provenance), and no node after this one reads it (`donors`)
+                    .and_then(|v| unsafe { writable(v) })
+                    .ok_or_else(|| Error::op("plan", "internal: donated input not writable"))?;
+                let want: SmallVec<[usize; 6]> = tv.shape().into();
+                let v = f(Dest::View(tv))?;
+                if v.shape() != &want[..] {
+                    return Err(Error::op(
+                        "plan",
+                        "internal: a donated output of another shape than its input",
+                    ));
+                }
+                if let Some(u) = self.donated.borrow_mut().get_mut(pair) {
+                    *u = true;
+                }
+                // SAFETY: the donated memory outlives the run (the caller keeps its array).
+                let r: ArrayViewD<'w, T> = unsafe { v.raw_view().deref_into_view() };
+                Ok(Val::Ro(T::any(r)))
             }
             _ => {
                 let mut o: Option<ArrayD<T>> = None;
@@ -1095,6 +1239,39 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             Ok::<TensorView<'w>, Error>(T::any(a))
         })?;
         Ok(Val::Ro(v))
+    }
+
+    /// An output computed in place over the donated input it reads (an elementwise group).
+    fn donated_in_place(
+        &self,
+        step: &Step,
+        donor: Option<Donor>,
+        vals: &[Val<'w>],
+    ) -> Result<Val<'w>> {
+        let Some(Donor {
+            pair,
+            view,
+            pos: Some(pos),
+            ..
+        }) = donor
+        else {
+            return Err(internal(step.what, "not an in-place donor"));
+        };
+        let t = self
+            .views()
+            .get(view)
+            .cloned()
+            .ok_or_else(|| internal(step.what, "missing donated view"))?;
+        // (`in_place` runs the group over `t`, checking that the result has its shape)
+        let v = self.in_place(step, pos, vals, t)?;
+        if let Some(u) = self.donated.borrow_mut().get_mut(pair) {
+            *u = true;
+        }
+        // read-only from here: no successor may write over an output
+        Ok(match v {
+            Val::Rw(t) => Val::Ro(t),
+            other => other,
+        })
     }
 
     /// An elementwise group writing over its dead operand `pos`.

@@ -14,7 +14,7 @@
 mod exec;
 mod text;
 
-pub use exec::{run, run_hooked, OpHook, OpInfo};
+pub use exec::{run, run_donating, run_hooked, OpHook, OpInfo};
 
 /// The symbolic dims bound by the last call that ran with workspace `ws` (what
 /// `trace_shapes: true` models' `last_symbols` returns): the model's shape checks
@@ -466,6 +466,21 @@ impl<'a, const N: usize> Views<'a, N> {
 /// Wrap a typed view for [`run`].
 pub fn view<'a, T: PlanElem, D: Dimension>(v: ndarray::ArrayView<'a, T, D>) -> TensorView<'a> {
     T::any(v.into_dyn())
+}
+
+/// The view [`run_donating`] gets of an input the caller gives up (`evaluate_donating`): a
+/// read-only view of `a` whose pointer keeps the writable provenance of the `&mut` borrow, so
+/// that the run may compute an output into that memory. The borrow lasts as long as the view.
+pub fn donor_view<'a, T, D: Dimension>(
+    a: &'a mut ndarray::Array<T, D>,
+) -> ndarray::ArrayView<'a, T, D> {
+    // SAFETY: the same memory for the same lifetime, from an exclusive borrow.
+    unsafe { a.view_mut().raw_view_mut().deref_into_view() }
+}
+
+/// An owned array as one of [`run`]'s outputs (the donated input's array, now the output).
+pub fn give<T: PlanElem, D: Dimension>(a: ndarray::Array<T, D>) -> AnyArray {
+    T::any_array(a.into_dyn())
 }
 
 /// Output `k` of [`run`]'s result as a typed array of rank `D`; `name` names it in errors.

@@ -39,6 +39,11 @@ impl<'a> Gen<'a> {
                 quote!(#f: #val)
             })
             .collect();
+        if planned && !self.donate_pairs.is_empty() && !self.inp.static_shapes {
+            // `donate`: `pre` is `__evaluate_into`'s body; the outputs are built by its callers
+            self.donate_outs = Some(quote!(#outputs_name { #(#outs,)* }));
+            return (pre, life);
+        }
         let generic_body = || {
             if planned {
                 return quote! {

@@ -52,6 +52,9 @@ impl<'a> Gen<'a> {
             .param_structs(&tree, &mut vec![], &mut param_structs);
         let randomize = self.api.randomize_expr(&tree, &mut vec![]);
         let mut summary = self.inp.summary.clone();
+        if !self.inp.render.donate.is_empty() && self.mixed.is_none() {
+            self.donate_pairs = self.donation_pairs();
+        }
         let (eval_body, life) = self.evaluate_body(&names, &mut summary);
         // `code_transformers: [hook]`: `evaluate_with_hook` runs `evaluate`'s body with the
         // user's hook as `__hook`; `evaluate` with none

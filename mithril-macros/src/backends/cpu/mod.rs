@@ -15,6 +15,7 @@
 //! `evaluate*` fns (CPU or mixed); [`items`] `generate` in steps (terminal structs, docs,
 //! consts). The typed API's dims, checks and structs are [`TypedApi`]'s.
 
+mod donate;
 mod functions;
 mod inspect;
 mod items;
@@ -52,6 +53,11 @@ pub struct Gen<'a> {
     pub(crate) shared_terms: Option<(String, String)>,
     /// Per param, its position in the structs' visit order (the plan's view order).
     leaf_pos: Vec<usize>,
+    /// `donate: [..]`: the donated inputs and their outputs (`evaluate`'s generator only).
+    donate_pairs: Vec<donate::Pair>,
+    /// With `donate`: the expression building `MOutputs` from `__outs` (for
+    /// [`Gen::donating_fns`]).
+    donate_outs: Option<TokenStream>,
 }
 
 impl<'a> Gen<'a> {
@@ -92,6 +98,8 @@ impl<'a> Gen<'a> {
             mixed: None,
             shared_terms: None,
             leaf_pos,
+            donate_pairs: Vec::new(),
+            donate_outs: None,
         }
     }
 
@@ -111,13 +119,31 @@ impl<'a> Gen<'a> {
         self.mixed = Some(m);
     }
 
-    /// The guard that caps a call's GEMM threads (`optimize_for: throughput`).
+    /// The guards a call holds: the cap on its GEMM threads (`optimize_for: throughput`: 1;
+    /// `cpu: { threads: N }`) and the forced instruction set (`cpu: { simd: .. }`, an `Err` on
+    /// a CPU without it).
     fn threads_guard(&self) -> TokenStream {
-        match self.inp.optimize_for {
-            crate::options::OptimizeFor::Throughput => {
-                quote!(let __mithril_threads = ::mithril::rt::threads::limit_call_threads(1);)
+        use crate::options::render::Simd;
+        let cpu = &self.inp.render.cpu;
+        let threads = match (self.inp.optimize_for, cpu.threads) {
+            (crate::options::OptimizeFor::Throughput, _) => Some(1usize),
+            (_, n) => n,
+        };
+        let mut out = match threads {
+            Some(n) => {
+                quote!(let __mithril_threads = ::mithril::rt::threads::limit_call_threads(#n);)
             }
-            crate::options::OptimizeFor::Latency => quote!(),
+            None => quote!(),
+        };
+        if let Some(s) = cpu.simd {
+            let isa = match s {
+                Simd::Avx512 => quote!(Avx512),
+                Simd::Avx2 => quote!(Avx2),
+                Simd::Scalar => quote!(Scalar),
+            };
+            let model = self.inp.name.to_string();
+            out.extend(quote!(let __mithril_isa = ::mithril::rt::cpu::force_simd(#model, ::mithril::rt::isa::Isa::#isa)?;));
         }
+        out
     }
 }

@@ -25,6 +25,9 @@ impl Gen<'_> {
             (&names.params, &names.inputs, &names.outputs);
         let threads = self.threads_guard();
         let lints = lints();
+        if let Some(outs) = &self.donate_outs {
+            return self.donating_fns(names, eval_body, outs, &lints);
+        }
         match &self.mixed {
             // a model that reads `is_training`: `evaluate` is the eval-mode call of
             // `evaluate_mode`

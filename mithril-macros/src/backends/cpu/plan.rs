@@ -339,7 +339,7 @@ impl Gen<'_> {
 
     /// The outputs in the plan's order: the model's outputs, then the gradients (outputs named
     /// `__grad_<param>`) in the structs' visit order.
-    fn plan_out_order(&self) -> Vec<usize> {
+    pub(super) fn plan_out_order(&self) -> Vec<usize> {
         let g = self.g;
         let grad_of = |k: usize| crate::autodiff::grad_param(&g.outputs[k].name);
         let mut order: Vec<usize> = (0..g.outputs.len())
@@ -440,6 +440,25 @@ impl Gen<'_> {
             .collect();
         let first_grad = outs.len();
         let n_outs = self.g.outputs.len();
+        if !self.donate_pairs.is_empty() {
+            // `donate`: the body of `__evaluate_into` (`__outs`, `__donate`, `__donated` are
+            // its arguments; see `donate.rs`)
+            let body = quote! {
+                static __PLAN: ::std::sync::OnceLock<::std::result::Result<::mithril::rt::plan::Plan, ::std::string::String>> = ::std::sync::OnceLock::new();
+                let __plan = #plan;
+                #views
+                ::mithril::rt::plan::run_donating(
+                    __plan,
+                    &self.#ws_field,
+                    || ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model),
+                    __views.get(#model)?,
+                    __outs,
+                    __donate,
+                    __donated,
+                )?;
+            };
+            return (body, outs, first_grad);
+        }
         let fallback =
             quote!(|| ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model));
         let run = self.run_call(ws_field, fallback);
