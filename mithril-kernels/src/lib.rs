@@ -11,6 +11,7 @@ pub mod isa;
 pub mod linalg;
 pub mod memplan;
 pub mod prog;
+pub mod qgemm;
 pub mod rows;
 pub mod scalar;
 pub mod vmath;
