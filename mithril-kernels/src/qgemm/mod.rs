@@ -238,6 +238,11 @@ pub fn max_abs(m: usize, k: usize, a: &[f32], rsa: usize, csa: usize) -> f32 {
         "max_abs: A too short"
     );
     #[cfg(target_arch = "x86_64")]
+    if csa == 1 && crate::isa::active() >= crate::isa::Isa::Avx512 {
+        // SAFETY: AVX-512 checked; bounds checked above.
+        return unsafe { x86::max_abs_rows_512(m, k, a.as_ptr(), rsa) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if csa == 1 && crate::isa::active() >= crate::isa::Isa::Avx2 {
         // SAFETY: AVX2 checked; bounds checked above.
         return unsafe { x86::max_abs_rows(m, k, a.as_ptr(), rsa) };
@@ -309,6 +314,13 @@ pub fn quantize_a(
         let o = &mut out[i * kp..(i + 1) * kp];
         if csa == 1 {
             let r = &a[i * rsa..i * rsa + k];
+            #[cfg(target_arch = "x86_64")]
+            if crate::isa::active() >= crate::isa::Isa::Avx512 {
+                // SAFETY: AVX-512 checked.
+                unsafe { x86::quantize_row_512(r, inv, &mut o[..k]) };
+                o[k..].fill(128);
+                continue;
+            }
             #[cfg(target_arch = "x86_64")]
             if crate::isa::active() >= crate::isa::Isa::Avx2 {
                 // SAFETY: AVX2 checked.

@@ -263,3 +263,81 @@ fn dequantized_product_is_close_to_f32() {
         }
     }
 }
+
+#[test]
+fn activation_paths_agree_on_special_values() {
+    // ties (x·inv = ±0.5, 1.5, 2.5), beyond the static range, infinities, NaN; every length
+    // up to 40 (masked tails) and row strides with padding
+    let mut g = Lcg(21);
+    let specials = [
+        0.5f32,
+        -0.5,
+        1.5,
+        2.5,
+        -2.5,
+        300.0,
+        -1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -0.0,
+    ];
+    for k in 1..=40usize {
+        let m = 3;
+        let rsa = k + 2;
+        let a: Vec<f32> = (0..m * rsa)
+            .map(|t| {
+                if t % 5 == 0 {
+                    specials[t % specials.len()]
+                } else {
+                    g.next() * 200.0
+                }
+            })
+            .collect();
+        let inv = 1.0f32;
+        let kp = k.div_ceil(4) * 4;
+        let mut outs = Vec::new();
+        let mut maxes = Vec::new();
+        for isa in [
+            crate::isa::Isa::Scalar,
+            crate::isa::Isa::Avx2,
+            crate::isa::Isa::Avx512,
+        ] {
+            crate::isa::with_isa(isa, || {
+                let mut out = vec![7u8; m * kp];
+                quantize_a(m, k, &a, rsa, 1, inv, &mut out, kp);
+                outs.push(out);
+                maxes.push(max_abs(m, k, &a, rsa, 1));
+            });
+        }
+        let want: Vec<u8> = (0..m)
+            .flat_map(|i| {
+                let a = &a;
+                (0..kp).map(move |p| {
+                    if p < k {
+                        (i32::from(quantize_one(a[i * rsa + p], inv)) + 128) as u8
+                    } else {
+                        128
+                    }
+                })
+            })
+            .collect();
+        for o in &outs {
+            assert_eq!(o, &want, "k = {k}");
+        }
+        let wmax = (0..m)
+            .flat_map(|i| (0..k).map(move |p| i * rsa + p))
+            .map(|t| a[t].abs())
+            .filter(|v| !v.is_nan())
+            .fold(0f32, f32::max);
+        assert!(
+            maxes.iter().all(|&x| x == wmax),
+            "k = {k}: {maxes:?} vs {wmax}"
+        );
+    }
+    assert_eq!(quantize_one(0.5, 1.0), 0);
+    assert_eq!(quantize_one(1.5, 1.0), 2);
+    assert_eq!(quantize_one(-2.5, 1.0), -2);
+    assert_eq!(quantize_one(f32::NAN, 1.0), 0);
+    assert_eq!(quantize_one(1e30, 1.0), 127);
+}

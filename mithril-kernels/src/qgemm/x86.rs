@@ -97,3 +97,62 @@ pub(super) unsafe fn max_abs_rows(m: usize, k: usize, a: *const f32, rsa: usize)
 pub(super) unsafe fn quantize_row(r: &[f32], inv: f32, o: &mut [u8]) {
     super::quantize_row(r, inv, o)
 }
+
+/// `max_abs` over contiguous rows with AVX-512 (NaNs skipped, as the portable loop does).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+pub(super) unsafe fn max_abs_rows_512(m: usize, k: usize, a: *const f32, rsa: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut best = 0f32;
+    for i in 0..m {
+        let r = a.add(i * rsa);
+        let mut p = 0;
+        while p + 64 <= k {
+            for (u, x) in acc.iter_mut().enumerate() {
+                // `max(v, acc)` keeps `acc` when `v` is NaN (the second operand wins)
+                *x = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(r.add(p + 16 * u))), *x);
+            }
+            p += 64;
+        }
+        while p < k {
+            let len = (k - p).min(16);
+            let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+            let v = _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, r.add(p)));
+            acc[0] = _mm512_max_ps(v, acc[0]);
+            p += len;
+        }
+    }
+    for x in acc {
+        let mut l = [0f32; 16];
+        _mm512_storeu_ps(l.as_mut_ptr(), x);
+        for v in l {
+            if v > best {
+                best = v;
+            }
+        }
+    }
+    best
+}
+
+/// `quantize_row` with AVX-512, equal to `quantize_one` for every input: NaN to 0, clamped to
+/// ±127 in float before the conversion (which rounds to nearest even), `+ 128`, narrowed.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+pub(super) unsafe fn quantize_row_512(r: &[f32], inv: f32, o: &mut [u8]) {
+    let k = r.len().min(o.len());
+    let (iv, lo, hi, off) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(-127.0),
+        _mm512_set1_ps(127.0),
+        _mm512_set1_epi32(128),
+    );
+    let mut p = 0;
+    while p < k {
+        let len = (k - p).min(16);
+        let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, r.as_ptr().add(p)), iv);
+        let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+        let v = _mm512_min_ps(_mm512_max_ps(_mm512_maskz_mov_ps(ord, v), lo), hi);
+        let q = _mm512_add_epi32(_mm512_cvtps_epi32(v), off);
+        _mm512_mask_cvtepi32_storeu_epi8(o.as_mut_ptr().add(p) as *mut _, mask, q);
+        p += len;
+    }
+}
