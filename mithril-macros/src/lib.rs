@@ -410,6 +410,7 @@ fn compile_one(
         max_memory_gb: opts.max_memory_gb.map(|(x, _)| x),
         optimize_for: opts.optimize_for,
         cuda: opts.mixed().then_some(&opts.cuda),
+        quantization_int8: opts.quantization_int8,
     };
     // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
     // lowering of `backends::cuda` for the ops placed on cuda

@@ -37,6 +37,7 @@ mod multi_backend;
 mod optimizations;
 mod optimize_for;
 mod prims;
+mod quant;
 mod roles;
 mod runtime_errors;
 mod safetensors_compat;

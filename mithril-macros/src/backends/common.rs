@@ -33,6 +33,8 @@ pub struct CodegenInput<'a> {
     pub optimize_for: crate::options::OptimizeFor,
     /// A mixed model (`backend_map` with ops on cuda): its CUDA settings.
     pub cuda: Option<&'a crate::options::CudaOptions>,
+    /// `quantization: int8`: the int8 inference API beside `evaluate`.
+    pub quantization_int8: bool,
 }
 
 /// The local holding node `id`'s value: `vN` (one name source, so hygiene never bites).

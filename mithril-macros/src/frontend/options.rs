@@ -112,6 +112,9 @@ pub struct Options {
     /// `trace_shapes: true`: the shape-inference trace (`M::SHAPE_TRACE`) and the symbols bound
     /// by the last call (`last_symbols`).
     pub trace_shapes: bool,
+    /// `quantization: int8`: the int8 inference API (`quantize`, `calibrate`,
+    /// `evaluate_quantized`, `load_quantized`) next to the f32 one.
+    pub quantization_int8: bool,
 }
 
 impl Options {
@@ -153,6 +156,7 @@ impl Default for Options {
             checkpoint_segments: None,
             verbose: false,
             trace_shapes: false,
+            quantization_int8: false,
         }
     }
 }
@@ -185,6 +189,7 @@ pub const NAMES: &[&str] = &[
     "backend_map",
     "verbose",
     "trace_shapes",
+    "quantization",
 ];
 
 /// What a `target_hardware` name selects.
@@ -322,6 +327,11 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
             other => return Err(e(other.span(), "`optimize_for` is `latency` (one call uses every core for its matrix products, the default) or `throughput` (each call runs on its calling thread; for many concurrent calls)")),
         },
         "backend_map" => opt_backend_map(o, v)?,
+        "quantization" => match v {
+            OptValue::Ident(i) if i == "int8" => o.quantization_int8 = true,
+            OptValue::Ident(i) if i == "none" => o.quantization_int8 = false,
+            other => return Err(e(other.span(), "`quantization` is `int8` (post-training int8 weights per output channel and int8 activations for the matrix products with a param weight: `quantize`, `calibrate`, `evaluate_quantized`) or `none` (the default)")),
+        },
         "static_shapes" => o.static_shapes = as_bool(v, "static_shapes")?,
         "cache" => o.cuda.cache = as_bool(v, "cache")?,
         "cache_dir" => {
@@ -747,6 +757,29 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
             if let Some((k, _)) = find(name) {
                 errors.push(e(k.span(), format!("`{name}` configures the CUDA backend; this model is compiled for the CPU (add `backend: cuda`)")));
             }
+        }
+    }
+    if let (true, Some((k, _))) = (o.quantization_int8, find("quantization")) {
+        let why = if o.backend_cuda || o.backend_map.iter().any(|b| b.cuda) {
+            Some(
+                "the CUDA backend has no int8 kernels; `quantization: int8` is for CPU models"
+                    .to_string(),
+            )
+        } else if o.static_shapes {
+            Some(
+                "`static_shapes: true` models have no int8 path yet; leave one of the two out"
+                    .to_string(),
+            )
+        } else if o.dtype != DType::F32 {
+            Some(format!(
+                "`quantization: int8` quantizes f32 models, but this one has `dtype: {}`",
+                o.dtype.name()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            errors.push(e(k.span(), why));
         }
     }
     if o.cuda.tf32 && o.cuda.amp {

@@ -5,6 +5,7 @@ use crate::check::{check_shape, SymEnv};
 use crate::elem::DType;
 use crate::ops;
 use crate::params::TensorView;
+use crate::quant::{self, QWeight, Run};
 use crate::workspace::{Dest, Workspace};
 use crate::{Elem, Error, Result};
 use half::{bf16, f16};
@@ -68,6 +69,20 @@ pub fn run(
     views: &[TensorView<'_>],
     outs: &mut [Option<AnyArray>],
 ) -> Result<()> {
+    run_with(plan, ws, fallback, views, outs, Run::Off)
+}
+
+/// [`run`] with quantization: `q` says whether the f32 products with a param weight run in
+/// int8 (with `q`'s weights), record their activation ranges (calibration) or stay f32
+/// ([`crate::quant`]).
+pub fn run_with(
+    plan: &'static Plan,
+    ws: &Mutex<Workspace>,
+    fallback: impl FnOnce() -> Workspace,
+    views: &[TensorView<'_>],
+    outs: &mut [Option<AnyArray>],
+    q: Run<'_>,
+) -> Result<()> {
     let mut env = SymEnv::new(plan.syms);
     for c in &plan.checks {
         let v = views
@@ -117,6 +132,7 @@ pub fn run(
             env: &env,
             views,
             outs: RefCell::new(outs),
+            q,
         };
         let (r, mut vals) = cx.run_nodes(vals);
         vals.clear();
@@ -144,6 +160,8 @@ struct Cx<'p, 'a, 'w> {
     views: &'p [TensorView<'a>],
     /// the returned outputs; an owned result goes straight into its first output
     outs: RefCell<&'p mut [Option<AnyArray>]>,
+    /// int8 products, calibration, or neither
+    q: Run<'p>,
 }
 
 /// A `match` on a dtype binding `$T` to the storage type of each listed variant in `$e`, then
@@ -282,6 +300,44 @@ prog_elem!(i64, I64, I64);
 prog_elem!(bool, Bool, Bool);
 
 impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
+    /// The int8 weight an f32 product `step` (`a` its first operand) runs with, if any; in a
+    /// calibration run, records `max |a|` for its weight and gives `None`.
+    fn int8_weight(
+        &self,
+        step: &Step,
+        ta: bool,
+        tb: bool,
+        a: &TensorView<'_>,
+    ) -> Option<&'p QWeight> {
+        if matches!(self.q, Run::Off) || ta || step.dt != DType::F32 {
+            return None;
+        }
+        let (view, t) = step
+            .args
+            .get(1)
+            .and_then(|&b| quant::b_view(self.plan, b))?;
+        let TensorView::F32(a) = a else {
+            return None;
+        };
+        match self.q {
+            Run::Off => None,
+            Run::Calibrate(c) => {
+                let m = match a.as_slice_memory_order() {
+                    Some(s) => mithril_kernels::qgemm::max_abs(1, s.len(), s, s.len(), 1),
+                    None => a
+                        .iter()
+                        .fold(0f32, |m, x| if x.abs() > m { x.abs() } else { m }),
+                };
+                c.record(view, m);
+                None
+            }
+            Run::Int8(s) => {
+                let w = s.weight(view)?;
+                (w.tb == (tb ^ t) && a.ndim() == 2).then_some(w)
+            }
+        }
+    }
+
     fn run_nodes(&self, mut vals: Vec<Val<'w>>) -> (Result<()>, Vec<Val<'w>>) {
         let r = self.nodes(&mut vals);
         (r, vals)
@@ -438,7 +494,8 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             }
             POp::FusedMatmul { ta, tb, prog } => {
                 let xs = self.refs(step, vals)?;
-                num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d)))
+                let qw = xs.first().and_then(|x| self.int8_weight(step, *ta, *tb, x));
+                num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d, qw)))
             }
             POp::Arange {
                 start,
@@ -474,6 +531,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         let x = a(0)?;
         let xt = x.dtype();
         match op {
+            POp::Matmul { ta, tb } if self.int8_weight(step, *ta, *tb, &x).is_some() => {
+                let w = self
+                    .int8_weight(step, *ta, *tb, &x)
+                    .ok_or_else(|| internal(w, "int8 weight"))?;
+                self.put::<f32>(id, h, |d| {
+                    ops::qmatmul_epi_to::<f32, 0>(typed::<f32>(&x)?, w, [], d, &|_, _| {})
+                })
+            }
             POp::Matmul { ta, tb } => {
                 let y = a(1)?;
                 num_t!(dt, w, T => self.put::<T>(id, h, |d| ops::matmul_to(typed::<T>(&x)?, typed::<T>(&y)?, *ta, *tb, d)))
@@ -850,6 +915,7 @@ fn fused_mm<'d, T: PlanElem + ProgElem>(
     p: &Prog,
     xs: &[&TensorView<'_>],
     d: Dest<'d, T>,
+    qw: Option<&QWeight>,
 ) -> Result<ArrayViewMutD<'d, T>>
 where
     T::Acc: mithril_kernels::scalar::Num,
@@ -889,10 +955,14 @@ where
                     }
                 }
             };
-            // the common case without the general layout handling (the same result)
-            match ops::matmul_epi_2d_to(a, b, ta, tb, o, d, &seg) {
-                Ok(r) => r?,
-                Err(d) => ops::matmul_epi_to(a, b, ta, tb, o, d, seg)?,
+            if let Some(w) = qw {
+                ops::qmatmul_epi_to(a, w, o, d, &seg)?
+            } else {
+                // the common case without the general layout handling (the same result)
+                match ops::matmul_epi_2d_to(a, b, ta, tb, o, d, &seg) {
+                    Ok(r) => r?,
+                    Err(d) => ops::matmul_epi_to(a, b, ta, tb, o, d, seg)?,
+                }
             }
         }};
     }

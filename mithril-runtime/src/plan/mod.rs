@@ -14,7 +14,7 @@
 mod exec;
 mod text;
 
-pub use exec::run;
+pub use exec::{run, run_with};
 
 /// The symbolic dims bound by the last call that ran with workspace `ws` (what
 /// `trace_shapes: true` models' `last_symbols` returns): the model's shape checks

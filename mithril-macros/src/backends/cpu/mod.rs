@@ -51,6 +51,9 @@ pub struct Gen<'a> {
     pub(crate) shared_terms: Option<(String, String)>,
     /// Per param, its position in the structs' visit order (the plan's view order).
     leaf_pos: Vec<usize>,
+    /// `quantization: int8`: the `__mithril_qplan` item (`evaluate`'s plan, also read by
+    /// `quantize` and `load_quantized`).
+    pub(crate) qplan_fn: Option<TokenStream>,
 }
 
 impl<'a> Gen<'a> {
@@ -91,6 +94,7 @@ impl<'a> Gen<'a> {
             mixed: None,
             shared_terms: None,
             leaf_pos,
+            qplan_fn: None,
         }
     }
 
