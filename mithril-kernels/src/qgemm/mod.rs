@@ -20,7 +20,7 @@
 //!
 //! | path | inner step |
 //! | --- | --- |
-//! | AVX512_VNNI | `vpdpbusd` (64 `u8·i8` products per instruction) on `q + 128`, minus `128·Σ_p qb(p, j)`; up to 8 rows × 32 columns (GEMV: 1 row × 128) |
+//! | AVX512_VNNI | `vpdpbusd` (64 `u8·i8` products per instruction) on `q + 128`, minus `128·Σ_p qb(p, j)`; up to 8 rows × 32 columns (2 to 4 rows: × 64; one row: 1 × 128, eight independent sums) |
 //! | AVX2 | both operands widened to `i16`, `vpmaddwd` (no saturation), 3 rows × 16 columns |
 //! | scalar | plain `i32` loops |
 //!
@@ -351,14 +351,14 @@ pub(crate) fn quantize_row(r: &[f32], inv: f32, o: &mut [u8]) {
 type Kern = unsafe fn(usize, *const u8, usize, *const i8, usize, *const i32, *mut i32);
 
 /// The widest tile row (columns) any kernel writes.
-const TILE_W: usize = 64;
+const TILE_W: usize = 128;
 /// The most rows of any kernel.
 const TILE_R: usize = 8;
 
 /// Rows and panels per tile of `isa` for a problem of `m` rows.
 fn shape(isa: QIsa, m: usize) -> (usize, usize) {
     match isa {
-        QIsa::Avx512Vnni if m <= 1 => (1, 4),
+        QIsa::Avx512Vnni if m <= 1 => (1, 8),
         QIsa::Avx512Vnni if m <= 4 => (m, 4),
         QIsa::Avx512Vnni => (8, 2),
         QIsa::Avx2 => (3, 1),
@@ -367,7 +367,7 @@ fn shape(isa: QIsa, m: usize) -> (usize, usize) {
 }
 
 fn kernel(isa: QIsa, r: usize, v: usize) -> Kern {
-    // `V` is 1, 2 or 4 (`drive` halves it at the last panels)
+    // `V` is 1, 2 or 4 (8 for one row; `drive` halves it at the last panels)
     macro_rules! v3 {
         ($k:ident, $r:literal) => {
             match v {
@@ -382,6 +382,7 @@ fn kernel(isa: QIsa, r: usize, v: usize) -> Kern {
         QIsa::Avx512Vnni => {
             use x86::k_vnni;
             match r {
+                1 if v == 8 => k_vnni::<1, 8> as Kern,
                 1 => v3!(k_vnni, 1),
                 2 => v3!(k_vnni, 2),
                 3 => v3!(k_vnni, 3),
