@@ -170,7 +170,7 @@ impl QPackedB {
         let panels = n.div_ceil(PANEL);
         let mut data = vec![0i8; panels * kg * 64];
         let mut col_sums = vec![0i32; panels * PANEL];
-        for j in 0..n {
+        for (j, cs) in col_sums.iter_mut().enumerate().take(n) {
             let (pn, c) = (j / PANEL, j % PANEL);
             let mut sum = 0i32;
             for p in 0..k {
@@ -178,7 +178,7 @@ impl QPackedB {
                 sum += i32::from(v);
                 data[pn * kg * 64 + (p / 4) * 64 + c * 4 + p % 4] = v;
             }
-            col_sums[j] = sum;
+            *cs = sum;
         }
         QPackedB {
             k,
@@ -289,6 +289,7 @@ pub(crate) fn max_abs_row(r: &[f32]) -> f32 {
 ///
 /// # Panics
 /// When `a` or `out` is too short, or `kp < k`.
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_a(
     m: usize,
     k: usize,
