@@ -427,6 +427,7 @@ fn compile_one(
         intermediates: int_graph.as_ref().map(|(g, names)| (g, names.as_slice())),
         mobile: opts.mobile.as_ref().map(|m| m.describe()),
         render: &opts.render,
+        quantization_int8: opts.quantization_int8,
     };
     // a mixed model (`backend_map`) keeps the host API: the CPU generator, with the device
     // lowering of `backends::cuda` for the ops placed on cuda

@@ -22,6 +22,7 @@ pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an oute
 pub mod pack;
 pub mod params;
 pub mod plan;
+pub mod quant;
 pub mod tree;
 pub mod workspace;
 

@@ -291,10 +291,10 @@ pub fn global_norm<P: ParamTree + ?Sized>(p: &P) -> f64 {
 // Encoding and decoding.
 
 /// An owned tensor handed to `safetensors::serialize`.
-struct Leaf {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+pub(crate) struct Leaf {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<u8>,
 }
 
 impl View for Leaf {
@@ -363,7 +363,7 @@ fn encode<T: LeBytes>(a: &ArrayViewD<'_, T>) -> Vec<u8> {
 }
 
 /// The safetensors dtype of a mithril dtype.
-fn st_dtype(d: DType) -> Dtype {
+pub(crate) fn st_dtype(d: DType) -> Dtype {
     match d {
         DType::F32 => Dtype::F32,
         DType::F64 => Dtype::F64,
@@ -571,7 +571,12 @@ fn fill_int<T: Elem + LeBytes + TryFrom<i128>>(
 }
 
 /// Writes a file tensor (shape already checked) into a leaf.
-fn decode_into(name: &str, dst: TensorViewMut<'_>, file: Dtype, data: &[u8]) -> Result<()> {
+pub(crate) fn decode_into(
+    name: &str,
+    dst: TensorViewMut<'_>,
+    file: Dtype,
+    data: &[u8],
+) -> Result<()> {
     let param = dst.dtype();
     let need = dst.num_elements();
     let elem_bits = file.bitsize();
@@ -608,7 +613,7 @@ fn decode_into(name: &str, dst: TensorViewMut<'_>, file: Dtype, data: &[u8]) -> 
 }
 
 /// An I/O error with the path it concerns (same kind, message `{what} `path`: {e}`).
-fn io_at(what: &str, path: &Path, e: std::io::Error) -> Error {
+pub(crate) fn io_at(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::Io(std::io::Error::new(
         e.kind(),
         format!("{what} `{}`: {e}", path.display()),
@@ -619,7 +624,7 @@ fn io_at(what: &str, path: &Path, e: std::io::Error) -> Error {
 /// temporary's name is unique to this call (process id and a process-wide counter) and it is
 /// created exclusively (`create_new`), so concurrent saves never write into the same
 /// temporary: each complete save is renamed over `path` atomically.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SAVES: AtomicU64 = AtomicU64::new(0);
     let Some(file_name) = path.file_name() else {

@@ -42,6 +42,7 @@ mod multi_backend;
 mod optimizations;
 mod optimize_for;
 mod prims;
+mod quant;
 mod render;
 mod roles;
 mod runtime_errors;

@@ -558,3 +558,34 @@ fn pool_threads_run_under_the_callers_isa_choice() {
     }
     assert!(c.iter().all(|&x| x == k as f32));
 }
+
+#[test]
+fn bf16_batch1_dot_gemv_long_k() {
+    // m = 1 with a transposed B (the `x · Wᵀ` of a bf16 `Linear`): the `vdpbf16ps` GEMV where
+    // the CPU has AVX512_BF16 — 64-k steps, 32-k masked tails, row blocks of 8, 4 and 1
+    let mut seed = 500;
+    for isa in isas() {
+        for (n, k) in [(70, 64), (13, 100), (9, 785), (64, 256), (3, 31)] {
+            for accumulate in [false, true] {
+                seed += 1;
+                let cfg = GemmConfig {
+                    isa: Some(isa),
+                    threads: Some(1),
+                    force_split: false,
+                    path: Path::Auto,
+                };
+                let cs = Case {
+                    m: 1,
+                    n,
+                    k,
+                    ta: false,
+                    tb: true,
+                    accumulate,
+                    alpha: if accumulate { -1.5 } else { 1.0 },
+                    epilogue: true,
+                };
+                run_case::<bf16>(cfg, cs, seed);
+            }
+        }
+    }
+}

@@ -1014,6 +1014,101 @@ unsafe fn gemv1_dot_512<E: Fn(usize, usize, &mut [f32])>(args: &Args<f32>, epi: 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Batch-1 bf16 GEMV, dot layout, with `vdpbf16ps`: the bf16 weights are read as they are
+// stored (32 k per instruction), no conversion pass.
+
+/// `out[j] = sum_p x[p]·w[j*so + p]` for `J` rows: two accumulators per row (k-pairs `p..p+32`
+/// and `p+32..p+64`), a masked tail (zero pairs add nothing).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+unsafe fn dot_block_bf16<const J: usize>(
+    k: usize,
+    x: *const bf16,
+    w: *const bf16,
+    so: usize,
+    out: *mut f32,
+) {
+    #[inline(always)]
+    unsafe fn ld(p: *const bf16) -> __m512bh {
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _))
+    }
+    #[inline(always)]
+    unsafe fn ldm(m: __mmask32, p: *const bf16) -> __m512bh {
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(m, p as *const _))
+    }
+    let mut acc = [[_mm512_setzero_ps(); 2]; J];
+    let mut p = 0;
+    while p + 64 <= k {
+        let (x0, x1) = (ld(x.add(p)), ld(x.add(p + 32)));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let wr = w.add(jj * so + p);
+            a[0] = _mm512_dpbf16_ps(a[0], x0, ld(wr));
+            a[1] = _mm512_dpbf16_ps(a[1], x1, ld(wr.add(32)));
+        }
+        p += 64;
+    }
+    while p < k {
+        let len = (k - p).min(32);
+        let mask: __mmask32 = if len == 32 {
+            u32::MAX
+        } else {
+            (1u32 << len) - 1
+        };
+        let x0 = ldm(mask, x.add(p));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            a[0] = _mm512_dpbf16_ps(a[0], x0, ldm(mask, w.add(jj * so + p)));
+        }
+        p += len;
+    }
+    for (jj, a) in acc.iter().enumerate() {
+        *out.add(jj) = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    }
+}
+
+/// `m == 1`, bf16, B in the dot layout (`rsb == 1`), A's row contiguous (the batch-1 `x · Wᵀ`
+/// of a bf16 `Linear`). False when the shape or type is not that.
+#[inline(always)]
+unsafe fn gemv1_bf16<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) -> bool {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<bf16>()
+        || args.m != 1
+        || args.rsb != 1
+        || args.csa != 1
+    {
+        return false;
+    }
+    // SAFETY: T is bf16 (checked above).
+    let args = &*(args as *const Args<T> as *const Args<bf16>);
+    gemv1_dot_bf16(args, epi);
+    true
+}
+
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
+unsafe fn gemv1_dot_bf16<E: Fn(usize, usize, &mut [f32])>(args: &Args<bf16>, epi: &E) {
+    let mut y = [0f32; 64];
+    let (k, so) = (args.k, args.csb);
+    let mut j = 0;
+    while j < args.n {
+        let len = 64.min(args.n - j);
+        let w = args.b.add(j * so);
+        let mut o = 0;
+        while o + 8 <= len {
+            dot_block_bf16::<8>(k, args.a, w.add(o * so), so, y.as_mut_ptr().add(o));
+            o += 8;
+        }
+        while o + 4 <= len {
+            dot_block_bf16::<4>(k, args.a, w.add(o * so), so, y.as_mut_ptr().add(o));
+            o += 4;
+        }
+        while o < len {
+            dot_block_bf16::<1>(k, args.a, w.add(o * so), so, y.as_mut_ptr().add(o));
+            o += 1;
+        }
+        gemv::finish_row(args, 0, j, &mut y[..len], epi);
+        j += len;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Per-type dispatch.
 
 /// x86 entry points of one element type.
@@ -1048,6 +1143,7 @@ macro_rules! x86_f32like {
                 match isa {
                     Isa::Scalar | Isa::Avx2 => gemv_256::<$t, E, 8>(args, epi),
                     _ if gemv1_f32(args, epi) => {}
+                    Isa::Avx512Bf16 if $bf16 && gemv1_bf16(args, epi) => {}
                     _ => gemv_512::<$t, E, 16>(args, epi),
                 }
             }

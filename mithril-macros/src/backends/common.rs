@@ -42,6 +42,8 @@ pub struct CodegenInput<'a> {
     pub mobile: Option<String>,
     /// `cpu: { threads, simd, deterministic }` and `donate` (CPU models).
     pub render: &'a crate::options::render::RenderOptions,
+    /// `quantization: int8`: the int8 inference API beside `evaluate`.
+    pub quantization_int8: bool,
 }
 
 /// The local holding node `id`'s value: `vN` (one name source, so hygiene never bites).

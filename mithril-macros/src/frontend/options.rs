@@ -159,6 +159,9 @@ pub struct Options {
     pub inspect: Inspect,
     /// `visualize`, `viz_options`, `template_path`, `cpu`, `donate` (see [`render`]).
     pub render: render::RenderOptions,
+    /// `quantization: int8`: the int8 inference API (`quantize`, `calibrate`,
+    /// `evaluate_quantized`, `load_quantized`) next to the f32 one.
+    pub quantization_int8: bool,
 }
 
 /// Run-time instrumentation options (CPU plan models only).
@@ -231,6 +234,7 @@ impl Default for Options {
             trace_shapes: false,
             inspect: Inspect::default(),
             render: render::RenderOptions::default(),
+            quantization_int8: false,
         }
     }
 }
@@ -274,6 +278,7 @@ pub const NAMES: &[&str] = &[
     "template_path",
     "cpu",
     "donate",
+    "quantization",
 ];
 
 /// What a `target_hardware` name selects.
@@ -418,6 +423,11 @@ fn option(o: &mut Options, k: &Ident, key: &str, v: &OptValue) -> Result<(), syn
             other => return Err(e(other.span(), "`optimize_for` is `latency` (one call uses every core for its matrix products, the default) or `throughput` (each call runs on its calling thread; for many concurrent calls)")),
         },
         "backend_map" => opt_backend_map(o, v)?,
+        "quantization" => match v {
+            OptValue::Ident(i) if i == "int8" => o.quantization_int8 = true,
+            OptValue::Ident(i) if i == "none" => o.quantization_int8 = false,
+            other => return Err(e(other.span(), "`quantization` is `int8` (post-training int8 weights per output channel and int8 activations for the matrix products with a param weight: `quantize`, `calibrate`, `evaluate_quantized`) or `none` (the default)")),
+        },
         "static_shapes" => o.static_shapes = as_bool(v, "static_shapes")?,
         "cache" => o.cuda.cache = as_bool(v, "cache")?,
         "cache_dir" => {
@@ -943,6 +953,29 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
         }
     }
     render::cross_check(o, &|n| find(n).map(|(k, _)| k.span()), errors);
+    if let (true, Some((k, _))) = (o.quantization_int8, find("quantization")) {
+        let why = if o.backend_cuda || o.backend_map.iter().any(|b| b.cuda) {
+            Some(
+                "the CUDA backend has no int8 kernels; `quantization: int8` is for CPU models"
+                    .to_string(),
+            )
+        } else if o.static_shapes {
+            Some(
+                "`static_shapes: true` models have no int8 path yet; leave one of the two out"
+                    .to_string(),
+            )
+        } else if o.dtype != DType::F32 {
+            Some(format!(
+                "`quantization: int8` quantizes f32 models, but this one has `dtype: {}`",
+                o.dtype.name()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            errors.push(e(k.span(), why));
+        }
+    }
     if o.cuda.tf32 && o.cuda.amp {
         if let Some((k, _)) = find("cuda") {
             errors.push(e(k.span(), "`tf32: true` and `amp: true` both choose how f32 matrix products compute; give one of them"));

@@ -869,3 +869,119 @@ where
     );
     true
 }
+
+thread_local! {
+    /// The quantized activations and column scales of [`qmatmul_epi_to`], grown, never shrunk.
+    static QBUF: std::cell::RefCell<(Vec<u8>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The int8 form of [`matmul_epi_2d_to`] for a 2-D f32 `a` (not transposed) times a quantized
+/// weight: `a` quantized per tensor (with the weight's static scale, or a dynamic one from
+/// `max |a|`), the `u8 × i8` GEMM with `i32` sums dequantized in its store
+/// ([`mithril_kernels::qgemm`]), then `seg` with the epilogue operands on each finished row, as
+/// in the f32 form. `Err` (an internal error) when `a` is not 2-D or its `k` is not the
+/// weight's.
+pub fn qmatmul_epi_to<'w, T: Elem, const K: usize>(
+    a: &ArrayViewD<'_, T>,
+    w: &crate::quant::QWeight,
+    others: [&ArrayViewD<'_, T>; K],
+    dest: Dest<'w, T>,
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+) -> Result<ArrayViewMutD<'w, T>> {
+    use mithril_kernels::qgemm;
+    const OP: &str = "matmul";
+    if TypeId::of::<T>() != TypeId::of::<f32>() {
+        return Err(Error::op(
+            OP,
+            "internal: an int8 product of a non-f32 operand",
+        ));
+    }
+    let b = &w.packed;
+    let (m, k, n) = match a.shape() {
+        [m, k] => (*m, *k, b.n()),
+        s => {
+            return Err(Error::op(
+                OP,
+                format!("internal: int8 product of a {} operand", fmt_shape(s)),
+            ))
+        }
+    };
+    if k != b.k() {
+        return Err(Error::op(
+            OP,
+            format!(
+                "the operands do not multiply: {} by an int8 weight of {} rows",
+                fmt_shape(a.shape()),
+                b.k()
+            ),
+        ));
+    }
+    let ptrs = epilogue_operands(&others, m, n)?
+        .ok_or_else(|| Error::op(OP, "internal: an epilogue operand with a negative stride"))?;
+    let mut out = dest.get(OP, &[m, n])?;
+    if m == 0 || n == 0 {
+        return Ok(out);
+    }
+    let c = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
+    // SAFETY: `T` is f32 (checked above)
+    let c = unsafe { std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut f32, c.len()) };
+    let std_a;
+    let a2 = if a.strides().iter().all(|&s| s >= 0) {
+        a.view()
+    } else {
+        std_a = a.as_standard_layout().into_owned();
+        std_a.view()
+    };
+    let (rsa, csa) = (a2.strides()[0] as usize, a2.strides()[1] as usize);
+    // SAFETY: every element (i, p) lies at i*rsa + p*csa inside the view's memory
+    // (non-negative strides).
+    let sa = unsafe {
+        let len = if k == 0 {
+            0
+        } else {
+            (m - 1) * rsa + (k - 1) * csa + 1
+        };
+        std::slice::from_raw_parts(a2.as_ptr() as *const f32, len)
+    };
+    let (inv, scale) = match w.act {
+        Some(s) => s,
+        None => qgemm::inv_and_scale(qgemm::max_abs(m, k, sa, rsa, csa)),
+    };
+    let kp = b.k_padded();
+    QBUF.with(|q| {
+        let mut q = q.borrow_mut();
+        let (aq, cs) = &mut *q;
+        let need = m
+            .checked_mul(kp)
+            .ok_or_else(|| Error::op(OP, "the quantized activation's size overflows"))?;
+        if aq.len() < need {
+            aq.resize(need, 0);
+        }
+        cs.clear();
+        cs.extend(b.scales().iter().map(|s| scale * s));
+        qgemm::quantize_a(m, k, sa, rsa, csa, inv, &mut aq[..need], kp);
+        qgemm::qgemm(
+            qgemm::QIsa::active(),
+            m,
+            &aq[..need],
+            kp,
+            b,
+            cs,
+            c,
+            n,
+            |i, j0, v: &mut [f32]| {
+                // SAFETY: the pointers describe [m, n] broadcast views and (i, j0..) is in C;
+                // `T::Acc` is f32.
+                unsafe {
+                    let v: &mut [T::Acc] =
+                        std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T::Acc, v.len());
+                    apply_segment(i, j0, v, &ptrs, seg)
+                }
+            },
+        );
+        Ok::<(), Error>(())
+    })?;
+    Ok(out)
+}

@@ -5,6 +5,7 @@ use crate::check::{check_shape, SymEnv};
 use crate::elem::DType;
 use crate::ops;
 use crate::params::TensorView;
+use crate::quant::{self, QWeight, Run};
 use crate::workspace::{Dest, Workspace};
 use crate::{Elem, Error, Result};
 use half::{bf16, f16};
@@ -70,7 +71,17 @@ pub fn run(
     views: &[TensorView<'_>],
     outs: &mut [Option<AnyArray>],
 ) -> Result<()> {
-    run_probed(plan, ws, fallback, views, outs, &[], &mut [], &mut Off)
+    run_probed(
+        plan,
+        ws,
+        fallback,
+        views,
+        outs,
+        &[],
+        &mut [],
+        Run::Off,
+        &mut Off,
+    )
 }
 
 /// [`run`] with donated inputs (`donate: [x]`, `evaluate_donating`): each pair `(k, v)` of
@@ -91,7 +102,17 @@ pub fn run_donating(
     donate: &[(usize, usize)],
     donated: &mut [bool],
 ) -> Result<()> {
-    run_probed(plan, ws, fallback, views, outs, donate, donated, &mut Off)
+    run_probed(
+        plan,
+        ws,
+        fallback,
+        views,
+        outs,
+        donate,
+        donated,
+        Run::Off,
+        &mut Off,
+    )
 }
 
 /// [`run`] with `hook` called before and after every op (see [`OpHook`]): the instrumented
@@ -108,7 +129,31 @@ pub fn run_hooked(
     outs: &mut [Option<AnyArray>],
     hook: &mut dyn OpHook,
 ) -> Result<()> {
-    run_probed(plan, ws, fallback, views, outs, &[], &mut [], &mut On(hook))
+    run_probed(
+        plan,
+        ws,
+        fallback,
+        views,
+        outs,
+        &[],
+        &mut [],
+        Run::Off,
+        &mut On(hook),
+    )
+}
+
+/// [`run`] with quantization: `q` says whether the f32 products with a param weight run in
+/// int8 (with `q`'s weights), record their activation ranges (calibration) or stay f32
+/// ([`crate::quant`]).
+pub fn run_with(
+    plan: &'static Plan,
+    ws: &Mutex<Workspace>,
+    fallback: impl FnOnce() -> Workspace,
+    views: &[TensorView<'_>],
+    outs: &mut [Option<AnyArray>],
+    q: Run<'_>,
+) -> Result<()> {
+    run_probed(plan, ws, fallback, views, outs, &[], &mut [], q, &mut Off)
 }
 
 /// What an [`OpHook`] is told about an op.
@@ -194,6 +239,7 @@ fn run_probed<P: Probe>(
     outs: &mut [Option<AnyArray>],
     donate: &[(usize, usize)],
     donated: &mut [bool],
+    q: Run<'_>,
     probe: &mut P,
 ) -> Result<()> {
     donated.iter_mut().for_each(|d| *d = false);
@@ -252,6 +298,7 @@ fn run_probed<P: Probe>(
             tapes: &tapes,
             donors: &donors,
             donated: RefCell::new(donated),
+            q,
         };
         let (r, mut vals) = cx.run_nodes(vals, probe);
         vals.clear();
@@ -311,6 +358,8 @@ struct Cx<'p, 'a, 'w> {
     donors: &'p [Donor],
     /// which donation pairs were used
     donated: RefCell<&'p mut [bool]>,
+    /// int8 products, calibration, or neither
+    q: Run<'p>,
 }
 
 /// An output computed into a donated input's memory.
@@ -553,6 +602,44 @@ prog_elem!(i64, I64, I64);
 prog_elem!(bool, Bool, Bool);
 
 impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
+    /// The int8 weight an f32 product `step` (`a` its first operand) runs with, if any; in a
+    /// calibration run, records `max |a|` for its weight and gives `None`.
+    fn int8_weight(
+        &self,
+        step: &Step,
+        ta: bool,
+        tb: bool,
+        a: &TensorView<'_>,
+    ) -> Option<&'p QWeight> {
+        if matches!(self.q, Run::Off) || ta || step.dt != DType::F32 {
+            return None;
+        }
+        let (view, t) = step
+            .args
+            .get(1)
+            .and_then(|&b| quant::b_view(self.plan, b))?;
+        let TensorView::F32(a) = a else {
+            return None;
+        };
+        match self.q {
+            Run::Off => None,
+            Run::Calibrate(c) => {
+                let m = match a.as_slice_memory_order() {
+                    Some(s) => mithril_kernels::qgemm::max_abs(1, s.len(), s, s.len(), 1),
+                    None => a
+                        .iter()
+                        .fold(0f32, |m, x| if x.abs() > m { x.abs() } else { m }),
+                };
+                c.record(view, m);
+                None
+            }
+            Run::Int8(s) => {
+                let w = s.weight(view)?;
+                (w.tb == (tb ^ t) && a.ndim() == 2).then_some(w)
+            }
+        }
+    }
+
     fn run_nodes<P: Probe>(
         &self,
         mut vals: Vec<Val<'w>>,
@@ -890,7 +977,8 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             }
             POp::FusedMatmul { ta, tb, prog } => {
                 let xs = self.refs(step, vals)?;
-                num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d)))
+                let qw = xs.first().and_then(|x| self.int8_weight(step, *ta, *tb, x));
+                num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d, qw)))
             }
             POp::Arange {
                 start,
@@ -926,6 +1014,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         let x = a(0)?;
         let xt = x.dtype();
         match op {
+            POp::Matmul { ta, tb } if self.int8_weight(step, *ta, *tb, &x).is_some() => {
+                let w = self
+                    .int8_weight(step, *ta, *tb, &x)
+                    .ok_or_else(|| internal(w, "int8 weight"))?;
+                self.put::<f32>(id, h, |d| {
+                    ops::qmatmul_epi_to::<f32, 0>(typed::<f32>(&x)?, w, [], d, &|_, _| {})
+                })
+            }
             POp::Matmul { ta, tb } => {
                 let y = a(1)?;
                 num_t!(dt, w, T => self.put::<T>(id, h, |d| ops::matmul_to(typed::<T>(&x)?, typed::<T>(&y)?, *ta, *tb, d)))
@@ -1509,6 +1605,7 @@ fn fused_mm<'d, T: PlanElem + ProgElem>(
     p: &Prog,
     xs: &[&TensorView<'_>],
     d: Dest<'d, T>,
+    qw: Option<&QWeight>,
 ) -> Result<ArrayViewMutD<'d, T>>
 where
     T::Acc: mithril_kernels::scalar::Num,
@@ -1548,10 +1645,14 @@ where
                     }
                 }
             };
-            // the common case without the general layout handling (the same result)
-            match ops::matmul_epi_2d_to(a, b, ta, tb, o, d, &seg) {
-                Ok(r) => r?,
-                Err(d) => ops::matmul_epi_to(a, b, ta, tb, o, d, seg)?,
+            if let Some(w) = qw {
+                ops::qmatmul_epi_to(a, w, o, d, &seg)?
+            } else {
+                // the common case without the general layout handling (the same result)
+                match ops::matmul_epi_2d_to(a, b, ta, tb, o, d, &seg) {
+                    Ok(r) => r?,
+                    Err(d) => ops::matmul_epi_to(a, b, ta, tb, o, d, seg)?,
+                }
             }
         }};
     }

@@ -14,7 +14,7 @@
 mod exec;
 mod text;
 
-pub use exec::{run, run_donating, run_hooked, OpHook, OpInfo};
+pub use exec::{run, run_donating, run_hooked, run_with, OpHook, OpInfo};
 
 /// The symbolic dims bound by the last call that ran with workspace `ws` (what
 /// `trace_shapes: true` models' `last_symbols` returns): the model's shape checks

@@ -26,6 +26,7 @@ impl<'a> Gen<'a> {
             let (pre, outs, _) = self.plan_body(
                 &format_ident!("__ws"),
                 &format_ident!("__MITHRIL_LIFE_EVAL"),
+                self.inp.quantization_int8,
             );
             (pre, (Vec::new(), Vec::new(), outs))
         } else {
@@ -214,6 +215,7 @@ impl<'a> Gen<'a> {
             let (pre, outs, first) = self.plan_body(
                 &format_ident!("__ws_grad"),
                 &format_ident!("__MITHRIL_LIFE_GRAD"),
+                false,
             );
             first_grad = first;
             (pre, (Vec::new(), Vec::new(), outs))

@@ -170,6 +170,7 @@ impl Gen<'_> {
             let (pre, outs, _) = ig.plan_body(
                 &format_ident!("__ws_int"),
                 &format_ident!("__MITHRIL_LIFE_INT"),
+                false,
             );
             let life = ig.life_tokens_pub();
             let n = self.g.outputs.len();

@@ -58,6 +58,9 @@ pub struct Gen<'a> {
     /// With `donate`: the expression building `MOutputs` from `__outs` (for
     /// [`Gen::donating_fns`]).
     donate_outs: Option<TokenStream>,
+    /// `quantization: int8`: the `__mithril_qplan` item (`evaluate`'s plan, also read by
+    /// `quantize` and `load_quantized`).
+    pub(crate) qplan_fn: Option<TokenStream>,
 }
 
 impl<'a> Gen<'a> {
@@ -100,6 +103,7 @@ impl<'a> Gen<'a> {
             leaf_pos,
             donate_pairs: Vec::new(),
             donate_outs: None,
+            qplan_fn: None,
         }
     }
 

@@ -28,6 +28,9 @@ impl Gen<'_> {
         if let Some(outs) = &self.donate_outs {
             return self.donating_fns(names, eval_body, outs, &lints);
         }
+        if self.mixed.is_none() && self.inp.quantization_int8 {
+            return self.quant_evaluate_fns(names, eval_body);
+        }
         match &self.mixed {
             // a model that reads `is_training`: `evaluate` is the eval-mode call of
             // `evaluate_mode`
@@ -61,6 +64,110 @@ impl Gen<'_> {
             ),
             Some(m) => self.mixed_evaluate_fns(&**m, names, eval_body),
         }
+    }
+
+    /// A `quantization: int8` model's functions: `evaluate` (f32) and `evaluate_quantized`
+    /// over one private `__evaluate_q` (the plan run with its `rt::quant::Run`), `quantize`,
+    /// `calibrate`, `load_quantized`, and the `MQuantized` alias.
+    fn quant_evaluate_fns(
+        &self,
+        names: &Names,
+        eval_body: &TokenStream,
+    ) -> (TokenStream, TokenStream) {
+        let (vis, name) = (self.inp.vis, &names.name);
+        let (params_name, inputs_name, outputs_name) =
+            (&names.params, &names.inputs, &names.outputs);
+        let model = name.to_string();
+        let threads = self.threads_guard();
+        let lints = lints();
+        let q_name = format_ident!("{}Quantized", name);
+        let n_inputs = self.g.inputs.len();
+        let qplan = self.qplan_fn.clone().unwrap_or_default();
+        let with_mode = self.g.uses_mode();
+        let (mode_param, mode_eval, mode_arg) = if with_mode {
+            (
+                quote!(mode: ::mithril::rt::Mode,),
+                quote!(::mithril::rt::Mode::Eval,),
+                quote!(mode,),
+            )
+        } else {
+            (quote!(), quote!(), quote!())
+        };
+        let f32_fns = if with_mode {
+            quote! {
+                /// Run the model in evaluation mode (`is_training` is false), in f32:
+                /// [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)
+                }
+
+                /// Run the model in `mode` (what `is_training` reads), in f32.
+                pub fn evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)
+                }
+            }
+        } else {
+            quote! {
+                /// Run the model in f32 (the reference for [`Self::evaluate_quantized`]).
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, ::mithril::rt::quant::Run::Off)
+                }
+            }
+        };
+        let q_doc = format!(
+            "[`{name}`]'s params with int8 weights (`mithril::rt::quant::Quantized`): made by [`{name}::quantize`], [`{name}::calibrate`] or [`{name}::load_quantized`], run by [`{name}::evaluate_quantized`]."
+        );
+        let fns = quote! {
+            #qplan
+
+            #lints
+            fn __evaluate_q(&self, params: &#params_name, inputs: #inputs_name<'_>, #mode_param __q: ::mithril::rt::quant::Run<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                #threads
+                #eval_body
+            }
+
+            #f32_fns
+
+            /// Quantize `params` for int8 inference with **dynamic** activation scales: the
+            /// weight of every f32 matrix product with a param weight becomes int8 per output
+            /// channel (symmetric, packed once); each call of [`Self::evaluate_quantized`]
+            /// quantizes the product's input with the scale of its own largest magnitude.
+            pub fn quantize(&self, params: &#params_name) -> ::mithril::rt::Result<#q_name> {
+                ::mithril::rt::quant::Quantized::new(#model, Self::__mithril_qplan()?, #n_inputs, params, ::std::option::Option::None)
+            }
+
+            /// Quantize `params` for int8 inference with **static** activation scales: the
+            /// model runs in f32 over every batch of `batches`, recording the largest magnitude
+            /// of each quantized product's input; that range (over all batches) becomes the
+            /// product's fixed scale (inputs beyond it are clamped). `Err` if a batch fails or
+            /// there is none.
+            pub fn calibrate<'b>(&self, params: &#params_name, batches: impl ::std::iter::IntoIterator<Item = #inputs_name<'b>>) -> ::mithril::rt::Result<#q_name> {
+                let __cal = ::mithril::rt::quant::Calibration::new();
+                for b in batches {
+                    self.__evaluate_q(params, b, #mode_eval ::mithril::rt::quant::Run::Calibrate(&__cal))?;
+                }
+                ::mithril::rt::quant::Quantized::new(#model, Self::__mithril_qplan()?, #n_inputs, params, ::std::option::Option::Some(&__cal))
+            }
+
+            /// Run the model with int8 matrix products (`i32` accumulation, dequantized in the
+            /// GEMM's store; every other op in f32, in evaluation mode).
+            pub fn evaluate_quantized(&self, quantized: &#q_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                self.__evaluate_q(quantized.params(), inputs, #mode_eval quantized.run())
+            }
+
+            /// Load quantized params saved by their `save_safetensors` (int8 weights
+            /// with their `_scale` tensors, the other params as saved; a weight stored as
+            /// float is quantized here with dynamic scales).
+            pub fn load_quantized(&self, path: impl ::std::convert::AsRef<::std::path::Path>) -> ::mithril::rt::Result<#q_name> {
+                ::mithril::rt::quant::Quantized::load(#model, Self::__mithril_qplan()?, #n_inputs, self.randomize_params(0), path)
+            }
+        };
+        let _ = mode_arg;
+        let items = quote! {
+            #[doc = #q_doc]
+            #vis type #q_name = ::mithril::rt::quant::Quantized<#params_name>;
+        };
+        (fns, items)
     }
 
     /// A mixed model's `evaluate`, `prepare`, `evaluate_prepared` and its prepared params.

@@ -396,10 +396,15 @@ impl Gen<'_> {
     /// The body of a plan-run function: runs the plan with the workspace in `ws_field`.
     /// Returns the statements, the model outputs (name and the expression taking it from
     /// `__outs`) and the index in `__outs` where the gradients (if any) begin.
+    ///
+    /// With `quant` (`quantization: int8`'s `evaluate`), the plan is read through
+    /// `Self::__mithril_qplan()` (which `quantize` and `load_quantized` read too; its item is
+    /// left in `self.qplan_fn`) and run with `rt::plan::run_with` and the caller's `__q`.
     pub(crate) fn plan_body(
         &mut self,
         ws_field: &syn::Ident,
         life_const: &syn::Ident,
+        quant: bool,
     ) -> (TokenStream, Vec<(String, TokenStream)>, usize) {
         let (head, terms, rest) = self.plan_text();
         // the shape checks of inputs and params are the model's `__mithril_terminals()` when
@@ -455,6 +460,30 @@ impl Gen<'_> {
                     __outs,
                     __donate,
                     __donated,
+                )?;
+            };
+            return (body, outs, first_grad);
+        }
+        if quant {
+            self.qplan_fn = Some(quote! {
+                #[doc(hidden)]
+                fn __mithril_qplan() -> ::mithril::rt::Result<&'static ::mithril::rt::plan::Plan> {
+                    static __PLAN: ::std::sync::OnceLock<::std::result::Result<::mithril::rt::plan::Plan, ::std::string::String>> = ::std::sync::OnceLock::new();
+                    ::std::result::Result::Ok(#plan)
+                }
+            });
+            let body = quote! {
+                let __plan = Self::__mithril_qplan()?;
+                #views
+                let mut __outs: [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_outs] =
+                    ::std::array::from_fn(|_| ::std::option::Option::None);
+                ::mithril::rt::plan::run_with(
+                    __plan,
+                    &self.#ws_field,
+                    || ::mithril::rt::Workspace::new(Self::#life_const, false, #max).named(#model),
+                    __views.get(#model)?,
+                    &mut __outs,
+                    __q,
                 )?;
             };
             return (body, outs, first_grad);

@@ -1,0 +1,202 @@
+//! int8 benchmarks, ratios measured in one run on one thread: the int8 GEMM
+//! (`mithril_kernels::qgemm`) against our f32 GEMM at n = 1024, and the MLP 784-256-128-10
+//! inference with f32, bf16 and int8 (`quantization: int8`) weights at batch 1 and 256.
+//!
+//! `MITHRIL_THREADS=1 taskset -c 0 cargo run --release --example bench_int8`
+//! (`gemm` or `mlp` as the first argument: only that part). Times are thread CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`, robust to a loaded machine), median (and fastest) of repeats.
+
+use mithril::prelude::*;
+use mithril_kernels::gemm as mg;
+use mithril_kernels::qgemm::{self, QIsa, QPackedB};
+use ndarray::Array2;
+
+mithril! {
+    /// The anchors' MLP.
+    pub model Mlp {
+        input x: f32[B, 784];
+        let h = relu(Linear(256)(x));
+        let h = relu(Linear(128)(h));
+        output logits = Linear(10)(h);
+    }
+
+    /// The same MLP with bf16 weights and activations (f32 accumulation in the GEMM).
+    pub compile MlpBf16 = Mlp { dtype: bf16, types: { x: bf16 } };
+
+    /// The same MLP with int8 weights (per output channel) and int8 activations.
+    pub compile MlpInt8 = Mlp { quantization: int8 };
+}
+
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// (median, fastest) thread-CPU seconds per call of `f` over about `budget` seconds.
+fn bench(mut f: impl FnMut(), budget: f64) -> (f64, f64) {
+    let t0 = thread_cpu();
+    f();
+    let once = (thread_cpu() - t0).max(1e-7);
+    for _ in 0..((0.05 / once) as usize).clamp(1, 2000) {
+        f();
+    }
+    let inner = ((2e-4 / once) as usize).clamp(1, 1000);
+    let reps = ((budget / (once * inner as f64)) as usize).clamp(7, 2000);
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = thread_cpu();
+        for _ in 0..inner {
+            f();
+        }
+        v.push((thread_cpu() - t) / inner as f64);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0])
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (((self.0 >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0) as f32
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn gemm_part(budget: f64) {
+    let n = 1024;
+    let mut g = Lcg(1);
+    let (a, w) = (g.vec(n * n), g.vec(n * n));
+    let mut c = vec![0f32; n * n];
+    let fl = 2.0 * (n * n * n) as f64;
+    // f32: C = A·Wᵀ (a Linear layer's layout)
+    let (t32, m32) = bench(
+        || {
+            mg::gemm(
+                n,
+                n,
+                n,
+                1.0,
+                &a,
+                n,
+                1,
+                &w,
+                1,
+                n,
+                false,
+                &mut c,
+                n,
+                |_, _, _| {},
+            )
+        },
+        budget,
+    );
+    let b = QPackedB::quantize(n, n, &w, 1, n);
+    let kp = b.k_padded();
+    let mut aq = vec![0u8; n * kp];
+    let mut cs = vec![0f32; n];
+    let isa = QIsa::active();
+    // the whole int8 product: activation max-abs and quantization, integer GEMM, dequantize
+    let (t8, m8) = bench(
+        || {
+            let (inv, sa) = qgemm::inv_and_scale(qgemm::max_abs(n, n, &a, n, 1));
+            qgemm::quantize_a(n, n, &a, n, 1, inv, &mut aq, kp);
+            for (d, s) in cs.iter_mut().zip(b.scales()) {
+                *d = sa * s;
+            }
+            qgemm::qgemm(isa, n, &aq, kp, &b, &cs, &mut c, n, |_, _, _| {});
+        },
+        budget,
+    );
+    // the integer GEMM alone (A already quantized)
+    let (ti, mi) = bench(
+        || qgemm::qgemm(isa, n, &aq, kp, &b, &cs, &mut c, n, |_, _, _| {}),
+        budget,
+    );
+    println!(
+        "gemm n={n}, 1 thread ({isa:?}): f32 {:.2} ms ({:.1} GFLOP/s; fastest {:.2}), int8 with activation quantization {:.2} ms ({:.1} GOP/s; fastest {:.2}) = {:.2}x, int8 GEMM alone {:.2} ms (fastest {:.2}) = {:.2}x",
+        t32 * 1e3,
+        fl / t32 / 1e9,
+        m32 * 1e3,
+        t8 * 1e3,
+        fl / t8 / 1e9,
+        m8 * 1e3,
+        t32 / t8,
+        ti * 1e3,
+        mi * 1e3,
+        t32 / ti
+    );
+}
+
+fn mlp_part(budget: f64) -> mithril::Result<()> {
+    let f32m = Mlp::new()?;
+    let bf = MlpBf16::new()?;
+    let q8 = MlpInt8::new()?;
+    let p = f32m.randomize_params(0);
+    let p16 = bf.randomize_params(0);
+    let pq = q8.quantize(&q8.randomize_params(0))?;
+    for b in [1usize, 256] {
+        let x = Array2::from_shape_fn((b, 784), |(i, j)| {
+            (((i * 784 + j) * 2654435761usize % 1000) as f32 / 500.0) - 1.0
+        });
+        let x16 = x.mapv(mithril::half::bf16::from_f32);
+        let (t32, m32) = bench(
+            || {
+                let _ = f32m.evaluate(&p, MlpInputs { x: x.view() });
+            },
+            budget,
+        );
+        let (t16, m16) = bench(
+            || {
+                let _ = bf.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
+            },
+            budget,
+        );
+        let (t8, m8) = bench(
+            || {
+                let _ = q8.evaluate_quantized(&pq, MlpInt8Inputs { x: x.view() });
+            },
+            budget,
+        );
+        println!(
+            "mlp 784-256-128-10 batch {b}, 1 thread: f32 {:.2} us (fastest {:.2}), bf16 {:.2} us (fastest {:.2}) = {:.2}x f32 time, int8 {:.2} us (fastest {:.2}) = {:.2}x f32 time; speedups: int8/f32 {:.2}x, int8/bf16 {:.2}x",
+            t32 * 1e6,
+            m32 * 1e6,
+            t16 * 1e6,
+            m16 * 1e6,
+            t16 / t32,
+            t8 * 1e6,
+            m8 * 1e6,
+            t8 / t32,
+            t32 / t8,
+            t16 / t8
+        );
+    }
+    Ok(())
+}
+
+pub fn main() -> mithril::Result<()> {
+    let budget: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    mg::set_num_threads(1);
+    let part = std::env::args().nth(1).unwrap_or_default();
+    if part != "mlp" {
+        gemm_part(budget);
+    }
+    if part != "gemm" {
+        mlp_part(budget)?;
+    }
+    Ok(())
+}

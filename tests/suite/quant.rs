@@ -1,0 +1,407 @@
+//! `quantization: int8`: the int8 products against a naive reference written here (weights
+//! quantized per output channel, activations per tensor, `i32` sums, dequantized, then bias and
+//! activation in f32), static scales from calibration, the safetensors form, and the top-1
+//! accuracy of a trained classifier against its f32 model.
+
+use mithril::prelude::*;
+use mithril::rt::optim::{Adam, Optimizer};
+use mithril::rt::ParamTree;
+use ndarray::{Array1, Array2};
+
+mithril! {
+    model Net {
+        input x: f32[B, 21];
+        let h = relu(Linear(35)(x));
+        output y = Linear(6)(h);
+    }
+    compile NetQ = Net { quantization: int8 };
+    compile NetQExplicitNone = Net { quantization: none };
+
+    model Spiral {
+        input x: f32[B, 2];
+        let h = tanh(Linear(64)(x));
+        let h = relu(Linear(64)(h));
+        output logits = Linear(2)(h);
+    }
+    train SpiralTrain {
+        input x: f32[B, 2];
+        input label: i64[B];
+        let h = tanh(Linear(64)(x));
+        let h = relu(Linear(64)(h));
+        output logits = Linear(2)(h);
+        loss cross_entropy(logits, label).mean();
+    }
+    compile SpiralQ = Spiral { quantization: int8 };
+}
+
+fn data(rows: usize, cols: usize, seed: u64, scale: f32) -> Array2<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    Array2::from_shape_fn((rows, cols), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale
+    })
+}
+
+/// The test's own int8 rule: `round_ties_even(x · 127 / max)` clamped to ±127.
+fn q(x: f32, inv: f32) -> i32 {
+    ((x * inv).round_ties_even()).clamp(-127.0, 127.0) as i32
+}
+
+/// One `Linear` layer, int8: `W[n, k]` per output row, `x` per tensor with multiplier `inv`
+/// and scale `sa`, then `+ b`.
+fn qlinear(x: &Array2<f32>, w: &Array2<f32>, b: &Array1<f32>, inv: f32, sa: f32) -> Array2<f32> {
+    let (m, k, n) = (x.nrows(), x.ncols(), w.nrows());
+    Array2::from_shape_fn((m, n), |(i, j)| {
+        let wmax = (0..k).map(|p| w[[j, p]].abs()).fold(0f32, f32::max);
+        let acc: i32 = (0..k)
+            .map(|p| q(x[[i, p]], inv) * q(w[[j, p]], 127.0 / wmax))
+            .sum();
+        acc as f32 * (sa * (wmax / 127.0)) + b[j]
+    })
+}
+
+fn dynamic(x: &Array2<f32>) -> (f32, f32) {
+    let m = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    (127.0 / m, m / 127.0)
+}
+
+fn reference(p: &NetQParams, x: &Array2<f32>, scales: Option<[(f32, f32); 2]>) -> Array2<f32> {
+    let w1 = p.linear_0.weight.clone();
+    let w2 = p.linear_1.weight.clone();
+    let (i1, s1) = scales.map_or_else(|| dynamic(x), |s| s[0]);
+    let h = qlinear(x, &w1, &p.linear_0.bias, i1, s1).mapv(|v| v.max(0.0));
+    let (i2, s2) = scales.map_or_else(|| dynamic(&h), |s| s[1]);
+    qlinear(&h, &w2, &p.linear_1.bias, i2, s2)
+}
+
+fn max_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[test]
+fn int8_products_match_the_naive_reference() {
+    let m = NetQ::new().unwrap();
+    let p = m.randomize_params(3);
+    let qp = m.quantize(&p).unwrap();
+    assert_eq!(qp.quantized(), ["linear_0.weight", "linear_1.weight"]);
+    assert!(!qp.is_static());
+    for rows in [1usize, 5, 17] {
+        let x = data(rows, 21, rows as u64, 2.0);
+        let got = m
+            .evaluate_quantized(&qp, NetQInputs { x: x.view() })
+            .unwrap()
+            .y;
+        let want = reference(&p, &x, None);
+        let f32_out = m.evaluate(&p, NetQInputs { x: x.view() }).unwrap().y;
+        // the same integer sums and scales; only the f32 order of the last few operations may
+        // differ from the reference's
+        let tol = 1e-5 * want.iter().fold(1f32, |a, v| a.max(v.abs()));
+        assert!(max_diff(&got, &want) <= tol, "rows {rows}: {got} vs {want}");
+        // ... and it is not the f32 model
+        assert!(
+            max_diff(&got, &f32_out) > 1e-5,
+            "rows {rows}: the int8 path did not run"
+        );
+        assert!(max_diff(&got, &f32_out) < 0.05 * f32_out.iter().fold(0f32, |a, v| a.max(v.abs())));
+    }
+    // the stored int8 weights are the per-row rule
+    let (shape, w8, scales) = qp.weight("linear_0.weight").unwrap();
+    assert_eq!(shape, [35, 21]);
+    let w = &p.linear_0.weight;
+    for j in 0..35 {
+        let wmax = w.row(j).iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert_eq!(scales[j], wmax / 127.0);
+        for k in 0..21 {
+            assert_eq!(i32::from(w8[j * 21 + k]), q(w[[j, k]], 127.0 / wmax));
+        }
+    }
+    assert!(qp.weight("linear_0.bias").is_none());
+    // `quantization: none` is the plain model
+    let n = NetQExplicitNone::new().unwrap();
+    let x = data(4, 21, 9, 1.0);
+    let pn = n.randomize_params(3);
+    let y = n
+        .evaluate(&pn, NetQExplicitNoneInputs { x: x.view() })
+        .unwrap()
+        .y;
+    let y32 = m.evaluate(&p, NetQInputs { x: x.view() }).unwrap().y;
+    assert_eq!(y, y32);
+}
+
+#[test]
+fn calibration_fixes_the_activation_scales() {
+    let m = NetQ::new().unwrap();
+    let p = m.randomize_params(5);
+    let batches: Vec<Array2<f32>> = (0..3)
+        .map(|b| data(8, 21, 40 + b, 1.0 + b as f32))
+        .collect();
+    let qp = m
+        .calibrate(&p, batches.iter().map(|x| NetQInputs { x: x.view() }))
+        .unwrap();
+    assert!(qp.is_static());
+    // the ranges: the input's over all batches, and the hidden layer's (in f32)
+    let xmax = batches
+        .iter()
+        .flat_map(|x| x.iter())
+        .fold(0f32, |a, v| a.max(v.abs()));
+    let hmax = batches
+        .iter()
+        .map(|x| {
+            let h = x.dot(&p.linear_0.weight.t()) + &p.linear_0.bias;
+            h.iter().fold(0f32, |a, v| a.max(v.max(0.0)))
+        })
+        .fold(0f32, f32::max);
+    let s0 = qp.input_scale("linear_0.weight").unwrap();
+    let s1 = qp.input_scale("linear_1.weight").unwrap();
+    assert_eq!(s0, xmax / 127.0);
+    assert!(
+        (s1 - hmax / 127.0).abs() <= 1e-6 * hmax,
+        "{s1} vs {}",
+        hmax / 127.0
+    );
+    // a small batch runs with those scales, not its own
+    let x = data(3, 21, 99, 0.5);
+    let got = m
+        .evaluate_quantized(&qp, NetQInputs { x: x.view() })
+        .unwrap()
+        .y;
+    let want = reference(&p, &x, Some([(1.0 / s0, s0), (1.0 / s1, s1)]));
+    let tol = 1e-5 * want.iter().fold(1f32, |a, v| a.max(v.abs()));
+    assert!(max_diff(&got, &want) <= tol, "{got} vs {want}");
+    let dynamic = m
+        .evaluate_quantized(&m.quantize(&p).unwrap(), NetQInputs { x: x.view() })
+        .unwrap()
+        .y;
+    assert!(max_diff(&got, &dynamic) > 0.0);
+    // no batch: an error, not a model without scales
+    let none: Vec<NetQInputs<'_>> = Vec::new();
+    let e = m.calibrate(&p, none).unwrap_err().to_string();
+    assert!(e.contains("no batch"), "{e}");
+}
+
+fn header(bytes: &[u8]) -> String {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    String::from_utf8(bytes[8..8 + n].to_vec()).unwrap()
+}
+
+#[test]
+fn quantized_params_save_and_load_with_their_scales() {
+    let m = NetQ::new().unwrap();
+    let p = m.randomize_params(11);
+    let x = data(6, 21, 1, 1.5);
+    for qp in [
+        m.quantize(&p).unwrap(),
+        m.calibrate(&p, [NetQInputs { x: x.view() }]).unwrap(),
+    ] {
+        let bytes = qp.to_safetensors_bytes().unwrap();
+        let h = header(&bytes);
+        for (name, dtype, shape) in [
+            ("linear_0.weight", "I8", "[35,21]"),
+            ("linear_0.weight_scale", "F32", "[35]"),
+            ("linear_0.bias", "F32", "[35]"),
+            ("linear_1.weight", "I8", "[6,35]"),
+            ("linear_1.weight_scale", "F32", "[6]"),
+        ] {
+            let entry = format!("\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":{shape}");
+            assert!(h.contains(&entry), "{entry} not in {h}");
+        }
+        assert_eq!(h.contains("linear_0.weight_input_scale"), qp.is_static());
+        assert!(h.contains("\"mithril.quantization\":\"int8\""));
+        // about a quarter of the f32 weights' bytes
+        assert!(bytes.len() < p.to_safetensors_bytes().unwrap().len() / 2);
+        let dir = std::env::temp_dir().join(format!("mithril-quant-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(if qp.is_static() {
+            "s.safetensors"
+        } else {
+            "d.safetensors"
+        });
+        qp.save_safetensors(&path).unwrap();
+        let back = m.load_quantized(&path).unwrap();
+        assert_eq!(back.is_static(), qp.is_static());
+        assert_eq!(back.weight("linear_1.weight"), qp.weight("linear_1.weight"));
+        assert_eq!(
+            back.input_scale("linear_0.weight"),
+            qp.input_scale("linear_0.weight")
+        );
+        // bitwise the same results
+        let a = m
+            .evaluate_quantized(&qp, NetQInputs { x: x.view() })
+            .unwrap()
+            .y;
+        let b = m
+            .evaluate_quantized(&back, NetQInputs { x: x.view() })
+            .unwrap()
+            .y;
+        assert_eq!(a, b);
+        // the loaded f32 params hold the dequantized weights; the others as saved
+        let (_, w8, sc) = qp.weight("linear_0.weight").unwrap();
+        assert_eq!(
+            back.params().linear_0.weight[[2, 3]],
+            f32::from(w8[2 * 21 + 3]) * sc[2]
+        );
+        assert_eq!(back.params().linear_0.bias, p.linear_0.bias);
+        std::fs::remove_file(&path).unwrap();
+    }
+    // a plain f32 checkpoint loads too (quantized on load)
+    let dir = std::env::temp_dir().join(format!("mithril-quant-f-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("f32.safetensors");
+    p.save_safetensors(&path).unwrap();
+    let back = m.load_quantized(&path).unwrap();
+    assert_eq!(
+        back.weight("linear_0.weight"),
+        m.quantize(&p).unwrap().weight("linear_0.weight")
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn bad_quantized_files_are_errors_naming_the_tensor() {
+    let m = NetQ::new().unwrap();
+    let p = m.randomize_params(2);
+    let bytes = m.quantize(&p).unwrap().to_safetensors_bytes().unwrap();
+    let dir = std::env::temp_dir().join(format!("mithril-quant-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // the scales of a weight renamed away
+    let h = header(&bytes);
+    let broken = h.replace("linear_1.weight_scale", "linear_1.weight_scalX");
+    let mut b2 = bytes.clone();
+    b2[8..8 + h.len()].copy_from_slice(broken.as_bytes());
+    let path = dir.join("noscale.safetensors");
+    std::fs::write(&path, &b2).unwrap();
+    let e = m.load_quantized(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("linear_1.weight_scale") && e.contains("missing"),
+        "{e}"
+    );
+    // a missing file names its path
+    let e = m
+        .load_quantized(dir.join("nope.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.safetensors"), "{e}");
+    // a wrong input shape is the usual shape error
+    let x = data(2, 20, 1, 1.0);
+    let e = m
+        .evaluate_quantized(&m.quantize(&p).unwrap(), NetQInputs { x: x.view() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("21") && e.contains("20"), "{e}");
+}
+
+/// Two interleaved spirals (the data of examples/train_mlp.rs).
+fn spirals(n: usize, seed: u64) -> (Array2<f32>, Array1<i64>) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut x = Array2::<f32>::zeros((2 * n, 2));
+    let mut y = Array1::<i64>::zeros(2 * n);
+    for i in 0..2 * n {
+        let class = i % 2;
+        let t = rnd() * 3.0 * std::f64::consts::PI;
+        let r = 0.15 + t / (3.0 * std::f64::consts::PI);
+        let a = t + class as f64 * std::f64::consts::PI;
+        x[[i, 0]] = (r * a.cos() + 0.02 * (rnd() - 0.5)) as f32;
+        x[[i, 1]] = (r * a.sin() + 0.02 * (rnd() - 0.5)) as f32;
+        y[i] = class as i64;
+    }
+    (x, y)
+}
+
+fn top1(logits: &Array2<f32>, y: &Array1<i64>) -> f64 {
+    let ok = logits
+        .rows()
+        .into_iter()
+        .zip(y)
+        .filter(|(r, t)| i64::from(r[1] > r[0]) == **t)
+        .count();
+    ok as f64 / y.len() as f64
+}
+
+#[test]
+fn trained_classifier_keeps_its_accuracy_in_int8() {
+    // a shorter run of examples/train_mlp.rs (25 epochs instead of 60)
+    let (xt, yt) = spirals(1000, 1);
+    let (xv, yv) = spirals(500, 2);
+    let train = SpiralTrain::new().unwrap();
+    let mut tp = train.randomize_params(7);
+    let mut opt = Adam::new(0.01);
+    for epoch in 0..25usize {
+        let stride = [7usize, 11, 13][epoch % 3];
+        let order: Vec<usize> = (0..xt.nrows())
+            .map(|i| (i * stride + epoch) % xt.nrows())
+            .collect();
+        for chunk in order.chunks(100) {
+            let xb = Array2::from_shape_fn((chunk.len(), 2), |(i, j)| xt[[chunk[i], j]]);
+            let yb = Array1::from_iter(chunk.iter().map(|&i| yt[i]));
+            let (_, g) = train
+                .evaluate_gradients(
+                    &tp,
+                    SpiralTrainInputs {
+                        x: xb.view(),
+                        label: yb.view(),
+                    },
+                )
+                .unwrap();
+            opt.step(&mut tp, &g).unwrap();
+        }
+    }
+    let m = SpiralQ::new().unwrap();
+    let mut p = m.randomize_params(0);
+    p.load_safetensors_bytes(&tp.to_safetensors_bytes().unwrap())
+        .unwrap();
+    let acc32 = top1(
+        &m.evaluate(&p, SpiralQInputs { x: xv.view() })
+            .unwrap()
+            .logits,
+        &yv,
+    );
+    let dynq = m.quantize(&p).unwrap();
+    let acc8 = top1(
+        &m.evaluate_quantized(&dynq, SpiralQInputs { x: xv.view() })
+            .unwrap()
+            .logits,
+        &yv,
+    );
+    let cal = m
+        .calibrate(
+            &p,
+            xt.axis_chunks_iter(ndarray::Axis(0), 500)
+                .map(|x| SpiralQInputs { x }),
+        )
+        .unwrap();
+    let acc8s = top1(
+        &m.evaluate_quantized(&cal, SpiralQInputs { x: xv.view() })
+            .unwrap()
+            .logits,
+        &yv,
+    );
+    mithril_say(&format!(
+        "spirals (25 epochs): top-1 f32 {:.1}%, int8 dynamic {:.1}%, int8 calibrated {:.1}%",
+        100.0 * acc32,
+        100.0 * acc8,
+        100.0 * acc8s
+    ));
+    assert!(acc32 > 0.9, "the f32 model did not train: {acc32}");
+    assert!(
+        (acc32 - acc8).abs() <= 0.01,
+        "dynamic int8 {acc8} vs f32 {acc32}"
+    );
+    assert!(
+        (acc32 - acc8s).abs() <= 0.01,
+        "calibrated int8 {acc8s} vs f32 {acc32}"
+    );
+}
+
+fn mithril_say(s: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{s}");
+}
