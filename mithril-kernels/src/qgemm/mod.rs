@@ -367,6 +367,8 @@ fn shape(isa: QIsa, m: usize) -> (usize, usize) {
     }
 }
 
+// (off x86-64 only the scalar kernel exists: `v` and the vector macro go unused)
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_macros))]
 fn kernel(isa: QIsa, r: usize, v: usize) -> Kern {
     // `V` is 1, 2 or 4 (8 for one row; `drive` halves it at the last panels)
     macro_rules! v3 {
