@@ -42,7 +42,8 @@ fn batch(b: usize, t: usize, seed: u64) -> (Array3<f32>, Array3<f32>) {
     let mut xs = Array3::<f32>::zeros((b, t, 1));
     let mut ys = Array3::<f32>::zeros((b, t, 1));
     for i in 0..b {
-        let (p0, p1) = (rnd() * 6.283, rnd() * 6.283);
+        let tau = std::f64::consts::TAU;
+        let (p0, p1) = (rnd() * tau, rnd() * tau);
         let s =
             |k: usize| ((0.3 * k as f64 + p0).sin() + 0.5 * (0.69 * k as f64 + p1).sin()) as f32;
         for k in 0..t {

@@ -77,9 +77,11 @@ pub fn run(
         fallback,
         views,
         outs,
-        &[],
-        &mut [],
-        Run::Off,
+        Extra {
+            donate: &[],
+            donated: &mut [],
+            q: Run::Off,
+        },
         &mut Off,
     )
 }
@@ -108,9 +110,11 @@ pub fn run_donating(
         fallback,
         views,
         outs,
-        donate,
-        donated,
-        Run::Off,
+        Extra {
+            donate,
+            donated,
+            q: Run::Off,
+        },
         &mut Off,
     )
 }
@@ -135,9 +139,11 @@ pub fn run_hooked(
         fallback,
         views,
         outs,
-        &[],
-        &mut [],
-        Run::Off,
+        Extra {
+            donate: &[],
+            donated: &mut [],
+            q: Run::Off,
+        },
         &mut On(hook),
     )
 }
@@ -153,7 +159,19 @@ pub fn run_with(
     outs: &mut [Option<AnyArray>],
     q: Run<'_>,
 ) -> Result<()> {
-    run_probed(plan, ws, fallback, views, outs, &[], &mut [], q, &mut Off)
+    run_probed(
+        plan,
+        ws,
+        fallback,
+        views,
+        outs,
+        Extra {
+            donate: &[],
+            donated: &mut [],
+            q,
+        },
+        &mut Off,
+    )
 }
 
 /// What an [`OpHook`] is told about an op.
@@ -231,17 +249,24 @@ impl Probe for On<'_> {
     }
 }
 
+/// What some runs add to a plain one: donated inputs ([`run_donating`]) and quantization
+/// ([`run_with`]).
+struct Extra<'x> {
+    donate: &'x [(usize, usize)],
+    donated: &'x mut [bool],
+    q: Run<'x>,
+}
+
 fn run_probed<P: Probe>(
     plan: &'static Plan,
     ws: &Mutex<Workspace>,
     fallback: impl FnOnce() -> Workspace,
     views: &[TensorView<'_>],
     outs: &mut [Option<AnyArray>],
-    donate: &[(usize, usize)],
-    donated: &mut [bool],
-    q: Run<'_>,
+    extra: Extra<'_>,
     probe: &mut P,
 ) -> Result<()> {
+    let Extra { donate, donated, q } = extra;
     donated.iter_mut().for_each(|d| *d = false);
     let donors = donors(plan, views, donate);
     let mut env = SymEnv::new(plan.syms);

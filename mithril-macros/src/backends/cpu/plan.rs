@@ -467,6 +467,7 @@ impl Gen<'_> {
         if quant {
             self.qplan_fn = Some(quote! {
                 #[doc(hidden)]
+                #[allow(clippy::needless_question_mark)]
                 fn __mithril_qplan() -> ::mithril::rt::Result<&'static ::mithril::rt::plan::Plan> {
                     static __PLAN: ::std::sync::OnceLock<::std::result::Result<::mithril::rt::plan::Plan, ::std::string::String>> = ::std::sync::OnceLock::new();
                     ::std::result::Result::Ok(#plan)
