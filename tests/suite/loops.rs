@@ -76,6 +76,27 @@ mithril! {
         output y = h;
     }
 
+    // simultaneous assignment: `b` gets the old `a` (a swap), `c` and `d` share one update
+    pub model Swap {
+        input x: f64[2];
+        input n: i64[];
+        param w: f64[2];
+        let a = x;
+        let b = x * 2.0;
+        let c = x + 1.0;
+        let d = x;
+        let step = 0;
+        while step < n {
+            let t = a;
+            let a = b * w;
+            let b = t;
+            let c = c * w;
+            let d = c;
+            let step = step + 1;
+        }
+        output y = a + 2.0 * b + 3.0 * c + 4.0 * d;
+    }
+
     // a loop inside a submodel
     model Cell {
         input x: f64[B, 2];
@@ -412,5 +433,41 @@ fn nested_loops_an_if_in_a_body_and_a_loop_in_a_submodel() {
         }
         assert!((&o.y - &(h * 2.0)).iter().all(|d| d.abs() < 1e-12));
         assert_eq!(gradcheck(&format!("submodel loop {k}"), &p, &g, loss), 4);
+    }
+}
+
+#[test]
+fn loop_variables_are_assigned_simultaneously() {
+    let m = Swap::new().unwrap();
+    let mut p = m.randomize_params(0);
+    set(&mut p, "w", |i| [0.9, -1.1][i]);
+    let x = ndarray::array![0.3, -0.7];
+    let sy = ndarray::array![1.0, 0.5];
+    for k in [0i64, 1, 2, 5] {
+        let n = arr0(k);
+        let inputs = || SwapInputs {
+            x: x.view(),
+            n: n.view(),
+        };
+        let (mut a, mut b, mut c, mut d) = (x.clone(), &x * 2.0, &x + 1.0, x.clone());
+        for _ in 0..k {
+            let t = a.clone();
+            a = &b * &p.w;
+            b = t;
+            c = &c * &p.w;
+            d = c.clone();
+        }
+        let want = &a + &(&b * 2.0) + &(&c * 3.0) + &(&d * 4.0);
+        let o = m.evaluate(&p, inputs()).unwrap();
+        assert!(
+            (&o.y - &want).iter().all(|e| e.abs() < 1e-12),
+            "{k}: {} vs {want}",
+            o.y
+        );
+        let loss = |p: &SwapParams| dot(&m.evaluate(p, inputs()).unwrap().y, &sy);
+        let (_, g) = m
+            .evaluate_gradients(&p, inputs(), SwapOutputs { y: sy.clone() })
+            .unwrap();
+        assert_eq!(gradcheck(&format!("swap {k}"), &p, &g, loss), 2);
     }
 }

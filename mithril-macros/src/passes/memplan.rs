@@ -132,8 +132,13 @@ pub fn plan_placed(
     // whose last other read is its own update may be overwritten by it in place
     let mut last_read: Vec<u32> = (0..n as u32).collect();
     for (id, node) in g.nodes.iter().enumerate() {
-        let structural = matches!(node.op, Op::Prim(Prim::LoopNext | Prim::LoopExit));
-        for &a in node.args.iter().chain(&node.guard) {
+        // (`loop_next(carry, update)` reads `update` at the loop's end: a real read of it)
+        let structural = |pos: usize| match node.op {
+            Op::Prim(Prim::LoopNext) => pos == 0,
+            Op::Prim(Prim::LoopExit) => true,
+            _ => false,
+        };
+        for (pos, &a) in node.args.iter().chain(&node.guard).enumerate() {
             let mut at = id as u32;
             let mut r = node.region;
             while let Some(h) = r {
@@ -146,7 +151,7 @@ pub fn plan_placed(
                 r = g.nodes[h].region;
             }
             last_use[a] = last_use[a].max(at);
-            if !structural {
+            if !structural(pos) {
                 last_read[a] = last_read[a].max(at);
             }
         }

@@ -736,12 +736,30 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     let (Some(&head), Some(nexts)) = (step.args.first(), step.args.get(2..)) else {
                         return Err(internal(step.what, "loop end operands"));
                     };
+                    let carries = steps.get(head).map(|s| &s.args[..]).unwrap_or(&[]);
+                    // an update that is another carry's value (a swap) is read before any carry
+                    // is overwritten (the assignments are simultaneous): kept aside first
+                    let mut kept: SmallVec<[(usize, AnyArray); 2]> = SmallVec::new();
+                    for &nx in nexts {
+                        if let Some([c, u]) = steps.get(nx).map(|s| &s.args[..]) {
+                            let mut src = *u;
+                            while let Some(Val::Alias(j)) = vals.get(src) {
+                                src = *j;
+                            }
+                            if src != *c && carries.contains(&src) {
+                                kept.push((*c, arg_ref(vals, self.views(), src)?.to_owned()));
+                            }
+                        }
+                    }
                     for &nx in nexts {
                         let (c, u) = match steps.get(nx).map(|s| &s.args[..]) {
                             Some([c, u]) => (*c, *u),
                             _ => return Err(internal(step.what, "loop end operands")),
                         };
-                        self.carry_over(step, c, u, vals)?;
+                        match kept.iter().position(|k| k.0 == c) {
+                            Some(i) => self.carry_from(step, c, &kept[i].1, vals)?,
+                            None => self.carry_over(step, c, u, vals)?,
+                        }
                     }
                     vals.truncate(head + 1);
                     pc = head + 1;
@@ -1225,7 +1243,12 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         match vals.get(c) {
             Some(Val::Empty) => {
                 // taken in place by its update: the update's entry is the carry's memory
-                match vals.get_mut(src).map(|v| std::mem::replace(v, Val::Empty)) {
+                match vals
+                    .get_mut(src)
+                    .map(|v| std::mem::replace(v, Val::Alias(c)))
+                {
+                    // (the update's entry now names the carry: another carry given the same
+                    // update reads it there)
                     Some(v @ Val::Rw(_)) => {
                         vals[c] = v;
                         Ok(())
@@ -1262,6 +1285,35 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             }
             _ => Err(internal(step.what, "a loop variable without its memory")),
         }
+    }
+
+    /// At a loop's end: carry `c` given a value kept aside (another carry's, in a swap).
+    fn carry_from(
+        &self,
+        step: &Step,
+        c: usize,
+        from: &AnyArray,
+        vals: &mut [Val<'w>],
+    ) -> Result<()> {
+        let Some(Val::Rw(t)) = vals.get_mut(c).map(|v| std::mem::replace(v, Val::Empty)) else {
+            return Err(internal(step.what, "a loop variable without its memory"));
+        };
+        let from = from.view();
+        let r = if from.shape() != t.shape() {
+            Err(internal(
+                step.what,
+                "a swapped loop variable changed its shape",
+            ))
+        } else {
+            any_t!(t.dtype(), T => {
+                // SAFETY: `t` was taken out of the table (see `writable`).
+                let mut d = T::pick(&t).and_then(|v| unsafe { writable(v) }).ok_or_else(|| internal(step.what, "loop variable memory"))?;
+                d.assign(typed::<T>(&from)?);
+                Ok(())
+            })
+        };
+        vals[c] = Val::Rw(t);
+        r
     }
 
     /// At the start of iteration `n` of the loop of test `test`: the carries of `mask` saved.
