@@ -164,18 +164,7 @@ impl Family for Rules {
                     env.fmt_shape(t),
                     env.fmt_shape(e)
                 );
-                let differ = || msg.clone();
-                if t.rest != e.rest || t.dims.len() != e.dims.len() {
-                    return Err(differ());
-                }
-                let mut dims = Vec::with_capacity(t.dims.len());
-                for (a, b) in t.dims.iter().zip(&e.dims) {
-                    match env.unify_dim(a, b) {
-                        Ok(d) => dims.push(d),
-                        Err(()) => return Err(differ()),
-                    }
-                }
-                Ok(Shape { rest: t.rest, dims })
+                unify_same(env, t, e).map_err(|()| msg)
             }
         }
     }
@@ -240,14 +229,10 @@ impl Family for Rules {
             _ => {
                 let (t, e) = (ins[2].dt, ins[3].dt);
                 env.unify_dt(t, e).map_err(|()| {
-                    let name = |d: DT| match env.dt(d) {
-                        DT::Known(k) => k.name(),
-                        DT::Var(_) => "float",
-                    };
                     format!(
                         "dtype differs between the branches of a run-time `if`: {} (then) and {} (else)",
-                        name(t),
-                        name(e)
+                        name(env, t),
+                        name(env, e)
                     )
                 })
             }
