@@ -8,7 +8,7 @@ mithril::mithril! {
 
     compile Ios = Net { target_hardware: "mobile", mobile: { platform: ios } };
     compile Armv7 = Net { target_hardware: "mobile", mobile: { arch: "armeabi-v7a" } };
-    compile Int8 = Net { target_hardware: "mobile", mobile: { quantization: int8 } };
+    compile Int8F64 = Net { target_hardware: "mobile", mobile: { quantization: int8 }, dtype: f64 };
     compile Fp16 = Net { target_hardware: "mobile", mobile: { quantization: fp16 } };
     compile SizeWord = Net { target_hardware: "mobile", mobile: { optimize_size: yes } };
     compile Abi = Net { target_hardware: "mobile", mobile: { abi: "arm64-v8a" } };

@@ -16,6 +16,10 @@ mithril! {
     }
     compile NetQ = Net { quantization: int8 };
     compile NetQExplicitNone = Net { quantization: none };
+    compile NetQMobile = Net {
+        target_hardware: "mobile",
+        mobile: { platform: linux, quantization: int8 },
+    };
 
     model Spiral {
         input x: f32[B, 2];
@@ -129,6 +133,30 @@ fn int8_products_match_the_naive_reference() {
         .y;
     let y32 = m.evaluate(&p, NetQInputs { x: x.view() }).unwrap().y;
     assert_eq!(y, y32);
+}
+
+#[test]
+fn the_mobile_target_quantizes_like_the_top_level_option() {
+    assert_eq!(
+        NetQMobile::MOBILE,
+        Some("linux arm64-v8a (aarch64-unknown-linux-gnu), quantization int8, optimize_size false")
+    );
+    let (m, mm) = (NetQ::new().unwrap(), NetQMobile::new().unwrap());
+    let p = m.randomize_params(5);
+    let pm = mm.randomize_params(5);
+    assert_eq!(p.linear_0.weight, pm.linear_0.weight);
+    let (qp, qpm) = (m.quantize(&p).unwrap(), mm.quantize(&pm).unwrap());
+    assert_eq!(qpm.quantized(), ["linear_0.weight", "linear_1.weight"]);
+    let x = data(7, 21, 11, 2.0);
+    let got = mm
+        .evaluate_quantized(&qpm, NetQMobileInputs { x: x.view() })
+        .unwrap()
+        .y;
+    let want = m
+        .evaluate_quantized(&qp, NetQInputs { x: x.view() })
+        .unwrap()
+        .y;
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -15,19 +15,22 @@
 //!   ([`quantize_a`]; rows padded to the packed `k`).
 //!
 //! The integer part `acc(i, j) = Σ_p qa(i, p)·qb(p, j)` (exact in `i32`, wrapping only beyond
-//! `k` ≈ 133,000) is computed by one of three paths, chosen at run time ([`QIsa`]), all equal
+//! `k` ≈ 133,000) is computed by one of four paths, chosen at run time ([`QIsa`]), all equal
 //! bit for bit:
 //!
 //! | path | inner step |
 //! | --- | --- |
 //! | AVX512_VNNI | `vpdpbusd` (64 `u8·i8` products per instruction) on `q + 128`, minus `128·Σ_p qb(p, j)`; up to 8 rows × 32 columns (2 to 4 rows: × 64; one row: 1 × 128, eight independent sums) |
 //! | AVX2 | both operands widened to `i16`, `vpmaddwd` (no saturation), 3 rows × 16 columns |
+//! | aarch64 `sdot` (`FEAT_DotProd`) | `sdot` by lane on the signed `q` (`u8 ^ 0x80`): 16 `i8·i8` products per instruction into 4 columns of one row; up to 4 rows × 16 columns (2 rows: × 32; one row: × 64) |
 //! | scalar | plain `i32` loops |
 //!
 //! The store converts `acc` to f32 and multiplies by `s · scale[j]` (one rounding each, the same
 //! in every path), then the caller's epilogue (bias, activation) runs once per finished row of
 //! C, while it is in cache. Single-threaded: the caller's thread does all the work.
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
@@ -46,11 +49,13 @@ pub enum QIsa {
     Avx2,
     /// x86-64 AVX-512 with AVX512_VNNI: `vpdpbusd`.
     Avx512Vnni,
+    /// aarch64 with the dot-product extension: `sdot` (`FEAT_DotProd`).
+    NeonDot,
 }
 
 impl QIsa {
-    /// Every path, scalar first.
-    pub const ALL: [QIsa; 3] = [QIsa::Scalar, QIsa::Avx2, QIsa::Avx512Vnni];
+    /// Every path, scalar first (each clamped to [`QIsa::detected`] when run).
+    pub const ALL: [QIsa; 4] = [QIsa::Scalar, QIsa::Avx2, QIsa::Avx512Vnni, QIsa::NeonDot];
 
     /// The best path this CPU runs (probed once).
     pub fn detected() -> QIsa {
@@ -66,20 +71,38 @@ impl QIsa {
                     return QIsa::Avx2;
                 }
             }
+            #[cfg(target_arch = "aarch64")]
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                return QIsa::NeonDot;
+            }
             QIsa::Scalar
         })
     }
 
     /// The path calls on this thread take: the crate-wide choice ([`crate::isa::active`], so
     /// [`crate::isa::with_isa`] forces it too: `Avx512` means VNNI where the CPU has it, else
-    /// AVX2), clamped to [`QIsa::detected`].
+    /// AVX2; `Neon` means `sdot` where the CPU has it), clamped by [`QIsa::clamp_to_cpu`].
     pub fn active() -> QIsa {
         let want = match crate::isa::active() {
-            crate::isa::Isa::Scalar | crate::isa::Isa::Neon => QIsa::Scalar,
+            crate::isa::Isa::Scalar => QIsa::Scalar,
+            crate::isa::Isa::Neon => QIsa::NeonDot,
             crate::isa::Isa::Avx2 => QIsa::Avx2,
             crate::isa::Isa::Avx512 => QIsa::Avx512Vnni,
         };
-        want.min(QIsa::detected())
+        want.clamp_to_cpu()
+    }
+
+    /// The path a request for `self` runs on this CPU: the scalar path stays scalar; an x86
+    /// level is lowered to the CPU's best x86 level; on a CPU of the other architecture (or
+    /// one without the vector extension) any vector request runs that CPU's best path, as
+    /// [`crate::isa::with_isa`] does for the float kernels.
+    pub fn clamp_to_cpu(self) -> QIsa {
+        let d = QIsa::detected();
+        match (self, d) {
+            (QIsa::Scalar, _) | (_, QIsa::Scalar) => QIsa::Scalar,
+            (_, QIsa::NeonDot) | (QIsa::NeonDot, _) => d,
+            _ => self.min(d),
+        }
     }
 }
 
@@ -363,12 +386,18 @@ fn shape(isa: QIsa, m: usize) -> (usize, usize) {
         QIsa::Avx512Vnni if m <= 4 => (m, 4),
         QIsa::Avx512Vnni => (8, 2),
         QIsa::Avx2 => (3, 1),
+        QIsa::NeonDot if m <= 1 => (1, 4),
+        QIsa::NeonDot if m <= 2 => (2, 2),
+        QIsa::NeonDot => (4, 1),
         QIsa::Scalar => (4, 1),
     }
 }
 
-// (off x86-64 only the scalar kernel exists: `v` and the vector macro go unused)
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_macros))]
+// (off x86-64 and aarch64 only the scalar kernel exists: `v` and the vector macro go unused)
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_variables, unused_macros)
+)]
 fn kernel(isa: QIsa, r: usize, v: usize) -> Kern {
     // `V` is 1, 2 or 4 (8 for one row; `drive` halves it at the last panels)
     macro_rules! v3 {
@@ -406,6 +435,17 @@ fn kernel(isa: QIsa, r: usize, v: usize) -> Kern {
             1 => x86::k_avx2::<1, 1> as Kern,
             2 => x86::k_avx2::<2, 1> as Kern,
             _ => x86::k_avx2::<3, 1> as Kern,
+        },
+        #[cfg(target_arch = "aarch64")]
+        QIsa::NeonDot => match r {
+            1 => {
+                use neon::k_sdot;
+                v3!(k_sdot, 1)
+            }
+            2 if v == 1 => neon::k_sdot::<2, 1> as Kern,
+            2 => neon::k_sdot::<2, 2> as Kern,
+            3 => neon::k_sdot::<3, 1> as Kern,
+            _ => neon::k_sdot::<4, 1> as Kern,
         },
         _ => match r {
             1 => k_scalar::<1, 1> as Kern,
@@ -456,7 +496,7 @@ fn drive(
     mut sink: impl FnMut(usize, usize, usize, usize, &[i32]),
     mut rows_done: impl FnMut(usize, usize),
 ) {
-    let isa = isa.min(QIsa::detected());
+    let isa = isa.clamp_to_cpu();
     let (mr, vmax) = shape(isa, m);
     let panels = b.n.div_ceil(PANEL);
     let pstride = b.kg * 64;

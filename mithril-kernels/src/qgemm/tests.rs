@@ -341,3 +341,21 @@ fn activation_paths_agree_on_special_values() {
     assert_eq!(quantize_one(f32::NAN, 1.0), 0);
     assert_eq!(quantize_one(1e30, 1.0), 127);
 }
+
+#[test]
+fn the_detected_path_follows_the_cpu() {
+    let d = QIsa::detected();
+    println!("qgemm path on this CPU: {d:?}");
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(
+        d == QIsa::NeonDot,
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    );
+    #[cfg(target_arch = "x86_64")]
+    assert!(d != QIsa::NeonDot);
+    // a request for another architecture's path runs this CPU's best path
+    for isa in QIsa::ALL {
+        let c = isa.clamp_to_cpu();
+        assert!(c == QIsa::Scalar || c == d || (c < d && d != QIsa::NeonDot));
+    }
+}

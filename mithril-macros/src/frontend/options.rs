@@ -46,6 +46,9 @@ pub struct MobileOptions {
     /// `optimize_size: true`: only the plan form of the model (no per-op Rust: `static_shapes`
     /// is rejected).
     pub optimize_size: bool,
+    /// `quantization: int8`: the model's `quantization: int8` API (the same as the top-level
+    /// option), whose int8 GEMM runs `sdot` on aarch64 CPUs with the dot-product extension.
+    pub int8: bool,
 }
 
 impl Default for MobileOptions {
@@ -53,6 +56,7 @@ impl Default for MobileOptions {
         MobileOptions {
             android: true,
             optimize_size: false,
+            int8: false,
         }
     }
 }
@@ -66,14 +70,15 @@ impl MobileOptions {
             ("linux", "aarch64-unknown-linux-gnu")
         };
         format!(
-            "{platform} arm64-v8a ({triple}), quantization none, optimize_size {}",
+            "{platform} arm64-v8a ({triple}), quantization {}, optimize_size {}",
+            if self.int8 { "int8" } else { "none" },
             self.optimize_size
         )
     }
 }
 
 /// Every supported `mobile` combination, for the errors.
-const MOBILE_SUPPORTED: &str = "the supported combinations are `platform: android | linux`, `arch: \"arm64-v8a\"`, `quantization: none`, `optimize_size: true | false`, on `backend: cpu`";
+const MOBILE_SUPPORTED: &str = "the supported combinations are `platform: android | linux`, `arch: \"arm64-v8a\"`, `quantization: none | int8`, `optimize_size: true | false`, on `backend: cpu`";
 
 /// `optimize_for: latency | throughput`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -580,7 +585,7 @@ fn opt_text(v: &OptValue) -> String {
 /// Reads the `mobile` option: platform, arch, quantization, optimize_size (checked against
 /// `target_hardware` in [`cross_check`]).
 fn opt_mobile(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
-    let usage = "`mobile` takes `{ platform: android | linux, arch: \"arm64-v8a\", quantization: none, optimize_size: bool }`";
+    let usage = "`mobile` takes `{ platform: android | linux, arch: \"arm64-v8a\", quantization: none | int8, optimize_size: bool }`";
     let OptValue::Map(entries, _) = v else {
         return Err(e(v.span(), usage));
     };
@@ -593,7 +598,10 @@ fn opt_mobile(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
                 other => {
                     return Err(e(
                         other.span(),
-                        format!("unsupported mobile `platform` `{}`; {MOBILE_SUPPORTED}", opt_text(other)),
+                        format!(
+                            "unsupported mobile `platform` `{}`; {MOBILE_SUPPORTED}",
+                            opt_text(other)
+                        ),
                     ))
                 }
             },
@@ -610,17 +618,15 @@ fn opt_mobile(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
                 }
             }
             "quantization" => match val {
-                OptValue::Ident(i) if i == "none" => {}
-                OptValue::Ident(i) if i == "int8" => {
-                    return Err(e(
-                        i.span(),
-                        format!("`quantization: int8` is not supported on the mobile target yet (the int8 kernels are x86 only so far); {MOBILE_SUPPORTED}"),
-                    ))
-                }
+                OptValue::Ident(i) if i == "none" => m.int8 = false,
+                OptValue::Ident(i) if i == "int8" => m.int8 = true,
                 other => {
                     return Err(e(
                         other.span(),
-                        format!("unsupported mobile `quantization` `{}`; {MOBILE_SUPPORTED}", opt_text(other)),
+                        format!(
+                            "unsupported mobile `quantization` `{}`; {MOBILE_SUPPORTED}",
+                            opt_text(other)
+                        ),
                     ))
                 }
             },
@@ -632,6 +638,9 @@ fn opt_mobile(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
                 ))
             }
         }
+    }
+    if m.int8 {
+        o.quantization_int8 = true;
     }
     o.mobile = Some(m);
     Ok(())
@@ -953,7 +962,10 @@ fn cross_check(items: &[(Ident, OptValue)], o: &mut Options, errors: &mut Vec<sy
         }
     }
     render::cross_check(o, &|n| find(n).map(|(k, _)| k.span()), errors);
-    if let (true, Some((k, _))) = (o.quantization_int8, find("quantization")) {
+    if let (true, Some((k, _))) = (
+        o.quantization_int8,
+        find("quantization").or_else(|| find("mobile")),
+    ) {
         let why = if o.backend_cuda || o.backend_map.iter().any(|b| b.cuda) {
             Some(
                 "the CUDA backend has no int8 kernels; `quantization: int8` is for CPU models"

@@ -22,6 +22,20 @@ mod tests {
             mobile: { platform: linux, arch: "arm64-v8a", quantization: none, optimize_size: true },
             inference: true,
         };
+
+        /// Only the int8 products, bias adds and a `relu` (each rounded once, the same way on
+        /// every path).
+        model TinyLin {
+            input x: f32[B, 13];
+            let h = relu(Linear(17)(x));
+            output y = Linear(5)(h);
+        }
+
+        compile TinyArmQ = TinyLin {
+            target_hardware: "mobile",
+            mobile: { platform: linux, arch: "arm64-v8a", quantization: int8 },
+            inference: true,
+        };
     }
 
     /// `act(x · Wᵀ + b)` in f64.
@@ -95,6 +109,47 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// int8 (`mobile.quantization: int8`): the integer products are exact, so every path (the
+    /// scalar one and `sdot` on aarch64, VNNI / AVX2 on x86-64) gives the same outputs bit for
+    /// bit, and they stay close to the f32 model.
+    #[test]
+    fn mobile_int8_model_is_the_same_on_every_path() {
+        assert_eq!(
+            TinyArmQ::MOBILE,
+            Some("linux arm64-v8a (aarch64-unknown-linux-gnu), quantization int8, optimize_size false")
+        );
+        let model = TinyArmQ::new().unwrap();
+        let p = model.randomize_params(3);
+        let qp = model.quantize(&p).unwrap();
+        for batch in [1usize, 9] {
+            let x = Array2::from_shape_fn((batch, 13), |(i, j)| ((i * 13 + j) as f32 * 0.37).sin());
+            let f = model
+                .evaluate(&p, TinyArmQInputs { x: x.view() })
+                .unwrap()
+                .y;
+            let base = with_isa(Isa::Scalar, || {
+                model
+                    .evaluate_quantized(&qp, TinyArmQInputs { x: x.view() })
+                    .unwrap()
+                    .y
+            });
+            let top = f.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (a, b) in base.iter().zip(f.iter()) {
+                assert!((a - b).abs() < 0.05 * top, "int8 {a} vs f32 {b}");
+            }
+            assert!(base != f, "the int8 path ran");
+            for level in Isa::available() {
+                let y = with_isa(level, || {
+                    model
+                        .evaluate_quantized(&qp, TinyArmQInputs { x: x.view() })
+                        .unwrap()
+                        .y
+                });
+                assert_eq!(y, base, "{level:?} b={batch}");
             }
         }
     }
