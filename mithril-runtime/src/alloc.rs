@@ -176,12 +176,12 @@ pub(crate) fn zeroed_blocks<B: Copy>(op: &str, n: usize) -> Result<Vec<B>> {
     unsafe { zeroed_raw::<B>(op, n) }
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn impossible_sizes_are_errors_naming_op_and_bytes() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn impossible_sizes_are_errors_naming_op_and_bytes() {
         // 2^40 f32: 4 TiB, more than any test machine has; refused before the allocator runs
         let e = zeroed_vec::<f32>("add", 1 << 40).unwrap_err();
         match &e {
@@ -208,8 +208,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn possible_sizes_are_zeroed() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn possible_sizes_are_zeroed() {
         let v = zeroed_vec::<half::bf16>("t", 1000).unwrap();
         assert!(v.iter().all(|&x| x == half::bf16::ZERO));
         let a = zeros::<bool>("t", &[3, 0]).unwrap();

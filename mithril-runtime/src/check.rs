@@ -211,8 +211,8 @@ pub fn check_shape(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use DimSpec::{Any, Fixed, Sym};
 
@@ -225,8 +225,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ok_binds_symbols() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn ok_binds_symbols() {
         let mut env = SymEnv::new(NAMES);
         assert_eq!(env.get(0), None);
         check_shape(
@@ -247,8 +247,8 @@ mod tests {
         assert_eq!(env.bound_by(0), Some("input `x`"));
     }
 
-    #[test]
-    fn rank_mismatch() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn rank_mismatch() {
         let mut env = SymEnv::new(NAMES);
         let e = check_shape(
             &mut env,
@@ -268,8 +268,8 @@ mod tests {
         assert!(msg.contains("[8, 784, 1]"), "{msg}");
     }
 
-    #[test]
-    fn fixed_mismatch() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn fixed_mismatch() {
         let mut env = SymEnv::new(NAMES);
         let e = check_shape(
             &mut env,
@@ -299,8 +299,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn symbol_conflict_names_binder() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn symbol_conflict_names_binder() {
         let mut env = SymEnv::new(NAMES);
         check_shape(
             &mut env,
@@ -317,8 +317,8 @@ mod tests {
         assert_eq!(detail(e), "dim 0 is 5, but B = 8 from input `x`");
     }
 
-    #[test]
-    fn symbol_conflict_within_one_shape() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn symbol_conflict_within_one_shape() {
         let mut env = SymEnv::new(NAMES);
         let e = check_shape(
             &mut env,
@@ -333,8 +333,8 @@ mod tests {
         assert_eq!(detail(e), "dim 1 is 4, but N = 3 from param `w`");
     }
 
-    #[test]
-    fn any_accepts_anything() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn any_accepts_anything() {
         let mut env = SymEnv::new(NAMES);
         check_shape(
             &mut env,
@@ -359,16 +359,16 @@ mod tests {
         assert_eq!(env.get(0), None);
     }
 
-    #[test]
-    fn scalar_shape() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn scalar_shape() {
         let mut env = SymEnv::new(NAMES);
         check_shape(&mut env, "M", "input `s`", "f32[]", &[], &[], false).unwrap();
         let e = check_shape(&mut env, "M", "input `s`", "f32[]", &[1], &[], false).unwrap_err();
         assert_eq!(detail(e), "rank 1 != 0");
     }
 
-    #[test]
-    fn leading_ellipsis() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn leading_ellipsis() {
         let mut env = SymEnv::new(NAMES);
         let spec = [Sym(1), Fixed(4)];
         // Zero leading dims.
@@ -430,8 +430,8 @@ mod tests {
         assert_eq!(detail(e), "dim 1 is 3, but N = 2 from input `x`");
     }
 
-    #[test]
-    fn unbound_symbol_value_is_error() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn unbound_symbol_value_is_error() {
         let env = SymEnv::new(NAMES);
         match env.value(1).unwrap_err() {
             Error::Op { msg, .. } => assert!(msg.contains("`N`"), "{msg}"),
@@ -443,16 +443,16 @@ mod tests {
         assert_eq!(env.names(), NAMES);
     }
 
-    #[test]
-    fn bad_slot_in_spec_is_error_not_panic() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn bad_slot_in_spec_is_error_not_panic() {
         let mut env = SymEnv::new(NAMES);
         let e =
             check_shape(&mut env, "M", "input `x`", "f32[?]", &[3], &[Sym(9)], false).unwrap_err();
         assert!(matches!(e, Error::Op { .. }), "{e:?}");
     }
 
-    #[test]
-    fn format_shapes() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn format_shapes() {
         assert_eq!(format_shape(&[]), "[]");
         assert_eq!(format_shape(&[8]), "[8]");
         assert_eq!(format_shape(&[8, 100]), "[8, 100]");

@@ -34,12 +34,12 @@ pub fn name(isa: Isa) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn unsupported_simd_is_an_error_naming_both_levels() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn unsupported_simd_is_an_error_naming_both_levels() {
         let best = isa::detected();
         {
             let _g = force_simd("M", Isa::Scalar).unwrap();

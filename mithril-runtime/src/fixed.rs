@@ -221,13 +221,13 @@ where
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use ndarray::{Array2, ShapeBuilder};
 
-    #[test]
-    fn check_names_the_terminal() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn check_names_the_terminal() {
         assert!(check("M", "input `x`", "f32[2, 3]", &[2, 3], &[2, 3]).is_ok());
         let e = check("M", "input `x`", "f32[2, 3]", &[2, 4], &[2, 3])
             .unwrap_err()
@@ -238,8 +238,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn contiguous_borrows_or_copies() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn contiguous_borrows_or_copies() {
         let a = Array2::from_shape_fn((2, 3), |(i, j)| (i * 3 + j) as f32);
         let mut buf = Vec::new();
         assert_eq!(contiguous(&a, &mut buf), &[0., 1., 2., 3., 4., 5.]);
@@ -249,8 +249,8 @@ mod tests {
     }
 
     /// Every transpose combination with a bias row and a residual against a naive loop.
-    #[test]
-    fn matmul_layouts_and_epilogue() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn matmul_layouts_and_epilogue() {
         let (m, n, k) = (5, 7, 3);
         let av: Vec<f64> = (0..m * k).map(|x| x as f64 * 0.5 - 3.0).collect();
         let bv: Vec<f64> = (0..k * n).map(|x| 1.0 - x as f64 * 0.25).collect();

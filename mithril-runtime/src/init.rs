@@ -210,13 +210,13 @@ pub fn shaped<T: Elem, D: ndarray::Dimension, Sh: ndarray::ShapeBuilder<Dim = D>
     out
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use half::bf16;
 
-    #[test]
-    fn reference_vector_splitmix_and_xoshiro() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn reference_vector_splitmix_and_xoshiro() {
         // splitmix64 from seed 0: known first output.
         let mut s = 0u64;
         assert_eq!(splitmix64(&mut s), 0xE220_A839_7B1D_CDAF);
@@ -229,14 +229,14 @@ mod tests {
         assert_eq!(got, vec![11520, 0, 1509978240]);
     }
 
-    #[test]
-    fn fnv_reference() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn fnv_reference() {
         assert_eq!(fnv1a64(""), 0xCBF2_9CE4_8422_2325);
         assert_eq!(fnv1a64("a"), 0xAF63_DC4C_8601_EC8C);
     }
 
-    #[test]
-    fn same_seed_same_arrays() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn same_seed_same_arrays() {
         let a: ArrayD<f32> = normal(&mut Rng::new(42), &[4, 5], 0.0, 1.0);
         let b: ArrayD<f32> = normal(&mut Rng::new(42), &[4, 5], 0.0, 1.0);
         assert_eq!(a, b);
@@ -247,8 +247,8 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    #[test]
-    fn different_names_different_streams() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn different_names_different_streams() {
         let mut a = Rng::for_param(0, "fc1.weight");
         let mut b = Rng::for_param(0, "fc1.bias");
         let mut c = Rng::for_param(1, "fc1.weight");
@@ -263,8 +263,8 @@ mod tests {
         assert_ne!(xa, (0..4).map(|_| d.next_u64()).collect::<Vec<_>>());
     }
 
-    #[test]
-    fn uniform01_range_and_moments() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn uniform01_range_and_moments() {
         let mut r = Rng::new(1);
         let n = 100_000;
         let xs: Vec<f64> = (0..n).map(|_| r.uniform01()).collect();
@@ -275,8 +275,8 @@ mod tests {
         assert!((var - 1.0 / 12.0).abs() < 0.002, "var {var}");
     }
 
-    #[test]
-    fn uniform_bounds_and_moments() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn uniform_bounds_and_moments() {
         let (lo, hi) = (-3.0, 5.0);
         let a: ArrayD<f64> = uniform(&mut Rng::new(2), &[100_000], lo, hi);
         assert!(a.iter().all(|&x| x >= lo && x < hi));
@@ -288,8 +288,8 @@ mod tests {
         assert!((var - tv).abs() / tv < 0.02, "var {var} vs {tv}");
     }
 
-    #[test]
-    fn normal_moments() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn normal_moments() {
         let mut r = Rng::new(3);
         let n = 100_000;
         let xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
@@ -305,8 +305,8 @@ mod tests {
         assert!((v.sqrt() - 0.5).abs() < 0.01, "std {}", v.sqrt());
     }
 
-    #[test]
-    fn fan_in_bound() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn fan_in_bound() {
         let a: ArrayD<f32> = fan_in_uniform(&mut Rng::new(5), &[64, 100], 100);
         let bound = 0.1f32;
         assert!(a.iter().all(|&x| x.abs() <= bound));
@@ -321,8 +321,8 @@ mod tests {
         assert!(z.iter().all(|&x| x == 0.0));
     }
 
-    #[test]
-    fn constants() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn constants() {
         let z: ArrayD<f32> = zeros(&[2, 3]);
         assert_eq!(z.shape(), &[2, 3]);
         assert!(z.iter().all(|&x| x == 0.0));
@@ -335,8 +335,8 @@ mod tests {
         assert!(b[IxDyn(&[])]);
     }
 
-    #[test]
-    fn degenerate_uniform_interval() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn degenerate_uniform_interval() {
         let a: ArrayD<f64> = uniform(&mut Rng::new(6), &[8], 2.0, 2.0);
         assert!(a.iter().all(|&x| x == 2.0));
         assert_eq!(prev_f64(1.0), 1.0 - f64::EPSILON / 2.0);

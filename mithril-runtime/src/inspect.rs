@@ -807,13 +807,13 @@ impl ParamTree for Intermediates {
     }
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use ndarray::{array, ArrayD, IxDyn};
 
-    #[test]
-    fn first_non_finite_finds_the_first_in_logical_order() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn first_non_finite_finds_the_first_in_logical_order() {
         let a = array![[1.0f32, 2.0], [f32::INFINITY, f32::NAN]];
         // a transposed view: logical order is column-major of the storage
         let t = a.t();
@@ -827,8 +827,8 @@ mod tests {
         assert_eq!(unravel(0, &[]), Vec::<usize>::new());
     }
 
-    #[test]
-    fn call_timing_keeps_min_max_total() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn call_timing_keeps_min_max_total() {
         let mut t = CallTiming::default();
         assert_eq!(t.mean(), Duration::ZERO);
         for ms in [3, 1, 2] {
@@ -842,8 +842,8 @@ mod tests {
         assert_eq!(t.mean(), Duration::from_millis(2));
     }
 
-    #[test]
-    fn json_strings_are_escaped() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn json_strings_are_escaped() {
         assert_eq!(
             json_escape("`a` \"b\"\\\n\t\u{1}"),
             "`a` \\\"b\\\"\\\\\\n\\t\\u0001"

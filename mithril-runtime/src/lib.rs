@@ -26,6 +26,12 @@ pub mod quant;
 pub mod tree;
 pub mod workspace;
 
+/// The unit tests, run by `tests/internal.rs` (see the module's docs). Not part of the API.
+#[cfg(feature = "internal-tests")]
+#[doc(hidden)]
+#[path = "internal_tests.rs"]
+pub mod __internal_tests;
+
 /// Per-call CPU thread budgets (`optimize_for`): generated code of an
 /// `optimize_for: throughput` model holds [`threads::limit_call_threads`]`(1)` during each call,
 /// so every GEMM of the call runs on the calling thread; [`threads::last_call_threads`] shows

@@ -670,8 +670,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 
@@ -798,8 +798,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn names_and_counts() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn names_and_counts() {
         let m = Mlp::new(&[3, 2]);
         assert_eq!(m.names(), vec!["fc1.weight", "fc1.bias", "emb.weight"]);
         assert_eq!(m.num_elements(), 6 + 3 + 4);
@@ -823,8 +823,8 @@ mod tests {
         assert_eq!(shapes[2], (DType::BF16, vec![2, 2], 4));
     }
 
-    #[test]
-    fn round_trip_bytes() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn round_trip_bytes() {
         let m = Mlp::new(&[3, 2]);
         let bytes = m.to_safetensors_bytes().unwrap();
         let mut z = Mlp::zeroed();
@@ -853,8 +853,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn round_trip_file() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn round_trip_file() {
         let dir = std::env::temp_dir().join(format!("mithril-params-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("model.safetensors");
@@ -883,8 +883,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn io_errors_name_the_path() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn io_errors_name_the_path() {
         let mut z = Mlp::zeroed();
         let missing = std::env::temp_dir().join("mithril-no-such-dir/weights.safetensors");
         let e = z.load_safetensors(&missing).unwrap_err();
@@ -905,8 +905,8 @@ mod tests {
 
     /// Two threads save different trees to one path while a third reads it, many rounds: every
     /// read sees a whole file, and the file left is the data of a save that returned `Ok`.
-    #[test]
-    fn concurrent_saves_to_one_path() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn concurrent_saves_to_one_path() {
         let dir = std::env::temp_dir().join(format!("mithril-params-race-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.safetensors");
@@ -953,14 +953,14 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn save_to_non_file_path_is_error() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn save_to_non_file_path_is_error() {
         let m = Mlp::new(&[3, 2]);
         assert!(matches!(m.save_safetensors(".."), Err(Error::Params(_))));
     }
 
-    #[test]
-    fn all_dtypes_round_trip() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn all_dtypes_round_trip() {
         let t = AllTypes {
             f32_: ArrayD::from_shape_vec(IxDyn(&[2]), vec![1.5, f32::NEG_INFINITY]).unwrap(),
             f64_: ArrayD::from_shape_vec(IxDyn(&[]), vec![std::f64::consts::PI]).unwrap(),
@@ -1000,8 +1000,8 @@ mod tests {
         assert!(global_norm(&t).is_infinite());
     }
 
-    #[test]
-    fn non_contiguous_views_save_in_logical_order() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn non_contiguous_views_save_in_logical_order() {
         // A [2, 3] array stored column-major (a transposed view of its buffer).
         let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]).f(), vec![1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0])
             .unwrap();
@@ -1022,8 +1022,8 @@ mod tests {
         assert_eq!(v.to_le_bytes(), f32_bytes(&[1.0, 2.0]));
     }
 
-    #[test]
-    fn shape_mismatch_names_tensor_and_shapes() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn shape_mismatch_names_tensor_and_shapes() {
         let bytes = Mlp::new(&[2, 3]).to_safetensors_bytes().unwrap();
         let mut z = Mlp::zeroed();
         let before = z.clone();
@@ -1035,8 +1035,8 @@ mod tests {
         assert_eq!(z, before);
     }
 
-    #[test]
-    fn missing_tensor_lists_file_contents() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn missing_tensor_lists_file_contents() {
         // A PyTorch-style file with a `model.` prefix on every name.
         let m = Mlp::new(&[3, 2]);
         let mut leaves = Vec::new();
@@ -1077,8 +1077,8 @@ mod tests {
         assert!(msg.contains("no other tensors"), "{msg}");
     }
 
-    #[test]
-    fn extra_tensors_are_ignored() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn extra_tensors_are_ignored() {
         let hdr = r#"{"fc1.weight":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},"fc1.bias":{"dtype":"F32","shape":[3],"data_offsets":[24,36]},"emb.weight":{"dtype":"BF16","shape":[2,2],"data_offsets":[36,44]},"extra":{"dtype":"I64","shape":[1],"data_offsets":[44,52]}}"#;
         let mut data = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
         for x in [1.0f32, 2.0, 3.0, 4.0] {
@@ -1090,8 +1090,8 @@ mod tests {
         assert_eq!(z.b.as_slice().unwrap(), &[7.0, 8.0, 9.0]);
     }
 
-    #[test]
-    fn f32_file_into_bf16_param_converts() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn f32_file_into_bf16_param_converts() {
         // emb.weight stored as F32 (as a PyTorch fp32 state dict would), loaded into bf16.
         let hdr = r#"{"fc1.weight":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},"fc1.bias":{"dtype":"F32","shape":[3],"data_offsets":[24,36]},"emb.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[36,52]}}"#;
         let mut data = f32_bytes(&[0.0; 9]);
@@ -1111,8 +1111,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn float_conversions_all_directions() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn float_conversions_all_directions() {
         // F16 file into f32 params, and F64 / BF16 into f32.
         for (dtype, bytes) in [
             (
@@ -1146,8 +1146,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn int_conversions() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn int_conversions() {
         struct I(ArrayD<i32>);
         impl ParamTree for I {
             fn visit(&self, f: &mut dyn FnMut(&str, TensorView<'_>)) {
@@ -1189,8 +1189,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn impossible_dtype_names_both() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn impossible_dtype_names_both() {
         let hdr = r#"{"w":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#;
         let mut p = One(ArrayD::zeros(IxDyn(&[2])), "w");
         let msg = params_msg(p.load_safetensors_bytes(&hand_file(hdr, &[0; 8])));
@@ -1204,8 +1204,8 @@ mod tests {
         assert!(msg.contains("F8_E4M3"), "{msg}");
     }
 
-    #[test]
-    fn pytorch_style_hand_built_file_loads() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn pytorch_style_hand_built_file_loads() {
         let hdr = r#"{"__metadata__":{"format":"pt"},"fc1.weight":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},"fc1.bias":{"dtype":"F32","shape":[3],"data_offsets":[24,36]},"emb.weight":{"dtype":"BF16","shape":[2,2],"data_offsets":[36,44]}}"#;
         let mut data = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         data.extend(f32_bytes(&[-1.0, -2.0, -3.0]));
@@ -1225,8 +1225,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn garbage_is_error_not_panic() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn garbage_is_error_not_panic() {
         let mut z = Mlp::zeroed();
         for bad in [
             &b""[..],
@@ -1243,8 +1243,8 @@ mod tests {
         assert!(msg.contains("not a valid safetensors file"), "{msg}");
     }
 
-    #[test]
-    fn duplicate_leaf_names_are_error() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn duplicate_leaf_names_are_error() {
         struct Dup(ArrayD<f32>);
         impl ParamTree for Dup {
             fn visit(&self, f: &mut dyn FnMut(&str, TensorView<'_>)) {
@@ -1266,8 +1266,8 @@ mod tests {
         assert!(msg.contains("`w`"), "{msg}");
     }
 
-    #[test]
-    fn global_norm_over_float_leaves() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn global_norm_over_float_leaves() {
         let m = Mlp::new(&[3, 2]);
         let mut expect = 0.0f64;
         for x in m.w.iter().chain(m.b.iter()) {

@@ -178,12 +178,12 @@ fn parse_row(row: &str) -> Option<(&str, SmallVec<[usize; 6]>, Spec)> {
     Some((name, shape, spec))
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn path_builds_dotted_names_and_restores() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn path_builds_dotted_names_and_restores() {
         let mut p = Path::new();
         let a = p.enter("block");
         let b = p.enter("fc");
@@ -197,8 +197,8 @@ mod tests {
         assert_eq!(q.as_str(), "");
     }
 
-    #[test]
-    fn init_rows_give_the_same_arrays_as_init_param() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn init_rows_give_the_same_arrays_as_init_param() {
         let table = "fc.weight 3,4 k 4\nfc.bias 3 n 0.5 0.02\ns - f 1.5\nz 2 z\nu 2,2 u -0.1 0.25";
         let mut b = Build::init(table, 7);
         let w: ndarray::Array2<f32> = b.leaf().unwrap();
@@ -217,8 +217,8 @@ mod tests {
         assert!(b.leaf::<f32, ndarray::Ix1>().is_err());
     }
 
-    #[test]
-    fn malformed_rows_are_errors() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn malformed_rows_are_errors() {
         for t in ["x", "x 2", "x 2 q", "x a z", "x 2 n 1"] {
             let mut b = Build::init(t, 0);
             assert!(b.leaf::<f32, ndarray::Ix1>().is_err(), "{t}");

@@ -394,14 +394,14 @@ pub fn owned<T: Elem>(f: impl FnOnce(Dest<'_, T>) -> Result<()>) -> Result<Array
     o.ok_or_else(|| Error::op("op", "internal: the op produced no result"))
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
     static LIFE: [(u32, u32); 3] = [(0, 1), (1, 2), (2, 3)];
 
-    #[test]
-    fn records_then_plans_then_reuses() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn records_then_plans_then_reuses() {
         let mut ws = Workspace::new(&LIFE, true, None);
         for call in 0..3 {
             ws.begin(&[&[4, 8]]);
@@ -424,8 +424,8 @@ mod tests {
         assert_eq!(r.planned_bytes, 2 * 128);
     }
 
-    #[test]
-    fn last_shapes_are_those_of_the_last_call() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn last_shapes_are_those_of_the_last_call() {
         let mut ws = Workspace::new(&LIFE, true, None);
         assert_eq!(ws.last_shapes(), None);
         // a scalar view (rank 0) between two others
@@ -444,8 +444,8 @@ mod tests {
         assert_eq!(ws.last_shapes(), Some(vec![]));
     }
 
-    #[test]
-    fn over_the_limit_is_an_error() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn over_the_limit_is_an_error() {
         let mut ws = Workspace::new(&LIFE, true, Some(1e-9));
         ws.begin(&[&[1000]]);
         let e = Dest::<f64>::Slot(&ws, 0).get("t", &[1000]).unwrap_err();
@@ -460,8 +460,8 @@ mod tests {
         assert!(e.contains("model `m`") && e.contains("6016"), "{e}");
     }
 
-    #[test]
-    fn over_the_limit_is_refused_before_allocating() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn over_the_limit_is_refused_before_allocating() {
         // limit: 1000 bytes; slots 0 and 1 are live together at step 1, slot 2 only with 1
         let mut ws = Workspace::new(&LIFE, true, Some(1000.0 / (1u64 << 30) as f64)).named("m");
         ws.begin(&[&[100]]);
@@ -496,8 +496,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn impossible_slot_and_owned_sizes_are_alloc_errors() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn impossible_slot_and_owned_sizes_are_alloc_errors() {
         let mut ws = Workspace::new(&LIFE, true, None);
         ws.begin(&[&[1]]);
         // 2^40 x 2^10 f32 = 4 PiB; never handed to the allocator
@@ -517,8 +517,8 @@ mod tests {
         assert!(matches!(&e, Error::Alloc { .. }), "{e:?}");
     }
 
-    #[test]
-    fn owned_dest() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn owned_dest() {
         let a = owned::<i64>(|d| {
             let mut v = d.get("t", &[2, 3])?;
             v.fill(7);

@@ -225,14 +225,14 @@ where
     Ok(y)
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
     /// A column-major reference GEMM, fed exactly what the swap trick passes cuBLAS, must give
     /// the row-major product.
-    #[test]
-    fn swap_trick_computes_row_major_product() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn swap_trick_computes_row_major_product() {
         let (m, k, n) = (3usize, 4usize, 5usize);
         let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 2.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 - 3.0).collect();

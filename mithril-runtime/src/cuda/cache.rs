@@ -224,8 +224,8 @@ fn write_atomic(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
     fn tmp_dir(tag: &str) -> PathBuf {
@@ -237,8 +237,8 @@ mod tests {
         d
     }
 
-    #[test]
-    fn key_depends_on_every_field() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn key_depends_on_every_field() {
         let base = cache_key("src", "sm_90", Output::Cubin, (13, 0), &[]);
         assert_eq!(base, cache_key("src", "sm_90", Output::Cubin, (13, 0), &[]));
         let others = [
@@ -256,8 +256,8 @@ mod tests {
         assert_eq!(base.to_string().len(), 32);
     }
 
-    #[test]
-    fn memory_then_disk_then_recompile() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn memory_then_disk_then_recompile() {
         let dir = tmp_dir("logic");
         let key = CacheKey(42);
         let img = || Ok(ModuleImage::Ptx(".version 9.0\n".into()));
@@ -294,8 +294,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn disabled_disk_and_errors() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn disabled_disk_and_errors() {
         let m = KernelCache::new(&CacheConfig::memory_only());
         assert!(m.dir().is_none());
         let err = m.get_or_insert_with(CacheKey(1), Output::Ptx, || {
@@ -323,8 +323,8 @@ mod tests {
         let _ = std::fs::remove_file(&file);
     }
 
-    #[test]
-    fn default_dir_is_per_user() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn default_dir_is_per_user() {
         // HOME or XDG_CACHE_HOME is set on every CI machine; the path ends in mithril/cuda
         // unless MITHRIL_CUDA_CACHE_DIR overrides it.
         if std::env::var_os("MITHRIL_CUDA_CACHE_DIR").is_none() {

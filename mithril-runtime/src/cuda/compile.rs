@@ -193,12 +193,12 @@ pub fn compile_ptx(source: &str, name: &str, arch: &str) -> Result<String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn arch_names() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn arch_names() {
         assert!(check_arch("sm_90", Output::Cubin).is_ok());
         assert!(check_arch("sm_80", Output::Ptx).is_ok());
         assert!(check_arch("compute_90", Output::Ptx).is_ok());
@@ -208,8 +208,8 @@ mod tests {
         assert!(check_arch("90", Output::Ptx).is_err());
     }
 
-    #[test]
-    fn image_bytes_round_trip() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn image_bytes_round_trip() {
         let p = ModuleImage::Ptx(".version 9.0".into());
         assert_eq!(
             ModuleImage::from_bytes(Output::Ptx, p.bytes().to_vec()),

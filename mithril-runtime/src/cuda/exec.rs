@@ -691,14 +691,14 @@ where
     Ok(y)
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
     /// The swap parameters, fed to a column-major reference GEMM, give the row-major
     /// `op(A)·op(B)` for all four transpose combinations.
-    #[test]
-    fn swap_params_compute_row_major_products() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn swap_params_compute_row_major_products() {
         let (m, k, n) = (3usize, 4usize, 5usize);
         for ta in [false, true] {
             for tb in [false, true] {
@@ -737,8 +737,8 @@ mod tests {
         assert!(mkn_t(&[2, 3], &[2, 3], false, false).is_err());
     }
 
-    #[test]
-    fn shape_helpers() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn shape_helpers() {
         assert_eq!(
             broadcast_shapes("t", &[&[4, 1], &[3], &[]]).unwrap(),
             vec![4, 3]

@@ -43,12 +43,12 @@ pub fn row_config(rows: usize, cols: usize) -> LaunchConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn elementwise_shapes() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn elementwise_shapes() {
         let c = elementwise_config(0, 132);
         assert_eq!((c.grid_dim.0, c.block_dim.0), (1, 256));
         assert_eq!(elementwise_config(257, 132).grid_dim.0, 2);
@@ -60,8 +60,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn row_shapes() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn row_shapes() {
         let c = row_config(10, 1);
         assert_eq!((c.grid_dim.0, c.block_dim.0), (10, 32));
         assert_eq!(row_config(10, 33).block_dim.0, 64);

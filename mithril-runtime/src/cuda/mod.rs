@@ -20,9 +20,9 @@
 //! for `sm_80` and `sm_90`); the device paths compile but have not been run on a GPU yet (see
 //! `docs/cuda.md`).
 
-mod blas;
-mod cache;
-mod compile;
+pub(crate) mod blas;
+pub(crate) mod cache;
+pub(crate) mod compile;
 mod device;
 pub mod exec;
 pub mod launch;

@@ -433,8 +433,8 @@ define_map!(
     map5, map5_to, map5_inplace; a: A; b: B / buf_b, c: C / buf_c, d: D / buf_d, e: E / buf_e
 );
 
-#[cfg(test)]
-mod src_tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod src_tests {
     use super::*;
 
     fn kind(x_shape: &[usize], out: &[usize]) -> String {
@@ -450,8 +450,8 @@ mod src_tests {
         }
     }
 
-    #[test]
-    fn broadcasts_map_to_sources() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn broadcasts_map_to_sources() {
         let o = [4, 5, 6];
         assert_eq!(kind(&[4, 5, 6], &o), "full");
         assert_eq!(kind(&[], &o), "scalar");

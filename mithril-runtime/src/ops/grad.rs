@@ -279,13 +279,13 @@ pub fn concat_part<T: Elem>(
     crate::owned(|d| concat_part_to(g, part_shapes, axis, k, d).map(|_| ()))
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use ndarray::array;
 
-    #[test]
-    fn scatters() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn scatters() {
         let like = ArrayD::<f64>::zeros(IxDyn(&[2, 3]));
         let g = array![1.0, 2.0].into_dyn();
         let t = array![2i64, 0].into_dyn();

@@ -288,13 +288,13 @@ pub fn triu_to<'w, T: Elem>(
     tri_mask("triu", a, |d| d >= diagonal, dest)
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use ndarray::array;
 
-    #[test]
-    fn batched_cholesky_and_errors_name_the_matrix() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn batched_cholesky_and_errors_name_the_matrix() {
         let a = array![[[4.0f32, 0.0], [2.0, 2.0]], [[1.0, 0.0], [0.0, -1.0]]].into_dyn();
         let e = cholesky(&a.view()).unwrap_err().to_string();
         assert!(e.contains("`cholesky` failed"), "{e}");
@@ -307,8 +307,8 @@ mod tests {
         assert_eq!(l.as_slice().unwrap(), &[2.0, 0.0, 1.0, 1.0]);
     }
 
-    #[test]
-    fn solve_checks_shapes_and_pivots() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn solve_checks_shapes_and_pivots() {
         let a = array![[2.0f64, 0.0], [1.0, 4.0]].into_dyn();
         let b = array![[2.0f64], [9.0]].into_dyn();
         let x = solve_triangular(&a.view(), &b.view(), false, true, false).unwrap();
@@ -321,8 +321,8 @@ mod tests {
         assert!(e.to_string().contains("[0, 0] is zero"), "{e}");
     }
 
-    #[test]
-    fn masks_and_eigenvalues() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn masks_and_eigenvalues() {
         let a = array![[1i64, 2, 3], [4, 5, 6]].into_dyn();
         assert_eq!(
             tril(&a.view(), 0).unwrap().as_slice().unwrap(),

@@ -24,8 +24,8 @@ pub mod shape;
 pub mod softmax;
 pub mod take;
 
-#[cfg(test)]
-mod tests;
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests;
 
 pub use construct::*;
 pub use elementwise::*;

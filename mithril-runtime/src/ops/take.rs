@@ -47,13 +47,13 @@ pub fn take_along_to<'w, T: Elem, I: Elem>(
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
     use ndarray::array;
 
-    #[test]
-    fn picks_per_row() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn picks_per_row() {
         let x = array![[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]].into_dyn();
         let t = array![2i64, 0].into_dyn();
         let y = take_along(&x.view(), &t.view()).unwrap();

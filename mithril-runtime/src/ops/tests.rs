@@ -61,8 +61,8 @@ fn op_msg(e: Error) -> String {
 // ---------------------------------------------------------------------------------------------
 // elementwise
 
-#[test]
-fn broadcast_shape_rules() {
+#[cfg_attr(test, test)]
+pub(crate) fn broadcast_shape_rules() {
     assert_eq!(broadcast_shapes("t", &[&[3, 4], &[4]]).unwrap(), vec![3, 4]);
     assert_eq!(
         broadcast_shapes("t", &[&[3, 1], &[1, 4]]).unwrap(),
@@ -104,8 +104,8 @@ fn check_map2(a: &ArrayViewD<'_, f64>, b: &ArrayViewD<'_, f64>) {
     }
 }
 
-#[test]
-fn map2_broadcasting() {
+#[cfg_attr(test, test)]
+pub(crate) fn map2_broadcasting() {
     let cases: &[(&[usize], &[usize])] = &[
         (&[3, 4], &[3, 4]),
         (&[3, 4], &[]),
@@ -133,8 +133,8 @@ fn map2_broadcasting() {
     assert!(msg.contains("[3, 4]") && msg.contains("[5]"), "{msg}");
 }
 
-#[test]
-fn map2_non_contiguous() {
+#[cfg_attr(test, test)]
+pub(crate) fn map2_non_contiguous() {
     // transposed (Fortran-order) inputs, small and large inner dims
     for &(r, c) in &[(3usize, 4usize), (20, 33)] {
         let a = arr(&[c, r], rnd(3));
@@ -159,8 +159,8 @@ fn map2_non_contiguous() {
     }
 }
 
-#[test]
-fn map_arities_and_types() {
+#[cfg_attr(test, test)]
+pub(crate) fn map_arities_and_types() {
     let a = arr(&[2, 3, 17], rnd(1));
     let b = arr(&[3, 1], rnd(2));
     let c = arr(&[17], rnd(3));
@@ -230,8 +230,8 @@ fn map_arities_and_types() {
     }
 }
 
-#[test]
-fn map1_layouts_and_empty() {
+#[cfg_attr(test, test)]
+pub(crate) fn map1_layouts_and_empty() {
     let a = arr(&[3, 5], |i| i as f32);
     let t = map1(&a.t().into_dyn(), |x| x * 2.0);
     assert!(t.is_standard_layout());
@@ -278,8 +278,8 @@ fn naive_mm(a: &ArrayD<f64>, b: &ArrayD<f64>) -> ArrayD<f64> {
     c
 }
 
-#[test]
-fn matmul_2d_hand_values() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_2d_hand_values() {
     let a = arr(&[2, 2], |i| (i + 1) as f32);
     let b = arr(&[2, 2], |i| (i + 5) as f32);
     let c = matmul(&a.view(), &b.view(), false, false).unwrap();
@@ -292,8 +292,8 @@ fn matmul_2d_hand_values() {
     assert_eq!(c.as_slice().unwrap(), &[23.0, 31.0, 34.0, 46.0]);
 }
 
-#[test]
-fn matmul_vectors() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_vectors() {
     let v = arr(&[3], |i| (i + 1) as f64); // [1,2,3]
     let m = arr(&[3, 2], |i| i as f64); // [[0,1],[2,3],[4,5]]
     let vm = matmul(&v.view(), &m.view(), false, false).unwrap();
@@ -331,8 +331,8 @@ fn matmul_vectors() {
     assert_eq!(vbm[[1, 2]], bm[[1, 0, 2]] + 2.0 * bm[[1, 1, 2]]);
 }
 
-#[test]
-fn matmul_f64_odd_sizes_against_loops() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_f64_odd_sizes_against_loops() {
     let a = arr(&[37, 53], rnd(1));
     let b = arr(&[53, 29], rnd(2));
     let want = naive_mm(&a, &b);
@@ -377,8 +377,8 @@ fn matmul_f64_odd_sizes_against_loops() {
     close(&f64s(&c32), &want, 1e-5);
 }
 
-#[test]
-fn matmul_batched_broadcast() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_batched_broadcast() {
     let a = arr(&[2, 1, 3, 4], rnd(1));
     let b = arr(&[3, 4, 5], rnd(2));
     let c = matmul(&a.view(), &b.view(), false, false).unwrap();
@@ -443,8 +443,8 @@ fn matmul_batched_broadcast() {
     .is_err());
 }
 
-#[test]
-fn matmul_half_and_int() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_half_and_int() {
     let a = arr(&[7, 9], rnd(1));
     let b = arr(&[9, 5], rnd(2));
     let want = naive_mm(&a, &b);
@@ -493,8 +493,8 @@ fn matmul_half_and_int() {
     assert_eq!(l.as_slice().unwrap(), &[5, 14]);
 }
 
-#[test]
-fn matmul_empty() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_empty() {
     let c = matmul(
         &arr::<f32>(&[0, 3], |_| 0.0).view(),
         &arr(&[3, 4], |_| 1.0f32).view(),
@@ -571,8 +571,8 @@ fn var_ref(v: &[f64], corr: f64) -> f64 {
 
 /// Sums where every output reduces one element (axes of extent 1: the bias gradient at batch
 /// 1) give `0 + x` bit for bit, as a sum of one element does: `-0.0` becomes `+0.0`, NaN stays.
-#[test]
-fn sums_of_one_element_are_zero_plus_x() {
+#[cfg_attr(test, test)]
+pub(crate) fn sums_of_one_element_are_zero_plus_x() {
     let vals = [
         1.5f32,
         -0.0,
@@ -619,8 +619,8 @@ fn sums_of_one_element_are_zero_plus_x() {
     );
 }
 
-#[test]
-fn reductions_against_reference() {
+#[cfg_attr(test, test)]
+pub(crate) fn reductions_against_reference() {
     let a = arr(&[3, 4, 5], rnd(7));
     let base = a.view();
     let transposed = a
@@ -688,8 +688,8 @@ fn reductions_against_reference() {
     }
 }
 
-#[test]
-fn reduction_errors_and_edges() {
+#[cfg_attr(test, test)]
+pub(crate) fn reduction_errors_and_edges() {
     let a = arr(&[2, 3], |i| i as f32);
     assert!(sum(&a.view(), &[2], false).is_err());
     assert!(sum(&a.view(), &[-3], false).is_err());
@@ -731,8 +731,8 @@ fn reduction_errors_and_edges() {
     );
 }
 
-#[test]
-fn long_sums_stay_accurate() {
+#[cfg_attr(test, test)]
+pub(crate) fn long_sums_stay_accurate() {
     // 2^20 values of 0.1: a naive f32 running sum is off by ~1e-2 relative.
     let n = 1 << 20;
     let a = arr(&[n], |_| 0.1f32);
@@ -761,8 +761,8 @@ fn long_sums_stay_accurate() {
     assert_eq!(v[IxDyn(&[])], f16::from_f32(0.25));
 }
 
-#[test]
-fn argmax_argmin() {
+#[cfg_attr(test, test)]
+pub(crate) fn argmax_argmin() {
     // ties resolve to the first index
     let a = ArrayD::from_shape_vec(
         IxDyn(&[2, 4]),
@@ -810,8 +810,8 @@ fn argmax_argmin() {
 // ---------------------------------------------------------------------------------------------
 // softmax
 
-#[test]
-fn softmax_rows() {
+#[cfg_attr(test, test)]
+pub(crate) fn softmax_rows() {
     let a = arr(&[3, 5], rnd(9)).mapv(|x| x * 4.0);
     for axis in [0isize, 1, -1] {
         let s = softmax(&a.view(), axis).unwrap();
@@ -868,8 +868,8 @@ fn softmax_rows() {
 // ---------------------------------------------------------------------------------------------
 // shape ops
 
-#[test]
-fn transpose_and_reshape() {
+#[cfg_attr(test, test)]
+pub(crate) fn transpose_and_reshape() {
     let a = arr(&[2, 3, 4], |i| i as i32);
     let t = transpose(&a.view(), &[2, 0, 1]).unwrap();
     assert_eq!(t.shape(), &[4, 2, 3]);
@@ -908,8 +908,8 @@ fn transpose_and_reshape() {
     );
 }
 
-#[test]
-fn concat_parts() {
+#[cfg_attr(test, test)]
+pub(crate) fn concat_parts() {
     let a = arr(&[2, 3], |i| i as f32);
     let b = arr(&[1, 3], |i| 10.0 + i as f32);
     let c = concat(&[a.view(), b.view()], 0).unwrap();
@@ -948,8 +948,8 @@ fn sl1(a: &ArrayD<i32>, start: Option<isize>, end: Option<isize>, step: isize) -
         .collect()
 }
 
-#[test]
-fn slicing_python_semantics() {
+#[cfg_attr(test, test)]
+pub(crate) fn slicing_python_semantics() {
     let a = arr(&[10], |i| i as i32);
     assert_eq!(sl1(&a, None, None, -1), vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
     assert_eq!(sl1(&a, Some(8), Some(2), -2), vec![8, 6, 4]);
@@ -1058,8 +1058,8 @@ fn slicing_python_semantics() {
     assert!(slice(&e.view(), &[SliceArg::Index(0)]).is_err());
 }
 
-#[test]
-fn gather_take() {
+#[cfg_attr(test, test)]
+pub(crate) fn gather_take() {
     let t = arr(&[4, 3], |i| i as f32);
     let idx = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0i64, 1, 2, 2]).unwrap();
     let g = gather(&t.view(), &idx.view(), 0).unwrap();
@@ -1128,8 +1128,8 @@ fn gather_take() {
     .is_err());
 }
 
-#[test]
-fn casts() {
+#[cfg_attr(test, test)]
+pub(crate) fn casts() {
     let f = ArrayD::from_shape_vec(IxDyn(&[5]), vec![1.9f32, -1.9, 3e10, f32::NAN, -3e10]).unwrap();
     let i: ArrayD<i32> = cast(&f.view());
     assert_eq!(i.as_slice().unwrap(), &[1, -1, i32::MAX, 0, i32::MIN]);
@@ -1179,8 +1179,8 @@ fn casts() {
 /// along a row segment: contiguous (residual), constant (a `[m, 1]` column), strided (a
 /// transposed residual: gathered), reversed (negative strides: the slow path), and the
 /// non-GEMM fallback (i64).
-#[test]
-fn matmul_epilogue_operand_layouts() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_epilogue_operand_layouts() {
     let (m, n, k) = (7usize, 70usize, 5usize);
     let a = ArrayD::from_shape_fn(IxDyn(&[m, k]), |i| (i[0] * k + i[1]) as f64 * 0.25 - 2.0);
     let b = ArrayD::from_shape_fn(IxDyn(&[k, n]), |i| 1.0 - (i[0] * n + i[1]) as f64 * 0.125);
@@ -1255,8 +1255,8 @@ fn matmul_epilogue_operand_layouts() {
 /// A reversed (negative-stride) operand gives bitwise the product of the same values stored
 /// contiguously, for every GEMM type and with an epilogue too (the kernel GEMM and a naive loop
 /// sum in different orders, so a layout-dependent path shows up in the last bits).
-#[test]
-fn matmul_reversed_operands_match_contiguous_bitwise() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_reversed_operands_match_contiguous_bitwise() {
     fn check<T: Elem>(from: impl Fn(f64) -> T)
     where
         T::Acc: crate::scalar::Num,
@@ -1312,8 +1312,8 @@ fn matmul_reversed_operands_match_contiguous_bitwise() {
 /// `matmul_epi_2d_to` (the plan's fast case) takes every 2-D layout it accepts with the result
 /// of `matmul_epi_to` bit for bit, and of a plain loop within rounding; it hands back what it
 /// does not take (3-D, negative strides, mismatched inner dims), which `matmul_epi_to` handles.
-#[test]
-fn matmul_epi_2d_matches_the_general_path() {
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_epi_2d_matches_the_general_path() {
     use crate::scalar::Num;
     use crate::Dest;
     use mithril_kernels::ew::{map3_inplace, Src};

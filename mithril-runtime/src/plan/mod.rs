@@ -12,7 +12,7 @@
 //! parse or does not match its operands is an internal error, never a panic.
 
 mod exec;
-mod text;
+pub(crate) mod text;
 
 pub use exec::{run, run_donating, run_hooked, run_with, OpHook, OpInfo};
 

@@ -728,12 +728,12 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
     Ok((step, ctx))
 }
 
-#[cfg(test)]
-mod tests {
+#[cfg(any(test, feature = "internal-tests"))]
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn a_small_plan_parses() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn a_small_plan_parses() {
         let src = "M \"Net\" 1 \"B\"\n\
                    C 0 \"input `x`\" \"f32[B, 4]\" 0 2 s0 f4\n\
                    N f32 v view 0 0 -\n\
@@ -758,8 +758,8 @@ mod tests {
         assert_eq!(p.nodes[2].what, "`relu` of `h` (from input `x`) in `fc`");
     }
 
-    #[test]
-    fn malformed_plans_are_errors_not_panics() {
+    #[cfg_attr(test, test)]
+    pub(crate) fn malformed_plans_are_errors_not_panics() {
         for bad in [
             "",
             "X",
