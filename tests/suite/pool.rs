@@ -37,6 +37,13 @@ mithril! {
         output z = upsample(avg_pool2d(x, 3, stride = 1, padding = 1), scale_factor = 2);
     }
 
+    model HalfPool {
+        input x: f16[1, 1, 2, 4];
+        output m = max_pool2d(x, kernel_size = 2);
+        output a = avg_pool1d(x[0], kernel_size = 2, stride = 1, padding = 1, count_include_pad = false);
+        output u = upsample(x, scale_factor = 2, mode = "bilinear");
+    }
+
     model PoolNet {
         input x: f32[B, 2, H, W];
         let h = MaxPool2d(2)(x);
@@ -413,5 +420,29 @@ fn library_pool_models_compose() {
     assert_eq!(o.y.shape(), &[1, 2, 1, 1]);
     for c in 0..2 {
         assert!((o.y[[0, c, 0, 0]] as f64 - want[[0, c, 0, 0]]).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn f16_pooling_computes_in_f32() {
+    use mithril::half::f16;
+    let m = HalfPool::new().unwrap();
+    let x = ndarray::Array4::from_shape_fn((1, 1, 2, 4), |(_, _, h, w)| {
+        f16::from_f32((4 * h + w) as f32 * 0.5)
+    });
+    let o = m
+        .evaluate(&m.randomize_params(0), HalfPoolInputs { x: x.view() })
+        .unwrap();
+    assert_eq!(
+        o.m.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+        [2.5, 3.5]
+    );
+    // rows [0, .5, 1, 1.5] and [2, 2.5, 3, 3.5]: windows of 2 with one pad each side
+    let a: Vec<f32> = o.a.iter().map(|v| v.to_f32()).collect();
+    assert_eq!(a, [0.0, 0.25, 0.75, 1.25, 1.5, 2.0, 2.25, 2.75, 3.25, 3.5]);
+    let xf = x.mapv(|v| v.to_f64());
+    let want = up2(&xf, (4, 8), Some((2.0, 2.0)), true, false);
+    for (g, w) in o.u.iter().zip(want.iter()) {
+        assert!((g.to_f64() - w).abs() < 4e-3, "{g} vs {w}");
     }
 }

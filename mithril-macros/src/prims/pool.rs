@@ -287,6 +287,8 @@ fn shape_of(op: &PoolOp, name: &str, env: &mut Env, s: &Shape) -> Result<Shape, 
                             )
                         })?,
                     ),
+                    // a stride-1 window padded to keep the size (`3`, padding 1) keeps the dim
+                    other if st[j] == 1 && 2 * p[j] == dil * (k[j] - 1) => other,
                     other => {
                         let h = show(env, &other);
                         let span = 2 * p[j] as i64 - (dil * (k[j] - 1) + 1) as i64;
