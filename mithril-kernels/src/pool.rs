@@ -323,7 +323,7 @@ multiversion! {
 
 fn sizes_ok<T>(x: &[T], g: &Win, out: &[T], what: &str) -> Result<usize, String> {
     let (pi, po) = (g.plane_in(), g.plane_out());
-    let planes = if po == 0 { 0 } else { out.len() / po };
+    let planes = out.len().checked_div(po).unwrap_or(0);
     if planes * po != out.len() || x.len() != planes * pi {
         return Err(format!(
             "internal: {what} buffers of {} and {} elements do not fit {g:?}",
@@ -444,7 +444,7 @@ pub fn adaptive_avg_pool<T: PoolElem>(
     out: &mut [T],
 ) -> Result<(), String> {
     let (pi, po) = (h * w, oh * ow);
-    if po == 0 || out.len() % po != 0 || x.len() != out.len() / po * pi {
+    if po == 0 || !out.len().is_multiple_of(po) || x.len() != out.len() / po * pi {
         return Err("internal: adaptive_avg_pool buffer sizes".into());
     }
     if pi == 0 {
@@ -476,7 +476,7 @@ pub fn adaptive_avg_pool_backward<T: PoolElem>(
     gx: &mut [T],
 ) -> Result<(), String> {
     let (pi, po) = (h * w, oh * ow);
-    if po == 0 || gy.len() % po != 0 || gx.len() != gy.len() / po * pi {
+    if po == 0 || !gy.len().is_multiple_of(po) || gx.len() != gy.len() / po * pi {
         return Err("internal: adaptive_avg_pool backward buffer sizes".into());
     }
     gx.fill(T::ZERO);
@@ -588,7 +588,7 @@ pub fn pad<T: PoolElem>(
     let l = (0..ow)
         .find(|&o| w > 0 && o + w <= ow && last[o] == Some(0) && last[o + w - 1] == Some(w - 1))
         .unwrap_or(ow);
-    let rows_out = if ow == 0 { 0 } else { out_plane / ow };
+    let rows_out = out_plane.checked_div(ow).unwrap_or(0);
     let mut idx = vec![0usize; m - 1];
     for p in 0..lead {
         idx.iter_mut().for_each(|i| *i = 0);
@@ -703,7 +703,7 @@ pub fn upsample<T: PoolElem>(
     out: &mut [T],
 ) -> Result<(), String> {
     let (pi, po) = (h * w, ty.len() * tx.len());
-    if po == 0 || pi == 0 || out.len() % po != 0 || x.len() != out.len() / po * pi {
+    if po == 0 || pi == 0 || !out.len().is_multiple_of(po) || x.len() != out.len() / po * pi {
         return if out.is_empty() {
             Ok(())
         } else {
@@ -747,7 +747,7 @@ pub fn upsample_backward<T: PoolElem>(
 ) -> Result<(), String> {
     let (pi, po) = (h * w, ty.len() * tx.len());
     gx.fill(T::ZERO);
-    if po == 0 || pi == 0 || gy.len() % po != 0 || gx.len() != gy.len() / po * pi {
+    if po == 0 || pi == 0 || !gy.len().is_multiple_of(po) || gx.len() != gy.len() / po * pi {
         return if gy.is_empty() {
             Ok(())
         } else {
