@@ -12,6 +12,7 @@ pub mod isa;
 mod isa_paths;
 pub mod linalg;
 pub mod memplan;
+pub mod pool;
 pub mod prog;
 pub mod qgemm;
 pub mod rows;

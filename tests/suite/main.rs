@@ -41,6 +41,8 @@ mod loops;
 mod multi_backend;
 mod optimizations;
 mod optimize_for;
+// pooling, pad, upsample
+mod pool;
 mod prims;
 mod quant;
 mod render;

@@ -198,4 +198,50 @@ pub enum Prim {
         add: bool,
         len: Option<Dim>,
     },
+    // ---- pooling, pad, upsample (the pool family, `prims/pool.rs`)
+    /// A pooling / padding / upsampling op over the trailing spatial dims.
+    Pool(PoolOp),
+    /// Its gradient: (g, the op's input) → the input's shape.
+    PoolGrad(PoolOp),
+}
+
+/// The padding modes of `pad`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    Constant,
+    Reflect,
+    Replicate,
+}
+
+/// What a [`Prim::Pool`] computes (PyTorch's semantics, NCHW: the trailing `k.len()` dims are
+/// spatial).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolOp {
+    /// `max_pool{1,2}d` (`max`) / `avg_pool{1,2}d`: kernel, stride, padding, dilation per
+    /// spatial dim, `ceil_mode`, `count_include_pad` (average only).
+    Window {
+        max: bool,
+        k: Vec<u64>,
+        s: Vec<u64>,
+        p: Vec<u64>,
+        d: Vec<u64>,
+        ceil: bool,
+        count_pad: bool,
+    },
+    /// `adaptive_avg_pool{1,2}d` to these output sizes.
+    Adaptive(Vec<u64>),
+    /// `pad` with PyTorch's pad list (last dim first: left, right, then the dim before, ...).
+    Pad {
+        pads: Vec<u64>,
+        mode: PadMode,
+        value: f64,
+    },
+    /// `upsample` over the dims after the first two: target `size` or `scale` per dim,
+    /// `linear` (bilinear) or nearest, `align_corners`.
+    Upsample {
+        size: Vec<u64>,
+        scale: Vec<f64>,
+        linear: bool,
+        align_corners: bool,
+    },
 }

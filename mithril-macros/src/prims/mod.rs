@@ -26,6 +26,8 @@ pub mod linalg;
 pub mod lower;
 pub mod matmul;
 pub mod plan;
+// pooling, pad, upsample
+pub mod pool;
 pub mod reduce;
 pub mod rules;
 pub mod shape;
@@ -151,6 +153,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     &construct::Rules,
     &autodiff_helpers::Rules,
     &control::Rules,
+    // pooling, pad, upsample
+    &pool::Rules,
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -283,6 +287,8 @@ impl Prim {
             | TapeRead(_)
             | DimValue(_)
             | SetAt { .. } => &control::Rules,
+            // pooling, pad, upsample
+            Pool(_) | PoolGrad(_) => &pool::Rules,
         }
     }
 

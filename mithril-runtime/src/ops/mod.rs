@@ -19,6 +19,8 @@ pub mod elementwise;
 pub mod grad;
 pub mod linalg;
 pub mod matmul;
+// pooling, pad, upsample (the pool family)
+pub mod pool;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
@@ -32,6 +34,7 @@ pub use elementwise::*;
 pub use grad::*;
 pub use linalg::*;
 pub use matmul::*;
+pub use pool::*;
 pub use reduce::*;
 pub use shape::*;
 pub use softmax::*;

@@ -1159,6 +1159,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 let y = a(1)?;
                 any_t!(dt, T => self.put::<T>(id, h, |d| ops::solve_triangular_to(typed::<T>(&x)?, typed::<T>(&y)?, *upper, *left, *trans, d)))
             }
+            // pooling, pad, upsample (the pool family)
+            POp::Pool(s) => {
+                real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::pool_to(typed::<T>(&x)?, s, d)))
+            }
+            POp::PoolGrad(s) => {
+                let y = a(1)?;
+                real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::pool_backward_to(typed::<T>(&x)?, typed::<T>(&y)?, s, d)))
+            }
             _ => Err(internal(w, "op not handled")),
         }
     }

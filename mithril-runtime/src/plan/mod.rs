@@ -244,6 +244,11 @@ pub enum POp {
         axis: i64,
         add: bool,
     },
+    // ---- pooling, pad, upsample (the pool family)
+    /// a pooling / pad / upsample op of `args[0]`
+    Pool(crate::ops::PoolSpec),
+    /// its gradient: `args[0]` the output's gradient, `args[1]` the op's input
+    PoolGrad(crate::ops::PoolSpec),
 }
 
 impl POp {
@@ -303,6 +308,9 @@ impl POp {
             POp::TapeRead(_) => "tape_read",
             POp::DimValue(_) => "dim_value",
             POp::SetAt { .. } => "set_at",
+            // pooling, pad, upsample
+            POp::Pool(s) => s.name(),
+            POp::PoolGrad(_) => "pool_grad",
         }
     }
 }

@@ -703,6 +703,9 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
             axis: t.num()?,
             add: t.flag()?,
         },
+        // pooling, pad, upsample (the pool family)
+        "pool" => POp::Pool(crate::ops::PoolSpec::parse(t.word()?)?),
+        "pool_grad" => POp::PoolGrad(crate::ops::PoolSpec::parse(t.word()?)?),
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;

@@ -87,10 +87,25 @@ impl Flattener<'_> {
                 self.eval_call(&c.func, c.args.iter().collect(), None, e.span(), f, hint)
             }
             Expr::MethodCall(m) => self.eval_method(m, f, hint),
+            // a tuple of compile-time values is a list (`kernel_size = (3, 3)`, as PyTorch's)
+            Expr::Tuple(t) if !t.elems.is_empty() && t.elems.iter().all(is_literal_like) => {
+                let mut xs = Vec::new();
+                for el in &t.elems {
+                    match self.eval(el, f, None) {
+                        Value::Hyper(h) | Value::Const(h, _) => xs.push(h),
+                        Value::Poison => return Value::Poison,
+                        _ => {
+                            self.error(el.span(), "tuple elements must be compile-time values");
+                            return Value::Poison;
+                        }
+                    }
+                }
+                Value::Hyper(HVal::List(xs))
+            }
             Expr::Tuple(t) => {
                 self.error(
                     t.span(),
-                    "tuples are only allowed as `let (a, b) = Model(..)` patterns",
+                    "tuples are only allowed as `let (a, b) = Model(..)` patterns, or of compile-time values",
                 );
                 Value::Poison
             }
@@ -624,5 +639,18 @@ impl Flattener<'_> {
                 }
             },
         }
+    }
+}
+
+/// A tuple element that can only be a compile-time value: a literal (possibly negated or in
+/// parentheses) or a plain name (a hyperparameter; a tensor name is an error when evaluated).
+fn is_literal_like(e: &Expr) -> bool {
+    match e {
+        Expr::Lit(_) | Expr::Path(_) => true,
+        Expr::Unary(u) => is_literal_like(&u.expr),
+        Expr::Paren(p) => is_literal_like(&p.expr),
+        Expr::Group(g) => is_literal_like(&g.expr),
+        Expr::Binary(b) => is_literal_like(&b.left) && is_literal_like(&b.right),
+        _ => false,
     }
 }
