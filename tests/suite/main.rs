@@ -19,6 +19,7 @@
 #[macro_use]
 mod common;
 
+mod attention;
 mod catalog;
 mod catalog_math;
 mod checkpointing;

@@ -14,6 +14,7 @@
 //! A new primitive: its variant in `crate::ir::prim`, its arm in [`Prim::family`], and its rules
 //! in the family's module (or a new module implementing [`Family`], listed in [`FAMILIES`]).
 
+pub mod attention;
 pub mod attrs;
 pub mod autodiff_helpers;
 pub mod construct;
@@ -151,6 +152,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     &construct::Rules,
     &autodiff_helpers::Rules,
     &control::Rules,
+    // attention
+    &attention::Rules,
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -283,6 +286,8 @@ impl Prim {
             | TapeRead(_)
             | DimValue(_)
             | SetAt { .. } => &control::Rules,
+            // attention
+            Attention { .. } => &attention::Rules,
         }
     }
 

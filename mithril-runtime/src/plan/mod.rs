@@ -244,6 +244,15 @@ pub enum POp {
         axis: i64,
         add: bool,
     },
+    // ---- attention (`ops::attention`)
+    /// `attention(q, k, v[, mask])` (`part` 0), or one of its gradients (`part` 1..=5: q, k, v,
+    /// stacked k and v, the masked scores) from `(q, k, v[, mask], out, out gradient)`;
+    /// `scale` `None`: `1/√head_dim`
+    Attention {
+        causal: bool,
+        scale: Option<f64>,
+        part: u8,
+    },
 }
 
 impl POp {
@@ -303,6 +312,9 @@ impl POp {
             POp::TapeRead(_) => "tape_read",
             POp::DimValue(_) => "dim_value",
             POp::SetAt { .. } => "set_at",
+            // attention
+            POp::Attention { part: 0, .. } => "attention",
+            POp::Attention { .. } => "attention_grad",
         }
     }
 }

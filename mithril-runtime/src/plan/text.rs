@@ -703,6 +703,18 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
             axis: t.num()?,
             add: t.flag()?,
         },
+        // attention
+        "attention" => POp::Attention {
+            causal: t.flag()?,
+            scale: match t.word()? {
+                "-" => None,
+                w => match lit(w)? {
+                    Lit::F64(v) => Some(v),
+                    _ => return Err("f64 literal expected".into()),
+                },
+            },
+            part: t.num()?,
+        },
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;
