@@ -56,7 +56,7 @@ mithril! {
 }
 
 /// Naive attention in f64: `[B, H, S, D]` query, `[B, G, T, D]` key, `[B, G, T, E]` value.
-fn naive(
+pub(crate) fn naive(
     q: &ArrayD<f64>,
     k: &ArrayD<f64>,
     v: &ArrayD<f64>,
@@ -121,7 +121,7 @@ fn close(got: &ArrayD<f64>, want: &ArrayD<f64>, tol: f64, what: &str) {
     }
 }
 
-fn arr(shape: &[usize], salt: f64) -> ArrayD<f64> {
+pub(crate) fn arr(shape: &[usize], salt: f64) -> ArrayD<f64> {
     let n: usize = shape.iter().product();
     ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| 1.5 * wave(i, salt)).collect()).unwrap()
 }

@@ -48,6 +48,7 @@ mod render;
 mod roles;
 mod runtime_errors;
 mod safetensors_compat;
+mod sequence_models;
 mod simd_paths;
 mod smoke;
 mod static_shapes;
