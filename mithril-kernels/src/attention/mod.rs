@@ -108,7 +108,7 @@ pub struct Dims {
 
 impl Dims {
     fn check<T>(&self, q: &[T], k: &[T], v: &[T]) {
-        assert!(self.hkv > 0 && self.hq % self.hkv == 0, "hq % hkv");
+        assert!(self.hkv > 0 && self.hq.is_multiple_of(self.hkv), "hq % hkv");
         assert!(
             q.len() >= self.batch * self.hq * self.sq * self.d,
             "q too short"
@@ -583,8 +583,10 @@ pub fn backward<T: AttnElem>(
     }
     let group = hq / hkv;
     let scale_t = T::of(scale);
-    let mut s = vec![T::ZERO; BR * BC];
-    let mut dp = vec![T::ZERO; BR * BC];
+    // the score and dP tiles, on the heap (128 KiB for f64: not for the stack)
+    #[allow(clippy::useless_vec)]
+    let mut tiles = vec![T::ZERO; 2 * BR * BC];
+    let (s, dp) = tiles.split_at_mut(BR * BC);
     let mut lse = vec![T::ZERO; group * sq];
     let mut delta = vec![T::ZERO; group * sq];
     for b in 0..batch {
@@ -606,7 +608,7 @@ pub fn backward<T: AttnElem>(
                     scale_t,
                     None,
                     &mut lse[t * sq..(t + 1) * sq],
-                    &mut s,
+                    s,
                 );
                 for i in 0..sq {
                     let (ro, rg) = (

@@ -65,7 +65,7 @@ fn shapes(op: &str, q: &[usize], k: &[usize], v: &[usize]) -> Result<Shapes> {
     if k[r - 1] != d {
         return Err(err("query and key differ in head_dim"));
     }
-    if (hkv == 0 && hq != 0) || (hkv != 0 && hq % hkv != 0) {
+    if (hkv == 0 && hq != 0) || (hkv != 0 && !hq.is_multiple_of(hkv)) {
         return Err(err(
             "the query heads must be a multiple of the key/value heads",
         ));
