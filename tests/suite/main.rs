@@ -19,6 +19,7 @@
 #[macro_use]
 mod common;
 
+mod attention;
 mod catalog;
 mod catalog_math;
 mod checkpointing;
@@ -49,6 +50,7 @@ mod render;
 mod roles;
 mod runtime_errors;
 mod safetensors_compat;
+mod sequence_models;
 mod simd_paths;
 mod smoke;
 mod static_shapes;

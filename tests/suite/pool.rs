@@ -3,7 +3,7 @@
 //! differences (stride != kernel, padding, ceil_mode, count_include_pad, every pad mode,
 //! nearest and bilinear), symbolic output dims checked at run time, the library models.
 
-use crate::common::fd::{dot, gradcheck, pat, wave};
+use crate::common::fd::{dot, gradcheck, pat};
 use mithril::prelude::*;
 use ndarray::{Array3, Array4, ArrayD, IxDyn};
 use std::marker::PhantomData;

@@ -198,6 +198,15 @@ pub enum Prim {
         add: bool,
         len: Option<Dim>,
     },
+    // ---- attention (`prims/attention.rs`)
+    /// Scaled dot-product attention (`part` 0: args q, k, v[, mask]) or one of its gradients
+    /// (args q, k, v[, mask], out, out gradient; `part` 1 dq, 2 dk, 3 dv, 4 dk and dv stacked
+    /// on a new leading axis, 5 the gradient of the masked scores). `scale` `None`: `1/√D`.
+    Attention {
+        causal: bool,
+        scale: Option<f64>,
+        part: u8,
+    },
     // ---- pooling, pad, upsample (the pool family, `prims/pool.rs`)
     /// A pooling / padding / upsampling op over the trailing spatial dims.
     Pool(PoolOp),

@@ -14,6 +14,7 @@
 //! A new primitive: its variant in `crate::ir::prim`, its arm in [`Prim::family`], and its rules
 //! in the family's module (or a new module implementing [`Family`], listed in [`FAMILIES`]).
 
+pub mod attention;
 pub mod attrs;
 pub mod autodiff_helpers;
 pub mod construct;
@@ -155,6 +156,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     &control::Rules,
     // pooling, pad, upsample
     &pool::Rules,
+    // attention
+    &attention::Rules,
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -289,6 +292,8 @@ impl Prim {
             | SetAt { .. } => &control::Rules,
             // pooling, pad, upsample
             Pool(_) | PoolGrad(_) => &pool::Rules,
+            // attention
+            Attention { .. } => &attention::Rules,
         }
     }
 

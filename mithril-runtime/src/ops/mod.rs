@@ -14,6 +14,7 @@
 //! [`Error::Op`]: crate::Error::Op
 //! [`Elem::to_acc`]: crate::Elem::to_acc
 
+pub mod attention;
 pub mod construct;
 pub mod elementwise;
 pub mod grad;
@@ -29,6 +30,7 @@ pub mod take;
 #[cfg(any(test, feature = "internal-tests"))]
 pub(crate) mod tests;
 
+pub use attention::*;
 pub use construct::*;
 pub use elementwise::*;
 pub use grad::*;

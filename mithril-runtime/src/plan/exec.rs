@@ -1167,7 +1167,79 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 let y = a(1)?;
                 real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::pool_backward_to(typed::<T>(&x)?, typed::<T>(&y)?, s, d)))
             }
+            // attention
+            POp::Attention {
+                causal,
+                scale,
+                part,
+            } => self.attention(id, step, *causal, *scale, *part, a),
             _ => Err(internal(w, "op not handled")),
+        }
+    }
+
+    /// `attention` and its gradients (`POp::Attention`): operands `q, k, v[, mask]` and for a
+    /// gradient `out, out gradient` after them.
+    #[allow(clippy::too_many_arguments)]
+    fn attention<'v>(
+        &self,
+        id: usize,
+        step: &Step,
+        causal: bool,
+        scale: Option<f64>,
+        part: u8,
+        a: &dyn Fn(usize) -> Result<TensorView<'v>>,
+    ) -> Result<Val<'w>> {
+        let (h, dt, w) = (step.home, step.dt, step.what);
+        let n = step.args.len();
+        let has_mask = if part == 0 { n == 4 } else { n == 6 };
+        let (q, k, v) = (a(0)?, a(1)?, a(2)?);
+        let m = if has_mask { Some(a(3)?) } else { None };
+        let grads = if part == 0 {
+            None
+        } else {
+            let at = if has_mask { 4 } else { 3 };
+            Some((a(at)?, a(at + 1)?))
+        };
+        let gpart = match part {
+            1 => ops::AttnPart::Q,
+            2 => ops::AttnPart::K,
+            3 => ops::AttnPart::V,
+            4 => ops::AttnPart::KV,
+            _ => ops::AttnPart::Scores,
+        };
+        macro_rules! go {
+            ($T:ty) => {{
+                let mb;
+                let mf;
+                let mask = match &m {
+                    None => ops::AttnMask::None,
+                    Some(mv) if mv.dtype() == DType::Bool => {
+                        mb = typed::<bool>(mv)?;
+                        ops::AttnMask::Bool(mb)
+                    }
+                    Some(mv) => {
+                        mf = typed::<$T>(mv)?;
+                        ops::AttnMask::Add(mf)
+                    }
+                };
+                let (q, k, v) = (typed::<$T>(&q)?, typed::<$T>(&k)?, typed::<$T>(&v)?);
+                match &grads {
+                    None => self.put::<$T>(id, h, |d| {
+                        ops::attention_to(q, k, v, mask, causal, scale, d)
+                    }),
+                    Some((o, g)) => {
+                        let (o, g) = (typed::<$T>(o)?, typed::<$T>(g)?);
+                        self.put::<$T>(id, h, |d| {
+                            ops::attention_grad_to(q, k, v, mask, o, g, causal, scale, gpart, d)
+                        })
+                    }
+                }
+            }};
+        }
+        match dt {
+            DType::F32 => go!(f32),
+            DType::F64 => go!(f64),
+            _ => Err(internal(w, "attention on a non-f32/f64 operand")),
         }
     }
 

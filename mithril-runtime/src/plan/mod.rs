@@ -249,6 +249,15 @@ pub enum POp {
     Pool(crate::ops::PoolSpec),
     /// its gradient: `args[0]` the output's gradient, `args[1]` the op's input
     PoolGrad(crate::ops::PoolSpec),
+    // ---- attention (`ops::attention`)
+    /// `attention(q, k, v[, mask])` (`part` 0), or one of its gradients (`part` 1..=5: q, k, v,
+    /// stacked k and v, the masked scores) from `(q, k, v[, mask], out, out gradient)`;
+    /// `scale` `None`: `1/√head_dim`
+    Attention {
+        causal: bool,
+        scale: Option<f64>,
+        part: u8,
+    },
 }
 
 impl POp {
@@ -311,6 +320,9 @@ impl POp {
             // pooling, pad, upsample
             POp::Pool(s) => s.name(),
             POp::PoolGrad(_) => "pool_grad",
+            // attention
+            POp::Attention { part: 0, .. } => "attention",
+            POp::Attention { .. } => "attention_grad",
         }
     }
 }

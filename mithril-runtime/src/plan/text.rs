@@ -706,6 +706,18 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
         // pooling, pad, upsample (the pool family)
         "pool" => POp::Pool(crate::ops::PoolSpec::parse(t.word()?)?),
         "pool_grad" => POp::PoolGrad(crate::ops::PoolSpec::parse(t.word()?)?),
+        // attention
+        "attention" => POp::Attention {
+            causal: t.flag()?,
+            scale: match t.word()? {
+                "-" => None,
+                w => match lit(w)? {
+                    Lit::F64(v) => Some(v),
+                    _ => return Err("f64 literal expected".into()),
+                },
+            },
+            part: t.num()?,
+        },
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;

@@ -254,7 +254,12 @@ impl Flattener<'_> {
                 }
                 Some(k) => {
                     let ks = k.to_string();
-                    if let Some(i) = sig.inputs.iter().position(|x| *x == ks) {
+                    // an input named `x?` is optional (`attention`'s `mask`)
+                    if let Some(i) = sig
+                        .inputs
+                        .iter()
+                        .position(|x| x.trim_end_matches('?') == ks)
+                    {
                         let v = self.eval(a, f, None);
                         match self.tensor_of(v, a.span(), f) {
                             Some(id) => inputs[i] = Some(id),
@@ -287,6 +292,7 @@ impl Flattener<'_> {
         for (i, slot) in inputs.iter().enumerate() {
             match slot {
                 Some(id) => node_args.push(*id),
+                None if sig.inputs[i].ends_with('?') => {}
                 None => {
                     self.error(
                         span,

@@ -1,0 +1,744 @@
+//! Scaled dot-product attention, tiled with an online softmax (the FlashAttention scheme).
+//!
+//! `out = softmax(scale · Q·Kᵀ + mask) · V` per (batch, query head), with `K`/`V` shared by
+//! `hq / hkv` query heads (grouped-query attention). Tensors are contiguous row-major
+//! `[batch, heads, seq, dim]`. The forward pass walks a block of [`BR`] query rows against blocks
+//! of [`BC`] key rows: the score tile `scale · Q_i·K_jᵀ` and the update `O_i += P·V_j` are
+//! products of the packed GEMM ([`crate::gemm::gemm_plain`], its AVX-512 / AVX2 / scalar
+//! microkernels), the row update between them (mask, running max, rescale, exponentials) is a
+//! multiversioned loop (AVX-512 / AVX2 / baseline copies, chosen by [`crate::isa::active`]).
+//! Only one `[BR, BC]` tile exists at a time: no `[seq, seq]` buffer. Under `causal`
+//! (top-left aligned, as PyTorch's `is_causal`: query `i` sees keys `j <= i`) the key blocks
+//! wholly above the diagonal are never visited.
+//!
+//! The backward pass ([`backward`]) is FlashAttention's: each row's log-sum-exp is recomputed by
+//! a statistics pass (scores only, no `P·V`), then for each key block and each query block the
+//! probabilities are rebuilt from it, `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P∘(dP − rowsum(dO∘O))`,
+//! `dQ += scale·dS·K`, `dK += scale·dS·Qᵀ`.
+//!
+//! A row whose every score is masked (`-∞`) gives NaN, as PyTorch's `scaled_dot_product_attention`
+//! and `softmax` of an all `-∞` row do.
+
+use crate::gemm::{gemm_plain, GemmElem};
+use crate::isa::{self, Isa};
+
+#[cfg(test)]
+mod tests;
+
+/// Query rows per tile.
+pub const BR: usize = 64;
+/// Key rows per tile.
+pub const BC: usize = 128;
+
+/// An element type attention runs in: `f32` or `f64` (accumulated in the same type).
+pub trait AttnElem:
+    GemmElem<Acc = Self>
+    + Copy
+    + PartialOrd
+    + Send
+    + Sync
+    + 'static
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// −∞.
+    const NEG_INF: Self;
+    /// From `f64` (rounded).
+    fn of(v: f64) -> Self;
+    /// eˣ (vectorizable for `f32`: [`crate::vmath::exp`]).
+    fn exp(self) -> Self;
+    /// ln x.
+    fn ln(self) -> Self;
+}
+
+impl AttnElem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        crate::vmath::exp(self)
+    }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        self.ln()
+    }
+}
+
+impl AttnElem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    #[inline(always)]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        self.exp()
+    }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        self.ln()
+    }
+}
+
+/// The sizes of one attention call: `q [batch, hq, sq, d]`, `k [batch, hkv, sk, d]`,
+/// `v [batch, hkv, sk, dv]`, `out [batch, hq, sq, dv]`; `hq` a multiple of `hkv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub sq: usize,
+    pub sk: usize,
+    pub d: usize,
+    pub dv: usize,
+}
+
+impl Dims {
+    fn check<T>(&self, q: &[T], k: &[T], v: &[T]) {
+        assert!(self.hkv > 0 && self.hq.is_multiple_of(self.hkv), "hq % hkv");
+        assert!(
+            q.len() >= self.batch * self.hq * self.sq * self.d,
+            "q too short"
+        );
+        assert!(
+            k.len() >= self.batch * self.hkv * self.sk * self.d,
+            "k too short"
+        );
+        assert!(
+            v.len() >= self.batch * self.hkv * self.sk * self.dv,
+            "v too short"
+        );
+    }
+}
+
+/// A mask operand broadcast over `[batch, hq, sq, sk]`: element `(b, h, i, j)` is
+/// `data[offs[b * hq + h] + i * si + j * sj]` (a stride is 0 along a broadcast axis).
+#[derive(Clone, Copy, Debug)]
+pub struct MaskView<'a, M> {
+    pub data: &'a [M],
+    pub offs: &'a [usize],
+    pub si: usize,
+    pub sj: usize,
+}
+
+/// The mask of an attention call.
+#[derive(Clone, Copy, Debug)]
+pub enum Mask<'a, T> {
+    /// No mask operand.
+    None,
+    /// Added to the scaled scores.
+    Add(MaskView<'a, T>),
+    /// `false` entries are excluded (score `-∞`).
+    Bool(MaskView<'a, bool>),
+}
+
+/// The mask of one tile: rows `i0..`, columns `j0..` of head `bh` (`b * hq + h`).
+#[derive(Clone, Copy)]
+struct TileMask<'a, T> {
+    mask: Mask<'a, T>,
+    bh: usize,
+    causal: bool,
+    i0: usize,
+    j0: usize,
+}
+
+impl<T: AttnElem> TileMask<'_, T> {
+    /// Applies the mask to row `r` of the tile (`row.len()` columns).
+    #[inline(always)]
+    fn apply(&self, r: usize, row: &mut [T]) {
+        let i = self.i0 + r;
+        match self.mask {
+            Mask::None => {}
+            Mask::Add(m) => {
+                let base = m.offs[self.bh] + i * m.si + self.j0 * m.sj;
+                let n = row.len();
+                if m.sj == 1 {
+                    for (s, &a) in row.iter_mut().zip(&m.data[base..base + n]) {
+                        *s = *s + a;
+                    }
+                } else {
+                    for (c, s) in row.iter_mut().enumerate() {
+                        *s = *s + m.data[base + c * m.sj];
+                    }
+                }
+            }
+            Mask::Bool(m) => {
+                let base = m.offs[self.bh] + i * m.si + self.j0 * m.sj;
+                for (c, s) in row.iter_mut().enumerate() {
+                    if !m.data[base + c * m.sj] {
+                        *s = T::NEG_INF;
+                    }
+                }
+            }
+        }
+        if self.causal && self.j0 + row.len() > i + 1 {
+            let from = (i + 1).saturating_sub(self.j0);
+            for s in &mut row[from..] {
+                *s = T::NEG_INF;
+            }
+        }
+    }
+}
+
+macro_rules! multiversion {
+    (
+        $(#[$m:meta])*
+        fn $name:ident<T: AttnElem>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
+    ) => {
+        $(#[$m])*
+        fn $name<T: AttnElem>($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+            unsafe fn avx512<T: AttnElem>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2<T: AttnElem>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            match isa::active() {
+                // SAFETY: `active` only returns levels the CPU supports.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
+                _ => $imp::<T>($($a),*),
+            }
+        }
+    };
+}
+
+/// Row maximum (NaN-ignoring like `f32::max`; −∞ for an empty row), in 8 lanes.
+#[inline(always)]
+fn row_max<T: AttnElem>(row: &[T]) -> T {
+    let mut acc = [T::NEG_INF; 8];
+    let mut ch = row.chunks_exact(8);
+    for c in &mut ch {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let mut m = T::NEG_INF;
+    for &v in ch.remainder().iter().chain(acc.iter()) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+/// The online-softmax step of one score tile (`br` rows of `bc` columns in `s`): mask, new
+/// running max `m`, `s ← exp(s − m)` (0 where masked), running sum `l` and the rescale of the
+/// output rows `o` (`ld` apart, `dv` wide) by `exp(m_old − m_new)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn online_impl<T: AttnElem>(
+    s: &mut [T],
+    br: usize,
+    bc: usize,
+    tm: &TileMask<'_, T>,
+    m: &mut [T],
+    l: &mut [T],
+    o: &mut [T],
+    dv: usize,
+) {
+    for r in 0..br {
+        let row = &mut s[r * bc..(r + 1) * bc];
+        tm.apply(r, row);
+        let mx = row_max(row);
+        let m_old = m[r];
+        let m_new = if mx > m_old { mx } else { m_old };
+        if m_new == T::NEG_INF {
+            row.fill(T::ZERO);
+            continue;
+        }
+        let mut acc = [T::ZERO; 8];
+        let mut ch = row.chunks_exact_mut(8);
+        for c in &mut ch {
+            for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+                let p = if *v == T::NEG_INF {
+                    T::ZERO
+                } else {
+                    (*v - m_new).exp()
+                };
+                *v = p;
+                *a = *a + p;
+            }
+        }
+        let mut sum = T::ZERO;
+        for v in ch.into_remainder() {
+            let p = if *v == T::NEG_INF {
+                T::ZERO
+            } else {
+                (*v - m_new).exp()
+            };
+            *v = p;
+            sum = sum + p;
+        }
+        for a in acc {
+            sum = sum + a;
+        }
+        if m_old == T::NEG_INF {
+            l[r] = sum;
+        } else {
+            let corr = (m_old - m_new).exp();
+            l[r] = l[r] * corr + sum;
+            if !(corr == T::ONE) {
+                for x in &mut o[r * dv..(r + 1) * dv] {
+                    *x = *x * corr;
+                }
+            }
+        }
+        m[r] = m_new;
+    }
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn online<T: AttnElem>(
+        s: &mut [T],
+        br: usize,
+        bc: usize,
+        tm: &TileMask<'_, T>,
+        m: &mut [T],
+        l: &mut [T],
+        o: &mut [T],
+        dv: usize,
+    ) => online_impl;
+}
+
+/// The probabilities of one tile from saved row log-sum-exps (`s ← exp(s − lse)`, 0 where
+/// masked or where the row's `lse` is −∞), then, with `dp` holding `dO·Vᵀ`,
+/// `dp ← s ∘ (dp − delta)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn probs_impl<T: AttnElem>(
+    s: &mut [T],
+    dp: &mut [T],
+    br: usize,
+    bc: usize,
+    tm: &TileMask<'_, T>,
+    lse: &[T],
+    delta: &[T],
+    ds_only: bool,
+) {
+    for r in 0..br {
+        let row = &mut s[r * bc..(r + 1) * bc];
+        if !ds_only {
+            tm.apply(r, row);
+            let x = lse[r];
+            if x == T::NEG_INF {
+                row.fill(T::ZERO);
+            } else {
+                for v in row.iter_mut() {
+                    *v = if *v == T::NEG_INF {
+                        T::ZERO
+                    } else {
+                        (*v - x).exp()
+                    };
+                }
+            }
+        } else {
+            let dr = &mut dp[r * bc..(r + 1) * bc];
+            let d = delta[r];
+            for (g, &p) in dr.iter_mut().zip(row.iter()) {
+                *g = p * (*g - d);
+            }
+        }
+    }
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn probs<T: AttnElem>(
+        s: &mut [T],
+        dp: &mut [T],
+        br: usize,
+        bc: usize,
+        tm: &TileMask<'_, T>,
+        lse: &[T],
+        delta: &[T],
+        ds_only: bool,
+    ) => probs_impl;
+}
+
+/// One query head's forward pass (or, without `o`, only its row statistics).
+#[allow(clippy::too_many_arguments)]
+fn head_forward<T: AttnElem>(
+    dims: &Dims,
+    qh: &[T],
+    kh: &[T],
+    vh: &[T],
+    mask: Mask<'_, T>,
+    bh: usize,
+    causal: bool,
+    scale: T,
+    mut o: Option<&mut [T]>,
+    lse: &mut [T],
+    s: &mut [T],
+) {
+    let Dims { sq, sk, d, dv, .. } = *dims;
+    let (mut m, mut l) = ([T::NEG_INF; BR], [T::ZERO; BR]);
+    for i0 in (0..sq).step_by(BR) {
+        let br = BR.min(sq - i0);
+        m[..br].fill(T::NEG_INF);
+        l[..br].fill(T::ZERO);
+        if let Some(o) = o.as_deref_mut() {
+            o[i0 * dv..(i0 + br) * dv].fill(T::ZERO);
+        }
+        let jend = if causal { sk.min(i0 + br) } else { sk };
+        for j0 in (0..jend).step_by(BC) {
+            let bc = BC.min(jend - j0);
+            let st = &mut s[..br * bc];
+            gemm_plain(
+                br,
+                bc,
+                d,
+                scale,
+                &qh[i0 * d..],
+                d,
+                1,
+                &kh[j0 * d..],
+                1,
+                d,
+                false,
+                st,
+                bc,
+            );
+            let tm = TileMask {
+                mask,
+                bh,
+                causal,
+                i0,
+                j0,
+            };
+            let mut none: [T; 0] = [];
+            let (orows, odv) = match o.as_deref_mut() {
+                Some(o) => (&mut o[i0 * dv..(i0 + br) * dv], dv),
+                None => (&mut none[..], 0),
+            };
+            online(st, br, bc, &tm, &mut m[..br], &mut l[..br], orows, odv);
+            if let Some(o) = o.as_deref_mut() {
+                gemm_plain(
+                    br,
+                    dv,
+                    bc,
+                    T::ONE,
+                    st,
+                    bc,
+                    1,
+                    &vh[j0 * dv..],
+                    dv,
+                    1,
+                    true,
+                    &mut o[i0 * dv..(i0 + br) * dv],
+                    dv,
+                );
+            }
+        }
+        for r in 0..br {
+            if let Some(o) = o.as_deref_mut() {
+                let inv = l[r];
+                for x in &mut o[(i0 + r) * dv..(i0 + r + 1) * dv] {
+                    *x = *x / inv;
+                }
+            }
+            lse[i0 + r] = if l[r] == T::ZERO {
+                T::NEG_INF
+            } else {
+                m[r] + l[r].ln()
+            };
+        }
+    }
+}
+
+/// Attention forward: `out[b, h] = softmax(scale · q[b, h]·k[b, g]ᵀ + mask[b, h]) · v[b, g]`,
+/// `g = h / (hq / hkv)`, with key `j` excluded from query `i` when `causal` and `j > i`.
+/// `lse`, when given (`batch · hq · sq` long), receives each row's log-sum-exp of the masked
+/// scaled scores (−∞ for a fully masked row).
+///
+/// # Panics
+/// When a slice is shorter than `dims` says, or `hq % hkv != 0` (the runtime checks both first).
+#[allow(clippy::too_many_arguments)]
+pub fn forward<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    out: &mut [T],
+    mut lse: Option<&mut [T]>,
+) {
+    dims.check(q, k, v);
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    } = *dims;
+    assert!(out.len() >= batch * hq * sq * dv, "out too short");
+    let group = hq / hkv;
+    let mut s = vec![T::ZERO; BR * BC];
+    let mut own = vec![T::ZERO; sq];
+    for b in 0..batch {
+        for h in 0..hq {
+            let bh = b * hq + h;
+            let g = b * hkv + h / group;
+            let lse_h = match lse.as_deref_mut() {
+                Some(x) => &mut x[bh * sq..(bh + 1) * sq],
+                None => &mut own[..],
+            };
+            head_forward(
+                dims,
+                &q[bh * sq * d..(bh + 1) * sq * d],
+                &k[g * sk * d..(g + 1) * sk * d],
+                &v[g * sk * dv..(g + 1) * sk * dv],
+                mask,
+                bh,
+                causal,
+                T::of(scale),
+                Some(&mut out[bh * sq * dv..(bh + 1) * sq * dv]),
+                lse_h,
+                &mut s,
+            );
+        }
+    }
+}
+
+/// What [`backward`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Want {
+    /// `dq`.
+    pub q: bool,
+    /// `dk` and `dv`.
+    pub kv: bool,
+}
+
+/// The gradients of [`forward`] given the output `o` and its gradient `go` (`[batch, hq, sq,
+/// dv]`): `dq` (`[batch, hq, sq, d]`) when `want.q`, `dk`/`dv` (`[batch, hkv, sk, d / dv]`) when
+/// `want.kv` (each overwritten; the others may be empty), and, when `ds` is given
+/// (`batch · hq · sq · sk` long), the gradient of the masked scores `scale·QKᵀ + mask` (what an
+/// additive mask receives; 0 where excluded).
+///
+/// # Panics
+/// As [`forward`], and when an output asked for is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    o: &[T],
+    go: &[T],
+    want: Want,
+    dq: &mut [T],
+    dk: &mut [T],
+    dvv: &mut [T],
+    mut ds: Option<&mut [T]>,
+) {
+    dims.check(q, k, v);
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    } = *dims;
+    assert!(o.len() >= batch * hq * sq * dv && go.len() >= batch * hq * sq * dv);
+    if want.q {
+        assert!(dq.len() >= batch * hq * sq * d, "dq too short");
+        dq[..batch * hq * sq * d].fill(T::ZERO);
+    }
+    if want.kv {
+        assert!(dk.len() >= batch * hkv * sk * d, "dk too short");
+        assert!(dvv.len() >= batch * hkv * sk * dv, "dv too short");
+        dk[..batch * hkv * sk * d].fill(T::ZERO);
+        dvv[..batch * hkv * sk * dv].fill(T::ZERO);
+    }
+    if let Some(x) = ds.as_deref_mut() {
+        assert!(x.len() >= batch * hq * sq * sk, "ds too short");
+        x[..batch * hq * sq * sk].fill(T::ZERO);
+    }
+    let group = hq / hkv;
+    let scale_t = T::of(scale);
+    // the score and dP tiles, on the heap (128 KiB for f64: not for the stack)
+    #[allow(clippy::useless_vec)]
+    let mut tiles = vec![T::ZERO; 2 * BR * BC];
+    let (s, dp) = tiles.split_at_mut(BR * BC);
+    let mut lse = vec![T::ZERO; group * sq];
+    let mut delta = vec![T::ZERO; group * sq];
+    for b in 0..batch {
+        for g in 0..hkv {
+            let gk = b * hkv + g;
+            let kh = &k[gk * sk * d..(gk + 1) * sk * d];
+            let vh = &v[gk * sk * dv..(gk + 1) * sk * dv];
+            // row statistics of the group's query heads
+            for t in 0..group {
+                let bh = b * hq + g * group + t;
+                head_forward(
+                    dims,
+                    &q[bh * sq * d..(bh + 1) * sq * d],
+                    kh,
+                    vh,
+                    mask,
+                    bh,
+                    causal,
+                    scale_t,
+                    None,
+                    &mut lse[t * sq..(t + 1) * sq],
+                    s,
+                );
+                for i in 0..sq {
+                    let (ro, rg) = (
+                        &o[(bh * sq + i) * dv..(bh * sq + i + 1) * dv],
+                        &go[(bh * sq + i) * dv..(bh * sq + i + 1) * dv],
+                    );
+                    let mut acc = T::ZERO;
+                    for (&a, &c) in ro.iter().zip(rg) {
+                        acc = acc + a * c;
+                    }
+                    delta[t * sq + i] = acc;
+                }
+            }
+            for j0 in (0..sk).step_by(BC) {
+                let bc = BC.min(sk - j0);
+                for t in 0..group {
+                    let bh = b * hq + g * group + t;
+                    let qh = &q[bh * sq * d..(bh + 1) * sq * d];
+                    let goh = &go[bh * sq * dv..(bh + 1) * sq * dv];
+                    let istart = if causal { j0.min(sq) } else { 0 };
+                    // align to the forward's tiles is not needed: any row split works
+                    let mut i0 = istart;
+                    while i0 < sq {
+                        let br = BR.min(sq - i0);
+                        let st = &mut s[..br * bc];
+                        let dpt = &mut dp[..br * bc];
+                        gemm_plain(
+                            br,
+                            bc,
+                            d,
+                            scale_t,
+                            &qh[i0 * d..],
+                            d,
+                            1,
+                            &kh[j0 * d..],
+                            1,
+                            d,
+                            false,
+                            st,
+                            bc,
+                        );
+                        let tm = TileMask {
+                            mask,
+                            bh,
+                            causal,
+                            i0,
+                            j0,
+                        };
+                        let lr = &lse[t * sq + i0..t * sq + i0 + br];
+                        let dr = &delta[t * sq + i0..t * sq + i0 + br];
+                        probs(st, dpt, br, bc, &tm, lr, dr, false);
+                        if want.kv {
+                            // dV_j += Pᵀ·dO_i
+                            gemm_plain(
+                                bc,
+                                dv,
+                                br,
+                                T::ONE,
+                                st,
+                                1,
+                                bc,
+                                &goh[i0 * dv..],
+                                dv,
+                                1,
+                                true,
+                                &mut dvv[(gk * sk + j0) * dv..(gk * sk + j0 + bc) * dv],
+                                dv,
+                            );
+                        }
+                        // dP = dO_i·V_jᵀ
+                        gemm_plain(
+                            br,
+                            bc,
+                            dv,
+                            T::ONE,
+                            &goh[i0 * dv..],
+                            dv,
+                            1,
+                            &vh[j0 * dv..],
+                            1,
+                            dv,
+                            false,
+                            dpt,
+                            bc,
+                        );
+                        probs(st, dpt, br, bc, &tm, lr, dr, true);
+                        if let Some(x) = ds.as_deref_mut() {
+                            for r in 0..br {
+                                let at = (bh * sq + i0 + r) * sk + j0;
+                                x[at..at + bc].copy_from_slice(&dpt[r * bc..(r + 1) * bc]);
+                            }
+                        }
+                        if want.q {
+                            gemm_plain(
+                                br,
+                                d,
+                                bc,
+                                scale_t,
+                                dpt,
+                                bc,
+                                1,
+                                &kh[j0 * d..],
+                                d,
+                                1,
+                                true,
+                                &mut dq[(bh * sq + i0) * d..(bh * sq + i0 + br) * d],
+                                d,
+                            );
+                        }
+                        if want.kv {
+                            gemm_plain(
+                                bc,
+                                d,
+                                br,
+                                scale_t,
+                                dpt,
+                                1,
+                                bc,
+                                &qh[i0 * d..],
+                                d,
+                                1,
+                                true,
+                                &mut dk[(gk * sk + j0) * d..(gk * sk + j0 + bc) * d],
+                                d,
+                            );
+                        }
+                        i0 += br;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The tiled kernels against a naive f64 reference (full score matrix, softmax, products) on odd
+//! sizes that cross tile edges, on every ISA path this CPU has.
+
+use super::*;
+
+/// A small deterministic generator (xorshift) in [-1, 1).
+fn data(n: usize, seed: u64) -> Vec<f64> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+enum RefMask<'a> {
+    None,
+    Add(&'a [f64]),
+    Bool(&'a [bool]),
+}
+
+/// Naive attention in f64 with a full `[sq, sk]` mask per (b, h) (given dense), returning the
+/// output, the probabilities and the logits.
+fn naive(
+    dm: &Dims,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: &RefMask<'_>,
+    causal: bool,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    } = *dm;
+    let mut out = vec![0.0; batch * hq * sq * dv];
+    let mut probs = vec![0.0; batch * hq * sq * sk];
+    for b in 0..batch {
+        for h in 0..hq {
+            let bh = b * hq + h;
+            let g = b * hkv + h / (hq / hkv);
+            for i in 0..sq {
+                let mut s = vec![f64::NEG_INFINITY; sk];
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let mut dot = 0.0;
+                    for c in 0..d {
+                        dot += q[(bh * sq + i) * d + c] * k[(g * sk + j) * d + c];
+                    }
+                    let at = (bh * sq + i) * sk + j;
+                    let keep = !(causal && j > i)
+                        && match mask {
+                            RefMask::Bool(m) => m[at],
+                            _ => true,
+                        };
+                    if keep {
+                        *sj = dot * scale
+                            + match mask {
+                                RefMask::Add(m) => m[at],
+                                _ => 0.0,
+                            };
+                    }
+                }
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|&x| (x - mx).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for j in 0..sk {
+                    let p = e[j] / z;
+                    probs[(bh * sq + i) * sk + j] = p;
+                    for c in 0..dv {
+                        out[(bh * sq + i) * dv + c] += p * v[(g * sk + j) * dv + c];
+                    }
+                }
+            }
+        }
+    }
+    (out, probs)
+}
+
+/// Naive gradients from the probabilities: (dq, dk, dv, ds).
+#[allow(clippy::too_many_arguments)]
+fn naive_grad(
+    dm: &Dims,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    probs: &[f64],
+    go: &[f64],
+    scale: f64,
+) -> [Vec<f64>; 4] {
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    } = *dm;
+    let mut dq = vec![0.0; batch * hq * sq * d];
+    let mut dk = vec![0.0; batch * hkv * sk * d];
+    let mut dvv = vec![0.0; batch * hkv * sk * dv];
+    let mut ds = vec![0.0; batch * hq * sq * sk];
+    for b in 0..batch {
+        for h in 0..hq {
+            let bh = b * hq + h;
+            let g = b * hkv + h / (hq / hkv);
+            for i in 0..sq {
+                let p = &probs[(bh * sq + i) * sk..(bh * sq + i + 1) * sk];
+                let dp: Vec<f64> = (0..sk)
+                    .map(|j| {
+                        (0..dv)
+                            .map(|c| go[(bh * sq + i) * dv + c] * v[(g * sk + j) * dv + c])
+                            .sum()
+                    })
+                    .collect();
+                let dot: f64 = (0..sk).map(|j| p[j] * dp[j]).sum();
+                for j in 0..sk {
+                    let dsj = p[j] * (dp[j] - dot);
+                    ds[(bh * sq + i) * sk + j] = dsj;
+                    for c in 0..dv {
+                        dvv[(g * sk + j) * dv + c] += p[j] * go[(bh * sq + i) * dv + c];
+                    }
+                    for c in 0..d {
+                        dq[(bh * sq + i) * d + c] += scale * dsj * k[(g * sk + j) * d + c];
+                        dk[(g * sk + j) * d + c] += scale * dsj * q[(bh * sq + i) * d + c];
+                    }
+                }
+            }
+        }
+    }
+    [dq, dk, dvv, ds]
+}
+
+fn close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+struct Case {
+    dims: Dims,
+    causal: bool,
+    mask: u8, // 0 none, 1 additive (full), 2 bool (broadcast over heads and rows: [sk])
+}
+
+fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
+    let dm = c.dims;
+    let nq = dm.batch * dm.hq * dm.sq * dm.d;
+    let nk = dm.batch * dm.hkv * dm.sk * dm.d;
+    let nv = dm.batch * dm.hkv * dm.sk * dm.dv;
+    let no = dm.batch * dm.hq * dm.sq * dm.dv;
+    let ns = dm.batch * dm.hq * dm.sq * dm.sk;
+    let (q, k, v, go) = (data(nq, 1), data(nk, 2), data(nv, 3), data(no, 4));
+    let add: Vec<f64> = data(ns, 5).iter().map(|x| 2.0 * x).collect();
+    // a bool mask over keys only, shared by every (b, h, i); key 0 always visible
+    let keys: Vec<bool> = (0..dm.sk).map(|j| j == 0 || j % 3 != 1).collect();
+    let dense_bool: Vec<bool> = (0..ns).map(|x| keys[x % dm.sk]).collect();
+    let scale = 1.0 / (dm.d as f64).sqrt();
+    let rm = match c.mask {
+        1 => RefMask::Add(&add),
+        2 => RefMask::Bool(&dense_bool),
+        _ => RefMask::None,
+    };
+    let (want, probs) = naive(&dm, &q, &k, &v, &rm, c.causal, scale);
+    let [gq, gk, gv, gs] = naive_grad(&dm, &q, &k, &v, &probs, &go, scale);
+    let cv = |x: &[f64]| x.iter().map(|&a| T::of(a)).collect::<Vec<T>>();
+    let (tq, tk, tv, tgo, tadd) = (cv(&q), cv(&k), cv(&v), cv(&go), cv(&add));
+    let offs_full: Vec<usize> = (0..dm.batch * dm.hq).map(|bh| bh * dm.sq * dm.sk).collect();
+    let offs_zero = vec![0usize; dm.batch * dm.hq];
+    let mask = match c.mask {
+        1 => Mask::Add(MaskView {
+            data: &tadd,
+            offs: &offs_full,
+            si: dm.sk,
+            sj: 1,
+        }),
+        2 => Mask::Bool(MaskView {
+            data: &keys,
+            offs: &offs_zero,
+            si: 0,
+            sj: 1,
+        }),
+        _ => Mask::None,
+    };
+    let up = |x: &[T]| x.iter().map(|&a| a.into()).collect::<Vec<f64>>();
+    isa::with_isa(isa, || {
+        let mut out = vec![T::ZERO; no];
+        let mut lse = vec![T::ZERO; dm.batch * dm.hq * dm.sq];
+        forward(
+            &dm,
+            &tq,
+            &tk,
+            &tv,
+            mask,
+            c.causal,
+            scale,
+            &mut out,
+            Some(&mut lse),
+        );
+        close("out", &up(&out), &want, tol);
+        // the output of the kernel, not the reference, feeds its backward (as in a model)
+        let o = out.clone();
+        let (mut dq, mut dk, mut dv) = (vec![T::ZERO; nq], vec![T::ZERO; nk], vec![T::ZERO; nv]);
+        let mut ds = vec![T::ZERO; ns];
+        let want_all = Want { q: true, kv: true };
+        backward(
+            &dm,
+            &tq,
+            &tk,
+            &tv,
+            mask,
+            c.causal,
+            scale,
+            &o,
+            &tgo,
+            want_all,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            Some(&mut ds),
+        );
+        close("dq", &up(&dq), &gq, tol);
+        close("dk", &up(&dk), &gk, tol);
+        close("dv", &up(&dv), &gv, tol);
+        close("ds", &up(&ds), &gs, tol);
+        // asking for dq alone gives the same dq
+        let mut dq2 = vec![T::ZERO; nq];
+        backward(
+            &dm,
+            &tq,
+            &tk,
+            &tv,
+            mask,
+            c.causal,
+            scale,
+            &o,
+            &tgo,
+            Want { q: true, kv: false },
+            &mut dq2,
+            &mut [],
+            &mut [],
+            None,
+        );
+        assert_eq!(up(&dq2), up(&dq));
+    });
+}
+
+fn cases() -> Vec<Case> {
+    let dims = |batch, hq, hkv, sq, sk, d, dv| Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    };
+    vec![
+        // crosses both tile edges (BR = 64, BC = 128), odd head dims
+        Case {
+            dims: dims(1, 1, 1, 70, 131, 7, 5),
+            causal: false,
+            mask: 0,
+        },
+        Case {
+            dims: dims(2, 2, 2, 67, 67, 9, 9),
+            causal: true,
+            mask: 0,
+        },
+        // GQA: 4 query heads on 2 key/value heads, causal with sk > sq
+        Case {
+            dims: dims(1, 4, 2, 13, 150, 8, 3),
+            causal: true,
+            mask: 1,
+        },
+        Case {
+            dims: dims(2, 3, 1, 5, 9, 4, 6),
+            causal: false,
+            mask: 2,
+        },
+        Case {
+            dims: dims(1, 2, 1, 130, 130, 16, 16),
+            causal: true,
+            mask: 2,
+        },
+    ]
+}
+
+#[test]
+fn attention_matches_naive_on_every_path_f64() {
+    for isa in Isa::available() {
+        for c in cases() {
+            run_case::<f64>(&c, 1e-11, isa);
+        }
+    }
+}
+
+#[test]
+fn attention_matches_naive_on_every_path_f32() {
+    for isa in Isa::available() {
+        for c in cases() {
+            run_case::<f32>(&c, 2e-5, isa);
+        }
+    }
+}
+
+/// The ISA paths agree with each other to rounding (the row updates are the same arithmetic;
+/// the GEMM paths may sum in another order).
+#[test]
+fn attention_paths_agree_f32() {
+    let dm = Dims {
+        batch: 1,
+        hq: 2,
+        hkv: 1,
+        sq: 77,
+        sk: 140,
+        d: 12,
+        dv: 12,
+    };
+    let q: Vec<f32> = data(2 * 77 * 12, 7).iter().map(|&x| x as f32).collect();
+    let k: Vec<f32> = data(140 * 12, 8).iter().map(|&x| x as f32).collect();
+    let v: Vec<f32> = data(140 * 12, 9).iter().map(|&x| x as f32).collect();
+    let run = |isa| {
+        isa::with_isa(isa, || {
+            let mut out = vec![0f32; 2 * 77 * 12];
+            forward(&dm, &q, &k, &v, Mask::None, true, 0.3, &mut out, None);
+            out
+        })
+    };
+    let base = run(Isa::Scalar);
+    for isa in Isa::available() {
+        let o = run(isa);
+        for (a, b) in o.iter().zip(&base) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{isa:?}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// A fully masked row gives NaN (as PyTorch), and its gradient is 0.
+#[test]
+fn fully_masked_row_is_nan() {
+    let dm = Dims {
+        batch: 1,
+        hq: 1,
+        hkv: 1,
+        sq: 2,
+        sk: 3,
+        d: 2,
+        dv: 2,
+    };
+    let keys = [false, false, false, true, true, false];
+    let offs = [0usize];
+    let m = Mask::Bool(MaskView {
+        data: &keys,
+        offs: &offs,
+        si: 3,
+        sj: 1,
+    });
+    let (q, k, v) = ([1.0f64; 4], [0.5f64; 6], [2.0f64, 1.0, 3.0, 1.0, 4.0, 1.0]);
+    let mut out = [0.0f64; 4];
+    forward(&dm, &q, &k, &v, m, false, 1.0, &mut out, None);
+    assert!(out[0].is_nan() && out[1].is_nan());
+    // row 1 sees keys 0 and 1 with equal scores: the mean of their values
+    assert_eq!(&out[2..], &[2.5, 1.0]);
+}

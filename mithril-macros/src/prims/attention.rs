@@ -1,0 +1,372 @@
+//! `attention`: scaled dot-product attention over `[..., heads, seq, head_dim]`, and the
+//! gradient primitives autodiff makes of it. CPU: `mithril::rt::ops::attention_to` /
+//! `attention_grad_to` (the tiled online-softmax kernel of `mithril_kernels::attention`).
+//!
+//! `attention(q, k, v, mask?, causal = false, scale = 1/√D)`: `q: [..., Hq, Sq, D]`,
+//! `k: [..., Hkv, Sk, D]`, `v: [..., Hkv, Sk, Dv]` (same leading dims; `Hq` a multiple of
+//! `Hkv`: grouped-query attention), an optional `mask` broadcasting to `[..., Hq, Sq, Sk]`
+//! (`bool`: `false` excludes; float: added to the scaled scores), result `[..., Hq, Sq, Dv]`.
+//!
+//! The gradient (`Prim::Attention` with `part` 1..=5) recomputes the softmax from row
+//! statistics (FlashAttention's backward): `part` 1 is `dq`, 4 `dk` and `dv` stacked on a new
+//! leading axis (fixed rank and `D == Dv`; then two `slice`s, views), else 2 and 3 separately;
+//! 5 the gradient of the masked scores, summed to a float mask's shape.
+
+use super::attrs::{bool_attr, get, sig, AttrVal, Sig};
+use super::grad::Builder;
+use super::plan::{self as pt, PlanCx};
+use super::rules::{show, ArgDt};
+use super::{CallCx, Family};
+use crate::ir::{DType, Dim, Env, NodeId, Shape, DT};
+use crate::prims::{Prim, SliceArg};
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// The attention family.
+pub struct Rules;
+
+/// The inputs of `attention` (`mask` optional).
+const INPUTS: &[&str] = &["query", "key", "value", "mask?"];
+
+fn parts(p: &Prim) -> Option<(bool, Option<f64>, u8)> {
+    match p {
+        Prim::Attention {
+            causal,
+            scale,
+            part,
+        } => Some((*causal, *scale, *part)),
+        _ => None,
+    }
+}
+
+/// Number of operands before `out, out gradient` of a gradient part / the forward's.
+fn has_mask(part: u8, n: usize) -> bool {
+    if part == 0 {
+        n == 4
+    } else {
+        n == 6
+    }
+}
+
+/// The leading dims of q, k, v agree (unified); returns (q's leading shape, Hq, Sq, D, Hkv,
+/// Sk, Dv).
+fn check(env: &mut Env, q: &Shape, k: &Shape, v: &Shape) -> Result<[Shape; 1], String> {
+    for (s, n) in [(q, "query"), (k, "key"), (v, "value")] {
+        if s.dims.len() < 3 {
+            return Err(format!(
+                "the {n} needs at least 3 named dims `[..., heads, seq, head_dim]`, found {}",
+                env.fmt_shape(s)
+            ));
+        }
+    }
+    let (nq, nk, nv) = (q.dims.len(), k.dims.len(), v.dims.len());
+    let lead = |s: &Shape, n: usize| Shape {
+        rest: s.rest,
+        dims: s.dims[..n - 3].to_vec(),
+    };
+    let (lq, lk, lv) = (lead(q, nq), lead(k, nk), lead(v, nv));
+    for (other, n) in [(&lk, "key"), (&lv, "value")] {
+        let same_rank = lq.rest == other.rest && lq.dims.len() == other.dims.len();
+        if !same_rank {
+            return Err(format!(
+                "the leading (batch) dims of query {} and {n} {} differ",
+                env.fmt_shape(q),
+                env.fmt_shape(if n == "key" { k } else { v })
+            ));
+        }
+        for (a, b) in lq.dims.iter().zip(&other.dims) {
+            env.unify_dim(a, b).map_err(|_| {
+                format!(
+                    "the batch dims of query and {n} differ: {} vs {}",
+                    show(env, a),
+                    show(env, b)
+                )
+            })?;
+        }
+    }
+    let dd = |env: &mut Env, a: &Dim, b: &Dim, what: &str| -> Result<(), String> {
+        env.unify_dim(a, b)
+            .map(|_| ())
+            .map_err(|_| format!("{what} differ: {} vs {}", show(env, a), show(env, b)))
+    };
+    dd(
+        env,
+        &q.dims[nq - 1],
+        &k.dims[nk - 1],
+        "the head_dim of query and key",
+    )?;
+    dd(
+        env,
+        &k.dims[nk - 2],
+        &v.dims[nv - 2],
+        "the lengths of key and value",
+    )?;
+    dd(
+        env,
+        &k.dims[nk - 3],
+        &v.dims[nv - 3],
+        "the heads of key and value",
+    )?;
+    let (hq, hkv) = (env.dim(&q.dims[nq - 3]), env.dim(&k.dims[nk - 3]));
+    match (&hq, &hkv) {
+        (Dim::Known(a), Dim::Known(b)) => {
+            if *b == 0 || a % b != 0 {
+                return Err(format!(
+                    "the query heads ({a}) must be a multiple of the key/value heads ({b})"
+                ));
+            }
+        }
+        _ => {
+            // symbolic heads: grouped-query attention needs known counts; otherwise equal
+            env.unify_dim(&hq, &hkv).map_err(|_| {
+                format!(
+                    "the query heads {} and key/value heads {} must be equal, or known numbers with the first a multiple of the second",
+                    show(env, &hq),
+                    show(env, &hkv)
+                )
+            })?;
+        }
+    }
+    Ok([lq])
+}
+
+/// The mask broadcasts to `target` (trailing alignment, 1s broadcast).
+fn check_mask(env: &mut Env, m: &Shape, target: &Shape) -> Result<(), String> {
+    let bad = |env: &Env| {
+        format!(
+            "the mask {} does not broadcast to [..., Hq, Sq, Sk] = {}",
+            env.fmt_shape(m),
+            env.fmt_shape(target)
+        )
+    };
+    if m.rest.is_some() && m.rest != target.rest {
+        return Err(bad(env));
+    }
+    if m.dims.len() > target.dims.len() {
+        return Err(bad(env));
+    }
+    let off = target.dims.len() - m.dims.len();
+    for (i, d) in m.dims.iter().enumerate() {
+        let d = env.dim(d);
+        if d == Dim::Known(1) {
+            continue;
+        }
+        let t = target.dims[off + i].clone();
+        if env.unify_dim(&d, &t).is_err() {
+            return Err(bad(env));
+        }
+    }
+    Ok(())
+}
+
+impl Family for Rules {
+    fn names(&self) -> &'static [&'static str] {
+        &["attention"]
+    }
+
+    fn lookup(&self, name: &str) -> Option<Sig> {
+        (name == "attention").then(|| sig(INPUTS, &["causal", "scale"]))
+    }
+
+    fn build(&self, _: &str, attrs: &[(&str, AttrVal)], _: usize) -> Result<Prim, String> {
+        let causal = bool_attr(get(attrs, "causal"), "causal", false)?;
+        let scale = match get(attrs, "scale") {
+            None | Some(AttrVal::None) => None,
+            Some(AttrVal::Float(f)) => Some(*f),
+            Some(AttrVal::Int(i)) => Some(*i as f64),
+            Some(_) => return Err("`scale` must be a number".into()),
+        };
+        if let Some(s) = scale {
+            if !s.is_finite() {
+                return Err(format!("`scale` must be finite, found {s}"));
+            }
+        }
+        Ok(Prim::Attention {
+            causal,
+            scale,
+            part: 0,
+        })
+    }
+
+    fn name(&self, p: &Prim) -> &'static str {
+        match parts(p) {
+            Some((_, _, 0)) => "attention",
+            _ => "attention_grad",
+        }
+    }
+
+    fn shape(&self, p: &Prim, env: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
+        let (_, _, part) = parts(p).ok_or("internal: not attention")?;
+        if ins.len() < 3 {
+            return Err("`attention` takes query, key and value".into());
+        }
+        let (q, k, v) = (&ins[0], &ins[1], &ins[2]);
+        let [lead] = check(env, q, k, v)?;
+        let (nq, nk, nv) = (q.dims.len(), k.dims.len(), v.dims.len());
+        let with = |l: &Shape, tail: [&Dim; 3]| Shape {
+            rest: l.rest,
+            dims: l
+                .dims
+                .iter()
+                .cloned()
+                .chain(tail.into_iter().cloned())
+                .collect(),
+        };
+        let scores = with(&lead, [&q.dims[nq - 3], &q.dims[nq - 2], &k.dims[nk - 2]]);
+        if has_mask(part, ins.len()) {
+            check_mask(env, &ins[3], &scores)?;
+        }
+        let out = with(&lead, [&q.dims[nq - 3], &q.dims[nq - 2], &v.dims[nv - 1]]);
+        let s = match part {
+            0 => out,
+            1 => q.clone(),
+            2 => k.clone(),
+            3 => v.clone(),
+            4 => Shape {
+                rest: None,
+                dims: std::iter::once(Dim::Known(2))
+                    .chain(k.dims.iter().cloned())
+                    .collect(),
+            },
+            _ => scores,
+        };
+        Ok(env.shape(&s))
+    }
+
+    fn dtype(&self, p: &Prim, env: &mut Env, ins: &[ArgDt], _: DType) -> Result<DT, String> {
+        let (_, _, part) = parts(p).ok_or("internal: not attention")?;
+        let fmt = |env: &Env, t: DT| match env.dt(t) {
+            DT::Known(x) => x.to_string(),
+            DT::Var(_) => "an open float type".into(),
+        };
+        let mut t = ins[0].dt;
+        for (i, n) in [(1, "key"), (2, "value")] {
+            t = env.unify_dt(t, ins[i].dt).map_err(|_| {
+                format!(
+                    "query ({}) and {n} ({}) must have the same dtype",
+                    fmt(env, ins[0].dt),
+                    fmt(env, ins[i].dt)
+                )
+            })?;
+        }
+        if let DT::Known(x) = env.dt(t) {
+            if !matches!(x, DType::F32 | DType::F64) {
+                return Err(format!(
+                    "`attention` runs in f32 or f64, found {x}; use `cast(x, dtype = f32)` first"
+                ));
+            }
+        }
+        if has_mask(part, ins.len()) {
+            let m = ins[3].dt;
+            if env.dt(m) != DT::Known(DType::Bool) {
+                env.unify_dt(t, m).map_err(|_| {
+                    format!(
+                        "the mask must be bool or the query's dtype ({}), found {}",
+                        fmt(env, t),
+                        fmt(env, m)
+                    )
+                })?;
+            }
+        }
+        Ok(t)
+    }
+
+    fn vjp(
+        &self,
+        b: &mut Builder,
+        p: &Prim,
+        x: &[NodeId],
+        y: NodeId,
+        gy: NodeId,
+    ) -> Vec<Option<NodeId>> {
+        let Some((causal, scale, 0)) = parts(p) else {
+            return b.unsupported("attention_grad", x.len());
+        };
+        let g = |part| Prim::Attention {
+            causal,
+            scale,
+            part,
+        };
+        let mut args = x.to_vec();
+        args.push(y);
+        args.push(gy);
+        let dq = b.op(g(1), &args);
+        let (ks, vs) = (b.g.shape_of(x[1]), b.g.shape_of(x[2]));
+        let stacked = match (ks, vs) {
+            (Some(ks), Some(vs)) if ks.rest.is_none() && vs.rest.is_none() => {
+                let (a, c) = (ks.dims.last().cloned(), vs.dims.last().cloned());
+                match (a, c) {
+                    (Some(a), Some(c)) => b.g.env.dim(&a) == b.g.env.dim(&c),
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        let (dk, dv) = if stacked {
+            let kv = b.op(g(4), &args);
+            (
+                b.op(Prim::Slice(vec![SliceArg::Index(0)]), &[kv]),
+                b.op(Prim::Slice(vec![SliceArg::Index(1)]), &[kv]),
+            )
+        } else {
+            (b.op(g(2), &args), b.op(g(3), &args))
+        };
+        let mut out = vec![Some(dq), Some(dk), Some(dv)];
+        if x.len() == 4 {
+            // a float mask is added to the scores: its gradient is theirs, summed over the
+            // axes it broadcasts along (autodiff drops it when the mask needs none)
+            if b.dt_of(x[3]).is_float() {
+                let ds = b.op(g(5), &args);
+                out.push(Some(b.unbroadcast(ds, x[3])));
+            } else {
+                out.push(None);
+            }
+        }
+        out
+    }
+
+    fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
+        let (causal, scale, part) = parts(p).ok_or("internal: not attention")?;
+        let (a, d) = (cx.a, cx.d);
+        let ops = quote!(::mithril::rt::ops);
+        let (q, k, v) = (&a[0], &a[1], &a[2]);
+        let masked = has_mask(part, a.len());
+        let mask = if !masked {
+            quote!(#ops::AttnMask::None)
+        } else {
+            let m = &a[3];
+            if cx.in_dt.get(3) == Some(&DType::Bool) {
+                quote!(#ops::AttnMask::Bool(&#m))
+            } else {
+                quote!(#ops::AttnMask::Add(&#m))
+            }
+        };
+        let scale = match scale {
+            Some(s) => quote!(::core::option::Option::Some(#s)),
+            None => quote!(::core::option::Option::None),
+        };
+        Ok(cx.checked(if part == 0 {
+            quote!(#ops::attention_to(&#q, &#k, &#v, #mask, #causal, #scale, #d))
+        } else {
+            let at = if masked { 4 } else { 3 };
+            let (o, g) = (&a[at], &a[at + 1]);
+            let which = match part {
+                1 => quote!(Q),
+                2 => quote!(K),
+                3 => quote!(V),
+                4 => quote!(KV),
+                _ => quote!(Scores),
+            };
+            quote!(#ops::attention_grad_to(&#q, &#k, &#v, #mask, &#o, &#g, #causal, #scale, #ops::AttnPart::#which, #d))
+        }))
+    }
+
+    fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
+        let (causal, scale, part) = parts(p).ok_or("internal: not attention")?;
+        Ok(format!(
+            "attention {} {} {part}",
+            pt::flag(causal),
+            scale.map(pt::f64_lit).unwrap_or_else(|| "-".into())
+        ))
+    }
+}

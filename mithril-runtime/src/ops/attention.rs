@@ -1,0 +1,316 @@
+//! Scaled dot-product attention over `[..., heads, seq, head_dim]` (the tiled online-softmax
+//! kernel of [`mithril_kernels::attention`]) and its gradients.
+//!
+//! `q: [..., Hq, Sq, D]`, `k: [..., Hkv, Sk, D]`, `v: [..., Hkv, Sk, Dv]` with the same leading
+//! (batch) dims and `Hq` a multiple of `Hkv` (grouped-query attention: query head `h` reads
+//! key/value head `h / (Hq / Hkv)`); the result is `[..., Hq, Sq, Dv]`. An optional mask
+//! broadcasts to `[..., Hq, Sq, Sk]`: a float mask is added to the scaled scores, a `bool`
+//! mask excludes its `false` entries. `causal` excludes key `j > i` from query `i` (top-left
+//! aligned, as PyTorch's `is_causal`). `scale` defaults to `1/√D`.
+
+use mithril_kernels::attention::{self as kern, AttnElem, Dims, Mask, MaskView, Want};
+use ndarray::{ArrayViewD, ArrayViewMutD, CowArray, IxDyn};
+
+use super::fmt_shape;
+use crate::{Dest, Elem, Error, Result};
+
+/// The element types attention runs in (`f32`, `f64`).
+pub trait AttnScalar: Elem + AttnElem {}
+impl AttnScalar for f32 {}
+impl AttnScalar for f64 {}
+
+/// The mask operand of an attention call.
+#[derive(Clone, Copy, Debug)]
+pub enum AttnMask<'a, 'v, T> {
+    /// None.
+    None,
+    /// Added to the scaled scores.
+    Add(&'a ArrayViewD<'v, T>),
+    /// `false` excludes a score.
+    Bool(&'a ArrayViewD<'v, bool>),
+}
+
+/// The checked sizes of a call and its batch dims.
+struct Shapes {
+    dims: Dims,
+    lead: Vec<usize>,
+}
+
+fn shapes(op: &str, q: &[usize], k: &[usize], v: &[usize]) -> Result<Shapes> {
+    let err = |why: &str| {
+        Error::op(
+            op,
+            format!(
+                "{why}: query {}, key {}, value {} (expected [..., Hq, Sq, D], [..., Hkv, Sk, D], [..., Hkv, Sk, Dv])",
+                fmt_shape(q),
+                fmt_shape(k),
+                fmt_shape(v)
+            ),
+        )
+    };
+    let r = q.len();
+    if r < 3 || k.len() != r || v.len() != r {
+        return Err(err(
+            "query, key and value must have the same rank, at least 3",
+        ));
+    }
+    if q[..r - 3] != k[..r - 3] || q[..r - 3] != v[..r - 3] {
+        return Err(err("the leading (batch) dims differ"));
+    }
+    let (hq, sq, d) = (q[r - 3], q[r - 2], q[r - 1]);
+    let (hkv, sk) = (k[r - 3], k[r - 2]);
+    if v[r - 3] != hkv || v[r - 2] != sk {
+        return Err(err("key and value differ in heads or length"));
+    }
+    if k[r - 1] != d {
+        return Err(err("query and key differ in head_dim"));
+    }
+    if (hkv == 0 && hq != 0) || (hkv != 0 && !hq.is_multiple_of(hkv)) {
+        return Err(err(
+            "the query heads must be a multiple of the key/value heads",
+        ));
+    }
+    let lead = q[..r - 3].to_vec();
+    Ok(Shapes {
+        dims: Dims {
+            batch: lead.iter().product(),
+            hq,
+            hkv: hkv.max(1),
+            sq,
+            sk,
+            d,
+            dv: v[r - 1],
+        },
+        lead,
+    })
+}
+
+/// The mask's strides broadcast over `[lead..., Hq, Sq, Sk]`, as offsets per (batch, head).
+fn mask_view<'m, M: Clone>(
+    op: &str,
+    m: &'m CowArray<'_, M, IxDyn>,
+    sh: &Shapes,
+    offs: &'m mut Vec<usize>,
+) -> Result<MaskView<'m, M>> {
+    let Dims { hq, sq, sk, .. } = sh.dims;
+    let mut full = sh.lead.clone();
+    full.extend([hq, sq, sk]);
+    let b = m.broadcast(IxDyn(&full)).ok_or_else(|| {
+        Error::op(
+            op,
+            format!(
+                "the mask of shape {} does not broadcast to [..., Hq, Sq, Sk] = {}",
+                fmt_shape(m.shape()),
+                fmt_shape(&full)
+            ),
+        )
+    })?;
+    let st: Vec<usize> = b.strides().iter().map(|&s| s as usize).collect();
+    let r = full.len();
+    offs.clear();
+    let nl = sh.lead.len();
+    let mut idx = vec![0usize; nl];
+    for _ in 0..sh.dims.batch {
+        let base: usize = idx.iter().zip(&st).map(|(i, s)| i * s).sum();
+        for h in 0..hq {
+            offs.push(base + h * st[r - 3]);
+        }
+        for a in (0..nl).rev() {
+            idx[a] += 1;
+            if idx[a] < full[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
+    let data = m
+        .as_slice()
+        .ok_or_else(|| Error::op(op, "internal: mask not contiguous"))?;
+    Ok(MaskView {
+        data,
+        offs,
+        si: st[r - 2],
+        sj: st[r - 1],
+    })
+}
+
+fn slice<'a, T>(op: &str, a: &'a CowArray<'_, T, IxDyn>) -> Result<&'a [T]> {
+    a.as_slice()
+        .ok_or_else(|| Error::op(op, "internal: operand not contiguous"))
+}
+
+/// Runs `f` with the kernel's mask.
+fn with_mask<T: AttnScalar, R>(
+    op: &str,
+    mask: AttnMask<'_, '_, T>,
+    sh: &Shapes,
+    f: impl FnOnce(Mask<'_, T>) -> Result<R>,
+) -> Result<R> {
+    let mut offs = Vec::new();
+    match mask {
+        AttnMask::None => f(Mask::None),
+        AttnMask::Add(m) => {
+            let m = m.as_standard_layout();
+            let mv = mask_view(op, &m, sh, &mut offs)?;
+            f(Mask::Add(mv))
+        }
+        AttnMask::Bool(m) => {
+            let m = m.as_standard_layout();
+            let mv = mask_view(op, &m, sh, &mut offs)?;
+            f(Mask::Bool(mv))
+        }
+    }
+}
+
+/// `softmax(scale · q·kᵀ + mask) · v` into `dest` (see the module docs).
+pub fn attention_to<'w, T: AttnScalar>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    mask: AttnMask<'_, '_, T>,
+    causal: bool,
+    scale: Option<f64>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    const OP: &str = "attention";
+    let sh = shapes(OP, q.shape(), k.shape(), v.shape())?;
+    let mut oshape = sh.lead.clone();
+    oshape.extend([sh.dims.hq, sh.dims.sq, sh.dims.dv]);
+    let scale = scale.unwrap_or(1.0 / (sh.dims.d as f64).sqrt());
+    let (qs, ks, vs) = (
+        q.as_standard_layout(),
+        k.as_standard_layout(),
+        v.as_standard_layout(),
+    );
+    let mut out = dest.get(OP, &oshape)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let (qd, kd, vd) = (slice(OP, &qs)?, slice(OP, &ks)?, slice(OP, &vs)?);
+    let o = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
+    with_mask(OP, mask, &sh, |m| {
+        kern::forward(&sh.dims, qd, kd, vd, m, causal, scale, o, None);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Which gradient [`attention_grad_to`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnPart {
+    /// The query's (`q`'s shape).
+    Q,
+    /// The key's.
+    K,
+    /// The value's.
+    V,
+    /// Key's and value's stacked on a new leading axis (`[2, ...]`; `D == Dv`).
+    KV,
+    /// The masked scores' (`[..., Hq, Sq, Sk]`: an additive mask's, before summing over the
+    /// axes it broadcasts along).
+    Scores,
+}
+
+/// One gradient of [`attention_to`] given its output `o` and the output's gradient `go`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_grad_to<'w, T: AttnScalar>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    mask: AttnMask<'_, '_, T>,
+    o: &ArrayViewD<'_, T>,
+    go: &ArrayViewD<'_, T>,
+    causal: bool,
+    scale: Option<f64>,
+    part: AttnPart,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    const OP: &str = "attention gradient";
+    let sh = shapes(OP, q.shape(), k.shape(), v.shape())?;
+    let Dims {
+        hq, sq, sk, d, dv, ..
+    } = sh.dims;
+    let mut oshape = sh.lead.clone();
+    oshape.extend([hq, sq, dv]);
+    if o.shape() != oshape.as_slice() || go.shape() != oshape.as_slice() {
+        return Err(Error::op(
+            OP,
+            format!(
+                "the output {} and its gradient {} must be {}",
+                fmt_shape(o.shape()),
+                fmt_shape(go.shape()),
+                fmt_shape(&oshape)
+            ),
+        ));
+    }
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let rshape: Vec<usize> = match part {
+        AttnPart::Q => q.shape().to_vec(),
+        AttnPart::K => k.shape().to_vec(),
+        AttnPart::V => v.shape().to_vec(),
+        AttnPart::KV => {
+            if d != dv {
+                return Err(Error::op(
+                    OP,
+                    format!("internal: stacked key/value gradients need D == Dv ({d} vs {dv})"),
+                ));
+            }
+            std::iter::once(2)
+                .chain(k.shape().iter().copied())
+                .collect()
+        }
+        AttnPart::Scores => {
+            let mut s = sh.lead.clone();
+            s.extend([hq, sq, sk]);
+            s
+        }
+    };
+    let mut out = dest.get(OP, &rshape)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let cs = |a: &ArrayViewD<'_, T>| a.as_standard_layout().into_owned();
+    let (qs, ks, vs, os, gos) = (cs(q), cs(k), cs(v), cs(o), cs(go));
+    let (qd, kd, vd) = (
+        qs.as_slice().unwrap_or(&[]),
+        ks.as_slice().unwrap_or(&[]),
+        vs.as_slice().unwrap_or(&[]),
+    );
+    let (od, god) = (os.as_slice().unwrap_or(&[]), gos.as_slice().unwrap_or(&[]));
+    let res = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
+    let nk = k.len();
+    let nv = v.len();
+    with_mask(OP, mask, &sh, |m| {
+        let run = |want: Want, dq: &mut [T], dk: &mut [T], dvv: &mut [T], ds: Option<&mut [T]>| {
+            kern::backward(
+                &sh.dims, qd, kd, vd, m, causal, scale, od, god, want, dq, dk, dvv, ds,
+            )
+        };
+        let none = Want {
+            q: false,
+            kv: false,
+        };
+        match part {
+            AttnPart::Q => run(Want { q: true, kv: false }, res, &mut [], &mut [], None),
+            AttnPart::KV => {
+                let (a, b) = res.split_at_mut(nk);
+                run(Want { q: false, kv: true }, &mut [], a, b, None)
+            }
+            AttnPart::K => {
+                let mut tmp = crate::alloc::zeroed_vec::<T>(OP, nv)?;
+                run(Want { q: false, kv: true }, &mut [], res, &mut tmp, None)
+            }
+            AttnPart::V => {
+                let mut tmp = crate::alloc::zeroed_vec::<T>(OP, nk)?;
+                run(Want { q: false, kv: true }, &mut [], &mut tmp, res, None)
+            }
+            AttnPart::Scores => run(none, &mut [], &mut [], &mut [], Some(res)),
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,364 @@
+//! `attention`: outputs against a naive reference written here (full score matrix, softmax,
+//! products, in f64), and gradients (query, key, value, an additive mask) against central
+//! differences, with and without `causal`, with additive and bool masks, and grouped-query
+//! attention (fewer key/value heads than query heads).
+#![allow(clippy::needless_range_loop)]
+
+use crate::common::fd::{dot, gradcheck, pat, set, wave};
+use mithril::prelude::*;
+use ndarray::{ArrayD, Ix4, IxDyn};
+use std::marker::PhantomData;
+
+mithril! {
+    model AttnFwd {
+        input q: f64[B, 6, S, D];
+        input k: f64[B, 2, T, D];
+        input v: f64[B, 2, T, E];
+        input add: f64[S, T];
+        input keep: bool[B, 1, 1, T];
+        output plain = attention(q, k, v);
+        output causal = attention(q, k, v, causal = true);
+        output added = attention(q, k, v, add, scale = 0.5);
+        output kept = attention(q, k, v, mask = keep, causal = true);
+    }
+
+    model AttnF32 {
+        input q: f32[B, H, S, D];
+        input k: f32[B, H, T, D];
+        input v: f32[B, H, T, D];
+        output out = attention(q, k, v, causal = true);
+    }
+
+    model AttnGrad {
+        param q: f64[1, 4, 3, 2];
+        param k: f64[1, 2, 5, 2];
+        param v: f64[1, 2, 5, 3];
+        param bias: f64[3, 5];
+        output plain = attention(q, k, v);
+        output causal = attention(q, k, v, causal = true);
+        output biased = attention(q, k, v, bias, scale = 0.8);
+    }
+
+    model AttnGradOpen {
+        param q: f64[2, 3, 2];
+        param k: f64[2, 4, 2];
+        param v: f64[2, 4, 2];
+        input keep: bool[3, 4];
+        output out = attention(q.reshape([1, 2, 3, 2]), k.reshape([1, 2, 4, 2]), v.reshape([1, 2, 4, 2]), keep, causal = true);
+    }
+
+    model AttnRank {
+        param q: f64[2, 3, 2];
+        param k: f64[2, 4, 2];
+        param v: f64[2, 4, 3];
+        output out = attention(q, k, v, causal = true);
+    }
+}
+
+/// Naive attention in f64: `[B, H, S, D]` query, `[B, G, T, D]` key, `[B, G, T, E]` value.
+pub(crate) fn naive(
+    q: &ArrayD<f64>,
+    k: &ArrayD<f64>,
+    v: &ArrayD<f64>,
+    add: Option<&ArrayD<f64>>,
+    keep: Option<&ArrayD<bool>>,
+    causal: bool,
+    scale: Option<f64>,
+) -> ArrayD<f64> {
+    let (b, h, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+    let (g, t, e) = (k.shape()[1], k.shape()[2], v.shape()[3]);
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let mut out = ArrayD::zeros(IxDyn(&[b, h, s, e]));
+    let full = [b, h, s, t];
+    let addb = add.map(|a| a.broadcast(IxDyn(&full)).unwrap());
+    let keepb = keep.map(|a| a.broadcast(IxDyn(&full)).unwrap());
+    for bi in 0..b {
+        for hi in 0..h {
+            let gi = hi / (h / g);
+            for i in 0..s {
+                let mut sc = vec![f64::NEG_INFINITY; t];
+                for j in 0..t {
+                    if causal && j > i {
+                        continue;
+                    }
+                    if let Some(m) = &keepb {
+                        if !m[[bi, hi, i, j].as_slice()] {
+                            continue;
+                        }
+                    }
+                    let mut x = 0.0;
+                    for c in 0..d {
+                        x += q[[bi, hi, i, c].as_slice()] * k[[bi, gi, j, c].as_slice()];
+                    }
+                    sc[j] = x * scale + addb.as_ref().map_or(0.0, |a| a[[bi, hi, i, j].as_slice()]);
+                }
+                let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+                for j in 0..t {
+                    let p = (sc[j] - mx).exp() / z;
+                    for c in 0..e {
+                        out[[bi, hi, i, c].as_slice()] += p * v[[bi, gi, j, c].as_slice()];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn close(got: &ArrayD<f64>, want: &ArrayD<f64>, tol: f64, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
+        // a fully masked row is NaN on both sides (as PyTorch)
+        if b.is_nan() {
+            assert!(a.is_nan(), "{what}[{i}]: {a} vs NaN");
+            continue;
+        }
+        assert!(
+            (a - b).abs() <= tol * (1.0 + b.abs()),
+            "{what}[{i}]: {a} vs {b}"
+        );
+    }
+}
+
+pub(crate) fn arr(shape: &[usize], salt: f64) -> ArrayD<f64> {
+    let n: usize = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| 1.5 * wave(i, salt)).collect()).unwrap()
+}
+
+/// Outputs on sizes that cross the kernel's tiles (64 query rows, 128 key rows), with
+/// grouped-query attention (6 query heads on 2 key/value heads), an additive mask broadcast over
+/// batch and heads, and a bool mask over keys per batch.
+#[test]
+fn attention_matches_naive_reference() {
+    let m = AttnFwd::new().unwrap();
+    let (b, h, g, s, t, d, e) = (2, 6, 2, 70, 131, 5, 3);
+    let (q, k, v) = (
+        arr(&[b, h, s, d], 0.1),
+        arr(&[b, g, t, d], 0.2),
+        arr(&[b, g, t, e], 0.3),
+    );
+    let add = arr(&[s, t], 0.4);
+    let keep = ArrayD::from_shape_fn(IxDyn(&[b, 1, 1, t]), |ix| (ix[3] + ix[0]) % 4 != 1);
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            AttnFwdInputs {
+                q: q.view().into_dimensionality::<Ix4>().unwrap(),
+                k: k.view().into_dimensionality::<Ix4>().unwrap(),
+                v: v.view().into_dimensionality::<Ix4>().unwrap(),
+                add: add.view().into_dimensionality().unwrap(),
+                keep: keep.view().into_dimensionality::<Ix4>().unwrap(),
+            },
+        )
+        .unwrap();
+    let dynd = |a: &ndarray::Array4<f64>| a.clone().into_dyn();
+    close(
+        &dynd(&o.plain),
+        &naive(&q, &k, &v, None, None, false, None),
+        1e-12,
+        "plain",
+    );
+    close(
+        &dynd(&o.causal),
+        &naive(&q, &k, &v, None, None, true, None),
+        1e-12,
+        "causal",
+    );
+    close(
+        &dynd(&o.added),
+        &naive(&q, &k, &v, Some(&add), None, false, Some(0.5)),
+        1e-12,
+        "additive mask",
+    );
+    close(
+        &dynd(&o.kept),
+        &naive(&q, &k, &v, None, Some(&keep), true, None),
+        1e-12,
+        "bool mask, causal",
+    );
+    // batch 1 masks key 0, so its query 0 (causal: sees key 0 only) is fully masked: NaN
+    assert!(o.kept[[1, 0, 0, 0]].is_nan() && !o.kept[[0, 0, 0, 0]].is_nan());
+}
+
+/// f32 against the f64 reference.
+#[test]
+fn attention_f32_matches_reference() {
+    let m = AttnF32::new().unwrap();
+    let (q, k, v) = (
+        arr(&[1, 2, 33, 8], 0.5),
+        arr(&[1, 2, 40, 8], 0.6),
+        arr(&[1, 2, 40, 8], 0.7),
+    );
+    let f = |a: &ArrayD<f64>| a.mapv(|x| x as f32).into_dimensionality::<Ix4>().unwrap();
+    let o = m
+        .evaluate(
+            &m.randomize_params(0),
+            AttnF32Inputs {
+                q: f(&q).view(),
+                k: f(&k).view(),
+                v: f(&v).view(),
+            },
+        )
+        .unwrap();
+    close(
+        &o.out.mapv(|x| x as f64).into_dyn(),
+        &naive(&q, &k, &v, None, None, true, None),
+        2e-6,
+        "f32",
+    );
+}
+
+/// Run-time shape errors name the op and the shapes.
+#[test]
+fn attention_runtime_shape_error() {
+    let m = AttnF32::new().unwrap();
+    let q = ndarray::Array4::<f32>::zeros((1, 2, 3, 4));
+    let k = ndarray::Array4::<f32>::zeros((1, 2, 5, 4));
+    let v = ndarray::Array4::<f32>::zeros((1, 2, 5, 4));
+    // T = 5 from k; v with 6 rows breaks the model's own contract first
+    let v6 = ndarray::Array4::<f32>::zeros((1, 2, 6, 4));
+    let e = m
+        .evaluate(
+            &m.randomize_params(0),
+            AttnF32Inputs {
+                q: q.view(),
+                k: k.view(),
+                v: v6.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("v") && e.contains("6"), "{e}");
+    assert!(m
+        .evaluate(
+            &m.randomize_params(0),
+            AttnF32Inputs {
+                q: q.view(),
+                k: k.view(),
+                v: v.view(),
+            },
+        )
+        .is_ok());
+    // the runtime op itself: heads that do not divide
+    let (q3, k2) = (
+        ndarray::ArrayD::<f32>::zeros(IxDyn(&[3, 2, 4])),
+        ndarray::ArrayD::<f32>::zeros(IxDyn(&[2, 5, 4])),
+    );
+    let e = mithril::rt::owned::<f32>(|d| {
+        mithril::rt::ops::attention_to(
+            &q3.view(),
+            &k2.view(),
+            &k2.view(),
+            mithril::rt::ops::AttnMask::None,
+            false,
+            None,
+            d,
+        )
+        .map(|_| ())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("attention") && e.contains("multiple") && e.contains("[3, 2, 4]"),
+        "{e}"
+    );
+}
+
+/// Gradients of query, key, value and an additive mask (broadcast over batch and heads:
+/// its gradient sums them) against central differences; GQA (4 query heads, 2 key/value heads).
+#[test]
+fn attention_gradients_match_finite_differences() {
+    let m = AttnGrad::new().unwrap();
+    let mut p = m.randomize_params(1);
+    set(&mut p, "q", |i| 1.2 * wave(i, 0.3));
+    set(&mut p, "k", |i| 1.1 * wave(i, 0.9));
+    set(&mut p, "v", |i| wave(i, 1.7));
+    set(&mut p, "bias", |i| 0.7 * wave(i, 2.2));
+    let seeds = || AttnGradOutputs {
+        plain: pat(Ix4(1, 4, 3, 3), 1.0),
+        causal: pat(Ix4(1, 4, 3, 3), 2.0),
+        biased: pat(Ix4(1, 4, 3, 3), 3.0),
+    };
+    let loss = |p: &AttnGradParams| {
+        let o = m
+            .evaluate(
+                p,
+                AttnGradInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap();
+        let sd = seeds();
+        dot(&o.plain, &sd.plain) + dot(&o.causal, &sd.causal) + dot(&o.biased, &sd.biased)
+    };
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            AttnGradInputs {
+                _marker: PhantomData,
+            },
+            seeds(),
+        )
+        .unwrap();
+    assert_eq!(gradcheck("attention", &p, &g, loss), 24 + 20 + 30 + 15);
+}
+
+/// With a bool mask (no gradient) and causal, through reshapes.
+#[test]
+fn attention_gradients_bool_mask_causal() {
+    let m = AttnGradOpen::new().unwrap();
+    let mut p = m.randomize_params(2);
+    set(&mut p, "q", |i| 1.3 * wave(i, 0.1));
+    set(&mut p, "k", |i| wave(i, 0.5));
+    set(&mut p, "v", |i| wave(i, 0.8));
+    let keep = ndarray::Array2::from_shape_fn((3, 4), |(i, j)| !(i == 2 && j == 1));
+    let seed = || pat(Ix4(1, 2, 3, 2), 0.4);
+    let loss = |p: &AttnGradOpenParams| {
+        let o = m
+            .evaluate(p, AttnGradOpenInputs { keep: keep.view() })
+            .unwrap();
+        dot(&o.out, &seed())
+    };
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            AttnGradOpenInputs { keep: keep.view() },
+            AttnGradOpenOutputs { out: seed() },
+        )
+        .unwrap();
+    assert_eq!(gradcheck("attention bool mask", &p, &g, loss), 12 + 16 + 16);
+}
+
+/// Rank 3 (no batch dims) with a value head_dim that differs from the key's: the key and
+/// value gradients are separate primitives.
+#[test]
+fn attention_gradients_rank3_dv_differs() {
+    let m = AttnRank::new().unwrap();
+    let mut p = m.randomize_params(3);
+    set(&mut p, "q", |i| 1.3 * wave(i, 0.6));
+    set(&mut p, "k", |i| wave(i, 0.2));
+    set(&mut p, "v", |i| wave(i, 0.9));
+    let seed = || pat(ndarray::Ix3(2, 3, 3), 0.7);
+    let loss = |p: &AttnRankParams| {
+        let o = m
+            .evaluate(
+                p,
+                AttnRankInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap();
+        dot(&o.out, &seed())
+    };
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            AttnRankInputs {
+                _marker: PhantomData,
+            },
+            AttnRankOutputs { out: seed() },
+        )
+        .unwrap();
+    assert_eq!(gradcheck("attention rank 3", &p, &g, loss), 12 + 16 + 24);
+}

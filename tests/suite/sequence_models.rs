@@ -1,0 +1,631 @@
+//! The sequence models of the library (`MultiHeadAttention`, `RoPE`, `PositionalEmbedding`,
+//! the pre-LN transformer blocks, `LSTMCell` / `GRUCell`, `LSTM` / `GRU`): outputs against naive
+//! references written here, gradients of `RoPE` and the recurrent scans against central
+//! differences, and a PyTorch-layout `MultiheadAttention` state dict (hand-built safetensors)
+//! loaded by name.
+#![allow(clippy::needless_range_loop)]
+
+use crate::attention::{arr, naive};
+use crate::common::fd::{dot, gradcheck, pat, set, wave};
+use mithril::prelude::*;
+use ndarray::{s, Array1, Array2, Array3, ArrayD, Axis, Ix3, Ix4, IxDyn};
+use std::marker::PhantomData;
+
+mithril! {
+    compile Mha = MultiHeadAttention(8, 2) { dtype: f64 };
+    compile MhaCausal = MultiHeadAttention(8, 4, causal = true) { dtype: f64 };
+    compile Enc = TransformerEncoderBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh") { dtype: f64 };
+    compile Dec = TransformerDecoderBlock(8, 2, dim_feedforward = 12) { dtype: f64 };
+    compile PosEmb = PositionalEmbedding(6, 3) { dtype: f64 };
+    compile Lstm = LSTM(2, 3) { dtype: f64 };
+    compile Gru = GRU(2, 3) { dtype: f64 };
+    compile LstmCell3 = LSTMCell(2, 3) { dtype: f64 };
+    compile GruCell3 = GRUCell(2, 3) { dtype: f64 };
+
+    model RopeGrad {
+        param x: f64[1, 2, 3, 4];
+        output y = RoPE(4)(x);
+    }
+}
+
+fn lin(x: &Array2<f64>, w: &Array2<f64>, b: &Array1<f64>) -> Array2<f64> {
+    x.dot(&w.t()) + b
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tol * (1.0 + b.abs()),
+            "{what}[{i}]: {a} vs {b}"
+        );
+    }
+}
+
+/// Naive `nn.MultiheadAttention` (batch first) from its PyTorch params.
+#[allow(clippy::too_many_arguments)]
+fn naive_mha(
+    xq: &Array3<f64>,
+    xkv: &Array3<f64>,
+    w_in: &Array2<f64>,
+    b_in: &Array1<f64>,
+    w_o: &Array2<f64>,
+    b_o: &Array1<f64>,
+    heads: usize,
+    causal: bool,
+) -> Array3<f64> {
+    let (b, s, e) = xq.dim();
+    let t = xkv.dim().1;
+    let hd = e / heads;
+    let split = |x: &Array3<f64>, n: usize, part: usize| {
+        let w = w_in.slice(s![part * e..(part + 1) * e, ..]).to_owned();
+        let bb = b_in.slice(s![part * e..(part + 1) * e]).to_owned();
+        let mut out = ArrayD::zeros(IxDyn(&[b, heads, n, hd]));
+        for bi in 0..b {
+            let p = lin(&x.index_axis(Axis(0), bi).to_owned(), &w, &bb);
+            for h in 0..heads {
+                for i in 0..n {
+                    for c in 0..hd {
+                        out[[bi, h, i, c].as_slice()] = p[[i, h * hd + c]];
+                    }
+                }
+            }
+        }
+        out
+    };
+    let (q, k, v) = (split(xq, s, 0), split(xkv, t, 1), split(xkv, t, 2));
+    let a = naive(&q, &k, &v, None, None, causal, None);
+    let mut out = Array3::zeros((b, s, e));
+    for bi in 0..b {
+        let mut m = Array2::zeros((s, e));
+        for h in 0..heads {
+            for i in 0..s {
+                for c in 0..hd {
+                    m[[i, h * hd + c]] = a[[bi, h, i, c].as_slice()];
+                }
+            }
+        }
+        out.index_axis_mut(Axis(0), bi).assign(&lin(&m, w_o, b_o));
+    }
+    out
+}
+
+fn layer_norm(x: &Array3<f64>, g: &Array1<f64>, b: &Array1<f64>) -> Array3<f64> {
+    let mut y = x.clone();
+    for mut row in y.lanes_mut(Axis(2)) {
+        let n = row.len() as f64;
+        let mu = row.sum() / n;
+        let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / n;
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = (*v - mu) / (var + 1e-5).sqrt() * g[i] + b[i];
+        }
+    }
+    y
+}
+
+/// A safetensors file as `safetensors.torch.save_file` writes it (f64 tensors, names sorted).
+fn safetensors_f64(mut tensors: Vec<(&str, Vec<usize>, Vec<f64>)>) -> Vec<u8> {
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+    let mut off = 0;
+    for (n, shape, data) in &tensors {
+        let sh: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header.push_str(&format!(
+            r#","{n}":{{"dtype":"F64","shape":[{}],"data_offsets":[{off},{}]}}"#,
+            sh.join(","),
+            off + data.len() * 8
+        ));
+        off += data.len() * 8;
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    for (_, _, data) in &tensors {
+        for v in data {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// A PyTorch `nn.MultiheadAttention(8, 2, batch_first=True)` state dict (its names and the
+/// `[3E, E]` in-projection) loads by name; self- and cross-attention match the reference.
+#[test]
+fn multi_head_attention_loads_a_pytorch_state_dict() {
+    let m = Mha::new().unwrap();
+    let mut p = m.randomize_params(0);
+    assert_eq!(
+        p.names(),
+        [
+            "in_proj_weight",
+            "in_proj_bias",
+            "out_proj.weight",
+            "out_proj.bias"
+        ]
+    );
+    let e = 8;
+    let vals = |n: usize, salt: f64| (0..n).map(|i| 0.4 * wave(i, salt)).collect::<Vec<f64>>();
+    let (w_in, b_in, w_o, b_o) = (
+        vals(3 * e * e, 0.1),
+        vals(3 * e, 0.2),
+        vals(e * e, 0.3),
+        vals(e, 0.4),
+    );
+    let bytes = safetensors_f64(vec![
+        ("in_proj_weight", vec![3 * e, e], w_in.clone()),
+        ("in_proj_bias", vec![3 * e], b_in.clone()),
+        ("out_proj.weight", vec![e, e], w_o.clone()),
+        ("out_proj.bias", vec![e], b_o.clone()),
+    ]);
+    p.load_safetensors_bytes(&bytes).unwrap();
+    let w_in = Array2::from_shape_vec((3 * e, e), w_in).unwrap();
+    let b_in = Array1::from_vec(b_in);
+    let w_o = Array2::from_shape_vec((e, e), w_o).unwrap();
+    let b_o = Array1::from_vec(b_o);
+    assert_eq!(p.in_proj_weight, w_in);
+    let x = arr(&[2, 5, e], 0.7).into_dimensionality::<Ix3>().unwrap();
+    let mem = arr(&[2, 7, e], 0.9).into_dimensionality::<Ix3>().unwrap();
+    let o = m
+        .evaluate(
+            &p,
+            MhaInputs {
+                query: x.view(),
+                key: x.view(),
+                value: x.view(),
+            },
+        )
+        .unwrap();
+    let want = naive_mha(&x, &x, &w_in, &b_in, &w_o, &b_o, 2, false);
+    close(
+        o.output.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-12,
+        "self-attention",
+    );
+    let o = m
+        .evaluate(
+            &p,
+            MhaInputs {
+                query: x.view(),
+                key: mem.view(),
+                value: mem.view(),
+            },
+        )
+        .unwrap();
+    let want = naive_mha(&x, &mem, &w_in, &b_in, &w_o, &b_o, 2, false);
+    assert_eq!(o.output.shape(), &[2, 5, e]);
+    close(
+        o.output.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-12,
+        "cross-attention",
+    );
+    // 4 heads, causal
+    let mc = MhaCausal::new().unwrap();
+    let pc = mc.randomize_params(3);
+    let o = mc
+        .evaluate(
+            &pc,
+            MhaCausalInputs {
+                query: x.view(),
+                key: x.view(),
+                value: x.view(),
+            },
+        )
+        .unwrap();
+    let want = naive_mha(
+        &x,
+        &x,
+        &pc.in_proj_weight,
+        &pc.in_proj_bias,
+        &pc.out_proj.weight,
+        &pc.out_proj.bias,
+        4,
+        true,
+    );
+    close(
+        o.output.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-12,
+        "causal, 4 heads",
+    );
+}
+
+fn gelu_tanh(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+}
+
+/// The pre-LN encoder block (PyTorch's names) against the reference; the decoder block runs
+/// and names its params as `nn.TransformerDecoderLayer`.
+#[test]
+fn transformer_blocks() {
+    let m = Enc::new().unwrap();
+    let p = m.randomize_params(5);
+    assert_eq!(
+        p.names(),
+        [
+            "norm1.weight",
+            "norm1.bias",
+            "self_attn.in_proj_weight",
+            "self_attn.in_proj_bias",
+            "self_attn.out_proj.weight",
+            "self_attn.out_proj.bias",
+            "norm2.weight",
+            "norm2.bias",
+            "linear1.weight",
+            "linear1.bias",
+            "linear2.weight",
+            "linear2.bias",
+        ]
+    );
+    let x = arr(&[2, 6, 8], 0.3).into_dimensionality::<Ix3>().unwrap();
+    let o = m.evaluate(&p, EncInputs { input: x.view() }).unwrap();
+    let sa = &p.self_attn;
+    let h = layer_norm(&x, &p.norm1.weight, &p.norm1.bias);
+    let a = naive_mha(
+        &h,
+        &h,
+        &sa.in_proj_weight,
+        &sa.in_proj_bias,
+        &sa.out_proj.weight,
+        &sa.out_proj.bias,
+        2,
+        false,
+    );
+    let x1 = &x + &a;
+    let h2 = layer_norm(&x1, &p.norm2.weight, &p.norm2.bias);
+    let mut want = x1.clone();
+    for b in 0..2 {
+        let u = lin(
+            &h2.index_axis(Axis(0), b).to_owned(),
+            &p.linear1.weight,
+            &p.linear1.bias,
+        )
+        .mapv(gelu_tanh);
+        let f = lin(&u, &p.linear2.weight, &p.linear2.bias);
+        want.index_axis_mut(Axis(0), b).scaled_add(1.0, &f);
+    }
+    close(
+        o.output.as_slice().unwrap(),
+        want.as_slice().unwrap(),
+        1e-10,
+        "encoder block",
+    );
+
+    let d = Dec::new().unwrap();
+    let pd = d.randomize_params(6);
+    let names = pd.names();
+    for n in [
+        "self_attn.in_proj_weight",
+        "multihead_attn.out_proj.bias",
+        "norm3.weight",
+        "linear2.bias",
+    ] {
+        assert!(names.contains(&n.to_string()), "{n} in {names:?}");
+    }
+    let mem = arr(&[2, 4, 8], 0.8).into_dimensionality::<Ix3>().unwrap();
+    let od = d
+        .evaluate(
+            &pd,
+            DecInputs {
+                input: x.view(),
+                memory: mem.view(),
+            },
+        )
+        .unwrap();
+    // causal self-attention: the first position does not depend on the later ones
+    let mut x2 = x.clone();
+    x2[[0, 5, 0]] += 1.0;
+    let od2 = d
+        .evaluate(
+            &pd,
+            DecInputs {
+                input: x2.view(),
+                memory: mem.view(),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        od.output.slice(s![0, 0..5, ..]),
+        od2.output.slice(s![0, 0..5, ..])
+    );
+    assert_ne!(
+        od.output.slice(s![0, 5, ..]),
+        od2.output.slice(s![0, 5, ..])
+    );
+}
+
+/// `RoPE`: the rotation against a reference, and its gradient against central differences.
+#[test]
+fn rope_rotates_and_differentiates() {
+    let m = RopeGrad::new().unwrap();
+    let mut p = m.randomize_params(0);
+    set(&mut p, "x", |i| wave(i, 0.5));
+    let o = m
+        .evaluate(
+            &p,
+            RopeGradInputs {
+                _marker: PhantomData,
+            },
+        )
+        .unwrap();
+    let x = &p.x;
+    for h in 0..2 {
+        for s in 0..3 {
+            for i in 0..2 {
+                let th = s as f64 * 10000f64.powf(-2.0 * i as f64 / 4.0);
+                let (a, b) = (x[[0, h, s, i]], x[[0, h, s, i + 2]]);
+                let (ya, yb) = (a * th.cos() - b * th.sin(), b * th.cos() + a * th.sin());
+                assert!((o.y[[0, h, s, i]] - ya).abs() < 1e-6, "{h} {s} {i}");
+                assert!((o.y[[0, h, s, i + 2]] - yb).abs() < 1e-6);
+            }
+        }
+    }
+    let seed = || pat(Ix4(1, 2, 3, 4), 0.2);
+    let loss = |p: &RopeGradParams| {
+        dot(
+            &m.evaluate(
+                p,
+                RopeGradInputs {
+                    _marker: PhantomData,
+                },
+            )
+            .unwrap()
+            .y,
+            &seed(),
+        )
+    };
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            RopeGradInputs {
+                _marker: PhantomData,
+            },
+            RopeGradOutputs { y: seed() },
+        )
+        .unwrap();
+    assert_eq!(gradcheck("rope", &p, &g, loss), 24);
+}
+
+#[test]
+fn positional_embedding_adds_rows() {
+    let m = PosEmb::new().unwrap();
+    let p = m.randomize_params(1);
+    let x = arr(&[2, 4, 3], 0.1).into_dimensionality::<Ix3>().unwrap();
+    let o = m.evaluate(&p, PosEmbInputs { input: x.view() }).unwrap();
+    for b in 0..2 {
+        for s in 0..4 {
+            for c in 0..3 {
+                assert_eq!(o.output[[b, s, c]], x[[b, s, c]] + p.weight[[s, c]]);
+            }
+        }
+    }
+    // longer than max_len: an error, not a panic
+    let long = Array3::<f64>::zeros((1, 7, 3));
+    assert!(m.evaluate(&p, PosEmbInputs { input: long.view() }).is_err());
+}
+
+/// Naive LSTM step (PyTorch's gate order i, f, g, o).
+fn lstm_ref(
+    x: &Array2<f64>,
+    h: &Array2<f64>,
+    c: &Array2<f64>,
+    w: [&Array2<f64>; 2],
+    b: [&Array1<f64>; 2],
+) -> (Array2<f64>, Array2<f64>) {
+    let n = h.dim().1;
+    let g = lin(x, w[0], b[0]) + lin(h, w[1], b[1]);
+    let mut hn = h.clone();
+    let mut cn = c.clone();
+    for r in 0..h.dim().0 {
+        for j in 0..n {
+            let (i, f, gg, o) = (
+                sigmoid(g[[r, j]]),
+                sigmoid(g[[r, n + j]]),
+                g[[r, 2 * n + j]].tanh(),
+                sigmoid(g[[r, 3 * n + j]]),
+            );
+            cn[[r, j]] = f * c[[r, j]] + i * gg;
+            hn[[r, j]] = o * cn[[r, j]].tanh();
+        }
+    }
+    (hn, cn)
+}
+
+/// Naive GRU step (PyTorch's gate order r, z, n).
+fn gru_ref(
+    x: &Array2<f64>,
+    h: &Array2<f64>,
+    w: [&Array2<f64>; 2],
+    b: [&Array1<f64>; 2],
+) -> Array2<f64> {
+    let n = h.dim().1;
+    let gi = lin(x, w[0], b[0]);
+    let gh = lin(h, w[1], b[1]);
+    let mut hn = h.clone();
+    for r in 0..h.dim().0 {
+        for j in 0..n {
+            let rr = sigmoid(gi[[r, j]] + gh[[r, j]]);
+            let z = sigmoid(gi[[r, n + j]] + gh[[r, n + j]]);
+            let nn = (gi[[r, 2 * n + j]] + rr * gh[[r, 2 * n + j]]).tanh();
+            hn[[r, j]] = (1.0 - z) * nn + z * h[[r, j]];
+        }
+    }
+    hn
+}
+
+/// The cells and the scans against step-by-step references; the scans' gradients over 4 steps
+/// against central differences.
+#[test]
+fn lstm_and_gru_match_references_and_differentiate() {
+    let (b, t, i, n) = (2, 4, 2, 3);
+    let xs = arr(&[b, t, i], 0.4).into_dimensionality::<Ix3>().unwrap();
+    // the cells
+    let lc = LstmCell3::new().unwrap();
+    let pl = lc.randomize_params(1);
+    assert_eq!(pl.names(), ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]);
+    let (h0, c0) = (
+        arr(&[b, n], 0.1).into_dimensionality().unwrap(),
+        arr(&[b, n], 0.2).into_dimensionality().unwrap(),
+    );
+    let x0 = xs.index_axis(Axis(1), 0).to_owned();
+    let o = lc
+        .evaluate(
+            &pl,
+            LstmCell3Inputs {
+                input: x0.view(),
+                h: h0.view(),
+                c: c0.view(),
+            },
+        )
+        .unwrap();
+    let (hw, cw) = lstm_ref(
+        &x0,
+        &h0,
+        &c0,
+        [&pl.weight_ih, &pl.weight_hh],
+        [&pl.bias_ih, &pl.bias_hh],
+    );
+    close(
+        o.h_next.as_slice().unwrap(),
+        hw.as_slice().unwrap(),
+        1e-12,
+        "LSTMCell h",
+    );
+    close(
+        o.c_next.as_slice().unwrap(),
+        cw.as_slice().unwrap(),
+        1e-12,
+        "LSTMCell c",
+    );
+    let gc = GruCell3::new().unwrap();
+    let pg = gc.randomize_params(2);
+    let o = gc
+        .evaluate(
+            &pg,
+            GruCell3Inputs {
+                input: x0.view(),
+                h: h0.view(),
+            },
+        )
+        .unwrap();
+    let hw = gru_ref(
+        &x0,
+        &h0,
+        [&pg.weight_ih, &pg.weight_hh],
+        [&pg.bias_ih, &pg.bias_hh],
+    );
+    close(
+        o.h_next.as_slice().unwrap(),
+        hw.as_slice().unwrap(),
+        1e-12,
+        "GRUCell",
+    );
+
+    // the scans
+    let lm = Lstm::new().unwrap();
+    let mut p = lm.randomize_params(3);
+    assert_eq!(
+        p.names(),
+        ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    );
+    set(&mut p, "weight_hh_l0", |k| 0.8 * wave(k, 1.1));
+    let o = lm.evaluate(&p, LstmInputs { input: xs.view() }).unwrap();
+    let (mut h, mut c) = (Array2::zeros((b, n)), Array2::zeros((b, n)));
+    for s in 0..t {
+        let x = xs.index_axis(Axis(1), s).to_owned();
+        (h, c) = lstm_ref(
+            &x,
+            &h,
+            &c,
+            [&p.weight_ih_l0, &p.weight_hh_l0],
+            [&p.bias_ih_l0, &p.bias_hh_l0],
+        );
+        close(
+            o.output
+                .index_axis(Axis(1), s)
+                .to_owned()
+                .as_slice()
+                .unwrap(),
+            h.as_slice().unwrap(),
+            1e-12,
+            "LSTM output",
+        );
+    }
+    close(
+        o.h_n.as_slice().unwrap(),
+        h.as_slice().unwrap(),
+        1e-12,
+        "LSTM h_n",
+    );
+    close(
+        o.c_n.as_slice().unwrap(),
+        c.as_slice().unwrap(),
+        1e-12,
+        "LSTM c_n",
+    );
+    let seeds = || LstmOutputs {
+        output: pat(Ix3(b, t, n), 0.3),
+        h_n: pat(ndarray::Ix2(b, n), 0.6),
+        c_n: pat(ndarray::Ix2(b, n), 0.9),
+    };
+    let loss = |p: &LstmParams| {
+        let o = lm.evaluate(p, LstmInputs { input: xs.view() }).unwrap();
+        let s = seeds();
+        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n) + dot(&o.c_n, &s.c_n)
+    };
+    let (_, g) = lm
+        .evaluate_gradients(&p, LstmInputs { input: xs.view() }, seeds())
+        .unwrap();
+    assert_eq!(gradcheck("LSTM", &p, &g, loss), 24 + 36 + 12 + 12);
+
+    let gm = Gru::new().unwrap();
+    let p = gm.randomize_params(4);
+    let o = gm.evaluate(&p, GruInputs { input: xs.view() }).unwrap();
+    let mut h = Array2::zeros((b, n));
+    for s in 0..t {
+        let x = xs.index_axis(Axis(1), s).to_owned();
+        h = gru_ref(
+            &x,
+            &h,
+            [&p.weight_ih_l0, &p.weight_hh_l0],
+            [&p.bias_ih_l0, &p.bias_hh_l0],
+        );
+        close(
+            o.output
+                .index_axis(Axis(1), s)
+                .to_owned()
+                .as_slice()
+                .unwrap(),
+            h.as_slice().unwrap(),
+            1e-12,
+            "GRU output",
+        );
+    }
+    close(
+        o.h_n.as_slice().unwrap(),
+        h.as_slice().unwrap(),
+        1e-12,
+        "GRU h_n",
+    );
+    let seeds = || GruOutputs {
+        output: pat(Ix3(b, t, n), 0.4),
+        h_n: pat(ndarray::Ix2(b, n), 0.8),
+    };
+    let loss = |p: &GruParams| {
+        let o = gm.evaluate(p, GruInputs { input: xs.view() }).unwrap();
+        let s = seeds();
+        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n)
+    };
+    let (_, g) = gm
+        .evaluate_gradients(&p, GruInputs { input: xs.view() }, seeds())
+        .unwrap();
+    assert_eq!(gradcheck("GRU", &p, &g, loss), 18 + 27 + 9 + 9);
+}

@@ -1,0 +1,48 @@
+// `attention`'s compile errors, each spanned on the call and naming the shapes or dtypes
+// involved; and `backend: cuda`, which does not lower it yet.
+mithril::mithril! {
+    model HeadsNotMultiple {
+        input q: f32[1, 3, 4, 8];
+        input k: f32[1, 2, 5, 8];
+        output y = attention(q, k, k);
+    }
+
+    model HeadDim {
+        input q: f32[1, 2, 4, 8];
+        input k: f32[1, 2, 5, 6];
+        output y = attention(q, k, k);
+    }
+
+    model BadMask {
+        input q: f32[1, 2, 4, 8];
+        input k: f32[1, 2, 5, 8];
+        input m: f32[4, 4];
+        output y = attention(q, k, k, m);
+    }
+
+    model IntMask {
+        input q: f32[1, 2, 4, 8];
+        input k: f32[1, 2, 5, 8];
+        input m: i64[4, 5];
+        output y = attention(q, k, k, mask = m);
+    }
+
+    model Half {
+        input q: f16[2, 4, 8];
+        output y = attention(q, q, q);
+    }
+
+    model Rank2 {
+        input q: f32[4, 8];
+        output y = attention(q, q, q);
+    }
+
+    model OnCuda {
+        input q: f32[1, 2, 4, 8];
+        output y = attention(q, q, q, causal = true);
+    }
+
+    compile OnCudaGpu = OnCuda { backend: cuda };
+}
+
+fn main() {}
