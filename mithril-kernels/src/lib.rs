@@ -13,6 +13,7 @@ mod isa_paths;
 pub mod linalg;
 pub mod memplan;
 pub mod prog;
+pub mod philox;
 pub mod qgemm;
 pub mod rows;
 pub mod scalar;
