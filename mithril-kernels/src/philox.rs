@@ -63,7 +63,15 @@ macro_rules! dropout_kernel {
         /// Dropout of `x` into `out` (same length): element `i` (in logical order, `i0 + k`
         /// for `x[k]`) is `x[k] * scale` when its Philox bits are at least `thr`, else 0.
         /// `thr = None` drops every element.
-        pub fn $name(x: &[$t], out: &mut [$t], seed: u64, op: u32, i0: u64, thr: Option<u32>, scale: $t) {
+        pub fn $name(
+            x: &[$t],
+            out: &mut [$t],
+            seed: u64,
+            op: u32,
+            i0: u64,
+            thr: Option<u32>,
+            scale: $t,
+        ) {
             let n = x.len().min(out.len());
             let Some(thr) = thr else {
                 out[..n].iter_mut().for_each(|o| *o = 0.0);
@@ -158,7 +166,11 @@ mod tests {
             dropout_f32(&x, &mut out, 0xdead_beef_0123, 5, i0, thr, 2.0);
             for k in 0..n {
                 let keep = element_bits(0xdead_beef_0123, 5, i0 + k as u64) >= thr.unwrap();
-                assert_eq!(out[k], if keep { x[k] * 2.0 } else { 0.0 }, "n {n} i0 {i0} k {k}");
+                assert_eq!(
+                    out[k],
+                    if keep { x[k] * 2.0 } else { 0.0 },
+                    "n {n} i0 {i0} k {k}"
+                );
             }
         }
     }

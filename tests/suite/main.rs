@@ -39,6 +39,7 @@ mod library;
 mod linalg;
 mod loops;
 mod multi_backend;
+mod norm;
 mod optimizations;
 mod optimize_for;
 mod prims;
@@ -51,4 +52,4 @@ mod simd_paths;
 mod smoke;
 mod static_shapes;
 mod train;
-mod train_examples;
+mod train_examples; // norm / dropout

@@ -198,4 +198,12 @@ pub enum Prim {
         add: bool,
         len: Option<Dim>,
     },
+    // ---- norm / dropout (random ops, `prims/random.rs`)
+    /// `dropout(x, p)` (args: x, the call's mode): in training, each element kept with
+    /// probability `1 - p` and scaled by `1 / (1 - p)` (Philox mask keyed by the call's seed,
+    /// `op` and the element index); in evaluation the identity.
+    Dropout {
+        p: f64,
+        op: u32,
+    },
 }

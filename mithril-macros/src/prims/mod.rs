@@ -26,10 +26,11 @@ pub mod linalg;
 pub mod lower;
 pub mod matmul;
 pub mod plan;
+pub mod random;
 pub mod reduce;
 pub mod rules;
 pub mod shape;
-pub mod softmax;
+pub mod softmax; // norm / dropout
 
 pub use crate::ir::prim::{Prim, ReduceKind, ReshapeDim, SliceArg};
 pub use attrs::{AttrVal, Sig};
@@ -151,6 +152,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &construct::Rules,
     &autodiff_helpers::Rules,
     &control::Rules,
+    &random::Rules, // norm / dropout
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -283,7 +285,14 @@ impl Prim {
             | TapeRead(_)
             | DimValue(_)
             | SetAt { .. } => &control::Rules,
+            // norm / dropout
+            Dropout { .. } => &random::Rules,
         }
+    }
+
+    /// A random op: its plan reads the call's seed (`Mode::seed`).
+    pub fn uses_seed(&self) -> bool {
+        matches!(self, Prim::Dropout { .. })
     }
 
     /// The DSL name (for summaries and errors).

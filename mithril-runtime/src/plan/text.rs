@@ -703,6 +703,12 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
             axis: t.num()?,
             add: t.flag()?,
         },
+        // norm / dropout (random ops)
+        "dropout" => POp::Dropout {
+            p: f64_lit(t)?,
+            op: t.num()?,
+            seed: t.num()?,
+        },
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;
