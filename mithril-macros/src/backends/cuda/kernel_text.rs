@@ -452,6 +452,18 @@ mod tests {
         }
     }
 
+    /// norm / dropout: the Philox generator dropout's masks come from is in the prelude (every
+    /// generated module, compiled by NVRTC in `tests/suite/cuda_backend.rs`).
+    #[test]
+    fn prelude_has_the_philox_generator() {
+        assert_eq!(FUSED_PRELUDE.matches("mt_u4 mt_philox(").count(), 1);
+        assert_eq!(FUSED_PRELUDE.matches("bool mt_dropout_keep(").count(), 1);
+        // the constants of `mithril_kernels::philox`
+        for c in ["0xD2511F53u", "0xCD9E8D57u", "0x9E3779B9u", "0xBB67AE85u"] {
+            assert!(FUSED_PRELUDE.contains(c), "{c}");
+        }
+    }
+
     #[test]
     fn f32_group_with_row_broadcast() {
         let (e, args) = linear_relu();
