@@ -156,6 +156,40 @@ mod tests {
         );
     }
 
+    /// Throughput of the lane kernel against the element-by-element loop (a measurement, not
+    /// a check): `cargo test -p mithril-kernels --lib philox -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_lanes_vs_scalar() {
+        let n = 1 << 22;
+        let x = vec![1.0f32; n];
+        let mut out = vec![0.0f32; n];
+        let thr = threshold(0.5);
+        let t = std::time::Instant::now();
+        for r in 0..5 {
+            dropout_f32(&x, &mut out, r, 0, 0, thr, 2.0);
+        }
+        let lanes = t.elapsed().as_secs_f64() / 5.0;
+        let t = std::time::Instant::now();
+        for r in 0..5 {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = if element_bits(r, 0, k as u64) >= thr.unwrap() {
+                    2.0
+                } else {
+                    0.0
+                };
+            }
+        }
+        let scalar = t.elapsed().as_secs_f64() / 5.0;
+        std::hint::black_box(&out);
+        println!(
+            "dropout f32, {n} elements: lanes {:.2} ns/element, scalar {:.2} ns/element ({:.1}x)",
+            lanes * 1e9 / n as f64,
+            scalar * 1e9 / n as f64,
+            scalar / lanes
+        );
+    }
+
     /// The lane kernel against the element-by-element definition, on odd sizes and offsets.
     #[test]
     fn lanes_match_scalar() {
