@@ -46,6 +46,22 @@ mithril! {
         output z = Dropout(p = 0.25)(h);
     }
 
+    /// A buffer read, never updated, in a model that reads the mode: the `&mut` entry points
+    /// with nothing to write back.
+    pub model ReadBuffer {
+        input x: f64[N];
+        buffer scale: f64[] = full(2.0);
+        output y = dropout(x * scale, p = 0.5);
+    }
+
+    /// A buffer in a model without modes: `evaluate_gradients` still takes `&mut` params.
+    pub model PlainBuffer {
+        input x: f64[2];
+        param w: f64[2] = ones;
+        buffer scale: f64[] = full(3.0);
+        output y = x * w * scale;
+    }
+
     pub model DropAll {
         input x: f32[N];
         output zero = dropout(x, p = 1.0);
@@ -600,5 +616,40 @@ fn dropout_gradient_uses_the_forward_mask() -> mithril::Result<()> {
         (&(&o.y + &o.z) * &s).sum()
     };
     assert_eq!(fd::gradcheck("dropout", &p, &g, loss), 100);
+    Ok(())
+}
+
+#[test]
+fn buffers_without_updates_keep_their_values() -> mithril::Result<()> {
+    let m = ReadBuffer::new()?;
+    let mut p = m.randomize_params(0);
+    assert_eq!(p.scale.clone().into_scalar(), 2.0);
+    let x = ndarray::array![1.0, -2.0, 3.0, 0.5];
+    assert_eq!(
+        m.evaluate(&p, ReadBufferInputs { x: x.view() })?.y,
+        &x * 2.0
+    );
+    let y = m
+        .evaluate_mode(
+            &mut p,
+            ReadBufferInputs { x: x.view() },
+            Mode::TrainSeeded(1),
+        )?
+        .y;
+    for (v, xv) in y.iter().zip(x.iter()) {
+        assert!(*v == 0.0 || *v == xv * 4.0, "{v}");
+    }
+    assert_eq!(p.scale.clone().into_scalar(), 2.0);
+    let m = PlainBuffer::new()?;
+    let mut p = m.randomize_params(0);
+    let x = ndarray::array![1.0, 2.0];
+    let seed = PlainBufferOutputs {
+        y: ndarray::array![1.0, 1.0],
+    };
+    let (o, g) = m.evaluate_gradients(&mut p, PlainBufferInputs { x: x.view() }, seed)?;
+    assert_eq!(o.y, ndarray::array![3.0, 6.0]);
+    assert_eq!(g.w, ndarray::array![3.0, 6.0]);
+    assert_eq!(g.scale.into_scalar(), 0.0); // never differentiated
+    assert_eq!(p.scale.into_scalar(), 3.0);
     Ok(())
 }

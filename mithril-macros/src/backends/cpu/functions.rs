@@ -344,6 +344,7 @@ impl<'a> Gen<'a> {
                 /// training-mode call (`Mode::Train`, `Mode::TrainSeeded`) writes the buffers'
                 /// new values (`update`) into `params` after it succeeds (an `Err` leaves them);
                 /// an evaluation-mode call leaves them. Buffers get zero gradients.
+                #[allow(unused_mut)]
                 pub fn evaluate_gradients_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, #seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                     let (__o, __g, mut __upd) = self.__evaluate_gradients_mode(params, inputs, #seed_pass mode)?;
                     if mode.is_training() {

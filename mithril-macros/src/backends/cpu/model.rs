@@ -50,6 +50,7 @@ impl Gen<'_> {
                         /// call (`Mode::Train`, `Mode::TrainSeeded`) writes the buffers' new
                         /// values (`update`) into `params` after it succeeds (an `Err` leaves
                         /// them); an evaluation-mode call leaves them.
+                        #[allow(unused_mut)]
                         pub fn evaluate_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
                             let (__o, mut __upd) = self.__evaluate_mode(params, inputs, mode)?;
                             if mode.is_training() {

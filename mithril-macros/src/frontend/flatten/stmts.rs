@@ -440,7 +440,7 @@ impl Flattener<'_> {
             .shape
             .clone()
             .unwrap_or_else(Shape::scalar);
-        let dt = self.g.nodes[pnode].dtype.clone();
+        let dt = self.g.nodes[pnode].dtype;
         let outer = self.guard;
         self.guard = None;
         // the new value, checked against the buffer's declared shape and dtype
