@@ -84,6 +84,15 @@ pub mod library_names {
     pub use crate::__mithril_library_RMSNorm as RMSNorm;
     #[doc(hidden)]
     pub use crate::__mithril_library_TSNE as TSNE;
+    // norm / dropout
+    #[doc(hidden)]
+    pub use crate::__mithril_library_BatchNorm1d as BatchNorm1d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_BatchNorm2d as BatchNorm2d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_Dropout as Dropout;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_GroupNorm as GroupNorm;
 }
 
 #[doc(hidden)]
@@ -212,6 +221,47 @@ macro_rules! __mithril_library_TSNE {
     ($($t:tt)*) => {
         ::core::compile_error!(
             "`TSNE` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+// norm / dropout
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_BatchNorm1d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`BatchNorm1d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_BatchNorm2d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`BatchNorm2d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_GroupNorm {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`GroupNorm` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_Dropout {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`Dropout` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
 }

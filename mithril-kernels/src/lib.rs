@@ -14,6 +14,7 @@ mod isa_paths;
 pub mod linalg;
 pub mod memplan;
 pub mod pool;
+pub mod philox;
 pub mod prog;
 pub mod qgemm;
 pub mod rows;

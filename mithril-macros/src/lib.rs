@@ -1323,7 +1323,12 @@ fn roles(g: &mut ir::Graph, opts: &options::Options) -> Result<Vec<bool>, Vec<sy
                 "a train model's `loss` cannot be discarded",
             ));
         } else if !g.outputs.iter().any(|o| &o.name == name) {
-            let outs: Vec<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+            let outs: Vec<&str> = g
+                .outputs
+                .iter()
+                .filter(|o| ir::update_param(&o.name).is_none())
+                .map(|o| o.name.as_str())
+                .collect();
             errors.push(syn::Error::new(
                 *sp,
                 format!(
@@ -1360,7 +1365,8 @@ fn roles(g: &mut ir::Graph, opts: &options::Options) -> Result<Vec<bool>, Vec<sy
             }
             let mut hit = false;
             for (k, p) in g.params.iter().enumerate() {
-                if flatten::glob_match(pat, &p.dotted()) {
+                // buffers are never trainable
+                if !p.buffer && flatten::glob_match(pat, &p.dotted()) {
                     wrt[k] = true;
                     hit = true;
                 }
@@ -1375,6 +1381,12 @@ fn roles(g: &mut ir::Graph, opts: &options::Options) -> Result<Vec<bool>, Vec<sy
                     ),
                 ));
             }
+        }
+    }
+    // buffers are state the model updates itself: never differentiated
+    for (k, p) in g.params.iter().enumerate() {
+        if p.buffer {
+            wrt[k] = false;
         }
     }
     if errors.is_empty() {

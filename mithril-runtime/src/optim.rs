@@ -730,7 +730,17 @@ pub fn clip_grad_norm<G: ParamTree + ?Sized>(grads: &mut G, max_norm: f64) -> Re
             a.map_inplace(|x| *x = T::from_acc(x.to_acc() * c));
         }
         let (c32, c64) = (coef as f32, coef);
+        let buffers: Vec<bool> = {
+            let mut b = Vec::new();
+            grads.visit(&mut |name, _| b.push(grads.is_buffer(name)));
+            b
+        };
+        let mut i = 0usize;
         grads.visit_mut(&mut |_, v| {
+            i += 1;
+            if buffers.get(i - 1).copied().unwrap_or(false) {
+                return Ok(());
+            }
             match v {
                 TensorViewMut::F32(mut a) => scale(&mut a, c32),
                 TensorViewMut::F64(mut a) => scale(&mut a, c64),
@@ -851,10 +861,15 @@ struct LeafInfo {
     name: String,
     dtype: DType,
     shape: Vec<usize>,
+    /// a buffer (`ParamTree::is_buffer`): never updated, like an integer leaf
+    buffer: bool,
 }
 
 impl LeafInfo {
     fn class(&self) -> Class {
+        if self.buffer {
+            return Class::Skip;
+        }
         Class::of(self.dtype)
     }
 }
@@ -906,6 +921,7 @@ fn describe(t: &dyn ParamTree) -> Vec<LeafInfo> {
             name: name.to_string(),
             dtype: v.dtype(),
             shape: v.shape().to_vec(),
+            buffer: t.is_buffer(name),
         })
     });
     out
@@ -1066,6 +1082,10 @@ impl State {
                 return Err(inconsistent(name));
             };
             i += 1;
+            if matches!(g, Grad::Skip) {
+                // integer leaves and buffers: never updated (not even weight decay)
+                return Ok(());
+            }
             match v {
                 TensorViewMut::F32(a) => update(name, a, g, s, n, k32),
                 TensorViewMut::F16(a) => update(name, a, g, s, n, k32),

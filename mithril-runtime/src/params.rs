@@ -171,6 +171,15 @@ pub trait ParamTree {
     fn visit_mut(&mut self, f: &mut dyn FnMut(&str, TensorViewMut<'_>) -> Result<()>)
         -> Result<()>;
 
+    /// Whether leaf `name` is a **buffer** (persistent state a model updates itself, declared
+    /// with `buffer`, e.g. batch norm's `running_mean`): saved and loaded with the params but
+    /// never trained — optimizers ([`crate::optim`]) and gradient clipping skip it. Generated
+    /// trees of models with buffers answer it; `false` by default.
+    fn is_buffer(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
+
     /// The dotted leaf names, in declaration order.
     fn names(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -275,7 +284,10 @@ pub fn global_norm<P: ParamTree + ?Sized>(p: &P) -> f64 {
             .sum()
     }
     let mut s = 0.0f64;
-    p.visit(&mut |_, v| {
+    p.visit(&mut |name, v| {
+        if p.is_buffer(name) {
+            return;
+        }
         s += match &v {
             TensorView::F32(a) => sum_sq(a),
             TensorView::F64(a) => sum_sq(a),

@@ -40,6 +40,7 @@ mod library;
 mod linalg;
 mod loops;
 mod multi_backend;
+mod norm;
 mod optimizations;
 mod optimize_for;
 // pooling, pad, upsample
@@ -55,4 +56,4 @@ mod simd_paths;
 mod smoke;
 mod static_shapes;
 mod train;
-mod train_examples;
+mod train_examples; // norm / dropout

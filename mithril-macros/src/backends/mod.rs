@@ -57,6 +57,13 @@ pub(crate) fn generate<'a>(
 ) -> Result<(TokenStream, Option<String>), Vec<syn::Error>> {
     // run-time control flow and modes run on the CPU plan only (for now)
     if cuda.is_some() || g.placement.is_mixed() {
+        // buffers (`buffer`, `update`): CPU models only (for now)
+        if let Some(p) = g.params.iter().find(|p| p.buffer) {
+            return Err(vec![g.error_at(
+                p.node,
+                format!("buffer `{}`: buffers (persistent state such as batch norm's running statistics) are not supported for `backend: cuda` or `backend_map` yet: compile this model for the CPU", p.dotted()),
+            )]);
+        }
         if let Some(id) = g
             .nodes
             .iter()

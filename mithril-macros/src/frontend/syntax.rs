@@ -15,6 +15,8 @@ pub mod kw {
     syn::custom_keyword!(compile);
     syn::custom_keyword!(input);
     syn::custom_keyword!(param);
+    syn::custom_keyword!(buffer);
+    syn::custom_keyword!(update);
     syn::custom_keyword!(output);
     syn::custom_keyword!(loss);
     syn::custom_keyword!(regularize);
@@ -107,6 +109,13 @@ pub enum Stmt {
         ty: TypeDecl,
         init: Option<Expr>,
         span: Span,
+        /// `buffer name: T = init;`: persistent state, never differentiated
+        buffer: bool,
+    },
+    /// `update name = expr;`: buffer `name` holds `expr` after a training-mode call
+    Update {
+        name: Ident,
+        expr: Expr,
     },
     Const {
         name: Ident,
@@ -424,8 +433,21 @@ fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
         let span = start.join(name.span()).unwrap_or(start);
         return Ok(Stmt::Input { name, ty, span });
     }
-    if input.peek(kw::param) {
-        input.parse::<kw::param>()?;
+    if input.peek(kw::update) && input.peek2(Ident) {
+        input.parse::<kw::update>()?;
+        let name: Ident = input.parse()?;
+        input.parse::<Token![=]>()?;
+        let expr: Expr = input.parse()?;
+        input.parse::<Token![;]>()?;
+        return Ok(Stmt::Update { name, expr });
+    }
+    let buffer = input.peek(kw::buffer) && input.peek2(Ident);
+    if input.peek(kw::param) || buffer {
+        if buffer {
+            input.parse::<kw::buffer>()?;
+        } else {
+            input.parse::<kw::param>()?;
+        }
         let name: Ident = input.parse()?;
         input.parse::<Token![:]>()?;
         let ty = parse_type(input)?;
@@ -442,6 +464,7 @@ fn parse_stmt(input: ParseStream) -> syn::Result<Stmt> {
             ty,
             init,
             span,
+            buffer,
         });
     }
     if input.peek(Token![const]) {

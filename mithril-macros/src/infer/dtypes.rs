@@ -82,6 +82,15 @@ pub fn infer(g: &mut Graph, default: DType) -> Vec<syn::Error> {
                                 .and_then(|&a| g.nodes[a].dtype);
                             let target = strong.or(Some(t)).map(|d| g.env.dt(d));
                             for &a in &args {
+                                // a float variable (an open param's dtype): the literal follows
+                                // it, so it is exact in the type the variable gets (an f64
+                                // buffer times 0.9 multiplies by the f64 0.9)
+                                if let (Some(Scalar::Float(_) | Scalar::Int(_)), Some(DT::Var(v))) =
+                                    (weak[a], target)
+                                {
+                                    g.nodes[a].dtype = Some(DT::Var(v));
+                                    continue;
+                                }
                                 if let (
                                     Some(Scalar::Float(_) | Scalar::Int(_)),
                                     Some(DT::Known(k)),

@@ -451,6 +451,17 @@ pub struct ParamInfo {
     pub node: NodeId,
     pub init: Init,
     pub span: Span,
+    /// Declared with `buffer`: persistent state the model updates itself (`update`), saved
+    /// with the params, never differentiated nor trained.
+    pub buffer: bool,
+}
+
+/// Prefix of the outputs that carry a buffer's value after a training call (`update`).
+pub const UPDATE_PREFIX: &str = "__upd_";
+
+/// The buffer (param index) whose new value an output named `name` carries, if it is one.
+pub fn update_param(name: &str) -> Option<usize> {
+    name.strip_prefix(UPDATE_PREFIX)?.parse().ok()
 }
 
 impl ParamInfo {

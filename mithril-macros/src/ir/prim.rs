@@ -198,6 +198,14 @@ pub enum Prim {
         add: bool,
         len: Option<Dim>,
     },
+    // ---- norm / dropout (random ops, `prims/random.rs`)
+    /// `dropout(x, p)` (args: x, the call's mode): in training, each element kept with
+    /// probability `1 - p` and scaled by `1 / (1 - p)` (Philox mask keyed by the call's seed,
+    /// `op` and the element index); in evaluation the identity.
+    Dropout {
+        p: f64,
+        op: u32,
+    },
     // ---- attention (`prims/attention.rs`)
     /// Scaled dot-product attention (`part` 0: args q, k, v[, mask]) or one of its gradients
     /// (args q, k, v[, mask], out, out gradient; `part` 1 dq, 2 dk, 3 dv, 4 dk and dv stacked

@@ -51,7 +51,11 @@ pub fn run(g: &mut Graph, default: DType, seed_loss: bool, wrt: &[bool]) -> Vec<
     };
     // seeds
     for (i, o) in outputs.iter().enumerate() {
-        if !is_float(b.g, o.node) || (seed_loss && i > 0) {
+        // a buffer's new value (`update`) is state, not a result: no seed
+        if !is_float(b.g, o.node)
+            || (seed_loss && i > 0)
+            || crate::ir::update_param(&o.name).is_some()
+        {
             continue;
         }
         if seed_loss {

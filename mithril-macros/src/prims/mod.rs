@@ -29,10 +29,11 @@ pub mod matmul;
 pub mod plan;
 // pooling, pad, upsample
 pub mod pool;
+pub mod random;
 pub mod reduce;
 pub mod rules;
 pub mod shape;
-pub mod softmax;
+pub mod softmax; // norm / dropout
 
 pub use crate::ir::prim::{Prim, ReduceKind, ReshapeDim, SliceArg};
 pub use attrs::{AttrVal, Sig};
@@ -158,6 +159,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &pool::Rules,
     // attention
     &attention::Rules,
+    &random::Rules, // norm / dropout
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -294,7 +296,14 @@ impl Prim {
             Pool(_) | PoolGrad(_) => &pool::Rules,
             // attention
             Attention { .. } => &attention::Rules,
+            // norm / dropout
+            Dropout { .. } => &random::Rules,
         }
+    }
+
+    /// A random op: its plan reads the call's seed (`Mode::seed`).
+    pub fn uses_seed(&self) -> bool {
+        matches!(self, Prim::Dropout { .. })
     }
 
     /// The DSL name (for summaries and errors).

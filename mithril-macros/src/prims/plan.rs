@@ -15,6 +15,9 @@ pub struct PlanCx<'a> {
     pub dim: &'a dyn Fn(&Dim) -> Option<String>,
     /// the node's number of operands
     pub arity: usize,
+    /// the index of the call's seed view (`Mode::seed`, after the mode's view) that random
+    /// ops (`dropout`) read
+    pub seed_view: usize,
 }
 
 /// A string token.

@@ -16,6 +16,7 @@
 
 pub mod attention;
 pub mod construct;
+pub mod dropout;
 pub mod elementwise;
 pub mod grad;
 pub mod linalg;

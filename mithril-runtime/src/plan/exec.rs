@@ -1114,6 +1114,24 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             POp::LogSoftmax(ax) => {
                 real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::log_softmax_to(typed::<T>(&x)?, *ax, d)))
             }
+            // norm / dropout (random ops)
+            POp::Dropout { p, op, seed } => {
+                let training = match a(1)? {
+                    TensorView::Bool(v) => v.iter().next().copied().unwrap_or(false),
+                    _ => return Err(internal(w, "dropout's mode is not bool")),
+                };
+                let seed = match self.views().get(*seed) {
+                    Some(v) => index_value(v, w)? as u64,
+                    None => return Err(internal(w, "dropout's seed view is missing")),
+                };
+                let c = ops::dropout::DropoutCall {
+                    p: *p,
+                    op: *op,
+                    seed,
+                    training,
+                };
+                real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::dropout::dropout_to(typed::<T>(&x)?, c, d)))
+            }
             POp::Unsqueeze(axes) => {
                 any_t!(dt, T => self.put::<T>(id, h, |d| ops::unsqueeze_to(typed::<T>(&x)?, axes, d)))
             }

@@ -258,6 +258,14 @@ pub enum POp {
         scale: Option<f64>,
         part: u8,
     },
+    // ---- norm / dropout (random ops)
+    /// `dropout` of `args[0]` in the mode `args[1]` (`is_training`), the call's seed read from
+    /// view `seed` (an `i64` scalar, the bits of `Mode::seed`); `op`: the op's id in the model
+    Dropout {
+        p: f64,
+        op: u32,
+        seed: usize,
+    },
 }
 
 impl POp {
@@ -290,6 +298,7 @@ impl POp {
             POp::ArgReduce { max: false, .. } => "argmin",
             POp::Softmax(_) => "softmax",
             POp::LogSoftmax(_) => "log_softmax",
+            POp::Dropout { .. } => "dropout",
             POp::Unsqueeze(_) => "unsqueeze",
             POp::BroadcastLike => "broadcast_like",
             POp::ReshapeLike => "reshape_like",

@@ -718,6 +718,12 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
             },
             part: t.num()?,
         },
+        // norm / dropout (random ops)
+        "dropout" => POp::Dropout {
+            p: f64_lit(t)?,
+            op: t.num()?,
+            seed: t.num()?,
+        },
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;

@@ -187,8 +187,19 @@ pub(crate) fn terminal_table(g: &Graph) -> String {
         .inputs
         .iter()
         .map(|i| (i.name.clone(), "input", i.node))
-        .chain(g.params.iter().map(|p| (p.dotted(), "param", p.node)))
-        .chain(g.outputs.iter().map(|o| (o.name.clone(), "output", o.node)));
+        .chain(g.params.iter().map(|p| {
+            (
+                p.dotted(),
+                if p.buffer { "buffer" } else { "param" },
+                p.node,
+            )
+        }))
+        .chain(
+            g.outputs
+                .iter()
+                .filter(|o| crate::ir::update_param(&o.name).is_none())
+                .map(|o| (o.name.clone(), "output", o.node)),
+        );
     for (name, kind, node) in rows {
         doc.push_str(&format!("| `{name}` | {kind} | `{}` |\n", g.describe(node)));
     }

@@ -307,10 +307,21 @@ fn struct_items(
     }
 }
 
-/// The `ParamTree` impl of a top-level params or grads struct.
-pub(crate) fn param_tree_impl(name: &syn::Ident) -> TokenStream {
+/// The `ParamTree` impl of a top-level params or grads struct; `buffers`: the dotted names of
+/// its buffers (`ParamTree::is_buffer`, which optimizers and clipping skip).
+pub(crate) fn param_tree_impl(name: &syn::Ident, buffers: &[String]) -> TokenStream {
+    let is_buffer = if buffers.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            fn is_buffer(&self, name: &str) -> bool {
+                matches!(name, #(#buffers)|*)
+            }
+        }
+    };
     quote! {
         impl ::mithril::rt::ParamTree for #name {
+            #is_buffer
             fn visit(&self, f: &mut dyn FnMut(&str, ::mithril::rt::TensorView<'_>)) {
                 self.__visit(&mut ::mithril::rt::tree::Path::new(), "", &mut |n, v| f(n, v))
             }

@@ -45,7 +45,18 @@ impl<'a> Gen<'a> {
             self.donate_outs = Some(quote!(#outputs_name { #(#outs,)* }));
             return (pre, life);
         }
+        let upd = self.upd_array();
+        let stateful = self.stateful();
         let generic_body = || {
+            if planned && stateful {
+                // a model with buffers updated in training calls: the outputs and the buffers'
+                // new values (written back by `evaluate_mode`, see `model.rs`)
+                return quote! {
+                    #pre
+                    #upd
+                    Ok((#outputs_name { #(#outs,)* }, __upd))
+                };
+            }
             if planned {
                 return quote! {
                     #pre
@@ -112,6 +123,44 @@ impl<'a> Gen<'a> {
             self.api.errors.append(&mut es);
         }
         gradients
+    }
+
+    /// A model with buffers (`buffer`) that reads the call's mode: its training calls write the
+    /// buffers' new values (`update`) back into `&mut` params.
+    pub(super) fn stateful(&self) -> bool {
+        self.has_buffers() && self.g.uses_mode()
+    }
+
+    /// The model (or a submodel) declares a `buffer`.
+    pub(super) fn has_buffers(&self) -> bool {
+        self.g.params.iter().any(|p| p.buffer)
+    }
+
+    /// `let __upd = [..];`: the buffers' new values taken out of the plan run's `__outs`
+    /// (after [`Self::plan_body`]).
+    fn upd_array(&self) -> TokenStream {
+        let ks = self.upd_takes.iter().map(|&(k, _)| k);
+        quote!(let __upd = [#(__outs[#ks].take()),*];)
+    }
+
+    /// The statements writing the buffers' new values (`__upd`, a training call's) into
+    /// `params`.
+    pub(super) fn writeback(&self) -> TokenStream {
+        let mut w = Vec::new();
+        for (j, &(_, i)) in self.upd_takes.iter().enumerate() {
+            let p = &self.g.params[i];
+            let fields = p.path.iter().map(|s| format_ident!("{}", s));
+            let t = self.api.elem_ty(p.node);
+            let d = crate::backends::common::ix(self.api.rank(p.node));
+            let name = p.dotted();
+            w.push(quote!(params.#(#fields).* = ::mithril::rt::plan::take::<#t, #d>(&mut __upd, #j, #name)?;));
+        }
+        quote!(#(#w)*)
+    }
+
+    /// The number of buffers a training call updates.
+    pub(super) fn n_upd(&self) -> usize {
+        self.upd_takes.len()
     }
 
     /// The shapes that key the memory plan: every input, param and output-gradient seed.
@@ -241,7 +290,15 @@ impl<'a> Gen<'a> {
             "Run the model and differentiate it: returns the outputs and the gradient of `sum(output * output_grads)` over all outputs with respect to every param (reverse mode, compiled)."
         };
         let life = self.life_tokens();
-        let fn_body = if planned {
+        let stateful = self.stateful();
+        let upd = self.upd_array();
+        let fn_body = if planned && stateful {
+            quote! {
+                #pre
+                #upd
+                Ok((#outputs_name { #(#fwd,)* }, #grads, __upd))
+            }
+        } else if planned {
             quote! {
                 #pre
                 Ok((#outputs_name { #(#fwd,)* }, #grads))
@@ -263,19 +320,58 @@ impl<'a> Gen<'a> {
         };
         // a model that reads `is_training`: `evaluate_gradients` is the train-mode call of
         // `evaluate_gradients_mode`
-        let grad_fns = if self.g.uses_mode() {
+        // a model with buffers: the training calls take `&mut` params and write the buffers'
+        // new values (`update`) back after a successful training call
+        let pref = if self.has_buffers() {
+            quote!(&mut)
+        } else {
+            quote!(&)
+        };
+        let grad_fns = if stateful {
+            let n_upd = self.n_upd();
+            let writeback = self.writeback();
+            quote! {
+                #[doc = #grad_doc]
+                ///
+                /// In training mode (`is_training` is true; dropout masks from a fresh seed):
+                /// [`Self::evaluate_gradients_mode`] with `mithril::rt::Mode::Train`. The
+                /// model has buffers: they hold their updated values after the call.
+                pub fn evaluate_gradients(&self, params: &mut #params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                    self.evaluate_gradients_mode(params, inputs, #seed_pass ::mithril::rt::Mode::Train)
+                }
+
+                /// [`Self::evaluate_gradients`] in `mode` (what `is_training` reads). A
+                /// training-mode call (`Mode::Train`, `Mode::TrainSeeded`) writes the buffers'
+                /// new values (`update`) into `params` after it succeeds (an `Err` leaves them);
+                /// an evaluation-mode call leaves them. Buffers get zero gradients.
+                #[allow(unused_mut)]
+                pub fn evaluate_gradients_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, #seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                    let (__o, __g, mut __upd) = self.__evaluate_gradients_mode(params, inputs, #seed_pass mode)?;
+                    if mode.is_training() {
+                        #writeback
+                    }
+                    Ok((__o, __g))
+                }
+
+                #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision, clippy::type_complexity)]
+                fn __evaluate_gradients_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#outputs_name, #grads_name, [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_upd])> {
+                    #threads
+                    #fn_body
+                }
+            }
+        } else if self.g.uses_mode() {
             quote! {
                 #[doc = #grad_doc]
                 ///
                 /// In training mode (`is_training` is true): [`Self::evaluate_gradients_mode`]
                 /// with `mithril::rt::Mode::Train`.
-                pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                pub fn evaluate_gradients(&self, params: #pref #params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                     self.evaluate_gradients_mode(params, inputs, #seed_pass ::mithril::rt::Mode::Train)
                 }
 
                 /// [`Self::evaluate_gradients`] in `mode` (what `is_training` reads).
                 #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
-                pub fn evaluate_gradients_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                pub fn evaluate_gradients_mode(&self, params: #pref #params_name, inputs: #inputs_name<'_>, #seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                     #threads
                     #fn_body
                 }
@@ -284,7 +380,7 @@ impl<'a> Gen<'a> {
             quote! {
                 #[doc = #grad_doc]
                 #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
-                pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
+                pub fn evaluate_gradients(&self, params: #pref #params_name, inputs: #inputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#outputs_name, #grads_name)> {
                     #threads
                     #fn_body
                 }

@@ -44,6 +44,45 @@ impl<'a> Gen<'a> {
             params: format_ident!("{}Params", name),
             grads: format_ident!("{}Grads", name),
         };
+        // a model with buffers runs its training calls through the plan of the CPU backend
+        if self.has_buffers() {
+            let i = self.inp;
+            let what = if self.mixed.is_some() {
+                Some("`backend_map`")
+            } else if i.quantization_int8 {
+                Some("`quantization: int8`")
+            } else if !i.render.donate.is_empty() {
+                Some("`donate`")
+            } else if i.static_shapes {
+                Some("`static_shapes: true`")
+            } else if i.inspect.hook
+                || i.inspect.profile
+                || i.inspect.timing
+                || i.inspect.trace
+                || i.inspect.save_intermediates
+            {
+                Some("`profile`, `code_transformers` or `save_intermediates`")
+            } else {
+                None
+            };
+            if let Some(w) = what {
+                let bufs: Vec<String> = self
+                    .g
+                    .params
+                    .iter()
+                    .filter(|p| p.buffer)
+                    .map(|p| format!("`{}`", p.dotted()))
+                    .collect();
+                return Err(vec![syn::Error::new(
+                    self.inp.name.span(),
+                    format!(
+                        "`{}` has buffers ({}), which {w} does not support yet; compile it without that option",
+                        self.inp.name,
+                        bufs.join(", ")
+                    ),
+                )]);
+            }
+        }
         let terminals = self.terminal_structs(&names);
         let tree = self.api.param_tree();
         let mut param_structs = Vec::new();
@@ -108,6 +147,7 @@ impl<'a> Gen<'a> {
         let output_fields: Vec<TokenStream> = g
             .outputs
             .iter()
+            .filter(|o| crate::ir::update_param(&o.name).is_none())
             .map(|o| {
                 let f = format_ident!("{}", o.name);
                 let ty = self.api.array_ty(o.node);
@@ -190,7 +230,13 @@ impl<'a> Gen<'a> {
         let g = self.g;
         let name = &names.name;
         let params_name = &names.params;
-        let params_tree_impl = param_tree_impl(params_name);
+        let buffers: Vec<String> = g
+            .params
+            .iter()
+            .filter(|p| p.buffer)
+            .map(|p| p.dotted())
+            .collect();
+        let params_tree_impl = param_tree_impl(params_name, &buffers);
         let terminals_const = match &self.shared_terms {
             Some((_, terms)) => {
                 let terms = crate::backends::pack::runtime_text(terms);
@@ -204,7 +250,7 @@ impl<'a> Gen<'a> {
             None => quote!(),
         };
         let grads_tree_impl = if self.train.is_some() && !self.api.grads_aliased.get() {
-            param_tree_impl(&names.grads)
+            param_tree_impl(&names.grads, &buffers)
         } else {
             quote!()
         };

@@ -61,6 +61,8 @@ pub struct Gen<'a> {
     /// `quantization: int8`: the `__mithril_qplan` item (`evaluate`'s plan, also read by
     /// `quantize` and `load_quantized`).
     pub(crate) qplan_fn: Option<TokenStream>,
+    /// The buffers' new values (`update`) of the last plan body: (index in `__outs`, param).
+    pub(crate) upd_takes: Vec<(usize, usize)>,
 }
 
 impl<'a> Gen<'a> {
@@ -104,6 +106,7 @@ impl<'a> Gen<'a> {
             donate_pairs: Vec::new(),
             donate_outs: None,
             qplan_fn: None,
+            upd_takes: Vec::new(),
         }
     }
 

@@ -32,6 +32,43 @@ impl Gen<'_> {
             return self.quant_evaluate_fns(names, eval_body);
         }
         match &self.mixed {
+            // a model with buffers updated in training calls: `evaluate_mode` takes `&mut`
+            // params and writes the new values back after a training call
+            None if self.stateful() => {
+                let n_upd = self.n_upd();
+                let writeback = self.writeback();
+                (
+                    quote! {
+                        /// Run the model in evaluation mode (`is_training` is false; the
+                        /// buffers are read, not updated): [`Self::evaluate_mode`] with
+                        /// `mithril::rt::Mode::Eval`.
+                        pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                            Ok(self.__evaluate_mode(params, inputs, ::mithril::rt::Mode::Eval)?.0)
+                        }
+
+                        /// Run the model in `mode` (what `is_training` reads). A training-mode
+                        /// call (`Mode::Train`, `Mode::TrainSeeded`) writes the buffers' new
+                        /// values (`update`) into `params` after it succeeds (an `Err` leaves
+                        /// them); an evaluation-mode call leaves them.
+                        #[allow(unused_mut)]
+                        pub fn evaluate_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                            let (__o, mut __upd) = self.__evaluate_mode(params, inputs, mode)?;
+                            if mode.is_training() {
+                                #writeback
+                            }
+                            Ok(__o)
+                        }
+
+                        #lints
+                        #[allow(clippy::type_complexity)]
+                        fn __evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#outputs_name, [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_upd])> {
+                            #threads
+                            #eval_body
+                        }
+                    },
+                    quote!(),
+                )
+            }
             // a model that reads `is_training`: `evaluate` is the eval-mode call of
             // `evaluate_mode`
             None if self.g.uses_mode() => (

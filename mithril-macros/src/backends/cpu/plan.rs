@@ -70,6 +70,7 @@ impl ProgText {
                             shape: None,
                             dim: &no_shape,
                             arity: regs.len(),
+                            seed_view: 0,
                         };
                         let op = p.plan(&cx)?;
                         let rs: Vec<String> = regs.iter().map(|r| r.to_string()).collect();
@@ -115,6 +116,26 @@ impl Progs {
 }
 
 impl Gen<'_> {
+    /// Whether the graph has a random op (`dropout`): its plan gets the call's seed as the
+    /// view after the mode's.
+    pub(super) fn uses_seed(&self) -> bool {
+        self.g
+            .nodes
+            .iter()
+            .any(|n| matches!(&n.op, Op::Prim(p) if p.uses_seed()))
+    }
+
+    /// The index of the seed view (after the mode's; meaningful when [`Self::uses_seed`]).
+    fn seed_view_index(&self) -> usize {
+        let seeds = self
+            .g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Seed(_)))
+            .count();
+        self.g.inputs.len() + self.g.params.len() + seeds + 1
+    }
+
     /// Index of the view of node `id` (an input, param or seed) in the plan's `views`.
     fn view_index(&self, id: NodeId) -> Option<usize> {
         let g = self.g;
@@ -331,20 +352,24 @@ impl Gen<'_> {
                     shape: shape.as_ref(),
                     dim: &dim,
                     arity: n.args.len(),
+                    seed_view: self.seed_view_index(),
                 };
                 p.plan(&cx)?
             }
         })
     }
 
-    /// The outputs in the plan's order: the model's outputs, then the gradients (outputs named
-    /// `__grad_<param>`) in the structs' visit order.
+    /// The outputs in the plan's order: the model's outputs, the buffers' new values (outputs
+    /// named `__upd_<param>`), then the gradients (outputs named `__grad_<param>`) in the
+    /// structs' visit order.
     pub(super) fn plan_out_order(&self) -> Vec<usize> {
         let g = self.g;
         let grad_of = |k: usize| crate::autodiff::grad_param(&g.outputs[k].name);
+        let upd_of = |k: usize| crate::ir::update_param(&g.outputs[k].name);
         let mut order: Vec<usize> = (0..g.outputs.len())
-            .filter(|&k| grad_of(k).is_none())
+            .filter(|&k| grad_of(k).is_none() && upd_of(k).is_none())
             .collect();
+        order.extend((0..g.outputs.len()).filter(|&k| upd_of(k).is_some()));
         let mut grads: Vec<(usize, usize)> = (0..g.outputs.len())
             .filter_map(|k| grad_of(k).map(|i| (self.leaf_pos.get(i).copied().unwrap_or(i), k)))
             .collect();
@@ -378,14 +403,26 @@ impl Gen<'_> {
         if g.uses_mode() {
             post.push(quote!(__views.push(::mithril::rt::plan::view(mode.view()));));
         }
+        // random ops (`dropout`): the call's seed, after the mode
+        let seeded = self.uses_seed();
+        if seeded {
+            post.push(quote!(__views.push(::mithril::rt::plan::view(__seed.view().into_dyn()));));
+        }
         let n = g.inputs.len()
             + g.params.len()
             + g.nodes
                 .iter()
                 .filter(|n| matches!(n.op, Op::Seed(_)))
                 .count()
-            + usize::from(g.uses_mode());
+            + usize::from(g.uses_mode())
+            + usize::from(seeded);
+        let seed_let = if seeded {
+            quote!(let __seed = mode.seed_array();)
+        } else {
+            quote!()
+        };
         quote! {
+            #seed_let
             let mut __views = ::mithril::rt::plan::Views::<'_, #n>::new();
             #(#pre)*
             #params
@@ -431,7 +468,10 @@ impl Gen<'_> {
         let outs: Vec<(String, TokenStream)> = order
             .iter()
             .enumerate()
-            .filter(|(_, &o)| crate::autodiff::grad_param(&self.g.outputs[o].name).is_none())
+            .filter(|(_, &o)| {
+                crate::autodiff::grad_param(&self.g.outputs[o].name).is_none()
+                    && crate::ir::update_param(&self.g.outputs[o].name).is_none()
+            })
             .map(|(k, &o)| {
                 let o = &self.g.outputs[o];
                 let t = self.api.elem_ty(o.node);
@@ -443,7 +483,13 @@ impl Gen<'_> {
                 )
             })
             .collect();
-        let first_grad = outs.len();
+        // the buffers' new values (`update`): where each is in `__outs`, and its param
+        self.upd_takes = order
+            .iter()
+            .enumerate()
+            .filter_map(|(k, &o)| crate::ir::update_param(&self.g.outputs[o].name).map(|i| (k, i)))
+            .collect();
+        let first_grad = outs.len() + self.upd_takes.len();
         let n_outs = self.g.outputs.len();
         if !self.donate_pairs.is_empty() {
             // `donate`: the body of `__evaluate_into` (`__outs`, `__donate`, `__donated` are

@@ -182,6 +182,32 @@ __device__ __forceinline__ T mt_robust_power(T b, T e, T c) {                   
 }
 MT_FLOAT_OPS(float, expf, logf, sqrtf, sinf, cosf, tanhf, erff, powf, floorf, fmodf, log1pf, fabsf)
 MT_FLOAT_OPS(double, exp, log, sqrt, sin, cos, tanh, erf, pow, floor, fmod, log1p, fabs)
+// norm / dropout: Philox4x32-10, the counter-based generator of `mithril_kernels::philox`
+// (the same words as the CPU): the four random words of counter (c0..c3) under key (k0, k1).
+struct mt_u4 { unsigned int x, y, z, w; };
+__device__ __forceinline__ mt_u4 mt_philox(unsigned int c0, unsigned int c1, unsigned int c2,
+                                           unsigned int c3, unsigned int k0, unsigned int k1) {
+    for (int r = 0; r < 10; ++r) {
+        if (r > 0) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
+        unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        unsigned int hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        unsigned int n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    }
+    mt_u4 o = {c0, c1, c2, c3};
+    return o;
+}
+// dropout's mask: element `i` of op `op` under the call's `seed` is kept when word i % 4 of
+// block (i / 4, op) is at least `thr` (`mithril_kernels::philox::threshold(p)`).
+__device__ __forceinline__ bool mt_dropout_keep(unsigned long long seed, unsigned int op,
+                                                unsigned long long i, unsigned int thr) {
+    unsigned long long b = i >> 2;
+    mt_u4 w = mt_philox((unsigned int)b, (unsigned int)(b >> 32), op, 0u, (unsigned int)seed,
+                        (unsigned int)(seed >> 32));
+    unsigned int k = (unsigned int)(i & 3ull);
+    unsigned int r = k == 0u ? w.x : k == 1u ? w.y : k == 2u ? w.z : w.w;
+    return r >= thr;
+}
 "#;
 
 /// The C storage type of a dtype (kernel parameters).
@@ -423,6 +449,18 @@ mod tests {
             "mt_robust_power",
         ] {
             assert_eq!(FUSED_PRELUDE.matches(&format!("T {f}(")).count(), 1, "{f}");
+        }
+    }
+
+    /// norm / dropout: the Philox generator dropout's masks come from is in the prelude (every
+    /// generated module, compiled by NVRTC in `tests/suite/cuda_backend.rs`).
+    #[test]
+    fn prelude_has_the_philox_generator() {
+        assert_eq!(FUSED_PRELUDE.matches("mt_u4 mt_philox(").count(), 1);
+        assert_eq!(FUSED_PRELUDE.matches("bool mt_dropout_keep(").count(), 1);
+        // the constants of `mithril_kernels::philox`
+        for c in ["0xD2511F53u", "0xCD9E8D57u", "0x9E3779B9u", "0xBB67AE85u"] {
+            assert!(FUSED_PRELUDE.contains(c), "{c}");
         }
     }
 

@@ -304,6 +304,24 @@ impl Flattener<'_> {
         }
         node_args.extend(extra_inputs);
         match prims::build(name, &attrs, node_args.len()) {
+            // random ops (`dropout`): the call's mode as an operand, and the op's id in the
+            // model (its masks differ from every other random op's)
+            Ok(prims::Prim::Dropout { p, .. }) => {
+                let op = self
+                    .g
+                    .nodes
+                    .iter()
+                    .filter(|n| matches!(n.op, Op::Prim(prims::Prim::Dropout { .. })))
+                    .count() as u32;
+                let m = self.mode_node(span, f);
+                node_args.push(m);
+                Value::Tensor(self.node(
+                    Op::Prim(prims::Prim::Dropout { p, op }),
+                    node_args,
+                    span,
+                    f,
+                ))
+            }
             Ok(p) => {
                 let _ = name_span;
                 Value::Tensor(self.node(Op::Prim(p), node_args, span, f))

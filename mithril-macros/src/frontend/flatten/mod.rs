@@ -108,6 +108,8 @@ struct Frame {
     sub: Option<(HashMap<String, NodeId>, usize)>,
     outputs: Vec<(String, NodeId)>,
     declared: HashMap<String, Span>,
+    /// The params and buffers this body declared (their param indices), for `update`.
+    params_here: HashMap<String, usize>,
     /// Defined in this invocation: sees the invocation's other models.
     local: bool,
     /// The body of a `train` model (loss and regularize statements allowed).
@@ -157,6 +159,9 @@ pub struct Flattener<'a> {
     passed: HashMap<String, Rc<DefEntry>>,
     /// Loss terms of a `train` model.
     pub losses: Vec<(NodeId, Span)>,
+    /// `update` statements: each updated buffer (param index) and its value after a call
+    /// (made outputs `__upd_<param>` at the end).
+    updates: BTreeMap<usize, (NodeId, Span)>,
     /// `regularize` statements of a `train` model: (kind, coefficient, glob, spans).
     regs: Vec<(syn::Ident, f64, syn::LitStr)>,
     /// Statements and loop iterations executed so far (bounded by [`MAX_STEPS`]).
@@ -232,6 +237,7 @@ impl<'a> Flattener<'a> {
             used_paths: HashMap::new(),
             passed: HashMap::new(),
             losses: Vec::new(),
+            updates: BTreeMap::new(),
             regs: Vec::new(),
             steps: 0,
             over_budget: false,
@@ -344,6 +350,13 @@ impl<'a> Flattener<'a> {
         self.stack.pop();
         if def.kind == ModelKind::Train {
             self.finish_train(def, &f);
+        }
+        // buffer updates: hidden outputs after the model's own
+        for (&k, &(v, _)) in &self.updates {
+            self.g.outputs.push(OutputInfo {
+                name: format!("{}{k}", crate::ir::UPDATE_PREFIX),
+                node: v,
+            });
         }
         if def.kind == ModelKind::Model && self.g.outputs.is_empty() && self.errors.is_empty() {
             self.error(
@@ -491,6 +504,7 @@ impl<'a> Flattener<'a> {
             sub,
             outputs: Vec::new(),
             declared: HashMap::new(),
+            params_here: HashMap::new(),
             local: entry.origin == Origin::Local,
             train: entry.def.kind == ModelKind::Train,
             arg_spans: HashMap::new(),

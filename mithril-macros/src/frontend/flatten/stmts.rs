@@ -36,7 +36,9 @@ impl Flattener<'_> {
                 ty,
                 init,
                 span,
-            } => self.param_stmt(name, ty, init.as_ref(), *span, f),
+                buffer,
+            } => self.param_stmt(name, ty, init.as_ref(), *span, *buffer, f),
+            Stmt::Update { name, expr } => self.update_stmt(name, expr, f),
             Stmt::Const {
                 name,
                 dtype,
@@ -319,9 +321,10 @@ impl Flattener<'_> {
         ty: &TypeDecl,
         init: Option<&Expr>,
         span: Span,
+        buffer: bool,
         f: &mut Frame,
     ) {
-        if !self.declare(f, name, "param") {
+        if !self.declare(f, name, if buffer { "buffer" } else { "param" }) {
             return;
         }
         f.vars.insert(name.to_string(), Value::Poison);
@@ -336,6 +339,9 @@ impl Flattener<'_> {
         let inst = f.sub.as_ref().map(|(_, i)| *i);
         if let Some(i) = inst {
             if let Some(&existing) = self.insts[i].params.get(&n) {
+                if let Some(k) = self.g.params.iter().position(|p| p.node == existing) {
+                    f.params_here.insert(n.clone(), k);
+                }
                 let id = self.node(Op::Boundary(shape), vec![existing], span, f);
                 self.g.nodes[id].dtype = dt.map(DT::Known);
                 f.vars.insert(n, Value::Tensor(id));
@@ -365,11 +371,103 @@ impl Flattener<'_> {
             node: id,
             init,
             span: name.span(),
+            buffer,
         });
+        f.params_here.insert(n.clone(), idx);
         if let Some(i) = inst {
             self.insts[i].params.insert(n.clone(), id);
         }
         f.vars.insert(n, Value::Tensor(id));
+    }
+
+    /// `update name = expr;`: buffer `name` of this model instance holds `expr` after a
+    /// training-mode call (computed from the values before the call); an evaluation-mode call
+    /// leaves it. Lowered as a hidden output (`__upd_<param>`): `phi(training, expr, buffer)`
+    /// (under an enclosing run-time `if`, its guard joins the condition), which the generated
+    /// entry point writes back into the params after a successful training call. A later
+    /// `update` of the same buffer takes over where it runs.
+    fn update_stmt(&mut self, name: &Ident, expr: &Expr, f: &mut Frame) {
+        let n = name.to_string();
+        let idx = match f.params_here.get(&n) {
+            Some(&k) if self.g.params[k].buffer => k,
+            Some(_) => {
+                self.error(
+                    name.span(),
+                    format!("`update {n}`: `{n}` is a `param` of model `{}`, not a `buffer`; params change through their gradients (an optimizer), only a `buffer` is updated by the model itself", f.model),
+                );
+                return;
+            }
+            None => {
+                let mut bufs: Vec<&String> = f
+                    .params_here
+                    .iter()
+                    .filter(|e| self.g.params[*e.1].buffer)
+                    .map(|(b, _)| b)
+                    .collect();
+                bufs.sort();
+                let list = if bufs.is_empty() {
+                    "it declares none".to_string()
+                } else {
+                    format!(
+                        "its buffers: {}",
+                        bufs.iter()
+                            .map(|b| format!("`{b}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                self.error(
+                    name.span(),
+                    format!("`update {n}`: model `{}` has no buffer `{n}` declared before this statement ({list}); declare it with `buffer {n}: T[dims] = init;`", f.model),
+                );
+                return;
+            }
+        };
+        if self.region.is_some() {
+            self.error(
+                name.span(),
+                format!("`update {n}` inside a run-time loop: update the buffer after the loop"),
+            );
+            return;
+        }
+        let span = expr.span();
+        let v = self.eval(expr, f, None);
+        let Some(e) = self.tensor_of(v, span, f) else {
+            return;
+        };
+        let pnode = self.g.params[idx].node;
+        let shape = self.g.nodes[pnode]
+            .shape
+            .clone()
+            .unwrap_or_else(Shape::scalar);
+        let dt = self.g.nodes[pnode].dtype;
+        let outer = self.guard;
+        self.guard = None;
+        // the new value, checked against the buffer's declared shape and dtype
+        let b = self.node(Op::Boundary(shape), vec![e], span, f);
+        self.g.nodes[b].label = Some(format!(
+            "`update {n}` of `{}`'s buffer `{}`",
+            f.model,
+            self.g.params[idx].dotted()
+        ));
+        self.g.nodes[b].dtype = dt;
+        self.g.nodes[b].guard = outer;
+        let m = self.mode_node(span, f);
+        let t = self.node(Op::Prim(prims::Prim::Truth), vec![m], span, f);
+        let gt = match outer {
+            None => t,
+            Some(o) => {
+                let no = self.node(Op::Const(Scalar::Bool(false)), vec![], span, f);
+                self.g.nodes[no].dtype = Some(DT::Known(DType::Bool));
+                self.node(Op::Prim(prims::Prim::Phi), vec![o, o, t, no], span, f)
+            }
+        };
+        let ge = self.node(Op::Prim(prims::Prim::Not), vec![gt], span, f);
+        let prev = self.updates.get(&idx).map(|u| u.0).unwrap_or(pnode);
+        let v = self.node(Op::Prim(prims::Prim::Phi), vec![gt, ge, b, prev], span, f);
+        self.g.nodes[v].label = Some(format!("update {}", self.g.params[idx].dotted()));
+        self.guard = outer;
+        self.updates.insert(idx, (v, span));
     }
 
     /// `const c: T = value;`: a compile-time number or bool.
