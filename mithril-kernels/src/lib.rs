@@ -3,6 +3,7 @@
 //! Pure compute on slices: no allocation policy, no devices. The runtime owns memory and calls
 //! these functions.
 
+pub mod conv;
 pub mod cuda;
 pub mod cvt;
 pub mod ew;
