@@ -52,3 +52,5 @@ mod smoke;
 mod static_shapes;
 mod train;
 mod train_examples;
+// ---- convolution (conv)
+mod conv;

@@ -18,6 +18,7 @@ pub mod attrs;
 pub mod autodiff_helpers;
 pub mod construct;
 pub mod control;
+pub mod conv;
 pub mod cuda;
 pub mod elementwise;
 pub mod grad;
@@ -151,6 +152,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     &construct::Rules,
     &autodiff_helpers::Rules,
     &control::Rules,
+    // convolution
+    &conv::Rules,
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -283,6 +286,8 @@ impl Prim {
             | TapeRead(_)
             | DimValue(_)
             | SetAt { .. } => &control::Rules,
+            // convolution
+            Conv(_) => &conv::Rules,
         }
     }
 

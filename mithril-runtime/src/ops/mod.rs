@@ -15,6 +15,7 @@
 //! [`Elem::to_acc`]: crate::Elem::to_acc
 
 pub mod construct;
+pub mod conv;
 pub mod elementwise;
 pub mod grad;
 pub mod linalg;

@@ -1159,6 +1159,39 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 let y = a(1)?;
                 any_t!(dt, T => self.put::<T>(id, h, |d| ops::solve_triangular_to(typed::<T>(&x)?, typed::<T>(&y)?, *upper, *left, *trans, d)))
             }
+            // ---- convolution
+            POp::Conv(spec) => {
+                let y = a(1)?;
+                let l = if step.args.len() > 2 {
+                    Some(a(2)?)
+                } else {
+                    None
+                };
+                match dt {
+                    DType::F32 => self.put::<f32>(id, h, |d| {
+                        ops::conv::conv_to(
+                            spec,
+                            typed::<f32>(&x)?,
+                            typed::<f32>(&y)?,
+                            l.as_ref().map(typed::<f32>).transpose()?,
+                            d,
+                        )
+                    }),
+                    DType::F64 => self.put::<f64>(id, h, |d| {
+                        ops::conv::conv_to(
+                            spec,
+                            typed::<f64>(&x)?,
+                            typed::<f64>(&y)?,
+                            l.as_ref().map(typed::<f64>).transpose()?,
+                            d,
+                        )
+                    }),
+                    other => Err(Error::op(
+                        spec.name(),
+                        format!("{other:?} is not supported (f32 and f64 are)"),
+                    )),
+                }
+            }
             _ => Err(internal(w, "op not handled")),
         }
     }

@@ -244,6 +244,9 @@ pub enum POp {
         axis: i64,
         add: bool,
     },
+    // ---- convolution (`mithril-macros/src/prims/conv.rs`)
+    /// a convolution, transposed convolution or one of their gradients
+    Conv(Box<crate::ops::conv::ConvSpec>),
 }
 
 impl POp {
@@ -303,6 +306,13 @@ impl POp {
             POp::TapeRead(_) => "tape_read",
             POp::DimValue(_) => "dim_value",
             POp::SetAt { .. } => "set_at",
+            // ---- convolution
+            POp::Conv(c) => match c.kind {
+                crate::ops::conv::ConvKind::Forward => "conv",
+                crate::ops::conv::ConvKind::Transpose => "conv_transpose",
+                crate::ops::conv::ConvKind::GradData => "conv_grad_data",
+                crate::ops::conv::ConvKind::GradWeight => "conv_grad_weight",
+            },
         }
     }
 }
