@@ -304,7 +304,7 @@ impl Family for Rules {
         match env.dt(t) {
             DT::Known(DType::F32 | DType::F64) | DT::Var(_) => Ok(t),
             DT::Known(other) => Err(format!(
-                "`{}` supports f32 and f64 tensors, not {other:?}",
+                "`{}` supports f32 and f64 tensors, not {other}",
                 p.name()
             )),
         }
