@@ -339,6 +339,21 @@ fn symbolic_spatial_dims_are_computed_and_checked_at_run_time() {
 }
 
 mithril! {
+    model ConvEnc {
+        input x: f32[B, 8];
+        output h = relu(Linear(8)(x));
+    }
+
+    /// A conv on the host after an encoder on cuda: the conv is per-op Rust (its family's
+    /// `call`), forward and gradients.
+    model ConvMixed {
+        input x: f32[B, 8];
+        param w: f32[3, 2, 3];
+        let enc = ConvEnc(x);
+        output y = conv1d(reshape(enc, [B, 2, 4]), w, padding = 1);
+    }
+    compile ConvMixedGpu = ConvMixed { backend_map: { "enc": cuda } };
+
     /// A small PyTorch-style conv net: `Conv2d(1, 4, 3, padding=1)`, relu, `Conv2d(4, 4, 3,
     /// stride=2, groups=2)`, `ConvTranspose2d(4, 2, 2, stride=2)` and a bias-free `Conv1d`.
     pub model TorchConvNet {
@@ -465,6 +480,40 @@ fn library_convs_load_a_pytorch_state_dict() {
     assert_eq!(o.z.shape(), [2, 3, 10]);
     for (g, w) in o.z.iter().zip(&z) {
         assert!((*g as f64 - w).abs() < 1e-5, "z: {g} vs {w}");
+    }
+}
+
+#[test]
+fn a_mixed_model_runs_its_conv_on_the_host() {
+    let s = ConvMixedGpu::SUMMARY;
+    let conv = s
+        .lines()
+        .find(|l| {
+            l.split('|')
+                .nth(2)
+                .is_some_and(|c| c.trim().starts_with("conv1d"))
+        })
+        .unwrap_or_else(|| panic!("no conv1d row in\n{s}"));
+    assert_eq!(conv.split('|').nth(5).map(str::trim), Some("cpu"), "{s}");
+    // without a GPU `new` is an error naming CUDA; with one, the CPU model's result
+    match ConvMixedGpu::new() {
+        Err(e) => assert!(e.to_string().to_lowercase().contains("cuda"), "{e}"),
+        Ok(m) => {
+            let cpu = ConvMixed::new().unwrap();
+            let p = cpu.randomize_params(2);
+            let x = ndarray::Array2::<f32>::from_shape_fn((3, 8), |(a, b)| {
+                (a * 8 + b) as f32 * 0.05 - 0.4
+            });
+            let want = cpu.evaluate(&p, ConvMixedInputs { x: x.view() }).unwrap().y;
+            let mp = m.randomize_params(2);
+            let got = m
+                .evaluate(&mp, ConvMixedGpuInputs { x: x.view() })
+                .unwrap()
+                .y;
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+            }
+        }
     }
 }
 

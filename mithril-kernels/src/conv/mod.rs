@@ -572,8 +572,21 @@ fn direct_bwd_weight_impl<T: ConvElem>(g: &Geom, x: &[T], gy: &[T], gw: &mut [T]
                             let src = &go[oh * ow + lo..oh * ow + hi];
                             let row = &xc[ih * iw..][..iw];
                             if s == 1 {
-                                for (&a, &b) in row[first..first + (hi - lo)].iter().zip(src) {
-                                    acc = acc + a * b;
+                                // eight partial sums, so the loop vectorizes
+                                let row = &row[first..first + (hi - lo)];
+                                let mut part = [T::default(); 8];
+                                let (rc, sc) = (row.chunks_exact(8), src.chunks_exact(8));
+                                let (rr, sr) = (rc.remainder(), sc.remainder());
+                                for (a8, b8) in rc.zip(sc) {
+                                    for k in 0..8 {
+                                        part[k] = part[k] + a8[k] * b8[k];
+                                    }
+                                }
+                                for (&a, &b) in rr.iter().zip(sr) {
+                                    part[0] = part[0] + a * b;
+                                }
+                                for p in part {
+                                    acc = acc + p;
                                 }
                             } else {
                                 for (k, &b) in src.iter().enumerate() {
