@@ -131,8 +131,8 @@ impl Geom {
     /// dilations at least 1).
     pub fn valid(&self) -> bool {
         self.groups > 0
-            && self.c % self.groups == 0
-            && self.o % self.groups == 0
+            && self.c.is_multiple_of(self.groups)
+            && self.o.is_multiple_of(self.groups)
             && self.stride.iter().all(|&s| s > 0)
             && self.dil.iter().all(|&d| d > 0)
     }

@@ -58,6 +58,7 @@ fn naive(g: &Geom, x: &[f64], w: &[f64], gy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec
     (y, gx, gw)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn geom(
     n: usize,
     c: usize,
@@ -144,7 +145,7 @@ fn every_path_matches_the_naive_reference() {
 fn panels_split_output_rows() {
     let mut r = Lcg(3);
     let g = geom(1, 4, 3, 1, [23, 19], [3, 3], [1, 1], [1, 1], [1, 1]);
-    assert!(g.out_plane() > 2 * PANEL && PANEL % g.out[1] != 0);
+    assert!(g.out_plane() > 2 * PANEL && !PANEL.is_multiple_of(g.out[1]));
     let (lx, lw, ly) = g.lens();
     let (x, w, gy) = (r.vec(lx), r.vec(lw), r.vec(ly));
     let mut y = vec![0.0; ly];

@@ -227,13 +227,13 @@ impl Family for Rules {
                 return chan_err(env);
             }
         } else if let Dim::Known(c) = env.dim(&cx) {
-            if c % g != 0 || env.unify_dim(&cw, &Dim::Known(c / g)).is_err() {
+            if !c.is_multiple_of(g) || env.unify_dim(&cw, &Dim::Known(c / g)).is_err() {
                 return chan_err(env);
             }
         }
         // the weight's dim 0 splits into groups
         if let Dim::Known(o) = env.dim(&w.dims[0]) {
-            if o % g != 0 {
+            if !o.is_multiple_of(g) {
                 return Err(format!(
                     "the weight's dim 0 ({o}) must be divisible by groups {g} ({})",
                     ctx(env)

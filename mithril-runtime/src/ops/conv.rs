@@ -96,7 +96,7 @@ impl ConvSpec {
             ));
         }
         let g = self.groups;
-        if g == 0 || x[1] % g != 0 || w[0] % g != 0 || w[1] * g != x[1] {
+        if g == 0 || !x[1].is_multiple_of(g) || !w[0].is_multiple_of(g) || w[1] * g != x[1] {
             return e(format!(
                 "the channels do not match: the input's {} must be the weight's {} times groups {g}, and the output channels {} divisible by it",
                 x[1], w[1], w[0]
