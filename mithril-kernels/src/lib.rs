@@ -4,6 +4,7 @@
 //! these functions.
 
 pub mod attention;
+pub mod conv;
 pub mod cuda;
 pub mod cvt;
 pub mod ew;

@@ -57,3 +57,5 @@ mod smoke;
 mod static_shapes;
 mod train;
 mod train_examples; // norm / dropout
+// ---- convolution (conv)
+mod conv;

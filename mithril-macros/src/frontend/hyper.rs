@@ -91,6 +91,10 @@ pub fn binop(op: &syn::BinOp, a: &HVal, b: &HVal) -> Option<HVal> {
             return Some(plus(d, x.checked_add(*c)?))
         }
         (B::Sub(_), DimPlus(d, x), Int(c)) => return Some(plus(d, x.checked_sub(*c)?)),
+        // a symbolic dim times a positive integer (a conv layer's fan-in `CG * k * k`)
+        (B::Mul(_), Dim(d), Int(c)) | (B::Mul(_), Int(c), Dim(d)) if *c > 0 => {
+            return Some(Dim(crate::ir::Dim::Prod(*c as u64, vec![d.clone()])))
+        }
         _ => {}
     }
     Some(match (op, a, b) {

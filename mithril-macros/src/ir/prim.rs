@@ -30,6 +30,32 @@ pub enum ReshapeDim {
     Infer,
 }
 
+/// Which convolution computation a [`Prim::Conv`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKind {
+    /// `conv1d` / `conv2d`: operands `(x, w)`.
+    Forward,
+    /// `conv_transpose1d` / `conv_transpose2d`: operands `(x, w)`.
+    Transpose,
+    /// The input gradient of a forward convolution: operands `(gy, w, like x)`.
+    GradData,
+    /// The weight gradient of a forward convolution: operands `(x, gy, like w)`.
+    GradWeight,
+}
+
+/// The attributes of a convolution (one entry per spatial dim in each list).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvAttrs {
+    pub kind: ConvKind,
+    pub stride: Vec<u64>,
+    /// padding on both sides of each spatial dim; `None`: `"same"` (from the kernel size)
+    pub padding: Option<Vec<u64>>,
+    pub dilation: Vec<u64>,
+    pub groups: u64,
+    /// transposed convolutions only (zeros otherwise)
+    pub output_padding: Vec<u64>,
+}
+
 /// The primitives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Prim {
@@ -198,6 +224,9 @@ pub enum Prim {
         add: bool,
         len: Option<Dim>,
     },
+    // ---- convolution (`prims/conv.rs`)
+    /// A convolution, transposed convolution or one of their gradients.
+    Conv(ConvAttrs),
     // ---- norm / dropout (random ops, `prims/random.rs`)
     /// `dropout(x, p)` (args: x, the call's mode): in training, each element kept with
     /// probability `1 - p` and scaled by `1 / (1 - p)` (Philox mask keyed by the call's seed,

@@ -19,6 +19,7 @@ pub mod attrs;
 pub mod autodiff_helpers;
 pub mod construct;
 pub mod control;
+pub mod conv;
 pub mod cuda;
 pub mod elementwise;
 pub mod grad;
@@ -160,6 +161,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     // attention
     &attention::Rules,
     &random::Rules, // norm / dropout
+    // convolution
+    &conv::Rules,
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -298,6 +301,8 @@ impl Prim {
             Attention { .. } => &attention::Rules,
             // norm / dropout
             Dropout { .. } => &random::Rules,
+            // convolution
+            Conv(_) => &conv::Rules,
         }
     }
 

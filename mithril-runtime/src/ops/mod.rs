@@ -17,6 +17,7 @@
 pub mod attention;
 pub mod construct;
 pub mod dropout;
+pub mod conv;
 pub mod elementwise;
 pub mod grad;
 pub mod linalg;

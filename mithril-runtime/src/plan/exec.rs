@@ -1191,6 +1191,39 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 scale,
                 part,
             } => self.attention(id, step, *causal, *scale, *part, a),
+            // ---- convolution
+            POp::Conv(spec) => {
+                let y = a(1)?;
+                let l = if step.args.len() > 2 {
+                    Some(a(2)?)
+                } else {
+                    None
+                };
+                match dt {
+                    DType::F32 => self.put::<f32>(id, h, |d| {
+                        ops::conv::conv_to(
+                            spec,
+                            typed::<f32>(&x)?,
+                            typed::<f32>(&y)?,
+                            l.as_ref().map(typed::<f32>).transpose()?,
+                            d,
+                        )
+                    }),
+                    DType::F64 => self.put::<f64>(id, h, |d| {
+                        ops::conv::conv_to(
+                            spec,
+                            typed::<f64>(&x)?,
+                            typed::<f64>(&y)?,
+                            l.as_ref().map(typed::<f64>).transpose()?,
+                            d,
+                        )
+                    }),
+                    other => Err(Error::op(
+                        spec.name(),
+                        format!("{other:?} is not supported (f32 and f64 are)"),
+                    )),
+                }
+            }
             _ => Err(internal(w, "op not handled")),
         }
     }

@@ -266,6 +266,9 @@ pub enum POp {
         op: u32,
         seed: usize,
     },
+    // ---- convolution (`mithril-macros/src/prims/conv.rs`)
+    /// a convolution, transposed convolution or one of their gradients
+    Conv(Box<crate::ops::conv::ConvSpec>),
 }
 
 impl POp {
@@ -332,6 +335,13 @@ impl POp {
             // attention
             POp::Attention { part: 0, .. } => "attention",
             POp::Attention { .. } => "attention_grad",
+            // ---- convolution
+            POp::Conv(c) => match c.kind {
+                crate::ops::conv::ConvKind::Forward => "conv",
+                crate::ops::conv::ConvKind::Transpose => "conv_transpose",
+                crate::ops::conv::ConvKind::GradData => "conv_grad_data",
+                crate::ops::conv::ConvKind::GradWeight => "conv_grad_weight",
+            },
         }
     }
 }

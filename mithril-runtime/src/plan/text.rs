@@ -724,6 +724,39 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
             op: t.num()?,
             seed: t.num()?,
         },
+        // ---- convolution: kind, groups, "same" flag, stride, padding, dilation, output padding
+        "conv" => {
+            use crate::ops::conv::{ConvKind, ConvSpec};
+            let kind = match t.word()? {
+                "f" => ConvKind::Forward,
+                "t" => ConvKind::Transpose,
+                "d" => ConvKind::GradData,
+                "w" => ConvKind::GradWeight,
+                w => return Err(format!("unknown conv kind `{w}`")),
+            };
+            let groups = t.num()?;
+            let same = t.flag()?;
+            let stride: Vec<usize> = t.list()?;
+            let pad: Vec<usize> = t.list()?;
+            let dilation: Vec<usize> = t.list()?;
+            let output_padding: Vec<usize> = t.list()?;
+            let nd = stride.len();
+            if !(1..=2).contains(&nd)
+                || dilation.len() != nd
+                || output_padding.len() != nd
+                || (!same && pad.len() != nd)
+            {
+                return Err("bad conv attributes".into());
+            }
+            POp::Conv(Box::new(ConvSpec {
+                kind,
+                stride,
+                padding: (!same).then_some(pad),
+                dilation,
+                groups,
+                output_padding,
+            }))
+        }
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;

@@ -1,0 +1,604 @@
+//! Convolution over 1-D and 2-D spatial dims, NCHW, PyTorch semantics (cross-correlation),
+//! `f32` / `f64`: the forward pass, the data gradient (which is also the transposed
+//! convolution's forward pass) and the weight gradient.
+//!
+//! Two algorithms, chosen per call by [`Geom`]:
+//!
+//! - **implicit GEMM** on the packed GEMM of [`crate::gemm`]: per image and group, the output
+//!   `Y[O_g, P]` (`P` output positions) is `W[O_g, C_g·K] · col[C_g·K, P]`, where `col` is the
+//!   image's patch matrix. `col` is never built whole: it is filled a panel of at most
+//!   [`PANEL`] output positions at a time (a bounded buffer that stays in L2) and each panel
+//!   is one GEMM writing its columns of `Y` in place. A 1×1 convolution with stride 1 and no
+//!   padding multiplies the image itself (no copy). The data gradient is `col = Wᵀ · gY` a panel
+//!   at a time, scattered back (`col2im`); the weight gradient accumulates `gY · colᵀ` over the
+//!   panels of every image;
+//! - **direct**: for depthwise convolutions (one input channel per group) and tiny reductions
+//!   (`C_g · K <` [`DIRECT_MAX_RED`]): each (output channel, input channel, tap) adds the shifted
+//!   input rows times one weight to the output rows, a contiguous multiply-add loop at stride 1
+//!   that the compiler vectorizes; multiversioned (AVX-512 / AVX2 / baseline) through
+//!   [`crate::isa`].
+//!
+//! A 1-D convolution is the 2-D one with `H = 1` and a kernel height of 1.
+
+use crate::gemm::{self, GemmElem};
+use crate::isa::{self, Isa};
+use std::cell::RefCell;
+
+#[cfg(test)]
+mod tests;
+
+/// Output positions per im2col panel.
+pub const PANEL: usize = 192;
+/// Reductions (`C_g · kh · kw`) below this run the direct kernel.
+pub const DIRECT_MAX_RED: usize = 16;
+
+/// An element type the convolution kernels support (`f32`, `f64`).
+pub trait ConvElem:
+    GemmElem<Acc = Self>
+    + Copy
+    + Default
+    + PartialEq
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
+    /// 1.
+    const ONE: Self;
+    /// The thread-local panel buffer of this type.
+    fn with_buf<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+thread_local! {
+    static BUF32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static BUF64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+macro_rules! conv_elem {
+    ($t:ty, $buf:ident) => {
+        impl ConvElem for $t {
+            const ONE: Self = 1.0;
+            fn with_buf<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                $buf.with(|b| match b.try_borrow_mut() {
+                    Ok(mut v) => {
+                        if v.len() < len {
+                            v.resize(len, 0.0);
+                        }
+                        f(&mut v[..len])
+                    }
+                    // re-entered (never in practice): a buffer of its own
+                    Err(_) => f(&mut vec![0.0; len]),
+                })
+            }
+        }
+    };
+}
+conv_elem!(f32, BUF32);
+conv_elem!(f64, BUF64);
+
+/// The geometry of one convolution `y = conv(x, w)`: `x: [n, c, h, w]`, `w: [o, c / groups,
+/// kh, kw]`, `y: [n, o, oh, ow]`. `pad` is the padding before each spatial dim (the padding
+/// after it is whatever makes `out` come out: `out = (in + pad_lo + pad_hi - dil·(k - 1) - 1)
+/// / stride + 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geom {
+    pub n: usize,
+    pub c: usize,
+    pub o: usize,
+    pub groups: usize,
+    /// input spatial dims `[h, w]`
+    pub inp: [usize; 2],
+    /// kernel dims `[kh, kw]`
+    pub k: [usize; 2],
+    /// output spatial dims `[oh, ow]`
+    pub out: [usize; 2],
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+    pub dil: [usize; 2],
+}
+
+impl Geom {
+    /// Input channels per group.
+    pub fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    /// Output channels per group.
+    pub fn og(&self) -> usize {
+        self.o / self.groups
+    }
+    /// Taps per channel (`kh · kw`).
+    pub fn taps(&self) -> usize {
+        self.k[0] * self.k[1]
+    }
+    /// Input elements per image channel.
+    pub fn in_plane(&self) -> usize {
+        self.inp[0] * self.inp[1]
+    }
+    /// Output positions per image channel.
+    pub fn out_plane(&self) -> usize {
+        self.out[0] * self.out[1]
+    }
+    /// `x`, `w`, `y` element counts.
+    pub fn lens(&self) -> (usize, usize, usize) {
+        (
+            self.n * self.c * self.in_plane(),
+            self.o * self.cg() * self.taps(),
+            self.n * self.o * self.out_plane(),
+        )
+    }
+    /// Whether the geometry is consistent (channels divisible by `groups`, strides and
+    /// dilations at least 1).
+    pub fn valid(&self) -> bool {
+        self.groups > 0
+            && self.c.is_multiple_of(self.groups)
+            && self.o.is_multiple_of(self.groups)
+            && self.stride.iter().all(|&s| s > 0)
+            && self.dil.iter().all(|&d| d > 0)
+    }
+    /// Multiply-adds of the forward pass.
+    pub fn macs(&self) -> usize {
+        self.n * self.o * self.out_plane() * self.cg() * self.taps()
+    }
+    /// Whether [`forward`] and the gradients run the direct kernel.
+    pub fn direct(&self) -> bool {
+        self.cg() == 1 || self.cg() * self.taps() < DIRECT_MAX_RED
+    }
+    fn pointwise(&self) -> bool {
+        self.k == [1, 1] && self.stride == [1, 1] && self.pad == [0, 0] && self.out == self.inp
+    }
+    /// The input index along spatial dim `d` read by output index `o` at tap `t` (`None`:
+    /// padding).
+    #[inline(always)]
+    fn src(&self, d: usize, o: usize, t: usize) -> Option<usize> {
+        let i = (o * self.stride[d] + t * self.dil[d]) as isize - self.pad[d] as isize;
+        (i >= 0 && (i as usize) < self.inp[d]).then_some(i as usize)
+    }
+    /// The output indices `lo..hi` along dim `d` whose tap `t` reads inside the input.
+    #[inline(always)]
+    fn valid_range(&self, d: usize, t: usize) -> (usize, usize) {
+        let (s, off) = (
+            self.stride[d] as isize,
+            (t * self.dil[d]) as isize - self.pad[d] as isize,
+        );
+        // o*s + off >= 0  and  o*s + off <= in - 1
+        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+        let top = self.inp[d] as isize - 1 - off;
+        let hi = if top < 0 { 0 } else { top / s + 1 };
+        let hi = (hi as usize).min(self.out[d]);
+        ((lo as usize).min(hi), hi)
+    }
+}
+
+fn check<T>(g: &Geom, x: &[T], w: &[T], y: &[T]) {
+    let (lx, lw, ly) = g.lens();
+    assert!(g.valid(), "conv: invalid geometry {g:?}");
+    assert!(
+        x.len() >= lx && w.len() >= lw && y.len() >= ly,
+        "conv: slices too short for {g:?}"
+    );
+}
+
+/// `y = conv(x, w)` (overwrites `y`).
+///
+/// # Panics
+/// When a slice is shorter than `g` needs or `g` is not [`Geom::valid`].
+pub fn forward<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
+    forward_algo(g, x, w, y, g.direct())
+}
+
+/// [`forward`] with the algorithm chosen by the caller (`direct`: the direct kernel, else the
+/// implicit GEMM), for tests and benchmarks.
+pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct: bool) {
+    check(g, x, w, y);
+    if g.macs() == 0 {
+        y[..g.lens().2].fill(T::default());
+        return;
+    }
+    if direct {
+        return direct_fwd(g, x, w, y);
+    }
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let red = cg * g.taps();
+    for n in 0..g.n {
+        for gr in 0..g.groups {
+            let xg = &x[(n * g.c + gr * cg) * q..][..cg * q];
+            let wg = &w[gr * og * red..][..og * red];
+            let yg = &mut y[(n * g.o + gr * og) * p..][..og * p];
+            if g.pointwise() {
+                gemm::gemm_plain(og, p, cg, T::ONE, wg, red, 1, xg, p, 1, false, yg, p);
+                continue;
+            }
+            let panel = PANEL.min(p);
+            T::with_buf(red * panel, |col| {
+                let mut j0 = 0;
+                while j0 < p {
+                    let nc = panel.min(p - j0);
+                    im2col(g, xg, j0, nc, col);
+                    gemm::gemm_plain(
+                        og,
+                        nc,
+                        red,
+                        T::ONE,
+                        wg,
+                        red,
+                        1,
+                        col,
+                        nc,
+                        1,
+                        false,
+                        &mut yg[j0..],
+                        p,
+                    );
+                    j0 += nc;
+                }
+            });
+        }
+    }
+}
+
+/// `gx = convᵀ(gy, w)`: the gradient of [`forward`] with respect to `x` given `gy`, which is
+/// also the transposed convolution of `gy` by `w` (overwrites `gx`).
+///
+/// # Panics
+/// As [`forward`].
+pub fn backward_data<T: ConvElem>(g: &Geom, gy: &[T], w: &[T], gx: &mut [T]) {
+    backward_data_algo(g, gy, w, gx, g.direct())
+}
+
+/// [`backward_data`] with the algorithm chosen by the caller (`direct`: the direct kernel, else the
+/// implicit GEMM), for tests and benchmarks.
+pub fn backward_data_algo<T: ConvElem>(g: &Geom, gy: &[T], w: &[T], gx: &mut [T], direct: bool) {
+    check(g, gx, w, gy);
+    gx[..g.lens().0].fill(T::default());
+    if g.macs() == 0 {
+        return;
+    }
+    if direct {
+        return direct_bwd_data(g, gy, w, gx);
+    }
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let red = cg * g.taps();
+    for n in 0..g.n {
+        for gr in 0..g.groups {
+            let gxg = &mut gx[(n * g.c + gr * cg) * q..][..cg * q];
+            let wg = &w[gr * og * red..][..og * red];
+            let gyg = &gy[(n * g.o + gr * og) * p..][..og * p];
+            if g.pointwise() {
+                gemm::gemm_plain(cg, p, og, T::ONE, wg, 1, red, gyg, p, 1, false, gxg, p);
+                continue;
+            }
+            let panel = PANEL.min(p);
+            T::with_buf(red * panel, |col| {
+                let mut j0 = 0;
+                while j0 < p {
+                    let nc = panel.min(p - j0);
+                    gemm::gemm_plain(
+                        red,
+                        nc,
+                        og,
+                        T::ONE,
+                        wg,
+                        1,
+                        red,
+                        &gyg[j0..],
+                        p,
+                        1,
+                        false,
+                        col,
+                        nc,
+                    );
+                    col2im(g, col, j0, nc, gxg);
+                    j0 += nc;
+                }
+            });
+        }
+    }
+}
+
+/// `gw = dconv/dw` given `gy` (overwrites `gw`).
+///
+/// # Panics
+/// As [`forward`].
+pub fn backward_weight<T: ConvElem>(g: &Geom, x: &[T], gy: &[T], gw: &mut [T]) {
+    backward_weight_algo(g, x, gy, gw, g.direct())
+}
+
+/// [`backward_weight`] with the algorithm chosen by the caller (`direct`: the direct kernel, else the
+/// implicit GEMM), for tests and benchmarks.
+pub fn backward_weight_algo<T: ConvElem>(g: &Geom, x: &[T], gy: &[T], gw: &mut [T], direct: bool) {
+    check(g, x, gw, gy);
+    gw[..g.lens().1].fill(T::default());
+    if g.macs() == 0 {
+        return;
+    }
+    if direct {
+        return direct_bwd_weight(g, x, gy, gw);
+    }
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let red = cg * g.taps();
+    for n in 0..g.n {
+        for gr in 0..g.groups {
+            let xg = &x[(n * g.c + gr * cg) * q..][..cg * q];
+            let gwg = &mut gw[gr * og * red..][..og * red];
+            let gyg = &gy[(n * g.o + gr * og) * p..][..og * p];
+            if g.pointwise() {
+                gemm::gemm_plain(og, cg, p, T::ONE, gyg, p, 1, xg, 1, p, true, gwg, red);
+                continue;
+            }
+            let panel = PANEL.min(p);
+            T::with_buf(red * panel, |col| {
+                let mut j0 = 0;
+                while j0 < p {
+                    let nc = panel.min(p - j0);
+                    im2col(g, xg, j0, nc, col);
+                    gemm::gemm_plain(
+                        og,
+                        red,
+                        nc,
+                        T::ONE,
+                        &gyg[j0..],
+                        p,
+                        1,
+                        col,
+                        1,
+                        nc,
+                        true,
+                        gwg,
+                        red,
+                    );
+                    j0 += nc;
+                }
+            });
+        }
+    }
+}
+
+/// Fills `col[r * nc + j]` (`r = c·taps + ti·kw + tj`, `j` in `0..nc`) with the input value the
+/// output position `j0 + j` reads at row `r` (0 in the padding), for one group's channels `xg`.
+fn im2col<T: ConvElem>(g: &Geom, xg: &[T], j0: usize, nc: usize, col: &mut [T]) {
+    let (q, ow, iw) = (g.in_plane(), g.out[1], g.inp[1]);
+    let z = T::default();
+    let mut r = 0;
+    for c in 0..g.cg() {
+        let xc = &xg[c * q..][..q];
+        for ti in 0..g.k[0] {
+            for tj in 0..g.k[1] {
+                let dst = &mut col[r * nc..][..nc];
+                r += 1;
+                let (lo, hi) = g.valid_range(1, tj);
+                // walk the panel one output row at a time
+                let mut j = 0;
+                while j < nc {
+                    let pos = j0 + j;
+                    let (oh, ow0) = (pos / ow, pos % ow);
+                    let len = (ow - ow0).min(nc - j);
+                    let seg = &mut dst[j..j + len];
+                    match g.src(0, oh, ti) {
+                        None => seg.fill(z),
+                        Some(ih) => {
+                            let row = &xc[ih * iw..][..iw];
+                            let (a, b) = (lo.max(ow0), hi.min(ow0 + len).max(lo.max(ow0)));
+                            seg[..a - ow0].fill(z);
+                            seg[b - ow0..].fill(z);
+                            let s = g.stride[1];
+                            let first = a * s + tj * g.dil[1] - g.pad[1];
+                            if s == 1 {
+                                seg[a - ow0..b - ow0].copy_from_slice(&row[first..first + (b - a)]);
+                            } else {
+                                for (k, v) in seg[a - ow0..b - ow0].iter_mut().enumerate() {
+                                    *v = row[first + k * s];
+                                }
+                            }
+                        }
+                    }
+                    j += len;
+                }
+            }
+        }
+    }
+}
+
+/// Adds `col` (laid out as [`im2col`] writes it) back into the input positions it came from.
+fn col2im<T: ConvElem>(g: &Geom, col: &[T], j0: usize, nc: usize, gxg: &mut [T]) {
+    let (q, ow, iw) = (g.in_plane(), g.out[1], g.inp[1]);
+    let mut r = 0;
+    for c in 0..g.cg() {
+        let xc = &mut gxg[c * q..][..q];
+        for ti in 0..g.k[0] {
+            for tj in 0..g.k[1] {
+                let src = &col[r * nc..][..nc];
+                r += 1;
+                let (lo, hi) = g.valid_range(1, tj);
+                let mut j = 0;
+                while j < nc {
+                    let pos = j0 + j;
+                    let (oh, ow0) = (pos / ow, pos % ow);
+                    let len = (ow - ow0).min(nc - j);
+                    if let Some(ih) = g.src(0, oh, ti) {
+                        let row = &mut xc[ih * iw..][..iw];
+                        let (a, b) = (lo.max(ow0), hi.min(ow0 + len).max(lo.max(ow0)));
+                        let s = g.stride[1];
+                        let first = a * s + tj * g.dil[1] - g.pad[1];
+                        let seg = &src[j + a - ow0..j + b - ow0];
+                        if s == 1 {
+                            for (d, &v) in row[first..first + (b - a)].iter_mut().zip(seg) {
+                                *d = *d + v;
+                            }
+                        } else {
+                            for (k, &v) in seg.iter().enumerate() {
+                                let d = &mut row[first + k * s];
+                                *d = *d + v;
+                            }
+                        }
+                    }
+                    j += len;
+                }
+            }
+        }
+    }
+}
+
+macro_rules! multiversion {
+    ($name:ident => $imp:ident($($a:ident : $t:ty),*)) => {
+        fn $name<T: ConvElem>($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+            unsafe fn avx512<T: ConvElem>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2<T: ConvElem>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            match isa::active() {
+                // SAFETY: `active` only returns levels the CPU supports.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
+                _ => $imp::<T>($($a),*),
+            }
+        }
+    };
+}
+
+multiversion!(direct_fwd => direct_fwd_impl(g: &Geom, x: &[T], w: &[T], y: &mut [T]));
+multiversion!(direct_bwd_data => direct_bwd_data_impl(g: &Geom, gy: &[T], w: &[T], gx: &mut [T]));
+multiversion!(direct_bwd_weight => direct_bwd_weight_impl(g: &Geom, x: &[T], gy: &[T], gw: &mut [T]));
+
+/// Calls `f(out row oh, in row ih, (lo, hi) output columns in range, first input column)` for
+/// every output row that tap `(ti, tj)` reads inside the input.
+#[inline(always)]
+fn for_rows(g: &Geom, ti: usize, tj: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let (rlo, rhi) = g.valid_range(0, ti);
+    let (lo, hi) = g.valid_range(1, tj);
+    if lo >= hi {
+        return;
+    }
+    for oh in rlo..rhi {
+        let ih = oh * g.stride[0] + ti * g.dil[0] - g.pad[0];
+        let first = lo * g.stride[1] + tj * g.dil[1] - g.pad[1];
+        f(oh, ih, lo, hi, first);
+    }
+}
+
+#[inline(always)]
+fn direct_fwd_impl<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let (ow, iw, s, taps) = (g.out[1], g.inp[1], g.stride[1], g.taps());
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let gr = o / og;
+            let yo = &mut y[(n * g.o + o) * p..][..p];
+            yo.fill(T::default());
+            for c in 0..cg {
+                let xc = &x[(n * g.c + gr * cg + c) * q..][..q];
+                let wc = &w[(o * cg + c) * taps..][..taps];
+                for ti in 0..g.k[0] {
+                    for tj in 0..g.k[1] {
+                        let wv = wc[ti * g.k[1] + tj];
+                        for_rows(g, ti, tj, |oh, ih, lo, hi, first| {
+                            let dst = &mut yo[oh * ow + lo..oh * ow + hi];
+                            let row = &xc[ih * iw..][..iw];
+                            if s == 1 {
+                                for (d, &v) in dst.iter_mut().zip(&row[first..first + (hi - lo)]) {
+                                    *d = *d + wv * v;
+                                }
+                            } else {
+                                for (k, d) in dst.iter_mut().enumerate() {
+                                    *d = *d + wv * row[first + k * s];
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn direct_bwd_data_impl<T: ConvElem>(g: &Geom, gy: &[T], w: &[T], gx: &mut [T]) {
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let (ow, iw, s, taps) = (g.out[1], g.inp[1], g.stride[1], g.taps());
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let gr = o / og;
+            let go = &gy[(n * g.o + o) * p..][..p];
+            for c in 0..cg {
+                let xc = &mut gx[(n * g.c + gr * cg + c) * q..][..q];
+                let wc = &w[(o * cg + c) * taps..][..taps];
+                for ti in 0..g.k[0] {
+                    for tj in 0..g.k[1] {
+                        let wv = wc[ti * g.k[1] + tj];
+                        for_rows(g, ti, tj, |oh, ih, lo, hi, first| {
+                            let src = &go[oh * ow + lo..oh * ow + hi];
+                            let row = &mut xc[ih * iw..][..iw];
+                            if s == 1 {
+                                for (d, &v) in row[first..first + (hi - lo)].iter_mut().zip(src) {
+                                    *d = *d + wv * v;
+                                }
+                            } else {
+                                for (k, &v) in src.iter().enumerate() {
+                                    let d = &mut row[first + k * s];
+                                    *d = *d + wv * v;
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn direct_bwd_weight_impl<T: ConvElem>(g: &Geom, x: &[T], gy: &[T], gw: &mut [T]) {
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let (ow, iw, s, taps) = (g.out[1], g.inp[1], g.stride[1], g.taps());
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let gr = o / og;
+            let go = &gy[(n * g.o + o) * p..][..p];
+            for c in 0..cg {
+                let xc = &x[(n * g.c + gr * cg + c) * q..][..q];
+                let wc = &mut gw[(o * cg + c) * taps..][..taps];
+                for ti in 0..g.k[0] {
+                    for tj in 0..g.k[1] {
+                        let mut acc = T::default();
+                        for_rows(g, ti, tj, |oh, ih, lo, hi, first| {
+                            let src = &go[oh * ow + lo..oh * ow + hi];
+                            let row = &xc[ih * iw..][..iw];
+                            if s == 1 {
+                                // eight partial sums, so the loop vectorizes
+                                let row = &row[first..first + (hi - lo)];
+                                let mut part = [T::default(); 8];
+                                let (rc, sc) = (row.chunks_exact(8), src.chunks_exact(8));
+                                let (rr, sr) = (rc.remainder(), sc.remainder());
+                                for (a8, b8) in rc.zip(sc) {
+                                    for k in 0..8 {
+                                        part[k] = part[k] + a8[k] * b8[k];
+                                    }
+                                }
+                                for (&a, &b) in rr.iter().zip(sr) {
+                                    part[0] = part[0] + a * b;
+                                }
+                                for p in part {
+                                    acc = acc + p;
+                                }
+                            } else {
+                                for (k, &b) in src.iter().enumerate() {
+                                    acc = acc + row[first + k * s] * b;
+                                }
+                            }
+                        });
+                        let d = &mut wc[ti * g.k[1] + tj];
+                        *d = *d + acc;
+                    }
+                }
+            }
+        }
+    }
+}

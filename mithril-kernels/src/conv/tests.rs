@@ -1,0 +1,164 @@
+//! Every path (direct and implicit GEMM, on every ISA level this CPU has) against a naive
+//! reference written from the definition, at odd sizes, strides, dilations, paddings and groups.
+
+use super::*;
+
+struct Lcg(u64);
+impl Lcg {
+    fn unit(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.unit()).collect()
+    }
+}
+
+/// `y[n, o, i, j] = Σ_{c in group, ti, tj} x[n, c, i·s + ti·d - p, j·s + tj·d - p] · w[o, c', ti, tj]`,
+/// and, term by term, its gradients given `gy`: `gx += gy · w`, `gw += gy · x`.
+fn naive(g: &Geom, x: &[f64], w: &[f64], gy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (cg, og) = (g.cg(), g.og());
+    let mut y = vec![0.0; g.lens().2];
+    let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+    for n in 0..g.n {
+        for o in 0..g.o {
+            let gr = o / og;
+            for i in 0..g.out[0] {
+                for j in 0..g.out[1] {
+                    let yi = ((n * g.o + o) * g.out[0] + i) * g.out[1] + j;
+                    for c in 0..cg {
+                        for ti in 0..g.k[0] {
+                            for tj in 0..g.k[1] {
+                                let ih = (i * g.stride[0] + ti * g.dil[0]) as i64 - g.pad[0] as i64;
+                                let iw = (j * g.stride[1] + tj * g.dil[1]) as i64 - g.pad[1] as i64;
+                                if ih < 0
+                                    || iw < 0
+                                    || ih >= g.inp[0] as i64
+                                    || iw >= g.inp[1] as i64
+                                {
+                                    continue;
+                                }
+                                let xi = ((n * g.c + gr * cg + c) * g.inp[0] + ih as usize)
+                                    * g.inp[1]
+                                    + iw as usize;
+                                let wi = ((o * cg + c) * g.k[0] + ti) * g.k[1] + tj;
+                                y[yi] += x[xi] * w[wi];
+                                gx[xi] += gy[yi] * w[wi];
+                                gw[wi] += gy[yi] * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, gx, gw)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn geom(
+    n: usize,
+    c: usize,
+    o: usize,
+    groups: usize,
+    inp: [usize; 2],
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 2],
+    d: [usize; 2],
+) -> Geom {
+    let out = [0, 1].map(|i| (inp[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) / s[i] + 1);
+    Geom {
+        n,
+        c,
+        o,
+        groups,
+        inp,
+        k,
+        out,
+        stride: s,
+        pad: p,
+        dil: d,
+    }
+}
+
+fn cases() -> Vec<Geom> {
+    vec![
+        geom(2, 3, 5, 1, [7, 9], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(1, 4, 6, 2, [8, 7], [3, 2], [2, 1], [1, 0], [1, 2]),
+        geom(2, 6, 6, 6, [9, 5], [3, 3], [1, 2], [2, 1], [2, 1]),
+        geom(1, 3, 6, 3, [6, 6], [2, 2], [2, 2], [0, 1], [1, 1]),
+        geom(1, 5, 3, 1, [4, 6], [1, 1], [1, 1], [0, 0], [1, 1]),
+        geom(2, 7, 4, 1, [1, 11], [1, 3], [1, 2], [0, 2], [1, 1]),
+        geom(1, 9, 17, 1, [15, 14], [3, 3], [1, 1], [1, 1], [1, 1]),
+    ]
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn every_path_matches_the_naive_reference() {
+    let mut r = Lcg(7);
+    for g in cases() {
+        let (lx, lw, ly) = g.lens();
+        let (x, w, gy) = (r.vec(lx), r.vec(lw), r.vec(ly));
+        let (want, gx_want, gw_want) = naive(&g, &x, &w, &gy);
+        for isa in Isa::available() {
+            for direct in [false, true] {
+                let what = format!("{g:?} {isa:?} direct={direct}");
+                crate::isa::with_isa(isa, || {
+                    let mut y = vec![f64::NAN; ly];
+                    forward_algo(&g, &x, &w, &mut y, direct);
+                    close(&y, &want, 1e-12, &format!("fwd {what}"));
+                    let mut gx = vec![f64::NAN; lx];
+                    backward_data_algo(&g, &gy, &w, &mut gx, direct);
+                    close(&gx, &gx_want, 1e-12, &format!("gx {what}"));
+                    let mut gw = vec![f64::NAN; lw];
+                    backward_weight_algo(&g, &x, &gy, &mut gw, direct);
+                    close(&gw, &gw_want, 1e-12, &format!("gw {what}"));
+                    // f32 through the same paths
+                    let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+                    let mut y32 = vec![f32::NAN; ly];
+                    forward_algo(&g, &f(&x), &f(&w), &mut y32, direct);
+                    let y32: Vec<f64> = y32.iter().map(|&a| a as f64).collect();
+                    close(&y32, &want, 1e-4, &format!("fwd f32 {what}"));
+                });
+            }
+        }
+    }
+}
+
+/// A panel boundary inside an output row (`PANEL` not a multiple of the width) and more than
+/// one panel per image.
+#[test]
+fn panels_split_output_rows() {
+    let mut r = Lcg(3);
+    let g = geom(1, 4, 3, 1, [23, 19], [3, 3], [1, 1], [1, 1], [1, 1]);
+    assert!(g.out_plane() > 2 * PANEL && !PANEL.is_multiple_of(g.out[1]));
+    let (lx, lw, ly) = g.lens();
+    let (x, w, gy) = (r.vec(lx), r.vec(lw), r.vec(ly));
+    let mut y = vec![0.0; ly];
+    forward_algo(&g, &x, &w, &mut y, false);
+    close(&y, &naive(&g, &x, &w, &gy).0, 1e-12, "fwd");
+    let mut gw = vec![0.0; lw];
+    backward_weight_algo(&g, &x, &gy, &mut gw, false);
+    let mut gw2 = vec![0.0; lw];
+    backward_weight_algo(&g, &x, &gy, &mut gw2, true);
+    close(&gw, &gw2, 1e-12, "gw gemm vs direct");
+    let mut gx = vec![0.0; lx];
+    backward_data_algo(&g, &gy, &w, &mut gx, false);
+    let mut gx2 = vec![0.0; lx];
+    backward_data_algo(&g, &gy, &w, &mut gx2, true);
+    close(&gx, &gx2, 1e-12, "gx gemm vs direct");
+}

@@ -1,0 +1,281 @@
+//! Convolution, transposed convolution and their gradients over 1-D and 2-D spatial dims, NCHW
+//! (PyTorch's semantics and weight layouts), `f32` / `f64`, on the kernels of
+//! [`mithril_kernels::conv`]. Every shape is checked here: a mismatch is an [`Error::Op`]
+//! naming the op, the shapes and the attributes.
+
+use ndarray::{ArrayViewD, ArrayViewMutD};
+
+use crate::{Dest, Elem, Error, Result};
+use mithril_kernels::conv::{self as k, ConvElem, Geom};
+
+/// Which of the four convolution computations an op is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKind {
+    /// `conv(x, w)`: `x: [N, C, *S]`, `w: [O, C / groups, *K]` → `[N, O, *S_out]`.
+    Forward,
+    /// `conv_transpose(x, w)`: `x: [N, C, *S]`, `w: [C, O / groups, *K]` → `[N, O, *S_out]`
+    /// with `S_out = (S - 1)·stride - 2·padding + dilation·(K - 1) + output_padding + 1`.
+    Transpose,
+    /// The gradient of [`ConvKind::Forward`] with respect to its input: operands `(gy, w,
+    /// like)`, the result shaped like `like` (the forward input).
+    GradData,
+    /// The gradient of [`ConvKind::Forward`] with respect to its weight: operands `(x, gy,
+    /// like)`, the result shaped like `like` (the weight).
+    GradWeight,
+}
+
+/// The attributes of a convolution op (one entry per spatial dim in each list).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvSpec {
+    pub kind: ConvKind,
+    pub stride: Vec<usize>,
+    /// padding before and after each spatial dim (`None`: `"same"`, resolved from the kernel
+    /// size: `dilation·(K - 1)` in all, the smaller half before, as PyTorch)
+    pub padding: Option<Vec<usize>>,
+    pub dilation: Vec<usize>,
+    pub groups: usize,
+    /// [`ConvKind::Transpose`] only (zeros otherwise)
+    pub output_padding: Vec<usize>,
+}
+
+impl ConvSpec {
+    /// The op's name in errors.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            ConvKind::Forward => "conv",
+            ConvKind::Transpose => "conv_transpose",
+            ConvKind::GradData => "conv (input gradient)",
+            ConvKind::GradWeight => "conv (weight gradient)",
+        }
+    }
+
+    fn attrs(&self) -> String {
+        let pad = match &self.padding {
+            Some(p) => format!("{p:?}"),
+            None => "\"same\"".into(),
+        };
+        let mut s = format!(
+            "stride {:?}, padding {pad}, dilation {:?}, groups {}",
+            self.stride, self.dilation, self.groups
+        );
+        if self.kind == ConvKind::Transpose {
+            s += &format!(", output_padding {:?}", self.output_padding);
+        }
+        s
+    }
+
+    /// Padding before spatial dim `d` for a kernel of `kd` taps.
+    fn pad_lo(&self, d: usize, kd: usize) -> usize {
+        match &self.padding {
+            Some(p) => p[d],
+            None => self.dilation[d] * kd.saturating_sub(1) / 2,
+        }
+    }
+    /// Padding before plus after spatial dim `d`.
+    fn pad_total(&self, d: usize, kd: usize) -> usize {
+        match &self.padding {
+            Some(p) => 2 * p[d],
+            None => self.dilation[d] * kd.saturating_sub(1),
+        }
+    }
+
+    /// The forward geometry from the conv input shape `x`, the weight shape `w` (`[O, C/g,
+    /// *K]`) and, when known, the conv output spatial dims `out`. `Err` names the shapes.
+    fn geom(&self, x: &[usize], w: &[usize], out: Option<&[usize]>) -> Result<Geom> {
+        let nd = self.stride.len();
+        let e = |m: String| {
+            Err(Error::op(
+                self.name(),
+                format!("{m} (input {x:?}, weight {w:?}; {})", self.attrs()),
+            ))
+        };
+        if x.len() != nd + 2 || w.len() != nd + 2 || !(1..=2).contains(&nd) {
+            return e(format!(
+                "the input and the weight must have rank {}",
+                nd + 2
+            ));
+        }
+        let g = self.groups;
+        if g == 0 || !x[1].is_multiple_of(g) || !w[0].is_multiple_of(g) || w[1] * g != x[1] {
+            return e(format!(
+                "the channels do not match: the input's {} must be the weight's {} times groups {g}, and the output channels {} divisible by it",
+                x[1], w[1], w[0]
+            ));
+        }
+        // inp, k, out, stride, pad in 2-D order (a 1-D conv is one of height 1: no padding)
+        let mut dims = [[1, 1], [1, 1], [1, 1], [1, 1], [0, 0]];
+        let mut dil = [1usize; 2];
+        for d in 0..nd {
+            let i = d + 2 - nd;
+            let (inp, kd, s, dl) = (x[2 + d], w[2 + d], self.stride[d], self.dilation[d]);
+            if s == 0 || dl == 0 {
+                return e("stride and dilation must be at least 1".into());
+            }
+            let span = dl * kd.saturating_sub(1) + 1;
+            let padded = inp + self.pad_total(d, kd);
+            let o = if padded >= span {
+                (padded - span) / s + 1
+            } else {
+                0
+            };
+            if let Some(out) = out {
+                if out[d] != o {
+                    return e(format!(
+                        "spatial dim {d}: the output has {} positions, {o} expected",
+                        out[d]
+                    ));
+                }
+            }
+            if o == 0 && inp > 0 {
+                return e(format!(
+                    "spatial dim {d}: the input's {inp} (padded {padded}) is shorter than the kernel's reach {span}"
+                ));
+            }
+            dims[0][i] = inp;
+            dims[1][i] = kd;
+            dims[2][i] = o;
+            dims[3][i] = s;
+            dims[4][i] = self.pad_lo(d, kd);
+            dil[i] = dl;
+        }
+        Ok(Geom {
+            n: x[0],
+            c: x[1],
+            o: w[0],
+            groups: g,
+            inp: dims[0],
+            k: dims[1],
+            out: dims[2],
+            stride: dims[3],
+            pad: dims[4],
+            dil,
+        })
+    }
+}
+
+fn slice<'a, T: Elem>(a: &'a ArrayViewD<'_, T>, buf: &'a mut Vec<T>) -> &'a [T] {
+    if let Some(s) = a.as_slice() {
+        return s;
+    }
+    *buf = a.iter().copied().collect();
+    buf
+}
+
+/// Runs convolution op `spec` on operands `a`, `b` (and `like`, the shape of a gradient's
+/// result) into `dest`: see [`ConvKind`] for what each kind takes.
+pub fn conv_to<'w, T: Elem + ConvElem>(
+    spec: &ConvSpec,
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    like: Option<&ArrayViewD<'_, T>>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let op = spec.name();
+    let nd = spec.stride.len();
+    let like_shape = |what: &str| {
+        like.map(|l| l.shape().to_vec())
+            .ok_or_else(|| Error::op(op, format!("internal: no {what} operand")))
+    };
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    let (sa, sb) = (slice(a, &mut ba), slice(b, &mut bb));
+    match spec.kind {
+        ConvKind::Forward => {
+            let g = spec.geom(a.shape(), b.shape(), None)?;
+            let mut shape = vec![g.n, g.o];
+            shape.extend_from_slice(&g.out[2 - nd..]);
+            let mut out = dest.get(op, &shape)?;
+            let y = contiguous(op, &mut out)?;
+            k::forward(&g, sa, sb, y);
+            Ok(out)
+        }
+        ConvKind::Transpose => {
+            // the conv whose input gradient this is: input [N, O, *S_out], output [N, C, *S]
+            let (x, w) = (a.shape(), b.shape());
+            if x.len() != nd + 2 || w.len() != nd + 2 {
+                return Err(Error::op(
+                    op,
+                    format!(
+                        "the input {x:?} and the weight {w:?} must have rank {}",
+                        nd + 2
+                    ),
+                ));
+            }
+            if spec.padding.is_none() {
+                return Err(Error::op(
+                    op,
+                    "padding \"same\" is not defined for a transposed convolution",
+                ));
+            }
+            let mut shape = vec![x[0], w[1] * spec.groups];
+            for d in 0..nd {
+                let s = (x[2 + d].max(1) - 1) * spec.stride[d]
+                    + spec.dilation[d] * w[2 + d].saturating_sub(1)
+                    + spec.output_padding[d]
+                    + 1;
+                let p = spec.pad_total(d, w[2 + d]);
+                if s <= p {
+                    return Err(Error::op(
+                        op,
+                        format!(
+                            "spatial dim {d}: the output would have {} positions (input {x:?}, weight {w:?}; {})",
+                            s as i64 - p as i64,
+                            spec.attrs()
+                        ),
+                    ));
+                }
+                shape.push(if x[2 + d] == 0 { 0 } else { s - p });
+            }
+            if x[1] != w[0] {
+                return Err(Error::op(
+                    op,
+                    format!(
+                        "the input's channels ({}) must equal the weight's dim 0 (input {x:?}, weight {w:?}; {})",
+                        x[1],
+                        spec.attrs()
+                    ),
+                ));
+            }
+            let g = spec.geom(&shape, w, Some(&x[2..]))?;
+            let mut out = dest.get(op, &shape)?;
+            let gx = contiguous(op, &mut out)?;
+            k::backward_data(&g, sa, sb, gx);
+            Ok(out)
+        }
+        ConvKind::GradData => {
+            let shape = like_shape("input")?;
+            let g = spec.geom(&shape, b.shape(), Some(&a.shape()[2.min(a.ndim())..]))?;
+            check_shape(op, "the output gradient", a.shape(), &[g.n, g.o])?;
+            let mut out = dest.get(op, &shape)?;
+            let gx = contiguous(op, &mut out)?;
+            k::backward_data(&g, sa, sb, gx);
+            Ok(out)
+        }
+        ConvKind::GradWeight => {
+            let shape = like_shape("weight")?;
+            let g = spec.geom(a.shape(), &shape, Some(&b.shape()[2.min(b.ndim())..]))?;
+            check_shape(op, "the output gradient", b.shape(), &[g.n, g.o])?;
+            let mut out = dest.get(op, &shape)?;
+            let gw = contiguous(op, &mut out)?;
+            k::backward_weight(&g, sa, sb, gw);
+            Ok(out)
+        }
+    }
+}
+
+fn check_shape(op: &str, what: &str, s: &[usize], lead: &[usize]) -> Result<()> {
+    if s.len() < 2 || s[..2] != *lead {
+        return Err(Error::op(
+            op,
+            format!(
+                "{what} has shape {s:?}, expected [{}, {}, ...]",
+                lead[0], lead[1]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn contiguous<'a, T>(op: &str, a: &'a mut ArrayViewMutD<'_, T>) -> Result<&'a mut [T]> {
+    a.as_slice_mut()
+        .ok_or_else(|| Error::op(op, "internal: the destination is not contiguous"))
+}

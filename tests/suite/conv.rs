@@ -1,0 +1,541 @@
+//! Convolution: `conv1d` / `conv2d` / `conv_transpose1d` / `conv_transpose2d` against naive
+//! references written here from the definitions (PyTorch's semantics), their gradients against
+//! f64 central differences (stride, dilation, groups, depthwise, padding ints / lists /
+//! `"same"`, output padding), run-time shape errors, and the `Conv2d` library model loading a
+//! PyTorch-layout safetensors state dict.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+use crate::common::fd::{dot, gradcheck, pat, set};
+use mithril::prelude::*;
+use ndarray::{ArrayD, IxDyn};
+
+/// `y[n, o, i, j] = Σ x[n, g·cg + c, i·s - p + ti·d, j·s - p + tj·d] · w[o, c, ti, tj]` (NCHW;
+/// a 1-D case is `h = 1`), `pad` the padding before each dim.
+fn naive_conv(
+    x: &ArrayD<f64>,
+    w: &ArrayD<f64>,
+    s: [usize; 2],
+    pad: [usize; 2],
+    d: [usize; 2],
+    groups: usize,
+    out: [usize; 2],
+) -> Vec<f64> {
+    let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    assert_eq!(c, cg * groups);
+    let og = o / groups;
+    let mut y = vec![0.0; n * o * out[0] * out[1]];
+    for b in 0..n {
+        for oc in 0..o {
+            let g = oc / og;
+            for i in 0..out[0] {
+                for j in 0..out[1] {
+                    let mut acc = 0.0;
+                    for ci in 0..cg {
+                        for ti in 0..kh {
+                            for tj in 0..kw {
+                                let ih = (i * s[0] + ti * d[0]) as i64 - pad[0] as i64;
+                                let iw = (j * s[1] + tj * d[1]) as i64 - pad[1] as i64;
+                                if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < wd {
+                                    acc += x[[b, g * cg + ci, ih as usize, iw as usize]]
+                                        * w[[oc, ci, ti, tj]];
+                                }
+                            }
+                        }
+                    }
+                    y[((b * o + oc) * out[0] + i) * out[1] + j] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// The transposed convolution by its definition: each input element scatters `x · w` to
+/// `(i·s - p + ti·d, j·s - p + tj·d)` of output channel `g·og + oc`.
+fn naive_conv_t(
+    x: &ArrayD<f64>,
+    w: &ArrayD<f64>,
+    s: [usize; 2],
+    pad: [usize; 2],
+    d: [usize; 2],
+    groups: usize,
+    out: [usize; 2],
+) -> Vec<f64> {
+    let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (og, kh, kw) = (w.shape()[1], w.shape()[2], w.shape()[3]);
+    let (cg, o) = (c / groups, og * groups);
+    let mut y = vec![0.0; n * o * out[0] * out[1]];
+    for b in 0..n {
+        for ci in 0..c {
+            let g = ci / cg;
+            for i in 0..h {
+                for j in 0..wd {
+                    for oc in 0..og {
+                        for ti in 0..kh {
+                            for tj in 0..kw {
+                                let yi = (i * s[0] + ti * d[0]) as i64 - pad[0] as i64;
+                                let yj = (j * s[1] + tj * d[1]) as i64 - pad[1] as i64;
+                                if yi >= 0
+                                    && yj >= 0
+                                    && (yi as usize) < out[0]
+                                    && (yj as usize) < out[1]
+                                {
+                                    y[((b * o + g * og + oc) * out[0] + yi as usize) * out[1]
+                                        + yj as usize] += x[[b, ci, i, j]] * w[[ci, oc, ti, tj]];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+/// A 1-D array as 2-D with `h = 1`.
+fn as2d(a: &ArrayD<f64>) -> ArrayD<f64> {
+    let s = a.shape();
+    a.clone()
+        .into_shape_with_order(IxDyn(&[s[0], s[1], 1, s[2]]))
+        .unwrap()
+}
+
+fn close(what: &str, got: &ArrayD<f64>, want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+mithril! {
+    model Convs {
+        param x: f64[2, 4, 5, 6];
+        param x1: f64[2, 3, 9];
+        param w1: f64[6, 4, 3, 3];
+        param w2: f64[4, 2, 3, 2];
+        param w3: f64[8, 1, 3, 3];
+        param w4: f64[5, 3, 3];
+        param w5: f64[4, 3, 3, 3];
+        param w6: f64[3, 2, 2];
+        param w7: f64[4, 2, 2, 3];
+        // stride and symmetric padding
+        output y1 = conv2d(x, w1, stride = 2, padding = 1);
+        // dilation, per-dim padding, groups
+        output y2 = conv2d(x, w2, dilation = [2, 1], padding = [2, 0], groups = 2);
+        // depthwise with a channel multiplier of 2, "same"
+        output y3 = conv2d(x, w3, groups = 4, padding = "same");
+        // 1-D, stride 2, "valid"
+        output y4 = conv1d(x1, w4, stride = 2, padding = "valid");
+        // transposed, stride 2, output padding
+        output y5 = conv_transpose2d(x, w5, stride = 2, padding = 1, output_padding = 1);
+        // transposed 1-D, stride 3, dilation 2
+        output y6 = conv_transpose1d(x1, w6, stride = 3, dilation = 2);
+        // transposed, groups, per-dim stride
+        output y7 = conv_transpose2d(x, w7, stride = [1, 2], groups = 2, padding = [0, 1]);
+    }
+
+    model ValidConv {
+        input x: f32[B, 3, L];
+        param w: f32[2, 3, 3];
+        output y = conv1d(x, w);
+    }
+
+    model SymConv {
+        input x: f32[B, 3, H, W];
+        param w: f32[2, 3, 3, 3];
+        output y = conv2d(x, w, stride = 2, padding = 1);
+    }
+}
+
+fn convs_params(m: &Convs) -> ConvsParams {
+    let mut p = m.randomize_params(3);
+    for (k, name) in ["x", "x1", "w1", "w2", "w3", "w4", "w5", "w6", "w7"]
+        .iter()
+        .enumerate()
+    {
+        set(&mut p, name, |i| {
+            crate::common::fd::wave(i, k as f64 * 0.7 + 0.1)
+        });
+    }
+    p
+}
+
+#[test]
+fn forward_matches_the_naive_reference() {
+    let m = Convs::new().unwrap();
+    let p = convs_params(&m);
+    let o = m
+        .evaluate(
+            &p,
+            ConvsInputs {
+                _marker: std::marker::PhantomData,
+            },
+        )
+        .unwrap();
+    let (x, x1) = (p.x.clone().into_dyn(), p.x1.clone().into_dyn());
+    // (5 + 2 - 2 - 1) / 2 + 1 = 3, (6 + 2 - 2 - 1) / 2 + 1 = 3
+    assert_eq!(o.y1.shape(), [2, 6, 3, 3]);
+    close(
+        "y1",
+        &o.y1.clone().into_dyn(),
+        &naive_conv(
+            &x,
+            &p.w1.clone().into_dyn(),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+            [3, 3],
+        ),
+    );
+    // h: 5 + 4 - 4 - 1 + 1 = 5; w: 6 - 1 - 1 + 1 = 5
+    assert_eq!(o.y2.shape(), [2, 4, 5, 5]);
+    close(
+        "y2",
+        &o.y2.clone().into_dyn(),
+        &naive_conv(
+            &x,
+            &p.w2.clone().into_dyn(),
+            [1, 1],
+            [2, 0],
+            [2, 1],
+            2,
+            [5, 5],
+        ),
+    );
+    assert_eq!(o.y3.shape(), [2, 8, 5, 6]);
+    close(
+        "y3",
+        &o.y3.clone().into_dyn(),
+        &naive_conv(
+            &x,
+            &p.w3.clone().into_dyn(),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            4,
+            [5, 6],
+        ),
+    );
+    // (9 - 3) / 2 + 1 = 4
+    assert_eq!(o.y4.shape(), [2, 5, 4]);
+    let w4 = as2d(&p.w4.clone().into_dyn());
+    close(
+        "y4",
+        &o.y4.clone().into_dyn(),
+        &naive_conv(&as2d(&x1), &w4, [1, 2], [0, 0], [1, 1], 1, [1, 4]),
+    );
+    // (5 - 1)·2 - 2 + 2 + 1 + 1 = 10, (6 - 1)·2 - 2 + 2 + 1 + 1 = 12
+    assert_eq!(o.y5.shape(), [2, 3, 10, 12]);
+    close(
+        "y5",
+        &o.y5.clone().into_dyn(),
+        &naive_conv_t(
+            &x,
+            &p.w5.clone().into_dyn(),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+            [10, 12],
+        ),
+    );
+    // (9 - 1)·3 + 2·1 + 1 = 27
+    assert_eq!(o.y6.shape(), [2, 2, 27]);
+    let w6 = as2d(&p.w6.clone().into_dyn());
+    close(
+        "y6",
+        &o.y6.clone().into_dyn(),
+        &naive_conv_t(&as2d(&x1), &w6, [1, 3], [0, 0], [1, 2], 1, [1, 27]),
+    );
+    // h: 4 + 1 + 1 = 6; w: 5·2 - 2 + 2 + 1 = 11; channels 2 · 2 = 4
+    assert_eq!(o.y7.shape(), [2, 4, 6, 11]);
+    close(
+        "y7",
+        &o.y7.clone().into_dyn(),
+        &naive_conv_t(
+            &x,
+            &p.w7.clone().into_dyn(),
+            [1, 2],
+            [0, 1],
+            [1, 1],
+            2,
+            [6, 11],
+        ),
+    );
+}
+
+#[test]
+fn gradients_match_central_differences() {
+    let m = Convs::new().unwrap();
+    let p = convs_params(&m);
+    let inputs = || ConvsInputs {
+        _marker: std::marker::PhantomData,
+    };
+    let o = m.evaluate(&p, inputs()).unwrap();
+    let seeds = ConvsOutputs {
+        y1: pat(o.y1.raw_dim(), 1.0),
+        y2: pat(o.y2.raw_dim(), 2.0),
+        y3: pat(o.y3.raw_dim(), 3.0),
+        y4: pat(o.y4.raw_dim(), 4.0),
+        y5: pat(o.y5.raw_dim(), 5.0),
+        y6: pat(o.y6.raw_dim(), 6.0),
+        y7: pat(o.y7.raw_dim(), 7.0),
+    };
+    let loss = |p: &ConvsParams| {
+        let o = m.evaluate(p, inputs()).unwrap();
+        dot(&o.y1, &seeds.y1)
+            + dot(&o.y2, &seeds.y2)
+            + dot(&o.y3, &seeds.y3)
+            + dot(&o.y4, &seeds.y4)
+            + dot(&o.y5, &seeds.y5)
+            + dot(&o.y6, &seeds.y6)
+            + dot(&o.y7, &seeds.y7)
+    };
+    let s2 = ConvsOutputs {
+        y1: seeds.y1.clone(),
+        y2: seeds.y2.clone(),
+        y3: seeds.y3.clone(),
+        y4: seeds.y4.clone(),
+        y5: seeds.y5.clone(),
+        y6: seeds.y6.clone(),
+        y7: seeds.y7.clone(),
+    };
+    let (_, g) = m.evaluate_gradients(&p, inputs(), s2).unwrap();
+    let n = 240 + 54 + 216 + 48 + 72 + 45 + 108 + 12 + 48;
+    assert_eq!(gradcheck("convs", &p, &g, loss), n);
+}
+
+#[test]
+fn symbolic_spatial_dims_are_computed_and_checked_at_run_time() {
+    let m = SymConv::new().unwrap();
+    let p = m.randomize_params(1);
+    for (h, w) in [(7, 9), (8, 8), (1, 2)] {
+        let x = ndarray::Array4::<f32>::from_shape_fn((2, 3, h, w), |(a, b, c, d)| {
+            ((a * 7 + b * 5 + c * 3 + d) % 11) as f32 * 0.1 - 0.5
+        });
+        let o = m.evaluate(&p, SymConvInputs { x: x.view() }).unwrap();
+        assert_eq!(o.y.shape(), [2, 2, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
+        let x64 = x.mapv(|v| v as f64).into_dyn();
+        let w64 = p.w.mapv(|v| v as f64).into_dyn();
+        let want = naive_conv(
+            &x64,
+            &w64,
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+            [(h - 1) / 2 + 1, (w - 1) / 2 + 1],
+        );
+        for (g, w) in o.y.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+}
+
+mithril! {
+    model ConvEnc {
+        input x: f32[B, 8];
+        output h = relu(Linear(8)(x));
+    }
+
+    /// A conv on the host after an encoder on cuda: the conv is per-op Rust (its family's
+    /// `call`), forward and gradients.
+    model ConvMixed {
+        input x: f32[B, 8];
+        param w: f32[3, 2, 3];
+        let enc = ConvEnc(x);
+        output y = conv1d(reshape(enc, [B, 2, 4]), w, padding = 1);
+    }
+    compile ConvMixedGpu = ConvMixed { backend_map: { "enc": cuda } };
+
+    /// A small PyTorch-style conv net: `Conv2d(1, 4, 3, padding=1)`, relu, `Conv2d(4, 4, 3,
+    /// stride=2, groups=2)`, `ConvTranspose2d(4, 2, 2, stride=2)` and a bias-free `Conv1d`.
+    pub model TorchConvNet {
+        input x: f32[B, 1, 7, 7];
+        input s: f32[B, 2, 10];
+        let c1 = Conv2d(4, 3, padding = 1);
+        let c2 = Conv2d(4, 3, stride = 2, groups = 2);
+        let up = ConvTranspose2d(2, 2, stride = 2);
+        let c3 = Conv1d(3, 5, padding = 2, use_bias = false);
+        output y = up(c2(relu(c1(x))));
+        output z = c3(s);
+    }
+}
+
+/// The bytes of `safetensors.torch.save_file(state_dict)` for f32 tensors (see
+/// `safetensors_compat.rs`): header length, JSON header sorted by name, raw data.
+fn torch_file(mut t: Vec<(&str, Vec<usize>, Vec<f32>)>) -> Vec<u8> {
+    t.sort_by(|a, b| a.0.cmp(b.0));
+    let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+    let mut off = 0;
+    for (name, shape, v) in &t {
+        let s: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header += &format!(
+            r#","{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{off},{}]}}"#,
+            s.join(","),
+            off + 4 * v.len()
+        );
+        off += 4 * v.len();
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    for (_, _, v) in &t {
+        out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    out
+}
+
+#[test]
+fn library_convs_load_a_pytorch_state_dict() {
+    let vals = |tag: usize, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 + tag * 101) % 1009) as f32 / 1009.0 * 0.6 - 0.3)
+            .collect()
+    };
+    let tensors = vec![
+        ("c1.weight", vec![4, 1, 3, 3], vals(1, 36)),
+        ("c1.bias", vec![4], vals(2, 4)),
+        ("c2.weight", vec![4, 2, 3, 3], vals(3, 72)),
+        ("c2.bias", vec![4], vals(4, 4)),
+        ("up.weight", vec![4, 2, 2, 2], vals(5, 32)),
+        ("up.bias", vec![2], vals(6, 2)),
+        ("c3.weight", vec![3, 2, 5], vals(7, 30)),
+    ];
+    let get = |name: &str| tensors.iter().find(|t| t.0 == name).unwrap().clone();
+    let arr = |name: &str| {
+        let (_, s, v) = get(name);
+        ArrayD::from_shape_vec(IxDyn(&s), v.iter().map(|&a| a as f64).collect()).unwrap()
+    };
+    let bytes = torch_file(tensors.clone());
+    let m = TorchConvNet::new().unwrap();
+    let mut p = m.randomize_params(0);
+    p.load_safetensors_bytes(&bytes).unwrap();
+    let x = ndarray::Array4::<f32>::from_shape_fn((2, 1, 7, 7), |(a, _, c, d)| {
+        ((a * 13 + c * 7 + d * 3) % 17) as f32 / 17.0 - 0.5
+    });
+    let s = ndarray::Array3::<f32>::from_shape_fn((2, 2, 10), |(a, b, c)| {
+        ((a * 5 + b * 11 + c * 3) % 13) as f32 / 13.0 - 0.4
+    });
+    let o = m
+        .evaluate(
+            &p,
+            TorchConvNetInputs {
+                x: x.view(),
+                s: s.view(),
+            },
+        )
+        .unwrap();
+
+    // the reference, layer by layer, in f64
+    let add_bias = |y: Vec<f64>, b: &ArrayD<f64>, n: usize, hw: usize| -> Vec<f64> {
+        let c = b.len();
+        (0..n * c * hw).map(|i| y[i] + b[[(i / hw) % c]]).collect()
+    };
+    let x64 = x.mapv(|v| v as f64).into_dyn();
+    let h1 = add_bias(
+        naive_conv(&x64, &arr("c1.weight"), [1, 1], [1, 1], [1, 1], 1, [7, 7]),
+        &arr("c1.bias"),
+        2,
+        49,
+    );
+    let h1: Vec<f64> = h1.into_iter().map(|v| v.max(0.0)).collect();
+    let h1 = ArrayD::from_shape_vec(IxDyn(&[2, 4, 7, 7]), h1).unwrap();
+    let h2 = add_bias(
+        naive_conv(&h1, &arr("c2.weight"), [2, 2], [0, 0], [1, 1], 2, [3, 3]),
+        &arr("c2.bias"),
+        2,
+        9,
+    );
+    let h2 = ArrayD::from_shape_vec(IxDyn(&[2, 4, 3, 3]), h2).unwrap();
+    let y = add_bias(
+        naive_conv_t(&h2, &arr("up.weight"), [2, 2], [0, 0], [1, 1], 1, [6, 6]),
+        &arr("up.bias"),
+        2,
+        36,
+    );
+    assert_eq!(o.y.shape(), [2, 2, 6, 6]);
+    for (g, w) in o.y.iter().zip(&y) {
+        assert!((*g as f64 - w).abs() < 1e-5, "y: {g} vs {w}");
+    }
+    let s64 = as2d(&s.mapv(|v| v as f64).into_dyn());
+    let z = naive_conv(
+        &s64,
+        &as2d(&arr("c3.weight")),
+        [1, 1],
+        [0, 2],
+        [1, 1],
+        1,
+        [1, 10],
+    );
+    assert_eq!(o.z.shape(), [2, 3, 10]);
+    for (g, w) in o.z.iter().zip(&z) {
+        assert!((*g as f64 - w).abs() < 1e-5, "z: {g} vs {w}");
+    }
+}
+
+#[test]
+fn a_mixed_model_runs_its_conv_on_the_host() {
+    let s = ConvMixedGpu::SUMMARY;
+    let conv = s
+        .lines()
+        .find(|l| {
+            l.split('|')
+                .nth(2)
+                .is_some_and(|c| c.trim().starts_with("conv1d"))
+        })
+        .unwrap_or_else(|| panic!("no conv1d row in\n{s}"));
+    assert_eq!(conv.split('|').nth(5).map(str::trim), Some("cpu"), "{s}");
+    // without a GPU `new` is an error naming CUDA; with one, the CPU model's result
+    match ConvMixedGpu::new() {
+        Err(e) => assert!(e.to_string().to_lowercase().contains("cuda"), "{e}"),
+        Ok(m) => {
+            let cpu = ConvMixed::new().unwrap();
+            let p = cpu.randomize_params(2);
+            let x = ndarray::Array2::<f32>::from_shape_fn((3, 8), |(a, b)| {
+                (a * 8 + b) as f32 * 0.05 - 0.4
+            });
+            let want = cpu.evaluate(&p, ConvMixedInputs { x: x.view() }).unwrap().y;
+            let mp = m.randomize_params(2);
+            let got = m
+                .evaluate(&mp, ConvMixedGpuInputs { x: x.view() })
+                .unwrap()
+                .y;
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn run_time_shape_errors_name_the_op_and_shapes() {
+    let m = ValidConv::new().unwrap();
+    let p = m.randomize_params(1);
+    // 2 + 0 < 3 (the kernel's reach): an error naming the op, the shapes and the attributes
+    let x = ndarray::Array3::<f32>::zeros((1, 3, 2));
+    let e = m
+        .evaluate(&p, ValidConvInputs { x: x.view() })
+        .unwrap_err()
+        .to_string();
+    for part in ["conv", "[1, 3, 2]", "[2, 3, 3]", "stride [1]"] {
+        assert!(e.contains(part), "{part} not in: {e}");
+    }
+    let x = ndarray::Array3::<f32>::zeros((1, 3, 3));
+    assert_eq!(
+        m.evaluate(&p, ValidConvInputs { x: x.view() })
+            .unwrap()
+            .y
+            .shape(),
+        [1, 2, 1]
+    );
+}

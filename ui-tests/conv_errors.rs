@@ -1,0 +1,53 @@
+// Convolution mistakes are compile errors on the call, naming the shapes and the attributes.
+mithril::mithril! {
+    // the output would have (4 + 0 - 2·(3 - 1) - 1) / 1 + 1 = 0 positions
+    model TooShort {
+        input x: f32[B, 3, 4, 8];
+        param w: f32[2, 3, 3, 3];
+        output y = conv2d(x, w, dilation = 2);
+    }
+
+    // 4 input channels against a weight made for 2 groups of 3
+    model Channels {
+        input x: f32[B, 4, 8, 8];
+        param w: f32[6, 3, 3, 3];
+        output y = conv2d(x, w, groups = 2);
+    }
+
+    // "same" needs stride 1
+    model SameStride {
+        input x: f32[B, 3, 8];
+        param w: f32[2, 3, 3];
+        output y = conv1d(x, w, padding = "same", stride = 2);
+    }
+
+    // a 2-D convolution of a rank-3 input
+    model Rank {
+        input x: f32[B, 3, 8];
+        param w: f32[2, 3, 3, 3];
+        output y = conv2d(x, w);
+    }
+
+    // f16 is not supported
+    model Half {
+        input x: f16[B, 3, 8];
+        param w: f16[2, 3, 3];
+        output y = conv1d(x, w);
+    }
+
+    // output padding must stay below the stride
+    model OutPad {
+        input x: f32[B, 3, 8];
+        param w: f32[3, 2, 3];
+        output y = conv_transpose1d(x, w, stride = 2, output_padding = 2);
+    }
+
+    compile Cuda = Rank2 { backend: cuda };
+    model Rank2 {
+        input x: f32[B, 3, 8];
+        param w: f32[2, 3, 3];
+        output y = conv1d(x, w);
+    }
+}
+
+fn main() {}
