@@ -1,6 +1,6 @@
 //! The training examples run in the test suite (they return `Err` when they miss their
 //! targets: 95% held-out accuracy on the spirals, max error 0.05 on the sine; the recurrent
-//! network's loss falls).
+//! network's loss falls; the digits CNN learns).
 
 #[path = "../../examples/train_mlp.rs"]
 #[allow(dead_code)]
@@ -13,6 +13,24 @@ mod sine_regression;
 #[path = "../../examples/recurrent.rs"]
 #[allow(dead_code)]
 mod recurrent;
+
+#[path = "../../examples/train_cnn.rs"]
+#[allow(dead_code)]
+mod train_cnn;
+
+#[test]
+fn train_cnn_learns_the_digits() {
+    // a smaller budget than the example's 15 epochs (which reach 97%+ held out)
+    let r = train_cnn::train(3, false).unwrap();
+    assert!(r.loss.1 < r.loss.0 / 3.0, "loss {:?}", r.loss);
+    assert!(
+        r.test_accuracy >= 0.93,
+        "held-out accuracy {}",
+        r.test_accuracy
+    );
+    // the reloaded params (running statistics included) give the same predictions
+    assert_eq!(r.reloaded_accuracy, r.test_accuracy);
+}
 
 #[test]
 fn recurrent_example_loss_falls() {

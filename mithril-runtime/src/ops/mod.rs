@@ -16,8 +16,8 @@
 
 pub mod attention;
 pub mod construct;
-pub mod dropout;
 pub mod conv;
+pub mod dropout;
 pub mod elementwise;
 pub mod grad;
 pub mod linalg;
