@@ -59,6 +59,8 @@ pub use ndarray;
 #[doc(hidden)]
 pub mod library_names {
     #[doc(hidden)]
+    pub use crate::__mithril_library_BasicBlock as BasicBlock;
+    #[doc(hidden)]
     pub use crate::__mithril_library_Embedding as Embedding;
     #[doc(hidden)]
     pub use crate::__mithril_library_KernelizedSVM as KernelizedSVM;
@@ -93,6 +95,45 @@ pub mod library_names {
     pub use crate::__mithril_library_Dropout as Dropout;
     #[doc(hidden)]
     pub use crate::__mithril_library_GroupNorm as GroupNorm;
+    // convolution, pooling, sequence models, ResNet
+    #[doc(hidden)]
+    pub use crate::__mithril_library_AdaptiveAvgPool1d as AdaptiveAvgPool1d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_AdaptiveAvgPool2d as AdaptiveAvgPool2d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_AvgPool1d as AvgPool1d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_AvgPool2d as AvgPool2d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_Conv1d as Conv1d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_Conv2d as Conv2d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_ConvTranspose2d as ConvTranspose2d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_GRU as GRU;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_GRUCell as GRUCell;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_LSTM as LSTM;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_LSTMCell as LSTMCell;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_MaxPool1d as MaxPool1d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_MaxPool2d as MaxPool2d;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_MultiHeadAttention as MultiHeadAttention;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_PositionalEmbedding as PositionalEmbedding;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_RoPE as RoPE;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_TransformerDecoderBlock as TransformerDecoderBlock;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_TransformerEncoderBlock as TransformerEncoderBlock;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_Upsample as Upsample;
 }
 
 #[doc(hidden)]
@@ -262,6 +303,206 @@ macro_rules! __mithril_library_Dropout {
     ($($t:tt)*) => {
         ::core::compile_error!(
             "`Dropout` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_MaxPool2d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`MaxPool2d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_MaxPool1d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`MaxPool1d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_AvgPool2d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`AvgPool2d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_AvgPool1d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`AvgPool1d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_AdaptiveAvgPool2d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`AdaptiveAvgPool2d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_AdaptiveAvgPool1d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`AdaptiveAvgPool1d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_Upsample {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`Upsample` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_MultiHeadAttention {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`MultiHeadAttention` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_RoPE {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`RoPE` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_PositionalEmbedding {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`PositionalEmbedding` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_TransformerEncoderBlock {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`TransformerEncoderBlock` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_TransformerDecoderBlock {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`TransformerDecoderBlock` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_LSTMCell {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`LSTMCell` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_GRUCell {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`GRUCell` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_LSTM {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`LSTM` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_GRU {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`GRU` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_Conv1d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`Conv1d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_Conv2d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`Conv2d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_ConvTranspose2d {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`ConvTranspose2d` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_BasicBlock {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`BasicBlock` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
 }

@@ -5,7 +5,7 @@
 //! PyTorch-layout safetensors state dict.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
-use crate::common::fd::{dot, gradcheck, pat, set};
+use crate::common::fd::{dot, gradcheck, pat, set, wave};
 use mithril::prelude::*;
 use ndarray::{ArrayD, IxDyn};
 
@@ -538,4 +538,135 @@ fn run_time_shape_errors_name_the_op_and_shapes() {
             .shape(),
         [1, 2, 1]
     );
+}
+
+mithril! {
+    /// ResNet basic blocks: one with the downsampling shortcut (stride 2, 3 -> 4 channels), one
+    /// with the identity shortcut.
+    model Res {
+        input x: f64[2, 3, 6, 6];
+        let down = BasicBlock(4, stride = 2, downsample = true)(x);
+        let same = BasicBlock(3)(x);
+        output y = down;
+        output z = same;
+    }
+}
+
+/// Batch norm in evaluation mode, per channel: `(x - mean) / sqrt(var + 1e-5) · w + b`, with
+/// the params of instance `bn` from `ps`.
+fn bn_eval(
+    x: &mut [f64],
+    c: usize,
+    hw: usize,
+    ps: &std::collections::BTreeMap<String, ArrayD<f64>>,
+    bn: &str,
+) {
+    let g = |f: &str| &ps[&format!("{bn}.{f}")];
+    let (w, b, mean, var) = (g("weight"), g("bias"), g("running_mean"), g("running_var"));
+    for (k, v) in x.iter_mut().enumerate() {
+        let ch = (k / hw) % c;
+        *v = (*v - mean[[ch]]) / (var[[ch]] + 1e-5).sqrt() * w[[ch]] + b[[ch]];
+    }
+}
+
+/// The block by its definition (evaluation mode), from the params named under `blk`.
+fn basic_block_ref(
+    x: &ArrayD<f64>,
+    ps: &std::collections::BTreeMap<String, ArrayD<f64>>,
+    blk: &str,
+    planes: usize,
+    stride: usize,
+    down: bool,
+) -> Vec<f64> {
+    let n = |f: &str| &ps[&format!("{blk}.{f}")];
+    let oh = (6 + 2 - 3) / stride + 1;
+    let mut h = naive_conv(
+        x,
+        n("conv1.weight"),
+        [stride; 2],
+        [1, 1],
+        [1, 1],
+        1,
+        [oh, oh],
+    );
+    bn_eval(&mut h, planes, oh * oh, ps, &format!("{blk}.bn1"));
+    h.iter_mut().for_each(|v| *v = v.max(0.0));
+    let hx = ArrayD::from_shape_vec(IxDyn(&[2, planes, oh, oh]), h).unwrap();
+    let mut y = naive_conv(&hx, n("conv2.weight"), [1, 1], [1, 1], [1, 1], 1, [oh, oh]);
+    bn_eval(&mut y, planes, oh * oh, ps, &format!("{blk}.bn2"));
+    let short: Vec<f64> = if down {
+        let mut s = naive_conv(
+            x,
+            n("downsample_conv.weight"),
+            [stride; 2],
+            [0, 0],
+            [1, 1],
+            1,
+            [oh, oh],
+        );
+        bn_eval(&mut s, planes, oh * oh, ps, &format!("{blk}.downsample_bn"));
+        s
+    } else {
+        x.iter().cloned().collect()
+    };
+    y.iter()
+        .zip(&short)
+        .map(|(a, b)| (a + b).max(0.0))
+        .collect()
+}
+
+#[test]
+fn resnet_basic_block_matches_a_naive_reference() {
+    let m = Res::new().unwrap();
+    let mut p = m.randomize_params(4);
+    // running statistics and affine params away from their defaults, so that each one counts
+    p.visit_mut(&mut |name, t| {
+        if let mithril::rt::TensorViewMut::F64(mut a) = t {
+            let salt = name.len() as f64;
+            for (i, v) in a.iter_mut().enumerate() {
+                let r = wave(i, salt);
+                if name.ends_with("running_var") {
+                    *v = 0.5 + r.abs();
+                } else if name.ends_with("running_mean")
+                    || name.ends_with("bn1.bias")
+                    || name.ends_with("bn2.bias")
+                    || name.ends_with("_bn.bias")
+                {
+                    *v = 0.3 * r;
+                } else if name.contains("bn") && name.ends_with("weight") {
+                    *v = 1.0 + 0.3 * r;
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut ps = std::collections::BTreeMap::new();
+    p.visit(&mut |name, t| {
+        if let mithril::rt::TensorView::F64(a) = t {
+            ps.insert(name.to_string(), a.to_owned().into_dyn());
+        }
+    });
+    assert!(
+        ps.contains_key("down.downsample_bn.running_var")
+            && !ps.contains_key("same.downsample_conv.weight")
+    );
+    assert!(p.is_buffer("down.bn1.num_batches_tracked"));
+    let x = ArrayD::from_shape_fn(IxDyn(&[2, 3, 6, 6]), |ix| {
+        wave(ix[0] * 108 + ix[1] * 36 + ix[2] * 6 + ix[3], 0.7)
+    });
+    let o = m
+        .evaluate(
+            &p,
+            ResInputs {
+                x: x.view().into_dimensionality().unwrap(),
+            },
+        )
+        .unwrap();
+    assert_eq!(o.y.shape(), &[2, 4, 3, 3]);
+    assert_eq!(o.z.shape(), &[2, 3, 6, 6]);
+    let y = basic_block_ref(&x, &ps, "down", 4, 2, true);
+    let z = basic_block_ref(&x, &ps, "same", 3, 1, false);
+    close("down", &o.y.into_dyn(), &y);
+    close("same", &o.z.into_dyn(), &z);
 }
