@@ -1,0 +1,104 @@
+//! The CNN of `../shared/anchors/bench_cnn.py` (conv 3x3 1->32 pad 1, relu, max pool 2, conv
+//! 3x3 32->64 pad 1, relu, max pool 2, linear 3136->10; f32), inference at batch 1 and 64 and a
+//! training step (forward, mean cross entropy, backward; the SGD update not included) at batch
+//! 64: `MITHRIL_THREADS=1 cargo run --release --example bench_cnn`. Prints the median time per
+//! call and GFLOP/s (the anchor's FLOP count: the two convolutions and the linear layer).
+
+use mithril::prelude::*;
+use std::time::Instant;
+
+mithril! {
+    model Cnn {
+        input x: f32[B, 1, 28, 28];
+        let c1 = Conv2d(32, 3, padding = 1)(x);
+        let p1 = MaxPool2d(2)(relu(c1));
+        let c2 = Conv2d(64, 3, padding = 1)(p1);
+        let p2 = MaxPool2d(2)(relu(c2));
+        let fc = Linear(10)(p2.flatten(start_dim = 1));
+        output logits = fc;
+    }
+    compile CnnInfer = Cnn { inference: true };
+
+    train CnnTrain {
+        input x: f32[B, 1, 28, 28];
+        input label: i64[B];
+        let c1 = Conv2d(32, 3, padding = 1)(x);
+        let p1 = MaxPool2d(2)(relu(c1));
+        let c2 = Conv2d(64, 3, padding = 1)(p1);
+        let p2 = MaxPool2d(2)(relu(c2));
+        output logits = Linear(10)(p2.flatten(start_dim = 1));
+        loss cross_entropy(logits, label).mean();
+    }
+}
+
+/// The anchor's FLOPs for batch `b`.
+fn cnn_flops(b: usize) -> f64 {
+    let conv1 = 2 * 28 * 28 * 32 * 9;
+    let conv2 = 2 * 14 * 14 * 64 * 9 * 32;
+    let fc = 2 * 3136 * 10;
+    (b * (conv1 + conv2 + fc)) as f64
+}
+
+/// Median seconds per call over 21 trials of about 20 ms each (after a warm-up).
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let t0 = Instant::now();
+    f();
+    let once = t0.elapsed().as_secs_f64().max(1e-8);
+    let reps = ((2e-2 / once) as usize).max(1);
+    let mut v: Vec<f64> = (0..21)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> mithril::Result<()> {
+    let m = CnnInfer::new()?;
+    let p = m.randomize_params(0);
+    for b in [1usize, 64] {
+        let x = ndarray::Array4::from_shape_fn((b, 1, 28, 28), |(i, _, r, c)| {
+            ((i * 784 + r * 28 + c) as f32 * 0.37).sin()
+        });
+        let t = time(|| {
+            let o = m.evaluate(&p, CnnInferInputs { x: x.view() }).unwrap();
+            std::hint::black_box(o);
+        });
+        println!(
+            "cnn_infer batch {b:3}: {:9.1} us  {:6.1} GFLOP/s",
+            t * 1e6,
+            cnn_flops(b) / t / 1e9
+        );
+    }
+    let mt = CnnTrain::new()?;
+    let pt = mt.randomize_params(0);
+    let b = 64;
+    let x = ndarray::Array4::from_shape_fn((b, 1, 28, 28), |(i, _, r, c)| {
+        ((i * 784 + r * 28 + c) as f32 * 0.37).sin()
+    });
+    let y = ndarray::Array1::from_shape_fn(b, |i| (i % 10) as i64);
+    let t = time(|| {
+        let g = mt
+            .evaluate_gradients(
+                &pt,
+                CnnTrainInputs {
+                    x: x.view(),
+                    label: y.view(),
+                },
+            )
+            .unwrap();
+        std::hint::black_box(g);
+    });
+    println!(
+        "cnn_train batch {b:3} (forward + backward): {:9.1} us  {:6.1} GFLOP/s (3x the forward's FLOPs)",
+        t * 1e6,
+        3.0 * cnn_flops(b) / t / 1e9
+    );
+    Ok(())
+}
