@@ -183,6 +183,40 @@ impl Drop for IsaGuard {
     }
 }
 
+/// Defines `$vis fn $name<T: $bound>(args)` dispatching to `$imp::<T>(args)` compiled three
+/// times: for AVX-512, for AVX2 (both x86-64 only, `#[target_feature]` copies into which `$imp`,
+/// an `#[inline(always)]` function, is inlined) and for the baseline, chosen by [`active`] on
+/// each call. The kernels of `rows`, `pool`, `conv` and `attention` use it.
+macro_rules! multiversion {
+    (
+        $(#[$m:meta])*
+        $vis:vis fn $name:ident<T: $bound:path>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
+    ) => {
+        $(#[$m])*
+        $vis fn $name<T: $bound>($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+            unsafe fn avx512<T: $bound>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2<T: $bound>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            match $crate::isa::active() {
+                // SAFETY: `active` only returns levels the CPU supports.
+                #[cfg(target_arch = "x86_64")]
+                $crate::isa::Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::isa::Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
+                _ => $imp::<T>($($a),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,6 @@
 //! covers; adaptive windows are `[floor(i·in/out), ceil((i+1)·in/out))`; upsampling maps an
 //! output index to source indices and weights per dim ([`interp_map`]).
 
-use crate::isa::{self, Isa};
 use std::ops::{Add, AddAssign, Mul, Sub};
 
 /// An element type the kernels compute in (`f32`, `f64`; narrower floats are widened to `f32`
@@ -136,34 +135,7 @@ fn pick<T: PoolElem>(o: T, v: T) -> T {
     }
 }
 
-macro_rules! multiversion {
-    (
-        $(#[$m:meta])*
-        $vis:vis fn $name:ident<T: PoolElem>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
-    ) => {
-        $(#[$m])*
-        $vis fn $name<T: PoolElem>($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-            unsafe fn avx512<T: PoolElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn avx2<T: PoolElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            match isa::active() {
-                // SAFETY: `active` only returns levels the CPU supports.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
-                _ => $imp::<T>($($a),*),
-            }
-        }
-    };
-}
+use crate::isa::multiversion;
 
 #[inline(always)]
 fn max_fwd_impl<T: PoolElem>(x: &[T], g: &Win, out: &mut [T]) {

@@ -37,7 +37,6 @@
 
 // `Isa` names only the x86 arms: on aarch64 the baseline copy is the NEON one (see `isa`).
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
-use crate::isa::{self, Isa};
 use crate::vmath::VFloat;
 use half::{bf16, f16};
 use std::ops::{Add, Div, Mul, Sub};
@@ -400,34 +399,7 @@ fn extreme<T: RowElem>(x: &[T], less: bool) -> T::C {
     m
 }
 
-macro_rules! multiversion {
-    (
-        $(#[$m:meta])*
-        $vis:vis fn $name:ident<T: RowElem>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
-    ) => {
-        $(#[$m])*
-        $vis fn $name<T: RowElem>($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-            unsafe fn avx512<T: RowElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn avx2<T: RowElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            match isa::active() {
-                // SAFETY: `active` only returns levels the CPU supports.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
-                _ => $imp::<T>($($a),*),
-            }
-        }
-    };
-}
+use crate::isa::multiversion;
 
 #[inline(always)]
 fn row<T>(x: &[T], r: usize, cols: usize) -> &[T] {

@@ -20,7 +20,6 @@
 //! and `softmax` of an all `-∞` row do.
 
 use crate::gemm::{gemm_plain, GemmElem};
-use crate::isa::{self, Isa};
 
 #[cfg(test)]
 mod tests;
@@ -193,34 +192,7 @@ impl<T: AttnElem> TileMask<'_, T> {
     }
 }
 
-macro_rules! multiversion {
-    (
-        $(#[$m:meta])*
-        fn $name:ident<T: AttnElem>($($a:ident : $t:ty),* $(,)?) => $imp:ident;
-    ) => {
-        $(#[$m])*
-        fn $name<T: AttnElem>($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-            unsafe fn avx512<T: AttnElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn avx2<T: AttnElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            match isa::active() {
-                // SAFETY: `active` only returns levels the CPU supports.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
-                _ => $imp::<T>($($a),*),
-            }
-        }
-    };
-}
+use crate::isa::multiversion;
 
 /// Row maximum (NaN-ignoring like `f32::max`; −∞ for an empty row), in 8 lanes.
 #[inline(always)]

@@ -2,6 +2,7 @@
 //! sizes that cross tile edges, on every ISA path this CPU has.
 
 use super::*;
+use crate::isa::{self, Isa};
 
 /// A small deterministic generator (xorshift) in [-1, 1).
 fn data(n: usize, seed: u64) -> Vec<f64> {

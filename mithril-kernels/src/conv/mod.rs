@@ -21,7 +21,6 @@
 //! A 1-D convolution is the 2-D one with `H = 1` and a kernel height of 1.
 
 use crate::gemm::{self, GemmElem};
-use crate::isa::{self, Isa};
 use std::cell::RefCell;
 
 #[cfg(test)]
@@ -439,34 +438,17 @@ fn col2im<T: ConvElem>(g: &Geom, col: &[T], j0: usize, nc: usize, gxg: &mut [T])
     }
 }
 
-macro_rules! multiversion {
-    ($name:ident => $imp:ident($($a:ident : $t:ty),*)) => {
-        fn $name<T: ConvElem>($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-            unsafe fn avx512<T: ConvElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn avx2<T: ConvElem>($($a: $t),*) {
-                $imp::<T>($($a),*)
-            }
-            match isa::active() {
-                // SAFETY: `active` only returns levels the CPU supports.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
-                _ => $imp::<T>($($a),*),
-            }
-        }
-    };
-}
+use crate::isa::multiversion;
 
-multiversion!(direct_fwd => direct_fwd_impl(g: &Geom, x: &[T], w: &[T], y: &mut [T]));
-multiversion!(direct_bwd_data => direct_bwd_data_impl(g: &Geom, gy: &[T], w: &[T], gx: &mut [T]));
-multiversion!(direct_bwd_weight => direct_bwd_weight_impl(g: &Geom, x: &[T], gy: &[T], gw: &mut [T]));
+multiversion! {
+    fn direct_fwd<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) => direct_fwd_impl;
+}
+multiversion! {
+    fn direct_bwd_data<T: ConvElem>(g: &Geom, gy: &[T], w: &[T], gx: &mut [T]) => direct_bwd_data_impl;
+}
+multiversion! {
+    fn direct_bwd_weight<T: ConvElem>(g: &Geom, x: &[T], gy: &[T], gw: &mut [T]) => direct_bwd_weight_impl;
+}
 
 /// Calls `f(out row oh, in row ih, (lo, hi) output columns in range, first input column)` for
 /// every output row that tap `(ti, tj)` reads inside the input.

@@ -2,6 +2,7 @@
 //! reference written from the definition, at odd sizes, strides, dilations, paddings and groups.
 
 use super::*;
+use crate::isa::Isa;
 
 struct Lcg(u64);
 impl Lcg {

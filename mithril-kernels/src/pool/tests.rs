@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::isa::with_isa;
+use crate::isa::Isa;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
