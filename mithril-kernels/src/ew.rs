@@ -33,7 +33,7 @@
 //! when `out` is non-empty. `Col(_, inner)`, `Tile { inner, rep, .. }`: `inner, rep >= 1`;
 //! `Tile`: `data.len()` a multiple of `inner`.
 
-// `Isa` names only the x86 arms: on aarch64 the baseline copy is the NEON one (see `isa`).
+// `Isa` names only the x86 arms: the closure drivers have the one baseline copy on aarch64 (see `isa`).
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::isa::{self, Isa};
 use std::mem::MaybeUninit;

@@ -3,10 +3,11 @@
 //! On x86-64 each kernel is compiled three times — an AVX-512 copy, an AVX2+FMA copy and a
 //! baseline ("scalar", i.e. plain x86-64) copy — and picks one per call with [`active`]. On
 //! aarch64 the levels are [`Isa::Neon`] and the baseline: the hand-written NEON kernels (the GEMM
-//! microkernel and GEMV, the narrow-float conversions) run on `Neon`, their portable versions on
-//! the baseline; the auto-vectorized drivers (`ew`, `prog`, `rows`) have one copy there, the
-//! baseline one, which rustc already compiles with NEON (Advanced SIMD is part of the aarch64
-//! baseline, so a second `target_feature` copy would be the same code). The CPU is probed once
+//! microkernel and GEMV, the narrow-float conversions, the fused elementwise programs' common
+//! `f32` ops and activations in `prog`, the `f32` row kernels in `rows`) run on `Neon`, their
+//! portable versions on the baseline (which rustc auto-vectorizes with NEON: Advanced SIMD is
+//! part of the aarch64 baseline). The `ew` drivers, whose element function is an opaque
+//! closure, have the one baseline copy there. The CPU is probed once
 //! ([`detected`], cached in an atomic); tests force a path with
 //! [`with_isa`], which is thread-local and never selects an ISA the CPU lacks.
 
@@ -186,7 +187,9 @@ impl Drop for IsaGuard {
 /// Defines `$vis fn $name<T: $bound>(args)` dispatching to `$imp::<T>(args)` compiled three
 /// times: for AVX-512, for AVX2 (both x86-64 only, `#[target_feature]` copies into which `$imp`,
 /// an `#[inline(always)]` function, is inlined) and for the baseline, chosen by [`active`] on
-/// each call. The kernels of `rows`, `pool`, `conv` and `attention` use it.
+/// each call. The kernels of `rows`, `pool`, `conv` and `attention` use it. The form
+/// `=> $imp, neon: $neon;` also runs `$neon::<T>(args)` on [`Isa::Neon`] (the row kernels'
+/// hand-written NEON forms).
 macro_rules! multiversion {
     (
         $(#[$m:meta])*
@@ -210,6 +213,36 @@ macro_rules! multiversion {
                 $crate::isa::Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
                 #[cfg(target_arch = "x86_64")]
                 $crate::isa::Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
+                _ => $imp::<T>($($a),*),
+            }
+        }
+    };
+    // The same with a NEON form: `$neon::<T>(args)` runs when the active level is
+    // `Isa::Neon` (aarch64 only; it decides itself what to do for each `T`).
+    (
+        $(#[$m:meta])*
+        $vis:vis fn $name:ident<T: $bound:path>($($a:ident : $t:ty),* $(,)?) => $imp:ident, neon: $neon:ident;
+    ) => {
+        $(#[$m])*
+        $vis fn $name<T: $bound>($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+            unsafe fn avx512<T: $bound>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2<T: $bound>($($a: $t),*) {
+                $imp::<T>($($a),*)
+            }
+            match $crate::isa::active() {
+                // SAFETY: `active` only returns levels the CPU supports.
+                #[cfg(target_arch = "x86_64")]
+                $crate::isa::Isa::Avx512 => unsafe { avx512::<T>($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::isa::Isa::Avx2 => unsafe { avx2::<T>($($a),*) },
+                #[cfg(target_arch = "aarch64")]
+                $crate::isa::Isa::Neon => $neon::<T>($($a),*),
                 _ => $imp::<T>($($a),*),
             }
         }

@@ -1,10 +1,11 @@
 //! Every dispatched path against the baseline ("scalar") path, bit for bit, at odd sizes: the
 //! narrow-float slice converters, the elementwise drivers, the row kernels and the GEMM. On
 //! x86-64 this compares AVX2 / AVX-512 with the baseline; on aarch64 (the CI runs this crate's
-//! tests under qemu) NEON with the baseline — where the conversions and the GEMM run hand-written
-//! NEON code, while the drivers and row kernels have one (baseline, NEON-vectorized) copy, so
-//! there those two tests check only that forcing a level keeps them working. Each test forces the
-//! paths with [`crate::isa::with_isa`] and also checks which level actually ran.
+//! tests under qemu) NEON with the baseline — where the conversions, the GEMM, the fused
+//! elementwise programs' `f32` ops and the `f32` row kernels run hand-written NEON code, while
+//! the `ew` closure drivers have one (baseline, NEON-vectorized) copy, so there that test checks
+//! only that forcing a level keeps them working. Each test forces the paths with
+//! [`crate::isa::with_isa`].
 
 use crate::cvt;
 use crate::ew::{self, Src};
@@ -304,6 +305,210 @@ fn gemm_matches_baseline() {
                     assert!(db <= tb, "bf16 {isa:?} {path:?} ({m},{n},{k}) @{o}: {db}");
                 }
             }
+        }
+    }
+}
+
+/// The bits compared: all of them, except that on x86-64 a NaN is any NaN (there the baseline
+/// and the AVX copies may produce NaNs of different sign: x86's default NaN is negative, and
+/// the copies take different instructions to it). On aarch64 NaN bits are compared too.
+fn key(x: f32) -> u32 {
+    if cfg!(target_arch = "x86_64") && x.is_nan() {
+        0x7fc0_0000
+    } else {
+        x.to_bits()
+    }
+}
+
+/// Inputs for the element functions: every special class (±0, ±∞, NaNs with payloads,
+/// subnormals, the clamp and split points of `vmath`), values across the whole range, and
+/// many in the range where the functions are curved.
+fn ew_probe(r: &mut Lcg) -> Vec<f32> {
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0xffa5_a5a5),
+        f32::from_bits(0x7fc0_1234),
+        f32::from_bits(1),
+        -f32::from_bits(0x007f_ffff),
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        f32::MIN,
+        89.0,
+        89.5,
+        -104.0,
+        -104.5,
+        0.549_306_15,
+        -0.549_306_15,
+        0.927_734_4,
+        4.0,
+        -4.0,
+        -5.657,
+        -10.0,
+    ];
+    for _ in 0..600 {
+        v.push(r.unit() * 12.0);
+    }
+    for _ in 0..300 {
+        v.push(f32::from_bits(r.bits()));
+    }
+    v
+}
+
+/// The fused elementwise programs' ops that have NEON forms (and the x86 paths' copies),
+/// through the general interpreter and the one-pass forms, against the baseline bit for bit,
+/// at odd lengths, on special values.
+#[test]
+fn elementwise_program_ops_match_baseline_bitwise() {
+    use crate::prog::{self, Arg, Builder, Dom, EwOp, Lit, Mode, Out, St};
+    use EwOp::*;
+    let mut r = Lcg(19);
+    let x = ew_probe(&mut r);
+    let y: Vec<f32> = {
+        let mut y = ew_probe(&mut r);
+        y.rotate_left(7);
+        y
+    };
+    let z = [Lit::F32(0.0); 2];
+    let unary = [
+        Neg, Abs, Square, Sqrt, Relu, Exp, Tanh, Erf, Sigmoid, Gelu, GeluTanh,
+    ];
+    let binary = [Add, Sub, Mul, Div];
+    // op(x) or op(x, y), and `sigmoid(x · y + 0.5)` (several instructions: the interpreter)
+    let mut progs = vec![];
+    for op in unary.iter().chain(&binary) {
+        let mut b = Builder::default();
+        let a = b.load(0, St::F32);
+        let c = b.load(1, St::F32);
+        let args: Vec<_> = [a, c].into_iter().take(op.arity()).collect();
+        let o = b.op(*op, Dom::F32, &args, z);
+        progs.push((format!("{op:?}"), b.finish(o)));
+    }
+    {
+        let mut b = Builder::default();
+        let a = b.load(0, St::F32);
+        let c = b.load(1, St::F32);
+        let h = b.lit(Lit::F32(0.5));
+        let m = b.op(Mul, Dom::F32, &[a, c], z);
+        let s = b.op(Add, Dom::F32, &[m, h], z);
+        let o = b.op(Sigmoid, Dom::F32, &[s], z);
+        progs.push(("sigmoid(x*y+0.5)".into(), b.finish(o)));
+    }
+    // the one-pass forms: post(x op y) for each post, also as an epilogue over the output
+    for post in [Relu, Gelu, GeluTanh, Tanh, Sigmoid] {
+        let mut b = Builder::default();
+        let a = b.load(0, St::F32);
+        let c = b.load(1, St::F32);
+        let s = b.op(Add, Dom::F32, &[a, c], z);
+        let o = b.op(post, Dom::F32, &[s], z);
+        progs.push((format!("{post:?}(x+y)"), b.finish(o)));
+    }
+    for isa in vector_isas() {
+        for &n in LENS.iter().chain([x.len()].iter()) {
+            let n = n.min(x.len());
+            for (name, p) in &progs {
+                let run = |i: Isa, mode: Mode| {
+                    with_isa(i, || {
+                        let mut o = y[..n].to_vec();
+                        let args = [Arg::F32(Src::Full(&x[..n])), Arg::F32(Src::Full(&y[..n]))];
+                        prog::run(p, &args, Out::F32(&mut o), mode).unwrap();
+                        let mut rows = x[..n].to_vec();
+                        if let Some(rw) = p.rows_f32(Mode::Epilogue(St::F32)) {
+                            assert!(rw.run(&args, &mut rows));
+                        }
+                        let bits = |v: &[f32]| v.iter().map(|&x| key(x)).collect::<Vec<_>>();
+                        (bits(&o), bits(&rows))
+                    })
+                };
+                for mode in [Mode::Plain, Mode::InPlace(1), Mode::Epilogue(St::F32)] {
+                    assert_eq!(
+                        run(Isa::Scalar, mode),
+                        run(isa, mode),
+                        "{name} {isa:?} {mode:?} n={n}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The row kernels' NEON forms (and the x86 copies) on every kernel and option — in place,
+/// statistics, without gamma / beta, RMS norm, means — on rows holding special values and
+/// long rows (several 2048-element blocks), against the baseline bit for bit.
+#[test]
+fn row_kernels_every_form_match_baseline_bitwise() {
+    let mut r = Lcg(23);
+    let probe = ew_probe(&mut r);
+    for isa in vector_isas() {
+        for &cols in &[1usize, 3, 5, 17, 63, 64, 65, 130, 4099] {
+            let rows = 4;
+            let mut x: Vec<f32> = (0..rows * cols).map(|_| r.unit() * 20.0).collect();
+            // row 2 gets special values (NaN, ±∞, ±0 ...) scattered in
+            for (k, v) in x[2 * cols..3 * cols].iter_mut().enumerate() {
+                if k % 5 == 1 {
+                    *v = probe[(k / 5) % 23];
+                }
+            }
+            // row 3 holds equal values and both zeros
+            for (k, v) in x[3 * cols..].iter_mut().enumerate() {
+                *v = if k % 2 == 0 { 0.0 } else { -0.0 };
+            }
+            let g: Vec<f32> = (0..cols).map(|_| 1.0 + r.unit() * 0.5).collect();
+            let be: Vec<f32> = (0..cols).map(|_| r.unit()).collect();
+            let run = |i: Isa| {
+                with_isa(i, || {
+                    let bits = |v: &[f32]| v.iter().map(|&x| key(x)).collect::<Vec<u32>>();
+                    let mut out: Vec<Vec<u32>> = vec![];
+                    let mut per_row = vec![0f32; rows];
+                    let mut full = vec![0f32; rows * cols];
+                    for k in [rows::sum, rows::mean, rows::max, rows::min] {
+                        k(&x, cols, &mut per_row);
+                        out.push(bits(&per_row));
+                    }
+                    for k in [rows::softmax, rows::log_softmax] {
+                        k(&x, cols, &mut full);
+                        out.push(bits(&full));
+                    }
+                    for k in [rows::softmax_inplace, rows::log_softmax_inplace] {
+                        let mut y = x.clone();
+                        k(&mut y, cols);
+                        out.push(bits(&y));
+                    }
+                    for (gm, bt) in [(true, true), (true, false), (false, true), (false, false)] {
+                        let (mut m, mut s) = (vec![0f32; rows], vec![0f32; rows]);
+                        rows::layer_norm(
+                            &x,
+                            cols,
+                            gm.then_some(&g[..]),
+                            bt.then_some(&be[..]),
+                            1e-5,
+                            &mut full,
+                            Some(rows::NormStats {
+                                mean: &mut m,
+                                rstd: &mut s,
+                            }),
+                        );
+                        out.extend([bits(&full), bits(&m), bits(&s)]);
+                    }
+                    for gm in [true, false] {
+                        let mut s = vec![0f32; rows];
+                        rows::rms_norm(
+                            &x,
+                            cols,
+                            gm.then_some(&g[..]),
+                            1e-6,
+                            &mut full,
+                            Some(&mut s),
+                        );
+                        out.extend([bits(&full), bits(&s)]);
+                    }
+                    out
+                })
+            };
+            assert_eq!(run(Isa::Scalar), run(isa), "{isa:?} cols={cols}");
         }
     }
 }

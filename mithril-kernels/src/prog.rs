@@ -6,8 +6,11 @@
 //! instruction is one tight loop over the chunk's registers (which stay in L1), so the loops
 //! vectorize like the closures of [`crate::ew`] did, and the per-instruction dispatch costs a
 //! branch per 256 elements. Like the `ew` drivers, `run` is multiversioned (AVX-512, AVX2+FMA,
-//! baseline, picked by [`crate::isa::active`]); operands are read through the same broadcast
-//! sources ([`Src`]), never materialized.
+//! baseline, picked by [`crate::isa::active`]; on aarch64 a NEON level whose arithmetic,
+//! `neg`/`abs`/`square`/`sqrt`/`relu`, `exp`/`tanh`/`erf`/`sigmoid`/`gelu` instructions — and the
+//! one-pass forms' bias-add-and-activation loops — are `core::arch::aarch64` intrinsics, bit for
+//! bit the baseline); operands are read through the same broadcast sources ([`Src`]), never
+//! materialized.
 //!
 //! Semantics are those of the element functions in [`crate::scalar`] / [`crate::vmath`] on the
 //! compute ("accumulator") type of each value: `f16`/`bf16` load widened to `f32` and are rounded
@@ -15,7 +18,7 @@
 //! of the same expression written as one closure.
 
 use crate::ew::{Src, CH};
-// `Isa` names only the x86 arms: on aarch64 the baseline copy is the NEON one (see `isa`).
+// `Isa` names only the x86 and NEON arms (see `isa`).
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::isa::{self, Isa};
 use crate::scalar::{self as s, Num, Real};
@@ -467,7 +470,9 @@ fn run_general(prog: &Prog, args: &[Arg<'_>], out: Out<'_>, mode: Mode) -> Resul
             Isa::Avx512 => unsafe { run_avx512(prog, args, out, mode, banks) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { run_avx2(prog, args, out, mode, banks) },
-            _ => run_generic(prog, args, out, mode, banks),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => run_generic::<true>(prog, args, out, mode, banks),
+            _ => run_generic::<false>(prog, args, out, mode, banks),
         }
     });
     Ok(())
@@ -621,22 +626,30 @@ pub fn supported(op: EwOp, dom: Dom) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
 unsafe fn run_avx512(prog: &Prog, args: &[Arg<'_>], out: Out<'_>, mode: Mode, b: &mut Banks) {
-    run_generic(prog, args, out, mode, b)
+    run_generic::<false>(prog, args, out, mode, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2(prog: &Prog, args: &[Arg<'_>], out: Out<'_>, mode: Mode, b: &mut Banks) {
-    run_generic(prog, args, out, mode, b)
+    run_generic::<false>(prog, args, out, mode, b)
 }
 
+/// The interpreter's chunk loop; `NEON`: the common `f32` ops run their aarch64 intrinsic
+/// forms ([`exec_neon`]).
 #[inline(always)]
-fn run_generic(prog: &Prog, args: &[Arg<'_>], mut out: Out<'_>, mode: Mode, b: &mut Banks) {
+fn run_generic<const NEON: bool>(
+    prog: &Prog,
+    args: &[Arg<'_>],
+    mut out: Out<'_>,
+    mode: Mode,
+    b: &mut Banks,
+) {
     let n = out.len();
     let mut start = 0;
     while start < n {
         let len = CH.min(n - start);
-        chunk(prog, args, &mut out, mode, b, start, len);
+        chunk::<NEON>(prog, args, &mut out, mode, b, start, len);
         start += len;
     }
 }
@@ -678,7 +691,7 @@ macro_rules! wr {
 }
 
 #[inline(always)]
-fn chunk(
+fn chunk<const NEON: bool>(
     prog: &Prog,
     args: &[Arg<'_>],
     out: &mut Out<'_>,
@@ -710,7 +723,11 @@ fn chunk(
                 args,
                 imm,
                 dst,
-            } => exec(b, *op, *dom, args, imm, *dst, n),
+            } => {
+                if !(NEON && *dom == Dom::F32 && exec_neon(b, *op, args, *dst, n)) {
+                    exec(b, *op, *dom, args, imm, *dst, n)
+                }
+            }
         }
     }
     store(out, mode, b, prog.out, start, n);
@@ -1042,6 +1059,59 @@ fn exec(b: &mut Banks, op: EwOp, dom: Dom, a: &[Reg; 3], imm: &[Lit; 2], dst: Re
         }
         Dom::Bool => bool_ops(b, op, a, dst, n),
     }
+}
+
+/// The NEON form of an `f32`-domain op, when it has one (`false`: run [`exec`]): the
+/// arithmetic, `neg`/`abs`/`square`/`sqrt`/`relu` and the `vmath` functions `exp`, `tanh`,
+/// `erf`, `sigmoid`, `gelu` (both forms), four lanes at a time by [`crate::vmath::neon`], bit for
+/// bit the scalar forms.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn exec_neon(b: &mut Banks, op: EwOp, a: &[Reg; 3], dst: Reg, n: usize) -> bool {
+    use crate::vmath::neon::{self as v, ops};
+    use EwOp::*;
+    macro_rules! u {
+        ($fv:expr, $fs:expr) => {
+            v::map1(rd!(b, a[0], n, f32), wr!(b, dst, n, f32), $fv, $fs)
+        };
+    }
+    macro_rules! bi {
+        ($fv:expr, $fs:expr) => {
+            v::map2(
+                rd!(b, a[0], n, f32),
+                rd!(b, a[1], n, f32),
+                wr!(b, dst, n, f32),
+                $fv,
+                $fs,
+            )
+        };
+    }
+    match op {
+        Add => bi!(ops::vadd, |x: f32, y| Num::add(x, y)),
+        Sub => bi!(ops::vsub, |x: f32, y| Num::sub(x, y)),
+        Mul => bi!(ops::vmul, |x: f32, y| Num::mul(x, y)),
+        Div => bi!(ops::vdiv, |x: f32, y| Num::div(x, y)),
+        Neg => u!(ops::vneg, |x: f32| Num::neg(x)),
+        Abs => u!(ops::vabs, |x: f32| Num::abs(x)),
+        Square => u!(ops::vsquare, |x: f32| s::square(x)),
+        Sqrt => u!(ops::vsqrt, |x: f32| Real::sqrt(x)),
+        Relu => u!(v::relu, |x: f32| s::relu(x)),
+        Exp => u!(v::exp, vmath::exp),
+        Tanh => u!(v::tanh, vmath::tanh),
+        Erf => u!(v::erf, vmath::erf),
+        Sigmoid => u!(v::sigmoid, vmath::sigmoid),
+        Gelu => u!(v::gelu_erf, vmath::gelu_erf),
+        GeluTanh => u!(v::gelu_tanh, vmath::gelu_tanh),
+        _ => return false,
+    }
+    true
+}
+
+/// Never called: the NEON level exists on aarch64 only.
+#[cfg(not(target_arch = "aarch64"))]
+#[inline(always)]
+fn exec_neon(_: &mut Banks, _: EwOp, _: &[Reg; 3], _: Reg, _: usize) -> bool {
+    false
 }
 
 fn lit_f32(l: Lit) -> f32 {

@@ -2,7 +2,8 @@
 //! (sum over rows, e.g. for bias gradients), softmax, log-softmax, layer norm and RMS norm.
 //!
 //! Every kernel is multiversioned (AVX-512 / AVX2+FMA / baseline, chosen per call by
-//! [`crate::isa::active`]) and generic over the element type ([`RowElem`]: `f32`, `f64`, `f16`,
+//! [`crate::isa::active`]; on aarch64 the `f32` kernels have hand-written NEON forms, bit for bit
+//! the baseline) and generic over the element type ([`RowElem`]: `f32`, `f64`, `f16`,
 //! `bf16`). Elements are computed in `f32` (`f64` for `f64`) and *accumulated* in a wider or equal
 //! type: `f32` data accumulates in `f64`, `f64` in `f64`, `f16`/`bf16` in `f32`. Summation order is
 //! fixed by the source (16 lane accumulators, then a fixed tree), so every ISA path gives the
@@ -35,11 +36,15 @@
 //! row-shaped results); `x.len() >= rows * cols`; `gamma`/`beta` have at least `cols` elements.
 //! `cols == 0` is allowed: sums are 0, means NaN, max −∞, min +∞.
 
-// `Isa` names only the x86 arms: on aarch64 the baseline copy is the NEON one (see `isa`).
+// `Isa` names only the x86 and NEON arms (see `isa`).
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::vmath::VFloat;
 use half::{bf16, f16};
 use std::ops::{Add, Div, Mul, Sub};
+
+/// The NEON forms of the `f32` kernels (aarch64).
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 /// A float type the row kernels compute or accumulate in (`f32`, `f64`).
 pub trait Calc:
@@ -723,30 +728,116 @@ fn rms_norm_impl<T: RowElem>(
     }
 }
 
+/// The NEON hooks of the multiversioned kernels: the `f32` forms of [`neon`], the baseline copy
+/// for the other element types.
+#[cfg(target_arch = "aarch64")]
+mod neon_hooks {
+    use super::*;
+
+    macro_rules! per_row {
+        ($($hook:ident => $imp:ident, $nf:ident;)*) => {$(
+            #[inline]
+            pub(super) fn $hook<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) {
+                if let (Some(x), Some(o)) = (neon::f32s(x), neon::f32s_mut(out)) {
+                    return neon::$nf(x, cols, o);
+                }
+                $imp::<T>(x, cols, out)
+            }
+        )*};
+    }
+    per_row! {
+        sum_neon => sum_impl, sum;
+        mean_neon => mean_impl, mean;
+        max_neon => max_impl, max;
+        min_neon => min_impl, min;
+        softmax_neon => softmax_impl, softmax;
+        log_softmax_neon => log_softmax_impl, log_softmax;
+    }
+
+    #[inline]
+    pub(super) fn softmax_inplace_neon<T: RowElem>(x: &mut [T], cols: usize) {
+        match neon::f32s_mut(x) {
+            Some(x) => neon::softmax_inplace(x, cols),
+            None => softmax_inplace_impl::<T>(x, cols),
+        }
+    }
+
+    #[inline]
+    pub(super) fn log_softmax_inplace_neon<T: RowElem>(x: &mut [T], cols: usize) {
+        match neon::f32s_mut(x) {
+            Some(x) => neon::log_softmax_inplace(x, cols),
+            None => log_softmax_inplace_impl::<T>(x, cols),
+        }
+    }
+
+    #[inline]
+    pub(super) fn layer_norm_neon<T: RowElem>(
+        x: &[T],
+        cols: usize,
+        gamma: Option<&[T]>,
+        beta: Option<&[T]>,
+        eps: f64,
+        out: &mut [T],
+        stats: Option<NormStats<'_, T>>,
+    ) {
+        if let (Some(xf), Some(o)) = (neon::f32s(x), neon::f32s_mut(out)) {
+            let g = gamma.and_then(neon::f32s);
+            let b = beta.and_then(neon::f32s);
+            let st = stats.and_then(|st| {
+                Some(NormStats {
+                    mean: neon::f32s_mut(st.mean)?,
+                    rstd: neon::f32s_mut(st.rstd)?,
+                })
+            });
+            return neon::layer_norm(xf, cols, g, b, eps, o, st);
+        }
+        layer_norm_impl::<T>(x, cols, gamma, beta, eps, out, stats)
+    }
+
+    #[inline]
+    pub(super) fn rms_norm_neon<T: RowElem>(
+        x: &[T],
+        cols: usize,
+        gamma: Option<&[T]>,
+        eps: f64,
+        out: &mut [T],
+        rstd: Option<&mut [T]>,
+    ) {
+        if let (Some(xf), Some(o)) = (neon::f32s(x), neon::f32s_mut(out)) {
+            let g = gamma.and_then(neon::f32s);
+            let r = rstd.and_then(neon::f32s_mut);
+            return neon::rms_norm(xf, cols, g, eps, o, r);
+        }
+        rms_norm_impl::<T>(x, cols, gamma, eps, out, rstd)
+    }
+}
+#[cfg(target_arch = "aarch64")]
+use neon_hooks::*;
+
 multiversion! {
     /// `out[r] = Σ_c x[r, c]` for `r < out.len()` (see the module docs for the error bound).
-    pub fn sum<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => sum_impl;
+    pub fn sum<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => sum_impl, neon: sum_neon;
 }
 multiversion! {
     /// `out[r] = mean_c x[r, c]` for `r < out.len()` (NaN when `cols == 0`).
-    pub fn mean<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => mean_impl;
+    pub fn mean<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => mean_impl, neon: mean_neon;
 }
 multiversion! {
     /// `out[r] = max_c x[r, c]` (NaN if the row has one; −∞ when `cols == 0`).
-    pub fn max<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => max_impl;
+    pub fn max<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => max_impl, neon: max_neon;
 }
 multiversion! {
     /// `out[r] = min_c x[r, c]` (NaN if the row has one; +∞ when `cols == 0`).
-    pub fn min<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => min_impl;
+    pub fn min<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => min_impl, neon: min_neon;
 }
 multiversion! {
     /// Row softmax: `out[r, c] = exp(x[r, c] - m_r) / Σ_c exp(x[r, c] - m_r)`, `m_r` the row
     /// max; `rows = out.len() / cols`. A row holding +∞ or NaN gives NaN.
-    pub fn softmax<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => softmax_impl;
+    pub fn softmax<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => softmax_impl, neon: softmax_neon;
 }
 multiversion! {
     /// Row log-softmax: `out[r, c] = x[r, c] - m_r - ln Σ_c exp(x[r, c] - m_r)`.
-    pub fn log_softmax<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => log_softmax_impl;
+    pub fn log_softmax<T: RowElem>(x: &[T], cols: usize, out: &mut [T]) => log_softmax_impl, neon: log_softmax_neon;
 }
 multiversion! {
     /// Layer norm over each row: `out = (x - mean) / √(var + eps) · gamma + beta` (biased
@@ -760,7 +851,7 @@ multiversion! {
         eps: f64,
         out: &mut [T],
         stats: Option<NormStats<'_, T>>,
-    ) => layer_norm_impl;
+    ) => layer_norm_impl, neon: layer_norm_neon;
 }
 multiversion! {
     /// RMS norm over each row: `out = x / √(mean(x²) + eps) · gamma`; `rstd`, when given,
@@ -772,14 +863,14 @@ multiversion! {
         eps: f64,
         out: &mut [T],
         rstd: Option<&mut [T]>,
-    ) => rms_norm_impl;
+    ) => rms_norm_impl, neon: rms_norm_neon;
 }
 multiversion! {
     /// [`softmax`] in place: `x[r, c]` becomes the softmax of row `r` (`rows = x.len() / cols`);
     /// the same bits as the out-of-place kernel.
-    pub fn softmax_inplace<T: RowElem>(x: &mut [T], cols: usize) => softmax_inplace_impl;
+    pub fn softmax_inplace<T: RowElem>(x: &mut [T], cols: usize) => softmax_inplace_impl, neon: softmax_inplace_neon;
 }
 multiversion! {
     /// [`log_softmax`] in place (the same bits as the out-of-place kernel).
-    pub fn log_softmax_inplace<T: RowElem>(x: &mut [T], cols: usize) => log_softmax_inplace_impl;
+    pub fn log_softmax_inplace<T: RowElem>(x: &mut [T], cols: usize) => log_softmax_inplace_impl, neon: log_softmax_inplace_neon;
 }

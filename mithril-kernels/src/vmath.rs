@@ -46,6 +46,10 @@
 // and the leading erf coefficient is the fitted value near 2/√π, not the constant itself.
 #![allow(clippy::excessive_precision, clippy::approx_constant)]
 
+/// The NEON forms (aarch64): the same operations four lanes at a time, bit for bit.
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+
 #[inline(always)]
 fn fma(a: f32, b: f32, c: f32) -> f32 {
     a.mul_add(b, c)
@@ -234,14 +238,16 @@ pub fn gelu_erf(x: f32) -> f32 {
     sel(x == f32::NEG_INFINITY, -0.0, x * normal_cdf(x))
 }
 
+/// 2√(2/π) and the cubic coefficient of [`gelu_tanh`].
+const GELU_K2: f32 = 2.0 * 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
 /// GELU, tanh form (PyTorch `approximate="tanh"`): 0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³))),
 /// computed as x · sigmoid(2√(2/π)(x + 0.044715 x³)) (the same function, no cancellation for
 /// negative x); `gelu_tanh(-∞) = -0.0`.
 #[inline(always)]
 pub fn gelu_tanh(x: f32) -> f32 {
-    const K2: f32 = 2.0 * 0.797_884_6;
-    const C: f32 = 0.044_715;
-    let inner = K2 * fma(C * x, x * x, x);
+    let inner = GELU_K2 * fma(GELU_C * x, x * x, x);
     sel(x == f32::NEG_INFINITY, -0.0, x * sigmoid(inner))
 }
 

@@ -7,7 +7,7 @@
 
 use super::{src_len, Arg, Dom, EwOp, Ins, Mode, Out, Reg, St};
 use crate::ew::{Src, CH};
-// `Isa` names only the x86 arms: on aarch64 the baseline copy is the NEON one (see `isa`).
+// `Isa` names only the x86 and NEON arms (see `isa`).
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 use crate::isa::{self, Isa};
 use crate::scalar::{self as s, Num};
@@ -318,7 +318,9 @@ fn dispatch<R: Scratch>(
         Isa::Avx512 => unsafe { drive_avx512(f, kinds, consts, p, round, o, regs) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { drive_avx2(f, kinds, consts, p, round, o, regs) },
-        _ => drive(f, kinds, consts, p, round, o, regs),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => drive::<R, true>(f, kinds, consts, p, round, o, regs),
+        _ => drive::<R, false>(f, kinds, consts, p, round, o, regs),
     }
 }
 
@@ -369,7 +371,7 @@ unsafe fn drive_avx512<R: Scratch>(
     o: &mut [f32],
     regs: &mut R,
 ) {
-    drive(f, kinds, consts, p, round, o, regs)
+    drive::<R, false>(f, kinds, consts, p, round, o, regs)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -383,7 +385,7 @@ unsafe fn drive_avx2<R: Scratch>(
     o: &mut [f32],
     regs: &mut R,
 ) {
-    drive(f, kinds, consts, p, round, o, regs)
+    drive::<R, false>(f, kinds, consts, p, round, o, regs)
 }
 
 #[inline(always)]
@@ -395,8 +397,9 @@ fn round_in_place(o: &mut [f32], round: Round) {
     }
 }
 
+/// The one-pass loop; `NEON`: the `Map` kernels run [`neon::kernel`] (aarch64 intrinsics).
 #[inline(always)]
-fn drive<R: Scratch>(
+fn drive<R: Scratch, const NEON: bool>(
     f: Fast,
     kinds: &[Kind<'_>; 4],
     consts: &[f32; 4],
@@ -435,6 +438,7 @@ fn drive<R: Scratch>(
         match kinds[1] {
             Kind::Bf16(y) => kernel_narrow(f, d, &y[start..start + n], |v: bf16| v.to_f32()),
             Kind::F16(y) => kernel_narrow(f, d, &y[start..start + n], |v: f16| v.to_f32()),
+            _ if NEON => neon::kernel(f, p, d, s),
             _ => kernel(f, p, d, s),
         }
         round_in_place(d, round);
@@ -629,6 +633,8 @@ impl Rows {
             Isa::Avx512 => unsafe { rows_avx512(self, out, x) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { rows_avx2(self, out, x) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::rows(self, out, x),
             _ => rows_kernel(self, out, x),
         }
         true
@@ -704,6 +710,103 @@ fn rows_kernel(r: &Rows, d: &mut [f32], x: &[f32]) {
             }
         }
     }
+}
+
+/// The NEON forms of the `Map` kernels: the same element functions four lanes at a time
+/// ([`crate::vmath::neon`]), bit for bit those of [`kernel`] / [`rows_kernel`]; the selects
+/// (one compare and a blend, which the baseline copy vectorizes as well) run those.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{rows_kernel, s, vmath, EwOp, Fast, Num, Rows};
+    use crate::vmath::neon::{self as v, ops};
+    use std::arch::aarch64::float32x4_t;
+
+    /// Calls `$body!(fv, fs)` with the vector and scalar forms of `post(op(x, y))`; `$none`
+    /// when `op` or `post` has no vector form here.
+    macro_rules! with_map {
+        ($op:expr, $post:expr, $body:ident, $none:expr) => {{
+            use EwOp::*;
+            macro_rules! with_post {
+                ($gv:expr, $gs:expr) => {
+                    match $op {
+                        None => $body!(
+                            |x: float32x4_t, _y: float32x4_t| $gv(x),
+                            |x: f32, _y: f32| $gs(x)
+                        ),
+                        Some(Add) => $body!(
+                            |x: float32x4_t, y: float32x4_t| $gv(ops::vadd(x, y)),
+                            |x: f32, y: f32| $gs(Num::add(x, y))
+                        ),
+                        Some(Sub) => $body!(
+                            |x: float32x4_t, y: float32x4_t| $gv(ops::vsub(x, y)),
+                            |x: f32, y: f32| $gs(Num::sub(x, y))
+                        ),
+                        Some(Mul) => $body!(
+                            |x: float32x4_t, y: float32x4_t| $gv(ops::vmul(x, y)),
+                            |x: f32, y: f32| $gs(Num::mul(x, y))
+                        ),
+                        _ => $none,
+                    }
+                };
+            }
+            match $post {
+                None => with_post!(|x: float32x4_t| x, |x: f32| x),
+                Some(Relu) => with_post!(v::relu, |x: f32| s::relu(x)),
+                Some(Gelu) => with_post!(v::gelu_erf, vmath::gelu_erf),
+                Some(GeluTanh) => with_post!(v::gelu_tanh, vmath::gelu_tanh),
+                Some(Tanh) => with_post!(v::tanh, vmath::tanh),
+                Some(Sigmoid) => with_post!(v::sigmoid, vmath::sigmoid),
+                _ => $none,
+            }
+        }};
+    }
+
+    /// One chunk of `f` (see [`super::kernel`]): slot `p` is `d` itself.
+    #[inline(always)]
+    pub(super) fn kernel(f: Fast, p: usize, d: &mut [f32], sl: [&[f32]; 4]) {
+        let Fast::Map { op, post, .. } = f else {
+            return super::kernel(f, p, d, sl);
+        };
+        let n = d.len();
+        let (a, b) = (&sl[0][..n], &sl[1][..n]);
+        macro_rules! body {
+            ($fv:expr, $fs:expr) => {{
+                let (fv, fs) = ($fv, $fs);
+                match p {
+                    0 => v::map2_inplace(d, b, fv, fs),
+                    1 => v::map2_inplace(d, a, |o, x| fv(x, o), |o, x| fs(x, o)),
+                    _ => v::map2(a, b, d, fv, fs),
+                }
+            }};
+        }
+        with_map!(op, post, body, super::kernel(f, p, d, sl))
+    }
+
+    /// One call of a [`Rows`] program (see [`rows_kernel`]).
+    #[inline(always)]
+    pub(super) fn rows(r: &Rows, d: &mut [f32], x: &[f32]) {
+        let Fast::Map { op, post, .. } = r.f else {
+            return rows_kernel(r, d, x);
+        };
+        let n = d.len();
+        macro_rules! body {
+            ($fv:expr, $fs:expr) => {{
+                let (fv, fs) = ($fv, $fs);
+                if op.is_none() {
+                    v::map1_inplace(d, |o| fv(o, o), |o| fs(o, o))
+                } else {
+                    v::map2_inplace(d, &x[..n], fv, fs)
+                }
+            }};
+        }
+        with_map!(op, post, body, rows_kernel(r, d, x))
+    }
+}
+
+/// Never taken: the NEON level exists on aarch64 only.
+#[cfg(not(target_arch = "aarch64"))]
+mod neon {
+    pub(super) use super::kernel;
 }
 
 #[cfg(test)]
