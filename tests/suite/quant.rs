@@ -36,6 +36,22 @@ mithril! {
         loss cross_entropy(logits, label).mean();
     }
     compile SpiralQ = Spiral { quantization: int8 };
+
+    train DigitsMlpTrain {
+        input x: f32[B, 64];
+        input label: i64[B];
+        let h = relu(Linear(128)(x));
+        let h = relu(Linear(64)(h));
+        output logits = Linear(10)(h);
+        loss cross_entropy(logits, label).mean();
+    }
+    model DigitsMlp {
+        input x: f32[B, 64];
+        let h = relu(Linear(128)(x));
+        let h = relu(Linear(64)(h));
+        output logits = Linear(10)(h);
+    }
+    compile DigitsMlpQ = DigitsMlp { quantization: int8 };
 }
 
 fn data(rows: usize, cols: usize, seed: u64, scale: f32) -> Array2<f32> {
@@ -432,4 +448,89 @@ fn trained_classifier_keeps_its_accuracy_in_int8() {
 fn mithril_say(s: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{s}");
+}
+
+/// Top-1 over 10 classes.
+fn top1_of_10(logits: &Array2<f32>, y: &[i64]) -> f64 {
+    let ok = logits
+        .rows()
+        .into_iter()
+        .zip(y)
+        .filter(|(r, t)| (0..10).fold(0, |b, j| if r[j] > r[b] { j } else { b }) as i64 == **t)
+        .count();
+    ok as f64 / y.len() as f64
+}
+
+#[test]
+fn digits_mlp_keeps_its_accuracy_in_int8() {
+    // the 8x8 digits of examples/train_cnn.rs: every fifth image held out
+    const RAW: &[u8] = include_bytes!("../../examples/data/digits.bin");
+    let n = RAW.len() / 65;
+    let img = |i: usize| (0..64).map(move |k| f32::from(RAW[i * 65 + 1 + k]) / 16.0);
+    let (train_i, test_i): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 5 != 0);
+    let rows = |idx: &[usize]| {
+        Array2::from_shape_vec((idx.len(), 64), idx.iter().flat_map(|&i| img(i)).collect()).unwrap()
+    };
+    let labels = |idx: &[usize]| {
+        idx.iter()
+            .map(|&i| i64::from(RAW[i * 65]))
+            .collect::<Vec<_>>()
+    };
+    let (xt, yt) = (rows(&train_i), labels(&train_i));
+    let (xv, yv) = (rows(&test_i), labels(&test_i));
+    let train = DigitsMlpTrain::new().unwrap();
+    let mut tp = train.randomize_params(3);
+    let mut opt = Adam::new(0.003);
+    for epoch in 0..8usize {
+        let stride = [7usize, 11, 13][epoch % 3];
+        let order: Vec<usize> = (0..xt.nrows())
+            .map(|i| (i * stride + epoch) % xt.nrows())
+            .collect();
+        for chunk in order.chunks(32) {
+            let xb = Array2::from_shape_fn((chunk.len(), 64), |(i, j)| xt[[chunk[i], j]]);
+            let yb = Array1::from_iter(chunk.iter().map(|&i| yt[i]));
+            let (_, g) = train
+                .evaluate_gradients(
+                    &tp,
+                    DigitsMlpTrainInputs {
+                        x: xb.view(),
+                        label: yb.view(),
+                    },
+                )
+                .unwrap();
+            opt.step(&mut tp, &g).unwrap();
+        }
+    }
+    let m = DigitsMlpQ::new().unwrap();
+    let mut p = m.randomize_params(0);
+    p.load_safetensors_bytes(&tp.to_safetensors_bytes().unwrap())
+        .unwrap();
+    let inputs = || DigitsMlpQInputs { x: xv.view() };
+    let acc32 = top1_of_10(&m.evaluate(&p, inputs()).unwrap().logits, &yv);
+    let dynq = m.quantize(&p).unwrap();
+    let acc8 = top1_of_10(&m.evaluate_quantized(&dynq, inputs()).unwrap().logits, &yv);
+    let cal = m
+        .calibrate(
+            &p,
+            xt.slice(ndarray::s![..256, ..])
+                .axis_chunks_iter(ndarray::Axis(0), 64)
+                .map(|x| DigitsMlpQInputs { x }),
+        )
+        .unwrap();
+    let acc8s = top1_of_10(&m.evaluate_quantized(&cal, inputs()).unwrap().logits, &yv);
+    mithril_say(&format!(
+        "digits MLP 64-128-64-10 (8 epochs): top-1 f32 {:.1}%, int8 dynamic {:.1}%, int8 calibrated {:.1}%",
+        100.0 * acc32,
+        100.0 * acc8,
+        100.0 * acc8s
+    ));
+    assert!(acc32 > 0.93, "the f32 model did not train: {acc32}");
+    assert!(
+        (acc32 - acc8).abs() <= 0.01,
+        "dynamic int8 {acc8} vs f32 {acc32}"
+    );
+    assert!(
+        (acc32 - acc8s).abs() <= 0.01,
+        "calibrated int8 {acc8s} vs f32 {acc32}"
+    );
 }
