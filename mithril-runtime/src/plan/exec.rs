@@ -796,6 +796,9 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                         | POp::Const(_)
                         | POp::LoopNext
                         | POp::LoopExit
+                        // a view of a tape; its operand (the forward loop's test) is not a
+                        // value after the loop
+                        | POp::TapeRead(_)
                 );
             let info = OpInfo {
                 model: self.plan.model,
