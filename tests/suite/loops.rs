@@ -159,6 +159,9 @@ mithril! {
         output ys = ys;
         output last = h;
     }
+
+    // the scan, profiled (an instrumented executor through the reversed loop)
+    pub compile RnnProf = Rnn { profile: true };
 }
 
 fn linear(x: &Array2<f64>, w: &Array2<f64>, b: &ndarray::Array1<f64>) -> Array2<f64> {
@@ -605,4 +608,38 @@ fn a_scan_inside_a_run_time_if_branch() {
             .unwrap();
         assert_eq!(gradcheck(&format!("branch scan {go}"), &p, &g, loss), 10);
     }
+}
+
+#[test]
+fn a_profiled_model_differentiates_through_a_scan() {
+    let (m, pm) = (Rnn::new().unwrap(), RnnProf::new().unwrap());
+    let p = rnn_params(&m);
+    let mut q = pm.randomize_params(0);
+    q.w = p.w.clone();
+    q.u = p.u.clone();
+    q.v = p.v.clone();
+    let xs = pat(Ix3(2, 3, 3), 0.4);
+    let seeds = || (pat(Ix3(2, 3, 3), 1.1), pat(Ix2(2, 3), 2.3));
+    let (a, b) = seeds();
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            RnnInputs { xs: xs.view() },
+            RnnOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    let (a, b) = seeds();
+    let (_, h) = pm
+        .evaluate_gradients(
+            &q,
+            RnnProfInputs { xs: xs.view() },
+            RnnProfOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    assert_eq!(g.w, h.w);
+    assert_eq!(g.u, h.u);
+    assert_eq!(g.v, h.v);
+    assert!(pm
+        .profile_report()
+        .contains("evaluate_gradients: 1 call(s)"));
 }
