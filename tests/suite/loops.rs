@@ -577,7 +577,7 @@ fn a_scan_inside_a_run_time_if_branch() {
         let mut ys = Array3::<f64>::zeros((2, t_len, 2));
         if go {
             ys = &xs * &p.v;
-            h = h + &p.v;
+            h += &p.v;
         } else {
             for t in 0..t_len {
                 h = (h.dot(&p.w) + xs.index_axis(Axis(1), t).dot(&p.u)).mapv(f64::tanh);
