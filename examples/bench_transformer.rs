@@ -53,19 +53,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Time `f` for about `budget` seconds after warm-up; the median seconds per call.
-fn bench(mut f: impl FnMut(), budget: f64) -> f64 {
+/// CPU time of the whole process (all threads; robust to a shared, loaded machine).
+fn process_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Time `f` for about `budget` seconds after warm-up: the median wall and process-CPU seconds
+/// per call.
+fn bench_cpu(mut f: impl FnMut(), budget: f64) -> (f64, f64) {
     for _ in 0..2 {
         f();
     }
-    let mut times = Vec::new();
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
     let start = Instant::now();
-    while start.elapsed().as_secs_f64() < budget || times.len() < 5 {
-        let t = Instant::now();
+    while start.elapsed().as_secs_f64() < budget || wall.len() < 5 {
+        let (t, c) = (Instant::now(), process_cpu());
         f();
-        times.push(t.elapsed().as_secs_f64());
+        cpu.push(process_cpu() - c);
+        wall.push(t.elapsed().as_secs_f64());
     }
-    median(times)
+    (median(wall), median(cpu))
+}
+
+/// Time `f` for about `budget` seconds after warm-up; the median seconds per call.
+fn bench(f: impl FnMut(), budget: f64) -> f64 {
+    bench_cpu(f, budget).0
 }
 
 /// 24 independent zmm FMA chains: `iters` × 24 × 16 FMAs.
@@ -139,14 +157,14 @@ pub fn main() -> mithril::Result<()> {
     let p = m.randomize_params(0);
     for b in [1usize, 8] {
         let x = data((b, S, D), 0.1);
-        let t = bench(
+        let (t, c) = bench_cpu(
             || {
                 let _ = black_box(m.evaluate(&p, BlockInputs { x: x.view() }));
             },
             budget,
         );
         println!(
-            "JSON {{\"bench\": \"transformer_infer\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+            "JSON {{\"bench\": \"transformer_infer\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"cpu_s\": {c:.4e}, \"gflops\": {:.1}}}",
             block_flops(b) / t / 1e9
         );
     }
@@ -156,7 +174,7 @@ pub fn main() -> mithril::Result<()> {
         let mut tp = tm.randomize_params(0);
         let x = data((b, S, D), 0.2);
         let mut opt = Sgd::new(1e-3);
-        let t = bench(
+        let (t, c) = bench_cpu(
             || {
                 if let Ok((_, g)) = tm.evaluate_gradients(&tp, BlockTrainInputs { x: x.view() }) {
                     let _ = opt.step(&mut tp, &g);
@@ -165,7 +183,7 @@ pub fn main() -> mithril::Result<()> {
             budget,
         );
         println!(
-            "JSON {{\"bench\": \"transformer_train\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+            "JSON {{\"bench\": \"transformer_train\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"cpu_s\": {c:.4e}, \"gflops\": {:.1}}}",
             3.0 * block_flops(b) / t / 1e9
         );
     }

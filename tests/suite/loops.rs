@@ -117,6 +117,51 @@ mithril! {
         let c = Cell();
         output y = c(x, n) * 2.0;
     }
+
+    // a run-time loop inside a run-time `if` branch, none in the other branch
+    pub model BranchLoop {
+        input x: f64[B, 2];
+        input n: i64[];
+        input go: bool[];
+        param w: f64[2, 2];
+        param v: f64[2];
+        let h = x * v;
+        if go {
+            let step = 0;
+            while step < n, max_steps = 20 {
+                let h = tanh(matmul(h, w)) + x;
+                let step = step + 1;
+            }
+        } else {
+            let h = h * 2.0 - x;
+        }
+        output y = h * v;
+    }
+
+    // a scan with a stacked output in the else branch
+    pub model BranchScan {
+        input xs: f64[B, T, 2];
+        input go: bool[];
+        param w: f64[2, 2];
+        param u: f64[2, 2];
+        param v: f64[2];
+        let h = xs[(.., 0)] * 0.0;
+        if go {
+            let ys = xs * v;
+            let h = h + v;
+        } else {
+            for t in 0..T {
+                let h = tanh(matmul(h, w) + matmul(xs[(.., t)], u));
+                stack hs[(.., t)] = h * v;
+            }
+            let ys = hs;
+        }
+        output ys = ys;
+        output last = h;
+    }
+
+    // the scan, profiled (an instrumented executor through the reversed loop)
+    pub compile RnnProf = Rnn { profile: true };
 }
 
 fn linear(x: &Array2<f64>, w: &Array2<f64>, b: &ndarray::Array1<f64>) -> Array2<f64> {
@@ -470,4 +515,131 @@ fn loop_variables_are_assigned_simultaneously() {
             .unwrap();
         assert_eq!(gradcheck(&format!("swap {k}"), &p, &g, loss), 2);
     }
+}
+
+#[test]
+fn a_loop_inside_a_run_time_if_branch() {
+    let m = BranchLoop::new().unwrap();
+    let mut p = m.randomize_params(0);
+    set(&mut p, "w", |i| [0.7, -0.5, 0.4, 0.9][i]);
+    set(&mut p, "v", |i| [1.3, -0.6][i]);
+    let x = pat(Ix2(2, 2), 0.3);
+    let sy = pat(Ix2(2, 2), 1.7);
+    for go in [true, false] {
+        for k in [0i64, 1, 3] {
+            let (n, c) = (arr0(k), arr0(go));
+            let inputs = || BranchLoopInputs {
+                x: x.view(),
+                n: n.view(),
+                go: c.view(),
+            };
+            let mut h = &x * &p.v;
+            if go {
+                for _ in 0..k {
+                    h = h.dot(&p.w).mapv(f64::tanh) + &x;
+                }
+            } else {
+                h = &h * 2.0 - &x;
+            }
+            let want = &h * &p.v;
+            let o = m.evaluate(&p, inputs()).unwrap();
+            assert!(
+                (&o.y - &want).iter().all(|e| e.abs() < 1e-12),
+                "go {go}, {k} steps: {} vs {want}",
+                o.y
+            );
+            let loss = |p: &BranchLoopParams| dot(&m.evaluate(p, inputs()).unwrap().y, &sy);
+            let (go_out, g) = m
+                .evaluate_gradients(&p, inputs(), BranchLoopOutputs { y: sy.clone() })
+                .unwrap();
+            assert_eq!(go_out.y, o.y);
+            assert_eq!(gradcheck(&format!("branch loop {go} {k}"), &p, &g, loss), 6);
+        }
+    }
+}
+
+#[test]
+fn a_scan_inside_a_run_time_if_branch() {
+    let m = BranchScan::new().unwrap();
+    let mut p = m.randomize_params(0);
+    set(&mut p, "w", |i| [0.6, -0.8, 0.5, 0.3][i]);
+    set(&mut p, "u", |i| [-0.4, 0.9, 0.7, 0.2][i]);
+    set(&mut p, "v", |i| [1.1, -0.7][i]);
+    // both branches, and the scan branch twice (its tapes reused)
+    for (go, t_len) in [(false, 4), (true, 3), (false, 2)] {
+        let xs = pat(Ix3(2, t_len, 2), 0.45);
+        let c = arr0(go);
+        let inputs = || BranchScanInputs {
+            xs: xs.view(),
+            go: c.view(),
+        };
+        let mut h = Array2::<f64>::zeros((2, 2));
+        let mut ys = Array3::<f64>::zeros((2, t_len, 2));
+        if go {
+            ys = &xs * &p.v;
+            h += &p.v;
+        } else {
+            for t in 0..t_len {
+                h = (h.dot(&p.w) + xs.index_axis(Axis(1), t).dot(&p.u)).mapv(f64::tanh);
+                ys.index_axis_mut(Axis(1), t).assign(&(&h * &p.v));
+            }
+        }
+        let o = m.evaluate(&p, inputs()).unwrap();
+        assert!(
+            (&o.ys - &ys).iter().all(|e| e.abs() < 1e-12),
+            "go {go}: {} vs {ys}",
+            o.ys
+        );
+        assert!((&o.last - &h).iter().all(|e| e.abs() < 1e-12));
+        let (s1, s2) = (pat(Ix3(2, t_len, 2), 2.1), pat(Ix2(2, 2), 0.9));
+        let loss = |p: &BranchScanParams| {
+            let o = m.evaluate(p, inputs()).unwrap();
+            dot(&o.ys, &s1) + dot(&o.last, &s2)
+        };
+        let (_, g) = m
+            .evaluate_gradients(
+                &p,
+                inputs(),
+                BranchScanOutputs {
+                    ys: s1.clone(),
+                    last: s2.clone(),
+                },
+            )
+            .unwrap();
+        assert_eq!(gradcheck(&format!("branch scan {go}"), &p, &g, loss), 10);
+    }
+}
+
+#[test]
+fn a_profiled_model_differentiates_through_a_scan() {
+    let (m, pm) = (Rnn::new().unwrap(), RnnProf::new().unwrap());
+    let p = rnn_params(&m);
+    let mut q = pm.randomize_params(0);
+    q.w = p.w.clone();
+    q.u = p.u.clone();
+    q.v = p.v.clone();
+    let xs = pat(Ix3(2, 3, 3), 0.4);
+    let seeds = || (pat(Ix3(2, 3, 3), 1.1), pat(Ix2(2, 3), 2.3));
+    let (a, b) = seeds();
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            RnnInputs { xs: xs.view() },
+            RnnOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    let (a, b) = seeds();
+    let (_, h) = pm
+        .evaluate_gradients(
+            &q,
+            RnnProfInputs { xs: xs.view() },
+            RnnProfOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    assert_eq!(g.w, h.w);
+    assert_eq!(g.u, h.u);
+    assert_eq!(g.v, h.v);
+    assert!(pm
+        .profile_report()
+        .contains("evaluate_gradients: 1 call(s)"));
 }

@@ -241,10 +241,13 @@ fn diff_loop(b: &mut Builder, end: NodeId, adj: &mut Vec<Option<NodeId>>, needs:
     let carries: Vec<NodeId> = b.g.nodes[head].args.clone();
     let updates: Vec<NodeId> = nexts.iter().map(|&n| b.g.nodes[n].args[1]).collect();
     let outer = b.g.nodes[head].region;
+    // a loop inside a run-time `if` branch: the reversed loop and everything around it run
+    // under the loop's guard (only when the forward loop ran)
+    let lg = b.g.nodes[head].guard;
     let span = b.g.nodes[end].span;
     b.span = span;
     b.scope = b.g.nodes[end].scope.clone();
-    b.guard = None;
+    b.guard = lg;
     b.region = outer;
     if adj.len() < b.g.nodes.len() {
         adj.resize(b.g.nodes.len(), None);
@@ -432,7 +435,7 @@ fn diff_loop(b: &mut Builder, end: NodeId, adj: &mut Vec<Option<NodeId>>, needs:
     let order: Vec<NodeId> = clones.iter().rev().copied().collect();
     backprop(b, &order, Some(h2), adj, needs);
     b.region = Some(h2);
-    b.guard = None;
+    b.guard = lg;
     b.span = span;
     // what is carried to the previous iteration
     let step_back = b.push(
@@ -503,9 +506,20 @@ fn diff_loop(b: &mut Builder, end: NodeId, adj: &mut Vec<Option<NodeId>>, needs:
     for (x, d) in outs {
         grow(needs, b.g.nodes.len());
         if x < needs.len() && needs[x] && is_float(b.g, x) {
+            // a value outside the loop's branch: the contribution counts when the loop ran
+            let xguard = b.g.nodes[x].guard;
+            let d = match lg {
+                Some(g) if xguard != lg => {
+                    b.guard = xguard;
+                    b.select(g, d, x)
+                }
+                _ => d,
+            };
             accumulate(b, adj, x, d);
+            b.guard = lg;
         }
     }
+    b.guard = None;
 }
 
 fn grow(needs: &mut Vec<bool>, n: usize) {

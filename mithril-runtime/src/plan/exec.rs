@@ -686,7 +686,26 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             }
             if let Some(g) = step.guard {
                 if !truth(vals, self.views(), g)? {
-                    vals.push(Val::Empty);
+                    // a loop inside a branch that does not run: skipped as a whole (as when
+                    // its test fails at once)
+                    let end = match step.op {
+                        POp::LoopHead => steps[id..].iter().find_map(|s| match s.op {
+                            POp::LoopTest { end, .. } if s.args.first() == Some(&id) => Some(end),
+                            _ => None,
+                        }),
+                        _ => None,
+                    };
+                    let Some(end) = end else {
+                        vals.push(Val::Empty);
+                        continue;
+                    };
+                    for k in id..=end {
+                        vals.push(match steps.get(k).map(|s| &s.op) {
+                            Some(POp::View(v)) => Val::View(*v),
+                            _ => Val::Empty,
+                        });
+                    }
+                    pc = end + 1;
                     continue;
                 }
             }
@@ -777,6 +796,9 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                         | POp::Const(_)
                         | POp::LoopNext
                         | POp::LoopExit
+                        // a view of a tape; its operand (the forward loop's test) is not a
+                        // value after the loop
+                        | POp::TapeRead(_)
                 );
             let info = OpInfo {
                 model: self.plan.model,

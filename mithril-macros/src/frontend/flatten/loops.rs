@@ -44,13 +44,6 @@ impl Flattener<'_> {
         body: &[Stmt],
         f: &mut Frame,
     ) {
-        if self.guard.is_some() {
-            self.error(
-                span,
-                "a run-time loop inside a run-time `if` is not supported yet; move the loop out of the branch (the branch can choose its inputs)",
-            );
-            return;
-        }
         let mut bound_names = Vec::new();
         bound_in(body, &mut bound_names);
         bound_names.sort();
