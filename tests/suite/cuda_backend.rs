@@ -332,7 +332,9 @@ mithril! {
         output yj = upsample(b, size = (5, 11), mode = "bilinear");
         output yk = upsample(c, scale_factor = (1.5, 2), mode = "bilinear", align_corners = true);
         output yl = adaptive_avg_pool1d(e, 4);
-        loss (ya * ya).mean() + (yb * yb).mean() + (yc * yc).mean() + (yd * yd).mean()
+        // a library conv with its bias (whose gradient sums over axes 0, 2, 3)
+        output ym = Conv2d(5, 3, stride = 2)(x);
+        loss (ym * ym).mean() + (ya * ya).mean() + (yb * yb).mean() + (yc * yc).mean() + (yd * yd).mean()
             + (ye * ye).mean() + (yf * yf).mean() + (yg * yg).mean() + (yh * yh).mean()
             + (yi * yi).mean() + (yj * yj).mean() + (yk * yk).mean() + (yl * yl).mean();
     }
@@ -441,7 +443,7 @@ fn gpu_cnn_ops_match_the_cpu() {
             close_dyn(stringify!($f), &got.$f.clone().into_dyn(), &want.$f.clone().into_dyn(), F32_TOL);
         )*};
     }
-    cmp!(ya, yb, yc, yd, ye, yf, yg, yh, yi, yj, yk, yl, loss);
+    cmp!(ya, yb, yc, yd, ye, yf, yg, yh, yi, yj, yk, yl, ym, loss);
     let (lo, g) = cpu
         .evaluate_gradients(
             &p,
@@ -468,6 +470,18 @@ fn gpu_cnn_ops_match_the_cpu() {
         )*};
     }
     cmpg!(w1, w2, wt, w1d, wt1);
+    close_dyn(
+        "conv2d_0.bias",
+        &g2.conv2d_0.bias.clone().into_dyn(),
+        &g.conv2d_0.bias.clone().into_dyn(),
+        1e-3,
+    );
+    close_dyn(
+        "conv2d_0.weight",
+        &g2.conv2d_0.weight.clone().into_dyn(),
+        &g.conv2d_0.weight.clone().into_dyn(),
+        1e-3,
+    );
     say("CnnOpsGpu: outputs and gradients match the CPU");
 }
 
