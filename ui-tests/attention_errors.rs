@@ -1,5 +1,5 @@
 // `attention`'s compile errors, each spanned on the call and naming the shapes or dtypes
-// involved; and `backend: cuda`, which does not lower it yet.
+// involved.
 mithril::mithril! {
     model HeadsNotMultiple {
         input q: f32[1, 3, 4, 8];
@@ -36,13 +36,6 @@ mithril::mithril! {
         input q: f32[4, 8];
         output y = attention(q, q, q);
     }
-
-    model OnCuda {
-        input q: f32[1, 2, 4, 8];
-        output y = attention(q, q, q, causal = true);
-    }
-
-    compile OnCudaGpu = OnCuda { backend: cuda };
 }
 
 fn main() {}

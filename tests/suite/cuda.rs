@@ -281,3 +281,56 @@ fn gpu_matmuls() {
         );
     }
 }
+
+#[test]
+fn nn_kernel_sources_compile_with_nvrtc_for_sm80_and_sm90() {
+    require_nvrtc!();
+    let mut entries = 0;
+    for (file, src) in kernels::NN_SOURCES {
+        let ops = kernels::NN_ENTRIES
+            .iter()
+            .find(|(f, _)| f == file)
+            .unwrap()
+            .1;
+        for arch in ARCHS {
+            let ptx = cuda::compile_ptx(src, file, arch).unwrap_or_else(|e| panic!("{e}"));
+            for op in ops {
+                for dt in kernels::NN_DTYPES {
+                    let name = kernels::entry_name(op, dt);
+                    assert!(
+                        ptx.contains(&format!(".entry {name}(")),
+                        "{file} {arch}: no {name}"
+                    );
+                    entries += 1;
+                }
+            }
+        }
+        match cuda::compile(src, file, "sm_90", Output::Cubin, &[]).unwrap() {
+            cuda::ModuleImage::Cubin(b) => assert!(!b.is_empty(), "{file}"),
+            other => panic!("{file}: {other:?}"),
+        }
+    }
+    say(&format!(
+        "NVRTC compiled {} f32/f64 module(s) (conv, pool, attention, dropout) for sm_80/sm_90 + CUBIN sm_90, {entries} kernel entries checked",
+        kernels::NN_SOURCES.len()
+    ));
+}
+
+#[test]
+fn dropout_kernel_uses_the_fused_preludes_philox() {
+    // the hand-written mask kernel repeats the fused prelude's generator under its own names:
+    // the round function must be the same text
+    let src = crate::cuda_backend::CnnOpsGpu::CUDA_SOURCE;
+    let body = |s: &str, start: &str| -> String {
+        let i = s.find(start).unwrap_or_else(|| panic!("no {start}"));
+        let rest = &s[i..];
+        let j = rest.find("return o;").unwrap();
+        rest[rest.find('{').unwrap()..j]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let fused = body(src, "mt_u4 mt_philox(").replace("mt_u4", "U4");
+    let ours = body(kernels::DROPOUT, "mt_dr_u4 mt_dr_philox(").replace("mt_dr_u4", "U4");
+    assert_eq!(fused, ours);
+}

@@ -300,3 +300,263 @@ fn gpu_block_and_half_match_the_cpu() {
     say(&format!("HalfGpu vs CPU: bf16 {d1:e}, f16 {d2:e}"));
     assert!(d1 < 3e-2 && d2 < 1e-2, "{d1} {d2}");
 }
+
+mithril! {
+    /// Every convolution, pooling, pad and upsampling form on cuda, forward and (a `train`
+    /// model: every gradient op must lower) backward: grouped, depthwise, strided, dilated,
+    /// "same"-padded and transposed convolutions (with `output_padding`), max / average pooling
+    /// with `ceil_mode` and `count_include_pad = false`, adaptive pooling, the three pad modes,
+    /// nearest and bilinear upsampling (with and without `align_corners`).
+    pub train CnnOps {
+        input x: f32[B, 4, 9, 9];
+        input s: f32[B, 4, 10];
+        param w1: f32[6, 2, 3, 3];
+        param w2: f32[4, 1, 3, 3];
+        param wt: f32[4, 3, 2, 2];
+        param w1d: f32[3, 4, 3];
+        param wt1: f32[4, 2, 3];
+        let a = conv2d(x, w1, stride = 2, padding = 1, groups = 2);
+        let b = conv2d(x, w2, padding = "same", dilation = 2, groups = 4);
+        let c = conv_transpose2d(x, wt, stride = 2, padding = 1, output_padding = 1);
+        let d = conv1d(s, w1d, stride = 2, padding = 1, dilation = 2);
+        let e = conv_transpose1d(s, wt1, stride = 3, groups = 2);
+        output ya = max_pool2d(relu(a), kernel_size = 3, stride = 2, padding = 1, ceil_mode = true);
+        output yb = avg_pool2d(b, kernel_size = 3, stride = 2, padding = 1, ceil_mode = true, count_include_pad = false);
+        output yc = adaptive_avg_pool2d(c, output_size = (3, 4));
+        output yd = max_pool1d(d, kernel_size = 2, dilation = 2);
+        output ye = avg_pool1d(e, kernel_size = 3, stride = 2, padding = 1);
+        output yf = pad(b, pad = (2, 1, 3, 1), mode = "reflect");
+        output yg = pad(d, pad = (1, 2), value = 0.5);
+        output yh = pad(a, pad = (1, 0, 2, 2), mode = "replicate");
+        output yi = upsample(a, scale_factor = 2);
+        output yj = upsample(b, size = (5, 11), mode = "bilinear");
+        output yk = upsample(c, scale_factor = (1.5, 2), mode = "bilinear", align_corners = true);
+        output yl = adaptive_avg_pool1d(e, 4);
+        // a library conv with its bias (whose gradient sums over axes 0, 2, 3)
+        output ym = Conv2d(5, 3, stride = 2)(x);
+        loss (ym * ym).mean() + (ya * ya).mean() + (yb * yb).mean() + (yc * yc).mean() + (yd * yd).mean()
+            + (ye * ye).mean() + (yf * yf).mean() + (yg * yg).mean() + (yh * yh).mean()
+            + (yi * yi).mean() + (yj * yj).mean() + (yk * yk).mean() + (yl * yl).mean();
+    }
+
+    /// Attention on cuda: plain, causal, an additive mask (a param: its gradient is the
+    /// scores' gradient summed to its shape), a boolean key mask, grouped-query (4 query heads
+    /// over 2 key/value heads); `D == Dv` (the stacked key/value gradient and its slices) and
+    /// `Dv != D` (separate key and value gradients).
+    pub train AttnOps {
+        input keep: bool[2, 1, 1, 5];
+        param q: f32[2, 4, 6, 8];
+        param k: f32[2, 2, 5, 8];
+        param v: f32[2, 2, 5, 8];
+        param v2: f32[2, 2, 5, 3];
+        param bias: f32[6, 5];
+        output plain = attention(q, k, v);
+        output causal = attention(q, k, v2, causal = true);
+        output biased = attention(q, k, v, bias, scale = 0.5);
+        output kept = attention(q, k, v2, keep, causal = true);
+        loss (plain * plain).mean() + (causal * causal).mean() + (biased * biased).mean()
+            + (kept * kept).mean();
+    }
+
+    pub compile CnnOpsGpu = CnnOps { backend: cuda };
+    pub compile AttnOpsGpu = AttnOps { backend: cuda };
+}
+
+#[test]
+fn cnn_and_attention_modules_compile_with_nvrtc() {
+    require_nvrtc!();
+    common::compile_modules(
+        &[
+            ("CnnOpsGpu", CnnOpsGpu::CUDA_SOURCE, CnnOpsGpu::CUDA_KERNELS),
+            (
+                "AttnOpsGpu",
+                AttnOpsGpu::CUDA_SOURCE,
+                AttnOpsGpu::CUDA_KERNELS,
+            ),
+        ],
+        "cnn / attention cuda modules",
+    );
+}
+
+#[test]
+fn cnn_and_attention_models_build_for_cuda() {
+    // the models build (every op and gradient op lowered: a `train` model fails the build
+    // otherwise); without a GPU `new()` is an `Err` naming CUDA
+    fn check<T: Send + Sync>() {}
+    check::<CnnOpsGpu>();
+    check::<AttnOpsGpu>();
+    if let Err(e) = CnnOpsGpu::new() {
+        assert!(e.to_string().contains("CUDA"), "{e}");
+    }
+}
+
+fn pattern(shape: &[usize], seed: f32) -> ndarray::ArrayD<f32> {
+    ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(shape), |ix| {
+        let k: usize = ndarray::Dimension::slice(&ix)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i + 3) * v)
+            .sum();
+        ((k as f32 * 0.37 + seed).sin() * 0.8).clamp(-1.0, 1.0)
+    })
+}
+
+fn close_dyn(what: &str, got: &ndarray::ArrayD<f32>, want: &ndarray::ArrayD<f32>, tol: f32) {
+    assert_eq!(got.shape(), want.shape(), "{what}");
+    let d = got
+        .iter()
+        .zip(want.iter())
+        .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+        .fold(0.0f32, f32::max);
+    assert!(d < tol, "{what}: max rel diff {d} (tolerance {tol})");
+}
+
+#[test]
+fn gpu_cnn_ops_match_the_cpu() {
+    if !gpu("gpu_cnn_ops_match_the_cpu") {
+        return;
+    }
+    let (cpu, gpu) = (CnnOps::new().unwrap(), CnnOpsGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(11), gpu.randomize_params(11));
+    let x: ndarray::Array4<f32> = pattern(&[3, 4, 9, 9], 0.1).into_dimensionality().unwrap();
+    let s: ndarray::Array3<f32> = pattern(&[3, 4, 10], 0.7).into_dimensionality().unwrap();
+    let want = cpu
+        .evaluate(
+            &p,
+            CnnOpsInputs {
+                x: x.view(),
+                s: s.view(),
+            },
+        )
+        .unwrap();
+    let got = gpu
+        .evaluate(
+            &gp,
+            CnnOpsGpuInputs {
+                x: x.view(),
+                s: s.view(),
+            },
+        )
+        .unwrap();
+    macro_rules! cmp {
+        ($($f:ident),*) => {$(
+            close_dyn(stringify!($f), &got.$f.clone().into_dyn(), &want.$f.clone().into_dyn(), F32_TOL);
+        )*};
+    }
+    cmp!(ya, yb, yc, yd, ye, yf, yg, yh, yi, yj, yk, yl, ym, loss);
+    let (lo, g) = cpu
+        .evaluate_gradients(
+            &p,
+            CnnOpsInputs {
+                x: x.view(),
+                s: s.view(),
+            },
+        )
+        .unwrap();
+    let (lo2, g2) = gpu
+        .evaluate_gradients(
+            &gp,
+            CnnOpsGpuInputs {
+                x: x.view(),
+                s: s.view(),
+            },
+        )
+        .unwrap();
+    close_dyn("loss", &lo2.loss.into_dyn(), &lo.loss.into_dyn(), F32_TOL);
+    // gradients: sums in other orders (atomics in the pooling backward kernels)
+    macro_rules! cmpg {
+        ($($f:ident),*) => {$(
+            close_dyn(stringify!($f), &g2.$f.clone().into_dyn(), &g.$f.clone().into_dyn(), 1e-3);
+        )*};
+    }
+    cmpg!(w1, w2, wt, w1d, wt1);
+    close_dyn(
+        "conv2d_0.bias",
+        &g2.conv2d_0.bias.clone().into_dyn(),
+        &g.conv2d_0.bias.clone().into_dyn(),
+        1e-3,
+    );
+    close_dyn(
+        "conv2d_0.weight",
+        &g2.conv2d_0.weight.clone().into_dyn(),
+        &g.conv2d_0.weight.clone().into_dyn(),
+        1e-3,
+    );
+    say("CnnOpsGpu: outputs and gradients match the CPU");
+}
+
+#[test]
+fn gpu_attention_matches_the_cpu() {
+    if !gpu("gpu_attention_matches_the_cpu") {
+        return;
+    }
+    let (cpu, gpu) = (AttnOps::new().unwrap(), AttnOpsGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(5), gpu.randomize_params(5));
+    // key 0 always kept (a causal row 0 sees only it)
+    let keep =
+        ndarray::Array4::from_shape_fn((2, 1, 1, 5), |(b, _, _, j)| j == 0 || (j + b) % 3 != 1);
+    let want = cpu
+        .evaluate(&p, AttnOpsInputs { keep: keep.view() })
+        .unwrap();
+    let got = gpu
+        .evaluate(&gp, AttnOpsGpuInputs { keep: keep.view() })
+        .unwrap();
+    macro_rules! cmp {
+        ($($f:ident),*) => {$(
+            close_dyn(stringify!($f), &got.$f.clone().into_dyn(), &want.$f.clone().into_dyn(), F32_TOL);
+        )*};
+    }
+    cmp!(plain, causal, biased, kept, loss);
+    let (_, g) = cpu
+        .evaluate_gradients(&p, AttnOpsInputs { keep: keep.view() })
+        .unwrap();
+    let (_, g2) = gpu
+        .evaluate_gradients(&gp, AttnOpsGpuInputs { keep: keep.view() })
+        .unwrap();
+    macro_rules! cmpg {
+        ($($f:ident),*) => {$(
+            close_dyn(stringify!($f), &g2.$f.clone().into_dyn(), &g.$f.clone().into_dyn(), 1e-3);
+        )*};
+    }
+    cmpg!(q, k, v, v2, bias);
+    say("AttnOpsGpu: outputs and gradients match the CPU");
+}
+
+#[test]
+fn gpu_dropout_masks_are_the_cpus() {
+    if !gpu("gpu_dropout_masks_are_the_cpus") {
+        return;
+    }
+    use mithril::rt::ops::dropout::{dropout_to, DropoutCall};
+    let dev = cuda::CudaDevice::open(0).unwrap();
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[3, 1031]), |ix| {
+        1.0 + (ix[0] * 1031 + ix[1]) as f32 * 1e-3
+    });
+    for (p, op, seed) in [
+        (0.5, 0, 1u64),
+        (0.1, 3, 0xdead_beef_1234),
+        (0.9, 7, u64::MAX),
+        (1.0, 1, 5),
+    ] {
+        let mut want = ndarray::ArrayD::<f32>::zeros(x.shape());
+        dropout_to(
+            &x.view(),
+            DropoutCall {
+                p,
+                op,
+                seed,
+                training: true,
+            },
+            mithril::rt::Dest::View(want.view_mut()),
+        )
+        .unwrap();
+        let dx = cuda::DeviceTensor::to_device(&dev, &x.view()).unwrap();
+        let got = cuda::dropout(&dev, &dx, p, op, seed, true)
+            .unwrap()
+            .to_host()
+            .unwrap();
+        // the same mask, bit for bit (the kept values are x * the same f32 scale)
+        assert_eq!(got, want, "p {p} op {op} seed {seed}");
+    }
+    say("dropout on cuda: the CPU's masks, bit for bit");
+}

@@ -33,6 +33,87 @@ pub const GATHER: &str = concat!(include_str!("prelude.cuh"), include_str!("gath
 /// Fused softmax cross-entropy loss, forward and backward.
 pub const XENT: &str = concat!(include_str!("prelude.cuh"), include_str!("xent.cu"));
 
+/// The f32 / f64 kernels' addendum to [`PRELUDE`] (`nn_prelude.cuh`: the dtype macro, exp/log
+/// overloads, -inf).
+pub const NN_PRELUDE: &str = include_str!("nn_prelude.cuh");
+/// Convolution forward, input (data) gradient / transposed convolution, weight gradient.
+pub const CONV: &str = concat!(
+    include_str!("prelude.cuh"),
+    include_str!("nn_prelude.cuh"),
+    include_str!("conv.cu")
+);
+/// Max / average / adaptive average pooling, pad, upsample, and their gradients.
+pub const POOL: &str = concat!(
+    include_str!("prelude.cuh"),
+    include_str!("nn_prelude.cuh"),
+    include_str!("pool.cu")
+);
+/// Attention: tiled online-softmax forward (and row log-sum-exps), the backward kernels.
+pub const ATTENTION: &str = concat!(
+    include_str!("prelude.cuh"),
+    include_str!("nn_prelude.cuh"),
+    include_str!("attention.cu")
+);
+/// Dropout's Philox4x32-10 mask kernel.
+pub const DROPOUT: &str = concat!(
+    include_str!("prelude.cuh"),
+    include_str!("nn_prelude.cuh"),
+    include_str!("dropout.cu")
+);
+
+/// The f32 / f64 sources (CNN, attention, dropout): `(file name, full source text)`. Their
+/// kernels exist once per [`NN_DTYPES`] suffix and compute in the storage type.
+pub const NN_SOURCES: &[(&str, &str)] = &[
+    ("conv.cu", CONV),
+    ("pool.cu", POOL),
+    ("attention.cu", ATTENTION),
+    ("dropout.cu", DROPOUT),
+];
+
+/// The kernels each of [`NN_SOURCES`] defines: `(file name, op names)`.
+pub const NN_ENTRIES: &[(&str, &[&str])] = &[
+    (
+        "conv.cu",
+        &["conv_forward", "conv_backward_data", "conv_backward_weight"],
+    ),
+    (
+        "pool.cu",
+        &[
+            "max_pool",
+            "max_pool_backward",
+            "avg_pool",
+            "avg_pool_backward",
+            "adaptive_avg_pool",
+            "adaptive_avg_pool_backward",
+            "pad",
+            "pad_backward",
+            "upsample",
+            "upsample_backward",
+        ],
+    ),
+    (
+        "attention.cu",
+        &[
+            "attention",
+            "attention_lse",
+            "attention_delta",
+            "attention_bwd_q",
+            "attention_bwd_kv",
+            "attention_bwd_scores",
+        ],
+    ),
+    ("dropout.cu", &["dropout"]),
+];
+
+/// The storage dtypes of the [`NN_SOURCES`] kernels.
+pub const NN_DTYPES: &[&str] = &["f32", "f64"];
+
+/// The source (file name, text) of [`NN_SOURCES`] that defines `op`, if any.
+pub fn nn_source_of(op: &str) -> Option<(&'static str, &'static str)> {
+    let (file, _) = NN_ENTRIES.iter().find(|(_, ops)| ops.contains(&op))?;
+    NN_SOURCES.iter().copied().find(|(f, _)| f == file)
+}
+
 /// Every hand-written source: `(file name, full source text)`.
 pub const SOURCES: &[(&str, &str)] = &[
     ("reduce.cu", REDUCE),
@@ -109,5 +190,22 @@ mod tests {
         }
         assert_eq!(entry_name("softmax", "bf16"), "mt_softmax_bf16");
         assert!(source_of("nope").is_none());
+    }
+
+    #[test]
+    fn nn_listing_is_consistent() {
+        assert_eq!(NN_SOURCES.len(), NN_ENTRIES.len());
+        for ((f, src), (g, ops)) in NN_SOURCES.iter().zip(NN_ENTRIES) {
+            assert_eq!(f, g);
+            assert!(src.starts_with(PRELUDE));
+            assert!(src[PRELUDE.len()..].starts_with(NN_PRELUDE));
+            for op in *ops {
+                assert!(src.contains(&format!("mt_{op}_##S(")), "{f}: {op}");
+                assert_eq!(nn_source_of(op).map(|s| s.0), Some(*f));
+                // no clash with the f32/f16/bf16 sources' names
+                assert!(source_of(op).is_none(), "{op}");
+            }
+        }
+        assert!(nn_source_of("softmax").is_none());
     }
 }

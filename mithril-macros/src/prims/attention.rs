@@ -1,6 +1,7 @@
 //! `attention`: scaled dot-product attention over `[..., heads, seq, head_dim]`, and the
 //! gradient primitives autodiff makes of it. CPU: `mithril::rt::ops::attention_to` /
 //! `attention_grad_to` (the tiled online-softmax kernel of `mithril_kernels::attention`).
+//! CUDA (f32 / f64): `mithril::rt::cuda::attention` / `attention_grad` over `attention.cu`.
 //!
 //! `attention(q, k, v, mask?, causal = false, scale = 1/√D)`: `q: [..., Hq, Sq, D]`,
 //! `k: [..., Hkv, Sk, D]`, `v: [..., Hkv, Sk, Dv]` (same leading dims; `Hq` a multiple of
@@ -13,6 +14,7 @@
 //! 5 the gradient of the masked scores, summed to a float mask's shape.
 
 use super::attrs::{bool_attr, get, sig, AttrVal, Sig};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::{self as pt, PlanCx};
 use super::rules::{show, ArgDt};
@@ -162,6 +164,52 @@ fn check_mask(env: &mut Env, m: &Shape, target: &Shape) -> Result<(), String> {
 impl Family for Rules {
     fn names(&self) -> &'static [&'static str] {
         &["attention"]
+    }
+
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        let (causal, scale, part) = parts(p).ok_or("internal: not attention")?;
+        let n = cx.n_args();
+        let masked = has_mask(part, n);
+        for k in 0..n {
+            let mask_bool = masked && k == 3 && cx.dt(k) == DType::Bool;
+            if !mask_bool && !matches!(cx.dt(k), DType::F32 | DType::F64) {
+                return Err(format!(
+                    "`attention` on cuda takes f32 or f64 operands, not {}",
+                    cx.describe(k)
+                ));
+            }
+        }
+        let c = cuda::rt();
+        let (q, k, v) = (cx.r(0), cx.r(1), cx.r(2));
+        let mask = if !masked {
+            quote!(#c::DeviceAttnMask::None)
+        } else {
+            let m = cx.r(3);
+            if cx.dt(3) == DType::Bool {
+                quote!(#c::DeviceAttnMask::Bool(#m))
+            } else {
+                quote!(#c::DeviceAttnMask::Add(#m))
+            }
+        };
+        let scale = match scale {
+            Some(s) => quote!(::core::option::Option::Some(#s)),
+            None => quote!(::core::option::Option::None),
+        };
+        if part == 0 {
+            return Ok(quote!(#c::attention(__dev, #q, #k, #v, #mask, #causal, #scale)?));
+        }
+        let at = if masked { 4 } else { 3 };
+        let (o, g) = (cx.r(at), cx.r(at + 1));
+        let which = match part {
+            1 => quote!(Q),
+            2 => quote!(K),
+            3 => quote!(V),
+            4 => quote!(KV),
+            _ => quote!(Scores),
+        };
+        Ok(
+            quote!(#c::attention_grad(__dev, #q, #k, #v, #mask, #o, #g, #causal, #scale, ::mithril::rt::ops::AttnPart::#which)?),
+        )
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {

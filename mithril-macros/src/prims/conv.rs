@@ -4,13 +4,15 @@
 //! and the two gradient ops autodiff makes (the input gradient, a transposed convolution, and
 //! the weight gradient). CPU: `mithril::rt::ops::conv::conv_to` over
 //! `mithril_kernels::conv` (implicit GEMM on the packed GEMM, direct kernels for depthwise and
-//! tiny reductions). CUDA: not lowered (a compile error naming the op; `docs/cuda.md`).
+//! tiny reductions). CUDA (f32 / f64): `mithril::rt::cuda::conv` over the direct kernels of
+//! `mithril_kernels::cuda` `conv.cu` (same `ConvSpec`, same shape checks).
 //!
 //! Output spatial dims: `(H + 2p - d(k - 1) - 1) / s + 1` (transposed: `(H - 1)s - 2p + d(k -
 //! 1) + output_padding + 1`) when `H` and `k` are known at compile time, a static result below
 //! 1 being a compile error; over a symbolic `H` a fresh dim the run time computes and checks.
 
 use super::attrs::{get, int_attr, sig, AttrVal, Sig};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::{list, PlanCx};
 use super::rules::{dt_names, ArgDt};
@@ -75,6 +77,38 @@ impl ConvAttrs {
     }
 }
 
+/// The runtime's `ConvSpec` of `a` (an expression; the CPU and the CUDA lowering share it).
+fn spec_tokens(a: &ConvAttrs) -> TokenStream {
+    let c = quote!(::mithril::rt::ops::conv);
+    let kind = match a.kind {
+        ConvKind::Forward => quote!(Forward),
+        ConvKind::Transpose => quote!(Transpose),
+        ConvKind::GradData => quote!(GradData),
+        ConvKind::GradWeight => quote!(GradWeight),
+    };
+    let us = |v: &[u64]| {
+        let v = v.iter().map(|&x| x as usize);
+        quote!(::std::vec![#(#v),*])
+    };
+    let (stride, dil, op) = (us(&a.stride), us(&a.dilation), us(&a.output_padding));
+    let pad = match &a.padding {
+        Some(p) => {
+            let p = us(p);
+            quote!(::std::option::Option::Some(#p))
+        }
+        None => quote!(::std::option::Option::None),
+    };
+    let groups = a.groups as usize;
+    quote!(#c::ConvSpec {
+        kind: #c::ConvKind::#kind,
+        stride: #stride,
+        padding: #pad,
+        dilation: #dil,
+        groups: #groups,
+        output_padding: #op,
+    })
+}
+
 fn attrs_of(p: &Prim) -> Result<&ConvAttrs, String> {
     match p {
         Prim::Conv(a) => Ok(a),
@@ -85,6 +119,29 @@ fn attrs_of(p: &Prim) -> Result<&ConvAttrs, String> {
 impl Family for Rules {
     fn names(&self) -> &'static [&'static str] {
         NAMES
+    }
+
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        let a = attrs_of(p)?;
+        for k in 0..cx.n_args() {
+            if !matches!(cx.dt(k), DType::F32 | DType::F64) {
+                return Err(format!(
+                    "`{}` on cuda takes f32 or f64 operands, not {}",
+                    self.name(p),
+                    cx.describe(k)
+                ));
+            }
+        }
+        let c = cuda::rt();
+        let spec = spec_tokens(a);
+        let (x, w) = (cx.r(0), cx.r(1));
+        let like = if cx.n_args() > 2 {
+            let l = cx.r(2);
+            quote!(::std::option::Option::Some(#l))
+        } else {
+            quote!(::std::option::Option::None)
+        };
+        Ok(quote!(#c::conv(__dev, &#spec, #x, #w, #like)?))
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {
@@ -373,39 +430,12 @@ impl Family for Rules {
             return Err(format!("`{}` supports f32 and f64 tensors", self.name(p)));
         }
         let c = quote!(::mithril::rt::ops::conv);
-        let kind = match a.kind {
-            ConvKind::Forward => quote!(Forward),
-            ConvKind::Transpose => quote!(Transpose),
-            ConvKind::GradData => quote!(GradData),
-            ConvKind::GradWeight => quote!(GradWeight),
-        };
-        let us = |v: &[u64]| {
-            let v = v.iter().map(|&x| x as usize);
-            quote!(::std::vec![#(#v),*])
-        };
-        let (stride, dil, op) = (us(&a.stride), us(&a.dilation), us(&a.output_padding));
-        let pad = match &a.padding {
-            Some(p) => {
-                let p = us(p);
-                quote!(::std::option::Option::Some(#p))
-            }
-            None => quote!(::std::option::Option::None),
-        };
-        let groups = a.groups as usize;
+        let spec = spec_tokens(a);
         let (x, w, d) = (&cx.a[0], &cx.a[1], cx.d);
         let like = match cx.a.get(2) {
             Some(l) => quote!(::std::option::Option::Some(&#l)),
             None => quote!(::std::option::Option::None),
         };
-        Ok(cx.checked(quote!(#c::conv_to(
-            &#c::ConvSpec {
-                kind: #c::ConvKind::#kind,
-                stride: #stride,
-                padding: #pad,
-                dilation: #dil,
-                groups: #groups,
-                output_padding: #op,
-            },
-            &#x, &#w, #like, #d))))
+        Ok(cx.checked(quote!(#c::conv_to(&#spec, &#x, &#w, #like, #d))))
     }
 }

@@ -1,7 +1,8 @@
 //! Pooling, padding and upsampling over the trailing spatial dims (PyTorch's semantics and NCHW
 //! layout): `max_pool1d/2d`, `avg_pool1d/2d`, `adaptive_avg_pool1d/2d`, `pad`, `upsample`, and
 //! their gradient (`PoolGrad`, made by autodiff). CPU: `mithril::rt::ops::pool_to` /
-//! `pool_backward_to` over `mithril_kernels::pool`. CUDA: not lowered (`docs/cuda.md`).
+//! `pool_backward_to` over `mithril_kernels::pool`. CUDA (f32 / f64): `mithril::rt::cuda::pool`
+//! / `pool_backward` over `pool.cu` (the same plan word, parsed by the same `PoolSpec`).
 //!
 //! Output dims: a known input dim gives a known output dim (an output below 1 is a compile
 //! error naming the input dims and the attributes); a symbolic one gives a new dim named by its
@@ -9,6 +10,7 @@
 //! computes and checks every output dim from the input's.
 
 use super::attrs::{bool_attr, float_attr, get, sig, AttrVal, Sig, UN};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::PlanCx;
 use super::rules::{fixed, float_only, show, ArgDt};
@@ -476,6 +478,31 @@ fn name_of(op: &PoolOp) -> &'static str {
 impl Family for Rules {
     fn names(&self) -> &'static [&'static str] {
         NAMES
+    }
+
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        for k in 0..cx.n_args() {
+            if !matches!(cx.dt(k), DType::F32 | DType::F64) {
+                return Err(format!(
+                    "`{}` on cuda takes f32 or f64 operands, not {}",
+                    self.name(p),
+                    cx.describe(k)
+                ));
+            }
+        }
+        let c = cuda::rt();
+        let x = cx.r(0);
+        Ok(match p {
+            Prim::Pool(op) => {
+                let w = spec_word(op);
+                quote!(#c::pool(__dev, #x, #w)?)
+            }
+            Prim::PoolGrad(op) => {
+                let (w, input) = (spec_word(op), cx.r(1));
+                quote!(#c::pool_backward(__dev, #x, #input, #w)?)
+            }
+            _ => return Err("internal: not a pool op".into()),
+        })
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {

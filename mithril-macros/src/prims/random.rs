@@ -1,7 +1,9 @@
 //! Random ops: `dropout(x, p = 0.5)`. CPU: `mithril::rt::ops::dropout::dropout_to` (the
 //! Philox4x32-10 kernels of `mithril_kernels::philox`); the CUDA C twin of the generator is
-//! `mt_philox` in `kernel_text::FUSED_PRELUDE` (compiled in the NVRTC tests), but `dropout`
-//! reads `is_training`, which the CUDA backend does not lower yet (see `docs/cuda.md`).
+//! `mt_philox` in `kernel_text::FUSED_PRELUDE` (compiled in the NVRTC tests) and the mask
+//! kernel `mithril::rt::cuda::dropout` (`dropout.cu`, the seed and op number as kernel
+//! arguments) are ready, but `dropout` reads `is_training`, which the CUDA backend does not
+//! lower yet (see `docs/cuda.md`): its cuda lowering is an error until the mode is plumbed.
 //!
 //! The flattener adds the call's mode (`is_training`) as operand 1 and numbers the model's
 //! dropout ops (`op`), so masks differ per op; the plan reads the call's seed from the view
@@ -9,6 +11,7 @@
 //! and element indices give the same mask.
 
 use super::attrs::{get, sig, AttrVal, Sig, UN};
+use super::cuda::CudaCx;
 use super::grad::Builder;
 use super::plan::{f64_lit, PlanCx};
 use super::rules::{float_only, ArgDt};
@@ -23,6 +26,10 @@ pub struct Rules;
 impl Family for Rules {
     fn names(&self) -> &'static [&'static str] {
         &["dropout"]
+    }
+
+    fn cuda(&self, _: &Prim, _: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        Err("`dropout` reads the call's mode and seed (`is_training`), which are not lowered for `backend: cuda` yet; its mask kernel (`mithril::rt::cuda::dropout`, the CPU's Philox masks) is ready for them".into())
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {

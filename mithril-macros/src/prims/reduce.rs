@@ -51,6 +51,14 @@ impl Family for Rules {
             ReduceKind::Min => Some(quote!(#c::RowReduce::Min)),
             ReduceKind::Prod => None,
         };
+        let rk_sum = quote!(#c::RowReduce::Sum);
+        // the axes as a leading run `0..lead` and a trailing run `split..r`, both non-empty
+        let lead = ax.iter().enumerate().take_while(|&(i, &a)| a == i).count();
+        let split = r - (ax.len() - lead);
+        let both = (lead > 0
+            && lead < ax.len()
+            && ax[lead..].iter().enumerate().all(|(i, &a)| a == split + i))
+        .then_some((lead, split));
         Ok(match rk {
             Some(rk) if trailing => {
                 let split = r - ax.len();
@@ -60,9 +68,18 @@ impl Family for Rules {
                 let split = ax.len();
                 quote!(#c::exec::sum_leading(__dev, #ra, #split, #keep)?)
             }
+            // leading and trailing axes at once (a conv bias's gradient: axes 0, 2, 3 of
+            // [N, C, H, W]): the trailing sum, then the leading one
+            Some(_) if kind == ReduceKind::Sum && both.is_some() => {
+                let (lead, split) = both.unwrap_or_default();
+                quote!({
+                    let __t = #c::exec::reduce_trailing(__dev, #ra, #rk_sum, #split, #keep)?;
+                    #c::exec::sum_leading(__dev, &__t, #lead, #keep)?
+                })
+            }
             _ => {
                 return Err(format!(
-                    "{} over axes {ax:?} of a rank-{r} tensor (lowered: sum / mean / max / min over trailing axes, sum over leading axes)",
+                    "{} over axes {ax:?} of a rank-{r} tensor (lowered: sum / mean / max / min over trailing axes, sum over leading axes or over leading and trailing ones)",
                     p.name()
                 ))
             }

@@ -41,6 +41,17 @@ impl Family for Rules {
                     quote!(#c::exec::unsqueeze_dims(#ra.shape(), &[#(#axes),*])),
                 )
             }
+            // `x[i]` on the leading axis (the stacked key/value gradient of attention): a copy of
+            // one contiguous block
+            Prim::Slice(args)
+                if matches!(args.as_slice(), [crate::ir::prim::SliceArg::Index(_)]) =>
+            {
+                let [crate::ir::prim::SliceArg::Index(i)] = args.as_slice() else {
+                    return Err("internal: slice".into());
+                };
+                let ra = cx.r(0);
+                quote!(#c::nn::select_leading(__dev, #ra, #i)?)
+            }
             _ => return Err("there is no CUDA kernel for it yet".into()),
         })
     }

@@ -265,13 +265,19 @@ impl CudaDevice {
     }
 
     /// A hand-written kernel of `mithril_kernels::cuda`: `op` (`"softmax"`, ...) for `dtype`
-    /// (`F32`, `F16` or `BF16`).
+    /// (`F32`, `F16` or `BF16`; the ops of `NN_SOURCES`, `"conv_forward"`, ...: `F32` or `F64`).
     pub fn kernel(&self, op: &str, dtype: DType) -> Result<CudaFunction> {
         use mithril_kernels::cuda as k;
-        let (file, source) =
-            k::source_of(op).ok_or_else(|| Error::Device(format!("no CUDA kernel `{op}`")))?;
+        let (file, source, dtypes) = match k::source_of(op) {
+            Some((f, s)) => (f, s, k::DTYPES),
+            None => {
+                let (f, s) = k::nn_source_of(op)
+                    .ok_or_else(|| Error::Device(format!("no CUDA kernel `{op}`")))?;
+                (f, s, k::NN_DTYPES)
+            }
+        };
         let suffix = dtype.name();
-        if !k::DTYPES.contains(&suffix) {
+        if !dtypes.contains(&suffix) {
             return Err(Error::Device(format!(
                 "CUDA kernel `{op}` has no {suffix} version"
             )));

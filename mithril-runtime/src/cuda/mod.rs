@@ -27,6 +27,7 @@ mod device;
 pub mod exec;
 pub mod launch;
 mod libs;
+pub mod nn;
 mod ops;
 mod tensor;
 
@@ -37,6 +38,9 @@ pub use device::{CudaDevice, DeviceOptions};
 pub use libs::{
     gpu_status, library_present, nvrtc_available, preload_nvrtc, require_nvrtc, CudaLib,
     NVRTC_DIR_ENV,
+};
+pub use nn::{
+    attention, attention_grad, conv, dropout, pool, pool_backward, DeviceAttnMask, NnElem,
 };
 pub use ops::{
     col_sum, embedding, gelu, layernorm, log_softmax, rmsnorm, row_reduce, softmax,

@@ -161,36 +161,43 @@ fn slice<'a, T: Elem>(a: &'a ArrayViewD<'_, T>, buf: &'a mut Vec<T>) -> &'a [T] 
     buf
 }
 
-/// Runs convolution op `spec` on operands `a`, `b` (and `like`, the shape of a gradient's
-/// result) into `dest`: see [`ConvKind`] for what each kind takes.
-pub fn conv_to<'w, T: Elem + ConvElem>(
+/// Which kernel computes a convolution op (see [`plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// `y = conv(a, b)`
+    Forward,
+    /// the input gradient of the forward convolution of `geom`: `a` the output gradient, `b`
+    /// the weight (also the transposed convolution)
+    Data,
+    /// the weight gradient: `a` the input, `b` the output gradient
+    Weight,
+}
+
+/// The result shape, the forward geometry and the kernel of convolution op `spec` on operands
+/// of shapes `a`, `b` (and `like`, the shape of a gradient's result). Every shape is checked
+/// here (the CPU and the CUDA backend share it).
+pub(crate) fn plan(
     spec: &ConvSpec,
-    a: &ArrayViewD<'_, T>,
-    b: &ArrayViewD<'_, T>,
-    like: Option<&ArrayViewD<'_, T>>,
-    dest: Dest<'w, T>,
-) -> Result<ArrayViewMutD<'w, T>> {
+    a: &[usize],
+    b: &[usize],
+    like: Option<&[usize]>,
+) -> Result<(Vec<usize>, Geom, Pass)> {
     let op = spec.name();
     let nd = spec.stride.len();
     let like_shape = |what: &str| {
-        like.map(|l| l.shape().to_vec())
+        like.map(|l| l.to_vec())
             .ok_or_else(|| Error::op(op, format!("internal: no {what} operand")))
     };
-    let (mut ba, mut bb) = (Vec::new(), Vec::new());
-    let (sa, sb) = (slice(a, &mut ba), slice(b, &mut bb));
     match spec.kind {
         ConvKind::Forward => {
-            let g = spec.geom(a.shape(), b.shape(), None)?;
+            let g = spec.geom(a, b, None)?;
             let mut shape = vec![g.n, g.o];
             shape.extend_from_slice(&g.out[2 - nd..]);
-            let mut out = dest.get(op, &shape)?;
-            let y = contiguous(op, &mut out)?;
-            k::forward(&g, sa, sb, y);
-            Ok(out)
+            Ok((shape, g, Pass::Forward))
         }
         ConvKind::Transpose => {
             // the conv whose input gradient this is: input [N, O, *S_out], output [N, C, *S]
-            let (x, w) = (a.shape(), b.shape());
+            let (x, w) = (a, b);
             if x.len() != nd + 2 || w.len() != nd + 2 {
                 return Err(Error::op(
                     op,
@@ -236,30 +243,44 @@ pub fn conv_to<'w, T: Elem + ConvElem>(
                 ));
             }
             let g = spec.geom(&shape, w, Some(&x[2..]))?;
-            let mut out = dest.get(op, &shape)?;
-            let gx = contiguous(op, &mut out)?;
-            k::backward_data(&g, sa, sb, gx);
-            Ok(out)
+            Ok((shape, g, Pass::Data))
         }
         ConvKind::GradData => {
             let shape = like_shape("input")?;
-            let g = spec.geom(&shape, b.shape(), Some(&a.shape()[2.min(a.ndim())..]))?;
-            check_shape(op, "the output gradient", a.shape(), &[g.n, g.o])?;
-            let mut out = dest.get(op, &shape)?;
-            let gx = contiguous(op, &mut out)?;
-            k::backward_data(&g, sa, sb, gx);
-            Ok(out)
+            let g = spec.geom(&shape, b, Some(&a[2.min(a.len())..]))?;
+            check_shape(op, "the output gradient", a, &[g.n, g.o])?;
+            Ok((shape, g, Pass::Data))
         }
         ConvKind::GradWeight => {
             let shape = like_shape("weight")?;
-            let g = spec.geom(a.shape(), &shape, Some(&b.shape()[2.min(b.ndim())..]))?;
-            check_shape(op, "the output gradient", b.shape(), &[g.n, g.o])?;
-            let mut out = dest.get(op, &shape)?;
-            let gw = contiguous(op, &mut out)?;
-            k::backward_weight(&g, sa, sb, gw);
-            Ok(out)
+            let g = spec.geom(a, &shape, Some(&b[2.min(b.len())..]))?;
+            check_shape(op, "the output gradient", b, &[g.n, g.o])?;
+            Ok((shape, g, Pass::Weight))
         }
     }
+}
+
+/// Runs convolution op `spec` on operands `a`, `b` (and `like`, the shape of a gradient's
+/// result) into `dest`: see [`ConvKind`] for what each kind takes.
+pub fn conv_to<'w, T: Elem + ConvElem>(
+    spec: &ConvSpec,
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    like: Option<&ArrayViewD<'_, T>>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let op = spec.name();
+    let (shape, g, pass) = plan(spec, a.shape(), b.shape(), like.map(|l| l.shape()))?;
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    let (sa, sb) = (slice(a, &mut ba), slice(b, &mut bb));
+    let mut out = dest.get(op, &shape)?;
+    let y = contiguous(op, &mut out)?;
+    match pass {
+        Pass::Forward => k::forward(&g, sa, sb, y),
+        Pass::Data => k::backward_data(&g, sa, sb, y),
+        Pass::Weight => k::backward_weight(&g, sa, sb, y),
+    }
+    Ok(out)
 }
 
 fn check_shape(op: &str, what: &str, s: &[usize], lead: &[usize]) -> Result<()> {

@@ -299,7 +299,7 @@ where
     }
 }
 
-fn win_of(
+pub(crate) fn win_of(
     shape: &[usize],
     out: &[usize],
     k: &[usize],
@@ -336,7 +336,7 @@ fn win_of(
     }
 }
 
-fn hw(shape: &[usize], n: usize) -> (usize, usize) {
+pub(crate) fn hw(shape: &[usize], n: usize) -> (usize, usize) {
     let r = shape.len();
     if n == 2 {
         (shape[r - 2], shape[r - 1])
@@ -345,7 +345,7 @@ fn hw(shape: &[usize], n: usize) -> (usize, usize) {
     }
 }
 
-fn taps(
+pub(crate) fn taps(
     shape: &[usize],
     out: &[usize],
     scale: &[f64],
@@ -379,7 +379,7 @@ fn taps(
     }
 }
 
-fn pad_maps(
+pub(crate) fn pad_maps(
     shape: &[usize],
     pads: &[usize],
     mode: PadMode,
