@@ -40,7 +40,15 @@ mithril::mithril! {
         output y = h;
     }
 
+    model GpuOuter {
+        input xs: f32[B, T, 4];
+        let enc = Gpu();
+        output y = enc(xs);
+    }
+
+    // `backend: cuda` lowers run-time loops; a mixed model does not yet
     compile GpuLoop = Gpu { backend: cuda };
+    compile MixedLoop = GpuOuter { backend_map: { enc: cuda } };
 }
 
 fn main() {}

@@ -560,3 +560,356 @@ fn gpu_dropout_masks_are_the_cpus() {
     }
     say("dropout on cuda: the CPU's masks, bit for bit");
 }
+||||||| /tmp/base.rs
+
+// ---- run-time control flow, modes and loops on `backend: cuda` (the host drives the device:
+// `mithril-macros/src/backends/cuda/flow.rs`)
+
+use mithril::rt::Mode;
+
+mithril! {
+    /// A run-time `if` on an input flag, then one on a condition the model computes (read back
+    /// from the device).
+    pub model CfIf {
+        input x: f32[B, 4];
+        input flag: bool[];
+        param w: f32[4, 4];
+        let h = matmul(x, w);
+        if flag {
+            let h = relu(h) + 1.0;
+        } else {
+            let h = h * 2.0;
+        }
+        if sum(h) > 0.0 {
+            let h = tanh(h);
+        }
+        output y = h;
+    }
+
+    /// The seed's recurrent `While`, bounded by `max_steps`.
+    pub model CfWhile {
+        input x: f32[B, 3];
+        input n: i64[];
+        param w: f32[3, 3];
+        let h = x;
+        let step = 0;
+        while step < n, max_steps = 20 {
+            let h = tanh(matmul(h, w)) + x;
+            let step = step + 1;
+        }
+        output y = h;
+        output steps = step;
+    }
+
+    /// Its training loss: the gradient runs a reversed loop over the taped carries.
+    pub train CfWhileTrain {
+        input x: f32[B, 3];
+        input n: i64[];
+        param w: f32[3, 3];
+        let h = x;
+        let step = 0;
+        while step < n, max_steps = 20 {
+            let h = tanh(matmul(h, w)) + x;
+            let step = step + 1;
+        }
+        loss (h * h).mean();
+    }
+
+    /// A scan over the sequence axis: step reads `xs[(.., t)]`, a carried `h`, stacked outputs.
+    pub model CfScan {
+        input xs: f32[B, T, 3];
+        param w: f32[3, 3];
+        param v: f32[3];
+        let h = xs[(.., 0)] * 0.0;
+        for t in 0..T {
+            let h = tanh(matmul(h, w) + xs[(.., t)]);
+            stack hs[(.., t)] = h * v;
+        }
+        output hs = hs;
+        output last = h;
+    }
+
+    /// The scan's training loss (gradients through the stacked writes and the step reads).
+    pub train CfScanTrain {
+        input xs: f32[B, T, 3];
+        param w: f32[3, 3];
+        param v: f32[3];
+        let h = xs[(.., 0)] * 0.0;
+        for t in 0..T {
+            let h = tanh(matmul(h, w) + xs[(.., t)]);
+            stack hs[(.., t)] = h * v;
+        }
+        loss (hs * hs).mean() + h.mean();
+    }
+
+    /// Nested loops, and a run-time `if` in a loop's body.
+    pub model CfNest {
+        input xs: f32[B, T, 2];
+        param w: f32[2, 2];
+        param v: f32[2];
+        let h = xs[(.., 0)] * 0.0;
+        for t in 0..T {
+            let k = 0;
+            let g = xs[(.., t)];
+            while k < 2 {
+                let g = tanh(matmul(g, w)) + h;
+                let k = k + 1;
+            }
+            if sum(g) > 0.0 {
+                let h = h * v + g;
+            } else {
+                let h = h - g * v;
+            }
+        }
+        output y = h;
+    }
+
+    /// `is_training`: the call's mode (a host value on cuda: no transfer).
+    pub model CfMode {
+        input x: f32[B, 4];
+        param w: f32[4, 4];
+        let h = matmul(x, w);
+        if is_training {
+            let h = h * 0.5;
+        }
+        output y = h;
+    }
+
+    pub compile CfIfGpu = CfIf { backend: cuda };
+    pub compile CfWhileGpu = CfWhile { backend: cuda };
+    pub compile CfWhileTrainGpu = CfWhileTrain { backend: cuda };
+    pub compile CfScanGpu = CfScan { backend: cuda };
+    pub compile CfScanTrainGpu = CfScanTrain { backend: cuda };
+    pub compile CfNestGpu = CfNest { backend: cuda };
+    pub compile CfModeGpu = CfMode { backend: cuda };
+}
+
+/// The control-flow models of this file.
+const CF_MODELS: &[(&str, &str, &[&str])] = &[
+    ("CfIfGpu", CfIfGpu::CUDA_SOURCE, CfIfGpu::CUDA_KERNELS),
+    (
+        "CfWhileGpu",
+        CfWhileGpu::CUDA_SOURCE,
+        CfWhileGpu::CUDA_KERNELS,
+    ),
+    (
+        "CfWhileTrainGpu",
+        CfWhileTrainGpu::CUDA_SOURCE,
+        CfWhileTrainGpu::CUDA_KERNELS,
+    ),
+    ("CfScanGpu", CfScanGpu::CUDA_SOURCE, CfScanGpu::CUDA_KERNELS),
+    (
+        "CfScanTrainGpu",
+        CfScanTrainGpu::CUDA_SOURCE,
+        CfScanTrainGpu::CUDA_KERNELS,
+    ),
+    ("CfNestGpu", CfNestGpu::CUDA_SOURCE, CfNestGpu::CUDA_KERNELS),
+    ("CfModeGpu", CfModeGpu::CUDA_SOURCE, CfModeGpu::CUDA_KERNELS),
+];
+
+#[test]
+fn control_flow_modules_compile_with_nvrtc() {
+    // the scan's step reads and stacked writes are generated indexing kernels (`_ax`)
+    for (name, src, entries) in CF_MODELS {
+        assert!(!entries.is_empty(), "{name}");
+        assert_eq!(src.matches("__global__").count(), entries.len(), "{name}");
+    }
+    for m in [CfScanGpu::CUDA_KERNELS, CfScanTrainGpu::CUDA_KERNELS] {
+        assert!(m.iter().any(|e| e.ends_with("_ax")), "{m:?}");
+    }
+    require_nvrtc!();
+    common::compile_modules(CF_MODELS, "control-flow cuda modules");
+}
+
+#[test]
+fn control_flow_api_mirrors_the_cpu() {
+    // `is_training`: `evaluate_mode` / `evaluate_gradients_mode` as on the CPU, and their
+    // device forms; without a GPU `new()` is the usual `Err`
+    fn check<T: Send + Sync>() {}
+    check::<CfModeGpu>();
+    check::<CfScanTrainGpu>();
+    let _eval: fn(&CfModeGpu, &CfModeGpuParams, CfModeGpuInputs<'_>, Mode) -> _ =
+        CfModeGpu::evaluate_mode;
+    let _dev: fn(&CfModeGpu, &CfModeGpuDeviceParams, CfModeGpuDeviceInputs<'_>, Mode) -> _ =
+        CfModeGpu::evaluate_device_mode;
+    let _cpu: fn(&CfMode, &CfModeParams, CfModeInputs<'_>, Mode) -> _ = CfMode::evaluate_mode;
+    if cuda::gpu_status().is_err() {
+        assert!(CfWhileGpu::new().is_err());
+    }
+}
+
+fn seq(b: usize, t: usize, d: usize, seed: u64) -> ndarray::Array3<f32> {
+    batch(b * t, d, seed)
+        .into_shape_with_order((b, t, d))
+        .unwrap()
+}
+
+#[test]
+fn gpu_if_while_and_mode_match_the_cpu() {
+    if !gpu("gpu_if_while_and_mode_match_the_cpu") {
+        return;
+    }
+    let (cpu, gpu) = (CfIf::new().unwrap(), CfIfGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(2), gpu.randomize_params(2));
+    for (flag, sign) in [(true, 1.0f32), (false, 1.0), (false, -1.0)] {
+        let x = batch(5, 4, 11).mapv(|v| v * sign);
+        let f = ndarray::arr0(flag);
+        let want = cpu
+            .evaluate(
+                &p,
+                CfIfInputs {
+                    x: x.view(),
+                    flag: f.view(),
+                },
+            )
+            .unwrap();
+        let got = gpu
+            .evaluate(
+                &gp,
+                CfIfGpuInputs {
+                    x: x.view(),
+                    flag: f.view(),
+                },
+            )
+            .unwrap();
+        let d = max_rel_diff(&got.y, &want.y);
+        say(&format!(
+            "CfIfGpu flag {flag} sign {sign}: max rel diff {d:e}"
+        ));
+        assert!(d < F32_TOL, "{d}");
+    }
+
+    let (cpu, gpu) = (CfWhile::new().unwrap(), CfWhileGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(3), gpu.randomize_params(3));
+    let x = batch(4, 3, 12);
+    for n in [0i64, 1, 7, 20] {
+        let nn = ndarray::arr0(n);
+        let want = cpu
+            .evaluate(
+                &p,
+                CfWhileInputs {
+                    x: x.view(),
+                    n: nn.view(),
+                },
+            )
+            .unwrap();
+        let got = gpu
+            .evaluate(
+                &gp,
+                CfWhileGpuInputs {
+                    x: x.view(),
+                    n: nn.view(),
+                },
+            )
+            .unwrap();
+        assert_eq!(got.steps, want.steps, "n = {n}");
+        let d = max_rel_diff(&got.y, &want.y);
+        assert!(d < F32_TOL, "n = {n}: {d}");
+    }
+    // past `max_steps`: an `Err` on both backends, never a hang
+    let nn = ndarray::arr0(21i64);
+    let e = gpu
+        .evaluate(
+            &gp,
+            CfWhileGpuInputs {
+                x: x.view(),
+                n: nn.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_steps = 20"), "{e}");
+    assert!(cpu
+        .evaluate(
+            &p,
+            CfWhileInputs {
+                x: x.view(),
+                n: nn.view()
+            }
+        )
+        .is_err());
+
+    let (cpu, gpu) = (CfMode::new().unwrap(), CfModeGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(4), gpu.randomize_params(4));
+    let x = batch(3, 4, 13);
+    for mode in [Mode::Eval, Mode::Train, Mode::TrainSeeded(5)] {
+        let want = cpu
+            .evaluate_mode(&p, CfModeInputs { x: x.view() }, mode)
+            .unwrap();
+        let got = gpu
+            .evaluate_mode(&gp, CfModeGpuInputs { x: x.view() }, mode)
+            .unwrap();
+        assert!(max_rel_diff(&got.y, &want.y) < F32_TOL, "{mode:?}");
+    }
+}
+
+#[test]
+fn gpu_scans_and_gradients_through_loops_match_the_cpu() {
+    if !gpu("gpu_scans_and_gradients_through_loops_match_the_cpu") {
+        return;
+    }
+    let xs = seq(3, 6, 3, 21);
+    let (cpu, gpu) = (CfScan::new().unwrap(), CfScanGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(6), gpu.randomize_params(6));
+    let want = cpu.evaluate(&p, CfScanInputs { xs: xs.view() }).unwrap();
+    let got = gpu
+        .evaluate(&gp, CfScanGpuInputs { xs: xs.view() })
+        .unwrap();
+    assert!(max_rel_diff(&got.hs, &want.hs) < F32_TOL);
+    assert!(max_rel_diff(&got.last, &want.last) < F32_TOL);
+
+    let (cpu, gpu) = (CfScanTrain::new().unwrap(), CfScanTrainGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(7), gpu.randomize_params(7));
+    let (lo, g) = cpu
+        .evaluate_gradients(&p, CfScanTrainInputs { xs: xs.view() })
+        .unwrap();
+    let (lo2, g2) = gpu
+        .evaluate_gradients(&gp, CfScanTrainGpuInputs { xs: xs.view() })
+        .unwrap();
+    assert!(max_rel_diff(&lo2.loss, &lo.loss) < F32_TOL);
+    let d = max_rel_diff(&g2.w, &g.w).max(max_rel_diff(&g2.v, &g.v));
+    say(&format!(
+        "CfScanTrainGpu gradients vs CPU: max rel diff {d:e}"
+    ));
+    assert!(d < 1e-3, "{d}");
+
+    let (cpu, gpu) = (
+        CfWhileTrain::new().unwrap(),
+        CfWhileTrainGpu::new().unwrap(),
+    );
+    let (p, gp) = (cpu.randomize_params(8), gpu.randomize_params(8));
+    let x = batch(4, 3, 22);
+    for n in [0i64, 1, 9] {
+        let nn = ndarray::arr0(n);
+        let (lo, g) = cpu
+            .evaluate_gradients(
+                &p,
+                CfWhileTrainInputs {
+                    x: x.view(),
+                    n: nn.view(),
+                },
+            )
+            .unwrap();
+        let (lo2, g2) = gpu
+            .evaluate_gradients(
+                &gp,
+                CfWhileTrainGpuInputs {
+                    x: x.view(),
+                    n: nn.view(),
+                },
+            )
+            .unwrap();
+        assert!(max_rel_diff(&lo2.loss, &lo.loss) < F32_TOL, "n = {n}");
+        let d = max_rel_diff(&g2.w, &g.w);
+        assert!(d < 1e-3, "n = {n}: {d}");
+    }
+
+    let xs = seq(2, 5, 2, 23);
+    let (cpu, gpu) = (CfNest::new().unwrap(), CfNestGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(9), gpu.randomize_params(9));
+    let want = cpu.evaluate(&p, CfNestInputs { xs: xs.view() }).unwrap();
+    let got = gpu
+        .evaluate(&gp, CfNestGpuInputs { xs: xs.view() })
+        .unwrap();
+    assert!(max_rel_diff(&got.y, &want.y) < F32_TOL);
+}

@@ -55,7 +55,8 @@ pub(crate) fn generate<'a>(
     inp: &'a CodegenInput<'a>,
     cuda: Option<&'a CudaOptions>,
 ) -> Result<(TokenStream, Option<String>), Vec<syn::Error>> {
-    // run-time control flow and modes run on the CPU plan only (for now)
+    // buffers: CPU models only (for now); run-time control flow and modes: CPU and
+    // `backend: cuda` (`cuda::flow`), not mixed models
     if cuda.is_some() || g.placement.is_mixed() {
         // buffers (`buffer`, `update`): CPU models only (for now)
         if let Some(p) = g.params.iter().find(|p| p.buffer) {
@@ -64,6 +65,8 @@ pub(crate) fn generate<'a>(
                 format!("buffer `{}`: buffers (persistent state such as batch norm's running statistics) are not supported for `backend: cuda` or `backend_map` yet: compile this model for the CPU", p.dotted()),
             )]);
         }
+    }
+    if g.placement.is_mixed() {
         if let Some(id) = g
             .nodes
             .iter()
@@ -71,7 +74,7 @@ pub(crate) fn generate<'a>(
         {
             return Err(vec![g.error_at(
                 id,
-                "`is_training` (the call's mode) is not lowered for `backend: cuda` or `backend_map` yet: compile this model for the CPU",
+                "`is_training` (the call's mode) is not lowered for `backend_map` (mixed) models yet: compile this model for the CPU or with `backend: cuda`",
             )]);
         }
         if let Some(id) = g.nodes.iter().position(|n| n.guard.is_some()) {
@@ -81,7 +84,7 @@ pub(crate) fn generate<'a>(
                 .unwrap_or(id);
             return Err(vec![g.error_at(
                 truth,
-                "a run-time `if` (a tensor condition) is not lowered for `backend: cuda` or `backend_map` yet: compile this model for the CPU, or make the condition compile-time (a hyperparameter, or an input baked in with `constants:`)",
+                "a run-time `if` (a tensor condition) is not lowered for `backend_map` (mixed) models yet: compile this model for the CPU or with `backend: cuda`, or make the condition compile-time (a hyperparameter, or an input baked in with `constants:`)",
             )]);
         }
         if let Some(id) = g
@@ -91,7 +94,7 @@ pub(crate) fn generate<'a>(
         {
             return Err(vec![g.error_at(
                 id,
-                "a run-time loop (`while`, or `for` over a symbolic dim) is not lowered for `backend: cuda` or `backend_map` yet: compile this model for the CPU",
+                "a run-time loop (`while`, or `for` over a symbolic dim) is not lowered for `backend_map` (mixed) models yet: compile this model for the CPU or with `backend: cuda`",
             )]);
         }
     }

@@ -116,6 +116,27 @@ impl Family for Rules {
             _ => Err("internal: no call lowering".into()),
         }
     }
+
+    /// `zeros_like` / `ones_like` (the gradient code's zero initialisations, e.g. of a
+    /// reversed loop's carries): zeros directly, other values by a generated kernel.
+    fn cuda(&self, p: &Prim, cx: &mut dyn super::cuda::CudaCx) -> Result<TokenStream, String> {
+        match p {
+            Prim::FullLike(v) => {
+                let ra = cx.r(0);
+                let t = cx.out_dt();
+                let ty = super::storage_type(t);
+                if *v == 0.0 {
+                    return Ok(
+                        quote!(::mithril::rt::cuda::DeviceTensor::<#ty>::zeros(__dev, #ra.shape())?),
+                    );
+                }
+                let lit = crate::ir::FExpr::Lit(crate::ir::Scalar::Float(*v), t);
+                let dims = cx.out_dims()?;
+                cx.fused_launch(&lit, &[], &dims, t, quote!(#ra.shape().to_vec()))
+            }
+            _ => Err("there is no CUDA kernel for it yet".into()),
+        }
+    }
 }
 
 /// `arange(end)`, `arange(start, end)`, `arange(start, end, step)` (torch's semantics): numbers

@@ -31,9 +31,11 @@
 //! Gradients: `passes::autodiff` differentiates a loop as a whole (a reversed loop over the
 //! taped carries); these nodes have no rules of their own. `set_at` has.
 //!
-//! CPU plan: `alias`, `phi` and the loop ops (`mithril-runtime/src/plan/exec.rs`). CUDA: not
-//! lowered (the CUDA generator rejects a guarded or looping graph with a spanned error before it
-//! gets here).
+//! CPU plan: `alias`, `phi` and the loop ops (`mithril-runtime/src/plan/exec.rs`). CUDA
+//! (`backend: cuda`): structured host code around the body's per-node code
+//! (`backends/cuda/flow.rs`, not this family's `cuda`: these nodes shape the generated code
+//! rather than compute a value); mixed models reject a guarded or looping graph with a spanned
+//! error.
 
 use super::attrs::{AttrVal, Sig};
 use super::grad::Builder;

@@ -55,6 +55,14 @@ pub trait CudaCx {
     fn reshape_to(&self, k: usize, dims: TokenStream) -> TokenStream;
     /// Operand `k` as `i64` indices (a cast kernel for other integer types).
     fn index_i64(&mut self, k: usize) -> Result<TokenStream, String>;
+    /// The call's seed of random ops, a `u64` expression (`Mode::seed`: 0 in evaluation,
+    /// fresh per training call unless `Mode::TrainSeeded`), in scope in the generated code of
+    /// a model that reads `is_training` (`dropout` does); `__training` is the mode as a host
+    /// `bool`.
+    #[allow(dead_code)]
+    fn seed(&self) -> TokenStream {
+        quote!(__seed)
+    }
 }
 
 /// The runtime's CUDA module, `::mithril::rt::cuda`.

@@ -25,6 +25,7 @@ pub(crate) mod cache;
 pub(crate) mod compile;
 mod device;
 pub mod exec;
+pub mod flow;
 pub mod launch;
 mod libs;
 pub mod nn;

@@ -363,6 +363,68 @@ impl<'a> CudaGen<'a> {
             dev_input_init,
             outputs_to_host,
         } = &parts.transfers;
+        let lints = quote!(#[allow(unused_variables, unused_mut, unused_assignments, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision, clippy::type_complexity)]);
+        let device_body = quote! {
+            let __dev: &::mithril::rt::cuda::CudaDevice = &self.__dev;
+            let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
+            #(#checks)*
+            let _ = &__env;
+            #(#body)*
+            Ok(#doutputs_name { #(#out_fields,)* })
+        };
+        let evaluate_fns = if g.uses_mode() {
+            // a model that reads `is_training`: the mode per call, as on the CPU backend
+            quote! {
+                /// Run the model in evaluation mode (`is_training` is false):
+                /// [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.evaluate_mode(params, inputs, ::mithril::rt::Mode::Eval)
+                }
+
+                /// Run the model in `mode` (what `is_training` reads) on host data: params and
+                /// inputs are copied to the device, the outputs back (same signature as the
+                /// CPU backend).
+                pub fn evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                    let __params = self.params_to_device(params)?;
+                    #(#to_dev_inputs)*
+                    let outputs = self.evaluate_device_mode(&__params, #dinputs_name { #(#dev_input_init,)* #phantom_init }, mode)?;
+                    self.outputs_to_host(outputs)
+                }
+
+                /// [`Self::evaluate_device_mode`] in evaluation mode (`mithril::rt::Mode::Eval`).
+                pub fn evaluate_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>) -> ::mithril::rt::Result<#doutputs_name> {
+                    self.evaluate_device_mode(params, inputs, ::mithril::rt::Mode::Eval)
+                }
+
+                /// Run the model in `mode` on device data; nothing goes through the host (the
+                /// mode is a host value: `is_training` costs no transfer).
+                #lints
+                pub fn evaluate_device_mode(&self, params: &#dparams_name, inputs: #dinputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#doutputs_name> {
+                    #device_body
+                }
+            }
+        } else {
+            quote! {
+                /// Run the model on host data: params and inputs are copied to the device, the
+                /// outputs back (same signature as the CPU backend). For repeated calls keep
+                /// the params on the device and use [`Self::evaluate_device`].
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    let __params = self.params_to_device(params)?;
+                    #(#to_dev_inputs)*
+                    let outputs = self.evaluate_device(&__params, #dinputs_name { #(#dev_input_init,)* #phantom_init })?;
+                    self.outputs_to_host(outputs)
+                }
+
+                /// Run the model on device data; nothing goes through the host (except the
+                /// condition of a run-time `if` or loop the device computes: one scalar per
+                /// `if`, per iteration). Work is issued on the device's stream (copy the
+                /// outputs back, or synchronize, to wait).
+                #lints
+                pub fn evaluate_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>) -> ::mithril::rt::Result<#doutputs_name> {
+                    #device_body
+                }
+            }
+        };
         quote! {
             /// Open the model on its CUDA device (`cuda: { device }`, default 0). `Err` —
             /// never a panic — naming what is missing when the CUDA libraries, the driver
@@ -408,27 +470,7 @@ impl<'a> CudaGen<'a> {
                 Ok(#outputs_name { #(#outputs_to_host,)* })
             }
 
-            /// Run the model on host data: params and inputs are copied to the device, the
-            /// outputs back (same signature as the CPU backend). For repeated calls keep
-            /// the params on the device and use [`Self::evaluate_device`].
-            pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                let __params = self.params_to_device(params)?;
-                #(#to_dev_inputs)*
-                let outputs = self.evaluate_device(&__params, #dinputs_name { #(#dev_input_init,)* #phantom_init })?;
-                self.outputs_to_host(outputs)
-            }
-
-            /// Run the model on device data; nothing goes through the host. Work is issued
-            /// on the device's stream (copy the outputs back, or synchronize, to wait).
-            #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
-            pub fn evaluate_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>) -> ::mithril::rt::Result<#doutputs_name> {
-                let __dev: &::mithril::rt::cuda::CudaDevice = &self.__dev;
-                let mut __env = ::mithril::rt::SymEnv::new(&[#(#syms),*]);
-                #(#checks)*
-                let _ = &__env;
-                #(#body)*
-                Ok(#doutputs_name { #(#out_fields,)* })
-            }
+            #evaluate_fns
         }
     }
 }

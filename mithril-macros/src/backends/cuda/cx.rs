@@ -69,7 +69,7 @@ impl CudaCx for NodeCx<'_, '_> {
         self.gen.reshape_dims(self.cx, self.id)
     }
     fn reshape_to(&self, k: usize, dims: TokenStream) -> TokenStream {
-        self.gen.reshape_to(self.cx, self.arg(k), dims)
+        self.gen.reshape_to(self.cx, self.id, self.arg(k), dims)
     }
     fn index_i64(&mut self, k: usize) -> Result<TokenStream, String> {
         let a = self.arg(k);

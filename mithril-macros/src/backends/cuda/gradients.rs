@@ -146,25 +146,70 @@ impl<'a> CudaGen<'a> {
             "Run the model on device data and differentiate it: the outputs and the gradient of `sum(output * output_grads)` with respect to every param, all in device memory."
         };
         let (out_ty, grad_ty) = (quote!(#outputs_name), quote!(#grads_name));
-        quote! {
-            #[doc = #grad_doc]
-            #[allow(unused_variables, unused_mut, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision)]
-            pub fn evaluate_gradients_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#doutputs_name, #dgrads_name)> {
-                #device_body
-            }
-
+        let lints = quote!(#[allow(unused_variables, unused_mut, unused_assignments, clippy::let_and_return, clippy::redundant_clone, clippy::needless_borrow, clippy::approx_constant, clippy::excessive_precision, clippy::type_complexity)]);
+        let common = quote! {
             /// Copy device gradients to the host.
             pub fn grads_to_host(&self, grads: &#dgrads_name) -> ::mithril::rt::Result<#grads_name> {
                 Ok(#grads_to_host)
             }
+        };
+        let seed_names = if train_model {
+            quote!()
+        } else {
+            quote!(output_grads,)
+        };
+        if self.g.uses_mode() || self.train.is_some_and(|t| t.uses_mode()) {
+            // a model that reads `is_training`: the mode per call, as on the CPU backend
+            quote! {
+                #[doc = #grad_doc]
+                ///
+                /// In training mode (`is_training` is true):
+                /// [`Self::evaluate_gradients_device_mode`] with `mithril::rt::Mode::Train`.
+                pub fn evaluate_gradients_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#doutputs_name, #dgrads_name)> {
+                    self.evaluate_gradients_device_mode(params, inputs, #seed_names ::mithril::rt::Mode::Train)
+                }
 
-            /// [`Self::evaluate_gradients_device`] on host data (same signature as the CPU
-            /// backend): params, inputs and seeds are copied to the device, results back.
-            pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #host_seed_arg) -> ::mithril::rt::Result<(#out_ty, #grad_ty)> {
-                let __params = self.params_to_device(params)?;
-                #(#to_dev_inputs)*
-                let (outputs, grads) = self.evaluate_gradients_device(&__params, #dinputs_name { #(#dev_input_init,)* #phantom_init }, #seed_pass)?;
-                Ok((self.outputs_to_host(outputs)?, self.grads_to_host(&grads)?))
+                /// [`Self::evaluate_gradients_device`] in `mode` (what `is_training` reads).
+                #lints
+                pub fn evaluate_gradients_device_mode(&self, params: &#dparams_name, inputs: #dinputs_name<'_>, #seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#doutputs_name, #dgrads_name)> {
+                    #device_body
+                }
+
+                #common
+
+                /// [`Self::evaluate_gradients_mode`] with `mithril::rt::Mode::Train` (same
+                /// signature as the CPU backend).
+                pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #host_seed_arg) -> ::mithril::rt::Result<(#out_ty, #grad_ty)> {
+                    self.evaluate_gradients_mode(params, inputs, #seed_names ::mithril::rt::Mode::Train)
+                }
+
+                /// [`Self::evaluate_gradients_device_mode`] on host data: params, inputs and
+                /// seeds are copied to the device, results back.
+                pub fn evaluate_gradients_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, #host_seed_arg mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<(#out_ty, #grad_ty)> {
+                    let __params = self.params_to_device(params)?;
+                    #(#to_dev_inputs)*
+                    let (outputs, grads) = self.evaluate_gradients_device_mode(&__params, #dinputs_name { #(#dev_input_init,)* #phantom_init }, #seed_pass mode)?;
+                    Ok((self.outputs_to_host(outputs)?, self.grads_to_host(&grads)?))
+                }
+            }
+        } else {
+            quote! {
+                #[doc = #grad_doc]
+                #lints
+                pub fn evaluate_gradients_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>, #seed_arg) -> ::mithril::rt::Result<(#doutputs_name, #dgrads_name)> {
+                    #device_body
+                }
+
+                #common
+
+                /// [`Self::evaluate_gradients_device`] on host data (same signature as the CPU
+                /// backend): params, inputs and seeds are copied to the device, results back.
+                pub fn evaluate_gradients(&self, params: &#params_name, inputs: #inputs_name<'_>, #host_seed_arg) -> ::mithril::rt::Result<(#out_ty, #grad_ty)> {
+                    let __params = self.params_to_device(params)?;
+                    #(#to_dev_inputs)*
+                    let (outputs, grads) = self.evaluate_gradients_device(&__params, #dinputs_name { #(#dev_input_init,)* #phantom_init }, #seed_pass)?;
+                    Ok((self.outputs_to_host(outputs)?, self.grads_to_host(&grads)?))
+                }
             }
         }
     }

@@ -381,6 +381,60 @@ pub fn fused_module(kernels: &[String]) -> String {
     s
 }
 
+/// The indexing kernels of run-time loops (`mithril::rt::cuda::flow`), on a tensor viewed as
+/// `[outer, len, inner]` around the indexed axis, at host index `i` (checked by the caller):
+/// `Read` — `out[o, k] = x[o, i, k]` (a scan's step read `x[(.., t)]`, `gather` at a scalar
+/// index), parameters `(const T* x, T* out, long n, long len, long inner, long i)`;
+/// `Write { add }` — `acc[o, i, k] = v[o, k]` (`add`: `+=`, in the accumulation type),
+/// parameters `(const T* v, T* acc, long n, long len, long inner, long i)`. `n` is
+/// `outer * inner`.
+pub enum AxisKernel {
+    Read,
+    Write { add: bool },
+}
+
+/// The CUDA C text of an [`AxisKernel`] named `name` on storage dtype `t`.
+pub fn axis_kernel(name: &str, kind: AxisKernel, t: DType) -> Result<String, String> {
+    if !is_c_ident(name) {
+        return Err(format!("`{name}` is not a C identifier"));
+    }
+    let ty = storage_c(t);
+    let (params, body) = match kind {
+        AxisKernel::Read => (
+            format!("const {ty}* __restrict__ x, {ty}* __restrict__ out"),
+            "out[j] = x[(o * len + i) * inner + k];".to_string(),
+        ),
+        AxisKernel::Write { add: false } => (
+            format!("const {ty}* __restrict__ v, {ty}* __restrict__ acc"),
+            "acc[(o * len + i) * inner + k] = v[j];".to_string(),
+        ),
+        AxisKernel::Write { add: true } => {
+            if t == DType::Bool {
+                return Err("an accumulating write of bool values".into());
+            }
+            let at = "acc[(o * len + i) * inner + k]";
+            let sum = format!("({}) + ({})", load(t, at), load(t, "v[j]"));
+            (
+                format!("const {ty}* __restrict__ v, {ty}* __restrict__ acc"),
+                format!("{at} = {};", store(t, &format!("({})({sum})", acc_c(t)))),
+            )
+        }
+    };
+    let mut src = String::new();
+    let _ = writeln!(
+        src,
+        "extern \"C\" __global__ void {name}({params}, long n, long len, long inner, long i) {{"
+    );
+    let _ = writeln!(
+        src,
+        "    for (long j = (long)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (long)blockDim.x * gridDim.x) {{"
+    );
+    let _ = writeln!(src, "        const long o = j / inner, k = j % inner;");
+    let _ = writeln!(src, "        {body}");
+    src.push_str("    }\n}\n");
+    Ok(src)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,6 +704,27 @@ mod tests {
         assert!(fused_kernel("k", &FExpr::Arg(0), &zero, DType::F32).is_err());
     }
 
+    #[test]
+    fn axis_kernel_text() {
+        let r = axis_kernel("f3_ax", AxisKernel::Read, DType::F32).unwrap();
+        assert!(
+            r.contains("void f3_ax(const float* __restrict__ x, float* __restrict__ out, long n, long len, long inner, long i)"),
+            "{r}"
+        );
+        assert!(r.contains("out[j] = x[(o * len + i) * inner + k];"), "{r}");
+        let w = axis_kernel("g4_ax", AxisKernel::Write { add: false }, DType::I64).unwrap();
+        assert!(w.contains("acc[(o * len + i) * inner + k] = v[j];"), "{w}");
+        let a = axis_kernel("g5_ax", AxisKernel::Write { add: true }, DType::BF16).unwrap();
+        assert!(
+            a.contains(
+                "= mt_f2b((float)((mt_b2f(acc[(o * len + i) * inner + k])) + (mt_b2f(v[j]))));"
+            ),
+            "{a}"
+        );
+        assert!(axis_kernel("not a name", AxisKernel::Read, DType::F32).is_err());
+        assert!(axis_kernel("b", AxisKernel::Write { add: true }, DType::Bool).is_err());
+    }
+
     /// Generated groups covering every elementwise primitive and dtype, compiled by the real
     /// NVRTC for sm_80 and sm_90 (skipped, with a visible line, when NVRTC is not found).
     #[test]
@@ -760,6 +835,29 @@ mod tests {
         }
         let (e, args) = linear_relu();
         kernels.push(fused_kernel("linear_relu", &e, &args, DType::F16).unwrap());
+        // the indexing kernels of run-time loops (step reads, stacked writes, their gradients)
+        for (ti, t) in [
+            DType::F32,
+            DType::F64,
+            DType::F16,
+            DType::BF16,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            kernels.push(axis_kernel(&format!("ar{ti}"), AxisKernel::Read, t).unwrap());
+            kernels.push(
+                axis_kernel(&format!("aw{ti}"), AxisKernel::Write { add: false }, t).unwrap(),
+            );
+            if t != DType::Bool {
+                kernels.push(
+                    axis_kernel(&format!("aa{ti}"), AxisKernel::Write { add: true }, t).unwrap(),
+                );
+            }
+        }
         let n = kernels.len();
         let src = fused_module(&kernels);
         for arch in ["sm_80", "sm_90"] {

@@ -241,9 +241,15 @@ impl<'a> CudaGen<'a> {
 
     /// A reshape of `a` to `dims` (a `Vec<isize>` expression): moves a dead owned value, copies
     /// otherwise.
-    pub(super) fn reshape_to(&self, cx: &Ctx, a: NodeId, dims: TokenStream) -> TokenStream {
+    pub(super) fn reshape_to(
+        &self,
+        cx: &Ctx,
+        user: NodeId,
+        a: NodeId,
+        dims: TokenStream,
+    ) -> TokenStream {
         let c = rt();
-        if cx.owned[a] && cx.uses[a] == 1 && !cx.is_output[a] {
+        if cx.movable(a, user) {
             let va = cx.name(a);
             quote!({ let __d: ::std::vec::Vec<isize> = #dims; #c::exec::reshape_owned(#va, &__d)? })
         } else {

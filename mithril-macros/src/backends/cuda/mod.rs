@@ -24,6 +24,8 @@
 //! (`prims::Family::cuda`) through `cx`, the generator's `prims::cuda::CudaCx`; `api` the model's types and
 //! `impl` (input / output structs, transfers, `new`, `evaluate*`, consts); `params` the param
 //! trees (host and device structs, conversions, `ParamTree`); `gradients` the gradient API;
+//! `flow` run-time control flow (a run-time `if`, loops and scans, tapes, `is_training`) as
+//! structured host code around the per-node code;
 //! [`Mixed`] (in `mixed`) the device side of a mixed (`backend_map`) model, driven by the CPU
 //! generator through `common::DeviceSide`.
 //!
@@ -33,6 +35,7 @@
 
 mod api;
 mod cx;
+mod flow;
 mod gradients;
 pub(crate) mod kernel_text;
 mod launch;
@@ -86,6 +89,16 @@ struct Ctx<'a> {
     owned: Vec<bool>,
     /// Device values are named `dN` (mixed models, where `vN` is the host value).
     dev_names: bool,
+    /// Run-time control flow (`nodes.rs`): nodes computed under a run-time guard, held as an
+    /// `Option` (`None` when their branch did not run).
+    opt: Vec<bool>,
+    /// Nodes whose value is another node's (`Truth`, `Boundary`, `loop_next`, `loop_exit`,
+    /// an in-place `set_at`): read as that node.
+    alias: Vec<Option<NodeId>>,
+    /// Nodes a `phi` borrows (never moved).
+    borrowed: Vec<bool>,
+    /// Scalar `bool` nodes also held on the host as `__bN` (guards, loop conditions).
+    host_bool: Vec<bool>,
 }
 
 impl<'a> Ctx<'a> {
@@ -97,9 +110,36 @@ impl<'a> Ctx<'a> {
             v(id)
         }
     }
+    /// The node whose value `id`'s is (through aliases).
+    fn resolve(&self, mut id: NodeId) -> NodeId {
+        while let Some(a) = self.alias.get(id).copied().flatten() {
+            id = a;
+        }
+        id
+    }
+    /// An owned value `a` its user `user` may consume (move): dead after it, computed at the
+    /// same loop level, not a branch's optional value, not borrowed.
+    fn movable(&self, a: NodeId, user: NodeId) -> bool {
+        self.owned[a]
+            && self.uses[a] == 1
+            && !self.is_output[a]
+            && !self.opt[a]
+            && !self.borrowed[a]
+            && self.alias[a].is_none()
+            && self.g.nodes[a].region == self.g.nodes[user].region
+    }
     /// The expression of a node's value as `&DeviceTensor<T>`.
     fn r(&self, id: NodeId) -> TokenStream {
+        let id = self.resolve(id);
         let vid = self.name(id);
+        if self.opt[id] {
+            let label = self.label(id);
+            return if self.owned[id] {
+                quote!((::mithril::rt::cuda::flow::taken(&#vid, #label)?))
+            } else {
+                quote!((*::mithril::rt::cuda::flow::taken(&#vid, #label)?))
+            };
+        }
         if self.owned[id] {
             quote!((&#vid))
         } else {
@@ -162,6 +202,10 @@ impl<'a> CudaGen<'a> {
             is_output,
             owned: vec![false; g.nodes.len()],
             dev_names: false,
+            opt: vec![false; g.nodes.len()],
+            alias: vec![None; g.nodes.len()],
+            borrowed: vec![false; g.nodes.len()],
+            host_bool: vec![false; g.nodes.len()],
         }
     }
 }

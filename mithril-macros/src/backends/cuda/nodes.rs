@@ -3,7 +3,7 @@
 //! shape checks, node code, outputs.
 
 use super::cx::NodeCx;
-use super::{p_name, rt, Ctx, CudaGen, SUPPORTED};
+use super::{rt, Ctx, CudaGen};
 use crate::backends::common::v;
 use crate::ir::{NodeId, Op};
 use crate::prims::literal;
@@ -20,11 +20,10 @@ impl<'a> CudaGen<'a> {
         let ty = cx.ty(id);
         Ok(Some(match &n.op {
             Op::Input(_) | Op::Param(_) | Op::Seed(_) | Op::Boundary(_) => return Ok(None),
-            Op::Mode => {
-                return Err(
-                    "`is_training` is not lowered for `backend: cuda` or `backend_map` yet".into(),
-                )
+            Op::Mode if !cx.dev_names => {
+                quote!(#c::exec::scalar::<bool>(__dev, __training)?)
             }
+            Op::Mode => return Err("`is_training` is not lowered for `backend_map` yet".into()),
             Op::Const(s) => {
                 let lit = literal(*s, cx.dt(id));
                 quote!(#c::exec::scalar::<#ty>(__dev, <#ty as ::mithril::rt::Elem>::from_acc(#lit))?)
@@ -41,8 +40,12 @@ impl<'a> CudaGen<'a> {
                 self.fused_matmul(cx, id, ta, tb, &expr)?
             }
             Op::Prim(p) => {
-                let p = p.clone();
-                p.cuda(&mut NodeCx { gen: self, cx, id })?
+                if let Some(code) = self.flow_node(cx, id)? {
+                    code
+                } else {
+                    let p = p.clone();
+                    p.cuda(&mut NodeCx { gen: self, cx, id })?
+                }
             }
         }))
     }
@@ -84,59 +87,36 @@ impl<'a> CudaGen<'a> {
                 ));
             }
         }
+        self.prepare_flow(cx);
         let mut body = Vec::new();
-        let model = self.inp.name.to_string();
-        for id in 0..g.nodes.len() {
-            let vid = v(id);
-            let n = &g.nodes[id];
-            let code = match &n.op {
-                Op::Input(i) => {
-                    let f = format_ident!("{}", g.inputs[*i].name);
-                    quote!(let #vid = inputs.#f;)
-                }
-                Op::Param(i) => {
-                    let fields = g.params[*i].path.iter().map(|p| format_ident!("{}", p));
-                    quote!(let #vid = &params.#(#fields).*;)
-                }
-                Op::Seed(i) => {
-                    let f = format_ident!("{}", g.outputs[*i].name);
-                    quote!(let #vid = &output_grads.#f;)
-                }
-                Op::Boundary(_) => {
-                    let r = cx.r(n.args[0]);
-                    quote!(let #vid = #r;)
-                }
-                _ => match self.node(cx, id) {
-                    Ok(Some(val)) => {
-                        cx.owned[id] = true;
-                        let ty = cx.ty(id);
-                        quote!(let #vid: ::mithril::rt::cuda::DeviceTensor<#ty> = #val;)
-                    }
-                    Ok(None) => quote!(),
-                    Err(why) => {
-                        let what = p_name(&n.op);
-                        self.errors.push(g.error_at(
-                            id,
-                            format!(
-                                "`{model}` has `backend: cuda`, which cannot lower this `{what}` yet: {why}\nlowered on cuda: {SUPPORTED}"
-                            ),
-                        ));
-                        quote!()
-                    }
-                },
-            };
-            body.push(code);
+        if g.uses_mode() {
+            // the call's mode (`is_training`, read on the host) and its random ops' seed
+            body.push(quote! {
+                let __training: bool = mode.is_training();
+                let __seed: u64 = mode.seed();
+            });
         }
+        // the terminals first: a loop's body may hold the first use of an input or param,
+        // which later code (after the loop) reads too
+        for (id, n) in g.nodes.iter().enumerate() {
+            if matches!(n.op, Op::Input(_) | Op::Param(_) | Op::Seed(_)) {
+                body.push(self.node_code(cx, id));
+            }
+        }
+        body.extend(self.emit_range(cx, 0, g.nodes.len()));
         // outputs: owned values move out (the last use of a node), the others are copied
         let mut outs = Vec::new();
         let c = rt();
         for (k, o) in g.outputs.iter().enumerate() {
-            let later = g.outputs[k + 1..].iter().any(|x| x.node == o.node);
-            let vid = v(o.node);
-            let val = if cx.owned[o.node] && !later {
+            let node = cx.resolve(o.node);
+            let later = g.outputs[k + 1..]
+                .iter()
+                .any(|x| cx.resolve(x.node) == node);
+            let vid = v(node);
+            let val = if cx.owned[node] && !cx.opt[node] && !cx.borrowed[node] && !later {
                 quote!(#vid)
             } else {
-                let r = cx.r(o.node);
+                let r = cx.r(node);
                 quote!(#c::exec::copy(__dev, #r)?)
             };
             outs.push((o.name.clone(), val));
