@@ -311,7 +311,7 @@ impl Flattener<'_> {
                     .g
                     .nodes
                     .iter()
-                    .filter(|n| matches!(n.op, Op::Prim(prims::Prim::Dropout { .. })))
+                    .filter(|n| matches!(&n.op, Op::Prim(p) if p.uses_seed()))
                     .count() as u32;
                 let m = self.mode_node(span, f);
                 node_args.push(m);
@@ -321,6 +321,31 @@ impl Flattener<'_> {
                     span,
                     f,
                 ))
+            }
+            // `attention` with dropout on the weights: a random op too (the mode last)
+            Ok(prims::Prim::Attention {
+                causal,
+                scale,
+                part,
+                dropout,
+                ..
+            }) if dropout > 0.0 => {
+                let op = self
+                    .g
+                    .nodes
+                    .iter()
+                    .filter(|n| matches!(&n.op, Op::Prim(p) if p.uses_seed()))
+                    .count() as u32;
+                let m = self.mode_node(span, f);
+                node_args.push(m);
+                let p = prims::Prim::Attention {
+                    causal,
+                    scale,
+                    part,
+                    dropout,
+                    op,
+                };
+                Value::Tensor(self.node(Op::Prim(p), node_args, span, f))
             }
             Ok(p) => {
                 let _ = name_span;
