@@ -102,6 +102,29 @@ impl Flattener<'_> {
                 None => Value::Poison,
             };
         }
+        if (n == "pair" || n == "triple") && recv.is_none() && args.len() == 1 {
+            // PyTorch's `_pair` / `_triple`: an int for every spatial dim, or a tuple of them
+            let k = if n == "pair" { 2 } else { 3 };
+            return match self.eval_hyper(args[0], f) {
+                Some(HVal::Int(i)) => Value::Hyper(HVal::List(vec![HVal::Int(i); k])),
+                Some(HVal::List(xs))
+                    if xs.len() == k && xs.iter().all(|x| matches!(x, HVal::Int(_))) =>
+                {
+                    Value::Hyper(HVal::List(xs))
+                }
+                Some(v) => {
+                    self.error(
+                        args[0].span(),
+                        format!(
+                            "`{n}` takes an int or a tuple of {k} ints, found {}",
+                            v.kind()
+                        ),
+                    );
+                    Value::Poison
+                }
+                None => Value::Poison,
+            };
+        }
         if let Some(fold) = const_math(&n) {
             // `sqrt(d_model / n_heads)`: a math function of a compile-time int is a float
             // constant (an int tensor has no such primitive); of a float it stays the primitive
