@@ -43,6 +43,11 @@ mithril::mithril! {
     }
 
     compile OnCudaGpu = OnCuda { backend: cuda };
+
+    model BadDropout {
+        input q: f32[1, 2, 4, 8];
+        output y = attention(q, q, q, dropout = 1.5);
+    }
 }
 
 fn main() {}

@@ -48,6 +48,12 @@ mithril::mithril! {
         param w: f32[2, 3, 3];
         output y = conv1d(x, w);
     }
+
+    // a library `Conv2d` whose kernel_size is neither an int nor a pair (`pair`'s error)
+    model TripleKernel {
+        input x: f32[B, 3, 8, 8];
+        output y = Conv2d(4, (3, 3, 3))(x);
+    }
 }
 
 fn main() {}
