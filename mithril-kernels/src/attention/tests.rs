@@ -502,3 +502,99 @@ fn attention_dropout_depends_on_seed_and_op() {
     assert_ne!(run(1, 0), run(2, 0));
     assert_ne!(run(1, 0), run(1, 1));
 }
+
+/// The cost of dropout on the weights (a measurement, not a check): causal attention at
+/// seq 512, head_dim 64, 4 heads, f32, forward and backward (dq, dk, dv) with and without
+/// dropout, medians of thread CPU time over repeated runs on this CPU's best path:
+/// `cargo test -p mithril-kernels --lib attention_dropout_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn attention_dropout_cost() {
+    fn cpu_ns() -> u128 {
+        let mut t = libc_timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given
+        unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
+        t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
+    }
+    #[repr(C)]
+    struct libc_timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, t: *mut libc_timespec) -> i32;
+    }
+    let dm = Dims {
+        batch: 1,
+        hq: 4,
+        hkv: 4,
+        sq: 512,
+        sk: 512,
+        d: 64,
+        dv: 64,
+    };
+    let n = 4 * 512 * 64;
+    let f = |s| data(n, s).iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (q, k, v, go) = (f(1), f(2), f(3), f(4));
+    let median = |mut xs: Vec<u128>| {
+        xs.sort();
+        xs[xs.len() / 2] as f64 / 1e6
+    };
+    for drop in [
+        None,
+        Some(Dropout {
+            p: 0.1,
+            seed: 5,
+            op: 0,
+        }),
+    ] {
+        let (mut fw, mut bw) = (Vec::new(), Vec::new());
+        let mut out = vec![0f32; n];
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        for _ in 0..15 {
+            let t = cpu_ns();
+            forward_dropout(
+                &dm,
+                &q,
+                &k,
+                &v,
+                Mask::None,
+                true,
+                0.125,
+                drop,
+                &mut out,
+                None,
+            );
+            fw.push(cpu_ns() - t);
+            let t = cpu_ns();
+            backward_dropout(
+                &dm,
+                &q,
+                &k,
+                &v,
+                Mask::None,
+                true,
+                0.125,
+                drop,
+                &out,
+                &go,
+                Want { q: true, kv: true },
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                None,
+            );
+            bw.push(cpu_ns() - t);
+        }
+        println!(
+            "attention causal 4x512x64 f32, dropout {:?}: forward {:.2} ms, backward {:.2} ms (median of 15, thread CPU time, {:?})",
+            drop.map(|z| z.p),
+            median(fw),
+            median(bw),
+            crate::isa::active()
+        );
+    }
+}
