@@ -130,17 +130,13 @@ fn check(env: &mut Env, q: &Shape, k: &Shape, v: &Shape) -> Result<[Shape; 1], S
         "the heads of key and value",
     )?;
     let (hq, hkv) = (env.dim(&q.dims[nq - 3]), env.dim(&k.dims[nk - 3]));
-    match (&hq, &hkv) {
-        (Dim::Known(a), Dim::Known(b)) => {
-            if *b == 0 || a % b != 0 {
-                return Err(format!(
-                    "the query heads ({a}) must be a multiple of the key/value heads ({b})"
-                ));
-            }
-        }
-        _ => {
-            // symbolic heads: the run time checks that the query heads are a multiple of the
-            // key/value heads (grouped-query attention); equal symbols need no check
+    // known head counts are checked here; symbolic ones at run time (the query heads a
+    // multiple of the key/value heads: grouped-query attention)
+    if let (Dim::Known(a), Dim::Known(b)) = (&hq, &hkv) {
+        if *b == 0 || a % b != 0 {
+            return Err(format!(
+                "the query heads ({a}) must be a multiple of the key/value heads ({b})"
+            ));
         }
     }
     Ok([lq])
