@@ -134,6 +134,11 @@ pub mod library_names {
     pub use crate::__mithril_library_TransformerEncoderBlock as TransformerEncoderBlock;
     #[doc(hidden)]
     pub use crate::__mithril_library_Upsample as Upsample;
+    // recurrent layers from given initial states
+    #[doc(hidden)]
+    pub use crate::__mithril_library_GRUWithState as GRUWithState;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_LSTMWithState as LSTMWithState;
 }
 
 #[doc(hidden)]
@@ -503,6 +508,26 @@ macro_rules! __mithril_library_BasicBlock {
     ($($t:tt)*) => {
         ::core::compile_error!(
             "`BasicBlock` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_LSTMWithState {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`LSTMWithState` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_GRUWithState {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`GRUWithState` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
 }

@@ -36,6 +36,11 @@ mithril::mithril! {
         input q: f32[4, 8];
         output y = attention(q, q, q);
     }
+
+    model BadDropout {
+        input q: f32[1, 2, 4, 8];
+        output y = attention(q, q, q, dropout = 1.5);
+    }
 }
 
 fn main() {}

@@ -48,6 +48,12 @@ mithril::mithril! {
         input x: f16[B, 3, 8, 8];
         output y = max_pool2d(x, kernel_size = 2);
     }
+
+    // a library `Conv2d` whose kernel_size is neither an int nor a pair (`pair`'s error)
+    model TripleKernel {
+        input x: f32[B, 3, 8, 8];
+        output y = Conv2d(4, (3, 3, 3))(x);
+    }
 }
 
 fn main() {}

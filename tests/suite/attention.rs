@@ -6,6 +6,7 @@
 
 use crate::common::fd::{dot, gradcheck, pat, set, wave};
 use mithril::prelude::*;
+use mithril::rt::Mode;
 use ndarray::{ArrayD, Ix4, IxDyn};
 use std::marker::PhantomData;
 
@@ -361,4 +362,260 @@ fn attention_gradients_rank3_dv_differs() {
         )
         .unwrap();
     assert_eq!(gradcheck("attention rank 3", &p, &g, loss), 12 + 16 + 24);
+}
+
+// ---- dropout on the attention weights (training calls only)
+
+mithril! {
+    model AttnDrop {
+        input q: f64[B, 4, S, D];
+        input k: f64[B, 2, T, D];
+        input v: f64[B, 2, T, E];
+        input add: f64[S, T];
+        output dropped = attention(q, k, v, add, causal = true, dropout = 0.3);
+        output plain = attention(q, k, v, add, causal = true);
+        output second = attention(q, k, v, dropout = 0.5);
+    }
+
+    model AttnDropGrad {
+        param q: f64[1, 4, 3, 2];
+        param k: f64[1, 2, 5, 2];
+        param v: f64[1, 2, 5, 3];
+        param bias: f64[3, 5];
+        output out = attention(q, k, v, bias, causal = true, dropout = 0.4);
+    }
+
+    compile MhaDrop = MultiHeadAttention(8, 2, dropout = 0.25) { dtype: f64 };
+    compile MhaPlain = MultiHeadAttention(8, 2) { dtype: f64 };
+}
+
+/// Naive attention with dropout on the weights: the full `[B, H, S, T]` weight matrix (softmax
+/// of the masked scaled scores), each weight times its factor (0, or `1 / (1 - p)` where the
+/// Philox bits of its element index under `(seed, op)` reach the keep threshold), times `v`.
+#[allow(clippy::too_many_arguments)]
+fn naive_dropped(
+    q: &ArrayD<f64>,
+    k: &ArrayD<f64>,
+    v: &ArrayD<f64>,
+    add: Option<&ArrayD<f64>>,
+    causal: bool,
+    p: f64,
+    seed: u64,
+    op: u32,
+) -> ArrayD<f64> {
+    let (b, h, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+    let (g, t, e) = (k.shape()[1], k.shape()[2], v.shape()[3]);
+    let scale = 1.0 / (d as f64).sqrt();
+    let thr = (p * 4294967296.0).round() as u64;
+    let mut out = ArrayD::zeros(IxDyn(&[b, h, s, e]));
+    for bi in 0..b {
+        for hi in 0..h {
+            let gi = hi / (h / g);
+            for i in 0..s {
+                let mut sc = vec![f64::NEG_INFINITY; t];
+                for j in 0..t {
+                    if causal && j > i {
+                        continue;
+                    }
+                    let mut x = 0.0;
+                    for c in 0..d {
+                        x += q[[bi, hi, i, c].as_slice()] * k[[bi, gi, j, c].as_slice()];
+                    }
+                    sc[j] = x * scale + add.map_or(0.0, |a| a[[i, j].as_slice()]);
+                }
+                let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+                for j in 0..t {
+                    let idx = (((bi * h + hi) * s + i) * t + j) as u64;
+                    let bits = crate::norm::mithril_kernels_philox(seed, op, idx) as u64;
+                    let factor = if bits >= thr { 1.0 / (1.0 - p) } else { 0.0 };
+                    let w = (sc[j] - mx).exp() / z * factor;
+                    for c in 0..e {
+                        out[[bi, hi, i, c].as_slice()] += w * v[[bi, gi, j, c].as_slice()];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Training calls against the naive reference with the same mask (the op ids number the
+/// model's random ops: 0 and 1), on sizes crossing the kernel's tiles; the identity (the
+/// undropped attention, bit for bit) in evaluation calls; the seed picks the mask.
+#[test]
+fn attention_dropout_matches_naive_reference_and_is_off_in_eval() -> mithril::Result<()> {
+    let m = AttnDrop::new()?;
+    let p = m.randomize_params(0);
+    let (b, s, t, d, e) = (2, 70, 131, 5, 3);
+    let (q, k, v) = (
+        arr(&[b, 4, s, d], 0.3),
+        arr(&[b, 2, t, d], 0.7),
+        arr(&[b, 2, t, e], 1.1),
+    );
+    let add = arr(&[s, t], 1.9);
+    let inputs = || AttnDropInputs {
+        q: q.view().into_dimensionality().unwrap(),
+        k: k.view().into_dimensionality().unwrap(),
+        v: v.view().into_dimensionality().unwrap(),
+        add: add.view().into_dimensionality().unwrap(),
+    };
+    let o = m.evaluate_mode(&p, inputs(), Mode::TrainSeeded(9))?;
+    let want = naive_dropped(&q, &k, &v, Some(&add), true, 0.3, 9, 0);
+    close(&o.dropped.clone().into_dyn(), &want, 1e-12, "dropped");
+    let want2 = naive_dropped(&q, &k, &v, None, false, 0.5, 9, 1);
+    close(&o.second.clone().into_dyn(), &want2, 1e-12, "second");
+    // the undropped output is untouched by training
+    let plain = naive(&q, &k, &v, Some(&add), None, true, None);
+    close(&o.plain.clone().into_dyn(), &plain, 1e-12, "plain");
+    assert_ne!(o.dropped, o.plain);
+    // another seed, another mask; the same seed, the same output
+    let o2 = m.evaluate_mode(&p, inputs(), Mode::TrainSeeded(10))?;
+    assert_ne!(o2.dropped, o.dropped);
+    let o3 = m.evaluate_mode(&p, inputs(), Mode::TrainSeeded(9))?;
+    assert_eq!(o3.dropped, o.dropped);
+    // evaluation: the identity, bit for bit the undropped attention
+    for e in [
+        m.evaluate(&p, inputs())?,
+        m.evaluate_mode(&p, inputs(), Mode::Eval)?,
+    ] {
+        assert_eq!(e.dropped, e.plain);
+        close(
+            &e.second.clone().into_dyn(),
+            &naive(&q, &k, &v, None, None, false, None),
+            1e-12,
+            "eval",
+        );
+    }
+    Ok(())
+}
+
+/// Gradients under a fixed seed (the backward regenerates the forward's mask) against central
+/// differences of training calls with the same seed, with causal and an additive mask.
+#[test]
+fn attention_dropout_gradients_match_finite_differences() -> mithril::Result<()> {
+    let m = AttnDropGrad::new()?;
+    let mut p = m.randomize_params(1);
+    set(&mut p, "q", |i| 1.2 * wave(i, 0.3));
+    set(&mut p, "k", |i| 1.1 * wave(i, 0.9));
+    set(&mut p, "v", |i| wave(i, 1.7));
+    set(&mut p, "bias", |i| 0.7 * wave(i, 2.2));
+    let seed = || pat(Ix4(1, 4, 3, 3), 1.3);
+    let none = || AttnDropGradInputs {
+        _marker: PhantomData,
+    };
+    let mode = Mode::TrainSeeded(21);
+    let loss =
+        |p: &AttnDropGradParams| dot(&m.evaluate_mode(p, none(), mode).unwrap().out, &seed());
+    let (o, g) =
+        m.evaluate_gradients_mode(&p, none(), AttnDropGradOutputs { out: seed() }, mode)?;
+    // dropout is on: the training output differs from the evaluation one
+    assert_ne!(o.out, m.evaluate(&p, none())?.out);
+    assert_eq!(
+        gradcheck("attention dropout", &p, &g, loss),
+        24 + 20 + 30 + 15
+    );
+    Ok(())
+}
+
+/// `MultiHeadAttention(dropout = p)`: evaluation calls ignore it; training calls drop weights
+/// (reproducibly under a seed).
+#[test]
+fn multi_head_attention_dropout_only_in_training() -> mithril::Result<()> {
+    let m = MhaDrop::new()?;
+    let p = m.randomize_params(4);
+    let x = ndarray::Array3::from_shape_fn((2, 5, 8), |(a, b, c)| wave(a * 40 + b * 8 + c, 0.6));
+    let run = |mode| {
+        m.evaluate_mode(
+            &p,
+            MhaDropInputs {
+                query: x.view(),
+                key: x.view(),
+                value: x.view(),
+            },
+            mode,
+        )
+        .unwrap()
+        .output
+    };
+    let plain = MhaPlain::new()?;
+    let mut pp = plain.randomize_params(0);
+    pp.load_safetensors_bytes(&p.to_safetensors_bytes()?)?;
+    let undropped = plain
+        .evaluate(
+            &pp,
+            MhaPlainInputs {
+                query: x.view(),
+                key: x.view(),
+                value: x.view(),
+            },
+        )?
+        .output;
+    assert_eq!(run(Mode::Eval), undropped);
+    let (a, b) = (run(Mode::TrainSeeded(3)), run(Mode::TrainSeeded(3)));
+    assert_eq!(a, b);
+    assert_ne!(a, undropped);
+    Ok(())
+}
+
+// ---- grouped-query attention with symbolic head counts (checked at run time)
+
+mithril! {
+    model AttnGqaOpen {
+        input q: f64[B, H, S, D];
+        input k: f64[B, G, T, D];
+        input v: f64[B, G, T, E];
+        output out = attention(q, k, v, causal = true);
+    }
+}
+
+/// Query heads `H` and key/value heads `G` as symbols: 6 on 2 and 3 on 3 against the naive
+/// reference; 5 on 2 is an `Err` naming both counts.
+#[test]
+fn gqa_with_symbolic_heads_is_checked_at_run_time() -> mithril::Result<()> {
+    let m = AttnGqaOpen::new()?;
+    let p = m.randomize_params(0);
+    for (h, g) in [(6, 2), (3, 3), (4, 1)] {
+        let (q, k, v) = (
+            arr(&[2, h, 5, 4], 0.2),
+            arr(&[2, g, 7, 4], 0.5),
+            arr(&[2, g, 7, 3], 0.8),
+        );
+        let o = m.evaluate(
+            &p,
+            AttnGqaOpenInputs {
+                q: q.view().into_dimensionality().unwrap(),
+                k: k.view().into_dimensionality().unwrap(),
+                v: v.view().into_dimensionality().unwrap(),
+            },
+        )?;
+        close(
+            &o.out.into_dyn(),
+            &naive(&q, &k, &v, None, None, true, None),
+            1e-12,
+            "gqa",
+        );
+    }
+    let (q, k) = (
+        ndarray::Array4::<f64>::zeros((1, 5, 3, 4)),
+        ndarray::Array4::<f64>::zeros((1, 2, 3, 4)),
+    );
+    let e = m
+        .evaluate(
+            &p,
+            AttnGqaOpenInputs {
+                q: q.view(),
+                k: k.view(),
+                v: k.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attention")
+            && e.contains("query heads (5)")
+            && e.contains("key/value heads (2)"),
+        "{e}"
+    );
+    Ok(())
 }

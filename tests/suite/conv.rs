@@ -670,3 +670,344 @@ fn resnet_basic_block_matches_a_naive_reference() {
     close("down", &o.y.into_dyn(), &y);
     close("same", &o.z.into_dyn(), &z);
 }
+
+// ---- non-square kernels, strides and padding in the library models
+
+mithril! {
+    model ConvRect {
+        input input: f64[N, 2, H, W];
+        let conv = Conv2d(3, (3, 5), stride = (2, 1), padding = (1, 2));
+        output output = conv(input);
+    }
+    model ConvTRect {
+        input input: f64[N, 3, H, W];
+        let conv = ConvTranspose2d(2, (2, 3), stride = (2, 1), padding = (0, 1));
+        output output = conv(input);
+    }
+    model MaxRect {
+        input input: f64[N, C, H, W];
+        output output = MaxPool2d((2, 3), stride = (2, 1))(input);
+    }
+    model AvgRect {
+        input input: f64[N, C, H, W];
+        output output = AvgPool2d((3, 2), stride = (1, 2), padding = (1, 0))(input);
+    }
+}
+
+/// Naive 2-D pooling over `[N, C, H, W]` with a `kh x kw` window, strides and zero padding
+/// (max ignores the padding, average counts it: PyTorch's defaults).
+fn naive_pool(x: &ArrayD<f64>, k: [usize; 2], s: [usize; 2], p: [usize; 2], max: bool) -> Vec<f64> {
+    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let ho = (h + 2 * p[0] - k[0]) / s[0] + 1;
+    let wo = (w + 2 * p[1] - k[1]) / s[1] + 1;
+    let mut out = Vec::new();
+    for a in 0..n {
+        for ch in 0..c {
+            for i in 0..ho {
+                for j in 0..wo {
+                    let (mut mx, mut sum) = (f64::NEG_INFINITY, 0.0);
+                    for ti in 0..k[0] {
+                        for tj in 0..k[1] {
+                            let (r, q) = (
+                                (i * s[0] + ti) as isize - p[0] as isize,
+                                (j * s[1] + tj) as isize - p[1] as isize,
+                            );
+                            if r >= 0 && q >= 0 && (r as usize) < h && (q as usize) < w {
+                                let v = x[[a, ch, r as usize, q as usize]];
+                                mx = mx.max(v);
+                                sum += v;
+                            }
+                        }
+                    }
+                    out.push(if max { mx } else { sum / (k[0] * k[1]) as f64 });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `Conv2d`, `ConvTranspose2d`, `MaxPool2d` and `AvgPool2d` with `(h, w)` tuples for the
+/// kernel, stride and padding (PyTorch's `kernel_size = (3, 5)`) against the naive references;
+/// the weights are `[out, in, kh, kw]` / `[in, out, kh, kw]`.
+#[test]
+fn library_models_take_non_square_kernels() -> mithril::Result<()> {
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&[2, 2, 7, 9]),
+        (0..252).map(|i| wave(i, 0.3)).collect(),
+    )
+    .unwrap();
+    let x4 = x.clone().into_dimensionality::<ndarray::Ix4>().unwrap();
+    let m = ConvRect::new()?;
+    let p = m.randomize_params(1);
+    assert_eq!(p.conv.weight.shape(), &[3, 2, 3, 5]);
+    let o = m.evaluate(&p, ConvRectInputs { input: x4.view() })?;
+    assert_eq!(o.output.shape(), &[2, 3, 4, 9]);
+    let w = p.conv.weight.clone().into_dyn();
+    let want: Vec<f64> = naive_conv(&x, &w, [2, 1], [1, 2], [1, 1], 1, [4, 9])
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + p.conv.bias[(i / 36) % 3])
+        .collect();
+    close("Conv2d (3, 5)", &o.output.into_dyn(), &want);
+
+    let xt = ArrayD::from_shape_vec(
+        IxDyn(&[2, 3, 4, 5]),
+        (0..120).map(|i| wave(i, 0.7)).collect(),
+    )
+    .unwrap();
+    let m = ConvTRect::new()?;
+    let p = m.randomize_params(2);
+    assert_eq!(p.conv.weight.shape(), &[3, 2, 2, 3]);
+    let o = m.evaluate(
+        &p,
+        ConvTRectInputs {
+            input: xt.view().into_dimensionality::<ndarray::Ix4>().unwrap(),
+        },
+    )?;
+    assert_eq!(o.output.shape(), &[2, 2, 8, 5]);
+    let want: Vec<f64> = naive_conv_t(
+        &xt,
+        &p.conv.weight.clone().into_dyn(),
+        [2, 1],
+        [0, 1],
+        [1, 1],
+        1,
+        [8, 5],
+    )
+    .iter()
+    .enumerate()
+    .map(|(i, v)| v + p.conv.bias[(i / 40) % 2])
+    .collect();
+    close("ConvTranspose2d (2, 3)", &o.output.into_dyn(), &want);
+
+    let m = MaxRect::new()?;
+    let o = m.evaluate(&m.randomize_params(0), MaxRectInputs { input: x4.view() })?;
+    assert_eq!(o.output.shape(), &[2, 2, 3, 7]);
+    close(
+        "MaxPool2d (2, 3)",
+        &o.output.into_dyn(),
+        &naive_pool(&x, [2, 3], [2, 1], [0, 0], true),
+    );
+    let m = AvgRect::new()?;
+    let o = m.evaluate(&m.randomize_params(0), AvgRectInputs { input: x4.view() })?;
+    assert_eq!(o.output.shape(), &[2, 2, 7, 4]);
+    close(
+        "AvgPool2d (3, 2)",
+        &o.output.into_dyn(),
+        &naive_pool(&x, [3, 2], [1, 2], [1, 0], false),
+    );
+    Ok(())
+}
+
+// ---- a PyTorch-layout state dict of a conv net with batch norm (eval mode)
+
+mithril! {
+    /// PyTorch's `Net` in the test below: conv (1 -> 4, 3x3, padding 1), batch norm, relu,
+    /// 2x2 max pool, linear 36 -> 3, with its children named `conv`, `bn`, `fc`.
+    model TorchBnNet {
+        input x: f32[N, 1, 6, 6];
+        let conv = Conv2d(4, 3, padding = 1);
+        let bn = BatchNorm2d();
+        let fc = Linear(3);
+        let h = MaxPool2d(2)(relu(bn(conv(x))));
+        output y = fc(h.reshape([N, 36]));
+    }
+}
+
+/// The bytes `safetensors.torch.save_file(net.state_dict())` writes: tensors sorted by name,
+/// f32 data, `num_batches_tracked` an `I64` of shape `[]`.
+fn torch_file_with_i64(mut t: Vec<(&str, Vec<usize>, Vec<f32>)>, i64s: &[(&str, i64)]) -> Vec<u8> {
+    let mut all: Vec<(String, String, Vec<usize>, Vec<u8>)> = t
+        .drain(..)
+        .map(|(n, s, v)| {
+            (
+                n.to_string(),
+                "F32".to_string(),
+                s,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    for (n, v) in i64s {
+        all.push((
+            n.to_string(),
+            "I64".into(),
+            vec![],
+            v.to_le_bytes().to_vec(),
+        ));
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = String::from(r#"{"__metadata__":{"format":"pt"}"#);
+    let mut off = 0;
+    for (name, dt, shape, data) in &all {
+        let s: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header += &format!(
+            r#","{name}":{{"dtype":"{dt}","shape":[{}],"data_offsets":[{off},{}]}}"#,
+            s.join(","),
+            off + data.len()
+        );
+        off += data.len();
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    for t in &all {
+        out.extend_from_slice(&t.3);
+    }
+    out
+}
+
+/// Issue 14 item 7: a conv net with batch norm loads a state dict in PyTorch's exact
+/// safetensors layout (its names, `running_mean` / `running_var` buffers, an I64
+/// `num_batches_tracked`) and, in eval mode, matches a naive f64 reference computed here layer
+/// by layer and the values PyTorch 2.15 computed for the same weights and input. Those were
+/// printed by this script (`/work/anchors_venv/bin/python`, one thread) and pasted below:
+///
+/// ```python
+/// import torch, torch.nn as nn
+/// def vals(tag, n):
+///     return torch.tensor([((i * 37 + tag * 101) % 1009) / 1009.0 * 0.6 - 0.3 for i in range(n)], dtype=torch.float32)
+/// class Net(nn.Module):
+///     def __init__(self):
+///         super().__init__()
+///         self.conv = nn.Conv2d(1, 4, 3, padding=1)
+///         self.bn = nn.BatchNorm2d(4)
+///         self.fc = nn.Linear(36, 3)
+///     def forward(self, x):
+///         h = nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+///         return self.fc(h.flatten(1))
+/// net = Net()
+/// net.load_state_dict({
+///     "conv.weight": vals(1, 36).reshape(4, 1, 3, 3), "conv.bias": vals(2, 4),
+///     "bn.weight": 1.0 + vals(3, 4), "bn.bias": vals(4, 4), "bn.running_mean": vals(5, 4),
+///     "bn.running_var": 0.5 + vals(6, 4).abs(),
+///     "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
+///     "fc.weight": vals(7, 108).reshape(3, 36), "fc.bias": vals(8, 3)})
+/// net.eval()
+/// x = torch.tensor([((a * 13 + c * 7 + d * 3) % 17) / 17.0 - 0.5 for a in range(2)
+///                   for c in range(6) for d in range(6)], dtype=torch.float32).reshape(2, 1, 6, 6)
+/// with torch.no_grad():
+///     print([float(v) for v in net(x).flatten()])
+/// ```
+#[test]
+fn conv_net_with_batch_norm_loads_a_pytorch_state_dict() -> mithril::Result<()> {
+    let vals = |tag: usize, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + tag * 101) % 1009) as f64 / 1009.0 * 0.6 - 0.3) as f32)
+            .collect()
+    };
+    let bn_w: Vec<f32> = vals(3, 4).iter().map(|v| 1.0 + v).collect();
+    let bn_v: Vec<f32> = vals(6, 4).iter().map(|v| 0.5 + v.abs()).collect();
+    let tensors = vec![
+        ("conv.weight", vec![4, 1, 3, 3], vals(1, 36)),
+        ("conv.bias", vec![4], vals(2, 4)),
+        ("bn.weight", vec![4], bn_w.clone()),
+        ("bn.bias", vec![4], vals(4, 4)),
+        ("bn.running_mean", vec![4], vals(5, 4)),
+        ("bn.running_var", vec![4], bn_v.clone()),
+        ("fc.weight", vec![3, 36], vals(7, 108)),
+        ("fc.bias", vec![3], vals(8, 3)),
+    ];
+    let bytes = torch_file_with_i64(tensors, &[("bn.num_batches_tracked", 7)]);
+    let m = TorchBnNet::new()?;
+    let mut p = m.randomize_params(0);
+    assert_eq!(
+        p.names(),
+        [
+            "conv.weight",
+            "conv.bias",
+            "bn.weight",
+            "bn.bias",
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.num_batches_tracked",
+            "fc.weight",
+            "fc.bias"
+        ]
+    );
+    p.load_safetensors_bytes(&bytes)?;
+    let x = ndarray::Array4::<f32>::from_shape_fn((2, 1, 6, 6), |(a, _, c, d)| {
+        (((a * 13 + c * 7 + d * 3) % 17) as f64 / 17.0 - 0.5) as f32
+    });
+    let y = m.evaluate(&p, TorchBnNetInputs { x: x.view() })?.y;
+
+    // the naive f64 reference: conv + bias, batch norm with the running statistics, relu,
+    // 2x2 max pool, linear
+    let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let (cw, cb, bw, bb, rm, rv, fw, fb) = (
+        f(&vals(1, 36)),
+        f(&vals(2, 4)),
+        f(&bn_w),
+        f(&vals(4, 4)),
+        f(&vals(5, 4)),
+        f(&bn_v),
+        f(&vals(7, 108)),
+        f(&vals(8, 3)),
+    );
+    let mut want = Vec::new();
+    for a in 0..2 {
+        let mut h = vec![0.0f64; 4 * 3 * 3];
+        for o in 0..4 {
+            let mut act = [[0.0f64; 6]; 6];
+            for i in 0..6 {
+                for j in 0..6 {
+                    let mut s = cb[o];
+                    for ti in 0..3 {
+                        for tj in 0..3 {
+                            let (r, c) =
+                                (i as isize + ti as isize - 1, j as isize + tj as isize - 1);
+                            if (0..6).contains(&r) && (0..6).contains(&c) {
+                                s += x[[a, 0, r as usize, c as usize]] as f64
+                                    * cw[o * 9 + ti * 3 + tj];
+                            }
+                        }
+                    }
+                    let nrm = (s - rm[o]) / (rv[o] + 1e-5).sqrt() * bw[o] + bb[o];
+                    act[i][j] = nrm.max(0.0);
+                }
+            }
+            for i in 0..3 {
+                for j in 0..3 {
+                    let m = act[2 * i][2 * j]
+                        .max(act[2 * i][2 * j + 1])
+                        .max(act[2 * i + 1][2 * j])
+                        .max(act[2 * i + 1][2 * j + 1]);
+                    h[o * 9 + i * 3 + j] = m;
+                }
+            }
+        }
+        for k in 0..3 {
+            want.push(fb[k] + (0..36).map(|q| fw[k * 36 + q] * h[q]).sum::<f64>());
+        }
+    }
+    let torch = [
+        0.19172994792461395,
+        0.2513159513473511,
+        0.10348822921514511,
+        0.17380908131599426,
+        0.3071032166481018,
+        0.05421784520149231,
+    ];
+    for (i, &g) in y.iter().enumerate() {
+        let g = g as f64;
+        assert!(
+            (g - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()),
+            "y[{i}]: {g} vs naive {}",
+            want[i]
+        );
+        assert!(
+            (g - torch[i]).abs() <= 1e-5 * (1.0 + torch[i].abs()),
+            "y[{i}]: {g} vs PyTorch {}",
+            torch[i]
+        );
+        assert!(
+            (want[i] - torch[i]).abs() <= 1e-5,
+            "naive vs PyTorch at {i}"
+        );
+    }
+    Ok(())
+}

@@ -567,7 +567,7 @@ fn dropout_keep_rate_scaling_and_seeds() -> mithril::Result<()> {
 
 /// Philox4x32-10 word `i % 4` of block `(i / 4, op)` under `seed`, written out here from the
 /// published algorithm (Salmon et al. 2011), independently of the kernels.
-fn mithril_kernels_philox(seed: u64, op: u32, i: u64) -> u32 {
+pub(crate) fn mithril_kernels_philox(seed: u64, op: u32, i: u64) -> u32 {
     let b = i / 4;
     let mut c = [b as u32, (b >> 32) as u32, op, 0u32];
     let mut k = [seed as u32, (seed >> 32) as u32];

@@ -629,3 +629,181 @@ fn lstm_and_gru_match_references_and_differentiate() {
         .unwrap();
     assert_eq!(gradcheck("GRU", &p, &g, loss), 18 + 27 + 9 + 9);
 }
+
+// ---- stacked layers (`num_layers`) and given initial states (`LSTMWithState`, `GRUWithState`)
+
+mithril! {
+    compile Lstm2s = LSTMWithState(2, 3, num_layers = 2) { dtype: f64 };
+    compile Lstm2 = LSTM(2, 3, num_layers = 2) { dtype: f64 };
+    compile Gru2s = GRUWithState(2, 3, num_layers = 2) { dtype: f64 };
+}
+
+/// Two stacked layers from given states against the step-by-step references (layer 1 reads
+/// layer 0's outputs; PyTorch's `weight_ih_l1: [4 H, H]` names), gradients of every param over
+/// 3 steps against central differences; `LSTM(num_layers = 2)` is the same from zero states.
+#[test]
+fn stacked_lstm_and_gru_from_initial_states() {
+    let (b, t, i, n) = (2, 3, 2, 3);
+    let xs = arr(&[b, t, i], 0.45).into_dimensionality::<Ix3>().unwrap();
+    let h0 = arr(&[2, b, n], 0.15).into_dimensionality::<Ix3>().unwrap();
+    let c0 = arr(&[2, b, n], 0.25).into_dimensionality::<Ix3>().unwrap();
+    let m = Lstm2s::new().unwrap();
+    let p = m.randomize_params(5);
+    assert_eq!(
+        p.names(),
+        [
+            "weight_ih_l0",
+            "weight_hh_l0",
+            "bias_ih_l0",
+            "bias_hh_l0",
+            "weight_ih_l1",
+            "weight_hh_l1",
+            "bias_ih_l1",
+            "bias_hh_l1"
+        ]
+    );
+    assert_eq!(p.weight_ih_l1.dim(), (12, 3));
+    let inputs = || Lstm2sInputs {
+        input: xs.view(),
+        h0: h0.view(),
+        c0: c0.view(),
+    };
+    let o = m.evaluate(&p, inputs()).unwrap();
+    // the reference: layer 0 over the sequence, then layer 1 over its outputs
+    let w = [
+        (
+            [&p.weight_ih_l0, &p.weight_hh_l0],
+            [&p.bias_ih_l0, &p.bias_hh_l0],
+        ),
+        (
+            [&p.weight_ih_l1, &p.weight_hh_l1],
+            [&p.bias_ih_l1, &p.bias_hh_l1],
+        ),
+    ];
+    let mut seq: Vec<Array2<f64>> = (0..t)
+        .map(|s| xs.index_axis(Axis(1), s).to_owned())
+        .collect();
+    let (mut h, mut c) = (Array2::zeros((b, n)), Array2::zeros((b, n)));
+    for (l, (wl, bl)) in w.iter().enumerate() {
+        h = h0.index_axis(Axis(0), l).to_owned();
+        c = c0.index_axis(Axis(0), l).to_owned();
+        for x in seq.iter_mut() {
+            (h, c) = lstm_ref(x, &h, &c, *wl, *bl);
+            *x = h.clone();
+        }
+    }
+    for s in 0..t {
+        close(
+            o.output
+                .index_axis(Axis(1), s)
+                .to_owned()
+                .as_slice()
+                .unwrap(),
+            seq[s].as_slice().unwrap(),
+            1e-12,
+            "2-layer LSTM output",
+        );
+    }
+    close(
+        o.h_n.as_slice().unwrap(),
+        h.as_slice().unwrap(),
+        1e-12,
+        "h_n",
+    );
+    close(
+        o.c_n.as_slice().unwrap(),
+        c.as_slice().unwrap(),
+        1e-12,
+        "c_n",
+    );
+    let seeds = || Lstm2sOutputs {
+        output: pat(Ix3(b, t, n), 0.35),
+        h_n: pat(ndarray::Ix2(b, n), 0.65),
+        c_n: pat(ndarray::Ix2(b, n), 0.95),
+    };
+    let loss = |p: &Lstm2sParams| {
+        let o = m.evaluate(p, inputs()).unwrap();
+        let s = seeds();
+        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n) + dot(&o.c_n, &s.c_n)
+    };
+    let (_, g) = m.evaluate_gradients(&p, inputs(), seeds()).unwrap();
+    assert_eq!(gradcheck("2-layer LSTM", &p, &g, loss), 84 + 96);
+
+    // LSTM(num_layers = 2): the same params from zero states
+    let z = Lstm2::new().unwrap();
+    let mut pz = z.randomize_params(0);
+    pz.load_safetensors_bytes(&p.to_safetensors_bytes().unwrap())
+        .unwrap();
+    let zeros = Array3::<f64>::zeros((2, b, n));
+    let oz = z.evaluate(&pz, Lstm2Inputs { input: xs.view() }).unwrap();
+    let os = m
+        .evaluate(
+            &p,
+            Lstm2sInputs {
+                input: xs.view(),
+                h0: zeros.view(),
+                c0: zeros.view(),
+            },
+        )
+        .unwrap();
+    assert_eq!((oz.output, oz.h_n, oz.c_n), (os.output, os.h_n, os.c_n));
+
+    // GRUWithState, two layers
+    let gm = Gru2s::new().unwrap();
+    let p = gm.randomize_params(6);
+    let gin = || Gru2sInputs {
+        input: xs.view(),
+        h0: h0.view(),
+    };
+    let o = gm.evaluate(&p, gin()).unwrap();
+    let w = [
+        (
+            [&p.weight_ih_l0, &p.weight_hh_l0],
+            [&p.bias_ih_l0, &p.bias_hh_l0],
+        ),
+        (
+            [&p.weight_ih_l1, &p.weight_hh_l1],
+            [&p.bias_ih_l1, &p.bias_hh_l1],
+        ),
+    ];
+    let mut seq: Vec<Array2<f64>> = (0..t)
+        .map(|s| xs.index_axis(Axis(1), s).to_owned())
+        .collect();
+    let mut h = Array2::zeros((b, n));
+    for (l, (wl, bl)) in w.iter().enumerate() {
+        h = h0.index_axis(Axis(0), l).to_owned();
+        for x in seq.iter_mut() {
+            h = gru_ref(x, &h, *wl, *bl);
+            *x = h.clone();
+        }
+    }
+    for s in 0..t {
+        close(
+            o.output
+                .index_axis(Axis(1), s)
+                .to_owned()
+                .as_slice()
+                .unwrap(),
+            seq[s].as_slice().unwrap(),
+            1e-12,
+            "2-layer GRU output",
+        );
+    }
+    close(
+        o.h_n.as_slice().unwrap(),
+        h.as_slice().unwrap(),
+        1e-12,
+        "GRU h_n",
+    );
+    let seeds = || Gru2sOutputs {
+        output: pat(Ix3(b, t, n), 0.45),
+        h_n: pat(ndarray::Ix2(b, n), 0.85),
+    };
+    let loss = |p: &Gru2sParams| {
+        let o = gm.evaluate(p, gin()).unwrap();
+        let s = seeds();
+        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n)
+    };
+    let (_, g) = gm.evaluate_gradients(&p, gin(), seeds()).unwrap();
+    assert_eq!(gradcheck("2-layer GRU", &p, &g, loss), 63 + 72);
+}

@@ -144,6 +144,45 @@ pub enum Mask<'a, T> {
     Bool(MaskView<'a, bool>),
 }
 
+/// Dropout on the attention weights (training calls): weight `(b, h, i, j)` of the
+/// `[batch, hq, sq, sk]` softmax is kept with probability `1 - p` and scaled by `1 / (1 - p)`,
+/// else zeroed. The mask is `dropout`'s: Philox4x32-10 ([`crate::philox`]) keyed by `seed`,
+/// counting the op id `op` and the element index `((b · hq + h) · sq + i) · sk + j`, so a
+/// naive reference that builds the whole weight matrix draws the same mask, and the backward
+/// pass regenerates it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    /// Drop probability in `[0, 1]`.
+    pub p: f64,
+    /// The call's seed.
+    pub seed: u64,
+    /// The op's id among its model's random ops.
+    pub op: u32,
+}
+
+/// Multiplies `row`, the weights from element index `i0` on, by the dropout mask.
+fn drop_row<T: AttnElem>(row: &mut [T], dr: &Dropout, i0: u64) {
+    let Some(thr) = crate::philox::threshold(dr.p) else {
+        row.fill(T::ZERO);
+        return;
+    };
+    let sc = T::of(1.0 / (1.0 - dr.p));
+    let key = [dr.seed as u32, (dr.seed >> 32) as u32];
+    let (mut k, mut idx) = (0usize, i0);
+    while k < row.len() {
+        let b = idx / 4;
+        let w = crate::philox::philox4x32_10([b as u32, (b >> 32) as u32, dr.op, 0], key);
+        for &bits in &w[(idx % 4) as usize..] {
+            if k >= row.len() {
+                break;
+            }
+            row[k] = if bits >= thr { row[k] * sc } else { T::ZERO };
+            k += 1;
+            idx += 1;
+        }
+    }
+}
+
 /// The mask of one tile: rows `i0..`, columns `j0..` of head `bh` (`b * hq + h`).
 #[derive(Clone, Copy)]
 struct TileMask<'a, T> {
@@ -360,6 +399,7 @@ fn head_forward<T: AttnElem>(
     mut o: Option<&mut [T]>,
     lse: &mut [T],
     s: &mut [T],
+    drop: Option<&Dropout>,
 ) {
     let Dims { sq, sk, d, dv, .. } = *dims;
     let (mut m, mut l) = ([T::NEG_INF; BR], [T::ZERO; BR]);
@@ -402,6 +442,14 @@ fn head_forward<T: AttnElem>(
                 None => (&mut none[..], 0),
             };
             online(st, br, bc, &tm, &mut m[..br], &mut l[..br], orows, odv);
+            // dropout acts on the weights after the row sums `l` took them (the softmax is
+            // normalized before dropout)
+            if let (Some(dr), true) = (drop, o.is_some()) {
+                for r in 0..br {
+                    let at = ((bh * sq + i0 + r) * sk + j0) as u64;
+                    drop_row(&mut st[r * bc..(r + 1) * bc], dr, at);
+                }
+            }
             if let Some(o) = o.as_deref_mut() {
                 gemm_plain(
                     br,
@@ -453,6 +501,27 @@ pub fn forward<T: AttnElem>(
     causal: bool,
     scale: f64,
     out: &mut [T],
+    lse: Option<&mut [T]>,
+) {
+    forward_dropout(dims, q, k, v, mask, causal, scale, None, out, lse)
+}
+
+/// [`forward`] with dropout on the weights (`drop`; see [`Dropout`]): `out = (Z ∘ P) · V` with
+/// `P` the softmax and `Z` the scaled keep mask. `lse` is the softmax's, before dropout.
+///
+/// # Panics
+/// As [`forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward_dropout<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
+    out: &mut [T],
     mut lse: Option<&mut [T]>,
 ) {
     dims.check(q, k, v);
@@ -489,6 +558,7 @@ pub fn forward<T: AttnElem>(
                 Some(&mut out[bh * sq * dv..(bh + 1) * sq * dv]),
                 lse_h,
                 &mut s,
+                drop.as_ref(),
             );
         }
     }
@@ -520,6 +590,35 @@ pub fn backward<T: AttnElem>(
     mask: Mask<'_, T>,
     causal: bool,
     scale: f64,
+    o: &[T],
+    go: &[T],
+    want: Want,
+    dq: &mut [T],
+    dk: &mut [T],
+    dvv: &mut [T],
+    ds: Option<&mut [T]>,
+) {
+    backward_dropout(
+        dims, q, k, v, mask, causal, scale, None, o, go, want, dq, dk, dvv, ds,
+    )
+}
+
+/// The gradients of [`forward_dropout`] (as [`backward`]'s), regenerating its mask `Z`:
+/// `dV += (Z ∘ P)ᵀ·dO`, `dP = Z ∘ (dO·Vᵀ)`, `dS = P ∘ (dP − rowsum(dO ∘ O))` (the row sum
+/// `Σⱼ Pᵢⱼ dPᵢⱼ` is still `dOᵢ · Oᵢ`).
+///
+/// # Panics
+/// As [`backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward_dropout<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
     o: &[T],
     go: &[T],
     want: Want,
@@ -581,6 +680,7 @@ pub fn backward<T: AttnElem>(
                     None,
                     &mut lse[t * sq..(t + 1) * sq],
                     s,
+                    None,
                 );
                 for i in 0..sq {
                     let (ro, rg) = (
@@ -632,7 +732,7 @@ pub fn backward<T: AttnElem>(
                         let lr = &lse[t * sq + i0..t * sq + i0 + br];
                         let dr = &delta[t * sq + i0..t * sq + i0 + br];
                         probs(st, dpt, br, bc, &tm, lr, dr, false);
-                        if want.kv {
+                        if want.kv && drop.is_none() {
                             // dV_j += Pᵀ·dO_i
                             gemm_plain(
                                 bc,
@@ -666,7 +766,35 @@ pub fn backward<T: AttnElem>(
                             dpt,
                             bc,
                         );
+                        let row_at = |r: usize| ((bh * sq + i0 + r) * sk + j0) as u64;
+                        if let Some(z) = &drop {
+                            // dP = Z ∘ (dO·Vᵀ)
+                            for r in 0..br {
+                                drop_row(&mut dpt[r * bc..(r + 1) * bc], z, row_at(r));
+                            }
+                        }
                         probs(st, dpt, br, bc, &tm, lr, dr, true);
+                        if let (Some(z), true) = (&drop, want.kv) {
+                            // dV_j += (Z ∘ P)ᵀ·dO_i
+                            for r in 0..br {
+                                drop_row(&mut st[r * bc..(r + 1) * bc], z, row_at(r));
+                            }
+                            gemm_plain(
+                                bc,
+                                dv,
+                                br,
+                                T::ONE,
+                                st,
+                                1,
+                                bc,
+                                &goh[i0 * dv..],
+                                dv,
+                                1,
+                                true,
+                                &mut dvv[(gk * sk + j0) * dv..(gk * sk + j0 + bc) * dv],
+                                dv,
+                            );
+                        }
                         if let Some(x) = ds.as_deref_mut() {
                             for r in 0..br {
                                 let at = (bh * sq + i0 + r) * sk + j0;

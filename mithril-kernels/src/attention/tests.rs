@@ -86,7 +86,53 @@ fn naive(
     (out, probs)
 }
 
-/// Naive gradients from the probabilities: (dq, dk, dv, ds).
+/// The dense dropout factors of the `[batch, hq, sq, sk]` weights (0 or `1 / (1 - p)`), drawn
+/// element by element with `philox::element_bits` (1 everywhere without dropout).
+fn dense_drop(n: usize, drop: Option<Dropout>) -> Vec<f64> {
+    (0..n)
+        .map(|i| match drop {
+            None => 1.0,
+            Some(z) => match crate::philox::threshold(z.p) {
+                Some(t) if crate::philox::element_bits(z.seed, z.op, i as u64) >= t => {
+                    1.0 / (1.0 - z.p)
+                }
+                _ => 0.0,
+            },
+        })
+        .collect()
+}
+
+/// The output `(Z ∘ P)·V` from the probabilities and the dropout factors `z`.
+fn naive_dropped(dm: &Dims, v: &[f64], probs: &[f64], z: &[f64]) -> Vec<f64> {
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        dv,
+        ..
+    } = *dm;
+    let mut out = vec![0.0; batch * hq * sq * dv];
+    for b in 0..batch {
+        for h in 0..hq {
+            let bh = b * hq + h;
+            let g = b * hkv + h / (hq / hkv);
+            for i in 0..sq {
+                for j in 0..sk {
+                    let w = probs[(bh * sq + i) * sk + j] * z[(bh * sq + i) * sk + j];
+                    for c in 0..dv {
+                        out[(bh * sq + i) * dv + c] += w * v[(g * sk + j) * dv + c];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Naive gradients from the probabilities and the dropout factors `z` (the weights are
+/// `z ∘ probs`): (dq, dk, dv, ds).
 #[allow(clippy::too_many_arguments)]
 fn naive_grad(
     dm: &Dims,
@@ -94,6 +140,7 @@ fn naive_grad(
     k: &[f64],
     v: &[f64],
     probs: &[f64],
+    z: &[f64],
     go: &[f64],
     scale: f64,
 ) -> [Vec<f64>; 4] {
@@ -116,11 +163,14 @@ fn naive_grad(
             let g = b * hkv + h / (hq / hkv);
             for i in 0..sq {
                 let p = &probs[(bh * sq + i) * sk..(bh * sq + i + 1) * sk];
+                let zr = &z[(bh * sq + i) * sk..(bh * sq + i + 1) * sk];
+                // the gradient of the softmax output: dropout's factor times dO·V
                 let dp: Vec<f64> = (0..sk)
                     .map(|j| {
-                        (0..dv)
-                            .map(|c| go[(bh * sq + i) * dv + c] * v[(g * sk + j) * dv + c])
-                            .sum()
+                        zr[j]
+                            * (0..dv)
+                                .map(|c| go[(bh * sq + i) * dv + c] * v[(g * sk + j) * dv + c])
+                                .sum::<f64>()
                     })
                     .collect();
                 let dot: f64 = (0..sk).map(|j| p[j] * dp[j]).sum();
@@ -128,7 +178,7 @@ fn naive_grad(
                     let dsj = p[j] * (dp[j] - dot);
                     ds[(bh * sq + i) * sk + j] = dsj;
                     for c in 0..dv {
-                        dvv[(g * sk + j) * dv + c] += p[j] * go[(bh * sq + i) * dv + c];
+                        dvv[(g * sk + j) * dv + c] += p[j] * zr[j] * go[(bh * sq + i) * dv + c];
                     }
                     for c in 0..d {
                         dq[(bh * sq + i) * d + c] += scale * dsj * k[(g * sk + j) * d + c];
@@ -158,6 +208,10 @@ struct Case {
 }
 
 fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
+    run_case_dropout::<T>(c, tol, isa, None)
+}
+
+fn run_case_dropout<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa, drop: Option<Dropout>) {
     let dm = c.dims;
     let nq = dm.batch * dm.hq * dm.sq * dm.d;
     let nk = dm.batch * dm.hkv * dm.sk * dm.d;
@@ -176,7 +230,13 @@ fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
         _ => RefMask::None,
     };
     let (want, probs) = naive(&dm, &q, &k, &v, &rm, c.causal, scale);
-    let [gq, gk, gv, gs] = naive_grad(&dm, &q, &k, &v, &probs, &go, scale);
+    let z = dense_drop(ns, drop);
+    let want = if drop.is_some() {
+        naive_dropped(&dm, &v, &probs, &z)
+    } else {
+        want
+    };
+    let [gq, gk, gv, gs] = naive_grad(&dm, &q, &k, &v, &probs, &z, &go, scale);
     let cv = |x: &[f64]| x.iter().map(|&a| T::of(a)).collect::<Vec<T>>();
     let (tq, tk, tv, tgo, tadd) = (cv(&q), cv(&k), cv(&v), cv(&go), cv(&add));
     let offs_full: Vec<usize> = (0..dm.batch * dm.hq).map(|bh| bh * dm.sq * dm.sk).collect();
@@ -200,7 +260,7 @@ fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
     isa::with_isa(isa, || {
         let mut out = vec![T::ZERO; no];
         let mut lse = vec![T::ZERO; dm.batch * dm.hq * dm.sq];
-        forward(
+        forward_dropout(
             &dm,
             &tq,
             &tk,
@@ -208,6 +268,7 @@ fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
             mask,
             c.causal,
             scale,
+            drop,
             &mut out,
             Some(&mut lse),
         );
@@ -217,7 +278,7 @@ fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
         let (mut dq, mut dk, mut dv) = (vec![T::ZERO; nq], vec![T::ZERO; nk], vec![T::ZERO; nv]);
         let mut ds = vec![T::ZERO; ns];
         let want_all = Want { q: true, kv: true };
-        backward(
+        backward_dropout(
             &dm,
             &tq,
             &tk,
@@ -225,6 +286,7 @@ fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
             mask,
             c.causal,
             scale,
+            drop,
             &o,
             &tgo,
             want_all,
@@ -239,7 +301,7 @@ fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
         close("ds", &up(&ds), &gs, tol);
         // asking for dq alone gives the same dq
         let mut dq2 = vec![T::ZERO; nq];
-        backward(
+        backward_dropout(
             &dm,
             &tq,
             &tk,
@@ -247,6 +309,7 @@ fn run_case<T: AttnElem + Into<f64>>(c: &Case, tol: f64, isa: Isa) {
             mask,
             c.causal,
             scale,
+            drop,
             &o,
             &tgo,
             Want { q: true, kv: false },
@@ -379,4 +442,159 @@ fn fully_masked_row_is_nan() {
     assert!(out[0].is_nan() && out[1].is_nan());
     // row 1 sees keys 0 and 1 with equal scores: the mean of their values
     assert_eq!(&out[2..], &[2.5, 1.0]);
+}
+
+/// Dropout on the weights: the kernels against the naive reference that builds the whole
+/// weight matrix and multiplies it by the mask drawn element by element (forward and every
+/// gradient), on every path, tile edges crossed; `p = 1` drops every weight.
+#[test]
+fn attention_dropout_matches_naive_on_every_path() {
+    for isa in Isa::available() {
+        for (n, c) in cases().iter().enumerate() {
+            let drop = Dropout {
+                p: [0.3, 0.5, 0.1][n % 3],
+                seed: 0x1234_5678_9abc + n as u64,
+                op: n as u32,
+            };
+            run_case_dropout::<f64>(c, 1e-11, isa, Some(drop));
+            run_case_dropout::<f32>(c, 2e-5, isa, Some(drop));
+        }
+        let all = Dropout {
+            p: 1.0,
+            seed: 3,
+            op: 0,
+        };
+        run_case_dropout::<f64>(&cases()[0], 1e-11, isa, Some(all));
+    }
+}
+
+/// The mask is keyed by the seed and the op: another seed or op gives another output.
+#[test]
+fn attention_dropout_depends_on_seed_and_op() {
+    let dm = Dims {
+        batch: 1,
+        hq: 1,
+        hkv: 1,
+        sq: 9,
+        sk: 11,
+        d: 4,
+        dv: 4,
+    };
+    let (q, k, v) = (data(36, 1), data(44, 2), data(44, 3));
+    let run = |seed, op| {
+        let mut out = vec![0.0f64; 36];
+        let z = Dropout { p: 0.5, seed, op };
+        forward_dropout(
+            &dm,
+            &q,
+            &k,
+            &v,
+            Mask::None,
+            false,
+            0.5,
+            Some(z),
+            &mut out,
+            None,
+        );
+        out
+    };
+    assert_eq!(run(1, 0), run(1, 0));
+    assert_ne!(run(1, 0), run(2, 0));
+    assert_ne!(run(1, 0), run(1, 1));
+}
+
+/// The cost of dropout on the weights (a measurement, not a check): causal attention at
+/// seq 512, head_dim 64, 4 heads, f32, forward and backward (dq, dk, dv) with and without
+/// dropout, medians of thread CPU time over repeated runs on this CPU's best path:
+/// `cargo test -p mithril-kernels --lib attention_dropout_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn attention_dropout_cost() {
+    fn cpu_ns() -> u128 {
+        let mut t = libc_timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given
+        unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
+        t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
+    }
+    #[repr(C)]
+    struct libc_timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, t: *mut libc_timespec) -> i32;
+    }
+    let dm = Dims {
+        batch: 1,
+        hq: 4,
+        hkv: 4,
+        sq: 512,
+        sk: 512,
+        d: 64,
+        dv: 64,
+    };
+    let n = 4 * 512 * 64;
+    let f = |s| data(n, s).iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (q, k, v, go) = (f(1), f(2), f(3), f(4));
+    let median = |mut xs: Vec<u128>| {
+        xs.sort();
+        xs[xs.len() / 2] as f64 / 1e6
+    };
+    for drop in [
+        None,
+        Some(Dropout {
+            p: 0.1,
+            seed: 5,
+            op: 0,
+        }),
+    ] {
+        let (mut fw, mut bw) = (Vec::new(), Vec::new());
+        let mut out = vec![0f32; n];
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        for _ in 0..15 {
+            let t = cpu_ns();
+            forward_dropout(
+                &dm,
+                &q,
+                &k,
+                &v,
+                Mask::None,
+                true,
+                0.125,
+                drop,
+                &mut out,
+                None,
+            );
+            fw.push(cpu_ns() - t);
+            let t = cpu_ns();
+            backward_dropout(
+                &dm,
+                &q,
+                &k,
+                &v,
+                Mask::None,
+                true,
+                0.125,
+                drop,
+                &out,
+                &go,
+                Want { q: true, kv: true },
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                None,
+            );
+            bw.push(cpu_ns() - t);
+        }
+        println!(
+            "attention causal 4x512x64 f32, dropout {:?}: forward {:.2} ms, backward {:.2} ms (median of 15, thread CPU time, {:?})",
+            drop.map(|z| z.p),
+            median(fw),
+            median(bw),
+            crate::isa::active()
+        );
+    }
 }

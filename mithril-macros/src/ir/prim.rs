@@ -243,6 +243,10 @@ pub enum Prim {
         causal: bool,
         scale: Option<f64>,
         part: u8,
+        /// dropout on the weights in training calls (`0`: none); when above 0 the call's mode
+        /// is the last arg and `op` the op's id among the model's random ops
+        dropout: f64,
+        op: u32,
     },
     // ---- pooling, pad, upsample (the pool family, `prims/pool.rs`)
     /// A pooling / padding / upsampling op over the trailing spatial dims.

@@ -12,6 +12,13 @@
 //! statistics (FlashAttention's backward): `part` 1 is `dq`, 4 `dk` and `dv` stacked on a new
 //! leading axis (fixed rank and `D == Dv`; then two `slice`s, views), else 2 and 3 separately;
 //! 5 the gradient of the masked scores, summed to a float mask's shape.
+//!
+//! `dropout = p` drops each weight of the softmax with probability `p` in training calls
+//! (scaling the others by `1/(1-p)`; the identity in evaluation calls). As `dropout`, the
+//! flattener appends the call's mode as the last operand and numbers the op among the
+//! model's random ops; the plan reads the call's seed, and the kernel draws `dropout`'s
+//! Philox mask over the element index of the `[..., Hq, Sq, Sk]` weights (its backward
+//! regenerates it). Plan form only (it reads the call's mode).
 
 use super::attrs::{bool_attr, get, sig, AttrVal, Sig};
 use super::cuda::{self, CudaCx};
@@ -36,12 +43,27 @@ fn parts(p: &Prim) -> Option<(bool, Option<f64>, u8)> {
             causal,
             scale,
             part,
+            ..
         } => Some((*causal, *scale, *part)),
         _ => None,
     }
 }
 
-/// Number of operands before `out, out gradient` of a gradient part / the forward's.
+/// The dropout probability and op id (`p` 0: no dropout, no mode operand).
+fn drop_of(p: &Prim) -> (f64, u32) {
+    match p {
+        Prim::Attention { dropout, op, .. } => (*dropout, *op),
+        _ => (0.0, 0),
+    }
+}
+
+/// The number of operands without the trailing mode (present with dropout).
+fn core_len(p: &Prim, n: usize) -> usize {
+    n - usize::from(drop_of(p).0 > 0.0 && n > 0)
+}
+
+/// Number of operands before `out, out gradient` of a gradient part / the forward's (`n`
+/// without the mode).
 fn has_mask(part: u8, n: usize) -> bool {
     if part == 0 {
         n == 4
@@ -110,23 +132,13 @@ fn check(env: &mut Env, q: &Shape, k: &Shape, v: &Shape) -> Result<[Shape; 1], S
         "the heads of key and value",
     )?;
     let (hq, hkv) = (env.dim(&q.dims[nq - 3]), env.dim(&k.dims[nk - 3]));
-    match (&hq, &hkv) {
-        (Dim::Known(a), Dim::Known(b)) => {
-            if *b == 0 || a % b != 0 {
-                return Err(format!(
-                    "the query heads ({a}) must be a multiple of the key/value heads ({b})"
-                ));
-            }
-        }
-        _ => {
-            // symbolic heads: grouped-query attention needs known counts; otherwise equal
-            env.unify_dim(&hq, &hkv).map_err(|_| {
-                format!(
-                    "the query heads {} and key/value heads {} must be equal, or known numbers with the first a multiple of the second",
-                    show(env, &hq),
-                    show(env, &hkv)
-                )
-            })?;
+    // known head counts are checked here; symbolic ones at run time (the query heads a
+    // multiple of the key/value heads: grouped-query attention)
+    if let (Dim::Known(a), Dim::Known(b)) = (&hq, &hkv) {
+        if *b == 0 || a % b != 0 {
+            return Err(format!(
+                "the query heads ({a}) must be a multiple of the key/value heads ({b})"
+            ));
         }
     }
     Ok([lq])
@@ -213,7 +225,7 @@ impl Family for Rules {
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {
-        (name == "attention").then(|| sig(INPUTS, &["causal", "scale"]))
+        (name == "attention").then(|| sig(INPUTS, &["causal", "scale", "dropout"]))
     }
 
     fn build(&self, _: &str, attrs: &[(&str, AttrVal)], _: usize) -> Result<Prim, String> {
@@ -229,10 +241,23 @@ impl Family for Rules {
                 return Err(format!("`scale` must be finite, found {s}"));
             }
         }
+        let dropout = match get(attrs, "dropout") {
+            None | Some(AttrVal::None) => 0.0,
+            Some(AttrVal::Float(f)) => *f,
+            Some(AttrVal::Int(i)) => *i as f64,
+            Some(_) => return Err("`dropout` must be a number in [0, 1]".into()),
+        };
+        if !(0.0..=1.0).contains(&dropout) {
+            return Err(format!(
+                "`attention`'s `dropout` probability must be in [0, 1], found {dropout}"
+            ));
+        }
         Ok(Prim::Attention {
             causal,
             scale,
             part: 0,
+            dropout,
+            op: 0,
         })
     }
 
@@ -261,7 +286,7 @@ impl Family for Rules {
                 .collect(),
         };
         let scores = with(&lead, [&q.dims[nq - 3], &q.dims[nq - 2], &k.dims[nk - 2]]);
-        if has_mask(part, ins.len()) {
+        if has_mask(part, core_len(p, ins.len())) {
             check_mask(env, &ins[3], &scores)?;
         }
         let out = with(&lead, [&q.dims[nq - 3], &q.dims[nq - 2], &v.dims[nv - 1]]);
@@ -304,7 +329,7 @@ impl Family for Rules {
                 ));
             }
         }
-        if has_mask(part, ins.len()) {
+        if has_mask(part, core_len(p, ins.len())) {
             let m = ins[3].dt;
             if env.dt(m) != DT::Known(DType::Bool) {
                 env.unify_dt(t, m).map_err(|_| {
@@ -330,14 +355,21 @@ impl Family for Rules {
         let Some((causal, scale, 0)) = parts(p) else {
             return b.unsupported("attention_grad", x.len());
         };
+        let (dropout, op) = drop_of(p);
         let g = |part| Prim::Attention {
             causal,
             scale,
             part,
+            dropout,
+            op,
         };
-        let mut args = x.to_vec();
+        // q, k, v[, mask], out, out gradient[, mode]: the same mode and op regenerate the mask
+        let nx = core_len(p, x.len());
+        let mut args = x[..nx].to_vec();
         args.push(y);
         args.push(gy);
+        args.extend_from_slice(&x[nx..]);
+        let x = &x[..nx];
         let dq = b.op(g(1), &args);
         let (ks, vs) = (b.g.shape_of(x[1]), b.g.shape_of(x[2]));
         let stacked = match (ks, vs) {
@@ -370,11 +402,20 @@ impl Family for Rules {
                 out.push(None);
             }
         }
+        if dropout > 0.0 {
+            out.push(None); // the mode
+        }
         out
     }
 
     fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
         let (causal, scale, part) = parts(p).ok_or("internal: not attention")?;
+        if drop_of(p).0 > 0.0 {
+            return Err(
+                "`attention` with `dropout` runs in the plan form of CPU models only (it reads the call's mode)"
+                    .into(),
+            );
+        }
         let (a, d) = (cx.a, cx.d);
         let ops = quote!(::mithril::rt::ops);
         let (q, k, v) = (&a[0], &a[1], &a[2]);
@@ -409,10 +450,16 @@ impl Family for Rules {
         }))
     }
 
-    fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
+    fn plan(&self, p: &Prim, cx: &PlanCx<'_>) -> Result<String, String> {
         let (causal, scale, part) = parts(p).ok_or("internal: not attention")?;
+        let (dropout, op) = drop_of(p);
+        let drop = if dropout > 0.0 {
+            format!("{} {op} {}", pt::f64_lit(dropout), cx.seed_view)
+        } else {
+            "-".into()
+        };
         Ok(format!(
-            "attention {} {} {part}",
+            "attention {} {} {part} {drop}",
             pt::flag(causal),
             scale.map(pt::f64_lit).unwrap_or_else(|| "-".into())
         ))

@@ -309,6 +309,7 @@ impl Prim {
     /// A random op: its plan reads the call's seed (`Mode::seed`).
     pub fn uses_seed(&self) -> bool {
         matches!(self, Prim::Dropout { .. })
+            || matches!(self, Prim::Attention { dropout, .. } if *dropout > 0.0)
     }
 
     /// The DSL name (for summaries and errors).

@@ -9,6 +9,10 @@
 //! aligned, as PyTorch's `is_causal`). `scale` defaults to `1/√D`.
 
 use mithril_kernels::attention::{self as kern, AttnElem, Dims, Mask, MaskView, Want};
+
+/// Dropout on the attention weights of a training call (drop probability, the call's seed, the
+/// op's id): the kernel's [`mithril_kernels::attention::Dropout`].
+pub use mithril_kernels::attention::Dropout as AttnDropout;
 use ndarray::{ArrayViewD, ArrayViewMutD, CowArray, IxDyn};
 
 use super::fmt_shape;
@@ -66,9 +70,9 @@ fn shapes(op: &str, q: &[usize], k: &[usize], v: &[usize]) -> Result<Shapes> {
         return Err(err("query and key differ in head_dim"));
     }
     if (hkv == 0 && hq != 0) || (hkv != 0 && !hq.is_multiple_of(hkv)) {
-        return Err(err(
-            "the query heads must be a multiple of the key/value heads",
-        ));
+        return Err(err(&format!(
+            "the query heads ({hq}) must be a multiple of the key/value heads ({hkv})"
+        )));
     }
     let lead = q[..r - 3].to_vec();
     Ok(Shapes {
@@ -172,7 +176,36 @@ pub fn attention_to<'w, T: AttnScalar>(
     scale: Option<f64>,
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
+    attention_dropout_to(q, k, v, mask, causal, scale, None, dest)
+}
+
+/// The checked dropout of a call: `None` when absent or `p = 0`, `Err` for `p` outside `[0, 1]`.
+fn checked_drop(op: &str, drop: Option<AttnDropout>) -> Result<Option<AttnDropout>> {
+    match drop {
+        Some(z) if !(0.0..=1.0).contains(&z.p) => Err(Error::op(
+            op,
+            format!("dropout probability p = {} is outside [0, 1]", z.p),
+        )),
+        Some(z) if z.p == 0.0 => Ok(None),
+        z => Ok(z),
+    }
+}
+
+/// [`attention_to`] with dropout on the weights (`drop`, a training call's): `(Z ∘ softmax(..))
+/// · v`, `Z` the scaled keep mask of [`AttnDropout`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_dropout_to<'w, T: AttnScalar>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    mask: AttnMask<'_, '_, T>,
+    causal: bool,
+    scale: Option<f64>,
+    drop: Option<AttnDropout>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     const OP: &str = "attention";
+    let drop = checked_drop(OP, drop)?;
     let sh = shapes(OP, q.shape(), k.shape(), v.shape())?;
     let mut oshape = sh.lead.clone();
     oshape.extend([sh.dims.hq, sh.dims.sq, sh.dims.dv]);
@@ -191,7 +224,7 @@ pub fn attention_to<'w, T: AttnScalar>(
         .as_slice_mut()
         .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
     with_mask(OP, mask, &sh, |m| {
-        kern::forward(&sh.dims, qd, kd, vd, m, causal, scale, o, None);
+        kern::forward_dropout(&sh.dims, qd, kd, vd, m, causal, scale, drop, o, None);
         Ok(())
     })?;
     Ok(out)
@@ -227,7 +260,26 @@ pub fn attention_grad_to<'w, T: AttnScalar>(
     part: AttnPart,
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
+    attention_grad_dropout_to(q, k, v, mask, o, go, causal, scale, None, part, dest)
+}
+
+/// One gradient of [`attention_dropout_to`] (the same `drop`: its mask is regenerated).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_grad_dropout_to<'w, T: AttnScalar>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    mask: AttnMask<'_, '_, T>,
+    o: &ArrayViewD<'_, T>,
+    go: &ArrayViewD<'_, T>,
+    causal: bool,
+    scale: Option<f64>,
+    drop: Option<AttnDropout>,
+    part: AttnPart,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     const OP: &str = "attention gradient";
+    let drop = checked_drop(OP, drop)?;
     let sh = shapes(OP, q.shape(), k.shape(), v.shape())?;
     let Dims {
         hq, sq, sk, d, dv, ..
@@ -286,8 +338,8 @@ pub fn attention_grad_to<'w, T: AttnScalar>(
     let nv = v.len();
     with_mask(OP, mask, &sh, |m| {
         let run = |want: Want, dq: &mut [T], dk: &mut [T], dvv: &mut [T], ds: Option<&mut [T]>| {
-            kern::backward(
-                &sh.dims, qd, kd, vd, m, causal, scale, od, god, want, dq, dk, dvv, ds,
+            kern::backward_dropout(
+                &sh.dims, qd, kd, vd, m, causal, scale, drop, od, god, want, dq, dk, dvv, ds,
             )
         };
         let none = Want {

@@ -1212,7 +1212,30 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 causal,
                 scale,
                 part,
-            } => self.attention(id, step, *causal, *scale, *part, a),
+                dropout,
+            } => {
+                // dropout: the mode is the last operand, the seed in its view
+                let drop = match dropout {
+                    None => None,
+                    Some((p, op, seed)) => {
+                        let training = match a(step.args.len() - 1)? {
+                            TensorView::Bool(v) => v.iter().next().copied().unwrap_or(false),
+                            _ => return Err(internal(w, "attention's mode is not bool")),
+                        };
+                        let seed = match self.views().get(*seed) {
+                            Some(v) => index_value(v, w)? as u64,
+                            None => return Err(internal(w, "attention's seed view is missing")),
+                        };
+                        training.then_some(ops::AttnDropout {
+                            p: *p,
+                            seed,
+                            op: *op,
+                        })
+                    }
+                };
+                let n = step.args.len() - usize::from(dropout.is_some());
+                self.attention(id, step, *causal, *scale, *part, drop, n, a)
+            }
             // ---- convolution
             POp::Conv(spec) => {
                 let y = a(1)?;
@@ -1251,7 +1274,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
     }
 
     /// `attention` and its gradients (`POp::Attention`): operands `q, k, v[, mask]` and for a
-    /// gradient `out, out gradient` after them.
+    /// gradient `out, out gradient` after them (`n` of them, the mode after them not counted).
     #[allow(clippy::too_many_arguments)]
     fn attention<'v>(
         &self,
@@ -1260,10 +1283,11 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         causal: bool,
         scale: Option<f64>,
         part: u8,
+        drop: Option<ops::AttnDropout>,
+        n: usize,
         a: &dyn Fn(usize) -> Result<TensorView<'v>>,
     ) -> Result<Val<'w>> {
         let (h, dt, w) = (step.home, step.dt, step.what);
-        let n = step.args.len();
         let has_mask = if part == 0 { n == 4 } else { n == 6 };
         let (q, k, v) = (a(0)?, a(1)?, a(2)?);
         let m = if has_mask { Some(a(3)?) } else { None };
@@ -1298,12 +1322,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 let (q, k, v) = (typed::<$T>(&q)?, typed::<$T>(&k)?, typed::<$T>(&v)?);
                 match &grads {
                     None => self.put::<$T>(id, h, |d| {
-                        ops::attention_to(q, k, v, mask, causal, scale, d)
+                        ops::attention_dropout_to(q, k, v, mask, causal, scale, drop, d)
                     }),
                     Some((o, g)) => {
                         let (o, g) = (typed::<$T>(o)?, typed::<$T>(g)?);
                         self.put::<$T>(id, h, |d| {
-                            ops::attention_grad_to(q, k, v, mask, o, g, causal, scale, gpart, d)
+                            ops::attention_grad_dropout_to(
+                                q, k, v, mask, o, g, causal, scale, drop, gpart, d,
+                            )
                         })
                     }
                 }

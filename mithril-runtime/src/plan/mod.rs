@@ -257,6 +257,9 @@ pub enum POp {
         causal: bool,
         scale: Option<f64>,
         part: u8,
+        /// dropout on the weights: (p, the op's id, the seed view); the mode (`is_training`)
+        /// is then the last operand
+        dropout: Option<(f64, u32, usize)>,
     },
     // ---- norm / dropout (random ops)
     /// `dropout` of `args[0]` in the mode `args[1]` (`is_training`), the call's seed read from

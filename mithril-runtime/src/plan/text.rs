@@ -717,6 +717,14 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
                 },
             },
             part: t.num()?,
+            // dropout on the weights: `-`, or p, the op's id and the seed view
+            dropout: match t.word()? {
+                "-" => None,
+                w => match lit(w)? {
+                    Lit::F64(p) => Some((p, t.num()?, t.num()?)),
+                    _ => return Err("f64 literal expected".into()),
+                },
+            },
         },
         // norm / dropout (random ops)
         "dropout" => POp::Dropout {

@@ -102,6 +102,29 @@ impl Flattener<'_> {
                 None => Value::Poison,
             };
         }
+        if (n == "pair" || n == "triple") && recv.is_none() && args.len() == 1 {
+            // PyTorch's `_pair` / `_triple`: an int for every spatial dim, or a tuple of them
+            let k = if n == "pair" { 2 } else { 3 };
+            return match self.eval_hyper(args[0], f) {
+                Some(HVal::Int(i)) => Value::Hyper(HVal::List(vec![HVal::Int(i); k])),
+                Some(HVal::List(xs))
+                    if xs.len() == k && xs.iter().all(|x| matches!(x, HVal::Int(_))) =>
+                {
+                    Value::Hyper(HVal::List(xs))
+                }
+                Some(v) => {
+                    self.error(
+                        args[0].span(),
+                        format!(
+                            "`{n}` takes an int or a tuple of {k} ints, found {}",
+                            v.kind()
+                        ),
+                    );
+                    Value::Poison
+                }
+                None => Value::Poison,
+            };
+        }
         if let Some(fold) = const_math(&n) {
             // `sqrt(d_model / n_heads)`: a math function of a compile-time int is a float
             // constant (an int tensor has no such primitive); of a float it stays the primitive
@@ -311,7 +334,7 @@ impl Flattener<'_> {
                     .g
                     .nodes
                     .iter()
-                    .filter(|n| matches!(n.op, Op::Prim(prims::Prim::Dropout { .. })))
+                    .filter(|n| matches!(&n.op, Op::Prim(p) if p.uses_seed()))
                     .count() as u32;
                 let m = self.mode_node(span, f);
                 node_args.push(m);
@@ -321,6 +344,31 @@ impl Flattener<'_> {
                     span,
                     f,
                 ))
+            }
+            // `attention` with dropout on the weights: a random op too (the mode last)
+            Ok(prims::Prim::Attention {
+                causal,
+                scale,
+                part,
+                dropout,
+                ..
+            }) if dropout > 0.0 => {
+                let op = self
+                    .g
+                    .nodes
+                    .iter()
+                    .filter(|n| matches!(&n.op, Op::Prim(p) if p.uses_seed()))
+                    .count() as u32;
+                let m = self.mode_node(span, f);
+                node_args.push(m);
+                let p = prims::Prim::Attention {
+                    causal,
+                    scale,
+                    part,
+                    dropout,
+                    op,
+                };
+                Value::Tensor(self.node(Op::Prim(p), node_args, span, f))
             }
             Ok(p) => {
                 let _ = name_span;
