@@ -105,6 +105,12 @@ pub mod library_names {
     #[doc(hidden)]
     pub use crate::__mithril_library_AvgPool2d as AvgPool2d;
     #[doc(hidden)]
+    pub use crate::__mithril_library_CachedPositionalEmbedding as CachedPositionalEmbedding;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_CachedSelfAttention as CachedSelfAttention;
+    #[doc(hidden)]
+    pub use crate::__mithril_library_CachedTransformerBlock as CachedTransformerBlock;
+    #[doc(hidden)]
     pub use crate::__mithril_library_Conv1d as Conv1d;
     #[doc(hidden)]
     pub use crate::__mithril_library_Conv2d as Conv2d;
@@ -568,4 +574,34 @@ mod tests {
             }
         }
     }
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_CachedSelfAttention {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`CachedSelfAttention` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_CachedTransformerBlock {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`CachedTransformerBlock` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_CachedPositionalEmbedding {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`CachedPositionalEmbedding` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
 }

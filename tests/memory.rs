@@ -487,3 +487,84 @@ fn a_steady_training_loop_through_a_scan_allocates_only_its_outputs() {
     assert_eq!(o.hs, first.hs);
     assert_eq!(n, 1, "evaluate allocated {n} times");
 }
+
+mithril! {
+    // a one-layer GPT step with a donated key/value cache
+    model KvStep {
+        input tokens: i64[B, S];
+        input pos: i64[];
+        input k: f32[B, 2, M, 8];
+        input v: f32[B, 2, M, 8];
+        let wte = Embedding(num_embeddings = 32, dim = 16);
+        let wpe = CachedPositionalEmbedding(128, 16);
+        let block = CachedTransformerBlock(16, 2, dim_feedforward = 32, activation = "gelu_tanh");
+        let (h, k_next, v_next) = block(wpe(wte(tokens), pos), k, v, pos);
+        output logits = Linear(32)(h);
+        output k_out = k_next;
+        output v_out = v_next;
+    }
+    compile KvDecode = KvStep { donate: [k, v], inference: true };
+}
+
+#[test]
+fn a_kv_cache_decode_step_allocates_no_cache_sized_buffer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = KvDecode::new().unwrap();
+    let p = m.randomize_params(4);
+    // a cache of 128 positions: 2 x 128 x 8 x 4 bytes = 8 KiB each
+    let mut k = ndarray::Array4::<f32>::zeros((1, 2, 128, 8));
+    let mut v = ndarray::Array4::<f32>::zeros((1, 2, 128, 8));
+    let (kp, vp) = (k.as_ptr(), v.as_ptr());
+    let prompt = ndarray::array![[1i64, 2, 3, 4, 5]];
+    let one: Vec<Array2<i64>> = (0..8)
+        .map(|i| Array2::from_elem((1, 1), i as i64))
+        .collect();
+    let at: Vec<ndarray::Array0<i64>> = (0..13).map(|i| ndarray::arr0(i as i64)).collect();
+    let o = m
+        .evaluate_donating(
+            &p,
+            KvDecodeDonatingInputs {
+                tokens: prompt.view(),
+                pos: at[0].view(),
+                k,
+                v,
+            },
+        )
+        .unwrap();
+    (k, v) = (o.k_out, o.v_out);
+    let mut steady: Option<usize> = None;
+    for (i, t) in one.iter().enumerate() {
+        let pos = at[5 + i].view();
+        let (n, (big, o)) = allocations(|| {
+            largest_allocation(|| {
+                m.evaluate_donating(
+                    &p,
+                    KvDecodeDonatingInputs {
+                        tokens: t.view(),
+                        pos,
+                        k,
+                        v,
+                    },
+                )
+                .unwrap()
+            })
+        });
+        assert_eq!((o.k_out.as_ptr(), o.v_out.as_ptr()), (kp, vp));
+        if i > 0 {
+            // after the first decode call (which plans the step's memory): never a cache-sized
+            // buffer, and as many allocations at every position. Not yet only the logits: a
+            // step still makes a few small allocations (to be found; see BENCHMARKS, `kvgpt`).
+            assert!(
+                big < 8 * 1024,
+                "decode step {i} allocated {big} bytes at once"
+            );
+            let first = *steady.get_or_insert(n);
+            assert_eq!(
+                n, first,
+                "decode step {i} allocated {n} times, step 1 {first}"
+            );
+            assert!(n <= 10, "decode step {i} allocated {n} times");
+        }
+        (k, v) = (o.k_out, o.v_out);
+    }
+}

@@ -23,6 +23,7 @@ pub mod pack;
 pub mod params;
 pub mod plan;
 pub mod quant;
+pub mod sample;
 pub mod tree;
 pub mod workspace;
 

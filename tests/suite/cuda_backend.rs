@@ -560,7 +560,6 @@ fn gpu_dropout_masks_are_the_cpus() {
     }
     say("dropout on cuda: the CPU's masks, bit for bit");
 }
-||||||| /tmp/base.rs
 
 // ---- run-time control flow, modes and loops on `backend: cuda` (the host drives the device:
 // `mithril-macros/src/backends/cuda/flow.rs`)

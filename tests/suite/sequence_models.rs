@@ -807,3 +807,159 @@ fn stacked_lstm_and_gru_from_initial_states() {
     let (_, g) = gm.evaluate_gradients(&p, gin(), seeds()).unwrap();
     assert_eq!(gradcheck("2-layer GRU", &p, &g, loss), 63 + 72);
 }
+
+mithril! {
+    /// A two-layer character GPT, full sequence (causal blocks).
+    pub model KvGptFull {
+        input tokens: i64[B, S];
+        let wte = Embedding(num_embeddings = 11, dim = 8);
+        let wpe = PositionalEmbedding(32, 8);
+        let block0 = TransformerEncoderBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh", causal = true);
+        let block1 = TransformerEncoderBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh", causal = true);
+        let ln_f = LayerNorm();
+        let head = Linear(11);
+        output logits = head(ln_f(block1(block0(wpe(wte(tokens))))));
+    }
+
+    /// The same model at positions `pos ..` with a key/value cache per layer.
+    pub model KvGptStep {
+        input tokens: i64[B, S];
+        input pos: i64[];
+        input k0: f32[B, 2, M, 4];
+        input v0: f32[B, 2, M, 4];
+        input k1: f32[B, 2, M, 4];
+        input v1: f32[B, 2, M, 4];
+        let wte = Embedding(num_embeddings = 11, dim = 8);
+        let wpe = CachedPositionalEmbedding(32, 8);
+        let block0 = CachedTransformerBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh");
+        let block1 = CachedTransformerBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh");
+        let (h, k0n, v0n) = block0(wpe(wte(tokens), pos), k0, v0, pos);
+        let (h, k1n, v1n) = block1(h, k1, v1, pos);
+        let ln_f = LayerNorm();
+        let head = Linear(11);
+        output logits = head(ln_f(h));
+        output k0_out = k0n;
+        output v0_out = v0n;
+        output k1_out = k1n;
+        output v1_out = v1n;
+    }
+
+    pub compile KvGptDecode = KvGptStep { donate: [k0, v0, k1, v1] };
+}
+
+/// Decoding through the cache (a prefill of 4 tokens, then one token per call) gives the logits
+/// of the full-sequence forward at every position. Tolerance 1e-5 on logits of size ~1: both
+/// compute the same f32 expression and differ only in summation order (the tiled attention
+/// kernel against the cache kernel's dot products, a GEMM over 10 rows against one), a few ulps
+/// per sum of at most 16 terms.
+#[test]
+fn kv_cache_decoding_matches_the_full_forward() {
+    let full = KvGptFull::new().unwrap();
+    let pf = full.randomize_params(3);
+    let dec = KvGptDecode::new().unwrap();
+    let mut pd = dec.randomize_params(0);
+    pd.load_safetensors_bytes(&pf.to_safetensors_bytes().unwrap())
+        .unwrap();
+    let toks = ndarray::array![[1i64, 5, 2, 9, 0, 3, 3, 7, 10, 4]];
+    let want = full
+        .evaluate(
+            &pf,
+            KvGptFullInputs {
+                tokens: toks.view(),
+            },
+        )
+        .unwrap()
+        .logits;
+    let z = || ndarray::Array4::<f32>::zeros((1, 2, 16, 4));
+    let (mut k0, mut v0, mut k1, mut v1) = (z(), z(), z(), z());
+    let ptr = k1.as_ptr();
+    let close = |got: ndarray::ArrayView2<f32>, at: usize| {
+        for (i, row) in got.rows().into_iter().enumerate() {
+            for (c, g) in row.iter().enumerate() {
+                let w = want[[0, at + i, c]];
+                assert!(
+                    (g - w).abs() < 1e-5,
+                    "position {} logit {c}: {g} vs {w}",
+                    at + i
+                );
+            }
+        }
+    };
+    let mut at = 0usize;
+    for n in [4usize, 1, 1, 1, 1, 1, 1] {
+        let t = toks.slice(s![.., at..at + n]).to_owned();
+        let pos = ndarray::arr0(at as i64);
+        let o = dec
+            .evaluate_donating(
+                &pd,
+                KvGptDecodeDonatingInputs {
+                    tokens: t.view(),
+                    pos: pos.view(),
+                    k0,
+                    v0,
+                    k1,
+                    v1,
+                },
+            )
+            .unwrap();
+        close(o.logits.index_axis(Axis(0), 0), at);
+        // the cache came back in the caller's buffer: appended, not copied
+        assert_eq!(o.k1_out.as_ptr(), ptr);
+        (k0, v0, k1, v1) = (o.k0_out, o.v0_out, o.k1_out, o.v1_out);
+        at += n;
+    }
+    // the rows after the last position are untouched (still zero)
+    assert!(k0.slice(s![.., .., at.., ..]).iter().all(|&x| x == 0.0));
+    assert!(v1.slice(s![.., .., ..at, ..]).iter().any(|&x| x != 0.0));
+    // `evaluate` computes the same, into new arrays
+    let pos = ndarray::arr0(at as i64 - 1);
+    let last = toks.slice(s![.., at - 1..at]).to_owned();
+    let o = dec
+        .evaluate(
+            &pd,
+            KvGptDecodeInputs {
+                tokens: last.view(),
+                pos: pos.view(),
+                k0: k0.view(),
+                v0: v0.view(),
+                k1: k1.view(),
+                v1: v1.view(),
+            },
+        )
+        .unwrap();
+    close(o.logits.index_axis(Axis(0), 0), at - 1);
+    // a full cache is an error, not a panic
+    let pos = ndarray::arr0(16i64);
+    let e = dec
+        .evaluate(
+            &pd,
+            KvGptDecodeInputs {
+                tokens: last.view(),
+                pos: pos.view(),
+                k0: k0.view(),
+                v0: v0.view(),
+                k1: k1.view(),
+                v1: v1.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("16"), "{e}");
+    let two = toks.slice(s![.., 0..2]).to_owned();
+    let pos = ndarray::arr0(15i64);
+    let e = dec
+        .evaluate(
+            &pd,
+            KvGptDecodeInputs {
+                tokens: two.view(),
+                pos: pos.view(),
+                k0: k0.view(),
+                v0: v0.view(),
+                k1: k1.view(),
+                v1: v1.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("full"), "{e}");
+}

@@ -21,6 +21,8 @@
 
 use crate::gemm::{gemm_plain, GemmElem};
 
+pub mod decode;
+
 #[cfg(test)]
 mod tests;
 

@@ -253,6 +253,15 @@ pub enum Prim {
     Pool(PoolOp),
     /// Its gradient: (g, the op's input) → the input's shape.
     PoolGrad(PoolOp),
+    // ---- incremental decoding (`prims/decode.rs`)
+    /// `update_slice(x, values, start)`: `x` with rows `start..` along `axis` replaced.
+    UpdateSlice {
+        axis: i64,
+    },
+    /// `cached_attention(q, k, v, pos)`: causal attention at positions `pos..` over a cache.
+    CachedAttention {
+        scale: Option<f64>,
+    },
 }
 
 /// The padding modes of `pad`.

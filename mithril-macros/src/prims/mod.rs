@@ -21,6 +21,7 @@ pub mod construct;
 pub mod control;
 pub mod conv;
 pub mod cuda;
+pub mod decode;
 pub mod elementwise;
 pub mod grad;
 pub mod index;
@@ -163,6 +164,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     &random::Rules, // norm / dropout
     // convolution
     &conv::Rules,
+    // incremental decoding
+    &decode::Rules,
 ];
 
 /// The DSL signature of a primitive function name, or `None` when the name is no primitive.
@@ -303,6 +306,8 @@ impl Prim {
             Dropout { .. } => &random::Rules,
             // convolution
             Conv(_) => &conv::Rules,
+            // incremental decoding
+            UpdateSlice { .. } | CachedAttention { .. } => &decode::Rules,
         }
     }
 

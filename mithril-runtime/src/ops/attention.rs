@@ -366,3 +366,78 @@ pub fn attention_grad_dropout_to<'w, T: AttnScalar>(
     })?;
     Ok(out)
 }
+
+/// Causal attention of queries at positions `pos .. pos + Sq` over the first `pos + Sq` rows of
+/// a key/value cache (`k: [..., Hkv, M, D]`, `v: [..., Hkv, M, Dv]`, `M` the cache's capacity):
+/// query `i` sees keys `j <= pos + i`; the rows after `pos + Sq` are not read. `q` may be any
+/// view whose last axis is contiguous (a transposed `[B, S, H, D]` is read in place). An `Err`
+/// when `pos + Sq > M` (the cache is full).
+pub fn cached_attention_to<'w, T: AttnScalar>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    pos: i64,
+    scale: Option<f64>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    const OP: &str = "cached_attention";
+    let sh = shapes(OP, q.shape(), k.shape(), v.shape())?;
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    } = sh.dims;
+    if pos < 0 || pos as u64 + sq as u64 > sk as u64 {
+        return Err(Error::op(
+            OP,
+            format!(
+                "the cache is full: {sq} new position(s) from position {pos} do not fit its {sk} rows"
+            ),
+        ));
+    }
+    let mut oshape = sh.lead.clone();
+    oshape.extend([hq, sq, dv]);
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let (ks, vs) = (k.as_standard_layout(), v.as_standard_layout());
+    let mut out = dest.get(OP, &oshape)?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    // q read in place (one batch dim, the last axis contiguous): no copy of a transposed view
+    let st = q.strides();
+    let inplace = q.ndim() == 4 && !q.is_empty() && st[3] == 1 && st.iter().all(|&s| s >= 0);
+    let qs;
+    let (qd, q_strides): (&[T], [usize; 3]) = if inplace {
+        let len = (0..4)
+            .map(|a| (q.shape()[a] - 1) * st[a] as usize)
+            .sum::<usize>()
+            + 1;
+        // SAFETY: every stride is non-negative, so the view's elements lie in
+        // `ptr .. ptr + len` of the one allocation it borrows.
+        let s = unsafe { std::slice::from_raw_parts(q.as_ptr(), len) };
+        (s, [st[0] as usize, st[1] as usize, st[2] as usize])
+    } else {
+        qs = q.as_standard_layout();
+        (slice(OP, &qs)?, [hq * sq * d, sq * d, d])
+    };
+    let (kd, vd) = (slice(OP, &ks)?, slice(OP, &vs)?);
+    let o = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
+    let cd = kern::decode::CachedDims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+        q_strides,
+    };
+    kern::decode::forward_at(&cd, qd, kd, vd, pos as usize, scale, o);
+    Ok(out)
+}

@@ -704,3 +704,52 @@ pub fn set_at_in<T: Elem>(
     }
     Ok(())
 }
+
+/// `update_slice` in place: rows `start .. start + n` of `acc` along `axis` become `v` (`n` its
+/// length there; every other dim equal). An `Err` when they do not fit (`start + n` past the
+/// axis: a full cache) or the shapes differ. Only those rows are written.
+pub fn update_slice_in<T: Elem>(
+    acc: &mut ArrayViewMutD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    axis: isize,
+    start: i64,
+) -> Result<()> {
+    const OP: &str = "update_slice";
+    let r = acc.ndim();
+    let ax = if axis < 0 { axis + r as isize } else { axis };
+    if ax < 0 || ax as usize >= r || v.ndim() != r {
+        return Err(Error::op(
+            OP,
+            format!(
+                "axis {axis} of a rank-{r} tensor updated by a rank-{} value",
+                v.ndim()
+            ),
+        ));
+    }
+    let ax = ax as usize;
+    let (cap, n) = (acc.shape()[ax], v.shape()[ax]);
+    let same = (0..r).all(|a| a == ax || acc.shape()[a] == v.shape()[a]);
+    if !same {
+        return Err(Error::op(
+            OP,
+            format!(
+                "a value of shape {} does not fit a slice of {} along axis {ax}",
+                fmt_shape(v.shape()),
+                fmt_shape(acc.shape())
+            ),
+        ));
+    }
+    if start < 0 || start as u64 + n as u64 > cap as u64 {
+        return Err(Error::op(
+            OP,
+            format!(
+                "the cache is full: {n} new row(s) from position {start} do not fit its {cap} rows (axis {ax} of {})",
+                fmt_shape(acc.shape())
+            ),
+        ));
+    }
+    let s = start as usize;
+    acc.slice_axis_mut(ndarray::Axis(ax), ndarray::Slice::from(s..s + n))
+        .assign(v);
+    Ok(())
+}

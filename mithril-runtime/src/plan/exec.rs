@@ -452,6 +452,8 @@ fn donors(
         let pos = match at[..] {
             [] => None,
             [p] if step.args[p] == d && matches!(step.op, POp::Fused(..)) => Some(p),
+            // a cache written in place: only the new rows (the value and start do not alias it)
+            [0] if step.args[0] == d && matches!(step.op, POp::UpdateSlice { .. }) => Some(0),
             _ => continue,
         };
         found.push(Donor {
@@ -1269,6 +1271,45 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     )),
                 }
             }
+            // incremental decoding
+            POp::UpdateSlice { axis } => {
+                let (acc, v) = (a(0)?, a(1)?);
+                let i = index_value(&a(2)?, step.what)?;
+                any_t!(dt, T => self.put::<T>(id, h, |d| {
+                    let acc = typed::<T>(&acc)?;
+                    let mut out = d.get("update_slice", acc.shape())?;
+                    out.assign(acc);
+                    ops::shape::update_slice_in(&mut out, typed::<T>(&v)?, *axis as isize, i)?;
+                    Ok(out)
+                }))
+            }
+            POp::CachedAttention { scale } => {
+                let (q, k, v) = (a(0)?, a(1)?, a(2)?);
+                let p = index_value(&a(3)?, step.what)?;
+                match dt {
+                    DType::F32 => self.put::<f32>(id, h, |d| {
+                        ops::cached_attention_to(
+                            typed::<f32>(&q)?,
+                            typed::<f32>(&k)?,
+                            typed::<f32>(&v)?,
+                            p,
+                            *scale,
+                            d,
+                        )
+                    }),
+                    DType::F64 => self.put::<f64>(id, h, |d| {
+                        ops::cached_attention_to(
+                            typed::<f64>(&q)?,
+                            typed::<f64>(&k)?,
+                            typed::<f64>(&v)?,
+                            p,
+                            *scale,
+                            d,
+                        )
+                    }),
+                    _ => Err(internal(w, "cached_attention on a non-f32/f64 operand")),
+                }
+            }
             _ => Err(internal(w, "op not handled")),
         }
     }
@@ -1644,6 +1685,19 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 // SAFETY: `t` was taken out of the table (see `writable`).
                 let mut tv = T::pick(&t).and_then(|v| unsafe { writable(v) }).ok_or_else(|| internal(step.what, "in-place target of another dtype"))?;
                 ops::shape::set_at_in(&mut tv, typed::<T>(&v)?, *axis as isize, i, *add).map(|()| rw(tv))
+            });
+            return r.map_err(|e| e.at(self.plan.model, step.what));
+        }
+        if let POp::UpdateSlice { axis } = &step.op {
+            if pos != 0 {
+                return Err(internal(step.what, "update_slice in place over its value"));
+            }
+            let v = arg(vals, self.views(), step.args[1])?;
+            let i = index_value(&arg(vals, self.views(), step.args[2])?, step.what)?;
+            let r = any_t!(step.dt, T => {
+                // SAFETY: `t` was taken out of the table or donated (see `writable`).
+                let mut tv = T::pick(&t).and_then(|v| unsafe { writable(v) }).ok_or_else(|| internal(step.what, "in-place target of another dtype"))?;
+                ops::shape::update_slice_in(&mut tv, typed::<T>(&v)?, *axis as isize, i).map(|()| rw(tv))
             });
             return r.map_err(|e| e.at(self.plan.model, step.what));
         }

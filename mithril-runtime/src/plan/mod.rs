@@ -272,6 +272,17 @@ pub enum POp {
     // ---- convolution (`mithril-macros/src/prims/conv.rs`)
     /// a convolution, transposed convolution or one of their gradients
     Conv(Box<crate::ops::conv::ConvSpec>),
+    // ---- incremental decoding (`mithril-macros/src/prims/decode.rs`)
+    /// `update_slice(args[0], args[1], args[2])`: `args[0]` with rows `start ..` along `axis`
+    /// replaced by `args[1]`, `start` the `i64` scalar `args[2]` (in place over a donated
+    /// input: only those rows are written)
+    UpdateSlice {
+        axis: i64,
+    },
+    /// `cached_attention(q, k, v, pos)` (`ops::cached_attention_to`); `scale` `None`: `1/√D`
+    CachedAttention {
+        scale: Option<f64>,
+    },
 }
 
 impl POp {
@@ -345,6 +356,9 @@ impl POp {
                 crate::ops::conv::ConvKind::GradData => "conv_grad_data",
                 crate::ops::conv::ConvKind::GradWeight => "conv_grad_weight",
             },
+            // incremental decoding
+            POp::UpdateSlice { .. } => "update_slice",
+            POp::CachedAttention { .. } => "cached_attention",
         }
     }
 }

@@ -765,6 +765,17 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
                 output_padding,
             }))
         }
+        // incremental decoding
+        "update_slice" => POp::UpdateSlice { axis: t.num()? },
+        "cached_attention" => POp::CachedAttention {
+            scale: match t.word()? {
+                "-" => None,
+                w => match lit(w)? {
+                    Lit::F64(v) => Some(v),
+                    _ => return Err("f64 literal expected".into()),
+                },
+            },
+        },
         w => return Err(format!("unknown op `{w}`")),
     };
     let args = t.list()?;
