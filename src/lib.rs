@@ -549,33 +549,6 @@ pub mod prelude {
     pub use ndarray;
 }
 
-#[cfg(test)]
-mod tests {
-    /// Every CamelCase model of the DSL library has its name macro in `library_names`, so a
-    /// misspelled one gets rustc's similar-name suggestion.
-    #[test]
-    fn library_names_cover_the_library() {
-        let lib = include_str!("../mithril-macros/src/frontend/library/models.mth");
-        let src = include_str!("lib.rs");
-        for line in lib.lines() {
-            let Some(rest) = line.strip_prefix("model ") else {
-                continue;
-            };
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            if name.starts_with(|c: char| c.is_ascii_uppercase()) {
-                let want = format!("pub use crate::__mithril_library_{name} as {name};");
-                assert!(
-                    src.contains(&want),
-                    "library model `{name}` has no name macro in library_names"
-                );
-            }
-        }
-    }
-}
-
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __mithril_library_CachedSelfAttention {
@@ -604,4 +577,31 @@ macro_rules! __mithril_library_CachedPositionalEmbedding {
             "`CachedPositionalEmbedding` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every CamelCase model of the DSL library has its name macro in `library_names`, so a
+    /// misspelled one gets rustc's similar-name suggestion.
+    #[test]
+    fn library_names_cover_the_library() {
+        let lib = include_str!("../mithril-macros/src/frontend/library/models.mth");
+        let src = include_str!("lib.rs");
+        for line in lib.lines() {
+            let Some(rest) = line.strip_prefix("model ") else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                let want = format!("pub use crate::__mithril_library_{name} as {name};");
+                assert!(
+                    src.contains(&want),
+                    "library model `{name}` has no name macro in library_names"
+                );
+            }
+        }
+    }
 }

@@ -41,6 +41,13 @@ mithril::mithril! {
         input q: f32[1, 2, 4, 8];
         output y = attention(q, q, q, dropout = 1.5);
     }
+
+    model DropOnCuda {
+        input q: f32[1, 2, 4, 8];
+        output y = attention(q, q, q, dropout = 0.1);
+    }
+
+    compile DropOnCudaGpu = DropOnCuda { backend: cuda };
 }
 
 fn main() {}

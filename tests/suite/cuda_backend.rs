@@ -912,3 +912,82 @@ fn gpu_scans_and_gradients_through_loops_match_the_cpu() {
         .unwrap();
     assert!(max_rel_diff(&got.y, &want.y) < F32_TOL);
 }
+
+// ---- `dropout` on `backend: cuda`: the mask kernel (`dropout.cu`) keyed by the call's seed and
+// the op's number, the mode read on the host
+
+mithril! {
+    /// Two dropout ops (different masks per op) in a `train` model: the gradient runs the same
+    /// mask over the output gradient.
+    pub train CfDrop {
+        input x: f32[B, 8];
+        input t: f32[B, 4];
+        param w: f32[8, 4];
+        let h = dropout(x, p = 0.25);
+        output y = dropout(matmul(h, w), p = 0.5);
+        loss mean(square(y - t));
+    }
+    pub compile CfDropGpu = CfDrop { backend: cuda };
+}
+
+#[test]
+fn dropout_on_cuda_compiles_with_nvrtc() {
+    require_nvrtc!();
+    common::compile_modules(
+        &[("CfDropGpu", CfDropGpu::CUDA_SOURCE, CfDropGpu::CUDA_KERNELS)],
+        "dropout cuda module",
+    );
+}
+
+#[test]
+fn gpu_dropout_model_matches_the_cpu() {
+    if !gpu("gpu_dropout_model_matches_the_cpu") {
+        return;
+    }
+    let (cpu, gpu) = (CfDrop::new().unwrap(), CfDropGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(6), gpu.randomize_params(6));
+    let (x, t) = (batch(5, 8, 31), batch(5, 4, 32));
+    // evaluation is the identity; a seeded training call draws the CPU's masks on the device
+    for mode in [Mode::Eval, Mode::TrainSeeded(9), Mode::TrainSeeded(10)] {
+        let want = cpu
+            .evaluate_mode(
+                &p,
+                CfDropInputs {
+                    x: x.view(),
+                    t: t.view(),
+                },
+                mode,
+            )
+            .unwrap();
+        let got = gpu
+            .evaluate_mode(
+                &gp,
+                CfDropGpuInputs {
+                    x: x.view(),
+                    t: t.view(),
+                },
+                mode,
+            )
+            .unwrap();
+        assert!(max_rel_diff(&got.y, &want.y) < F32_TOL, "{mode:?}");
+    }
+    let inputs = CfDropInputs {
+        x: x.view(),
+        t: t.view(),
+    };
+    let (_, want) = cpu
+        .evaluate_gradients_mode(&p, inputs, Mode::TrainSeeded(3))
+        .unwrap();
+    let (_, got) = gpu
+        .evaluate_gradients_mode(
+            &gp,
+            CfDropGpuInputs {
+                x: x.view(),
+                t: t.view(),
+            },
+            Mode::TrainSeeded(3),
+        )
+        .unwrap();
+    assert!(max_rel_diff(&got.w, &want.w) < 1e-3);
+    say("dropout on cuda: a train model's outputs and gradients are the CPU's");
+}

@@ -1,9 +1,8 @@
 //! Random ops: `dropout(x, p = 0.5)`. CPU: `mithril::rt::ops::dropout::dropout_to` (the
 //! Philox4x32-10 kernels of `mithril_kernels::philox`); the CUDA C twin of the generator is
-//! `mt_philox` in `kernel_text::FUSED_PRELUDE` (compiled in the NVRTC tests) and the mask
-//! kernel `mithril::rt::cuda::dropout` (`dropout.cu`, the seed and op number as kernel
-//! arguments) are ready, but `dropout` reads `is_training`, which the CUDA backend does not
-//! lower yet (see `docs/cuda.md`): its cuda lowering is an error until the mode is plumbed.
+//! `mt_philox` in `kernel_text::FUSED_PRELUDE`; on `backend: cuda` the op runs the mask kernel
+//! `mithril::rt::cuda::dropout` (`dropout.cu`, the seed and op number as kernel arguments, the
+//! call's mode the host `__training`), whose masks are the CPU's bit for bit.
 //!
 //! The flattener adds the call's mode (`is_training`) as operand 1 and numbers the model's
 //! dropout ops (`op`), so masks differ per op; the plan reads the call's seed from the view
@@ -19,6 +18,7 @@ use super::{CallCx, Family};
 use crate::ir::{DType, Env, NodeId, Shape, DT};
 use crate::prims::Prim;
 use proc_macro2::TokenStream;
+use quote::quote;
 
 /// The random-op family.
 pub struct Rules;
@@ -28,8 +28,20 @@ impl Family for Rules {
         &["dropout"]
     }
 
-    fn cuda(&self, _: &Prim, _: &mut dyn CudaCx) -> Result<TokenStream, String> {
-        Err("`dropout` reads the call's mode and seed (`is_training`), which are not lowered for `backend: cuda` yet; its mask kernel (`mithril::rt::cuda::dropout`, the CPU's Philox masks) is ready for them".into())
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        let Prim::Dropout { p, op } = p else {
+            return Err("internal: not a random op".into());
+        };
+        if !matches!(cx.dt(0), DType::F32 | DType::F64) {
+            return Err(format!(
+                "`dropout` on cuda takes f32 or f64 operands, not {}",
+                cx.describe(0)
+            ));
+        }
+        // operand 1 is the call's mode: the host `__training` (no device read), and the
+        // call's seed; the mask kernel computes the CPU's Philox words
+        let (c, x, seed) = (super::cuda::rt(), cx.r(0), cx.seed());
+        Ok(quote!(#c::dropout(__dev, #x, #p, #op, #seed, __training)?))
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {
