@@ -734,24 +734,6 @@ pub fn backward_dropout<T: AttnElem>(
                         let lr = &lse[t * sq + i0..t * sq + i0 + br];
                         let dr = &delta[t * sq + i0..t * sq + i0 + br];
                         probs(st, dpt, br, bc, &tm, lr, dr, false);
-                        if want.kv && drop.is_none() {
-                            // dV_j += Pᵀ·dO_i
-                            gemm_plain(
-                                bc,
-                                dv,
-                                br,
-                                T::ONE,
-                                st,
-                                1,
-                                bc,
-                                &goh[i0 * dv..],
-                                dv,
-                                1,
-                                true,
-                                &mut dvv[(gk * sk + j0) * dv..(gk * sk + j0 + bc) * dv],
-                                dv,
-                            );
-                        }
                         // dP = dO_i·V_jᵀ
                         gemm_plain(
                             br,
@@ -776,10 +758,13 @@ pub fn backward_dropout<T: AttnElem>(
                             }
                         }
                         probs(st, dpt, br, bc, &tm, lr, dr, true);
-                        if let (Some(z), true) = (&drop, want.kv) {
-                            // dV_j += (Z ∘ P)ᵀ·dO_i
-                            for r in 0..br {
-                                drop_row(&mut st[r * bc..(r + 1) * bc], z, row_at(r));
+                        if want.kv {
+                            // dV_j += Pᵀ·dO_i, or (Z ∘ P)ᵀ·dO_i with dropout (the dS pass above
+                            // reads P and writes only dP, so P is still in `st`)
+                            if let Some(z) = &drop {
+                                for r in 0..br {
+                                    drop_row(&mut st[r * bc..(r + 1) * bc], z, row_at(r));
+                                }
                             }
                             gemm_plain(
                                 bc,
