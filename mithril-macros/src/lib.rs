@@ -49,7 +49,7 @@ fn expand(input: TokenStream) -> TokenStream {
         Err(e) => return e.to_compile_error(),
     };
     let krate = std::env::var("CARGO_CRATE_NAME").unwrap_or_default();
-    let library = library::scope();
+    let library = library::Library::new();
 
     // the invocation's own definitions (visible to each other in any order) and carried ones
     let mut shared = Scope::default();
@@ -146,7 +146,7 @@ impl Expansion {
 fn expand_model(
     m: &syntax::ModelDef,
     shared: &Rc<Scope>,
-    library: &Scope,
+    library: &library::Library,
     krate: &str,
     acc: &mut Expansion,
 ) {
@@ -155,7 +155,7 @@ fn expand_model(
     // flattening does not reach (required hyperparameters, branches not taken)
     for p in carrier::model_refs(m) {
         let k = carrier::path_key(&p);
-        if !shared.defs.contains_key(&k) && !library.defs.contains_key(&k) {
+        if !shared.defs.contains_key(&k) && !library.contains(&k) {
             acc.missing.push(p);
         }
     }
@@ -185,7 +185,7 @@ fn expand_model(
 fn expand_compile(
     c: &syntax::CompileDef,
     shared: &Rc<Scope>,
-    library: &Scope,
+    library: &library::Library,
     acc: &mut Expansion,
 ) {
     let key = c
@@ -195,11 +195,7 @@ fn expand_compile(
         .map(|s| s.ident.to_string())
         .collect::<Vec<_>>()
         .join("::");
-    let entry = shared
-        .defs
-        .get(&key)
-        .cloned()
-        .or_else(|| library.defs.get(&key).cloned());
+    let entry = shared.defs.get(&key).cloned().or_else(|| library.get(&key));
     let Some(entry) = entry else {
         if c.model.segments.len() > 1 || !shared.defs.contains_key(&key) {
             acc.missing.push(c.model.clone());
@@ -247,7 +243,7 @@ fn compile_one(
     vis: &syn::Visibility,
     attrs: &[syn::Attribute],
     opts: &options::Options,
-    library: &Scope,
+    library: &library::Library,
     locals: &Scope,
     logical: &str,
     implicit: bool,

@@ -187,7 +187,7 @@ impl Flattener<'_> {
         for name in prims::names() {
             known.push(name);
         }
-        known.extend(self.library.defs.keys().map(|s| s.as_str()));
+        known.extend(self.library.names());
         let near = closest(&n, known.into_iter());
         self.error(
             id.span(),

@@ -508,13 +508,10 @@ impl Flattener<'_> {
     /// its bundle holds every model its own text calls, so this is a model passed in by name
     /// from the caller's side, which cannot be resolved there.
     pub(super) fn unknown_in_carried(&mut self, name: &str, span: Span, f: &Frame) {
-        let known: Vec<&str> = f
-            .scope
-            .defs
-            .keys()
-            .chain(self.library.defs.keys())
-            .map(|s| s.as_str())
-            .collect();
+        let mut known: Vec<&str> = f.scope.defs.keys().map(|s| s.as_str()).collect();
+        for n in self.library.names() {
+            known.push(n);
+        }
         let near = closest(name, known.iter().copied())
             .map(|s| format!(" (did you mean `{s}`?)"))
             .unwrap_or_default();
@@ -534,8 +531,7 @@ impl Flattener<'_> {
         } else {
             None
         };
-        own.or(local)
-            .or_else(|| self.library.defs.get(name).cloned())
+        own.or(local).or_else(|| self.library.get(name))
     }
 
     pub(super) fn slice_args(&mut self, items: &[&Expr], f: &mut Frame) -> Option<Vec<SliceArg>> {

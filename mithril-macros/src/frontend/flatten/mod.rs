@@ -18,6 +18,7 @@ mod loops;
 mod stmts;
 
 use crate::frontend::hyper::{binop, HEnv, HVal};
+use crate::frontend::library::Library;
 use crate::frontend::resolve::{bind_terminals, Arg};
 use crate::frontend::syntax::{
     is_symbol, DimDecl, ModelDef, ModelKind, Pat, ShapeDecl, Stmt, TypeDecl,
@@ -135,7 +136,7 @@ pub struct Flattener<'a> {
     /// Model paths that were not found (fetched through carriers by the caller).
     pub missing: Vec<syn::Path>,
     opts: &'a FlattenOpts,
-    library: &'a Scope,
+    library: &'a Library,
     locals: &'a Scope,
     insts: Vec<Inst>,
     stack: Vec<String>,
@@ -219,7 +220,7 @@ pub fn input_names(def: &ModelDef) -> Vec<String> {
 }
 
 impl<'a> Flattener<'a> {
-    pub fn new(opts: &'a FlattenOpts, library: &'a Scope, locals: &'a Scope) -> Self {
+    pub fn new(opts: &'a FlattenOpts, library: &'a Library, locals: &'a Scope) -> Self {
         Flattener {
             g: Graph::default(),
             errors: Vec::new(),
