@@ -6,8 +6,8 @@
 //! `std` math gets). Also the row kernels (`mithril_kernels::rows`) and the f16 converters.
 
 use half::f16;
-use mithril_kernels::ew::{map1, map1_inplace, map2, map3, Src};
-use mithril_kernels::isa::{with_isa, Isa};
+use mithril_kernels::ew::{Src, map1, map1_inplace, map2, map3};
+use mithril_kernels::isa::{Isa, with_isa};
 use mithril_kernels::{cvt, rows, scalar, vmath};
 use std::hint::black_box;
 use std::time::Instant;

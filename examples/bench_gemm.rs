@@ -419,7 +419,11 @@ fn main() {
             "n={n}: CPU-time {gcpu:.1} GFLOP/s of CPU-time peak {pcpu:.1} = {:.1}%",
             100.0 * gcpu / pcpu
         );
-        println!("n={n}: median {gf:.1} GFLOP/s (peak {peak:.1}: {:.1}%); best {gmin:.1} (best peak {pmin:.1}: {:.1}%)", 100.0 * gf / peak, 100.0 * gmin / pmin);
+        println!(
+            "n={n}: median {gf:.1} GFLOP/s (peak {peak:.1}: {:.1}%); best {gmin:.1} (best peak {pmin:.1}: {:.1}%)",
+            100.0 * gf / peak,
+            100.0 * gmin / pmin
+        );
         return;
     }
     let thread_counts: Vec<usize> = match arg1.and_then(|s| s.parse().ok()) {

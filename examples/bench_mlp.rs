@@ -189,9 +189,9 @@ pub fn main() -> mithril::Result<()> {
                 budget,
             );
             println!(
-            "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
-            fwd_flops(b) / t / 1e9
-        );
+                "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+                fwd_flops(b) / t / 1e9
+            );
             let x16 = x.mapv(mithril::half::bf16::from_f32);
             let t = bench(
                 || {
@@ -222,14 +222,14 @@ pub fn main() -> mithril::Result<()> {
             };
             if let Some(ts) = ts {
                 println!(
-                "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-static\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {ts:.4e}, \"gflops\": {:.1}}}",
-                fwd_flops(b) / ts / 1e9
-            );
+                    "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-static\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {ts:.4e}, \"gflops\": {:.1}}}",
+                    fwd_flops(b) / ts / 1e9
+                );
             }
             println!(
-            "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-bf16\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
-            fwd_flops(b) / t / 1e9
-        );
+                "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-bf16\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+                fwd_flops(b) / t / 1e9
+            );
         }
         if !do_train {
             continue;

@@ -6,8 +6,8 @@
 //! the bandwidth (input read + output written) of each.
 
 use mithril::prelude::*;
-use mithril_kernels::isa::{with_isa, Isa};
-use mithril_kernels::pool::{max_pool, Win};
+use mithril_kernels::isa::{Isa, with_isa};
+use mithril_kernels::pool::{Win, max_pool};
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -46,11 +46,7 @@ pub fn argmax_rows(a: &ndarray::Array2<f32>) -> Vec<usize> {
             r.iter()
                 .enumerate()
                 .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv {
-                        (i, v)
-                    } else {
-                        (bi, bv)
-                    }
+                    if v > bv { (i, v) } else { (bi, bv) }
                 })
                 .0
         })

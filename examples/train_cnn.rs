@@ -6,8 +6,8 @@
 //! `cargo run --release --example train_cnn`
 
 use mithril::prelude::*;
-use mithril::rt::optim::{Adam, Optimizer};
 use mithril::rt::Mode;
+use mithril::rt::optim::{Adam, Optimizer};
 use ndarray::{Array1, Array4};
 use std::io::IsTerminal as _;
 

@@ -8,7 +8,7 @@
 
 use mithril::prelude::*;
 use mithril::rt::optim::{Adam, Optimizer};
-use mithril::rt::sample::{argmax, Sampler};
+use mithril::rt::sample::{Sampler, argmax};
 use ndarray::{Array2, Array4};
 use std::io::IsTerminal as _;
 

@@ -5,7 +5,7 @@
 
 use mithril::prelude::*;
 use mithril::rt::optim::{Adam, Optimizer};
-use ndarray::{s, Array1, Array2};
+use ndarray::{Array1, Array2, s};
 use std::io::IsTerminal as _;
 
 mithril! {

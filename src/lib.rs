@@ -544,7 +544,7 @@ pub mod prelude {
     #[doc(hidden)]
     pub use crate::library_names::*;
     pub use crate::rt::{DType, Elem, TensorView, TensorViewMut};
-    pub use crate::{mithril, Error, ParamTree, Result};
+    pub use crate::{Error, ParamTree, Result, mithril};
     pub use half::{bf16, f16};
     pub use ndarray;
 }

@@ -231,8 +231,8 @@ fn attention_runtime_shape_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("v") && e.contains("6"), "{e}");
-    assert!(m
-        .evaluate(
+    assert!(
+        m.evaluate(
             &m.randomize_params(0),
             AttnF32Inputs {
                 q: q.view(),
@@ -240,7 +240,8 @@ fn attention_runtime_shape_error() {
                 v: v.view(),
             },
         )
-        .is_ok());
+        .is_ok()
+    );
     // the runtime op itself: heads that do not divide
     let (q3, k2) = (
         ndarray::ArrayD::<f32>::zeros(IxDyn(&[3, 2, 4])),

@@ -10,7 +10,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use mithril::prelude::*;
-use ndarray::{array, Array1, Array2};
+use ndarray::{Array1, Array2, array};
 use std::marker::PhantomData;
 
 mithril! {

@@ -499,15 +499,16 @@ mod shapes_across {
             &((&x + &z) * p.pr.w.view().insert_axis(Axis(0))).dot(&p.wd.w),
         );
         let bad = x_of(3, 3);
-        assert!(m
-            .evaluate(
+        assert!(
+            m.evaluate(
                 &p,
                 UnifyB2Inputs {
                     x: bad.view(),
                     z: bad.view()
                 }
             )
-            .is_err());
+            .is_err()
+        );
 
         let w = WidenDefault::new().unwrap();
         let wp = w.randomize_params(15);

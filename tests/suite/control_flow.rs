@@ -6,7 +6,7 @@
 
 use crate::common::fd::{dot, gradcheck, pat, set, wave};
 use mithril::prelude::*;
-use ndarray::{arr0, Array1, Array2, Ix2};
+use ndarray::{Array1, Array2, Ix2, arr0};
 
 mithril! {
     // `h` rebound in both branches; `k` rebound in the then branch only (the else branch keeps

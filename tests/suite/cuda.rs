@@ -7,7 +7,7 @@
 //! installs the `nvidia-cuda-nvrtc` wheel). Without it the NVRTC tests print
 //! `SKIPPED: NVRTC not found ...` and pass.
 
-use mithril::rt::cuda::{self, kernels, CacheConfig, KernelCache, ModuleImage, Origin, Output};
+use mithril::rt::cuda::{self, CacheConfig, KernelCache, ModuleImage, Origin, Output, kernels};
 
 use crate::common::say;
 

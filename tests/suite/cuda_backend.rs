@@ -136,8 +136,10 @@ fn generated_kernels_follow_the_graph() {
     );
     // i32 token ids are cast to i64 for the embedding kernel; no gradient kernels (not lowered)
     assert_eq!(EmbedGpu::CUDA_KERNELS, &["f2_idx"]);
-    assert!(EmbedGpu::CUDA_SOURCE
-        .contains("f2_idx(const int* __restrict__ a0, long long* __restrict__ out"));
+    assert!(
+        EmbedGpu::CUDA_SOURCE
+            .contains("f2_idx(const int* __restrict__ a0, long long* __restrict__ out")
+    );
     // options
     assert_eq!(HalfGpu::CUDA_ARCH, Some("sm_90"));
     assert_eq!(BlockGpu::CUDA_ARCH, Some("sm_90"));
@@ -527,7 +529,7 @@ fn gpu_dropout_masks_are_the_cpus() {
     if !gpu("gpu_dropout_masks_are_the_cpus") {
         return;
     }
-    use mithril::rt::ops::dropout::{dropout_to, DropoutCall};
+    use mithril::rt::ops::dropout::{DropoutCall, dropout_to};
     let dev = cuda::CudaDevice::open(0).unwrap();
     let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[3, 1031]), |ix| {
         1.0 + (ix[0] * 1031 + ix[1]) as f32 * 1e-3
@@ -818,15 +820,16 @@ fn gpu_if_while_and_mode_match_the_cpu() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("max_steps = 20"), "{e}");
-    assert!(cpu
-        .evaluate(
+    assert!(
+        cpu.evaluate(
             &p,
             CfWhileInputs {
                 x: x.view(),
                 n: nn.view()
             }
         )
-        .is_err());
+        .is_err()
+    );
 
     let (cpu, gpu) = (CfMode::new().unwrap(), CfModeGpu::new().unwrap());
     let (p, gp) = (cpu.randomize_params(4), gpu.randomize_params(4));

@@ -5,7 +5,7 @@
 mod mlp_example;
 
 use mithril::prelude::*;
-use mlp_example::{argmax_rows, batch, DigitMlp, DigitMlpInputs};
+use mlp_example::{DigitMlp, DigitMlpInputs, argmax_rows, batch};
 use ndarray::{Array1, Array2, Axis};
 
 #[test]

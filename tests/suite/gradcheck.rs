@@ -755,11 +755,7 @@ fn reductions_softmax_variance() {
     // distinct values (max/min have no ties), magnitudes in [0.5, 1.4] (prod is well scaled)
     set(&mut p, "a", |i| {
         let v = 0.5 + ((i * 7) % 24) as f64 * 0.04;
-        if i % 3 == 1 {
-            -v
-        } else {
-            v
-        }
+        if i % 3 == 1 { -v } else { v }
     });
     let a = leaves(&p)[0].2.clone();
     for i in 0..24 {

@@ -10,7 +10,7 @@
 
 use mithril::half::f16;
 use mithril::ndarray::{
-    arr1, Array, Array1, Array2, Array3, ArrayD, ArrayView2, ArrayViewD, Ix1, IxDyn,
+    Array, Array1, Array2, Array3, ArrayD, ArrayView2, ArrayViewD, Ix1, IxDyn, arr1,
 };
 use mithril::prelude::*;
 

@@ -4,7 +4,7 @@
 use mithril::prelude::*;
 use mithril::rt::inspect::ProfileRow;
 use mithril::rt::{OpHook, OpInfo, TensorView};
-use ndarray::{array, Array2};
+use ndarray::{Array2, array};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -207,9 +207,10 @@ fn profile_counts_time_bytes_and_flops_per_op_over_calls() {
     assert_eq!(s.flops, 3 * 24);
     assert_eq!(s.bytes, 3 * 4 * (24 + 4));
     // sorted by time, slowest first
-    assert!(rows
-        .windows(2)
-        .all(|w| w[0].stats.nanos >= w[1].stats.nanos));
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].stats.nanos >= w[1].stats.nanos)
+    );
     let r = m.profile_report();
     assert!(
         r.starts_with("profile of `MmProf`\n  evaluate: 3 call(s), "),
@@ -256,10 +257,12 @@ fn profile_writes_a_chrome_trace() {
     assert!(calls.iter().all(|e| e["name"] == "evaluate"));
     let mm = ev.iter().find(|e| e["cat"] == "matmul").unwrap();
     assert_eq!(mm["args"]["flops"], 2 * 2 * 5 * 6);
-    assert!(j["otherData"]["compile"]
-        .as_str()
-        .unwrap()
-        .contains("codegen"));
+    assert!(
+        j["otherData"]["compile"]
+            .as_str()
+            .unwrap()
+            .contains("codegen")
+    );
 }
 
 #[test]

@@ -229,8 +229,8 @@ fn last_symbols_are_the_values_of_the_last_call() {
     // a call whose shapes are rejected binds nothing: the last good call's values stay
     let (x, _, z) = inputs(3, 2);
     let y_bad = Array2::<f32>::zeros((4, 3));
-    assert!(m
-        .evaluate(
+    assert!(
+        m.evaluate(
             &p,
             TracedShapesInputs {
                 x: x.view(),
@@ -238,7 +238,8 @@ fn last_symbols_are_the_values_of_the_last_call() {
                 z: z.view(),
             },
         )
-        .is_err());
+        .is_err()
+    );
     assert_eq!(m.last_symbols(), Some(vec![("B", 7), ("N", 1)]));
 
     // evaluate_gradients keeps its own

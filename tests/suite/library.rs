@@ -1,7 +1,7 @@
 //! The model library (Linear, MLP, LayerNorm, RMSNorm, Embedding, losses) against references
 //! computed here with plain loops, plus weight sharing, param dtypes and nested user models.
 
-use mithril::ndarray::{arr1, Array1, Array2, ArrayD, Dimension, IxDyn};
+use mithril::ndarray::{Array1, Array2, ArrayD, Dimension, IxDyn, arr1};
 use mithril::prelude::*;
 
 mithril! {
@@ -473,11 +473,7 @@ fn regression_losses() {
     let pinball = |q: f64| {
         move |a: f64, b: f64| {
             let e = b - a;
-            if e >= 0.0 {
-                q * e
-            } else {
-                (q - 1.0) * e
-            }
+            if e >= 0.0 { q * e } else { (q - 1.0) * e }
         }
     };
     assert_close(&o.q50, &[b, n], &map(&pinball(0.5)), 1e-6, "quantile 0.5");

@@ -6,7 +6,7 @@
 
 use crate::common::fd::{dot, gradcheck, pat, set};
 use mithril::prelude::*;
-use ndarray::{arr0, Array2, Array3, Axis, Ix2, Ix3};
+use ndarray::{Array2, Array3, Axis, Ix2, Ix3, arr0};
 
 mithril! {
     // the seed's recurrent `While`: a block applied while `step < n`
@@ -639,7 +639,8 @@ fn a_profiled_model_differentiates_through_a_scan() {
     assert_eq!(g.w, h.w);
     assert_eq!(g.u, h.u);
     assert_eq!(g.v, h.v);
-    assert!(pm
-        .profile_report()
-        .contains("evaluate_gradients: 1 call(s)"));
+    assert!(
+        pm.profile_report()
+            .contains("evaluate_gradients: 1 call(s)")
+    );
 }

@@ -57,5 +57,5 @@ mod smoke;
 mod static_shapes;
 mod train;
 mod train_examples; // norm / dropout
-                    // ---- convolution (conv)
+// ---- convolution (conv)
 mod conv;

@@ -293,9 +293,11 @@ fn the_cuda_part_compiles_with_nvrtc_for_sm80_and_sm90() {
     // with the head on the CPU, the head's epilogue is not a kernel either
     assert!(!NetHeadCpu::CUDA_SOURCE.contains("a1[i % 4L]"));
     // the train model's backward kernels: the ReLU mask of the encoder
-    assert!(NetTrainEncGpu::CUDA_KERNELS
-        .iter()
-        .any(|k| k.starts_with('g')));
+    assert!(
+        NetTrainEncGpu::CUDA_KERNELS
+            .iter()
+            .any(|k| k.starts_with('g'))
+    );
     require_nvrtc!();
     common::compile_modules(MODELS, "mixed-model modules");
 }

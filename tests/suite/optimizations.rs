@@ -1,7 +1,7 @@
 //! Each optimization pass changes the graph of a model built for it (seen through `NUM_OPS` and
 //! the `SUMMARY`/`GRAPH_TEXT` consts) and leaves the results unchanged.
 
-use mithril::ndarray::{arr1, Array1, Array2};
+use mithril::ndarray::{Array1, Array2, arr1};
 use mithril::prelude::*;
 
 mithril! {

@@ -343,7 +343,9 @@ fn pooling_pad_and_upsample_gradients_match_central_differences() {
             PoolsOutputs { $($f: seed(&o.$f.clone().into_dyn()).into_dimensionality().unwrap()),* }
         };
     }
-    let s = seeds!(mx, mxd, av, avn, ad, gl, pc, pr, pe, un, ub, ua, m1, a1, d1, p1, u1);
+    let s = seeds!(
+        mx, mxd, av, avn, ad, gl, pc, pr, pe, un, ub, ua, m1, a1, d1, p1, u1
+    );
     let loss = |q: &PoolsParams| {
         let o = m
             .evaluate(
@@ -356,7 +358,9 @@ fn pooling_pad_and_upsample_gradients_match_central_differences() {
         macro_rules! sum {
             ($($f:ident),*) => { 0.0 $(+ dot(&o.$f, &s.$f))* };
         }
-        sum!(mx, mxd, av, avn, ad, gl, pc, pr, pe, un, ub, ua, m1, a1, d1, p1, u1)
+        sum!(
+            mx, mxd, av, avn, ad, gl, pc, pr, pe, un, ub, ua, m1, a1, d1, p1, u1
+        )
     };
     let (_, g) = m
         .evaluate_gradients(

@@ -2,7 +2,7 @@
 //! with plain loops (never with mithril's runtime ops).
 
 use mithril::half::{bf16, f16};
-use mithril::ndarray::{arr0, arr1, Array, Array1, Array2, Array3, ArrayD, Dimension, IxDyn};
+use mithril::ndarray::{Array, Array1, Array2, Array3, ArrayD, Dimension, IxDyn, arr0, arr1};
 use mithril::prelude::*;
 
 mithril! {

@@ -4,8 +4,8 @@
 //! accuracy of a trained classifier against its f32 model.
 
 use mithril::prelude::*;
-use mithril::rt::optim::{Adam, Optimizer};
 use mithril::rt::ParamTree;
+use mithril::rt::optim::{Adam, Optimizer};
 use ndarray::{Array1, Array2};
 
 mithril! {

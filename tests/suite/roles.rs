@@ -1,7 +1,7 @@
 //! Mithril's key roles as compile options: trainable, constants, data, discard, inference.
 
 use mithril::prelude::*;
-use ndarray::{arr0, Array2};
+use ndarray::{Array2, arr0};
 
 mithril! {
     model Net {

@@ -1,7 +1,7 @@
 //! Run-time failures are `Err` values that say what is wrong (never panics): shape contract
 //! violations on inputs and params, bad indices, bad dynamic shapes, safetensors I/O.
 
-use mithril::ndarray::{arr1, Array1, Array2};
+use mithril::ndarray::{Array1, Array2, arr1};
 use mithril::prelude::*;
 
 mithril! {
@@ -251,21 +251,23 @@ fn dynamic_dims_that_disagree_at_run_time() {
     let m = Elementwise::new().unwrap();
     let a = arr1(&[1.0f32, 2.0, 3.0]);
     let b = arr1(&[1.0f32, 2.0]);
-    assert!(m
-        .evaluate(
+    assert!(
+        m.evaluate(
             &m.randomize_params(0),
             ElementwiseInputs {
                 a: a.view(),
                 b: b.view()
             }
         )
-        .is_err());
+        .is_err()
+    );
 
     let m = Reshaper::new().unwrap();
     let x = Array1::<f32>::zeros(7);
-    assert!(m
-        .evaluate(&m.randomize_params(0), ReshaperInputs { x: x.view() })
-        .is_err());
+    assert!(
+        m.evaluate(&m.randomize_params(0), ReshaperInputs { x: x.view() })
+            .is_err()
+    );
     let x = Array1::<f32>::zeros(10);
     let y = m
         .evaluate(&m.randomize_params(0), ReshaperInputs { x: x.view() })

@@ -8,7 +8,7 @@
 use crate::attention::{arr, naive};
 use crate::common::fd::{dot, gradcheck, pat, set, wave};
 use mithril::prelude::*;
-use ndarray::{s, Array1, Array2, Array3, ArrayD, Axis, Ix3, Ix4, IxDyn};
+use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix3, Ix4, IxDyn, s};
 use std::marker::PhantomData;
 
 mithril! {

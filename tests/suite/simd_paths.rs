@@ -7,7 +7,7 @@
 
 use mithril::ndarray::{Array, Array2, Array3, ArrayD, ArrayView2, Dimension, IxDyn};
 use mithril::prelude::*;
-use mithril::rt::isa::{with_isa, Isa};
+use mithril::rt::isa::{Isa, with_isa};
 
 mithril! {
     model Fused {
@@ -390,8 +390,8 @@ fn filled(shape: &[usize], seed: usize) -> ArrayD<f32> {
 /// strided inputs, under every ISA: bit-identical to a plain loop.
 #[test]
 fn runtime_maps_cover_every_broadcast_pattern() {
-    use mithril::rt::ops::{map2_inplace, map2_to};
     use mithril::rt::Dest;
+    use mithril::rt::ops::{map2_inplace, map2_to};
     let out = [4usize, 5, 19];
     let patterns: [&[usize]; 14] = [
         &[4, 5, 19],

@@ -503,7 +503,7 @@ pub fn gemm_plain<T: GemmElem>(
         (b, rsb, csb),
         accumulate,
         (c, ldc),
-        |_, _, _: &mut [T::Acc]| {},
+        &|_, _, _: &mut [T::Acc]| {},
         false,
     )
 }
@@ -590,14 +590,24 @@ pub fn gemm_with<T: GemmElem, E>(
         (b, rsb, csb),
         accumulate,
         (c, ldc),
-        epilogue,
+        &epilogue,
         true,
     )
 }
 
+/// An epilogue behind a reference to a trait object: see [`gemm_impl`].
+type DynEpilogue<'e, A> = dyn Fn(usize, usize, &mut [A]) + Sync + 'e;
+
 /// [`gemm_with`], told whether the epilogue does anything (`has_epi`).
+///
+/// The epilogue arrives type-erased: the driver, the GEMV, small and packed paths and their
+/// microkernels (every ISA) are instantiated once per element type, not once per caller's
+/// closure type as a generic `E` made them (the runtime and the kernels' own convolution,
+/// attention and test code pass dozens of distinct closures; each was a full copy of the GEMM
+/// in the build). The epilogue runs once per finished row segment, so the indirect call costs
+/// nothing measurable.
 #[allow(clippy::too_many_arguments)]
-fn gemm_impl<T: GemmElem, E>(
+fn gemm_impl<T: GemmElem>(
     cfg: GemmConfig,
     m: usize,
     n: usize,
@@ -607,11 +617,9 @@ fn gemm_impl<T: GemmElem, E>(
     (b, rsb, csb): (&[T], usize, usize),
     accumulate: bool,
     (c, ldc): (&mut [T], usize),
-    epilogue: E,
+    epilogue: &DynEpilogue<'_, T::Acc>,
     has_epi: bool,
-) where
-    E: Fn(usize, usize, &mut [T::Acc]) + Sync,
-{
+) {
     if m == 0 || n == 0 {
         return;
     }
