@@ -854,9 +854,12 @@ fn gpu_scans_and_gradients_through_loops_match_the_cpu() {
     let (cpu, gpu) = (CfScan::new().unwrap(), CfScanGpu::new().unwrap());
     let (p, gp) = (cpu.randomize_params(6), gpu.randomize_params(6));
     let want = cpu.evaluate(&p, CfScanInputs { xs: xs.view() }).unwrap();
+    let reads = cuda::flow::readbacks();
     let got = gpu
         .evaluate(&gp, CfScanGpuInputs { xs: xs.view() })
         .unwrap();
+    // the counter, condition and step index are host values: no device read in 6 steps
+    assert_eq!(cuda::flow::readbacks(), reads);
     assert!(max_rel_diff(&got.hs, &want.hs) < F32_TOL);
     assert!(max_rel_diff(&got.last, &want.last) < F32_TOL);
 
@@ -865,9 +868,12 @@ fn gpu_scans_and_gradients_through_loops_match_the_cpu() {
     let (lo, g) = cpu
         .evaluate_gradients(&p, CfScanTrainInputs { xs: xs.view() })
         .unwrap();
+    let reads = cuda::flow::readbacks();
     let (lo2, g2) = gpu
         .evaluate_gradients(&gp, CfScanTrainGpuInputs { xs: xs.view() })
         .unwrap();
+    // the forward loop and the reversed one: no device read either
+    assert_eq!(cuda::flow::readbacks(), reads);
     assert!(max_rel_diff(&lo2.loss, &lo.loss) < F32_TOL);
     let d = max_rel_diff(&g2.w, &g.w).max(max_rel_diff(&g2.v, &g.v));
     say(&format!(
@@ -993,4 +999,63 @@ fn gpu_dropout_model_matches_the_cpu() {
         .unwrap();
     assert!(max_rel_diff(&got.w, &want.w) < 1e-3);
     say("dropout on cuda: a train model's outputs and gradients are the CPU's");
+}
+
+#[test]
+fn counted_loops_keep_their_counter_on_the_host() {
+    // the generated host code's loops, as the summary reports them (one line per loop, for
+    // `evaluate` or `evaluate_gradients`)
+    fn loops<'s>(summary: &'s str, which: &str) -> Vec<&'s str> {
+        summary
+            .lines()
+            .filter(|l| l.starts_with(&format!("cuda {which}: run-time loop")))
+            .collect()
+    }
+    let host =
+        "counter, condition and step indices on the host, no device-to-host read per iteration";
+    // a scan: `for t in 0..T` with step reads `xs[(.., t)]` and stacked writes
+    let scan = loops(CfScanGpu::SUMMARY, "evaluate");
+    assert_eq!(scan.len(), 1, "{}", CfScanGpu::SUMMARY);
+    assert!(
+        scan[0].contains("`for t`") && scan[0].contains(host),
+        "{scan:?}"
+    );
+    // its gradient: the forward loop (taping the counter on the host) and the reversed loop
+    // (reading the tapes at a host index)
+    let train = loops(CfScanTrainGpu::SUMMARY, "evaluate_gradients");
+    assert_eq!(train.len(), 2, "{}", CfScanTrainGpu::SUMMARY);
+    assert!(
+        train[0].contains("`for t`") && train[1].contains("reversed"),
+        "{train:?}"
+    );
+    assert!(train.iter().all(|l| l.contains(host)), "{train:?}");
+    // `while step < n` over an input `n`: the device computes the condition, read back each
+    // iteration (one read in its body); the reversed loop of its gradient reads nothing
+    let w = loops(CfWhileGpu::SUMMARY, "evaluate");
+    assert_eq!(w.len(), 1, "{}", CfWhileGpu::SUMMARY);
+    assert!(
+        w[0].contains("`while`") && w[0].contains("1 device-to-host read(s)"),
+        "{w:?}"
+    );
+    let wt = loops(CfWhileTrainGpu::SUMMARY, "evaluate_gradients");
+    assert_eq!(wt.len(), 2, "{}", CfWhileTrainGpu::SUMMARY);
+    assert!(
+        wt[0].contains("1 device-to-host read(s)") && wt[1].contains(host),
+        "{wt:?}"
+    );
+    // nested: the inner `while k < 2` is all on the host; the outer `for t` reads back only
+    // its run-time `if`'s condition `sum(g) > 0.0`
+    let nest = loops(CfNestGpu::SUMMARY, "evaluate");
+    assert_eq!(nest.len(), 2, "{}", CfNestGpu::SUMMARY);
+    assert!(
+        nest.iter()
+            .any(|l| l.contains("`while`") && l.contains(host)),
+        "{nest:?}"
+    );
+    assert!(
+        nest.iter().any(|l| l.contains("`for t`")
+            && l.contains("1 device-to-host read(s)")
+            && l.contains("its counter on the host")),
+        "{nest:?}"
+    );
 }

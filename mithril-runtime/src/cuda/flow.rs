@@ -42,6 +42,7 @@ pub fn read_scalar<T: DeviceElem>(x: &DeviceTensor<T>, what: &str) -> Result<T> 
             ),
         ));
     }
+    READBACKS.with(|c| c.set(c.get() + 1));
     let h = x
         .slice()
         .stream()
@@ -50,6 +51,36 @@ pub fn read_scalar<T: DeviceElem>(x: &DeviceTensor<T>, what: &str) -> Result<T> 
     h.first()
         .copied()
         .ok_or_else(|| Error::op(what, "internal: empty copy"))
+}
+
+thread_local! {
+    static READBACKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many device values the generated control-flow code has read back to the host
+/// ([`read_bool`], [`read_index`]) on this thread: a counted loop's counter, condition and step
+/// index live on the host, so its iterations add nothing here.
+pub fn readbacks() -> u64 {
+    READBACKS.with(|c| c.get())
+}
+
+/// Entry `i` of a host scalar's tape (the value a host-held loop counter had at the start of
+/// iteration `i`), for the reversed loop of `evaluate_gradients`; `Err` when the loop did not
+/// run that iteration.
+pub fn host_tape_at<T: Copy>(tape: &[T], i: i64, what: &str) -> Result<T> {
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| tape.get(i))
+        .copied()
+        .ok_or_else(|| {
+            Error::op(
+                what,
+                format!(
+                    "internal: tape read of iteration {i}, the loop ran {} iterations",
+                    tape.len()
+                ),
+            )
+        })
 }
 
 /// A device-computed condition (a scalar `bool`) read back to the host: the one transfer per
@@ -266,6 +297,10 @@ pub(crate) mod tests {
         let some: Option<u8> = Some(7);
         assert_eq!(*taken(&some, "x").unwrap(), 7);
         assert!(taken(&None::<u8>, "x").is_err());
+        assert_eq!(host_tape_at(&[3i64, 4, 5], 2, "t").unwrap(), 5);
+        assert!(host_tape_at(&[3i64], 1, "t").is_err());
+        assert!(host_tape_at(&[3i64], -1, "t").is_err());
+        assert_eq!(readbacks(), 0);
         let empty: Vec<DeviceTensor<f32>> = Vec::new();
         assert!(tape_at(&empty, 0, "t").is_err());
         assert!(tape_at(&empty, -1, "t").is_err());

@@ -289,8 +289,10 @@ impl<'a> CudaGen<'a> {
         };
         let optimize_for = self.inp.optimize_for.name();
         // the four texts packed when long (`backends/pack.rs`), still `&'static str` consts
+        // the summary, with one line per run-time loop (its device-to-host reads, `flow`)
+        let summary = format!("{}{}", self.inp.summary, self.loop_notes.concat());
         let [summary, text, dot, json] = [
-            &self.inp.summary,
+            &summary,
             &self.inp.graph_text,
             &self.inp.graph_dot,
             &self.inp.graph_json,

@@ -18,12 +18,22 @@
 //!   write.
 //! - `is_training` is the call's `mode` (`__training`, a host `bool`); its seed for random ops is
 //!   `__seed`.
+//! - **Host scalars** ([`host_scalars`]): in a graph with a run-time loop, the integer and `bool`
+//!   scalars the host can compute — constants, `dim_value`, `is_training`, elementwise ops of
+//!   such, the carries whose initial value and update are such, their `phi`s, exits and tape
+//!   reads — are plain host values `__bN` with no device tensor. A counted loop (`for t in 0..T`,
+//!   a `while` over a counter it increments) so keeps its counter, its condition and its step
+//!   index (`x[(.., t)]`, `stack ys[(.., t)]`, the reversed loop's tape reads) on the host:
+//!   no device-to-host read per iteration. A device op reading a host scalar gets it uploaded
+//!   (`exec::scalar`); a carry a device op reads stays on the device. The summary says, per
+//!   loop, how many device values its body reads back.
 
 use super::kernel_text::{axis_kernel, AxisKernel};
 use super::{rt, Ctx, CudaGen};
 use crate::backends::common::v;
-use crate::ir::{DType, FExpr, NodeId, Op, Scalar};
-use crate::prims::{storage_type, Prim};
+use crate::backends::cpu_elem::lower_fexpr;
+use crate::ir::{DType, FExpr, Graph, NodeId, Op, Scalar};
+use crate::prims::{convert, literal, storage_type, Prim};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
@@ -95,6 +105,126 @@ impl<'a> CudaGen<'a> {
             }
         }
         cx.host_bool = need;
+        if !cx.dev_names && g.has_loops() {
+            let (host, dev) = host_scalars(cx);
+            cx.host = host;
+            cx.host_dev = dev;
+        }
+    }
+
+    /// A host index expression (`i64`) for the integer scalar node `a`: its host value, or a
+    /// read back from the device (counted in `readbacks`).
+    fn host_index(&mut self, cx: &Ctx<'a>, a: NodeId, label: &str) -> TokenStream {
+        if cx.host[a] {
+            let b = hb(a);
+            return quote!(::std::primitive::i64::from(#b));
+        }
+        self.readbacks += 1;
+        let f = flow();
+        let r = cx.r(a);
+        quote!(#f::read_index(#r, #label)?)
+    }
+
+    /// The code of a host scalar (`let __bN: T = ..;`, uploaded as `vN` too when a device op
+    /// reads it).
+    fn host_node(&mut self, cx: &mut Ctx<'a>, id: NodeId) -> TokenStream {
+        let g = cx.g;
+        let n = &g.nodes[id];
+        let b = hb(id);
+        let ty = cx.ty(id);
+        let label = cx.label(id);
+        let f = flow();
+        let arg = |k: usize| hb(n.args[k]);
+        let val = match &n.op {
+            Op::Const(s) => {
+                let lit = literal(*s, cx.dt(id));
+                quote!(<#ty as ::mithril::rt::Elem>::from_acc(#lit))
+            }
+            Op::Mode => quote!(__training),
+            Op::Prim(Prim::DimValue(d)) => match cx.gen.dim_expr(d) {
+                Some(e) => quote!((#e) as #ty),
+                None => {
+                    self.node_error(
+                        cx,
+                        id,
+                        "the bound of a run-time `for` is not known at run time".into(),
+                    );
+                    return quote!();
+                }
+            },
+            Op::Boundary(_) | Op::Prim(Prim::Truth | Prim::Carry) => {
+                let a = arg(0);
+                quote!(#a)
+            }
+            Op::Prim(Prim::LoopNext | Prim::LoopExit) => {
+                let a = arg(1);
+                quote!(#a)
+            }
+            Op::Prim(Prim::Phi) => {
+                let (gt, t, e) = (arg(0), arg(2), arg(3));
+                quote!(if #gt { #t } else { #e })
+            }
+            Op::Prim(Prim::TapeRead(j)) => {
+                let name = format_ident!("__tape{}_{}", n.args[0], j);
+                let i = arg(1);
+                quote!(#f::host_tape_at(&#name, ::std::primitive::i64::from(#i), #label)?)
+            }
+            op => {
+                let expr = match op {
+                    Op::Fused(e) => e.clone(),
+                    Op::Prim(p) => {
+                        let arg_dts: Vec<DType> = n.args.iter().map(|&a| cx.dt(a)).collect();
+                        let out = cx.dt(id);
+                        let compute = p.compute_dtype(&arg_dts, out);
+                        FExpr::Op(
+                            p.clone(),
+                            (0..n.args.len()).map(FExpr::Arg).collect(),
+                            out,
+                            compute,
+                        )
+                    }
+                    _ => {
+                        self.node_error(cx, id, "internal: not a host scalar".into());
+                        return quote!();
+                    }
+                };
+                let arg_dts: Vec<DType> = n.args.iter().map(|&a| cx.dt(a)).collect();
+                let (body, body_dt) = lower_fexpr(&expr, &arg_dts);
+                let body = convert(body, body_dt, cx.dt(id));
+                let lets = n.args.iter().enumerate().map(|(i, &a)| {
+                    let ai = format_ident!("a{}", i);
+                    let (ta, ba) = (cx.ty(a), hb(a));
+                    quote!(let #ai: #ta = #ba;)
+                });
+                quote!({ #(#lets)* <#ty as ::mithril::rt::Elem>::from_acc(#body) })
+            }
+        };
+        let val = match n.guard {
+            Some(gd) => {
+                let gb = hb(gd);
+                quote!(if #gb { #val } else { <#ty as ::std::default::Default>::default() })
+            }
+            None => val,
+        };
+        let mut code = if matches!(n.op, Op::Prim(Prim::Carry)) {
+            quote!(let mut #b: #ty = #val;)
+        } else {
+            quote!(let #b: #ty = #val;)
+        };
+        if cx.host_dev[id] {
+            // a device op reads it too
+            cx.owned[id] = true;
+            let vid = v(id);
+            let up = quote!(::mithril::rt::cuda::exec::scalar::<#ty>(__dev, #b)?);
+            code.extend(match n.guard {
+                Some(gd) => {
+                    let gb = hb(gd);
+                    quote!(let #vid: ::std::option::Option<::mithril::rt::cuda::DeviceTensor<#ty>> = if #gb { ::std::option::Option::Some(#up) } else { ::std::option::Option::None };)
+                }
+                None => quote!(let #vid: ::mithril::rt::cuda::DeviceTensor<#ty> = #up;),
+            });
+        }
+        code
     }
 
     /// The code of nodes `lo..hi`, a run-time loop as a Rust `loop` around its body.
@@ -138,13 +268,19 @@ impl<'a> CudaGen<'a> {
                         if j < 64 && tape & (1u64 << j) != 0 {
                             let name = format_ident!("__tape{}_{}", t, j);
                             let ty = cx.ty(c);
-                            tapes.push(quote!(let mut #name: ::std::vec::Vec<::mithril::rt::cuda::DeviceTensor<#ty>> = ::std::vec::Vec::new();));
+                            tapes.push(if cx.host[c] {
+                                quote!(let mut #name: ::std::vec::Vec<#ty> = ::std::vec::Vec::new();)
+                            } else {
+                                quote!(let mut #name: ::std::vec::Vec<::mithril::rt::cuda::DeviceTensor<#ty>> = ::std::vec::Vec::new();)
+                            });
                         }
                     }
                 }
             }
+            let before = self.readbacks;
             let inner = self.emit_range(cx, id + 1, end);
             let fin = self.loop_end(cx, end);
+            self.loop_note(cx, id, self.readbacks - before);
             let nh = format_ident!("__n{}", id);
             out.push(quote! {
                 let mut #nh: u64 = 0;
@@ -172,7 +308,14 @@ impl<'a> CudaGen<'a> {
             .collect();
         let mut takes = Vec::new();
         let mut sets = Vec::new();
-        for (k, &(carry, u)) in pairs.iter().enumerate() {
+        for (k, (&nx, &(carry, u))) in nexts.iter().zip(&pairs).enumerate() {
+            if cx.host[carry] {
+                // a host scalar: the update's host value
+                let (tmp, bc, bn) = (format_ident!("__hnext{}", k), hb(carry), hb(nx));
+                takes.push(quote!(let #tmp = #bn;));
+                sets.push(quote!(#bc = #tmp;));
+                continue;
+            }
             if u == carry {
                 continue;
             }
@@ -200,8 +343,8 @@ impl<'a> CudaGen<'a> {
 
     /// The host `bool` of node `id` (`__bN`), when it is needed: from the host where it is
     /// known there, else read back from the device.
-    fn host_bool(&self, cx: &Ctx<'a>, id: NodeId) -> TokenStream {
-        if !cx.host_bool[id] {
+    fn host_bool(&mut self, cx: &Ctx<'a>, id: NodeId) -> TokenStream {
+        if !cx.host_bool[id] || cx.host[id] {
             return quote!();
         }
         let g = cx.g;
@@ -224,6 +367,7 @@ impl<'a> CudaGen<'a> {
                 quote!(!#a)
             }
             _ => {
+                self.readbacks += 1;
                 let r = cx.r(id);
                 let label = cx.label(id);
                 quote!(#f::read_bool(#r, #label)?)
@@ -240,6 +384,9 @@ impl<'a> CudaGen<'a> {
 
     /// The code of one node outside the loop structure (`let vN = ...;` and its host `bool`).
     pub(super) fn node_code(&mut self, cx: &mut Ctx<'a>, id: NodeId) -> TokenStream {
+        if cx.host[id] {
+            return self.host_node(cx, id);
+        }
         let g = cx.g;
         let vid = v(id);
         let n = &g.nodes[id];
@@ -324,6 +471,11 @@ impl<'a> CudaGen<'a> {
                 for (j, &cj) in g.nodes[h].args.iter().enumerate() {
                     if j < 64 && tape & (1u64 << j) != 0 {
                         let name = format_ident!("__tape{}_{}", id, j);
+                        if cx.host[cj] {
+                            let b = hb(cj);
+                            pushes.push(quote!(#name.push(#b);));
+                            continue;
+                        }
                         let r = cx.r(cj);
                         pushes.push(quote!(#name.push(#c::exec::copy(__dev, #r)?);));
                     }
@@ -340,8 +492,8 @@ impl<'a> CudaGen<'a> {
             Op::Prim(Prim::TapeRead(j)) => {
                 let (test, i) = (n.args[0], n.args[1]);
                 let name = format_ident!("__tape{}_{}", test, j);
-                let ri = cx.r(i);
-                quote!(let #vid: &::mithril::rt::cuda::DeviceTensor<#ty> = #f::tape_at(&#name, #f::read_index(#ri, #label)?, #label)?;)
+                let at = self.host_index(cx, i, &label);
+                quote!(let #vid: &::mithril::rt::cuda::DeviceTensor<#ty> = #f::tape_at(&#name, #at, #label)?;)
             }
             Op::Prim(Prim::LoopHead | Prim::LoopEnd) => quote!(),
             _ => match self.node(cx, id) {
@@ -364,6 +516,35 @@ impl<'a> CudaGen<'a> {
         };
         let hbool = self.host_bool(cx, id);
         quote!(#code #hbool)
+    }
+
+    /// The summary line of the run-time loop headed by `head`: how many device values its body
+    /// reads back to the host (`reads`, nested loops included).
+    fn loop_note(&mut self, cx: &Ctx<'a>, head: NodeId, reads: usize) {
+        let g = cx.g;
+        let which = if cx.prefix == "f" {
+            "evaluate"
+        } else {
+            "evaluate_gradients"
+        };
+        let counter = g.nodes[head].args.first().copied();
+        // `for t`, a `while` (its counter starts at a constant), or a reversed loop of
+        // `evaluate_gradients` (its counter starts at the forward loop's trip count - 1)
+        let name = match counter.map(|c| (&g.nodes[c].label, &g.nodes[c].args[..])) {
+            Some((Some(l), _)) => format!("`for {l}`"),
+            Some((None, [a])) if !matches!(g.nodes[*a].op, Op::Const(_)) => "reversed".into(),
+            _ => "`while`".into(),
+        };
+        let on_host = counter.is_some_and(|c| cx.host[c]);
+        let line = match (reads, on_host) {
+            (0, true) => format!("cuda {which}: run-time loop {name} (%{head}): counter, condition and step indices on the host, no device-to-host read per iteration\n"),
+            (0, false) => format!("cuda {which}: run-time loop {name} (%{head}): no device-to-host read per iteration\n"),
+            (k, h) => format!(
+                "cuda {which}: run-time loop {name} (%{head}): {k} device-to-host read(s) in its body (a device-computed condition or index){}\n",
+                if h { "; its counter on the host" } else { "" }
+            ),
+        };
+        self.loop_notes.push(line);
     }
 
     /// A compile error for node `id`, which `backend: cuda` cannot lower (`why`).
@@ -426,14 +607,9 @@ impl<'a> CudaGen<'a> {
         }
         let name = self.add_axis_kernel(cx, id, AxisKernel::Write { add })?;
         let label = cx.label(id);
-        let f = flow();
-        let ri = cx.r(n.args[2]);
+        let at = self.host_index(cx, n.args[2], &label);
         let rv = cx.r(n.args[1]);
-        Ok((
-            quote!(let __f = self.__k.get(__dev, #name)?;),
-            quote!(#f::read_index(#ri, #label)?),
-            rv,
-        ))
+        Ok((quote!(let __f = self.__k.get(__dev, #name)?;), at, rv))
     }
 
     /// The value of the primitives of run-time loops that compute one (`None`: the family's
@@ -472,11 +648,12 @@ impl<'a> CudaGen<'a> {
                     return Err("gather: the index must be an integer".into());
                 }
                 let name = self.add_axis_kernel(cx, id, AxisKernel::Read)?;
-                let (rx, ri) = (cx.r(n.args[0]), cx.r(n.args[1]));
+                let rx = cx.r(n.args[0]);
+                let at = self.host_index(cx, n.args[1], &label);
                 let ty = storage_type(cx.dt(id));
                 quote!({
                     let __f = self.__k.get(__dev, #name)?;
-                    let __i = #f::read_index(#ri, #label)?;
+                    let __i = #at;
                     #f::gather_at::<#ty>(__dev, &__f, #label, #rx, #axis, __i)?
                 })
             }
@@ -522,6 +699,106 @@ impl<'a> CudaGen<'a> {
             _ => return Ok(None),
         }))
     }
+}
+
+/// The integer and `bool` scalars of `cx`'s graph the host computes (see the module docs), and
+/// which of them a device op reads too (`(host, uploaded)`). Optimistic, then demoted to a
+/// fixpoint: a candidate leaves when an operand it needs on the host is not a host scalar, or
+/// when a device op reads it and it cannot be uploaded where it is computed (a carry, an alias).
+pub(super) fn host_scalars(cx: &Ctx) -> (Vec<bool>, Vec<bool>) {
+    let g = cx.g;
+    let n = g.nodes.len();
+    let mut next_of = vec![None; n];
+    for (id, nd) in g.nodes.iter().enumerate() {
+        if matches!(nd.op, Op::Prim(Prim::LoopNext)) {
+            next_of[nd.args[0]] = Some(id);
+        }
+    }
+    let scalar = |id: NodeId| {
+        matches!(cx.dt(id), DType::I64 | DType::I32 | DType::Bool)
+            && cx.dims(id).is_ok_and(|d| d.is_empty())
+    };
+    let mut host: Vec<bool> = (0..n)
+        .map(|id| {
+            let nd = &g.nodes[id];
+            scalar(id)
+                && match &nd.op {
+                    Op::Const(_) | Op::Mode | Op::Boundary(_) | Op::Fused(_) => true,
+                    Op::Prim(Prim::DimValue(d)) => cx.gen.dim_expr(d).is_some(),
+                    Op::Prim(
+                        Prim::Truth
+                        | Prim::Phi
+                        | Prim::LoopNext
+                        | Prim::LoopExit
+                        | Prim::TapeRead(_),
+                    ) => true,
+                    Op::Prim(Prim::Carry) => nd.args.len() == 1 && next_of[id].is_some(),
+                    Op::Prim(p) => p.is_elementwise() && !nd.args.is_empty(),
+                    _ => false,
+                }
+        })
+        .collect();
+    loop {
+        let dev = device_reads(g, cx, &host);
+        let mut changed = false;
+        for id in 0..n {
+            if !host[id] {
+                continue;
+            }
+            let nd = &g.nodes[id];
+            let h = |k: usize| host[nd.args[k]];
+            let ok = match &nd.op {
+                Op::Const(_) | Op::Mode | Op::Prim(Prim::DimValue(_)) => true,
+                Op::Boundary(_) | Op::Prim(Prim::Truth) => h(0) && !dev[id],
+                Op::Prim(Prim::Phi) => h(2) && h(3) && !dev[id],
+                Op::Prim(Prim::LoopNext) => h(0) && h(1) && !dev[id],
+                Op::Prim(Prim::LoopExit) => h(1) && !dev[id],
+                Op::Prim(Prim::Carry) => h(0) && next_of[id].is_some_and(|x| host[x]) && !dev[id],
+                Op::Prim(Prim::TapeRead(j)) => {
+                    let head = g.nodes[nd.args[0]].args[0];
+                    g.nodes[head].args.get(*j).is_some_and(|&c| host[c])
+                }
+                _ => nd.args.iter().all(|&a| host[a]),
+            };
+            if !ok {
+                host[id] = false;
+                changed = true;
+            }
+        }
+        if !changed {
+            let up = (0..n).map(|id| host[id] && dev[id]).collect();
+            return (host, up);
+        }
+    }
+}
+
+/// The nodes a device op (or an output) reads as a device tensor, given the host scalars.
+fn device_reads(g: &Graph, cx: &Ctx, host: &[bool]) -> Vec<bool> {
+    let mut dev = vec![false; g.nodes.len()];
+    for o in &g.outputs {
+        dev[o.node] = true;
+    }
+    for (u, nd) in g.nodes.iter().enumerate() {
+        if host[u] {
+            continue;
+        }
+        for (k, &a) in nd.args.iter().enumerate() {
+            // the operands read on the host: loop structure, guards, step indices
+            let on_host = match &nd.op {
+                Op::Prim(Prim::LoopHead | Prim::LoopEnd | Prim::LoopTest { .. }) => true,
+                Op::Prim(Prim::Phi) => k < 2,
+                Op::Prim(Prim::TapeRead(_)) => true,
+                Op::Prim(Prim::LoopExit) => k == 0,
+                Op::Prim(Prim::SetAt { .. }) => k == 2,
+                Op::Prim(Prim::Gather(_)) => k == 1 && cx.dims(a).is_ok_and(|d| d.is_empty()),
+                _ => false,
+            };
+            if !on_host {
+                dev[a] = true;
+            }
+        }
+    }
+    dev
 }
 
 /// A `set_at` that writes in place into the loop carry it updates: its accumulator is a carry

@@ -76,6 +76,11 @@ pub struct CudaGen<'a> {
     kernels: Vec<String>,
     entries: Vec<String>,
     errors: Vec<syn::Error>,
+    /// Device-to-host reads the generated code makes (`flow::read_bool` / `read_index`),
+    /// counted while a graph's code is emitted.
+    readbacks: usize,
+    /// One summary line per run-time loop: how many device values each iteration reads back.
+    loop_notes: Vec<String>,
 }
 
 /// The graph being lowered: forward (`f`) or forward+backward (`g`) kernels.
@@ -99,6 +104,11 @@ struct Ctx<'a> {
     borrowed: Vec<bool>,
     /// Scalar `bool` nodes also held on the host as `__bN` (guards, loop conditions).
     host_bool: Vec<bool>,
+    /// Integer and `bool` scalars computed on the host only, as `__bN` (a counted loop's
+    /// counter, its condition and step index; `flow::host_scalars`).
+    host: Vec<bool>,
+    /// Host scalars also read by a device op (uploaded as `vN` after their host value).
+    host_dev: Vec<bool>,
 }
 
 impl<'a> Ctx<'a> {
@@ -186,6 +196,8 @@ impl<'a> CudaGen<'a> {
             kernels: Vec::new(),
             entries: Vec::new(),
             errors: Vec::new(),
+            readbacks: 0,
+            loop_notes: Vec::new(),
         }
     }
 
@@ -206,6 +218,8 @@ impl<'a> CudaGen<'a> {
             alias: vec![None; g.nodes.len()],
             borrowed: vec![false; g.nodes.len()],
             host_bool: vec![false; g.nodes.len()],
+            host: vec![false; g.nodes.len()],
+            host_dev: vec![false; g.nodes.len()],
         }
     }
 }
