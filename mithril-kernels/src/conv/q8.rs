@@ -121,10 +121,13 @@ impl QConvWeight {
     }
 }
 
+/// The scratch of [`forward_q8`]: the quantized input, the patch panel, the result panel
+/// (`[position, o]`) and the column scales.
+type Scratch = (Vec<u8>, Vec<u8>, Vec<f32>, Vec<f32>);
+
 thread_local! {
-    /// The quantized input, the patch panel and the transposed result panel, grown, never
-    /// shrunk.
-    static QBUF: RefCell<(Vec<u8>, Vec<u8>, Vec<f32>, Vec<f32>)> =
+    /// [`forward_q8`]'s scratch, grown, never shrunk.
+    static QBUF: RefCell<Scratch> =
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
 }
 
