@@ -134,14 +134,16 @@ impl Gen<'_> {
         // buffers' new values of a training-mode call; `evaluate_mode` writes them back, every
         // other function drops them (an eval-mode call updates nothing)
         let stateful = self.stateful();
-        let (ret_ty, first) = if stateful {
+        let run_q =
+            quote!(self.__evaluate_q(quantized.params(), inputs, #mode_eval quantized.run()));
+        let (ret_ty, run_q) = if stateful {
             let n_upd = self.n_upd();
             (
                 quote!((#outputs_name, [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_upd])),
-                quote!(.0),
+                quote!(Ok(#run_q?.0)),
             )
         } else {
-            (quote!(#outputs_name), quote!())
+            (quote!(#outputs_name), run_q)
         };
         let f32_fns = if stateful {
             let writeback = self.writeback();
@@ -224,7 +226,7 @@ impl Gen<'_> {
             /// Run the model with int8 matrix products (`i32` accumulation, dequantized in the
             /// GEMM's store; every other op in f32, in evaluation mode).
             pub fn evaluate_quantized(&self, quantized: &#q_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                Ok(self.__evaluate_q(quantized.params(), inputs, #mode_eval quantized.run())?#first)
+                #run_q
             }
 
             /// Load quantized params saved by their `save_safetensors` (int8 weights
