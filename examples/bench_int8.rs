@@ -3,7 +3,8 @@
 //! inference with f32, bf16 and int8 (`quantization: int8`) weights at batch 1 and 256.
 //!
 //! `MITHRIL_THREADS=1 taskset -c 0 cargo run --release --example bench_int8`
-//! (`gemm` or `mlp` as the first argument: only that part). Times are thread CPU time
+//! (`gemm` or `mlp` as the first argument: only that part; `BENCH_BATCH=1`: the MLP at that
+//! batch size only). Times are thread CPU time
 //! (`CLOCK_THREAD_CPUTIME_ID`, robust to a loaded machine), median (and fastest) of repeats.
 
 use mithril::prelude::*;
@@ -145,7 +146,15 @@ fn mlp_part(budget: f64) -> mithril::Result<()> {
     let p = f32m.randomize_params(0);
     let p16 = bf.randomize_params(0);
     let pq = q8.quantize(&q8.randomize_params(0))?;
-    for b in [1usize, 256] {
+    // `BENCH_BATCH=1`: one batch size only (for profiling)
+    let batches: Vec<usize> = match std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(b) => vec![b],
+        None => vec![1, 256],
+    };
+    for b in batches {
         let x = Array2::from_shape_fn((b, 784), |(i, j)| {
             (((i * 784 + j) * 2654435761usize % 1000) as f32 / 500.0) - 1.0
         });

@@ -27,6 +27,11 @@ mithril! {
         output logits = Linear(10)(drop);
         loss cross_entropy(logits, label).mean();
     }
+
+    /// The same model for int8 inference: its convolutions and its linear layer run with int8
+    /// weights (per output channel) and int8 activations; the batch norms' running statistics
+    /// stay f32 buffers.
+    pub compile DigitsCnnQ = DigitsCnn { quantization: int8 };
 }
 
 /// The data set: `(images [n, 1, 8, 8] scaled to [0, 1], labels)`.
@@ -94,6 +99,76 @@ pub struct Report {
     pub reloaded_accuracy: f64,
     /// Mean loss of the first and the last epoch.
     pub loss: (f64, f64),
+    /// Held-out accuracy of the same params in int8 (`DigitsCnnQ`): dynamic activation scales,
+    /// then static ones calibrated on 256 training images.
+    pub int8_accuracy: (f64, f64),
+}
+
+/// Top-1 accuracy of logits `[n, 10]` against `y`.
+fn top1(logits: &ndarray::Array2<f32>, y: &Array1<i64>) -> f64 {
+    let correct = logits
+        .rows()
+        .into_iter()
+        .zip(y.iter())
+        .filter(|(r, t)| {
+            let best = (0..10).fold(0, |b, j| if r[j] > r[b] { j } else { b });
+            best as i64 == **t
+        })
+        .count();
+    correct as f64 / y.len() as f64
+}
+
+/// Held-out accuracy of `params` run in int8 (dynamic scales, then calibrated on `x_cal`).
+pub fn int8_accuracy(
+    params: &DigitsCnnParams,
+    x_cal: &Array4<f32>,
+    x: &Array4<f32>,
+    y: &Array1<i64>,
+) -> mithril::Result<(f64, f64)> {
+    let m = DigitsCnnQ::new()?;
+    let mut p = m.randomize_params(0);
+    p.load_safetensors_bytes(&params.to_safetensors_bytes()?)?;
+    let dynamic = m.quantize(&p)?;
+    let inputs = || DigitsCnnQInputs {
+        x: x.view(),
+        label: y.view(),
+    };
+    let acc_dyn = top1(&m.evaluate_quantized(&dynamic, inputs())?.logits, y);
+    let y_cal = Array1::<i64>::zeros(x_cal.shape()[0]);
+    let cal = m.calibrate(
+        &p,
+        x_cal
+            .axis_chunks_iter(ndarray::Axis(0), 64)
+            .zip(y_cal.axis_chunks_iter(ndarray::Axis(0), 64))
+            .map(|(x, label)| DigitsCnnQInputs { x, label }),
+    )?;
+    let logits_cal = m.evaluate_quantized(&cal, inputs())?.logits;
+    let acc_cal = top1(&logits_cal, y);
+    // the int8 weights (both convolutions and the linear layer) with their scales survive a
+    // save and load bit for bit
+    let path = std::env::temp_dir().join(format!(
+        "mithril_digits_cnn_int8_{}.safetensors",
+        std::process::id()
+    ));
+    cal.save_safetensors(&path)?;
+    let back = m.load_quantized(&path);
+    let _ = std::fs::remove_file(&path);
+    let back = back?;
+    let names = back.quantized();
+    if names.len() != 3
+        || !names.contains(&"conv1.weight")
+        || !names.contains(&"conv2.weight")
+        || m.evaluate_quantized(&back, inputs())?.logits != logits_cal
+    {
+        return Err(mithril::Error::op(
+            "train_cnn",
+            format!(
+                "the int8 params ({:?}) do not reload to the same logits",
+                names
+            ),
+        ));
+    }
+    Ok((acc_dyn, acc_cal))
 }
 
 /// Trains for `epochs` epochs (batch 32, Adam) on 80% of the digits, tests on the other 20%.
@@ -162,10 +237,13 @@ pub fn train(epochs: usize, verbose: bool) -> mithril::Result<Report> {
     reloaded.load_safetensors(&path)?;
     let _ = std::fs::remove_file(&path);
     let reloaded_accuracy = accuracy(&model, &reloaded, &x_test, &y_test)?;
+    let (x_cal, _) = take(&x, &y, &train_idx[..256.min(train_idx.len())]);
+    let int8_accuracy = int8_accuracy(&params, &x_cal, &x_test, &y_test)?;
     Ok(Report {
         test_accuracy,
         reloaded_accuracy,
         loss,
+        int8_accuracy,
     })
 }
 
@@ -173,11 +251,13 @@ pub fn main() -> mithril::Result<()> {
     let t0 = std::time::Instant::now();
     let r = train(15, true)?;
     println!(
-        "loss {:.4} -> {:.4}; held-out accuracy {:.1}% (reloaded from safetensors: {:.1}%), {:.1} s",
+        "loss {:.4} -> {:.4}; held-out accuracy {:.1}% (reloaded from safetensors: {:.1}%; int8: {:.1}% dynamic, {:.1}% calibrated), {:.1} s",
         r.loss.0,
         r.loss.1,
         100.0 * r.test_accuracy,
         100.0 * r.reloaded_accuracy,
+        100.0 * r.int8_accuracy.0,
+        100.0 * r.int8_accuracy.1,
         t0.elapsed().as_secs_f64()
     );
     if r.reloaded_accuracy < 0.97 {

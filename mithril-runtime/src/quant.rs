@@ -31,6 +31,7 @@ use crate::params::{
 };
 use crate::plan::{POp, Plan};
 use crate::{Error, Result};
+use mithril_kernels::conv::QConvWeight;
 use mithril_kernels::qgemm::{self, QPackedB};
 use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -90,16 +91,57 @@ pub struct QWeight {
     pub(crate) act: Option<(f32, f32)>,
 }
 
+/// One quantized convolution weight (`[o, c / groups, *kernel]`).
+#[derive(Clone, Debug)]
+pub struct QConv {
+    pub(crate) w: QConvWeight,
+    /// the param's shape
+    pub(crate) shape: Vec<usize>,
+    /// static activation `(multiplier, scale)`; `None`: dynamic
+    pub(crate) act: Option<(f32, f32)>,
+}
+
 /// The quantized weights of a model, by plan view.
 #[derive(Clone, Debug, Default)]
 pub struct QState {
     weights: Vec<Option<QWeight>>,
+    convs: Vec<Option<QConv>>,
 }
 
 impl QState {
     pub(crate) fn weight(&self, view: usize) -> Option<&QWeight> {
         self.weights.get(view).and_then(|w| w.as_ref())
     }
+
+    pub(crate) fn conv(&self, view: usize) -> Option<&QConv> {
+        self.convs.get(view).and_then(|w| w.as_ref())
+    }
+
+    /// The static activation scale of the quantized weight at `view` (`None`: dynamic, or
+    /// not quantized).
+    fn act(&self, view: usize) -> Option<(f32, f32)> {
+        self.weight(view)
+            .and_then(|w| w.act)
+            .or_else(|| self.conv(view).and_then(|c| c.act))
+    }
+}
+
+/// The param views `plan` quantizes as convolution weights (views `params`), each with its
+/// convolution's groups: the weight (read as is) of every f32 forward convolution.
+fn conv_views(plan: &Plan, params: std::ops::Range<usize>) -> HashMap<usize, usize> {
+    let mut out = HashMap::new();
+    for s in &plan.nodes {
+        let POp::Conv(spec) = &s.op else { continue };
+        if spec.kind != crate::ops::conv::ConvKind::Forward || s.dt != DType::F32 {
+            continue;
+        }
+        if let Some((v, false)) = s.args.get(1).and_then(|&b| b_view(plan, b)) {
+            if params.contains(&v) {
+                out.entry(v).or_insert(spec.groups);
+            }
+        }
+    }
+    out
 }
 
 /// The view (and whether it is read transposed) behind operand node `id`, through aliases and
@@ -191,12 +233,33 @@ impl<P: ParamTree + Clone> Quantized<P> {
         }
         let n_params = params.names().len();
         let wv = weight_views(plan, n_inputs..n_inputs + n_params);
+        let cv = conv_views(plan, n_inputs..n_inputs + n_params);
         let mut weights: Vec<Option<QWeight>> = vec![None; n_inputs + n_params];
+        let mut convs: Vec<Option<QConv>> = vec![None; n_inputs + n_params];
         let mut names = Vec::new();
         let mut idx = 0;
         params.visit(&mut |name, v| {
             let view = n_inputs + idx;
             idx += 1;
+            if let (Some(&groups), TensorView::F32(a)) = (cv.get(&view), &v) {
+                let o = a.shape()[0];
+                if a.ndim() < 3 || groups == 0 || !o.is_multiple_of(groups) {
+                    return;
+                }
+                let red: usize = a.shape()[1..].iter().product();
+                let a = a.as_standard_layout();
+                let Some(s) = a.as_slice() else {
+                    return;
+                };
+                let act = cal.and_then(|c| c.max_abs(view)).map(static_scale);
+                convs[view] = Some(QConv {
+                    w: QConvWeight::quantize(o, groups, red, s),
+                    shape: a.shape().to_vec(),
+                    act,
+                });
+                names.push((view, name.to_string()));
+                return;
+            }
             let (Some(&tb), TensorView::F32(a)) = (wv.get(&view), v) else {
                 return;
             };
@@ -219,7 +282,7 @@ impl<P: ParamTree + Clone> Quantized<P> {
         });
         Ok(Quantized {
             params: params.clone(),
-            state: QState { weights },
+            state: QState { weights, convs },
             names,
         })
     }
@@ -241,17 +304,18 @@ impl<P: ParamTree + Clone> Quantized<P> {
 
     /// Whether the activation scales are static (calibrated), for every quantized weight.
     pub fn is_static(&self) -> bool {
-        !self.names.is_empty()
-            && self
-                .names
-                .iter()
-                .all(|(v, _)| self.state.weight(*v).is_some_and(|w| w.act.is_some()))
+        !self.names.is_empty() && self.names.iter().all(|(v, _)| self.state.act(*v).is_some())
     }
 
     /// The int8 values of weight `name` in the param's own shape (row-major) and its
     /// per-output-channel scales; `None` when `name` is not quantized.
     pub fn weight(&self, name: &str) -> Option<(Vec<usize>, Vec<i8>, Vec<f32>)> {
         let (v, _) = self.names.iter().find(|(_, n)| n == name)?;
+        if let Some(c) = self.state.conv(*v) {
+            let (o, red) = (c.w.o(), c.w.red());
+            let q = (0..o * red).map(|i| c.w.get(i / red, i % red)).collect();
+            return Some((c.shape.clone(), q, c.w.scales()));
+        }
         let w = self.state.weight(*v)?;
         let (k, n) = (w.packed.k(), w.packed.n());
         let (d0, d1) = if w.tb { (n, k) } else { (k, n) };
@@ -272,7 +336,7 @@ impl<P: ParamTree + Clone> Quantized<P> {
     /// quantized).
     pub fn input_scale(&self, name: &str) -> Option<f32> {
         let (v, _) = self.names.iter().find(|(_, n)| n == name)?;
-        self.state.weight(*v)?.act.map(|(_, s)| s)
+        self.state.act(*v).map(|(_, s)| s)
     }
 
     /// Bytes of the packed int8 weights (with their scales and column sums).
@@ -282,7 +346,14 @@ impl<P: ParamTree + Clone> Quantized<P> {
             .iter()
             .flatten()
             .map(|w| w.packed.bytes())
-            .sum()
+            .sum::<usize>()
+            + self
+                .state
+                .convs
+                .iter()
+                .flatten()
+                .map(|c| c.w.bytes())
+                .sum::<usize>()
     }
 
     /// The quantized params as safetensors bytes (names in the module docs).
@@ -359,7 +430,9 @@ impl<P: ParamTree + Clone> Quantized<P> {
             .map_err(|e| Error::Params(format!("not a valid safetensors file: {e}")))?;
         let n_params = params.names().len();
         let wv = weight_views(plan, n_inputs..n_inputs + n_params);
+        let cv = conv_views(plan, n_inputs..n_inputs + n_params);
         let mut loaded: Vec<Option<QWeight>> = vec![None; n_inputs + n_params];
+        let mut loaded_convs: Vec<Option<QConv>> = vec![None; n_inputs + n_params];
         let mut idx = 0;
         params.visit_mut(&mut |name, dst| {
             let view = n_inputs + idx;
@@ -382,22 +455,7 @@ impl<P: ParamTree + Clone> Quantized<P> {
                 (Some(&tb), Dtype::I8, TensorViewMut::F32(mut a)) if a.ndim() == 2 => {
                     let (d0, d1) = (a.shape()[0], a.shape()[1]);
                     let (k, n, rs, cs) = b_layout(d0, d1, tb);
-                    let sname = format!("{name}_scale");
-                    let s = st.tensor(&sname).map_err(|_| {
-                        Error::Params(format!("tensor `{name}` is int8 but `{sname}` is missing"))
-                    })?;
-                    if s.dtype() != Dtype::F32 || s.shape() != [n] {
-                        return Err(Error::Params(format!(
-                            "tensor `{sname}`: expected F32[{n}] (one scale per output channel), found {}{}",
-                            s.dtype(),
-                            crate::check::format_shape(s.shape())
-                        )));
-                    }
-                    let scales: Vec<f32> = s
-                        .data()
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
+                    let scales = read_scales(&st, name, n)?;
                     let q: Vec<i8> = t.data().iter().map(|&b| b as i8).collect();
                     let packed = QPackedB::from_i8(k, n, &q, rs, cs, scales.clone())
                         .map_err(|e| Error::Params(format!("tensor `{name}`: {e}")))?;
@@ -405,28 +463,28 @@ impl<P: ParamTree + Clone> Quantized<P> {
                         let j = if tb { r } else { c };
                         *x = f32::from(q[r * d1 + c]) * scales[j];
                     }
-                    let iname = format!("{name}_input_scale");
-                    let act = match st.tensor(&iname) {
-                        Ok(i) if i.dtype() == Dtype::F32 && i.data().len() == 4 => {
-                            let d = i.data();
-                            let s = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-                            if !(s >= 0.0 && s.is_finite()) {
-                                return Err(Error::Params(format!(
-                                    "tensor `{iname}`: {s} is not a scale (a finite value >= 0)"
-                                )));
-                            }
-                            Some(if s > 0.0 { (1.0 / s, s) } else { (0.0, 0.0) })
-                        }
-                        Ok(i) => {
-                            return Err(Error::Params(format!(
-                                "tensor `{iname}`: expected one F32 value, found {}{}",
-                                i.dtype(),
-                                crate::check::format_shape(i.shape())
-                            )))
-                        }
-                        Err(_) => None,
-                    };
+                    let act = read_input_scale(&st, name)?;
                     loaded[view] = Some(QWeight { packed, tb, act });
+                    Ok(())
+                }
+                (None, Dtype::I8, TensorViewMut::F32(mut a))
+                    if a.ndim() >= 3 && cv.contains_key(&view) =>
+                {
+                    let (o, groups) = (a.shape()[0], cv[&view]);
+                    let red: usize = a.shape()[1..].iter().product();
+                    let scales = read_scales(&st, name, o)?;
+                    let q: Vec<i8> = t.data().iter().map(|&b| b as i8).collect();
+                    let w = QConvWeight::from_i8(o, groups, red, &q, scales.clone())
+                        .map_err(|e| Error::Params(format!("tensor `{name}`: {e}")))?;
+                    for (x, (i, &v)) in a.iter_mut().zip(q.iter().enumerate()) {
+                        *x = f32::from(v) * scales[i / red.max(1)];
+                    }
+                    let act = read_input_scale(&st, name)?;
+                    loaded_convs[view] = Some(QConv {
+                        w,
+                        shape: a.shape().to_vec(),
+                        act,
+                    });
                     Ok(())
                 }
                 (_, Dtype::I8, _) => Err(Error::Params(format!(
@@ -447,9 +505,15 @@ impl<P: ParamTree + Clone> Quantized<P> {
                 *w = l;
             }
         }
+        let mut convs = fresh.state.convs;
+        for (w, l) in convs.iter_mut().zip(loaded_convs) {
+            if l.is_some() {
+                *w = l;
+            }
+        }
         Ok(Quantized {
             params,
-            state: QState { weights },
+            state: QState { weights, convs },
             names: fresh.names,
         })
     }
@@ -465,6 +529,49 @@ impl<P: ParamTree + Clone> Quantized<P> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| io_at("cannot read", path, e))?;
         Self::load_bytes(model, plan, n_inputs, params, &bytes)
+    }
+}
+
+/// The per-output-channel scales `{name}_scale` (`F32[n]`) of int8 tensor `name`.
+fn read_scales(st: &SafeTensors<'_>, name: &str, n: usize) -> Result<Vec<f32>> {
+    let sname = format!("{name}_scale");
+    let s = st
+        .tensor(&sname)
+        .map_err(|_| Error::Params(format!("tensor `{name}` is int8 but `{sname}` is missing")))?;
+    if s.dtype() != Dtype::F32 || s.shape() != [n] {
+        return Err(Error::Params(format!(
+            "tensor `{sname}`: expected F32[{n}] (one scale per output channel), found {}{}",
+            s.dtype(),
+            crate::check::format_shape(s.shape())
+        )));
+    }
+    Ok(s.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// The optional static activation scale `{name}_input_scale` of int8 tensor `name`, as
+/// `(multiplier, scale)`.
+fn read_input_scale(st: &SafeTensors<'_>, name: &str) -> Result<Option<(f32, f32)>> {
+    let iname = format!("{name}_input_scale");
+    match st.tensor(&iname) {
+        Ok(i) if i.dtype() == Dtype::F32 && i.data().len() == 4 => {
+            let d = i.data();
+            let s = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+            if !(s >= 0.0 && s.is_finite()) {
+                return Err(Error::Params(format!(
+                    "tensor `{iname}`: {s} is not a scale (a finite value >= 0)"
+                )));
+            }
+            Ok(Some(if s > 0.0 { (1.0 / s, s) } else { (0.0, 0.0) }))
+        }
+        Ok(i) => Err(Error::Params(format!(
+            "tensor `{iname}`: expected one F32 value, found {}{}",
+            i.dtype(),
+            crate::check::format_shape(i.shape())
+        ))),
+        Err(_) => Ok(None),
     }
 }
 

@@ -23,8 +23,11 @@
 use crate::gemm::{self, GemmElem};
 use std::cell::RefCell;
 
+mod q8;
 #[cfg(test)]
 mod tests;
+
+pub use q8::{forward_q8, QConvWeight};
 
 /// Output positions per im2col panel.
 pub const PANEL: usize = 192;

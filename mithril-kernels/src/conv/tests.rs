@@ -163,3 +163,112 @@ fn panels_split_output_rows() {
     backward_data_algo(&g, &gy, &w, &mut gx2, true);
     close(&gx, &gx2, 1e-12, "gx gemm vs direct");
 }
+
+/// The int8 forward pass against a scalar reference written from the definition: the input
+/// quantized per tensor (`round_ties_even(x · 127 / max|x|)`), the weights per output channel,
+/// the integer sums over the taps inside the input in `i64`, dequantized as
+/// `acc · (s_x · s_w[o])`: **bitwise** on every int8 path this CPU has (VNNI, AVX2, `sdot`,
+/// scalar), on the geometries above plus one with several panels per image, dynamic and static
+/// (clamping) activation scales. And within the quantization error of the f32 convolution.
+#[test]
+fn int8_forward_matches_the_scalar_reference_bitwise() {
+    use crate::qgemm::{quantize_one, QIsa};
+    let mut r = Lcg(11);
+    let mut gs = cases();
+    gs.push(geom(1, 4, 19, 1, [23, 19], [3, 3], [1, 1], [1, 1], [1, 1]));
+    gs.push(geom(2, 2, 3, 1, [1, 9], [1, 4], [1, 1], [0, 1], [1, 1]));
+    for g in gs {
+        let (lx, lw, ly) = g.lens();
+        let x: Vec<f32> = r.vec(lx).iter().map(|&v| (v * 3.0) as f32).collect();
+        let w: Vec<f32> = r.vec(lw).iter().map(|&v| v as f32).collect();
+        let (cg, og, red) = (g.cg(), g.og(), g.cg() * g.taps());
+        let qw = QConvWeight::quantize(g.o, g.groups, red, &w);
+        assert!(qw.fits(&g));
+        // the weight quantization from the definition
+        let mut sw = vec![0f32; g.o];
+        for o in 0..g.o {
+            let m = w[o * red..(o + 1) * red]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            let (inv, s) = crate::qgemm::inv_and_scale(m);
+            sw[o] = s;
+            for k in 0..red {
+                assert_eq!(
+                    qw.get(o, k),
+                    quantize_one(w[o * red + k], inv),
+                    "w[{o}, {k}]"
+                );
+            }
+        }
+        assert_eq!(qw.scales(), sw);
+        let mx = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // dynamic, then a static scale below the range (clamps)
+        for act in [None, Some(crate::qgemm::inv_and_scale(mx * 0.5))] {
+            let (inv, sa) = act.unwrap_or_else(|| crate::qgemm::inv_and_scale(mx));
+            let xq: Vec<i64> = x.iter().map(|&v| i64::from(quantize_one(v, inv))).collect();
+            let mut want = vec![0f32; ly];
+            for n in 0..g.n {
+                for o in 0..g.o {
+                    let gr = o / og;
+                    for i in 0..g.out[0] {
+                        for j in 0..g.out[1] {
+                            let mut acc = 0i64;
+                            for c in 0..cg {
+                                for ti in 0..g.k[0] {
+                                    for tj in 0..g.k[1] {
+                                        let ih = (i * g.stride[0] + ti * g.dil[0]) as i64
+                                            - g.pad[0] as i64;
+                                        let iw = (j * g.stride[1] + tj * g.dil[1]) as i64
+                                            - g.pad[1] as i64;
+                                        if ih < 0
+                                            || iw < 0
+                                            || ih >= g.inp[0] as i64
+                                            || iw >= g.inp[1] as i64
+                                        {
+                                            continue;
+                                        }
+                                        let xi = ((n * g.c + gr * cg + c) * g.inp[0] + ih as usize)
+                                            * g.inp[1]
+                                            + iw as usize;
+                                        let k = (c * g.k[0] + ti) * g.k[1] + tj;
+                                        acc += xq[xi] * i64::from(qw.get(o, k));
+                                    }
+                                }
+                            }
+                            want[((n * g.o + o) * g.out[0] + i) * g.out[1] + j] =
+                                acc as i32 as f32 * (sa * sw[o]);
+                        }
+                    }
+                }
+            }
+            for isa in QIsa::ALL {
+                let mut y = vec![f32::NAN; ly];
+                let used = forward_q8(isa, &g, &x, &qw, act, &mut y);
+                assert_eq!(used, sa);
+                for (k, (a, b)) in y.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{g:?} {isa:?} {act:?} y[{k}]: {a} vs {b}"
+                    );
+                }
+            }
+            if act.is_none() {
+                // near the f32 result: |error| per term <= (s_x/2)|w| + (s_w/2)|x| + ...
+                let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+                let (want32, _, _) = naive(&g, &f(&x), &f(&w), &vec![0.0; ly]);
+                let mut y = vec![0f32; ly];
+                forward_q8(QIsa::active(), &g, &x, &qw, None, &mut y);
+                for (k, (a, b)) in y.iter().zip(&want32).enumerate() {
+                    let o = (k / g.out_plane()) % g.o;
+                    let bound = red as f64
+                        * (sa as f64 * 0.5 * 1.0
+                            + sw[o] as f64 * 0.5 * mx as f64
+                            + 0.25 * sa as f64 * sw[o] as f64)
+                        + 1e-5;
+                    assert!((*a as f64 - b).abs() <= bound, "{g:?} y[{k}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

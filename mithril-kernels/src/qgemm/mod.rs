@@ -486,7 +486,8 @@ unsafe fn k_scalar<const R: usize, const V: usize>(
 
 /// Runs the integer GEMM over all rows and panels, handing each finished tile to
 /// `sink(i0, rows, j0, cols, tile)` (tile row stride [`TILE_W`]) and each finished block of rows
-/// to `rows_done(i0, rows)`.
+/// to `rows_done(i0, rows)`. Only the tile's first `rows` rows are written, so only those are
+/// zeroed (at batch 1, 512 bytes instead of 4 KiB per call).
 fn drive(
     isa: QIsa,
     m: usize,
@@ -500,7 +501,14 @@ fn drive(
     let (mr, vmax) = shape(isa, m);
     let panels = b.n.div_ceil(PANEL);
     let pstride = b.kg * 64;
-    let mut tile = [0i32; TILE_R * TILE_W];
+    let mut tile_buf = std::mem::MaybeUninit::<[i32; TILE_R * TILE_W]>::uninit();
+    let len = mr.clamp(1, TILE_R) * TILE_W;
+    // SAFETY: the first `len <= TILE_R * TILE_W` ints are zeroed before they are viewed.
+    let tile: &mut [i32] = unsafe {
+        let p = tile_buf.as_mut_ptr() as *mut i32;
+        std::ptr::write_bytes(p, 0, len);
+        std::slice::from_raw_parts_mut(p, len)
+    };
     let mut i0 = 0;
     while i0 < m {
         let rows = mr.min(m - i0);
@@ -526,7 +534,7 @@ fn drive(
             }
             let j0 = pn * PANEL;
             let cols = (v * PANEL).min(b.n - j0);
-            sink(i0, rows, j0, cols, &tile);
+            sink(i0, rows, j0, cols, tile);
             pn += v;
         }
         rows_done(i0, rows);

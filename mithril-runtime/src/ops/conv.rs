@@ -283,6 +283,38 @@ pub fn conv_to<'w, T: Elem + ConvElem>(
     Ok(out)
 }
 
+/// The int8 form of a forward convolution ([`ConvKind::Forward`], f32): `x` quantized per
+/// tensor (the weight's static scale, or a dynamic one from `max |x|`), the weight `qc`
+/// quantized per output channel, `i32` sums through the int8 GEMM, dequantized in its store
+/// ([`mithril_kernels::conv::forward_q8`]). `w` is the f32 weight (its shape is checked as in
+/// [`conv_to`]); when `qc` does not fit the call's geometry the f32 convolution runs.
+pub fn qconv_to<'w>(
+    spec: &ConvSpec,
+    x: &ArrayViewD<'_, f32>,
+    w: &ArrayViewD<'_, f32>,
+    qc: &crate::quant::QConv,
+    dest: Dest<'w, f32>,
+) -> Result<ArrayViewMutD<'w, f32>> {
+    let op = spec.name();
+    let (shape, g, pass) = plan(spec, x.shape(), w.shape(), None)?;
+    if pass != Pass::Forward || !qc.w.fits(&g) {
+        return conv_to(spec, x, w, None, dest);
+    }
+    let mut bx = Vec::new();
+    let sx = slice(x, &mut bx);
+    let mut out = dest.get(op, &shape)?;
+    let y = contiguous(op, &mut out)?;
+    k::forward_q8(
+        mithril_kernels::qgemm::QIsa::active(),
+        &g,
+        sx,
+        &qc.w,
+        qc.act,
+        y,
+    );
+    Ok(out)
+}
+
 fn check_shape(op: &str, what: &str, s: &[usize], lead: &[usize]) -> Result<()> {
     if s.len() < 2 || s[..2] != *lead {
         return Err(Error::op(

@@ -667,6 +667,43 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         }
     }
 
+    /// The int8 weight a forward f32 convolution `step` (`x` its input) runs with, if any; in a
+    /// calibration run, records `max |x|` for its weight and gives `None`.
+    fn int8_conv(
+        &self,
+        step: &Step,
+        spec: &ops::conv::ConvSpec,
+        x: &TensorView<'_>,
+    ) -> Option<&'p quant::QConv> {
+        if matches!(self.q, Run::Off) || spec.kind != ops::conv::ConvKind::Forward {
+            return None;
+        }
+        let (view, false) = step
+            .args
+            .get(1)
+            .and_then(|&b| quant::b_view(self.plan, b))?
+        else {
+            return None;
+        };
+        let TensorView::F32(x) = x else {
+            return None;
+        };
+        match self.q {
+            Run::Off => None,
+            Run::Calibrate(c) => {
+                let m = match x.as_slice_memory_order() {
+                    Some(s) => mithril_kernels::qgemm::max_abs(1, s.len(), s, s.len(), 1),
+                    None => x
+                        .iter()
+                        .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m }),
+                };
+                c.record(view, m);
+                None
+            }
+            Run::Int8(s) => s.conv(view),
+        }
+    }
+
     fn run_nodes<P: Probe>(
         &self,
         mut vals: Vec<Val<'w>>,
@@ -1246,6 +1283,16 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 } else {
                     None
                 };
+                let qc = if dt == DType::F32 && l.is_none() {
+                    self.int8_conv(step, spec, &x)
+                } else {
+                    None
+                };
+                if let Some(qc) = qc {
+                    return self.put::<f32>(id, h, |d| {
+                        ops::conv::qconv_to(spec, typed::<f32>(&x)?, typed::<f32>(&y)?, qc, d)
+                    });
+                }
                 match dt {
                     DType::F32 => self.put::<f32>(id, h, |d| {
                         ops::conv::conv_to(

@@ -49,8 +49,6 @@ impl<'a> Gen<'a> {
             let i = self.inp;
             let what = if self.mixed.is_some() {
                 Some("`backend_map`")
-            } else if i.quantization_int8 {
-                Some("`quantization: int8`")
             } else if !i.render.donate.is_empty() {
                 Some("`donate`")
             } else if i.static_shapes {

@@ -130,7 +130,43 @@ impl Gen<'_> {
         } else {
             (quote!(), quote!(), quote!())
         };
-        let f32_fns = if with_mode {
+        // a model with buffers (BatchNorm's running statistics): the run also gives the
+        // buffers' new values of a training-mode call; `evaluate_mode` writes them back, every
+        // other function drops them (an eval-mode call updates nothing)
+        let stateful = self.stateful();
+        let run_q =
+            quote!(self.__evaluate_q(quantized.params(), inputs, #mode_eval quantized.run()));
+        let (ret_ty, run_q) = if stateful {
+            let n_upd = self.n_upd();
+            (
+                quote!((#outputs_name, [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_upd])),
+                quote!(Ok(#run_q?.0)),
+            )
+        } else {
+            (quote!(#outputs_name), run_q)
+        };
+        let f32_fns = if stateful {
+            let writeback = self.writeback();
+            quote! {
+                /// Run the model in evaluation mode (`is_training` is false; the buffers are
+                /// read, not updated), in f32: [`Self::evaluate_mode`] with
+                /// `mithril::rt::Mode::Eval`.
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    Ok(self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)?.0)
+                }
+
+                /// Run the model in `mode` (what `is_training` reads), in f32. A training-mode
+                /// call writes the buffers' new values into `params` after it succeeds.
+                #[allow(unused_mut)]
+                pub fn evaluate_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                    let (__o, mut __upd) = self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)?;
+                    if mode.is_training() {
+                        #writeback
+                    }
+                    Ok(__o)
+                }
+            }
+        } else if with_mode {
             quote! {
                 /// Run the model in evaluation mode (`is_training` is false), in f32:
                 /// [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
@@ -158,7 +194,8 @@ impl Gen<'_> {
             #qplan
 
             #lints
-            fn __evaluate_q(&self, params: &#params_name, inputs: #inputs_name<'_>, #mode_param __q: ::mithril::rt::quant::Run<'_>) -> ::mithril::rt::Result<#outputs_name> {
+            #[allow(clippy::type_complexity)]
+            fn __evaluate_q(&self, params: &#params_name, inputs: #inputs_name<'_>, #mode_param __q: ::mithril::rt::quant::Run<'_>) -> ::mithril::rt::Result<#ret_ty> {
                 #threads
                 #eval_body
             }
@@ -189,7 +226,7 @@ impl Gen<'_> {
             /// Run the model with int8 matrix products (`i32` accumulation, dequantized in the
             /// GEMM's store; every other op in f32, in evaluation mode).
             pub fn evaluate_quantized(&self, quantized: &#q_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                self.__evaluate_q(quantized.params(), inputs, #mode_eval quantized.run())
+                #run_q
             }
 
             /// Load quantized params saved by their `save_safetensors` (int8 weights

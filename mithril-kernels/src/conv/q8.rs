@@ -1,0 +1,239 @@
+//! int8 convolution forward pass (quantized inference): per-output-channel symmetric int8
+//! weights, the input quantized per tensor, `u8 × i8 → i32` accumulation on the int8 GEMM of
+//! [`crate::qgemm`] (every path: VNNI, AVX2, `sdot`, scalar), dequantized in its store.
+//!
+//! **Algorithm: im2col into an int8 buffer.** The whole input is quantized once (`u8`
+//! `q + 128`, [`qgemm::quantize_a`]); then, per image and group, a panel of at most
+//! [`super::PANEL`] output positions is gathered from the quantized input into a `u8` patch
+//! matrix `colᵀ[position, r]` (`r = c·taps + ti·kw + tj`, padding taps and the k padding are
+//! 128, i.e. zero), one row per output position: the A operand of the int8 GEMM, whose B is
+//! the group's weights `W_gᵀ[r, o]` packed once ([`QConvWeight`]). The GEMM's `[position, o]`
+//! result (already `acc · s_x · s_w[o]` in f32) is written transposed into the NCHW output.
+
+use super::Geom;
+use crate::qgemm::{self, QIsa, QPackedB};
+use std::cell::RefCell;
+
+/// A convolution weight `[o, c / groups, kh, kw]` quantized per output channel and packed for
+/// the int8 GEMM, one [`QPackedB`] per group (`k` = `c/groups · kh · kw`, `n` = `o / groups`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConvWeight {
+    groups: Vec<QPackedB>,
+}
+
+impl QConvWeight {
+    /// Quantizes the row-major weight `w` (`o` output channels of `red = c/groups · kh · kw`
+    /// values each) in `groups` groups: output channel `j` gets `scale[j] = max |w[j, ·]| / 127`.
+    ///
+    /// # Panics
+    /// When `groups` does not divide `o` or `w` is shorter than `o · red`.
+    pub fn quantize(o: usize, groups: usize, red: usize, w: &[f32]) -> QConvWeight {
+        assert!(
+            groups > 0 && o.is_multiple_of(groups),
+            "QConvWeight: groups must divide o"
+        );
+        assert!(w.len() >= o * red, "QConvWeight: w too short");
+        let og = o / groups;
+        let groups = (0..groups)
+            .map(|gr| QPackedB::quantize(red, og, &w[gr * og * red..][..og * red], 1, red))
+            .collect();
+        QConvWeight { groups }
+    }
+
+    /// Packs already quantized weights (`q`: `o` rows of `red` values, row-major) with their
+    /// per-output-channel `scales` (e.g. read from a file). `Err` when `groups` does not
+    /// divide `o`, `q` is too short or `scales.len() != o`.
+    pub fn from_i8(
+        o: usize,
+        groups: usize,
+        red: usize,
+        q: &[i8],
+        scales: Vec<f32>,
+    ) -> Result<QConvWeight, String> {
+        if groups == 0 || !o.is_multiple_of(groups) {
+            return Err(format!("{groups} groups do not divide {o} output channels"));
+        }
+        if scales.len() != o {
+            return Err(format!("{} scales for {o} output channels", scales.len()));
+        }
+        if q.len() < o * red {
+            return Err(format!("{} int8 values for {o} × {red}", q.len()));
+        }
+        let og = o / groups;
+        let groups = (0..groups)
+            .map(|gr| {
+                QPackedB::from_i8(
+                    red,
+                    og,
+                    &q[gr * og * red..][..og * red],
+                    1,
+                    red,
+                    scales[gr * og..(gr + 1) * og].to_vec(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(QConvWeight { groups })
+    }
+
+    /// The per-group packed weights.
+    pub fn groups(&self) -> &[QPackedB] {
+        &self.groups
+    }
+
+    /// The reduction length per output channel (`c/groups · kh · kw`).
+    pub fn red(&self) -> usize {
+        self.groups.first().map_or(0, |b| b.k())
+    }
+
+    /// Output channels (all groups).
+    pub fn o(&self) -> usize {
+        self.groups.iter().map(|b| b.n()).sum()
+    }
+
+    /// The quantized weight of output channel `o` at reduction index `r`.
+    ///
+    /// # Panics
+    /// When out of range.
+    pub fn get(&self, o: usize, r: usize) -> i8 {
+        let og = self.groups[0].n();
+        self.groups[o / og].get(r, o % og)
+    }
+
+    /// The per-output-channel scales, in channel order.
+    pub fn scales(&self) -> Vec<f32> {
+        self.groups
+            .iter()
+            .flat_map(|b| b.scales().iter().copied())
+            .collect()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.groups.iter().map(|b| b.bytes()).sum()
+    }
+
+    /// Whether it fits geometry `g` (channels, groups, reduction length).
+    pub fn fits(&self, g: &Geom) -> bool {
+        self.groups.len() == g.groups
+            && self.o() == g.o
+            && self.groups.iter().all(|b| b.n() == g.og())
+            && self.red() == g.cg() * g.taps()
+    }
+}
+
+/// The scratch of [`forward_q8`]: the quantized input, the patch panel, the result panel
+/// (`[position, o]`) and the column scales.
+type Scratch = (Vec<u8>, Vec<u8>, Vec<f32>, Vec<f32>);
+
+thread_local! {
+    /// [`forward_q8`]'s scratch, grown, never shrunk.
+    static QBUF: RefCell<Scratch> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// `y = conv(x, w)` in int8 (overwrites `y`): `x` quantized per tensor with `act`
+/// (`(multiplier, scale)`, a static calibrated scale: values beyond it are clamped) or, with
+/// `None`, with the dynamic scale of its own `max |x|`; see the module docs. Returns the
+/// activation scale used.
+///
+/// # Panics
+/// When `g` is not [`Geom::valid`], `w` does not fit it ([`QConvWeight::fits`]) or a slice is
+/// shorter than `g` needs.
+pub fn forward_q8(
+    isa: QIsa,
+    g: &Geom,
+    x: &[f32],
+    w: &QConvWeight,
+    act: Option<(f32, f32)>,
+    y: &mut [f32],
+) -> f32 {
+    let (lx, _, ly) = g.lens();
+    assert!(g.valid(), "conv q8: invalid geometry {g:?}");
+    assert!(w.fits(g), "conv q8: the weight does not fit {g:?}");
+    assert!(x.len() >= lx && y.len() >= ly, "conv q8: slices too short");
+    let (inv, sa) = match act {
+        Some(s) => s,
+        None => qgemm::inv_and_scale(qgemm::max_abs(1, lx, x, lx, 1)),
+    };
+    if ly == 0 {
+        return sa;
+    }
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let red = cg * g.taps();
+    let kp = red.div_ceil(4) * 4;
+    let panel = super::PANEL.min(p.max(1));
+    QBUF.with(|b| {
+        let mut b = b.borrow_mut();
+        let (xq, col, tmp, cs) = &mut *b;
+        if xq.len() < lx {
+            xq.resize(lx, 0);
+        }
+        if col.len() < panel * kp {
+            col.resize(panel * kp, 0);
+        }
+        if tmp.len() < panel * og {
+            tmp.resize(panel * og, 0.0);
+        }
+        qgemm::quantize_a(1, lx, x, lx, 1, inv, &mut xq[..lx], lx);
+        for n in 0..g.n {
+            for gr in 0..g.groups {
+                let bw = &w.groups[gr];
+                cs.clear();
+                cs.extend(bw.scales().iter().map(|s| sa * s));
+                let xg = &xq[(n * g.c + gr * cg) * q..][..cg * q];
+                let yg = &mut y[(n * g.o + gr * og) * p..][..og * p];
+                let mut j0 = 0;
+                while j0 < p {
+                    let nc = panel.min(p - j0);
+                    im2col_t_u8(g, xg, j0, nc, col, kp);
+                    qgemm::qgemm(
+                        isa,
+                        nc,
+                        &col[..nc * kp],
+                        kp,
+                        bw,
+                        cs,
+                        &mut tmp[..nc * og],
+                        og,
+                        |_, _, _| {},
+                    );
+                    for o in 0..og {
+                        let dst = &mut yg[o * p + j0..][..nc];
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = tmp[j * og + o];
+                        }
+                    }
+                    j0 += nc;
+                }
+            }
+        }
+    });
+    sa
+}
+
+/// Fills `col[j * kp + r]` (`r = c·taps + ti·kw + tj`, `j` in `0..nc`) with the quantized input
+/// byte that output position `j0 + j` reads at `r` (128, i.e. zero, in the padding and for
+/// `r >= red`), for one group's quantized channels `xg`.
+fn im2col_t_u8(g: &Geom, xg: &[u8], j0: usize, nc: usize, col: &mut [u8], kp: usize) {
+    let (q, ow, iw) = (g.in_plane(), g.out[1], g.inp[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let red = g.cg() * kh * kw;
+    for j in 0..nc {
+        let pos = j0 + j;
+        let (oh, owp) = (pos / ow, pos % ow);
+        let dst = &mut col[j * kp..(j + 1) * kp];
+        dst[red..].fill(128);
+        for ti in 0..kh {
+            let ih = g.src(0, oh, ti);
+            for tj in 0..kw {
+                let iwp = g.src(1, owp, tj);
+                for c in 0..g.cg() {
+                    dst[(c * kh + ti) * kw + tj] = match (ih, iwp) {
+                        (Some(a), Some(b)) => xg[c * q + a * iw + b],
+                        _ => 128,
+                    };
+                }
+            }
+        }
+    }
+}
