@@ -21,6 +21,9 @@ mithril! {
         output y = blk(x);
     }
 
+    /// `BENCH_PROFILE=1`: the per-op profile of the batch-1 inference.
+    pub compile BlockProf = Block { profile: true, inference: true };
+
     /// One training step's loss through the block.
     pub train BlockTrain {
         input x: f32[B, 128, 256];
@@ -81,11 +84,6 @@ fn bench_cpu(mut f: impl FnMut(), budget: f64) -> (f64, f64) {
     (median(wall), median(cpu))
 }
 
-/// Time `f` for about `budget` seconds after warm-up; the median seconds per call.
-fn bench(f: impl FnMut(), budget: f64) -> f64 {
-    bench_cpu(f, budget).0
-}
-
 /// 24 independent zmm FMA chains: `iters` × 24 × 16 FMAs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -106,13 +104,14 @@ unsafe fn peak_run(iters: usize) -> f32 {
     _mm512_reduce_add_ps(s)
 }
 
-/// Single-core AVX-512 f32 FMA peak in GFLOP/s.
+/// Single-core AVX-512 f32 FMA peak in GFLOP/s (process CPU time).
 fn fma_peak() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         let iters = 1_000_000;
         // SAFETY: AVX-512F checked above.
-        let t = bench(
+        // process CPU time (on a shared machine, wall time counts the waits)
+        let (_, t) = bench_cpu(
             || {
                 black_box(unsafe { peak_run(black_box(iters)) });
             },
@@ -155,6 +154,20 @@ pub fn main() -> mithril::Result<()> {
     }
     let m = Block::new()?;
     let p = m.randomize_params(0);
+    if std::env::var("BENCH_PROFILE").is_ok_and(|v| v == "1") {
+        let pm = BlockProf::new()?;
+        let pp = pm.randomize_params(0);
+        let x = data((1, S, D), 0.1);
+        for _ in 0..3 {
+            let _ = pm.evaluate(&pp, BlockProfInputs { x: x.view() })?;
+        }
+        pm.reset_instrumentation();
+        for _ in 0..50 {
+            let _ = black_box(pm.evaluate(&pp, BlockProfInputs { x: x.view() })?);
+        }
+        println!("{}", pm.profile_report());
+        return Ok(());
+    }
     for b in [1usize, 8] {
         let x = data((b, S, D), 0.1);
         let (t, c) = bench_cpu(
@@ -221,7 +234,7 @@ pub fn main() -> mithril::Result<()> {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
         println!("# fused vs unfused max |diff|: {diff:e}");
-        let tf = bench(
+        let (_, tf) = bench_cpu(
             || {
                 let _ = black_box(fm.evaluate(
                     &pf,
@@ -234,7 +247,7 @@ pub fn main() -> mithril::Result<()> {
             },
             budget,
         );
-        let tu = bench(
+        let (_, tu) = bench_cpu(
             || {
                 let _ = black_box(um.evaluate(
                     &pu,
@@ -253,7 +266,7 @@ pub fn main() -> mithril::Result<()> {
                 .map(|p| format!(", \"of_peak\": {:.2}", g / p))
                 .unwrap_or_default();
             println!(
-                "JSON {{\"bench\": \"attention_causal\", \"impl\": \"{name}\", \"threads\": {threads}, \"seq\": {s}, \"heads\": {h}, \"median_s\": {t:.4e}, \"gflops\": {g:.1}{pct}}}"
+                "JSON {{\"bench\": \"attention_causal\", \"impl\": \"{name}\", \"threads\": {threads}, \"seq\": {s}, \"heads\": {h}, \"cpu_s\": {t:.4e}, \"gflops\": {g:.1}{pct}}}"
             );
         }
         println!("# fused / unfused speedup: {:.2}x", tu / tf);

@@ -107,6 +107,8 @@ pub mod library_names {
     #[doc(hidden)]
     pub use crate::__mithril_library_CachedPositionalEmbedding as CachedPositionalEmbedding;
     #[doc(hidden)]
+    pub use crate::__mithril_library_CachedRoPE as CachedRoPE;
+    #[doc(hidden)]
     pub use crate::__mithril_library_CachedSelfAttention as CachedSelfAttention;
     #[doc(hidden)]
     pub use crate::__mithril_library_CachedTransformerBlock as CachedTransformerBlock;
@@ -575,6 +577,16 @@ macro_rules! __mithril_library_CachedPositionalEmbedding {
     ($($t:tt)*) => {
         ::core::compile_error!(
             "`CachedPositionalEmbedding` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_CachedRoPE {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`CachedRoPE` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
 }

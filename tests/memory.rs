@@ -532,7 +532,6 @@ fn a_kv_cache_decode_step_allocates_no_cache_sized_buffer() {
         )
         .unwrap();
     (k, v) = (o.k_out, o.v_out);
-    let mut steady: Option<usize> = None;
     for (i, t) in one.iter().enumerate() {
         let pos = at[5 + i].view();
         let (n, (big, o)) = allocations(|| {
@@ -552,18 +551,17 @@ fn a_kv_cache_decode_step_allocates_no_cache_sized_buffer() {
         assert_eq!((o.k_out.as_ptr(), o.v_out.as_ptr()), (kp, vp));
         if i > 0 {
             // after the first decode call (which plans the step's memory): never a cache-sized
-            // buffer, and as many allocations at every position. Not yet only the logits: a
-            // step still makes a few small allocations (to be found; see BENCHMARKS, `kvgpt`).
+            // buffer, and from the third call on only the returned `logits` (the second may
+            // still re-plan the arena once)
             assert!(
                 big < 8 * 1024,
                 "decode step {i} allocated {big} bytes at once"
             );
-            let first = *steady.get_or_insert(n);
-            assert_eq!(
-                n, first,
-                "decode step {i} allocated {n} times, step 1 {first}"
-            );
-            assert!(n <= 10, "decode step {i} allocated {n} times");
+            if i == 1 {
+                assert!(n <= 3, "decode step {i} allocated {n} times");
+            } else {
+                assert_eq!(n, 1, "decode step {i} allocated {n} times");
+            }
         }
         (k, v) = (o.k_out, o.v_out);
     }

@@ -4,6 +4,12 @@ mithril::mithril! {
         input labels: i64[B];
         output loss = cross_entropy(logits, labels, reduction = "avg");
     }
+
+    model Deep {
+        input x: f32[B, T, 2];
+        let (y, h, c) = LSTM(2, 3, num_layers = 4)(x);
+        output out = y + h.sum() + c.sum();
+    }
 }
 
 fn main() {}

@@ -26,6 +26,12 @@ mithril! {
         param x: f64[1, 2, 3, 4];
         output y = RoPE(4)(x);
     }
+
+    model RopeAt {
+        param x: f64[1, 2, 3, 4];
+        input pos: i64[];
+        output y = CachedRoPE(4, base = 100.0)(x, pos);
+    }
 }
 
 fn lin(x: &Array2<f64>, w: &Array2<f64>, b: &Array1<f64>) -> Array2<f64> {
@@ -962,4 +968,49 @@ fn kv_cache_decoding_matches_the_full_forward() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("full"), "{e}");
+}
+
+/// `CachedRoPE`: position `pos + s` against the rotation written here (at `pos = 0` it is
+/// `RoPE`), and its gradient against central differences at an offset.
+#[test]
+fn cached_rope_rotates_from_an_offset() {
+    let m = RopeAt::new().unwrap();
+    let mut p = m.randomize_params(0);
+    set(&mut p, "x", |i| wave(i, 0.3));
+    let x = p.x.clone();
+    // the angles are in the default float type (f32), as in `rope_rotates_and_differentiates`
+    for pos in [0i64, 5] {
+        let at = ndarray::arr0(pos);
+        let o = m.evaluate(&p, RopeAtInputs { pos: at.view() }).unwrap();
+        for h in 0..2 {
+            for s in 0..3 {
+                for i in 0..2 {
+                    let th = (pos as f64 + s as f64) * 100f64.powf(-2.0 * i as f64 / 4.0);
+                    let (a, b) = (x[[0, h, s, i]], x[[0, h, s, i + 2]]);
+                    let (ya, yb) = (a * th.cos() - b * th.sin(), b * th.cos() + a * th.sin());
+                    assert!((o.y[[0, h, s, i]] - ya).abs() < 1e-6, "{pos} {h} {s} {i}");
+                    assert!(
+                        (o.y[[0, h, s, i + 2]] - yb).abs() < 1e-6,
+                        "{pos} {h} {s} {i}"
+                    );
+                }
+            }
+        }
+    }
+    let at = ndarray::arr0(7i64);
+    let seed = || pat(Ix4(1, 2, 3, 4), 0.4);
+    let loss = |p: &RopeAtParams| {
+        dot(
+            &m.evaluate(p, RopeAtInputs { pos: at.view() }).unwrap().y,
+            &seed(),
+        )
+    };
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            RopeAtInputs { pos: at.view() },
+            RopeAtOutputs { y: seed() },
+        )
+        .unwrap();
+    assert_eq!(gradcheck("cached rope", &p, &g, loss), 24);
 }

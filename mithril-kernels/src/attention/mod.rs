@@ -277,26 +277,22 @@ fn online_impl<T: AttnElem>(
             row.fill(T::ZERO);
             continue;
         }
-        let mut acc = [T::ZERO; 8];
-        let mut ch = row.chunks_exact_mut(8);
+        // exp computed unconditionally and then selected (a masked `-∞` gives 0): branch-free,
+        // so the loop vectorizes (with the exp inside a branch it ran scalar)
+        let mut acc = [T::ZERO; 16];
+        let mut ch = row.chunks_exact_mut(16);
         for c in &mut ch {
             for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-                let p = if *v == T::NEG_INF {
-                    T::ZERO
-                } else {
-                    (*v - m_new).exp()
-                };
+                let e = (*v - m_new).exp();
+                let p = if *v == T::NEG_INF { T::ZERO } else { e };
                 *v = p;
                 *a = *a + p;
             }
         }
         let mut sum = T::ZERO;
         for v in ch.into_remainder() {
-            let p = if *v == T::NEG_INF {
-                T::ZERO
-            } else {
-                (*v - m_new).exp()
-            };
+            let e = (*v - m_new).exp();
+            let p = if *v == T::NEG_INF { T::ZERO } else { e };
             *v = p;
             sum = sum + p;
         }
@@ -355,12 +351,10 @@ fn probs_impl<T: AttnElem>(
             if x == T::NEG_INF {
                 row.fill(T::ZERO);
             } else {
+                // branch-free, as in `online_impl`
                 for v in row.iter_mut() {
-                    *v = if *v == T::NEG_INF {
-                        T::ZERO
-                    } else {
-                        (*v - x).exp()
-                    };
+                    let e = (*v - x).exp();
+                    *v = if *v == T::NEG_INF { T::ZERO } else { e };
                 }
             }
         } else {

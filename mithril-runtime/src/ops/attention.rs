@@ -13,7 +13,7 @@ use mithril_kernels::attention::{self as kern, AttnElem, Dims, Mask, MaskView, W
 /// Dropout on the attention weights of a training call (drop probability, the call's seed, the
 /// op's id): the kernel's [`mithril_kernels::attention::Dropout`].
 pub use mithril_kernels::attention::Dropout as AttnDropout;
-use ndarray::{ArrayViewD, ArrayViewMutD, CowArray, IxDyn};
+use ndarray::{ArrayViewD, ArrayViewMutD, CowArray, Dimension, IxDyn};
 
 use super::fmt_shape;
 use crate::{Dest, Elem, Error, Result};
@@ -37,7 +37,26 @@ pub enum AttnMask<'a, 'v, T> {
 /// The checked sizes of a call and its batch dims.
 struct Shapes {
     dims: Dims,
-    lead: Vec<usize>,
+    /// The leading (batch) dims (`IxDyn`: on the stack up to rank 4, so a call allocates
+    /// nothing for them).
+    lead: IxDyn,
+}
+
+impl Shapes {
+    /// The leading dims followed by `tail`: an output shape (on the stack up to rank 4).
+    fn with(&self, tail: [usize; 3]) -> IxDyn {
+        let l = self.lead.slice();
+        let mut buf = [0usize; 4];
+        if l.len() <= 1 {
+            buf[..l.len()].copy_from_slice(l);
+            buf[l.len()..l.len() + 3].copy_from_slice(&tail);
+            IxDyn(&buf[..l.len() + 3])
+        } else {
+            let mut v = l.to_vec();
+            v.extend(tail);
+            IxDyn(&v)
+        }
+    }
 }
 
 fn shapes(op: &str, q: &[usize], k: &[usize], v: &[usize]) -> Result<Shapes> {
@@ -74,10 +93,10 @@ fn shapes(op: &str, q: &[usize], k: &[usize], v: &[usize]) -> Result<Shapes> {
             "the query heads ({hq}) must be a multiple of the key/value heads ({hkv})"
         )));
     }
-    let lead = q[..r - 3].to_vec();
+    let lead = IxDyn(&q[..r - 3]);
     Ok(Shapes {
         dims: Dims {
-            batch: lead.iter().product(),
+            batch: lead.slice().iter().product(),
             hq,
             hkv: hkv.max(1),
             sq,
@@ -97,22 +116,22 @@ fn mask_view<'m, M: Clone>(
     offs: &'m mut Vec<usize>,
 ) -> Result<MaskView<'m, M>> {
     let Dims { hq, sq, sk, .. } = sh.dims;
-    let mut full = sh.lead.clone();
-    full.extend([hq, sq, sk]);
-    let b = m.broadcast(IxDyn(&full)).ok_or_else(|| {
+    let full = sh.with([hq, sq, sk]);
+    let full = full.slice();
+    let b = m.broadcast(IxDyn(full)).ok_or_else(|| {
         Error::op(
             op,
             format!(
                 "the mask of shape {} does not broadcast to [..., Hq, Sq, Sk] = {}",
                 fmt_shape(m.shape()),
-                fmt_shape(&full)
+                fmt_shape(full)
             ),
         )
     })?;
     let st: Vec<usize> = b.strides().iter().map(|&s| s as usize).collect();
     let r = full.len();
     offs.clear();
-    let nl = sh.lead.len();
+    let nl = sh.lead.ndim();
     let mut idx = vec![0usize; nl];
     for _ in 0..sh.dims.batch {
         let base: usize = idx.iter().zip(&st).map(|(i, s)| i * s).sum();
@@ -207,15 +226,14 @@ pub fn attention_dropout_to<'w, T: AttnScalar>(
     const OP: &str = "attention";
     let drop = checked_drop(OP, drop)?;
     let sh = shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let mut oshape = sh.lead.clone();
-    oshape.extend([sh.dims.hq, sh.dims.sq, sh.dims.dv]);
+    let oshape = sh.with([sh.dims.hq, sh.dims.sq, sh.dims.dv]);
     let scale = scale.unwrap_or(1.0 / (sh.dims.d as f64).sqrt());
     let (qs, ks, vs) = (
         q.as_standard_layout(),
         k.as_standard_layout(),
         v.as_standard_layout(),
     );
-    let mut out = dest.get(OP, &oshape)?;
+    let mut out = dest.get(OP, oshape.slice())?;
     if out.is_empty() {
         return Ok(out);
     }
@@ -284,16 +302,15 @@ pub fn attention_grad_dropout_to<'w, T: AttnScalar>(
     let Dims {
         hq, sq, sk, d, dv, ..
     } = sh.dims;
-    let mut oshape = sh.lead.clone();
-    oshape.extend([hq, sq, dv]);
-    if o.shape() != oshape.as_slice() || go.shape() != oshape.as_slice() {
+    let oshape = sh.with([hq, sq, dv]);
+    if o.shape() != oshape.slice() || go.shape() != oshape.slice() {
         return Err(Error::op(
             OP,
             format!(
                 "the output {} and its gradient {} must be {}",
                 fmt_shape(o.shape()),
                 fmt_shape(go.shape()),
-                fmt_shape(&oshape)
+                fmt_shape(oshape.slice())
             ),
         ));
     }
@@ -313,11 +330,7 @@ pub fn attention_grad_dropout_to<'w, T: AttnScalar>(
                 .chain(k.shape().iter().copied())
                 .collect()
         }
-        AttnPart::Scores => {
-            let mut s = sh.lead.clone();
-            s.extend([hq, sq, sk]);
-            s
-        }
+        AttnPart::Scores => sh.with([hq, sq, sk]).slice().to_vec(),
     };
     let mut out = dest.get(OP, &rshape)?;
     if out.is_empty() {
@@ -399,11 +412,10 @@ pub fn cached_attention_to<'w, T: AttnScalar>(
             ),
         ));
     }
-    let mut oshape = sh.lead.clone();
-    oshape.extend([hq, sq, dv]);
+    let oshape = sh.with([hq, sq, dv]);
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
     let (ks, vs) = (k.as_standard_layout(), v.as_standard_layout());
-    let mut out = dest.get(OP, &oshape)?;
+    let mut out = dest.get(OP, oshape.slice())?;
     if out.is_empty() {
         return Ok(out);
     }

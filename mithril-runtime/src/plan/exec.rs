@@ -408,6 +408,9 @@ fn donors(
     donate: &[(usize, usize)],
 ) -> SmallVec<[Donor; 2]> {
     let mut found: SmallVec<[Donor; 2]> = SmallVec::new();
+    // the alias marks, in a per-thread buffer reused across calls (no allocation per call
+    // once it has grown to the plan's size)
+    let mut alias = ALIAS.with(|c| c.take());
     for (pair, &(k, view)) in donate.iter().enumerate() {
         let Some(&o) = plan.outputs.get(k) else {
             continue;
@@ -433,7 +436,8 @@ fn donors(
             continue;
         };
         // the input's memory: its node and every view of it
-        let mut alias = vec![false; plan.nodes.len()];
+        alias.clear();
+        alias.resize(plan.nodes.len(), false);
         alias[d] = true;
         for (i, s) in plan.nodes.iter().enumerate() {
             if s.home == Home::View && s.args.iter().any(|&a| alias.get(a) == Some(&true)) {
@@ -463,7 +467,13 @@ fn donors(
             pos,
         });
     }
+    ALIAS.with(|c| c.replace(alias));
     found
+}
+
+thread_local! {
+    /// [`donors`]' alias marks, kept between calls.
+    static ALIAS: std::cell::Cell<Vec<bool>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A `match` on a dtype binding `$T` to the storage type of each listed variant in `$e`, then
@@ -1093,7 +1103,8 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 any_t!(dt, T => self.put::<T>(id, h, |d| ops::arange_to(*start, *st, n, d)))
             }
             POp::Reshape(dims) => {
-                let mut ds = Vec::with_capacity(dims.len());
+                // on the stack up to rank 8: a reshape allocates nothing per call
+                let mut ds: SmallVec<[isize; 8]> = SmallVec::new();
                 for d in dims {
                     ds.push(match d {
                         Some(d) => self.dim(d)? as isize,

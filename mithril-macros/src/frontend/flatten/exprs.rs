@@ -490,6 +490,10 @@ impl Flattener<'_> {
             );
             return Value::Poison;
         }
+        if let Some(msg) = must_be_message(&n, &f.hyper) {
+            self.error(id.span(), msg);
+            return Value::Poison;
+        }
         let mut names: Vec<&String> = f.vars.keys().chain(f.hyper.keys()).collect();
         names.sort();
         let near = closest(&n, names.iter().map(|s| s.as_str()));
@@ -649,4 +653,28 @@ fn is_literal_like(e: &Expr) -> bool {
         Expr::Binary(b) => is_literal_like(&b.left) && is_literal_like(&b.right),
         _ => false,
     }
+}
+
+/// The message of a library model's check written as an undefined name
+/// `<hyper>_must_be_<a>_<b>_or_<c>` (read only when the model's taken branch reaches it):
+/// "unsupported `<hyper>` = <value>: it must be a, b or c".
+fn must_be_message(n: &str, hyper: &crate::frontend::hyper::HEnv) -> Option<String> {
+    let (name, allowed) = n.split_once("_must_be_")?;
+    let shown = match hyper.get(name)? {
+        HVal::Int(v) => v.to_string(),
+        HVal::Float(v) => v.to_string(),
+        HVal::Bool(v) => v.to_string(),
+        HVal::Str(v) => format!("{v:?}"),
+        _ => return None,
+    };
+    let allowed = match allowed.rsplit_once("_or_") {
+        Some((head, last)) => format!(
+            "{} or {last}",
+            head.split('_').collect::<Vec<_>>().join(", ")
+        ),
+        None => allowed.to_string(),
+    };
+    Some(format!(
+        "unsupported `{name}` = {shown}: it must be {allowed}"
+    ))
 }
