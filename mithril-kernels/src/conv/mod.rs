@@ -555,14 +555,6 @@ impl Geom {
     }
 }
 
-/// The register-blocked direct forward pass for small reductions (a first layer's one or three
-/// input channels): per image and group, the group's input channels are copied once into a
-/// zero-padded buffer (so every tap is a constant offset and no bounds are checked) and the
-/// weights into blocks of [`DOB`] output channels (`[block][tap][DOB]`); each output row is
-/// cut into chunks of [`DL`] positions (the last chunk of a row ends at the row's end,
-/// overlapping the one before it: its values are written twice, the same values). A register
-/// block is [`DOB`] output channels × [`DNC`] chunks: per tap, [`DNC`] vector loads and
-/// [`DOB`] broadcasts feed `DOB · DNC` fused multiply-adds, and each output is stored once.
 /// The layout the register-blocked direct kernels share: the zero-padded plane of one image
 /// group's input channels (`ph × pw` per channel), each tap's offset in it, and the output
 /// chunks.
