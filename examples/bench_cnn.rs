@@ -5,6 +5,7 @@
 //! call and GFLOP/s (the anchor's FLOP count: the two convolutions and the linear layer).
 
 use mithril::prelude::*;
+use mithril::rt::optim::{Optimizer, Sgd};
 use std::time::Instant;
 
 mithril! {
