@@ -1,10 +1,11 @@
 //! The CNN of `../shared/anchors/bench_cnn.py` (conv 3x3 1->32 pad 1, relu, max pool 2, conv
 //! 3x3 32->64 pad 1, relu, max pool 2, linear 3136->10; f32), inference at batch 1 and 64 and a
-//! training step (forward, mean cross entropy, backward; the SGD update not included) at batch
+//! training step (forward, mean cross entropy, backward, one plain SGD step, lr 0.01) at batch
 //! 64: `MITHRIL_THREADS=1 cargo run --release --example bench_cnn`. Prints the median time per
 //! call and GFLOP/s (the anchor's FLOP count: the two convolutions and the linear layer).
 
 use mithril::prelude::*;
+use mithril::rt::optim::{Optimizer, Sgd};
 use std::time::Instant;
 
 mithril! {
@@ -29,6 +30,8 @@ mithril! {
         output logits = Linear(10)(p2.flatten(start_dim = 1));
         loss cross_entropy(logits, label).mean();
     }
+    /// `BENCH_PROFILE=1`: the per-op profile of the training step.
+    compile CnnTrainProf = CnnTrain { profile: true };
 }
 
 /// The anchor's FLOPs for batch `b`.
@@ -39,24 +42,40 @@ fn cnn_flops(b: usize) -> f64 {
     (b * (conv1 + conv2 + fc)) as f64
 }
 
-/// Median seconds per call over 21 trials of about 20 ms each (after a warm-up).
-fn time(mut f: impl FnMut()) -> f64 {
+/// CPU time of the whole process (all threads; robust to a shared, loaded machine).
+fn process_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// (wall, process CPU) median seconds per call over 21 trials of about 20 ms each (after a
+/// warm-up).
+fn time(mut f: impl FnMut()) -> (f64, f64) {
     f();
     let t0 = Instant::now();
     f();
     let once = t0.elapsed().as_secs_f64().max(1e-8);
     let reps = ((2e-2 / once) as usize).max(1);
-    let mut v: Vec<f64> = (0..21)
+    let (mut w, mut c): (Vec<f64>, Vec<f64>) = (0..21)
         .map(|_| {
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), process_cpu());
             for _ in 0..reps {
                 f();
             }
-            t.elapsed().as_secs_f64() / reps as f64
+            (
+                t.elapsed().as_secs_f64() / reps as f64,
+                (process_cpu() - c) / reps as f64,
+            )
         })
-        .collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+        .unzip();
+    w.sort_by(|a, b| a.total_cmp(b));
+    c.sort_by(|a, b| a.total_cmp(b));
+    (w[w.len() / 2], c[c.len() / 2])
 }
 
 fn main() -> mithril::Result<()> {
@@ -66,14 +85,15 @@ fn main() -> mithril::Result<()> {
         let x = ndarray::Array4::from_shape_fn((b, 1, 28, 28), |(i, _, r, c)| {
             ((i * 784 + r * 28 + c) as f32 * 0.37).sin()
         });
-        let t = time(|| {
+        let (t, c) = time(|| {
             let o = m.evaluate(&p, CnnInferInputs { x: x.view() }).unwrap();
             std::hint::black_box(o);
         });
         println!(
-            "cnn_infer batch {b:3}: {:9.1} us  {:6.1} GFLOP/s",
+            "cnn_infer batch {b:3}: {:9.1} us wall, {:9.1} us CPU  {:6.1} GFLOP/s (CPU time)",
             t * 1e6,
-            cnn_flops(b) / t / 1e9
+            c * 1e6,
+            cnn_flops(b) / c / 1e9
         );
     }
     let mt = CnnTrain::new()?;
@@ -83,8 +103,10 @@ fn main() -> mithril::Result<()> {
         ((i * 784 + r * 28 + c) as f32 * 0.37).sin()
     });
     let y = ndarray::Array1::from_shape_fn(b, |i| (i % 10) as i64);
-    let t = time(|| {
-        let g = mt
+    let mut pt = pt;
+    let mut opt = Sgd::new(0.01);
+    let (t, c) = time(|| {
+        let (_, g) = mt
             .evaluate_gradients(
                 &pt,
                 CnnTrainInputs {
@@ -93,12 +115,28 @@ fn main() -> mithril::Result<()> {
                 },
             )
             .unwrap();
-        std::hint::black_box(g);
+        opt.step(&mut pt, &g).unwrap();
     });
     println!(
-        "cnn_train batch {b:3} (forward + backward): {:9.1} us  {:6.1} GFLOP/s (3x the forward's FLOPs)",
+        "cnn_train batch {b:3} (forward + backward + SGD): {:9.1} us wall, {:9.1} us CPU  {:6.1} GFLOP/s (CPU time, 3x the forward's FLOPs)",
         t * 1e6,
-        3.0 * cnn_flops(b) / t / 1e9
+        c * 1e6,
+        3.0 * cnn_flops(b) / c / 1e9
     );
+    if std::env::var("BENCH_PROFILE").is_ok_and(|v| v == "1") {
+        let pm = CnnTrainProf::new()?;
+        let mut pp = pm.randomize_params(0);
+        for _ in 0..20 {
+            let (_, g) = pm.evaluate_gradients(
+                &pp,
+                CnnTrainProfInputs {
+                    x: x.view(),
+                    label: y.view(),
+                },
+            )?;
+            opt.step(&mut pp, &g)?;
+        }
+        println!("{}", pm.profile_report());
+    }
     Ok(())
 }

@@ -48,6 +48,15 @@ pub trait ConvElem:
 {
     /// 1.
     const ONE: Self;
+    /// `self · b + c` with one rounding (an FMA instruction where the calling copy was compiled
+    /// with FMA, a libm call otherwise).
+    fn madd(self, b: Self, c: Self) -> Self;
+    /// Takes this thread's scratch vector of this type out of its slot (empty if none), for
+    /// kernels that must not run their loops inside a closure (a closure is compiled without
+    /// the calling copy's target features); give it back with [`ConvElem::put_scratch`].
+    fn take_scratch() -> Vec<Self>;
+    /// Puts a scratch vector taken with [`ConvElem::take_scratch`] back.
+    fn put_scratch(v: Vec<Self>);
     /// The thread-local panel buffer of this type.
     fn with_buf<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
@@ -57,10 +66,25 @@ thread_local! {
     static BUF64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    static SCRATCH32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
 macro_rules! conv_elem {
-    ($t:ty, $buf:ident) => {
+    ($t:ty, $buf:ident, $scratch:ident) => {
         impl ConvElem for $t {
             const ONE: Self = 1.0;
+            #[inline(always)]
+            fn madd(self, b: Self, c: Self) -> Self {
+                self.mul_add(b, c)
+            }
+            fn take_scratch() -> Vec<Self> {
+                $scratch.with(|b| b.take())
+            }
+            fn put_scratch(v: Vec<Self>) {
+                $scratch.with(|b| *b.borrow_mut() = v)
+            }
             fn with_buf<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
                 $buf.with(|b| match b.try_borrow_mut() {
                     Ok(mut v) => {
@@ -76,8 +100,8 @@ macro_rules! conv_elem {
         }
     };
 }
-conv_elem!(f32, BUF32);
-conv_elem!(f64, BUF64);
+conv_elem!(f32, BUF32, SCRATCH32);
+conv_elem!(f64, BUF64, SCRATCH64);
 
 /// The geometry of one convolution `y = conv(x, w)`: `x: [n, c, h, w]`, `w: [o, c / groups,
 /// kh, kw]`, `y: [n, o, oh, ow]`. `pad` is the padding before each spatial dim (the padding
@@ -471,6 +495,15 @@ fn for_rows(g: &Geom, ti: usize, tj: usize, mut f: impl FnMut(usize, usize, usiz
 
 #[inline(always)]
 fn direct_fwd_impl<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
+    if g.blocked_direct() {
+        // FMA where the copy was compiled with it (AVX2 / AVX-512); the baseline copy keeps
+        // the separate multiply and add (`mul_add` would be a libm call there)
+        return if crate::isa::active() == crate::isa::Isa::Scalar {
+            direct_fwd_blocked::<T, false>(g, x, w, y)
+        } else {
+            direct_fwd_blocked::<T, true>(g, x, w, y)
+        };
+    }
     let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
     let (ow, iw, s, taps) = (g.out[1], g.inp[1], g.stride[1], g.taps());
     for n in 0..g.n {
@@ -502,6 +535,269 @@ fn direct_fwd_impl<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
             }
         }
     }
+}
+
+/// Output positions per vector chunk of the blocked direct kernel.
+const DL: usize = 16;
+/// Output channels per register block of the blocked direct kernel.
+const DOB: usize = 4;
+/// Chunks per register block of the blocked direct kernel (`DOB · DNC` accumulators of `DL`).
+const DNC: usize = 4;
+/// Reductions (`C_g · kh · kw`) up to which the blocked direct kernel runs.
+const DBLOCK_MAX_RED: usize = 64;
+
+impl Geom {
+    /// Whether the direct forward pass and weight gradient run the register-blocked kernels
+    /// ([`direct_fwd_blocked`], [`direct_bwd_weight_blocked`]): unit column stride, output rows at least [`DL`] wide, at least
+    /// [`DOB`] output channels per group and a small reduction.
+    fn blocked_direct(&self) -> bool {
+        self.stride[1] == 1
+            && self.out[1] >= DL
+            && self.og() >= DOB
+            && self.cg() * self.taps() <= DBLOCK_MAX_RED
+    }
+}
+
+/// The layout the register-blocked direct kernels share: the zero-padded plane of one image
+/// group's input channels (`ph × pw` per channel), each tap's offset in it, and the output
+/// chunks.
+struct Blocked {
+    ph: usize,
+    pw: usize,
+    /// tap `r = (c·kh + ti)·kw + tj` reads the padded input at `base + offs[r]`
+    offs: Vec<usize>,
+    /// `(output row, first column, lanes already covered by the row's previous chunk)`, a
+    /// multiple of [`DNC`] long (the tail repeats the last chunk with every lane covered)
+    chunks: Vec<(usize, usize, usize)>,
+}
+
+impl Blocked {
+    fn new(g: &Geom) -> Blocked {
+        let (ohn, ow) = (g.out[0], g.out[1]);
+        // the padded plane covers every position a tap reads
+        let ph = (ohn - 1) * g.stride[0] + (g.k[0] - 1) * g.dil[0] + 1;
+        let pw = (ow - 1) + (g.k[1] - 1) * g.dil[1] + 1;
+        let mut chunks = Vec::with_capacity(ohn * ow.div_ceil(DL) + DNC);
+        for oh in 0..ohn {
+            let mut s = 0;
+            while s + DL <= ow {
+                chunks.push((oh, s, 0));
+                s += DL;
+            }
+            if s < ow {
+                chunks.push((oh, ow - DL, s - (ow - DL)));
+            }
+        }
+        let (oh, s, _) = chunks[chunks.len() - 1];
+        while !chunks.len().is_multiple_of(DNC) {
+            chunks.push((oh, s, DL));
+        }
+        let mut offs = Vec::with_capacity(g.cg() * g.taps());
+        for c in 0..g.cg() {
+            for ti in 0..g.k[0] {
+                for tj in 0..g.k[1] {
+                    offs.push(c * ph * pw + ti * g.dil[0] * pw + tj * g.dil[1]);
+                }
+            }
+        }
+        Blocked {
+            ph,
+            pw,
+            offs,
+            chunks,
+        }
+    }
+
+    /// Elements of the padded input of one image group.
+    fn plane_len(&self, g: &Geom) -> usize {
+        g.cg() * self.ph * self.pw
+    }
+
+    /// Copies image `n`'s group `gr` channels into the zero-padded `xp`.
+    #[inline(always)]
+    fn pad<T: ConvElem>(&self, g: &Geom, x: &[T], n: usize, gr: usize, xp: &mut [T]) {
+        let (cg, q, plane) = (g.cg(), g.in_plane(), self.ph * self.pw);
+        let cols = g.inp[1].min(self.pw.saturating_sub(g.pad[1]));
+        xp.fill(T::default());
+        if cols == 0 {
+            return;
+        }
+        for c in 0..cg {
+            let xc = &x[(n * g.c + gr * cg + c) * q..][..q];
+            for ih in 0..g.inp[0] {
+                let pr = ih + g.pad[0];
+                if pr >= self.ph {
+                    break;
+                }
+                xp[c * plane + pr * self.pw + g.pad[1]..][..cols]
+                    .copy_from_slice(&xc[ih * g.inp[1]..][..cols]);
+            }
+        }
+    }
+
+    /// The padded-input positions of the chunks' first outputs.
+    #[inline(always)]
+    fn bases(&self, g: &Geom, cs: &[(usize, usize, usize)]) -> [usize; DNC] {
+        let mut base = [0usize; DNC];
+        for (b, &(oh, s, _)) in base.iter_mut().zip(cs) {
+            *b = oh * g.stride[0] * self.pw + s;
+        }
+        base
+    }
+}
+
+/// The register-blocked direct forward pass for small reductions (a first layer's one or three
+/// input channels): per image and group, the group's input channels are copied once into a
+/// zero-padded buffer (so every tap is a constant offset and no bounds are checked) and the
+/// weights into blocks of [`DOB`] output channels (`[block][tap][DOB]`); each output row is
+/// cut into chunks of [`DL`] positions (the last chunk of a row ends at the row's end,
+/// overlapping the one before it: those values are written twice, the same values). A register
+/// block is [`DOB`] output channels × [`DNC`] chunks: per tap, [`DNC`] vector loads and
+/// [`DOB`] broadcasts feed `DOB · DNC` multiply-adds, and each output is stored once.
+#[inline(always)]
+fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
+    let (og, red) = (g.og(), g.cg() * g.taps());
+    let (ohn, ow) = (g.out[0], g.out[1]);
+    let bl = Blocked::new(g);
+    let nob = og.div_ceil(DOB);
+    let plane = bl.plane_len(g);
+    // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
+    let mut buf = T::take_scratch();
+    buf.clear();
+    buf.resize(plane + nob * red * DOB, T::default());
+    {
+        let (xp, wp) = buf.split_at_mut(plane);
+        for gr in 0..g.groups {
+            for ob in 0..nob {
+                for r in 0..red {
+                    for j in 0..DOB {
+                        let o = ob * DOB + j;
+                        wp[(ob * red + r) * DOB + j] = if o < og {
+                            w[(gr * og + o) * red + r]
+                        } else {
+                            T::default()
+                        };
+                    }
+                }
+            }
+            for n in 0..g.n {
+                bl.pad(g, x, n, gr, xp);
+                let xp = &*xp;
+                for ob in 0..nob {
+                    let wb = &wp[ob * red * DOB..][..red * DOB];
+                    for cs in bl.chunks.chunks_exact(DNC) {
+                        let base = bl.bases(g, cs);
+                        let mut acc = [[T::default(); DL]; DOB * DNC];
+                        for (r, &off) in bl.offs.iter().enumerate() {
+                            let wv: &[T; DOB] = wb[r * DOB..][..DOB].try_into().unwrap();
+                            for c in 0..DNC {
+                                let xv: &[T; DL] = xp[base[c] + off..][..DL].try_into().unwrap();
+                                for j in 0..DOB {
+                                    let a = &mut acc[j * DNC + c];
+                                    for l in 0..DL {
+                                        a[l] = if FMA {
+                                            wv[j].madd(xv[l], a[l])
+                                        } else {
+                                            a[l] + wv[j] * xv[l]
+                                        };
+                                    }
+                                }
+                            }
+                        }
+                        for j in 0..DOB.min(og - ob * DOB) {
+                            let yo = (n * g.o + gr * og + ob * DOB + j) * ohn * ow;
+                            for (c, &(oh, s, _)) in cs.iter().enumerate() {
+                                y[yo + oh * ow + s..][..DL].copy_from_slice(&acc[j * DNC + c]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    T::put_scratch(buf);
+}
+
+/// Taps per register block of the blocked weight gradient.
+const DRB: usize = 3;
+
+/// The register-blocked direct weight gradient (the layout of [`direct_fwd_blocked`]): a
+/// register block is [`DOB`] output channels × [`DRB`] taps, each a vector of [`DL`] partial
+/// sums over the output positions; per chunk, [`DOB`] output-gradient loads (the lanes an
+/// earlier chunk of the row covered set to zero) and [`DRB`] input loads feed `DOB · DRB`
+/// multiply-adds. The partial sums are reduced once per image.
+#[inline(always)]
+fn direct_bwd_weight_blocked<T: ConvElem, const FMA: bool>(
+    g: &Geom,
+    x: &[T],
+    gy: &[T],
+    gw: &mut [T],
+) {
+    let (og, red, p) = (g.og(), g.cg() * g.taps(), g.out_plane());
+    let ow = g.out[1];
+    let bl = Blocked::new(g);
+    let nob = og.div_ceil(DOB);
+    let plane = bl.plane_len(g);
+    let mut xp = T::take_scratch();
+    xp.clear();
+    xp.resize(plane, T::default());
+    {
+        for gr in 0..g.groups {
+            for n in 0..g.n {
+                bl.pad(g, x, n, gr, &mut xp);
+                let xp = &*xp;
+                for ob in 0..nob {
+                    let ol = DOB.min(og - ob * DOB);
+                    let gyo = |j: usize| (n * g.o + gr * og + ob * DOB + j.min(ol - 1)) * p;
+                    let mut r0 = 0;
+                    while r0 < red {
+                        let rl = DRB.min(red - r0);
+                        let mut offs = [0usize; DRB];
+                        for (k, o) in offs.iter_mut().enumerate() {
+                            *o = bl.offs[r0 + k.min(rl - 1)];
+                        }
+                        let mut acc = [[T::default(); DL]; DOB * DRB];
+                        for &(oh, s, skip) in &bl.chunks {
+                            let base = oh * g.stride[0] * bl.pw + s;
+                            let mut gv = [[T::default(); DL]; DOB];
+                            for (j, v) in gv.iter_mut().enumerate() {
+                                let src: &[T; DL] =
+                                    gy[gyo(j) + oh * ow + s..][..DL].try_into().unwrap();
+                                for l in 0..DL {
+                                    v[l] = if l >= skip { src[l] } else { T::default() };
+                                }
+                            }
+                            for (k, &off) in offs.iter().enumerate() {
+                                let xv: &[T; DL] = xp[base + off..][..DL].try_into().unwrap();
+                                for j in 0..DOB {
+                                    let a = &mut acc[j * DRB + k];
+                                    for l in 0..DL {
+                                        a[l] = if FMA {
+                                            gv[j][l].madd(xv[l], a[l])
+                                        } else {
+                                            a[l] + gv[j][l] * xv[l]
+                                        };
+                                    }
+                                }
+                            }
+                        }
+                        for j in 0..ol {
+                            for k in 0..rl {
+                                let mut sum = T::default();
+                                for &v in &acc[j * DRB + k] {
+                                    sum = sum + v;
+                                }
+                                let d = &mut gw[(gr * og + ob * DOB + j) * red + r0 + k];
+                                *d = *d + sum;
+                            }
+                        }
+                        r0 += rl;
+                    }
+                }
+            }
+        }
+    }
+    T::put_scratch(xp);
 }
 
 #[inline(always)]
@@ -541,6 +837,13 @@ fn direct_bwd_data_impl<T: ConvElem>(g: &Geom, gy: &[T], w: &[T], gx: &mut [T]) 
 
 #[inline(always)]
 fn direct_bwd_weight_impl<T: ConvElem>(g: &Geom, x: &[T], gy: &[T], gw: &mut [T]) {
+    if g.blocked_direct() {
+        return if crate::isa::active() == crate::isa::Isa::Scalar {
+            direct_bwd_weight_blocked::<T, false>(g, x, gy, gw)
+        } else {
+            direct_bwd_weight_blocked::<T, true>(g, x, gy, gw)
+        };
+    }
     let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
     let (ow, iw, s, taps) = (g.out[1], g.inp[1], g.stride[1], g.taps());
     for n in 0..g.n {

@@ -95,6 +95,13 @@ fn cases() -> Vec<Geom> {
         geom(1, 5, 3, 1, [4, 6], [1, 1], [1, 1], [0, 0], [1, 1]),
         geom(2, 7, 4, 1, [1, 11], [1, 3], [1, 2], [0, 2], [1, 1]),
         geom(1, 9, 17, 1, [15, 14], [3, 3], [1, 1], [1, 1], [1, 1]),
+        // the register-blocked direct kernel: rows of 21 (a chunk of 16 and an overlapping
+        // tail), 7 output channels (a partial block), 23 chunks (a partial group of chunks)
+        geom(2, 1, 7, 1, [9, 21], [3, 3], [1, 1], [1, 1], [1, 1]),
+        // row stride 2, dilation, uneven kernel, groups, 3 input channels per group
+        geom(1, 6, 10, 2, [11, 37], [2, 3], [2, 1], [0, 2], [2, 2]),
+        // padding wider than the kernel's reach (padded rows and columns never read)
+        geom(1, 1, 5, 1, [3, 17], [1, 1], [1, 1], [2, 3], [1, 1]),
     ]
 }
 
@@ -271,4 +278,15 @@ fn int8_forward_matches_the_scalar_reference_bitwise() {
             }
         }
     }
+}
+
+/// The cases above that exercise the register-blocked direct kernel do reach it.
+#[test]
+fn blocked_direct_cases_reach_the_blocked_kernel() {
+    let c = cases();
+    let n = c.len();
+    for g in &c[n - 3..] {
+        assert!(g.blocked_direct(), "{g:?}");
+    }
+    assert!(!c[0].blocked_direct());
 }

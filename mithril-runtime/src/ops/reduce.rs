@@ -128,7 +128,7 @@ fn groups<'a, T: Elem>(a: &ArrayViewD<'a, T>, p: &Plan) -> Groups<'a, T> {
         perm[j] = i;
         j += 1;
     }
-    let pv = a.clone().permuted_axes(perm);
+    let pv = a.clone().permuted_axes(perm.clone());
     if let Some(s) = pv.to_slice() {
         return Groups::Contig(Cow::Borrowed(s));
     }
@@ -139,7 +139,51 @@ fn groups<'a, T: Elem>(a: &ArrayViewD<'a, T>, p: &Plan) -> Groups<'a, T> {
         }
     }
     // Strided layouts: one gathered copy (the only allocation of a reduction).
+    if let Some(v) = gather_runs(a, p, &perm) {
+        return Groups::Contig(Cow::Owned(v));
+    }
     Groups::Contig(Cow::Owned(pv.iter().copied().collect()))
+}
+
+/// The gathered copy of [`groups`] (the elements of `a` in the order of its axes permuted by
+/// `perm`: kept axes first, then reduced ones) for a contiguous `a` whose last axes are
+/// reduced (a bias gradient's sum over `[N, C, H, W]` axes 0, 2, 3): those axes stay
+/// contiguous runs in the permuted order, copied whole (`None`: not that layout, or runs too
+/// short to be worth it). The same elements in the same order as iterating the permuted view.
+fn gather_runs<T: Elem>(a: &ArrayViewD<'_, T>, p: &Plan, perm: &IxDyn) -> Option<Vec<T>> {
+    let src = a.as_slice()?;
+    let (shape, nd) = (a.shape(), a.ndim());
+    let t = (0..nd).rev().take_while(|&i| p.is_reduced(i)).count();
+    let run: usize = shape[nd - t..].iter().product();
+    if t == 0 || run < 8 || src.is_empty() {
+        return None;
+    }
+    // the odometer over the permuted leading axes (their strides in elements)
+    let lead = nd - t;
+    let dims: Vec<usize> = (0..lead).map(|j| shape[perm[j]]).collect();
+    let strides: Vec<usize> = (0..lead).map(|j| a.strides()[perm[j]] as usize).collect();
+    let mut idx = vec![0usize; lead];
+    let mut out = Vec::with_capacity(src.len());
+    let mut off = 0usize;
+    loop {
+        out.extend_from_slice(&src[off..off + run]);
+        let mut d = lead;
+        loop {
+            if d == 0 {
+                return Some(out);
+            }
+            d -= 1;
+            idx[d] += 1;
+            // (wrapping: an axis of length 1 may carry any stride in a standard layout; it
+            // is added and taken back at once)
+            off = off.wrapping_add(strides[d]);
+            if idx[d] < dims[d] {
+                break;
+            }
+            off = off.wrapping_sub(strides[d].wrapping_mul(dims[d]));
+            idx[d] = 0;
+        }
+    }
 }
 
 /// Reduces a run with eight interleaved accumulators, splitting long runs in halves.

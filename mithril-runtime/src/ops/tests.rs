@@ -1419,3 +1419,77 @@ pub(crate) fn matmul_epi_2d_matches_the_general_path() {
     check::<bf16>(bf16::from_f64);
     check::<f16>(f16::from_f64);
 }
+
+/// A sum over leading and trailing axes of a contiguous array (the bias gradient of a
+/// convolution: `[N, C, H, W]` over axes 0, 2, 3; the trailing runs gathered whole) against
+/// naive f64 loops, with `keepdim`, a unit axis, and the other reductions over the same layout.
+#[cfg_attr(test, test)]
+pub(crate) fn sums_over_outer_and_inner_axes_match_loops() {
+    let (n, c, h, w) = (3usize, 5usize, 4usize, 7usize);
+    let v: Vec<f64> = (0..n * c * h * w)
+        .map(|i| ((i as f64) * 0.37).sin())
+        .collect();
+    let a = ArrayD::from_shape_vec(IxDyn(&[n, c, h, w]), v.clone()).unwrap();
+    let at = |i: usize, j: usize, k: usize, l: usize| v[((i * c + j) * h + k) * w + l];
+    let mut want = vec![0.0; c];
+    for (j, s) in want.iter_mut().enumerate() {
+        for i in 0..n {
+            for k in 0..h {
+                for l in 0..w {
+                    *s += at(i, j, k, l);
+                }
+            }
+        }
+    }
+    for keep in [false, true] {
+        let got = sum(&a.view(), &[0, 2, 3], keep).unwrap();
+        let shape: &[usize] = if keep { &[1, c, 1, 1] } else { &[c] };
+        assert_eq!(got.shape(), shape);
+        for (g, e) in got.iter().zip(&want) {
+            assert!((g - e).abs() <= 1e-12 * (1.0 + e.abs()), "{g} vs {e}");
+        }
+    }
+    // f32, and the maximum over the same axes
+    let a32 = a.mapv(|x| x as f32);
+    let got = sum(&a32.view(), &[0, 2, 3], false).unwrap();
+    for (g, e) in got.iter().zip(&want) {
+        assert!(
+            (*g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()),
+            "{g} vs {e}"
+        );
+    }
+    let mx = max(&a.view(), &[0, 2, 3], false).unwrap();
+    for (j, m) in mx.iter().enumerate() {
+        let mut e = f64::NEG_INFINITY;
+        for i in 0..n {
+            for k in 0..h {
+                for l in 0..w {
+                    e = e.max(at(i, j, k, l));
+                }
+            }
+        }
+        assert_eq!(*m, e);
+    }
+    // a unit axis inside the trailing runs, and the middle axis reduced with a kept one after
+    let b = a
+        .clone()
+        .into_shape_with_order(IxDyn(&[n, c, 1, h * w]))
+        .unwrap();
+    let got = sum(&b.view(), &[0, 2, 3], false).unwrap();
+    for (g, e) in got.iter().zip(&want) {
+        assert!((g - e).abs() <= 1e-12 * (1.0 + e.abs()), "{g} vs {e}");
+    }
+    let got = sum(&a.view(), &[1, 3], false).unwrap();
+    for i in 0..n {
+        for k in 0..h {
+            let mut e = 0.0;
+            for j in 0..c {
+                for l in 0..w {
+                    e += at(i, j, k, l);
+                }
+            }
+            let g = got[[i, k]];
+            assert!((g - e).abs() <= 1e-12 * (1.0 + e.abs()), "{g} vs {e}");
+        }
+    }
+}
