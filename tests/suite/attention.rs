@@ -82,10 +82,10 @@ pub(crate) fn naive(
                     if causal && j > i {
                         continue;
                     }
-                    if let Some(m) = &keepb {
-                        if !m[[bi, hi, i, j].as_slice()] {
-                            continue;
-                        }
+                    if let Some(m) = &keepb
+                        && !m[[bi, hi, i, j].as_slice()]
+                    {
+                        continue;
                     }
                     let mut x = 0.0;
                     for c in 0..d {

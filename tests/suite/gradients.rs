@@ -137,12 +137,11 @@ fn embedding_cross_entropy_slice_concat_gradients() {
             let mut minus = params.clone();
             for (q, d) in [(&mut plus, h), (&mut minus, -h)] {
                 q.visit_mut(&mut |k, t| {
-                    if k == name {
-                        if let TensorViewMut::F32(mut a) = t {
-                            if let Some(v) = a.iter_mut().nth(i) {
-                                *v += d;
-                            }
-                        }
+                    if k == name
+                        && let TensorViewMut::F32(mut a) = t
+                        && let Some(v) = a.iter_mut().nth(i)
+                    {
+                        *v += d;
                     }
                     Ok(())
                 })

@@ -82,12 +82,11 @@ fn svg_texts(svg: &str) -> Vec<String> {
                 if !self_closing {
                     if name == "text" {
                         cur = Some(String::new());
-                    } else if name == "tspan" {
-                        if let Some(c) = cur.as_mut() {
-                            if !c.is_empty() {
-                                c.push('\n');
-                            }
-                        }
+                    } else if name == "tspan"
+                        && let Some(c) = cur.as_mut()
+                        && !c.is_empty()
+                    {
+                        c.push('\n');
                     }
                     stack.push(name);
                 }

@@ -90,12 +90,11 @@ fn train_model_loss_and_gradients() {
             let shift = |d: f64| {
                 let mut q = p.clone();
                 q.visit_mut(&mut |k, t| {
-                    if k == name {
-                        if let TensorViewMut::F64(mut a) = t {
-                            if let Some(v) = a.iter_mut().nth(i) {
-                                *v += d;
-                            }
-                        }
+                    if k == name
+                        && let TensorViewMut::F64(mut a) = t
+                        && let Some(v) = a.iter_mut().nth(i)
+                    {
+                        *v += d;
                     }
                     Ok(())
                 })
