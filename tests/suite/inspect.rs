@@ -106,8 +106,14 @@ fn close(got: ndarray::ArrayViewD<'_, f32>, want: &Array2<f64>, what: &str) {
     }
 }
 
+/// `NetInt` writes its intermediates to one file on every call: the two tests that call it hold
+/// this lock, so that one does not read back the file the other has just rewritten (they run on
+/// parallel threads; the other writes a 2-row input).
+static NET_INT_FILE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn intermediates_are_every_named_value_with_their_values() {
+    let _file = NET_INT_FILE.lock().unwrap_or_else(|e| e.into_inner());
     let m = NetInt::new().unwrap();
     let mut p = m.randomize_params(0);
     set_block_w(&mut p);
@@ -144,6 +150,7 @@ fn intermediates_are_every_named_value_with_their_values() {
 
 #[test]
 fn intermediates_are_written_as_safetensors_and_read_back() {
+    let _file = NET_INT_FILE.lock().unwrap_or_else(|e| e.into_inner());
     let m = NetInt::new().unwrap();
     let mut p = m.randomize_params(0);
     set_block_w(&mut p);
