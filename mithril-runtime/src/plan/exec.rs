@@ -661,13 +661,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         match self.q {
             Run::Off => None,
             Run::Calibrate(c) => {
-                let m = match a.as_slice_memory_order() {
-                    Some(s) => mithril_kernels::qgemm::max_abs(1, s.len(), s, s.len(), 1),
-                    None => a
-                        .iter()
-                        .fold(0f32, |m, x| if x.abs() > m { x.abs() } else { m }),
-                };
-                c.record(view, m);
+                c.record(view, max_abs(a));
                 None
             }
             Run::Int8(s) => {
@@ -701,13 +695,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         match self.q {
             Run::Off => None,
             Run::Calibrate(c) => {
-                let m = match x.as_slice_memory_order() {
-                    Some(s) => mithril_kernels::qgemm::max_abs(1, s.len(), s, s.len(), 1),
-                    None => x
-                        .iter()
-                        .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m }),
-                };
-                c.record(view, m);
+                c.record(view, max_abs(x));
                 None
             }
             Run::Int8(s) => s.conv(view),
@@ -2036,4 +2024,14 @@ where
         return Err(prog_err("matmul", e));
     }
     Ok(r)
+}
+
+/// `max |x|` over an f32 tensor (a calibration run's record of an int8 product's input).
+fn max_abs(x: &ndarray::ArrayViewD<'_, f32>) -> f32 {
+    match x.as_slice_memory_order() {
+        Some(s) => mithril_kernels::qgemm::max_abs(1, s.len(), s, s.len(), 1),
+        None => x
+            .iter()
+            .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m }),
+    }
 }
