@@ -78,17 +78,7 @@ pub fn accuracy(
             label: y.view(),
         },
     )?;
-    let correct = out
-        .logits
-        .rows()
-        .into_iter()
-        .zip(y.iter())
-        .filter(|(r, t)| {
-            let best = (0..10).fold(0, |b, j| if r[j] > r[b] { j } else { b });
-            best as i64 == **t
-        })
-        .count();
-    Ok(correct as f64 / y.len() as f64)
+    Ok(top1(&out.logits, y))
 }
 
 /// What a run reports.
