@@ -1116,15 +1116,15 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         let (h, dt, w) = (step.home, step.dt, step.what);
         let x = a(0)?;
         let xt = x.dtype();
-        match op {
-            POp::Matmul { ta, tb } if self.int8_weight(step, *ta, *tb, &x).is_some() => {
-                let w = self
-                    .int8_weight(step, *ta, *tb, &x)
-                    .ok_or_else(|| internal(w, "int8 weight"))?;
-                self.put::<f32>(id, h, |d| {
-                    ops::qmatmul_epi_to::<f32, 0>(typed::<f32>(&x)?, w, [], d, &|_, _| {})
-                })
+        // an int8 product: the weight looked up (or, calibrating, the input range recorded) once
+        if let POp::Matmul { ta, tb } = op {
+            if let Some(qw) = self.int8_weight(step, *ta, *tb, &x) {
+                return self.put::<f32>(id, h, |d| {
+                    ops::qmatmul_epi_to::<f32, 0>(typed::<f32>(&x)?, qw, [], d, &|_, _| {})
+                });
             }
+        }
+        match op {
             POp::Matmul { ta, tb } => {
                 let y = a(1)?;
                 num_t!(dt, w, T => self.put::<T>(id, h, |d| ops::matmul_to(typed::<T>(&x)?, typed::<T>(&y)?, *ta, *tb, d)))
