@@ -49,7 +49,7 @@ pub use elem::{DType, Elem};
 pub use error::{Error, Result};
 pub use inspect::Intermediates;
 pub use mode::Mode;
-pub use params::{ParamTree, TensorView, TensorViewMut};
+pub use params::{ParamTree, Renamed, TensorView, TensorViewMut};
 pub use plan::{OpHook, OpInfo};
 pub use workspace::{owned, Dest, MemoryReport, Workspace};
 

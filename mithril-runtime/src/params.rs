@@ -272,6 +272,143 @@ pub trait ParamTree {
     }
 }
 
+/// A [`ParamTree`] seen under other names: every leaf whose dotted name starts with one of the
+/// given prefixes (at a segment boundary) is renamed to the other prefix, so a state dict whose
+/// names differ from the model's by prefixes loads and saves unchanged — PyTorch's
+/// `nn.Sequential` children (`features.0.weight`, `features.1.running_mean`), a checkpoint that
+/// wraps the model (`model.fc1.weight`), a renamed attribute.
+///
+/// Each rename is `(ours, theirs)`: a leaf `ours.rest` is named `theirs.rest` (and a leaf named
+/// exactly `ours` is named `theirs`); the longest matching `ours` wins, an empty `ours` matches
+/// every leaf (adding a prefix) and an empty `theirs` strips one. Leaves no rename matches keep
+/// their names. Everything [`ParamTree`] provides works through it: [`names`](ParamTree::names),
+/// [`load_safetensors`](ParamTree::load_safetensors) (errors name the tensors as the file
+/// does), [`save_safetensors`](ParamTree::save_safetensors), [`is_buffer`](ParamTree::is_buffer).
+///
+/// ```
+/// use mithril_runtime::params::{ParamTree, Renamed, TensorView, TensorViewMut};
+/// use ndarray::{ArrayD, IxDyn};
+///
+/// // a tree as `mithril!` generates it: `conv.weight`, `fc.bias`
+/// struct Net { w: ArrayD<f32>, b: ArrayD<f32> }
+/// impl ParamTree for Net {
+///     fn visit(&self, f: &mut dyn FnMut(&str, TensorView<'_>)) {
+///         f("conv.weight", self.w.view().into());
+///         f("fc.bias", self.b.view().into());
+///     }
+///     fn visit_mut(&mut self, f: &mut dyn FnMut(&str, TensorViewMut<'_>) -> mithril_runtime::Result<()>)
+///         -> mithril_runtime::Result<()> {
+///         f("conv.weight", self.w.view_mut().into())?;
+///         f("fc.bias", self.b.view_mut().into())
+///     }
+/// }
+///
+/// let mut net = Net { w: ArrayD::zeros(IxDyn(&[2])), b: ArrayD::ones(IxDyn(&[1])) };
+/// let pytorch = [("conv", "features.0"), ("fc", "classifier")];
+/// let bytes = Renamed::new(&mut net, &pytorch)?.to_safetensors_bytes()?;
+/// let mut other = Net { w: ArrayD::ones(IxDyn(&[2])), b: ArrayD::zeros(IxDyn(&[1])) };
+/// let mut seq = Renamed::new(&mut other, &pytorch)?;
+/// assert_eq!(seq.names(), ["features.0.weight", "classifier.bias"]);
+/// seq.load_safetensors_bytes(&bytes)?;
+/// assert_eq!(other.w, net.w);
+/// // loading the renamed file without the renames names what is missing and what the file has
+/// let err = net.load_safetensors_bytes(&bytes).unwrap_err().to_string();
+/// assert!(err.contains("missing tensor `conv.weight`") && err.contains("`features.0.weight`"));
+/// # Ok::<(), mithril_runtime::Error>(())
+/// ```
+pub struct Renamed<'a, P: ?Sized> {
+    tree: &'a mut P,
+    /// `(ours, theirs)`, longest `ours` first.
+    renames: Vec<(String, String)>,
+}
+
+impl<'a, P: ParamTree + ?Sized> Renamed<'a, P> {
+    /// `tree` with every leaf under prefix `ours` named under `theirs`, for each `(ours,
+    /// theirs)` of `renames`. Two renames of the same `ours` prefix, or a prefix that is not a
+    /// dotted path (empty segments, a trailing dot), are an [`Error::Params`].
+    pub fn new(tree: &'a mut P, renames: &[(&str, &str)]) -> Result<Self> {
+        let mut seen = HashSet::new();
+        for &(ours, theirs) in renames {
+            for p in [ours, theirs] {
+                if !p.is_empty() && p.split('.').any(str::is_empty) {
+                    return Err(Error::Params(format!(
+                        "rename prefix `{p}` is not a dotted name (an empty segment)"
+                    )));
+                }
+            }
+            if !seen.insert(ours) {
+                return Err(Error::Params(format!("two renames of prefix `{ours}`")));
+            }
+        }
+        let mut renames: Vec<(String, String)> = renames
+            .iter()
+            .map(|&(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        renames.sort_by_key(|(a, _)| std::cmp::Reverse(a.len()));
+        Ok(Renamed { tree, renames })
+    }
+
+    /// The name leaf `name` has under the renames.
+    pub fn rename(&self, name: &str) -> String {
+        rename_with(&self.renames, name)
+    }
+
+    /// The leaf name (ours) of the renamed name `theirs`, if a leaf has it.
+    fn ours(&self, theirs: &str) -> Option<String> {
+        let mut found = None;
+        self.tree.visit(&mut |name, _| {
+            if found.is_none() && self.rename(name) == theirs {
+                found = Some(name.to_string());
+            }
+        });
+        found
+    }
+}
+
+impl<P: ParamTree + ?Sized> ParamTree for Renamed<'_, P> {
+    fn visit(&self, f: &mut dyn FnMut(&str, TensorView<'_>)) {
+        self.tree.visit(&mut |name, v| f(&self.rename(name), v));
+    }
+
+    fn visit_mut(
+        &mut self,
+        f: &mut dyn FnMut(&str, TensorViewMut<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let renames = &self.renames;
+        self.tree
+            .visit_mut(&mut |name, v| f(&rename_with(renames, name), v))
+    }
+
+    fn is_buffer(&self, name: &str) -> bool {
+        match self.ours(name) {
+            Some(ours) => self.tree.is_buffer(&ours),
+            None => false,
+        }
+    }
+}
+
+/// `name` under `renames` (`(ours, theirs)`, longest `ours` first): see [`Renamed`].
+fn rename_with(renames: &[(String, String)], name: &str) -> String {
+    for (ours, theirs) in renames {
+        let rest = if ours.is_empty() {
+            Some(name)
+        } else if name == ours {
+            Some("")
+        } else {
+            name.strip_prefix(ours.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+        };
+        if let Some(rest) = rest {
+            return match (theirs.is_empty(), rest.is_empty()) {
+                (true, _) => rest.to_string(),
+                (false, true) => theirs.clone(),
+                (false, false) => format!("{theirs}.{rest}"),
+            };
+        }
+    }
+    name.to_string()
+}
+
 /// The global L2 norm of a tree: the square root of the sum of squares over all float leaves
 /// (integer and bool leaves are skipped), accumulated in f64.
 pub fn global_norm<P: ParamTree + ?Sized>(p: &P) -> f64 {
@@ -1299,5 +1436,48 @@ pub(crate) mod tests {
         let d: &dyn ParamTree = &t;
         assert_eq!(global_norm(d), 5.0);
         assert_eq!(d.names(), vec!["w"]);
+    }
+
+    #[cfg_attr(test, test)]
+    pub(crate) fn renamed_prefixes() {
+        let mut m = Mlp::new(&[3, 2]);
+        // longest prefix first; `fc` does not match `fc1` (segment boundary); a leaf equal to a
+        // prefix is renamed whole; an empty `ours` adds a prefix to what nothing else matched
+        let r = Renamed::new(
+            &mut m,
+            &[
+                ("fc", "x"),
+                ("fc1", "features.0"),
+                ("emb.weight", "tok"),
+                ("", "model"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.names(), ["features.0.weight", "features.0.bias", "tok"]);
+        assert_eq!(r.rename("other.w"), "model.other.w");
+        let bytes = r.to_safetensors_bytes().unwrap();
+        let mut z = Mlp::zeroed();
+        let err = z.load_safetensors_bytes(&bytes).unwrap_err().to_string();
+        assert!(err.contains("missing tensor `fc1.weight`"), "{err}");
+        Renamed::new(&mut z, &[("fc1", "features.0"), ("emb.weight", "tok")])
+            .unwrap()
+            .load_safetensors_bytes(&bytes)
+            .unwrap();
+        assert_eq!(z, Mlp::new(&[3, 2]));
+        // an empty `theirs` strips the prefix
+        let r = Renamed::new(&mut z, &[("fc1", "")]).unwrap();
+        assert_eq!(r.names(), ["weight", "bias", "emb.weight"]);
+        // bad renames
+        for bad in [
+            &[("fc1", "a..b")][..],
+            &[("fc1.", "a")],
+            &[("a", "x"), ("a", "y")],
+        ] {
+            let e = Renamed::new(&mut z, bad)
+                .err()
+                .expect("an error")
+                .to_string();
+            assert!(e.contains("prefix"), "{e}");
+        }
     }
 }

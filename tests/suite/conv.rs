@@ -1011,3 +1011,79 @@ fn conv_net_with_batch_norm_loads_a_pytorch_state_dict() -> mithril::Result<()> 
     }
     Ok(())
 }
+
+/// The same state dict laid out as PyTorch's `nn.Sequential` writes it (`features.0.weight`,
+/// `features.1.running_mean`, ..., `classifier.weight`; relu and max pool are children 2 and 3
+/// without params) loads through `rt::Renamed` and gives the outputs of the named-children
+/// file; saving through the same renames writes the Sequential names back.
+#[test]
+fn conv_net_loads_a_pytorch_sequential_state_dict() -> mithril::Result<()> {
+    let vals = |tag: usize, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + tag * 101) % 1009) as f64 / 1009.0 * 0.6 - 0.3) as f32)
+            .collect()
+    };
+    let tensors = |prefix: [&'static str; 3]| {
+        let [c, b, f] = prefix;
+        let n = |s: &str, leaf: &str| -> &'static str { format!("{s}.{leaf}").leak() };
+        vec![
+            (n(c, "weight"), vec![4, 1, 3, 3], vals(1, 36)),
+            (n(c, "bias"), vec![4], vals(2, 4)),
+            (n(b, "weight"), vec![4], vals(3, 4)),
+            (n(b, "bias"), vec![4], vals(4, 4)),
+            (n(b, "running_mean"), vec![4], vals(5, 4)),
+            (
+                n(b, "running_var"),
+                vec![4],
+                vals(6, 4).iter().map(|v| 0.5 + v.abs()).collect(),
+            ),
+            (n(f, "weight"), vec![3, 36], vals(7, 108)),
+            (n(f, "bias"), vec![3], vals(8, 3)),
+        ]
+    };
+    let named = torch_file_with_i64(
+        tensors(["conv", "bn", "fc"]),
+        &[("bn.num_batches_tracked", 7)],
+    );
+    let seq = torch_file_with_i64(
+        tensors(["features.0", "features.1", "classifier"]),
+        &[("features.1.num_batches_tracked", 7)],
+    );
+    let pytorch = [
+        ("conv", "features.0"),
+        ("bn", "features.1"),
+        ("fc", "classifier"),
+    ];
+    let m = TorchBnNet::new()?;
+    let mut a = m.randomize_params(0);
+    a.load_safetensors_bytes(&named)?;
+    let mut b = m.randomize_params(1);
+    // without the renames: an error naming what is missing and what the file has instead
+    let err = b.load_safetensors_bytes(&seq).unwrap_err().to_string();
+    assert!(err.contains("missing tensor `conv.weight`"), "{err}");
+    assert!(err.contains("`features.0.weight`"), "{err}");
+    {
+        let mut r = mithril::rt::Renamed::new(&mut b, &pytorch)?;
+        assert_eq!(r.names()[6], "features.1.num_batches_tracked");
+        assert!(r.is_buffer("features.1.running_var") && !r.is_buffer("features.1.weight"));
+        r.load_safetensors_bytes(&seq)?;
+    }
+    assert_eq!(b.bn.num_batches_tracked, a.bn.num_batches_tracked);
+    let x = ndarray::Array4::<f32>::from_shape_fn((2, 1, 6, 6), |(a, _, c, d)| {
+        (((a * 13 + c * 7 + d * 3) % 17) as f64 / 17.0 - 0.5) as f32
+    });
+    let ya = m.evaluate(&a, TorchBnNetInputs { x: x.view() })?.y;
+    let yb = m.evaluate(&b, TorchBnNetInputs { x: x.view() })?.y;
+    assert_eq!(ya, yb);
+    // saving through the renames writes PyTorch's Sequential file, byte for byte
+    let back = mithril::rt::Renamed::new(&mut b, &pytorch)?.to_safetensors_bytes()?;
+    let mut c = m.randomize_params(2);
+    mithril::rt::Renamed::new(&mut c, &pytorch)?.load_safetensors_bytes(&back)?;
+    assert_eq!(m.evaluate(&c, TorchBnNetInputs { x: x.view() })?.y, ya);
+    let st = safetensors::SafeTensors::deserialize(&back).expect("a safetensors file");
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    assert_eq!(names[0], "classifier.bias");
+    assert_eq!(names[2], "features.0.bias");
+    Ok(())
+}
