@@ -163,6 +163,19 @@ fn expand_model(
         // a model with required hyperparameters has no default physical model
         return;
     }
+    // nor has a model with an input declared `[N, C, ...]`: its rank comes from a caller
+    let caller_rank = |s: &syntax::Stmt| match s {
+        syntax::Stmt::Input { ty, .. } => ty.shape.as_ref().is_some_and(|d| {
+            d.dims
+                .iter()
+                .skip(1)
+                .any(|x| matches!(x, syntax::DimDecl::Ellipsis(_)))
+        }),
+        _ => false,
+    };
+    if m.body.iter().any(caller_rank) {
+        return;
+    }
     let entry = shared.defs.get(&m.name.to_string()).cloned();
     let Some(entry) = entry else { return };
     let logical = m.name.to_string();

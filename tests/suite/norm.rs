@@ -167,14 +167,10 @@ fn batch_norm_train_and_eval_against_hand_computation() -> mithril::Result<()> {
         1e-12,
         "eval",
     );
+    let before = p.bn.running_mean.clone();
     let o2 = m.evaluate_mode(&mut p, Bn1Inputs { x: x.view() }, Mode::Eval)?;
     assert_eq!(o2.y, o.y);
-    close(
-        p.bn.running_mean.as_slice().unwrap(),
-        &rm,
-        0.0,
-        "running_mean after eval",
-    );
+    assert_eq!(p.bn.running_mean, before, "running_mean after eval");
     assert_eq!(p.bn.num_batches_tracked.clone().into_scalar(), 1);
     // an evaluation-mode gradient call reads the running statistics and leaves them
     let seed = Bn1Outputs {
@@ -651,5 +647,160 @@ fn buffers_without_updates_keep_their_values() -> mithril::Result<()> {
     assert_eq!(g.w, ndarray::array![3.0, 6.0]);
     assert_eq!(g.scale.into_scalar(), 0.0); // never differentiated
     assert_eq!(p.scale.into_scalar(), 3.0);
+    Ok(())
+}
+
+// ---- batch norm on [N, C, L] and group norm on other ranks (`[N, C, ...]` inputs)
+
+mithril! {
+    /// `BatchNorm1d` after a conv-like `[N, C, L]`, behind a trainable scale.
+    pub model Bn1L {
+        input x: f64[N, 2, 3];
+        param a: f64[3] = ones;
+        let bn = BatchNorm1d(momentum = 0.2)(x * a);
+        output y = bn;
+    }
+
+    /// `GroupNorm` on `[N, C, L]` and on `[N, C]`.
+    pub model GnRanks {
+        input x: f64[N, 4, 3];
+        input z: f64[M, 4];
+        let g3 = GroupNorm(num_groups = 2)(x);
+        let g2 = GroupNorm(num_groups = 2, affine = false)(z);
+        output y = g3;
+        output w = g2;
+    }
+}
+
+fn x3(k: usize) -> ndarray::Array3<f64> {
+    ndarray::Array3::from_shape_fn((4, 2, 3), |(n, c, l)| {
+        fd::wave(n * 6 + c * 3 + l, k as f64 + 0.25) * (1.0 + c as f64) + 0.5 * k as f64
+    })
+}
+
+/// PyTorch's `BatchNorm1d` on `[N, C, L]`: the statistics over `N` and `L` (the running
+/// variance unbiased over `N·L` values), eval mode with the running statistics, gradients
+/// against central differences.
+#[test]
+fn batch_norm_1d_over_n_c_l() -> mithril::Result<()> {
+    let m = Bn1L::new()?;
+    let mut p = m.randomize_params(0);
+    p.bn.weight = ndarray::array![0.5, -2.0];
+    p.bn.bias = ndarray::array![0.1, 0.3];
+    p.a = ndarray::array![1.0, 0.5, 2.0];
+    let (mom, eps) = (0.2, 1e-5);
+    let (mut rm, mut rv) = (vec![0.0; 2], vec![1.0; 2]);
+    for k in 0..2 {
+        let x = x3(k);
+        let h = &x * &p.a;
+        let cols: Vec<Vec<f64>> = (0..2)
+            .map(|c| h.index_axis(Axis(1), c).iter().copied().collect())
+            .collect();
+        let (mean, vb, vu) = stats(&cols);
+        let y = m
+            .evaluate_mode(&mut p, Bn1LInputs { x: x.view() }, Mode::Train)?
+            .y;
+        assert_eq!(y.dim(), (4, 2, 3));
+        for ((n, c, l), v) in y.indexed_iter() {
+            let want =
+                (h[[n, c, l]] - mean[c]) / (vb[c] + eps).sqrt() * p.bn.weight[c] + p.bn.bias[c];
+            assert!(
+                (v - want).abs() < 1e-12,
+                "train {k} [{n},{c},{l}]: {v} vs {want}"
+            );
+        }
+        for c in 0..2 {
+            rm[c] = (1.0 - mom) * rm[c] + mom * mean[c];
+            rv[c] = (1.0 - mom) * rv[c] + mom * vu[c];
+        }
+        close(
+            p.bn.running_mean.as_slice().unwrap(),
+            &rm,
+            1e-14,
+            "running_mean",
+        );
+        close(
+            p.bn.running_var.as_slice().unwrap(),
+            &rv,
+            1e-14,
+            "running_var",
+        );
+    }
+    assert_eq!(p.bn.num_batches_tracked.clone().into_scalar(), 2);
+    let x = x3(3);
+    let y = m.evaluate(&p, Bn1LInputs { x: x.view() })?.y;
+    for ((n, c, l), v) in y.indexed_iter() {
+        let want =
+            (x[[n, c, l]] * p.a[l] - rm[c]) / (rv[c] + eps).sqrt() * p.bn.weight[c] + p.bn.bias[c];
+        assert!((v - want).abs() < 1e-12, "eval [{n},{c},{l}]");
+    }
+    // gradients in training mode (batch statistics) against central differences
+    let s = ndarray::Array3::from_shape_fn((4, 2, 3), |(n, c, l)| fd::wave(n * 6 + c * 3 + l, 1.3));
+    let (_, g) = m.evaluate_gradients(
+        &mut p.clone(),
+        Bn1LInputs { x: x.view() },
+        Bn1LOutputs { y: s.clone() },
+    )?;
+    let loss = |q: &Bn1LParams| {
+        let o = m
+            .evaluate_mode(&mut q.clone(), Bn1LInputs { x: x.view() }, Mode::Train)
+            .unwrap();
+        (&o.y * &s).sum()
+    };
+    // through the batch statistics
+    assert!(g.a.iter().any(|v| v.abs() > 1e-3));
+    // a, weight, bias, and the f64 buffers (zero both ways)
+    let n = fd_check("batch norm 1d [N, C, L]", &p, &g, loss);
+    assert_eq!(n, 3 + 2 + 2 + 2 + 2);
+    Ok(())
+}
+
+/// `GroupNorm` on `[N, C, L]` and `[N, C]` against the same formula by hand.
+#[test]
+fn group_norm_on_ranks_2_and_3() -> mithril::Result<()> {
+    let m = GnRanks::new()?;
+    let mut p = m.randomize_params(0);
+    p.g3.weight = ndarray::array![0.5, 2.0, -1.0, 1.5];
+    p.g3.bias = ndarray::array![0.1, 0.0, 0.3, -0.2];
+    let x = ndarray::Array3::from_shape_fn((2, 4, 3), |(n, c, l)| {
+        fd::wave(n * 12 + c * 3 + l, 0.7) * 2.0
+    });
+    let z = Array2::from_shape_fn((3, 4), |(n, c)| fd::wave(n * 4 + c, 1.9) + c as f64);
+    let o = m.evaluate(
+        &p,
+        GnRanksInputs {
+            x: x.view(),
+            z: z.view(),
+        },
+    )?;
+    for n in 0..2 {
+        for g in 0..2 {
+            let vals: Vec<f64> = (2 * g..2 * g + 2)
+                .flat_map(|c| (0..3).map(move |l| (c, l)))
+                .map(|(c, l)| x[[n, c, l]])
+                .collect();
+            let (mean, var, _) = stats(&[vals]);
+            for c in 2 * g..2 * g + 2 {
+                for l in 0..3 {
+                    let want = (x[[n, c, l]] - mean[0]) / (var[0] + 1e-5).sqrt() * p.g3.weight[c]
+                        + p.g3.bias[c];
+                    assert!(
+                        (o.y[[n, c, l]] - want).abs() < 1e-12,
+                        "rank 3 [{n},{c},{l}]"
+                    );
+                }
+            }
+        }
+    }
+    for n in 0..3 {
+        for g in 0..2 {
+            let vals = vec![z[[n, 2 * g]], z[[n, 2 * g + 1]]];
+            let (mean, var, _) = stats(&[vals]);
+            for c in 2 * g..2 * g + 2 {
+                let want = (z[[n, c]] - mean[0]) / (var[0] + 1e-5).sqrt();
+                assert!((o.w[[n, c]] - want).abs() < 1e-12, "rank 2 [{n},{c}]");
+            }
+        }
+    }
     Ok(())
 }

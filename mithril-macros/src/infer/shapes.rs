@@ -184,6 +184,38 @@ fn infer_node(g: &mut Graph, id: NodeId, errors: &mut Vec<syn::Error>) {
         Op::Boundary(pattern) => arg_shapes.map(|s| {
             let actual = s[0].clone();
             let before = g.describe(args[0]);
+            let mut pattern = pattern.clone();
+            if let Some(head) = g.boundary_heads.get(&id).cloned() {
+                let mut whole = Shape::fixed(head.clone());
+                whole.dims.push(Dim::Sym("...".into()));
+                whole.dims.extend(pattern.dims.iter().cloned());
+                let shown = g.fmt_shape(&whole).replace("\"...\"", "...");
+                let a = g.env.shape(&actual);
+                let p = g.env.shape(&pattern);
+                let fixed = head.len() + p.dims.len();
+                let label = g.nodes[id]
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| "the submodel".into());
+                if a.rest.is_some() {
+                    return Err(format!("shape mismatch: {label} expects {shown}, whose leading dims need the argument's rank, but this argument is {before} (its rank is open)"));
+                }
+                if a.dims.len() < fixed {
+                    return Err(format!("shape mismatch: {label} expects {shown} (rank {fixed} or more) but this argument is {before}"));
+                }
+                // the `...` takes the argument's middle dims; the pattern becomes fixed
+                let middle = a.dims[head.len()..a.dims.len() - p.dims.len()].to_vec();
+                if let Some(r) = p.rest {
+                    g.env.bind_rest(r, Shape::fixed(middle.clone()));
+                }
+                let mut dims = head;
+                dims.extend(middle);
+                dims.extend(p.dims);
+                pattern = Shape::fixed(dims);
+                g.boundary_heads.remove(&id);
+                g.nodes[id].op = Op::Boundary(pattern.clone());
+            }
+            let pattern = &pattern;
             let shown = g.fmt_shape(pattern);
             match g.env.unify_pattern(pattern, &actual) {
                 Ok(()) => Ok(pattern.clone()),

@@ -502,6 +502,10 @@ pub struct Graph {
     /// Slice nodes with bounds over a symbolic dim (`x[(.., i..(H - k + 1 + i))]`), resolved
     /// by shape inference once the sliced tensor's shape is known.
     pub slice_bounds: std::collections::BTreeMap<NodeId, Vec<SymBound>>,
+    /// Submodel inputs declared with `...` after some dims (`[N, C, ...]`): the boundary node's
+    /// pattern is `...` and the dims after it; these are the dims before it, put back by shape
+    /// inference once the argument's rank is known (the node's pattern then becomes fixed).
+    pub boundary_heads: std::collections::BTreeMap<NodeId, Vec<Dim>>,
 }
 
 /// A slice bound `dim + offset` over a symbolic dim (see [`Graph::slice_bounds`]).

@@ -1,18 +1,18 @@
-//! Primitives only autodiff makes (no DSL name): broadcasting, reshaping and summing to another
-//! value's shape (for operands whose shapes are known only at run time), the element-count ratio
+//! Primitives autodiff makes (only `reshape_like` has a DSL name): broadcasting, reshaping and
+//! summing to another value's shape (for operands whose shapes are known only at run time), the element-count ratio
 //! of a mean, the scatter gradients of `take_along` / `gather` / `slice` / `concat`, and the
 //! eigenvectors `eigvalsh`'s gradient needs. CPU: the `*_to` ops of `mithril::rt::ops` (scatter
 //! ops in `ops/grad.rs`).
 
-use super::attrs::{AttrVal, Sig};
+use super::attrs::{sig, AttrVal, Sig};
 use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::linalg::square_shape;
 use super::plan::{self as pt, PlanCx};
-use super::rules::{broadcast, float_only, ArgDt};
+use super::rules::{broadcast, float_only, total, ArgDt};
 use super::shape::slice_arg_tokens;
 use super::{CallCx, Family};
-use crate::ir::{DType, Env, FExpr, NodeId, Shape, DT};
+use crate::ir::{DType, Dim, Env, FExpr, NodeId, Shape, DT};
 use crate::prims::{storage_type, Prim};
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -74,15 +74,18 @@ impl Family for Rules {
     }
 
     fn names(&self) -> &'static [&'static str] {
-        &[]
+        &["reshape_like"]
     }
 
-    fn lookup(&self, _: &str) -> Option<Sig> {
-        None
+    fn lookup(&self, name: &str) -> Option<Sig> {
+        (name == "reshape_like").then(|| sig(&["input", "like"], &[]))
     }
 
     fn build(&self, name: &str, _: &[(&str, AttrVal)], _: usize) -> Result<Prim, String> {
-        Err(format!("unknown primitive `{name}`"))
+        match name {
+            "reshape_like" => Ok(Prim::ReshapeLike),
+            _ => Err(format!("unknown primitive `{name}`")),
+        }
     }
 
     fn name(&self, p: &Prim) -> &'static str {
@@ -109,7 +112,23 @@ impl Family for Rules {
                 broadcast(env, &[ins[0].clone(), ins[1].clone()])?;
                 Ok(ins[1].clone())
             }
-            Prim::ReshapeLike | Prim::SumLike => Ok(ins[1].clone()),
+            Prim::ReshapeLike => {
+                // the element counts must agree where both are known (else checked at run time)
+                let (a, b) = (env.shape(&ins[0]), env.shape(&ins[1]));
+                if a.rest.is_none() && b.rest.is_none() {
+                    if let (Dim::Known(x), Dim::Known(y)) =
+                        (total(env, &a.dims), total(env, &b.dims))
+                    {
+                        if x != y {
+                            return Err(format!(
+                                "{x} elements cannot take the shape of {y} elements"
+                            ));
+                        }
+                    }
+                }
+                Ok(ins[1].clone())
+            }
+            Prim::SumLike => Ok(ins[1].clone()),
             Prim::SizeRatio => Ok(Shape::scalar()),
             Prim::TakeAlongGrad | Prim::GatherGrad(_) => Ok(ins[2].clone()),
             Prim::SliceGrad(_) => Ok(ins[1].clone()),

@@ -6,12 +6,18 @@ use super::*;
 impl Flattener<'_> {
     /// The shape a declaration gives (`None` after an error): symbols become the frame's
     /// dim variables, `...` its rank variable, expressions compile-time dims.
+    ///
+    /// With `head` (a submodel input), `...` may stand anywhere: the dims before it are moved
+    /// into `head` and the returned shape is `...` followed by the dims after it (shape
+    /// inference puts the head back once the argument's rank is known; see
+    /// [`crate::ir::Graph::boundary_heads`]).
     pub(super) fn shape_from_decl(
         &mut self,
         decl: Option<&ShapeDecl>,
         f: &mut Frame,
         top_input: bool,
         name: &str,
+        mut head: Option<&mut Vec<Dim>>,
     ) -> Option<Shape> {
         let Some(decl) = decl else {
             return Some(Shape::scalar());
@@ -23,9 +29,17 @@ impl Flattener<'_> {
         for (i, d) in decl.dims.iter().enumerate() {
             match d {
                 DimDecl::Ellipsis(sp) => {
-                    if i != 0 {
-                        self.error(*sp, "`...` may only stand first in a shape");
+                    if shape.rest.is_some() {
+                        self.error(*sp, "a shape has at most one `...`");
                         return None;
+                    }
+                    match head.as_deref_mut() {
+                        Some(h) => *h = std::mem::take(&mut shape.dims),
+                        None if i != 0 => {
+                            self.error(*sp, "`...` may only stand first in this shape (anywhere in a submodel's input, as `[N, C, ...]`)");
+                            return None;
+                        }
+                        None => {}
                     }
                     let r = match f.rest {
                         Some(r) => r,

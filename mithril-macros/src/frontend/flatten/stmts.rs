@@ -173,12 +173,18 @@ impl Flattener<'_> {
         let n = name.to_string();
         if let Some((args, _)) = &f.sub {
             let Some(&arg) = args.get(&n) else { return };
-            let Some(pattern) = self.shape_from_decl(ty.shape.as_ref(), f, false, &n) else {
+            let mut head = Vec::new();
+            let Some(pattern) =
+                self.shape_from_decl(ty.shape.as_ref(), f, false, &n, Some(&mut head))
+            else {
                 f.vars.insert(n, Value::Poison);
                 return;
             };
             let at = f.arg_spans.get(&n).copied().unwrap_or(span);
             let id = self.node(Op::Boundary(pattern), vec![arg], at, f);
+            if !head.is_empty() {
+                self.g.boundary_heads.insert(id, head);
+            }
             self.g.nodes[id].label = Some(format!("`{}` input `{n}`", f.model));
             self.g.nodes[id].dtype = dt.map(DT::Known);
             f.vars.insert(n, Value::Tensor(id));
@@ -227,7 +233,7 @@ impl Flattener<'_> {
             Some((t, _)) => Some(*t),
             None => dt,
         };
-        let Some(shape) = self.shape_from_decl(decl.as_ref(), f, true, &n) else {
+        let Some(shape) = self.shape_from_decl(decl.as_ref(), f, true, &n, None) else {
             return;
         };
         let idx = self.g.inputs.len();
@@ -332,7 +338,7 @@ impl Flattener<'_> {
             return;
         };
         let n = name.to_string();
-        let Some(shape) = self.shape_from_decl(ty.shape.as_ref(), f, false, &n) else {
+        let Some(shape) = self.shape_from_decl(ty.shape.as_ref(), f, false, &n, None) else {
             f.vars.insert(n, Value::Poison);
             return;
         };
