@@ -42,13 +42,6 @@ mithril::mithril! {
         output y = conv_transpose1d(x, w, stride = 2, output_padding = 2);
     }
 
-    // the cuda kernels of the CNN ops are f32 / f64 only
-    compile Cuda = HalfPool { backend: cuda };
-    model HalfPool {
-        input x: f16[B, 3, 8, 8];
-        output y = max_pool2d(x, kernel_size = 2);
-    }
-
     // a library `Conv2d` whose kernel_size is neither an int nor a pair (`pair`'s error)
     model TripleKernel {
         input x: f32[B, 3, 8, 8];

@@ -1059,3 +1059,97 @@ fn counted_loops_keep_their_counter_on_the_host() {
         "{nest:?}"
     );
 }
+
+mithril! {
+    /// f16 / bf16 storage for the f32 kernels of pooling, pad, upsampling and dropout on cuda
+    /// (widened by generated kernels, computed in f32, narrowed back), forward and (a `train`
+    /// model: every gradient op must lower) backward. (Convolution and attention take f32 /
+    /// f64 on every backend.)
+    pub train PoolHalf {
+        input x: f16[B, 4, 9, 9];
+        param w: f16[4, 9, 9];
+        let a = x * w;
+        output ya = max_pool2d(relu(a), kernel_size = 3, stride = 2, padding = 1, ceil_mode = true);
+        output yb = avg_pool2d(a, kernel_size = 3, stride = 2, padding = 1, count_include_pad = false);
+        output yc = adaptive_avg_pool2d(a, output_size = (3, 4));
+        output yf = pad(a, pad = (2, 1, 3, 1), mode = "reflect");
+        output yi = upsample(a, scale_factor = 2, mode = "bilinear");
+        output yd = dropout(a, p = 0.25);
+        loss (ya * ya).mean() + (yb * yb).mean() + (yc * yc).mean() + (yf * yf).mean()
+            + (yi * yi).mean() + (yd * yd).mean();
+    }
+
+    pub train PoolBf16 {
+        input x: bf16[B, 3, 10];
+        param w: bf16[3, 10];
+        let a = x * w;
+        output ya = max_pool1d(a, kernel_size = 2, dilation = 2);
+        output yd = dropout(a, p = 0.5);
+        loss (ya * ya).mean() + (yd * yd).mean();
+    }
+
+    pub compile PoolHalfGpu = PoolHalf { backend: cuda };
+    pub compile PoolBf16Gpu = PoolBf16 { backend: cuda };
+}
+
+#[test]
+fn half_pooling_and_dropout_build_for_cuda_and_compile_with_nvrtc() {
+    // every op and gradient op lowered in f16 / bf16 (a `train` model fails the build
+    // otherwise), through widening kernels around the f32 ones
+    fn check<T: Send + Sync>() {}
+    check::<PoolHalfGpu>();
+    check::<PoolBf16Gpu>();
+    assert!(PoolHalfGpu::CUDA_KERNELS.iter().any(|k| k.ends_with("_c0")));
+    assert!(PoolHalfGpu::CUDA_KERNELS.iter().any(|k| k.ends_with("_cy")));
+    assert!(PoolBf16Gpu::CUDA_SOURCE.contains("mt_f2b("));
+    require_nvrtc!();
+    common::compile_modules(
+        &[
+            (
+                "PoolHalfGpu",
+                PoolHalfGpu::CUDA_SOURCE,
+                PoolHalfGpu::CUDA_KERNELS,
+            ),
+            (
+                "PoolBf16Gpu",
+                PoolBf16Gpu::CUDA_SOURCE,
+                PoolBf16Gpu::CUDA_KERNELS,
+            ),
+        ],
+        "f16 / bf16 pooling and dropout cuda modules",
+    );
+}
+
+#[test]
+fn gpu_half_pooling_and_dropout_match_the_cpu() {
+    if !gpu("gpu_half_pooling_and_dropout_match_the_cpu") {
+        return;
+    }
+    let (cpu, gpu) = (PoolHalf::new().unwrap(), PoolHalfGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(3), gpu.randomize_params(3));
+    let x: ndarray::Array4<half::f16> = pattern(&[2, 4, 9, 9], 0.4)
+        .mapv(half::f16::from_f32)
+        .into_dimensionality()
+        .unwrap();
+    let want = cpu.evaluate(&p, PoolHalfInputs { x: x.view() }).unwrap();
+    let got = gpu
+        .evaluate(&gp, PoolHalfGpuInputs { x: x.view() })
+        .unwrap();
+    // f16 results: the same f32 math rounded to 11 bits (sums in another order)
+    let f = |a: ndarray::ArrayD<half::f16>| a.mapv(f32::from);
+    macro_rules! cmp {
+        ($($o:ident),*) => {$(
+            close_dyn(stringify!($o), &f(got.$o.clone().into_dyn()), &f(want.$o.clone().into_dyn()), 1e-2);
+        )*};
+    }
+    cmp!(ya, yb, yc, yf, yi, yd);
+    // a seeded training call: the same dropout masks, and the gradients
+    let (_, g) = cpu
+        .evaluate_gradients_mode(&p, PoolHalfInputs { x: x.view() }, Mode::TrainSeeded(7))
+        .unwrap();
+    let (_, g2) = gpu
+        .evaluate_gradients_mode(&gp, PoolHalfGpuInputs { x: x.view() }, Mode::TrainSeeded(7))
+        .unwrap();
+    close_dyn("w", &f(g2.w.into_dyn()), &f(g.w.into_dyn()), 2e-2);
+    say("PoolHalfGpu: outputs and gradients match the CPU");
+}

@@ -188,46 +188,42 @@ impl Family for Rules {
         }
         let n = cx.n_args();
         let masked = has_mask(part, n);
-        for k in 0..n {
-            let mask_bool = masked && k == 3 && cx.dt(k) == DType::Bool;
-            if !mask_bool && !matches!(cx.dt(k), DType::F32 | DType::F64) {
-                return Err(format!(
-                    "`attention` on cuda takes f32 or f64 operands, not {}",
-                    cx.describe(k)
-                ));
-            }
-        }
+        // every operand is a float but a boolean mask (operand 3)
+        let floats: Vec<usize> = (0..n)
+            .filter(|&k| !(masked && k == 3 && cx.dt(k) == DType::Bool))
+            .collect();
         let c = cuda::rt();
-        let (q, k, v) = (cx.r(0), cx.r(1), cx.r(2));
-        let mask = if !masked {
-            quote!(#c::DeviceAttnMask::None)
-        } else {
-            let m = cx.r(3);
-            if cx.dt(3) == DType::Bool {
-                quote!(#c::DeviceAttnMask::Bool(#m))
-            } else {
-                quote!(#c::DeviceAttnMask::Add(#m))
-            }
-        };
         let scale = match scale {
             Some(s) => quote!(::core::option::Option::Some(#s)),
             None => quote!(::core::option::Option::None),
         };
-        if part == 0 {
-            return Ok(quote!(#c::attention(__dev, #q, #k, #v, #mask, #causal, #scale)?));
-        }
-        let at = if masked { 4 } else { 3 };
-        let (o, g) = (cx.r(at), cx.r(at + 1));
-        let which = match part {
-            1 => quote!(Q),
-            2 => quote!(K),
-            3 => quote!(V),
-            4 => quote!(KV),
-            _ => quote!(Scores),
-        };
-        Ok(
-            quote!(#c::attention_grad(__dev, #q, #k, #v, #mask, #o, #g, #causal, #scale, ::mithril::rt::ops::AttnPart::#which)?),
-        )
+        let bool_mask = masked && cx.dt(3) == DType::Bool;
+        cuda::via_f32(cx, "attention", &floats, |ops| {
+            let (q, k, v) = (&ops[0], &ops[1], &ops[2]);
+            let mask = if !masked {
+                quote!(#c::DeviceAttnMask::None)
+            } else {
+                let m = &ops[3];
+                if bool_mask {
+                    quote!(#c::DeviceAttnMask::Bool(#m))
+                } else {
+                    quote!(#c::DeviceAttnMask::Add(#m))
+                }
+            };
+            if part == 0 {
+                return quote!(#c::attention(__dev, #q, #k, #v, #mask, #causal, #scale)?);
+            }
+            let at = if masked { 4 } else { 3 };
+            let (o, g) = (&ops[at], &ops[at + 1]);
+            let which = match part {
+                1 => quote!(Q),
+                2 => quote!(K),
+                3 => quote!(V),
+                4 => quote!(KV),
+                _ => quote!(Scores),
+            };
+            quote!(#c::attention_grad(__dev, #q, #k, #v, #mask, #o, #g, #causal, #scale, ::mithril::rt::ops::AttnPart::#which)?)
+        })
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {

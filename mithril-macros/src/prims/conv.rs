@@ -123,25 +123,17 @@ impl Family for Rules {
 
     fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
         let a = attrs_of(p)?;
-        for k in 0..cx.n_args() {
-            if !matches!(cx.dt(k), DType::F32 | DType::F64) {
-                return Err(format!(
-                    "`{}` on cuda takes f32 or f64 operands, not {}",
-                    self.name(p),
-                    cx.describe(k)
-                ));
-            }
-        }
         let c = cuda::rt();
         let spec = spec_tokens(a);
-        let (x, w) = (cx.r(0), cx.r(1));
-        let like = if cx.n_args() > 2 {
-            let l = cx.r(2);
-            quote!(::std::option::Option::Some(#l))
-        } else {
-            quote!(::std::option::Option::None)
-        };
-        Ok(quote!(#c::conv(__dev, &#spec, #x, #w, #like)?))
+        // the gradients' shape operand (2) is read for its shape only: never widened
+        cuda::via_f32(cx, self.name(p), &[0, 1], |ops| {
+            let (x, w) = (&ops[0], &ops[1]);
+            let like = match ops.get(2) {
+                Some(l) => quote!(::std::option::Option::Some(#l.shape())),
+                None => quote!(::std::option::Option::None),
+            };
+            quote!(#c::conv_shaped(__dev, &#spec, #x, #w, #like)?)
+        })
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {

@@ -55,6 +55,17 @@ pub trait CudaCx {
     fn reshape_to(&self, k: usize, dims: TokenStream) -> TokenStream;
     /// Operand `k` as `i64` indices (a cast kernel for other integer types).
     fn index_i64(&mut self, k: usize) -> Result<TokenStream, String>;
+    /// Operand `k` cast to `to` by a generated kernel: an owned `DeviceTensor` expression.
+    fn cast_operand(&mut self, k: usize, to: DType) -> Result<TokenStream, String>;
+    /// `value` (a `&DeviceTensor` expression of dtype `from` and dims `dims`) cast to `to` by a
+    /// generated kernel (one per node).
+    fn cast_value(
+        &mut self,
+        value: TokenStream,
+        from: DType,
+        dims: &[Dim],
+        to: DType,
+    ) -> Result<TokenStream, String>;
     /// The call's seed of random ops, a `u64` expression (`Mode::seed`: 0 in evaluation,
     /// fresh per training call unless `Mode::TrainSeeded`), in scope in the generated code of
     /// a model that reads `is_training` (`dropout` does); `__training` is the mode as a host
@@ -79,4 +90,56 @@ pub fn float3(t: DType, what: &str) -> Result<(), String> {
             "{what} on cuda takes f32, f16 or bf16, this operand is {t}"
         )),
     }
+}
+
+/// The lowering of an op whose hand-written kernels exist in f32 and f64 only (convolution,
+/// pooling, dropout, attention), for every float storage type: f32 / f64 operands go straight
+/// to `body`; f16 / bf16 ones (of the operands in `floats`) are widened to f32 by generated
+/// kernels, `body` computes in f32, and its result is narrowed back to the node's dtype
+/// (round to nearest even) — the CPU's f32 compute type for half storage. `body` gets every
+/// operand as a `&DeviceTensor` expression. Any other dtype among `floats` is an error naming
+/// `what` and the operand.
+pub fn via_f32(
+    cx: &mut dyn CudaCx,
+    what: &str,
+    floats: &[usize],
+    body: impl FnOnce(&[TokenStream]) -> TokenStream,
+) -> Result<TokenStream, String> {
+    let half = |t: DType| matches!(t, DType::F16 | DType::BF16);
+    for &k in floats {
+        if !matches!(cx.dt(k), DType::F32 | DType::F64) && !half(cx.dt(k)) {
+            return Err(format!(
+                "`{what}` on cuda takes f32, f64, f16 or bf16 operands, not {}",
+                cx.describe(k)
+            ));
+        }
+    }
+    if !floats.iter().any(|&k| half(cx.dt(k))) {
+        let ops: Vec<TokenStream> = (0..cx.n_args()).map(|k| cx.r(k)).collect();
+        return Ok(body(&ops));
+    }
+    let mut lets = Vec::new();
+    let mut ops = Vec::new();
+    for k in 0..cx.n_args() {
+        if floats.contains(&k) && half(cx.dt(k)) {
+            let wide = cx.cast_operand(k, DType::F32)?;
+            let v = quote::format_ident!("__wide{}", k);
+            lets.push(quote!(let #v = #wide;));
+            ops.push(quote!((&#v)));
+        } else {
+            ops.push(cx.r(k));
+        }
+    }
+    let y = body(&ops);
+    let out = cx.out_dt();
+    if !half(out) {
+        return Ok(quote!({ #(#lets)* #y }));
+    }
+    let dims = cx.out_dims()?;
+    let back = cx.cast_value(quote!((&__narrow)), DType::F32, &dims, out)?;
+    Ok(quote!({
+        #(#lets)*
+        let __narrow = #y;
+        #back
+    }))
 }

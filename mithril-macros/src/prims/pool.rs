@@ -481,28 +481,25 @@ impl Family for Rules {
     }
 
     fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
-        for k in 0..cx.n_args() {
-            if !matches!(cx.dt(k), DType::F32 | DType::F64) {
-                return Err(format!(
-                    "`{}` on cuda takes f32 or f64 operands, not {}",
-                    self.name(p),
-                    cx.describe(k)
-                ));
-            }
-        }
         let c = cuda::rt();
-        let x = cx.r(0);
-        Ok(match p {
+        match p {
             Prim::Pool(op) => {
                 let w = spec_word(op);
-                quote!(#c::pool(__dev, #x, #w)?)
+                cuda::via_f32(cx, self.name(p), &[0], |ops| {
+                    let x = &ops[0];
+                    quote!(#c::pool(__dev, #x, #w)?)
+                })
             }
             Prim::PoolGrad(op) => {
-                let (w, input) = (spec_word(op), cx.r(1));
-                quote!(#c::pool_backward(__dev, #x, #input, #w)?)
+                // the input's values pick the max-pool winners: widened too
+                let w = spec_word(op);
+                cuda::via_f32(cx, self.name(p), &[0, 1], |ops| {
+                    let (x, input) = (&ops[0], &ops[1]);
+                    quote!(#c::pool_backward(__dev, #x, #input, #w)?)
+                })
             }
-            _ => return Err("internal: not a pool op".into()),
-        })
+            _ => Err("internal: not a pool op".into()),
+        }
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {

@@ -32,16 +32,13 @@ impl Family for Rules {
         let Prim::Dropout { p, op } = p else {
             return Err("internal: not a random op".into());
         };
-        if !matches!(cx.dt(0), DType::F32 | DType::F64) {
-            return Err(format!(
-                "`dropout` on cuda takes f32 or f64 operands, not {}",
-                cx.describe(0)
-            ));
-        }
         // operand 1 is the call's mode: the host `__training` (no device read), and the
         // call's seed; the mask kernel computes the CPU's Philox words
-        let (c, x, seed) = (super::cuda::rt(), cx.r(0), cx.seed());
-        Ok(quote!(#c::dropout(__dev, #x, #p, #op, #seed, __training)?))
+        let (c, seed) = (super::cuda::rt(), cx.seed());
+        super::cuda::via_f32(cx, "dropout", &[0], |ops| {
+            let x = &ops[0];
+            quote!(#c::dropout(__dev, #x, #p, #op, #seed, __training)?)
+        })
     }
 
     fn lookup(&self, name: &str) -> Option<Sig> {

@@ -41,7 +41,8 @@ pub use libs::{
     NVRTC_DIR_ENV,
 };
 pub use nn::{
-    attention, attention_grad, conv, dropout, pool, pool_backward, DeviceAttnMask, NnElem,
+    attention, attention_grad, conv, conv_shaped, dropout, pool, pool_backward, DeviceAttnMask,
+    NnElem,
 };
 pub use ops::{
     col_sum, embedding, gelu, layernorm, log_softmax, rmsnorm, row_reduce, softmax,

@@ -67,8 +67,20 @@ pub fn conv<T: NnElem>(
     b: &DeviceTensor<T>,
     like: Option<&DeviceTensor<T>>,
 ) -> Result<DeviceTensor<T>> {
+    conv_shaped(dev, spec, a, b, like.map(|l| l.shape()))
+}
+
+/// [`conv`] with the gradients' shape operand given as its shape (so an f16 / bf16 model can
+/// run the f32 kernels on widened operands without widening the shape operand).
+pub fn conv_shaped<T: NnElem>(
+    dev: &CudaDevice,
+    spec: &ConvSpec,
+    a: &DeviceTensor<T>,
+    b: &DeviceTensor<T>,
+    like: Option<&[usize]>,
+) -> Result<DeviceTensor<T>> {
     let op = spec.name();
-    let (shape, g, pass) = plan(spec, a.shape(), b.shape(), like.map(|l| l.shape()))?;
+    let (shape, g, pass) = plan(spec, a.shape(), b.shape(), like)?;
     let mut out = DeviceTensor::zeros(dev, &shape)?;
     let geom = i64s(
         op,

@@ -5,7 +5,9 @@
 use super::{Ctx, CudaGen};
 use crate::ir::{DType, Dim, FExpr, NodeId};
 use crate::prims::cuda::{CudaCx, Operand};
+use crate::prims::Prim;
 use proc_macro2::TokenStream;
+use quote::quote;
 
 /// Node `id` of the graph of `cx`, lowered by `gen`.
 pub(super) struct NodeCx<'x, 'a> {
@@ -50,6 +52,30 @@ impl CudaCx for NodeCx<'_, '_> {
     }
     fn elementwise(&mut self, expr: &FExpr, ops: &[Operand]) -> Result<TokenStream, String> {
         self.gen.elementwise(self.cx, self.id, "", expr, ops)
+    }
+    fn cast_operand(&mut self, k: usize, to: DType) -> Result<TokenStream, String> {
+        let a = self.arg(k);
+        self.gen.cast(self.cx, self.id, &format!("_c{k}"), a, to)
+    }
+    fn cast_value(
+        &mut self,
+        value: TokenStream,
+        from: DType,
+        dims: &[Dim],
+        to: DType,
+    ) -> Result<TokenStream, String> {
+        let e = FExpr::Op(Prim::Cast(to), vec![FExpr::Arg(0)], to, from);
+        let shape = quote!(#value.shape().to_vec());
+        self.gen.fused_launch(
+            self.cx,
+            self.id,
+            "_cy",
+            &e,
+            &[(value, from, dims.to_vec())],
+            dims,
+            to,
+            shape,
+        )
     }
     fn fused_launch(
         &mut self,

@@ -93,7 +93,7 @@ impl<'a> CudaGen<'a> {
     }
 
     /// A cast kernel of node `a`'s value to `to` (kernel `<prefix><id><suffix>`).
-    fn cast(
+    pub(super) fn cast(
         &mut self,
         cx: &Ctx,
         id: NodeId,
