@@ -215,13 +215,7 @@ impl Family for Rules {
             }
             let at = if masked { 4 } else { 3 };
             let (o, g) = (&ops[at], &ops[at + 1]);
-            let which = match part {
-                1 => quote!(Q),
-                2 => quote!(K),
-                3 => quote!(V),
-                4 => quote!(KV),
-                _ => quote!(Scores),
-            };
+            let which = part_ident(part);
             quote!(#c::attention_grad(__dev, #q, #k, #v, #mask, #o, #g, #causal, #scale, ::mithril::rt::ops::AttnPart::#which)?)
         })
     }
@@ -441,13 +435,7 @@ impl Family for Rules {
         } else {
             let at = if masked { 4 } else { 3 };
             let (o, g) = (&a[at], &a[at + 1]);
-            let which = match part {
-                1 => quote!(Q),
-                2 => quote!(K),
-                3 => quote!(V),
-                4 => quote!(KV),
-                _ => quote!(Scores),
-            };
+            let which = part_ident(part);
             quote!(#ops::attention_grad_to(&#q, &#k, &#v, #mask, &#o, &#g, #causal, #scale, #ops::AttnPart::#which, #d))
         }))
     }
@@ -465,5 +453,16 @@ impl Family for Rules {
             pt::flag(causal),
             scale.map(pt::f64_lit).unwrap_or_else(|| "-".into())
         ))
+    }
+}
+
+/// The `AttnPart` variant of gradient part `part` (1 ..= 5).
+fn part_ident(part: u8) -> TokenStream {
+    match part {
+        1 => quote!(Q),
+        2 => quote!(K),
+        3 => quote!(V),
+        4 => quote!(KV),
+        _ => quote!(Scores),
     }
 }
