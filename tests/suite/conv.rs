@@ -1087,3 +1087,113 @@ fn conv_net_loads_a_pytorch_sequential_state_dict() -> mithril::Result<()> {
     assert_eq!(names[2], "features.0.bias");
     Ok(())
 }
+
+// ---- f16 / bf16 storage: the f32 kernels on widened operands, one rounding per result
+
+mithril! {
+    pub model ConvF16 {
+        input x: f16[N, 4, 7, 7];
+        param w: f16[6, 2, 3, 3];
+        param wt: f16[4, 3, 2, 2];
+        output y = conv2d(x, w, stride = 2, padding = 1, groups = 2);
+        output t = conv_transpose2d(x, wt, stride = 2, padding = 1, output_padding = 1);
+    }
+
+    pub model ConvF32 {
+        input x: f32[N, 4, 7, 7];
+        param w: f32[6, 2, 3, 3];
+        param wt: f32[4, 3, 2, 2];
+        output y = conv2d(x, w, stride = 2, padding = 1, groups = 2);
+        output t = conv_transpose2d(x, wt, stride = 2, padding = 1, output_padding = 1);
+    }
+
+    pub model ConvBf16 {
+        input x: bf16[N, 3, 10];
+        param w: bf16[5, 3, 3];
+        output y = conv1d(x, w, padding = "same", dilation = 2);
+    }
+}
+
+/// A half-storage convolution and its gradients are the f32 ones on the same (exactly
+/// representable) values, each rounded once to f16 / bf16: bit for bit.
+#[test]
+fn half_storage_convolution_is_the_f32_one_rounded() -> mithril::Result<()> {
+    use mithril::half::{bf16, f16};
+    let (mh, mf) = (ConvF16::new()?, ConvF32::new()?);
+    let mut ph = mh.randomize_params(4);
+    let mut pf = mf.randomize_params(4);
+    let h = |a: ArrayD<f64>| a.mapv(f16::from_f64);
+    ph.w = h(pat(IxDyn(&[6, 2, 3, 3]), 0.3))
+        .into_dimensionality()
+        .unwrap();
+    ph.wt = h(pat(IxDyn(&[4, 3, 2, 2]), 1.1))
+        .into_dimensionality()
+        .unwrap();
+    pf.w = ph.w.mapv(f32::from);
+    pf.wt = ph.wt.mapv(f32::from);
+    let xh: ndarray::Array4<f16> = h(pat(IxDyn(&[2, 4, 7, 7]), 0.6))
+        .into_dimensionality()
+        .unwrap();
+    let xf = xh.mapv(f32::from);
+    let oh = mh.evaluate(&ph, ConvF16Inputs { x: xh.view() })?;
+    let of = mf.evaluate(&pf, ConvF32Inputs { x: xf.view() })?;
+    assert_eq!(oh.y, of.y.mapv(f16::from_f32));
+    assert_eq!(oh.t, of.t.mapv(f16::from_f32));
+    // gradients with f16-exact seeds: the weight and input gradients, rounded once
+    let sy = h(pat(IxDyn(&[2, 6, 4, 4]), 2.2))
+        .into_dimensionality()
+        .unwrap();
+    let st = h(pat(IxDyn(&[2, 3, 13, 13]), 0.9))
+        .into_dimensionality()
+        .unwrap();
+    let (_, gh) = mh.evaluate_gradients(
+        &ph,
+        ConvF16Inputs { x: xh.view() },
+        ConvF16Outputs {
+            y: sy.clone(),
+            t: st.clone(),
+        },
+    )?;
+    let (_, gf) = mf.evaluate_gradients(
+        &pf,
+        ConvF32Inputs { x: xf.view() },
+        ConvF32Outputs {
+            y: sy.mapv(f32::from),
+            t: st.mapv(f32::from),
+        },
+    )?;
+    assert_eq!(gh.w, gf.w.mapv(f16::from_f32));
+    assert_eq!(gh.wt, gf.wt.mapv(f16::from_f32));
+    // bf16, 1-D, "same" padding with dilation: against a naive f64 sum, rounded once
+    let mb = ConvBf16::new()?;
+    let mut pb = mb.randomize_params(1);
+    pb.w = pat(IxDyn(&[5, 3, 3]), 0.2)
+        .mapv(bf16::from_f64)
+        .into_dimensionality()
+        .unwrap();
+    let xb: ndarray::Array3<bf16> = pat(IxDyn(&[2, 3, 10]), 1.7)
+        .mapv(bf16::from_f64)
+        .into_dimensionality()
+        .unwrap();
+    let y = mb.evaluate(&pb, ConvBf16Inputs { x: xb.view() })?.y;
+    assert_eq!(y.dim(), (2, 5, 10));
+    for ((n, o, l), v) in y.indexed_iter() {
+        let mut s = 0.0f64;
+        for c in 0..3 {
+            for k in 0..3 {
+                let i = l as isize + 2 * k as isize - 2;
+                if (0..10).contains(&i) {
+                    s += f64::from(xb[[n, c, i as usize]]) * f64::from(pb.w[[o, c, k]]);
+                }
+            }
+        }
+        // the f32 sum of 9 products of bf16 values is exact to ~1e-7 relative, far below
+        // bf16's half ulp: one rounding of the true value (barring a tie)
+        let want = bf16::from_f64(s);
+        assert!(
+            *v == want || (f64::from(*v) - s).abs() <= f64::from(want.to_f32().abs()) * 4e-3,
+            "[{n},{o},{l}]: {v} vs {s}"
+        );
+    }
+    Ok(())
+}

@@ -1061,14 +1061,15 @@ fn counted_loops_keep_their_counter_on_the_host() {
 }
 
 mithril! {
-    /// f16 / bf16 storage for the f32 kernels of pooling, pad, upsampling and dropout on cuda
-    /// (widened by generated kernels, computed in f32, narrowed back), forward and (a `train`
-    /// model: every gradient op must lower) backward. (Convolution and attention take f32 /
+    /// f16 / bf16 storage for the f32 kernels of convolution, pooling, pad, upsampling and
+    /// dropout on cuda (widened by generated kernels, computed in f32, narrowed back), forward
+    /// and (a `train` model: every gradient op must lower) backward. (Attention takes f32 /
     /// f64 on every backend.)
     pub train PoolHalf {
         input x: f16[B, 4, 9, 9];
         param w: f16[4, 9, 9];
-        let a = x * w;
+        param wc: f16[4, 2, 3, 3];
+        let a = conv2d(x, wc, padding = 1, groups = 2) * w;
         output ya = max_pool2d(relu(a), kernel_size = 3, stride = 2, padding = 1, ceil_mode = true);
         output yb = avg_pool2d(a, kernel_size = 3, stride = 2, padding = 1, count_include_pad = false);
         output yc = adaptive_avg_pool2d(a, output_size = (3, 4));
@@ -1093,7 +1094,7 @@ mithril! {
 }
 
 #[test]
-fn half_pooling_and_dropout_build_for_cuda_and_compile_with_nvrtc() {
+fn half_cnn_ops_build_for_cuda_and_compile_with_nvrtc() {
     // every op and gradient op lowered in f16 / bf16 (a `train` model fails the build
     // otherwise), through widening kernels around the f32 ones
     fn check<T: Send + Sync>() {}
@@ -1116,13 +1117,13 @@ fn half_pooling_and_dropout_build_for_cuda_and_compile_with_nvrtc() {
                 PoolBf16Gpu::CUDA_KERNELS,
             ),
         ],
-        "f16 / bf16 pooling and dropout cuda modules",
+        "f16 / bf16 convolution, pooling and dropout cuda modules",
     );
 }
 
 #[test]
-fn gpu_half_pooling_and_dropout_match_the_cpu() {
-    if !gpu("gpu_half_pooling_and_dropout_match_the_cpu") {
+fn gpu_half_cnn_ops_match_the_cpu() {
+    if !gpu("gpu_half_cnn_ops_match_the_cpu") {
         return;
     }
     let (cpu, gpu) = (PoolHalf::new().unwrap(), PoolHalfGpu::new().unwrap());
@@ -1151,5 +1152,6 @@ fn gpu_half_pooling_and_dropout_match_the_cpu() {
         .evaluate_gradients_mode(&gp, PoolHalfGpuInputs { x: x.view() }, Mode::TrainSeeded(7))
         .unwrap();
     close_dyn("w", &f(g2.w.into_dyn()), &f(g.w.into_dyn()), 2e-2);
+    close_dyn("wc", &f(g2.wc.into_dyn()), &f(g.wc.into_dyn()), 2e-2);
     say("PoolHalfGpu: outputs and gradients match the CPU");
 }

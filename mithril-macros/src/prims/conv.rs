@@ -351,9 +351,9 @@ impl Family for Rules {
             )
         })?;
         match env.dt(t) {
-            DT::Known(DType::F32 | DType::F64) | DT::Var(_) => Ok(t),
+            DT::Known(DType::F32 | DType::F64 | DType::F16 | DType::BF16) | DT::Var(_) => Ok(t),
             DT::Known(other) => Err(format!(
-                "`{}` supports f32 and f64 tensors, not {other}",
+                "`{}` supports float tensors (f32, f64, f16, bf16), not {other}",
                 p.name()
             )),
         }
@@ -414,20 +414,30 @@ impl Family for Rules {
 
     fn call(&self, p: &Prim, cx: &CallCx<'_>) -> Result<TokenStream, String> {
         let a = attrs_of(p)?;
-        if !cx
+        let half = cx
             .in_dt
             .iter()
-            .all(|t| matches!(t, DType::F32 | DType::F64))
+            .all(|t| matches!(t, DType::F16 | DType::BF16));
+        if !half
+            && !cx
+                .in_dt
+                .iter()
+                .all(|t| matches!(t, DType::F32 | DType::F64))
         {
-            return Err(format!("`{}` supports f32 and f64 tensors", self.name(p)));
+            return Err(format!("`{}` supports float tensors", self.name(p)));
         }
         let c = quote!(::mithril::rt::ops::conv);
+        let f = if half {
+            quote!(conv_half_to)
+        } else {
+            quote!(conv_to)
+        };
         let spec = spec_tokens(a);
         let (x, w, d) = (&cx.a[0], &cx.a[1], cx.d);
         let like = match cx.a.get(2) {
             Some(l) => quote!(::std::option::Option::Some(&#l)),
             None => quote!(::std::option::Option::None),
         };
-        Ok(cx.checked(quote!(#c::conv_to(&#spec, &#x, &#w, #like, #d))))
+        Ok(cx.checked(quote!(#c::#f(&#spec, &#x, &#w, #like, #d))))
     }
 }

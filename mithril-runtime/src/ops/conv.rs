@@ -283,6 +283,34 @@ pub fn conv_to<'w, T: Elem + ConvElem>(
     Ok(out)
 }
 
+/// [`conv_to`] on f16 / bf16 storage: the operands widened to f32, the f32 kernels, each
+/// result rounded once back to the storage type (nearest even) — f32 is the compute type of
+/// half storage, as in the GEMM. The same shape checks and errors as [`conv_to`].
+pub fn conv_half_to<'w, T: Elem<Acc = f32>>(
+    spec: &ConvSpec,
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    like: Option<&ArrayViewD<'_, T>>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let op = spec.name();
+    let (shape, g, pass) = plan(spec, a.shape(), b.shape(), like.map(|l| l.shape()))?;
+    // logical (row-major) order: a strided view is gathered while it is widened
+    let wide = |v: &ArrayViewD<'_, T>| -> Vec<f32> { v.iter().map(|x| x.to_acc()).collect() };
+    let (sa, sb) = (wide(a), wide(b));
+    let mut y = vec![0f32; shape.iter().product()];
+    match pass {
+        Pass::Forward => k::forward(&g, &sa, &sb, &mut y),
+        Pass::Data => k::backward_data(&g, &sa, &sb, &mut y),
+        Pass::Weight => k::backward_weight(&g, &sa, &sb, &mut y),
+    }
+    let mut out = dest.get(op, &shape)?;
+    for (o, v) in out.iter_mut().zip(&y) {
+        *o = T::from_acc(*v);
+    }
+    Ok(out)
+}
+
 /// The int8 form of a forward convolution ([`ConvKind::Forward`], f32): `x` quantized per
 /// tensor (the weight's static scale, or a dynamic one from `max |x|`), the weight `qc`
 /// quantized per output channel, `i32` sums through the int8 GEMM, dequantized in its store

@@ -1311,9 +1311,27 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                             d,
                         )
                     }),
+                    DType::F16 => self.put::<f16>(id, h, |d| {
+                        ops::conv::conv_half_to(
+                            spec,
+                            typed::<f16>(&x)?,
+                            typed::<f16>(&y)?,
+                            l.as_ref().map(typed::<f16>).transpose()?,
+                            d,
+                        )
+                    }),
+                    DType::BF16 => self.put::<bf16>(id, h, |d| {
+                        ops::conv::conv_half_to(
+                            spec,
+                            typed::<bf16>(&x)?,
+                            typed::<bf16>(&y)?,
+                            l.as_ref().map(typed::<bf16>).transpose()?,
+                            d,
+                        )
+                    }),
                     other => Err(Error::op(
                         spec.name(),
-                        format!("{other:?} is not supported (f32 and f64 are)"),
+                        format!("{other:?} is not supported (f32, f64, f16 and bf16 are)"),
                     )),
                 }
             }
