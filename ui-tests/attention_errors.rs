@@ -27,8 +27,8 @@ mithril::mithril! {
         output y = attention(q, k, k, mask = m);
     }
 
-    model Half {
-        input q: f16[2, 4, 8];
+    model Ints {
+        input q: i32[2, 4, 8];
         output y = attention(q, q, q);
     }
 

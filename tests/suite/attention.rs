@@ -620,3 +620,158 @@ fn gqa_with_symbolic_heads_is_checked_at_run_time() -> mithril::Result<()> {
     );
     Ok(())
 }
+
+mithril! {
+    /// Half-storage attention (f16, bf16) and the same model in f32: causal with a bool key
+    /// mask, and an additive mask with grouped-query heads.
+    pub model AttnH16 {
+        input q: f16[2, 4, 5, 8];
+        input k: f16[2, 2, 6, 8];
+        input v: f16[2, 2, 6, 8];
+        input keep: bool[2, 1, 1, 6];
+        param add: f16[5, 6];
+        output a = attention(q, k, v, keep, causal = true);
+        output b = attention(q, k, v, add, scale = 0.5);
+    }
+
+    pub model AttnH32 {
+        input q: f32[2, 4, 5, 8];
+        input k: f32[2, 2, 6, 8];
+        input v: f32[2, 2, 6, 8];
+        input keep: bool[2, 1, 1, 6];
+        param add: f32[5, 6];
+        output a = attention(q, k, v, keep, causal = true);
+        output b = attention(q, k, v, add, scale = 0.5);
+    }
+
+    pub model AttnBf16 {
+        input q: bf16[1, 2, 3, 4];
+        input k: bf16[1, 2, 3, 4];
+        input v: bf16[1, 2, 3, 4];
+        output a = attention(q, k, v);
+    }
+}
+
+/// f16 / bf16 attention runs the f32 kernel on the widened values and rounds each result
+/// once: its outputs are bit for bit the f32 attention of the same values, rounded; its
+/// gradients (the flash kernel's backward, widened the same way) the f32 ones to f16's
+/// precision.
+#[test]
+fn half_storage_attention_is_the_f32_one_rounded() -> mithril::Result<()> {
+    use mithril::half::{bf16, f16};
+    let h = |shape: &[usize], salt: f64| pat(IxDyn(shape), salt).mapv(f16::from_f64);
+    let q = h(&[2, 4, 5, 8], 0.3).into_dimensionality::<Ix4>().unwrap();
+    let k = h(&[2, 2, 6, 8], 1.3).into_dimensionality::<Ix4>().unwrap();
+    let v = h(&[2, 2, 6, 8], 2.1).into_dimensionality::<Ix4>().unwrap();
+    let keep =
+        ndarray::Array4::from_shape_fn((2, 1, 1, 6), |(b, _, _, j)| j == 0 || (j + b) % 3 != 1);
+    let (mh, mf) = (AttnH16::new()?, AttnH32::new()?);
+    let mut ph = mh.randomize_params(0);
+    ph.add = h(&[5, 6], 0.7).into_dimensionality().unwrap();
+    let mut pf = mf.randomize_params(0);
+    pf.add = ph.add.mapv(f32::from);
+    let w = |a: &ndarray::Array4<f16>| a.mapv(f32::from);
+    let oh = mh.evaluate(
+        &ph,
+        AttnH16Inputs {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            keep: keep.view(),
+        },
+    )?;
+    let (qf, kf, vf) = (w(&q), w(&k), w(&v));
+    let of = mf.evaluate(
+        &pf,
+        AttnH32Inputs {
+            q: qf.view(),
+            k: kf.view(),
+            v: vf.view(),
+            keep: keep.view(),
+        },
+    )?;
+    assert_eq!(oh.a, of.a.mapv(f16::from_f32));
+    assert_eq!(oh.b, of.b.mapv(f16::from_f32));
+    // the additive mask's gradient (the scores' gradient summed to its shape): the half model
+    // reads its f16-rounded output and sums the 8 per-head gradients in f16 storage, so it is
+    // the f32 gradient to f16's precision (a few 2^-11 roundings), not bit for bit
+    let sa = h(&[2, 4, 5, 8], 1.9).into_dimensionality::<Ix4>().unwrap();
+    let sb = h(&[2, 4, 5, 8], 0.1).into_dimensionality::<Ix4>().unwrap();
+    let (_, gh) = mh.evaluate_gradients(
+        &ph,
+        AttnH16Inputs {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            keep: keep.view(),
+        },
+        AttnH16Outputs {
+            a: sa.clone(),
+            b: sb.clone(),
+        },
+    )?;
+    let (_, gf) = mf.evaluate_gradients(
+        &pf,
+        AttnH32Inputs {
+            q: qf.view(),
+            k: kf.view(),
+            v: vf.view(),
+            keep: keep.view(),
+        },
+        AttnH32Outputs {
+            a: w(&sa),
+            b: w(&sb),
+        },
+    )?;
+    for (g16, g32) in gh.add.iter().zip(gf.add.iter()) {
+        let (a, b) = (f32::from(*g16), *g32);
+        assert!(
+            (a - b).abs() <= 2e-3 + 1e-2 * b.abs(),
+            "mask gradient {a} vs f32 {b}"
+        );
+    }
+    // bf16 against the naive f64 reference (one rounding of a value the f32 kernel gets to
+    // ~1e-6 relative, far below bf16's half ulp of 2^-9)
+    let b = |salt: f64| {
+        pat(IxDyn(&[1, 2, 3, 4]), salt)
+            .mapv(bf16::from_f64)
+            .into_dimensionality::<Ix4>()
+            .unwrap()
+    };
+    let (qb, kb, vb) = (b(0.5), b(1.5), b(2.5));
+    let mb = AttnBf16::new()?;
+    let ob = mb.evaluate(
+        &mb.randomize_params(0),
+        AttnBf16Inputs {
+            q: qb.view(),
+            k: kb.view(),
+            v: vb.view(),
+        },
+    )?;
+    for hh in 0..2 {
+        for i in 0..3 {
+            let s: Vec<f64> = (0..3)
+                .map(|j| {
+                    (0..4)
+                        .map(|d| f64::from(qb[[0, hh, i, d]]) * f64::from(kb[[0, hh, j, d]]))
+                        .sum::<f64>()
+                        / 2.0
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..4 {
+                let want: f64 = (0..3)
+                    .map(|j| e[j] / z * f64::from(vb[[0, hh, j, d]]))
+                    .sum();
+                let got = f64::from(ob.a[[0, hh, i, d]]);
+                assert!(
+                    (got - want).abs() <= want.abs() * 2f64.powi(-8) + 1e-6,
+                    "[{hh},{i},{d}]: {got} vs {want}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1061,10 +1061,9 @@ fn counted_loops_keep_their_counter_on_the_host() {
 }
 
 mithril! {
-    /// f16 / bf16 storage for the f32 kernels of convolution, pooling, pad, upsampling and
-    /// dropout on cuda (widened by generated kernels, computed in f32, narrowed back), forward
-    /// and (a `train` model: every gradient op must lower) backward. (Attention takes f32 /
-    /// f64 on every backend.)
+    /// f16 / bf16 storage for the f32 kernels of convolution, pooling, pad, upsampling,
+    /// dropout and attention on cuda (widened by generated kernels, computed in f32, narrowed
+    /// back), forward and (a `train` model: every gradient op must lower) backward.
     pub train PoolHalf {
         input x: f16[B, 4, 9, 9];
         param w: f16[4, 9, 9];
@@ -1083,10 +1082,13 @@ mithril! {
     pub train PoolBf16 {
         input x: bf16[B, 3, 10];
         param w: bf16[3, 10];
+        param q: bf16[2, 4, 5, 8];
+        param kv: bf16[2, 2, 5, 8];
         let a = x * w;
         output ya = max_pool1d(a, kernel_size = 2, dilation = 2);
         output yd = dropout(a, p = 0.5);
-        loss (ya * ya).mean() + (yd * yd).mean();
+        output yq = attention(q, kv, kv, causal = true);
+        loss (ya * ya).mean() + (yd * yd).mean() + (yq * yq).mean();
     }
 
     pub compile PoolHalfGpu = PoolHalf { backend: cuda };
@@ -1117,7 +1119,7 @@ fn half_cnn_ops_build_for_cuda_and_compile_with_nvrtc() {
                 PoolBf16Gpu::CUDA_KERNELS,
             ),
         ],
-        "f16 / bf16 convolution, pooling and dropout cuda modules",
+        "f16 / bf16 convolution, pooling, dropout and attention cuda modules",
     );
 }
 

@@ -319,9 +319,9 @@ impl Family for Rules {
             })?;
         }
         if let DT::Known(x) = env.dt(t) {
-            if !matches!(x, DType::F32 | DType::F64) {
+            if !matches!(x, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
                 return Err(format!(
-                    "`attention` runs in f32 or f64, found {x}; use `cast(x, dtype = f32)` first"
+                    "`attention` runs on float tensors (f32, f64, f16, bf16), found {x}"
                 ));
             }
         }
@@ -430,13 +430,24 @@ impl Family for Rules {
             Some(s) => quote!(::core::option::Option::Some(#s)),
             None => quote!(::core::option::Option::None),
         };
+        // f16 / bf16: the f32 kernel on widened operands
+        let half = matches!(cx.in_dt.first(), Some(DType::F16 | DType::BF16));
+        let none = quote!(::core::option::Option::None);
         Ok(cx.checked(if part == 0 {
-            quote!(#ops::attention_to(&#q, &#k, &#v, #mask, #causal, #scale, #d))
+            if half {
+                quote!(#ops::attention_half_to(&#q, &#k, &#v, #mask, #causal, #scale, #none, #d))
+            } else {
+                quote!(#ops::attention_to(&#q, &#k, &#v, #mask, #causal, #scale, #d))
+            }
         } else {
             let at = if masked { 4 } else { 3 };
             let (o, g) = (&a[at], &a[at + 1]);
             let which = part_ident(part);
-            quote!(#ops::attention_grad_to(&#q, &#k, &#v, #mask, &#o, &#g, #causal, #scale, #ops::AttnPart::#which, #d))
+            if half {
+                quote!(#ops::attention_grad_half_to(&#q, &#k, &#v, #mask, &#o, &#g, #causal, #scale, #none, #ops::AttnPart::#which, #d))
+            } else {
+                quote!(#ops::attention_grad_to(&#q, &#k, &#v, #mask, &#o, &#g, #causal, #scale, #ops::AttnPart::#which, #d))
+            }
         }))
     }
 

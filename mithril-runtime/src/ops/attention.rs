@@ -453,3 +453,113 @@ pub fn cached_attention_to<'w, T: AttnScalar>(
     kern::decode::forward_at(&cd, qd, kd, vd, pos as usize, scale, o);
     Ok(out)
 }
+
+// ---- f16 / bf16 storage: the f32 kernel on widened operands, each result rounded once
+
+/// The operands of a half-storage call widened to f32, with the mask's float form.
+fn widen<T: Elem<Acc = f32>>(a: &ArrayViewD<'_, T>) -> ndarray::ArrayD<f32> {
+    a.mapv(|x| x.to_acc())
+}
+
+/// A float mask widened to f32 (`None` for the others).
+fn mask_f32<T: Elem<Acc = f32>>(mask: AttnMask<'_, '_, T>) -> Option<ndarray::ArrayD<f32>> {
+    match mask {
+        AttnMask::Add(m) => Some(widen(m)),
+        _ => None,
+    }
+}
+
+/// `mask` over f32: a float mask as `mf` (its [`mask_f32`], viewed), a bool one unchanged.
+fn wide_mask<'a, 'v, T>(
+    mask: AttnMask<'a, 'v, T>,
+    mf: &'a Option<ArrayViewD<'a, f32>>,
+) -> AttnMask<'a, 'a, f32>
+where
+    'v: 'a,
+{
+    match (mask, mf) {
+        (AttnMask::Bool(b), _) => AttnMask::Bool(b),
+        (AttnMask::Add(_), Some(m)) => AttnMask::Add(m),
+        _ => AttnMask::None,
+    }
+}
+
+/// `y` (the f32 result) rounded once into `dest` (nearest even).
+fn narrow<'w, T: Elem<Acc = f32>>(
+    op: &str,
+    y: Option<ndarray::ArrayD<f32>>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let y = y.ok_or_else(|| Error::op(op, "internal: no f32 result"))?;
+    let mut out = dest.get(op, y.shape())?;
+    out.zip_mut_with(&y, |o, &v| *o = T::from_acc(v));
+    Ok(out)
+}
+
+/// [`attention_dropout_to`] on f16 / bf16 storage: `q`, `k`, `v` and a float mask widened to
+/// f32 (f32 is half storage's compute type, as in the GEMM), the f32 kernel, each result
+/// rounded once: bit for bit the f32 attention of the same values, rounded. The same checks.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_half_to<'w, T: Elem<Acc = f32>>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    mask: AttnMask<'_, '_, T>,
+    causal: bool,
+    scale: Option<f64>,
+    drop: Option<AttnDropout>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let (q, k, v) = (widen(q), widen(k), widen(v));
+    let mf = mask_f32(mask);
+    let mfv = mf.as_ref().map(|m| m.view());
+    let wide = wide_mask(mask, &mfv);
+    let mut y = None;
+    attention_dropout_to(
+        &q.view(),
+        &k.view(),
+        &v.view(),
+        wide,
+        causal,
+        scale,
+        drop,
+        Dest::Owned(&mut y),
+    )?;
+    narrow("attention", y, dest)
+}
+
+/// [`attention_grad_dropout_to`] on f16 / bf16 storage, as [`attention_half_to`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_grad_half_to<'w, T: Elem<Acc = f32>>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    mask: AttnMask<'_, '_, T>,
+    o: &ArrayViewD<'_, T>,
+    go: &ArrayViewD<'_, T>,
+    causal: bool,
+    scale: Option<f64>,
+    drop: Option<AttnDropout>,
+    part: AttnPart,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let (q, k, v, o, go) = (widen(q), widen(k), widen(v), widen(o), widen(go));
+    let mf = mask_f32(mask);
+    let mfv = mf.as_ref().map(|m| m.view());
+    let wide = wide_mask(mask, &mfv);
+    let mut y = None;
+    attention_grad_dropout_to(
+        &q.view(),
+        &k.view(),
+        &v.view(),
+        wide,
+        &o.view(),
+        &go.view(),
+        causal,
+        scale,
+        drop,
+        part,
+        Dest::Owned(&mut y),
+    )?;
+    narrow("attention gradient", y, dest)
+}

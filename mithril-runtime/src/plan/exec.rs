@@ -1409,8 +1409,9 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             4 => ops::AttnPart::KV,
             _ => ops::AttnPart::Scores,
         };
+        // f16 / bf16 run the f32 kernel on widened operands (`attention_half_to`)
         macro_rules! go {
-            ($T:ty) => {{
+            ($T:ty, $fwd:ident, $bwd:ident) => {{
                 let mb;
                 let mf;
                 let mask = match &m {
@@ -1426,24 +1427,24 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 };
                 let (q, k, v) = (typed::<$T>(&q)?, typed::<$T>(&k)?, typed::<$T>(&v)?);
                 match &grads {
-                    None => self.put::<$T>(id, h, |d| {
-                        ops::attention_dropout_to(q, k, v, mask, causal, scale, drop, d)
-                    }),
+                    None => {
+                        self.put::<$T>(id, h, |d| ops::$fwd(q, k, v, mask, causal, scale, drop, d))
+                    }
                     Some((o, g)) => {
                         let (o, g) = (typed::<$T>(o)?, typed::<$T>(g)?);
                         self.put::<$T>(id, h, |d| {
-                            ops::attention_grad_dropout_to(
-                                q, k, v, mask, o, g, causal, scale, drop, gpart, d,
-                            )
+                            ops::$bwd(q, k, v, mask, o, g, causal, scale, drop, gpart, d)
                         })
                     }
                 }
             }};
         }
         match dt {
-            DType::F32 => go!(f32),
-            DType::F64 => go!(f64),
-            _ => Err(internal(w, "attention on a non-f32/f64 operand")),
+            DType::F32 => go!(f32, attention_dropout_to, attention_grad_dropout_to),
+            DType::F64 => go!(f64, attention_dropout_to, attention_grad_dropout_to),
+            DType::F16 => go!(f16, attention_half_to, attention_grad_half_to),
+            DType::BF16 => go!(bf16, attention_half_to, attention_grad_half_to),
+            _ => Err(internal(w, "attention on a non-float operand")),
         }
     }
 
