@@ -775,3 +775,96 @@ fn half_storage_attention_is_the_f32_one_rounded() -> mithril::Result<()> {
     }
     Ok(())
 }
+
+mithril! {
+    pub model CachedH {
+        input q: bf16[1, 2, 2, 4];
+        input k: bf16[1, 1, 8, 4];
+        input v: bf16[1, 1, 8, 4];
+        input pos: i64[];
+        output y = cached_attention(q, k, v, pos);
+    }
+
+    pub model CachedF {
+        input q: f32[1, 2, 2, 4];
+        input k: f32[1, 1, 8, 4];
+        input v: f32[1, 1, 8, 4];
+        input pos: i64[];
+        output y = cached_attention(q, k, v, pos);
+    }
+}
+
+/// bf16 decoding over a cache: the f32 kernel on the widened rows in use, each result rounded
+/// once (bit for bit the f32 model's, rounded); a step past the cache's end is the same `Err`.
+#[test]
+fn half_storage_cached_attention_is_the_f32_one_rounded() -> mithril::Result<()> {
+    use mithril::half::bf16;
+    let b = |shape: &[usize], salt: f64| {
+        pat(IxDyn(shape), salt)
+            .mapv(bf16::from_f64)
+            .into_dimensionality::<Ix4>()
+            .unwrap()
+    };
+    let (q, k, v) = (
+        b(&[1, 2, 2, 4], 0.2),
+        b(&[1, 1, 8, 4], 0.9),
+        b(&[1, 1, 8, 4], 1.6),
+    );
+    let w = |a: &ndarray::Array4<bf16>| a.mapv(f32::from);
+    let (qf, kf, vf) = (w(&q), w(&k), w(&v));
+    let (mh, mf) = (CachedH::new()?, CachedF::new()?);
+    let (ph, pf) = (mh.randomize_params(0), mf.randomize_params(0));
+    for pos in [0i64, 3, 6] {
+        let p = ndarray::arr0(pos);
+        let yh = mh
+            .evaluate(
+                &ph,
+                CachedHInputs {
+                    q: q.view(),
+                    k: k.view(),
+                    v: v.view(),
+                    pos: p.view(),
+                },
+            )?
+            .y;
+        let yf = mf
+            .evaluate(
+                &pf,
+                CachedFInputs {
+                    q: qf.view(),
+                    k: kf.view(),
+                    v: vf.view(),
+                    pos: p.view(),
+                },
+            )?
+            .y;
+        assert_eq!(yh, yf.mapv(bf16::from_f32), "pos {pos}");
+    }
+    let p = ndarray::arr0(7i64);
+    let e = mh
+        .evaluate(
+            &ph,
+            CachedHInputs {
+                q: q.view(),
+                k: k.view(),
+                v: v.view(),
+                pos: p.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    let ef = mf
+        .evaluate(
+            &pf,
+            CachedFInputs {
+                q: qf.view(),
+                k: kf.view(),
+                v: vf.view(),
+                pos: p.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e.replace("CachedH", "CachedF"), ef);
+    Ok(())
+}

@@ -210,9 +210,9 @@ impl Family for Rules {
         }
         if matches!(p, Prim::CachedAttention { .. }) {
             if let DT::Known(x) = env.dt(t) {
-                if !matches!(x, DType::F32 | DType::F64) {
+                if !matches!(x, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
                     return Err(format!(
-                        "`cached_attention` runs in f32 or f64, found {x}; use `cast(x, dtype = f32)` first"
+                        "`cached_attention` runs on float tensors (f32, f64, f16, bf16), found {x}"
                     ));
                 }
             }

@@ -563,3 +563,40 @@ pub fn attention_grad_half_to<'w, T: Elem<Acc = f32>>(
     )?;
     narrow("attention gradient", y, dest)
 }
+
+/// [`cached_attention_to`] on f16 / bf16 storage: the queries and the cache rows in use
+/// (`0 .. pos + Sq`; a decoding step widens what it reads, not the whole cache) widened to
+/// f32, the f32 kernel, each result rounded once. The same checks and errors.
+pub fn cached_attention_half_to<'w, T: Elem<Acc = f32>>(
+    q: &ArrayViewD<'_, T>,
+    k: &ArrayViewD<'_, T>,
+    v: &ArrayViewD<'_, T>,
+    pos: i64,
+    scale: Option<f64>,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let sq = q.ndim().checked_sub(2).map(|a| q.shape()[a]);
+    let rows = |c: &ArrayViewD<'_, T>| -> ndarray::ArrayD<f32> {
+        let used = c.ndim().checked_sub(2).and_then(|ax| {
+            let m = c.shape()[ax];
+            let u = usize::try_from(pos).ok()?.checked_add(sq?)?;
+            (u <= m).then_some((ax, u))
+        });
+        match used {
+            Some((ax, u)) => widen(&c.slice_axis(ndarray::Axis(ax), (0..u).into())),
+            // out of range or malformed: the f32 call reports it with the cache's shape
+            None => widen(c),
+        }
+    };
+    let (q, k, v) = (widen(q), rows(k), rows(v));
+    let mut y = None;
+    cached_attention_to(
+        &q.view(),
+        &k.view(),
+        &v.view(),
+        pos,
+        scale,
+        Dest::Owned(&mut y),
+    )?;
+    narrow("cached_attention", y, dest)
+}

@@ -1350,28 +1350,21 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             POp::CachedAttention { scale } => {
                 let (q, k, v) = (a(0)?, a(1)?, a(2)?);
                 let p = index_value(&a(3)?, step.what)?;
+                // f16 / bf16: the f32 kernel on the widened rows in use
+                macro_rules! cached {
+                    ($T:ty, $f:ident) => {
+                        self.put::<$T>(id, h, |d| {
+                            let (q, k, v) = (typed::<$T>(&q)?, typed::<$T>(&k)?, typed::<$T>(&v)?);
+                            ops::$f(q, k, v, p, *scale, d)
+                        })
+                    };
+                }
                 match dt {
-                    DType::F32 => self.put::<f32>(id, h, |d| {
-                        ops::cached_attention_to(
-                            typed::<f32>(&q)?,
-                            typed::<f32>(&k)?,
-                            typed::<f32>(&v)?,
-                            p,
-                            *scale,
-                            d,
-                        )
-                    }),
-                    DType::F64 => self.put::<f64>(id, h, |d| {
-                        ops::cached_attention_to(
-                            typed::<f64>(&q)?,
-                            typed::<f64>(&k)?,
-                            typed::<f64>(&v)?,
-                            p,
-                            *scale,
-                            d,
-                        )
-                    }),
-                    _ => Err(internal(w, "cached_attention on a non-f32/f64 operand")),
+                    DType::F32 => cached!(f32, cached_attention_to),
+                    DType::F64 => cached!(f64, cached_attention_to),
+                    DType::F16 => cached!(f16, cached_attention_half_to),
+                    DType::BF16 => cached!(bf16, cached_attention_half_to),
+                    _ => Err(internal(w, "cached_attention on a non-float operand")),
                 }
             }
             _ => Err(internal(w, "op not handled")),
