@@ -364,6 +364,23 @@ mithril! {
         output y = h;
     }
     compile GrowS = Grow { shapes: { x: [2, 2] }, static_shapes: true };
+
+    /// A `bool` loop variable (its slot is read again at the loop's end, never cleared).
+    model Done {
+        input x: f32[B, 2];
+        input lim: f32[];
+        let h = x;
+        let e = lim * 0.0;
+        let done = lim <= 0.0;
+        while !done, max_steps = 20 {
+            let h = h * 2.0 + 1.0;
+            let e = e + 1.0;
+            let done = e >= lim;
+        }
+        output y = h;
+        output e = e;
+    }
+    compile DoneS = Done { shapes: { x: [2, 2] }, static_shapes: true };
 }
 
 fn specialized(summary: &str) {
@@ -546,4 +563,35 @@ fn static_nested_loops_and_the_bodies_that_keep_the_generic_path() {
         s.evaluate(&ps, GrowSInputs { x: xv.view() }).unwrap().y,
         m.evaluate(&p, GrowInputs { x: xv.view() }).unwrap().y
     );
+}
+
+#[test]
+fn a_static_loop_with_a_bool_loop_variable() {
+    specialized(DoneS::SUMMARY);
+    let (m, s) = (Done::new().unwrap(), DoneS::new().unwrap());
+    let (p, ps) = (m.randomize_params(16), s.randomize_params(16));
+    let xv = x(2, 2);
+    for lim in [3.0f32, 0.0, 1.0, 5.0, 3.0] {
+        let l = ndarray::arr0(lim);
+        let want = m
+            .evaluate(
+                &p,
+                DoneInputs {
+                    x: xv.view(),
+                    lim: l.view(),
+                },
+            )
+            .unwrap();
+        let got = s
+            .evaluate(
+                &ps,
+                DoneSInputs {
+                    x: xv.view(),
+                    lim: l.view(),
+                },
+            )
+            .unwrap();
+        assert_eq!(got.e.clone().into_scalar(), lim, "lim = {lim}");
+        assert_eq!((got.y, got.e), (want.y, want.e), "lim = {lim}");
+    }
 }
