@@ -288,6 +288,7 @@ mithril! {
         output last = h;
     }
     compile ScanS = Scan { shapes: { xs: [2, 5, 4] }, static_shapes: true };
+    compile ScanFixed = Scan { shapes: { xs: [2, 5, 4] } };
 
     /// A `while` whose trip count depends on a value (`e0`), with the seed's recurrent block
     /// (a `Linear` in the body), a counter, and a bound.
@@ -406,6 +407,30 @@ fn a_static_scan_equals_the_generic_one() {
         assert_eq!(got.hs, want.hs);
         assert_eq!(got.last, want.last);
     }
+    // the plan path with `T` fixed by `shapes:` (a loop with a constant bound) agrees
+    let f = ScanFixed::new().unwrap();
+    let got = f
+        .evaluate(&f.randomize_params(11), ScanFixedInputs { xs: xs.view() })
+        .unwrap();
+    assert_eq!((got.hs, got.last), (want.hs.clone(), want.last.clone()));
+    let seeds = || (want.hs.mapv(|v| v + 0.5), want.last.mapv(|v| 1.0 - v));
+    let (a, b) = seeds();
+    let (_, gf) = f
+        .evaluate_gradients(
+            &f.randomize_params(11),
+            ScanFixedInputs { xs: xs.view() },
+            ScanFixedOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    let (a, b) = seeds();
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            ScanInputs { xs: xs.view() },
+            ScanOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    assert_eq!(gf.w, g.w);
     // and the recurrence by hand
     let mut h = xs.index_axis(ndarray::Axis(1), 0).mapv(|v| v * 0.5);
     for t in 0..5 {
