@@ -147,6 +147,9 @@ pub mod library_names {
     pub use crate::__mithril_library_GRUWithState as GRUWithState;
     #[doc(hidden)]
     pub use crate::__mithril_library_LSTMWithState as LSTMWithState;
+    // the identity (the other branch of the seed's conditional dropout)
+    #[doc(hidden)]
+    pub use crate::__mithril_library_Identity as Identity;
 }
 
 #[doc(hidden)]
@@ -587,6 +590,16 @@ macro_rules! __mithril_library_CachedRoPE {
     ($($t:tt)*) => {
         ::core::compile_error!(
             "`CachedRoPE` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_Identity {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`Identity` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
 }

@@ -103,6 +103,7 @@ mithril! {
     compile StaticMlp = Mlp { shapes: { x: [32, 784] }, static_shapes: true };
     compile NoPlan = Mlp { memory_planning: none };
     compile Tiny = Mlp { max_memory_gb: 0.0001 };
+    compile StaticRnn = Rnn { shapes: { xs: [4, 6, 16] }, static_shapes: true };
 
     model Small {
         input x: f32[B, 4];
@@ -565,4 +566,26 @@ fn a_kv_cache_decode_step_allocates_no_cache_sized_buffer() {
         }
         (k, v) = (o.k_out, o.v_out);
     }
+}
+
+/// The scan on the `static_shapes` path (a Rust `loop` over the planned arena): after the
+/// first call, a call allocates only its returned `hs`, whatever the trip count did before.
+#[test]
+fn a_static_scan_allocates_only_its_output_after_the_first_call() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        StaticRnn::SUMMARY.contains("run-time control flow as Rust `if` / `loop`"),
+        "{}",
+        StaticRnn::SUMMARY
+    );
+    let m = StaticRnn::new().unwrap();
+    let p = m.randomize_params(3);
+    let xs = ndarray::Array3::from_shape_fn((4, 6, 16), |(b, t, j)| {
+        ((b * 96 + t * 16 + j) as f32 * 0.13).sin()
+    });
+    let run = || m.evaluate(&p, StaticRnnInputs { xs: xs.view() }).unwrap();
+    let (_, r1) = allocations(run);
+    let (second, r2) = allocations(run);
+    assert_eq!(r1.hs, r2.hs);
+    assert_eq!(second, 1, "the second call allocated {second} times");
 }

@@ -221,6 +221,86 @@ where
     Ok(())
 }
 
+/// The `max_steps` bound of a run-time loop (`n` iterations started so far): the generic
+/// path's `Err` once the condition still holds after `max` iterations.
+pub use crate::cuda::flow::check_max_steps;
+
+/// Where step `i` of a run-time loop lies along an axis of extent `len`, or the generic
+/// path's `Err` (`op` names the op, `what` the value read or written).
+fn step_index(op: &str, what: &str, len: usize, i: i64) -> Result<usize> {
+    if i < 0 || i as usize >= len {
+        return Err(Error::op(
+            op,
+            format!("step index {i} is outside 0..{len} (the {what} axis)"),
+        ));
+    }
+    Ok(i as usize)
+}
+
+/// A step read `x[(.., t)]` of a run-time loop over constant dims: `x` holds
+/// `[outer, len, inner]` row-major, `out` gets `[outer, inner]`, the slice at index `i` of the
+/// middle axis (an `Err` outside `0..len`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn step_read<T: Copy>(
+    op: &str,
+    x: &[T],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    i: i64,
+    out: &mut [T],
+) -> Result<()> {
+    let i = step_index(op, "indexed", len, i)?;
+    if x.len() != outer * len * inner || out.len() != outer * inner {
+        return Err(Error::op(
+            op,
+            "internal: static step read of the wrong size",
+        ));
+    }
+    for (o, dst) in out.chunks_exact_mut(inner.max(1)).enumerate().take(outer) {
+        let at = (o * len + i) * inner;
+        dst.copy_from_slice(&x[at..at + inner]);
+    }
+    Ok(())
+}
+
+/// A scan's stacked write `stack ys[(.., t)] = v` over constant dims (or, `add`, its
+/// accumulation): slice `i` of the middle axis of `acc` (`[outer, len, inner]` row-major)
+/// replaced by (increased by) `v` (`[outer, inner]`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn step_write<T: Elem>(
+    op: &str,
+    acc: &mut [T],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    v: &[T],
+    i: i64,
+    add: bool,
+) -> Result<()> {
+    let i = step_index(op, "stacked", len, i)?;
+    if acc.len() != outer * len * inner || v.len() != outer * inner {
+        return Err(Error::op(
+            op,
+            "internal: static step write of the wrong size",
+        ));
+    }
+    for o in 0..outer {
+        let at = (o * len + i) * inner;
+        let (dst, src) = (&mut acc[at..at + inner], &v[o * inner..(o + 1) * inner]);
+        if add {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = T::from_f64(d.to_f64() + s.to_f64());
+            }
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(any(test, feature = "internal-tests"))]
 pub(crate) mod tests {
     use super::*;

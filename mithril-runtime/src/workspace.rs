@@ -248,6 +248,40 @@ impl Workspace {
     /// the plan says no other live value uses its memory.
     #[allow(clippy::mut_from_ref)]
     pub fn slice<'w, T: Elem>(&'w self, op: &str, slot: usize, n: usize) -> Result<&'w mut [T]> {
+        let ptr = self.slot_ptr::<T>(op, slot, n)?;
+        if T::DTYPE == DType::Bool && self.is_planned() {
+            // Another slot's bytes may not be valid `bool`s.
+            // SAFETY: the region is inside the arena (see `slot_ptr`).
+            unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, n * std::mem::size_of::<T>()) };
+        }
+        // SAFETY: `ptr` is aligned to 64 and valid for `n` elements of `T` (every `Elem` is a
+        // plain number type valid for any bit pattern, bools zeroed above); no other live view
+        // overlaps it (the plan only shares bytes between slots with disjoint lifetimes).
+        Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+    }
+
+    /// At the end of a run-time loop's iteration (`static_shapes` models): the value `src`
+    /// carried into loop variable slot `slot`, which already holds a value of `src.len()`
+    /// elements (nothing is copied when `src` is that memory: an update computed in place).
+    pub fn carry_into<T: Elem>(&self, op: &str, slot: usize, src: &[T]) -> Result<()> {
+        let ptr = self.slot_ptr::<T>(op, slot, src.len())?;
+        if std::ptr::eq(ptr as *const T, src.as_ptr()) {
+            return Ok(());
+        }
+        // SAFETY: as in `slice`, and the slot holds the loop variable's current (valid)
+        // values, so no zeroing; `src` is another value's memory (checked above; the plan never
+        // overlaps two live values partly).
+        unsafe { std::ptr::copy(src.as_ptr(), ptr, src.len()) };
+        Ok(())
+    }
+
+    fn is_planned(&self) -> bool {
+        // SAFETY: reads a `Copy` field; no view aliases it.
+        unsafe { (*self.inner.get()).planned }
+    }
+
+    /// The memory of slot `slot` for `n` elements of `T` (see [`Workspace::slice`]).
+    fn slot_ptr<T: Elem>(&self, op: &str, slot: usize, n: usize) -> Result<*mut T> {
         let bytes = crate::alloc::check(op, n, std::mem::size_of::<T>())?;
         // SAFETY: the bookkeeping fields touched here are not aliased by any view handed out
         // (views point into `bufs[k]`'s heap blocks or into `arena`'s heap blocks, which are
@@ -315,15 +349,7 @@ impl Workspace {
             w.bytes[slot] = bytes;
             w.bufs[slot].as_mut_ptr() as *mut T
         };
-        if T::DTYPE == DType::Bool && w.planned {
-            // Another slot's bytes may not be valid `bool`s.
-            // SAFETY: the region is inside the arena (see above).
-            unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, bytes) };
-        }
-        // SAFETY: `ptr` is aligned to 64 and valid for `n` elements of `T` (every `Elem` is a
-        // plain number type valid for any bit pattern, bools zeroed above); no other live view
-        // overlaps it (the plan only shares bytes between slots with disjoint lifetimes).
-        Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+        Ok(ptr)
     }
 }
 

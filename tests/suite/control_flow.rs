@@ -315,9 +315,10 @@ fn introspection_shows_the_branches() {
     let dot = Nested::GRAPH_DOT;
     let first = dot.find("subgraph cluster_if").unwrap();
     assert!(dot[first + 1..].contains("    subgraph cluster_if"));
-    // `static_shapes` keeps the generic path and says why
+    // `static_shapes` specializes it: the branch is a Rust `if`
     assert!(
-        StatStatic::SUMMARY.contains("run-time `if`"),
+        StatStatic::SUMMARY.contains("static_shapes: evaluate specialized")
+            && StatStatic::SUMMARY.contains("run-time control flow as Rust `if` / `loop`"),
         "{}",
         StatStatic::SUMMARY
     );

@@ -8,13 +8,28 @@
 //! group calls one `ew` driver whose broadcast pattern (`Src`) is decided here, and each matmul
 //! calls the packed GEMM with constant `m`, `n`, `k` and strides. A graph with any other op
 //! keeps the generic path; [`evaluate_body`] says which op stopped it, for the summary.
+//!
+//! Run-time control flow becomes structured Rust around the same per-node code, never
+//! unrolled (the generated code's size is independent of the trip count):
+//! - a node under a run-time `if`'s guard is `let vN = if __bG { .. } else { &mut [] };` (only
+//!   the taken branch runs; the other leaves an empty slice no one reads), a `phi` borrows the
+//!   value of the branch that ran, and a guard is a `bool` `__bG` read from its scalar;
+//! - a run-time loop (`while`, `for t in 0..T`, a scan) is a Rust `loop { .. }` holding its
+//!   body: the carries are slices of their planned slots made before the loop, `loop_test` is
+//!   `if !__bC { break; }` plus the `max_steps` check (an `Err`, never a hang), and `loop_end`
+//!   writes each update into its carry's slot, fetched again from the arena
+//!   ([`mithril::rt::Workspace::carry_into`]: nothing is copied for an update computed in
+//!   place); a step read `x[(.., t)]` and a stacked write are `fixed::step_read` /
+//!   `fixed::step_write`. In-place targets are reborrowed (`&mut *vA`), so a body's node may
+//!   overwrite a value made before the loop once per iteration.
 
 use crate::backends::api::TypedApi;
 use crate::backends::common::v;
 use crate::backends::cpu_elem::{epilogue_seg, lower_fexpr};
-use crate::ir::{DType, FExpr, Graph, NodeId, Op, RDim};
+use crate::backends::cuda::flow::single_index;
+use crate::ir::{rdim, DType, FExpr, Graph, NodeId, Op, RDim};
 use crate::memplan::{self, Home};
-use crate::prims::{convert, literal, storage_type, Prim};
+use crate::prims::{convert, literal, norm_axis, storage_type, Prim};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::Ident;
@@ -117,29 +132,24 @@ pub fn evaluate_body(
     plan: &memplan::Plan,
     outputs_name: &proc_macro2::Ident,
 ) -> Result<TokenStream, String> {
+    let g = api.graph();
     let mut lo = Lowering {
         api,
         plan,
-        g: api.graph(),
+        g,
         model: api.model_name(),
         checks: Vec::new(),
         pre: Vec::new(),
+        binds: Vec::new(),
         body: Vec::new(),
+        need_bool: bools_needed(g),
     };
-    if lo.g.has_guards() {
-        return Err("it has a run-time `if`".into());
-    }
-    if lo.g.has_loops() {
-        return Err("it has a run-time loop".into());
-    }
-    for id in 0..lo.g.nodes.len() {
-        lo.node(id)?;
-    }
+    let body = lo.emit_range(0, g.nodes.len())?;
     let (outs, fields) = lo.outputs()?;
     let Lowering {
         checks,
         pre,
-        body,
+        binds,
         model,
         ..
     } = lo;
@@ -162,6 +172,7 @@ pub fn evaluate_body(
         #(#pre)*
         let __result = {
             let __w: &::mithril::rt::Workspace = &*__ws;
+            #(#binds)*
             #(#body)*
             #(#outs)*
             #outputs_name { #(#fields),* }
@@ -181,10 +192,204 @@ struct Lowering<'g, 'a> {
     model: String,
     checks: Vec<TokenStream>,
     pre: Vec<TokenStream>,
+    /// The inputs and params as slices, bound before the body (a loop's body reads them too).
+    binds: Vec<TokenStream>,
+    /// The code of the node being lowered.
     body: Vec<TokenStream>,
+    /// The scalar `bool`s also held as a Rust `bool` (`__bN`): guards, phi guards, loop
+    /// conditions.
+    need_bool: Vec<bool>,
+}
+
+/// The `bool` of node `id` (a guard or a loop condition).
+fn hb(id: NodeId) -> Ident {
+    format_ident!("__b{}", id)
+}
+
+/// The nodes whose scalar `bool` the generated code branches on.
+fn bools_needed(g: &Graph) -> Vec<bool> {
+    let mut need = vec![false; g.nodes.len()];
+    for n in &g.nodes {
+        if let Some(gd) = n.guard {
+            need[gd] = true;
+        }
+        match n.op {
+            Op::Prim(Prim::Phi) => need[n.args[0]] = true,
+            Op::Prim(Prim::LoopTest { .. }) => need[n.args[1]] = true,
+            _ => {}
+        }
+    }
+    need
+}
+
+/// `(outer, len, inner)` of static `shape` around `axis` (negative: from the end).
+fn axis_split(shape: &[usize], axis: i64) -> Result<(usize, usize, usize), String> {
+    let ax = norm_axis(axis, shape.len())
+        .ok_or_else(|| format!("axis {axis} out of range for rank {}", shape.len()))?;
+    Ok((
+        shape[..ax].iter().product(),
+        shape[ax],
+        shape[ax + 1..].iter().product(),
+    ))
 }
 
 impl Lowering<'_, '_> {
+    /// The code of nodes `lo..hi`: a run-time loop as a Rust `loop` around its body, a node
+    /// under a guard as an `if`.
+    fn emit_range(&mut self, lo: NodeId, hi: NodeId) -> Result<Vec<TokenStream>, String> {
+        let g = self.g;
+        let mut out = Vec::new();
+        let mut id = lo;
+        while id < hi {
+            let n = &g.nodes[id];
+            if matches!(n.op, Op::Input(_) | Op::Param(_)) {
+                // bound before everything
+                self.node(id)?;
+                let code = std::mem::take(&mut self.body);
+                self.binds.extend(code);
+                if self.need_bool[id] {
+                    let (vid, b) = (v(id), hb(id));
+                    self.binds.push(quote!(let #b: bool = #vid[0];));
+                }
+                id += 1;
+                continue;
+            }
+            if !matches!(n.op, Op::Prim(Prim::LoopHead)) {
+                out.push(self.node_code(id)?);
+                id += 1;
+                continue;
+            }
+            let end = (id + 1..hi)
+                .find(|&e| {
+                    matches!(g.nodes[e].op, Op::Prim(Prim::LoopEnd)) && g.nodes[e].args[0] == id
+                })
+                .ok_or("internal: a run-time loop without its end")?;
+            let inner = self.emit_range(id + 1, end)?;
+            let fin = self.loop_end(end)?;
+            let counted = (id + 1..end).any(|t| {
+                matches!(
+                    g.nodes[t].op,
+                    Op::Prim(Prim::LoopTest {
+                        max_steps: Some(_),
+                        ..
+                    })
+                ) && g.nodes[t].args[0] == id
+            });
+            let nh = format_ident!("__n{}", id);
+            let count = counted.then(|| quote!(let mut #nh: u64 = 0;));
+            let lp = quote! {
+                #count
+                loop {
+                    #(#inner)*
+                    #fin
+                }
+            };
+            out.push(match n.guard {
+                Some(gd) => {
+                    let gb = hb(gd);
+                    quote!(if #gb { #lp })
+                }
+                None => lp,
+            });
+            id = end + 1;
+        }
+        Ok(out)
+    }
+
+    /// The code of node `id` outside the loop structure, under its guard, with its `bool`.
+    fn node_code(&mut self, id: NodeId) -> Result<TokenStream, String> {
+        let g = self.g;
+        let n = &g.nodes[id];
+        if (n.guard.is_some() || n.region.is_some()) && self.plan.home[id] == Home::Output {
+            return Err("an output computed inside a run-time branch or loop".into());
+        }
+        self.node(id)?;
+        let code = std::mem::take(&mut self.body);
+        let vid = v(id);
+        let structural = matches!(
+            n.op,
+            Op::Prim(Prim::LoopHead | Prim::LoopTest { .. } | Prim::LoopNext | Prim::LoopEnd)
+        );
+        let mut code = quote!(#(#code)*);
+        if let (Some(gd), false) = (n.guard, structural) {
+            let t = storage_type(self.api.dtype(id));
+            let gb = hb(gd);
+            code = if shared_view(&n.op) {
+                quote!(let #vid: &[#t] = if #gb { #code #vid } else { &[] };)
+            } else {
+                quote!(let #vid: &mut [#t] = if #gb { #code #vid } else { &mut [] };)
+            };
+        }
+        if self.need_bool[id] {
+            let b = hb(id);
+            code.extend(match n.guard {
+                Some(gd) => {
+                    let gb = hb(gd);
+                    quote!(let #b: bool = if #gb { #vid[0] } else { false };)
+                }
+                None => quote!(let #b: bool = #vid[0];),
+            });
+        }
+        Ok(code)
+    }
+
+    /// `loop_end`: each update written into its carry's slot for the next iteration (an update
+    /// that may be another carry's value, a swap, is read before any carry is written).
+    fn loop_end(&mut self, end: NodeId) -> Result<TokenStream, String> {
+        let g = self.g;
+        let head = g.nodes[end].args[0];
+        let carries = &g.nodes[head].args;
+        let mut takes = Vec::new();
+        let mut sets = Vec::new();
+        for (k, &nx) in g.nodes[end].args[2..].iter().enumerate() {
+            let [c, u] = g.nodes[nx].args[..] else {
+                return Err("internal: a loop_next without its two operands".into());
+            };
+            let src = self.resolve(u);
+            if src == c {
+                continue;
+            }
+            let Home::Slot { slot, .. } = self.plan.home[c] else {
+                return Err("a loop variable outside the memory plan".into());
+            };
+            let t = storage_type(self.api.dtype(c));
+            let label = format!("loop variable `{}`", g.describe(c));
+            let vs = v(src);
+            let from = if self.may_be_other_carry(src, c, carries) {
+                let tmp = format_ident!("__next{}", k);
+                takes.push(quote!(let #tmp: ::std::vec::Vec<#t> = #vs.to_vec();));
+                quote!(&#tmp[..])
+            } else {
+                quote!(&#vs[..])
+            };
+            sets.push(quote!(__w.carry_into::<#t>(#label, #slot, #from)?;));
+        }
+        Ok(quote!(#(#takes)* #(#sets)*))
+    }
+
+    /// The node whose variable holds `id`'s value (through views of one operand).
+    fn resolve(&self, mut id: NodeId) -> NodeId {
+        loop {
+            let n = &self.g.nodes[id];
+            id = match n.op {
+                Op::Boundary(_) | Op::Prim(Prim::Truth) => n.args[0],
+                Op::Prim(Prim::LoopNext | Prim::LoopExit) => n.args[1],
+                _ => return id,
+            };
+        }
+    }
+
+    /// Value `src` may be (a view of) a carry in `carries` other than `c`.
+    fn may_be_other_carry(&self, src: NodeId, c: NodeId, carries: &[NodeId]) -> bool {
+        let n = &self.g.nodes[src];
+        match n.op {
+            Op::Prim(Prim::Phi) => n.args[2..]
+                .iter()
+                .any(|&a| self.may_be_other_carry(self.resolve(a), c, carries)),
+            _ => src != c && carries.contains(&src),
+        }
+    }
+
     /// Where node `id`'s computed value is written: a `&mut [T]` expression.
     fn dest(&self, id: NodeId, t: &TokenStream, len: usize, label: &str) -> TokenStream {
         match self.plan.home[id] {
@@ -215,6 +420,120 @@ impl Lowering<'_, '_> {
         }
         let model = &self.model;
         match &n.op {
+            Op::Prim(Prim::LoopHead | Prim::LoopNext | Prim::LoopEnd) => {}
+            Op::Prim(Prim::LoopTest { max_steps, tape }) => {
+                if *tape != 0 {
+                    return Err("a taped run-time loop".into());
+                }
+                let (h, cond) = (n.args[0], n.args[1]);
+                let cb = hb(cond);
+                let nh = format_ident!("__n{}", h);
+                let max = max_steps.map(|m| {
+                    quote! {
+                        ::mithril::rt::fixed::check_max_steps(#nh, #m, #model)?;
+                        #nh += 1;
+                    }
+                });
+                self.body.push(quote! {
+                    if !#cb {
+                        break;
+                    }
+                    #max
+                });
+            }
+            Op::Prim(Prim::Truth | Prim::LoopExit) | Op::Boundary(_) => {
+                let a = v(self.resolve(id));
+                self.body.push(quote!(let #vid: &[#t] = &#a[..];));
+            }
+            Op::Prim(Prim::Phi) => {
+                let gt = hb(n.args[0]);
+                let (a, b) = (v(self.resolve(n.args[2])), v(self.resolve(n.args[3])));
+                self.body
+                    .push(quote!(let #vid: &[#t] = if #gt { &#a[..] } else { &#b[..] };));
+            }
+            Op::Prim(Prim::Carry) => {
+                let d = self.dest(id, &t, len, "loop variable");
+                let init = match n.args.first() {
+                    Some(&a) => {
+                        let va = v(a);
+                        quote!(#vid.copy_from_slice(&#va[..]);)
+                    }
+                    None => quote!(#vid.fill(<#t as ::std::default::Default>::default());),
+                };
+                self.body.push(quote! {
+                    let #vid: &mut [#t] = #d;
+                    #init
+                });
+            }
+            Op::Prim(Prim::DimValue(d)) => {
+                let RDim::Known(k) = rdim(&g.env.dim(d)) else {
+                    return Err("the bound of a run-time `for` is not known at compile time".into());
+                };
+                let k = k as i64;
+                let dst = self.dest(id, &t, len, "dim_value");
+                self.body.push(quote! {
+                    let #vid: &mut [#t] = #dst;
+                    #vid.fill(#k);
+                });
+            }
+            Op::Prim(Prim::Gather(axis))
+                if static_dims(g, n.args[1]).is_ok_and(|d| d.is_empty())
+                    && matches!(api.dtype(n.args[1]), DType::I32 | DType::I64) =>
+            {
+                // a step read `x[(.., t)]` at a run-time index
+                let (outer, l, inner) = axis_split(&static_dims(g, n.args[0])?, *axis)?;
+                let (x, i) = (v(n.args[0]), v(n.args[1]));
+                let dst = self.dest(id, &t, len, "gather");
+                self.body.push(quote! {
+                    let #vid: &mut [#t] = #dst;
+                    ::mithril::rt::fixed::step_read("gather", &#x[..], #outer, #l, #inner, ::std::primitive::i64::from(#i[0]), &mut #vid[..])?;
+                });
+            }
+            Op::Prim(Prim::Slice(sa)) if single_index(sa).is_some() => {
+                // `x[(.., k)]`: one index on one axis, every other axis whole
+                let Some((axis, k)) = single_index(sa) else {
+                    return Err("internal: a slice that is not one index".into());
+                };
+                let (outer, l, inner) = axis_split(&static_dims(g, n.args[0])?, axis)?;
+                let k = if k < 0 { k + l as i64 } else { k };
+                if k < 0 || k >= l as i64 {
+                    return Err("a slice index out of range".into());
+                }
+                let x = v(n.args[0]);
+                let dst = self.dest(id, &t, len, "slice");
+                self.body.push(quote! {
+                    let #vid: &mut [#t] = #dst;
+                    ::mithril::rt::fixed::step_read("slice", &#x[..], #outer, #l, #inner, #k, &mut #vid[..])?;
+                });
+            }
+            Op::Prim(Prim::SetAt { axis, add, .. }) => {
+                let [acc, val, i] = n.args[..] else {
+                    return Err("internal: set_at without its three operands".into());
+                };
+                if api.dtype(val) != api.dtype(id)
+                    || !matches!(api.dtype(i), DType::I32 | DType::I64)
+                {
+                    return Err("a `set_at` of another dtype".into());
+                }
+                let (outer, l, inner) = axis_split(&shape, *axis)?;
+                let (va, vv, vi) = (v(acc), v(val), v(i));
+                let head = match self.plan.home[id] {
+                    Home::Slot {
+                        inplace: Some(0), ..
+                    } => quote!(let #vid: &mut [#t] = &mut *#va;),
+                    _ => {
+                        let dst = self.dest(id, &t, len, "set_at");
+                        quote! {
+                            let #vid: &mut [#t] = #dst;
+                            #vid.copy_from_slice(&#va[..]);
+                        }
+                    }
+                };
+                self.body.push(quote! {
+                    #head
+                    ::mithril::rt::fixed::step_write("set_at", &mut #vid[..], #outer, #l, #inner, &#vv[..], ::std::primitive::i64::from(#vi[0]), #add)?;
+                });
+            }
             Op::Input(i) => {
                 let name = &g.inputs[*i].name;
                 let f = format_ident!("{}", name);
@@ -248,10 +567,6 @@ impl Lowering<'_, '_> {
                     let #vid: &mut [#t] = #d;
                     #vid.fill(<#t as ::mithril::rt::Elem>::from_acc(#lit));
                 });
-            }
-            Op::Boundary(_) => {
-                let a = v(n.args[0]);
-                self.body.push(quote!(let #vid = &#a[..];));
             }
             Op::Fused(_) | Op::Prim(_) if is_elementwise(&n.op) => {
                 self.elementwise(id, &t, &shape, &label)?;
@@ -331,8 +646,9 @@ impl Lowering<'_, '_> {
             let ps: Vec<&TokenStream> = order.iter().map(|&i| &params[i]).collect();
             let others: Vec<&TokenStream> = order[1..].iter().map(|&i| &srcs[i]).collect();
             let drv = format_ident!("map{}_inplace", args.len());
+            // reborrowed: in a loop's body the target may be made before the loop
             self.body.push(quote! {
-                let #vid: &mut [#t] = #target;
+                let #vid: &mut [#t] = &mut *#target;
                 ::mithril::rt::fixed::ew::#drv(&mut #vid[..], #(#others,)* |#(#ps),*| -> #t { <#t as ::mithril::rt::Elem>::from_acc(#fbody) });
             });
         } else {
@@ -434,6 +750,14 @@ impl Lowering<'_, '_> {
         }
         Ok((outs, fields))
     }
+}
+
+/// The node's variable is a shared view (`&[T]`) rather than memory it writes.
+fn shared_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Boundary(_) | Op::Prim(Prim::Truth | Prim::Phi | Prim::LoopExit)
+    )
 }
 
 fn is_elementwise(op: &Op) -> bool {

@@ -78,7 +78,13 @@ impl<'a> Gen<'a> {
         } else if self.inp.static_shapes {
             match cpu_static::evaluate_body(&self.api, &self.plan, outputs_name) {
                 Ok(b) => {
-                    summary.push_str("static_shapes: evaluate specialized (constant dims, contiguous slices, direct kernel calls)\n");
+                    summary.push_str("static_shapes: evaluate specialized (constant dims, contiguous slices, direct kernel calls");
+                    if self.g.has_guards() || self.g.has_loops() {
+                        summary.push_str(
+                            "; run-time control flow as Rust `if` / `loop`, not unrolled",
+                        );
+                    }
+                    summary.push_str(")\n");
                     b
                 }
                 Err(why) => {

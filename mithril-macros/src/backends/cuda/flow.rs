@@ -835,7 +835,7 @@ fn set_at_in_place(cx: &Ctx, id: NodeId) -> bool {
 
 /// A slice that is one integer index on one axis (every other axis whole, no new axis):
 /// `(axis, index)`.
-fn single_index(sa: &[crate::prims::SliceArg]) -> Option<(i64, i64)> {
+pub(crate) fn single_index(sa: &[crate::prims::SliceArg]) -> Option<(i64, i64)> {
     use crate::prims::SliceArg;
     let mut found = None;
     for (a, s) in sa.iter().enumerate() {

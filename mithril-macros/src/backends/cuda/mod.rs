@@ -35,7 +35,7 @@
 
 mod api;
 mod cx;
-mod flow;
+pub(crate) mod flow;
 mod gradients;
 pub(crate) mod kernel_text;
 mod launch;
