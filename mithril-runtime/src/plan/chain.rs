@@ -219,6 +219,83 @@ struct Prep<'q, T> {
     prog: Option<&'static Prog>,
 }
 
+/// Layer `l` of a call prepared (its `A` has `k` columns, `m` rows); `None` when its operands
+/// do not fit the chain.
+fn prep<'q, T>(
+    l: &Layer,
+    plan: &'static Plan,
+    views: &'q [TensorView<'_>],
+    q: Run<'q>,
+    m: usize,
+    k: usize,
+) -> Option<Prep<'q, T>>
+where
+    T: PlanElem + ProgElem,
+{
+    let step = &plan.nodes[l.node];
+    let wv = T::pick(views.get(l.w)?)?;
+    let qw = match q {
+        Run::Int8(s) if step.dt == DType::F32 => s.weight(l.w).filter(|w| w.tb == l.wt),
+        _ => None,
+    };
+    let (b, wk, n) = match qw {
+        Some(w) => ((&[][..], 0, 0), w.packed.k(), w.packed.n()),
+        None => {
+            let (sb, wk, n, rsb, csb) = raw2(wv, l.wt)?;
+            ((sb, rsb, csb), wk, n)
+        }
+    };
+    if wk != k {
+        return None;
+    }
+    let mut epi = [Strided {
+        ptr: std::ptr::null::<T>(),
+        rs: 0,
+        cs: 0,
+    }; 4];
+    for (p, &e) in epi.iter_mut().zip(&l.epi) {
+        let o = T::pick(views.get(e)?)?;
+        let (sh, st) = (o.shape(), o.strides());
+        if st.iter().any(|&s| s < 0) {
+            return None;
+        }
+        // the stride of a dim of extent `d` broadcast to `want`
+        let axis = |d: usize, s: isize, want: usize| -> Option<usize> {
+            if d == want {
+                Some(s as usize)
+            } else if d == 1 {
+                Some(0)
+            } else {
+                None
+            }
+        };
+        let (rs, cs) = match sh.len() {
+            0 => (0, 0),
+            1 => (0, axis(sh[0], st[0], n)?),
+            2 => (axis(sh[0], st[0], m)?, axis(sh[1], st[1], n)?),
+            _ => return None,
+        };
+        *p = Strided {
+            ptr: o.as_ptr(),
+            rs,
+            cs,
+        };
+    }
+    let prog = match &step.op {
+        POp::FusedMatmul { prog, .. } => Some(prog),
+        _ => None,
+    };
+    Some(Prep {
+        b,
+        k,
+        n,
+        qw,
+        epi,
+        nepi: l.epi.len(),
+        prog,
+    })
+}
+
 fn go<T>(
     ch: &Chain,
     plan: &'static Plan,
@@ -233,117 +310,69 @@ where
 {
     let x = T::pick(views.get(ch.input)?)?;
     let (sx, m, k0, rsx, csx) = raw2(x, false)?;
-    // every layer checked before anything runs
-    let mut preps: SmallVec<[Prep<'_, T>; 8]> = SmallVec::new();
+    // every layer checked before anything runs (and prepared again as it runs: no per-call
+    // storage, whatever the depth)
     let mut k = k0;
     for l in &ch.layers {
-        let step = &plan.nodes[l.node];
-        let wv = T::pick(views.get(l.w)?)?;
-        let qw = match q {
-            Run::Int8(s) if step.dt == DType::F32 => s.weight(l.w).filter(|w| w.tb == l.wt),
-            _ => None,
-        };
-        let (b, wk, n) = match qw {
-            Some(w) => ((&[][..], 0, 0), w.packed.k(), w.packed.n()),
-            None => {
-                let (sb, wk, n, rsb, csb) = raw2(wv, l.wt)?;
-                ((sb, rsb, csb), wk, n)
-            }
-        };
-        if wk != k {
-            return None;
-        }
-        let mut epi = [Strided {
-            ptr: std::ptr::null::<T>(),
-            rs: 0,
-            cs: 0,
-        }; 4];
-        for (p, &e) in epi.iter_mut().zip(&l.epi) {
-            let o = T::pick(views.get(e)?)?;
-            let (sh, st) = (o.shape(), o.strides());
-            if st.iter().any(|&s| s < 0) {
-                return None;
-            }
-            // the stride of a dim of extent `d` broadcast to `want`
-            let axis = |d: usize, s: isize, want: usize| -> Option<usize> {
-                if d == want {
-                    Some(s as usize)
-                } else if d == 1 {
-                    Some(0)
-                } else {
-                    None
-                }
-            };
-            let (rs, cs) = match sh.len() {
-                0 => (0, 0),
-                1 => (0, axis(sh[0], st[0], n)?),
-                2 => (axis(sh[0], st[0], m)?, axis(sh[1], st[1], n)?),
-                _ => return None,
-            };
-            *p = Strided {
-                ptr: o.as_ptr(),
-                rs,
-                cs,
-            };
-        }
-        let prog = match &step.op {
-            POp::FusedMatmul { prog, .. } => Some(prog),
-            _ => None,
-        };
-        preps.push(Prep {
-            b,
-            k,
-            n,
-            qw,
-            epi,
-            nepi: l.epi.len(),
-            prog,
-        });
-        k = n;
+        k = prep::<T>(l, plan, views, q, m, k)?.n;
     }
-    Some(exec::<T>(ch, plan, ws, (sx, rsx, csx), m, &preps, outs))
+    Some(exec::<T>(
+        ch,
+        plan,
+        ws,
+        views,
+        q,
+        (sx, rsx, csx, k0),
+        m,
+        outs,
+    ))
 }
 
-/// Runs the prepared layers.
+/// Runs the layers (checked by [`go`]).
+#[allow(clippy::too_many_arguments)]
 fn exec<T>(
     ch: &Chain,
     plan: &'static Plan,
     ws: &Workspace,
-    x: (&[T], usize, usize),
+    views: &[TensorView<'_>],
+    q: Run<'_>,
+    (sx, rsx, csx, k0): (&[T], usize, usize, usize),
     m: usize,
-    preps: &[Prep<'_, T>],
     outs: &mut [Option<AnyArray>],
 ) -> Result<()>
 where
     T: PlanElem + ProgElem,
     T::Acc: Num,
 {
-    let (Some((lo, po)), n) = (ch.layers.last().zip(preps.last()), ch.layers.len()) else {
-        return Err(Error::op(plan.model, "internal: an empty chain"));
-    };
-    let mut a = x;
-    for (l, p) in ch.layers[..n - 1].iter().zip(preps) {
+    let n = ch.layers.len();
+    let (mut a, mut k) = ((sx, rsx, csx), k0);
+    for (i, l) in ch.layers.iter().enumerate() {
         let what = plan.nodes[l.node].what;
-        let slot = l
-            .slot
-            .ok_or_else(|| Error::op(plan.model, "internal: a chain product without its slot"))?;
-        let c = ws
-            .slice::<T>("matmul", slot, m * p.n)
-            .map_err(|e| e.at(plan.model, what))?;
-        layer::<T>(p, m, a, c).map_err(|e| e.at(plan.model, what))?;
-        a = (&*c, p.n, 1);
+        let p = prep::<T>(l, plan, views, q, m, k)
+            .ok_or_else(|| Error::op(plan.model, "internal: a chain layer changed"))?;
+        if i + 1 < n {
+            let slot = l.slot.ok_or_else(|| {
+                Error::op(plan.model, "internal: a chain product without its slot")
+            })?;
+            let c = ws
+                .slice::<T>("matmul", slot, m * p.n)
+                .map_err(|e| e.at(plan.model, what))?;
+            layer::<T>(&p, m, a, c).map_err(|e| e.at(plan.model, what))?;
+            (a, k) = ((&*c, p.n, 1), p.n);
+            continue;
+        }
+        // the last product: the returned output
+        let mut o =
+            crate::alloc::zeros::<T>("matmul", &[m, p.n]).map_err(|e| e.at(plan.model, what))?;
+        let c = o
+            .as_slice_mut()
+            .ok_or_else(|| Error::op("matmul", "internal: a fresh array not contiguous"))?;
+        layer::<T>(&p, m, a, c).map_err(|e| e.at(plan.model, what))?;
+        outs[0] = Some(T::any_array(o));
+        RUNS.with(|c| c.set(c.get() + 1));
+        return Ok(());
     }
-    // the last product: the returned output
-    let what = plan.nodes[lo.node].what;
-    let mut o =
-        crate::alloc::zeros::<T>("matmul", &[m, po.n]).map_err(|e| e.at(plan.model, what))?;
-    let c = o
-        .as_slice_mut()
-        .ok_or_else(|| Error::op("matmul", "internal: a fresh array not contiguous"))?;
-    layer::<T>(po, m, a, c).map_err(|e| e.at(plan.model, what))?;
-    outs[0] = Some(T::any_array(o));
-    RUNS.with(|c| c.set(c.get() + 1));
-    Ok(())
+    Err(Error::op(plan.model, "internal: an empty chain"))
 }
 
 /// One product into `c` (`[m, p.n]`, row-major).
