@@ -211,9 +211,58 @@ fn mlp_part(budget: f64) -> mithril::Result<()> {
                 t32 / t8,
                 t16 / t8
             );
+            // the three models interleaved, round after round: each round's ratios are taken
+            // over the same few milliseconds, so a load change on the shared machine moves
+            // the three alike (the medians above are measured one model after the other)
+            let [r16, r8] = interleaved(
+                [
+                    &mut || {
+                        let _ = f32m.evaluate(&p, MlpInputs { x: x.view() });
+                    },
+                    &mut || {
+                        let _ = bf.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
+                    },
+                    &mut || {
+                        let _ = q8.evaluate_quantized(&pq, MlpInt8Inputs { x: x.view() });
+                    },
+                ],
+                [t32, t16, t8],
+                budget * 3.0,
+            );
+            println!(
+                "  interleaved rounds, {path}: bf16 / f32 median {:.3} (quartiles {:.3}..{:.3}), int8 / f32 median {:.3} (quartiles {:.3}..{:.3})",
+                r16[1], r16[0], r16[2], r8[1], r8[0], r8[2]
+            );
         }
     }
     Ok(())
+}
+
+/// Rounds of `fs[0]`, `fs[1]`, `fs[2]` (each about 0.2 ms of calls, from the per-call
+/// estimates `once`) over about `budget` seconds: the (lower quartile, median, upper quartile)
+/// of the per-round time ratios `fs[1] / fs[0]` and `fs[2] / fs[0]`.
+fn interleaved(fs: [&mut dyn FnMut(); 3], once: [f64; 3], budget: f64) -> [[f64; 3]; 2] {
+    let inner = once.map(|o| ((2e-4 / o.max(1e-7)) as usize).clamp(1, 1000));
+    let round: f64 = (0..3).map(|i| once[i] * inner[i] as f64).sum();
+    let rounds = ((budget / round.max(1e-7)) as usize).clamp(9, 5000);
+    let mut fs = fs;
+    let mut ratios = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+    for _ in 0..rounds {
+        let mut t = [0f64; 3];
+        for (i, f) in fs.iter_mut().enumerate() {
+            let t0 = thread_cpu();
+            for _ in 0..inner[i] {
+                f();
+            }
+            t[i] = (thread_cpu() - t0) / inner[i] as f64;
+        }
+        ratios[0].push(t[1] / t[0]);
+        ratios[1].push(t[2] / t[0]);
+    }
+    ratios.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        [v[v.len() / 4], v[v.len() / 2], v[v.len() * 3 / 4]]
+    })
 }
 
 pub fn main() -> mithril::Result<()> {
