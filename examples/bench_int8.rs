@@ -4,7 +4,9 @@
 //!
 //! `MITHRIL_THREADS=1 taskset -c 0 cargo run --release --example bench_int8`
 //! (`gemm` or `mlp` as the first argument: only that part; `BENCH_BATCH=1`: the MLP at that
-//! batch size only). Times are thread CPU time
+//! batch size only). The MLP runs twice: through the generic plan executor
+//! (`rt::plan::set_chains(false)`) and through the chain fast path (the default). Times are
+//! thread CPU time
 //! (`CLOCK_THREAD_CPUTIME_ID`, robust to a loaded machine), median (and fastest) of repeats.
 
 use mithril::prelude::*;
@@ -42,10 +44,15 @@ fn thread_cpu() -> f64 {
 fn bench(mut f: impl FnMut(), budget: f64) -> (f64, f64) {
     let t0 = thread_cpu();
     f();
-    let once = (thread_cpu() - t0).max(1e-7);
-    for _ in 0..((0.05 / once) as usize).clamp(1, 2000) {
+    let first = (thread_cpu() - t0).max(1e-7);
+    let warm = ((0.05 / first) as usize).clamp(1, 2000);
+    let t0 = thread_cpu();
+    for _ in 0..warm {
         f();
     }
+    // the per-call estimate after warm-up (the first call plans the workspace and is far
+    // slower): enough calls per clock read that the read (a system call) stays under ~1 %
+    let once = ((thread_cpu() - t0) / warm as f64).max(1e-7);
     let inner = ((2e-4 / once) as usize).clamp(1, 1000);
     let reps = ((budget / (once * inner as f64)) as usize).clamp(7, 2000);
     let mut v = Vec::with_capacity(reps);
@@ -159,39 +166,103 @@ fn mlp_part(budget: f64) -> mithril::Result<()> {
             (((i * 784 + j) * 2654435761usize % 1000) as f32 / 500.0) - 1.0
         });
         let x16 = x.mapv(mithril::half::bf16::from_f32);
-        let (t32, m32) = bench(
-            || {
-                let _ = f32m.evaluate(&p, MlpInputs { x: x.view() });
-            },
-            budget,
-        );
-        let (t16, m16) = bench(
-            || {
-                let _ = bf.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
-            },
-            budget,
-        );
-        let (t8, m8) = bench(
-            || {
-                let _ = q8.evaluate_quantized(&pq, MlpInt8Inputs { x: x.view() });
-            },
-            budget,
-        );
-        println!(
-            "mlp 784-256-128-10 batch {b}, 1 thread: f32 {:.2} us (fastest {:.2}), bf16 {:.2} us (fastest {:.2}) = {:.2}x f32 time, int8 {:.2} us (fastest {:.2}) = {:.2}x f32 time; speedups: int8/f32 {:.2}x, int8/bf16 {:.2}x",
-            t32 * 1e6,
-            m32 * 1e6,
-            t16 * 1e6,
-            m16 * 1e6,
-            t16 / t32,
-            t8 * 1e6,
-            m8 * 1e6,
-            t8 / t32,
-            t32 / t8,
-            t16 / t8
-        );
+        // the generic plan executor first, then the chain fast path (the default; bitwise
+        // the same results), in the same run
+        // (`BENCH_CHAINS=only`: the fast path only, for profiling)
+        let only = std::env::var("BENCH_CHAINS").is_ok_and(|v| v == "only");
+        for chains in [false, true] {
+            if only && !chains {
+                continue;
+            }
+            mithril::rt::plan::set_chains(chains);
+            let (t32, m32) = bench(
+                || {
+                    let _ = f32m.evaluate(&p, MlpInputs { x: x.view() });
+                },
+                budget,
+            );
+            let (t16, m16) = bench(
+                || {
+                    let _ = bf.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
+                },
+                budget,
+            );
+            let (t8, m8) = bench(
+                || {
+                    let _ = q8.evaluate_quantized(&pq, MlpInt8Inputs { x: x.view() });
+                },
+                budget,
+            );
+            let path = if chains {
+                "chain fast path"
+            } else {
+                "generic executor"
+            };
+            println!(
+                "mlp 784-256-128-10 batch {b}, 1 thread, {path}: f32 {:.2} us (fastest {:.2}), bf16 {:.2} us (fastest {:.2}) = {:.2}x f32 time, int8 {:.2} us (fastest {:.2}) = {:.2}x f32 time; speedups: int8/f32 {:.2}x, int8/bf16 {:.2}x",
+                t32 * 1e6,
+                m32 * 1e6,
+                t16 * 1e6,
+                m16 * 1e6,
+                t16 / t32,
+                t8 * 1e6,
+                m8 * 1e6,
+                t8 / t32,
+                t32 / t8,
+                t16 / t8
+            );
+            // the three models interleaved, round after round: each round's ratios are taken
+            // over the same few milliseconds, so a load change on the shared machine moves
+            // the three alike (the medians above are measured one model after the other)
+            let [r16, r8] = interleaved(
+                [
+                    &mut || {
+                        let _ = f32m.evaluate(&p, MlpInputs { x: x.view() });
+                    },
+                    &mut || {
+                        let _ = bf.evaluate(&p16, MlpBf16Inputs { x: x16.view() });
+                    },
+                    &mut || {
+                        let _ = q8.evaluate_quantized(&pq, MlpInt8Inputs { x: x.view() });
+                    },
+                ],
+                [t32, t16, t8],
+                budget * 3.0,
+            );
+            println!(
+                "  interleaved rounds, {path}: bf16 / f32 median {:.3} (quartiles {:.3}..{:.3}), int8 / f32 median {:.3} (quartiles {:.3}..{:.3})",
+                r16[1], r16[0], r16[2], r8[1], r8[0], r8[2]
+            );
+        }
     }
     Ok(())
+}
+
+/// Rounds of `fs[0]`, `fs[1]`, `fs[2]` (each about 0.2 ms of calls, from the per-call
+/// estimates `once`) over about `budget` seconds: the (lower quartile, median, upper quartile)
+/// of the per-round time ratios `fs[1] / fs[0]` and `fs[2] / fs[0]`.
+fn interleaved(fs: [&mut dyn FnMut(); 3], once: [f64; 3], budget: f64) -> [[f64; 3]; 2] {
+    let inner = once.map(|o| ((2e-4 / o.max(1e-7)) as usize).clamp(1, 1000));
+    let round: f64 = (0..3).map(|i| once[i] * inner[i] as f64).sum();
+    let rounds = ((budget / round.max(1e-7)) as usize).clamp(9, 5000);
+    let mut fs = fs;
+    let mut ratios = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+    for _ in 0..rounds {
+        let mut t = [0f64; 3];
+        for (i, f) in fs.iter_mut().enumerate() {
+            let t0 = thread_cpu();
+            for _ in 0..inner[i] {
+                f();
+            }
+            t[i] = (thread_cpu() - t0) / inner[i] as f64;
+        }
+        ratios[0].push(t[1] / t[0]);
+        ratios[1].push(t[2] / t[0]);
+    }
+    ratios.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        [v[v.len() / 4], v[v.len() / 2], v[v.len() * 3 / 4]]
+    })
 }
 
 pub fn main() -> mithril::Result<()> {

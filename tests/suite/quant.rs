@@ -534,3 +534,103 @@ fn digits_mlp_keeps_its_accuracy_in_int8() {
         "calibrated int8 {acc8s} vs f32 {acc32}"
     );
 }
+
+mithril! {
+    /// A chain of products in every form the small-batch fast path takes: bias + activation,
+    /// neither, an activation alone, a bias alone.
+    model Chain {
+        input x: f32[B, 33];
+        let h = relu(Linear(40)(x));
+        let h = Linear(24, use_bias = false)(h);
+        let h = tanh(Linear(17, use_bias = false)(h));
+        output y = Linear(9)(h);
+    }
+    compile ChainBf16 = Chain { dtype: bf16, types: { x: bf16 } };
+    compile ChainQ = Chain { quantization: int8 };
+}
+
+/// Runs `f` with the chain fast path off, then on (twice: the recording call and a planned
+/// one), asserting bitwise equal results and that the fast path ran.
+fn same_bits_both_paths<T: Copy + PartialEq + std::fmt::Debug>(
+    what: &str,
+    f: impl Fn() -> Array2<T>,
+) {
+    use mithril::rt::plan::{chain_runs, set_chains};
+    set_chains(false);
+    let before = chain_runs();
+    let generic = f();
+    let generic2 = f();
+    assert_eq!(
+        chain_runs(),
+        before,
+        "{what}: the generic path took the chain"
+    );
+    set_chains(true);
+    let fast = f();
+    let fast2 = f();
+    assert_eq!(
+        chain_runs(),
+        before + 2,
+        "{what}: the chain fast path did not run"
+    );
+    // `PartialEq` of the element types here (no NaN in these outputs) is bitwise equality up
+    // to signed zeros; compare the bytes too
+    let bytes = |a: &Array2<T>| -> Vec<u8> {
+        let s = a.as_slice().unwrap();
+        // SAFETY: plain number types, read as bytes
+        unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
+            .to_vec()
+    };
+    assert_eq!(generic, generic2, "{what}");
+    assert_eq!(
+        bytes(&generic),
+        bytes(&fast),
+        "{what}: {generic:?} vs {fast:?}"
+    );
+    assert_eq!(bytes(&generic), bytes(&fast2), "{what}");
+}
+
+#[test]
+fn a_chain_of_products_runs_bitwise_as_the_generic_executor() {
+    let m32 = Chain::new().unwrap();
+    let m16 = ChainBf16::new().unwrap();
+    let mq = ChainQ::new().unwrap();
+    let p32 = m32.randomize_params(5);
+    let p16 = m16.randomize_params(5);
+    let pq = mq.randomize_params(5);
+    let dynamic = mq.quantize(&pq).unwrap();
+    assert_eq!(dynamic.quantized().len(), 4);
+    let calib = data(8, 33, 77, 1.5);
+    let fixed = mq
+        .calibrate(&pq, [ChainQInputs { x: calib.view() }])
+        .unwrap();
+    assert!(fixed.is_static());
+    for rows in [1usize, 2, 13] {
+        let x = data(rows, 33, rows as u64 + 40, 2.0);
+        let x16 = x.mapv(mithril::half::bf16::from_f32);
+        same_bits_both_paths(&format!("f32, {rows} rows"), || {
+            m32.evaluate(&p32, ChainInputs { x: x.view() }).unwrap().y
+        });
+        same_bits_both_paths(&format!("bf16, {rows} rows"), || {
+            m16.evaluate(&p16, ChainBf16Inputs { x: x16.view() })
+                .unwrap()
+                .y
+        });
+        same_bits_both_paths(&format!("int8 dynamic, {rows} rows"), || {
+            mq.evaluate_quantized(&dynamic, ChainQInputs { x: x.view() })
+                .unwrap()
+                .y
+        });
+        same_bits_both_paths(&format!("int8 static, {rows} rows"), || {
+            mq.evaluate_quantized(&fixed, ChainQInputs { x: x.view() })
+                .unwrap()
+                .y
+        });
+        // the f32 model of the int8 one, and a transposed (strided) input
+        let xt = x.t().to_owned();
+        same_bits_both_paths(
+            &format!("f32 of the int8 model, strided, {rows} rows"),
+            || mq.evaluate(&pq, ChainQInputs { x: xt.t() }).unwrap().y,
+        );
+    }
+}

@@ -214,7 +214,73 @@ pub fn forward_q8(
 /// Fills `col[j * kp + r]` (`r = c·taps + ti·kw + tj`, `j` in `0..nc`) with the quantized input
 /// byte that output position `j0 + j` reads at `r` (128, i.e. zero, in the padding and for
 /// `r >= red`), for one group's quantized channels `xg`.
-fn im2col_t_u8(g: &Geom, xg: &[u8], j0: usize, nc: usize, col: &mut [u8], kp: usize) {
+///
+/// Written in `r` order: a tap row (`kw` taps of one channel and kernel row) that lies inside
+/// the input with dilation 1 is one contiguous run of input bytes, copied as a block (and as
+/// fixed-size copies for the common `kw` of 1, 2, 3, 5 and 7); a row in the vertical padding
+/// is filled; only rows that cross the left or right border go tap by tap. The same bytes as
+/// [`im2col_t_u8_scalar`] (`conv::tests::int8_patch_gather_matches_the_scalar_gather`).
+pub(super) fn im2col_t_u8(g: &Geom, xg: &[u8], j0: usize, nc: usize, col: &mut [u8], kp: usize) {
+    let (q, ow, iw) = (g.in_plane(), g.out[1], g.inp[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let cg = g.cg();
+    let red = cg * kh * kw;
+    /// a copy of a length known at compile time (inlined moves, no `memcpy` call)
+    #[inline(always)]
+    fn run<const K: usize>(d: &mut [u8], s: &[u8]) {
+        d[..K].copy_from_slice(&s[..K]);
+    }
+    for j in 0..nc {
+        let pos = j0 + j;
+        let (oh, owp) = (pos / ow, pos % ow);
+        let dst = &mut col[j * kp..(j + 1) * kp];
+        dst[red..].fill(128);
+        // the input column of tap 0, and whether every tap of a row lies inside the input
+        let w0 = (owp * g.stride[1]) as isize - g.pad[1] as isize;
+        let inside = g.dil[1] == 1 && w0 >= 0 && w0 as usize + kw <= iw;
+        for c in 0..cg {
+            let xc = &xg[c * q..(c + 1) * q];
+            for ti in 0..kh {
+                let d = &mut dst[(c * kh + ti) * kw..][..kw];
+                let Some(ih) = g.src(0, oh, ti) else {
+                    d.fill(128);
+                    continue;
+                };
+                let row = &xc[ih * iw..(ih + 1) * iw];
+                if inside {
+                    let s = &row[w0 as usize..][..kw];
+                    match kw {
+                        1 => d[0] = s[0],
+                        2 => run::<2>(d, s),
+                        3 => run::<3>(d, s),
+                        5 => run::<5>(d, s),
+                        7 => run::<7>(d, s),
+                        _ => d.copy_from_slice(s),
+                    }
+                } else {
+                    for (tj, v) in d.iter_mut().enumerate() {
+                        *v = match g.src(1, owp, tj) {
+                            Some(b) => row[b],
+                            None => 128,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The byte-at-a-time form of [`im2col_t_u8`] (in `(ti, tj, c)` order), what the tests check
+/// it against.
+#[cfg(test)]
+pub(super) fn im2col_t_u8_scalar(
+    g: &Geom,
+    xg: &[u8],
+    j0: usize,
+    nc: usize,
+    col: &mut [u8],
+    kp: usize,
+) {
     let (q, ow, iw) = (g.in_plane(), g.out[1], g.inp[1]);
     let (kh, kw) = (g.k[0], g.k[1]);
     let red = g.cg() * kh * kw;

@@ -290,3 +290,29 @@ fn blocked_direct_cases_reach_the_blocked_kernel() {
     }
     assert!(!c[0].blocked_direct());
 }
+
+#[test]
+fn int8_patch_gather_matches_the_scalar_gather() {
+    let mut gs = cases();
+    gs.push(geom(1, 4, 19, 1, [23, 19], [3, 3], [1, 1], [1, 1], [1, 1]));
+    gs.push(geom(2, 2, 3, 1, [1, 9], [1, 4], [1, 1], [0, 1], [1, 1]));
+    // every fixed-size row copy (kw 1, 2, 3, 5, 7) and a general one (kw 4), padded and not
+    for kw in 1..=7 {
+        gs.push(geom(1, 3, 2, 1, [6, 13], [2, kw], [1, 1], [1, 1], [1, 1]));
+        gs.push(geom(1, 2, 2, 1, [5, 11], [3, kw], [1, 2], [0, 0], [1, 1]));
+    }
+    for g in gs {
+        let (cg, q, p) = (g.cg(), g.in_plane(), g.out_plane());
+        let red = cg * g.taps();
+        let kp = red.div_ceil(4) * 4;
+        let xg: Vec<u8> = (0..cg * q).map(|i| (i * 37 % 251) as u8).collect();
+        // a panel from the middle and the whole plane
+        for (j0, nc) in [(0, p), (p / 3, p - p / 3)] {
+            let mut a = vec![7u8; nc * kp];
+            let mut b = vec![9u8; nc * kp];
+            q8::im2col_t_u8(&g, &xg, j0, nc, &mut a, kp);
+            q8::im2col_t_u8_scalar(&g, &xg, j0, nc, &mut b, kp);
+            assert_eq!(a, b, "{g:?} j0 {j0}");
+        }
+    }
+}

@@ -428,10 +428,10 @@ type Epilogue<'a, A> = dyn Fn(usize, usize, &mut [A]) + Sync + 'a;
 
 /// A raw pointer with its 2-D strides, readable from the GEMM's epilogue threads.
 #[derive(Clone, Copy)]
-struct Strided<T> {
-    ptr: *const T,
-    rs: usize,
-    cs: usize,
+pub(crate) struct Strided<T> {
+    pub(crate) ptr: *const T,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 // SAFETY: only read, while the borrowed views it comes from are alive (inside one call).
@@ -661,32 +661,75 @@ where
         let sc = out
             .as_slice_mut()
             .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
-        macro_rules! kernel {
-            ($t:ty) => {
-                if TypeId::of::<T>() == TypeId::of::<$t>() {
-                    type Acc = <$t as mithril_kernels::gemm::GemmElem>::Acc;
-                    // SAFETY: `T` is `$t` (equal `TypeId`s), and so are their accumulators.
-                    let (sa, sb, sc) = unsafe {
-                        (
-                            std::slice::from_raw_parts(sa.as_ptr() as *const $t, sa.len()),
-                            std::slice::from_raw_parts(sb.as_ptr() as *const $t, sb.len()),
-                            std::slice::from_raw_parts_mut(sc.as_mut_ptr() as *mut $t, sc.len()),
-                        )
-                    };
-                    let epi = |i: usize, j0: usize, v: &mut [Acc]| {
-                        // SAFETY: as above; the pointers describe [m, n] broadcast views and
-                        // (i, j0..) is inside C.
-                        unsafe {
-                            let v: &mut [T::Acc] = std::slice::from_raw_parts_mut(
-                                v.as_mut_ptr() as *mut T::Acc,
-                                v.len(),
-                            );
-                            apply_segment(i, j0, v, &ptrs, seg);
-                        }
-                    };
-                    // the same instantiation as `epi_gemm`'s
-                    let epi: &Epilogue<'_, Acc> = &epi;
-                    mithril_kernels::gemm::gemm(
+        gemm_epi_raw(
+            false,
+            m,
+            n,
+            k,
+            (sa, rsa, csa),
+            (sb, rsb, csb),
+            sc,
+            &ptrs,
+            seg,
+        )?;
+        Ok(out)
+    })())
+}
+
+/// A row-major `C[m, n]` (row stride `n`) = `seg`(`A[m, k]` · `B[k, n]`) by the kernel GEMM:
+/// the core of [`matmul_epi_2d_to`] on raw slices (`(slice, row stride, col stride)` of `A`
+/// and `B`; every element in range, non-negative strides), shared with the plans' product
+/// chains (`plan::chain`) so that both give bitwise the same result. `ptrs` are the epilogue
+/// operands broadcast to `[m, n]`. `plain`: no epilogue at all (`seg` unused), the kernel
+/// call of [`matmul_to`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_epi_raw<T: Elem, const K: usize>(
+    plain: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    (sa, rsa, csa): (&[T], usize, usize),
+    (sb, rsb, csb): (&[T], usize, usize),
+    sc: &mut [T],
+    ptrs: &[Strided<T>; K],
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+) -> Result<()>
+where
+    T::Acc: Num,
+{
+    const OP: &str = "matmul";
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if sa.len() < span_len(m, k, rsa, csa)
+        || sb.len() < span_len(k, n, rsb, csb)
+        || sc.len() < m * n
+    {
+        return Err(Error::op(OP, "internal: an operand shorter than its shape"));
+    }
+    macro_rules! kernel {
+        ($t:ty) => {
+            if TypeId::of::<T>() == TypeId::of::<$t>() {
+                type Acc = <$t as mithril_kernels::gemm::GemmElem>::Acc;
+                // SAFETY: `T` is `$t` (equal `TypeId`s), and so are their accumulators.
+                let (sa, sb, sc) = unsafe {
+                    (
+                        std::slice::from_raw_parts(sa.as_ptr() as *const $t, sa.len()),
+                        std::slice::from_raw_parts(sb.as_ptr() as *const $t, sb.len()),
+                        std::slice::from_raw_parts_mut(sc.as_mut_ptr() as *mut $t, sc.len()),
+                    )
+                };
+                let epi = |i: usize, j0: usize, v: &mut [Acc]| {
+                    // SAFETY: as above; the pointers describe [m, n] broadcast views and
+                    // (i, j0..) is inside C.
+                    unsafe {
+                        let v: &mut [T::Acc] =
+                            std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T::Acc, v.len());
+                        apply_segment(i, j0, v, ptrs, seg);
+                    }
+                };
+                if plain {
+                    mithril_kernels::gemm::gemm_plain(
                         m,
                         n,
                         k,
@@ -700,18 +743,45 @@ where
                         false,
                         sc,
                         n,
-                        epi,
                     );
-                    return Ok(out);
+                    return Ok(());
                 }
-            };
-        }
-        kernel!(f32);
-        kernel!(f64);
-        kernel!(half::f16);
-        kernel!(half::bf16);
-        Err(Error::op(OP, "internal: no kernel GEMM for the type"))
-    })())
+                // the same instantiation as `epi_gemm`'s
+                let epi: &Epilogue<'_, Acc> = &epi;
+                mithril_kernels::gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    <Acc as mithril_kernels::gemm::AccElem>::ONE,
+                    sa,
+                    rsa,
+                    csa,
+                    sb,
+                    rsb,
+                    csb,
+                    false,
+                    sc,
+                    n,
+                    epi,
+                );
+                return Ok(());
+            }
+        };
+    }
+    kernel!(f32);
+    kernel!(f64);
+    kernel!(half::f16);
+    kernel!(half::bf16);
+    Err(Error::op(OP, "internal: no kernel GEMM for the type"))
+}
+
+/// The number of elements a `[r, c]` view with non-negative strides `(rs, cs)` spans.
+pub(crate) fn span_len(r: usize, c: usize, rs: usize, cs: usize) -> usize {
+    if r == 0 || c == 0 {
+        0
+    } else {
+        (r - 1) * rs + (c - 1) * cs + 1
+    }
 }
 
 /// The epilogue operands broadcast to `[m, n]` as pointers with element strides; `None` when
@@ -888,7 +958,6 @@ pub fn qmatmul_epi_to<'w, T: Elem, const K: usize>(
     dest: Dest<'w, T>,
     seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
 ) -> Result<ArrayViewMutD<'w, T>> {
-    use mithril_kernels::qgemm;
     const OP: &str = "matmul";
     if TypeId::of::<T>() != TypeId::of::<f32>() {
         return Err(Error::op(
@@ -945,6 +1014,36 @@ pub fn qmatmul_epi_to<'w, T: Elem, const K: usize>(
         };
         std::slice::from_raw_parts(a2.as_ptr() as *const f32, len)
     };
+    qgemm_epi_raw(m, k, (sa, rsa, csa), w, c, &ptrs, seg)?;
+    Ok(out)
+}
+
+/// `C[m, n]` (row-major, row stride `n`) = `seg`(`A[m, k]` · `w`) with `A` f32 quantized per
+/// tensor: the core of [`qmatmul_epi_to`] on raw slices (`A` as `(slice, row stride, col
+/// stride)`, every element in range), shared with the plans' product chains (`plan::chain`)
+/// so that both give bitwise the same result. `T` must be f32.
+pub(crate) fn qgemm_epi_raw<T: Elem, const K: usize>(
+    m: usize,
+    k: usize,
+    (sa, rsa, csa): (&[f32], usize, usize),
+    w: &crate::quant::QWeight,
+    c: &mut [f32],
+    ptrs: &[Strided<T>; K],
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+) -> Result<()> {
+    use mithril_kernels::qgemm;
+    const OP: &str = "matmul";
+    let b = &w.packed;
+    let n = b.n();
+    if TypeId::of::<T>() != TypeId::of::<f32>() || k != b.k() {
+        return Err(Error::op(OP, "internal: an int8 product of other operands"));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if sa.len() < span_len(m, k, rsa, csa) || c.len() < m * n {
+        return Err(Error::op(OP, "internal: an operand shorter than its shape"));
+    }
     let (inv, scale) = match w.act {
         Some(s) => s,
         None => qgemm::inv_and_scale(qgemm::max_abs(m, k, sa, rsa, csa)),
@@ -977,11 +1076,11 @@ pub fn qmatmul_epi_to<'w, T: Elem, const K: usize>(
                 unsafe {
                     let v: &mut [T::Acc] =
                         std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut T::Acc, v.len());
-                    apply_segment(i, j0, v, &ptrs, seg)
+                    apply_segment(i, j0, v, ptrs, seg)
                 }
             },
         );
         Ok::<(), Error>(())
     })?;
-    Ok(out)
+    Ok(())
 }

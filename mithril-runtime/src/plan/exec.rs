@@ -300,6 +300,14 @@ fn run_probed<P: Probe>(
         }
     };
     ws.begin_with(views.iter().map(|v| v.shape()));
+    // a chain of products (an MLP) runs without the per-node work (`super::chain`)
+    if !P::ON && donate.is_empty() && super::chain::enabled() {
+        if let Some(r) = super::chain::run(plan, ws, views, outs, q) {
+            r?;
+            ws.finish(plan.model)?;
+            return Ok(());
+        }
+    }
     // the value table and the loops' tapes, reused across calls (the table is empty between
     // calls; the tapes keep their memory)
     let Scratch { mut table, tapes } = ws
@@ -607,7 +615,7 @@ impl<'a> TensorView<'a> {
 }
 
 /// The storage types a fused program reads and writes.
-trait ProgElem: PlanElem {
+pub(super) trait ProgElem: PlanElem {
     const ST: St;
     fn arg(s: Src<'_, Self>) -> Arg<'_>;
     fn out(s: &mut [Self]) -> Out<'_>;
@@ -1919,7 +1927,7 @@ fn sources<'a>(
         .collect()
 }
 
-fn prog_err(what: &str, e: prog::ProgError) -> Error {
+pub(super) fn prog_err(what: &str, e: prog::ProgError) -> Error {
     internal(what, &format!("fused program: {}", e.0))
 }
 
@@ -1987,32 +1995,13 @@ where
         .map(|x| typed::<T>(x))
         .collect::<Result<_>>()?;
     let err: Mutex<Option<prog::ProgError>> = Mutex::new(None);
-    // an f32 epilogue of a common form runs prepared, without the per-call analysis
-    let rows = (T::ST == St::F32)
-        .then(|| p.rows_f32(Mode::Epilogue(St::F32)))
-        .flatten();
+    let rows = epi_rows::<T>(p);
     macro_rules! go {
         ($k:literal) => {{
             let o: [&ArrayViewD<'_, T>; $k] = others[..]
                 .try_into()
                 .map_err(|_| internal("matmul", "epilogue operands"))?;
-            let seg = |acc: &mut [T::Acc], srcs: [Src<'_, T>; $k]| {
-                // operand 0 (the product) is the output itself
-                let mut args = [Arg::Bool(Src::Scalar(false)); $k + 1];
-                for (a, s) in args[1..].iter_mut().zip(srcs) {
-                    *a = T::arg(s);
-                }
-                if let (Some(r), Out::F32(o)) = (&rows, T::acc_out(&mut *acc)) {
-                    if r.run(&args, o) {
-                        return;
-                    }
-                }
-                if let Err(e) = prog::run(p, &args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
-                    if let Ok(mut g) = err.lock() {
-                        *g = Some(e);
-                    }
-                }
-            };
+            let seg = epi_seg::<T, $k>(p, &rows, &err);
             if let Some(w) = qw {
                 ops::qmatmul_epi_to(a, w, o, d, &seg)?
             } else {
@@ -2036,6 +2025,42 @@ where
         return Err(prog_err("matmul", e));
     }
     Ok(r)
+}
+
+/// The prepared form of an f32 epilogue `p` of a common form (run without the per-call
+/// analysis), `None` for other programs and element types.
+pub(super) fn epi_rows<T: ProgElem>(p: &Prog) -> Option<prog::Rows> {
+    (T::ST == St::F32)
+        .then(|| p.rows_f32(Mode::Epilogue(St::F32)))
+        .flatten()
+}
+
+/// The segment epilogue of a fused matmul with program `p` (`rows`: [`epi_rows`]): operand 0
+/// (the product) is the segment itself, the `K` others the sources. A program error is left
+/// in `err`. What the generic executor and the product chains (`super::chain`) both run.
+pub(super) fn epi_seg<'s, T: ProgElem, const K: usize>(
+    p: &'s Prog,
+    rows: &'s Option<prog::Rows>,
+    err: &'s Mutex<Option<prog::ProgError>>,
+) -> impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync + 's {
+    move |acc: &mut [T::Acc], srcs: [Src<'_, T>; K]| {
+        // operand 0 (the product) is the output itself; at most 4 others (`fused_mm`)
+        let mut all = [Arg::Bool(Src::Scalar(false)); 5];
+        for (a, s) in all[1..].iter_mut().zip(srcs) {
+            *a = T::arg(s);
+        }
+        let args = &all[..(K + 1).min(5)];
+        if let (Some(r), Out::F32(o)) = (rows, T::acc_out(&mut *acc)) {
+            if r.run(args, o) {
+                return;
+            }
+        }
+        if let Err(e) = prog::run(p, args, T::acc_out(acc), Mode::Epilogue(T::ST)) {
+            if let Ok(mut g) = err.lock() {
+                *g = Some(e);
+            }
+        }
+    }
 }
 
 /// `max |x|` over an f32 tensor (a calibration run's record of an int8 product's input).

@@ -11,9 +11,11 @@
 //! The text is produced and read only by mithril (format: `text.rs`); a plan that does not
 //! parse or does not match its operands is an internal error, never a panic.
 
+mod chain;
 mod exec;
 pub(crate) mod text;
 
+pub use chain::{chain_runs, set_chains};
 pub use exec::{run, run_donating, run_hooked, run_with, OpHook, OpInfo};
 
 /// The symbolic dims bound by the last call that ran with workspace `ws` (what
@@ -69,6 +71,8 @@ pub struct Plan {
     pub nodes: Vec<Step>,
     /// Output node ids, in output order.
     pub outputs: Vec<usize>,
+    /// The plan as a chain of products ([`chain`]), analysed at the first run.
+    pub(crate) chain: OnceLock<Option<chain::Chain>>,
 }
 
 /// The shape check of one input, param or output-gradient view.

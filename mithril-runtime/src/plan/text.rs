@@ -24,6 +24,7 @@ use crate::check::DimSpec;
 use crate::elem::DType;
 use crate::ops::SliceArg;
 use mithril_kernels::prog::{Builder, Dom, EwOp, Lit, Prog, Reg, St};
+use std::sync::OnceLock;
 
 type R<T> = std::result::Result<T, String>;
 
@@ -137,6 +138,7 @@ pub(super) fn parse(src: &'static str) -> R<Plan> {
         checks: Vec::new(),
         nodes: Vec::new(),
         outputs: Vec::new(),
+        chain: OnceLock::new(),
     };
     let mut ctx = Vec::new();
     // `W <node>`: the next node runs only when that node's value is true
