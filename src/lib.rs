@@ -147,6 +147,9 @@ pub mod library_names {
     pub use crate::__mithril_library_GRUWithState as GRUWithState;
     #[doc(hidden)]
     pub use crate::__mithril_library_LSTMWithState as LSTMWithState;
+    // self-attention with one in-projection product
+    #[doc(hidden)]
+    pub use crate::__mithril_library_SelfAttention as SelfAttention;
 }
 
 #[doc(hidden)]
@@ -587,6 +590,16 @@ macro_rules! __mithril_library_CachedRoPE {
     ($($t:tt)*) => {
         ::core::compile_error!(
             "`CachedRoPE` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_SelfAttention {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`SelfAttention` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
 }
