@@ -168,7 +168,15 @@ pub fn main() -> mithril::Result<()> {
         println!("{}", pm.profile_report());
         return Ok(());
     }
-    for b in [1usize, 8] {
+    // `BENCH_ONLY=infer1`: only the batch-1 inference row; `train`: only the training step;
+    // `attention`: only the attention rows (the peak is measured either way)
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let batches: &[usize] = match only.as_str() {
+        "infer1" => &[1],
+        "attention" => &[],
+        _ => &[1, 8],
+    };
+    for &b in batches {
         let x = data((b, S, D), 0.1);
         let (t, c) = bench_cpu(
             || {
@@ -181,7 +189,7 @@ pub fn main() -> mithril::Result<()> {
             block_flops(b) / t / 1e9
         );
     }
-    {
+    if only.is_empty() || only == "train" {
         let b = 8;
         let tm = BlockTrain::new()?;
         let mut tp = tm.randomize_params(0);
@@ -200,7 +208,7 @@ pub fn main() -> mithril::Result<()> {
             3.0 * block_flops(b) / t / 1e9
         );
     }
-    {
+    if only.is_empty() || only == "attention" {
         let (b, h, s, d) = (1usize, 2usize, 2048usize, 64usize);
         let mk = |salt: f32| {
             Array4::from_shape_fn((b, h, s, d), |(_, hh, i, c)| {

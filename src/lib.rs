@@ -150,6 +150,9 @@ pub mod library_names {
     // the identity (the other branch of the seed's conditional dropout)
     #[doc(hidden)]
     pub use crate::__mithril_library_Identity as Identity;
+    // self-attention with one in-projection product
+    #[doc(hidden)]
+    pub use crate::__mithril_library_SelfAttention as SelfAttention;
 }
 
 #[doc(hidden)]
@@ -600,6 +603,16 @@ macro_rules! __mithril_library_Identity {
     ($($t:tt)*) => {
         ::core::compile_error!(
             "`Identity` is a mithril library model: call it inside `mithril! { .. }`"
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mithril_library_SelfAttention {
+    ($($t:tt)*) => {
+        ::core::compile_error!(
+            "`SelfAttention` is a mithril library model: call it inside `mithril! { .. }`"
         );
     };
 }

@@ -577,15 +577,25 @@ fn lstm_and_gru_match_references_and_differentiate() {
         1e-12,
         "LSTM c_n",
     );
+    // PyTorch's `[num_layers, B, H]` layout: one layer
+    assert_eq!(o.h_n_layers.dim(), (1, b, n));
+    assert_eq!(o.h_n_layers.as_slice(), o.h_n.as_slice());
+    assert_eq!(o.c_n_layers.as_slice(), o.c_n.as_slice());
     let seeds = || LstmOutputs {
         output: pat(Ix3(b, t, n), 0.3),
         h_n: pat(ndarray::Ix2(b, n), 0.6),
         c_n: pat(ndarray::Ix2(b, n), 0.9),
+        h_n_layers: pat(Ix3(1, b, n), 0.2),
+        c_n_layers: pat(Ix3(1, b, n), 0.7),
     };
     let loss = |p: &LstmParams| {
         let o = lm.evaluate(p, LstmInputs { input: xs.view() }).unwrap();
         let s = seeds();
-        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n) + dot(&o.c_n, &s.c_n)
+        dot(&o.output, &s.output)
+            + dot(&o.h_n, &s.h_n)
+            + dot(&o.c_n, &s.c_n)
+            + dot(&o.h_n_layers, &s.h_n_layers)
+            + dot(&o.c_n_layers, &s.c_n_layers)
     };
     let (_, g) = lm
         .evaluate_gradients(&p, LstmInputs { input: xs.view() }, seeds())
@@ -621,14 +631,17 @@ fn lstm_and_gru_match_references_and_differentiate() {
         1e-12,
         "GRU h_n",
     );
+    assert_eq!(o.h_n_layers.dim(), (1, b, n));
+    assert_eq!(o.h_n_layers.as_slice(), o.h_n.as_slice());
     let seeds = || GruOutputs {
         output: pat(Ix3(b, t, n), 0.4),
         h_n: pat(ndarray::Ix2(b, n), 0.8),
+        h_n_layers: pat(Ix3(1, b, n), 0.1),
     };
     let loss = |p: &GruParams| {
         let o = gm.evaluate(p, GruInputs { input: xs.view() }).unwrap();
         let s = seeds();
-        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n)
+        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n) + dot(&o.h_n_layers, &s.h_n_layers)
     };
     let (_, g) = gm
         .evaluate_gradients(&p, GruInputs { input: xs.view() }, seeds())
@@ -690,6 +703,7 @@ fn stacked_lstm_and_gru_from_initial_states() {
         .map(|s| xs.index_axis(Axis(1), s).to_owned())
         .collect();
     let (mut h, mut c) = (Array2::zeros((b, n)), Array2::zeros((b, n)));
+    let mut finals = Vec::new();
     for (l, (wl, bl)) in w.iter().enumerate() {
         h = h0.index_axis(Axis(0), l).to_owned();
         c = c0.index_axis(Axis(0), l).to_owned();
@@ -697,6 +711,7 @@ fn stacked_lstm_and_gru_from_initial_states() {
             (h, c) = lstm_ref(x, &h, &c, *wl, *bl);
             *x = h.clone();
         }
+        finals.push((h.clone(), c.clone()));
     }
     for s in 0..t {
         close(
@@ -722,15 +737,46 @@ fn stacked_lstm_and_gru_from_initial_states() {
         1e-12,
         "c_n",
     );
+    // PyTorch's `h_n`, `c_n: [num_layers, B, H]`: layer l's last state at index l
+    assert_eq!(o.h_n_layers.dim(), (2, b, n));
+    assert_eq!(o.c_n_layers.dim(), (2, b, n));
+    for (l, (hl, cl)) in finals.iter().enumerate() {
+        close(
+            o.h_n_layers
+                .index_axis(Axis(0), l)
+                .to_owned()
+                .as_slice()
+                .unwrap(),
+            hl.as_slice().unwrap(),
+            1e-12,
+            &format!("h_n_layers[{l}]"),
+        );
+        close(
+            o.c_n_layers
+                .index_axis(Axis(0), l)
+                .to_owned()
+                .as_slice()
+                .unwrap(),
+            cl.as_slice().unwrap(),
+            1e-12,
+            &format!("c_n_layers[{l}]"),
+        );
+    }
     let seeds = || Lstm2sOutputs {
         output: pat(Ix3(b, t, n), 0.35),
         h_n: pat(ndarray::Ix2(b, n), 0.65),
         c_n: pat(ndarray::Ix2(b, n), 0.95),
+        h_n_layers: pat(Ix3(2, b, n), 0.15),
+        c_n_layers: pat(Ix3(2, b, n), 0.55),
     };
     let loss = |p: &Lstm2sParams| {
         let o = m.evaluate(p, inputs()).unwrap();
         let s = seeds();
-        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n) + dot(&o.c_n, &s.c_n)
+        dot(&o.output, &s.output)
+            + dot(&o.h_n, &s.h_n)
+            + dot(&o.c_n, &s.c_n)
+            + dot(&o.h_n_layers, &s.h_n_layers)
+            + dot(&o.c_n_layers, &s.c_n_layers)
     };
     let (_, g) = m.evaluate_gradients(&p, inputs(), seeds()).unwrap();
     assert_eq!(gradcheck("2-layer LSTM", &p, &g, loss), 84 + 96);
@@ -753,6 +799,10 @@ fn stacked_lstm_and_gru_from_initial_states() {
         )
         .unwrap();
     assert_eq!((oz.output, oz.h_n, oz.c_n), (os.output, os.h_n, os.c_n));
+    assert_eq!(
+        (oz.h_n_layers, oz.c_n_layers),
+        (os.h_n_layers, os.c_n_layers)
+    );
 
     // GRUWithState, two layers
     let gm = Gru2s::new().unwrap();
@@ -776,12 +826,14 @@ fn stacked_lstm_and_gru_from_initial_states() {
         .map(|s| xs.index_axis(Axis(1), s).to_owned())
         .collect();
     let mut h = Array2::zeros((b, n));
+    let mut finals = Vec::new();
     for (l, (wl, bl)) in w.iter().enumerate() {
         h = h0.index_axis(Axis(0), l).to_owned();
         for x in seq.iter_mut() {
             h = gru_ref(x, &h, *wl, *bl);
             *x = h.clone();
         }
+        finals.push(h.clone());
     }
     for s in 0..t {
         close(
@@ -801,14 +853,28 @@ fn stacked_lstm_and_gru_from_initial_states() {
         1e-12,
         "GRU h_n",
     );
+    assert_eq!(o.h_n_layers.dim(), (2, b, n));
+    for (l, hl) in finals.iter().enumerate() {
+        close(
+            o.h_n_layers
+                .index_axis(Axis(0), l)
+                .to_owned()
+                .as_slice()
+                .unwrap(),
+            hl.as_slice().unwrap(),
+            1e-12,
+            &format!("GRU h_n_layers[{l}]"),
+        );
+    }
     let seeds = || Gru2sOutputs {
         output: pat(Ix3(b, t, n), 0.45),
         h_n: pat(ndarray::Ix2(b, n), 0.85),
+        h_n_layers: pat(Ix3(2, b, n), 0.25),
     };
     let loss = |p: &Gru2sParams| {
         let o = gm.evaluate(p, gin()).unwrap();
         let s = seeds();
-        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n)
+        dot(&o.output, &s.output) + dot(&o.h_n, &s.h_n) + dot(&o.h_n_layers, &s.h_n_layers)
     };
     let (_, g) = gm.evaluate_gradients(&p, gin(), seeds()).unwrap();
     assert_eq!(gradcheck("2-layer GRU", &p, &g, loss), 63 + 72);

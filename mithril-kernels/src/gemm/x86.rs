@@ -148,6 +148,9 @@ unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
     }
 }
 
+/// How far ahead (in f32 elements along k) [`pack_lanes_512`] prefetches each row.
+const PACK_PF: usize = 64;
+
 /// Packs `4*G` lanes (rows of A, or columns of a transposed B) with contiguous k (`src(l, q) =
 /// src[l*rs + q]`) as `dst[q*4G + l]`: blocks of 16 k are transposed in registers (4×4
 /// transposes in each 128-bit lane); `f16`/`bf16` lanes are converted into a small f32 buffer
@@ -179,6 +182,17 @@ unsafe fn pack_lanes_512<T: Src32, const G: usize>(
                 (tmp.as_ptr(), 16)
             };
             let row = |r: usize| _mm512_loadu_ps(base.add(r * stride));
+            if direct {
+                // the rows are `rs` apart (a weight read as `Wᵀ`, from L3 or memory): fetch each
+                // row's line `PF` floats ahead, as 4·G separate streams outrun the hardware
+                // prefetcher (`wrapping_add`: a prefetch past the end is harmless, and the
+                // pointer is never dereferenced)
+                for r in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        base.wrapping_add(r * stride + PACK_PF) as *const i8
+                    );
+                }
+            }
             transpose_4x16(
                 [row(0), row(1), row(2), row(3)],
                 dst.add(q0 * width + 4 * g),

@@ -1,6 +1,8 @@
 //! Epilogue fusion: a 2-D `matmul` whose only user is an elementwise group of the same shape and
 //! float dtype (a Linear's bias add and activation, a residual add, a scaling) becomes one
-//! `FusedMatmul` node. The GEMM applies the group to each tile of the product while the tile is
+//! `FusedMatmul` node. So does a `[.., M, K] @ [K, N]` product of a higher-rank left operand
+//! without `ta` (a `Linear` over `[B, S, IN]`): the runtime reads it as one `[B·S, K]` GEMM when
+//! the left operand's rows merge, and otherwise runs the product and then the epilogue. The GEMM applies the group to each tile of the product while the tile is
 //! in registers/L1, so the product is never written out and read back, and it needs no buffer.
 //!
 //! Runs after elementwise fusion (so the whole group is absorbed at once).
@@ -9,9 +11,30 @@ use super::fuse::MAX_ARGS;
 use crate::ir::{FExpr, Graph, NodeId, Op};
 use crate::prims::Prim;
 
-fn rank2(g: &Graph, id: NodeId) -> bool {
+fn rank(g: &Graph, id: NodeId) -> Option<usize> {
     g.shape_of(id)
-        .is_some_and(|s| s.rest.is_none() && s.dims.len() == 2)
+        .filter(|s| s.rest.is_none())
+        .map(|s| s.dims.len())
+}
+
+fn rank2(g: &Graph, id: NodeId) -> bool {
+    rank(g, id) == Some(2)
+}
+
+/// A matmul the GEMM runs with an epilogue: 2-D operands, or an `a` of rank `r > 2` (not
+/// transposed) times a 2-D `b`, giving rank `r`.
+fn gemm_shaped(g: &Graph, m: NodeId) -> bool {
+    let Op::Prim(Prim::Matmul { ta, .. }) = g.nodes[m].op else {
+        return false;
+    };
+    let (a, b) = match g.nodes[m].args[..] {
+        [a, b] => (a, b),
+        _ => return false,
+    };
+    if rank2(g, m) && rank2(g, a) && rank2(g, b) {
+        return true;
+    }
+    !ta && rank2(g, b) && rank(g, a).is_some_and(|r| r > 2) && rank(g, m) == rank(g, a)
 }
 
 /// `e` with `Arg(i)` renamed by `map`.
@@ -67,8 +90,7 @@ pub fn run(g: &mut Graph) -> usize {
                 && g.same_place(m, id)
                 && args.iter().filter(|&&x| x == m).count() == 1
                 && g.dtype_of(m) == Some(dt)
-                && rank2(g, m)
-                && g.nodes[m].args.iter().all(|&x| rank2(g, x))
+                && gemm_shaped(g, m)
                 && g.shape_of(m).map(|s| {
                     g.env
                         .shape(&s)

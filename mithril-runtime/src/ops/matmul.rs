@@ -502,6 +502,15 @@ where
         }
         Ok(out)
     };
+    // an `a` of rank > 2 whose leading axes merge into rows: one 2-D product
+    let dest = if a.ndim() > 2 {
+        match matmul_epi_2d_to(a, b, trans_a, trans_b, others, dest, &seg) {
+            Ok(r) => return r,
+            Err(d) => d,
+        }
+    } else {
+        dest
+    };
     if a.ndim() != 2 || b.ndim() != 2 || !is_gemm_type::<T>() {
         return fallback(dest);
     }
@@ -566,10 +575,14 @@ where
 
 /// [`matmul_epi_to`] for its common case, without the general layout handling (what a fused
 /// matmul of a compiled plan calls first): 2-D operands of a kernel GEMM type with non-negative
-/// strides, epilogue operands of rank at most 2 that broadcast to the product. Gives `dest` back
-/// untouched (`Err`) for any other case, which [`matmul_epi_to`] then takes — including every
-/// error. The result is bitwise that of [`matmul_epi_to`]: the same GEMM call and the same
-/// epilogue over the same values.
+/// strides, epilogue operands that broadcast to the product. An `a` of rank `r > 2` (without
+/// `trans_a`) times a 2-D `b` — a `Linear` over `[B, S, IN]` — is one 2-D product when `a`'s
+/// leading axes merge into rows (one row stride, as in any contiguous tensor): the result
+/// `[.., m, n]` is then written as `[B·S, n]`, and an epilogue operand must either repeat over
+/// all the leading axes (a bias) or span them with rows that merge the same way (a residual).
+/// Gives `dest` back untouched (`Err`) for any other case, which [`matmul_epi_to`] then takes —
+/// including every error. The result is bitwise that of [`matmul_epi_to`]: the same GEMM call
+/// and the same epilogue over the same values.
 #[allow(clippy::type_complexity)]
 pub fn matmul_epi_2d_to<'w, T: Elem, const K: usize>(
     a: &ArrayViewD<'_, T>,
@@ -584,7 +597,8 @@ where
     T::Acc: Num,
 {
     const OP: &str = "matmul";
-    if a.ndim() != 2 || b.ndim() != 2 || !is_gemm_type::<T>() {
+    let r = a.ndim();
+    if r < 2 || (r > 2 && trans_a) || b.ndim() != 2 || !is_gemm_type::<T>() {
         return Err(dest);
     }
     // (rows, cols, row stride, col stride) as the product reads it
@@ -593,7 +607,8 @@ where
         let (r, c, rs, cs) = if t {
             (sh[1], sh[0], st[1], st[0])
         } else {
-            (sh[0], sh[1], st[0], st[1])
+            let (rows, rs) = merged_rows(&sh[..sh.len() - 1], &st[..st.len() - 1])?;
+            (rows, sh[sh.len() - 1], rs, st[st.len() - 1])
         };
         (rs >= 0 && cs >= 0).then_some((r, c, rs as usize, cs as usize))
     };
@@ -604,6 +619,15 @@ where
     if k != k2 {
         return Err(dest);
     }
+    // the result's shape: `a`'s leading axes (`[m]` for a 2-D `a`, transposed or not), then `n`
+    let mut lead: SmallDims = SmallDims::new();
+    if r == 2 {
+        lead.push(m);
+    } else {
+        lead.extend_from_slice(&a.shape()[..r - 1]);
+    }
+    let mut out_shape = lead.clone();
+    out_shape.push(n);
     let mut ptrs = [Strided {
         ptr: std::ptr::null::<T>(),
         rs: 0,
@@ -624,11 +648,23 @@ where
                 None
             }
         };
-        let (rs, cs) = match sh.len() {
+        // the row stride: 0 when the operand repeats over every leading axis of the result,
+        // else its leading axes must be the result's and merge into rows
+        let q = sh.len();
+        let (rs, cs) = match q {
             0 => (Some(0), Some(0)),
-            1 => (Some(0), axis(sh[0], st[0], n)),
-            2 => (axis(sh[0], st[0], m), axis(sh[1], st[1], n)),
-            _ => (None, None),
+            _ if q > r => (None, None),
+            _ => {
+                let (osh, ost) = (&sh[..q - 1], &st[..q - 1]);
+                let rs = if osh.iter().all(|&d| d == 1) {
+                    Some(0)
+                } else if *osh == lead[r - q..] && lead[..r - q].iter().all(|&d| d == 1) {
+                    merged_rows(osh, ost).and_then(|(_, s)| usize::try_from(s).ok())
+                } else {
+                    None
+                };
+                (rs, axis(sh[q - 1], st[q - 1], n))
+            }
         };
         let (Some(rs), Some(cs)) = (rs, cs) else {
             return Err(dest);
@@ -654,7 +690,7 @@ where
         span(b.as_ptr(), k, n, rsb, csb),
     );
     Ok((|| {
-        let mut out = dest.get(OP, &[m, n])?;
+        let mut out = dest.get(OP, &out_shape)?;
         if m == 0 || n == 0 {
             return Ok(out);
         }
@@ -782,6 +818,34 @@ pub(crate) fn span_len(r: usize, c: usize, rs: usize, cs: usize) -> usize {
     } else {
         (r - 1) * rs + (c - 1) * cs + 1
     }
+}
+
+/// A result shape on the stack (a matmul's rank is small).
+type SmallDims = smallvec::SmallVec<[usize; 6]>;
+
+/// The row count and row stride of the axes `sh` (strides `st`) read as one axis of rows: the
+/// product of the extents, and the stride of the innermost axis longer than 1 (without one,
+/// the innermost axis's stride, or 0 for no axes); `None` when the axes do not merge (an outer
+/// axis's stride is not the inner's times its extent, as in a transposed or sliced view).
+fn merged_rows(sh: &[usize], st: &[isize]) -> Option<(usize, isize)> {
+    let innermost = st.last().copied().unwrap_or(0);
+    if sh.contains(&0) {
+        return Some((0, innermost));
+    }
+    let (mut rows, mut rs, mut next) = (1usize, innermost, None);
+    for (&d, &s) in sh.iter().zip(st).rev() {
+        if d == 1 {
+            continue;
+        }
+        match next {
+            None => rs = s,
+            Some(e) if e != s => return None,
+            Some(_) => {}
+        }
+        rows = rows.checked_mul(d)?;
+        next = Some(s.checked_mul(d as isize)?);
+    }
+    Some((rows, rs))
 }
 
 /// The epilogue operands broadcast to `[m, n]` as pointers with element strides; `None` when

@@ -1389,17 +1389,17 @@ pub(crate) fn matmul_epi_2d_matches_the_general_path() {
                 }
             }
         }
-        // not taken: a 3-D operand, a reversed one, mismatched inner dims
+        // not taken: a 3-D `b`, a reversed operand, mismatched inner dims
         let a = arr(&[4, 3], rnd(8)).mapv(&to);
         let b = arr(&[3, 5], rnd(9)).mapv(&to);
         let row = arr(&[5], rnd(10)).mapv(&to);
         let mut rev = row.clone();
         rev.invert_axis(Axis(0));
-        let a3 = arr(&[1, 4, 3], rnd(8)).mapv(&to);
+        let b3 = arr(&[1, 3, 5], rnd(8)).mapv(&to);
         let bad = arr(&[4, 5], rnd(9)).mapv(&to);
         let mut o = None;
         let cases: [(&ArrayD<T>, &ArrayD<T>, &ArrayD<T>); 3] =
-            [(&a3, &b, &row), (&a, &b, &rev), (&a, &bad, &row)];
+            [(&a, &b3, &row), (&a, &b, &rev), (&a, &bad, &row)];
         for (x, y, z) in cases {
             let r = matmul_epi_2d_to(
                 &x.view(),
@@ -1491,5 +1491,156 @@ pub(crate) fn sums_over_outer_and_inner_axes_match_loops() {
             let g = got[[i, k]];
             assert!((g - e).abs() <= 1e-12 * (1.0 + e.abs()), "{g} vs {e}");
         }
+    }
+}
+
+/// A `[.., m, k] @ [k, n]` product with an epilogue (a `Linear` over `[B, S, IN]` with its bias
+/// and a residual): `matmul_epi_2d_to` takes it as one `[B·S, k]` GEMM when `a`'s leading axes
+/// merge, bit for bit the 2-D product of the same rows, and within rounding of a plain loop;
+/// operands whose rows do not merge (a sliced `a`, a transposed residual, a `[S, n]` residual
+/// over `B > 1`) are handed back, and `matmul_epi_to` gives the loop's values for them too.
+#[cfg_attr(test, test)]
+pub(crate) fn matmul_epi_merges_leading_axes() {
+    use crate::Dest;
+    use mithril_kernels::ew::{map3_inplace, Src};
+    let seg = |v: &mut [f64], [r, c]: [Src<'_, f64>; 2]| {
+        map3_inplace(v, r, c, |p: f64, r: f64, c: f64| (p + c).max(0.0) + r)
+    };
+    let (k, n) = (7, 5);
+    for lead in [vec![2usize, 3], vec![1, 4], vec![3, 1, 2]] {
+        let m: usize = lead.iter().product();
+        let shape = |last: usize| [lead.clone(), vec![last]].concat();
+        let a = arr(&shape(k), rnd(1));
+        let b = arr(&[k, n], rnd(2));
+        let bias = arr(&[n], rnd(3));
+        let res = arr(&shape(n), rnd(4));
+        // a residual stored with its leading axes reversed (its rows merge only when at most
+        // one leading axis is longer than 1), and one over the last two axes
+        let nl = lead.len();
+        let rev_lead: Vec<usize> = lead.iter().rev().copied().collect();
+        let mut perm: Vec<usize> = (0..nl).rev().collect();
+        perm.push(nl);
+        let res_rev = arr(&[rev_lead, vec![n]].concat(), rnd(5));
+        let res_rev = res_rev.view().permuted_axes(IxDyn(&perm));
+        let last2 = arr(&shape(n)[lead.len() - 1..], rnd(6));
+        let want = |r: &ArrayViewD<'_, f64>| {
+            let rb = r.broadcast(IxDyn(&shape(n))).unwrap();
+            let a2 = a.to_shape(IxDyn(&[m, k])).unwrap();
+            ArrayD::from_shape_fn(IxDyn(&shape(n)), |idx| {
+                let row = (0..lead.len()).fold(0, |acc, d| acc * lead[d] + idx[d]);
+                let c = idx[lead.len()];
+                let p: f64 = (0..k).map(|q| a2[[row, q]] * b[[q, c]]).sum();
+                (p + bias[[c]]).max(0.0) + rb[&idx]
+            })
+        };
+        let run_fast = |a: &ArrayViewD<'_, f64>, r: &ArrayViewD<'_, f64>| {
+            let mut o = None;
+            let taken = matmul_epi_2d_to(
+                a,
+                &b.view(),
+                false,
+                false,
+                [r, &bias.view()],
+                Dest::Owned(&mut o),
+                &seg,
+            )
+            .is_ok();
+            (taken, o)
+        };
+        let general = |a: &ArrayViewD<'_, f64>, r: &ArrayViewD<'_, f64>| {
+            crate::owned(|d| {
+                matmul_epi_to(a, &b.view(), false, false, [r, &bias.view()], d, seg).map(|_| ())
+            })
+            .unwrap()
+        };
+        let near = |got: &ArrayD<f64>, want: &ArrayD<f64>, what: &str| {
+            assert_eq!(got.shape(), want.shape(), "{what}");
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!(
+                    (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                    "{what}: {g} vs {w}"
+                );
+            }
+        };
+        // contiguous `a` and residual: one 2-D GEMM, bitwise the `[m, k] @ [k, n]` product
+        let (taken, o) = run_fast(&a.view(), &res.view());
+        assert!(taken, "{lead:?}");
+        let o = o.unwrap();
+        near(&o, &want(&res.view()), "merged");
+        let a2 = a.to_shape(IxDyn(&[m, k])).unwrap().into_owned();
+        let r2 = res.to_shape(IxDyn(&[m, n])).unwrap().into_owned();
+        let flat = crate::owned(|d| {
+            match matmul_epi_2d_to(
+                &a2.view(),
+                &b.view(),
+                false,
+                false,
+                [&r2.view(), &bias.view()],
+                d,
+                &seg,
+            ) {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => panic!("2-D not taken"),
+            }
+        })
+        .unwrap();
+        assert_eq!(o.as_slice().unwrap(), flat.as_slice().unwrap(), "{lead:?}");
+        assert_eq!(general(&a.view(), &res.view()), o, "{lead:?}");
+        // a residual over the last two axes: taken when the other leading axes are 1
+        let (taken, o) = run_fast(&a.view(), &last2.view());
+        assert_eq!(
+            taken,
+            lead[..lead.len() - 1].iter().all(|&d| d == 1),
+            "{lead:?}"
+        );
+        if let Some(o) = o {
+            near(&o, &want(&last2.view()), "last two axes");
+        }
+        near(
+            &general(&a.view(), &last2.view()),
+            &want(&last2.view()),
+            "last two axes",
+        );
+        let (taken, o) = run_fast(&a.view(), &res_rev);
+        assert_eq!(
+            taken,
+            lead.iter().filter(|&&d| d > 1).count() <= 1,
+            "{lead:?}"
+        );
+        if let Some(o) = o {
+            near(&o, &want(&res_rev), "reversed residual");
+        }
+        near(
+            &general(&a.view(), &res_rev),
+            &want(&res_rev),
+            "reversed residual",
+        );
+        // a sliced `a` (rows of a longer axis): handed back, computed by the general path
+        let mut big_shape = shape(k);
+        big_shape[lead.len() - 1] += 2;
+        let big = arr(&big_shape, rnd(7));
+        let sl = big.slice_each_axis(|ax| {
+            if ax.axis.index() == lead.len() - 1 {
+                ndarray::Slice::from(0..lead[lead.len() - 1])
+            } else {
+                ndarray::Slice::from(..)
+            }
+        });
+        let (taken, o) = run_fast(&sl, &res.view());
+        let merges = lead[..lead.len() - 1].iter().all(|&d| d == 1);
+        assert_eq!(taken, merges, "sliced {lead:?}");
+        assert_eq!(o.is_some(), merges);
+        let g = general(&sl, &res.view());
+        let a_sl = sl.to_owned();
+        let want_sl = {
+            let a2 = a_sl.to_shape(IxDyn(&[m, k])).unwrap();
+            ArrayD::from_shape_fn(IxDyn(&shape(n)), |idx| {
+                let row = (0..lead.len()).fold(0, |acc, d| acc * lead[d] + idx[d]);
+                let c = idx[lead.len()];
+                let p: f64 = (0..k).map(|q| a2[[row, q]] * b[[q, c]]).sum();
+                (p + bias[[c]]).max(0.0) + res[&idx]
+            })
+        };
+        near(&g, &want_sl, "sliced a");
     }
 }

@@ -180,7 +180,9 @@ impl<'a> CudaGen<'a> {
         let t = cx.dt(id);
         let out_dims = cx.dims(id)?;
         let c = rt();
-        if matches!(t, DType::F16 | DType::BF16) {
+        // the Lt epilogue takes 2-D products; a `[.., M, K] @ [K, N]` one runs as product, then
+        // the elementwise group
+        if matches!(t, DType::F16 | DType::BF16) && out_dims.len() == 2 {
             let last = out_dims.last().cloned();
             let is_row = |i: usize| {
                 args.get(i + 1).is_some_and(|&x| {
