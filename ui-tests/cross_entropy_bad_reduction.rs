@@ -7,7 +7,7 @@ mithril::mithril! {
 
     model Deep {
         input x: f32[B, T, 2];
-        let (y, h, c) = LSTM(2, 3, num_layers = 4)(x);
+        let (y, h, c, _hl, _cl) = LSTM(2, 3, num_layers = 4)(x);
         output out = y + h.sum() + c.sum();
     }
 }
