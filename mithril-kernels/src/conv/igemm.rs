@@ -16,6 +16,8 @@
 //! way (the epilogue of [`forward_fused`](super::forward_fused)).
 
 #![allow(clippy::needless_range_loop)]
+// (the driver is x86-64 only: `applies` is false elsewhere)
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use super::{Blocked, ConvElem, Geom};
 
