@@ -19,6 +19,8 @@ mithril! {
         output logits = fc;
     }
     compile CnnInfer = Cnn { inference: true };
+    /// `BENCH_PROFILE=1`: the per-op profile of inference at batch 64.
+    compile CnnInferProf = Cnn { inference: true, profile: true };
 
     train CnnTrain {
         input x: f32[B, 1, 28, 28];
@@ -124,6 +126,13 @@ fn main() -> mithril::Result<()> {
         3.0 * cnn_flops(b) / c / 1e9
     );
     if std::env::var("BENCH_PROFILE").is_ok_and(|v| v == "1") {
+        let pm = CnnInferProf::new()?;
+        let pp = pm.randomize_params(0);
+        for _ in 0..20 {
+            let o = pm.evaluate(&pp, CnnInferProfInputs { x: x.view() })?;
+            std::hint::black_box(o);
+        }
+        println!("{}", pm.profile_report());
         let pm = CnnTrainProf::new()?;
         let mut pp = pm.randomize_params(0);
         for _ in 0..20 {

@@ -135,6 +135,106 @@ fn pick<T: PoolElem>(o: T, v: T) -> T {
     }
 }
 
+/// Where a 2x2 / stride-2 window's gradient goes: `[a0, a1, b0, b1]` (rows `a`, `b`) each get
+/// `g` if it is the window's first maximum under [`pick`]'s rule (so the last NaN), else 0.
+#[inline(always)]
+fn max2x2_grad<T: PoolElem>(a0: T, a1: T, b0: T, b1: T, g: T) -> [T; 4] {
+    let (mut m, mut i) = (a0, 0u8);
+    if a1 > m || a1.nan() {
+        (m, i) = (a1, 1);
+    }
+    if b0 > m || b0.nan() {
+        (m, i) = (b0, 2);
+    }
+    if b1 > m || b1.nan() {
+        i = 3;
+    }
+    let z = T::ZERO;
+    [
+        if i == 0 { g } else { z },
+        if i == 1 { g } else { z },
+        if i == 2 { g } else { z },
+        if i == 3 { g } else { z },
+    ]
+}
+
+#[inline(always)]
+fn max_bwd_impl<T: PoolElem>(x: &[T], gy: &[T], g: &Win, gx: &mut [T]) {
+    // 2x2 windows at stride 2 inside the input: each input element is in at most one window,
+    // so every window writes its four gradients (the maximum's and three zeros), no search
+    let k2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2;
+    let fast = k2 && g.ph == 0 && g.pw == 0 && g.dh == 1 && g.dw == 1 && 2 * g.ow <= g.w;
+    // (when the windows tile the input exactly they write every element)
+    if !(fast && 2 * g.ow == g.w && 2 * g.oh == g.h) {
+        gx.fill(T::ZERO);
+    }
+    let (pi, po) = (g.plane_in(), g.plane_out());
+    if pi == 0 || po == 0 {
+        return;
+    }
+    for ((xp, gp), gxp) in x
+        .chunks_exact(pi)
+        .zip(gy.chunks_exact(po))
+        .zip(gx.chunks_exact_mut(pi))
+    {
+        for oy in 0..g.oh {
+            if fast && 2 * oy + 1 < g.h {
+                let (w, ow) = (g.w, g.ow);
+                let r0 = &xp[2 * oy * w..][..2 * ow];
+                let r1 = &xp[(2 * oy + 1) * w..][..2 * ow];
+                let grow = &gp[oy * ow..][..ow];
+                let (d0, d1) = gxp[2 * oy * w..].split_at_mut(w);
+                let (d0, d1) = (&mut d0[..2 * ow], &mut d1[..2 * ow]);
+                for ((((a, b), &gv), da), db) in r0
+                    .chunks_exact(2)
+                    .zip(r1.chunks_exact(2))
+                    .zip(grow)
+                    .zip(d0.chunks_exact_mut(2))
+                    .zip(d1.chunks_exact_mut(2))
+                {
+                    let [v0, v1, v2, v3] = max2x2_grad(a[0], a[1], b[0], b[1], gv);
+                    da[0] = v0;
+                    da[1] = v1;
+                    db[0] = v2;
+                    db[1] = v3;
+                }
+                continue;
+            }
+            max_bwd_row(xp, gp, g, oy, gxp);
+        }
+    }
+}
+
+/// One output row of the max-pool gradient, any window: each output's gradient is added at
+/// its window's first maximum.
+#[inline(always)]
+fn max_bwd_row<T: PoolElem>(xp: &[T], gp: &[T], g: &Win, oy: usize, gxp: &mut [T]) {
+    for ox in 0..g.ow {
+        let mut best: Option<(usize, T)> = None;
+        for ky in 0..g.kh {
+            let Some(iy) = g.row(oy, ky) else { continue };
+            for kx in 0..g.kw {
+                let Some(ix) = (ox * g.sw + kx * g.dw)
+                    .checked_sub(g.pw)
+                    .filter(|&ix| ix < g.w)
+                else {
+                    continue;
+                };
+                let i = iy * g.w + ix;
+                let v = xp[i];
+                best = match best {
+                    None => Some((i, v)),
+                    Some((_, m)) if v > m || v.nan() => Some((i, v)),
+                    b => b,
+                };
+            }
+        }
+        if let Some((i, _)) = best {
+            gxp[i] += gp[oy * g.ow + ox];
+        }
+    }
+}
+
 use crate::isa::multiversion;
 
 #[inline(always)]
@@ -287,6 +387,9 @@ multiversion! {
     fn max_fwd_mv<T: PoolElem>(x: &[T], g: &Win, out: &mut [T]) => max_fwd_impl;
 }
 multiversion! {
+    fn max_bwd_mv<T: PoolElem>(x: &[T], gy: &[T], g: &Win, gx: &mut [T]) => max_bwd_impl;
+}
+multiversion! {
     fn avg_fwd_mv<T: PoolElem>(x: &[T], g: &Win, fh: &[T], fw: &[T], out: &mut [T]) => avg_fwd_impl;
 }
 multiversion! {
@@ -326,43 +429,7 @@ pub fn max_pool_backward<T: PoolElem>(
     if gx.len() != x.len() {
         return Err("internal: max_pool backward gradient size".into());
     }
-    gx.fill(T::ZERO);
-    let (pi, po) = (g.plane_in(), g.plane_out());
-    if pi == 0 || po == 0 {
-        return Ok(());
-    }
-    for ((xp, gp), gxp) in x
-        .chunks_exact(pi)
-        .zip(gy.chunks_exact(po))
-        .zip(gx.chunks_exact_mut(pi))
-    {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let mut best: Option<(usize, T)> = None;
-                for ky in 0..g.kh {
-                    let Some(iy) = g.row(oy, ky) else { continue };
-                    for kx in 0..g.kw {
-                        let Some(ix) = (ox * g.sw + kx * g.dw)
-                            .checked_sub(g.pw)
-                            .filter(|&ix| ix < g.w)
-                        else {
-                            continue;
-                        };
-                        let i = iy * g.w + ix;
-                        let v = xp[i];
-                        best = match best {
-                            None => Some((i, v)),
-                            Some((_, m)) if v > m || v.nan() => Some((i, v)),
-                            b => b,
-                        };
-                    }
-                }
-                if let Some((i, _)) = best {
-                    gxp[i] += gp[oy * g.ow + ox];
-                }
-            }
-        }
-    }
+    max_bwd_mv(x, gy, g, gx);
     Ok(())
 }
 

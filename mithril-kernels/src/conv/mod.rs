@@ -23,6 +23,7 @@
 use crate::gemm::{self, GemmElem};
 use std::cell::RefCell;
 
+mod igemm;
 mod q8;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ pub trait ConvElem:
     + Copy
     + Default
     + PartialEq
+    + PartialOrd
     + Send
     + Sync
     + std::ops::Add<Output = Self>
@@ -224,6 +226,110 @@ pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct
     if direct {
         return direct_fwd(g, x, w, y);
     }
+    if let Some((x, w, y)) = as_f32(x, w, y) {
+        if igemm::applies(g) {
+            let epi = igemm::Epi {
+                bias: None,
+                relu: false,
+            };
+            return igemm::forward(g, x, w, y, epi);
+        }
+    }
+    forward_panels(g, x, w, y)
+}
+
+/// `y = conv(x, w) + bias` (`bias[o]` added to output channel `o`), then `max(y, 0)` when
+/// `relu` (overwrites `y`): on the `f32` implicit GEMM of stride-1 convolutions on x86-64 the
+/// bias and the ReLU are applied as the register tiles are stored; elsewhere in one pass over
+/// `y` after [`forward`].
+///
+/// # Panics
+/// As [`forward`], and when `bias` is shorter than the output channels.
+pub fn forward_fused<T: ConvElem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) {
+    check(g, x, w, y);
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    if !g.direct() && g.macs() > 0 && igemm::applies(g) {
+        if let (Some((x, w, y)), true) = (
+            as_f32(x, w, y),
+            bias.is_none_or(|b| as_f32_ref(b).is_some()),
+        ) {
+            let epi = igemm::Epi {
+                bias: bias.and_then(as_f32_ref),
+                relu,
+            };
+            return igemm::forward(g, x, w, y, epi);
+        }
+    }
+    forward(g, x, w, y);
+    let p = g.out_plane();
+    for (i, yo) in y[..g.lens().2].chunks_exact_mut(p).enumerate() {
+        let b = bias.map_or(T::default(), |b| b[i % g.o]);
+        for v in yo.iter_mut() {
+            let s = *v + b;
+            // `s < 0` (not `max`): a NaN stays NaN, as an unfused ReLU
+            *v = if relu && s < T::default() {
+                T::default()
+            } else {
+                s
+            };
+        }
+    }
+}
+
+/// The `f32` stride-1 forward pass on the implicit-GEMM tile `tile` (for benchmarks and
+/// tests): 32 or 48 (the AVX-512 8-row tiles on the padded grid), 16 (the AVX2 one), or
+/// `1000·V + NB` (the AVX-512 channel-vector tiles: 4006, 2012, 3008, 1024). Returns `false`
+/// (and leaves `y`) where that path does not apply.
+pub fn forward_igemm(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], tile: usize) -> bool {
+    check(g, x, w, y);
+    if g.macs() == 0 || !igemm::applies(g) {
+        return false;
+    }
+    let epi = igemm::Epi {
+        bias: None,
+        relu: false,
+    };
+    igemm::forward_with(g, x, w, y, epi, Some(tile), None);
+    true
+}
+
+/// `b` as `f32` when `T` is `f32`.
+fn as_f32_ref<T: 'static>(b: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: `T` is `f32`.
+        .then(|| unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len()) })
+}
+
+/// The three slices as `f32` when `T` is `f32`.
+fn as_f32<'a, T: 'static>(
+    x: &'a [T],
+    w: &'a [T],
+    y: &'a mut [T],
+) -> Option<(&'a [f32], &'a [f32], &'a mut [f32])> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+        return None;
+    }
+    // SAFETY: `T` is `f32`.
+    unsafe {
+        Some((
+            std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()),
+            std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len()),
+            std::slice::from_raw_parts_mut(y.as_mut_ptr() as *mut f32, y.len()),
+        ))
+    }
+}
+
+/// The forward implicit GEMM over bounded im2col panels (every ISA and element type).
+fn forward_panels<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
     let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
     let red = cg * g.taps();
     for n in 0..g.n {
@@ -572,11 +678,31 @@ struct Blocked {
 }
 
 impl Blocked {
-    fn new(g: &Geom) -> Blocked {
+    /// The padded plane and the tap offsets, no chunks (for [`igemm`]).
+    fn new_grid(g: &Geom) -> Blocked {
         let (ohn, ow) = (g.out[0], g.out[1]);
         // the padded plane covers every position a tap reads
         let ph = (ohn - 1) * g.stride[0] + (g.k[0] - 1) * g.dil[0] + 1;
         let pw = (ow - 1) + (g.k[1] - 1) * g.dil[1] + 1;
+        let mut offs = Vec::with_capacity(g.cg() * g.taps());
+        for c in 0..g.cg() {
+            for ti in 0..g.k[0] {
+                for tj in 0..g.k[1] {
+                    offs.push(c * ph * pw + ti * g.dil[0] * pw + tj * g.dil[1]);
+                }
+            }
+        }
+        Blocked {
+            ph,
+            pw,
+            offs,
+            chunks: Vec::new(),
+        }
+    }
+
+    fn new(g: &Geom) -> Blocked {
+        let Blocked { ph, pw, offs, .. } = Blocked::new_grid(g);
+        let (ohn, ow) = (g.out[0], g.out[1]);
         let mut chunks = Vec::with_capacity(ohn * ow.div_ceil(DL) + DNC);
         for oh in 0..ohn {
             let mut s = 0;
@@ -591,14 +717,6 @@ impl Blocked {
         let (oh, s, _) = chunks[chunks.len() - 1];
         while !chunks.len().is_multiple_of(DNC) {
             chunks.push((oh, s, DL));
-        }
-        let mut offs = Vec::with_capacity(g.cg() * g.taps());
-        for c in 0..g.cg() {
-            for ti in 0..g.k[0] {
-                for tj in 0..g.k[1] {
-                    offs.push(c * ph * pw + ti * g.dil[0] * pw + tj * g.dil[1]);
-                }
-            }
         }
         Blocked {
             ph,

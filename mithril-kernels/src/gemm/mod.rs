@@ -733,6 +733,14 @@ where
     pool::run(parts, &job);
 }
 
+/// Runs `job(t)` for `t in 0..parts` on the GEMM's thread pool (the calling thread takes part
+/// 0) and returns when all are done; for kernels outside the GEMM that split their own work
+/// (the convolution's implicit GEMM).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn parallel(parts: usize, job: &(dyn Fn(usize) + Sync)) {
+    pool::run(parts, job);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-type dispatch.
 

@@ -70,7 +70,7 @@ fn naive(x: &[f32], g: &Win, max: bool, count_pad: bool) -> (Vec<f32>, Vec<Optio
 
 fn geometries() -> Vec<Win> {
     let mut v = Vec::new();
-    for &(h, w) in &[(7, 9), (5, 17), (1, 13), (4, 4)] {
+    for &(h, w) in &[(7, 9), (5, 17), (1, 13), (4, 4), (6, 41)] {
         for &(kh, kw, sh, sw, ph, pw, dh, dw, ceil) in &[
             (2, 2, 2, 2, 0, 0, 1, 1, false),
             (2, 2, 2, 2, 0, 0, 1, 1, true),
@@ -130,7 +130,8 @@ fn max_and_avg_pool_match_the_naive_reference_on_every_path() {
                 let mut out = vec![0.0f32; planes * g.oh * g.ow];
                 max_pool(&x, &g, &mut out).unwrap();
                 assert_eq!(out, want_max, "max {isa:?} {g:?}");
-                let mut gx = vec![0.0f32; x.len()];
+                // (a stale buffer: the backward overwrites every element)
+                let mut gx = vec![f32::NAN; x.len()];
                 max_pool_backward(&x, &gy, &g, &mut gx).unwrap();
                 assert_eq!(gx, want_gx, "max backward {isa:?} {g:?}");
                 if g.dh == 1 && g.dw == 1 {
@@ -199,6 +200,10 @@ fn max_pool_propagates_nan() {
             let mut out = [0.0f32; 2];
             max_pool(&x, &g, &mut out).unwrap();
             assert!(out[0].is_nan() && out[1] == 8.0, "{isa:?} {out:?}");
+            // the gradient goes to the NaN (the 2x2 fast path and the general rule agree)
+            let mut gx = [9.0f32; 8];
+            max_pool_backward(&x, &[0.5, 0.25], &g, &mut gx).unwrap();
+            assert_eq!(gx, [0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25], "{isa:?}");
         });
     }
 }

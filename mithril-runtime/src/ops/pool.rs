@@ -479,11 +479,22 @@ where
         return Ok(out);
     }
     let xw: Vec<T::Acc>;
-    let xs = if matches!(spec, PoolSpec::Window { max: true, .. }) {
+    let max = matches!(spec, PoolSpec::Window { max: true, .. });
+    // (only max pooling reads `x`)
+    let xstd = max.then(|| x.as_standard_layout());
+    let xs = if !max {
+        &[]
+    } else if let (true, Some(v)) = (
+        TypeId::of::<T>() == TypeId::of::<T::Acc>(),
+        xstd.as_ref().and_then(|a| a.as_slice()),
+    ) {
+        // (borrowed: an element-by-element copy through the n-d iterator took longer than
+        // the kernel)
+        // SAFETY: T and T::Acc are the same type (checked by TypeId).
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const T::Acc, v.len()) }
+    } else {
         xw = x.iter().map(|v| v.to_acc()).collect();
         &xw[..]
-    } else {
-        &[]
     };
     let r = in_acc(g, &mut out, |ga, oa| match spec {
         PoolSpec::Window {
