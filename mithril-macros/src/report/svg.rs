@@ -426,7 +426,30 @@ pub fn svg(g: &Graph, model: &str, v: &VizOptions, planning: bool) -> String {
     }
     let cx = if x0 <= x1 { (x0 + x1) / 2.0 } else { 100.0 };
     w.draw_text(Point::new(cx, y1 + 40.0), &title, &tl);
-    w.finalize()
+    sorted_style(w.finalize())
+}
+
+/// `svg` with the lines of its `<style>` block sorted: the layout crate emits its font classes
+/// from a hash map, in an order that changes from one compile to the next, and a build's output
+/// should not.
+fn sorted_style(svg: String) -> String {
+    let Some(a) = svg.find("<style>\n") else {
+        return svg;
+    };
+    let body = a + "<style>\n".len();
+    let Some(len) = svg[body..].find("</style>") else {
+        return svg;
+    };
+    let mut lines: Vec<&str> = svg[body..body + len].lines().collect();
+    lines.sort_unstable();
+    let mut out = String::with_capacity(svg.len());
+    out.push_str(&svg[..body]);
+    for l in lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str(&svg[body + len..]);
+    out
 }
 
 /// Small nodes for the primitives of a fused expression (operands `#k` are collected into
@@ -455,4 +478,16 @@ fn expr_nodes(
         }
     }
     Some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn style_lines_are_sorted_and_the_rest_kept() {
+        let a = "<svg><defs/><style>\n.a13 { x }\n.a11 { y }\n</style>\n<g/></svg>";
+        let b = "<svg><defs/><style>\n.a11 { y }\n.a13 { x }\n</style>\n<g/></svg>";
+        assert_eq!(super::sorted_style(a.into()), b);
+        assert_eq!(super::sorted_style(b.into()), b);
+        assert_eq!(super::sorted_style("<svg/>".into()), "<svg/>");
+    }
 }
