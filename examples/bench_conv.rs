@@ -46,7 +46,11 @@ fn bench(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 unsafe fn fma_chains(iters: usize) -> f32 {
     use std::arch::x86_64::*;
     let mut acc = [_mm512_set1_ps(0.0); 24];
-    let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    // opaque constants: the chains must not be folded or shortened at compile time
+    let (x, y) = (
+        _mm512_set1_ps(black_box(0.999_999)),
+        _mm512_set1_ps(black_box(1e-7)),
+    );
     for _ in 0..iters {
         for a in acc.iter_mut() {
             *a = _mm512_fmadd_ps(*a, x, y);
