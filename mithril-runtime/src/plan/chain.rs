@@ -433,7 +433,14 @@ where
 {
     match p.qw {
         Some(w) => {
-            // SAFETY: an int8 weight is only taken for f32 products (`go`), so `T` is f32.
+            // an int8 weight is only taken for f32 products (`go`); checked, not assumed
+            if T::DTYPE != DType::F32 {
+                return Err(Error::op(
+                    "plan",
+                    "internal: an int8 weight on a non-f32 chain",
+                ));
+            }
+            // SAFETY: `T` is f32 (checked above), so both casts keep the element type.
             let (sa, c) = unsafe {
                 (
                     std::slice::from_raw_parts(sa.as_ptr() as *const f32, sa.len()),
