@@ -16,6 +16,7 @@ pub use mithril_kernels::attention::Dropout as AttnDropout;
 use ndarray::{ArrayViewD, ArrayViewMutD, CowArray, Dimension, IxDyn};
 
 use super::fmt_shape;
+use super::half_storage::{narrow, widen};
 use crate::{Dest, Elem, Error, Result};
 
 /// The element types attention runs in (`f32`, `f64`).
@@ -456,11 +457,6 @@ pub fn cached_attention_to<'w, T: AttnScalar>(
 
 // ---- f16 / bf16 storage: the f32 kernel on widened operands, each result rounded once
 
-/// The operands of a half-storage call widened to f32, with the mask's float form.
-fn widen<T: Elem<Acc = f32>>(a: &ArrayViewD<'_, T>) -> ndarray::ArrayD<f32> {
-    a.mapv(|x| x.to_acc())
-}
-
 /// A float mask widened to f32 (`None` for the others).
 fn mask_f32<T: Elem<Acc = f32>>(mask: AttnMask<'_, '_, T>) -> Option<ndarray::ArrayD<f32>> {
     match mask {
@@ -482,18 +478,6 @@ where
         (AttnMask::Add(_), Some(m)) => AttnMask::Add(m),
         _ => AttnMask::None,
     }
-}
-
-/// `y` (the f32 result) rounded once into `dest` (nearest even).
-fn narrow<'w, T: Elem<Acc = f32>>(
-    op: &str,
-    y: Option<ndarray::ArrayD<f32>>,
-    dest: Dest<'w, T>,
-) -> Result<ArrayViewMutD<'w, T>> {
-    let y = y.ok_or_else(|| Error::op(op, "internal: no f32 result"))?;
-    let mut out = dest.get(op, y.shape())?;
-    out.zip_mut_with(&y, |o, &v| *o = T::from_acc(v));
-    Ok(out)
 }
 
 /// [`attention_dropout_to`] on f16 / bf16 storage: `q`, `k`, `v` and a float mask widened to

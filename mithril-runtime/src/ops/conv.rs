@@ -3,8 +3,9 @@
 //! [`mithril_kernels::conv`]. Every shape is checked here: a mismatch is an [`Error::Op`]
 //! naming the op, the shapes and the attributes.
 
-use ndarray::{ArrayViewD, ArrayViewMutD};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn};
 
+use super::half_storage as half;
 use crate::{Dest, Elem, Error, Result};
 use mithril_kernels::conv::{self as k, ConvElem, Geom};
 
@@ -295,20 +296,20 @@ pub fn conv_half_to<'w, T: Elem<Acc = f32>>(
 ) -> Result<ArrayViewMutD<'w, T>> {
     let op = spec.name();
     let (shape, g, pass) = plan(spec, a.shape(), b.shape(), like.map(|l| l.shape()))?;
-    // logical (row-major) order: a strided view is gathered while it is widened
-    let wide = |v: &ArrayViewD<'_, T>| -> Vec<f32> { v.iter().map(|x| x.to_acc()).collect() };
-    let (sa, sb) = (wide(a), wide(b));
-    let mut y = vec![0f32; shape.iter().product()];
+    let (wa, wb) = (half::widen(a), half::widen(b));
+    let mut y = ArrayD::<f32>::zeros(IxDyn(&shape));
+    let internal = || Error::op(op, "internal: a widened operand is not contiguous");
+    let (sa, sb) = (
+        wa.as_slice().ok_or_else(internal)?,
+        wb.as_slice().ok_or_else(internal)?,
+    );
+    let sy = y.as_slice_mut().ok_or_else(internal)?;
     match pass {
-        Pass::Forward => k::forward(&g, &sa, &sb, &mut y),
-        Pass::Data => k::backward_data(&g, &sa, &sb, &mut y),
-        Pass::Weight => k::backward_weight(&g, &sa, &sb, &mut y),
+        Pass::Forward => k::forward(&g, sa, sb, sy),
+        Pass::Data => k::backward_data(&g, sa, sb, sy),
+        Pass::Weight => k::backward_weight(&g, sa, sb, sy),
     }
-    let mut out = dest.get(op, &shape)?;
-    for (o, v) in out.iter_mut().zip(&y) {
-        *o = T::from_acc(*v);
-    }
-    Ok(out)
+    half::narrow(op, Some(y), dest)
 }
 
 /// The int8 form of a forward convolution ([`ConvKind::Forward`], f32): `x` quantized per

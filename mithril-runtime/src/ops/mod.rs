@@ -20,6 +20,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod grad;
+pub(crate) mod half_storage;
 pub mod linalg;
 pub mod matmul;
 // pooling, pad, upsample (the pool family)

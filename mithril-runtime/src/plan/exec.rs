@@ -1300,43 +1300,20 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                         ops::conv::qconv_to(spec, typed::<f32>(&x)?, typed::<f32>(&y)?, qc, d)
                     });
                 }
+                // f16 / bf16: the f32 kernels on widened operands
+                macro_rules! conv {
+                    ($T:ty, $f:ident) => {
+                        self.put::<$T>(id, h, |d| {
+                            let like = l.as_ref().map(typed::<$T>).transpose()?;
+                            ops::conv::$f(spec, typed::<$T>(&x)?, typed::<$T>(&y)?, like, d)
+                        })
+                    };
+                }
                 match dt {
-                    DType::F32 => self.put::<f32>(id, h, |d| {
-                        ops::conv::conv_to(
-                            spec,
-                            typed::<f32>(&x)?,
-                            typed::<f32>(&y)?,
-                            l.as_ref().map(typed::<f32>).transpose()?,
-                            d,
-                        )
-                    }),
-                    DType::F64 => self.put::<f64>(id, h, |d| {
-                        ops::conv::conv_to(
-                            spec,
-                            typed::<f64>(&x)?,
-                            typed::<f64>(&y)?,
-                            l.as_ref().map(typed::<f64>).transpose()?,
-                            d,
-                        )
-                    }),
-                    DType::F16 => self.put::<f16>(id, h, |d| {
-                        ops::conv::conv_half_to(
-                            spec,
-                            typed::<f16>(&x)?,
-                            typed::<f16>(&y)?,
-                            l.as_ref().map(typed::<f16>).transpose()?,
-                            d,
-                        )
-                    }),
-                    DType::BF16 => self.put::<bf16>(id, h, |d| {
-                        ops::conv::conv_half_to(
-                            spec,
-                            typed::<bf16>(&x)?,
-                            typed::<bf16>(&y)?,
-                            l.as_ref().map(typed::<bf16>).transpose()?,
-                            d,
-                        )
-                    }),
+                    DType::F32 => conv!(f32, conv_to),
+                    DType::F64 => conv!(f64, conv_to),
+                    DType::F16 => conv!(f16, conv_half_to),
+                    DType::BF16 => conv!(bf16, conv_half_to),
                     other => Err(Error::op(
                         spec.name(),
                         format!("{other:?} is not supported (f32, f64, f16 and bf16 are)"),
