@@ -41,6 +41,25 @@ pub enum TensorView<'a> {
     Bool(ArrayViewD<'a, bool>),
 }
 
+impl<'a> TensorView<'a> {
+    /// The same elements under `shape`, without a copy: `None` unless the view is in standard
+    /// layout and `shape` has as many elements.
+    pub(crate) fn reshaped(self, shape: &[usize]) -> Option<TensorView<'a>> {
+        if !self.is_standard_layout() || shape.iter().product::<usize>() != self.num_elements() {
+            return None;
+        }
+        let to = ndarray::IxDyn(shape);
+        macro_rules! re {
+            ($($v:ident),*) => {
+                match self {
+                    $(TensorView::$v(a) => a.into_shape_with_order(to).ok().map(TensorView::$v),)*
+                }
+            };
+        }
+        re!(F32, F64, F16, BF16, I32, I64, Bool)
+    }
+}
+
 /// A mutable view of one param leaf, tagged with its dtype.
 #[derive(Debug)]
 pub enum TensorViewMut<'a> {

@@ -2114,3 +2114,69 @@ fn narrow_floats_mixed_with_f32() {
         assert_eq!(o.h_soft[i], want, "f16 softmax[{i}]");
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// reshapes of computed values are views of their slots (no copy)
+// ------------------------------------------------------------------------------------------
+
+mithril! {
+    model ReshapeViews {
+        input x: f64[B, 6];
+        param w: f64[2, 3];
+        let a = tanh(x);
+        // views of `a`'s slot: `a` must not be overwritten while they are read
+        let r = reshape(a, [B, 2, 3]);
+        let u = flatten(r, start_dim = 1);
+        let c = exp(a) * 3.0;
+        let q = r * w;
+        let f = flatten(q, start_dim = 1);
+        output y = f + c + u;
+    }
+}
+
+#[test]
+fn reshapes_of_computed_values_are_views_and_keep_their_values() {
+    // the plan gives the reshape and the two flattens no buffer of their own: two buffers,
+    // `a` and `q` (`exp(a) * 3` is fused into the output's group); with copies it was four
+    let line = ReshapeViews::SUMMARY
+        .lines()
+        .find(|l| l.starts_with("evaluate memory:"))
+        .unwrap_or_else(|| panic!("no memory line in\n{}", ReshapeViews::SUMMARY));
+    assert!(line.contains("(2 buffers"), "{line}");
+    let b = 3;
+    let x = Array2::from_shape_fn((b, 6), |(i, j)| 0.3 * i as f64 - 0.2 * j as f64 + 0.1);
+    let m = ReshapeViews::new().unwrap();
+    let p = m.randomize_params(3);
+    let y = m
+        .evaluate(&p, ReshapeViewsInputs { x: x.view() })
+        .unwrap()
+        .y;
+    assert_eq!(y.shape(), &[b, 6]);
+    for i in 0..b {
+        for j in 0..6 {
+            let a = x[[i, j]].tanh();
+            let want = a * p.w[[j / 3, j % 3]] + a.exp() * 3.0 + a;
+            assert!(
+                (y[[i, j]] - want).abs() < 1e-14,
+                "[{i},{j}] {} vs {want}",
+                y[[i, j]]
+            );
+        }
+    }
+    // the backward pass reshapes the gradients back (`reshape_like`, also views)
+    let s = Array2::from_shape_fn((b, 6), |(i, j)| 1.0 + 0.1 * (i * 6 + j) as f64);
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            ReshapeViewsInputs { x: x.view() },
+            ReshapeViewsOutputs { y: s.clone() },
+        )
+        .unwrap();
+    let loss = |q: &ReshapeViewsParams| {
+        (&m.evaluate(q, ReshapeViewsInputs { x: x.view() }).unwrap().y * &s).sum()
+    };
+    assert_eq!(
+        crate::common::fd::gradcheck("reshape views", &p, &g, loss),
+        6
+    );
+}

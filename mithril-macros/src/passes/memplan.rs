@@ -5,6 +5,8 @@
 //! Every node that computes a value gets a *slot* (an arena buffer), except:
 //! * inputs, params, output-gradient seeds: user memory, read in place;
 //! * boundaries: views of their argument (they extend the argument's lifetime);
+//! * reshapes of a value in a slot: views of that slot (extending its lifetime), outside
+//!   run-time loops and branches;
 //! * outputs: returned to the caller, so they are owned arrays outside the arena;
 //! * elementwise ops that may overwrite a dead argument of the same dtype and shape: they write
 //!   in place and share that argument's slot (extending its lifetime).
@@ -68,6 +70,15 @@ fn is_elementwise(g: &Graph, id: NodeId) -> bool {
         Op::Prim(p) => p.is_elementwise(),
         _ => false,
     }
+}
+
+/// A reshape (`reshape`, `flatten`, `unsqueeze`, autodiff's `reshape_like`): the same elements
+/// in the same order under another shape.
+fn is_reshape(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Prim(Prim::Reshape(_) | Prim::Flatten(..) | Prim::Unsqueeze(_) | Prim::ReshapeLike)
+    )
 }
 
 /// Same dtype and the same shape, dim by dim, after unification.
@@ -223,6 +234,21 @@ pub fn plan_placed(
         }
         if is_output[id] {
             home[id] = Home::Output;
+            continue;
+        }
+        // a reshape of a value in a slot (contiguous, in standard layout) is a view of that
+        // slot, which lives while the view is read: no copy. Not in a run-time loop's body or
+        // branch (their values are carried and swapped by slot), nor on a mixed model's host.
+        let source = node.args.first().and_then(|&a| root[a]);
+        if let (true, Some(s)) = (
+            placed.is_none()
+                && node.guard.is_none()
+                && node.region.is_none()
+                && is_reshape(&node.op),
+            source,
+        ) {
+            root[id] = Some(s);
+            life[s].1 = life[s].1.max(last_use[id]);
             continue;
         }
         // in place: an argument whose slot dies here, same dtype and shape, used once here

@@ -68,14 +68,22 @@ pub fn reshape_to<'w, T: Elem>(
     shape: &[isize],
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
+    let dims = reshape_shape(a.shape(), a.len(), shape)?;
+    let mut out = dest.get("reshape", dims.slice())?;
+    copy_logical(a, &mut out, "reshape")?;
+    Ok(out)
+}
+
+/// The shape [`reshape_to`] gives a value of shape `from` with `total` elements.
+pub(crate) fn reshape_shape(from: &[usize], total: usize, shape: &[isize]) -> Result<IxDyn> {
     const OP: &str = "reshape";
     let err = |why: &str| {
         Error::op(
             OP,
             format!(
                 "cannot reshape {} ({} elements) into {shape:?}: {why}",
-                fmt_shape(a.shape()),
-                a.len()
+                fmt_shape(from),
+                total
             ),
         )
     };
@@ -99,7 +107,6 @@ pub fn reshape_to<'w, T: Elem>(
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| err("too many elements"))?;
-    let total = a.len();
     if let Some(i) = infer {
         if known == 0 || !total.is_multiple_of(known) {
             return Err(err("the -1 dimension cannot be inferred"));
@@ -108,9 +115,7 @@ pub fn reshape_to<'w, T: Elem>(
     } else if known != total {
         return Err(err("element counts differ"));
     }
-    let mut out = dest.get(OP, dims.slice())?;
-    copy_logical(a, &mut out, OP)?;
-    Ok(out)
+    Ok(dims)
 }
 
 /// Copies the elements of `a` in logical (row-major) order into the standard-layout `out` of
@@ -137,7 +142,14 @@ pub fn flatten_to<'w, T: Elem>(
     end: isize,
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
-    let s = a.shape();
+    let t = flatten_shape(a.shape(), start, end);
+    let mut out = dest.get("flatten", t.slice())?;
+    copy_logical(a, &mut out, "flatten")?;
+    Ok(out)
+}
+
+/// The shape [`flatten_to`] gives a value of shape `s`.
+pub(crate) fn flatten_shape(s: &[usize], start: isize, end: isize) -> IxDyn {
     let r = s.len().max(1) as isize;
     let lo = ((if start < 0 { start + r } else { start }).max(0) as usize).min(s.len());
     let hi = ((if end < 0 { end + r } else { end }).max(0) as usize + 1).min(s.len());
@@ -154,9 +166,7 @@ pub fn flatten_to<'w, T: Elem>(
         t[k] = d;
         k += 1;
     }
-    let mut out = dest.get("flatten", t.slice())?;
-    copy_logical(a, &mut out, "flatten")?;
-    Ok(out)
+    t
 }
 
 /// Inserts length-1 axes at `axes` (applied in order, each clipped to the current rank).
@@ -165,14 +175,19 @@ pub fn unsqueeze_to<'w, T: Elem>(
     axes: &[usize],
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
-    let mut v = a.view();
-    for &ax in axes {
-        let at = ax.min(v.ndim());
-        v = v.insert_axis(Axis(at));
-    }
-    let mut out = dest.get("unsqueeze", v.shape())?;
+    let t = unsqueeze_shape(a.shape(), axes);
+    let mut out = dest.get("unsqueeze", t.slice())?;
     copy_logical(a, &mut out, "unsqueeze")?;
     Ok(out)
+}
+
+/// The shape [`unsqueeze_to`] gives a value of shape `s`.
+pub(crate) fn unsqueeze_shape(s: &[usize], axes: &[usize]) -> IxDyn {
+    let mut t: smallvec::SmallVec<[usize; 8]> = s.into();
+    for &ax in axes {
+        t.insert(ax.min(t.len()), 1);
+    }
+    IxDyn(&t)
 }
 
 /// `a`'s elements with `like`'s shape (autodiff's reshape back to an operand's shape).

@@ -1006,6 +1006,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
 
     fn node(&self, id: usize, step: &Step, vals: &[Val<'w>]) -> Result<Val<'w>> {
         let (h, dt, args) = (step.home, step.dt, &step.args);
+        if h == Home::View
+            && matches!(
+                step.op,
+                POp::Reshape(_) | POp::Flatten(..) | POp::Unsqueeze(_) | POp::ReshapeLike
+            )
+        {
+            return self.reshape_view(step, vals);
+        }
         let a = |k: usize| -> Result<TensorView<'_>> {
             args.get(k)
                 .ok_or_else(|| internal(step.what, "missing operand"))
@@ -1424,6 +1432,56 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             DType::BF16 => go!(bf16, attention_half_to, attention_grad_half_to),
             _ => Err(internal(w, "attention on a non-float operand")),
         }
+    }
+
+    /// A reshape the plan made a view of its operand's slot (`passes/memplan.rs` in the
+    /// compiler): the operand's memory under the new shape, no copy.
+    fn reshape_view(&self, step: &Step, vals: &[Val<'w>]) -> Result<Val<'w>> {
+        let operand = |k: usize| {
+            step.args
+                .get(k)
+                .ok_or_else(|| internal(step.what, "missing operand"))
+                .and_then(|&i| arg_ref(vals, self.views(), i))
+        };
+        let x = operand(0)?;
+        let (from, n) = (x.shape(), x.num_elements());
+        let shape = match &step.op {
+            POp::Reshape(dims) => {
+                let mut ds: SmallVec<[isize; 8]> = SmallVec::new();
+                for d in dims {
+                    ds.push(match d {
+                        Some(d) => self.dim(d)? as isize,
+                        None => -1,
+                    });
+                }
+                ops::shape::reshape_shape(from, n, &ds)?
+            }
+            POp::Flatten(s, e) => ops::shape::flatten_shape(from, *s, *e),
+            POp::Unsqueeze(axes) => ops::shape::unsqueeze_shape(from, axes),
+            _ => {
+                let like = operand(1)?;
+                if like.num_elements() != n {
+                    return Err(Error::op(
+                        "reshape",
+                        format!(
+                            "cannot reshape {} into {}",
+                            crate::check::format_shape(from),
+                            crate::check::format_shape(like.shape())
+                        ),
+                    ));
+                }
+                IxDyn(like.shape())
+            }
+        };
+        x.clone()
+            .reshaped(shape.slice())
+            .map(Val::Ro)
+            .ok_or_else(|| {
+                internal(
+                    step.what,
+                    "a reshape planned as a view of a value not in standard layout",
+                )
+            })
     }
 
     fn like<'v>(
