@@ -53,6 +53,8 @@ mithril! {
     }
 
     pub compile RnnCkpt = Rnn { gradient_checkpointing: { segments: 2 } };
+    // `dynamic_control_flow: false` with `T` fixed: the scan unrolled, `hs` a `stack`
+    pub compile RnnUnrolled = Rnn { dynamic_control_flow: false, shapes: { xs: [_, 4, 3] } };
 
     // loops nest, and a run-time `if` may sit in a loop's body
     pub model Nest {
@@ -643,4 +645,53 @@ fn a_profiled_model_differentiates_through_a_scan() {
         pm.profile_report()
             .contains("evaluate_gradients: 1 call(s)")
     );
+}
+
+#[test]
+fn a_scan_over_a_fixed_dim_unrolls_without_dynamic_control_flow() {
+    // no run-time loop left: the summary has no loop column
+    assert!(Rnn::SUMMARY.contains("in loop"), "{}", Rnn::SUMMARY);
+    assert!(!RnnUnrolled::SUMMARY.contains("in loop"), "{}", RnnUnrolled::SUMMARY);
+    let (m, mu) = (Rnn::new().unwrap(), RnnUnrolled::new().unwrap());
+    let p = rnn_params(&m);
+    let mut q = mu.randomize_params(0);
+    q.w = p.w.clone();
+    q.u = p.u.clone();
+    q.v = p.v.clone();
+    let xs = pat(Ix3(2, 4, 3), 0.4);
+    let o = m.evaluate(&p, RnnInputs { xs: xs.view() }).unwrap();
+    let ou = mu
+        .evaluate(&q, RnnUnrolledInputs { xs: xs.view() })
+        .unwrap();
+    assert_eq!(ou.hs.shape(), &[2, 4, 3]);
+    // the same arithmetic step by step
+    assert_eq!(o.hs, ou.hs);
+    assert_eq!(o.last, ou.last);
+    let seeds = || (pat(Ix3(2, 4, 3), 1.1), pat(Ix2(2, 3), 2.3));
+    let (a, b) = seeds();
+    let (_, g) = m
+        .evaluate_gradients(
+            &p,
+            RnnInputs { xs: xs.view() },
+            RnnOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    let (a, b) = seeds();
+    let (_, h) = mu
+        .evaluate_gradients(
+            &q,
+            RnnUnrolledInputs { xs: xs.view() },
+            RnnUnrolledOutputs { hs: a, last: b },
+        )
+        .unwrap();
+    // the step gradients are summed in another order: equal to rounding
+    for (x, y) in [(&g.w, &h.w), (&g.u, &h.u)] {
+        assert!((x - y).iter().all(|d| d.abs() < 1e-12), "{x} vs {y}");
+    }
+    assert!((&g.v - &h.v).iter().all(|d| d.abs() < 1e-12));
+    // another sequence length is the run-time shape check's error
+    let xs5 = pat(Ix3(2, 5, 3), 0.4);
+    assert!(mu
+        .evaluate(&q, RnnUnrolledInputs { xs: xs5.view() })
+        .is_err());
 }

@@ -33,7 +33,90 @@ pub(super) struct LoopCx {
     stacks: Vec<(String, NodeId, Option<NodeId>)>,
 }
 
+/// A `for t in 0..T` unrolled because `dynamic_control_flow: false` and the compile fixes `T`.
+pub(super) struct UnrolledScan {
+    /// the loop variable
+    var: String,
+    /// how many run-time loops were open when it began (a `stack` of an inner run-time loop is
+    /// that loop's)
+    depth: usize,
+    /// `stack` outputs: name, stacked axis, the value of each step
+    stacks: Vec<(String, usize, Vec<NodeId>)>,
+}
+
 impl Flattener<'_> {
+    /// `for t in 0..T` with `T` fixed at `k` by the compile and `dynamic_control_flow: false`:
+    /// unrolled like a compile-time range, `t` a compile-time integer; each `stack ys[(.., t)]`
+    /// output is the `stack` of its `k` step values along its axis.
+    pub(super) fn unrolled_scan(
+        &mut self,
+        var: &Ident,
+        k: u64,
+        span: Span,
+        body: &[Stmt],
+        s: &Stmt,
+        f: &mut Frame,
+    ) {
+        if k > MAX_UNROLL as u64 {
+            self.error(
+                span,
+                format!("`for` would unroll {k} iterations (`dynamic_control_flow: false` unrolls a `for` over a fixed dim); at most {MAX_UNROLL} are allowed"),
+            );
+            return;
+        }
+        self.unrolled.push(UnrolledScan {
+            var: var.to_string(),
+            depth: self.loops.len(),
+            stacks: Vec::new(),
+        });
+        for i in 0..k {
+            if !self.step(s) {
+                break;
+            }
+            f.vars
+                .insert(var.to_string(), Value::Hyper(HVal::Int(i as i64)));
+            self.exec(body, f);
+        }
+        let Some(done) = self.unrolled.pop() else {
+            return;
+        };
+        for (name, axis, items) in done.stacks {
+            if items.len() as u64 != k {
+                self.error(
+                    span,
+                    format!("`stack {name}[..]` ran {} times in {k} steps; it must run once per step (a statement of the loop's own body)", items.len()),
+                );
+                continue;
+            }
+            let id = self.node(Op::Prim(Prim::Stack(axis as i64)), items, span, f);
+            self.g.nodes[id].label = Some(name.clone());
+            f.vars.insert(name, Value::Tensor(id));
+        }
+    }
+
+    /// The axis of `stack name[index]` in a loop over `var`: where `var` stands, with `..` at
+    /// every other place.
+    fn stack_axis(&mut self, name: &str, index: &Expr, var: &str) -> Option<usize> {
+        let items: Vec<&Expr> = match index {
+            Expr::Tuple(t) => t.elems.iter().collect(),
+            other => vec![other],
+        };
+        let is_var = |e: &Expr| matches!(e, Expr::Path(p) if p.path.is_ident(var));
+        let full = |e: &Expr| matches!(e, Expr::Range(r) if r.start.is_none() && r.end.is_none());
+        let axis = items.iter().position(|e| is_var(e));
+        let ok = axis.is_some()
+            && items.iter().filter(|e| is_var(e)).count() == 1
+            && items.iter().all(|e| is_var(e) || full(e));
+        let axis = axis.filter(|_| ok);
+        if axis.is_none() {
+            self.error(
+                index.span(),
+                format!("`stack {name}[..]` is indexed by the loop's variable `{var}` at the stacked axis and `..` before it, e.g. `stack {name}[(.., {var})] = y;`"),
+            );
+        }
+        axis
+    }
+
     /// `while` / run-time `for`.
     pub(super) fn runtime_loop(
         &mut self,
@@ -275,6 +358,38 @@ impl Flattener<'_> {
     /// `stack ys[(.., t)] = y;`: `y` written at step `t` of the stacked output `ys`.
     pub(super) fn stack_stmt(&mut self, name: &Ident, index: &Expr, expr: &Expr, f: &mut Frame) {
         let n = name.to_string();
+        // in a `for` unrolled over a fixed dim: this step's value, stacked after the loop
+        if let Some(u) = self
+            .unrolled
+            .last()
+            .filter(|u| u.depth == self.loops.len())
+        {
+            let var = u.var.clone();
+            let Some(axis) = self.stack_axis(&n, index, &var) else {
+                return;
+            };
+            let v = self.eval(expr, f, None);
+            let Some(v) = self.tensor_of(v, expr.span(), f) else {
+                return;
+            };
+            let Some(u) = self.unrolled.last_mut() else {
+                return;
+            };
+            match u.stacks.iter_mut().find(|s| s.0 == n) {
+                Some(st) => st.2.push(v),
+                None => {
+                    if f.vars.contains_key(&n) {
+                        self.error(
+                            name.span(),
+                            format!("`stack {n}[..]`: `{n}` is already bound; a stacked output gets a new name"),
+                        );
+                        return;
+                    }
+                    u.stacks.push((n, axis, vec![v]));
+                }
+            }
+            return;
+        }
         let Some(cx) = self.loops.last() else {
             self.error(
                 name.span(),
@@ -291,21 +406,7 @@ impl Flattener<'_> {
             return;
         };
         let Some(var) = var else { return };
-        let items: Vec<&Expr> = match index {
-            Expr::Tuple(t) => t.elems.iter().collect(),
-            other => vec![other],
-        };
-        let is_var = |e: &Expr| matches!(e, Expr::Path(p) if p.path.is_ident(&var));
-        let full = |e: &Expr| matches!(e, Expr::Range(r) if r.start.is_none() && r.end.is_none());
-        let axis = items.iter().position(|e| is_var(e));
-        let ok = axis.is_some()
-            && items.iter().filter(|e| is_var(e)).count() == 1
-            && items.iter().all(|e| is_var(e) || full(e));
-        let Some(axis) = axis.filter(|_| ok) else {
-            self.error(
-                index.span(),
-                format!("`stack {n}[..]` is indexed by the loop's variable `{var}` at the stacked axis and `..` before it, e.g. `stack {n}[(.., {var})] = y;`"),
-            );
+        let Some(axis) = self.stack_axis(&n, index, &var) else {
             return;
         };
         let v = self.eval(expr, f, None);

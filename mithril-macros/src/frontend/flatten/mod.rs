@@ -179,6 +179,9 @@ pub struct Flattener<'a> {
     unset_loop_vars: Vec<String>,
     /// The run-time loops being flattened, innermost last.
     loops: Vec<loops::LoopCx>,
+    /// The `for t in 0..T` over a fixed dim being unrolled (`dynamic_control_flow: false`),
+    /// innermost last.
+    unrolled: Vec<loops::UnrolledScan>,
 }
 
 /// Most statements and loop iterations one flattening may execute (nested loops).
@@ -246,6 +249,7 @@ impl<'a> Flattener<'a> {
             region: None,
             unset_loop_vars: Vec::new(),
             loops: Vec::new(),
+            unrolled: Vec::new(),
         }
     }
 

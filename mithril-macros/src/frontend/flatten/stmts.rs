@@ -77,6 +77,10 @@ impl Flattener<'_> {
                     return;
                 };
                 if !self.opts.dynamic_control_flow {
+                    if let Dim::Known(k) = d {
+                        self.unrolled_scan(var, k, iter.span(), body, s, f);
+                        return;
+                    }
                     self.error(
                         iter.span(),
                         "this `for` runs over a symbolic dim, a run-time trip count, and the model is compiled with `dynamic_control_flow: false`; loop over a compile-time range, or allow run-time loops with `dynamic_control_flow: true`",
