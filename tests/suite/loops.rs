@@ -651,7 +651,11 @@ fn a_profiled_model_differentiates_through_a_scan() {
 fn a_scan_over_a_fixed_dim_unrolls_without_dynamic_control_flow() {
     // no run-time loop left: the summary has no loop column
     assert!(Rnn::SUMMARY.contains("in loop"), "{}", Rnn::SUMMARY);
-    assert!(!RnnUnrolled::SUMMARY.contains("in loop"), "{}", RnnUnrolled::SUMMARY);
+    assert!(
+        !RnnUnrolled::SUMMARY.contains("in loop"),
+        "{}",
+        RnnUnrolled::SUMMARY
+    );
     let (m, mu) = (Rnn::new().unwrap(), RnnUnrolled::new().unwrap());
     let p = rnn_params(&m);
     let mut q = mu.randomize_params(0);
@@ -691,7 +695,8 @@ fn a_scan_over_a_fixed_dim_unrolls_without_dynamic_control_flow() {
     assert!((&g.v - &h.v).iter().all(|d| d.abs() < 1e-12));
     // another sequence length is the run-time shape check's error
     let xs5 = pat(Ix3(2, 5, 3), 0.4);
-    assert!(mu
-        .evaluate(&q, RnnUnrolledInputs { xs: xs5.view() })
-        .is_err());
+    assert!(
+        mu.evaluate(&q, RnnUnrolledInputs { xs: xs5.view() })
+            .is_err()
+    );
 }

@@ -2180,3 +2180,34 @@ fn reshapes_of_computed_values_are_views_and_keep_their_values() {
         6
     );
 }
+
+mithril! {
+    model ReshapeInput {
+        input x: f64[B, 2, 3];
+        output y = flatten(x, start_dim = 1) * 2.0;
+    }
+}
+
+#[test]
+fn a_reshape_of_an_input_is_a_view_in_any_layout() {
+    // no buffer: the flatten views the caller's array, the product writes the output
+    let line = ReshapeInput::SUMMARY
+        .lines()
+        .find(|l| l.starts_with("evaluate memory:"))
+        .unwrap_or_else(|| panic!("no memory line in\n{}", ReshapeInput::SUMMARY));
+    assert!(line.contains("(0 buffers"), "{line}");
+    let m = ReshapeInput::new().unwrap();
+    let p = m.randomize_params(0);
+    let b = 4;
+    let std = Array3::from_shape_fn((b, 2, 3), |(i, j, k)| (i * 6 + j * 3 + k) as f64);
+    // the same values in another memory layout (a permuted view)
+    let other = Array3::from_shape_fn((3, 2, b), |(k, j, i)| (i * 6 + j * 3 + k) as f64);
+    let other = other.view().permuted_axes([2, 1, 0]);
+    assert!(!other.is_standard_layout());
+    for x in [std.view(), other] {
+        let y = m.evaluate(&p, ReshapeInputInputs { x }).unwrap().y;
+        assert_eq!(y.shape(), &[b, 6]);
+        let want: Vec<f64> = (0..b * 6).map(|v| 2.0 * v as f64).collect();
+        assert_eq!(y.iter().copied().collect::<Vec<_>>(), want);
+    }
+}

@@ -5,8 +5,8 @@
 //! Every node that computes a value gets a *slot* (an arena buffer), except:
 //! * inputs, params, output-gradient seeds: user memory, read in place;
 //! * boundaries: views of their argument (they extend the argument's lifetime);
-//! * reshapes of a value in a slot: views of that slot (extending its lifetime), outside
-//!   run-time loops and branches;
+//! * reshapes of a value in a slot or of user memory: views of it (extending a slot's
+//!   lifetime), outside run-time loops and branches;
 //! * outputs: returned to the caller, so they are owned arrays outside the arena;
 //! * elementwise ops that may overwrite a dead argument of the same dtype and shape: they write
 //!   in place and share that argument's slot (extending its lifetime).
@@ -237,19 +237,22 @@ pub fn plan_placed(
             continue;
         }
         // a reshape of a value in a slot (contiguous, in standard layout) is a view of that
-        // slot, which lives while the view is read: no copy. Not in a run-time loop's body or
-        // branch (their values are carried and swapped by slot), nor on a mixed model's host.
-        let source = node.args.first().and_then(|&a| root[a]);
-        if let (true, Some(s)) = (
-            placed.is_none()
-                && node.guard.is_none()
-                && node.region.is_none()
-                && is_reshape(&node.op),
-            source,
-        ) {
-            root[id] = Some(s);
-            life[s].1 = life[s].1.max(last_use[id]);
-            continue;
+        // slot, which lives while the view is read, and one of user memory a view of it: no
+        // copy. Not in a run-time loop's body or branch (their values are carried and swapped
+        // by slot), nor on a mixed model's host.
+        if placed.is_none() && node.guard.is_none() && node.region.is_none() && is_reshape(&node.op)
+        {
+            match node.args.first().map(|&a| (root[a], &g.nodes[a].op)) {
+                Some((Some(s), _)) => {
+                    root[id] = Some(s);
+                    life[s].1 = life[s].1.max(last_use[id]);
+                    continue;
+                }
+                // user memory lives through the call (the runtime copies one not in standard
+                // layout)
+                Some((None, Op::Input(_) | Op::Param(_) | Op::Seed(_))) => continue,
+                _ => {}
+            }
         }
         // in place: an argument whose slot dies here, same dtype and shape, used once here
         let mut chosen = None;

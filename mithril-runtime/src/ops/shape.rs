@@ -74,6 +74,27 @@ pub fn reshape_to<'w, T: Elem>(
     Ok(out)
 }
 
+/// `a`'s elements in row-major order under `shape` (as many elements; checked).
+pub(crate) fn copy_reshaped_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    shape: &[usize],
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    if shape.iter().product::<usize>() != a.len() {
+        return Err(Error::op(
+            "reshape",
+            format!(
+                "cannot reshape {} into {}",
+                fmt_shape(a.shape()),
+                fmt_shape(shape)
+            ),
+        ));
+    }
+    let mut out = dest.get("reshape", shape)?;
+    copy_logical(a, &mut out, "reshape")?;
+    Ok(out)
+}
+
 /// The shape [`reshape_to`] gives a value of shape `from` with `total` elements.
 pub(crate) fn reshape_shape(from: &[usize], total: usize, shape: &[isize]) -> Result<IxDyn> {
     const OP: &str = "reshape";

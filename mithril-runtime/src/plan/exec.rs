@@ -318,6 +318,9 @@ fn run_probed<P: Probe>(
         .unwrap_or_default();
     table.clear();
     let tapes = RefCell::new(tapes);
+    // the copies of reshapes of user memory not in standard layout (declared before the
+    // values, which may view them)
+    let copies = RefCell::new(Vec::new());
     let r = {
         // SAFETY: the table is empty; a `Vec` of values of a shorter lifetime has the same layout.
         let vals: Vec<Val<'_>> =
@@ -332,6 +335,7 @@ fn run_probed<P: Probe>(
             donors: &donors,
             donated: RefCell::new(donated),
             q,
+            copies: &copies,
         };
         let (r, mut vals) = cx.run_nodes(vals, probe);
         vals.clear();
@@ -393,6 +397,9 @@ struct Cx<'p, 'a, 'w> {
     donated: RefCell<&'p mut [bool]>,
     /// int8 products, calibration, or neither
     q: Run<'p>,
+    /// reshapes planned as views of user memory that is not in standard layout: their
+    /// copies, kept until the run ends ([`Cx::reshape_view`])
+    copies: &'p RefCell<Vec<AnyArray>>,
 }
 
 /// An output computed into a donated input's memory.
@@ -1434,8 +1441,9 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         }
     }
 
-    /// A reshape the plan made a view of its operand's slot (`passes/memplan.rs` in the
-    /// compiler): the operand's memory under the new shape, no copy.
+    /// A reshape the plan made a view of its operand (a slot, an input or a param:
+    /// `passes/memplan.rs` in the compiler): the operand's memory under the new shape, no copy
+    /// (user memory not in standard layout is copied once for the run).
     fn reshape_view(&self, step: &Step, vals: &[Val<'w>]) -> Result<Val<'w>> {
         let operand = |k: usize| {
             step.args
@@ -1473,15 +1481,18 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 IxDyn(like.shape())
             }
         };
-        x.clone()
-            .reshaped(shape.slice())
-            .map(Val::Ro)
-            .ok_or_else(|| {
-                internal(
-                    step.what,
-                    "a reshape planned as a view of a value not in standard layout",
-                )
-            })
+        if let Some(v) = x.clone().reshaped(shape.slice()) {
+            return Ok(Val::Ro(v));
+        }
+        // user memory (an input, a param) in another layout: a copy, kept for the run
+        any_t!(step.dt, T => {
+            let a = crate::owned(|d| ops::shape::copy_reshaped_to(typed::<T>(x)?, shape.slice(), d).map(|_| ()))?;
+            // SAFETY: the array's heap buffer stays in `self.copies` until the run ends (moving
+            // the array does not move its buffer), like an owned output's in `put`.
+            let v: ArrayViewD<'w, T> = unsafe { a.view().raw_view().deref_into_view() };
+            self.copies.borrow_mut().push(T::any_array(a));
+            Ok(Val::Ro(T::any(v)))
+        })
     }
 
     fn like<'v>(

@@ -359,11 +359,7 @@ impl Flattener<'_> {
     pub(super) fn stack_stmt(&mut self, name: &Ident, index: &Expr, expr: &Expr, f: &mut Frame) {
         let n = name.to_string();
         // in a `for` unrolled over a fixed dim: this step's value, stacked after the loop
-        if let Some(u) = self
-            .unrolled
-            .last()
-            .filter(|u| u.depth == self.loops.len())
-        {
+        if let Some(u) = self.unrolled.last().filter(|u| u.depth == self.loops.len()) {
             let var = u.var.clone();
             let Some(axis) = self.stack_axis(&n, index, &var) else {
                 return;
