@@ -1231,7 +1231,12 @@ mithril! {
 
     pub compile DecodeOpsGpu = DecodeOps { backend: cuda, inference: true };
     pub compile DecodeTypesGpu = DecodeTypes { backend: cuda, inference: true };
-    pub compile TinyGptGpu = TinyGpt { backend: cuda, inference: true };
+    pub compile TinyGptGpu = TinyGpt {
+        backend: cuda,
+        inference: true,
+        donate: [k0, v0, k1, v1],
+        file_path: "target/mithril-test/tiny_gpt_gpu.rs",
+    };
 }
 
 #[test]
@@ -1257,6 +1262,25 @@ fn decode_modules_compile_with_nvrtc() {
         ],
         "decode cuda modules",
     );
+}
+
+#[test]
+fn donated_caches_are_appended_in_place() {
+    // the generated code (`file_path`): in `evaluate_device_donating` each of the 4 donated
+    // caches is read only by its `update_slice`, which writes into it (`update_slice_in`, no
+    // copy); `evaluate_device` copies the donated inputs once and forwards
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/mithril-test");
+    let rs = std::fs::read_to_string(dir.join("tiny_gpt_gpu.rs")).expect("tiny_gpt_gpu.rs");
+    let flat: String = rs.split_whitespace().collect();
+    let body = &flat[flat
+        .find("pubfnevaluate_device_donating")
+        .expect("no donating fn")..];
+    assert_eq!(body.matches("decode::update_slice_in(").count(), 4, "{rs}");
+    assert_eq!(body.matches("decode::update_slice(").count(), 0, "{rs}");
+    assert_eq!(body.matches("decode::cached_attention(").count(), 2, "{rs}");
+    let fwd = &flat[flat.find("pubfnevaluate_device(").unwrap()..];
+    let fwd = &fwd[..fwd.find("pubfnevaluate_device_donating").unwrap()];
+    assert_eq!(fwd.matches("exec::copy(").count(), 4, "{fwd}");
 }
 
 #[test]
@@ -1474,5 +1498,70 @@ fn gpu_decode_prefill_and_steps_match_the_cpu() {
             );
         }
     }
-    say("decode on cuda: prefill + steps match the CPU (DecodeOps, DecodeTypes, TinyGpt)");
+
+    // the same steps on device data with the caches donated: each call appends into the
+    // caller's cache (the output is the same device allocation) and the logits are the same
+    let dev = gpu.device();
+    let dp = gpu.params_to_device(&gp).unwrap();
+    let zero = ndarray::Array3::<f32>::zeros((1, m, 8));
+    let up = |a: &ndarray::Array3<f32>| cuda::DeviceTensor::to_device(dev, &a.view()).unwrap();
+    let mut caches = [up(&zero), up(&zero), up(&zero), up(&zero)];
+    let ptr = |t: &cuda::DeviceTensor<f32>| {
+        use cuda::cudarc::driver::DevicePtr;
+        t.slice().device_ptr(dev.stream()).0
+    };
+    let ptrs: Vec<_> = caches.iter().map(ptr).collect();
+    for (at, n) in [(0usize, 4usize), (4, 1), (5, 1), (6, 1)] {
+        let t = ndarray::Array1::from(toks[at..at + n].to_vec());
+        let positions = ndarray::Array1::from_iter((at..at + n).map(|i| i as i64));
+        let pos = ndarray::arr0(at as i64);
+        let (dt, dpos, dpp) = (
+            cuda::DeviceTensor::to_device(dev, &t.view()).unwrap(),
+            cuda::DeviceTensor::to_device(dev, &positions.view()).unwrap(),
+            cuda::DeviceTensor::to_device(dev, &pos.view()).unwrap(),
+        );
+        let [k0, v0, k1, v1] = caches;
+        let o = gpu
+            .evaluate_device_donating(
+                &dp,
+                TinyGptGpuDeviceDonatingInputs {
+                    tokens: &dt,
+                    positions: &dpos,
+                    pos: &dpp,
+                    k0,
+                    v0,
+                    k1,
+                    v1,
+                },
+            )
+            .unwrap();
+        let want = cpu
+            .evaluate(
+                &p,
+                TinyGptInputs {
+                    tokens: t.view(),
+                    positions: positions.view(),
+                    pos: pos.view(),
+                    k0: c[0].view(),
+                    v0: c[1].view(),
+                    k1: c[2].view(),
+                    v1: c[3].view(),
+                },
+            )
+            .unwrap();
+        let got = o.logits.to_host().unwrap();
+        close_dyn(
+            &format!("donated logits at {at}"),
+            &got,
+            &want.logits.clone().into_dyn(),
+            1e-3,
+        );
+        caches = [o.k0_out, o.v0_out, o.k1_out, o.v1_out];
+        let now: Vec<_> = caches.iter().map(ptr).collect();
+        assert_eq!(now, ptrs, "the caches are appended in place");
+        c = [want.k0_out, want.v0_out, want.k1_out, want.v1_out];
+    }
+    say(
+        "decode on cuda: prefill + steps match the CPU (DecodeOps, DecodeTypes, TinyGpt), donated caches appended in place",
+    );
 }

@@ -82,6 +82,9 @@ pub struct CudaGen<'a> {
     readbacks: usize,
     /// One summary line per run-time loop: how many device values each iteration reads back.
     loop_notes: Vec<String>,
+    /// The inputs of `donate: [..]` (indices into `g.inputs`): owned by
+    /// `evaluate_device_donating`, so an op reading one last may write into it (`api.rs`).
+    donated: Vec<usize>,
 }
 
 /// The graph being lowered: forward (`f`) or forward+backward (`g`) kernels.
@@ -199,6 +202,7 @@ impl<'a> CudaGen<'a> {
             errors: Vec::new(),
             readbacks: 0,
             loop_notes: Vec::new(),
+            donated: Vec::new(),
         }
     }
 
