@@ -307,6 +307,14 @@ fn nn_kernel_sources_compile_with_nvrtc_for_sm80_and_sm90() {
             if *file == "decode.cu" {
                 // the 16-bit cache update (f16 / bf16 caches)
                 assert!(ptx.contains(".entry mt_update_slice_u16("), "{arch}");
+                for e in ["widen_rows", "narrow"] {
+                    for h in ["f16", "bf16"] {
+                        assert!(
+                            ptx.contains(&format!(".entry mt_{e}_{h}(")),
+                            "{arch} {e} {h}"
+                        );
+                    }
+                }
             }
         }
         match cuda::compile(src, file, "sm_90", Output::Cubin, &[]).unwrap() {

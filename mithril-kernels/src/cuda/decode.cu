@@ -17,6 +17,11 @@
 //   key/value head h / (Hq / Hkv). Launch: grid (B * Hq, ceil(Sq / MT_DEC_ROWS)), block
 //   32 * MT_DEC_ROWS threads, dynamic shared memory
 //   (MT_DEC_ROWS * D + MT_DEC_TILE * (D + 1) + MT_DEC_TILE * Dv) * sizeof(T).
+//
+// f16 / bf16 caches run the f32 kernel on widened copies of the rows in use only (as the CPU):
+//   mt_widen_rows_<f16|bf16>: rows 0 .. used of each of `outer` blocks of m rows (inner elements
+//   a row) into a compact f32 [outer, used, inner]; mt_narrow_<f16|bf16>: f32 -> half, round
+//   to nearest even. 1-D grid-stride loops.
 
 #define MT_DEC_ROWS 4
 #define MT_DEC_TILE 32
@@ -142,3 +147,21 @@ __device__ __forceinline__ void mt_cached_attention(mt_dec_dims a, const T* __re
     }
 MT_FOR_F32_F64(MT_DECODE_KERNELS)
 MT_DECODE_UPDATE(u16, unsigned short)
+
+#define MT_DECODE_HALF(S, H)                                                                    \
+    extern "C" __global__ void mt_widen_rows_##S(long outer, long used, long m, long inner,     \
+                                                 const H* src, float* dst) {                    \
+        const long row = used * inner, total = outer * row;                                     \
+        for (long t = (long)blockIdx.x * blockDim.x + threadIdx.x; t < total;                   \
+             t += (long)gridDim.x * blockDim.x) {                                               \
+            const long o = t / row, r = t % row;                                                \
+            dst[t] = mt_load(src[o * m * inner + r]);                                           \
+        }                                                                                       \
+    }                                                                                           \
+    extern "C" __global__ void mt_narrow_##S(long n, const float* src, H* dst) {               \
+        for (long t = (long)blockIdx.x * blockDim.x + threadIdx.x; t < n;                       \
+             t += (long)gridDim.x * blockDim.x)                                                 \
+            dst[t] = mt_store<H>(src[t]);                                                       \
+    }
+MT_DECODE_HALF(f16, mt_half)
+MT_DECODE_HALF(bf16, mt_bfloat)

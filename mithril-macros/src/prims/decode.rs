@@ -19,8 +19,9 @@
 //! once per op (`flow::read_index`, an 8-byte copy) and checked on the host; `update_slice`
 //! writes only the new rows, into its input itself when the input is an owned value dead after
 //! it (a donated cache, `donate:`), else into a device copy of it (f32, f64, f16, bf16, i32,
-//! i64); `cached_attention` reads only the cache rows in use (f32 / f64; f16 / bf16 operands are
-//! widened to f32 around the f32 kernel, `prims::cuda::via_f32`).
+//! i64); `cached_attention` reads only the cache rows in use (f32 / f64; for f16 / bf16 the
+//! queries and the rows in use are widened to f32 around the f32 kernel, the result rounded once,
+//! as on the CPU).
 
 use super::attrs::{get, int_attr, sig, AttrVal, Sig};
 use super::cuda::{self, CudaCx};
@@ -280,13 +281,20 @@ impl Family for Rules {
                     Some(s) => quote!(::core::option::Option::Some(#s)),
                     None => quote!(::core::option::Option::None),
                 };
-                cuda::via_f32(cx, "cached_attention", &[0, 1, 2], |ops| {
-                    let (q, k, v, pos) = (&ops[0], &ops[1], &ops[2], &ops[3]);
-                    quote!({
-                        let __pos: i64 = #c::flow::read_index(#pos, #label)?;
-                        #c::decode::cached_attention(__dev, #q, #k, #v, __pos, #scale)?
-                    })
-                })
+                let f = match cx.dt(0) {
+                    DType::F32 | DType::F64 => quote!(cached_attention),
+                    // the rows in use widened to f32, the result rounded once (as the CPU)
+                    DType::F16 | DType::BF16 => quote!(cached_attention_half),
+                    _ => return Err(format!(
+                        "`cached_attention` on cuda takes f32, f64, f16 or bf16 operands, not {}",
+                        cx.describe(0)
+                    )),
+                };
+                let (q, k, v, pos) = (cx.r(0), cx.r(1), cx.r(2), cx.r(3));
+                Ok(quote!({
+                    let __pos: i64 = #c::flow::read_index(#pos, #label)?;
+                    #c::decode::#f(__dev, #q, #k, #v, __pos, #scale)?
+                }))
             }
             _ => Err("internal: not a decoding op".into()),
         }

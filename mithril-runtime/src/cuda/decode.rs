@@ -181,6 +181,90 @@ pub fn cached_attention<T: NnElem>(
     Ok(out)
 }
 
+/// The half-precision storage types of a cache (`f16`, `bf16`): their kernels' suffix.
+pub trait HalfElem: DeviceElem {
+    /// `"f16"` or `"bf16"` (`mt_widen_rows_<suffix>`, `mt_narrow_<suffix>`).
+    const SUFFIX: &'static str;
+}
+impl HalfElem for half::f16 {
+    const SUFFIX: &'static str = "f16";
+}
+impl HalfElem for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+}
+
+fn half_kernel<H: HalfElem>(dev: &CudaDevice, op: &str) -> Result<cudarc::driver::CudaFunction> {
+    let entry = format!("mt_{op}_{}", H::SUFFIX);
+    dev.function("decode.cu", mithril_kernels::cuda::DECODE, &entry)
+}
+
+/// Rows `0 .. used` of each of `outer` blocks of `m` rows (`inner` elements a row) of `x`,
+/// widened to a compact f32 tensor of `shape` (`[.., used, inner]`).
+fn widen_rows<H: HalfElem>(
+    dev: &CudaDevice,
+    x: &DeviceTensor<H>,
+    [outer, used, m, inner]: [usize; 4],
+    shape: &[usize],
+) -> Result<DeviceTensor<f32>> {
+    const OP: &str = "cached_attention (widen)";
+    let mut out = DeviceTensor::<f32>::zeros(dev, shape)?;
+    let total = outer * used * inner;
+    if total == 0 {
+        return Ok(out);
+    }
+    let f = half_kernel::<H>(dev, "widen_rows")?;
+    let Longs(a) = i64s(OP, [outer, used, m, inner])?;
+    let mut lb = dev.stream().launch_builder(&f);
+    lb.arg(&a[0]).arg(&a[1]).arg(&a[2]).arg(&a[3]);
+    lb.arg(x.slice()).arg(out.slice_mut());
+    launch(OP, lb, elementwise_config(total, dev.sm_count()))?;
+    Ok(out)
+}
+
+/// [`cached_attention`] for f16 / bf16 tensors, as the CPU computes it: the f32 kernel on
+/// widened copies of the queries and of **the cache rows in use only** (`pos + Sq` of each
+/// (batch, head)'s `M`), the result rounded once to `H` (nearest even).
+pub fn cached_attention_half<H: HalfElem>(
+    dev: &CudaDevice,
+    q: &DeviceTensor<H>,
+    k: &DeviceTensor<H>,
+    v: &DeviceTensor<H>,
+    pos: i64,
+    scale: Option<f64>,
+) -> Result<DeviceTensor<H>> {
+    const OP: &str = "cached_attention";
+    let (lead, [b, _, hkv, sq, m, d, dv]) = attn_dims(OP, q.shape(), k.shape(), v.shape())?;
+    if pos < 0 || pos as u64 + sq as u64 > m as u64 {
+        return Err(Error::op(
+            OP,
+            format!(
+                "the cache is full: {sq} new position(s) from position {pos} do not fit its {m} rows"
+            ),
+        ));
+    }
+    let used = pos as usize + sq;
+    let nq = q.len();
+    let q32 = widen_rows(dev, q, [1, nq, nq, 1], q.shape())?;
+    let mut ks = lead.clone();
+    ks.extend([hkv, used, d]);
+    let k32 = widen_rows(dev, k, [b * hkv, used, m, d], &ks)?;
+    let mut vs = lead;
+    vs.extend([hkv, used, dv]);
+    let v32 = widen_rows(dev, v, [b * hkv, used, m, dv], &vs)?;
+    let o32 = cached_attention(dev, &q32, &k32, &v32, pos, scale)?;
+    let mut out = DeviceTensor::<H>::zeros(dev, o32.shape())?;
+    let n = o32.len();
+    if n == 0 {
+        return Ok(out);
+    }
+    let f = half_kernel::<H>(dev, "narrow")?;
+    let Longs([n64]) = i64s(OP, [n])?;
+    let mut lb = dev.stream().launch_builder(&f);
+    lb.arg(&n64).arg(o32.slice()).arg(out.slice_mut());
+    launch(OP, lb, elementwise_config(n, dev.sm_count()))?;
+    Ok(out)
+}
+
 #[cfg(any(test, feature = "internal-tests"))]
 pub(crate) mod tests {
     use super::*;
