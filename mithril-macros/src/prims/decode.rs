@@ -285,10 +285,12 @@ impl Family for Rules {
                     DType::F32 | DType::F64 => quote!(cached_attention),
                     // the rows in use widened to f32, the result rounded once (as the CPU)
                     DType::F16 | DType::BF16 => quote!(cached_attention_half),
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "`cached_attention` on cuda takes f32, f64, f16 or bf16 operands, not {}",
                         cx.describe(0)
-                    )),
+                    ))
+                    }
                 };
                 let (q, k, v, pos) = (cx.r(0), cx.r(1), cx.r(2), cx.r(3));
                 Ok(quote!({
