@@ -1511,6 +1511,7 @@ fn gpu_decode_prefill_and_steps_match_the_cpu() {
         t.slice().device_ptr(dev.stream()).0
     };
     let ptrs: Vec<_> = caches.iter().map(ptr).collect();
+    c = [zero.clone(), zero.clone(), zero.clone(), zero.clone()];
     for (at, n) in [(0usize, 4usize), (4, 1), (5, 1), (6, 1)] {
         let t = ndarray::Array1::from(toks[at..at + n].to_vec());
         let positions = ndarray::Array1::from_iter((at..at + n).map(|i| i as i64));
