@@ -105,6 +105,23 @@ mithril! {
     compile Tiny = Mlp { max_memory_gb: 0.0001 };
     compile StaticRnn = Rnn { shapes: { xs: [4, 6, 16] }, static_shapes: true };
 
+    // a swap of two loop variables (the simultaneous assignment reads the old values)
+    model Swap {
+        input x: f32[B, 4];
+        input n: i64[];
+        let a = x * 2.0;
+        let b = x + 1.0;
+        let step = 0;
+        while step < n, max_steps = 100 {
+            let t = a;
+            let a = b * 0.5;
+            let b = t;
+            let step = step + 1;
+        }
+        output y = a * 3.0 + b;
+    }
+    compile StaticSwap = Swap { shapes: { x: [3, 4] }, static_shapes: true };
+
     model Small {
         input x: f32[B, 4];
         output y = MLP(dimensions = [8, 3], activations = [relu])(x);
@@ -588,4 +605,39 @@ fn a_static_scan_allocates_only_its_output_after_the_first_call() {
     let (second, r2) = allocations(run);
     assert_eq!(r1.hs, r2.hs);
     assert_eq!(second, 1, "the second call allocated {second} times");
+}
+
+/// A swap of loop variables on the `static_shapes` path copies the old value into a workspace
+/// temporary kept between iterations and calls (`Workspace::carry_temp`): after the first
+/// call, a call allocates only its returned `y`, whatever its trip count.
+#[test]
+fn a_static_swap_allocates_only_its_output_after_the_first_call() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = StaticSwap::new().unwrap();
+    let p = m.randomize_params(0);
+    let x = Array2::from_shape_fn((3, 4), |(i, j)| (i * 4 + j) as f32 * 0.25 - 1.0);
+    // (the 0-d `n` is made outside the counted calls: `arr0` allocates)
+    let run = |n: &ndarray::Array0<i64>| {
+        m.evaluate(
+            &p,
+            StaticSwapInputs {
+                x: x.view(),
+                n: n.view(),
+            },
+        )
+        .unwrap()
+    };
+    let two = ndarray::arr0(2i64);
+    let _ = run(&two);
+    for n in [1i64, 5, 40] {
+        let nn = ndarray::arr0(n);
+        let (count, r) = allocations(|| run(&nn));
+        assert_eq!(count, 1, "{n} iterations allocated {count} times");
+        // by hand: each iteration (a, b) <- (b / 2, a)
+        let (mut a, mut b) = (x.mapv(|v| v * 2.0), x.mapv(|v| v + 1.0));
+        for _ in 0..n {
+            (a, b) = (b.mapv(|v| v * 0.5), a);
+        }
+        assert_eq!(r.y, a * 3.0 + b, "{n} iterations");
+    }
 }

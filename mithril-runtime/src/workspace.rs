@@ -74,6 +74,9 @@ struct Inner {
     replan: bool,
     /// A call has begun (`key` holds its shapes).
     begun: bool,
+    /// The loop variables' temporaries of [`Workspace::carry_temp`] (8-byte words), kept
+    /// between iterations and calls.
+    carry_tmp: Vec<Vec<u64>>,
 }
 
 /// The memory of one generated model function (see the module docs). Generated code owns one
@@ -106,6 +109,7 @@ impl Workspace {
                 report: None,
                 replan: false,
                 begun: false,
+                carry_tmp: Vec::new(),
             }),
             scratch: None,
         }
@@ -273,6 +277,45 @@ impl Workspace {
         // overlaps two live values partly).
         unsafe { std::ptr::copy(src.as_ptr(), ptr, src.len()) };
         Ok(())
+    }
+
+    /// At the end of a run-time loop's iteration (`static_shapes` models): a copy of `src`,
+    /// another loop variable's value that an update reads (a swap: the simultaneous assignment
+    /// reads the old values, so they are copied before any loop variable is written), in the
+    /// workspace's temporary `k`. The temporaries are kept between iterations and calls, so a
+    /// steady loop allocates nothing. The generated code asks for each `k` once per iteration,
+    /// and reads the copy before it asks for `k` again.
+    pub fn carry_temp<T: Elem>(&self, op: &str, k: usize, src: &[T]) -> Result<&[T]> {
+        if std::mem::align_of::<T>() > std::mem::align_of::<u64>() {
+            return Err(Error::op(
+                op,
+                "internal: a loop variable's element is over-aligned",
+            ));
+        }
+        let bytes = crate::alloc::check(op, src.len(), std::mem::size_of::<T>())?;
+        // SAFETY: `carry_tmp` is not aliased by any view handed out: the slices this returns
+        // point into the heap blocks of its inner vectors, and block `k` is only resized here,
+        // when the copy previously returned for `k` is no longer read (see above); resizing the
+        // outer vector moves the inner vectors' headers, not their blocks.
+        let w = unsafe { &mut *self.inner.get() };
+        if w.carry_tmp.len() <= k {
+            w.carry_tmp.resize_with(k + 1, Vec::new);
+        }
+        let buf = &mut w.carry_tmp[k];
+        let words = bytes.div_ceil(8);
+        if buf.len() < words {
+            buf.try_reserve_exact(words - buf.len())
+                .map_err(|_| Error::op(op, format!("cannot allocate {bytes} bytes")))?;
+            buf.resize(words, 0);
+        }
+        let p = buf.as_mut_ptr().cast::<T>();
+        // SAFETY: the block holds at least `bytes` bytes, aligned for `T` (checked above); `src`
+        // is a value's memory, never this block; every bit pattern copied is a valid `T` (it
+        // is one).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len());
+            Ok(std::slice::from_raw_parts(p, src.len()))
+        }
     }
 
     fn is_planned(&self) -> bool {

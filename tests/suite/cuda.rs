@@ -304,6 +304,18 @@ fn nn_kernel_sources_compile_with_nvrtc_for_sm80_and_sm90() {
                     entries += 1;
                 }
             }
+            if *file == "decode.cu" {
+                // the 16-bit cache update (f16 / bf16 caches)
+                assert!(ptx.contains(".entry mt_update_slice_u16("), "{arch}");
+                for e in ["widen_rows", "narrow"] {
+                    for h in ["f16", "bf16"] {
+                        assert!(
+                            ptx.contains(&format!(".entry mt_{e}_{h}(")),
+                            "{arch} {e} {h}"
+                        );
+                    }
+                }
+            }
         }
         match cuda::compile(src, file, "sm_90", Output::Cubin, &[]).unwrap() {
             cuda::ModuleImage::Cubin(b) => assert!(!b.is_empty(), "{file}"),
@@ -311,7 +323,7 @@ fn nn_kernel_sources_compile_with_nvrtc_for_sm80_and_sm90() {
         }
     }
     say(&format!(
-        "NVRTC compiled {} f32/f64 module(s) (conv, pool, attention, dropout) for sm_80/sm_90 + CUBIN sm_90, {entries} kernel entries checked",
+        "NVRTC compiled {} f32/f64 module(s) (conv, pool, attention, dropout, decode) for sm_80/sm_90 + CUBIN sm_90, {entries} kernel entries checked",
         kernels::NN_SOURCES.len()
     ));
 }

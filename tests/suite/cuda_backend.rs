@@ -1157,3 +1157,412 @@ fn gpu_half_cnn_ops_match_the_cpu() {
     close_dyn("wc", &f(g2.wc.into_dyn()), &f(g.wc.into_dyn()), 2e-2);
     say("PoolHalfGpu: outputs and gradients match the CPU");
 }
+
+mithril! {
+    /// The decode primitives on cuda: two caches appended at `pos` (along axis 2 and the same
+    /// axis counted from the end), grouped-query cached attention (4 query heads over 2
+    /// key/value heads) with the default scale and `scale = 0.5`.
+    pub model DecodeOps {
+        input q: f32[B, 4, S, 8];
+        input kn: f32[B, 2, S, 8];
+        input vn: f32[B, 2, S, 8];
+        input pos: i64[];
+        input k: f32[B, 2, M, 8];
+        input v: f32[B, 2, M, 8];
+        let k2 = update_slice(k, kn, pos, axis = 2);
+        let v2 = update_slice(v, vn * 2.0, pos, axis = -2);
+        output o = cached_attention(q, k2, v2, pos);
+        output o2 = cached_attention(q, k2, v2, pos, scale = 0.5);
+        output k_out = k2;
+        output v_out = v2;
+    }
+
+    /// bf16 and f64 caches (bf16: widened to f32 around the f32 kernel; the update copies
+    /// 16-bit words), `Dv != D`.
+    pub model DecodeTypes {
+        input q: bf16[B, 2, S, 4];
+        input kn: bf16[B, 2, S, 4];
+        input vn: bf16[B, 2, S, 6];
+        input k: bf16[B, 2, M, 4];
+        input v: bf16[B, 2, M, 6];
+        input qd: f64[B, 2, S, 4];
+        input kd: f64[B, 2, M, 4];
+        input pos: i64[];
+        let k2 = update_slice(k, kn, pos, axis = 2);
+        let v2 = update_slice(v, vn, pos, axis = 2);
+        output o = cached_attention(q, k2, v2, pos);
+        output od = cached_attention(qd, update_slice(kd, qd, pos, axis = 2), kd, pos);
+        output k_out = k2;
+    }
+
+    /// A GPT decode step in the shape of `examples/bench_decode.rs`'s (token and position
+    /// embeddings, pre-LN blocks with a key/value cache per layer, a GELU MLP, final LayerNorm
+    /// and head), small, written with the primitives cuda lowers: one head (so the head split
+    /// is a reshape, no transpose), batch 1, 2-D projections, the positions `pos .. pos + S`
+    /// an input.
+    pub model TinyGpt {
+        input tokens: i64[S];
+        input positions: i64[S];
+        input pos: i64[];
+        input k0: f32[1, M, 8];
+        input v0: f32[1, M, 8];
+        input k1: f32[1, M, 8];
+        input v1: f32[1, M, 8];
+        let x = Embedding(num_embeddings = 11, dim = 8)(tokens)
+            + Embedding(num_embeddings = 16, dim = 8)(positions);
+        let h = LayerNorm()(x);
+        let k0n = update_slice(k0, reshape(Linear(8)(h), [1, -1, 8]), pos, axis = 1);
+        let v0n = update_slice(v0, reshape(Linear(8)(h), [1, -1, 8]), pos, axis = 1);
+        let a = cached_attention(reshape(Linear(8)(h), [1, -1, 8]), k0n, v0n, pos);
+        let x = x + Linear(8)(reshape(a, [-1, 8]));
+        let x = x + Linear(8)(gelu(Linear(16)(LayerNorm()(x)), approximate = true));
+        let h = LayerNorm()(x);
+        let k1n = update_slice(k1, reshape(Linear(8)(h), [1, -1, 8]), pos, axis = 1);
+        let v1n = update_slice(v1, reshape(Linear(8)(h), [1, -1, 8]), pos, axis = 1);
+        let a = cached_attention(reshape(Linear(8)(h), [1, -1, 8]), k1n, v1n, pos);
+        let x = x + Linear(8)(reshape(a, [-1, 8]));
+        let x = x + Linear(8)(gelu(Linear(16)(LayerNorm()(x)), approximate = true));
+        output logits = Linear(11)(LayerNorm()(x));
+        output k0_out = k0n;
+        output v0_out = v0n;
+        output k1_out = k1n;
+        output v1_out = v1n;
+    }
+
+    pub compile DecodeOpsGpu = DecodeOps { backend: cuda, inference: true };
+    pub compile DecodeTypesGpu = DecodeTypes { backend: cuda, inference: true };
+    pub compile TinyGptGpu = TinyGpt {
+        backend: cuda,
+        inference: true,
+        donate: [k0, v0, k1, v1],
+        file_path: "target/mithril-test/tiny_gpt_gpu.rs",
+    };
+}
+
+#[test]
+fn decode_modules_compile_with_nvrtc() {
+    require_nvrtc!();
+    common::compile_modules(
+        &[
+            (
+                "DecodeOpsGpu",
+                DecodeOpsGpu::CUDA_SOURCE,
+                DecodeOpsGpu::CUDA_KERNELS,
+            ),
+            (
+                "DecodeTypesGpu",
+                DecodeTypesGpu::CUDA_SOURCE,
+                DecodeTypesGpu::CUDA_KERNELS,
+            ),
+            (
+                "TinyGptGpu",
+                TinyGptGpu::CUDA_SOURCE,
+                TinyGptGpu::CUDA_KERNELS,
+            ),
+        ],
+        "decode cuda modules",
+    );
+}
+
+#[test]
+fn donated_caches_are_appended_in_place() {
+    // the generated code (`file_path`): in `evaluate_device_donating` each of the 4 donated
+    // caches is read only by its `update_slice`, which writes into it (`update_slice_in`, no
+    // copy); `evaluate_device` copies the donated inputs once and forwards
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/mithril-test");
+    let rs = std::fs::read_to_string(dir.join("tiny_gpt_gpu.rs")).expect("tiny_gpt_gpu.rs");
+    let flat: String = rs.split_whitespace().collect();
+    let body = &flat[flat
+        .find("pubfnevaluate_device_donating")
+        .expect("no donating fn")..];
+    assert_eq!(body.matches("decode::update_slice_in(").count(), 4, "{rs}");
+    assert_eq!(body.matches("decode::update_slice(").count(), 0, "{rs}");
+    assert_eq!(body.matches("decode::cached_attention(").count(), 2, "{rs}");
+    let fwd = &flat[flat.find("pubfnevaluate_device(").unwrap()..];
+    let fwd = &fwd[..fwd.find("pubfnevaluate_device_donating").unwrap()];
+    assert_eq!(fwd.matches("exec::copy(").count(), 4, "{fwd}");
+}
+
+#[test]
+fn gpu_decode_prefill_and_steps_match_the_cpu() {
+    if !gpu("gpu_decode_prefill_and_steps_match_the_cpu") {
+        return;
+    }
+    // the decode primitives alone: a prefill of 3 positions, then 1 position per call, the
+    // caches carried from call to call; then a position past the cache is an Err on both
+    let (cpu, gpu) = (DecodeOps::new().unwrap(), DecodeOpsGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(0), gpu.randomize_params(0));
+    let m = 7;
+    let mut kc = ndarray::Array4::<f32>::zeros((2, 2, m, 8));
+    let mut vc = kc.clone();
+    let (mut kg, mut vg) = (kc.clone(), kc.clone());
+    for (at, n) in [(0usize, 3usize), (3, 1), (4, 1), (5, 2)] {
+        let q: ndarray::Array4<f32> = pattern(&[2, 4, n, 8], at as f32)
+            .into_dimensionality()
+            .unwrap();
+        let kn: ndarray::Array4<f32> = pattern(&[2, 2, n, 8], 0.3 + at as f32)
+            .into_dimensionality()
+            .unwrap();
+        let vn: ndarray::Array4<f32> = pattern(&[2, 2, n, 8], 0.6 + at as f32)
+            .into_dimensionality()
+            .unwrap();
+        let pos = ndarray::arr0(at as i64);
+        let want = cpu
+            .evaluate(
+                &p,
+                DecodeOpsInputs {
+                    q: q.view(),
+                    kn: kn.view(),
+                    vn: vn.view(),
+                    pos: pos.view(),
+                    k: kc.view(),
+                    v: vc.view(),
+                },
+            )
+            .unwrap();
+        let got = gpu
+            .evaluate(
+                &gp,
+                DecodeOpsGpuInputs {
+                    q: q.view(),
+                    kn: kn.view(),
+                    vn: vn.view(),
+                    pos: pos.view(),
+                    k: kg.view(),
+                    v: vg.view(),
+                },
+            )
+            .unwrap();
+        for (w, g, what) in [
+            (&want.o, &got.o, "o"),
+            (&want.o2, &got.o2, "o2"),
+            (&want.k_out, &got.k_out, "k"),
+            (&want.v_out, &got.v_out, "v"),
+        ] {
+            close_dyn(
+                &format!("{what} at {at}"),
+                &g.clone().into_dyn(),
+                &w.clone().into_dyn(),
+                F32_TOL,
+            );
+        }
+        (kc, vc, kg, vg) = (want.k_out, want.v_out, got.k_out, got.v_out);
+    }
+    let (q, kn) = (
+        ndarray::Array4::<f32>::zeros((2, 4, 1, 8)),
+        ndarray::Array4::<f32>::zeros((2, 2, 1, 8)),
+    );
+    let pos = ndarray::arr0(m as i64);
+    let e = gpu
+        .evaluate(
+            &gp,
+            DecodeOpsGpuInputs {
+                q: q.view(),
+                kn: kn.view(),
+                vn: kn.view(),
+                pos: pos.view(),
+                k: kg.view(),
+                v: vg.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the cache is full"), "{e}");
+
+    // bf16 and f64 caches, one prefill call at position 2 of a 5-row cache
+    let (cpu, gpu) = (DecodeTypes::new().unwrap(), DecodeTypesGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(0), gpu.randomize_params(0));
+    let bf = |s: &[usize], seed: f32| -> ndarray::Array4<half::bf16> {
+        pattern(s, seed)
+            .mapv(half::bf16::from_f32)
+            .into_dimensionality()
+            .unwrap()
+    };
+    let f64s = |s: &[usize], seed: f32| -> ndarray::Array4<f64> {
+        pattern(s, seed)
+            .mapv(f64::from)
+            .into_dimensionality()
+            .unwrap()
+    };
+    let (q, kn, vn, k, v) = (
+        bf(&[1, 2, 2, 4], 0.1),
+        bf(&[1, 2, 2, 4], 0.2),
+        bf(&[1, 2, 2, 6], 0.3),
+        bf(&[1, 2, 5, 4], 0.4),
+        bf(&[1, 2, 5, 6], 0.5),
+    );
+    let (qd, kd) = (f64s(&[1, 2, 2, 4], 0.6), f64s(&[1, 2, 5, 4], 0.7));
+    let pos = ndarray::arr0(2i64);
+    let want = cpu
+        .evaluate(
+            &p,
+            DecodeTypesInputs {
+                q: q.view(),
+                kn: kn.view(),
+                vn: vn.view(),
+                k: k.view(),
+                v: v.view(),
+                qd: qd.view(),
+                kd: kd.view(),
+                pos: pos.view(),
+            },
+        )
+        .unwrap();
+    let got = gpu
+        .evaluate(
+            &gp,
+            DecodeTypesGpuInputs {
+                q: q.view(),
+                kn: kn.view(),
+                vn: vn.view(),
+                k: k.view(),
+                v: v.view(),
+                qd: qd.view(),
+                kd: kd.view(),
+                pos: pos.view(),
+            },
+        )
+        .unwrap();
+    assert_eq!(got.k_out, want.k_out, "the bf16 update is a bit copy");
+    close_dyn(
+        "bf16 cached attention",
+        &got.o.mapv(f32::from).into_dyn(),
+        &want.o.mapv(f32::from).into_dyn(),
+        1e-2,
+    );
+    let dd = got
+        .od
+        .iter()
+        .zip(want.od.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f64, f64::max);
+    assert!(dd < 1e-12, "f64 cached attention: {dd}");
+
+    // the GPT step: a prefill of 4 tokens, then 3 tokens one per call, logits and caches
+    // against the CPU model with the same params
+    let (cpu, gpu) = (TinyGpt::new().unwrap(), TinyGptGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(3), gpu.randomize_params(3));
+    let toks = [3i64, 1, 4, 1, 5, 9, 2];
+    let m = 10;
+    let zero = ndarray::Array3::<f32>::zeros((1, m, 8));
+    let (mut c, mut g) = (
+        [zero.clone(), zero.clone(), zero.clone(), zero.clone()],
+        [zero.clone(), zero.clone(), zero.clone(), zero],
+    );
+    for (at, n) in [(0usize, 4usize), (4, 1), (5, 1), (6, 1)] {
+        let t = ndarray::Array1::from(toks[at..at + n].to_vec());
+        let positions = ndarray::Array1::from_iter((at..at + n).map(|i| i as i64));
+        let pos = ndarray::arr0(at as i64);
+        let want = cpu
+            .evaluate(
+                &p,
+                TinyGptInputs {
+                    tokens: t.view(),
+                    positions: positions.view(),
+                    pos: pos.view(),
+                    k0: c[0].view(),
+                    v0: c[1].view(),
+                    k1: c[2].view(),
+                    v1: c[3].view(),
+                },
+            )
+            .unwrap();
+        let got = gpu
+            .evaluate(
+                &gp,
+                TinyGptGpuInputs {
+                    tokens: t.view(),
+                    positions: positions.view(),
+                    pos: pos.view(),
+                    k0: g[0].view(),
+                    v0: g[1].view(),
+                    k1: g[2].view(),
+                    v1: g[3].view(),
+                },
+            )
+            .unwrap();
+        close_dyn(
+            &format!("logits at {at}"),
+            &got.logits.clone().into_dyn(),
+            &want.logits.clone().into_dyn(),
+            1e-3,
+        );
+        c = [want.k0_out, want.v0_out, want.k1_out, want.v1_out];
+        g = [got.k0_out, got.v0_out, got.k1_out, got.v1_out];
+        for (x, y) in c.iter().zip(&g) {
+            close_dyn(
+                &format!("cache at {at}"),
+                &y.clone().into_dyn(),
+                &x.clone().into_dyn(),
+                1e-3,
+            );
+        }
+    }
+
+    // the same steps on device data with the caches donated: each call appends into the
+    // caller's cache (the output is the same device allocation) and the logits are the same
+    let dev = gpu.device();
+    let dp = gpu.params_to_device(&gp).unwrap();
+    let zero = ndarray::Array3::<f32>::zeros((1, m, 8));
+    let up = |a: &ndarray::Array3<f32>| cuda::DeviceTensor::to_device(dev, &a.view()).unwrap();
+    let mut caches = [up(&zero), up(&zero), up(&zero), up(&zero)];
+    let ptr = |t: &cuda::DeviceTensor<f32>| {
+        use cuda::cudarc::driver::DevicePtr;
+        t.slice().device_ptr(dev.stream()).0
+    };
+    let ptrs: Vec<_> = caches.iter().map(ptr).collect();
+    c = [zero.clone(), zero.clone(), zero.clone(), zero.clone()];
+    for (at, n) in [(0usize, 4usize), (4, 1), (5, 1), (6, 1)] {
+        let t = ndarray::Array1::from(toks[at..at + n].to_vec());
+        let positions = ndarray::Array1::from_iter((at..at + n).map(|i| i as i64));
+        let pos = ndarray::arr0(at as i64);
+        let (dt, dpos, dpp) = (
+            cuda::DeviceTensor::to_device(dev, &t.view()).unwrap(),
+            cuda::DeviceTensor::to_device(dev, &positions.view()).unwrap(),
+            cuda::DeviceTensor::to_device(dev, &pos.view()).unwrap(),
+        );
+        let [k0, v0, k1, v1] = caches;
+        let o = gpu
+            .evaluate_device_donating(
+                &dp,
+                TinyGptGpuDeviceDonatingInputs {
+                    tokens: &dt,
+                    positions: &dpos,
+                    pos: &dpp,
+                    k0,
+                    v0,
+                    k1,
+                    v1,
+                },
+            )
+            .unwrap();
+        let want = cpu
+            .evaluate(
+                &p,
+                TinyGptInputs {
+                    tokens: t.view(),
+                    positions: positions.view(),
+                    pos: pos.view(),
+                    k0: c[0].view(),
+                    v0: c[1].view(),
+                    k1: c[2].view(),
+                    v1: c[3].view(),
+                },
+            )
+            .unwrap();
+        let got = o.logits.to_host().unwrap();
+        close_dyn(
+            &format!("donated logits at {at}"),
+            &got,
+            &want.logits.clone().into_dyn(),
+            1e-3,
+        );
+        caches = [o.k0_out, o.v0_out, o.k1_out, o.v1_out];
+        let now: Vec<_> = caches.iter().map(ptr).collect();
+        assert_eq!(now, ptrs, "the caches are appended in place");
+        c = [want.k0_out, want.v0_out, want.k1_out, want.v1_out];
+    }
+    say(
+        "decode on cuda: prefill + steps match the CPU (DecodeOps, DecodeTypes, TinyGpt), donated caches appended in place",
+    );
+}

@@ -61,13 +61,23 @@ pub const DROPOUT: &str = concat!(
     include_str!("dropout.cu")
 );
 
-/// The f32 / f64 sources (CNN, attention, dropout): `(file name, full source text)`. Their
+/// Incremental decoding: the in-place cache update (`update_slice`, also as
+/// `mt_update_slice_u16` for f16 / bf16 bits) and causal attention over a key/value cache's rows
+/// in use (`cached_attention`).
+pub const DECODE: &str = concat!(
+    include_str!("prelude.cuh"),
+    include_str!("nn_prelude.cuh"),
+    include_str!("decode.cu")
+);
+
+/// The f32 / f64 sources (CNN, attention, dropout, decoding): `(file name, full source text)`. Their
 /// kernels exist once per [`NN_DTYPES`] suffix and compute in the storage type.
 pub const NN_SOURCES: &[(&str, &str)] = &[
     ("conv.cu", CONV),
     ("pool.cu", POOL),
     ("attention.cu", ATTENTION),
     ("dropout.cu", DROPOUT),
+    ("decode.cu", DECODE),
 ];
 
 /// The kernels each of [`NN_SOURCES`] defines: `(file name, op names)`.
@@ -103,6 +113,7 @@ pub const NN_ENTRIES: &[(&str, &[&str])] = &[
         ],
     ),
     ("dropout.cu", &["dropout"]),
+    ("decode.cu", &["update_slice", "cached_attention"]),
 ];
 
 /// The storage dtypes of the [`NN_SOURCES`] kernels.
@@ -207,5 +218,7 @@ mod tests {
             }
         }
         assert!(nn_source_of("softmax").is_none());
+        // the 16-bit copy of the cache update (f16 / bf16 caches)
+        assert!(DECODE.contains("MT_DECODE_UPDATE(u16, unsigned short)"));
     }
 }

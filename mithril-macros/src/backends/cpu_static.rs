@@ -19,7 +19,9 @@
 //!   `if !__bC { break; }` plus the `max_steps` check (an `Err`, never a hang), and `loop_end`
 //!   writes each update into its carry's slot, fetched again from the arena
 //!   ([`mithril::rt::Workspace::carry_into`]: nothing is copied for an update computed in
-//!   place); a step read `x[(.., t)]` and a stacked write are `fixed::step_read` /
+//!   place; an update that may be another carry, a swap, is first copied into a workspace
+//!   temporary, [`mithril::rt::Workspace::carry_temp`], with no allocation after the first
+//!   call); a step read `x[(.., t)]` and a stacked write are `fixed::step_read` /
 //!   `fixed::step_write`. In-place targets are reborrowed (`&mut *vA`), so a body's node may
 //!   overwrite a value made before the loop once per iteration.
 
@@ -143,6 +145,7 @@ pub fn evaluate_body(
         binds: Vec::new(),
         body: Vec::new(),
         need_bool: bools_needed(g),
+        carry_temps: 0,
     };
     let body = lo.emit_range(0, g.nodes.len())?;
     let (outs, fields) = lo.outputs()?;
@@ -199,6 +202,8 @@ struct Lowering<'g, 'a> {
     /// The scalar `bool`s also held as a Rust `bool` (`__bN`): guards, phi guards, loop
     /// conditions.
     need_bool: Vec<bool>,
+    /// The workspace temporaries the loops' swaps use so far (`Workspace::carry_temp`).
+    carry_temps: usize,
 }
 
 /// The `bool` of node `id` (a guard or a loop condition).
@@ -356,9 +361,12 @@ impl Lowering<'_, '_> {
             let label = format!("loop variable `{}`", g.describe(c));
             let vs = v(src);
             let from = if self.may_be_other_carry(src, c, carries) {
+                // copied into a workspace temporary kept between iterations: no allocation
                 let tmp = format_ident!("__next{}", k);
-                takes.push(quote!(let #tmp: ::std::vec::Vec<#t> = #vs.to_vec();));
-                quote!(&#tmp[..])
+                let kk = self.carry_temps;
+                self.carry_temps += 1;
+                takes.push(quote!(let #tmp: &[#t] = __w.carry_temp::<#t>(#label, #kk, &#vs[..])?;));
+                quote!(#tmp)
             } else {
                 quote!(&#vs[..])
             };

@@ -74,6 +74,12 @@ pub trait CudaCx {
     fn seed(&self) -> TokenStream {
         quote!(__seed)
     }
+    /// Operand `k` as an owned `DeviceTensor` the node may consume (write in place and return):
+    /// `Some` when it is an owned value dead after this node (or a donated input read only
+    /// here), `None` otherwise (then [`Self::r`] borrows it).
+    fn take(&self, _k: usize) -> Option<TokenStream> {
+        None
+    }
 }
 
 /// The runtime's CUDA module, `::mithril::rt::cuda`.

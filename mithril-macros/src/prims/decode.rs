@@ -13,15 +13,26 @@
 //! tail is not read (`mithril_kernels::attention::decode`). Result `[..., Hq, Sq, Dv]`.
 //!
 //! Both are for inference: their gradients are not supported (a model using them has no
-//! `evaluate_gradients`).
+//! `evaluate_gradients`), on the CPU as on cuda.
+//!
+//! On cuda (`mithril::rt::cuda::decode`, kernels in `decode.cu`): the position is read back
+//! once per op (`flow::read_index`, an 8-byte copy) and checked on the host; `update_slice`
+//! writes only the new rows, into its input itself when the input is an owned value dead after
+//! it (a donated cache, `donate:`), else into a device copy of it (f32, f64, f16, bf16, i32,
+//! i64); `cached_attention` reads only the cache rows in use (f32 / f64; for f16 / bf16 the
+//! queries and the rows in use are widened to f32 around the f32 kernel, the result rounded once,
+//! as on the CPU).
 
 use super::attrs::{get, int_attr, sig, AttrVal, Sig};
+use super::cuda::{self, CudaCx};
 use super::grad::Builder;
 use super::plan::{self as pt, PlanCx};
 use super::rules::{show, ArgDt};
 use super::Family;
 use crate::ir::{DType, Env, NodeId, Shape, DT};
 use crate::prims::Prim;
+use proc_macro2::TokenStream;
+use quote::quote;
 
 /// The decoding family.
 pub struct Rules;
@@ -229,6 +240,66 @@ impl Family for Rules {
         _: NodeId,
     ) -> Vec<Option<NodeId>> {
         b.unsupported(self.name(p), x.len())
+    }
+
+    fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
+        let c = cuda::rt();
+        let label = cx.label();
+        match p {
+            Prim::UpdateSlice { axis } => {
+                if !matches!(
+                    cx.dt(0),
+                    DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::I32 | DType::I64
+                ) {
+                    return Err(format!(
+                        "`update_slice` on cuda takes f32, f64, f16, bf16, i32 or i64 tensors, not {}",
+                        cx.describe(0)
+                    ));
+                }
+                let (vals, start) = (cx.r(1), cx.r(2));
+                let axis = *axis as isize;
+                let start = quote!(let __start: i64 = #c::flow::read_index(#start, #label)?;);
+                Ok(match cx.take(0) {
+                    // the input is dead after this node: its buffer is the result
+                    Some(x) => quote!({
+                        #start
+                        let mut __x = #x;
+                        #c::decode::update_slice_in(__dev, &mut __x, #vals, #axis, __start)?;
+                        __x
+                    }),
+                    None => {
+                        let x = cx.r(0);
+                        quote!({
+                            #start
+                            #c::decode::update_slice(__dev, #x, #vals, #axis, __start)?
+                        })
+                    }
+                })
+            }
+            Prim::CachedAttention { scale } => {
+                let scale = match scale {
+                    Some(s) => quote!(::core::option::Option::Some(#s)),
+                    None => quote!(::core::option::Option::None),
+                };
+                let f = match cx.dt(0) {
+                    DType::F32 | DType::F64 => quote!(cached_attention),
+                    // the rows in use widened to f32, the result rounded once (as the CPU)
+                    DType::F16 | DType::BF16 => quote!(cached_attention_half),
+                    _ => {
+                        return Err(format!(
+                        "`cached_attention` on cuda takes f32, f64, f16 or bf16 operands, not {}",
+                        cx.describe(0)
+                    ))
+                    }
+                };
+                let (q, k, v, pos) = (cx.r(0), cx.r(1), cx.r(2), cx.r(3));
+                Ok(quote!({
+                    let __pos: i64 = #c::flow::read_index(#pos, #label)?;
+                    #c::decode::#f(__dev, #q, #k, #v, __pos, #scale)?
+                }))
+            }
+            _ => Err("internal: not a decoding op".into()),
+        }
     }
 
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {

@@ -23,6 +23,7 @@
 pub(crate) mod blas;
 pub(crate) mod cache;
 pub(crate) mod compile;
+pub mod decode;
 mod device;
 pub mod exec;
 pub mod flow;

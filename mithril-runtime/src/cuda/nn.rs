@@ -21,11 +21,11 @@ impl NnElem for f64 {}
 /// `N` longs passed by value (the kernels' geometry structs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-struct Longs<const N: usize>([i64; N]);
+pub(super) struct Longs<const N: usize>(pub(super) [i64; N]);
 // SAFETY: plain old data with the layout of the kernels' structs of N `long`s.
 unsafe impl<const N: usize> DeviceRepr for Longs<N> {}
 
-fn i64s<const N: usize>(op: &str, v: [usize; N]) -> Result<Longs<N>> {
+pub(super) fn i64s<const N: usize>(op: &str, v: [usize; N]) -> Result<Longs<N>> {
     let mut out = [0i64; N];
     for (o, x) in out.iter_mut().zip(v) {
         *o = i64::try_from(x).map_err(|_| Error::op(op, format!("size {x} exceeds i64")))?;
@@ -33,7 +33,7 @@ fn i64s<const N: usize>(op: &str, v: [usize; N]) -> Result<Longs<N>> {
     Ok(Longs(out))
 }
 
-fn launch(op: &str, mut lb: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
+pub(super) fn launch(op: &str, mut lb: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
     // SAFETY: every caller pushes the arguments of the kernel's C signature in order, with
     // buffers of the sizes the kernel reads and writes (checked by the caller).
     unsafe { lb.launch(cfg) }
@@ -363,17 +363,22 @@ impl<T: NnElem> DeviceAttnMask<'_, T> {
 }
 
 /// Rows of query / key staged per block and the key tile (as `attention.cu`).
-const ATT_ROWS: usize = 4;
-const ATT_TILE: usize = 32;
+pub(super) const ATT_ROWS: usize = 4;
+pub(super) const ATT_TILE: usize = 32;
 /// The largest head dims (32 lanes × `MT_ATT_MAXC` registers).
-const ATT_MAX_HEAD: usize = 256;
+pub(super) const ATT_MAX_HEAD: usize = 256;
 /// Dynamic shared memory without opting in.
 const SMEM_DEFAULT: usize = 48 * 1024;
 /// The most an sm_80 / sm_90 block may opt in to.
 const SMEM_MAX: usize = 163 * 1024;
 
 /// The checked dims of an attention call: `(lead, [batch, hq, hkv, sq, sk, d, dv])`.
-fn attn_dims(op: &str, q: &[usize], k: &[usize], v: &[usize]) -> Result<(Vec<usize>, [usize; 7])> {
+pub(super) fn attn_dims(
+    op: &str,
+    q: &[usize],
+    k: &[usize],
+    v: &[usize],
+) -> Result<(Vec<usize>, [usize; 7])> {
     let err = |why: &str| {
         Error::op(
             op,
@@ -532,7 +537,7 @@ fn push_mask<'a, T: NnElem>(
 
 /// A block-tiled launch of an attention kernel over `(outer, rows)`, with `smem` bytes of
 /// dynamic shared memory (opted in above 48 KiB).
-fn att_config(
+pub(super) fn att_config(
     op: &str,
     f: &CudaFunction,
     outer: usize,
@@ -567,7 +572,7 @@ fn att_config(
     })
 }
 
-fn scale_of<T: NnElem>(scale: Option<f64>, d: usize) -> T {
+pub(super) fn scale_of<T: NnElem>(scale: Option<f64>, d: usize) -> T {
     T::from_f64(scale.unwrap_or(1.0 / (d as f64).sqrt()))
 }
 

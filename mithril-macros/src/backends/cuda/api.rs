@@ -17,8 +17,12 @@ impl<'a> CudaGen<'a> {
     pub fn generate(mut self) -> Result<(TokenStream, String), Vec<syn::Error>> {
         let g = self.g;
 
-        // ---- the forward graph on the device
+        // ---- the forward graph on the device (donated inputs held owned)
+        self.donated = self.donation();
         let mut cx = self.ctx(g, "f");
+        for &i in &self.donated {
+            cx.owned[g.inputs[i].node] = true;
+        }
         let (checks, body, outs) = self.body(&mut cx);
         let out_fields: Vec<TokenStream> = outs
             .iter()
@@ -126,6 +130,76 @@ impl<'a> CudaGen<'a> {
         }
     }
 
+    /// The inputs named by `donate: [..]` (indices into `g.inputs`); an unknown name, or a
+    /// model that reads `is_training`, is an error spanned at the name.
+    fn donation(&mut self) -> Vec<usize> {
+        let g = self.g;
+        let mut out = Vec::new();
+        for (name, span) in &self.inp.render.donate {
+            let Some(k) = g.inputs.iter().position(|i| &i.name == name) else {
+                let names: Vec<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
+                self.errors.push(syn::Error::new(
+                    *span,
+                    format!(
+                        "`donate`: `{name}` is no input of `{}`; its inputs are: {}",
+                        self.inp.name,
+                        if names.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                ));
+                continue;
+            };
+            if g.uses_mode() {
+                self.errors.push(syn::Error::new(
+                    *span,
+                    format!("`donate`: `{}` reads `is_training`; `evaluate_device_donating` is for models without a mode", self.inp.name),
+                ));
+                continue;
+            }
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
+    /// `MDeviceDonatingInputs<'a>`: the donated inputs owned, the others borrowed (empty
+    /// without `donate`).
+    fn donating_struct(&self, t: &Terminals) -> TokenStream {
+        if self.donated.is_empty() {
+            return quote!();
+        }
+        let g = self.g;
+        let name = self.inp.name;
+        let vis = self.inp.vis;
+        let dname = format_ident!("{}DeviceDonatingInputs", name);
+        let gen = TypedApi::new(g, self.inp);
+        let fields = g.inputs.iter().enumerate().map(|(k, i)| {
+            if !self.donated.contains(&k) {
+                return t.dinput_fields[k].clone();
+            }
+            let f = format_ident!("{}", i.name);
+            let ty = gen.elem_ty(i.node);
+            let doc = format!(
+                "input `{}`: `{}` on the device, donated (consumed by the call)",
+                i.name,
+                g.describe(i.node)
+            );
+            quote!(#[doc = #doc] pub #f: ::mithril::rt::cuda::DeviceTensor<#ty>)
+        });
+        let doc = format!(
+            "Inputs of [`{name}::evaluate_device_donating`]: the donated inputs (`donate: [..]`) as owned device tensors, the others borrowed."
+        );
+        quote! {
+            #[doc = #doc]
+            #[derive(Debug)]
+            #vis struct #dname<'a> { #(#fields,)* }
+        }
+    }
+
     /// Host inputs uploaded for `evaluate` and device outputs downloaded.
     fn transfers(&self, gen: &TypedApi) -> Transfers {
         let g = self.g;
@@ -223,6 +297,7 @@ impl<'a> CudaGen<'a> {
         );
         let outputs_doc = format!("Outputs of [`{name}`].");
         let doutputs_doc = format!("Outputs of [`{name}::evaluate_device`], in device memory.");
+        let donating_struct = self.donating_struct(&parts.terminals);
         quote! {
             #[doc = #doc]
             #vis struct #name {
@@ -247,6 +322,8 @@ impl<'a> CudaGen<'a> {
             #[doc = #outputs_doc]
             #[derive(Clone, Debug)]
             #vis struct #outputs_name { #(#output_fields,)* }
+
+            #donating_struct
 
             #[doc = #doutputs_doc]
             #[derive(Debug)]
@@ -374,6 +451,46 @@ impl<'a> CudaGen<'a> {
             #(#body)*
             Ok(#doutputs_name { #(#out_fields,)* })
         };
+        let evaluate_device = if self.donated.is_empty() {
+            quote! {
+                /// Run the model on device data; nothing goes through the host (except the
+                /// condition of a run-time `if` or loop the device computes: one scalar per
+                /// `if`, per iteration). Work is issued on the device's stream (copy the
+                /// outputs back, or synchronize, to wait).
+                #lints
+                pub fn evaluate_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>) -> ::mithril::rt::Result<#doutputs_name> {
+                    #device_body
+                }
+            }
+        } else {
+            let donating_name = format_ident!("{}DeviceDonatingInputs", name);
+            let init = g.inputs.iter().enumerate().map(|(k, i)| {
+                let f = format_ident!("{}", i.name);
+                if self.donated.contains(&k) {
+                    quote!(#f: #c::exec::copy(&self.__dev, inputs.#f)?)
+                } else {
+                    quote!(#f: inputs.#f)
+                }
+            });
+            quote! {
+                /// Run the model on device data: [`Self::evaluate_device_donating`] on a
+                /// device copy of each donated input (`donate: [..]`), so `inputs` are left
+                /// unchanged.
+                pub fn evaluate_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>) -> ::mithril::rt::Result<#doutputs_name> {
+                    self.evaluate_device_donating(params, #donating_name { #(#init,)* })
+                }
+
+                /// Run the model on device data, consuming the donated inputs (`donate: [..]`):
+                /// an op that reads a donated input last may write its result into that
+                /// buffer (`update_slice` writes only its new rows into the cache and returns
+                /// it as its output, the same device allocation). The results are those of
+                /// [`Self::evaluate_device`].
+                #lints
+                pub fn evaluate_device_donating(&self, params: &#dparams_name, inputs: #donating_name<'_>) -> ::mithril::rt::Result<#doutputs_name> {
+                    #device_body
+                }
+            }
+        };
         let evaluate_fns = if g.uses_mode() {
             // a model that reads `is_training`: the mode per call, as on the CPU backend
             quote! {
@@ -417,14 +534,7 @@ impl<'a> CudaGen<'a> {
                     self.outputs_to_host(outputs)
                 }
 
-                /// Run the model on device data; nothing goes through the host (except the
-                /// condition of a run-time `if` or loop the device computes: one scalar per
-                /// `if`, per iteration). Work is issued on the device's stream (copy the
-                /// outputs back, or synchronize, to wait).
-                #lints
-                pub fn evaluate_device(&self, params: &#dparams_name, inputs: #dinputs_name<'_>) -> ::mithril::rt::Result<#doutputs_name> {
-                    #device_body
-                }
+                #evaluate_device
             }
         };
         quote! {

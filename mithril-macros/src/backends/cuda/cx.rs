@@ -101,4 +101,11 @@ impl CudaCx for NodeCx<'_, '_> {
         let a = self.arg(k);
         self.gen.index_i64(self.cx, self.id, a)
     }
+    fn take(&self, k: usize) -> Option<TokenStream> {
+        let a = self.arg(k);
+        self.cx.movable(a, self.id).then(|| {
+            let name = self.cx.name(a);
+            quote!(#name)
+        })
+    }
 }

@@ -60,7 +60,8 @@ pub const SUPPORTED: &str = "elementwise groups (every elementwise primitive; op
 2-D matmul (either operand transposed; with its fused epilogue), sum / mean / max / min over trailing axes and sum over leading axes (f32, f16, bf16), \
 softmax / log_softmax over the last axis (f32, f16, bf16), take_along and its gradient, gather with axis = 0 on a 2-D table (embedding), \
 reshape / flatten, and the gradient helpers (broadcast, size ratio); \
-f32 / f64 / f16 / bf16: the convolutions, max / average / adaptive pooling, pad, upsample, attention and their gradients, dropout; `x[i]` on the leading axis";
+f32 / f64 / f16 / bf16: the convolutions, max / average / adaptive pooling, pad, upsample, attention and their gradients, dropout; `x[i]` on the leading axis; \
+the key/value cache's `update_slice` (in place when its input is donated) and `cached_attention` (f32 / f64 / f16 / bf16)";
 
 fn rt() -> TokenStream {
     quote!(::mithril::rt::cuda)
@@ -81,6 +82,9 @@ pub struct CudaGen<'a> {
     readbacks: usize,
     /// One summary line per run-time loop: how many device values each iteration reads back.
     loop_notes: Vec<String>,
+    /// The inputs of `donate: [..]` (indices into `g.inputs`): owned by
+    /// `evaluate_device_donating`, so an op reading one last may write into it (`api.rs`).
+    donated: Vec<usize>,
 }
 
 /// The graph being lowered: forward (`f`) or forward+backward (`g`) kernels.
@@ -198,6 +202,7 @@ impl<'a> CudaGen<'a> {
             errors: Vec::new(),
             readbacks: 0,
             loop_notes: Vec::new(),
+            donated: Vec::new(),
         }
     }
 

@@ -231,6 +231,10 @@ pub fn cross_check(
     let cpu_model = !o.backend_cuda && !o.mixed();
     if !cpu_model {
         for name in ["cpu", "donate"] {
+            // `backend: cuda` donates device inputs (`evaluate_device_donating`)
+            if name == "donate" && o.backend_cuda && !o.mixed() {
+                continue;
+            }
             if let Some(sp) = find(name) {
                 errors.push(e(sp, format!("`{name}` configures how a CPU model's calls run; this model's ops run on CUDA (`backend: cuda` or `backend_map`)")));
             }
