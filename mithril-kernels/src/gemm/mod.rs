@@ -211,14 +211,15 @@ thread_local! {
     static LAST_THREADS: Cell<usize> = const { Cell::new(0) };
     /// The instruction set of the calling thread's last GEMM (None: none yet).
     static LAST_ISA: Cell<Option<Isa>> = const { Cell::new(None) };
-    /// Whether the calling thread's last GEMM read a prepacked B.
-    static LAST_PREPACKED: Cell<bool> = const { Cell::new(false) };
+    /// How many of the calling thread's GEMMs read a prepacked B.
+    static PREPACKED_CALLS: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Whether this thread's last GEMM call read its B from a [`PackedB`] (false before the
-/// first). For tests and diagnostics, like [`last_call_isa`].
-pub fn last_call_prepacked() -> bool {
-    LAST_PREPACKED.with(Cell::get)
+/// How many GEMM calls of this thread so far read their B from a [`PackedB`]. For tests and
+/// diagnostics, like [`last_call_isa`]: the difference over a call shows how many of its
+/// products used a prepacked weight.
+pub fn prepacked_calls() -> u64 {
+    PREPACKED_CALLS.with(Cell::get)
 }
 
 /// The instruction set this thread's last GEMM call ran (`None` before the first). For tests and
@@ -845,7 +846,6 @@ fn gemm_impl<T: GemmElem>(
     // Default: the crate-wide choice (so `crate::isa::with_isa` forcing applies here too).
     let isa = call_isa(cfg);
     LAST_ISA.with(|c| c.set(Some(isa)));
-    LAST_PREPACKED.with(|c| c.set(false));
     let args = Args::<T> {
         m,
         n,
@@ -889,7 +889,7 @@ fn gemm_impl<T: GemmElem>(
                 if let Some(p) = pre.filter(|p| p.fits(isa, k, n, b.as_ptr(), rsb, csb)) {
                     args.pre = p.data.lines.as_ptr() as *const u8;
                     args.pre_panels = p.data.panels;
-                    LAST_PREPACKED.with(|c| c.set(true));
+                    PREPACKED_CALLS.with(|c| c.set(c.get() + 1));
                 }
                 let threads = budget;
                 let big = 2 * m * n * k >= THREAD_MIN_FLOPS;
