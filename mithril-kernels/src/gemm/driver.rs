@@ -332,7 +332,8 @@ unsafe fn packed_pass<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>
     // A prepacked B ([`super::PackedB`]): K block `pc / kc_max` starts `pc / kc_max ·
     // steps_max · panels · NR` elements in, then one micro-panel of `steps · NR` per `NR`
     // columns of the whole problem (a column split starts at a multiple of `NR`).
-    let pre = (!args.pre.is_null() && args.j_off % nr == 0).then_some(args.pre as *const K::P);
+    let pre =
+        (!args.pre.is_null() && args.j_off.is_multiple_of(nr)).then_some(args.pre as *const K::P);
     // The epilogue runs over whole rows of each finished MC×NC block, so its own loop runs
     // over `nc` values at a time. C of the accumulator type (f32, f64) holds the final values
     // itself (`late`); a narrow C (f16, bf16) with an epilogue gets them in the f32 scratch
