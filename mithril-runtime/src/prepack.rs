@@ -114,7 +114,10 @@ fn pack_view<T: GemmElem>(a: &ArrayViewD<'_, T>, tb: bool) -> Option<PackedB<T>>
 
 /// A model's params with the weights of its matrix products packed once: what
 /// `evaluate_prepared` runs with (made by a model's `prepare`). See the module docs.
-#[derive(Clone, Debug)]
+///
+/// Not `Clone` on purpose: a clone's params would live at other addresses, which its packs
+/// (tied to the memory they were packed from) would not fit; prepare again instead.
+#[derive(Debug)]
 pub struct Prepared<P> {
     params: P,
     packs: Packs,
