@@ -188,6 +188,18 @@ pub fn main() -> mithril::Result<()> {
             "JSON {{\"bench\": \"transformer_infer\", \"impl\": \"mithril-rs\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"cpu_s\": {c:.4e}, \"gflops\": {:.1}}}",
             block_flops(b) / t / 1e9
         );
+        // the same with the weights packed once (`prepare`; bitwise the same outputs)
+        let prepared = m.prepare(&p)?;
+        let (t, c) = bench_cpu(
+            || {
+                let _ = black_box(m.evaluate_prepared(&prepared, BlockInputs { x: x.view() }));
+            },
+            budget,
+        );
+        println!(
+            "JSON {{\"bench\": \"transformer_infer\", \"impl\": \"mithril-rs-prepared\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"cpu_s\": {c:.4e}, \"gflops\": {:.1}}}",
+            block_flops(b) / t / 1e9
+        );
     }
     if only.is_empty() || only == "train" {
         let b = 8;

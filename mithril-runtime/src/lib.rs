@@ -22,6 +22,7 @@ pub mod optim; // Optimizers, lr schedules, clipping; documented inside (an oute
 pub mod pack;
 pub mod params;
 pub mod plan;
+pub mod prepack;
 pub mod quant;
 pub mod sample;
 pub mod tree;
@@ -38,6 +39,7 @@ pub mod __internal_tests;
 /// so every GEMM of the call runs on the calling thread; [`threads::last_call_threads`] shows
 /// the budget the last GEMM of this thread got. Re-exported from `mithril_kernels::gemm`.
 pub mod threads {
+    pub use mithril_kernels::gemm::prepacked_calls;
     pub use mithril_kernels::gemm::{
         last_call_isa, last_call_threads, limit_call_threads, num_threads, num_threads_for_call,
         set_num_threads, CallThreads, Isa as GemmIsa,

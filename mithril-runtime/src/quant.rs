@@ -48,6 +48,8 @@ pub enum Run<'q> {
     Calibrate(&'q Calibration),
     /// int8 products with these weights.
     Int8(&'q QState),
+    /// The model's own products, with these prepacked weights ([`crate::prepack`]).
+    Packed(&'q crate::prepack::Packs),
 }
 
 /// The activation ranges seen by calibration runs: per weight, the largest `|A|` over every

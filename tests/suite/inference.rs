@@ -478,3 +478,98 @@ fn generated_types_have_declared_ranks() {
     let _: Array<f32, Ix1> = o.y;
     let _ = Array3::<f32>::zeros((1, 1, 1));
 }
+
+mithril! {
+    /// Products whose weight is a param, in every form `prepare` packs: a 3-D and a 2-D left
+    /// operand, the weight read transposed (`Linear`) and as is, with a fused epilogue (bias +
+    /// GELU, `tanh`) and without.
+    model Packy {
+        input x: [B, S, 64];
+        input z: [N, 64];
+        param w: [64, 128];
+        param u: [128, 128];
+        let h = gelu(Linear(128)(x), approximate = "tanh");
+        output y1 = matmul(h, u);
+        output y2 = Linear(96, use_bias = false)(z);
+        output y3 = tanh(matmul(z, w));
+    }
+    compile PackyBf16 = Packy { dtype: bf16 };
+}
+
+/// The bytes of an array (bitwise comparison, signed zeros and NaN payloads included).
+fn raw_bytes<T: Copy, D: ndarray::Dimension>(a: &Array<T, D>) -> Vec<u8> {
+    let s = a.as_slice().unwrap();
+    // SAFETY: plain number types, read as bytes
+    unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
+        .to_vec()
+}
+
+#[test]
+fn prepared_params_give_bitwise_the_results_of_evaluate() {
+    use mithril::rt::threads::prepacked_calls;
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<PackyPrepared>();
+    send_sync::<PackyBf16Prepared>();
+    let x = Array3::from_shape_fn((2, 32, 64), |(a, b, c)| {
+        ((a * 31 + b * 7 + c) as f32 * 0.13).sin()
+    });
+    let z = Array2::from_shape_fn((120, 64), |(a, c)| ((a * 5 + c) as f32 * 0.29).cos());
+    let m = Packy::new().unwrap();
+    let mut p = m.randomize_params(3);
+    let prep = m.prepare(&p).unwrap();
+    assert_eq!(
+        prep.packed(),
+        ["w", "u", "linear_0.weight", "linear_1.weight"]
+    );
+    assert!(prep.packed_bytes() >= 4 * (64 * 128 + 128 * 128 + 128 * 64 + 96 * 64));
+    let run = |prepared: Option<&PackyPrepared>, p: &PackyParams| {
+        let i = PackyInputs {
+            x: x.view(),
+            z: z.view(),
+        };
+        let before = prepacked_calls();
+        let o = match prepared {
+            Some(q) => m.evaluate_prepared(q, i).unwrap(),
+            None => m.evaluate(p, i).unwrap(),
+        };
+        (
+            [raw_bytes(&o.y1), raw_bytes(&o.y2), raw_bytes(&o.y3)],
+            prepacked_calls() - before,
+        )
+    };
+    let (want, n0) = run(None, &p);
+    let (got, n1) = run(Some(&prep), &p);
+    assert_eq!(n0, 0);
+    // all four products read their weight packed (each takes the GEMM's packed path here:
+    // more than 4 rows, and above the small path's volume for the one read as is)
+    assert_eq!(n1, 4);
+    assert!(want == got, "f32: prepared results differ from evaluate");
+    // a prepared value keeps the params it was made from: changing the params changes
+    // `evaluate`, not it; preparing again follows them
+    p.u.mapv_inplace(|v| v * 0.5 + 0.01);
+    let (changed, _) = run(None, &p);
+    assert!(changed != want);
+    assert!(run(Some(&prep), &p).0 == want);
+    let prep2 = m.prepare(&p).unwrap();
+    assert!(run(Some(&prep2), &p).0 == changed);
+
+    // bf16: the same products stored narrow
+    let mb = PackyBf16::new().unwrap();
+    let pb = mb.randomize_params(4);
+    let (xb, zb) = (
+        x.mapv(mithril::half::bf16::from_f32),
+        z.mapv(mithril::half::bf16::from_f32),
+    );
+    let ib = || PackyBf16Inputs {
+        x: xb.view(),
+        z: zb.view(),
+    };
+    let ob = mb.evaluate(&pb, ib()).unwrap();
+    let prepb = mb.prepare(&pb).unwrap();
+    let before = prepacked_calls();
+    let qb = mb.evaluate_prepared(&prepb, ib()).unwrap();
+    assert_eq!(prepacked_calls() - before, 4);
+    assert_eq!(raw_bytes(&ob.y1), raw_bytes(&qb.y1));
+    assert_eq!(raw_bytes(&ob.y2), raw_bytes(&qb.y2));
+    assert_eq!(raw_bytes(&ob.y3), raw_bytes(&qb.y3));
+}

@@ -3,9 +3,16 @@
 use std::cell::Cell;
 
 /// One cache line; buffers are vectors of these so every buffer is 64-byte aligned.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(crate) struct Line(pub(crate) [u8; 64]);
+
+/// What pack mode ([`super::pack_b`]) fills: the micro-panels per K block and the packs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PackOut {
+    pub(crate) panels: usize,
+    pub(crate) lines: Vec<Line>,
+}
 
 /// The three scratch buffers of one thread (packed A, packed B, partial sums / vectors).
 #[derive(Default)]

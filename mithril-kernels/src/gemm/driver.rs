@@ -325,6 +325,15 @@ unsafe fn packed_pass<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>
     let mc_max = K::MC.min(m.div_ceil(mr) * mr);
     let nc_max = K::NC.min(n.div_ceil(nr) * nr);
     let steps_max = kc_max / kp;
+    if !args.pack_out.is_null() {
+        pack_all::<T, K>(args, kc_max);
+        return;
+    }
+    // A prepacked B ([`super::PackedB`]): K block `pc / kc_max` starts `pc / kc_max ·
+    // steps_max · panels · NR` elements in, then one micro-panel of `steps · NR` per `NR`
+    // columns of the whole problem (a column split starts at a multiple of `NR`).
+    let pre =
+        (!args.pre.is_null() && args.j_off.is_multiple_of(nr)).then_some(args.pre as *const K::P);
     // The epilogue runs over whole rows of each finished MC×NC block, so its own loop runs
     // over `nc` values at a time. C of the accumulator type (f32, f64) holds the final values
     // itself (`late`); a narrow C (f16, bf16) with an epilogue gets them in the f32 scratch
@@ -364,9 +373,16 @@ unsafe fn packed_pass<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>
                 let kc = kc_max.min(k - pc);
                 let steps = kc.div_ceil(kp);
                 let (first, last) = (pc == 0, pc + kc == k);
-                // Pack B(pc.., jc..).
+                // Pack B(pc.., jc..), or find it packed.
+                let bpack = match pre {
+                    Some(p) => p.add(
+                        pc / kc_max * steps_max * args.pre_panels * nr
+                            + (args.j_off + jc) / nr * steps * nr,
+                    ),
+                    None => bpack as *const K::P,
+                };
                 let mut jr = 0;
-                while jr < nc {
+                while pre.is_none() && jr < nc {
                     let nrr = nr.min(nc - jr);
                     K::pack_b(
                         args.b.add(pc * args.rsb + (jc + jr) * args.csb),
@@ -374,7 +390,7 @@ unsafe fn packed_pass<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>
                         args.csb,
                         nrr,
                         kc,
-                        bpack.add(jr / nr * steps * nr),
+                        (bpack as *mut K::P).add(jr / nr * steps * nr),
                     );
                     jr += nr;
                 }
@@ -473,4 +489,44 @@ unsafe fn packed_pass<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>
         }
     }
     buf::put(scratch);
+}
+
+/// Pack mode ([`super::pack_b`]): all of B, K block by K block, each as the micro-panels of
+/// every `NR` columns (the layout [`packed_pass`] reads a prepacked B in), into
+/// `*args.pack_out` (64-byte aligned, as the per-call packs are).
+#[inline(always)]
+unsafe fn pack_all<T: Sealed, K: Kernel<T>>(args: &Args<T>, kc_max: usize) {
+    let (n, k, nr, kp) = (args.n, args.k, K::NR, K::KP);
+    let panels = n.div_ceil(nr);
+    let mut total = 0;
+    let mut pc = 0;
+    while pc < k {
+        let kc = kc_max.min(k - pc);
+        total += kc.div_ceil(kp) * panels * nr;
+        pc += kc;
+    }
+    let out = &mut *args.pack_out;
+    let bytes = total * std::mem::size_of::<K::P>();
+    out.panels = panels;
+    out.lines = vec![buf::Line([0; 64]); bytes.div_ceil(64)];
+    let base = out.lines.as_mut_ptr() as *mut K::P;
+    let mut off = 0;
+    let mut pc = 0;
+    while pc < k {
+        let kc = kc_max.min(k - pc);
+        let steps = kc.div_ceil(kp);
+        for p in 0..panels {
+            let j = p * nr;
+            K::pack_b(
+                args.b.add(pc * args.rsb + j * args.csb),
+                args.rsb,
+                args.csb,
+                nr.min(n - j),
+                kc,
+                base.add(off + p * steps * nr),
+            );
+        }
+        off += steps * panels * nr;
+        pc += kc;
+    }
 }

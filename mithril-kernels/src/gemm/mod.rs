@@ -211,6 +211,15 @@ thread_local! {
     static LAST_THREADS: Cell<usize> = const { Cell::new(0) };
     /// The instruction set of the calling thread's last GEMM (None: none yet).
     static LAST_ISA: Cell<Option<Isa>> = const { Cell::new(None) };
+    /// How many of the calling thread's GEMMs read a prepacked B.
+    static PREPACKED_CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many GEMM calls of this thread so far read their B from a [`PackedB`]. For tests and
+/// diagnostics, like [`last_call_isa`]: the difference over a call shows how many of its
+/// products used a prepacked weight.
+pub fn prepacked_calls() -> u64 {
+    PREPACKED_CALLS.with(Cell::get)
 }
 
 /// The instruction set this thread's last GEMM call ran (`None` before the first). For tests and
@@ -405,6 +414,14 @@ pub struct Args<T: sealed::Sealed> {
     /// Whether the epilogue does anything (false for [`gemm_plain`]): a narrow C (f16/bf16)
     /// then goes through an f32 block buffer so the epilogue runs over whole block rows.
     pub(crate) epi: bool,
+    /// B already packed for the packed path's kernel ([`PackedB`]'s words; null: pack B per
+    /// call). Laid out per K block, then per `NR`-column micro-panel over all of the full
+    /// problem's `pre_panels` panels, so a column split reads its own panels in place.
+    pub(crate) pre: *const u8,
+    /// Micro-panels of the whole prepacked B (`n.div_ceil(NR)` of the unsplit problem).
+    pub(crate) pre_panels: usize,
+    /// Pack mode ([`pack_b`]): pack all of B into this buffer and compute nothing.
+    pub(crate) pack_out: *mut buf::PackOut,
 }
 
 impl<T: sealed::Sealed> Clone for Args<T> {
@@ -505,6 +522,7 @@ pub fn gemm_plain<T: GemmElem>(
         (c, ldc),
         &|_, _, _: &mut [T::Acc]| {},
         false,
+        None,
     )
 }
 
@@ -592,6 +610,194 @@ pub fn gemm_with<T: GemmElem, E>(
         (c, ldc),
         &epilogue,
         true,
+        None,
+    )
+}
+
+/// A `k × n` B operand packed once for the packed path ([`pack_b`]), to be passed to
+/// [`gemm_prepacked`] / [`gemm_plain_prepacked`] by calls that multiply by the same B many
+/// times (a layer's weight): those calls skip packing B, and give bitwise the results of
+/// [`gemm`] / [`gemm_plain`] (the same kernel, blocking and packed values).
+///
+/// It is tied to the memory it was packed from: it records B's address, strides, `k` and `n`
+/// and the ISA it was packed for, and a call whose B differs in any of them (or that takes
+/// another path: GEMV, the small path, another ISA) ignores it and packs B itself. The caller
+/// keeps B's values unchanged while the pack is used (the runtime's prepared params own an
+/// immutable copy of the params they pack).
+#[derive(Clone, Debug)]
+pub struct PackedB<T> {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    b: usize,
+    rsb: usize,
+    csb: usize,
+    data: buf::PackOut,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> PackedB<T> {
+    /// Whether a call on this ISA with this B can read the pack.
+    fn fits(&self, isa: Isa, k: usize, n: usize, b: *const T, rsb: usize, csb: usize) -> bool {
+        self.isa == isa
+            && self.k == k
+            && self.n == n
+            && self.b == b as usize
+            && self.rsb == rsb
+            && self.csb == csb
+            && !self.data.lines.is_empty()
+    }
+
+    /// Bytes the packed copy holds.
+    pub fn bytes(&self) -> usize {
+        self.data.lines.len() * 64
+    }
+}
+
+/// The ISA a call with this config runs on (as [`gemm_impl`] picks it).
+fn call_isa(cfg: GemmConfig) -> Isa {
+    let shared = match crate::isa::active() {
+        crate::isa::Isa::Scalar => Isa::Scalar,
+        crate::isa::Isa::Neon => Isa::Neon,
+        crate::isa::Isa::Avx2 => Isa::Avx2,
+        crate::isa::Isa::Avx512 => Isa::Avx512Bf16,
+    };
+    cfg.isa.unwrap_or(shared).clamp()
+}
+
+/// Packs `B(p, j) = b[p*rsb + j*csb]` (`k × n`) once for the packed path of the ISA calls on
+/// this thread run with now (see [`PackedB`]).
+///
+/// # Panics
+/// When `b` is too short for its dimensions and strides.
+pub fn pack_b<T: GemmElem>(k: usize, n: usize, b: &[T], rsb: usize, csb: usize) -> PackedB<T> {
+    pack_b_with(GemmConfig::default(), k, n, b, rsb, csb)
+}
+
+/// [`pack_b`] for the ISA of calls with `cfg`.
+fn pack_b_with<T: GemmElem>(
+    cfg: GemmConfig,
+    k: usize,
+    n: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+) -> PackedB<T> {
+    let isa = call_isa(cfg);
+    let mut data = buf::PackOut::default();
+    if k > 0 && n > 0 {
+        let bmax = (k - 1) * rsb + (n - 1) * csb;
+        assert!(
+            bmax < b.len(),
+            "pack_b: B too short ({} <= {bmax})",
+            b.len()
+        );
+        let args = Args::<T> {
+            m: 1,
+            n,
+            k,
+            alpha: <T::Acc as AccElem>::ONE,
+            a: std::ptr::null(),
+            rsa: 0,
+            csa: 0,
+            b: b.as_ptr(),
+            rsb,
+            csb,
+            accumulate: false,
+            c: std::ptr::null_mut(),
+            ldc: n,
+            i_off: 0,
+            j_off: 0,
+            epi: false,
+            pre: std::ptr::null(),
+            pre_panels: 0,
+            pack_out: &mut data,
+        };
+        // SAFETY: pack mode reads only B (bounds checked above) and writes only `data`.
+        unsafe { T::packed(isa, &args, &|_, _, _: &mut [T::Acc]| {}) };
+    }
+    PackedB {
+        isa,
+        k,
+        n,
+        b: b.as_ptr() as usize,
+        rsb,
+        csb,
+        data,
+        _t: std::marker::PhantomData,
+    }
+}
+
+/// [`gemm`] reading B from `packed` where it fits the call (see [`PackedB`]): bitwise the
+/// result of [`gemm`] with the same arguments.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_prepacked<T: GemmElem, E>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T::Acc,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    packed: &PackedB<T>,
+    accumulate: bool,
+    c: &mut [T],
+    ldc: usize,
+    epilogue: E,
+) where
+    E: Fn(usize, usize, &mut [T::Acc]) + Sync,
+{
+    gemm_impl(
+        GemmConfig::default(),
+        m,
+        n,
+        k,
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        accumulate,
+        (c, ldc),
+        &epilogue,
+        true,
+        Some(packed),
+    )
+}
+
+/// [`gemm_plain`] reading B from `packed` where it fits the call: bitwise the result of
+/// [`gemm_plain`] with the same arguments.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_plain_prepacked<T: GemmElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T::Acc,
+    a: &[T],
+    rsa: usize,
+    csa: usize,
+    b: &[T],
+    rsb: usize,
+    csb: usize,
+    packed: &PackedB<T>,
+    accumulate: bool,
+    c: &mut [T],
+    ldc: usize,
+) {
+    gemm_impl(
+        GemmConfig::default(),
+        m,
+        n,
+        k,
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        accumulate,
+        (c, ldc),
+        &|_, _, _: &mut [T::Acc]| {},
+        false,
+        Some(packed),
     )
 }
 
@@ -619,6 +825,7 @@ fn gemm_impl<T: GemmElem>(
     (c, ldc): (&mut [T], usize),
     epilogue: &DynEpilogue<'_, T::Acc>,
     has_epi: bool,
+    pre: Option<&PackedB<T>>,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -637,13 +844,7 @@ fn gemm_impl<T: GemmElem>(
     let budget = cfg.threads.unwrap_or_else(num_threads_for_call).max(1);
     LAST_THREADS.with(|c| c.set(budget));
     // Default: the crate-wide choice (so `crate::isa::with_isa` forcing applies here too).
-    let shared = match crate::isa::active() {
-        crate::isa::Isa::Scalar => Isa::Scalar,
-        crate::isa::Isa::Neon => Isa::Neon,
-        crate::isa::Isa::Avx2 => Isa::Avx2,
-        crate::isa::Isa::Avx512 => Isa::Avx512Bf16,
-    };
-    let isa = cfg.isa.unwrap_or(shared).clamp();
+    let isa = call_isa(cfg);
     LAST_ISA.with(|c| c.set(Some(isa)));
     let args = Args::<T> {
         m,
@@ -662,7 +863,11 @@ fn gemm_impl<T: GemmElem>(
         i_off: 0,
         j_off: 0,
         epi: has_epi,
+        pre: std::ptr::null(),
+        pre_panels: 0,
+        pack_out: std::ptr::null_mut(),
     };
+    let mut args = args;
     // SAFETY: bounds checked above; C is exclusively borrowed.
     unsafe {
         if k == 0 {
@@ -679,6 +884,13 @@ fn gemm_impl<T: GemmElem>(
             Path::Gemv => T::gemv(isa, &args, &epilogue),
             Path::Small if T::small(isa, &args, &epilogue) => {}
             _ => {
+                // a prepacked B serves only the call it was packed for: the same ISA (so the
+                // same kernel and blocking), dims, memory and strides
+                if let Some(p) = pre.filter(|p| p.fits(isa, k, n, b.as_ptr(), rsb, csb)) {
+                    args.pre = p.data.lines.as_ptr() as *const u8;
+                    args.pre_panels = p.data.panels;
+                    PREPACKED_CALLS.with(|c| c.set(c.get() + 1));
+                }
                 let threads = budget;
                 let big = 2 * m * n * k >= THREAD_MIN_FLOPS;
                 if threads > 1 && (big || cfg.force_split) {

@@ -589,3 +589,92 @@ fn bf16_batch1_dot_gemv_long_k() {
         }
     }
 }
+
+/// A B packed once ([`pack_b`]) gives bitwise the per-call packing's C: every ISA, f32 /
+/// bf16 / f16 / f64, B plain and transposed (`Wᵀ`), with and without epilogue and
+/// accumulation, K over several K blocks, N not a multiple of the tile, one thread and a
+/// forced column split; and a pack is ignored (not misread) by a call on another B.
+#[test]
+fn prepacked_b_is_bitwise_the_per_call_pack() {
+    fn check<T: TestElem>(isa: Isa, (m, n, k): (usize, usize, usize), tb: bool, seed: u64) {
+        let mut g = Lcg(seed);
+        let a: Vec<T> = (0..m * k).map(|_| T::of(g.next())).collect();
+        let b: Vec<T> = (0..k * n).map(|_| T::of(g.next())).collect();
+        let other: Vec<T> = (0..k * n).map(|_| T::of(g.next())).collect();
+        let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
+        let c0: Vec<T> = (0..m * n).map(|_| T::of(g.next())).collect();
+        let bias: Vec<f64> = (0..n).map(|_| g.next()).collect();
+        for threads in [1, 2] {
+            let cfg = GemmConfig {
+                isa: Some(isa),
+                threads: Some(threads),
+                force_split: threads > 1,
+                path: Path::Auto,
+            };
+            let p = pack_b_with(cfg, k, n, &b, rsb, csb);
+            for (acc, epi) in [(false, false), (true, true), (false, true)] {
+                let run = |bb: &[T], pre: Option<&PackedB<T>>| {
+                    let mut c = c0.clone();
+                    let e = |_i: usize, j: usize, v: &mut [T::Acc]| {
+                        for (t, x) in v.iter_mut().enumerate() {
+                            let y = x.to_f64() + bias[j + t];
+                            *x = T::Acc::from_f64(if y > 0.0 { y } else { 0.1 * y });
+                        }
+                    };
+                    gemm_impl(
+                        cfg,
+                        m,
+                        n,
+                        k,
+                        T::Acc::ONE,
+                        (&a, k, 1),
+                        (bb, rsb, csb),
+                        acc,
+                        (&mut c, n),
+                        &e,
+                        epi,
+                        pre,
+                    );
+                    c.iter().map(|x| x.f().to_bits()).collect::<Vec<_>>()
+                };
+                let what =
+                    format!("{isa:?} {m}x{n}x{k} tb {tb} threads {threads} acc {acc} epi {epi}");
+                let before = prepacked_calls();
+                let with = run(&b, Some(&p));
+                // the packed path read the pack (the GEMV and the small path pack nothing)
+                let small = m * n * k <= SMALL_MAX_VOLUME
+                    && csb == 1
+                    && cfg!(target_arch = "x86_64")
+                    && isa >= Isa::Avx2
+                    && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+                let used = prepacked_calls() - before == 1;
+                assert_eq!(used, m > 4 && !small, "{what}");
+                assert_eq!(with, run(&b, None), "{what}");
+                // a pack of `b` handed to a call on `other`: the call packs `other` itself
+                assert_eq!(run(&other, Some(&p)), run(&other, None), "{what} (other B)");
+            }
+        }
+    }
+    // rows over several MC blocks; K over several K blocks (f32 1024, bf16 pairs 2048)
+    let shapes = [(50, 100, 256), (13, 33, 2100), (100, 65, 40), (3, 40, 50)];
+    let mut seed = 500;
+    for isa in isas() {
+        for &sh in &shapes {
+            for tb in [false, true] {
+                seed += 1;
+                check::<f32>(isa, sh, tb, seed);
+                check::<bf16>(isa, sh, tb, seed);
+                check::<f16>(isa, sh, tb, seed);
+                check::<f64>(isa, sh, tb, seed);
+            }
+        }
+    }
+    // the pack itself is not empty and a different-shape call ignores it
+    let b = vec![1.0f32; 64 * 64];
+    let p = pack_b(64, 64, &b, 64, 1);
+    assert!(p.bytes() >= 64 * 64 * 4);
+    let a = vec![1.0f32; 64 * 64];
+    let mut c = vec![0.0f32; 64 * 32];
+    gemm_plain_prepacked(64, 32, 64, 1.0, &a, 64, 1, &b, 64, 1, &p, false, &mut c, 32);
+    assert!(c.iter().all(|&x| x == 64.0));
+}

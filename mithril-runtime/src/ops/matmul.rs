@@ -20,6 +20,7 @@ use ndarray::{
 };
 
 use super::{broadcast_dims, checked_size, fmt_shape};
+use crate::prepack::{PackOf, PackedW};
 use crate::scalar::Num;
 use crate::{DType, Dest, Elem, Error, Result};
 use mithril_kernels::ew::Src;
@@ -596,6 +597,70 @@ pub fn matmul_epi_2d_to<'w, T: Elem, const K: usize>(
 where
     T::Acc: Num,
 {
+    matmul_epi_2d_impl(a, b, trans_a, trans_b, others, dest, seg, false, None)
+}
+
+/// [`matmul_epi_2d_to`] with `b` possibly prepacked (`pre`, prepared params): bitwise the
+/// same result (the GEMM reads the pack only where it fits the call).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub(crate) fn matmul_epi_2d_pre_to<'w, T: Elem, const K: usize>(
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    trans_a: bool,
+    trans_b: bool,
+    others: [&ArrayViewD<'_, T>; K],
+    dest: Dest<'w, T>,
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+    pre: Option<&PackedW>,
+) -> std::result::Result<Result<ArrayViewMutD<'w, T>>, Dest<'w, T>>
+where
+    T::Acc: Num,
+{
+    matmul_epi_2d_impl(a, b, trans_a, trans_b, others, dest, seg, false, pre)
+}
+
+/// [`matmul_to`] with `b` prepacked (prepared params): bitwise its result. The layouts
+/// [`matmul_to`] runs as one GEMM with `b` as is (a 2-D `a`, or a standard-layout one of
+/// higher rank with its leading axes folded into rows, against a 2-D `b`) make the same
+/// kernel call with the pack; every other case is [`matmul_to`] itself.
+pub(crate) fn matmul_prepacked_to<'w, T: Elem>(
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    trans_a: bool,
+    trans_b: bool,
+    dest: Dest<'w, T>,
+    pre: &PackedW,
+) -> Result<ArrayViewMutD<'w, T>>
+where
+    T::Acc: Num,
+{
+    if a.ndim() > 2 && !a.is_standard_layout() {
+        return matmul_to(a, b, trans_a, trans_b, dest);
+    }
+    let seg = |_: &mut [T::Acc], _: [Src<'_, T>; 0]| {};
+    match matmul_epi_2d_impl(a, b, trans_a, trans_b, [], dest, &seg, true, Some(pre)) {
+        Ok(r) => r,
+        Err(d) => matmul_to(a, b, trans_a, trans_b, d),
+    }
+}
+
+/// [`matmul_epi_2d_to`], plain (no epilogue: `seg` unused, [`matmul_to`]'s kernel call) or
+/// not, with `b` possibly prepacked.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn matmul_epi_2d_impl<'w, T: Elem, const K: usize>(
+    a: &ArrayViewD<'_, T>,
+    b: &ArrayViewD<'_, T>,
+    trans_a: bool,
+    trans_b: bool,
+    others: [&ArrayViewD<'_, T>; K],
+    dest: Dest<'w, T>,
+    seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+    plain: bool,
+    pre: Option<&PackedW>,
+) -> std::result::Result<Result<ArrayViewMutD<'w, T>>, Dest<'w, T>>
+where
+    T::Acc: Num,
+{
     const OP: &str = "matmul";
     let r = a.ndim();
     if r < 2 || (r > 2 && trans_a) || b.ndim() != 2 || !is_gemm_type::<T>() {
@@ -698,7 +763,7 @@ where
             .as_slice_mut()
             .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
         gemm_epi_raw(
-            false,
+            plain,
             m,
             n,
             k,
@@ -707,6 +772,7 @@ where
             sc,
             &ptrs,
             seg,
+            pre,
         )?;
         Ok(out)
     })())
@@ -729,6 +795,7 @@ pub(crate) fn gemm_epi_raw<T: Elem, const K: usize>(
     sc: &mut [T],
     ptrs: &[Strided<T>; K],
     seg: &(impl Fn(&mut [T::Acc], [Src<'_, T>; K]) + Sync),
+    pre: Option<&PackedW>,
 ) -> Result<()>
 where
     T::Acc: Num,
@@ -764,26 +831,27 @@ where
                         apply_segment(i, j0, v, ptrs, seg);
                     }
                 };
+                let one = <Acc as mithril_kernels::gemm::AccElem>::ONE;
+                let pre = pre.and_then(<$t as PackOf>::of);
                 if plain {
-                    mithril_kernels::gemm::gemm_plain(
-                        m,
-                        n,
-                        k,
-                        <Acc as mithril_kernels::gemm::AccElem>::ONE,
-                        sa,
-                        rsa,
-                        csa,
-                        sb,
-                        rsb,
-                        csb,
-                        false,
-                        sc,
-                        n,
-                    );
+                    match pre {
+                        Some(p) => mithril_kernels::gemm::gemm_plain_prepacked(
+                            m, n, k, one, sa, rsa, csa, sb, rsb, csb, p, false, sc, n,
+                        ),
+                        None => mithril_kernels::gemm::gemm_plain(
+                            m, n, k, one, sa, rsa, csa, sb, rsb, csb, false, sc, n,
+                        ),
+                    }
                     return Ok(());
                 }
                 // the same instantiation as `epi_gemm`'s
                 let epi: &Epilogue<'_, Acc> = &epi;
+                if let Some(p) = pre {
+                    mithril_kernels::gemm::gemm_prepacked(
+                        m, n, k, one, sa, rsa, csa, sb, rsb, csb, p, false, sc, n, epi,
+                    );
+                    return Ok(());
+                }
                 mithril_kernels::gemm::gemm(
                     m,
                     n,

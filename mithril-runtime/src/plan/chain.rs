@@ -214,6 +214,8 @@ struct Prep<'q, T> {
     n: usize,
     /// the int8 weight, when the product runs in int8
     qw: Option<&'q QWeight>,
+    /// the prepacked `W` of a prepared run
+    pre: Option<&'q crate::prepack::PackedW>,
     epi: [Strided<T>; 4],
     nepi: usize,
     prog: Option<&'static Prog>,
@@ -236,6 +238,10 @@ where
     let wv = T::pick(views.get(l.w)?)?;
     let qw = match q {
         Run::Int8(s) if step.dt == DType::F32 => s.weight(l.w).filter(|w| w.tb == l.wt),
+        _ => None,
+    };
+    let pre = match q {
+        Run::Packed(s) => s.get(l.w, l.wt),
         _ => None,
     };
     let (b, wk, n) = match qw {
@@ -290,6 +296,7 @@ where
         k,
         n,
         qw,
+        pre,
         epi,
         nepi: l.epi.len(),
         prog,
@@ -459,6 +466,7 @@ where
             c,
             ptrs,
             seg,
+            p.pre,
         ),
     }
 }

@@ -5,6 +5,7 @@ use crate::check::{check_shape, SymEnv};
 use crate::elem::DType;
 use crate::ops;
 use crate::params::TensorView;
+use crate::prepack::PackedW;
 use crate::quant::{self, QWeight, Run};
 use crate::workspace::{Dest, Workspace};
 use crate::{Elem, Error, Result};
@@ -663,7 +664,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         tb: bool,
         a: &TensorView<'_>,
     ) -> Option<&'p QWeight> {
-        if matches!(self.q, Run::Off) || ta || step.dt != DType::F32 {
+        if matches!(self.q, Run::Off | Run::Packed(_)) || ta || step.dt != DType::F32 {
             return None;
         }
         let (view, t) = step
@@ -674,7 +675,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             return None;
         };
         match self.q {
-            Run::Off => None,
+            Run::Off | Run::Packed(_) => None,
             Run::Calibrate(c) => {
                 c.record(view, max_abs(a));
                 None
@@ -686,6 +687,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         }
     }
 
+    /// The prepacked `B` of a product `step` (its own transpose flag `tb`) in a prepared run.
+    fn packed_b(&self, step: &Step, tb: bool) -> Option<&'p PackedW> {
+        let Run::Packed(p) = self.q else {
+            return None;
+        };
+        p.for_product(self.plan, *step.args.get(1)?, tb)
+    }
+
     /// The int8 weight a forward f32 convolution `step` (`x` its input) runs with, if any; in a
     /// calibration run, records `max |x|` for its weight and gives `None`.
     fn int8_conv(
@@ -694,7 +703,8 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         spec: &ops::conv::ConvSpec,
         x: &TensorView<'_>,
     ) -> Option<&'p quant::QConv> {
-        if matches!(self.q, Run::Off) || spec.kind != ops::conv::ConvKind::Forward {
+        if matches!(self.q, Run::Off | Run::Packed(_)) || spec.kind != ops::conv::ConvKind::Forward
+        {
             return None;
         }
         let (view, false) = step
@@ -708,7 +718,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             return None;
         };
         match self.q {
-            Run::Off => None,
+            Run::Off | Run::Packed(_) => None,
             Run::Calibrate(c) => {
                 c.record(view, max_abs(x));
                 None
@@ -1103,7 +1113,8 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             POp::FusedMatmul { ta, tb, prog } => {
                 let xs = self.refs(step, vals)?;
                 let qw = xs.first().and_then(|x| self.int8_weight(step, *ta, *tb, x));
-                num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d, qw)))
+                let pre = self.packed_b(step, *tb);
+                num_t!(dt, step.what, T => self.put::<T>(id, h, |d| fused_mm::<T>(*ta, *tb, prog, &xs, d, qw, pre)))
             }
             POp::Arange {
                 start,
@@ -1150,7 +1161,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         match op {
             POp::Matmul { ta, tb } => {
                 let y = a(1)?;
-                num_t!(dt, w, T => self.put::<T>(id, h, |d| ops::matmul_to(typed::<T>(&x)?, typed::<T>(&y)?, *ta, *tb, d)))
+                match self.packed_b(step, *tb) {
+                    Some(pre) => {
+                        real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::matmul_prepacked_to(typed::<T>(&x)?, typed::<T>(&y)?, *ta, *tb, d, pre)))
+                    }
+                    None => {
+                        num_t!(dt, w, T => self.put::<T>(id, h, |d| ops::matmul_to(typed::<T>(&x)?, typed::<T>(&y)?, *ta, *tb, d)))
+                    }
+                }
             }
             POp::Transpose(p) => {
                 any_t!(dt, T => self.put::<T>(id, h, |d| ops::transpose_to(typed::<T>(&x)?, p, d)))
@@ -2028,6 +2046,7 @@ fn fused_mm<'d, T: PlanElem + ProgElem>(
     xs: &[&TensorView<'_>],
     d: Dest<'d, T>,
     qw: Option<&QWeight>,
+    pre: Option<&PackedW>,
 ) -> Result<ArrayViewMutD<'d, T>>
 where
     T::Acc: mithril_kernels::scalar::Num,
@@ -2052,7 +2071,7 @@ where
                 ops::qmatmul_epi_to(a, w, o, d, &seg)?
             } else {
                 // the common case without the general layout handling (the same result)
-                match ops::matmul_epi_2d_to(a, b, ta, tb, o, d, &seg) {
+                match ops::matmul_epi_2d_pre_to(a, b, ta, tb, o, d, &seg, pre) {
                     Ok(r) => r?,
                     Err(d) => ops::matmul_epi_to(a, b, ta, tb, o, d, seg)?,
                 }

@@ -23,10 +23,11 @@ impl<'a> Gen<'a> {
         let outputs_name = &names.outputs;
         let planned = self.mixed.is_none();
         let (pre, (checks, body, out_vals)) = if planned {
+            let quant = self.inp.quantization_int8 || self.preparable();
             let (pre, outs, _) = self.plan_body(
                 &format_ident!("__ws"),
                 &format_ident!("__MITHRIL_LIFE_EVAL"),
-                self.inp.quantization_int8,
+                quant,
             );
             (pre, (Vec::new(), Vec::new(), outs))
         } else {
@@ -129,6 +130,19 @@ impl<'a> Gen<'a> {
             self.api.errors.append(&mut es);
         }
         gradients
+    }
+
+    /// A plain CPU model (no mode, buffers, donation, int8, instrumentation or static-shape
+    /// body): its `evaluate` runs the plan with a `quant::Run`, and it gets `prepare` /
+    /// `evaluate_prepared` (weights packed once, `rt::prepack`).
+    pub(super) fn preparable(&self) -> bool {
+        self.mixed.is_none()
+            && !self.inp.quantization_int8
+            && self.donate_pairs.is_empty()
+            && !self.has_buffers()
+            && !self.g.uses_mode()
+            && !self.inp.inspect.stateful()
+            && !self.inp.static_shapes
     }
 
     /// A model with buffers (`buffer`) that reads the call's mode: its training calls write the

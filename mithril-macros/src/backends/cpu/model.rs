@@ -88,6 +88,7 @@ impl Gen<'_> {
                 },
                 quote!(),
             ),
+            None if self.preparable() => self.prepared_evaluate_fns(names, eval_body),
             None => (
                 quote! {
                     /// Run the model.
@@ -101,6 +102,60 @@ impl Gen<'_> {
             ),
             Some(m) => self.mixed_evaluate_fns(&**m, names, eval_body),
         }
+    }
+
+    /// A plain CPU model's `evaluate`, `prepare` and `evaluate_prepared` over one private
+    /// `__evaluate_q` (the plan run with its `rt::quant::Run`), and the `MPrepared` alias.
+    fn prepared_evaluate_fns(
+        &self,
+        names: &Names,
+        eval_body: &TokenStream,
+    ) -> (TokenStream, TokenStream) {
+        let (vis, name) = (self.inp.vis, &names.name);
+        let (params_name, inputs_name, outputs_name) =
+            (&names.params, &names.inputs, &names.outputs);
+        let threads = self.threads_guard();
+        let lints = lints();
+        let p_name = format_ident!("{}Prepared", name);
+        let n_inputs = self.g.inputs.len();
+        let qplan = self.qplan_fn.clone().unwrap_or_default();
+        let fns = quote! {
+            #qplan
+
+            #lints
+            fn __evaluate_q(&self, params: &#params_name, inputs: #inputs_name<'_>, __q: ::mithril::rt::quant::Run<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                #threads
+                #eval_body
+            }
+
+            /// Run the model.
+            pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                self.__evaluate_q(params, inputs, ::mithril::rt::quant::Run::Off)
+            }
+
+            /// Prepare `params` for repeated calls: a copy of them, with the weight of every
+            /// matrix product that reads a 2-D param packed once for the GEMM
+            /// (`mithril::rt::prepack`). [`Self::evaluate_prepared`] then skips packing them
+            /// at every call and gives bitwise the results of [`Self::evaluate`] with these
+            /// params. Later changes to `params` do not reach the copy: prepare again after
+            /// an update.
+            pub fn prepare(&self, params: &#params_name) -> ::mithril::rt::Result<#p_name> {
+                Ok(::mithril::rt::prepack::Prepared::new(Self::__mithril_qplan()?, #n_inputs, params))
+            }
+
+            /// [`Self::evaluate`] with prepared params (see [`Self::prepare`]).
+            pub fn evaluate_prepared(&self, prepared: &#p_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                self.__evaluate_q(prepared.params(), inputs, prepared.run())
+            }
+        };
+        let doc = format!(
+            "[`{name}`]'s params with their product weights packed once (`mithril::rt::prepack::Prepared`): made by [`{name}::prepare`], run by [`{name}::evaluate_prepared`]."
+        );
+        let items = quote! {
+            #[doc = #doc]
+            #vis type #p_name = ::mithril::rt::prepack::Prepared<#params_name>;
+        };
+        (fns, items)
     }
 
     /// A `quantization: int8` model's functions: `evaluate` (f32) and `evaluate_quantized`
