@@ -19,6 +19,11 @@
 //! f32, as in the f32 model. Every other op (and a product whose first operand is not a
 //! 2-D matrix at run time) runs in f32, unchanged.
 //!
+//! **Convolutions**: the param weight of every f32 forward convolution is quantized per output
+//! channel (its dim 0), that of every f32 transposed convolution per output channel of the
+//! transposed convolution (dim 1 × groups: [`QConvTransposeWeight`]); the input per tensor as
+//! above. The saved `_scale` has one value per output channel in both cases.
+//!
 //! **Saved form** ([`Quantized::save_safetensors`]): a quantized weight `fc1.weight` is stored
 //! as an `I8` tensor of the param's shape under its own name, with `fc1.weight_scale` (`F32`,
 //! one per output channel) and, when calibrated, `fc1.weight_input_scale` (`F32`, shape `[]`:
@@ -31,7 +36,7 @@ use crate::params::{
 };
 use crate::plan::{POp, Plan};
 use crate::{Error, Result};
-use mithril_kernels::conv::QConvWeight;
+use mithril_kernels::conv::{Geom, QConvTransposeWeight, QConvWeight};
 use mithril_kernels::qgemm::{self, QPackedB};
 use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -96,11 +101,64 @@ pub struct QWeight {
 /// One quantized convolution weight (`[o, c / groups, *kernel]`).
 #[derive(Clone, Debug)]
 pub struct QConv {
-    pub(crate) w: QConvWeight,
+    pub(crate) w: QConvW,
     /// the param's shape
     pub(crate) shape: Vec<usize>,
     /// static activation `(multiplier, scale)`; `None`: dynamic
     pub(crate) act: Option<(f32, f32)>,
+}
+
+/// A quantized convolution weight: of a forward convolution (scales per output channel `o`,
+/// the weight's dim 0) or of a transposed one (scales per output channel `c`: dim 1 × groups).
+#[derive(Clone, Debug)]
+pub(crate) enum QConvW {
+    Forward(QConvWeight),
+    Transpose(QConvTransposeWeight),
+}
+
+impl QConvW {
+    /// The weight's dim 0 (all groups).
+    fn o(&self) -> usize {
+        match self {
+            QConvW::Forward(w) => w.o(),
+            QConvW::Transpose(w) => w.o(),
+        }
+    }
+    /// Values per dim-0 row.
+    fn red(&self) -> usize {
+        match self {
+            QConvW::Forward(w) => w.red(),
+            QConvW::Transpose(w) => w.red(),
+        }
+    }
+    /// The int8 value at row `o`, position `r` of the row.
+    fn get(&self, o: usize, r: usize) -> i8 {
+        match self {
+            QConvW::Forward(w) => w.get(o, r),
+            QConvW::Transpose(w) => w.get(o, r),
+        }
+    }
+    /// Per output channel.
+    fn scales(&self) -> Vec<f32> {
+        match self {
+            QConvW::Forward(w) => w.scales(),
+            QConvW::Transpose(w) => w.scales(),
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            QConvW::Forward(w) => w.bytes(),
+            QConvW::Transpose(w) => w.bytes(),
+        }
+    }
+    /// Whether it fits geometry `g` (a transposed convolution's: the forward convolution it
+    /// is the input gradient of) of a convolution of kind `transpose`.
+    pub(crate) fn fits(&self, g: &Geom, transpose: bool) -> bool {
+        match self {
+            QConvW::Forward(w) => !transpose && w.fits(g),
+            QConvW::Transpose(w) => transpose && w.fits(g),
+        }
+    }
 }
 
 /// The quantized weights of a model, by plan view.
@@ -129,17 +187,24 @@ impl QState {
 }
 
 /// The param views `plan` quantizes as convolution weights (views `params`), each with its
-/// convolution's groups: the weight (read as is) of every f32 forward convolution.
-fn conv_views(plan: &Plan, params: std::ops::Range<usize>) -> HashMap<usize, usize> {
+/// convolution's groups and whether it is transposed: the weight (read as is) of every f32
+/// forward or transposed convolution (the first convolution that reads a weight decides).
+fn conv_views(plan: &Plan, params: std::ops::Range<usize>) -> HashMap<usize, (usize, bool)> {
+    use crate::ops::conv::ConvKind;
     let mut out = HashMap::new();
     for s in &plan.nodes {
         let POp::Conv(spec) = &s.op else { continue };
-        if spec.kind != crate::ops::conv::ConvKind::Forward || s.dt != DType::F32 {
+        let transpose = match spec.kind {
+            ConvKind::Forward => false,
+            ConvKind::Transpose => true,
+            _ => continue,
+        };
+        if s.dt != DType::F32 {
             continue;
         }
         if let Some((v, false)) = s.args.get(1).and_then(|&b| b_view(plan, b)) {
             if params.contains(&v) {
-                out.entry(v).or_insert(spec.groups);
+                out.entry(v).or_insert((spec.groups, transpose));
             }
         }
     }
@@ -243,7 +308,7 @@ impl<P: ParamTree + Clone> Quantized<P> {
         params.visit(&mut |name, v| {
             let view = n_inputs + idx;
             idx += 1;
-            if let (Some(&groups), TensorView::F32(a)) = (cv.get(&view), &v) {
+            if let (Some(&(groups, transpose)), TensorView::F32(a)) = (cv.get(&view), &v) {
                 let o = a.shape()[0];
                 if a.ndim() < 3 || groups == 0 || !o.is_multiple_of(groups) {
                     return;
@@ -254,8 +319,20 @@ impl<P: ParamTree + Clone> Quantized<P> {
                     return;
                 };
                 let act = cal.and_then(|c| c.max_abs(view)).map(static_scale);
+                let w = if transpose {
+                    let taps: usize = a.shape()[2..].iter().product();
+                    QConvW::Transpose(QConvTransposeWeight::quantize(
+                        o,
+                        groups,
+                        a.shape()[1],
+                        taps,
+                        s,
+                    ))
+                } else {
+                    QConvW::Forward(QConvWeight::quantize(o, groups, red, s))
+                };
                 convs[view] = Some(QConv {
-                    w: QConvWeight::quantize(o, groups, red, s),
+                    w,
                     shape: a.shape().to_vec(),
                     act,
                 });
@@ -472,15 +549,31 @@ impl<P: ParamTree + Clone> Quantized<P> {
                 (None, Dtype::I8, TensorViewMut::F32(mut a))
                     if a.ndim() >= 3 && cv.contains_key(&view) =>
                 {
-                    let (o, groups) = (a.shape()[0], cv[&view]);
+                    let (o, (groups, transpose)) = (a.shape()[0], cv[&view]);
                     let red: usize = a.shape()[1..].iter().product();
-                    let scales = read_scales(&st, name, o)?;
                     let q: Vec<i8> = t.data().iter().map(|&b| b as i8).collect();
-                    let w = QConvWeight::from_i8(o, groups, red, &q, scales.clone())
-                        .map_err(|e| Error::Params(format!("tensor `{name}`: {e}")))?;
-                    for (x, (i, &v)) in a.iter_mut().zip(q.iter().enumerate()) {
-                        *x = f32::from(v) * scales[i / red.max(1)];
-                    }
+                    let bad = |e: String| Error::Params(format!("tensor `{name}`: {e}"));
+                    let w = if transpose {
+                        // scales per output channel: dim 1 × groups
+                        let (cg, taps) = (a.shape()[1], a.shape()[2..].iter().product::<usize>());
+                        let scales = read_scales(&st, name, cg * groups)?;
+                        let w = QConvTransposeWeight::from_i8(o, groups, cg, taps, &q, &scales)
+                            .map_err(bad)?;
+                        let og = o / groups;
+                        for (x, (i, &v)) in a.iter_mut().zip(q.iter().enumerate()) {
+                            let (row, r) = (i / red.max(1), i % red.max(1));
+                            *x = f32::from(v) * scales[row / og * cg + r / taps.max(1)];
+                        }
+                        QConvW::Transpose(w)
+                    } else {
+                        let scales = read_scales(&st, name, o)?;
+                        let w = QConvWeight::from_i8(o, groups, red, &q, scales.clone())
+                            .map_err(bad)?;
+                        for (x, (i, &v)) in a.iter_mut().zip(q.iter().enumerate()) {
+                            *x = f32::from(v) * scales[i / red.max(1)];
+                        }
+                        QConvW::Forward(w)
+                    };
                     let act = read_input_scale(&st, name)?;
                     loaded_convs[view] = Some(QConv {
                         w,

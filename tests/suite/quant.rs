@@ -634,3 +634,212 @@ fn a_chain_of_products_runs_bitwise_as_the_generic_executor() {
         );
     }
 }
+
+mithril! {
+    model Up {
+        input x: f32[B, 4, 5, 6];
+        input z: f32[B, 4, 7];
+        param k: f32[4, 3, 3, 3];
+        param k1: f32[4, 1, 3];
+        output y = conv_transpose2d(x, k, stride = 2, padding = 1, output_padding = 1);
+        output y1 = conv_transpose1d(z, k1, stride = 1, padding = 1, groups = 2);
+    }
+    compile UpQ = Up { quantization: int8 };
+}
+
+/// `conv_transpose2d` of `x` `[N, Ci, H, W]` with `w` `[Ci, Co/groups, kh, kw]` (no dilation;
+/// output padding: `out` larger), each term `x · w · scale(co)` summed in f64, and the sum of
+/// the terms' magnitudes.
+fn tconv_ref(
+    x: &ndarray::ArrayD<f64>,
+    w: &ndarray::ArrayD<f64>,
+    scale: &[f64],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    groups: usize,
+    out: [usize; 2],
+) -> (ndarray::Array4<f64>, ndarray::Array4<f64>) {
+    let (n, ci, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (cog, kh, kw) = (w.shape()[1], w.shape()[2], w.shape()[3]);
+    let cig = ci / groups;
+    let mut y = ndarray::Array4::<f64>::zeros((n, cog * groups, out[0], out[1]));
+    let mut mag = y.clone();
+    for b in 0..n {
+        for i in 0..ci {
+            let gr = i / cig;
+            for ih in 0..h {
+                for iw in 0..wd {
+                    for cl in 0..cog {
+                        let co = gr * cog + cl;
+                        for ti in 0..kh {
+                            for tj in 0..kw {
+                                let oh = (ih * stride[0] + ti) as i64 - pad[0] as i64;
+                                let ow = (iw * stride[1] + tj) as i64 - pad[1] as i64;
+                                if oh < 0 || ow < 0 || oh >= out[0] as i64 || ow >= out[1] as i64 {
+                                    continue;
+                                }
+                                let t = x[[b, i, ih, iw]] * w[[i, cl, ti, tj]] * scale[co];
+                                y[[b, co, oh as usize, ow as usize]] += t;
+                                mag[[b, co, oh as usize, ow as usize]] += t.abs();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, mag)
+}
+
+/// Transposed convolutions under `quantization: int8`: the weight `[Ci, Co/groups, *k]` in int8
+/// per output channel (`scale[co] = max |w[·, co, ·]| / 127` over its group), the input per
+/// tensor; the result against the integers' products summed here in f64 (to f32 rounding), near
+/// the f32 model, saved and loaded with its scales (bitwise the same results), calibrated.
+#[test]
+fn transposed_convolutions_run_in_int8() {
+    let m = UpQ::new().unwrap();
+    let p = m.randomize_params(5);
+    let x = ndarray::Array4::from_shape_fn((2, 4, 5, 6), |(a, b, c, d)| {
+        ((a * 131 + b * 31 + c * 7 + d * 3) % 17) as f32 * 0.25 - 2.0
+    });
+    let z = ndarray::Array3::from_shape_fn((2, 4, 7), |(a, b, c)| {
+        ((a * 13 + b * 5 + c * 3) % 11) as f32 * 0.3 - 1.5
+    });
+    let inputs = || UpQInputs {
+        x: x.view(),
+        z: z.view(),
+    };
+    let q = m.quantize(&p).unwrap();
+    assert_eq!(q.quantized(), ["k", "k1"]);
+    let f32_out = m.evaluate(&p, inputs()).unwrap();
+    let out = m.evaluate_quantized(&q, inputs()).unwrap();
+    let to64 = |a: ndarray::ArrayViewD<'_, f32>| a.mapv(f64::from);
+    for (name, xin, yq, y32, groups, stride, expand) in [
+        (
+            "k",
+            x.view().into_dyn(),
+            out.y.view().into_dyn(),
+            f32_out.y.view().into_dyn(),
+            1,
+            2,
+            false,
+        ),
+        (
+            "k1",
+            z.view().into_dyn(),
+            out.y1.view().into_dyn(),
+            f32_out.y1.view().into_dyn(),
+            2,
+            1,
+            true,
+        ),
+    ] {
+        let (shape, w8, sc) = q.weight(name).unwrap();
+        let co = yq.shape()[1];
+        assert_eq!(sc.len(), co, "{name}: one scale per output channel");
+        // the scales and int8 values from the definition
+        let wf: Vec<f32> = if name == "k" {
+            p.k.iter().copied().collect()
+        } else {
+            p.k1.iter().copied().collect()
+        };
+        let (cog, taps) = (shape[1], shape[2..].iter().product::<usize>());
+        let og = shape[0] / groups;
+        for (c, &scale) in sc.iter().enumerate() {
+            let (gr, cl) = (c / cog, c % cog);
+            let mut mx = 0f32;
+            for o in gr * og..(gr + 1) * og {
+                for t in 0..taps {
+                    mx = mx.max(wf[(o * cog + cl) * taps + t].abs());
+                }
+            }
+            assert_eq!(scale, mx / 127.0, "{name} scale {c}");
+            for o in gr * og..(gr + 1) * og {
+                for t in 0..taps {
+                    let i = (o * cog + cl) * taps + t;
+                    let want = (wf[i] * (127.0 / mx))
+                        .round_ties_even()
+                        .clamp(-127.0, 127.0);
+                    assert_eq!(f32::from(w8[i]), want, "{name}[{i}]");
+                }
+            }
+        }
+        // the input quantized per tensor with its own max |x| (dynamic)
+        let mx = xin.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (inv, sa) = (127.0 / mx, mx / 127.0);
+        let mut xq =
+            to64(xin).mapv(|v| (v as f32 * inv).round_ties_even().clamp(-127.0, 127.0) as f64);
+        let mut wq = ndarray::ArrayD::from_shape_vec(
+            shape.clone(),
+            w8.iter().map(|&v| f64::from(v)).collect(),
+        )
+        .unwrap();
+        if expand {
+            xq = xq.insert_axis(ndarray::Axis(2));
+            wq = wq.insert_axis(ndarray::Axis(2));
+        }
+        let scale: Vec<f64> = sc.iter().map(|&s| f64::from(sa * s)).collect();
+        let out_hw = if expand {
+            [1, yq.shape()[2]]
+        } else {
+            [yq.shape()[2], yq.shape()[3]]
+        };
+        let (st, pad) = if expand {
+            ([1, stride], [0, 1])
+        } else {
+            ([stride; 2], [1; 2])
+        };
+        let (want, mag) = tconv_ref(&xq, &wq, &scale, st, pad, groups, out_hw);
+        let got: Vec<f32> = yq.iter().copied().collect();
+        let mut max_err = 0f32;
+        for ((g, w), m) in got.iter().zip(want.iter()).zip(mag.iter()) {
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-6 * m + 1e-30,
+                "{name}: {g} vs the integer reference {w}"
+            );
+        }
+        for (g, w) in got.iter().zip(y32.iter()) {
+            max_err = max_err.max((g - w).abs());
+        }
+        let ymax = y32.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            max_err < 0.05 * ymax,
+            "{name}: int8 {max_err} from f32 (max {ymax})"
+        );
+    }
+    // saved with the scales, loaded back: the same bits; calibrated: static scales
+    let c = m.calibrate(&p, [inputs()]).unwrap();
+    assert!(c.is_static() && !q.is_static());
+    for qp in [q, c] {
+        let bytes = qp.to_safetensors_bytes().unwrap();
+        let h = header(&bytes);
+        for entry in [
+            "\"k\":{\"dtype\":\"I8\",\"shape\":[4,3,3,3]",
+            "\"k_scale\":{\"dtype\":\"F32\",\"shape\":[3]",
+            "\"k1\":{\"dtype\":\"I8\",\"shape\":[4,1,3]",
+            "\"k1_scale\":{\"dtype\":\"F32\",\"shape\":[2]",
+        ] {
+            assert!(h.contains(entry), "{entry} not in {h}");
+        }
+        let dir = std::env::temp_dir().join(format!("mithril-quant-t-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("up.safetensors");
+        qp.save_safetensors(&path).unwrap();
+        let back = m.load_quantized(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(back.is_static(), qp.is_static());
+        assert_eq!(back.weight("k"), qp.weight("k"));
+        assert_eq!(back.weight("k1"), qp.weight("k1"));
+        let (a, b) = (
+            m.evaluate_quantized(&qp, inputs()).unwrap(),
+            m.evaluate_quantized(&back, inputs()).unwrap(),
+        );
+        assert_eq!((a.y, a.y1), (b.y, b.y1));
+        // the loaded f32 params hold the dequantized weights
+        let (_, w8, sc) = qp.weight("k1").unwrap();
+        assert_eq!(
+            back.params().k1[[3, 0, 2]],
+            f32::from(w8[3 * 3 + 2]) * sc[1]
+        );
+    }
+}

@@ -28,7 +28,7 @@ mod q8;
 #[cfg(test)]
 mod tests;
 
-pub use q8::{forward_q8, QConvWeight};
+pub use q8::{forward_q8, transpose_q8, QConvTransposeWeight, QConvWeight};
 
 /// Output positions per im2col panel.
 pub const PANEL: usize = 192;

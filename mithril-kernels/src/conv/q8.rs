@@ -303,3 +303,261 @@ pub(super) fn im2col_t_u8_scalar(
         }
     }
 }
+
+/// A transposed convolution's weight `[o, c / groups, kh, kw]` (`o`: its input channels, `c`:
+/// its output channels; the forward convolution's `o` and `c` of the geometry it is the input
+/// gradient of) quantized **per output channel** of the transposed convolution: channel `c`
+/// gets `scale[c] = max |w[·, c, ·]| / 127` over its group's `o / groups` rows and every tap.
+/// Packed per group as the int8 GEMM's B `W_g[o, r]` (`k` = `o / groups`, `n` = `red` =
+/// `c/groups · kh · kw`, `r = c·taps + ti·kw + tj`; column `r` carries its channel's scale).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConvTransposeWeight {
+    groups: Vec<QPackedB>,
+    taps: usize,
+}
+
+impl QConvTransposeWeight {
+    /// Quantizes the row-major weight `w` (`o` rows of `cg · taps` values: `cg` output channels
+    /// per group, `taps` kernel positions each) in `groups` groups.
+    ///
+    /// # Panics
+    /// When `groups` does not divide `o` or `w` is shorter than `o · cg · taps`.
+    pub fn quantize(
+        o: usize,
+        groups: usize,
+        cg: usize,
+        taps: usize,
+        w: &[f32],
+    ) -> QConvTransposeWeight {
+        assert!(
+            groups > 0 && o.is_multiple_of(groups),
+            "QConvTransposeWeight: groups must divide o"
+        );
+        let red = cg * taps;
+        assert!(w.len() >= o * red, "QConvTransposeWeight: w too short");
+        let og = o / groups;
+        let groups = (0..groups)
+            .map(|gr| {
+                let wg = &w[gr * og * red..][..og * red];
+                let mut invs = vec![0f32; red];
+                let mut scales = vec![0f32; red];
+                for c in 0..cg {
+                    let mut m = 0f32;
+                    for row in wg.chunks_exact(red) {
+                        for &v in &row[c * taps..(c + 1) * taps] {
+                            m = m.max(v.abs());
+                        }
+                    }
+                    let (inv, s) = qgemm::inv_and_scale(m);
+                    invs[c * taps..(c + 1) * taps].fill(inv);
+                    scales[c * taps..(c + 1) * taps].fill(s);
+                }
+                QPackedB::from_fn(og, red, scales, |p, r| {
+                    qgemm::quantize_one(wg[p * red + r], invs[r])
+                })
+            })
+            .collect();
+        QConvTransposeWeight { groups, taps }
+    }
+
+    /// Packs already quantized weights (`q`: `o` rows of `cg · taps` values, row-major) with
+    /// their per-output-channel `scales` (`groups · cg` of them, e.g. read from a file). `Err`
+    /// when `groups` does not divide `o`, `q` is too short or `scales.len() != groups · cg`.
+    pub fn from_i8(
+        o: usize,
+        groups: usize,
+        cg: usize,
+        taps: usize,
+        q: &[i8],
+        scales: &[f32],
+    ) -> Result<QConvTransposeWeight, String> {
+        if groups == 0 || !o.is_multiple_of(groups) {
+            return Err(format!("{groups} groups do not divide {o} input channels"));
+        }
+        if scales.len() != groups * cg {
+            return Err(format!(
+                "{} scales for {} output channels",
+                scales.len(),
+                groups * cg
+            ));
+        }
+        let (og, red) = (o / groups, cg * taps);
+        if q.len() < o * red {
+            return Err(format!("{} int8 values for {o} × {red}", q.len()));
+        }
+        let groups = (0..groups)
+            .map(|gr| {
+                let cols = (0..red).map(|r| scales[gr * cg + r / taps.max(1)]);
+                QPackedB::from_i8(
+                    og,
+                    red,
+                    &q[gr * og * red..][..og * red],
+                    red,
+                    1,
+                    cols.collect(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(QConvTransposeWeight { groups, taps })
+    }
+
+    /// The per-group packed weights.
+    pub fn groups(&self) -> &[QPackedB] {
+        &self.groups
+    }
+
+    /// Input channels (the weight's dim 0, all groups).
+    pub fn o(&self) -> usize {
+        self.groups.iter().map(|b| b.k()).sum()
+    }
+
+    /// Values per weight row (`c/groups · taps`).
+    pub fn red(&self) -> usize {
+        self.groups.first().map_or(0, |b| b.n())
+    }
+
+    /// The quantized weight at row `o` (input channel), position `r` of its row.
+    ///
+    /// # Panics
+    /// When out of range.
+    pub fn get(&self, o: usize, r: usize) -> i8 {
+        let og = self.groups[0].k();
+        self.groups[o / og].get(o % og, r)
+    }
+
+    /// The per-output-channel scales, in channel order (`groups · c/groups`).
+    pub fn scales(&self) -> Vec<f32> {
+        let t = self.taps.max(1);
+        self.groups
+            .iter()
+            .flat_map(|b| b.scales().iter().step_by(t).copied())
+            .collect()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.groups.iter().map(|b| b.bytes()).sum()
+    }
+
+    /// Whether it fits geometry `g`, the forward convolution whose input gradient the
+    /// transposed convolution is (channels, groups, taps).
+    pub fn fits(&self, g: &Geom) -> bool {
+        self.groups.len() == g.groups
+            && self.taps == g.taps()
+            && self.groups.iter().all(|b| b.k() == g.og())
+            && self.red() == g.cg() * g.taps()
+    }
+}
+
+/// [`transpose_q8`]'s scratch: the quantized input, the transposed input panel, the result
+/// panel `[position, r]`, its transpose `[r, position]` and the column scales.
+type TScratch = (Vec<u8>, Vec<u8>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+thread_local! {
+    /// [`transpose_q8`]'s scratch, grown, never shrunk.
+    static QTBUF: RefCell<TScratch> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// The transposed convolution in int8 (overwrites `y`): `y = conv_transpose(x, w)`, i.e. the
+/// input gradient of the forward convolution `g` with `x` as its output gradient (`x`:
+/// `[n, g.o, *g.out]`, `y`: `[n, g.c, *g.inp]`). `x` is quantized per tensor with `act`
+/// (`(multiplier, scale)`, static: values beyond it clamp) or, with `None`, with the dynamic
+/// scale of its own `max |x|`; `w` per output channel ([`QConvTransposeWeight`]).
+///
+/// Per image, group and panel of at most [`super::PANEL`] positions of `x`: the int8 GEMM
+/// `col[j, r] = Σ_o x_q[o, j] · w_q[o, r]` in `i32`, dequantized in its store as
+/// `acc · (s_x · s_w[c])`, then each `col[j, r]` added into `y` at the input position that tap
+/// `r` of output position `j` reads (in the order panel, `r`, `j`: the f32 kernel's `col2im`).
+/// Returns the activation scale used.
+///
+/// # Panics
+/// When `g` is not [`Geom::valid`], `w` does not fit it or a slice is shorter than `g` needs.
+pub fn transpose_q8(
+    isa: QIsa,
+    g: &Geom,
+    x: &[f32],
+    w: &QConvTransposeWeight,
+    act: Option<(f32, f32)>,
+    y: &mut [f32],
+) -> f32 {
+    let (ly, _, lx) = g.lens();
+    assert!(g.valid(), "conv_transpose q8: invalid geometry {g:?}");
+    assert!(
+        w.fits(g),
+        "conv_transpose q8: the weight does not fit {g:?}"
+    );
+    assert!(
+        x.len() >= lx && y.len() >= ly,
+        "conv_transpose q8: slices too short"
+    );
+    let (inv, sa) = match act {
+        Some(s) => s,
+        None => qgemm::inv_and_scale(qgemm::max_abs(1, lx, x, lx, 1)),
+    };
+    y[..ly].fill(0.0);
+    if ly == 0 || lx == 0 {
+        return sa;
+    }
+    let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
+    let red = cg * g.taps();
+    let panel = super::PANEL.min(p.max(1));
+    QTBUF.with(|b| {
+        let mut b = b.borrow_mut();
+        let (xq, a, tmp, col, cs) = &mut *b;
+        if xq.len() < lx {
+            xq.resize(lx, 0);
+        }
+        qgemm::quantize_a(1, lx, x, lx, 1, inv, &mut xq[..lx], lx);
+        for tmpv in [&mut *tmp, &mut *col] {
+            if tmpv.len() < panel * red {
+                tmpv.resize(panel * red, 0.0);
+            }
+        }
+        for n in 0..g.n {
+            for gr in 0..g.groups {
+                let bw = &w.groups[gr];
+                let kp = bw.k_padded();
+                if a.len() < panel * kp {
+                    a.resize(panel * kp, 0);
+                }
+                cs.clear();
+                cs.extend(bw.scales().iter().map(|s| sa * s));
+                let xg = &xq[(n * g.o + gr * og) * p..][..og * p];
+                let yg = &mut y[(n * g.c + gr * cg) * q..][..cg * q];
+                let mut j0 = 0;
+                while j0 < p {
+                    let nc = panel.min(p - j0);
+                    // A[j, o] = x_q[o, j0 + j], the k padding 128 (zero)
+                    for j in 0..nc {
+                        a[j * kp + og..(j + 1) * kp].fill(128);
+                    }
+                    for o in 0..og {
+                        for (j, &v) in xg[o * p + j0..][..nc].iter().enumerate() {
+                            a[j * kp + o] = v;
+                        }
+                    }
+                    qgemm::qgemm(
+                        isa,
+                        nc,
+                        &a[..nc * kp],
+                        kp,
+                        bw,
+                        cs,
+                        &mut tmp[..nc * red],
+                        red,
+                        |_, _, _| {},
+                    );
+                    for r in 0..red {
+                        for j in 0..nc {
+                            col[r * nc + j] = tmp[j * red + r];
+                        }
+                    }
+                    super::col2im(g, &col[..red * nc], j0, nc, yg);
+                    j0 += nc;
+                }
+            }
+        }
+    });
+    sa
+}

@@ -407,3 +407,124 @@ fn padded_grid_igemm_matches_the_naive_reference() {
         }
     }
 }
+
+/// The int8 transposed convolution against a scalar reference written from the definition:
+/// `x` quantized per tensor, the weight per output channel of the transposed convolution
+/// (`max |w[·, c, ·]|` over its group's rows and taps), the integer sums `Σ_o x_q[o, j] ·
+/// w_q[o, r]` in `i64`, dequantized as `acc · (s_x · s_w[c])` and added into `y` at the
+/// position tap `r` of `j` reads, in the kernel's documented order (panel, `r`, `j`):
+/// **bitwise** on every int8 path this CPU has, dynamic and static (clamping) scales, one
+/// geometry with several panels; the weights saved as int8 + scales and packed again give the
+/// same result. And within the quantization error of the f32 transposed convolution.
+#[test]
+fn int8_transpose_matches_the_scalar_reference_bitwise() {
+    use crate::qgemm::{quantize_one, QIsa};
+    let mut r = Lcg(17);
+    let mut gs = cases();
+    gs.push(geom(1, 3, 5, 1, [23, 19], [3, 3], [1, 1], [1, 1], [1, 1]));
+    for g in gs {
+        let (ly, lw, lx) = g.lens(); // x: the forward conv's output gradient shape
+        let x: Vec<f32> = r.vec(lx).iter().map(|&v| (v * 3.0) as f32).collect();
+        let w: Vec<f32> = r.vec(lw).iter().map(|&v| v as f32).collect();
+        let (cg, og, taps) = (g.cg(), g.og(), g.taps());
+        let red = cg * taps;
+        let qw = QConvTransposeWeight::quantize(g.o, g.groups, cg, taps, &w);
+        assert!(qw.fits(&g) && qw.o() == g.o && qw.red() == red);
+        // the weight quantization from the definition
+        let mut sw = vec![0f32; g.c];
+        for (c, swc) in sw.iter_mut().enumerate() {
+            let (gr, cl) = (c / cg, c % cg);
+            let rows = gr * og..(gr + 1) * og;
+            let m = rows
+                .clone()
+                .flat_map(|o| w[o * red + cl * taps..][..taps].iter())
+                .fold(0f32, |m, v| m.max(v.abs()));
+            let (inv, s) = crate::qgemm::inv_and_scale(m);
+            *swc = s;
+            for o in rows {
+                for t in 0..taps {
+                    let k = cl * taps + t;
+                    assert_eq!(
+                        qw.get(o, k),
+                        quantize_one(w[o * red + k], inv),
+                        "w[{o}, {k}]"
+                    );
+                }
+            }
+        }
+        assert_eq!(qw.scales(), sw);
+        let q: Vec<i8> = (0..g.o * red).map(|i| qw.get(i / red, i % red)).collect();
+        let reloaded = QConvTransposeWeight::from_i8(g.o, g.groups, cg, taps, &q, &sw).unwrap();
+        assert_eq!(reloaded, qw);
+        let mx = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let p = g.out_plane();
+        for act in [None, Some(crate::qgemm::inv_and_scale(mx * 0.5))] {
+            let (inv, sa) = act.unwrap_or_else(|| crate::qgemm::inv_and_scale(mx));
+            let xq: Vec<i64> = x.iter().map(|&v| i64::from(quantize_one(v, inv))).collect();
+            let mut want = vec![0f32; ly];
+            for n in 0..g.n {
+                for gr in 0..g.groups {
+                    for j0 in (0..p).step_by(PANEL) {
+                        for rr in 0..red {
+                            let (cl, t) = (rr / taps, rr % taps);
+                            let (ti, tj) = (t / g.k[1], t % g.k[1]);
+                            let c = gr * cg + cl;
+                            for j in j0..(j0 + PANEL).min(p) {
+                                let (oh, ow) = (j / g.out[1], j % g.out[1]);
+                                let ih =
+                                    (oh * g.stride[0] + ti * g.dil[0]) as i64 - g.pad[0] as i64;
+                                let iw =
+                                    (ow * g.stride[1] + tj * g.dil[1]) as i64 - g.pad[1] as i64;
+                                if ih < 0
+                                    || iw < 0
+                                    || ih >= g.inp[0] as i64
+                                    || iw >= g.inp[1] as i64
+                                {
+                                    continue;
+                                }
+                                let mut acc = 0i64;
+                                for ol in 0..og {
+                                    let o = gr * og + ol;
+                                    acc += xq[(n * g.o + o) * p + j] * i64::from(qw.get(o, rr));
+                                }
+                                let yi = ((n * g.c + c) * g.inp[0] + ih as usize) * g.inp[1]
+                                    + iw as usize;
+                                want[yi] += acc as i32 as f32 * (sa * sw[c]);
+                            }
+                        }
+                    }
+                }
+            }
+            for isa in QIsa::ALL {
+                for wt in [&qw, &reloaded] {
+                    let mut y = vec![f32::NAN; ly];
+                    let used = transpose_q8(isa, &g, &x, wt, act, &mut y);
+                    assert_eq!(used, sa);
+                    for (k, (a, b)) in y.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{g:?} {isa:?} {act:?} y[{k}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+            if act.is_none() {
+                // near the f32 transposed convolution (the forward conv's input gradient)
+                let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+                let (_, want32, _) = naive(&g, &vec![0.0; ly], &f(&w), &f(&x));
+                let mut y = vec![0f32; ly];
+                transpose_q8(QIsa::active(), &g, &x, &qw, None, &mut y);
+                for (k, (a, b)) in y.iter().zip(&want32).enumerate() {
+                    let c = (k / g.in_plane()) % g.c;
+                    let bound = (og * taps) as f64
+                        * (sa as f64 * 0.5 * 1.0
+                            + sw[c] as f64 * 0.5 * mx as f64
+                            + 0.25 * sa as f64 * sw[c] as f64)
+                        + 1e-5;
+                    assert!((*a as f64 - b).abs() <= bound, "{g:?} y[{k}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

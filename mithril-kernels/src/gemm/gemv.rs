@@ -307,5 +307,126 @@ pub(crate) unsafe fn gemv_scalar<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(
     args: &Args<T>,
     epi: &E,
 ) {
-    gemv_impl::<T, E, false, 4>(args, epi)
+    match as_bf16_gemv1(args) {
+        Some(a) => {
+            // SAFETY: T is bf16 (`as_bf16_gemv1`), whose accumulator type is f32.
+            let epi32 = |i: usize, j: usize, v: &mut [f32]| {
+                epi(i, j, &mut *(v as *mut [f32] as *mut [T::A]))
+            };
+            gemv1_bf16_wide::<_, false, 4>(a, &epi32)
+        }
+        None => gemv_impl::<T, E, false, 4>(args, epi),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch-1 bf16 GEMV, dot layout, in the order of `vdpbf16ps`.
+//
+// Every path (AVX512_BF16 with `vdpbf16ps`, AVX-512 / AVX2 / NEON / scalar by widening with
+// a shift) sums in one order, so they agree bitwise on normal values (`vdpbf16ps` flushes
+// denormal inputs and outputs to zero, the widening paths do not):
+// - 16 f32 lanes per output row; lane `i` accumulates the k-pair `(p + 2i, p + 2i + 1)` of
+//   each 32-k step `p`: first the odd element's product, then the even one's (each product of
+//   two bf16 is exact in f32, so a fused and an unfused multiply-add round alike); a short last
+//   step is zero-padded;
+// - the lanes are reduced as `(Q0 + Q1) + (Q2 + Q3)`, `Qq = (l0 + l2) + (l1 + l3)` over the
+//   lanes `4q..4q+4` (the transposing reduction of [`super::x86`]'s kernel).
+
+/// `Some(args as bf16)` when `args` is the batch-1 bf16 GEMV in the dot layout: `m == 1`,
+/// `T = bf16`, B with `rsb == 1` (the `x · Wᵀ` of a bf16 `Linear`), A's row contiguous.
+#[inline(always)]
+pub(crate) unsafe fn as_bf16_gemv1<T: Sealed>(args: &Args<T>) -> Option<&Args<half::bf16>> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<half::bf16>()
+        || args.m != 1
+        || args.rsb != 1
+        || args.csa != 1
+    {
+        return None;
+    }
+    // SAFETY: T is bf16 (checked above).
+    Some(&*(args as *const Args<T> as *const Args<half::bf16>))
+}
+
+/// The lane reduction shared by every bf16 GEMV path.
+#[inline(always)]
+pub(crate) fn reduce_bf16_lanes(a: &[f32; 16]) -> f32 {
+    let q = |j: usize| (a[4 * j] + a[4 * j + 2]) + (a[4 * j + 1] + a[4 * j + 3]);
+    (q(0) + q(1)) + (q(2) + q(3))
+}
+
+/// The 32-k step at `p` (`len <= 32` values, zero-padded) as 16 words of k-pairs.
+#[inline(always)]
+unsafe fn bf16_pairs(src: *const half::bf16, len: usize) -> [u32; 16] {
+    if len == 32 {
+        std::ptr::read_unaligned(src as *const [u32; 16])
+    } else {
+        let mut h = [0u16; 32];
+        std::ptr::copy_nonoverlapping(src as *const u16, h.as_mut_ptr(), len);
+        std::mem::transmute::<[u16; 32], [u32; 16]>(h)
+    }
+}
+
+/// `out[r] = x · w[r*so..]` for `r < R` in the shared bf16 order (see above), by widening
+/// (`F`: fused multiply-add, bitwise the same as unfused here).
+#[inline(always)]
+unsafe fn dot_rows_bf16_wide<const F: bool, const R: usize>(
+    k: usize,
+    x: *const half::bf16,
+    w: *const half::bf16,
+    so: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[0f32; 16]; R];
+    let mut p = 0;
+    while p < k {
+        let len = (k - p).min(32);
+        let xw = bf16_pairs(x.add(p), len);
+        let mut xe = [0f32; 16];
+        let mut xo = [0f32; 16];
+        for i in 0..16 {
+            xe[i] = f32::from_bits(xw[i] << 16);
+            xo[i] = f32::from_bits(xw[i] & 0xffff_0000);
+        }
+        for r in 0..R {
+            let ww = bf16_pairs(w.add(r * so + p), len);
+            for i in 0..16 {
+                let we = f32::from_bits(ww[i] << 16);
+                let wo = f32::from_bits(ww[i] & 0xffff_0000);
+                acc[r][i] = mad::<f32, F>(xo[i], wo, acc[r][i]);
+                acc[r][i] = mad::<f32, F>(xe[i], we, acc[r][i]);
+            }
+        }
+        p += len;
+    }
+    for r in 0..R {
+        out[r] = reduce_bf16_lanes(&acc[r]);
+    }
+}
+
+/// The batch-1 bf16 GEMV by widening, `R` rows at a time.
+#[inline(always)]
+pub(crate) unsafe fn gemv1_bf16_wide<E, const F: bool, const R: usize>(
+    args: &Args<half::bf16>,
+    epi: &E,
+) where
+    E: Fn(usize, usize, &mut [f32]),
+{
+    let mut y = [0f32; CH];
+    let (k, so) = (args.k, args.csb);
+    let mut j = 0;
+    while j < args.n {
+        let len = CH.min(args.n - j);
+        let w = args.b.add(j * so);
+        let mut o = 0;
+        while o + R <= len {
+            dot_rows_bf16_wide::<F, R>(k, args.a, w.add(o * so), so, &mut y[o..o + R]);
+            o += R;
+        }
+        while o < len {
+            dot_rows_bf16_wide::<F, 1>(k, args.a, w.add(o * so), so, &mut y[o..o + 1]);
+            o += 1;
+        }
+        finish_row(args, 0, j, &mut y[..len], epi);
+        j += len;
+    }
 }

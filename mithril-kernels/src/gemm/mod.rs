@@ -25,7 +25,10 @@
 //! Paths, chosen per call: GEMV (`m <= 4` or `n == 1`: no packing, streams the matrix once;
 //! both the "dot" layout — batch-1 `x · Wᵀ` with `W` row-major — and the "axpy" layout are
 //! vectorized; the `f32` batch-1 dot case has a hand-written AVX-512 kernel that runs at about
-//! 90% of the bandwidth of simply reading the weights), a small-matrix path (`f32`, B rows contiguous, small volume: the microkernel
+//! 90% of the bandwidth of simply reading the weights; the `bf16` batch-1 dot case has one too,
+//! `vdpbf16ps` on 8 rows at a time, and every ISA's `bf16` batch-1 dot GEMV — that one, AVX2 and
+//! NEON by widening with shifts, the scalar loop — sums in one order, so they agree bitwise on
+//! normal values), a small-matrix path (`f32`, B rows contiguous, small volume: the microkernel
 //! reads A and B in place), and the packed path. The ISA is detected once ([`detected_isa`]) and
 //! can be forced per call ([`gemm_with`]) for tests and benchmarks.
 //!

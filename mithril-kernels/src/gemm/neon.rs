@@ -179,7 +179,10 @@ macro_rules! neon32 {
                 packed_neon::<$t, NeonKernel<$t>, E>(args, epi)
             }
             unsafe fn gemv<E: Fn(usize, usize, &mut [f32])>(args: &Args<Self>, epi: &E) {
-                gemv_neon::<$t, E>(args, epi)
+                match gemv::as_bf16_gemv1(args) {
+                    Some(a) => gemv1_bf16_neon(a, epi),
+                    None => gemv_neon::<$t, E>(args, epi),
+                }
             }
         }
     };
@@ -208,4 +211,10 @@ unsafe fn packed_neon<T: Sealed, K: Kernel<T>, E: Fn(usize, usize, &mut [T::A])>
 #[target_feature(enable = "neon")]
 unsafe fn gemv_neon<T: Sealed, E: Fn(usize, usize, &mut [T::A])>(args: &Args<T>, epi: &E) {
     gemv::gemv_impl::<T, E, true, 4>(args, epi)
+}
+
+/// The batch-1 bf16 dot GEMV by widening (shifts), in the order every bf16 GEMV path shares.
+#[target_feature(enable = "neon")]
+unsafe fn gemv1_bf16_neon<E: Fn(usize, usize, &mut [f32])>(args: &Args<bf16>, epi: &E) {
+    gemv::gemv1_bf16_wide::<E, true, 4>(args, epi)
 }

@@ -678,3 +678,124 @@ fn prepacked_b_is_bitwise_the_per_call_pack() {
     gemm_plain_prepacked(64, 32, 64, 1.0, &a, 64, 1, &b, 64, 1, &p, false, &mut c, 32);
     assert!(c.iter().all(|&x| x == 64.0));
 }
+
+/// The batch-1 bf16 GEMV (`m = 1`, `x · Wᵀ`) in the order every path shares
+/// (`gemv::reduce_bf16_lanes`), written out independently: 16 lanes per row, lane `i` adding
+/// the odd then the even product of the k-pair `(p + 2i, p + 2i + 1)` of each 32-k step.
+fn bf16_gemv1_model(x: &[bf16], w: &[bf16], so: usize, n: usize, k: usize) -> Vec<f32> {
+    (0..n)
+        .map(|j| {
+            let mut lane = [0f32; 16];
+            for p in (0..k).step_by(32) {
+                for (i, l) in lane.iter_mut().enumerate() {
+                    for q in [p + 2 * i + 1, p + 2 * i] {
+                        if q < k {
+                            *l += x[q].to_f32() * w[j * so + q].to_f32();
+                        } else {
+                            *l += 0.0;
+                        }
+                    }
+                }
+            }
+            let q: Vec<f32> = (0..4)
+                .map(|t| (lane[4 * t] + lane[4 * t + 2]) + (lane[4 * t + 1] + lane[4 * t + 3]))
+                .collect();
+            (q[0] + q[1]) + (q[2] + q[3])
+        })
+        .collect()
+}
+
+#[test]
+fn bf16_batch1_gemv_is_bitwise_the_same_on_every_isa() {
+    // The f32 sums (seen by the epilogue) of every ISA's path — `vdpbf16ps`, widening on
+    // AVX2 / NEON, the scalar loop — against the model above, bitwise; then the whole call
+    // (alpha, accumulate, epilogue, the bf16 store) against the scalar ISA's, bitwise.
+    let mut g = Lcg(900);
+    for (n, k) in [
+        (70, 64),
+        (13, 100),
+        (9, 785),
+        (64, 256),
+        (3, 31),
+        (33, 1),
+        (21, 32),
+    ] {
+        let so = k + 3;
+        let x: Vec<bf16> = (0..k).map(|_| bf16::of(g.next())).collect();
+        let w: Vec<bf16> = (0..n * so).map(|_| bf16::of(g.next())).collect();
+        let c0: Vec<bf16> = (0..n).map(|_| bf16::of(g.next())).collect();
+        let want = bf16_gemv1_model(&x, &w, so, n, k);
+        let mut whole: Vec<(Isa, Vec<bf16>)> = Vec::new();
+        for isa in isas() {
+            let cfg = GemmConfig {
+                isa: Some(isa),
+                threads: Some(1),
+                force_split: false,
+                path: Path::Auto,
+            };
+            let sums = std::sync::Mutex::new(vec![f32::NAN; n]);
+            let mut c = c0.clone();
+            gemm_with(
+                cfg,
+                1,
+                n,
+                k,
+                1.0,
+                &x,
+                k,
+                1,
+                &w,
+                1,
+                so,
+                false,
+                &mut c,
+                n,
+                |i, j, v: &mut [f32]| {
+                    assert_eq!(i, 0);
+                    sums.lock().unwrap()[j..j + v.len()].copy_from_slice(v);
+                },
+            );
+            let sums = sums.into_inner().unwrap();
+            for j in 0..n {
+                assert_eq!(
+                    sums[j].to_bits(),
+                    want[j].to_bits(),
+                    "{isa:?} n={n} k={k} row {j}: {} vs the model's {}",
+                    sums[j],
+                    want[j]
+                );
+            }
+            let mut c = c0.clone();
+            gemm_with(
+                cfg,
+                1,
+                n,
+                k,
+                -1.5,
+                &x,
+                k,
+                1,
+                &w,
+                1,
+                so,
+                true,
+                &mut c,
+                n,
+                |_, j, v: &mut [f32]| {
+                    for (t, y) in v.iter_mut().enumerate() {
+                        *y = (*y * 0.5 - (j + t) as f32 * 0.125).max(-0.75);
+                    }
+                },
+            );
+            whole.push((isa, c));
+        }
+        let (i0, c0) = &whole[0];
+        for (isa, c) in &whole[1..] {
+            let (a, b): (Vec<u16>, Vec<u16>) = (
+                c.iter().map(|v| v.to_bits()).collect(),
+                c0.iter().map(|v| v.to_bits()).collect(),
+            );
+            assert_eq!(a, b, "{isa:?} against {i0:?}, n={n} k={k}");
+        }
+    }
+}

@@ -1029,10 +1029,40 @@ unsafe fn gemv1_dot_512<E: Fn(usize, usize, &mut [f32])>(args: &Args<f32>, epi: 
 
 // ---------------------------------------------------------------------------------------------
 // Batch-1 bf16 GEMV, dot layout, with `vdpbf16ps`: the bf16 weights are read as they are
-// stored (32 k per instruction), no conversion pass.
+// stored (32 k per instruction), no conversion pass; 8 rows at a time (measured faster than 16:
+// fewer concurrent weight streams), one accumulator each, reduced together by a transposing
+// tree into one vector of 8 outputs. The order of the sums
+// is the one every bf16 GEMV path shares (`gemv::reduce_bf16_lanes`).
 
-/// `out[j] = sum_p x[p]·w[j*so + p]` for `J` rows: two accumulators per row (k-pairs `p..p+32`
-/// and `p+32..p+64`), a masked tail (zero pairs add nothing).
+/// Row `i` of the result = the sum of `acc[i]`'s lanes as `(Q0 + Q1) + (Q2 + Q3)`,
+/// `Qq = (l0 + l2) + (l1 + l3)` over the lanes `4q..4q+4` (24 shuffles and adds for 8 rows).
+#[inline(always)]
+unsafe fn reduce8_512(acc: &[__m512; 8]) -> __m256 {
+    let mut u = [_mm512_setzero_ps(); 4];
+    for (t, ut) in u.iter_mut().enumerate() {
+        let (a, b) = (acc[2 * t], acc[2 * t + 1]);
+        *ut = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    let mut v = [_mm512_setzero_ps(); 2];
+    for (t, vt) in v.iter_mut().enumerate() {
+        let (a, b) = (_mm512_castps_pd(u[2 * t]), _mm512_castps_pd(u[2 * t + 1]));
+        *vt = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        );
+    }
+    let w0 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(v[0], v[1]),
+        _mm512_shuffle_f32x4::<0xdd>(v[0], v[1]),
+    );
+    _mm512_castps512_ps256(_mm512_add_ps(
+        _mm512_shuffle_f32x4::<0x88>(w0, w0),
+        _mm512_shuffle_f32x4::<0xdd>(w0, w0),
+    ))
+}
+
+/// `out[j] = sum_p x[p]·w[j*so + p]` for `J <= 8` rows (a masked last step; zero pairs add
+/// nothing but `+0`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
 unsafe fn dot_block_bf16<const J: usize>(
@@ -1050,50 +1080,51 @@ unsafe fn dot_block_bf16<const J: usize>(
     unsafe fn ldm(m: __mmask32, p: *const bf16) -> __m512bh {
         std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(m, p as *const _))
     }
-    let mut acc = [[_mm512_setzero_ps(); 2]; J];
+    let mut acc = [_mm512_setzero_ps(); 8];
     let mut p = 0;
-    while p + 64 <= k {
-        let (x0, x1) = (ld(x.add(p)), ld(x.add(p + 32)));
-        for (jj, a) in acc.iter_mut().enumerate() {
-            let wr = w.add(jj * so + p);
-            a[0] = _mm512_dpbf16_ps(a[0], x0, ld(wr));
-            a[1] = _mm512_dpbf16_ps(a[1], x1, ld(wr.add(32)));
+    while p + 32 <= k {
+        let x0 = ld(x.add(p));
+        for (jj, a) in acc.iter_mut().enumerate().take(J) {
+            *a = _mm512_dpbf16_ps(*a, x0, ld(w.add(jj * so + p)));
         }
-        p += 64;
+        p += 32;
     }
-    while p < k {
-        let len = (k - p).min(32);
-        let mask: __mmask32 = if len == 32 {
-            u32::MAX
-        } else {
-            (1u32 << len) - 1
-        };
+    if p < k {
+        let mask: __mmask32 = (1u32 << (k - p)) - 1;
         let x0 = ldm(mask, x.add(p));
-        for (jj, a) in acc.iter_mut().enumerate() {
-            a[0] = _mm512_dpbf16_ps(a[0], x0, ldm(mask, w.add(jj * so + p)));
+        for (jj, a) in acc.iter_mut().enumerate().take(J) {
+            *a = _mm512_dpbf16_ps(*a, x0, ldm(mask, w.add(jj * so + p)));
         }
-        p += len;
     }
-    for (jj, a) in acc.iter().enumerate() {
-        *out.add(jj) = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    if J == 8 {
+        _mm256_storeu_ps(out, reduce8_512(&acc));
+    } else {
+        let r = _mm512_castps256_ps512(reduce8_512(&acc));
+        _mm512_mask_storeu_ps(out, ((1u32 << J) - 1) as u16, r);
     }
 }
 
-/// `m == 1`, bf16, B in the dot layout (`rsb == 1`), A's row contiguous (the batch-1 `x · Wᵀ`
-/// of a bf16 `Linear`). False when the shape or type is not that.
+/// The batch-1 bf16 GEMV (`gemv::as_bf16_gemv1`'s case) on this ISA: `vdpbf16ps` with
+/// AVX512_BF16, else by widening (in the same order). False when the shape is not that case.
 #[inline(always)]
-unsafe fn gemv1_bf16<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) -> bool {
-    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<bf16>()
-        || args.m != 1
-        || args.rsb != 1
-        || args.csa != 1
-    {
+unsafe fn gemv1_bf16<T: Sealed, E: Fn(usize, usize, &mut [f32])>(
+    isa: Isa,
+    args: &Args<T>,
+    epi: &E,
+) -> bool {
+    let Some(args) = gemv::as_bf16_gemv1(args) else {
         return false;
+    };
+    match isa {
+        Isa::Avx512Bf16 => gemv1_dot_bf16(args, epi),
+        _ => gemv1_bf16_wide_256(args, epi),
     }
-    // SAFETY: T is bf16 (checked above).
-    let args = &*(args as *const Args<T> as *const Args<bf16>);
-    gemv1_dot_bf16(args, epi);
     true
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv1_bf16_wide_256<E: Fn(usize, usize, &mut [f32])>(args: &Args<bf16>, epi: &E) {
+    gemv::gemv1_bf16_wide::<E, true, 4>(args, epi)
 }
 
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,avx512bf16")]
@@ -1155,9 +1186,9 @@ macro_rules! x86_f32like {
             }
             unsafe fn gemv<E: Fn(usize, usize, &mut [f32])>(isa: Isa, args: &Args<Self>, epi: &E) {
                 match isa {
+                    _ if $bf16 && gemv1_bf16(isa, args, epi) => {}
                     Isa::Scalar | Isa::Avx2 => gemv_256::<$t, E, 8>(args, epi),
                     _ if gemv1_f32(args, epi) => {}
-                    Isa::Avx512Bf16 if $bf16 && gemv1_bf16(args, epi) => {}
                     _ => gemv_512::<$t, E, 16>(args, epi),
                 }
             }

@@ -188,7 +188,12 @@ impl QPackedB {
         Ok(Self::from_fn(k, n, scales, |p, j| q[p * rsq + j * csq]))
     }
 
-    fn from_fn(k: usize, n: usize, scales: Vec<f32>, f: impl Fn(usize, usize) -> i8) -> QPackedB {
+    pub(crate) fn from_fn(
+        k: usize,
+        n: usize,
+        scales: Vec<f32>,
+        f: impl Fn(usize, usize) -> i8,
+    ) -> QPackedB {
         let kg = k.div_ceil(4);
         let panels = n.div_ceil(PANEL);
         let mut data = vec![0i8; panels * kg * 64];

@@ -6,6 +6,7 @@
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn};
 
 use super::half_storage as half;
+use crate::quant::QConvW;
 use crate::{Dest, Elem, Error, Result};
 use mithril_kernels::conv::{self as k, ConvElem, Geom};
 
@@ -312,11 +313,12 @@ pub fn conv_half_to<'w, T: Elem<Acc = f32>>(
     half::narrow(op, Some(y), dest)
 }
 
-/// The int8 form of a forward convolution ([`ConvKind::Forward`], f32): `x` quantized per
-/// tensor (the weight's static scale, or a dynamic one from `max |x|`), the weight `qc`
-/// quantized per output channel, `i32` sums through the int8 GEMM, dequantized in its store
-/// ([`mithril_kernels::conv::forward_q8`]). `w` is the f32 weight (its shape is checked as in
-/// [`conv_to`]); when `qc` does not fit the call's geometry the f32 convolution runs.
+/// The int8 form of a forward or transposed convolution ([`ConvKind::Forward`],
+/// [`ConvKind::Transpose`], f32): `x` quantized per tensor (the weight's static scale, or a
+/// dynamic one from `max |x|`), the weight `qc` quantized per output channel, `i32` sums
+/// through the int8 GEMM, dequantized in its store ([`mithril_kernels::conv::forward_q8`],
+/// [`mithril_kernels::conv::transpose_q8`]). `w` is the f32 weight (its shape is checked as in
+/// [`conv_to`]); when `qc` does not fit the call's geometry or kind the f32 convolution runs.
 pub fn qconv_to<'w>(
     spec: &ConvSpec,
     x: &ArrayViewD<'_, f32>,
@@ -326,21 +328,23 @@ pub fn qconv_to<'w>(
 ) -> Result<ArrayViewMutD<'w, f32>> {
     let op = spec.name();
     let (shape, g, pass) = plan(spec, x.shape(), w.shape(), None)?;
-    if pass != Pass::Forward || !qc.w.fits(&g) {
+    let transpose = spec.kind == ConvKind::Transpose;
+    if !(pass == Pass::Forward || transpose) || !qc.w.fits(&g, transpose) {
         return conv_to(spec, x, w, None, dest);
     }
     let mut bx = Vec::new();
     let sx = slice(x, &mut bx);
     let mut out = dest.get(op, &shape)?;
     let y = contiguous(op, &mut out)?;
-    k::forward_q8(
-        mithril_kernels::qgemm::QIsa::active(),
-        &g,
-        sx,
-        &qc.w,
-        qc.act,
-        y,
-    );
+    let isa = mithril_kernels::qgemm::QIsa::active();
+    match &qc.w {
+        QConvW::Forward(qw) => {
+            k::forward_q8(isa, &g, sx, qw, qc.act, y);
+        }
+        QConvW::Transpose(qw) => {
+            k::transpose_q8(isa, &g, sx, qw, qc.act, y);
+        }
+    }
     Ok(out)
 }
 

@@ -695,15 +695,19 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         p.for_product(self.plan, *step.args.get(1)?, tb)
     }
 
-    /// The int8 weight a forward f32 convolution `step` (`x` its input) runs with, if any; in a
-    /// calibration run, records `max |x|` for its weight and gives `None`.
+    /// The int8 weight a forward or transposed f32 convolution `step` (`x` its input) runs
+    /// with, if any; in a calibration run, records `max |x|` for its weight and gives `None`.
     fn int8_conv(
         &self,
         step: &Step,
         spec: &ops::conv::ConvSpec,
         x: &TensorView<'_>,
     ) -> Option<&'p quant::QConv> {
-        if matches!(self.q, Run::Off | Run::Packed(_)) || spec.kind != ops::conv::ConvKind::Forward
+        if matches!(self.q, Run::Off | Run::Packed(_))
+            || !matches!(
+                spec.kind,
+                ops::conv::ConvKind::Forward | ops::conv::ConvKind::Transpose
+            )
         {
             return None;
         }
