@@ -131,7 +131,9 @@ impl QState {
 fn conv_views(plan: &Plan, params: std::ops::Range<usize>) -> HashMap<usize, usize> {
     let mut out = HashMap::new();
     for s in &plan.nodes {
-        let POp::Conv(spec) = &s.op else { continue };
+        let (POp::Conv(spec) | POp::ConvEpi { spec, .. }) = &s.op else {
+            continue;
+        };
         if spec.kind != crate::ops::conv::ConvKind::Forward || s.dt != DType::F32 {
             continue;
         }

@@ -270,7 +270,20 @@ pub fn forward_fused<T: ConvElem>(
         }
     }
     forward(g, x, w, y);
+    apply_epilogue(g, bias, relu, y);
+}
+
+/// The epilogue of [`forward_fused`] as its own pass over a computed output `y` (`[n, o,
+/// out_plane]`): `y = y + bias[o]`, then `max(y, 0)` when `relu` (a NaN stays NaN, as an
+/// unfused ReLU). For outputs another kernel computed (the int8 convolution).
+///
+/// # Panics
+/// When `y` is shorter than `g`'s output or `bias` than its channels.
+pub fn apply_epilogue<T: ConvElem>(g: &Geom, bias: Option<&[T]>, relu: bool, y: &mut [T]) {
     let p = g.out_plane();
+    if p == 0 {
+        return;
+    }
     for (i, yo) in y[..g.lens().2].chunks_exact_mut(p).enumerate() {
         let b = bias.map_or(T::default(), |b| b[i % g.o]);
         for v in yo.iter_mut() {
