@@ -27,6 +27,7 @@ mod igemm;
 mod q8;
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 pub use q8::{forward_q8, QConvWeight};
 
@@ -312,6 +313,32 @@ pub fn forward_igemm(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], tile: usize)
         relu: false,
     };
     igemm::forward_with(g, x, w, y, epi, Some(tile), None);
+    true
+}
+
+/// The `f32` forward pass by Winograd's F(2×2, 3×3) (for benchmarks and tests; [`forward`]
+/// does not choose it: on the anchor CNN's 32 -> 64 convolution it measured slower than the
+/// implicit GEMM, see BENCHMARKS.md, session 14), with the epilogue of [`forward_fused`] and
+/// the thread count forced when given. Returns `false` (and
+/// leaves `y`) where that path does not apply (a 3×3 kernel, unit strides and dilations, one
+/// group, at least 16 input and output channels, an output of at least 2×2).
+pub fn forward_winograd(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+    threads: Option<usize>,
+) -> bool {
+    check(g, x, w, y);
+    if g.macs() == 0 || g.direct() || !winograd::applies(g) {
+        return false;
+    }
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    winograd::forward(g, x, w, y, bias, relu, threads);
     true
 }
 
