@@ -468,3 +468,44 @@ fn winograd_matches_the_naive_reference() {
         }
     }
 }
+
+/// `forward_fused` is bit for bit `forward` then `apply_epilogue` on every path and ISA (the
+/// direct kernels, the register-blocked one applying the epilogue in its store, the implicit
+/// GEMMs), f32 and f64, with and without a bias and the ReLU.
+#[test]
+fn fused_forward_is_forward_then_the_epilogue() {
+    let mut r = Lcg(17);
+    let mut cs = cases();
+    // the register-blocked direct kernel with a partial block of output channels
+    cs.push(geom(2, 1, 7, 1, [9, 21], [3, 3], [1, 1], [1, 1], [1, 1]));
+    cs.push(geom(3, 1, 32, 1, [28, 28], [3, 3], [1, 1], [1, 1], [1, 1]));
+    assert!(cs.iter().any(|g| g.blocked_direct()));
+    for g in cs {
+        let (lx, lw, ly) = g.lens();
+        let (x, w, b) = (r.vec(lx), r.vec(lw), r.vec(g.o));
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x32, w32, b32) = (f(&x), f(&w), f(&b));
+        for isa in Isa::available() {
+            crate::isa::with_isa(isa, || {
+                for (bias, relu) in [(true, true), (true, false), (false, true)] {
+                    let what = format!("{g:?} {isa:?} bias {bias} relu {relu}");
+                    let mut want = vec![f32::NAN; ly];
+                    forward(&g, &x32, &w32, &mut want);
+                    apply_epilogue(&g, bias.then_some(&b32[..]), relu, &mut want);
+                    let mut y = vec![f32::NAN; ly];
+                    forward_fused(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut y);
+                    assert_eq!(y, want, "f32 {what}");
+                    if relu {
+                        assert!(y.iter().any(|&v| v == 0.0), "{what}");
+                    }
+                    let mut want = vec![f64::NAN; ly];
+                    forward(&g, &x, &w, &mut want);
+                    apply_epilogue(&g, bias.then_some(&b[..]), relu, &mut want);
+                    let mut y = vec![f64::NAN; ly];
+                    forward_fused(&g, &x, &w, bias.then_some(&b[..]), relu, &mut y);
+                    assert_eq!(y, want, "f64 {what}");
+                }
+            });
+        }
+    }
+}
