@@ -496,7 +496,7 @@ fn fused_forward_is_forward_then_the_epilogue() {
                     forward_fused(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut y);
                     assert_eq!(y, want, "f32 {what}");
                     if relu {
-                        assert!(y.iter().any(|&v| v == 0.0), "{what}");
+                        assert!(y.contains(&0.0), "{what}");
                     }
                     let mut want = vec![f64::NAN; ly];
                     forward(&g, &x, &w, &mut want);
