@@ -225,7 +225,7 @@ pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct
         return;
     }
     if direct {
-        return direct_fwd(g, x, w, y, None, false);
+        return direct_fwd(g, x, w, y);
     }
     if let Some((x, w, y)) = as_f32(x, w, y) {
         if igemm::applies(g) {
@@ -240,10 +240,9 @@ pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct
 }
 
 /// `y = conv(x, w) + bias` (`bias[o]` added to output channel `o`), then `max(y, 0)` when
-/// `relu` (overwrites `y`): on the `f32` implicit GEMM of stride-1 convolutions on x86-64 and
-/// on the register-blocked direct kernel (small reductions) the bias and the ReLU are applied
-/// as the register tiles are stored; elsewhere in one pass over `y` after [`forward`]. Bit for
-/// bit [`forward`] followed by [`apply_epilogue`].
+/// `relu` (overwrites `y`): on the `f32` implicit GEMM of stride-1 convolutions on x86-64 the
+/// bias and the ReLU are applied as the register tiles are stored; elsewhere in one pass over
+/// `y` after [`forward`].
 ///
 /// # Panics
 /// As [`forward`], and when `bias` is shorter than the output channels.
@@ -258,10 +257,6 @@ pub fn forward_fused<T: ConvElem>(
     check(g, x, w, y);
     if let Some(b) = bias {
         assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
-    }
-    if g.direct() && g.macs() > 0 {
-        // the direct kernels apply it themselves (the register-blocked one in its store)
-        return direct_fwd(g, x, w, y, bias, relu);
     }
     if !g.direct() && g.macs() > 0 && igemm::applies(g) {
         if let (Some((x, w, y)), true) = (
@@ -619,7 +614,7 @@ fn col2im<T: ConvElem>(g: &Geom, col: &[T], j0: usize, nc: usize, gxg: &mut [T])
 use crate::isa::multiversion;
 
 multiversion! {
-    fn direct_fwd<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], bias: Option<&[T]>, relu: bool) => direct_fwd_impl;
+    fn direct_fwd<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) => direct_fwd_impl;
 }
 multiversion! {
     fn direct_bwd_data<T: ConvElem>(g: &Geom, gy: &[T], w: &[T], gx: &mut [T]) => direct_bwd_data_impl;
@@ -645,21 +640,14 @@ fn for_rows(g: &Geom, ti: usize, tj: usize, mut f: impl FnMut(usize, usize, usiz
 }
 
 #[inline(always)]
-fn direct_fwd_impl<T: ConvElem>(
-    g: &Geom,
-    x: &[T],
-    w: &[T],
-    y: &mut [T],
-    bias: Option<&[T]>,
-    relu: bool,
-) {
+fn direct_fwd_impl<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
     if g.blocked_direct() {
         // FMA where the copy was compiled with it (AVX2 / AVX-512); the baseline copy keeps
         // the separate multiply and add (`mul_add` would be a libm call there)
         return if crate::isa::active() == crate::isa::Isa::Scalar {
-            direct_fwd_blocked::<T, false>(g, x, w, y, bias, relu)
+            direct_fwd_blocked::<T, false>(g, x, w, y)
         } else {
-            direct_fwd_blocked::<T, true>(g, x, w, y, bias, relu)
+            direct_fwd_blocked::<T, true>(g, x, w, y)
         };
     }
     let (cg, og, p, q) = (g.cg(), g.og(), g.out_plane(), g.in_plane());
@@ -692,9 +680,6 @@ fn direct_fwd_impl<T: ConvElem>(
                 }
             }
         }
-    }
-    if bias.is_some() || relu {
-        apply_epilogue(g, bias, relu, y);
     }
 }
 
@@ -828,14 +813,7 @@ impl Blocked {
 /// block is [`DOB`] output channels × [`DNC`] chunks: per tap, [`DNC`] vector loads and
 /// [`DOB`] broadcasts feed `DOB · DNC` multiply-adds, and each output is stored once.
 #[inline(always)]
-fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(
-    g: &Geom,
-    x: &[T],
-    w: &[T],
-    y: &mut [T],
-    bias: Option<&[T]>,
-    relu: bool,
-) {
+fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
     let (og, red) = (g.og(), g.cg() * g.taps());
     let (ohn, ow) = (g.out[0], g.out[1]);
     let bl = Blocked::new(g);
@@ -885,33 +863,9 @@ fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(
                             }
                         }
                         for j in 0..DOB.min(og - ob * DOB) {
-                            let o = gr * og + ob * DOB + j;
-                            let yo = (n * g.o + o) * ohn * ow;
-                            let b = bias.map(|b| b[o]);
+                            let yo = (n * g.o + gr * og + ob * DOB + j) * ohn * ow;
                             for (c, &(oh, s, _)) in cs.iter().enumerate() {
-                                let dst = &mut y[yo + oh * ow + s..][..DL];
-                                let a = &acc[j * DNC + c];
-                                match b {
-                                    // the epilogue of `forward_fused` in the store (as
-                                    // `apply_epilogue`: `s < 0`, so a NaN stays NaN)
-                                    Some(b) => {
-                                        for (d, &v) in dst.iter_mut().zip(a) {
-                                            let v = v + b;
-                                            *d = if relu && v < T::default() {
-                                                T::default()
-                                            } else {
-                                                v
-                                            };
-                                        }
-                                    }
-                                    None if relu => {
-                                        for (d, &v) in dst.iter_mut().zip(a) {
-                                            let v = v + T::default();
-                                            *d = if v < T::default() { T::default() } else { v };
-                                        }
-                                    }
-                                    None => dst.copy_from_slice(a),
-                                }
+                                y[yo + oh * ow + s..][..DL].copy_from_slice(&acc[j * DNC + c]);
                             }
                         }
                     }

@@ -470,8 +470,8 @@ fn winograd_matches_the_naive_reference() {
 }
 
 /// `forward_fused` is bit for bit `forward` then `apply_epilogue` on every path and ISA (the
-/// direct kernels, the register-blocked one applying the epilogue in its store, the implicit
-/// GEMMs), f32 and f64, with and without a bias and the ReLU.
+/// direct kernels, the register-blocked one, the implicit GEMMs with the epilogue in their
+/// tile store), f32 and f64, with and without a bias and the ReLU.
 #[test]
 fn fused_forward_is_forward_then_the_epilogue() {
     let mut r = Lcg(17);
