@@ -5,7 +5,10 @@
 //! the weight gradient). CPU: `mithril::rt::ops::conv::conv_to` over
 //! `mithril_kernels::conv` (implicit GEMM on the packed GEMM, direct kernels for depthwise and
 //! tiny reductions). CUDA (f32 / f64): `mithril::rt::cuda::conv` over the direct kernels of
-//! `mithril_kernels::cuda` `conv.cu` (same `ConvSpec`, same shape checks).
+//! `mithril_kernels::cuda` `conv.cu` (same `ConvSpec`, same shape checks). A forward
+//! convolution with its bias add and ReLU fused (`ConvKind::ForwardEpi`, made after autodiff by
+//! `passes::conv_epilogue` on the CPU backends only) plans as `conv_epi` and calls
+//! `mithril::rt::ops::conv::conv_epi_to` (`mithril_kernels::conv::forward_fused`).
 //!
 //! Output spatial dims: `(H + 2p - d(k - 1) - 1) / s + 1` (transposed: `(H - 1)s - 2p + d(k -
 //! 1) + output_padding + 1`) when `H` and `k` are known at compile time, a static result below
