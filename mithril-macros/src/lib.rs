@@ -1314,7 +1314,11 @@ fn run_passes(
         }
         note(g, "operator_fusion", c, steps.as_deref_mut());
         log.push(("operator_fusion", c));
-        let c = passes::epilogue::run(g);
+        let mut c = passes::epilogue::run(g);
+        // the convolution epilogues run in the CPU kernels (the plan and `static_shapes` code)
+        if !opts.backend_cuda && !opts.mixed() {
+            c += passes::conv_epilogue::run(g);
+        }
         note(g, "epilogue_fusion", c, steps);
         log.push(("epilogue_fusion", c));
     }

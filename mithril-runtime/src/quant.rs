@@ -193,7 +193,9 @@ fn conv_views(plan: &Plan, params: std::ops::Range<usize>) -> HashMap<usize, (us
     use crate::ops::conv::ConvKind;
     let mut out = HashMap::new();
     for s in &plan.nodes {
-        let POp::Conv(spec) = &s.op else { continue };
+        let (POp::Conv(spec) | POp::ConvEpi { spec, .. }) = &s.op else {
+            continue;
+        };
         let transpose = match spec.kind {
             ConvKind::Forward => false,
             ConvKind::Transpose => true,

@@ -1197,3 +1197,205 @@ fn half_storage_convolution_is_the_f32_one_rounded() -> mithril::Result<()> {
     }
     Ok(())
 }
+
+mithril! {
+    /// Convolutions whose bias add and ReLU the optimizer fuses into the kernel's store: the
+    /// implicit GEMM (`a`: 27-long reductions, stride 1), bias only (`b`, an output), ReLU
+    /// only (`c`, no bias), the direct kernel (`d`: a 1x1 over 3 channels) and a stride-2
+    /// convolution (`e`, the panel path), a 1-D one (`f`), and one whose biased output has
+    /// two users (`g`: the bias add fused, the ReLU not).
+    model ConvEpi {
+        input x: f32[B, 3, 9, 7];
+        input s: f32[B, 3, 12];
+        let a = relu(Conv2d(16, 3, padding = 1)(x));
+        output b = Conv2d(8, 3, padding = 1)(a);
+        output c = relu(Conv2d(6, 3, padding = 1, use_bias = false)(x));
+        output d = relu(Conv2d(5, 1)(x));
+        output e = relu(Conv2d(4, 3, stride = 2, padding = 1)(x));
+        output f = relu(Conv1d(7, 3, padding = 1)(s));
+        let gc = Conv2d(4, 3)(x);
+        output g = relu(gc) + gc;
+    }
+    compile ConvEpiOn = ConvEpi {};
+    compile ConvEpiOff = ConvEpi { optimizations: { operator_fusion: false } };
+    compile ConvEpiStatic = ConvEpi { shapes: { x: [2, 3, 9, 7], s: [2, 3, 12] }, static_shapes: true };
+    compile ConvEpiQ = ConvEpi { quantization: int8 };
+    compile ConvEpiQOff = ConvEpi { quantization: int8, optimizations: { operator_fusion: false } };
+}
+
+#[test]
+fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
+    let (on, off, st) = (ConvEpiOn::new()?, ConvEpiOff::new()?, ConvEpiStatic::new()?);
+    // the pass fused a, b, c, d, e, f and g's bias (not g's ReLU: `relu(gc) + gc`)
+    let fused = ConvEpiOn::SUMMARY.matches("+epilogue").count();
+    assert_eq!(fused, 7, "{}", ConvEpiOn::SUMMARY);
+    assert!(
+        ConvEpiOn::SUMMARY.contains("fused[add(relu(#0), #0)]"),
+        "{}",
+        ConvEpiOn::SUMMARY
+    );
+    assert!(
+        ConvEpiOn::SUMMARY.contains("conv1d+epilogue"),
+        "{}",
+        ConvEpiOn::SUMMARY
+    );
+    assert!(
+        !ConvEpiOff::SUMMARY.contains("+epilogue"),
+        "{}",
+        ConvEpiOff::SUMMARY
+    );
+    assert!(
+        ConvEpiStatic::SUMMARY.contains("conv2d+epilogue"),
+        "{}",
+        ConvEpiStatic::SUMMARY
+    );
+    let p = on.randomize_params(5);
+    let q = off.randomize_params(5);
+    assert_eq!(p.conv2d_0.weight, q.conv2d_0.weight);
+    let x: ndarray::Array4<f32> = pat(IxDyn(&[2, 3, 9, 7]), 1.3)
+        .mapv(|v| v as f32)
+        .into_dimensionality()
+        .unwrap();
+    let s: ndarray::Array3<f32> = pat(IxDyn(&[2, 3, 12]), 0.7)
+        .mapv(|v| v as f32)
+        .into_dimensionality()
+        .unwrap();
+    let yo = on.evaluate(
+        &p,
+        ConvEpiOnInputs {
+            x: x.view(),
+            s: s.view(),
+        },
+    )?;
+    let yf = off.evaluate(
+        &q,
+        ConvEpiOffInputs {
+            x: x.view(),
+            s: s.view(),
+        },
+    )?;
+    let ps = st.randomize_params(5);
+    let ys = st.evaluate(
+        &ps,
+        ConvEpiStaticInputs {
+            x: x.view(),
+            s: s.view(),
+        },
+    )?;
+    // the same arithmetic (the sums, then one add and the ReLU): bit for bit
+    assert_eq!(yo.b, yf.b);
+    assert_eq!(yo.c, yf.c);
+    assert_eq!(yo.d, yf.d);
+    assert_eq!(yo.e, yf.e);
+    assert_eq!(yo.f, yf.f);
+    assert_eq!(yo.g, yf.g);
+    assert_eq!(ys.b, yf.b);
+    assert_eq!(ys.f, yf.f);
+    // int8: the quantized convolution, then the epilogue over its output (as the unfused graph)
+    let (mq, mqo) = (ConvEpiQ::new()?, ConvEpiQOff::new()?);
+    let (pq, pqo) = (mq.randomize_params(5), mqo.randomize_params(5));
+    let (qp, qpo) = (mq.quantize(&pq)?, mqo.quantize(&pqo)?);
+    assert_eq!(qp.quantized(), qpo.quantized());
+    assert_eq!(qp.quantized().len(), 7);
+    let yq = mq.evaluate_quantized(
+        &qp,
+        ConvEpiQInputs {
+            x: x.view(),
+            s: s.view(),
+        },
+    )?;
+    let qo = mqo.evaluate_quantized(
+        &qpo,
+        ConvEpiQOffInputs {
+            x: x.view(),
+            s: s.view(),
+        },
+    )?;
+    assert_eq!(
+        (&yq.b, &yq.c, &yq.d, &yq.e, &yq.f, &yq.g),
+        (&qo.b, &qo.c, &qo.d, &qo.e, &qo.f, &qo.g)
+    );
+    assert_ne!(yq.b, yo.b); // (it did run in int8)
+    // the ReLUs did clip something (the test would be weak otherwise)
+    assert!(yo.c.iter().any(|&v| v == 0.0) && yo.c.iter().any(|&v| v > 0.0));
+    // gradients through the fused nodes: as the unfused graph's
+    let seeds = |o: &ConvEpiOnOutputs| {
+        let w = |a: &ArrayD<f32>, k: f64| pat(IxDyn(a.shape()), k).mapv(|v| v as f32);
+        (
+            w(&o.b.clone().into_dyn(), 0.4),
+            w(&o.c.clone().into_dyn(), 0.8),
+            w(&o.d.clone().into_dyn(), 1.2),
+            w(&o.e.clone().into_dyn(), 1.6),
+            w(&o.f.clone().into_dyn(), 2.0),
+            w(&o.g.clone().into_dyn(), 2.4),
+        )
+    };
+    let (sb, sc, sd, se, sf, sg) = seeds(&yo);
+    fn dim<D: ndarray::Dimension>(a: ArrayD<f32>) -> ndarray::Array<f32, D> {
+        a.into_dimensionality().unwrap()
+    }
+    let (_, go) = on.evaluate_gradients(
+        &p,
+        ConvEpiOnInputs {
+            x: x.view(),
+            s: s.view(),
+        },
+        ConvEpiOnOutputs {
+            b: dim(sb.clone()),
+            c: dim(sc.clone()),
+            d: dim(sd.clone()),
+            e: dim(se.clone()),
+            f: dim(sf.clone()),
+            g: dim(sg.clone()),
+        },
+    )?;
+    let (_, gf) = off.evaluate_gradients(
+        &q,
+        ConvEpiOffInputs {
+            x: x.view(),
+            s: s.view(),
+        },
+        ConvEpiOffOutputs {
+            b: dim(sb),
+            c: dim(sc),
+            d: dim(sd),
+            e: dim(se),
+            f: dim(sf),
+            g: dim(sg),
+        },
+    )?;
+    let close = |a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str| {
+        for (u, v) in a.iter().zip(b) {
+            assert!(
+                (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                "{what}: {u} vs {v}"
+            );
+        }
+    };
+    close(
+        &go.conv2d_0.weight.clone().into_dyn(),
+        &gf.conv2d_0.weight.clone().into_dyn(),
+        "a.weight",
+    );
+    close(
+        &go.conv2d_0.bias.clone().into_dyn(),
+        &gf.conv2d_0.bias.clone().into_dyn(),
+        "a.bias",
+    );
+    close(
+        &go.conv2d_1.weight.clone().into_dyn(),
+        &gf.conv2d_1.weight.clone().into_dyn(),
+        "b.weight",
+    );
+    close(
+        &go.conv1d_0.weight.clone().into_dyn(),
+        &gf.conv1d_0.weight.clone().into_dyn(),
+        "f.weight",
+    );
+    close(
+        &go.gc.bias.clone().into_dyn(),
+        &gf.gc.bias.clone().into_dyn(),
+        "g.bias",
+    );
+    Ok(())
+}

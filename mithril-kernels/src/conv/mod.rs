@@ -27,6 +27,7 @@ mod igemm;
 mod q8;
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 pub use q8::{forward_q8, transpose_q8, QConvTransposeWeight, QConvWeight};
 
@@ -270,7 +271,20 @@ pub fn forward_fused<T: ConvElem>(
         }
     }
     forward(g, x, w, y);
+    apply_epilogue(g, bias, relu, y);
+}
+
+/// The epilogue of [`forward_fused`] as its own pass over a computed output `y` (`[n, o,
+/// out_plane]`): `y = y + bias[o]`, then `max(y, 0)` when `relu` (a NaN stays NaN, as an
+/// unfused ReLU). For outputs another kernel computed (the int8 convolution).
+///
+/// # Panics
+/// When `y` is shorter than `g`'s output or `bias` than its channels.
+pub fn apply_epilogue<T: ConvElem>(g: &Geom, bias: Option<&[T]>, relu: bool, y: &mut [T]) {
     let p = g.out_plane();
+    if p == 0 {
+        return;
+    }
     for (i, yo) in y[..g.lens().2].chunks_exact_mut(p).enumerate() {
         let b = bias.map_or(T::default(), |b| b[i % g.o]);
         for v in yo.iter_mut() {
@@ -299,6 +313,32 @@ pub fn forward_igemm(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], tile: usize)
         relu: false,
     };
     igemm::forward_with(g, x, w, y, epi, Some(tile), None);
+    true
+}
+
+/// The `f32` forward pass by Winograd's F(2×2, 3×3) (for benchmarks and tests; [`forward`]
+/// does not choose it: on the anchor CNN's 32 -> 64 convolution it measured slower than the
+/// implicit GEMM, see BENCHMARKS.md, session 14), with the epilogue of [`forward_fused`] and
+/// the thread count forced when given. Returns `false` (and
+/// leaves `y`) where that path does not apply (a 3×3 kernel, unit strides and dilations, one
+/// group, at least 16 input and output channels, an output of at least 2×2).
+pub fn forward_winograd(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+    threads: Option<usize>,
+) -> bool {
+    check(g, x, w, y);
+    if g.macs() == 0 || g.direct() || !winograd::applies(g) {
+        return false;
+    }
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    winograd::forward(g, x, w, y, bias, relu, threads);
     true
 }
 

@@ -528,3 +528,105 @@ fn int8_transpose_matches_the_scalar_reference_bitwise() {
         }
     }
 }
+
+/// Winograd's F(2×2, 3×3) (`winograd`, f32) on every ISA (the GEMM's and the transforms'
+/// multiversioned copies), over 1 and 3 threads, with and without the fused bias and ReLU,
+/// against the naive reference: odd output heights and widths (partial 2×2 tiles), paddings 0,
+/// 1 and 2, channels that are not multiples of the GEMM's tiles, a 2×2 output, rows wider than
+/// 64 columns, and more tile rows than one chunk holds (chunks across images).
+#[test]
+fn winograd_matches_the_naive_reference() {
+    let mut r = Lcg(13);
+    let cases = [
+        geom(3, 16, 17, 1, [9, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(2, 19, 16, 1, [14, 14], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(1, 16, 21, 1, [6, 5], [3, 3], [1, 1], [0, 0], [1, 1]),
+        geom(1, 17, 16, 1, [4, 4], [3, 3], [1, 1], [0, 0], [1, 1]),
+        geom(2, 16, 18, 1, [5, 70], [3, 3], [1, 1], [2, 2], [1, 1]),
+        geom(5, 16, 16, 1, [23, 9], [3, 3], [1, 1], [1, 0], [1, 1]),
+    ];
+    for g in cases {
+        assert!(winograd::applies(&g), "{g:?}");
+        let (lx, lw, ly) = g.lens();
+        let (x, w, gy) = (r.vec(lx), r.vec(lw), r.vec(ly));
+        let bias = r.vec(g.o);
+        let want = naive(&g, &x, &w, &gy).0;
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x32, w32, b32) = (f(&x), f(&w), f(&bias));
+        for isa in Isa::available() {
+            crate::isa::with_isa(isa, || {
+                for threads in [1, 3] {
+                    for fused in [false, true] {
+                        let what = format!("{g:?} {isa:?} threads {threads} {fused}");
+                        let mut y = vec![f32::NAN; ly];
+                        let b = fused.then_some(&b32[..]);
+                        assert!(forward_winograd(
+                            &g,
+                            &x32,
+                            &w32,
+                            b,
+                            fused,
+                            &mut y,
+                            Some(threads)
+                        ));
+                        let want: Vec<f64> = want
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &v)| {
+                                let o = (i / g.out_plane()) % g.o;
+                                if fused {
+                                    (v + bias[o]).max(0.0)
+                                } else {
+                                    v
+                                }
+                            })
+                            .collect();
+                        let y: Vec<f64> = y.iter().map(|&a| a as f64).collect();
+                        close(&y, &want, 1e-4, &what);
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// `forward_fused` is bit for bit `forward` then `apply_epilogue` on every path and ISA (the
+/// direct kernels, the register-blocked one, the implicit GEMMs with the epilogue in their
+/// tile store), f32 and f64, with and without a bias and the ReLU.
+#[test]
+fn fused_forward_is_forward_then_the_epilogue() {
+    let mut r = Lcg(17);
+    let mut cs = cases();
+    // the register-blocked direct kernel with a partial block of output channels
+    cs.push(geom(2, 1, 7, 1, [9, 21], [3, 3], [1, 1], [1, 1], [1, 1]));
+    cs.push(geom(3, 1, 32, 1, [28, 28], [3, 3], [1, 1], [1, 1], [1, 1]));
+    assert!(cs.iter().any(|g| g.blocked_direct()));
+    for g in cs {
+        let (lx, lw, ly) = g.lens();
+        let (x, w, b) = (r.vec(lx), r.vec(lw), r.vec(g.o));
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x32, w32, b32) = (f(&x), f(&w), f(&b));
+        for isa in Isa::available() {
+            crate::isa::with_isa(isa, || {
+                for (bias, relu) in [(true, true), (true, false), (false, true)] {
+                    let what = format!("{g:?} {isa:?} bias {bias} relu {relu}");
+                    let mut want = vec![f32::NAN; ly];
+                    forward(&g, &x32, &w32, &mut want);
+                    apply_epilogue(&g, bias.then_some(&b32[..]), relu, &mut want);
+                    let mut y = vec![f32::NAN; ly];
+                    forward_fused(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut y);
+                    assert_eq!(y, want, "f32 {what}");
+                    if relu {
+                        assert!(y.contains(&0.0), "{what}");
+                    }
+                    let mut want = vec![f64::NAN; ly];
+                    forward(&g, &x, &w, &mut want);
+                    apply_epilogue(&g, bias.then_some(&b[..]), relu, &mut want);
+                    let mut y = vec![f64::NAN; ly];
+                    forward_fused(&g, &x, &w, bias.then_some(&b[..]), relu, &mut y);
+                    assert_eq!(y, want, "f64 {what}");
+                }
+            });
+        }
+    }
+}

@@ -41,6 +41,11 @@ pub enum ConvKind {
     GradData,
     /// The weight gradient of a forward convolution: operands `(x, gy, like w)`.
     GradWeight,
+    /// A forward convolution with its epilogue fused into the kernel's store (made by
+    /// `passes::conv_epilogue` after autodiff, never by autodiff itself): operands `(x, w)` and,
+    /// with `bias`, the bias (`O` values, broadcast along the channel axis); the result is
+    /// `conv(x, w) + bias`, then `relu` when `relu`.
+    ForwardEpi { bias: bool, relu: bool },
 }
 
 /// The attributes of a convolution (one entry per spatial dim in each list).

@@ -5,6 +5,7 @@
 
 pub mod autodiff;
 pub mod checkpoint;
+pub mod conv_epilogue;
 pub mod cse;
 pub mod dce;
 pub mod elide;

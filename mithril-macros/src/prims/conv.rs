@@ -5,7 +5,10 @@
 //! the weight gradient). CPU: `mithril::rt::ops::conv::conv_to` over
 //! `mithril_kernels::conv` (implicit GEMM on the packed GEMM, direct kernels for depthwise and
 //! tiny reductions). CUDA (f32 / f64): `mithril::rt::cuda::conv` over the direct kernels of
-//! `mithril_kernels::cuda` `conv.cu` (same `ConvSpec`, same shape checks).
+//! `mithril_kernels::cuda` `conv.cu` (same `ConvSpec`, same shape checks). A forward
+//! convolution with its bias add and ReLU fused (`ConvKind::ForwardEpi`, made after autodiff by
+//! `passes::conv_epilogue` on the CPU backends only) plans as `conv_epi` and calls
+//! `mithril::rt::ops::conv::conv_epi_to` (`mithril_kernels::conv::forward_fused`).
 //!
 //! Output spatial dims: `(H + 2p - d(k - 1) - 1) / s + 1` (transposed: `(H - 1)s - 2p + d(k -
 //! 1) + output_padding + 1`) when `H` and `k` are known at compile time, a static result below
@@ -81,7 +84,7 @@ impl ConvAttrs {
 fn spec_tokens(a: &ConvAttrs) -> TokenStream {
     let c = quote!(::mithril::rt::ops::conv);
     let kind = match a.kind {
-        ConvKind::Forward => quote!(Forward),
+        ConvKind::Forward | ConvKind::ForwardEpi { .. } => quote!(Forward),
         ConvKind::Transpose => quote!(Transpose),
         ConvKind::GradData => quote!(GradData),
         ConvKind::GradWeight => quote!(GradWeight),
@@ -123,6 +126,10 @@ impl Family for Rules {
 
     fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
         let a = attrs_of(p)?;
+        if let ConvKind::ForwardEpi { .. } = a.kind {
+            // (the conv epilogue pass fuses only on the CPU backends)
+            return Err("internal: a fused convolution epilogue on cuda".into());
+        }
         let c = cuda::rt();
         let spec = spec_tokens(a);
         // the gradients' shape operand (2) is read for its shape only: never widened
@@ -218,11 +225,21 @@ impl Family for Rules {
             (ConvKind::Transpose, _) => "conv_transpose2d",
             (ConvKind::GradData, _) => "conv_grad_input",
             (ConvKind::GradWeight, _) => "conv_grad_weight",
+            (ConvKind::ForwardEpi { .. }, 1) => "conv1d+epilogue",
+            (ConvKind::ForwardEpi { .. }, _) => "conv2d+epilogue",
         }
     }
 
     fn shape(&self, p: &Prim, env: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
         let a = attrs_of(p)?;
+        if let ConvKind::ForwardEpi { .. } = a.kind {
+            // the forward convolution's shape (the bias was checked by the fusing pass)
+            let fwd = Prim::Conv(ConvAttrs {
+                kind: ConvKind::Forward,
+                ..a.clone()
+            });
+            return self.shape(&fwd, env, &ins[..2.min(ins.len())]);
+        }
         let nd = a.nd();
         if matches!(a.kind, ConvKind::GradData | ConvKind::GradWeight) {
             return Ok(ins[2].clone());
@@ -388,21 +405,28 @@ impl Family for Rules {
                 let gw = b.op(with(ConvKind::GradWeight), &[gy, x[0], x[1]]);
                 vec![Some(gx), Some(gw)]
             }
-            ConvKind::GradData | ConvKind::GradWeight => b.unsupported(self.name(p), x.len()),
+            ConvKind::GradData | ConvKind::GradWeight | ConvKind::ForwardEpi { .. } => {
+                b.unsupported(self.name(p), x.len())
+            }
         }
     }
 
     fn plan(&self, p: &Prim, _: &PlanCx<'_>) -> Result<String, String> {
         let a = attrs_of(p)?;
-        let kind = match a.kind {
-            ConvKind::Forward => "f",
-            ConvKind::Transpose => "t",
-            ConvKind::GradData => "d",
-            ConvKind::GradWeight => "w",
+        let (op, kind) = match a.kind {
+            ConvKind::Forward => ("conv".to_string(), "f"),
+            ConvKind::Transpose => ("conv".into(), "t"),
+            ConvKind::GradData => ("conv".into(), "d"),
+            ConvKind::GradWeight => ("conv".into(), "w"),
+            // `conv_epi <bias> <relu>`, then a forward `conv`'s attributes
+            ConvKind::ForwardEpi { bias, relu } => (
+                format!("conv_epi {} {}", u8::from(bias), u8::from(relu)),
+                "f",
+            ),
         };
         let pad = a.padding.clone().unwrap_or_default();
         Ok(format!(
-            "conv {kind} {} {} {} {} {} {}",
+            "{op} {kind} {} {} {} {} {} {}",
             a.groups,
             u8::from(a.padding.is_none()),
             list(&a.stride),
@@ -434,6 +458,17 @@ impl Family for Rules {
         };
         let spec = spec_tokens(a);
         let (x, w, d) = (&cx.a[0], &cx.a[1], cx.d);
+        if let ConvKind::ForwardEpi { bias, relu } = a.kind {
+            if half {
+                return Err("internal: a fused convolution epilogue on f16 / bf16".into());
+            }
+            let b = match (bias, cx.a.get(2)) {
+                (true, Some(b)) => quote!(::std::option::Option::Some(&#b)),
+                (false, None) => quote!(::std::option::Option::None),
+                _ => return Err("internal: the fused convolution's bias operand".into()),
+            };
+            return Ok(cx.checked(quote!(#c::conv_epi_to(&#spec, &#x, &#w, #b, #relu, #d))));
+        }
         let like = match cx.a.get(2) {
             Some(l) => quote!(::std::option::Option::Some(&#l)),
             None => quote!(::std::option::Option::None),

@@ -285,6 +285,70 @@ pub fn conv_to<'w, T: Elem + ConvElem>(
     Ok(out)
 }
 
+/// A forward convolution ([`ConvKind::Forward`]) with its epilogue: `conv(x, w) + bias`
+/// (`bias`: the output channels' values, in any shape holding exactly that many elements), then
+/// `max(·, 0)` when `relu`, applied by the kernel as it stores its tiles
+/// ([`mithril_kernels::conv::forward_fused`]); bit for bit the convolution followed by the
+/// separate bias add and ReLU. The same shape checks and errors as [`conv_to`], and the bias's
+/// element count against the output channels.
+pub fn conv_epi_to<'w, T: Elem + ConvElem>(
+    spec: &ConvSpec,
+    x: &ArrayViewD<'_, T>,
+    w: &ArrayViewD<'_, T>,
+    bias: Option<&ArrayViewD<'_, T>>,
+    relu: bool,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let op = spec.name();
+    let (shape, g, pass) = plan(spec, x.shape(), w.shape(), None)?;
+    if pass != Pass::Forward {
+        return Err(Error::op(op, "internal: an epilogue on a gradient"));
+    }
+    if let Some(b) = bias {
+        if b.len() != g.o {
+            return Err(Error::op(
+                op,
+                format!(
+                    "the bias has shape {:?} ({} values), expected {} (the output channels; input {:?}, weight {:?})",
+                    b.shape(),
+                    b.len(),
+                    g.o,
+                    x.shape(),
+                    w.shape()
+                ),
+            ));
+        }
+    }
+    let (mut bx, mut bw, mut bb) = (Vec::new(), Vec::new(), Vec::new());
+    let (sx, sw) = (slice(x, &mut bx), slice(w, &mut bw));
+    let sb = bias.map(|b| slice(b, &mut bb));
+    let mut out = dest.get(op, &shape)?;
+    let y = contiguous(op, &mut out)?;
+    k::forward_fused(&g, sx, sw, sb, relu, y);
+    Ok(out)
+}
+
+/// [`conv_epi_to`]'s epilogue over `y`, the output of a forward convolution `spec` that
+/// another kernel computed (the int8 one): `y + bias`, then the ReLU when `relu`.
+pub(crate) fn conv_epilogue_in_place<T: Elem + ConvElem>(
+    spec: &ConvSpec,
+    x: &[usize],
+    w: &[usize],
+    bias: Option<&ArrayViewD<'_, T>>,
+    relu: bool,
+    y: &mut ArrayViewMutD<'_, T>,
+) -> Result<()> {
+    let op = spec.name();
+    let (_, g, _) = plan(spec, x, w, None)?;
+    let mut bb = Vec::new();
+    let sb = bias.map(|b| slice(b, &mut bb));
+    if sb.is_some_and(|b| b.len() != g.o) {
+        return Err(Error::op(op, "the bias does not match the output channels"));
+    }
+    k::apply_epilogue(&g, sb, relu, contiguous(op, y)?);
+    Ok(())
+}
+
 /// [`conv_to`] on f16 / bf16 storage: the operands widened to f32, the f32 kernels, each
 /// result rounded once back to the storage type (nearest even) — f32 is the compute type of
 /// half storage, as in the GEMM. The same shape checks and errors as [`conv_to`].

@@ -1357,6 +1357,51 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     )),
                 }
             }
+            POp::ConvEpi { spec, bias, relu } => {
+                let (spec, relu) = (&**spec, *relu);
+                let y = a(1)?;
+                let b = if *bias { Some(a(2)?) } else { None };
+                let qc = if dt == DType::F32 {
+                    self.int8_conv(step, spec, &x)
+                } else {
+                    None
+                };
+                if let Some(qc) = qc {
+                    return self.put::<f32>(id, h, |d| {
+                        let (xv, wv) = (typed::<f32>(&x)?, typed::<f32>(&y)?);
+                        let mut out = ops::conv::qconv_to(spec, xv, wv, qc, d)?;
+                        let bv = b.as_ref().map(typed::<f32>).transpose()?;
+                        ops::conv::conv_epilogue_in_place(
+                            spec,
+                            xv.shape(),
+                            wv.shape(),
+                            bv,
+                            relu,
+                            &mut out,
+                        )?;
+                        Ok(out)
+                    });
+                }
+                macro_rules! conv_epi {
+                    ($T:ty) => {
+                        self.put::<$T>(id, h, |d| {
+                            let bv = b.as_ref().map(typed::<$T>).transpose()?;
+                            let (xv, wv) = (typed::<$T>(&x)?, typed::<$T>(&y)?);
+                            ops::conv::conv_epi_to(spec, xv, wv, bv, relu, d)
+                        })
+                    };
+                }
+                match dt {
+                    DType::F32 => conv_epi!(f32),
+                    DType::F64 => conv_epi!(f64),
+                    other => Err(Error::op(
+                        spec.name(),
+                        format!(
+                            "{other:?} is not supported with a fused epilogue (f32 and f64 are)"
+                        ),
+                    )),
+                }
+            }
             // incremental decoding
             POp::UpdateSlice { axis } => {
                 let (acc, v) = (a(0)?, a(1)?);

@@ -287,6 +287,13 @@ pub enum POp {
     CachedAttention {
         scale: Option<f64>,
     },
+    /// a forward convolution of `args[0..2]` with its epilogue fused into the kernel's store:
+    /// plus the bias `args[2]` (with `bias`), then the ReLU (with `relu`)
+    ConvEpi {
+        spec: Box<crate::ops::conv::ConvSpec>,
+        bias: bool,
+        relu: bool,
+    },
 }
 
 impl POp {
@@ -363,6 +370,7 @@ impl POp {
             // incremental decoding
             POp::UpdateSlice { .. } => "update_slice",
             POp::CachedAttention { .. } => "cached_attention",
+            POp::ConvEpi { .. } => "conv_fused",
         }
     }
 }

@@ -590,6 +590,41 @@ fn prog(t: &mut Toks) -> R<Prog> {
     Ok(b.finish(out))
 }
 
+/// A convolution's attributes: kind, groups, "same" flag, stride, padding, dilation, output
+/// padding.
+fn conv_spec(t: &mut Toks) -> R<crate::ops::conv::ConvSpec> {
+    use crate::ops::conv::{ConvKind, ConvSpec};
+    let kind = match t.word()? {
+        "f" => ConvKind::Forward,
+        "t" => ConvKind::Transpose,
+        "d" => ConvKind::GradData,
+        "w" => ConvKind::GradWeight,
+        w => return Err(format!("unknown conv kind `{w}`")),
+    };
+    let groups = t.num()?;
+    let same = t.flag()?;
+    let stride: Vec<usize> = t.list()?;
+    let pad: Vec<usize> = t.list()?;
+    let dilation: Vec<usize> = t.list()?;
+    let output_padding: Vec<usize> = t.list()?;
+    let nd = stride.len();
+    if !(1..=2).contains(&nd)
+        || dilation.len() != nd
+        || output_padding.len() != nd
+        || (!same && pad.len() != nd)
+    {
+        return Err("bad conv attributes".into());
+    }
+    Ok(ConvSpec {
+        kind,
+        stride,
+        padding: (!same).then_some(pad),
+        dilation,
+        groups,
+        output_padding,
+    })
+}
+
 fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
     let dt = dtype(t.word()?)?;
     let h = t.word()?;
@@ -735,37 +770,19 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
             seed: t.num()?,
         },
         // ---- convolution: kind, groups, "same" flag, stride, padding, dilation, output padding
-        "conv" => {
-            use crate::ops::conv::{ConvKind, ConvSpec};
-            let kind = match t.word()? {
-                "f" => ConvKind::Forward,
-                "t" => ConvKind::Transpose,
-                "d" => ConvKind::GradData,
-                "w" => ConvKind::GradWeight,
-                w => return Err(format!("unknown conv kind `{w}`")),
-            };
-            let groups = t.num()?;
-            let same = t.flag()?;
-            let stride: Vec<usize> = t.list()?;
-            let pad: Vec<usize> = t.list()?;
-            let dilation: Vec<usize> = t.list()?;
-            let output_padding: Vec<usize> = t.list()?;
-            let nd = stride.len();
-            if !(1..=2).contains(&nd)
-                || dilation.len() != nd
-                || output_padding.len() != nd
-                || (!same && pad.len() != nd)
-            {
-                return Err("bad conv attributes".into());
+        "conv" => POp::Conv(Box::new(conv_spec(t)?)),
+        // a forward convolution with its epilogue: bias and relu flags, then as `conv`
+        "conv_epi" => {
+            let (bias, relu) = (t.flag()?, t.flag()?);
+            let spec = conv_spec(t)?;
+            if spec.kind != crate::ops::conv::ConvKind::Forward {
+                return Err("a conv epilogue needs a forward convolution".into());
             }
-            POp::Conv(Box::new(ConvSpec {
-                kind,
-                stride,
-                padding: (!same).then_some(pad),
-                dilation,
-                groups,
-                output_padding,
-            }))
+            POp::ConvEpi {
+                spec: Box::new(spec),
+                bias,
+                relu,
+            }
         }
         // incremental decoding
         "update_slice" => POp::UpdateSlice { axis: t.num()? },
