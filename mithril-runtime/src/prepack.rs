@@ -112,6 +112,45 @@ fn pack_view<T: GemmElem>(a: &ArrayViewD<'_, T>, tb: bool) -> Option<PackedB<T>>
     Some(pack_b(k, n, s, rs, cs))
 }
 
+/// Per view, whether a product of `plan` reads it as `B` as is (`[0]`) or transposed (`[1]`):
+/// the params' views (`n_inputs..n_inputs + n_params`) that a float product reads as `B`.
+fn wanted(plan: &Plan, n_inputs: usize, n_params: usize) -> Vec<[bool; 2]> {
+    let mut want = vec![[false; 2]; n_inputs + n_params];
+    for s in &plan.nodes {
+        let tb = match &s.op {
+            POp::FusedMatmul { tb, .. } | POp::Matmul { tb, .. } => *tb,
+            _ => continue,
+        };
+        if !matches!(s.dt, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+            continue;
+        }
+        if let Some((v, t)) = s.args.get(1).and_then(|&b| b_view(plan, b)) {
+            if (n_inputs..n_inputs + n_params).contains(&v) {
+                want[v][usize::from(tb ^ t)] = true;
+            }
+        }
+    }
+    want
+}
+
+/// The packs of one param leaf: as is (`[0]`) and transposed (`[1]`), where `want` asks.
+#[inline(never)]
+fn pack_leaf(want: [bool; 2], v: &TensorView<'_>) -> [Option<PackedW>; 2] {
+    let pack = |tb: bool| -> Option<PackedW> {
+        if !want[usize::from(tb)] {
+            return None;
+        }
+        match v {
+            TensorView::F32(a) => pack_view(a, tb).map(PackedW::F32),
+            TensorView::F64(a) => pack_view(a, tb).map(PackedW::F64),
+            TensorView::F16(a) => pack_view(a, tb).map(PackedW::F16),
+            TensorView::BF16(a) => pack_view(a, tb).map(PackedW::BF16),
+            _ => None,
+        }
+    };
+    [pack(false), pack(true)]
+}
+
 /// A model's params with the weights of its matrix products packed once: what
 /// `evaluate_prepared` runs with (made by a model's `prepare`). See the module docs.
 ///
@@ -129,46 +168,24 @@ impl<P: ParamTree + Clone> Prepared<P> {
     /// Copies `params` and packs, from the copy, the weights `plan`'s matrix products read
     /// as `B` (`n_inputs`: the number of input views before the params).
     pub fn new(plan: &Plan, n_inputs: usize, params: &P) -> Self {
+        // (the work is in the non-generic `wanted` / `pack_leaf`, compiled once in this crate:
+        // only this walk is instantiated per model, in the model's crate)
         let params = params.clone();
         let n_params = params.names().len();
-        // (view, transposed) of every product's `B` that is a param
-        let mut want = vec![[false; 2]; n_inputs + n_params];
-        for s in &plan.nodes {
-            let tb = match &s.op {
-                POp::FusedMatmul { tb, .. } | POp::Matmul { tb, .. } => *tb,
-                _ => continue,
-            };
-            if !matches!(s.dt, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
-                continue;
-            }
-            if let Some((v, t)) = s.args.get(1).and_then(|&b| b_view(plan, b)) {
-                if (n_inputs..n_inputs + n_params).contains(&v) {
-                    want[v][usize::from(tb ^ t)] = true;
-                }
-            }
-        }
+        let want = wanted(plan, n_inputs, n_params);
         let mut by_view: Vec<[Option<PackedW>; 2]> = vec![[None, None]; n_inputs + n_params];
         let mut names = Vec::new();
         let mut idx = 0;
         params.visit(&mut |name, v| {
             let view = n_inputs + idx;
             idx += 1;
-            for tb in [false, true] {
-                if !want[view][usize::from(tb)] {
-                    continue;
-                }
-                let p = match &v {
-                    TensorView::F32(a) => pack_view(a, tb).map(PackedW::F32),
-                    TensorView::F64(a) => pack_view(a, tb).map(PackedW::F64),
-                    TensorView::F16(a) => pack_view(a, tb).map(PackedW::F16),
-                    TensorView::BF16(a) => pack_view(a, tb).map(PackedW::BF16),
-                    _ => None,
-                };
+            let packs = pack_leaf(want[view], &v);
+            for (tb, p) in packs.iter().enumerate() {
                 if p.is_some() {
-                    names.push((name.to_string(), tb));
+                    names.push((name.to_string(), tb == 1));
                 }
-                by_view[view][usize::from(tb)] = p;
             }
+            by_view[view] = packs;
         });
         Prepared {
             params,
