@@ -48,17 +48,6 @@ struct mt_attn_mask {
 
 extern __shared__ __align__(16) unsigned char mt_att_smem[];
 
-template <typename T> __device__ __forceinline__ T mt_att_wmax(T v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        const T u = __shfl_xor_sync(MT_FULL_MASK, v, o);
-        v = u > v ? u : v;
-    }
-    return v;
-}
-template <typename T> __device__ __forceinline__ T mt_att_wsum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(MT_FULL_MASK, v, o);
-    return v;
-}
 
 // The scaled, masked score of (row i, key j) given the dot product; -inf when excluded.
 template <typename T>
@@ -123,24 +112,7 @@ __device__ __forceinline__ void mt_attention_fwd(mt_attn_dims a, const T* __rest
             for (long c = 0; c < D; ++c) dot += s_q[warp * D + c] * s_k[lane * (D + 1) + c];
             s = mt_att_score(mk, bh, i, j, dot, scale);
         }
-        const T mt = mt_att_wmax(s);
-        const T mn = mt > m ? mt : m;
-        if (mn == ninf) continue; // nothing admitted yet: the whole tile is masked for this row
-        const T alpha = mt_exp(m - mn);
-        const T p = s == ninf ? T(0) : mt_exp(s - mn);
-        l = l * alpha + mt_att_wsum(p);
-#pragma unroll
-        for (int t = 0; t < MT_ATT_MAXC; ++t) acc[t] *= alpha;
-        for (int jj = 0; jj < MT_ATT_TILE; ++jj) {
-            const T pj = __shfl_sync(MT_FULL_MASK, p, jj);
-            if (pj == T(0)) continue; // uniform across the warp
-#pragma unroll
-            for (int t = 0; t < MT_ATT_MAXC; ++t) {
-                const long c = lane + 32 * t;
-                if (c < DV) acc[t] += pj * s_v[jj * DV + c];
-            }
-        }
-        m = mn;
+        mt_online_tile<T, MT_ATT_TILE, MT_ATT_MAXC>(s, m, l, acc, s_v, DV, lane);
     }
     if (!valid) return;
     if (o != 0) {
@@ -164,7 +136,7 @@ __device__ __forceinline__ void mt_attention_delta(long rows, long dv, const T* 
          r += (long)gridDim.x * wpb) {
         T s = T(0);
         for (long c = lane; c < dv; c += 32) s += o[r * dv + c] * go[r * dv + c];
-        s = mt_att_wsum(s);
+        s = mt_attn_wsum(s);
         if (lane == 0) delta[r] = s;
     }
 }

@@ -34,17 +34,6 @@ struct mt_dec_dims {
 
 extern __shared__ __align__(16) unsigned char mt_dec_smem[];
 
-template <typename T> __device__ __forceinline__ T mt_dec_wmax(T v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        const T u = __shfl_xor_sync(MT_FULL_MASK, v, o);
-        v = u > v ? u : v;
-    }
-    return v;
-}
-template <typename T> __device__ __forceinline__ T mt_dec_wsum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(MT_FULL_MASK, v, o);
-    return v;
-}
 
 template <typename T>
 __device__ __forceinline__ void mt_update_slice(long outer, long n, long m, long inner,
@@ -107,24 +96,7 @@ __device__ __forceinline__ void mt_cached_attention(mt_dec_dims a, const T* __re
             for (long c = 0; c < D; ++c) dot += s_q[warp * D + c] * s_k[lane * (D + 1) + c];
             s = dot * scale;
         }
-        const T mt = mt_dec_wmax(s);
-        const T mn = mt > m ? mt : m;
-        if (mn == ninf) continue; // only possible past the row's last key
-        const T alpha = mt_exp(m - mn);
-        const T p = s == ninf ? T(0) : mt_exp(s - mn);
-        l = l * alpha + mt_dec_wsum(p);
-#pragma unroll
-        for (int t = 0; t < MT_DEC_MAXC; ++t) acc[t] *= alpha;
-        for (int jj = 0; jj < MT_DEC_TILE; ++jj) {
-            const T pj = __shfl_sync(MT_FULL_MASK, p, jj);
-            if (pj == T(0)) continue; // uniform across the warp
-#pragma unroll
-            for (int t = 0; t < MT_DEC_MAXC; ++t) {
-                const long c = lane + 32 * t;
-                if (c < DV) acc[t] += pj * s_v[jj * DV + c];
-            }
-        }
-        m = mn;
+        mt_online_tile<T, MT_DEC_TILE, MT_DEC_MAXC>(s, m, l, acc, s_v, DV, lane);
     }
     if (!valid) return;
 #pragma unroll
