@@ -1129,14 +1129,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 any_t!(dt, T => self.put::<T>(id, h, |d| ops::arange_to(*start, *st, n, d)))
             }
             POp::Reshape(dims) => {
-                // on the stack up to rank 8: a reshape allocates nothing per call
-                let mut ds: SmallVec<[isize; 8]> = SmallVec::new();
-                for d in dims {
-                    ds.push(match d {
-                        Some(d) => self.dim(d)? as isize,
-                        None => -1,
-                    });
-                }
+                let ds = self.reshape_dims(dims)?;
                 let x = a(0)?;
                 any_t!(dt, T => self.put::<T>(id, h, |d| ops::reshape_to(typed::<T>(&x)?, &ds, d)))
             }
@@ -1508,6 +1501,17 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         }
     }
 
+    /// A `reshape`'s target dims with the run's symbols resolved (`-1`: inferred), on the stack
+    /// up to rank 8: a reshape allocates nothing per call.
+    fn reshape_dims(&self, dims: &[Option<DimE>]) -> Result<SmallVec<[isize; 8]>> {
+        dims.iter()
+            .map(|d| match d {
+                Some(d) => self.dim(d).map(|v| v as isize),
+                None => Ok(-1),
+            })
+            .collect()
+    }
+
     /// A reshape the plan made a view of its operand (a slot, an input or a param:
     /// `passes/memplan.rs` in the compiler): the operand's memory under the new shape, no copy
     /// (user memory not in standard layout is copied once for the run).
@@ -1521,16 +1525,7 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
         let x = operand(0)?;
         let (from, n) = (x.shape(), x.num_elements());
         let shape = match &step.op {
-            POp::Reshape(dims) => {
-                let mut ds: SmallVec<[isize; 8]> = SmallVec::new();
-                for d in dims {
-                    ds.push(match d {
-                        Some(d) => self.dim(d)? as isize,
-                        None => -1,
-                    });
-                }
-                ops::shape::reshape_shape(from, n, &ds)?
-            }
+            POp::Reshape(dims) => ops::shape::reshape_shape(from, n, &self.reshape_dims(dims)?)?,
             POp::Flatten(s, e) => ops::shape::flatten_shape(from, *s, *e),
             POp::Unsqueeze(axes) => ops::shape::unsqueeze_shape(from, axes),
             _ => {
