@@ -991,10 +991,103 @@ unsafe fn dot_block_512<const J: usize>(
     }
 }
 
+/// The AVX2 form of [`dot_rows_512`]: blocks of 4 rows with two 8-lane accumulators each (8
+/// independent FMA chains in 10 of the 16 registers), then 1-row blocks; a masked tail.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_256(
+    k: usize,
+    x: *const f32,
+    w: *const f32,
+    so: usize,
+    rows: usize,
+    out: *mut f32,
+) {
+    let mut j = 0;
+    while j + 4 <= rows {
+        dot_block_256::<4>(k, x, w.add(j * so), so, out.add(j));
+        j += 4;
+    }
+    while j < rows {
+        dot_block_256::<1>(k, x, w.add(j * so), so, out.add(j));
+        j += 1;
+    }
+}
+
+/// The lanes of `v` summed (halves, then pairs).
+#[inline(always)]
+unsafe fn hsum_256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_block_256<const J: usize>(
+    k: usize,
+    x: *const f32,
+    w: *const f32,
+    so: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; J];
+    let mut p = 0;
+    while p + 16 <= k {
+        let x0 = _mm256_loadu_ps(x.add(p));
+        let x1 = _mm256_loadu_ps(x.add(p + 8));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let wr = w.add(jj * so + p);
+            a[0] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(wr), a[0]);
+            a[1] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(wr.add(8)), a[1]);
+        }
+        p += 16;
+    }
+    while p < k {
+        let len = (k - p).min(8);
+        // Lane i is loaded when i < len (the mask's sign bit).
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(len as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        let x0 = _mm256_maskload_ps(x.add(p), mask);
+        for (jj, a) in acc.iter_mut().enumerate() {
+            a[0] = _mm256_fmadd_ps(x0, _mm256_maskload_ps(w.add(jj * so + p), mask), a[0]);
+        }
+        p += len;
+    }
+    for (jj, a) in acc.iter().enumerate() {
+        *out.add(jj) = hsum_256(_mm256_add_ps(a[0], a[1]));
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv1_dot_256<E: Fn(usize, usize, &mut [f32])>(args: &Args<f32>, epi: &E) {
+    let mut y = [0f32; 64];
+    let mut j = 0;
+    while j < args.n {
+        let len = 64.min(args.n - j);
+        dot_rows_256(
+            args.k,
+            args.a,
+            args.b.add(j * args.csb),
+            args.csb,
+            len,
+            y.as_mut_ptr(),
+        );
+        gemv::finish_row(args, 0, j, &mut y[..len], epi);
+        j += len;
+    }
+}
+
 /// `m == 1`, B in the dot layout (`rsb == 1`, e.g. `x · Wᵀ` with a row-major `Linear` weight),
 /// A's row contiguous: the batch-1 inference case. False when the shape is not that.
 #[inline(always)]
-unsafe fn gemv1_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) -> bool {
+unsafe fn gemv1_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(
+    isa: Isa,
+    args: &Args<T>,
+    epi: &E,
+) -> bool {
     if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>()
         || args.m != 1
         || args.rsb != 1
@@ -1004,7 +1097,11 @@ unsafe fn gemv1_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, 
     }
     // SAFETY: T is f32 (checked above).
     let args = &*(args as *const Args<T> as *const Args<f32>);
-    gemv1_dot_512(args, epi);
+    match isa {
+        Isa::Scalar => return false,
+        Isa::Avx2 => gemv1_dot_256(args, epi),
+        _ => gemv1_dot_512(args, epi),
+    }
     true
 }
 
@@ -1187,8 +1284,8 @@ macro_rules! x86_f32like {
             unsafe fn gemv<E: Fn(usize, usize, &mut [f32])>(isa: Isa, args: &Args<Self>, epi: &E) {
                 match isa {
                     _ if $bf16 && gemv1_bf16(isa, args, epi) => {}
+                    _ if gemv1_f32(isa, args, epi) => {}
                     Isa::Scalar | Isa::Avx2 => gemv_256::<$t, E, 8>(args, epi),
-                    _ if gemv1_f32(args, epi) => {}
                     _ => gemv_512::<$t, E, 16>(args, epi),
                 }
             }
