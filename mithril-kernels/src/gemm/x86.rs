@@ -1080,6 +1080,163 @@ unsafe fn gemv1_dot_256<E: Fn(usize, usize, &mut [f32])>(args: &Args<f32>, epi: 
     }
 }
 
+// Batch-1 f16 GEMV, dot layout: the weights widened by `vcvtph2ps` as they are loaded (no
+// conversion pass), the input row widened once into scratch (zero-padded to whole vectors).
+
+/// `out[j] = sum_p x[p]·w[j*so + p]` with `w` in f16 and `x` in f32, padded with zeros to a
+/// multiple of 16: blocks of `J` rows, two accumulators each, a masked tail.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn dot_block_512_f16<const J: usize>(
+    k: usize,
+    x: *const f32,
+    w: *const u16,
+    so: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; J];
+    let mut p = 0;
+    while p + 32 <= k {
+        let x0 = _mm512_loadu_ps(x.add(p));
+        let x1 = _mm512_loadu_ps(x.add(p + 16));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let wr = w.add(jj * so + p);
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(wr as *const __m256i));
+            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(wr.add(16) as *const __m256i));
+            a[0] = _mm512_fmadd_ps(x0, w0, a[0]);
+            a[1] = _mm512_fmadd_ps(x1, w1, a[1]);
+        }
+        p += 32;
+    }
+    while p < k {
+        let len = (k - p).min(16);
+        let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+        let x0 = _mm512_loadu_ps(x.add(p));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let wr = w.add(jj * so + p) as *const i16;
+            let w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, wr));
+            a[0] = _mm512_fmadd_ps(x0, w0, a[0]);
+        }
+        p += len;
+    }
+    for (jj, a) in acc.iter().enumerate() {
+        *out.add(jj) = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    }
+}
+
+/// The AVX2 + F16C form of [`dot_block_512_f16`] (4-row blocks, two 8-lane accumulators per
+/// row; the tail's weights copied into a zeroed vector).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_block_256_f16<const J: usize>(
+    k: usize,
+    x: *const f32,
+    w: *const u16,
+    so: usize,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; J];
+    let mut p = 0;
+    while p + 16 <= k {
+        let x0 = _mm256_loadu_ps(x.add(p));
+        let x1 = _mm256_loadu_ps(x.add(p + 8));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let wr = w.add(jj * so + p);
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(wr as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(wr.add(8) as *const __m128i));
+            a[0] = _mm256_fmadd_ps(x0, w0, a[0]);
+            a[1] = _mm256_fmadd_ps(x1, w1, a[1]);
+        }
+        p += 16;
+    }
+    while p < k {
+        let len = (k - p).min(8);
+        let x0 = _mm256_loadu_ps(x.add(p));
+        for (jj, a) in acc.iter_mut().enumerate() {
+            let mut t = [0u16; 8];
+            std::ptr::copy_nonoverlapping(w.add(jj * so + p), t.as_mut_ptr(), len);
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(t.as_ptr() as *const __m128i));
+            a[0] = _mm256_fmadd_ps(x0, w0, a[0]);
+        }
+        p += len;
+    }
+    for (jj, a) in acc.iter().enumerate() {
+        *out.add(jj) = hsum_256(_mm256_add_ps(a[0], a[1]));
+    }
+}
+
+/// `m == 1`, `T = f16`, B in the dot layout (`rsb == 1`: the `x · Wᵀ` of an f16 `Linear`), A's
+/// row contiguous. False when the shape is not that.
+#[inline(always)]
+unsafe fn gemv1_f16<T: Sealed, E: Fn(usize, usize, &mut [f32])>(
+    isa: Isa,
+    args: &Args<T>,
+    epi: &E,
+) -> bool {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f16>()
+        || args.m != 1
+        || args.rsb != 1
+        || args.csa != 1
+        || isa < Isa::Avx2
+    {
+        return false;
+    }
+    // SAFETY: T is f16 (checked above).
+    let args = &*(args as *const Args<T> as *const Args<f16>);
+    let k = args.k;
+    let mut scratch = super::buf::take();
+    // The input row widened once, zero-padded to whole 16-lane vectors.
+    let x: *mut f32 = scratch.get(2, k.next_multiple_of(16));
+    let xs = std::slice::from_raw_parts_mut(x, k.next_multiple_of(16));
+    crate::cvt::f16_to_f32_slice(std::slice::from_raw_parts(args.a, k), &mut xs[..k]);
+    xs[k..].fill(0.0);
+    let mut y = [0f32; 64];
+    let mut j = 0;
+    while j < args.n {
+        let len = 64.min(args.n - j);
+        let w = args.b.add(j * args.csb) as *const u16;
+        if isa == Isa::Avx2 {
+            dot_rows_f16::<false>(k, x, w, args.csb, len, y.as_mut_ptr());
+        } else {
+            dot_rows_f16::<true>(k, x, w, args.csb, len, y.as_mut_ptr());
+        }
+        gemv::finish_row(args, 0, j, &mut y[..len], epi);
+        j += len;
+    }
+    super::buf::put(scratch);
+    true
+}
+
+/// Rows `0..rows` of the f16 dot GEMV in blocks of 4 (then 1) on the AVX-512 (`W`) or AVX2
+/// kernel.
+#[inline(always)]
+unsafe fn dot_rows_f16<const W: bool>(
+    k: usize,
+    x: *const f32,
+    w: *const u16,
+    so: usize,
+    rows: usize,
+    out: *mut f32,
+) {
+    let mut j = 0;
+    while j + 4 <= rows {
+        if W {
+            dot_block_512_f16::<4>(k, x, w.add(j * so), so, out.add(j));
+        } else {
+            dot_block_256_f16::<4>(k, x, w.add(j * so), so, out.add(j));
+        }
+        j += 4;
+    }
+    while j < rows {
+        if W {
+            dot_block_512_f16::<1>(k, x, w.add(j * so), so, out.add(j));
+        } else {
+            dot_block_256_f16::<1>(k, x, w.add(j * so), so, out.add(j));
+        }
+        j += 1;
+    }
+}
+
 /// `m == 1`, B in the dot layout (`rsb == 1`, e.g. `x · Wᵀ` with a row-major `Linear` weight),
 /// A's row contiguous: the batch-1 inference case. False when the shape is not that.
 #[inline(always)]
@@ -1285,6 +1442,7 @@ macro_rules! x86_f32like {
                 match isa {
                     _ if $bf16 && gemv1_bf16(isa, args, epi) => {}
                     _ if gemv1_f32(isa, args, epi) => {}
+                    _ if gemv1_f16(isa, args, epi) => {}
                     Isa::Scalar | Isa::Avx2 => gemv_256::<$t, E, 8>(args, epi),
                     _ => gemv_512::<$t, E, 16>(args, epi),
                 }
