@@ -788,13 +788,33 @@ fn fill<T: Copy, U: Copy>(
     }
 }
 
+// The narrow conversions below are `crate::cvt`'s branch-free functions (bit for bit `half`'s),
+// which vectorize in these loops; `half`'s own (a run-time F16C check and a call per element
+// unless the crate is built with `f16c`) do not.
+
+/// `x` rounded to `f16` and widened back.
+#[inline(always)]
+fn round_f16(x: f32) -> f32 {
+    crate::cvt::f16_to_f32(crate::cvt::f32_to_f16(x))
+}
+
+/// `x` rounded to `bf16` and widened back.
+#[inline(always)]
+fn round_bf16(x: f32) -> f32 {
+    crate::cvt::bf16_to_f32(crate::cvt::f32_to_bf16(x))
+}
+
 #[inline(always)]
 fn load(arg: &Arg<'_>, b: &mut Banks, dst: Reg, start: usize, n: usize) {
     match arg {
         Arg::F32(s) => fill(s, start, n, wr!(b, dst, n, f32), |x| x),
         Arg::F64(s) => fill(s, start, n, wr!(b, dst, n, f64), |x| x),
-        Arg::F16(s) => fill(s, start, n, wr!(b, dst, n, f32), |x| x.to_f32()),
-        Arg::BF16(s) => fill(s, start, n, wr!(b, dst, n, f32), |x| x.to_f32()),
+        Arg::F16(s) => fill(s, start, n, wr!(b, dst, n, f32), |x: f16| {
+            crate::cvt::f16_to_f32(x.to_bits())
+        }),
+        Arg::BF16(s) => fill(s, start, n, wr!(b, dst, n, f32), |x: bf16| {
+            crate::cvt::bf16_to_f32(x.to_bits())
+        }),
         Arg::I32(s) => fill(s, start, n, wr!(b, dst, n, i32), |x| x),
         Arg::I64(s) => fill(s, start, n, wr!(b, dst, n, i64), |x| x),
         Arg::Bool(s) => fill(s, start, n, wr!(b, dst, n, bool), |x| x),
@@ -807,8 +827,12 @@ fn load(arg: &Arg<'_>, b: &mut Banks, dst: Reg, start: usize, n: usize) {
 fn load_f32(arg: &Arg<'_>, dst: &mut [f32], start: usize, n: usize) {
     match arg {
         Arg::F32(s) => fill(s, start, n, dst, |x| x),
-        Arg::F16(s) => fill(s, start, n, dst, |x| x.to_f32()),
-        Arg::BF16(s) => fill(s, start, n, dst, |x| x.to_f32()),
+        Arg::F16(s) => fill(s, start, n, dst, |x: f16| {
+            crate::cvt::f16_to_f32(x.to_bits())
+        }),
+        Arg::BF16(s) => fill(s, start, n, dst, |x: bf16| {
+            crate::cvt::bf16_to_f32(x.to_bits())
+        }),
         _ => {}
     }
 }
@@ -818,16 +842,16 @@ fn load_f32(arg: &Arg<'_>, dst: &mut [f32], start: usize, n: usize) {
 fn load_out(out: &Out<'_>, mode: Mode, b: &mut Banks, dst: Reg, start: usize, n: usize) {
     let r = start..start + n;
     match (out, mode) {
-        (Out::F32(o), Mode::Epilogue(St::F16)) => {
-            widen(&o[r], wr!(b, dst, n, f32), |x| f16::from_f32(x).to_f32())
-        }
-        (Out::F32(o), Mode::Epilogue(St::BF16)) => {
-            widen(&o[r], wr!(b, dst, n, f32), |x| bf16::from_f32(x).to_f32())
-        }
+        (Out::F32(o), Mode::Epilogue(St::F16)) => widen(&o[r], wr!(b, dst, n, f32), round_f16),
+        (Out::F32(o), Mode::Epilogue(St::BF16)) => widen(&o[r], wr!(b, dst, n, f32), round_bf16),
         (Out::F32(o), _) => wr!(b, dst, n, f32).copy_from_slice(&o[r]),
         (Out::F64(o), _) => wr!(b, dst, n, f64).copy_from_slice(&o[r]),
-        (Out::F16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x| x.to_f32()),
-        (Out::BF16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x| x.to_f32()),
+        (Out::F16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x: f16| {
+            crate::cvt::f16_to_f32(x.to_bits())
+        }),
+        (Out::BF16(o), _) => widen(&o[r], wr!(b, dst, n, f32), |x: bf16| {
+            crate::cvt::bf16_to_f32(x.to_bits())
+        }),
         (Out::I32(o), _) => wr!(b, dst, n, i32).copy_from_slice(&o[r]),
         (Out::I64(o), _) => wr!(b, dst, n, i64).copy_from_slice(&o[r]),
         (Out::Bool(o), _) => wr!(b, dst, n, bool).copy_from_slice(&o[r]),
@@ -838,16 +862,18 @@ fn load_out(out: &Out<'_>, mode: Mode, b: &mut Banks, dst: Reg, start: usize, n:
 fn store(out: &mut Out<'_>, mode: Mode, b: &mut Banks, res: Reg, start: usize, n: usize) {
     let r = start..start + n;
     match (out, mode) {
-        (Out::F32(o), Mode::Epilogue(St::F16)) => widen(rd!(b, res, n, f32), &mut o[r], |x| {
-            f16::from_f32(x).to_f32()
-        }),
-        (Out::F32(o), Mode::Epilogue(St::BF16)) => widen(rd!(b, res, n, f32), &mut o[r], |x| {
-            bf16::from_f32(x).to_f32()
-        }),
+        (Out::F32(o), Mode::Epilogue(St::F16)) => widen(rd!(b, res, n, f32), &mut o[r], round_f16),
+        (Out::F32(o), Mode::Epilogue(St::BF16)) => {
+            widen(rd!(b, res, n, f32), &mut o[r], round_bf16)
+        }
         (Out::F32(o), _) => o[r].copy_from_slice(rd!(b, res, n, f32)),
         (Out::F64(o), _) => o[r].copy_from_slice(rd!(b, res, n, f64)),
-        (Out::F16(o), _) => widen(rd!(b, res, n, f32), &mut o[r], f16::from_f32),
-        (Out::BF16(o), _) => widen(rd!(b, res, n, f32), &mut o[r], bf16::from_f32),
+        (Out::F16(o), _) => widen(rd!(b, res, n, f32), &mut o[r], |x| {
+            f16::from_bits(crate::cvt::f32_to_f16(x))
+        }),
+        (Out::BF16(o), _) => widen(rd!(b, res, n, f32), &mut o[r], |x| {
+            bf16::from_bits(crate::cvt::f32_to_bf16(x))
+        }),
         (Out::I32(o), _) => o[r].copy_from_slice(rd!(b, res, n, i32)),
         (Out::I64(o), _) => o[r].copy_from_slice(rd!(b, res, n, i64)),
         (Out::Bool(o), _) => o[r].copy_from_slice(rd!(b, res, n, bool)),

@@ -126,18 +126,21 @@ impl Elem for bool {
     }
 }
 
+// `to_acc` / `from_acc` use the kernels' branch-free conversions (bit for bit `half`'s; they
+// vectorize in the runtime's loops, where `half`'s own make a run-time F16C check and a call per
+// element).
 macro_rules! elem_half {
-    ($t:ty, $d:expr) => {
+    ($t:ty, $d:expr, $to:path, $from:path) => {
         impl Elem for $t {
             const DTYPE: DType = $d;
             type Acc = f32;
             #[inline(always)]
             fn to_acc(self) -> f32 {
-                self.to_f32()
+                $to(self.to_bits())
             }
             #[inline(always)]
             fn from_acc(a: f32) -> $t {
-                <$t>::from_f32(a)
+                <$t>::from_bits($from(a))
             }
             #[inline(always)]
             fn to_f64(self) -> f64 {
@@ -150,5 +153,15 @@ macro_rules! elem_half {
         }
     };
 }
-elem_half!(f16, DType::F16);
-elem_half!(bf16, DType::BF16);
+elem_half!(
+    f16,
+    DType::F16,
+    mithril_kernels::cvt::f16_to_f32,
+    mithril_kernels::cvt::f32_to_f16
+);
+elem_half!(
+    bf16,
+    DType::BF16,
+    mithril_kernels::cvt::bf16_to_f32,
+    mithril_kernels::cvt::f32_to_bf16
+);

@@ -397,7 +397,9 @@ fn round_in_place(o: &mut [f32], round: Round) {
         Round::Bf16 => o
             .iter_mut()
             .for_each(|x| *x = crate::cvt::bf16_to_f32(crate::cvt::f32_to_bf16(*x))),
-        Round::F16 => o.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32()),
+        Round::F16 => o
+            .iter_mut()
+            .for_each(|x| *x = crate::cvt::f16_to_f32(crate::cvt::f32_to_f16(*x))),
     }
 }
 
@@ -440,8 +442,12 @@ fn drive<R: Scratch, const NEON: bool>(
         };
         let s = [src(0), src(1), src(2), src(3)];
         match kinds[1] {
-            Kind::Bf16(y) => kernel_narrow(f, d, &y[start..start + n], |v: bf16| v.to_f32()),
-            Kind::F16(y) => kernel_narrow(f, d, &y[start..start + n], |v: f16| v.to_f32()),
+            Kind::Bf16(y) => kernel_narrow(f, d, &y[start..start + n], |v: bf16| {
+                crate::cvt::bf16_to_f32(v.to_bits())
+            }),
+            Kind::F16(y) => kernel_narrow(f, d, &y[start..start + n], |v: f16| {
+                crate::cvt::f16_to_f32(v.to_bits())
+            }),
             _ if NEON => neon::kernel(f, p, d, s),
             _ => kernel(f, p, d, s),
         }
