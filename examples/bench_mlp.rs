@@ -31,6 +31,9 @@ mithril! {
     /// The same MLP with bf16 weights and activations (f32 accumulation in the GEMM).
     pub compile MlpBf16 = Mlp { dtype: bf16, types: { x: bf16 } };
 
+    /// And with f16 weights and activations.
+    pub compile MlpF16 = Mlp { dtype: f16, types: { x: f16 } };
+
     /// The MLP specialized for batch 1 and 32 (`static_shapes`: constant dims, slices, direct
     /// kernel calls).
     pub compile MlpS1 = Mlp { shapes: { x: [1, 784] }, static_shapes: true };
@@ -91,6 +94,8 @@ pub fn main() -> mithril::Result<()> {
     let infer = Mlp::new()?;
     let infer16 = MlpBf16::new()?;
     let p16 = infer16.randomize_params(0);
+    let infer_h = MlpF16::new()?;
+    let p_h = infer_h.randomize_params(0);
     // `MITHRIL_THREADS=1` for single-thread numbers (the library reads it; the default uses
     // every core for big GEMMs)
     // `BENCH_KIND=train` (or `infer`) measures one kind only.
@@ -228,6 +233,17 @@ pub fn main() -> mithril::Result<()> {
             }
             println!(
                 "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-bf16\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
+                fwd_flops(b) / t / 1e9
+            );
+            let xh = x.mapv(mithril::half::f16::from_f32);
+            let t = bench(
+                || {
+                    let _ = infer_h.evaluate(&p_h, MlpF16Inputs { x: xh.view() });
+                },
+                budget,
+            );
+            println!(
+                "JSON {{\"bench\": \"mlp_infer\", \"impl\": \"mithril-rs-f16\", \"threads\": {threads}, \"batch\": {b}, \"median_s\": {t:.4e}, \"gflops\": {:.1}}}",
                 fwd_flops(b) / t / 1e9
             );
         }
