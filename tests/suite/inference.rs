@@ -573,3 +573,72 @@ fn prepared_params_give_bitwise_the_results_of_evaluate() {
     assert_eq!(raw_bytes(&ob.y2), raw_bytes(&qb.y2));
     assert_eq!(raw_bytes(&ob.y3), raw_bytes(&qb.y3));
 }
+
+mithril! {
+    /// A model with buffers (batch norm's running statistics) and a mode (dropout, batch
+    /// norm): `prepare` packs its two `Linear` weights, `evaluate_prepared` runs in evaluation
+    /// mode.
+    model PackyBn {
+        input x: f32[B, 64];
+        let bn = BatchNorm1d()(Linear(128)(x));
+        let h = Dropout(p = 0.25)(relu(bn));
+        output y = Linear(32)(h);
+    }
+    /// A mode but no buffers.
+    model PackyDrop {
+        input x: f32[B, 64];
+        output y = Linear(48)(Dropout(p = 0.5)(x));
+    }
+}
+
+#[test]
+fn models_with_buffers_and_modes_prepare_too() {
+    use mithril::rt::Mode;
+    use mithril::rt::threads::prepacked_calls;
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<PackyBnPrepared>();
+    let x = Array2::from_shape_fn((40, 64), |(a, c)| ((a * 7 + c) as f32 * 0.17).sin());
+    let m = PackyBn::new().unwrap();
+    let mut p = m.randomize_params(5);
+    let i = || PackyBnInputs { x: x.view() };
+    // two training calls move the running statistics away from their initial values
+    for s in 0..2 {
+        m.evaluate_mode(&mut p, i(), Mode::TrainSeeded(s)).unwrap();
+    }
+    assert_eq!(p.bn.num_batches_tracked.clone().into_scalar(), 2);
+    let prep = m.prepare(&p).unwrap();
+    assert_eq!(prep.packed(), ["linear_0.weight", "linear_1.weight"]);
+    let want = m.evaluate(&p, i()).unwrap().y;
+    let before = prepacked_calls();
+    let got = m.evaluate_prepared(&prep, i()).unwrap().y;
+    assert_eq!(prepacked_calls() - before, 2);
+    // evaluation mode with the prepared copy's running statistics, bit for bit
+    assert_eq!(raw_bytes(&want), raw_bytes(&got));
+    // a training call still updates the params' buffers, not the prepared copy
+    m.evaluate_mode(&mut p, i(), Mode::TrainSeeded(9)).unwrap();
+    assert_eq!(p.bn.num_batches_tracked.clone().into_scalar(), 3);
+    assert_eq!(
+        prep.params().bn.num_batches_tracked.clone().into_scalar(),
+        2
+    );
+    assert!(raw_bytes(&m.evaluate(&p, i()).unwrap().y) != raw_bytes(&got));
+    assert_eq!(
+        raw_bytes(&m.evaluate_prepared(&prep, i()).unwrap().y),
+        raw_bytes(&got)
+    );
+
+    let d = PackyDrop::new().unwrap();
+    let pd = d.randomize_params(6);
+    let id = || PackyDropInputs { x: x.view() };
+    let prep = d.prepare(&pd).unwrap();
+    let before = prepacked_calls();
+    let got = d.evaluate_prepared(&prep, id()).unwrap().y;
+    assert_eq!(prepacked_calls() - before, 1);
+    assert_eq!(
+        raw_bytes(&d.evaluate(&pd, id()).unwrap().y),
+        raw_bytes(&got)
+    );
+    // dropout stays a training-mode thing: evaluation is the identity, training is not
+    let t = d.evaluate_mode(&pd, id(), Mode::TrainSeeded(1)).unwrap().y;
+    assert!(raw_bytes(&t) != raw_bytes(&got));
+}

@@ -139,8 +139,6 @@ impl<'a> Gen<'a> {
         self.mixed.is_none()
             && !self.inp.quantization_int8
             && self.donate_pairs.is_empty()
-            && !self.has_buffers()
-            && !self.g.uses_mode()
             && !self.inp.inspect.stateful()
             && !self.inp.static_shapes
     }

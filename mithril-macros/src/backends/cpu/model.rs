@@ -31,6 +31,9 @@ impl Gen<'_> {
         if self.mixed.is_none() && self.inp.quantization_int8 {
             return self.quant_evaluate_fns(names, eval_body);
         }
+        if self.mixed.is_none() && self.preparable() {
+            return self.prepared_evaluate_fns(names, eval_body);
+        }
         match &self.mixed {
             // a model with buffers updated in training calls: `evaluate_mode` takes `&mut`
             // params and writes the new values back after a training call
@@ -88,7 +91,6 @@ impl Gen<'_> {
                 },
                 quote!(),
             ),
-            None if self.preparable() => self.prepared_evaluate_fns(names, eval_body),
             None => (
                 quote! {
                     /// Run the model.
@@ -104,8 +106,9 @@ impl Gen<'_> {
         }
     }
 
-    /// A plain CPU model's `evaluate`, `prepare` and `evaluate_prepared` over one private
-    /// `__evaluate_q` (the plan run with its `rt::quant::Run`), and the `MPrepared` alias.
+    /// A plain CPU model's `evaluate` (and `evaluate_mode` where it reads the mode), `prepare`
+    /// and `evaluate_prepared` over one private `__evaluate_q` (the plan run with its
+    /// `rt::quant::Run`), and the `MPrepared` alias.
     fn prepared_evaluate_fns(
         &self,
         names: &Names,
@@ -119,19 +122,87 @@ impl Gen<'_> {
         let p_name = format_ident!("{}Prepared", name);
         let n_inputs = self.g.inputs.len();
         let qplan = self.qplan_fn.clone().unwrap_or_default();
+        let with_mode = self.g.uses_mode();
+        let (mode_param, mode_eval) = if with_mode {
+            (
+                quote!(mode: ::mithril::rt::Mode,),
+                quote!(::mithril::rt::Mode::Eval,),
+            )
+        } else {
+            (quote!(), quote!())
+        };
+        // a model with buffers (BatchNorm's running statistics): the run also gives the
+        // buffers' new values of a training-mode call; `evaluate_mode` writes them back, every
+        // other function drops them (an eval-mode call updates nothing)
+        let stateful = self.stateful();
+        let (ret_ty, take) = if stateful {
+            let n_upd = self.n_upd();
+            (
+                quote!((#outputs_name, [::std::option::Option<::mithril::rt::plan::AnyArray>; #n_upd])),
+                quote!(.map(|r| r.0)),
+            )
+        } else {
+            (quote!(#outputs_name), quote!())
+        };
+        let eval_fns = if stateful {
+            let writeback = self.writeback();
+            quote! {
+                /// Run the model in evaluation mode (`is_training` is false; the buffers are
+                /// read, not updated): [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)#take
+                }
+
+                /// Run the model in `mode` (what `is_training` reads). A training-mode call
+                /// (`Mode::Train`, `Mode::TrainSeeded`) writes the buffers' new values
+                /// (`update`) into `params` after it succeeds (an `Err` leaves them); an
+                /// evaluation-mode call leaves them.
+                #[allow(unused_mut)]
+                pub fn evaluate_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                    let (__o, mut __upd) = self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)?;
+                    if mode.is_training() {
+                        #writeback
+                    }
+                    Ok(__o)
+                }
+            }
+        } else if with_mode {
+            quote! {
+                /// Run the model in evaluation mode (`is_training` is false):
+                /// [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)
+                }
+
+                /// Run the model in `mode` (what `is_training` reads).
+                pub fn evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)
+                }
+            }
+        } else {
+            quote! {
+                /// Run the model.
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, ::mithril::rt::quant::Run::Off)
+                }
+            }
+        };
+        let eval_doc = if with_mode {
+            "[`Self::evaluate`] with prepared params (see [`Self::prepare`]): evaluation mode, the buffers read from the prepared copy."
+        } else {
+            "[`Self::evaluate`] with prepared params (see [`Self::prepare`])."
+        };
         let fns = quote! {
             #qplan
 
             #lints
-            fn __evaluate_q(&self, params: &#params_name, inputs: #inputs_name<'_>, __q: ::mithril::rt::quant::Run<'_>) -> ::mithril::rt::Result<#outputs_name> {
+            #[allow(clippy::type_complexity)]
+            fn __evaluate_q(&self, params: &#params_name, inputs: #inputs_name<'_>, #mode_param __q: ::mithril::rt::quant::Run<'_>) -> ::mithril::rt::Result<#ret_ty> {
                 #threads
                 #eval_body
             }
 
-            /// Run the model.
-            pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                self.__evaluate_q(params, inputs, ::mithril::rt::quant::Run::Off)
-            }
+            #eval_fns
 
             /// Prepare `params` for repeated calls: a copy of them, with the weight of every
             /// matrix product that reads a 2-D param packed once for the GEMM
@@ -143,9 +214,9 @@ impl Gen<'_> {
                 Ok(::mithril::rt::prepack::Prepared::new(Self::__mithril_qplan()?, #n_inputs, params))
             }
 
-            /// [`Self::evaluate`] with prepared params (see [`Self::prepare`]).
+            #[doc = #eval_doc]
             pub fn evaluate_prepared(&self, prepared: &#p_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                self.__evaluate_q(prepared.params(), inputs, prepared.run())
+                self.__evaluate_q(prepared.params(), inputs, #mode_eval prepared.run())#take
             }
         };
         let doc = format!(
