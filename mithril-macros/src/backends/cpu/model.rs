@@ -144,49 +144,7 @@ impl Gen<'_> {
         } else {
             (quote!(#outputs_name), quote!())
         };
-        let eval_fns = if stateful {
-            let writeback = self.writeback();
-            quote! {
-                /// Run the model in evaluation mode (`is_training` is false; the buffers are
-                /// read, not updated): [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)#take
-                }
-
-                /// Run the model in `mode` (what `is_training` reads). A training-mode call
-                /// (`Mode::Train`, `Mode::TrainSeeded`) writes the buffers' new values
-                /// (`update`) into `params` after it succeeds (an `Err` leaves them); an
-                /// evaluation-mode call leaves them.
-                #[allow(unused_mut)]
-                pub fn evaluate_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
-                    let (__o, mut __upd) = self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)?;
-                    if mode.is_training() {
-                        #writeback
-                    }
-                    Ok(__o)
-                }
-            }
-        } else if with_mode {
-            quote! {
-                /// Run the model in evaluation mode (`is_training` is false):
-                /// [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)
-                }
-
-                /// Run the model in `mode` (what `is_training` reads).
-                pub fn evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
-                    self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)
-                }
-            }
-        } else {
-            quote! {
-                /// Run the model.
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    self.__evaluate_q(params, inputs, ::mithril::rt::quant::Run::Off)
-                }
-            }
-        };
+        let eval_fns = self.off_evaluate_fns(names, "", "Run the model.");
         let eval_doc = if with_mode {
             "[`Self::evaluate`] with prepared params (see [`Self::prepare`]): evaluation mode, the buffers read from the prepared copy."
         } else {
@@ -227,6 +185,59 @@ impl Gen<'_> {
             #vis type #p_name = ::mithril::rt::prepack::Prepared<#params_name>;
         };
         (fns, items)
+    }
+
+    /// `evaluate` (and `evaluate_mode` for a model that reads the mode) over `__evaluate_q`
+    /// with `quant::Run::Off`, for the models whose plan runs with a `quant::Run` (prepared and
+    /// int8): an evaluation-mode `evaluate`; a stateful model's `evaluate_mode` takes `&mut`
+    /// params and writes the buffers' new values back after a training call. `how` goes into
+    /// the mode docs (", in f32"), `plain_doc` is a mode-less model's `evaluate` doc.
+    fn off_evaluate_fns(&self, names: &Names, how: &str, plain_doc: &str) -> TokenStream {
+        let (params_name, inputs_name, outputs_name) =
+            (&names.params, &names.inputs, &names.outputs);
+        let off = quote!(::mithril::rt::quant::Run::Off);
+        let mode_doc = format!("Run the model in `mode` (what `is_training` reads){how}.");
+        if self.stateful() {
+            let writeback = self.writeback();
+            let eval_doc = format!("Run the model in evaluation mode (`is_training` is false; the buffers are read, not updated){how}: [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.");
+            let mode_doc = format!("{mode_doc} A training-mode call (`Mode::Train`, `Mode::TrainSeeded`) writes the buffers' new values (`update`) into `params` after it succeeds (an `Err` leaves them); an evaluation-mode call leaves them.");
+            quote! {
+                #[doc = #eval_doc]
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    Ok(self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, #off)?.0)
+                }
+
+                #[doc = #mode_doc]
+                #[allow(unused_mut)]
+                pub fn evaluate_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                    let (__o, mut __upd) = self.__evaluate_q(params, inputs, mode, #off)?;
+                    if mode.is_training() {
+                        #writeback
+                    }
+                    Ok(__o)
+                }
+            }
+        } else if self.g.uses_mode() {
+            let eval_doc = format!("Run the model in evaluation mode (`is_training` is false){how}: [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.");
+            quote! {
+                #[doc = #eval_doc]
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, #off)
+                }
+
+                #[doc = #mode_doc]
+                pub fn evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, mode, #off)
+                }
+            }
+        } else {
+            quote! {
+                #[doc = #plain_doc]
+                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
+                    self.__evaluate_q(params, inputs, #off)
+                }
+            }
+        }
     }
 
     /// A `quantization: int8` model's functions: `evaluate` (f32) and `evaluate_quantized`
@@ -271,48 +282,11 @@ impl Gen<'_> {
         } else {
             (quote!(#outputs_name), run_q)
         };
-        let f32_fns = if stateful {
-            let writeback = self.writeback();
-            quote! {
-                /// Run the model in evaluation mode (`is_training` is false; the buffers are
-                /// read, not updated), in f32: [`Self::evaluate_mode`] with
-                /// `mithril::rt::Mode::Eval`.
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    Ok(self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)?.0)
-                }
-
-                /// Run the model in `mode` (what `is_training` reads), in f32. A training-mode
-                /// call writes the buffers' new values into `params` after it succeeds.
-                #[allow(unused_mut)]
-                pub fn evaluate_mode(&self, params: &mut #params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
-                    let (__o, mut __upd) = self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)?;
-                    if mode.is_training() {
-                        #writeback
-                    }
-                    Ok(__o)
-                }
-            }
-        } else if with_mode {
-            quote! {
-                /// Run the model in evaluation mode (`is_training` is false), in f32:
-                /// [`Self::evaluate_mode`] with `mithril::rt::Mode::Eval`.
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    self.__evaluate_q(params, inputs, ::mithril::rt::Mode::Eval, ::mithril::rt::quant::Run::Off)
-                }
-
-                /// Run the model in `mode` (what `is_training` reads), in f32.
-                pub fn evaluate_mode(&self, params: &#params_name, inputs: #inputs_name<'_>, mode: ::mithril::rt::Mode) -> ::mithril::rt::Result<#outputs_name> {
-                    self.__evaluate_q(params, inputs, mode, ::mithril::rt::quant::Run::Off)
-                }
-            }
-        } else {
-            quote! {
-                /// Run the model in f32 (the reference for [`Self::evaluate_quantized`]).
-                pub fn evaluate(&self, params: &#params_name, inputs: #inputs_name<'_>) -> ::mithril::rt::Result<#outputs_name> {
-                    self.__evaluate_q(params, inputs, ::mithril::rt::quant::Run::Off)
-                }
-            }
-        };
+        let f32_fns = self.off_evaluate_fns(
+            names,
+            ", in f32",
+            "Run the model in f32 (the reference for [`Self::evaluate_quantized`]).",
+        );
         let q_doc = format!(
             "[`{name}`]'s params with int8 weights (`mithril::rt::quant::Quantized`): made by [`{name}::quantize`], [`{name}::calibrate`] or [`{name}::load_quantized`], run by [`{name}::evaluate_quantized`]."
         );
