@@ -256,3 +256,27 @@ fn f64_trait_matches_libm() {
     assert!((g - 0.841_191_990_608_276_8).abs() < 1e-15, "{g}");
     assert!((2.0f32.vsigmoid() - 0.880_797_1).abs() < 1e-7);
 }
+
+/// `exp_nonpos` (attention's softmax exponential) is `exp` bit for bit wherever the result is
+/// normal (`x` in `[-87.33, 0]`, every 1009th bit pattern there plus the ends), 0 below it and for
+/// `-∞`, NaN for NaN; and within `exp`'s subnormal results (< 1.2e-38) of it below.
+#[test]
+fn exp_nonpos_is_exp_on_normal_results() {
+    use vmath::{exp, exp_nonpos};
+    let lo = (-87.33f32).to_bits();
+    // negative floats: bit patterns from -0.0 (0x8000_0000) up to -87.33
+    let mut n = 0;
+    for bits in (0x8000_0000u32..=lo).step_by(1009).chain([lo, 0x8000_0000]) {
+        let x = f32::from_bits(bits);
+        assert_eq!(exp_nonpos(x).to_bits(), exp(x).to_bits(), "x = {x:e}");
+        n += 1;
+    }
+    assert!(n > 150_000);
+    assert_eq!(exp_nonpos(0.0), 1.0);
+    for x in [-87.34f32, -90.0, -103.9, -104.0, -150.0, -1e30] {
+        assert_eq!(exp_nonpos(x), 0.0, "x = {x}");
+        assert!(exp(x) < 1.2e-38, "x = {x}");
+    }
+    assert_eq!(exp_nonpos(f32::NEG_INFINITY), 0.0);
+    assert!(exp_nonpos(f32::NAN).is_nan());
+}

@@ -7,6 +7,9 @@
 //! products of the packed GEMM ([`crate::gemm::gemm_plain`], its AVX-512 / AVX2 / scalar
 //! microkernels), the row update between them (mask, running max, rescale, exponentials) is a
 //! multiversioned loop (AVX-512 / AVX2 / baseline copies, chosen by [`crate::isa::active`]).
+//! `K` is transposed once per key head into `[d, BC]` blocks, so the score tile's `B = K_jᵀ` is
+//! packed from contiguous rows (not by a transposing pack of `K_j` for every query tile); the
+//! row update's exponential is [`crate::vmath::exp_nonpos`] (0 below the normal range).
 //! Only one `[BR, BC]` tile exists at a time: no `[seq, seq]` buffer. Under `causal`
 //! (top-left aligned, as PyTorch's `is_causal`: query `i` sees keys `j <= i`) the key blocks
 //! wholly above the diagonal are never visited.
@@ -19,7 +22,7 @@
 //! A row whose every score is masked (`-∞`) gives NaN, as PyTorch's `scaled_dot_product_attention`
 //! and `softmax` of an all `-∞` row do.
 
-use crate::gemm::{gemm_plain, GemmElem};
+use crate::gemm::{gemm_plain, gemm_with, GemmConfig, GemmElem, Path};
 
 pub mod decode;
 
@@ -32,6 +35,65 @@ mod tests;
 pub const BR: usize = 72;
 /// Key rows per tile.
 pub const BC: usize = 128;
+
+/// `K` of one head (`[sk, d]`, row-major) transposed into key blocks of [`BC`] columns: block
+/// `jb` is `[d, BC]` row-major at `kt[jb · BC · d ..]` (columns past `sk` are left as they
+/// are), so the score tile `Q_i·K_jᵀ` reads `B = K_jᵀ` with contiguous rows: packing it is a
+/// copy of rows, not the transposing pack of `K_j` it was, and it is done once per key head
+/// instead of once per query tile.
+fn transpose_k<T: Copy>(kh: &[T], sk: usize, d: usize, kt: &mut [T]) {
+    for j0 in (0..sk).step_by(BC) {
+        let bc = BC.min(sk - j0);
+        let blk = &mut kt[j0 * d..(j0 + BC) * d];
+        for (c, row) in blk.chunks_exact_mut(BC).enumerate() {
+            for (jj, x) in row[..bc].iter_mut().enumerate() {
+                *x = kh[(j0 + jj) * d + c];
+            }
+        }
+    }
+}
+
+/// Length of [`transpose_k`]'s output for `sk` keys of width `d`.
+fn kt_len(sk: usize, d: usize) -> usize {
+    sk.div_ceil(BC) * BC * d
+}
+
+/// The score tile `st = scale · Q_i·K_jᵀ` (`br × bc`, row stride `bc`) from `br` query rows
+/// (`qi`, `d` wide) and the key block `ktj` transposed by [`transpose_k`]. Always the packed
+/// GEMM: its small path (operands read in place, chosen by size for `f32` since `Kᵀ`'s rows are
+/// contiguous) was slower here, its 12 query rows and the 512-byte-strided `Kᵀ` rows being
+/// read in place for every key column panel.
+fn scores<T: AttnElem>(
+    br: usize,
+    bc: usize,
+    d: usize,
+    scale: T,
+    qi: &[T],
+    ktj: &[T],
+    st: &mut [T],
+) {
+    let cfg = GemmConfig {
+        path: Path::Packed,
+        ..GemmConfig::default()
+    };
+    gemm_with(
+        cfg,
+        br,
+        bc,
+        d,
+        scale,
+        qi,
+        d,
+        1,
+        ktj,
+        BC,
+        1,
+        false,
+        st,
+        bc,
+        |_, _, _: &mut [T::Acc]| {},
+    );
+}
 
 /// An element type attention runs in: `f32` or `f64` (accumulated in the same type).
 pub trait AttnElem:
@@ -58,6 +120,12 @@ pub trait AttnElem:
     fn exp(self) -> Self;
     /// ln x.
     fn ln(self) -> Self;
+    /// eˣ for a softmax argument (`x ≤ 0` or `-∞`): [`AttnElem::exp`], except that `f32`
+    /// flushes results below the normal range to 0 ([`crate::vmath::exp_nonpos`]).
+    #[inline(always)]
+    fn exp_nonpos(self) -> Self {
+        self.exp()
+    }
 }
 
 impl AttnElem for f32 {
@@ -71,6 +139,10 @@ impl AttnElem for f32 {
     #[inline(always)]
     fn exp(self) -> Self {
         crate::vmath::exp(self)
+    }
+    #[inline(always)]
+    fn exp_nonpos(self) -> Self {
+        crate::vmath::exp_nonpos(self)
     }
     #[inline(always)]
     fn ln(self) -> Self {
@@ -279,22 +351,20 @@ fn online_impl<T: AttnElem>(
             row.fill(T::ZERO);
             continue;
         }
-        // exp computed unconditionally and then selected (a masked `-∞` gives 0): branch-free,
-        // so the loop vectorizes (with the exp inside a branch it ran scalar)
+        // branch-free (a masked `-∞` gives 0 inside `exp_nonpos`, by a select), so the loop
+        // vectorizes (with the exp inside a branch it ran scalar)
         let mut acc = [T::ZERO; 16];
+        let mut sum = T::ZERO;
         let mut ch = row.chunks_exact_mut(16);
         for c in &mut ch {
             for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-                let e = (*v - m_new).exp();
-                let p = if *v == T::NEG_INF { T::ZERO } else { e };
+                let p = (*v - m_new).exp_nonpos();
                 *v = p;
                 *a = *a + p;
             }
         }
-        let mut sum = T::ZERO;
         for v in ch.into_remainder() {
-            let e = (*v - m_new).exp();
-            let p = if *v == T::NEG_INF { T::ZERO } else { e };
+            let p = (*v - m_new).exp_nonpos();
             *v = p;
             sum = sum + p;
         }
@@ -388,7 +458,7 @@ multiversion! {
 fn head_forward<T: AttnElem>(
     dims: &Dims,
     qh: &[T],
-    kh: &[T],
+    kt: &[T],
     vh: &[T],
     mask: Mask<'_, T>,
     bh: usize,
@@ -412,21 +482,7 @@ fn head_forward<T: AttnElem>(
         for j0 in (0..jend).step_by(BC) {
             let bc = BC.min(jend - j0);
             let st = &mut s[..br * bc];
-            gemm_plain(
-                br,
-                bc,
-                d,
-                scale,
-                &qh[i0 * d..],
-                d,
-                1,
-                &kh[j0 * d..],
-                1,
-                d,
-                false,
-                st,
-                bc,
-            );
+            scores(br, bc, d, scale, &qh[i0 * d..], &kt[j0 * d..], st);
             let tm = TileMask {
                 mask,
                 bh,
@@ -536,10 +592,14 @@ pub fn forward_dropout<T: AttnElem>(
     let group = hq / hkv;
     let mut s = vec![T::ZERO; BR * BC];
     let mut own = vec![T::ZERO; sq];
+    let mut kt = vec![T::ZERO; kt_len(sk, d)];
     for b in 0..batch {
         for h in 0..hq {
             let bh = b * hq + h;
             let g = b * hkv + h / group;
+            if h % group == 0 {
+                transpose_k(&k[g * sk * d..(g + 1) * sk * d], sk, d, &mut kt);
+            }
             let lse_h = match lse.as_deref_mut() {
                 Some(x) => &mut x[bh * sq..(bh + 1) * sq],
                 None => &mut own[..],
@@ -547,7 +607,7 @@ pub fn forward_dropout<T: AttnElem>(
             head_forward(
                 dims,
                 &q[bh * sq * d..(bh + 1) * sq * d],
-                &k[g * sk * d..(g + 1) * sk * d],
+                &kt,
                 &v[g * sk * dv..(g + 1) * sk * dv],
                 mask,
                 bh,
@@ -658,18 +718,20 @@ pub fn backward_dropout<T: AttnElem>(
     let (s, dp) = tiles.split_at_mut(BR * BC);
     let mut lse = vec![T::ZERO; group * sq];
     let mut delta = vec![T::ZERO; group * sq];
+    let mut kt = vec![T::ZERO; kt_len(sk, d)];
     for b in 0..batch {
         for g in 0..hkv {
             let gk = b * hkv + g;
             let kh = &k[gk * sk * d..(gk + 1) * sk * d];
             let vh = &v[gk * sk * dv..(gk + 1) * sk * dv];
+            transpose_k(kh, sk, d, &mut kt);
             // row statistics of the group's query heads
             for t in 0..group {
                 let bh = b * hq + g * group + t;
                 head_forward(
                     dims,
                     &q[bh * sq * d..(bh + 1) * sq * d],
-                    kh,
+                    &kt,
                     vh,
                     mask,
                     bh,
@@ -705,21 +767,7 @@ pub fn backward_dropout<T: AttnElem>(
                         let br = BR.min(sq - i0);
                         let st = &mut s[..br * bc];
                         let dpt = &mut dp[..br * bc];
-                        gemm_plain(
-                            br,
-                            bc,
-                            d,
-                            scale_t,
-                            &qh[i0 * d..],
-                            d,
-                            1,
-                            &kh[j0 * d..],
-                            1,
-                            d,
-                            false,
-                            st,
-                            bc,
-                        );
+                        scores(br, bc, d, scale_t, &qh[i0 * d..], &kt[j0 * d..], st);
                         let tm = TileMask {
                             mask,
                             bh,
