@@ -46,8 +46,8 @@ mithril! {
         output z = gelu(Linear(16)(y), approximate = true);
     }
 
-    /// An embedding (lowered forward; its gradient, a scatter-add, is not lowered on cuda yet,
-    /// so `evaluate_gradients*` of this plain model return an `Err` instead of failing the build).
+    /// An embedding with i32 token ids (forward and gradient lowered; the gradient is the
+    /// scatter-add `rt::cuda::embedding_backward`).
     pub model Embed {
         input tokens: i32[B, T];
         let e = Embedding(num_embeddings = 100, dim = 16)(tokens);
@@ -134,8 +134,23 @@ fn generated_kernels_follow_the_graph() {
         "{}",
         BlockGpu::CUDA_SOURCE
     );
-    // i32 token ids are cast to i64 for the embedding kernel; no gradient kernels (not lowered)
-    assert_eq!(EmbedGpu::CUDA_KERNELS, &["f2_idx"]);
+    // i32 token ids are cast to i64 for the embedding kernel (forward: that cast only); the
+    // gradient graph casts them for its gather and for the embedding's gradient
+    let fwd: Vec<&str> = EmbedGpu::CUDA_KERNELS
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with('f'))
+        .collect();
+    assert_eq!(fwd, ["f2_idx"]);
+    assert_eq!(
+        EmbedGpu::CUDA_KERNELS
+            .iter()
+            .filter(|k| k.starts_with('g') && k.ends_with("_idx"))
+            .count(),
+        2,
+        "{:?}",
+        EmbedGpu::CUDA_KERNELS
+    );
     assert!(
         EmbedGpu::CUDA_SOURCE
             .contains("f2_idx(const int* __restrict__ a0, long long* __restrict__ out")
