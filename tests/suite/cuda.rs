@@ -316,6 +316,17 @@ fn nn_kernel_sources_compile_with_nvrtc_for_sm80_and_sm90() {
                     }
                 }
             }
+            if *file == "layout.cu" {
+                // the 16-bit strided copies (f16 / bf16) and the integer aranges
+                for e in [
+                    "strided_gather_u16",
+                    "strided_scatter_u16",
+                    "arange_i64",
+                    "arange_i32",
+                ] {
+                    assert!(ptx.contains(&format!(".entry mt_{e}(")), "{arch} {e}");
+                }
+            }
         }
         match cuda::compile(src, file, "sm_90", Output::Cubin, &[]).unwrap() {
             cuda::ModuleImage::Cubin(b) => assert!(!b.is_empty(), "{file}"),
@@ -323,7 +334,7 @@ fn nn_kernel_sources_compile_with_nvrtc_for_sm80_and_sm90() {
         }
     }
     say(&format!(
-        "NVRTC compiled {} f32/f64 module(s) (conv, pool, attention, dropout, decode) for sm_80/sm_90 + CUBIN sm_90, {entries} kernel entries checked",
+        "NVRTC compiled {} f32/f64 module(s) (conv, pool, attention, dropout, decode, layout) for sm_80/sm_90 + CUBIN sm_90, {entries} kernel entries checked",
         kernels::NN_SOURCES.len()
     ));
 }

@@ -46,8 +46,8 @@ mithril! {
         output z = gelu(Linear(16)(y), approximate = true);
     }
 
-    /// An embedding (lowered forward; its gradient, a scatter-add, is not lowered on cuda yet,
-    /// so `evaluate_gradients*` of this plain model return an `Err` instead of failing the build).
+    /// An embedding with i32 token ids (forward and gradient lowered; the gradient is the
+    /// scatter-add `rt::cuda::embedding_backward`).
     pub model Embed {
         input tokens: i32[B, T];
         let e = Embedding(num_embeddings = 100, dim = 16)(tokens);
@@ -134,8 +134,23 @@ fn generated_kernels_follow_the_graph() {
         "{}",
         BlockGpu::CUDA_SOURCE
     );
-    // i32 token ids are cast to i64 for the embedding kernel; no gradient kernels (not lowered)
-    assert_eq!(EmbedGpu::CUDA_KERNELS, &["f2_idx"]);
+    // i32 token ids are cast to i64 for the embedding kernel (forward: that cast only); the
+    // gradient graph casts them for its gather and for the embedding's gradient
+    let fwd: Vec<&str> = EmbedGpu::CUDA_KERNELS
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with('f'))
+        .collect();
+    assert_eq!(fwd, ["f2_idx"]);
+    assert_eq!(
+        EmbedGpu::CUDA_KERNELS
+            .iter()
+            .filter(|k| k.starts_with('g') && k.ends_with("_idx"))
+            .count(),
+        2,
+        "{:?}",
+        EmbedGpu::CUDA_KERNELS
+    );
     assert!(
         EmbedGpu::CUDA_SOURCE
             .contains("f2_idx(const int* __restrict__ a0, long long* __restrict__ out")
@@ -1564,5 +1579,269 @@ fn gpu_decode_prefill_and_steps_match_the_cpu() {
     }
     say(
         "decode on cuda: prefill + steps match the CPU (DecodeOps, DecodeTypes, TinyGpt), donated caches appended in place",
+    );
+}
+
+mithril! {
+    /// The library GPT of `examples/bench_decode.rs` / `examples/train_gpt.rs` (`CharGptStep`),
+    /// small: token embeddings, learned positions at `pos ..` (`CachedPositionalEmbedding`:
+    /// `arange`), a `CachedTransformerBlock` (the `[3 d]` in-projection split by slices, the head
+    /// split by `transpose`, `[B, S, d]` products), final LayerNorm and head; 2 heads of 4.
+    pub model LibGpt {
+        input tokens: i64[B, S];
+        input pos: i64[];
+        input k0: f32[B, 2, M, 4];
+        input v0: f32[B, 2, M, 4];
+        let wte = Embedding(num_embeddings = 11, dim = 8);
+        let wpe = CachedPositionalEmbedding(16, 8);
+        let block0 = CachedTransformerBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh");
+        let (h, k0n, v0n) = block0(wpe(wte(tokens), pos), k0, v0, pos);
+        let ln_f = LayerNorm();
+        let head = Linear(11);
+        output logits = head(ln_f(h));
+        output k0_out = k0n;
+        output v0_out = v0n;
+    }
+
+    /// The same GPT over a whole window, trained (`examples/train_gpt.rs`'s `CharGpt`, with the
+    /// params of `LibGpt`): `PositionalEmbedding` (`arange`), a causal `TransformerEncoderBlock`
+    /// (slices of the in-projection and their gradient, `transpose`, batched products and their
+    /// gradients), the embedding's gradient.
+    pub train LibGptTrain {
+        input tokens: i64[B, S];
+        input targets: i64[B, S];
+        let wte = Embedding(num_embeddings = 11, dim = 8);
+        let wpe = PositionalEmbedding(16, 8);
+        let block0 = TransformerEncoderBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh", causal = true);
+        let ln_f = LayerNorm();
+        let head = Linear(11);
+        output logits = head(ln_f(block0(wpe(wte(tokens)))));
+        loss cross_entropy(logits, targets).mean();
+    }
+
+    pub compile LibGptGpu = LibGpt {
+        backend: cuda,
+        inference: true,
+        donate: [k0, v0],
+        file_path: "target/mithril-test/lib_gpt_gpu.rs",
+    };
+    pub compile LibGptTrainGpu = LibGptTrain { backend: cuda };
+}
+
+#[test]
+fn library_gpt_modules_compile_with_nvrtc() {
+    require_nvrtc!();
+    common::compile_modules(
+        &[
+            ("LibGptGpu", LibGptGpu::CUDA_SOURCE, LibGptGpu::CUDA_KERNELS),
+            (
+                "LibGptTrainGpu",
+                LibGptTrainGpu::CUDA_SOURCE,
+                LibGptTrainGpu::CUDA_KERNELS,
+            ),
+        ],
+        "library GPT cuda modules",
+    );
+}
+
+#[test]
+fn library_gpt_reads_its_position_once_per_call() {
+    // the generated code (`file_path`): `pos` is read back once at the start of
+    // `evaluate_device_donating` and the cache update and cached attention take that host
+    // value; each donated cache is appended in place; the slices, head splits and positions
+    // are the layout kernels
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/mithril-test");
+    let rs = std::fs::read_to_string(dir.join("lib_gpt_gpu.rs")).expect("lib_gpt_gpu.rs");
+    let flat: String = rs.split_whitespace().collect();
+    let body = &flat[flat
+        .find("pubfnevaluate_device_donating")
+        .expect("no donating fn")..];
+    assert_eq!(body.matches("flow::read_index(").count(), 1, "{rs}");
+    assert_eq!(body.matches("decode::update_slice_in(").count(), 2, "{rs}");
+    assert_eq!(body.matches("decode::update_slice(").count(), 0, "{rs}");
+    assert_eq!(body.matches("decode::cached_attention(").count(), 1, "{rs}");
+    assert_eq!(body.matches("layout::arange::<i64>(").count(), 1, "{rs}");
+    // q, k, v and the merged heads
+    assert_eq!(body.matches("layout::transpose(").count(), 4, "{rs}");
+    assert!(body.matches("layout::slice(").count() >= 3, "{rs}");
+}
+
+#[test]
+fn gpu_library_gpt_matches_the_cpu() {
+    if !gpu("gpu_library_gpt_matches_the_cpu") {
+        return;
+    }
+    // decoding: a prefill of 3 tokens (batch 2), then 2 tokens one per call, the caches
+    // carried from call to call; logits and caches against the CPU model with the same params
+    let (cpu, gpu) = (LibGpt::new().unwrap(), LibGptGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(5), gpu.randomize_params(5));
+    let toks = [[3i64, 1, 4, 1, 5], [9, 2, 6, 5, 3]];
+    let m = 8;
+    let zero = ndarray::Array4::<f32>::zeros((2, 2, m, 4));
+    let (mut c, mut g) = ([zero.clone(), zero.clone()], [zero.clone(), zero.clone()]);
+    for (at, n) in [(0usize, 3usize), (3, 1), (4, 1)] {
+        let t = ndarray::Array2::from_shape_fn((2, n), |(b, s)| toks[b][at + s]);
+        let pos = ndarray::arr0(at as i64);
+        let want = cpu
+            .evaluate(
+                &p,
+                LibGptInputs {
+                    tokens: t.view(),
+                    pos: pos.view(),
+                    k0: c[0].view(),
+                    v0: c[1].view(),
+                },
+            )
+            .unwrap();
+        let got = gpu
+            .evaluate(
+                &gp,
+                LibGptGpuInputs {
+                    tokens: t.view(),
+                    pos: pos.view(),
+                    k0: g[0].view(),
+                    v0: g[1].view(),
+                },
+            )
+            .unwrap();
+        close_dyn(
+            &format!("logits at {at}"),
+            &got.logits.clone().into_dyn(),
+            &want.logits.clone().into_dyn(),
+            1e-3,
+        );
+        c = [want.k0_out, want.v0_out];
+        g = [got.k0_out, got.v0_out];
+        for (x, y) in c.iter().zip(&g) {
+            close_dyn(
+                &format!("cache at {at}"),
+                &y.clone().into_dyn(),
+                &x.clone().into_dyn(),
+                1e-3,
+            );
+        }
+    }
+
+    // the same on device data with the caches donated: appended in place, the same logits
+    let dev = gpu.device();
+    let dp = gpu.params_to_device(&gp).unwrap();
+    let up = |a: &ndarray::Array4<f32>| cuda::DeviceTensor::to_device(dev, &a.view()).unwrap();
+    let mut caches = [up(&zero), up(&zero)];
+    let ptr = |t: &cuda::DeviceTensor<f32>| {
+        use cuda::cudarc::driver::DevicePtr;
+        t.slice().device_ptr(dev.stream()).0
+    };
+    let ptrs: Vec<_> = caches.iter().map(ptr).collect();
+    c = [zero.clone(), zero.clone()];
+    for (at, n) in [(0usize, 3usize), (3, 1), (4, 1)] {
+        let t = ndarray::Array2::from_shape_fn((2, n), |(b, s)| toks[b][at + s]);
+        let pos = ndarray::arr0(at as i64);
+        let (dt, dpp) = (
+            cuda::DeviceTensor::to_device(dev, &t.view()).unwrap(),
+            cuda::DeviceTensor::to_device(dev, &pos.view()).unwrap(),
+        );
+        let [k0, v0] = caches;
+        let o = gpu
+            .evaluate_device_donating(
+                &dp,
+                LibGptGpuDeviceDonatingInputs {
+                    tokens: &dt,
+                    pos: &dpp,
+                    k0,
+                    v0,
+                },
+            )
+            .unwrap();
+        let want = cpu
+            .evaluate(
+                &p,
+                LibGptInputs {
+                    tokens: t.view(),
+                    pos: pos.view(),
+                    k0: c[0].view(),
+                    v0: c[1].view(),
+                },
+            )
+            .unwrap();
+        close_dyn(
+            &format!("donated logits at {at}"),
+            &o.logits.to_host().unwrap(),
+            &want.logits.clone().into_dyn(),
+            1e-3,
+        );
+        caches = [o.k0_out, o.v0_out];
+        let now: Vec<_> = caches.iter().map(ptr).collect();
+        assert_eq!(now, ptrs, "the caches are appended in place");
+        c = [want.k0_out, want.v0_out];
+    }
+    // a position past the cache is the CPU's Err
+    let t = ndarray::Array2::from_elem((2, 1), 1i64);
+    let pos = ndarray::arr0(m as i64);
+    let e = gpu
+        .evaluate(
+            &gp,
+            LibGptGpuInputs {
+                tokens: t.view(),
+                pos: pos.view(),
+                k0: zero.view(),
+                v0: zero.view(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the cache is full") || e.contains("out of range"),
+        "{e}"
+    );
+
+    // training: the loss and the gradients of the embeddings (the gather's and the position
+    // table's), the in-projection (through the slices) and the head against the CPU
+    let (cpu, gpu) = (LibGptTrain::new().unwrap(), LibGptTrainGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(5), gpu.randomize_params(5));
+    let t = ndarray::Array2::from_shape_fn((2, 5), |(b, s)| toks[b][s]);
+    let y = ndarray::Array2::from_shape_fn((2, 5), |(b, s)| toks[1 - b][s]);
+    let (lo, gr) = cpu
+        .evaluate_gradients(
+            &p,
+            LibGptTrainInputs {
+                tokens: t.view(),
+                targets: y.view(),
+            },
+        )
+        .unwrap();
+    let (lo2, gr2) = gpu
+        .evaluate_gradients(
+            &gp,
+            LibGptTrainGpuInputs {
+                tokens: t.view(),
+                targets: y.view(),
+            },
+        )
+        .unwrap();
+    close_dyn(
+        "loss",
+        &lo2.loss.clone().into_dyn(),
+        &lo.loss.clone().into_dyn(),
+        1e-3,
+    );
+    for (what, got, want) in [
+        ("wte", &gr2.wte.weight, &gr.wte.weight),
+        ("wpe", &gr2.wpe.weight, &gr.wpe.weight),
+        (
+            "in_proj_weight",
+            &gr2.block0.self_attn.in_proj_weight,
+            &gr.block0.self_attn.in_proj_weight,
+        ),
+        ("head", &gr2.head.weight, &gr.head.weight),
+    ] {
+        close_dyn(
+            what,
+            &got.clone().into_dyn(),
+            &want.clone().into_dyn(),
+            1e-3,
+        );
+    }
+    say(
+        "library GPT on cuda: prefill + steps, donated caches and training gradients match the CPU",
     );
 }

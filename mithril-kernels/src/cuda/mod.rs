@@ -70,7 +70,16 @@ pub const DECODE: &str = concat!(
     include_str!("decode.cu")
 );
 
-/// The f32 / f64 sources (CNN, attention, dropout, decoding): `(file name, full source text)`. Their
+/// Layout ops: the strided gather / scatter of slices, their gradient and permutes (also as
+/// `mt_strided_{gather,scatter}_u16` for f16 / bf16 bits), and `arange` (also `mt_arange_i64`,
+/// `mt_arange_i32`).
+pub const LAYOUT: &str = concat!(
+    include_str!("prelude.cuh"),
+    include_str!("nn_prelude.cuh"),
+    include_str!("layout.cu")
+);
+
+/// The f32 / f64 sources (CNN, attention, dropout, decoding, layout): `(file name, full source text)`. Their
 /// kernels exist once per [`NN_DTYPES`] suffix and compute in the storage type.
 pub const NN_SOURCES: &[(&str, &str)] = &[
     ("conv.cu", CONV),
@@ -78,6 +87,7 @@ pub const NN_SOURCES: &[(&str, &str)] = &[
     ("attention.cu", ATTENTION),
     ("dropout.cu", DROPOUT),
     ("decode.cu", DECODE),
+    ("layout.cu", LAYOUT),
 ];
 
 /// The kernels each of [`NN_SOURCES`] defines: `(file name, op names)`.
@@ -114,6 +124,10 @@ pub const NN_ENTRIES: &[(&str, &[&str])] = &[
     ),
     ("dropout.cu", &["dropout"]),
     ("decode.cu", &["update_slice", "cached_attention"]),
+    (
+        "layout.cu",
+        &["strided_gather", "strided_scatter", "arange"],
+    ),
 ];
 
 /// The storage dtypes of the [`NN_SOURCES`] kernels.
@@ -220,5 +234,8 @@ mod tests {
         assert!(nn_source_of("softmax").is_none());
         // the 16-bit copy of the cache update (f16 / bf16 caches)
         assert!(DECODE.contains("MT_DECODE_UPDATE(u16, unsigned short)"));
+        // the 16-bit layout copies and the integer aranges
+        assert!(LAYOUT.contains("MT_LAYOUT_COPY(u16, unsigned short)"));
+        assert!(LAYOUT.contains("MT_LAYOUT_ARANGE(i64, long long)"));
     }
 }

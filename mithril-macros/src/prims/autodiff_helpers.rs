@@ -54,6 +54,37 @@ impl Family for Rules {
                     quote!(#rl.shape().to_vec()),
                 )?
             }
+            // the gradient of a slice: zeros with the gradient written at the slice's positions
+            Prim::SliceGrad(args) => {
+                let args = args.iter().map(slice_arg_tokens);
+                let (rg, rl) = (cx.r(0), cx.r(1));
+                quote!(#c::layout::slice_grad(__dev, #rg, #rl.shape(), &[#(#args),*])?)
+            }
+            // the gradient of an embedding (`gather` on axis 0 of a 2-D table): an f32 table of
+            // scatter-adds, cast to the table's dtype
+            Prim::GatherGrad(axis) => {
+                cuda::float3(cx.dt(0), "gather's gradient")?;
+                if *axis != 0 || cx.dims(2)?.len() != 2 {
+                    return Err(format!(
+                        "the gradient of gather with axis = {axis} on {} (lowered: axis = 0 on a 2-D table, an embedding)",
+                        cx.describe(2)
+                    ));
+                }
+                let idx = cx.index_i64(1)?;
+                let (rg, rt) = (cx.r(0), cx.r(2));
+                let g = quote!(#c::embedding_backward(__dev, #rg, #idx, #rt.shape())?);
+                let t = cx.out_dt();
+                if t == DType::F32 {
+                    g
+                } else {
+                    let dims = cx.out_dims()?;
+                    let back = cx.cast_value(quote!((&__eg)), DType::F32, &dims, t)?;
+                    quote!({
+                        let __eg = #g;
+                        #back
+                    })
+                }
+            }
             _ => return Err("there is no CUDA kernel for it yet".into()),
         })
     }

@@ -134,6 +134,37 @@ impl Family for Rules {
                 let dims = cx.out_dims()?;
                 cx.fused_launch(&lit, &[], &dims, t, quote!(#ra.shape().to_vec()))
             }
+            // `arange`: one launch of `layout.cu`'s kernel (f64 arithmetic, then the dtype, as the
+            // CPU); its length from the run-time dims; f16 / bf16 through f32
+            Prim::Arange { start, step, .. } => {
+                let (start, step) = (*start, *step);
+                let dims = cx.reshape_dims()?;
+                let t = cx.out_dt();
+                let c = quote!(::mithril::rt::cuda);
+                let arange = |ty: TokenStream| {
+                    quote!({
+                        let __d: ::std::vec::Vec<isize> = #dims;
+                        #c::layout::arange::<#ty>(__dev, #start, #step, __d[0] as i64)?
+                    })
+                };
+                match t {
+                    DType::F32 | DType::F64 | DType::I64 | DType::I32 => {
+                        Ok(arange(super::storage_type(t)))
+                    }
+                    DType::F16 | DType::BF16 => {
+                        let wide = arange(quote!(f32));
+                        let dims = cx.out_dims()?;
+                        let back = cx.cast_value(quote!((&__ar)), DType::F32, &dims, t)?;
+                        Ok(quote!({
+                            let __ar = #wide;
+                            #back
+                        }))
+                    }
+                    t => Err(format!(
+                        "`arange` of {t} on cuda (f32, f64, f16, bf16, i64, i32)"
+                    )),
+                }
+            }
             _ => Err("there is no CUDA kernel for it yet".into()),
         }
     }

@@ -80,6 +80,14 @@ pub trait CudaCx {
     fn take(&self, _k: usize) -> Option<TokenStream> {
         None
     }
+    /// Operand `k` (an integer scalar) as a host `i64` expression: a host value where the
+    /// generator holds one (a counted loop's counter; an input read back once at the start of
+    /// the call, `CudaGen::body`), else a read back from the device here (`flow::read_index`,
+    /// one 8-byte copy that waits for the stream).
+    fn host_index(&mut self, k: usize) -> TokenStream {
+        let (r, label, c) = (self.r(k), self.label(), rt());
+        quote!(#c::flow::read_index(#r, #label)?)
+    }
 }
 
 /// The runtime's CUDA module, `::mithril::rt::cuda`.

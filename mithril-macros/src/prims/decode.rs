@@ -15,8 +15,9 @@
 //! Both are for inference: their gradients are not supported (a model using them has no
 //! `evaluate_gradients`), on the CPU as on cuda.
 //!
-//! On cuda (`mithril::rt::cuda::decode`, kernels in `decode.cu`): the position is read back
-//! once per op (`flow::read_index`, an 8-byte copy) and checked on the host; `update_slice`
+//! On cuda (`mithril::rt::cuda::decode`, kernels in `decode.cu`): the position is a host
+//! integer checked on the host — an input position is read back once per call at its start
+//! (`flow::read_index`, an 8-byte copy; [`host_index_operands`]), another one per op; `update_slice`
 //! writes only the new rows, into its input itself when the input is an owned value dead after
 //! it (a donated cache, `donate:`), else into a device copy of it (f32, f64, f16, bf16, i32,
 //! i64); `cached_attention` reads only the cache rows in use (f32 / f64; for f16 / bf16 the
@@ -244,7 +245,6 @@ impl Family for Rules {
 
     fn cuda(&self, p: &Prim, cx: &mut dyn CudaCx) -> Result<TokenStream, String> {
         let c = cuda::rt();
-        let label = cx.label();
         match p {
             Prim::UpdateSlice { axis } => {
                 if !matches!(
@@ -256,9 +256,9 @@ impl Family for Rules {
                         cx.describe(0)
                     ));
                 }
-                let (vals, start) = (cx.r(1), cx.r(2));
+                let (vals, start) = (cx.r(1), cx.host_index(2));
                 let axis = *axis as isize;
-                let start = quote!(let __start: i64 = #c::flow::read_index(#start, #label)?;);
+                let start = quote!(let __start: i64 = #start;);
                 Ok(match cx.take(0) {
                     // the input is dead after this node: its buffer is the result
                     Some(x) => quote!({
@@ -292,9 +292,9 @@ impl Family for Rules {
                     ))
                     }
                 };
-                let (q, k, v, pos) = (cx.r(0), cx.r(1), cx.r(2), cx.r(3));
+                let (q, k, v, pos) = (cx.r(0), cx.r(1), cx.r(2), cx.host_index(3));
                 Ok(quote!({
-                    let __pos: i64 = #c::flow::read_index(#pos, #label)?;
+                    let __pos: i64 = #pos;
                     #c::decode::#f(__dev, #q, #k, #v, __pos, #scale)?
                 }))
             }
@@ -311,5 +311,16 @@ impl Family for Rules {
             ),
             _ => return Err("internal: not a decoding op".into()),
         })
+    }
+}
+
+/// The operands of `p` its CUDA lowering needs as host integers (`CudaCx::host_index`): the
+/// position of `update_slice` (2) and of `cached_attention` (3). The generator reads such an
+/// operand back once per call when it is an input (the decode position), not once per op.
+pub fn host_index_operands(p: &Prim) -> &'static [usize] {
+    match p {
+        Prim::UpdateSlice { .. } => &[2],
+        Prim::CachedAttention { .. } => &[3],
+        _ => &[],
     }
 }

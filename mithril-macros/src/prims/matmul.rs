@@ -1,7 +1,8 @@
 //! `matmul`: NumPy's matrix product (vectors as rows / columns, broadcast batch dims), with the
 //! transpose flags autodiff and the epilogue pass use. CPU: `mithril::rt::ops::matmul_to` (the
 //! packed GEMM of `mithril_kernels::gemm`); CUDA: cuBLAS through the generator's matmul helper
-//! (2-D operands; `tf32` / `amp`), which `FusedMatmul` shares.
+//! (rank 2, or batches: `exec::matmul` folds `[.., M, K] @ [K, N]` into one GEMM, else a
+//! strided-batched GEMM; `tf32` / `amp`), which `FusedMatmul` shares.
 //!
 //! Backend fast path outside this module: `static_shapes: true` (`backends/cpu_static.rs`)
 //! lowers a 2-D matmul itself, with the `FusedMatmul` the epilogue pass makes of it, as one

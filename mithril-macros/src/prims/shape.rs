@@ -52,6 +52,18 @@ impl Family for Rules {
                 let ra = cx.r(0);
                 quote!(#c::nn::select_leading(__dev, #ra, #i)?)
             }
+            // any other slice (ranges with any step, indices, new axes) and `transpose`: one
+            // strided-gather launch (`rt::cuda::layout`, a bit copy: every dtype of 2, 4 or 8
+            // bytes)
+            Prim::Slice(args) => {
+                let args = args.iter().map(slice_arg_tokens);
+                let ra = cx.r(0);
+                quote!(#c::layout::slice(__dev, #ra, &[#(#args),*])?)
+            }
+            Prim::Transpose(perm) => {
+                let ra = cx.r(0);
+                quote!(#c::layout::transpose(__dev, #ra, &[#(#perm),*])?)
+            }
             _ => return Err("there is no CUDA kernel for it yet".into()),
         })
     }

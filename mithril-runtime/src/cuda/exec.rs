@@ -475,6 +475,111 @@ pub fn size_ratio<T: DeviceElem>(
     scalar(dev, T::from_f64(r))
 }
 
+/// The cuBLAS call of a (batched) row-major product `op(a) · op(b)`: `count` products of
+/// `[m, k] · [k, n]`, operand `x`'s `i`-th at element `i * stride_x` (0: one matrix shared by
+/// the batch), the result's at `i * m * n`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchedGemm {
+    /// Rows of each product (the batch folded in when `b` is one matrix and `a` not transposed).
+    pub m: usize,
+    /// The inner dim.
+    pub k: usize,
+    /// Columns of each product.
+    pub n: usize,
+    /// The number of products.
+    pub count: usize,
+    /// `a`'s batch stride in elements.
+    pub stride_a: usize,
+    /// `b`'s batch stride in elements.
+    pub stride_b: usize,
+    /// The result's shape: the broadcast batch dims, then one matrix's `[M, N]`.
+    pub out_shape: Vec<usize>,
+}
+
+/// NumPy's broadcast of two batch shapes (right-aligned; equal dims or 1s).
+fn broadcast_batch(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    let at = |s: &[usize], i: usize| {
+        if i + s.len() >= r {
+            s[i + s.len() - r]
+        } else {
+            1
+        }
+    };
+    (0..r)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (x, y) if x == y || y == 1 => Some(x),
+            (1, y) => Some(y),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The cuBLAS call of `op(a) · op(b)` for operands of rank 2 or more (NumPy's `matmul`:
+/// leading dims are batch dims, broadcast): `[.., M, K] · [K, N]` (`b` one matrix, `a` not
+/// transposed) folds the batch into the rows, one GEMM; otherwise a strided batch, each
+/// operand's batch either the whole broadcast batch or absent (all 1s) — a partial broadcast
+/// (`[2, 1, M, K] · [1, 3, K, N]`) is an `Err` on cuda.
+pub fn batched_geometry(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<BatchedGemm> {
+    if a.len() < 2 || b.len() < 2 {
+        return Err(Error::op(
+            "matmul",
+            format!("operands of rank 2 or more on cuda, got {a:?} · {b:?}"),
+        ));
+    }
+    let (ba, bb) = (&a[..a.len() - 2], &b[..b.len() - 2]);
+    let (m, k, n) = mkn_t(&a[a.len() - 2..], &b[b.len() - 2..], ta, tb).map_err(|_| {
+        Error::op(
+            "matmul",
+            format!("inner dims differ: {a:?} · {b:?} (transposed: {ta}, {tb})"),
+        )
+    })?;
+    let mut out_shape = broadcast_batch(ba, bb).ok_or_else(|| {
+        Error::op(
+            "matmul",
+            format!("batch dims do not broadcast: {a:?} · {b:?}"),
+        )
+    })?;
+    let count: usize = out_shape.iter().product();
+    out_shape.extend([m, n]);
+    let (pa, pb): (usize, usize) = (ba.iter().product(), bb.iter().product());
+    if pb == 1 && !ta {
+        // `b` one matrix: the batch of `a` is more rows
+        return Ok(BatchedGemm {
+            m: m * pa,
+            k,
+            n,
+            count: 1,
+            stride_a: 0,
+            stride_b: 0,
+            out_shape,
+        });
+    }
+    // an operand whose batch has the broadcast batch's size is that batch (a broadcast
+    // expanding one of its dims would make it smaller)
+    let stride = |p: usize, size: usize| -> Result<usize> {
+        if p == count {
+            Ok(size)
+        } else if p == 1 {
+            Ok(0)
+        } else {
+            Err(Error::op(
+                "matmul",
+                format!("on cuda a batch operand is broadcast only when it is whole or absent, got {a:?} · {b:?}"),
+            ))
+        }
+    };
+    Ok(BatchedGemm {
+        m,
+        k,
+        n,
+        count,
+        stride_a: stride(pa, m * k)?,
+        stride_b: stride(pb, k * n)?,
+        out_shape,
+    })
+}
+
 /// `(m, k, n)` of `op(a) · op(b)` for 2-D operands.
 fn mkn_t(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(usize, usize, usize)> {
     let fail = || {
@@ -544,9 +649,17 @@ pub fn matmul<T: GemmElem, O: GemmElem>(
     tb: bool,
     precision: F32Precision,
 ) -> Result<DeviceTensor<O>> {
-    let (m, k, n) = mkn_t(a.shape(), b.shape(), ta, tb)?;
-    let mut c = DeviceTensor::<O>::zeros(dev, &[m, n])?;
-    if m == 0 || n == 0 || k == 0 {
+    let BatchedGemm {
+        m,
+        k,
+        n,
+        count,
+        stride_a,
+        stride_b,
+        out_shape,
+    } = batched_geometry(a.shape(), b.shape(), ta, tb)?;
+    let mut c = DeviceTensor::<O>::zeros(dev, &out_shape)?;
+    if m == 0 || n == 0 || k == 0 || count == 0 {
         return Ok(c);
     }
     let (transa, transb, lda, ldb) = swap_params(m, n, k, ta, tb);
@@ -588,32 +701,67 @@ pub fn matmul<T: GemmElem, O: GemmElem>(
             )
         };
         // SAFETY: the buffers hold op(b) [k,n], op(a) [m,k] and c [m,n] elements with the leading
-        // dimensions passed; the guards keep the buffers' events alive across the call; alpha/beta
+        // dimensions passed (`count` of each at its batch stride, `batched_geometry`); the guards keep the buffers' events alive across the call; alpha/beta
         // have the compute type's scalar type.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *dev.blas().handle(),
-                op_t(transa),
-                op_t(transb),
-                i32_of(n)?,
-                i32_of(m)?,
-                i32_of(k)?,
-                alpha,
-                pb as *const _,
-                T::CUDA_TYPE,
-                i32_of(lda)?,
-                pa as *const _,
-                T::CUDA_TYPE,
-                i32_of(ldb)?,
-                beta,
-                pc as *mut _,
-                O::CUDA_TYPE,
-                i32_of(n)?,
-                compute,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
+        // (batched: each operand's batch stride, 0 for one shared by the batch; c's is m * n)
+        if count == 1 {
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *dev.blas().handle(),
+                    op_t(transa),
+                    op_t(transb),
+                    i32_of(n)?,
+                    i32_of(m)?,
+                    i32_of(k)?,
+                    alpha,
+                    pb as *const _,
+                    T::CUDA_TYPE,
+                    i32_of(lda)?,
+                    pa as *const _,
+                    T::CUDA_TYPE,
+                    i32_of(ldb)?,
+                    beta,
+                    pc as *mut _,
+                    O::CUDA_TYPE,
+                    i32_of(n)?,
+                    compute,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| dev_err("cublasGemmEx", e))?;
+        } else {
+            let big = |v: usize| {
+                i64::try_from(v).map_err(|_| Error::op("matmul", format!("stride {v} exceeds i64")))
+            };
+            unsafe {
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    *dev.blas().handle(),
+                    op_t(transa),
+                    op_t(transb),
+                    i32_of(n)?,
+                    i32_of(m)?,
+                    i32_of(k)?,
+                    alpha,
+                    pb as *const _,
+                    T::CUDA_TYPE,
+                    i32_of(lda)?,
+                    big(stride_b)?,
+                    pa as *const _,
+                    T::CUDA_TYPE,
+                    i32_of(ldb)?,
+                    big(stride_a)?,
+                    beta,
+                    pc as *mut _,
+                    O::CUDA_TYPE,
+                    i32_of(n)?,
+                    big(m * n)?,
+                    i32_of(count)?,
+                    compute,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| dev_err("cublasGemmStridedBatchedEx", e))?;
         }
-        .map_err(|e| dev_err("cublasGemmEx", e))?;
     }
     Ok(c)
 }
@@ -752,5 +900,72 @@ pub(crate) mod tests {
         assert!(flatten_dims("t", &[2, 3], 1, 0).is_err());
         assert_eq!(reduce_shape(&[2, 3, 4], 1, 3, true), vec![2, 1, 1]);
         assert_eq!(reduce_shape(&[2, 3, 4], 0, 1, false), vec![3, 4]);
+    }
+
+    /// The batched product's geometry, run on the host as cuBLAS reads it (product `i` of
+    /// `op(A_i) [m, k] · op(B_i) [k, n]`, `A_i` at `i * stride_a`, `B_i` at `i * stride_b`, row
+    /// major, `C_i` at `i * m * n`), gives the CPU's `matmul` for batched, folded (`b` one
+    /// matrix), broadcast (a batch of 1s) and transposed operands; a partial broadcast and
+    /// mismatched dims are `Err`s.
+    #[cfg_attr(test, test)]
+    pub(crate) fn batched_geometry_gives_the_cpus_products() {
+        use ndarray::{ArrayD, IxDyn};
+        let arr = |s: &[usize], seed: f64| {
+            let n: usize = s.iter().product();
+            ArrayD::from_shape_vec(
+                IxDyn(s),
+                (0..n)
+                    .map(|i| ((i * 7 + 3) % 11) as f64 - 5.0 + seed)
+                    .collect(),
+            )
+            .unwrap()
+        };
+        let cases: &[(&[usize], &[usize], bool, bool)] = &[
+            (&[2, 3, 4], &[4, 5], false, false), // [B, S, E] @ [E, N]: folded
+            (&[2, 3, 4], &[5, 4], false, true),  // x @ W^T (Linear)
+            (&[2, 3, 4], &[2, 3, 5], true, false), // the weight gradient: x^T @ gy per batch
+            (&[2, 3, 4], &[2, 5, 4], false, true),
+            (&[2, 4, 3], &[2, 5, 4], true, true),
+            (&[3, 4], &[2, 3, 5], true, false), // a shared by the batch
+            (&[1, 2, 3, 4], &[2, 4, 5], false, false),
+            (&[2, 2, 3, 4], &[1, 1, 4, 5], false, false),
+            (&[2, 4, 3], &[1, 4, 5], true, false), // a transposed: a batch, b shared
+        ];
+        for &(sa, sb, ta, tb) in cases {
+            let (a, b) = (arr(sa, 0.0), arr(sb, 0.5));
+            let want = crate::ops::matmul(&a.view(), &b.view(), ta, tb).unwrap();
+            let g = batched_geometry(sa, sb, ta, tb).unwrap();
+            assert_eq!(g.out_shape, want.shape(), "{sa:?} {sb:?}");
+            let (ad, bd) = (a.as_slice().unwrap(), b.as_slice().unwrap());
+            let (m, k, n) = (g.m, g.k, g.n);
+            let mut c = vec![0.0f64; g.count * m * n];
+            for p in 0..g.count {
+                let (oa, ob) = (p * g.stride_a, p * g.stride_b);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut acc = 0.0;
+                        for l in 0..k {
+                            let x = if ta {
+                                ad[oa + l * m + i]
+                            } else {
+                                ad[oa + i * k + l]
+                            };
+                            let y = if tb {
+                                bd[ob + j * k + l]
+                            } else {
+                                bd[ob + l * n + j]
+                            };
+                            acc += x * y;
+                        }
+                        c[p * m * n + i * n + j] = acc;
+                    }
+                }
+            }
+            assert_eq!(c, want.iter().copied().collect::<Vec<_>>(), "{sa:?} {sb:?}");
+        }
+        assert!(batched_geometry(&[2, 1, 3, 4], &[1, 3, 4, 5], false, false).is_err());
+        assert!(batched_geometry(&[2, 3, 4], &[2, 5, 4], false, false).is_err());
+        assert!(batched_geometry(&[3, 4], &[4], false, false).is_err());
+        assert!(batched_geometry(&[2, 3, 4], &[3, 4, 5], false, false).is_err());
     }
 }

@@ -28,6 +28,7 @@ mod device;
 pub mod exec;
 pub mod flow;
 pub mod launch;
+pub mod layout;
 mod libs;
 pub mod nn;
 mod ops;
@@ -46,9 +47,9 @@ pub use nn::{
     NnElem,
 };
 pub use ops::{
-    col_sum, embedding, gelu, layernorm, log_softmax, rmsnorm, row_reduce, softmax,
-    softmax_cross_entropy, softmax_cross_entropy_backward, take_along, FloatElem, GeluKind,
-    RowReduce,
+    col_sum, embedding, embedding_backward, gelu, layernorm, log_softmax, rmsnorm, row_reduce,
+    softmax, softmax_cross_entropy, softmax_cross_entropy_backward, take_along, FloatElem,
+    GeluKind, RowReduce,
 };
 pub use tensor::{DeviceElem, DeviceTensor};
 

@@ -288,6 +288,54 @@ pub fn embedding<T: FloatElem>(
     Ok(out)
 }
 
+/// The gradient of [`embedding`] (`gather(table, idx, axis = 0)`): an f32 `[vocab, dim]`
+/// table of zeros with `dtable[idx[i], :] += g[i, :]` (atomic adds: the order of a repeated
+/// index's sums depends on the run). `g` has shape `idx.shape() + [dim]`. The indices are not
+/// checked again (the forward gather of the same call checked them; an index outside
+/// `0..vocab` adds nothing).
+pub fn embedding_backward<T: FloatElem>(
+    dev: &CudaDevice,
+    g: &DeviceTensor<T>,
+    idx: &DeviceTensor<i64>,
+    table: &[usize],
+) -> Result<DeviceTensor<f32>> {
+    const OP: &str = "embedding_backward";
+    let &[vocab, dim] = table else {
+        return Err(Error::op(
+            OP,
+            format!("table must be [vocab, dim], got {table:?}"),
+        ));
+    };
+    let mut want = idx.shape().to_vec();
+    want.push(dim);
+    if g.shape() != want {
+        return Err(Error::op(
+            OP,
+            format!(
+                "the gradient has shape {:?}, the gather of {:?} by indices {:?} has {want:?}",
+                g.shape(),
+                table,
+                idx.shape()
+            ),
+        ));
+    }
+    let mut dt = DeviceTensor::<f32>::zeros(dev, table)?;
+    if g.is_empty() || dt.is_empty() {
+        return Ok(dt);
+    }
+    let f = dev.kernel(OP, T::DTYPE)?;
+    let mut bad = dev
+        .stream()
+        .alloc_zeros::<i32>(1)
+        .map_err(|e| dev_err("cuMemAlloc", e))?;
+    let (ni, v, d) = (i64_of(OP, idx.len())?, i64_of(OP, vocab)?, i64_of(OP, dim)?);
+    let mut lb = dev.stream().launch_builder(&f);
+    lb.arg(idx.slice()).arg(g.slice()).arg(dt.slice_mut());
+    lb.arg(&ni).arg(&v).arg(&d).arg(&mut bad);
+    launch(OP, lb, elementwise_config(g.len(), dev.sm_count()))?;
+    Ok(dt)
+}
+
 /// `out[p] = x[p, idx[p]]` along the last axis; `idx` has `x`'s shape without the last axis.
 pub fn take_along<T: FloatElem>(
     dev: &CudaDevice,

@@ -397,7 +397,12 @@ impl SliceArg {
 
 /// Python's slice index adjustment: the first index and element count of
 /// `start:end:step` on an axis of length `len`. `step != 0`.
-fn py_slice(start: Option<isize>, end: Option<isize>, step: isize, len: usize) -> (i128, i128) {
+pub(crate) fn py_slice(
+    start: Option<isize>,
+    end: Option<isize>,
+    step: isize,
+    len: usize,
+) -> (i128, i128) {
     let (len, step) = (len as i128, step as i128);
     let (lower, upper) = if step < 0 { (-1, len - 1) } else { (0, len) };
     let adjust = |v: Option<isize>, default: i128| match v {

@@ -101,6 +101,10 @@ impl CudaCx for NodeCx<'_, '_> {
         let a = self.arg(k);
         self.gen.index_i64(self.cx, self.id, a)
     }
+    fn host_index(&mut self, k: usize) -> TokenStream {
+        let (a, label) = (self.arg(k), self.cx.label(self.id));
+        self.gen.host_index(self.cx, a, &label)
+    }
     fn take(&self, k: usize) -> Option<TokenStream> {
         let a = self.arg(k);
         self.cx.movable(a, self.id).then(|| {

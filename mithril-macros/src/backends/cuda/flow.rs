@@ -114,10 +114,15 @@ impl<'a> CudaGen<'a> {
 
     /// A host index expression (`i64`) for the integer scalar node `a`: its host value, or a
     /// read back from the device (counted in `readbacks`).
-    fn host_index(&mut self, cx: &Ctx<'a>, a: NodeId, label: &str) -> TokenStream {
+    pub(super) fn host_index(&mut self, cx: &Ctx<'a>, a: NodeId, label: &str) -> TokenStream {
         if cx.host[a] {
             let b = hb(a);
             return quote!(::std::primitive::i64::from(#b));
+        }
+        if cx.host_read[a] {
+            // read once at the start of the call (`body`)
+            let h = quote::format_ident!("__h{}", a);
+            return quote!(#h);
         }
         self.readbacks += 1;
         let f = flow();

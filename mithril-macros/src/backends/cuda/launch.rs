@@ -127,10 +127,12 @@ impl<'a> CudaGen<'a> {
     ) -> Result<(TokenStream, DType), String> {
         let n = &cx.g.nodes[id];
         let (a, b) = (n.args[0], n.args[1]);
+        // rank 2, or batches of matrices (`exec::matmul`: `[.., M, K] @ [K, N]` folded into one
+        // GEMM, other batches one strided-batched GEMM)
         for x in [a, b] {
-            if cx.dims(x)?.len() != 2 {
+            if cx.dims(x)?.len() < 2 {
                 return Err(format!(
-                    "matmul operands must be 2-D on cuda, this one is {}",
+                    "matmul operands must have rank 2 or more on cuda, this one is {}",
                     cx.g.describe(x)
                 ));
             }

@@ -57,11 +57,11 @@ use syn::Ident;
 
 /// What `backend: cuda` lowers (listed in the error for a node it does not).
 pub const SUPPORTED: &str = "elementwise groups (every elementwise primitive; operands of the output's shape, scalars, trailing broadcasts like a bias `[C]`, leading ones like `[N, 1]`), \
-2-D matmul (either operand transposed; with its fused epilogue), sum / mean / max / min over trailing axes and sum over leading axes (f32, f16, bf16), \
-softmax / log_softmax over the last axis (f32, f16, bf16), take_along and its gradient, gather with axis = 0 on a 2-D table (embedding), \
+matmul of rank 2 or batched (either operand transposed; with its fused epilogue), sum / mean / max / min over trailing axes and sum over leading axes (f32, f16, bf16), \
+softmax / log_softmax over the last axis (f32, f16, bf16), take_along and its gradient, gather with axis = 0 on a 2-D table (embedding) and its gradient, \
 reshape / flatten, and the gradient helpers (broadcast, size ratio); \
 f32 / f64 / f16 / bf16: the convolutions, max / average / adaptive pooling, pad, upsample, attention and their gradients, dropout; `x[i]` on the leading axis; \
-the key/value cache's `update_slice` (in place when its input is donated) and `cached_attention` (f32 / f64 / f16 / bf16)";
+the key/value cache's `update_slice` (in place when its input is donated) and `cached_attention` (f32 / f64 / f16 / bf16); slices (ranges with any step, indices, new axes) and their gradient, `transpose`, `arange`";
 
 fn rt() -> TokenStream {
     quote!(::mithril::rt::cuda)
@@ -113,6 +113,10 @@ struct Ctx<'a> {
     host: Vec<bool>,
     /// Host scalars also read by a device op (uploaded as `vN` after their host value).
     host_dev: Vec<bool>,
+    /// Integer scalar inputs a device op needs on the host (the decode position of
+    /// `update_slice` / `cached_attention`): read back once at the start of the call, as
+    /// `__hN` (`CudaGen::body`), not once per op.
+    host_read: Vec<bool>,
 }
 
 impl<'a> Ctx<'a> {
@@ -225,6 +229,7 @@ impl<'a> CudaGen<'a> {
             host_bool: vec![false; g.nodes.len()],
             host: vec![false; g.nodes.len()],
             host_dev: vec![false; g.nodes.len()],
+            host_read: vec![false; g.nodes.len()],
         }
     }
 }

@@ -88,6 +88,7 @@ impl<'a> CudaGen<'a> {
             }
         }
         self.prepare_flow(cx);
+        let c = rt();
         let mut body = Vec::new();
         if g.uses_mode() {
             // the call's mode (`is_training`, read on the host) and its random ops' seed
@@ -103,10 +104,23 @@ impl<'a> CudaGen<'a> {
                 body.push(self.node_code(cx, id));
             }
         }
+        // integer scalar inputs a device op needs on the host (a decode position): read back
+        // once here (one 8-byte copy per call), not once per op
+        for n in &g.nodes {
+            let Op::Prim(p) = &n.op else { continue };
+            for &k in crate::prims::decode::host_index_operands(p) {
+                let a = n.args[k];
+                if matches!(g.nodes[a].op, Op::Input(_)) && !cx.host[a] && !cx.host_read[a] {
+                    cx.host_read[a] = true;
+                    self.readbacks += 1;
+                    let (h, r, label) = (format_ident!("__h{}", a), cx.r(a), cx.label(a));
+                    body.push(quote!(let #h: i64 = #c::flow::read_index(#r, #label)?;));
+                }
+            }
+        }
         body.extend(self.emit_range(cx, 0, g.nodes.len()));
         // outputs: owned values move out (the last use of a node), the others are copied
         let mut outs = Vec::new();
-        let c = rt();
         for (k, o) in g.outputs.iter().enumerate() {
             let node = cx.resolve(o.node);
             let later = g.outputs[k + 1..]
