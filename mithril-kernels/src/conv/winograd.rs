@@ -23,6 +23,10 @@ use super::{ConvElem, Geom};
 use crate::gemm;
 use std::cell::RefCell;
 
+#[cfg(target_arch = "x86_64")]
+#[path = "winograd_x86.rs"]
+mod x86;
+
 /// The element types of the transforms (`f32`; generic only for the multiversioned loops).
 pub(super) trait Wf: ConvElem + std::ops::Sub<Output = Self> {}
 impl Wf for f32 {}
@@ -247,6 +251,10 @@ pub(super) fn forward(
     relu: bool,
     threads: Option<usize>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::active() >= crate::isa::Isa::Avx512 {
+        return x86::forward(g, x, w, y, bias, relu, threads);
+    }
     let (th, tw) = tiles(g);
     let oc = g.o * g.c;
     let mut u = vec![0.0f32; 16 * oc];
