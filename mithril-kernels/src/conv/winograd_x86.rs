@@ -1,15 +1,20 @@
 //! The AVX-512 form of [`super`]'s F(2×2, 3×3) (x86-64 only; chosen by [`super::forward`] when
-//! the active ISA is [`crate::isa::Isa::Avx512`]). Same algorithm and buffers' meaning as the
-//! portable form, with every step in registers and no separate packing:
+//! the active ISA is [`crate::isa::Isa::Avx512`]). Same algorithm as the portable form, with
+//! every step in registers, no separate packing, and layouts chosen so that a transform touches
+//! its 16 points at a short constant stride (not 16 blocks 16–32 KiB apart, which all fall in
+//! one L1 set):
 //!
-//! - **Weights** `U[ξ][o][c]`: 16 kernels at a time, their 9 taps gathered into 9 vectors.
+//! - **Weights** `U[ξ][c][o]` (output channels contiguous): 16 kernels at a time, their 9 taps
+//!   gathered into 9 vectors.
 //! - **Input transform**: per image channel and tile row, segments of 8 tiles; the 4 input rows
 //!   of a segment (18 columns, zero-padded by masked loads) are 2 vectors each, `Bᵀ d` is 8
 //!   vector additions, `· B` picks the 4 columns of every tile with `vpermt2ps` and adds them,
-//!   and the 16 results go straight into `V[ξ][c][t]` (tiles contiguous, rows padded to 16).
-//! - **The 16 GEMMs** `M[ξ][o][t] = Σ_c U[ξ][o][c] · V[ξ][c][t]`: a 16-row × 16-tile register
-//!   block (16 accumulators) over the whole `K = C` (the weights broadcast from L1, one vector
-//!   of `V` per `c`), tiles in vectors so a chunk wastes at most 15 lanes.
+//!   and the 16 results go straight into `V[c][ξ][t]` (a chunk's tiles contiguous, padded to
+//!   a multiple of 16).
+//! - **The 16 GEMMs** `M[o][ξ][t] = Σ_c U[ξ][c][o] · V[c][ξ][t]`: a 16-row × 16-tile register
+//!   block (16 accumulators) over the whole `K = C` (the 16 weights of a `c` broadcast from one
+//!   cache line, one vector of `V` per `c`); tiles in vectors, so a chunk wastes at most 15
+//!   lanes.
 //! - **Output transform**: `Aᵀ m A` on 8 tiles per vector, the bias and the ReLU in registers,
 //!   the two output columns of each tile interleaved by `vpermt2ps`, stored into NCHW rows with
 //!   masked stores.
@@ -43,6 +48,17 @@ fn span_mask(b: isize, len: isize) -> u16 {
     (upto(hi) & !upto(lo)) as u16
 }
 
+/// The pitches `(rp, cp)` of `V[c][ξ][t]` and `M[o][ξ][t]` for `tbp` tiles: a point's row
+/// `rp = tbp + 16` apart, a channel's 16 rows `cp = 16·rp + 16` apart. The extra cache lines
+/// keep the 16 rows a transform touches at once, and the 16 or more channel rows the GEMM
+/// streams through, out of a single L1 set (without them a channel is 8 KiB, a multiple of
+/// the 4 KiB set period).
+#[inline(always)]
+fn pitches(tbp: usize) -> (usize, usize) {
+    let rp = tbp + 16;
+    (rp, 16 * rp + 16)
+}
+
 /// The first `n` lanes (`n ≤ 16`).
 #[inline(always)]
 fn first(n: usize) -> u16 {
@@ -53,25 +69,28 @@ fn first(n: usize) -> u16 {
     }
 }
 
-/// `U[(i·4 + j)·oc + k] = (G g_k Gᵀ)[i][j]` for the `oc` kernels `g_k = w[9k..9k + 9]`; the
-/// portable `kernels`' operations in the same order.
+/// `U[((i·4 + j)·c + ci)·o + oi] = (G g Gᵀ)[i][j]` for the kernel `g = w[oi][ci]` (`o` output,
+/// `c` input channels; output channels contiguous); the portable `kernels`' operations in the
+/// same order.
 ///
 /// # Safety
-/// AVX-512 (F, VL, BW, DQ) present; `w` holds `9·oc`, `u` `16·oc` elements.
+/// AVX-512 (F, VL, BW, DQ) present; `w` holds `9·o·c`, `u` `16·o·c` elements; `9·o·c` fits
+/// an `i32`.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn kernels(oc: usize, w: *const f32, u: *mut f32) {
+#[inline(never)]
+unsafe fn kernels(o: usize, c: usize, w: *const f32, u: *mut f32) {
+    let oc = o * c;
+    // lane `l`: kernel `w[o0 + l][ci]`
     let idx = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(9),
+        _mm512_set1_epi32(9 * c as i32),
     );
     let half = _mm512_set1_ps(0.5);
-    let mut k = 0;
-    while k < oc {
-        let m = first(oc - k);
-        let base = w.add(9 * k);
-        let tap = |t: usize| {
-            _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, base.add(t) as _)
-        };
+    for (ci, o0) in (0..c).flat_map(|ci| (0..o).step_by(16).map(move |o0| (ci, o0))) {
+        let m = first(o - o0);
+        let base = w.add(9 * (o0 * c + ci));
+        let tap =
+            |t: usize| _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, base.add(t) as _);
         // rows of G g (4 × 3)
         let mut t = [[_mm512_setzero_ps(); 3]; 4];
         for j in 0..3 {
@@ -89,20 +108,20 @@ unsafe fn kernels(oc: usize, w: *const f32, u: *mut f32) {
                 r[2],
             ];
             for (j, v) in v.into_iter().enumerate() {
-                _mm512_mask_storeu_ps(u.add((i * 4 + j) * oc + k), m, v);
+                _mm512_mask_storeu_ps(u.add((i * 4 + j) * oc + ci * o + o0), m, v);
             }
         }
-        k += 16;
     }
 }
 
-/// The input transform of tile rows `rows` into `v` (`[16][c][tbp]`, the chunk's tiles
-/// contiguous from 0).
+/// The input transform of tile rows `rows` into `v` (`[c][16][tbp]` at the [`pitches`], the chunk's tiles
+/// contiguous from 0: the 16 transform points of a channel at a short, constant stride).
 ///
 /// # Safety
-/// AVX-512 present; `x` holds `g`'s input, `v` `16·c·tbp` elements, `rows` are tile rows of
+/// AVX-512 present; `x` holds `g`'s input, `v` `c·pitches(tbp).1` elements, `rows` are tile rows of
 /// `g` holding at most `tbp` tiles.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+#[inline(never)]
 unsafe fn input_tf(g: &Geom, x: *const f32, rows: Range<usize>, tbp: usize, v: *mut f32) {
     let (th, tw) = tiles(g);
     let (h, wd, q) = (g.inp[0] as isize, g.inp[1] as isize, g.in_plane());
@@ -115,14 +134,15 @@ unsafe fn input_tf(g: &Geom, x: *const f32, rows: Range<usize>, tbp: usize, v: *
     let i2 = _mm512_add_epi32(i1, one);
     let i3 = _mm512_add_epi32(i2, one);
     let z = _mm512_setzero_ps();
-    let xs = g.c * tbp; // one ξ of `v`
     let r0 = rows.start;
-    for row in rows {
-        let (n, ty) = (row / th, row % th);
-        let l0 = (row - r0) * tw;
-        for c in 0..g.c {
+    let (rp, cp) = pitches(tbp);
+    // channel outer: each input plane is read front to back (prefetcher-friendly)
+    for c in 0..g.c {
+        for row in rows.clone() {
+            let (n, ty) = (row / th, row % th);
+            let l0 = (row - r0) * tw;
             let xc = x.add((n * g.c + c) * q);
-            let vc = v.add(c * tbp + l0);
+            let vc = v.add(c * cp + l0);
             for s in 0..segs {
                 let b = 16 * s as isize - p1;
                 let (mlo, mhi) = (span_mask(b, wd), span_mask(b + 16, wd));
@@ -136,7 +156,9 @@ unsafe fn input_tf(g: &Geom, x: *const f32, rows: Range<usize>, tbp: usize, v: *
                         // before the row or past the plane
                         let p = xc.wrapping_offset(ih * wd + b);
                         lo[i] = _mm512_maskz_loadu_ps(mlo, p);
-                        hi[i] = _mm512_maskz_loadu_ps(mhi, p.wrapping_add(16));
+                        if mhi != 0 {
+                            hi[i] = _mm512_maskz_loadu_ps(mhi, p.wrapping_add(16));
+                        }
                     }
                 }
                 // Bᵀ d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3
@@ -154,42 +176,54 @@ unsafe fn input_tf(g: &Geom, x: *const f32, rows: Range<usize>, tbp: usize, v: *
                     let e1 = _mm512_permutex2var_ps(alo[i], i1, ahi[i]);
                     let e2 = _mm512_permutex2var_ps(alo[i], i2, ahi[i]);
                     let e3 = _mm512_permutex2var_ps(alo[i], i3, ahi[i]);
-                    let dst = vc.add(i * 4 * xs + 8 * s);
+                    let dst = vc.add(i * 4 * rp + 8 * s);
                     _mm512_mask_storeu_ps(dst, mt, _mm512_sub_ps(e0, e2));
-                    _mm512_mask_storeu_ps(dst.add(xs), mt, _mm512_add_ps(e1, e2));
-                    _mm512_mask_storeu_ps(dst.add(2 * xs), mt, _mm512_sub_ps(e2, e1));
-                    _mm512_mask_storeu_ps(dst.add(3 * xs), mt, _mm512_sub_ps(e1, e3));
+                    _mm512_mask_storeu_ps(dst.add(rp), mt, _mm512_add_ps(e1, e2));
+                    _mm512_mask_storeu_ps(dst.add(2 * rp), mt, _mm512_sub_ps(e2, e1));
+                    _mm512_mask_storeu_ps(dst.add(3 * rp), mt, _mm512_sub_ps(e1, e3));
                 }
             }
         }
     }
 }
 
-/// `m[o][t] = Σ_k u[o][k] · v[k][t]` for `o < og` (at least 16), `k < kc`, `t < tbp` (a
-/// multiple of 16): 16-row × 16-tile register blocks over the whole `k`; the last row block
-/// overlaps the one before it when `og` is not a multiple of 16 (the overlapped rows are
-/// computed twice, to the same values).
+/// `m[o·ld + t] = Σ_k u[k·og + o] · v[k·ld + t]` for `o < og` (at least 16), `k < kc`,
+/// `t < tbp` (a multiple of 16): 16-row × 16-tile register blocks over the whole `k` (the 16
+/// weights of a `k` are one cache line's broadcasts); the last row block overlaps the one
+/// before it when `og` is not a multiple of 16 (the overlapped rows are computed twice, to the
+/// same values).
 ///
 /// # Safety
-/// AVX-512 present; `u` holds `og·kc`, `v` `kc·tbp`, `m` `og·tbp` elements.
+/// AVX-512 present; `u` holds `og·kc` elements, `v` and `m` are valid at the offsets above.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn gemm16(og: usize, kc: usize, tbp: usize, u: *const f32, v: *const f32, m: *mut f32) {
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+unsafe fn gemm16(
+    og: usize,
+    kc: usize,
+    tbp: usize,
+    ld: usize,
+    u: *const f32,
+    v: *const f32,
+    m: *mut f32,
+) {
     let mut o0 = 0;
     loop {
         let ob = o0.min(og - 16);
-        let ub = u.add(ob * kc);
         for t in (0..tbp).step_by(16) {
             let mut acc = [_mm512_setzero_ps(); 16];
-            let vt = v.add(t);
-            for k in 0..kc {
-                let vk = _mm512_loadu_ps(vt.add(k * tbp));
+            let (mut vk, mut uk) = (v.add(t), u.add(ob));
+            for _ in 0..kc {
+                let x = _mm512_loadu_ps(vk);
                 for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*ub.add(r * kc + k)), vk, *a);
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*uk.add(r)), x, *a);
                 }
+                vk = vk.add(ld);
+                uk = uk.add(og);
             }
-            let mb = m.add(ob * tbp + t);
+            let mb = m.add(ob * ld + t);
             for (r, a) in acc.into_iter().enumerate() {
-                _mm512_storeu_ps(mb.add(r * tbp), a);
+                _mm512_storeu_ps(mb.add(r * ld), a);
             }
         }
         if ob + 16 >= og {
@@ -199,15 +233,16 @@ unsafe fn gemm16(og: usize, kc: usize, tbp: usize, u: *const f32, v: *const f32,
     }
 }
 
-/// The output transform of tile rows `rows` from `m` (`[16][o][tbp]`) into `y`, with the
+/// The output transform of tile rows `rows` from `m` (`[o][16][tbp]` at the [`pitches`]) into `y`, with the
 /// epilogue when `epi` (`+ bias[o]` or `+ 0`, then the ReLU when `relu`, as
 /// [`crate::conv::apply_epilogue`] computes it).
 ///
 /// # Safety
-/// AVX-512 present; `m` holds `16·o·tbp` elements, `y` the whole output of `g`, `bias` is null
+/// AVX-512 present; `m` holds `o·pitches(tbp).1` elements, `y` the whole output of `g`, `bias` is null
 /// or holds `g.o` elements; no other thread writes these rows.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 unsafe fn output_tf(
     g: &Geom,
     m: *const f32,
@@ -220,11 +255,11 @@ unsafe fn output_tf(
 ) {
     let (th, tw) = tiles(g);
     let (oh, ow, p) = (g.out[0], g.out[1], g.out_plane());
+    let (rp, cp) = pitches(tbp);
     let segs = tw.div_ceil(8);
     // lane 2j: y0[j], lane 2j + 1: y1[j] (y1 in the second operand, lanes 16..)
     let inter = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     let z = _mm256_setzero_ps();
-    let ms = g.o * tbp; // one ξ of `m`
     let r0 = rows.start;
     let fin = |a: __m256, b: __m256| {
         if !epi {
@@ -239,24 +274,21 @@ unsafe fn output_tf(
         }
     };
     let store = |dst: *mut f32, mask: u16, a: __m256, b: __m256| {
-        let v = _mm512_permutex2var_ps(
-            _mm512_castps256_ps512(a),
-            inter,
-            _mm512_castps256_ps512(b),
-        );
+        let v = _mm512_permutex2var_ps(_mm512_castps256_ps512(a), inter, _mm512_castps256_ps512(b));
         _mm512_mask_storeu_ps(dst, mask, v);
     };
-    for row in rows {
-        let (n, ty) = (row / th, row % th);
-        let l0 = (row - r0) * tw;
-        let two = 2 * ty + 1 < oh;
-        for o in 0..g.o {
-            let b = _mm256_set1_ps(if bias.is_null() { 0.0 } else { *bias.add(o) });
-            let mo = m.add(o * tbp + l0);
+    // channel outer: each output plane is written front to back
+    for o in 0..g.o {
+        let b = _mm256_set1_ps(if bias.is_null() { 0.0 } else { *bias.add(o) });
+        for row in rows.clone() {
+            let (n, ty) = (row / th, row % th);
+            let l0 = (row - r0) * tw;
+            let two = 2 * ty + 1 < oh;
+            let mo = m.add(o * cp + l0);
             let yo = y.add((n * g.o + o) * p + 2 * ty * ow);
             for s in 0..segs {
                 let mt = first(tw - 8 * s) as u8;
-                let ld = |k: usize| _mm256_maskz_loadu_ps(mt, mo.add(k * ms + 8 * s));
+                let ld = |k: usize| _mm256_maskz_loadu_ps(mt, mo.add(k * rp + 8 * s));
                 let mut s0 = [z; 4];
                 let mut s1 = [z; 4];
                 for j in 0..4 {
@@ -300,26 +332,29 @@ unsafe fn run_chunks(
     let (th, tw) = tiles(g);
     let rows_all = g.n * th;
     let tbmax = (per * tw).next_multiple_of(16);
-    let need = 16 * (g.c + g.o) * tbmax;
+    let cpmax = pitches(tbmax).1;
+    let need = (g.c + g.o) * cpmax;
     if s.len() < need {
         s.resize(need, 0.0);
     }
-    let (v, m) = s.split_at_mut(16 * g.c * tbmax);
+    let (v, m) = s.split_at_mut(g.c * cpmax);
     let oc = g.o * g.c;
     let epi = bias.is_some() || relu;
     let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr());
     for ch in chunks {
         let rows = ch * per..((ch + 1) * per).min(rows_all);
         let tbp = (rows.len() * tw).next_multiple_of(16);
+        let (rp, cp) = pitches(tbp);
         input_tf(g, x.as_ptr(), rows.clone(), tbp, v.as_mut_ptr());
         for k in 0..16 {
             gemm16(
                 g.o,
                 g.c,
                 tbp,
+                cp,
                 u.as_ptr().add(k * oc),
-                v.as_ptr().add(k * g.c * tbp),
-                m.as_mut_ptr().add(k * g.o * tbp),
+                v.as_ptr().add(k * rp),
+                m.as_mut_ptr().add(k * rp),
             );
         }
         output_tf(g, m.as_ptr(), rows, tbp, bias, epi, relu, y.ptr);
@@ -359,7 +394,7 @@ pub(super) fn forward(
             ub.resize(16 * oc, 0.0);
         }
         // SAFETY: AVX-512 asserted above; `w` holds `9·oc` (checked), `ub` `16·oc`.
-        unsafe { kernels(oc, w.as_ptr(), ub.as_mut_ptr()) };
+        unsafe { kernels(g.o, g.c, w.as_ptr(), ub.as_mut_ptr()) };
         let u = &ub[..16 * oc];
         let job = |t: usize, parts: usize| {
             SCRATCH.with(|s| {
