@@ -699,3 +699,36 @@ fn fused_forward_is_forward_then_the_epilogue() {
         }
     }
 }
+
+/// The Winograd form's per-thread cache of transformed weights is never stale: weights
+/// changed in place between calls, and more weight sets than the cache holds taken in turn,
+/// each give the naive reference's result.
+#[test]
+fn winograd_weight_cache_is_never_stale() {
+    let mut r = Lcg(23);
+    let g = geom(1, 16, 18, 1, [6, 7], [3, 3], [1, 1], [1, 1], [1, 1]);
+    let (lx, lw, ly) = g.lens();
+    let x = r.vec(lx);
+    let sets: Vec<Vec<f64>> = (0..6).map(|_| r.vec(lw)).collect();
+    let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+    let x32 = f(&x);
+    let mut w32 = f(&sets[0]);
+    for round in 0..2 {
+        for (i, w) in sets.iter().enumerate() {
+            let mut w = w.clone();
+            w32.copy_from_slice(&f(&w));
+            if round == 1 && i == 2 {
+                // the same buffer, one weight changed after a call with it
+                let mut y = vec![f32::NAN; ly];
+                assert!(forward_winograd(&g, &x32, &w32, None, false, &mut y, Some(1)));
+                w[5] = 0.75;
+                w32[5] = 0.75;
+            }
+            let mut y = vec![f32::NAN; ly];
+            assert!(forward_winograd(&g, &x32, &w32, None, false, &mut y, Some(1)));
+            let want = naive(&g, &x, &w, &vec![0.0; ly]).0;
+            let y: Vec<f64> = y.iter().map(|&a| a as f64).collect();
+            close(&y, &want, 1e-5, &format!("round {round} set {i}"));
+        }
+    }
+}

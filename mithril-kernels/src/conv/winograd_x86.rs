@@ -5,7 +5,7 @@
 //! one L1 set):
 //!
 //! - **Weights** `U[ξ][c][o]` (output channels contiguous): 16 kernels at a time, their 9 taps
-//!   gathered into 9 vectors.
+//!   transposed into 9 vectors through a small buffer.
 //! - **Input transform**: per image channel and tile row, segments of 8 tiles; the 4 input rows
 //!   of a segment (18 columns, zero-padded by masked loads) are 2 vectors each, `Bᵀ d` is 8
 //!   vector additions, `· B` picks the 4 columns of every tile with `vpermt2ps` and adds them,
@@ -35,8 +35,63 @@ const CHUNK: usize = 128;
 thread_local! {
     /// A thread's `V` and `M` buffers for one chunk.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The caller's transformed weights `U`.
-    static UBUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The caller's last few transformed weights, most recent first.
+    static UCACHE: RefCell<Vec<UEntry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One cached weight transform: the weights' bits and shape, and their `U`.
+struct UEntry {
+    o: usize,
+    c: usize,
+    w: Vec<u32>,
+    u: Vec<f32>,
+}
+
+/// Transformed weights kept per calling thread (a layer's weights are usually the same from
+/// one inference call to the next; the transform is about a third of a batch-1 call on the
+/// anchor CNN's conv2).
+const UCACHE_LEN: usize = 4;
+
+/// `f(U)` for the weights `w` (`[o][c][3][3]`): the cached transform when a thread's earlier
+/// call had weights of the same shape and bit for bit the same values (compared in full, so
+/// weights updated in place are never stale), else a fresh one, cached.
+fn with_u<R>(o: usize, c: usize, w: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+    let oc = o * c;
+    // SAFETY: `f32` and `u32` have the same size and alignment, every bit pattern is a `u32`.
+    let bits = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u32>(), 9 * oc) };
+    UCACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        match cache
+            .iter()
+            .position(|e| e.o == o && e.c == c && e.w == bits)
+        {
+            Some(i) => {
+                let e = cache.remove(i);
+                cache.insert(0, e);
+            }
+            None => {
+                let mut e = if cache.len() >= UCACHE_LEN {
+                    cache.pop().expect("non-empty")
+                } else {
+                    UEntry {
+                        o,
+                        c,
+                        w: Vec::new(),
+                        u: Vec::new(),
+                    }
+                };
+                (e.o, e.c) = (o, c);
+                e.w.clear();
+                e.w.extend_from_slice(bits);
+                e.u.clear();
+                e.u.resize(16 * oc, 0.0);
+                // SAFETY: the caller checked AVX-512; `w` holds `9·oc`, `e.u` `16·oc`.
+                unsafe { kernels(o, c, w.as_ptr(), e.u.as_mut_ptr()) };
+                cache.insert(0, e);
+            }
+        }
+        f(&cache[0].u)
+    })
 }
 
 /// The lanes `j` of a 16-lane vector whose element `b + j` lies in `0..len`.
@@ -74,41 +129,45 @@ fn first(n: usize) -> u16 {
 /// same order.
 ///
 /// # Safety
-/// AVX-512 (F, VL, BW, DQ) present; `w` holds `9·o·c`, `u` `16·o·c` elements; `9·o·c` fits
-/// an `i32`.
+/// AVX-512 (F, VL, BW, DQ) present; `w` holds `9·o·c`, `u` `16·o·c` elements.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
 #[inline(never)]
 unsafe fn kernels(o: usize, c: usize, w: *const f32, u: *mut f32) {
     let oc = o * c;
-    // lane `l`: kernel `w[o0 + l][ci]`
-    let idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(9 * c as i32),
-    );
     let half = _mm512_set1_ps(0.5);
-    for (ci, o0) in (0..c).flat_map(|ci| (0..o).step_by(16).map(move |o0| (ci, o0))) {
-        let m = first(o - o0);
-        let base = w.add(9 * (o0 * c + ci));
-        let tap =
-            |t: usize| _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, idx, base.add(t) as _);
-        // rows of G g (4 × 3)
-        let mut t = [[_mm512_setzero_ps(); 3]; 4];
-        for j in 0..3 {
-            let (g0, g1, g2) = (tap(j), tap(3 + j), tap(6 + j));
-            t[0][j] = g0;
-            t[1][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(g0, g1), g2));
-            t[2][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(g0, g1), g2));
-            t[3][j] = g2;
-        }
-        for (i, r) in t.iter().enumerate() {
-            let v = [
-                r[0],
-                _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2])),
-                _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(r[0], r[1]), r[2])),
-                r[2],
-            ];
-            for (j, v) in v.into_iter().enumerate() {
-                _mm512_mask_storeu_ps(u.add((i * 4 + j) * oc + ci * o + o0), m, v);
+    // the 9 taps of 16 kernels `w[o0 + l][ci]`, tap-major (a scalar transpose: cheaper than 9
+    // gathers per 16 kernels)
+    let mut buf = [0.0f32; 9 * 16];
+    for ci in 0..c {
+        for o0 in (0..o).step_by(16) {
+            let nl = (o - o0).min(16);
+            let m = first(nl);
+            for l in 0..nl {
+                let src = w.add(9 * ((o0 + l) * c + ci));
+                for (t, b) in buf.iter_mut().skip(l).step_by(16).enumerate() {
+                    *b = *src.add(t);
+                }
+            }
+            let tap = |t: usize| _mm512_loadu_ps(buf.as_ptr().add(16 * t));
+            // rows of G g (4 × 3)
+            let mut t = [[_mm512_setzero_ps(); 3]; 4];
+            for j in 0..3 {
+                let (g0, g1, g2) = (tap(j), tap(3 + j), tap(6 + j));
+                t[0][j] = g0;
+                t[1][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(g0, g1), g2));
+                t[2][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(g0, g1), g2));
+                t[3][j] = g2;
+            }
+            for (i, r) in t.iter().enumerate() {
+                let v = [
+                    r[0],
+                    _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2])),
+                    _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(r[0], r[1]), r[2])),
+                    r[2],
+                ];
+                for (j, v) in v.into_iter().enumerate() {
+                    _mm512_mask_storeu_ps(u.add((i * 4 + j) * oc + ci * o + o0), m, v);
+                }
             }
         }
     }
@@ -388,14 +447,7 @@ pub(super) fn forward(
         ptr: y.as_mut_ptr(),
         len: y.len(),
     };
-    UBUF.with(|ub| {
-        let mut ub = ub.borrow_mut();
-        if ub.len() < 16 * oc {
-            ub.resize(16 * oc, 0.0);
-        }
-        // SAFETY: AVX-512 asserted above; `w` holds `9·oc` (checked), `ub` `16·oc`.
-        unsafe { kernels(g.o, g.c, w.as_ptr(), ub.as_mut_ptr()) };
-        let u = &ub[..16 * oc];
+    with_u(g.o, g.c, &w[..9 * oc], |u| {
         let job = |t: usize, parts: usize| {
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
