@@ -132,6 +132,7 @@ fn first(n: usize) -> u16 {
 /// AVX-512 (F, VL, BW, DQ) present; `w` holds `9·o·c`, `u` `16·o·c` elements.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
 #[inline(never)]
+#[allow(clippy::needless_range_loop)]
 unsafe fn kernels(o: usize, c: usize, w: *const f32, u: *mut f32) {
     let oc = o * c;
     let half = _mm512_set1_ps(0.5);
