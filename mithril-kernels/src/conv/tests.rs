@@ -747,4 +747,16 @@ fn winograd_weight_cache_is_never_stale() {
             close(&y, &want, 1e-5, &format!("round {round} set {i}"));
         }
     }
+    // a layer too large to be cached (more than 2^14 kernels): computed every call
+    let g = geom(1, 128, 129, 1, [2, 3], [3, 3], [1, 1], [1, 1], [1, 1]);
+    let (lx, lw, ly) = g.lens();
+    let x = r.vec(lx);
+    for _ in 0..2 {
+        let w = r.vec(lw);
+        let mut y = vec![f32::NAN; ly];
+        assert!(forward_winograd(&g, &f(&x), &f(&w), None, false, &mut y, Some(1)));
+        let want = naive(&g, &x, &w, &vec![0.0; ly]).0;
+        let y: Vec<f64> = y.iter().map(|&a| a as f64).collect();
+        close(&y, &want, 1e-5, "large layer");
+    }
 }

@@ -52,9 +52,15 @@ struct UEntry {
 /// anchor CNN's conv2).
 const UCACHE_LEN: usize = 4;
 
+/// The most kernels (`o·c`) whose weights are kept for the cache (25·4 bytes each with their
+/// transform: at most 1.6 MiB an entry, 6.5 MiB a thread). Larger layers' transforms are
+/// computed every call (there the GEMMs dwarf them) into a buffer that is reused.
+const UCACHE_MAX_OC: usize = 1 << 14;
+
 /// `f(U)` for the weights `w` (`[o][c][3][3]`): the cached transform when a thread's earlier
 /// call had weights of the same shape and bit for bit the same values (compared in full, so
-/// weights updated in place are never stale), else a fresh one, cached.
+/// weights updated in place are never stale), else a fresh one, cached when at most
+/// [`UCACHE_MAX_OC`] kernels.
 fn with_u<R>(o: usize, c: usize, w: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
     let oc = o * c;
     // SAFETY: `f32` and `u32` have the same size and alignment, every bit pattern is a `u32`.
@@ -82,7 +88,12 @@ fn with_u<R>(o: usize, c: usize, w: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
                 };
                 (e.o, e.c) = (o, c);
                 e.w.clear();
-                e.w.extend_from_slice(bits);
+                if oc <= UCACHE_MAX_OC {
+                    e.w.extend_from_slice(bits);
+                } else {
+                    // never matches (`bits` is not empty): computed again next call
+                    e.w.shrink_to_fit();
+                }
                 e.u.clear();
                 e.u.resize(16 * oc, 0.0);
                 // SAFETY: the caller checked AVX-512; `w` holds `9·oc`, `e.u` `16·oc`.
