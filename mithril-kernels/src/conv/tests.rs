@@ -754,7 +754,15 @@ fn winograd_weight_cache_is_never_stale() {
     for _ in 0..2 {
         let w = r.vec(lw);
         let mut y = vec![f32::NAN; ly];
-        assert!(forward_winograd(&g, &f(&x), &f(&w), None, false, &mut y, Some(1)));
+        assert!(forward_winograd(
+            &g,
+            &f(&x),
+            &f(&w),
+            None,
+            false,
+            &mut y,
+            Some(1)
+        ));
         let want = naive(&g, &x, &w, &vec![0.0; ly]).0;
         let y: Vec<f64> = y.iter().map(|&a| a as f64).collect();
         close(&y, &want, 1e-5, "large layer");
