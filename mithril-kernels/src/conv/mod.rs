@@ -208,7 +208,10 @@ fn check<T>(g: &Geom, x: &[T], w: &[T], y: &[T]) {
     );
 }
 
-/// `y = conv(x, w)` (overwrites `y`).
+/// `y = conv(x, w)` (overwrites `y`). The algorithm: the direct kernel for small reductions
+/// ([`Geom::direct`]); for `f32` 3×3 stride-1 convolutions with at least 16 input and output
+/// channels on AVX-512, Winograd's F(2×2, 3×3) (about 1e-6 from the direct sum on unit-scale
+/// data); else the implicit GEMM (`f32` stride 1 on x86-64) or the panel GEMM.
 ///
 /// # Panics
 /// When a slice is shorter than `g` needs or `g` is not [`Geom::valid`].
@@ -228,6 +231,9 @@ pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct
         return direct_fwd(g, x, w, y);
     }
     if let Some((x, w, y)) = as_f32(x, w, y) {
+        if winograd::chosen(g) {
+            return winograd::forward(g, x, w, y, None, false, None);
+        }
         if igemm::applies(g) {
             let epi = igemm::Epi {
                 bias: None,
@@ -241,8 +247,9 @@ pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct
 
 /// `y = conv(x, w) + bias` (`bias[o]` added to output channel `o`), then `max(y, 0)` when
 /// `relu` (overwrites `y`): on the `f32` implicit GEMM of stride-1 convolutions on x86-64 the
-/// bias and the ReLU are applied as the register tiles are stored; elsewhere in one pass over
-/// `y` after [`forward`].
+/// bias and the ReLU are applied as the register tiles are stored, on the Winograd form in its
+/// output transform (same algorithm choice as [`forward`]); elsewhere in one pass over `y`
+/// after [`forward`].
 ///
 /// # Panics
 /// As [`forward`], and when `bias` is shorter than the output channels.
@@ -263,6 +270,9 @@ pub fn forward_fused<T: ConvElem>(
             as_f32(x, w, y),
             bias.is_none_or(|b| as_f32_ref(b).is_some()),
         ) {
+            if winograd::chosen(g) {
+                return winograd::forward(g, x, w, y, bias.and_then(as_f32_ref), relu, None);
+            }
             let epi = igemm::Epi {
                 bias: bias.and_then(as_f32_ref),
                 relu,
@@ -317,9 +327,9 @@ pub fn forward_igemm(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], tile: usize)
 }
 
 /// The `f32` forward pass by Winograd's F(2×2, 3×3) (for benchmarks and tests; [`forward`]
-/// does not choose it: on the anchor CNN's 32 -> 64 convolution it measured slower than the
-/// implicit GEMM, see BENCHMARKS.md, session 14), with the epilogue of [`forward_fused`] and
-/// the thread count forced when given. Returns `false` (and
+/// and [`forward_fused`] choose it on AVX-512, its register form; on other ISAs this runs the
+/// portable form, which they do not choose), with the epilogue of [`forward_fused`] and the
+/// thread count forced when given. Returns `false` (and
 /// leaves `y`) where that path does not apply (a 3×3 kernel, unit strides and dilations, one
 /// group, at least 16 input and output channels, an output of at least 2×2).
 pub fn forward_winograd(

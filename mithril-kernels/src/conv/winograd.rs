@@ -5,13 +5,14 @@
 //! transformed 4×4 window, `T` tiles): 16·O·C multiply-adds per 4 outputs instead of 36·O·C,
 //! 2.25x fewer, on the packed GEMM of [`crate::gemm`].
 //!
-//! Not chosen by [`super::forward`] yet (only [`super::forward_winograd`] runs it): on the
-//! anchor CNN's 32 -> 64 convolution over 14×14 at batch 64 it took 6.9 ms against the
-//! implicit GEMM's 4.9 ms (one thread), the 16 GEMMs (`k = 32`, about 91 tiles each) at about
-//! 57 GFLOP/s and the two transforms 47% of its time (`perf`: input 19%, output 12% of the
-//! whole run). On 64 -> 64 over 56×56 it was even with the implicit GEMM.
+//! Two forms: the register form of `winograd_x86.rs` (AVX-512; what [`super::forward`] and
+//! [`super::forward_fused`] choose, see [`chosen`]), and the portable one below (AVX2, scalar,
+//! aarch64; run only by [`super::forward_winograd`]): on the anchor CNN's 32 -> 64 convolution
+//! over 14×14 at batch 64 the portable form took 6.9 ms against the implicit GEMM's 4.9 ms (one
+//! thread, AVX-512 copies, session 14), its 16 GEMMs (`k = 32`, about 91 tiles each) at about
+//! 57 GFLOP/s and its two transforms 47% of its time.
 //!
-//! The tiles are processed in chunks of whole tile rows (about [`CHUNK`] tiles, across images):
+//! The portable form processes the tiles in chunks of whole tile rows (about [`CHUNK`] tiles, across images):
 //! the input transform writes the chunk's `V[ξ][c][t]` (every ISA: multiversioned loops the
 //! compiler vectorizes), the 16 GEMMs write `M[ξ][o][t]`, and the output transform writes the
 //! outputs with the bias and the ReLU of [`super::forward_fused`] applied. Both buffers of a
@@ -22,6 +23,10 @@
 use super::{ConvElem, Geom};
 use crate::gemm;
 use std::cell::RefCell;
+
+#[cfg(target_arch = "x86_64")]
+#[path = "winograd_x86.rs"]
+mod x86;
 
 /// The element types of the transforms (`f32`; generic only for the multiversioned loops).
 pub(super) trait Wf: ConvElem + std::ops::Sub<Output = Self> {}
@@ -41,6 +46,20 @@ pub(super) fn applies(g: &Geom) -> bool {
         && g.o >= 16
         && g.out[0] >= 2
         && g.out[1] >= 2
+}
+
+/// Whether [`super::forward`] and [`super::forward_fused`] run this form instead of the
+/// implicit GEMM: where it [`applies`] and the active ISA is AVX-512 (its register form,
+/// measured 1.1–1.6x faster than the implicit GEMM on every geometry tried, from 16 -> 16
+/// channels to 128 -> 128, 7×7 to 56×56, batch 1 to 64; BENCHMARKS.md, session 15). The
+/// portable form (AVX2, scalar, aarch64) is not chosen: it measured slower than the implicit
+/// GEMM in session 14.
+pub(super) fn chosen(g: &Geom) -> bool {
+    cfg!(target_arch = "x86_64")
+        && !g.direct()
+        && g.macs() > 0
+        && applies(g)
+        && crate::isa::active() >= crate::isa::Isa::Avx512
 }
 
 /// The output of a (possibly threaded) call: every part writes its own tile rows.
@@ -247,6 +266,10 @@ pub(super) fn forward(
     relu: bool,
     threads: Option<usize>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::active() >= crate::isa::Isa::Avx512 {
+        return x86::forward(g, x, w, y, bias, relu, threads);
+    }
     let (th, tw) = tiles(g);
     let oc = g.o * g.c;
     let mut u = vec![0.0f32; 16 * oc];
