@@ -13,8 +13,9 @@
 //!   and the odd output columns of a tap are both contiguous loads. A register block is [`POB`]
 //!   output channels × the four members of [`DL`] pooling windows (two output rows, even and
 //!   odd columns): per tap, four vector loads and [`POB`] broadcasts feed `4 · POB`
-//!   multiply-adds in the tap order of the unpooled kernel (so the sums are bit for bit its
-//!   sums), then the four accumulators are pooled in registers and a quarter of the output is
+//!   multiply-adds in the tap order of the unpooled kernels (fused where the unpooled path
+//!   is the register-blocked kernel, a multiply and an add where it is the simple one: the
+//!   sums are bit for bit the unpooled path's), then the four accumulators are pooled in registers and a quarter of the output is
 //!   stored. The convolution's output is never written.
 //! - **otherwise** (the implicit GEMM, any stride): [`super::forward_fused`] into a scratch
 //!   buffer of a few images (so it stays in L2), then the pool from there.
@@ -93,8 +94,10 @@ fn direct_pool_impl<T: ConvElem>(
     relu: bool,
     y: &mut [T],
 ) {
-    // FMA where the copy was compiled with it, as the unpooled blocked kernel
-    if crate::isa::active() == Isa::Scalar {
+    // FMA where the copy was compiled with it and the unpooled path is the blocked kernel
+    // (which sums with FMA); the separate multiply and add of the unpooled simple direct
+    // kernel otherwise: the sums are bit for bit the unpooled path's either way
+    if crate::isa::active() == Isa::Scalar || !g.blocked_direct() {
         direct_pool_run::<T, false>(g, x, w, bias, relu, y)
     } else {
         direct_pool_run::<T, true>(g, x, w, bias, relu, y)
