@@ -22,6 +22,8 @@
 
 use super::{forward_fused, ConvElem, Geom, DBLOCK_MAX_RED, DL};
 use crate::isa::{multiversion, Isa};
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
 
 /// Output channels per register block of the pooled direct kernel.
 const POB: usize = 4;
@@ -65,11 +67,8 @@ fn pick<T: ConvElem>(o: T, v: T) -> T {
 /// The epilogue of one pooled value: `m + b` (with a bias), then the ReLU as
 /// `super::apply_epilogue`'s (a NaN stays NaN).
 #[inline(always)]
-fn epi<T: ConvElem>(m: T, b: Option<T>, relu: bool) -> T {
-    let s = match b {
-        Some(b) => m + b,
-        None => m,
-    };
+fn epi<T: ConvElem>(m: T, has_bias: bool, b: T, relu: bool) -> T {
+    let s = if has_bias { m + b } else { m };
     if relu && s < T::default() {
         T::default()
     } else {
@@ -155,6 +154,7 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
     let plane = cg * cplane;
     let q = g.in_plane();
     let pout = ph2 * pw2;
+    let has_bias = bias.is_some();
     // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
     let mut buf = T::take_scratch();
     buf.clear();
@@ -199,14 +199,22 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                 for ob in 0..nob {
                     let wb = &wp[ob * red * POB..][..red * POB];
                     let ol = POB.min(og - ob * POB);
+                    // the block's biases (0 past the last channel: those are not stored)
+                    let mut bv = [T::default(); POB];
+                    if let Some(b) = bias {
+                        for (j, v) in bv.iter_mut().enumerate().take(ol) {
+                            *v = b[gr * og + ob * POB + j];
+                        }
+                    }
                     for pr in 0..ph2 {
                         for &(i0, len) in &chunks {
                             let base = 2 * pr * hw + i0;
                             let mut acc = [[T::default(); DL]; POB * 4];
-                            for (r, o4) in offs.iter().enumerate() {
+                            for r in 0..red {
                                 let wv: &[T; POB] = wb[r * POB..][..POB].try_into().unwrap();
-                                for (k, &off) in o4.iter().enumerate() {
-                                    let xv: &[T; DL] = xs[base + off..][..DL].try_into().unwrap();
+                                let o4 = offs[r];
+                                for k in 0..4 {
+                                    let xv: &[T; DL] = xs[base + o4[k]..][..DL].try_into().unwrap();
                                     for j in 0..POB {
                                         let a = &mut acc[j * 4 + k];
                                         for l in 0..DL {
@@ -219,22 +227,25 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                                     }
                                 }
                             }
-                            for j in 0..ol {
-                                let o = gr * og + ob * POB + j;
-                                let b = bias.map(|b| b[o]);
-                                let [a00, a01, a10, a11] = [
-                                    &acc[j * 4],
-                                    &acc[j * 4 + 1],
-                                    &acc[j * 4 + 2],
-                                    &acc[j * 4 + 3],
-                                ];
-                                let mut out = [T::default(); DL];
+                            // pool every channel of the block (constant bounds: the
+                            // accumulators stay in registers), then store the real ones
+                            let mut out = [[T::default(); DL]; POB];
+                            for j in 0..POB {
                                 for l in 0..DL {
-                                    let m = pick(pick(pick(a00[l], a01[l]), a10[l]), a11[l]);
-                                    out[l] = epi(m, b, relu);
+                                    let m = pick(
+                                        pick(
+                                            pick(acc[j * 4][l], acc[j * 4 + 1][l]),
+                                            acc[j * 4 + 2][l],
+                                        ),
+                                        acc[j * 4 + 3][l],
+                                    );
+                                    out[j][l] = epi(m, has_bias, bv[j], relu);
                                 }
+                            }
+                            for (j, v) in out.iter().enumerate().take(ol) {
+                                let o = gr * og + ob * POB + j;
                                 let yo = (n * g.o + o) * pout + pr * pw2 + i0;
-                                y[yo..yo + len].copy_from_slice(&out[..len]);
+                                y[yo..yo + len].copy_from_slice(&v[..len]);
                             }
                         }
                     }
@@ -261,21 +272,26 @@ fn pool_planes_impl<T: ConvElem>(
     if pout == 0 {
         return;
     }
+    let mut v = vec![T::default(); 2 * pw2];
     for (i, (sp, dp)) in src
         .chunks_exact(p)
         .zip(dst.chunks_exact_mut(pout))
         .enumerate()
     {
-        let b = bias.map(|b| b[i % g.o]);
+        let (has_bias, b) = match bias {
+            Some(b) => (true, b[i % g.o]),
+            None => (false, T::default()),
+        };
         for (oy, orow) in dp.chunks_exact_mut(pw2).enumerate() {
+            // the two rows' maxima (contiguous), then the column pairs'; a window's result
+            // is its maximum whatever the order, NaN when it holds one
             let r0 = &sp[2 * oy * ow..][..2 * pw2];
             let r1 = &sp[(2 * oy + 1) * ow..][..2 * pw2];
-            for ((o, a), c) in orow
-                .iter_mut()
-                .zip(r0.chunks_exact(2))
-                .zip(r1.chunks_exact(2))
-            {
-                *o = epi(pick(pick(pick(a[0], a[1]), c[0]), c[1]), b, relu);
+            for ((m, &a), &c) in v.iter_mut().zip(r0).zip(r1) {
+                *m = pick(a, c);
+            }
+            for (o, m) in orow.iter_mut().zip(v.chunks_exact(2)) {
+                *o = epi(pick(m[0], m[1]), has_bias, b, relu);
             }
         }
     }
@@ -296,7 +312,11 @@ pub(super) fn via_scratch<T: ConvElem>(
     let [ph2, pw2] = g.pooled();
     let (xin, yout) = (g.c * g.in_plane(), g.o * ph2 * pw2);
     let nb = (CHUNK / per.max(1)).clamp(1, g.n.max(1));
-    let mut tmp = vec![T::default(); nb * per];
+    // (kept per thread: no allocation or zeroing per call; the convolution writes it all)
+    let mut tmp = take_tmp::<T>();
+    if tmp.len() < nb * per {
+        tmp.resize(nb * per, T::default());
+    }
     let mut n0 = 0;
     while n0 < g.n {
         let k = nb.min(g.n - n0);
@@ -305,6 +325,38 @@ pub(super) fn via_scratch<T: ConvElem>(
         forward_fused(&sub, &x[n0 * xin..][..k * xin], w, None, false, t);
         pool_planes(&sub, t, bias, relu, &mut y[n0 * yout..][..k * yout]);
         n0 += k;
+    }
+    put_tmp(tmp);
+}
+
+thread_local! {
+    static TMP32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static TMP64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes this thread's scratch buffer of [`via_scratch`] (its own: the convolutions it calls
+/// use the other scratch buffers), empty if none.
+fn take_tmp<T: 'static>() -> Vec<T> {
+    let v: Box<dyn Any> = if TypeId::of::<T>() == TypeId::of::<f32>() {
+        Box::new(TMP32.with(|b| b.take()))
+    } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+        Box::new(TMP64.with(|b| b.take()))
+    } else {
+        return Vec::new();
+    };
+    v.downcast::<Vec<T>>().map(|b| *b).unwrap_or_default()
+}
+
+/// Puts a buffer taken with [`take_tmp`] back.
+fn put_tmp<T: 'static>(v: Vec<T>) {
+    let v: Box<dyn Any> = Box::new(v);
+    match v.downcast::<Vec<f32>>() {
+        Ok(v) => TMP32.with(|b| *b.borrow_mut() = *v),
+        Err(v) => {
+            if let Ok(v) = v.downcast::<Vec<f64>>() {
+                TMP64.with(|b| *b.borrow_mut() = *v)
+            }
+        }
     }
 }
 
