@@ -302,10 +302,10 @@ pub fn apply_epilogue<T: ConvElem>(g: &Geom, bias: Option<&[T]>, relu: bool, y: 
 
 /// [`forward_fused`] followed by a 2×2 / stride-2 max pool (floor mode, PyTorch's NaN rule):
 /// `y = maxpool2x2(relu(conv(x, w) + bias))` with `y` of [`Geom::pooled_len`] elements (`[n,
-/// o, out[0] / 2, out[1] / 2]`). The direct convolutions of small reductions pool their
-/// register tiles and never write the unpooled output; the others compute a few images into a
-/// scratch buffer and pool from there. Bit for bit the unpooled [`forward_fused`] followed by
-/// the pool (pooling commutes with the bias add and the ReLU).
+/// o, out[0] / 2, out[1] / 2]`): [`forward`] computes a few images at a time into a scratch
+/// buffer that stays in cache, and the pool reads them from there and applies the epilogue to
+/// the maxima. Bit for bit the unpooled [`forward_fused`] followed by the pool (pooling
+/// commutes with the bias add and the ReLU).
 ///
 /// # Panics
 /// As [`forward_fused`], and when `y` is shorter than the pooled output.
@@ -329,11 +329,39 @@ pub fn forward_fused_pool<T: ConvElem>(
     if g.pooled_len() == 0 {
         return;
     }
-    if g.macs() > 0 && g.pooled_direct() {
-        pooled::direct_pool(g, x, w, bias, relu, y)
-    } else {
-        pooled::via_scratch(g, x, w, bias, relu, y)
+    pooled::via_scratch(g, x, w, bias, relu, y)
+}
+
+/// [`forward_fused_pool`] on the pooled direct kernel (for tests and benchmarks;
+/// [`forward_fused_pool`] does not choose it: its register block compiled to scalar code and
+/// measured several times slower than the direct kernel plus the pool from a scratch buffer,
+/// see BENCHMARKS.md, task cnn14e). Returns `false` (and leaves `y`) where it does not apply
+/// (a direct convolution with unit strides, a reduction of at most 64, an output of at least
+/// 2×2).
+///
+/// # Panics
+/// As [`forward_fused_pool`].
+pub fn forward_pool_direct<T: ConvElem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) -> bool {
+    if !g.pooled_direct() || g.macs() == 0 {
+        return false;
     }
+    let (lx, lw, _) = g.lens();
+    assert!(
+        x.len() >= lx && w.len() >= lw && y.len() >= g.pooled_len(),
+        "conv: slices too short for {g:?} (pooled)"
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    pooled::direct_pool(g, x, w, bias, relu, y);
+    true
 }
 
 /// The 2×2 / stride-2 max pool of [`forward_fused_pool`] alone, over `y_full`, a computed

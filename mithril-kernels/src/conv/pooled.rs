@@ -7,29 +7,32 @@
 //! the maximum is the maximum of the ReLUs. The kernels pool the raw sums and apply the
 //! epilogue to a quarter of the values.
 //!
-//! - **direct** (the register-blocked layout of the direct kernel, for the small reductions
-//!   [`super::forward`] runs directly, stride 1): per image and group, the input channels are
-//!   copied once into a zero-padded plane split into its even and odd columns, so that the even
-//!   and the odd output columns of a tap are both contiguous loads. A register block is [`POB`]
-//!   output channels × the four members of [`DL`] pooling windows (two output rows, even and
-//!   odd columns): per tap, four vector loads and [`POB`] broadcasts feed `4 · POB`
-//!   multiply-adds in the tap order of the unpooled kernels (fused where the unpooled path
-//!   is the register-blocked kernel, a multiply and an add where it is the simple one: the
-//!   sums are bit for bit the unpooled path's), then the four accumulators are pooled in registers and a quarter of the output is
-//!   stored. The convolution's output is never written.
-//! - **otherwise** (the implicit GEMM, any stride): [`super::forward_fused`] into a scratch
-//!   buffer of a few images (so it stays in L2), then the pool from there.
+//! - [`via_scratch`] ([`super::forward_fused_pool`]): [`super::forward`] for a few images at
+//!   a time into a scratch buffer (so it stays in L2), then the pool with the epilogue from
+//!   there.
+//! - [`direct_pool`] ([`super::forward_pool_direct`], not chosen yet): for the small
+//!   reductions [`super::forward`] runs directly, stride 1, per image and group the input
+//!   channels are copied once into a zero-padded plane split into its even and odd columns, so
+//!   that the even and the odd output columns of a tap are both contiguous loads. A register
+//!   block is [`POB`] output channels × the four members of [`DL`] pooling windows (two output
+//!   rows, even and odd columns): per tap, four vector loads and [`POB`] broadcasts feed `4 ·
+//!   POB` multiply-adds in the tap order of the unpooled kernels (fused where the unpooled path
+//!   is the register-blocked kernel, a multiply and an add where it is the simple one: the sums
+//!   are bit for bit the unpooled path's), then the four accumulators are pooled and a quarter
+//!   of the output is stored. As written, rustc compiles its block to scalar code with the
+//!   accumulators on the stack (measured several times slower than `via_scratch` on the anchor
+//!   CNN's first layer), so it waits for explicit vector code.
 
-use super::{forward_fused, ConvElem, Geom, DBLOCK_MAX_RED, DL};
+use super::{forward, ConvElem, Geom, DBLOCK_MAX_RED, DL};
 use crate::isa::{multiversion, Isa};
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 
 /// Output channels per register block of the pooled direct kernel.
 const POB: usize = 4;
-/// Convolution-output elements per scratch chunk of the pooled fallback (1 MiB of `f32`; 4 KiB
-/// in the tests, so that they cross chunks).
-const CHUNK: usize = if cfg!(test) { 1 << 10 } else { 1 << 18 };
+/// Convolution-output elements per scratch chunk of [`via_scratch`] (256 KiB of `f32`, or one
+/// image; 4 KiB in the tests, so that they cross chunks).
+const CHUNK: usize = if cfg!(test) { 1 << 10 } else { 1 << 16 };
 
 impl Geom {
     /// The pooled output dims `[out[0] / 2, out[1] / 2]`.
@@ -41,7 +44,7 @@ impl Geom {
         let [a, b] = self.pooled();
         self.n * self.o * a * b
     }
-    /// Whether [`super::forward_fused_pool`] runs the pooled direct kernel.
+    /// Whether [`super::forward_pool_direct`] applies.
     pub(super) fn pooled_direct(&self) -> bool {
         self.direct()
             && self.stride == [1, 1]
@@ -322,7 +325,7 @@ pub(super) fn via_scratch<T: ConvElem>(
         let k = nb.min(g.n - n0);
         let sub = Geom { n: k, ..*g };
         let t = &mut tmp[..k * per];
-        forward_fused(&sub, &x[n0 * xin..][..k * xin], w, None, false, t);
+        forward(&sub, &x[n0 * xin..][..k * xin], w, t);
         pool_planes(&sub, t, bias, relu, &mut y[n0 * yout..][..k * yout]);
         n0 += k;
     }

@@ -703,6 +703,23 @@ fn pooled_forward_is_fused_forward_then_the_pool() {
                     let mut y = vec![f64::NAN; g.pooled_len()];
                     forward_fused_pool(&g, &x, &w, bias.then_some(&b[..]), relu, &mut y);
                     close(&y, &want, 1e-12, &format!("f64 {what}"));
+                    // the pooled direct kernel: the same values
+                    let mut yd = vec![f64::NAN; g.pooled_len()];
+                    if forward_pool_direct(&g, &x, &w, bias.then_some(&b[..]), relu, &mut yd) {
+                        assert_eq!(yd, y, "f64 direct {what}");
+                        let mut yd = vec![f32::NAN; g.pooled_len()];
+                        forward_pool_direct(
+                            &g,
+                            &x32,
+                            &w32,
+                            bias.then_some(&b32[..]),
+                            relu,
+                            &mut yd,
+                        );
+                        let mut yp = vec![f32::NAN; g.pooled_len()];
+                        forward_fused_pool(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut yp);
+                        assert_eq!(yd, yp, "f32 direct {what}");
+                    }
                     let mut y32 = vec![f32::NAN; g.pooled_len()];
                     forward_fused_pool(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut y32);
                     let y64: Vec<f64> = y32.iter().map(|&a| a as f64).collect();
@@ -738,6 +755,12 @@ fn pooled_forward_propagates_nan() {
         crate::isa::with_isa(isa, || {
             let mut y = vec![0.0f32; g.pooled_len()];
             forward_fused_pool(&g, &x, &w, None, true, &mut y);
+            let mut yd = vec![0.0f32; g.pooled_len()];
+            assert!(forward_pool_direct(&g, &x, &w, None, true, &mut yd));
+            assert_eq!(
+                yd.iter().map(|v| v.is_nan()).collect::<Vec<_>>(),
+                y.iter().map(|v| v.is_nan()).collect::<Vec<_>>()
+            );
             let mut u = vec![0.0f32; g.lens().2];
             forward_fused(&g, &x, &w, None, true, &mut u);
             let want = naive_pool(&g, &u);
