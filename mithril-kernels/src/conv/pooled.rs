@@ -121,7 +121,7 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
     // the split plane: per channel an even-column half and an odd-column half, each `rows ×
     // hw`; padded column `pc` is at `(pc % 2)·half + pc / 2`
     let span = pw2.max(DL);
-    let hw = span + (1 + (kw - 1) * dw) / 2 + 1;
+    let hw = span + ((kw - 1) * dw).div_ceil(2) + 1;
     let rows = 2 * ph2 + (kh - 1) * dh;
     let half = rows * hw;
     let cplane = 2 * half;
