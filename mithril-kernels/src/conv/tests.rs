@@ -667,8 +667,9 @@ fn pooled_forward_is_fused_forward_then_the_pool() {
         .into_iter()
         .filter(|g| g.out[0] >= 2 && g.out[1] >= 2)
         .collect();
-    // conv1 of the anchor CNN; pooled rows of exactly 16 and of 20 (an overlapping tail)
-    cs.push(geom(2, 1, 32, 1, [28, 28], [3, 3], [1, 1], [1, 1], [1, 1]));
+    // conv1 of the anchor CNN (fewer rows: the test also runs under qemu); pooled rows of
+    // exactly 16 and of 20 (an overlapping tail)
+    cs.push(geom(1, 1, 32, 1, [10, 28], [3, 3], [1, 1], [1, 1], [1, 1]));
     cs.push(geom(1, 1, 5, 1, [5, 32], [3, 3], [1, 1], [1, 1], [1, 1]));
     cs.push(geom(1, 2, 9, 1, [7, 41], [3, 3], [1, 1], [1, 1], [1, 1]));
     // dilation 2 with an odd kernel width, no padding; depthwise
