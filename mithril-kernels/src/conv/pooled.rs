@@ -230,8 +230,9 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                                     }
                                 }
                             }
-                            // pool every channel of the block (constant bounds: the
-                            // accumulators stay in registers), then store the real ones
+                            // pool every channel of the block (constant bounds, meant to
+                            // keep the accumulators in registers: rustc still spills them,
+                            // see the module doc), then store the real ones
                             let mut out = [[T::default(); DL]; POB];
                             for j in 0..POB {
                                 for l in 0..DL {
