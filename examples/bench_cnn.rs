@@ -19,7 +19,7 @@ mithril! {
         output logits = fc;
     }
     compile CnnInfer = Cnn { inference: true };
-    /// `BENCH_PROFILE=1`: the per-op profile of inference at batch 64.
+    /// `BENCH_PROFILE=1`: the per-op profile of inference at batch 64 and at batch 1.
     compile CnnInferProf = Cnn { inference: true, profile: true };
 
     train CnnTrain {
@@ -133,6 +133,14 @@ fn main() -> mithril::Result<()> {
             std::hint::black_box(o);
         }
         println!("{}", pm.profile_report());
+        // batch 1 (a fresh model, so its report holds batch-1 calls only)
+        let pm = CnnInferProf::new()?;
+        let x1 = x.slice(ndarray::s![..1, .., .., ..]).to_owned();
+        for _ in 0..2000 {
+            let o = pm.evaluate(&pp, CnnInferProfInputs { x: x1.view() })?;
+            std::hint::black_box(o);
+        }
+        println!("batch 1:\n{}", pm.profile_report());
         let pm = CnnTrainProf::new()?;
         let mut pp = pm.randomize_params(0);
         for _ in 0..20 {

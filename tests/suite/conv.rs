@@ -1215,6 +1215,14 @@ mithril! {
         output f = relu(Conv1d(7, 3, padding = 1)(s));
         let gc = Conv2d(4, 3)(x);
         output g = relu(gc) + gc;
+        // the 2x2 max pool fused too (`+max_pool2d`): the direct kernel pooling its tiles
+        // (`h`, a 1x1 over 3 channels, 9x7 -> 4x3: an odd row and column dropped), the
+        // implicit GEMM through a scratch buffer (`i`, 16 input channels), a plain convolution
+        // (`j`, no bias or ReLU); not `k` (a stride-1 pool)
+        output h = MaxPool2d(2)(relu(Conv2d(8, 1)(x)));
+        output i = MaxPool2d(2)(relu(Conv2d(4, 3, padding = 1)(a)));
+        output j = MaxPool2d(2)(Conv2d(6, 3, padding = 1, use_bias = false)(x));
+        output k = MaxPool2d(2, stride = 1)(relu(Conv2d(4, 1)(x)));
     }
     compile ConvEpiOn = ConvEpi {};
     compile ConvEpiOff = ConvEpi { optimizations: { operator_fusion: false } };
@@ -1228,7 +1236,18 @@ fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
     let (on, off, st) = (ConvEpiOn::new()?, ConvEpiOff::new()?, ConvEpiStatic::new()?);
     // the pass fused a, b, c, d, e, f and g's bias (not g's ReLU: `relu(gc) + gc`)
     let fused = ConvEpiOn::SUMMARY.matches("+epilogue").count();
-    assert_eq!(fused, 7, "{}", ConvEpiOn::SUMMARY);
+    assert_eq!(fused, 11, "{}", ConvEpiOn::SUMMARY);
+    // and the pools of h, i and j
+    let pooled = ConvEpiOn::SUMMARY.matches("+epilogue+max_pool2d").count();
+    assert_eq!(pooled, 3, "{}", ConvEpiOn::SUMMARY);
+    assert_eq!(
+        ConvEpiStatic::SUMMARY
+            .matches("+epilogue+max_pool2d")
+            .count(),
+        3,
+        "{}",
+        ConvEpiStatic::SUMMARY
+    );
     assert!(
         ConvEpiOn::SUMMARY.contains("fused[add(relu(#0), #0)]"),
         "{}",
@@ -1291,12 +1310,19 @@ fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
     assert_eq!(yo.g, yf.g);
     assert_eq!(ys.b, yf.b);
     assert_eq!(ys.f, yf.f);
+    assert_eq!(yo.h.dim(), (2, 8, 4, 3));
+    assert_eq!(yo.h, yf.h);
+    assert_eq!(yo.i, yf.i);
+    assert_eq!(yo.j, yf.j);
+    assert_eq!(yo.k, yf.k);
+    assert_eq!((&ys.h, &ys.i, &ys.j), (&yf.h, &yf.i, &yf.j));
+    assert!(yo.h.iter().any(|&v| v == 0.0) && yo.j.iter().any(|&v| v < 0.0));
     // int8: the quantized convolution, then the epilogue over its output (as the unfused graph)
     let (mq, mqo) = (ConvEpiQ::new()?, ConvEpiQOff::new()?);
     let (pq, pqo) = (mq.randomize_params(5), mqo.randomize_params(5));
     let (qp, qpo) = (mq.quantize(&pq)?, mqo.quantize(&pqo)?);
     assert_eq!(qp.quantized(), qpo.quantized());
-    assert_eq!(qp.quantized().len(), 7);
+    assert_eq!(qp.quantized().len(), 11);
     let yq = mq.evaluate_quantized(
         &qp,
         ConvEpiQInputs {
@@ -1315,6 +1341,8 @@ fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
         (&yq.b, &yq.c, &yq.d, &yq.e, &yq.f, &yq.g),
         (&qo.b, &qo.c, &qo.d, &qo.e, &qo.f, &qo.g)
     );
+    assert_eq!((&yq.h, &yq.i, &yq.j), (&qo.h, &qo.i, &qo.j));
+    assert_ne!(yq.h, yo.h);
     assert_ne!(yq.b, yo.b); // (it did run in int8)
     // the ReLUs did clip something (the test would be weak otherwise)
     assert!(yo.c.iter().any(|&v| v == 0.0) && yo.c.iter().any(|&v| v > 0.0));
@@ -1328,9 +1356,10 @@ fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
             w(&o.e.clone().into_dyn(), 1.6),
             w(&o.f.clone().into_dyn(), 2.0),
             w(&o.g.clone().into_dyn(), 2.4),
+            [&o.h, &o.i, &o.j, &o.k].map(|a| w(&a.clone().into_dyn(), 2.8)),
         )
     };
-    let (sb, sc, sd, se, sf, sg) = seeds(&yo);
+    let (sb, sc, sd, se, sf, sg, [sh, si, sj, sk]) = seeds(&yo);
     fn dim<D: ndarray::Dimension>(a: ArrayD<f32>) -> ndarray::Array<f32, D> {
         a.into_dimensionality().unwrap()
     }
@@ -1347,6 +1376,10 @@ fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
             e: dim(se.clone()),
             f: dim(sf.clone()),
             g: dim(sg.clone()),
+            h: dim(sh.clone()),
+            i: dim(si.clone()),
+            j: dim(sj.clone()),
+            k: dim(sk.clone()),
         },
     )?;
     let (_, gf) = off.evaluate_gradients(
@@ -1362,6 +1395,10 @@ fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
             e: dim(se),
             f: dim(sf),
             g: dim(sg),
+            h: dim(sh),
+            i: dim(si),
+            j: dim(sj),
+            k: dim(sk),
         },
     )?;
     let close = |a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str| {
@@ -1397,5 +1434,22 @@ fn fused_conv_epilogues_match_the_unfused_graph() -> mithril::Result<()> {
         &gf.gc.bias.clone().into_dyn(),
         "g.bias",
     );
+    // through the pooled convolutions (their training graph keeps the pools unfused)
+    close(
+        &go.conv2d_5.weight.clone().into_dyn(),
+        &gf.conv2d_5.weight.clone().into_dyn(),
+        "h.weight",
+    );
+    close(
+        &go.conv2d_6.bias.clone().into_dyn(),
+        &gf.conv2d_6.bias.clone().into_dyn(),
+        "i.bias",
+    );
+    close(
+        &go.conv2d_7.weight.clone().into_dyn(),
+        &gf.conv2d_7.weight.clone().into_dyn(),
+        "j.weight",
+    );
+    assert!(go.conv2d_5.weight.iter().any(|&v| v != 0.0));
     Ok(())
 }

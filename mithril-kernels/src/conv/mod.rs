@@ -24,6 +24,7 @@ use crate::gemm::{self, GemmElem};
 use std::cell::RefCell;
 
 mod igemm;
+mod pooled;
 mod q8;
 #[cfg(test)]
 mod tests;
@@ -307,6 +308,84 @@ pub fn apply_epilogue<T: ConvElem>(g: &Geom, bias: Option<&[T]>, relu: bool, y: 
             };
         }
     }
+}
+
+/// [`forward_fused`] followed by a 2×2 / stride-2 max pool (floor mode, PyTorch's NaN rule):
+/// `y = maxpool2x2(relu(conv(x, w) + bias))` with `y` of [`Geom::pooled_len`] elements (`[n,
+/// o, out[0] / 2, out[1] / 2]`): [`forward`] computes a few images at a time into a scratch
+/// buffer that stays in cache, and the pool reads them from there and applies the epilogue to
+/// the maxima. Bit for bit the unpooled [`forward_fused`] followed by the pool (pooling
+/// commutes with the bias add and the ReLU).
+///
+/// # Panics
+/// As [`forward_fused`], and when `y` is shorter than the pooled output.
+pub fn forward_fused_pool<T: ConvElem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) {
+    let (lx, lw, _) = g.lens();
+    assert!(g.valid(), "conv: invalid geometry {g:?}");
+    assert!(
+        x.len() >= lx && w.len() >= lw && y.len() >= g.pooled_len(),
+        "conv: slices too short for {g:?} (pooled)"
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    if g.pooled_len() == 0 {
+        return;
+    }
+    pooled::via_scratch(g, x, w, bias, relu, y)
+}
+
+/// [`forward_fused_pool`] on the pooled direct kernel (for tests and benchmarks;
+/// [`forward_fused_pool`] does not choose it: its register block compiled to scalar code and
+/// measured several times slower than the direct kernel plus the pool from a scratch buffer,
+/// see BENCHMARKS.md, task cnn14e). Returns `false` (and leaves `y`) where it does not apply
+/// (a direct convolution with unit strides, a reduction of at most 64, an output of at least
+/// 2×2).
+///
+/// # Panics
+/// As [`forward_fused_pool`].
+pub fn forward_pool_direct<T: ConvElem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) -> bool {
+    if !g.pooled_direct() || g.macs() == 0 {
+        return false;
+    }
+    let (lx, lw, _) = g.lens();
+    assert!(
+        x.len() >= lx && w.len() >= lw && y.len() >= g.pooled_len(),
+        "conv: slices too short for {g:?} (pooled)"
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    pooled::direct_pool(g, x, w, bias, relu, y);
+    true
+}
+
+/// The 2×2 / stride-2 max pool of [`forward_fused_pool`] alone, over `y_full`, a computed
+/// output of `g` (for outputs another kernel computed: the int8 convolution), into `y`
+/// ([`Geom::pooled_len`] elements).
+///
+/// # Panics
+/// When a slice is shorter than `g` needs.
+pub fn max_pool2_output<T: ConvElem>(g: &Geom, y_full: &[T], y: &mut [T]) {
+    assert!(
+        y_full.len() >= g.lens().2 && y.len() >= g.pooled_len(),
+        "conv: slices too short for {g:?} (pool)"
+    );
+    pooled::pool_only(g, y_full, y)
 }
 
 /// The `f32` stride-1 forward pass on the implicit-GEMM tile `tile` (for benchmarks and

@@ -768,3 +768,147 @@ fn winograd_weight_cache_is_never_stale() {
         close(&y, &want, 1e-5, "large layer");
     }
 }
+
+/// The 2×2 / stride-2 floor-mode max pool of `[n, o, h, w]` planes with PyTorch's rule (a larger
+/// value or a NaN replaces the running maximum), written from the definition.
+fn naive_pool<T: Copy + PartialOrd>(g: &Geom, y: &[T]) -> Vec<T> {
+    let [ph, pw] = g.pooled();
+    let (h, w) = (g.out[0], g.out[1]);
+    let mut out = Vec::with_capacity(g.pooled_len());
+    for plane in y[..g.lens().2].chunks_exact(h * w) {
+        for i in 0..ph {
+            for j in 0..pw {
+                let mut m = plane[2 * i * w + 2 * j];
+                for (di, dj) in [(0, 1), (1, 0), (1, 1)] {
+                    let v = plane[(2 * i + di) * w + 2 * j + dj];
+                    #[allow(clippy::eq_op)]
+                    if v > m || v != v {
+                        m = v;
+                    }
+                }
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+/// `forward_fused_pool` against the naive convolution and pool (f64, on every path and ISA),
+/// and bit for bit `forward_fused` then the pool (the pooled direct kernel sums as the
+/// unpooled direct kernels, blocked or not; the others pool the unpooled output): odd output sizes (a dropped
+/// row and column), pooled rows narrower than, equal to and wider than a vector chunk,
+/// dilation, padding, groups and depthwise, partial channel blocks, several scratch chunks.
+#[test]
+fn pooled_forward_is_fused_forward_then_the_pool() {
+    let mut r = Lcg(23);
+    let mut cs: Vec<Geom> = cases()
+        .into_iter()
+        .filter(|g| g.out[0] >= 2 && g.out[1] >= 2)
+        .collect();
+    // conv1 of the anchor CNN (fewer rows: the test also runs under qemu); pooled rows of
+    // exactly 16 and of 20 (an overlapping tail)
+    cs.push(geom(1, 1, 32, 1, [10, 28], [3, 3], [1, 1], [1, 1], [1, 1]));
+    cs.push(geom(1, 1, 5, 1, [5, 32], [3, 3], [1, 1], [1, 1], [1, 1]));
+    cs.push(geom(1, 2, 9, 1, [7, 41], [3, 3], [1, 1], [1, 1], [1, 1]));
+    // dilation 2 with an odd kernel width, no padding; depthwise
+    cs.push(geom(1, 3, 4, 1, [9, 12], [2, 3], [1, 1], [0, 0], [2, 2]));
+    cs.push(geom(2, 4, 8, 4, [7, 10], [3, 3], [1, 1], [1, 1], [1, 1]));
+    // the implicit GEMM over three scratch chunks
+    cs.push(geom(3, 8, 16, 1, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]));
+    assert!(cs.iter().any(|g| g.pooled_direct() && g.blocked_direct()));
+    assert!(cs.iter().any(|g| g.pooled_direct() && !g.blocked_direct()));
+    assert!(cs.iter().any(|g| !g.pooled_direct()));
+    for g in cs {
+        let (lx, lw, ly) = g.lens();
+        let (x, w, b) = (r.vec(lx), r.vec(lw), r.vec(g.o));
+        let (full, _, _) = naive(&g, &x, &w, &vec![0.0; ly]);
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x32, w32, b32) = (f(&x), f(&w), f(&b));
+        for isa in Isa::available() {
+            crate::isa::with_isa(isa, || {
+                for (bias, relu) in [(true, true), (true, false), (false, true), (false, false)] {
+                    let what = format!("{g:?} {isa:?} bias {bias} relu {relu}");
+                    let mut want = full.clone();
+                    for (i, v) in want.iter_mut().enumerate() {
+                        let s = *v
+                            + if bias {
+                                b[i / g.out_plane() % g.o]
+                            } else {
+                                0.0
+                            };
+                        *v = if relu && s < 0.0 { 0.0 } else { s };
+                    }
+                    let want = naive_pool(&g, &want);
+                    let mut y = vec![f64::NAN; g.pooled_len()];
+                    forward_fused_pool(&g, &x, &w, bias.then_some(&b[..]), relu, &mut y);
+                    close(&y, &want, 1e-12, &format!("f64 {what}"));
+                    // the pooled direct kernel: the same values
+                    let mut yd = vec![f64::NAN; g.pooled_len()];
+                    if forward_pool_direct(&g, &x, &w, bias.then_some(&b[..]), relu, &mut yd) {
+                        assert_eq!(yd, y, "f64 direct {what}");
+                        let mut yd = vec![f32::NAN; g.pooled_len()];
+                        forward_pool_direct(
+                            &g,
+                            &x32,
+                            &w32,
+                            bias.then_some(&b32[..]),
+                            relu,
+                            &mut yd,
+                        );
+                        let mut yp = vec![f32::NAN; g.pooled_len()];
+                        forward_fused_pool(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut yp);
+                        assert_eq!(yd, yp, "f32 direct {what}");
+                    }
+                    let mut y32 = vec![f32::NAN; g.pooled_len()];
+                    forward_fused_pool(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut y32);
+                    let y64: Vec<f64> = y32.iter().map(|&a| a as f64).collect();
+                    close(&y64, &want, 1e-4, &format!("f32 {what}"));
+                    let mut u = vec![f32::NAN; ly];
+                    forward_fused(&g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut u);
+                    assert_eq!(y32, naive_pool(&g, &u), "f32 bitwise {what}");
+                    let mut u = vec![f64::NAN; ly];
+                    forward_fused(&g, &x, &w, bias.then_some(&b[..]), relu, &mut u);
+                    assert_eq!(y, naive_pool(&g, &u), "f64 bitwise {what}");
+                }
+                // the pool alone over a computed output
+                let mut u = vec![f32::NAN; ly];
+                forward(&g, &x32, &w32, &mut u);
+                let mut p = vec![f32::NAN; g.pooled_len()];
+                max_pool2_output(&g, &u, &mut p);
+                assert_eq!(p, naive_pool(&g, &u), "pool alone {g:?} {isa:?}");
+            });
+        }
+    }
+}
+
+/// A NaN in the input reaches the pooled output as in the unfused ops (a window holding a NaN
+/// sum pools to NaN, and the ReLU keeps it).
+#[test]
+fn pooled_forward_propagates_nan() {
+    let g = geom(1, 1, 4, 1, [6, 20], [3, 3], [1, 1], [1, 1], [1, 1]);
+    let (lx, lw, _) = g.lens();
+    let mut x = vec![0.5f32; lx];
+    x[2 * 20 + 7] = f32::NAN;
+    let w = vec![-1.0f32; lw];
+    for isa in Isa::available() {
+        crate::isa::with_isa(isa, || {
+            let mut y = vec![0.0f32; g.pooled_len()];
+            forward_fused_pool(&g, &x, &w, None, true, &mut y);
+            let mut yd = vec![0.0f32; g.pooled_len()];
+            assert!(forward_pool_direct(&g, &x, &w, None, true, &mut yd));
+            assert_eq!(
+                yd.iter().map(|v| v.is_nan()).collect::<Vec<_>>(),
+                y.iter().map(|v| v.is_nan()).collect::<Vec<_>>()
+            );
+            let mut u = vec![0.0f32; g.lens().2];
+            forward_fused(&g, &x, &w, None, true, &mut u);
+            let want = naive_pool(&g, &u);
+            assert_eq!(
+                y.iter().map(|v| v.is_nan()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.is_nan()).collect::<Vec<_>>(),
+                "{isa:?}"
+            );
+            assert!(y.iter().any(|v| v.is_nan()) && y.contains(&0.0));
+        });
+    }
+}

@@ -44,8 +44,10 @@ pub enum ConvKind {
     /// A forward convolution with its epilogue fused into the kernel's store (made by
     /// `passes::conv_epilogue` after autodiff, never by autodiff itself): operands `(x, w)` and,
     /// with `bias`, the bias (`O` values, broadcast along the channel axis); the result is
-    /// `conv(x, w) + bias`, then `relu` when `relu`.
-    ForwardEpi { bias: bool, relu: bool },
+    /// `conv(x, w) + bias`, then `relu` when `relu`; with `pool` (made by the same pass from a
+    /// following `max_pool2d(kernel_size = 2)`, 2-D only), then a 2×2 / stride-2 floor-mode max
+    /// pool, the result having half the spatial dims.
+    ForwardEpi { bias: bool, relu: bool, pool: bool },
 }
 
 /// The attributes of a convolution (one entry per spatial dim in each list).

@@ -11,8 +11,14 @@
 //! graph): the fused node has no gradient of its own, and since the convolution's own output
 //! has no other user, nothing the backward reads is lost (a ReLU's gradient reads the group's
 //! output, which the fused node still computes).
+//!
+//! A second step ([`fuse_pools`]) then fuses a `max_pool2d(kernel_size = 2)` (stride 2, no
+//! padding, floor mode) over such a convolution (or a plain forward one) into it
+//! (`ForwardEpi { pool: true }`, `mithril_kernels::conv::forward_fused_pool`) when the pool is
+//! the convolution's only user: in inference graphs. A training graph keeps the unpooled
+//! output, which the pool's gradient reads.
 
-use crate::ir::prim::{ConvAttrs, ConvKind};
+use crate::ir::prim::{ConvAttrs, ConvKind, PoolOp};
 use crate::ir::{DType, Dim, FExpr, Graph, NodeId, Op};
 use crate::prims::Prim;
 
@@ -129,10 +135,91 @@ pub fn run(g: &mut Graph) -> usize {
             kind: ConvKind::ForwardEpi {
                 bias: b.is_some(),
                 relu,
+                pool: false,
             },
             ..a
         }));
         g.nodes[id].args = new_args;
+        keep[m] = false;
+        changes += 1;
+    }
+    if changes > 0 {
+        g.compact(&keep);
+    }
+    changes + fuse_pools(g)
+}
+
+/// Whether `op` is `max_pool2d` with a 2×2 kernel, stride 2, no padding or dilation, floor
+/// mode.
+fn pool_2x2(op: &PoolOp) -> bool {
+    matches!(op, PoolOp::Window { max: true, k, s, p, d, ceil: false, .. }
+        if k[..] == [2, 2] && s[..] == [2, 2] && p[..] == [0, 0] && d[..] == [1, 1])
+}
+
+/// The second step: a 2×2 / stride-2 max pool whose input is a 2-D forward convolution (with
+/// or without a fused epilogue) used by the pool only, with static spatial dims of at least 2,
+/// becomes the convolution node with `pool` set (the kernel pools its register tiles and
+/// never writes the unpooled output). In a training graph the pool's gradient reads its
+/// input, so the convolution has two users and stays.
+fn fuse_pools(g: &mut Graph) -> usize {
+    let uses = g.use_counts();
+    let mut is_output = vec![false; g.nodes.len()];
+    for o in &g.outputs {
+        is_output[o.node] = true;
+    }
+    let mut keep = vec![true; g.nodes.len()];
+    let mut changes = 0;
+    for id in 0..g.nodes.len() {
+        let Op::Prim(Prim::Pool(op)) = &g.nodes[id].op else {
+            continue;
+        };
+        if !pool_2x2(op) || g.nodes[id].args.len() != 1 {
+            continue;
+        }
+        let m = g.nodes[id].args[0];
+        let Op::Prim(Prim::Conv(a)) = &g.nodes[m].op else {
+            continue;
+        };
+        let (bias, relu) = match a.kind {
+            ConvKind::Forward if g.nodes[m].args.len() == 2 => (false, false),
+            ConvKind::ForwardEpi {
+                bias,
+                relu,
+                pool: false,
+            } => (bias, relu),
+            _ => continue,
+        };
+        let dt = g.dtype_of(m);
+        let spatial = dims(g, m).filter(|d| d.len() == 4).and_then(|d| {
+            let known = |d: &Dim| match d {
+                Dim::Known(n) if *n >= 2 => Some(*n),
+                _ => None,
+            };
+            Some((known(&d[2])?, known(&d[3])?))
+        });
+        let ok = a.nd() == 2
+            && uses[m] == 1
+            && !is_output[m]
+            && keep[m]
+            && g.same_place(m, id)
+            && matches!(dt, Some(DType::F32 | DType::F64))
+            && g.dtype_of(id) == dt
+            && spatial.is_some_and(|(h, w)| {
+                dims(g, id).is_some_and(|o| o[2..] == [Dim::Known(h / 2), Dim::Known(w / 2)])
+            });
+        if !ok {
+            continue;
+        }
+        let a = ConvAttrs {
+            kind: ConvKind::ForwardEpi {
+                bias,
+                relu,
+                pool: true,
+            },
+            ..a.clone()
+        };
+        g.nodes[id].op = Op::Prim(Prim::Conv(a));
+        g.nodes[id].args = g.nodes[m].args.clone();
         keep[m] = false;
         changes += 1;
     }

@@ -8,7 +8,9 @@
 //! `mithril_kernels::cuda` `conv.cu` (same `ConvSpec`, same shape checks). A forward
 //! convolution with its bias add and ReLU fused (`ConvKind::ForwardEpi`, made after autodiff by
 //! `passes::conv_epilogue` on the CPU backends only) plans as `conv_epi` and calls
-//! `mithril::rt::ops::conv::conv_epi_to` (`mithril_kernels::conv::forward_fused`).
+//! `mithril::rt::ops::conv::conv_epi_to` (`mithril_kernels::conv::forward_fused`); with a
+//! following 2×2 max pool fused too (`pool`), `conv_epi_pool` and `conv_epi_pool_to`
+//! (`mithril_kernels::conv::forward_fused_pool`).
 //!
 //! Output spatial dims: `(H + 2p - d(k - 1) - 1) / s + 1` (transposed: `(H - 1)s - 2p + d(k -
 //! 1) + output_padding + 1`) when `H` and `k` are known at compile time, a static result below
@@ -225,6 +227,7 @@ impl Family for Rules {
             (ConvKind::Transpose, _) => "conv_transpose2d",
             (ConvKind::GradData, _) => "conv_grad_input",
             (ConvKind::GradWeight, _) => "conv_grad_weight",
+            (ConvKind::ForwardEpi { pool: true, .. }, _) => "conv2d+epilogue+max_pool2d",
             (ConvKind::ForwardEpi { .. }, 1) => "conv1d+epilogue",
             (ConvKind::ForwardEpi { .. }, _) => "conv2d+epilogue",
         }
@@ -232,13 +235,23 @@ impl Family for Rules {
 
     fn shape(&self, p: &Prim, env: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
         let a = attrs_of(p)?;
-        if let ConvKind::ForwardEpi { .. } = a.kind {
+        if let ConvKind::ForwardEpi { pool, .. } = a.kind {
             // the forward convolution's shape (the bias was checked by the fusing pass)
             let fwd = Prim::Conv(ConvAttrs {
                 kind: ConvKind::Forward,
                 ..a.clone()
             });
-            return self.shape(&fwd, env, &ins[..2.min(ins.len())]);
+            let mut s = self.shape(&fwd, env, &ins[..2.min(ins.len())])?;
+            if pool {
+                // the 2×2 / stride-2 floor-mode max pool halves the spatial dims
+                for d in s.dims.iter_mut().skip(2) {
+                    *d = match env.dim(d) {
+                        Dim::Known(n) => Dim::Known(n / 2),
+                        _ => env.new_dim_var("conv2d+epilogue+max_pool2d output dim".to_string()),
+                    };
+                }
+            }
+            return Ok(s);
         }
         let nd = a.nd();
         if matches!(a.kind, ConvKind::GradData | ConvKind::GradWeight) {
@@ -419,8 +432,21 @@ impl Family for Rules {
             ConvKind::GradData => ("conv".into(), "d"),
             ConvKind::GradWeight => ("conv".into(), "w"),
             // `conv_epi <bias> <relu>`, then a forward `conv`'s attributes
-            ConvKind::ForwardEpi { bias, relu } => (
+            ConvKind::ForwardEpi {
+                bias,
+                relu,
+                pool: false,
+            } => (
                 format!("conv_epi {} {}", u8::from(bias), u8::from(relu)),
+                "f",
+            ),
+            // `conv_epi_pool <bias> <relu>`: the same, then the 2×2 max pool
+            ConvKind::ForwardEpi {
+                bias,
+                relu,
+                pool: true,
+            } => (
+                format!("conv_epi_pool {} {}", u8::from(bias), u8::from(relu)),
                 "f",
             ),
         };
@@ -458,7 +484,7 @@ impl Family for Rules {
         };
         let spec = spec_tokens(a);
         let (x, w, d) = (&cx.a[0], &cx.a[1], cx.d);
-        if let ConvKind::ForwardEpi { bias, relu } = a.kind {
+        if let ConvKind::ForwardEpi { bias, relu, pool } = a.kind {
             if half {
                 return Err("internal: a fused convolution epilogue on f16 / bf16".into());
             }
@@ -467,6 +493,11 @@ impl Family for Rules {
                 (false, None) => quote!(::std::option::Option::None),
                 _ => return Err("internal: the fused convolution's bias operand".into()),
             };
+            if pool {
+                return Ok(
+                    cx.checked(quote!(#c::conv_epi_pool_to(&#spec, &#x, &#w, #b, #relu, #d)))
+                );
+            }
             return Ok(cx.checked(quote!(#c::conv_epi_to(&#spec, &#x, &#w, #b, #relu, #d))));
         }
         let like = match cx.a.get(2) {

@@ -328,6 +328,97 @@ pub fn conv_epi_to<'w, T: Elem + ConvElem>(
     Ok(out)
 }
 
+/// The checks of a fused 2×2 max pool after a forward convolution: a 2-D convolution with
+/// an output of at least 2×2; the pooled shape `[N, O, H / 2, W / 2]`.
+fn pooled_shape(op: &str, shape: &[usize], x: &[usize], w: &[usize]) -> Result<Vec<usize>> {
+    if shape.len() != 4 || shape[2] < 2 || shape[3] < 2 {
+        return Err(Error::op(
+            op,
+            format!(
+                "a fused 2x2 max pool needs a 2-D convolution output of at least 2x2, but it is {shape:?} (input {x:?}, weight {w:?})"
+            ),
+        ));
+    }
+    Ok(vec![shape[0], shape[1], shape[2] / 2, shape[3] / 2])
+}
+
+/// The bias check of the fused convolutions: `O` values.
+fn check_bias<T: Elem>(
+    op: &str,
+    g: &Geom,
+    bias: Option<&ArrayViewD<'_, T>>,
+    x: &[usize],
+    w: &[usize],
+) -> Result<()> {
+    match bias {
+        Some(b) if b.len() != g.o => Err(Error::op(
+            op,
+            format!(
+                "the bias has shape {:?} ({} values), expected {} (the output channels; input {x:?}, weight {w:?})",
+                b.shape(),
+                b.len(),
+                g.o,
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// [`conv_epi_to`] followed by a 2×2 / stride-2 max pool (floor mode, PyTorch's NaN rule),
+/// in one kernel ([`mithril_kernels::conv::forward_fused_pool`]): the result is `[N, O, H /
+/// 2, W / 2]` for the convolution's output `[N, O, H, W]`, bit for bit the unfused ops'. The
+/// same checks and errors as [`conv_epi_to`], and the convolution's output must be 2-D and at
+/// least 2×2.
+pub fn conv_epi_pool_to<'w, T: Elem + ConvElem>(
+    spec: &ConvSpec,
+    x: &ArrayViewD<'_, T>,
+    w: &ArrayViewD<'_, T>,
+    bias: Option<&ArrayViewD<'_, T>>,
+    relu: bool,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    let op = spec.name();
+    let (shape, g, pass) = plan(spec, x.shape(), w.shape(), None)?;
+    if pass != Pass::Forward {
+        return Err(Error::op(op, "internal: an epilogue on a gradient"));
+    }
+    let shape = pooled_shape(op, &shape, x.shape(), w.shape())?;
+    check_bias(op, &g, bias, x.shape(), w.shape())?;
+    let (mut bx, mut bw, mut bb) = (Vec::new(), Vec::new(), Vec::new());
+    let (sx, sw) = (slice(x, &mut bx), slice(w, &mut bw));
+    let sb = bias.map(|b| slice(b, &mut bb));
+    let mut out = dest.get(op, &shape)?;
+    let y = contiguous(op, &mut out)?;
+    k::forward_fused_pool(&g, sx, sw, sb, relu, y);
+    Ok(out)
+}
+
+/// The int8 form of [`conv_epi_pool_to`]: [`qconv_to`] into a temporary, the epilogue over
+/// it, then the pool ([`mithril_kernels::conv::max_pool2_output`]).
+pub(crate) fn qconv_epi_pool_to<'w>(
+    spec: &ConvSpec,
+    x: &ArrayViewD<'_, f32>,
+    w: &ArrayViewD<'_, f32>,
+    qc: &crate::quant::QConv,
+    bias: Option<&ArrayViewD<'_, f32>>,
+    relu: bool,
+    dest: Dest<'w, f32>,
+) -> Result<ArrayViewMutD<'w, f32>> {
+    let op = spec.name();
+    let (shape, g, _) = plan(spec, x.shape(), w.shape(), None)?;
+    let pooled = pooled_shape(op, &shape, x.shape(), w.shape())?;
+    let mut full = ArrayD::<f32>::zeros(IxDyn(&shape));
+    let mut fv = qconv_to(spec, x, w, qc, Dest::View(full.view_mut()))?;
+    conv_epilogue_in_place(spec, x.shape(), w.shape(), bias, relu, &mut fv)?;
+    let mut out = dest.get(op, &pooled)?;
+    let y = contiguous(op, &mut out)?;
+    let src = full
+        .as_slice()
+        .ok_or_else(|| Error::op(op, "internal: a temporary is not contiguous"))?;
+    k::max_pool2_output(&g, src, y);
+    Ok(out)
+}
+
 /// [`conv_epi_to`]'s epilogue over `y`, the output of a forward convolution `spec` that
 /// another kernel computed (the int8 one): `y + bias`, then the ReLU when `relu`.
 pub(crate) fn conv_epilogue_in_place<T: Elem + ConvElem>(

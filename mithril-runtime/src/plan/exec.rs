@@ -1350,8 +1350,13 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     )),
                 }
             }
-            POp::ConvEpi { spec, bias, relu } => {
-                let (spec, relu) = (&**spec, *relu);
+            POp::ConvEpi {
+                spec,
+                bias,
+                relu,
+                pool,
+            } => {
+                let (spec, relu, pool) = (&**spec, *relu, *pool);
                 let y = a(1)?;
                 let b = if *bias { Some(a(2)?) } else { None };
                 let qc = if dt == DType::F32 {
@@ -1360,6 +1365,14 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                     None
                 };
                 if let Some(qc) = qc {
+                    if pool {
+                        // the int8 convolution into a temporary, its epilogue, then the pool
+                        return self.put::<f32>(id, h, |d| {
+                            let (xv, wv) = (typed::<f32>(&x)?, typed::<f32>(&y)?);
+                            let bv = b.as_ref().map(typed::<f32>).transpose()?;
+                            ops::conv::qconv_epi_pool_to(spec, xv, wv, qc, bv, relu, d)
+                        });
+                    }
                     return self.put::<f32>(id, h, |d| {
                         let (xv, wv) = (typed::<f32>(&x)?, typed::<f32>(&y)?);
                         let mut out = ops::conv::qconv_to(spec, xv, wv, qc, d)?;
@@ -1380,7 +1393,11 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                         self.put::<$T>(id, h, |d| {
                             let bv = b.as_ref().map(typed::<$T>).transpose()?;
                             let (xv, wv) = (typed::<$T>(&x)?, typed::<$T>(&y)?);
-                            ops::conv::conv_epi_to(spec, xv, wv, bv, relu, d)
+                            if pool {
+                                ops::conv::conv_epi_pool_to(spec, xv, wv, bv, relu, d)
+                            } else {
+                                ops::conv::conv_epi_to(spec, xv, wv, bv, relu, d)
+                            }
                         })
                     };
                 }

@@ -288,11 +288,13 @@ pub enum POp {
         scale: Option<f64>,
     },
     /// a forward convolution of `args[0..2]` with its epilogue fused into the kernel's store:
-    /// plus the bias `args[2]` (with `bias`), then the ReLU (with `relu`)
+    /// plus the bias `args[2]` (with `bias`), then the ReLU (with `relu`), then (with `pool`)
+    /// a 2×2 / stride-2 max pool
     ConvEpi {
         spec: Box<crate::ops::conv::ConvSpec>,
         bias: bool,
         relu: bool,
+        pool: bool,
     },
 }
 

@@ -772,7 +772,8 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
         // ---- convolution: kind, groups, "same" flag, stride, padding, dilation, output padding
         "conv" => POp::Conv(Box::new(conv_spec(t)?)),
         // a forward convolution with its epilogue: bias and relu flags, then as `conv`
-        "conv_epi" => {
+        // (`conv_epi_pool`: then the 2×2 max pool)
+        w @ ("conv_epi" | "conv_epi_pool") => {
             let (bias, relu) = (t.flag()?, t.flag()?);
             let spec = conv_spec(t)?;
             if spec.kind != crate::ops::conv::ConvKind::Forward {
@@ -782,6 +783,7 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
                 spec: Box::new(spec),
                 bias,
                 relu,
+                pool: w == "conv_epi_pool",
             }
         }
         // incremental decoding

@@ -1,0 +1,377 @@
+//! A forward convolution with its epilogue and a 2×2 / stride-2 max pool in one pass
+//! ([`super::forward_fused_pool`]): `maxpool2x2(relu(conv(x, w) + bias))`, floor mode (an odd
+//! last row or column of the convolution's output is dropped, as PyTorch's `ceil_mode=False`).
+//!
+//! Pooling commutes with the epilogue: a per-channel bias add and the ReLU are monotonic and
+//! rounding is monotonic, so `max(a, c) + b` is bit for bit `max(a + b, c + b)` and the ReLU of
+//! the maximum is the maximum of the ReLUs. The kernels pool the raw sums and apply the
+//! epilogue to a quarter of the values.
+//!
+//! - [`via_scratch`] ([`super::forward_fused_pool`]): [`super::forward`] for a few images at
+//!   a time into a scratch buffer (so it stays in L2), then the pool with the epilogue from
+//!   there.
+//! - [`direct_pool`] ([`super::forward_pool_direct`], not chosen yet): for the small
+//!   reductions [`super::forward`] runs directly, stride 1, per image and group the input
+//!   channels are copied once into a zero-padded plane split into its even and odd columns, so
+//!   that the even and the odd output columns of a tap are both contiguous loads. A register
+//!   block is [`POB`] output channels × the four members of [`DL`] pooling windows (two output
+//!   rows, even and odd columns): per tap, four vector loads and [`POB`] broadcasts feed `4 ·
+//!   POB` multiply-adds in the tap order of the unpooled kernels (fused where the unpooled path
+//!   is the register-blocked kernel, a multiply and an add where it is the simple one: the sums
+//!   are bit for bit the unpooled path's), then the four accumulators are pooled and a quarter
+//!   of the output is stored. As written, rustc compiles its block to scalar code with the
+//!   accumulators on the stack (measured several times slower than `via_scratch` on the anchor
+//!   CNN's first layer), so it waits for explicit vector code.
+
+use super::{forward, ConvElem, Geom, DBLOCK_MAX_RED, DL};
+use crate::isa::{multiversion, Isa};
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+
+/// Output channels per register block of the pooled direct kernel.
+const POB: usize = 4;
+/// Convolution-output elements per scratch chunk of [`via_scratch`] (256 KiB of `f32`, or one
+/// image; 4 KiB in the tests, so that they cross chunks).
+const CHUNK: usize = if cfg!(test) { 1 << 10 } else { 1 << 16 };
+
+impl Geom {
+    /// The pooled output dims `[out[0] / 2, out[1] / 2]`.
+    pub fn pooled(&self) -> [usize; 2] {
+        [self.out[0] / 2, self.out[1] / 2]
+    }
+    /// Elements of the pooled output (`n · o · pooled dims`).
+    pub fn pooled_len(&self) -> usize {
+        let [a, b] = self.pooled();
+        self.n * self.o * a * b
+    }
+    /// Whether [`super::forward_pool_direct`] applies.
+    pub(super) fn pooled_direct(&self) -> bool {
+        self.direct()
+            && self.stride == [1, 1]
+            && self.cg() * self.taps() <= DBLOCK_MAX_RED
+            && self.out[0] >= 2
+            && self.out[1] >= 2
+    }
+}
+
+/// PyTorch's max-pool rule (as `crate::pool`): a larger value or a NaN replaces the running
+/// maximum.
+#[inline(always)]
+fn pick<T: ConvElem>(o: T, v: T) -> T {
+    #[allow(clippy::eq_op)]
+    let nan = v != v;
+    if v > o || nan {
+        v
+    } else {
+        o
+    }
+}
+
+/// The epilogue of one pooled value: `m + b` (with a bias), then the ReLU as
+/// `super::apply_epilogue`'s (a NaN stays NaN).
+#[inline(always)]
+fn epi<T: ConvElem>(m: T, has_bias: bool, b: T, relu: bool) -> T {
+    let s = if has_bias { m + b } else { m };
+    if relu && s < T::default() {
+        T::default()
+    } else {
+        s
+    }
+}
+
+multiversion! {
+    pub(super) fn direct_pool<T: ConvElem>(g: &Geom, x: &[T], w: &[T], bias: Option<&[T]>, relu: bool, y: &mut [T]) => direct_pool_impl;
+}
+
+multiversion! {
+    fn pool_planes<T: ConvElem>(g: &Geom, src: &[T], bias: Option<&[T]>, relu: bool, dst: &mut [T]) => pool_planes_impl;
+}
+
+#[inline(always)]
+fn direct_pool_impl<T: ConvElem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) {
+    // FMA where the copy was compiled with it and the unpooled path is the blocked kernel
+    // (which sums with FMA); the separate multiply and add of the unpooled simple direct
+    // kernel otherwise: the sums are bit for bit the unpooled path's either way
+    if crate::isa::active() == Isa::Scalar || !g.blocked_direct() {
+        direct_pool_run::<T, false>(g, x, w, bias, relu, y)
+    } else {
+        direct_pool_run::<T, true>(g, x, w, bias, relu, y)
+    }
+}
+
+#[inline(always)]
+fn direct_pool_run<T: ConvElem, const FMA: bool>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) {
+    let (og, cg, red) = (g.og(), g.cg(), g.cg() * g.taps());
+    let [ph2, pw2] = g.pooled();
+    let (kh, kw, dh, dw) = (g.k[0], g.k[1], g.dil[0], g.dil[1]);
+    // the split plane: per channel an even-column half and an odd-column half, each `rows ×
+    // hw`; padded column `pc` is at `(pc % 2)·half + pc / 2`
+    let span = pw2.max(DL);
+    let hw = span + ((kw - 1) * dw).div_ceil(2) + 1;
+    let rows = 2 * ph2 + (kh - 1) * dh;
+    let half = rows * hw;
+    let cplane = 2 * half;
+    // tap r = (c·kh + ti)·kw + tj reads, for output row parity f and column parity e, at
+    // `base + offs[r][2f + e]`
+    let mut offs = Vec::with_capacity(red);
+    for c in 0..cg {
+        for ti in 0..kh {
+            for tj in 0..kw {
+                let mut o4 = [0usize; 4];
+                for (k, o) in o4.iter_mut().enumerate() {
+                    let (f, e) = (k / 2, k % 2);
+                    let q = e + tj * dw;
+                    *o = c * cplane + (q % 2) * half + (f + ti * dh) * hw + q / 2;
+                }
+                offs.push(o4);
+            }
+        }
+    }
+    // chunks of DL pooled columns: (first column, columns stored); a last partial chunk
+    // overlaps the one before it (the same values written twice), or is stored in part when
+    // the row is narrower than DL
+    let mut chunks = Vec::new();
+    let mut s = 0;
+    while s + DL <= pw2 {
+        chunks.push((s, DL));
+        s += DL;
+    }
+    if s < pw2 {
+        chunks.push(if pw2 >= DL { (pw2 - DL, DL) } else { (0, pw2) });
+    }
+    let nob = og.div_ceil(POB);
+    let plane = cg * cplane;
+    let q = g.in_plane();
+    let pout = ph2 * pw2;
+    let has_bias = bias.is_some();
+    // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
+    let mut buf = T::take_scratch();
+    buf.clear();
+    buf.resize(plane + nob * red * POB, T::default());
+    {
+        let (xs, wp) = buf.split_at_mut(plane);
+        for gr in 0..g.groups {
+            for ob in 0..nob {
+                for r in 0..red {
+                    for j in 0..POB {
+                        let o = ob * POB + j;
+                        wp[(ob * red + r) * POB + j] = if o < og {
+                            w[(gr * og + o) * red + r]
+                        } else {
+                            T::default()
+                        };
+                    }
+                }
+            }
+            for n in 0..g.n {
+                // the split, zero-padded input of this image group
+                xs.fill(T::default());
+                for c in 0..cg {
+                    let xc = &x[(n * g.c + gr * cg + c) * q..][..q];
+                    let dst = &mut xs[c * cplane..][..cplane];
+                    for ih in 0..g.inp[0] {
+                        let pr = ih + g.pad[0];
+                        if pr >= rows {
+                            break;
+                        }
+                        let row = &xc[ih * g.inp[1]..][..g.inp[1]];
+                        for (iw, &v) in row.iter().enumerate() {
+                            let pc = iw + g.pad[1];
+                            if pc / 2 >= hw {
+                                break;
+                            }
+                            dst[(pc % 2) * half + pr * hw + pc / 2] = v;
+                        }
+                    }
+                }
+                let xs = &*xs;
+                for ob in 0..nob {
+                    let wb = &wp[ob * red * POB..][..red * POB];
+                    let ol = POB.min(og - ob * POB);
+                    // the block's biases (0 past the last channel: those are not stored)
+                    let mut bv = [T::default(); POB];
+                    if let Some(b) = bias {
+                        for (j, v) in bv.iter_mut().enumerate().take(ol) {
+                            *v = b[gr * og + ob * POB + j];
+                        }
+                    }
+                    for pr in 0..ph2 {
+                        for &(i0, len) in &chunks {
+                            let base = 2 * pr * hw + i0;
+                            let mut acc = [[T::default(); DL]; POB * 4];
+                            for r in 0..red {
+                                let wv: &[T; POB] = wb[r * POB..][..POB].try_into().unwrap();
+                                let o4 = offs[r];
+                                for k in 0..4 {
+                                    let xv: &[T; DL] = xs[base + o4[k]..][..DL].try_into().unwrap();
+                                    for j in 0..POB {
+                                        let a = &mut acc[j * 4 + k];
+                                        for l in 0..DL {
+                                            a[l] = if FMA {
+                                                wv[j].madd(xv[l], a[l])
+                                            } else {
+                                                a[l] + wv[j] * xv[l]
+                                            };
+                                        }
+                                    }
+                                }
+                            }
+                            // pool every channel of the block (constant bounds, meant to
+                            // keep the accumulators in registers: rustc still spills them,
+                            // see the module doc), then store the real ones
+                            let mut out = [[T::default(); DL]; POB];
+                            for j in 0..POB {
+                                for l in 0..DL {
+                                    let m = pick(
+                                        pick(
+                                            pick(acc[j * 4][l], acc[j * 4 + 1][l]),
+                                            acc[j * 4 + 2][l],
+                                        ),
+                                        acc[j * 4 + 3][l],
+                                    );
+                                    out[j][l] = epi(m, has_bias, bv[j], relu);
+                                }
+                            }
+                            for (j, v) in out.iter().enumerate().take(ol) {
+                                let o = gr * og + ob * POB + j;
+                                let yo = (n * g.o + o) * pout + pr * pw2 + i0;
+                                y[yo..yo + len].copy_from_slice(&v[..len]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    T::put_scratch(buf);
+}
+
+/// Pools every `[out[0], out[1]]` plane of `src` (`planes` of them, the convolution's output
+/// for some images) 2×2 / stride 2 into `dst`, applying the epilogue to the maxima (`bias`
+/// indexed by the plane's channel, `plane % o`).
+#[inline(always)]
+fn pool_planes_impl<T: ConvElem>(
+    g: &Geom,
+    src: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    dst: &mut [T],
+) {
+    let [ph2, pw2] = g.pooled();
+    let (p, pout, ow) = (g.out_plane(), ph2 * pw2, g.out[1]);
+    if pout == 0 {
+        return;
+    }
+    let mut v = vec![T::default(); 2 * pw2];
+    for (i, (sp, dp)) in src
+        .chunks_exact(p)
+        .zip(dst.chunks_exact_mut(pout))
+        .enumerate()
+    {
+        let (has_bias, b) = match bias {
+            Some(b) => (true, b[i % g.o]),
+            None => (false, T::default()),
+        };
+        for (oy, orow) in dp.chunks_exact_mut(pw2).enumerate() {
+            // the two rows' maxima (contiguous), then the column pairs'; a window's result
+            // is its maximum whatever the order, NaN when it holds one
+            let r0 = &sp[2 * oy * ow..][..2 * pw2];
+            let r1 = &sp[(2 * oy + 1) * ow..][..2 * pw2];
+            for ((m, &a), &c) in v.iter_mut().zip(r0).zip(r1) {
+                *m = pick(a, c);
+            }
+            for (o, m) in orow.iter_mut().zip(v.chunks_exact(2)) {
+                *o = epi(pick(m[0], m[1]), has_bias, b, relu);
+            }
+        }
+    }
+}
+
+/// The pooled forward pass where the direct kernel does not apply: [`forward_fused`] (without
+/// its epilogue) for a few images at a time into a scratch buffer, then the pool with the
+/// epilogue on the maxima.
+pub(super) fn via_scratch<T: ConvElem>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) {
+    let per = g.o * g.out_plane();
+    let [ph2, pw2] = g.pooled();
+    let (xin, yout) = (g.c * g.in_plane(), g.o * ph2 * pw2);
+    let nb = (CHUNK / per.max(1)).clamp(1, g.n.max(1));
+    // (kept per thread: no allocation or zeroing per call; the convolution writes it all)
+    let mut tmp = take_tmp::<T>();
+    if tmp.len() < nb * per {
+        tmp.resize(nb * per, T::default());
+    }
+    let mut n0 = 0;
+    while n0 < g.n {
+        let k = nb.min(g.n - n0);
+        let sub = Geom { n: k, ..*g };
+        let t = &mut tmp[..k * per];
+        forward(&sub, &x[n0 * xin..][..k * xin], w, t);
+        pool_planes(&sub, t, bias, relu, &mut y[n0 * yout..][..k * yout]);
+        n0 += k;
+    }
+    put_tmp(tmp);
+}
+
+thread_local! {
+    static TMP32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static TMP64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes this thread's scratch buffer of [`via_scratch`] (its own: the convolutions it calls
+/// use the other scratch buffers), empty if none.
+fn take_tmp<T: 'static>() -> Vec<T> {
+    let v: Box<dyn Any> = if TypeId::of::<T>() == TypeId::of::<f32>() {
+        Box::new(TMP32.with(|b| b.take()))
+    } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+        Box::new(TMP64.with(|b| b.take()))
+    } else {
+        return Vec::new();
+    };
+    v.downcast::<Vec<T>>().map(|b| *b).unwrap_or_default()
+}
+
+/// Puts a buffer taken with [`take_tmp`] back.
+fn put_tmp<T: 'static>(v: Vec<T>) {
+    let v: Box<dyn Any> = Box::new(v);
+    match v.downcast::<Vec<f32>>() {
+        Ok(v) => TMP32.with(|b| *b.borrow_mut() = *v),
+        Err(v) => {
+            if let Ok(v) = v.downcast::<Vec<f64>>() {
+                TMP64.with(|b| *b.borrow_mut() = *v)
+            }
+        }
+    }
+}
+
+/// [`pool_planes`] for a computed convolution output `y_full` (`g`'s output) with no
+/// epilogue (the caller applied it): for outputs another kernel computed.
+pub(super) fn pool_only<T: ConvElem>(g: &Geom, y_full: &[T], y: &mut [T]) {
+    pool_planes(
+        g,
+        &y_full[..g.lens().2],
+        None,
+        false,
+        &mut y[..g.pooled_len()],
+    );
+}
