@@ -39,7 +39,7 @@
 //!
 //! The rest of this page is the language reference: every form of the DSL with an example that
 //! is compiled and run as a test. `cargo run --release --example mlp` runs a complete model;
-//! `ARCHITECTURE.md` describes the compiler.
+//! `ARCHITECTURE.md` describes the compiler on one page, `docs/internals.md` in full.
 #![doc = include_str!("../docs/language.md")]
 
 pub use mithril_macros::mithril;
