@@ -314,8 +314,11 @@ pub fn apply_epilogue<T: ConvElem>(g: &Geom, bias: Option<&[T]>, relu: bool, y: 
 /// `y = maxpool2x2(relu(conv(x, w) + bias))` with `y` of [`Geom::pooled_len`] elements (`[n,
 /// o, out[0] / 2, out[1] / 2]`): [`forward`] computes a few images at a time into a scratch
 /// buffer that stays in cache, and the pool reads them from there and applies the epilogue to
-/// the maxima. Bit for bit the unpooled [`forward_fused`] followed by the pool (pooling
-/// commutes with the bias add and the ReLU).
+/// the maxima; for `f32` on AVX-512, a small reduction with unit strides that the unpooled
+/// path runs on its register-blocked direct kernel (a first layer's one input channel) runs
+/// the pooled direct kernel instead ([`forward_pool_direct`]), which pools its register blocks.
+/// Bit for bit the unpooled [`forward_fused`] followed by the pool (pooling commutes with the
+/// bias add and the ReLU).
 ///
 /// # Panics
 /// As [`forward_fused`], and when `y` is shorter than the pooled output.
@@ -339,13 +342,17 @@ pub fn forward_fused_pool<T: ConvElem>(
     if g.pooled_len() == 0 {
         return;
     }
+    if pooled::direct_chosen::<T>(g) {
+        return pooled::direct_pool(g, x, w, bias, relu, y);
+    }
     pooled::via_scratch(g, x, w, bias, relu, y)
 }
 
 /// [`forward_fused_pool`] on the pooled direct kernel (for tests and benchmarks;
-/// [`forward_fused_pool`] does not choose it: its register block compiled to scalar code and
-/// measured several times slower than the direct kernel plus the pool from a scratch buffer,
-/// see BENCHMARKS.md, task cnn14e). Returns `false` (and leaves `y`) where it does not apply
+/// [`forward_fused_pool`] chooses it for `f32` on AVX-512, where its register block is written
+/// in intrinsics: elsewhere the generic block compiles to scalar code and measured several
+/// times slower than the direct kernel plus the pool from a scratch buffer, see BENCHMARKS.md,
+/// task cnn14e and session 15). Returns `false` (and leaves `y`) where it does not apply
 /// (a direct convolution with unit strides, a reduction of at most 64, an output of at least
 /// 2×2).
 ///

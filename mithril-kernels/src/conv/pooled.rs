@@ -10,7 +10,8 @@
 //! - [`via_scratch`] ([`super::forward_fused_pool`]): [`super::forward`] for a few images at
 //!   a time into a scratch buffer (so it stays in L2), then the pool with the epilogue from
 //!   there.
-//! - [`direct_pool`] ([`super::forward_pool_direct`], not chosen yet): for the small
+//! - [`direct_pool`] ([`super::forward_pool_direct`]; chosen for `f32` on AVX-512, see
+//!   [`direct_chosen`]): for the small
 //!   reductions [`super::forward`] runs directly, stride 1, per image and group the input
 //!   channels are copied once into a zero-padded plane split into its even and odd columns, so
 //!   that the even and the odd output columns of a tap are both contiguous loads. A register
@@ -19,9 +20,10 @@
 //!   POB` multiply-adds in the tap order of the unpooled kernels (fused where the unpooled path
 //!   is the register-blocked kernel, a multiply and an add where it is the simple one: the sums
 //!   are bit for bit the unpooled path's), then the four accumulators are pooled and a quarter
-//!   of the output is stored. As written, rustc compiles its block to scalar code with the
-//!   accumulators on the stack (measured several times slower than `via_scratch` on the anchor
-//!   CNN's first layer), so it waits for explicit vector code.
+//!   of the output is stored. As generic Rust, rustc compiles that block to scalar code with
+//!   the accumulators on the stack (measured several times slower than `via_scratch` on the
+//!   anchor CNN's first layer); the `f32` AVX-512 block is written in intrinsics
+//!   (`x86::block_512`, the same sums in the same order).
 
 use super::{forward, ConvElem, Geom, DBLOCK_MAX_RED, DL};
 use crate::isa::{multiversion, Isa};
@@ -77,6 +79,19 @@ fn epi<T: ConvElem>(m: T, has_bias: bool, b: T, relu: bool) -> T {
     } else {
         s
     }
+}
+
+/// Whether [`super::forward_fused_pool`] runs the pooled direct kernel: where it applies, with
+/// the register-blocked unpooled kernel's sums (its bitwise twin), for `f32` on AVX-512 (its
+/// register block in intrinsics, `x86::block_512`; elsewhere the generic block compiles to
+/// scalar code and the scratch path is faster).
+pub(super) fn direct_chosen<T: ConvElem>(g: &Geom) -> bool {
+    cfg!(target_arch = "x86_64")
+        && TypeId::of::<T>() == TypeId::of::<f32>()
+        && crate::isa::active() >= Isa::Avx512
+        && g.pooled_direct()
+        && g.blocked_direct()
+        && g.macs() > 0
 }
 
 multiversion! {
@@ -158,6 +173,12 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
     let q = g.in_plane();
     let pout = ph2 * pw2;
     let has_bias = bias.is_some();
+    // the f32 register block in AVX-512 intrinsics (the generic one compiles to scalar code)
+    let avx512 = cfg!(target_arch = "x86_64")
+        && DL == 16
+        && TypeId::of::<T>() == TypeId::of::<f32>()
+        && crate::isa::active() >= Isa::Avx512;
+    let _ = avx512;
     // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
     let mut buf = T::take_scratch();
     buf.clear();
@@ -212,6 +233,34 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                     for pr in 0..ph2 {
                         for &(i0, len) in &chunks {
                             let base = 2 * pr * hw + i0;
+                            let mut out = [[T::default(); DL]; POB];
+                            #[cfg(target_arch = "x86_64")]
+                            if FMA && avx512 {
+                                // SAFETY: T is f32 (`avx512` checks it) and AVX-512 is active;
+                                // every read is inside `xs` / `wb`, as the loop below's.
+                                unsafe {
+                                    x86::block_512(
+                                        red,
+                                        wb.as_ptr() as *const f32,
+                                        &offs,
+                                        xs.as_ptr() as *const f32,
+                                        base,
+                                        &mut *(&mut out as *mut [[T; DL]; POB]
+                                            as *mut [[f32; DL]; POB]),
+                                    );
+                                }
+                                for (j, v) in out.iter_mut().enumerate() {
+                                    for m in v.iter_mut() {
+                                        *m = epi(*m, has_bias, bv[j], relu);
+                                    }
+                                }
+                                for (j, v) in out.iter().enumerate().take(ol) {
+                                    let o = gr * og + ob * POB + j;
+                                    let yo = (n * g.o + o) * pout + pr * pw2 + i0;
+                                    y[yo..yo + len].copy_from_slice(&v[..len]);
+                                }
+                                continue;
+                            }
                             let mut acc = [[T::default(); DL]; POB * 4];
                             for r in 0..red {
                                 let wv: &[T; POB] = wb[r * POB..][..POB].try_into().unwrap();
@@ -233,7 +282,6 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                             // pool every channel of the block (constant bounds, meant to
                             // keep the accumulators in registers: rustc still spills them,
                             // see the module doc), then store the real ones
-                            let mut out = [[T::default(); DL]; POB];
                             for j in 0..POB {
                                 for l in 0..DL {
                                     let m = pick(
@@ -258,6 +306,60 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
         }
     }
     T::put_scratch(buf);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::POB;
+    use std::arch::x86_64::*;
+
+    /// The pooled direct kernel's register block for `f32` on AVX-512: `POB` output channels ×
+    /// the four members of 16 pooling windows in 16 accumulators, per tap four loads, `POB`
+    /// broadcasts and 16 fused multiply-adds in the generic block's order (so the sums are bit
+    /// for bit its and the unpooled kernel's), then each window's maximum with `pick`'s rule
+    /// (a larger value or a NaN replaces the running maximum) into `out` (before the epilogue).
+    ///
+    /// # Safety
+    /// AVX-512 available; `wb` holds `red · POB` weights; for every tap `r < red` and member
+    /// `k`, `xs[base + offs[r][k]..][..16]` is readable.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub(super) unsafe fn block_512(
+        red: usize,
+        wb: *const f32,
+        offs: &[[usize; 4]],
+        xs: *const f32,
+        base: usize,
+        out: &mut [[f32; 16]; POB],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); POB * 4];
+        for (r, o4) in offs.iter().enumerate().take(red) {
+            let xv = [
+                _mm512_loadu_ps(xs.add(base + o4[0])),
+                _mm512_loadu_ps(xs.add(base + o4[1])),
+                _mm512_loadu_ps(xs.add(base + o4[2])),
+                _mm512_loadu_ps(xs.add(base + o4[3])),
+            ];
+            for j in 0..POB {
+                let wj = _mm512_set1_ps(*wb.add(r * POB + j));
+                for k in 0..4 {
+                    acc[j * 4 + k] = _mm512_fmadd_ps(wj, xv[k], acc[j * 4 + k]);
+                }
+            }
+        }
+        // `pick(o, v)`: v where v > o or v is NaN
+        let pick = |o: __m512, v: __m512| {
+            let m =
+                _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, o) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            _mm512_mask_blend_ps(m, o, v)
+        };
+        for (j, o) in out.iter_mut().enumerate() {
+            let m = pick(
+                pick(pick(acc[j * 4], acc[j * 4 + 1]), acc[j * 4 + 2]),
+                acc[j * 4 + 3],
+            );
+            _mm512_storeu_ps(o.as_mut_ptr(), m);
+        }
+    }
 }
 
 /// Pools every `[out[0], out[1]]` plane of `src` (`planes` of them, the convolution's output
