@@ -304,21 +304,7 @@ pub fn conv_epi_to<'w, T: Elem + ConvElem>(
     if pass != Pass::Forward {
         return Err(Error::op(op, "internal: an epilogue on a gradient"));
     }
-    if let Some(b) = bias {
-        if b.len() != g.o {
-            return Err(Error::op(
-                op,
-                format!(
-                    "the bias has shape {:?} ({} values), expected {} (the output channels; input {:?}, weight {:?})",
-                    b.shape(),
-                    b.len(),
-                    g.o,
-                    x.shape(),
-                    w.shape()
-                ),
-            ));
-        }
-    }
+    check_bias(op, &g, bias, x.shape(), w.shape())?;
     let (mut bx, mut bw, mut bb) = (Vec::new(), Vec::new(), Vec::new());
     let (sx, sw) = (slice(x, &mut bx), slice(w, &mut bw));
     let sb = bias.map(|b| slice(b, &mut bb));
