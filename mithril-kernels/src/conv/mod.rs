@@ -908,6 +908,31 @@ impl Blocked {
 /// overlapping the one before it: those values are written twice, the same values). A register
 /// block is [`DOB`] output channels × [`DNC`] chunks: per tap, [`DNC`] vector loads and
 /// [`DOB`] broadcasts feed `DOB · DNC` multiply-adds, and each output is stored once.
+/// Group `gr`'s weights in blocks of `B` output channels, for the register-blocked direct
+/// kernels: `wp[(ob·red + r)·B + j]` is output channel `ob·B + j`'s weight at reduction index
+/// `r` (0 past the group's last channel).
+#[inline(always)]
+pub(super) fn pack_oblocks<T: ConvElem, const B: usize>(
+    g: &Geom,
+    gr: usize,
+    w: &[T],
+    wp: &mut [T],
+) {
+    let (og, red) = (g.og(), g.cg() * g.taps());
+    for ob in 0..og.div_ceil(B) {
+        for r in 0..red {
+            for j in 0..B {
+                let o = ob * B + j;
+                wp[(ob * red + r) * B + j] = if o < og {
+                    w[(gr * og + o) * red + r]
+                } else {
+                    T::default()
+                };
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) {
     let (og, red) = (g.og(), g.cg() * g.taps());
@@ -922,18 +947,7 @@ fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(g: &Geom, x: &[T], w: &[T], 
     {
         let (xp, wp) = buf.split_at_mut(plane);
         for gr in 0..g.groups {
-            for ob in 0..nob {
-                for r in 0..red {
-                    for j in 0..DOB {
-                        let o = ob * DOB + j;
-                        wp[(ob * red + r) * DOB + j] = if o < og {
-                            w[(gr * og + o) * red + r]
-                        } else {
-                            T::default()
-                        };
-                    }
-                }
-            }
+            pack_oblocks::<T, DOB>(g, gr, w, wp);
             for n in 0..g.n {
                 bl.pad(g, x, n, gr, xp);
                 let xp = &*xp;

@@ -186,18 +186,7 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
     {
         let (xs, wp) = buf.split_at_mut(plane);
         for gr in 0..g.groups {
-            for ob in 0..nob {
-                for r in 0..red {
-                    for j in 0..POB {
-                        let o = ob * POB + j;
-                        wp[(ob * red + r) * POB + j] = if o < og {
-                            w[(gr * og + o) * red + r]
-                        } else {
-                            T::default()
-                        };
-                    }
-                }
-            }
+            super::pack_oblocks::<T, POB>(g, gr, w, wp);
             for n in 0..g.n {
                 // the split, zero-padded input of this image group
                 xs.fill(T::default());
