@@ -137,21 +137,7 @@ pub fn slice_geometry(shape: &[usize], args: &[SliceArg]) -> Result<Strided> {
                 axis += 1;
             }
             SliceArg::Index(i) => {
-                let len = shape[axis];
-                let j = if i < 0 {
-                    i as i128 + len as i128
-                } else {
-                    i as i128
-                };
-                if j < 0 || j >= len as i128 {
-                    return Err(Error::op(
-                        OP,
-                        format!(
-                            "index {i} is out of range for axis {axis} of size {len} (shape {})",
-                            fmt_shape(shape)
-                        ),
-                    ));
-                }
+                let j = crate::ops::shape::py_index(OP, i, shape[axis], axis, shape)?;
                 offset += j as i64 * strides[axis];
                 axis += 1;
             }

@@ -395,6 +395,32 @@ impl SliceArg {
     };
 }
 
+/// A Python index `i` (negative from the end) into an axis of `len` elements: the position, or
+/// the out-of-range error naming `axis` and the operand's `shape`.
+pub(crate) fn py_index(
+    op: &str,
+    i: isize,
+    len: usize,
+    axis: usize,
+    shape: &[usize],
+) -> Result<usize> {
+    let j = if i < 0 {
+        i as i128 + len as i128
+    } else {
+        i as i128
+    };
+    if j < 0 || j >= len as i128 {
+        return Err(Error::op(
+            op,
+            format!(
+                "index {i} is out of range for axis {axis} of size {len} (shape {})",
+                fmt_shape(shape)
+            ),
+        ));
+    }
+    Ok(j as usize)
+}
+
 /// Python's slice index adjustment: the first index and element count of
 /// `start:end:step` on an axis of length `len`. `step != 0`.
 pub(crate) fn py_slice(
@@ -507,22 +533,8 @@ pub(crate) fn slice_view<S: ndarray::RawData>(
                 src_axis += 1;
             }
             SliceArg::Index(i) => {
-                let len = v.shape()[cur];
-                let j = if i < 0 {
-                    i as i128 + len as i128
-                } else {
-                    i as i128
-                };
-                if j < 0 || j >= len as i128 {
-                    return Err(Error::op(
-                        op,
-                        format!(
-                            "index {i} is out of range for axis {src_axis} of size {len} (shape {})",
-                            fmt_shape(shape)
-                        ),
-                    ));
-                }
-                v = v.index_axis_move(Axis(cur), j as usize);
+                let j = py_index(op, i, v.shape()[cur], src_axis, shape)?;
+                v = v.index_axis_move(Axis(cur), j);
                 src_axis += 1;
             }
             SliceArg::NewAxis => {
