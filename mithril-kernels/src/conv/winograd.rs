@@ -110,6 +110,26 @@ fn kernels(g: &Geom, w: &[f32], u: &mut [f32]) {
     }
 }
 
+/// The work split over `g`'s tile rows (`th` per image, `tw` tiles each) in chunks of about
+/// `chunk` tiles (whole tile rows, at least one): `(rows_all, per, chunks, threads)` — all the
+/// tile rows, rows per chunk, chunks, and the threads (`threads` when forced, else the GEMM's
+/// per-call count for this much work; at most one per chunk).
+pub(super) fn split(
+    g: &Geom,
+    th: usize,
+    tw: usize,
+    chunk: usize,
+    threads: Option<usize>,
+) -> (usize, usize, usize, usize) {
+    let rows_all = g.n * th;
+    let per = (chunk / tw).max(1);
+    let chunks = rows_all.div_ceil(per);
+    let threads = threads
+        .unwrap_or_else(|| gemm::num_threads_for_call().min(g.macs() / (1 << 22)))
+        .clamp(1, chunks);
+    (rows_all, per, chunks, threads)
+}
+
 /// The tile geometry: `(th, tw)` tile rows and columns per image.
 fn tiles(g: &Geom) -> (usize, usize) {
     (g.out[0].div_ceil(2), g.out[1].div_ceil(2))
@@ -274,12 +294,7 @@ pub(super) fn forward(
     let oc = g.o * g.c;
     let mut u = vec![0.0f32; 16 * oc];
     kernels(g, w, &mut u);
-    let rows_all = g.n * th;
-    let per = (CHUNK / tw).max(1);
-    let chunks = rows_all.div_ceil(per);
-    let threads = threads
-        .unwrap_or_else(|| gemm::num_threads_for_call().min(g.macs() / (1 << 22)))
-        .clamp(1, chunks);
+    let (rows_all, per, chunks, threads) = split(g, th, tw, CHUNK, threads);
     let yp = Out {
         ptr: y.as_mut_ptr(),
         len: y.len(),

@@ -449,12 +449,7 @@ pub(super) fn forward(
     assert!(crate::isa::active() >= crate::isa::Isa::Avx512);
     let (th, tw) = tiles(g);
     let oc = g.o * g.c;
-    let rows_all = g.n * th;
-    let per = (CHUNK / tw).max(1);
-    let chunks = rows_all.div_ceil(per);
-    let threads = threads
-        .unwrap_or_else(|| gemm::num_threads_for_call().min(g.macs() / (1 << 22)))
-        .clamp(1, chunks);
+    let (_, per, chunks, threads) = super::split(g, th, tw, CHUNK, threads);
     let yp = Out {
         ptr: y.as_mut_ptr(),
         len: y.len(),

@@ -299,18 +299,40 @@ pub fn conv_epi_to<'w, T: Elem + ConvElem>(
     relu: bool,
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
+    fused_to(spec, x, w, bias, relu, false, dest)
+}
+
+/// The body of [`conv_epi_to`] (`pool` false) and [`conv_epi_pool_to`] (`pool` true).
+fn fused_to<'w, T: Elem + ConvElem>(
+    spec: &ConvSpec,
+    x: &ArrayViewD<'_, T>,
+    w: &ArrayViewD<'_, T>,
+    bias: Option<&ArrayViewD<'_, T>>,
+    relu: bool,
+    pool: bool,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
     let op = spec.name();
     let (shape, g, pass) = plan(spec, x.shape(), w.shape(), None)?;
     if pass != Pass::Forward {
         return Err(Error::op(op, "internal: an epilogue on a gradient"));
     }
+    let shape = if pool {
+        pooled_shape(op, &shape, x.shape(), w.shape())?
+    } else {
+        shape
+    };
     check_bias(op, &g, bias, x.shape(), w.shape())?;
     let (mut bx, mut bw, mut bb) = (Vec::new(), Vec::new(), Vec::new());
     let (sx, sw) = (slice(x, &mut bx), slice(w, &mut bw));
     let sb = bias.map(|b| slice(b, &mut bb));
     let mut out = dest.get(op, &shape)?;
     let y = contiguous(op, &mut out)?;
-    k::forward_fused(&g, sx, sw, sb, relu, y);
+    if pool {
+        k::forward_fused_pool(&g, sx, sw, sb, relu, y);
+    } else {
+        k::forward_fused(&g, sx, sw, sb, relu, y);
+    }
     Ok(out)
 }
 
@@ -363,20 +385,7 @@ pub fn conv_epi_pool_to<'w, T: Elem + ConvElem>(
     relu: bool,
     dest: Dest<'w, T>,
 ) -> Result<ArrayViewMutD<'w, T>> {
-    let op = spec.name();
-    let (shape, g, pass) = plan(spec, x.shape(), w.shape(), None)?;
-    if pass != Pass::Forward {
-        return Err(Error::op(op, "internal: an epilogue on a gradient"));
-    }
-    let shape = pooled_shape(op, &shape, x.shape(), w.shape())?;
-    check_bias(op, &g, bias, x.shape(), w.shape())?;
-    let (mut bx, mut bw, mut bb) = (Vec::new(), Vec::new(), Vec::new());
-    let (sx, sw) = (slice(x, &mut bx), slice(w, &mut bw));
-    let sb = bias.map(|b| slice(b, &mut bb));
-    let mut out = dest.get(op, &shape)?;
-    let y = contiguous(op, &mut out)?;
-    k::forward_fused_pool(&g, sx, sw, sb, relu, y);
-    Ok(out)
+    fused_to(spec, x, w, bias, relu, true, dest)
 }
 
 /// The int8 form of [`conv_epi_pool_to`]: [`qconv_to`] into a temporary, the epilogue over
