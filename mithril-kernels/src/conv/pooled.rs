@@ -142,32 +142,38 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
     let cplane = 2 * half;
     // tap r = (c·kh + ti)·kw + tj reads, for output row parity f and column parity e, at
     // `base + offs[r][2f + e]`
-    let mut offs = Vec::with_capacity(red);
+    // (on the stack: `pooled_direct` bounds the reduction by DBLOCK_MAX_RED; no allocation per
+    // call)
+    let mut offs_all = [[0usize; 4]; DBLOCK_MAX_RED];
+    let offs = &mut offs_all[..red];
+    let mut r = 0;
     for c in 0..cg {
         for ti in 0..kh {
             for tj in 0..kw {
-                let mut o4 = [0usize; 4];
-                for (k, o) in o4.iter_mut().enumerate() {
+                for (k, o) in offs[r].iter_mut().enumerate() {
                     let (f, e) = (k / 2, k % 2);
                     let q = e + tj * dw;
                     *o = c * cplane + (q % 2) * half + (f + ti * dh) * hw + q / 2;
                 }
-                offs.push(o4);
+                r += 1;
             }
         }
     }
+    let offs = &*offs;
     // chunks of DL pooled columns: (first column, columns stored); a last partial chunk
     // overlaps the one before it (the same values written twice), or is stored in part when
     // the row is narrower than DL
-    let mut chunks = Vec::new();
-    let mut s = 0;
-    while s + DL <= pw2 {
-        chunks.push((s, DL));
-        s += DL;
-    }
-    if s < pw2 {
-        chunks.push(if pw2 >= DL { (pw2 - DL, DL) } else { (0, pw2) });
-    }
+    let full = pw2 / DL;
+    let chunk = |i: usize| {
+        if i < full {
+            (i * DL, DL)
+        } else if pw2 >= DL {
+            (pw2 - DL, DL)
+        } else {
+            (0, pw2)
+        }
+    };
+    let n_chunks = pw2.div_ceil(DL);
     let nob = og.div_ceil(POB);
     let plane = cg * cplane;
     let q = g.in_plane();
@@ -220,7 +226,8 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                         }
                     }
                     for pr in 0..ph2 {
-                        for &(i0, len) in &chunks {
+                        for ci in 0..n_chunks {
+                            let (i0, len) = chunk(ci);
                             let base = 2 * pr * hw + i0;
                             let mut out = [[T::default(); DL]; POB];
                             #[cfg(target_arch = "x86_64")]
@@ -231,7 +238,7 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                                     x86::block_512(
                                         red,
                                         wb.as_ptr() as *const f32,
-                                        &offs,
+                                        offs,
                                         xs.as_ptr() as *const f32,
                                         base,
                                         &mut *(&mut out as *mut [[T; DL]; POB]
