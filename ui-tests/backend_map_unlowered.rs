@@ -4,7 +4,7 @@ mithril::mithril! {
     model Join {
         input a: f32[B, 4];
         input b: f32[B, 4];
-        output y = concat(a, b, axis = 1);
+        output y = (a * b).prod(axis = 1, keepdim = true);
     }
 
     model Net {

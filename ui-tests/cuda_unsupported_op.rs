@@ -5,7 +5,7 @@ mithril::mithril! {
     model Net {
         input x: f32[B, 4];
         let y = relu(x);
-        output both = concat(y, x, axis = 1);
+        output both = y.argmax(axis = 1);
     }
 
     compile NetGpu = Net {

@@ -1845,3 +1845,124 @@ fn gpu_library_gpt_matches_the_cpu() {
         "library GPT on cuda: prefill + steps, donated caches and training gradients match the CPU",
     );
 }
+
+mithril! {
+    /// `concat` and `stack` on cuda: the library's rotary embedding at a run-time position
+    /// (`CachedRoPE`: `concat` of the angles and of the rotated halves), and `concat` /
+    /// `stack` over other axes, negative ones too.
+    pub model RopeDecode {
+        input q: f32[B, H, S, 8];
+        input pos: i64[];
+        let rope = CachedRoPE(8);
+        let r = rope(q, pos);
+        output rotated = r;
+        output joined = concat(r, q, q * 2.0, axis = -2);
+        output stacked = stack(q, r, axis = 1);
+    }
+
+    /// Their gradients: `RoPE` (the gradient of each `concat` part: a gather of its block) and
+    /// `stack` (a slice per part), trained.
+    pub train RopeTrain {
+        input x: f32[2, 2, 5, 8];
+        param w: f32[8];
+        param y: f32[2, 5, 8];
+        let rope = RoPE(8);
+        let r = rope(x * w);
+        let j = concat(r, x * w, axis = 1);
+        let s = stack(y, y * 3.0, axis = -1);
+        output joined = j;
+        output stacked = s;
+        loss (j * j).mean() + (s * s * s).mean() + (r * x).mean();
+    }
+
+    pub compile RopeDecodeGpu = RopeDecode { backend: cuda };
+    pub compile RopeTrainGpu = RopeTrain { backend: cuda };
+}
+
+#[test]
+fn concat_and_stack_modules_compile_with_nvrtc() {
+    require_nvrtc!();
+    common::compile_modules(
+        &[
+            (
+                "RopeDecodeGpu",
+                RopeDecodeGpu::CUDA_SOURCE,
+                RopeDecodeGpu::CUDA_KERNELS,
+            ),
+            (
+                "RopeTrainGpu",
+                RopeTrainGpu::CUDA_SOURCE,
+                RopeTrainGpu::CUDA_KERNELS,
+            ),
+        ],
+        "concat / stack cuda modules",
+    );
+}
+
+#[test]
+fn gpu_concat_and_stack_match_the_cpu() {
+    if !gpu("gpu_concat_and_stack_match_the_cpu") {
+        return;
+    }
+    let (cpu, gpu) = (RopeDecode::new().unwrap(), RopeDecodeGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(3), gpu.randomize_params(3));
+    let q: ndarray::Array4<f32> = pattern(&[2, 3, 4, 8], 0.3).into_dimensionality().unwrap();
+    for at in [0i64, 5] {
+        let pos = ndarray::arr0(at);
+        let want = cpu
+            .evaluate(
+                &p,
+                RopeDecodeInputs {
+                    q: q.view(),
+                    pos: pos.view(),
+                },
+            )
+            .unwrap();
+        let got = gpu
+            .evaluate(
+                &gp,
+                RopeDecodeGpuInputs {
+                    q: q.view(),
+                    pos: pos.view(),
+                },
+            )
+            .unwrap();
+        close_dyn(
+            "rotated",
+            &got.rotated.clone().into_dyn(),
+            &want.rotated.clone().into_dyn(),
+            1e-5,
+        );
+        // `concat` and `stack` are bit copies
+        assert_eq!(got.joined, want.joined, "joined at {at}");
+        assert_eq!(got.stacked, want.stacked, "stacked at {at}");
+    }
+    let (cpu, gpu) = (RopeTrain::new().unwrap(), RopeTrainGpu::new().unwrap());
+    let (p, gp) = (cpu.randomize_params(7), gpu.randomize_params(7));
+    let x: ndarray::Array4<f32> = pattern(&[2, 2, 5, 8], 0.9).into_dimensionality().unwrap();
+    let (lo, gr) = cpu
+        .evaluate_gradients(&p, RopeTrainInputs { x: x.view() })
+        .unwrap();
+    let (lo2, gr2) = gpu
+        .evaluate_gradients(&gp, RopeTrainGpuInputs { x: x.view() })
+        .unwrap();
+    close_dyn(
+        "loss",
+        &lo2.loss.clone().into_dyn(),
+        &lo.loss.clone().into_dyn(),
+        1e-4,
+    );
+    close_dyn(
+        "w",
+        &gr2.w.clone().into_dyn(),
+        &gr.w.clone().into_dyn(),
+        1e-4,
+    );
+    close_dyn(
+        "y",
+        &gr2.y.clone().into_dyn(),
+        &gr.y.clone().into_dyn(),
+        1e-4,
+    );
+    say("concat / stack on cuda: CachedRoPE, RoPE's and stack's gradients match the CPU");
+}

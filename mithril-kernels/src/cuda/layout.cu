@@ -1,11 +1,13 @@
-// Layout ops (the CPU twins: mithril::rt::ops::slice_to / transpose_to / arange_to and the
-// slice gradient of ops/grad.rs): one strided-copy geometry for slices (any steps, negative
-// ones included, integer indices, new axes) and permutes (transpose), computed on the host by
-// mithril_runtime::cuda::layout::{slice_geometry, permute_geometry}.
+// Layout ops (the CPU twins: mithril::rt::ops::slice_to / transpose_to / concat_to / stack_to /
+// arange_to and the slice and concat gradients of ops/grad.rs): one strided-copy geometry for
+// slices (any steps, negative ones included, integer indices, new axes), permutes (transpose)
+// and the parts of concat / stack, computed on the host by mithril_runtime::cuda::layout::
+// {slice_geometry, permute_geometry, concat_geometry, stack_geometry, concat_part_geometry}.
 //
 // strided_gather:  y[i] = x[offset + sum_k idx_k(i) * strides[k]]   (i over y, row-major)
 // strided_scatter: x[offset + sum_k idx_k(i) * strides[k]] = y[i]   (the slice's gradient into
-//   a zeroed x; the positions of a slice are distinct, so each element is written once)
+//   a zeroed x, a concat / stack part into the result; the positions are distinct, so each
+//   element is written once)
 // where idx_k(i) is the multi-index of i over dims[0 .. rank] (the last axis fastest).
 // Both are bit copies: f32 / i32 through the f32 kernels, f64 / i64 through the f64 ones,
 // f16 / bf16 through the u16 ones. 1-D grid-stride loops over n = prod(dims).

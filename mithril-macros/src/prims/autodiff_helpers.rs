@@ -35,6 +35,13 @@ impl Family for Rules {
                 let (rg, rl) = (cx.r(0), cx.r(2));
                 quote!(#c::exec::take_along_backward(__dev, #rg, #idx, #rl.shape())?)
             }
+            // a part's gradient: a strided gather of its block along the axis
+            Prim::ConcatPart(axis, k) => {
+                let rg = cx.r(0);
+                let parts: Vec<TokenStream> = (1..cx.n_args()).map(|j| cx.r(j)).collect();
+                let axis = *axis as isize;
+                quote!(#c::layout::concat_part(__dev, #rg, &[#(#parts.shape()),*], #axis, #k)?)
+            }
             Prim::SizeRatio => {
                 let ty = storage_type(cx.out_dt());
                 let (ra, rb) = (cx.r(0), cx.r(1));

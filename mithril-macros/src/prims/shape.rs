@@ -64,6 +64,17 @@ impl Family for Rules {
                 let ra = cx.r(0);
                 quote!(#c::layout::transpose(__dev, #ra, &[#(#perm),*])?)
             }
+            // `concat` / `stack`: one strided-scatter launch per part into the result
+            Prim::Concat(axis) | Prim::Stack(axis) => {
+                let parts: Vec<TokenStream> = (0..cx.n_args()).map(|k| cx.r(k)).collect();
+                let axis = *axis as isize;
+                let f = if matches!(p, Prim::Concat(_)) {
+                    quote!(concat)
+                } else {
+                    quote!(stack)
+                };
+                quote!(#c::layout::#f(__dev, &[#(#parts),*], #axis)?)
+            }
             _ => return Err("there is no CUDA kernel for it yet".into()),
         })
     }

@@ -1,14 +1,16 @@
 //! Layout ops on the device (`layout.cu` of `mithril_kernels::cuda`): slices (Python / NumPy
 //! basic indexing: ranges with any step, integer indices, new axes), their gradient (the slice
-//! written into zeros), permutes (`transpose`) and `arange`, with the CPU ops' semantics and
-//! error messages (`mithril::rt::ops::slice_to`, `transpose_to`, `slice_backward_to`,
-//! `arange_to`).
+//! written into zeros), permutes (`transpose`), `concat` / `stack` and the gradient of a
+//! `concat` part, and `arange`, with the CPU ops' semantics and error messages
+//! (`mithril::rt::ops::slice_to`, `transpose_to`, `slice_backward_to`, `concat_to`,
+//! `stack_to`, `concat_part_to`, `arange_to`).
 //!
 //! A slice and a permute are one geometry, [`Strided`]: the output's dims, the input stride
 //! of each output axis (negative for a reversed range, 0 for a new axis) and the offset of the
 //! first element. The host computes it ([`slice_geometry`], [`permute_geometry`]); the kernels
 //! `mt_strided_gather_*` / `mt_strided_scatter_*` walk it (one thread per output element,
-//! bit copies by element width). [`Strided::source`] is the kernels' index arithmetic on the
+//! bit copies by element width). `concat` / `stack` are one scatter per part into the result
+//! ([`concat_geometry`], [`stack_geometry`]); a part's gradient is a gather of its block. [`Strided::source`] is the kernels' index arithmetic on the
 //! host, unit-tested against the CPU ops.
 
 use super::launch::elementwise_config;
@@ -271,6 +273,193 @@ pub fn slice_grad<T: DeviceElem>(
     Ok(x)
 }
 
+/// The output shape of `concat(parts, axis)` and, for each part, the geometry that places it
+/// (element `i` of the part, row-major, goes to output element `source(i)`): the CPU's
+/// `concat` rules and errors (the same rank, the same dims outside `axis`).
+pub fn concat_geometry(shapes: &[&[usize]], axis: isize) -> Result<(Vec<usize>, Vec<Strided>)> {
+    const OP: &str = "concat";
+    let Some(first) = shapes.first() else {
+        return Err(Error::op(OP, "nothing to concatenate (no parts)"));
+    };
+    let nd = first.len();
+    if nd == 0 {
+        return Err(Error::op(OP, "cannot concatenate 0-D arrays"));
+    }
+    let ax = crate::ops::norm_axis(OP, axis, nd, first)?;
+    let mut out = first.to_vec();
+    out[ax] = 0;
+    for p in shapes {
+        let same = p.len() == nd
+            && p.iter()
+                .zip(first.iter())
+                .enumerate()
+                .all(|(i, (x, y))| i == ax || x == y);
+        if !same {
+            return Err(Error::op(
+                OP,
+                format!(
+                    "shapes {} and {} differ outside axis {axis}",
+                    fmt_shape(first),
+                    fmt_shape(p)
+                ),
+            ));
+        }
+        out[ax] = out[ax]
+            .checked_add(p[ax])
+            .ok_or_else(|| Error::op(OP, "result is too large"))?;
+    }
+    crate::ops::checked_size(OP, &out)?;
+    let strides = row_major(&out);
+    let mut at = 0i64;
+    let geos = shapes
+        .iter()
+        .map(|p| {
+            let g = Strided {
+                dims: p.to_vec(),
+                offset: at * strides[ax],
+                strides: strides.clone(),
+            };
+            at += p[ax] as i64;
+            g
+        })
+        .collect();
+    Ok((out, geos))
+}
+
+/// The output shape of `stack(parts, axis)` and, for each part, the geometry that places it
+/// in the output (as [`concat_geometry`]): the CPU's `stack` rules and errors.
+pub fn stack_geometry(shapes: &[&[usize]], axis: isize) -> Result<(Vec<usize>, Vec<Strided>)> {
+    const OP: &str = "stack";
+    let Some(first) = shapes.first() else {
+        return Err(Error::op(OP, "nothing to stack (no parts)"));
+    };
+    for p in shapes {
+        if p != first {
+            return Err(Error::op(
+                OP,
+                format!(
+                    "all parts need the same shape, got {} and {}",
+                    fmt_shape(first),
+                    fmt_shape(p)
+                ),
+            ));
+        }
+    }
+    let ax = crate::ops::norm_axis(OP, axis, first.len() + 1, first)?;
+    let mut out = first.to_vec();
+    out.insert(ax, shapes.len());
+    crate::ops::checked_size(OP, &out)?;
+    let mut strides = row_major(&out);
+    let step = strides.remove(ax);
+    let geos = (0..shapes.len())
+        .map(|k| Strided {
+            dims: first.to_vec(),
+            offset: k as i64 * step,
+            strides: strides.clone(),
+        })
+        .collect();
+    Ok((out, geos))
+}
+
+/// The geometry of part `k`'s gradient in `concat(parts, axis)`'s gradient of shape
+/// `g_shape`: the block of `g` along `axis` that part `k` filled (the CPU's `concat_part`).
+pub fn concat_part_geometry(
+    g_shape: &[usize],
+    part_shapes: &[&[usize]],
+    axis: isize,
+    k: usize,
+) -> Result<Strided> {
+    const OP: &str = "concat (gradient)";
+    let ax = crate::ops::norm_axis(OP, axis, g_shape.len(), g_shape)?;
+    let offset: usize = part_shapes
+        .iter()
+        .take(k)
+        .map(|s| s.get(ax).copied().unwrap_or(0))
+        .sum();
+    let len = part_shapes
+        .get(k)
+        .and_then(|s| s.get(ax))
+        .copied()
+        .ok_or_else(|| Error::op(OP, "no such part"))?;
+    if offset + len > g_shape[ax] {
+        return Err(Error::op(OP, "parts do not fit the gradient"));
+    }
+    let strides = row_major(g_shape);
+    let mut dims = g_shape.to_vec();
+    dims[ax] = len;
+    Ok(Strided {
+        dims,
+        offset: offset as i64 * strides[ax],
+        strides,
+    })
+}
+
+/// Writes the contiguous `y` at `geo`'s positions of `x` (one strided-scatter launch).
+fn scatter_into<T: DeviceElem>(
+    dev: &CudaDevice,
+    y: &DeviceTensor<T>,
+    x: &mut DeviceTensor<T>,
+    geo: &Strided,
+) -> Result<()> {
+    const OP: &str = "strided_scatter";
+    if geo.is_empty() {
+        return Ok(());
+    }
+    let a = geo.longs(OP)?;
+    let f = copy_kernel::<T>(dev, OP)?;
+    let mut lb = dev.stream().launch_builder(&f);
+    lb.arg(&a).arg(y.slice()).arg(x.slice_mut());
+    launch(OP, lb, elementwise_config(geo.len(), dev.sm_count()))
+}
+
+/// `concat(parts, axis)`: one strided-scatter launch per part into the result (the CPU's
+/// semantics and errors; every dtype of 2, 4 or 8 bytes).
+pub fn concat<T: DeviceElem>(
+    dev: &CudaDevice,
+    parts: &[&DeviceTensor<T>],
+    axis: isize,
+) -> Result<DeviceTensor<T>> {
+    let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+    let (out, geos) = concat_geometry(&shapes, axis)?;
+    let mut y = DeviceTensor::<T>::zeros(dev, &out)?;
+    for (p, g) in parts.iter().zip(&geos) {
+        scatter_into(dev, p, &mut y, g)?;
+    }
+    Ok(y)
+}
+
+/// `stack(parts, axis)`: one strided-scatter launch per part into the result (the CPU's
+/// semantics and errors).
+pub fn stack<T: DeviceElem>(
+    dev: &CudaDevice,
+    parts: &[&DeviceTensor<T>],
+    axis: isize,
+) -> Result<DeviceTensor<T>> {
+    let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+    let (out, geos) = stack_geometry(&shapes, axis)?;
+    let mut y = DeviceTensor::<T>::zeros(dev, &out)?;
+    for (p, g) in parts.iter().zip(&geos) {
+        scatter_into(dev, p, &mut y, g)?;
+    }
+    Ok(y)
+}
+
+/// The gradient of part `k` of `concat(parts, axis)` from the result's gradient `g`: its
+/// block along `axis` (one strided-gather launch).
+pub fn concat_part<T: DeviceElem>(
+    dev: &CudaDevice,
+    g: &DeviceTensor<T>,
+    part_shapes: &[&[usize]],
+    axis: isize,
+    k: usize,
+) -> Result<DeviceTensor<T>> {
+    strided_gather(
+        dev,
+        g,
+        &concat_part_geometry(g.shape(), part_shapes, axis, k)?,
+    )
+}
+
 /// `len` values `start + i · step` (computed in f64, then converted as the CPU's `arange_to`):
 /// f32, f64, i64, i32.
 pub fn arange<T: DeviceElem>(
@@ -465,5 +654,94 @@ pub(crate) mod tests {
         assert_eq!(&l[..7], &[120, 4, 0, 5, 4, 3, 2]);
         assert_eq!(&l[7..11], &[1, 1, 1, 1]);
         assert!(permute_geometry(&[1; 9], &[]).unwrap().longs("t").is_err());
+    }
+
+    /// `concat` / `stack` placed by the scatter arithmetic on the host give the CPU's results
+    /// (every axis, negative axes, parts of different lengths), write each output element
+    /// exactly once, and `concat_part`'s gather reads each part back; the errors are the CPU's.
+    #[cfg_attr(test, test)]
+    pub(crate) fn concat_and_stack_geometry_are_the_cpus() {
+        let place = |out: &[usize], geos: &[Strided], parts: &[ArrayD<f64>]| {
+            let mut got = vec![f64::NAN; out.iter().product()];
+            let mut hits = vec![0usize; got.len()];
+            for (g, p) in geos.iter().zip(parts) {
+                assert_eq!(g.dims, p.shape());
+                for (i, &v) in p.iter().enumerate() {
+                    got[g.source(i)] = v;
+                    hits[g.source(i)] += 1;
+                }
+            }
+            assert!(hits.iter().all(|&h| h == 1), "{out:?}");
+            got
+        };
+        for axis in [-3isize, -2, -1, 0, 1, 2] {
+            let ax = axis.rem_euclid(3) as usize;
+            let parts: Vec<ArrayD<f64>> = [1usize, 3, 2]
+                .iter()
+                .enumerate()
+                .map(|(k, &n)| {
+                    let mut s = vec![2usize, 3, 4];
+                    s[ax] = n;
+                    iota(&s).mapv(|v| v + 100.0 * k as f64)
+                })
+                .collect();
+            let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+            let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+            let want = crate::ops::concat(&views, axis).unwrap();
+            let (out, geos) = concat_geometry(&shapes, axis).unwrap();
+            assert_eq!(out, want.shape());
+            let got = place(&out, &geos, &parts);
+            assert_eq!(got, want.iter().copied().collect::<Vec<_>>(), "{axis}");
+            for (k, p) in parts.iter().enumerate() {
+                let g = concat_part_geometry(&out, &shapes, axis, k).unwrap();
+                let cpu = crate::ops::concat_part(&want.view(), &shapes, axis, k).unwrap();
+                assert_eq!(g.dims, cpu.shape());
+                let back: Vec<f64> = (0..g.len()).map(|i| got[g.source(i)]).collect();
+                assert_eq!(back, p.iter().copied().collect::<Vec<_>>(), "{axis} {k}");
+            }
+        }
+        for axis in [-4isize, -1, 0, 1, 2, 3] {
+            let parts: Vec<ArrayD<f64>> = (0..3)
+                .map(|k| iota(&[2, 3, 4]).mapv(|v| v + 100.0 * k as f64))
+                .collect();
+            let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+            let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+            let want = crate::ops::stack(&views, axis).unwrap();
+            let (out, geos) = stack_geometry(&shapes, axis).unwrap();
+            assert_eq!(out, want.shape());
+            let got = place(&out, &geos, &parts);
+            assert_eq!(got, want.iter().copied().collect::<Vec<_>>(), "{axis}");
+        }
+        // the errors: the CPU's messages
+        let (a, b, c) = (iota(&[2, 3]), iota(&[2, 4]), iota(&[3]));
+        for (parts, axis) in [
+            (vec![a.view(), b.view()], 0isize),
+            (vec![a.view(), c.view()], 1),
+            (vec![a.view()], 2),
+            (vec![], 0),
+        ] {
+            let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+            let want = crate::ops::concat(&parts, axis).unwrap_err().to_string();
+            let got = concat_geometry(&shapes, axis).unwrap_err().to_string();
+            assert_eq!(got, want);
+        }
+        for (parts, axis) in [
+            (vec![a.view(), b.view()], 0isize),
+            (vec![a.view()], 3),
+            (vec![], 0),
+        ] {
+            let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+            let want = crate::ops::stack(&parts, axis).unwrap_err().to_string();
+            let got = stack_geometry(&shapes, axis).unwrap_err().to_string();
+            assert_eq!(got, want);
+        }
+        let zero = iota(&[]);
+        let shapes: Vec<&[usize]> = vec![zero.shape()];
+        assert_eq!(
+            concat_geometry(&shapes, 0).unwrap_err().to_string(),
+            crate::ops::concat(&[zero.view()], 0)
+                .unwrap_err()
+                .to_string()
+        );
     }
 }

@@ -61,7 +61,7 @@ matmul of rank 2 or batched (either operand transposed; with its fused epilogue)
 softmax / log_softmax over the last axis (f32, f16, bf16), take_along and its gradient, gather with axis = 0 on a 2-D table (embedding) and its gradient, \
 reshape / flatten, and the gradient helpers (broadcast, size ratio); \
 f32 / f64 / f16 / bf16: the convolutions, max / average / adaptive pooling, pad, upsample, attention and their gradients, dropout; `x[i]` on the leading axis; \
-the key/value cache's `update_slice` (in place when its input is donated) and `cached_attention` (f32 / f64 / f16 / bf16); slices (ranges with any step, indices, new axes) and their gradient, `transpose`, `arange`";
+the key/value cache's `update_slice` (in place when its input is donated) and `cached_attention` (f32 / f64 / f16 / bf16); slices (ranges with any step, indices, new axes) and their gradient, `transpose`, `concat` / `stack` and their gradients, `arange`";
 
 fn rt() -> TokenStream {
     quote!(::mithril::rt::cuda)
