@@ -233,7 +233,7 @@ pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct
     }
     if let Some((x, w, y)) = as_f32(x, w, y) {
         if winograd::chosen(g) {
-            return winograd::forward(g, x, w, y, None, false, None);
+            return winograd::forward_chosen(g, x, w, y, None, false, None);
         }
         if igemm::applies(g) {
             let epi = igemm::Epi {
@@ -272,7 +272,8 @@ pub fn forward_fused<T: ConvElem>(
             bias.is_none_or(|b| as_f32_ref(b).is_some()),
         ) {
             if winograd::chosen(g) {
-                return winograd::forward(g, x, w, y, bias.and_then(as_f32_ref), relu, None);
+                let b = bias.and_then(as_f32_ref);
+                return winograd::forward_chosen(g, x, w, y, b, relu, None);
             }
             let epi = igemm::Epi {
                 bias: bias.and_then(as_f32_ref),
@@ -344,6 +345,15 @@ pub fn forward_fused_pool<T: ConvElem>(
     }
     if pooled::direct_chosen::<T>(g) {
         return pooled::direct_pool(g, x, w, bias, relu, y);
+    }
+    // F(4×4, 3×3) pools its output tiles in registers (the pool in its output transform)
+    if winograd::chosen4(g) && bias.is_none_or(|b| as_f32_ref(b).is_some()) {
+        if let Some((x, w, y)) = as_f32(x, w, y) {
+            let b = bias.and_then(as_f32_ref);
+            if winograd::forward4(g, x, w, y, b, relu, true, None) {
+                return;
+            }
+        }
     }
     pooled::via_scratch(g, x, w, bias, relu, y)
 }
@@ -436,6 +446,43 @@ pub fn forward_winograd(
     }
     winograd::forward(g, x, w, y, bias, relu, threads);
     true
+}
+
+/// The `f32` forward pass by Winograd's F(4×4, 3×3) on AVX-512 (for benchmarks and tests;
+/// [`forward`], [`forward_fused`] and [`forward_fused_pool`] choose it where F(2×2, 3×3) would
+/// run and the shape favours it), with the epilogue of [`forward_fused`] and, with `pool`, the
+/// 2×2 max pool of [`forward_fused_pool`] in its output transform (`y` then
+/// [`Geom::pooled_len`] long); the thread count forced when given. Returns `false` (and leaves
+/// `y`) where it does not apply (as [`forward_winograd`], or an output below 2×2 with `pool`)
+/// or without AVX-512.
+///
+/// # Panics
+/// When a slice is shorter than `g` needs or `g` is not [`Geom::valid`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward_winograd4(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    pool: bool,
+    y: &mut [f32],
+    threads: Option<usize>,
+) -> bool {
+    let (lx, lw, ly) = g.lens();
+    assert!(g.valid(), "conv: invalid geometry {g:?}");
+    let ly = if pool { g.pooled_len() } else { ly };
+    assert!(
+        x.len() >= lx && w.len() >= lw && y.len() >= ly,
+        "conv: slices too short for {g:?}"
+    );
+    if g.macs() == 0 || g.direct() || !winograd::applies(g) || (pool && g.pooled_len() == 0) {
+        return false;
+    }
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    winograd::forward4(g, x, w, y, bias, relu, pool, threads)
 }
 
 /// `b` as `f32` when `T` is `f32`.
