@@ -165,6 +165,19 @@ unsafe fn at(m: [__m512; 6]) -> [__m512; 4] {
     ]
 }
 
+/// The epilogue on one vector: `s + b` when `add`, then the ReLU when `relu` (`s < 0`, not
+/// `max`: a NaN stays NaN).
+#[inline(always)]
+unsafe fn fin(s: __m512, add: bool, b: __m512, relu: bool) -> __m512 {
+    let s = if add { _mm512_add_ps(s, b) } else { s };
+    if relu {
+        let z = _mm512_setzero_ps();
+        _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, z), z)
+    } else {
+        s
+    }
+}
+
 /// The pooled maximum's step (`pooled::pick`): `v` where `v > o` or `v` is NaN, else `o`.
 #[inline(always)]
 unsafe fn pick(o: __m512, v: __m512) -> __m512 {
@@ -233,6 +246,69 @@ pub(super) unsafe fn kernels(o: usize, c: usize, w: *const f32, u: *mut f32) {
     }
 }
 
+/// A run's source for the input transform: for each of the window's 6 rows its offset in
+/// the image's channel plane (`n·c·q` included; 0 for a row outside the image) and the masks
+/// of its two vectors of columns (0 outside the image: those rows load as zeros), the run's
+/// lanes, whether its window fits the first vector (`one`: every column it reads past that
+/// vector's lanes is outside the image, and so is the vector's last lane, which then stands
+/// for them), and the 6 permutations picking column `l` of each of its tiles (`one`: from the
+/// second operand into the run's lanes, every other lane kept from the first; else from the
+/// two vectors).
+#[derive(Clone, Copy)]
+struct Src {
+    row: [isize; 6],
+    mlo: [u16; 6],
+    mhi: [u16; 6],
+    hi: bool,
+    k: u16,
+    one: bool,
+    idx: [__m512i; 6],
+}
+
+/// Row `I` of `Bᵀ d` for every run of a group, its 6 columns of each tile gathered into the
+/// group's lanes: `e[l]` (`xc` the channel's plane in the first image).
+///
+/// # Safety
+/// AVX-512 present; `src` describes windows inside the input behind `xc`.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+#[inline]
+unsafe fn gather_row<const I: usize>(src: &[Src], xc: *const f32) -> [__m512; 6] {
+    let z = _mm512_setzero_ps();
+    let mut e = [z; 6];
+    for s in src {
+        // masked lanes are never read, so the (wrapping) pointer may point before the row or
+        // past the plane
+        let lo = bt_row(I, |k| {
+            _mm512_maskz_loadu_ps(s.mlo[k], xc.wrapping_offset(s.row[k]))
+        });
+        if s.one {
+            for (el, ix) in e.iter_mut().zip(&s.idx) {
+                *el = _mm512_permutex2var_ps(*el, *ix, lo);
+            }
+            continue;
+        }
+        let hi = if s.hi {
+            bt_row(I, |k| {
+                _mm512_maskz_loadu_ps(s.mhi[k], xc.wrapping_offset(s.row[k] + 16))
+            })
+        } else {
+            z
+        };
+        for (el, ix) in e.iter_mut().zip(&s.idx) {
+            *el = _mm512_mask_mov_ps(*el, s.k, _mm512_permutex2var_ps(lo, *ix, hi));
+        }
+    }
+    e
+}
+
+/// `V[6i + j] = (e · B)[j]` for row `i` of a channel's group (`vc`, points `rp` apart).
+#[inline(always)]
+unsafe fn put_row(vc: *mut f32, rp: usize, i: usize, e: [__m512; 6]) {
+    for (j, vv) in bt_all(&e).into_iter().enumerate() {
+        _mm512_storeu_ps(vc.add((6 * i + j) * rp), vv);
+    }
+}
+
 /// The input transform of tile rows `rows` into `v` (`[c][36][tbp]` at the [`pitches`], the
 /// chunk's tiles contiguous from 0, the padding lanes of the last group zero).
 ///
@@ -248,31 +324,12 @@ unsafe fn input_tf(g: &Geom, x: *const f32, rows: Range<usize>, tbp: usize, v: *
     let nt = rows.len() * tw;
     let r0 = rows.start;
     let (rp, cp) = pitches(tbp);
-    let z = _mm512_setzero_ps();
-    /// A run's source: the image's plane offset, the window's first row and column, the
-    /// column masks of its two vectors, the run's lanes, whether its window fits the first
-    /// vector (`one`: every column it reads past that vector's lanes is outside the image, and
-    /// so is the vector's last lane, which then stands for them), and the 6 permutations
-    /// picking column `l` of each of its tiles (`one`: from the second operand into the run's
-    /// lanes, every other lane kept from the first; else from the two vectors).
-    #[derive(Clone, Copy)]
-    struct Src {
-        off: usize,
-        ih0: isize,
-        b: isize,
-        mlo: u16,
-        mhi: u16,
-        k: u16,
-        one: bool,
-        idx: [__m512i; 6],
-    }
     let mut rs = [Run::default(); 16];
     let mut src = [Src {
-        off: 0,
-        ih0: 0,
-        b: 0,
-        mlo: 0,
-        mhi: 0,
+        row: [0; 6],
+        mlo: [0; 6],
+        mhi: [0; 6],
+        hi: false,
         k: 0,
         one: false,
         idx: [_mm512_setzero_si512(); 6],
@@ -303,56 +360,34 @@ unsafe fn input_tf(g: &Geom, x: *const f32, rows: Range<usize>, tbp: usize, v: *
                 }
                 *ix = _mm512_loadu_si512(a.as_ptr().cast());
             }
-            *s = Src {
-                off: n * g.c * q,
-                ih0: 4 * ty as isize - p0,
-                b,
-                mlo,
-                mhi,
+            let mut s2 = Src {
+                row: [0; 6],
+                mlo: [0; 6],
+                mhi: [0; 6],
+                hi: mhi != 0,
                 k: lanes(r.lane, r.lane + r.len),
                 one,
                 idx,
             };
+            for k in 0..6 {
+                let ih = 4 * ty as isize - p0 + k as isize;
+                if ih >= 0 && ih < h {
+                    s2.row[k] = (n * g.c * q) as isize + ih * wd + b;
+                    (s2.mlo[k], s2.mhi[k]) = (mlo, mhi);
+                }
+            }
+            *s = s2;
         }
         let src = &src[..nr];
         for c in 0..g.c {
             let vc = v.add(c * cp + t0);
-            for i in 0..6 {
-                let mut e = [z; 6];
-                for s in src {
-                    let xc = x.add(s.off + c * q);
-                    // the window's row k (zero outside the image); masked lanes are never
-                    // read, so the (wrapping) pointer may point before the row or past the plane
-                    let at_row = |k: usize| {
-                        let ih = s.ih0 + k as isize;
-                        (ih >= 0 && ih < h).then(|| xc.wrapping_offset(ih * wd + s.b))
-                    };
-                    let lo = bt_row(i, |k| match at_row(k) {
-                        Some(p) => _mm512_maskz_loadu_ps(s.mlo, p),
-                        None => z,
-                    });
-                    if s.one {
-                        for (el, ix) in e.iter_mut().zip(&s.idx) {
-                            *el = _mm512_permutex2var_ps(*el, *ix, lo);
-                        }
-                        continue;
-                    }
-                    let hi = if s.mhi == 0 {
-                        z
-                    } else {
-                        bt_row(i, |k| match at_row(k) {
-                            Some(p) => _mm512_maskz_loadu_ps(s.mhi, p.wrapping_add(16)),
-                            None => z,
-                        })
-                    };
-                    for (el, ix) in e.iter_mut().zip(&s.idx) {
-                        *el = _mm512_mask_mov_ps(*el, s.k, _mm512_permutex2var_ps(lo, *ix, hi));
-                    }
-                }
-                for (j, vv) in bt_all(&e).into_iter().enumerate() {
-                    _mm512_storeu_ps(vc.add((6 * i + j) * rp), vv);
-                }
-            }
+            let xc = x.add(c * q);
+            put_row(vc, rp, 0, gather_row::<0>(src, xc));
+            put_row(vc, rp, 1, gather_row::<1>(src, xc));
+            put_row(vc, rp, 2, gather_row::<2>(src, xc));
+            put_row(vc, rp, 3, gather_row::<3>(src, xc));
+            put_row(vc, rp, 4, gather_row::<4>(src, xc));
+            put_row(vc, rp, 5, gather_row::<5>(src, xc));
         }
     }
 }
@@ -486,15 +521,7 @@ unsafe fn output_tf(
             } else {
                 *e.bias.add(o)
             });
-            let fin = |s: __m512, add: bool| {
-                let s = if add { _mm512_add_ps(s, bv) } else { s };
-                if e.relu {
-                    // `s < 0` (not `max`): a NaN stays NaN
-                    _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, z), z)
-                } else {
-                    s
-                }
-            };
+            let fin = |s: __m512, add: bool| fin(s, add, bv, e.relu);
             let mr = m.add(r * cp);
             let yo = y.add(o * plane);
             // · A along each row i, then Aᵀ · down each column b
