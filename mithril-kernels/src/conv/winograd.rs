@@ -348,16 +348,35 @@ pub(super) fn forward(
 }
 
 /// Whether [`forward_chosen`] runs F(4×4, 3×3) (`winograd4_x86.rs`) rather than F(2×2, 3×3):
-/// where F(2×2) is [`chosen`] and the output is small enough that F(2×2)'s tile vectors leave
-/// lanes idle (see BENCHMARKS.md, task cnn16a).
+/// where F(2×2) is [`chosen`] and F(4×4)'s GEMMs take fewer vector multiply-adds (see
+/// [`prefer4`]).
 pub(super) fn chosen4(g: &Geom) -> bool {
     chosen(g) && prefer4(g)
 }
 
-/// The shape rule of [`chosen4`].
+/// Whether F(4×4)'s 36 GEMMs run on fewer vectors of 16 tiles than F(2×2)'s 16 (each form
+/// pads its chunks of tile rows to whole vectors): F(4×4) needs 1.78x fewer multiply-adds
+/// per output, but its tiles are 4x larger, so on small outputs its vectors are emptier
+/// (7×7 at batch 1: 4 tiles of 4×4 in one vector, 36 GEMM rows, against 16 tiles of 2×2 in
+/// one vector, 16 rows: F(2×2) measured 1.7x faster there; F(4×4) measured 1.2–1.6x faster
+/// on every shape where this holds, BENCHMARKS.md task cnn16a).
 fn prefer4(g: &Geom) -> bool {
-    let _ = g;
-    true
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vectors = |th: usize, tw: usize, chunk: usize| {
+            let (rows_all, per) = (g.n * th, (chunk / tw).max(1));
+            let (full, rest) = (rows_all / per, rows_all % per);
+            full * (per * tw).div_ceil(16) + (rest * tw).div_ceil(16)
+        };
+        let (th2, tw2) = tiles(g);
+        let (th4, tw4) = x86_4::tiles(g);
+        36 * vectors(th4, tw4, x86_4::CHUNK) < 16 * vectors(th2, tw2, x86::CHUNK)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        false
+    }
 }
 
 /// [`forward`] with the algorithm [`chosen4`] picks (for [`super::forward`] and

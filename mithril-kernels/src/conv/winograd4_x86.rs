@@ -37,7 +37,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 /// Tiles per chunk (rounded down to whole tile rows, at least one row).
-const CHUNK: usize = 64;
+pub(super) const CHUNK: usize = 64;
 
 thread_local! {
     /// A thread's `V` and `M` buffers for one chunk.
@@ -185,61 +185,58 @@ unsafe fn pick(o: __m512, v: __m512) -> __m512 {
     _mm512_mask_mov_ps(o, k, v)
 }
 
-/// `[g0/4, -(g0+g1+g2)/6, -(g0-g1+g2)/6, g0/24 + g1/12 + g2/6, g0/24 - g1/12 + g2/6, g2]`: `G`
-/// times a column (or row) of three.
+/// `G` times a column (or row) of three, in `f64` lanes: `[g0/4, -(g0+g1+g2)/6,
+/// -(g0-g1+g2)/6, g0/24 + g1/12 + g2/6, g0/24 - g1/12 + g2/6, g2]`.
 #[inline(always)]
-fn g_col(g0: f64, g1: f64, g2: f64) -> [f64; 6] {
+unsafe fn g_col(g0: __m512d, g1: __m512d, g2: __m512d) -> [__m512d; 6] {
+    let c = |v: f64| _mm512_set1_pd(v);
+    let s = _mm512_add_pd(g0, g2);
+    let e = _mm512_fmadd_pd(g0, c(1.0 / 24.0), _mm512_mul_pd(g2, c(1.0 / 6.0)));
+    let o = _mm512_mul_pd(g1, c(1.0 / 12.0));
     [
-        g0 / 4.0,
-        -(g0 + g1 + g2) / 6.0,
-        -(g0 - g1 + g2) / 6.0,
-        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
-        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+        _mm512_mul_pd(g0, c(0.25)),
+        _mm512_mul_pd(_mm512_add_pd(s, g1), c(-1.0 / 6.0)),
+        _mm512_mul_pd(_mm512_sub_pd(s, g1), c(-1.0 / 6.0)),
+        _mm512_add_pd(e, o),
+        _mm512_sub_pd(e, o),
         g2,
     ]
 }
 
 /// `U[(6i + j)·o·c + ci·o + oi] = (G g Gᵀ)[i][j]` for the kernel `g = w[oi][ci]` (output
-/// channels contiguous), computed in `f64` and rounded once.
+/// channels contiguous), computed in `f64` (16 kernels at a time, their 9 taps transposed
+/// through a small buffer) and rounded once.
 ///
 /// # Safety
 /// AVX-512 present; `w` holds `9·o·c`, `u` `36·o·c` elements.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
 #[inline(never)]
-#[allow(clippy::needless_range_loop)]
 pub(super) unsafe fn kernels(o: usize, c: usize, w: *const f32, u: *mut f32) {
     let oc = o * c;
+    let mut buf = [0.0f32; 9 * 16];
     for ci in 0..c {
         for o0 in (0..o).step_by(16) {
             let nl = (o - o0).min(16);
-            let mut gk = [[0.0f64; 16]; 9];
             for l in 0..nl {
                 let src = w.add(9 * ((o0 + l) * c + ci));
-                for (t, r) in gk.iter_mut().enumerate() {
-                    r[l] = *src.add(t) as f64;
+                for (t, b) in buf.iter_mut().skip(l).step_by(16).enumerate() {
+                    *b = *src.add(t);
                 }
             }
-            // G g: row i, column j
-            let mut t = [[[0.0f64; 16]; 3]; 6];
-            for j in 0..3 {
-                for l in 0..16 {
-                    let r = g_col(gk[j][l], gk[3 + j][l], gk[6 + j][l]);
-                    for i in 0..6 {
-                        t[i][j][l] = r[i];
-                    }
+            for h in 0..2 {
+                let mask = (((1u32 << nl) - 1) >> (8 * h)) as u8;
+                if mask == 0 {
+                    continue;
                 }
-            }
-            for i in 0..6 {
-                let mut ub = [[0.0f32; 16]; 6];
-                for l in 0..16 {
-                    let r = g_col(t[i][0][l], t[i][1][l], t[i][2][l]);
-                    for j in 0..6 {
-                        ub[j][l] = r[j] as f32;
+                let tap =
+                    |t: usize| _mm512_cvtps_pd(_mm256_loadu_ps(buf.as_ptr().add(16 * t + 8 * h)));
+                let cols = [0, 1, 2].map(|j| g_col(tap(j), tap(3 + j), tap(6 + j)));
+                for i in 0..6 {
+                    let r = g_col(cols[0][i], cols[1][i], cols[2][i]);
+                    for (j, v) in r.into_iter().enumerate() {
+                        let dst = u.add((6 * i + j) * oc + ci * o + o0 + 8 * h);
+                        _mm256_mask_storeu_ps(dst, mask, _mm512_cvtpd_ps(v));
                     }
-                }
-                for (j, r) in ub.iter().enumerate() {
-                    let dst = u.add((6 * i + j) * oc + ci * o + o0);
-                    std::ptr::copy_nonoverlapping(r.as_ptr(), dst, nl);
                 }
             }
         }

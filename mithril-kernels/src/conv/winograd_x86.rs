@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 /// Tiles per chunk (rounded down to whole tile rows, at least one row).
-const CHUNK: usize = 128;
+pub(super) const CHUNK: usize = 128;
 
 thread_local! {
     /// A thread's `V` and `M` buffers for one chunk.
