@@ -211,8 +211,9 @@ fn check<T>(g: &Geom, x: &[T], w: &[T], y: &[T]) {
 
 /// `y = conv(x, w)` (overwrites `y`). The algorithm: the direct kernel for small reductions
 /// ([`Geom::direct`]); for `f32` 3×3 stride-1 convolutions with at least 16 input and output
-/// channels on AVX-512, Winograd's F(2×2, 3×3) (about 1e-6 from the direct sum on unit-scale
-/// data); else the implicit GEMM (`f32` stride 1 on x86-64) or the panel GEMM.
+/// channels on AVX-512, Winograd's F(2×2, 3×3) (about 4e-6 from the exact sum on unit-scale
+/// data), or F(4×4, 3×3) where its GEMMs run on fewer tile vectors (about 8e-5; see
+/// [`forward_winograd4`]); else the implicit GEMM (`f32` stride 1 on x86-64) or the panel GEMM.
 ///
 /// # Panics
 /// When a slice is shorter than `g` needs or `g` is not [`Geom::valid`].
@@ -315,7 +316,9 @@ pub fn apply_epilogue<T: ConvElem>(g: &Geom, bias: Option<&[T]>, relu: bool, y: 
 /// `y = maxpool2x2(relu(conv(x, w) + bias))` with `y` of [`Geom::pooled_len`] elements (`[n,
 /// o, out[0] / 2, out[1] / 2]`): [`forward`] computes a few images at a time into a scratch
 /// buffer that stays in cache, and the pool reads them from there and applies the epilogue to
-/// the maxima; for `f32` on AVX-512, a small reduction with unit strides that the unpooled
+/// the maxima; where the unpooled path runs Winograd's F(4×4, 3×3), its output transform pools
+/// each 4×4 tile in registers and stores only the pooled quarter (no scratch buffer); for
+/// `f32` on AVX-512, a small reduction with unit strides that the unpooled
 /// path runs on its register-blocked direct kernel (a first layer's one input channel) runs
 /// the pooled direct kernel instead ([`forward_pool_direct`]), which pools its register blocks.
 /// Bit for bit the unpooled [`forward_fused`] followed by the pool (pooling commutes with the
