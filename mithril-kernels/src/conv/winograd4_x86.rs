@@ -211,6 +211,7 @@ unsafe fn g_col(g0: __m512d, g1: __m512d, g2: __m512d) -> [__m512d; 6] {
 /// AVX-512 present; `w` holds `9·o·c`, `u` `36·o·c` elements.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
 #[inline(never)]
+#[allow(clippy::needless_range_loop)]
 pub(super) unsafe fn kernels(o: usize, c: usize, w: *const f32, u: *mut f32) {
     let oc = o * c;
     let mut buf = [0.0f32; 9 * 16];
