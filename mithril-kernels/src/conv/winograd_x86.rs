@@ -55,8 +55,9 @@ struct UEntry {
 const UCACHE_LEN: usize = 4;
 
 /// The most kernels (`o·c`) whose weights are kept for the cache (25·4 bytes each with their
-/// transform: at most 1.6 MiB an entry, 6.5 MiB a thread). Larger layers' transforms are
-/// computed every call (there the GEMMs dwarf them) into a buffer that is reused.
+/// F(2×2) transform, 45·4 with F(4×4)'s: at most 1.6 or 2.9 MiB an entry, 11.5 MiB a thread).
+/// Larger layers' transforms are computed every call (there the GEMMs dwarf them) into a
+/// buffer that is reused.
 const UCACHE_MAX_OC: usize = 1 << 14;
 
 /// `f(U)` for the weights `w` (`[o][c][3][3]`): the cached transform when a thread's earlier
