@@ -211,8 +211,9 @@ fn check<T>(g: &Geom, x: &[T], w: &[T], y: &[T]) {
 
 /// `y = conv(x, w)` (overwrites `y`). The algorithm: the direct kernel for small reductions
 /// ([`Geom::direct`]); for `f32` 3×3 stride-1 convolutions with at least 16 input and output
-/// channels on AVX-512, Winograd's F(2×2, 3×3) (about 1e-6 from the direct sum on unit-scale
-/// data); else the implicit GEMM (`f32` stride 1 on x86-64) or the panel GEMM.
+/// channels on AVX-512, Winograd's F(2×2, 3×3) (about 4e-6 from the exact sum on unit-scale
+/// data), or F(4×4, 3×3) where its GEMMs run on fewer tile vectors (about 8e-5; see
+/// [`forward_winograd4`]); else the implicit GEMM (`f32` stride 1 on x86-64) or the panel GEMM.
 ///
 /// # Panics
 /// When a slice is shorter than `g` needs or `g` is not [`Geom::valid`].
@@ -233,7 +234,7 @@ pub fn forward_algo<T: ConvElem>(g: &Geom, x: &[T], w: &[T], y: &mut [T], direct
     }
     if let Some((x, w, y)) = as_f32(x, w, y) {
         if winograd::chosen(g) {
-            return winograd::forward(g, x, w, y, None, false, None);
+            return winograd::forward_chosen(g, x, w, y, None, false, None);
         }
         if igemm::applies(g) {
             let epi = igemm::Epi {
@@ -272,7 +273,8 @@ pub fn forward_fused<T: ConvElem>(
             bias.is_none_or(|b| as_f32_ref(b).is_some()),
         ) {
             if winograd::chosen(g) {
-                return winograd::forward(g, x, w, y, bias.and_then(as_f32_ref), relu, None);
+                let b = bias.and_then(as_f32_ref);
+                return winograd::forward_chosen(g, x, w, y, b, relu, None);
             }
             let epi = igemm::Epi {
                 bias: bias.and_then(as_f32_ref),
@@ -314,7 +316,9 @@ pub fn apply_epilogue<T: ConvElem>(g: &Geom, bias: Option<&[T]>, relu: bool, y: 
 /// `y = maxpool2x2(relu(conv(x, w) + bias))` with `y` of [`Geom::pooled_len`] elements (`[n,
 /// o, out[0] / 2, out[1] / 2]`): [`forward`] computes a few images at a time into a scratch
 /// buffer that stays in cache, and the pool reads them from there and applies the epilogue to
-/// the maxima; for `f32` on AVX-512, a small reduction with unit strides that the unpooled
+/// the maxima; where the unpooled path runs Winograd's F(4×4, 3×3), its output transform pools
+/// each 4×4 tile in registers and stores only the pooled quarter (no scratch buffer); for
+/// `f32` on AVX-512, a small reduction with unit strides that the unpooled
 /// path runs on its register-blocked direct kernel (a first layer's one input channel) runs
 /// the pooled direct kernel instead ([`forward_pool_direct`]), which pools its register blocks.
 /// Bit for bit the unpooled [`forward_fused`] followed by the pool (pooling commutes with the
@@ -344,6 +348,15 @@ pub fn forward_fused_pool<T: ConvElem>(
     }
     if pooled::direct_chosen::<T>(g) {
         return pooled::direct_pool(g, x, w, bias, relu, y);
+    }
+    // F(4×4, 3×3) pools its output tiles in registers (the pool in its output transform)
+    if winograd::chosen4(g) && bias.is_none_or(|b| as_f32_ref(b).is_some()) {
+        if let Some((x, w, y)) = as_f32(x, w, y) {
+            let b = bias.and_then(as_f32_ref);
+            if winograd::forward4(g, x, w, y, b, relu, true, None) {
+                return;
+            }
+        }
     }
     pooled::via_scratch(g, x, w, bias, relu, y)
 }
@@ -436,6 +449,43 @@ pub fn forward_winograd(
     }
     winograd::forward(g, x, w, y, bias, relu, threads);
     true
+}
+
+/// The `f32` forward pass by Winograd's F(4×4, 3×3) on AVX-512 (for benchmarks and tests;
+/// [`forward`], [`forward_fused`] and [`forward_fused_pool`] choose it where F(2×2, 3×3) would
+/// run and the shape favours it), with the epilogue of [`forward_fused`] and, with `pool`, the
+/// 2×2 max pool of [`forward_fused_pool`] in its output transform (`y` then
+/// [`Geom::pooled_len`] long); the thread count forced when given. Returns `false` (and leaves
+/// `y`) where it does not apply (as [`forward_winograd`], or an output below 2×2 with `pool`)
+/// or without AVX-512.
+///
+/// # Panics
+/// When a slice is shorter than `g` needs or `g` is not [`Geom::valid`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward_winograd4(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    pool: bool,
+    y: &mut [f32],
+    threads: Option<usize>,
+) -> bool {
+    let (lx, lw, ly) = g.lens();
+    assert!(g.valid(), "conv: invalid geometry {g:?}");
+    let ly = if pool { g.pooled_len() } else { ly };
+    assert!(
+        x.len() >= lx && w.len() >= lw && y.len() >= ly,
+        "conv: slices too short for {g:?}"
+    );
+    if g.macs() == 0 || g.direct() || !winograd::applies(g) || (pool && g.pooled_len() == 0) {
+        return false;
+    }
+    if let Some(b) = bias {
+        assert!(b.len() >= g.o, "conv: bias shorter than {} channels", g.o);
+    }
+    winograd::forward4(g, x, w, y, bias, relu, pool, threads)
 }
 
 /// `b` as `f32` when `T` is `f32`.

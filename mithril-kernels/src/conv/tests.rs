@@ -607,7 +607,8 @@ fn winograd_matches_the_naive_reference() {
 
 /// [`forward`] and [`forward_fused`] choose the Winograd form exactly where
 /// `winograd::chosen` says (AVX-512, f32, 3×3 stride 1, at least 16 channels) and then give
-/// bit for bit [`forward_winograd`]'s results; elsewhere (another ISA, 15 input channels, a
+/// bit for bit [`forward_winograd4`]'s results where `winograd::chosen4` says (the anchor
+/// CNN's conv2), else [`forward_winograd`]'s; elsewhere (another ISA, 15 input channels, a
 /// stride of 2) they give the implicit GEMM's.
 #[test]
 fn forward_chooses_winograd_on_avx512() {
@@ -616,6 +617,8 @@ fn forward_chooses_winograd_on_avx512() {
         geom(2, 32, 64, 1, [14, 14], [3, 3], [1, 1], [1, 1], [1, 1]),
         geom(1, 15, 16, 1, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]),
         geom(1, 16, 16, 1, [9, 9], [3, 3], [2, 2], [1, 1], [1, 1]),
+        // F(2×2) rather than F(4×4): 4 tiles of 4×4 fill a quarter of F(4×4)'s vector
+        geom(1, 32, 32, 1, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
     ];
     let mut seen = false;
     for g in cases {
@@ -637,7 +640,13 @@ fn forward_chooses_winograd_on_avx512() {
                     let mut y = vec![f32::NAN; ly];
                     forward_fused(&g, &x, &w, bias, relu, &mut y);
                     let mut want = vec![f32::NAN; ly];
-                    if wino {
+                    // F(4×4) on the anchor CNN's conv2, F(2×2) on 7×7 at batch 1
+                    assert_eq!(winograd::chosen4(&g), wino && g.out[0] == 14, "{what}");
+                    if winograd::chosen4(&g) {
+                        assert!(forward_winograd4(
+                            &g, &x, &w, bias, relu, false, &mut want, None
+                        ));
+                    } else if wino {
                         assert!(forward_winograd(&g, &x, &w, bias, relu, &mut want, None));
                     } else {
                         forward_algo(&g, &x, &w, &mut want, false);
@@ -910,5 +919,171 @@ fn pooled_forward_propagates_nan() {
             );
             assert!(y.iter().any(|v| v.is_nan()) && y.contains(&0.0));
         });
+    }
+}
+
+/// Winograd's F(4×4, 3×3) (`winograd4_x86.rs`, f32, AVX-512) against the naive reference, over
+/// 1 and 3 threads, with and without the fused bias and ReLU, and with the 2×2 max pool in its
+/// output transform bit for bit its unpooled output (with the epilogue) pooled: partial 4×4
+/// tiles (odd heights and widths, widths 5 to 70: runs of tiles that straddle tile rows and
+/// images inside a vector of 16 tiles, runs split at 7 tiles), paddings 0, 1 and 2, channel
+/// counts that are not multiples of 16 (an overlapping last block of output channels), more
+/// tile rows than one chunk holds, the anchor CNN's conv2 at batch 1 and 2.
+#[test]
+fn winograd4_matches_the_naive_reference() {
+    if !Isa::available().any(|i| i == Isa::Avx512) {
+        println!("SKIPPED: winograd4_matches_the_naive_reference (no AVX-512 on this CPU)");
+        return;
+    }
+    let mut r = Lcg(29);
+    let cases = [
+        geom(1, 32, 64, 1, [14, 14], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(2, 32, 64, 1, [14, 14], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(3, 16, 17, 1, [9, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(2, 19, 16, 1, [13, 10], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(1, 16, 21, 1, [6, 5], [3, 3], [1, 1], [0, 0], [1, 1]),
+        geom(1, 17, 16, 1, [4, 4], [3, 3], [1, 1], [0, 0], [1, 1]),
+        geom(2, 16, 18, 1, [5, 70], [3, 3], [1, 1], [2, 2], [1, 1]),
+        geom(5, 16, 16, 1, [23, 9], [3, 3], [1, 1], [1, 0], [1, 1]),
+        geom(1, 20, 33, 1, [17, 33], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(3, 16, 16, 1, [18, 18], [3, 3], [1, 1], [0, 0], [1, 1]),
+        // 128 channels (the error grows with the reduction), 7×7 (one partial tile per row)
+        geom(1, 128, 128, 1, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
+    ];
+    let (mut worst, mut worst_conv2) = (0.0f64, 0.0f64);
+    for g in cases {
+        assert!(winograd::applies(&g), "{g:?}");
+        let (lx, lw, ly) = g.lens();
+        let (x, w, gy) = (r.vec(lx), r.vec(lw), r.vec(ly));
+        let bias = r.vec(g.o);
+        let exact = naive(&g, &x, &w, &gy).0;
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x32, w32, b32) = (f(&x), f(&w), f(&bias));
+        for threads in [1, 3] {
+            for (bias_on, relu) in [(false, false), (true, true), (true, false), (false, true)] {
+                let what = format!("{g:?} threads {threads} bias {bias_on} relu {relu}");
+                let b = bias_on.then_some(&b32[..]);
+                let mut y = vec![f32::NAN; ly];
+                assert!(forward_winograd4(
+                    &g,
+                    &x32,
+                    &w32,
+                    b,
+                    relu,
+                    false,
+                    &mut y,
+                    Some(threads)
+                ));
+                let want: Vec<f64> = exact
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let s = v + if bias_on {
+                            bias[(i / g.out_plane()) % g.o]
+                        } else {
+                            0.0
+                        };
+                        if relu && s < 0.0 {
+                            0.0
+                        } else {
+                            s
+                        }
+                    })
+                    .collect();
+                let y64: Vec<f64> = y.iter().map(|&a| a as f64).collect();
+                for (a, b) in y64.iter().zip(&want) {
+                    let d = (a - b).abs() / (1.0 + b.abs());
+                    worst = worst.max(d);
+                    if g.c == 32 {
+                        worst_conv2 = worst_conv2.max(d);
+                    }
+                }
+                close(&y64, &want, 2e-4, &what);
+                // the pool in the output transform: the unpooled output pooled, bit for bit
+                let mut yp = vec![f32::NAN; g.pooled_len()];
+                assert!(forward_winograd4(
+                    &g,
+                    &x32,
+                    &w32,
+                    b,
+                    relu,
+                    true,
+                    &mut yp,
+                    Some(threads)
+                ));
+                assert_eq!(yp, naive_pool(&g, &y), "pooled {what}");
+                // and what `forward_fused` / `forward_fused_pool` choose: the same results
+                if threads == 1 && winograd::chosen4(&g) {
+                    let mut u = vec![f32::NAN; ly];
+                    forward_fused(&g, &x32, &w32, b, relu, &mut u);
+                    assert_eq!(u, y, "forward_fused {what}");
+                    let mut u = vec![f32::NAN; g.pooled_len()];
+                    forward_fused_pool(&g, &x32, &w32, b, relu, &mut u);
+                    assert_eq!(u, yp, "forward_fused_pool {what}");
+                }
+            }
+        }
+    }
+    // Measured (inputs and weights in [-1, 1), 16 to 128 channels): at most 7.9e-5 relative
+    // (`|a - b| / (1 + |b|)`, on the anchor CNN's conv2 shape), against 3.9e-6 for F(2×2) and
+    // about 1e-6 for the direct f32 sum (`--nocapture` prints it): the transforms'
+    // coefficients (up to 5 in `B`, 8 in `A`) amplify the GEMM's rounding; the bound above
+    // is 2e-4.
+    println!(
+        "winograd4: largest relative difference from the f64 reference {worst:.2e} (conv2 shape {worst_conv2:.2e})"
+    );
+}
+
+/// The two Winograd forms share the per-thread cache of transformed weights without mixing
+/// their entries (F(2×2)'s 16 points, F(4×4)'s 36, same weights and shape), and F(4×4)'s are
+/// never stale either: both forms in turn on one weight buffer, changed in place between
+/// calls, each against the naive reference.
+#[test]
+fn winograd4_weight_cache_is_never_stale() {
+    if !Isa::available().any(|i| i == Isa::Avx512) {
+        println!("SKIPPED: winograd4_weight_cache_is_never_stale (no AVX-512 on this CPU)");
+        return;
+    }
+    let mut r = Lcg(31);
+    let g = geom(1, 16, 18, 1, [6, 7], [3, 3], [1, 1], [1, 1], [1, 1]);
+    let (lx, lw, ly) = g.lens();
+    let x = r.vec(lx);
+    let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+    let x32 = f(&x);
+    let mut w = r.vec(lw);
+    let mut w32 = f(&w);
+    for round in 0..6 {
+        let want = naive(&g, &x, &w, &vec![0.0; ly]).0;
+        for four in [round % 2 == 0, round % 2 == 1] {
+            let mut y = vec![f32::NAN; ly];
+            if four {
+                assert!(forward_winograd4(
+                    &g,
+                    &x32,
+                    &w32,
+                    None,
+                    false,
+                    false,
+                    &mut y,
+                    Some(1)
+                ));
+            } else {
+                assert!(forward_winograd(
+                    &g,
+                    &x32,
+                    &w32,
+                    None,
+                    false,
+                    &mut y,
+                    Some(1)
+                ));
+            }
+            let y: Vec<f64> = y.iter().map(|&a| a as f64).collect();
+            close(&y, &want, 1e-4, &format!("round {round} four {four}"));
+        }
+        // one weight changed in place
+        let k = (7 * round + 3) % lw;
+        w[k] = -w[k] + 0.25;
+        w32[k] = w[k] as f32;
     }
 }

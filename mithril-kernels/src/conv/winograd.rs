@@ -28,6 +28,10 @@ use std::cell::RefCell;
 #[path = "winograd_x86.rs"]
 mod x86;
 
+#[cfg(target_arch = "x86_64")]
+#[path = "winograd4_x86.rs"]
+mod x86_4;
+
 /// The element types of the transforms (`f32`; generic only for the multiversioned loops).
 pub(super) trait Wf: ConvElem + std::ops::Sub<Output = Self> {}
 impl Wf for f32 {}
@@ -341,4 +345,76 @@ pub(super) fn forward(
     } else {
         gemm::parallel(threads, &|t| job(t, threads));
     }
+}
+
+/// Whether [`forward_chosen`] runs F(4×4, 3×3) (`winograd4_x86.rs`) rather than F(2×2, 3×3):
+/// where F(2×2) is [`chosen`] and F(4×4)'s GEMMs take fewer vector multiply-adds (see
+/// [`prefer4`]).
+pub(super) fn chosen4(g: &Geom) -> bool {
+    chosen(g) && prefer4(g)
+}
+
+/// Whether F(4×4)'s 36 GEMMs run on fewer vectors of 16 tiles than F(2×2)'s 16 (each form
+/// pads its chunks of tile rows to whole vectors): F(4×4) needs 1.78x fewer multiply-adds
+/// per output, but its tiles are 4x larger, so on small outputs its vectors are emptier
+/// (7×7 at batch 1: 4 tiles of 4×4 in one vector, 36 GEMM rows, against 16 tiles of 2×2 in
+/// one vector, 16 rows: F(2×2) measured 1.7x faster there; F(4×4) measured 1.2–1.6x faster
+/// on every shape where this holds, BENCHMARKS.md task cnn16a).
+fn prefer4(g: &Geom) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vectors = |th: usize, tw: usize, chunk: usize| {
+            let (rows_all, per) = (g.n * th, (chunk / tw).max(1));
+            let (full, rest) = (rows_all / per, rows_all % per);
+            full * (per * tw).div_ceil(16) + (rest * tw).div_ceil(16)
+        };
+        let (th2, tw2) = tiles(g);
+        let (th4, tw4) = x86_4::tiles(g);
+        36 * vectors(th4, tw4, x86_4::CHUNK) < 16 * vectors(th2, tw2, x86::CHUNK)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        false
+    }
+}
+
+/// [`forward`] with the algorithm [`chosen4`] picks (for [`super::forward`] and
+/// [`super::forward_fused`], where [`chosen`] holds).
+pub(super) fn forward_chosen(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    threads: Option<usize>,
+) {
+    if !(chosen4(g) && forward4(g, x, w, y, bias, relu, false, threads)) {
+        forward(g, x, w, y, bias, relu, threads)
+    }
+}
+
+/// `y = act(conv(x, w) + bias)` by F(4×4, 3×3) on AVX-512, or with `pool` its 2×2 max pool
+/// (`y` then [`Geom::pooled_len`] long; the epilogue on the maxima, as
+/// [`super::forward_fused_pool`]); `g` satisfies [`applies`], the slices are checked by the
+/// caller. Returns `false` (and leaves `y`) without AVX-512.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward4(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    pool: bool,
+    threads: Option<usize>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::isa::active() >= crate::isa::Isa::Avx512 {
+        x86_4::forward(g, x, w, y, bias, relu, pool, threads);
+        return true;
+    }
+    let _ = (g, x, w, y, bias, relu, pool, threads);
+    false
 }

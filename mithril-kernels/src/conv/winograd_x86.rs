@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 /// Tiles per chunk (rounded down to whole tile rows, at least one row).
-const CHUNK: usize = 128;
+pub(super) const CHUNK: usize = 128;
 
 thread_local! {
     /// A thread's `V` and `M` buffers for one chunk.
@@ -41,6 +41,8 @@ thread_local! {
 
 /// One cached weight transform: the weights' bits and shape, and their `U`.
 struct UEntry {
+    /// The algorithm (2: F(2×2, 3×3), 4: F(4×4, 3×3)).
+    kind: u8,
     o: usize,
     c: usize,
     w: Vec<u32>,
@@ -53,8 +55,9 @@ struct UEntry {
 const UCACHE_LEN: usize = 4;
 
 /// The most kernels (`o·c`) whose weights are kept for the cache (25·4 bytes each with their
-/// transform: at most 1.6 MiB an entry, 6.5 MiB a thread). Larger layers' transforms are
-/// computed every call (there the GEMMs dwarf them) into a buffer that is reused.
+/// F(2×2) transform, 45·4 with F(4×4)'s: at most 1.6 or 2.9 MiB an entry, 11.5 MiB a thread).
+/// Larger layers' transforms are computed every call (there the GEMMs dwarf them) into a
+/// buffer that is reused.
 const UCACHE_MAX_OC: usize = 1 << 14;
 
 /// `f(U)` for the weights `w` (`[o][c][3][3]`): the cached transform when a thread's earlier
@@ -62,6 +65,20 @@ const UCACHE_MAX_OC: usize = 1 << 14;
 /// weights updated in place are never stale), else a fresh one, cached when at most
 /// [`UCACHE_MAX_OC`] kernels.
 fn with_u<R>(o: usize, c: usize, w: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+    with_u_by(2, o, c, w, 16, kernels, f)
+}
+
+/// [`with_u`] for the algorithm `kind` whose transform `tf(o, c, w, u)` writes `points·o·c`
+/// elements (F(4×4, 3×3) shares the cache: entries are told apart by `kind`).
+pub(super) fn with_u_by<R>(
+    kind: u8,
+    o: usize,
+    c: usize,
+    w: &[f32],
+    points: usize,
+    tf: unsafe fn(usize, usize, *const f32, *mut f32),
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
     let oc = o * c;
     // SAFETY: `f32` and `u32` have the same size and alignment, every bit pattern is a `u32`.
     let bits = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u32>(), 9 * oc) };
@@ -69,7 +86,7 @@ fn with_u<R>(o: usize, c: usize, w: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
         let mut cache = cache.borrow_mut();
         match cache
             .iter()
-            .position(|e| e.o == o && e.c == c && e.w == bits)
+            .position(|e| e.kind == kind && e.o == o && e.c == c && e.w == bits)
         {
             Some(i) => {
                 let e = cache.remove(i);
@@ -80,13 +97,14 @@ fn with_u<R>(o: usize, c: usize, w: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
                     cache.pop().expect("non-empty")
                 } else {
                     UEntry {
+                        kind,
                         o,
                         c,
                         w: Vec::new(),
                         u: Vec::new(),
                     }
                 };
-                (e.o, e.c) = (o, c);
+                (e.kind, e.o, e.c) = (kind, o, c);
                 e.w.clear();
                 if oc <= UCACHE_MAX_OC {
                     e.w.extend_from_slice(bits);
@@ -95,9 +113,9 @@ fn with_u<R>(o: usize, c: usize, w: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
                     e.w.shrink_to_fit();
                 }
                 e.u.clear();
-                e.u.resize(16 * oc, 0.0);
-                // SAFETY: the caller checked AVX-512; `w` holds `9·oc`, `e.u` `16·oc`.
-                unsafe { kernels(o, c, w.as_ptr(), e.u.as_mut_ptr()) };
+                e.u.resize(points * oc, 0.0);
+                // SAFETY: the caller checked AVX-512; `w` holds `9·oc`, `e.u` `points·oc`.
+                unsafe { tf(o, c, w.as_ptr(), e.u.as_mut_ptr()) };
                 cache.insert(0, e);
             }
         }
