@@ -25,6 +25,9 @@
 use crate::gemm::{gemm_plain, gemm_with, GemmConfig, GemmElem, Path};
 
 pub mod decode;
+mod fused;
+#[cfg(target_arch = "x86_64")]
+mod fused_x86;
 
 #[cfg(test)]
 mod tests;
@@ -589,6 +592,23 @@ pub fn forward_dropout<T: AttnElem>(
         dv,
     } = *dims;
     assert!(out.len() >= batch * hq * sq * dv, "out too short");
+    if let Some(lse) = lse.as_deref() {
+        assert!(lse.len() >= batch * hq * sq, "lse too short");
+    }
+    if fused_f32(
+        dims,
+        q,
+        k,
+        v,
+        mask,
+        causal,
+        scale,
+        drop,
+        out,
+        lse.as_deref_mut(),
+    ) {
+        return;
+    }
     let group = hq / hkv;
     let mut s = vec![T::ZERO; BR * BC];
     let mut own = vec![T::ZERO; sq];
@@ -620,6 +640,60 @@ pub fn forward_dropout<T: AttnElem>(
             );
         }
     }
+}
+
+/// The forward pass on the fused tile kernel ([`fused`]) when `T` is `f32` and the active ISA
+/// is an x86-64 level (AVX-512, AVX2 or the baseline); `false` (nothing done) otherwise: `f64`
+/// and NEON run [`head_forward`]'s GEMM-based tiles.
+#[allow(clippy::too_many_arguments)]
+fn fused_f32<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
+    out: &mut [T],
+    lse: Option<&mut [T]>,
+) -> bool {
+    use crate::isa::Isa;
+    use std::any::TypeId;
+    if TypeId::of::<T>() != TypeId::of::<f32>() || !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    let f = |x: &[T]| {
+        // SAFETY: `T` is `f32`
+        unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+    };
+    let (q, k, v) = (f(q), f(k), f(v));
+    // SAFETY: `T` is `f32`: the same type
+    let mask: Mask<'_, f32> = unsafe { std::mem::transmute_copy(&mask) };
+    // SAFETY: as above
+    let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
+    let lse = lse.map(|x| unsafe {
+        // SAFETY: as above
+        std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len())
+    });
+    let (scale, drop) = (scale as f32, drop.as_ref());
+    match crate::isa::active() {
+        // SAFETY: `active` only returns levels the CPU supports; `dims` checked
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe {
+            fused_x86::run_512(dims, q, k, v, mask, causal, scale, drop, out, lse)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe {
+            fused_x86::run_256(dims, q, k, v, mask, causal, scale, drop, out, lse)
+        },
+        // SAFETY: the portable form needs no ISA; `dims` checked
+        Isa::Scalar => unsafe {
+            fused::run::<f32, fused::Portable>(dims, q, k, v, mask, causal, scale, drop, out, lse)
+        },
+        _ => return false,
+    }
+    true
 }
 
 /// What [`backward`] computes.
