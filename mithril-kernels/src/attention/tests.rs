@@ -598,3 +598,165 @@ fn attention_dropout_cost() {
         );
     }
 }
+
+/// The fused forward (`f32` on every x86 path: AVX-512 12 × 32, AVX2 6 × 16, the portable
+/// form on the baseline) against the naive f64 reference on shapes that cross every edge of its
+/// tiles: several query tiles and row groups with a partial last one, key blocks and strips
+/// with a partial last one, `d` and `dv` not multiples of a vector (`dv` over two output
+/// chunks plus a narrow one), causal with `sk` above and below `sq`, masks, GQA and dropout;
+/// and the portable form in `f64` (the scalar reference itself) at f64 tolerance.
+#[test]
+fn fused_forward_matches_naive_across_tile_edges() {
+    let dims = |batch, hq, hkv, sq, sk, d, dv| Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    };
+    let cases = [
+        (dims(1, 2, 1, 150, 300, 67, 70), true, 0u8, None),
+        (dims(1, 1, 1, 150, 100, 19, 33), true, 1, None),
+        (dims(1, 2, 2, 80, 261, 64, 64), false, 2, None),
+        (
+            dims(2, 2, 1, 77, 140, 9, 17),
+            true,
+            1,
+            Some(Dropout {
+                p: 0.2,
+                seed: 11,
+                op: 3,
+            }),
+        ),
+    ];
+    for (dm, causal, mk, drop) in cases {
+        let nq = dm.batch * dm.hq * dm.sq * dm.d;
+        let nk = dm.batch * dm.hkv * dm.sk * dm.d;
+        let nv = dm.batch * dm.hkv * dm.sk * dm.dv;
+        let ns = dm.batch * dm.hq * dm.sq * dm.sk;
+        // larger scores than `data` alone gives (the exponentials reach far below the max)
+        let q: Vec<f64> = data(nq, 21).iter().map(|x| 3.0 * x).collect();
+        let (k, v) = (data(nk, 22), data(nv, 23));
+        let add: Vec<f64> = data(ns, 24).iter().map(|x| 4.0 * x).collect();
+        let keys: Vec<bool> = (0..dm.sk).map(|j| j % 5 != 2).collect();
+        let dense_bool: Vec<bool> = (0..ns).map(|x| keys[x % dm.sk]).collect();
+        let scale = 1.0 / (dm.d as f64).sqrt();
+        let rm = match mk {
+            1 => RefMask::Add(&add),
+            2 => RefMask::Bool(&dense_bool),
+            _ => RefMask::None,
+        };
+        let (want, probs) = naive(&dm, &q, &k, &v, &rm, causal, scale);
+        let want = match drop {
+            Some(_) => naive_dropped(&dm, &v, &probs, &dense_drop(ns, drop)),
+            None => want,
+        };
+        let offs_full: Vec<usize> = (0..dm.batch * dm.hq).map(|bh| bh * dm.sq * dm.sk).collect();
+        let offs_zero = vec![0usize; dm.batch * dm.hq];
+        fn mask_of<'a, T>(
+            mk: u8,
+            add: &'a [T],
+            keys: &'a [bool],
+            full: &'a [usize],
+            zero: &'a [usize],
+            sk: usize,
+        ) -> Mask<'a, T> {
+            match mk {
+                1 => Mask::Add(MaskView {
+                    data: add,
+                    offs: full,
+                    si: sk,
+                    sj: 1,
+                }),
+                2 => Mask::Bool(MaskView {
+                    data: keys,
+                    offs: zero,
+                    si: 0,
+                    sj: 1,
+                }),
+                _ => Mask::None,
+            }
+        }
+        // f32 through the public entry, on every path
+        let f = |x: &[f64]| x.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (tq, tk, tv, tadd) = (f(&q), f(&k), f(&v), f(&add));
+        let mask = mask_of(mk, &tadd, &keys, &offs_full, &offs_zero, dm.sk);
+        for isa in Isa::available() {
+            isa::with_isa(isa, || {
+                let mut out = vec![0f32; dm.batch * dm.hq * dm.sq * dm.dv];
+                let mut lse = vec![0f32; dm.batch * dm.hq * dm.sq];
+                forward_dropout(
+                    &dm,
+                    &tq,
+                    &tk,
+                    &tv,
+                    mask,
+                    causal,
+                    scale,
+                    drop,
+                    &mut out,
+                    Some(&mut lse),
+                );
+                let got: Vec<f64> = out.iter().map(|&x| x as f64).collect();
+                close(&format!("{isa:?} {dm:?} out"), &got, &want, 2e-5);
+                // the row statistics against the GEMM-based statistics pass in f64
+                let mut lse64 = vec![0f64; lse.len()];
+                let mut o64 = vec![0f64; out.len()];
+                let m64 = mask_of(mk, &add, &keys, &offs_full, &offs_zero, dm.sk);
+                forward(&dm, &q, &k, &v, m64, causal, scale, &mut o64, Some(&mut lse64));
+                let got: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
+                close(&format!("{isa:?} {dm:?} lse"), &got, &lse64, 2e-5);
+            });
+        }
+        // the portable form in f64: the scalar reference at f64 tolerance
+        let mask = mask_of(mk, &add, &keys, &offs_full, &offs_zero, dm.sk);
+        let mut out = vec![0f64; dm.batch * dm.hq * dm.sq * dm.dv];
+        // SAFETY: the portable form needs no ISA; the slices match `dm`
+        unsafe {
+            fused::run::<f64, fused::Portable>(
+                &dm,
+                &q,
+                &k,
+                &v,
+                mask,
+                causal,
+                scale,
+                drop.as_ref(),
+                &mut out,
+                None,
+            )
+        };
+        close(&format!("portable f64 {dm:?}"), &out, &want, 1e-11);
+    }
+}
+
+/// A NaN score makes its row NaN in the fused forward (as in the GEMM-based one and PyTorch),
+/// on every path; the other rows are untouched.
+#[test]
+fn fused_forward_propagates_nan() {
+    let dm = Dims {
+        batch: 1,
+        hq: 1,
+        hkv: 1,
+        sq: 20,
+        sk: 40,
+        d: 8,
+        dv: 8,
+    };
+    let mut q: Vec<f32> = data(160, 31).iter().map(|&x| x as f32).collect();
+    let k: Vec<f32> = data(320, 32).iter().map(|&x| x as f32).collect();
+    let v: Vec<f32> = data(320, 33).iter().map(|&x| x as f32).collect();
+    q[5 * 8 + 3] = f32::NAN;
+    for isa in Isa::available() {
+        isa::with_isa(isa, || {
+            let mut out = vec![0f32; 160];
+            forward(&dm, &q, &k, &v, Mask::None, false, 0.5, &mut out, None);
+            for (i, row) in out.chunks(8).enumerate() {
+                assert_eq!(row.iter().all(|x| x.is_nan()), i == 5, "{isa:?} row {i}");
+                assert!(i == 5 || row.iter().all(|x| x.is_finite()), "{isa:?} row {i}");
+            }
+        });
+    }
+}
