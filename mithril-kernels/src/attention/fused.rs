@@ -48,6 +48,20 @@ pub(crate) trait TileOps<T: AttnElem> {
     /// Output columns per `P·V` register tile.
     const DW: usize;
 
+    /// Packs rows `0..rows` of `src` (`ld` apart, `d` wide) as `dst[c·G + r]`, rows
+    /// `rows..G` as zeros.
+    #[inline(always)]
+    unsafe fn pack_q(rows: usize, src: *const T, ld: usize, d: usize, dst: *mut T) {
+        pack_scalar(rows, Self::G, Self::G, src, ld, d, dst)
+    }
+
+    /// Packs keys `0..n ≤ W` (rows of `src`, `ld` apart, `d` wide) as the strip
+    /// `dst[c·W + j]` (lanes `n..W` left as they are).
+    #[inline(always)]
+    unsafe fn pack_k(n: usize, src: *const T, ld: usize, d: usize, dst: *mut T) {
+        pack_scalar(n, n, Self::W, src, ld, d, dst)
+    }
+
     /// `s[r·SLD + w] = scale · Σ_c qp[c·G + r] · kt[c·W + w]` for `r < G`, `w < W`, with
     /// `s = -∞` where `w ≥ lim0 + r` (`lim0` ≥ `W` when nothing is masked).
     unsafe fn scores(d: usize, qp: *const T, kt: *const T, scale: T, lim0: isize, s: *mut T);
@@ -71,6 +85,30 @@ pub(crate) trait TileOps<T: AttnElem> {
         o: *mut T,
         ldo: usize,
     );
+}
+
+/// `dst[c·width + l] = src[l·ld + c]` for lanes `l < n`, `c < d`, and 0 for lanes
+/// `n..zero_to`. One lane at a time (no scatter generated).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn pack_scalar<T: AttnElem>(
+    n: usize,
+    zero_to: usize,
+    width: usize,
+    src: *const T,
+    ld: usize,
+    d: usize,
+    dst: *mut T,
+) {
+    for c in 0..d {
+        let row = dst.add(c * width);
+        for l in 0..n {
+            *row.add(l) = *src.add(l * ld + c);
+        }
+        for l in n..zero_to {
+            *row.add(l) = T::ZERO;
+        }
+    }
 }
 
 /// The scalar reference form (any element type): groups of 4 rows, strips of 16 keys.
@@ -174,28 +212,32 @@ pub(crate) fn kts_len(sk: usize, d: usize) -> usize {
     sk.div_ceil(BC) * BC * d
 }
 
-/// `K` of one head (`sk` rows of `d`, rows `ldk` apart) transposed into strips of `w` keys:
-/// key `j` (block `j / BC`, strip `(j % BC) / w`, lane `j % w`), component `c` lands at
-/// `kts[(j / BC)·BC·d + ((j % BC) / w)·d·w + c·w + j % w]`. Keys past `sk` in the last block
-/// are left as they are (the caller's zeros: never read into a result).
-pub(crate) fn transpose_k_strips<T: Copy>(
+/// `K` of one head (`sk` rows of `d`, rows `ldk` apart) transposed into strips of `K::W` keys
+/// ([`TileOps::pack_k`]): key `j` (block `j / BC`, strip `(j % BC) / W`, lane `j % W`),
+/// component `c` lands at `kts[(j / BC)·BC·d + ((j % BC) / W)·d·W + c·W + j % W]`. Keys past
+/// `sk` in the last block are left as they are (the caller's zeros: never read into a result).
+///
+/// # Safety
+/// `K`'s ISA is present; `kh` holds `sk` rows, `kts` [`kts_len`]`(sk, d)` elements.
+#[inline(always)]
+pub(crate) unsafe fn transpose_k_strips<T: AttnElem, K: TileOps<T>>(
     kh: &[T],
     ldk: usize,
     sk: usize,
     d: usize,
-    w: usize,
     kts: &mut [T],
 ) {
+    let w = K::W;
+    assert!((sk == 0 || kh.len() >= (sk - 1) * ldk + d) && kts.len() >= kts_len(sk, d));
     for j0 in (0..sk).step_by(w) {
-        let n = w.min(sk - j0);
         let base = (j0 / BC) * BC * d + ((j0 % BC) / w) * d * w;
-        let strip = &mut kts[base..base + d * w];
-        for jj in 0..n {
-            let src = &kh[(j0 + jj) * ldk..(j0 + jj) * ldk + d];
-            for (c, &x) in src.iter().enumerate() {
-                strip[c * w + jj] = x;
-            }
-        }
+        K::pack_k(
+            w.min(sk - j0),
+            kh.as_ptr().add(j0 * ldk),
+            ldk,
+            d,
+            kts.as_mut_ptr().add(base),
+        );
     }
 }
 
@@ -266,20 +308,14 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
         let ng = br.div_ceil(g);
         // Q_i packed once: group `gi`, component `c`, row `r` at `(gi·d + c)·G + r`
         for gi in 0..ng {
-            for r in 0..g {
-                let i = gi * g + r;
-                let dst = qp.add(gi * d * g + r);
-                if i < br {
-                    let src = &q[(i0 + i) * d..(i0 + i + 1) * d];
-                    for (c, &x) in src.iter().enumerate() {
-                        *dst.add(c * g) = x;
-                    }
-                } else {
-                    for c in 0..d {
-                        *dst.add(c * g) = T::ZERO;
-                    }
-                }
-            }
+            let rows = g.min(br - gi * g);
+            K::pack_q(
+                rows,
+                q.as_ptr().add((i0 + gi * g) * d),
+                d,
+                d,
+                qp.add(gi * d * g),
+            );
         }
         std::slice::from_raw_parts_mut(o, ng * g * dv).fill(T::ZERO);
         b.m[..br].fill(T::NEG_INF);
@@ -407,12 +443,11 @@ pub(crate) unsafe fn run<T: AttnElem, K: TileOps<T>>(
             let gk = bi * hkv + h / group;
             if h % group == 0 {
                 let off = b.kts.1;
-                transpose_k_strips(
+                transpose_k_strips::<T, K>(
                     &k[gk * sk * d..(gk + 1) * sk * d],
                     d,
                     sk,
                     d,
-                    K::W,
                     &mut b.kts.0[off..],
                 );
             }

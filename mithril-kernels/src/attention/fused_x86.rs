@@ -32,6 +32,22 @@ impl TileOps<f32> for X512 {
     const DW: usize = 32;
 
     #[inline(always)]
+    unsafe fn pack_q(rows: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
+        if rows == 12 {
+            pack_lanes::<3>(src, ld, d, dst)
+        } else {
+            super::fused::pack_scalar(rows, 12, 12, src, ld, d, dst)
+        }
+    }
+    #[inline(always)]
+    unsafe fn pack_k(n: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
+        if n == 32 {
+            pack_lanes::<8>(src, ld, d, dst)
+        } else {
+            super::fused::pack_scalar(n, n, 32, src, ld, d, dst)
+        }
+    }
+    #[inline(always)]
     unsafe fn scores(
         d: usize,
         qp: *const f32,
@@ -153,6 +169,57 @@ pub(crate) unsafe fn run_256(
 #[inline(always)]
 fn lanes(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// Stores four rows of 16 lanes transposed: `dst[k·width + r] = rows[r][k]` (4×4 transposes
+/// in each 128-bit lane; a copy of the GEMM's, which `gemm16` owns).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
+    let [r0, r1, r2, r3] = rows;
+    let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
+    let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
+    let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
+    let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
+    // c_t holds, in 128-bit lane L, the four lanes at k = 4L + t.
+    let cols = [
+        _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
+        _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
+    ];
+    for (t, c) in cols.iter().enumerate() {
+        let d = dst.add(t * width);
+        _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
+        _mm_storeu_ps(d.add(4 * width), _mm512_extractf32x4_ps::<1>(*c));
+        _mm_storeu_ps(d.add(8 * width), _mm512_extractf32x4_ps::<2>(*c));
+        _mm_storeu_ps(d.add(12 * width), _mm512_extractf32x4_ps::<3>(*c));
+    }
+}
+
+/// Packs `4·G` rows of `src` (`rs` apart, `kc` wide) as `dst[q·4G + l] = src[l·rs + q]`:
+/// blocks of 16 columns transposed in registers, the rest one lane at a time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn pack_lanes<const G: usize>(src: *const f32, rs: usize, kc: usize, dst: *mut f32) {
+    let width = 4 * G;
+    let mut q0 = 0;
+    while q0 + 16 <= kc {
+        for g in 0..G {
+            let base = src.add(4 * g * rs + q0);
+            let row = |r: usize| _mm512_loadu_ps(base.add(r * rs));
+            transpose_4x16(
+                [row(0), row(1), row(2), row(3)],
+                dst.add(q0 * width + 4 * g),
+                width,
+            );
+        }
+        q0 += 16;
+    }
+    if q0 < kc {
+        let (src, dst) = (src.add(q0), dst.add(q0 * width));
+        super::fused::pack_scalar(width, width, width, src, rs, kc - q0, dst);
+    }
 }
 
 /// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 16 lanes.

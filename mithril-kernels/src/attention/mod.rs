@@ -583,13 +583,7 @@ pub fn forward_dropout<T: AttnElem>(
 ) {
     dims.check(q, k, v);
     let Dims {
-        batch,
-        hq,
-        hkv,
-        sq,
-        sk,
-        d,
-        dv,
+        batch, hq, sq, dv, ..
     } = *dims;
     assert!(out.len() >= batch * hq * sq * dv, "out too short");
     if let Some(lse) = lse.as_deref() {
@@ -609,6 +603,33 @@ pub fn forward_dropout<T: AttnElem>(
     ) {
         return;
     }
+    forward_tiles(dims, q, k, v, mask, causal, scale, drop, out, lse)
+}
+
+/// [`forward_dropout`] on the GEMM-based tiles of [`head_forward`] (`f64`, NEON; `f32` on x86
+/// runs the fused kernel instead).
+#[allow(clippy::too_many_arguments)]
+fn forward_tiles<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
+    out: &mut [T],
+    mut lse: Option<&mut [T]>,
+) {
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    } = *dims;
     let group = hq / hkv;
     let mut s = vec![T::ZERO; BR * BC];
     let mut own = vec![T::ZERO; sq];

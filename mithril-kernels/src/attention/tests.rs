@@ -705,7 +705,17 @@ fn fused_forward_matches_naive_across_tile_edges() {
                 let mut lse64 = vec![0f64; lse.len()];
                 let mut o64 = vec![0f64; out.len()];
                 let m64 = mask_of(mk, &add, &keys, &offs_full, &offs_zero, dm.sk);
-                forward(&dm, &q, &k, &v, m64, causal, scale, &mut o64, Some(&mut lse64));
+                forward(
+                    &dm,
+                    &q,
+                    &k,
+                    &v,
+                    m64,
+                    causal,
+                    scale,
+                    &mut o64,
+                    Some(&mut lse64),
+                );
                 let got: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
                 close(&format!("{isa:?} {dm:?} lse"), &got, &lse64, 2e-5);
             });
@@ -755,8 +765,123 @@ fn fused_forward_propagates_nan() {
             forward(&dm, &q, &k, &v, Mask::None, false, 0.5, &mut out, None);
             for (i, row) in out.chunks(8).enumerate() {
                 assert_eq!(row.iter().all(|x| x.is_nan()), i == 5, "{isa:?} row {i}");
-                assert!(i == 5 || row.iter().all(|x| x.is_finite()), "{isa:?} row {i}");
+                assert!(
+                    i == 5 || row.iter().all(|x| x.is_finite()),
+                    "{isa:?} row {i}"
+                );
             }
         });
+    }
+}
+
+/// The fused forward against the GEMM-based tiles (a measurement, not a check), `f32`, d 64,
+/// on this CPU's best path, alternated, medians of thread CPU time, with the share of the
+/// single-core AVX-512 FMA peak (24 independent chains) over the non-masked work: seq 2048
+/// causal (2 heads) and the encoder's seq 128 (4 heads, no mask):
+/// `cargo test --release -p mithril-kernels --lib attention_fused_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn attention_fused_cost() {
+    #[repr(C)]
+    struct Ts {
+        s: i64,
+        ns: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, t: *mut Ts) -> i32;
+    }
+    fn cpu() -> f64 {
+        let mut t = Ts { s: 0, ns: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given
+        unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
+        t.s as f64 + t.ns as f64 * 1e-9
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn peak_run(iters: usize) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_set1_ps(0.0); 24];
+        let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for a in acc {
+            s = _mm512_add_ps(s, a);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+    let mut peak = None;
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.supported() {
+        let it = 1_000_000;
+        let ts: Vec<f64> = (0..7)
+            .map(|_| {
+                let t = cpu();
+                // SAFETY: AVX-512F checked
+                std::hint::black_box(unsafe { peak_run(std::hint::black_box(it)) });
+                cpu() - t
+            })
+            .collect();
+        peak = Some(24.0 * 32.0 * it as f64 / median(ts) / 1e9);
+    }
+    println!("FMA peak {peak:?} GFLOP/s, {:?}", isa::active());
+    // `ATTN_COST_SEQ=128` (or 2048): that case only
+    let only: Option<usize> = std::env::var("ATTN_COST_SEQ")
+        .ok()
+        .and_then(|x| x.parse().ok());
+    for (s, h, causal, reps) in [(2048usize, 2usize, true, 15), (128, 4, false, 301)] {
+        if only.is_some_and(|o| o != s) {
+            continue;
+        }
+        let dm = Dims {
+            batch: 1,
+            hq: h,
+            hkv: h,
+            sq: s,
+            sk: s,
+            d: 64,
+            dv: 64,
+        };
+        let n = h * s * 64;
+        let f = |x| data(n, x).iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (q, k, v) = (f(1), f(2), f(3));
+        let pairs = if causal { s * (s + 1) / 2 } else { s * s };
+        let flops = (h * pairs) as f64 * 4.0 * 64.0;
+        let (mut tf, mut tt) = (Vec::new(), Vec::new());
+        let mut out = vec![0f32; n];
+        for _ in 0..reps {
+            let t = cpu();
+            forward(&dm, &q, &k, &v, Mask::None, causal, 0.125, &mut out, None);
+            tf.push(cpu() - t);
+            let t = cpu();
+            forward_tiles(
+                &dm,
+                &q,
+                &k,
+                &v,
+                Mask::None,
+                causal,
+                0.125,
+                None,
+                &mut out,
+                None,
+            );
+            tt.push(cpu() - t);
+        }
+        for (name, t) in [("fused", median(tf)), ("gemm tiles", median(tt))] {
+            let g = flops / t / 1e9;
+            println!(
+                "seq {s} x {h} heads causal {causal}: {name} {:.1} us, {g:.1} GFLOP/s, of peak {}",
+                t * 1e6,
+                peak.map(|p| format!("{:.2}", g / p)).unwrap_or_default()
+            );
+        }
     }
 }
