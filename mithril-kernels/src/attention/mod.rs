@@ -10,6 +10,10 @@
 //! `K` is transposed once per key head into `[d, BC]` blocks, so the score tile's `B = K_jᵀ` is
 //! packed from contiguous rows (not by a transposing pack of `K_j` for every query tile); the
 //! row update's exponential is [`crate::vmath::exp_nonpos`] (0 below the normal range).
+//! For `f32` on x86-64 the forward pass runs the fused tile kernel of `fused.rs` instead (no
+//! GEMM call: `Q_i` packed once per query tile, `K` in strips, the score tile, the row update
+//! and `P·V` on its own register tiles per group of query rows; `fused_x86.rs` holds the
+//! AVX-512 and AVX2 forms); `f64` and NEON keep the GEMM-based tiles (`forward_tiles`).
 //! Only one `[BR, BC]` tile exists at a time: no `[seq, seq]` buffer. Under `causal`
 //! (top-left aligned, as PyTorch's `is_causal`: query `i` sees keys `j <= i`) the key blocks
 //! wholly above the diagonal are never visited.
