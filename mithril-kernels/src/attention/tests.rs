@@ -831,6 +831,35 @@ fn attention_fused_cost() {
             .collect();
         peak = Some(24.0 * 32.0 * it as f64 / median(ts) / 1e9);
     }
+    // `ATTN_COST_ISA=avx2` (or `scalar`): that path instead of the best
+    let want = match std::env::var("ATTN_COST_ISA").as_deref() {
+        Ok("avx2") => Isa::Avx2,
+        Ok("scalar") => Isa::Scalar,
+        _ => isa::detected(),
+    };
+    isa::with_isa(want, || fused_cost_cases(peak));
+}
+
+/// The cases of [`attention_fused_cost`].
+fn fused_cost_cases(peak: Option<f64>) {
+    fn cpu() -> f64 {
+        #[repr(C)]
+        struct Ts {
+            s: i64,
+            ns: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clk: i32, t: *mut Ts) -> i32;
+        }
+        let mut t = Ts { s: 0, ns: 0 };
+        // SAFETY: clock_gettime writes the timespec it is given
+        unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
+        t.s as f64 + t.ns as f64 * 1e-9
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
     println!("FMA peak {peak:?} GFLOP/s, {:?}", isa::active());
     // `ATTN_COST_SEQ=128` (or 2048): that case only
     let only: Option<usize> = std::env::var("ATTN_COST_SEQ")
