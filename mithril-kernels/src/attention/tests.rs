@@ -782,24 +782,7 @@ fn fused_forward_propagates_nan() {
 #[test]
 #[ignore]
 fn attention_fused_cost() {
-    #[repr(C)]
-    struct Ts {
-        s: i64,
-        ns: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clk: i32, t: *mut Ts) -> i32;
-    }
-    fn cpu() -> f64 {
-        let mut t = Ts { s: 0, ns: 0 };
-        // SAFETY: clock_gettime writes the timespec it is given
-        unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
-        t.s as f64 + t.ns as f64 * 1e-9
-    }
-    let median = |mut xs: Vec<f64>| {
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
+    // the FMA peak (24 independent zmm chains), x86-64 with AVX-512 only
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn peak_run(iters: usize) -> f32 {
@@ -817,20 +800,21 @@ fn attention_fused_cost() {
         }
         _mm512_reduce_add_ps(s)
     }
-    let mut peak = None;
     #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.supported() {
+    let peak = Isa::Avx512.supported().then(|| {
         let it = 1_000_000;
         let ts: Vec<f64> = (0..7)
             .map(|_| {
-                let t = cpu();
+                let t = thread_cpu();
                 // SAFETY: AVX-512F checked
                 std::hint::black_box(unsafe { peak_run(std::hint::black_box(it)) });
-                cpu() - t
+                thread_cpu() - t
             })
             .collect();
-        peak = Some(24.0 * 32.0 * it as f64 / median(ts) / 1e9);
-    }
+        24.0 * 32.0 * it as f64 / median_of(ts) / 1e9
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let peak = None;
     // `ATTN_COST_ISA=avx2` (or `scalar`): that path instead of the best
     let want = match std::env::var("ATTN_COST_ISA").as_deref() {
         Ok("avx2") => Isa::Avx2,
@@ -840,26 +824,31 @@ fn attention_fused_cost() {
     isa::with_isa(want, || fused_cost_cases(peak));
 }
 
+/// This thread's CPU time in seconds.
+fn thread_cpu() -> f64 {
+    #[repr(C)]
+    struct Ts {
+        s: i64,
+        ns: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, t: *mut Ts) -> i32;
+    }
+    let mut t = Ts { s: 0, ns: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given
+    unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
+    t.s as f64 + t.ns as f64 * 1e-9
+}
+
+/// The median of `xs` (the upper one of an even count).
+fn median_of(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 /// The cases of [`attention_fused_cost`].
 fn fused_cost_cases(peak: Option<f64>) {
-    fn cpu() -> f64 {
-        #[repr(C)]
-        struct Ts {
-            s: i64,
-            ns: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clk: i32, t: *mut Ts) -> i32;
-        }
-        let mut t = Ts { s: 0, ns: 0 };
-        // SAFETY: clock_gettime writes the timespec it is given
-        unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
-        t.s as f64 + t.ns as f64 * 1e-9
-    }
-    let median = |mut xs: Vec<f64>| {
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
+    let (cpu, median) = (thread_cpu, median_of);
     println!("FMA peak {peak:?} GFLOP/s, {:?}", isa::active());
     // `ATTN_COST_SEQ=128` (or 2048): that case only
     let only: Option<usize> = std::env::var("ATTN_COST_SEQ")
