@@ -10,6 +10,10 @@
 //! `K` is transposed once per key head into `[d, BC]` blocks, so the score tile's `B = K_jᵀ` is
 //! packed from contiguous rows (not by a transposing pack of `K_j` for every query tile); the
 //! row update's exponential is [`crate::vmath::exp_nonpos`] (0 below the normal range).
+//! For `f32` on x86-64 the forward pass runs the fused tile kernel of `fused.rs` instead (no
+//! GEMM call: `Q_i` packed once per query tile, `K` in strips, the score tile, the row update
+//! and `P·V` on its own register tiles per group of query rows; `fused_x86.rs` holds the
+//! AVX-512 and AVX2 forms); `f64` and NEON keep the GEMM-based tiles (`forward_tiles`).
 //! Only one `[BR, BC]` tile exists at a time: no `[seq, seq]` buffer. Under `causal`
 //! (top-left aligned, as PyTorch's `is_causal`: query `i` sees keys `j <= i`) the key blocks
 //! wholly above the diagonal are never visited.
@@ -25,6 +29,9 @@
 use crate::gemm::{gemm_plain, gemm_with, GemmConfig, GemmElem, Path};
 
 pub mod decode;
+mod fused;
+#[cfg(target_arch = "x86_64")]
+mod fused_x86;
 
 #[cfg(test)]
 mod tests;
@@ -580,6 +587,45 @@ pub fn forward_dropout<T: AttnElem>(
 ) {
     dims.check(q, k, v);
     let Dims {
+        batch, hq, sq, dv, ..
+    } = *dims;
+    assert!(out.len() >= batch * hq * sq * dv, "out too short");
+    if let Some(lse) = lse.as_deref() {
+        assert!(lse.len() >= batch * hq * sq, "lse too short");
+    }
+    if fused_f32(
+        dims,
+        q,
+        k,
+        v,
+        mask,
+        causal,
+        scale,
+        drop,
+        out,
+        lse.as_deref_mut(),
+    ) {
+        return;
+    }
+    forward_tiles(dims, q, k, v, mask, causal, scale, drop, out, lse)
+}
+
+/// [`forward_dropout`] on the GEMM-based tiles of [`head_forward`] (`f64`, NEON; `f32` on x86
+/// runs the fused kernel instead).
+#[allow(clippy::too_many_arguments)]
+fn forward_tiles<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
+    out: &mut [T],
+    mut lse: Option<&mut [T]>,
+) {
+    let Dims {
         batch,
         hq,
         hkv,
@@ -588,7 +634,6 @@ pub fn forward_dropout<T: AttnElem>(
         d,
         dv,
     } = *dims;
-    assert!(out.len() >= batch * hq * sq * dv, "out too short");
     let group = hq / hkv;
     let mut s = vec![T::ZERO; BR * BC];
     let mut own = vec![T::ZERO; sq];
@@ -620,6 +665,60 @@ pub fn forward_dropout<T: AttnElem>(
             );
         }
     }
+}
+
+/// The forward pass on the fused tile kernel ([`fused`]) when `T` is `f32` and the active ISA
+/// is an x86-64 level (AVX-512, AVX2 or the baseline); `false` (nothing done) otherwise: `f64`
+/// and NEON run [`head_forward`]'s GEMM-based tiles.
+#[allow(clippy::too_many_arguments)]
+fn fused_f32<T: AttnElem>(
+    dims: &Dims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
+    out: &mut [T],
+    lse: Option<&mut [T]>,
+) -> bool {
+    use crate::isa::Isa;
+    use std::any::TypeId;
+    if TypeId::of::<T>() != TypeId::of::<f32>() || !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    let f = |x: &[T]| {
+        // SAFETY: `T` is `f32`
+        unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+    };
+    let (q, k, v) = (f(q), f(k), f(v));
+    // SAFETY: `T` is `f32`: the same type
+    let mask: Mask<'_, f32> = unsafe { std::mem::transmute_copy(&mask) };
+    // SAFETY: as above
+    let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
+    let lse = lse.map(|x| unsafe {
+        // SAFETY: as above
+        std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len())
+    });
+    let (scale, drop) = (scale as f32, drop.as_ref());
+    match crate::isa::active() {
+        // SAFETY: `active` only returns levels the CPU supports; `dims` checked
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe {
+            fused_x86::run_512(dims, q, k, v, mask, causal, scale, drop, out, lse)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe {
+            fused_x86::run_256(dims, q, k, v, mask, causal, scale, drop, out, lse)
+        },
+        // SAFETY: the portable form needs no ISA; `dims` checked
+        Isa::Scalar => unsafe {
+            fused::run::<f32, fused::Portable>(dims, q, k, v, mask, causal, scale, drop, out, lse)
+        },
+        _ => return false,
+    }
+    true
 }
 
 /// What [`backward`] computes.

@@ -598,3 +598,308 @@ fn attention_dropout_cost() {
         );
     }
 }
+
+/// The fused forward (`f32` on every x86 path: AVX-512 12 × 32, AVX2 6 × 16, the portable
+/// form on the baseline) against the naive f64 reference on shapes that cross every edge of its
+/// tiles: several query tiles and row groups with a partial last one, key blocks and strips
+/// with a partial last one, `d` and `dv` not multiples of a vector (`dv` over two output
+/// chunks plus a narrow one), causal with `sk` above and below `sq`, masks, GQA and dropout;
+/// and the portable form in `f64` (the scalar reference itself) at f64 tolerance.
+#[test]
+fn fused_forward_matches_naive_across_tile_edges() {
+    let dims = |batch, hq, hkv, sq, sk, d, dv| Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    };
+    let cases = [
+        (dims(1, 2, 1, 150, 300, 67, 70), true, 0u8, None),
+        (dims(1, 1, 1, 150, 100, 19, 33), true, 1, None),
+        (dims(1, 2, 2, 80, 261, 64, 64), false, 2, None),
+        (
+            dims(2, 2, 1, 77, 140, 9, 17),
+            true,
+            1,
+            Some(Dropout {
+                p: 0.2,
+                seed: 11,
+                op: 3,
+            }),
+        ),
+    ];
+    for (dm, causal, mk, drop) in cases {
+        let nq = dm.batch * dm.hq * dm.sq * dm.d;
+        let nk = dm.batch * dm.hkv * dm.sk * dm.d;
+        let nv = dm.batch * dm.hkv * dm.sk * dm.dv;
+        let ns = dm.batch * dm.hq * dm.sq * dm.sk;
+        // larger scores than `data` alone gives (the exponentials reach far below the max)
+        let q: Vec<f64> = data(nq, 21).iter().map(|x| 3.0 * x).collect();
+        let (k, v) = (data(nk, 22), data(nv, 23));
+        let add: Vec<f64> = data(ns, 24).iter().map(|x| 4.0 * x).collect();
+        let keys: Vec<bool> = (0..dm.sk).map(|j| j % 5 != 2).collect();
+        let dense_bool: Vec<bool> = (0..ns).map(|x| keys[x % dm.sk]).collect();
+        let scale = 1.0 / (dm.d as f64).sqrt();
+        let rm = match mk {
+            1 => RefMask::Add(&add),
+            2 => RefMask::Bool(&dense_bool),
+            _ => RefMask::None,
+        };
+        let (want, probs) = naive(&dm, &q, &k, &v, &rm, causal, scale);
+        let want = match drop {
+            Some(_) => naive_dropped(&dm, &v, &probs, &dense_drop(ns, drop)),
+            None => want,
+        };
+        let offs_full: Vec<usize> = (0..dm.batch * dm.hq).map(|bh| bh * dm.sq * dm.sk).collect();
+        let offs_zero = vec![0usize; dm.batch * dm.hq];
+        fn mask_of<'a, T>(
+            mk: u8,
+            add: &'a [T],
+            keys: &'a [bool],
+            full: &'a [usize],
+            zero: &'a [usize],
+            sk: usize,
+        ) -> Mask<'a, T> {
+            match mk {
+                1 => Mask::Add(MaskView {
+                    data: add,
+                    offs: full,
+                    si: sk,
+                    sj: 1,
+                }),
+                2 => Mask::Bool(MaskView {
+                    data: keys,
+                    offs: zero,
+                    si: 0,
+                    sj: 1,
+                }),
+                _ => Mask::None,
+            }
+        }
+        // f32 through the public entry, on every path
+        let f = |x: &[f64]| x.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (tq, tk, tv, tadd) = (f(&q), f(&k), f(&v), f(&add));
+        let mask = mask_of(mk, &tadd, &keys, &offs_full, &offs_zero, dm.sk);
+        for isa in Isa::available() {
+            isa::with_isa(isa, || {
+                let mut out = vec![0f32; dm.batch * dm.hq * dm.sq * dm.dv];
+                let mut lse = vec![0f32; dm.batch * dm.hq * dm.sq];
+                forward_dropout(
+                    &dm,
+                    &tq,
+                    &tk,
+                    &tv,
+                    mask,
+                    causal,
+                    scale,
+                    drop,
+                    &mut out,
+                    Some(&mut lse),
+                );
+                let got: Vec<f64> = out.iter().map(|&x| x as f64).collect();
+                close(&format!("{isa:?} {dm:?} out"), &got, &want, 2e-5);
+                // the row statistics against the GEMM-based statistics pass in f64
+                let mut lse64 = vec![0f64; lse.len()];
+                let mut o64 = vec![0f64; out.len()];
+                let m64 = mask_of(mk, &add, &keys, &offs_full, &offs_zero, dm.sk);
+                forward(
+                    &dm,
+                    &q,
+                    &k,
+                    &v,
+                    m64,
+                    causal,
+                    scale,
+                    &mut o64,
+                    Some(&mut lse64),
+                );
+                let got: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
+                close(&format!("{isa:?} {dm:?} lse"), &got, &lse64, 2e-5);
+            });
+        }
+        // the portable form in f64: the scalar reference at f64 tolerance
+        let mask = mask_of(mk, &add, &keys, &offs_full, &offs_zero, dm.sk);
+        let mut out = vec![0f64; dm.batch * dm.hq * dm.sq * dm.dv];
+        // SAFETY: the portable form needs no ISA; the slices match `dm`
+        unsafe {
+            fused::run::<f64, fused::Portable>(
+                &dm,
+                &q,
+                &k,
+                &v,
+                mask,
+                causal,
+                scale,
+                drop.as_ref(),
+                &mut out,
+                None,
+            )
+        };
+        close(&format!("portable f64 {dm:?}"), &out, &want, 1e-11);
+    }
+}
+
+/// A NaN score makes its row NaN in the fused forward (as in the GEMM-based one and PyTorch),
+/// on every path; the other rows are untouched.
+#[test]
+fn fused_forward_propagates_nan() {
+    let dm = Dims {
+        batch: 1,
+        hq: 1,
+        hkv: 1,
+        sq: 20,
+        sk: 40,
+        d: 8,
+        dv: 8,
+    };
+    let mut q: Vec<f32> = data(160, 31).iter().map(|&x| x as f32).collect();
+    let k: Vec<f32> = data(320, 32).iter().map(|&x| x as f32).collect();
+    let v: Vec<f32> = data(320, 33).iter().map(|&x| x as f32).collect();
+    q[5 * 8 + 3] = f32::NAN;
+    for isa in Isa::available() {
+        isa::with_isa(isa, || {
+            let mut out = vec![0f32; 160];
+            forward(&dm, &q, &k, &v, Mask::None, false, 0.5, &mut out, None);
+            for (i, row) in out.chunks(8).enumerate() {
+                assert_eq!(row.iter().all(|x| x.is_nan()), i == 5, "{isa:?} row {i}");
+                assert!(
+                    i == 5 || row.iter().all(|x| x.is_finite()),
+                    "{isa:?} row {i}"
+                );
+            }
+        });
+    }
+}
+
+/// The fused forward against the GEMM-based tiles (a measurement, not a check), `f32`, d 64,
+/// on this CPU's best path, alternated, medians of thread CPU time, with the share of the
+/// single-core AVX-512 FMA peak (24 independent chains) over the non-masked work: seq 2048
+/// causal (2 heads) and the encoder's seq 128 (4 heads, no mask):
+/// `cargo test --release -p mithril-kernels --lib attention_fused_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn attention_fused_cost() {
+    // the FMA peak (24 independent zmm chains), x86-64 with AVX-512 only
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn peak_run(iters: usize) -> f32 {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm512_set1_ps(0.0); 24];
+        let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for a in acc {
+            s = _mm512_add_ps(s, a);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+    #[cfg(target_arch = "x86_64")]
+    let peak = Isa::Avx512.supported().then(|| {
+        let it = 1_000_000;
+        let ts: Vec<f64> = (0..7)
+            .map(|_| {
+                let t = thread_cpu();
+                // SAFETY: AVX-512F checked
+                std::hint::black_box(unsafe { peak_run(std::hint::black_box(it)) });
+                thread_cpu() - t
+            })
+            .collect();
+        24.0 * 32.0 * it as f64 / median_of(ts) / 1e9
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let peak = None;
+    // `ATTN_COST_ISA=avx2` (or `scalar`): that path instead of the best
+    let want = match std::env::var("ATTN_COST_ISA").as_deref() {
+        Ok("avx2") => Isa::Avx2,
+        Ok("scalar") => Isa::Scalar,
+        _ => isa::detected(),
+    };
+    isa::with_isa(want, || fused_cost_cases(peak));
+}
+
+/// This thread's CPU time in seconds.
+fn thread_cpu() -> f64 {
+    #[repr(C)]
+    struct Ts {
+        s: i64,
+        ns: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, t: *mut Ts) -> i32;
+    }
+    let mut t = Ts { s: 0, ns: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given
+    unsafe { clock_gettime(3, &mut t) }; // CLOCK_THREAD_CPUTIME_ID
+    t.s as f64 + t.ns as f64 * 1e-9
+}
+
+/// The median of `xs` (the upper one of an even count).
+fn median_of(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// The cases of [`attention_fused_cost`].
+fn fused_cost_cases(peak: Option<f64>) {
+    let (cpu, median) = (thread_cpu, median_of);
+    println!("FMA peak {peak:?} GFLOP/s, {:?}", isa::active());
+    // `ATTN_COST_SEQ=128` (or 2048): that case only
+    let only: Option<usize> = std::env::var("ATTN_COST_SEQ")
+        .ok()
+        .and_then(|x| x.parse().ok());
+    for (s, h, causal, reps) in [(2048usize, 2usize, true, 15), (128, 4, false, 301)] {
+        if only.is_some_and(|o| o != s) {
+            continue;
+        }
+        let dm = Dims {
+            batch: 1,
+            hq: h,
+            hkv: h,
+            sq: s,
+            sk: s,
+            d: 64,
+            dv: 64,
+        };
+        let n = h * s * 64;
+        let f = |x| data(n, x).iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (q, k, v) = (f(1), f(2), f(3));
+        let pairs = if causal { s * (s + 1) / 2 } else { s * s };
+        let flops = (h * pairs) as f64 * 4.0 * 64.0;
+        let (mut tf, mut tt) = (Vec::new(), Vec::new());
+        let mut out = vec![0f32; n];
+        for _ in 0..reps {
+            let t = cpu();
+            forward(&dm, &q, &k, &v, Mask::None, causal, 0.125, &mut out, None);
+            tf.push(cpu() - t);
+            let t = cpu();
+            forward_tiles(
+                &dm,
+                &q,
+                &k,
+                &v,
+                Mask::None,
+                causal,
+                0.125,
+                None,
+                &mut out,
+                None,
+            );
+            tt.push(cpu() - t);
+        }
+        for (name, t) in [("fused", median(tf)), ("gemm tiles", median(tt))] {
+            let g = flops / t / 1e9;
+            println!(
+                "seq {s} x {h} heads causal {causal}: {name} {:.1} us, {g:.1} GFLOP/s, of peak {}",
+                t * 1e6,
+                peak.map(|p| format!("{:.2}", g / p)).unwrap_or_default()
+            );
+        }
+    }
+}

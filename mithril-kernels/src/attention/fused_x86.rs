@@ -1,0 +1,664 @@
+//! The x86-64 forms of the fused tile kernel ([`super::fused`]): AVX-512 on 12 query rows ×
+//! 32 keys (scores) / 32 output columns (`P·V`), AVX2 on 6 × 16; 24 / 12 accumulators.
+//!
+//! The row update's exponential is `2^(x·log2 e)`: `n = round(x·log2 e)`, a degree-6
+//! polynomial for `2^f` on `[-½, ½]` (relative error under 1e-7, fitted to `2^f`), then `· 2ⁿ`
+//! (`vscalefps` on AVX-512, exponent bits on AVX2); arguments below `2^-126` give 0 (a masked
+//! `-∞` too), NaN stays NaN. The scalar `alpha = exp(m_old − m_new)` per row is
+//! [`crate::vmath::exp`].
+
+use super::fused::{TileOps, SLD};
+use super::{Dims, Dropout, Mask};
+use std::arch::x86_64::*;
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// 2^f ≈ 1 + f·(C1 + f·(C2 + … + f·C6)) on [-½, ½]
+const C1: f32 = std::f32::consts::LN_2;
+const C2: f32 = 0.240_226_48;
+const C3: f32 = 0.055_503_324;
+const C4: f32 = 0.009_618_437;
+const C5: f32 = 0.001_339_887_5;
+const C6: f32 = 0.000_153_533_62;
+
+/// The AVX-512 form.
+pub(crate) struct X512;
+
+/// The AVX2 form.
+pub(crate) struct X256;
+
+impl TileOps<f32> for X512 {
+    const G: usize = 12;
+    const W: usize = 32;
+    const DW: usize = 32;
+
+    #[inline(always)]
+    unsafe fn pack_q(rows: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
+        if rows == 12 {
+            pack_lanes::<3>(src, ld, d, dst)
+        } else {
+            super::fused::pack_scalar(rows, 12, 12, src, ld, d, dst)
+        }
+    }
+    #[inline(always)]
+    unsafe fn pack_k(n: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
+        if n == 32 {
+            pack_lanes::<8>(src, ld, d, dst)
+        } else {
+            super::fused::pack_scalar(n, n, 32, src, ld, d, dst)
+        }
+    }
+    #[inline(always)]
+    unsafe fn scores(
+        d: usize,
+        qp: *const f32,
+        kt: *const f32,
+        scale: f32,
+        lim0: isize,
+        s: *mut f32,
+    ) {
+        scores_512(d, qp, kt, scale, lim0, s)
+    }
+    #[inline(always)]
+    unsafe fn update(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
+        update_512(rows, bc, s, m, l, al)
+    }
+    #[inline(always)]
+    unsafe fn pv(
+        bc: usize,
+        p: *const f32,
+        v: *const f32,
+        ldv: usize,
+        ncols: usize,
+        alpha: *const f32,
+        o: *mut f32,
+        ldo: usize,
+    ) {
+        if ncols > 16 {
+            pv_512::<2>(bc, p, v, ldv, ncols, alpha, o, ldo)
+        } else {
+            pv_512::<1>(bc, p, v, ldv, ncols, alpha, o, ldo)
+        }
+    }
+}
+
+impl TileOps<f32> for X256 {
+    const G: usize = 6;
+    const W: usize = 16;
+    const DW: usize = 16;
+
+    #[inline(always)]
+    unsafe fn pack_k(n: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
+        if n == 16 {
+            pack_lanes_256::<4>(src, ld, d, dst)
+        } else {
+            super::fused::pack_scalar(n, n, 16, src, ld, d, dst)
+        }
+    }
+    #[inline(always)]
+    unsafe fn scores(
+        d: usize,
+        qp: *const f32,
+        kt: *const f32,
+        scale: f32,
+        lim0: isize,
+        s: *mut f32,
+    ) {
+        scores_256(d, qp, kt, scale, lim0, s)
+    }
+    #[inline(always)]
+    unsafe fn update(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
+        update_256(rows, bc, s, m, l, al)
+    }
+    #[inline(always)]
+    unsafe fn pv(
+        bc: usize,
+        p: *const f32,
+        v: *const f32,
+        ldv: usize,
+        ncols: usize,
+        alpha: *const f32,
+        o: *mut f32,
+        ldo: usize,
+    ) {
+        match ncols {
+            16 => pv_256::<2, true>(bc, p, v, ldv, ncols, alpha, o, ldo),
+            9.. => pv_256::<2, false>(bc, p, v, ldv, ncols, alpha, o, ldo),
+            _ => pv_256::<1, false>(bc, p, v, ldv, ncols, alpha, o, ldo),
+        }
+    }
+}
+
+/// The fused forward on AVX-512 (see [`super::fused::run`]).
+///
+/// # Safety
+/// AVX-512 (F, VL, BW, DQ), AVX2 and FMA present; `dims` checked against the slices.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_512(
+    dims: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Mask<'_, f32>,
+    causal: bool,
+    scale: f32,
+    drop: Option<&Dropout>,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+) {
+    super::fused::run::<f32, X512>(dims, q, k, v, mask, causal, scale, drop, out, lse)
+}
+
+/// The fused forward on AVX2 (see [`super::fused::run`]).
+///
+/// # Safety
+/// AVX2 and FMA present; `dims` checked against the slices.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_256(
+    dims: &Dims,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Mask<'_, f32>,
+    causal: bool,
+    scale: f32,
+    drop: Option<&Dropout>,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+) {
+    super::fused::run::<f32, X256>(dims, q, k, v, mask, causal, scale, drop, out, lse)
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512
+
+/// The lanes `0..n` (`n ≤ 16`).
+#[inline(always)]
+fn lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+/// Stores four rows of 16 lanes transposed: `dst[k·width + r] = rows[r][k]` (4×4 transposes
+/// in each 128-bit lane; a copy of the GEMM's, which `gemm16` owns).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
+    let [r0, r1, r2, r3] = rows;
+    let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
+    let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
+    let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
+    let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
+    // c_t holds, in 128-bit lane L, the four lanes at k = 4L + t.
+    let cols = [
+        _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
+        _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
+    ];
+    for (t, c) in cols.iter().enumerate() {
+        let d = dst.add(t * width);
+        _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
+        _mm_storeu_ps(d.add(4 * width), _mm512_extractf32x4_ps::<1>(*c));
+        _mm_storeu_ps(d.add(8 * width), _mm512_extractf32x4_ps::<2>(*c));
+        _mm_storeu_ps(d.add(12 * width), _mm512_extractf32x4_ps::<3>(*c));
+    }
+}
+
+/// Packs `4·G` rows of `src` (`rs` apart, `kc` wide) as `dst[q·4G + l] = src[l·rs + q]`:
+/// blocks of 16 columns transposed in registers, the rest one lane at a time.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn pack_lanes<const G: usize>(src: *const f32, rs: usize, kc: usize, dst: *mut f32) {
+    let width = 4 * G;
+    let mut q0 = 0;
+    while q0 + 16 <= kc {
+        for g in 0..G {
+            let base = src.add(4 * g * rs + q0);
+            let row = |r: usize| _mm512_loadu_ps(base.add(r * rs));
+            transpose_4x16(
+                [row(0), row(1), row(2), row(3)],
+                dst.add(q0 * width + 4 * g),
+                width,
+            );
+        }
+        q0 += 16;
+    }
+    if q0 < kc {
+        let (src, dst) = (src.add(q0), dst.add(q0 * width));
+        super::fused::pack_scalar(width, width, width, src, rs, kc - q0, dst);
+    }
+}
+
+/// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+unsafe fn exp_512(x: __m512) -> __m512 {
+    let x2 = _mm512_mul_ps(x, _mm512_set1_ps(LOG2E));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x2);
+    let f = _mm512_sub_ps(x2, n);
+    let mut p = _mm512_fmadd_ps(_mm512_set1_ps(C6), f, _mm512_set1_ps(C5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x2, _mm512_set1_ps(-126.0));
+    _mm512_maskz_scalef_ps(keep, p, n)
+}
+
+/// [`TileOps::scores`] on AVX-512: a 12 × 32 register tile over `d` steps.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+#[inline(never)]
+unsafe fn scores_512(
+    d: usize,
+    qp: *const f32,
+    kt: *const f32,
+    scale: f32,
+    lim0: isize,
+    s: *mut f32,
+) {
+    let mut c = [[_mm512_setzero_ps(); 2]; 12];
+    let (mut a, mut b) = (qp, kt);
+    for _ in 0..d {
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = _mm512_loadu_ps(b.add(16));
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r));
+            cr[0] = _mm512_fmadd_ps(av, b0, cr[0]);
+            cr[1] = _mm512_fmadd_ps(av, b1, cr[1]);
+        }
+        a = a.add(12);
+        b = b.add(32);
+    }
+    let sc = _mm512_set1_ps(scale);
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    for (r, cr) in c.iter().enumerate() {
+        for (v, x) in cr.iter().enumerate() {
+            let mut y = _mm512_mul_ps(*x, sc);
+            let lim = lim0.saturating_add(r as isize - 16 * v as isize);
+            if lim < 16 {
+                y = _mm512_mask_mov_ps(ninf, lanes(lim.max(0) as usize), y);
+            }
+            _mm512_storeu_ps(s.add(r * SLD + 16 * v), y);
+        }
+    }
+}
+
+/// [`TileOps::update`] on AVX-512.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+#[inline(never)]
+unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
+    let (nfull, tk) = (bc / 16, lanes(bc % 16));
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    for r in 0..12 {
+        let row = s.add(r * SLD);
+        let zero_row = || {
+            for q in 0..nfull {
+                _mm512_storeu_ps(row.add(16 * q), _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(row.add(16 * nfull), tk, _mm512_setzero_ps());
+        };
+        if r >= rows {
+            zero_row();
+            *al.add(r) = 1.0;
+            continue;
+        }
+        // the row max (a NaN score is ignored, as `f32::max` does)
+        let (mut m0, mut m1) = (ninf, ninf);
+        let mut q = 0;
+        while q + 2 <= nfull {
+            m0 = _mm512_max_ps(_mm512_loadu_ps(row.add(16 * q)), m0);
+            m1 = _mm512_max_ps(_mm512_loadu_ps(row.add(16 * q + 16)), m1);
+            q += 2;
+        }
+        if q < nfull {
+            m0 = _mm512_max_ps(_mm512_loadu_ps(row.add(16 * q)), m0);
+        }
+        m1 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, tk, row.add(16 * nfull)), m1);
+        let mx = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+        let m_old = *m.add(r);
+        let m_new = if mx > m_old { mx } else { m_old };
+        if m_new == f32::NEG_INFINITY {
+            zero_row();
+            *al.add(r) = 1.0;
+            continue;
+        }
+        let mv = _mm512_set1_ps(m_new);
+        let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut q = 0;
+        while q + 2 <= nfull {
+            let p0 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
+            let p1 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q + 16)), mv));
+            _mm512_storeu_ps(row.add(16 * q), p0);
+            _mm512_storeu_ps(row.add(16 * q + 16), p1);
+            s0 = _mm512_add_ps(s0, p0);
+            s1 = _mm512_add_ps(s1, p1);
+            q += 2;
+        }
+        if q < nfull {
+            let p0 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
+            _mm512_storeu_ps(row.add(16 * q), p0);
+            s0 = _mm512_add_ps(s0, p0);
+        }
+        if tk != 0 {
+            let x = _mm512_mask_loadu_ps(ninf, tk, row.add(16 * nfull));
+            let p = exp_512(_mm512_sub_ps(x, mv));
+            _mm512_mask_storeu_ps(row.add(16 * nfull), tk, p);
+            s1 = _mm512_add_ps(s1, p);
+        }
+        let sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+        let a = if m_old == f32::NEG_INFINITY {
+            0.0
+        } else {
+            crate::vmath::exp(m_old - m_new)
+        };
+        *al.add(r) = a;
+        *l.add(r) = *l.add(r) * a + sum;
+        *m.add(r) = m_new;
+    }
+}
+
+/// [`TileOps::pv`] on AVX-512: a 12 × `16·NV` register tile over `bc` steps.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_512<const NV: usize>(
+    bc: usize,
+    p: *const f32,
+    v: *const f32,
+    ldv: usize,
+    ncols: usize,
+    alpha: *const f32,
+    o: *mut f32,
+    ldo: usize,
+) {
+    let km = [lanes(ncols), lanes(ncols.saturating_sub(16))];
+    let mut c = [[_mm512_setzero_ps(); NV]; 12];
+    for (r, cr) in c.iter_mut().enumerate() {
+        let a = _mm512_set1_ps(*alpha.add(r));
+        for (x, cx) in cr.iter_mut().enumerate() {
+            *cx = _mm512_mul_ps(_mm512_maskz_loadu_ps(km[x], o.add(r * ldo + 16 * x)), a);
+        }
+    }
+    let (mut pp, mut vp) = (p, v);
+    for _ in 0..bc {
+        let mut b = [_mm512_setzero_ps(); NV];
+        for (x, bx) in b.iter_mut().enumerate() {
+            *bx = _mm512_maskz_loadu_ps(km[x], vp.add(16 * x));
+        }
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*pp.add(r * SLD));
+            for x in 0..NV {
+                cr[x] = _mm512_fmadd_ps(av, b[x], cr[x]);
+            }
+        }
+        pp = pp.add(1);
+        vp = vp.add(ldv);
+    }
+    for (r, cr) in c.iter().enumerate() {
+        for (x, cx) in cr.iter().enumerate() {
+            _mm512_mask_storeu_ps(o.add(r * ldo + 16 * x), km[x], *cx);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2
+
+/// Lane `i` all ones for `i < n` (`n ≤ 8`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mask_256(n: usize) -> __m256i {
+    let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), idx)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hmax_256(v: __m256) -> f32 {
+    let x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    let x = _mm_max_ss(x, _mm_movehdup_ps(x));
+    _mm_cvtss_f32(x)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_256(v: __m256) -> f32 {
+    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    let x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    _mm_cvtss_f32(x)
+}
+
+/// The AVX2 form of [`pack_lanes`]: blocks of 8 columns, 4×4 transposes in each 128-bit lane
+/// (a copy of the GEMM's).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_lanes_256<const G: usize>(src: *const f32, rs: usize, kc: usize, dst: *mut f32) {
+    let width = 4 * G;
+    let mut q0 = 0;
+    while q0 + 8 <= kc {
+        for g in 0..G {
+            let base = src.add(4 * g * rs + q0);
+            let row = |r: usize| _mm256_loadu_ps(base.add(r * rs));
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let t0 = _mm256_castps_pd(_mm256_unpacklo_ps(r0, r1));
+            let t1 = _mm256_castps_pd(_mm256_unpackhi_ps(r0, r1));
+            let t2 = _mm256_castps_pd(_mm256_unpacklo_ps(r2, r3));
+            let t3 = _mm256_castps_pd(_mm256_unpackhi_ps(r2, r3));
+            let cols = [
+                _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2)),
+                _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2)),
+                _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3)),
+                _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3)),
+            ];
+            for (t, c) in cols.iter().enumerate() {
+                let d = dst.add((q0 + t) * width + 4 * g);
+                _mm_storeu_ps(d, _mm256_castps256_ps128(*c));
+                _mm_storeu_ps(d.add(4 * width), _mm256_extractf128_ps::<1>(*c));
+            }
+        }
+        q0 += 8;
+    }
+    if q0 < kc {
+        let (src, dst) = (src.add(q0), dst.add(q0 * width));
+        super::fused::pack_scalar(width, width, width, src, rs, kc - q0, dst);
+    }
+}
+
+/// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exp_256(x: __m256) -> __m256 {
+    let x2 = _mm256_mul_ps(x, _mm256_set1_ps(LOG2E));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x2);
+    let f = _mm256_sub_ps(x2, n);
+    let mut p = _mm256_fmadd_ps(_mm256_set1_ps(C6), f, _mm256_set1_ps(C5));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(C4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(C3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(C2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(C1));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0));
+    // 2ⁿ from its exponent bits (n ≥ -126 where kept; the clamp keeps -∞ / NaN lanes harmless)
+    let ni = _mm256_cvtps_epi32(_mm256_max_ps(n, _mm256_set1_ps(-127.0)));
+    let pow = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+        ni,
+        _mm256_set1_epi32(127),
+    )));
+    let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x2, _mm256_set1_ps(-126.0));
+    _mm256_and_ps(_mm256_mul_ps(p, pow), keep)
+}
+
+/// [`TileOps::scores`] on AVX2: a 6 × 16 register tile over `d` steps.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
+unsafe fn scores_256(
+    d: usize,
+    qp: *const f32,
+    kt: *const f32,
+    scale: f32,
+    lim0: isize,
+    s: *mut f32,
+) {
+    let mut c = [[_mm256_setzero_ps(); 2]; 6];
+    let (mut a, mut b) = (qp, kt);
+    for _ in 0..d {
+        let b0 = _mm256_loadu_ps(b);
+        let b1 = _mm256_loadu_ps(b.add(8));
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(r));
+            cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
+            cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+        }
+        a = a.add(6);
+        b = b.add(16);
+    }
+    let sc = _mm256_set1_ps(scale);
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    for (r, cr) in c.iter().enumerate() {
+        for (v, x) in cr.iter().enumerate() {
+            let mut y = _mm256_mul_ps(*x, sc);
+            let lim = lim0.saturating_add(r as isize - 8 * v as isize);
+            if lim < 8 {
+                let keep = _mm256_castsi256_ps(mask_256(lim.max(0) as usize));
+                y = _mm256_blendv_ps(ninf, y, keep);
+            }
+            _mm256_storeu_ps(s.add(r * SLD + 8 * v), y);
+        }
+    }
+}
+
+/// [`TileOps::update`] on AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
+unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
+    let (nfull, tail) = (bc / 8, bc % 8);
+    let tm = mask_256(tail);
+    let tmf = _mm256_castsi256_ps(tm);
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    for r in 0..6 {
+        let row = s.add(r * SLD);
+        let zero_row = || {
+            for q in 0..nfull {
+                _mm256_storeu_ps(row.add(8 * q), _mm256_setzero_ps());
+            }
+            _mm256_maskstore_ps(row.add(8 * nfull), tm, _mm256_setzero_ps());
+        };
+        if r >= rows {
+            zero_row();
+            *al.add(r) = 1.0;
+            continue;
+        }
+        let (mut m0, mut m1) = (ninf, ninf);
+        let mut q = 0;
+        while q + 2 <= nfull {
+            m0 = _mm256_max_ps(_mm256_loadu_ps(row.add(8 * q)), m0);
+            m1 = _mm256_max_ps(_mm256_loadu_ps(row.add(8 * q + 8)), m1);
+            q += 2;
+        }
+        if q < nfull {
+            m0 = _mm256_max_ps(_mm256_loadu_ps(row.add(8 * q)), m0);
+        }
+        let t = _mm256_blendv_ps(ninf, _mm256_maskload_ps(row.add(8 * nfull), tm), tmf);
+        m1 = _mm256_max_ps(t, m1);
+        let mx = hmax_256(_mm256_max_ps(m0, m1));
+        let m_old = *m.add(r);
+        let m_new = if mx > m_old { mx } else { m_old };
+        if m_new == f32::NEG_INFINITY {
+            zero_row();
+            *al.add(r) = 1.0;
+            continue;
+        }
+        let mv = _mm256_set1_ps(m_new);
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut q = 0;
+        while q + 2 <= nfull {
+            let p0 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
+            let p1 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q + 8)), mv));
+            _mm256_storeu_ps(row.add(8 * q), p0);
+            _mm256_storeu_ps(row.add(8 * q + 8), p1);
+            s0 = _mm256_add_ps(s0, p0);
+            s1 = _mm256_add_ps(s1, p1);
+            q += 2;
+        }
+        if q < nfull {
+            let p0 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
+            _mm256_storeu_ps(row.add(8 * q), p0);
+            s0 = _mm256_add_ps(s0, p0);
+        }
+        if tail != 0 {
+            let x = _mm256_blendv_ps(ninf, _mm256_maskload_ps(row.add(8 * nfull), tm), tmf);
+            let p = exp_256(_mm256_sub_ps(x, mv));
+            _mm256_maskstore_ps(row.add(8 * nfull), tm, p);
+            s1 = _mm256_add_ps(s1, p);
+        }
+        let sum = hsum_256(_mm256_add_ps(s0, s1));
+        let a = if m_old == f32::NEG_INFINITY {
+            0.0
+        } else {
+            crate::vmath::exp(m_old - m_new)
+        };
+        *al.add(r) = a;
+        *l.add(r) = *l.add(r) * a + sum;
+        *m.add(r) = m_new;
+    }
+}
+
+/// [`TileOps::pv`] on AVX2: a 6 × `8·NV` register tile over `bc` steps (`FULL`: all `8·NV`
+/// columns, plain loads and stores).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_256<const NV: usize, const FULL: bool>(
+    bc: usize,
+    p: *const f32,
+    v: *const f32,
+    ldv: usize,
+    ncols: usize,
+    alpha: *const f32,
+    o: *mut f32,
+    ldo: usize,
+) {
+    let km = [mask_256(ncols), mask_256(ncols.saturating_sub(8))];
+    let load = |x: usize, at: *const f32| {
+        if FULL {
+            _mm256_loadu_ps(at)
+        } else {
+            _mm256_maskload_ps(at, km[x])
+        }
+    };
+    let mut c = [[_mm256_setzero_ps(); NV]; 6];
+    for (r, cr) in c.iter_mut().enumerate() {
+        let a = _mm256_set1_ps(*alpha.add(r));
+        for (x, cx) in cr.iter_mut().enumerate() {
+            *cx = _mm256_mul_ps(load(x, o.add(r * ldo + 8 * x)), a);
+        }
+    }
+    let (mut pp, mut vp) = (p, v);
+    for _ in 0..bc {
+        let mut b = [_mm256_setzero_ps(); NV];
+        for (x, bx) in b.iter_mut().enumerate() {
+            *bx = load(x, vp.add(8 * x));
+        }
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*pp.add(r * SLD));
+            for x in 0..NV {
+                cr[x] = _mm256_fmadd_ps(av, b[x], cr[x]);
+            }
+        }
+        pp = pp.add(1);
+        vp = vp.add(ldv);
+    }
+    for (r, cr) in c.iter().enumerate() {
+        for (x, cx) in cr.iter().enumerate() {
+            let at = o.add(r * ldo + 8 * x);
+            if FULL {
+                _mm256_storeu_ps(at, *cx);
+            } else {
+                _mm256_maskstore_ps(at, km[x], *cx);
+            }
+        }
+    }
+}
