@@ -14,3 +14,5 @@ pub mod fold;
 pub mod fuse;
 pub mod memplan;
 pub mod placement;
+pub mod norm;
+pub mod heads;
