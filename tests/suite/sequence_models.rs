@@ -1101,11 +1101,22 @@ fn cached_rope_rotates_from_an_offset() {
 }
 
 /// f64 reference of a layer norm (`rms`: an RMS norm) over the last axis, then `· w + b`.
-fn norm_ref(x: &[f64], d: usize, eps: f64, rms: bool, w: Option<&[f64]>, b: Option<&[f64]>) -> Vec<f64> {
+fn norm_ref(
+    x: &[f64],
+    d: usize,
+    eps: f64,
+    rms: bool,
+    w: Option<&[f64]>,
+    b: Option<&[f64]>,
+) -> Vec<f64> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(d) {
         let n = d as f64;
-        let mu = if rms { 0.0 } else { row.iter().sum::<f64>() / n };
+        let mu = if rms {
+            0.0
+        } else {
+            row.iter().sum::<f64>() / n
+        };
         let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / n;
         for (i, v) in row.iter().enumerate() {
             let y = (v - mu) / (var + eps).sqrt();
@@ -1130,9 +1141,17 @@ fn max_err(got: &[f32], want: &[f64]) -> f64 {
 /// runs it too (its generic path).
 #[test]
 fn norm_fusion_matches_the_unfused_graph_and_an_f64_reference() {
-    assert!(Norms::SUMMARY.contains("norm_fusion: 4"), "{}", Norms::SUMMARY);
+    assert!(
+        Norms::SUMMARY.contains("norm_fusion: 4"),
+        "{}",
+        Norms::SUMMARY
+    );
     assert!(!NormsOff::SUMMARY.contains("norm_fusion: 4"));
-    let (m, off, st) = (Norms::new().unwrap(), NormsOff::new().unwrap(), NormsStatic::new().unwrap());
+    let (m, off, st) = (
+        Norms::new().unwrap(),
+        NormsOff::new().unwrap(),
+        NormsStatic::new().unwrap(),
+    );
     let p = m.randomize_params(4);
     let po = off.randomize_params(4);
     let ps = st.randomize_params(4);
@@ -1146,15 +1165,52 @@ fn norm_fusion_matches_the_unfused_graph_and_an_f64_reference() {
     let (w, b) = (f(&p.layer_norm_0.weight), f(&p.layer_norm_0.bias));
     let sc = |k: f64, a: f64| xd.iter().map(|v| v * k + a).collect::<Vec<f64>>();
     let cases = [
-        ("ln", &o.ln, &u.ln, &so.ln, norm_ref(&xd, 20, 1e-5, false, Some(&w), Some(&b))),
-        ("plain", &o.plain, &u.plain, &so.plain, norm_ref(&sc(1.0, 1.0), 20, 0.01, false, None, None)),
-        ("rms", &o.rms, &u.rms, &so.rms, norm_ref(&sc(2.0, 0.0), 20, 1e-6, true, Some(&f(&p.rmsnorm_0.weight)), None)),
-        ("shared", &o.shared, &u.shared, &so.shared, norm_ref(&sc(3.0, 0.0), 20, 1e-5, false, None, None)),
+        (
+            "ln",
+            &o.ln,
+            &u.ln,
+            &so.ln,
+            norm_ref(&xd, 20, 1e-5, false, Some(&w), Some(&b)),
+        ),
+        (
+            "plain",
+            &o.plain,
+            &u.plain,
+            &so.plain,
+            norm_ref(&sc(1.0, 1.0), 20, 0.01, false, None, None),
+        ),
+        (
+            "rms",
+            &o.rms,
+            &u.rms,
+            &so.rms,
+            norm_ref(
+                &sc(2.0, 0.0),
+                20,
+                1e-6,
+                true,
+                Some(&f(&p.rmsnorm_0.weight)),
+                None,
+            ),
+        ),
+        (
+            "shared",
+            &o.shared,
+            &u.shared,
+            &so.shared,
+            norm_ref(&sc(3.0, 0.0), 20, 1e-5, false, None, None),
+        ),
     ];
     for (what, fused, unfused, stat, want) in cases {
-        let (ef, eu) = (max_err(fused.as_slice().unwrap(), &want), max_err(unfused.as_slice().unwrap(), &want));
+        let (ef, eu) = (
+            max_err(fused.as_slice().unwrap(), &want),
+            max_err(unfused.as_slice().unwrap(), &want),
+        );
         println!("{what}: fused {ef:.2e}, unfused {eu:.2e} (relative to the f64 reference)");
-        assert!(ef <= 1e-6 && eu <= 1e-6, "{what}: fused {ef:.2e}, unfused {eu:.2e}");
+        assert!(
+            ef <= 1e-6 && eu <= 1e-6,
+            "{what}: fused {ef:.2e}, unfused {eu:.2e}"
+        );
         assert_eq!(fused.as_slice(), stat.as_slice(), "{what}: static_shapes");
     }
     // the gradients: the training graph keeps the unfused ops
@@ -1167,10 +1223,20 @@ fn norm_fusion_matches_the_unfused_graph_and_an_f64_reference() {
     };
     let seeds_off = || {
         let s = seeds();
-        NormsOffOutputs { ln: s.ln, plain: s.plain, rms: s.rms, mu: s.mu, shared: s.shared }
+        NormsOffOutputs {
+            ln: s.ln,
+            plain: s.plain,
+            rms: s.rms,
+            mu: s.mu,
+            shared: s.shared,
+        }
     };
-    let (_, g) = m.evaluate_gradients(&p, NormsInputs { x: x.view() }, seeds()).unwrap();
-    let (_, gu) = off.evaluate_gradients(&po, NormsOffInputs { x: x.view() }, seeds_off()).unwrap();
+    let (_, g) = m
+        .evaluate_gradients(&p, NormsInputs { x: x.view() }, seeds())
+        .unwrap();
+    let (_, gu) = off
+        .evaluate_gradients(&po, NormsOffInputs { x: x.view() }, seeds_off())
+        .unwrap();
     // by hand in f64: d/dw = Σ_rows seed · x̂, d/db = Σ_rows seed (x̂ the normalized input)
     let sd = seeds();
     let wsum = |seed: &ndarray::Array3<f32>, xh: &[f64]| -> Vec<f64> {
@@ -1182,16 +1248,42 @@ fn norm_fusion_matches_the_unfused_graph_and_an_f64_reference() {
     };
     let ones = vec![1.0; 6 * 20];
     let cases = [
-        ("ln weight", &g.layer_norm_0.weight, &gu.layer_norm_0.weight, wsum(&sd.ln, &norm_ref(&xd, 20, 1e-5, false, None, None))),
-        ("ln bias", &g.layer_norm_0.bias, &gu.layer_norm_0.bias, wsum(&sd.ln, &ones)),
-        ("rms weight", &g.rmsnorm_0.weight, &gu.rmsnorm_0.weight, wsum(&sd.rms, &norm_ref(&sc(2.0, 0.0), 20, 1e-6, true, None, None))),
+        (
+            "ln weight",
+            &g.layer_norm_0.weight,
+            &gu.layer_norm_0.weight,
+            wsum(&sd.ln, &norm_ref(&xd, 20, 1e-5, false, None, None)),
+        ),
+        (
+            "ln bias",
+            &g.layer_norm_0.bias,
+            &gu.layer_norm_0.bias,
+            wsum(&sd.ln, &ones),
+        ),
+        (
+            "rms weight",
+            &g.rmsnorm_0.weight,
+            &gu.rmsnorm_0.weight,
+            wsum(
+                &sd.rms,
+                &norm_ref(&sc(2.0, 0.0), 20, 1e-6, true, None, None),
+            ),
+        ),
     ];
     // (the training graph fuses a norm too where the backward reads none of its intermediates:
     // here each quotient, whose input needs no gradient)
     for (what, fused, unfused, want) in cases {
-        let (ef, eu) = (max_err(fused.as_slice().unwrap(), &want), max_err(unfused.as_slice().unwrap(), &want));
-        println!("gradient of {what}: fused {ef:.2e}, unfused {eu:.2e} (relative to the f64 reference)");
-        assert!(ef <= 1e-6 && eu <= 1e-6, "gradient of {what}: fused {ef:.2e}, unfused {eu:.2e}");
+        let (ef, eu) = (
+            max_err(fused.as_slice().unwrap(), &want),
+            max_err(unfused.as_slice().unwrap(), &want),
+        );
+        println!(
+            "gradient of {what}: fused {ef:.2e}, unfused {eu:.2e} (relative to the f64 reference)"
+        );
+        assert!(
+            ef <= 1e-6 && eu <= 1e-6,
+            "gradient of {what}: fused {ef:.2e}, unfused {eu:.2e}"
+        );
     }
 }
 
@@ -1207,26 +1299,83 @@ fn head_fusion_is_bitwise_the_unfused_graph() {
     assert!(Enc::SUMMARY.contains("head_fusion: 1"), "{}", Enc::SUMMARY);
     assert!(Enc::SUMMARY.contains("norm_fusion: 2"), "{}", Enc::SUMMARY);
     assert!(Mha::SUMMARY.contains("head_fusion: 1"), "{}", Mha::SUMMARY);
-    let (a, b, c) = (Enc::new().unwrap(), EncNoNorm::new().unwrap(), EncOff::new().unwrap());
-    let (pa, pb, pc) = (a.randomize_params(5), b.randomize_params(5), c.randomize_params(5));
+    let (a, b, c) = (
+        Enc::new().unwrap(),
+        EncNoNorm::new().unwrap(),
+        EncOff::new().unwrap(),
+    );
+    let (pa, pb, pc) = (
+        a.randomize_params(5),
+        b.randomize_params(5),
+        c.randomize_params(5),
+    );
     assert_eq!(pa.self_attn.in_proj_weight, pc.self_attn.in_proj_weight);
     let x = arr(&[2, 6, 8], 0.3).into_dimensionality::<Ix3>().unwrap();
-    let ob = b.evaluate(&pb, EncNoNormInputs { input: x.view() }).unwrap();
+    let ob = b
+        .evaluate(&pb, EncNoNormInputs { input: x.view() })
+        .unwrap();
     let oc = c.evaluate(&pc, EncOffInputs { input: x.view() }).unwrap();
     assert_eq!(ob.output, oc.output);
     let oa = a.evaluate(&pa, EncInputs { input: x.view() }).unwrap();
-    close(oa.output.as_slice().unwrap(), oc.output.as_slice().unwrap(), 1e-14, "norm fusion, f64");
+    close(
+        oa.output.as_slice().unwrap(),
+        oc.output.as_slice().unwrap(),
+        1e-14,
+        "norm fusion, f64",
+    );
     let seed = pat(Ix3(2, 6, 8), 0.7);
-    let (_, ga) = a.evaluate_gradients(&pa, EncInputs { input: x.view() }, EncOutputs { output: seed.clone() }).unwrap();
-    let (_, gc) = c.evaluate_gradients(&pc, EncOffInputs { input: x.view() }, EncOffOutputs { output: seed }).unwrap();
-    close(ga.self_attn.in_proj_weight.as_slice().unwrap(), gc.self_attn.in_proj_weight.as_slice().unwrap(), 1e-12, "in_proj_weight gradient");
-    close(ga.norm1.weight.as_slice().unwrap(), gc.norm1.weight.as_slice().unwrap(), 1e-12, "norm1.weight gradient");
+    let (_, ga) = a
+        .evaluate_gradients(
+            &pa,
+            EncInputs { input: x.view() },
+            EncOutputs {
+                output: seed.clone(),
+            },
+        )
+        .unwrap();
+    let (_, gc) = c
+        .evaluate_gradients(
+            &pc,
+            EncOffInputs { input: x.view() },
+            EncOffOutputs { output: seed },
+        )
+        .unwrap();
+    close(
+        ga.self_attn.in_proj_weight.as_slice().unwrap(),
+        gc.self_attn.in_proj_weight.as_slice().unwrap(),
+        1e-12,
+        "in_proj_weight gradient",
+    );
+    close(
+        ga.norm1.weight.as_slice().unwrap(),
+        gc.norm1.weight.as_slice().unwrap(),
+        1e-12,
+        "norm1.weight gradient",
+    );
     // cross-attention through three projections, and 4 heads on a causal mask
     let (m, mo) = (Mha::new().unwrap(), MhaOff::new().unwrap());
     let (p, po) = (m.randomize_params(2), mo.randomize_params(2));
     let xq = arr(&[2, 5, 8], 0.7).into_dimensionality::<Ix3>().unwrap();
     let mem = arr(&[2, 7, 8], 0.9).into_dimensionality::<Ix3>().unwrap();
-    let o = m.evaluate(&p, MhaInputs { query: xq.view(), key: mem.view(), value: mem.view() }).unwrap();
-    let u = mo.evaluate(&po, MhaOffInputs { query: xq.view(), key: mem.view(), value: mem.view() }).unwrap();
+    let o = m
+        .evaluate(
+            &p,
+            MhaInputs {
+                query: xq.view(),
+                key: mem.view(),
+                value: mem.view(),
+            },
+        )
+        .unwrap();
+    let u = mo
+        .evaluate(
+            &po,
+            MhaOffInputs {
+                query: xq.view(),
+                key: mem.view(),
+                value: mem.view(),
+            },
+        )
+        .unwrap();
     assert_eq!(o.output, u.output);
 }

@@ -647,7 +647,8 @@ fn strided_layouts_are_bitwise_the_contiguous_forward() {
             for h in 0..hq {
                 for i in 0..sq {
                     for e in 0..d {
-                        qb[(b * sq + i) * qrow + 2 + h * d + e] = q[((b * hq + h) * sq + i) * d + e];
+                        qb[(b * sq + i) * qrow + 2 + h * d + e] =
+                            q[((b * hq + h) * sq + i) * d + e];
                     }
                 }
             }

@@ -33,6 +33,10 @@ fn dims(g: &Graph, id: NodeId) -> Option<Vec<Dim>> {
 /// The permutation of the head split and merge.
 const SWAP: [usize; 4] = [0, 2, 1, 3];
 
+/// A head split found by [`Cx::split`]: the source read in place, `(heads, width, first
+/// column)`, and the nodes the fused attention absorbs.
+type Split = (NodeId, (u64, u64, u64), Vec<NodeId>);
+
 struct Cx<'a> {
     g: &'a Graph,
     uses: Vec<usize>,
@@ -64,9 +68,10 @@ impl Cx<'_> {
 
     /// Operand `t` of attention `at` as a head split: `(source, (heads, width, first
     /// column), absorbed nodes)`.
-    fn split(&self, t: NodeId, at: NodeId) -> Option<(NodeId, (u64, u64, u64), Vec<NodeId>)> {
+    fn split(&self, t: NodeId, at: NodeId) -> Option<Split> {
         let g = self.g;
-        if !matches!(self.prim(t), Some(Prim::Transpose(p)) if p[..] == SWAP) || !self.single(t, at) {
+        if !matches!(self.prim(t), Some(Prim::Transpose(p)) if p[..] == SWAP) || !self.single(t, at)
+        {
             return None;
         }
         let r = self.one_arg(t)?;
@@ -99,7 +104,11 @@ impl Cx<'_> {
                 _ => None,
             };
             if let Some(off) = cols {
-                if bd[0] == *b && bd[1] == *s && self.single(src, at) && g.dtype_of(base) == g.dtype_of(src) {
+                if bd[0] == *b
+                    && bd[1] == *s
+                    && self.single(src, at)
+                    && g.dtype_of(base) == g.dtype_of(src)
+                {
                     absorbed.push(src);
                     return Some((base, (*h, *w, off), absorbed));
                 }
@@ -115,18 +124,25 @@ impl Cx<'_> {
             return None;
         }
         let t = users[at][0];
-        if !matches!(self.prim(t), Some(Prim::Transpose(p)) if p[..] == SWAP) || !self.single(t, at) || users[t].len() != 1 {
+        if !matches!(self.prim(t), Some(Prim::Transpose(p)) if p[..] == SWAP)
+            || !self.single(t, at)
+            || users[t].len() != 1
+        {
             return None;
         }
         let r = users[t][0];
-        if !matches!(self.prim(r), Some(Prim::Reshape(_))) || !g.same_place(r, at) || g.nodes[r].guard.is_some() {
+        if !matches!(self.prim(r), Some(Prim::Reshape(_)))
+            || !g.same_place(r, at)
+            || g.nodes[r].guard.is_some()
+        {
             return None;
         }
         let (ad, rd) = (dims(g, at)?, dims(g, r)?);
         let [b, Dim::Known(h), s, Dim::Known(w)] = &ad[..] else {
             return None;
         };
-        (rd.len() == 3 && rd[0] == *b && rd[1] == *s && rd[2] == Dim::Known(h * w)).then_some((r, t))
+        (rd.len() == 3 && rd[0] == *b && rd[1] == *s && rd[2] == Dim::Known(h * w))
+            .then_some((r, t))
     }
 }
 

@@ -168,7 +168,14 @@ fn quotient(cx: &Cx<'_>, d: NodeId, dt: DType, xd: &[Dim]) -> Option<Found> {
 
 /// `id` as `op(v, other)` or `op(other, v)` for a `[D]` operand `other` of dtype `dt`:
 /// `Some(other)`.
-fn vector_operand(cx: &Cx<'_>, id: NodeId, v: NodeId, op: &Prim, dt: DType, xd: &[Dim]) -> Option<NodeId> {
+fn vector_operand(
+    cx: &Cx<'_>,
+    id: NodeId,
+    v: NodeId,
+    op: &Prim,
+    dt: DType,
+    xd: &[Dim],
+) -> Option<NodeId> {
     if cx.prim(id)? != op {
         return None;
     }

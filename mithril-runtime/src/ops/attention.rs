@@ -347,7 +347,10 @@ pub fn attention_heads_to<'w, T: AttnScalar>(
             },
         )
     } else {
-        (IxDyn(&[b, hq, sq, dv]), kern::Layout::contiguous(hq, sq, dv))
+        (
+            IxDyn(&[b, hq, sq, dv]),
+            kern::Layout::contiguous(hq, sq, dv),
+        )
     };
     let scale = scale.unwrap_or(1.0 / (sh.dims.d as f64).sqrt());
     let mut out = dest.get(OP, oshape.slice())?;

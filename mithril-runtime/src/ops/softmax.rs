@@ -173,13 +173,14 @@ pub fn norm_to<'w, T: Elem>(
         Some(b) => Some(b.as_slice().ok_or_else(|| internal("bias"))?),
         None => None,
     };
-    let o = out
-        .as_slice_mut()
-        .ok_or_else(|| internal("destination"))?;
+    let o = out.as_slice_mut().ok_or_else(|| internal("destination"))?;
     if !norm_rows(xd, cols, wd, bd, eps, rms, o) {
         return Err(crate::Error::op(
             op,
-            format!("runs on float tensors (f32, f64, f16, bf16), found {}", T::DTYPE.name()),
+            format!(
+                "runs on float tensors (f32, f64, f16, bf16), found {}",
+                T::DTYPE.name()
+            ),
         ));
     }
     Ok(out)

@@ -1219,7 +1219,11 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 bias,
             } => {
                 let wt = if *scale { Some(a(1)?) } else { None };
-                let bt = if *bias { Some(a(1 + usize::from(*scale))?) } else { None };
+                let bt = if *bias {
+                    Some(a(1 + usize::from(*scale))?)
+                } else {
+                    None
+                };
                 real_t!(dt, w, T => self.put::<T>(id, h, |d| {
                     let wv = match &wt { Some(v) => Some(typed::<T>(v)?), None => None };
                     let bv = match &bt { Some(v) => Some(typed::<T>(v)?), None => None };
@@ -1333,7 +1337,11 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 cols,
             } => {
                 let (q, k, v) = (a(0)?, a(1)?, a(2)?);
-                let m = if step.args.len() > 3 { Some(a(3)?) } else { None };
+                let m = if step.args.len() > 3 {
+                    Some(a(3)?)
+                } else {
+                    None
+                };
                 macro_rules! go {
                     ($T:ty) => {{
                         let mb;
@@ -1351,7 +1359,16 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                         };
                         let (q, k, v) = (typed::<$T>(&q)?, typed::<$T>(&k)?, typed::<$T>(&v)?);
                         self.put::<$T>(id, h, |d| {
-                            ops::attention_heads_to((q, cols[0]), (k, cols[1]), (v, cols[2]), mask, *causal, *scale, *merge, d)
+                            ops::attention_heads_to(
+                                (q, cols[0]),
+                                (k, cols[1]),
+                                (v, cols[2]),
+                                mask,
+                                *causal,
+                                *scale,
+                                *merge,
+                                d,
+                            )
                         })
                     }};
                 }
