@@ -16,8 +16,10 @@
 //!
 //! Only where every intermediate (the means, `c`, the squares, the variance, the root, the
 //! quotient and the product before a bias) has no user outside the pattern and is no output:
-//! in a training graph the backward reads them, so only inference graphs (and forward graphs
-//! of models without params) are fused. Runs after autodiff and before operator fusion, on the
+//! in a training graph the backward reads them, so mostly inference graphs are fused — and, in
+//! a training graph, a norm whose input needs no gradient (its weight's gradient reads only
+//! the quotient, which becomes the fused node: the quotient alone is fused, the weight and
+//! bias stay elementwise ops). Runs after autodiff and before operator fusion, on the
 //! CPU backends that use the plan (not on `backend: cuda` or mixed models, which keep the
 //! unfused ops); a `static_shapes` model with a fused node runs the generic path, as it did
 //! with the means. The fused node is not bitwise the unfused ops: the row kernels accumulate
