@@ -821,6 +821,8 @@ impl ProgGen {
                     "dead_code_elimination",
                     "common_subexpression",
                     "loop_unrolling",
+                    "norm_fusion",
+                    "head_fusion",
                 ];
                 let mut items: Vec<String> = Vec::new();
                 for n in names {

@@ -1307,6 +1307,18 @@ fn run_passes(
         note(g, "dead_code_elimination", c, steps.as_deref_mut());
         log.push(("dead_code_elimination", c));
     }
+    // layer / RMS norms as one row-kernel node: the CPU plan (not cuda nor mixed models)
+    if opts.norm_fusion && !opts.backend_cuda && !opts.mixed() {
+        let c = passes::norm::run(g);
+        note(g, "norm_fusion", c, steps.as_deref_mut());
+        log.push(("norm_fusion", c));
+    }
+    // attention's head split / merge as strided reads and writes: the CPU plan
+    if opts.head_fusion && !opts.backend_cuda && !opts.mixed() {
+        let c = passes::heads::run(g);
+        note(g, "head_fusion", c, steps.as_deref_mut());
+        log.push(("head_fusion", c));
+    }
     if opts.operator_fusion {
         let c = passes::fuse::run(g);
         if opts.dead_code_elimination {

@@ -32,6 +32,25 @@ mithril! {
         input pos: i64[];
         output y = CachedRoPE(4, base = 100.0)(x, pos);
     }
+
+    // `norm_fusion` and `head_fusion` (on by default) against the unfused graphs
+    compile EncNoNorm = TransformerEncoderBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh") { dtype: f64, optimizations: { norm_fusion: false } };
+    compile EncOff = TransformerEncoderBlock(8, 2, dim_feedforward = 16, activation = "gelu_tanh") { dtype: f64, optimizations: { norm_fusion: false, head_fusion: false } };
+    compile MhaOff = MultiHeadAttention(8, 2) { dtype: f64, optimizations: { head_fusion: false } };
+
+    /// Layer norms with and without scale and bias, an RMS norm, and a layer norm whose mean
+    /// is also an output (its pattern has another user: not fused as a layer norm).
+    model Norms {
+        input x: f32[N, 3, 20];
+        output ln = LayerNorm()(x);
+        output plain = LayerNorm(use_scale = false, use_bias = false, eps = 0.01)(x + 1.0);
+        output rms = RMSNorm()(x * 2.0);
+        let z = x * 3.0;
+        output mu = z.mean(axis = -1, keepdim = true);
+        output shared = (z - mu) / sqrt(((z - mu) * (z - mu)).mean(axis = -1, keepdim = true) + 1e-5);
+    }
+    compile NormsOff = Norms { optimizations: { norm_fusion: false } };
+    compile NormsStatic = Norms { static_shapes: true, shapes: { x: [2, 3, 20] } };
 }
 
 fn lin(x: &Array2<f64>, w: &Array2<f64>, b: &Array1<f64>) -> Array2<f64> {
@@ -1079,4 +1098,284 @@ fn cached_rope_rotates_from_an_offset() {
         )
         .unwrap();
     assert_eq!(gradcheck("cached rope", &p, &g, loss), 24);
+}
+
+/// f64 reference of a layer norm (`rms`: an RMS norm) over the last axis, then `· w + b`.
+fn norm_ref(
+    x: &[f64],
+    d: usize,
+    eps: f64,
+    rms: bool,
+    w: Option<&[f64]>,
+    b: Option<&[f64]>,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(d) {
+        let n = d as f64;
+        let mu = if rms {
+            0.0
+        } else {
+            row.iter().sum::<f64>() / n
+        };
+        let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / n;
+        for (i, v) in row.iter().enumerate() {
+            let y = (v - mu) / (var + eps).sqrt();
+            out.push(y * w.map_or(1.0, |w| w[i]) + b.map_or(0.0, |b| b[i]));
+        }
+    }
+    out
+}
+
+fn max_err(got: &[f32], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(&g, w)| (g as f64 - w).abs() / (1.0 + w.abs()))
+        .fold(0.0, f64::max)
+}
+
+/// `norm_fusion`: the library `LayerNorm` (with and without scale and bias) and `RMSNorm` each
+/// become one row-kernel node, within f32 rounding of an f64 reference (the fused kernels
+/// accumulate the statistics in f64; measured here ~1e-7 relative, the unfused ops alike),
+/// while a pattern whose mean has another user is fused as the RMS norm of the centred input;
+/// the params' gradients match an f64 reference as the unfused compile's do; `static_shapes`
+/// runs it too (its generic path).
+#[test]
+fn norm_fusion_matches_the_unfused_graph_and_an_f64_reference() {
+    assert!(
+        Norms::SUMMARY.contains("norm_fusion: 4"),
+        "{}",
+        Norms::SUMMARY
+    );
+    assert!(!NormsOff::SUMMARY.contains("norm_fusion: 4"));
+    let (m, off, st) = (
+        Norms::new().unwrap(),
+        NormsOff::new().unwrap(),
+        NormsStatic::new().unwrap(),
+    );
+    let p = m.randomize_params(4);
+    let po = off.randomize_params(4);
+    let ps = st.randomize_params(4);
+    assert_eq!(p.layer_norm_0.weight, po.layer_norm_0.weight);
+    let x = pat(Ix3(2, 3, 20), 0.3).mapv(|v| (3.0 * v + 0.5) as f32);
+    let o = m.evaluate(&p, NormsInputs { x: x.view() }).unwrap();
+    let u = off.evaluate(&po, NormsOffInputs { x: x.view() }).unwrap();
+    let so = st.evaluate(&ps, NormsStaticInputs { x: x.view() }).unwrap();
+    let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let f = |a: &Array1<f32>| a.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let (w, b) = (f(&p.layer_norm_0.weight), f(&p.layer_norm_0.bias));
+    let sc = |k: f64, a: f64| xd.iter().map(|v| v * k + a).collect::<Vec<f64>>();
+    let cases = [
+        (
+            "ln",
+            &o.ln,
+            &u.ln,
+            &so.ln,
+            norm_ref(&xd, 20, 1e-5, false, Some(&w), Some(&b)),
+        ),
+        (
+            "plain",
+            &o.plain,
+            &u.plain,
+            &so.plain,
+            norm_ref(&sc(1.0, 1.0), 20, 0.01, false, None, None),
+        ),
+        (
+            "rms",
+            &o.rms,
+            &u.rms,
+            &so.rms,
+            norm_ref(
+                &sc(2.0, 0.0),
+                20,
+                1e-6,
+                true,
+                Some(&f(&p.rmsnorm_0.weight)),
+                None,
+            ),
+        ),
+        (
+            "shared",
+            &o.shared,
+            &u.shared,
+            &so.shared,
+            norm_ref(&sc(3.0, 0.0), 20, 1e-5, false, None, None),
+        ),
+    ];
+    for (what, fused, unfused, stat, want) in cases {
+        let (ef, eu) = (
+            max_err(fused.as_slice().unwrap(), &want),
+            max_err(unfused.as_slice().unwrap(), &want),
+        );
+        println!("{what}: fused {ef:.2e}, unfused {eu:.2e} (relative to the f64 reference)");
+        assert!(
+            ef <= 1e-6 && eu <= 1e-6,
+            "{what}: fused {ef:.2e}, unfused {eu:.2e}"
+        );
+        assert_eq!(fused.as_slice(), stat.as_slice(), "{what}: static_shapes");
+    }
+    // the gradients: the training graph keeps the unfused ops
+    let seeds = || NormsOutputs {
+        ln: pat(Ix3(2, 3, 20), 0.1).mapv(|v| v as f32),
+        plain: pat(Ix3(2, 3, 20), 0.2).mapv(|v| v as f32),
+        rms: pat(Ix3(2, 3, 20), 0.3).mapv(|v| v as f32),
+        mu: pat(Ix3(2, 3, 1), 0.4).mapv(|v| v as f32),
+        shared: pat(Ix3(2, 3, 20), 0.5).mapv(|v| v as f32),
+    };
+    let seeds_off = || {
+        let s = seeds();
+        NormsOffOutputs {
+            ln: s.ln,
+            plain: s.plain,
+            rms: s.rms,
+            mu: s.mu,
+            shared: s.shared,
+        }
+    };
+    let (_, g) = m
+        .evaluate_gradients(&p, NormsInputs { x: x.view() }, seeds())
+        .unwrap();
+    let (_, gu) = off
+        .evaluate_gradients(&po, NormsOffInputs { x: x.view() }, seeds_off())
+        .unwrap();
+    // by hand in f64: d/dw = Σ_rows seed · x̂, d/db = Σ_rows seed (x̂ the normalized input)
+    let sd = seeds();
+    let wsum = |seed: &ndarray::Array3<f32>, xh: &[f64]| -> Vec<f64> {
+        let mut acc = vec![0.0; 20];
+        for (k, (&s, &v)) in seed.iter().zip(xh).enumerate() {
+            acc[k % 20] += s as f64 * v;
+        }
+        acc
+    };
+    let ones = vec![1.0; 6 * 20];
+    let cases = [
+        (
+            "ln weight",
+            &g.layer_norm_0.weight,
+            &gu.layer_norm_0.weight,
+            wsum(&sd.ln, &norm_ref(&xd, 20, 1e-5, false, None, None)),
+        ),
+        (
+            "ln bias",
+            &g.layer_norm_0.bias,
+            &gu.layer_norm_0.bias,
+            wsum(&sd.ln, &ones),
+        ),
+        (
+            "rms weight",
+            &g.rmsnorm_0.weight,
+            &gu.rmsnorm_0.weight,
+            wsum(
+                &sd.rms,
+                &norm_ref(&sc(2.0, 0.0), 20, 1e-6, true, None, None),
+            ),
+        ),
+    ];
+    // (the training graph fuses a norm too where the backward reads none of its intermediates:
+    // here each quotient, whose input needs no gradient)
+    for (what, fused, unfused, want) in cases {
+        let (ef, eu) = (
+            max_err(fused.as_slice().unwrap(), &want),
+            max_err(unfused.as_slice().unwrap(), &want),
+        );
+        println!(
+            "gradient of {what}: fused {ef:.2e}, unfused {eu:.2e} (relative to the f64 reference)"
+        );
+        assert!(
+            ef <= 1e-6 && eu <= 1e-6,
+            "gradient of {what}: fused {ef:.2e}, unfused {eu:.2e}"
+        );
+    }
+}
+
+/// `head_fusion`: the attention of the encoder block (its `[B, S, 3E]` in-projection sliced
+/// into heads) and of `MultiHeadAttention` (three projections) reads its heads through
+/// strides and writes `[B, S, E]`: bit for bit the unfused graph (the f64 references of
+/// `transformer_blocks` and `multi_head_attention_loads_a_pytorch_state_dict` run the fused
+/// forms); the gradients match the unfused compile's (the training graph keeps the head
+/// copies, which the attention's gradient reads, but fuses `norm1`'s quotient, whose input
+/// needs no gradient: f64 rounding).
+#[test]
+fn head_fusion_is_bitwise_the_unfused_graph() {
+    assert!(Enc::SUMMARY.contains("head_fusion: 1"), "{}", Enc::SUMMARY);
+    assert!(Enc::SUMMARY.contains("norm_fusion: 2"), "{}", Enc::SUMMARY);
+    assert!(Mha::SUMMARY.contains("head_fusion: 1"), "{}", Mha::SUMMARY);
+    let (a, b, c) = (
+        Enc::new().unwrap(),
+        EncNoNorm::new().unwrap(),
+        EncOff::new().unwrap(),
+    );
+    let (pa, pb, pc) = (
+        a.randomize_params(5),
+        b.randomize_params(5),
+        c.randomize_params(5),
+    );
+    assert_eq!(pa.self_attn.in_proj_weight, pc.self_attn.in_proj_weight);
+    let x = arr(&[2, 6, 8], 0.3).into_dimensionality::<Ix3>().unwrap();
+    let ob = b
+        .evaluate(&pb, EncNoNormInputs { input: x.view() })
+        .unwrap();
+    let oc = c.evaluate(&pc, EncOffInputs { input: x.view() }).unwrap();
+    assert_eq!(ob.output, oc.output);
+    let oa = a.evaluate(&pa, EncInputs { input: x.view() }).unwrap();
+    close(
+        oa.output.as_slice().unwrap(),
+        oc.output.as_slice().unwrap(),
+        1e-14,
+        "norm fusion, f64",
+    );
+    let seed = pat(Ix3(2, 6, 8), 0.7);
+    let (_, ga) = a
+        .evaluate_gradients(
+            &pa,
+            EncInputs { input: x.view() },
+            EncOutputs {
+                output: seed.clone(),
+            },
+        )
+        .unwrap();
+    let (_, gc) = c
+        .evaluate_gradients(
+            &pc,
+            EncOffInputs { input: x.view() },
+            EncOffOutputs { output: seed },
+        )
+        .unwrap();
+    close(
+        ga.self_attn.in_proj_weight.as_slice().unwrap(),
+        gc.self_attn.in_proj_weight.as_slice().unwrap(),
+        1e-12,
+        "in_proj_weight gradient",
+    );
+    close(
+        ga.norm1.weight.as_slice().unwrap(),
+        gc.norm1.weight.as_slice().unwrap(),
+        1e-12,
+        "norm1.weight gradient",
+    );
+    // cross-attention through three projections, and 4 heads on a causal mask
+    let (m, mo) = (Mha::new().unwrap(), MhaOff::new().unwrap());
+    let (p, po) = (m.randomize_params(2), mo.randomize_params(2));
+    let xq = arr(&[2, 5, 8], 0.7).into_dimensionality::<Ix3>().unwrap();
+    let mem = arr(&[2, 7, 8], 0.9).into_dimensionality::<Ix3>().unwrap();
+    let o = m
+        .evaluate(
+            &p,
+            MhaInputs {
+                query: xq.view(),
+                key: mem.view(),
+                value: mem.view(),
+            },
+        )
+        .unwrap();
+    let u = mo
+        .evaluate(
+            &po,
+            MhaOffInputs {
+                query: xq.view(),
+                key: mem.view(),
+                value: mem.view(),
+            },
+        )
+        .unwrap();
+    assert_eq!(o.output, u.output);
 }

@@ -29,7 +29,7 @@
 //! (6 × 16) forms are in `fused_x86.rs`. `f32` runs this kernel on x86-64 at every ISA level;
 //! `f64` and NEON keep the GEMM-based tiles of [`super::head_forward`].
 
-use super::{drop_row, AttnElem, Dims, Dropout, Mask, TileMask, BC, BR};
+use super::{drop_row, AttnElem, Dims, Dropout, Layout, Ld, Mask, TileMask, BC, BR};
 
 /// Row stride of the score / probability rows `S_g` (elements): [`BC`] plus a cache line, so
 /// the `G` rows a broadcast walks fall in different L1 sets.
@@ -296,6 +296,7 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
     out: &mut [T],
     lse: &mut [T],
     b: &mut Bufs<T>,
+    ld: Ld,
 ) {
     let Dims { sq, sk, d, dv, .. } = *dims;
     let (g, w, dw) = (K::G, K::W, K::DW);
@@ -311,8 +312,8 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
             let rows = g.min(br - gi * g);
             K::pack_q(
                 rows,
-                q.as_ptr().add((i0 + gi * g) * d),
-                d,
+                q.as_ptr().add((i0 + gi * g) * ld.q),
+                ld.q,
                 d,
                 qp.add(gi * d * g),
             );
@@ -382,8 +383,8 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                     K::pv(
                         bcg,
                         s,
-                        v.as_ptr().add(j0 * dv + c0),
-                        dv,
+                        v.as_ptr().add(j0 * ld.v + c0),
+                        ld.v,
                         dw.min(dv - c0),
                         al,
                         o.add(r0 * dv + c0),
@@ -395,7 +396,10 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
         for r in 0..br {
             let inv = b.l[r];
             let src = std::slice::from_raw_parts(o.add(r * dv), dv);
-            for (y, &x) in out[(i0 + r) * dv..(i0 + r + 1) * dv].iter_mut().zip(src) {
+            for (y, &x) in out[(i0 + r) * ld.o..(i0 + r) * ld.o + dv]
+                .iter_mut()
+                .zip(src)
+            {
                 *y = x / inv;
             }
             lse[i0 + r] = if inv == T::ZERO {
@@ -415,14 +419,14 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
 #[inline(always)]
 pub(crate) unsafe fn run<T: AttnElem, K: TileOps<T>>(
     dims: &Dims,
-    q: &[T],
-    k: &[T],
-    v: &[T],
+    (q, ql): (&[T], Layout),
+    (k, kl): (&[T], Layout),
+    (v, vl): (&[T], Layout),
     mask: Mask<'_, T>,
     causal: bool,
     scale: T,
     drop: Option<&Dropout>,
-    out: &mut [T],
+    (out, ol): (&mut [T], Layout),
     mut lse: Option<&mut [T]>,
 ) {
     let Dims {
@@ -440,12 +444,13 @@ pub(crate) unsafe fn run<T: AttnElem, K: TileOps<T>>(
     for bi in 0..batch {
         for h in 0..hq {
             let bh = bi * hq + h;
-            let gk = bi * hkv + h / group;
-            if h % group == 0 {
+            let g = h / group;
+            if h % group == 0 && sk > 0 {
                 let off = b.kts.1;
+                let k0 = kl.at(bi, g);
                 transpose_k_strips::<T, K>(
-                    &k[gk * sk * d..(gk + 1) * sk * d],
-                    d,
+                    &k[k0..k0 + (sk - 1) * kl.row + d],
+                    kl.row,
                     sk,
                     d,
                     &mut b.kts.0[off..],
@@ -455,18 +460,27 @@ pub(crate) unsafe fn run<T: AttnElem, K: TileOps<T>>(
                 Some(x) => &mut x[bh * sq..(bh + 1) * sq],
                 None => &mut own[..],
             };
+            // (empty heads, `d` or `dv` 0, start at most at their slice's end)
+            let (qo, vo) = (ql.at(bi, h).min(q.len()), vl.at(bi, g).min(v.len()));
+            let oe = (ol.at(bi, h) + (sq - 1) * ol.row + dv).min(out.len());
+            let oo = ol.at(bi, h).min(oe);
             head::<T, K>(
                 dims,
-                &q[bh * sq * d..(bh + 1) * sq * d],
-                &v[gk * sk * dv..(gk + 1) * sk * dv],
+                &q[qo..],
+                &v[vo..],
                 mask,
                 bh,
                 causal,
                 scale,
                 drop,
-                &mut out[bh * sq * dv..(bh + 1) * sq * dv],
+                &mut out[oo..oe],
                 lse_h,
                 &mut b,
+                Ld {
+                    q: ql.row,
+                    v: vl.row,
+                    o: ol.row,
+                },
             );
         }
     }

@@ -8,7 +8,7 @@
 //! [`crate::vmath::exp`].
 
 use super::fused::{TileOps, SLD};
-use super::{Dims, Dropout, Mask};
+use super::{Dims, Dropout, Layout, Mask};
 use std::arch::x86_64::*;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -136,14 +136,14 @@ impl TileOps<f32> for X256 {
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_512(
     dims: &Dims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: (&[f32], Layout),
+    k: (&[f32], Layout),
+    v: (&[f32], Layout),
     mask: Mask<'_, f32>,
     causal: bool,
     scale: f32,
     drop: Option<&Dropout>,
-    out: &mut [f32],
+    out: (&mut [f32], Layout),
     lse: Option<&mut [f32]>,
 ) {
     super::fused::run::<f32, X512>(dims, q, k, v, mask, causal, scale, drop, out, lse)
@@ -157,14 +157,14 @@ pub(crate) unsafe fn run_512(
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn run_256(
     dims: &Dims,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: (&[f32], Layout),
+    k: (&[f32], Layout),
+    v: (&[f32], Layout),
     mask: Mask<'_, f32>,
     causal: bool,
     scale: f32,
     drop: Option<&Dropout>,
-    out: &mut [f32],
+    out: (&mut [f32], Layout),
     lse: Option<&mut [f32]>,
 ) {
     super::fused::run::<f32, X256>(dims, q, k, v, mask, causal, scale, drop, out, lse)

@@ -48,13 +48,14 @@ pub const BC: usize = 128;
 /// are), so the score tile `Q_i·K_jᵀ` reads `B = K_jᵀ` with contiguous rows: packing it is a
 /// copy of rows, not the transposing pack of `K_j` it was, and it is done once per key head
 /// instead of once per query tile.
-fn transpose_k<T: Copy>(kh: &[T], sk: usize, d: usize, kt: &mut [T]) {
+/// `kh`'s rows are `ldk` apart (`d` for a contiguous head).
+fn transpose_k<T: Copy>(kh: &[T], sk: usize, d: usize, ldk: usize, kt: &mut [T]) {
     for j0 in (0..sk).step_by(BC) {
         let bc = BC.min(sk - j0);
         let blk = &mut kt[j0 * d..(j0 + BC) * d];
         for (c, row) in blk.chunks_exact_mut(BC).enumerate() {
             for (jj, x) in row[..bc].iter_mut().enumerate() {
-                *x = kh[(j0 + jj) * d + c];
+                *x = kh[(j0 + jj) * ldk + c];
             }
         }
     }
@@ -66,16 +67,18 @@ fn kt_len(sk: usize, d: usize) -> usize {
 }
 
 /// The score tile `st = scale · Q_i·K_jᵀ` (`br × bc`, row stride `bc`) from `br` query rows
-/// (`qi`, `d` wide) and the key block `ktj` transposed by [`transpose_k`]. Always the packed
+/// (`qi`, `d` wide, `ldq` apart) and the key block `ktj` transposed by [`transpose_k`]. Always the packed
 /// GEMM: its small path (operands read in place, chosen by size for `f32` since `Kᵀ`'s rows are
 /// contiguous) was slower here, its 12 query rows and the 512-byte-strided `Kᵀ` rows being
 /// read in place for every key column panel.
+#[allow(clippy::too_many_arguments)]
 fn scores<T: AttnElem>(
     br: usize,
     bc: usize,
     d: usize,
     scale: T,
     qi: &[T],
+    ldq: usize,
     ktj: &[T],
     st: &mut [T],
 ) {
@@ -90,7 +93,7 @@ fn scores<T: AttnElem>(
         d,
         scale,
         qi,
-        d,
+        ldq,
         1,
         ktj,
         BC,
@@ -335,7 +338,7 @@ fn row_max<T: AttnElem>(row: &[T]) -> T {
 
 /// The online-softmax step of one score tile (`br` rows of `bc` columns in `s`): mask, new
 /// running max `m`, `s ← exp(s − m)` (0 where masked), running sum `l` and the rescale of the
-/// output rows `o` (`ld` apart, `dv` wide) by `exp(m_old − m_new)`.
+/// output rows `o` (`ldo` apart, `dv` wide) by `exp(m_old − m_new)`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn online_impl<T: AttnElem>(
@@ -347,6 +350,7 @@ fn online_impl<T: AttnElem>(
     l: &mut [T],
     o: &mut [T],
     dv: usize,
+    ldo: usize,
 ) {
     for r in 0..br {
         let row = &mut s[r * bc..(r + 1) * bc];
@@ -384,7 +388,7 @@ fn online_impl<T: AttnElem>(
             let corr = (m_old - m_new).exp();
             l[r] = l[r] * corr + sum;
             if !(corr == T::ONE) {
-                for x in &mut o[r * dv..(r + 1) * dv] {
+                for x in &mut o[r * ldo..r * ldo + dv] {
                     *x = *x * corr;
                 }
             }
@@ -404,6 +408,7 @@ multiversion! {
         l: &mut [T],
         o: &mut [T],
         dv: usize,
+        ldo: usize,
     ) => online_impl;
 }
 
@@ -460,7 +465,16 @@ multiversion! {
     ) => probs_impl;
 }
 
-/// One query head's forward pass (or, without `o`, only its row statistics).
+/// The row strides of one head's `q`, `v` and output rows (`d`, `dv`, `dv` when contiguous).
+#[derive(Clone, Copy)]
+struct Ld {
+    q: usize,
+    v: usize,
+    o: usize,
+}
+
+/// One query head's forward pass (or, without `o`, only its row statistics). The rows of
+/// `qh`, `vh` and `o` are `ld` apart; `o`'s rows are written only in their `dv` columns.
 #[allow(clippy::too_many_arguments)]
 fn head_forward<T: AttnElem>(
     dims: &Dims,
@@ -475,21 +489,26 @@ fn head_forward<T: AttnElem>(
     lse: &mut [T],
     s: &mut [T],
     drop: Option<&Dropout>,
+    ld: Ld,
 ) {
     let Dims { sq, sk, d, dv, .. } = *dims;
     let (mut m, mut l) = ([T::NEG_INF; BR], [T::ZERO; BR]);
+    // rows `i0 .. i0 + br` of `o`
+    let rows = |i0: usize, br: usize| i0 * ld.o..(i0 + br - 1) * ld.o + dv;
     for i0 in (0..sq).step_by(BR) {
         let br = BR.min(sq - i0);
         m[..br].fill(T::NEG_INF);
         l[..br].fill(T::ZERO);
         if let Some(o) = o.as_deref_mut() {
-            o[i0 * dv..(i0 + br) * dv].fill(T::ZERO);
+            for r in i0..i0 + br {
+                o[r * ld.o..r * ld.o + dv].fill(T::ZERO);
+            }
         }
         let jend = if causal { sk.min(i0 + br) } else { sk };
         for j0 in (0..jend).step_by(BC) {
             let bc = BC.min(jend - j0);
             let st = &mut s[..br * bc];
-            scores(br, bc, d, scale, &qh[i0 * d..], &kt[j0 * d..], st);
+            scores(br, bc, d, scale, &qh[i0 * ld.q..], ld.q, &kt[j0 * d..], st);
             let tm = TileMask {
                 mask,
                 bh,
@@ -498,11 +517,11 @@ fn head_forward<T: AttnElem>(
                 j0,
             };
             let mut none: [T; 0] = [];
-            let (orows, odv) = match o.as_deref_mut() {
-                Some(o) => (&mut o[i0 * dv..(i0 + br) * dv], dv),
-                None => (&mut none[..], 0),
+            let (orows, odv, ldo) = match o.as_deref_mut() {
+                Some(o) => (&mut o[rows(i0, br)], dv, ld.o),
+                None => (&mut none[..], 0, 0),
             };
-            online(st, br, bc, &tm, &mut m[..br], &mut l[..br], orows, odv);
+            online(st, br, bc, &tm, &mut m[..br], &mut l[..br], orows, odv, ldo);
             // dropout acts on the weights after the row sums `l` took them (the softmax is
             // normalized before dropout)
             if let (Some(dr), true) = (drop, o.is_some()) {
@@ -520,19 +539,19 @@ fn head_forward<T: AttnElem>(
                     st,
                     bc,
                     1,
-                    &vh[j0 * dv..],
-                    dv,
+                    &vh[j0 * ld.v..],
+                    ld.v,
                     1,
                     true,
-                    &mut o[i0 * dv..(i0 + br) * dv],
-                    dv,
+                    &mut o[rows(i0, br)],
+                    ld.o,
                 );
             }
         }
         for r in 0..br {
             if let Some(o) = o.as_deref_mut() {
                 let inv = l[r];
-                for x in &mut o[(i0 + r) * dv..(i0 + r + 1) * dv] {
+                for x in &mut o[(i0 + r) * ld.o..(i0 + r) * ld.o + dv] {
                     *x = *x / inv;
                 }
             }
@@ -583,37 +602,38 @@ pub fn forward_dropout<T: AttnElem>(
     scale: f64,
     drop: Option<Dropout>,
     out: &mut [T],
-    mut lse: Option<&mut [T]>,
+    lse: Option<&mut [T]>,
 ) {
     dims.check(q, k, v);
     let Dims {
-        batch, hq, sq, dv, ..
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
     } = *dims;
     assert!(out.len() >= batch * hq * sq * dv, "out too short");
-    if let Some(lse) = lse.as_deref() {
-        assert!(lse.len() >= batch * hq * sq, "lse too short");
-    }
-    if fused_f32(
+    forward_strided(
         dims,
-        q,
-        k,
-        v,
+        (q, Layout::contiguous(hq, sq, d)),
+        (k, Layout::contiguous(hkv, sk, d)),
+        (v, Layout::contiguous(hkv, sk, dv)),
         mask,
         causal,
         scale,
         drop,
-        out,
-        lse.as_deref_mut(),
-    ) {
-        return;
-    }
-    forward_tiles(dims, q, k, v, mask, causal, scale, drop, out, lse)
+        (out, Layout::contiguous(hq, sq, dv)),
+        lse,
+    )
 }
 
-/// [`forward_dropout`] on the GEMM-based tiles of [`head_forward`] (`f64`, NEON; `f32` on x86
-/// runs the fused kernel instead).
+/// [`forward_dropout`] on the GEMM-based tiles of [`head_forward`] whatever `T` and the ISA
+/// (the fused kernel's cost test compares the two).
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
-fn forward_tiles<T: AttnElem>(
+pub(crate) fn forward_tiles<T: AttnElem>(
     dims: &Dims,
     q: &[T],
     k: &[T],
@@ -623,6 +643,97 @@ fn forward_tiles<T: AttnElem>(
     scale: f64,
     drop: Option<Dropout>,
     out: &mut [T],
+    lse: Option<&mut [T]>,
+) {
+    dims.check(q, k, v);
+    let Dims {
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+        ..
+    } = *dims;
+    tiles_strided(
+        dims,
+        (q, Layout::contiguous(hq, sq, d)),
+        (k, Layout::contiguous(hkv, sk, d)),
+        (v, Layout::contiguous(hkv, sk, dv)),
+        mask,
+        causal,
+        scale,
+        drop,
+        (out, Layout::contiguous(hq, sq, dv)),
+        lse,
+    )
+}
+
+/// Where the rows of one operand of [`forward_strided`] are: row `i` of head `h` of batch `b`
+/// starts at element `off + b · batch + h · head + i · row` of its slice, and its `d` (or
+/// `dv`) elements are contiguous. A `[batch, heads, seq, d]` tensor is
+/// [`Layout::contiguous`]; the query heads of a `[batch, seq, 3 · heads · d]` in-projection
+/// (the heads side by side in each row) are `{ off: 0, batch: seq · 3 · heads · d, head: d,
+/// row: 3 · heads · d }`, its keys the same with `off: heads · d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// the first element
+    pub off: usize,
+    /// from one batch entry to the next
+    pub batch: usize,
+    /// from one head to the next
+    pub head: usize,
+    /// from one row (position) to the next
+    pub row: usize,
+}
+
+impl Layout {
+    /// The layout of a contiguous `[batch, heads, seq, width]` tensor.
+    pub fn contiguous(heads: usize, seq: usize, width: usize) -> Layout {
+        Layout {
+            off: 0,
+            batch: heads * seq * width,
+            head: seq * width,
+            row: width,
+        }
+    }
+
+    /// The start of head `h` of batch entry `b`.
+    fn at(&self, b: usize, h: usize) -> usize {
+        self.off + b * self.batch + h * self.head
+    }
+
+    /// Whether `len` elements hold `batch × heads` heads of `seq` rows `width` wide
+    /// (`row >= width`).
+    fn fits(&self, batch: usize, heads: usize, seq: usize, width: usize, len: usize) -> bool {
+        if batch == 0 || heads == 0 || seq == 0 || width == 0 {
+            return true;
+        }
+        self.row >= width && self.at(batch - 1, heads - 1) + (seq - 1) * self.row + width <= len
+    }
+}
+
+/// [`forward_dropout`] over operands in any [`Layout`] (their rows contiguous): the heads may
+/// be read from the column blocks of one `[batch, seq, 3 · heads · d]` in-projection, and the
+/// output written as `[batch, seq, hq · dv]` (`Layout { off: 0, batch: sq · hq · dv, head: dv,
+/// row: hq · dv }`), so the head split and merge copy nothing. The output rows of distinct
+/// heads must not overlap (each head writes only its `dv` columns of its rows). The mask,
+/// dropout and `lse` are indexed by the logical `(b, h, i, j)` as in [`forward`].
+///
+/// # Panics
+/// When an operand's layout reaches past its slice, a row stride is below the row's width, or
+/// `hq % hkv != 0` (the runtime checks all first).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_strided<T: AttnElem>(
+    dims: &Dims,
+    (q, ql): (&[T], Layout),
+    (k, kl): (&[T], Layout),
+    (v, vl): (&[T], Layout),
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
+    (out, ol): (&mut [T], Layout),
     mut lse: Option<&mut [T]>,
 ) {
     let Dims {
@@ -634,34 +745,110 @@ fn forward_tiles<T: AttnElem>(
         d,
         dv,
     } = *dims;
+    assert!(hkv > 0 && hq.is_multiple_of(hkv), "hq % hkv");
+    assert!(ql.fits(batch, hq, sq, d, q.len()), "q too short");
+    assert!(kl.fits(batch, hkv, sk, d, k.len()), "k too short");
+    assert!(vl.fits(batch, hkv, sk, dv, v.len()), "v too short");
+    assert!(ol.fits(batch, hq, sq, dv, out.len()), "out too short");
+    if let Some(lse) = lse.as_deref() {
+        assert!(lse.len() >= batch * hq * sq, "lse too short");
+    }
+    if batch == 0 || hq == 0 || sq == 0 {
+        return;
+    }
+    if fused_f32(
+        dims,
+        (q, ql),
+        (k, kl),
+        (v, vl),
+        mask,
+        causal,
+        scale,
+        drop,
+        (out, ol),
+        lse.as_deref_mut(),
+    ) {
+        return;
+    }
+    tiles_strided(
+        dims,
+        (q, ql),
+        (k, kl),
+        (v, vl),
+        mask,
+        causal,
+        scale,
+        drop,
+        (out, ol),
+        lse,
+    )
+}
+
+/// [`forward_strided`] on the GEMM-based tiles of [`head_forward`] (`f64`, NEON; `f32` on
+/// x86 runs the fused kernel instead). The operands are checked.
+#[allow(clippy::too_many_arguments)]
+fn tiles_strided<T: AttnElem>(
+    dims: &Dims,
+    (q, ql): (&[T], Layout),
+    (k, kl): (&[T], Layout),
+    (v, vl): (&[T], Layout),
+    mask: Mask<'_, T>,
+    causal: bool,
+    scale: f64,
+    drop: Option<Dropout>,
+    (out, ol): (&mut [T], Layout),
+    mut lse: Option<&mut [T]>,
+) {
+    let Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    } = *dims;
+    if batch == 0 || hq == 0 || sq == 0 {
+        return;
+    }
     let group = hq / hkv;
     let mut s = vec![T::ZERO; BR * BC];
     let mut own = vec![T::ZERO; sq];
     let mut kt = vec![T::ZERO; kt_len(sk, d)];
+    let ld = Ld {
+        q: ql.row,
+        v: vl.row,
+        o: ol.row,
+    };
     for b in 0..batch {
         for h in 0..hq {
             let bh = b * hq + h;
-            let g = b * hkv + h / group;
-            if h % group == 0 {
-                transpose_k(&k[g * sk * d..(g + 1) * sk * d], sk, d, &mut kt);
+            let g = h / group;
+            if h % group == 0 && sk > 0 {
+                transpose_k(&k[kl.at(b, g)..], sk, d, kl.row, &mut kt);
             }
             let lse_h = match lse.as_deref_mut() {
                 Some(x) => &mut x[bh * sq..(bh + 1) * sq],
                 None => &mut own[..],
             };
+            // (empty heads, `d` or `dv` 0, start at most at their slice's end)
+            let (qo, vo) = (ql.at(b, h).min(q.len()), vl.at(b, g).min(v.len()));
+            let oe = (ol.at(b, h) + (sq - 1) * ol.row + dv).min(out.len());
+            let oo = ol.at(b, h).min(oe);
             head_forward(
                 dims,
-                &q[bh * sq * d..(bh + 1) * sq * d],
+                &q[qo..],
                 &kt,
-                &v[g * sk * dv..(g + 1) * sk * dv],
+                &v[vo..],
                 mask,
                 bh,
                 causal,
                 T::of(scale),
-                Some(&mut out[bh * sq * dv..(bh + 1) * sq * dv]),
+                Some(&mut out[oo..oe]),
                 lse_h,
                 &mut s,
                 drop.as_ref(),
+                ld,
             );
         }
     }
@@ -673,14 +860,14 @@ fn forward_tiles<T: AttnElem>(
 #[allow(clippy::too_many_arguments)]
 fn fused_f32<T: AttnElem>(
     dims: &Dims,
-    q: &[T],
-    k: &[T],
-    v: &[T],
+    (q, ql): (&[T], Layout),
+    (k, kl): (&[T], Layout),
+    (v, vl): (&[T], Layout),
     mask: Mask<'_, T>,
     causal: bool,
     scale: f64,
     drop: Option<Dropout>,
-    out: &mut [T],
+    (out, ol): (&mut [T], Layout),
     lse: Option<&mut [T]>,
 ) -> bool {
     use crate::isa::Isa;
@@ -692,18 +879,19 @@ fn fused_f32<T: AttnElem>(
         // SAFETY: `T` is `f32`
         unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
     };
-    let (q, k, v) = (f(q), f(k), f(v));
+    let (q, k, v) = ((f(q), ql), (f(k), kl), (f(v), vl));
     // SAFETY: `T` is `f32`: the same type
     let mask: Mask<'_, f32> = unsafe { std::mem::transmute_copy(&mask) };
     // SAFETY: as above
     let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
+    let out = (out, ol);
     let lse = lse.map(|x| unsafe {
         // SAFETY: as above
         std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len())
     });
     let (scale, drop) = (scale as f32, drop.as_ref());
     match crate::isa::active() {
-        // SAFETY: `active` only returns levels the CPU supports; `dims` checked
+        // SAFETY: `active` only returns levels the CPU supports; the layouts checked
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe {
             fused_x86::run_512(dims, q, k, v, mask, causal, scale, drop, out, lse)
@@ -712,7 +900,7 @@ fn fused_f32<T: AttnElem>(
         Isa::Avx2 => unsafe {
             fused_x86::run_256(dims, q, k, v, mask, causal, scale, drop, out, lse)
         },
-        // SAFETY: the portable form needs no ISA; `dims` checked
+        // SAFETY: the portable form needs no ISA; the layouts checked
         Isa::Scalar => unsafe {
             fused::run::<f32, fused::Portable>(dims, q, k, v, mask, causal, scale, drop, out, lse)
         },
@@ -823,7 +1011,7 @@ pub fn backward_dropout<T: AttnElem>(
             let gk = b * hkv + g;
             let kh = &k[gk * sk * d..(gk + 1) * sk * d];
             let vh = &v[gk * sk * dv..(gk + 1) * sk * dv];
-            transpose_k(kh, sk, d, &mut kt);
+            transpose_k(kh, sk, d, d, &mut kt);
             // row statistics of the group's query heads
             for t in 0..group {
                 let bh = b * hq + g * group + t;
@@ -840,6 +1028,7 @@ pub fn backward_dropout<T: AttnElem>(
                     &mut lse[t * sq..(t + 1) * sq],
                     s,
                     None,
+                    Ld { q: d, v: dv, o: dv },
                 );
                 for i in 0..sq {
                     let (ro, rg) = (
@@ -866,7 +1055,7 @@ pub fn backward_dropout<T: AttnElem>(
                         let br = BR.min(sq - i0);
                         let st = &mut s[..br * bc];
                         let dpt = &mut dp[..br * bc];
-                        scores(br, bc, d, scale_t, &qh[i0 * d..], &kt[j0 * d..], st);
+                        scores(br, bc, d, scale_t, &qh[i0 * d..], d, &kt[j0 * d..], st);
                         let tm = TileMask {
                             mask,
                             bh,

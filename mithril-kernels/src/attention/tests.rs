@@ -727,14 +727,14 @@ fn fused_forward_matches_naive_across_tile_edges() {
         unsafe {
             fused::run::<f64, fused::Portable>(
                 &dm,
-                &q,
-                &k,
-                &v,
+                (&q, Layout::contiguous(dm.hq, dm.sq, dm.d)),
+                (&k, Layout::contiguous(dm.hkv, dm.sk, dm.d)),
+                (&v, Layout::contiguous(dm.hkv, dm.sk, dm.dv)),
                 mask,
                 causal,
                 scale,
                 drop.as_ref(),
-                &mut out,
+                (&mut out, Layout::contiguous(dm.hq, dm.sq, dm.dv)),
                 None,
             )
         };
@@ -900,6 +900,138 @@ fn fused_cost_cases(peak: Option<f64>) {
                 t * 1e6,
                 peak.map(|p| format!("{:.2}", g / p)).unwrap_or_default()
             );
+        }
+    }
+}
+
+/// [`forward_strided`] reading the heads out of row-interleaved buffers (`[batch, seq, heads ·
+/// d]` with extra columns, keys and values side by side in one buffer, as a fused
+/// in-projection) and writing `[batch, sq, hq · dv]` gives bit for bit [`forward`] on the
+/// contiguous `[batch, heads, seq, d]` copies, touches no column outside its heads, on every
+/// ISA path, f32 and f64.
+#[test]
+fn strided_layouts_are_bitwise_the_contiguous_forward() {
+    fn go<T: AttnElem + Into<f64>>(c: &Case, isa: Isa) {
+        let dm = c.dims;
+        let Dims {
+            batch,
+            hq,
+            hkv,
+            sq,
+            sk,
+            d,
+            dv,
+        } = dm;
+        let of = |x: &[f64]| -> Vec<T> { x.iter().map(|&v| T::of(v)).collect() };
+        let q = of(&data(batch * hq * sq * d, 11));
+        let k = of(&data(batch * hkv * sk * d, 12));
+        let v = of(&data(batch * hkv * sk * dv, 13));
+        let bm: Vec<bool> = (0..sk).map(|j| j % 3 != 1).collect();
+        let offs = vec![0usize; batch * hq];
+        let mask = if c.mask == 2 {
+            Mask::Bool(MaskView {
+                data: &bm,
+                offs: &offs,
+                si: 0,
+                sj: 1,
+            })
+        } else {
+            Mask::None
+        };
+        let mut want = vec![T::ZERO; batch * hq * sq * dv];
+        isa::with_isa(isa, || {
+            forward(&dm, &q, &k, &v, mask, c.causal, 0.37, &mut want, None)
+        });
+        // q: [batch, sq, 2 + hq·d + 3], heads from column 2
+        let qrow = hq * d + 5;
+        let mut qb = vec![T::of(7.0); batch * sq * qrow];
+        // k and v side by side: [batch, sk, hkv·d + hkv·dv + 1]
+        let kvrow = hkv * (d + dv) + 1;
+        let mut kvb = vec![T::of(7.0); batch * sk * kvrow];
+        for b in 0..batch {
+            for h in 0..hq {
+                for i in 0..sq {
+                    for e in 0..d {
+                        qb[(b * sq + i) * qrow + 2 + h * d + e] =
+                            q[((b * hq + h) * sq + i) * d + e];
+                    }
+                }
+            }
+            for g in 0..hkv {
+                for j in 0..sk {
+                    for e in 0..d {
+                        kvb[(b * sk + j) * kvrow + g * d + e] = k[((b * hkv + g) * sk + j) * d + e];
+                    }
+                    for e in 0..dv {
+                        kvb[(b * sk + j) * kvrow + hkv * d + g * dv + e] =
+                            v[((b * hkv + g) * sk + j) * dv + e];
+                    }
+                }
+            }
+        }
+        let ql = Layout {
+            off: 2,
+            batch: sq * qrow,
+            head: d,
+            row: qrow,
+        };
+        let kl = Layout {
+            off: 0,
+            batch: sk * kvrow,
+            head: d,
+            row: kvrow,
+        };
+        let vl = Layout {
+            off: hkv * d,
+            head: dv,
+            ..kl
+        };
+        // out: [batch, sq, 1 + hq·dv + 2], heads from column 1
+        let orow = hq * dv + 3;
+        let ol = Layout {
+            off: 1,
+            batch: sq * orow,
+            head: dv,
+            row: orow,
+        };
+        let sentinel = T::of(-3.5);
+        let mut out = vec![sentinel; batch * sq * orow];
+        isa::with_isa(isa, || {
+            forward_strided(
+                &dm,
+                (&qb, ql),
+                (&kvb, kl),
+                (&kvb, vl),
+                mask,
+                c.causal,
+                0.37,
+                None,
+                (&mut out, ol),
+                None,
+            )
+        });
+        for b in 0..batch {
+            for i in 0..sq {
+                let r = &out[(b * sq + i) * orow..(b * sq + i + 1) * orow];
+                assert!(r[0] == sentinel && r[orow - 2..].iter().all(|&x| x == sentinel));
+                for h in 0..hq {
+                    for e in 0..dv {
+                        let (g, w) = (r[1 + h * dv + e], want[((b * hq + h) * sq + i) * dv + e]);
+                        assert!(
+                            g.into().to_bits() == w.into().to_bits(),
+                            "{isa:?} {dm:?} b {b} h {h} i {i} e {e}: {} vs {}",
+                            g.into(),
+                            w.into()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for isa in Isa::available() {
+        for c in cases() {
+            go::<f32>(&c, isa);
+            go::<f64>(&c, isa);
         }
     }
 }

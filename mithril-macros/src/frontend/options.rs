@@ -133,6 +133,12 @@ pub struct Options {
     pub operator_fusion: bool,
     pub dead_code_elimination: bool,
     pub common_subexpression: bool,
+    /// `optimizations: { norm_fusion }`: layer norm / RMS norm graphs as one row-kernel node
+    /// (`passes::norm`, CPU plan only).
+    pub norm_fusion: bool,
+    /// `optimizations: { head_fusion }`: `attention`'s head split / merge copies as strided
+    /// reads and writes of its kernel (`passes::heads`, CPU plan only).
+    pub head_fusion: bool,
     pub dump_graph: Option<(String, DumpFormat)>,
     pub file_path: Option<String>,
     /// Mithril's key roles: params that get gradients (dotted names or globs; all when absent).
@@ -224,6 +230,8 @@ impl Default for Options {
             operator_fusion: true,
             dead_code_elimination: true,
             common_subexpression: true,
+            norm_fusion: true,
+            head_fusion: true,
             dump_graph: None,
             file_path: None,
             trainable: None,
@@ -829,9 +837,11 @@ fn opt_optimizations(o: &mut Options, v: &OptValue) -> Result<(), syn::Error> {
                 "operator_fusion" => o.operator_fusion = b2,
                 "dead_code_elimination" => o.dead_code_elimination = b2,
                 "common_subexpression" => o.common_subexpression = b2,
+                "norm_fusion" => o.norm_fusion = b2,
+                "head_fusion" => o.head_fusion = b2,
                 other => {
                     return Err(e(name.span(), format!(
-                        "unknown optimization `{other}`; expected constant_folding, operator_fusion, dead_code_elimination or common_subexpression"
+                        "unknown optimization `{other}`; expected constant_folding, operator_fusion, dead_code_elimination, common_subexpression, norm_fusion or head_fusion"
                     )))
                 }
             }

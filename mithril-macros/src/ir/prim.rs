@@ -269,6 +269,30 @@ pub enum Prim {
     CachedAttention {
         scale: Option<f64>,
     },
+    // ---- row normalisations (`prims/softmax.rs`), made by `passes::norm` only
+    /// A layer norm (`rms` false: `(x - mean) / √(var + eps)`, biased variance) or RMS norm
+    /// (`rms`: `x / √(mean(x²) + eps)`) over the last axis, then `· weight` (with `scale`) and
+    /// `+ bias` (with `bias`, layer norm only): args `x[, weight][, bias]`, the weight and bias
+    /// `[D]` (`D` the last dim). Never written in the DSL: `passes::norm` makes it of the
+    /// library `LayerNorm` / `RMSNorm` graphs in inference graphs; it has no gradient.
+    Norm {
+        eps: f64,
+        rms: bool,
+        scale: bool,
+        bias: bool,
+    },
+    /// `attention` (forward, no dropout) with the head split and merge folded in, made by
+    /// `passes::heads` only (`prims/attention.rs`): args `q, k, v[, mask]`, each either a
+    /// `[B, H, S, D]` operand (`split[i]` `None`) or a `[B, S, C]` one whose columns `off + h ·
+    /// width ..` are head `h` (`split[i]` `Some((heads, width, off))`: the slice, reshape and
+    /// transpose of the head split read in place); with `merge` the result is `[B, Sq, Hq ·
+    /// Dv]` (the transpose and reshape of the merge written in place), else `[B, Hq, Sq, Dv]`.
+    AttentionHeads {
+        causal: bool,
+        scale: Option<f64>,
+        split: [Option<(u64, u64, u64)>; 3],
+        merge: bool,
+    },
 }
 
 /// The padding modes of `pad`.

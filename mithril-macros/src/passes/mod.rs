@@ -12,5 +12,7 @@ pub mod elide;
 pub mod epilogue;
 pub mod fold;
 pub mod fuse;
+pub mod heads;
 pub mod memplan;
+pub mod norm;
 pub mod placement;

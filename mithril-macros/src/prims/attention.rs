@@ -258,6 +258,9 @@ impl Family for Rules {
     }
 
     fn name(&self, p: &Prim) -> &'static str {
+        if let Prim::AttentionHeads { .. } = p {
+            return "attention";
+        }
         match parts(p) {
             Some((_, _, 0)) => "attention",
             _ => "attention_grad",
@@ -265,6 +268,9 @@ impl Family for Rules {
     }
 
     fn shape(&self, p: &Prim, env: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
+        if let Prim::AttentionHeads { split, merge, .. } = p {
+            return heads_shape(env, ins, split, *merge);
+        }
         let (_, _, part) = parts(p).ok_or("internal: not attention")?;
         if ins.len() < 3 {
             return Err("`attention` takes query, key and value".into());
@@ -303,7 +309,11 @@ impl Family for Rules {
     }
 
     fn dtype(&self, p: &Prim, env: &mut Env, ins: &[ArgDt], _: DType) -> Result<DT, String> {
-        let (_, _, part) = parts(p).ok_or("internal: not attention")?;
+        // (the fused form keeps its operands' dtype: `passes::heads` made it of `attention`)
+        let part = match p {
+            Prim::AttentionHeads { .. } => 0,
+            _ => parts(p).ok_or("internal: not attention")?.2,
+        };
         let fmt = |env: &Env, t: DT| match env.dt(t) {
             DT::Known(x) => x.to_string(),
             DT::Var(_) => "an open float type".into(),
@@ -452,6 +462,29 @@ impl Family for Rules {
     }
 
     fn plan(&self, p: &Prim, cx: &PlanCx<'_>) -> Result<String, String> {
+        if let Prim::AttentionHeads {
+            causal,
+            scale,
+            split,
+            merge,
+        } = p
+        {
+            // each operand: heads, width, first column (heads 0: a plain [B, H, S, D] operand)
+            let cols: Vec<String> = split
+                .iter()
+                .map(|s| {
+                    let (h, w, o) = s.unwrap_or((0, 0, 0));
+                    format!("{h} {w} {o}")
+                })
+                .collect();
+            return Ok(format!(
+                "attention_heads {} {} {} {}",
+                pt::flag(*causal),
+                scale.map(pt::f64_lit).unwrap_or_else(|| "-".into()),
+                pt::flag(*merge),
+                cols.join(" ")
+            ));
+        }
         let (causal, scale, part) = parts(p).ok_or("internal: not attention")?;
         let (dropout, op) = drop_of(p);
         let drop = if dropout > 0.0 {
@@ -465,6 +498,47 @@ impl Family for Rules {
             scale.map(pt::f64_lit).unwrap_or_else(|| "-".into())
         ))
     }
+}
+
+/// The shape of [`Prim::AttentionHeads`]: `[B, Sq, Hq · Dv]` with `merge`, else `[B, Hq, Sq,
+/// Dv]`, from its operands (see the variant).
+fn heads_shape(
+    env: &mut Env,
+    ins: &[Shape],
+    split: &[Option<(u64, u64, u64)>; 3],
+    merge: bool,
+) -> Result<Shape, String> {
+    if ins.len() < 3 {
+        return Err("internal: the fused attention takes query, key and value".into());
+    }
+    // (batch, heads, seq, width) of operand `i`
+    let logical = |i: usize| -> Result<[Dim; 4], String> {
+        let s = &ins[i];
+        match (split[i], &s.dims[..]) {
+            (Some((h, w, _)), [b, sq, _]) if s.rest.is_none() => {
+                Ok([b.clone(), Dim::Known(h), sq.clone(), Dim::Known(w)])
+            }
+            (None, [b, h, sq, w]) if s.rest.is_none() => {
+                Ok([b.clone(), h.clone(), sq.clone(), w.clone()])
+            }
+            _ => Err(format!(
+                "internal: a fused attention operand of shape {}",
+                env.fmt_shape(s)
+            )),
+        }
+    };
+    let (q, v) = (logical(0)?, logical(2)?);
+    let [b, hq, sq, _] = q;
+    let dv = v[3].clone();
+    let dims = if merge {
+        let (Dim::Known(h), Dim::Known(w)) = (env.dim(&hq), env.dim(&dv)) else {
+            return Err("internal: a merged fused attention needs known heads and widths".into());
+        };
+        vec![b, sq, Dim::Known(h * w)]
+    } else {
+        vec![b, hq, sq, dv]
+    };
+    Ok(env.shape(&Shape { rest: None, dims }))
 }
 
 /// The `AttnPart` variant of gradient part `part` (1 ..= 5).

@@ -301,13 +301,15 @@ impl Prim {
             // pooling, pad, upsample
             Pool(_) | PoolGrad(_) => &pool::Rules,
             // attention
-            Attention { .. } => &attention::Rules,
+            Attention { .. } | AttentionHeads { .. } => &attention::Rules,
             // norm / dropout
             Dropout { .. } => &random::Rules,
             // convolution
             Conv(_) => &conv::Rules,
             // incremental decoding
             UpdateSlice { .. } | CachedAttention { .. } => &decode::Rules,
+            // row normalisations (made by `passes::norm`)
+            Norm { .. } => &softmax::Rules,
         }
     }
 

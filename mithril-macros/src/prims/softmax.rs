@@ -1,10 +1,15 @@
 //! `softmax` and `log_softmax` along one axis. CPU: `mithril::rt::ops::softmax_to` /
 //! `log_softmax_to` (the row kernels of `mithril_kernels::rows`).
+//!
+//! Also the row normalisations [`Prim::Norm`] (layer norm and RMS norm over the last axis, with
+//! an optional weight and bias): not DSL functions, made by `passes::norm` of the library
+//! `LayerNorm` / `RMSNorm` graphs in inference graphs; CPU only (`mithril::rt::ops::norm_to`,
+//! over `rows::layer_norm` / `rows::rms_norm`), no gradient (autodiff runs before the pass).
 
 use super::attrs::{get, int_attr, sig, AttrVal, Sig, UN};
 use super::cuda::{self, CudaCx};
 use super::grad::Builder;
-use super::plan::PlanCx;
+use super::plan::{self as pt, PlanCx};
 use super::rules::{float_only, norm_axis, ArgDt};
 use super::{CallCx, Family};
 use crate::ir::{DType, Env, NodeId, Shape, DT};
@@ -39,6 +44,18 @@ impl Family for Rules {
         match p {
             Prim::Softmax(a) => Ok(format!("softmax {a}")),
             Prim::LogSoftmax(a) => Ok(format!("log_softmax {a}")),
+            Prim::Norm {
+                eps,
+                rms,
+                scale,
+                bias,
+            } => Ok(format!(
+                "norm {} {} {} {}",
+                pt::f64_lit(*eps),
+                pt::flag(*rms),
+                pt::flag(*scale),
+                pt::flag(*bias)
+            )),
             _ => Err("internal: not a softmax".into()),
         }
     }
@@ -63,11 +80,17 @@ impl Family for Rules {
     fn name(&self, p: &Prim) -> &'static str {
         match p {
             Prim::Softmax(_) => "softmax",
+            Prim::Norm { rms: false, .. } => "layer_norm",
+            Prim::Norm { rms: true, .. } => "rms_norm",
             _ => "log_softmax",
         }
     }
 
     fn shape(&self, p: &Prim, _: &mut Env, ins: &[Shape]) -> Result<Shape, String> {
+        if let Prim::Norm { .. } = p {
+            // the pass made it of a graph of the input's shape
+            return Ok(ins[0].clone());
+        }
         let (Prim::Softmax(axis) | Prim::LogSoftmax(axis)) = p else {
             return Err("internal: no shape rule".into());
         };
@@ -92,7 +115,7 @@ impl Family for Rules {
         &self,
         b: &mut Builder,
         p: &Prim,
-        _: &[NodeId],
+        x: &[NodeId],
         y: NodeId,
         gy: NodeId,
     ) -> Vec<Option<NodeId>> {
@@ -112,6 +135,8 @@ impl Family for Rules {
                 let t = b.mul(sm, s);
                 vec![Some(b.bin(Sub, gy, t))]
             }
+            // made after autodiff (`passes::norm`): never differentiated
+            Norm { .. } => b.unsupported(p.name(), x.len()),
             _ => vec![None],
         }
     }
@@ -128,6 +153,20 @@ impl Family for Rules {
             Prim::LogSoftmax(axis) => {
                 let axis = *axis as isize;
                 quote!(#ops::log_softmax_to(&#x, #axis, #d))
+            }
+            Prim::Norm {
+                eps,
+                rms,
+                scale,
+                bias,
+            } => {
+                let opt = |on: bool, k: usize| match a.get(k) {
+                    Some(v) if on => quote!(::core::option::Option::Some(&#v)),
+                    _ => quote!(::core::option::Option::None),
+                };
+                let w = opt(*scale, 1);
+                let bb = opt(*bias, 1 + usize::from(*scale));
+                quote!(#ops::norm_to(&#x, #w, #bb, #eps, #rms, #d))
             }
             _ => return Err("internal: no call lowering".into()),
         }))

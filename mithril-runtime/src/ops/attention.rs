@@ -249,6 +249,136 @@ pub fn attention_dropout_to<'w, T: AttnScalar>(
     Ok(out)
 }
 
+/// How [`attention_heads_to`] reads one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadCols {
+    /// A `[B, H, S, D]` tensor.
+    Plain,
+    /// A `[B, S, C]` tensor whose columns `off + h · width .. off + (h + 1) · width` are head
+    /// `h` of `heads` (the column blocks of an in-projection, before the head split).
+    Split {
+        /// the heads
+        heads: usize,
+        /// each head's width (`D`, or `Dv` for the value)
+        width: usize,
+        /// the first column of head 0
+        off: usize,
+    },
+}
+
+/// One operand of [`attention_heads_to`]: its logical `[B, H, S, W]` dims and kernel layout,
+/// or the error naming the operand, what was expected and its shape.
+fn head_operand<T>(
+    op: &str,
+    name: &str,
+    a: &CowArray<'_, T, IxDyn>,
+    cols: HeadCols,
+) -> Result<([usize; 4], kern::Layout)> {
+    let sh = a.shape();
+    match cols {
+        HeadCols::Plain => match *sh {
+            [b, h, s, w] => Ok(([b, h, s, w], kern::Layout::contiguous(h, s, w))),
+            _ => Err(Error::op(
+                op,
+                format!("the {name} must be [B, H, S, D], given {}", fmt_shape(sh)),
+            )),
+        },
+        HeadCols::Split { heads, width, off } => match *sh {
+            [b, s, c] if off + heads * width <= c => Ok((
+                [b, heads, s, width],
+                kern::Layout {
+                    off,
+                    batch: s * c,
+                    head: width,
+                    row: c,
+                },
+            )),
+            _ => Err(Error::op(
+                op,
+                format!(
+                    "the {name} must be [B, S, C] with C >= {} ({heads} heads of {width} from column {off}), given {}",
+                    off + heads * width,
+                    fmt_shape(sh)
+                ),
+            )),
+        },
+    }
+}
+
+/// [`attention_to`] with the head split and merge folded in (`[B, ...]` operands, no copies):
+/// each of `q`, `k`, `v` is a `[B, H, S, D]` tensor ([`HeadCols::Plain`]) or the heads of a
+/// `[B, S, C]` in-projection read in place ([`HeadCols::Split`]: what `x.slice(.., .., a..b)
+/// .reshape([B, S, H, D]).transpose(axes = [0, 2, 1, 3])` would copy out); with `merge` the
+/// result is written as `[B, Sq, Hq · Dv]` (what `transpose(axes = [0, 2, 1, 3]).reshape([B,
+/// Sq, Hq · Dv])` of `[B, Hq, Sq, Dv]` would copy), else as `[B, Hq, Sq, Dv]`. The mask is
+/// that of [`attention_to`] over `[B, Hq, Sq, Sk]`. Bit for bit the unfused ops (the kernel
+/// reads the same rows through strides). The plan op of the compiler's `head_fusion` pass.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_heads_to<'w, T: AttnScalar>(
+    (q, qc): (&ArrayViewD<'_, T>, HeadCols),
+    (k, kc): (&ArrayViewD<'_, T>, HeadCols),
+    (v, vc): (&ArrayViewD<'_, T>, HeadCols),
+    mask: AttnMask<'_, '_, T>,
+    causal: bool,
+    scale: Option<f64>,
+    merge: bool,
+    dest: Dest<'w, T>,
+) -> Result<ArrayViewMutD<'w, T>> {
+    const OP: &str = "attention";
+    let (qs, ks, vs) = (
+        q.as_standard_layout(),
+        k.as_standard_layout(),
+        v.as_standard_layout(),
+    );
+    let (qd, ql) = head_operand(OP, "query", &qs, qc)?;
+    let (kd, kl) = head_operand(OP, "key", &ks, kc)?;
+    let (vd, vl) = head_operand(OP, "value", &vs, vc)?;
+    let sh = shapes(OP, &qd, &kd, &vd)?;
+    let Dims { hq, sq, dv, .. } = sh.dims;
+    let b = qd[0];
+    let (oshape, ol) = if merge {
+        (
+            IxDyn(&[b, sq, hq * dv]),
+            kern::Layout {
+                off: 0,
+                batch: sq * hq * dv,
+                head: dv,
+                row: hq * dv,
+            },
+        )
+    } else {
+        (
+            IxDyn(&[b, hq, sq, dv]),
+            kern::Layout::contiguous(hq, sq, dv),
+        )
+    };
+    let scale = scale.unwrap_or(1.0 / (sh.dims.d as f64).sqrt());
+    let mut out = dest.get(OP, oshape.slice())?;
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let (qx, kx, vx) = (slice(OP, &qs)?, slice(OP, &ks)?, slice(OP, &vs)?);
+    let o = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::op(OP, "internal: destination not contiguous"))?;
+    with_mask(OP, mask, &sh, |m| {
+        kern::forward_strided(
+            &sh.dims,
+            (qx, ql),
+            (kx, kl),
+            (vx, vl),
+            m,
+            causal,
+            scale,
+            None,
+            (o, ol),
+            None,
+        );
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Which gradient [`attention_grad_to`] computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnPart {

@@ -1644,3 +1644,187 @@ pub(crate) fn matmul_epi_merges_leading_axes() {
         near(&g, &want_sl, "sliced a");
     }
 }
+
+/// `norm_to` (the plan op of the compiler's `norm_fusion`): a layer norm with and without
+/// weight and bias and an RMS norm against f64 loops, on a permuted (non-standard) input;
+/// a weight that is not `[D]`, an RMS norm with a bias and an integer tensor are `Err`s.
+#[cfg_attr(test, test)]
+pub(crate) fn norm_to_matches_loops_and_rejects_bad_operands() {
+    use crate::Dest;
+    let d = 13;
+    let x = arr(&[d, 3, 2], rnd(21)).mapv(|v| 3.0 * v + 0.5);
+    // [2, 3, d]: last axis `d`, not in standard layout
+    let xp = x.view().permuted_axes(IxDyn(&[2, 1, 0]));
+    let w = arr(&[d], rnd(22));
+    let b = arr(&[d], rnd(23));
+    for (rms, wt, bt) in [
+        (false, true, true),
+        (false, false, false),
+        (false, true, false),
+        (true, true, false),
+        (true, false, false),
+    ] {
+        let eps = 1e-5;
+        let mut want = xp.to_owned();
+        for mut row in want.lanes_mut(Axis(2)) {
+            let n = d as f64;
+            let mu = if rms { 0.0 } else { row.sum() / n };
+            let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / n;
+            for (i, v) in row.iter_mut().enumerate() {
+                let y = (*v - mu) / (var + eps).sqrt();
+                *v = y * if wt { w[i] } else { 1.0 } + if bt { b[i] } else { 0.0 };
+            }
+        }
+        let (wv, bv) = (w.view(), b.view());
+        let mut o = None;
+        norm_to(
+            &xp,
+            wt.then_some(&wv),
+            bt.then_some(&bv),
+            eps,
+            rms,
+            Dest::Owned(&mut o),
+        )
+        .unwrap();
+        close(&o.unwrap(), &want, 1e-13);
+    }
+    let bad = arr(&[d + 1], rnd(24));
+    let (bv, wv) = (bad.view(), w.view());
+    let mut o = None;
+    assert!(norm_to(&xp, Some(&bv), None, 1e-5, false, Dest::Owned(&mut o)).is_err());
+    assert!(norm_to(&xp, None, Some(&wv), 1e-5, true, Dest::Owned(&mut o)).is_err());
+    let xi = arr(&[2, d], |i| i as i64);
+    let mut oi = None;
+    let e = norm_to(&xi.view(), None, None, 1e-5, false, Dest::Owned(&mut oi)).unwrap_err();
+    assert!(e.to_string().contains("i64"), "{e}");
+}
+
+/// `attention_heads_to` (the plan op of the compiler's `head_fusion`): heads read from the
+/// column blocks of one `[B, S, 3·H·D]` tensor and the output written merged are bit for bit
+/// `attention_to` on the split, transposed copies followed by the merge; GQA with a plain
+/// `[B, H, S, D]` key; operands that do not fit are `Err`s.
+#[cfg_attr(test, test)]
+pub(crate) fn attention_heads_to_is_the_split_attention_bitwise() {
+    use crate::Dest;
+    let (bn, s, h, dd) = (2, 9, 3, 4);
+    let qkv = arr(&[bn, s, 3 * h * dd], rnd(31));
+    // the head split of column block `k`: [B, H, S, D]
+    let split = |k: usize| {
+        qkv.slice(s![.., .., k * h * dd..(k + 1) * h * dd])
+            .to_owned()
+            .into_shape_with_order(IxDyn(&[bn, s, h, dd]))
+            .unwrap()
+            .permuted_axes(IxDyn(&[0, 2, 1, 3]))
+            .as_standard_layout()
+            .to_owned()
+    };
+    let (q, k, v) = (split(0), split(1), split(2));
+    for causal in [false, true] {
+        let mut o = None;
+        attention_to(
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            AttnMask::None,
+            causal,
+            None,
+            Dest::Owned(&mut o),
+        )
+        .unwrap();
+        let heads = o.unwrap();
+        let merged = heads
+            .view()
+            .permuted_axes(IxDyn(&[0, 2, 1, 3]))
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&[bn, s, h * dd]))
+            .unwrap();
+        let col = |k: usize| HeadCols::Split {
+            heads: h,
+            width: dd,
+            off: k * h * dd,
+        };
+        let qv = qkv.view();
+        for merge in [true, false] {
+            let mut f = None;
+            attention_heads_to(
+                (&qv, col(0)),
+                (&qv, col(1)),
+                (&qv, col(2)),
+                AttnMask::None,
+                causal,
+                None,
+                merge,
+                Dest::Owned(&mut f),
+            )
+            .unwrap();
+            let want = if merge { &merged } else { &heads };
+            assert_eq!(&f.unwrap(), want, "causal {causal}, merge {merge}");
+        }
+        // one key / value head, plain: grouped-query attention
+        let (k1, v1) = (
+            k.slice(s![.., 0..1, .., ..]).to_owned().into_dyn(),
+            v.slice(s![.., 0..1, .., ..]).to_owned().into_dyn(),
+        );
+        let mut want = None;
+        attention_to(
+            &q.view(),
+            &k1.view(),
+            &v1.view(),
+            AttnMask::None,
+            causal,
+            Some(0.3),
+            Dest::Owned(&mut want),
+        )
+        .unwrap();
+        let mut f = None;
+        attention_heads_to(
+            (&qv, col(0)),
+            (&k1.view(), HeadCols::Plain),
+            (&v1.view(), HeadCols::Plain),
+            AttnMask::None,
+            causal,
+            Some(0.3),
+            false,
+            Dest::Owned(&mut f),
+        )
+        .unwrap();
+        assert_eq!(f.unwrap(), want.unwrap());
+    }
+    // a split past the last column, a plain operand of rank 3
+    let qv = qkv.view();
+    let past = HeadCols::Split {
+        heads: h,
+        width: dd,
+        off: 2 * h * dd + 1,
+    };
+    let ok = HeadCols::Split {
+        heads: h,
+        width: dd,
+        off: 0,
+    };
+    let mut f = None;
+    let e = attention_heads_to(
+        (&qv, ok),
+        (&qv, ok),
+        (&qv, past),
+        AttnMask::None,
+        false,
+        None,
+        true,
+        Dest::Owned(&mut f),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("value"), "{e}");
+    assert!(attention_heads_to(
+        (&qv, ok),
+        (&qv, HeadCols::Plain),
+        (&qv, ok),
+        AttnMask::None,
+        false,
+        None,
+        true,
+        Dest::Owned(&mut f),
+    )
+    .is_err());
+}

@@ -1212,6 +1212,24 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
             POp::LogSoftmax(ax) => {
                 real_t!(dt, w, T => self.put::<T>(id, h, |d| ops::log_softmax_to(typed::<T>(&x)?, *ax, d)))
             }
+            POp::Norm {
+                eps,
+                rms,
+                scale,
+                bias,
+            } => {
+                let wt = if *scale { Some(a(1)?) } else { None };
+                let bt = if *bias {
+                    Some(a(1 + usize::from(*scale))?)
+                } else {
+                    None
+                };
+                real_t!(dt, w, T => self.put::<T>(id, h, |d| {
+                    let wv = match &wt { Some(v) => Some(typed::<T>(v)?), None => None };
+                    let bv = match &bt { Some(v) => Some(typed::<T>(v)?), None => None };
+                    ops::norm_to(typed::<T>(&x)?, wv, bv, *eps, *rms, d)
+                }))
+            }
             // norm / dropout (random ops)
             POp::Dropout { p, op, seed } => {
                 let training = match a(1)? {
@@ -1311,6 +1329,54 @@ impl<'p, 'a: 'w, 'w> Cx<'p, 'a, 'w> {
                 };
                 let n = step.args.len() - usize::from(dropout.is_some());
                 self.attention(id, step, *causal, *scale, *part, drop, n, a)
+            }
+            POp::AttentionHeads {
+                causal,
+                scale,
+                merge,
+                cols,
+            } => {
+                let (q, k, v) = (a(0)?, a(1)?, a(2)?);
+                let m = if step.args.len() > 3 {
+                    Some(a(3)?)
+                } else {
+                    None
+                };
+                macro_rules! go {
+                    ($T:ty) => {{
+                        let mb;
+                        let mf;
+                        let mask = match &m {
+                            None => ops::AttnMask::None,
+                            Some(mv) if mv.dtype() == DType::Bool => {
+                                mb = typed::<bool>(mv)?;
+                                ops::AttnMask::Bool(mb)
+                            }
+                            Some(mv) => {
+                                mf = typed::<$T>(mv)?;
+                                ops::AttnMask::Add(mf)
+                            }
+                        };
+                        let (q, k, v) = (typed::<$T>(&q)?, typed::<$T>(&k)?, typed::<$T>(&v)?);
+                        self.put::<$T>(id, h, |d| {
+                            ops::attention_heads_to(
+                                (q, cols[0]),
+                                (k, cols[1]),
+                                (v, cols[2]),
+                                mask,
+                                *causal,
+                                *scale,
+                                *merge,
+                                d,
+                            )
+                        })
+                    }};
+                }
+                match dt {
+                    DType::F32 => go!(f32),
+                    DType::F64 => go!(f64),
+                    _ => Err(internal(w, "the fused attention runs in f32 / f64")),
+                }
             }
             // ---- convolution
             POp::Conv(spec) => {

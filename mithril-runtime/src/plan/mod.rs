@@ -296,6 +296,24 @@ pub enum POp {
         relu: bool,
         pool: bool,
     },
+    // ---- row normalisations (made by the compiler's `norm_fusion` pass)
+    /// a layer norm (`rms` false) or RMS norm of `args[0]` over its last axis
+    /// (`ops::norm_to`), then `· args[1]` with `scale` and `+` the next operand with `bias`
+    Norm {
+        eps: f64,
+        rms: bool,
+        scale: bool,
+        bias: bool,
+    },
+    /// `attention(q, k, v[, mask])` with the head split / merge folded in (made by the
+    /// compiler's `head_fusion` pass; `ops::attention_heads_to`): how each of `q, k, v` is
+    /// read, and whether the result is written merged (`[B, Sq, Hq · Dv]`)
+    AttentionHeads {
+        causal: bool,
+        scale: Option<f64>,
+        merge: bool,
+        cols: [crate::ops::HeadCols; 3],
+    },
 }
 
 impl POp {
@@ -328,6 +346,9 @@ impl POp {
             POp::ArgReduce { max: false, .. } => "argmin",
             POp::Softmax(_) => "softmax",
             POp::LogSoftmax(_) => "log_softmax",
+            POp::Norm { rms: false, .. } => "layer_norm",
+            POp::Norm { rms: true, .. } => "rms_norm",
+            POp::AttentionHeads { .. } => "attention",
             POp::Dropout { .. } => "dropout",
             POp::Unsqueeze(_) => "unsqueeze",
             POp::BroadcastLike => "broadcast_like",

@@ -692,6 +692,13 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
         },
         "softmax" => POp::Softmax(t.num()?),
         "log_softmax" => POp::LogSoftmax(t.num()?),
+        // row normalisations: eps, rms, scale, bias
+        "norm" => POp::Norm {
+            eps: f64_lit(t)?,
+            rms: t.flag()?,
+            scale: t.flag()?,
+            bias: t.flag()?,
+        },
         "unsqueeze" => POp::Unsqueeze(t.list()?),
         "broadcast_like" => POp::BroadcastLike,
         "reshape_like" => POp::ReshapeLike,
@@ -763,6 +770,34 @@ fn step(t: &mut Toks) -> R<(Step, Option<Ctx>)> {
                 },
             },
         },
+        // attention with the head split / merge folded in: causal, scale, merge, then heads,
+        // width and first column of q, k, v (heads 0: a plain `[B, H, S, D]` operand)
+        "attention_heads" => {
+            let causal = t.flag()?;
+            let scale = match t.word()? {
+                "-" => None,
+                w => match lit(w)? {
+                    Lit::F64(v) => Some(v),
+                    _ => return Err("f64 literal expected".into()),
+                },
+            };
+            let merge = t.flag()?;
+            let mut col = || -> R<crate::ops::HeadCols> {
+                let (heads, width, off): (usize, usize, usize) = (t.num()?, t.num()?, t.num()?);
+                Ok(if heads == 0 {
+                    crate::ops::HeadCols::Plain
+                } else {
+                    crate::ops::HeadCols::Split { heads, width, off }
+                })
+            };
+            let cols = [col()?, col()?, col()?];
+            POp::AttentionHeads {
+                causal,
+                scale,
+                merge,
+                cols,
+            }
+        }
         // norm / dropout (random ops)
         "dropout" => POp::Dropout {
             p: f64_lit(t)?,
