@@ -51,6 +51,8 @@ mod gemv;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pool;
+#[cfg(target_arch = "x86_64")]
+mod rows;
 mod scalar;
 #[cfg(test)]
 mod tests;
