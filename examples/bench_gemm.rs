@@ -354,6 +354,76 @@ fn main() {
         println!("train b={bm} products total {:.1} us", total * 1e6);
         return;
     }
+    // `encoder [ROUNDS]`: the batch-1 encoder block's four products (`M = 128` rows, weights
+    // `[out, in]` row-major read as `Wᵀ`, packed once as `prepare` does) with a bias epilogue,
+    // in thread CPU time next to the FMA peak measured in the same rounds, one thread.
+    if arg1.as_deref() == Some("encoder") {
+        let rounds: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        mg::set_num_threads(1);
+        let mut g = Lcg(3);
+        // (name, m, k, n)
+        let shapes = [
+            ("in_proj", 128, 256, 768),
+            ("out_proj", 128, 256, 256),
+            ("linear1", 128, 256, 1024),
+            ("linear2", 128, 1024, 256),
+        ];
+        let data: Vec<_> = shapes
+            .iter()
+            .map(|&(_, m, k, n)| {
+                let (x, w, bias) = (g.vec(m * k), g.vec(n * k), g.vec(n));
+                let pw = mg::pack_b(k, n, &w, 1, k);
+                (x, w, bias, pw)
+            })
+            .collect();
+        for round in 0..rounds {
+            let pcpu = fma_peak_cpu().unwrap_or(f64::NAN);
+            let mut line = format!("round {round}: peak {pcpu:.1}");
+            for (&(name, m, k, n), (x, w, bias, pw)) in shapes.iter().zip(&data) {
+                let mut c = vec![0f32; m * n];
+                let fl = 2.0 * (m * n * k) as f64;
+                let reps = (3e9 / fl) as usize + 5;
+                let t = bench_cpu(
+                    || {
+                        mg::gemm_prepacked(
+                            m,
+                            n,
+                            k,
+                            1.0,
+                            x,
+                            k,
+                            1,
+                            w,
+                            1,
+                            k,
+                            pw,
+                            false,
+                            &mut c,
+                            n,
+                            |_, j, v: &mut [f32]| {
+                                for (x, b) in v.iter_mut().zip(&bias[j..]) {
+                                    *x += *b;
+                                }
+                            },
+                        )
+                    },
+                    reps,
+                    4,
+                );
+                let gf = fl / t / 1e9;
+                line += &format!(
+                    " | {name} {:.1} us {gf:.1} GF/s {:.1}%",
+                    t * 1e6,
+                    100.0 * gf / pcpu
+                );
+            }
+            println!("{line}");
+        }
+        return;
+    }
     // `scale N`: our f32 GEMM at size N with 1 and 2 threads (wall-clock medians).
     if arg1.as_deref() == Some("scale") {
         let n: usize = std::env::args()

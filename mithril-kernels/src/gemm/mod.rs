@@ -29,7 +29,11 @@
 //! `vdpbf16ps` on 8 rows at a time, and every ISA's `bf16` batch-1 dot GEMV — that one, AVX2 and
 //! NEON by widening with shifts, the scalar loop — sums in one order, so they agree bitwise on
 //! normal values), a small-matrix path (`f32`, B rows contiguous, small volume: the microkernel
-//! reads A and B in place), and the packed path. The ISA is detected once ([`detected_isa`]) and
+//! reads A and B in place), and the packed path — on AVX-512, for `f32` with a row-major A of
+//! at most 384 rows, in the form of `rows.rs` (A not packed: read in place, or copied without a
+//! transpose where its rows would crowd one L1 set; full tiles stored from the registers; the
+//! epilogue per finished 12 × 256 block; bitwise the packed path's results). The ISA is
+//! detected once ([`detected_isa`]) and
 //! can be forced per call ([`gemm_with`]) for tests and benchmarks.
 //!
 //! Blocking (AVX-512 `f32`): MC = 36, KC = 1024 (the whole K up to 1024: one pass over C),
@@ -51,6 +55,8 @@ mod gemv;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pool;
+#[cfg(target_arch = "x86_64")]
+mod rows;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -448,7 +454,8 @@ unsafe impl<T: sealed::Sealed> Sync for Args<T> {}
 /// accumulated C) before they are converted and stored; it may rewrite them (bias, activation,
 /// residual, scaling). On the packed path it runs once per row of each finished cache block
 /// (up to 2048 values, still in cache; the values of a narrow C are kept in an f32 block buffer
-/// until then), on the small and GEMV paths once per row or microtile row; write it as a plain
+/// until then; up to 256 values on the AVX-512 `f32` path for at most 384 rows of a row-major
+/// A), on the small and GEMV paths once per row or microtile row; write it as a plain
 /// loop over `v` so it vectorizes. Above the threading threshold it runs on several threads at
 /// once (hence `Sync`; segments never overlap).
 ///

@@ -813,3 +813,96 @@ fn bf16_batch1_gemv_is_bitwise_the_same_on_every_isa() {
         }
     }
 }
+
+/// The AVX-512 row-major-A `f32` path (`rows.rs`: A read in place or copied without a
+/// transpose, full tiles stored from the registers, the epilogue per 12 × 256 block) gives
+/// bitwise the packed path's C: A in place and copied, the encoder's shapes (`M = 128`, a row
+/// stride of 4 KiB among them), edge rows and columns, K over several K blocks, alpha,
+/// accumulate, the epilogue (once per element), a prepacked B, and a forced column split.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn rows_path_is_bitwise_the_packed_path() {
+    use super::rows::MODE;
+    if !Isa::Avx512.supported() {
+        println!("SKIPPED rows_path_is_bitwise_the_packed_path: no AVX-512");
+        return;
+    }
+    let shapes = [
+        (128, 256, 1024),
+        (128, 768, 256),
+        (37, 70, 2100),
+        (12, 32, 16),
+        (25, 300, 33),
+        (5, 17, 7),
+    ];
+    let mut seed = 900;
+    for &(m, n, k) in &shapes {
+        seed += 1;
+        let mut g = Lcg(seed);
+        let a: Vec<f32> = (0..m * k).map(|_| g.next() as f32).collect();
+        let w: Vec<f32> = (0..k * n).map(|_| g.next() as f32).collect();
+        let c0: Vec<f32> = (0..m * n).map(|_| g.next() as f32).collect();
+        let bias: Vec<f32> = (0..n).map(|_| g.next() as f32).collect();
+        for threads in [1, 2] {
+            let cfg = GemmConfig {
+                isa: Some(Isa::Avx512),
+                threads: Some(threads),
+                force_split: threads > 1,
+                path: Path::Packed,
+            };
+            // B = Wᵀ (the Linear layout) and a row-major B
+            for tb in [true, false] {
+                let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
+                let p = pack_b_with(cfg, k, n, &w, rsb, csb);
+                for (alpha, acc, epi) in [
+                    (1.0, false, true),
+                    (1.0, true, false),
+                    (-1.5, false, true),
+                    (1.0, false, false),
+                ] {
+                    let run = |mode: u8, pre: Option<&PackedB<f32>>| {
+                        let mut c = c0.clone();
+                        let counts: Vec<AtomicU32> =
+                            (0..m * n).map(|_| AtomicU32::new(0)).collect();
+                        let e = |i: usize, j: usize, v: &mut [f32]| {
+                            for (t, x) in v.iter_mut().enumerate() {
+                                counts[i * n + j + t].fetch_add(1, Ordering::Relaxed);
+                                *x = (*x + bias[j + t]).max(0.1 * *x);
+                            }
+                        };
+                        MODE.with(|c| c.set(mode));
+                        // the pool threads run with mode 0 (automatic): a split checks the
+                        // automatic choice on its parts
+                        gemm_impl(
+                            cfg,
+                            m,
+                            n,
+                            k,
+                            alpha,
+                            (&a, k, 1),
+                            (&w, rsb, csb),
+                            acc,
+                            (&mut c, n),
+                            &e,
+                            epi,
+                            pre,
+                        );
+                        MODE.with(|c| c.set(0));
+                        if epi {
+                            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+                        }
+                        c.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                    };
+                    let what = format!(
+                        "{m}x{n}x{k} threads {threads} tb {tb} alpha {alpha} acc {acc} epi {epi}"
+                    );
+                    let old = run(1, None);
+                    for mode in [0, 2, 3] {
+                        assert_eq!(run(mode, None), old, "{what} mode {mode}");
+                        assert_eq!(run(mode, Some(&p)), old, "{what} mode {mode} prepacked");
+                    }
+                }
+            }
+        }
+    }
+}

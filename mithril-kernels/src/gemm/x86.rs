@@ -1435,6 +1435,7 @@ macro_rules! x86_f32like {
                 match isa {
                     Isa::Scalar | Isa::Avx2 => packed_256::<$t, K256<$t>, E>(args, epi),
                     Isa::Avx512Bf16 if $bf16 => bf16_dp(args, epi),
+                    _ if rows_f32(args, epi) => {}
                     _ => packed_512::<$t, K512<$t>, E>(args, epi),
                 }
             }
@@ -1478,6 +1479,21 @@ unsafe fn small_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(
         Isa::Scalar | Isa::Avx2 => small_256(args, epi),
         _ => small_512(args, epi),
     }
+    true
+}
+
+/// The row-major-A `f32` path ([`super::rows`]) where it applies; false otherwise.
+#[inline(always)]
+unsafe fn rows_f32<T: Sealed, E: Fn(usize, usize, &mut [f32])>(args: &Args<T>, epi: &E) -> bool {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+        return false;
+    }
+    // SAFETY: T is f32 (checked above), so Args<T> is Args<f32>.
+    let args = &*(args as *const Args<T> as *const Args<f32>);
+    if !super::rows::applies(args) {
+        return false;
+    }
+    super::rows::rows_512(args, epi);
     true
 }
 
