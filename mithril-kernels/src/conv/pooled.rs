@@ -22,8 +22,9 @@
 //!   are bit for bit the unpooled path's), then the four accumulators are pooled and a quarter
 //!   of the output is stored. As generic Rust, rustc compiles that block to scalar code with
 //!   the accumulators on the stack (measured several times slower than `via_scratch` on the
-//!   anchor CNN's first layer); the `f32` AVX-512 block is written in intrinsics
-//!   (`x86::block_512`, the same sums in the same order).
+//!   anchor CNN's first layer); for `f32` on AVX-512 the whole image loop after the split
+//!   plane is written in intrinsics (`x86::image_512`: the same sums in the same order, the
+//!   pool, the epilogue and masked stores in registers).
 
 use super::{forward, ConvElem, Geom, DBLOCK_MAX_RED, DL};
 use crate::isa::{multiversion, Isa};
@@ -83,7 +84,7 @@ fn epi<T: ConvElem>(m: T, has_bias: bool, b: T, relu: bool) -> T {
 
 /// Whether [`super::forward_fused_pool`] runs the pooled direct kernel: where it applies, with
 /// the register-blocked unpooled kernel's sums (its bitwise twin), for `f32` on AVX-512 (its
-/// register block in intrinsics, `x86::block_512`; elsewhere the generic block compiles to
+/// image loop in intrinsics, `x86::image_512`; elsewhere the generic block compiles to
 /// scalar code and the scratch path is faster).
 pub(super) fn direct_chosen<T: ConvElem>(g: &Geom) -> bool {
     cfg!(target_arch = "x86_64")
@@ -184,7 +185,6 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
         && DL == 16
         && TypeId::of::<T>() == TypeId::of::<f32>()
         && crate::isa::active() >= Isa::Avx512;
-    let _ = avx512;
     // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
     let mut buf = T::take_scratch();
     buf.clear();
@@ -194,27 +194,60 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
         for gr in 0..g.groups {
             super::pack_oblocks::<T, POB>(g, gr, w, wp);
             for n in 0..g.n {
-                // the split, zero-padded input of this image group
+                // the split, zero-padded input of this image group: padded column `pc = iw +
+                // pad` goes to half `pc % 2` at `pc / 2` (columns past the split's width are
+                // not read by any window and are dropped, as rows past `rows`)
                 xs.fill(T::default());
                 for c in 0..cg {
                     let xc = &x[(n * g.c + gr * cg + c) * q..][..q];
-                    let dst = &mut xs[c * cplane..][..cplane];
-                    for ih in 0..g.inp[0] {
+                    let (ev, od) = xs[c * cplane..][..cplane].split_at_mut(half);
+                    for (ih, row) in xc.chunks_exact(g.inp[1]).enumerate() {
                         let pr = ih + g.pad[0];
                         if pr >= rows {
                             break;
                         }
-                        let row = &xc[ih * g.inp[1]..][..g.inp[1]];
-                        for (iw, &v) in row.iter().enumerate() {
-                            let pc = iw + g.pad[1];
-                            if pc / 2 >= hw {
-                                break;
+                        for (e, dh) in [(0, &mut *ev), (1, &mut *od)] {
+                            // the first input column landing in half `e`, and its place
+                            let iw0 = (e + 2 - g.pad[1] % 2) % 2;
+                            let m0 = (iw0 + g.pad[1]) / 2;
+                            if m0 >= hw {
+                                continue;
                             }
-                            dst[(pc % 2) * half + pr * hw + pc / 2] = v;
+                            let d = &mut dh[pr * hw..][m0..hw];
+                            for (d, &v) in d.iter_mut().zip(row.iter().skip(iw0).step_by(2)) {
+                                *d = v;
+                            }
                         }
                     }
                 }
                 let xs = &*xs;
+                #[cfg(target_arch = "x86_64")]
+                if FMA && avx512 {
+                    let bias = bias.map(|b| &b[gr * og..][..og]);
+                    let yi = &mut y[(n * g.o + gr * og) * pout..][..og * pout];
+                    // SAFETY: T is f32 (`avx512` checks it) and AVX-512 is active; `xs`, `wp`,
+                    // `bias` and `yi` are reinterpreted as the `f32` slices they are.
+                    unsafe {
+                        let f =
+                            |s: &[T]| std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len());
+                        x86::image_512(
+                            &x86::Img {
+                                red,
+                                og,
+                                ph2,
+                                pw2,
+                                hw,
+                                offs,
+                                wp: f(&*wp),
+                                bias: bias.map(f),
+                                relu,
+                            },
+                            f(xs),
+                            std::slice::from_raw_parts_mut(yi.as_mut_ptr() as *mut f32, yi.len()),
+                        );
+                    }
+                    continue;
+                }
                 for ob in 0..nob {
                     let wb = &wp[ob * red * POB..][..red * POB];
                     let ol = POB.min(og - ob * POB);
@@ -230,33 +263,6 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                             let (i0, len) = chunk(ci);
                             let base = 2 * pr * hw + i0;
                             let mut out = [[T::default(); DL]; POB];
-                            #[cfg(target_arch = "x86_64")]
-                            if FMA && avx512 {
-                                // SAFETY: T is f32 (`avx512` checks it) and AVX-512 is active;
-                                // every read is inside `xs` / `wb`, as the loop below's.
-                                unsafe {
-                                    x86::block_512(
-                                        red,
-                                        wb.as_ptr() as *const f32,
-                                        offs,
-                                        xs.as_ptr() as *const f32,
-                                        base,
-                                        &mut *(&mut out as *mut [[T; DL]; POB]
-                                            as *mut [[f32; DL]; POB]),
-                                    );
-                                }
-                                for (j, v) in out.iter_mut().enumerate() {
-                                    for m in v.iter_mut() {
-                                        *m = epi(*m, has_bias, bv[j], relu);
-                                    }
-                                }
-                                for (j, v) in out.iter().enumerate().take(ol) {
-                                    let o = gr * og + ob * POB + j;
-                                    let yo = (n * g.o + o) * pout + pr * pw2 + i0;
-                                    y[yo..yo + len].copy_from_slice(&v[..len]);
-                                }
-                                continue;
-                            }
                             let mut acc = [[T::default(); DL]; POB * 4];
                             for r in 0..red {
                                 let wv: &[T; POB] = wb[r * POB..][..POB].try_into().unwrap();
@@ -309,52 +315,124 @@ mod x86 {
     use super::POB;
     use std::arch::x86_64::*;
 
-    /// The pooled direct kernel's register block for `f32` on AVX-512: `POB` output channels ×
-    /// the four members of 16 pooling windows in 16 accumulators, per tap four loads, `POB`
-    /// broadcasts and 16 fused multiply-adds in the generic block's order (so the sums are bit
-    /// for bit its and the unpooled kernel's), then each window's maximum with `pick`'s rule
-    /// (a larger value or a NaN replaces the running maximum) into `out` (before the epilogue).
+    /// One image group's operands of [`image_512`].
+    pub(super) struct Img<'a> {
+        /// The reduction (input channels × taps).
+        pub red: usize,
+        /// Output channels of the group.
+        pub og: usize,
+        /// The pooled output rows and columns.
+        pub ph2: usize,
+        pub pw2: usize,
+        /// The split plane's row length (per half).
+        pub hw: usize,
+        /// Per tap, the split-plane offsets of the four members (see `direct_pool_run`).
+        pub offs: &'a [[usize; 4]],
+        /// The packed weights: per block of `POB` channels, `red · POB` values.
+        pub wp: &'a [f32],
+        /// The group's `og` biases.
+        pub bias: Option<&'a [f32]>,
+        pub relu: bool,
+    }
+
+    /// The pooled direct kernel's `f32` AVX-512 path for one image group: for every block of
+    /// `POB` output channels, pooled row and chunk of 16 pooling windows, `POB` channels × the
+    /// four members of the windows in 16 accumulators (per tap four loads, `POB` broadcasts and
+    /// 16 fused multiply-adds in the generic block's order, so the sums are bit for bit its
+    /// and the unpooled kernel's), each window's maximum with `pick`'s rule (a larger value or
+    /// a NaN replaces the running maximum), the epilogue (`+ bias`, then `max(0, ·)`, which is
+    /// `epi`'s ReLU bit for bit, NaN and −0 included) and a (masked) store, all in registers.
+    /// `y` is the group's `og` pooled planes.
     ///
     /// # Safety
-    /// AVX-512 available; `wb` holds `red · POB` weights; for every tap `r < red` and member
-    /// `k`, `xs[base + offs[r][k]..][..16]` is readable.
+    /// AVX-512 available; `p.wp` holds `og.div_ceil(POB) · red · POB` weights, `p.offs` `red`
+    /// taps, `p.bias` `og` values; for every pooled row `pr`, chunk start `i0` and tap `r`,
+    /// `xs[2·pr·hw + i0 + offs[r][k]..][..16]` is inside `xs` (as the generic block's reads);
+    /// `y` holds `og · ph2 · pw2` values.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-    pub(super) unsafe fn block_512(
-        red: usize,
-        wb: *const f32,
-        offs: &[[usize; 4]],
-        xs: *const f32,
-        base: usize,
-        out: &mut [[f32; 16]; POB],
-    ) {
-        let mut acc = [_mm512_setzero_ps(); POB * 4];
-        for (r, o4) in offs.iter().enumerate().take(red) {
-            let xv = [
-                _mm512_loadu_ps(xs.add(base + o4[0])),
-                _mm512_loadu_ps(xs.add(base + o4[1])),
-                _mm512_loadu_ps(xs.add(base + o4[2])),
-                _mm512_loadu_ps(xs.add(base + o4[3])),
-            ];
-            for j in 0..POB {
-                let wj = _mm512_set1_ps(*wb.add(r * POB + j));
-                for k in 0..4 {
-                    acc[j * 4 + k] = _mm512_fmadd_ps(wj, xv[k], acc[j * 4 + k]);
+    pub(super) unsafe fn image_512(p: &Img, xs: &[f32], y: &mut [f32]) {
+        let (red, og, ph2, pw2, hw) = (p.red, p.og, p.ph2, p.pw2, p.hw);
+        debug_assert!(p.offs.len() >= red && y.len() >= og * ph2 * pw2);
+        let pout = ph2 * pw2;
+        let full = pw2 / 16;
+        let n_chunks = pw2.div_ceil(16);
+        let zero = _mm512_setzero_ps();
+        let (xp, yp, offs) = (xs.as_ptr(), y.as_mut_ptr(), p.offs.as_ptr());
+        for ob in 0..og.div_ceil(POB) {
+            let wb = p.wp.as_ptr().add(ob * red * POB);
+            let ol = POB.min(og - ob * POB);
+            let mut bv = [zero; POB];
+            if let Some(b) = p.bias {
+                for (j, v) in bv.iter_mut().enumerate().take(ol) {
+                    *v = _mm512_set1_ps(b[ob * POB + j]);
+                }
+            }
+            for pr in 0..ph2 {
+                for ci in 0..n_chunks {
+                    // the chunk's first window and the lanes stored: a last partial chunk
+                    // overlaps the one before it (the same values stored twice), or is stored
+                    // in part when the row is narrower than 16
+                    let (i0, mask) = if ci < full {
+                        (ci * 16, 0xffff)
+                    } else if pw2 >= 16 {
+                        (pw2 - 16, 0xffff)
+                    } else {
+                        (0, ((1u32 << pw2) - 1) as __mmask16)
+                    };
+                    let base = xp.add(2 * pr * hw + i0);
+                    let mut acc = [zero; POB * 4];
+                    for r in 0..red {
+                        let o4 = *offs.add(r);
+                        let xv = [
+                            _mm512_loadu_ps(base.add(o4[0])),
+                            _mm512_loadu_ps(base.add(o4[1])),
+                            _mm512_loadu_ps(base.add(o4[2])),
+                            _mm512_loadu_ps(base.add(o4[3])),
+                        ];
+                        for j in 0..POB {
+                            let wj = _mm512_set1_ps(*wb.add(r * POB + j));
+                            for k in 0..4 {
+                                acc[j * 4 + k] = _mm512_fmadd_ps(wj, xv[k], acc[j * 4 + k]);
+                            }
+                        }
+                    }
+                    for j in 0..POB {
+                        if j >= ol {
+                            break;
+                        }
+                        let a = [acc[j * 4], acc[j * 4 + 1], acc[j * 4 + 2], acc[j * 4 + 3]];
+                        let m = pool4(a);
+                        let s = if p.bias.is_some() {
+                            _mm512_add_ps(m, bv[j])
+                        } else {
+                            m
+                        };
+                        let s = if p.relu { _mm512_max_ps(zero, s) } else { s };
+                        let yo = yp.add((ob * POB + j) * pout + pr * pw2 + i0);
+                        _mm512_mask_storeu_ps(yo, mask, s);
+                    }
                 }
             }
         }
-        // `pick(o, v)`: v where v > o or v is NaN
+    }
+
+    /// `pick(pick(pick(a[0], a[1]), a[2]), a[3])` with `pick(o, v)` = `v` where `v > o` or
+    /// `v` is NaN: where no member is NaN that is `vmaxps(v, o)` (`v > o ? v : o`, ±0
+    /// included), the NaN lanes (rare) take the exact rule.
+    #[inline(always)]
+    unsafe fn pool4(a: [__m512; 4]) -> __m512 {
+        let m = _mm512_max_ps(a[3], _mm512_max_ps(a[2], _mm512_max_ps(a[1], a[0])));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a[0], a[1])
+            | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a[2], a[3]);
+        if nan == 0 {
+            return m;
+        }
         let pick = |o: __m512, v: __m512| {
             let m =
                 _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, o) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
             _mm512_mask_blend_ps(m, o, v)
         };
-        for (j, o) in out.iter_mut().enumerate() {
-            let m = pick(
-                pick(pick(acc[j * 4], acc[j * 4 + 1]), acc[j * 4 + 2]),
-                acc[j * 4 + 3],
-            );
-            _mm512_storeu_ps(o.as_mut_ptr(), m);
-        }
+        pick(pick(pick(a[0], a[1]), a[2]), a[3])
     }
 }
 
