@@ -201,7 +201,8 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                 for c in 0..cg {
                     let xc = &x[(n * g.c + gr * cg + c) * q..][..q];
                     let (ev, od) = xs[c * cplane..][..cplane].split_at_mut(half);
-                    for (ih, row) in xc.chunks_exact(g.inp[1]).enumerate() {
+                    for ih in 0..g.inp[0] {
+                        let row = &xc[ih * g.inp[1]..][..g.inp[1]];
                         let pr = ih + g.pad[0];
                         if pr >= rows {
                             break;
@@ -214,7 +215,25 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                                 continue;
                             }
                             let d = &mut dh[pr * hw..][m0..hw];
-                            for (d, &v) in d.iter_mut().zip(row.iter().skip(iw0).step_by(2)) {
+                            let src = row.get(iw0..).unwrap_or_default();
+                            #[cfg(target_arch = "x86_64")]
+                            if avx512 {
+                                // SAFETY: T is f32 (`avx512` checks it), AVX-512 is active.
+                                unsafe {
+                                    x86::deinterleave_512(
+                                        std::slice::from_raw_parts_mut(
+                                            d.as_mut_ptr() as *mut f32,
+                                            d.len(),
+                                        ),
+                                        std::slice::from_raw_parts(
+                                            src.as_ptr() as *const f32,
+                                            src.len(),
+                                        ),
+                                    );
+                                }
+                                continue;
+                            }
+                            for (d, &v) in d.iter_mut().zip(src.iter().step_by(2)) {
                                 *d = v;
                             }
                         }
@@ -413,6 +432,32 @@ mod x86 {
                     }
                 }
             }
+        }
+    }
+
+    /// `dst[l] = src[2·l]` for every `l` with `l < dst.len()` and `2·l < src.len()` (one row of
+    /// the split plane: the even elements of `src`), 16 at a time by `vpermt2ps`.
+    ///
+    /// # Safety
+    /// AVX-512 available.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub(super) unsafe fn deinterleave_512(dst: &mut [f32], src: &[f32]) {
+        let idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mask = |k: usize| ((1u32 << k.min(16)) - 1) as __mmask16;
+        let n = dst.len().min(src.len().div_ceil(2));
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut l = 0;
+        while l < n {
+            // `2·l < src.len()`: the first load starts inside `src`; lanes past its end are
+            // masked off (not read), the second load's pointer is only formed, not read,
+            // where none of its lanes is in `src`
+            let rem = src.len() - 2 * l;
+            let a = _mm512_maskz_loadu_ps(mask(rem), sp.add(2 * l));
+            let b =
+                _mm512_maskz_loadu_ps(mask(rem.saturating_sub(16)), sp.wrapping_add(2 * l + 16));
+            let v = _mm512_permutex2var_ps(a, idx, b);
+            _mm512_mask_storeu_ps(dp.add(l), mask(n - l), v);
+            l += 16;
         }
     }
 
