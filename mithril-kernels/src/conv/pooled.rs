@@ -185,12 +185,15 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
         && DL == 16
         && TypeId::of::<T>() == TypeId::of::<f32>()
         && crate::isa::active() >= Isa::Avx512;
-    // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
+    // (a scratch vector, not `with_buf`: the loops must not sit in a closure; not zeroed per
+    // call: the split plane is zeroed per image, the weight blocks written in full)
     let mut buf = T::take_scratch();
-    buf.clear();
-    buf.resize(plane + nob * red * POB, T::default());
+    let need = plane + nob * red * POB;
+    if buf.len() < need {
+        buf.resize(need, T::default());
+    }
     {
-        let (xs, wp) = buf.split_at_mut(plane);
+        let (xs, wp) = buf[..need].split_at_mut(plane);
         for gr in 0..g.groups {
             super::pack_oblocks::<T, POB>(g, gr, w, wp);
             for n in 0..g.n {
@@ -461,6 +464,67 @@ mod x86 {
         }
     }
 
+    /// `pick(o, v)`: `v` where `v > o` or `v` is NaN (PyTorch's max-pool rule), lane by lane.
+    #[inline(always)]
+    unsafe fn pick(o: __m512, v: __m512) -> __m512 {
+        let m = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, o) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_mask_blend_ps(m, o, v)
+    }
+
+    /// `pool_planes`' loop for one `f32` plane on AVX-512, the same values bit for bit: per
+    /// pooled row and chunk of 16 windows, the two input rows' `pick` (row `2·oy` the running
+    /// maximum), the even and odd columns split by `vpermt2ps`, their `pick` (the even column
+    /// the running maximum), `+ bias`, the ReLU as `max(0, ·)` (`epi`'s, NaN and −0 included),
+    /// a masked store.
+    ///
+    /// # Safety
+    /// AVX-512 available; `src` holds `2·ph2` rows of `ow ≥ 2·pw2` values, `dst` `ph2 · pw2`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub(super) unsafe fn pool_plane_512(
+        src: &[f32],
+        ow: usize,
+        ph2: usize,
+        pw2: usize,
+        bias: Option<f32>,
+        relu: bool,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(src.len() >= 2 * ph2 * ow && ow >= 2 * pw2 && dst.len() >= ph2 * pw2);
+        let ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mask = |k: usize| ((1u32 << k.min(16)) - 1) as __mmask16;
+        let zero = _mm512_setzero_ps();
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        for oy in 0..ph2 {
+            let (r0, r1) = (sp.add(2 * oy * ow), sp.add((2 * oy + 1) * ow));
+            let mut j = 0;
+            while j < pw2 {
+                // input columns 2·j.. of both rows (2·pw2 of them in the row)
+                let rem = 2 * (pw2 - j);
+                let (ma, mb) = (mask(rem), mask(rem.saturating_sub(16)));
+                let lo = pick(
+                    _mm512_maskz_loadu_ps(ma, r0.add(2 * j)),
+                    _mm512_maskz_loadu_ps(ma, r1.add(2 * j)),
+                );
+                let hi = pick(
+                    _mm512_maskz_loadu_ps(mb, r0.wrapping_add(2 * j + 16)),
+                    _mm512_maskz_loadu_ps(mb, r1.wrapping_add(2 * j + 16)),
+                );
+                let m = pick(
+                    _mm512_permutex2var_ps(lo, ev, hi),
+                    _mm512_permutex2var_ps(lo, od, hi),
+                );
+                let s = match bias {
+                    Some(b) => _mm512_add_ps(m, _mm512_set1_ps(b)),
+                    None => m,
+                };
+                let s = if relu { _mm512_max_ps(zero, s) } else { s };
+                _mm512_mask_storeu_ps(dp.add(oy * pw2 + j), mask(pw2 - j), s);
+                j += 16;
+            }
+        }
+    }
+
     /// `pick(pick(pick(a[0], a[1]), a[2]), a[3])` with `pick(o, v)` = `v` where `v > o` or
     /// `v` is NaN: where no member is NaN that is `vmaxps(v, o)` (`v > o ? v : o`, ±0
     /// included), the NaN lanes (rare) take the exact rule.
@@ -472,11 +536,6 @@ mod x86 {
         if nan == 0 {
             return m;
         }
-        let pick = |o: __m512, v: __m512| {
-            let m =
-                _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, o) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            _mm512_mask_blend_ps(m, o, v)
-        };
         pick(pick(pick(a[0], a[1]), a[2]), a[3])
     }
 }
@@ -495,6 +554,33 @@ fn pool_planes_impl<T: ConvElem>(
     let [ph2, pw2] = g.pooled();
     let (p, pout, ow) = (g.out_plane(), ph2 * pw2, g.out[1]);
     if pout == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if TypeId::of::<T>() == TypeId::of::<f32>() && crate::isa::active() >= Isa::Avx512 {
+        let f = |s: &[T]| {
+            // SAFETY: T is f32 (checked above).
+            unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
+        };
+        let planes = (src.len() / p).min(dst.len() / pout);
+        // SAFETY: T is f32 (checked above).
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len()) };
+        let (src, bias) = (f(src), bias.map(f));
+        for i in 0..planes {
+            // SAFETY: AVX-512 is active; the plane slices hold `p` and `pout` values.
+            unsafe {
+                x86::pool_plane_512(
+                    &src[i * p..][..p],
+                    ow,
+                    ph2,
+                    pw2,
+                    bias.map(|b| b[i % g.o]),
+                    relu,
+                    &mut dst[i * pout..][..pout],
+                )
+            };
+        }
         return;
     }
     let mut v = vec![T::default(); 2 * pw2];

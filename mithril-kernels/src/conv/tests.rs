@@ -984,3 +984,32 @@ fn pooled_direct_avx512_is_the_generic_block() {
         }
     }
 }
+
+/// The pool of [`max_pool2_output`] (the scratch path's `pool_planes`, in AVX-512 intrinsics
+/// for `f32`) is bit for bit the naive pool on every ISA: planes narrower than, equal to and
+/// wider than a 16-window chunk, odd sizes (a dropped row and column), NaNs and signed zeros.
+#[test]
+fn pool_planes_match_the_naive_pool_bitwise() {
+    let mut r = Lcg(31);
+    for (h, w) in [(5, 5), (4, 14), (7, 32), (3, 33), (6, 67)] {
+        let g = geom(2, 3, 3, 1, [h, w], [1, 1], [1, 1], [0, 0], [1, 1]);
+        let mut u: Vec<f32> = r.vec(g.lens().2).iter().map(|&a| a as f32).collect();
+        for (k, v) in u.iter_mut().enumerate() {
+            match k % 23 {
+                0 => *v = f32::NAN,
+                5 | 6 => *v = -0.0,
+                7 => *v = 0.0,
+                _ => {}
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let want = bits(&naive_pool(&g, &u));
+        for isa in Isa::available() {
+            crate::isa::with_isa(isa, || {
+                let mut p = vec![1.5f32; g.pooled_len()];
+                max_pool2_output(&g, &u, &mut p);
+                assert_eq!(bits(&p), want, "{g:?} {isa:?}");
+            });
+        }
+    }
+}
