@@ -918,7 +918,8 @@ fn pooled_forward_propagates_nan() {
 /// multiply-adds in the same order) and the naive reference within rounding: the anchor CNN's
 /// conv1 in full (28×28, two images), odd widths (pooled rows of 8, 16, 19 and 21: partial
 /// stores, an exact chunk, overlapping tails), uneven paddings, partial channel blocks, groups,
-/// a NaN input. A machine without AVX-512 checks only the reference.
+/// a NaN input; the unpooled blocked kernel's AVX-512 block (`block_fwd_512`) likewise. A
+/// machine without AVX-512 checks only the reference.
 #[test]
 fn pooled_direct_avx512_is_the_generic_block() {
     let mut r = Lcg(29);
@@ -964,6 +965,16 @@ fn pooled_direct_avx512_is_the_generic_block() {
                     bits(&c),
                     "AVX-512 against the generic block: {what}"
                 );
+                // the unpooled blocked kernel's AVX-512 block (`block_fwd_512`) likewise
+                let full = |isa| {
+                    crate::isa::with_isa(isa, || {
+                        let mut u = vec![f32::NAN; ly];
+                        forward_fused(g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut u);
+                        u
+                    })
+                };
+                let (a, c) = (full(Isa::Avx512), full(Isa::Avx2));
+                assert_eq!(bits(&a), bits(&c), "unpooled AVX-512 block: {what}");
             }
             if i != 1 {
                 let mut want = full.clone();
