@@ -477,6 +477,45 @@ pub(super) mod x86 {
         }
     }
 
+    /// [`block_fwd_512`] for AVX2 (the same sums bit for bit): four passes over the taps, each
+    /// for one 8-lane half of two of the chunks (8 accumulators, so they stay in the 16 `ymm`
+    /// registers).
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; as [`block_fwd_512`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::conv) unsafe fn block_fwd_256(
+        offs: &[usize],
+        wb: *const f32,
+        xp: *const f32,
+        base: [usize; 4],
+        out: &mut [[f32; 16]; 16],
+    ) {
+        for h in 0..2 {
+            for cp in 0..2 {
+                let (c0, c1) = (2 * cp, 2 * cp + 1);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (r, &off) in offs.iter().enumerate() {
+                    let xv = [
+                        _mm256_loadu_ps(xp.add(base[c0] + off + 8 * h)),
+                        _mm256_loadu_ps(xp.add(base[c1] + off + 8 * h)),
+                    ];
+                    for j in 0..4 {
+                        let wj = _mm256_set1_ps(*wb.add(r * 4 + j));
+                        for k in 0..2 {
+                            acc[j * 2 + k] = _mm256_fmadd_ps(wj, xv[k], acc[j * 2 + k]);
+                        }
+                    }
+                }
+                for j in 0..4 {
+                    for (k, c) in [c0, c1].into_iter().enumerate() {
+                        _mm256_storeu_ps(out[j * 4 + c][8 * h..].as_mut_ptr(), acc[j * 2 + k]);
+                    }
+                }
+            }
+        }
+    }
+
     /// `dst[l] = src[2·l]` for every `l` with `l < dst.len()` and `2·l < src.len()` (one row of
     /// the split plane: the even elements of `src`), 16 at a time by `vpermt2ps`.
     ///

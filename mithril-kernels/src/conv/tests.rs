@@ -918,7 +918,8 @@ fn pooled_forward_propagates_nan() {
 /// multiply-adds in the same order) and the naive reference within rounding: the anchor CNN's
 /// conv1 (its 28-wide rows, 12 of them, two images: the test also runs under qemu), odd widths
 /// (pooled rows of 8, 16, 19 and 21: partial stores, an exact chunk, overlapping tails), uneven
-/// paddings, partial channel blocks, groups, a NaN input; the unpooled blocked kernel's AVX-512 block (`block_fwd_512`) likewise. A
+/// paddings, partial channel blocks, groups, a NaN input; the unpooled blocked kernel's
+/// AVX-512 and AVX2 blocks (`block_fwd_512`, `block_fwd_256`: the same FMAs) likewise. A
 /// machine without AVX-512 checks only the reference.
 #[test]
 fn pooled_direct_avx512_is_the_generic_block() {
