@@ -951,6 +951,8 @@ fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(g: &Geom, x: &[T], w: &[T], 
         && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && crate::isa::active() >= crate::isa::Isa::Avx2;
     let avx512 = simd && crate::isa::active() >= crate::isa::Isa::Avx512;
+    // (read only on x86-64)
+    let _ = avx512;
     // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
     let mut buf = T::take_scratch();
     buf.clear();

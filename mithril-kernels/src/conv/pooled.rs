@@ -185,7 +185,8 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
         && DL == 16
         && TypeId::of::<T>() == TypeId::of::<f32>()
         && crate::isa::active() >= Isa::Avx512;
-    let _ = avx512; // (read only on x86-64)
+    // (read only on x86-64)
+    let _ = avx512;
                     // (a scratch vector, not `with_buf`: the loops must not sit in a closure; not zeroed per
                     // call: the split plane is zeroed per image, the weight blocks written in full)
     let mut buf = T::take_scratch();
