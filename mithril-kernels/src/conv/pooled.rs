@@ -187,8 +187,8 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
         && crate::isa::active() >= Isa::Avx512;
     // (read only on x86-64)
     let _ = avx512;
-                    // (a scratch vector, not `with_buf`: the loops must not sit in a closure; not zeroed per
-                    // call: the split plane is zeroed per image, the weight blocks written in full)
+    // (a scratch vector, not `with_buf`: the loops must not sit in a closure; not zeroed per
+    // call: the split plane is zeroed per image, the weight blocks written in full)
     let mut buf = T::take_scratch();
     let need = plane + nob * red * POB;
     if buf.len() < need {
