@@ -2,7 +2,10 @@
 //! 3x3 32->64 pad 1, relu, max pool 2, linear 3136->10; f32), inference at batch 1 and 64 and a
 //! training step (forward, mean cross entropy, backward, one plain SGD step, lr 0.01) at batch
 //! 64: `MITHRIL_THREADS=1 cargo run --release --example bench_cnn`. Prints the median time per
-//! call and GFLOP/s (the anchor's FLOP count: the two convolutions and the linear layer).
+//! call and GFLOP/s (the anchor's FLOP count: the two convolutions and the linear layer), for
+//! inference with `evaluate` and with `prepare` / `evaluate_prepared`. `BENCH_PROFILE=1` adds
+//! the per-op profiles; `BENCH_ONLY=infer1` runs only batch-1 `evaluate` calls for 10 s (for
+//! `perf record`).
 
 use mithril::prelude::*;
 use mithril::rt::optim::{Optimizer, Sgd};
@@ -83,6 +86,21 @@ fn time(mut f: impl FnMut()) -> (f64, f64) {
 fn main() -> mithril::Result<()> {
     let m = CnnInfer::new()?;
     let p = m.randomize_params(0);
+    // `BENCH_ONLY=infer1`: only batch-1 `evaluate` calls for about 10 s (for `perf record`)
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "infer1") {
+        let x = ndarray::Array4::from_shape_fn((1, 1, 28, 28), |(_, _, r, c)| {
+            ((r * 28 + c) as f32 * 0.37).sin()
+        });
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < 10.0 {
+            for _ in 0..1000 {
+                let o = m.evaluate(&p, CnnInferInputs { x: x.view() })?;
+                std::hint::black_box(o);
+            }
+        }
+        return Ok(());
+    }
+    let prep = m.prepare(&p)?;
     for b in [1usize, 64] {
         let x = ndarray::Array4::from_shape_fn((b, 1, 28, 28), |(i, _, r, c)| {
             ((i * 784 + r * 28 + c) as f32 * 0.37).sin()
@@ -93,6 +111,19 @@ fn main() -> mithril::Result<()> {
         });
         println!(
             "cnn_infer batch {b:3}: {:9.1} us wall, {:9.1} us CPU  {:6.1} GFLOP/s (CPU time)",
+            t * 1e6,
+            c * 1e6,
+            cnn_flops(b) / c / 1e9
+        );
+        // the documented `prepare` / `evaluate_prepared` form (params copied and packed once)
+        let (t, c) = time(|| {
+            let o = m
+                .evaluate_prepared(&prep, CnnInferInputs { x: x.view() })
+                .unwrap();
+            std::hint::black_box(o);
+        });
+        println!(
+            "cnn_infer batch {b:3} (prepared): {:9.1} us wall, {:9.1} us CPU  {:6.1} GFLOP/s (CPU time)",
             t * 1e6,
             c * 1e6,
             cnn_flops(b) / c / 1e9

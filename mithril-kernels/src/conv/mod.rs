@@ -990,6 +990,19 @@ fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(g: &Geom, x: &[T], w: &[T], 
     let bl = Blocked::new(g);
     let nob = og.div_ceil(DOB);
     let plane = bl.plane_len(g);
+    // the f32 register block in AVX-512 / AVX2 intrinsics (`pooled::x86::block_fwd_512` /
+    // `block_fwd_256`, the same sums): the generic one relies on the vectorizer, which a build
+    // turned into scalar code
+    let simd = cfg!(target_arch = "x86_64")
+        && FMA
+        && DL == 16
+        && DOB == 4
+        && DNC == 4
+        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && crate::isa::active() >= crate::isa::Isa::Avx2;
+    let avx512 = simd && crate::isa::active() >= crate::isa::Isa::Avx512;
+    // (read only on x86-64)
+    let _ = avx512;
     // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
     let mut buf = T::take_scratch();
     buf.clear();
@@ -1006,7 +1019,32 @@ fn direct_fwd_blocked<T: ConvElem, const FMA: bool>(g: &Geom, x: &[T], w: &[T], 
                     for cs in bl.chunks.chunks_exact(DNC) {
                         let base = bl.bases(g, cs);
                         let mut acc = [[T::default(); DL]; DOB * DNC];
+                        #[cfg(target_arch = "x86_64")]
+                        if simd {
+                            let xe = base.iter().max().unwrap_or(&0)
+                                + bl.offs.iter().max().unwrap_or(&0)
+                                + DL;
+                            assert!(xe <= xp.len() && wb.len() >= bl.offs.len() * DOB);
+                            let (wb, xp) = (wb.as_ptr() as *const f32, xp.as_ptr() as *const f32);
+                            // SAFETY: T is f32 (`simd` checks it), as `[[f32; 16]; 16]`.
+                            let out = unsafe {
+                                &mut *(&mut acc as *mut [[T; DL]; DOB * DNC]
+                                    as *mut [[f32; 16]; 16])
+                            };
+                            // SAFETY: AVX-512 (or AVX2 and FMA) is active, every read is
+                            // inside `xp` / `wb` (checked above).
+                            unsafe {
+                                if avx512 {
+                                    pooled::x86::block_fwd_512(&bl.offs, wb, xp, base, out);
+                                } else {
+                                    pooled::x86::block_fwd_256(&bl.offs, wb, xp, base, out);
+                                }
+                            }
+                        }
                         for (r, &off) in bl.offs.iter().enumerate() {
+                            if simd {
+                                break;
+                            }
                             let wv: &[T; DOB] = wb[r * DOB..][..DOB].try_into().unwrap();
                             for c in 0..DNC {
                                 let xv: &[T; DL] = xp[base[c] + off..][..DL].try_into().unwrap();

@@ -22,8 +22,9 @@
 //!   are bit for bit the unpooled path's), then the four accumulators are pooled and a quarter
 //!   of the output is stored. As generic Rust, rustc compiles that block to scalar code with
 //!   the accumulators on the stack (measured several times slower than `via_scratch` on the
-//!   anchor CNN's first layer); the `f32` AVX-512 block is written in intrinsics
-//!   (`x86::block_512`, the same sums in the same order).
+//!   anchor CNN's first layer); for `f32` on AVX-512 the whole image loop after the split
+//!   plane is written in intrinsics (`x86::image_512`: the same sums in the same order, the
+//!   pool, the epilogue and masked stores in registers).
 
 use super::{forward, ConvElem, Geom, DBLOCK_MAX_RED, DL};
 use crate::isa::{multiversion, Isa};
@@ -83,7 +84,7 @@ fn epi<T: ConvElem>(m: T, has_bias: bool, b: T, relu: bool) -> T {
 
 /// Whether [`super::forward_fused_pool`] runs the pooled direct kernel: where it applies, with
 /// the register-blocked unpooled kernel's sums (its bitwise twin), for `f32` on AVX-512 (its
-/// register block in intrinsics, `x86::block_512`; elsewhere the generic block compiles to
+/// image loop in intrinsics, `x86::image_512`; elsewhere the generic block compiles to
 /// scalar code and the scratch path is faster).
 pub(super) fn direct_chosen<T: ConvElem>(g: &Geom) -> bool {
     cfg!(target_arch = "x86_64")
@@ -184,37 +185,93 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
         && DL == 16
         && TypeId::of::<T>() == TypeId::of::<f32>()
         && crate::isa::active() >= Isa::Avx512;
+    // (read only on x86-64)
     let _ = avx512;
-    // (a scratch vector, not `with_buf`: the loops must not sit in a closure)
+    // (a scratch vector, not `with_buf`: the loops must not sit in a closure; not zeroed per
+    // call: the split plane is zeroed per image, the weight blocks written in full)
     let mut buf = T::take_scratch();
-    buf.clear();
-    buf.resize(plane + nob * red * POB, T::default());
+    let need = plane + nob * red * POB;
+    if buf.len() < need {
+        buf.resize(need, T::default());
+    }
     {
-        let (xs, wp) = buf.split_at_mut(plane);
+        let (xs, wp) = buf[..need].split_at_mut(plane);
         for gr in 0..g.groups {
             super::pack_oblocks::<T, POB>(g, gr, w, wp);
             for n in 0..g.n {
-                // the split, zero-padded input of this image group
+                // the split, zero-padded input of this image group: padded column `pc = iw +
+                // pad` goes to half `pc % 2` at `pc / 2` (columns past the split's width are
+                // not read by any window and are dropped, as rows past `rows`)
                 xs.fill(T::default());
                 for c in 0..cg {
                     let xc = &x[(n * g.c + gr * cg + c) * q..][..q];
-                    let dst = &mut xs[c * cplane..][..cplane];
+                    let (ev, od) = xs[c * cplane..][..cplane].split_at_mut(half);
                     for ih in 0..g.inp[0] {
+                        let row = &xc[ih * g.inp[1]..][..g.inp[1]];
                         let pr = ih + g.pad[0];
                         if pr >= rows {
                             break;
                         }
-                        let row = &xc[ih * g.inp[1]..][..g.inp[1]];
-                        for (iw, &v) in row.iter().enumerate() {
-                            let pc = iw + g.pad[1];
-                            if pc / 2 >= hw {
-                                break;
+                        for (e, dh) in [(0, &mut *ev), (1, &mut *od)] {
+                            // the first input column landing in half `e`, and its place
+                            let iw0 = (e + 2 - g.pad[1] % 2) % 2;
+                            let m0 = (iw0 + g.pad[1]) / 2;
+                            if m0 >= hw {
+                                continue;
                             }
-                            dst[(pc % 2) * half + pr * hw + pc / 2] = v;
+                            let d = &mut dh[pr * hw..][m0..hw];
+                            let src = row.get(iw0..).unwrap_or_default();
+                            #[cfg(target_arch = "x86_64")]
+                            if avx512 {
+                                // SAFETY: T is f32 (`avx512` checks it), AVX-512 is active.
+                                unsafe {
+                                    x86::deinterleave_512(
+                                        std::slice::from_raw_parts_mut(
+                                            d.as_mut_ptr() as *mut f32,
+                                            d.len(),
+                                        ),
+                                        std::slice::from_raw_parts(
+                                            src.as_ptr() as *const f32,
+                                            src.len(),
+                                        ),
+                                    );
+                                }
+                                continue;
+                            }
+                            for (d, &v) in d.iter_mut().zip(src.iter().step_by(2)) {
+                                *d = v;
+                            }
                         }
                     }
                 }
                 let xs = &*xs;
+                #[cfg(target_arch = "x86_64")]
+                if FMA && avx512 {
+                    let bias = bias.map(|b| &b[gr * og..][..og]);
+                    let yi = &mut y[(n * g.o + gr * og) * pout..][..og * pout];
+                    // SAFETY: T is f32 (`avx512` checks it) and AVX-512 is active; `xs`, `wp`,
+                    // `bias` and `yi` are reinterpreted as the `f32` slices they are.
+                    unsafe {
+                        let f =
+                            |s: &[T]| std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len());
+                        x86::image_512(
+                            &x86::Img {
+                                red,
+                                og,
+                                ph2,
+                                pw2,
+                                hw,
+                                offs,
+                                wp: f(&*wp),
+                                bias: bias.map(f),
+                                relu,
+                            },
+                            f(xs),
+                            std::slice::from_raw_parts_mut(yi.as_mut_ptr() as *mut f32, yi.len()),
+                        );
+                    }
+                    continue;
+                }
                 for ob in 0..nob {
                     let wb = &wp[ob * red * POB..][..red * POB];
                     let ol = POB.min(og - ob * POB);
@@ -230,33 +287,6 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
                             let (i0, len) = chunk(ci);
                             let base = 2 * pr * hw + i0;
                             let mut out = [[T::default(); DL]; POB];
-                            #[cfg(target_arch = "x86_64")]
-                            if FMA && avx512 {
-                                // SAFETY: T is f32 (`avx512` checks it) and AVX-512 is active;
-                                // every read is inside `xs` / `wb`, as the loop below's.
-                                unsafe {
-                                    x86::block_512(
-                                        red,
-                                        wb.as_ptr() as *const f32,
-                                        offs,
-                                        xs.as_ptr() as *const f32,
-                                        base,
-                                        &mut *(&mut out as *mut [[T; DL]; POB]
-                                            as *mut [[f32; DL]; POB]),
-                                    );
-                                }
-                                for (j, v) in out.iter_mut().enumerate() {
-                                    for m in v.iter_mut() {
-                                        *m = epi(*m, has_bias, bv[j], relu);
-                                    }
-                                }
-                                for (j, v) in out.iter().enumerate().take(ol) {
-                                    let o = gr * og + ob * POB + j;
-                                    let yo = (n * g.o + o) * pout + pr * pw2 + i0;
-                                    y[yo..yo + len].copy_from_slice(&v[..len]);
-                                }
-                                continue;
-                            }
                             let mut acc = [[T::default(); DL]; POB * 4];
                             for r in 0..red {
                                 let wv: &[T; POB] = wb[r * POB..][..POB].try_into().unwrap();
@@ -305,56 +335,287 @@ fn direct_pool_run<T: ConvElem, const FMA: bool>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::POB;
     use std::arch::x86_64::*;
 
-    /// The pooled direct kernel's register block for `f32` on AVX-512: `POB` output channels ×
-    /// the four members of 16 pooling windows in 16 accumulators, per tap four loads, `POB`
-    /// broadcasts and 16 fused multiply-adds in the generic block's order (so the sums are bit
-    /// for bit its and the unpooled kernel's), then each window's maximum with `pick`'s rule
-    /// (a larger value or a NaN replaces the running maximum) into `out` (before the epilogue).
+    /// One image group's operands of [`image_512`].
+    pub(super) struct Img<'a> {
+        /// The reduction (input channels × taps).
+        pub red: usize,
+        /// Output channels of the group.
+        pub og: usize,
+        /// The pooled output rows and columns.
+        pub ph2: usize,
+        pub pw2: usize,
+        /// The split plane's row length (per half).
+        pub hw: usize,
+        /// Per tap, the split-plane offsets of the four members (see `direct_pool_run`).
+        pub offs: &'a [[usize; 4]],
+        /// The packed weights: per block of `POB` channels, `red · POB` values.
+        pub wp: &'a [f32],
+        /// The group's `og` biases.
+        pub bias: Option<&'a [f32]>,
+        pub relu: bool,
+    }
+
+    /// The pooled direct kernel's `f32` AVX-512 path for one image group: for every block of
+    /// `POB` output channels, pooled row and chunk of 16 pooling windows, `POB` channels × the
+    /// four members of the windows in 16 accumulators (per tap four loads, `POB` broadcasts and
+    /// 16 fused multiply-adds in the generic block's order, so the sums are bit for bit its
+    /// and the unpooled kernel's), each window's maximum with `pick`'s rule (a larger value or
+    /// a NaN replaces the running maximum), the epilogue (`+ bias`, then `max(0, ·)`, which is
+    /// `epi`'s ReLU bit for bit, NaN and −0 included) and a (masked) store, all in registers.
+    /// `y` is the group's `og` pooled planes.
     ///
     /// # Safety
-    /// AVX-512 available; `wb` holds `red · POB` weights; for every tap `r < red` and member
-    /// `k`, `xs[base + offs[r][k]..][..16]` is readable.
+    /// AVX-512 available; `p.wp` holds `og.div_ceil(POB) · red · POB` weights, `p.offs` `red`
+    /// taps, `p.bias` `og` values; for every pooled row `pr`, chunk start `i0` and tap `r`,
+    /// `xs[2·pr·hw + i0 + offs[r][k]..][..16]` is inside `xs` (as the generic block's reads);
+    /// `y` holds `og · ph2 · pw2` values.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-    pub(super) unsafe fn block_512(
-        red: usize,
-        wb: *const f32,
-        offs: &[[usize; 4]],
-        xs: *const f32,
-        base: usize,
-        out: &mut [[f32; 16]; POB],
-    ) {
-        let mut acc = [_mm512_setzero_ps(); POB * 4];
-        for (r, o4) in offs.iter().enumerate().take(red) {
-            let xv = [
-                _mm512_loadu_ps(xs.add(base + o4[0])),
-                _mm512_loadu_ps(xs.add(base + o4[1])),
-                _mm512_loadu_ps(xs.add(base + o4[2])),
-                _mm512_loadu_ps(xs.add(base + o4[3])),
-            ];
-            for j in 0..POB {
-                let wj = _mm512_set1_ps(*wb.add(r * POB + j));
-                for k in 0..4 {
-                    acc[j * 4 + k] = _mm512_fmadd_ps(wj, xv[k], acc[j * 4 + k]);
+    pub(super) unsafe fn image_512(p: &Img, xs: &[f32], y: &mut [f32]) {
+        let (red, og, ph2, pw2, hw) = (p.red, p.og, p.ph2, p.pw2, p.hw);
+        debug_assert!(p.offs.len() >= red && y.len() >= og * ph2 * pw2);
+        let pout = ph2 * pw2;
+        let full = pw2 / 16;
+        let n_chunks = pw2.div_ceil(16);
+        let zero = _mm512_setzero_ps();
+        let (xp, yp, offs) = (xs.as_ptr(), y.as_mut_ptr(), p.offs.as_ptr());
+        for ob in 0..og.div_ceil(POB) {
+            let wb = p.wp.as_ptr().add(ob * red * POB);
+            let ol = POB.min(og - ob * POB);
+            let mut bv = [zero; POB];
+            if let Some(b) = p.bias {
+                for (j, v) in bv.iter_mut().enumerate().take(ol) {
+                    *v = _mm512_set1_ps(b[ob * POB + j]);
+                }
+            }
+            for pr in 0..ph2 {
+                for ci in 0..n_chunks {
+                    // the chunk's first window and the lanes stored: a last partial chunk
+                    // overlaps the one before it (the same values stored twice), or is stored
+                    // in part when the row is narrower than 16
+                    let (i0, mask) = if ci < full {
+                        (ci * 16, 0xffff)
+                    } else if pw2 >= 16 {
+                        (pw2 - 16, 0xffff)
+                    } else {
+                        (0, ((1u32 << pw2) - 1) as __mmask16)
+                    };
+                    let base = xp.add(2 * pr * hw + i0);
+                    let mut acc = [zero; POB * 4];
+                    for r in 0..red {
+                        let o4 = *offs.add(r);
+                        let xv = [
+                            _mm512_loadu_ps(base.add(o4[0])),
+                            _mm512_loadu_ps(base.add(o4[1])),
+                            _mm512_loadu_ps(base.add(o4[2])),
+                            _mm512_loadu_ps(base.add(o4[3])),
+                        ];
+                        for j in 0..POB {
+                            let wj = _mm512_set1_ps(*wb.add(r * POB + j));
+                            for k in 0..4 {
+                                acc[j * 4 + k] = _mm512_fmadd_ps(wj, xv[k], acc[j * 4 + k]);
+                            }
+                        }
+                    }
+                    for j in 0..POB {
+                        if j >= ol {
+                            break;
+                        }
+                        let a = [acc[j * 4], acc[j * 4 + 1], acc[j * 4 + 2], acc[j * 4 + 3]];
+                        let m = pool4(a);
+                        let s = if p.bias.is_some() {
+                            _mm512_add_ps(m, bv[j])
+                        } else {
+                            m
+                        };
+                        let s = if p.relu { _mm512_max_ps(zero, s) } else { s };
+                        let yo = yp.add((ob * POB + j) * pout + pr * pw2 + i0);
+                        _mm512_mask_storeu_ps(yo, mask, s);
+                    }
                 }
             }
         }
-        // `pick(o, v)`: v where v > o or v is NaN
-        let pick = |o: __m512, v: __m512| {
-            let m =
-                _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, o) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            _mm512_mask_blend_ps(m, o, v)
-        };
-        for (j, o) in out.iter_mut().enumerate() {
-            let m = pick(
-                pick(pick(acc[j * 4], acc[j * 4 + 1]), acc[j * 4 + 2]),
-                acc[j * 4 + 3],
-            );
-            _mm512_storeu_ps(o.as_mut_ptr(), m);
+    }
+
+    /// The register block of the unpooled blocked direct kernel (`super::super::
+    /// direct_fwd_blocked`) for `f32` on AVX-512: 4 output channels × 4 chunks of 16 outputs in
+    /// 16 accumulators, per tap `r` (in order) four loads at `xp + base[c] + offs[r]`, four
+    /// broadcasts of `wb[r·4 + j]` and 16 fused multiply-adds — the generic block's sums bit
+    /// for bit, written to `out[j·4 + c]`. (In intrinsics because the generic block relies on
+    /// rustc / LLVM vectorizing it, which a build compiled to scalar code: 5x slower.)
+    ///
+    /// # Safety
+    /// AVX-512 available; `wb` holds `4 · offs.len()` weights; every
+    /// `xp[base[c] + offs[r]..][..16]` is readable.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub(in crate::conv) unsafe fn block_fwd_512(
+        offs: &[usize],
+        wb: *const f32,
+        xp: *const f32,
+        base: [usize; 4],
+        out: &mut [[f32; 16]; 16],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for (r, &off) in offs.iter().enumerate() {
+            let xv = [
+                _mm512_loadu_ps(xp.add(base[0] + off)),
+                _mm512_loadu_ps(xp.add(base[1] + off)),
+                _mm512_loadu_ps(xp.add(base[2] + off)),
+                _mm512_loadu_ps(xp.add(base[3] + off)),
+            ];
+            for j in 0..4 {
+                let wj = _mm512_set1_ps(*wb.add(r * 4 + j));
+                for c in 0..4 {
+                    acc[j * 4 + c] = _mm512_fmadd_ps(wj, xv[c], acc[j * 4 + c]);
+                }
+            }
         }
+        for (o, a) in out.iter_mut().zip(acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), a);
+        }
+    }
+
+    /// [`block_fwd_512`] for AVX2 (the same sums bit for bit): four passes over the taps, each
+    /// for one 8-lane half of two of the chunks (8 accumulators, so they stay in the 16 `ymm`
+    /// registers).
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; as [`block_fwd_512`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::conv) unsafe fn block_fwd_256(
+        offs: &[usize],
+        wb: *const f32,
+        xp: *const f32,
+        base: [usize; 4],
+        out: &mut [[f32; 16]; 16],
+    ) {
+        for h in 0..2 {
+            for cp in 0..2 {
+                let (c0, c1) = (2 * cp, 2 * cp + 1);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (r, &off) in offs.iter().enumerate() {
+                    let xv = [
+                        _mm256_loadu_ps(xp.add(base[c0] + off + 8 * h)),
+                        _mm256_loadu_ps(xp.add(base[c1] + off + 8 * h)),
+                    ];
+                    for j in 0..4 {
+                        let wj = _mm256_set1_ps(*wb.add(r * 4 + j));
+                        for k in 0..2 {
+                            acc[j * 2 + k] = _mm256_fmadd_ps(wj, xv[k], acc[j * 2 + k]);
+                        }
+                    }
+                }
+                for j in 0..4 {
+                    for (k, c) in [c0, c1].into_iter().enumerate() {
+                        _mm256_storeu_ps(out[j * 4 + c][8 * h..].as_mut_ptr(), acc[j * 2 + k]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dst[l] = src[2·l]` for every `l` with `l < dst.len()` and `2·l < src.len()` (one row of
+    /// the split plane: the even elements of `src`), 16 at a time by `vpermt2ps`.
+    ///
+    /// # Safety
+    /// AVX-512 available.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub(super) unsafe fn deinterleave_512(dst: &mut [f32], src: &[f32]) {
+        let idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let mask = |k: usize| ((1u32 << k.min(16)) - 1) as __mmask16;
+        let n = dst.len().min(src.len().div_ceil(2));
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut l = 0;
+        while l < n {
+            // `2·l < src.len()`: the first load starts inside `src`; lanes past its end are
+            // masked off (not read), the second load's pointer is only formed, not read,
+            // where none of its lanes is in `src`
+            let rem = src.len() - 2 * l;
+            let a = _mm512_maskz_loadu_ps(mask(rem), sp.add(2 * l));
+            let b =
+                _mm512_maskz_loadu_ps(mask(rem.saturating_sub(16)), sp.wrapping_add(2 * l + 16));
+            let v = _mm512_permutex2var_ps(a, idx, b);
+            _mm512_mask_storeu_ps(dp.add(l), mask(n - l), v);
+            l += 16;
+        }
+    }
+
+    /// `pick(o, v)`: `v` where `v > o` or `v` is NaN (PyTorch's max-pool rule), lane by lane.
+    #[inline(always)]
+    unsafe fn pick(o: __m512, v: __m512) -> __m512 {
+        let m = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, o) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_mask_blend_ps(m, o, v)
+    }
+
+    /// `pool_planes`' loop for one `f32` plane on AVX-512, the same values bit for bit: per
+    /// pooled row and chunk of 16 windows, the two input rows' `pick` (row `2·oy` the running
+    /// maximum), the even and odd columns split by `vpermt2ps`, their `pick` (the even column
+    /// the running maximum), `+ bias`, the ReLU as `max(0, ·)` (`epi`'s, NaN and −0 included),
+    /// a masked store.
+    ///
+    /// # Safety
+    /// AVX-512 available; `src` holds `2·ph2` rows of `ow ≥ 2·pw2` values, `dst` `ph2 · pw2`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    pub(super) unsafe fn pool_plane_512(
+        src: &[f32],
+        ow: usize,
+        ph2: usize,
+        pw2: usize,
+        bias: Option<f32>,
+        relu: bool,
+        dst: &mut [f32],
+    ) {
+        debug_assert!(src.len() >= 2 * ph2 * ow && ow >= 2 * pw2 && dst.len() >= ph2 * pw2);
+        let ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let mask = |k: usize| ((1u32 << k.min(16)) - 1) as __mmask16;
+        let zero = _mm512_setzero_ps();
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        for oy in 0..ph2 {
+            let (r0, r1) = (sp.add(2 * oy * ow), sp.add((2 * oy + 1) * ow));
+            let mut j = 0;
+            while j < pw2 {
+                // input columns 2·j.. of both rows (2·pw2 of them in the row)
+                let rem = 2 * (pw2 - j);
+                let (ma, mb) = (mask(rem), mask(rem.saturating_sub(16)));
+                let lo = pick(
+                    _mm512_maskz_loadu_ps(ma, r0.add(2 * j)),
+                    _mm512_maskz_loadu_ps(ma, r1.add(2 * j)),
+                );
+                let hi = pick(
+                    _mm512_maskz_loadu_ps(mb, r0.wrapping_add(2 * j + 16)),
+                    _mm512_maskz_loadu_ps(mb, r1.wrapping_add(2 * j + 16)),
+                );
+                let m = pick(
+                    _mm512_permutex2var_ps(lo, ev, hi),
+                    _mm512_permutex2var_ps(lo, od, hi),
+                );
+                let s = match bias {
+                    Some(b) => _mm512_add_ps(m, _mm512_set1_ps(b)),
+                    None => m,
+                };
+                let s = if relu { _mm512_max_ps(zero, s) } else { s };
+                _mm512_mask_storeu_ps(dp.add(oy * pw2 + j), mask(pw2 - j), s);
+                j += 16;
+            }
+        }
+    }
+
+    /// `pick(pick(pick(a[0], a[1]), a[2]), a[3])` with `pick(o, v)` = `v` where `v > o` or
+    /// `v` is NaN: where no member is NaN that is `vmaxps(v, o)` (`v > o ? v : o`, ±0
+    /// included), the NaN lanes (rare) take the exact rule.
+    #[inline(always)]
+    unsafe fn pool4(a: [__m512; 4]) -> __m512 {
+        let m = _mm512_max_ps(a[3], _mm512_max_ps(a[2], _mm512_max_ps(a[1], a[0])));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a[0], a[1])
+            | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a[2], a[3]);
+        if nan == 0 {
+            return m;
+        }
+        pick(pick(pick(a[0], a[1]), a[2]), a[3])
     }
 }
 
@@ -372,6 +633,33 @@ fn pool_planes_impl<T: ConvElem>(
     let [ph2, pw2] = g.pooled();
     let (p, pout, ow) = (g.out_plane(), ph2 * pw2, g.out[1]);
     if pout == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if TypeId::of::<T>() == TypeId::of::<f32>() && crate::isa::active() >= Isa::Avx512 {
+        let f = |s: &[T]| {
+            // SAFETY: T is f32 (checked above).
+            unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) }
+        };
+        let planes = (src.len() / p).min(dst.len() / pout);
+        // SAFETY: T is f32 (checked above).
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len()) };
+        let (src, bias) = (f(src), bias.map(f));
+        for i in 0..planes {
+            // SAFETY: AVX-512 is active; the plane slices hold `p` and `pout` values.
+            unsafe {
+                x86::pool_plane_512(
+                    &src[i * p..][..p],
+                    ow,
+                    ph2,
+                    pw2,
+                    bias.map(|b| b[i % g.o]),
+                    relu,
+                    &mut dst[i * pout..][..pout],
+                )
+            };
+        }
         return;
     }
     let mut v = vec![T::default(); 2 * pw2];

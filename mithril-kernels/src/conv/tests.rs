@@ -1087,3 +1087,116 @@ fn winograd4_weight_cache_is_never_stale() {
         w32[k] = w[k] as f32;
     }
 }
+
+/// The pooled direct kernel's `f32` AVX-512 image loop (`pooled::x86::image_512`, in-register
+/// pool, epilogue and masked stores) is bit for bit its generic block on AVX2 (the same fused
+/// multiply-adds in the same order) and the naive reference within rounding: the anchor CNN's
+/// conv1 (its 28-wide rows, 12 of them, two images: the test also runs under qemu), odd widths
+/// (pooled rows of 8, 16, 19 and 21: partial stores, an exact chunk, overlapping tails), uneven
+/// paddings, partial channel blocks, groups, a NaN input; the unpooled blocked kernel's
+/// AVX-512 and AVX2 blocks (`block_fwd_512`, `block_fwd_256`: the same FMAs) likewise. A
+/// machine without AVX-512 checks only the reference.
+#[test]
+fn pooled_direct_avx512_is_the_generic_block() {
+    let mut r = Lcg(29);
+    let cs = [
+        geom(2, 1, 32, 1, [12, 28], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(1, 1, 7, 1, [9, 17], [3, 3], [1, 1], [1, 1], [1, 1]),
+        geom(1, 1, 6, 1, [6, 33], [3, 3], [1, 1], [0, 1], [1, 1]),
+        geom(1, 3, 5, 1, [5, 35], [2, 2], [1, 1], [1, 2], [1, 1]),
+        geom(2, 2, 12, 2, [7, 42], [3, 3], [1, 1], [1, 1], [1, 1]),
+    ];
+    for (i, g) in cs.iter().enumerate() {
+        assert!(g.pooled_direct() && g.blocked_direct(), "{g:?}");
+        let (lx, lw, ly) = g.lens();
+        let (x, w, b) = (r.vec(lx), r.vec(lw), r.vec(g.o));
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (mut x32, w32, b32) = (f(&x), f(&w), f(&b));
+        if i == 1 {
+            x32[2 * 17 + 3] = f32::NAN;
+        }
+        let (full, _, _) = naive(g, &x, &w, &vec![0.0; ly]);
+        for (bias, relu) in [(true, true), (true, false), (false, true), (false, false)] {
+            let what = format!("{g:?} bias {bias} relu {relu}");
+            let run = |isa| {
+                crate::isa::with_isa(isa, || {
+                    let mut y = vec![f32::NAN; g.pooled_len()];
+                    assert!(forward_pool_direct(
+                        g,
+                        &x32,
+                        &w32,
+                        bias.then_some(&b32[..]),
+                        relu,
+                        &mut y
+                    ));
+                    y
+                })
+            };
+            let isas: Vec<Isa> = Isa::available().collect();
+            if isas.contains(&Isa::Avx512) && isas.contains(&Isa::Avx2) {
+                let (a, c) = (run(Isa::Avx512), run(Isa::Avx2));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(
+                    bits(&a),
+                    bits(&c),
+                    "AVX-512 against the generic block: {what}"
+                );
+                // the unpooled blocked kernel's AVX-512 block (`block_fwd_512`) likewise
+                let full = |isa| {
+                    crate::isa::with_isa(isa, || {
+                        let mut u = vec![f32::NAN; ly];
+                        forward_fused(g, &x32, &w32, bias.then_some(&b32[..]), relu, &mut u);
+                        u
+                    })
+                };
+                let (a, c) = (full(Isa::Avx512), full(Isa::Avx2));
+                assert_eq!(bits(&a), bits(&c), "unpooled AVX-512 block: {what}");
+            }
+            if i != 1 {
+                let mut want = full.clone();
+                for (k, v) in want.iter_mut().enumerate() {
+                    let s = *v
+                        + if bias {
+                            b[k / g.out_plane() % g.o]
+                        } else {
+                            0.0
+                        };
+                    *v = if relu && s < 0.0 { 0.0 } else { s };
+                }
+                let want = naive_pool(g, &want);
+                let y = run(Isa::available().last().unwrap());
+                let y: Vec<f64> = y.iter().map(|&a| a as f64).collect();
+                close(&y, &want, 1e-4, &what);
+            }
+        }
+    }
+}
+
+/// The pool of [`max_pool2_output`] (the scratch path's `pool_planes`, in AVX-512 intrinsics
+/// for `f32`) is bit for bit the naive pool on every ISA: planes narrower than, equal to and
+/// wider than a 16-window chunk, odd sizes (a dropped row and column), NaNs and signed zeros.
+#[test]
+fn pool_planes_match_the_naive_pool_bitwise() {
+    let mut r = Lcg(31);
+    for (h, w) in [(5, 5), (4, 14), (7, 32), (3, 33), (6, 67)] {
+        let g = geom(2, 3, 3, 1, [h, w], [1, 1], [1, 1], [0, 0], [1, 1]);
+        let mut u: Vec<f32> = r.vec(g.lens().2).iter().map(|&a| a as f32).collect();
+        for (k, v) in u.iter_mut().enumerate() {
+            match k % 23 {
+                0 => *v = f32::NAN,
+                5 | 6 => *v = -0.0,
+                7 => *v = 0.0,
+                _ => {}
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let want = bits(&naive_pool(&g, &u));
+        for isa in Isa::available() {
+            crate::isa::with_isa(isa, || {
+                let mut p = vec![1.5f32; g.pooled_len()];
+                max_pool2_output(&g, &u, &mut p);
+                assert_eq!(bits(&p), want, "{g:?} {isa:?}");
+            });
+        }
+    }
+}
