@@ -9,6 +9,7 @@
 
 use super::fused::{TileOps, SLD};
 use super::{Dims, Dropout, Layout, Mask};
+use crate::gemm::x86::transpose_4x16;
 use std::arch::x86_64::*;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -177,32 +178,6 @@ pub(crate) unsafe fn run_256(
 #[inline(always)]
 fn lanes(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
-}
-
-/// Stores four rows of 16 lanes transposed: `dst[k·width + r] = rows[r][k]` (4×4 transposes
-/// in each 128-bit lane; a copy of the GEMM's, which `gemm16` owns).
-#[inline]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
-    let [r0, r1, r2, r3] = rows;
-    let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
-    let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
-    let t2 = _mm512_castps_pd(_mm512_unpacklo_ps(r2, r3));
-    let t3 = _mm512_castps_pd(_mm512_unpackhi_ps(r2, r3));
-    // c_t holds, in 128-bit lane L, the four lanes at k = 4L + t.
-    let cols = [
-        _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2)),
-        _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2)),
-        _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3)),
-        _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3)),
-    ];
-    for (t, c) in cols.iter().enumerate() {
-        let d = dst.add(t * width);
-        _mm_storeu_ps(d, _mm512_castps512_ps128(*c));
-        _mm_storeu_ps(d.add(4 * width), _mm512_extractf32x4_ps::<1>(*c));
-        _mm_storeu_ps(d.add(8 * width), _mm512_extractf32x4_ps::<2>(*c));
-        _mm_storeu_ps(d.add(12 * width), _mm512_extractf32x4_ps::<3>(*c));
-    }
 }
 
 /// Packs `4·G` rows of `src` (`rs` apart, `kc` wide) as `dst[q·4G + l] = src[l·rs + q]`:

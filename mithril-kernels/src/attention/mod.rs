@@ -192,6 +192,25 @@ pub struct Dims {
 }
 
 impl Dims {
+    /// The [`Layout`]s of contiguous `q`, `k`, `v` and `out` (`[batch, heads, seq, width]`).
+    fn contiguous(&self) -> [Layout; 4] {
+        let Dims {
+            hq,
+            hkv,
+            sq,
+            sk,
+            d,
+            dv,
+            ..
+        } = *self;
+        [
+            Layout::contiguous(hq, sq, d),
+            Layout::contiguous(hkv, sk, d),
+            Layout::contiguous(hkv, sk, dv),
+            Layout::contiguous(hq, sq, dv),
+        ]
+    }
+
     fn check<T>(&self, q: &[T], k: &[T], v: &[T]) {
         assert!(self.hkv > 0 && self.hq.is_multiple_of(self.hkv), "hq % hkv");
         assert!(
@@ -606,25 +625,20 @@ pub fn forward_dropout<T: AttnElem>(
 ) {
     dims.check(q, k, v);
     let Dims {
-        batch,
-        hq,
-        hkv,
-        sq,
-        sk,
-        d,
-        dv,
+        batch, hq, sq, dv, ..
     } = *dims;
     assert!(out.len() >= batch * hq * sq * dv, "out too short");
+    let [ql, kl, vl, ol] = dims.contiguous();
     forward_strided(
         dims,
-        (q, Layout::contiguous(hq, sq, d)),
-        (k, Layout::contiguous(hkv, sk, d)),
-        (v, Layout::contiguous(hkv, sk, dv)),
+        (q, ql),
+        (k, kl),
+        (v, vl),
         mask,
         causal,
         scale,
         drop,
-        (out, Layout::contiguous(hq, sq, dv)),
+        (out, ol),
         lse,
     )
 }
@@ -646,25 +660,17 @@ pub(crate) fn forward_tiles<T: AttnElem>(
     lse: Option<&mut [T]>,
 ) {
     dims.check(q, k, v);
-    let Dims {
-        hq,
-        hkv,
-        sq,
-        sk,
-        d,
-        dv,
-        ..
-    } = *dims;
+    let [ql, kl, vl, ol] = dims.contiguous();
     tiles_strided(
         dims,
-        (q, Layout::contiguous(hq, sq, d)),
-        (k, Layout::contiguous(hkv, sk, d)),
-        (v, Layout::contiguous(hkv, sk, dv)),
+        (q, ql),
+        (k, kl),
+        (v, vl),
         mask,
         causal,
         scale,
         drop,
-        (out, Layout::contiguous(hq, sq, dv)),
+        (out, ol),
         lse,
     )
 }

@@ -61,7 +61,7 @@ mod scalar;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 use half::{bf16, f16};
 use std::cell::Cell;

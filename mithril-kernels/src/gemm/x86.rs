@@ -124,9 +124,10 @@ unsafe fn pack32<T: Src32>(
 /// Stores four rows of 16 32-bit lanes (`rows[r]` holds lane `r`'s k indices `0..16`)
 /// transposed: `dst[k*width + r] = rows[r][k]`, with 4×4 transposes in each 128-bit lane. Only
 /// bits are moved, so it serves f32 and bf16 pairs alike.
+/// Also packs attention's `Q` and `K` tiles (`attention::fused_x86`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
+pub(crate) unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
     let [r0, r1, r2, r3] = rows;
     let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
     let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
