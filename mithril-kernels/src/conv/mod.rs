@@ -214,6 +214,8 @@ fn check<T>(g: &Geom, x: &[T], w: &[T], y: &[T]) {
 /// channels on AVX-512, Winograd's F(2×2, 3×3) (about 4e-6 from the exact sum on unit-scale
 /// data), or F(4×4, 3×3) where its GEMMs run on fewer tile vectors (about 8e-5; see
 /// [`forward_winograd4`]); else the implicit GEMM (`f32` stride 1 on x86-64) or the panel GEMM.
+/// The environment variable `MITHRIL_CONV_WINOGRAD` (read once) restricts the Winograd forms:
+/// `2x2` allows F(2×2) only, `off` neither.
 ///
 /// # Panics
 /// When a slice is shorter than `g` needs or `g` is not [`Geom::valid`].

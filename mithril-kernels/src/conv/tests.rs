@@ -612,6 +612,10 @@ fn winograd_matches_the_naive_reference() {
 /// stride of 2) they give the implicit GEMM's.
 #[test]
 fn forward_chooses_winograd_on_avx512() {
+    if winograd::allowed() != winograd::Allowed::F4 {
+        println!("SKIPPED forward_chooses_winograd_on_avx512: MITHRIL_CONV_WINOGRAD restricts the choice");
+        return;
+    }
     let mut r = Lcg(19);
     let cases = [
         geom(2, 32, 64, 1, [14, 14], [3, 3], [1, 1], [1, 1], [1, 1]),
@@ -1198,5 +1202,21 @@ fn pool_planes_match_the_naive_pool_bitwise() {
                 assert_eq!(bits(&p), want, "{g:?} {isa:?}");
             });
         }
+    }
+}
+
+/// `MITHRIL_CONV_WINOGRAD`'s values: `off` / `0` / `none` / `false` turn both Winograd forms
+/// off, `2x2` keeps F(2×2) only, anything else (or nothing) allows both.
+#[test]
+fn winograd_knob_parses() {
+    use super::winograd::{parse_allowed, Allowed};
+    for v in ["off", "0", "none", " OFF ", "false"] {
+        assert_eq!(parse_allowed(Some(v)), Allowed::None, "{v}");
+    }
+    for v in ["2x2", "F2x2", "f2"] {
+        assert_eq!(parse_allowed(Some(v)), Allowed::F2, "{v}");
+    }
+    for v in [None, Some(""), Some("4x4"), Some("on")] {
+        assert_eq!(parse_allowed(v), Allowed::F4, "{v:?}");
     }
 }

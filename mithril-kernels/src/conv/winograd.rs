@@ -52,6 +52,37 @@ pub(super) fn applies(g: &Geom) -> bool {
         && g.out[1] >= 2
 }
 
+/// Which Winograd forms the forward convolutions may run: the environment variable
+/// `MITHRIL_CONV_WINOGRAD` (read once, at the first convolution) — `off` (or `0`, `none`):
+/// neither, every convolution on its direct sum (the implicit GEMM); `2x2`: F(2×2, 3×3) only
+/// (about 5e-6 from the exact sum instead of F(4×4)'s 8e-5); unset or anything else: both, as
+/// [`chosen`] and [`chosen4`] decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Allowed {
+    /// No Winograd form.
+    None,
+    /// F(2×2, 3×3) only.
+    F2,
+    /// F(2×2, 3×3) and F(4×4, 3×3).
+    F4,
+}
+
+/// [`Allowed`] from `MITHRIL_CONV_WINOGRAD`, read once.
+pub(super) fn allowed() -> Allowed {
+    static A: std::sync::OnceLock<Allowed> = std::sync::OnceLock::new();
+    *A.get_or_init(|| parse_allowed(std::env::var("MITHRIL_CONV_WINOGRAD").ok().as_deref()))
+}
+
+/// The value of `MITHRIL_CONV_WINOGRAD` as an [`Allowed`] (case and surrounding spaces
+/// ignored).
+pub(super) fn parse_allowed(v: Option<&str>) -> Allowed {
+    match v.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("off" | "0" | "none" | "false") => Allowed::None,
+        Some("2x2" | "f2x2" | "f2") => Allowed::F2,
+        _ => Allowed::F4,
+    }
+}
+
 /// Whether [`super::forward`] and [`super::forward_fused`] run this form instead of the
 /// implicit GEMM: where it [`applies`] and the active ISA is AVX-512 (its register form,
 /// measured 1.1–1.6x faster than the implicit GEMM on every geometry tried, from 16 -> 16
@@ -60,6 +91,7 @@ pub(super) fn applies(g: &Geom) -> bool {
 /// GEMM in session 14.
 pub(super) fn chosen(g: &Geom) -> bool {
     cfg!(target_arch = "x86_64")
+        && allowed() != Allowed::None
         && !g.direct()
         && g.macs() > 0
         && applies(g)
@@ -351,7 +383,7 @@ pub(super) fn forward(
 /// where F(2×2) is [`chosen`] and F(4×4)'s GEMMs take fewer vector multiply-adds (see
 /// [`prefer4`]).
 pub(super) fn chosen4(g: &Geom) -> bool {
-    chosen(g) && prefer4(g)
+    chosen(g) && allowed() == Allowed::F4 && prefer4(g)
 }
 
 /// Whether F(4×4)'s 36 GEMMs run on fewer vectors of 16 tiles than F(2×2)'s 16 (each form
