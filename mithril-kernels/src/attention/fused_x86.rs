@@ -9,7 +9,7 @@
 
 use super::fused::{TileOps, SLD};
 use super::{Dims, Dropout, Layout, Mask};
-use crate::gemm::x86::transpose_4x16;
+use crate::gemm::x86::{pack_lanes_256, pack_lanes_512};
 use std::arch::x86_64::*;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -35,7 +35,7 @@ impl TileOps<f32> for X512 {
     #[inline(always)]
     unsafe fn pack_q(rows: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
         if rows == 12 {
-            pack_lanes::<3>(src, ld, d, dst)
+            pack_lanes_512::<f32, 3>(src, ld, d, dst)
         } else {
             super::fused::pack_scalar(rows, 12, 12, src, ld, d, dst)
         }
@@ -43,7 +43,7 @@ impl TileOps<f32> for X512 {
     #[inline(always)]
     unsafe fn pack_k(n: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
         if n == 32 {
-            pack_lanes::<8>(src, ld, d, dst)
+            pack_lanes_512::<f32, 8>(src, ld, d, dst)
         } else {
             super::fused::pack_scalar(n, n, 32, src, ld, d, dst)
         }
@@ -90,7 +90,7 @@ impl TileOps<f32> for X256 {
     #[inline(always)]
     unsafe fn pack_k(n: usize, src: *const f32, ld: usize, d: usize, dst: *mut f32) {
         if n == 16 {
-            pack_lanes_256::<4>(src, ld, d, dst)
+            pack_lanes_256::<f32, 4>(src, ld, d, dst)
         } else {
             super::fused::pack_scalar(n, n, 16, src, ld, d, dst)
         }
@@ -178,31 +178,6 @@ pub(crate) unsafe fn run_256(
 #[inline(always)]
 fn lanes(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
-}
-
-/// Packs `4·G` rows of `src` (`rs` apart, `kc` wide) as `dst[q·4G + l] = src[l·rs + q]`:
-/// blocks of 16 columns transposed in registers, the rest one lane at a time.
-#[inline]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-unsafe fn pack_lanes<const G: usize>(src: *const f32, rs: usize, kc: usize, dst: *mut f32) {
-    let width = 4 * G;
-    let mut q0 = 0;
-    while q0 + 16 <= kc {
-        for g in 0..G {
-            let base = src.add(4 * g * rs + q0);
-            let row = |r: usize| _mm512_loadu_ps(base.add(r * rs));
-            transpose_4x16(
-                [row(0), row(1), row(2), row(3)],
-                dst.add(q0 * width + 4 * g),
-                width,
-            );
-        }
-        q0 += 16;
-    }
-    if q0 < kc {
-        let (src, dst) = (src.add(q0), dst.add(q0 * width));
-        super::fused::pack_scalar(width, width, width, src, rs, kc - q0, dst);
-    }
 }
 
 /// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 16 lanes.
@@ -405,42 +380,6 @@ unsafe fn hsum_256(v: __m256) -> f32 {
     let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
     let x = _mm_add_ss(x, _mm_movehdup_ps(x));
     _mm_cvtss_f32(x)
-}
-
-/// The AVX2 form of [`pack_lanes`]: blocks of 8 columns, 4×4 transposes in each 128-bit lane
-/// (a copy of the GEMM's).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack_lanes_256<const G: usize>(src: *const f32, rs: usize, kc: usize, dst: *mut f32) {
-    let width = 4 * G;
-    let mut q0 = 0;
-    while q0 + 8 <= kc {
-        for g in 0..G {
-            let base = src.add(4 * g * rs + q0);
-            let row = |r: usize| _mm256_loadu_ps(base.add(r * rs));
-            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let t0 = _mm256_castps_pd(_mm256_unpacklo_ps(r0, r1));
-            let t1 = _mm256_castps_pd(_mm256_unpackhi_ps(r0, r1));
-            let t2 = _mm256_castps_pd(_mm256_unpacklo_ps(r2, r3));
-            let t3 = _mm256_castps_pd(_mm256_unpackhi_ps(r2, r3));
-            let cols = [
-                _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2)),
-                _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2)),
-                _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3)),
-                _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3)),
-            ];
-            for (t, c) in cols.iter().enumerate() {
-                let d = dst.add((q0 + t) * width + 4 * g);
-                _mm_storeu_ps(d, _mm256_castps256_ps128(*c));
-                _mm_storeu_ps(d.add(4 * width), _mm256_extractf128_ps::<1>(*c));
-            }
-        }
-        q0 += 8;
-    }
-    if q0 < kc {
-        let (src, dst) = (src.add(q0), dst.add(q0 * width));
-        super::fused::pack_scalar(width, width, width, src, rs, kc - q0, dst);
-    }
 }
 
 /// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 8 lanes.

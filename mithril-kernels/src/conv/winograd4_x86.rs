@@ -29,6 +29,7 @@
 //! than F(2×2); the tests bound the difference from an `f64` reference (see
 //! `winograd4_matches_the_naive_reference`).
 
+use super::x86::span_mask;
 use super::Out;
 use crate::conv::Geom;
 use crate::gemm;
@@ -56,15 +57,6 @@ pub(super) fn tiles(g: &Geom) -> (usize, usize) {
 fn pitches(tbp: usize) -> (usize, usize) {
     let rp = tbp | 16;
     (rp, 36 * rp + 16)
-}
-
-/// The lanes `j` of a 16-lane vector whose element `b + j` lies in `0..len`.
-#[inline(always)]
-fn span_mask(b: isize, len: isize) -> u16 {
-    let lo = (-b).clamp(0, 16) as u32;
-    let hi = (len - b).clamp(0, 16) as u32;
-    let upto = |k: u32| if k >= 16 { 0xffff_u32 } else { (1u32 << k) - 1 };
-    (upto(hi) & !upto(lo)) as u16
 }
 
 /// Lanes `lo..hi` (`hi ≤ 16`).

@@ -123,9 +123,10 @@ pub(super) fn with_u_by<R>(
     })
 }
 
-/// The lanes `j` of a 16-lane vector whose element `b + j` lies in `0..len`.
+/// The lanes `j` of a 16-lane vector whose element `b + j` lies in `0..len` (F(4×4)'s
+/// transforms use it too).
 #[inline(always)]
-fn span_mask(b: isize, len: isize) -> u16 {
+pub(super) fn span_mask(b: isize, len: isize) -> u16 {
     let lo = (-b).clamp(0, 16) as u32;
     let hi = (len - b).clamp(0, 16) as u32;
     let upto = |k: u32| if k >= 16 { 0xffff_u32 } else { (1u32 << k) - 1 };

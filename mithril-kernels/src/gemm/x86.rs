@@ -124,10 +124,9 @@ unsafe fn pack32<T: Src32>(
 /// Stores four rows of 16 32-bit lanes (`rows[r]` holds lane `r`'s k indices `0..16`)
 /// transposed: `dst[k*width + r] = rows[r][k]`, with 4×4 transposes in each 128-bit lane. Only
 /// bits are moved, so it serves f32 and bf16 pairs alike.
-/// Also packs attention's `Q` and `K` tiles (`attention::fused_x86`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-pub(crate) unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
+unsafe fn transpose_4x16(rows: [__m512; 4], dst: *mut f32, width: usize) {
     let [r0, r1, r2, r3] = rows;
     let t0 = _mm512_castps_pd(_mm512_unpacklo_ps(r0, r1));
     let t1 = _mm512_castps_pd(_mm512_unpackhi_ps(r0, r1));
@@ -155,10 +154,10 @@ const PACK_PF: usize = 64;
 /// Packs `4*G` lanes (rows of A, or columns of a transposed B) with contiguous k (`src(l, q) =
 /// src[l*rs + q]`) as `dst[q*4G + l]`: blocks of 16 k are transposed in registers (4×4
 /// transposes in each 128-bit lane); `f16`/`bf16` lanes are converted into a small f32 buffer
-/// first.
+/// first. Also packs attention's `Q` and `K` tiles (`attention::fused_x86`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-unsafe fn pack_lanes_512<T: Src32, const G: usize>(
+pub(crate) unsafe fn pack_lanes_512<T: Src32, const G: usize>(
     src: *const T,
     rs: usize,
     kc: usize,
@@ -212,7 +211,7 @@ unsafe fn pack_lanes_512<T: Src32, const G: usize>(
 /// The AVX2 form of [`pack_lanes_512`]: blocks of 8 k, 4×4 transposes in each 128-bit lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pack_lanes_256<T: Src32, const G: usize>(
+pub(crate) unsafe fn pack_lanes_256<T: Src32, const G: usize>(
     src: *const T,
     rs: usize,
     kc: usize,
