@@ -44,6 +44,16 @@ pub(super) enum Fast {
         y: Opnd,
         z: Opnd,
     },
+    /// `op2(op1(x, y), z)` (`inner_first`) or `op2(z, op1(x, y))`: a matmul epilogue adding a
+    /// bias and a residual (`x + (out + b)`). Only [`Rows`] runs it (the interpreter otherwise).
+    Chain {
+        op1: EwOp,
+        op2: EwOp,
+        inner_first: bool,
+        x: Opnd,
+        y: Opnd,
+        z: Opnd,
+    },
 }
 
 fn is_bin(op: EwOp) -> bool {
@@ -129,6 +139,29 @@ pub(super) fn recognize(ins: &[Ins], out: Reg) -> Fast {
                 y,
             })
         } else if is_bin(op0) {
+            // `op0(op1(x, y), z)` or `op0(z, op1(x, y))`, `op0` an add or a multiply
+            let inner = |q: usize| op_at(a0[q], k0).filter(|i| i.2 == Dom::F32 && is_bin(i.1));
+            let chain = |q: usize, used: &mut Vec<bool>| -> Option<Fast> {
+                let (k1, op1, _, a1) = inner(q)?;
+                if !matches!(op0, EwOp::Add | EwOp::Mul) {
+                    return None;
+                }
+                used[k1] = true;
+                Some(Fast::Chain {
+                    op1,
+                    op2: op0,
+                    inner_first: q == 0,
+                    x: opnd(a1[0], k1, used)?,
+                    y: opnd(a1[1], k1, used)?,
+                    z: opnd(a0[1 - q], k0, used)?,
+                })
+            };
+            if inner(0).is_some() {
+                return chain(0, &mut used);
+            }
+            if inner(1).is_some() {
+                return chain(1, &mut used);
+            }
             let x = opnd(a0[0], k0, &mut used)?;
             let y = opnd(a0[1], k0, &mut used)?;
             Some(Fast::Map {
@@ -204,7 +237,7 @@ thread_local! {
 /// general interpreter (which also reports every malformed case).
 pub(super) fn run<'o>(f: Fast, args: &[Arg<'_>], out: Out<'o>, mode: Mode) -> Result<(), Out<'o>> {
     let slots: [Opnd; 4] = match f {
-        Fast::No => return Err(out),
+        Fast::No | Fast::Chain { .. } => return Err(out),
         Fast::Map { x, y, .. } => [x, y, Opnd::Lit(0.0), Opnd::Lit(0.0)],
         Fast::Sel { x, k, y, z, .. } => [x, k, y, z],
     };
@@ -538,7 +571,7 @@ fn kernel_narrow<Y: Copy>(f: Fast, d: &mut [f32], y: &[Y], w: impl Fn(Y) -> f32)
 fn kernel(f: Fast, p: usize, d: &mut [f32], s: [&[f32]; 4]) {
     use EwOp::*;
     match f {
-        Fast::No => {}
+        Fast::No | Fast::Chain { .. } => {}
         Fast::Map { op, post, .. } => {
             macro_rules! post {
                 ($g:expr) => {
@@ -582,8 +615,13 @@ fn kernel(f: Fast, p: usize, d: &mut [f32], s: [&[f32]; 4]) {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rows {
     f: Fast,
-    /// the call operand read in place (`y` of a map, `x` of a select; `usize::MAX`: none)
+    /// the call operand read in place (`y` of a map, `x` of a select, the first other leaf of
+    /// a chain; `usize::MAX`: none)
     arg: usize,
+    /// a chain's second other leaf (`usize::MAX`: none)
+    arg2: usize,
+    /// a chain: which of its leaves `x, y, z` is the output
+    pos: u8,
     /// the literals `k`, `z` of a select
     k: f32,
     z: f32,
@@ -608,6 +646,30 @@ impl Rows {
                 Some(Rows {
                     f,
                     arg,
+                    arg2: usize::MAX,
+                    pos: 0,
+                    k: 0.0,
+                    z: 0.0,
+                })
+            }
+            Fast::Chain {
+                x: Opnd::Arg(x),
+                y: Opnd::Arg(y),
+                z: Opnd::Arg(z),
+                ..
+            } => {
+                let leaves = [x, y, z];
+                let pos = leaves.iter().position(|&l| l == out_k)?;
+                let mut others = leaves.iter().enumerate().filter(|&(i, _)| i != pos);
+                let (&a, &b) = (others.next()?.1, others.next()?.1);
+                if a == out_k || b == out_k {
+                    return None;
+                }
+                Some(Rows {
+                    f,
+                    arg: a,
+                    arg2: b,
+                    pos: pos as u8,
                     k: 0.0,
                     z: 0.0,
                 })
@@ -618,7 +680,14 @@ impl Rows {
                 y: Opnd::Arg(y),
                 z: Opnd::Lit(z),
                 ..
-            } if y == out_k && x != out_k => Some(Rows { f, arg: x, k, z }),
+            } if y == out_k && x != out_k => Some(Rows {
+                f,
+                arg: x,
+                arg2: usize::MAX,
+                pos: 0,
+                k,
+                z,
+            }),
             _ => None,
         }
     }
@@ -629,23 +698,27 @@ impl Rows {
     #[inline]
     pub fn run(&self, args: &[Arg<'_>], out: &mut [f32]) -> bool {
         let n = out.len();
-        let x: &[f32] = if self.arg == usize::MAX {
-            &[]
-        } else {
-            match args.get(self.arg) {
-                Some(Arg::F32(Src::Full(x))) if x.len() >= n => &x[..n],
-                _ => return false,
+        let slice = |k: usize| -> Option<&[f32]> {
+            if k == usize::MAX {
+                return Some(&[]);
             }
+            match args.get(k) {
+                Some(Arg::F32(Src::Full(x))) if x.len() >= n => Some(&x[..n]),
+                _ => None,
+            }
+        };
+        let (Some(x), Some(x2)) = (slice(self.arg), slice(self.arg2)) else {
+            return false;
         };
         match isa::active() {
             // SAFETY: `active` only returns levels the CPU supports.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { rows_avx512(self, out, x) },
+            Isa::Avx512 => unsafe { rows_avx512(self, out, x, x2) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { rows_avx2(self, out, x) },
+            Isa::Avx2 => unsafe { rows_avx2(self, out, x, x2) },
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => neon::rows(self, out, x),
-            _ => rows_kernel(self, out, x),
+            Isa::Neon => neon::rows(self, out, x, x2),
+            _ => rows_kernel(self, out, x, x2),
         }
         true
     }
@@ -653,14 +726,14 @@ impl Rows {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-unsafe fn rows_avx512(r: &Rows, d: &mut [f32], x: &[f32]) {
-    rows_kernel(r, d, x)
+unsafe fn rows_avx512(r: &Rows, d: &mut [f32], x: &[f32], x2: &[f32]) {
+    rows_kernel(r, d, x, x2)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2(r: &Rows, d: &mut [f32], x: &[f32]) {
-    rows_kernel(r, d, x)
+unsafe fn rows_avx2(r: &Rows, d: &mut [f32], x: &[f32], x2: &[f32]) {
+    rows_kernel(r, d, x, x2)
 }
 
 /// `d[i] = f(d[i], y[i])` (`y` covers `d`: checked by [`Rows::run`]).
@@ -681,12 +754,64 @@ fn sel_rows(d: &mut [f32], x: &[f32], k: f32, z: f32, c: impl Fn(f32, f32) -> bo
     }
 }
 
-/// One call of a [`Rows`] program (the element functions of [`kernel`]).
+/// `d[i] = f(leaves)` with the output at leaf `pos` of `f(l0, l1, l2)` and `a`, `b` the other
+/// two in order (both cover `d`: checked by [`Rows::run`]).
 #[inline(always)]
-fn rows_kernel(r: &Rows, d: &mut [f32], x: &[f32]) {
+fn chain_rows(pos: u8, d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    let n = d.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    // plain loops: `for_each` is a `fold` LLVM may leave un-inlined, compiled for the baseline
+    match pos {
+        0 => {
+            for ((v, &p), &q) in d.iter_mut().zip(a).zip(b) {
+                *v = f(*v, p, q);
+            }
+        }
+        1 => {
+            for ((v, &p), &q) in d.iter_mut().zip(a).zip(b) {
+                *v = f(p, *v, q);
+            }
+        }
+        _ => {
+            for ((v, &p), &q) in d.iter_mut().zip(a).zip(b) {
+                *v = f(p, q, *v);
+            }
+        }
+    }
+}
+
+/// One call of a [`Rows`] program (the element functions of [`kernel`]; a chain's are the
+/// plain operations, exact on every ISA).
+#[inline(always)]
+fn rows_kernel(r: &Rows, d: &mut [f32], x: &[f32], x2: &[f32]) {
     use EwOp::*;
     match r.f {
         Fast::No => {}
+        Fast::Chain {
+            op1,
+            op2,
+            inner_first,
+            ..
+        } => {
+            macro_rules! outer {
+                ($f1:expr) => {{
+                    let f1 = $f1;
+                    match (op2, inner_first) {
+                        (Add, true) => chain_rows(r.pos, d, x, x2, |a, b, c| f1(a, b) + c),
+                        (Add, false) => chain_rows(r.pos, d, x, x2, |a, b, c| c + f1(a, b)),
+                        (Mul, true) => chain_rows(r.pos, d, x, x2, |a, b, c| f1(a, b) * c),
+                        (Mul, false) => chain_rows(r.pos, d, x, x2, |a, b, c| c * f1(a, b)),
+                        _ => {}
+                    }
+                }};
+            }
+            match op1 {
+                Add => outer!(|a: f32, b: f32| a + b),
+                Sub => outer!(|a: f32, b: f32| a - b),
+                Mul => outer!(|a: f32, b: f32| a * b),
+                _ => {}
+            }
+        }
         Fast::Map { op, post, .. } => {
             macro_rules! post {
                 ($g:expr) => {
@@ -794,9 +919,9 @@ mod neon {
 
     /// One call of a [`Rows`] program (see [`rows_kernel`]).
     #[inline(always)]
-    pub(super) fn rows(r: &Rows, d: &mut [f32], x: &[f32]) {
+    pub(super) fn rows(r: &Rows, d: &mut [f32], x: &[f32], x2: &[f32]) {
         let Fast::Map { op, post, .. } = r.f else {
-            return rows_kernel(r, d, x);
+            return rows_kernel(r, d, x, x2);
         };
         let n = d.len();
         macro_rules! body {
@@ -809,7 +934,7 @@ mod neon {
                 }
             }};
         }
-        with_map!(op, post, body, rows_kernel(r, d, x))
+        with_map!(op, post, body, rows_kernel(r, d, x, x2))
     }
 }
 
@@ -1082,6 +1207,77 @@ mod tests {
             &[1.0, -2.0, 2.5],
         );
         assert_eq!(got, vec![1.0, -2.0, -0.5]);
+    }
+
+    /// `op2(op1(a, b), c)` (`inner_first`) or `op2(c, op1(a, b))` over loads of operands
+    /// `leaves`.
+    fn chain(op1: EwOp, op2: EwOp, inner_first: bool, leaves: [usize; 3]) -> Prog {
+        let mut b = Builder::default();
+        let l = leaves.map(|k| b.load(k, St::F32));
+        let t = b.op(op1, Dom::F32, &[l[0], l[1]], Z);
+        let args = if inner_first { [t, l[2]] } else { [l[2], t] };
+        let r = b.op(op2, Dom::F32, &args, Z);
+        b.finish(r)
+    }
+
+    #[test]
+    fn chained_epilogues_match_the_interpreter() {
+        use EwOp::*;
+        let dummy = Arg::F32(Src::Scalar(0.0));
+        for n in [1, 7, 16, 255, 256, 300, 1000] {
+            let (acc, x, y) = (data(n, 0.9), data(n, 4.2), data(n, 2.6));
+            let mut acc_nan = acc.clone();
+            acc_nan[n / 2] = f32::NAN;
+            let args = [dummy, Arg::F32(Src::Full(&x)), Arg::F32(Src::Full(&y))];
+            for op1 in [Add, Sub, Mul] {
+                for op2 in [Add, Mul] {
+                    for inner_first in [true, false] {
+                        // the product (operand 0) at each leaf, the others in either order
+                        for leaves in [[0, 1, 2], [1, 0, 2], [1, 2, 0], [2, 1, 0], [0, 2, 1]] {
+                            let p = chain(op1, op2, inner_first, leaves);
+                            assert!(matches!(p.fast, Fast::Chain { .. }), "{:?}", p.fast);
+                            same_rows(&p, &args, Mode::Epilogue(St::F32), &acc);
+                            same_rows(&p, &args, Mode::Epilogue(St::F32), &acc_nan);
+                            same_rows(&p, &args, Mode::InPlace(0), &acc);
+                        }
+                    }
+                }
+            }
+        }
+        // by hand: the residual epilogue x + (product + bias)
+        let (x, bias) = ([1.0f32, -2.0, 0.5], [0.25f32, 0.5, -1.0]);
+        let args = [dummy, Arg::F32(Src::Full(&x)), Arg::F32(Src::Full(&bias))];
+        let p = chain(Add, Add, false, [0, 2, 1]);
+        let got = same_rows(&p, &args, Mode::Epilogue(St::F32), &[2.0, 4.0, -8.0]);
+        assert_eq!(got, vec![3.25, 2.5, -8.5]);
+        // (product - x) * bias
+        let p = chain(Sub, Mul, true, [0, 1, 2]);
+        let got = same_rows(&p, &args, Mode::Epilogue(St::F32), &[2.0, 4.0, -8.0]);
+        assert_eq!(got, vec![0.25, 3.0, 8.5]);
+        // not covered: a literal leaf, the product twice, a subtraction outside, a broadcast
+        // operand (the interpreter runs those, with the same results)
+        let mut b = Builder::default();
+        let (o, l) = (b.load(0, St::F32), b.lit(Lit::F32(0.5)));
+        let t = b.op(Add, Dom::F32, &[o, l], Z);
+        let y1 = b.load(1, St::F32);
+        let r = b.op(Add, Dom::F32, &[t, y1], Z);
+        assert_eq!(b.finish(r).rows_f32(Mode::Epilogue(St::F32)), None);
+        let p = chain(Add, Add, true, [0, 1, 0]);
+        assert_eq!(p.rows_f32(Mode::Epilogue(St::F32)), None);
+        assert!(!matches!(
+            chain(Add, Sub, true, [0, 1, 2]).fast,
+            Fast::Chain { .. }
+        ));
+        let r = chain(Add, Add, true, [0, 1, 2])
+            .rows_f32(Mode::Epilogue(St::F32))
+            .unwrap();
+        let mut out = vec![1.0f32; 3];
+        assert!(!r.run(&[dummy, args[1], Arg::F32(Src::Row(&bias))], &mut out));
+        assert_eq!(out, vec![1.0; 3]);
+        // a chain outside an epilogue runs in the interpreter
+        let mut o = vec![0f32; 3];
+        run(&p, &args, Out::F32(&mut o), Mode::Plain).unwrap();
+        assert_eq!(o, x.to_vec()); // (0 + x) + 0
     }
 
     #[test]
