@@ -116,6 +116,19 @@ fn exp_core(v: float32x4_t) -> (float32x4_t, float32x4_t) {
     (add(fma(p, mul(r, r), r), sp(1.0)), t)
 }
 
+/// `exp_core_short` of the scalar module.
+#[inline(always)]
+fn exp_core_short(v: float32x4_t) -> (float32x4_t, float32x4_t) {
+    let t = fma(v, sp(LOG2E), sp(MAGIC));
+    let n = sub(t, sp(MAGIC));
+    let r = fma(n, sp(-std::f32::consts::LN_2), v);
+    let p = fmas(0.001_381_453_941_576_182_8, r, 0.008_368_745_446_205_14);
+    let p = fma(p, r, sp(0.041_668_388_992_547_99));
+    let p = fma(p, r, sp(0.166_665_211_319_923_4));
+    let p = fma(p, r, sp(0.499_999_940_395_355_2));
+    (add(fma(p, mul(r, r), r), sp(1.0)), t)
+}
+
 /// `pow2` of the scalar module: 2ⁿ⁺ᵏ from `t`.
 #[inline(always)]
 fn pow2(t: float32x4_t, k: i32) -> float32x4_t {
@@ -234,7 +247,7 @@ pub(crate) fn gelu_tanh(x: float32x4_t) -> float32x4_t {
         ),
     );
     let v = sel(lt(v, -17.0), sp(-17.0), v);
-    let (y, t) = exp_core(v);
+    let (y, t) = exp_core_short(v);
     let d = fma(y, pow2(t, -super::SCALE_K), sp(super::SCALE));
     let q = mul(div(xc, d), sp(super::SCALE));
     let xp = sel(lt(xc, 0.0), sp(0.0), xc);
