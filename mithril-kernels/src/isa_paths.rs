@@ -348,6 +348,16 @@ fn ew_probe(r: &mut Lcg) -> Vec<f32> {
         -4.0,
         -5.657,
         -10.0,
+        // the clamps of the one-step sigmoid / gelu_tanh / tanh forms
+        -11.0,
+        -11.5,
+        10.0,
+        18.0,
+        18.5,
+        -105.0,
+        -105.5,
+        -17.0,
+        1e30,
     ];
     for _ in 0..600 {
         v.push(r.unit() * 12.0);

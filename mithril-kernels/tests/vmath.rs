@@ -245,6 +245,15 @@ fn special_values() {
     ] {
         assert!(f(f32::NAN).is_nan());
     }
+    // gelu_tanh's scaled quotient overflows for x >= 2^64: limited to x there; signed zeros kept
+    for x in [1.8446744e19f32, 1e30, f32::MAX] {
+        assert_eq!(gelu_tanh(x), x, "x = {x:e}");
+    }
+    assert_eq!(gelu_tanh(-0.0).to_bits(), (-0.0f32).to_bits());
+    assert_eq!(gelu_tanh(0.0).to_bits(), 0);
+    assert_eq!(gelu_tanh(-11.5).to_bits(), (-0.0f32).to_bits());
+    assert_eq!(sigmoid(-105.5), 0.0);
+    assert_eq!(sigmoid(18.5), 1.0);
 }
 
 #[test]

@@ -90,16 +90,7 @@ pub(crate) fn exp(x: float32x4_t) -> float32x4_t {
     unsafe {
         let xc = sel(gt(x, 89.0), sp(89.0), x);
         let xc = sel(lt(xc, -104.0), sp(-104.0), xc);
-        let t = fma(xc, sp(LOG2E), sp(MAGIC));
-        let n = sub(t, sp(MAGIC));
-        let r = fma(n, sp(-LN2_HI), xc);
-        let r = fma(n, sp(-LN2_LO), r);
-        let p = fmas(1.987_569_2e-4, r, 1.398_199_9e-3);
-        let p = fma(p, r, sp(8.333_452e-3));
-        let p = fma(p, r, sp(4.166_579_6e-2));
-        let p = fma(p, r, sp(1.666_666_5e-1));
-        let p = fma(p, r, sp(5.000_000_1e-1));
-        let y = add(fma(p, mul(r, r), r), sp(1.0));
+        let (y, t) = exp_core(xc);
         let ni = vsubq_s32(vreinterpretq_s32_f32(t), vdupq_n_s32(MAGIC_BITS));
         let n1 = vshrq_n_s32::<1>(ni);
         let n2 = vsubq_s32(ni, n1);
@@ -110,13 +101,62 @@ pub(crate) fn exp(x: float32x4_t) -> float32x4_t {
     }
 }
 
+/// `exp_core` of the scalar module: `(y, t)` with eᵛ = y · 2ⁿ.
+#[inline(always)]
+fn exp_core(v: float32x4_t) -> (float32x4_t, float32x4_t) {
+    let t = fma(v, sp(LOG2E), sp(MAGIC));
+    let n = sub(t, sp(MAGIC));
+    let r = fma(n, sp(-LN2_HI), v);
+    let r = fma(n, sp(-LN2_LO), r);
+    let p = fmas(1.987_569_2e-4, r, 1.398_199_9e-3);
+    let p = fma(p, r, sp(8.333_452e-3));
+    let p = fma(p, r, sp(4.166_579_6e-2));
+    let p = fma(p, r, sp(1.666_666_5e-1));
+    let p = fma(p, r, sp(5.000_000_1e-1));
+    (add(fma(p, mul(r, r), r), sp(1.0)), t)
+}
+
+/// `exp_core_short` of the scalar module.
+#[inline(always)]
+fn exp_core_short(v: float32x4_t) -> (float32x4_t, float32x4_t) {
+    let t = fma(v, sp(LOG2E), sp(MAGIC));
+    let n = sub(t, sp(MAGIC));
+    let r = fma(n, sp(-std::f32::consts::LN_2), v);
+    let p = fmas(0.001_381_453_941_576_182_8, r, 0.008_368_745_446_205_14);
+    let p = fma(p, r, sp(0.041_668_388_992_547_99));
+    let p = fma(p, r, sp(0.166_665_211_319_923_4));
+    let p = fma(p, r, sp(0.499_999_940_395_355_2));
+    (add(fma(p, mul(r, r), r), sp(1.0)), t)
+}
+
+/// `pow2` of the scalar module: 2ⁿ⁺ᵏ from `t`.
+#[inline(always)]
+fn pow2(t: float32x4_t, k: i32) -> float32x4_t {
+    unsafe {
+        let e = vaddq_s32(vreinterpretq_s32_f32(t), vdupq_n_s32(127 + k - MAGIC_BITS));
+        vreinterpretq_f32_s32(vshlq_n_s32::<23>(e))
+    }
+}
+
+/// [`super::exp_nonpos`].
+#[inline(always)]
+fn exp_nonpos(x: float32x4_t) -> float32x4_t {
+    let low = lt(x, super::EXP_NONPOS_MIN);
+    let xc = sel(low, sp(super::EXP_NONPOS_MIN), x);
+    let (y, t) = exp_core(xc);
+    sel(low, sp(0.0), mul(y, pow2(t, 0)))
+}
+
 const TANH_SPLIT: f32 = super::TANH_SPLIT;
 
 /// [`super::tanh`].
 #[inline(always)]
 pub(crate) fn tanh(x: float32x4_t) -> float32x4_t {
     let a = abs(x);
-    let e = exp(mul(sp(2.0), a));
+    let v = mul(sp(2.0), a);
+    let v = sel(gt(v, 20.0), sp(20.0), v);
+    let (y, t) = exp_core(v);
+    let e = mul(y, pow2(t, 0));
     let big = sub(sp(1.0), div(sp(2.0), add(e, sp(1.0))));
     let z = mul(a, a);
     let p = fmas(2.528_539_3e-3, z, -8.527_798e-3);
@@ -132,9 +172,11 @@ pub(crate) fn tanh(x: float32x4_t) -> float32x4_t {
 /// [`super::sigmoid`].
 #[inline(always)]
 pub(crate) fn sigmoid(x: float32x4_t) -> float32x4_t {
-    let e = exp(neg(abs(x)));
-    let s = div(sp(1.0), add(sp(1.0), e));
-    sel(lt(x, 0.0), mul(e, s), s)
+    let xc = sel(lt(x, -105.0), sp(-105.0), x);
+    let xc = sel(gt(xc, 18.0), sp(18.0), xc);
+    let (y, t) = exp_core(neg(xc));
+    let d = fma(y, pow2(t, -super::SCALE_K), sp(super::SCALE));
+    mul(div(sp(1.0), d), sp(super::SCALE))
 }
 
 /// `erf_small` of the scalar module.
@@ -162,7 +204,7 @@ fn erfc_large(t: float32x4_t) -> float32x4_t {
     let h = fma(h, u, sp(5.730_047_4e-2));
     let h = fma(h, u, sp(-3.567_781_7e-1));
     let h = fma(h, u, sp(-1.543_998_2));
-    let e = exp(fma(neg(tc), tc, h));
+    let e = exp_nonpos(fma(neg(tc), tc, h));
     sel(big, sp(0.0), e)
 }
 
@@ -195,11 +237,21 @@ pub(crate) fn gelu_erf(x: float32x4_t) -> float32x4_t {
 /// [`super::gelu_tanh`].
 #[inline(always)]
 pub(crate) fn gelu_tanh(x: float32x4_t) -> float32x4_t {
-    let inner = mul(
-        sp(super::GELU_K2),
-        fma(mul(sp(super::GELU_C), x), mul(x, x), x),
+    let xc = sel(lt(x, -11.0), sp(-11.0), x);
+    let v = mul(
+        xc,
+        fma(
+            sp(-super::GELU_K2 * super::GELU_C),
+            mul(xc, xc),
+            sp(-super::GELU_K2),
+        ),
     );
-    sel(eq(x, f32::NEG_INFINITY), sp(-0.0), mul(x, sigmoid(inner)))
+    let v = sel(lt(v, -17.0), sp(-17.0), v);
+    let (y, t) = exp_core_short(v);
+    let d = fma(y, pow2(t, -super::SCALE_K), sp(super::SCALE));
+    let q = mul(div(xc, d), sp(super::SCALE));
+    let xp = sel(lt(xc, 0.0), sp(0.0), xc);
+    unsafe { sel(vcgtq_f32(q, xp), xp, q) }
 }
 
 /// [`crate::scalar::relu`] on `f32`: `x` when `x > 0` or NaN, else `+0`.
