@@ -63,8 +63,19 @@ pub(crate) trait TileOps<T: AttnElem> {
     }
 
     /// `s[r·SLD + w] = scale · Σ_c qp[c·G + r] · kt[c·W + w]` for `r < G`, `w < W`, with
-    /// `s = -∞` where `w ≥ lim0 + r` (`lim0` ≥ `W` when nothing is masked).
-    unsafe fn scores(d: usize, qp: *const T, kt: *const T, scale: T, lim0: isize, s: *mut T);
+    /// `s = -∞` where `w ≥ lim0 + r` (`lim0` ≥ `W` when nothing is masked). Only rows
+    /// `0..rows` are needed: an implementation may leave the rows past them (the zero padding
+    /// of a partial group) as they are.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores(
+        rows: usize,
+        d: usize,
+        qp: *const T,
+        kt: *const T,
+        scale: T,
+        lim0: isize,
+        s: *mut T,
+    );
 
     /// The online-softmax update of rows `0..rows` of `s` (`bc` columns each, `SLD` apart):
     /// `m`, `l` updated, `alpha[r]` set to the factor the row's output must be rescaled by, the
@@ -72,19 +83,42 @@ pub(crate) trait TileOps<T: AttnElem> {
     /// `alpha = 1`.
     unsafe fn update(rows: usize, bc: usize, s: *mut T, m: *mut T, l: *mut T, alpha: *mut T);
 
-    /// `o[r·ldo + c] = alpha[r] · o[r·ldo + c] + Σ_{j < bc} p[r·SLD + j] · v[j·ldv + c]` for
-    /// `r < G`, `c < ncols ≤ DW`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn pv(
-        bc: usize,
-        p: *const T,
-        v: *const T,
-        ldv: usize,
-        ncols: usize,
-        alpha: *const T,
-        o: *mut T,
-        ldo: usize,
-    );
+    /// The register tile `acc[r][c] = init[r][c] + Σ_{j < bc} p[r·SLD + j] · v[j·ldv + c]`
+    /// for `c < ncols ≤ DW`, started and stored as `io` says ([`PvIo`]): from 0 or from
+    /// `alpha[r] · o[r·ldo + c]`, stored back into `o` or, scaled by `inv[r]`, into the
+    /// output rows `dst[r·ldd + c]`, `r < io.rows`. An implementation may skip the rows
+    /// `io.rows..G` (their values are never read).
+    unsafe fn pv(bc: usize, p: *const T, v: *const T, ldv: usize, ncols: usize, io: &PvIo<T>);
+}
+
+/// Where a row group's `P·V` register tile starts and where it goes.
+///
+/// On the group's **first** key block the accumulators start at 0 (nothing is read: the
+/// running output needs no zeroing); on later blocks at `alpha[r] · o[r·ldo + c]` (the
+/// running output rescaled to the new row max). On the group's **last** key block the tile
+/// is normalized while it is stored: `inv[r] · acc` into the output rows `dst` (`ldd` apart,
+/// only the group's `rows` real rows); on earlier blocks it goes back into `o`. A query tile
+/// whose keys fit one block ([`BC`]) never touches `o` at all.
+#[derive(Clone, Copy)]
+pub(crate) struct PvIo<T> {
+    /// The group's first key block: start from 0 (`alpha` and `o` not read).
+    pub(crate) first: bool,
+    /// The rescale factor of each row (read unless `first`).
+    pub(crate) alpha: *const T,
+    /// The running output (`G` rows, `ldo` apart; read unless `first`, written unless `last`).
+    pub(crate) o: *mut T,
+    /// `o`'s row stride.
+    pub(crate) ldo: usize,
+    /// The group's last key block: store `inv[r] · acc` to `dst`.
+    pub(crate) last: bool,
+    /// The output rows (written when `last`; only `rows` of them).
+    pub(crate) dst: *mut T,
+    /// `dst`'s row stride.
+    pub(crate) ldd: usize,
+    /// `1 / l` of each row (read when `last`).
+    pub(crate) inv: *const T,
+    /// The group's real rows (`≤ G`).
+    pub(crate) rows: usize,
 }
 
 /// `dst[c·width + l] = src[l·ld + c]` for lanes `l < n`, `c < d`, and 0 for lanes
@@ -120,7 +154,15 @@ impl<T: AttnElem> TileOps<T> for Portable {
     const DW: usize = 16;
 
     #[inline(always)]
-    unsafe fn scores(d: usize, qp: *const T, kt: *const T, scale: T, lim0: isize, s: *mut T) {
+    unsafe fn scores(
+        _rows: usize,
+        d: usize,
+        qp: *const T,
+        kt: *const T,
+        scale: T,
+        lim0: isize,
+        s: *mut T,
+    ) {
         const G: usize = 4;
         const W: usize = 16;
         let mut acc = [[T::ZERO; W]; G];
@@ -180,28 +222,34 @@ impl<T: AttnElem> TileOps<T> for Portable {
     }
 
     #[inline(always)]
-    unsafe fn pv(
-        bc: usize,
-        p: *const T,
-        v: *const T,
-        ldv: usize,
-        ncols: usize,
-        alpha: *const T,
-        o: *mut T,
-        ldo: usize,
-    ) {
-        for r in 0..<Self as TileOps<T>>::G {
-            let orow = std::slice::from_raw_parts_mut(o.add(r * ldo), ncols);
-            let a = *alpha.add(r);
-            for x in orow.iter_mut() {
-                *x = *x * a;
+    unsafe fn pv(bc: usize, p: *const T, v: *const T, ldv: usize, ncols: usize, io: &PvIo<T>) {
+        let mut acc = [T::ZERO; 16];
+        let acc = &mut acc[..ncols];
+        for r in 0..io.rows {
+            if io.first {
+                acc.fill(T::ZERO);
+            } else {
+                let a = *io.alpha.add(r);
+                let orow = std::slice::from_raw_parts(io.o.add(r * io.ldo), ncols);
+                for (x, &y) in acc.iter_mut().zip(orow) {
+                    *x = y * a;
+                }
             }
             for j in 0..bc {
                 let pj = *p.add(r * SLD + j);
                 let vrow = std::slice::from_raw_parts(v.add(j * ldv), ncols);
-                for (x, &y) in orow.iter_mut().zip(vrow) {
+                for (x, &y) in acc.iter_mut().zip(vrow) {
                     *x = *x + pj * y;
                 }
+            }
+            if io.last {
+                let inv = *io.inv.add(r);
+                let drow = std::slice::from_raw_parts_mut(io.dst.add(r * io.ldd), ncols);
+                for (y, &x) in drow.iter_mut().zip(acc.iter()) {
+                    *y = x * inv;
+                }
+            } else {
+                std::slice::from_raw_parts_mut(io.o.add(r * io.ldo), ncols).copy_from_slice(acc);
             }
         }
     }
@@ -260,6 +308,7 @@ pub(crate) struct Bufs<T> {
     m: [T; BR],
     l: [T; BR],
     alpha: [T; BR],
+    inv: [T; BR],
 }
 
 impl<T: AttnElem> Bufs<T> {
@@ -272,6 +321,7 @@ impl<T: AttnElem> Bufs<T> {
             m: [T::NEG_INF; BR],
             l: [T::ZERO; BR],
             alpha: [T::ONE; BR],
+            inv: [T::ONE; BR],
         }
     }
 }
@@ -318,26 +368,34 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                 qp.add(gi * d * g),
             );
         }
-        std::slice::from_raw_parts_mut(o, ng * g * dv).fill(T::ZERO);
         b.m[..br].fill(T::NEG_INF);
         b.l[..br].fill(T::ZERO);
         let jend = if causal { sk.min(i0 + br) } else { sk };
+        if jend == 0 {
+            // no keys: every row is 0 / 0, its log-sum-exp -∞
+            for r in 0..br {
+                out[(i0 + r) * ld.o..(i0 + r) * ld.o + dv].fill(T::ZERO / T::ZERO);
+                lse[i0 + r] = T::NEG_INF;
+            }
+            continue;
+        }
+        let dst = out.as_mut_ptr().add(i0 * ld.o);
         for j0 in (0..jend).step_by(BC) {
             let bc = BC.min(jend - j0);
             let kblk = kts.add(j0 * d);
             for gi in 0..ng {
                 let r0 = gi * g;
                 let rows = g.min(br - r0);
-                // under `causal`, the keys the group's last row sees
-                let bcg = if causal {
-                    let seen = (i0 + r0 + rows) as isize - j0 as isize;
-                    if seen <= 0 {
-                        continue;
-                    }
-                    bc.min(seen as usize)
+                // the end of the keys the group sees (under `causal`, its last row's)
+                let kend = if causal {
+                    jend.min(i0 + r0 + rows)
                 } else {
-                    bc
+                    jend
                 };
+                if kend <= j0 {
+                    continue;
+                }
+                let bcg = bc.min(kend - j0);
                 for st in 0..bcg.div_ceil(w) {
                     let lim0 = if causal {
                         (i0 + r0) as isize - (j0 + st * w) as isize + 1
@@ -345,6 +403,7 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                         isize::MAX
                     };
                     K::scores(
+                        rows,
                         d,
                         qp.add(gi * d * g),
                         kblk.add(st * d * w),
@@ -379,34 +438,41 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                         drop_row(std::slice::from_raw_parts_mut(s.add(r * SLD), bcg), dr, at);
                     }
                 }
+                // the group's last key block: its rows are final after this update
+                let last = kend <= j0 + BC;
+                if last {
+                    for r in r0..r0 + rows {
+                        let l = b.l[r];
+                        b.inv[r] = T::ONE / l;
+                        lse[i0 + r] = if l == T::ZERO {
+                            T::NEG_INF
+                        } else {
+                            b.m[r] + l.ln()
+                        };
+                    }
+                }
                 for c0 in (0..dv).step_by(dw) {
+                    let io = PvIo {
+                        first: j0 == 0,
+                        alpha: al,
+                        o: o.add(r0 * dv + c0),
+                        ldo: dv,
+                        last,
+                        dst: dst.add(r0 * ld.o + c0),
+                        ldd: ld.o,
+                        inv: b.inv.as_ptr().add(r0),
+                        rows,
+                    };
                     K::pv(
                         bcg,
                         s,
                         v.as_ptr().add(j0 * ld.v + c0),
                         ld.v,
                         dw.min(dv - c0),
-                        al,
-                        o.add(r0 * dv + c0),
-                        dv,
+                        &io,
                     );
                 }
             }
-        }
-        for r in 0..br {
-            let inv = b.l[r];
-            let src = std::slice::from_raw_parts(o.add(r * dv), dv);
-            for (y, &x) in out[(i0 + r) * ld.o..(i0 + r) * ld.o + dv]
-                .iter_mut()
-                .zip(src)
-            {
-                *y = x / inv;
-            }
-            lse[i0 + r] = if inv == T::ZERO {
-                T::NEG_INF
-            } else {
-                b.m[r] + inv.ln()
-            };
         }
     }
 }

@@ -7,7 +7,7 @@
 //! `-∞` too), NaN stays NaN. The scalar `alpha = exp(m_old − m_new)` per row is
 //! [`crate::vmath::exp`].
 
-use super::fused::{TileOps, SLD};
+use super::fused::{PvIo, TileOps, SLD};
 use super::{Dims, Dropout, Layout, Mask};
 use crate::gemm::x86::{pack_lanes_256, pack_lanes_512};
 use std::arch::x86_64::*;
@@ -50,6 +50,7 @@ impl TileOps<f32> for X512 {
     }
     #[inline(always)]
     unsafe fn scores(
+        rows: usize,
         d: usize,
         qp: *const f32,
         kt: *const f32,
@@ -57,7 +58,11 @@ impl TileOps<f32> for X512 {
         lim0: isize,
         s: *mut f32,
     ) {
-        scores_512(d, qp, kt, scale, lim0, s)
+        match rows {
+            9.. => scores_512::<12>(d, qp, kt, scale, lim0, s),
+            5..=8 => scores_512::<8>(d, qp, kt, scale, lim0, s),
+            _ => scores_512::<4>(d, qp, kt, scale, lim0, s),
+        }
     }
     #[inline(always)]
     unsafe fn update(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
@@ -70,14 +75,15 @@ impl TileOps<f32> for X512 {
         v: *const f32,
         ldv: usize,
         ncols: usize,
-        alpha: *const f32,
-        o: *mut f32,
-        ldo: usize,
+        io: &PvIo<f32>,
     ) {
-        if ncols > 16 {
-            pv_512::<2>(bc, p, v, ldv, ncols, alpha, o, ldo)
-        } else {
-            pv_512::<1>(bc, p, v, ldv, ncols, alpha, o, ldo)
+        match (ncols > 16, io.rows) {
+            (true, 9..) => pv_512::<2, 12>(bc, p, v, ldv, ncols, io),
+            (true, 5..=8) => pv_512::<2, 8>(bc, p, v, ldv, ncols, io),
+            (true, _) => pv_512::<2, 4>(bc, p, v, ldv, ncols, io),
+            (false, 9..) => pv_512::<1, 12>(bc, p, v, ldv, ncols, io),
+            (false, 5..=8) => pv_512::<1, 8>(bc, p, v, ldv, ncols, io),
+            (false, _) => pv_512::<1, 4>(bc, p, v, ldv, ncols, io),
         }
     }
 }
@@ -97,6 +103,7 @@ impl TileOps<f32> for X256 {
     }
     #[inline(always)]
     unsafe fn scores(
+        rows: usize,
         d: usize,
         qp: *const f32,
         kt: *const f32,
@@ -104,7 +111,11 @@ impl TileOps<f32> for X256 {
         lim0: isize,
         s: *mut f32,
     ) {
-        scores_256(d, qp, kt, scale, lim0, s)
+        if rows > 3 {
+            scores_256::<6>(d, qp, kt, scale, lim0, s)
+        } else {
+            scores_256::<3>(d, qp, kt, scale, lim0, s)
+        }
     }
     #[inline(always)]
     unsafe fn update(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
@@ -117,14 +128,15 @@ impl TileOps<f32> for X256 {
         v: *const f32,
         ldv: usize,
         ncols: usize,
-        alpha: *const f32,
-        o: *mut f32,
-        ldo: usize,
+        io: &PvIo<f32>,
     ) {
-        match ncols {
-            16 => pv_256::<2, true>(bc, p, v, ldv, ncols, alpha, o, ldo),
-            9.. => pv_256::<2, false>(bc, p, v, ldv, ncols, alpha, o, ldo),
-            _ => pv_256::<1, false>(bc, p, v, ldv, ncols, alpha, o, ldo),
+        match (ncols, io.rows > 3) {
+            (16, true) => pv_256::<2, true, 6>(bc, p, v, ldv, ncols, io),
+            (9.., true) => pv_256::<2, false, 6>(bc, p, v, ldv, ncols, io),
+            (_, true) => pv_256::<1, false, 6>(bc, p, v, ldv, ncols, io),
+            (16, false) => pv_256::<2, true, 3>(bc, p, v, ldv, ncols, io),
+            (9.., false) => pv_256::<2, false, 3>(bc, p, v, ldv, ncols, io),
+            (_, false) => pv_256::<1, false, 3>(bc, p, v, ldv, ncols, io),
         }
     }
 }
@@ -197,10 +209,11 @@ unsafe fn exp_512(x: __m512) -> __m512 {
     _mm512_maskz_scalef_ps(keep, p, n)
 }
 
-/// [`TileOps::scores`] on AVX-512: a 12 × 32 register tile over `d` steps.
+/// [`TileOps::scores`] on AVX-512: an `R` × 32 register tile over `d` steps (`R` ≤ 12 of the
+/// packed group's 12 rows: a partial group computes only the rows it has, rounded up to 4).
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline(never)]
-unsafe fn scores_512(
+unsafe fn scores_512<const R: usize>(
     d: usize,
     qp: *const f32,
     kt: *const f32,
@@ -208,7 +221,7 @@ unsafe fn scores_512(
     lim0: isize,
     s: *mut f32,
 ) {
-    let mut c = [[_mm512_setzero_ps(); 2]; 12];
+    let mut c = [[_mm512_setzero_ps(); 2]; R];
     let (mut a, mut b) = (qp, kt);
     for _ in 0..d {
         let b0 = _mm512_loadu_ps(b);
@@ -309,26 +322,27 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
     }
 }
 
-/// [`TileOps::pv`] on AVX-512: a 12 × `16·NV` register tile over `bc` steps.
+/// [`TileOps::pv`] on AVX-512: an `R` × `16·NV` register tile over `bc` steps (`R` ≤ 12: the
+/// group's rows rounded up to 4), started and stored as `io` says.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pv_512<const NV: usize>(
+unsafe fn pv_512<const NV: usize, const R: usize>(
     bc: usize,
     p: *const f32,
     v: *const f32,
     ldv: usize,
     ncols: usize,
-    alpha: *const f32,
-    o: *mut f32,
-    ldo: usize,
+    io: &PvIo<f32>,
 ) {
     let km = [lanes(ncols), lanes(ncols.saturating_sub(16))];
-    let mut c = [[_mm512_setzero_ps(); NV]; 12];
-    for (r, cr) in c.iter_mut().enumerate() {
-        let a = _mm512_set1_ps(*alpha.add(r));
-        for (x, cx) in cr.iter_mut().enumerate() {
-            *cx = _mm512_mul_ps(_mm512_maskz_loadu_ps(km[x], o.add(r * ldo + 16 * x)), a);
+    let mut c = [[_mm512_setzero_ps(); NV]; R];
+    if !io.first {
+        for (r, cr) in c.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*io.alpha.add(r));
+            for (x, cx) in cr.iter_mut().enumerate() {
+                let at = io.o.add(r * io.ldo + 16 * x);
+                *cx = _mm512_mul_ps(_mm512_maskz_loadu_ps(km[x], at), a);
+            }
         }
     }
     let (mut pp, mut vp) = (p, v);
@@ -346,9 +360,21 @@ unsafe fn pv_512<const NV: usize>(
         pp = pp.add(1);
         vp = vp.add(ldv);
     }
-    for (r, cr) in c.iter().enumerate() {
-        for (x, cx) in cr.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.add(r * ldo + 16 * x), km[x], *cx);
+    if io.last {
+        for (r, cr) in c.iter().enumerate() {
+            if r < io.rows {
+                let inv = _mm512_set1_ps(*io.inv.add(r));
+                for (x, cx) in cr.iter().enumerate() {
+                    let at = io.dst.add(r * io.ldd + 16 * x);
+                    _mm512_mask_storeu_ps(at, km[x], _mm512_mul_ps(*cx, inv));
+                }
+            }
+        }
+    } else {
+        for (r, cr) in c.iter().enumerate() {
+            for (x, cx) in cr.iter().enumerate() {
+                _mm512_mask_storeu_ps(io.o.add(r * io.ldo + 16 * x), km[x], *cx);
+            }
         }
     }
 }
@@ -405,10 +431,11 @@ unsafe fn exp_256(x: __m256) -> __m256 {
     _mm256_and_ps(_mm256_mul_ps(p, pow), keep)
 }
 
-/// [`TileOps::scores`] on AVX2: a 6 × 16 register tile over `d` steps.
+/// [`TileOps::scores`] on AVX2: an `R` × 16 register tile over `d` steps (`R` ≤ 6 of the
+/// packed group's 6 rows: 3 for a group of at most 3).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
-unsafe fn scores_256(
+unsafe fn scores_256<const R: usize>(
     d: usize,
     qp: *const f32,
     kt: *const f32,
@@ -416,7 +443,7 @@ unsafe fn scores_256(
     lim0: isize,
     s: *mut f32,
 ) {
-    let mut c = [[_mm256_setzero_ps(); 2]; 6];
+    let mut c = [[_mm256_setzero_ps(); 2]; R];
     let (mut a, mut b) = (qp, kt);
     for _ in 0..d {
         let b0 = _mm256_loadu_ps(b);
@@ -520,20 +547,18 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
     }
 }
 
-/// [`TileOps::pv`] on AVX2: a 6 × `8·NV` register tile over `bc` steps (`FULL`: all `8·NV`
-/// columns, plain loads and stores).
+/// [`TileOps::pv`] on AVX2: an `R` × `8·NV` register tile over `bc` steps (`R` ≤ 6: 3 for a
+/// group of at most 3; `FULL`: all `8·NV` columns, plain loads and stores), started and stored
+/// as `io` says.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pv_256<const NV: usize, const FULL: bool>(
+unsafe fn pv_256<const NV: usize, const FULL: bool, const R: usize>(
     bc: usize,
     p: *const f32,
     v: *const f32,
     ldv: usize,
     ncols: usize,
-    alpha: *const f32,
-    o: *mut f32,
-    ldo: usize,
+    io: &PvIo<f32>,
 ) {
     let km = [mask_256(ncols), mask_256(ncols.saturating_sub(8))];
     let load = |x: usize, at: *const f32| {
@@ -543,11 +568,20 @@ unsafe fn pv_256<const NV: usize, const FULL: bool>(
             _mm256_maskload_ps(at, km[x])
         }
     };
-    let mut c = [[_mm256_setzero_ps(); NV]; 6];
-    for (r, cr) in c.iter_mut().enumerate() {
-        let a = _mm256_set1_ps(*alpha.add(r));
-        for (x, cx) in cr.iter_mut().enumerate() {
-            *cx = _mm256_mul_ps(load(x, o.add(r * ldo + 8 * x)), a);
+    let store = |x: usize, at: *mut f32, y: __m256| {
+        if FULL {
+            _mm256_storeu_ps(at, y);
+        } else {
+            _mm256_maskstore_ps(at, km[x], y);
+        }
+    };
+    let mut c = [[_mm256_setzero_ps(); NV]; R];
+    if !io.first {
+        for (r, cr) in c.iter_mut().enumerate() {
+            let a = _mm256_set1_ps(*io.alpha.add(r));
+            for (x, cx) in cr.iter_mut().enumerate() {
+                *cx = _mm256_mul_ps(load(x, io.o.add(r * io.ldo + 8 * x)), a);
+            }
         }
     }
     let (mut pp, mut vp) = (p, v);
@@ -565,13 +599,19 @@ unsafe fn pv_256<const NV: usize, const FULL: bool>(
         pp = pp.add(1);
         vp = vp.add(ldv);
     }
-    for (r, cr) in c.iter().enumerate() {
-        for (x, cx) in cr.iter().enumerate() {
-            let at = o.add(r * ldo + 8 * x);
-            if FULL {
-                _mm256_storeu_ps(at, *cx);
-            } else {
-                _mm256_maskstore_ps(at, km[x], *cx);
+    if io.last {
+        for (r, cr) in c.iter().enumerate() {
+            if r < io.rows {
+                let inv = _mm256_set1_ps(*io.inv.add(r));
+                for (x, cx) in cr.iter().enumerate() {
+                    store(x, io.dst.add(r * io.ldd + 8 * x), _mm256_mul_ps(*cx, inv));
+                }
+            }
+        }
+    } else {
+        for (r, cr) in c.iter().enumerate() {
+            for (x, cx) in cr.iter().enumerate() {
+                store(x, io.o.add(r * io.ldo + 8 * x), *cx);
             }
         }
     }
