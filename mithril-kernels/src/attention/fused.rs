@@ -62,15 +62,31 @@ pub(crate) trait TileOps<T: AttnElem> {
         pack_scalar(n, n, Self::W, src, ld, d, dst)
     }
 
-    /// `s[r·SLD + w] = scale · Σ_c qp[c·G + r] · kt[c·W + w]` for `r < G`, `w < W`, with
-    /// `s = -∞` where `w ≥ lim0 + r` (`lim0` ≥ `W` when nothing is masked). Only rows
-    /// `0..rows` are needed: an implementation may leave the rows past them (the zero padding
-    /// of a partial group) as they are.
+    /// Whether the scores and the row update work in base 2: [`Self::scores`] is given
+    /// `scale · log2 e` (the additive mask's values are multiplied by `log2 e` too), `update`
+    /// computes `P = 2^(s − m)` and keeps `m` in base-2 units (the log-sum-exp is `m · ln 2 +
+    /// ln l`). Saves the row update's multiplication by `log2 e` per score.
+    const LOG2: bool = false;
+
+    /// Whether full row groups of `Q` rows `ld` apart are read in place by [`Self::scores`]
+    /// (not packed); `false` unless an implementation says so.
+    #[inline(always)]
+    fn q_in_place(_ld: usize) -> bool {
+        false
+    }
+
+    /// `s[r·SLD + w] = scale · Σ_c Q(r, c) · kt[c·W + w]` for `r < G`, `w < W`, with
+    /// `s = -∞` where `w ≥ lim0 + r` (`lim0` ≥ `W` when nothing is masked); `Q(r, c) =
+    /// qp[c·G + r]` (packed, `qld == 0`) or, for a full group of an implementation whose
+    /// [`Self::q_in_place`] holds, `qp[r·qld + c]` (the rows in place). Only rows `0..rows`
+    /// are needed: an implementation may leave the rows past them (the zero padding of a
+    /// partial group) as they are.
     #[allow(clippy::too_many_arguments)]
     unsafe fn scores(
         rows: usize,
         d: usize,
         qp: *const T,
+        qld: usize,
         kt: *const T,
         scale: T,
         lim0: isize,
@@ -158,6 +174,7 @@ impl<T: AttnElem> TileOps<T> for Portable {
         _rows: usize,
         d: usize,
         qp: *const T,
+        _qld: usize,
         kt: *const T,
         scale: T,
         lim0: isize,
@@ -354,12 +371,26 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
     let qp = b.qp.0[b.qp.1..].as_mut_ptr();
     let s = b.s.0[b.s.1..].as_mut_ptr();
     let o = b.o.0[b.o.1..].as_mut_ptr();
+    let qin = K::q_in_place(ld.q);
+    // base 2 (`K::LOG2`): the scale takes `log2 e` in, except under an additive mask (whose
+    // pass adds natural-unit values: the row is converted after it)
+    let add_mask = matches!(mask, Mask::Add(_));
+    let log2e = T::of(std::f64::consts::LOG2_E);
+    let sc = if K::LOG2 && !add_mask {
+        scale * log2e
+    } else {
+        scale
+    };
     for i0 in (0..sq).step_by(BR) {
         let br = BR.min(sq - i0);
         let ng = br.div_ceil(g);
-        // Q_i packed once: group `gi`, component `c`, row `r` at `(gi·d + c)·G + r`
+        // Q_i packed once: group `gi`, component `c`, row `r` at `(gi·d + c)·G + r` (full
+        // groups read in place instead where the kernel does that at this stride)
         for gi in 0..ng {
             let rows = g.min(br - gi * g);
+            if qin && rows == g {
+                continue;
+            }
             K::pack_q(
                 rows,
                 q.as_ptr().add((i0 + gi * g) * ld.q),
@@ -402,12 +433,18 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                     } else {
                         isize::MAX
                     };
+                    let (qa, qld) = if qin && rows == g {
+                        (q.as_ptr().add((i0 + r0) * ld.q), ld.q)
+                    } else {
+                        (qp.add(gi * d * g) as *const T, 0)
+                    };
                     K::scores(
                         rows,
                         d,
-                        qp.add(gi * d * g),
+                        qa,
+                        qld,
                         kblk.add(st * d * w),
-                        scale,
+                        sc,
                         lim0,
                         s.add(st * w),
                     );
@@ -421,7 +458,13 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                             i0: i0 + r0,
                             j0,
                         };
-                        tm.apply(r, std::slice::from_raw_parts_mut(s.add(r * SLD), bcg));
+                        let row = std::slice::from_raw_parts_mut(s.add(r * SLD), bcg);
+                        tm.apply(r, row);
+                        if K::LOG2 && add_mask {
+                            for x in row.iter_mut() {
+                                *x = *x * log2e;
+                            }
+                        }
                     }
                 }
                 // `ng · G ≤ BR` (BR is a multiple of every G): the padded rows of the last
@@ -444,10 +487,15 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                     for r in r0..r0 + rows {
                         let l = b.l[r];
                         b.inv[r] = T::ONE / l;
+                        let m = if K::LOG2 {
+                            b.m[r] * T::of(std::f64::consts::LN_2)
+                        } else {
+                            b.m[r]
+                        };
                         lse[i0 + r] = if l == T::ZERO {
                             T::NEG_INF
                         } else {
-                            b.m[r] + l.ln()
+                            m + l.ln()
                         };
                     }
                 }

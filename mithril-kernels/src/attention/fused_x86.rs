@@ -1,18 +1,22 @@
 //! The x86-64 forms of the fused tile kernel ([`super::fused`]): AVX-512 on 12 query rows ×
 //! 32 keys (scores) / 32 output columns (`P·V`), AVX2 on 6 × 16; 24 / 12 accumulators.
 //!
-//! The row update's exponential is `2^(x·log2 e)`: `n = round(x·log2 e)`, a degree-6
-//! polynomial for `2^f` on `[-½, ½]` (relative error under 1e-7, fitted to `2^f`), then `· 2ⁿ`
-//! (`vscalefps` on AVX-512, exponent bits on AVX2); arguments below `2^-126` give 0 (a masked
-//! `-∞` too), NaN stays NaN. The scalar `alpha = exp(m_old − m_new)` per row is
-//! [`crate::vmath::exp`].
+//! Both forms work in base 2 ([`TileOps::LOG2`]): the score tile is scaled by `scale · log2 e`
+//! in its registers, so the row update's exponential is `2^(s − m)` with no multiplication:
+//! `n = round(x)`, a degree-6 polynomial for `2^f` on `[-½, ½]` (relative error under 1e-7,
+//! fitted to `2^f`), then `· 2ⁿ` (`vscalefps` on AVX-512, exponent bits on AVX2); arguments
+//! below `-126` give 0 (a masked `-∞` too), NaN stays NaN. The scalar `alpha = 2^(m_old −
+//! m_new)` per row is [`crate::vmath::exp`] of it times `ln 2`.
+//!
+//! A full row group reads its 12 `Q` rows in place when their stride lets them share the L1
+//! with the key strip ([`rows_fit_l1`], the GEMM rows path's rule); partial groups and crowded
+//! strides are packed. Partial groups run on register tiles of 8 or 4 rows (AVX2: 3).
 
 use super::fused::{PvIo, TileOps, SLD};
 use super::{Dims, Dropout, Layout, Mask};
 use crate::gemm::x86::{pack_lanes_256, pack_lanes_512};
 use std::arch::x86_64::*;
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
 // 2^f ≈ 1 + f·(C1 + f·(C2 + … + f·C6)) on [-½, ½]
 const C1: f32 = std::f32::consts::LN_2;
 const C2: f32 = 0.240_226_48;
@@ -20,6 +24,23 @@ const C3: f32 = 0.055_503_324;
 const C4: f32 = 0.009_618_437;
 const C5: f32 = 0.001_339_887_5;
 const C6: f32 = 0.000_153_533_62;
+
+/// Whether 12 rows `ld` floats apart can be broadcast from in place: at most 4 of them share
+/// an L1 set (64 sets of 64-byte lines, 8 ways), leaving room for the key strip's lines (the
+/// rule of the GEMM's rows path for A). The encoder's in-projection (`ld` 768, 3 KiB) puts 3
+/// rows in each of 4 sets; a 4 KiB stride would put all 12 in one set and is packed instead.
+#[inline(always)]
+fn rows_fit_l1(ld: usize) -> bool {
+    let mut count = [0u8; 64];
+    for r in 0..12 {
+        let set = (r * ld * 4 / 64) % 64;
+        count[set] += 1;
+        if count[set] > 4 {
+            return false;
+        }
+    }
+    true
+}
 
 /// The AVX-512 form.
 pub(crate) struct X512;
@@ -29,6 +50,7 @@ pub(crate) struct X256;
 
 impl TileOps<f32> for X512 {
     const G: usize = 12;
+    const LOG2: bool = true;
     const W: usize = 32;
     const DW: usize = 32;
 
@@ -49,19 +71,25 @@ impl TileOps<f32> for X512 {
         }
     }
     #[inline(always)]
+    fn q_in_place(ld: usize) -> bool {
+        rows_fit_l1(ld)
+    }
+    #[inline(always)]
     unsafe fn scores(
         rows: usize,
         d: usize,
         qp: *const f32,
+        qld: usize,
         kt: *const f32,
         scale: f32,
         lim0: isize,
         s: *mut f32,
     ) {
         match rows {
-            9.. => scores_512::<12>(d, qp, kt, scale, lim0, s),
-            5..=8 => scores_512::<8>(d, qp, kt, scale, lim0, s),
-            _ => scores_512::<4>(d, qp, kt, scale, lim0, s),
+            _ if qld != 0 => scores_512::<12, true>(d, qp, qld, kt, scale, lim0, s),
+            9.. => scores_512::<12, false>(d, qp, 1, kt, scale, lim0, s),
+            5..=8 => scores_512::<8, false>(d, qp, 1, kt, scale, lim0, s),
+            _ => scores_512::<4, false>(d, qp, 1, kt, scale, lim0, s),
         }
     }
     #[inline(always)]
@@ -90,6 +118,7 @@ impl TileOps<f32> for X512 {
 
 impl TileOps<f32> for X256 {
     const G: usize = 6;
+    const LOG2: bool = true;
     const W: usize = 16;
     const DW: usize = 16;
 
@@ -106,6 +135,7 @@ impl TileOps<f32> for X256 {
         rows: usize,
         d: usize,
         qp: *const f32,
+        _qld: usize,
         kt: *const f32,
         scale: f32,
         lim0: isize,
@@ -192,11 +222,10 @@ fn lanes(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
-/// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 16 lanes.
+/// `2^x2` for `x2 ≤ 0` (0 below `2^-126`, NaN kept), 16 lanes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-unsafe fn exp_512(x: __m512) -> __m512 {
-    let x2 = _mm512_mul_ps(x, _mm512_set1_ps(LOG2E));
+unsafe fn exp2_512(x2: __m512) -> __m512 {
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x2);
     let f = _mm512_sub_ps(x2, n);
     let mut p = _mm512_fmadd_ps(_mm512_set1_ps(C6), f, _mm512_set1_ps(C5));
@@ -211,11 +240,14 @@ unsafe fn exp_512(x: __m512) -> __m512 {
 
 /// [`TileOps::scores`] on AVX-512: an `R` × 32 register tile over `d` steps (`R` ≤ 12 of the
 /// packed group's 12 rows: a partial group computes only the rows it has, rounded up to 4).
+/// `INPLACE`: `Q(r, c) = qp[r·qld + c]` (a full group's rows in place, as the GEMM's rows path
+/// reads A), else the packed `qp[c·12 + r]`.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline(never)]
-unsafe fn scores_512<const R: usize>(
+unsafe fn scores_512<const R: usize, const INPLACE: bool>(
     d: usize,
     qp: *const f32,
+    qld: usize,
     kt: *const f32,
     scale: f32,
     lim0: isize,
@@ -227,14 +259,23 @@ unsafe fn scores_512<const R: usize>(
         let b0 = _mm512_loadu_ps(b);
         let b1 = _mm512_loadu_ps(b.add(16));
         for (r, cr) in c.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(r));
+            let av = _mm512_set1_ps(*a.add(if INPLACE { r * qld } else { r }));
             cr[0] = _mm512_fmadd_ps(av, b0, cr[0]);
             cr[1] = _mm512_fmadd_ps(av, b1, cr[1]);
         }
-        a = a.add(12);
+        a = a.add(if INPLACE { 1 } else { 12 });
         b = b.add(32);
     }
     let sc = _mm512_set1_ps(scale);
+    if lim0 >= 32 {
+        // nothing masked (every row's limit past the strip)
+        for (r, cr) in c.iter().enumerate() {
+            for (v, x) in cr.iter().enumerate() {
+                _mm512_storeu_ps(s.add(r * SLD + 16 * v), _mm512_mul_ps(*x, sc));
+            }
+        }
+        return;
+    }
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     for (r, cr) in c.iter().enumerate() {
         for (v, x) in cr.iter().enumerate() {
@@ -291,8 +332,8 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
         let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut q = 0;
         while q + 2 <= nfull {
-            let p0 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
-            let p1 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q + 16)), mv));
+            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
+            let p1 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q + 16)), mv));
             _mm512_storeu_ps(row.add(16 * q), p0);
             _mm512_storeu_ps(row.add(16 * q + 16), p1);
             s0 = _mm512_add_ps(s0, p0);
@@ -300,13 +341,13 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
             q += 2;
         }
         if q < nfull {
-            let p0 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
+            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
             _mm512_storeu_ps(row.add(16 * q), p0);
             s0 = _mm512_add_ps(s0, p0);
         }
         if tk != 0 {
             let x = _mm512_mask_loadu_ps(ninf, tk, row.add(16 * nfull));
-            let p = exp_512(_mm512_sub_ps(x, mv));
+            let p = exp2_512(_mm512_sub_ps(x, mv));
             _mm512_mask_storeu_ps(row.add(16 * nfull), tk, p);
             s1 = _mm512_add_ps(s1, p);
         }
@@ -314,7 +355,7 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
         let a = if m_old == f32::NEG_INFINITY {
             0.0
         } else {
-            crate::vmath::exp(m_old - m_new)
+            crate::vmath::exp((m_old - m_new) * std::f32::consts::LN_2)
         };
         *al.add(r) = a;
         *l.add(r) = *l.add(r) * a + sum;
@@ -408,11 +449,10 @@ unsafe fn hsum_256(v: __m256) -> f32 {
     _mm_cvtss_f32(x)
 }
 
-/// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 8 lanes.
+/// `2^x2` for `x2 ≤ 0` (0 below `2^-126`, NaN kept), 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exp_256(x: __m256) -> __m256 {
-    let x2 = _mm256_mul_ps(x, _mm256_set1_ps(LOG2E));
+unsafe fn exp2_256(x2: __m256) -> __m256 {
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x2);
     let f = _mm256_sub_ps(x2, n);
     let mut p = _mm256_fmadd_ps(_mm256_set1_ps(C6), f, _mm256_set1_ps(C5));
@@ -457,6 +497,15 @@ unsafe fn scores_256<const R: usize>(
         b = b.add(16);
     }
     let sc = _mm256_set1_ps(scale);
+    if lim0 >= 16 {
+        // nothing masked (every row's limit past the strip)
+        for (r, cr) in c.iter().enumerate() {
+            for (v, x) in cr.iter().enumerate() {
+                _mm256_storeu_ps(s.add(r * SLD + 8 * v), _mm256_mul_ps(*x, sc));
+            }
+        }
+        return;
+    }
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     for (r, cr) in c.iter().enumerate() {
         for (v, x) in cr.iter().enumerate() {
@@ -516,8 +565,8 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut q = 0;
         while q + 2 <= nfull {
-            let p0 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
-            let p1 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q + 8)), mv));
+            let p0 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
+            let p1 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q + 8)), mv));
             _mm256_storeu_ps(row.add(8 * q), p0);
             _mm256_storeu_ps(row.add(8 * q + 8), p1);
             s0 = _mm256_add_ps(s0, p0);
@@ -525,13 +574,13 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
             q += 2;
         }
         if q < nfull {
-            let p0 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
+            let p0 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
             _mm256_storeu_ps(row.add(8 * q), p0);
             s0 = _mm256_add_ps(s0, p0);
         }
         if tail != 0 {
             let x = _mm256_blendv_ps(ninf, _mm256_maskload_ps(row.add(8 * nfull), tm), tmf);
-            let p = exp_256(_mm256_sub_ps(x, mv));
+            let p = exp2_256(_mm256_sub_ps(x, mv));
             _mm256_maskstore_ps(row.add(8 * nfull), tm, p);
             s1 = _mm256_add_ps(s1, p);
         }
@@ -539,7 +588,7 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
         let a = if m_old == f32::NEG_INFINITY {
             0.0
         } else {
-            crate::vmath::exp(m_old - m_new)
+            crate::vmath::exp((m_old - m_new) * std::f32::consts::LN_2)
         };
         *al.add(r) = a;
         *l.add(r) = *l.add(r) * a + sum;
