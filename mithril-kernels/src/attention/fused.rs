@@ -403,9 +403,9 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
         b.l[..br].fill(T::ZERO);
         let jend = if causal { sk.min(i0 + br) } else { sk };
         if jend == 0 {
-            // no keys: every row is 0 / 0, its log-sum-exp -∞
+            // no keys: every row is 0 / 0 (NaN), its log-sum-exp -∞
             for r in 0..br {
-                out[(i0 + r) * ld.o..(i0 + r) * ld.o + dv].fill(T::ZERO / T::ZERO);
+                out[(i0 + r) * ld.o..(i0 + r) * ld.o + dv].fill(T::of(f64::NAN));
                 lse[i0 + r] = T::NEG_INF;
             }
             continue;
@@ -492,11 +492,7 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                         } else {
                             b.m[r]
                         };
-                        lse[i0 + r] = if l == T::ZERO {
-                            T::NEG_INF
-                        } else {
-                            m + l.ln()
-                        };
+                        lse[i0 + r] = if l == T::ZERO { T::NEG_INF } else { m + l.ln() };
                     }
                 }
                 for c0 in (0..dv).step_by(dw) {

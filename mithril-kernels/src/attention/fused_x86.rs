@@ -266,49 +266,80 @@ unsafe fn scores_512<const R: usize, const INPLACE: bool>(
         a = a.add(if INPLACE { 1 } else { 12 });
         b = b.add(32);
     }
+    // the tile stored whole (a register loop the compiler unrolls: the accumulators never go
+    // through memory), then a causal diagonal's keys after each query set to -∞ in `s`
     let sc = _mm512_set1_ps(scale);
-    if lim0 >= 32 {
-        // nothing masked (every row's limit past the strip)
-        for (r, cr) in c.iter().enumerate() {
-            for (v, x) in cr.iter().enumerate() {
-                _mm512_storeu_ps(s.add(r * SLD + 16 * v), _mm512_mul_ps(*x, sc));
-            }
-        }
-        return;
-    }
-    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     for (r, cr) in c.iter().enumerate() {
         for (v, x) in cr.iter().enumerate() {
-            let mut y = _mm512_mul_ps(*x, sc);
-            let lim = lim0.saturating_add(r as isize - 16 * v as isize);
-            if lim < 16 {
-                y = _mm512_mask_mov_ps(ninf, lanes(lim.max(0) as usize), y);
+            _mm512_storeu_ps(s.add(r * SLD + 16 * v), _mm512_mul_ps(*x, sc));
+        }
+    }
+    if lim0 < 32 {
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        for r in 0..R {
+            for v in 0..2 {
+                let lim = lim0.saturating_add(r as isize - 16 * v as isize);
+                if lim < 16 {
+                    let drop = !lanes(lim.max(0) as usize);
+                    _mm512_mask_storeu_ps(s.add(r * SLD + 16 * v), drop, ninf);
+                }
             }
-            _mm512_storeu_ps(s.add(r * SLD + 16 * v), y);
         }
     }
 }
 
-/// [`TileOps::update`] on AVX-512.
+/// Four rows' 16-lane partial maxima (`MAX`) or sums reduced at once: quad `k` (lanes
+/// `4k..4k + 4`) of the result holds row `k`'s total in each lane. A transposed reduction
+/// (two `vshuff32x4` steps, then two in-lane permutes): 6 shuffles and 4 operations for the
+/// four rows, where reducing each row alone takes 6 and 4 per row.
+#[inline(always)]
+unsafe fn reduce4_512<const MAX: bool>(v: [__m512; 4]) -> __m512 {
+    let op = |a: __m512, b: __m512| {
+        if MAX {
+            _mm512_max_ps(a, b)
+        } else {
+            _mm512_add_ps(a, b)
+        }
+    };
+    // quads [r0 x, r0 y, r1 x, r1 y] and [r2 x, r2 y, r3 x, r3 y] (x: quads 0+2, y: 1+3)
+    let c01 = op(
+        _mm512_shuffle_f32x4::<0x44>(v[0], v[1]),
+        _mm512_shuffle_f32x4::<0xEE>(v[0], v[1]),
+    );
+    let c23 = op(
+        _mm512_shuffle_f32x4::<0x44>(v[2], v[3]),
+        _mm512_shuffle_f32x4::<0xEE>(v[2], v[3]),
+    );
+    // quad k: row k's 4 partials
+    let d = op(
+        _mm512_shuffle_f32x4::<0x88>(c01, c23),
+        _mm512_shuffle_f32x4::<0xDD>(c01, c23),
+    );
+    let d = op(d, _mm512_permute_ps::<0x4E>(d));
+    op(d, _mm512_permute_ps::<0xB1>(d))
+}
+
+/// The twelve rows' totals of [`reduce4_512`]: row `r` at `out[4r]`.
+#[inline(always)]
+unsafe fn reduce12_512<const MAX: bool>(v: &[__m512; 12], out: &mut [f32; 48]) {
+    for k in 0..3 {
+        let x = reduce4_512::<MAX>([v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]]);
+        _mm512_storeu_ps(out.as_mut_ptr().add(16 * k), x);
+    }
+}
+
+/// [`TileOps::update`] on AVX-512: the twelve rows' maxima in one pass (their horizontal
+/// maxima by [`reduce12_512`]), then each row's exponentials, then their sums reduced together.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline(never)]
 unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
     let (nfull, tk) = (bc / 16, lanes(bc % 16));
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-    for r in 0..12 {
+    let rows = rows.min(12);
+    // each row's 16-lane maximum (a NaN score is ignored, as `f32::max` does); padded rows -∞
+    let mut mv = [ninf; 12];
+    for (r, mr) in mv.iter_mut().enumerate().take(rows) {
         let row = s.add(r * SLD);
-        let zero_row = || {
-            for q in 0..nfull {
-                _mm512_storeu_ps(row.add(16 * q), _mm512_setzero_ps());
-            }
-            _mm512_mask_storeu_ps(row.add(16 * nfull), tk, _mm512_setzero_ps());
-        };
-        if r >= rows {
-            zero_row();
-            *al.add(r) = 1.0;
-            continue;
-        }
-        // the row max (a NaN score is ignored, as `f32::max` does)
         let (mut m0, mut m1) = (ninf, ninf);
         let mut q = 0;
         while q + 2 <= nfull {
@@ -320,20 +351,39 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
             m0 = _mm512_max_ps(_mm512_loadu_ps(row.add(16 * q)), m0);
         }
         m1 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, tk, row.add(16 * nfull)), m1);
-        let mx = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
-        let m_old = *m.add(r);
-        let m_new = if mx > m_old { mx } else { m_old };
+        *mr = _mm512_max_ps(m0, m1);
+    }
+    let mut red = [0f32; 48];
+    reduce12_512::<true>(&mv, &mut red);
+    let mut sv = [_mm512_setzero_ps(); 12];
+    let mut mnew = [f32::NEG_INFINITY; 12];
+    for r in 0..12 {
+        let row = s.add(r * SLD);
+        let m_new = if r < rows {
+            let (mx, m_old) = (red[4 * r], *m.add(r));
+            if mx > m_old {
+                mx
+            } else {
+                m_old
+            }
+        } else {
+            f32::NEG_INFINITY
+        };
+        mnew[r] = m_new;
         if m_new == f32::NEG_INFINITY {
-            zero_row();
-            *al.add(r) = 1.0;
+            // a padded or (so far) fully masked row: P = 0
+            for q in 0..nfull {
+                _mm512_storeu_ps(row.add(16 * q), _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(row.add(16 * nfull), tk, _mm512_setzero_ps());
             continue;
         }
-        let mv = _mm512_set1_ps(m_new);
+        let mb = _mm512_set1_ps(m_new);
         let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut q = 0;
         while q + 2 <= nfull {
-            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
-            let p1 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q + 16)), mv));
+            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mb));
+            let p1 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q + 16)), mb));
             _mm512_storeu_ps(row.add(16 * q), p0);
             _mm512_storeu_ps(row.add(16 * q + 16), p1);
             s0 = _mm512_add_ps(s0, p0);
@@ -341,24 +391,33 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
             q += 2;
         }
         if q < nfull {
-            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
+            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mb));
             _mm512_storeu_ps(row.add(16 * q), p0);
             s0 = _mm512_add_ps(s0, p0);
         }
         if tk != 0 {
             let x = _mm512_mask_loadu_ps(ninf, tk, row.add(16 * nfull));
-            let p = exp2_512(_mm512_sub_ps(x, mv));
+            let p = exp2_512(_mm512_sub_ps(x, mb));
             _mm512_mask_storeu_ps(row.add(16 * nfull), tk, p);
             s1 = _mm512_add_ps(s1, p);
         }
-        let sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+        sv[r] = _mm512_add_ps(s0, s1);
+    }
+    reduce12_512::<false>(&sv, &mut red);
+    for r in 0..12 {
+        let m_new = mnew[r];
+        if m_new == f32::NEG_INFINITY {
+            *al.add(r) = 1.0;
+            continue;
+        }
+        let m_old = *m.add(r);
         let a = if m_old == f32::NEG_INFINITY {
             0.0
         } else {
             crate::vmath::exp((m_old - m_new) * std::f32::consts::LN_2)
         };
         *al.add(r) = a;
-        *l.add(r) = *l.add(r) * a + sum;
+        *l.add(r) = *l.add(r) * a + red[4 * r];
         *m.add(r) = m_new;
     }
 }
@@ -496,26 +555,26 @@ unsafe fn scores_256<const R: usize>(
         a = a.add(6);
         b = b.add(16);
     }
+    // the tile stored whole, then a causal diagonal's keys after each query set to -∞ in `s`
+    // (see `scores_512`)
     let sc = _mm256_set1_ps(scale);
-    if lim0 >= 16 {
-        // nothing masked (every row's limit past the strip)
-        for (r, cr) in c.iter().enumerate() {
-            for (v, x) in cr.iter().enumerate() {
-                _mm256_storeu_ps(s.add(r * SLD + 8 * v), _mm256_mul_ps(*x, sc));
-            }
-        }
-        return;
-    }
-    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     for (r, cr) in c.iter().enumerate() {
         for (v, x) in cr.iter().enumerate() {
-            let mut y = _mm256_mul_ps(*x, sc);
-            let lim = lim0.saturating_add(r as isize - 8 * v as isize);
-            if lim < 8 {
-                let keep = _mm256_castsi256_ps(mask_256(lim.max(0) as usize));
-                y = _mm256_blendv_ps(ninf, y, keep);
+            _mm256_storeu_ps(s.add(r * SLD + 8 * v), _mm256_mul_ps(*x, sc));
+        }
+    }
+    if lim0 < 16 {
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        for r in 0..R {
+            for v in 0..2 {
+                let lim = lim0.saturating_add(r as isize - 8 * v as isize);
+                if lim < 8 {
+                    // lanes at or past `lim` masked
+                    let drop =
+                        _mm256_xor_si256(mask_256(lim.max(0) as usize), _mm256_set1_epi32(-1));
+                    _mm256_maskstore_ps(s.add(r * SLD + 8 * v), drop, ninf);
+                }
             }
-            _mm256_storeu_ps(s.add(r * SLD + 8 * v), y);
         }
     }
 }
