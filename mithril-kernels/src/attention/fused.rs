@@ -2,28 +2,35 @@
 //! columns, with no call into the GEMM and nothing packed per key block.
 //!
 //! Per query tile, `Q_i` is packed **once** into groups of [`TileOps::G`] rows (`[c][G]`, row
-//! `r` of the group at lane `r`; rows past the end are zeros). Per key head, `K` is transposed
+//! `r` of the group at lane `r`; rows past the end are zeros) — except the full groups of an
+//! implementation that reads them in place ([`TileOps::q_in_place`]: the x86 forms, when the
+//! row stride keeps the 12 rows from crowding one L1 set). Per key head, `K` is transposed
 //! once into strips of [`TileOps::W`] keys (`[block][strip][c][W]`, see [`transpose_k_strips`]),
 //! so a strip of the score tile reads one contiguous `d · W` run. Then for each key block and
 //! each row group:
 //!
-//! 1. **scores**: the `G × W` register tiles `scale · Q_g·K_jᵀ` straight from the packed `Q_g`
-//!    and the strip, the scale applied in registers and, on a causal diagonal strip, the keys
-//!    after each query set to `-∞` in registers; stored into the group's score rows `S_g`
-//!    (`G × BC`, [`SLD`] apart: an L1-sized buffer);
+//! 1. **scores**: the `G × W` register tiles `scale · Q_g·K_jᵀ` straight from `Q_g` and the
+//!    strip, the scale applied in registers (times `log2 e` where the kernel works in base 2,
+//!    [`TileOps::LOG2`]), stored into the group's score rows `S_g` (`G × BC`, [`SLD`] apart:
+//!    an L1-sized buffer); on a causal diagonal strip the keys after each query are then set
+//!    to `-∞` there; a partial group computes only its rows (register tiles of fewer rows);
 //! 2. the additive / boolean mask, if any (on `S_g`, a scalar pass);
 //! 3. **update**: the online-softmax row update reading `S_g` from L1: row max, the rescale
 //!    factor `alpha = exp(m_old − m_new)`, `P = exp(S − m_new)` written **in place** (row-major
 //!    rows, which is what the `P·V` kernel broadcasts from), the running sum `l`;
 //! 4. dropout on `P`'s rows, if any;
-//! 5. **pv**: `O_g ← alpha ∘ O_g + P_g·V_j` on `G × DW` register tiles of the running output
-//!    (an L1-sized `[BR, dv]` accumulator): `alpha` is applied once per key block, as the
-//!    accumulators are loaded.
+//! 5. **pv**: `O_g ← alpha ∘ O_g + P_g·V_j` on `G × DW` register tiles ([`PvIo`]): on the
+//!    group's first key block the tiles start from 0 (the running output is never zeroed),
+//!    on later ones from the L1-sized `[BR, dv]` running output times `alpha` (applied once
+//!    per key block, as the accumulators are loaded); on the group's last key block — after
+//!    its update, when `l` is final — the tiles are multiplied by `1 / l` and stored straight
+//!    into the output rows, and the rows' log-sum-exp `m + ln l` saved.
 //!
-//! Under `causal` a row group only visits the key columns its last row sees (whole strips past
-//! it are skipped, not masked), and key blocks past the tile's last row are never visited. At
-//! the end of the query tile each row is divided by `l` into the output, and its log-sum-exp
-//! `m + ln l` saved.
+//! So a query tile whose keys fit one block (the encoder's seq 128) writes its output once,
+//! from the registers, normalized: no zeroing, no running-output round trip, no normalizing
+//! pass. Under `causal` a row group only visits the key columns its last row sees (whole
+//! strips past it are skipped, not masked; its last block may come before the tile's), and
+//! key blocks past the tile's last row are never visited.
 //!
 //! [`Portable`] is the scalar reference (any [`AttnElem`]); the AVX-512 (12 × 32) and AVX2
 //! (6 × 16) forms are in `fused_x86.rs`. `f32` runs this kernel on x86-64 at every ISA level;

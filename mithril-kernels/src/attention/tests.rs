@@ -898,7 +898,46 @@ fn fused_cost_cases(peak: Option<f64>) {
             );
             tt.push(cpu() - t);
         }
-        for (name, t) in [("fused", median(tf)), ("gemm tiles", median(tt))] {
+        // seq 128: also the encoder block's layout, q / k / v read as column blocks of the
+        // `[128, 3·h·64]` in-projection and the output written `[128, h·64]`
+        let mut tb = Vec::new();
+        if s == 128 {
+            let e = h * 64;
+            let qkv: Vec<f32> = data(s * 3 * e, 4).iter().map(|&a| a as f32).collect();
+            let lay = |off| Layout {
+                off,
+                batch: s * 3 * e,
+                head: 64,
+                row: 3 * e,
+            };
+            let ol = Layout {
+                off: 0,
+                batch: s * e,
+                head: 64,
+                row: e,
+            };
+            for _ in 0..reps {
+                let t = cpu();
+                forward_strided(
+                    &dm,
+                    (&qkv, lay(0)),
+                    (&qkv, lay(e)),
+                    (&qkv, lay(2 * e)),
+                    Mask::None,
+                    false,
+                    0.125,
+                    None,
+                    (&mut out, ol),
+                    None,
+                );
+                tb.push(cpu() - t);
+            }
+        }
+        let mut rows = vec![("fused", median(tf)), ("gemm tiles", median(tt))];
+        if !tb.is_empty() {
+            rows.push(("fused, the block's strided layout", median(tb)));
+        }
+        for (name, t) in rows {
             let g = flops / t / 1e9;
             println!(
                 "seq {s} x {h} heads causal {causal}: {name} {:.1} us, {g:.1} GFLOP/s, of peak {}",
