@@ -2,28 +2,35 @@
 //! columns, with no call into the GEMM and nothing packed per key block.
 //!
 //! Per query tile, `Q_i` is packed **once** into groups of [`TileOps::G`] rows (`[c][G]`, row
-//! `r` of the group at lane `r`; rows past the end are zeros). Per key head, `K` is transposed
+//! `r` of the group at lane `r`; rows past the end are zeros) — except the full groups of an
+//! implementation that reads them in place ([`TileOps::q_in_place`]: the x86 forms, when the
+//! row stride keeps the 12 rows from crowding one L1 set). Per key head, `K` is transposed
 //! once into strips of [`TileOps::W`] keys (`[block][strip][c][W]`, see [`transpose_k_strips`]),
 //! so a strip of the score tile reads one contiguous `d · W` run. Then for each key block and
 //! each row group:
 //!
-//! 1. **scores**: the `G × W` register tiles `scale · Q_g·K_jᵀ` straight from the packed `Q_g`
-//!    and the strip, the scale applied in registers and, on a causal diagonal strip, the keys
-//!    after each query set to `-∞` in registers; stored into the group's score rows `S_g`
-//!    (`G × BC`, [`SLD`] apart: an L1-sized buffer);
+//! 1. **scores**: the `G × W` register tiles `scale · Q_g·K_jᵀ` straight from `Q_g` and the
+//!    strip, the scale applied in registers (times `log2 e` where the kernel works in base 2,
+//!    [`TileOps::LOG2`]), stored into the group's score rows `S_g` (`G × BC`, [`SLD`] apart:
+//!    an L1-sized buffer); on a causal diagonal strip the keys after each query are then set
+//!    to `-∞` there; a partial group computes only its rows (register tiles of fewer rows);
 //! 2. the additive / boolean mask, if any (on `S_g`, a scalar pass);
 //! 3. **update**: the online-softmax row update reading `S_g` from L1: row max, the rescale
 //!    factor `alpha = exp(m_old − m_new)`, `P = exp(S − m_new)` written **in place** (row-major
 //!    rows, which is what the `P·V` kernel broadcasts from), the running sum `l`;
 //! 4. dropout on `P`'s rows, if any;
-//! 5. **pv**: `O_g ← alpha ∘ O_g + P_g·V_j` on `G × DW` register tiles of the running output
-//!    (an L1-sized `[BR, dv]` accumulator): `alpha` is applied once per key block, as the
-//!    accumulators are loaded.
+//! 5. **pv**: `O_g ← alpha ∘ O_g + P_g·V_j` on `G × DW` register tiles ([`PvIo`]): on the
+//!    group's first key block the tiles start from 0 (the running output is never zeroed),
+//!    on later ones from the L1-sized `[BR, dv]` running output times `alpha` (applied once
+//!    per key block, as the accumulators are loaded); on the group's last key block — after
+//!    its update, when `l` is final — the tiles are multiplied by `1 / l` and stored straight
+//!    into the output rows, and the rows' log-sum-exp `m + ln l` saved.
 //!
-//! Under `causal` a row group only visits the key columns its last row sees (whole strips past
-//! it are skipped, not masked), and key blocks past the tile's last row are never visited. At
-//! the end of the query tile each row is divided by `l` into the output, and its log-sum-exp
-//! `m + ln l` saved.
+//! So a query tile whose keys fit one block (the encoder's seq 128) writes its output once,
+//! from the registers, normalized: no zeroing, no running-output round trip, no normalizing
+//! pass. Under `causal` a row group only visits the key columns its last row sees (whole
+//! strips past it are skipped, not masked; its last block may come before the tile's), and
+//! key blocks past the tile's last row are never visited.
 //!
 //! [`Portable`] is the scalar reference (any [`AttnElem`]); the AVX-512 (12 × 32) and AVX2
 //! (6 × 16) forms are in `fused_x86.rs`. `f32` runs this kernel on x86-64 at every ISA level;
@@ -62,9 +69,36 @@ pub(crate) trait TileOps<T: AttnElem> {
         pack_scalar(n, n, Self::W, src, ld, d, dst)
     }
 
-    /// `s[r·SLD + w] = scale · Σ_c qp[c·G + r] · kt[c·W + w]` for `r < G`, `w < W`, with
-    /// `s = -∞` where `w ≥ lim0 + r` (`lim0` ≥ `W` when nothing is masked).
-    unsafe fn scores(d: usize, qp: *const T, kt: *const T, scale: T, lim0: isize, s: *mut T);
+    /// Whether the scores and the row update work in base 2: [`Self::scores`] is given
+    /// `scale · log2 e` (the additive mask's values are multiplied by `log2 e` too), `update`
+    /// computes `P = 2^(s − m)` and keeps `m` in base-2 units (the log-sum-exp is `m · ln 2 +
+    /// ln l`). Saves the row update's multiplication by `log2 e` per score.
+    const LOG2: bool = false;
+
+    /// Whether full row groups of `Q` rows `ld` apart are read in place by [`Self::scores`]
+    /// (not packed); `false` unless an implementation says so.
+    #[inline(always)]
+    fn q_in_place(_ld: usize) -> bool {
+        false
+    }
+
+    /// `s[r·SLD + w] = scale · Σ_c Q(r, c) · kt[c·W + w]` for `r < G`, `w < W`, with
+    /// `s = -∞` where `w ≥ lim0 + r` (`lim0` ≥ `W` when nothing is masked); `Q(r, c) =
+    /// qp[c·G + r]` (packed, `qld == 0`) or, for a full group of an implementation whose
+    /// [`Self::q_in_place`] holds, `qp[r·qld + c]` (the rows in place). Only rows `0..rows`
+    /// are needed: an implementation may leave the rows past them (the zero padding of a
+    /// partial group) as they are.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores(
+        rows: usize,
+        d: usize,
+        qp: *const T,
+        qld: usize,
+        kt: *const T,
+        scale: T,
+        lim0: isize,
+        s: *mut T,
+    );
 
     /// The online-softmax update of rows `0..rows` of `s` (`bc` columns each, `SLD` apart):
     /// `m`, `l` updated, `alpha[r]` set to the factor the row's output must be rescaled by, the
@@ -72,19 +106,42 @@ pub(crate) trait TileOps<T: AttnElem> {
     /// `alpha = 1`.
     unsafe fn update(rows: usize, bc: usize, s: *mut T, m: *mut T, l: *mut T, alpha: *mut T);
 
-    /// `o[r·ldo + c] = alpha[r] · o[r·ldo + c] + Σ_{j < bc} p[r·SLD + j] · v[j·ldv + c]` for
-    /// `r < G`, `c < ncols ≤ DW`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn pv(
-        bc: usize,
-        p: *const T,
-        v: *const T,
-        ldv: usize,
-        ncols: usize,
-        alpha: *const T,
-        o: *mut T,
-        ldo: usize,
-    );
+    /// The register tile `acc[r][c] = init[r][c] + Σ_{j < bc} p[r·SLD + j] · v[j·ldv + c]`
+    /// for `c < ncols ≤ DW`, started and stored as `io` says ([`PvIo`]): from 0 or from
+    /// `alpha[r] · o[r·ldo + c]`, stored back into `o` or, scaled by `inv[r]`, into the
+    /// output rows `dst[r·ldd + c]`, `r < io.rows`. An implementation may skip the rows
+    /// `io.rows..G` (their values are never read).
+    unsafe fn pv(bc: usize, p: *const T, v: *const T, ldv: usize, ncols: usize, io: &PvIo<T>);
+}
+
+/// Where a row group's `P·V` register tile starts and where it goes.
+///
+/// On the group's **first** key block the accumulators start at 0 (nothing is read: the
+/// running output needs no zeroing); on later blocks at `alpha[r] · o[r·ldo + c]` (the
+/// running output rescaled to the new row max). On the group's **last** key block the tile
+/// is normalized while it is stored: `inv[r] · acc` into the output rows `dst` (`ldd` apart,
+/// only the group's `rows` real rows); on earlier blocks it goes back into `o`. A query tile
+/// whose keys fit one block ([`BC`]) never touches `o` at all.
+#[derive(Clone, Copy)]
+pub(crate) struct PvIo<T> {
+    /// The group's first key block: start from 0 (`alpha` and `o` not read).
+    pub(crate) first: bool,
+    /// The rescale factor of each row (read unless `first`).
+    pub(crate) alpha: *const T,
+    /// The running output (`G` rows, `ldo` apart; read unless `first`, written unless `last`).
+    pub(crate) o: *mut T,
+    /// `o`'s row stride.
+    pub(crate) ldo: usize,
+    /// The group's last key block: store `inv[r] · acc` to `dst`.
+    pub(crate) last: bool,
+    /// The output rows (written when `last`; only `rows` of them).
+    pub(crate) dst: *mut T,
+    /// `dst`'s row stride.
+    pub(crate) ldd: usize,
+    /// `1 / l` of each row (read when `last`).
+    pub(crate) inv: *const T,
+    /// The group's real rows (`≤ G`).
+    pub(crate) rows: usize,
 }
 
 /// `dst[c·width + l] = src[l·ld + c]` for lanes `l < n`, `c < d`, and 0 for lanes
@@ -120,7 +177,16 @@ impl<T: AttnElem> TileOps<T> for Portable {
     const DW: usize = 16;
 
     #[inline(always)]
-    unsafe fn scores(d: usize, qp: *const T, kt: *const T, scale: T, lim0: isize, s: *mut T) {
+    unsafe fn scores(
+        _rows: usize,
+        d: usize,
+        qp: *const T,
+        _qld: usize,
+        kt: *const T,
+        scale: T,
+        lim0: isize,
+        s: *mut T,
+    ) {
         const G: usize = 4;
         const W: usize = 16;
         let mut acc = [[T::ZERO; W]; G];
@@ -180,28 +246,34 @@ impl<T: AttnElem> TileOps<T> for Portable {
     }
 
     #[inline(always)]
-    unsafe fn pv(
-        bc: usize,
-        p: *const T,
-        v: *const T,
-        ldv: usize,
-        ncols: usize,
-        alpha: *const T,
-        o: *mut T,
-        ldo: usize,
-    ) {
-        for r in 0..<Self as TileOps<T>>::G {
-            let orow = std::slice::from_raw_parts_mut(o.add(r * ldo), ncols);
-            let a = *alpha.add(r);
-            for x in orow.iter_mut() {
-                *x = *x * a;
+    unsafe fn pv(bc: usize, p: *const T, v: *const T, ldv: usize, ncols: usize, io: &PvIo<T>) {
+        let mut acc = [T::ZERO; 16];
+        let acc = &mut acc[..ncols];
+        for r in 0..io.rows {
+            if io.first {
+                acc.fill(T::ZERO);
+            } else {
+                let a = *io.alpha.add(r);
+                let orow = std::slice::from_raw_parts(io.o.add(r * io.ldo), ncols);
+                for (x, &y) in acc.iter_mut().zip(orow) {
+                    *x = y * a;
+                }
             }
             for j in 0..bc {
                 let pj = *p.add(r * SLD + j);
                 let vrow = std::slice::from_raw_parts(v.add(j * ldv), ncols);
-                for (x, &y) in orow.iter_mut().zip(vrow) {
+                for (x, &y) in acc.iter_mut().zip(vrow) {
                     *x = *x + pj * y;
                 }
+            }
+            if io.last {
+                let inv = *io.inv.add(r);
+                let drow = std::slice::from_raw_parts_mut(io.dst.add(r * io.ldd), ncols);
+                for (y, &x) in drow.iter_mut().zip(acc.iter()) {
+                    *y = x * inv;
+                }
+            } else {
+                std::slice::from_raw_parts_mut(io.o.add(r * io.ldo), ncols).copy_from_slice(acc);
             }
         }
     }
@@ -260,6 +332,7 @@ pub(crate) struct Bufs<T> {
     m: [T; BR],
     l: [T; BR],
     alpha: [T; BR],
+    inv: [T; BR],
 }
 
 impl<T: AttnElem> Bufs<T> {
@@ -272,6 +345,7 @@ impl<T: AttnElem> Bufs<T> {
             m: [T::NEG_INF; BR],
             l: [T::ZERO; BR],
             alpha: [T::ONE; BR],
+            inv: [T::ONE; BR],
         }
     }
 }
@@ -304,12 +378,26 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
     let qp = b.qp.0[b.qp.1..].as_mut_ptr();
     let s = b.s.0[b.s.1..].as_mut_ptr();
     let o = b.o.0[b.o.1..].as_mut_ptr();
+    let qin = K::q_in_place(ld.q);
+    // base 2 (`K::LOG2`): the scale takes `log2 e` in, except under an additive mask (whose
+    // pass adds natural-unit values: the row is converted after it)
+    let add_mask = matches!(mask, Mask::Add(_));
+    let log2e = T::of(std::f64::consts::LOG2_E);
+    let sc = if K::LOG2 && !add_mask {
+        scale * log2e
+    } else {
+        scale
+    };
     for i0 in (0..sq).step_by(BR) {
         let br = BR.min(sq - i0);
         let ng = br.div_ceil(g);
-        // Q_i packed once: group `gi`, component `c`, row `r` at `(gi·d + c)·G + r`
+        // Q_i packed once: group `gi`, component `c`, row `r` at `(gi·d + c)·G + r` (full
+        // groups read in place instead where the kernel does that at this stride)
         for gi in 0..ng {
             let rows = g.min(br - gi * g);
+            if qin && rows == g {
+                continue;
+            }
             K::pack_q(
                 rows,
                 q.as_ptr().add((i0 + gi * g) * ld.q),
@@ -318,37 +406,52 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                 qp.add(gi * d * g),
             );
         }
-        std::slice::from_raw_parts_mut(o, ng * g * dv).fill(T::ZERO);
         b.m[..br].fill(T::NEG_INF);
         b.l[..br].fill(T::ZERO);
         let jend = if causal { sk.min(i0 + br) } else { sk };
+        if jend == 0 {
+            // no keys: every row is 0 / 0 (NaN), its log-sum-exp -∞
+            for r in 0..br {
+                out[(i0 + r) * ld.o..(i0 + r) * ld.o + dv].fill(T::of(f64::NAN));
+                lse[i0 + r] = T::NEG_INF;
+            }
+            continue;
+        }
+        let dst = out.as_mut_ptr().add(i0 * ld.o);
         for j0 in (0..jend).step_by(BC) {
             let bc = BC.min(jend - j0);
             let kblk = kts.add(j0 * d);
             for gi in 0..ng {
                 let r0 = gi * g;
                 let rows = g.min(br - r0);
-                // under `causal`, the keys the group's last row sees
-                let bcg = if causal {
-                    let seen = (i0 + r0 + rows) as isize - j0 as isize;
-                    if seen <= 0 {
-                        continue;
-                    }
-                    bc.min(seen as usize)
+                // the end of the keys the group sees (under `causal`, its last row's)
+                let kend = if causal {
+                    jend.min(i0 + r0 + rows)
                 } else {
-                    bc
+                    jend
                 };
+                if kend <= j0 {
+                    continue;
+                }
+                let bcg = bc.min(kend - j0);
                 for st in 0..bcg.div_ceil(w) {
                     let lim0 = if causal {
                         (i0 + r0) as isize - (j0 + st * w) as isize + 1
                     } else {
                         isize::MAX
                     };
+                    let (qa, qld) = if qin && rows == g {
+                        (q.as_ptr().add((i0 + r0) * ld.q), ld.q)
+                    } else {
+                        (qp.add(gi * d * g) as *const T, 0)
+                    };
                     K::scores(
+                        rows,
                         d,
-                        qp.add(gi * d * g),
+                        qa,
+                        qld,
                         kblk.add(st * d * w),
-                        scale,
+                        sc,
                         lim0,
                         s.add(st * w),
                     );
@@ -362,7 +465,13 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                             i0: i0 + r0,
                             j0,
                         };
-                        tm.apply(r, std::slice::from_raw_parts_mut(s.add(r * SLD), bcg));
+                        let row = std::slice::from_raw_parts_mut(s.add(r * SLD), bcg);
+                        tm.apply(r, row);
+                        if K::LOG2 && add_mask {
+                            for x in row.iter_mut() {
+                                *x = *x * log2e;
+                            }
+                        }
                     }
                 }
                 // `ng · G ≤ BR` (BR is a multiple of every G): the padded rows of the last
@@ -379,34 +488,42 @@ pub(crate) unsafe fn head<T: AttnElem, K: TileOps<T>>(
                         drop_row(std::slice::from_raw_parts_mut(s.add(r * SLD), bcg), dr, at);
                     }
                 }
+                // the group's last key block: its rows are final after this update
+                let last = kend <= j0 + BC;
+                if last {
+                    for r in r0..r0 + rows {
+                        let l = b.l[r];
+                        b.inv[r] = T::ONE / l;
+                        let m = if K::LOG2 {
+                            b.m[r] * T::of(std::f64::consts::LN_2)
+                        } else {
+                            b.m[r]
+                        };
+                        lse[i0 + r] = if l == T::ZERO { T::NEG_INF } else { m + l.ln() };
+                    }
+                }
                 for c0 in (0..dv).step_by(dw) {
+                    let io = PvIo {
+                        first: j0 == 0,
+                        alpha: al,
+                        o: o.add(r0 * dv + c0),
+                        ldo: dv,
+                        last,
+                        dst: dst.add(r0 * ld.o + c0),
+                        ldd: ld.o,
+                        inv: b.inv.as_ptr().add(r0),
+                        rows,
+                    };
                     K::pv(
                         bcg,
                         s,
                         v.as_ptr().add(j0 * ld.v + c0),
                         ld.v,
                         dw.min(dv - c0),
-                        al,
-                        o.add(r0 * dv + c0),
-                        dv,
+                        &io,
                     );
                 }
             }
-        }
-        for r in 0..br {
-            let inv = b.l[r];
-            let src = std::slice::from_raw_parts(o.add(r * dv), dv);
-            for (y, &x) in out[(i0 + r) * ld.o..(i0 + r) * ld.o + dv]
-                .iter_mut()
-                .zip(src)
-            {
-                *y = x / inv;
-            }
-            lse[i0 + r] = if inv == T::ZERO {
-                T::NEG_INF
-            } else {
-                b.m[r] + inv.ln()
-            };
         }
     }
 }

@@ -1,18 +1,22 @@
 //! The x86-64 forms of the fused tile kernel ([`super::fused`]): AVX-512 on 12 query rows ×
 //! 32 keys (scores) / 32 output columns (`P·V`), AVX2 on 6 × 16; 24 / 12 accumulators.
 //!
-//! The row update's exponential is `2^(x·log2 e)`: `n = round(x·log2 e)`, a degree-6
-//! polynomial for `2^f` on `[-½, ½]` (relative error under 1e-7, fitted to `2^f`), then `· 2ⁿ`
-//! (`vscalefps` on AVX-512, exponent bits on AVX2); arguments below `2^-126` give 0 (a masked
-//! `-∞` too), NaN stays NaN. The scalar `alpha = exp(m_old − m_new)` per row is
-//! [`crate::vmath::exp`].
+//! Both forms work in base 2 ([`TileOps::LOG2`]): the score tile is scaled by `scale · log2 e`
+//! in its registers, so the row update's exponential is `2^(s − m)` with no multiplication:
+//! `n = round(x)`, a degree-6 polynomial for `2^f` on `[-½, ½]` (relative error under 1e-7,
+//! fitted to `2^f`), then `· 2ⁿ` (`vscalefps` on AVX-512, exponent bits on AVX2); arguments
+//! below `-126` give 0 (a masked `-∞` too), NaN stays NaN. The scalar `alpha = 2^(m_old −
+//! m_new)` per row is [`crate::vmath::exp`] of it times `ln 2`.
+//!
+//! A full row group reads its 12 `Q` rows in place when their stride lets them share the L1
+//! with the key strip ([`rows_fit_l1`], the GEMM rows path's rule); partial groups and crowded
+//! strides are packed. Partial groups run on register tiles of 8 or 4 rows (AVX2: 3).
 
-use super::fused::{TileOps, SLD};
+use super::fused::{PvIo, TileOps, SLD};
 use super::{Dims, Dropout, Layout, Mask};
 use crate::gemm::x86::{pack_lanes_256, pack_lanes_512};
 use std::arch::x86_64::*;
 
-const LOG2E: f32 = std::f32::consts::LOG2_E;
 // 2^f ≈ 1 + f·(C1 + f·(C2 + … + f·C6)) on [-½, ½]
 const C1: f32 = std::f32::consts::LN_2;
 const C2: f32 = 0.240_226_48;
@@ -20,6 +24,23 @@ const C3: f32 = 0.055_503_324;
 const C4: f32 = 0.009_618_437;
 const C5: f32 = 0.001_339_887_5;
 const C6: f32 = 0.000_153_533_62;
+
+/// Whether 12 rows `ld` floats apart can be broadcast from in place: at most 4 of them share
+/// an L1 set (64 sets of 64-byte lines, 8 ways), leaving room for the key strip's lines (the
+/// rule of the GEMM's rows path for A). The encoder's in-projection (`ld` 768, 3 KiB) puts 3
+/// rows in each of 4 sets; a 4 KiB stride would put all 12 in one set and is packed instead.
+#[inline(always)]
+fn rows_fit_l1(ld: usize) -> bool {
+    let mut count = [0u8; 64];
+    for r in 0..12 {
+        let set = (r * ld * 4 / 64) % 64;
+        count[set] += 1;
+        if count[set] > 4 {
+            return false;
+        }
+    }
+    true
+}
 
 /// The AVX-512 form.
 pub(crate) struct X512;
@@ -29,6 +50,7 @@ pub(crate) struct X256;
 
 impl TileOps<f32> for X512 {
     const G: usize = 12;
+    const LOG2: bool = true;
     const W: usize = 32;
     const DW: usize = 32;
 
@@ -49,15 +71,26 @@ impl TileOps<f32> for X512 {
         }
     }
     #[inline(always)]
+    fn q_in_place(ld: usize) -> bool {
+        rows_fit_l1(ld)
+    }
+    #[inline(always)]
     unsafe fn scores(
+        rows: usize,
         d: usize,
         qp: *const f32,
+        qld: usize,
         kt: *const f32,
         scale: f32,
         lim0: isize,
         s: *mut f32,
     ) {
-        scores_512(d, qp, kt, scale, lim0, s)
+        match rows {
+            _ if qld != 0 => scores_512::<12, true>(d, qp, qld, kt, scale, lim0, s),
+            9.. => scores_512::<12, false>(d, qp, 1, kt, scale, lim0, s),
+            5..=8 => scores_512::<8, false>(d, qp, 1, kt, scale, lim0, s),
+            _ => scores_512::<4, false>(d, qp, 1, kt, scale, lim0, s),
+        }
     }
     #[inline(always)]
     unsafe fn update(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
@@ -70,20 +103,22 @@ impl TileOps<f32> for X512 {
         v: *const f32,
         ldv: usize,
         ncols: usize,
-        alpha: *const f32,
-        o: *mut f32,
-        ldo: usize,
+        io: &PvIo<f32>,
     ) {
-        if ncols > 16 {
-            pv_512::<2>(bc, p, v, ldv, ncols, alpha, o, ldo)
-        } else {
-            pv_512::<1>(bc, p, v, ldv, ncols, alpha, o, ldo)
+        match (ncols > 16, io.rows) {
+            (true, 9..) => pv_512::<2, 12>(bc, p, v, ldv, ncols, io),
+            (true, 5..=8) => pv_512::<2, 8>(bc, p, v, ldv, ncols, io),
+            (true, _) => pv_512::<2, 4>(bc, p, v, ldv, ncols, io),
+            (false, 9..) => pv_512::<1, 12>(bc, p, v, ldv, ncols, io),
+            (false, 5..=8) => pv_512::<1, 8>(bc, p, v, ldv, ncols, io),
+            (false, _) => pv_512::<1, 4>(bc, p, v, ldv, ncols, io),
         }
     }
 }
 
 impl TileOps<f32> for X256 {
     const G: usize = 6;
+    const LOG2: bool = true;
     const W: usize = 16;
     const DW: usize = 16;
 
@@ -97,14 +132,20 @@ impl TileOps<f32> for X256 {
     }
     #[inline(always)]
     unsafe fn scores(
+        rows: usize,
         d: usize,
         qp: *const f32,
+        _qld: usize,
         kt: *const f32,
         scale: f32,
         lim0: isize,
         s: *mut f32,
     ) {
-        scores_256(d, qp, kt, scale, lim0, s)
+        if rows > 3 {
+            scores_256::<6>(d, qp, kt, scale, lim0, s)
+        } else {
+            scores_256::<3>(d, qp, kt, scale, lim0, s)
+        }
     }
     #[inline(always)]
     unsafe fn update(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
@@ -117,14 +158,15 @@ impl TileOps<f32> for X256 {
         v: *const f32,
         ldv: usize,
         ncols: usize,
-        alpha: *const f32,
-        o: *mut f32,
-        ldo: usize,
+        io: &PvIo<f32>,
     ) {
-        match ncols {
-            16 => pv_256::<2, true>(bc, p, v, ldv, ncols, alpha, o, ldo),
-            9.. => pv_256::<2, false>(bc, p, v, ldv, ncols, alpha, o, ldo),
-            _ => pv_256::<1, false>(bc, p, v, ldv, ncols, alpha, o, ldo),
+        match (ncols, io.rows > 3) {
+            (16, true) => pv_256::<2, true, 6>(bc, p, v, ldv, ncols, io),
+            (9.., true) => pv_256::<2, false, 6>(bc, p, v, ldv, ncols, io),
+            (_, true) => pv_256::<1, false, 6>(bc, p, v, ldv, ncols, io),
+            (16, false) => pv_256::<2, true, 3>(bc, p, v, ldv, ncols, io),
+            (9.., false) => pv_256::<2, false, 3>(bc, p, v, ldv, ncols, io),
+            (_, false) => pv_256::<1, false, 3>(bc, p, v, ldv, ncols, io),
         }
     }
 }
@@ -180,11 +222,10 @@ fn lanes(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
-/// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 16 lanes.
+/// `2^x2` for `x2 ≤ 0` (0 below `2^-126`, NaN kept), 16 lanes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
-unsafe fn exp_512(x: __m512) -> __m512 {
-    let x2 = _mm512_mul_ps(x, _mm512_set1_ps(LOG2E));
+unsafe fn exp2_512(x2: __m512) -> __m512 {
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x2);
     let f = _mm512_sub_ps(x2, n);
     let mut p = _mm512_fmadd_ps(_mm512_set1_ps(C6), f, _mm512_set1_ps(C5));
@@ -197,64 +238,108 @@ unsafe fn exp_512(x: __m512) -> __m512 {
     _mm512_maskz_scalef_ps(keep, p, n)
 }
 
-/// [`TileOps::scores`] on AVX-512: a 12 × 32 register tile over `d` steps.
+/// [`TileOps::scores`] on AVX-512: an `R` × 32 register tile over `d` steps (`R` ≤ 12 of the
+/// packed group's 12 rows: a partial group computes only the rows it has, rounded up to 4).
+/// `INPLACE`: `Q(r, c) = qp[r·qld + c]` (a full group's rows in place, as the GEMM's rows path
+/// reads A), else the packed `qp[c·12 + r]`.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline(never)]
-unsafe fn scores_512(
+unsafe fn scores_512<const R: usize, const INPLACE: bool>(
     d: usize,
     qp: *const f32,
+    qld: usize,
     kt: *const f32,
     scale: f32,
     lim0: isize,
     s: *mut f32,
 ) {
-    let mut c = [[_mm512_setzero_ps(); 2]; 12];
+    let mut c = [[_mm512_setzero_ps(); 2]; R];
     let (mut a, mut b) = (qp, kt);
     for _ in 0..d {
         let b0 = _mm512_loadu_ps(b);
         let b1 = _mm512_loadu_ps(b.add(16));
         for (r, cr) in c.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(r));
+            let av = _mm512_set1_ps(*a.add(if INPLACE { r * qld } else { r }));
             cr[0] = _mm512_fmadd_ps(av, b0, cr[0]);
             cr[1] = _mm512_fmadd_ps(av, b1, cr[1]);
         }
-        a = a.add(12);
+        a = a.add(if INPLACE { 1 } else { 12 });
         b = b.add(32);
     }
+    // the tile stored whole (a register loop the compiler unrolls: the accumulators never go
+    // through memory), then a causal diagonal's keys after each query set to -∞ in `s`
     let sc = _mm512_set1_ps(scale);
-    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     for (r, cr) in c.iter().enumerate() {
         for (v, x) in cr.iter().enumerate() {
-            let mut y = _mm512_mul_ps(*x, sc);
-            let lim = lim0.saturating_add(r as isize - 16 * v as isize);
-            if lim < 16 {
-                y = _mm512_mask_mov_ps(ninf, lanes(lim.max(0) as usize), y);
+            _mm512_storeu_ps(s.add(r * SLD + 16 * v), _mm512_mul_ps(*x, sc));
+        }
+    }
+    if lim0 < 32 {
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        for r in 0..R {
+            for v in 0..2 {
+                let lim = lim0.saturating_add(r as isize - 16 * v as isize);
+                if lim < 16 {
+                    let drop = !lanes(lim.max(0) as usize);
+                    _mm512_mask_storeu_ps(s.add(r * SLD + 16 * v), drop, ninf);
+                }
             }
-            _mm512_storeu_ps(s.add(r * SLD + 16 * v), y);
         }
     }
 }
 
-/// [`TileOps::update`] on AVX-512.
+/// Four rows' 16-lane partial maxima (`MAX`) or sums reduced at once: quad `k` (lanes
+/// `4k..4k + 4`) of the result holds row `k`'s total in each lane. A transposed reduction
+/// (two `vshuff32x4` steps, then two in-lane permutes): 6 shuffles and 4 operations for the
+/// four rows, where reducing each row alone takes 6 and 4 per row.
+#[inline(always)]
+unsafe fn reduce4_512<const MAX: bool>(v: [__m512; 4]) -> __m512 {
+    let op = |a: __m512, b: __m512| {
+        if MAX {
+            _mm512_max_ps(a, b)
+        } else {
+            _mm512_add_ps(a, b)
+        }
+    };
+    // quads [r0 x, r0 y, r1 x, r1 y] and [r2 x, r2 y, r3 x, r3 y] (x: quads 0+2, y: 1+3)
+    let c01 = op(
+        _mm512_shuffle_f32x4::<0x44>(v[0], v[1]),
+        _mm512_shuffle_f32x4::<0xEE>(v[0], v[1]),
+    );
+    let c23 = op(
+        _mm512_shuffle_f32x4::<0x44>(v[2], v[3]),
+        _mm512_shuffle_f32x4::<0xEE>(v[2], v[3]),
+    );
+    // quad k: row k's 4 partials
+    let d = op(
+        _mm512_shuffle_f32x4::<0x88>(c01, c23),
+        _mm512_shuffle_f32x4::<0xDD>(c01, c23),
+    );
+    let d = op(d, _mm512_permute_ps::<0x4E>(d));
+    op(d, _mm512_permute_ps::<0xB1>(d))
+}
+
+/// The twelve rows' totals of [`reduce4_512`]: row `r` at `out[4r]`.
+#[inline(always)]
+unsafe fn reduce12_512<const MAX: bool>(v: &[__m512; 12], out: &mut [f32; 48]) {
+    for k in 0..3 {
+        let x = reduce4_512::<MAX>([v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]]);
+        _mm512_storeu_ps(out.as_mut_ptr().add(16 * k), x);
+    }
+}
+
+/// [`TileOps::update`] on AVX-512: the twelve rows' maxima in one pass (their horizontal
+/// maxima by [`reduce12_512`]), then each row's exponentials, then their sums reduced together.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline(never)]
 unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f32, al: *mut f32) {
     let (nfull, tk) = (bc / 16, lanes(bc % 16));
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-    for r in 0..12 {
+    let rows = rows.min(12);
+    // each row's 16-lane maximum (a NaN score is ignored, as `f32::max` does); padded rows -∞
+    let mut mv = [ninf; 12];
+    for (r, mr) in mv.iter_mut().enumerate().take(rows) {
         let row = s.add(r * SLD);
-        let zero_row = || {
-            for q in 0..nfull {
-                _mm512_storeu_ps(row.add(16 * q), _mm512_setzero_ps());
-            }
-            _mm512_mask_storeu_ps(row.add(16 * nfull), tk, _mm512_setzero_ps());
-        };
-        if r >= rows {
-            zero_row();
-            *al.add(r) = 1.0;
-            continue;
-        }
-        // the row max (a NaN score is ignored, as `f32::max` does)
         let (mut m0, mut m1) = (ninf, ninf);
         let mut q = 0;
         while q + 2 <= nfull {
@@ -266,20 +351,39 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
             m0 = _mm512_max_ps(_mm512_loadu_ps(row.add(16 * q)), m0);
         }
         m1 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, tk, row.add(16 * nfull)), m1);
-        let mx = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
-        let m_old = *m.add(r);
-        let m_new = if mx > m_old { mx } else { m_old };
+        *mr = _mm512_max_ps(m0, m1);
+    }
+    let mut red = [0f32; 48];
+    reduce12_512::<true>(&mv, &mut red);
+    let mut sv = [_mm512_setzero_ps(); 12];
+    let mut mnew = [f32::NEG_INFINITY; 12];
+    for r in 0..12 {
+        let row = s.add(r * SLD);
+        let m_new = if r < rows {
+            let (mx, m_old) = (red[4 * r], *m.add(r));
+            if mx > m_old {
+                mx
+            } else {
+                m_old
+            }
+        } else {
+            f32::NEG_INFINITY
+        };
+        mnew[r] = m_new;
         if m_new == f32::NEG_INFINITY {
-            zero_row();
-            *al.add(r) = 1.0;
+            // a padded or (so far) fully masked row: P = 0
+            for q in 0..nfull {
+                _mm512_storeu_ps(row.add(16 * q), _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(row.add(16 * nfull), tk, _mm512_setzero_ps());
             continue;
         }
-        let mv = _mm512_set1_ps(m_new);
+        let mb = _mm512_set1_ps(m_new);
         let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut q = 0;
         while q + 2 <= nfull {
-            let p0 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
-            let p1 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q + 16)), mv));
+            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mb));
+            let p1 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q + 16)), mb));
             _mm512_storeu_ps(row.add(16 * q), p0);
             _mm512_storeu_ps(row.add(16 * q + 16), p1);
             s0 = _mm512_add_ps(s0, p0);
@@ -287,48 +391,58 @@ unsafe fn update_512(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
             q += 2;
         }
         if q < nfull {
-            let p0 = exp_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mv));
+            let p0 = exp2_512(_mm512_sub_ps(_mm512_loadu_ps(row.add(16 * q)), mb));
             _mm512_storeu_ps(row.add(16 * q), p0);
             s0 = _mm512_add_ps(s0, p0);
         }
         if tk != 0 {
             let x = _mm512_mask_loadu_ps(ninf, tk, row.add(16 * nfull));
-            let p = exp_512(_mm512_sub_ps(x, mv));
+            let p = exp2_512(_mm512_sub_ps(x, mb));
             _mm512_mask_storeu_ps(row.add(16 * nfull), tk, p);
             s1 = _mm512_add_ps(s1, p);
         }
-        let sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+        sv[r] = _mm512_add_ps(s0, s1);
+    }
+    reduce12_512::<false>(&sv, &mut red);
+    for r in 0..12 {
+        let m_new = mnew[r];
+        if m_new == f32::NEG_INFINITY {
+            *al.add(r) = 1.0;
+            continue;
+        }
+        let m_old = *m.add(r);
         let a = if m_old == f32::NEG_INFINITY {
             0.0
         } else {
-            crate::vmath::exp(m_old - m_new)
+            crate::vmath::exp((m_old - m_new) * std::f32::consts::LN_2)
         };
         *al.add(r) = a;
-        *l.add(r) = *l.add(r) * a + sum;
+        *l.add(r) = *l.add(r) * a + red[4 * r];
         *m.add(r) = m_new;
     }
 }
 
-/// [`TileOps::pv`] on AVX-512: a 12 × `16·NV` register tile over `bc` steps.
+/// [`TileOps::pv`] on AVX-512: an `R` × `16·NV` register tile over `bc` steps (`R` ≤ 12: the
+/// group's rows rounded up to 4), started and stored as `io` says.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")]
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pv_512<const NV: usize>(
+unsafe fn pv_512<const NV: usize, const R: usize>(
     bc: usize,
     p: *const f32,
     v: *const f32,
     ldv: usize,
     ncols: usize,
-    alpha: *const f32,
-    o: *mut f32,
-    ldo: usize,
+    io: &PvIo<f32>,
 ) {
     let km = [lanes(ncols), lanes(ncols.saturating_sub(16))];
-    let mut c = [[_mm512_setzero_ps(); NV]; 12];
-    for (r, cr) in c.iter_mut().enumerate() {
-        let a = _mm512_set1_ps(*alpha.add(r));
-        for (x, cx) in cr.iter_mut().enumerate() {
-            *cx = _mm512_mul_ps(_mm512_maskz_loadu_ps(km[x], o.add(r * ldo + 16 * x)), a);
+    let mut c = [[_mm512_setzero_ps(); NV]; R];
+    if !io.first {
+        for (r, cr) in c.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*io.alpha.add(r));
+            for (x, cx) in cr.iter_mut().enumerate() {
+                let at = io.o.add(r * io.ldo + 16 * x);
+                *cx = _mm512_mul_ps(_mm512_maskz_loadu_ps(km[x], at), a);
+            }
         }
     }
     let (mut pp, mut vp) = (p, v);
@@ -346,9 +460,21 @@ unsafe fn pv_512<const NV: usize>(
         pp = pp.add(1);
         vp = vp.add(ldv);
     }
-    for (r, cr) in c.iter().enumerate() {
-        for (x, cx) in cr.iter().enumerate() {
-            _mm512_mask_storeu_ps(o.add(r * ldo + 16 * x), km[x], *cx);
+    if io.last {
+        for (r, cr) in c.iter().enumerate() {
+            if r < io.rows {
+                let inv = _mm512_set1_ps(*io.inv.add(r));
+                for (x, cx) in cr.iter().enumerate() {
+                    let at = io.dst.add(r * io.ldd + 16 * x);
+                    _mm512_mask_storeu_ps(at, km[x], _mm512_mul_ps(*cx, inv));
+                }
+            }
+        }
+    } else {
+        for (r, cr) in c.iter().enumerate() {
+            for (x, cx) in cr.iter().enumerate() {
+                _mm512_mask_storeu_ps(io.o.add(r * io.ldo + 16 * x), km[x], *cx);
+            }
         }
     }
 }
@@ -382,11 +508,10 @@ unsafe fn hsum_256(v: __m256) -> f32 {
     _mm_cvtss_f32(x)
 }
 
-/// `exp(x)` for `x ≤ 0` (0 below `2^-126`, NaN kept), 8 lanes.
+/// `2^x2` for `x2 ≤ 0` (0 below `2^-126`, NaN kept), 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exp_256(x: __m256) -> __m256 {
-    let x2 = _mm256_mul_ps(x, _mm256_set1_ps(LOG2E));
+unsafe fn exp2_256(x2: __m256) -> __m256 {
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x2);
     let f = _mm256_sub_ps(x2, n);
     let mut p = _mm256_fmadd_ps(_mm256_set1_ps(C6), f, _mm256_set1_ps(C5));
@@ -405,10 +530,11 @@ unsafe fn exp_256(x: __m256) -> __m256 {
     _mm256_and_ps(_mm256_mul_ps(p, pow), keep)
 }
 
-/// [`TileOps::scores`] on AVX2: a 6 × 16 register tile over `d` steps.
+/// [`TileOps::scores`] on AVX2: an `R` × 16 register tile over `d` steps (`R` ≤ 6 of the
+/// packed group's 6 rows: 3 for a group of at most 3).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
-unsafe fn scores_256(
+unsafe fn scores_256<const R: usize>(
     d: usize,
     qp: *const f32,
     kt: *const f32,
@@ -416,7 +542,7 @@ unsafe fn scores_256(
     lim0: isize,
     s: *mut f32,
 ) {
-    let mut c = [[_mm256_setzero_ps(); 2]; 6];
+    let mut c = [[_mm256_setzero_ps(); 2]; R];
     let (mut a, mut b) = (qp, kt);
     for _ in 0..d {
         let b0 = _mm256_loadu_ps(b);
@@ -429,17 +555,26 @@ unsafe fn scores_256(
         a = a.add(6);
         b = b.add(16);
     }
+    // the tile stored whole, then a causal diagonal's keys after each query set to -∞ in `s`
+    // (see `scores_512`)
     let sc = _mm256_set1_ps(scale);
-    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     for (r, cr) in c.iter().enumerate() {
         for (v, x) in cr.iter().enumerate() {
-            let mut y = _mm256_mul_ps(*x, sc);
-            let lim = lim0.saturating_add(r as isize - 8 * v as isize);
-            if lim < 8 {
-                let keep = _mm256_castsi256_ps(mask_256(lim.max(0) as usize));
-                y = _mm256_blendv_ps(ninf, y, keep);
+            _mm256_storeu_ps(s.add(r * SLD + 8 * v), _mm256_mul_ps(*x, sc));
+        }
+    }
+    if lim0 < 16 {
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        for r in 0..R {
+            for v in 0..2 {
+                let lim = lim0.saturating_add(r as isize - 8 * v as isize);
+                if lim < 8 {
+                    // lanes at or past `lim` masked
+                    let drop =
+                        _mm256_xor_si256(mask_256(lim.max(0) as usize), _mm256_set1_epi32(-1));
+                    _mm256_maskstore_ps(s.add(r * SLD + 8 * v), drop, ninf);
+                }
             }
-            _mm256_storeu_ps(s.add(r * SLD + 8 * v), y);
         }
     }
 }
@@ -489,8 +624,8 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut q = 0;
         while q + 2 <= nfull {
-            let p0 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
-            let p1 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q + 8)), mv));
+            let p0 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
+            let p1 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q + 8)), mv));
             _mm256_storeu_ps(row.add(8 * q), p0);
             _mm256_storeu_ps(row.add(8 * q + 8), p1);
             s0 = _mm256_add_ps(s0, p0);
@@ -498,13 +633,13 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
             q += 2;
         }
         if q < nfull {
-            let p0 = exp_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
+            let p0 = exp2_256(_mm256_sub_ps(_mm256_loadu_ps(row.add(8 * q)), mv));
             _mm256_storeu_ps(row.add(8 * q), p0);
             s0 = _mm256_add_ps(s0, p0);
         }
         if tail != 0 {
             let x = _mm256_blendv_ps(ninf, _mm256_maskload_ps(row.add(8 * nfull), tm), tmf);
-            let p = exp_256(_mm256_sub_ps(x, mv));
+            let p = exp2_256(_mm256_sub_ps(x, mv));
             _mm256_maskstore_ps(row.add(8 * nfull), tm, p);
             s1 = _mm256_add_ps(s1, p);
         }
@@ -512,7 +647,7 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
         let a = if m_old == f32::NEG_INFINITY {
             0.0
         } else {
-            crate::vmath::exp(m_old - m_new)
+            crate::vmath::exp((m_old - m_new) * std::f32::consts::LN_2)
         };
         *al.add(r) = a;
         *l.add(r) = *l.add(r) * a + sum;
@@ -520,20 +655,18 @@ unsafe fn update_256(rows: usize, bc: usize, s: *mut f32, m: *mut f32, l: *mut f
     }
 }
 
-/// [`TileOps::pv`] on AVX2: a 6 × `8·NV` register tile over `bc` steps (`FULL`: all `8·NV`
-/// columns, plain loads and stores).
+/// [`TileOps::pv`] on AVX2: an `R` × `8·NV` register tile over `bc` steps (`R` ≤ 6: 3 for a
+/// group of at most 3; `FULL`: all `8·NV` columns, plain loads and stores), started and stored
+/// as `io` says.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pv_256<const NV: usize, const FULL: bool>(
+unsafe fn pv_256<const NV: usize, const FULL: bool, const R: usize>(
     bc: usize,
     p: *const f32,
     v: *const f32,
     ldv: usize,
     ncols: usize,
-    alpha: *const f32,
-    o: *mut f32,
-    ldo: usize,
+    io: &PvIo<f32>,
 ) {
     let km = [mask_256(ncols), mask_256(ncols.saturating_sub(8))];
     let load = |x: usize, at: *const f32| {
@@ -543,11 +676,20 @@ unsafe fn pv_256<const NV: usize, const FULL: bool>(
             _mm256_maskload_ps(at, km[x])
         }
     };
-    let mut c = [[_mm256_setzero_ps(); NV]; 6];
-    for (r, cr) in c.iter_mut().enumerate() {
-        let a = _mm256_set1_ps(*alpha.add(r));
-        for (x, cx) in cr.iter_mut().enumerate() {
-            *cx = _mm256_mul_ps(load(x, o.add(r * ldo + 8 * x)), a);
+    let store = |x: usize, at: *mut f32, y: __m256| {
+        if FULL {
+            _mm256_storeu_ps(at, y);
+        } else {
+            _mm256_maskstore_ps(at, km[x], y);
+        }
+    };
+    let mut c = [[_mm256_setzero_ps(); NV]; R];
+    if !io.first {
+        for (r, cr) in c.iter_mut().enumerate() {
+            let a = _mm256_set1_ps(*io.alpha.add(r));
+            for (x, cx) in cr.iter_mut().enumerate() {
+                *cx = _mm256_mul_ps(load(x, io.o.add(r * io.ldo + 8 * x)), a);
+            }
         }
     }
     let (mut pp, mut vp) = (p, v);
@@ -565,13 +707,19 @@ unsafe fn pv_256<const NV: usize, const FULL: bool>(
         pp = pp.add(1);
         vp = vp.add(ldv);
     }
-    for (r, cr) in c.iter().enumerate() {
-        for (x, cx) in cr.iter().enumerate() {
-            let at = o.add(r * ldo + 8 * x);
-            if FULL {
-                _mm256_storeu_ps(at, *cx);
-            } else {
-                _mm256_maskstore_ps(at, km[x], *cx);
+    if io.last {
+        for (r, cr) in c.iter().enumerate() {
+            if r < io.rows {
+                let inv = _mm256_set1_ps(*io.inv.add(r));
+                for (x, cx) in cr.iter().enumerate() {
+                    store(x, io.dst.add(r * io.ldd + 8 * x), _mm256_mul_ps(*cx, inv));
+                }
+            }
+        }
+    } else {
+        for (r, cr) in c.iter().enumerate() {
+            for (x, cx) in cr.iter().enumerate() {
+                store(x, io.o.add(r * io.ldo + 8 * x), *cx);
             }
         }
     }

@@ -874,6 +874,11 @@ fn fused_cost_cases(peak: Option<f64>) {
         let flops = (h * pairs) as f64 * 4.0 * 64.0;
         let (mut tf, mut tt) = (Vec::new(), Vec::new());
         let mut out = vec![0f32; n];
+        // `ATTN_COST_REPS=N`: N calls of each form (for a profile)
+        let reps = std::env::var("ATTN_COST_REPS")
+            .ok()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(reps);
         for _ in 0..reps {
             let t = cpu();
             forward(&dm, &q, &k, &v, Mask::None, causal, 0.125, &mut out, None);
@@ -893,7 +898,46 @@ fn fused_cost_cases(peak: Option<f64>) {
             );
             tt.push(cpu() - t);
         }
-        for (name, t) in [("fused", median(tf)), ("gemm tiles", median(tt))] {
+        // seq 128: also the encoder block's layout, q / k / v read as column blocks of the
+        // `[128, 3·h·64]` in-projection and the output written `[128, h·64]`
+        let mut tb = Vec::new();
+        if s == 128 {
+            let e = h * 64;
+            let qkv: Vec<f32> = data(s * 3 * e, 4).iter().map(|&a| a as f32).collect();
+            let lay = |off| Layout {
+                off,
+                batch: s * 3 * e,
+                head: 64,
+                row: 3 * e,
+            };
+            let ol = Layout {
+                off: 0,
+                batch: s * e,
+                head: 64,
+                row: e,
+            };
+            for _ in 0..reps {
+                let t = cpu();
+                forward_strided(
+                    &dm,
+                    (&qkv, lay(0)),
+                    (&qkv, lay(e)),
+                    (&qkv, lay(2 * e)),
+                    Mask::None,
+                    false,
+                    0.125,
+                    None,
+                    (&mut out, ol),
+                    None,
+                );
+                tb.push(cpu() - t);
+            }
+        }
+        let mut rows = vec![("fused", median(tf)), ("gemm tiles", median(tt))];
+        if !tb.is_empty() {
+            rows.push(("fused, the block's strided layout", median(tb)));
+        }
+        for (name, t) in rows {
             let g = flops / t / 1e9;
             println!(
                 "seq {s} x {h} heads causal {causal}: {name} {:.1} us, {g:.1} GFLOP/s, of peak {}",
@@ -1032,6 +1076,164 @@ fn strided_layouts_are_bitwise_the_contiguous_forward() {
         for c in cases() {
             go::<f32>(&c, isa);
             go::<f64>(&c, isa);
+        }
+    }
+}
+
+/// The fused forward's fixed-cost paths against the naive f64 reference through
+/// [`forward_strided`], on every ISA path: query tiles whose keys fit one block (the encoder's
+/// seq 128 × 4 heads of 64, `P·V` started from 0 and stored normalized, the running output never
+/// used) and tiles over several key blocks (first / middle / last block of a row group, under
+/// `causal` a group's last block before the tile's); partial row groups of every register-tile
+/// height (a tile's last group of 3, 5, 8 and 4 rows); `Q` read in place (its rows 3 KiB apart,
+/// the encoder's in-projection) and packed (4 KiB apart, where the rows would crowd one L1 set);
+/// GQA; `lse` against `m + ln l` of the reference.
+#[test]
+fn fused_fixed_cost_paths_match_naive() {
+    let dims = |batch, hq, hkv, sq, sk, d, dv| Dims {
+        batch,
+        hq,
+        hkv,
+        sq,
+        sk,
+        d,
+        dv,
+    };
+    // (dims, causal, Q's row stride in floats)
+    let cases = [
+        (dims(1, 4, 4, 128, 128, 64, 64), false, 768),
+        (dims(1, 4, 4, 128, 128, 64, 64), false, 1024),
+        (dims(1, 3, 1, 75, 100, 16, 24), true, 768),
+        (dims(2, 2, 1, 5, 128, 8, 40), false, 1024),
+        (dims(1, 2, 2, 88, 300, 12, 20), false, 768),
+        (dims(1, 4, 2, 140, 270, 20, 36), true, 1024),
+    ];
+    for (dm, causal, qrow) in cases {
+        let Dims {
+            batch,
+            hq,
+            hkv,
+            sq,
+            sk,
+            d,
+            dv,
+        } = dm;
+        let q: Vec<f64> = data(batch * hq * sq * d, 41)
+            .iter()
+            .map(|x| 3.0 * x)
+            .collect();
+        let (k, v) = (
+            data(batch * hkv * sk * d, 42),
+            data(batch * hkv * sk * dv, 43),
+        );
+        let scale = 1.0 / (d as f64).sqrt();
+        let (want, probs) = naive(&dm, &q, &k, &v, &RefMask::None, causal, scale);
+        // the reference log-sum-exp: ln Σ_j exp(s_ij) from the logits
+        let mut want_lse = vec![0.0; batch * hq * sq];
+        for b in 0..batch {
+            for h in 0..hq {
+                let (bh, g) = (b * hq + h, b * hkv + h / (hq / hkv));
+                for i in 0..sq {
+                    let s: Vec<f64> = (0..sk)
+                        .filter(|&j| !(causal && j > i))
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| q[(bh * sq + i) * d + c] * k[(g * sk + j) * d + c])
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    want_lse[bh * sq + i] = mx + s.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+                }
+            }
+        }
+        assert!(probs.iter().all(|p| p.is_finite()));
+        // q: [batch, sq, qrow], heads from column 3; k and v side by side: [batch, sk, kvrow]
+        assert!(3 + hq * d <= qrow);
+        let mut qb = vec![9f32; batch * sq * qrow];
+        let kvrow = hkv * (d + dv) + 2;
+        let mut kvb = vec![9f32; batch * sk * kvrow];
+        for b in 0..batch {
+            for h in 0..hq {
+                for i in 0..sq {
+                    for e in 0..d {
+                        qb[(b * sq + i) * qrow + 3 + h * d + e] =
+                            q[((b * hq + h) * sq + i) * d + e] as f32;
+                    }
+                }
+            }
+            for g in 0..hkv {
+                for j in 0..sk {
+                    for e in 0..d {
+                        kvb[(b * sk + j) * kvrow + g * d + e] =
+                            k[((b * hkv + g) * sk + j) * d + e] as f32;
+                    }
+                    for e in 0..dv {
+                        kvb[(b * sk + j) * kvrow + hkv * d + g * dv + e] =
+                            v[((b * hkv + g) * sk + j) * dv + e] as f32;
+                    }
+                }
+            }
+        }
+        let ql = Layout {
+            off: 3,
+            batch: sq * qrow,
+            head: d,
+            row: qrow,
+        };
+        let kl = Layout {
+            off: 0,
+            batch: sk * kvrow,
+            head: d,
+            row: kvrow,
+        };
+        let vl = Layout {
+            off: hkv * d,
+            head: dv,
+            ..kl
+        };
+        // out: [batch, sq, hq·dv + 1], heads from column 0 (column hq·dv a sentinel)
+        let orow = hq * dv + 1;
+        let ol = Layout {
+            off: 0,
+            batch: sq * orow,
+            head: dv,
+            row: orow,
+        };
+        for isa in Isa::available() {
+            let mut out = vec![-3.5f32; batch * sq * orow];
+            let mut lse = vec![0f32; batch * hq * sq];
+            isa::with_isa(isa, || {
+                forward_strided(
+                    &dm,
+                    (&qb, ql),
+                    (&kvb, kl),
+                    (&kvb, vl),
+                    Mask::None,
+                    causal,
+                    scale,
+                    None,
+                    (&mut out, ol),
+                    Some(&mut lse),
+                )
+            });
+            let mut got = vec![0f64; want.len()];
+            for b in 0..batch {
+                for i in 0..sq {
+                    let r = &out[(b * sq + i) * orow..(b * sq + i + 1) * orow];
+                    assert_eq!(r[orow - 1], -3.5, "{isa:?} {dm:?}: sentinel of row {i}");
+                    for h in 0..hq {
+                        for e in 0..dv {
+                            got[((b * hq + h) * sq + i) * dv + e] = r[h * dv + e] as f64;
+                        }
+                    }
+                }
+            }
+            let what = format!("{isa:?} {dm:?} causal {causal} q row {qrow}");
+            close(&format!("{what} out"), &got, &want, 2e-5);
+            let got: Vec<f64> = lse.iter().map(|&x| x as f64).collect();
+            close(&format!("{what} lse"), &got, &want_lse, 2e-5);
         }
     }
 }
