@@ -12,7 +12,7 @@
 
 #![allow(unused_unsafe)]
 
-use super::{tree, NormStats, Pairwise, BLK, L};
+use super::{tree, Pairwise, BLK, L};
 use crate::vmath::neon as vm;
 use crate::vmath::VFloat;
 use std::any::TypeId;
@@ -290,112 +290,5 @@ pub(super) fn log_softmax_inplace(x: &mut [f32], cols: usize) {
             |v| unsafe { vsubq_f32(vsubq_f32(v, mv), lv) },
             |v| v - m - lse,
         );
-    }
-}
-
-pub(super) fn layer_norm(
-    x: &[f32],
-    cols: usize,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    eps: f64,
-    out: &mut [f32],
-    mut stats: Option<NormStats<'_, f32>>,
-) {
-    if cols == 0 {
-        return;
-    }
-    let rows = out.len() / cols;
-    let n = cols as f64;
-    let gamma = gamma.map(|g| &g[..cols]);
-    let beta = beta.map(|b| &b[..cols]);
-    for r in 0..rows {
-        let xr = &x[r * cols..(r + 1) * cols];
-        let or = &mut out[r * cols..(r + 1) * cols];
-        let mean = row_sum(xr) / n;
-        let mc = mean as f32;
-        let mv = unsafe { vdupq_n_f32(mc) };
-        let var = psum(
-            xr,
-            |v| unsafe {
-                let d = vsubq_f32(v, mv);
-                vmulq_f32(d, d)
-            },
-            |v| {
-                let d = v - mc;
-                d * d
-            },
-        ) / n;
-        let rstd = 1.0 / (var + eps).sqrt();
-        if let Some(st) = stats.as_mut() {
-            st.mean[r] = mean as f32;
-            st.rstd[r] = rstd as f32;
-        }
-        let rc = rstd as f32;
-        let rv = unsafe { vdupq_n_f32(rc) };
-        let norm = |v: float32x4_t| unsafe { vmulq_f32(vsubq_f32(v, mv), rv) };
-        // o = (x - mean) · rstd [· gamma] [+ beta], four lanes at a time, the tail scalar
-        let k4 = cols / 4 * 4;
-        unsafe {
-            let mut i = 0;
-            while i < k4 {
-                let mut y = norm(vld1q_f32(xr.as_ptr().add(i)));
-                if let Some(g) = gamma {
-                    y = vmulq_f32(y, vld1q_f32(g.as_ptr().add(i)));
-                }
-                if let Some(b) = beta {
-                    y = vaddq_f32(y, vld1q_f32(b.as_ptr().add(i)));
-                }
-                vst1q_f32(or.as_mut_ptr().add(i), y);
-                i += 4;
-            }
-        }
-        for i in k4..cols {
-            let mut y = (xr[i] - mc) * rc;
-            if let Some(g) = gamma {
-                y *= g[i];
-            }
-            if let Some(b) = beta {
-                y += b[i];
-            }
-            or[i] = y;
-        }
-    }
-}
-
-pub(super) fn rms_norm(
-    x: &[f32],
-    cols: usize,
-    gamma: Option<&[f32]>,
-    eps: f64,
-    out: &mut [f32],
-    mut rstd_out: Option<&mut [f32]>,
-) {
-    if cols == 0 {
-        return;
-    }
-    let rows = out.len() / cols;
-    let n = cols as f64;
-    let gamma = gamma.map(|g| &g[..cols]);
-    for r in 0..rows {
-        let xr = &x[r * cols..(r + 1) * cols];
-        let or = &mut out[r * cols..(r + 1) * cols];
-        let ms = psum(xr, |v| unsafe { vmulq_f32(v, v) }, |v| v * v) / n;
-        let rstd = 1.0 / (ms + eps).sqrt();
-        if let Some(ro) = rstd_out.as_deref_mut() {
-            ro[r] = rstd as f32;
-        }
-        let rc = rstd as f32;
-        let rv = unsafe { vdupq_n_f32(rc) };
-        match gamma {
-            Some(g) => vm::map2(
-                xr,
-                g,
-                or,
-                |v, w| unsafe { vmulq_f32(vmulq_f32(v, rv), w) },
-                |v, w| v * rc * w,
-            ),
-            None => vm::map1(xr, or, |v| unsafe { vmulq_f32(v, rv) }, |v| v * rc),
-        }
     }
 }
