@@ -1,7 +1,8 @@
 //! NEON (`core::arch::aarch64`) forms of the `f32` row kernels: the row max / min, sums and
-//! means, softmax, log-softmax, layer norm and RMS norm, chosen when [`crate::isa::active`] is
+//! means, softmax and log-softmax, chosen when [`crate::isa::active`] is
 //! [`crate::isa::Isa::Neon`] and the element type is `f32` (the other element types run the
-//! baseline copy).
+//! baseline copy). The `f32` layer norm and RMS norm have no form here: their portable source
+//! (`f32` lanes, see the parent module) is what the NEON level runs.
 //!
 //! They keep the baseline's summation structure exactly — element `i` of a block of
 //! [`BLK`] goes to lane `i % 16` of the `f64` accumulators (eight `float64x2_t`), the lanes

@@ -53,9 +53,9 @@ fn tail(lanes: &mut [[f32; LF]; 2], t: &[f32], fs: &impl Fn(f32) -> (f32, f32)) 
 
 /// [`super::f32_sums`] on AVX-512 for `R` rows of one length at once (their additions
 /// interleaved: the rows' dependency chains overlap): `fv(r, ·)` on 16 lanes of row `r`,
-/// `fs(r, ·)` on one (the same operations).
+/// `fs(r, ·)` on one (the same operations); the second sum only when `TWO`.
 #[inline(always)]
-unsafe fn sums512<const R: usize>(
+unsafe fn sums512<const R: usize, const TWO: bool>(
     xs: [&[f32]; R],
     fv: impl Fn(usize, __m512) -> (__m512, __m512),
     fs: impl Fn(usize, f32) -> (f32, f32),
@@ -77,8 +77,10 @@ unsafe fn sums512<const R: usize>(
                 let a = &mut acc[r];
                 a[0] = _mm512_add_ps(a[0], p0);
                 a[1] = _mm512_add_ps(a[1], p1);
-                a[2] = _mm512_add_ps(a[2], q0);
-                a[3] = _mm512_add_ps(a[3], q1);
+                if TWO {
+                    a[2] = _mm512_add_ps(a[2], q0);
+                    a[3] = _mm512_add_ps(a[3], q1);
+                }
             }
             i += LF;
         }
@@ -97,7 +99,9 @@ unsafe fn sums512<const R: usize>(
                 a[3] = _mm512_loadu_ps(l[1].as_ptr().add(16));
             }
             s[r].0 += tree512(a[0], a[1]) as f64;
-            s[r].1 += tree512(a[2], a[3]) as f64;
+            if TWO {
+                s[r].1 += tree512(a[2], a[3]) as f64;
+            }
         }
         start = end;
     }
@@ -156,13 +160,7 @@ unsafe fn ln_out512(
 ) {
     let n = xr.len();
     let (mv, rv, kv) = (_mm512_set1_ps(m0), _mm512_set1_ps(rc), _mm512_set1_ps(k));
-    let mut i = 0;
-    while i < n {
-        let m: __mmask16 = if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        };
+    let one = |i: usize, m: __mmask16| {
         let xv = _mm512_maskz_loadu_ps(m, xr.as_ptr().add(i));
         let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(xv, mv), rv), kv);
         if let Some(g) = g {
@@ -171,8 +169,19 @@ unsafe fn ln_out512(
         if let Some(b) = b {
             y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, b.as_ptr().add(i)));
         }
-        _mm512_mask_storeu_ps(or.as_mut_ptr().add(i), m, y);
+        y
+    };
+    // full vectors with plain loads and stores (a constant all-ones mask folds away), the
+    // tail masked
+    let n16 = n / 16 * 16;
+    let mut i = 0;
+    while i < n16 {
+        _mm512_storeu_ps(or.as_mut_ptr().add(i), one(i, 0xffff));
         i += 16;
+    }
+    if n16 < n {
+        let m = ((1u32 << (n - n16)) - 1) as __mmask16;
+        _mm512_mask_storeu_ps(or.as_mut_ptr().add(n16), m, one(n16, m));
     }
 }
 
@@ -239,10 +248,10 @@ pub(super) unsafe fn layer_norm_avx512(
         stats: &mut Option<NormStats<'_, f32>>,
     ) {
         let xs: [&[f32]; R] = std::array::from_fn(|k| &x[(r0 + k) * cols..(r0 + k + 1) * cols]);
-        let s = sums512(xs, |_, v| (v, _mm512_setzero_ps()), |_, v| (v, 0.0));
+        let s = sums512::<R, false>(xs, |_, v| (v, _mm512_setzero_ps()), |_, v| (v, 0.0));
         let m0: [f32; R] = std::array::from_fn(|k| (s[k].0 / cols as f64) as f32);
         let mv: [__m512; R] = std::array::from_fn(|k| _mm512_set1_ps(m0[k]));
-        let sq = sums512(
+        let sq = sums512::<R, true>(
             xs,
             |k, v| {
                 let d = _mm512_sub_ps(v, mv[k]);
@@ -267,7 +276,11 @@ pub(super) unsafe fn layer_norm_avx512(
     let gamma = gamma.map(|g| &g[..cols]);
     let beta = beta.map(|b| &b[..cols]);
     let mut r = 0;
-    while r + 2 <= rows {
+    while r + 4 <= rows {
+        rows_r::<4>(x, cols, r, gamma, beta, eps, out, &mut stats);
+        r += 4;
+    }
+    if r + 2 <= rows {
         rows_r::<2>(x, cols, r, gamma, beta, eps, out, &mut stats);
         r += 2;
     }
@@ -331,7 +344,7 @@ pub(super) unsafe fn rms_norm_avx512(
     for r in 0..rows {
         let xr = &x[r * cols..(r + 1) * cols];
         let or = &mut out[r * cols..(r + 1) * cols];
-        let sq = sums512(
+        let sq = sums512::<1, false>(
             [xr],
             |_, v| (_mm512_mul_ps(v, v), _mm512_setzero_ps()),
             |_, v| (v * v, 0.0),
@@ -342,20 +355,22 @@ pub(super) unsafe fn rms_norm_avx512(
             ro[r] = rc;
         }
         let rv = _mm512_set1_ps(rc);
-        let n = cols;
-        let mut i = 0;
-        while i < n {
-            let m: __mmask16 = if n - i >= 16 {
-                0xffff
-            } else {
-                (1u16 << (n - i)) - 1
-            };
+        let one = |i: usize, m: __mmask16| {
             let mut y = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr.as_ptr().add(i)), rv);
             if let Some(g) = gamma {
                 y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(m, g.as_ptr().add(i)));
             }
-            _mm512_mask_storeu_ps(or.as_mut_ptr().add(i), m, y);
+            y
+        };
+        let n16 = cols / 16 * 16;
+        let mut i = 0;
+        while i < n16 {
+            _mm512_storeu_ps(or.as_mut_ptr().add(i), one(i, 0xffff));
             i += 16;
+        }
+        if n16 < cols {
+            let m = ((1u32 << (cols - n16)) - 1) as __mmask16;
+            _mm512_mask_storeu_ps(or.as_mut_ptr().add(n16), m, one(n16, m));
         }
     }
 }
