@@ -655,7 +655,7 @@ fn tree_f32(mut a: [f32; LF]) -> f32 {
     let mut w = LF / 2;
     while w > 0 {
         for j in 0..w {
-            a[j] = a[j] + a[j + w];
+            a[j] += a[j + w];
         }
         w /= 2;
     }
@@ -678,14 +678,14 @@ fn f32_sums(x: &[f32], f: impl Fn(f32) -> (f32, f32)) -> (f64, f64) {
         for c in &mut it {
             for j in 0..LF {
                 let (p, q) = f(c[j]);
-                a[j] = a[j] + p;
-                b[j] = b[j] + q;
+                a[j] += p;
+                b[j] += q;
             }
         }
         for (j, &v) in it.remainder().iter().enumerate() {
             let (p, q) = f(v);
-            a[j] = a[j] + p;
-            b[j] = b[j] + q;
+            a[j] += p;
+            b[j] += q;
         }
         s0 += tree_f32(a) as f64;
         s1 += tree_f32(b) as f64;

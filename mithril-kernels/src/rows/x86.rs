@@ -237,6 +237,7 @@ pub(super) unsafe fn layer_norm_avx512(
     mut stats: Option<NormStats<'_, f32>>,
 ) {
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn rows_r<const R: usize>(
         x: &[f32],
         cols: usize,
