@@ -859,6 +859,8 @@ fn layer_norm_impl<T: RowElem>(
             },
             #[cfg(target_arch = "x86_64")]
             crate::isa::Isa::Avx2 => unsafe { x86::layer_norm_avx2(xf, cols, g, b, eps, of, st) },
+            #[cfg(target_arch = "aarch64")]
+            crate::isa::Isa::Neon => neon::layer_norm(xf, cols, g, b, eps, of, st),
             _ => layer_norm_f32(xf, cols, g, b, eps, of, st),
         }
         return;
@@ -932,6 +934,8 @@ fn rms_norm_impl<T: RowElem>(
             crate::isa::Isa::Avx512 => unsafe { x86::rms_norm_avx512(xf, cols, g, eps, of, ro) },
             #[cfg(target_arch = "x86_64")]
             crate::isa::Isa::Avx2 => unsafe { x86::rms_norm_avx2(xf, cols, g, eps, of, ro) },
+            #[cfg(target_arch = "aarch64")]
+            crate::isa::Isa::Neon => neon::rms_norm(xf, cols, g, eps, of, ro),
             _ => rms_norm_f32(xf, cols, g, eps, of, ro),
         }
         return;
