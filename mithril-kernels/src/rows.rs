@@ -40,7 +40,8 @@
 //! of `d = x − m₀`, `mean = m₀ + Σd/n`, `var = Σd²/n − (Σd/n)²`, and the output
 //! `((x − m₀)·r + k)·γ + β` with `r = 1/√(var + eps)`, `k = −(Σd/n)·r`: the mean's rounding to
 //! `f32` never enters the output. On x86-64 the AVX-512 form (two rows interleaved) and the
-//! AVX2 form are intrinsics (`rows/x86.rs`), the baseline and NEON run the portable source;
+//! AVX2 form are intrinsics (`rows/x86.rs`), so is the NEON form (`rows/neon.rs`), the
+//! baseline runs the portable source;
 //! all give the same bits (the same additions in the same order, no fused multiply-adds). With
 //! `u = 2⁻²⁴` the output is within `32u·(1 + |y|)` of the f64 result (measured 1.6u on hard
 //! rows: 1e4 + N(0,1), 1e4 + 0.01·N(0,1), 1 + 1e-4·N(0,1), lengths 1 to 1000, where the former
@@ -730,7 +731,8 @@ fn rms_rstd(cols: usize, sq: f64, eps: f64) -> f32 {
     (1.0 / (sq / cols as f64 + eps).sqrt()) as f32
 }
 
-/// The `f32` layer norm (every ISA copy, NEON included, runs this one source).
+/// The `f32` layer norm: the baseline's form, and the reference the AVX-512 / AVX2 / NEON
+/// intrinsics forms (`rows/x86.rs`, `rows/neon.rs`) follow bit for bit.
 ///
 /// Per row, three passes over the (L1-resident) row: `m₀ = Σx / n` ([`f32_sums`]: an
 /// approximate mean), then `Σd` and `Σd²` of the shifted values `d = x − m₀` (exact when `x`
@@ -793,7 +795,7 @@ fn layer_norm_f32(
     }
 }
 
-/// The `f32` RMS norm (every ISA copy, NEON included, runs this one source): `Σx²` by
+/// The `f32` RMS norm (the baseline's form; the intrinsics forms follow it bit for bit): `Σx²` by
 /// [`f32_sums`], then one `sqrt` and one division per row in `f64`, `out = x·r·γ` in `f32`.
 #[inline(always)]
 fn rms_norm_f32(
