@@ -8,7 +8,9 @@
 //! one into their lanes as the portable loop does. The per-row statistics are the shared
 //! [`super::ln_stats`] / [`super::rms_rstd`], and the elementwise output uses the same operations
 //! in the same order, without fused multiply-adds. So every path gives the baseline's bits
-//! (`tests/rows.rs` and `isa_paths` check it).
+//! (`tests/rows.rs` and `isa_paths` check it). The AVX-512 layer norm sums four rows at once
+//! (then two, then one), their additions interleaved so that the rows' dependency chains
+//! overlap; its output stores full vectors unmasked and masks only the tail.
 
 use super::{ln_stats, rms_rstd, NormStats, LF, SBF};
 use std::arch::x86_64::*;
