@@ -1,7 +1,8 @@
 //! NEON (`core::arch::aarch64`) forms of the `f32` row kernels: the row max / min, sums and
-//! means, softmax, log-softmax, layer norm and RMS norm, chosen when [`crate::isa::active`] is
+//! means, softmax and log-softmax, chosen when [`crate::isa::active`] is
 //! [`crate::isa::Isa::Neon`] and the element type is `f32` (the other element types run the
-//! baseline copy).
+//! baseline copy). The `f32` layer norm and RMS norm keep the parent's `f32`-lane structure
+//! (32 lanes as eight `float32x4_t`, the same tree, the shared per-row statistics).
 //!
 //! They keep the baseline's summation structure exactly — element `i` of a block of
 //! [`BLK`] goes to lane `i % 16` of the `f64` accumulators (eight `float64x2_t`), the lanes
@@ -12,7 +13,7 @@
 
 #![allow(unused_unsafe)]
 
-use super::{tree, NormStats, Pairwise, BLK, L};
+use super::{ln_stats, rms_rstd, tree, NormStats, Pairwise, BLK, L, LF, SBF};
 use crate::vmath::neon as vm;
 use crate::vmath::VFloat;
 use std::any::TypeId;
@@ -293,6 +294,71 @@ pub(super) fn log_softmax_inplace(x: &mut [f32], cols: usize) {
     }
 }
 
+/// The 32 `f32` lanes of the norms' sums (eight vectors of 4, lanes in order) reduced by the
+/// parent's fixed tree (halves added: 16, 8, 4, 2, 1).
+#[inline(always)]
+fn tree32(a: &[float32x4_t; 8]) -> f32 {
+    unsafe {
+        let b0 = vaddq_f32(a[0], a[4]);
+        let b1 = vaddq_f32(a[1], a[5]);
+        let b2 = vaddq_f32(a[2], a[6]);
+        let b3 = vaddq_f32(a[3], a[7]);
+        let d = vaddq_f32(vaddq_f32(b0, b2), vaddq_f32(b1, b3));
+        vpadds_f32(vadd_f32(vget_low_f32(d), vget_high_f32(d)))
+    }
+}
+
+/// The parent's `f32_sums` on NEON: `fv` on 4 lanes, `fs` on one (the same operations), the
+/// second sum only when `two`; a sub-block's tail added element by element into its lanes.
+#[inline(always)]
+fn norm_sums(
+    x: &[f32],
+    two: bool,
+    fv: impl Fn(float32x4_t) -> (float32x4_t, float32x4_t),
+    fs: impl Fn(f32) -> (f32, f32),
+) -> (f64, f64) {
+    let (mut s0, mut s1) = (0f64, 0f64);
+    for sb in x.chunks(SBF) {
+        unsafe {
+            let mut a = [vdupq_n_f32(0.0); 8];
+            let mut b = a;
+            let mut it = sb.chunks_exact(LF);
+            for c in &mut it {
+                for k in 0..8 {
+                    let (p, q) = fv(vld1q_f32(c.as_ptr().add(4 * k)));
+                    a[k] = vaddq_f32(a[k], p);
+                    if two {
+                        b[k] = vaddq_f32(b[k], q);
+                    }
+                }
+            }
+            let t = it.remainder();
+            if !t.is_empty() {
+                let mut l = [[0f32; LF]; 2];
+                for k in 0..8 {
+                    vst1q_f32(l[0].as_mut_ptr().add(4 * k), a[k]);
+                    vst1q_f32(l[1].as_mut_ptr().add(4 * k), b[k]);
+                }
+                for (j, &v) in t.iter().enumerate() {
+                    let (p, q) = fs(v);
+                    l[0][j] += p;
+                    l[1][j] += q;
+                }
+                for k in 0..8 {
+                    a[k] = vld1q_f32(l[0].as_ptr().add(4 * k));
+                    b[k] = vld1q_f32(l[1].as_ptr().add(4 * k));
+                }
+            }
+            s0 += tree32(&a) as f64;
+            if two {
+                s1 += tree32(&b) as f64;
+            }
+        }
+    }
+    (s0, s1)
+}
+
+/// The `f32` layer norm on NEON: the parent's `layer_norm_f32`, bit for bit.
 pub(super) fn layer_norm(
     x: &[f32],
     cols: usize,
@@ -302,44 +368,40 @@ pub(super) fn layer_norm(
     out: &mut [f32],
     mut stats: Option<NormStats<'_, f32>>,
 ) {
-    if cols == 0 {
-        return;
-    }
     let rows = out.len() / cols;
-    let n = cols as f64;
     let gamma = gamma.map(|g| &g[..cols]);
     let beta = beta.map(|b| &b[..cols]);
+    let z = unsafe { vdupq_n_f32(0.0) };
     for r in 0..rows {
         let xr = &x[r * cols..(r + 1) * cols];
         let or = &mut out[r * cols..(r + 1) * cols];
-        let mean = row_sum(xr) / n;
-        let mc = mean as f32;
-        let mv = unsafe { vdupq_n_f32(mc) };
-        let var = psum(
+        let s = norm_sums(xr, false, |v| (v, z), |v| (v, 0.0)).0;
+        let m0 = (s / cols as f64) as f32;
+        let mv = unsafe { vdupq_n_f32(m0) };
+        let (sd, sq) = norm_sums(
             xr,
+            true,
             |v| unsafe {
                 let d = vsubq_f32(v, mv);
-                vmulq_f32(d, d)
+                (d, vmulq_f32(d, d))
             },
             |v| {
-                let d = v - mc;
-                d * d
+                let d = v - m0;
+                (d, d * d)
             },
-        ) / n;
-        let rstd = 1.0 / (var + eps).sqrt();
+        );
+        let (mean, rc, k) = ln_stats(cols, m0, sd, sq, eps);
         if let Some(st) = stats.as_mut() {
-            st.mean[r] = mean as f32;
-            st.rstd[r] = rstd as f32;
+            st.mean[r] = mean;
+            st.rstd[r] = rc;
         }
-        let rc = rstd as f32;
-        let rv = unsafe { vdupq_n_f32(rc) };
-        let norm = |v: float32x4_t| unsafe { vmulq_f32(vsubq_f32(v, mv), rv) };
-        // o = (x - mean) · rstd [· gamma] [+ beta], four lanes at a time, the tail scalar
-        let k4 = cols / 4 * 4;
+        let (rv, kv) = unsafe { (vdupq_n_f32(rc), vdupq_n_f32(k)) };
+        let n4 = cols / 4 * 4;
         unsafe {
             let mut i = 0;
-            while i < k4 {
-                let mut y = norm(vld1q_f32(xr.as_ptr().add(i)));
+            while i < n4 {
+                let xv = vld1q_f32(xr.as_ptr().add(i));
+                let mut y = vaddq_f32(vmulq_f32(vsubq_f32(xv, mv), rv), kv);
                 if let Some(g) = gamma {
                     y = vmulq_f32(y, vld1q_f32(g.as_ptr().add(i)));
                 }
@@ -350,8 +412,8 @@ pub(super) fn layer_norm(
                 i += 4;
             }
         }
-        for i in k4..cols {
-            let mut y = (xr[i] - mc) * rc;
+        for i in n4..cols {
+            let mut y = (xr[i] - m0) * rc + k;
             if let Some(g) = gamma {
                 y *= g[i];
             }
@@ -363,6 +425,7 @@ pub(super) fn layer_norm(
     }
 }
 
+/// The `f32` RMS norm on NEON: the parent's `rms_norm_f32`, bit for bit.
 pub(super) fn rms_norm(
     x: &[f32],
     cols: usize,
@@ -371,21 +434,23 @@ pub(super) fn rms_norm(
     out: &mut [f32],
     mut rstd_out: Option<&mut [f32]>,
 ) {
-    if cols == 0 {
-        return;
-    }
     let rows = out.len() / cols;
-    let n = cols as f64;
     let gamma = gamma.map(|g| &g[..cols]);
+    let z = unsafe { vdupq_n_f32(0.0) };
     for r in 0..rows {
         let xr = &x[r * cols..(r + 1) * cols];
         let or = &mut out[r * cols..(r + 1) * cols];
-        let ms = psum(xr, |v| unsafe { vmulq_f32(v, v) }, |v| v * v) / n;
-        let rstd = 1.0 / (ms + eps).sqrt();
+        let sq = norm_sums(
+            xr,
+            false,
+            |v| (unsafe { vmulq_f32(v, v) }, z),
+            |v| (v * v, 0.0),
+        )
+        .0;
+        let rc = rms_rstd(cols, sq, eps);
         if let Some(ro) = rstd_out.as_deref_mut() {
-            ro[r] = rstd as f32;
+            ro[r] = rc;
         }
-        let rc = rstd as f32;
         let rv = unsafe { vdupq_n_f32(rc) };
         match gamma {
             Some(g) => vm::map2(
