@@ -25,21 +25,12 @@ const C4: f32 = 0.009_618_437;
 const C5: f32 = 0.001_339_887_5;
 const C6: f32 = 0.000_153_533_62;
 
-/// Whether 12 rows `ld` floats apart can be broadcast from in place: at most 4 of them share
-/// an L1 set (64 sets of 64-byte lines, 8 ways), leaving room for the key strip's lines (the
-/// rule of the GEMM's rows path for A). The encoder's in-projection (`ld` 768, 3 KiB) puts 3
+/// Whether 12 `Q` rows `ld` floats apart can be broadcast from in place (the GEMM rows path's
+/// rule for A: at most 4 rows per L1 set). The encoder's in-projection (`ld` 768, 3 KiB) puts 3
 /// rows in each of 4 sets; a 4 KiB stride would put all 12 in one set and is packed instead.
 #[inline(always)]
 fn rows_fit_l1(ld: usize) -> bool {
-    let mut count = [0u8; 64];
-    for r in 0..12 {
-        let set = (r * ld * 4 / 64) % 64;
-        count[set] += 1;
-        if count[set] > 4 {
-            return false;
-        }
-    }
-    true
+    crate::gemm::rows::rows_fit_l1(12, ld)
 }
 
 /// The AVX-512 form.

@@ -56,7 +56,7 @@ mod gemv;
 mod neon;
 mod pool;
 #[cfg(target_arch = "x86_64")]
-mod rows;
+pub(crate) mod rows;
 mod scalar;
 #[cfg(test)]
 mod tests;

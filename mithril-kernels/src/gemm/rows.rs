@@ -64,17 +64,23 @@ pub(crate) fn applies(args: &Args<f32>) -> bool {
     args.csa == 1 && args.m <= ROWS_MAX_M && args.pack_out.is_null() && mode() != 1
 }
 
-/// Whether 12 rows `rs` floats apart can be read in place: at most 4 of them share an L1 set
-/// (64 sets of 64-byte lines, 8 ways), leaving room for the B panel's lines.
+/// Whether 12 rows `rs` floats apart can be read in place (see [`rows_fit_l1`]).
 #[inline(always)]
 fn in_place(rs: usize) -> bool {
     match mode() {
         2 => return false,
         3 => return true,
-        _ => {}
+        _ => rows_fit_l1(MR, rs),
     }
+}
+
+/// Whether `rows` `f32` rows `rs` floats apart can be broadcast from in place by a register
+/// tile: at most 4 of them share an L1 set (64 sets of 64-byte lines, 8 ways), leaving room for
+/// the other operand's lines. Also the fused attention kernel's rule for `Q`.
+#[inline(always)]
+pub(crate) fn rows_fit_l1(rows: usize, rs: usize) -> bool {
     let mut count = [0u8; 64];
-    for r in 0..MR {
+    for r in 0..rows {
         let set = (r * rs * 4 / 64) % 64;
         count[set] += 1;
         if count[set] > 4 {
