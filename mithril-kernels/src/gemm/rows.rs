@@ -68,8 +68,8 @@ pub(crate) fn applies(args: &Args<f32>) -> bool {
 #[inline(always)]
 fn in_place(rs: usize) -> bool {
     match mode() {
-        2 => return false,
-        3 => return true,
+        2 => false,
+        3 => true,
         _ => rows_fit_l1(MR, rs),
     }
 }
